@@ -1,0 +1,26 @@
+# The two commands a newcomer runs (README): `make run` and `make test`.
+PY := .venv/bin/python
+
+.PHONY: install run test unit integration bench clean
+
+install:
+	@BATON_TEST_TOOLS=1 scripts/install.sh
+
+run: install
+	@$(PY) examples/quickstart.py
+
+test: install
+	@$(PY) -m pytest -q tests
+
+unit: install
+	@$(PY) -m pytest -q tests/unit
+
+integration: install
+	@$(PY) -m pytest -q tests/integration
+
+bench: install
+	@BATON_BENCH_TOOLS=1 scripts/install.sh
+	@$(PY) bench/run.py
+
+clean:
+	rm -rf .venv .venv-envoy build *.egg-info

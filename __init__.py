@@ -1,0 +1,1 @@
+"""Baton: a node proxy for VMs and bare metal (see README.md)."""

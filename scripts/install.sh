@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Installs what Baton needs on a fresh Debian 12 machine (as root): system packages, then a .venv
+# with the project. Idempotent: every step checks before it acts, so `make run` and `make test`
+# can call it each time.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+have() { command -v "$1" >/dev/null 2>&1; }
+[ -f /usr/include/sys/capability.h ] || need_apt+=(libcap-dev)
+have gcc || need_apt+=(gcc)
+have curl || need_apt+=(curl)
+python3 -c 'import venv, ensurepip' 2>/dev/null || need_apt+=(python3-venv)
+python3 -c 'import sysconfig, os, sys; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' \
+    || need_apt+=(python3-dev)
+if [ "${BATON_TEST_TOOLS:-0}" = 1 ]; then
+    have nc || need_apt+=(netcat-openbsd)
+fi
+if [ "${BATON_BENCH_TOOLS:-0}" = 1 ]; then
+    have haproxy || need_apt+=(haproxy)
+    have iperf3 || need_apt+=(iperf3)
+    have wrk || need_apt+=(wrk)
+    have nginx || need_apt+=(nginx-light)
+fi
+if [ ${#need_apt[@]} -gt 0 ]; then
+    if [ "$(id -u)" != 0 ]; then
+        echo "install: missing system packages (${need_apt[*]}); run as root or install them" >&2
+        exit 1
+    fi
+    echo "install: apt-get install ${need_apt[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+
+stamp=.venv/.baton-installed
+if [ ! -x .venv/bin/python ]; then
+    python3 -m venv .venv
+fi
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+    echo "install: pip install -e .[test] into .venv"
+    .venv/bin/pip install -q --upgrade pip >/dev/null 2>&1 || true
+    .venv/bin/pip install -q -e '.[test]'
+    touch "$stamp"
+fi

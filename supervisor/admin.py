@@ -1,0 +1,213 @@
+"""The admin API on the bootstrap's `admin.address`, with Envoy's paths and formats.
+
+    /ready              200 "LIVE" once every worker serves, else 503 and the state
+    /stats              "name: value" lines (?format=json, ?filter=REGEX, ?usedonly)
+    /stats/prometheus   Prometheus text, with Envoy's tag extraction (envoy_cluster_name, ...)
+    /clusters           per-host lines "cluster::host::stat::value" (?format=json)
+    /config_dump        the loaded bootstrap and the static resources, as JSON
+    /server_info        version, state, uptime, command line options
+    /quitquitquit       (POST) graceful stop, as SIGTERM
+
+Counters and gauges are summed over all workers at request time. Served by the master, so the
+admin port answers even while every worker is busy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import time
+import urllib.parse
+
+import httptools
+
+from .version import VERSION
+
+log = logging.getLogger("baton.admin")
+
+MAX_REQUEST = 64 * 1024
+READ_TIMEOUT = 10.0
+
+# Envoy's default tag extraction for the scopes Baton has: stat name prefix -> (metric
+# prefix, label). The scope name sits between the prefix and the final stat component.
+TAGGED_SCOPES = (("cluster.", "envoy_cluster_", "envoy_cluster_name"),
+                 ("listener.", "envoy_listener_", "envoy_listener_address"),
+                 ("tcp.", "envoy_tcp_", "envoy_tcp_prefix"))
+
+
+class _Request:
+    """Collects one request's method and target from httptools' callbacks."""
+
+    def __init__(self) -> None:
+        self.url = b""
+        self.complete = False
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+
+    def on_message_complete(self) -> None:
+        self.complete = True
+
+
+def prometheus_name(stat: str) -> tuple[str, str]:
+    """Stat name -> (metric name, label text) as Envoy's /stats/prometheus renders it."""
+    for prefix, metric_prefix, label in TAGGED_SCOPES:
+        if stat.startswith(prefix) and stat.count(".") >= 2:
+            scope, leaf = stat[len(prefix):].rsplit(".", 1)
+            return _sanitize(metric_prefix + leaf), f'{{{label}="{scope}"}}'
+    return _sanitize("envoy_" + stat), ""
+
+
+def _sanitize(name: str) -> str:
+    return re.sub(r"[^a-zA-Z0-9_:]", "_", name)
+
+
+def render_prometheus(stats: dict) -> str:
+    lines = []
+    for kind, values in (("counter", stats["counters"]), ("gauge", stats["gauges"])):
+        by_metric: dict[str, list[str]] = {}
+        for stat, value in values.items():
+            metric, labels = prometheus_name(stat)
+            by_metric.setdefault(metric, []).append(f"{metric}{labels} {value}")
+        for metric in sorted(by_metric):
+            lines.append(f"# TYPE {metric} {kind}")
+            lines.extend(sorted(by_metric[metric]))
+    return "\n".join(lines) + "\n"
+
+
+def render_stats_text(stats: dict, pattern, used_only: bool) -> str:
+    merged = {**stats["counters"], **stats["gauges"]}
+    lines = [f"{name}: {value}" for name, value in sorted(merged.items())
+             if (pattern is None or pattern.search(name)) and (value or not used_only)]
+    return "\n".join(lines) + ("\n" if lines else "")
+
+
+def render_clusters_text(master, hosts: dict) -> str:
+    lines = []
+    for name, cluster in sorted(master.snapshot["clusters"].items()):
+        lines.append(f"{name}::observability_name::{name}")
+        lines.append(f"{name}::default_priority::max_connections::{cluster.get('max_connections', 1024)}")
+        for ep in cluster["endpoints"]:
+            host = f"{ep['address']}:{ep['port']}"
+            values = hosts.get(name, {}).get(host, {})
+            for key in ("cx_active", "cx_connect_fail", "cx_total"):
+                lines.append(f"{name}::{host}::{key}::{values.get(key, 0)}")
+            lines.append(f"{name}::{host}::weight::{ep.get('weight', 1)}")
+            lines.append(f"{name}::{host}::health_flags::healthy")
+    return "\n".join(lines) + "\n"
+
+
+class AdminServer:
+    def __init__(self, master):
+        self.master = master
+        self.server: asyncio.base_events.Server | None = None
+
+    @classmethod
+    async def start(cls, master) -> "AdminServer":
+        self = cls(master)
+        admin = master.snapshot["admin"]
+        self.server = await asyncio.start_server(self._serve, sock=master.admin_sock)
+        log.info("admin listening on %s:%d", admin["address"], admin["port"])
+        return self
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            method, path, query = await asyncio.wait_for(self._read_request(reader), READ_TIMEOUT)
+            status, ctype, body = await self.dispatch(method, path, query)
+        except (asyncio.TimeoutError, ConnectionError, httptools.HttpParserError, ValueError):
+            status, ctype, body = 400, "text/plain", "bad request\n"
+        except Exception:
+            log.exception("admin request failed")
+            status, ctype, body = 500, "text/plain", "internal error\n"
+        data = body.encode()
+        head = (f"HTTP/1.1 {status} {_REASONS.get(status, 'OK')}\r\ncontent-type: {ctype}\r\n"
+                f"content-length: {len(data)}\r\nconnection: close\r\n"
+                f"x-content-type-options: nosniff\r\ncache-control: no-cache, max-age=0\r\n\r\n")
+        try:
+            writer.write(head.encode() + data)
+            await writer.drain()
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()
+
+    async def _read_request(self, reader) -> tuple[str, str, dict]:
+        request = _Request()
+        parser = httptools.HttpRequestParser(request)
+        received = 0
+        while not request.complete:
+            chunk = await reader.read(8192)
+            if not chunk:
+                raise ConnectionError("client closed before the request ended")
+            received += len(chunk)
+            if received > MAX_REQUEST:
+                raise ValueError("request too large")
+            parser.feed_data(chunk)
+        url = httptools.parse_url(request.url)
+        query = urllib.parse.parse_qs((url.query or b"").decode(), keep_blank_values=True)
+        return parser.get_method().decode(), url.path.decode(), query
+
+    async def dispatch(self, method: str, path: str, query: dict) -> tuple[int, str, str]:
+        master = self.master
+        if path == "/ready":
+            if master.state == "LIVE":
+                return 200, "text/plain; charset=UTF-8", "LIVE\n"
+            return 503, "text/plain; charset=UTF-8", master.state + "\n"
+        if path == "/stats":
+            stats = await master.stats()
+            if query.get("format", [""])[0] == "json":
+                merged = {**stats["counters"], **stats["gauges"]}
+                return 200, "application/json", json.dumps(
+                    {"stats": [{"name": k, "value": v} for k, v in sorted(merged.items())]}, indent=1)
+            pattern = query.get("filter", [""])[0]
+            try:
+                regex = re.compile(pattern) if pattern else None
+            except re.error as exc:
+                return 400, "text/plain", f"invalid regex: {exc}\n"
+            return 200, "text/plain; charset=UTF-8", render_stats_text(stats, regex, "usedonly" in query)
+        if path == "/stats/prometheus":
+            return 200, "text/plain; charset=UTF-8", render_prometheus(await master.stats())
+        if path == "/clusters":
+            hosts = await master.host_stats()
+            if query.get("format", [""])[0] == "json":
+                return 200, "application/json", json.dumps(
+                    {"cluster_statuses": [{"name": n, "host_statuses": [
+                        {"address": h, "stats": v} for h, v in sorted(hosts.get(n, {}).items())]}
+                        for n in sorted(master.snapshot["clusters"])]}, indent=1)
+            return 200, "text/plain; charset=UTF-8", render_clusters_text(master, hosts)
+        if path == "/config_dump":
+            return 200, "application/json", json.dumps(master.config_dump, indent=1)
+        if path == "/server_info":
+            return 200, "application/json", json.dumps(self.server_info(), indent=1)
+        if path == "/quitquitquit":
+            if method != "POST":
+                return 405, "text/plain", "This endpoint requires POST\n"
+            master.loop.call_soon(master.drain)
+            return 200, "text/plain", "OK\n"
+        if path == "/":
+            return 200, "text/plain", "".join(f"  {p}\n" for p in _PATHS)
+        return 404, "text/plain", "invalid path. admin commands are:\n" + "".join(f"  {p}\n" for p in _PATHS)
+
+    def server_info(self) -> dict:
+        master = self.master
+        uptime = int(time.time() - master.started_at)
+        opts = master.options
+        return {"version": f"baton/{VERSION}", "state": master.state,
+                "hot_restart_version": "baton-handoff-1",
+                "command_line_options": {"config_path": opts.config, "concurrency": opts.concurrency,
+                                         "drain_time": f"{opts.drain_timeout}s",
+                                         "log_level": opts.log_level, "runtime_dir": master.runtime_dir},
+                "uptime_current_epoch": f"{uptime}s", "uptime_all_epochs": f"{uptime}s",
+                "generation": master.generation, "pid": master.pid}
+
+
+_PATHS = ("/clusters", "/config_dump", "/quitquitquit", "/ready", "/server_info", "/stats",
+          "/stats/prometheus")
+_REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
+            500: "Internal Server Error", 503: "Service Unavailable"}

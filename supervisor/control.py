@@ -1,0 +1,105 @@
+"""The control socket (<runtime dir>/control.sock) that `baton status` and `baton stop` use.
+
+Framed msgpack request/reply (handoff/framing.py). Every peer is checked with SO_PEERCRED: only
+root or the master's own uid may talk to it, on top of the directory's 0700 mode.
+
+    {"type": "status"}  -> {"type": "status", "status": {...}}   (the `baton status --json` object)
+    {"type": "stop"}    -> {"type": "ok"} then a graceful drain, as SIGTERM
+    {"type": "stop", "fast": true} -> {"type": "ok"} then a fast stop, as SIGINT
+    anything else       -> {"type": "error", "error": "..."}
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+
+from .handoff.channel import Channel, peer_credentials
+
+log = logging.getLogger("baton.control")
+
+
+class ControlInUse(Exception):
+    pass
+
+
+def bind_control_socket(path: str) -> socket.socket:
+    """Bind the control socket; refuse if a live master already answers on it."""
+    if os.path.exists(path):
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(path)
+        except OSError:
+            os.unlink(path)             # stale, from a master that died
+        else:
+            raise ControlInUse(f"another baton master is running with control socket {path}")
+        finally:
+            probe.close()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old_umask = os.umask(0o077)
+    try:
+        sock.bind(path)
+    finally:
+        os.umask(old_umask)
+    sock.listen(64)
+    sock.setblocking(False)
+    return sock
+
+
+class ControlServer:
+    def __init__(self, master, sock: socket.socket):
+        self.master = master
+        self.sock = sock
+        self.loop = master.loop
+        self.path = sock.getsockname()
+        self.channels: set[Channel] = set()
+
+    @classmethod
+    async def start(cls, master) -> "ControlServer":
+        self = cls(master, master.control_sock)
+        self.loop.add_reader(self.sock.fileno(), self._on_acceptable)
+        return self
+
+    def close(self) -> None:
+        self.loop.remove_reader(self.sock.fileno())
+        self.sock.close()
+        for channel in list(self.channels):
+            channel.close("master exiting")
+        try:
+            os.unlink(self.path)
+        except OSError:
+            pass
+
+    def _on_acceptable(self) -> None:
+        try:
+            conn, _ = self.sock.accept()
+        except (BlockingIOError, InterruptedError):
+            return
+        pid, uid, _ = peer_credentials(conn)
+        if uid not in (0, os.geteuid()):
+            log.warning("control: refused peer pid %d uid %d", pid, uid)
+            conn.close()
+            return
+        channel = Channel(conn, self._on_message, self._on_closed, name=f"control peer {pid}")
+        self.channels.add(channel)
+
+    def _on_closed(self, channel, reason) -> None:
+        self.channels.discard(channel)
+
+    def _on_message(self, channel: Channel, msg: dict, fds) -> None:
+        handler = getattr(self, "handle_" + msg["type"], None)
+        if handler is None:
+            channel.reply(msg, {"type": "error", "error": f"unknown request {msg['type']!r}"})
+            return
+        handler(channel, msg)
+
+    def handle_status(self, channel, msg) -> None:
+        async def answer():
+            status = await self.master.status()
+            channel.reply(msg, {"type": "status", "status": status})
+        self.loop.create_task(answer())
+
+    def handle_stop(self, channel, msg) -> None:
+        channel.reply(msg, {"type": "ok"})
+        self.loop.call_soon(self.master.fast_stop if msg.get("fast") else self.master.drain)

@@ -1,0 +1,208 @@
+"""A framed message channel over a connected AF_UNIX stream socket, driven by an asyncio loop.
+
+Used for master<->worker control (one socketpair per worker) and for the control socket.
+Requests carry an "id"; the answer carries "reply_to" with that id and resolves the future
+returned by `request()`. Everything else goes to the `on_message(channel, msg, fds)` callback.
+
+The socket is driven with add_reader/add_writer and recvmsg/sendmsg rather than a transport,
+because transports cannot carry SCM_RIGHTS descriptors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+import socket
+import struct
+
+from .framing import FrameDecoder, FrameError, close_fds, encode
+
+log = logging.getLogger("baton.channel")
+
+RECV_SIZE = 256 * 1024
+ANCDATA_SIZE = socket.CMSG_SPACE(253 * 4)
+
+
+class ChannelClosed(Exception):
+    """The peer went away (or the channel was closed) before the answer came."""
+
+
+def peer_credentials(sock: socket.socket) -> tuple[int, int, int]:
+    """(pid, uid, gid) of the process at the other end of a unix socket."""
+    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    return struct.unpack("3i", raw)
+
+
+def recv_with_fds(sock: socket.socket) -> tuple[bytes, list[int]]:
+    data, ancdata, flags, _ = sock.recvmsg(RECV_SIZE, ANCDATA_SIZE, socket.MSG_CMSG_CLOEXEC)
+    fds: list[int] = []
+    for level, kind, payload in ancdata:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            usable = len(payload) - len(payload) % 4
+            fds.extend(struct.unpack(f"{usable // 4}i", payload[:usable]))
+    if flags & socket.MSG_CTRUNC:
+        # Descriptors were dropped by the kernel: the frame they belong to can never be
+        # matched, so the stream is unusable.
+        close_fds(fds)
+        raise FrameError("descriptors truncated in transit")
+    return data, fds
+
+
+class Channel:
+    __slots__ = ("sock", "loop", "name", "_on_message", "_on_close", "_decoder", "_out",
+                 "_writing", "_pending", "_ids", "closed")
+
+    def __init__(self, sock: socket.socket, on_message, on_close=None, name: str = "channel"):
+        sock.setblocking(False)
+        self.sock = sock
+        self.loop = asyncio.get_running_loop()
+        self.name = name
+        self._on_message = on_message
+        self._on_close = on_close
+        self._decoder = FrameDecoder()
+        self._out: list[list] = []            # [bytes, fds] not yet (fully) sent
+        self._writing = False
+        self._pending: dict[int, asyncio.Future] = {}
+        self._ids = itertools.count(1)
+        self.closed = False
+        self.loop.add_reader(sock.fileno(), self._on_readable)
+
+    # -- sending -------------------------------------------------------------------------
+
+    def send(self, msg: dict, fds=()) -> None:
+        if self.closed:
+            raise ChannelClosed(f"{self.name}: closed")
+        self._out.append([encode(msg, len(fds)), list(fds)])
+        if not self._writing:
+            self._flush()
+
+    def request(self, msg: dict, fds=(), timeout: float = 5.0) -> asyncio.Future:
+        """Send `msg` with a fresh id; the result is the peer's reply message."""
+        msg_id = next(self._ids)
+        fut = self.loop.create_future()
+        self._pending[msg_id] = fut
+        self.send({**msg, "id": msg_id}, fds)
+        return asyncio.ensure_future(self._await_reply(msg_id, fut, timeout))
+
+    async def _await_reply(self, msg_id, fut, timeout):
+        try:
+            return await asyncio.wait_for(fut, timeout)
+        finally:
+            self._pending.pop(msg_id, None)
+
+    def reply(self, request: dict, msg: dict, fds=()) -> None:
+        if "id" in request and not self.closed:
+            self.send({**msg, "reply_to": request["id"]}, fds)
+
+    def _flush(self) -> None:
+        while self._out:
+            data, fds = self._out[0]
+            try:
+                if fds:
+                    sent = self.sock.sendmsg(
+                        [data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack(f"{len(fds)}i", *fds))])
+                    self._out[0][1] = []      # descriptors travel with the first chunk only
+                else:
+                    sent = self.sock.send(data)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:
+                self.close(f"send failed: {exc}")
+                return
+            if sent < len(data):
+                self._out[0][0] = data[sent:]
+                break
+            self._out.pop(0)
+        want_write = bool(self._out)
+        if want_write != self._writing:
+            self._writing = want_write
+            if want_write:
+                self.loop.add_writer(self.sock.fileno(), self._flush)
+            else:
+                self.loop.remove_writer(self.sock.fileno())
+
+    # -- receiving -----------------------------------------------------------------------
+
+    def _on_readable(self) -> None:
+        try:
+            data, fds = recv_with_fds(self.sock)
+        except (BlockingIOError, InterruptedError):
+            return
+        except (OSError, FrameError) as exc:
+            self.close(f"receive failed: {exc}")
+            return
+        if not data:
+            close_fds(fds)
+            self.close("peer closed")
+            return
+        try:
+            frames = self._decoder.feed(data, fds)
+        except FrameError as exc:
+            log.error("%s: protocol error from peer: %s", self.name, exc)
+            self.close(f"protocol error: {exc}")
+            return
+        for msg, frame_fds in frames:
+            reply_to = msg.get("reply_to")
+            if reply_to is not None:
+                fut = self._pending.get(reply_to)
+                if fut is not None and not fut.done():
+                    fut.set_result(msg)
+                close_fds(frame_fds)
+                continue
+            try:
+                self._on_message(self, msg, frame_fds)
+            except Exception:
+                log.exception("%s: handler failed on %r", self.name, msg.get("type"))
+                close_fds(frame_fds)
+                if "id" in msg:
+                    self.reply(msg, {"type": "error", "error": "internal error handling request"})
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    def close(self, reason: str = "closed") -> None:
+        if self.closed:
+            return
+        self.closed = True
+        fd = self.sock.fileno()
+        if fd >= 0:
+            self.loop.remove_reader(fd)
+            if self._writing:
+                self.loop.remove_writer(fd)
+        for _, fds in self._out:
+            close_fds(fds)
+        self._out.clear()
+        self._decoder.close()
+        for fut in self._pending.values():
+            if not fut.done():
+                fut.set_exception(ChannelClosed(f"{self.name}: {reason}"))
+        self._pending.clear()
+        self.sock.close()
+        if self._on_close is not None:
+            self._on_close(self, reason)
+
+
+def blocking_request(path: str, msg: dict, timeout: float = 10.0) -> dict:
+    """One request/reply over a unix socket, for the CLI (no event loop)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        sock.connect(path)
+        sock.sendall(encode({**msg, "id": 1}))
+        decoder = FrameDecoder()
+        while True:
+            data, fds = recv_with_fds(sock)
+            if not data:
+                close_fds(fds)
+                raise ChannelClosed("the master closed the control connection")
+            for reply, frame_fds in decoder.feed(data, fds):
+                close_fds(frame_fds)
+                if reply.get("reply_to") == 1:
+                    return reply
+
+
+def socketpair() -> tuple[socket.socket, socket.socket]:
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    for s in (a, b):
+        os.set_inheritable(s.fileno(), False)
+    return a, b

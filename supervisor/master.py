@@ -1,0 +1,255 @@
+"""The master process: owns the listening sockets, forks and supervises the workers, answers the
+admin API and the control socket. It never reads or writes a byte of proxied traffic.
+
+Lifecycle states (reported by /ready and /server_info, named as Envoy names them):
+    PRE_INITIALIZING  workers starting          /ready 503
+    LIVE              every worker serves       /ready 200
+    DRAINING          SIGTERM / `baton stop`    /ready 503; workers finish their connections
+Signal handlers only dispatch on the loop to handle_<name>.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import time
+
+import psutil
+
+from ..worker.stats import merge
+from . import dns
+from .admin import AdminServer
+from .control import ControlServer
+from .version import VERSION
+from .workers import WorkerTable
+
+log = logging.getLogger("baton.master")
+
+FAST_STOP_GRACE = 2.0
+WORKER_RPC_TIMEOUT = 2.0
+
+
+class Master:
+    def __init__(self, options, source_snapshot: dict, snapshot: dict, config_dump: dict,
+                 listener_socks: dict, runtime_dir: str, generation: int = 1):
+        self.options = options
+        self.source_snapshot = source_snapshot      # as configured (STRICT_DNS unresolved)
+        self.snapshot = snapshot                    # what workers get (addresses resolved)
+        self.config_dump = config_dump
+        self.listener_socks = listener_socks
+        self.runtime_dir = runtime_dir
+        self.generation = generation
+        self.pid = os.getpid()
+        self.started_at = time.time()
+        self.state = "PRE_INITIALIZING"
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.workers: WorkerTable | None = None
+        self.admin: AdminServer | None = None
+        self.control: ControlServer | None = None
+        self.done: asyncio.Future | None = None
+        self._exit_code = 0
+        self._deadline = None
+        self._dns_tasks: list[asyncio.Task] = []
+        self._procs: dict[int, psutil.Process] = {}
+
+    # -- running -------------------------------------------------------------------------
+
+    async def run(self) -> int:
+        self.loop = asyncio.get_running_loop()
+        self.done = self.loop.create_future()
+        for sig, name in ((signal.SIGTERM, "term"), (signal.SIGINT, "int"), (signal.SIGHUP, "hup")):
+            self.loop.add_signal_handler(sig, self._signal, name)
+        self.admin = await AdminServer.start(self) if self.snapshot.get("admin") else None
+        self.control = await ControlServer.start(self)
+        self.workers = WorkerTable(self, self.options.concurrency)
+        for slot in self.workers.slots:
+            self.workers.spawn(slot)
+        self._start_dns_refresh()
+        try:
+            return await self.done
+        finally:
+            for task in self._dns_tasks:
+                task.cancel()
+            if self.admin:
+                self.admin.close()
+            self.control.close()
+            for sock in self.listener_socks.values():
+                sock.close()
+
+    def _signal(self, name: str) -> None:
+        log.info("received SIG%s", name.upper())
+        getattr(self, "handle_" + name)()
+
+    def handle_term(self) -> None:
+        self.drain()
+
+    def handle_int(self) -> None:
+        self.fast_stop()
+
+    def handle_hup(self) -> None:
+        log.warning("SIGHUP: reload is not available in this version; ignoring")
+
+    # -- worker events -------------------------------------------------------------------
+
+    def worker_ready(self, slot) -> None:
+        log.debug("worker %d ready", slot.id)
+        if self.state == "PRE_INITIALIZING" and self.workers.all_ready():
+            self.state = "LIVE"
+            admin = self.snapshot.get("admin")
+            where = f"; admin http://{admin['address']}:{admin['port']}" if admin else ""
+            log.info("baton %s live: %d worker(s), %d listener(s)%s", VERSION,
+                     len(self.workers.slots), len(self.listener_socks), where)
+
+    def worker_exited(self, slot) -> None:
+        if self.state == "DRAINING":
+            if not self.workers.alive():
+                log.info("all workers exited; master exiting")
+                self._finish(self._exit_code)
+            return
+        if all(s.given_up for s in self.workers.slots):
+            log.critical("no worker left to serve; exiting")
+            self._finish(1)
+
+    # -- stopping ------------------------------------------------------------------------
+
+    def drain(self) -> None:
+        """Stop accepting; let open connections finish up to the drain timeout; exit 0."""
+        if self.state == "DRAINING":
+            return
+        self.state = "DRAINING"
+        self.workers.stop_respawning()
+        timeout = self.options.drain_timeout
+        log.info("draining: %d worker(s), deadline %.1fs", len(self.workers.alive()), timeout)
+        self.workers.send_all({"type": "drain"})
+        # Workers close their copies of the listening sockets when they drain; closing ours
+        # too makes new connection attempts fail fast instead of waiting in a dead queue.
+        for sock in self.listener_socks.values():
+            sock.close()
+        self._deadline = self.loop.call_later(timeout, self._drain_deadline)
+        if not self.workers.alive():
+            self._finish(0)
+
+    def _drain_deadline(self) -> None:
+        left = self.workers.alive()
+        if left:
+            log.warning("drain timeout: killing %d worker(s) with open connections", len(left))
+            self.workers.kill_all(signal.SIGKILL)
+
+    def fast_stop(self) -> None:
+        self.state = "DRAINING"
+        self.workers.stop_respawning()
+        self.workers.send_all({"type": "stop"})
+        if self._deadline is not None:
+            self._deadline.cancel()
+        self._deadline = self.loop.call_later(FAST_STOP_GRACE, self._drain_deadline)
+        if not self.workers.alive():
+            self._finish(0)
+
+    def _finish(self, code: int) -> None:
+        if not self.done.done():
+            if self._deadline is not None:
+                self._deadline.cancel()
+            self.done.set_result(code)
+
+    # -- STRICT_DNS ----------------------------------------------------------------------
+
+    def _start_dns_refresh(self) -> None:
+        for name, cluster in self.snapshot["clusters"].items():
+            if cluster.get("type") == "STRICT_DNS":
+                self._dns_tasks.append(self.loop.create_task(self._refresh_dns(name)))
+
+    async def _refresh_dns(self, name: str) -> None:
+        source = self.source_snapshot["clusters"][name]
+        while True:
+            await asyncio.sleep(source.get("dns_refresh_rate") or 5.0)
+            try:
+                endpoints = await dns.resolve_cluster(self.loop, source)
+            except dns.ResolveError as exc:
+                log.warning("%s; keeping the last resolved endpoints", exc)
+                continue
+            current = self.snapshot["clusters"][name]
+            if endpoints != current["endpoints"]:
+                log.info("cluster '%s': DNS now gives %s", name,
+                         ", ".join(f"{e['address']}:{e['port']}" for e in endpoints))
+                clusters = {**self.snapshot["clusters"], name: {**current, "endpoints": endpoints}}
+                self.snapshot = {**self.snapshot, "clusters": clusters}
+                self.workers.send_all({"type": "snapshot", "snapshot": self.snapshot})
+
+    # -- queries (admin API, control socket) ---------------------------------------------
+
+    async def ask_workers(self, msg: dict) -> list[dict]:
+        """Send `msg` to every live worker; the answers of those that answered in time."""
+        futures = [s.channel.request(msg, timeout=WORKER_RPC_TIMEOUT)
+                   for s in self.workers.alive() if s.channel is not None and not s.channel.closed]
+        results = await asyncio.gather(*futures, return_exceptions=True)
+        return [r for r in results if isinstance(r, dict) and r.get("type") != "error"]
+
+    async def stats(self) -> dict:
+        merged = merge(await self.ask_workers({"type": "stats"}))
+        gauges = merged["gauges"]
+        gauges["server.live"] = int(self.state == "LIVE")
+        gauges["server.uptime"] = int(time.time() - self.started_at)
+        gauges["server.concurrency"] = len(self.workers.slots)
+        gauges["server.total_connections"] = sum(
+            v for k, v in gauges.items() if k.startswith("listener.") and k.endswith(".downstream_cx_active"))
+        return merged
+
+    async def host_stats(self) -> dict:
+        """Per-host counters summed over workers: {cluster: {host: {stat: value}}}."""
+        total: dict = {}
+        for reply in await self.ask_workers({"type": "hosts"}):
+            for cluster, hosts in reply.get("hosts", {}).items():
+                for host, values in hosts.items():
+                    into = total.setdefault(cluster, {}).setdefault(host, {})
+                    for key, value in values.items():
+                        into[key] = into.get(key, 0) + value if key != "weight" else value
+        return total
+
+    def _process(self, pid: int) -> psutil.Process:
+        proc = self._procs.get(pid)
+        if proc is None:
+            proc = self._procs[pid] = psutil.Process(pid)
+            try:
+                proc.cpu_percent(None)      # prime: the next call measures from here
+            except psutil.Error:
+                pass
+        return proc
+
+    def _usage(self, pid: int) -> dict:
+        try:
+            proc = self._process(pid)
+            with proc.oneshot():
+                return {"rss_bytes": proc.memory_info().rss, "cpu_percent": proc.cpu_percent(None)}
+        except psutil.Error:
+            return {"rss_bytes": 0, "cpu_percent": 0.0}
+
+    async def status(self) -> dict:
+        answers = {}
+        for slot in self.workers.alive():
+            if slot.channel is None or slot.channel.closed:
+                continue
+            try:
+                answers[slot.id] = await slot.channel.request({"type": "status"}, timeout=WORKER_RPC_TIMEOUT)
+            except Exception:
+                answers[slot.id] = {}
+        live_pids = {s.pid for s in self.workers.alive()} | {self.pid}
+        for pid in list(self._procs):
+            if pid not in live_pids:
+                del self._procs[pid]
+        workers = []
+        for slot in self.workers.slots:
+            entry = {"id": slot.id, "pid": slot.pid, "generation": self.generation,
+                     "state": "ready" if slot.ready else ("given_up" if slot.given_up else
+                                                          "starting" if slot.alive else "respawning"),
+                     "uptime_s": round(time.monotonic() - slot.started_at, 3) if slot.alive else 0,
+                     "connections": answers.get(slot.id, {}).get("connections", 0),
+                     "rss_bytes": 0, "cpu_percent": 0.0, "restarts": len(slot.deaths)}
+            if slot.alive:
+                entry.update(self._usage(slot.pid))
+            workers.append(entry)
+        return {"version": VERSION, "state": self.state, "runtime_dir": self.runtime_dir,
+                "master": {"pid": self.pid, "generation": self.generation,
+                           "uptime_s": round(time.time() - self.started_at, 3), **self._usage(self.pid)},
+                "workers": workers}

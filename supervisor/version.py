@@ -1,0 +1,2 @@
+"""Baton version, reported by `baton status` and /server_info."""
+VERSION = "0.1.0"

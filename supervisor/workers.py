@@ -1,0 +1,164 @@
+"""The master's table of workers: spawning by fork, watching by pidfd, respawning with backoff.
+
+Respawn policy (gunicorn's, with Envoy's names for the outcome):
+- a worker that exits with EXIT_BOOT_FAILURE could not start and would fail again: not respawned;
+- otherwise it is respawned after a backoff that doubles with each death in the crash window;
+- CRASH_LOOP_DEATHS deaths within CRASH_WINDOW seconds is a crash loop: reported, and that
+  worker slot stops respawning instead of spinning.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import signal
+import time
+
+from ..worker.main import EXIT_BOOT_FAILURE, worker_process_main
+from .handoff.channel import Channel, socketpair
+
+log = logging.getLogger("baton.master")
+
+BACKOFF_FIRST = 0.1
+BACKOFF_MAX = 10.0
+CRASH_WINDOW = 60.0
+CRASH_LOOP_DEATHS = 5
+
+
+def describe_exit(status: int) -> str:
+    if os.WIFSIGNALED(status):
+        return f"killed by {signal.Signals(os.WTERMSIG(status)).name}"
+    return f"exit code {os.WEXITSTATUS(status)}"
+
+
+class WorkerSlot:
+    """Worker number `id`: the current process in that slot and its history."""
+
+    def __init__(self, worker_id: int):
+        self.id = worker_id
+        self.pid: int | None = None
+        self.channel: Channel | None = None
+        self.pidfd: int | None = None
+        self.ready = False
+        self.started_at = 0.0
+        self.deaths: collections.deque[float] = collections.deque()
+        self.respawn_handle = None
+        self.given_up = False
+        self.exit_status: int | None = None
+
+    @property
+    def alive(self) -> bool:
+        return self.pid is not None
+
+    def backoff(self) -> float:
+        return min(BACKOFF_MAX, BACKOFF_FIRST * 2 ** max(0, len(self.deaths) - 1))
+
+
+class WorkerTable:
+    def __init__(self, master, count: int):
+        self.master = master
+        self.loop = master.loop
+        self.slots = [WorkerSlot(i) for i in range(count)]
+        self.stopping = False
+
+    # -- spawning ------------------------------------------------------------------------
+
+    def spawn(self, slot: WorkerSlot) -> None:
+        master = self.master
+        parent_end, child_end = socketpair()
+        pid = os.fork()
+        if pid == 0:       # child: never returns into the master's code
+            code = 1
+            try:
+                parent_end.close()
+                code = worker_process_main(slot.id, master.generation, master.pid, child_end,
+                                           master.snapshot, master.listener_socks)
+            finally:
+                os._exit(code)
+        child_end.close()
+        slot.pid = pid
+        slot.ready = False
+        slot.started_at = time.monotonic()
+        slot.channel = Channel(parent_end, self._on_message, name=f"master<-worker {slot.id}")
+        slot.pidfd = os.pidfd_open(pid)
+        self.loop.add_reader(slot.pidfd, self._on_exit, slot)
+        log.info("worker %d started (pid %d)", slot.id, pid)
+
+    def _on_message(self, channel: Channel, msg: dict, fds) -> None:
+        slot = next((s for s in self.slots if s.channel is channel), None)
+        if slot is None:
+            return
+        if msg["type"] == "ready":
+            slot.ready = True
+            self.master.worker_ready(slot)
+        else:
+            log.warning("worker %d sent unexpected %r", slot.id, msg["type"])
+
+    # -- exits ---------------------------------------------------------------------------
+
+    def _on_exit(self, slot: WorkerSlot) -> None:
+        self.loop.remove_reader(slot.pidfd)
+        os.close(slot.pidfd)
+        slot.pidfd = None
+        try:
+            _, status = os.waitpid(slot.pid, 0)
+        except ChildProcessError:
+            status = 0
+        pid, slot.pid, slot.ready, slot.exit_status = slot.pid, None, False, status
+        if slot.channel is not None:
+            slot.channel.close("worker exited")
+            slot.channel = None
+        if self.stopping:
+            log.info("worker %d (pid %d) exited: %s", slot.id, pid, describe_exit(status))
+            self.master.worker_exited(slot)
+            return
+        log.error("worker %d (pid %d) died: %s", slot.id, pid, describe_exit(status))
+        now = time.monotonic()
+        slot.deaths.append(now)
+        while slot.deaths and now - slot.deaths[0] > CRASH_WINDOW:
+            slot.deaths.popleft()
+        if os.WIFEXITED(status) and os.WEXITSTATUS(status) == EXIT_BOOT_FAILURE:
+            slot.given_up = True
+            log.error("worker %d failed to boot; not respawning it", slot.id)
+        elif len(slot.deaths) >= CRASH_LOOP_DEATHS:
+            slot.given_up = True
+            log.error("worker %d is crash-looping (%d deaths in %.0fs); not respawning it",
+                      slot.id, len(slot.deaths), CRASH_WINDOW)
+        else:
+            delay = slot.backoff()
+            log.info("respawning worker %d in %.1fs", slot.id, delay)
+            slot.respawn_handle = self.loop.call_later(delay, self._respawn, slot)
+        self.master.worker_exited(slot)
+
+    def _respawn(self, slot: WorkerSlot) -> None:
+        slot.respawn_handle = None
+        if not self.stopping:
+            self.spawn(slot)
+
+    # -- queries and commands ------------------------------------------------------------
+
+    def alive(self) -> list[WorkerSlot]:
+        return [s for s in self.slots if s.alive]
+
+    def all_ready(self) -> bool:
+        return all(s.ready for s in self.slots)
+
+    def stop_respawning(self) -> None:
+        self.stopping = True
+        for slot in self.slots:
+            if slot.respawn_handle is not None:
+                slot.respawn_handle.cancel()
+                slot.respawn_handle = None
+
+    def send_all(self, msg: dict) -> None:
+        for slot in self.alive():
+            if slot.channel is not None and not slot.channel.closed:
+                slot.channel.send(msg)
+
+    def kill_all(self, sig=signal.SIGKILL) -> None:
+        for slot in self.alive():
+            try:
+                os.kill(slot.pid, sig)
+            except ProcessLookupError:
+                pass

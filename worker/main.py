@@ -1,0 +1,204 @@
+"""A worker process: one uvloop loop running the data path for the master's listeners.
+
+The master forks a worker with the listening sockets already open (inherited) and a socketpair
+for control. Control messages (see supervisor/handoff/framing.py for the framing):
+
+    master -> worker   stats, status          answered with the worker's counters / connections
+                       snapshot               apply a new config snapshot (clusters, listeners)
+                       drain                  stop accepting; exit when the last connection ends
+                       stop                   close everything now and exit
+    worker -> master   ready                  listeners installed, accepting
+
+A worker never reads config files and never imports the Envoy API: it only sees snapshots.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import itertools
+import logging
+import os
+import random
+import signal
+import sys
+
+from ..supervisor.handoff.channel import Channel
+from .listener import Listener
+from .proxy.cluster import ClusterManager
+from .proxy.pipes import PipePool
+from .proxy.tcp_proxy import TcpProxyConnection
+from .stats import Stats
+
+log = logging.getLogger("baton.worker")
+
+EXIT_OK = 0
+EXIT_BOOT_FAILURE = 3        # the master does not respawn a worker that exits with this
+
+
+class Worker:
+    def __init__(self, worker_id: int, generation: int, channel_sock, snapshot: dict,
+                 listener_fds: dict[str, int]):
+        self.id = worker_id
+        self.generation = generation
+        self.loop = asyncio.get_running_loop()
+        self.stats = Stats()
+        self.clusters = ClusterManager()
+        self.pipes = PipePool()
+        self.listeners: dict[str, Listener] = {}
+        self.connections: dict[int, TcpProxyConnection] = {}
+        self._ids = itertools.count(1)
+        self.draining = False
+        self.done = self.loop.create_future()
+        self.channel = Channel(channel_sock, self._on_message, self._on_channel_closed,
+                               name=f"worker {worker_id} control")
+        self.apply_snapshot(snapshot, listener_fds)
+
+    # -- config --------------------------------------------------------------------------
+
+    def apply_snapshot(self, snapshot: dict, listener_fds: dict[str, int] | None = None) -> None:
+        self.clusters.apply(snapshot.get("clusters", {}))
+        listener_fds = listener_fds or {}
+        specs = {spec["name"]: spec for spec in snapshot.get("listeners", ())}
+        for name, spec in specs.items():
+            listener = self.listeners.get(name)
+            if listener is None:
+                fd = listener_fds.get(name)
+                if fd is None:
+                    log.error("worker %d: no socket for listener %s", self.id, name)
+                    continue
+                listener = self.listeners[name] = Listener(self, spec, fd)
+            else:
+                listener.update(spec)
+            if not self.draining:
+                listener.start()
+
+    # -- connections ---------------------------------------------------------------------
+
+    def new_connection(self, listener: Listener, client, peer) -> None:
+        conn = TcpProxyConnection(self, listener, client, peer, next(self._ids))
+        self.connections[conn.id] = conn
+        conn.start()
+
+    def connection_closed(self, conn) -> None:
+        self.connections.pop(conn.id, None)
+        if self.draining and not self.connections:
+            self._finish(EXIT_OK)
+
+    # -- control -------------------------------------------------------------------------
+
+    def _on_message(self, channel: Channel, msg: dict, fds) -> None:
+        handler = getattr(self, "handle_" + msg["type"], None)
+        if handler is None:
+            channel.reply(msg, {"type": "error", "error": f"unknown message type {msg['type']!r}"})
+            return
+        handler(msg)
+
+    def handle_stats(self, msg) -> None:
+        self.channel.reply(msg, {"type": "stats", **self.stats.snapshot()})
+
+    def handle_hosts(self, msg) -> None:
+        hosts = {name: {h.stat_id: {"cx_active": h.active, "cx_total": h.total,
+                                    "cx_connect_fail": h.connect_fail, "weight": h.weight}
+                        for h in cluster.hosts}
+                 for name, cluster in self.clusters.clusters.items()}
+        self.channel.reply(msg, {"type": "hosts", "hosts": hosts})
+
+    def handle_status(self, msg) -> None:
+        self.channel.reply(msg, {"type": "status", "connections": len(self.connections),
+                                 "draining": self.draining})
+
+    def handle_snapshot(self, msg) -> None:
+        self.apply_snapshot(msg["snapshot"])
+        self.channel.reply(msg, {"type": "ok"})
+
+    def handle_drain(self, msg) -> None:
+        log.info("worker %d: draining %d connection(s)", self.id, len(self.connections))
+        self.draining = True
+        for listener in self.listeners.values():
+            listener.close()
+        self.channel.reply(msg, {"type": "ok"})
+        if not self.connections:
+            self._finish(EXIT_OK)
+
+    def handle_stop(self, msg) -> None:
+        self.stop_now()
+
+    def stop_now(self) -> None:
+        for listener in self.listeners.values():
+            listener.stop()
+        for conn in list(self.connections.values()):
+            conn.close()
+        self._finish(EXIT_OK)
+
+    def _on_channel_closed(self, channel, reason: str) -> None:
+        # The master is gone (PDEATHSIG normally kills us first) or broke the protocol.
+        if not self.done.done():
+            log.error("worker %d: control channel closed (%s); exiting", self.id, reason)
+            self.stop_now()
+
+    def _finish(self, code: int) -> None:
+        if not self.done.done():
+            self.done.set_result(code)
+
+    async def run(self) -> int:
+        for listener in self.listeners.values():
+            listener.start()
+        self.channel.send({"type": "ready", "worker": self.id, "pid": os.getpid()})
+        code = await self.done
+        # Let the last replies (e.g. to drain) leave before the process ends.
+        await asyncio.sleep(0)
+        return code
+
+
+def _reset_inherited_process_state(keep_fds: set[int]) -> None:
+    """Undo what fork() copied from the master that the worker must not share."""
+    # The master's event loop set a signal wakeup fd; a signal delivered here would otherwise
+    # be written into the *master's* loop and handled there.
+    signal.set_wakeup_fd(-1)
+    for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD, signal.SIGUSR1, signal.SIGUSR2):
+        signal.signal(sig, signal.SIG_DFL)
+    # A Ctrl-C reaches the whole process group; the master decides how workers stop.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Close the master's loop, admin and control sockets: they are not ours.
+    low = 3
+    for fd in sorted(keep_fds):
+        if fd > low:
+            os.closerange(low, fd)
+        low = max(low, fd + 1)
+    os.closerange(low, 65536)
+
+
+def worker_process_main(worker_id: int, generation: int, master_pid: int, channel_sock,
+                        snapshot: dict, listener_socks: dict) -> int:
+    """Entry point in the forked child. Never returns into the master's code."""
+    import prctl
+    import uvloop
+
+    listener_fds = {name: sock.fileno() for name, sock in listener_socks.items()}
+    _reset_inherited_process_state({channel_sock.fileno(), *listener_fds.values()})
+    prctl.set_pdeathsig(signal.SIGKILL)
+    if os.getppid() != master_pid:      # the master died before PDEATHSIG was armed
+        return EXIT_BOOT_FAILURE
+    prctl.set_name(f"baton: worker {worker_id}"[:15])
+    prctl.set_proctitle(f"baton: worker {worker_id}")
+    random.seed()
+    gc.freeze()     # everything inherited from the master stays shared copy-on-write
+    # The listener socket objects belong to the master's address space copy: detach them so
+    # their finalizers never close the descriptors the worker now owns.
+    for sock in listener_socks.values():
+        sock.detach()
+
+    async def main() -> int:
+        loop = asyncio.get_running_loop()
+        worker = Worker(worker_id, generation, channel_sock, snapshot, listener_fds)
+        loop.add_signal_handler(signal.SIGTERM, worker.handle_drain, {"type": "drain"})
+        return await worker.run()
+
+    try:
+        return uvloop.run(main())
+    except Exception:
+        log.exception("worker %d crashed", worker_id)
+        return 1
+    finally:
+        sys.stderr.flush()

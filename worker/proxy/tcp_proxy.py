@@ -1,0 +1,332 @@
+"""The L4 proxy: `envoy.filters.network.tcp_proxy` on explicitly owned descriptors.
+
+A `TcpProxyConnection` owns two non-blocking sockets (client, upstream) and, once connected,
+two `Pump`s, one per direction. A pump moves bytes socket -> kernel pipe -> socket with
+splice(2): Python never sees the bytes, and the pipe (sized to the buffer limit) is the only
+buffer, so backpressure is the pipe filling up: a full pipe stops reading its source until
+its destination drains it.
+
+Why no asyncio transports: they own their fd and hide their pending write bytes, and a later
+issue moves live connections to another process. Here everything a connection holds — two
+sockets, two pipes with their unsent bytes, and a few flags — is explicit and can be handed
+over as descriptors.
+
+Connection states: CONNECTING (client not read; upstream connect in flight, with a timeout and
+up to max_connect_attempts tries on other hosts) -> OPEN (both pumps run) -> CLOSED. Half-close:
+EOF from one side is forwarded as shutdown(SHUT_WR) on the other once its pipe is flushed; the
+connection closes when both directions are done, or at once when either side fails.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import random
+import socket
+import time
+
+log = logging.getLogger("baton.tcp_proxy")
+
+SPLICE_FLAGS = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
+_splice = os.splice
+_monotonic = time.monotonic
+
+CONNECTING, OPEN, CLOSED = "connecting", "open", "closed"
+
+
+class Pump:
+    """One direction of a connection: src socket -> pipe -> dst socket."""
+
+    __slots__ = ("conn", "loop", "src", "dst", "pipe", "pipe_r", "pipe_w", "capacity",
+                 "pending", "reading", "writing", "eof", "done", "pipe_full", "stats",
+                 "read_stats")
+
+    def __init__(self, conn, src: int, dst: int, pipe, read_stats):
+        self.conn = conn
+        self.loop = conn.loop
+        self.src = src
+        self.dst = dst
+        self.pipe = pipe
+        self.pipe_r, self.pipe_w, self.capacity = pipe
+        self.pending = 0            # bytes in the pipe, read from src, not yet written to dst
+        self.reading = False
+        self.writing = False
+        self.eof = False            # src sent FIN
+        self.done = False           # FIN forwarded to dst
+        self.pipe_full = False
+        self.stats = conn.stats.counters
+        self.read_stats = read_stats
+
+    def start(self) -> None:
+        self._set_reading(True)
+
+    def _set_reading(self, on: bool) -> None:
+        if on != self.reading:
+            self.reading = on
+            if on:
+                self.loop.add_reader(self.src, self.on_readable)
+            else:
+                self.loop.remove_reader(self.src)
+
+    def _set_writing(self, on: bool) -> None:
+        if on != self.writing:
+            self.writing = on
+            if on:
+                self.loop.add_writer(self.dst, self.flush)
+            else:
+                self.loop.remove_writer(self.dst)
+
+    def on_readable(self) -> None:
+        room = self.capacity - self.pending
+        try:
+            n = _splice(self.src, self.pipe_w, room, flags=SPLICE_FLAGS)
+        except BlockingIOError:
+            if self.pending:
+                # Either the socket is empty or every pipe slot is taken; with bytes still in
+                # the pipe assume the latter, so a readable socket cannot spin the loop.
+                self.pipe_full = True
+                self._set_reading(False)
+            return
+        except OSError as exc:
+            self.conn.fail(f"read: {exc.strerror}")
+            return
+        conn = self.conn
+        conn.last_active = _monotonic()
+        if n == 0:
+            self.eof = True
+            self._set_reading(False)
+        else:
+            self.pending += n
+            stats = self.stats
+            for name in self.read_stats:
+                stats[name] += n
+        self.flush()
+
+    def flush(self) -> None:
+        pending = self.pending
+        while pending:
+            try:
+                n = _splice(self.pipe_r, self.dst, pending, flags=SPLICE_FLAGS)
+            except BlockingIOError:
+                break
+            except OSError as exc:
+                self.conn.fail(f"write: {exc.strerror}")
+                return
+            pending -= n
+        self.pending = pending
+        if self.conn.state is CLOSED:
+            return
+        self._set_writing(pending > 0)
+        if self.eof:
+            if not pending and not self.done:
+                self.done = True
+                self.conn.half_closed(self)
+            return
+        if self.pipe_full and pending > self.capacity // 2:
+            return      # stay paused until the destination has drained half the pipe
+        self.pipe_full = False
+        self._set_reading(pending < self.capacity)
+
+    def stop(self) -> None:
+        if self.reading:
+            self.loop.remove_reader(self.src)
+            self.reading = False
+        if self.writing:
+            self.loop.remove_writer(self.dst)
+            self.writing = False
+
+
+class TcpProxyConnection:
+    __slots__ = ("worker", "loop", "listener", "config", "stats", "client", "upstream",
+                 "cluster", "host", "tried", "attempts", "state", "pumps", "timer",
+                 "last_active", "idle_timeout", "id", "peer", "__weakref__")
+
+    def __init__(self, worker, listener, client: socket.socket, peer, conn_id: int):
+        self.worker = worker
+        self.loop = worker.loop
+        self.listener = listener
+        self.config = listener.tcp_proxy
+        self.stats = worker.stats
+        self.client = client
+        self.peer = peer
+        self.id = conn_id
+        self.upstream: socket.socket | None = None
+        self.cluster = None
+        self.host = None
+        self.tried: list = []
+        self.attempts = 0
+        self.state = CONNECTING
+        self.pumps: tuple[Pump, Pump] | None = None
+        self.timer = None
+        self.last_active = _monotonic()
+        self.idle_timeout = self.config["idle_timeout"]
+
+    # -- connecting ----------------------------------------------------------------------
+
+    def start(self) -> None:
+        counters = self.stats.counters
+        counters[self.listener.stat_cx_total] += 1
+        counters[self.listener.tcp_stat_cx_total] += 1
+        self.stats.gauges[self.listener.stat_cx_active] += 1
+        self.cluster = self._choose_cluster()
+        if self.cluster is None:
+            counters[self.listener.tcp_stat_no_route] += 1
+            self.close()
+            return
+        if self.cluster.active >= self.cluster.max_connections:
+            counters[self.cluster.stat["upstream_cx_overflow"]] += 1
+            self.close()
+            return
+        self._connect()
+
+    def _choose_cluster(self):
+        clusters = self.config["clusters"]
+        if len(clusters) == 1:
+            name = clusters[0][0]
+        else:
+            total = sum(w for _, w in clusters)
+            point = random.random() * total
+            for name, weight in clusters:
+                point -= weight
+                if point < 0:
+                    break
+        return self.worker.clusters.get(name)
+
+    def _connect(self) -> None:
+        cluster = self.cluster
+        host = cluster.pick(self.tried) or (cluster.pick() if self.tried else None)
+        if host is None:
+            self.stats.counters[cluster.stat["upstream_cx_none_healthy"]] += 1
+            self.close()
+            return
+        self.host = host
+        self.attempts += 1
+        family = socket.AF_INET6 if ":" in host.address else socket.AF_INET
+        try:
+            sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
+        except OSError as exc:
+            log.error("cannot create upstream socket: %s", exc)
+            self.close()
+            return
+        self.upstream = sock
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        counters = self.stats.counters
+        counters[cluster.stat["upstream_cx_total"]] += 1
+        self.stats.gauges[cluster.stat["upstream_cx_active"]] += 1
+        cluster.active += 1
+        host.active += 1
+        host.total += 1
+        err = sock.connect_ex((host.address, host.port))
+        if err not in (0, errno.EINPROGRESS):
+            self._connect_failed(os.strerror(err))
+            return
+        self.loop.add_writer(sock.fileno(), self._on_connect_writable)
+        self.timer = self.loop.call_later(cluster.connect_timeout, self._on_connect_timeout)
+
+    def _on_connect_writable(self) -> None:
+        sock = self.upstream
+        self.loop.remove_writer(sock.fileno())
+        err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if err:
+            self._connect_failed(os.strerror(err))
+            return
+        self.timer.cancel()
+        self._established()
+
+    def _on_connect_timeout(self) -> None:
+        self.timer = None
+        self.stats.counters[self.cluster.stat["upstream_cx_connect_timeout"]] += 1
+        self.loop.remove_writer(self.upstream.fileno())
+        self._connect_failed("connect timeout")
+
+    def _connect_failed(self, reason: str) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        cluster, host = self.cluster, self.host
+        self.stats.counters[cluster.stat["upstream_cx_connect_fail"]] += 1
+        host.connect_fail += 1
+        self._release_upstream()
+        self.tried.append(host)
+        log.debug("connect to %s failed: %s", host.stat_id, reason)
+        if self.attempts < self.config["max_connect_attempts"]:
+            self._connect()
+        else:
+            if self.config["max_connect_attempts"] > 1:
+                self.stats.counters[cluster.stat["upstream_cx_connect_attempts_exceeded"]] += 1
+            self.close()
+
+    def _release_upstream(self) -> None:
+        if self.upstream is not None:
+            self.upstream.close()
+            self.upstream = None
+            self.cluster.active -= 1
+            self.host.active -= 1
+            self.stats.gauges[self.cluster.stat["upstream_cx_active"]] -= 1
+
+    # -- open ----------------------------------------------------------------------------
+
+    def _established(self) -> None:
+        self.state = OPEN
+        pool = self.worker.pipes
+        capacity = self.listener.pipe_capacity
+        c, u = self.client.fileno(), self.upstream.fileno()
+        listener, cluster = self.listener, self.cluster
+        self.pumps = (
+            Pump(self, c, u, pool.get(capacity),
+                 (listener.tcp_stat_rx_bytes, cluster.stat["upstream_cx_tx_bytes_total"])),
+            Pump(self, u, c, pool.get(capacity),
+                 (listener.tcp_stat_tx_bytes, cluster.stat["upstream_cx_rx_bytes_total"])),
+        )
+        for pump in self.pumps:
+            pump.start()
+        if self.idle_timeout:
+            self.timer = self.loop.call_later(self.idle_timeout, self._on_idle_timer)
+
+    def _on_idle_timer(self) -> None:
+        # One lazy timer per connection: activity only stamps last_active; the timer re-arms
+        # for the remainder instead of being reset on every read.
+        idle_for = _monotonic() - self.last_active
+        if idle_for >= self.idle_timeout:
+            self.timer = None
+            self.stats.counters[self.listener.tcp_stat_idle_timeout] += 1
+            self.close()
+        else:
+            self.timer = self.loop.call_later(self.idle_timeout - idle_for, self._on_idle_timer)
+
+    def half_closed(self, pump: Pump) -> None:
+        """`pump`'s source sent FIN and everything before it reached the destination."""
+        try:
+            socket_for = self.upstream if pump.dst == self.upstream.fileno() else self.client
+            socket_for.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+        if all(p.done for p in self.pumps):
+            self.close()
+
+    def fail(self, reason: str) -> None:
+        log.debug("connection %d: %s", self.id, reason)
+        self.close()
+
+    def close(self) -> None:
+        if self.state is CLOSED:
+            return
+        self.state = CLOSED
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if self.pumps is not None:
+            pool = self.worker.pipes
+            capacity = self.listener.pipe_capacity
+            for pump in self.pumps:
+                pump.stop()
+                pool.put(pump.pipe, capacity, pump.pending == 0)
+            self.pumps = None
+        if self.upstream is not None:
+            self.loop.remove_writer(self.upstream.fileno())
+            self.stats.counters[self.cluster.stat["upstream_cx_destroy"]] += 1
+            self._release_upstream()
+        self.client.close()
+        self.stats.gauges[self.listener.stat_cx_active] -= 1
+        self.worker.connection_closed(self)
