@@ -56,8 +56,12 @@ def prometheus_name(stat: str) -> tuple[str, str]:
     for prefix, metric_prefix, label in TAGGED_SCOPES:
         if stat.startswith(prefix) and stat.count(".") >= 2:
             scope, leaf = stat[len(prefix):].rsplit(".", 1)
-            return _sanitize(metric_prefix + leaf), f'{{{label}="{scope}"}}'
+            return _sanitize(metric_prefix + leaf), f'{{{label}="{_escape_label(scope)}"}}'
     return _sanitize("envoy_" + stat), ""
+
+
+def _escape_label(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
 def _sanitize(name: str) -> str:

@@ -72,18 +72,21 @@ class Channel:
     # -- sending -------------------------------------------------------------------------
 
     def send(self, msg: dict, fds=()) -> None:
+        """Queue `msg`. The channel sends its own duplicates of `fds`, so the caller keeps
+        (and may close) its descriptors as soon as this returns."""
         if self.closed:
             raise ChannelClosed(f"{self.name}: closed")
-        self._out.append([encode(msg, len(fds)), list(fds)])
+        data = encode(msg, len(fds))
+        self._out.append([data, [os.dup(fd) for fd in fds]])
         if not self._writing:
             self._flush()
 
     def request(self, msg: dict, fds=(), timeout: float = 5.0) -> asyncio.Future:
         """Send `msg` with a fresh id; the result is the peer's reply message."""
         msg_id = next(self._ids)
-        fut = self.loop.create_future()
+        self.send({**msg, "id": msg_id}, fds)      # first: if it raises, nothing is pending
+        fut = self.loop.create_future()             # the reply cannot arrive before we return
         self._pending[msg_id] = fut
-        self.send({**msg, "id": msg_id}, fds)
         return asyncio.ensure_future(self._await_reply(msg_id, fut, timeout))
 
     async def _await_reply(self, msg_id, fut, timeout):
@@ -103,6 +106,7 @@ class Channel:
                 if fds:
                     sent = self.sock.sendmsg(
                         [data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack(f"{len(fds)}i", *fds))])
+                    close_fds(fds)            # the peer has its own now
                     self._out[0][1] = []      # descriptors travel with the first chunk only
                 else:
                     sent = self.sock.send(data)

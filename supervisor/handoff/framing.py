@@ -40,7 +40,7 @@ class FrameError(Exception):
 
 
 def encode(msg: dict, nfds: int = 0) -> bytes:
-    if not isinstance(msg, dict) or "type" not in msg:
+    if not isinstance(msg, dict) or not isinstance(msg.get("type"), str):
         raise ValueError("a frame is a map with a 'type' key")
     if not 0 <= nfds <= MAX_FDS:
         raise ValueError(f"too many descriptors in one frame: {nfds}")

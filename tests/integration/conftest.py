@@ -1,0 +1,204 @@
+"""Fixtures that run the real `baton` and real upstream servers as processes on 127.0.0.1.
+
+Nothing here sleeps to synchronise: every wait polls a readiness signal (a line on stdout,
+/ready, a process exit) against a deadline.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+HERE = Path(__file__).resolve().parent
+BATON = str(Path(sys.executable).parent / "baton")
+POLL = 0.02
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(POLL)
+
+
+class Upstream:
+    def __init__(self, mode: str, *args: str):
+        self.proc = subprocess.Popen([sys.executable, str(HERE / "upstreams.py"), mode, "0", *args],
+                                     stdout=subprocess.PIPE, text=True)
+        line = self.proc.stdout.readline()          # blocks until "ready PORT" or exit
+        if not line.startswith("ready "):
+            self.proc.kill()
+            raise RuntimeError(f"upstream {mode} did not start: {line!r}")
+        self.port = int(line.split()[1])
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(10)
+
+
+def tcp_bootstrap(admin_port: int, listener_port: int, endpoints, *, cluster="backend",
+                  lb_policy="ROUND_ROBIN", connect_timeout="1s", idle_timeout=None,
+                  max_connect_attempts=None, max_connections=None, buffer_limit=None,
+                  extra_tcp=None) -> dict:
+    tcp = {"@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+           "stat_prefix": "ingress", "cluster": cluster}
+    if idle_timeout is not None:
+        tcp["idle_timeout"] = idle_timeout
+    if max_connect_attempts is not None:
+        tcp["max_connect_attempts"] = max_connect_attempts
+    tcp.update(extra_tcp or {})
+    listener = {"name": "main", "address": {"socket_address": {"address": "127.0.0.1", "port_value": listener_port}},
+                "filter_chains": [{"filters": [{"name": "envoy.filters.network.tcp_proxy", "typed_config": tcp}]}]}
+    if buffer_limit is not None:
+        listener["per_connection_buffer_limit_bytes"] = buffer_limit
+    cluster_cfg = {"name": cluster, "type": "STATIC", "connect_timeout": connect_timeout, "lb_policy": lb_policy,
+                   "load_assignment": {"cluster_name": cluster, "endpoints": [{"lb_endpoints": [
+                       {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": p}}}}
+                       for p in endpoints]}]}}
+    if max_connections is not None:
+        cluster_cfg["circuit_breakers"] = {"thresholds": [{"max_connections": max_connections}]}
+    return {"admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}},
+            "static_resources": {"listeners": [listener], "clusters": [cluster_cfg]}}
+
+
+class Baton:
+    def __init__(self, workdir: Path, bootstrap: dict, concurrency: int = 2, drain_timeout: float = 30.0,
+                 extra_args=()):
+        self.workdir = workdir
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.config = workdir / "bootstrap.yaml"
+        self.config.write_text(yaml.safe_dump(bootstrap))
+        self.runtime_dir = workdir / "run"
+        self.admin_port = bootstrap["admin"]["address"]["socket_address"]["port_value"]
+        self.log_path = workdir / "baton.log"
+        self.args = [BATON, "run", "-c", str(self.config), "--concurrency", str(concurrency),
+                     "--runtime-dir", str(self.runtime_dir), "--drain-timeout", str(drain_timeout),
+                     "--log-level", "info", *extra_args]
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, ready_timeout: float = 30.0) -> "Baton":
+        self._log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(self.args, stdout=self._log, stderr=subprocess.STDOUT)
+        self.wait_ready(ready_timeout)
+        return self
+
+    @property
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def admin(self, path: str, method: str = "GET", timeout: float = 5.0) -> tuple[int, str]:
+        req = urllib.request.Request(f"http://127.0.0.1:{self.admin_port}{path}", method=method)
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as resp:
+                return resp.status, resp.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode()
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        def ready():
+            if self.proc.poll() is not None:
+                raise AssertionError(f"baton exited with {self.proc.returncode}:\n{self.log}")
+            try:
+                return self.admin("/ready", timeout=1.0)[0] == 200
+            except OSError:
+                return False
+        wait_until(ready, timeout, "baton /ready")
+
+    def stats(self) -> dict[str, int]:
+        status, body = self.admin("/stats")
+        assert status == 200, body
+        out = {}
+        for line in body.splitlines():
+            name, _, value = line.partition(": ")
+            out[name] = int(value)
+        return out
+
+    def cli(self, *args: str, timeout: float = 15.0) -> subprocess.CompletedProcess:
+        return subprocess.run([BATON, *args, "--runtime-dir", str(self.runtime_dir)],
+                              capture_output=True, text=True, timeout=timeout)
+
+    def status(self) -> dict:
+        result = self.cli("status", "--json")
+        assert result.returncode == 0, result.stderr
+        return json.loads(result.stdout)
+
+    def worker_pids(self) -> list[int]:
+        return [w["pid"] for w in self.status()["workers"] if w["pid"]]
+
+    def signal(self, sig) -> None:
+        self.proc.send_signal(sig)
+
+    def wait(self, timeout: float) -> int:
+        return self.proc.wait(timeout)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        if self.proc is not None:
+            self._log.close()
+
+
+@pytest.fixture
+def upstreams():
+    started: list[Upstream] = []
+
+    def start(mode: str, *args: str) -> Upstream:
+        up = Upstream(mode, *args)
+        started.append(up)
+        return up
+    yield start
+    for up in started:
+        up.stop()
+
+
+@pytest.fixture
+def baton(tmp_path):
+    started: list[Baton] = []
+
+    def start(bootstrap: dict, **kwargs) -> Baton:
+        b = Baton(tmp_path / f"b{len(started)}", bootstrap, **kwargs)
+        started.append(b)
+        return b.start()
+    yield start
+    for b in started:
+        b.stop()
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie still answers kill(0); it is gone for our purposes.
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ", 1)[1][0] != "Z"
+    except OSError:
+        return False

@@ -1,0 +1,100 @@
+"""Which fields of the Envoy API Baton implements: a whitelist per message type.
+
+DESIGN.md: a field Baton does not implement and that would change behaviour is a config
+error naming its path, never silently ignored. A whitelist, rather than a list of what is
+unsupported, means that a field added to the Envoy API tomorrow is refused until someone
+decides otherwise. check_fields() walks msg.ListFields(), i.e. only what the config SET
+(for proto3 scalars and enums: set to a non-default value), so `protocol: TCP` or
+`priority: DEFAULT` pass as unset, and their non-default values are refused here unless the
+translator has a better message for them.
+
+Each rule is one of:
+  WALK     accepted; the walk continues into the field's message (google.protobuf.* values
+           such as Duration, UInt32Value, Struct are leaves)
+  SKIP     accepted here; a translator checks that subtree itself (it is reused on its own,
+           for xDS resources, and Any fields need unpacking first)
+  "text"   accepted and ignored, with a warning "path: text"; the subtree is not walked
+"""
+
+from .parse import is_repeated, join
+
+WALK = "walk"
+SKIP = "skip"
+
+_ADMIN_LOG = "accepted but ignored (the admin access log is not implemented)"
+
+ALLOWED = {
+    "envoy.config.bootstrap.v3.Bootstrap": {
+        "node": WALK, "static_resources": WALK, "admin": SKIP},
+    "envoy.config.core.v3.Node": {
+        # Identity only: reported to a control plane later, no behaviour of its own.
+        "id": WALK, "cluster": WALK, "metadata": WALK},
+    "envoy.config.bootstrap.v3.Bootstrap.StaticResources": {
+        "listeners": SKIP, "clusters": SKIP},
+    "envoy.config.bootstrap.v3.Admin": {
+        "address": WALK, "access_log_path": _ADMIN_LOG, "access_log": _ADMIN_LOG},
+    "envoy.config.core.v3.Address": {
+        "socket_address": WALK},
+    "envoy.config.core.v3.SocketAddress": {
+        # protocol is checked by the translator, to say "UDP not supported".
+        "address": WALK, "port_value": WALK, "protocol": WALK},
+    "envoy.config.listener.v3.Listener": {
+        "name": WALK, "address": WALK, "stat_prefix": WALK, "filter_chains": WALK,
+        "enable_reuse_port": WALK, "per_connection_buffer_limit_bytes": WALK},
+    "envoy.config.listener.v3.FilterChain": {
+        # The name only identifies a chain for filter_chain_matcher, which is refused.
+        "name": WALK, "filters": WALK},
+    "envoy.config.listener.v3.Filter": {
+        "name": WALK, "typed_config": SKIP},
+    "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy": {
+        "stat_prefix": WALK, "cluster": WALK, "weighted_clusters": WALK, "idle_timeout": WALK,
+        "max_connect_attempts": WALK},
+    "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy.WeightedCluster": {
+        "clusters": WALK},
+    "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy.WeightedCluster.ClusterWeight": {
+        "name": WALK, "weight": WALK},
+    "envoy.config.cluster.v3.Cluster": {
+        # type and lb_policy values are checked by the translator.
+        "name": WALK, "type": WALK, "connect_timeout": WALK, "lb_policy": WALK,
+        "load_assignment": SKIP, "circuit_breakers": WALK, "dns_refresh_rate": WALK,
+        "dns_lookup_family": WALK, "per_connection_buffer_limit_bytes": WALK},
+    "envoy.config.cluster.v3.CircuitBreakers": {
+        "thresholds": WALK},
+    "envoy.config.cluster.v3.CircuitBreakers.Thresholds": {
+        "priority": WALK, "max_connections": WALK},
+    "envoy.config.endpoint.v3.ClusterLoadAssignment": {
+        "cluster_name": WALK, "endpoints": WALK},
+    "envoy.config.endpoint.v3.LocalityLbEndpoints": {
+        # No load_balancing_weight (locality weighting) and no priority (failover): both
+        # change which host is picked, so they are refused when set.
+        "lb_endpoints": WALK},
+    "envoy.config.endpoint.v3.LbEndpoint": {
+        "endpoint": WALK, "load_balancing_weight": WALK},
+    "envoy.config.endpoint.v3.Endpoint": {
+        "address": WALK},
+}
+
+
+def check_fields(msg, path, errors, warnings):
+    """Append "<path>: not supported" for every set field outside the whitelist."""
+    rules = ALLOWED.get(msg.DESCRIPTOR.full_name)
+    if rules is None:  # only reachable through a WALK rule on a type missing from ALLOWED
+        errors.append(f"{path}: {msg.DESCRIPTOR.full_name} not supported")
+        return
+    for field, value in msg.ListFields():
+        sub = join(path, field.name)
+        rule = rules.get(field.name)
+        if rule is None:
+            errors.append(f"{sub}: not supported")
+        elif rule == SKIP:
+            continue
+        elif rule != WALK:
+            if warnings is not None:
+                warnings.append(f"{sub}: {rule}")
+        elif field.message_type is not None and not field.message_type.full_name.startswith(
+                "google.protobuf."):
+            if is_repeated(field):
+                for i, item in enumerate(value):
+                    check_fields(item, f"{sub}[{i}]", errors, warnings)
+            else:
+                check_fields(value, sub, errors, warnings)

@@ -1,0 +1,133 @@
+"""The one place Baton imports Envoy API (xds-protos) modules.
+
+Why a module for imports: the repository root is the `baton` package, and it has an `xds/`
+directory. When the root itself is on sys.path (`python -m pytest` from the checkout, or
+`python -c` there), `import xds` finds *our* directory instead of the `xds` package that
+xds-protos installs, and every Envoy module fails on `from xds.core.v3 import ...`. The first
+Envoy import therefore runs with the root taken off sys.path; once the real `xds` is in
+sys.modules, later imports resolve through it whatever sys.path says.
+
+Also here: importing the module for an Any "@type" on demand, so that json_format can parse
+any Envoy extension a config names (and the translator can then say "not supported" with the
+right path, instead of json_format failing on an unknown type).
+"""
+
+import contextlib
+import importlib
+import os
+import pkgutil
+import re
+import sys
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _from_root(module):
+    origin = getattr(module, "__file__", None) or ""
+    return os.path.abspath(origin).startswith(_ROOT + os.sep)
+
+
+@contextlib.contextmanager
+def _unshadowed():
+    """Import with the repository root hidden, so `xds` means xds-protos' package."""
+    shadowing = [name for name, mod in sys.modules.items()
+                 if (name == "xds" or name.startswith("xds.")) and _from_root(mod)]
+    for name in shadowing:
+        del sys.modules[name]
+    saved = sys.path[:]
+    sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _ROOT]
+    try:
+        yield
+    finally:
+        sys.path[:] = saved
+
+
+with _unshadowed():
+    from google.protobuf import descriptor_pool, json_format, message_factory
+    from envoy.config.bootstrap.v3 import bootstrap_pb2
+    from envoy.config.cluster.v3 import cluster_pb2
+    from envoy.config.core.v3 import address_pb2, base_pb2
+    from envoy.config.endpoint.v3 import endpoint_pb2
+    from envoy.config.listener.v3 import listener_pb2
+    # Imported for their Any types: tcp_proxy is what we run; http_connection_manager is what
+    # people try next, and must get a clean "not supported" rather than "unknown type".
+    from envoy.extensions.filters.network.http_connection_manager.v3 import (  # noqa: F401
+        http_connection_manager_pb2)
+    from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
+
+Bootstrap = bootstrap_pb2.Bootstrap
+Listener = listener_pb2.Listener
+Cluster = cluster_pb2.Cluster
+ClusterLoadAssignment = endpoint_pb2.ClusterLoadAssignment
+TcpProxy = tcp_proxy_pb2.TcpProxy
+SocketAddress = address_pb2.SocketAddress
+RoutingPriority = base_pb2.RoutingPriority
+
+ParseError = json_format.ParseError
+TYPE_URL_PREFIX = "type.googleapis.com/"
+TCP_PROXY_TYPE = TcpProxy.DESCRIPTOR.full_name
+
+# Only packages that xds-protos ships; the name comes from a config file, so it is checked
+# before it reaches importlib.
+_TYPE_NAME = re.compile(r"^(envoy|udpa|xds|validate|contrib)(\.[A-Za-z_][A-Za-z0-9_]*)+$")
+
+
+def type_name(type_url):
+    """'type.googleapis.com/a.b.C' -> 'a.b.C' (the part after the last '/')."""
+    return type_url.rsplit("/", 1)[-1]
+
+
+def message_class(name):
+    """The generated class for a full message name, or None if no module has defined it."""
+    try:
+        desc = descriptor_pool.Default().FindMessageTypeByName(name)
+    except KeyError:
+        return None
+    return message_factory.GetMessageClass(desc)
+
+
+def import_type(name):
+    """Import every *_pb2 module of the proto package that would define `name`.
+
+    A proto package is the lowercase prefix of a full name (a.b.v3 in a.b.v3.Msg.Nested);
+    the file that defines the message is not derivable from its name, so import them all.
+    Returns True when the type is known afterwards.
+    """
+    if message_class(name) is not None:
+        return True
+    if not _TYPE_NAME.match(name):
+        return False
+    parts = name.split(".")
+    package = []
+    for part in parts:
+        if part[:1].isupper():
+            break
+        package.append(part)
+    if not package:
+        return False
+    with _unshadowed():
+        try:
+            pkg = importlib.import_module(".".join(package))
+            for info in pkgutil.iter_modules(getattr(pkg, "__path__", ())):
+                if info.name.endswith("_pb2"):
+                    importlib.import_module(f"{pkg.__name__}.{info.name}")
+        except Exception:  # noqa: BLE001 - a broken or absent module just means "unknown type"
+            return False
+    return message_class(name) is not None
+
+
+def import_types_in(data):
+    """Import the modules for every "@type" found anywhere in parsed YAML/JSON `data`."""
+    stack, seen = [data], set()
+    while stack:
+        item = stack.pop()
+        if id(item) in seen:  # YAML aliases can make shared or even cyclic structures
+            continue
+        seen.add(id(item))
+        if isinstance(item, dict):
+            url = item.get("@type")
+            if isinstance(url, str):
+                import_type(type_name(url))
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)

@@ -1,0 +1,102 @@
+"""The config snapshot: what the master sends to workers, in plain values.
+
+Workers never import Envoy API classes; they get this instead, as msgpack. Only dict (str
+keys), list, str, int, float, bool and None appear, so a snapshot survives
+msgpack.packb/unpackb unchanged (no tuples: they would come back as lists).
+
+    {
+      "version": "bootstrap",              # "bootstrap" for a static file; later the xDS version
+      "node": {"id": "", "cluster": "", "metadata": {}},
+      "admin": {"address": "127.0.0.1", "port": 9901} or None,
+      "listeners": [                        # in file order
+        {"name": "listener_0",              # Envoy's name, or "<address>_<port>" when unnamed
+         "address": "127.0.0.1",            # IP literal as written ("::1" for IPv6)
+         "port": 10000,
+         "stat_name": "127.0.0.1_10000",    # Envoy's listener stat scope: listener.<stat_name>.*
+                                            # (the listener's stat_prefix, or its address with
+                                            # ':' made '_', as Envoy does: "[__1]_10000")
+         "reuse_port": True,                # enable_reuse_port, default True
+         "buffer_limit": 1048576,           # per_connection_buffer_limit_bytes
+         "tcp_proxy": {
+           "stat_prefix": "ingress_tcp",
+           "clusters": [["cluster_0", 1]],  # [name, weight]; `cluster:` is one entry of weight 1
+           "idle_timeout": 3600.0,          # seconds; None when disabled (idle_timeout: 0s)
+           "max_connect_attempts": 1}}],
+      "clusters": {                         # by name
+        "cluster_0": {
+          "name": "cluster_0",
+          "type": "STATIC",                 # or "STRICT_DNS"
+          "connect_timeout": 5.0,           # seconds
+          "lb_policy": "ROUND_ROBIN",       # or "RANDOM", "LEAST_REQUEST"
+          "endpoints": [{"address": "127.0.0.1", "port": 8080, "weight": 1}],
+                                            # STRICT_DNS: hostnames as written; the master
+                                            # resolves them
+          "max_connections": 1024,          # circuit_breakers DEFAULT priority
+          "dns_refresh_rate": 5.0,          # seconds (used by STRICT_DNS only)
+          "dns_lookup_family": "AUTO",      # AUTO, V4_ONLY, V6_ONLY, V4_PREFERRED, ALL
+          "buffer_limit": 1048576}},
+      "warnings": []                        # "path: message" for accepted-but-ignored fields
+    }
+"""
+
+VERSION_BOOTSTRAP = "bootstrap"
+
+LISTENER_KEYS = frozenset({"name", "address", "port", "stat_name", "reuse_port", "buffer_limit",
+                           "tcp_proxy"})
+TCP_PROXY_KEYS = frozenset({"stat_prefix", "clusters", "idle_timeout", "max_connect_attempts"})
+CLUSTER_KEYS = frozenset({"name", "type", "connect_timeout", "lb_policy", "endpoints",
+                          "max_connections", "dns_refresh_rate", "dns_lookup_family",
+                          "buffer_limit"})
+ENDPOINT_KEYS = frozenset({"address", "port", "weight"})
+TOP_KEYS = frozenset({"version", "node", "admin", "listeners", "clusters", "warnings"})
+
+
+def empty_snapshot(version=VERSION_BOOTSTRAP):
+    """A snapshot with nothing configured: no admin, no listeners, no clusters."""
+    return {"version": version, "node": {"id": "", "cluster": "", "metadata": {}},
+            "admin": None, "listeners": [], "clusters": {}, "warnings": []}
+
+
+def validate_snapshot_shape(snap):
+    """Problems with the shape of `snap` (missing keys, plain-value violations); [] if none.
+
+    For tests and for the master's sanity check of a snapshot before fanning it out; it does
+    not re-validate the config, which translate.py has done.
+    """
+    problems = []
+    _require(snap, TOP_KEYS, "snapshot", problems)
+    for i, lst in enumerate(snap.get("listeners") or ()):
+        where = f"listeners[{i}]"
+        _require(lst, LISTENER_KEYS, where, problems)
+        if isinstance(lst, dict):
+            _require(lst.get("tcp_proxy"), TCP_PROXY_KEYS, f"{where}.tcp_proxy", problems)
+    for name, cluster in (snap.get("clusters") or {}).items():
+        where = f"clusters[{name!r}]"
+        _require(cluster, CLUSTER_KEYS, where, problems)
+        if isinstance(cluster, dict):
+            for j, ep in enumerate(cluster.get("endpoints") or ()):
+                _require(ep, ENDPOINT_KEYS, f"{where}.endpoints[{j}]", problems)
+    _plain(snap, "snapshot", problems)
+    return problems
+
+
+def _require(value, keys, where, problems):
+    if not isinstance(value, dict):
+        problems.append(f"{where}: expected a dict, got {type(value).__name__}")
+        return
+    missing = sorted(keys - value.keys())
+    if missing:
+        problems.append(f"{where}: missing {', '.join(missing)}")
+
+
+def _plain(value, where, problems):
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                problems.append(f"{where}: key {key!r} is not a str")
+            _plain(item, f"{where}.{key}", problems)
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            _plain(item, f"{where}[{i}]", problems)
+    elif value is not None and not isinstance(value, (str, int, float, bool)):
+        problems.append(f"{where}: {type(value).__name__} is not a plain value")

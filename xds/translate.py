@@ -1,0 +1,386 @@
+"""Envoy v3 protos -> snapshot pieces (plain values; shape in snapshot.py).
+
+One function per resource type, so that xDS resources (Listener, Cluster,
+ClusterLoadAssignment from a control plane) go through the same code as a bootstrap file:
+
+    translate_listener(pb, path, errors, warnings=None, clusters=None) -> dict | None
+    translate_cluster(pb, path, errors, warnings=None) -> dict | None
+    translate_load_assignment(pb, path, errors, warnings=None, require_ip=True) -> dict | None
+    translate_bootstrap(pb) -> (snapshot, errors)
+    (and the pieces: translate_admin, translate_tcp_proxy)
+
+Each appends "path: message" to `errors` (and to `warnings`, for fields accepted but
+ignored) and returns None when the resource has any error, so that a caller never builds on
+half a resource. Every check runs even after a first failure: the operator sees all problems.
+Defaults and limits are Envoy's, so a file that loads here means the same in Envoy.
+"""
+
+import ipaddress
+
+from . import protos
+from .fields import check_fields
+from .parse import join
+from .snapshot import empty_snapshot
+
+DEFAULT_BUFFER_LIMIT = 1024 * 1024        # per_connection_buffer_limit_bytes
+DEFAULT_CONNECT_TIMEOUT = 5.0             # Cluster.connect_timeout
+DEFAULT_DNS_REFRESH_RATE = 5.0            # Cluster.dns_refresh_rate
+DEFAULT_IDLE_TIMEOUT = 3600.0             # TcpProxy.idle_timeout
+DEFAULT_MAX_CONNECTIONS = 1024            # CircuitBreakers DEFAULT max_connections
+
+CLUSTER_TYPES = ("STATIC", "STRICT_DNS")
+LB_POLICIES = ("ROUND_ROBIN", "LEAST_REQUEST", "RANDOM")
+
+_Cluster = protos.Cluster
+
+
+# --- bootstrap -------------------------------------------------------------------------------
+
+def translate_bootstrap(pb):
+    """A Bootstrap message -> (snapshot, errors); snapshot["warnings"] has the warnings."""
+    errors, warnings = [], []
+    snap = empty_snapshot()
+    check_fields(pb, "", errors, warnings)
+    snap["node"] = _node(pb.node)
+    if pb.HasField("admin"):
+        snap["admin"] = translate_admin(pb.admin, "admin", errors, warnings)
+
+    defined = {}  # cluster name -> path of its first definition
+    for i, cluster_pb in enumerate(pb.static_resources.clusters):
+        path = f"static_resources.clusters[{i}]"
+        cluster = translate_cluster(cluster_pb, path, errors, warnings)
+        name = cluster_pb.name
+        if name in defined:
+            errors.append(f"{path}.name: duplicate cluster name '{name}' "
+                          f"(first defined at {defined[name]})")
+            continue
+        if name:
+            defined[name] = path
+        if cluster is not None:
+            snap["clusters"][name] = cluster
+
+    names, addresses = {}, {}
+    for i, listener_pb in enumerate(pb.static_resources.listeners):
+        path = f"static_resources.listeners[{i}]"
+        # A cluster that failed to translate is still defined: no extra "unknown cluster".
+        listener = translate_listener(listener_pb, path, errors, warnings, clusters=defined)
+        name = listener["name"] if listener is not None else listener_pb.name
+        if name in names:
+            errors.append(f"{path}.name: duplicate listener name '{name}' "
+                          f"(first defined at {names[name]})")
+            continue
+        if name:
+            names[name] = path
+        if listener is None:
+            continue
+        key = (ipaddress.ip_address(listener["address"]), listener["port"])
+        if key in addresses:
+            errors.append(f"{path}.address: {_hostport(*key)} is already used by "
+                          f"{addresses[key]}")
+            continue
+        addresses[key] = path
+        snap["listeners"].append(listener)
+    snap["warnings"] = warnings
+    return snap, errors
+
+
+def translate_admin(pb, path, errors, warnings=None):
+    """Admin -> {"address", "port"}; None when it has no address (Envoy: no admin listener)."""
+    start = len(errors)
+    check_fields(pb, path, errors, warnings)
+    if not pb.HasField("address"):
+        return None
+    hostport = _socket_address(pb.address, join(path, "address"), errors, ip_only=True)
+    if hostport is None or len(errors) > start:
+        return None
+    return {"address": hostport[0], "port": hostport[1]}
+
+
+def _node(pb):
+    metadata = protos.json_format.MessageToDict(pb.metadata) if pb.HasField("metadata") else {}
+    return {"id": pb.id, "cluster": pb.cluster, "metadata": metadata}
+
+
+# --- listeners -------------------------------------------------------------------------------
+
+def translate_listener(pb, path, errors, warnings=None, clusters=None):
+    """Listener -> snapshot listener dict, or None on error.
+
+    `clusters`: the cluster names tcp_proxy may refer to; None skips that check (an LDS
+    listener may arrive before the CDS cluster it names).
+    """
+    start = len(errors)
+    check_fields(pb, path, errors, warnings)
+    hostport = None
+    if pb.HasField("address"):
+        hostport = _socket_address(pb.address, join(path, "address"), errors, ip_only=True)
+    else:
+        errors.append(f"{join(path, 'address')}: required")
+    tcp_proxy = _filter_chains(pb, path, errors, warnings, clusters)
+    if len(errors) > start or hostport is None or tcp_proxy is None:
+        return None
+    address, port = hostport
+    host = f"[{address}]" if ipaddress.ip_address(address).version == 6 else address
+    # Envoy's listener stat scope is listener.<stat_prefix or "host:port">., and Envoy makes
+    # every ':' in a stat name '_' (envoyproxy/envoy#597, #20665): "[::1]:80" -> "[__1]_80".
+    stat_name = (pb.stat_prefix or f"{host}:{port}").replace(":", "_")
+    return {
+        "name": pb.name or f"{host}_{port}",
+        "address": address,
+        "port": port,
+        "stat_name": stat_name,
+        "reuse_port": pb.enable_reuse_port.value if pb.HasField("enable_reuse_port") else True,
+        "buffer_limit": _uint32(pb, "per_connection_buffer_limit_bytes", DEFAULT_BUFFER_LIMIT),
+        "tcp_proxy": tcp_proxy,
+    }
+
+
+def _filter_chains(pb, path, errors, warnings, clusters):
+    """Exactly one chain with exactly one tcp_proxy filter -> its tcp_proxy dict, else None.
+
+    Every chain and filter is still checked, so all their errors show at once.
+    """
+    chains_path = join(path, "filter_chains")
+    chains = pb.filter_chains
+    if not chains:
+        errors.append(f"{chains_path}: required (one filter chain with a tcp_proxy filter)")
+    elif len(chains) > 1:
+        errors.append(f"{chains_path}: {len(chains)} filter chains; only one is supported")
+    result = None
+    for i, chain in enumerate(chains):
+        filters_path = f"{chains_path}[{i}].filters"
+        if len(chain.filters) != 1:
+            errors.append(f"{filters_path}: exactly one filter (tcp_proxy) is supported, "
+                          f"got {len(chain.filters)}")
+        for j, filter_pb in enumerate(chain.filters):
+            tcp_proxy = _network_filter(filter_pb, f"{filters_path}[{j}]", errors, warnings,
+                                        clusters)
+            if len(chains) == 1 and len(chain.filters) == 1:
+                result = tcp_proxy
+    return result
+
+
+def _network_filter(pb, path, errors, warnings, clusters):
+    if not pb.name:
+        errors.append(f"{join(path, 'name')}: required")
+    config_path = join(path, "typed_config")
+    if not pb.HasField("typed_config"):
+        if not pb.HasField("config_discovery"):  # that one is already "not supported"
+            errors.append(f"{config_path}: required")
+        return None
+    type_name = protos.type_name(pb.typed_config.type_url)
+    if type_name != protos.TCP_PROXY_TYPE:
+        errors.append(f"{config_path}: {type_name} not supported "
+                      f"(only {protos.TCP_PROXY_TYPE})")
+        return None
+    tcp_proxy = protos.TcpProxy()
+    pb.typed_config.Unpack(tcp_proxy)
+    return translate_tcp_proxy(tcp_proxy, config_path, errors, warnings, clusters)
+
+
+def translate_tcp_proxy(pb, path, errors, warnings=None, clusters=None):
+    """TcpProxy filter config -> snapshot tcp_proxy dict, or None on error."""
+    start = len(errors)
+    check_fields(pb, path, errors, warnings)
+    if not pb.stat_prefix:
+        errors.append(f"{join(path, 'stat_prefix')}: required")  # Envoy: min_len 1
+
+    targets = []  # [path of the name, name, weight]
+    which = pb.WhichOneof("cluster_specifier")
+    if which == "cluster":
+        targets.append([join(path, "cluster"), pb.cluster, 1])
+    elif which == "weighted_clusters":
+        weighted_path = join(path, "weighted_clusters.clusters")
+        if not pb.weighted_clusters.clusters:
+            errors.append(f"{weighted_path}: at least one cluster is required")
+        for i, entry in enumerate(pb.weighted_clusters.clusters):
+            targets.append([f"{weighted_path}[{i}].name", entry.name, entry.weight])
+            if entry.weight < 1:
+                errors.append(f"{weighted_path}[{i}].weight: must be at least 1")
+    else:
+        errors.append(f"{path}: one of cluster or weighted_clusters is required")
+    for name_path, name, _ in targets:
+        if not name:
+            errors.append(f"{name_path}: required")
+        elif clusters is not None and name not in clusters:
+            errors.append(f"{name_path}: unknown cluster '{name}'")
+
+    idle_timeout = DEFAULT_IDLE_TIMEOUT
+    if pb.HasField("idle_timeout"):
+        idle_timeout = _seconds(pb.idle_timeout)
+        if idle_timeout < 0:
+            errors.append(f"{join(path, 'idle_timeout')}: must not be negative")
+        idle_timeout = idle_timeout or None  # Envoy: 0s disables the idle timeout
+    attempts = _uint32(pb, "max_connect_attempts", 1)
+    if attempts < 1:
+        errors.append(f"{join(path, 'max_connect_attempts')}: must be at least 1")
+
+    if len(errors) > start:
+        return None
+    return {"stat_prefix": pb.stat_prefix,
+            "clusters": [[name, weight] for _, name, weight in targets],
+            "idle_timeout": idle_timeout,
+            "max_connect_attempts": attempts}
+
+
+# --- clusters --------------------------------------------------------------------------------
+
+def translate_cluster(pb, path, errors, warnings=None):
+    """Cluster -> snapshot cluster dict, or None on error."""
+    start = len(errors)
+    check_fields(pb, path, errors, warnings)
+    if not pb.name:
+        errors.append(f"{join(path, 'name')}: required")
+
+    cluster_type = _Cluster.DiscoveryType.Name(pb.type)  # unset is STATIC, as in Envoy
+    if cluster_type not in CLUSTER_TYPES:
+        errors.append(f"{join(path, 'type')}: {cluster_type} not supported "
+                      f"({' or '.join(CLUSTER_TYPES)})")
+    lb_policy = _Cluster.LbPolicy.Name(pb.lb_policy)
+    if lb_policy not in LB_POLICIES:
+        errors.append(f"{join(path, 'lb_policy')}: {lb_policy} not supported "
+                      f"({', '.join(LB_POLICIES)})")
+
+    connect_timeout = _duration(pb, "connect_timeout", DEFAULT_CONNECT_TIMEOUT, path, errors)
+    dns_refresh_rate = _duration(pb, "dns_refresh_rate", DEFAULT_DNS_REFRESH_RATE, path,
+                                 errors, above=0.001)  # Envoy: gt 1ms
+    dns_lookup_family = _Cluster.DnsLookupFamily.Name(pb.dns_lookup_family)
+    if cluster_type == "STATIC" and warnings is not None:
+        # Harmless (Envoy ignores them too), but a sign the operator meant STRICT_DNS.
+        if pb.HasField("dns_refresh_rate"):
+            warnings.append(f"{join(path, 'dns_refresh_rate')}: ignored for a STATIC cluster")
+        if pb.dns_lookup_family:
+            warnings.append(f"{join(path, 'dns_lookup_family')}: ignored for a STATIC cluster")
+
+    max_connections = _max_connections(pb, path, errors)
+    endpoints = []
+    if pb.HasField("load_assignment"):
+        assignment = translate_load_assignment(
+            pb.load_assignment, join(path, "load_assignment"), errors, warnings,
+            require_ip=cluster_type != "STRICT_DNS")
+        if assignment is not None:
+            endpoints = assignment["endpoints"]
+
+    if len(errors) > start:
+        return None
+    return {"name": pb.name, "type": cluster_type, "connect_timeout": connect_timeout,
+            "lb_policy": lb_policy, "endpoints": endpoints, "max_connections": max_connections,
+            "dns_refresh_rate": dns_refresh_rate, "dns_lookup_family": dns_lookup_family,
+            "buffer_limit": _uint32(pb, "per_connection_buffer_limit_bytes",
+                                    DEFAULT_BUFFER_LIMIT)}
+
+
+def _max_connections(pb, path, errors):
+    """circuit_breakers: only the DEFAULT priority exists here (no HIGH-priority routes)."""
+    result = DEFAULT_MAX_CONNECTIONS
+    seen = False
+    for i, threshold in enumerate(pb.circuit_breakers.thresholds):
+        where = join(path, f"circuit_breakers.thresholds[{i}]")
+        if threshold.priority:
+            priority = protos.RoutingPriority.Name(threshold.priority)
+            errors.append(f"{where}.priority: {priority} not supported (DEFAULT only)")
+            continue
+        if seen:
+            errors.append(f"{where}: a second threshold for priority DEFAULT")
+        seen = True
+        result = _uint32(threshold, "max_connections", result)
+    return result
+
+
+def translate_load_assignment(pb, path, errors, warnings=None, require_ip=True):
+    """ClusterLoadAssignment -> {"cluster_name", "endpoints": [...]}, or None on error.
+
+    require_ip: endpoint addresses must be IP literals (STATIC clusters and EDS, as in
+    Envoy); STRICT_DNS passes False and keeps hostnames for the master to resolve.
+    """
+    start = len(errors)
+    check_fields(pb, path, errors, warnings)
+    if not pb.cluster_name:
+        errors.append(f"{join(path, 'cluster_name')}: required")  # Envoy: min_len 1
+    endpoints = []
+    for i, locality in enumerate(pb.endpoints):
+        for j, lb_endpoint in enumerate(locality.lb_endpoints):
+            where = join(path, f"endpoints[{i}].lb_endpoints[{j}]")
+            if not lb_endpoint.HasField("endpoint"):
+                if not lb_endpoint.HasField("endpoint_name"):  # already "not supported"
+                    errors.append(f"{where}.endpoint: required")
+                continue
+            if not lb_endpoint.endpoint.HasField("address"):
+                errors.append(f"{where}.endpoint.address: required")
+                continue
+            hostport = _socket_address(lb_endpoint.endpoint.address, f"{where}.endpoint.address",
+                                       errors, ip_only=require_ip)
+            weight = _uint32(lb_endpoint, "load_balancing_weight", 1)
+            if weight < 1:
+                errors.append(f"{where}.load_balancing_weight: must be at least 1")
+            if hostport is not None:
+                endpoints.append({"address": hostport[0], "port": hostport[1],
+                                  "weight": weight})
+    if len(errors) > start:
+        return None
+    return {"cluster_name": pb.cluster_name, "endpoints": endpoints}
+
+
+# --- values ----------------------------------------------------------------------------------
+
+def _socket_address(pb, path, errors, ip_only):
+    """Address -> (address, port), or None (errors appended).
+
+    ip_only: the address must be an IP literal (listeners, admin, STATIC endpoints: Envoy
+    does no DNS for those).
+    """
+    if not pb.HasField("socket_address"):
+        if not pb.ListFields():  # pipe/envoy_internal_address are already "not supported"
+            errors.append(f"{path}.socket_address: required")
+        return None
+    sa, where = pb.socket_address, f"{path}.socket_address"
+    start = len(errors)
+    if sa.protocol != protos.SocketAddress.TCP:
+        protocol = protos.SocketAddress.Protocol.Name(sa.protocol)
+        errors.append(f"{where}.protocol: {protocol} not supported (TCP only)")
+    if not sa.address:
+        errors.append(f"{where}.address: required")
+    elif ip_only and not _is_ip(sa.address):
+        hint = " (a STATIC cluster needs IP literals; use type STRICT_DNS for hostnames)"
+        errors.append(f"{where}.address: '{sa.address}' is not an IP address"
+                      f"{hint if 'lb_endpoints' in path else ''}")
+    if not sa.port_value:
+        if sa.WhichOneof("port_specifier") != "named_port":  # already "not supported"
+            errors.append(f"{where}.port_value: required")
+    elif sa.port_value > 65535:
+        errors.append(f"{where}.port_value: {sa.port_value} is not a port (1-65535)")
+    if len(errors) > start:
+        return None
+    return sa.address, sa.port_value
+
+
+def _is_ip(text):
+    try:
+        ipaddress.ip_address(text)
+        return True
+    except ValueError:
+        return False
+
+
+def _hostport(ip, port):
+    """Envoy's form of an address: 1.2.3.4:80, [::1]:80."""
+    return f"[{ip}]:{port}" if ip.version == 6 else f"{ip}:{port}"
+
+
+def _seconds(duration):
+    return duration.seconds + duration.nanos / 1e9
+
+
+def _duration(pb, field, default, path, errors, above=0.0):
+    """A Duration field in seconds, or the default when unset; must be > `above` (Envoy's gt)."""
+    if not pb.HasField(field):
+        return default
+    value = _seconds(getattr(pb, field))
+    if value <= above:
+        errors.append(f"{join(path, field)}: must be greater than {above:g}s")
+    return value
+
+
+def _uint32(pb, field, default):
+    """A UInt32Value field's value, or the default when unset."""
+    return getattr(pb, field).value if pb.HasField(field) else default
