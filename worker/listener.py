@@ -23,7 +23,7 @@ class Listener:
     __slots__ = ("worker", "loop", "name", "sock", "fd", "family", "tcp_proxy", "pipe_capacity",
                  "accepting", "stat_cx_total", "stat_cx_active", "tcp_stat_cx_total",
                  "tcp_stat_no_route", "tcp_stat_rx_bytes", "tcp_stat_tx_bytes",
-                 "tcp_stat_idle_timeout", "spec")
+                 "tcp_stat_idle_timeout", "tcp_stat_rx_buffered", "tcp_stat_tx_buffered", "spec")
 
     def __init__(self, worker, spec: dict, fd: int):
         self.worker = worker
@@ -49,6 +49,8 @@ class Listener:
         self.tcp_stat_rx_bytes = tcp + "downstream_cx_rx_bytes_total"
         self.tcp_stat_tx_bytes = tcp + "downstream_cx_tx_bytes_total"
         self.tcp_stat_idle_timeout = tcp + "idle_timeout"
+        self.tcp_stat_rx_buffered = tcp + "downstream_cx_rx_bytes_buffered"
+        self.tcp_stat_tx_buffered = tcp + "downstream_cx_tx_bytes_buffered"
 
     def start(self) -> None:
         if not self.accepting:

@@ -95,7 +95,21 @@ class Worker:
         handler(msg)
 
     def handle_stats(self, msg) -> None:
-        self.channel.reply(msg, {"type": "stats", **self.stats.snapshot()})
+        self.channel.reply(msg, {"type": "stats", **self.stats.snapshot(), "gauges": self._gauges()})
+
+    def _gauges(self) -> dict:
+        """Live gauges, plus the bytes buffered per direction (Envoy's *_bytes_buffered),
+        computed on demand from the pumps rather than maintained on every splice."""
+        gauges = dict(self.stats.gauges)
+        for listener in self.listeners.values():
+            gauges.setdefault(listener.tcp_stat_rx_buffered, 0)
+            gauges.setdefault(listener.tcp_stat_tx_buffered, 0)
+        for conn in self.connections.values():
+            if conn.pumps is not None:
+                upstream_bound, client_bound = conn.pumps
+                gauges[conn.listener.tcp_stat_rx_buffered] += upstream_bound.pending
+                gauges[conn.listener.tcp_stat_tx_buffered] += client_bound.pending
+        return gauges
 
     def handle_hosts(self, msg) -> None:
         hosts = {name: {h.stat_id: {"cx_active": h.active, "cx_total": h.total,
