@@ -53,6 +53,14 @@ def load_bootstrap(path):
     return snap
 
 
+def read_document(path):
+    """The file as plain data (for /config_dump), or raise ConfigError."""
+    data, errors = _read(path)
+    if data is None:
+        raise ConfigError(errors)
+    return data
+
+
 def _read(path):
     """File -> (plain data, errors), or (None, errors) when there is nothing to parse."""
     try:
