@@ -70,6 +70,10 @@ def main(argv=None) -> int:
         return COMMANDS[command](args)
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:  # noqa: BLE001 - the last line of defence: one line, no traceback
+        import logging
+        logging.getLogger("baton").debug("internal error", exc_info=True)
+        return fail(f"internal error: {exc.__class__.__name__}: {exc} (run with --log-level debug for details)")
 
 
 def cmd_version(args) -> int:
@@ -208,8 +212,11 @@ def cmd_run(args) -> int:
     from .master import Master
     prctl.set_name("baton: master")
     prctl.set_proctitle("baton: master")
-    master = Master(args, source, snapshot, _config_dump(args.config, snapshot), listener_socks,
-                    runtime_dir)
+    try:
+        config_dump = _config_dump(args.config, snapshot)
+    except ConfigError as exc:      # the file changed under us since it was validated
+        return fail("; ".join(exc.errors))
+    master = Master(args, source, snapshot, config_dump, listener_socks, runtime_dir)
     master.control_sock = control_sock
     master.admin_sock = admin_sock
     pid_file = os.path.join(runtime_dir, runtime.PID_FILE)

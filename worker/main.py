@@ -72,6 +72,20 @@ class Worker:
                 listener.update(spec)
             if not self.draining:
                 listener.start()
+        self._declare_stats()
+
+    def _declare_stats(self) -> None:
+        """Every stat exists from the start with 0, as in Envoy, so /stats and Prometheus
+        show a counter before its first event."""
+        counters, gauges = self.stats.counters, self.stats.gauges
+        for cluster in self.clusters.clusters.values():
+            for key, name in cluster.stat.items():
+                (gauges if key.endswith("_active") else counters).setdefault(name, 0)
+        for listener in self.listeners.values():
+            gauges.setdefault(listener.stat_cx_active, 0)
+            for name in (listener.stat_cx_total, listener.tcp_stat_cx_total, listener.tcp_stat_no_route,
+                         listener.tcp_stat_rx_bytes, listener.tcp_stat_tx_bytes, listener.tcp_stat_idle_timeout):
+                counters.setdefault(name, 0)
 
     # -- connections ---------------------------------------------------------------------
 
