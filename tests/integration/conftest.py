@@ -77,6 +77,8 @@ def tcp_bootstrap(admin_port: int, listener_port: int, endpoints, *, cluster="ba
                    "load_assignment": {"cluster_name": cluster, "endpoints": [{"lb_endpoints": [
                        {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": p}}}}
                        for p in endpoints]}]}}
+    if buffer_limit is not None:
+        cluster_cfg["per_connection_buffer_limit_bytes"] = buffer_limit
     if max_connections is not None:
         cluster_cfg["circuit_breakers"] = {"thresholds": [{"max_connections": max_connections}]}
     return {"admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}},

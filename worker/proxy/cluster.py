@@ -8,11 +8,12 @@ counting into the same circuit breaker.
 from __future__ import annotations
 
 from .lb import Host, make_balancer
+from .pipes import pipe_capacity_for
 
 
 class Cluster:
     __slots__ = ("name", "connect_timeout", "lb_policy", "max_connections", "buffer_limit",
-                 "hosts", "balancer", "active", "stat")
+                 "pipe_capacity", "hosts", "balancer", "active", "stat")
 
     def __init__(self, spec: dict):
         self.name = spec["name"]
@@ -31,6 +32,7 @@ class Cluster:
         self.lb_policy = spec.get("lb_policy", "ROUND_ROBIN")
         self.max_connections = int(spec.get("max_connections", 1024))
         self.buffer_limit = int(spec.get("buffer_limit", 1 << 20))
+        self.pipe_capacity = pipe_capacity_for(self.buffer_limit)
         old = {(h.address, h.port): h for h in getattr(self, "hosts", ())}
         hosts = []
         for ep in spec.get("endpoints", ()):

@@ -270,13 +270,14 @@ class TcpProxyConnection:
     def _established(self) -> None:
         self.state = OPEN
         pool = self.worker.pipes
-        capacity = self.listener.pipe_capacity
         c, u = self.client.fileno(), self.upstream.fileno()
         listener, cluster = self.listener, self.cluster
+        # Bytes waiting for the upstream are bounded by the cluster's buffer limit, bytes
+        # waiting for the client by the listener's: Envoy's two per_connection_buffer_limit_bytes.
         self.pumps = (
-            Pump(self, c, u, pool.get(capacity),
+            Pump(self, c, u, pool.get(cluster.pipe_capacity),
                  (listener.tcp_stat_rx_bytes, cluster.stat["upstream_cx_tx_bytes_total"])),
-            Pump(self, u, c, pool.get(capacity),
+            Pump(self, u, c, pool.get(listener.pipe_capacity),
                  (listener.tcp_stat_tx_bytes, cluster.stat["upstream_cx_rx_bytes_total"])),
         )
         for pump in self.pumps:
@@ -318,8 +319,7 @@ class TcpProxyConnection:
             self.timer = None
         if self.pumps is not None:
             pool = self.worker.pipes
-            capacity = self.listener.pipe_capacity
-            for pump in self.pumps:
+            for pump, capacity in zip(self.pumps, (self.cluster.pipe_capacity, self.listener.pipe_capacity)):
                 pump.stop()
                 pool.put(pump.pipe, capacity, pump.pending == 0)
             self.pumps = None

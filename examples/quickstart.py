@@ -1,0 +1,52 @@
+"""`make run`: Baton on examples/quickstart.yaml in front of the bundled demo upstream.
+
+Starts the demo upstream (127.0.0.1:10001), then `baton run` in the foreground; prints what to
+try; Ctrl-C stops both.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+BATON = str(Path(sys.executable).parent / "baton")
+
+
+def main() -> int:
+    runtime_dir = os.environ.get("BATON_RUNTIME_DIR", str(HERE.parent / ".run"))
+    upstream = subprocess.Popen([sys.executable, str(HERE / "demo_upstream.py"), "--port", "10001"],
+                                stdout=subprocess.PIPE, text=True)
+    line = upstream.stdout.readline()
+    if not line.startswith("demo upstream listening"):
+        upstream.wait()
+        print("make run: the demo upstream could not start (is 127.0.0.1:10001 taken?)", file=sys.stderr)
+        return 1
+    print(f"""
+Baton quickstart
+  proxy      127.0.0.1:10000  ->  demo upstream 127.0.0.1:10001   (examples/quickstart.yaml)
+  admin      http://127.0.0.1:9901
+
+Try, from another terminal:
+  curl http://127.0.0.1:10000/hello            # an HTTP request through the TCP proxy
+  echo 'hello baton' | nc -q1 127.0.0.1 10000  # raw bytes, echoed back
+  curl http://127.0.0.1:9901/stats             # Envoy-style counters
+  .venv/bin/baton status --runtime-dir {runtime_dir}
+Ctrl-C stops everything.
+""", flush=True)
+    baton = subprocess.Popen([BATON, "run", "-c", str(HERE / "quickstart.yaml"), "--runtime-dir", runtime_dir])
+    try:
+        return baton.wait()
+    except KeyboardInterrupt:
+        baton.send_signal(signal.SIGINT)
+        return baton.wait()
+    finally:
+        upstream.terminate()
+        upstream.wait()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
