@@ -112,7 +112,9 @@ class AdminServer:
     async def start(cls, master) -> "AdminServer":
         self = cls(master)
         admin = master.snapshot["admin"]
-        self.server = await asyncio.start_server(self._serve, sock=master.admin_sock)
+        # A duplicate: closing the server must leave the master's socket open, to hand it to
+        # the next generation (or to serve again if that generation dies).
+        self.server = await asyncio.start_server(self._serve, sock=master.admin_sock.dup())
         log.info("admin listening on %s:%d", admin["address"], admin["port"])
         return self
 

@@ -51,6 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
     _runtime_dir_arg(stop)
     stop.add_argument("--fast", action="store_true", help="close connections now (as SIGINT)")
 
+    reload = sub.add_parser("reload", help="start a new generation (binary and config from disk) "
+                            "and move every listener and connection to it; rolls back on failure")
+    _runtime_dir_arg(reload)
+
     sub.add_parser("version", help="print the version")
     return parser
 
@@ -162,39 +166,43 @@ def _config_dump(path: str, snapshot: dict) -> dict:
     ]}
 
 
-def cmd_run(args) -> int:
-    from . import logs
-    logs.setup(args.log_level)
-    from ..xds.bootstrap import ConfigError, load_bootstrap
-    from . import dns, runtime
-    from .control import ControlInUse, bind_control_socket
-    from .listeners import BindError, bind_all, bind_listener
+class StartError(Exception):
+    """Baton cannot start; .lines are printed one per line (and sent to the old master)."""
 
-    if args.concurrency is None:
-        args.concurrency = len(os.sched_getaffinity(0))
-    if args.concurrency < 1:
-        return fail("--concurrency must be at least 1")
-    if args.drain_timeout < 0:
-        return fail("--drain-timeout must not be negative")
+    def __init__(self, *lines: str):
+        self.lines = list(lines)
+        super().__init__("; ".join(lines))
+
+
+def _load(args):
+    """Config file -> (as configured, with DNS resolved, /config_dump), or StartError."""
+    from ..xds.bootstrap import ConfigError, load_bootstrap
+    from . import dns
     try:
         source = load_bootstrap(args.config)
+        config_dump = _config_dump(args.config, source)
     except ConfigError as exc:
-        for line in exc.errors:
-            print(f"baton: {line}", file=sys.stderr)
-        return EXIT_ERROR
+        raise StartError(*exc.errors) from None
     for warning in source.get("warnings", ()):
         print(f"baton: warning: {warning}", file=sys.stderr)
     try:
         snapshot = dns.resolve_snapshot(source)
     except dns.ResolveError as exc:
-        return fail(str(exc))
+        raise StartError(str(exc)) from None
+    return source, snapshot, config_dump
+
+
+def _bind_fresh(snapshot: dict, runtime_dir: str):
+    """A first start: bind every socket ourselves. (listeners, admin, control)"""
+    from . import runtime
+    from .control import ControlInUse, bind_control_socket
+    from .listeners import BindError, bind_all, bind_listener
     try:
-        runtime_dir = runtime.prepare(runtime.resolve(args.runtime_dir))
         control_sock = bind_control_socket(runtime.control_path(runtime_dir))
-    except (runtime.RuntimeDirError, ControlInUse) as exc:
-        return fail(str(exc))
+    except ControlInUse as exc:
+        raise StartError(str(exc)) from None
     except OSError as exc:
-        return fail(f"control socket: {exc.strerror}")
+        raise StartError(f"control socket: {exc.strerror}") from None
     try:
         listener_socks = bind_all(snapshot["listeners"])
         admin_sock = None
@@ -205,18 +213,88 @@ def cmd_run(args) -> int:
     except BindError as exc:
         control_sock.close()
         os.unlink(runtime.control_path(runtime_dir))
-        return fail(str(exc))
+        raise StartError(str(exc)) from None
+    return listener_socks, admin_sock, control_sock
+
+
+def _bind_taken_over(snapshot: dict, takeover):
+    """A reload: reuse the previous generation's sockets where the address is the same, bind
+    the rest. No socket is ever bound twice, so no accept queue is lost."""
+    from .listeners import BindError, bind_listener
+    taken = takeover.take_sockets()
+    listener_socks = {}
+    try:
+        for spec in snapshot["listeners"]:
+            sock = taken["listeners"].pop((spec["address"], spec["port"]), None)
+            listener_socks[spec["name"]] = sock if sock is not None else bind_listener(spec)
+        admin_sock = None
+        if snapshot.get("admin"):
+            admin = snapshot["admin"]
+            if taken["admin"] is not None and taken["admin"][0] == (admin["address"], admin["port"]):
+                admin_sock = taken["admin"][1]
+                taken["admin"] = None
+            else:
+                admin_sock = bind_listener({"name": "admin", "address": admin["address"],
+                                            "port": admin["port"], "reuse_port": False})
+    except BindError as exc:
+        raise StartError(str(exc)) from None
+    finally:
+        # Listeners the new config dropped: the old generation still holds them until it exits.
+        for sock in taken["listeners"].values():
+            sock.close()
+        if taken["admin"] is not None:
+            taken["admin"][1].close()
+    if taken["control"] is None:
+        raise StartError("the previous generation sent no control socket")
+    return listener_socks, admin_sock, taken["control"]
+
+
+def cmd_run(args) -> int:
+    from . import logs
+    logs.setup(args.log_level)
+    from . import runtime
+    from .upgrade import ENV_GENERATION, ENV_HANDOFF, ReloadFailed, Takeover
+
+    handoff_path = os.environ.pop(ENV_HANDOFF, None)
+    generation = int(os.environ.pop(ENV_GENERATION, "1"))
+    os.environ.pop("BATON_PREVIOUS_PID", None)
+    takeover = None
+    if handoff_path:
+        try:
+            takeover = Takeover(handoff_path, generation)
+        except (OSError, ReloadFailed) as exc:
+            return fail(f"cannot reach the running generation on {handoff_path}: {exc}")
+    try:
+        if args.concurrency is None:
+            args.concurrency = len(os.sched_getaffinity(0))
+        if args.concurrency < 1:
+            raise StartError("--concurrency must be at least 1")
+        if args.drain_timeout < 0:
+            raise StartError("--drain-timeout must not be negative")
+        source, snapshot, config_dump = _load(args)
+        try:
+            runtime_dir = runtime.prepare(runtime.resolve(args.runtime_dir))
+        except runtime.RuntimeDirError as exc:
+            raise StartError(str(exc)) from None
+        if takeover is None:
+            listener_socks, admin_sock, control_sock = _bind_fresh(snapshot, runtime_dir)
+        else:
+            listener_socks, admin_sock, control_sock = _bind_taken_over(snapshot, takeover)
+    except (StartError, ReloadFailed, OSError) as exc:
+        lines = exc.lines if isinstance(exc, StartError) else [str(exc)]
+        for line in lines:
+            print(f"baton: {line}", file=sys.stderr)
+        if takeover is not None:
+            takeover.fail("; ".join(lines))
+        return EXIT_ERROR
 
     import prctl
     import uvloop
     from .master import Master
     prctl.set_name("baton: master")
     prctl.set_proctitle("baton: master")
-    try:
-        config_dump = _config_dump(args.config, snapshot)
-    except ConfigError as exc:      # the file changed under us since it was validated
-        return fail("; ".join(exc.errors))
-    master = Master(args, source, snapshot, config_dump, listener_socks, runtime_dir)
+    master = Master(args, source, snapshot, config_dump, listener_socks, runtime_dir,
+                    generation=generation, takeover=takeover)
     master.control_sock = control_sock
     master.admin_sock = admin_sock
     pid_file = os.path.join(runtime_dir, runtime.PID_FILE)
@@ -225,14 +303,32 @@ def cmd_run(args) -> int:
     try:
         return uvloop.run(master.run())
     finally:
-        try:
-            os.unlink(pid_file)
-        except OSError:
-            pass
+        _remove_own_pid_file(pid_file)
+
+
+def _remove_own_pid_file(path: str) -> None:
+    """Only if it still names us: after a reload it names the next generation."""
+    try:
+        with open(path) as f:
+            if f.read().strip() == str(os.getpid()):
+                os.unlink(path)
+    except OSError:
+        pass
+
+
+def cmd_reload(args) -> int:
+    from .upgrade import protocol
+    reply = _control_request(args, {"type": "reload"},
+                             timeout=protocol.HELLO_TIMEOUT + protocol.COMMIT_TIMEOUT + 15)
+    if reply.get("type") != "ok":
+        return fail(f"reload failed, the running generation serves on: {reply.get('error', 'unexpected reply')}")
+    print(f"reloaded: generation {reply['generation']} (pid {reply['pid']}) serves; "
+          "the previous generation is moving its connections over")
+    return EXIT_OK
 
 
 COMMANDS = {"run": cmd_run, "check": cmd_check, "status": cmd_status, "stop": cmd_stop,
-            "version": cmd_version}
+            "reload": cmd_reload, "version": cmd_version}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -6,6 +6,8 @@ root or the master's own uid may talk to it, on top of the directory's 0700 mode
     {"type": "status"}  -> {"type": "status", "status": {...}}   (the `baton status --json` object)
     {"type": "stop"}    -> {"type": "ok"} then a graceful drain, as SIGTERM
     {"type": "stop", "fast": true} -> {"type": "ok"} then a fast stop, as SIGINT
+    {"type": "reload"}  -> {"type": "ok", "generation", "pid"} once the new generation serves,
+                           or {"type": "error", "error": reason} when it rolled back
     anything else       -> {"type": "error", "error": "..."}
 """
 
@@ -58,18 +60,32 @@ class ControlServer:
     @classmethod
     async def start(cls, master) -> "ControlServer":
         self = cls(master, master.control_sock)
-        self.loop.add_reader(self.sock.fileno(), self._on_acceptable)
+        self.accepting = False
+        self.resume()
         return self
 
-    def close(self) -> None:
-        self.loop.remove_reader(self.sock.fileno())
+    def pause(self) -> None:
+        """Stop accepting (a successor serves the socket now); open channels stay."""
+        if self.accepting:
+            self.accepting = False
+            self.loop.remove_reader(self.sock.fileno())
+
+    def resume(self) -> None:
+        if not self.accepting:
+            self.accepting = True
+            self.loop.add_reader(self.sock.fileno(), self._on_acceptable)
+
+    def close(self, unlink: bool = True) -> None:
+        """`unlink=False` when a successor owns the path now."""
+        self.pause()
         self.sock.close()
         for channel in list(self.channels):
             channel.close("master exiting")
-        try:
-            os.unlink(self.path)
-        except OSError:
-            pass
+        if unlink:
+            try:
+                os.unlink(self.path)
+            except OSError:
+                pass
 
     def _on_acceptable(self) -> None:
         try:
@@ -98,6 +114,21 @@ class ControlServer:
         async def answer():
             status = await self.master.status()
             channel.reply(msg, {"type": "status", "status": status})
+        self.loop.create_task(answer())
+
+    def handle_reload(self, channel, msg) -> None:
+        refusal = self.master.reload_refusal()
+        if refusal:
+            channel.reply(msg, {"type": "error", "error": refusal})
+            return
+
+        async def answer():
+            try:
+                outcome = await self.master.reload()
+            except Exception as exc:  # noqa: BLE001 - ReloadFailed, or anything unexpected
+                channel.reply(msg, {"type": "error", "error": str(exc)})
+                return
+            channel.reply(msg, {"type": "ok", **outcome})
         self.loop.create_task(answer())
 
     def handle_stop(self, channel, msg) -> None:

@@ -3,6 +3,7 @@ admin API and the control socket. It never reads or writes a byte of proxied tra
 
 Lifecycle states (reported by /ready and /server_info, named as Envoy names them):
     PRE_INITIALIZING  workers starting          /ready 503
+    COMMITTING        (new generation) workers serve; waiting for the old one to hand over
     LIVE              every worker serves       /ready 200
     DRAINING          SIGTERM / `baton stop`    /ready 503; workers finish their connections
 Signal handlers only dispatch on the loop to handle_<name>.
@@ -22,18 +23,29 @@ from ..worker.stats import merge
 from . import dns
 from .admin import AdminServer
 from .control import ControlServer
+from .upgrade import Reload, ReloadFailed
 from .version import VERSION
 from .workers import WorkerTable
 
 log = logging.getLogger("baton.master")
 
 FAST_STOP_GRACE = 2.0
+
+
+def _pid_running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
 WORKER_RPC_TIMEOUT = 2.0
 
 
 class Master:
     def __init__(self, options, source_snapshot: dict, snapshot: dict, config_dump: dict,
-                 listener_socks: dict, runtime_dir: str, generation: int = 1):
+                 listener_socks: dict, runtime_dir: str, generation: int = 1, takeover=None):
         self.options = options
         self.source_snapshot = source_snapshot      # as configured (STRICT_DNS unresolved)
         self.snapshot = snapshot                    # what workers get (addresses resolved)
@@ -41,6 +53,9 @@ class Master:
         self.listener_socks = listener_socks
         self.runtime_dir = runtime_dir
         self.generation = generation
+        self.takeover = takeover              # set while we take over from a previous generation
+        self.reloading: Reload | None = None   # set while a next generation takes over from us
+        self.handed_over = False
         self.pid = os.getpid()
         self.started_at = time.time()
         self.state = "PRE_INITIALIZING"
@@ -49,6 +64,9 @@ class Master:
         self.admin: AdminServer | None = None
         self.control: ControlServer | None = None
         self.done: asyncio.Future | None = None
+        self.previous_pid: int | None = None    # the generation we took over from
+        self.admin_sock = None
+        self.control_sock = None
         self._exit_code = 0
         self._deadline = None
         self._dns_tasks: list[asyncio.Task] = []
@@ -61,8 +79,8 @@ class Master:
         self.done = self.loop.create_future()
         for sig, name in ((signal.SIGTERM, "term"), (signal.SIGINT, "int"), (signal.SIGHUP, "hup")):
             self.loop.add_signal_handler(sig, self._signal, name)
-        self.admin = await AdminServer.start(self) if self.snapshot.get("admin") else None
-        self.control = await ControlServer.start(self)
+        if self.takeover is None:
+            await self._serve_admin_and_control()
         self.workers = WorkerTable(self, self.options.concurrency)
         for slot in self.workers.slots:
             self.workers.spawn(slot)
@@ -74,9 +92,14 @@ class Master:
                 task.cancel()
             if self.admin:
                 self.admin.close()
-            self.control.close()
+            if self.control:
+                self.control.close(unlink=not self.handed_over)
             for sock in self.listener_socks.values():
                 sock.close()
+
+    async def _serve_admin_and_control(self) -> None:
+        self.admin = await AdminServer.start(self) if self.admin_sock is not None else None
+        self.control = await ControlServer.start(self)
 
     def _signal(self, name: str) -> None:
         log.info("received SIG%s", name.upper())
@@ -89,18 +112,48 @@ class Master:
         self.fast_stop()
 
     def handle_hup(self) -> None:
-        log.warning("SIGHUP: reload is not available in this version; ignoring")
+        refusal = self.reload_refusal()
+        if refusal:
+            log.warning("SIGHUP: %s", refusal)
+            return
+
+        async def reload():
+            try:
+                await self.reload()
+            except Exception:  # noqa: BLE001 - logged by Reload; the old generation serves on
+                pass
+        self.loop.create_task(reload())
 
     # -- worker events -------------------------------------------------------------------
 
     def worker_ready(self, slot) -> None:
         log.debug("worker %d ready", slot.id)
         if self.state == "PRE_INITIALIZING" and self.workers.all_ready():
-            self.state = "LIVE"
-            admin = self.snapshot.get("admin")
-            where = f"; admin http://{admin['address']}:{admin['port']}" if admin else ""
-            log.info("baton %s live: %d worker(s), %d listener(s)%s", VERSION,
-                     len(self.workers.slots), len(self.listener_socks), where)
+            if self.takeover is not None:
+                self.state = "COMMITTING"
+                self.loop.create_task(self._commit())
+            else:
+                self._go_live()
+
+    async def _commit(self) -> None:
+        """Every worker of ours serves: the previous generation may stop and hand over."""
+        try:
+            await self.takeover.commit([s.handoff for s in self.workers.slots if s.handoff])
+        except Exception as exc:  # noqa: BLE001 - whatever the cause, the old generation serves on
+            log.error("the previous generation did not commit (%s); exiting", exc)
+            self.fast_stop()
+            return
+        self.previous_pid = self.takeover.previous_pid
+        self.takeover = None
+        await self._serve_admin_and_control()
+        self._go_live()
+
+    def _go_live(self) -> None:
+        self.state = "LIVE"
+        admin = self.snapshot.get("admin")
+        where = f"; admin http://{admin['address']}:{admin['port']}" if admin else ""
+        log.info("baton %s generation %d live: %d worker(s), %d listener(s)%s", VERSION,
+                 self.generation, len(self.workers.slots), len(self.listener_socks), where)
 
     def worker_exited(self, slot) -> None:
         if self.state == "DRAINING":
@@ -152,6 +205,98 @@ class Master:
             if self._deadline is not None:
                 self._deadline.cancel()
             self.done.set_result(code)
+
+    # -- reload (supervisor/upgrade.py) --------------------------------------------------
+
+    def reload_refusal(self) -> str | None:
+        """Why a reload cannot start now, or None."""
+        if self.reloading is not None:
+            return f"a reload is already in progress (new master pid {self.reloading.pid})"
+        if self.state != "LIVE":
+            return f"this generation is {self.state.lower()}, not live"
+        previous = self.previous_pid
+        if previous and _pid_running(previous):
+            return (f"the previous generation (pid {previous}) is still moving or draining its "
+                    "connections; at most two generations run at once")
+        return None
+
+    async def reload(self) -> dict:
+        refusal = self.reload_refusal()
+        if refusal:
+            raise ReloadFailed(refusal)
+        self.reloading = Reload(self)
+        try:
+            return await self.reloading.run()
+        finally:
+            if not self.handed_over:
+                self.reloading = None
+
+    def sockets_for_handoff(self) -> tuple[dict, list[int]]:
+        """The `sockets` message for the next generation, and its descriptors."""
+        fds, listeners = [], []
+        for spec in self.snapshot["listeners"]:
+            sock = self.listener_socks.get(spec["name"])
+            if sock is not None and sock.fileno() >= 0:
+                listeners.append({"name": spec["name"], "address": spec["address"],
+                                  "port": spec["port"], "fd": len(fds)})
+                fds.append(sock.fileno())
+        msg = {"type": "sockets", "listeners": listeners, "admin": None, "control": None}
+        admin = self.snapshot.get("admin")
+        if admin and self.admin_sock is not None:
+            msg["admin"] = {"address": admin["address"], "port": admin["port"], "fd": len(fds)}
+            fds.append(self.admin_sock.fileno())
+        if self.control_sock is not None:
+            msg["control"] = len(fds)
+            fds.append(self.control_sock.fileno())
+        return msg, fds
+
+    def hand_over(self, targets: list[str], reload) -> None:
+        """Commit point, old side: the next generation serves. Stop accepting, move every
+        connection to its workers, and exit when ours are done (or at the drain deadline)."""
+        self.handed_over = True
+        self.state = "DRAINING"
+        if self.admin is not None:
+            self.admin.close()
+            self.admin = None
+        self.control.pause()
+        self.workers.stop_respawning()
+        log.info("handing over to pid %d: moving connections to %d worker(s)", reload.pid, len(targets))
+        for slot in self.workers.alive():
+            if slot.channel is not None and not slot.channel.closed:
+                self.loop.create_task(self._migrate(slot, targets))
+        self._deadline = self.loop.call_later(self.options.drain_timeout, self._drain_deadline)
+        if not self.workers.alive():
+            self._finish(0)
+
+    async def _migrate(self, slot, targets) -> None:
+        try:
+            reply = await slot.channel.request({"type": "migrate", "targets": targets},
+                                               timeout=self.options.drain_timeout)
+            log.info("worker %d moved %d connection(s); %d stay to drain", slot.id,
+                     reply.get("moved", 0), reply.get("kept", 0))
+        except Exception as exc:  # noqa: BLE001 - the worker died or hung; its exit is handled
+            log.warning("worker %d: migration did not complete: %s", slot.id, exc)
+
+    def successor_gone(self, reason: str) -> None:
+        """The new master died after the commit while we still run: serve again."""
+        if self.done.done() or not self.workers.alive():
+            return
+        log.critical("the new generation died after taking over (%s); generation %d serves again",
+                     reason, self.generation)
+        self.handed_over = False
+        self.reloading = None
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+        self.state = "LIVE"
+        self.workers.stopping = False
+        self.workers.send_all({"type": "resume"})
+        self.control.resume()
+        self.loop.create_task(self._restart_admin())
+
+    async def _restart_admin(self) -> None:
+        if self.admin_sock is not None and self.admin is None:
+            self.admin = await AdminServer.start(self)
 
     # -- STRICT_DNS ----------------------------------------------------------------------
 

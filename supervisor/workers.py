@@ -41,6 +41,7 @@ class WorkerSlot:
         self.channel: Channel | None = None
         self.pidfd: int | None = None
         self.ready = False
+        self.handoff: str | None = None      # this worker's handoff socket (connections move in)
         self.started_at = 0.0
         self.deaths: collections.deque[float] = collections.deque()
         self.respawn_handle = None
@@ -73,7 +74,7 @@ class WorkerTable:
             try:
                 parent_end.close()
                 code = worker_process_main(slot.id, master.generation, master.pid, child_end,
-                                           master.snapshot, master.listener_socks)
+                                           master.snapshot, master.listener_socks, master.runtime_dir)
             finally:
                 os._exit(code)
         child_end.close()
@@ -91,6 +92,7 @@ class WorkerTable:
             return
         if msg["type"] == "ready":
             slot.ready = True
+            slot.handoff = msg.get("handoff")
             self.master.worker_ready(slot)
         else:
             log.warning("worker %d sent unexpected %r", slot.id, msg["type"])

@@ -6,8 +6,11 @@ for control. Control messages (see supervisor/handoff/framing.py for the framing
     master -> worker   stats, status          answered with the worker's counters / connections
                        snapshot               apply a new config snapshot (clusters, listeners)
                        drain                  stop accepting; exit when the last connection ends
+                       migrate {targets}      stop accepting; move every connection to the
+                                              workers on those handoff sockets; then drain
                        stop                   close everything now and exit
-    worker -> master   ready                  listeners installed, accepting
+    worker -> master   ready {handoff}        listeners installed, accepting; the path of this
+                                              worker's handoff socket (worker/migration.py)
 
 A worker never reads config files and never imports the Envoy API: it only sees snapshots.
 """
@@ -24,6 +27,7 @@ import signal
 import sys
 
 from ..supervisor.handoff.channel import Channel
+from . import migration
 from .listener import Listener
 from .proxy.cluster import ClusterManager
 from .proxy.pipes import PipePool
@@ -38,7 +42,7 @@ EXIT_BOOT_FAILURE = 3        # the master does not respawn a worker that exits w
 
 class Worker:
     def __init__(self, worker_id: int, generation: int, channel_sock, snapshot: dict,
-                 listener_fds: dict[str, int]):
+                 listener_fds: dict[str, int], runtime_dir: str):
         self.id = worker_id
         self.generation = generation
         self.loop = asyncio.get_running_loop()
@@ -53,6 +57,8 @@ class Worker:
         self.channel = Channel(channel_sock, self._on_message, self._on_channel_closed,
                                name=f"worker {worker_id} control")
         self.apply_snapshot(snapshot, listener_fds)
+        self.handoff = migration.MigrationServer(
+            self, os.path.join(runtime_dir, f"worker-{generation}-{worker_id}-{os.getpid()}.sock"))
 
     # -- config --------------------------------------------------------------------------
 
@@ -88,6 +94,9 @@ class Worker:
                 counters.setdefault(name, 0)
 
     # -- connections ---------------------------------------------------------------------
+
+    def next_connection_id(self) -> int:
+        return next(self._ids)
 
     def new_connection(self, listener: Listener, client, peer) -> None:
         conn = TcpProxyConnection(self, listener, client, peer, next(self._ids))
@@ -149,6 +158,32 @@ class Worker:
         if not self.connections:
             self._finish(EXIT_OK)
 
+    def handle_migrate(self, msg) -> None:
+        """Hand every connection to the workers on msg["targets"], then drain what is left
+        (connections the receivers refused, e.g. for a listener they do not have)."""
+        for listener in self.listeners.values():
+            listener.stop()
+        self.draining = True
+
+        async def move():
+            count = len(self.connections)
+            started = self.loop.time()
+            moved, kept = await migration.migrate_connections(self, msg["targets"])
+            log.info("worker %d: moved %d of %d connection(s) in %.3fs; %d stay to drain",
+                     self.id, moved, count, self.loop.time() - started, kept)
+            self.channel.reply(msg, {"type": "migrated", "moved": moved, "kept": kept})
+            if not self.connections:
+                self._finish(EXIT_OK)
+        self.loop.create_task(move())
+
+    def handle_resume(self, msg) -> None:
+        """The next generation died after taking over: serve again (rollback after commit)."""
+        self.draining = False
+        for listener in self.listeners.values():
+            if listener.sock.fileno() >= 0:
+                listener.start()
+        log.warning("worker %d: serving again (%d connection(s))", self.id, len(self.connections))
+
     def handle_stop(self, msg) -> None:
         self.stop_now()
 
@@ -172,8 +207,10 @@ class Worker:
     async def run(self) -> int:
         for listener in self.listeners.values():
             listener.start()
-        self.channel.send({"type": "ready", "worker": self.id, "pid": os.getpid()})
+        self.channel.send({"type": "ready", "worker": self.id, "pid": os.getpid(),
+                           "handoff": self.handoff.path})
         code = await self.done
+        self.handoff.close()
         # Let the last replies (e.g. to drain) leave before the process ends.
         await asyncio.sleep(0)
         return code
@@ -198,7 +235,7 @@ def _reset_inherited_process_state(keep_fds: set[int]) -> None:
 
 
 def worker_process_main(worker_id: int, generation: int, master_pid: int, channel_sock,
-                        snapshot: dict, listener_socks: dict) -> int:
+                        snapshot: dict, listener_socks: dict, runtime_dir: str) -> int:
     """Entry point in the forked child. Never returns into the master's code."""
     import prctl
     import uvloop
@@ -219,7 +256,7 @@ def worker_process_main(worker_id: int, generation: int, master_pid: int, channe
 
     async def main() -> int:
         loop = asyncio.get_running_loop()
-        worker = Worker(worker_id, generation, channel_sock, snapshot, listener_fds)
+        worker = Worker(worker_id, generation, channel_sock, snapshot, listener_fds, runtime_dir)
         loop.add_signal_handler(signal.SIGTERM, worker.handle_drain, {"type": "drain"})
         return await worker.run()
 

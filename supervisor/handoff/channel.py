@@ -187,22 +187,79 @@ class Channel:
             self._on_close(self, reason)
 
 
-def blocking_request(path: str, msg: dict, timeout: float = 10.0) -> dict:
-    """One request/reply over a unix socket, for the CLI (no event loop)."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+class BlockingChannel:
+    """Framed request/reply on a blocking socket, for code that runs before (or without) an
+    event loop: the CLI, and a new master's first steps of a takeover."""
+
+    def __init__(self, sock: socket.socket, timeout: float):
         sock.settimeout(timeout)
-        sock.connect(path)
-        sock.sendall(encode({**msg, "id": 1}))
-        decoder = FrameDecoder()
-        while True:
-            data, fds = recv_with_fds(sock)
+        self.sock = sock
+        self._decoder = FrameDecoder()
+        self._frames: list = []
+        self._ids = itertools.count(1)
+
+    @classmethod
+    def connect(cls, path: str, timeout: float) -> "BlockingChannel":
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(timeout)
+            sock.connect(path)
+        except BaseException:
+            sock.close()
+            raise
+        return cls(sock, timeout)
+
+    def send(self, msg: dict, fds=()) -> None:
+        data = encode(msg, len(fds))
+        if fds:
+            self.sock.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                                        struct.pack(f"{len(fds)}i", *fds))])
+        else:
+            self.sock.sendall(data)
+
+    def recv(self) -> tuple[dict, list[int]]:
+        while not self._frames:
+            data, fds = recv_with_fds(self.sock)
             if not data:
                 close_fds(fds)
-                raise ChannelClosed("the master closed the control connection")
-            for reply, frame_fds in decoder.feed(data, fds):
-                close_fds(frame_fds)
-                if reply.get("reply_to") == 1:
-                    return reply
+                raise ChannelClosed("the peer closed the connection")
+            self._frames.extend(self._decoder.feed(data, fds))
+        return self._frames.pop(0)
+
+    def request(self, msg: dict, fds=()) -> tuple[dict, list[int]]:
+        msg_id = next(self._ids)
+        self.send({**msg, "id": msg_id}, fds)
+        while True:
+            reply, reply_fds = self.recv()
+            if reply.get("reply_to") == msg_id:
+                return reply, reply_fds
+            close_fds(reply_fds)
+
+    def detach(self) -> socket.socket:
+        """Hand the socket to an event-loop Channel (nothing may be left unread)."""
+        if self._frames or self._decoder.pending_bytes:
+            raise FrameError("unread frames left on the channel")
+        sock, self.sock = self.sock, None
+        return sock
+
+    def close(self) -> None:
+        for _, fds in self._frames:
+            close_fds(fds)
+        self._frames.clear()
+        self._decoder.close()
+        if self.sock is not None:
+            self.sock.close()
+
+
+def blocking_request(path: str, msg: dict, timeout: float = 10.0) -> dict:
+    """One request/reply over a unix socket, for the CLI (no event loop)."""
+    channel = BlockingChannel.connect(path, timeout)
+    try:
+        reply, fds = channel.request(msg)
+        close_fds(fds)
+        return reply
+    finally:
+        channel.close()
 
 
 def socketpair() -> tuple[socket.socket, socket.socket]:

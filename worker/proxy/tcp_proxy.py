@@ -26,6 +26,8 @@ import random
 import socket
 import time
 
+from .lb import Host
+
 log = logging.getLogger("baton.tcp_proxy")
 
 SPLICE_FLAGS = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
@@ -128,6 +130,24 @@ class Pump:
         self.pipe_full = False
         self._set_reading(pending < self.capacity)
 
+    def drain(self) -> bytes:
+        """Take the bytes out of the pipe (the connection is moving to another process)."""
+        chunks, left = [], self.pending
+        while left:
+            data = os.read(self.pipe_r, left)
+            chunks.append(data)
+            left -= len(data)
+        self.pending = 0
+        return b"".join(chunks)
+
+    def restore(self, data: bytes, eof: bool, done: bool) -> None:
+        """Put a moved direction's unsent bytes into our pipe, before anything is read."""
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self.pipe_w, view):]
+        self.pending = len(data)
+        self.eof, self.done = eof, done
+
     def stop(self) -> None:
         if self.reading:
             self.loop.remove_reader(self.src)
@@ -140,7 +160,7 @@ class Pump:
 class TcpProxyConnection:
     __slots__ = ("worker", "loop", "listener", "config", "stats", "client", "upstream",
                  "cluster", "host", "tried", "attempts", "state", "pumps", "timer",
-                 "last_active", "idle_timeout", "id", "peer", "__weakref__")
+                 "last_active", "idle_timeout", "id", "peer", "moved", "__weakref__")
 
     def __init__(self, worker, listener, client: socket.socket, peer, conn_id: int):
         self.worker = worker
@@ -161,6 +181,7 @@ class TcpProxyConnection:
         self.timer = None
         self.last_active = _monotonic()
         self.idle_timeout = self.config["idle_timeout"]
+        self.moved = None
 
     # -- connecting ----------------------------------------------------------------------
 
@@ -267,22 +288,39 @@ class TcpProxyConnection:
 
     # -- open ----------------------------------------------------------------------------
 
-    def _established(self) -> None:
+    def _pipe_capacities(self) -> tuple[int, int]:
+        # Bytes waiting for the upstream are bounded by the cluster's buffer limit, bytes
+        # waiting for the client by the listener's: Envoy's two per_connection_buffer_limit_bytes.
+        return self.cluster.pipe_capacity, self.listener.pipe_capacity
+
+    def _established(self, moved=None) -> None:
         self.state = OPEN
         pool = self.worker.pipes
         c, u = self.client.fileno(), self.upstream.fileno()
         listener, cluster = self.listener, self.cluster
-        # Bytes waiting for the upstream are bounded by the cluster's buffer limit, bytes
-        # waiting for the client by the listener's: Envoy's two per_connection_buffer_limit_bytes.
+        to_upstream, to_client = self._pipe_capacities()
+        if moved is not None:      # a moved direction's bytes must fit before anything is read
+            to_upstream = max(to_upstream, len(moved[0]["data"]))
+            to_client = max(to_client, len(moved[1]["data"]))
         self.pumps = (
-            Pump(self, c, u, pool.get(cluster.pipe_capacity),
+            Pump(self, c, u, pool.get(to_upstream),
                  (listener.tcp_stat_rx_bytes, cluster.stat["upstream_cx_tx_bytes_total"])),
-            Pump(self, u, c, pool.get(listener.pipe_capacity),
+            Pump(self, u, c, pool.get(to_client),
                  (listener.tcp_stat_tx_bytes, cluster.stat["upstream_cx_rx_bytes_total"])),
         )
+        if moved is not None:
+            for pump, direction in zip(self.pumps, moved):
+                pump.restore(direction["data"], direction["eof"], direction["done"])
+        self._run_pumps()
+
+    def _run_pumps(self) -> None:
         for pump in self.pumps:
-            pump.start()
-        if self.idle_timeout:
+            if not pump.eof:
+                pump.start()
+        for pump in self.pumps:
+            if self.state is OPEN and (pump.pending or (pump.eof and not pump.done)):
+                pump.flush()
+        if self.idle_timeout and self.state is OPEN:
             self.timer = self.loop.call_later(self.idle_timeout, self._on_idle_timer)
 
     def _on_idle_timer(self) -> None:
@@ -319,9 +357,9 @@ class TcpProxyConnection:
             self.timer = None
         if self.pumps is not None:
             pool = self.worker.pipes
-            for pump, capacity in zip(self.pumps, (self.cluster.pipe_capacity, self.listener.pipe_capacity)):
+            for pump in self.pumps:
                 pump.stop()
-                pool.put(pump.pipe, capacity, pump.pending == 0)
+                pool.put(pump.pipe, pump.capacity, pump.pending == 0)
             self.pumps = None
         if self.upstream is not None:
             self.loop.remove_writer(self.upstream.fileno())
@@ -330,3 +368,84 @@ class TcpProxyConnection:
         self.client.close()
         self.stats.gauges[self.listener.stat_cx_active] -= 1
         self.worker.connection_closed(self)
+
+    # -- moving to another worker (supervisor/handoff/protocol.py) -------------------------
+
+    def export(self) -> tuple[dict, list[int]]:
+        """Pause this connection and describe it for another worker: (state, fds).
+
+        It stays ours until `migrated()` (another worker adopted it) or `resume()` (it did
+        not). An open connection moves with both sockets and the unsent bytes of each
+        direction; one still connecting moves with its client socket only, since nothing has
+        been read from the client yet: the adopter connects afresh."""
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        state = {"id": self.id, "listener": self.listener.name,
+                 "peer": list(self.peer) if self.peer else None}
+        if self.state is OPEN:
+            moved = []
+            for pump in self.pumps:
+                pump.stop()
+                moved.append({"data": pump.drain(), "eof": pump.eof, "done": pump.done})
+            self.moved = moved
+            state.update(state="open", cluster=self.cluster.name,
+                         host=[self.host.address, self.host.port], up=moved[0], down=moved[1])
+            return state, [self.client.fileno(), self.upstream.fileno()]
+        self.loop.remove_writer(self.upstream.fileno())
+        self._release_upstream()
+        self.attempts -= 1           # an interrupted attempt is not a failed one
+        state["state"] = "connecting"
+        return state, [self.client.fileno()]
+
+    def resume(self) -> None:
+        """The move failed: carry on here, exactly where export() paused."""
+        if self.state is OPEN:
+            for pump, direction in zip(self.pumps, self.moved):
+                pump.restore(direction["data"], direction["eof"], direction["done"])
+            self.moved = None
+            self._run_pumps()
+        elif self.state is CONNECTING:
+            self._connect()
+
+    def migrated(self) -> None:
+        """Another worker adopted this connection: let go of our descriptors without
+        shutting anything down (the adopter holds the same sockets)."""
+        pumps, self.pumps = self.pumps, None
+        self.moved = None
+        self.state = CLOSED
+        if pumps is not None:
+            for pump in pumps:
+                self.worker.pipes.put(pump.pipe, pump.capacity, True)
+        if self.upstream is not None:
+            self._release_upstream()
+        self.client.close()
+        self.stats.gauges[self.listener.stat_cx_active] -= 1
+        self.worker.connection_closed(self)
+
+    @classmethod
+    def adopt(cls, worker, listener, state: dict, fds: list[int], conn_id: int):
+        """A connection another worker exported: continue it here."""
+        client = socket.socket(fileno=fds[0])
+        peer = tuple(state["peer"]) if state.get("peer") else None
+        conn = cls(worker, listener, client, peer, conn_id)
+        worker.stats.gauges[listener.stat_cx_active] += 1
+        if state["state"] == "connecting":
+            conn.cluster = conn._choose_cluster()
+            if conn.cluster is None:
+                conn.close()
+            else:
+                conn._connect()
+            return conn
+        cluster = worker.clusters.get(state["cluster"])
+        address, port = state["host"]
+        host = next((h for h in cluster.hosts if h.address == address and h.port == port), None)
+        if host is None:       # the endpoint left the config: the connection still lives
+            host = Host(address, port)
+        conn.cluster, conn.host = cluster, host
+        conn.upstream = socket.socket(fileno=fds[1])
+        cluster.active += 1
+        host.active += 1
+        worker.stats.gauges[cluster.stat["upstream_cx_active"]] += 1
+        conn._established(moved=(state["up"], state["down"]))
+        return conn

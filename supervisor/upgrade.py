@@ -1,0 +1,301 @@
+"""Reload: one generation hands its sockets and connections to the next.
+
+Both sides of supervisor/handoff/protocol.py's master conversation live here:
+
+- `Reload` runs in the OLD master. It listens on <runtime dir>/handoff.sock, starts the new
+  master (fork, fork again, exec the `baton` on disk with the same arguments: the new master is
+  not our child, which systemd needs for MAINPID=), answers it, and at `ready` commits: stops
+  accepting and tells its workers to move their connections to the new workers. Until that
+  moment it never stopped serving, so every failure before it is a clean rollback.
+- `Takeover` runs in the NEW master. It says hello, reports a bad config as `failed`, takes the
+  listening sockets, and, once its workers serve, asks for the commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+
+from .handoff import protocol
+from .handoff.channel import BlockingChannel, Channel, peer_credentials
+from .handoff.framing import close_fds
+
+log = logging.getLogger("baton.upgrade")
+
+ENV_HANDOFF = "BATON_HANDOFF"
+ENV_GENERATION = "BATON_GENERATION"
+ENV_PREVIOUS_PID = "BATON_PREVIOUS_PID"
+
+
+class ReloadFailed(Exception):
+    """The new generation did not take over; the old one serves on. str() is the reason."""
+
+
+def new_master_argv() -> list[str]:
+    """The command that started us, run again from disk (so new code on disk really runs)."""
+    script = sys.argv[0]
+    if script.endswith(".py") or not os.path.exists(script):
+        return [sys.executable, "-m", "baton.supervisor.cli", *sys.argv[1:]]
+    return [sys.executable, script, *sys.argv[1:]]
+
+
+def spawn_detached(argv: list[str], env: dict) -> int:
+    """fork, fork, exec: the new master's parent exits at once, so it is not our child (it is
+    reparented to init or to systemd, the subreaper). Returns its pid."""
+    r, w = os.pipe()
+    child = os.fork()
+    if child == 0:
+        code = 0
+        try:
+            os.close(r)
+            grandchild = os.fork()
+            if grandchild == 0:
+                try:
+                    os.close(w)
+                    signal.set_wakeup_fd(-1)
+                    os.execve(argv[0], argv, env)
+                finally:
+                    os._exit(127)
+            os.write(w, str(grandchild).encode())
+        except BaseException:
+            code = 1
+        finally:
+            os._exit(code)
+    os.close(w)
+    try:
+        data = os.read(r, 32)
+    finally:
+        os.close(r)
+        os.waitpid(child, 0)
+    if not data:
+        raise ReloadFailed("could not start the new master (fork failed)")
+    return int(data)
+
+
+class Reload:
+    """One reload, seen from the old master."""
+
+    def __init__(self, master):
+        self.master = master
+        self.loop = master.loop
+        self.path = os.path.join(master.runtime_dir, protocol.HANDOFF_SOCKET)
+        self.pid: int | None = None
+        self.sock: socket.socket | None = None
+        self.channel: Channel | None = None
+        self.inbox: asyncio.Queue = asyncio.Queue()
+        self.exited = self.loop.create_future()
+        self.pidfd: int | None = None
+        self.committed = False
+
+    async def run(self) -> dict:
+        """{"generation", "pid"} of the new generation, or ReloadFailed with the reason."""
+        started = time.monotonic()
+        self._listen()
+        try:
+            env = {**os.environ, ENV_HANDOFF: self.path,
+                   ENV_GENERATION: str(self.master.generation + 1),
+                   ENV_PREVIOUS_PID: str(os.getpid())}
+            self.pid = spawn_detached(new_master_argv(), env)
+            log.info("reload: started new master pid %d (generation %d)", self.pid, self.master.generation + 1)
+            self.pidfd = os.pidfd_open(self.pid)
+            self.loop.add_reader(self.pidfd, self._on_exit)
+            await self._converse()
+        except ReloadFailed as exc:
+            self._kill_new()
+            log.error("reload failed, generation %d serves on: %s", self.master.generation, exc)
+            raise
+        finally:
+            self._stop_listening()
+        log.info("reload: generation %d (pid %d) took over in %.3fs", self.master.generation + 1,
+                 self.pid, time.monotonic() - started)
+        return {"generation": self.master.generation + 1, "pid": self.pid}
+
+    # -- the conversation ----------------------------------------------------------------
+
+    async def _converse(self) -> None:
+        msg, fds = await self._next(protocol.HELLO_TIMEOUT, "say hello")
+        close_fds(fds)
+        try:
+            version = protocol.negotiate(msg)
+        except protocol.ProtocolError as exc:
+            self.channel.reply(msg, protocol.error(str(exc)))
+            raise ReloadFailed(f"handshake with the new master failed: {exc}") from None
+        self.channel.reply(msg, {"type": "hello", "version": version, "pid": os.getpid(),
+                                 "generation": self.master.generation})
+        deadline = time.monotonic() + protocol.COMMIT_TIMEOUT
+        while True:
+            msg, fds = await self._next(deadline - time.monotonic(), "become ready")
+            kind = msg["type"]
+            if kind == "failed":
+                close_fds(fds)
+                raise ReloadFailed(f"the new master refused to start: {msg.get('reason', '?')}")
+            if kind == "take":
+                close_fds(fds)
+                reply, out_fds = self.master.sockets_for_handoff()
+                self.channel.reply(msg, reply, out_fds)
+            elif kind == "ready":
+                close_fds(fds)
+                targets = [t for t in msg.get("workers", ()) if isinstance(t, str)]
+                self.committed = True
+                self.master.hand_over(targets, self)
+                self.channel.reply(msg, {"type": "committed"})
+                return
+            else:
+                close_fds(fds)
+                self.channel.reply(msg, protocol.error(f"unexpected message {kind!r}"))
+
+    async def _next(self, timeout: float, what: str):
+        getter = asyncio.ensure_future(self.inbox.get())
+        done, _ = await asyncio.wait({getter, self.exited}, timeout=max(0.0, timeout),
+                                     return_when=asyncio.FIRST_COMPLETED)
+        if getter in done:
+            item = getter.result()
+            if item is None:
+                raise ReloadFailed(f"the new master (pid {self.pid}) closed the handoff connection "
+                                   "before the commit point")
+            return item
+        getter.cancel()
+        if self.exited in done:
+            raise ReloadFailed(f"the new master (pid {self.pid}) exited before the commit point")
+        raise ReloadFailed(f"the new master (pid {self.pid}) did not {what} within {timeout:.0f}s")
+
+    # -- sockets and processes -----------------------------------------------------------
+
+    def _listen(self) -> None:
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old_umask = os.umask(0o077)
+        try:
+            sock.bind(self.path)
+        finally:
+            os.umask(old_umask)
+        sock.listen(8)
+        sock.setblocking(False)
+        self.sock = sock
+        self.loop.add_reader(sock.fileno(), self._on_acceptable)
+
+    def _on_acceptable(self) -> None:
+        try:
+            conn, _ = self.sock.accept()
+        except (BlockingIOError, InterruptedError):
+            return
+        pid, uid, _ = peer_credentials(conn)
+        if not protocol.peer_allowed(uid) or pid != self.pid or self.channel is not None:
+            # Only the process we started may take over, and only once.
+            log.warning("handoff socket: refused pid %d uid %d", pid, uid)
+            try:
+                conn.setblocking(False)
+                from .handoff.framing import encode
+                conn.send(encode(protocol.error("not the expected new master")))
+            except OSError:
+                pass
+            conn.close()
+            return
+        self.channel = Channel(conn, self._on_message, self._on_closed, name=f"handoff to pid {pid}")
+
+    def _on_message(self, channel, msg, fds) -> None:
+        self.inbox.put_nowait((msg, fds))
+
+    def _on_closed(self, channel, reason) -> None:
+        # After the commit the new master closes this connection as a matter of course;
+        # only its exit (pidfd) means it is gone.
+        self.inbox.put_nowait(None)
+
+    def _on_exit(self) -> None:
+        self.loop.remove_reader(self.pidfd)
+        os.close(self.pidfd)
+        self.pidfd = None
+        if not self.exited.done():
+            self.exited.set_result(True)
+        if self.committed:
+            self.master.successor_gone("the new master exited")
+
+    def _stop_listening(self) -> None:
+        if self.sock is not None:
+            self.loop.remove_reader(self.sock.fileno())
+            self.sock.close()
+            self.sock = None
+            try:
+                os.unlink(self.path)
+            except OSError:
+                pass
+
+    def _kill_new(self) -> None:
+        if self.channel is not None:
+            self.channel.close("rolled back")
+        if self.pid is not None and self.pidfd is not None:
+            try:
+                signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
+            except (ProcessLookupError, OSError):
+                pass
+
+
+class Takeover:
+    """The new master's side, before its event loop runs and (at commit) inside it."""
+
+    def __init__(self, path: str, generation: int):
+        self.path = path
+        self.generation = generation
+        self.previous_pid: int | None = None
+        self.channel = BlockingChannel.connect(path, protocol.HELLO_TIMEOUT)
+        reply, fds = self.channel.request(protocol.hello(os.getpid(), generation))
+        close_fds(fds)
+        if reply.get("type") != "hello":
+            raise ReloadFailed(reply.get("error", "the old master refused the handshake"))
+        self.previous_pid = reply.get("pid")
+
+    def fail(self, reason: str) -> None:
+        """Tell the old master why we cannot take over (it then rolls back)."""
+        try:
+            self.channel.send({"type": "failed", "reason": reason})
+        except OSError:
+            pass
+        self.channel.close()
+
+    def take_sockets(self) -> dict:
+        """The old generation's sockets: {"listeners": {(address, port): socket},
+        "admin": ((address, port), socket) or None, "control": socket or None}."""
+        self.channel.sock.settimeout(protocol.COMMIT_TIMEOUT)
+        reply, fds = self.channel.request({"type": "take"})
+        if reply.get("type") != "sockets":
+            close_fds(fds)
+            raise ReloadFailed(reply.get("error", "no sockets in the answer"))
+        result = {"listeners": {}, "admin": None, "control": None}
+        try:
+            for entry in reply.get("listeners", ()):
+                family = socket.AF_INET6 if ":" in entry["address"] else socket.AF_INET
+                sock = socket.socket(family, socket.SOCK_STREAM, 0, fds[entry["fd"]])
+                result["listeners"][(entry["address"], entry["port"])] = sock
+            admin = reply.get("admin")
+            if admin is not None:
+                family = socket.AF_INET6 if ":" in admin["address"] else socket.AF_INET
+                result["admin"] = ((admin["address"], admin["port"]),
+                                   socket.socket(family, socket.SOCK_STREAM, 0, fds[admin["fd"]]))
+            if reply.get("control") is not None:
+                result["control"] = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, 0, fds[reply["control"]])
+        except (KeyError, IndexError, TypeError) as exc:
+            close_fds(fds)
+            raise ReloadFailed(f"malformed sockets message: {exc!r}") from None
+        return result
+
+    async def commit(self, worker_paths: list[str]) -> None:
+        """Every worker serves: ask the old generation to stop and move its connections."""
+        def on_message(channel, msg, fds):
+            close_fds(fds)
+        sock = self.channel.detach()
+        channel = Channel(sock, on_message, name="handoff to the old master")
+        try:
+            reply = await channel.request({"type": "ready", "workers": worker_paths},
+                                          timeout=protocol.COMMIT_TIMEOUT)
+        finally:
+            channel.close("committed")
+        if reply.get("type") != "committed":
+            raise ReloadFailed(reply.get("error", "the old master did not commit"))

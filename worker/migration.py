@@ -1,0 +1,213 @@
+"""Moving established connections between workers (upgrade, recycling).
+
+The receiving worker listens on its own handoff socket (<runtime dir>/worker-G-N.sock) from the
+moment it starts; the master hands its path to whoever must move connections to it. The sending
+worker pauses its connections, exports them (TcpProxyConnection.export: state plus 1-2
+descriptors each), sends them in batches, and lets go of each one only once the receiver says
+it adopted it. A connection the receiver refuses, or a batch whose receiver dies or times out,
+resumes where it was paused: a failed move loses nothing.
+
+Message types are in supervisor/handoff/protocol.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+
+from ..supervisor.handoff import protocol
+from ..supervisor.handoff.channel import Channel, peer_credentials
+from ..supervisor.handoff.framing import close_fds
+from .proxy.tcp_proxy import CLOSED, CONNECTING, OPEN, TcpProxyConnection
+
+log = logging.getLogger("baton.migration")
+
+
+class MigrationServer:
+    """This worker's handoff socket: adopts the connections other workers send."""
+
+    def __init__(self, worker, path: str):
+        self.worker = worker
+        self.loop = worker.loop
+        self.path = path
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old_umask = os.umask(0o077)
+        try:
+            self.sock.bind(path)
+        finally:
+            os.umask(old_umask)
+        self.sock.listen(64)
+        self.sock.setblocking(False)
+        self.versions: dict[Channel, int | None] = {}     # channel -> negotiated version
+        self.loop.add_reader(self.sock.fileno(), self._on_acceptable)
+
+    def close(self) -> None:
+        self.loop.remove_reader(self.sock.fileno())
+        self.sock.close()
+        try:
+            os.unlink(self.path)
+        except OSError:
+            pass
+        for channel in list(self.versions):
+            channel.close("worker exiting")
+
+    def _on_acceptable(self) -> None:
+        try:
+            conn, _ = self.sock.accept()
+        except (BlockingIOError, InterruptedError):
+            return
+        pid, uid, _ = peer_credentials(conn)
+        if not protocol.peer_allowed(uid):
+            log.warning("handoff socket: refused pid %d uid %d", pid, uid)
+            conn.close()
+            return
+        channel = Channel(conn, self._on_message, self._on_closed, name=f"handoff from pid {pid}")
+        self.versions[channel] = None
+
+    def _on_closed(self, channel, reason) -> None:
+        self.versions.pop(channel, None)
+
+    def _on_message(self, channel: Channel, msg: dict, fds) -> None:
+        kind = msg["type"]
+        if kind == "hello":
+            try:
+                version = self.versions[channel] = protocol.negotiate(msg)
+            except protocol.ProtocolError as exc:
+                channel.reply(msg, protocol.error(str(exc)))
+                return
+            channel.reply(msg, {"type": "hello", "version": version, "pid": os.getpid(),
+                                "generation": self.worker.generation})
+        elif self.versions.get(channel) is None:
+            close_fds(fds)
+            channel.reply(msg, protocol.error("hello first"))
+        elif kind == "connections":
+            adopted, refused = adopt_connections(self.worker, msg, fds)
+            channel.reply(msg, {"type": "adopted", "ids": adopted, "refused": refused})
+        else:
+            close_fds(fds)
+            channel.reply(msg, protocol.error(f"unknown message type {kind!r}"))
+
+
+def adopt_connections(worker, msg: dict, fds: list[int]) -> tuple[list[int], dict]:
+    """Take over the connections of one `connections` frame; (adopted ids, refused id->why)."""
+    adopted, refused = [], {}
+    index = 0
+    for state in msg.get("conns", ()):
+        nfds = 1 if state.get("state") == "connecting" else 2
+        conn_fds, index = fds[index:index + nfds], index + nfds
+        reason = _refusal(worker, state, len(conn_fds) == nfds)
+        if reason:
+            close_fds(conn_fds)
+            refused[state.get("id")] = reason
+            continue
+        listener = worker.listeners[state["listener"]]
+        conn = TcpProxyConnection.adopt(worker, listener, state, conn_fds, worker.next_connection_id())
+        if conn.state is not CLOSED:      # it may have failed at once (no healthy host)
+            worker.connections[conn.id] = conn
+        adopted.append(state["id"])
+    close_fds(fds[index:])
+    return adopted, refused
+
+
+def _refusal(worker, state: dict, fds_ok: bool) -> str | None:
+    if not fds_ok:
+        return "descriptors missing"
+    if state.get("listener") not in worker.listeners:
+        return f"no listener {state.get('listener')!r} here"
+    if state.get("state") == "open" and worker.clusters.get(state.get("cluster")) is None:
+        return f"no cluster {state.get('cluster')!r} here"
+    if state.get("state") not in ("open", "connecting"):
+        return f"cannot adopt a connection in state {state.get('state')!r}"
+    return None
+
+
+async def open_handoff(path: str, generation: int) -> Channel:
+    """Connect to another worker's handoff socket and say hello."""
+    loop = asyncio.get_running_loop()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.setblocking(False)
+    try:
+        await asyncio.wait_for(loop.sock_connect(sock, path), protocol.MIGRATE_TIMEOUT)
+    except BaseException:
+        sock.close()
+        raise
+    channel = Channel(sock, _unexpected, name=f"handoff to {os.path.basename(path)}")
+    reply = await channel.request(protocol.hello(os.getpid(), generation), timeout=protocol.MIGRATE_TIMEOUT)
+    if reply.get("type") != "hello":
+        channel.close("handshake refused")
+        raise protocol.ProtocolError(reply.get("error", "handshake refused"))
+    return channel
+
+
+def _unexpected(channel, msg, fds) -> None:
+    close_fds(fds)
+    log.warning("%s: unexpected %r", channel.name, msg.get("type"))
+
+
+def _batches(conns):
+    batch, size = [], 0
+    for conn in conns:
+        batch.append(conn)
+        if conn.pumps is not None:
+            size += sum(p.pending for p in conn.pumps)
+        if len(batch) >= protocol.CONNS_PER_FRAME or size >= protocol.BYTES_PER_FRAME:
+            yield batch
+            batch, size = [], 0
+    if batch:
+        yield batch
+
+
+async def migrate_connections(worker, targets: list[str]) -> tuple[int, int]:
+    """Move every connection of `worker` to the workers listening on `targets`, spread
+    round-robin. Returns (moved, kept here)."""
+    channels = []
+    for path in targets:
+        try:
+            channels.append(await open_handoff(path, worker.generation))
+        except (OSError, asyncio.TimeoutError, protocol.ProtocolError, Exception) as exc:
+            log.error("worker %d: cannot reach %s: %s", worker.id, path, exc)
+    if not channels:
+        return 0, len(worker.connections)
+    conns = [c for c in worker.connections.values() if c.state in (OPEN, CONNECTING)]
+    pending = []
+    for i, batch in enumerate(_batches(conns)):
+        channel = channels[i % len(channels)]
+        states, fds = [], []
+        for conn in batch:
+            state, conn_fds = conn.export()
+            states.append(state)
+            fds.extend(conn_fds)
+        try:
+            future = channel.request({"type": "connections", "conns": states}, fds,
+                                     timeout=protocol.MIGRATE_TIMEOUT)
+        except Exception as exc:  # noqa: BLE001 - the channel died: this batch stays here
+            log.error("worker %d: sending %d connection(s) failed: %s", worker.id, len(batch), exc)
+            future = None
+        pending.append((batch, future))
+    moved = kept = 0
+    for batch, future in pending:
+        by_id = {conn.id: conn for conn in batch}
+        try:
+            reply = await future if future is not None else {}
+        except Exception as exc:  # noqa: BLE001 - timeout or receiver gone: resume all
+            log.error("worker %d: %d connection(s) not adopted: %s", worker.id, len(batch), exc)
+            reply = {}
+        adopted = set(reply.get("ids", ()))
+        for conn_id, conn in by_id.items():
+            if conn_id in adopted:
+                conn.migrated()
+                moved += 1
+            else:
+                conn.resume()
+                kept += 1
+        for conn_id, why in (reply.get("refused") or {}).items():
+            log.warning("worker %d: connection %s stays here: %s", worker.id, conn_id, why)
+    for channel in channels:
+        channel.close("done")
+    return moved, kept
