@@ -33,12 +33,12 @@ FAST_STOP_GRACE = 2.0
 
 
 def _pid_running(pid: int) -> bool:
+    """True while `pid` runs; a zombie (exited, not yet reaped by its parent) does not."""
     try:
-        os.kill(pid, 0)
-        return True
-    except ProcessLookupError:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
         return False
-    except PermissionError:
+    except psutil.Error:
         return True
 WORKER_RPC_TIMEOUT = 2.0
 

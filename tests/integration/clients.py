@@ -82,3 +82,87 @@ def recv_exact(sock: socket.socket, n: int) -> bytes:
             raise ConnectionError(f"closed after {len(out)} of {n} bytes")
         out += data
     return bytes(out)
+
+
+class Streams:
+    """Many connections streaming through an echo upstream at once, driven by one selector
+    thread: each sends a deterministic stream at a paced rate and reads its echo back. Any
+    early EOF or error is recorded as a disconnect; at the end every stream's sent and received
+    sha256 must match."""
+
+    def __init__(self, port: int, count: int, total: int, rate: float, chunk: int = 16384):
+        import selectors
+        self.selector = selectors.DefaultSelector()
+        self.total, self.rate, self.chunk = total, rate, chunk
+        self.disconnects: list[str] = []
+        self.streams = []
+        for i in range(count):
+            sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+            sock.setblocking(False)
+            data = b"".join(bytes(c) for c in stream_chunks(total, seed=i))
+            stream = {"sock": sock, "data": data, "sent": 0, "recv": hashlib.sha256(), "got": 0, "done": False}
+            self.streams.append(stream)
+            self.selector.register(sock, selectors.EVENT_READ, stream)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> "Streams":
+        self.thread.start()
+        return self
+
+    def _run(self) -> None:
+        import time
+        started = time.monotonic()
+        while not self.stop.is_set() and not all(s["done"] for s in self.streams):
+            allowed = min(self.total, int((time.monotonic() - started) * self.rate) + self.chunk)
+            for s in self.streams:
+                if s["done"] or s["sent"] >= allowed:
+                    continue
+                try:
+                    n = s["sock"].send(s["data"][s["sent"]:allowed])
+                    s["sent"] += n
+                    if s["sent"] == self.total:
+                        s["sock"].shutdown(socket.SHUT_WR)
+                except BlockingIOError:
+                    pass
+                except OSError as exc:
+                    self._lost(s, f"send: {exc}")
+            for key, _ in self.selector.select(timeout=0.005):
+                s = key.data
+                try:
+                    data = s["sock"].recv(1 << 18)
+                except BlockingIOError:
+                    continue
+                except OSError as exc:
+                    self._lost(s, f"recv: {exc}")
+                    continue
+                if not data:
+                    if s["got"] != self.total:
+                        self._lost(s, f"EOF after {s['got']} of {self.total} bytes")
+                    else:
+                        self._finish(s)
+                    continue
+                s["recv"].update(data)
+                s["got"] += len(data)
+
+    def _lost(self, s, why: str) -> None:
+        self.disconnects.append(why)
+        self._finish(s)
+
+    def _finish(self, s) -> None:
+        s["done"] = True
+        self.selector.unregister(s["sock"])
+        s["sock"].close()
+
+    def progress(self) -> int:
+        return min(s["got"] for s in self.streams)
+
+    def join(self, timeout: float) -> None:
+        self.thread.join(timeout)
+        self.stop.set()
+
+    def verify(self) -> None:
+        assert not self.disconnects, self.disconnects[:5]
+        for i, s in enumerate(self.streams):
+            assert s["done"], f"stream {i} did not finish ({s['got']} of {self.total})"
+            assert s["recv"].hexdigest() == hashlib.sha256(s["data"]).hexdigest(), f"stream {i} corrupted"

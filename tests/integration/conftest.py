@@ -85,17 +85,32 @@ def tcp_bootstrap(admin_port: int, listener_port: int, endpoints, *, cluster="ba
             "static_resources": {"listeners": [listener], "clusters": [cluster_cfg]}}
 
 
+ENTRY_SCRIPT = """#!{python}
+import os, sys
+if os.path.exists({hook!r}):
+    exec(open({hook!r}).read())
+from baton.supervisor.cli import main
+sys.exit(main())
+"""
+
+
 class Baton:
     def __init__(self, workdir: Path, bootstrap: dict, concurrency: int = 2, drain_timeout: float = 30.0,
-                 extra_args=()):
+                 extra_args=(), runtime_dir: Path | None = None):
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
         self.config = workdir / "bootstrap.yaml"
         self.config.write_text(yaml.safe_dump(bootstrap))
-        self.runtime_dir = workdir / "run"
+        self.runtime_dir = runtime_dir or workdir / "run"
         self.admin_port = bootstrap["admin"]["address"]["socket_address"]["port_value"]
         self.log_path = workdir / "baton.log"
-        self.args = [BATON, "run", "-c", str(self.config), "--concurrency", str(concurrency),
+        # The executable that runs is a small entry script in the work dir, so a test can
+        # change "the code on disk" between reloads (hook.py runs before Baton's main).
+        self.entry = workdir / "baton-entry"
+        self.hook = workdir / "hook.py"
+        self.entry.write_text(ENTRY_SCRIPT.format(python=sys.executable, hook=str(self.hook)))
+        self.entry.chmod(0o755)
+        self.args = [str(self.entry), "run", "-c", str(self.config), "--concurrency", str(concurrency),
                      "--runtime-dir", str(self.runtime_dir), "--drain-timeout", str(drain_timeout),
                      "--log-level", "info", *extra_args]
         self.proc: subprocess.Popen | None = None
@@ -146,6 +161,15 @@ class Baton:
         assert result.returncode == 0, result.stderr
         return json.loads(result.stdout)
 
+    def reload(self, timeout: float = 120.0) -> subprocess.CompletedProcess:
+        return self.cli("reload", timeout=timeout)
+
+    def master_pid(self) -> int:
+        return self.status()["master"]["pid"]
+
+    def wait_previous_gone(self, old_pid: int, timeout: float = 30.0) -> None:
+        wait_until(lambda: not pid_alive(old_pid), timeout, f"the old master {old_pid} to exit")
+
     def worker_pids(self) -> list[int]:
         return [w["pid"] for w in self.status()["workers"] if w["pid"]]
 
@@ -156,6 +180,16 @@ class Baton:
         return self.proc.wait(timeout)
 
     def stop(self) -> None:
+        # After reloads the running master is not our child: stop it through its pid file.
+        pid_file = self.runtime_dir / "baton.pid"
+        current = None
+        try:
+            current = int(pid_file.read_text())
+        except (OSError, ValueError):
+            pass
+        if current and current != getattr(self.proc, "pid", None) and pid_alive(current):
+            os.kill(current, signal.SIGINT)
+            wait_until(lambda: not pid_alive(current), 15, "the current master to stop")
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGINT)
             try:
