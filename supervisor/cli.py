@@ -37,6 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--drain-timeout", "--drain-time-s", dest="drain_timeout", type=float,
                      default=600.0, help="seconds open connections may take to finish on stop "
                      "(default 600, as Envoy's --drain-time-s)")
+    run.add_argument("--reload-timeout", type=float, default=60.0,
+                     help="on reload, how long the new generation may take to serve before it is "
+                     "killed and the reload rolled back (default 60)")
     run.add_argument("-l", "--log-level", default="info",
                      choices=["trace", "debug", "info", "warning", "warn", "error", "critical", "off"])
 
@@ -54,6 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     reload = sub.add_parser("reload", help="start a new generation (binary and config from disk) "
                             "and move every listener and connection to it; rolls back on failure")
     _runtime_dir_arg(reload)
+    reload.add_argument("--timeout", type=float, default=600.0,
+                        help="give up waiting for the outcome after this many seconds (default 600)")
 
     sub.add_parser("version", help="print the version")
     return parser
@@ -261,7 +266,7 @@ def cmd_run(args) -> int:
     takeover = None
     if handoff_path:
         try:
-            takeover = Takeover(handoff_path, generation)
+            takeover = Takeover(handoff_path, generation, args.reload_timeout)
         except (OSError, ReloadFailed) as exc:
             return fail(f"cannot reach the running generation on {handoff_path}: {exc}")
     try:
@@ -317,9 +322,8 @@ def _remove_own_pid_file(path: str) -> None:
 
 
 def cmd_reload(args) -> int:
-    from .upgrade import protocol
-    reply = _control_request(args, {"type": "reload"},
-                             timeout=protocol.HELLO_TIMEOUT + protocol.COMMIT_TIMEOUT + 15)
+    # The master answers once the outcome is known; its --reload-timeout bounds that.
+    reply = _control_request(args, {"type": "reload"}, timeout=args.timeout)
     if reply.get("type") != "ok":
         return fail(f"reload failed, the running generation serves on: {reply.get('error', 'unexpected reply')}")
     print(f"reloaded: generation {reply['generation']} (pid {reply['pid']}) serves; "

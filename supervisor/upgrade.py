@@ -127,7 +127,7 @@ class Reload:
             raise ReloadFailed(f"handshake with the new master failed: {exc}") from None
         self.channel.reply(msg, {"type": "hello", "version": version, "pid": os.getpid(),
                                  "generation": self.master.generation})
-        deadline = time.monotonic() + protocol.COMMIT_TIMEOUT
+        deadline = time.monotonic() + self.master.options.reload_timeout
         while True:
             msg, fds = await self._next(deadline - time.monotonic(), "become ready")
             kind = msg["type"]
@@ -241,9 +241,10 @@ class Reload:
 class Takeover:
     """The new master's side, before its event loop runs and (at commit) inside it."""
 
-    def __init__(self, path: str, generation: int):
+    def __init__(self, path: str, generation: int, timeout: float = protocol.COMMIT_TIMEOUT):
         self.path = path
         self.generation = generation
+        self.timeout = timeout
         self.previous_pid: int | None = None
         self.channel = BlockingChannel.connect(path, protocol.HELLO_TIMEOUT)
         reply, fds = self.channel.request(protocol.hello(os.getpid(), generation))
@@ -263,7 +264,7 @@ class Takeover:
     def take_sockets(self) -> dict:
         """The old generation's sockets: {"listeners": {(address, port): socket},
         "admin": ((address, port), socket) or None, "control": socket or None}."""
-        self.channel.sock.settimeout(protocol.COMMIT_TIMEOUT)
+        self.channel.sock.settimeout(self.timeout)
         reply, fds = self.channel.request({"type": "take"})
         if reply.get("type") != "sockets":
             close_fds(fds)
@@ -294,7 +295,7 @@ class Takeover:
         channel = Channel(sock, on_message, name="handoff to the old master")
         try:
             reply = await channel.request({"type": "ready", "workers": worker_paths},
-                                          timeout=protocol.COMMIT_TIMEOUT)
+                                          timeout=self.timeout)
         finally:
             channel.close("committed")
         if reply.get("type") != "committed":

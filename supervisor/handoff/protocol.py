@@ -35,7 +35,7 @@ VERSIONS = (1,)
 HANDOFF_SOCKET = "handoff.sock"
 
 HELLO_TIMEOUT = 10.0          # new master: from exec to hello
-COMMIT_TIMEOUT = 60.0         # new master: from hello to ready (config, bind, workers)
+COMMIT_TIMEOUT = 60.0         # new master: from hello to ready (default of --reload-timeout)
 MIGRATE_TIMEOUT = 10.0        # one batch of connections, sent until adopted
 
 # Descriptors per frame stay under SCM_MAX_FD (253); two per connection.

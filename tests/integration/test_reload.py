@@ -305,3 +305,35 @@ def test_handoff_socket_refuses_another_uid(baton, upstreams, tmp_path):
     shutil.rmtree(runtime_dir, ignore_errors=True)
     assert answer == b"closed"
     assert "refused pid" in b.log and "uid 65534" in b.log
+
+
+def test_hung_new_master_is_killed_at_the_reload_timeout(baton, upstreams):
+    echo = upstreams("echo")
+    port = free_port()
+    b = baton(tcp_bootstrap(free_port(), port, [echo.port]), concurrency=1,
+              extra_args=("--reload-timeout", "2"))
+    fifo = b.workdir / "gate"
+    os.mkfifo(fifo)
+    # The new code hangs after the handshake (before it asks for the sockets).
+    b.hook.write_text(f"""
+import baton.supervisor.upgrade as up
+_original = up.Takeover.__init__
+def _hang(self, *a, **k):
+    _original(self, *a, **k)
+    open({str(fifo)!r}).close()
+up.Takeover.__init__ = _hang
+""")
+    old = b.master_pid()
+    load = Load(port)
+    try:
+        result = b.reload()
+    finally:
+        load.finish()
+        b.hook.unlink()
+    assert result.returncode == 1
+    assert "did not become ready within 2s" in result.stderr
+    assert load.failures == [] and load.ok > 0
+    assert b.master_pid() == old
+    wait_until(lambda: _new_master_pid(b, old) is None, 10, "the hung new master to be killed")
+    fifo.unlink()
+    _reload_ok(b)
