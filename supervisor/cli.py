@@ -40,6 +40,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--reload-timeout", type=float, default=60.0,
                      help="on reload, how long the new generation may take to serve before it is "
                      "killed and the reload rolled back (default 60)")
+    run.add_argument("--worker-rss-limit", type=_size, default=None, metavar="SIZE",
+                     help="recycle a worker whose RSS exceeds SIZE (bytes, or with K/M/G), moving "
+                     "its connections to a fresh process (default: no limit)")
+    run.add_argument("--worker-rss-check-interval", type=float, default=10.0, metavar="SECONDS",
+                     help="how often to compare worker RSS with --worker-rss-limit (default 10)")
     run.add_argument("-l", "--log-level", default="info",
                      choices=["trace", "debug", "info", "warning", "warn", "error", "critical", "off"])
 
@@ -60,8 +65,24 @@ def build_parser() -> argparse.ArgumentParser:
     reload.add_argument("--timeout", type=float, default=600.0,
                         help="give up waiting for the outcome after this many seconds (default 600)")
 
+    recycle = sub.add_parser("recycle", help="replace a worker by a fresh process that takes over "
+                             "all its connections")
+    recycle.add_argument("--worker", type=int, required=True, metavar="N")
+    _runtime_dir_arg(recycle)
+
     sub.add_parser("version", help="print the version")
     return parser
+
+
+def _size(text: str) -> int:
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    text = text.strip().upper().removesuffix("B").removesuffix("I")
+    try:
+        if text and text[-1] in units:
+            return int(float(text[:-1]) * units[text[-1]])
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (use bytes, or K/M/G)") from None
 
 
 def fail(message: str) -> int:
@@ -321,6 +342,15 @@ def _remove_own_pid_file(path: str) -> None:
         pass
 
 
+def cmd_recycle(args) -> int:
+    reply = _control_request(args, {"type": "recycle", "worker": args.worker}, timeout=120)
+    if reply.get("type") != "ok":
+        return fail(f"recycle failed: {reply.get('error', 'unexpected reply')}")
+    print(f"worker {reply['worker']} recycled: pid {reply['old_pid']} -> {reply['new_pid']}, "
+          f"{reply['moved']} connection(s) moved, {reply['kept']} draining in place")
+    return EXIT_OK
+
+
 def cmd_reload(args) -> int:
     # The master answers once the outcome is known; its --reload-timeout bounds that.
     reply = _control_request(args, {"type": "reload"}, timeout=args.timeout)
@@ -332,7 +362,7 @@ def cmd_reload(args) -> int:
 
 
 COMMANDS = {"run": cmd_run, "check": cmd_check, "status": cmd_status, "stop": cmd_stop,
-            "reload": cmd_reload, "version": cmd_version}
+            "reload": cmd_reload, "recycle": cmd_recycle, "version": cmd_version}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -8,6 +8,7 @@ root or the master's own uid may talk to it, on top of the directory's 0700 mode
     {"type": "stop", "fast": true} -> {"type": "ok"} then a fast stop, as SIGINT
     {"type": "reload"}  -> {"type": "ok", "generation", "pid"} once the new generation serves,
                            or {"type": "error", "error": reason} when it rolled back
+    {"type": "recycle", "worker": N} -> {"type": "ok", "old_pid", "new_pid", "moved", "kept"}
     anything else       -> {"type": "error", "error": "..."}
 """
 
@@ -127,6 +128,16 @@ class ControlServer:
                 outcome = await self.master.reload()
             except Exception as exc:  # noqa: BLE001 - ReloadFailed, or anything unexpected
                 channel.reply(msg, {"type": "error", "error": str(exc)})
+                return
+            channel.reply(msg, {"type": "ok", **outcome})
+        self.loop.create_task(answer())
+
+    def handle_recycle(self, channel, msg) -> None:
+        async def answer():
+            try:
+                outcome = await self.master.recycle(int(msg.get("worker", -1)))
+            except Exception as exc:  # noqa: BLE001 - reported to the caller
+                channel.reply(msg, {"type": "error", "error": str(exc) or exc.__class__.__name__})
                 return
             channel.reply(msg, {"type": "ok", **outcome})
         self.loop.create_task(answer())

@@ -69,7 +69,7 @@ class Master:
         self.control_sock = None
         self._exit_code = 0
         self._deadline = None
-        self._dns_tasks: list[asyncio.Task] = []
+        self._tasks: list[asyncio.Task] = []
         self._procs: dict[int, psutil.Process] = {}
 
     # -- running -------------------------------------------------------------------------
@@ -85,10 +85,12 @@ class Master:
         for slot in self.workers.slots:
             self.workers.spawn(slot)
         self._start_dns_refresh()
+        if getattr(self.options, "worker_rss_limit", None):
+            self._tasks.append(self.loop.create_task(self._watch_worker_rss()))
         try:
             return await self.done
         finally:
-            for task in self._dns_tasks:
+            for task in self._tasks:
                 task.cancel()
             if self.admin:
                 self.admin.close()
@@ -298,12 +300,43 @@ class Master:
         if self.admin_sock is not None and self.admin is None:
             self.admin = await AdminServer.start(self)
 
+    # -- recycling workers ---------------------------------------------------------------
+
+    async def recycle(self, worker_id: int) -> dict:
+        """Replace one worker by a fresh process that adopts all its connections."""
+        if self.state != "LIVE":
+            raise ValueError(f"this generation is {self.state.lower()}, not live")
+        result = await self.workers.recycle(worker_id, self.options.reload_timeout)
+        log.info("worker %d recycled: pid %d -> %d, %d connection(s) moved, %d draining in place",
+                 worker_id, result["old_pid"], result["new_pid"], result["moved"], result["kept"])
+        return result
+
+    async def _watch_worker_rss(self) -> None:
+        """Recycle a worker whose RSS exceeds --worker-rss-limit (a leak, or fragmentation
+        after a burst), one at a time, without touching its connections."""
+        limit = self.options.worker_rss_limit
+        while True:
+            await asyncio.sleep(self.options.worker_rss_check_interval)
+            if self.state != "LIVE":
+                continue
+            for slot in list(self.workers.slots):
+                if not slot.ready:
+                    continue
+                rss = self._usage(slot.pid)["rss_bytes"]
+                if rss > limit:
+                    log.warning("worker %d (pid %d) RSS %.1f MiB exceeds --worker-rss-limit %.1f MiB: recycling",
+                                slot.id, slot.pid, rss / 1048576, limit / 1048576)
+                    try:
+                        await self.recycle(slot.id)
+                    except Exception as exc:  # noqa: BLE001 - try again at the next check
+                        log.error("recycling worker %d failed: %s", slot.id, exc)
+
     # -- STRICT_DNS ----------------------------------------------------------------------
 
     def _start_dns_refresh(self) -> None:
         for name, cluster in self.snapshot["clusters"].items():
             if cluster.get("type") == "STRICT_DNS":
-                self._dns_tasks.append(self.loop.create_task(self._refresh_dns(name)))
+                self._tasks.append(self.loop.create_task(self._refresh_dns(name)))
 
     async def _refresh_dns(self, name: str) -> None:
         source = self.source_snapshot["clusters"][name]

@@ -47,6 +47,8 @@ class WorkerSlot:
         self.respawn_handle = None
         self.given_up = False
         self.exit_status: int | None = None
+        self.role = "worker"              # or "replacement" / "recycled" while recycling
+        self.ready_future = None
 
     @property
     def alive(self) -> bool:
@@ -61,6 +63,7 @@ class WorkerTable:
         self.master = master
         self.loop = master.loop
         self.slots = [WorkerSlot(i) for i in range(count)]
+        self.extra: list[WorkerSlot] = []     # processes outside the slots: being recycled
         self.stopping = False
 
     # -- spawning ------------------------------------------------------------------------
@@ -87,12 +90,14 @@ class WorkerTable:
         log.info("worker %d started (pid %d)", slot.id, pid)
 
     def _on_message(self, channel: Channel, msg: dict, fds) -> None:
-        slot = next((s for s in self.slots if s.channel is channel), None)
+        slot = next((s for s in (*self.slots, *self.extra) if s.channel is channel), None)
         if slot is None:
             return
         if msg["type"] == "ready":
             slot.ready = True
             slot.handoff = msg.get("handoff")
+            if slot.ready_future is not None and not slot.ready_future.done():
+                slot.ready_future.set_result(True)
             self.master.worker_ready(slot)
         else:
             log.warning("worker %d sent unexpected %r", slot.id, msg["type"])
@@ -111,6 +116,13 @@ class WorkerTable:
         if slot.channel is not None:
             slot.channel.close("worker exited")
             slot.channel = None
+        if slot.ready_future is not None and not slot.ready_future.done():
+            slot.ready_future.set_exception(RuntimeError(f"the new worker exited: {describe_exit(status)}"))
+        if slot in self.extra:      # a recycled worker that moved out, or a replacement that failed
+            self.extra.remove(slot)
+            log.info("worker %d (pid %d, %s) exited: %s", slot.id, pid, slot.role, describe_exit(status))
+            self.master.worker_exited(slot)
+            return
         if self.stopping:
             log.info("worker %d (pid %d) exited: %s", slot.id, pid, describe_exit(status))
             self.master.worker_exited(slot)
@@ -133,6 +145,40 @@ class WorkerTable:
             slot.respawn_handle = self.loop.call_later(delay, self._respawn, slot)
         self.master.worker_exited(slot)
 
+    # -- recycling -----------------------------------------------------------------------
+
+    async def recycle(self, worker_id: int, timeout: float) -> dict:
+        """Replace worker `worker_id` by a fresh process and move its connections to it."""
+        import asyncio
+        if not 0 <= worker_id < len(self.slots):
+            raise ValueError(f"no worker {worker_id} (there are {len(self.slots)})")
+        old = self.slots[worker_id]
+        if not old.ready or old.channel is None:
+            raise ValueError(f"worker {worker_id} is not serving (state: {'starting' if old.alive else 'down'})")
+        if any(s.id == worker_id for s in self.extra):
+            raise ValueError(f"worker {worker_id} is already being recycled")
+        fresh = WorkerSlot(worker_id)
+        fresh.role = "replacement"
+        fresh.ready_future = self.loop.create_future()
+        fresh.deaths = old.deaths
+        self.extra.append(fresh)
+        self.spawn(fresh)
+        try:
+            await asyncio.wait_for(fresh.ready_future, timeout)
+        except BaseException:
+            if fresh.alive:
+                os.kill(fresh.pid, signal.SIGKILL)
+            raise
+        # Swap: the fresh process owns the slot from now on; the old one only moves out.
+        self.extra.remove(fresh)
+        fresh.role = "worker"
+        old.role = "recycled"
+        self.slots[worker_id] = fresh
+        self.extra.append(old)
+        reply = await old.channel.request({"type": "migrate", "targets": [fresh.handoff]}, timeout=timeout)
+        return {"worker": worker_id, "old_pid": old.pid, "new_pid": fresh.pid,
+                "moved": reply.get("moved", 0), "kept": reply.get("kept", 0)}
+
     def _respawn(self, slot: WorkerSlot) -> None:
         slot.respawn_handle = None
         if not self.stopping:
@@ -141,7 +187,7 @@ class WorkerTable:
     # -- queries and commands ------------------------------------------------------------
 
     def alive(self) -> list[WorkerSlot]:
-        return [s for s in self.slots if s.alive]
+        return [s for s in (*self.slots, *self.extra) if s.alive]
 
     def all_ready(self) -> bool:
         return all(s.ready for s in self.slots)
