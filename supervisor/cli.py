@@ -278,6 +278,7 @@ def _bind_taken_over(snapshot: dict, takeover):
 def cmd_run(args) -> int:
     from . import logs
     logs.setup(args.log_level)
+    _raise_fd_limit()
     from . import runtime
     from .upgrade import ENV_GENERATION, ENV_HANDOFF, ReloadFailed, Takeover
 
@@ -330,6 +331,18 @@ def cmd_run(args) -> int:
         return uvloop.run(master.run())
     finally:
         _remove_own_pid_file(pid_file)
+
+
+def _raise_fd_limit() -> None:
+    """Two descriptors per proxied connection: take the hard limit, as nginx's
+    worker_rlimit_nofile would, so the soft default (often 1024) is not the connection cap."""
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError):
+            pass
 
 
 def _remove_own_pid_file(path: str) -> None:
