@@ -45,6 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
                      "its connections to a fresh process (default: no limit)")
     run.add_argument("--worker-rss-check-interval", type=float, default=10.0, metavar="SECONDS",
                      help="how often to compare worker RSS with --worker-rss-limit (default 10)")
+    run.add_argument("--l4-move", choices=["sockets", "client-only"], default="sockets",
+                     help="how a reload or recycle moves an L4 connection: with both sockets "
+                     "(default), or only the client socket, the upstream staying in the old worker "
+                     "and its bytes forwarded (write migration, the path pooled HTTP upstreams use)")
     run.add_argument("-l", "--log-level", default="info",
                      choices=["trace", "debug", "info", "warning", "warn", "error", "critical", "off"])
 

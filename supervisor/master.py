@@ -272,7 +272,8 @@ class Master:
 
     async def _migrate(self, slot, targets) -> None:
         try:
-            reply = await slot.channel.request({"type": "migrate", "targets": targets},
+            reply = await slot.channel.request({"type": "migrate", "targets": targets,
+                                                "keep_upstreams": self.keeps_upstreams},
                                                timeout=self.options.drain_timeout)
             log.info("worker %d moved %d connection(s); %d stay to drain", slot.id,
                      reply.get("moved", 0), reply.get("kept", 0))
@@ -302,11 +303,17 @@ class Master:
 
     # -- recycling workers ---------------------------------------------------------------
 
+    @property
+    def keeps_upstreams(self) -> bool:
+        """--l4-move client-only: moved L4 connections leave their upstream socket behind and
+        are forwarded (write migration), as pooled HTTP upstreams will need."""
+        return getattr(self.options, "l4_move", "sockets") == "client-only"
+
     async def recycle(self, worker_id: int) -> dict:
         """Replace one worker by a fresh process that adopts all its connections."""
         if self.state != "LIVE":
             raise ValueError(f"this generation is {self.state.lower()}, not live")
-        result = await self.workers.recycle(worker_id, self.options.reload_timeout)
+        result = await self.workers.recycle(worker_id, self.options.reload_timeout, self.keeps_upstreams)
         log.info("worker %d recycled: pid %d -> %d, %d connection(s) moved, %d draining in place",
                  worker_id, result["old_pid"], result["new_pid"], result["moved"], result["kept"])
         return result

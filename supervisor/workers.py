@@ -147,7 +147,7 @@ class WorkerTable:
 
     # -- recycling -----------------------------------------------------------------------
 
-    async def recycle(self, worker_id: int, timeout: float) -> dict:
+    async def recycle(self, worker_id: int, timeout: float, keep_upstreams: bool = False) -> dict:
         """Replace worker `worker_id` by a fresh process and move its connections to it."""
         import asyncio
         if not 0 <= worker_id < len(self.slots):
@@ -175,7 +175,8 @@ class WorkerTable:
         old.role = "recycled"
         self.slots[worker_id] = fresh
         self.extra.append(old)
-        reply = await old.channel.request({"type": "migrate", "targets": [fresh.handoff]}, timeout=timeout)
+        reply = await old.channel.request({"type": "migrate", "targets": [fresh.handoff],
+                                           "keep_upstreams": keep_upstreams}, timeout=timeout)
         return {"worker": worker_id, "old_pid": old.pid, "new_pid": fresh.pid,
                 "moved": reply.get("moved", 0), "kept": reply.get("kept", 0)}
 

@@ -20,6 +20,8 @@ import socket
 from ..supervisor.handoff import protocol
 from ..supervisor.handoff.channel import Channel, peer_credentials
 from ..supervisor.handoff.framing import close_fds
+from . import forwarding
+from .forwarding import ForwardedSide
 from .proxy.tcp_proxy import CLOSED, CONNECTING, OPEN, TcpProxyConnection
 
 log = logging.getLogger("baton.migration")
@@ -72,6 +74,7 @@ class MigrationServer:
 
     def _on_closed(self, channel, reason) -> None:
         self.versions.pop(channel, None)
+        _channel_lost(self.worker, channel)
 
     def _on_message(self, channel: Channel, msg: dict, fds) -> None:
         kind = msg["type"]
@@ -87,19 +90,26 @@ class MigrationServer:
             close_fds(fds)
             channel.reply(msg, protocol.error("hello first"))
         elif kind == "connections":
-            adopted, refused = adopt_connections(self.worker, msg, fds)
-            channel.reply(msg, {"type": "adopted", "ids": adopted, "refused": refused})
+            adopted, refused, new_ids, forwarded = adopt_connections(self.worker, msg, fds, channel)
+            channel.reply(msg, {"type": "adopted", "ids": adopted, "refused": refused, "new_ids": new_ids})
+            for side in forwarded:       # after the answer: the sender must know the new ids first
+                side.start()
+        elif forwarding.dispatch(self.worker, msg):
+            close_fds(fds)
         else:
             close_fds(fds)
             channel.reply(msg, protocol.error(f"unknown message type {kind!r}"))
 
 
-def adopt_connections(worker, msg: dict, fds: list[int]) -> tuple[list[int], dict]:
-    """Take over the connections of one `connections` frame; (adopted ids, refused id->why)."""
-    adopted, refused = [], {}
+def adopt_connections(worker, msg: dict, fds: list[int], channel=None):
+    """Take over the connections of one `connections` frame.
+
+    Returns (adopted old ids, refused old id -> why, old id -> new id, forwarded sides to
+    start once the answer is sent)."""
+    adopted, refused, new_ids, forwarded = [], {}, {}, []
     index = 0
     for state in msg.get("conns", ()):
-        nfds = 1 if state.get("state") == "connecting" else 2
+        nfds = 2 if state.get("state") == "open" else 1
         conn_fds, index = fds[index:index + nfds], index + nfds
         reason = _refusal(worker, state, len(conn_fds) == nfds)
         if reason:
@@ -107,12 +117,32 @@ def adopt_connections(worker, msg: dict, fds: list[int]) -> tuple[list[int], dic
             refused[state.get("id")] = reason
             continue
         listener = worker.listeners[state["listener"]]
-        conn = TcpProxyConnection.adopt(worker, listener, state, conn_fds, worker.next_connection_id())
-        if conn.state is not CLOSED:      # it may have failed at once (no healthy host)
-            worker.connections[conn.id] = conn
+        new_id = worker.next_connection_id()
+        if state["state"] == "split":
+            side = _adopt_split(worker, listener, state, conn_fds[0], new_id, channel)
+            worker.connections[new_id] = side
+            forwarded.append(side)
+        else:
+            conn = TcpProxyConnection.adopt(worker, listener, state, conn_fds, new_id)
+            if conn.state is not CLOSED:      # it may have failed at once (no healthy host)
+                worker.connections[conn.id] = conn
         adopted.append(state["id"])
+        new_ids[state["id"]] = new_id
     close_fds(fds[index:])
-    return adopted, refused
+    return adopted, refused, new_ids, forwarded
+
+
+def _adopt_split(worker, listener, state: dict, fd: int, new_id: int, channel):
+    """Write migration, new side: we own the client; its upstream stays in the sender."""
+    down, up = state["down"], state["up"]
+    worker.stats.gauges[listener.stat_cx_active] += 1
+
+    def client_done(side):
+        worker.stats.gauges[listener.stat_cx_active] -= 1
+    return ForwardedSide(worker, socket.socket(fileno=fd), channel, new_id, state["id"],
+                         int(state.get("limit") or listener.spec.get("buffer_limit", 1 << 20)),
+                         initial=down["data"], read_eof=up["eof"], peer_eof=down["eof"],
+                         shut=down["done"], on_close=client_done)
 
 
 def _refusal(worker, state: dict, fds_ok: bool) -> str | None:
@@ -122,12 +152,18 @@ def _refusal(worker, state: dict, fds_ok: bool) -> str | None:
         return f"no listener {state.get('listener')!r} here"
     if state.get("state") == "open" and worker.clusters.get(state.get("cluster")) is None:
         return f"no cluster {state.get('cluster')!r} here"
-    if state.get("state") not in ("open", "connecting"):
+    if state.get("state") not in ("open", "connecting", "split"):
         return f"cannot adopt a connection in state {state.get('state')!r}"
     return None
 
 
-async def open_handoff(path: str, generation: int) -> Channel:
+def _channel_lost(worker, channel) -> None:
+    for side in [c for c in worker.connections.values()
+                 if isinstance(c, ForwardedSide) and c.channel is channel]:
+        side.peer_lost()
+
+
+async def open_handoff(path: str, generation: int, worker=None) -> Channel:
     """Connect to another worker's handoff socket and say hello."""
     loop = asyncio.get_running_loop()
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -137,7 +173,15 @@ async def open_handoff(path: str, generation: int) -> Channel:
     except BaseException:
         sock.close()
         raise
-    channel = Channel(sock, _unexpected, name=f"handoff to {os.path.basename(path)}")
+    def on_message(channel, msg, fds):
+        close_fds(fds)
+        if worker is None or not _route_forwarding(worker, msg):
+            log.warning("%s: unexpected %r", channel.name, msg.get("type"))
+
+    def on_closed(channel, reason):
+        if worker is not None:
+            _channel_lost(worker, channel)
+    channel = Channel(sock, on_message, on_closed, name=f"handoff to {os.path.basename(path)}")
     reply = await channel.request(protocol.hello(os.getpid(), generation), timeout=protocol.MIGRATE_TIMEOUT)
     if reply.get("type") != "hello":
         channel.close("handshake refused")
@@ -145,9 +189,14 @@ async def open_handoff(path: str, generation: int) -> Channel:
     return channel
 
 
-def _unexpected(channel, msg, fds) -> None:
-    close_fds(fds)
-    log.warning("%s: unexpected %r", channel.name, msg.get("type"))
+def _route_forwarding(worker, msg: dict) -> bool:
+    """Old side: forwarding messages for a connection whose adoption reply we have not
+    processed yet are kept for it, in order."""
+    conn = worker.connections.get(msg.get("id"))
+    if isinstance(conn, TcpProxyConnection) and conn.early is not None:
+        conn.early.append(msg)
+        return True
+    return forwarding.dispatch(worker, msg)
 
 
 def _batches(conns):
@@ -163,24 +212,26 @@ def _batches(conns):
         yield batch
 
 
-async def migrate_connections(worker, targets: list[str]) -> tuple[int, int]:
+async def migrate_connections(worker, targets: list[str], keep_upstreams: bool = False) -> tuple[int, int]:
     """Move every connection of `worker` to the workers listening on `targets`, spread
-    round-robin. Returns (moved, kept here)."""
+    round-robin. With `keep_upstreams`, open connections leave their upstream socket here and
+    are forwarded (write migration). Returns (moved, kept here)."""
     channels = []
     for path in targets:
         try:
-            channels.append(await open_handoff(path, worker.generation))
+            channels.append(await open_handoff(path, worker.generation, worker))
         except (OSError, asyncio.TimeoutError, protocol.ProtocolError, Exception) as exc:
             log.error("worker %d: cannot reach %s: %s", worker.id, path, exc)
     if not channels:
         return 0, len(worker.connections)
     conns = [c for c in worker.connections.values() if c.state in (OPEN, CONNECTING)]
     pending = []
+    future_channels = {}
     for i, batch in enumerate(_batches(conns)):
         channel = channels[i % len(channels)]
         states, fds = [], []
         for conn in batch:
-            state, conn_fds = conn.export()
+            state, conn_fds = conn.export(keep_upstream=keep_upstreams)
             states.append(state)
             fds.extend(conn_fds)
         try:
@@ -190,6 +241,7 @@ async def migrate_connections(worker, targets: list[str]) -> tuple[int, int]:
             log.error("worker %d: sending %d connection(s) failed: %s", worker.id, len(batch), exc)
             future = None
         pending.append((batch, future))
+        future_channels[id(future)] = channel
     moved = kept = 0
     for batch, future in pending:
         by_id = {conn.id: conn for conn in batch}
@@ -199,8 +251,12 @@ async def migrate_connections(worker, targets: list[str]) -> tuple[int, int]:
             log.error("worker %d: %d connection(s) not adopted: %s", worker.id, len(batch), exc)
             reply = {}
         adopted = set(reply.get("ids", ()))
+        new_ids = reply.get("new_ids") or {}
         for conn_id, conn in by_id.items():
-            if conn_id in adopted:
+            if conn_id in adopted and conn.early is not None and conn_id in new_ids:
+                conn.forward_upstream(future_channels[id(future)], new_ids[conn_id])
+                moved += 1
+            elif conn_id in adopted:
                 conn.migrated()
                 moved += 1
             else:
@@ -209,5 +265,7 @@ async def migrate_connections(worker, targets: list[str]) -> tuple[int, int]:
         for conn_id, why in (reply.get("refused") or {}).items():
             log.warning("worker %d: connection %s stays here: %s", worker.id, conn_id, why)
     for channel in channels:
-        channel.close("done")
+        # A channel that carries forwarded connections lives as long as they do.
+        if not any(isinstance(c, ForwardedSide) and c.channel is channel for c in worker.connections.values()):
+            channel.close("done")
     return moved, kept

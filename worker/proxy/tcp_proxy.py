@@ -192,7 +192,7 @@ class Pump:
 class TcpProxyConnection:
     __slots__ = ("worker", "loop", "listener", "config", "stats", "client", "upstream",
                  "cluster", "host", "tried", "attempts", "state", "pumps", "timer",
-                 "last_active", "idle_timeout", "id", "peer", "moved", "__weakref__")
+                 "last_active", "idle_timeout", "id", "peer", "moved", "early", "__weakref__")
 
     def __init__(self, worker, listener, client: socket.socket, peer, conn_id: int):
         self.worker = worker
@@ -214,6 +214,7 @@ class TcpProxyConnection:
         self.last_active = _monotonic()
         self.idle_timeout = self.config["idle_timeout"]
         self.moved = None
+        self.early = None       # forwarding messages that beat the adoption reply (write migration)
 
     # -- connecting ----------------------------------------------------------------------
 
@@ -397,7 +398,7 @@ class TcpProxyConnection:
 
     # -- moving to another worker (supervisor/handoff/protocol.py) -------------------------
 
-    def export(self) -> tuple[dict, list[int]]:
+    def export(self, keep_upstream: bool = False) -> tuple[dict, list[int]]:
         """Pause this connection and describe it for another worker: (state, fds).
 
         It stays ours until `migrated()` (another worker adopted it) or `resume()` (it did
@@ -415,6 +416,13 @@ class TcpProxyConnection:
                 pump.stop()
                 moved.append({"data": pump.drain(), "eof": pump.eof, "done": pump.done})
             self.moved = moved
+            if keep_upstream:
+                # Write migration (worker/forwarding.py): only the client moves; what the
+                # upstream sends later is forwarded to the adopter.
+                self.early = []
+                state.update(state="split", up={"eof": moved[0]["eof"]}, down=moved[1],
+                             limit=self.cluster.buffer_limit)
+                return state, [self.client.fileno()]
             state.update(state="open", cluster=self.cluster.name,
                          host=[self.host.address, self.host.port], up=moved[0], down=moved[1])
             return state, [self.client.fileno(), self.upstream.fileno()]
@@ -426,6 +434,7 @@ class TcpProxyConnection:
 
     def resume(self) -> None:
         """The move failed: carry on here, exactly where export() paused."""
+        self.early = None
         if self.state is OPEN:
             for pump, direction in zip(self.pumps, self.moved):
                 pump.restore(direction["data"], direction["eof"], direction["done"])
@@ -448,6 +457,32 @@ class TcpProxyConnection:
         self.client.close()
         self.stats.gauges[self.listener.stat_cx_active] -= 1
         self.worker.connection_closed(self)
+
+    def forward_upstream(self, channel, peer_id: int):
+        """The adopter took our client (write migration): keep serving the upstream half here,
+        forwarding over `channel`. Returns the ForwardedSide that replaces this connection."""
+        from ..forwarding import ForwardedSide
+        up, down = self.moved
+        cluster, host = self.cluster, self.host
+
+        def upstream_done(side):
+            cluster.active -= 1
+            host.active -= 1
+            self.stats.gauges[cluster.stat["upstream_cx_active"]] -= 1
+        side = ForwardedSide(self.worker, self.upstream, channel, self.id, peer_id,
+                             cluster.buffer_limit, initial=up["data"], read_eof=down["eof"],
+                             peer_eof=up["eof"], shut=up["done"], on_close=upstream_done)
+        early, self.early, self.moved = self.early or [], None, None
+        self.upstream = None          # the forwarder owns it now
+        self.pumps = None
+        self.state = CLOSED
+        self.client.close()           # the adopter holds it: no shutdown
+        self.stats.gauges[self.listener.stat_cx_active] -= 1
+        self.worker.connections[self.id] = side
+        side.start()
+        for msg in early:
+            side.on_message(msg)
+        return side
 
     @classmethod
     def adopt(cls, worker, listener, state: dict, fds: list[int], conn_id: int):
