@@ -20,7 +20,7 @@ import time
 import psutil
 
 from ..worker.stats import merge
-from . import dns
+from . import dns, sdnotify
 from .admin import AdminServer
 from .control import ControlServer
 from .upgrade import Reload, ReloadFailed
@@ -70,6 +70,7 @@ class Master:
         self._exit_code = 0
         self._deadline = None
         self._tasks: list[asyncio.Task] = []
+        self._watchdog: asyncio.Task | None = None
         self._procs: dict[int, psutil.Process] = {}
 
     # -- running -------------------------------------------------------------------------
@@ -140,7 +141,8 @@ class Master:
     async def _commit(self) -> None:
         """Every worker of ours serves: the previous generation may stop and hand over."""
         try:
-            await self.takeover.commit([s.handoff for s in self.workers.slots if s.handoff])
+            await self.takeover.commit([s.handoff for s in self.workers.slots if s.handoff],
+                                       self._become_main)
         except Exception as exc:  # noqa: BLE001 - whatever the cause, the old generation serves on
             log.error("the previous generation did not commit (%s); exiting", exc)
             self.fast_stop()
@@ -150,18 +152,46 @@ class Master:
         await self._serve_admin_and_control()
         self._go_live()
 
+    async def _become_main(self) -> None:
+        """Tell systemd we are the service's main process now, and wait until it knows
+        (BARRIER=1): the old master exits only after that. We are not the old master's child
+        (upgrade.spawn_detached), so systemd will not SIGKILL us as a stray at stop."""
+        sdnotify.notify(mainpid=self.pid, ready=True, status=self._status_line())
+        if not await sdnotify.async_barrier():
+            log.warning("systemd did not confirm MAINPID=%d in time", self.pid)
+        sdnotify.adopt_watchdog(self.pid)
+
     def _go_live(self) -> None:
         self.state = "LIVE"
         admin = self.snapshot.get("admin")
         where = f"; admin http://{admin['address']}:{admin['port']}" if admin else ""
         log.info("baton %s generation %d live: %d worker(s), %d listener(s)%s", VERSION,
                  self.generation, len(self.workers.slots), len(self.listener_socks), where)
+        sdnotify.notify(ready=True, status=self._status_line())
+        if self._watchdog is None:
+            interval = sdnotify.watchdog_interval()
+            if interval:
+                self._watchdog = self.loop.create_task(self._ping_watchdog(interval))
+                self._tasks.append(self._watchdog)
+
+    def _status_line(self) -> str:
+        return (f"generation {self.generation}: {len(self.workers.slots)} worker(s), "
+                f"{len(self.listener_socks)} listener(s)")
+
+    async def _ping_watchdog(self, interval: float) -> None:
+        # From the event loop itself: a wedged loop stops the pings and systemd notices.
+        while True:
+            sdnotify.notify(watchdog=True)
+            await asyncio.sleep(interval)
 
     def worker_exited(self, slot) -> None:
         if self.state == "DRAINING":
             if not self.workers.alive():
                 log.info("all workers exited; master exiting")
-                self._finish(self._exit_code)
+                if self.handed_over and self.reloading is not None:
+                    self.loop.create_task(self._finish_after_successor_is_main())
+                else:
+                    self._finish(self._exit_code)
             return
         if all(s.given_up for s in self.workers.slots):
             log.critical("no worker left to serve; exiting")
@@ -174,6 +204,7 @@ class Master:
         if self.state == "DRAINING":
             return
         self.state = "DRAINING"
+        sdnotify.notify(stopping=True, status=f"generation {self.generation}: draining")
         self.workers.stop_respawning()
         timeout = self.options.drain_timeout
         log.info("draining: %d worker(s), deadline %.1fs", len(self.workers.alive()), timeout)
@@ -193,6 +224,8 @@ class Master:
             self.workers.kill_all(signal.SIGKILL)
 
     def fast_stop(self) -> None:
+        if not self.handed_over:
+            sdnotify.notify(stopping=True, status=f"generation {self.generation}: stopping")
         self.state = "DRAINING"
         self.workers.stop_respawning()
         self.workers.send_all({"type": "stop"})
@@ -201,6 +234,14 @@ class Master:
         self._deadline = self.loop.call_later(FAST_STOP_GRACE, self._drain_deadline)
         if not self.workers.alive():
             self._finish(0)
+
+    async def _finish_after_successor_is_main(self) -> None:
+        """Exiting before systemd knows the new MAINPID would look like the service dying."""
+        try:
+            await asyncio.wait_for(asyncio.shield(self.reloading.successor_main), 10.0)
+        except asyncio.TimeoutError:
+            log.warning("the new master did not confirm it is systemd's main PID; exiting anyway")
+        self._finish(self._exit_code)
 
     def _finish(self, code: int) -> None:
         if not self.done.done():
@@ -227,8 +268,13 @@ class Master:
         if refusal:
             raise ReloadFailed(refusal)
         self.reloading = Reload(self)
+        sdnotify.notify(reloading=True, status=f"generation {self.generation}: reloading")
         try:
             return await self.reloading.run()
+        except BaseException:
+            # Rolled back: systemd waits for READY=1 after RELOADING=1; we serve on.
+            sdnotify.notify(ready=True, status=self._status_line() + " (last reload failed)")
+            raise
         finally:
             if not self.handed_over:
                 self.reloading = None
@@ -268,7 +314,7 @@ class Master:
                 self.loop.create_task(self._migrate(slot, targets))
         self._deadline = self.loop.call_later(self.options.drain_timeout, self._drain_deadline)
         if not self.workers.alive():
-            self._finish(0)
+            self.loop.create_task(self._finish_after_successor_is_main())
 
     async def _migrate(self, slot, targets) -> None:
         try:

@@ -91,6 +91,7 @@ class Reload:
         self.exited = self.loop.create_future()
         self.pidfd: int | None = None
         self.committed = False
+        self.successor_main = self.loop.create_future()   # the new master is systemd's main PID
 
     async def run(self) -> dict:
         """{"generation", "pid"} of the new generation, or ReloadFailed with the reason."""
@@ -202,12 +203,19 @@ class Reload:
         self.channel = Channel(conn, self._on_message, self._on_closed, name=f"handoff to pid {pid}")
 
     def _on_message(self, channel, msg, fds) -> None:
+        if msg.get("type") == "main":          # after the commit: systemd knows the new main PID
+            close_fds(fds)
+            if not self.successor_main.done():
+                self.successor_main.set_result(True)
+            return
         self.inbox.put_nowait((msg, fds))
 
     def _on_closed(self, channel, reason) -> None:
         # After the commit the new master closes this connection as a matter of course;
         # only its exit (pidfd) means it is gone.
         self.inbox.put_nowait(None)
+        if not self.successor_main.done():
+            self.successor_main.set_result(False)
 
     def _on_exit(self) -> None:
         self.loop.remove_reader(self.pidfd)
@@ -287,8 +295,12 @@ class Takeover:
             raise ReloadFailed(f"malformed sockets message: {exc!r}") from None
         return result
 
-    async def commit(self, worker_paths: list[str]) -> None:
-        """Every worker serves: ask the old generation to stop and move its connections."""
+    async def commit(self, worker_paths: list[str], become_main) -> None:
+        """Every worker serves: ask the old generation to stop and move its connections.
+
+        After `committed`, `become_main()` runs (tell systemd MAINPID= and wait for its
+        barrier) and only then is the old master told `main`: it must not exit before systemd
+        knows the new main PID, or systemd would consider the service stopped."""
         def on_message(channel, msg, fds):
             close_fds(fds)
         sock = self.channel.detach()
@@ -296,7 +308,10 @@ class Takeover:
         try:
             reply = await channel.request({"type": "ready", "workers": worker_paths},
                                           timeout=self.timeout)
+            if reply.get("type") != "committed":
+                raise ReloadFailed(reply.get("error", "the old master did not commit"))
+            await become_main()
+            channel.send({"type": "main", "pid": os.getpid()})
+            await channel.drained(timeout=2.0)
         finally:
             channel.close("committed")
-        if reply.get("type") != "committed":
-            raise ReloadFailed(reply.get("error", "the old master did not commit"))

@@ -95,6 +95,12 @@ class Channel:
         finally:
             self._pending.pop(msg_id, None)
 
+    async def drained(self, timeout: float) -> None:
+        """Wait (at most `timeout`) until everything queued has left for the peer."""
+        deadline = self.loop.time() + timeout
+        while self._out and not self.closed and self.loop.time() < deadline:
+            await asyncio.sleep(0.005)
+
     def reply(self, request: dict, msg: dict, fds=()) -> None:
         if "id" in request and not self.closed:
             self.send({**msg, "reply_to": request["id"]}, fds)
