@@ -18,7 +18,8 @@ import logging
 import os
 import socket
 
-from .handoff.channel import Channel, peer_credentials
+from .handoff.channel import Channel
+from .handoff.unix import accept_checked, bind_private, unlink_quietly
 
 log = logging.getLogger("baton.control")
 
@@ -39,15 +40,7 @@ def bind_control_socket(path: str) -> socket.socket:
             raise ControlInUse(f"another baton master is running with control socket {path}")
         finally:
             probe.close()
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    old_umask = os.umask(0o077)
-    try:
-        sock.bind(path)
-    finally:
-        os.umask(old_umask)
-    sock.listen(64)
-    sock.setblocking(False)
-    return sock
+    return bind_private(path)
 
 
 class ControlServer:
@@ -83,21 +76,13 @@ class ControlServer:
         for channel in list(self.channels):
             channel.close("master exiting")
         if unlink:
-            try:
-                os.unlink(self.path)
-            except OSError:
-                pass
+            unlink_quietly(self.path)
 
     def _on_acceptable(self) -> None:
-        try:
-            conn, _ = self.sock.accept()
-        except (BlockingIOError, InterruptedError):
+        accepted = accept_checked(self.sock, "control")
+        if accepted is None:
             return
-        pid, uid, _ = peer_credentials(conn)
-        if uid not in (0, os.geteuid()):
-            log.warning("control: refused peer pid %d uid %d", pid, uid)
-            conn.close()
-            return
+        conn, pid = accepted
         channel = Channel(conn, self._on_message, self._on_closed, name=f"control peer {pid}")
         self.channels.add(channel)
 

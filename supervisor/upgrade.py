@@ -21,9 +21,9 @@ import socket
 import sys
 import time
 
-from .handoff import protocol
-from .handoff.channel import BlockingChannel, Channel, peer_credentials
-from .handoff.framing import close_fds
+from .handoff import protocol, unix
+from .handoff.channel import BlockingChannel, Channel
+from .handoff.framing import close_fds, encode
 
 log = logging.getLogger("baton.upgrade")
 
@@ -168,33 +168,19 @@ class Reload:
     # -- sockets and processes -----------------------------------------------------------
 
     def _listen(self) -> None:
-        try:
-            os.unlink(self.path)
-        except FileNotFoundError:
-            pass
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        old_umask = os.umask(0o077)
-        try:
-            sock.bind(self.path)
-        finally:
-            os.umask(old_umask)
-        sock.listen(8)
-        sock.setblocking(False)
-        self.sock = sock
-        self.loop.add_reader(sock.fileno(), self._on_acceptable)
+        self.sock = unix.bind_private(self.path, backlog=8)
+        self.loop.add_reader(self.sock.fileno(), self._on_acceptable)
 
     def _on_acceptable(self) -> None:
-        try:
-            conn, _ = self.sock.accept()
-        except (BlockingIOError, InterruptedError):
+        accepted = unix.accept_checked(self.sock, "handoff socket")
+        if accepted is None:
             return
-        pid, uid, _ = peer_credentials(conn)
-        if not protocol.peer_allowed(uid) or pid != self.pid or self.channel is not None:
+        conn, pid = accepted
+        if pid != self.pid or self.channel is not None:
             # Only the process we started may take over, and only once.
-            log.warning("handoff socket: refused pid %d uid %d", pid, uid)
+            log.warning("handoff socket: refused pid %d (expected the new master, pid %d)", pid, self.pid)
             try:
                 conn.setblocking(False)
-                from .handoff.framing import encode
                 conn.send(encode(protocol.error("not the expected new master")))
             except OSError:
                 pass
@@ -231,10 +217,7 @@ class Reload:
             self.loop.remove_reader(self.sock.fileno())
             self.sock.close()
             self.sock = None
-            try:
-                os.unlink(self.path)
-            except OSError:
-                pass
+            unix.unlink_quietly(self.path)
 
     def _kill_new(self) -> None:
         if self.channel is not None:

@@ -17,8 +17,8 @@ import logging
 import os
 import socket
 
-from ..supervisor.handoff import protocol
-from ..supervisor.handoff.channel import Channel, peer_credentials
+from ..supervisor.handoff import protocol, unix
+from ..supervisor.handoff.channel import Channel
 from ..supervisor.handoff.framing import close_fds
 from . import forwarding
 from .forwarding import ForwardedSide
@@ -34,41 +34,22 @@ class MigrationServer:
         self.worker = worker
         self.loop = worker.loop
         self.path = path
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            pass
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        old_umask = os.umask(0o077)
-        try:
-            self.sock.bind(path)
-        finally:
-            os.umask(old_umask)
-        self.sock.listen(64)
-        self.sock.setblocking(False)
+        self.sock = unix.bind_private(path)
         self.versions: dict[Channel, int | None] = {}     # channel -> negotiated version
         self.loop.add_reader(self.sock.fileno(), self._on_acceptable)
 
     def close(self) -> None:
         self.loop.remove_reader(self.sock.fileno())
         self.sock.close()
-        try:
-            os.unlink(self.path)
-        except OSError:
-            pass
+        unix.unlink_quietly(self.path)
         for channel in list(self.versions):
             channel.close("worker exiting")
 
     def _on_acceptable(self) -> None:
-        try:
-            conn, _ = self.sock.accept()
-        except (BlockingIOError, InterruptedError):
+        accepted = unix.accept_checked(self.sock, "handoff socket")
+        if accepted is None:
             return
-        pid, uid, _ = peer_credentials(conn)
-        if not protocol.peer_allowed(uid):
-            log.warning("handoff socket: refused pid %d uid %d", pid, uid)
-            conn.close()
-            return
+        conn, pid = accepted
         channel = Channel(conn, self._on_message, self._on_closed, name=f"handoff from pid {pid}")
         self.versions[channel] = None
 

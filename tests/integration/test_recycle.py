@@ -81,7 +81,6 @@ def test_write_migration_late_responses_reach_the_client_in_order(baton, upstrea
     payloads = {i: b"".join(b"response %d part %03d\n" % (i, k) for k in range(200)) for i in by_request}
 
     def respond(i, u):
-        start = time.monotonic()
         for k, chunk in enumerate(payloads[i].splitlines(keepends=True)):
             u.sendall(chunk)
             if k == 0:
