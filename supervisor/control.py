@@ -9,6 +9,8 @@ root or the master's own uid may talk to it, on top of the directory's 0700 mode
     {"type": "reload"}  -> {"type": "ok", "generation", "pid"} once the new generation serves,
                            or {"type": "error", "error": reason} when it rolled back
     {"type": "recycle", "worker": N} -> {"type": "ok", "old_pid", "new_pid", "moved", "kept"}
+    {"type": "inherit_counters", "counters": {...}} -> {"type": "ok"}   (an exiting generation's
+                           counters, added to ours so /stats carries on across reloads)
     anything else       -> {"type": "error", "error": "..."}
 """
 
@@ -126,6 +128,14 @@ class ControlServer:
                 return
             channel.reply(msg, {"type": "ok", **outcome})
         self.loop.create_task(answer())
+
+    def handle_inherit_counters(self, channel, msg) -> None:
+        counters = msg.get("counters")
+        if not isinstance(counters, dict):
+            channel.reply(msg, {"type": "error", "error": "counters must be a map"})
+            return
+        self.master.retire_counters(counters)
+        channel.reply(msg, {"type": "ok"})
 
     def handle_stop(self, channel, msg) -> None:
         channel.reply(msg, {"type": "ok"})

@@ -71,6 +71,7 @@ class Master:
         self._deadline = None
         self._tasks: list[asyncio.Task] = []
         self._watchdog: asyncio.Task | None = None
+        self.retired_counters: dict[str, int] = {}
         self._procs: dict[int, psutil.Process] = {}
 
     # -- running -------------------------------------------------------------------------
@@ -241,7 +242,20 @@ class Master:
             await asyncio.wait_for(asyncio.shield(self.reloading.successor_main), 10.0)
         except asyncio.TimeoutError:
             log.warning("the new master did not confirm it is systemd's main PID; exiting anyway")
+        await self._bequeath_counters()
         self._finish(self._exit_code)
+
+    async def _bequeath_counters(self) -> None:
+        """Hand our counters (every worker has exited and reported) to the generation that
+        now serves the control socket, so /stats counters carry on across reloads."""
+        from .handoff.channel import blocking_request
+        from .runtime import control_path
+        path = control_path(self.runtime_dir)
+        msg = {"type": "inherit_counters", "counters": self.retired_counters}
+        try:
+            await self.loop.run_in_executor(None, blocking_request, path, msg, 5.0)
+        except Exception as exc:  # noqa: BLE001 - losing counters must not block the exit
+            log.warning("could not hand the counters to the new generation: %s", exc)
 
     def _finish(self, code: int) -> None:
         if not self.done.done():
@@ -417,8 +431,14 @@ class Master:
         results = await asyncio.gather(*futures, return_exceptions=True)
         return [r for r in results if isinstance(r, dict) and r.get("type") != "error"]
 
+    def retire_counters(self, counters: dict) -> None:
+        """Counters of a worker that exited, or of the generation we took over from."""
+        for name, value in counters.items():
+            if isinstance(value, int):
+                self.retired_counters[name] = self.retired_counters.get(name, 0) + value
+
     async def stats(self) -> dict:
-        merged = merge(await self.ask_workers({"type": "stats"}))
+        merged = merge([*await self.ask_workers({"type": "stats"}), {"counters": self.retired_counters}])
         gauges = merged["gauges"]
         gauges["server.live"] = int(self.state == "LIVE")
         gauges["server.uptime"] = int(time.time() - self.started_at)

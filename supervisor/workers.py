@@ -99,6 +99,8 @@ class WorkerTable:
             if slot.ready_future is not None and not slot.ready_future.done():
                 slot.ready_future.set_result(True)
             self.master.worker_ready(slot)
+        elif msg["type"] == "final_stats":
+            self.master.retire_counters(msg.get("counters") or {})
         else:
             log.warning("worker %d sent unexpected %r", slot.id, msg["type"])
 

@@ -212,8 +212,11 @@ class Worker:
                            "handoff": self.handoff.path})
         code = await self.done
         self.handoff.close()
-        # Let the last replies (e.g. to drain) leave before the process ends.
-        await asyncio.sleep(0)
+        # Our counters outlive us: the master adds them to what it reports (Envoy keeps
+        # counters across worker restarts and hot restarts too).
+        if not self.channel.closed:
+            self.channel.send({"type": "final_stats", "counters": dict(self.stats.counters)})
+            await self.channel.drained(timeout=2.0)
         return code
 
 

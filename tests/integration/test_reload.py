@@ -365,3 +365,22 @@ def test_reload_moves_10000_idle_connections(baton, upstreams):
     finally:
         for s in conns:
             s.close()
+
+
+def test_counters_carry_on_across_reloads_and_recycles(baton, upstreams):
+    echo = upstreams("echo")
+    port = free_port()
+    b = baton(tcp_bootstrap(free_port(), port, [echo.port]), concurrency=2)
+    for i in range(10):
+        assert roundtrip(port, b"%d" % i) == b"%d" % i
+    old = b.master_pid()
+    _reload_ok(b)
+    # The old generation hands its counters over as it exits.
+    wait_until(lambda: b.stats()["cluster.backend.upstream_cx_total"] == 10, 10, "counters handed over")
+    for i in range(5):
+        assert roundtrip(port, b"%d" % i) == b"%d" % i
+    assert b.cli("recycle", "--worker", "0").returncode == 0
+    stats = b.stats()
+    assert stats["cluster.backend.upstream_cx_total"] == 15
+    assert stats[f"listener.127.0.0.1_{port}.downstream_cx_total"] == 15
+    assert old != b.master_pid()
