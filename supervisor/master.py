@@ -205,7 +205,10 @@ class Master:
         if self.state == "DRAINING":
             return
         self.state = "DRAINING"
-        sdnotify.notify(stopping=True, status=f"generation {self.generation}: draining")
+        if self.takeover is None and not self.handed_over:
+            # With NotifyAccess=all, STOPPING=1 from any process stops the whole unit: only
+            # the generation that is systemd's main process may say it.
+            sdnotify.notify(stopping=True, status=f"generation {self.generation}: draining")
         self.workers.stop_respawning()
         timeout = self.options.drain_timeout
         log.info("draining: %d worker(s), deadline %.1fs", len(self.workers.alive()), timeout)
@@ -225,7 +228,7 @@ class Master:
             self.workers.kill_all(signal.SIGKILL)
 
     def fast_stop(self) -> None:
-        if not self.handed_over:
+        if self.takeover is None and not self.handed_over:
             sdnotify.notify(stopping=True, status=f"generation {self.generation}: stopping")
         self.state = "DRAINING"
         self.workers.stop_respawning()
@@ -317,6 +320,10 @@ class Master:
         connection to its workers, and exit when ours are done (or at the drain deadline)."""
         self.handed_over = True
         self.state = "DRAINING"
+        if self._watchdog is not None:
+            # The new master pings now; ours would only hide it if it got stuck.
+            self._watchdog.cancel()
+            self._watchdog = None
         if self.admin is not None:
             self.admin.close()
             self.admin = None

@@ -14,7 +14,8 @@ UNIT = "baton.service"
 SRC = "/opt/baton-src"                  # the checkout, bind-mounted read-only
 BOOTSTRAP = "/etc/baton/bootstrap.yaml"
 PROXY_PORT, UPSTREAM_PORT = 80, 10001   # tests/systemd/bootstrap.yaml
-START_TIMEOUT = 30                      # well below the unit's TimeoutStartSec=90
+START_TIMEOUT = 30                      # well below the unit's TimeoutStartSec=90,
+RELOAD_TIMEOUT = 30                     # which applies to reloads too
 CAP_NET_BIND_SERVICE, CAP_NET_ADMIN = 10, 12
 
 
@@ -90,7 +91,14 @@ class BatonUnit:
         return self.main_pid()
 
     def reload(self):
-        return self.box.run("systemctl", "reload", UNIT, check=False, timeout=120)
+        """`systemctl reload`, given up (rc 124) after RELOAD_TIMEOUT rather than the unit's 90 s:
+        a unit left "reloading" (RELOADING=1 never followed by READY=1) would wait that long."""
+        result = self.box.run("timeout", str(RELOAD_TIMEOUT), "systemctl", "reload", UNIT,
+                              check=False, timeout=RELOAD_TIMEOUT + 30)
+        assert result.returncode != 124, (
+            f"systemctl reload did not return within {RELOAD_TIMEOUT}s, {UNIT} is stuck in "
+            f"'reloading' (no READY=1 after RELOADING=1?): {self.state()}\n{self.journal()}")
+        return result
 
     def stop(self):
         return self.box.run("systemctl", "stop", UNIT, check=False, timeout=90)

@@ -30,7 +30,6 @@ from .testbed import REPO, wait_until
 
 ECHO = "hello through baton\n"
 SHIPPED_BATON = "/usr/local/bin/baton"
-CLD_EXITED = "1"
 
 
 # -- the unit file -----------------------------------------------------------------------------
@@ -78,12 +77,15 @@ def test_stop_is_graceful(baton):
 def assert_graceful_stop(baton):
     result = baton.stop()
     assert result.returncode == 0, result.stderr
-    s = baton.show("ActiveState", "Result", "ExecMainCode", "ExecMainStatus")
-    assert s == {"ActiveState": "inactive", "Result": "success",
-                 "ExecMainCode": CLD_EXITED, "ExecMainStatus": "0"}, baton.journal()
+    assert baton.show("ActiveState")["ActiveState"] == "inactive"
+    # How it ended comes from the journal: once inactive, the unit may be garbage-collected and
+    # `systemctl show` then reports defaults (ExecMainCode=0, Result=success) whatever happened.
     journal = baton.journal()
-    assert "SIGKILL" not in journal, journal
-    assert "not our child" not in journal, journal        # an "alien" MainPID loses its SIGTERM
+    assert f"{UNIT}: Deactivated successfully." in journal, journal     # Result=success
+    for sign in ("SIGKILL", "Failed with result", "Main process exited",   # the last: not 0
+                 "not our child"):              # an "alien" MainPID would lose its SIGTERM
+        assert sign not in journal, f"{sign!r} in the journal:\n{journal}"
+    assert "draining" in journal, journal       # the master handled SIGTERM itself
 
 
 # -- reload (hot upgrade) ---------------------------------------------------------------------
@@ -144,9 +146,9 @@ def test_stop_after_reload_is_graceful(baton):
 
 
 def test_watchdog_holds_before_and_after_reload(baton):
-    watchdog = parse_seconds(baton.show("WatchdogUSec")["WatchdogUSec"])
-    assert 0 < watchdog <= 10, "the test drop-in sets a short WatchdogSec"
     pid = baton.start()
+    watchdog = parse_seconds(baton.show("WatchdogUSec")["WatchdogUSec"])   # "infinity" until started
+    assert 0 < watchdog <= 10, "the test drop-in sets a short WatchdogSec"
     assert_stays_running(baton, pid, watchdog + 1)          # generation 1 pings
     pid = assert_reloaded(baton, pid, old_generation=1)     # ... returns once the old one is gone
     assert_stays_running(baton, pid, 2 * watchdog + 1)      # the new master alone pings
