@@ -241,10 +241,16 @@ class Master:
 
     async def _finish_after_successor_is_main(self) -> None:
         """Exiting before systemd knows the new MAINPID would look like the service dying."""
+        reload = self.reloading
         try:
-            await asyncio.wait_for(asyncio.shield(self.reloading.successor_main), 10.0)
+            confirmed = await asyncio.wait_for(asyncio.shield(reload.successor_main), 10.0)
         except asyncio.TimeoutError:
             log.warning("the new master did not confirm it is systemd's main PID; exiting anyway")
+            confirmed = False
+        if not confirmed and self.handed_over and not _pid_running(reload.pid):
+            self.successor_gone("the new master exited before it became the main process")
+        if not self.handed_over:
+            return                      # we serve again (successor_gone)
         await self._bequeath_counters()
         self._finish(self._exit_code)
 
@@ -348,8 +354,10 @@ class Master:
             log.warning("worker %d: migration did not complete: %s", slot.id, exc)
 
     def successor_gone(self, reason: str) -> None:
-        """The new master died after the commit while we still run: serve again."""
-        if self.done.done() or not self.workers.alive():
+        """The new master died after the commit while we still run: serve again. We kept every
+        listening socket, so workers that already moved out and exited are simply forked anew;
+        connections that had moved to the dead generation died with it."""
+        if self.done.done():
             return
         log.critical("the new generation died after taking over (%s); generation %d serves again",
                      reason, self.generation)
@@ -358,11 +366,16 @@ class Master:
         if self._deadline is not None:
             self._deadline.cancel()
             self._deadline = None
-        self.state = "LIVE"
+        self.state = "PRE_INITIALIZING"
         self.workers.stopping = False
         self.workers.send_all({"type": "resume"})
+        for slot in self.workers.slots:
+            if not slot.alive and not slot.given_up:
+                self.workers.spawn(slot)
         self.control.resume()
         self.loop.create_task(self._restart_admin())
+        if self.workers.all_ready():
+            self._go_live()
 
     async def _restart_admin(self) -> None:
         if self.admin_sock is not None and self.admin is None:

@@ -384,3 +384,37 @@ def test_counters_carry_on_across_reloads_and_recycles(baton, upstreams):
     assert stats["cluster.backend.upstream_cx_total"] == 15
     assert stats[f"listener.127.0.0.1_{port}.downstream_cx_total"] == 15
     assert old != b.master_pid()
+
+
+def test_kill_9_new_master_right_after_the_commit(baton, upstreams):
+    """The new master dies after the old one handed over but before it is the main process:
+    the old generation, still alive, forks workers again on the sockets it kept and serves."""
+    echo = upstreams("echo")
+    port = free_port()
+    b = baton(tcp_bootstrap(free_port(), port, [echo.port]), concurrency=2)
+    fifo = b.workdir / "gate"
+    os.mkfifo(fifo)
+    b.hook.write_text(f"""
+import baton.supervisor.master as m
+_original = m.Master._become_main
+async def _gated(self):
+    open({str(fifo)!r}).close()          # blocks the new master right after the commit
+    await _original(self)
+m.Master._become_main = _gated
+""")
+    old = b.master_pid()
+    outcome = {}
+    reload = threading.Thread(target=lambda: outcome.setdefault("r", b.reload()))
+    reload.start()
+    new = wait_until(lambda: _new_master_pid(b, old), 20, "the new master to start")
+    wait_until(lambda: "handing over to pid %d" % new in b.log, 20, "the commit")
+    os.kill(new, signal.SIGKILL)
+    reload.join(60)
+    b.hook.unlink()
+    fifo.unlink()
+    assert outcome["r"].returncode == 0            # it had committed: the reload itself succeeded
+    wait_until(lambda: "generation 1 serves again" in b.log, 20, "the old generation to resume")
+    b.wait_ready(20)
+    assert b.master_pid() == old
+    assert roundtrip(port, b"back") == b"back"
+    _reload_ok(b)
