@@ -1,7 +1,7 @@
 # The two commands a newcomer runs (README): `make run` and `make test`.
 PY := .venv/bin/python
 
-.PHONY: install run test unit integration bench clean
+.PHONY: install run test unit integration bench bench-reload clean
 
 install:
 	@BATON_TEST_TOOLS=1 scripts/install.sh
@@ -21,6 +21,10 @@ integration: install
 bench: install
 	@BATON_BENCH_TOOLS=1 scripts/install.sh
 	@$(PY) bench/run.py
+
+bench-reload: install
+	@BATON_BENCH_TOOLS=1 scripts/install.sh
+	@$(PY) bench/reload.py
 
 clean:
 	rm -rf .venv .venv-envoy build *.egg-info

@@ -166,10 +166,9 @@ class Worker:
         self.draining = True
 
         async def move():
-            count = len(self.connections)
             started = self.loop.time()
-            moved, kept = await migration.migrate_connections(self, msg["targets"],
-                                                              bool(msg.get("keep_upstreams")))
+            moved, kept, count = await migration.migrate_connections(
+                self, msg["targets"], bool(msg.get("keep_upstreams")))
             log.info("worker %d: moved %d of %d connection(s) in %.3fs; %d stay to drain",
                      self.id, moved, count, self.loop.time() - started, kept)
             self.channel.reply(msg, {"type": "migrated", "moved": moved, "kept": kept})

@@ -120,7 +120,7 @@ def _adopt_split(worker, listener, state: dict, fd: int, new_id: int, channel):
 
     def client_done(side):
         worker.stats.gauges[listener.stat_cx_active] -= 1
-    return ForwardedSide(worker, socket.socket(fileno=fd), channel, new_id, state["id"],
+    return ForwardedSide(worker, socket.socket(listener.family, socket.SOCK_STREAM, 0, fd), channel, new_id, state["id"],
                          int(state.get("limit") or listener.spec.get("buffer_limit", 1 << 20)),
                          initial=down["data"], read_eof=up["eof"], peer_eof=down["eof"],
                          shut=down["done"], on_close=client_done)
@@ -193,10 +193,11 @@ def _batches(conns):
         yield batch
 
 
-async def migrate_connections(worker, targets: list[str], keep_upstreams: bool = False) -> tuple[int, int]:
+async def migrate_connections(worker, targets: list[str], keep_upstreams: bool = False) -> tuple[int, int, int]:
     """Move every connection of `worker` to the workers listening on `targets`, spread
     round-robin. With `keep_upstreams`, open connections leave their upstream socket here and
-    are forwarded (write migration). Returns (moved, kept here)."""
+    are forwarded (write migration). Returns (moved, kept here, connections there were when
+    the move began; those that ended meanwhile are in neither count)."""
     channels = []
     for path in targets:
         try:
@@ -204,8 +205,9 @@ async def migrate_connections(worker, targets: list[str], keep_upstreams: bool =
         except (OSError, asyncio.TimeoutError, protocol.ProtocolError, Exception) as exc:
             log.error("worker %d: cannot reach %s: %s", worker.id, path, exc)
     if not channels:
-        return 0, len(worker.connections)
+        return 0, len(worker.connections), len(worker.connections)
     conns = [c for c in worker.connections.values() if c.state in (OPEN, CONNECTING)]
+    forwarded = len(worker.connections) - len(conns)     # already forwarded: they stay
     pending = []
     future_channels = {}
     for i, batch in enumerate(_batches(conns)):
@@ -216,8 +218,9 @@ async def migrate_connections(worker, targets: list[str], keep_upstreams: bool =
             states.append(state)
             fds.extend(conn_fds)
         try:
+            # No duplicates needed: our descriptors stay open until the receiver answers.
             future = channel.request({"type": "connections", "conns": states}, fds,
-                                     timeout=protocol.MIGRATE_TIMEOUT)
+                                     timeout=protocol.MIGRATE_TIMEOUT, dup=False)
         except Exception as exc:  # noqa: BLE001 - the channel died: this batch stays here
             log.error("worker %d: sending %d connection(s) failed: %s", worker.id, len(batch), exc)
             future = None
@@ -249,4 +252,4 @@ async def migrate_connections(worker, targets: list[str], keep_upstreams: bool =
         # A channel that carries forwarded connections lives as long as they do.
         if not any(isinstance(c, ForwardedSide) and c.channel is channel for c in worker.connections.values()):
             channel.close("done")
-    return moved, kept
+    return moved, kept + forwarded, len(conns) + forwarded

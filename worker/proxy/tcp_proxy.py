@@ -487,7 +487,8 @@ class TcpProxyConnection:
     @classmethod
     def adopt(cls, worker, listener, state: dict, fds: list[int], conn_id: int):
         """A connection another worker exported: continue it here."""
-        client = socket.socket(fileno=fds[0])
+        # The family is known (the listener's): passing it saves socket() three getsockopt calls.
+        client = socket.socket(listener.family, socket.SOCK_STREAM, 0, fds[0])
         peer = tuple(state["peer"]) if state.get("peer") else None
         conn = cls(worker, listener, client, peer, conn_id)
         worker.stats.gauges[listener.stat_cx_active] += 1
@@ -504,7 +505,8 @@ class TcpProxyConnection:
         if host is None:       # the endpoint left the config: the connection still lives
             host = Host(address, port)
         conn.cluster, conn.host = cluster, host
-        conn.upstream = socket.socket(fileno=fds[1])
+        conn.upstream = socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET,
+                                      socket.SOCK_STREAM, 0, fds[1])
         cluster.active += 1
         host.active += 1
         worker.stats.gauges[cluster.stat["upstream_cx_active"]] += 1
