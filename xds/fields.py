@@ -40,7 +40,11 @@ ALLOWED = {
         "address": WALK, "port_value": WALK, "protocol": WALK},
     "envoy.config.listener.v3.Listener": {
         "name": WALK, "address": WALK, "stat_prefix": WALK, "filter_chains": WALK,
-        "enable_reuse_port": WALK, "per_connection_buffer_limit_bytes": WALK},
+        "enable_reuse_port": WALK, "per_connection_buffer_limit_bytes": WALK,
+        # Interception (tproxy/): IP_TRANSPARENT, hand-off by original destination, and the
+        # listener filters, which the translator checks one by one.
+        "transparent": WALK, "use_original_dst": WALK, "listener_filters": SKIP},
+    "envoy.extensions.filters.listener.original_dst.v3.OriginalDst": {},
     "envoy.config.listener.v3.FilterChain": {
         # The name only identifies a chain for filter_chain_matcher, which is refused.
         "name": WALK, "filters": WALK},

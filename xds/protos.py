@@ -54,6 +54,7 @@ with _unshadowed():
     from envoy.extensions.filters.network.http_connection_manager.v3 import (  # noqa: F401
         http_connection_manager_pb2)
     from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
+    from envoy.extensions.filters.listener.original_dst.v3 import original_dst_pb2
 
 Bootstrap = bootstrap_pb2.Bootstrap
 Listener = listener_pb2.Listener
@@ -66,6 +67,8 @@ RoutingPriority = base_pb2.RoutingPriority
 ParseError = json_format.ParseError
 TYPE_URL_PREFIX = "type.googleapis.com/"
 TCP_PROXY_TYPE = TcpProxy.DESCRIPTOR.full_name
+OriginalDst = original_dst_pb2.OriginalDst
+ORIGINAL_DST_TYPE = OriginalDst.DESCRIPTOR.full_name
 
 # Only packages that xds-protos ships; the name comes from a config file, so it is checked
 # before it reaches importlib.

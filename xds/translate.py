@@ -28,8 +28,9 @@ DEFAULT_DNS_REFRESH_RATE = 5.0            # Cluster.dns_refresh_rate
 DEFAULT_IDLE_TIMEOUT = 3600.0             # TcpProxy.idle_timeout
 DEFAULT_MAX_CONNECTIONS = 1024            # CircuitBreakers DEFAULT max_connections
 
-CLUSTER_TYPES = ("STATIC", "STRICT_DNS")
+CLUSTER_TYPES = ("STATIC", "STRICT_DNS", "ORIGINAL_DST")
 LB_POLICIES = ("ROUND_ROBIN", "LEAST_REQUEST", "RANDOM")
+ORIGINAL_DST_FILTER = "envoy.filters.listener.original_dst"
 
 _Cluster = protos.Cluster
 
@@ -117,6 +118,7 @@ def translate_listener(pb, path, errors, warnings=None, clusters=None):
     else:
         errors.append(f"{join(path, 'address')}: required")
     tcp_proxy = _filter_chains(pb, path, errors, warnings, clusters)
+    original_dst = _listener_filters(pb, path, errors)
     if len(errors) > start or hostport is None or tcp_proxy is None:
         return None
     address, port = hostport
@@ -132,7 +134,37 @@ def translate_listener(pb, path, errors, warnings=None, clusters=None):
         "reuse_port": pb.enable_reuse_port.value if pb.HasField("enable_reuse_port") else True,
         "buffer_limit": _uint32(pb, "per_connection_buffer_limit_bytes", DEFAULT_BUFFER_LIMIT),
         "tcp_proxy": tcp_proxy,
+        # IP_TRANSPARENT: accept connections addressed anywhere (TPROXY); the master binds it.
+        "transparent": pb.transparent.value if pb.HasField("transparent") else False,
+        # The original_dst listener filter: recover the address the client really dialled.
+        "original_dst": original_dst,
+        # Hand the connection to the listener bound to its original destination, if any.
+        "use_original_dst": pb.use_original_dst.value if pb.HasField("use_original_dst") else False,
     }
+
+
+def _listener_filters(pb, path, errors):
+    """True when the original_dst listener filter is configured; anything else is refused."""
+    found = False
+    for i, filter_pb in enumerate(pb.listener_filters):
+        here = f"{join(path, 'listener_filters')}[{i}]"
+        type_name = protos.type_name(filter_pb.typed_config.type_url) if filter_pb.HasField("typed_config") else None
+        if filter_pb.name != ORIGINAL_DST_FILTER and type_name != protos.ORIGINAL_DST_TYPE:
+            errors.append(f"{here}: {filter_pb.name or type_name or 'unnamed filter'} not supported "
+                          f"(only {ORIGINAL_DST_FILTER})")
+            continue
+        if type_name is not None and type_name != protos.ORIGINAL_DST_TYPE:
+            errors.append(f"{join(here, 'typed_config')}: {type_name} is not {protos.ORIGINAL_DST_TYPE}")
+            continue
+        if filter_pb.HasField("typed_config"):
+            config = protos.OriginalDst()
+            filter_pb.typed_config.Unpack(config)
+            check_fields(config, join(here, "typed_config"), errors, None)
+        for field, _ in filter_pb.ListFields():
+            if field.name not in ("name", "typed_config"):
+                errors.append(f"{join(here, field.name)}: not supported")
+        found = True
+    return found
 
 
 def _filter_chains(pb, path, errors, warnings, clusters):
@@ -237,7 +269,7 @@ def translate_cluster(pb, path, errors, warnings=None):
         errors.append(f"{join(path, 'type')}: {cluster_type} not supported "
                       f"({' or '.join(CLUSTER_TYPES)})")
     lb_policy = _Cluster.LbPolicy.Name(pb.lb_policy)
-    if lb_policy not in LB_POLICIES:
+    if lb_policy not in LB_POLICIES and lb_policy != "CLUSTER_PROVIDED":   # that one: below
         errors.append(f"{join(path, 'lb_policy')}: {lb_policy} not supported "
                       f"({', '.join(LB_POLICIES)})")
 
@@ -252,9 +284,20 @@ def translate_cluster(pb, path, errors, warnings=None):
         if pb.dns_lookup_family:
             warnings.append(f"{join(path, 'dns_lookup_family')}: ignored for a STATIC cluster")
 
+    if cluster_type == "ORIGINAL_DST":
+        # Envoy's rules: the destination comes from the connection, so no endpoints and no
+        # balancer of ours.
+        if lb_policy != "CLUSTER_PROVIDED":     # Envoy refuses the default too
+            errors.append(f"{join(path, 'lb_policy')}: LB policy {lb_policy} is not valid for cluster "
+                          "type ORIGINAL_DST; only CLUSTER_PROVIDED is allowed")
+        if pb.HasField("load_assignment"):
+            errors.append(f"{join(path, 'load_assignment')}: an ORIGINAL_DST cluster has no endpoints")
+        lb_policy = "CLUSTER_PROVIDED"
+    elif lb_policy == "CLUSTER_PROVIDED":
+        errors.append(f"{join(path, 'lb_policy')}: CLUSTER_PROVIDED is only for ORIGINAL_DST clusters")
     max_connections = _max_connections(pb, path, errors)
     endpoints = []
-    if pb.HasField("load_assignment"):
+    if pb.HasField("load_assignment") and cluster_type != "ORIGINAL_DST":
         assignment = translate_load_assignment(
             pb.load_assignment, join(path, "load_assignment"), errors, warnings,
             require_ip=cluster_type != "STRICT_DNS")

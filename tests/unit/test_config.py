@@ -107,7 +107,8 @@ def test_quickstart_loads_to_the_documented_snapshot():
             "name": "listener_0", "address": "127.0.0.1", "port": 10000,
             "stat_name": "127.0.0.1_10000", "reuse_port": True, "buffer_limit": 1048576,
             "tcp_proxy": {"stat_prefix": "demo_tcp", "clusters": [["demo", 1]],
-                          "idle_timeout": 3600.0, "max_connect_attempts": 1}}],
+                          "idle_timeout": 3600.0, "max_connect_attempts": 1},
+            "transparent": False, "original_dst": False, "use_original_dst": False}],
         "clusters": {"demo": {
             "name": "demo", "type": "STATIC", "connect_timeout": 1.0,
             "lb_policy": "ROUND_ROBIN",
@@ -135,7 +136,8 @@ def test_defaults_are_envoys(load):
         "name": "listener_0", "address": "127.0.0.1", "port": 10000,
         "stat_name": "127.0.0.1_10000", "reuse_port": True, "buffer_limit": 1048576,
         "tcp_proxy": {"stat_prefix": "ingress_tcp", "clusters": [["cluster_0", 1]],
-                      "idle_timeout": 3600.0, "max_connect_attempts": 1}}]
+                      "idle_timeout": 3600.0, "max_connect_attempts": 1},
+        "transparent": False, "original_dst": False, "use_original_dst": False}]
     assert snap["clusters"]["cluster_0"] == {
         "name": "cluster_0", "type": "STATIC", "connect_timeout": 5.0,
         "lb_policy": "ROUND_ROBIN",
@@ -298,7 +300,7 @@ REFUSED = {
     "node": (["node"], {"id": "n", "locality": {"zone": "a"}}, "node.locality: not supported"),
     "secrets": (["static_resources", "secrets"], [{"name": "s"}],
                 "static_resources.secrets: not supported"),
-    "listener": (LISTENER + ["transparent"], True, f"{L0}.transparent: not supported"),
+    "listener": (LISTENER + ["freebind"], True, f"{L0}.freebind: not supported"),
     "socket_address": (SOCKET + ["ipv4_compat"], True,
                        f"{L0}.address.socket_address.ipv4_compat: not supported"),
     "tcp_proxy": (CONFIG + ["tunneling_config"], {"hostname": "h"},
@@ -330,7 +332,7 @@ REFUSED = {
     "udp": (SOCKET + ["protocol"], "UDP",
             f"{L0}.address.socket_address.protocol: UDP not supported (TCP only)"),
     "cluster_type": (CLUSTER + ["type"], "EDS", f"{C0}.type: EDS not supported "
-                                                "(STATIC or STRICT_DNS)"),
+                                                "(STATIC or STRICT_DNS or ORIGINAL_DST)"),
     "lb_policy": (CLUSTER + ["lb_policy"], "RING_HASH",
                   f"{C0}.lb_policy: RING_HASH not supported "
                   "(ROUND_ROBIN, LEAST_REQUEST, RANDOM)"),
@@ -621,3 +623,31 @@ def test_imports_work_from_the_checkout_root():
                           text=True, timeout=60, env={**os.environ, "PYTHONSAFEPATH": ""})
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "listener_0"
+
+
+def test_interception_listener_and_original_dst_cluster(load):
+    """Istio's outbound capture listener and PassthroughCluster, as Envoy accepts them."""
+    original_dst = {"name": "envoy.filters.listener.original_dst", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.listener.original_dst.v3.OriginalDst"}}
+    snap = load(bootstrap(
+        listeners=[listener(config=tcp_proxy(cluster="PassthroughCluster"), transparent=True,
+                            use_original_dst=True, listener_filters=[original_dst])],
+        clusters=[{"name": "PassthroughCluster", "type": "ORIGINAL_DST",
+                   "lb_policy": "CLUSTER_PROVIDED"}]))
+    spec = snap["listeners"][0]
+    assert (spec["transparent"], spec["original_dst"], spec["use_original_dst"]) == (True, True, True)
+    assert snap["clusters"]["PassthroughCluster"]["type"] == "ORIGINAL_DST"
+    assert snap["clusters"]["PassthroughCluster"]["endpoints"] == []
+
+
+def test_original_dst_rules_follow_envoy(errors):
+    assert errors(bootstrap(
+        listeners=[listener(config=tcp_proxy(cluster="p"))],
+        clusters=[{"name": "p", "type": "ORIGINAL_DST"}])) == [
+        "static_resources.clusters[0].lb_policy: LB policy ROUND_ROBIN is not valid for cluster "
+        "type ORIGINAL_DST; only CLUSTER_PROVIDED is allowed"]
+    other = {"name": "envoy.filters.listener.tls_inspector", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector"}}
+    assert errors(bootstrap(listeners=[listener(listener_filters=[other])])) == [
+        "static_resources.listeners[0].listener_filters[0]: envoy.filters.listener.tls_inspector "
+        "not supported (only envoy.filters.listener.original_dst)"]
