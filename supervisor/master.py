@@ -247,8 +247,14 @@ class Master:
         except asyncio.TimeoutError:
             log.warning("the new master did not confirm it is systemd's main PID; exiting anyway")
             confirmed = False
-        if not confirmed and self.handed_over and not _pid_running(reload.pid):
-            self.successor_gone("the new master exited before it became the main process")
+        if not confirmed:
+            # Its handoff connection closed without "main": it is dying or dead. Wait for the
+            # exit itself (pidfd), which calls successor_gone; a process being killed can
+            # close its sockets a moment before it is gone.
+            try:
+                await asyncio.wait_for(asyncio.shield(reload.exited), 2.0)
+            except asyncio.TimeoutError:
+                pass
         if not self.handed_over:
             return                      # we serve again (successor_gone)
         await self._bequeath_counters()
@@ -357,7 +363,7 @@ class Master:
         """The new master died after the commit while we still run: serve again. We kept every
         listening socket, so workers that already moved out and exited are simply forked anew;
         connections that had moved to the dead generation died with it."""
-        if self.done.done():
+        if self.done.done() or not self.handed_over:
             return
         log.critical("the new generation died after taking over (%s); generation %d serves again",
                      reason, self.generation)
