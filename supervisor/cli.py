@@ -49,6 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="how a reload or recycle moves an L4 connection: with both sockets "
                      "(default), or only the client socket, the upstream staying in the old worker "
                      "and its bytes forwarded (write migration, the path pooled HTTP upstreams use)")
+    run.add_argument("--upstream-mark", type=lambda v: int(v, 0), default=0, metavar="MARK",
+                     help="SO_MARK on every upstream connection, so interception rules can let "
+                     "Baton's own traffic through (istio-iptables excludes by uid or mark; needs "
+                     "CAP_NET_ADMIN). Default: none")
     run.add_argument("-l", "--log-level", default="info",
                      choices=["trace", "debug", "info", "warning", "warn", "error", "critical", "off"])
 
@@ -303,6 +307,7 @@ def cmd_run(args) -> int:
         if args.drain_timeout < 0:
             raise StartError("--drain-timeout must not be negative")
         source, snapshot, config_dump = _load(args)
+        snapshot["runtime"] = {"upstream_mark": args.upstream_mark}
         try:
             runtime_dir = runtime.prepare(runtime.resolve(args.runtime_dir))
         except runtime.RuntimeDirError as exc:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import socket
 
+from ..tproxy.original_dst import make_transparent
+
 BACKLOG = 4096
 
 
@@ -26,6 +28,8 @@ def bind_listener(spec: dict) -> socket.socket:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        if spec.get("transparent"):
+            make_transparent(sock)
         sock.bind((spec["address"], spec["port"]))
         sock.listen(BACKLOG)
         sock.setblocking(False)

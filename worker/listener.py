@@ -23,7 +23,8 @@ class Listener:
     __slots__ = ("worker", "loop", "name", "sock", "fd", "family", "tcp_proxy", "pipe_capacity",
                  "accepting", "stat_cx_total", "stat_cx_active", "tcp_stat_cx_total",
                  "tcp_stat_no_route", "tcp_stat_rx_bytes", "tcp_stat_tx_bytes",
-                 "tcp_stat_idle_timeout", "tcp_stat_rx_buffered", "tcp_stat_tx_buffered", "spec")
+                 "tcp_stat_idle_timeout", "tcp_stat_rx_buffered", "tcp_stat_tx_buffered", "spec",
+                 "address", "port", "transparent", "original_dst", "use_original_dst")
 
     def __init__(self, worker, spec: dict, fd: int):
         self.worker = worker
@@ -38,6 +39,10 @@ class Listener:
     def update(self, spec: dict) -> None:
         self.spec = spec
         self.name = spec["name"]
+        self.address, self.port = spec["address"], spec["port"]
+        self.transparent = spec.get("transparent", False)
+        self.original_dst = spec.get("original_dst", False)
+        self.use_original_dst = spec.get("use_original_dst", False)
         self.tcp_proxy = spec["tcp_proxy"]
         self.pipe_capacity = pipe_capacity_for(spec.get("buffer_limit", 1 << 20))
         scope = f"listener.{spec['stat_name']}."

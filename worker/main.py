@@ -28,6 +28,7 @@ import sys
 
 from ..supervisor.handoff.channel import Channel
 from . import migration
+from ..tproxy.original_dst import original_destination
 from .listener import Listener
 from .proxy.cluster import ClusterManager
 from .proxy.pipes import PipePool
@@ -53,6 +54,9 @@ class Worker:
         self.connections: dict[int, TcpProxyConnection] = {}
         self._ids = itertools.count(1)
         self.draining = False
+        # SO_MARK on every upstream socket, so interception rules let Baton's own traffic
+        # through (loop avoidance; tproxy/). 0: none.
+        self.upstream_mark = int((snapshot.get("runtime") or {}).get("upstream_mark") or 0)
         self.done = self.loop.create_future()
         self.channel = Channel(channel_sock, self._on_message, self._on_channel_closed,
                                name=f"worker {worker_id} control")
@@ -99,9 +103,39 @@ class Worker:
         return next(self._ids)
 
     def new_connection(self, listener: Listener, client, peer) -> None:
+        original = None
+        if listener.original_dst:
+            original = original_destination(client, listener.transparent)
+            if listener.use_original_dst and original is not None:
+                # Envoy's use_original_dst: the listener bound to the original destination
+                # serves it, if there is one; otherwise this one does.
+                listener = self.listener_for(original) or listener
         conn = TcpProxyConnection(self, listener, client, peer, next(self._ids))
+        conn.original = original
         self.connections[conn.id] = conn
         conn.start()
+
+    def listener_for(self, address: tuple[str, int]):
+        host, port = address
+        exact = wildcard = None
+        for listener in self.listeners.values():
+            if listener.port != port:
+                continue
+            if listener.address == host:
+                exact = listener
+            elif listener.address in ("0.0.0.0", "::"):
+                wildcard = listener
+        return exact or wildcard
+
+    def is_own_listener(self, address: tuple[str, int]) -> bool:
+        """True when connecting to `address` would come straight back to one of our own
+        listeners: a loop, which the ORIGINAL_DST cluster refuses."""
+        host, port = address
+        for listener in self.listeners.values():
+            if listener.port == port and (listener.address in (host, "0.0.0.0", "::") or
+                                          host.startswith("127.") or host == "::1"):
+                return True
+        return False
 
     def connection_closed(self, conn) -> None:
         self.connections.pop(conn.id, None)

@@ -12,7 +12,7 @@ from .pipes import pipe_capacity_for
 
 
 class Cluster:
-    __slots__ = ("name", "connect_timeout", "lb_policy", "max_connections", "buffer_limit",
+    __slots__ = ("name", "type", "connect_timeout", "lb_policy", "max_connections", "buffer_limit",
                  "pipe_capacity", "hosts", "balancer", "active", "stat")
 
     def __init__(self, spec: dict):
@@ -28,6 +28,7 @@ class Cluster:
         self.update(spec)
 
     def update(self, spec: dict) -> None:
+        self.type = spec.get("type", "STATIC")
         self.connect_timeout = float(spec.get("connect_timeout") or 5.0)
         self.lb_policy = spec.get("lb_policy", "ROUND_ROBIN")
         self.max_connections = int(spec.get("max_connections", 1024))
@@ -43,7 +44,8 @@ class Cluster:
                 host.weight = max(1, int(ep.get("weight", 1)))
             hosts.append(host)
         self.hosts = hosts
-        self.balancer = make_balancer(self.lb_policy, hosts)
+        # ORIGINAL_DST: each connection names its own host; there is nothing to balance.
+        self.balancer = None if self.type == "ORIGINAL_DST" else make_balancer(self.lb_policy, hosts)
 
     def pick(self, exclude=()):
         return self.balancer.pick(exclude)

@@ -24,6 +24,7 @@ import logging
 import os
 import random
 import socket
+import struct
 import time
 
 from .lb import Host
@@ -192,7 +193,8 @@ class Pump:
 class TcpProxyConnection:
     __slots__ = ("worker", "loop", "listener", "config", "stats", "client", "upstream",
                  "cluster", "host", "tried", "attempts", "state", "pumps", "timer",
-                 "last_active", "idle_timeout", "id", "peer", "moved", "early", "__weakref__")
+                 "last_active", "idle_timeout", "id", "peer", "moved", "early", "original",
+                 "reset_client", "__weakref__")
 
     def __init__(self, worker, listener, client: socket.socket, peer, conn_id: int):
         self.worker = worker
@@ -215,6 +217,8 @@ class TcpProxyConnection:
         self.idle_timeout = self.config["idle_timeout"]
         self.moved = None
         self.early = None       # forwarding messages that beat the adoption reply (write migration)
+        self.original = None    # (address, port) the client dialled, when intercepted
+        self.reset_client = False
 
     # -- connecting ----------------------------------------------------------------------
 
@@ -247,11 +251,22 @@ class TcpProxyConnection:
                     break
         return self.worker.clusters.get(name)
 
+    def _pick_host(self):
+        cluster = self.cluster
+        if cluster.type != "ORIGINAL_DST":
+            return cluster.pick(self.tried) or (cluster.pick() if self.tried else None)
+        # The PassthroughCluster: where the client meant to go. Never back into ourselves.
+        if self.original is None or self.worker.is_own_listener(self.original):
+            log.debug("connection %d: no usable original destination (%s)", self.id, self.original)
+            return None
+        return Host(*self.original)
+
     def _connect(self) -> None:
         cluster = self.cluster
-        host = cluster.pick(self.tried) or (cluster.pick() if self.tried else None)
+        host = self._pick_host()
         if host is None:
             self.stats.counters[cluster.stat["upstream_cx_none_healthy"]] += 1
+            self.reset_client = cluster.type == "ORIGINAL_DST"
             self.close()
             return
         self.host = host
@@ -265,6 +280,8 @@ class TcpProxyConnection:
             return
         self.upstream = sock
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self.worker.upstream_mark:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, self.worker.upstream_mark)
         counters = self.stats.counters
         counters[cluster.stat["upstream_cx_total"]] += 1
         self.stats.gauges[cluster.stat["upstream_cx_active"]] += 1
@@ -309,6 +326,9 @@ class TcpProxyConnection:
         else:
             if self.config["max_connect_attempts"] > 1:
                 self.stats.counters[cluster.stat["upstream_cx_connect_attempts_exceeded"]] += 1
+            # Transparent passthrough: a destination that refuses is reflected to the client
+            # as a reset, as if Baton were not there (never a silent close).
+            self.reset_client = cluster.type == "ORIGINAL_DST"
             self.close()
 
     def _release_upstream(self) -> None:
@@ -392,6 +412,11 @@ class TcpProxyConnection:
             self.loop.remove_writer(self.upstream.fileno())
             self.stats.counters[self.cluster.stat["upstream_cx_destroy"]] += 1
             self._release_upstream()
+        if self.reset_client:
+            try:
+                self.client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            except OSError:
+                pass
         self.client.close()
         self.stats.gauges[self.listener.stat_cx_active] -= 1
         self.worker.connection_closed(self)
@@ -409,7 +434,8 @@ class TcpProxyConnection:
             self.timer.cancel()
             self.timer = None
         state = {"id": self.id, "listener": self.listener.name,
-                 "peer": list(self.peer) if self.peer else None}
+                 "peer": list(self.peer) if self.peer else None,
+                 "original": list(self.original) if self.original else None}
         if self.state is OPEN:
             moved = []
             for pump in self.pumps:
@@ -491,6 +517,7 @@ class TcpProxyConnection:
         client = socket.socket(listener.family, socket.SOCK_STREAM, 0, fds[0])
         peer = tuple(state["peer"]) if state.get("peer") else None
         conn = cls(worker, listener, client, peer, conn_id)
+        conn.original = tuple(state["original"]) if state.get("original") else None
         worker.stats.gauges[listener.stat_cx_active] += 1
         if state["state"] == "connecting":
             conn.cluster = conn._choose_cluster()
