@@ -53,6 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="SO_MARK on every upstream connection, so interception rules can let "
                      "Baton's own traffic through (istio-iptables excludes by uid or mark; needs "
                      "CAP_NET_ADMIN). Default: none")
+    run.add_argument("--worker-user", default=None, metavar="USER[:GROUP]",
+                     help="run workers as this user, keeping only CAP_NET_ADMIN and "
+                     "CAP_NET_BIND_SERVICE (the master stays root: it binds and forks)")
     run.add_argument("-l", "--log-level", default="info",
                      choices=["trace", "debug", "info", "warning", "warn", "error", "critical", "off"])
 
@@ -306,10 +309,20 @@ def cmd_run(args) -> int:
             raise StartError("--concurrency must be at least 1")
         if args.drain_timeout < 0:
             raise StartError("--drain-timeout must not be negative")
+        worker_user = None
+        if args.worker_user:
+            from ..worker.privileges import PrivilegeError, resolve_user
+            try:
+                worker_user = resolve_user(args.worker_user)
+            except PrivilegeError as exc:
+                raise StartError(f"--worker-user: {exc}") from None
+            if os.geteuid() != 0:
+                raise StartError("--worker-user needs the master to run as root")
         source, snapshot, config_dump = _load(args)
-        snapshot["runtime"] = {"upstream_mark": args.upstream_mark}
+        snapshot["runtime"] = {"upstream_mark": args.upstream_mark, "worker_user": worker_user}
         try:
-            runtime_dir = runtime.prepare(runtime.resolve(args.runtime_dir))
+            runtime_dir = runtime.prepare(runtime.resolve(args.runtime_dir),
+                                          worker_user[0] if worker_user else None)
         except runtime.RuntimeDirError as exc:
             raise StartError(str(exc)) from None
         if takeover is None:

@@ -33,15 +33,21 @@ def resolve(runtime_dir: str | None) -> str:
     return os.path.abspath(runtime_dir or default_runtime_dir())
 
 
-def prepare(path: str) -> str:
-    """Create the directory 0700 (or check an existing one is ours and private)."""
+def prepare(path: str, worker_uid: int | None = None) -> str:
+    """Create the directory 0700 (or check an existing one is ours and private).
+
+    With unprivileged workers (`--worker-user`) the directory belongs to their uid, so that
+    they can bind their handoff sockets in it; the master, root, still has every access."""
+    owner = os.geteuid() if worker_uid is None else worker_uid
     try:
         os.makedirs(path, mode=0o700, exist_ok=True)
         st = os.stat(path)
+        if st.st_uid not in (os.geteuid(), owner):
+            raise RuntimeDirError(f"runtime directory {path} belongs to uid {st.st_uid}, not {owner}")
+        if st.st_uid != owner:
+            os.chown(path, owner, -1)
     except OSError as exc:
         raise RuntimeDirError(f"runtime directory {path}: {exc.strerror}") from None
-    if st.st_uid != os.geteuid():
-        raise RuntimeDirError(f"runtime directory {path} belongs to uid {st.st_uid}, not {os.geteuid()}")
     if stat.S_IMODE(st.st_mode) != 0o700:
         os.chmod(path, 0o700)
     return path

@@ -285,6 +285,14 @@ def worker_process_main(worker_id: int, generation: int, master_pid: int, channe
     prctl.set_name(f"baton: worker {worker_id}"[:15])
     prctl.set_proctitle(f"baton: worker {worker_id}")
     random.seed()
+    user = (snapshot.get("runtime") or {}).get("worker_user")
+    if user:
+        from .privileges import PrivilegeError, drop_to
+        try:
+            drop_to(*user)
+        except (PrivilegeError, OSError) as exc:
+            log.error("worker %d: cannot drop to uid %d: %s", worker_id, user[0], exc)
+            return EXIT_BOOT_FAILURE
     gc.freeze()     # everything inherited from the master stays shared copy-on-write
     # The listener socket objects belong to the master's address space copy: detach them so
     # their finalizers never close the descriptors the worker now owns.

@@ -236,3 +236,44 @@ def test_process_names_and_status_json(baton, upstreams):
     human = b.cli("status")
     assert human.returncode == 0 and "master" in human.stdout
     held.close()
+
+
+def _proc_status(pid: int) -> dict:
+    out = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            out[key] = value.split()
+    return out
+
+
+def test_workers_run_unprivileged_keeping_two_capabilities(baton, upstreams, tmp_path):
+    import pathlib
+    import shutil
+    import tempfile
+    if os.geteuid() != 0:
+        import pytest
+        pytest.skip("needs root to switch users")
+    echo = upstreams("echo")
+    port = free_port()
+    runtime_dir = pathlib.Path(tempfile.mkdtemp(prefix="baton-uid-"))
+    try:
+        b = baton(tcp_bootstrap(free_port(), port, [echo.port]), concurrency=2, runtime_dir=runtime_dir,
+                  extra_args=("--worker-user", "65534:65534", "--upstream-mark", "0x539"))
+        for pid in b.worker_pids():
+            status = _proc_status(pid)
+            assert status["Uid"] == ["65534"] * 4 and status["Gid"] == ["65534"] * 4
+            # CAP_NET_BIND_SERVICE (10) and CAP_NET_ADMIN (12): 0x1400, nothing else.
+            assert int(status["CapEff"][0], 16) == 0x1400
+            assert int(status["CapBnd"][0], 16) == 0x1400
+        assert _proc_status(b.proc.pid)["Uid"][0] == "0"        # the master stays root
+        assert roundtrip(port, b"as nobody") == b"as nobody"    # SO_MARK (CAP_NET_ADMIN) worked
+        held = socket.create_connection(("127.0.0.1", port), timeout=10)
+        assert _echo_ok(held, b"before")
+        result = b.reload()                                     # unprivileged workers hand over
+        assert result.returncode == 0, result.stderr
+        assert _echo_ok(held, b"after")
+        held.close()
+        b.stop()
+    finally:
+        shutil.rmtree(runtime_dir, ignore_errors=True)
