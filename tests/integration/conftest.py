@@ -20,6 +20,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from ..waiting import wait_until  # noqa: F401 - the tests import it from here
+
 HERE = Path(__file__).resolve().parent
 BATON = str(Path(sys.executable).parent / "baton")
 POLL = 0.02
@@ -29,17 +31,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def wait_until(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(POLL)
 
 
 class Upstream:

@@ -12,6 +12,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from ..waiting import wait_until as _wait_until
+
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "scripts" / "systemd-testbed.sh"
 POLL = 0.1
@@ -22,15 +24,9 @@ class Unavailable(Exception):
 
 
 def wait_until(predicate, timeout: float, what: str):
-    """Poll `predicate` until it returns something true; that value, or AssertionError."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(POLL)
+    """Poll `predicate` (every POLL seconds: systemctl calls are not free) until it returns
+    something true; that value, or AssertionError."""
+    return _wait_until(predicate, timeout, what, poll=POLL)
 
 
 def _script(*args: str, timeout: float) -> subprocess.CompletedProcess:
