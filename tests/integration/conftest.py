@@ -12,7 +12,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -24,7 +23,6 @@ from ..waiting import wait_until  # noqa: F401 - the tests import it from here
 
 HERE = Path(__file__).resolve().parent
 BATON = str(Path(sys.executable).parent / "baton")
-POLL = 0.02
 
 
 def free_port() -> int:
