@@ -13,6 +13,11 @@ have curl || need_apt+=(curl)
 python3 -c 'import venv, ensurepip' 2>/dev/null || need_apt+=(python3-venv)
 python3 -c 'import sysconfig, os, sys; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' \
     || need_apt+=(python3-dev)
+# Interception (baton intercept, baton run --intercept) drives these tools.
+have nft || need_apt+=(nftables)
+have iptables-restore || need_apt+=(iptables)
+have ipset || need_apt+=(ipset)
+have ip || need_apt+=(iproute2)
 if [ "${BATON_TEST_TOOLS:-0}" = 1 ]; then
     have nc || need_apt+=(netcat-openbsd)
 fi

@@ -14,6 +14,7 @@ import os
 import socket
 import sys
 
+from ..tproxy import cli as intercept_cli
 from .version import VERSION
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
@@ -56,6 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--worker-user", default=None, metavar="USER[:GROUP]",
                      help="run workers as this user, keeping only CAP_NET_ADMIN and "
                      "CAP_NET_BIND_SERVICE (the master stays root: it binds and forks)")
+    run.add_argument("--intercept", action="store_true",
+                     help="install transparent capture rules at start (the flags of `baton "
+                     "intercept apply` below), keep them across reloads, remove them at stop")
+    intercept_cli.add_config_arguments(run)
     run.add_argument("-l", "--log-level", default="info",
                      choices=["trace", "debug", "info", "warning", "warn", "error", "critical", "off"])
 
@@ -80,6 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "all its connections")
     recycle.add_argument("--worker", type=int, required=True, metavar="N")
     _runtime_dir_arg(recycle)
+
+    intercept_cli.add_parser(sub)
 
     sub.add_parser("version", help="print the version")
     return parser
@@ -318,6 +325,16 @@ def cmd_run(args) -> int:
                 raise StartError(f"--worker-user: {exc}") from None
             if os.geteuid() != 0:
                 raise StartError("--worker-user needs the master to run as root")
+        intercept = None
+        if args.intercept:
+            from ..tproxy.config import InterceptConfigError
+            try:
+                intercept = intercept_cli.config_from_args(args)
+            except InterceptConfigError as exc:
+                raise StartError(f"intercept: {exc}") from None
+            if not args.upstream_mark:
+                # Baton's own upstream connections must not be captured again.
+                args.upstream_mark = intercept.proxy_mark
         source, snapshot, config_dump = _load(args)
         snapshot["runtime"] = {"upstream_mark": args.upstream_mark, "worker_user": worker_user}
         try:
@@ -343,7 +360,7 @@ def cmd_run(args) -> int:
     prctl.set_name("baton: master")
     prctl.set_proctitle("baton: master")
     master = Master(args, source, snapshot, config_dump, listener_socks, runtime_dir,
-                    generation=generation, takeover=takeover)
+                    generation=generation, takeover=takeover, intercept=intercept)
     master.control_sock = control_sock
     master.admin_sock = admin_sock
     pid_file = os.path.join(runtime_dir, runtime.PID_FILE)
@@ -352,6 +369,7 @@ def cmd_run(args) -> int:
     try:
         return uvloop.run(master.run())
     finally:
+        master.remove_intercept()
         _remove_own_pid_file(pid_file)
 
 
@@ -397,7 +415,8 @@ def cmd_reload(args) -> int:
 
 
 COMMANDS = {"run": cmd_run, "check": cmd_check, "status": cmd_status, "stop": cmd_stop,
-            "reload": cmd_reload, "recycle": cmd_recycle, "version": cmd_version}
+            "reload": cmd_reload, "recycle": cmd_recycle, "intercept": intercept_cli.run,
+            "version": cmd_version}
 
 if __name__ == "__main__":
     sys.exit(main())

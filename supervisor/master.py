@@ -32,6 +32,25 @@ log = logging.getLogger("baton.master")
 FAST_STOP_GRACE = 2.0
 
 
+def _off_loop(fn, *args):
+    """Run `fn` in a short-lived thread and return its result (or raise its exception).
+    pyroute2 runs its own asyncio loop and cannot share ours: uvloop has no AF_NETLINK."""
+    import threading
+    outcome = {}
+
+    def target():
+        try:
+            outcome["result"] = fn(*args)
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller
+            outcome["error"] = exc
+    thread = threading.Thread(target=target, name="baton-netlink")
+    thread.start()
+    thread.join()
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["result"]
+
+
 def _pid_running(pid: int) -> bool:
     """True while `pid` runs; a zombie (exited, not yet reaped by its parent) does not."""
     try:
@@ -45,7 +64,8 @@ WORKER_RPC_TIMEOUT = 2.0
 
 class Master:
     def __init__(self, options, source_snapshot: dict, snapshot: dict, config_dump: dict,
-                 listener_socks: dict, runtime_dir: str, generation: int = 1, takeover=None):
+                 listener_socks: dict, runtime_dir: str, generation: int = 1, takeover=None,
+                 intercept=None):
         self.options = options
         self.source_snapshot = source_snapshot      # as configured (STRICT_DNS unresolved)
         self.snapshot = snapshot                    # what workers get (addresses resolved)
@@ -54,6 +74,7 @@ class Master:
         self.runtime_dir = runtime_dir
         self.generation = generation
         self.takeover = takeover              # set while we take over from a previous generation
+        self.intercept = intercept            # tproxy.config.InterceptConfig, or None
         self.reloading: Reload | None = None   # set while a next generation takes over from us
         self.handed_over = False
         self.pid = os.getpid()
@@ -162,7 +183,34 @@ class Master:
             log.warning("systemd did not confirm MAINPID=%d in time", self.pid)
         sdnotify.adopt_watchdog(self.pid)
 
+    def _apply_intercept(self) -> bool:
+        """Capture rules go in once our workers serve (never before: captured traffic would
+        hit nothing) and are replaced whole, so a reload with new settings just re-applies."""
+        if self.intercept is None:
+            return True
+        from ..tproxy import cli as intercept_cli
+        try:
+            log.info("%s", _off_loop(intercept_cli.apply_for_run, self.intercept))
+            return True
+        except Exception as exc:  # noqa: BLE001 - InterceptError, RoutingError: one line each
+            log.critical("cannot install the capture rules: %s; stopping", exc)
+            self.fast_stop()
+            self._exit_code = 1
+            return False
+
+    def remove_intercept(self) -> None:
+        """At stop, not at a hand-over: the next generation keeps the capture going."""
+        if self.intercept is None or self.handed_over:
+            return
+        from ..tproxy import cli as intercept_cli
+        try:
+            log.info("%s", _off_loop(intercept_cli.remove_for_run))
+        except Exception as exc:  # noqa: BLE001
+            log.error("removing the capture rules failed: %s", exc)
+
     def _go_live(self) -> None:
+        if self.state != "LIVE" and not self._apply_intercept():
+            return
         self.state = "LIVE"
         admin = self.snapshot.get("admin")
         where = f"; admin http://{admin['address']}:{admin['port']}" if admin else ""

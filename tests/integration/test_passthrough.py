@@ -188,3 +188,35 @@ def test_own_capture_port_is_refused_not_looped(baton_in_node):
     assert time.monotonic() - start < 10
     # Baton is still there and still relays: no loop ate its descriptors.
     assert client(topo, topo["v4"], 8080) == {"ok": "match"}
+
+
+def test_baton_run_intercept_installs_keeps_and_removes_the_rules(topology):
+    """`baton run --intercept`: Baton installs the capture itself once it serves, keeps it
+    across a reload, and leaves the namespace's ruleset as it found it when it stops."""
+    node, d = topology["node"], topology["dir"]
+    sh("ip", "netns", "exec", node, "nft", "delete", "table", "inet", "baton_test")
+    before = sh("ip", "netns", "exec", node, "nft", "list", "ruleset").stdout
+    (d / "bootstrap.yaml").write_text(yaml.safe_dump(passthrough_bootstrap()))
+    log = open(d / "baton.log", "wb")
+    run_dir = d / "run"
+    proc = subprocess.Popen(["ip", "netns", "exec", node, BATON, "run", "-c", str(d / "bootstrap.yaml"),
+                             "--concurrency", "1", "--runtime-dir", str(run_dir), "--intercept",
+                             "-p", str(CAPTURE), "-b", "", "--default-policy", "allow"],
+                            stdout=log, stderr=subprocess.STDOUT)
+    topology["procs"].append(proc)
+    wait_until(lambda: "intercept: applied" in (d / "baton.log").read_text() or proc.poll() is not None,
+               30, "the capture rules")
+    assert proc.poll() is None, (d / "baton.log").read_text()
+    assert "table inet baton" in sh("ip", "netns", "exec", node, "nft", "list", "ruleset").stdout
+    assert client(topology, topology["v4"], 8080) == {"ok": "match"}
+    assert client(topology, topology["v6"], 8080) == {"ok": "match"}
+    reload = sh("ip", "netns", "exec", node, BATON, "reload", "--runtime-dir", str(run_dir), check=False)
+    assert reload.returncode == 0, reload.stderr
+    wait_until(lambda: proc.poll() is not None, 30, "the first generation to exit")
+    assert "table inet baton" in sh("ip", "netns", "exec", node, "nft", "list", "ruleset").stdout
+    assert client(topology, topology["v4"], 8080) == {"ok": "match"}
+    stop = sh("ip", "netns", "exec", node, BATON, "stop", "--runtime-dir", str(run_dir), check=False)
+    assert stop.returncode == 0, stop.stderr
+    wait_until(lambda: not (run_dir / "control.sock").exists(), 30, "the second generation to stop")
+    wait_until(lambda: sh("ip", "netns", "exec", node, "nft", "list", "ruleset").stdout == before, 10,
+               "the ruleset to be restored")
