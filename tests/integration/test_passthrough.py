@@ -114,7 +114,8 @@ def topology(tmp_path):
                                    f"{v4}.2", f"fd00:{tag[:4]}::2"], stdout=subprocess.PIPE, text=True)
         procs.append(server)
         assert server.stdout.readline().strip() == "ready"
-        yield {"node": node, "v4": f"{v4}.2", "v6": f"fd00:{tag[:4]}::2", "dir": tmp_path, "procs": procs}
+        yield {"node": node, "srv": srv, "v4": f"{v4}.2", "v6": f"fd00:{tag[:4]}::2",
+               "node_v4": f"{v4}.1", "node_v6": f"fd00:{tag[:4]}::1", "dir": tmp_path, "procs": procs}
     finally:
         for p in procs:
             if p.poll() is None:
@@ -155,8 +156,8 @@ def baton_in_node(topology):
     yield topology
 
 
-def client(topo, addr, port, mode="echo") -> dict:
-    out = sh("ip", "netns", "exec", topo["node"], sys.executable, str(topo["dir"] / "client.py"),
+def client(topo, addr, port, mode="echo", ns="node") -> dict:
+    out = sh("ip", "netns", "exec", topo[ns], sys.executable, str(topo["dir"] / "client.py"),
              addr, str(port), mode, timeout=30).stdout
     return json.loads(out)
 
@@ -220,3 +221,45 @@ def test_baton_run_intercept_installs_keeps_and_removes_the_rules(topology):
     wait_until(lambda: not (run_dir / "control.sock").exists(), 30, "the second generation to stop")
     wait_until(lambda: sh("ip", "netns", "exec", node, "nft", "list", "ruleset").stdout == before, 10,
                "the ruleset to be restored")
+
+
+def test_tproxy_inbound_capture_reaches_the_local_app_through_baton(topology):
+    """TPROXY mode: connections from another host to an app on the node land on Baton's
+    transparent listener, whose local address is the original destination; Baton relays them
+    to the app. IPv4 and IPv6."""
+    node, d = topology["node"], topology["dir"]
+    sh("ip", "netns", "exec", node, "nft", "delete", "table", "inet", "baton_test")
+    app = subprocess.Popen(["ip", "netns", "exec", node, sys.executable, str(d / "servers.py"),
+                            topology["node_v4"], topology["node_v6"]], stdout=subprocess.PIPE, text=True)
+    topology["procs"].append(app)
+    assert app.stdout.readline().strip() == "ready"
+    original_dst = {"name": "envoy.filters.listener.original_dst", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.listener.original_dst.v3.OriginalDst"}}
+    tcp = {"name": "envoy.filters.network.tcp_proxy", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+        "stat_prefix": "inbound", "cluster": "PassthroughCluster"}}
+    listeners = [{"name": f"inbound_{name}", "address": {"socket_address": {"address": addr, "port_value": 15006}},
+                  "transparent": True, "listener_filters": [original_dst], "filter_chains": [{"filters": [tcp]}]}
+                 for name, addr in (("v4", "0.0.0.0"), ("v6", "::"))]
+    bootstrap = {"admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 19901}}},
+                 "static_resources": {"listeners": listeners, "clusters": [
+                     {"name": "PassthroughCluster", "type": "ORIGINAL_DST", "lb_policy": "CLUSTER_PROVIDED",
+                      "connect_timeout": "2s"}]}}
+    (d / "bootstrap.yaml").write_text(yaml.safe_dump(bootstrap))
+    log = open(d / "baton.log", "wb")
+    proc = subprocess.Popen(["ip", "netns", "exec", node, BATON, "run", "-c", str(d / "bootstrap.yaml"),
+                             "--concurrency", "1", "--runtime-dir", str(d / "run"), "--intercept",
+                             "-m", "TPROXY", "-z", "15006", "-b", "8080", "-i", ""],
+                            stdout=log, stderr=subprocess.STDOUT)
+    topology["procs"].append(proc)
+    wait_until(lambda: "intercept: applied" in (d / "baton.log").read_text() or proc.poll() is not None,
+               30, "the capture rules")
+    assert proc.poll() is None, (d / "baton.log").read_text()
+    assert client(topology, topology["node_v4"], 8080, ns="srv") == {"ok": "match"}
+    assert client(topology, topology["node_v6"], 8080, ns="srv") == {"ok": "match"}
+    stats = sh("ip", "netns", "exec", node, "curl", "-s", "http://127.0.0.1:19901/stats").stdout
+    assert "tcp.inbound.downstream_cx_total: 2" in stats, stats
+    # Port 8025 is not in -b: it reaches the app directly, without Baton.
+    assert client(topology, topology["node_v4"], 8025, "banner", ns="srv") == {"ok": "220 smtp.example ESMTP ready\r\n"}
+    assert "tcp.inbound.downstream_cx_total: 2" in sh("ip", "netns", "exec", node, "curl", "-s",
+                                                        "http://127.0.0.1:19901/stats").stdout
