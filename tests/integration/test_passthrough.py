@@ -20,7 +20,7 @@ import time
 import pytest
 import yaml
 
-from .conftest import BATON, wait_until
+from .conftest import BATON, pid_alive, wait_until
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("nft") or not shutil.which("ip"),
                                 reason="needs root, nft and ip (network namespaces)")
@@ -77,6 +77,35 @@ CLIENT = textwrap.dedent('''
         print(json.dumps({"ok": out.decode(errors="replace")}))
     except OSError as e:
         print(json.dumps({"error": type(e).__name__}))
+''')
+
+
+LOAD = textwrap.dedent('''
+    import json, socket, sys, time
+    addr, port, stop_file = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+    ok, failures = 0, []
+    deadline = time.monotonic() + 120
+    import os
+    while not os.path.exists(stop_file) and time.monotonic() < deadline:
+        try:
+            with socket.create_connection((addr, port), timeout=10) as s:
+                s.sendall(b"exchange %d" % ok)
+                s.shutdown(socket.SHUT_WR)
+                data = b""
+                while True:
+                    d = s.recv(4096)
+                    if not d:
+                        break
+                    data += d
+            if data == b"exchange %d" % ok:
+                ok += 1
+            else:
+                failures.append("wrong answer")
+        except OSError as e:
+            failures.append(repr(e))
+        if ok == 1:
+            print("flowing", flush=True)
+    print(json.dumps({"ok": ok, "failures": failures}), flush=True)
 ''')
 
 
@@ -211,9 +240,23 @@ def test_baton_run_intercept_installs_keeps_and_removes_the_rules(topology):
     assert "table inet baton" in sh("ip", "netns", "exec", node, "nft", "list", "ruleset").stdout
     assert client(topology, topology["v4"], 8080) == {"ok": "match"}
     assert client(topology, topology["v6"], 8080) == {"ok": "match"}
-    reload = sh("ip", "netns", "exec", node, BATON, "reload", "--runtime-dir", str(run_dir), check=False)
-    assert reload.returncode == 0, reload.stderr
-    wait_until(lambda: proc.poll() is not None, 30, "the first generation to exit")
+    # A client opening a connection per exchange through the capture, all through 5 reloads.
+    (d / "load.py").write_text(LOAD)
+    stop_file = d / "stop-load"
+    load = subprocess.Popen(["ip", "netns", "exec", node, sys.executable, str(d / "load.py"),
+                             topology["v4"], "8080", str(stop_file)], stdout=subprocess.PIPE, text=True)
+    topology["procs"].append(load)
+    assert load.stdout.readline().strip() == "flowing"
+    for _ in range(5):
+        pid_file = run_dir / "baton.pid"
+        old = int(pid_file.read_text())
+        reload = sh("ip", "netns", "exec", node, BATON, "reload", "--runtime-dir", str(run_dir), check=False)
+        assert reload.returncode == 0, reload.stderr
+        wait_until(lambda: not pid_alive(old), 30, "the previous generation to exit")
+    stop_file.write_text("")
+    outcome = json.loads(load.stdout.readline())
+    assert outcome["failures"] == [] and outcome["ok"] > 0, outcome
+    assert proc.poll() is not None
     assert "table inet baton" in sh("ip", "netns", "exec", node, "nft", "list", "ruleset").stdout
     assert client(topology, topology["v4"], 8080) == {"ok": "match"}
     stop = sh("ip", "netns", "exec", node, BATON, "stop", "--runtime-dir", str(run_dir), check=False)
