@@ -242,3 +242,14 @@ class CpuMeter:
         # A process born inside the window counts from zero; one that died inside it is lost,
         # except through its parent's children_* times (see _cpu_seconds).
         self.cpu = sum(v - self.start_times.get(pid, 0.0) for pid, v in end.items())
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo, for the results' machine line."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown"

@@ -41,6 +41,7 @@ from pathlib import Path
 
 import proxies
 import reload_report
+import procs
 from procs import BenchError, Proc, free_port, require_tool, start, stop, wait_listening
 from reload_clients import IdleClients, raise_nofile
 from reload_proxies import (_STARTED_MASTER, BatonCtl, EnvoyCtl, HaproxyCtl, LogTail, ReloadResult,
@@ -372,14 +373,7 @@ def git_state() -> str:
 
 
 def meta_lines(args, command: str, wall_s: float) -> list[str]:
-    model = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    model = procs.cpu_model()
     v = proxies.tool_versions()
     return [
         f"- date: {datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}; "

@@ -25,6 +25,7 @@ from pathlib import Path
 import loads
 import proxies
 import report
+import procs
 from procs import BenchError, CpuMeter, Proc, free_ports, require_tool, stop
 from report import Sample
 
@@ -155,14 +156,7 @@ def run_all(args, workdir: Path) -> tuple[list[Sample], dict[str, str]]:
 
 
 def machine_lines(args, command: str) -> list[str]:
-    model = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    model = procs.cpu_model()
     v = proxies.tool_versions()
     return [
         f"- date: {datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
