@@ -19,11 +19,31 @@ ACCEPT_BATCH = 64            # accepts per wakeup, so one busy listener cannot s
 EMFILE_BACKOFF = 0.1         # out of descriptors: stop accepting briefly rather than spin
 
 
+class Chain:
+    """One filter chain: its match (worker/proxy/chains.py), its tcp_proxy config, and the
+    tcp.<stat_prefix>.* names its connections count into."""
+
+    __slots__ = ("index", "match", "tcp_proxy", "cx_total", "no_route", "rx_bytes", "tx_bytes",
+                 "idle_timeout", "rx_buffered", "tx_buffered")
+
+    def __init__(self, index: int, spec: dict):
+        self.index = index
+        self.match = spec.get("match")
+        self.tcp_proxy = spec["tcp_proxy"]
+        tcp = f"tcp.{self.tcp_proxy['stat_prefix']}."
+        self.cx_total = tcp + "downstream_cx_total"
+        self.no_route = tcp + "downstream_cx_no_route"
+        self.rx_bytes = tcp + "downstream_cx_rx_bytes_total"
+        self.tx_bytes = tcp + "downstream_cx_tx_bytes_total"
+        self.idle_timeout = tcp + "idle_timeout"
+        self.rx_buffered = tcp + "downstream_cx_rx_bytes_buffered"
+        self.tx_buffered = tcp + "downstream_cx_tx_bytes_buffered"
+
+
 class Listener:
-    __slots__ = ("worker", "loop", "name", "sock", "fd", "family", "tcp_proxy", "pipe_capacity",
-                 "accepting", "stat_cx_total", "stat_cx_active", "tcp_stat_cx_total",
-                 "tcp_stat_no_route", "tcp_stat_rx_bytes", "tcp_stat_tx_bytes",
-                 "tcp_stat_idle_timeout", "tcp_stat_rx_buffered", "tcp_stat_tx_buffered", "spec",
+    __slots__ = ("worker", "loop", "name", "sock", "fd", "family", "pipe_capacity",
+                 "accepting", "stat_cx_total", "stat_cx_active", "stat_no_chain", "spec",
+                 "chains", "default_chain", "inspectors", "sniff_timeout", "sniff_continue",
                  "address", "port", "transparent", "original_dst", "use_original_dst")
 
     def __init__(self, worker, spec: dict, fd: int):
@@ -43,19 +63,22 @@ class Listener:
         self.transparent = spec.get("transparent", False)
         self.original_dst = spec.get("original_dst", False)
         self.use_original_dst = spec.get("use_original_dst", False)
-        self.tcp_proxy = spec["tcp_proxy"]
+        chain_specs = spec.get("filter_chains") or [{"match": None, "tcp_proxy": spec["tcp_proxy"]}]
+        self.chains = [Chain(i, c) for i, c in enumerate(chain_specs)]
+        self.default_chain = next((c for c in self.chains if not c.match), None)
+        self.inspectors = spec.get("inspectors") or []
+        self.sniff_timeout = spec.get("sniff_timeout") or 15.0
+        self.sniff_continue = spec.get("sniff_continue", False)
         self.pipe_capacity = pipe_capacity_for(spec.get("buffer_limit", 1 << 20))
         scope = f"listener.{spec['stat_name']}."
         self.stat_cx_total = scope + "downstream_cx_total"
         self.stat_cx_active = scope + "downstream_cx_active"
-        tcp = f"tcp.{self.tcp_proxy['stat_prefix']}."
-        self.tcp_stat_cx_total = tcp + "downstream_cx_total"
-        self.tcp_stat_no_route = tcp + "downstream_cx_no_route"
-        self.tcp_stat_rx_bytes = tcp + "downstream_cx_rx_bytes_total"
-        self.tcp_stat_tx_bytes = tcp + "downstream_cx_tx_bytes_total"
-        self.tcp_stat_idle_timeout = tcp + "idle_timeout"
-        self.tcp_stat_rx_buffered = tcp + "downstream_cx_rx_bytes_buffered"
-        self.tcp_stat_tx_buffered = tcp + "downstream_cx_tx_bytes_buffered"
+        self.stat_no_chain = scope + "no_filter_chain_match"
+
+    @property
+    def selects_chains(self) -> bool:
+        """Whether a connection must be inspected or matched before its chain is known."""
+        return bool(self.inspectors) or any(c.match for c in self.chains)
 
     def start(self) -> None:
         if not self.accepting:

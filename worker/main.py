@@ -29,6 +29,7 @@ import sys
 from ..supervisor.handoff.channel import Channel
 from . import migration
 from ..tproxy.original_dst import original_destination
+from .inspection import Inspection
 from .listener import Listener
 from .proxy.cluster import ClusterManager
 from .proxy.pipes import PipePool
@@ -93,9 +94,13 @@ class Worker:
                 (gauges if key.endswith("_active") else counters).setdefault(name, 0)
         for listener in self.listeners.values():
             gauges.setdefault(listener.stat_cx_active, 0)
-            for name in (listener.stat_cx_total, listener.tcp_stat_cx_total, listener.tcp_stat_no_route,
-                         listener.tcp_stat_rx_bytes, listener.tcp_stat_tx_bytes, listener.tcp_stat_idle_timeout):
-                counters.setdefault(name, 0)
+            counters.setdefault(listener.stat_cx_total, 0)
+            if listener.selects_chains:
+                counters.setdefault(listener.stat_no_chain, 0)
+            for chain in listener.chains:
+                for name in (chain.cx_total, chain.no_route, chain.rx_bytes, chain.tx_bytes,
+                             chain.idle_timeout):
+                    counters.setdefault(name, 0)
 
     # -- connections ---------------------------------------------------------------------
 
@@ -110,10 +115,23 @@ class Worker:
                 # Envoy's use_original_dst: the listener bound to the original destination
                 # serves it, if there is one; otherwise this one does.
                 listener = self.listener_for(original) or listener
-        conn = TcpProxyConnection(self, listener, client, peer, next(self._ids))
+        if listener.selects_chains:
+            # The inspectors read first; the chosen chain's connection starts from there.
+            self.stats.counters[listener.stat_cx_total] += 1
+            self.stats.gauges[listener.stat_cx_active] += 1
+            conn_id = next(self._ids)
+            self.connections[conn_id] = Inspection(self, listener, client, peer, original, conn_id)
+            return
+        self.start_connection(listener, listener.default_chain, client, peer, original)
+
+    def start_connection(self, listener, chain, client, peer, original, initial=None,
+                         conn_id: int | None = None) -> None:
+        conn = TcpProxyConnection(self, listener, client, peer,
+                                  conn_id if conn_id is not None else next(self._ids), chain)
         conn.original = original
+        conn.initial = initial
         self.connections[conn.id] = conn
-        conn.start()
+        conn.start(counted=conn_id is not None)
 
     def listener_for(self, address: tuple[str, int]):
         host, port = address
@@ -159,13 +177,14 @@ class Worker:
         computed on demand from the pumps rather than maintained on every splice."""
         gauges = dict(self.stats.gauges)
         for listener in self.listeners.values():
-            gauges.setdefault(listener.tcp_stat_rx_buffered, 0)
-            gauges.setdefault(listener.tcp_stat_tx_buffered, 0)
+            for chain in listener.chains:
+                gauges.setdefault(chain.rx_buffered, 0)
+                gauges.setdefault(chain.tx_buffered, 0)
         for conn in self.connections.values():
-            if conn.pumps is not None:
+            if getattr(conn, "pumps", None) is not None:
                 upstream_bound, client_bound = conn.pumps
-                gauges[conn.listener.tcp_stat_rx_buffered] += upstream_bound.pending
-                gauges[conn.listener.tcp_stat_tx_buffered] += client_bound.pending
+                gauges[conn.chain.rx_buffered] += upstream_bound.pending
+                gauges[conn.chain.tx_buffered] += client_bound.pending
         return gauges
 
     def handle_hosts(self, msg) -> None:

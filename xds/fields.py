@@ -43,11 +43,17 @@ ALLOWED = {
         "enable_reuse_port": WALK, "per_connection_buffer_limit_bytes": WALK,
         # Interception (tproxy/): IP_TRANSPARENT, hand-off by original destination, and the
         # listener filters, which the translator checks one by one.
-        "transparent": WALK, "use_original_dst": WALK, "listener_filters": SKIP},
+        "transparent": WALK, "use_original_dst": WALK, "listener_filters": SKIP,
+        "listener_filters_timeout": WALK, "continue_on_listener_filters_timeout": WALK},
     "envoy.extensions.filters.listener.original_dst.v3.OriginalDst": {},
     "envoy.config.listener.v3.FilterChain": {
-        # The name only identifies a chain for filter_chain_matcher, which is refused.
-        "name": WALK, "filters": WALK},
+        "name": WALK, "filters": WALK, "filter_chain_match": WALK},
+    "envoy.config.listener.v3.FilterChainMatch": {
+        # Selected after the listener's inspectors ran (worker/proxy/chains.py).
+        "destination_port": WALK, "server_names": WALK, "transport_protocol": WALK,
+        "application_protocols": WALK},
+    "envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector": {},
+    "envoy.extensions.filters.listener.http_inspector.v3.HttpInspector": {},
     "envoy.config.listener.v3.Filter": {
         "name": WALK, "typed_config": SKIP},
     "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy": {

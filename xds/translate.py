@@ -27,6 +27,7 @@ DEFAULT_CONNECT_TIMEOUT = 5.0             # Cluster.connect_timeout
 DEFAULT_DNS_REFRESH_RATE = 5.0            # Cluster.dns_refresh_rate
 DEFAULT_IDLE_TIMEOUT = 3600.0             # TcpProxy.idle_timeout
 DEFAULT_MAX_CONNECTIONS = 1024            # CircuitBreakers DEFAULT max_connections
+DEFAULT_SNIFF_TIMEOUT = 15.0              # Listener.listener_filters_timeout
 
 CLUSTER_TYPES = ("STATIC", "STRICT_DNS", "ORIGINAL_DST")
 LB_POLICIES = ("ROUND_ROBIN", "LEAST_REQUEST", "RANDOM")
@@ -117,10 +118,11 @@ def translate_listener(pb, path, errors, warnings=None, clusters=None):
         hostport = _socket_address(pb.address, join(path, "address"), errors, ip_only=True)
     else:
         errors.append(f"{join(path, 'address')}: required")
-    tcp_proxy = _filter_chains(pb, path, errors, warnings, clusters)
-    original_dst = _listener_filters(pb, path, errors)
-    if len(errors) > start or hostport is None or tcp_proxy is None:
+    chains = _filter_chains(pb, path, errors, warnings, clusters)
+    original_dst, inspectors = _listener_filters(pb, path, errors)
+    if len(errors) > start or hostport is None or chains is None:
         return None
+    default = next((c["tcp_proxy"] for c in chains if not c["match"]), None)
     address, port = hostport
     host = f"[{address}]" if ipaddress.ip_address(address).version == 6 else address
     # Envoy's listener stat scope is listener.<stat_prefix or "host:port">., and Envoy makes
@@ -133,7 +135,13 @@ def translate_listener(pb, path, errors, warnings=None, clusters=None):
         "stat_name": stat_name,
         "reuse_port": pb.enable_reuse_port.value if pb.HasField("enable_reuse_port") else True,
         "buffer_limit": _uint32(pb, "per_connection_buffer_limit_bytes", DEFAULT_BUFFER_LIMIT),
-        "tcp_proxy": tcp_proxy,
+        "tcp_proxy": default,             # the chain without a match (None: unmatched -> closed)
+        "filter_chains": chains,
+        # tls_inspector / http_inspector: what the connection is sniffed for before a chain is chosen
+        "inspectors": inspectors,
+        "sniff_timeout": _duration(pb, "listener_filters_timeout", DEFAULT_SNIFF_TIMEOUT, path, errors,
+                                   above=0.0) if inspectors else None,
+        "sniff_continue": pb.continue_on_listener_filters_timeout,
         # IP_TRANSPARENT: accept connections addressed anywhere (TPROXY); the master binds it.
         "transparent": pb.transparent.value if pb.HasField("transparent") else False,
         # The original_dst listener filter: recover the address the client really dialled.
@@ -143,55 +151,93 @@ def translate_listener(pb, path, errors, warnings=None, clusters=None):
     }
 
 
+INSPECTORS = {  # listener filter name -> (typed_config type, what it sniffs)
+    ORIGINAL_DST_FILTER: ("envoy.extensions.filters.listener.original_dst.v3.OriginalDst", None),
+    "envoy.filters.listener.tls_inspector": (
+        "envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector", "tls"),
+    "envoy.filters.listener.http_inspector": (
+        "envoy.extensions.filters.listener.http_inspector.v3.HttpInspector", "http"),
+}
+
+
 def _listener_filters(pb, path, errors):
-    """True when the original_dst listener filter is configured; anything else is refused."""
-    found = False
+    """(original_dst configured, [inspectors]); any other listener filter is refused."""
+    found, inspectors = False, []
+    by_type = {type_name: name for name, (type_name, _) in INSPECTORS.items()}
     for i, filter_pb in enumerate(pb.listener_filters):
         here = f"{join(path, 'listener_filters')}[{i}]"
         type_name = protos.type_name(filter_pb.typed_config.type_url) if filter_pb.HasField("typed_config") else None
-        if filter_pb.name != ORIGINAL_DST_FILTER and type_name != protos.ORIGINAL_DST_TYPE:
+        name = filter_pb.name if filter_pb.name in INSPECTORS else by_type.get(type_name)
+        if name is None:
             errors.append(f"{here}: {filter_pb.name or type_name or 'unnamed filter'} not supported "
-                          f"(only {ORIGINAL_DST_FILTER})")
+                          f"(only {', '.join(INSPECTORS)})")
             continue
-        if type_name is not None and type_name != protos.ORIGINAL_DST_TYPE:
-            errors.append(f"{join(here, 'typed_config')}: {type_name} is not {protos.ORIGINAL_DST_TYPE}")
+        expected, sniffs = INSPECTORS[name]
+        if type_name is not None and type_name != expected:
+            errors.append(f"{join(here, 'typed_config')}: {type_name} is not {expected}")
             continue
         if filter_pb.HasField("typed_config"):
-            config = protos.OriginalDst()
+            config = protos.message_class(expected)()
             filter_pb.typed_config.Unpack(config)
             check_fields(config, join(here, "typed_config"), errors, None)
         for field, _ in filter_pb.ListFields():
             if field.name not in ("name", "typed_config"):
                 errors.append(f"{join(here, field.name)}: not supported")
-        found = True
-    return found
+        if sniffs is None:
+            found = True
+        elif sniffs not in inspectors:
+            inspectors.append(sniffs)
+    return found, inspectors
 
 
 def _filter_chains(pb, path, errors, warnings, clusters):
-    """Exactly one chain with exactly one tcp_proxy filter -> its tcp_proxy dict, else None.
+    """Filter chains, each with exactly one tcp_proxy filter and an optional filter_chain_match
+    -> [{"match": {...} or None, "tcp_proxy": {...}}], or None on error.
 
-    Every chain and filter is still checked, so all their errors show at once.
+    Every chain and filter is still checked, so all their errors show at once. As in Envoy,
+    two chains with the same match are an error, and so is more than one chain without one.
     """
     chains_path = join(path, "filter_chains")
     chains = pb.filter_chains
     if not chains:
         errors.append(f"{chains_path}: required (one filter chain with a tcp_proxy filter)")
-    elif len(chains) > 1:
-        errors.append(f"{chains_path}: {len(chains)} filter chains; only one is supported")
-    result = None
+    result, seen = [], {}
     for i, chain in enumerate(chains):
-        filters_path = f"{chains_path}[{i}].filters"
+        here = f"{chains_path}[{i}]"
+        filters_path = f"{here}.filters"
         if len(chain.filters) != 1:
             errors.append(f"{filters_path}: exactly one filter (tcp_proxy) is supported, "
                           f"got {len(chain.filters)}")
+        match = _filter_chain_match(chain, here, errors) if chain.HasField("filter_chain_match") else None
+        key = repr(sorted((match or {}).items()))
+        if key in seen:
+            errors.append(f"{here}.filter_chain_match: the same match as filter_chains[{seen[key]}] "
+                          "(Envoy: multiple filter chains with the same matching rules)")
+        seen.setdefault(key, i)
         for j, filter_pb in enumerate(chain.filters):
             tcp_proxy = _network_filter(filter_pb, f"{filters_path}[{j}]", errors, warnings,
                                         clusters)
-            if len(chains) == 1 and len(chain.filters) == 1:
-                result = tcp_proxy
-    return result
+            if len(chain.filters) == 1:
+                result.append({"match": match, "tcp_proxy": tcp_proxy})
+    return result if len(result) == len(chains) and chains else None
 
 
+def _filter_chain_match(chain, here, errors):
+    """The subset of FilterChainMatch Baton selects on (after the listener's inspectors)."""
+    m = chain.filter_chain_match
+    match = {}
+    if m.HasField("destination_port"):
+        match["destination_port"] = m.destination_port.value
+    if m.server_names:
+        match["server_names"] = [n.lower() for n in m.server_names]
+    if m.transport_protocol:
+        if m.transport_protocol not in ("tls", "raw_buffer"):
+            errors.append(f"{here}.filter_chain_match.transport_protocol: "
+                          f"{m.transport_protocol!r} not supported (tls or raw_buffer)")
+        match["transport_protocol"] = m.transport_protocol
+    if m.application_protocols:
+        match["application_protocols"] = list(m.application_protocols)
+    return match
 def _network_filter(pb, path, errors, warnings, clusters):
     if not pb.name:
         errors.append(f"{join(path, 'name')}: required")

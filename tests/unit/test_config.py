@@ -108,6 +108,10 @@ def test_quickstart_loads_to_the_documented_snapshot():
             "stat_name": "127.0.0.1_10000", "reuse_port": True, "buffer_limit": 1048576,
             "tcp_proxy": {"stat_prefix": "demo_tcp", "clusters": [["demo", 1]],
                           "idle_timeout": 3600.0, "max_connect_attempts": 1},
+            "filter_chains": [{"match": None, "tcp_proxy": {
+                "stat_prefix": "demo_tcp", "clusters": [["demo", 1]], "idle_timeout": 3600.0,
+                "max_connect_attempts": 1}}],
+            "inspectors": [], "sniff_timeout": None, "sniff_continue": False,
             "transparent": False, "original_dst": False, "use_original_dst": False}],
         "clusters": {"demo": {
             "name": "demo", "type": "STATIC", "connect_timeout": 1.0,
@@ -137,6 +141,10 @@ def test_defaults_are_envoys(load):
         "stat_name": "127.0.0.1_10000", "reuse_port": True, "buffer_limit": 1048576,
         "tcp_proxy": {"stat_prefix": "ingress_tcp", "clusters": [["cluster_0", 1]],
                       "idle_timeout": 3600.0, "max_connect_attempts": 1},
+        "filter_chains": [{"match": None, "tcp_proxy": {
+            "stat_prefix": "ingress_tcp", "clusters": [["cluster_0", 1]], "idle_timeout": 3600.0,
+            "max_connect_attempts": 1}}],
+        "inspectors": [], "sniff_timeout": None, "sniff_continue": False,
         "transparent": False, "original_dst": False, "use_original_dst": False}]
     assert snap["clusters"]["cluster_0"] == {
         "name": "cluster_0", "type": "STATIC", "connect_timeout": 5.0,
@@ -315,8 +323,8 @@ REFUSED = {
     "circuit_breaker": (CLUSTER + ["circuit_breakers"], {"thresholds": [{"max_requests": 5}]},
                         f"{C0}.circuit_breakers.thresholds[0].max_requests: not supported"),
     "filter_chain_match": (LISTENER + ["filter_chains", 0, "filter_chain_match"],
-                           {"destination_port": 80},
-                           f"{L0}.filter_chains[0].filter_chain_match: not supported"),
+                           {"source_prefix_ranges": [{"address_prefix": "10.0.0.0", "prefix_len": 8}]},
+                           f"{L0}.filter_chains[0].filter_chain_match.source_prefix_ranges: not supported"),
     # Values outside the subset.
     "hcm": (CONFIG, {"@type": HCM_TYPE, "stat_prefix": "http"},
             f"{TCP0}: envoy.extensions.filters.network.http_connection_manager.v3."
@@ -423,7 +431,8 @@ def test_two_filter_chains(errors):
     data = bootstrap()
     chain = data["static_resources"]["listeners"][0]["filter_chains"][0]
     data["static_resources"]["listeners"][0]["filter_chains"].append(copy.deepcopy(chain))
-    assert errors(data) == [f"{L0}.filter_chains: 2 filter chains; only one is supported"]
+    assert errors(data) == [f"{L0}.filter_chains[1].filter_chain_match: the same match as "
+                            "filter_chains[0] (Envoy: multiple filter chains with the same matching rules)"]
 
 
 def test_duplicate_names_and_addresses(errors):
@@ -646,8 +655,28 @@ def test_original_dst_rules_follow_envoy(errors):
         clusters=[{"name": "p", "type": "ORIGINAL_DST"}])) == [
         "static_resources.clusters[0].lb_policy: LB policy ROUND_ROBIN is not valid for cluster "
         "type ORIGINAL_DST; only CLUSTER_PROVIDED is allowed"]
-    other = {"name": "envoy.filters.listener.tls_inspector", "typed_config": {
-        "@type": "type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector"}}
+    other = {"name": "envoy.filters.listener.proxy_protocol", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.listener.proxy_protocol.v3.ProxyProtocol"}}
     assert errors(bootstrap(listeners=[listener(listener_filters=[other])])) == [
-        "static_resources.listeners[0].listener_filters[0]: envoy.filters.listener.tls_inspector "
-        "not supported (only envoy.filters.listener.original_dst)"]
+        "static_resources.listeners[0].listener_filters[0]: envoy.filters.listener.proxy_protocol "
+        "not supported (only envoy.filters.listener.original_dst, envoy.filters.listener.tls_inspector, "
+        "envoy.filters.listener.http_inspector)"]
+
+
+def test_filter_chain_match_and_inspectors(load):
+    """SNI / ALPN routing at L4, as an Envoy listener with tls_inspector writes it."""
+    tls = {"name": "envoy.filters.listener.tls_inspector", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector"}}
+    chains = [{"filter_chain_match": {"server_names": ["A.example.com", "*.b.example.com"],
+                                      "transport_protocol": "tls", "destination_port": 443},
+               "filters": [{"name": "envoy.filters.network.tcp_proxy", "typed_config": tcp_proxy(stat_prefix="sni")}]},
+              {"filters": [{"name": "envoy.filters.network.tcp_proxy", "typed_config": tcp_proxy(stat_prefix="rest")}]}]
+    data = bootstrap(listeners=[listener(listener_filters=[tls], listener_filters_timeout="0.1s",
+                                         continue_on_listener_filters_timeout=True)])
+    data["static_resources"]["listeners"][0]["filter_chains"] = chains
+    spec = load(data)["listeners"][0]
+    assert [c["match"] for c in spec["filter_chains"]] == [
+        {"destination_port": 443, "server_names": ["a.example.com", "*.b.example.com"],
+         "transport_protocol": "tls"}, None]
+    assert spec["tcp_proxy"]["stat_prefix"] == "rest"
+    assert (spec["inspectors"], spec["sniff_timeout"], spec["sniff_continue"]) == (["tls"], 0.1, True)

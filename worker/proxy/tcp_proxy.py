@@ -194,13 +194,14 @@ class TcpProxyConnection:
     __slots__ = ("worker", "loop", "listener", "config", "stats", "client", "upstream",
                  "cluster", "host", "tried", "attempts", "state", "pumps", "timer",
                  "last_active", "idle_timeout", "id", "peer", "moved", "early", "original",
-                 "reset_client", "__weakref__")
+                 "reset_client", "chain", "initial", "__weakref__")
 
-    def __init__(self, worker, listener, client: socket.socket, peer, conn_id: int):
+    def __init__(self, worker, listener, client: socket.socket, peer, conn_id: int, chain=None):
         self.worker = worker
         self.loop = worker.loop
         self.listener = listener
-        self.config = listener.tcp_proxy
+        self.chain = chain or listener.default_chain
+        self.config = self.chain.tcp_proxy
         self.stats = worker.stats
         self.client = client
         self.peer = peer
@@ -219,17 +220,20 @@ class TcpProxyConnection:
         self.early = None       # forwarding messages that beat the adoption reply (write migration)
         self.original = None    # (address, port) the client dialled, when intercepted
         self.reset_client = False
+        self.initial = None     # bytes the inspectors already read: the first to go upstream
 
     # -- connecting ----------------------------------------------------------------------
 
-    def start(self) -> None:
+    def start(self, counted: bool = False) -> None:
+        """`counted`: the listener already counted this connection (it was inspected first)."""
         counters = self.stats.counters
-        counters[self.listener.stat_cx_total] += 1
-        counters[self.listener.tcp_stat_cx_total] += 1
-        self.stats.gauges[self.listener.stat_cx_active] += 1
+        if not counted:
+            counters[self.listener.stat_cx_total] += 1
+            self.stats.gauges[self.listener.stat_cx_active] += 1
+        counters[self.chain.cx_total] += 1
         self.cluster = self._choose_cluster()
         if self.cluster is None:
-            counters[self.listener.tcp_stat_no_route] += 1
+            counters[self.chain.no_route] += 1
             self.close()
             return
         if self.cluster.active >= self.cluster.max_connections:
@@ -349,14 +353,18 @@ class TcpProxyConnection:
     def _established(self, moved=None) -> None:
         self.state = OPEN
         c, u = self.client.fileno(), self.upstream.fileno()
-        listener, cluster = self.listener, self.cluster
+        cluster, chain = self.cluster, self.chain
         to_upstream, to_client = self._pipe_capacities()
         self.pumps = (
             Pump(self, c, u, to_upstream,
-                 (listener.tcp_stat_rx_bytes, cluster.stat["upstream_cx_tx_bytes_total"])),
+                 (chain.rx_bytes, cluster.stat["upstream_cx_tx_bytes_total"])),
             Pump(self, u, c, to_client,
-                 (listener.tcp_stat_tx_bytes, cluster.stat["upstream_cx_rx_bytes_total"])),
+                 (chain.tx_bytes, cluster.stat["upstream_cx_rx_bytes_total"])),
         )
+        if moved is None and self.initial is not None:
+            data, eof = self.initial
+            moved = ({"data": data, "eof": eof, "done": False}, {"data": b"", "eof": False, "done": False})
+            self.initial = None
         if moved is not None:
             for pump, direction in zip(self.pumps, moved):
                 pump.restore(direction["data"], direction["eof"], direction["done"])
@@ -378,7 +386,7 @@ class TcpProxyConnection:
         idle_for = _monotonic() - self.last_active
         if idle_for >= self.idle_timeout:
             self.timer = None
-            self.stats.counters[self.listener.tcp_stat_idle_timeout] += 1
+            self.stats.counters[self.chain.idle_timeout] += 1
             self.close()
         else:
             self.timer = self.loop.call_later(self.idle_timeout - idle_for, self._on_idle_timer)
@@ -435,7 +443,8 @@ class TcpProxyConnection:
             self.timer = None
         state = {"id": self.id, "listener": self.listener.name,
                  "peer": list(self.peer) if self.peer else None,
-                 "original": list(self.original) if self.original else None}
+                 "original": list(self.original) if self.original else None,
+                 "chain": self.chain.index}
         if self.state is OPEN:
             moved = []
             for pump in self.pumps:
@@ -516,7 +525,9 @@ class TcpProxyConnection:
         # The family is known (the listener's): passing it saves socket() three getsockopt calls.
         client = socket.socket(listener.family, socket.SOCK_STREAM, 0, fds[0])
         peer = tuple(state["peer"]) if state.get("peer") else None
-        conn = cls(worker, listener, client, peer, conn_id)
+        index = state.get("chain") or 0
+        chain = listener.chains[index] if index < len(listener.chains) else None
+        conn = cls(worker, listener, client, peer, conn_id, chain)
         conn.original = tuple(state["original"]) if state.get("original") else None
         worker.stats.gauges[listener.stat_cx_active] += 1
         if state["state"] == "connecting":

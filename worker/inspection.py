@@ -1,0 +1,97 @@
+"""Listener filters that look before a filter chain is chosen: tls_inspector and
+http_inspector (Envoy's names), on connections whose listener has them or matches chains.
+
+The first bytes are *read* (not peeked: a peek leaves the socket readable and would spin the
+loop) into a small buffer, classified by the sans-IO sniffer (worker/codecs/sniff.py), and then
+handed to the chosen chain's connection as the first bytes to send upstream. A client that
+says nothing — a server-speaks-first protocol such as SMTP or MySQL — is decided at
+`listener_filters_timeout`: passed on as raw bytes when `continue_on_listener_filters_timeout`
+is set, closed otherwise (Envoy's defaults: 15 s, close).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from .codecs.sniff import MAX_SNIFF, RAW, sniff
+from .proxy.chains import select
+
+log = logging.getLogger("baton.inspection")
+
+
+class Inspection:
+    __slots__ = ("worker", "loop", "listener", "client", "peer", "original", "id", "buf", "timer",
+                 "state", "pumps", "chain", "__weakref__")
+
+    def __init__(self, worker, listener, client, peer, original, conn_id: int):
+        self.worker = worker
+        self.loop = worker.loop
+        self.listener = listener
+        self.client = client
+        self.peer = peer
+        self.original = original
+        self.id = conn_id
+        self.buf = bytearray()
+        self.state = "inspecting"      # never moved by a reload: it decides within its timeout
+        self.pumps = None
+        self.chain = None
+        self.loop.add_reader(client.fileno(), self._on_readable)
+        self.timer = self.loop.call_later(listener.sniff_timeout, self._on_timeout)
+
+    def _on_readable(self) -> None:
+        try:
+            data = self.client.recv(MAX_SNIFF - len(self.buf))
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self.close()
+            return
+        if not data:                                  # the client is done before we decided
+            self._decide(sniff(bytes(self.buf)) or RAW, eof=True)
+            return
+        self.buf += data
+        result = sniff(bytes(self.buf))
+        if result is None and len(self.buf) >= MAX_SNIFF:
+            result = RAW
+        if result is not None:
+            self._decide(result, eof=False)
+
+    def _on_timeout(self) -> None:
+        self.timer = None
+        if self.listener.sniff_continue:
+            self._decide(sniff(bytes(self.buf)) or RAW, eof=False)
+        else:
+            log.debug("connection %d: nothing recognisable within %.1fs; closing", self.id,
+                      self.listener.sniff_timeout)
+            self.close()
+
+    def _decide(self, result, eof: bool) -> None:
+        self._stop()
+        port = self.original[1] if self.original else self.client.getsockname()[1]
+        chain = select(self.listener.chains, port, result.transport, result.protocols, result.server_name)
+        stats = self.worker.stats
+        if chain is None:
+            stats.counters[self.listener.stat_no_chain] += 1
+            self.close()
+            return
+        self._forget()
+        self.worker.start_connection(self.listener, chain, self.client, self.peer, self.original,
+                                     (bytes(self.buf), eof), self.id)
+
+    def _stop(self) -> None:
+        self.loop.remove_reader(self.client.fileno())
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def _forget(self) -> None:
+        self.worker.connections.pop(self.id, None)
+
+    def close(self) -> None:
+        if self.state == "closed":
+            return
+        self.state = "closed"
+        self._stop()
+        self.client.close()
+        self.worker.stats.gauges[self.listener.stat_cx_active] -= 1
+        self.worker.connection_closed(self)
