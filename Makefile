@@ -1,7 +1,7 @@
 # The two commands a newcomer runs (README): `make run` and `make test`.
 PY := .venv/bin/python
 
-.PHONY: install run test unit integration bench bench-reload clean
+.PHONY: install run test unit integration bench bench-reload bench-intercept clean
 
 install:
 	@BATON_TEST_TOOLS=1 scripts/install.sh
@@ -25,6 +25,10 @@ bench: install
 bench-reload: install
 	@BATON_BENCH_TOOLS=1 scripts/install.sh
 	@$(PY) bench/reload.py
+
+bench-intercept: install
+	@BATON_BENCH_TOOLS=1 scripts/install.sh
+	@$(PY) bench/intercept.py
 
 clean:
 	rm -rf .venv .venv-envoy build *.egg-info

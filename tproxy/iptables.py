@@ -139,7 +139,8 @@ def render_chains(cfg: InterceptConfig, version: int) -> dict[str, dict[str, lis
     tmark = f"--tproxy-mark {t}/{t}"
     divert = [f"-j MARK --set-xmark {t}/{t}", "-j ACCEPT"]
     syn = "--tcp-flags SYN,ACK SYN"
-    pre = [f"{tcp} -m socket --transparent -j BATON_DIVERT",
+    # `! --syn`: a TIME_WAIT socket must not divert a new connection (see rules.py).
+    pre = [f"{tcp} ! --syn -m socket --transparent -j BATON_DIVERT",
            f"-i lo {tcp} -m mark --mark {t}/{t} -m tcp {syn} -j TPROXY --on-port {cfg.proxy_port} {tmark}",
            "-i lo -j RETURN",
            "-m addrtype ! --dst-type LOCAL -j RETURN",

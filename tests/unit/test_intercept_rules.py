@@ -164,6 +164,8 @@ def test_nft_tproxy_mode():
     assert 'iifname "lo" meta mark & 0x00000001 == 0x00000001 tcp flags & (syn | ack) == syn tproxy to :15001' in pre
     assert "tcp flags & (syn | ack) == syn tcp dport @in_ports_include tproxy to :15006 meta mark set" in pre
     assert pre.index("socket transparent") < pre.index("tproxy to")
+    # New connections always go through tproxy, even when a TIME_WAIT socket matches.
+    assert "tcp flags & (syn | ack) != syn socket transparent 1" in pre
     assert "type route hook output priority mangle; policy accept;" in out
     assert "ct direction reply return" in out and "fib daddr type local return" in out
     assert "meta mark & 0x00000100 == 0x00000100 return" in out
@@ -224,7 +226,7 @@ def test_iptables_tproxy_chains():
     text = iptables.render_restore(InterceptConfig(mode="TPROXY"), 4)
     assert text.startswith("*mangle\n")
     assert "-A BATON_DIVERT -j MARK --set-xmark 0x539/0x539" in text
-    assert "-A BATON_PREROUTING -p tcp -m socket --transparent -j BATON_DIVERT" in text
+    assert "-A BATON_PREROUTING -p tcp ! --syn -m socket --transparent -j BATON_DIVERT" in text
     assert "-j TPROXY --on-port 15006 --tproxy-mark 0x539/0x539" in text
     assert "-i lo -p tcp -m mark --mark 0x539/0x539 -m tcp --tcp-flags SYN,ACK SYN -j TPROXY --on-port 15001" in text
     assert "-A BATON_OUTPUT -m conntrack --ctdir REPLY -j RETURN" in text
