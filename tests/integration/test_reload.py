@@ -418,3 +418,34 @@ m.Master._become_main = _gated
     assert b.master_pid() == old
     assert roundtrip(port, b"back") == b"back"
     _reload_ok(b)
+
+
+def test_inspected_bytes_of_a_connecting_connection_move_with_it(baton, upstreams):
+    """A connection whose first bytes an inspector already read, and whose upstream connect is
+    still in flight, moves at a reload with those bytes: nothing the client sent is lost."""
+    from .test_tcp_proxy import _Blackhole
+    echo = upstreams("echo")
+    hole = _Blackhole()
+    port = free_port()
+    bootstrap = tcp_bootstrap(free_port(), port, [hole.port, echo.port], connect_timeout="2s",
+                              max_connect_attempts=3)
+    listener = bootstrap["static_resources"]["listeners"][0]
+    listener["listener_filters"] = [{"name": "envoy.filters.listener.tls_inspector", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector"}}]
+    b = baton(bootstrap, concurrency=1)
+    s = socket.create_connection(("127.0.0.1", port), timeout=20)
+    s.sendall(b"\x00first bytes")               # not TLS: decided at once, then connecting
+    wait_until(lambda: b.stats()["cluster.backend.upstream_cx_total"] >= 1, 10, "the upstream connect")
+    assert b.stats()["cluster.backend.upstream_cx_active"] == 1     # still connecting (black hole)
+    _reload_ok(b)
+    s.sendall(b" and more")
+    s.shutdown(socket.SHUT_WR)
+    got = b""
+    while True:
+        data = s.recv(100)
+        if not data:
+            break
+        got += data
+    assert got == b"\x00first bytes and more"
+    s.close()
+    hole.close()

@@ -465,6 +465,8 @@ class TcpProxyConnection:
         self._release_upstream()
         self.attempts -= 1           # an interrupted attempt is not a failed one
         state["state"] = "connecting"
+        if self.initial is not None:  # bytes an inspector already read: they must move too
+            state["initial"] = {"data": self.initial[0], "eof": self.initial[1]}
         return state, [self.client.fileno()]
 
     def resume(self) -> None:
@@ -531,6 +533,8 @@ class TcpProxyConnection:
         conn.original = tuple(state["original"]) if state.get("original") else None
         worker.stats.gauges[listener.stat_cx_active] += 1
         if state["state"] == "connecting":
+            if state.get("initial"):
+                conn.initial = (state["initial"]["data"], state["initial"]["eof"])
             conn.cluster = conn._choose_cluster()
             if conn.cluster is None:
                 conn.close()
