@@ -43,6 +43,9 @@ from pathlib import Path
 
 import yaml
 
+import loads
+from procs import BenchError
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 BATON = str(REPO / ".venv" / "bin" / "baton")
@@ -69,10 +72,6 @@ CASES = {
     "redirect-in": ("in", "REDIRECT"),
     "tproxy-in": ("in", "TPROXY"),
 }
-
-
-class BenchError(Exception):
-    pass
 
 
 # ---- Baton ---------------------------------------------------------------------------------
@@ -147,30 +146,6 @@ class Baton:
 
 # ---- servers and clients ---------------------------------------------------------------------
 
-NGINX_CONF = """
-daemon off;
-master_process on;
-worker_processes 1;
-user root;
-pid {d}/nginx.pid;
-error_log {d}/nginx-error.log warn;
-worker_rlimit_nofile 65536;
-events {{ worker_connections 16384; }}
-http {{
-    log_format src $remote_addr;
-    access_log {d}/access.log src buffer=64k flush=100ms;
-    keepalive_timeout 0;
-    client_body_temp_path {d}/nginx-body;
-    proxy_temp_path {d}/nginx-proxy;
-    fastcgi_temp_path {d}/nginx-fastcgi;
-    uwsgi_temp_path {d}/nginx-uwsgi;
-    scgi_temp_path {d}/nginx-scgi;
-    server {{
-        listen {port} backlog=4096;
-        location / {{ default_type text/plain; return 200 "{body}"; }}
-    }}
-}}
-"""
 
 
 def wait_listening(ns, port: int, procs: list, deadline_s: float = 10) -> None:
@@ -188,7 +163,7 @@ def wait_listening(ns, port: int, procs: list, deadline_s: float = 10) -> None:
 def start_servers(ns, host: str, workdir: Path) -> list[subprocess.Popen]:
     workdir.mkdir(parents=True, exist_ok=True)
     conf = workdir / "nginx.conf"
-    conf.write_text(NGINX_CONF.format(d=workdir, port=PORT_HTTP, body="x" * 1023 + "\\n"))
+    conf.write_text(loads.nginx_conf(PORT_HTTP, workdir, host="", access_log=True))
     procs = []
     pin = ["ip", "netns", "exec", ns.name, "taskset", "-c", LOAD_CPU]
     procs.append(subprocess.Popen(pin + ["iperf3", "-s", "-p", str(PORT_IPERF)],

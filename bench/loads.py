@@ -29,10 +29,15 @@ def start_iperf3_server(port: int, cpu: int, workdir: Path) -> Proc:
     return proc
 
 
-def nginx_conf(port: int, workdir: Path) -> str:
+def nginx_conf(port: int, workdir: Path, host: str = HOST, access_log: bool = False) -> str:
+    """`host=""` listens on every address (inside a namespace); `access_log` writes one client
+    address per request to <workdir>/access.log (bench/intercept.py counts bypasses with it)."""
     body = "x" * (BODY_BYTES - 1) + "\n"
     # One worker and no keepalive: every request is a fresh connection that nginx closes.
     # Every path nginx might write to points into the temp dir, so it never touches /var.
+    log = (f"log_format src $remote_addr; access_log {workdir}/access.log src buffer=64k flush=100ms;"
+           if access_log else "access_log off;")
+    listen = f"{host}:{port}" if host else str(port)
     return f"""
 daemon off;
 master_process on;
@@ -43,7 +48,7 @@ error_log {workdir}/nginx-error.log warn;
 worker_rlimit_nofile 65536;
 events {{ worker_connections 16384; }}
 http {{
-    access_log off;
+    {log}
     keepalive_timeout 0;
     client_body_temp_path {workdir}/nginx-body;
     proxy_temp_path {workdir}/nginx-proxy;
@@ -51,7 +56,7 @@ http {{
     uwsgi_temp_path {workdir}/nginx-uwsgi;
     scgi_temp_path {workdir}/nginx-scgi;
     server {{
-        listen {HOST}:{port} backlog=4096;
+        listen {listen} backlog=4096;
         location / {{
             default_type text/plain;
             return 200 "{body}";
