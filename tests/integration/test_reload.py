@@ -12,7 +12,7 @@ import threading
 import psutil
 import yaml
 
-from .clients import Streams, roundtrip
+from .clients import Streams, recv_all, roundtrip
 from .conftest import free_port, pid_alive, tcp_bootstrap, wait_until
 
 
@@ -440,12 +440,6 @@ def test_inspected_bytes_of_a_connecting_connection_move_with_it(baton, upstream
     _reload_ok(b)
     s.sendall(b" and more")
     s.shutdown(socket.SHUT_WR)
-    got = b""
-    while True:
-        data = s.recv(100)
-        if not data:
-            break
-        got += data
-    assert got == b"\x00first bytes and more"
+    assert recv_all(s) == b"\x00first bytes and more"
     s.close()
     hole.close()
