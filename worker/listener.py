@@ -20,16 +20,24 @@ EMFILE_BACKOFF = 0.1         # out of descriptors: stop accepting briefly rather
 
 
 class Chain:
-    """One filter chain: its match (worker/proxy/chains.py), its tcp_proxy config, and the
-    tcp.<stat_prefix>.* names its connections count into."""
+    """One filter chain: its match (worker/proxy/chains.py) and its network filter: a
+    tcp_proxy config with the tcp.<stat_prefix>.* names its connections count into, or an
+    http_connection_manager (`http_config`, worker/proxy/http/config.py)."""
 
-    __slots__ = ("index", "match", "tcp_proxy", "cx_total", "no_route", "rx_bytes", "tx_bytes",
-                 "idle_timeout", "rx_buffered", "tx_buffered")
+    __slots__ = ("index", "match", "tcp_proxy", "http_config", "cx_total", "no_route",
+                 "rx_bytes", "tx_bytes", "idle_timeout", "rx_buffered", "tx_buffered")
 
-    def __init__(self, index: int, spec: dict):
+    def __init__(self, index: int, spec: dict, worker=None, buffer_limit: int = 1 << 20):
         self.index = index
         self.match = spec.get("match")
-        self.tcp_proxy = spec["tcp_proxy"]
+        self.tcp_proxy = spec.get("tcp_proxy")
+        self.http_config = None
+        if spec.get("http") is not None:
+            from .proxy.http.config import HttpConfig
+            self.http_config = HttpConfig(spec["http"], worker, buffer_limit)
+            self.cx_total = self.no_route = self.rx_bytes = self.tx_bytes = None
+            self.idle_timeout = self.rx_buffered = self.tx_buffered = None
+            return
         tcp = f"tcp.{self.tcp_proxy['stat_prefix']}."
         self.cx_total = tcp + "downstream_cx_total"
         self.no_route = tcp + "downstream_cx_no_route"
@@ -64,7 +72,12 @@ class Listener:
         self.original_dst = spec.get("original_dst", False)
         self.use_original_dst = spec.get("use_original_dst", False)
         chain_specs = spec.get("filter_chains") or [{"match": None, "tcp_proxy": spec["tcp_proxy"]}]
-        self.chains = [Chain(i, c) for i, c in enumerate(chain_specs)]
+        old_chains = getattr(self, "chains", ())
+        limit = spec.get("buffer_limit", 1 << 20)
+        self.chains = [Chain(i, c, self.worker, limit) for i, c in enumerate(chain_specs)]
+        for chain in old_chains:
+            if chain.http_config is not None:
+                chain.http_config.close()
         self.default_chain = next((c for c in self.chains if not c.match), None)
         self.inspectors = spec.get("inspectors") or []
         self.sniff_timeout = spec.get("sniff_timeout") or 15.0

@@ -32,6 +32,8 @@ from ..tproxy.original_dst import original_destination
 from .inspection import Inspection
 from .listener import Listener
 from .proxy.cluster import ClusterManager
+from .proxy.http.connection_manager import HttpConnection
+from .proxy.http.pool import PoolManager
 from .proxy.pipes import PipePool
 from .proxy.tcp_proxy import TcpProxyConnection
 from .stats import Stats
@@ -49,7 +51,6 @@ class Worker:
         self.generation = generation
         self.loop = asyncio.get_running_loop()
         self.stats = Stats()
-        self.clusters = ClusterManager()
         self.pipes = PipePool()
         self.listeners: dict[str, Listener] = {}
         self.connections: dict[int, TcpProxyConnection] = {}
@@ -58,6 +59,9 @@ class Worker:
         # SO_MARK on every upstream socket, so interception rules let Baton's own traffic
         # through (loop avoidance; tproxy/). 0: none.
         self.upstream_mark = int((snapshot.get("runtime") or {}).get("upstream_mark") or 0)
+        # Health checkers and outlier timers run on this loop; their probes carry the mark.
+        self.clusters = ClusterManager(loop=self.loop, stats=self.stats, mark=self.upstream_mark)
+        self.http_pools = PoolManager(self.loop, self.stats, self.upstream_mark)
         self.done = self.loop.create_future()
         self.channel = Channel(channel_sock, self._on_message, self._on_channel_closed,
                                name=f"worker {worker_id} control")
@@ -91,13 +95,19 @@ class Worker:
         counters, gauges = self.stats.counters, self.stats.gauges
         for cluster in self.clusters.clusters.values():
             for key, name in cluster.stat.items():
-                (gauges if key.endswith("_active") else counters).setdefault(name, 0)
+                (gauges if key in cluster.gauge_keys else counters).setdefault(name, 0)
         for listener in self.listeners.values():
             gauges.setdefault(listener.stat_cx_active, 0)
             counters.setdefault(listener.stat_cx_total, 0)
             if listener.selects_chains:
                 counters.setdefault(listener.stat_no_chain, 0)
             for chain in listener.chains:
+                if chain.http_config is not None:
+                    for name in chain.http_config.counters():
+                        counters.setdefault(name, 0)
+                    for name in chain.http_config.gauges():
+                        gauges.setdefault(name, 0)
+                    continue
                 for name in (chain.cx_total, chain.no_route, chain.rx_bytes, chain.tx_bytes,
                              chain.idle_timeout):
                     counters.setdefault(name, 0)
@@ -126,12 +136,30 @@ class Worker:
 
     def start_connection(self, listener, chain, client, peer, original, initial=None,
                          conn_id: int | None = None) -> None:
+        if chain is not None and chain.http_config is not None:
+            if conn_id is None:
+                self.stats.counters[listener.stat_cx_total] += 1
+                self.stats.gauges[listener.stat_cx_active] += 1
+            conn = HttpConnection(self, listener, chain, peer, original,
+                                  conn_id if conn_id is not None else next(self._ids), initial)
+            self.connections[conn.id] = conn
+            self.loop.create_task(self._accept_http(conn, client))
+            return
         conn = TcpProxyConnection(self, listener, client, peer,
                                   conn_id if conn_id is not None else next(self._ids), chain)
         conn.original = original
         conn.initial = initial
         self.connections[conn.id] = conn
         conn.start(counted=conn_id is not None)
+
+    async def _accept_http(self, conn, client) -> None:
+        try:
+            await self.loop.connect_accepted_socket(lambda: conn, client)
+        except OSError as exc:
+            log.debug("worker %d: http connection %d: %s", self.id, conn.id, exc)
+            client.close()
+            self.connections.pop(conn.id, None)
+            self.stats.gauges[conn.listener.stat_cx_active] -= 1
 
     def listener_for(self, address: tuple[str, int]):
         host, port = address
@@ -178,6 +206,8 @@ class Worker:
         gauges = dict(self.stats.gauges)
         for listener in self.listeners.values():
             for chain in listener.chains:
+                if chain.http_config is not None:
+                    continue
                 gauges.setdefault(chain.rx_buffered, 0)
                 gauges.setdefault(chain.tx_buffered, 0)
         for conn in self.connections.values():
@@ -207,9 +237,19 @@ class Worker:
         self.draining = True
         for listener in self.listeners.values():
             listener.close()
+        self._drain_http()
         self.channel.reply(msg, {"type": "ok"})
         if not self.connections:
             self._finish(EXIT_OK)
+
+    def _drain_http(self) -> None:
+        """HTTP connections finish the request in flight and close (HTTP/1.1
+        `connection: close`, HTTP/2 GOAWAY); idle ones close now."""
+        self.http_pools.drop_idle()
+        for conn in list(self.connections.values()):
+            drain = getattr(conn, "drain", None)
+            if drain is not None:
+                drain()
 
     def handle_migrate(self, msg) -> None:
         """Hand every connection to the workers on msg["targets"], then drain what is left
@@ -224,6 +264,7 @@ class Worker:
                 self, msg["targets"], bool(msg.get("keep_upstreams")))
             log.info("worker %d: moved %d of %d connection(s) in %.3fs; %d stay to drain",
                      self.id, moved, count, self.loop.time() - started, kept)
+            self._drain_http()
             self.channel.reply(msg, {"type": "migrated", "moved": moved, "kept": kept})
             if not self.connections:
                 self._finish(EXIT_OK)
@@ -255,6 +296,10 @@ class Worker:
 
     def _finish(self, code: int) -> None:
         if not self.done.done():
+            self.clusters.stop()
+            files = getattr(self, "access_log_files", None)
+            if files is not None:
+                files.close()
             self.done.set_result(code)
 
     async def run(self) -> int:

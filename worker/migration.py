@@ -99,7 +99,15 @@ def adopt_connections(worker, msg: dict, fds: list[int], channel=None):
             continue
         listener = worker.listeners[state["listener"]]
         new_id = worker.next_connection_id()
-        if state["state"] == "split":
+        if state["state"] == "http":
+            chain = listener.chains[state.get("chain") or 0]
+            client = socket.socket(listener.family, socket.SOCK_STREAM, 0, conn_fds[0])
+            worker.stats.gauges[listener.stat_cx_active] += 1
+            worker.start_connection(listener, chain, client,
+                                    tuple(state["peer"]) if state.get("peer") else None,
+                                    tuple(state["original"]) if state.get("original") else None,
+                                    conn_id=new_id)
+        elif state["state"] == "split":
             side = _adopt_split(worker, listener, state, conn_fds[0], new_id, channel)
             worker.connections[new_id] = side
             forwarded.append(side)
@@ -133,7 +141,12 @@ def _refusal(worker, state: dict, fds_ok: bool) -> str | None:
         return f"no listener {state.get('listener')!r} here"
     if state.get("state") == "open" and worker.clusters.get(state.get("cluster")) is None:
         return f"no cluster {state.get('cluster')!r} here"
-    if state.get("state") not in ("open", "connecting", "split"):
+    if state.get("state") == "http":
+        index = state.get("chain") or 0
+        chains = worker.listeners[state["listener"]].chains
+        if index >= len(chains) or chains[index].http_config is None:
+            return "no http_connection_manager at that filter chain here"
+    if state.get("state") not in ("open", "connecting", "split", "http"):
         return f"cannot adopt a connection in state {state.get('state')!r}"
     return None
 
@@ -184,7 +197,7 @@ def _batches(conns):
     batch, size = [], 0
     for conn in conns:
         batch.append(conn)
-        if conn.pumps is not None:
+        if getattr(conn, "pumps", None) is not None:
             size += sum(p.pending for p in conn.pumps)
         if len(batch) >= protocol.CONNS_PER_FRAME or size >= protocol.BYTES_PER_FRAME:
             yield batch
@@ -193,10 +206,13 @@ def _batches(conns):
         yield batch
 
 
-async def migrate_connections(worker, targets: list[str], keep_upstreams: bool = False) -> tuple[int, int, int]:
+async def migrate_connections(worker, targets: list[str], keep_upstreams: bool = False,
+                              http_wait: float = 30.0) -> tuple[int, int, int]:
     """Move every connection of `worker` to the workers listening on `targets`, spread
     round-robin. With `keep_upstreams`, open connections leave their upstream socket here and
-    are forwarded (write migration). Returns (moved, kept here, connections there were when
+    are forwarded (write migration). HTTP/1.1 connections move when idle: those serving a
+    request move once its response is written (waiting at most `http_wait` seconds); HTTP/2
+    ones stay to drain with GOAWAY. Returns (moved, kept here, connections there were when
     the move began; those that ended meanwhile are in neither count)."""
     channels = []
     for path in targets:
@@ -206,15 +222,72 @@ async def migrate_connections(worker, targets: list[str], keep_upstreams: bool =
             log.error("worker %d: cannot reach %s: %s", worker.id, path, exc)
     if not channels:
         return 0, len(worker.connections), len(worker.connections)
-    conns = [c for c in worker.connections.values() if c.state in (OPEN, CONNECTING)]
-    forwarded = len(worker.connections) - len(conns)     # already forwarded: they stay
+    total = len(worker.connections)
+    conns = [c for c in worker.connections.values()
+             if c.state in (OPEN, CONNECTING) or (c.state == "http" and c.movable)]
+    moved, kept = await _move(worker, conns, channels, keep_upstreams)
+    moved_http, kept_http = await _move_http_when_idle(worker, channels, http_wait)
+    moved += moved_http
+    kept += kept_http
+    for channel in channels:
+        # A channel that carries forwarded connections lives as long as they do.
+        if not any(isinstance(c, ForwardedSide) and c.channel is channel for c in worker.connections.values()):
+            channel.close("done")
+    stayed = sum(1 for c in worker.connections.values() if c.state not in (OPEN, CONNECTING))
+    return moved, kept + stayed, total
+
+
+async def _move_http_when_idle(worker, channels, wait: float) -> tuple[int, int]:
+    """HTTP/1.1 connections busy with a request: each stops reading after its response and
+    is moved then, in small batches, until none is left or `wait` runs out."""
+    http = [c for c in worker.connections.values() if c.state == "http" and not c.closed]
+    for conn in http:
+        if not conn.can_move:
+            conn.drain()        # HTTP/2: two-phase GOAWAY; its client reconnects to the new one
+    busy = [c for c in http if c.can_move and not c.closed]
+    if not busy:
+        return 0, 0
+    loop = worker.loop
+    ready: list = []
+    wake = asyncio.Event()
+
+    def on_idle(conn):
+        ready.append(conn)
+        wake.set()
+    for conn in busy:
+        conn.hold_when_idle(on_idle)
+    deadline = loop.time() + wait
+    moved = kept = 0
+    waiting = set(busy)
+    while waiting and loop.time() < deadline:
+        try:
+            await asyncio.wait_for(wake.wait(), deadline - loop.time())
+        except asyncio.TimeoutError:
+            break
+        wake.clear()
+        batch, ready[:] = [c for c in ready if not c.closed and c.movable], []
+        waiting = {c for c in waiting if not c.closed and c not in batch and c.on_idle is not None}
+        if batch:
+            m, k = await _move(worker, batch, channels, False)
+            moved += m
+            kept += k
+    for conn in waiting:
+        conn.on_idle = None
+    return moved, kept
+
+
+async def _move(worker, conns, channels, keep_upstreams: bool) -> tuple[int, int]:
+    """Send `conns` in batches over `channels`; (moved, kept) once every receiver answered."""
     pending = []
     future_channels = {}
     for i, batch in enumerate(_batches(conns)):
         channel = channels[i % len(channels)]
         states, fds = [], []
         for conn in batch:
-            state, conn_fds = conn.export(keep_upstream=keep_upstreams)
+            if conn.state == "http":
+                state, conn_fds = conn.export()
+            else:
+                state, conn_fds = conn.export(keep_upstream=keep_upstreams)
             states.append(state)
             fds.extend(conn_fds)
         try:
@@ -237,7 +310,7 @@ async def migrate_connections(worker, targets: list[str], keep_upstreams: bool =
         adopted = set(reply.get("ids", ()))
         new_ids = reply.get("new_ids") or {}
         for conn_id, conn in by_id.items():
-            if conn_id in adopted and conn.early is not None and conn_id in new_ids:
+            if conn_id in adopted and getattr(conn, "early", None) is not None and conn_id in new_ids:
                 conn.forward_upstream(future_channels[id(future)], new_ids[conn_id])
                 moved += 1
             elif conn_id in adopted:
@@ -248,8 +321,4 @@ async def migrate_connections(worker, targets: list[str], keep_upstreams: bool =
                 kept += 1
         for conn_id, why in (reply.get("refused") or {}).items():
             log.warning("worker %d: connection %s stays here: %s", worker.id, conn_id, why)
-    for channel in channels:
-        # A channel that carries forwarded connections lives as long as they do.
-        if not any(isinstance(c, ForwardedSide) and c.channel is channel for c in worker.connections.values()):
-            channel.close("done")
-    return moved, kept + forwarded, len(conns) + forwarded
+    return moved, kept

@@ -20,13 +20,23 @@ class Stats:
         return {"counters": dict(self.counters), "gauges": dict(self.gauges)}
 
 
+# Gauges that describe a whole cluster, which every worker observes on its own (membership,
+# health, ejections): the same fact N times, so merging takes the largest, not the sum.
+SHARED_GAUGE_SUFFIXES = (".membership_healthy", ".membership_degraded", ".membership_excluded",
+                         ".membership_total", ".health_check.healthy", ".health_check.degraded",
+                         ".outlier_detection.ejections_active")
+
+
 def merge(snapshots) -> dict:
-    """Sum counters and gauges over several workers' snapshots."""
+    """Sum counters and gauges over several workers' snapshots (shared gauges: max)."""
     counters: defaultdict[str, int] = defaultdict(int)
     gauges: defaultdict[str, int] = defaultdict(int)
     for snap in snapshots:
         for name, value in snap.get("counters", {}).items():
             counters[name] += value
         for name, value in snap.get("gauges", {}).items():
-            gauges[name] += value
+            if name.endswith(SHARED_GAUGE_SUFFIXES):
+                gauges[name] = max(gauges[name], value)
+            else:
+                gauges[name] += value
     return {"counters": dict(counters), "gauges": dict(gauges)}

@@ -108,3 +108,14 @@ def check_fields(msg, path, errors, warnings):
                     check_fields(item, f"{sub}[{i}]", errors, warnings)
             else:
                 check_fields(value, sub, errors, warnings)
+
+
+# The HTTP side keeps its own whitelists next to its translators; they are merged here so
+# check_fields() sees one table.
+from .fields_http import ALLOWED_HTTP  # noqa: E402
+from .fields_cluster import ALLOWED_CLUSTER  # noqa: E402
+from .fields_http_filters import ALLOWED_HTTP_FILTERS  # noqa: E402
+
+for _table in (ALLOWED_HTTP, ALLOWED_CLUSTER, ALLOWED_HTTP_FILTERS):
+    for _type, _rules in _table.items():
+        ALLOWED.setdefault(_type, {}).update(_rules)

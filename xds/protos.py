@@ -49,8 +49,6 @@ with _unshadowed():
     from envoy.config.core.v3 import address_pb2, base_pb2
     from envoy.config.endpoint.v3 import endpoint_pb2
     from envoy.config.listener.v3 import listener_pb2
-    # Imported for their Any types: tcp_proxy is what we run; http_connection_manager is what
-    # people try next, and must get a clean "not supported" rather than "unknown type".
     from envoy.extensions.filters.network.http_connection_manager.v3 import (  # noqa: F401
         http_connection_manager_pb2)
     from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
@@ -61,12 +59,14 @@ Listener = listener_pb2.Listener
 Cluster = cluster_pb2.Cluster
 ClusterLoadAssignment = endpoint_pb2.ClusterLoadAssignment
 TcpProxy = tcp_proxy_pb2.TcpProxy
+HttpConnectionManager = http_connection_manager_pb2.HttpConnectionManager
 SocketAddress = address_pb2.SocketAddress
 RoutingPriority = base_pb2.RoutingPriority
 
 ParseError = json_format.ParseError
 TYPE_URL_PREFIX = "type.googleapis.com/"
 TCP_PROXY_TYPE = TcpProxy.DESCRIPTOR.full_name
+HCM_TYPE = HttpConnectionManager.DESCRIPTOR.full_name
 OriginalDst = original_dst_pb2.OriginalDst
 ORIGINAL_DST_TYPE = OriginalDst.DESCRIPTOR.full_name
 

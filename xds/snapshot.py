@@ -37,6 +37,68 @@ msgpack.packb/unpackb unchanged (no tuples: they would come back as lists).
           "buffer_limit": 1048576}},
       "warnings": []                        # "path: message" for accepted-but-ignored fields
     }
+
+A filter chain with an http_connection_manager has "http" instead of "tcp_proxy"
+(xds/http.py; times in seconds, None = disabled):
+
+    "http": {
+      "stat_prefix": "ingress_http", "codec_type": "AUTO",          # or "HTTP1", "HTTP2"
+      "route_config": ROUTE_CONFIG,
+      "http_filters": [{"name": "envoy.filters.http.router", "config": {...}}],  # http_filters.py
+      "access_log": [...],                                          # http_filters.py
+      "max_request_headers_kb": 60, "max_request_headers_count": 100,
+      "request_headers_timeout": None, "stream_idle_timeout": 300.0, "request_timeout": None,
+      "idle_timeout": 3600.0, "max_connection_duration": None,
+      "max_requests_per_connection": None, "drain_timeout": 5.0, "delayed_close_timeout": 1.0,
+      "use_remote_address": False, "xff_num_trusted_hops": 0, "skip_xff_append": False,
+      "generate_request_id": True, "preserve_external_request_id": False,
+      "always_set_request_id_in_response": False,
+      "server_name": "envoy", "server_header_transformation": "OVERWRITE",  # APPEND_IF_ABSENT,
+      "via": "",                                                             # PASS_THROUGH
+      "upgrade_types": ["websocket"],       # enabled upgrade_configs, lower-cased ("connect")
+      "http2": {"max_concurrent_streams": 2147483647, "initial_stream_window_size": 268435456,
+                "initial_connection_window_size": 268435456},
+      "http1": {"accept_http_10": False, "default_host_for_http_10": ""},
+      "normalize_path": False, "merge_slashes": False,
+      "strip_matching_host_port": False, "strip_any_host_port": False,
+      "buffer_limit": None}                 # the listener's per_connection_buffer_limit_bytes
+
+    ROUTE_CONFIG (compiled by worker/proxy/http/routing.py RouteTable):
+      {"name": "", "virtual_hosts": [VHOST], "request_headers": MUT, "response_headers": MUT,
+       "most_specific_header_mutations_wins": False, "ignore_port_in_host_matching": False}
+    VHOST: {"name", "domains": ["*.a.com", ...] (lower-cased), "routes": [ROUTE],
+            "request_headers": MUT, "response_headers": MUT, "retry_policy": RETRY | None}
+    MUT:   {"remove": ["x-a"], "add": [["x-b", "value or %TEMPLATE%", "APPEND_IF_EXISTS_OR_ADD"
+            | "ADD_IF_ABSENT" | "OVERWRITE_IF_EXISTS_OR_ADD" | "OVERWRITE_IF_EXISTS",
+            keep_empty_value]]}
+    ROUTE: {"name", "kind": "cluster" | "redirect" | "direct_response", "match": MATCH,
+            "action": CLUSTER_ACTION | REDIRECT | DIRECT, "request_headers": MUT,
+            "response_headers": MUT}
+    MATCH: {"path_kind": "prefix" | "path" | "safe_regex" | "path_separated_prefix" | "connect",
+            "path_value": str (an RE2 pattern for safe_regex), "case_sensitive": True,
+            "headers": [{"name", "kind": "string" | "range" | "present",
+                         "string": STRING | None, "range": [start, end] | None,
+                         "present": bool, "invert": bool, "treat_missing_as_empty": bool}],
+            "query_parameters": [{"name", "string": STRING | None, "present": bool | None}],
+            "grpc": bool}
+    STRING: {"kind": "exact" | "prefix" | "suffix" | "contains" | "safe_regex", "value": str,
+             "ignore_case": bool}
+    CLUSTER_ACTION: {"cluster": str | None, "cluster_header": str | None,
+            "weighted_clusters": [{"name", "weight", "request_headers": MUT,
+                                   "response_headers": MUT, "host_rewrite_literal"}] | None,
+            "cluster_not_found_status": 503, "prefix_rewrite": str | None,
+            "regex_rewrite": {"regex", "substitution"} | None, "host_rewrite_literal": str | None,
+            "auto_host_rewrite": bool, "host_rewrite_header": str | None,
+            "timeout": 15.0, "idle_timeout": None, "idle_timeout_set": bool,
+            "retry_policy": RETRY | None (the virtual host's then applies),
+            "hash_policies": [{"kind": "header" | "cookie" | "source_ip" | "query_parameter",
+                               "name": str, "terminal": bool}]}
+    RETRY: {"retry_on": ["5xx", ...], "num_retries": 1, "per_try_timeout": None,
+            "retriable_status_codes": [503], "base_interval": 0.025, "max_interval": 0.25}
+    REDIRECT: {"scheme": str | None, "https": bool, "host": str | None, "port": int | None,
+            "path": str | None, "prefix_rewrite": str | None, "regex_rewrite": ... | None,
+            "status": 301, "strip_query": bool}
+    DIRECT: {"status": 200, "body": str | None}      # body: the bytes as latin-1
 """
 
 VERSION_BOOTSTRAP = "bootstrap"

@@ -30,7 +30,7 @@ DEFAULT_MAX_CONNECTIONS = 1024            # CircuitBreakers DEFAULT max_connecti
 DEFAULT_SNIFF_TIMEOUT = 15.0              # Listener.listener_filters_timeout
 
 CLUSTER_TYPES = ("STATIC", "STRICT_DNS", "ORIGINAL_DST")
-LB_POLICIES = ("ROUND_ROBIN", "LEAST_REQUEST", "RANDOM")
+LB_POLICIES = ("ROUND_ROBIN", "LEAST_REQUEST", "RANDOM", "RING_HASH", "MAGLEV")
 ORIGINAL_DST_FILTER = "envoy.filters.listener.original_dst"
 
 _Cluster = protos.Cluster
@@ -191,8 +191,10 @@ def _listener_filters(pb, path, errors):
 
 
 def _filter_chains(pb, path, errors, warnings, clusters):
-    """Filter chains, each with exactly one tcp_proxy filter and an optional filter_chain_match
-    -> [{"match": {...} or None, "tcp_proxy": {...}}], or None on error.
+    """Filter chains, each with exactly one network filter (tcp_proxy or
+    http_connection_manager) and an optional filter_chain_match
+    -> [{"match": {...} or None, "tcp_proxy": {...} or None, "http": {...} or None}], or None
+    on error.
 
     Every chain and filter is still checked, so all their errors show at once. As in Envoy,
     two chains with the same match are an error, and so is more than one chain without one.
@@ -200,13 +202,15 @@ def _filter_chains(pb, path, errors, warnings, clusters):
     chains_path = join(path, "filter_chains")
     chains = pb.filter_chains
     if not chains:
-        errors.append(f"{chains_path}: required (one filter chain with a tcp_proxy filter)")
+        errors.append(f"{chains_path}: required (one filter chain with a tcp_proxy or "
+                      "http_connection_manager filter)")
     result, seen = [], {}
     for i, chain in enumerate(chains):
         here = f"{chains_path}[{i}]"
         filters_path = f"{here}.filters"
         if len(chain.filters) != 1:
-            errors.append(f"{filters_path}: exactly one filter (tcp_proxy) is supported, "
+            errors.append(f"{filters_path}: exactly one filter (tcp_proxy or "
+                          "http_connection_manager) is supported, "
                           f"got {len(chain.filters)}")
         match = _filter_chain_match(chain, here, errors) if chain.HasField("filter_chain_match") else None
         key = repr(sorted((match or {}).items()))
@@ -215,10 +219,11 @@ def _filter_chains(pb, path, errors, warnings, clusters):
                           "(Envoy: multiple filter chains with the same matching rules)")
         seen.setdefault(key, i)
         for j, filter_pb in enumerate(chain.filters):
-            tcp_proxy = _network_filter(filter_pb, f"{filters_path}[{j}]", errors, warnings,
-                                        clusters)
+            kind, config = _network_filter(filter_pb, f"{filters_path}[{j}]", errors, warnings,
+                                           clusters)
             if len(chain.filters) == 1:
-                result.append({"match": match, "tcp_proxy": tcp_proxy})
+                result.append({"match": match, "tcp_proxy": config if kind == "tcp_proxy" else None,
+                               "http": config if kind == "http" else None})
     return result if len(result) == len(chains) and chains else None
 
 
@@ -239,21 +244,28 @@ def _filter_chain_match(chain, here, errors):
         match["application_protocols"] = list(m.application_protocols)
     return match
 def _network_filter(pb, path, errors, warnings, clusters):
+    """-> ("tcp_proxy" or "http", translated config or None on error)."""
     if not pb.name:
         errors.append(f"{join(path, 'name')}: required")
     config_path = join(path, "typed_config")
     if not pb.HasField("typed_config"):
         if not pb.HasField("config_discovery"):  # that one is already "not supported"
             errors.append(f"{config_path}: required")
-        return None
+        return None, None
     type_name = protos.type_name(pb.typed_config.type_url)
+    if type_name == protos.HCM_TYPE:
+        from .http import translate_http_connection_manager
+        hcm = protos.HttpConnectionManager()
+        pb.typed_config.Unpack(hcm)
+        return "http", translate_http_connection_manager(hcm, config_path, errors, warnings,
+                                                         clusters)
     if type_name != protos.TCP_PROXY_TYPE:
         errors.append(f"{config_path}: {type_name} not supported "
-                      f"(only {protos.TCP_PROXY_TYPE})")
-        return None
+                      f"(only {protos.TCP_PROXY_TYPE} or {protos.HCM_TYPE})")
+        return None, None
     tcp_proxy = protos.TcpProxy()
     pb.typed_config.Unpack(tcp_proxy)
-    return translate_tcp_proxy(tcp_proxy, config_path, errors, warnings, clusters)
+    return "tcp_proxy", translate_tcp_proxy(tcp_proxy, config_path, errors, warnings, clusters)
 
 
 def translate_tcp_proxy(pb, path, errors, warnings=None, clusters=None):
@@ -342,6 +354,10 @@ def translate_cluster(pb, path, errors, warnings=None):
     elif lb_policy == "CLUSTER_PROVIDED":
         errors.append(f"{join(path, 'lb_policy')}: CLUSTER_PROVIDED is only for ORIGINAL_DST clusters")
     max_connections = _max_connections(pb, path, errors)
+    # HTTP-side cluster features (circuit breaker request limits, outlier detection, health
+    # checks, ring hash / maglev, upstream HTTP/2): xds/cluster_features.py.
+    from .cluster_features import translate_cluster_features
+    features = translate_cluster_features(pb, path, errors, warnings)
     endpoints = []
     if pb.HasField("load_assignment") and cluster_type != "ORIGINAL_DST":
         assignment = translate_load_assignment(
@@ -356,7 +372,8 @@ def translate_cluster(pb, path, errors, warnings=None):
             "lb_policy": lb_policy, "endpoints": endpoints, "max_connections": max_connections,
             "dns_refresh_rate": dns_refresh_rate, "dns_lookup_family": dns_lookup_family,
             "buffer_limit": _uint32(pb, "per_connection_buffer_limit_bytes",
-                                    DEFAULT_BUFFER_LIMIT)}
+                                    DEFAULT_BUFFER_LIMIT),
+            **features}
 
 
 def _max_connections(pb, path, errors):

@@ -43,7 +43,7 @@ def test_check_reports_every_error(tmp_path):
     tcp = bootstrap["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
     tcp["cluster"] = "nowhere"
     tcp["tunneling_config"] = {"hostname": "example.com:443"}
-    bootstrap["static_resources"]["clusters"][0]["lb_policy"] = "MAGLEV"
+    bootstrap["static_resources"]["clusters"][0]["lb_policy"] = "LOAD_BALANCING_POLICY_CONFIG"
     result = run("check", "-c", write(tmp_path, bootstrap))
     assert_clean_failure(
         result,

@@ -46,8 +46,27 @@ SERVERS = textwrap.dedent('''
         while True:
             c, _ = s.accept()
             threading.Thread(target=handle, args=(c,), daemon=True).start()
+    def serve_http(family, addr, port):
+        # Answers every request with the request head it received, as the body.
+        s = socket.socket(family, socket.SOCK_STREAM)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind((addr, port)); s.listen(64)
+        def handle(c):
+            buf = b""
+            while True:
+                while b"\\r\\n\\r\\n" not in buf:
+                    d = c.recv(65536)
+                    if not d:
+                        c.close(); return
+                    buf += d
+                head, _, buf = buf.partition(b"\\r\\n\\r\\n")
+                c.sendall(b"HTTP/1.1 200 OK\\r\\ncontent-length: %d\\r\\n\\r\\n" % len(head) + head)
+        while True:
+            c, _ = s.accept()
+            threading.Thread(target=handle, args=(c,), daemon=True).start()
     for fam, addr in ((socket.AF_INET, sys.argv[1]), (socket.AF_INET6, sys.argv[2])):
         threading.Thread(target=serve, args=(fam, addr, 8080, b""), daemon=True).start()
+        threading.Thread(target=serve_http, args=(fam, addr, 8082), daemon=True).start()
         threading.Thread(target=serve, args=(fam, addr, 8025, b"220 smtp.example ESMTP ready\\r\\n"), daemon=True).start()
     print("ready", flush=True)
     threading.Event().wait()
@@ -63,6 +82,16 @@ CLIENT = textwrap.dedent('''
         s.connect((addr, port))
         if mode == "banner":
             out = s.recv(100)
+        elif mode == "http":
+            s.sendall(b"GET /hello HTTP/1.1\\r\\nHost: app.example\\r\\nX-From: client\\r\\n\\r\\n")
+            out = b""
+            while b"\\r\\n\\r\\n" not in out:
+                out += s.recv(65536)
+            head, _, body = out.partition(b"\\r\\n\\r\\n")
+            length = int([l.split(b":")[1] for l in head.split(b"\\r\\n") if l.lower().startswith(b"content-length")][0])
+            while len(body) < length:
+                body += s.recv(65536)
+            out = head.split(b"\\r\\n")[0] + b"\\n" + body
         else:
             payload = bytes(range(256)) * 4096          # 1 MiB, every byte value
             s.sendall(payload)
@@ -310,3 +339,64 @@ def test_tproxy_inbound_capture_reaches_the_local_app_through_baton(topology):
     assert client(topology, topology["node_v4"], 8025, "banner", ns="srv") == {"ok": "220 smtp.example ESMTP ready\r\n"}
     assert "tcp.inbound.downstream_cx_total: 2" in sh("ip", "netns", "exec", node, "curl", "-s",
                                                         "http://127.0.0.1:19901/stats").stdout
+
+
+def governed_bootstrap() -> dict:
+    """Captured connections are sniffed: HTTP/1.x goes through an http_connection_manager
+    whose route adds a header, on its way to the original destination; anything else is
+    relayed byte-exact by tcp_proxy."""
+    listener_filters = [
+        {"name": "envoy.filters.listener.original_dst", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.listener.original_dst.v3.OriginalDst"}},
+        {"name": "envoy.filters.listener.http_inspector", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.listener.http_inspector.v3.HttpInspector"}}]
+    hcm = {"name": "envoy.filters.network.http_connection_manager", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        "stat_prefix": "outbound_http",
+        "route_config": {"name": "governed", "virtual_hosts": [{
+            "name": "all", "domains": ["*"],
+            "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "PassthroughCluster"},
+                        "request_headers_to_add": [{"header": {"key": "x-governed-by", "value": "baton"}}]}]}]},
+        "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}]}}
+    tcp = {"name": "envoy.filters.network.tcp_proxy", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+        "stat_prefix": "PassthroughCluster", "cluster": "PassthroughCluster"}}
+    listeners = [{"name": f"outbound_{name}", "address": {"socket_address": {"address": addr, "port_value": CAPTURE}},
+                  "use_original_dst": True, "listener_filters": listener_filters,
+                  "listener_filters_timeout": "0.5s", "continue_on_listener_filters_timeout": True,
+                  "filter_chains": [
+                      {"filter_chain_match": {"application_protocols": ["http/1.0", "http/1.1"]}, "filters": [hcm]},
+                      {"filters": [tcp]}]}
+                 for name, addr in (("v4", "127.0.0.1"), ("v6", "::1"))]
+    return {"static_resources": {"listeners": listeners, "clusters": [
+        {"name": "PassthroughCluster", "type": "ORIGINAL_DST", "lb_policy": "CLUSTER_PROVIDED",
+         "connect_timeout": "2s"}]}}
+
+
+def test_http_is_governed_while_other_traffic_passes_through(topology):
+    """Issue 6: captured HTTP gets the route's header rewrite; a raw binary protocol and a
+    server-first one on the same capture pass through byte-exact."""
+    d = topology["dir"]
+    (d / "bootstrap.yaml").write_text(yaml.safe_dump(governed_bootstrap()))
+    log = open(d / "baton.log", "wb")
+    proc = subprocess.Popen(["ip", "netns", "exec", topology["node"], BATON, "run", "-c", str(d / "bootstrap.yaml"),
+                             "--concurrency", "1", "--runtime-dir", str(d / "run"), "--upstream-mark", hex(MARK)],
+                            stdout=log, stderr=subprocess.STDOUT)
+    topology["procs"].append(proc)
+
+    def live():
+        assert proc.poll() is None, (d / "baton.log").read_text()
+        return "live:" in (d / "baton.log").read_text()
+    wait_until(live, 30, "baton live in the namespace")
+    for addr in (topology["v4"], topology["v6"]):
+        answer = client(topology, addr, 8082, "http")["ok"]
+        status, _, head = answer.partition("\n")
+        assert status == "HTTP/1.1 200 OK", answer
+        lines = [line.lower() for line in head.split("\r\n")]
+        assert lines[0] == "get /hello http/1.1", answer
+        assert "x-governed-by: baton" in lines, answer
+        assert "x-from: client" in lines and "host: app.example" in lines, answer
+        assert client(topology, addr, 8080) == {"ok": "match"}
+        assert client(topology, addr, 8025, "banner") == {"ok": "220 smtp.example ESMTP ready\r\n"}
+    assert "Traceback" not in (d / "baton.log").read_text()

@@ -95,6 +95,17 @@ def errors(load):
     return _errors
 
 
+# What every cluster gains from xds/cluster_features.py when it sets none of those fields:
+# Envoy's defaults (circuit breakers, no health checks, no outlier detection, HTTP/1.1).
+CLUSTER_FEATURE_DEFAULTS = {
+    "max_pending_requests": 1024, "max_requests": 1024, "max_retries": 3,
+    "ring_hash": None, "maglev": None, "outlier_detection": None, "health_checks": [],
+    "http2": False, "http2_options": None,
+    "common_http": {"idle_timeout": 3600.0, "max_requests_per_connection": None},
+    "common_lb": {"healthy_panic_threshold": 50.0},
+}
+
+
 # --- what loads ------------------------------------------------------------------------------
 
 def test_quickstart_loads_to_the_documented_snapshot():
@@ -110,7 +121,7 @@ def test_quickstart_loads_to_the_documented_snapshot():
                           "idle_timeout": 3600.0, "max_connect_attempts": 1},
             "filter_chains": [{"match": None, "tcp_proxy": {
                 "stat_prefix": "demo_tcp", "clusters": [["demo", 1]], "idle_timeout": 3600.0,
-                "max_connect_attempts": 1}}],
+                "max_connect_attempts": 1}, "http": None}],
             "inspectors": [], "sniff_timeout": None, "sniff_continue": False,
             "transparent": False, "original_dst": False, "use_original_dst": False}],
         "clusters": {"demo": {
@@ -118,7 +129,7 @@ def test_quickstart_loads_to_the_documented_snapshot():
             "lb_policy": "ROUND_ROBIN",
             "endpoints": [{"address": "127.0.0.1", "port": 10001, "weight": 1}],
             "max_connections": 1024, "dns_refresh_rate": 5.0, "dns_lookup_family": "AUTO",
-            "buffer_limit": 1048576}},
+            "buffer_limit": 1048576, **CLUSTER_FEATURE_DEFAULTS}},
         "warnings": [],
     }
 
@@ -143,7 +154,7 @@ def test_defaults_are_envoys(load):
                       "idle_timeout": 3600.0, "max_connect_attempts": 1},
         "filter_chains": [{"match": None, "tcp_proxy": {
             "stat_prefix": "ingress_tcp", "clusters": [["cluster_0", 1]], "idle_timeout": 3600.0,
-            "max_connect_attempts": 1}}],
+            "max_connect_attempts": 1}, "http": None}],
         "inspectors": [], "sniff_timeout": None, "sniff_continue": False,
         "transparent": False, "original_dst": False, "use_original_dst": False}]
     assert snap["clusters"]["cluster_0"] == {
@@ -151,7 +162,7 @@ def test_defaults_are_envoys(load):
         "lb_policy": "ROUND_ROBIN",
         "endpoints": [{"address": "127.0.0.1", "port": 8080, "weight": 1}],
         "max_connections": 1024, "dns_refresh_rate": 5.0, "dns_lookup_family": "AUTO",
-        "buffer_limit": 1048576}
+        "buffer_limit": 1048576, **CLUSTER_FEATURE_DEFAULTS}
     assert validate_snapshot_shape(snap) == []
 
 
@@ -183,7 +194,7 @@ def test_explicit_values_reach_the_snapshot(load):
         "lb_policy": "RANDOM",
         "endpoints": [{"address": "backend.internal", "port": 9000, "weight": 5}],
         "max_connections": 7, "dns_refresh_rate": 10.0, "dns_lookup_family": "V6_ONLY",
-        "buffer_limit": 4096}
+        "buffer_limit": 4096, **CLUSTER_FEATURE_DEFAULTS}
 
 
 def test_camel_case_json_names_are_accepted(load):
@@ -313,37 +324,37 @@ REFUSED = {
                        f"{L0}.address.socket_address.ipv4_compat: not supported"),
     "tcp_proxy": (CONFIG + ["tunneling_config"], {"hostname": "h"},
                   f"{TCP0}.tunneling_config: not supported"),
-    "cluster": (CLUSTER + ["outlier_detection"], {}, f"{C0}.outlier_detection: not supported"),
+    "cluster": (CLUSTER + ["lb_subset_config"], {}, f"{C0}.lb_subset_config: not supported"),
     "endpoint": (ENDPOINT + ["endpoint", "health_check_config"], {"port_value": 1},
                  f"{EP0}.endpoint.health_check_config: not supported"),
     "locality_weight": (CLUSTER + ["load_assignment", "endpoints", 0,
                                    "load_balancing_weight"], 2,
                         f"{C0}.load_assignment.endpoints[0].load_balancing_weight: "
                         "not supported"),
-    "circuit_breaker": (CLUSTER + ["circuit_breakers"], {"thresholds": [{"max_requests": 5}]},
-                        f"{C0}.circuit_breakers.thresholds[0].max_requests: not supported"),
+    "circuit_breaker": (CLUSTER + ["circuit_breakers"],
+                        {"thresholds": [{"max_connection_pools": 5}]},
+                        f"{C0}.circuit_breakers.thresholds[0].max_connection_pools: not supported"),
     "filter_chain_match": (LISTENER + ["filter_chains", 0, "filter_chain_match"],
                            {"source_prefix_ranges": [{"address_prefix": "10.0.0.0", "prefix_len": 8}]},
                            f"{L0}.filter_chains[0].filter_chain_match.source_prefix_ranges: not supported"),
     # Values outside the subset.
     "hcm": (CONFIG, {"@type": HCM_TYPE, "stat_prefix": "http"},
-            f"{TCP0}: envoy.extensions.filters.network.http_connection_manager.v3."
-            "HttpConnectionManager not supported "
-            "(only envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy)"),
+            f"{TCP0}: route_config is required"),
     "other_extension": (CONFIG, {"@type": "type.googleapis.com/envoy.extensions.filters."
                                           "network.redis_proxy.v3.RedisProxy"},
                         f"{TCP0}: envoy.extensions.filters.network.redis_proxy.v3.RedisProxy "
                         "not supported (only envoy.extensions.filters.network.tcp_proxy.v3."
-                        "TcpProxy)"),
+                        "TcpProxy or envoy.extensions.filters.network.http_connection_manager."
+                        "v3.HttpConnectionManager)"),
     "unknown_type": (CONFIG, {"@type": "type.googleapis.com/acme.Nope"},
                      f"{TCP0}: unknown type 'acme.Nope'"),
     "udp": (SOCKET + ["protocol"], "UDP",
             f"{L0}.address.socket_address.protocol: UDP not supported (TCP only)"),
     "cluster_type": (CLUSTER + ["type"], "EDS", f"{C0}.type: EDS not supported "
                                                 "(STATIC or STRICT_DNS or ORIGINAL_DST)"),
-    "lb_policy": (CLUSTER + ["lb_policy"], "RING_HASH",
-                  f"{C0}.lb_policy: RING_HASH not supported "
-                  "(ROUND_ROBIN, LEAST_REQUEST, RANDOM)"),
+    "lb_policy": (CLUSTER + ["lb_policy"], "LOAD_BALANCING_POLICY_CONFIG",
+                  f"{C0}.lb_policy: LOAD_BALANCING_POLICY_CONFIG not supported "
+                  "(ROUND_ROBIN, LEAST_REQUEST, RANDOM, RING_HASH, MAGLEV)"),
     "priority": (CLUSTER + ["circuit_breakers"], {"thresholds": [{"priority": "HIGH"}]},
                  f"{C0}.circuit_breakers.thresholds[0].priority: HIGH not supported "
                  "(DEFAULT only)"),
@@ -383,11 +394,11 @@ REFUSED = {
                            f"{C0}.load_assignment.cluster_name: required"),
     "no_filter_chain": (LISTENER + ["filter_chains"], [],
                         f"{L0}.filter_chains: required (one filter chain with a tcp_proxy "
-                        "filter)"),
+                        "or http_connection_manager filter)"),
     "two_filters": (LISTENER + ["filter_chains", 0, "filters", 1],
                     {"name": "x", "typed_config": tcp_proxy()},
-                    f"{L0}.filter_chains[0].filters: exactly one filter (tcp_proxy) is "
-                    "supported, got 2"),
+                    f"{L0}.filter_chains[0].filters: exactly one filter (tcp_proxy or "
+                    "http_connection_manager) is supported, got 2"),
     "no_typed_config": (LISTENER + ["filter_chains", 0, "filters", 0],
                         {"name": "envoy.filters.network.tcp_proxy"},
                         f"{TCP0}: required"),
@@ -453,12 +464,14 @@ def test_duplicate_names_and_addresses(errors):
 
 
 def test_every_error_is_reported_at_once(errors):
-    data = bootstrap(clusters=[cluster(lb_policy="MAGLEV"), cluster("other", bogus=1)],
+    data = bootstrap(clusters=[cluster(lb_policy="LOAD_BALANCING_POLICY_CONFIG"),
+                               cluster("other", bogus=1)],
                      dynamic_resources={})
     data = _with(data, CONFIG + ["tunneling_config"], {"hostname": "h"})
     assert errors(data) == [
         "dynamic_resources: not supported",
-        f"{C0}.lb_policy: MAGLEV not supported (ROUND_ROBIN, LEAST_REQUEST, RANDOM)",
+        f"{C0}.lb_policy: LOAD_BALANCING_POLICY_CONFIG not supported "
+        "(ROUND_ROBIN, LEAST_REQUEST, RANDOM, RING_HASH, MAGLEV)",
         "static_resources.clusters[1].bogus: unknown field",
         f"{TCP0}.tunneling_config: not supported",
     ]
@@ -467,7 +480,7 @@ def test_every_error_is_reported_at_once(errors):
 def test_three_problems_three_lines(tmp_path):
     path = tmp_path / "three.yaml"
     path.write_text(EXAMPLES.joinpath("quickstart.yaml").read_text()
-                    .replace("lb_policy: ROUND_ROBIN", "lb_policy: RING_HASH")
+                    .replace("lb_policy: ROUND_ROBIN", "lb_policy: LOAD_BALANCING_POLICY_CONFIG")
                     .replace("cluster: demo", "cluster: dmeo")
                     .replace("port_value: 10001", "port_value: ten"))
     with pytest.raises(ConfigError) as info:
@@ -548,9 +561,10 @@ def test_translate_bootstrap_takes_a_proto():
     snap, errs = translate_bootstrap(pb)
     assert errs == []
     assert snap["listeners"][0]["tcp_proxy"]["clusters"] == [["cluster_0", 1]]
-    pb.static_resources.clusters[0].lb_policy = protos.Cluster.MAGLEV
+    pb.static_resources.clusters[0].lb_policy = protos.Cluster.LOAD_BALANCING_POLICY_CONFIG
     assert translate_bootstrap(pb)[1] == [
-        f"{C0}.lb_policy: MAGLEV not supported (ROUND_ROBIN, LEAST_REQUEST, RANDOM)"]
+        f"{C0}.lb_policy: LOAD_BALANCING_POLICY_CONFIG not supported "
+        "(ROUND_ROBIN, LEAST_REQUEST, RANDOM, RING_HASH, MAGLEV)"]
 
 
 def test_translate_resources_with_their_own_paths():

@@ -1,30 +1,89 @@
-"""A worker's view of the upstream clusters: hosts, balancer, circuit breaker, stat names.
+"""A worker's view of the upstream clusters: hosts, balancer, circuit breaker, stat names,
+and, in a worker, the cluster's active health checker and outlier detector.
 
-Built from the snapshot's plain values (see xds/snapshot.py). Endpoint updates replace the host
-list and the balancer but keep the `Cluster` object, so connections that hold a reference keep
-counting into the same circuit breaker.
+Built from the snapshot's plain values (see xds/snapshot.py, xds/cluster_features.py).
+Endpoint updates replace the host list and the balancer but keep the `Cluster` object, so
+connections that hold a reference keep counting into the same circuit breaker, and keep the
+`Host` objects of unchanged addresses with their counts, health and ejection state.
+
+Health flows one way: the health checker (health.py) and the outlier detector (outlier.py)
+set `host.healthy` / `host.ejected` and call `cluster.refresh()`, which rebuilds the
+balancer's view and the membership gauges; `pick()` itself never looks at health.
 """
 
 from __future__ import annotations
 
-from .lb import Host, make_balancer
+from . import health as health_mod
+from . import outlier as outlier_mod
+from .lb import DEFAULT_PANIC_THRESHOLD, Host, make_balancer
 from .pipes import pipe_capacity_for
+
+# Stat keys under cluster.<name>. (Envoy's names). Response-code stats with the code itself
+# (upstream_rq_200, ...) are dynamic and not listed here.
+COUNTER_KEYS = (
+    "upstream_cx_total", "upstream_cx_connect_fail", "upstream_cx_connect_timeout",
+    "upstream_cx_overflow", "upstream_cx_none_healthy", "upstream_cx_rx_bytes_total",
+    "upstream_cx_tx_bytes_total", "upstream_cx_destroy", "upstream_cx_connect_attempts_exceeded",
+    "upstream_cx_http1_total", "upstream_cx_http2_total", "upstream_cx_destroy_local",
+    "upstream_cx_destroy_remote", "upstream_cx_destroy_with_active_rq",
+    "upstream_cx_destroy_local_with_active_rq", "upstream_cx_destroy_remote_with_active_rq",
+    "upstream_cx_idle_timeout", "upstream_cx_max_requests", "upstream_cx_protocol_error",
+    "upstream_cx_close_notify", "upstream_cx_pool_overflow",
+    "upstream_rq_total", "upstream_rq_completed", "upstream_rq_pending_total",
+    "upstream_rq_pending_overflow", "upstream_rq_pending_failure_eject", "upstream_rq_cancelled",
+    "upstream_rq_timeout", "upstream_rq_per_try_timeout", "upstream_rq_rx_reset",
+    "upstream_rq_tx_reset", "upstream_rq_retry", "upstream_rq_retry_success",
+    "upstream_rq_retry_overflow", "upstream_rq_retry_limit_exceeded",
+    "upstream_rq_maintenance_mode",
+    "upstream_rq_1xx", "upstream_rq_2xx", "upstream_rq_3xx", "upstream_rq_4xx",
+    "upstream_rq_5xx",
+    "lb_healthy_panic", "membership_change",
+)
+GAUGE_KEYS = frozenset({
+    "upstream_cx_active", "upstream_rq_active", "upstream_rq_pending_active",
+    "membership_healthy", "membership_degraded", "membership_excluded", "membership_total",
+    # Circuit breaker state: 1 while the limit is reached (Envoy's circuit_breakers.<priority>.*).
+    "circuit_breakers.default.cx_open", "circuit_breakers.default.rq_pending_open",
+    "circuit_breakers.default.rq_open", "circuit_breakers.default.rq_retry_open",
+}) | health_mod.GAUGE_KEYS | outlier_mod.GAUGE_KEYS
+# Gauges that describe the cluster (the same in every worker) rather than this worker's
+# traffic: a sum over workers is N times the value; the master should take one worker's.
+SHARED_GAUGE_KEYS = frozenset({
+    "membership_healthy", "membership_degraded", "membership_excluded", "membership_total",
+    "health_check.healthy", "health_check.degraded", "outlier_detection.ejections_active"})
 
 
 class Cluster:
     __slots__ = ("name", "type", "connect_timeout", "lb_policy", "max_connections", "buffer_limit",
-                 "pipe_capacity", "hosts", "balancer", "active", "stat")
+                 "pipe_capacity", "hosts", "balancer", "active", "stat", "gauge_keys",
+                 "max_pending_requests", "max_requests", "max_retries",
+                 "rq_active", "rq_pending", "retries_active",
+                 "http2", "http2_options", "common_http", "panic_threshold",
+                 "ring_hash", "maglev", "outlier_config", "health_checks",
+                 "outlier", "health_checker", "counters", "gauges", "_panic_stat")
 
-    def __init__(self, spec: dict):
+    def __init__(self, spec: dict, counters=None, gauges=None):
+        """`counters` / `gauges`: the worker's stat dicts (Stats.counters / .gauges), which the
+        health checker, outlier detector and panic counting write to; None in pure tests."""
         self.name = spec["name"]
-        self.active = 0
+        self.active = 0              # upstream connections (circuit breaker max_connections)
+        self.rq_active = 0           # requests in flight (max_requests)
+        self.rq_pending = 0          # requests waiting for a connection (max_pending_requests)
+        self.retries_active = 0      # retries in flight (max_retries)
+        self.counters = counters
+        self.gauges = gauges
+        self.outlier = None
+        self.health_checker = None
         prefix = f"cluster.{self.name}."
         # Precomputed names: the data path increments these without building strings.
-        self.stat = {key: prefix + key for key in (
-            "upstream_cx_total", "upstream_cx_active", "upstream_cx_connect_fail",
-            "upstream_cx_connect_timeout", "upstream_cx_overflow", "upstream_cx_none_healthy",
-            "upstream_cx_rx_bytes_total", "upstream_cx_tx_bytes_total", "upstream_cx_destroy",
-            "upstream_cx_connect_attempts_exceeded")}
+        keys = ("upstream_cx_active", "upstream_rq_active", "upstream_rq_pending_active") + \
+            COUNTER_KEYS + tuple(sorted(GAUGE_KEYS - {"upstream_cx_active", "upstream_rq_active",
+                                                       "upstream_rq_pending_active"})) + \
+            tuple(k for k in health_mod.STAT_KEYS if k not in GAUGE_KEYS) + \
+            tuple(k for k in outlier_mod.STAT_KEYS if k not in GAUGE_KEYS)
+        self.stat = {key: prefix + key for key in keys}
+        self.gauge_keys = GAUGE_KEYS
+        self._panic_stat = self.stat["lb_healthy_panic"]
         self.update(spec)
 
     def update(self, spec: dict) -> None:
@@ -32,43 +91,144 @@ class Cluster:
         self.connect_timeout = float(spec.get("connect_timeout") or 5.0)
         self.lb_policy = spec.get("lb_policy", "ROUND_ROBIN")
         self.max_connections = int(spec.get("max_connections", 1024))
+        self.max_pending_requests = int(spec.get("max_pending_requests", 1024))
+        self.max_requests = int(spec.get("max_requests", 1024))
+        self.max_retries = int(spec.get("max_retries", 3))
         self.buffer_limit = int(spec.get("buffer_limit", 1 << 20))
         self.pipe_capacity = pipe_capacity_for(self.buffer_limit)
+        self.http2 = bool(spec.get("http2", False))
+        self.http2_options = spec.get("http2_options")
+        self.common_http = spec.get("common_http") or {"idle_timeout": 3600.0,
+                                                       "max_requests_per_connection": None}
+        self.panic_threshold = float((spec.get("common_lb") or {}).get(
+            "healthy_panic_threshold", DEFAULT_PANIC_THRESHOLD))
+        self.ring_hash = spec.get("ring_hash")
+        self.maglev = spec.get("maglev")
+        self.outlier_config = spec.get("outlier_detection")
+        self.health_checks = list(spec.get("health_checks") or ())
         old = {(h.address, h.port): h for h in getattr(self, "hosts", ())}
         hosts = []
         for ep in spec.get("endpoints", ()):
-            host = old.get((ep["address"], ep["port"]))
+            host = old.pop((ep["address"], ep["port"]), None)
             if host is None:
                 host = Host(ep["address"], ep["port"], ep.get("weight", 1))
             else:
                 host.weight = max(1, int(ep.get("weight", 1)))
             hosts.append(host)
+        if self.outlier is not None:
+            for gone in old.values():
+                self.outlier.host_removed(gone)
         self.hosts = hosts
         # ORIGINAL_DST: each connection names its own host; there is nothing to balance.
-        self.balancer = None if self.type == "ORIGINAL_DST" else make_balancer(self.lb_policy, hosts)
+        self.balancer = None if self.type == "ORIGINAL_DST" else make_balancer(
+            self.lb_policy, hosts, panic_threshold=self.panic_threshold,
+            ring_hash=self.ring_hash, maglev=self.maglev)
+        self._membership_gauges()
 
-    def pick(self, exclude=()):
-        return self.balancer.pick(exclude)
+    def pick(self, exclude=(), hash_key=None):
+        balancer = self.balancer
+        if balancer.panic and self.counters is not None:
+            counters = self.counters
+            counters[self._panic_stat] = counters.get(self._panic_stat, 0) + 1
+        return balancer.pick(exclude, hash_key)
+
+    def refresh(self) -> None:
+        """A host's health or ejection changed: rebuild the balancer's view and gauges."""
+        if self.balancer is not None:
+            self.balancer.refresh()
+        self._membership_gauges()
+
+    def had_traffic(self) -> bool:
+        """Envoy's "the cluster has ever made a connection" (health check intervals)."""
+        return any(h.total for h in self.hosts)
+
+    def _membership_gauges(self) -> None:
+        gauges = self.gauges
+        if gauges is None:
+            return
+        stat = self.stat
+        gauges[stat["membership_total"]] = len(self.hosts)
+        gauges[stat["membership_healthy"]] = sum(1 for h in self.hosts
+                                                 if h.healthy and not h.ejected)
+
+    # -- health checker and outlier detector (workers) -----------------------------------
+
+    def start_monitors(self, loop, mark: int = 0) -> None:
+        """Start, reconfigure or stop the health checker and the outlier detector to match
+        the current config. Called by ClusterManager after every update when it has a loop."""
+        counters = self.counters if self.counters is not None else {}
+        gauges = self.gauges if self.gauges is not None else {}
+        if self.outlier_config is None:
+            if self.outlier is not None:
+                self.outlier.stop()
+                for host in self.hosts:
+                    if host.ejected:
+                        self.outlier.uneject(host)
+                self.outlier = None
+        elif self.outlier is None:
+            self.outlier = outlier_mod.OutlierDetector(self, self.outlier_config, counters, gauges)
+            gauges.setdefault(self.stat["outlier_detection.ejections_active"], 0)
+            self.outlier.start(loop)
+        elif self.outlier.config != self.outlier_config:
+            self.outlier.stop()
+            self.outlier.update(self.outlier_config)
+            self.outlier.start(loop)
+        config = self.health_checks[0] if self.health_checks and self.balancer is not None else None
+        checker = self.health_checker
+        if config is None:
+            if checker is not None:
+                checker.detach()
+                self.health_checker = None
+        elif checker is None:
+            self.health_checker = health_mod.HealthChecker(self, config, loop, counters, gauges,
+                                                           mark=mark)
+            self.health_checker.start()
+        else:
+            if checker.config != config:
+                checker.update(config)
+            checker.sync_hosts()
+
+    def stop_monitors(self) -> None:
+        if self.outlier is not None:
+            self.outlier.stop()
+        if self.health_checker is not None:
+            self.health_checker.stop()
 
 
 class ClusterManager:
-    """Clusters by name; `apply` reconciles with a new snapshot's cluster map."""
+    """Clusters by name; `apply` reconciles with a new snapshot's cluster map.
 
-    __slots__ = ("clusters",)
+    With a loop (in a worker), it also runs each cluster's health checker and outlier
+    detector timer, and stops them for removed clusters. `mark`: SO_MARK for health check
+    sockets (the worker's upstream_mark)."""
 
-    def __init__(self) -> None:
+    __slots__ = ("clusters", "loop", "stats", "mark")
+
+    def __init__(self, loop=None, stats=None, mark: int = 0) -> None:
         self.clusters: dict[str, Cluster] = {}
+        self.loop = loop
+        self.stats = stats
+        self.mark = mark
 
     def apply(self, specs: dict) -> None:
         for name in list(self.clusters):
             if name not in specs:
-                del self.clusters[name]
+                self.clusters.pop(name).stop_monitors()
+        counters = self.stats.counters if self.stats is not None else None
+        gauges = self.stats.gauges if self.stats is not None else None
         for name, spec in specs.items():
             cluster = self.clusters.get(name)
             if cluster is None:
-                self.clusters[name] = Cluster(spec)
+                cluster = self.clusters[name] = Cluster(spec, counters, gauges)
             else:
                 cluster.update(spec)
+            if self.loop is not None:
+                cluster.start_monitors(self.loop, self.mark)
 
     def get(self, name: str) -> Cluster | None:
         return self.clusters.get(name)
+
+    def stop(self) -> None:
+        """Stop every health checker and outlier timer (worker shutdown)."""
+        for cluster in self.clusters.values():
+            cluster.stop_monitors()

@@ -1,0 +1,323 @@
+"""Differential: the HTTP/1.1 codec and connection handling as a client sees them: request bodies
+(content-length, chunked, empty, large), HEAD, 100-continue, oversized headers (431), malformed
+requests (400), HTTP/1.0, pipelining, keep-alive, absolute-form targets, and real clients: curl
+over HTTP/1.1 and over HTTP/2 with prior knowledge (h2c, codec_type AUTO)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+import pytest
+
+from .differential.bootstraps import bootstrap, cluster, http_listener
+from .differential.client import Connection, build_request, curl, one
+from .differential.compare import differential, header, observe, upstream_header
+from .differential.proxies import ProxyPair, Recorder
+
+BODY = os.urandom(10_000)
+BIG_BODY = os.urandom(1 << 20)
+
+
+def protocol_bootstrap(upstreams: dict[str, int]):
+    route_config = {"name": "protocol", "virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [
+        {"match": {"prefix": "/direct"}, "direct_response": {"status": 200, "body": {"inline_string": "direct\n"}}},
+        {"match": {"prefix": "/"}, "route": {"cluster": "a"}}]}]}
+
+    def template(ports: dict[str, int], admin: int) -> dict:
+        return bootstrap(admin, [
+            http_listener("proto", ports["proto"], route_config, max_request_headers_kb=8),
+            http_listener("http10", ports["http10"], route_config,
+                          http_protocol_options={"accept_http_10": True, "default_host_for_http_10": "legacy.test"}),
+        ], [cluster("a", [upstreams["a"]])])
+    return template
+
+
+@pytest.fixture(scope="module")
+def recorder():
+    rec = Recorder("a")
+    yield rec
+    rec.stop()
+
+
+@pytest.fixture(scope="module")
+def pair(recorder, tmp_path_factory):
+    p = ProxyPair(tmp_path_factory.mktemp("diff-protocol"), protocol_bootstrap(recorder.ports), ["proto", "http10"])
+    yield p
+    p.stop()
+
+
+def host_and_key(target, case):
+    return [("host", "diff.test"), ("x-test-key", target.key(case))]
+
+
+def check(condition: bool, obs) -> None:
+    if not condition:
+        pytest.fail(f"unexpected observation: {obs}")
+
+
+# ---- bodies ----
+
+def body_case(pair, case, method, body, chunked=False, expect=None):
+    def run(target):
+        return observe(one(target.port, method, "/upload", host_and_key(target, case), body, chunked=chunked), target)
+    differential(pair, run, expect)
+
+
+def received(method: str, body: bytes, framing: str):
+    def expect(obs):
+        up = obs["upstream"]
+        check(obs["status"] == 200 and up["method"] == method, obs)
+        check(up["body_length"] == len(body) and up["body_sha256"] == hashlib.sha256(body).hexdigest(), obs)
+        check(up["framing"] == framing, obs)
+    return expect
+
+
+def test_post_content_length(pair):
+    body_case(pair, "post-content-length", "POST", BODY,
+              expect=lambda obs: (received("POST", BODY, "content-length")(obs),
+                                  check(upstream_header(obs, "content-length") == str(len(BODY)), obs)))
+
+
+def test_post_chunked_upload(pair):
+    # Envoy forwards a chunked request body chunked (no content-length is invented).
+    body_case(pair, "post-chunked", "POST", BODY, chunked=True,
+              expect=lambda obs: (received("POST", BODY, "chunked")(obs),
+                                  check(upstream_header(obs, "content-length") is None, obs)))
+
+
+def test_post_empty_body(pair):
+    body_case(pair, "post-empty", "POST", b"",
+              expect=lambda obs: (received("POST", b"", "content-length")(obs),
+                                  check(upstream_header(obs, "content-length") == "0", obs)))
+
+
+def test_put_one_mebibyte(pair):
+    body_case(pair, "put-1mib", "PUT", BIG_BODY, expect=received("PUT", BIG_BODY, "content-length"))
+
+
+def test_get_without_body_has_no_framing(pair):
+    body_case(pair, "get-no-body", "GET", None, expect=received("GET", b"", "none"))
+
+
+def test_response_body_one_mebibyte(pair):
+    def run(target):
+        resp = one(target.port, "GET", "/big", [*host_and_key(target, "response-1mib"),
+                                                ("x-test-body-size", str(1 << 20))])
+        return observe(resp, target)
+    differential(pair, run, lambda obs: check(obs["status"] == 200 and obs["body"]["length"] == 1 << 20, obs))
+
+
+def test_head(pair):
+    def run(target):
+        with Connection(target.port) as conn:
+            obs = observe(conn.request("HEAD", "/head", host_and_key(target, "head")), target)
+            # The connection is still usable: the HEAD response carried no body.
+            obs["next status"] = conn.request("GET", "/direct", [("host", "diff.test")]).status
+        return obs
+    differential(pair, run, lambda obs: check(
+        obs["status"] == 200 and obs["body"] == "" and header(obs, "content-length") is not None
+        and obs["next status"] == 200, obs))
+
+
+def test_expect_100_continue(pair):
+    # The client waits for "100 Continue" before sending its body. Envoy answers the 100 itself
+    # and does not forward the expect header upstream.
+    def run(target):
+        with Connection(target.port) as conn:
+            head = build_request("POST", "/continue", [*host_and_key(target, "expect-100"),
+                                                       ("expect", "100-continue"),
+                                                       ("content-length", str(len(BODY)))])
+            conn.send(head)
+            interim = conn.read_head()
+            conn.send(BODY)
+            obs = observe(conn.read_response(), target)
+        obs["interim"] = [interim[1]]
+        return obs
+
+    def expect(obs):
+        received("POST", BODY, "content-length")(obs)
+        check(obs["interim"] == [100], obs)
+        check(upstream_header(obs, "expect") is None, obs)
+    differential(pair, run, expect)
+
+
+# ---- bad input ----
+
+def raw_case(pair, data: bytes, expect, listener: str = "proto"):
+    """Send raw bytes; observe the response and whether the proxy then closed the connection."""
+    def run(target):
+        with Connection(target.ports[listener]) as conn:
+            conn.send(data)
+            obs = observe(conn.read_response(), target)
+            obs["closed after"] = conn.wait_closed(5)
+        return obs
+    differential(pair, run, expect)
+
+
+def local_close(status: int, body: str):
+    def expect(obs):
+        check(obs["status"] == status and obs["body"] == body, obs)
+        check(header(obs, "connection") == "close" and obs["closed after"] is True, obs)
+    return expect
+
+
+def test_large_headers_431(pair):
+    # max_request_headers_kb: 8 on this listener.
+    raw_case(pair, build_request("GET", "/", [("host", "diff.test"), ("x-big", "a" * 9000)]),
+             local_close(431, "Request Header Fields Too Large"))
+
+
+def test_malformed_header_line_400(pair):
+    raw_case(pair, b"GET / HTTP/1.1\r\nhost: diff.test\r\nthis is not a header\r\n\r\n",
+             local_close(400, "Bad Request"))
+
+
+def test_malformed_request_line_400(pair):
+    raw_case(pair, b"NOT HTTP AT ALL\r\n\r\n", local_close(400, "Bad Request"))
+
+
+def test_content_length_and_chunked_400(pair):
+    # Both framings at once is a request-smuggling shape; Envoy refuses it.
+    raw_case(pair, b"POST / HTTP/1.1\r\nhost: diff.test\r\ncontent-length: 3\r\n"
+                   b"transfer-encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+             local_close(400, "Bad Request"))
+
+
+def test_http10_rejected_by_default(pair):
+    # accept_http_10 is false by default: 426 Upgrade Required.
+    raw_case(pair, b"GET / HTTP/1.0\r\n\r\n", local_close(426, "Upgrade Required"))
+
+
+def test_http10_accepted_with_default_host(pair, recorder):
+    def run(target):
+        with Connection(target.ports["http10"]) as conn:
+            conn.send(b"GET /old HTTP/1.0\r\nx-test-key: " + target.key("http10").encode() + b"\r\n\r\n")
+            resp = conn.read_response()
+            obs = observe(resp, target)
+            obs["version"] = resp.version
+            obs["closed after"] = conn.wait_closed(5)
+        return obs
+
+    def expect(obs):
+        # Upstream gets HTTP/1.1 with the configured default host; the client an HTTP/1.0
+        # response, and the connection closes (no keep-alive was asked for).
+        check(obs["status"] == 200 and obs["version"] == "HTTP/1.0", obs)
+        check(obs["upstream"]["version"] == "HTTP/1.1" and upstream_header(obs, "host") == "legacy.test", obs)
+        check(obs["closed after"] is True, obs)
+    differential(pair, run, expect)
+
+
+# ---- connections ----
+
+def test_pipelined_requests(pair):
+    def run(target):
+        with Connection(target.port) as conn:
+            conn.send(b"".join(build_request("GET", f"/p{i}", host_and_key(target, f"pipelined-{i}"))
+                               for i in range(3)))
+            return [observe(conn.read_response(), target) for _ in range(3)]
+    differential(pair, run, lambda obs: check([o["upstream"]["path"] for o in obs] == ["/p0", "/p1", "/p2"], obs))
+
+
+def test_pipelined_64_routed_requests(pair):
+    # A deep pipeline of routed requests, answered in order on the same connection.
+    def run(target):
+        with Connection(target.port) as conn:
+            conn.send(b"".join(build_request("GET", f"/deep{i}", [("host", "diff.test")]) for i in range(64)))
+            paths = [observe(conn.read_response(), target)["upstream"]["path"] for _ in range(64)]
+            return {"paths": paths, "open after": not conn.wait_closed(0.2)}
+    differential(pair, run, lambda obs: check(obs["paths"] == [f"/deep{i}" for i in range(64)]
+                                              and obs["open after"] is True, obs))
+
+
+def test_pipelined_local_reply_then_routed(pair):
+    # A local reply (direct response) with a routed request pipelined behind it: both are
+    # answered, in order, and the connection stays open. (Envoy, recorded but not made a case:
+    # with three or more requests pipelined behind local replies, Envoy 1.40 answers two and
+    # closes the connection; clients.sequential avoids that shape.)
+    def run(target):
+        with Connection(target.port) as conn:
+            conn.send(build_request("GET", "/direct", [("host", "diff.test")])
+                      + build_request("GET", "/after", host_and_key(target, "pipelined-local")))
+            out = [observe(conn.read_response(), target), observe(conn.read_response(), target)]
+            out.append({"open after": not conn.wait_closed(0.2)})
+        return out
+    differential(pair, run, lambda obs: check(obs[0]["body"] == "direct\n" and obs[1]["upstream"]["path"] == "/after"
+                                              and obs[2]["open after"] is True, obs))
+
+
+def test_keep_alive_reuse(pair):
+    def run(target):
+        with Connection(target.port) as conn:
+            out = [observe(conn.request("GET", f"/k{i}", host_and_key(target, f"keepalive-{i}")), target)
+                   for i in range(5)]
+            out.append({"open after": not conn.wait_closed(0.2)})
+        return out
+    differential(pair, run, lambda obs: check(all(o["status"] == 200 for o in obs[:5])
+                                              and obs[5]["open after"] is True, obs))
+
+
+def test_connection_close_request(pair):
+    def run(target):
+        with Connection(target.port) as conn:
+            obs = observe(conn.request("GET", "/bye", [*host_and_key(target, "connection-close"),
+                                                       ("connection", "close")]), target)
+            obs["closed after"] = conn.wait_closed(5)
+        return obs
+    differential(pair, run, lambda obs: check(obs["status"] == 200 and header(obs, "connection") == "close"
+                                              and obs["closed after"] is True, obs))
+
+
+def test_absolute_form_target(pair):
+    # An absolute URI in the request line: Envoy routes on its authority and sends the upstream
+    # the path only, with that authority as Host.
+    def run(target):
+        return observe(one(target.port, "GET", "http://abs.test/p?q=1", host_and_key(target, "absolute-form")), target)
+    differential(pair, run, lambda obs: check(obs["upstream"]["path"] == "/p?q=1"
+                                              and upstream_header(obs, "host") == "abs.test", obs))
+
+
+# ---- real clients ----
+
+def test_curl_http11(pair):
+    def run(target):
+        resp = curl(target.port, "/curl?x=1", "-H", f"x-test-key: {target.key('curl-http11')}")
+        obs = observe(resp, target)
+        obs["version"] = resp.version
+        return obs
+    differential(pair, run, lambda obs: check(
+        obs["version"] == "HTTP/1.1" and obs["upstream"]["path"] == "/curl?x=1"
+        and upstream_header(obs, "user-agent").startswith("curl/")
+        and upstream_header(obs, "host") == "127.0.0.1:<port>", obs))
+
+
+def test_curl_http2_prior_knowledge_get(pair):
+    def run(target):
+        resp = curl(target.port, "/h2?x=1", "-H", f"x-test-key: {target.key('curl-h2-get')}", http2=True)
+        obs = observe(resp, target)
+        obs["version"] = resp.version
+        return obs
+    # The upstream (HTTP/1.1 cluster) sees :authority as Host.
+    differential(pair, run, lambda obs: check(
+        obs["version"] == "HTTP/2" and obs["status"] == 200 and obs["upstream"]["version"] == "HTTP/1.1"
+        and upstream_header(obs, "host") == "127.0.0.1:<port>" and obs["upstream"]["path"] == "/h2?x=1", obs))
+
+
+def test_curl_http2_prior_knowledge_post(pair):
+    def run(target):
+        resp = curl(target.port, "/h2post", "-H", f"x-test-key: {target.key('curl-h2-post')}",
+                    "--data-binary", "hello h2", http2=True)
+        return observe(resp, target)
+    # curl sends content-length over HTTP/2; the HTTP/1.1 upstream request carries it too.
+    differential(pair, run, lambda obs: check(
+        obs["upstream"]["method"] == "POST" and obs["upstream"]["body_length"] == 8
+        and obs["upstream"]["framing"] == "content-length", obs))
+
+
+def test_curl_http2_direct_response(pair):
+    def run(target):
+        resp = curl(target.port, "/direct", http2=True)
+        obs = observe(resp, target)
+        obs["version"] = resp.version
+        return obs
+    differential(pair, run, lambda obs: check(obs["version"] == "HTTP/2" and obs["body"] == "direct\n", obs))

@@ -1,0 +1,157 @@
+"""Differential: retries (5xx, retriable-status-codes, gateway-error, reset, connect-failure,
+per_try_timeout, x-envoy-retry-on), route timeouts, upstream resets and connect failures, and a
+cluster with no healthy upstream, against a recording upstream that fails on purpose."""
+
+from __future__ import annotations
+
+import pytest
+
+from .differential.bootstraps import bootstrap, cluster, http_listener
+from .differential.cases import Case, run_case
+from .differential.client import one
+from .differential.compare import differential, observe, upstream_header
+from .differential.addresses import closed_port
+from .differential.proxies import ProxyPair, Recorder
+
+RESET_BEFORE_HEADERS = "upstream connect error or disconnect/reset before headers. reset reason: "
+
+
+def resilience_bootstrap(upstreams: dict[str, int], down_port: int):
+    def route(prefix: str, cluster_name: str = "a", **action) -> dict:
+        return {"match": {"prefix": prefix}, "route": {"cluster": cluster_name, **action}}
+
+    routes = [
+        route("/retry-5xx", retry_policy={"retry_on": "5xx", "num_retries": 2}),
+        route("/retry-codes", retry_policy={"retry_on": "retriable-status-codes",
+                                            "retriable_status_codes": [409], "num_retries": 2}),
+        route("/retry-gw", retry_policy={"retry_on": "gateway-error", "num_retries": 2}),
+        route("/retry-reset", retry_policy={"retry_on": "reset", "num_retries": 2}),
+        route("/retry-connect", "down", retry_policy={"retry_on": "connect-failure", "num_retries": 2}),
+        route("/per-try", timeout="5s",
+              retry_policy={"retry_on": "5xx", "num_retries": 2, "per_try_timeout": "0.2s"}),
+        route("/timeout", timeout="0.3s"),
+        route("/connect-fail", "down"),
+        route("/empty", "empty"),
+        route("/"),
+    ]
+
+    def template(ports: dict[str, int], admin: int) -> dict:
+        route_config = {"name": "resilience", "virtual_hosts": [{"name": "all", "domains": ["*"], "routes": routes}]}
+        return bootstrap(admin, [http_listener("resilience", ports["resilience"], route_config)],
+                         [cluster("a", [upstreams["a"]]), cluster("down", [down_port]), cluster("empty", [])])
+    return template
+
+
+@pytest.fixture(scope="module")
+def recorder():
+    rec = Recorder("a")
+    yield rec
+    rec.stop()
+
+
+@pytest.fixture(scope="module")
+def pair(recorder, tmp_path_factory):
+    p = ProxyPair(tmp_path_factory.mktemp("diff-resilience"),
+                  resilience_bootstrap(recorder.ports, closed_port()), ["resilience"])
+    yield p
+    p.stop()
+
+
+def upstream_answered(status: int, attempt: int, **headers: str):
+    """The client got the upstream's own answer `status`, on attempt number `attempt`."""
+    def expect(obs):
+        assert obs["status"] == status, obs
+        assert obs["upstream"]["attempt"] == attempt, obs
+        for name, value in headers.items():
+            assert upstream_header(obs, name.replace("_", "-")) == value, obs["upstream"]["headers"]
+    return expect
+
+
+def local(status: int, body: str):
+    def expect(obs):
+        assert obs["status"] == status, obs
+        assert obs["body"] == body, obs
+        assert "upstream" not in obs
+    return expect
+
+
+FAIL_503 = [("x-test-status", "503")]
+
+CASES = [
+    Case("retry-5xx-succeeds-on-third", "/retry-5xx", [*FAIL_503, ("x-test-fail-first", "2")],
+         expect=upstream_answered(200, 3)),
+    # Retries exhausted: the client gets the last upstream answer itself (503, the record).
+    Case("retry-5xx-exhausted", "/retry-5xx", FAIL_503, expect=upstream_answered(503, 3)),
+    Case("retry-retriable-status-code", "/retry-codes", [("x-test-status", "409"), ("x-test-fail-first", "1")],
+         expect=upstream_answered(200, 2)),
+    Case("retry-retriable-status-code-other-not-retried", "/retry-codes",
+         [("x-test-status", "500"), ("x-test-fail-first", "1")], expect=upstream_answered(500, 1)),
+    Case("retry-gateway-error-502", "/retry-gw", [("x-test-status", "502"), ("x-test-fail-first", "1")],
+         expect=upstream_answered(200, 2)),
+    Case("retry-gateway-error-not-500", "/retry-gw", [("x-test-status", "500"), ("x-test-fail-first", "1")],
+         expect=upstream_answered(500, 1)),
+    Case("retry-reset", "/retry-reset", [("x-test-reset", "1"), ("x-test-fail-first", "1")],
+         expect=upstream_answered(200, 2)),
+    Case("no-retry-policy-500-passes-through", "/", [("x-test-status", "500")], expect=upstream_answered(500, 1)),
+    # An external request may not ask for retries (x-envoy-retry-on is dropped: one attempt);
+    # test_differential_internal has the internal side.
+    Case("x-envoy-retry-on-header-external-ignored", "/",
+         [*FAIL_503, ("x-test-fail-first", "1"), ("x-envoy-retry-on", "5xx"), ("x-envoy-max-retries", "1")],
+         expect=upstream_answered(503, 1)),
+    Case("upstream-reset-503", "/", [("x-test-reset", "1")],
+         expect=local(503, RESET_BEFORE_HEADERS + "connection termination")),
+    Case("upstream-close-503", "/", [("x-test-reset", "close")],
+         expect=local(503, RESET_BEFORE_HEADERS + "connection termination")),
+    # Envoy 1.40's body names the reset reason only (the transport failure reason goes to the
+    # access log's %UPSTREAM_TRANSPORT_FAILURE_REASON%, not to the client).
+    Case("connect-failure-503", "/connect-fail", expect=local(503, RESET_BEFORE_HEADERS + "remote connection failure")),
+    Case("no-healthy-upstream-503", "/empty", expect=local(503, "no healthy upstream")),
+    Case("expected-rq-timeout-default", "/", expect=upstream_answered(200, 1, x_envoy_expected_rq_timeout_ms="15000")),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_resilience(pair, case):
+    run_case(pair, case)
+
+
+def timed(pair, case: str, path: str, headers, low: float, high: float, expect):
+    """A case whose elapsed time must fall in [low, high) seconds; both proxies must agree."""
+    def run(target):
+        resp = one(target.port, "GET", path, [("host", "diff.test"), *headers, ("x-test-key", target.key(case))])
+        obs = observe(resp, target)
+        obs["elapsed_in_range"] = low <= resp.elapsed < high or resp.elapsed
+        return obs
+
+    def check(obs):
+        assert obs["elapsed_in_range"] is True, f"took {obs['elapsed_in_range']:.3f}s, wanted [{low}, {high})"
+        expect(obs)
+    differential(pair, run, check)
+
+
+def test_route_timeout_504(pair):
+    timed(pair, "route-timeout", "/timeout", [("x-test-delay-ms", "2000")], 0.3, 1.5,
+          local(504, "upstream request timeout"))
+
+
+def test_per_try_timeout_then_success(pair):
+    # The first attempt hangs for 2 s; per_try_timeout 0.2 s cuts it and the retry answers.
+    # x-envoy-expected-rq-timeout-ms carries the per-try timeout.
+    timed(pair, "per-try-timeout", "/per-try", [("x-test-delay-ms", "2000"), ("x-test-fail-first", "1")],
+          0.2, 1.5, upstream_answered(200, 2, x_envoy_expected_rq_timeout_ms="200"))
+
+
+def test_retry_connect_failure_counts_retries(pair):
+    def run(target):
+        before = target.stats("cluster.down.upstream_rq_retry").get("cluster.down.upstream_rq_retry", 0)
+        obs = observe(one(target.port, "GET", "/retry-connect", [("host", "diff.test")]), target)
+        after = target.stats("cluster.down.upstream_rq_retry").get("cluster.down.upstream_rq_retry", 0)
+        obs["stat cluster.down.upstream_rq_retry delta"] = after - before
+        return obs
+
+    def expect(obs):
+        # After retries Envoy words the body differently.
+        local(503, "upstream connect error or disconnect/reset before headers. "
+              "retried and the latest reset reason: remote connection failure")(obs)
+        assert obs["stat cluster.down.upstream_rq_retry delta"] == 2, obs
+    differential(pair, run, expect)

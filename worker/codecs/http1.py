@@ -1,0 +1,678 @@
+"""HTTP/1.1, sans-IO, on httptools (llhttp): the server side (a client's connection to us) and
+the client side (our connection to an upstream). Interface and events: events.py.
+
+Rules of this file:
+- Parsing is llhttp's (strict: Content-Length with Transfer-Encoding, bad chunk sizes, bare
+  LF and the like are errors, so a request cannot be smuggled past us); the codec adds the
+  proxy's limits (header bytes, header count) and turns every parser error into one
+  ProtocolError event, after which the codec ignores input.
+- Framing is recomputed on the way out, never copied: the message model carries no
+  Transfer-Encoding, and the serializer writes Content-Length when the sender gave one, else
+  chunked (HTTP/1.1 peers), else close-delimited (an HTTP/1.0 client's response).
+- Hop-by-hop headers (Connection and the names it lists, Keep-Alive, Proxy-Connection,
+  Transfer-Encoding, TE, Upgrade) never leave the codec that received them; an upgrade is
+  reported as RequestHead.upgrade instead, and after it the connection is a byte tunnel: each
+  receive() is one Body event.
+- Requests are numbered 1, 3, 5, ... (odd, like HTTP/2 client streams). Pipelined requests are
+  all parsed and reported; responses must be sent in the same order (the connection manager
+  serialises them).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+import httptools
+
+from .events import Body, ProtocolError, RequestHead, ResponseHead
+from .message import Headers, Request, Response
+
+__all__ = ["Http1ServerCodec", "Http1ClientCodec", "HOP_BY_HOP", "REASONS"]
+
+HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-connection", "transfer-encoding",
+                        "te", "upgrade"})
+
+REASONS = {
+    100: "Continue", 101: "Switching Protocols", 200: "OK", 201: "Created", 202: "Accepted",
+    203: "Non-Authoritative Information", 204: "No Content", 205: "Reset Content",
+    206: "Partial Content", 300: "Multiple Choices", 301: "Moved Permanently", 302: "Found",
+    303: "See Other", 304: "Not Modified", 307: "Temporary Redirect", 308: "Permanent Redirect",
+    400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
+    405: "Method Not Allowed", 408: "Request Timeout", 409: "Conflict", 411: "Length Required",
+    413: "Payload Too Large", 414: "URI Too Long", 415: "Unsupported Media Type",
+    417: "Expectation Failed", 421: "Misdirected Request", 426: "Upgrade Required",
+    429: "Too Many Requests", 431: "Request Header Fields Too Large", 500: "Internal Server Error",
+    501: "Not Implemented", 502: "Bad Gateway", 503: "Service Unavailable",
+    504: "Gateway Timeout", 505: "HTTP Version Not Supported",
+}
+
+_STATUS_LINES = {code: f"HTTP/1.1 {code} {reason}\r\n" for code, reason in REASONS.items()}
+_NO_BODY_STATUS = frozenset({204, 304})
+_TE_TRAILERS = ("te", "trailers")
+
+
+class _LimitExceeded(Exception):
+    """Raised inside a parser callback to stop llhttp; the codec reports `status`."""
+
+    def __init__(self, status: int, reason: str):
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+def _hop_by_hop(headers: list) -> frozenset:
+    """The hop-by-hop names for this message: the fixed set plus what Connection lists."""
+    listed = None
+    for name, value in headers:
+        if name == "connection":
+            for token in value.split(","):
+                token = token.strip().lower()
+                if token:
+                    listed = listed or set()
+                    listed.add(token)
+    return HOP_BY_HOP if listed is None else HOP_BY_HOP | listed
+
+
+def _te_trailers(headers: list) -> bool:
+    for name, value in headers:
+        if name == "te" and "trailers" in value.lower():
+            return True
+    return False
+
+
+def _strip(headers: list, drop: frozenset) -> list:
+    return [kv for kv in headers if kv[0] not in drop]
+
+
+def _serialize_headers(out: list, headers) -> None:
+    for name, value in headers:
+        out.append(f"{name}: {value}\r\n")
+
+
+# --- framing of what we send ----------------------------------------------------------------
+
+class _Outgoing:
+    """How one outgoing message's body is framed: by length, chunked, or until close."""
+
+    __slots__ = ("chunked", "no_body")
+
+    def __init__(self, chunked: bool, no_body: bool):
+        self.chunked = chunked
+        self.no_body = no_body
+
+
+def _frame_body(out: bytearray, framing: _Outgoing, data: bytes, end_stream: bool) -> None:
+    if framing.no_body:
+        return
+    if framing.chunked:
+        if data:
+            out += b"%x\r\n" % len(data)
+            out += data
+            out += b"\r\n"
+        if end_stream:
+            out += b"0\r\n\r\n"
+    elif data:
+        out += data
+
+
+# --- server side ----------------------------------------------------------------------------
+
+class Http1ServerCodec:
+    """A client's HTTP/1.x connection: requests in, responses out."""
+
+    __slots__ = ("_parser", "_events", "_out", "_next_id", "_stream", "_url", "_headers",
+                 "_header_bytes", "_max_header_bytes", "_max_headers", "_failed", "_body_seen",
+                 "_responses", "_tunnel", "_framing", "closed", "close_after", "_goaway",
+                 "_expect_continue", "_in_head")
+
+    def __init__(self, *, max_header_bytes: int = 60 * 1024, max_headers: int = 100):
+        self._parser = httptools.HttpRequestParser(self)
+        self._events: list = []
+        self._out = bytearray()
+        self._next_id = 1
+        self._stream = 0                 # id of the request being parsed
+        self._url = b""
+        self._headers: list = []
+        self._header_bytes = 0
+        self._max_header_bytes = max_header_bytes
+        self._max_headers = max_headers
+        self._failed = False
+        self._body_seen = False
+        # Requests waiting for (or getting) their response, in order: [stream_id, method,
+        # keep_alive, version]
+        self._responses: deque = deque()
+        self._tunnel = 0                 # stream id once upgraded/CONNECTed: bytes pass through
+        self._framing: dict[int, _Outgoing] = {}
+        self.closed = False              # the connection must close once data_to_send is flushed
+        self.close_after = False         # close after the response in progress (no keep-alive)
+        self._goaway = False
+        self._expect_continue = False
+        self._in_head = False           # a request has begun and its head is not complete
+
+    # -- interface ------------------------------------------------------------------------
+
+    def initiate(self) -> None:
+        """Nothing to say first in HTTP/1.1."""
+
+    def receive(self, data: bytes) -> list:
+        if self._tunnel:
+            return [Body(self._tunnel, data, not data)]
+        if self._failed:
+            return []
+        if not data:
+            return self._eof()
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            rest = data[exc.args[0]:]
+            if self._tunnel and rest:
+                self._events.append(Body(self._tunnel, rest, False))
+        except httptools.HttpParserCallbackError as exc:
+            limit = exc.__context__
+            if isinstance(limit, _LimitExceeded):
+                self._fail(limit.reason, limit.status)
+            else:
+                raise
+        except httptools.HttpParserError as exc:
+            self._fail(str(exc) or type(exc).__name__, 400)
+        events, self._events = self._events, []
+        return events
+
+    def _eof(self) -> list:
+        self._failed = True
+        stream, self._stream = self._stream, 0
+        if stream:  # EOF inside a request: the client gave up on it
+            return [ProtocolError("downstream closed mid-request", 0, stream)]
+        return []
+
+    def send_head(self, stream_id: int, response: Response, end_stream: bool) -> None:
+        """The response head for the oldest unanswered request (pipelining order).
+        1xx heads (other than 101) are sent as they are and keep the request unanswered."""
+        status = response.status
+        if 100 <= status < 200 and status != 101:
+            self._out += (_STATUS_LINES.get(status) or f"HTTP/1.1 {status} Unknown\r\n").encode()
+            self._out += b"\r\n"
+            return
+        pending = self._find(stream_id)
+        method, keep_alive, version = pending[1], pending[2], pending[3]
+        headers = _strip(response.headers.items, HOP_BY_HOP)
+        no_body = method == "HEAD" or status in _NO_BODY_STATUS
+        length = None
+        for name, value in headers:
+            if name == "content-length":
+                length = value
+                break
+        chunked = False
+        if status == 101 or (method == "CONNECT" and 200 <= status < 300):
+            # The tunnel starts after this head.
+            self._tunnel = stream_id
+            no_body = True
+        elif length is None and not no_body and not (end_stream and status >= 200):
+            if version == "1.1":
+                chunked = True
+            else:
+                keep_alive = False      # close-delimited body
+        elif length is None and end_stream and not no_body:
+            headers.append(("content-length", "0"))
+        if self._goaway:
+            keep_alive = False
+        line = _STATUS_LINES.get(status)
+        if line is None or (response.reason and response.reason != REASONS.get(status)):
+            line = f"HTTP/1.1 {status} {response.reason or REASONS.get(status, 'Unknown')}\r\n"
+        if version == "1.0":
+            line = "HTTP/1.0" + line[8:]        # answer in the client's version, as Envoy does
+        out = [line]
+        _serialize_headers(out, headers)
+        if chunked:
+            out.append("transfer-encoding: chunked\r\n")
+        if self._tunnel == stream_id:
+            if status == 101:
+                out.append("connection: upgrade\r\n")
+                upgrade = response.headers.get("upgrade")
+                if upgrade:
+                    out.append(f"upgrade: {upgrade}\r\n")
+        elif not keep_alive:
+            out.append("connection: close\r\n")
+        elif version == "1.0":
+            out.append("connection: keep-alive\r\n")
+        out.append("\r\n")
+        self._out += "".join(out).encode("latin-1")
+        pending[2] = keep_alive
+        framing = self._framing[stream_id] = _Outgoing(chunked, no_body)
+        if end_stream:
+            self._finish_response(stream_id, framing)
+
+    def send_body(self, stream_id: int, data: bytes, end_stream: bool) -> None:
+        if self._tunnel == stream_id:
+            if data:
+                self._out += data
+            if end_stream:
+                self.closed = True
+            return
+        framing = self._framing.get(stream_id)
+        if framing is None:
+            return
+        _frame_body(self._out, framing, data, end_stream)
+        if end_stream:
+            self._finish_response(stream_id, framing)
+
+    def send_trailers(self, stream_id: int, headers: Headers) -> None:
+        framing = self._framing.get(stream_id)
+        if framing is None:
+            return
+        if framing.chunked:
+            out = ["0\r\n"]
+            _serialize_headers(out, headers)
+            out.append("\r\n")
+            self._out += "".join(out).encode("latin-1")
+            framing.chunked = False   # the terminating chunk is written
+            framing.no_body = True
+        self._finish_response(stream_id, framing)
+
+    def pending(self, stream_id: int) -> int:
+        return 0
+
+    def consumed(self, stream_id: int, n: int) -> None:
+        """No per-stream flow control in HTTP/1.1: backpressure is the socket's."""
+
+    def reset(self, stream_id: int, code: int = 0) -> None:
+        """HTTP/1.1 can only abort a stream by closing the connection."""
+        self.closed = True
+        self._failed = True
+
+    def goaway(self, last_stream_id=None, code: int = 0, graceful: bool = True) -> None:
+        """Drain: the response in progress (or the next one) says `connection: close`."""
+        self._goaway = True
+        if not self._responses:
+            self.closed = True
+
+    def data_to_send(self) -> bytes:
+        out = self._out
+        if not out:
+            return b""
+        self._out = bytearray()
+        return bytes(out)
+
+    @property
+    def open_streams(self) -> int:
+        return len(self._responses)
+
+    @property
+    def idle(self) -> bool:
+        """No request in progress in either direction: the connection can move or close."""
+        return not self._responses and not self._stream and not self._tunnel
+
+    @property
+    def tunnel(self) -> int:
+        return self._tunnel
+
+    @property
+    def awaiting_head(self) -> bool:
+        """A request began and its head has not all arrived (request_headers_timeout)."""
+        return self._in_head
+
+    def abandon_head(self) -> int:
+        """Give up on the request whose head is late: its id, registered for a local reply;
+        nothing more is read from this connection."""
+        self._failed = True
+        self._in_head = False
+        stream = self._stream or self._next_id
+        if not self._stream:
+            self._next_id += 2
+        self._stream = 0
+        if not any(p[0] == stream for p in self._responses):
+            self._responses.append([stream, "GET", False, "1.1"])
+        return stream
+
+    # -- internals ------------------------------------------------------------------------
+
+    def _find(self, stream_id: int) -> list:
+        for pending in self._responses:
+            if pending[0] == stream_id:
+                return pending
+        raise KeyError(f"no request {stream_id} awaits a response")
+
+    def _finish_response(self, stream_id: int, framing: _Outgoing) -> None:
+        self._framing.pop(stream_id, None)
+        if self._tunnel == stream_id:
+            return
+        for i, pending in enumerate(self._responses):
+            if pending[0] == stream_id:
+                keep_alive = pending[2]
+                del self._responses[i]
+                break
+        else:
+            return
+        if not keep_alive:
+            self.closed = True
+            self._failed = True     # nothing after this response is read
+
+    def _fail(self, reason: str, status: int) -> None:
+        self._failed = True
+        self._in_head = False
+        stream = self._stream
+        if not stream:
+            stream = self._next_id
+            self._next_id += 2
+        if not any(p[0] == stream for p in self._responses):
+            # The request never reached the manager: it answers this id with `status`.
+            self._responses.append([stream, "GET", False, "1.1"])
+        self._events.append(ProtocolError(reason, status, stream))
+        self._stream = 0
+
+    # -- parser callbacks (llhttp calls these from inside feed_data) -----------------------
+
+    def on_message_begin(self) -> None:
+        self._stream = self._next_id
+        self._next_id += 2
+        self._url = b""
+        self._headers = []
+        self._header_bytes = 0
+        self._body_seen = False
+        self._in_head = True
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        self._header_bytes += len(url)
+        if self._header_bytes > self._max_header_bytes:
+            raise _LimitExceeded(431, "request headers too large")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._header_bytes += len(name) + len(value) + 4
+        if self._header_bytes > self._max_header_bytes:
+            raise _LimitExceeded(431, "request headers too large")
+        headers = self._headers
+        if len(headers) >= self._max_headers:
+            raise _LimitExceeded(431, "too many request headers")
+        headers.append((name.decode("latin-1").lower(), value.decode("latin-1")))
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        parser = self._parser
+        method = parser.get_method().decode("latin-1")
+        version = parser.get_http_version()
+        keep_alive = parser.should_keep_alive()
+        raw = self._headers
+        upgrade = None
+        expect_continue = False
+        authority = ""
+        for name, value in raw:
+            if name == "host":
+                authority = value
+            elif name == "expect" and value.lower() == "100-continue":
+                expect_continue = True
+        if method == "CONNECT":
+            upgrade = "connect"
+            authority = self._url.decode("latin-1")
+        elif parser.should_upgrade():
+            for name, value in raw:
+                if name == "upgrade":
+                    upgrade = value.lower()
+                    break
+        drop = _hop_by_hop(raw)
+        headers = [kv for kv in raw if kv[0] not in drop and kv[0] != "host"]
+        if "te" in drop and _te_trailers(raw):
+            headers.append(("te", "trailers"))      # the one TE value a proxy passes on
+        if upgrade and upgrade != "connect":
+            headers.append(("upgrade", upgrade))
+        if expect_continue:
+            headers = [kv for kv in headers if kv[0] != "expect"]
+        target = self._url.decode("latin-1")
+        if target[:7].lower() == "http://" or target[:8].lower() == "https://":
+            # Absolute form (RFC 9112 3.2.2): the authority in the target wins over Host.
+            rest = target.split("://", 1)[1]
+            slash = rest.find("/")
+            query = rest.find("?")
+            cut = min(i for i in (slash, query, len(rest)) if i >= 0)
+            authority, target = rest[:cut], rest[cut:] or "/"
+            if target[0] == "?":
+                target = "/" + target
+        request = Request(method, target, authority, Headers(headers), "http", version)
+        self._responses.append([self._stream, method, keep_alive, version])
+        # Is a body coming? llhttp knows (Content-Length > 0 or chunked); the manager needs to
+        # know at the head whether the request is complete. Decided at on_message_complete:
+        # the head is emitted there for bodiless requests, here otherwise.
+        self._expect_continue = expect_continue
+        has_body = any(n == "content-length" and v.strip() not in ("", "0") for n, v in raw) or \
+            any(n == "transfer-encoding" for n, _ in raw)
+        self._body_seen = has_body
+        self._events.append(RequestHead(self._stream, request, not has_body and not upgrade,
+                                        expect_continue, upgrade))
+        if upgrade:
+            self._tunnel = self._stream
+
+    def on_body(self, body: bytes) -> None:
+        self._events.append(Body(self._stream, body, False))
+
+    def on_message_complete(self) -> None:
+        if self._body_seen:
+            self._events.append(Body(self._stream, b"", True))
+        self._stream = 0
+        if self._goaway:
+            self._failed = True
+
+
+# --- client side ----------------------------------------------------------------------------
+
+class Http1ClientCodec:
+    """Our HTTP/1.1 connection to an upstream: one request at a time (no pipelining)."""
+
+    __slots__ = ("_parser", "_events", "_out", "_next_id", "_stream", "_method", "_headers",
+                 "_failed", "_framing", "_head_sent", "_body_expected", "_header_bytes",
+                 "_max_header_bytes", "_status", "reusable", "closed", "_tunnel",
+                 "_trailers", "_in_trailers")
+
+    def __init__(self, *, max_header_bytes: int = 60 * 1024):
+        self._parser = httptools.HttpResponseParser(self)
+        self._events: list = []
+        self._out = bytearray()
+        self._next_id = 1
+        self._stream = 0            # the request in flight, 0 when idle
+        self._method = ""
+        self._headers: list = []
+        self._failed = False
+        self._framing: _Outgoing | None = None
+        self._head_sent = False
+        self._body_expected = False  # the response head came and a body follows
+        self._header_bytes = 0
+        self._max_header_bytes = max_header_bytes
+        self._status = 0
+        self.reusable = True        # may carry another request after this one
+        self.closed = False
+        self._tunnel = 0
+        self._trailers = None
+        self._in_trailers = False
+
+    def initiate(self) -> None:
+        """Nothing to say first in HTTP/1.1."""
+
+    def available_streams(self) -> int:
+        return 0 if (self._stream or not self.reusable or self._failed) else 1
+
+    def send_head(self, request: Request, end_stream: bool) -> int:
+        stream_id = self._next_id
+        self._next_id += 2
+        self._stream = stream_id
+        self._method = request.method
+        self._status = 0
+        headers = request.headers.items
+        length = None
+        for name, value in headers:
+            if name == "content-length":
+                length = value
+                break
+        upgrade = request.headers.get("upgrade") if request.method != "CONNECT" else None
+        out = [f"{request.method} {request.path} HTTP/1.1\r\nhost: {request.authority}\r\n"]
+        # The codec that parsed this request removed what its Connection header listed; a
+        # hop-by-hop name added since (by a header mutation) still must not go out.
+        _serialize_headers(out, (kv for kv in headers if (kv[0] not in HOP_BY_HOP or kv == _TE_TRAILERS)
+                                 and kv[0] != "host"))
+        chunked = False
+        if upgrade:
+            out.append(f"connection: upgrade\r\nupgrade: {upgrade}\r\n")
+        elif request.method == "CONNECT":
+            pass
+        elif length is None and not end_stream:
+            chunked = True
+            out.append("transfer-encoding: chunked\r\n")
+        out.append("\r\n")
+        self._out += "".join(out).encode("latin-1")
+        self._framing = _Outgoing(chunked, False)
+        if upgrade or request.method == "CONNECT":
+            self._tunnel = -stream_id   # becomes a tunnel when the 101 / 2xx arrives
+        return stream_id
+
+    def send_body(self, stream_id: int, data: bytes, end_stream: bool) -> None:
+        if self._tunnel == stream_id:
+            if data:
+                self._out += data
+            if end_stream:
+                self.closed = True
+            return
+        if self._framing is not None:
+            _frame_body(self._out, self._framing, data, end_stream)
+            if end_stream:
+                self._framing = None
+
+    def send_trailers(self, stream_id: int, headers: Headers) -> None:
+        if self._framing is not None and self._framing.chunked:
+            out = ["0\r\n"]
+            _serialize_headers(out, headers)
+            out.append("\r\n")
+            self._out += "".join(out).encode("latin-1")
+        self._framing = None
+
+    def pending(self, stream_id: int) -> int:
+        return 0
+
+    def consumed(self, stream_id: int, n: int) -> None:
+        """No per-stream flow control in HTTP/1.1."""
+
+    def reset(self, stream_id: int, code: int = 0) -> None:
+        self.closed = True
+        self.reusable = False
+        self._failed = True
+
+    def data_to_send(self) -> bytes:
+        out = self._out
+        if not out:
+            return b""
+        self._out = bytearray()
+        return bytes(out)
+
+    def receive(self, data: bytes) -> list:
+        if self._tunnel > 0:
+            return [Body(self._tunnel, data, not data)]
+        if self._failed:
+            return []
+        if not data:
+            return self._eof()
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            rest = data[exc.args[0]:]
+            if self._tunnel > 0 and rest:
+                self._events.append(Body(self._tunnel, rest, False))
+        except httptools.HttpParserCallbackError as exc:
+            limit = exc.__context__
+            if isinstance(limit, _LimitExceeded):
+                self._protocol_error(limit.reason, 502)
+            else:
+                raise
+        except httptools.HttpParserError as exc:
+            self._protocol_error(str(exc) or type(exc).__name__, 502)
+        events, self._events = self._events, []
+        return events
+
+    def _eof(self) -> list:
+        self.reusable = False
+        self.closed = True
+        stream = self._stream
+        if not stream:
+            return []
+        if self._body_expected and not self._in_trailers and self._close_delimited():
+            self._stream = 0
+            return [Body(stream, b"", True)]
+        self._failed = True
+        return [ProtocolError("upstream closed the connection", 502, stream)]
+
+    def _close_delimited(self) -> bool:
+        return not any(n in ("content-length", "transfer-encoding") for n, _ in self._headers)
+
+    def _protocol_error(self, reason: str, status: int) -> None:
+        self._failed = True
+        self.reusable = False
+        self.closed = True
+        self._events.append(ProtocolError(reason, status, self._stream))
+
+    # -- parser callbacks -----------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self._headers = []
+        self._header_bytes = 0
+        self._body_expected = False
+        self._in_trailers = False
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._header_bytes += len(name) + len(value) + 4
+        if self._header_bytes > self._max_header_bytes:
+            raise _LimitExceeded(502, "upstream response headers too large")
+        self._headers.append((name.decode("latin-1").lower(), value.decode("latin-1")))
+
+    def on_headers_complete(self) -> None:
+        parser = self._parser
+        status = parser.get_status_code()
+        raw = self._headers
+        if not self._stream:
+            self._protocol_error("response without a request", 502)
+            return
+        if 100 <= status < 200 and status != 101:
+            self._events.append(ResponseHead(self._stream, Response(status, Headers([])), False))
+            return
+        if not parser.should_keep_alive():
+            self.reusable = False
+        drop = _hop_by_hop(raw)
+        headers = Headers([kv for kv in raw if kv[0] not in drop])
+        no_body = self._method == "HEAD" or status in _NO_BODY_STATUS
+        tunnel = self._tunnel < 0 and (status == 101 or
+                                       (self._method == "CONNECT" and 200 <= status < 300))
+        if tunnel:
+            self._tunnel = self._stream
+            self.reusable = False
+            if status == 101:
+                upgrade = None
+                for name, value in raw:
+                    if name == "upgrade":
+                        upgrade = value
+                if upgrade:
+                    headers.add("upgrade", upgrade)
+        end = no_body or tunnel is False and self._empty_body(raw)
+        self._status = status
+        self._events.append(ResponseHead(self._stream, Response(status, headers), end and not tunnel))
+        if end and not tunnel:
+            self._stream = 0
+            if self._method == "HEAD" and not self._close_delimited():
+                # llhttp cannot be told a HEAD response has no body: a new parser takes the
+                # next response, the old one's callbacks are ignored.
+                self._parser = httptools.HttpResponseParser(self)
+        else:
+            self._body_expected = True
+
+    @staticmethod
+    def _empty_body(raw) -> bool:
+        for name, value in raw:
+            if name == "content-length":
+                return value.strip() == "0"
+        return False
+
+    def on_body(self, body: bytes) -> None:
+        if self._stream:
+            self._events.append(Body(self._stream, body, False))
+
+    def on_message_complete(self) -> None:
+        if 100 <= self._parser.get_status_code() < 200 and self._parser.get_status_code() != 101:
+            return
+        if self._stream and self._body_expected:
+            self._events.append(Body(self._stream, b"", True))
+            self._stream = 0
+        self._body_expected = False

@@ -1,0 +1,185 @@
+"""One http_connection_manager's config, compiled once per snapshot for the data path.
+
+The snapshot's plain dict (xds/http.py) becomes: a RouteTable (routing.py), the filter
+factories in order (the router is the connection manager's own last step, not a factory),
+the access logs, and every stat name precomputed, so a request builds no strings to count.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import socket
+
+from . import filter as filters
+from .routing import RouteTable
+
+log = logging.getLogger("baton.http.config")
+
+ROUTER = "envoy.filters.http.router"
+
+
+def _load_builtin_filters() -> None:
+    # Importing registers them (filter.register).
+    from . import fault, local_ratelimit  # noqa: F401
+
+
+class HttpConfig:
+    def __init__(self, spec: dict, worker, listener_buffer_limit: int):
+        _load_builtin_filters()
+        self.spec = spec
+        self.stat_prefix = prefix = spec["stat_prefix"]
+        self.codec_type = spec.get("codec_type", "AUTO")
+        self.routes = RouteTable(spec["route_config"]) if spec.get("route_config") else None
+        self.buffer_limit = spec.get("buffer_limit") or listener_buffer_limit
+        self.max_header_bytes = int(spec.get("max_request_headers_kb", 60)) * 1024
+        self.max_headers = int(spec.get("max_request_headers_count", 100))
+        self.request_headers_timeout = spec.get("request_headers_timeout")
+        self.idle_timeout = spec.get("idle_timeout", 3600.0)
+        self.max_requests_per_connection = spec.get("max_requests_per_connection")
+        self.use_remote_address = bool(spec.get("use_remote_address"))
+        # internal_address_config: who counts as internal (Envoy 1.40: nobody by default).
+        self.internal_networks = [ipaddress.ip_network(cidr, strict=False)
+                                  for cidr in spec.get("internal_cidrs") or ()]
+        self.node_address = node_address()
+        self.skip_xff_append = bool(spec.get("skip_xff_append"))
+        self.generate_request_id = spec.get("generate_request_id", True)
+        self.preserve_external_request_id = bool(spec.get("preserve_external_request_id"))
+        self.always_set_request_id_in_response = bool(spec.get("always_set_request_id_in_response"))
+        self.server_name = spec.get("server_name") or "envoy"
+        self.server_header_transformation = spec.get("server_header_transformation", "OVERWRITE")
+        self.upgrade_types = {u.lower() for u in spec.get("upgrade_types") or ()}
+        http1 = spec.get("http1") or {}
+        self.accept_http_10 = bool(http1.get("accept_http_10"))
+        self.default_host_for_http_10 = http1.get("default_host_for_http_10") or ""
+        self.http2_options = _h2_options(spec.get("http2") or {})
+        router_config = {}
+        self.filter_factories = []
+        for entry in spec.get("http_filters") or ():
+            name = entry["name"]
+            if name == ROUTER:
+                router_config = entry.get("config") or {}
+                continue
+            factory_class = filters.registry.get(name)
+            if factory_class is None:
+                factory_class = _entry_point(name)
+            self.filter_factories.append(factory_class(entry.get("config") or {},
+                                                       _FilterContext(worker, prefix)))
+        self.suppress_envoy_headers = bool(router_config.get("suppress_envoy_headers"))
+        self.access_logs = _access_logs(spec.get("access_log") or (), worker)
+        self._templates: dict = {}
+
+        http = f"http.{prefix}."
+        self.stat_cx_total = http + "downstream_cx_total"
+        self.stat_cx_active = http + "downstream_cx_active"
+        self.stat_cx_http1_total = http + "downstream_cx_http1_total"
+        self.stat_cx_http2_total = http + "downstream_cx_http2_total"
+        self.stat_cx_protocol_error = http + "downstream_cx_protocol_error"
+        self.stat_cx_idle_timeout = http + "downstream_cx_idle_timeout"
+        self.stat_rq_total = http + "downstream_rq_total"
+        self.stat_rq_active = http + "downstream_rq_active"
+        self.stat_rq_http1_total = http + "downstream_rq_http1_total"
+        self.stat_rq_http2_total = http + "downstream_rq_http2_total"
+        self.stat_rq_rx_reset = http + "downstream_rq_rx_reset"
+        self.stat_rq_tx_reset = http + "downstream_rq_tx_reset"
+        self.stat_rq_too_large = http + "downstream_rq_too_large"
+        self.stat_rq_header_timeout = http + "downstream_rq_header_timeout"
+        self.stat_rq_class = {k: f"{http}downstream_rq_{k}xx" for k in range(1, 6)}
+        self.stat_no_route = http + "no_route"
+        self.stat_no_cluster = http + "no_cluster"
+        self.stat_rq_redirect = http + "rq_redirect"
+        self.stat_rq_direct_response = http + "rq_direct_response"
+
+    def counters(self) -> list[str]:
+        return [self.stat_cx_total, self.stat_cx_http1_total, self.stat_cx_http2_total,
+                self.stat_cx_protocol_error, self.stat_cx_idle_timeout, self.stat_rq_total,
+                self.stat_rq_http1_total, self.stat_rq_http2_total, self.stat_rq_rx_reset,
+                self.stat_rq_tx_reset, self.stat_rq_too_large, self.stat_rq_header_timeout,
+                *self.stat_rq_class.values(), self.stat_no_route, self.stat_no_cluster,
+                self.stat_rq_redirect, self.stat_rq_direct_response]
+
+    def gauges(self) -> list[str]:
+        return [self.stat_cx_active, self.stat_rq_active]
+
+    def is_internal(self, ip: str) -> bool:
+        if not self.internal_networks or not ip:
+            return False
+        try:
+            addr = ipaddress.ip_address(ip)
+        except ValueError:
+            return False
+        return any(addr in net for net in self.internal_networks)
+
+    def render_header_value(self, template: str, info) -> str:
+        """A request/response_headers_to_add value: plain text, or Envoy %-operators."""
+        if "%" not in template:
+            return template
+        compiled = self._templates.get(template)
+        if compiled is None:
+            from .formatter import compile_header_value
+            compiled = self._templates[template] = compile_header_value(template)
+        return compiled(info)
+
+    def close(self) -> None:
+        """The config is replaced: nothing to release (log files belong to the worker)."""
+
+
+_NODE_ADDRESS: list = []      # memo: this host's address, looked up once per process
+
+
+def node_address() -> str:
+    """This node's own IPv4 address, as Envoy's local_info finds it: the first non-loopback
+    interface address; 127.0.0.1 when there is none."""
+    if not _NODE_ADDRESS:
+        import psutil
+        found = "127.0.0.1"
+        for addrs in psutil.net_if_addrs().values():
+            for addr in addrs:
+                if addr.family == socket.AF_INET and not addr.address.startswith("127."):
+                    found = addr.address
+                    break
+            if found != "127.0.0.1":
+                break
+        _NODE_ADDRESS.append(found)
+    return _NODE_ADDRESS[0]
+
+
+class _FilterContext:
+    """What a filter factory may use from the worker (filter.py)."""
+
+    __slots__ = ("worker", "loop", "stats", "stat_prefix")
+
+    def __init__(self, worker, stat_prefix: str):
+        self.worker = worker
+        self.loop = worker.loop
+        self.stats = worker.stats
+        self.stat_prefix = stat_prefix
+
+
+def _entry_point(name: str):
+    found = filters.load_entry_points().get(name)
+    if found is None:
+        raise ValueError(f"HTTP filter {name!r} is not installed")
+    factory_class = found.load()
+    filters.registry[name] = factory_class
+    return factory_class
+
+
+def _access_logs(specs, worker) -> list:
+    if not specs:
+        return []
+    from .access_log import AccessLog, AccessLogFiles
+    files = getattr(worker, "access_log_files", None)
+    if files is None:
+        files = worker.access_log_files = AccessLogFiles(worker.loop)
+    return [AccessLog(spec, files) for spec in specs]
+
+
+def _h2_options(spec: dict) -> dict:
+    options = {}
+    for key, arg in (("max_concurrent_streams", "max_concurrent_streams"),
+                     ("initial_stream_window_size", "initial_stream_window"),
+                     ("initial_connection_window_size", "initial_connection_window")):
+        if spec.get(key) is not None:
+            options[arg] = spec[key]
+    return options

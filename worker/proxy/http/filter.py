@@ -1,0 +1,126 @@
+"""Stream filters: the per-request extension point of the HTTP connection manager.
+
+As in Envoy (and MOSN's stream filters), each HTTP connection manager has an ordered list of
+filters; the last is always the router. Every request gets a fresh `StreamFilter` from each
+filter's `FilterFactory`. The request head passes through the filters in order, the response
+head in reverse order. A filter answers each call with one of:
+
+    None / CONTINUE      go on to the next filter
+    LocalReply(...)      stop here and answer the client (status, body, extra headers); later
+                         filters and the router never see the request
+    Delay(seconds)       go on after `seconds` (the fault filter's delay); the request stays
+                         buffered meanwhile
+
+Filters shipped with Baton are registered here by their Envoy names; a user adds one through
+the `baton.http_filters` entry point group (name -> FilterFactory subclass), and refers to it
+in the bootstrap as an `http_filters` entry whose typed_config is an `xds.type.v3.TypedStruct`
+(or `udpa.type.v1.TypedStruct`) with `type_url` naming the entry point and `value` its config.
+See examples/stream_filter/.
+
+Factories live as long as the config that made them (state such as a token bucket is shared
+by every request through that listener on this worker); filters live for one request.
+"""
+
+from __future__ import annotations
+
+__all__ = ["CONTINUE", "LocalReply", "Delay", "StreamFilter", "FilterFactory", "registry",
+           "register", "load_entry_points"]
+
+import logging
+
+log = logging.getLogger("baton.http.filter")
+
+CONTINUE = None
+
+
+class LocalReply:
+    """Answer the request here. `details` goes to the access log (%RESPONSE_CODE_DETAILS%);
+    `flags` to %RESPONSE_FLAGS% (e.g. "FI" fault injected, "RL" rate limited)."""
+
+    __slots__ = ("status", "body", "headers", "details", "flags")
+
+    def __init__(self, status: int, body: str | bytes = b"", headers=(), details: str = "",
+                 flags: str = ""):
+        self.status = status
+        self.body = body.encode() if isinstance(body, str) else body
+        self.headers = list(headers)         # [(name, value)] added to the reply
+        self.details = details
+        self.flags = flags
+
+
+class Delay:
+    """Go on after `seconds`, or, with `then` (a LocalReply), answer with it then (the fault
+    filter's delay followed by an abort)."""
+
+    __slots__ = ("seconds", "flags", "then")
+
+    def __init__(self, seconds: float, flags: str = "", then: "LocalReply | None" = None):
+        self.seconds = seconds
+        self.flags = flags
+        self.then = then
+
+
+class StreamFilter:
+    """One request's filter. Every method may be left as is (continue).
+
+    `stream` is the connection manager's stream: `stream.request` (worker/codecs/message.py
+    Request), `stream.info` (downstream/upstream addresses, route, timing: what the access
+    log sees), `stream.loop`.
+    """
+
+    __slots__ = ("stream",)
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def on_request_headers(self, request, end_stream: bool):
+        return CONTINUE
+
+    def on_response_headers(self, response, end_stream: bool):
+        """May change `response` in place; a LocalReply here replaces the response only if
+        nothing of it has been sent yet."""
+        return CONTINUE
+
+    def on_log(self) -> None:
+        """The stream is complete (after the access log's line is formatted)."""
+
+
+class FilterFactory:
+    """Built once per config from the filter's translated config (a plain dict)."""
+
+    name = ""
+
+    def __init__(self, config: dict, context):
+        """`context`: the worker (its loop, stats and the listener's stat prefix) the
+        factory serves."""
+        self.config = config
+        self.context = context
+
+    def create(self, stream) -> StreamFilter | None:
+        """A filter for one request, or None when this filter has nothing to do for it."""
+        raise NotImplementedError
+
+
+registry: dict[str, type[FilterFactory]] = {}
+
+
+def register(name: str):
+    def decorate(cls):
+        cls.name = name
+        registry[name] = cls
+        return cls
+    return decorate
+
+
+ENTRY_POINT_GROUP = "baton.http_filters"
+
+
+def load_entry_points() -> dict[str, type[FilterFactory]]:
+    """User filters installed as packages (entry point group `baton.http_filters`). Loaded
+    in the master before it forks, so an import error is a config error, not a worker crash."""
+    from importlib.metadata import entry_points
+
+    found = {}
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        found[ep.name] = ep
+    return found

@@ -1,0 +1,420 @@
+"""Envoy's %-operator formatter: access log lines and header value templates.
+
+A format string is compiled once (at config time, and again in the worker) into a callable
+`f(info) -> str`, where `info` is a StreamInfo (stream_info.py). Compiling checks the
+operators the way Envoy does, so a format that loads here loads in Envoy and the other way
+round; FormatError's message is Envoy's where Envoy has one.
+
+Rules of this file (all checked against Envoy 1.40):
+- A command is %NAME%, %NAME(param)% or %NAME(param):N% (N truncates the value to N
+  characters); "%%" is a literal "%". Any other "%" is an error.
+- Each operator's getter returns a value (str or int) or None when the value is missing.
+  A missing value renders "-" in an access log line ("" with omit_empty_values), "" in a
+  header value, and null in JSON. A header that is present but empty renders "", not "-".
+- JSON formats: a string that is exactly one command keeps the value's type (a number stays
+  a number); anything else is rendered as text. Keys are sorted, as Envoy writes them.
+"""
+
+from __future__ import annotations
+
+__all__ = ["FormatError", "DEFAULT_FORMAT", "compile_format", "compile_header_value",
+           "compile_json_format", "OPERATORS"]
+
+import json
+import re
+import socket
+import time
+
+DEFAULT_FORMAT = (
+    '[%START_TIME%] "%REQ(:METHOD)% %REQ(X-ENVOY-ORIGINAL-PATH?:PATH)% %PROTOCOL%" '
+    '%RESPONSE_CODE% %RESPONSE_FLAGS% %BYTES_RECEIVED% %BYTES_SENT% %DURATION% '
+    '%RESP(X-ENVOY-UPSTREAM-SERVICE-TIME)% "%REQ(X-FORWARDED-FOR)%" "%REQ(USER-AGENT)%" '
+    '"%REQ(X-REQUEST-ID)%" "%REQ(:AUTHORITY)%" "%UPSTREAM_HOST%"\n')
+
+
+class FormatError(ValueError):
+    pass
+
+
+# --- parsing ---------------------------------------------------------------------------------
+
+# NAME, then an optional (param) that may itself hold "%" (START_TIME's strftime format),
+# then an optional :length, then the closing "%".
+_COMMAND = re.compile(r"%([A-Z0-9_]+)(?:\(([^)]*)\))?(?::([0-9]+))?%")
+# A header name in REQ()/RESP()/TRAILER(): an HTTP token, or a pseudo-header.
+_HEADER_NAME = re.compile(r":?[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+
+
+def _parse(fmt: str):
+    """-> list of str literals and (name, param or None, length or None) commands."""
+    parts, literal, i, n = [], [], 0, len(fmt)
+    while i < n:
+        j = fmt.find("%", i)
+        if j < 0:
+            literal.append(fmt[i:])
+            break
+        literal.append(fmt[i:j])
+        if fmt.startswith("%%", j):
+            literal.append("%")
+            i = j + 2
+            continue
+        m = _COMMAND.match(fmt, j)
+        if m is None:
+            raise FormatError(f"Incorrect configuration: {fmt!r}. Couldn't find valid command "
+                              f"at position {j}")
+        text = "".join(literal)
+        if text:
+            parts.append(text)
+        literal = []
+        name, param, length = m.group(1), m.group(2), m.group(3)
+        parts.append((name, param, int(length) if length is not None else None))
+        i = m.end()
+    text = "".join(literal)
+    if text:
+        parts.append(text)
+    return parts
+
+
+# --- operators -------------------------------------------------------------------------------
+
+def _address(addr):
+    if addr is None:
+        return None
+    if isinstance(addr, str):
+        return addr
+    host, port = addr[0], addr[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _address_without_port(addr):
+    if addr is None:
+        return None
+    if isinstance(addr, str):
+        host = addr.rsplit(":", 1)[0] if addr.count(":") == 1 or addr.startswith("[") else addr
+        return host.strip("[]")
+    return addr[0]
+
+
+def _ms(start, end):
+    """Whole milliseconds between two loop times (Envoy truncates), or None."""
+    if start is None or end is None:
+        return None
+    return int((end - start) * 1000)
+
+
+def _or_none(value):
+    return value if value else None
+
+
+def _simple(getter):
+    """An operator without parameter or length."""
+    def make(name, param, length):
+        if param is not None or length is not None:
+            raise FormatError(f"{name} does not take any parameters or length")
+        return getter
+    return make
+
+
+def _headers_getter(source):
+    """REQ / RESP / TRAILER: one header by name, with an optional ?alternative."""
+    def make(name, param, length):
+        if not param:
+            raise FormatError(f"{name} requires parameters")
+        names = param.split("?")
+        if len(names) > 2:
+            raise FormatError(f"More than 1 alternative header specified in token: {param}")
+        for header in names:
+            if not _HEADER_NAME.fullmatch(header):
+                raise FormatError("Invalid header configuration. Format string contains "
+                                  "invalid characters.")
+        first = names[0].lower()
+        second = names[1].lower() if len(names) == 2 else None
+
+        def get(info):
+            value = source(info, first)
+            if value is None and second is not None:
+                value = source(info, second)
+            return value
+        return get
+    return make
+
+
+def _joined(headers, name):
+    """Headers.joined() without building a list: this runs several times per log line."""
+    found = None
+    for key, value in headers.items:
+        if key == name:
+            found = value if found is None else f"{found},{value}"
+    return found
+
+
+def _request_header(info, name):
+    request = info.request
+    if request is None:
+        return None
+    if name[0] == ":":
+        return request.get(name)
+    return _joined(request.headers, name)
+
+
+def _response_header(info, name):
+    response = info.response
+    if response is None:
+        return None
+    if name == ":status":
+        return str(response.status)
+    return _joined(response.headers, name)
+
+
+def _response_trailer(info, name):
+    # StreamInfo has no trailers slot yet; a connection manager that keeps them sets
+    # `response_trailers` (a Headers). Until then %TRAILER()% is "-", as for a response
+    # without trailers.
+    trailers = getattr(info, "response_trailers", None)
+    return trailers.joined(name) if trailers is not None else None
+
+
+def _micros(t: float, second: int) -> int:
+    """The microseconds of a time.time() value. A double near 1.8e9 holds about 0.2 us, so
+    anything finer is noise (Envoy's own clock shows microseconds too: 909592000 ns)."""
+    return min(round((t - second) * 1e6), 999_999)
+
+
+class _TimeFormat:
+    """START_TIME(format): strftime plus Envoy's extensions, rendered in UTC.
+
+    %s seconds since the epoch; %f and %1f..%9f fractional seconds (default 9 digits);
+    %E1S..%E9S and %E*S seconds with that many fractional digits; %Ez the offset (+00:00).
+    The strftime part is cached per whole second, as Envoy caches it.
+    """
+
+    __slots__ = ("pieces", "plain", "cache_second", "cache_text")
+
+    _SPECIAL = re.compile(r"%([1-9]?)f|%E([1-9*])S|%Ez|%s|%%")
+
+    def __init__(self, fmt: str):
+        self.pieces = []    # str: strftime text; int n>0: n fractional digits; -n: %E<n>S
+        pos = 0
+        for m in self._SPECIAL.finditer(fmt):
+            self.pieces.append(fmt[pos:m.start()])
+            token = m.group(0)
+            if token == "%%":
+                self.pieces.append("%%")
+            elif token == "%s":
+                self.pieces.append(("epoch",))
+            elif token == "%Ez":
+                self.pieces.append("+00:00")
+            elif token.endswith("f"):
+                self.pieces.append(("frac", int(m.group(1) or 9)))
+            else:
+                digits = m.group(2)
+                self.pieces.append(("sec", 9 if digits == "*" else int(digits)))
+            pos = m.end()
+        self.pieces.append(fmt[pos:])
+        self.plain = all(isinstance(p, str) for p in self.pieces)
+        self.cache_second = None
+        self.cache_text = None
+
+    def __call__(self, info):
+        t = info.start_time
+        second = int(t)
+        if self.plain:
+            if second != self.cache_second:
+                self.cache_second = second
+                self.cache_text = time.strftime("".join(self.pieces), time.gmtime(second))
+            return self.cache_text
+        tm = time.gmtime(second)
+        nanos = _micros(t, second) * 1000
+        out = []
+        for piece in self.pieces:
+            if isinstance(piece, str):
+                out.append(time.strftime(piece, tm) if piece else "")
+            elif piece[0] == "epoch":
+                out.append(str(second))
+            elif piece[0] == "frac":
+                out.append(f"{nanos:09d}"[:piece[1]])
+            else:
+                out.append(f"{tm.tm_sec:02d}.{f'{nanos:09d}'[:piece[1]]}")
+        return "".join(out)
+
+
+class _DefaultTime:
+    """Envoy's default START_TIME: ISO 8601, UTC, milliseconds (2024-01-02T03:04:05.678Z)."""
+
+    __slots__ = ("cache_second", "cache_text")
+
+    def __init__(self):
+        self.cache_second = None
+        self.cache_text = ""
+
+    def __call__(self, info):
+        t = info.start_time
+        second = int(t)
+        if second != self.cache_second:
+            self.cache_second = second
+            self.cache_text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        return f"{self.cache_text}.{_micros(t, second) // 1000:03d}Z"
+
+
+def _start_time(name, param, length):
+    if length is not None:
+        raise FormatError(f"{name} does not take any parameters or length")
+    return _TimeFormat(param) if param else _DefaultTime()
+
+
+def _hostname(name, param, length):
+    if param is not None or length is not None:
+        raise FormatError(f"{name} does not take any parameters or length")
+    host = socket.gethostname()
+    return lambda info: host
+
+
+OPERATORS = {
+    "START_TIME": _start_time,
+    "REQ": _headers_getter(_request_header),
+    "RESP": _headers_getter(_response_header),
+    "TRAILER": _headers_getter(_response_trailer),
+    "RESPONSE_CODE": _simple(lambda info: info.response_code),
+    "RESPONSE_CODE_DETAILS": _simple(lambda info: _or_none(info.response_code_details)),
+    # Envoy writes "-" for no flags even where a missing value would be null (JSON).
+    "RESPONSE_FLAGS": _simple(lambda info: ",".join(info.response_flags) or "-"),
+    "BYTES_RECEIVED": _simple(lambda info: info.bytes_received),
+    "BYTES_SENT": _simple(lambda info: info.bytes_sent),
+    "DURATION": _simple(lambda info: _ms(info.start_monotonic, info.last_downstream_byte)),
+    # The moment the request was complete is not a StreamInfo slot yet: a connection
+    # manager that records it sets `last_request_byte` (loop time).
+    "REQUEST_DURATION": _simple(lambda info: _ms(
+        info.start_monotonic, getattr(info, "last_request_byte", None))),
+    "RESPONSE_DURATION": _simple(lambda info: _ms(info.start_monotonic,
+                                                  info.first_upstream_byte)),
+    "RESPONSE_TX_DURATION": _simple(lambda info: _ms(info.first_upstream_byte,
+                                                     info.last_downstream_byte)),
+    "PROTOCOL": _simple(lambda info: _or_none(info.protocol)),
+    "UPSTREAM_HOST": _simple(lambda info: info.upstream_host),
+    "UPSTREAM_REMOTE_ADDRESS": _simple(lambda info: info.upstream_host),
+    "UPSTREAM_CLUSTER": _simple(lambda info: info.upstream_cluster),
+    "UPSTREAM_LOCAL_ADDRESS": _simple(lambda info: _address(info.upstream_local)),
+    "UPSTREAM_TRANSPORT_FAILURE_REASON": _simple(lambda info: _or_none(info.upstream_failure)),
+    "UPSTREAM_REQUEST_ATTEMPT_COUNT": _simple(lambda info: info.attempts),
+    "DOWNSTREAM_REMOTE_ADDRESS": _simple(lambda info: _address(info.downstream_remote)),
+    "DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT": _simple(
+        lambda info: _address_without_port(info.downstream_remote)),
+    # Baton does not take the client address from x-forwarded-for, so the direct peer and
+    # the remote address are the same.
+    "DOWNSTREAM_DIRECT_REMOTE_ADDRESS": _simple(lambda info: _address(info.downstream_remote)),
+    "DOWNSTREAM_DIRECT_REMOTE_ADDRESS_WITHOUT_PORT": _simple(
+        lambda info: _address_without_port(info.downstream_remote)),
+    "DOWNSTREAM_LOCAL_ADDRESS": _simple(lambda info: _address(info.downstream_local)),
+    "DOWNSTREAM_LOCAL_ADDRESS_WITHOUT_PORT": _simple(
+        lambda info: _address_without_port(info.downstream_local)),
+    "ROUTE_NAME": _simple(lambda info: _or_none(info.route_name)),
+    "HOSTNAME": _hostname,
+    "CONNECTION_ID": _simple(lambda info: info.connection_id),
+}
+
+
+def _getter(command):
+    name, param, length = command
+    make = OPERATORS.get(name)
+    if make is None:
+        raise FormatError(f"Not supported field in StreamInfo: {name}")
+    get = make(name, param, length)
+    if length is None:
+        return get
+
+    def truncated(info):
+        value = get(info)
+        return value if value is None else str(value)[:length]
+    return truncated
+
+
+# --- compiled forms --------------------------------------------------------------------------
+
+def _compile_text(fmt: str, missing: str):
+    parts = _parse(fmt)
+    if all(isinstance(p, str) for p in parts):
+        text = "".join(parts)
+        return lambda info: text
+    pieces = []
+    for part in parts:
+        if isinstance(part, str):
+            pieces.append(part)
+        else:
+            pieces.append(_getter(part))
+
+    if len(pieces) == 1:
+        get = pieces[0]
+
+        def render_one(info):
+            value = get(info)
+            return missing if value is None else str(value)
+        return render_one
+    return _generate(pieces, missing)
+
+
+def _generate(pieces, missing):
+    """One function per format, written out: each getter is called once into a local, and
+    one f-string joins them. A loop over the pieces costs about twice as much per line, and
+    this runs for every request. Only names (never config text) go into the source; the
+    literals and getters are bound as default arguments."""
+    params, lines, fields = [], [], []
+    for i, piece in enumerate(pieces):
+        if piece.__class__ is str:
+            params.append(f"_l{i}=_pieces[{i}]")
+            fields.append(f"{{_l{i}}}")
+        else:
+            params.append(f"_g{i}=_pieces[{i}]")
+            lines.append(f"    v{i} = _g{i}(info)")
+            fields.append(f"{{_m if v{i} is None else v{i}}}")
+    source = (f"def render(info, _m=_missing, {', '.join(params)}):\n" + "\n".join(lines)
+              + f"\n    return f\"{''.join(fields)}\"\n")
+    namespace = {"_pieces": pieces, "_missing": missing}
+    exec(compile(source, "<access log format>", "exec"), namespace)  # noqa: S102
+    return namespace["render"]
+
+
+def compile_format(fmt: str | None = None, omit_empty_values: bool = False):
+    """An access log text format (None: Envoy's default) -> f(info) -> the line."""
+    return _compile_text(DEFAULT_FORMAT if fmt is None else fmt,
+                         "" if omit_empty_values else "-")
+
+
+def compile_header_value(template: str):
+    """A request/response_headers_to_add value -> f(info) -> str (missing values are "")."""
+    return _compile_text(template, "")
+
+
+def compile_json_format(spec: dict, omit_empty_values: bool = False):
+    """A json_format mapping -> f(info) -> one JSON line ending in "\\n"."""
+    build = _compile_json_value(spec)
+
+    def render(info):
+        value = build(info)
+        if omit_empty_values:
+            value = _without_nulls(value)
+        return json.dumps(value, sort_keys=True, separators=(",", ":"),
+                          ensure_ascii=False) + "\n"
+    return render
+
+
+def _compile_json_value(value):
+    if isinstance(value, dict):
+        items = [(str(k), _compile_json_value(v)) for k, v in value.items()]
+        return lambda info: {k: build(info) for k, build in items}
+    if isinstance(value, list):
+        builders = [_compile_json_value(v) for v in value]
+        return lambda info: [build(info) for build in builders]
+    if isinstance(value, str):
+        parts = _parse(value)
+        if len(parts) == 1 and not isinstance(parts[0], str):
+            return _getter(parts[0])     # typed: a number stays a number, missing is null
+        return _compile_text(value, "-")
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)               # protobuf Struct numbers are doubles
+    return lambda info: value
+
+
+def _without_nulls(value):
+    if isinstance(value, dict):
+        return {k: _without_nulls(v) for k, v in value.items() if v is not None}
+    return value

@@ -1,0 +1,190 @@
+"""envoy.filters.http.local_ratelimit: a token bucket in front of the router; 429 when empty.
+
+Config: the dict xds/http_filters.py builds (_local_ratelimit). From `context` this reads
+only `context.stats` (worker/stats.py Stats). Stats, as Envoy names them:
+<stat_prefix>.http_local_rate_limit.{enabled, ok, rate_limited, enforced} (stat_prefix is
+the filter's own, not the connection manager's).
+
+Envoy's behaviour, checked against Envoy 1.40:
+- filter_enabled / filter_enforced decide per request (unset = 0%: the filter does nothing
+  until enabled). Enabled: "enabled" counts, a token is taken; "ok" if there was one, else
+  "rate_limited", and only if enforced too: "enforced" counts and the request is answered
+  with `status` (429), body "local_rate_limited", details "local_rate_limited", flag RL,
+  plus response_headers_to_add. Rate limited but not enforced: the request goes on, with
+  request_headers_to_add_when_not_enforced.
+- The bucket refills continuously at tokens_per_fill / fill_interval, up to max_tokens, and
+  starts full. Baton computes the refill lazily from the elapsed time when a request takes a
+  token: no timer.
+- enable_x_ratelimit_headers (DRAFT_VERSION_03): x-ratelimit-limit (max_tokens),
+  x-ratelimit-remaining (whole tokens left), x-ratelimit-reset (0 while a token is left,
+  else the seconds until the next one, rounded up), on the 429 and on the upstream's
+  response.
+
+Difference from Envoy: Envoy's bucket is shared by all worker threads of the process; Baton's
+lives in the factory, i.e. one bucket per worker process (and per listener config). With N
+workers the process admits up to N times the configured rate, as when Envoy runs with
+local_rate_limit_per_downstream_connection over N connections. Size max_tokens and
+tokens_per_fill per worker.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+
+from .filter import FilterFactory, LocalReply, StreamFilter, register
+from .formatter import compile_header_value
+
+BODY = "local_rate_limited"
+DETAILS = "local_rate_limited"
+
+
+class TokenBucket:
+    """Continuous refill, computed when asked. `clock` is a monotonic seconds function."""
+
+    __slots__ = ("max_tokens", "rate", "tokens", "last", "clock")
+
+    def __init__(self, max_tokens: int, tokens_per_fill: int, fill_interval: float,
+                 clock=time.monotonic):
+        self.max_tokens = max_tokens
+        self.rate = tokens_per_fill / fill_interval     # tokens per second
+        self.tokens = float(max_tokens)
+        self.clock = clock
+        self.last = clock()
+
+    def _refill(self) -> None:
+        now = self.clock()
+        elapsed = now - self.last
+        if elapsed > 0:
+            self.tokens = min(self.max_tokens, self.tokens + elapsed * self.rate)
+            self.last = now
+
+    def consume(self) -> bool:
+        self._refill()
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return True
+        return False
+
+    def remaining(self) -> int:
+        return int(self.tokens)
+
+    def reset_seconds(self) -> int:
+        """0 while a whole token is left, else seconds until the next one (rounded up)."""
+        if self.tokens >= 1:
+            return 0
+        return math.ceil((1 - self.tokens) / self.rate)
+
+
+def compile_header_options(options):
+    """[translated HeaderValueOption] -> [(name, f(info) -> value, append_action, keep_empty)]."""
+    return [(o["name"], compile_header_value(o["value"]), o["append_action"],
+             o["keep_empty_value"]) for o in options]
+
+
+def apply_header_options(headers, compiled, info) -> None:
+    """Envoy's append actions on a worker/codecs/message.py Headers."""
+    for name, render, action, keep_empty in compiled:
+        value = render(info)
+        if not value and not keep_empty:
+            continue
+        if action == "APPEND_IF_EXISTS_OR_ADD":
+            headers.add(name, value)
+        elif action == "ADD_IF_ABSENT":
+            if name not in headers:
+                headers.add(name, value)
+        elif action == "OVERWRITE_IF_EXISTS_OR_ADD":
+            headers.set(name, value)
+        elif name in headers:          # OVERWRITE_IF_EXISTS
+            headers.set(name, value)
+
+
+def _rendered(compiled, info):
+    """Header options for a local reply (nothing exists yet: ADD and OVERWRITE both add,
+    OVERWRITE_IF_EXISTS adds nothing)."""
+    out = []
+    for name, render, action, keep_empty in compiled:
+        value = render(info)
+        if (value or keep_empty) and action != "OVERWRITE_IF_EXISTS":
+            out.append((name, value))
+    return out
+
+
+@register("envoy.filters.http.local_ratelimit")
+class LocalRateLimitFactory(FilterFactory):
+    def __init__(self, config: dict, context, clock=time.monotonic):
+        super().__init__(config, context)
+        self.rng = random.Random()                # tests replace it with a seeded one
+        self.bucket = TokenBucket(config["max_tokens"], config["tokens_per_fill"],
+                                  config["fill_interval"], clock)
+        self.status = config["status"]
+        self.enabled = config["filter_enabled"]
+        self.enforced = config["filter_enforced"]
+        self.response_headers = compile_header_options(config["response_headers_to_add"])
+        self.request_headers = compile_header_options(
+            config["request_headers_to_add_when_not_enforced"])
+        self.x_headers = config["x_ratelimit_headers"]
+        self.counters = context.stats.counters
+        prefix = f"{config['stat_prefix']}.http_local_rate_limit."
+        self.stat_enabled = prefix + "enabled"
+        self.stat_ok = prefix + "ok"
+        self.stat_limited = prefix + "rate_limited"
+        self.stat_enforced = prefix + "enforced"
+        for name in (self.stat_enabled, self.stat_ok, self.stat_limited, self.stat_enforced):
+            self.counters[name] += 0
+
+    def _roll(self, percentage) -> bool:
+        numerator = percentage["numerator"]
+        return numerator > 0 and self.rng.randrange(percentage["denominator"]) < numerator
+
+    def create(self, stream) -> StreamFilter | None:
+        if self.enabled["numerator"] == 0:
+            return None
+        return LocalRateLimitFilter(stream, self)
+
+    def x_ratelimit_headers(self):
+        bucket = self.bucket
+        return [("x-ratelimit-limit", str(bucket.max_tokens)),
+                ("x-ratelimit-remaining", str(bucket.remaining())),
+                ("x-ratelimit-reset", str(bucket.reset_seconds()))]
+
+
+class LocalRateLimitFilter(StreamFilter):
+    __slots__ = ("factory", "x_headers")
+
+    def __init__(self, stream, factory: LocalRateLimitFactory):
+        super().__init__(stream)
+        self.factory = factory
+        self.x_headers = None       # computed at request time, sent with the response
+
+    def on_request_headers(self, request, end_stream: bool):
+        factory = self.factory
+        if not factory._roll(factory.enabled):
+            return None
+        counters = factory.counters
+        counters[factory.stat_enabled] += 1
+        allowed = factory.bucket.consume()
+        if factory.x_headers:
+            self.x_headers = factory.x_ratelimit_headers()
+        if allowed:
+            counters[factory.stat_ok] += 1
+            return None
+        counters[factory.stat_limited] += 1
+        info = getattr(self.stream, "info", None)
+        if not factory._roll(factory.enforced):
+            if factory.request_headers:
+                apply_header_options(request.headers, factory.request_headers, info)
+            return None
+        counters[factory.stat_enforced] += 1
+        headers = _rendered(factory.response_headers, info)
+        if self.x_headers:
+            headers.extend(self.x_headers)
+            self.x_headers = None       # already on the reply
+        return LocalReply(factory.status, BODY, headers, details=DETAILS, flags="RL")
+
+    def on_response_headers(self, response, end_stream: bool):
+        if self.x_headers:
+            for name, value in self.x_headers:
+                response.headers.set(name, value)
+        return None

@@ -1,0 +1,402 @@
+"""Upstream HTTP connections and their pools, per cluster host, per worker.
+
+HTTP/1.1: one request at a time per connection, idle keep-alive connections reused (newest
+first, so the rest can time out upstream); HTTP/2 (cluster `http2`): requests multiplexed on
+one connection up to the peer's stream limit, a second connection when it is full.
+
+Circuit breakers, as Envoy counts them per cluster: `max_connections` caps connections (the
+tcp_proxy shares that count), a request that finds none free waits as *pending*, and more than
+`max_pending_requests` waiting is an overflow (503, flag UO).
+
+A waiter is any object with `on_pool_ready(connection)` and `on_pool_failure(reason, flag)`;
+the router's UpstreamRequest is the only one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from collections import deque
+
+from ...codecs.events import ProtocolError
+from ...codecs.http1 import Http1ClientCodec
+
+log = logging.getLogger("baton.http.pool")
+
+# Envoy's transport failure reasons, as they appear in its local reply bodies.
+CONNECT_FAILURE = "remote connection failure"
+CONNECT_TIMEOUT = "connection timeout"
+OVERFLOW = "overflow"
+CONNECTION_TERMINATION = "connection termination"
+
+
+class UpstreamConnection(asyncio.Protocol):
+    """One connection to an upstream host; streams are UpstreamRequests by stream id."""
+
+    __slots__ = ("pool", "transport", "codec", "streams", "closed", "paused", "requests",
+                 "idle_handle", "idle_deadline", "local")
+
+    def __init__(self, pool: "HostPool"):
+        self.pool = pool
+        self.transport = None
+        if pool.http2:
+            from ...codecs.http2 import Http2ClientCodec
+            self.codec = Http2ClientCodec(**pool.http2_options)
+        else:
+            self.codec = Http1ClientCodec()
+        self.streams: dict = {}
+        self.closed = False
+        self.paused = False
+        self.requests = 0
+        self.idle_handle = None
+        self.idle_deadline = 0.0
+        self.local = None
+
+    # -- asyncio.Protocol -------------------------------------------------------------------
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        transport.set_write_buffer_limits(high=self.pool.cluster.buffer_limit)
+        try:
+            self.local = transport.get_extra_info("sockname")
+        except Exception:       # a socket without a name is no reason to fail the request
+            self.local = None
+        self.codec.initiate()
+        self.flush()
+
+    def data_received(self, data: bytes) -> None:
+        streams = self.streams
+        for event in self.codec.receive(data):
+            stream = streams.get(event.stream_id) if hasattr(event, "stream_id") else None
+            if stream is not None:
+                stream.on_upstream_event(event)
+            elif isinstance(event, ProtocolError) or type(event).__name__ == "GoAway":
+                self.abort(CONNECTION_TERMINATION)
+                break
+        self.pool.manager.flush_dirty()
+        if self.closed:
+            return
+        self.flush()
+        if self.codec.closed:
+            self.abort(CONNECTION_TERMINATION)
+
+    def eof_received(self):
+        for event in self.codec.receive(b""):
+            stream = self.streams.get(getattr(event, "stream_id", 0))
+            if stream is not None:
+                stream.on_upstream_event(event)
+        self.pool.manager.flush_dirty()
+        return False
+
+    def connection_lost(self, exc) -> None:
+        self.closed = True
+        self.pool.connection_gone(self)
+        streams, self.streams = self.streams, {}
+        for stream in streams.values():
+            stream.on_upstream_reset(CONNECTION_TERMINATION)
+        self.pool.manager.flush_dirty()
+
+    def pause_writing(self) -> None:
+        self.paused = True
+        for stream in list(self.streams.values()):
+            stream.on_upstream_paused(True)
+
+    def resume_writing(self) -> None:
+        self.paused = False
+        for stream in list(self.streams.values()):
+            stream.on_upstream_paused(False)
+
+    # -- used by the router -----------------------------------------------------------------
+
+    def flush(self) -> None:
+        data = self.codec.data_to_send()
+        if data and not self.closed:
+            self.transport.write(data)
+
+    def start_stream(self, ureq, request, end_stream: bool) -> int:
+        stream_id = self.codec.send_head(request, end_stream)
+        self.streams[stream_id] = ureq
+        self.requests += 1
+        return stream_id
+
+    def stream_done(self, stream_id: int, clean: bool) -> None:
+        """The router is finished with a stream. `clean`: request and response both complete,
+        so an HTTP/1.1 connection may carry the next request."""
+        self.streams.pop(stream_id, None)
+        if not clean and not self.pool.http2:
+            self.abort(None)
+            return
+        self.pool.release(self)
+
+    def pause_reading(self, on: bool) -> None:
+        if self.transport is None or self.closed:
+            return
+        if on:
+            self.transport.pause_reading()
+        else:
+            self.transport.resume_reading()
+
+    def abort(self, reason) -> None:
+        if not self.closed:
+            self.closed = True
+            if self.transport is not None:
+                self.transport.abort()
+            self.pool.connection_gone(self)
+            streams, self.streams = self.streams, {}
+            for stream in streams.values():
+                stream.on_upstream_reset(reason or CONNECTION_TERMINATION)
+
+    @property
+    def reusable(self) -> bool:
+        return not self.closed and self.codec.available_streams() > 0
+
+
+class HostPool:
+    """Connections to one host of one cluster."""
+
+    __slots__ = ("manager", "cluster", "host", "loop", "idle", "busy", "connecting", "waiters",
+                 "http2", "http2_options", "mark", "stat", "load")
+
+    def __init__(self, manager, cluster, host):
+        self.manager = manager
+        self.cluster = cluster
+        self.host = host
+        self.loop = manager.loop
+        self.idle: list[UpstreamConnection] = []
+        self.busy: set[UpstreamConnection] = set()
+        self.connecting = 0
+        self.waiters: deque = deque()
+        self.http2 = bool(getattr(cluster, "http2", False))
+        options = getattr(cluster, "http2_options", None) or {}
+        # Cluster option names (Envoy's) -> the client codec's arguments.
+        self.http2_options = {arg: options[key] for key, arg in (
+            ("initial_stream_window_size", "initial_stream_window"),
+            ("initial_connection_window_size", "initial_connection_window"))
+            if options.get(key) is not None}
+        self.mark = manager.mark
+        self.stat = manager.stats.counters
+        self.load = manager.load(cluster)
+
+    def request(self, waiter) -> None:
+        """Give `waiter` a connection now, or when one is free, or fail it (overflow)."""
+        idle = self.idle
+        while idle:
+            conn = idle.pop()
+            if conn.reusable:
+                if not self.http2:
+                    self.busy.add(conn)
+                else:
+                    idle.append(conn)
+                waiter.on_pool_ready(conn)
+                return
+        if self.http2:
+            for conn in self.busy:
+                if conn.reusable:
+                    waiter.on_pool_ready(conn)
+                    return
+        cluster = self.cluster
+        if cluster.active < cluster.max_connections and self.connecting <= len(self.waiters):
+            self._connect()
+        elif self.load.pending >= getattr(cluster, "max_pending_requests", 1024):
+            self.stat[cluster.stat["upstream_rq_pending_overflow"]] += 1
+            waiter.on_pool_failure(OVERFLOW, "UO")
+            return
+        elif cluster.active >= cluster.max_connections:
+            self.stat[cluster.stat["upstream_cx_overflow"]] += 1
+        self.load.pending += 1
+        self.stat[cluster.stat["upstream_rq_pending_total"]] += 1
+        self.manager.stats.gauges[cluster.stat["upstream_rq_pending_active"]] += 1
+        self.waiters.append(waiter)
+
+    def cancel(self, waiter) -> None:
+        """A waiting request went away (client reset, timeout)."""
+        try:
+            self.waiters.remove(waiter)
+        except ValueError:
+            return
+        self._unpend()
+
+    def _unpend(self) -> None:
+        self.load.pending -= 1
+        self.manager.stats.gauges[self.cluster.stat["upstream_rq_pending_active"]] -= 1
+
+    def release(self, conn: UpstreamConnection) -> None:
+        if conn.closed:
+            return
+        if self.http2:
+            while self.waiters and conn.reusable:
+                self._unpend()
+                self.waiters.popleft().on_pool_ready(conn)
+            if not conn.streams and conn not in self.idle:
+                self.busy.discard(conn)
+                self.idle.append(conn)
+                self._arm_idle(conn)
+            return
+        if not conn.reusable:
+            conn.abort(None)
+            return
+        if self.waiters:
+            self._unpend()
+            self.waiters.popleft().on_pool_ready(conn)
+            return
+        self.busy.discard(conn)
+        self.idle.append(conn)
+        self._arm_idle(conn)
+
+    def _arm_idle(self, conn) -> None:
+        """Lazy, as the client side's: releasing moves the deadline, the timer re-arms."""
+        timeout = (getattr(self.cluster, "common_http", None) or {}).get("idle_timeout", 3600.0)
+        if timeout:
+            conn.idle_deadline = self.loop.time() + timeout
+            if conn.idle_handle is None:
+                conn.idle_handle = self.loop.call_at(conn.idle_deadline, self._idle_check, conn)
+
+    def _idle_check(self, conn) -> None:
+        conn.idle_handle = None
+        if conn.closed or conn not in self.idle:
+            return              # busy: release() re-arms
+        if self.loop.time() >= conn.idle_deadline:
+            conn.abort(None)
+        else:
+            conn.idle_handle = self.loop.call_at(conn.idle_deadline, self._idle_check, conn)
+
+    def connection_gone(self, conn: UpstreamConnection) -> None:
+        if conn in self.busy:
+            self.busy.discard(conn)
+        elif conn in self.idle:
+            self.idle.remove(conn)
+        else:
+            return
+        if conn.idle_handle is not None:
+            conn.idle_handle.cancel()
+            conn.idle_handle = None
+        self._closed_one()
+        if self.waiters and self.cluster.active < self.cluster.max_connections:
+            self._connect()
+
+    def _closed_one(self) -> None:
+        cluster = self.cluster
+        cluster.active -= 1
+        self.host.active -= 1
+        self.manager.stats.gauges[cluster.stat["upstream_cx_active"]] -= 1
+        self.stat[cluster.stat["upstream_cx_destroy"]] += 1
+
+    def _connect(self) -> None:
+        cluster = self.cluster
+        cluster.active += 1
+        self.host.active += 1
+        self.host.total += 1
+        self.connecting += 1
+        self.stat[cluster.stat["upstream_cx_total"]] += 1
+        self.stat[cluster.stat["upstream_cx_http2_total" if self.http2 else
+                               "upstream_cx_http1_total"]] += 1
+        self.manager.stats.gauges[cluster.stat["upstream_cx_active"]] += 1
+        self.loop.create_task(self._open())
+
+    async def _open(self) -> None:
+        cluster, host, loop = self.cluster, self.host, self.loop
+        conn = UpstreamConnection(self)
+        family = socket.AF_INET6 if ":" in host.address else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        failure = None
+        try:
+            sock.setblocking(False)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if self.mark:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, self.mark)
+            try:
+                await asyncio.wait_for(loop.sock_connect(sock, (host.address, host.port)),
+                                       cluster.connect_timeout)
+            except asyncio.TimeoutError:
+                failure = (CONNECT_TIMEOUT, "upstream_cx_connect_timeout")
+            except OSError as exc:
+                failure = (f"{CONNECT_FAILURE}, transport failure reason: delayed connect "
+                           f"error: {exc.errno}", "upstream_cx_connect_fail")
+            if failure is None:
+                await loop.create_connection(lambda: conn, sock=sock)
+        except OSError as exc:
+            failure = (f"{CONNECT_FAILURE}, transport failure reason: {exc.strerror}",
+                       "upstream_cx_connect_fail")
+        finally:
+            self.connecting -= 1
+        if failure is not None:
+            sock.close()
+            host.connect_fail += 1
+            self.stat[cluster.stat[failure[1]]] += 1
+            self._closed_one()
+            # One failed connect fails one waiter (Envoy: the pending request gets the
+            # connection failure; the others keep waiting for the next attempt).
+            if self.waiters:
+                self._unpend()
+                self.waiters.popleft().on_pool_failure(failure[0], "UF")
+            if self.waiters and cluster.active < cluster.max_connections:
+                self._connect()
+            return
+        if conn.closed:
+            return
+        self.busy.add(conn)
+        if self.waiters:
+            self._unpend()
+            self.waiters.popleft().on_pool_ready(conn)
+            if self.http2:
+                while self.waiters and conn.reusable:
+                    self._unpend()
+                    self.waiters.popleft().on_pool_ready(conn)
+        else:
+            self.release(conn)
+
+    def close(self) -> None:
+        for conn in list(self.idle) + list(self.busy):
+            conn.abort(None)
+
+
+class ClusterLoad:
+    """What the circuit breakers count for one cluster in this worker (Envoy counts per
+    process; Baton per worker)."""
+
+    __slots__ = ("pending", "retries", "requests", "original_hosts")
+
+    def __init__(self):
+        self.pending = 0        # requests waiting for a connection
+        self.retries = 0        # retries scheduled and not yet sent
+        self.requests = 0       # requests in flight
+        self.original_hosts: dict = {}   # ORIGINAL_DST: a Host per destination seen
+
+
+class PoolManager:
+    """Every HostPool of a worker, created on first use, and the circuit breakers' counts."""
+
+    __slots__ = ("loop", "stats", "mark", "pools", "loads", "dirty")
+
+    def __init__(self, loop, stats, mark: int = 0):
+        self.loop = loop
+        self.stats = stats
+        self.mark = mark
+        self.pools: dict = {}
+        self.loads: dict = {}
+        self.dirty: list = []       # client connections with bytes queued by upstream events
+
+    def flush_dirty(self) -> None:
+        dirty = self.dirty
+        while dirty:
+            dirty.pop().flush()
+
+    def load(self, cluster) -> ClusterLoad:
+        load = self.loads.get(cluster.name)
+        if load is None:
+            load = self.loads[cluster.name] = ClusterLoad()
+        return load
+
+    def get(self, cluster, host) -> HostPool:
+        key = (cluster.name, host.address, host.port)
+        pool = self.pools.get(key)
+        if pool is None or pool.cluster is not cluster:
+            pool = self.pools[key] = HostPool(self, cluster, host)
+        return pool
+
+    def drop_idle(self) -> None:
+        """Close idle upstream connections (drain)."""
+        for pool in self.pools.values():
+            for conn in list(pool.idle):
+                conn.abort(None)

@@ -1,0 +1,910 @@
+"""The route table: a translated route_config (plain dict, shape in xds/snapshot.py) compiled
+into matcher objects, and the per-request questions the connection manager asks of a route.
+
+    table = RouteTable(hcm["route_config"])
+    route = table.route(request)          # None: no virtual host or no route -> 404, empty body
+
+Semantics are Envoy's, checked against Envoy 1.40 where a client can see them:
+
+- Virtual hosts by the lower-cased Host (:authority), port included unless the route config
+  sets ignore_port_in_host_matching (the connection manager's strip_matching_host_port /
+  strip_any_host_port change the Host before routing): exact domain, then the longest
+  `*suffix`, then the longest `prefix*`, then `*`. A wildcard matches at least one character
+  (`*.a.com` does not match `.a.com`). A request without a Host only finds a route when the
+  table has nothing but a `*` virtual host.
+- Routes in order; the first whose path, header, query and gRPC conditions all hold wins.
+  `prefix` looks at the whole :path (query included, as Envoy does), `path`, `safe_regex`
+  and `path_separated_prefix` at the path without its query. A CONNECT request has no path
+  for these matchers; only `connect_matcher` routes it.
+- Regexes are RE2 in Envoy. They are translated to Python's `re` (ASCII classes, full match),
+  and what RE2 lacks (backreferences, lookaround, possessive repeats...) is refused, as Envoy
+  refuses it. Not reproduced: RE2's program-size limit (Envoy refuses a regex whose compiled
+  program is over 100 instructions; Baton accepts it) and RE2's linear-time guarantee.
+
+Header mutations and rewrites follow the order Envoy 1.40 applies them (checked with a live
+Envoy): a weighted cluster's headers first, then route, virtual host and route config (least
+specific last, so it wins), or route config, virtual host, route when
+most_specific_header_mutations_wins; then host rewrite (adding x-envoy-original-host), then
+path rewrite (adding x-envoy-original-path).
+
+Hash keys (hash_policy) are 64-bit xxHash (XXH64, as Envoy) digests of the hashed value, combined as Envoy
+combines several policies (rotate left by one, xor). They are stable across processes and
+restarts; they are not Envoy's xxHash values.
+"""
+
+from __future__ import annotations
+
+from ..lb import xxhash64
+
+__all__ = ["RouteTable", "Route", "RetryPolicy", "RegexError", "compile_re2",
+           "compile_substitution", "replace_all", "parse_query"]
+
+import re
+from urllib.parse import unquote_to_bytes
+
+# --- RE2 -> Python re --------------------------------------------------------------------------
+
+
+class RegexError(ValueError):
+    """A pattern RE2 would refuse, or one Baton cannot run with RE2's meaning."""
+
+
+_REPEAT = re.compile(r"\{(\d+)(,(\d*))?\}")
+_FLAGS = re.compile(r"\(\?([imsU]*)(-([imsU]*))?(:|\))")
+_POSIX = {"alnum": "0-9A-Za-z", "alpha": "A-Za-z", "ascii": "\\x00-\\x7f", "blank": "\\t ",
+          "cntrl": "\\x00-\\x1f\\x7f", "digit": "0-9", "graph": "!-~", "lower": "a-z",
+          "print": " -~", "punct": "!-/:-@\\[-`{-~", "space": "\\t\\n\\v\\f\\r ",
+          "upper": "A-Z", "word": "0-9A-Za-z_", "xdigit": "0-9A-Fa-f"}
+_RE2_MAX_REPEAT = 1000
+_PYTHON_ONLY_ESCAPES = "ZuUNg"
+
+
+def compile_re2(pattern: str) -> re.Pattern:
+    """Compile an RE2 pattern with RE2's meaning; RegexError when RE2 (or Baton) refuses it."""
+    try:
+        return re.compile(_translate(pattern), re.ASCII)
+    except re.error as exc:
+        raise RegexError(f"invalid regex {pattern!r}: {exc}") from None
+
+
+def _translate(p: str) -> str:
+    out = []
+    closers = [0]          # per open group: how many scoped-flag groups to close with it
+    unsafe = [False]       # per open group: a (?flags) scope after other atoms of its branch
+    branch_start = True    # nothing emitted yet in the current alternative
+    multiline = bool(re.search(r"\(\?[isU]*m", p))
+    i, n = 0, len(p)
+    can_repeat = False
+    while i < n:
+        c = p[i]
+        if c == "\\":
+            token, i = _escape(p, i)
+            out.append(token)
+            can_repeat, branch_start = True, False
+            continue
+        if c == "[":
+            token, i = _char_class(p, i)
+            out.append(token)
+            can_repeat, branch_start = True, False
+            continue
+        if c == "(":
+            if p.startswith("(?", i):
+                m = _FLAGS.match(p, i)
+                if m is None:
+                    rest = p[i + 2:i + 4]
+                    if rest.startswith("P<") or (rest.startswith("<")
+                                                 and rest[1:2] not in ("=", "!")):
+                        out.append("(?P<")
+                        i += 4 if rest.startswith("P<") else 3
+                        closers.append(0)
+                        unsafe.append(False)
+                        can_repeat, branch_start = False, True
+                        continue
+                    raise RegexError(f"invalid or unsupported perl operator: {p[i:i + 4]!r} "
+                                     "(RE2 has no lookaround, backreferences, atomic groups, "
+                                     "conditionals or comments)")
+                if "U" in m.group(0):
+                    raise RegexError("the U (ungreedy) flag is not supported")
+                if m.group(4) == ":":
+                    out.append(m.group(0))
+                    closers.append(0)
+                    unsafe.append(False)
+                    branch_start = True
+                else:
+                    # RE2's (?i) lasts to the end of the enclosing group; Python wants it
+                    # scoped: (?i: ... up to that group's ')'. Equivalent unless atoms of
+                    # the same alternative come before it and a '|' comes after.
+                    out.append(m.group(0)[:-1] + ":")
+                    closers[-1] += 1
+                    unsafe[-1] = unsafe[-1] or not branch_start
+                i = m.end()
+                can_repeat = False
+                continue
+            out.append("(")
+            closers.append(0)
+            unsafe.append(False)
+            i += 1
+            can_repeat, branch_start = False, True
+            continue
+        if c == ")":
+            if len(closers) == 1:
+                raise RegexError("unmatched ')'")
+            out.append(")" * (closers.pop() + 1))
+            unsafe.pop()
+            i += 1
+            can_repeat, branch_start = True, False
+            continue
+        if c == "|":
+            if unsafe[-1]:
+                raise RegexError("a (?flags) after other atoms of an alternative, followed by "
+                                 "'|' in the same group, is not supported")
+            out.append(c)
+            i += 1
+            can_repeat, branch_start = False, True
+            continue
+        if c in "*+?" or (c == "{" and _REPEAT.match(p, i)):
+            if not can_repeat:
+                raise RegexError(f"missing argument to repetition operator: {c}")
+            if c == "{":
+                m = _REPEAT.match(p, i)
+                low = int(m.group(1))
+                high = low if m.group(2) is None else (int(m.group(3)) if m.group(3) else None)
+                if low > _RE2_MAX_REPEAT or (high is not None and (high > _RE2_MAX_REPEAT
+                                                                   or high < low)):
+                    raise RegexError(f"invalid repetition size: {m.group(0)}")
+                out.append(m.group(0))
+                i = m.end()
+            else:
+                out.append(c)
+                i += 1
+            if i < n and p[i] == "?":
+                out.append("?")
+                i += 1
+            if i < n and (p[i] in "*+?" or (p[i] == "{" and _REPEAT.match(p, i))):
+                raise RegexError(f"bad repetition operator: {p[i - 1:i + 1]}")
+            can_repeat = False
+            continue
+        if c == "{":            # not a repetition: RE2 takes it literally (Python may not)
+            out.append("\\{")
+            i += 1
+            can_repeat, branch_start = True, False
+            continue
+        if c == "$" and not multiline:
+            out.append("\\Z")   # RE2's $ is end of text; Python's also matches before a final \n
+            i += 1
+            can_repeat, branch_start = False, False
+            continue
+        out.append(c)
+        can_repeat, branch_start = c != "^", False
+        i += 1
+    if len(closers) != 1:
+        raise RegexError("missing ')'")
+    out.append(")" * closers[0])
+    return "".join(out)
+
+
+def _escape(p: str, i: int):
+    if i + 1 >= len(p):
+        raise RegexError("trailing \\")
+    d = p[i + 1]
+    if d in "123456789":
+        raise RegexError(f"invalid escape sequence: \\{d} (RE2 has no backreferences)")
+    if d == "z":
+        return "\\Z", i + 2
+    if d in "pP":
+        raise RegexError(f"\\{d} (Unicode classes) is not supported")
+    if d == "C":
+        raise RegexError("\\C is not supported")
+    if d in _PYTHON_ONLY_ESCAPES:
+        raise RegexError(f"invalid escape sequence: \\{d}")
+    if d == "Q":
+        end = p.find("\\E", i + 2)
+        literal = p[i + 2:] if end < 0 else p[i + 2:end]
+        return "(?:" + re.escape(literal) + ")", len(p) if end < 0 else end + 2
+    if d == "x" and p.startswith("{", i + 2):
+        end = p.find("}", i + 3)
+        try:
+            return re.escape(chr(int(p[i + 3:end], 16))), end + 1
+        except ValueError:
+            raise RegexError(f"invalid escape sequence: {p[i:end + 1]}") from None
+    return p[i:i + 2], i + 2
+
+
+def _char_class(p: str, i: int):
+    """[...] -> a Python class: POSIX names expanded, Python's set-operation characters escaped."""
+    out = ["["]
+    j = i + 1
+    if p.startswith("^", j):
+        out.append("^")
+        j += 1
+    first = True
+    while j < len(p):
+        c = p[j]
+        if c == "]" and not first:
+            out.append("]")
+            return "".join(out), j + 1
+        first = False
+        if c == "\\":
+            token, j = _escape(p, j)
+            if token == "\\Z":
+                raise RegexError("invalid escape sequence: \\z in a character class")
+            out.append(token)
+            continue
+        if c == "[" and p.startswith("[:", j):
+            end = p.find(":]", j + 2)
+            name = p[j + 2:end] if end > 0 else ""
+            if name not in _POSIX:
+                raise RegexError(f"invalid character class range: {p[j:end + 2]}")
+            out.append(_POSIX[name])
+            j = end + 2
+            continue
+        out.append("\\" + c if c in "[&~|" else c)
+        j += 1
+    raise RegexError("missing closing ]")
+
+
+def compile_substitution(template: str, groups: int):
+    """An RE2 rewrite string (\\0..\\9 groups, \\\\ a backslash) -> a list of parts (str
+    literals and int group numbers), or None when RE2 would refuse it: Envoy then leaves the
+    path unchanged."""
+    parts, literal, i = [], [], 0
+    while i < len(template):
+        c = template[i]
+        if c != "\\":
+            literal.append(c)
+            i += 1
+            continue
+        d = template[i + 1:i + 2]
+        if d == "\\":
+            literal.append("\\")
+        elif d.isdigit() and int(d) <= groups:
+            if literal:
+                parts.append("".join(literal))
+                literal = []
+            parts.append(int(d))
+        else:
+            return None
+        i += 2
+    if literal:
+        parts.append("".join(literal))
+    return parts
+
+
+def replace_all(regex: re.Pattern, parts, text: str) -> str:
+    """RE2::GlobalReplace: every non-overlapping match replaced, but no empty match right
+    where the previous match ended (Python's re.sub takes that one since 3.7)."""
+    out, pos, last_end, n = [], 0, -1, len(text)
+    search = regex.search
+    while pos <= n:
+        m = search(text, pos)
+        if m is None:
+            break
+        start, end = m.span()
+        out.append(text[pos:start])
+        if start == end and start == last_end:     # skip ahead one character
+            out.append(text[pos:pos + 1])
+            pos += 1
+            continue
+        for part in parts:
+            out.append(part if isinstance(part, str) else (m.group(part) or ""))
+        pos = last_end = end
+    out.append(text[pos:])
+    return "".join(out)
+
+
+# --- small value helpers -----------------------------------------------------------------------
+
+_ASCII_LOWER = {c: c + 32 for c in range(ord("A"), ord("Z") + 1)}
+
+
+def _lower(value: str) -> str:
+    """ASCII-only lower case, as Envoy's (absl::AsciiStrToLower)."""
+    return value.lower() if value.isascii() else value.translate(_ASCII_LOWER)
+
+
+def _decode(text: str) -> str:
+    return unquote_to_bytes(text).decode("latin-1") if "%" in text else text
+
+
+def parse_query(query: str, decode: bool = True) -> dict:
+    """'a=1&b&a=2' -> {"a": "1", "b": ""}: the first value of each name, names and values
+    percent-decoded (not '+'), as Envoy's query parameter matchers see them."""
+    params = {}
+    end = query.find("#")
+    if end >= 0:
+        query = query[:end]
+    for item in query.split("&"):
+        if not item:
+            continue
+        name, sep, value = item.partition("=")
+        if decode:
+            name, value = _decode(name), _decode(value)
+        params.setdefault(name, value)
+    return params
+
+
+_INT64 = re.compile(r"\s*[+-]?[0-9]+\s*", re.ASCII)
+
+
+def _string_matcher(spec):
+    """{"kind", "value", "ignore_case"} -> value -> bool."""
+    kind, value = spec["kind"], spec["value"]
+    if kind == "safe_regex":
+        return compile_re2(value).fullmatch
+    if spec.get("ignore_case"):
+        value = _lower(value)
+        if kind == "exact":
+            return lambda v: _lower(v) == value
+        if kind == "prefix":
+            return lambda v: _lower(v).startswith(value)
+        if kind == "suffix":
+            return lambda v: _lower(v).endswith(value)
+        return lambda v: value in _lower(v)
+    if kind == "exact":
+        return value.__eq__
+    if kind == "prefix":
+        return lambda v: v.startswith(value)
+    if kind == "suffix":
+        return lambda v: v.endswith(value)
+    return lambda v: value in v
+
+
+class _HeaderMatcher:
+    """Envoy's HeaderMatcher: repeated headers are matched joined with ','; a missing header
+    does not match (inverted or not) unless treat_missing_header_as_empty; present_match
+    compares presence, then invert applies."""
+
+    __slots__ = ("name", "test", "present", "invert", "missing_as_empty")
+
+    def __init__(self, spec):
+        self.name = spec["name"]
+        self.invert = spec["invert"]
+        self.missing_as_empty = spec["treat_missing_as_empty"]
+        self.present = None
+        kind = spec["kind"]
+        if kind == "present":
+            self.present = spec["present"]
+            self.test = None
+        elif kind == "range":
+            start, end = spec["range"]
+
+            def in_range(v):
+                if not _INT64.fullmatch(v):
+                    return False
+                return start <= int(v) < end
+            self.test = in_range
+        else:
+            self.test = _string_matcher(spec["string"])
+
+    def matches(self, request) -> bool:
+        value = request.get(self.name)
+        if self.present is not None:
+            return ((value is not None) == self.present) != self.invert
+        if value is None:
+            if not self.missing_as_empty:
+                return False
+            value = ""
+        return bool(self.test(value)) != self.invert
+
+
+class _QueryMatcher:
+    __slots__ = ("name", "test", "present")
+
+    def __init__(self, spec):
+        self.name = spec["name"]
+        self.present = spec["present"]
+        self.test = _string_matcher(spec["string"]) if spec["string"] else None
+
+    def matches(self, params: dict) -> bool:
+        value = params.get(self.name)
+        if value is None:
+            return False
+        if self.present is not None:
+            return self.present
+        return self.test is None or bool(self.test(value))
+
+
+# --- routes ------------------------------------------------------------------------------------
+
+class RetryPolicy:
+    __slots__ = ("retry_on", "num_retries", "per_try_timeout", "retriable_status_codes",
+                 "base", "max")
+
+    def __init__(self, spec):
+        self.retry_on = frozenset(spec["retry_on"])
+        self.num_retries = spec["num_retries"]
+        self.per_try_timeout = spec["per_try_timeout"]          # seconds or None
+        self.retriable_status_codes = frozenset(spec["retriable_status_codes"])
+        self.base = spec["base_interval"]                       # seconds
+        self.max = spec["max_interval"]                         # seconds
+
+    def __repr__(self):
+        return (f"RetryPolicy({sorted(self.retry_on)}, num_retries={self.num_retries}, "
+                f"per_try_timeout={self.per_try_timeout})")
+
+
+def _path_test(match):
+    """-> (test(path, path_only) -> int | None, matched length for prefix rewrites)."""
+    kind, value, sensitive = match["path_kind"], match["path_value"], match["case_sensitive"]
+    if kind == "prefix":
+        if sensitive:
+            return lambda path, path_only: path.startswith(value)
+        low = _lower(value)
+        return lambda path, path_only: _lower(path[:len(low)]) == low
+    if kind == "path":
+        if sensitive:
+            return lambda path, path_only: path_only == value
+        low = _lower(value)
+        return lambda path, path_only: _lower(path_only) == low
+    if kind == "path_separated_prefix":
+        size = len(value)
+        if sensitive:
+            return lambda path, path_only: (path_only.startswith(value) and (
+                len(path_only) == size or path_only[size] == "/"))
+        low = _lower(value)
+        return lambda path, path_only: (_lower(path_only[:size]) == low and (
+            len(path_only) == size or path_only[size] == "/"))
+    if kind == "safe_regex":
+        full = compile_re2(value).fullmatch
+        return lambda path, path_only: full(path_only) is not None
+    if kind == "connect":
+        return None
+    raise ValueError(f"unknown path match {kind!r}")
+
+
+KEEP_EMPTY = "!keep_empty"      # suffix of an append action: add the header even when empty
+
+
+def _mutations(spec):
+    """A translated {"remove", "add"} -> Envoy's order within one level: removals, then
+    overwrites and add-if-absent in config order, then appends (Envoy 1.40 defers appends
+    to the end of the level)."""
+    if not spec:
+        return []
+    ops = [("remove", name, None, None) for name in spec["remove"]]
+    deferred = []
+    for name, template, action, keep_empty in spec["add"]:
+        op = ("add", name, template, action + KEEP_EMPTY if keep_empty else action)
+        (deferred if action == "APPEND_IF_EXISTS_OR_ADD" else ops).append(op)
+    return ops + deferred
+
+
+class Route:
+    """One matched route. Attributes the connection manager reads: name, kind ("cluster" |
+    "redirect" | "direct_response"), virtual_host (its name), timeout / idle_timeout (seconds
+    or None: disabled; idle_timeout None also when the route does not override the
+    manager's stream_idle_timeout — see idle_timeout_set), retry (RetryPolicy or None),
+    hash_policies, auto_host_rewrite, cluster_not_found_status."""
+
+    __slots__ = ("name", "kind", "virtual_host", "timeout", "idle_timeout", "idle_timeout_set",
+                 "retry", "hash_policies", "auto_host_rewrite", "cluster_not_found_status",
+                 "_path_test", "_connect", "_headers", "_query", "_grpc", "_match",
+                 "_cluster", "_cluster_header", "_weights", "_total_weight",
+                 "_prefix_rewrite", "_regex", "_substitution", "_host_literal",
+                 "_host_header", "_cluster_host", "_request_mutations",
+                 "_response_mutations", "_redirect", "_direct_status", "_direct_body",
+                 "_rewrites_path")
+
+    def __init__(self, spec, vhost_spec, config):
+        self.name = spec["name"]
+        self.kind = spec["kind"]
+        self.virtual_host = vhost_spec["name"]
+        match = spec["match"]
+        self._match = match
+        self._connect = match["path_kind"] == "connect"
+        self._path_test = _path_test(match)
+        self._headers = [_HeaderMatcher(h) for h in match["headers"]]
+        self._query = [_QueryMatcher(q) for q in match["query_parameters"]]
+        self._grpc = match["grpc"]
+        action = spec["action"]
+
+        self.timeout = self.idle_timeout = None
+        self.idle_timeout_set = False
+        self.retry = None
+        self.hash_policies = []
+        self.auto_host_rewrite = False
+        self.cluster_not_found_status = 503
+        self._cluster = self._cluster_header = None
+        self._weights = None
+        self._total_weight = 0
+        self._host_literal = self._host_header = None
+        self._cluster_host = {}
+        self._redirect = None
+        self._direct_status, self._direct_body = 0, b""
+        rewrite_spec = None
+        if self.kind == "cluster":
+            self._cluster = action["cluster"]
+            self._cluster_header = action["cluster_header"]
+            if action["weighted_clusters"]:
+                self._weights = [(w["name"], w["weight"]) for w in action["weighted_clusters"]]
+                self._total_weight = sum(w for _, w in self._weights)
+                for w in action["weighted_clusters"]:
+                    if w["host_rewrite_literal"]:
+                        self._cluster_host.setdefault(w["name"], w["host_rewrite_literal"])
+            self.cluster_not_found_status = action["cluster_not_found_status"]
+            self.timeout = action["timeout"]
+            self.idle_timeout_set = action["idle_timeout_set"]
+            self.idle_timeout = action["idle_timeout"]
+            retry = action["retry_policy"] or vhost_spec["retry_policy"]
+            self.retry = RetryPolicy(retry) if retry else None
+            self.hash_policies = [(h["kind"], h["name"], h["terminal"])
+                                  for h in action["hash_policies"]]
+            self.auto_host_rewrite = action["auto_host_rewrite"]
+            self._host_literal = action["host_rewrite_literal"]
+            self._host_header = action["host_rewrite_header"]
+            rewrite_spec = action
+        elif self.kind == "redirect":
+            self._redirect = action
+            rewrite_spec = action
+        else:
+            self._direct_status = action["status"]
+            body = action["body"]
+            self._direct_body = body.encode("latin-1") if body else b""
+
+        self._prefix_rewrite = rewrite_spec["prefix_rewrite"] if rewrite_spec else None
+        self._regex = self._substitution = None
+        if rewrite_spec and rewrite_spec["regex_rewrite"]:
+            self._regex = compile_re2(rewrite_spec["regex_rewrite"]["regex"])
+            self._substitution = compile_substitution(rewrite_spec["regex_rewrite"]["substitution"],
+                                                      self._regex.groups)
+        self._rewrites_path = self._prefix_rewrite is not None or self._regex is not None
+
+        # Header mutations, per cluster of a weighted split, in Envoy's evaluation order.
+        levels = [_mutations(spec["request_headers"]),
+                  _mutations(vhost_spec["request_headers"]),
+                  _mutations(config["request_headers"])]
+        response_levels = [_mutations(spec["response_headers"]),
+                           _mutations(vhost_spec["response_headers"]),
+                           _mutations(config["response_headers"])]
+        if config["most_specific_header_mutations_wins"]:
+            levels.reverse()
+            response_levels.reverse()
+        chain = [op for level in levels for op in level]
+        response_chain = [op for level in response_levels for op in level]
+        self._request_mutations = {None: chain}
+        self._response_mutations = {None: response_chain}
+        if self.kind == "cluster" and action["weighted_clusters"]:
+            for w in action["weighted_clusters"]:
+                self._request_mutations.setdefault(
+                    w["name"], _mutations(w["request_headers"]) + chain)
+                self._response_mutations.setdefault(
+                    w["name"], _mutations(w["response_headers"]) + response_chain)
+
+    def __repr__(self):
+        return f"Route({self.name!r}, {self.kind}, vhost={self.virtual_host!r})"
+
+    # --- matching -------------------------------------------------------------------------
+
+    def matches(self, request, path, path_only, params) -> bool:
+        """`params`: a one-item list holding the parsed query (filled on first need)."""
+        if self._connect:
+            if request.method != "CONNECT":
+                return False
+        elif path is None or not self._path_test(path, path_only):
+            return False
+        if self._grpc:
+            content_type = request.get("content-type")
+            if content_type is None or not content_type.startswith("application/grpc"):
+                return False
+        for header in self._headers:
+            if not header.matches(request):
+                return False
+        if self._query:
+            if params[0] is None:
+                params[0] = parse_query(request.query)
+            for query in self._query:
+                if not query.matches(params[0]):
+                    return False
+        return True
+
+    # --- cluster --------------------------------------------------------------------------
+
+    def pick_cluster(self, request, rand) -> str | None:
+        """The cluster for this request: the configured one, the value of cluster_header
+        (first value; None when absent or empty: answer cluster_not_found_status), or a
+        weighted pick. `rand`: random.random, or anything with a .random() (the random
+        module, a random.Random)."""
+        if self._cluster:
+            return self._cluster
+        if self._cluster_header is not None:
+            if self._cluster_header[0] == ":":
+                value = request.get(self._cluster_header)
+            else:
+                value = request.headers.get(self._cluster_header)
+            return value or None
+        if self._weights:
+            draw = getattr(rand, "random", rand)
+            point = int(draw() * self._total_weight)
+            for name, weight in self._weights:
+                if point < weight:
+                    return name
+                point -= weight
+            return self._weights[-1][0]
+        return None
+
+    def request_header_mutations(self, cluster_name=None) -> list:
+        """[(op, name, value_template, append_action)] in order; op is "add" or "remove"
+        (template and action None for remove). append_action ends with "!keep_empty" when
+        keep_empty_value is set. Apply in order: "remove" removes every value; "add" formats
+        the template and, when the result is empty and not keep_empty, skips it; then
+        APPEND_IF_EXISTS_OR_ADD appends,
+        ADD_IF_ABSENT adds only when absent, OVERWRITE_IF_EXISTS_OR_ADD replaces (Envoy
+        removes every value and appends the new one at the end), OVERWRITE_IF_EXISTS
+        replaces only when present. The list is shared: do not modify it."""
+        found = self._request_mutations.get(cluster_name)
+        return found if found is not None else self._request_mutations[None]
+
+    def response_header_mutations(self, cluster_name=None) -> list:
+        """Same shape and rules as request_header_mutations, for the response (also applied
+        to redirect and direct responses, as Envoy does)."""
+        found = self._response_mutations.get(cluster_name)
+        return found if found is not None else self._response_mutations[None]
+
+    # --- rewrites -------------------------------------------------------------------------
+
+    def rewrite(self, request, cluster_name=None, envoy_headers=True) -> None:
+        """Apply host and path rewrites to `request` in place. Call it after the request
+        header mutations, as Envoy does (host_rewrite_header reads the mutated headers).
+        Order (Envoy 1.40): the weighted cluster's host_rewrite_literal, then the route's
+        host rewrite, each saving the previous Host in x-envoy-original-host; then the path
+        rewrite, saving the original path in x-envoy-original-path. `envoy_headers` False
+        (the router's suppress_envoy_headers) leaves both x-envoy-original-* out.
+        auto_host_rewrite is the router's (it knows the upstream host): see the attribute."""
+        if cluster_name is not None and self._cluster_host:
+            host = self._cluster_host.get(cluster_name)
+            if host:
+                self._set_host(request, host, envoy_headers)
+        if self._host_literal:
+            self._set_host(request, self._host_literal, envoy_headers)
+        elif self._host_header:
+            value = request.headers.get(self._host_header) if self._host_header[0] != ":" \
+                else request.get(self._host_header)
+            if value:
+                self._set_host(request, value, envoy_headers)
+        if self._rewrites_path:
+            new_path = self._rewritten_path(request.path)
+            if envoy_headers:
+                _overwrite(request.headers, "x-envoy-original-path", request.path)
+            request.path = new_path
+
+    @staticmethod
+    def _set_host(request, host, envoy_headers):
+        if envoy_headers:
+            _overwrite(request.headers, "x-envoy-original-host", request.authority)
+        request.authority = host
+
+    def _rewritten_path(self, path: str) -> str:
+        q = path.find("?")
+        path_only = path if q < 0 else path[:q]
+        if self._prefix_rewrite is not None:
+            kind = self._match["path_kind"]
+            if kind == "safe_regex":
+                matched = len(path_only)
+            elif kind in ("prefix", "path", "path_separated_prefix"):
+                matched = len(self._match["path_value"])
+            else:
+                return path
+            return self._prefix_rewrite + path[matched:]
+        if self._substitution is None:       # a rewrite RE2 would refuse: Envoy keeps the path
+            return path
+        return replace_all(self._regex, self._substitution, path_only) + path[len(path_only):]
+
+    # --- local answers --------------------------------------------------------------------
+
+    def redirect_location(self, request):
+        """(status, Location) for a redirect route, composed as Envoy does. For a
+        direct_response route: (status, Location or None) — Envoy adds the request's own URL
+        as Location to a direct response with a 3xx or 201 status. The request's path is
+        rewritten in place first (prefix_rewrite / regex_rewrite of the redirect), as Envoy
+        does; x-envoy-original-path is set then."""
+        if self.kind == "direct_response":
+            status = self._direct_status
+            if not (300 <= status < 400 or status == 201):
+                return status, None
+            return status, _compose_uri(request, None)
+        if self._rewrites_path:
+            new_path = self._rewritten_path(request.path)
+            _overwrite(request.headers, "x-envoy-original-path", request.path)
+            request.path = new_path
+        return self._redirect["status"], _compose_uri(request, self._redirect)
+
+    def direct(self):
+        """(status, body bytes) for a direct_response route; b"" when it has no body."""
+        return self._direct_status, self._direct_body
+
+    # --- hashing --------------------------------------------------------------------------
+
+    def hash_key(self, request, downstream_remote_ip: str | None) -> int | None:
+        """The 64-bit hash for RING_HASH / MAGLEV from hash_policies, or None (then the
+        balancer picks as if no hash policy were set)."""
+        result = None
+        for kind, name, terminal in self.hash_policies:
+            value = None
+            if kind == "header":
+                if name[0] == ":":
+                    value = request.get(name)
+                else:
+                    values = request.headers.get_all(name)
+                    if values:
+                        value = values[0] if len(values) == 1 else "\x00".join(sorted(values))
+            elif kind == "cookie":
+                value = _cookie(request.headers, name)
+            elif kind == "source_ip":
+                value = downstream_remote_ip or None
+            elif kind == "query_parameter":
+                value = parse_query(request.query, decode=False).get(name)
+            if value is not None:
+                new = _hash64(value)
+                result = new if result is None else (
+                    ((result << 1) | (result >> 63)) & _MASK64) ^ new
+            if terminal and result is not None:
+                break
+        return result
+
+
+_MASK64 = (1 << 64) - 1
+
+
+def _hash64(value: str) -> int:
+    # Envoy's hash (xxHash64, seed 0): the same key picks the same ring hash / Maglev host
+    # in Baton as in Envoy.
+    return xxhash64(value.encode("latin-1", "replace"))
+
+
+def _cookie(headers, name):
+    for value in headers.get_all("cookie"):
+        for item in value.split(";"):
+            key, sep, val = item.strip().partition("=")
+            if sep and key == name:
+                if len(val) >= 2 and val[0] == '"' and val[-1] == '"':
+                    val = val[1:-1]
+                return val
+    return None
+
+
+def _overwrite(headers, name, value):
+    """Envoy's setReferenceKey: every `name` removed, the new one appended at the end."""
+    headers.remove(name)
+    headers.add(name, value)
+
+
+def _port_start(host: str) -> int:
+    """Index of the ':' of a port in a Host value, -1 if none (IPv6-aware)."""
+    if host.startswith("["):
+        end = host.rfind("]:")
+        return end + 1 if end >= 0 else -1
+    return host.rfind(":")
+
+
+def _compose_uri(request, redirect) -> str:
+    """Envoy's redirect URL: scheme, host, port and path, each from the redirect when it
+    sets one, else from the request (Host port dropped when the scheme changes away from
+    its default port, or when port_redirect replaces it)."""
+    forwarded_proto = request.get("x-forwarded-proto") or request.scheme
+    if redirect and redirect["scheme"]:
+        scheme = redirect["scheme"]
+    elif redirect and redirect["https"]:
+        scheme = "https"
+    else:
+        scheme = forwarded_proto
+    port = ""
+    if redirect and redirect["port"]:
+        port = f":{redirect['port']}"
+        if redirect["host"]:
+            host = redirect["host"]                      # as written, as Envoy does
+        else:
+            host = request.authority
+            cut = _port_start(host)
+            host = host if cut < 0 else host[:cut]
+    elif redirect and redirect["host"]:
+        host = redirect["host"]
+    else:
+        host = request.authority
+        cut = _port_start(host)
+        if cut >= 0 and scheme != forwarded_proto:
+            request_port = host[cut:]
+            if (forwarded_proto == "https" and request_port == ":443") or (
+                    forwarded_proto == "http" and request_port == ":80"):
+                host = host[:cut]
+    path = request.path
+    new_path = redirect["path"] if redirect else None
+    path_has_query = False
+    if new_path:
+        path_has_query = "?" in new_path
+        if not path_has_query:
+            q = path.find("?")
+            new_path = new_path + (path[q:] if q >= 0 else "")
+        path = new_path
+    if not path.startswith("/"):
+        path = "/" + path
+    if redirect and redirect["strip_query"] and not path_has_query:
+        q = path.find("?")
+        if q >= 0:
+            path = path[:q]
+    return f"{scheme}://{host}{port}{path}"
+
+
+# --- virtual hosts and the table ---------------------------------------------------------------
+
+class _VirtualHost:
+    __slots__ = ("name", "routes")
+
+    def __init__(self, spec, config):
+        self.name = spec["name"]
+        self.routes = [Route(r, spec, config) for r in spec["routes"]]
+
+    def route(self, request):
+        if request.method == "CONNECT":
+            path = path_only = None         # CONNECT has no :path for path matchers
+        else:
+            path = request.path
+            q = path.find("?")
+            path_only = path if q < 0 else path[:q]
+        params = [None]
+        for route in self.routes:
+            if route.matches(request, path, path_only, params):
+                return route
+        return None
+
+
+class RouteTable:
+    """A compiled route_config (see module docstring)."""
+
+    __slots__ = ("name", "_exact", "_suffixes", "_prefixes", "_default", "_ignore_port",
+                 "_only_default", "virtual_hosts")
+
+    def __init__(self, config: dict):
+        self.name = config["name"]
+        self._ignore_port = config["ignore_port_in_host_matching"]
+        self._exact, self._default = {}, None
+        suffixes, prefixes = {}, {}
+        self.virtual_hosts = []
+        for spec in config["virtual_hosts"]:
+            vhost = _VirtualHost(spec, config)
+            self.virtual_hosts.append(vhost)
+            for domain in spec["domains"]:
+                domain = _lower(domain)
+                if domain == "*":
+                    self._default = vhost
+                elif domain.startswith("*"):
+                    suffixes.setdefault(len(domain) - 1, {})[domain[1:]] = vhost
+                elif domain.endswith("*"):
+                    prefixes.setdefault(len(domain) - 1, {})[domain[:-1]] = vhost
+                else:
+                    self._exact[domain] = vhost
+        # Longest wildcard first; each length is one dict lookup.
+        self._suffixes = sorted(suffixes.items(), reverse=True)
+        self._prefixes = sorted(prefixes.items(), reverse=True)
+        self._only_default = not (self._exact or self._suffixes or self._prefixes)
+
+    def virtual_host(self, request):
+        if self._only_default:
+            return self._default
+        host = request.authority
+        if not host:
+            return None
+        if self._ignore_port:
+            cut = _port_start(host)
+            if cut >= 0:
+                host = host[:cut]
+        host = _lower(host)
+        found = self._exact.get(host)
+        if found is not None:
+            return found
+        size = len(host)
+        for length, table in self._suffixes:
+            if length < size:
+                found = table.get(host[size - length:])
+                if found is not None:
+                    return found
+        for length, table in self._prefixes:
+            if length < size:
+                found = table.get(host[:length])
+                if found is not None:
+                    return found
+        return self._default
+
+    def route(self, request):
+        """The first matching route of the request's virtual host, or None (404)."""
+        vhost = self.virtual_host(request)
+        return vhost.route(request) if vhost is not None else None
