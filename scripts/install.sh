@@ -20,6 +20,9 @@ have ipset || need_apt+=(ipset)
 have ip || need_apt+=(iproute2)
 if [ "${BATON_TEST_TOOLS:-0}" = 1 ]; then
     have nc || need_apt+=(netcat-openbsd)
+    # Real HTTP clients for the HTTP tests (wrk: HTTP/1.1 load; h2load: HTTP/2 load).
+    have wrk || need_apt+=(wrk)
+    have h2load || need_apt+=(nghttp2-client)
 fi
 if [ "${BATON_BENCH_TOOLS:-0}" = 1 ]; then
     have haproxy || need_apt+=(haproxy)

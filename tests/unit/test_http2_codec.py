@@ -659,19 +659,16 @@ def _fuzz_module():
     return module
 
 
-def _corpus_cases():
+def test_fuzz_corpus():
+    """Inputs the fuzzer once found failing (tests/fuzz/corpus/http2/), replayed exactly as
+    the fuzzer drives them. The 1,000,000-input runs so far found none; the directory is
+    where new finds land."""
     if not os.path.isdir(CORPUS):
-        return []
-    return sorted(os.path.join(CORPUS, name) for name in os.listdir(CORPUS)
-                  if name.endswith(".bin"))
-
-
-@pytest.mark.parametrize("path", _corpus_cases(), ids=os.path.basename)
-def test_fuzz_corpus_case(path):
-    """Inputs the fuzzer once found failing, replayed exactly as the fuzzer drives them."""
-    with open(path, "rb") as f:
-        data = f.read()
-    assert _fuzz_module().replay(data) == []
+        return
+    fuzz = _fuzz_module()
+    for name in sorted(os.listdir(CORPUS)):
+        with open(os.path.join(CORPUS, name), "rb") as f:
+            assert fuzz.replay(f.read()) == [], name
 
 
 def test_fuzzer_smoke():

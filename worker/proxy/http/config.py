@@ -36,6 +36,7 @@ class HttpConfig:
         self.max_headers = int(spec.get("max_request_headers_count", 100))
         self.request_headers_timeout = spec.get("request_headers_timeout")
         self.idle_timeout = spec.get("idle_timeout", 3600.0)
+        self.delayed_close_timeout = spec.get("delayed_close_timeout", 1.0)
         self.max_requests_per_connection = spec.get("max_requests_per_connection")
         self.use_remote_address = bool(spec.get("use_remote_address"))
         # internal_address_config: who counts as internal (Envoy 1.40: nobody by default).

@@ -117,6 +117,7 @@ class HttpConnection(asyncio.Protocol):
         self.local = None
         self.requests = 0
         self.dirty = False                        # queued bytes wait for flush_dirty()
+        self.lingering = None                     # delayed close: the final close() timer
         self.on_idle = None                       # migration waits for this connection
         self.moving_fd = -1
 
@@ -158,6 +159,8 @@ class HttpConnection(asyncio.Protocol):
         self.worker.stats.counters[hcm.stat_cx_http2_total] += 1
 
     def data_received(self, data: bytes) -> None:
+        if self.closed:
+            return                  # lingering after close(): dropped
         codec = self.codec
         if codec is None:
             # codec_type AUTO: the HTTP/2 preface decides (h2c with prior knowledge).
@@ -211,6 +214,12 @@ class HttpConnection(asyncio.Protocol):
         # GoAway / WindowOpen need nothing here: the codec flushes held data itself.
 
     def eof_received(self):
+        if self.closed:
+            if self.lingering is not None:
+                self.lingering.cancel()
+                self.lingering = None
+            self.transport.close()
+            return False
         if self.codec is not None:
             for event in self.codec.receive(b""):
                 self._dispatch(event)
@@ -220,6 +229,9 @@ class HttpConnection(asyncio.Protocol):
         return False
 
     def connection_lost(self, exc) -> None:
+        if self.lingering is not None:
+            self.lingering.cancel()
+            self.lingering = None
         self._abort_streams("downstream connection closed")
         self._closed()
 
@@ -339,11 +351,26 @@ class HttpConnection(asyncio.Protocol):
             self.transport.resume_reading()
 
     def close(self) -> None:
+        """Close after the queued bytes, Envoy's delayed close: our side is shut for writing
+        and what the peer still sends is read and dropped until it closes too (or
+        delayed_close_timeout passes). Closing with unread bytes would make the kernel send
+        a RST, and a RST can destroy our last bytes (a final GOAWAY, an error reply) before
+        the peer reads them."""
         if self.closed:
             return
         self.flush()
         self._closed()
-        self.transport.close()          # after the queued bytes are written
+        transport = self.transport
+        timeout = self.hcm.delayed_close_timeout
+        if not timeout or not transport.can_write_eof() or transport.is_closing():
+            transport.close()
+            return
+        try:
+            transport.write_eof()
+        except OSError:
+            transport.close()
+            return
+        self.lingering = self.loop.call_later(timeout, transport.close)
 
     def abort(self) -> None:
         if not self.closed:

@@ -396,7 +396,9 @@ class PoolManager:
         return pool
 
     def drop_idle(self) -> None:
-        """Close idle upstream connections (drain)."""
+        """Close upstream connections that carry no request (drain). An HTTP/2 connection
+        sits in `idle` while it has room for streams, so one with streams stays."""
         for pool in self.pools.values():
             for conn in list(pool.idle):
-                conn.abort(None)
+                if not conn.streams:
+                    conn.abort(None)
