@@ -1,7 +1,7 @@
 # The two commands a newcomer runs (README): `make run` and `make test`.
 PY := .venv/bin/python
 
-.PHONY: install run test unit integration bench bench-reload bench-intercept clean
+.PHONY: install run test unit integration bench bench-reload bench-intercept bench-http clean
 
 install:
 	@BATON_TEST_TOOLS=1 scripts/install.sh
@@ -29,6 +29,10 @@ bench-reload: install
 bench-intercept: install
 	@BATON_BENCH_TOOLS=1 scripts/install.sh
 	@$(PY) bench/intercept.py
+
+bench-http: install
+	@BATON_BENCH_TOOLS=1 scripts/install.sh
+	@$(PY) bench/http_bench.py
 
 clean:
 	rm -rf .venv .venv-envoy build *.egg-info
