@@ -27,11 +27,13 @@ def main() -> int:
         return 1
     print(f"""
 Baton quickstart
-  proxy      127.0.0.1:10000  ->  demo upstream 127.0.0.1:10001   (examples/quickstart.yaml)
+  tcp proxy  127.0.0.1:10000  ->  demo upstream 127.0.0.1:10001   (examples/quickstart.yaml)
+  http       127.0.0.1:10080  ->  the same upstream, routed by an http_connection_manager
   admin      http://127.0.0.1:9901
 
 Try, from another terminal:
   curl http://127.0.0.1:10000/hello            # an HTTP request through the TCP proxy
+  curl -i http://127.0.0.1:10080/hello         # the same, routed at L7 (see x-routed-by)
   echo 'hello baton' | nc -q1 127.0.0.1 10000  # raw bytes, echoed back
   curl http://127.0.0.1:9901/stats             # Envoy-style counters
   .venv/bin/baton status --runtime-dir {runtime_dir}

@@ -437,6 +437,9 @@ def _http2(options, here, errors):
         if not low <= value <= high:
             errors.append(f"{here}.{field}: {value} is out of range ({low}-{high})")
         result[field] = value
+    if result["hpack_table_size"] != H2_OPTIONS["hpack_table_size"][0]:
+        # h2's HPACK encoder keeps its own table size; a different one is not applied.
+        errors.append(f"{here}.hpack_table_size: only the default (4096) is supported")
     return result
 
 

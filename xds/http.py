@@ -96,6 +96,14 @@ def translate_http_connection_manager(pb, path, errors, warnings=None, clusters=
     upgrade_types = _upgrade_types(pb, path, errors)
     http2 = _http2_options(pb, path, errors)
     http1 = pb.http_protocol_options
+    # Validated fields whose behaviour Baton does not have: refused, not silently ignored.
+    if pb.xff_num_trusted_hops:
+        errors.append(f"{join(path, 'xff_num_trusted_hops')}: not supported yet (0 only)")
+    if pb.HasField("normalize_path") and pb.normalize_path.value:
+        errors.append(f"{join(path, 'normalize_path')}: not supported yet")
+    if pb.HasField("drain_timeout") and warnings is not None:
+        warnings.append(f"{join(path, 'drain_timeout')}: accepted but not applied (HTTP/2 "
+                        "connections drain with the two-phase GOAWAY, ended by the PING ack)")
 
     if len(errors) > start:
         return None

@@ -130,7 +130,8 @@ def validate_snapshot_shape(snap):
     for i, lst in enumerate(snap.get("listeners") or ()):
         where = f"listeners[{i}]"
         _require(lst, LISTENER_KEYS, where, problems)
-        if isinstance(lst, dict):
+        if isinstance(lst, dict) and lst.get("tcp_proxy") is not None:
+            # None when the default chain is an http_connection_manager (or there is none).
             _require(lst.get("tcp_proxy"), TCP_PROXY_KEYS, f"{where}.tcp_proxy", problems)
     for name, cluster in (snap.get("clusters") or {}).items():
         where = f"clusters[{name!r}]"

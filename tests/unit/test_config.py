@@ -110,6 +110,14 @@ CLUSTER_FEATURE_DEFAULTS = {
 
 def test_quickstart_loads_to_the_documented_snapshot():
     snap = load_bootstrap(str(EXAMPLES / "quickstart.yaml"))
+    # The HTTP listener: its chain carries the translated http_connection_manager (whose
+    # whole shape tests/unit/test_http_config.py pins down).
+    http_listener = snap["listeners"].pop(1)
+    assert (http_listener["name"], http_listener["port"], http_listener["tcp_proxy"]) == ("http_0", 10080, None)
+    (chain,) = http_listener["filter_chains"]
+    assert chain["tcp_proxy"] is None and chain["http"]["stat_prefix"] == "demo_http"
+    assert chain["http"]["route_config"]["name"] == "demo_routes"
+    assert [f["name"] for f in chain["http"]["http_filters"]] == ["envoy.filters.http.router"]
     assert snap == {
         "version": "bootstrap",
         "node": {"id": "", "cluster": "", "metadata": {}},
@@ -481,7 +489,7 @@ def test_three_problems_three_lines(tmp_path):
     path = tmp_path / "three.yaml"
     path.write_text(EXAMPLES.joinpath("quickstart.yaml").read_text()
                     .replace("lb_policy: ROUND_ROBIN", "lb_policy: LOAD_BALANCING_POLICY_CONFIG")
-                    .replace("cluster: demo", "cluster: dmeo")
+                    .replace("cluster: demo", "cluster: dmeo", 1)
                     .replace("port_value: 10001", "port_value: ten"))
     with pytest.raises(ConfigError) as info:
         load_bootstrap(str(path))

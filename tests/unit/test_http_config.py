@@ -90,7 +90,7 @@ def test_hcm_values():
         "common_http_protocol_options": {"idle_timeout": "0s", "max_headers_count": 50,
                                          "max_requests_per_connection": 7,
                                          "max_connection_duration": "60s"},
-        "use_remote_address": True, "xff_num_trusted_hops": 2, "generate_request_id": False,
+        "use_remote_address": True, "generate_request_id": False,
         "server_name": "baton", "server_header_transformation": "PASS_THROUGH",
         "upgrade_configs": [{"upgrade_type": "websocket"}, {"upgrade_type": "CONNECT"},
                             {"upgrade_type": "h2c", "enabled": False}],
@@ -102,7 +102,7 @@ def test_hcm_values():
     assert hcm["request_timeout"] == 30.0 and hcm["request_headers_timeout"] == 2.0
     assert hcm["max_request_headers_count"] == 50 and hcm["max_requests_per_connection"] == 7
     assert hcm["max_connection_duration"] == 60.0
-    assert hcm["use_remote_address"] and hcm["xff_num_trusted_hops"] == 2
+    assert hcm["use_remote_address"] and hcm["xff_num_trusted_hops"] == 0
     assert hcm["generate_request_id"] is False and hcm["server_name"] == "baton"
     assert hcm["server_header_transformation"] == "PASS_THROUGH"
     assert hcm["upgrade_types"] == ["websocket", "connect"]
@@ -303,3 +303,11 @@ def test_every_error_is_reported():
     assert any(e.startswith(f"{R0}.route.cluster") for e in errors)
     assert any(e.startswith(f"{VH}.routes[1].match.safe_regex") for e in errors)
     assert any(e.startswith(f"{VH}.routes[2].route.timeout") for e in errors)
+
+
+def test_fields_baton_cannot_apply_are_refused():
+    """Validated by Envoy, not implemented here: an error naming the field, never ignored."""
+    hcm, errors = translate_hcm({"http_filters": [ROUTER], "xff_num_trusted_hops": 1})
+    assert hcm is None and errors == ["hcm.xff_num_trusted_hops: not supported yet (0 only)"]
+    hcm, errors = translate_hcm({"http_filters": [ROUTER], "normalize_path": True})
+    assert hcm is None and errors == ["hcm.normalize_path: not supported yet"]

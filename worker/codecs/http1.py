@@ -89,6 +89,17 @@ def _serialize_headers(out: list, headers) -> None:
         out.append(f"{name}: {value}\r\n")
 
 
+def _end_body(events: list, stream_id: int) -> None:
+    """The message ended: mark its last body chunk of this batch as the end, or add an empty
+    one (a response read in one piece is then one Body event, not two)."""
+    if events:
+        last = events[-1]
+        if last.__class__ is Body and last.stream_id == stream_id and not last.end_stream:
+            last.end_stream = True
+            return
+    events.append(Body(stream_id, b"", True))
+
+
 # --- framing of what we send ----------------------------------------------------------------
 
 class _Outgoing:
@@ -446,7 +457,7 @@ class Http1ServerCodec:
 
     def on_message_complete(self) -> None:
         if self._body_seen:
-            self._events.append(Body(self._stream, b"", True))
+            _end_body(self._events, self._stream)
         self._stream = 0
         if self._goaway:
             self._failed = True
@@ -672,7 +683,9 @@ class Http1ClientCodec:
     def on_message_complete(self) -> None:
         if 100 <= self._parser.get_status_code() < 200 and self._parser.get_status_code() != 101:
             return
+        if self._tunnel > 0:
+            return          # a 101 or a CONNECT's 2xx: what follows is the tunnel, not the end
         if self._stream and self._body_expected:
-            self._events.append(Body(self._stream, b"", True))
+            _end_body(self._events, self._stream)
             self._stream = 0
         self._body_expected = False

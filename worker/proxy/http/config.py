@@ -36,6 +36,19 @@ class HttpConfig:
         self.max_headers = int(spec.get("max_request_headers_count", 100))
         self.request_headers_timeout = spec.get("request_headers_timeout")
         self.idle_timeout = spec.get("idle_timeout", 3600.0)
+        self.stream_idle_timeout = spec.get("stream_idle_timeout", 300.0)
+        # A route's idle_timeout replaces stream_idle_timeout for its streams; the connection's
+        # sweep must look often enough for the shortest.
+        route_idles = [r.idle_timeout for vh in (self.routes.virtual_hosts if self.routes else ())
+                       for r in vh.routes if r.idle_timeout_set and r.idle_timeout]
+        self.shortest_idle = min([t for t in [self.stream_idle_timeout, *route_idles] if t],
+                                 default=None)
+        self.request_timeout = spec.get("request_timeout")
+        self.max_connection_duration = spec.get("max_connection_duration")
+        self.via = spec.get("via") or ""
+        self.merge_slashes = bool(spec.get("merge_slashes"))
+        self.strip_matching_host_port = bool(spec.get("strip_matching_host_port"))
+        self.strip_any_host_port = bool(spec.get("strip_any_host_port"))
         self.delayed_close_timeout = spec.get("delayed_close_timeout", 1.0)
         self.max_requests_per_connection = spec.get("max_requests_per_connection")
         self.use_remote_address = bool(spec.get("use_remote_address"))
@@ -49,6 +62,7 @@ class HttpConfig:
         self.always_set_request_id_in_response = bool(spec.get("always_set_request_id_in_response"))
         self.server_name = spec.get("server_name") or "envoy"
         self.server_header_transformation = spec.get("server_header_transformation", "OVERWRITE")
+        self.owned_response_headers = frozenset({"date", "server"})
         self.upgrade_types = {u.lower() for u in spec.get("upgrade_types") or ()}
         http1 = spec.get("http1") or {}
         self.accept_http_10 = bool(http1.get("accept_http_10"))
@@ -67,6 +81,9 @@ class HttpConfig:
             self.filter_factories.append(factory_class(entry.get("config") or {},
                                                        _FilterContext(worker, prefix)))
         self.suppress_envoy_headers = bool(router_config.get("suppress_envoy_headers"))
+        if not self.suppress_envoy_headers:
+            # The router's own header replaces whatever the upstream sent.
+            self.owned_response_headers |= {"x-envoy-upstream-service-time"}
         self.access_logs = _access_logs(spec.get("access_log") or (), worker)
         self._templates: dict = {}
 
@@ -85,6 +102,8 @@ class HttpConfig:
         self.stat_rq_tx_reset = http + "downstream_rq_tx_reset"
         self.stat_rq_too_large = http + "downstream_rq_too_large"
         self.stat_rq_header_timeout = http + "downstream_rq_header_timeout"
+        self.stat_rq_timeout = http + "downstream_rq_timeout"
+        self.stat_rq_idle_timeout = http + "downstream_rq_idle_timeout"
         self.stat_rq_class = {k: f"{http}downstream_rq_{k}xx" for k in range(1, 6)}
         self.stat_no_route = http + "no_route"
         self.stat_no_cluster = http + "no_cluster"
@@ -96,6 +115,7 @@ class HttpConfig:
                 self.stat_cx_protocol_error, self.stat_cx_idle_timeout, self.stat_rq_total,
                 self.stat_rq_http1_total, self.stat_rq_http2_total, self.stat_rq_rx_reset,
                 self.stat_rq_tx_reset, self.stat_rq_too_large, self.stat_rq_header_timeout,
+                self.stat_rq_timeout, self.stat_rq_idle_timeout,
                 *self.stat_rq_class.values(), self.stat_no_route, self.stat_no_cluster,
                 self.stat_rq_redirect, self.stat_rq_direct_response]
 

@@ -25,6 +25,7 @@ import asyncio
 import logging
 import os
 import random
+import re
 import time
 from collections import deque
 
@@ -40,6 +41,8 @@ log = logging.getLogger("baton.http")
 H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 MAX_QUEUED_EVENTS = 64          # pipelined events waiting before reading pauses
 _TEXT_PLAIN = ("content-type", "text/plain")
+_DATE_ONLY = frozenset({"date"})
+_SLASHES = re.compile(r"/{2,}")
 
 
 class _DateCache:
@@ -86,6 +89,8 @@ EXTERNAL_STRIPPED = ("x-envoy-retriable-status-codes", "x-envoy-retriable-header
                      "x-envoy-hedge-on-per-try-timeout")
 EDGE_STRIPPED = ("x-envoy-decorator-operation", "x-envoy-downstream-service-cluster",
                  "x-envoy-downstream-service-node")
+EXTERNAL_STRIPPED_SET = frozenset(EXTERNAL_STRIPPED) | {"x-envoy-internal"}
+EDGE_STRIPPED_SET = EXTERNAL_STRIPPED_SET | frozenset(EDGE_STRIPPED)
 
 
 class HttpConnection(asyncio.Protocol):
@@ -118,6 +123,8 @@ class HttpConnection(asyncio.Protocol):
         self.requests = 0
         self.dirty = False                        # queued bytes wait for flush_dirty()
         self.lingering = None                     # delayed close: the final close() timer
+        self.duration_timer = None                # max_connection_duration
+        self.stream_timer = None                  # stream_idle_timeout / request_timeout sweep
         self.on_idle = None                       # migration waits for this connection
         self.moving_fd = -1
 
@@ -136,6 +143,8 @@ class HttpConnection(asyncio.Protocol):
         elif hcm.codec_type == "HTTP1":
             self._use_http1()
         self._arm_idle()
+        if hcm.max_connection_duration:
+            self.duration_timer = self.loop.call_later(hcm.max_connection_duration, self.drain)
         if self.initial:
             # What the listener's inspectors read first: (bytes, whether EOF followed).
             (data, eof), self.initial = self.initial, None
@@ -258,6 +267,8 @@ class HttpConnection(asyncio.Protocol):
         stream = Stream(self, event)
         self.streams[event.stream_id] = stream
         self.requests += 1
+        if self.stream_timer is None and (self.hcm.shortest_idle or self.hcm.request_timeout):
+            self.stream_timer = self.loop.call_later(self._sweep_interval(), self._sweep_streams)
         if self.codec.__class__ is Http1ServerCodec:
             self.active = stream
         stream.start()
@@ -381,10 +392,10 @@ class HttpConnection(asyncio.Protocol):
         if self.closed:
             return
         self.closed = True
-        for timer in (self.idle_timer, self.header_timer):
+        for timer in (self.idle_timer, self.header_timer, self.duration_timer, self.stream_timer):
             if timer is not None:
                 timer.cancel()
-        self.idle_timer = self.header_timer = None
+        self.idle_timer = self.header_timer = self.duration_timer = self.stream_timer = None
         gauges = self.worker.stats.gauges
         gauges[self.hcm.stat_cx_active] -= 1
         gauges[self.listener.stat_cx_active] -= 1
@@ -403,6 +414,33 @@ class HttpConnection(asyncio.Protocol):
         self.flush()
         if not self.streams:
             self.close()
+
+    def _sweep_interval(self) -> float:
+        hcm = self.hcm
+        return min(t for t in (hcm.shortest_idle, hcm.request_timeout) if t) / 4
+
+    def _sweep_streams(self) -> None:
+        """stream_idle_timeout and request_timeout, for every stream of this connection, by
+        one timer that looks every quarter of the shorter timeout (so a timeout fires up to
+        25% late, never early): no timer per request."""
+        self.stream_timer = None
+        if self.closed or not self.streams:
+            return
+        hcm = self.hcm
+        now = self.loop.time()
+        for stream in list(self.streams.values()):
+            if stream.done:
+                continue
+            if hcm.request_timeout and not stream.request_complete and \
+                    now - stream.info.start_monotonic >= hcm.request_timeout:
+                stream.timed_out(408, "request timeout", "request_overall_timeout",
+                                 self.hcm.stat_rq_timeout)
+            elif stream.idle_timeout and now - stream.last_activity >= stream.idle_timeout:
+                stream.timed_out(408, "stream timeout", "stream_idle_timeout",
+                                 self.hcm.stat_rq_idle_timeout)
+        self.flush()
+        if self.streams and not self.closed:
+            self.stream_timer = self.loop.call_later(self._sweep_interval(), self._sweep_streams)
 
     def _arm_idle(self) -> None:
         """One lazy timer (STYLE.md pattern 5): going idle moves the deadline; the timer,
@@ -531,7 +569,8 @@ class Stream:
                  "filters", "filter_index", "router", "request_complete", "response_started",
                  "response_complete", "trailers", "held_body", "held_bytes", "close_connection",
                  "done", "cluster_name", "delay_timer", "buffer_limit", "paused_downstream",
-                 "upgrade", "expect_continue", "end_at_head")
+                 "upgrade", "expect_continue", "end_at_head", "controls", "last_activity",
+                 "idle_timeout")
 
     def __init__(self, conn: HttpConnection, event: RequestHead | None):
         self.conn = conn
@@ -564,6 +603,9 @@ class Stream:
         self.delay_timer = None
         self.buffer_limit = conn.hcm.buffer_limit
         self.paused_downstream = False
+        self.controls = False
+        self.last_activity = self.info.start_monotonic
+        self.idle_timeout = conn.hcm.stream_idle_timeout
 
     @classmethod
     def for_error(cls, conn, stream_id: int) -> "Stream":
@@ -598,10 +640,23 @@ class Stream:
         if self.expect_continue and request.version != "2":
             self.conn.codec.send_head(self.id, Response(100, Headers()), False)
         self._mutate_request_headers()
+        if hcm.merge_slashes and "//" in request.path:
+            path, sep, query = request.path.partition("?")
+            request.path = _SLASHES.sub("/", path) + sep + query
+        if (hcm.strip_any_host_port or hcm.strip_matching_host_port) and ":" in request.authority:
+            host, _, port = request.authority.rpartition(":")
+            if port.isdigit() and "]" not in port and (
+                    hcm.strip_any_host_port or int(port) == self.conn.listener.port):
+                request.authority = host
+        if hcm.via:
+            via = request.headers.get("via")
+            request.headers.set("via", f"{via}, {hcm.via}" if via else hcm.via)
         table = hcm.routes
         route = self.route = table.route(request) if table is not None else None
         if route is not None:
             self.info.route_name = route.name
+            if route.idle_timeout_set:
+                self.idle_timeout = route.idle_timeout      # 0s: none for this route
             if route.kind == "cluster":
                 # Chosen with the route, before the filters: the fault filter's
                 # upstream_cluster condition reads it.
@@ -619,44 +674,57 @@ class Stream:
         request = self.request
         headers = request.headers
         remote_ip = self.conn.peer[0] if self.conn.peer else ""
+        # One pass over the names: most requests carry none of the headers looked at here.
+        present = {name for name, _ in headers.items}
+        xff = headers.get("x-forwarded-for") if "x-forwarded-for" in present else None
         if hcm.use_remote_address:
-            xff = headers.get("x-forwarded-for")
             if not hcm.skip_xff_append:
                 # A loopback peer is recorded as this node's own address, as Envoy does.
                 appended = hcm.node_address if _is_loopback(remote_ip) else remote_ip
-                headers.set("x-forwarded-for", f"{xff},{appended}" if xff else appended)
-            headers.set("x-forwarded-proto", request.scheme)
+                if xff is None:
+                    headers.add("x-forwarded-for", appended)
+                else:
+                    headers.set("x-forwarded-for", f"{xff},{appended}")
+            if "x-forwarded-proto" in present:
+                headers.set("x-forwarded-proto", request.scheme)
+            else:
+                headers.add("x-forwarded-proto", request.scheme)
             # Internal only when the peer is the whole chain (no x-forwarded-for came in).
             internal = xff is None and hcm.is_internal(remote_ip)
         else:
-            if "x-forwarded-proto" not in headers:
+            if "x-forwarded-proto" not in present:
                 headers.add("x-forwarded-proto", request.scheme)
             # Without use_remote_address the client is what x-forwarded-for names, when it
             # names exactly one address.
-            xff = headers.get("x-forwarded-for")
             internal = xff is not None and "," not in xff and hcm.is_internal(xff.strip())
         edge = hcm.use_remote_address and not internal
+        # x-envoy-* controls survive only on internal requests (and route mutations may add
+        # them): only then does the router look.
+        self.controls = internal or self.route_adds_headers
         if internal:
             headers.set("x-envoy-internal", "true")
         else:
-            headers.remove("x-envoy-internal")
             # An external request may not steer the proxy (Envoy's cleanInternalHeaders).
-            for name in EXTERNAL_STRIPPED:
-                if name in headers:
-                    headers.remove(name)
+            doomed = present & (EDGE_STRIPPED_SET if edge else EXTERNAL_STRIPPED_SET)
+            if doomed:
+                headers.items = [kv for kv in headers.items if kv[0] not in doomed]
             if edge:
-                for name in EDGE_STRIPPED:
-                    if name in headers:
-                        headers.remove(name)
                 headers.set("x-envoy-external-address", remote_ip)
         if hcm.generate_request_id:
-            request_id = headers.get("x-request-id")
-            if request_id is None or (edge and not hcm.preserve_external_request_id):
+            request_id = headers.get("x-request-id") if "x-request-id" in present else None
+            if request_id is None:
+                request_id = new_request_id()
+                headers.add("x-request-id", request_id)
+            elif edge and not hcm.preserve_external_request_id:
                 request_id = new_request_id()
                 headers.set("x-request-id", request_id)
             self.info.request_id = request_id
         else:
             self.info.request_id = headers.get("x-request-id")
+
+    @property
+    def route_adds_headers(self) -> bool:
+        return self.hcm.routes is not None and self.hcm.routes.adds_request_headers
 
     def _continue_filters(self, reply: LocalReply | None = None) -> None:
         self.delay_timer = None
@@ -723,7 +791,10 @@ class Stream:
         # host_rewrite_header reads the mutated headers).
         self._apply_mutations(request.headers, route.request_header_mutations(name))
         route.rewrite(request, name, envoy_headers=not hcm.suppress_envoy_headers)
-        timeout, retry = route_controls(route, request.headers)
+        if self.controls:
+            timeout, retry = route_controls(route, request.headers)
+        else:
+            timeout, retry = route.timeout, route.retry
         if not hcm.suppress_envoy_headers and timeout:
             per_try = retry.per_try_timeout if retry is not None else None
             expected = per_try if per_try else timeout
@@ -767,6 +838,7 @@ class Stream:
     def on_request_body(self, data: bytes, end_stream: bool) -> None:
         if self.done:
             return
+        self.last_activity = self.loop.time()
         self.info.bytes_received += len(data)
         if end_stream:
             self.request_complete = True
@@ -798,12 +870,14 @@ class Stream:
         if self.route is not None:
             self._apply_mutations(headers, self.route.response_header_mutations(self.cluster_name))
         if not hcm.suppress_envoy_headers:
-            headers.set("x-envoy-upstream-service-time", str(service_ms))
-        self._send_head(response, end_stream)
+            self._send_head(response, end_stream, ("x-envoy-upstream-service-time", str(service_ms)))
+        else:
+            self._send_head(response, end_stream)
 
     def upstream_response_body(self, data: bytes, end_stream: bool) -> None:
         if self.done:
             return
+        self.last_activity = self.loop.time()
         conn = self.conn
         self.info.bytes_sent += len(data)
         conn.codec.send_body(self.id, data, end_stream)
@@ -819,15 +893,28 @@ class Stream:
         self.conn.mark_dirty()
         self._response_done()
 
-    def _send_head(self, response, end_stream: bool) -> None:
+    def _send_head(self, response, end_stream: bool, service_time=None) -> None:
         hcm = self.hcm
         headers = response.headers
         transformation = hcm.server_header_transformation
+        # The headers the proxy owns, replaced in one pass: date (Envoy's DateProvider),
+        # server (OVERWRITE, the default) and x-envoy-upstream-service-time.
+        overwrite = hcm.owned_response_headers if transformation == "OVERWRITE" else _DATE_ONLY
+        items = headers.items
+        if any(name in overwrite for name, _ in items):
+            items = headers.items = [kv for kv in items if kv[0] not in overwrite]
+        if service_time is not None:
+            if transformation != "OVERWRITE" and headers.remove("x-envoy-upstream-service-time"):
+                items = headers.items
+            items.append(service_time)
         if transformation == "OVERWRITE":
-            headers.set("server", hcm.server_name)
+            items.append(("server", hcm.server_name))
         elif transformation == "APPEND_IF_ABSENT" and "server" not in headers:
-            headers.add("server", hcm.server_name)
-        headers.set("date", DATE.get())
+            items.append(("server", hcm.server_name))
+        items.append(("date", DATE.get()))
+        if hcm.via and self.request is not None:
+            via = headers.get("via")
+            headers.set("via", f"{via}, {hcm.via}" if via else hcm.via)
         if hcm.always_set_request_id_in_response and self.info.request_id:
             headers.set("x-request-id", self.info.request_id)
         if self.close_connection and self.request is not None:
@@ -927,6 +1014,16 @@ class Stream:
                 return
         self._end()
 
+    def timed_out(self, status: int, body: str, details: str, stat: str) -> None:
+        """request_timeout / stream_idle_timeout: Envoy's 408 before the response began, a
+        reset after."""
+        self.stats[stat] += 1
+        if self.response_started:
+            self.reset(details)
+        else:
+            self.close_connection = self.conn.codec.__class__ is Http1ServerCodec
+            self.local_reply(status, body, details)
+
     def reset_downstream(self, reason: str) -> None:
         """The upstream failed after the response began: the client must see it broken."""
         self.info.response_flags.append("UPE" if "protocol" in reason else "UR")
@@ -981,6 +1078,7 @@ class HeaderRetryPolicy:
 
 _CONTROL_HEADERS = ("x-envoy-retry-on", "x-envoy-max-retries", "x-envoy-upstream-rq-timeout-ms",
                     "x-envoy-upstream-rq-per-try-timeout-ms")
+_CONTROL_SET = frozenset(_CONTROL_HEADERS)
 
 
 def route_controls(route, headers):
@@ -988,7 +1086,7 @@ def route_controls(route, headers):
     control headers that survived edge sanitizing; the router consumes those headers, so
     they are removed here."""
     timeout, retry = route.timeout, route.retry
-    if not any(name in headers for name in _CONTROL_HEADERS):
+    if _CONTROL_SET.isdisjoint([name for name, _ in headers.items]):
         return timeout, retry
     values = {name: headers.get(name) for name in _CONTROL_HEADERS}
     for name in _CONTROL_HEADERS:

@@ -149,14 +149,19 @@ class UpstreamConnection(asyncio.Protocol):
 
     @property
     def reusable(self) -> bool:
-        return not self.closed and self.codec.available_streams() > 0
+        pool = self.pool
+        if self.closed or self.codec.available_streams() <= 0:
+            return False
+        if pool.max_requests and self.requests >= pool.max_requests:
+            return False        # common_http_protocol_options.max_requests_per_connection
+        return not pool.http2 or len(self.streams) < pool.max_streams
 
 
 class HostPool:
     """Connections to one host of one cluster."""
 
     __slots__ = ("manager", "cluster", "host", "loop", "idle", "busy", "connecting", "waiters",
-                 "http2", "http2_options", "mark", "stat", "load")
+                 "http2", "http2_options", "mark", "stat", "load", "max_requests", "max_streams")
 
     def __init__(self, manager, cluster, host):
         self.manager = manager
@@ -169,6 +174,9 @@ class HostPool:
         self.waiters: deque = deque()
         self.http2 = bool(getattr(cluster, "http2", False))
         options = getattr(cluster, "http2_options", None) or {}
+        self.max_streams = options.get("max_concurrent_streams") or 2147483647
+        self.max_requests = (getattr(cluster, "common_http", None) or {}).get(
+            "max_requests_per_connection") or 0
         # Cluster option names (Envoy's) -> the client codec's arguments.
         self.http2_options = {arg: options[key] for key, arg in (
             ("initial_stream_window_size", "initial_stream_window"),
@@ -228,6 +236,9 @@ class HostPool:
             while self.waiters and conn.reusable:
                 self._unpend()
                 self.waiters.popleft().on_pool_ready(conn)
+            if not conn.streams and not conn.reusable:
+                conn.abort(None)            # max_requests_per_connection reached
+                return
             if not conn.streams and conn not in self.idle:
                 self.busy.discard(conn)
                 self.idle.append(conn)

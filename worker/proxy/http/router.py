@@ -89,7 +89,7 @@ class UpstreamRequest:
 
     def on_pool_failure(self, reason: str, flag: str) -> None:
         if not self.done:
-            self.done = True
+            self._mark_done()
             self.router.attempt_failed(self, reason, flag, connect_failure=flag == "UF")
 
     # -- request body after the head ------------------------------------------------------------
@@ -144,7 +144,7 @@ class UpstreamRequest:
     def on_upstream_reset(self, reason: str) -> None:
         if self.done:
             return
-        self.done = True
+        self._mark_done()
         self._cancel_timer()
         self.router.attempt_failed(self, reason, "UC", reset=True)
 
@@ -165,6 +165,11 @@ class UpstreamRequest:
 
     # -- ending -------------------------------------------------------------------------------
 
+    def _mark_done(self) -> None:
+        if not self.done:
+            self.done = True
+            self.router.load.requests -= 1
+
     def _cancel_timer(self) -> None:
         if self.try_timer is not None:
             self.try_timer.cancel()
@@ -174,7 +179,7 @@ class UpstreamRequest:
         """The response went downstream in full: give the connection back."""
         if self.done:
             return
-        self.done = True
+        self._mark_done()
         self._cancel_timer()
         if self.paused:
             self.paused = False
@@ -185,7 +190,7 @@ class UpstreamRequest:
 
     def abandon(self) -> None:
         """Stop this attempt (timeout, client gone, retry): reset the upstream stream."""
-        self.done = True
+        self._mark_done()
         self._cancel_timer()
         if self.paused:
             self.paused = False
@@ -352,12 +357,21 @@ class Router:
             stream.info.response_flags.append("UH")
             self.finish_local(503, "no healthy upstream", "no_healthy_upstream")
             return
+        load = self.load
+        if load.requests >= cluster.max_requests:
+            # The max_requests circuit breaker: Envoy counts it as a pending overflow.
+            self.stats[cluster.stat["upstream_rq_pending_overflow"]] += 1
+            stream.info.response_flags.append("UO")
+            self.finish_local(503, RESET_BEFORE_HEADERS + "overflow",
+                              "upstream_reset_before_response_started{overflow}")
+            return
         self.tried.append(host)
         stream.info.upstream_host = host.stat_id
         stream.info.attempts += 1
         pool = stream.worker.http_pools.get(cluster, host)
         upstream = self.upstream = UpstreamRequest(self, pool, host)
         self.stats[cluster.stat["upstream_rq_total"]] += 1
+        load.requests += 1
         pool.request(upstream)
 
     def _original_destination(self):

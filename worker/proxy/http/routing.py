@@ -27,20 +27,21 @@ specific last, so it wins), or route config, virtual host, route when
 most_specific_header_mutations_wins; then host rewrite (adding x-envoy-original-host), then
 path rewrite (adding x-envoy-original-path).
 
-Hash keys (hash_policy) are 64-bit xxHash (XXH64, as Envoy) digests of the hashed value, combined as Envoy
-combines several policies (rotate left by one, xor). They are stable across processes and
-restarts; they are not Envoy's xxHash values.
+Hash keys (hash_policy) are XXH64 (seed 0) digests of the hashed value, Envoy's own hash, so a
+key picks the same ring hash / Maglev host here as in Envoy; several policies are combined as
+Envoy combines them (rotate left by one, xor).
 """
 
 from __future__ import annotations
 
-from ..lb import xxhash64
-
 __all__ = ["RouteTable", "Route", "RetryPolicy", "RegexError", "compile_re2",
            "compile_substitution", "replace_all", "parse_query"]
 
+import json
 import re
 from urllib.parse import unquote_to_bytes
+
+from ..lb import xxhash64
 
 # --- RE2 -> Python re --------------------------------------------------------------------------
 
@@ -850,11 +851,14 @@ class _VirtualHost:
 class RouteTable:
     """A compiled route_config (see module docstring)."""
 
-    __slots__ = ("name", "_exact", "_suffixes", "_prefixes", "_default", "_ignore_port",
-                 "_only_default", "virtual_hosts")
+    __slots__ = ("name", "adds_request_headers", "_exact", "_suffixes", "_prefixes", "_default",
+                 "_ignore_port", "_only_default", "virtual_hosts")
 
     def __init__(self, config: dict):
         self.name = config["name"]
+        # Whether any header mutation names an x-envoy-* header (the router then reads the
+        # request's control headers even on external requests). Conservative: any mention.
+        self.adds_request_headers = '"x-envoy-' in json.dumps(config)
         self._ignore_port = config["ignore_port_in_host_matching"]
         self._exact, self._default = {}, None
         suffixes, prefixes = {}, {}

@@ -1,0 +1,191 @@
+"""Hostile and broken HTTP clients (issue 4, point 4), against the real `baton run`: each gets
+Envoy's answer and its connection closed, and none of them disturbs a well-behaved keep-alive
+connection on the same worker. Also a websocket upgrade tunnelled through the connection
+manager (upgrade_configs)."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from .conftest import Baton, free_port
+
+RECORDER = Path(__file__).resolve().parent / "differential" / "recorder.py"
+
+WS_UPSTREAM = r'''
+import socket, sys, threading
+s = socket.socket(); s.bind(("127.0.0.1", 0)); s.listen(16)
+print("ready", s.getsockname()[1], flush=True)
+def handle(c):
+    head = b""
+    while b"\r\n\r\n" not in head:
+        d = c.recv(4096)
+        if not d:
+            return
+        head += d
+    head, _, rest = head.partition(b"\r\n\r\n")
+    if b"upgrade: websocket" not in head.lower():
+        c.sendall(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n"); c.close(); return
+    c.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+    if rest:
+        c.sendall(rest.upper())
+    while True:
+        d = c.recv(65536)
+        if not d:
+            break
+        c.sendall(d.upper())            # the "websocket" echoes, upper-cased
+    c.close()
+while True:
+    c, _ = s.accept()
+    threading.Thread(target=handle, args=(c,), daemon=True).start()
+'''
+
+
+def bootstrap(admin: int, port: int, upstream: int, ws_upstream: int) -> dict:
+    hcm = {"@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3"
+                    ".HttpConnectionManager",
+           "stat_prefix": "edge", "codec_type": "HTTP1",
+           "max_request_headers_kb": 8,
+           "request_headers_timeout": "0.5s",
+           "upgrade_configs": [{"upgrade_type": "websocket"}],
+           "route_config": {"name": "r", "virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [
+               {"match": {"prefix": "/ws"}, "route": {"cluster": "ws"}},
+               {"match": {"prefix": "/"}, "route": {"cluster": "app"}}]}]},
+           "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {
+               "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}]}
+
+    def cluster(name, port):
+        return {"name": name, "connect_timeout": "1s", "load_assignment": {
+            "cluster_name": name, "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {
+                "socket_address": {"address": "127.0.0.1", "port_value": port}}}}]}]}}
+    return {"admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin}}},
+            "static_resources": {
+                "listeners": [{"name": "http", "address": {"socket_address": {
+                    "address": "127.0.0.1", "port_value": port}},
+                    "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager",
+                                                    "typed_config": hcm}]}]}],
+                "clusters": [cluster("app", upstream), cluster("ws", ws_upstream)]}}
+
+
+def _process(args):
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True)
+    line = proc.stdout.readline()
+    assert line.startswith("ready "), line
+    return proc, int(line.split()[1])
+
+
+@pytest.fixture
+def edge(tmp_path):
+    recorder, port_app = _process([sys.executable, str(RECORDER), "app"])
+    (tmp_path / "ws.py").write_text(WS_UPSTREAM)
+    ws, port_ws = _process([sys.executable, str(tmp_path / "ws.py")])
+    port = free_port()
+    baton = Baton(tmp_path / "baton", bootstrap(free_port(), port, port_app, port_ws), concurrency=1).start()
+    baton.port = port
+    yield baton
+    baton.stop()
+    for proc in (recorder, ws):
+        proc.kill()
+        proc.wait(10)
+
+
+def read_response(sock: socket.socket) -> tuple[bytes, bytes]:
+    """(head, body) of one response with a content-length; b"", b"" when the peer closed."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return data, b""
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value)
+    while len(body) < length:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        body += chunk
+    return head, body
+
+
+def closed_by_peer(sock: socket.socket) -> bool:
+    try:
+        return sock.recv(1) == b""
+    except ConnectionResetError:
+        return True
+
+
+def hostile(port: int, payload: bytes) -> tuple[bytes, bytes, bool]:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(payload)
+        head, body = read_response(s)
+        return head, body, closed_by_peer(s)
+
+
+def test_bad_clients_get_envoys_answers_and_do_not_disturb_others(edge):
+    good = socket.create_connection(("127.0.0.1", edge.port), timeout=10)
+
+    def good_request(i: int) -> None:
+        good.sendall(b"GET /ok/%d HTTP/1.1\r\nHost: edge.test\r\n\r\n" % i)
+        head, body = read_response(good)
+        assert head.startswith(b"HTTP/1.1 200"), head
+        assert b'"/ok/%d"' % i in body
+
+    good_request(0)
+    head, body, closed = hostile(edge.port, b"NOT HTTP AT ALL\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400") and closed, head
+    good_request(1)
+    head, _, closed = hostile(edge.port, b"GET / HTTP/1.1\r\nHost: h\r\nX-Big: " + b"a" * 9000 + b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 431") and closed, head
+    good_request(2)
+    head, _, closed = hostile(edge.port, b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\n"
+                                         b"Transfer-Encoding: chunked\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400") and closed, head
+    good_request(3)
+    # A client that never finishes its headers is cut at request_headers_timeout (408).
+    started = time.monotonic()
+    head, body, closed = hostile(edge.port, b"GET /slow HTTP/1.1\r\nHost: h\r\nX-Never: ")
+    assert head.startswith(b"HTTP/1.1 408") and closed, head
+    assert 0.4 <= time.monotonic() - started < 5, time.monotonic() - started
+    good_request(4)
+    # A route whose upstream resets before answering: Envoy's 503 and body.
+    head, body = b"", b""
+    good.sendall(b"GET /reset HTTP/1.1\r\nHost: edge.test\r\nx-test-reset: 1\r\n\r\n")
+    head, body = read_response(good)
+    assert head.startswith(b"HTTP/1.1 503"), head
+    assert body == b"upstream connect error or disconnect/reset before headers. reset reason: connection termination"
+    good_request(5)
+    good.close()
+    stats = edge.stats()
+    assert stats["http.edge.downstream_cx_protocol_error"] >= 3
+    assert "Traceback" not in edge.log
+
+
+def test_websocket_upgrade_is_tunnelled(edge):
+    with socket.create_connection(("127.0.0.1", edge.port), timeout=10) as s:
+        s.sendall(b"GET /ws HTTP/1.1\r\nHost: edge.test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                  b"Sec-WebSocket-Version: 13\r\n\r\n")
+        data = b""
+        while b"\r\n\r\n" not in data:
+            data += s.recv(4096)
+        head, _, rest = data.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 101"), head
+        assert b"upgrade: websocket" in head.lower()
+        for message in (b"hello", b"frames are opaque \x00\x01\x02 to the proxy", b"x" * 100_000):
+            s.sendall(message)
+            got = rest
+            while len(got) < len(message):
+                chunk = s.recv(65536)
+                assert chunk, "tunnel closed"
+                got += chunk
+            rest = b""
+            assert got == message.upper()
+    assert "Traceback" not in edge.log
