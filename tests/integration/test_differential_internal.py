@@ -94,7 +94,8 @@ def test_internal_upstream_rq_timeout_header(pair):
                                              ("x-envoy-upstream-rq-timeout-ms", "150"),
                                              ("x-test-key", target.key("internal-timeout-header"))])
         obs = observe(resp, target)
-        obs["elapsed in [0.15, 1.5)"] = 0.15 <= resp.elapsed < 1.5 or resp.elapsed
+        # 10 ms of slack: Envoy's timers run on a clock cached per event-loop iteration.
+        obs["elapsed in [0.15, 1.5)"] = 0.14 <= resp.elapsed < 1.5 or resp.elapsed
         return obs
 
     def expect(obs):

@@ -115,12 +115,17 @@ def test_resilience(pair, case):
     run_case(pair, case)
 
 
+TIMER_SLACK = 0.010
+
+
 def timed(pair, case: str, path: str, headers, low: float, high: float, expect):
     """A case whose elapsed time must fall in [low, high) seconds; both proxies must agree."""
     def run(target):
         resp = one(target.port, "GET", path, [("host", "diff.test"), *headers, ("x-test-key", target.key(case))])
         obs = observe(resp, target)
-        obs["elapsed_in_range"] = low <= resp.elapsed < high or resp.elapsed
+        # Envoy's timers run on a clock its event loop caches per iteration, so under load
+        # it answers a timeout up to a few ms early by the client's clock: 10 ms of slack.
+        obs["elapsed_in_range"] = low - TIMER_SLACK <= resp.elapsed < high or resp.elapsed
         return obs
 
     def check(obs):

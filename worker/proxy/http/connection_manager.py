@@ -125,6 +125,8 @@ class HttpConnection(asyncio.Protocol):
         self.lingering = None                     # delayed close: the final close() timer
         self.duration_timer = None                # max_connection_duration
         self.stream_timer = None                  # stream_idle_timeout / request_timeout sweep
+        self.deadline_timer = None                # route timeouts of the streams (watch_deadline)
+        self.deadline_at = 0.0
         self.on_idle = None                       # migration waits for this connection
         self.moving_fd = -1
 
@@ -392,10 +394,12 @@ class HttpConnection(asyncio.Protocol):
         if self.closed:
             return
         self.closed = True
-        for timer in (self.idle_timer, self.header_timer, self.duration_timer, self.stream_timer):
+        for timer in (self.idle_timer, self.header_timer, self.duration_timer, self.stream_timer,
+                      self.deadline_timer):
             if timer is not None:
                 timer.cancel()
         self.idle_timer = self.header_timer = self.duration_timer = self.stream_timer = None
+        self.deadline_timer = None
         gauges = self.worker.stats.gauges
         gauges[self.hcm.stat_cx_active] -= 1
         gauges[self.listener.stat_cx_active] -= 1
@@ -412,8 +416,43 @@ class HttpConnection(asyncio.Protocol):
             return
         self.codec.goaway()
         self.flush()
-        if not self.streams:
+        # HTTP/1.1 idle: close now. HTTP/2: only once the final GOAWAY is out (the codec sends
+        # it when our PING comes back): streams the client opened before it saw the first
+        # GOAWAY are still on their way and must be served, not dropped.
+        if not self.streams and (self.codec.__class__ is Http1ServerCodec or self.codec.closed):
             self.close()
+
+    def watch_deadline(self, deadline: float) -> None:
+        """A stream's route timeout (monotonic time). One timer per connection, armed for
+        the earliest deadline; it finds the streams that are due when it fires and re-arms
+        for the next, so a request costs no timer of its own."""
+        if self.deadline_timer is None or deadline < self.deadline_at:
+            if self.deadline_timer is not None:
+                self.deadline_timer.cancel()
+            self.deadline_at = deadline
+            self.deadline_timer = self.loop.call_later(max(deadline - time.monotonic(), 0),
+                                                       self._on_deadline)
+
+    def _on_deadline(self) -> None:
+        self.deadline_timer = None
+        if self.closed:
+            return
+        now = time.monotonic()
+        upcoming = 0.0
+        for stream in list(self.streams.values()):
+            router = stream.router
+            if router is None or not router.deadline:
+                continue
+            if router.deadline <= now:
+                router.on_timeout()
+            elif not upcoming or router.deadline < upcoming:
+                upcoming = router.deadline
+        self.flush()
+        if upcoming and not self.closed:
+            # libuv's clock is cached per loop iteration: re-check on the real clock rather
+            # than answer a 504 a hair early.
+            self.deadline_at = upcoming
+            self.deadline_timer = self.loop.call_later(max(upcoming - now, 0.0005), self._on_deadline)
 
     def _sweep_interval(self) -> float:
         hcm = self.hcm

@@ -251,7 +251,7 @@ class Router:
     """The router of one request."""
 
     __slots__ = ("stream", "loop", "stats", "route", "cluster", "upstream", "body", "body_bytes",
-                 "retains_body", "retry", "timeout_timer", "per_try_timeout", "backoff_timer",
+                 "retains_body", "retry", "deadline", "per_try_timeout", "backoff_timer",
                  "tried", "response_started", "hash_key", "buffer_limit", "finished", "load",
                  "timeout", "started_at")
 
@@ -271,7 +271,7 @@ class Router:
         self.started_at = 0.0
         self.retry = RetryState(policy) if policy is not None and policy.num_retries else None
         self.retains_body = self.retry is not None
-        self.timeout_timer = None
+        self.deadline = 0.0             # monotonic time of the route timeout; 0: none running
         self.per_try_timeout = policy.per_try_timeout if policy is not None else None
         self.backoff_timer = None
         self.tried: list = []
@@ -286,11 +286,14 @@ class Router:
             self.request_complete()
 
     def request_complete(self) -> None:
-        """The whole request is in: the route timeout starts (as in Envoy)."""
+        """The whole request is in: the route timeout starts (as in Envoy). No timer of its
+        own: the client connection keeps one for the earliest deadline of its streams
+        (connection_manager.HttpConnection.watch_deadline)."""
         timeout = self.timeout
-        if timeout and self.timeout_timer is None and not self.finished:
+        if timeout and not self.deadline and not self.finished:
             self.started_at = _monotonic()
-            self.timeout_timer = self.loop.call_later(timeout, self.on_timeout)
+            self.deadline = self.started_at + timeout
+            self.stream.conn.watch_deadline(self.deadline)
 
     def expected_timeout_header(self) -> None:
         """A retry tells the upstream the time left, as Envoy does: the per-try timeout or
@@ -509,14 +512,10 @@ class Router:
     # -- timeouts and local replies -------------------------------------------------------------
 
     def on_timeout(self) -> None:
-        self.timeout_timer = None
+        """The route timeout passed (the connection's deadline timer checked, on the real
+        clock, that it has)."""
+        self.deadline = 0.0
         if self.finished:
-            return
-        # libuv's clock is cached per loop iteration, so a timer can fire a hair early by the
-        # wall clock; never answer 504 before the timeout has really passed.
-        early = self.started_at + self.timeout - _monotonic()
-        if early > 0:
-            self.timeout_timer = self.loop.call_later(early, self.on_timeout)
             return
         self.stats[self.cluster.stat["upstream_rq_timeout"]] += 1
         upstream, self.upstream = self.upstream, None
@@ -539,9 +538,7 @@ class Router:
         self._cancel_timers()
 
     def _cancel_timers(self) -> None:
-        if self.timeout_timer is not None:
-            self.timeout_timer.cancel()
-            self.timeout_timer = None
+        self.deadline = 0.0             # the connection's deadline timer skips us from now
         if self.backoff_timer is not None:
             self.backoff_timer.cancel()
             self.backoff_timer = None
