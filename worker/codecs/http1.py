@@ -49,6 +49,10 @@ REASONS = {
 _STATUS_LINES = {code: f"HTTP/1.1 {code} {reason}\r\n" for code, reason in REASONS.items()}
 _NO_BODY_STATUS = frozenset({204, 304})
 _TE_TRAILERS = ("te", "trailers")
+# Request headers the server side must look at (anything else passes as it came).
+_SPECIAL_REQUEST_HEADERS = HOP_BY_HOP | {"host", "expect", "content-length"}
+_HOST_ONLY = frozenset({"host"})
+_NOT_FORWARDED = HOP_BY_HOP | {"host"}       # the request line's host is written separately
 
 
 class _LimitExceeded(Exception):
@@ -85,8 +89,7 @@ def _strip(headers: list, drop: frozenset) -> list:
 
 
 def _serialize_headers(out: list, headers) -> None:
-    for name, value in headers:
-        out.append(f"{name}: {value}\r\n")
+    out.extend([f"{name}: {value}\r\n" for name, value in headers])
 
 
 def _end_body(events: list, stream_id: int) -> None:
@@ -389,13 +392,14 @@ class Http1ServerCodec:
             raise _LimitExceeded(431, "request headers too large")
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        # Only the limits here; names and values are decoded together at the end of the head.
         self._header_bytes += len(name) + len(value) + 4
         if self._header_bytes > self._max_header_bytes:
             raise _LimitExceeded(431, "request headers too large")
         headers = self._headers
         if len(headers) >= self._max_headers:
             raise _LimitExceeded(431, "too many request headers")
-        headers.append((name.decode("latin-1").lower(), value.decode("latin-1")))
+        headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         self._in_head = False
@@ -403,31 +407,38 @@ class Http1ServerCodec:
         method = parser.get_method().decode("latin-1")
         version = parser.get_http_version()
         keep_alive = parser.should_keep_alive()
-        raw = self._headers
+        raw = [(n.decode("latin-1").lower(), v.decode("latin-1")) for n, v in self._headers]
+        self._headers = raw
+        names = {n for n, _ in raw}
         upgrade = None
         expect_continue = False
         authority = ""
-        for name, value in raw:
-            if name == "host":
-                authority = value
-            elif name == "expect" and value.lower() == "100-continue":
-                expect_continue = True
+        has_body = "transfer-encoding" in names
+        headers = raw
+        if names & _SPECIAL_REQUEST_HEADERS:
+            # One pass for what needs a look: host, expect, content-length, hop-by-hop names.
+            for name, value in raw:
+                if name == "host":
+                    authority = value
+                elif name == "expect" and value.lower() == "100-continue":
+                    expect_continue = True
+                elif name == "content-length" and value.strip() not in ("", "0"):
+                    has_body = True
+            drop = _hop_by_hop(raw) if names & HOP_BY_HOP else _HOST_ONLY
+            headers = [kv for kv in raw if kv[0] not in drop and kv[0] != "host"]
+            if "te" in names and _te_trailers(raw):
+                headers.append(("te", "trailers"))      # the one TE value a proxy passes on
+            if expect_continue:
+                headers = [kv for kv in headers if kv[0] != "expect"]
         if method == "CONNECT":
             upgrade = "connect"
             authority = self._url.decode("latin-1")
-        elif parser.should_upgrade():
+        elif "upgrade" in names and parser.should_upgrade():
             for name, value in raw:
                 if name == "upgrade":
                     upgrade = value.lower()
                     break
-        drop = _hop_by_hop(raw)
-        headers = [kv for kv in raw if kv[0] not in drop and kv[0] != "host"]
-        if "te" in drop and _te_trailers(raw):
-            headers.append(("te", "trailers"))      # the one TE value a proxy passes on
-        if upgrade and upgrade != "connect":
             headers.append(("upgrade", upgrade))
-        if expect_continue:
-            headers = [kv for kv in headers if kv[0] != "expect"]
         target = self._url.decode("latin-1")
         if target[:7].lower() == "http://" or target[:8].lower() == "https://":
             # Absolute form (RFC 9112 3.2.2): the authority in the target wins over Host.
@@ -444,8 +455,6 @@ class Http1ServerCodec:
         # know at the head whether the request is complete. Decided at on_message_complete:
         # the head is emitted there for bodiless requests, here otherwise.
         self._expect_continue = expect_continue
-        has_body = any(n == "content-length" and v.strip() not in ("", "0") for n, v in raw) or \
-            any(n == "transfer-encoding" for n, _ in raw)
         self._body_seen = has_body
         self._events.append(RequestHead(self._stream, request, not has_body and not upgrade,
                                         expect_continue, upgrade))
@@ -516,8 +525,8 @@ class Http1ClientCodec:
         out = [f"{request.method} {request.path} HTTP/1.1\r\nhost: {request.authority}\r\n"]
         # The codec that parsed this request removed what its Connection header listed; a
         # hop-by-hop name added since (by a header mutation) still must not go out.
-        _serialize_headers(out, (kv for kv in headers if (kv[0] not in HOP_BY_HOP or kv == _TE_TRAILERS)
-                                 and kv[0] != "host"))
+        out.extend([f"{name}: {value}\r\n" for name, value in headers
+                    if (name not in _NOT_FORWARDED or (name == "te" and value == "trailers"))])
         chunked = False
         if upgrade:
             out.append(f"connection: upgrade\r\nupgrade: {upgrade}\r\n")
@@ -628,12 +637,13 @@ class Http1ClientCodec:
         self._header_bytes += len(name) + len(value) + 4
         if self._header_bytes > self._max_header_bytes:
             raise _LimitExceeded(502, "upstream response headers too large")
-        self._headers.append((name.decode("latin-1").lower(), value.decode("latin-1")))
+        self._headers.append((name, value))     # decoded together at the end of the head
 
     def on_headers_complete(self) -> None:
         parser = self._parser
         status = parser.get_status_code()
-        raw = self._headers
+        raw = self._headers = [(n.decode("latin-1").lower(), v.decode("latin-1"))
+                               for n, v in self._headers]
         if not self._stream:
             self._protocol_error("response without a request", 502)
             return
@@ -642,8 +652,12 @@ class Http1ClientCodec:
             return
         if not parser.should_keep_alive():
             self.reusable = False
-        drop = _hop_by_hop(raw)
-        headers = Headers([kv for kv in raw if kv[0] not in drop])
+        names = {n for n, _ in raw}
+        if names & HOP_BY_HOP:
+            drop = _hop_by_hop(raw)
+            headers = Headers([kv for kv in raw if kv[0] not in drop])
+        else:
+            headers = Headers(list(raw))
         no_body = self._method == "HEAD" or status in _NO_BODY_STATUS
         tunnel = self._tunnel < 0 and (status == 101 or
                                        (self._method == "CONNECT" and 200 <= status < 300))
@@ -657,7 +671,7 @@ class Http1ClientCodec:
                         upgrade = value
                 if upgrade:
                     headers.add("upgrade", upgrade)
-        end = no_body or tunnel is False and self._empty_body(raw)
+        end = no_body or tunnel is False and "content-length" in names and self._empty_body(raw)
         self._status = status
         self._events.append(ResponseHead(self._stream, Response(status, headers), end and not tunnel))
         if end and not tunnel:

@@ -939,9 +939,7 @@ class Stream:
         # The headers the proxy owns, replaced in one pass: date (Envoy's DateProvider),
         # server (OVERWRITE, the default) and x-envoy-upstream-service-time.
         overwrite = hcm.owned_response_headers if transformation == "OVERWRITE" else _DATE_ONLY
-        items = headers.items
-        if any(name in overwrite for name, _ in items):
-            items = headers.items = [kv for kv in items if kv[0] not in overwrite]
+        items = headers.items = [kv for kv in headers.items if kv[0] not in overwrite]
         if service_time is not None:
             if transformation != "OVERWRITE" and headers.remove("x-envoy-upstream-service-time"):
                 items = headers.items
