@@ -291,6 +291,19 @@ def test_curl_http11(pair):
         and upstream_header(obs, "host") == "127.0.0.1:<port>", obs))
 
 
+def test_curl_http2_upgrade_is_served_as_http11(pair):
+    """curl --http2 on http:// asks for an h2c upgrade; Envoy declines it and answers over
+    HTTP/1.1, and the upstream never sees the Upgrade or HTTP2-Settings headers."""
+    def run(target):
+        resp = curl(target.port, "/h2c-upgrade", "--http2", "-H", f"x-test-key: {target.key('curl-h2c')}")
+        obs = observe(resp, target)
+        obs["version"] = resp.version
+        return obs
+    differential(pair, run, lambda obs: check(
+        obs["version"] == "HTTP/1.1" and obs["status"] == 200
+        and upstream_header(obs, "upgrade") is None and upstream_header(obs, "http2-settings") is None, obs))
+
+
 def test_curl_http2_prior_knowledge_get(pair):
     def run(target):
         resp = curl(target.port, "/h2?x=1", "-H", f"x-test-key: {target.key('curl-h2-get')}", http2=True)

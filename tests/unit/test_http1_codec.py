@@ -103,6 +103,14 @@ def test_upgrade_becomes_a_tunnel():
     assert codec.receive(b"more")[0].data == b"more"
 
 
+def test_h2c_upgrade_is_declined_and_served_as_http11():
+    codec = Http1ServerCodec()
+    events = codec.receive(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: Upgrade, HTTP2-Settings\r\n"
+                           b"Upgrade: h2c\r\nHTTP2-Settings: AAMA\r\n\r\nGET /2 HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert [(e.request.path, e.upgrade, e.request.headers.items) for e in events] == [
+        ("/", None, []), ("/2", None, [])]
+
+
 def test_awaiting_head_and_abandon():
     codec = Http1ServerCodec()
     assert codec.receive(b"GET / HTTP/1.1\r\nHost") == []

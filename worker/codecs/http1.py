@@ -137,7 +137,7 @@ class Http1ServerCodec:
     __slots__ = ("_parser", "_events", "_out", "_next_id", "_stream", "_url", "_headers",
                  "_header_bytes", "_max_header_bytes", "_max_headers", "_failed", "_body_seen",
                  "_responses", "_tunnel", "_framing", "closed", "close_after", "_goaway",
-                 "_expect_continue", "_in_head")
+                 "_expect_continue", "_in_head", "_declined_upgrade")
 
     def __init__(self, *, max_header_bytes: int = 60 * 1024, max_headers: int = 100):
         self._parser = httptools.HttpRequestParser(self)
@@ -162,6 +162,7 @@ class Http1ServerCodec:
         self._goaway = False
         self._expect_continue = False
         self._in_head = False           # a request has begun and its head is not complete
+        self._declined_upgrade = False  # an h2c upgrade request: served as HTTP/1.1
 
     # -- interface ------------------------------------------------------------------------
 
@@ -179,7 +180,13 @@ class Http1ServerCodec:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
             rest = data[exc.args[0]:]
-            if self._tunnel and rest:
+            if self._declined_upgrade:
+                # llhttp paused for the upgrade we declined: a fresh parser reads on.
+                self._declined_upgrade = False
+                self._parser = httptools.HttpRequestParser(self)
+                if rest:
+                    return self._events_plus(self.receive(rest))
+            elif self._tunnel and rest:
                 self._events.append(Body(self._tunnel, rest, False))
         except httptools.HttpParserCallbackError as exc:
             limit = exc.__context__
@@ -191,6 +198,10 @@ class Http1ServerCodec:
             self._fail(str(exc) or type(exc).__name__, 400)
         events, self._events = self._events, []
         return events
+
+    def _events_plus(self, more: list) -> list:
+        events, self._events = self._events, []
+        return events + more
 
     def _eof(self) -> list:
         self._failed = True
@@ -438,7 +449,13 @@ class Http1ServerCodec:
                 if name == "upgrade":
                     upgrade = value.lower()
                     break
-            headers.append(("upgrade", upgrade))
+            if upgrade == "h2c":
+                # As Envoy: an HTTP/1.1 -> h2c upgrade is declined and the request served as
+                # HTTP/1.1 (its Upgrade and HTTP2-Settings headers are hop-by-hop, gone).
+                upgrade = None
+                self._declined_upgrade = True
+            else:
+                headers.append(("upgrade", upgrade))
         target = self._url.decode("latin-1")
         if target[:7].lower() == "http://" or target[:8].lower() == "https://":
             # Absolute form (RFC 9112 3.2.2): the authority in the target wins over Host.
