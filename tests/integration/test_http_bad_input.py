@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import Baton, free_port
+from .conftest import Baton, free_port, wait_until
 
 RECORDER = Path(__file__).resolve().parent / "differential" / "recorder.py"
 
@@ -189,3 +189,37 @@ def test_websocket_upgrade_is_tunnelled(edge):
             rest = b""
             assert got == message.upper()
     assert "Traceback" not in edge.log
+
+
+def test_health_checks_keep_requests_off_a_dead_host(tmp_path):
+    """Through the real `baton run`: an HTTP health check marks the endpoint on a closed
+    port unhealthy, and every request then goes to the healthy one (round robin would send
+    half to the dead host)."""
+    recorder, port_app = _process([sys.executable, str(RECORDER), "app"])
+    dead = socket.socket()
+    dead.bind(("127.0.0.1", 0))          # bound, never listening: connections are refused
+    port = free_port()
+    boot = bootstrap(free_port(), port, port_app, port_app)
+    app = boot["static_resources"]["clusters"][0]
+    app["load_assignment"]["endpoints"][0]["lb_endpoints"].append(
+        {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1",
+                                                     "port_value": dead.getsockname()[1]}}}})
+    app["health_checks"] = [{"timeout": "1s", "interval": "0.1s", "unhealthy_threshold": 1,
+                             "healthy_threshold": 1, "no_traffic_interval": "0.1s",
+                             "http_health_check": {"path": "/healthz"}}]
+    baton = Baton(tmp_path / "baton", boot, concurrency=1).start()
+    try:
+        wait_until(lambda: baton.stats().get("cluster.app.membership_healthy") == 1
+                   and baton.stats().get("cluster.app.health_check.failure", 0) > 0, 20,
+                   "the dead endpoint marked unhealthy")
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            for i in range(40):
+                s.sendall(b"GET /hc/%d HTTP/1.1\r\nHost: edge.test\r\n\r\n" % i)
+                head, _ = read_response(s)
+                assert head.startswith(b"HTTP/1.1 200"), (i, head)
+        assert "Traceback" not in baton.log
+    finally:
+        baton.stop()
+        dead.close()
+        recorder.kill()
+        recorder.wait(10)
