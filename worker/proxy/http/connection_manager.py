@@ -858,10 +858,9 @@ class Stream:
                 headers.remove(name)
                 continue
             value = render(template, info)
-            if value == "" and not action.endswith("!keep_empty"):
-                if not _keep_empty(action):
-                    continue
-            action = action.split("!")[0]
+            action, keep_empty = _split_action(action)
+            if value == "" and not keep_empty:
+                continue                # Envoy adds no empty header unless keep_empty_value
             if action == "APPEND_IF_EXISTS_OR_ADD":
                 headers.add(name, value)
             elif action == "ADD_IF_ABSENT":
@@ -1089,8 +1088,6 @@ class Stream:
                 log.exception("access log")
         for stream_filter in self.filters:
             stream_filter.on_log()
-        if not self.response_complete and not self.request_complete:
-            pass
         self.conn.stream_done(self)
 
 
@@ -1147,5 +1144,8 @@ def _int(text):
         return None
 
 
-def _keep_empty(action: str) -> bool:
-    return action.endswith("!keep_empty")
+def _split_action(action: str) -> tuple[str, bool]:
+    """routing.py's append action, "ACTION" or "ACTION!keep_empty" -> (ACTION, keep_empty)."""
+    if action.endswith("!keep_empty"):
+        return action[:-len("!keep_empty")], True
+    return action, False
