@@ -1,0 +1,1 @@
+"""Test support for xDS: a real ADS control plane (control_plane.py) to drive Envoy and Baton."""
