@@ -101,9 +101,6 @@ def translate_http_connection_manager(pb, path, errors, warnings=None, clusters=
         errors.append(f"{join(path, 'xff_num_trusted_hops')}: not supported yet (0 only)")
     if pb.HasField("normalize_path") and pb.normalize_path.value:
         errors.append(f"{join(path, 'normalize_path')}: not supported yet")
-    if pb.HasField("drain_timeout") and warnings is not None:
-        warnings.append(f"{join(path, 'drain_timeout')}: accepted but not applied (HTTP/2 "
-                        "connections drain with the two-phase GOAWAY, ended by the PING ack)")
 
     if len(errors) > start:
         return None

@@ -87,6 +87,7 @@ def edge(tmp_path):
     port = free_port()
     baton = Baton(tmp_path / "baton", bootstrap(free_port(), port, port_app, port_ws), concurrency=1).start()
     baton.port = port
+    baton.upstream_port = port_app
     yield baton
     baton.stop()
     for proc in (recorder, ws):
@@ -223,3 +224,42 @@ def test_health_checks_keep_requests_off_a_dead_host(tmp_path):
         dead.close()
         recorder.kill()
         recorder.wait(10)
+
+
+def test_pipelined_garbage_is_answered_in_order(edge):
+    """A parse error behind a pipelined request is answered after that request's response,
+    never before it (a desync would hand the 400 to the first request)."""
+    with socket.create_connection(("127.0.0.1", edge.port), timeout=10) as s:
+        s.sendall(b"GET /first HTTP/1.1\r\nHost: edge.test\r\nx-test-delay-ms: 200\r\n\r\n"
+                  b"GARBAGE\x01\r\n\r\n")
+        data = b""
+        while True:                     # both answers, then the close
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    first, second = data.find(b"HTTP/1.1 200"), data.find(b"HTTP/1.1 400")
+    assert 0 == first < data.find(b'"/first"') < second, data
+    assert b"connection: close" in data[second:].lower()
+    stats = edge.stats()
+    assert stats["http.edge.downstream_rq_active"] == 0, stats
+
+
+def test_client_gone_never_starts_its_queued_requests(edge, tmp_path):
+    """A client that half-closes behind a slow request: the pipelined request after it is
+    never sent upstream, and no gauge is left behind."""
+    key = f"gone-{tmp_path.name}"
+    with socket.create_connection(("127.0.0.1", edge.port), timeout=10) as s:
+        s.sendall(b"GET /slow HTTP/1.1\r\nHost: edge.test\r\nx-test-delay-ms: 300\r\n\r\n"
+                  b"POST /charge HTTP/1.1\r\nHost: edge.test\r\nx-test-key: %s\r\nContent-Length: 0\r\n\r\n"
+                  % key.encode())
+        s.shutdown(socket.SHUT_WR)
+        assert closed_by_peer(s) or True
+    wait_until(lambda: edge.stats()["http.edge.downstream_rq_active"] == 0, 10, "the streams to end")
+    wait_until(lambda: edge.stats()["http.edge.downstream_cx_active"] == 0, 10, "the connection to end")
+    # The upstream never saw the queued POST.
+    port = edge.upstream_port
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as u:
+        u.sendall(b"GET /__count/%s HTTP/1.1\r\nHost: x\r\n\r\n" % key.encode())
+        _, body = read_response(u)
+    assert b'"count": 0' in body, body

@@ -168,3 +168,26 @@ def test_client_never_raises_on_arbitrary_bytes(data):
     codec.send_head(Request("GET", "/", "up", Headers()), True)
     codec.receive(data)
     codec.receive(b"")
+
+
+def test_h2c_upgrade_with_a_body_is_refused_not_smuggled():
+    # llhttp ends an upgrade request at its head; its body must never be read as a request.
+    codec = Http1ServerCodec()
+    events = codec.receive(b"POST /upload HTTP/1.1\r\nHost: a\r\nConnection: Upgrade, HTTP2-Settings\r\n"
+                           b"Upgrade: h2c\r\nHTTP2-Settings: AAMA\r\nContent-Length: 35\r\n\r\n"
+                           b"GET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert [type(e) for e in events] == [ProtocolError] and events[0].status == 400
+
+
+def test_two_host_headers_are_a_400():
+    (err,) = Http1ServerCodec().receive(b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n")
+    assert isinstance(err, ProtocolError) and err.status == 400
+
+
+def test_a_refused_upgrade_closes_instead_of_tunnelling():
+    codec = Http1ServerCodec()
+    (head,) = codec.receive(b"GET /ws HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+    codec.send_head(head.stream_id, Response(403, Headers([("content-length", "0")])), True)
+    out = codec.data_to_send()
+    assert out.startswith(b"HTTP/1.1 403") and b"connection: close" in out
+    assert codec.closed and codec.tunnel == 0

@@ -228,6 +228,12 @@ class Http1ServerCodec:
                 length = value
                 break
         chunked = False
+        if self._tunnel == stream_id and not (
+                status == 101 or (method == "CONNECT" and 200 <= status < 300)):
+            # The upgrade was refused (403, 404, 503, ...): no tunnel, and the bytes the client
+            # may already have sent for it cannot be read as requests: close after.
+            self._tunnel = 0
+            keep_alive = False
         if status == 101 or (method == "CONNECT" and 200 <= status < 300):
             # The tunnel starts after this head.
             self._tunnel = stream_id
@@ -428,13 +434,18 @@ class Http1ServerCodec:
         headers = raw
         if names & _SPECIAL_REQUEST_HEADERS:
             # One pass for what needs a look: host, expect, content-length, hop-by-hop names.
+            hosts = 0
             for name, value in raw:
                 if name == "host":
                     authority = value
+                    hosts += 1
                 elif name == "expect" and value.lower() == "100-continue":
                     expect_continue = True
                 elif name == "content-length" and value.strip() not in ("", "0"):
                     has_body = True
+            if hosts > 1:
+                # RFC 9112 3.2: one Host, or 400; two could route two ways.
+                raise _LimitExceeded(400, "more than one Host header")
             drop = _hop_by_hop(raw) if names & HOP_BY_HOP else _HOST_ONLY
             headers = [kv for kv in raw if kv[0] not in drop and kv[0] != "host"]
             if "te" in names and _te_trailers(raw):
@@ -452,6 +463,10 @@ class Http1ServerCodec:
             if upgrade == "h2c":
                 # As Envoy: an HTTP/1.1 -> h2c upgrade is declined and the request served as
                 # HTTP/1.1 (its Upgrade and HTTP2-Settings headers are hop-by-hop, gone).
+                if has_body:
+                    # llhttp ends an upgrade request at its head: a body would be read as the
+                    # next request (smuggling). Refused rather than risked.
+                    raise _LimitExceeded(400, "h2c upgrade request with a body")
                 upgrade = None
                 self._declined_upgrade = True
             else:

@@ -50,6 +50,7 @@ class HttpConfig:
         self.strip_matching_host_port = bool(spec.get("strip_matching_host_port"))
         self.strip_any_host_port = bool(spec.get("strip_any_host_port"))
         self.delayed_close_timeout = spec.get("delayed_close_timeout", 1.0)
+        self.drain_timeout = spec.get("drain_timeout") or 5.0
         self.max_requests_per_connection = spec.get("max_requests_per_connection")
         self.use_remote_address = bool(spec.get("use_remote_address"))
         # internal_address_config: who counts as internal (Envoy 1.40: nobody by default).

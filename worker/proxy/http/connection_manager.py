@@ -29,7 +29,7 @@ import re
 import time
 from collections import deque
 
-from ...codecs.events import Body, ProtocolError, RequestHead, StreamReset, Trailers
+from ...codecs.events import Body, ProtocolError, RequestHead, StreamReset, Trailers, WindowOpen
 from ...codecs.http1 import Http1ServerCodec
 from ...codecs.message import Headers, Response
 from .filter import Delay, LocalReply
@@ -126,6 +126,7 @@ class HttpConnection(asyncio.Protocol):
         self.duration_timer = None                # max_connection_duration
         self.stream_timer = None                  # stream_idle_timeout / request_timeout sweep
         self.deadline_timer = None                # route timeouts of the streams (watch_deadline)
+        self.drain_timer = None                   # HTTP/2: the final GOAWAY's deadline
         self.deadline_at = 0.0
         self.on_idle = None                       # migration waits for this connection
         self.moving_fd = -1
@@ -198,7 +199,7 @@ class HttpConnection(asyncio.Protocol):
 
     def _dispatch(self, event, queued: bool = False) -> None:
         kind = type(event)
-        if (self.queued and not queued) or (self.active is not None and kind is not ProtocolError
+        if (self.queued and not queued) or (self.active is not None
                                             and event.stream_id != self.active.id):
             # HTTP/1.1: a pipelined request waits for the one being served.
             self.queued.append(event)
@@ -222,7 +223,14 @@ class HttpConnection(asyncio.Protocol):
                 stream.reset("downstream reset")
         elif kind is ProtocolError:
             self._on_protocol_error(event)
-        # GoAway / WindowOpen need nothing here: the codec flushes held data itself.
+        elif kind is WindowOpen:
+            # The codec flushed what the window allows; streams held for it may read again.
+            codec = self.codec
+            for stream in list(self.streams.values()):
+                if stream.window_held and codec.pending(stream.id) <= stream.buffer_limit // 2:
+                    stream.window_held = False
+                    stream.downstream_paused(False)
+        # GoAway needs nothing here.
 
     def eof_received(self):
         if self.closed:
@@ -279,9 +287,6 @@ class HttpConnection(asyncio.Protocol):
         self.streams.pop(stream.id, None)
         if self.active is stream:
             self.active = None
-            hcm = self.hcm
-            if hcm.max_requests_per_connection and self.requests >= hcm.max_requests_per_connection:
-                self.codec.goaway()
             queue = self.queued
             while queue and not self.closed:
                 event = queue[0]
@@ -329,11 +334,12 @@ class HttpConnection(asyncio.Protocol):
             self.close()
 
     def _abort_streams(self, reason: str) -> None:
+        # The queue goes first: ending the active stream must not start the pipelined ones.
+        self.queued.clear()
+        self.active = None
         for stream in list(self.streams.values()):
             stream.reset(reason, notify=False)
         self.streams.clear()
-        self.active = None
-        self.queued.clear()
 
     # -- writing, pausing, closing ----------------------------------------------------------
 
@@ -394,16 +400,19 @@ class HttpConnection(asyncio.Protocol):
         if self.closed:
             return
         self.closed = True
-        for timer in (self.idle_timer, self.header_timer, self.duration_timer, self.stream_timer,
-                      self.deadline_timer):
-            if timer is not None:
-                timer.cancel()
-        self.idle_timer = self.header_timer = self.duration_timer = self.stream_timer = None
-        self.deadline_timer = None
+        self._cancel_timers()
         gauges = self.worker.stats.gauges
         gauges[self.hcm.stat_cx_active] -= 1
         gauges[self.listener.stat_cx_active] -= 1
         self.worker.connection_closed(self)
+
+    def _cancel_timers(self) -> None:
+        for timer in (self.idle_timer, self.header_timer, self.duration_timer, self.stream_timer,
+                      self.deadline_timer, self.drain_timer):
+            if timer is not None:
+                timer.cancel()
+        self.idle_timer = self.header_timer = self.duration_timer = self.stream_timer = None
+        self.deadline_timer = self.drain_timer = None
 
     def drain(self) -> None:
         """Stop taking requests: HTTP/1.1 says `connection: close` on the response in flight
@@ -416,10 +425,23 @@ class HttpConnection(asyncio.Protocol):
             return
         self.codec.goaway()
         self.flush()
+        if self.codec.__class__ is not Http1ServerCodec and self.drain_timer is None:
+            # A client that never answers our PING still gets its final GOAWAY (Envoy's
+            # drain_timeout between the two phases).
+            self.drain_timer = self.loop.call_later(self.hcm.drain_timeout, self._final_goaway)
         # HTTP/1.1 idle: close now. HTTP/2: only once the final GOAWAY is out (the codec sends
         # it when our PING comes back): streams the client opened before it saw the first
         # GOAWAY are still on their way and must be served, not dropped.
         if not self.streams and (self.codec.__class__ is Http1ServerCodec or self.codec.closed):
+            self.close()
+
+    def _final_goaway(self) -> None:
+        self.drain_timer = None
+        if self.closed:
+            return
+        self.codec.goaway(last_stream_id=max(self.streams, default=0))
+        self.flush()
+        if self.codec.closed and not self.streams:
             self.close()
 
     def watch_deadline(self, deadline: float) -> None:
@@ -559,9 +581,7 @@ class HttpConnection(asyncio.Protocol):
 
     def export(self) -> tuple[dict, list[int]]:
         self.transport.pause_reading()
-        if self.idle_timer is not None:
-            self.idle_timer.cancel()
-            self.idle_timer = None
+        self._cancel_timers()       # none may touch the socket the next worker adopts
         sock = self.transport.get_extra_info("socket")
         self.moving_fd = os.dup(sock.fileno())
         state = {"id": self.id, "listener": self.listener.name, "state": "http",
@@ -609,7 +629,7 @@ class Stream:
                  "response_complete", "trailers", "held_body", "held_bytes", "close_connection",
                  "done", "cluster_name", "delay_timer", "buffer_limit", "paused_downstream",
                  "upgrade", "expect_continue", "end_at_head", "controls", "last_activity",
-                 "idle_timeout")
+                 "idle_timeout", "window_held")
 
     def __init__(self, conn: HttpConnection, event: RequestHead | None):
         self.conn = conn
@@ -645,11 +665,16 @@ class Stream:
         self.controls = False
         self.last_activity = self.info.start_monotonic
         self.idle_timeout = conn.hcm.stream_idle_timeout
+        self.window_held = False
 
     @classmethod
     def for_error(cls, conn, stream_id: int) -> "Stream":
+        """A stream for a request the codec could not parse: answered with its error."""
         stream = cls(conn, None)
         stream.id = stream_id
+        hcm = conn.hcm
+        stream.stats[hcm.stat_rq_total] += 1
+        conn.worker.stats.gauges[hcm.stat_rq_active] += 1     # _end() counts it down
         return stream
 
     # -- request path -----------------------------------------------------------------------
@@ -918,8 +943,14 @@ class Stream:
         self.last_activity = self.loop.time()
         conn = self.conn
         self.info.bytes_sent += len(data)
-        conn.codec.send_body(self.id, data, end_stream)
+        codec = conn.codec
+        codec.send_body(self.id, data, end_stream)
         conn.mark_dirty()
+        if not end_stream and not self.window_held and codec.pending(self.id) > self.buffer_limit:
+            # HTTP/2: the client's window holds bytes in the codec; stop reading the upstream
+            # until WINDOW_UPDATE lets them out (no unbounded buffer).
+            self.window_held = True
+            self.downstream_paused(True)
         if end_stream:
             self._response_done()
 
@@ -953,8 +984,7 @@ class Stream:
             headers.set("via", f"{via}, {hcm.via}" if via else hcm.via)
         if hcm.always_set_request_id_in_response and self.info.request_id:
             headers.set("x-request-id", self.info.request_id)
-        if self.close_connection and self.request is not None:
-            headers.set("connection", "close")
+
         for stream_filter in reversed(self.filters[:self.filter_index]):
             stream_filter.on_response_headers(response, end_stream)
         self.response_started = True
@@ -964,8 +994,10 @@ class Stream:
         if not info.response_code_details:
             info.response_code_details = "via_upstream"
         codec = self.conn.codec
-        if self.close_connection and self.request is None:
-            codec.goaway()
+        conn = self.conn
+        limit = hcm.max_requests_per_connection
+        if self.close_connection or (limit and conn.requests >= limit) or conn.draining:
+            codec.goaway()      # HTTP/1.1: this response says connection: close; HTTP/2: GOAWAY
         codec.send_head(self.id, response, end_stream)
         self.conn.mark_dirty()
         if end_stream:
@@ -1022,9 +1054,10 @@ class Stream:
             self.conn.pause_reading(on)
 
     def downstream_paused(self, on: bool) -> None:
+        """The client cannot take more (its socket, or its HTTP/2 window): hold the upstream."""
         router = self.router
-        if router is not None and router.upstream is not None and router.upstream.conn is not None:
-            router.upstream.conn.pause_reading(on)
+        if router is not None and router.upstream is not None:
+            router.upstream.hold_upstream(on)
 
     # -- ending -----------------------------------------------------------------------------
 
@@ -1045,6 +1078,8 @@ class Stream:
             codec.reset(self.id)
             self.conn.flush()
             if codec.__class__ is Http1ServerCodec:
+                self.conn.queued.clear()    # the connection dies: nothing queued may start
+                self.conn.active = None
                 self._end()
                 self.conn.abort()
                 return

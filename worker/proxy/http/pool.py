@@ -19,7 +19,7 @@ import logging
 import socket
 from collections import deque
 
-from ...codecs.events import ProtocolError
+from ...codecs.events import GoAway, ProtocolError
 from ...codecs.http1 import Http1ClientCodec
 
 log = logging.getLogger("baton.http.pool")
@@ -68,10 +68,20 @@ class UpstreamConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         streams = self.streams
         for event in self.codec.receive(data):
-            stream = streams.get(event.stream_id) if hasattr(event, "stream_id") else None
+            if isinstance(event, GoAway):
+                if event.code:
+                    self.abort(CONNECTION_TERMINATION)
+                    break
+                # Graceful: the streams it accepted finish here; no new one starts (the codec
+                # reports no room), and the connection closes when the last one ends.
+                if not streams:
+                    self.abort(None)
+                    break
+                continue
+            stream = streams.get(getattr(event, "stream_id", 0))
             if stream is not None:
                 stream.on_upstream_event(event)
-            elif isinstance(event, ProtocolError) or type(event).__name__ == "GoAway":
+            elif isinstance(event, ProtocolError):
                 self.abort(CONNECTION_TERMINATION)
                 break
         self.pool.manager.flush_dirty()
@@ -239,9 +249,10 @@ class HostPool:
             if not conn.streams and not conn.reusable:
                 conn.abort(None)            # max_requests_per_connection reached
                 return
-            if not conn.streams and conn not in self.idle:
-                self.busy.discard(conn)
-                self.idle.append(conn)
+            if not conn.streams:
+                if conn not in self.idle:
+                    self.busy.discard(conn)
+                    self.idle.append(conn)
                 self._arm_idle(conn)
             return
         if not conn.reusable:
@@ -265,8 +276,8 @@ class HostPool:
 
     def _idle_check(self, conn) -> None:
         conn.idle_handle = None
-        if conn.closed or conn not in self.idle:
-            return              # busy: release() re-arms
+        if conn.closed or conn not in self.idle or conn.streams:
+            return              # busy: release() re-arms when its last stream ends
         if self.loop.time() >= conn.idle_deadline:
             conn.abort(None)
         else:

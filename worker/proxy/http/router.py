@@ -39,7 +39,7 @@ class UpstreamRequest:
 
     __slots__ = ("router", "pool", "host", "conn", "stream_id", "headers_received",
                  "done", "try_timer", "sent_at", "request_complete", "response_complete",
-                 "paused")
+                 "paused", "holding")
 
     def __init__(self, router, pool, host):
         self.router = router
@@ -54,6 +54,7 @@ class UpstreamRequest:
         self.request_complete = False
         self.response_complete = False
         self.paused = False
+        self.holding = False        # we paused the upstream connection's reading for our client
 
     # -- pool callbacks ---------------------------------------------------------------------
 
@@ -69,10 +70,11 @@ class UpstreamRequest:
         self.sent_at = router.loop.time()
         if router.tried[1:]:
             router.expected_timeout_header()
-        end = stream.request_complete and not router.body
+        trailers = stream.trailers if stream.request_complete else None
+        end = stream.request_complete and not router.body and trailers is None
         self.stream_id = conn.start_stream(self, stream.request, end)
         for i, chunk in enumerate(router.body):
-            last = stream.request_complete and i == len(router.body) - 1
+            last = stream.request_complete and i == len(router.body) - 1 and trailers is None
             conn.codec.send_body(self.stream_id, chunk, last)
         if stream.trailers is not None and stream.request_complete:
             conn.codec.send_trailers(self.stream_id, stream.trailers)
@@ -86,6 +88,8 @@ class UpstreamRequest:
         if conn.paused:
             stream.pause_downstream(True)
             self.paused = True
+        if stream.conn.write_paused or stream.window_held:
+            self.hold_upstream(True)    # the client was already full when we started
 
     def on_pool_failure(self, reason: str, flag: str) -> None:
         if not self.done:
@@ -127,6 +131,7 @@ class UpstreamRequest:
             if status < 200 and status != 101:
                 return          # Envoy answers Expect: 100-continue itself; drop upstream 1xx
             self.headers_received = True
+            self._cancel_timer()        # the per-try timeout ends when the response begins
             if event.end_stream:
                 self.response_complete = True
             router.on_response_head(self, event.response, event.end_stream)
@@ -165,10 +170,21 @@ class UpstreamRequest:
 
     # -- ending -------------------------------------------------------------------------------
 
+    def hold_upstream(self, on: bool) -> None:
+        """Pause (or resume) reading the upstream connection because our client is full;
+        remembered, so that ending this attempt always gives the pause back."""
+        conn = self.conn
+        if conn is None or on == self.holding:
+            return
+        self.holding = on
+        conn.pause_reading(on)
+
     def _mark_done(self) -> None:
         if not self.done:
             self.done = True
             self.router.load.requests -= 1
+            if self.holding:
+                self.hold_upstream(False)
 
     def _cancel_timer(self) -> None:
         if self.try_timer is not None:
