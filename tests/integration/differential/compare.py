@@ -52,11 +52,13 @@ def record(data: dict, target: Target) -> dict:
 
     On a retry (attempt > 1) Envoy's x-envoy-expected-rq-timeout-ms is what is LEFT of the route
     timeout (15000 minus the time spent so far, 14985, say), which depends on timing: such
-    values are compared in whole seconds. A per-try timeout (a short fixed value) stays exact."""
+    values are compared in whole seconds, rounded up, so that a retry after a 0 ms back-off
+    (15000) and one after 25 ms (14975) read the same. A per-try timeout (a short fixed
+    value) stays exact."""
     out = dict(data)
     headers = data["headers"]
     if data.get("attempt", 0) > 1:
-        headers = [[n, f"<{int(v) // 1000}s and some ms left>"]
+        headers = [[n, f"<={-(-int(v) // 1000)}s left>"]
                    if n == "x-envoy-expected-rq-timeout-ms" and v.isdigit() and int(v) >= 1000 else [n, v]
                    for n, v in headers]
     out["headers"] = _headers(headers, target)
