@@ -198,10 +198,10 @@ def passthrough_bootstrap() -> dict:
          "connect_timeout": "2s"}]}}
 
 
-@pytest.fixture
-def baton_in_node(topology):
+def start_baton_in_node(topology, bootstrap: dict) -> None:
+    """`baton run` inside the node namespace on `bootstrap`, waited for until it is live."""
     d = topology["dir"]
-    (d / "bootstrap.yaml").write_text(yaml.safe_dump(passthrough_bootstrap()))
+    (d / "bootstrap.yaml").write_text(yaml.safe_dump(bootstrap))
     log = open(d / "baton.log", "wb")
     proc = subprocess.Popen(["ip", "netns", "exec", topology["node"], BATON, "run", "-c", str(d / "bootstrap.yaml"),
                              "--concurrency", "1", "--runtime-dir", str(d / "run"), "--upstream-mark", hex(MARK)],
@@ -212,6 +212,11 @@ def baton_in_node(topology):
         assert proc.poll() is None, (d / "baton.log").read_text()
         return "live:" in (d / "baton.log").read_text()
     wait_until(live, 30, "baton live in the namespace")
+
+
+@pytest.fixture
+def baton_in_node(topology):
+    start_baton_in_node(topology, passthrough_bootstrap())
     yield topology
 
 
@@ -378,17 +383,7 @@ def test_http_is_governed_while_other_traffic_passes_through(topology):
     """Issue 6: captured HTTP gets the route's header rewrite; a raw binary protocol and a
     server-first one on the same capture pass through byte-exact."""
     d = topology["dir"]
-    (d / "bootstrap.yaml").write_text(yaml.safe_dump(governed_bootstrap()))
-    log = open(d / "baton.log", "wb")
-    proc = subprocess.Popen(["ip", "netns", "exec", topology["node"], BATON, "run", "-c", str(d / "bootstrap.yaml"),
-                             "--concurrency", "1", "--runtime-dir", str(d / "run"), "--upstream-mark", hex(MARK)],
-                            stdout=log, stderr=subprocess.STDOUT)
-    topology["procs"].append(proc)
-
-    def live():
-        assert proc.poll() is None, (d / "baton.log").read_text()
-        return "live:" in (d / "baton.log").read_text()
-    wait_until(live, 30, "baton live in the namespace")
+    start_baton_in_node(topology, governed_bootstrap())
     for addr in (topology["v4"], topology["v6"]):
         answer = client(topology, addr, 8082, "http")["ok"]
         status, _, head = answer.partition("\n")

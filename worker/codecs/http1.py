@@ -129,9 +129,37 @@ def _frame_body(out: bytearray, framing: _Outgoing, data: bytes, end_stream: boo
         out += data
 
 
+def _last_chunk(headers) -> bytes:
+    """The terminating chunk, with trailers."""
+    out = ["0\r\n"]
+    _serialize_headers(out, headers)
+    out.append("\r\n")
+    return "".join(out).encode("latin-1")
+
+
+class _Http1Output:
+    """What both sides share: bytes queued for the socket, and no per-stream flow control
+    (HTTP/1.1's backpressure is the socket's own)."""
+
+    __slots__ = ()
+
+    def data_to_send(self) -> bytes:
+        out = self._out
+        if not out:
+            return b""
+        self._out = bytearray()
+        return bytes(out)
+
+    def pending(self, stream_id: int) -> int:
+        return 0
+
+    def consumed(self, stream_id: int, n: int) -> None:
+        """Nothing to give back: there are no HTTP/2 windows here."""
+
+
 # --- server side ----------------------------------------------------------------------------
 
-class Http1ServerCodec:
+class Http1ServerCodec(_Http1Output):
     """A client's HTTP/1.x connection: requests in, responses out."""
 
     __slots__ = ("_parser", "_events", "_out", "_next_id", "_stream", "_url", "_headers",
@@ -292,19 +320,10 @@ class Http1ServerCodec:
         if framing is None:
             return
         if framing.chunked:
-            out = ["0\r\n"]
-            _serialize_headers(out, headers)
-            out.append("\r\n")
-            self._out += "".join(out).encode("latin-1")
+            self._out += _last_chunk(headers)
             framing.chunked = False   # the terminating chunk is written
             framing.no_body = True
         self._finish_response(stream_id, framing)
-
-    def pending(self, stream_id: int) -> int:
-        return 0
-
-    def consumed(self, stream_id: int, n: int) -> None:
-        """No per-stream flow control in HTTP/1.1: backpressure is the socket's."""
 
     def reset(self, stream_id: int, code: int = 0) -> None:
         """HTTP/1.1 can only abort a stream by closing the connection."""
@@ -316,13 +335,6 @@ class Http1ServerCodec:
         self._goaway = True
         if not self._responses:
             self.closed = True
-
-    def data_to_send(self) -> bytes:
-        out = self._out
-        if not out:
-            return b""
-        self._out = bytearray()
-        return bytes(out)
 
     @property
     def open_streams(self) -> int:
@@ -506,7 +518,7 @@ class Http1ServerCodec:
 
 # --- client side ----------------------------------------------------------------------------
 
-class Http1ClientCodec:
+class Http1ClientCodec(_Http1Output):
     """Our HTTP/1.1 connection to an upstream: one request at a time (no pipelining)."""
 
     __slots__ = ("_parser", "_events", "_out", "_next_id", "_stream", "_method", "_headers",
@@ -588,29 +600,13 @@ class Http1ClientCodec:
 
     def send_trailers(self, stream_id: int, headers: Headers) -> None:
         if self._framing is not None and self._framing.chunked:
-            out = ["0\r\n"]
-            _serialize_headers(out, headers)
-            out.append("\r\n")
-            self._out += "".join(out).encode("latin-1")
+            self._out += _last_chunk(headers)
         self._framing = None
-
-    def pending(self, stream_id: int) -> int:
-        return 0
-
-    def consumed(self, stream_id: int, n: int) -> None:
-        """No per-stream flow control in HTTP/1.1."""
 
     def reset(self, stream_id: int, code: int = 0) -> None:
         self.closed = True
         self.reusable = False
         self._failed = True
-
-    def data_to_send(self) -> bytes:
-        out = self._out
-        if not out:
-            return b""
-        self._out = bytearray()
-        return bytes(out)
 
     def receive(self, data: bytes) -> list:
         if self._tunnel > 0:
