@@ -31,15 +31,21 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def start_ready_process(argv: list) -> tuple[subprocess.Popen, int]:
+    """Start a helper process that prints "ready PORT" once it listens: (process, port)."""
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
+    line = proc.stdout.readline()                   # blocks until "ready PORT" or exit
+    if not line.startswith("ready "):
+        proc.kill()
+        proc.wait(10)
+        raise RuntimeError(f"{argv[1:]} did not start: {line!r}")
+    return proc, int(line.split()[1])
+
+
 class Upstream:
     def __init__(self, mode: str, *args: str):
-        self.proc = subprocess.Popen([sys.executable, str(HERE / "upstreams.py"), mode, "0", *args],
-                                     stdout=subprocess.PIPE, text=True)
-        line = self.proc.stdout.readline()          # blocks until "ready PORT" or exit
-        if not line.startswith("ready "):
-            self.proc.kill()
-            raise RuntimeError(f"upstream {mode} did not start: {line!r}")
-        self.port = int(line.split()[1])
+        self.proc, self.port = start_ready_process(
+            [sys.executable, str(HERE / "upstreams.py"), mode, "0", *args])
 
     def stop(self) -> None:
         if self.proc.poll() is None:

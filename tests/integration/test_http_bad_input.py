@@ -6,14 +6,13 @@ manager (upgrade_configs)."""
 from __future__ import annotations
 
 import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from .conftest import Baton, free_port, wait_until
+from .conftest import Baton, free_port, start_ready_process, wait_until
 
 RECORDER = Path(__file__).resolve().parent / "differential" / "recorder.py"
 
@@ -72,18 +71,11 @@ def bootstrap(admin: int, port: int, upstream: int, ws_upstream: int) -> dict:
                 "clusters": [cluster("app", upstream), cluster("ws", ws_upstream)]}}
 
 
-def _process(args):
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True)
-    line = proc.stdout.readline()
-    assert line.startswith("ready "), line
-    return proc, int(line.split()[1])
-
-
 @pytest.fixture
 def edge(tmp_path):
-    recorder, port_app = _process([sys.executable, str(RECORDER), "app"])
+    recorder, port_app = start_ready_process([sys.executable, str(RECORDER), "app"])
     (tmp_path / "ws.py").write_text(WS_UPSTREAM)
-    ws, port_ws = _process([sys.executable, str(tmp_path / "ws.py")])
+    ws, port_ws = start_ready_process([sys.executable, str(tmp_path / "ws.py")])
     port = free_port()
     baton = Baton(tmp_path / "baton", bootstrap(free_port(), port, port_app, port_ws), concurrency=1).start()
     baton.port = port
@@ -196,7 +188,7 @@ def test_health_checks_keep_requests_off_a_dead_host(tmp_path):
     """Through the real `baton run`: an HTTP health check marks the endpoint on a closed
     port unhealthy, and every request then goes to the healthy one (round robin would send
     half to the dead host)."""
-    recorder, port_app = _process([sys.executable, str(RECORDER), "app"])
+    recorder, port_app = start_ready_process([sys.executable, str(RECORDER), "app"])
     dead = socket.socket()
     dead.bind(("127.0.0.1", 0))          # bound, never listening: connections are refused
     port = free_port()

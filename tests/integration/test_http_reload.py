@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import Baton, free_port, wait_until
+from .conftest import Baton, free_port, start_ready_process, wait_until
 
 RECORDER = Path(__file__).resolve().parent / "differential" / "recorder.py"
 GRPC_ECHO = Path(__file__).resolve().parent / "grpc_echo.py"
@@ -49,10 +49,8 @@ def http_bootstrap(admin: int, port: int, upstream: int) -> dict:
 
 @pytest.fixture
 def recorder():
-    proc = subprocess.Popen([sys.executable, str(RECORDER), "app"], stdout=subprocess.PIPE, text=True)
-    line = proc.stdout.readline()
-    assert line.startswith("ready "), line
-    yield int(line.split()[1])
+    proc, port = start_ready_process([sys.executable, str(RECORDER), "app"])
+    yield port
     proc.kill()
     proc.wait(10)
 
@@ -100,10 +98,8 @@ def test_wrk_keepalive_through_20_reloads(baton_http):
 
 @pytest.fixture
 def grpc_upstream():
-    proc = subprocess.Popen([sys.executable, str(GRPC_ECHO), "server"], stdout=subprocess.PIPE, text=True)
-    line = proc.stdout.readline()
-    assert line.startswith("ready "), line
-    yield int(line.split()[1])
+    proc, port = start_ready_process([sys.executable, str(GRPC_ECHO), "server"])
+    yield port
     proc.kill()
     proc.wait(10)
 

@@ -156,6 +156,23 @@ class _Http1Output:
     def consumed(self, stream_id: int, n: int) -> None:
         """Nothing to give back: there are no HTTP/2 windows here."""
 
+    def _feed(self, data: bytes, error_status: int) -> list:
+        """Parse `data` (both sides): an upgrade goes to `_upgraded`, a parser error or an
+        exceeded limit becomes one `_fail`; the events gathered are returned."""
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            self._upgraded(data[exc.args[0]:])
+        except httptools.HttpParserCallbackError as exc:
+            limit = exc.__context__
+            if not isinstance(limit, _LimitExceeded):
+                raise
+            self._fail(limit.reason, limit.status)
+        except httptools.HttpParserError as exc:
+            self._fail(str(exc) or type(exc).__name__, error_status)
+        events, self._events = self._events, []
+        return events
+
 
 # --- server side ----------------------------------------------------------------------------
 
@@ -204,32 +221,18 @@ class Http1ServerCodec(_Http1Output):
             return []
         if not data:
             return self._eof()
-        try:
-            self._parser.feed_data(data)
-        except httptools.HttpParserUpgrade as exc:
-            rest = data[exc.args[0]:]
-            if self._declined_upgrade:
-                # llhttp paused for the upgrade we declined: a fresh parser reads on.
-                self._declined_upgrade = False
-                self._parser = httptools.HttpRequestParser(self)
-                if rest:
-                    return self._events_plus(self.receive(rest))
-            elif self._tunnel and rest:
-                self._events.append(Body(self._tunnel, rest, False))
-        except httptools.HttpParserCallbackError as exc:
-            limit = exc.__context__
-            if isinstance(limit, _LimitExceeded):
-                self._fail(limit.reason, limit.status)
-            else:
-                raise
-        except httptools.HttpParserError as exc:
-            self._fail(str(exc) or type(exc).__name__, 400)
-        events, self._events = self._events, []
-        return events
+        return self._feed(data, 400)
 
-    def _events_plus(self, more: list) -> list:
-        events, self._events = self._events, []
-        return events + more
+    def _upgraded(self, rest: bytes) -> None:
+        if self._declined_upgrade:
+            # llhttp paused for the upgrade we declined: a fresh parser reads on.
+            self._declined_upgrade = False
+            self._parser = httptools.HttpRequestParser(self)
+            if rest:
+                before, self._events = self._events, []
+                self._events = before + self.receive(rest)
+        elif self._tunnel and rest:
+            self._events.append(Body(self._tunnel, rest, False))
 
     def _eof(self) -> list:
         self._failed = True
@@ -615,22 +618,14 @@ class Http1ClientCodec(_Http1Output):
             return []
         if not data:
             return self._eof()
-        try:
-            self._parser.feed_data(data)
-        except httptools.HttpParserUpgrade as exc:
-            rest = data[exc.args[0]:]
-            if self._tunnel > 0 and rest:
-                self._events.append(Body(self._tunnel, rest, False))
-        except httptools.HttpParserCallbackError as exc:
-            limit = exc.__context__
-            if isinstance(limit, _LimitExceeded):
-                self._protocol_error(limit.reason, 502)
-            else:
-                raise
-        except httptools.HttpParserError as exc:
-            self._protocol_error(str(exc) or type(exc).__name__, 502)
-        events, self._events = self._events, []
-        return events
+        return self._feed(data, 502)
+
+    def _upgraded(self, rest: bytes) -> None:
+        if self._tunnel > 0 and rest:
+            self._events.append(Body(self._tunnel, rest, False))
+
+    def _fail(self, reason: str, status: int) -> None:
+        self._protocol_error(reason, status)
 
     def _eof(self) -> list:
         self.reusable = False
