@@ -304,7 +304,7 @@ class Router:
     def request_complete(self) -> None:
         """The whole request is in: the route timeout starts (as in Envoy). No timer of its
         own: the client connection keeps one for the earliest deadline of its streams
-        (connection_manager.HttpConnection.watch_deadline)."""
+        (connection_manager.py: HttpConnection.watch_deadline)."""
         timeout = self.timeout
         if timeout and not self.deadline and not self.finished:
             self.started_at = _monotonic()

@@ -1,0 +1,644 @@
+"""One request/response exchange through the connection manager: Envoy's ActiveStream.
+
+The request head is mutated as Envoy's connection manager mutates it (x-forwarded-for,
+x-forwarded-proto, x-request-id, the x-envoy-* controls an external client may not send),
+routed (routing.py), passed through the stream filters (filter.py) and handed to the router
+(router.py); the response comes back through the filters in reverse, gets the headers Envoy
+adds (server, date, x-envoy-upstream-service-time) and goes to the codec. Local replies (404
+route miss, 503 no healthy upstream, the filters' 429 and fault aborts, codec errors) take
+the same way out.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import re
+import time
+
+from ...codecs.http1 import Http1ServerCodec
+from ...codecs.message import Headers, Response
+from .filter import Delay, LocalReply
+from .router import Router
+from .stream_info import StreamInfo
+
+log = logging.getLogger("baton.http")
+
+_TEXT_PLAIN = ("content-type", "text/plain")
+_DATE_ONLY = frozenset({"date"})
+_SLASHES = re.compile(r"/{2,}")
+
+
+class _DateCache:
+    """The Date header value, rebuilt at most once per second (Envoy's DateProvider)."""
+
+    __slots__ = ("second", "value")
+
+    def __init__(self):
+        self.second = -1
+        self.value = ""
+
+    def get(self) -> str:
+        now = time.time()
+        second = int(now)
+        if second != self.second:
+            self.second = second
+            self.value = time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(now))
+        return self.value
+
+
+DATE = _DateCache()
+
+
+def new_request_id(_bits=random.getrandbits) -> str:
+    """A random (version 4) UUID string, without uuid.uuid4()'s object: Envoy's request ids
+    are random UUIDs too, not secrets."""
+    n = (_bits(128) & ~(0xF000 << 64) & ~(0xC000 << 48)) | (0x4000 << 64) | (0x8000 << 48)
+    h = "%032x" % n
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+def _is_loopback(ip: str) -> bool:
+    return ip.startswith("127.") or ip == "::1" or ip.startswith("::ffff:127.")
+
+
+# The x-envoy-* request headers that steer Envoy itself: removed from every external request
+# before anything reads them, and three more from requests at the edge (use_remote_address).
+EXTERNAL_STRIPPED = ("x-envoy-retriable-status-codes", "x-envoy-retriable-header-names",
+                     "x-envoy-retry-on", "x-envoy-retry-grpc-on", "x-envoy-max-retries",
+                     "x-envoy-upstream-alt-stat-name", "x-envoy-upstream-rq-timeout-ms",
+                     "x-envoy-upstream-rq-per-try-timeout-ms",
+                     "x-envoy-upstream-rq-timeout-alt-response", "x-envoy-expected-rq-timeout-ms",
+                     "x-envoy-force-trace", "x-envoy-ip-tags", "x-envoy-original-url",
+                     "x-envoy-hedge-on-per-try-timeout")
+EDGE_STRIPPED = ("x-envoy-decorator-operation", "x-envoy-downstream-service-cluster",
+                 "x-envoy-downstream-service-node")
+EXTERNAL_STRIPPED_SET = frozenset(EXTERNAL_STRIPPED) | {"x-envoy-internal"}
+EDGE_STRIPPED_SET = EXTERNAL_STRIPPED_SET | frozenset(EDGE_STRIPPED)
+
+
+class Stream:
+    """One request/response exchange (Envoy's ActiveStream)."""
+
+    __slots__ = ("conn", "id", "loop", "worker", "stats", "hcm", "request", "info", "route",
+                 "filters", "filter_index", "router", "request_complete", "response_started",
+                 "response_complete", "trailers", "held_body", "held_bytes", "close_connection",
+                 "done", "cluster_name", "delay_timer", "buffer_limit", "paused_downstream",
+                 "upgrade", "expect_continue", "end_at_head", "controls", "last_activity",
+                 "idle_timeout", "window_held")
+
+    def __init__(self, conn, event):
+        """`conn`: the HttpConnection (connection_manager.py); `event`: the RequestHead, or
+        None for a request the codec could not parse (for_error)."""
+        self.conn = conn
+        self.loop = conn.loop
+        self.worker = conn.worker
+        self.stats = conn.worker.stats.counters
+        self.hcm = conn.hcm
+        self.id = event.stream_id if event is not None else 0
+        self.request = event.request if event is not None else None
+        self.end_at_head = event.end_stream if event is not None else True
+        self.request_complete = self.end_at_head
+        self.upgrade = event.upgrade if event is not None else None
+        self.expect_continue = event.expect_continue if event is not None else False
+        protocol = "HTTP/2" if self.request is not None and self.request.version == "2" else \
+            f"HTTP/{self.request.version}" if self.request is not None else "HTTP/1.1"
+        self.info = StreamInfo(self.request, self.loop.time(), protocol, conn.peer, conn.local,
+                               conn.id)
+        self.route = None
+        self.filters = ()
+        self.filter_index = 0
+        self.router = None
+        self.response_started = False
+        self.response_complete = False
+        self.trailers = None
+        self.held_body: list = []       # body that arrived before the router took over
+        self.held_bytes = 0
+        self.close_connection = False
+        self.done = False
+        self.cluster_name = None
+        self.delay_timer = None
+        self.buffer_limit = conn.hcm.buffer_limit
+        self.paused_downstream = False
+        self.controls = False
+        self.last_activity = self.info.start_monotonic
+        self.idle_timeout = conn.hcm.stream_idle_timeout
+        self.window_held = False
+
+    @classmethod
+    def for_error(cls, conn, stream_id: int) -> "Stream":
+        """A stream for a request the codec could not parse: answered with its error."""
+        stream = cls(conn, None)
+        stream.id = stream_id
+        hcm = conn.hcm
+        stream.stats[hcm.stat_rq_total] += 1
+        conn.worker.stats.gauges[hcm.stat_rq_active] += 1     # _end() counts it down
+        return stream
+
+    # -- request path -----------------------------------------------------------------------
+
+    def start(self) -> None:
+        hcm = self.hcm
+        counters = self.stats
+        counters[hcm.stat_rq_total] += 1
+        counters[hcm.stat_rq_http2_total if self.request.version == "2" else
+                 hcm.stat_rq_http1_total] += 1
+        self.worker.stats.gauges[hcm.stat_rq_active] += 1
+        request = self.request
+        if request.version == "1.0" and not hcm.accept_http_10:
+            self.close_connection = True
+            self.local_reply(426, "Upgrade Required", "low_version")
+            return
+        if not request.authority:
+            if request.version == "1.0" and hcm.default_host_for_http_10:
+                request.authority = hcm.default_host_for_http_10
+            else:
+                self.close_connection = request.version != "2"
+                self.local_reply(400, "missing host header", "missing_host_header")
+                return
+        if self.upgrade and self.upgrade not in hcm.upgrade_types:
+            self.local_reply(403, "", "upgrade_failed")
+            return
+        if self.expect_continue and request.version != "2":
+            self.conn.codec.send_head(self.id, Response(100, Headers()), False)
+        self._mutate_request_headers()
+        if hcm.merge_slashes and "//" in request.path:
+            path, sep, query = request.path.partition("?")
+            request.path = _SLASHES.sub("/", path) + sep + query
+        if (hcm.strip_any_host_port or hcm.strip_matching_host_port) and ":" in request.authority:
+            host, _, port = request.authority.rpartition(":")
+            if port.isdigit() and "]" not in port and (
+                    hcm.strip_any_host_port or int(port) == self.conn.listener.port):
+                request.authority = host
+        if hcm.via:
+            via = request.headers.get("via")
+            request.headers.set("via", f"{via}, {hcm.via}" if via else hcm.via)
+        table = hcm.routes
+        route = self.route = table.route(request) if table is not None else None
+        if route is not None:
+            self.info.route_name = route.name
+            if route.idle_timeout_set:
+                self.idle_timeout = route.idle_timeout      # 0s: none for this route
+            if route.kind == "cluster":
+                # Chosen with the route, before the filters: the fault filter's
+                # upstream_cluster condition reads it.
+                self.cluster_name = self.info.upstream_cluster = route.pick_cluster(request, random.random)
+        self.filters = [f for f in (factory.create(self) for factory in hcm.filter_factories)
+                        if f is not None] if hcm.filter_factories else ()
+        self._continue_filters()
+
+    def _mutate_request_headers(self) -> None:
+        """What Envoy's connection manager does to every request before routing
+        (ConnectionManagerUtility::mutateRequestHeaders): x-forwarded-for and -proto, the
+        internal/external decision, the x-envoy-* controls an external client may not send,
+        and x-request-id."""
+        hcm = self.hcm
+        request = self.request
+        headers = request.headers
+        remote_ip = self.conn.peer[0] if self.conn.peer else ""
+        # One pass over the names: most requests carry none of the headers looked at here.
+        present = {name for name, _ in headers.items}
+        xff = headers.get("x-forwarded-for") if "x-forwarded-for" in present else None
+        if hcm.use_remote_address:
+            if not hcm.skip_xff_append:
+                # A loopback peer is recorded as this node's own address, as Envoy does.
+                appended = hcm.node_address if _is_loopback(remote_ip) else remote_ip
+                if xff is None:
+                    headers.add("x-forwarded-for", appended)
+                else:
+                    headers.set("x-forwarded-for", f"{xff},{appended}")
+            if "x-forwarded-proto" in present:
+                headers.set("x-forwarded-proto", request.scheme)
+            else:
+                headers.add("x-forwarded-proto", request.scheme)
+            # Internal only when the peer is the whole chain (no x-forwarded-for came in).
+            internal = xff is None and hcm.is_internal(remote_ip)
+        else:
+            if "x-forwarded-proto" not in present:
+                headers.add("x-forwarded-proto", request.scheme)
+            # Without use_remote_address the client is what x-forwarded-for names, when it
+            # names exactly one address.
+            internal = xff is not None and "," not in xff and hcm.is_internal(xff.strip())
+        edge = hcm.use_remote_address and not internal
+        # x-envoy-* controls survive only on internal requests (and route mutations may add
+        # them): only then does the router look.
+        self.controls = internal or self.route_adds_headers
+        if internal:
+            headers.set("x-envoy-internal", "true")
+        else:
+            # An external request may not steer the proxy (Envoy's cleanInternalHeaders).
+            doomed = present & (EDGE_STRIPPED_SET if edge else EXTERNAL_STRIPPED_SET)
+            if doomed:
+                headers.items = [kv for kv in headers.items if kv[0] not in doomed]
+            if edge:
+                headers.set("x-envoy-external-address", remote_ip)
+        if hcm.generate_request_id:
+            request_id = headers.get("x-request-id") if "x-request-id" in present else None
+            if request_id is None:
+                request_id = new_request_id()
+                headers.add("x-request-id", request_id)
+            elif edge and not hcm.preserve_external_request_id:
+                request_id = new_request_id()
+                headers.set("x-request-id", request_id)
+            self.info.request_id = request_id
+        else:
+            self.info.request_id = headers.get("x-request-id")
+
+    @property
+    def route_adds_headers(self) -> bool:
+        return self.hcm.routes is not None and self.hcm.routes.adds_request_headers
+
+    def _continue_filters(self, reply: LocalReply | None = None) -> None:
+        self.delay_timer = None
+        filters = self.filters
+        while self.filter_index < len(filters) or reply is not None:
+            if reply is not None:
+                result, reply = reply, None
+            else:
+                result = filters[self.filter_index].on_request_headers(self.request,
+                                                                       self.end_at_head)
+                self.filter_index += 1
+            if result is None:
+                continue
+            if isinstance(result, LocalReply):
+                if result.flags:
+                    self.info.response_flags.append(result.flags)
+                self.local_reply(result.status, result.body, result.details,
+                                 extra=result.headers)
+                return
+            if isinstance(result, Delay):
+                if result.flags:
+                    self.info.response_flags.append(result.flags)
+                then = result.then
+                self.delay_timer = self.loop.call_later(
+                    result.seconds, self._continue_filters if then is None else
+                    lambda: self._continue_filters(then))
+                return
+        self._route()
+
+    def _route(self) -> None:
+        if self.done:
+            return
+        hcm = self.hcm
+        route = self.route
+        info = self.info
+        if route is None:
+            self.stats[hcm.stat_no_route] += 1
+            info.response_flags.append("NR")
+            self.local_reply(404, "", "route_not_found")
+            return
+        kind = route.kind
+        if kind == "direct_response":
+            self.stats[hcm.stat_rq_direct_response] += 1
+            status, body = route.direct()
+            _, location = route.redirect_location(self.request)
+            self.local_reply(status, body, "direct_response", content_type=bool(body),
+                             extra=[("location", location)] if location else ())
+            return
+        if kind == "redirect":
+            self.stats[hcm.stat_rq_redirect] += 1
+            status, location = route.redirect_location(self.request)
+            self.local_reply(status, "", "via_redirect", extra=[("location", location)],
+                             content_type=False)
+            return
+        request = self.request
+        name = self.cluster_name
+        cluster = self.worker.clusters.get(name) if name else None
+        if cluster is None:
+            self.stats[hcm.stat_no_cluster] += 1
+            info.response_flags.append("NC")
+            self.local_reply(route.cluster_not_found_status, "", "cluster_not_found")
+            return
+        # Envoy's order: header mutations first, then host and path rewrites (a
+        # host_rewrite_header reads the mutated headers).
+        self._apply_mutations(request.headers, route.request_header_mutations(name))
+        route.rewrite(request, name, envoy_headers=not hcm.suppress_envoy_headers)
+        if self.controls:
+            timeout, retry = route_controls(route, request.headers)
+        else:
+            timeout, retry = route.timeout, route.retry
+        if not hcm.suppress_envoy_headers and timeout:
+            per_try = retry.per_try_timeout if retry is not None else None
+            expected = per_try if per_try else timeout
+            request.headers.set("x-envoy-expected-rq-timeout-ms", str(int(expected * 1000)))
+        hash_key = route.hash_key(request, self.conn.peer[0] if self.conn.peer else "") \
+            if route.hash_policies else None
+        router = self.router = Router(self, route, cluster, hash_key, timeout, retry)
+        held, self.held_body = self.held_body, []
+        for chunk in held:
+            router.body.append(chunk)
+            router.body_bytes += len(chunk)
+        router.start()
+
+    def _apply_mutations(self, headers: Headers, mutations) -> None:
+        """Header add/remove from the route config, in the order routing.py gives them."""
+        if not mutations:
+            return
+        render = self.hcm.render_header_value
+        info = self.info
+        for op, name, template, action in mutations:
+            if op == "remove":
+                headers.remove(name)
+                continue
+            value = render(template, info)
+            action, keep_empty = _split_action(action)
+            if value == "" and not keep_empty:
+                continue                # Envoy adds no empty header unless keep_empty_value
+            if action == "APPEND_IF_EXISTS_OR_ADD":
+                headers.add(name, value)
+            elif action == "ADD_IF_ABSENT":
+                if name not in headers:
+                    headers.add(name, value)
+            elif action == "OVERWRITE_IF_EXISTS_OR_ADD":
+                headers.remove(name)            # Envoy: every old value goes, the new one
+                headers.add(name, value)        # comes last
+            elif action == "OVERWRITE_IF_EXISTS":
+                if headers.remove(name):
+                    headers.add(name, value)
+
+    def on_request_body(self, data: bytes, end_stream: bool) -> None:
+        if self.done:
+            return
+        self.last_activity = self.loop.time()
+        self.info.bytes_received += len(data)
+        if end_stream:
+            self.request_complete = True
+            self.info.last_request_byte = self.loop.time()
+        router = self.router
+        if router is not None:
+            router.request_body(data, end_stream)
+            self.conn.codec.consumed(self.id, len(data))
+            return
+        # Held while the filters decide (a fault delay): bounded by the buffer limit.
+        self.held_body.append(data)
+        self.held_bytes += len(data)
+        self.conn.codec.consumed(self.id, len(data))
+        if self.held_bytes > self.buffer_limit and not self.response_started:
+            self.stats[self.hcm.stat_rq_too_large] += 1
+            self.local_reply(413, "Payload Too Large", "request_payload_too_large")
+
+    def on_request_trailers(self, headers) -> None:
+        self.request_complete = True
+        self.trailers = headers
+        if self.router is not None:
+            self.router.request_trailers(headers)
+
+    # -- response path ----------------------------------------------------------------------
+
+    def upstream_response_head(self, response, end_stream: bool, service_ms: int) -> None:
+        hcm = self.hcm
+        headers = response.headers
+        if self.route is not None:
+            self._apply_mutations(headers, self.route.response_header_mutations(self.cluster_name))
+        if not hcm.suppress_envoy_headers:
+            self._send_head(response, end_stream, ("x-envoy-upstream-service-time", str(service_ms)))
+        else:
+            self._send_head(response, end_stream)
+
+    def upstream_response_body(self, data: bytes, end_stream: bool) -> None:
+        if self.done:
+            return
+        self.last_activity = self.loop.time()
+        conn = self.conn
+        self.info.bytes_sent += len(data)
+        codec = conn.codec
+        codec.send_body(self.id, data, end_stream)
+        conn.mark_dirty()
+        if not end_stream and not self.window_held and codec.pending(self.id) > self.buffer_limit:
+            # HTTP/2: the client's window holds bytes in the codec; stop reading the upstream
+            # until WINDOW_UPDATE lets them out (no unbounded buffer).
+            self.window_held = True
+            self.downstream_paused(True)
+        if end_stream:
+            self._response_done()
+
+    def upstream_response_trailers(self, trailers) -> None:
+        if self.done:
+            return
+        self.info.response_trailers = trailers
+        self.conn.codec.send_trailers(self.id, trailers)
+        self.conn.mark_dirty()
+        self._response_done()
+
+    def _send_head(self, response, end_stream: bool, service_time=None) -> None:
+        hcm = self.hcm
+        headers = response.headers
+        transformation = hcm.server_header_transformation
+        # The headers the proxy owns, replaced in one pass: date (Envoy's DateProvider),
+        # server (OVERWRITE, the default) and x-envoy-upstream-service-time.
+        overwrite = hcm.owned_response_headers if transformation == "OVERWRITE" else _DATE_ONLY
+        items = headers.items = [kv for kv in headers.items if kv[0] not in overwrite]
+        if service_time is not None:
+            if transformation != "OVERWRITE" and headers.remove("x-envoy-upstream-service-time"):
+                items = headers.items
+            items.append(service_time)
+        if transformation == "OVERWRITE":
+            items.append(("server", hcm.server_name))
+        elif transformation == "APPEND_IF_ABSENT" and "server" not in headers:
+            items.append(("server", hcm.server_name))
+        items.append(("date", DATE.get()))
+        if hcm.via and self.request is not None:
+            via = headers.get("via")
+            headers.set("via", f"{via}, {hcm.via}" if via else hcm.via)
+        if hcm.always_set_request_id_in_response and self.info.request_id:
+            headers.set("x-request-id", self.info.request_id)
+
+        for stream_filter in reversed(self.filters[:self.filter_index]):
+            stream_filter.on_response_headers(response, end_stream)
+        self.response_started = True
+        info = self.info
+        info.response = response
+        info.response_code = response.status
+        if not info.response_code_details:
+            info.response_code_details = "via_upstream"
+        codec = self.conn.codec
+        conn = self.conn
+        limit = hcm.max_requests_per_connection
+        if self.close_connection or (limit and conn.requests >= limit) or conn.draining:
+            codec.goaway()      # HTTP/1.1: this response says connection: close; HTTP/2: GOAWAY
+        codec.send_head(self.id, response, end_stream)
+        self.conn.mark_dirty()
+        if end_stream:
+            self._response_done()
+
+    def local_reply(self, status: int, body, details: str, extra=(), content_type=True) -> None:
+        """Answer from the proxy itself, as Envoy's sendLocalReply does."""
+        if self.done:
+            return
+        if self.response_started:
+            self.reset(details)
+            return
+        if self.router is not None and not self.router.finished:
+            self.router.cancel()
+        if self.delay_timer is not None:
+            self.delay_timer.cancel()
+            self.delay_timer = None
+        if isinstance(body, str):
+            body = body.encode()
+        info = self.info
+        info.response_code_details = details
+        # Envoy writes no content-length on a 1xx/204 (RFC 9110 8.6).
+        headers = Headers([] if status < 200 or status == 204 else
+                          [("content-length", str(len(body)))])
+        if body and content_type:
+            headers.add(*_TEXT_PLAIN)
+        for name, value in extra:
+            headers.add(name, value)
+        if self.route is not None and self.request is not None and details != "route_not_found":
+            self._apply_mutations(headers, self.route.response_header_mutations(self.cluster_name))
+        if not self.request_complete and self.request is not None and \
+                self.conn.codec.__class__ is Http1ServerCodec:
+            # The rest of the request body would be read as the next request: close after.
+            self.conn.codec.goaway()
+        head_request = self.request is not None and self.request.method == "HEAD"
+        if body and not head_request:
+            self._send_head(Response(status, headers), False)
+            self.info.bytes_sent += len(body)
+            self.conn.codec.send_body(self.id, body, True)
+            self._response_done()
+        else:
+            self._send_head(Response(status, headers), True)
+        self.conn.flush()
+
+    def _response_done(self) -> None:
+        self.response_complete = True
+        self._end()
+
+    # -- backpressure -----------------------------------------------------------------------
+
+    def pause_downstream(self, on: bool) -> None:
+        if on != self.paused_downstream:
+            self.paused_downstream = on
+            self.conn.pause_reading(on)
+
+    def downstream_paused(self, on: bool) -> None:
+        """The client cannot take more (its socket, or its HTTP/2 window): hold the upstream."""
+        router = self.router
+        if router is not None and router.upstream is not None:
+            router.upstream.hold_upstream(on)
+
+    # -- ending -----------------------------------------------------------------------------
+
+    def reset(self, reason: str, notify: bool = True) -> None:
+        """Abort this stream (client reset, upstream reset after the response began)."""
+        if self.done:
+            return
+        if self.router is not None:
+            self.router.cancel()
+        if self.delay_timer is not None:
+            self.delay_timer.cancel()
+            self.delay_timer = None
+        if not self.info.response_code_details:
+            self.info.response_code_details = reason.replace(" ", "_")
+        if notify:
+            self.stats[self.hcm.stat_rq_tx_reset] += 1
+            codec = self.conn.codec
+            codec.reset(self.id)
+            self.conn.flush()
+            if codec.__class__ is Http1ServerCodec:
+                self.conn.queued.clear()    # the connection dies: nothing queued may start
+                self.conn.active = None
+                self._end()
+                self.conn.abort()
+                return
+        self._end()
+
+    def timed_out(self, status: int, body: str, details: str, stat: str) -> None:
+        """request_timeout / stream_idle_timeout: Envoy's 408 before the response began, a
+        reset after."""
+        self.stats[stat] += 1
+        if self.response_started:
+            self.reset(details)
+        else:
+            self.close_connection = self.conn.codec.__class__ is Http1ServerCodec
+            self.local_reply(status, body, details)
+
+    def reset_downstream(self, reason: str) -> None:
+        """The upstream failed after the response began: the client must see it broken."""
+        self.info.response_flags.append("UPE" if "protocol" in reason else "UR")
+        self.reset(reason)
+
+    def _end(self) -> None:
+        if self.done:
+            return
+        self.done = True
+        if self.paused_downstream:
+            self.paused_downstream = False
+            self.conn.pause_reading(False)
+        hcm = self.hcm
+        info = self.info
+        info.last_downstream_byte = self.loop.time()
+        code = info.response_code
+        if code:
+            name = hcm.stat_rq_class.get(code // 100)
+            if name is not None:
+                self.stats[name] += 1
+        self.worker.stats.gauges[hcm.stat_rq_active] -= 1
+        for access_log in hcm.access_logs:
+            try:
+                access_log.log(info)
+            except Exception:       # a log line must never take the stream down with it
+                log.exception("access log")
+        for stream_filter in self.filters:
+            stream_filter.on_log()
+        self.conn.stream_done(self)
+
+
+class HeaderRetryPolicy:
+    """A route's retry policy as the request's x-envoy-retry-on / x-envoy-max-retries /
+    x-envoy-upstream-rq-per-try-timeout-ms headers amend it (same attributes as
+    routing.RetryPolicy)."""
+
+    __slots__ = ("retry_on", "num_retries", "per_try_timeout", "retriable_status_codes",
+                 "base", "max")
+
+    def __init__(self, base_policy, retry_on, num_retries, per_try_timeout):
+        self.retry_on = set(base_policy.retry_on if base_policy else ()) | retry_on
+        self.num_retries = num_retries if num_retries is not None else \
+            (base_policy.num_retries if base_policy else 1)
+        self.per_try_timeout = per_try_timeout if per_try_timeout is not None else \
+            (base_policy.per_try_timeout if base_policy else None)
+        self.retriable_status_codes = base_policy.retriable_status_codes if base_policy else frozenset()
+        self.base = base_policy.base if base_policy else 0.025
+        self.max = base_policy.max if base_policy else 0.25
+
+
+_CONTROL_HEADERS = ("x-envoy-retry-on", "x-envoy-max-retries", "x-envoy-upstream-rq-timeout-ms",
+                    "x-envoy-upstream-rq-per-try-timeout-ms")
+_CONTROL_SET = frozenset(_CONTROL_HEADERS)
+
+
+def route_controls(route, headers):
+    """(timeout, retry policy) for this request: the route's, amended by the x-envoy-*
+    control headers that survived edge sanitizing; the router consumes those headers, so
+    they are removed here."""
+    timeout, retry = route.timeout, route.retry
+    if _CONTROL_SET.isdisjoint([name for name, _ in headers.items]):
+        return timeout, retry
+    values = {name: headers.get(name) for name in _CONTROL_HEADERS}
+    for name in _CONTROL_HEADERS:
+        headers.remove(name)
+    ms = _int(values["x-envoy-upstream-rq-timeout-ms"])
+    if ms is not None:
+        timeout = ms / 1000 or None
+    retry_on = {v.strip() for v in (values["x-envoy-retry-on"] or "").split(",") if v.strip()}
+    max_retries = _int(values["x-envoy-max-retries"])
+    per_try_ms = _int(values["x-envoy-upstream-rq-per-try-timeout-ms"])
+    if retry_on or (retry is not None and (max_retries is not None or per_try_ms is not None)):
+        retry = HeaderRetryPolicy(retry, retry_on, max_retries,
+                                  per_try_ms / 1000 if per_try_ms else None)
+    return timeout, retry
+
+
+def _int(text):
+    try:
+        return int(text) if text is not None else None
+    except ValueError:
+        return None
+
+
+def _split_action(action: str) -> tuple[str, bool]:
+    """routing.py's append action, "ACTION" or "ACTION!keep_empty" -> (ACTION, keep_empty)."""
+    if action.endswith("!keep_empty"):
+        return action[:-len("!keep_empty")], True
+    return action, False
