@@ -21,6 +21,7 @@ from collections import deque
 
 from ...codecs.events import GoAway, ProtocolError
 from ...codecs.http1 import Http1ClientCodec
+from ..lb import Host
 
 log = logging.getLogger("baton.http.pool")
 
@@ -171,7 +172,7 @@ class HostPool:
     """Connections to one host of one cluster."""
 
     __slots__ = ("manager", "cluster", "host", "loop", "idle", "busy", "connecting", "waiters",
-                 "http2", "http2_options", "mark", "stat", "load", "max_requests", "max_streams")
+                 "http2", "http2_options", "mark", "stat", "max_requests", "max_streams")
 
     def __init__(self, manager, cluster, host):
         self.manager = manager
@@ -182,11 +183,10 @@ class HostPool:
         self.busy: set[UpstreamConnection] = set()
         self.connecting = 0
         self.waiters: deque = deque()
-        self.http2 = bool(getattr(cluster, "http2", False))
-        options = getattr(cluster, "http2_options", None) or {}
+        self.http2 = cluster.http2
+        options = cluster.http2_options or {}
         self.max_streams = options.get("max_concurrent_streams") or 2147483647
-        self.max_requests = (getattr(cluster, "common_http", None) or {}).get(
-            "max_requests_per_connection") or 0
+        self.max_requests = cluster.common_http.get("max_requests_per_connection") or 0
         # Cluster option names (Envoy's) -> the client codec's arguments.
         self.http2_options = {arg: options[key] for key, arg in (
             ("initial_stream_window_size", "initial_stream_window"),
@@ -194,7 +194,6 @@ class HostPool:
             if options.get(key) is not None}
         self.mark = manager.mark
         self.stat = manager.stats.counters
-        self.load = manager.load(cluster)
 
     def request(self, waiter) -> None:
         """Give `waiter` a connection now, or when one is free, or fail it (overflow)."""
@@ -216,13 +215,13 @@ class HostPool:
         cluster = self.cluster
         if cluster.active < cluster.max_connections and self.connecting <= len(self.waiters):
             self._connect()
-        elif self.load.pending >= getattr(cluster, "max_pending_requests", 1024):
+        elif cluster.rq_pending >= cluster.max_pending_requests:
             self.stat[cluster.stat["upstream_rq_pending_overflow"]] += 1
             waiter.on_pool_failure(OVERFLOW, "UO")
             return
         elif cluster.active >= cluster.max_connections:
             self.stat[cluster.stat["upstream_cx_overflow"]] += 1
-        self.load.pending += 1
+        cluster.rq_pending += 1
         self.stat[cluster.stat["upstream_rq_pending_total"]] += 1
         self.manager.stats.gauges[cluster.stat["upstream_rq_pending_active"]] += 1
         self.waiters.append(waiter)
@@ -236,7 +235,7 @@ class HostPool:
         self._unpend()
 
     def _unpend(self) -> None:
-        self.load.pending -= 1
+        self.cluster.rq_pending -= 1
         self.manager.stats.gauges[self.cluster.stat["upstream_rq_pending_active"]] -= 1
 
     def release(self, conn: UpstreamConnection) -> None:
@@ -268,7 +267,7 @@ class HostPool:
 
     def _arm_idle(self, conn) -> None:
         """Lazy, as the client side's: releasing moves the deadline, the timer re-arms."""
-        timeout = (getattr(self.cluster, "common_http", None) or {}).get("idle_timeout", 3600.0)
+        timeout = self.cluster.common_http.get("idle_timeout", 3600.0)
         if timeout:
             conn.idle_deadline = self.loop.time() + timeout
             if conn.idle_handle is None:
@@ -373,30 +372,17 @@ class HostPool:
             conn.abort(None)
 
 
-class ClusterLoad:
-    """What the circuit breakers count for one cluster in this worker (Envoy counts per
-    process; Baton per worker)."""
-
-    __slots__ = ("pending", "retries", "requests", "original_hosts")
-
-    def __init__(self):
-        self.pending = 0        # requests waiting for a connection
-        self.retries = 0        # retries scheduled and not yet sent
-        self.requests = 0       # requests in flight
-        self.original_hosts: dict = {}   # ORIGINAL_DST: a Host per destination seen
-
-
 class PoolManager:
     """Every HostPool of a worker, created on first use, and the circuit breakers' counts."""
 
-    __slots__ = ("loop", "stats", "mark", "pools", "loads", "dirty")
+    __slots__ = ("loop", "stats", "mark", "pools", "original_hosts", "dirty")
 
     def __init__(self, loop, stats, mark: int = 0):
         self.loop = loop
         self.stats = stats
         self.mark = mark
         self.pools: dict = {}
-        self.loads: dict = {}
+        self.original_hosts: dict = {}  # ORIGINAL_DST: (cluster, host, port) -> Host
         self.dirty: list = []       # client connections with bytes queued by upstream events
 
     def flush_dirty(self) -> None:
@@ -404,11 +390,16 @@ class PoolManager:
         while dirty:
             dirty.pop().flush()
 
-    def load(self, cluster) -> ClusterLoad:
-        load = self.loads.get(cluster.name)
-        if load is None:
-            load = self.loads[cluster.name] = ClusterLoad()
-        return load
+    def original_host(self, cluster, destination):
+        """The Host for an ORIGINAL_DST destination, one per address (bounded: destinations
+        come from the traffic)."""
+        key = (cluster.name, *destination[:2])
+        host = self.original_hosts.get(key)
+        if host is None:
+            if len(self.original_hosts) > 4096:
+                self.original_hosts.clear()
+            host = self.original_hosts[key] = Host(destination[0], destination[1])
+        return host
 
     def get(self, cluster, host) -> HostPool:
         key = (cluster.name, host.address, host.port)

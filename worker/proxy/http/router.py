@@ -22,7 +22,6 @@ import random
 import time
 
 from ...codecs.events import Body, ProtocolError, ResponseHead, StreamReset, Trailers
-from ..lb import Host
 from .pool import CONNECTION_TERMINATION
 
 GATEWAY_ERRORS = frozenset({502, 503, 504})
@@ -182,7 +181,7 @@ class UpstreamRequest:
     def _mark_done(self) -> None:
         if not self.done:
             self.done = True
-            self.router.load.requests -= 1
+            self.router.cluster.rq_active -= 1
             if self.holding:
                 self.hold_upstream(False)
 
@@ -268,7 +267,7 @@ class Router:
 
     __slots__ = ("stream", "loop", "stats", "route", "cluster", "upstream", "body", "body_bytes",
                  "retains_body", "retry", "deadline", "per_try_timeout", "backoff_timer",
-                 "tried", "response_started", "hash_key", "buffer_limit", "finished", "load",
+                 "tried", "response_started", "hash_key", "buffer_limit", "finished",
                  "timeout", "started_at")
 
     def __init__(self, stream, route, cluster, hash_key, timeout=None, policy=None):
@@ -277,7 +276,6 @@ class Router:
         self.stats = stream.stats
         self.route = route
         self.cluster = cluster
-        self.load = stream.worker.http_pools.load(cluster)
         self.hash_key = hash_key
         self.upstream: UpstreamRequest | None = None
         self.body: list = []            # request body held for (re)sending
@@ -376,8 +374,7 @@ class Router:
             stream.info.response_flags.append("UH")
             self.finish_local(503, "no healthy upstream", "no_healthy_upstream")
             return
-        load = self.load
-        if load.requests >= cluster.max_requests:
+        if cluster.rq_active >= cluster.max_requests:
             # The max_requests circuit breaker: Envoy counts it as a pending overflow.
             self.stats[cluster.stat["upstream_rq_pending_overflow"]] += 1
             stream.info.response_flags.append("UO")
@@ -390,7 +387,7 @@ class Router:
         pool = stream.worker.http_pools.get(cluster, host)
         upstream = self.upstream = UpstreamRequest(self, pool, host)
         self.stats[cluster.stat["upstream_rq_total"]] += 1
-        load.requests += 1
+        cluster.rq_active += 1
         pool.request(upstream)
 
     def _original_destination(self):
@@ -400,20 +397,14 @@ class Router:
         dst = stream.conn.original
         if dst is None or stream.worker.is_own_listener(tuple(dst[:2])):
             return None
-        hosts = self.load.original_hosts
-        host = hosts.get(dst)
-        if host is None:
-            if len(hosts) > 1024:       # bounded: destinations come from the traffic
-                hosts.clear()
-            host = hosts[dst] = Host(dst[0], dst[1])
-        return host
+        return stream.worker.http_pools.original_host(self.cluster, dst)
 
     def attempt_failed(self, upstream, reason: str, flag: str, reset: bool = False,
                        connect_failure: bool = False, timeout: bool = False) -> None:
         if upstream is not self.upstream or self.finished:
             return
         self.upstream = None
-        outlier = getattr(self.cluster, "outlier", None)
+        outlier = self.cluster.outlier
         if outlier is not None and flag != "UO":
             outlier.report(upstream.host, "timeout" if timeout else
                            "connect_failure" if connect_failure else "reset")
@@ -447,7 +438,7 @@ class Router:
         if retry is None or retry.remaining <= 0 or not self.retains_body and self.body_bytes:
             return False
         cluster = self.cluster
-        if self.load.retries >= getattr(cluster, "max_retries", 3):
+        if cluster.retries_active >= cluster.max_retries:
             self.stats[cluster.stat["upstream_rq_retry_overflow"]] += 1
             return False
         return True
@@ -457,11 +448,11 @@ class Router:
         retry.remaining -= 1
         cluster = self.cluster
         self.stats[cluster.stat["upstream_rq_retry"]] += 1
-        self.load.retries += 1
+        cluster.retries_active += 1
         self.backoff_timer = self.loop.call_later(retry.backoff(), self._retry_now)
 
     def _retry_now(self) -> None:
-        self.load.retries -= 1
+        self.cluster.retries_active -= 1
         self._attempt()
 
     # -- response ------------------------------------------------------------------------------
@@ -469,7 +460,7 @@ class Router:
     def on_response_head(self, upstream, response, end_stream: bool) -> None:
         status = response.status
         cluster = self.cluster
-        outlier = getattr(cluster, "outlier", None)
+        outlier = cluster.outlier
         if outlier is not None:
             outlier.report(upstream.host, status)
         if self.retry is not None and self.retry.retriable_status(status, self.stream) and \
@@ -558,6 +549,6 @@ class Router:
         if self.backoff_timer is not None:
             self.backoff_timer.cancel()
             self.backoff_timer = None
-            self.load.retries -= 1
+            self.cluster.retries_active -= 1
 
 
