@@ -103,6 +103,28 @@ def render_clusters_text(master, hosts: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def with_dynamic(static_dump: dict, dynamic: dict | None, include_eds: bool) -> dict:
+    """/config_dump with the agent's dynamic resources (xds/dump.py) added to Envoy's
+    ClustersConfigDump and ListenersConfigDump, plus a RoutesConfigDump (and, with
+    ?include_eds, an EndpointsConfigDump). Without an answer from the agent, the dynamic
+    lists are empty and "dynamic_unavailable" says why."""
+    prefix = "type.googleapis.com/envoy.admin.v3."
+    configs = [dict(c) for c in static_dump["configs"]]
+    parts = dynamic or {"clusters": {}, "listeners": {}, "routes": {}, "endpoints": {}}
+    by_type = {c["@type"]: c for c in configs}
+    for kind, key in (("ClustersConfigDump", "clusters"), ("ListenersConfigDump", "listeners")):
+        entry = by_type.get(prefix + kind)
+        if entry is not None:
+            entry.update(parts[key])
+    configs.append({"@type": prefix + "RoutesConfigDump", **parts["routes"]})
+    if include_eds:
+        configs.append({"@type": prefix + "EndpointsConfigDump", **parts["endpoints"]})
+    result = {"configs": configs}
+    if dynamic is None:
+        result["dynamic_unavailable"] = "the xDS agent did not answer (restarting?)"
+    return result
+
+
 class AdminServer:
     def __init__(self, master):
         self.master = master
@@ -162,9 +184,12 @@ class AdminServer:
     async def dispatch(self, method: str, path: str, query: dict) -> tuple[int, str, str]:
         master = self.master
         if path == "/ready":
+            # Envoy's first line; then, with xDS, what initialization still misses (a first
+            # fetch that timed out leaves the server LIVE on what it has, as in Envoy).
+            missing = "".join(f"{line}\n" for line in master.xds.missing) if master.xds else ""
             if master.state == "LIVE":
-                return 200, "text/plain; charset=UTF-8", "LIVE\n"
-            return 503, "text/plain; charset=UTF-8", master.state + "\n"
+                return 200, "text/plain; charset=UTF-8", "LIVE\n" + missing
+            return 503, "text/plain; charset=UTF-8", master.state + "\n" + missing
         if path == "/stats":
             stats = await master.stats()
             if query.get("format", [""])[0] == "json":
@@ -188,7 +213,10 @@ class AdminServer:
                         for n in sorted(master.snapshot["clusters"])]}, indent=1)
             return 200, "text/plain; charset=UTF-8", render_clusters_text(master, hosts)
         if path == "/config_dump":
-            return 200, "application/json", json.dumps(master.config_dump, indent=1)
+            dump = master.config_dump
+            if master.xds_link is not None:
+                dump = with_dynamic(dump, await master.xds_link.dump(), "include_eds" in query)
+            return 200, "application/json", json.dumps(dump, indent=1)
         if path == "/server_info":
             return 200, "application/json", json.dumps(self.server_info(), indent=1)
         if path == "/quitquitquit":

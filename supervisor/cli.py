@@ -236,6 +236,31 @@ def _load(args):
     return source, snapshot, config_dump
 
 
+def _with_dynamic(snapshot: dict, runtime_dir: str, reloading: bool):
+    """A bootstrap with dynamic_resources. A reload starts from the dynamic config the
+    running generation serves (its listeners must be known before their sockets are taken
+    over); a fresh start asks the control plane from scratch, as Envoy does.
+    -> (the snapshot to start with, that dynamic config or None)"""
+    from ..xds.merge import merge
+    from . import xds_link
+    if not reloading:
+        xds_link.forget_state(runtime_dir)
+        return snapshot, None
+    applied = xds_link.load_applied(runtime_dir)
+    if applied is None:
+        return snapshot, None
+    merged = merge(snapshot, applied)
+    seen = {}
+    for spec in merged["listeners"]:
+        key = (spec["address"], spec["port"])
+        if key in seen:         # the new bootstrap took a dynamic listener's address
+            raise StartError(f"listener '{spec['name']}': {spec['address']}:{spec['port']} is "
+                             f"also listener '{seen[key]}' of the new bootstrap")
+        seen[key] = spec["name"]
+    merged["runtime"] = snapshot.get("runtime")
+    return merged, applied
+
+
 def _bind_fresh(snapshot: dict, runtime_dir: str):
     """A first start: bind every socket ourselves. (listeners, admin, control)"""
     from . import runtime
@@ -342,6 +367,9 @@ def cmd_run(args) -> int:
                                           worker_user[0] if worker_user else None)
         except runtime.RuntimeDirError as exc:
             raise StartError(str(exc)) from None
+        static_snapshot, xds_applied = snapshot, None
+        if snapshot.get("xds"):
+            snapshot, xds_applied = _with_dynamic(snapshot, runtime_dir, takeover is not None)
         if takeover is None:
             listener_socks, admin_sock, control_sock = _bind_fresh(snapshot, runtime_dir)
         else:
@@ -360,7 +388,8 @@ def cmd_run(args) -> int:
     prctl.set_name("baton: master")
     prctl.set_proctitle("baton: master")
     master = Master(args, source, snapshot, config_dump, listener_socks, runtime_dir,
-                    generation=generation, takeover=takeover, intercept=intercept)
+                    generation=generation, takeover=takeover, intercept=intercept,
+                    static_snapshot=static_snapshot, xds_applied=xds_applied)
     master.control_sock = control_sock
     master.admin_sock = admin_sock
     pid_file = os.path.join(runtime_dir, runtime.PID_FILE)

@@ -65,7 +65,7 @@ WORKER_RPC_TIMEOUT = 2.0
 class Master:
     def __init__(self, options, source_snapshot: dict, snapshot: dict, config_dump: dict,
                  listener_socks: dict, runtime_dir: str, generation: int = 1, takeover=None,
-                 intercept=None):
+                 intercept=None, static_snapshot: dict | None = None, xds_applied=None):
         self.options = options
         self.source_snapshot = source_snapshot      # as configured (STRICT_DNS unresolved)
         self.snapshot = snapshot                    # what workers get (addresses resolved)
@@ -94,6 +94,12 @@ class Master:
         self._watchdog: asyncio.Task | None = None
         self.retired_counters: dict[str, int] = {}
         self._procs: dict[int, psutil.Process] = {}
+        # xDS (dynamic_resources): the agent process and what its config does here.
+        self.xds = None
+        self.xds_link = None
+        if snapshot.get("xds"):
+            from .xds_apply import XdsApplier
+            self.xds = XdsApplier(self, static_snapshot or snapshot, xds_applied)
 
     # -- running -------------------------------------------------------------------------
 
@@ -108,11 +114,15 @@ class Master:
         for slot in self.workers.slots:
             self.workers.spawn(slot)
         self._start_dns_refresh()
+        if self.xds is not None:
+            self._start_xds()
         if getattr(self.options, "worker_rss_limit", None):
             self._tasks.append(self.loop.create_task(self._watch_worker_rss()))
         try:
             return await self.done
         finally:
+            if self.xds_link is not None:
+                self.xds_link.stop()
             for task in self._tasks:
                 task.cancel()
             if self.admin:
@@ -149,10 +159,35 @@ class Master:
                 pass
         self.loop.create_task(reload())
 
+    # -- xDS -----------------------------------------------------------------------------
+
+    def _start_xds(self) -> None:
+        from .xds_link import AgentLink
+        self.xds_link = AgentLink(self, self.options.config, self.runtime_dir,
+                                  resume=self.xds.initialized)
+        self.xds_link.start()
+        xds = self.snapshot["xds"]
+        # Envoy's init manager: the first fetch waits at most initial_fetch_timeout, then the
+        # server goes live with what it has (0 means wait forever).
+        limits = [xds[f"{k}_initial_fetch_timeout"] for k in ("cds", "lds") if xds[k]]
+        if limits and all(limits):
+            self.loop.call_later(max(limits) + 0.5, self.xds.give_up_waiting)
+
+    def apply_xds(self, published: dict) -> None:
+        if self.state == "DRAINING" or self.handed_over:
+            return
+        self.xds.apply(published)
+
+    def xds_initialized(self) -> None:
+        self.worker_ready(None)
+
     # -- worker events -------------------------------------------------------------------
 
     def worker_ready(self, slot) -> None:
-        log.debug("worker %d ready", slot.id)
+        if slot is not None:
+            log.debug("worker %d ready", slot.id)
+        if self.xds is not None and not self.xds.initialized:
+            return
         if self.state == "PRE_INITIALIZING" and self.workers.all_ready():
             if self.takeover is not None:
                 self.state = "COMMITTING"
@@ -494,6 +529,8 @@ class Master:
                          ", ".join(f"{e['address']}:{e['port']}" for e in endpoints))
                 clusters = {**self.snapshot["clusters"], name: {**current, "endpoints": endpoints}}
                 self.snapshot = {**self.snapshot, "clusters": clusters}
+                if self.xds is not None:
+                    self.xds.set_static_cluster(name, clusters[name])
                 self.workers.send_all({"type": "snapshot", "snapshot": self.snapshot})
 
     # -- queries (admin API, control socket) ---------------------------------------------
@@ -514,6 +551,11 @@ class Master:
     async def stats(self) -> dict:
         merged = merge([*await self.ask_workers({"type": "stats"}), {"counters": self.retired_counters}])
         gauges = merged["gauges"]
+        if self.xds_link is not None:
+            counters, agent_gauges = self.xds_link.stats()
+            merged["counters"].update(counters)
+            gauges.update(agent_gauges)
+            merged["counters"]["listener_manager.listener_create_failure"] = self.xds.bind_failures
         gauges["server.live"] = int(self.state == "LIVE")
         gauges["server.uptime"] = int(time.time() - self.started_at)
         gauges["server.concurrency"] = len(self.workers.slots)

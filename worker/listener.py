@@ -24,11 +24,14 @@ class Chain:
     tcp_proxy config with the tcp.<stat_prefix>.* names its connections count into, or an
     http_connection_manager (`http_config`, worker/proxy/http/config.py)."""
 
-    __slots__ = ("index", "match", "tcp_proxy", "http_config", "cx_total", "no_route",
-                 "rx_bytes", "tx_bytes", "idle_timeout", "rx_buffered", "tx_buffered")
+    __slots__ = ("index", "spec", "buffer_limit", "match", "tcp_proxy", "http_config",
+                 "cx_total", "no_route", "rx_bytes", "tx_bytes", "idle_timeout", "rx_buffered",
+                 "tx_buffered")
 
     def __init__(self, index: int, spec: dict, worker=None, buffer_limit: int = 1 << 20):
         self.index = index
+        self.spec = spec
+        self.buffer_limit = buffer_limit
         self.match = spec.get("match")
         self.tcp_proxy = spec.get("tcp_proxy")
         self.http_config = None
@@ -46,6 +49,18 @@ class Chain:
         self.idle_timeout = tcp + "idle_timeout"
         self.rx_buffered = tcp + "downstream_cx_rx_bytes_buffered"
         self.tx_buffered = tcp + "downstream_cx_tx_bytes_buffered"
+
+
+def _only_routes_differ(chain: Chain, spec: dict, buffer_limit: int) -> bool:
+    """Whether `spec` is `chain` with another route_config (and nothing else changed)."""
+    old = chain.spec
+    if chain.http_config is None or not spec.get("http") or buffer_limit != chain.buffer_limit:
+        return False
+    if old.get("match") != spec.get("match") or old.get("tcp_proxy") != spec.get("tcp_proxy"):
+        return False
+    before, after = old["http"], spec["http"]
+    return before.keys() == after.keys() and all(
+        before[k] == after[k] for k in before if k != "route_config")
 
 
 class Listener:
@@ -74,9 +89,19 @@ class Listener:
         chain_specs = spec.get("filter_chains") or [{"match": None, "tcp_proxy": spec["tcp_proxy"]}]
         old_chains = getattr(self, "chains", ())
         limit = spec.get("buffer_limit", 1 << 20)
-        self.chains = [Chain(i, c, self.worker, limit) for i, c in enumerate(chain_specs)]
+        chains = []
+        for i, chain_spec in enumerate(chain_specs):
+            old = old_chains[i] if i < len(old_chains) else None
+            if old is not None and _only_routes_differ(old, chain_spec, limit):
+                # An RDS update: the same chain, a new route table; no connection drains.
+                old.spec = chain_spec
+                old.http_config.set_routes(chain_spec["http"]["route_config"])
+                chains.append(old)
+            else:
+                chains.append(Chain(i, chain_spec, self.worker, limit))
+        self.chains = chains
         for chain in old_chains:
-            if chain.http_config is not None:
+            if chain.http_config is not None and chain not in chains:
                 chain.http_config.close()
         self.default_chain = next((c for c in self.chains if not c.match), None)
         self.inspectors = spec.get("inspectors") or []

@@ -89,6 +89,49 @@ class Worker:
                 listener.start()
         self._declare_stats()
 
+    def apply_update(self, msg: dict, fds: list[int]) -> None:
+        """An xDS update from the master (supervisor/xds_apply.py): only what changed.
+
+        Clusters change in place (their hosts keep their connections). A listener whose
+        filter chains differ only in their route table keeps its connections and serves new
+        requests with the new table; any other change replaces the chains, and the HTTP
+        connections of the old ones drain (finish the request in flight, then close), as
+        Envoy drains a changed listener. A removed listener stops accepting at once and its
+        HTTP connections drain; L4 connections run on with the config they started with."""
+        self.clusters.apply_changes(msg.get("clusters") or {}, msg.get("remove_clusters") or ())
+        for name in msg.get("remove_listeners") or ():
+            listener = self.listeners.pop(name, None)
+            if listener is not None:
+                listener.close()
+                self._drain_connections_of(listener, keep=())
+        new_fds = dict(zip(msg.get("listener_fds") or (), fds))
+        for spec in msg.get("listeners") or ():
+            name = spec["name"]
+            fd = new_fds.pop(name, None)
+            listener = self.listeners.get(name)
+            if fd is not None:
+                if listener is not None:         # cannot happen: a re-add is remove + add
+                    listener.close()
+                listener = self.listeners[name] = Listener(self, spec, fd)
+            elif listener is None:
+                log.error("worker %d: update for unknown listener %s", self.id, name)
+                continue
+            else:
+                listener.update(spec)
+                self._drain_connections_of(listener, keep=listener.chains)
+            if not self.draining:
+                listener.start()
+        for fd in new_fds.values():
+            os.close(fd)
+        self._declare_stats()
+
+    def _drain_connections_of(self, listener, keep) -> None:
+        for conn in list(self.connections.values()):
+            if getattr(conn, "listener", None) is listener and getattr(conn, "chain", None) not in keep:
+                drain = getattr(conn, "drain", None)
+                if drain is not None:
+                    drain()
+
     def _declare_stats(self) -> None:
         """Every stat exists from the start with 0, as in Envoy, so /stats and Prometheus
         show a counter before its first event."""
@@ -191,6 +234,9 @@ class Worker:
     # -- control -------------------------------------------------------------------------
 
     def _on_message(self, channel: Channel, msg: dict, fds) -> None:
+        if msg["type"] == "update":
+            self.apply_update(msg, fds)
+            return
         handler = getattr(self, "handle_" + msg["type"], None)
         if handler is None:
             channel.reply(msg, {"type": "error", "error": f"unknown message type {msg['type']!r}"})

@@ -25,7 +25,22 @@ _ADMIN_LOG = "accepted but ignored (the admin access log is not implemented)"
 
 ALLOWED = {
     "envoy.config.bootstrap.v3.Bootstrap": {
-        "node": WALK, "static_resources": WALK, "admin": SKIP},
+        "node": WALK, "static_resources": WALK, "admin": SKIP, "dynamic_resources": SKIP},
+    # dynamic_resources and every ConfigSource: xds/config_source.py (ADS only).
+    "envoy.config.bootstrap.v3.Bootstrap.DynamicResources": {
+        "lds_config": SKIP, "cds_config": SKIP, "ads_config": WALK},
+    "envoy.config.core.v3.ApiConfigSource": {
+        "api_type": WALK, "transport_api_version": WALK, "grpc_services": WALK,
+        "set_node_on_first_message_only": WALK},
+    "envoy.config.core.v3.GrpcService": {
+        "envoy_grpc": WALK, "timeout": "accepted but ignored (the ADS stream has no deadline)"},
+    "envoy.config.core.v3.GrpcService.EnvoyGrpc": {
+        "cluster_name": WALK},
+    "envoy.config.core.v3.ConfigSource": {
+        "ads": WALK, "initial_fetch_timeout": WALK, "resource_api_version": WALK},
+    "envoy.config.core.v3.AggregatedConfigSource": {},
+    "envoy.config.cluster.v3.Cluster.EdsClusterConfig": {
+        "eds_config": SKIP, "service_name": WALK},
     "envoy.config.core.v3.Node": {
         # Identity only: reported to a control plane later, no behaviour of its own.
         "id": WALK, "cluster": WALK, "metadata": WALK},
@@ -67,7 +82,8 @@ ALLOWED = {
         # type and lb_policy values are checked by the translator.
         "name": WALK, "type": WALK, "connect_timeout": WALK, "lb_policy": WALK,
         "load_assignment": SKIP, "circuit_breakers": WALK, "dns_refresh_rate": WALK,
-        "dns_lookup_family": WALK, "per_connection_buffer_limit_bytes": WALK},
+        "dns_lookup_family": WALK, "per_connection_buffer_limit_bytes": WALK,
+        "eds_cluster_config": SKIP},
     "envoy.config.cluster.v3.CircuitBreakers": {
         "thresholds": WALK},
     "envoy.config.cluster.v3.CircuitBreakers.Thresholds": {

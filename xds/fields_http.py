@@ -10,12 +10,14 @@ from .fields import SKIP, WALK
 _TRACING = "accepted but ignored (tracing is not implemented)"
 
 ALLOWED_HTTP: dict = {
+    "envoy.extensions.filters.network.http_connection_manager.v3.Rds": {
+        "config_source": SKIP, "route_config_name": WALK},
     "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
     ".InternalAddressConfig": {"cidr_ranges": WALK},
     "envoy.config.core.v3.CidrRange": {"address_prefix": WALK, "prefix_len": WALK},
     "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager": {
-        # rds is refused by the translator with a better message; http_filters and
-        # access_log are checked by xds/http_filters.py, route_config by translate_route_config.
+        # rds: xds/config_source.py; http_filters and access_log are checked by
+        # xds/http_filters.py, route_config by translate_route_config.
         "codec_type": WALK, "stat_prefix": WALK, "rds": SKIP, "route_config": SKIP,
         "http_filters": SKIP, "access_log": SKIP, "tracing": _TRACING,
         "common_http_protocol_options": WALK, "http_protocol_options": WALK,

@@ -65,13 +65,14 @@ def translate_http_connection_manager(pb, path, errors, warnings=None, clusters=
         errors.append(f"{join(path, 'codec_type')}: {codec_type} not supported "
                       f"({', '.join(CODEC_TYPES)})")
 
-    route_config = None
+    route_config = rds = None
     which = pb.WhichOneof("route_specifier")
     if which == "route_config":
         route_config = translate_route_config(pb.route_config, join(path, "route_config"),
                                               errors, warnings, clusters)
     elif which == "rds":
-        errors.append(f"{join(path, 'rds')}: rds is not supported yet (use route_config)")
+        from .config_source import translate_rds
+        rds = translate_rds(pb.rds, join(path, "rds"), errors)
     elif which is None:
         errors.append(f"{path}: route_config is required")
 
@@ -107,7 +108,8 @@ def translate_http_connection_manager(pb, path, errors, warnings=None, clusters=
     return {
         "stat_prefix": pb.stat_prefix,
         "codec_type": codec_type,
-        "route_config": route_config,
+        "route_config": route_config,     # None with rds until its RouteConfiguration arrives
+        "rds": rds,                       # {"route_config_name", "initial_fetch_timeout"} | None
         "http_filters": http_filters,
         "access_log": access_log,
         "max_request_headers_kb": headers_kb,

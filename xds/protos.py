@@ -46,9 +46,11 @@ with _unshadowed():
     from google.protobuf import descriptor_pool, json_format, message_factory
     from envoy.config.bootstrap.v3 import bootstrap_pb2
     from envoy.config.cluster.v3 import cluster_pb2
-    from envoy.config.core.v3 import address_pb2, base_pb2
+    from envoy.config.core.v3 import address_pb2, base_pb2, config_source_pb2
     from envoy.config.endpoint.v3 import endpoint_pb2
     from envoy.config.listener.v3 import listener_pb2
+    from envoy.config.route.v3 import route_pb2
+    from envoy.service.discovery.v3 import discovery_pb2
     from envoy.extensions.filters.network.http_connection_manager.v3 import (  # noqa: F401
         http_connection_manager_pb2)
     from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
@@ -58,6 +60,13 @@ Bootstrap = bootstrap_pb2.Bootstrap
 Listener = listener_pb2.Listener
 Cluster = cluster_pb2.Cluster
 ClusterLoadAssignment = endpoint_pb2.ClusterLoadAssignment
+RouteConfiguration = route_pb2.RouteConfiguration
+DiscoveryRequest = discovery_pb2.DiscoveryRequest
+DiscoveryResponse = discovery_pb2.DiscoveryResponse
+DeltaDiscoveryRequest = discovery_pb2.DeltaDiscoveryRequest
+DeltaDiscoveryResponse = discovery_pb2.DeltaDiscoveryResponse
+Node = base_pb2.Node
+ApiConfigSource = config_source_pb2.ApiConfigSource
 TcpProxy = tcp_proxy_pb2.TcpProxy
 HttpConnectionManager = http_connection_manager_pb2.HttpConnectionManager
 SocketAddress = address_pb2.SocketAddress
@@ -134,3 +143,12 @@ def import_types_in(data):
             stack.extend(item.values())
         elif isinstance(item, list):
             stack.extend(item)
+
+
+def ads_stub_class():
+    """The generated gRPC stub of the AggregatedDiscoveryService. Imported on demand: it
+    imports grpc, which only the xDS agent may load (grpc and fork() do not mix, and the
+    master forks)."""
+    with _unshadowed():
+        from envoy.service.discovery.v3 import ads_pb2_grpc
+    return ads_pb2_grpc.AggregatedDiscoveryServiceStub

@@ -35,8 +35,13 @@ msgpack.packb/unpackb unchanged (no tuples: they would come back as lists).
           "dns_refresh_rate": 5.0,          # seconds (used by STRICT_DNS only)
           "dns_lookup_family": "AUTO",      # AUTO, V4_ONLY, V6_ONLY, V4_PREFERRED, ALL
           "buffer_limit": 1048576}},
-      "warnings": []                        # "path: message" for accepted-but-ignored fields
+      "warnings": [],                       # "path: message" for accepted-but-ignored fields
+      "xds": None                           # dynamic_resources (xds/config_source.py), or None
     }
+
+An EDS cluster (type "EDS") has "eds": {"service_name", "initial_fetch_timeout"} and gets its
+"endpoints" from the xDS agent; an HCM with rds has "rds": {"route_config_name", ...} and
+"route_config" filled in by the master from the agent's routes (None until they arrive).
 
 A filter chain with an http_connection_manager has "http" instead of "tcp_proxy"
 (xds/http.py; times in seconds, None = disabled):
@@ -116,7 +121,7 @@ TOP_KEYS = frozenset({"version", "node", "admin", "listeners", "clusters", "warn
 def empty_snapshot(version=VERSION_BOOTSTRAP):
     """A snapshot with nothing configured: no admin, no listeners, no clusters."""
     return {"version": version, "node": {"id": "", "cluster": "", "metadata": {}},
-            "admin": None, "listeners": [], "clusters": {}, "warnings": []}
+            "admin": None, "listeners": [], "clusters": {}, "warnings": [], "xds": None}
 
 
 def validate_snapshot_shape(snap):

@@ -29,7 +29,7 @@ DEFAULT_IDLE_TIMEOUT = 3600.0             # TcpProxy.idle_timeout
 DEFAULT_MAX_CONNECTIONS = 1024            # CircuitBreakers DEFAULT max_connections
 DEFAULT_SNIFF_TIMEOUT = 15.0              # Listener.listener_filters_timeout
 
-CLUSTER_TYPES = ("STATIC", "STRICT_DNS", "ORIGINAL_DST")
+CLUSTER_TYPES = ("STATIC", "STRICT_DNS", "ORIGINAL_DST", "EDS")
 LB_POLICIES = ("ROUND_ROBIN", "LEAST_REQUEST", "RANDOM", "RING_HASH", "MAGLEV")
 ORIGINAL_DST_FILTER = "envoy.filters.listener.original_dst"
 
@@ -60,6 +60,11 @@ def translate_bootstrap(pb):
             defined[name] = path
         if cluster is not None:
             snap["clusters"][name] = cluster
+
+    if pb.HasField("dynamic_resources"):
+        from .config_source import translate_dynamic_resources
+        snap["xds"] = translate_dynamic_resources(pb.dynamic_resources, "dynamic_resources",
+                                                  errors, {n: snap["clusters"].get(n) for n in defined})
 
     names, addresses = {}, {}
     for i, listener_pb in enumerate(pb.static_resources.listeners):
@@ -358,8 +363,19 @@ def translate_cluster(pb, path, errors, warnings=None):
     # checks, ring hash / maglev, upstream HTTP/2): xds/cluster_features.py.
     from .cluster_features import translate_cluster_features
     features = translate_cluster_features(pb, path, errors, warnings)
+    eds = None
+    if cluster_type == "EDS":
+        from .config_source import translate_eds_cluster_config
+        if pb.HasField("load_assignment"):
+            errors.append(f"{join(path, 'load_assignment')}: an EDS cluster gets its endpoints "
+                          "from EDS")
+        eds = translate_eds_cluster_config(pb.eds_cluster_config, join(path, "eds_cluster_config"),
+                                           errors)
+        eds["service_name"] = eds["service_name"] or pb.name
+    elif pb.HasField("eds_cluster_config"):
+        errors.append(f"{join(path, 'eds_cluster_config')}: only for type EDS")
     endpoints = []
-    if pb.HasField("load_assignment") and cluster_type != "ORIGINAL_DST":
+    if pb.HasField("load_assignment") and cluster_type not in ("ORIGINAL_DST", "EDS"):
         assignment = translate_load_assignment(
             pb.load_assignment, join(path, "load_assignment"), errors, warnings,
             require_ip=cluster_type != "STRICT_DNS")
@@ -373,6 +389,7 @@ def translate_cluster(pb, path, errors, warnings=None):
             "dns_refresh_rate": dns_refresh_rate, "dns_lookup_family": dns_lookup_family,
             "buffer_limit": _uint32(pb, "per_connection_buffer_limit_bytes",
                                     DEFAULT_BUFFER_LIMIT),
+            "eds": eds,                   # EDS: {"service_name", "initial_fetch_timeout"}
             **features}
 
 

@@ -103,6 +103,7 @@ CLUSTER_FEATURE_DEFAULTS = {
     "http2": False, "http2_options": None,
     "common_http": {"idle_timeout": 3600.0, "max_requests_per_connection": None},
     "common_lb": {"healthy_panic_threshold": 50.0},
+    "eds": None,            # only EDS clusters say where their endpoints come from
 }
 
 
@@ -139,6 +140,7 @@ def test_quickstart_loads_to_the_documented_snapshot():
             "max_connections": 1024, "dns_refresh_rate": 5.0, "dns_lookup_family": "AUTO",
             "buffer_limit": 1048576, **CLUSTER_FEATURE_DEFAULTS}},
         "warnings": [],
+        "xds": None,
     }
 
 
@@ -322,8 +324,19 @@ REFUSED = {
     # Unsupported fields at several depths, each named by its full path.
     "root": (["stats_sinks"], [{"name": "envoy.stat_sinks.statsd"}],
              "stats_sinks: not supported"),
-    "dynamic_resources": (["dynamic_resources"], {"ads_config": {"api_type": "GRPC"}},
-                          "dynamic_resources: not supported"),
+    # dynamic_resources: ADS to a static cluster only (xds/config_source.py).
+    "dynamic_resources": (["dynamic_resources"], {
+        "ads_config": {"api_type": "REST", "grpc_services": [{"envoy_grpc": {"cluster_name": "cluster_0"}}]},
+        "lds_config": {"path": "/etc/lds.yaml"}}, [
+        "dynamic_resources.ads_config.api_type: REST not supported (GRPC or DELTA_GRPC)",
+        "dynamic_resources.lds_config: only 'ads: {}' is supported (the ADS stream of "
+        "dynamic_resources.ads_config), got 'path'",
+        "dynamic_resources.lds_config.path: not supported"]),
+    "ads_cluster": (["dynamic_resources"], {
+        "ads_config": {"api_type": "GRPC", "grpc_services": [{"envoy_grpc": {"cluster_name": "nope"}}]},
+        "cds_config": {"ads": {}}},
+        "dynamic_resources.ads_config.grpc_services[0].envoy_grpc.cluster_name: unknown cluster "
+        "'nope' (it must be a static cluster)"),
     "node": (["node"], {"id": "n", "locality": {"zone": "a"}}, "node.locality: not supported"),
     "secrets": (["static_resources", "secrets"], [{"name": "s"}],
                 "static_resources.secrets: not supported"),
@@ -358,8 +371,11 @@ REFUSED = {
                      f"{TCP0}: unknown type 'acme.Nope'"),
     "udp": (SOCKET + ["protocol"], "UDP",
             f"{L0}.address.socket_address.protocol: UDP not supported (TCP only)"),
-    "cluster_type": (CLUSTER + ["type"], "EDS", f"{C0}.type: EDS not supported "
-                                                "(STATIC or STRICT_DNS or ORIGINAL_DST)"),
+    "cluster_type": (CLUSTER + ["type"], "LOGICAL_DNS", f"{C0}.type: LOGICAL_DNS not supported "
+                                                        "(STATIC or STRICT_DNS or ORIGINAL_DST or EDS)"),
+    "eds_with_endpoints": (CLUSTER + ["type"], "EDS", [
+        f"{C0}.eds_cluster_config.eds_config: required (ads: {{}})",
+        f"{C0}.load_assignment: an EDS cluster gets its endpoints from EDS"]),
     "lb_policy": (CLUSTER + ["lb_policy"], "LOAD_BALANCING_POLICY_CONFIG",
                   f"{C0}.lb_policy: LOAD_BALANCING_POLICY_CONFIG not supported "
                   "(ROUND_ROBIN, LEAST_REQUEST, RANDOM, RING_HASH, MAGLEV)"),
@@ -474,10 +490,10 @@ def test_duplicate_names_and_addresses(errors):
 def test_every_error_is_reported_at_once(errors):
     data = bootstrap(clusters=[cluster(lb_policy="LOAD_BALANCING_POLICY_CONFIG"),
                                cluster("other", bogus=1)],
-                     dynamic_resources={})
+                     dynamic_resources={"lds_config": {"ads": {}}})
     data = _with(data, CONFIG + ["tunneling_config"], {"hostname": "h"})
     assert errors(data) == [
-        "dynamic_resources: not supported",
+        "dynamic_resources.ads_config: required (Baton gets dynamic resources over ADS only)",
         f"{C0}.lb_policy: LOAD_BALANCING_POLICY_CONFIG not supported "
         "(ROUND_ROBIN, LEAST_REQUEST, RANDOM, RING_HASH, MAGLEV)",
         "static_resources.clusters[1].bogus: unknown field",

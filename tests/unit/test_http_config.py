@@ -115,7 +115,7 @@ def test_hcm_values():
     ({"stat_prefix": ""}, "hcm.stat_prefix: required"),
     ({"codec_type": "HTTP3"}, "hcm.codec_type: HTTP3 not supported"),
     ({"route_config": None, "rds": {"route_config_name": "r"}},
-     "hcm.rds: rds is not supported yet (use route_config)"),
+     "hcm.rds.config_source: required (ads: {})"),
     ({"upgrade_configs": [{"upgrade_type": "websocket"}, {"upgrade_type": "WebSocket"}]},
      "hcm.upgrade_configs[1].upgrade_type: multiple upgrade configs with the same name"),
     ({"add_user_agent": True}, "hcm.add_user_agent: not supported"),

@@ -211,12 +211,19 @@ class ClusterManager:
         self.mark = mark
 
     def apply(self, specs: dict) -> None:
-        for name in list(self.clusters):
-            if name not in specs:
-                self.clusters.pop(name).stop_monitors()
+        """Reconcile with a whole snapshot's clusters (name -> spec)."""
+        self.apply_changes(specs, [name for name in self.clusters if name not in specs])
+
+    def apply_changes(self, changed: dict, removed) -> None:
+        """Part of a snapshot (an xDS update): only the clusters named change; a cluster
+        updated in place keeps its hosts' connections and counts."""
+        for name in removed:
+            cluster = self.clusters.pop(name, None)
+            if cluster is not None:
+                cluster.stop_monitors()
         counters = self.stats.counters if self.stats is not None else None
         gauges = self.stats.gauges if self.stats is not None else None
-        for name, spec in specs.items():
+        for name, spec in changed.items():
             cluster = self.clusters.get(name)
             if cluster is None:
                 cluster = self.clusters[name] = Cluster(spec, counters, gauges)

@@ -30,19 +30,13 @@ class HttpConfig:
         self.spec = spec
         self.stat_prefix = prefix = spec["stat_prefix"]
         self.codec_type = spec.get("codec_type", "AUTO")
-        self.routes = RouteTable(spec["route_config"]) if spec.get("route_config") else None
         self.buffer_limit = spec.get("buffer_limit") or listener_buffer_limit
         self.max_header_bytes = int(spec.get("max_request_headers_kb", 60)) * 1024
         self.max_headers = int(spec.get("max_request_headers_count", 100))
         self.request_headers_timeout = spec.get("request_headers_timeout")
         self.idle_timeout = spec.get("idle_timeout", 3600.0)
         self.stream_idle_timeout = spec.get("stream_idle_timeout", 300.0)
-        # A route's idle_timeout replaces stream_idle_timeout for its streams; the connection's
-        # sweep must look often enough for the shortest.
-        route_idles = [r.idle_timeout for vh in (self.routes.virtual_hosts if self.routes else ())
-                       for r in vh.routes if r.idle_timeout_set and r.idle_timeout]
-        self.shortest_idle = min([t for t in [self.stream_idle_timeout, *route_idles] if t],
-                                 default=None)
+        self.set_routes(spec.get("route_config"))
         self.request_timeout = spec.get("request_timeout")
         self.max_connection_duration = spec.get("max_connection_duration")
         self.via = spec.get("via") or ""
@@ -141,6 +135,19 @@ class HttpConfig:
             from .formatter import compile_header_value
             compiled = self._templates[template] = compile_header_value(template)
         return compiled(info)
+
+    def set_routes(self, route_config) -> None:
+        """Install a route table (at start, and for an RDS update). One attribute holds it and
+        a request reads it once, so every request sees the old table or the new, never half;
+        the connections already open keep going and use the new table for new requests."""
+        routes = RouteTable(route_config) if route_config else None
+        # A route's idle_timeout replaces stream_idle_timeout for its streams; the connection's
+        # sweep must look often enough for the shortest.
+        route_idles = [r.idle_timeout for vh in (routes.virtual_hosts if routes else ())
+                       for r in vh.routes if r.idle_timeout_set and r.idle_timeout]
+        self.shortest_idle = min([t for t in [self.stream_idle_timeout, *route_idles] if t],
+                                 default=None)
+        self.routes = routes
 
     def close(self) -> None:
         """The config is replaced: nothing to release (log files belong to the worker)."""

@@ -1,0 +1,343 @@
+"""The xDS agent: a process of its own that holds the ADS stream and tells the master what to
+serve.
+
+    python -m baton.xds.agent --bootstrap FILE --fd N --state FILE [--resume]
+
+Why a separate, exec'd process: grpcio and fork() do not mix (a live grpc.aio stream in a
+parent broke the gRPC of every forked child here, and once crashed a child that never used
+gRPC), and the master forks workers all its life. So the master never imports grpc; it
+starts this program by exec and talks to it over the socketpair end `--fd`, in the frames
+of supervisor/handoff/framing.py:
+
+    agent -> master   config {config, stats, connected}   the whole dynamic config, whenever
+                                                          it changed (coalesced: at most one
+                                                          in flight, always the latest)
+    master -> agent   dump {id}                           -> dump {dump}: /config_dump's
+                                                          dynamic parts, built on demand
+
+The stream: xds/ads.py says what to send, xds/dynamic.py validates and warms. A lost stream
+is retried with Envoy's jittered exponential backoff (0.5 s doubling to 30 s, full jitter)
+while the last accepted config keeps serving. `--state` is where the agent keeps what it
+accepted (resources and versions); with `--resume` (a restarted agent, a new generation) it
+starts from there, so the master gets the same config at once and the control plane is asked
+for the versions already held.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import random
+import signal
+import socket
+import sys
+import time
+
+import msgpack
+
+from . import protos
+from .ads import CLUSTER, ENDPOINT, LISTENER, ROUTE, SHORT, TYPE_ORDER, AdsProtocol, Update
+from .dump import dynamic_dump
+from .dynamic import DynamicConfig, error_detail
+
+log = logging.getLogger("baton.xds")
+
+BACKOFF_BASE = 0.5
+BACKOFF_MAX = 30.0
+MAX_MESSAGE = 256 * 1024 * 1024     # a 10k-endpoint assignment is ~0.5 MB; 1000 clusters more
+STATE_VERSION = 1
+
+
+class Stats:
+    """Envoy's xDS stat names, counted here and sent to the master with each config."""
+
+    def __init__(self):
+        self.counters: dict[str, int] = {}
+        self.connected = 0
+
+    def count(self, names, key):
+        for name in names:
+            stat = f"{name}.{key}"
+            self.counters[stat] = self.counters.get(stat, 0) + 1
+
+    def gauges(self):
+        return {"control_plane.connected_state": self.connected}
+
+
+def stat_scopes(config: DynamicConfig, type_url: str, names) -> list[str]:
+    """The scopes an update of `type_url` counts into, as Envoy names them."""
+    if type_url == CLUSTER:
+        return ["cluster_manager.cds"]
+    if type_url == LISTENER:
+        return ["listener_manager.lds"]
+    if type_url == ENDPOINT:
+        clusters = {**config.static_clusters, **config.active_clusters,
+                    **{n: w.value for n, w in config.warming_clusters.items()}}
+        return sorted(f"cluster.{n}" for n, c in clusters.items()
+                      if c and c.get("type") == "EDS" and c["eds"]["service_name"] in names)
+    scopes = set()
+    listeners = [*config.static_listeners, *config.active_listeners.values(),
+                 *(w.value for w in config.warming_listeners.values())]
+    for spec in listeners:
+        for chain in spec.get("filter_chains") or ():
+            http = chain.get("http")
+            if http and http.get("rds") and http["rds"]["route_config_name"] in names:
+                scopes.add(f"http.{http['stat_prefix']}.rds.{http['rds']['route_config_name']}")
+    return sorted(scopes)
+
+
+class Agent:
+    def __init__(self, bootstrap: dict, channel_sock, state_path: str, resume: bool):
+        self.loop = asyncio.get_running_loop()
+        xds = bootstrap["xds"]
+        self.delta = xds["api_type"] == "DELTA_GRPC"
+        self.protocol = AdsProtocol(bootstrap["node"], delta=self.delta,
+                                    node_once=xds["set_node_on_first_message_only"])
+        self.config = DynamicConfig(bootstrap, started=self.loop.time())
+        endpoint = bootstrap["clusters"][xds["cluster"]]["endpoints"][0]
+        host = endpoint["address"]
+        self.target = f"[{host}]:{endpoint['port']}" if ":" in host else f"{host}:{endpoint['port']}"
+        self.state_path = state_path
+        self.stats = Stats()
+        self.dirty = asyncio.Event()
+        self.done = self.loop.create_future()
+        from ..supervisor.handoff.channel import Channel
+        self.channel = Channel(channel_sock, self._on_message, self._on_closed, name="agent->master")
+        if resume:
+            self._resume()
+        for type_url in TYPE_ORDER:
+            self.protocol.set_interest(type_url, self.config.interest(type_url))
+
+    # -- the master --------------------------------------------------------------------
+
+    def _on_message(self, channel, msg, fds) -> None:
+        if msg["type"] == "dump":
+            channel.reply(msg, {"type": "dump", "dump": dynamic_dump(self.config)})
+        else:
+            channel.reply(msg, {"type": "error", "error": f"unknown message {msg['type']!r}"})
+
+    def _on_closed(self, channel, reason) -> None:
+        if not self.done.done():
+            log.info("xds agent: the master went away (%s); exiting", reason)
+            self.done.set_result(0)
+
+    async def _publish(self) -> None:
+        """Send the latest config whenever it changed; one message in flight at a time, so
+        a flood of updates is coalesced into the newest, never queued."""
+        while True:
+            await self.dirty.wait()
+            self.dirty.clear()
+            now = self.loop.time()
+            self.config.promote(now)
+            msg = {"type": "config", "config": self.config.published(now),
+                   "stats": {"counters": dict(self.stats.counters), "gauges": self.stats.gauges()}}
+            try:
+                self.channel.send(msg)
+            except Exception as exc:  # noqa: BLE001 - ChannelClosed: _on_closed ends us
+                log.debug("xds agent: cannot send: %s", exc)
+                return
+            self._save()
+            await self.channel.drained(60.0)
+
+    async def _warming_timer(self) -> None:
+        """Wake the publisher when a warming resource's initial_fetch_timeout passes, or the
+        first fetch's does (initialization then completes without it, as in Envoy)."""
+        was_initialized = False
+        while True:
+            deadline = self.config.next_deadline()
+            delay = 0.25 if deadline is None else max(0.0, deadline - self.loop.time()) + 0.001
+            await asyncio.sleep(min(delay, 0.25))
+            now = self.loop.time()
+            initialized = self.config.initialized(now)
+            if self.config.promote(now) or initialized != was_initialized:
+                self.dirty.set()
+            was_initialized = initialized
+
+    # -- saved state -------------------------------------------------------------------
+
+    def _save(self) -> None:
+        types = {}
+        for type_url in TYPE_ORDER:
+            state = self.protocol.types[type_url]
+            types[type_url] = {"version": state.version, "held": state.held,
+                               "resources": [[a.name, a.version, a.raw, a.updated]
+                                             for a in self.config.accepted[type_url].values()]}
+        data = msgpack.packb({"version": STATE_VERSION, "delta": self.delta, "types": types},
+                             use_bin_type=True)
+        tmp = self.state_path + ".tmp"
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+            os.replace(tmp, self.state_path)
+        except OSError as exc:
+            log.warning("xds agent: cannot save state to %s: %s", self.state_path, exc)
+
+    def _resume(self) -> None:
+        try:
+            with open(self.state_path, "rb") as f:
+                saved = msgpack.unpackb(f.read(), raw=False)
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError, msgpack.UnpackException) as exc:
+            log.warning("xds agent: ignoring unreadable state %s: %s", self.state_path, exc)
+            return
+        if saved.get("version") != STATE_VERSION or saved.get("delta") != self.delta:
+            return
+        from google.protobuf import any_pb2
+        now = self.loop.time()
+        for type_url in TYPE_ORDER:
+            entry = saved["types"].get(type_url) or {}
+            resources = {name: (version, any_pb2.Any(type_url=type_url, value=raw))
+                         for name, version, raw, _ in entry.get("resources", ())}
+            if resources:
+                errors = self.config.apply(Update(type_url, entry["version"], "", resources, [],
+                                                  complete=True), now)
+                if errors:
+                    log.warning("xds agent: saved %s no longer loads: %s", SHORT[type_url],
+                                error_detail(errors))
+                    continue
+                for name, _, _, updated in entry["resources"]:
+                    self.config.accepted[type_url][name].updated = updated
+            self.protocol.restore(type_url, entry.get("version", ""), entry.get("held") or {})
+        # What was served before is served again at once: its warming already happened.
+        self.config.promote(float("inf"))
+        self.dirty.set()
+
+    # -- the stream --------------------------------------------------------------------
+
+    async def run(self) -> int:
+        tasks = [self.loop.create_task(self._publish()), self.loop.create_task(self._warming_timer()),
+                 self.loop.create_task(self._streams())]
+        self.dirty.set()
+        try:
+            return await self.done
+        finally:
+            for task in tasks:
+                task.cancel()
+
+    async def _streams(self) -> None:
+        import grpc
+        attempt = 0
+        while True:
+            got_response = False
+            channel = grpc.aio.insecure_channel(self.target, options=[
+                ("grpc.max_receive_message_length", MAX_MESSAGE),
+                ("grpc.max_send_message_length", MAX_MESSAGE)])
+            try:
+                got_response = await self._stream(channel)
+                reason = "the control plane closed the stream"
+            except grpc.aio.AioRpcError as exc:
+                reason = f"{exc.code().name}: {exc.details()}"
+            except Exception as exc:  # noqa: BLE001 - any failure is a lost stream, retried
+                log.exception("xds agent: stream failed")
+                reason = repr(exc)
+            finally:
+                self.protocol.stream_ended()
+                await channel.close()
+            if self.stats.connected:
+                self.stats.connected = 0
+                self.dirty.set()
+            self._count_failure()
+            attempt = 1 if got_response else attempt + 1
+            delay = random.uniform(0, min(BACKOFF_MAX, BACKOFF_BASE * 2 ** (attempt - 1)))
+            log.warning("xds agent: ADS stream to %s lost (%s); retrying in %.2fs",
+                        self.target, reason, delay)
+            await asyncio.sleep(delay)
+
+    def _count_failure(self) -> None:
+        for type_url in TYPE_ORDER:
+            interest = self.protocol.types[type_url].interest
+            if interest is None or interest == frozenset():
+                continue
+            names = interest if interest != "*" else ()
+            self.stats.count(stat_scopes(self.config, type_url, names), "update_failure")
+
+    async def _stream(self, channel) -> bool:
+        stub = protos.ads_stub_class()(channel)
+        call = (stub.DeltaAggregatedResources() if self.delta
+                else stub.StreamAggregatedResources())
+        for request in self.protocol.stream_started():
+            await call.write(request)
+        got = False
+        import grpc
+        while True:
+            response = await call.read()
+            if response is grpc.aio.EOF:
+                return got
+            if not got:
+                got = True
+                self.stats.connected = 1
+                log.info("xds agent: connected to %s", self.target)
+            await self._handle(call, response)
+
+    async def _handle(self, call, response) -> None:
+        update = self.protocol.on_response(response)
+        type_url = update.type_url
+        names = set(update.resources) | set(update.removed)
+        scopes = stat_scopes(self.config, type_url, names)
+        self.stats.count(scopes, "update_attempt")
+        errors = self.config.apply(update, self.loop.time())
+        if errors:
+            message = error_detail(errors)
+            log.warning("xds agent: rejected %s version %r: %s", SHORT[type_url],
+                        update.version, message)
+            self.stats.count(scopes, "update_rejected")
+            await call.write(self.protocol.nack(update, message))
+        else:
+            scopes = stat_scopes(self.config, type_url, names) or scopes
+            self.stats.count(scopes, "update_success")
+            await call.write(self.protocol.ack(update))
+            for other in TYPE_ORDER:
+                for request in self.protocol.set_interest(other, self.config.interest(other)):
+                    await call.write(request)
+        self.dirty.set()
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="baton-xds-agent")
+    parser.add_argument("--bootstrap", required=True)
+    parser.add_argument("--fd", type=int, required=True)
+    parser.add_argument("--state", required=True)
+    parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--log-level", default="info")
+    args = parser.parse_args(argv)
+    # gRPC core logs every GOAWAY at INFO to stderr; a lost stream is logged here already.
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+    logging.basicConfig(level=getattr(logging, args.log_level.upper(), logging.INFO),
+                        format="%(asctime)s baton-xds[%(process)d] %(levelname)s %(message)s",
+                        stream=sys.stderr)
+    try:
+        import prctl
+        prctl.set_name("baton: xds")
+        prctl.set_proctitle("baton: xds agent")
+        prctl.set_pdeathsig(signal.SIGTERM)       # the master died without stopping us
+    except Exception:  # noqa: BLE001 - a process title is not worth failing for
+        pass
+    from .bootstrap import ConfigError, load_bootstrap
+    try:
+        bootstrap = load_bootstrap(args.bootstrap)
+    except ConfigError as exc:
+        for line in exc.errors:
+            print(f"baton xds agent: {line}", file=sys.stderr)
+        return 1
+    if not bootstrap.get("xds"):
+        print("baton xds agent: the bootstrap has no dynamic_resources", file=sys.stderr)
+        return 1
+    sock = socket.socket(fileno=args.fd)
+
+    async def run() -> int:
+        loop = asyncio.get_running_loop()
+        agent = Agent(bootstrap, sock, args.state, args.resume)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, lambda: agent.done.done() or agent.done.set_result(0))
+        return await agent.run()
+    started = time.monotonic()
+    code = asyncio.run(run())
+    log.info("xds agent: exiting after %.1fs", time.monotonic() - started)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,58 @@
+"""The dynamic half of /config_dump, in Envoy's admin.v3 shapes, built on demand.
+
+Built by the agent (which holds the resources' bytes) when the master asks, never on every
+update: turning a 10,000-endpoint assignment into JSON costs more than applying it.
+
+    dynamic_dump(config) -> {"clusters": {...}, "listeners": {...}, "routes": {...},
+                             "endpoints": {...}}
+each the dynamic fields of ClustersConfigDump, ListenersConfigDump, RoutesConfigDump and
+EndpointsConfigDump: version_info and, per resource, its version_info, the resource (with
+its "@type") and last_updated.
+"""
+
+from __future__ import annotations
+
+from google.protobuf import json_format
+
+from . import protos
+from .ads import CLUSTER, ENDPOINT, LISTENER, ROUTE
+
+_CLASSES = {LISTENER: protos.Listener, ROUTE: protos.RouteConfiguration,
+            CLUSTER: protos.Cluster, ENDPOINT: protos.ClusterLoadAssignment}
+
+
+def _as_json(type_url, raw):
+    pb = _CLASSES[type_url]()
+    pb.ParseFromString(raw)
+    return {"@type": type_url, **json_format.MessageToDict(pb)}
+
+
+def dynamic_dump(config) -> dict:
+    accepted, versions = config.accepted, config.versions
+
+    def entries(type_url, key, names):
+        return [{"version_info": a.version, key: _as_json(type_url, a.raw),
+                 "last_updated": a.updated}
+                for name, a in sorted(accepted[type_url].items()) if name in names]
+
+    clusters = accepted[CLUSTER]
+    warming_c = set(config.warming_clusters)
+    listeners = accepted[LISTENER]
+    warming_l = set(config.warming_listeners)
+    dynamic_listeners = []
+    for name, a in sorted(listeners.items()):
+        state = {"version_info": a.version, "listener": _as_json(LISTENER, a.raw),
+                 "last_updated": a.updated}
+        entry = {"name": name}
+        entry["warming_state" if name in warming_l else "active_state"] = state
+        dynamic_listeners.append(entry)
+    return {
+        "clusters": {"version_info": versions[CLUSTER],
+                     "dynamic_active_clusters": entries(CLUSTER, "cluster",
+                                                        set(clusters) - warming_c),
+                     "dynamic_warming_clusters": entries(CLUSTER, "cluster", warming_c)},
+        "listeners": {"version_info": versions[LISTENER], "dynamic_listeners": dynamic_listeners},
+        "routes": {"dynamic_route_configs": entries(ROUTE, "route_config", set(accepted[ROUTE]))},
+        "endpoints": {"dynamic_endpoint_configs": entries(ENDPOINT, "endpoint_config",
+                                                          set(accepted[ENDPOINT]))},
+    }
