@@ -555,7 +555,8 @@ class Master:
             counters, agent_gauges = self.xds_link.stats()
             merged["counters"].update(counters)
             gauges.update(agent_gauges)
-            merged["counters"]["listener_manager.listener_create_failure"] = self.xds.bind_failures
+            merged["counters"].update(self.xds.counters)
+            gauges["listener_manager.total_listeners_active"] = len(self.snapshot["listeners"])
         gauges["server.live"] = int(self.state == "LIVE")
         gauges["server.uptime"] = int(time.time() - self.started_at)
         gauges["server.concurrency"] = len(self.workers.slots)
@@ -619,4 +620,5 @@ class Master:
         return {"version": VERSION, "state": self.state, "runtime_dir": self.runtime_dir,
                 "master": {"pid": self.pid, "generation": self.generation,
                            "uptime_s": round(time.time() - self.started_at, 3), **self._usage(self.pid)},
-                "workers": workers}
+                "workers": workers,
+                "xds_agent": self.xds_link.status() if self.xds_link is not None else None}

@@ -34,8 +34,12 @@ class XdsApplier:
         # A reload starts from the config the previous generation served: nothing to wait for.
         self.initialized = applied is not None
         self.missing = [] if applied is not None else ["xds: the agent has not reported yet"]
-        self.bind_failures = 0
         self.updates_applied = 0
+        # Envoy's listener_manager counters for what LDS did here.
+        self.counters = {"listener_manager.listener_added": 0,
+                         "listener_manager.listener_modified": 0,
+                         "listener_manager.listener_removed": 0,
+                         "listener_manager.listener_create_failure": 0}
 
     def merged(self) -> dict:
         return merge(self.static, self.published)
@@ -58,7 +62,7 @@ class XdsApplier:
                 sock = master.listener_socks[spec["name"]] = bind_listener(spec)
             except BindError as exc:
                 log.error("xds: %s; the listener is not added", exc)
-                self.bind_failures += 1
+                self.counters["listener_manager.listener_create_failure"] += 1
                 changes.added_listeners.remove(spec)
                 new["listeners"] = [l for l in new["listeners"] if l["name"] != spec["name"]]
                 continue
@@ -79,6 +83,10 @@ class XdsApplier:
                     except Exception as exc:  # noqa: BLE001 - a dying worker: its respawn
                         log.warning("xds: worker %d missed an update: %s", slot.id, exc)
             self.updates_applied += 1
+            moved = {spec["name"] for spec in changes.added_listeners} & set(changes.removed_listeners)
+            self.counters["listener_manager.listener_added"] += len(changes.added_listeners) - len(moved)
+            self.counters["listener_manager.listener_removed"] += len(changes.removed_listeners) - len(moved)
+            self.counters["listener_manager.listener_modified"] += len(changes.changed_listeners) + len(moved)
             log.info("xds: applied %s", _describe(changes))
         # The workers hold their own copies of removed sockets until they have drained.
         for sock in closing:

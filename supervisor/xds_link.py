@@ -156,6 +156,12 @@ class AgentLink:
             counters[name] = counters.get(name, 0) + value
         return counters, dict(self.gauges)
 
+    def status(self) -> dict:
+        alive = self.process is not None and self.process.poll() is None
+        return {"pid": self.process.pid if alive else None, "restarts": self.restarts,
+                "connected": bool(self.gauges.get("control_plane.connected_state")),
+                "initialized": self.master.xds.initialized, "missing": self.master.xds.missing}
+
     async def dump(self) -> dict | None:
         if self.channel is None or self.channel.closed:
             return None

@@ -111,9 +111,14 @@ class Baton:
         self.proc: subprocess.Popen | None = None
 
     def start(self, ready_timeout: float = 30.0) -> "Baton":
+        self.launch()
+        self.wait_ready(ready_timeout)
+        return self
+
+    def launch(self) -> "Baton":
+        """Start the process without waiting for /ready (to watch it initialize)."""
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(self.args, stdout=self._log, stderr=subprocess.STDOUT)
-        self.wait_ready(ready_timeout)
         return self
 
     @property
