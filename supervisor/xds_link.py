@@ -51,9 +51,10 @@ def load_applied(runtime_dir: str) -> dict | None:
 def save_applied(runtime_dir: str, published: dict) -> None:
     path = os.path.join(runtime_dir, APPLIED_FILE)
     try:
-        with open(path + ".tmp", "wb") as f:
+        tmp = f"{path}.{os.getpid()}.tmp"          # two generations may overlap in a reload
+        with open(tmp, "wb") as f:
             f.write(msgpack.packb(published, use_bin_type=True))
-        os.replace(path + ".tmp", path)
+        os.replace(tmp, path)
     except OSError as exc:
         log.warning("cannot save the dynamic config to %s: %s", path, exc)
 

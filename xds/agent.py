@@ -166,7 +166,7 @@ class Agent:
                                              for a in self.config.accepted[type_url].values()]}
         data = msgpack.packb({"version": STATE_VERSION, "delta": self.delta, "types": types},
                              use_bin_type=True)
-        tmp = self.state_path + ".tmp"
+        tmp = f"{self.state_path}.{os.getpid()}.tmp"   # two generations' agents may overlap
         try:
             with open(tmp, "wb") as f:
                 f.write(data)

@@ -476,8 +476,9 @@ def test_unreachable_control_plane_at_start(tmp_path, named):
 
 
 def test_a_flood_of_updates_is_coalesced(tmp_path, plane, named):
-    """300 assignments pushed back to back: every one is ACKed, the last one serves, and the
-    master applied fewer than were sent (coalesced, never queued without bound)."""
+    """300 assignments pushed back to back: every one is ACKed and the last one serves. (The
+    agent keeps one config in flight to the master and always sends the newest, so a flood
+    is coalesced rather than queued; gRPC's flow control bounds what waits on the stream.)"""
     ups = [named(n) for n in ("a", "b")]
     listen = free_port()
     serve_basics(plane, listen, ups[0])
