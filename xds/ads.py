@@ -128,6 +128,8 @@ class AdsProtocol:
             before = before if isinstance(before, frozenset) else frozenset()
             request.resource_names_subscribe.extend(sorted(interest - before))
             request.resource_names_unsubscribe.extend(sorted(before - interest))
+            for name in before - interest:
+                state.held.pop(name, None)        # no longer ours: not reported on reconnect
         if initial:
             held = state.held if interest == "*" else {n: v for n, v in state.held.items()
                                                        if n in interest}

@@ -292,6 +292,7 @@ class Agent:
             for other in TYPE_ORDER:
                 for request in self.protocol.set_interest(other, self.config.interest(other)):
                     await call.write(request)
+                self.config.forget_unwanted(other)
         self.dirty.set()
 
 

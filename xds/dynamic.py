@@ -99,6 +99,18 @@ class DynamicConfig:
                  *(w.value for w in self.warming_listeners.values())]
         return frozenset(name for spec in specs for name, _ in _rds_names(spec))
 
+    def forget_unwanted(self, type_url) -> list[str]:
+        """Drop accepted endpoints / routes that nothing refers to any more (their cluster or
+        listener is gone), as Envoy drops an unsubscribed resource. -> the names dropped."""
+        if type_url not in (ENDPOINT, ROUTE):
+            return []
+        wanted = self.interest(type_url)
+        accepted = self.accepted[type_url]
+        gone = [name for name in accepted if name not in wanted]
+        for name in gone:
+            del accepted[name]
+        return gone
+
     # -- updates -------------------------------------------------------------------------
 
     def apply(self, update, now: float) -> list[str]:
