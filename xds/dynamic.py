@@ -139,6 +139,12 @@ class DynamicConfig:
         return []
 
     def _translate(self, type_url, name, data, path, errors):
+        held = self.accepted[type_url].get(name)
+        if held is not None and held.raw == data and type_url != ROUTE:
+            # State of the world resends every cluster and listener on any change: the same
+            # bytes mean the same translation. (Routes are checked again: validate_clusters
+            # depends on which clusters exist now.)
+            return held.value
         pb = _CLASSES[type_url]()
         try:
             pb.ParseFromString(data)
