@@ -39,15 +39,18 @@ class Update:
     """One response, decoded. resources: name -> (resource version or "", Any); for state
     of the world `complete` says the set replaces every resource of the type."""
 
-    __slots__ = ("type_url", "version", "nonce", "resources", "removed", "complete")
+    __slots__ = ("type_url", "version", "nonce", "resources", "removed", "complete",
+                 "duplicates")
 
-    def __init__(self, type_url, version, nonce, resources, removed, complete):
+    def __init__(self, type_url, version, nonce, resources, removed, complete, duplicates=()):
         self.type_url = type_url
         self.version = version
         self.nonce = nonce
         self.resources = resources
         self.removed = removed
         self.complete = complete
+        # Names given twice in the response (or both updated and removed): a NACK, as Envoy.
+        self.duplicates = list(duplicates)
 
 
 class _TypeState:
@@ -119,7 +122,8 @@ class AdsProtocol:
                 request.resource_names.extend(sorted(interest))
             state.sent_interest = interest
             return request
-        request = self._delta_request(type_url, state.nonce if not initial else "")
+        # Unlike state of the world, a delta request that is not an ACK/NACK carries no nonce.
+        request = self._delta_request(type_url, "")
         before = state.sent_interest
         if interest == "*":
             if before != "*":
@@ -144,15 +148,23 @@ class AdsProtocol:
         type_url = response.type_url
         if type_url not in self.types:
             raise ValueError(f"a response for type {type_url!r}, which Baton never asked for")
+        resources, duplicates = {}, []
         if self.delta:
-            resources = {r.name: (r.version, r.resource) for r in response.resources}
+            for r in response.resources:
+                if r.name in resources:
+                    duplicates.append(r.name)
+                resources[r.name] = (r.version, r.resource)
+            removed = list(response.removed_resources)
+            duplicates += [name for name in removed if name in resources]
             return Update(type_url, response.system_version_info, response.nonce, resources,
-                          list(response.removed_resources), complete=False)
-        resources = {}
+                          removed, complete=False, duplicates=duplicates)
         for any_pb in response.resources:
-            resources[_sotw_name(type_url, any_pb)] = ("", any_pb)
+            name = _sotw_name(type_url, any_pb)
+            if name in resources and name:
+                duplicates.append(name)
+            resources[name] = ("", any_pb)
         return Update(type_url, response.version_info, response.nonce, resources, [],
-                      complete=True)
+                      complete=True, duplicates=duplicates)
 
     def ack(self, update: Update):
         state = self.types[update.type_url]

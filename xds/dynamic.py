@@ -118,6 +118,9 @@ class DynamicConfig:
         type_url = update.type_url
         kind = _KINDS[type_url]
         errors, translated = [], {}
+        for name in sorted(set(update.duplicates)):
+            errors.append(f"{kind}[{name}]: the name appears more than once in the response "
+                          "(updated twice, or updated and removed)")
         for name, (version, any_pb) in update.resources.items():
             path = f"{kind}[{name}]" if name else kind
             if any_pb.type_url and any_pb.type_url != type_url:
@@ -288,14 +291,24 @@ class DynamicConfig:
         return lines
 
     def initialized(self, now: float) -> bool:
-        """Envoy's init manager: every first fetch answered or timed out, nothing warming."""
-        if self.missing(now) == []:
-            return True
+        """Envoy's init manager: every first fetch (CDS, LDS, each static EDS cluster's
+        endpoints, each static listener's routes) has answered or passed its own
+        initial_fetch_timeout (0: no timeout), and nothing dynamic is warming."""
         waited = now - self.started
-        limits = [self.xds.get(f"{k}_initial_fetch_timeout") or 0.0 for k in ("cds", "lds")
-                  if self.xds.get(k)]
-        return bool(limits) and all(waited >= t > 0 for t in limits) and \
-            self.next_deadline() is None
+        endpoints, routes = self.accepted[ENDPOINT], self.accepted[ROUTE]
+        for type_url, key in ((CLUSTER, "cds"), (LISTENER, "lds")):
+            if self.xds.get(key) and type_url not in self.responded and \
+                    not _timed_out(waited, self.xds.get(f"{key}_initial_fetch_timeout")):
+                return False
+        for spec in self.static_clusters.values():
+            if spec and spec.get("type") == "EDS" and spec["eds"]["service_name"] not in \
+                    endpoints and not _timed_out(waited, spec["eds"]["initial_fetch_timeout"]):
+                return False
+        for spec in self.static_listeners:
+            for route, timeout in _rds_names(spec):
+                if route not in routes and not _timed_out(waited, timeout):
+                    return False
+        return not self.warming_clusters and not self.warming_listeners
 
     def published(self, now: float) -> dict:
         order = [n for n in self.listener_order if n in self.active_listeners]
@@ -333,11 +346,26 @@ def _unknown_enum(msg, path):
             if field.message_type.GetOptions().map_entry:
                 continue
             items = value if is_repeated(field) else [value]
+            if field.message_type.full_name == "google.protobuf.Any":
+                items = [_unpacked(item) for item in items]
             for i, item in enumerate(items):
                 found = _unknown_enum(item, f"{here}[{i}]" if is_repeated(field) else here)
                 if found:
                     return found
     return None
+
+
+def _unpacked(any_pb):
+    """An Any's message, when its type is known (else the Any itself: nothing to look in)."""
+    try:
+        inner = protos.message_class(protos.type_name(any_pb.type_url))()
+    except Exception:  # noqa: BLE001 - an unknown type is reported by the translator
+        return any_pb
+    return inner if any_pb.Unpack(inner) else any_pb
+
+
+def _timed_out(waited, timeout):
+    return bool(timeout) and waited >= timeout
 
 
 def _expired(held, now):
@@ -359,6 +387,8 @@ def _address_key(spec):
 def error_detail(errors) -> str:
     """One message for a NACK's error_detail: every path, cut at MAX_ERROR bytes."""
     text = "; ".join(errors)
-    if len(text) > MAX_ERROR:
-        text = text[:MAX_ERROR - 20] + f" ... ({len(errors)} errors)"
+    data = text.encode()
+    if len(data) > MAX_ERROR:
+        tail = f" ... ({len(errors)} errors)"
+        text = data[:MAX_ERROR - len(tail)].decode("utf-8", "ignore") + tail
     return text

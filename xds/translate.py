@@ -48,10 +48,16 @@ def translate_bootstrap(pb):
     if pb.HasField("admin"):
         snap["admin"] = translate_admin(pb.admin, "admin", errors, warnings)
 
+    # An `ads: {}` config source needs the ADS stream of dynamic_resources.ads_config: without
+    # it nothing would ever fetch those endpoints or routes (Envoy refuses it too).
+    has_ads = pb.HasField("dynamic_resources") and pb.dynamic_resources.HasField("ads_config")
+    no_ads = "an 'ads: {}' config source needs dynamic_resources.ads_config"
     defined = {}  # cluster name -> path of its first definition
     for i, cluster_pb in enumerate(pb.static_resources.clusters):
         path = f"static_resources.clusters[{i}]"
         cluster = translate_cluster(cluster_pb, path, errors, warnings)
+        if cluster is not None and cluster["eds"] and not has_ads:
+            errors.append(f"{path}.eds_cluster_config.eds_config: {no_ads}")
         name = cluster_pb.name
         if name in defined:
             errors.append(f"{path}.name: duplicate cluster name '{name}' "
@@ -72,6 +78,10 @@ def translate_bootstrap(pb):
         path = f"static_resources.listeners[{i}]"
         # A cluster that failed to translate is still defined: no extra "unknown cluster".
         listener = translate_listener(listener_pb, path, errors, warnings, clusters=defined)
+        for j, chain in enumerate((listener or {}).get("filter_chains") or ()):
+            if (chain.get("http") or {}).get("rds") and not has_ads:
+                errors.append(f"{path}.filter_chains[{j}].filters[0].typed_config.rds"
+                              f".config_source: {no_ads}")
         name = listener["name"] if listener is not None else listener_pb.name
         if name in names:
             errors.append(f"{path}.name: duplicate listener name '{name}' "
