@@ -1,7 +1,7 @@
 # The two commands a newcomer runs (README): `make run` and `make test`.
 PY := .venv/bin/python
 
-.PHONY: install run test unit integration bench bench-reload bench-intercept bench-http clean
+.PHONY: install run test unit integration bench bench-reload bench-intercept bench-http bench-xds clean
 
 install:
 	@BATON_TEST_TOOLS=1 scripts/install.sh
@@ -33,6 +33,10 @@ bench-intercept: install
 bench-http: install
 	@BATON_BENCH_TOOLS=1 scripts/install.sh
 	@$(PY) bench/http_bench.py
+
+bench-xds: install
+	@BATON_BENCH_TOOLS=1 scripts/install.sh
+	@$(PY) bench/xds_bench.py
 
 clean:
 	rm -rf .venv .venv-envoy build *.egg-info

@@ -101,6 +101,7 @@ class Agent:
         self.target = f"[{host}]:{endpoint['port']}" if ":" in host else f"{host}:{endpoint['port']}"
         self.state_path = state_path
         self.stats = Stats()
+        self.started_scopes: set[str] = set()   # subscriptions counted as started
         self.dirty = asyncio.Event()
         self.done = self.loop.create_future()
         from ..supervisor.handoff.channel import Channel
@@ -109,6 +110,32 @@ class Agent:
             self._resume()
         for type_url in TYPE_ORDER:
             self.protocol.set_interest(type_url, self.config.interest(type_url))
+        self._count_new_subscriptions()
+
+    def _scopes_of(self, type_url) -> list[str]:
+        """Every stat scope with a subscription of `type_url` now."""
+        interest = self.protocol.types[type_url].interest
+        if interest is None or interest == frozenset():
+            return []
+        return stat_scopes(self.config, type_url, () if interest == "*" else interest)
+
+    def _count_new_subscriptions(self) -> None:
+        """Envoy counts a subscription's start as its first update_attempt."""
+        for type_url in TYPE_ORDER:
+            new = [s for s in self._scopes_of(type_url) if s not in self.started_scopes]
+            self.started_scopes.update(new)
+            self.stats.count(new, "update_attempt")
+
+    def _drop_stats_of_gone(self) -> None:
+        """A cluster or route table that is gone takes its update_* stats along, as in
+        Envoy (the workers drop the rest of a removed cluster's stats)."""
+        live = {scope for type_url in (ENDPOINT, ROUTE) for scope in self._scopes_of(type_url)}
+        gone = {name.rsplit(".", 1)[0] for name in self.stats.counters
+                if name.startswith(("cluster.", "http.")) and name.rsplit(".", 1)[0] not in live}
+        for scope in gone:
+            self.started_scopes.discard(scope)
+        for name in [n for n in self.stats.counters if n.rsplit(".", 1)[0] in gone]:
+            del self.stats.counters[name]
 
     # -- the master --------------------------------------------------------------------
 
@@ -248,11 +275,9 @@ class Agent:
 
     def _count_failure(self) -> None:
         for type_url in TYPE_ORDER:
-            interest = self.protocol.types[type_url].interest
-            if interest is None or interest == frozenset():
-                continue
-            names = interest if interest != "*" else ()
-            self.stats.count(stat_scopes(self.config, type_url, names), "update_failure")
+            scopes = self._scopes_of(type_url)
+            self.stats.count(scopes, "update_failure")
+            self.stats.count(scopes, "update_attempt")
 
     async def _stream(self, channel) -> bool:
         stub = protos.ads_stub_class()(channel)
@@ -283,6 +308,9 @@ class Agent:
             message = error_detail(errors)
             log.warning("xds agent: rejected %s version %r: %s", SHORT[type_url],
                         update.version, message)
+            if self.delta:
+                # A rejected delta response fails every watch of its type, as in Envoy.
+                scopes = sorted(set(scopes) | set(self._scopes_of(type_url)))
             self.stats.count(scopes, "update_rejected")
             await call.write(self.protocol.nack(update, message))
         else:
@@ -293,6 +321,8 @@ class Agent:
                 for request in self.protocol.set_interest(other, self.config.interest(other)):
                     await call.write(request)
                 self.config.forget_unwanted(other)
+            self._count_new_subscriptions()
+            self._drop_stats_of_gone()
         self.dirty.set()
 
 

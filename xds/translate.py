@@ -446,8 +446,9 @@ def translate_load_assignment(pb, path, errors, warnings=None, require_ip=True):
             if not lb_endpoint.endpoint.HasField("address"):
                 errors.append(f"{where}.endpoint.address: required")
                 continue
+            # Envoy accepts port 0 for an endpoint (connecting to it then fails).
             hostport = _socket_address(lb_endpoint.endpoint.address, f"{where}.endpoint.address",
-                                       errors, ip_only=require_ip)
+                                       errors, ip_only=require_ip, port_required=False)
             weight = _uint32(lb_endpoint, "load_balancing_weight", 1)
             if weight < 1:
                 errors.append(f"{where}.load_balancing_weight: must be at least 1")
@@ -504,7 +505,7 @@ def _plain_endpoints(pb):
 
 # --- values ----------------------------------------------------------------------------------
 
-def _socket_address(pb, path, errors, ip_only):
+def _socket_address(pb, path, errors, ip_only, port_required=True):
     """Address -> (address, port), or None (errors appended).
 
     ip_only: the address must be an IP literal (listeners, admin, STATIC endpoints: Envoy
@@ -526,7 +527,8 @@ def _socket_address(pb, path, errors, ip_only):
         errors.append(f"{where}.address: '{sa.address}' is not an IP address"
                       f"{hint if 'lb_endpoints' in path else ''}")
     if not sa.port_value:
-        if sa.WhichOneof("port_specifier") != "named_port":  # already "not supported"
+        if port_required and sa.WhichOneof("port_specifier") != "named_port":  # (else already
+            #                                                                     "not supported")
             errors.append(f"{where}.port_value: required")
     elif sa.port_value > 65535:
         errors.append(f"{where}.port_value: {sa.port_value} is not a port (1-65535)")

@@ -217,10 +217,18 @@ class ClusterManager:
     def apply_changes(self, changed: dict, removed) -> None:
         """Part of a snapshot (an xDS update): only the clusters named change; a cluster
         updated in place keeps its hosts' connections and counts."""
+        prefixes = []
         for name in removed:
             cluster = self.clusters.pop(name, None)
             if cluster is not None:
                 cluster.stop_monitors()
+                prefixes.append(f"cluster.{name}.")
+        if prefixes and self.stats is not None:
+            # Envoy drops a removed cluster's stats with it (one pass for all of them).
+            prefixes = tuple(prefixes)
+            for table in (self.stats.counters, self.stats.gauges):
+                for stat in [k for k in table if k.startswith(prefixes)]:
+                    del table[stat]
         counters = self.stats.counters if self.stats is not None else None
         gauges = self.stats.gauges if self.stats is not None else None
         for name, spec in changed.items():
