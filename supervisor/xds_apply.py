@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 
 from ..xds.merge import diff, merge
+from .handoff.framing import encode
 from .listeners import BindError, bind_listener
 from .xds_link import save_applied
 
@@ -76,10 +77,11 @@ class XdsApplier:
                    "remove_listeners": changes.removed_listeners,
                    "clusters": changes.changed_clusters,
                    "remove_clusters": changes.removed_clusters}
+            frame = encode(msg, len(fds))
             for slot in master.workers.alive():
                 if slot.channel is not None and not slot.channel.closed:
                     try:
-                        slot.channel.send(msg, fds)
+                        slot.channel.send_frame(frame, fds)
                     except Exception as exc:  # noqa: BLE001 - a dying worker: its respawn
                         log.warning("xds: worker %d missed an update: %s", slot.id, exc)
             self.updates_applied += 1

@@ -76,9 +76,13 @@ class Channel:
         (and may close) its descriptors as soon as this returns. With dup=False the caller
         promises to keep them open until the peer has answered (no copies: two syscalls saved
         per descriptor, which counts when thousands of connections move)."""
+        self.send_frame(encode(msg, len(fds)), fds, dup)
+
+    def send_frame(self, data: bytes, fds=(), dup: bool = True) -> None:
+        """Send a frame already encoded (framing.encode(msg, len(fds))): one message fanned
+        out to every worker is encoded once."""
         if self.closed:
             raise ChannelClosed(f"{self.name}: closed")
-        data = encode(msg, len(fds))
         self._out.append([data, [os.dup(fd) for fd in fds] if dup else list(fds), dup])
         if not self._writing:
             self._flush()

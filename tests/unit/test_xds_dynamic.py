@@ -566,3 +566,44 @@ def test_delta_cds_applies_whole_responses_or_nothing(base, steps):
             model.update(changed)
         published = config.published(0.0)["clusters"]
         assert {n: c["endpoints"][0]["port"] for n, c in published.items()} == model
+
+
+# --- the fast path for plain EDS endpoints -------------------------------------------------------
+
+_ENDPOINT_EXTRAS = st.sampled_from([None, "weight", "weight0", "health", "metadata", "hostname",
+                                    "ipv6", "protocol", "zone"])
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 70000), st.integers(0, 300), _ENDPOINT_EXTRAS),
+                min_size=1, max_size=6))
+def test_plain_endpoints_translate_as_the_general_path_does(endpoints):
+    """translate_load_assignment's size-based fast path must give exactly what the general
+    walk gives, and leave every error (and every unusual field) to the general walk."""
+    from baton.xds import translate
+    pb = protos.ClusterLoadAssignment(cluster_name="c")
+    locality = pb.endpoints.add()
+    for port, weight, extra in endpoints:
+        lb = locality.lb_endpoints.add()
+        sa = lb.endpoint.address.socket_address
+        sa.address = {"hostname": "localhost", "ipv6": "::1", "zone": "fe80::1%lo"}.get(
+            extra, "127.0.0.1")
+        sa.port_value = port
+        if extra == "weight":
+            lb.load_balancing_weight.value = weight
+        elif extra == "weight0":
+            lb.load_balancing_weight.SetInParent()
+        elif extra == "health":
+            lb.health_status = 1
+        elif extra == "metadata":
+            lb.metadata.filter_metadata["m"].update({"k": "v"})
+        elif extra == "protocol":
+            sa.protocol = 1
+    fast = translate._plain_endpoints(pb)
+    errors = []
+    general = translate.translate_load_assignment(pb, "x", errors, [], require_ip=False)
+    if fast is not None:
+        assert errors == [] and general == {"cluster_name": "c", "endpoints": fast}
+    plain = all(extra in (None, "weight", "ipv6") and 0 < port <= 65535 and
+                (extra != "weight" or weight > 0) for port, weight, extra in endpoints)
+    assert (fast is not None) == plain

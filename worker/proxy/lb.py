@@ -42,23 +42,29 @@ _MASK64 = (1 << 64) - 1
 
 class Host:
     __slots__ = ("address", "port", "weight", "active", "total", "connect_fail", "stat_id",
-                 "healthy", "ejected", "outlier", "health", "hash_name", "_hashes")
+                 "healthy", "ejected", "outlier", "health", "_hashes")
 
     def __init__(self, address: str, port: int, weight: int = 1):
+        # Built by the ten thousand on a large EDS update: plain stores only, nothing derived
+        # that a host may never need (hash_name and _hashes are made on first use).
         self.address = address
         self.port = port
-        self.weight = max(1, int(weight))
+        self.weight = weight if weight.__class__ is int and weight > 0 else max(1, int(weight))
         self.active = 0          # open connections (L4) or requests in flight (L7)
         self.total = 0           # connections attempted
         self.connect_fail = 0
         self.stat_id = f"{address}:{port}"
-        # Envoy's string form of the address, which ring hash and Maglev hash (IPv6 bracketed).
-        self.hash_name = f"[{address}]:{port}" if ":" in address else self.stat_id
         self.healthy = True      # active health check verdict (health.py)
         self.ejected = False     # outlier detection verdict (outlier.py)
         self.outlier = None      # outlier.py's per-host counters, created on first report
         self.health = None       # health.py's per-host state, while a checker runs
-        self._hashes = {}        # ring hash function name -> [hash of "ip:port_<i>"]
+        self._hashes = None      # ring hash function name -> [hash of "ip:port_<i>"]
+
+    @property
+    def hash_name(self) -> str:
+        """Envoy's string form of the address, which ring hash and Maglev hash (IPv6
+        bracketed)."""
+        return f"[{self.address}]:{self.port}" if ":" in self.address else self.stat_id
 
     @property
     def available(self) -> bool:
@@ -67,6 +73,8 @@ class Host:
     def ring_hashes(self, function, count: int) -> list[int]:
         """The first `count` ring points of this host (cached: a health change rebuilds the
         ring from the same points, so only the first build pays for hashing)."""
+        if self._hashes is None:
+            self._hashes = {}
         hashes = self._hashes.setdefault(function.__name__, [])
         if len(hashes) < count:
             prefix = self.hash_name + "_"     # Envoy's key: the address string + "_<i>"
