@@ -97,6 +97,7 @@ class Master:
         # xDS (dynamic_resources): the agent process and what its config does here.
         self.xds = None
         self.xds_link = None
+        self._xds_held = None          # an agent config that arrived during a reload
         if snapshot.get("xds"):
             from .xds_apply import XdsApplier
             self.xds = XdsApplier(self, static_snapshot or snapshot, xds_applied)
@@ -175,6 +176,12 @@ class Master:
 
     def apply_xds(self, published: dict) -> None:
         if self.state == "DRAINING" or self.handed_over:
+            return
+        if self.reloading is not None:
+            # The next generation starts from the config saved when the reload began and
+            # takes the sockets of exactly those listeners: hold changes until it is over
+            # (applied then if it rolled back; its own agent gets them otherwise).
+            self._xds_held = published
             return
         self.xds.apply(published)
 
@@ -379,6 +386,8 @@ class Master:
         refusal = self.reload_refusal()
         if refusal:
             raise ReloadFailed(refusal)
+        if self.xds is not None:
+            self.xds.save_now()        # the next generation starts from this dynamic config
         self.reloading = Reload(self)
         sdnotify.notify(reloading=True, status=f"generation {self.generation}: reloading")
         try:
@@ -390,6 +399,9 @@ class Master:
         finally:
             if not self.handed_over:
                 self.reloading = None
+                held, self._xds_held = self._xds_held, None
+                if held is not None:
+                    self.apply_xds(held)
 
     def sockets_for_handoff(self) -> tuple[dict, list[int]]:
         """The `sockets` message for the next generation, and its descriptors."""

@@ -26,6 +26,8 @@ from .xds_link import save_applied
 
 log = logging.getLogger("baton.xds")
 
+SAVE_DELAY = 0.05
+
 
 class XdsApplier:
     def __init__(self, master, static: dict, applied: dict | None):
@@ -36,6 +38,7 @@ class XdsApplier:
         self.initialized = applied is not None
         self.missing = [] if applied is not None else ["xds: the agent has not reported yet"]
         self.updates_applied = 0
+        self._save_pending = None
         # Envoy's listener_manager counters for what LDS did here.
         self.counters = {"listener_manager.listener_added": 0,
                          "listener_manager.listener_modified": 0,
@@ -93,11 +96,21 @@ class XdsApplier:
         # The workers hold their own copies of removed sockets until they have drained.
         for sock in closing:
             sock.close()
-        save_applied(master.runtime_dir, published)
+        # Saved for the next generation a moment later, off the path to the workers (the
+        # update is still being written to their channels) and once per burst of updates.
+        if self._save_pending is None:
+            self._save_pending = master.loop.call_later(SAVE_DELAY, self.save_now)
         self.missing = list(published.get("missing") or ())
         if published.get("initialized") and not self.initialized:
             self.initialized = True
             master.xds_initialized()
+
+    def save_now(self) -> None:
+        if self._save_pending is not None:
+            self._save_pending.cancel()
+            self._save_pending = None
+        if self.published is not None:
+            save_applied(self.master.runtime_dir, self.published)
 
     def give_up_waiting(self) -> None:
         """The first fetch timed out (the agent never got a config): serve what is static."""

@@ -467,44 +467,60 @@ def _plain_endpoints(pb):
     """The endpoints of an assignment that uses nothing but IP:port and weights, or None.
 
     EDS sends tens of thousands of endpoints, and the general walk (check_fields, paths for
-    every field, ipaddress) costs ~75 us each; this costs ~2. Whether an LbEndpoint holds
-    exactly endpoint.address.socket_address.{address, port_value} (and maybe a weight) is
-    read from its serialized size, which protobuf computes in C: any other field set would
-    add bytes. Anything else, and every error, goes the general way, which alone says what
-    is wrong and where."""
+    every field, ipaddress) costs ~75 us each; this costs ~2. That the assignment holds
+    nothing but endpoint.address.socket_address.{address, port_value} is read from its
+    serialized size, which protobuf computes in C: any other field set would add bytes. The
+    whole assignment is checked at once; with weights (or anything else), each endpoint is.
+    Anything unusual, and every error, goes the general way, which alone says what is wrong
+    and where."""
     if not pb.cluster_name or {f.name for f, _ in pb.ListFields()} - _ASSIGNMENT_FIELDS:
         return None
     endpoints = []
     append = endpoints.append
     pton = socket.inet_pton
     v4, v6 = socket.AF_INET, socket.AF_INET6
+    vsize = _varint_size
+    name = len(pb.cluster_name.encode())
+    total = 1 + vsize(name) + name                         # cluster_name (field 1)
+    sizes = []                                             # each LbEndpoint's, unweighted
     for locality in pb.endpoints:
-        if len(locality.ListFields()) != 1:          # lb_endpoints only
+        if len(locality.ListFields()) != 1:                # lb_endpoints only
             return None
+        locality_size = 0
         for lb_endpoint in locality.lb_endpoints:
             sa = lb_endpoint.endpoint.address.socket_address
             ip, port = sa.address, sa.port_value
             if not ip or not 0 < port <= 65535:
                 return None
-            # Every field below has a one-byte tag: SocketAddress.address (2) and port_value
-            # (3), Address.socket_address (1), Endpoint.address (1), LbEndpoint.endpoint (1).
-            size = 2 + _varint_size(len(ip)) + len(ip) + _varint_size(port)
-            size = 1 + _varint_size(size) + size
-            size = 1 + _varint_size(size) + size
-            size = 1 + _varint_size(size) + size
-            actual = lb_endpoint.ByteSize()
-            weight = 1
-            if actual != size:                       # a load_balancing_weight, or more
-                if not lb_endpoint.HasField("load_balancing_weight"):
-                    return None
-                weight = lb_endpoint.load_balancing_weight.value   # UInt32Value (field 4)
-                if weight < 1 or actual != size + 3 + _varint_size(weight):
-                    return None
+            # One-byte tags all the way: SocketAddress.address (2) and port_value (3),
+            # Address.socket_address (1), Endpoint.address (1), LbEndpoint.endpoint (1),
+            # LocalityLbEndpoints.lb_endpoints (2), ClusterLoadAssignment.endpoints (2).
+            size = 2 + vsize(len(ip)) + len(ip) + vsize(port)
+            size += 1 + vsize(size)
+            size += 1 + vsize(size)
+            size += 1 + vsize(size)
+            sizes.append(size)
+            locality_size += 1 + vsize(size) + size
             try:
                 pton(v6 if ":" in ip else v4, ip)
             except OSError:
                 return None
-            append({"address": ip, "port": port, "weight": weight})
+            append({"address": ip, "port": port, "weight": 1})
+        total += 1 + vsize(locality_size) + locality_size
+    if pb.ByteSize() == total:
+        return endpoints
+    # Not bare endpoints: weights (LbEndpoint.load_balancing_weight, a UInt32Value, field 4),
+    # or more. Look at each.
+    lb_endpoints = [lb for locality in pb.endpoints for lb in locality.lb_endpoints]
+    for endpoint, lb_endpoint, size in zip(endpoints, lb_endpoints, sizes):
+        actual = lb_endpoint.ByteSize()
+        if actual != size:
+            if not lb_endpoint.HasField("load_balancing_weight"):
+                return None
+            weight = lb_endpoint.load_balancing_weight.value
+            if weight < 1 or actual != size + 3 + vsize(weight):
+                return None
+            endpoint["weight"] = weight
     return endpoints
 
 
