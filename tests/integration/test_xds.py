@@ -113,18 +113,41 @@ def named():
 
 # ---- load -----------------------------------------------------------------------------------
 
-class HttpLoad:
-    """Keep-alive clients in threads: every answer (status, body, x-table) or error is kept."""
+class _Load:
+    """Client threads running `_run` until stopped; `results` and `errors` under `lock`."""
 
-    def __init__(self, port: int, clients: int = 4):
+    def __init__(self, port: int, clients: int):
         self.port = port
         self.stop_event = threading.Event()
         self.lock = threading.Lock()
-        self.answers: list[tuple[int, str, str | None]] = []
+        self.results: list = []
         self.errors: list[str] = []
         self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(clients)]
         for thread in self.threads:
             thread.start()
+
+    def _run(self) -> None:
+        raise NotImplementedError
+
+    def count(self) -> int:
+        with self.lock:
+            return len(self.results)
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        for thread in self.threads:
+            thread.join(15)
+
+
+class HttpLoad(_Load):
+    """Keep-alive clients: every answer (status, body, x-table) or error is kept."""
+
+    def __init__(self, port: int, clients: int = 4):
+        super().__init__(port, clients)
+
+    @property
+    def answers(self) -> list[tuple[int, str, str | None]]:
+        return self.results
 
     def _run(self) -> None:
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
@@ -141,30 +164,18 @@ class HttpLoad:
                 conn.close()
                 continue
             with self.lock:
-                self.answers.append(answer)
-
-    def count(self) -> int:
-        with self.lock:
-            return len(self.answers)
-
-    def stop(self) -> None:
-        self.stop_event.set()
-        for thread in self.threads:
-            thread.join(15)
+                self.results.append(answer)
 
 
-class TcpLoad:
+class TcpLoad(_Load):
     """New connections through a tcp_proxy listener, one HTTP/1.0 exchange each."""
 
     def __init__(self, port: int, clients: int = 2):
-        self.port = port
-        self.stop_event = threading.Event()
-        self.lock = threading.Lock()
-        self.bodies: list[str] = []
-        self.errors: list[str] = []
-        self.threads = [threading.Thread(target=self._run, daemon=True) for _ in range(clients)]
-        for thread in self.threads:
-            thread.start()
+        super().__init__(port, clients)
+
+    @property
+    def bodies(self) -> list[str]:
+        return self.results
 
     def _run(self) -> None:
         while not self.stop_event.is_set():
@@ -178,19 +189,10 @@ class TcpLoad:
                 if not head.startswith(b"HTTP/1.1 200"):     # the upstream speaks 1.1, then closes
                     raise AssertionError(f"answer {data[:80]!r}")
                 with self.lock:
-                    self.bodies.append(body.decode())
+                    self.results.append(body.decode())
             except (OSError, AssertionError) as exc:
                 with self.lock:
                     self.errors.append(repr(exc))
-
-    def count(self) -> int:
-        with self.lock:
-            return len(self.bodies)
-
-    def stop(self) -> None:
-        self.stop_event.set()
-        for thread in self.threads:
-            thread.join(15)
 
 
 # ---- the protocol, both flavours --------------------------------------------------------------
