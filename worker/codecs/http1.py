@@ -64,6 +64,27 @@ class _LimitExceeded(Exception):
         self.reason = reason
 
 
+_NAMES: dict = {}           # header name as received -> lower-case str: a memo, bounded
+_NAMES_MAX = 2048
+_METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS",
+                                    "PATCH", "CONNECT", "TRACE")}
+
+
+def _lower(name: bytes) -> str:
+    """A header name, decoded and lower-cased; remembered, since the same few names come on
+    every message (bounded: names come from the peers; past the bound they are decoded each
+    time, as before)."""
+    text = name.decode("latin-1").lower()
+    if len(_NAMES) < _NAMES_MAX:
+        _NAMES[name] = text
+    return text
+
+
+def _decode(headers: list) -> list:
+    names = _NAMES
+    return [(names.get(n) or _lower(n), v.decode("latin-1")) for n, v in headers]
+
+
 def _hop_by_hop(headers: list) -> frozenset:
     """The hop-by-hop names for this message: the fixed set plus what Connection lists."""
     listed = None
@@ -71,7 +92,7 @@ def _hop_by_hop(headers: list) -> frozenset:
         if name == "connection":
             for token in value.split(","):
                 token = token.strip().lower()
-                if token:
+                if token and token not in HOP_BY_HOP:      # "keep-alive": nothing to add
                     listed = listed or set()
                     listed.add(token)
     return HOP_BY_HOP if listed is None else HOP_BY_HOP | listed
@@ -436,11 +457,11 @@ class Http1ServerCodec(_Http1Output):
     def on_headers_complete(self) -> None:
         self._in_head = False
         parser = self._parser
-        method = parser.get_method().decode("latin-1")
+        method = parser.get_method()
+        method = _METHODS.get(method) or method.decode("latin-1")
         version = parser.get_http_version()
         keep_alive = parser.should_keep_alive()
-        raw = [(n.decode("latin-1").lower(), v.decode("latin-1")) for n, v in self._headers]
-        self._headers = raw
+        raw = self._headers = _decode(self._headers)
         names = {n for n, _ in raw}
         upgrade = None
         expect_continue = False
@@ -487,7 +508,8 @@ class Http1ServerCodec(_Http1Output):
             else:
                 headers.append(("upgrade", upgrade))
         target = self._url.decode("latin-1")
-        if target[:7].lower() == "http://" or target[:8].lower() == "https://":
+        if target[:1] != "/" and (target[:7].lower() == "http://" or
+                                  target[:8].lower() == "https://"):
             # Absolute form (RFC 9112 3.2.2): the authority in the target wins over Host.
             rest = target.split("://", 1)[1]
             slash = rest.find("/")
@@ -665,8 +687,7 @@ class Http1ClientCodec(_Http1Output):
     def on_headers_complete(self) -> None:
         parser = self._parser
         status = parser.get_status_code()
-        raw = self._headers = [(n.decode("latin-1").lower(), v.decode("latin-1"))
-                               for n, v in self._headers]
+        raw = self._headers = _decode(self._headers)
         if not self._stream:
             self._protocol_error("response without a request", 502)
             return

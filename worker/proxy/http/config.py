@@ -12,6 +12,7 @@ import logging
 import socket
 
 from . import filter as filters
+from .express import config_allows
 from .routing import RouteTable
 
 log = logging.getLogger("baton.http.config")
@@ -81,6 +82,7 @@ class HttpConfig:
             self.owned_response_headers |= {"x-envoy-upstream-service-time"}
         self.access_logs = _access_logs(spec.get("access_log") or (), worker)
         self._templates: dict = {}
+        self.express = config_allows(self)     # HTTP/1.1 requests may take the express lane
 
         http = f"http.{prefix}."
         self.stat_cx_total = http + "downstream_cx_total"

@@ -24,6 +24,7 @@ from collections import deque
 
 from ...codecs.events import Body, ProtocolError, RequestHead, StreamReset, Trailers, WindowOpen
 from ...codecs.http1 import Http1ServerCodec
+from . import express
 from .stream import Stream
 
 log = logging.getLogger("baton.http")
@@ -69,6 +70,7 @@ class HttpConnection(asyncio.Protocol):
         self.deadline_at = 0.0
         self.on_idle = None                       # migration waits for this connection
         self.moving_fd = -1
+        self.express = False                      # HTTP/1.1 and the config allows express.py
 
     # -- asyncio.Protocol -------------------------------------------------------------------
 
@@ -99,6 +101,7 @@ class HttpConnection(asyncio.Protocol):
         hcm = self.hcm
         self.codec = Http1ServerCodec(max_header_bytes=hcm.max_header_bytes,
                                       max_headers=hcm.max_headers)
+        self.express = hcm.express
         self.worker.stats.counters[hcm.stat_cx_http1_total] += 1
 
     def _use_http2(self) -> None:
@@ -213,7 +216,13 @@ class HttpConnection(asyncio.Protocol):
         if self.header_timer is not None:
             self.header_timer.cancel()
             self.header_timer = None
-        stream = Stream(self, event)
+        stream = picked = None
+        if self.express:
+            # The common exchange skips the Stream/Router objects (express.py).
+            stream, picked = express.take(self, event)
+        if stream is None:
+            stream = Stream(self, event)
+            stream.picked = picked
         self.streams[event.stream_id] = stream
         self.requests += 1
         if self.stream_timer is None and (self.hcm.shortest_idle or self.hcm.request_timeout):

@@ -197,16 +197,10 @@ class HostPool:
 
     def request(self, waiter) -> None:
         """Give `waiter` a connection now, or when one is free, or fail it (overflow)."""
-        idle = self.idle
-        while idle:
-            conn = idle.pop()
-            if conn.reusable:
-                if not self.http2:
-                    self.busy.add(conn)
-                else:
-                    idle.append(conn)
-                waiter.on_pool_ready(conn)
-                return
+        conn = self.take_idle()
+        if conn is not None:
+            waiter.on_pool_ready(conn)
+            return
         if self.http2:
             for conn in self.busy:
                 if conn.reusable:
@@ -225,6 +219,20 @@ class HostPool:
         self.stat[cluster.stat["upstream_rq_pending_total"]] += 1
         self.manager.stats.gauges[cluster.stat["upstream_rq_pending_active"]] += 1
         self.waiters.append(waiter)
+
+    def take_idle(self):
+        """The newest idle connection that can carry a request now, marked busy (HTTP/1.1),
+        or None. Idle connections that cannot are dropped from the list on the way."""
+        idle = self.idle
+        while idle:
+            conn = idle.pop()
+            if conn.reusable:
+                if not self.http2:
+                    self.busy.add(conn)
+                else:
+                    idle.append(conn)
+                return conn
+        return None
 
     def cancel(self, waiter) -> None:
         """A waiting request went away (client reset, timeout)."""

@@ -33,6 +33,17 @@ RETRIED_BEFORE_HEADERS = ("upstream connect error or disconnect/reset before hea
                           "retried and the latest reset reason: ")
 
 
+def count_status(stats, cluster, status: int) -> None:
+    """upstream_rq_<class>xx and upstream_rq_<code>, names built once per cluster and code."""
+    key = (cluster.name, status)
+    names = _STATUS_STATS.get(key)
+    if names is None:
+        prefix = f"cluster.{cluster.name}.upstream_rq_"
+        names = _STATUS_STATS[key] = (f"{prefix}{status // 100}xx", f"{prefix}{status}")
+    stats[names[0]] += 1
+    stats[names[1]] += 1
+
+
 class UpstreamRequest:
     """One attempt of one request on one upstream connection."""
 
@@ -268,9 +279,10 @@ class Router:
     __slots__ = ("stream", "loop", "stats", "route", "cluster", "upstream", "body", "body_bytes",
                  "retains_body", "retry", "deadline", "per_try_timeout", "backoff_timer",
                  "tried", "response_started", "hash_key", "buffer_limit", "finished",
-                 "timeout", "started_at")
+                 "timeout", "started_at", "picked")
 
-    def __init__(self, stream, route, cluster, hash_key, timeout=None, policy=None):
+    def __init__(self, stream, route, cluster, hash_key, timeout=None, policy=None,
+                 picked=None):
         self.stream = stream
         self.loop = stream.loop
         self.stats = stream.stats
@@ -291,6 +303,9 @@ class Router:
         self.tried: list = []
         self.response_started = False
         self.finished = False
+        # (host,) when the first attempt's host was already picked (express.py asked the
+        # balancer before handing the request over): the balancer is asked once per attempt.
+        self.picked = picked
 
     # -- from the stream ------------------------------------------------------------------------
 
@@ -362,7 +377,9 @@ class Router:
         if self.finished:
             return
         stream, cluster = self.stream, self.cluster
-        if cluster.type == "ORIGINAL_DST":
+        if self.picked is not None:
+            (host,), self.picked = self.picked, None
+        elif cluster.type == "ORIGINAL_DST":
             host = self._original_destination()
         else:
             host = cluster.pick(self.tried if len(self.tried) < len(cluster.hosts) else (),
@@ -506,15 +523,7 @@ class Router:
         upstream.finish()
 
     def _count_status(self, status: int) -> None:
-        """upstream_rq_<class>xx and upstream_rq_<code>, names built once per cluster and code."""
-        key = (self.cluster.name, status)
-        names = _STATUS_STATS.get(key)
-        if names is None:
-            prefix = f"cluster.{self.cluster.name}.upstream_rq_"
-            names = _STATUS_STATS[key] = (f"{prefix}{status // 100}xx", f"{prefix}{status}")
-        stats = self.stats
-        stats[names[0]] += 1
-        stats[names[1]] += 1
+        count_status(self.stats, self.cluster, status)
 
     # -- timeouts and local replies -------------------------------------------------------------
 

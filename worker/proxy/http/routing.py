@@ -484,7 +484,7 @@ class Route:
                  "_prefix_rewrite", "_regex", "_substitution", "_host_literal",
                  "_host_header", "_cluster_host", "_request_mutations",
                  "_response_mutations", "_redirect", "_direct_status", "_direct_body",
-                 "_rewrites_path")
+                 "_rewrites_path", "express_cluster")
 
     def __init__(self, spec, vhost_spec, config):
         self.name = spec["name"]
@@ -570,6 +570,15 @@ class Route:
                     w["name"], _mutations(w["request_headers"]) + chain)
                 self._response_mutations.setdefault(
                     w["name"], _mutations(w["response_headers"]) + response_chain)
+
+        # The express lane (express.py) may serve this route: one named cluster and nothing
+        # that edits or steers the request or response per request. Its cluster, or None.
+        self.express_cluster = self._cluster if (
+            self.kind == "cluster" and self._cluster and self._cluster_header is None
+            and not self._weights and not chain and not response_chain
+            and not self._host_literal and not self._host_header and not self._cluster_host
+            and not self._rewrites_path and not self.hash_policies and self.retry is None
+            and not self._connect) else None
 
     def __repr__(self):
         return f"Route({self.name!r}, {self.kind}, vhost={self.virtual_host!r})"
@@ -848,11 +857,16 @@ class _VirtualHost:
         return None
 
 
+def _proxy_header(name: str) -> bool:
+    name = name.lower()
+    return name.startswith(("x-forwarded-", "x-envoy-")) or name == "x-request-id"
+
+
 class RouteTable:
     """A compiled route_config (see module docstring)."""
 
     __slots__ = ("name", "adds_request_headers", "_exact", "_suffixes", "_prefixes", "_default",
-                 "_ignore_port", "_only_default", "virtual_hosts")
+                 "_ignore_port", "_only_default", "virtual_hosts", "matches_proxy_headers")
 
     def __init__(self, config: dict):
         self.name = config["name"]
@@ -880,6 +894,12 @@ class RouteTable:
         self._suffixes = sorted(suffixes.items(), reverse=True)
         self._prefixes = sorted(prefixes.items(), reverse=True)
         self._only_default = not (self._exact or self._suffixes or self._prefixes)
+        # Whether a route matches on a header the connection manager sets or strips before
+        # routing (x-forwarded-*, x-request-id, x-envoy-*): the express lane routes before
+        # those edits, so it stands aside for such a table.
+        self.matches_proxy_headers = any(
+            _proxy_header(h.name) for vh in self.virtual_hosts for r in vh.routes
+            for h in r._headers)
 
     def virtual_host(self, request):
         if self._only_default:

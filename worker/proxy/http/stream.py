@@ -77,6 +77,80 @@ EXTERNAL_STRIPPED_SET = frozenset(EXTERNAL_STRIPPED) | {"x-envoy-internal"}
 EDGE_STRIPPED_SET = EXTERNAL_STRIPPED_SET | frozenset(EDGE_STRIPPED)
 
 
+def mutate_request_headers(hcm, request, peer) -> tuple:
+    """What Envoy's connection manager does to every request before routing
+    (ConnectionManagerUtility::mutateRequestHeaders): x-forwarded-for and -proto, the
+    internal/external decision, the x-envoy-* controls an external client may not send,
+    and x-request-id. Returns (request id, whether the router reads x-envoy-* controls).
+    Shared by the Stream and the express lane (express.py)."""
+    headers = request.headers
+    remote_ip = peer[0] if peer else ""
+    # One pass over the names: most requests carry none of the headers looked at here.
+    present = {name for name, _ in headers.items}
+    xff = headers.get("x-forwarded-for") if "x-forwarded-for" in present else None
+    if hcm.use_remote_address:
+        if not hcm.skip_xff_append:
+            # A loopback peer is recorded as this node's own address, as Envoy does.
+            appended = hcm.node_address if _is_loopback(remote_ip) else remote_ip
+            if xff is None:
+                headers.add("x-forwarded-for", appended)
+            else:
+                headers.set("x-forwarded-for", f"{xff},{appended}")
+        if "x-forwarded-proto" in present:
+            headers.set("x-forwarded-proto", request.scheme)
+        else:
+            headers.add("x-forwarded-proto", request.scheme)
+        # Internal only when the peer is the whole chain (no x-forwarded-for came in).
+        internal = xff is None and hcm.is_internal(remote_ip)
+    else:
+        if "x-forwarded-proto" not in present:
+            headers.add("x-forwarded-proto", request.scheme)
+        # Without use_remote_address the client is what x-forwarded-for names, when it
+        # names exactly one address.
+        internal = xff is not None and "," not in xff and hcm.is_internal(xff.strip())
+    edge = hcm.use_remote_address and not internal
+    # x-envoy-* controls survive only on internal requests (and route mutations may add
+    # them): only then does the router look.
+    controls = internal or (hcm.routes is not None and hcm.routes.adds_request_headers)
+    if internal:
+        headers.set("x-envoy-internal", "true")
+    else:
+        # An external request may not steer the proxy (Envoy's cleanInternalHeaders).
+        doomed = present & (EDGE_STRIPPED_SET if edge else EXTERNAL_STRIPPED_SET)
+        if doomed:
+            headers.items = [kv for kv in headers.items if kv[0] not in doomed]
+        if edge:
+            headers.set("x-envoy-external-address", remote_ip)
+    if hcm.generate_request_id:
+        request_id = headers.get("x-request-id") if "x-request-id" in present else None
+        if request_id is None:
+            request_id = new_request_id()
+            headers.add("x-request-id", request_id)
+        elif edge and not hcm.preserve_external_request_id:
+            request_id = new_request_id()
+            headers.set("x-request-id", request_id)
+        return request_id, controls
+    return headers.get("x-request-id"), controls
+
+
+def own_response_headers(hcm, headers, service_time) -> None:
+    """The response headers the proxy owns, replaced in one pass: date (Envoy's
+    DateProvider), server (OVERWRITE, the default) and x-envoy-upstream-service-time
+    (`service_time`: its (name, value) pair, or None). Shared with express.py."""
+    transformation = hcm.server_header_transformation
+    overwrite = hcm.owned_response_headers if transformation == "OVERWRITE" else _DATE_ONLY
+    items = headers.items = [kv for kv in headers.items if kv[0] not in overwrite]
+    if service_time is not None:
+        if transformation != "OVERWRITE" and headers.remove("x-envoy-upstream-service-time"):
+            items = headers.items
+        items.append(service_time)
+    if transformation == "OVERWRITE":
+        items.append(("server", hcm.server_name))
+    elif transformation == "APPEND_IF_ABSENT" and "server" not in headers:
+        items.append(("server", hcm.server_name))
+    items.append(("date", DATE.get()))
+
+
 class Stream:
     """One request/response exchange (Envoy's ActiveStream)."""
 
@@ -85,7 +159,7 @@ class Stream:
                  "response_complete", "trailers", "held_body", "held_bytes", "close_connection",
                  "done", "cluster_name", "delay_timer", "buffer_limit", "paused_downstream",
                  "upgrade", "expect_continue", "end_at_head", "controls", "last_activity",
-                 "idle_timeout", "window_held")
+                 "idle_timeout", "window_held", "picked")
 
     def __init__(self, conn, event):
         """`conn`: the HttpConnection (connection_manager.py); `event`: the RequestHead, or
@@ -124,6 +198,7 @@ class Stream:
         self.last_activity = self.info.start_monotonic
         self.idle_timeout = conn.hcm.stream_idle_timeout
         self.window_held = False
+        self.picked = None              # (host,): the express lane asked the balancer already
 
     @classmethod
     def for_error(cls, conn, stream_id: int) -> "Stream":
@@ -188,61 +263,8 @@ class Stream:
         self._continue_filters()
 
     def _mutate_request_headers(self) -> None:
-        """What Envoy's connection manager does to every request before routing
-        (ConnectionManagerUtility::mutateRequestHeaders): x-forwarded-for and -proto, the
-        internal/external decision, the x-envoy-* controls an external client may not send,
-        and x-request-id."""
-        hcm = self.hcm
-        request = self.request
-        headers = request.headers
-        remote_ip = self.conn.peer[0] if self.conn.peer else ""
-        # One pass over the names: most requests carry none of the headers looked at here.
-        present = {name for name, _ in headers.items}
-        xff = headers.get("x-forwarded-for") if "x-forwarded-for" in present else None
-        if hcm.use_remote_address:
-            if not hcm.skip_xff_append:
-                # A loopback peer is recorded as this node's own address, as Envoy does.
-                appended = hcm.node_address if _is_loopback(remote_ip) else remote_ip
-                if xff is None:
-                    headers.add("x-forwarded-for", appended)
-                else:
-                    headers.set("x-forwarded-for", f"{xff},{appended}")
-            if "x-forwarded-proto" in present:
-                headers.set("x-forwarded-proto", request.scheme)
-            else:
-                headers.add("x-forwarded-proto", request.scheme)
-            # Internal only when the peer is the whole chain (no x-forwarded-for came in).
-            internal = xff is None and hcm.is_internal(remote_ip)
-        else:
-            if "x-forwarded-proto" not in present:
-                headers.add("x-forwarded-proto", request.scheme)
-            # Without use_remote_address the client is what x-forwarded-for names, when it
-            # names exactly one address.
-            internal = xff is not None and "," not in xff and hcm.is_internal(xff.strip())
-        edge = hcm.use_remote_address and not internal
-        # x-envoy-* controls survive only on internal requests (and route mutations may add
-        # them): only then does the router look.
-        self.controls = internal or self.route_adds_headers
-        if internal:
-            headers.set("x-envoy-internal", "true")
-        else:
-            # An external request may not steer the proxy (Envoy's cleanInternalHeaders).
-            doomed = present & (EDGE_STRIPPED_SET if edge else EXTERNAL_STRIPPED_SET)
-            if doomed:
-                headers.items = [kv for kv in headers.items if kv[0] not in doomed]
-            if edge:
-                headers.set("x-envoy-external-address", remote_ip)
-        if hcm.generate_request_id:
-            request_id = headers.get("x-request-id") if "x-request-id" in present else None
-            if request_id is None:
-                request_id = new_request_id()
-                headers.add("x-request-id", request_id)
-            elif edge and not hcm.preserve_external_request_id:
-                request_id = new_request_id()
-                headers.set("x-request-id", request_id)
-            self.info.request_id = request_id
-        else:
-            self.info.request_id = headers.get("x-request-id")
+        self.info.request_id, self.controls = mutate_request_headers(
+            self.hcm, self.request, self.conn.peer)
 
     @property
     def route_adds_headers(self) -> bool:
@@ -323,7 +345,7 @@ class Stream:
             request.headers.set("x-envoy-expected-rq-timeout-ms", str(int(expected * 1000)))
         hash_key = route.hash_key(request, self.conn.peer[0] if self.conn.peer else "") \
             if route.hash_policies else None
-        router = self.router = Router(self, route, cluster, hash_key, timeout, retry)
+        router = self.router = Router(self, route, cluster, hash_key, timeout, retry, self.picked)
         held, self.held_body = self.held_body, []
         for chunk in held:
             router.body.append(chunk)
@@ -423,20 +445,7 @@ class Stream:
     def _send_head(self, response, end_stream: bool, service_time=None) -> None:
         hcm = self.hcm
         headers = response.headers
-        transformation = hcm.server_header_transformation
-        # The headers the proxy owns, replaced in one pass: date (Envoy's DateProvider),
-        # server (OVERWRITE, the default) and x-envoy-upstream-service-time.
-        overwrite = hcm.owned_response_headers if transformation == "OVERWRITE" else _DATE_ONLY
-        items = headers.items = [kv for kv in headers.items if kv[0] not in overwrite]
-        if service_time is not None:
-            if transformation != "OVERWRITE" and headers.remove("x-envoy-upstream-service-time"):
-                items = headers.items
-            items.append(service_time)
-        if transformation == "OVERWRITE":
-            items.append(("server", hcm.server_name))
-        elif transformation == "APPEND_IF_ABSENT" and "server" not in headers:
-            items.append(("server", hcm.server_name))
-        items.append(("date", DATE.get()))
+        own_response_headers(hcm, headers, service_time)
         if hcm.via and self.request is not None:
             via = headers.get("via")
             headers.set("via", f"{via}, {hcm.via}" if via else hcm.via)

@@ -1,0 +1,279 @@
+"""The HTTP/1.1 express lane (worker/proxy/http/express.py): when it is taken, that it writes
+the very bytes the full path (stream.py, router.py) writes, and that anything but the happy
+ending is handed to the full path's objects.
+
+A connection manager and one upstream connection run in process on fake transports: bytes
+in, bytes out, no sockets.
+"""
+
+import asyncio
+import textwrap
+from types import SimpleNamespace
+
+import pytest
+
+from baton.worker.proxy.cluster import ClusterManager
+from baton.worker.proxy.http import express
+from baton.worker.proxy.http.config import HttpConfig
+from baton.worker.proxy.http.connection_manager import HttpConnection
+from baton.worker.proxy.http.pool import PoolManager, UpstreamConnection
+from baton.worker.proxy.http.stream import Stream
+from baton.worker.stats import Stats
+from baton.xds.bootstrap import load_bootstrap
+
+REQUEST = b"GET /a?b=1 HTTP/1.1\r\nHost: example.com\r\nUser-Agent: t\r\nX-Envoy-Retry-On: 5xx\r\n\r\n"
+RESPONSE = (b"HTTP/1.1 200 OK\r\nServer: nginx\r\nDate: Sun, 22 Nov 2026 05:20:28 GMT\r\n"
+            b"Content-Type: text/plain\r\nContent-Length: 4\r\nConnection: keep-alive\r\n\r\nbody")
+
+BOOTSTRAP = """\
+static_resources:
+  listeners:
+  - name: http
+    address: {socket_address: {address: 127.0.0.1, port_value: 10000}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: ingress_http
+          route_config:
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes:
+              - match: {prefix: "/"}
+                route: {cluster: upstream%s}
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+  clusters:
+  - name: upstream
+    type: STATIC
+    load_assignment:
+      cluster_name: upstream
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: 10001}}}
+        - endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: 10002}}}
+"""
+
+
+class FakeTransport:
+    def __init__(self):
+        self.written = []
+        self.aborted = False
+        self.reading = True
+
+    def write(self, data):
+        self.written.append(data)
+
+    def take(self) -> bytes:
+        data, self.written = b"".join(self.written), []
+        return data
+
+    def set_write_buffer_limits(self, high=None):
+        pass
+
+    def get_extra_info(self, key, default=None):
+        return ("127.0.0.1", 10000) if key == "sockname" else default
+
+    def pause_reading(self):
+        self.reading = False
+
+    def resume_reading(self):
+        self.reading = True
+
+    def is_closing(self):
+        return self.aborted
+
+    def close(self):
+        self.aborted = True
+
+    def abort(self):
+        self.aborted = True
+
+    def can_write_eof(self):
+        return False
+
+    def get_write_buffer_size(self):
+        return 0
+
+
+class Rig:
+    """One client connection and an idle upstream connection to each host."""
+
+    def __init__(self, tmp_path, loop, route_extra=""):
+        path = tmp_path / "bootstrap.yaml"
+        path.write_text(BOOTSTRAP % route_extra)
+        snap = load_bootstrap(str(path))
+        worker = SimpleNamespace(loop=loop, stats=Stats(), connection_closed=lambda c: None,
+                                 is_own_listener=lambda a: False)
+        worker.clusters = ClusterManager(loop=loop, stats=worker.stats)
+        worker.clusters.apply(snap["clusters"])
+        worker.http_pools = PoolManager(loop, worker.stats)
+        self.worker = worker
+        spec = snap["listeners"][0]["filter_chains"][0]["http"]
+        chain = SimpleNamespace(http_config=HttpConfig(spec, worker, 1 << 20), index=0)
+        listener = SimpleNamespace(name="http", port=10000, stat_cx_active="l.active")
+        self.conn = HttpConnection(worker, listener, chain, ("127.0.0.1", 40000), None, 1)
+        self.down = FakeTransport()
+        self.conn.connection_made(self.down)
+        self.cluster = worker.clusters.get("upstream")
+        self.upstreams = {}
+        for host in self.cluster.hosts:
+            pool = worker.http_pools.get(self.cluster, host)
+            conn = UpstreamConnection(pool)
+            conn.connection_made(FakeTransport())
+            self.cluster.active += 1
+            host.active += 1
+            pool.idle.append(conn)
+            self.upstreams[host.port] = conn
+
+    def busy_upstream(self):
+        return next(c for c in self.upstreams.values() if c.streams)
+
+    def exchange(self, request=REQUEST, response=RESPONSE):
+        """(bytes sent upstream, bytes sent to the client, upstream port)."""
+        self.conn.data_received(request)
+        upstream = self.busy_upstream()
+        sent = upstream.transport.take()
+        upstream.data_received(response)
+        return sent, self.down.take(), upstream.pool.host.port
+
+
+@pytest.fixture
+def loop():
+    loop = asyncio.new_event_loop()
+    yield loop
+    loop.close()
+
+
+def _normalised(data: bytes) -> bytes:
+    """Random request ids and the date differ between runs."""
+    lines = [b"x-request-id: ID" if line.startswith(b"x-request-id: ") else
+             b"date: DATE" if line.startswith(b"date: ") else line
+             for line in data.split(b"\r\n")]
+    return b"\r\n".join(lines)
+
+
+def test_the_plain_config_allows_the_lane(tmp_path, loop):
+    assert Rig(tmp_path, loop).conn.hcm.express
+
+
+def test_options_that_edit_requests_close_the_lane():
+    plain = dict(codec_type="AUTO", routes=SimpleNamespace(adds_request_headers=False,
+                                                           matches_proxy_headers=False),
+                 filter_factories=[], access_logs=[], via="", merge_slashes=False,
+                 strip_matching_host_port=False, strip_any_host_port=False,
+                 use_remote_address=False, internal_networks=[],
+                 always_set_request_id_in_response=False)
+    assert express.config_allows(SimpleNamespace(**plain))
+    for name, value in [("codec_type", "HTTP2"), ("routes", None), ("filter_factories", [1]),
+                        ("access_logs", [1]), ("via", "1.1 baton"), ("merge_slashes", True),
+                        ("strip_any_host_port", True), ("use_remote_address", True),
+                        ("internal_networks", [1]), ("always_set_request_id_in_response", True)]:
+        assert not express.config_allows(SimpleNamespace(**{**plain, name: value})), name
+    for name in ("adds_request_headers", "matches_proxy_headers"):
+        routes = SimpleNamespace(**{"adds_request_headers": False, "matches_proxy_headers": False,
+                                    name: True})
+        assert not express.config_allows(SimpleNamespace(**{**plain, "routes": routes})), name
+
+
+def test_express_writes_what_the_full_path_writes(tmp_path, loop):
+    fast, full = Rig(tmp_path, loop), Rig(tmp_path, loop)
+    full.conn.express = False
+    for _ in range(3):      # round robin over both hosts, each way
+        a, b = fast.exchange(), full.exchange()
+        assert _normalised(a[0]) == _normalised(b[0])
+        assert _normalised(a[1]) == _normalised(b[1])
+        assert a[2] == b[2]
+    assert b"x-envoy-retry-on" not in a[0] and b"x-forwarded-proto: http" in a[0]
+    assert b"server: envoy" in a[1] and b"x-envoy-upstream-service-time: " in a[1]
+    assert dict(fast.worker.stats.counters) == dict(full.worker.stats.counters)
+    assert dict(fast.worker.stats.gauges) == dict(full.worker.stats.gauges)
+    assert not fast.conn.streams and fast.cluster.rq_active == 0
+
+
+def test_the_lane_is_taken_only_for_plain_requests(tmp_path, loop, monkeypatch):
+    rig = Rig(tmp_path, loop)
+    taken = []
+    real_take = express.take
+
+    def spy(conn, event):
+        result = real_take(conn, event)
+        taken.append(result[0] is not None)
+        return result
+
+    monkeypatch.setattr(express, "take", spy)
+    rig.exchange()
+    rig.exchange(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\nhi")
+    rig.exchange(b"GET / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\n\r\n")
+    rig.conn.data_received(b"GET / HTTP/1.1\r\n\r\n")        # no Host: 400
+    assert taken == [True, False, False, False]
+    assert rig.down.take().startswith(b"HTTP/1.1 400 Bad Request\r\n")
+
+
+def test_no_idle_connection_hands_over_the_picked_host(tmp_path, loop):
+    rig = Rig(tmp_path, loop)
+    for conn in rig.upstreams.values():
+        conn.pool.idle.clear()
+    rig.cluster.max_connections = rig.cluster.active   # it waits, rather than connects
+    rig.conn.data_received(REQUEST)
+    stream = rig.conn.active
+    assert isinstance(stream, Stream)
+    (first,) = stream.router.tried
+    assert rig.cluster.pick() is not first      # round robin moved on once, not twice
+    assert stream.router.upstream.pool.waiters   # waiting for a connection
+
+
+def test_a_reset_mid_response_goes_through_the_full_path(tmp_path, loop):
+    rig = Rig(tmp_path, loop)
+    rig.conn.data_received(REQUEST)
+    upstream = rig.busy_upstream()
+    upstream.data_received(RESPONSE[:-2])       # the head and half the body
+    assert rig.down.take().endswith(b"\r\n\r\nbo")
+    upstream.connection_lost(None)
+    counters = rig.worker.stats.counters
+    assert counters["cluster.upstream.upstream_rq_rx_reset"] == 1
+    assert counters["http.ingress_http.downstream_rq_tx_reset"] == 1
+    assert rig.down.aborted                     # the client sees the response broken
+    assert rig.cluster.rq_active == 0
+    assert rig.worker.stats.gauges["http.ingress_http.downstream_rq_active"] == 0
+
+
+def test_a_route_timeout_is_the_full_path_504(tmp_path, loop):
+    rig = Rig(tmp_path, loop, ", timeout: 0.001s")
+    rig.conn.data_received(REQUEST)
+    exchange = rig.conn.active
+    assert isinstance(exchange, express.Exchange)
+    exchange.deadline = 0.5                     # long past on the monotonic clock
+    rig.conn._on_deadline()
+    reply = rig.down.take()
+    assert reply.startswith(b"HTTP/1.1 504 Gateway Timeout\r\n")
+    assert reply.endswith(b"upstream request timeout")
+    assert rig.worker.stats.counters["cluster.upstream.upstream_rq_timeout"] == 1
+    assert rig.cluster.rq_active == 0 and not rig.conn.streams
+
+
+def test_a_client_gone_mid_request_resets_the_upstream(tmp_path, loop):
+    rig = Rig(tmp_path, loop)
+    rig.conn.data_received(REQUEST)
+    upstream = rig.busy_upstream()
+    rig.conn.connection_lost(None)
+    assert upstream.closed                      # HTTP/1.1 cannot cancel but by closing
+    assert rig.worker.stats.counters["cluster.upstream.upstream_rq_tx_reset"] == 1
+    assert rig.cluster.rq_active == 0
+
+
+def test_pipelined_requests_are_answered_in_order(tmp_path, loop):
+    rig = Rig(tmp_path, loop)
+    rig.conn.data_received(REQUEST.replace(b"/a?b=1", b"/one") + REQUEST.replace(b"/a?b=1", b"/two"))
+    first = rig.busy_upstream()
+    assert b"GET /one " in first.transport.take()
+    first.data_received(RESPONSE)
+    second = rig.busy_upstream()
+    assert b"GET /two " in second.transport.take()
+    second.data_received(RESPONSE.replace(b"body", b"BODY"))
+    out = rig.down.take()
+    assert out.index(b"body") < out.index(b"BODY")

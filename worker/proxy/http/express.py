@@ -1,0 +1,356 @@
+"""The HTTP/1.1 express lane: the common exchange served by one small object instead of the
+Stream, StreamInfo, Router and UpstreamRequest (stream.py, router.py) that a request otherwise
+builds and calls through.
+
+Why: a plain keep-alive request spent ~105 us in Baton, spread thinly over those layers
+(bench/RESULTS.md), most of it in objects and calls that only matter when something goes
+wrong: retries, filters, timeouts, resets. The common exchange is a bodiless request, one
+plain cluster route, an idle keep-alive upstream connection and an upstream that answers.
+
+Rules of this file:
+- The lane is taken only when its outcome cannot differ from the full path's. The config
+  must allow it (`config_allows`: no stream filter, no access log, none of the connection
+  manager options that edit a request per request beyond Envoy's defaults), and before
+  anything is changed `take` knows everything that decides the exchange: the route (plain:
+  routing.Route.express_cluster), the cluster and its request circuit breaker, the host and an
+  idle upstream connection. When one is missing the full path runs from the start; if the
+  balancer was asked already, the full path gets that host (Router's `picked`), so the
+  balancer is asked once, as always.
+- The header edits are the full path's own functions (stream.mutate_request_headers,
+  stream.own_response_headers, router.count_status), not copies.
+- Only the happy ending is handled here. Anything else (a timeout, a reset or protocol error
+  on either side, the stream idle sweep) first inflates the exchange into the full path's
+  objects, with the state they would have had by then, and hands them the event: failures
+  are handled once, in stream.py and router.py.
+- An Exchange stands in for three objects, so it answers their callers: the connection
+  manager (as a Stream: id, done, reset, ...), the connection's deadline sweep (as the
+  Router: router, deadline, on_timeout) and the upstream connection (as the UpstreamRequest:
+  on_upstream_event, on_upstream_reset, on_upstream_paused).
+"""
+
+from __future__ import annotations
+
+import time
+
+from ...codecs.events import Body, ResponseHead
+from .router import Router, UpstreamRequest, count_status
+from .stream import Stream, mutate_request_headers, own_response_headers
+
+_monotonic = time.monotonic     # the real clock, as the Router's route timeout uses
+
+
+def config_allows(hcm) -> bool:
+    """Whether this connection manager's config leaves room for the lane at all."""
+    routes = hcm.routes
+    return (hcm.codec_type != "HTTP2" and routes is not None and not hcm.filter_factories
+            and not hcm.access_logs and not hcm.via and not hcm.merge_slashes
+            and not hcm.strip_matching_host_port and not hcm.strip_any_host_port
+            # Never internal, so the router reads no x-envoy-* control header:
+            and not hcm.use_remote_address and not hcm.internal_networks
+            and not routes.adds_request_headers and not routes.matches_proxy_headers
+            and not hcm.always_set_request_id_in_response)
+
+
+def take(conn, event):
+    """(Exchange, None) when the lane serves this request (started by `.start()`), else
+    (None, picked): the full path serves it, `picked` being None or the (host,) the balancer
+    already gave."""
+    request = event.request
+    if (not event.end_stream or event.upgrade or event.expect_continue
+            or request.version != "1.1" or not request.authority):
+        return None, None
+    route = conn.hcm.routes.route(request)
+    if route is None or route.express_cluster is None:
+        return None, None
+    cluster = conn.worker.clusters.get(route.express_cluster)
+    if (cluster is None or cluster.http2 or cluster.type == "ORIGINAL_DST"
+            or cluster.rq_active >= cluster.max_requests):
+        return None, None
+    host = cluster.pick((), None)
+    if host is None:
+        return None, (None,)
+    pool = conn.worker.http_pools.get(cluster, host)
+    upstream = pool.take_idle()
+    if upstream is None:
+        return None, (host,)
+    return Exchange(conn, event, route, cluster, host, pool, upstream), None
+
+
+class Exchange:
+    """One request/response exchange on the express lane (see the rules above)."""
+
+    __slots__ = ("conn", "id", "event", "route", "cluster", "host", "pool", "upstream",
+                 "upstream_id", "start_time", "start_monotonic", "sent_at", "timeout",
+                 "started_at", "deadline", "request_id", "response", "first_byte",
+                 "bytes_sent", "response_started", "response_complete", "done", "paused",
+                 "holding", "idle_timeout", "last_activity", "inflated")
+
+    # Read by the connection manager as on a Stream.
+    request_complete = True
+    window_held = False
+
+    def __init__(self, conn, event, route, cluster, host, pool, upstream):
+        self.conn = conn
+        self.id = event.stream_id
+        self.event = event
+        self.route = route
+        self.cluster = cluster
+        self.host = host
+        self.pool = pool
+        self.upstream = upstream
+        self.upstream_id = 0
+        self.start_time = time.time()
+        self.start_monotonic = self.last_activity = conn.loop.time()
+        self.sent_at = 0.0
+        self.timeout = route.timeout
+        self.started_at = 0.0
+        self.deadline = 0.0
+        self.request_id = None
+        self.response = None
+        self.first_byte = None
+        self.bytes_sent = 0
+        self.response_started = False
+        self.response_complete = False
+        self.done = False
+        self.paused = False         # we paused the client's reading: the upstream is full
+        self.holding = False        # we paused the upstream's reading: the client is full
+        self.idle_timeout = route.idle_timeout if route.idle_timeout_set else \
+            conn.hcm.stream_idle_timeout
+        self.inflated = None        # the Stream that took over, once inflated
+
+    @property
+    def router(self):
+        """The connection's deadline sweep looks for `stream.router.deadline`."""
+        return self
+
+    # -- request --------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """What Stream.start, Router.start and UpstreamRequest.on_pool_ready do for it."""
+        conn = self.conn
+        hcm = conn.hcm
+        stats = conn.worker.stats
+        counters = stats.counters
+        counters[hcm.stat_rq_total] += 1
+        counters[hcm.stat_rq_http1_total] += 1
+        stats.gauges[hcm.stat_rq_active] += 1
+        request = self.event.request
+        self.request_id, _ = mutate_request_headers(hcm, request, conn.peer)
+        timeout = self.timeout
+        if timeout and not hcm.suppress_envoy_headers:
+            # x-envoy-expected-rq-timeout-ms came in stripped (an external request), so the
+            # router's set() is an add here.
+            request.headers.items.append(("x-envoy-expected-rq-timeout-ms",
+                                          str(int(timeout * 1000))))
+        cluster = self.cluster
+        counters[cluster.stat["upstream_rq_total"]] += 1
+        cluster.rq_active += 1
+        upstream = self.upstream
+        self.sent_at = conn.loop.time()
+        self.upstream_id = upstream.start_stream(self, request, True)
+        upstream.flush()
+        if upstream.paused:
+            self.on_upstream_paused(True)
+        if conn.write_paused:
+            self.downstream_paused(True)
+        if timeout:
+            self.started_at = _monotonic()
+            self.deadline = self.started_at + timeout
+            conn.watch_deadline(self.deadline)
+
+    # -- as the UpstreamRequest ----------------------------------------------------------
+
+    def on_upstream_event(self, event) -> None:
+        if self.inflated is not None:
+            self.inflated.router.upstream.on_upstream_event(event)
+            return
+        if self.done:
+            return
+        kind = event.__class__
+        if kind is Body and self.response_started:
+            self._body(event.data, event.end_stream)
+        elif kind is ResponseHead and event.response.status >= 200 and \
+                event.response.status != 101:
+            self._head(event.response, event.end_stream)
+        elif kind is ResponseHead and event.response.status < 200:
+            return          # Envoy answers Expect: 100-continue itself; drop upstream 1xx
+        else:
+            self._inflate().router.upstream.on_upstream_event(event)
+
+    def on_upstream_reset(self, reason: str) -> None:
+        if not self.done or self.inflated is not None:
+            self._inflate().router.upstream.on_upstream_reset(reason)
+
+    def on_upstream_paused(self, paused: bool) -> None:
+        if self.inflated is not None:
+            self.inflated.router.upstream.on_upstream_paused(paused)
+        elif paused != self.paused:
+            self.paused = paused
+            self.conn.pause_reading(paused)
+
+    # -- response -------------------------------------------------------------------------
+
+    def _head(self, response, end_stream: bool) -> None:
+        """Router.on_response_head, Stream.upstream_response_head and _send_head."""
+        conn = self.conn
+        hcm = conn.hcm
+        cluster = self.cluster
+        status = response.status
+        if cluster.outlier is not None:
+            cluster.outlier.report(self.host, status)
+        self.response_started = True
+        count_status(conn.worker.stats.counters, cluster, status)
+        self.first_byte = conn.loop.time()
+        if end_stream:
+            self.deadline = 0.0
+        service_time = None if hcm.suppress_envoy_headers else (
+            "x-envoy-upstream-service-time", str(int((self.first_byte - self.sent_at) * 1000)))
+        own_response_headers(hcm, response.headers, service_time)
+        self.response = response
+        codec = conn.codec
+        limit = hcm.max_requests_per_connection
+        if (limit and conn.requests >= limit) or conn.draining:
+            codec.goaway()      # this response says connection: close
+        codec.send_head(self.id, response, end_stream)
+        conn.mark_dirty()
+        if end_stream:
+            self.response_complete = True
+            self._end()
+            self._release()
+
+    def _body(self, data: bytes, end_stream: bool) -> None:
+        """Router.on_response_body and Stream.upstream_response_body."""
+        conn = self.conn
+        if end_stream:
+            self.deadline = 0.0
+        self.last_activity = conn.loop.time()
+        self.bytes_sent += len(data)
+        conn.codec.send_body(self.id, data, end_stream)
+        conn.mark_dirty()
+        if end_stream:
+            self.response_complete = True
+            self._end()
+            self._release()
+
+    def _end(self) -> None:
+        """Stream._end: the client has its response."""
+        self.done = True
+        if self.paused:
+            self.paused = False
+            self.conn.pause_reading(False)
+        conn = self.conn
+        hcm = conn.hcm
+        stats = conn.worker.stats
+        name = hcm.stat_rq_class.get(self.response.status // 100)
+        if name is not None:
+            stats.counters[name] += 1
+        stats.gauges[hcm.stat_rq_active] -= 1
+        conn.stream_done(self)
+
+    def _release(self) -> None:
+        """UpstreamRequest.finish: the upstream connection goes back to its pool."""
+        self.cluster.rq_active -= 1
+        if self.holding:
+            self.holding = False
+            self.upstream.pause_reading(False)
+        self.upstream.stream_done(self.upstream_id, True)
+
+    # -- as a Stream, for the connection manager ------------------------------------------
+
+    def downstream_paused(self, on: bool) -> None:
+        """The client cannot take more: hold the upstream (UpstreamRequest.hold_upstream)."""
+        if self.inflated is not None:
+            self.inflated.downstream_paused(on)
+        elif on != self.holding and not self.done:
+            self.holding = on
+            self.upstream.pause_reading(on)
+
+    def reset(self, reason: str, notify: bool = True) -> None:
+        if not self.done or self.inflated is not None:
+            self._inflate().reset(reason, notify)
+
+    def timed_out(self, status: int, body: str, details: str, stat: str) -> None:
+        self._inflate().timed_out(status, body, details, stat)
+
+    def on_timeout(self) -> None:
+        """The route timeout passed (as Router.on_timeout)."""
+        self.deadline = 0.0
+        if not self.done or self.inflated is not None:
+            self._inflate().router.on_timeout()
+
+    def local_reply(self, status: int, body, details: str, extra=(), content_type=True) -> None:
+        self._inflate().local_reply(status, body, details, extra, content_type)
+
+    @property
+    def close_connection(self) -> bool:
+        return False if self.inflated is None else self.inflated.close_connection
+
+    @close_connection.setter
+    def close_connection(self, on: bool) -> None:
+        self._inflate().close_connection = on
+
+    def on_request_body(self, data: bytes, end_stream: bool) -> None:
+        self._inflate().on_request_body(data, end_stream)
+
+    def on_request_trailers(self, headers) -> None:
+        self._inflate().on_request_trailers(headers)
+
+    # -- inflating into the full path ----------------------------------------------------
+
+    def _inflate(self) -> Stream:
+        """The Stream, Router and UpstreamRequest this exchange stands for, in the state the
+        full path would have them now; they replace the exchange wherever it is known."""
+        stream = self.inflated
+        if stream is not None:
+            return stream
+        conn = self.conn
+        hcm = conn.hcm
+        route = self.route
+        stream = self.inflated = Stream(conn, self.event)
+        info = stream.info
+        info.start_time = self.start_time
+        info.start_monotonic = self.start_monotonic
+        info.route_name = route.name
+        info.upstream_cluster = stream.cluster_name = self.cluster.name
+        info.request_id = self.request_id
+        info.upstream_host = self.host.stat_id
+        info.upstream_local = self.upstream.local
+        info.attempts = 1
+        info.first_upstream_byte = self.first_byte
+        info.bytes_sent = self.bytes_sent
+        stream.route = route
+        stream.idle_timeout = self.idle_timeout
+        stream.last_activity = self.last_activity
+        stream.paused_downstream = self.paused
+        stream.done = self.done
+        router = stream.router = Router(stream, route, self.cluster, None, self.timeout, None)
+        router.tried.append(self.host)
+        router.started_at = self.started_at
+        router.deadline = self.deadline
+        ureq = router.upstream = UpstreamRequest(router, self.pool, self.host)
+        ureq.conn = self.upstream
+        ureq.stream_id = self.upstream_id
+        ureq.sent_at = self.sent_at
+        ureq.request_complete = True
+        ureq.paused = self.paused
+        ureq.holding = self.holding
+        ureq.headers_received = self.response_started
+        ureq.response_complete = self.response_complete
+        if self.response_started:
+            response = self.response
+            stream.response_started = router.response_started = True
+            info.response = response
+            info.response_code = response.status
+            info.response_code_details = "via_upstream"
+        if self.done:
+            # Only the upstream side is left (the client has its whole response).
+            router.finished = True
+            router.upstream = None
+            ureq.done = True
+        if conn.streams.get(self.id) is self:
+            conn.streams[self.id] = stream
+        if conn.active is self:
+            conn.active = stream
+        if self.upstream.streams.get(self.upstream_id) is self:
+            self.upstream.streams[self.upstream_id] = ureq
+        return stream
