@@ -543,7 +543,8 @@ class Master:
                 self.snapshot = {**self.snapshot, "clusters": clusters}
                 if self.xds is not None:
                     self.xds.set_static_cluster(name, clusters[name])
-                self.workers.send_all({"type": "snapshot", "snapshot": self.snapshot})
+                # Only that cluster changes: no other cluster or listener is rebuilt.
+                self.workers.send_all({"type": "update", "clusters": {name: clusters[name]}})
 
     # -- queries (admin API, control socket) ---------------------------------------------
 

@@ -4,7 +4,8 @@ The master forks a worker with the listening sockets already open (inherited) an
 for control. Control messages (see supervisor/handoff/framing.py for the framing):
 
     master -> worker   stats, status          answered with the worker's counters / connections
-                       snapshot               apply a new config snapshot (clusters, listeners)
+                       update {...} + fds     apply what changed: clusters, listeners (new
+                                              ones with their sockets), removals (xDS, DNS)
                        drain                  stop accepting; exit when the last connection ends
                        migrate {targets}      stop accepting; move every connection to the
                                               workers on those handoff sockets; then drain
@@ -273,10 +274,6 @@ class Worker:
     def handle_status(self, msg) -> None:
         self.channel.reply(msg, {"type": "status", "connections": len(self.connections),
                                  "draining": self.draining})
-
-    def handle_snapshot(self, msg) -> None:
-        self.apply_snapshot(msg["snapshot"])
-        self.channel.reply(msg, {"type": "ok"})
 
     def handle_drain(self, msg) -> None:
         log.info("worker %d: draining %d connection(s)", self.id, len(self.connections))
