@@ -1,6 +1,9 @@
 """Fuzz the HTTP/2 codecs (worker/codecs/http2.py), both sides.
 
-    .venv/bin/python tests/fuzz/fuzz_http2.py --count 1000000 [--seed N] [--jobs 2]
+    .venv/bin/python tests/fuzz/fuzz_http2.py --count 1000000 [--seed N] [--jobs 2] [--h2lib]
+
+The server side is the codec the proxy uses (http2.Http2ServerCodec: h2server.py's lean one);
+--h2lib fuzzes the h2-based server codec (http2.H2LibServerCodec) instead.
 
 Each input is one connection's worth of bytes from a peer, made structure-aware: a sequence
 of HTTP/2 frames of every type with random flags, stream ids, lengths and payloads, header
@@ -37,12 +40,14 @@ if os.path.dirname(ROOT) not in sys.path:       # the repo root is the package `
 
 from baton.worker.codecs.events import (Body, GoAway, ProtocolError, RequestHead,  # noqa: E402
                                         ResponseHead, StreamReset, Trailers, WindowOpen)
-from baton.worker.codecs.http2 import (H2_PREFACE, Http2ClientCodec,  # noqa: E402
-                                       Http2ServerCodec, StreamUnavailable)
+from baton.worker.codecs.http2 import (H2_PREFACE, H2LibServerCodec,  # noqa: E402
+                                       Http2ClientCodec, Http2ServerCodec, StreamUnavailable)
 from baton.worker.codecs.message import Headers, Request, Response  # noqa: E402
 
 CORPUS = os.path.join(HERE, "corpus", "http2")
 CHUNK_SEP = b"\x00CHUNK\x00"
+SERVER_CODECS = (Http2ServerCodec, H2LibServerCodec)
+server_codec = Http2ServerCodec      # which one new_codec() makes (--h2lib: H2LibServerCodec)
 EVENTS = (RequestHead, ResponseHead, Body, Trailers, StreamReset, GoAway, WindowOpen,
           ProtocolError)
 
@@ -52,8 +57,8 @@ EVENTS = (RequestHead, ResponseHead, Body, Trailers, StreamReset, GoAway, Window
 def new_codec(side: bytes):
     """A codec as the fuzzer starts it: small limits so that limits are reached."""
     if side == b"s":
-        codec = Http2ServerCodec(max_header_bytes=2048, max_headers=30, max_concurrent_streams=8,
-                                 initial_stream_window=70_000, initial_connection_window=100_000)
+        codec = server_codec(max_header_bytes=2048, max_headers=30, max_concurrent_streams=8,
+                             initial_stream_window=70_000, initial_connection_window=100_000)
         codec.initiate()
     else:
         codec = Http2ClientCodec(max_header_bytes=2048, initial_stream_window=70_000,
@@ -69,7 +74,7 @@ def new_codec(side: bytes):
 def drive(codec, events: list, step: int) -> list:
     """Check `events` and act on them as a proxy would; the problems found."""
     problems = []
-    server = isinstance(codec, Http2ServerCodec)
+    server = isinstance(codec, SERVER_CODECS)
     for event in events:
         if not isinstance(event, EVENTS):
             problems.append(f"unexpected event {event!r}")
@@ -347,7 +352,10 @@ def _save(data: bytes) -> str:
 
 
 def _worker(args) -> tuple:
-    seed, count = args
+    global server_codec
+    seed, count, h2lib = args
+    if h2lib:
+        server_codec = H2LibServerCodec
     rng = random.Random(seed)
     failures = []
     for _ in range(count):
@@ -366,6 +374,8 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--jobs", type=int, default=1)
     parser.add_argument("--replay", nargs="*", help="replay corpus files instead of fuzzing")
+    parser.add_argument("--h2lib", action="store_true",
+                        help="fuzz the h2-based server codec instead of the lean one")
     args = parser.parse_args()
     if args.replay is not None:
         paths = args.replay or [os.path.join(CORPUS, n) for n in sorted(os.listdir(CORPUS))]
@@ -384,7 +394,7 @@ def main() -> int:
     left = args.count
     seed = args.seed * 1_000_003
     while left > 0:
-        tasks.append((seed, min(batch, left)))
+        tasks.append((seed, min(batch, left), args.h2lib))
         seed += 1
         left -= batch
     done = 0

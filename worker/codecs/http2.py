@@ -1,6 +1,9 @@
 """HTTP/2, sans-IO, on h2: the server side (a client's connection to us) and the client side
 (our connection to an upstream). Interface and events: events.py; the HTTP/1.1 codec
 (http1.py) speaks the same interface, so the connection manager and the pools drive either.
+The server side the proxy uses is h2server.py's lean codec, without h2 (a small fraction of the
+CPU per request); the h2-based one here, H2LibServerCodec, is its reference and fallback, and
+the last line of this file chooses. Field validation both share: h2fields.py.
 
 Rules of this file:
 - h2 owns framing, HPACK, the stream and connection state machines, flow-control accounting,
@@ -32,8 +35,6 @@ Rules of this file:
 
 from __future__ import annotations
 
-import re
-
 from h2.config import H2Configuration
 from h2.connection import ConnectionState, H2Connection
 from h2.events import (ConnectionTerminated, DataReceived, InformationalResponseReceived,
@@ -48,10 +49,12 @@ from hyperframe.frame import GoAwayFrame
 
 from .events import (Body, GoAway, ProtocolError, RequestHead, ResponseHead, StreamReset,
                      Trailers, WindowOpen)
+from .h2fields import (_CONNECTION_SPECIFIC, _SENSITIVE, _STATUS_BYTES, _connection_nominated,
+                       _pseudo_error, _regular_field, _trailers)
 from .message import Headers, Request, Response
 
-__all__ = ["Http2ServerCodec", "Http2ClientCodec", "StreamUnavailable", "NO_ERROR",
-           "PROTOCOL_ERROR", "INTERNAL_ERROR", "REFUSED_STREAM", "CANCEL", "H2_PREFACE"]
+__all__ = ["Http2ServerCodec", "H2LibServerCodec", "Http2ClientCodec", "StreamUnavailable",
+           "NO_ERROR", "PROTOCOL_ERROR", "INTERNAL_ERROR", "REFUSED_STREAM", "CANCEL", "H2_PREFACE"]
 
 H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
@@ -66,25 +69,6 @@ CANCEL = 0x8
 _MAX_STREAM_ID = 2**31 - 1
 _DEFAULT_WINDOW = 65535                  # every connection window starts here (RFC 9113 6.9.2)
 _DRAIN_PING = b"baton\x00gw"             # opaque data of the PING that times a graceful GOAWAY
-
-# Fields that mean something only on one HTTP/1.1 hop: never sent in HTTP/2, and a request or
-# response that carries them is malformed (RFC 9113 8.2.2). "te" is allowed as "trailers" only.
-_CONNECTION_SPECIFIC = frozenset({"connection", "keep-alive", "proxy-connection",
-                                  "transfer-encoding", "upgrade"})
-_CONNECTION_SPECIFIC_B = frozenset(name.encode() for name in _CONNECTION_SPECIFIC)
-# Values HPACK should never put in its dynamic table (a compression oracle, as nghttp2 does).
-_SENSITIVE = frozenset({"authorization", "proxy-authorization"})
-
-# A field name is a lower-case token (RFC 9110 5.1, RFC 9113 8.2.1); a value has no NUL, CR or
-# LF and no surrounding whitespace (RFC 9113 8.2.1). These also stop header injection into an
-# HTTP/1.1 upstream, which would otherwise see a CR LF inside a value as a new line.
-_bad_name = re.compile(rb"[^!#$%&'*+\-.^_`|~0-9a-z]").search
-_bad_value = re.compile(rb"[\x00\r\n]|\A[ \t]|[ \t]\Z").search
-_bad_method = re.compile(rb"[^!#$%&'*+\-.^_`|~0-9A-Za-z]").search
-_bad_scheme = re.compile(rb"\A[A-Za-z][A-Za-z0-9+.\-]*\Z").match      # a match means *good*
-_bad_target = re.compile(rb"[\x00-\x20\x7f]").search                # :path and :authority
-
-_STATUS_BYTES = {code: str(code).encode() for code in range(100, 1000)}
 
 
 class StreamUnavailable(Exception):
@@ -220,18 +204,6 @@ class _StreamState:
 
 # -- translation ---------------------------------------------------------------------------------
 
-def _connection_nominated(items) -> frozenset:
-    """Names that a `connection` header lists (hop-by-hop for the HTTP/1.1 hop it came from)."""
-    listed = set()
-    for name, value in items:
-        if name == "connection":
-            for token in value.split(","):
-                token = token.strip().lower()
-                if token:
-                    listed.add(token)
-    return frozenset(listed)
-
-
 def _encode_fields(items, out: list, skip_host: bool) -> None:
     """Append `items` (str pairs) to `out` as HTTP/2 fields: connection-specific headers, the
     names `connection` lists, "te" other than "trailers", pseudo-headers and (for requests,
@@ -251,32 +223,6 @@ def _encode_fields(items, out: list, skip_host: bool) -> None:
             out.append((name.encode("latin-1"), value.encode("latin-1")))
     if nominated:
         out[:] = [kv for kv in out if kv[0].decode("latin-1") not in nominated]
-
-
-def _regular_field(name: bytes, value: bytes) -> str | None:
-    """Why a received regular (non-pseudo) field is malformed, or None."""
-    if not name or _bad_name(name):
-        return f"invalid header name {name!r}"
-    if _bad_value(value):
-        return f"invalid value for header {name!r}"
-    if name in _CONNECTION_SPECIFIC_B:
-        return f"connection-specific header {name!r}"
-    if name == b"te" and value != b"trailers":
-        return "te other than trailers"
-    return None
-
-
-def _trailers(raw) -> Headers | str:
-    """Received trailers as Headers, or why they are malformed."""
-    items = []
-    for name, value in raw:
-        if name[:1] == b":":
-            return "pseudo-header in trailers"
-        error = _regular_field(name, value)
-        if error:
-            return error
-        items.append((name.decode("latin-1"), value.decode("latin-1")))
-    return Headers(items)
 
 
 # -- the codecs ----------------------------------------------------------------------------------
@@ -666,9 +612,10 @@ class _Http2Codec:
         raise NotImplementedError
 
 
-class Http2ServerCodec(_Http2Codec):
+class H2LibServerCodec(_Http2Codec):
     """A client's HTTP/2 connection to us (prior knowledge / h2c preface): requests in,
-    responses out."""
+    responses out. The h2-based reference; `Http2ServerCodec` (end of file) says which
+    server codec the proxy uses."""
 
     __slots__ = ("_max_headers",)
 
@@ -803,27 +750,7 @@ class Http2ServerCodec(_Http2Codec):
                           scheme.decode("latin-1"), "2")
         return RequestHead(stream_id, request, end_stream, expect_continue)
 
-    @staticmethod
-    def _pseudo_error(method, path, scheme, authority, host) -> str | None:
-        if method is None or not method or _bad_method(method):
-            return "missing or invalid :method"
-        if authority is not None and _bad_target(authority):
-            return "invalid :authority"
-        if host is not None and _bad_target(host):
-            return "invalid host"
-        if method == b"CONNECT":
-            if path is not None or scheme is not None:
-                return "CONNECT with :path or :scheme"
-            if not authority:
-                return "CONNECT without :authority"
-            return None
-        if scheme is None or not _bad_scheme(scheme):
-            return "missing or invalid :scheme"
-        if not path or _bad_target(path):
-            return "missing or invalid :path"
-        if path[0] != 0x2F and not (path == b"*" and method == b"OPTIONS"):   # "/"
-            return "invalid :path"
-        return None
+    _pseudo_error = staticmethod(_pseudo_error)
 
     def _failed_streams(self, events: list, reason: str) -> None:
         # No stream can be answered: the manager aborts every stream of the connection.
@@ -976,3 +903,8 @@ class Http2ClientCodec(_Http2Codec):
         self._streams.clear()
         self._held.clear()
         return events
+
+
+# The server codec in use. h2server.py's lean codec (no h2 on the server side; same interface
+# and events). To go back to h2: `Http2ServerCodec = H2LibServerCodec`.
+from .h2server import LeanHttp2ServerCodec as Http2ServerCodec  # noqa: E402

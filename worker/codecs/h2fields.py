@@ -1,0 +1,88 @@
+"""HTTP/2 fields: what both HTTP/2 codecs (http2.py on h2, h2server.py without it) check and
+translate the same way, so the two cannot drift: header validation (RFC 9113 8.2 and 8.3),
+connection-specific fields, the request pseudo-headers."""
+
+from __future__ import annotations
+
+import re
+
+from .message import Headers
+
+# Fields that mean something only on one HTTP/1.1 hop: never sent in HTTP/2, and a request or
+# response that carries them is malformed (RFC 9113 8.2.2). "te" is allowed as "trailers" only.
+_CONNECTION_SPECIFIC = frozenset({"connection", "keep-alive", "proxy-connection",
+                                  "transfer-encoding", "upgrade"})
+_CONNECTION_SPECIFIC_B = frozenset(name.encode() for name in _CONNECTION_SPECIFIC)
+# Values HPACK should never put in its dynamic table (a compression oracle, as nghttp2 does).
+_SENSITIVE = frozenset({"authorization", "proxy-authorization"})
+
+# A field name is a lower-case token (RFC 9110 5.1, RFC 9113 8.2.1); a value has no NUL, CR or
+# LF and no surrounding whitespace (RFC 9113 8.2.1). These also stop header injection into an
+# HTTP/1.1 upstream, which would otherwise see a CR LF inside a value as a new line.
+_bad_name = re.compile(rb"[^!#$%&'*+\-.^_`|~0-9a-z]").search
+_bad_value = re.compile(rb"[\x00\r\n]|\A[ \t]|[ \t]\Z").search
+_bad_method = re.compile(rb"[^!#$%&'*+\-.^_`|~0-9A-Za-z]").search
+_bad_scheme = re.compile(rb"\A[A-Za-z][A-Za-z0-9+.\-]*\Z").match      # a match means *good*
+_bad_target = re.compile(rb"[\x00-\x20\x7f]").search                # :path and :authority
+
+_STATUS_BYTES = {code: str(code).encode() for code in range(100, 1000)}
+
+
+def _connection_nominated(items) -> frozenset:
+    """Names that a `connection` header lists (hop-by-hop for the HTTP/1.1 hop it came from)."""
+    listed = set()
+    for name, value in items:
+        if name == "connection":
+            for token in value.split(","):
+                token = token.strip().lower()
+                if token:
+                    listed.add(token)
+    return frozenset(listed)
+
+
+def _regular_field(name: bytes, value: bytes) -> str | None:
+    """Why a received regular (non-pseudo) field is malformed, or None."""
+    if not name or _bad_name(name):
+        return f"invalid header name {name!r}"
+    if _bad_value(value):
+        return f"invalid value for header {name!r}"
+    if name in _CONNECTION_SPECIFIC_B:
+        return f"connection-specific header {name!r}"
+    if name == b"te" and value != b"trailers":
+        return "te other than trailers"
+    return None
+
+
+def _trailers(raw) -> Headers | str:
+    """Received trailers as Headers, or why they are malformed."""
+    items = []
+    for name, value in raw:
+        if name[:1] == b":":
+            return "pseudo-header in trailers"
+        error = _regular_field(name, value)
+        if error:
+            return error
+        items.append((name.decode("latin-1"), value.decode("latin-1")))
+    return Headers(items)
+
+
+def _pseudo_error(method, path, scheme, authority, host) -> str | None:
+    if method is None or not method or _bad_method(method):
+        return "missing or invalid :method"
+    if authority is not None and _bad_target(authority):
+        return "invalid :authority"
+    if host is not None and _bad_target(host):
+        return "invalid host"
+    if method == b"CONNECT":
+        if path is not None or scheme is not None:
+            return "CONNECT with :path or :scheme"
+        if not authority:
+            return "CONNECT without :authority"
+        return None
+    if scheme is None or not _bad_scheme(scheme):
+        return "missing or invalid :scheme"
+    if not path or _bad_target(path):
+        return "missing or invalid :path"
+    if path[0] != 0x2F and not (path == b"*" and method == b"OPTIONS"):   # "/"
+        return "invalid :path"
+    return None

@@ -1,0 +1,1037 @@
+"""HTTP/2 server codec, sans-IO, without h2: frames read and written with struct, HPACK
+decoding through the `hpack` library, responses encoded without the dynamic table. It speaks
+exactly the interface of the h2-based server codec (http2.py, `H2LibServerCodec`), which
+stays as the reference and the fallback; http2.py chooses which one is `Http2ServerCodec`.
+
+Rules of this file:
+- One frame type, one handler (`_FRAME_HANDLERS`); an unknown type is ignored, except inside
+  a header block (HEADERS ... CONTINUATION), where any other frame is a connection error.
+- Stream states (RFC 9113 5.1) as the server sees them:
+
+      id > highest seen .................. idle: HEADERS opens it; anything else but PRIORITY
+                                           is a connection error (PROTOCOL_ERROR)
+      in _streams, remote open ........... open: DATA, trailers (HEADERS + END_STREAM),
+                                           RST_STREAM, WINDOW_UPDATE
+      in _streams, remote_closed ......... half-closed (remote): DATA or HEADERS is a stream
+                                           error (STREAM_CLOSED); WINDOW_UPDATE, RST_STREAM ok
+      id <= highest seen, not in _streams  closed: DATA is dropped (its window returned),
+                                           HEADERS answered RST_STREAM(STREAM_CLOSED),
+                                           the rest ignored
+
+- Every header block is decoded, whatever becomes of its stream: the HPACK table must stay in
+  step with the peer's.
+- Connection errors end the connection: GOAWAY(highest stream, code), ProtocolError(stream 0)
+  for the manager, `closed` True; nothing is read after. Stream errors reset one stream
+  (RST_STREAM) and report StreamReset; a malformed request never reaches the manager.
+- Flow control: inbound bytes count against the windows when they arrive and are returned
+  (WINDOW_UPDATE, once half a window has been returned) when the proxy says it forwarded them
+  (`consumed`), or at once when nobody will (padding, closed or reset streams, 431 bodies).
+  Outbound bytes that the peer's windows cannot take are held per stream and flushed when a
+  WINDOW_UPDATE or SETTINGS opens them; WindowOpen reports each stream that drained.
+- HPACK, received: a decoded block is cached per connection, keyed by its bytes, *only* when
+  decoding it left the dynamic table as it found it (no insertion, no eviction, no size
+  change); the entry is stamped with the table's generation, which every block that does
+  change the table bumps, so a hit is always a block decoded against the very same table.
+  With the fields it keeps what they say as a request (`_analyze`), which depends on nothing
+  else. Only small blocks that decode small are kept, a few dozen per connection.
+- HPACK, sent: no dynamic table at all (static-table names and full matches, literals "without
+  indexing", "never indexed" for credentials), so a field's encoding depends on nothing but
+  the field and is cached process-wide (short values only); the peer's
+  SETTINGS_HEADER_TABLE_SIZE cannot matter. Larger on the wire than an indexing encoder.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from hpack import Decoder
+from hpack.exceptions import HPACKError, OversizedHeaderListError
+from hpack.table import HeaderTable
+
+from .events import (Body, GoAway, ProtocolError, RequestHead, StreamReset, Trailers,
+                     WindowOpen)
+from .h2fields import (_CONNECTION_SPECIFIC, _SENSITIVE, _STATUS_BYTES, _connection_nominated,
+                       _pseudo_error, _regular_field, _trailers)
+from .message import Headers, Request, Response
+
+__all__ = ["LeanHttp2ServerCodec"]
+
+H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+
+# RFC 9113 section 7 error codes.
+NO_ERROR = 0x0
+PROTOCOL_ERROR = 0x1
+INTERNAL_ERROR = 0x2
+FLOW_CONTROL_ERROR = 0x3
+STREAM_CLOSED = 0x5
+FRAME_SIZE_ERROR = 0x6
+REFUSED_STREAM = 0x7
+CANCEL = 0x8
+COMPRESSION_ERROR = 0x9
+ENHANCE_YOUR_CALM = 0xB
+
+# Frame types (RFC 9113 6) and flags.
+DATA, HEADERS, PRIORITY, RST_STREAM, SETTINGS, PUSH_PROMISE, PING, GOAWAY, WINDOW_UPDATE, \
+    CONTINUATION = range(10)
+F_END_STREAM = 0x1
+F_ACK = 0x1
+F_END_HEADERS = 0x4
+F_PADDED = 0x8
+F_PRIORITY = 0x20
+
+# SETTINGS identifiers.
+S_HEADER_TABLE_SIZE = 0x1
+S_ENABLE_PUSH = 0x2
+S_MAX_CONCURRENT_STREAMS = 0x3
+S_INITIAL_WINDOW_SIZE = 0x4
+S_MAX_FRAME_SIZE = 0x5
+S_MAX_HEADER_LIST_SIZE = 0x6
+
+_MAX_STREAM_ID = 2**31 - 1
+_MAX_WINDOW = 2**31 - 1
+_DEFAULT_WINDOW = 65535
+_DEFAULT_FRAME_SIZE = 16384
+_DRAIN_PING = b"baton\x00gw"
+# Decoded header blocks kept per connection, and the largest kept (block bytes, decoded bytes):
+# at most about 64 * 4 KiB * 2 (fields and their analysis) per connection.
+_HEADER_CACHE_ENTRIES = 64
+_HEADER_CACHE_BLOCK = 1024
+_HEADER_CACHE_DECODED = 4096
+
+# Frame header (RFC 9113 4.1), read and written as three fields:
+#
+#   +-----------------------------------------------+
+#   |                 Length (24)                   |
+#   +---------------+---------------+---------------+
+#   |   Type (8)    |   Flags (8)   |
+#   +-+-------------+---------------+-------------------------------+
+#   |R|                 Stream Identifier (31)                      |
+#   +=+=============================================================+
+#
+# ">LBL": (length << 8 | type), flags, (R bit | stream id).
+_HEAD = struct.Struct(">LBL")
+_head_unpack = _HEAD.unpack_from
+_head_pack = _HEAD.pack
+_U32 = struct.Struct(">L")
+_SETTING = struct.Struct(">HL")
+_GOAWAY = struct.Struct(">LL")
+
+_digits = frozenset(b"0123456789")
+
+
+class _ConnError(Exception):
+    """A connection error found while reading: GOAWAY(code) and the end."""
+
+    def __init__(self, code: int, reason: str):
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+def _frame(kind: int, flags: int, stream_id: int, payload: bytes = b"") -> bytes:
+    return _head_pack(len(payload) << 8 | kind, flags, stream_id) + payload
+
+
+# -- HPACK, sending: no dynamic table --------------------------------------------------------
+
+def _hpack_int(value: int, prefix_bits: int, first: int) -> bytearray:
+    limit = (1 << prefix_bits) - 1
+    if value < limit:
+        return bytearray((first | value,))
+    out = bytearray((first | limit,))
+    value -= limit
+    while value >= 128:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return out
+
+
+_STATIC_FULL: dict = {}      # (name, value) -> static index
+_STATIC_NAME: dict = {}      # name -> first static index
+for _i, (_n, _v) in enumerate(HeaderTable.STATIC_TABLE, 1):
+    _STATIC_FULL.setdefault((_n, _v), _i)
+    _STATIC_NAME.setdefault(_n, _i)
+
+_field_cache: dict = {}      # (name, value, never) -> encoded bytes; process-wide
+_FIELD_CACHE_ENTRIES = 4096
+_FIELD_CACHE_VALUE = 256     # longer values are encoded each time, never kept
+
+
+def _encode_field(name: bytes, value: bytes, never: bool) -> bytes:
+    """One field without the dynamic table: a static full match is indexed (0b1xxxxxxx); else
+    a literal without indexing (0b0000xxxx) or never indexed (0b0001xxxx), name by static
+    index when there is one, strings raw (no Huffman)."""
+    key = (name, value, never)
+    cached = _field_cache.get(key)
+    if cached is not None:
+        return cached
+    index = None if never else _STATIC_FULL.get((name, value))
+    if index is not None:
+        out = bytes(_hpack_int(index, 7, 0x80))
+    else:
+        first = 0x10 if never else 0x00
+        name_index = _STATIC_NAME.get(name)
+        if name_index is not None:
+            out = _hpack_int(name_index, 4, first)
+        else:
+            out = bytearray((first,)) + _hpack_int(len(name), 7, 0) + name
+        out += _hpack_int(len(value), 7, 0)
+        out += value
+        out = bytes(out)
+    if len(value) <= _FIELD_CACHE_VALUE:
+        if len(_field_cache) >= _FIELD_CACHE_ENTRIES:
+            _field_cache.clear()
+        _field_cache[key] = out
+    return out
+
+
+_plain_cache: dict = {}      # (name, value) as str -> encoded bytes, for ordinary fields
+
+
+def _encode_block(status_field: bytes, items) -> bytes:
+    """A response (or trailers) header block: `status_field` (encoded, or b"") then `items`
+    (str pairs) as HTTP/2 fields, leaving out what http2._encode_fields leaves out."""
+    parts = [status_field] if status_field else []
+    plain = _plain_cache
+    nominated = None
+    for name, value in items:
+        encoded = plain.get((name, value))
+        if encoded is not None:
+            parts.append(encoded)
+            continue
+        if name in _CONNECTION_SPECIFIC or name == "te" or name[:1] == ":":
+            if name == "te" and value.strip().lower() == "trailers":
+                parts.append(_encode_field(b"te", b"trailers", False))
+            elif name == "connection" and nominated is None:
+                nominated = _connection_nominated(items)
+            continue
+        never = name in _SENSITIVE or (name == "cookie" and len(value) < 20)
+        encoded = _encode_field(name.encode("latin-1"), value.encode("latin-1"), never)
+        if len(value) <= _FIELD_CACHE_VALUE:
+            if len(plain) >= _FIELD_CACHE_ENTRIES:
+                plain.clear()
+            plain[(name, value)] = encoded
+        parts.append(encoded)
+    if nominated:
+        # Rare: a `connection` header names others to leave out; encode again without them.
+        return _encode_block(status_field, [kv for kv in items
+                                            if kv[0] not in nominated and kv[0] != "connection"])
+    return b"".join(parts)
+
+
+_STATUS_FIELD = {code: _encode_field(b":status", raw, False)
+                 for code, raw in _STATUS_BYTES.items()}
+
+
+# -- per-stream state ----------------------------------------------------------------------------
+
+class _Stream:
+    __slots__ = ("local_closed", "remote_closed", "held", "end_held", "trailers_held",
+                 "rejected", "send_window", "recv_window", "returned", "expected", "received")
+
+    def __init__(self, send_window: int, recv_window: int):
+        self.local_closed = False     # we sent END_STREAM (or it is queued behind held data)
+        self.remote_closed = False    # the peer sent END_STREAM
+        self.held: bytearray | None = None   # body bytes waiting for window
+        self.end_held = False
+        self.trailers_held: bytes | None = None   # encoded trailers, after the held bytes
+        self.rejected = False         # 431: the manager answers; the request body is dropped
+        self.send_window = send_window
+        self.recv_window = recv_window
+        self.returned = 0             # bytes returned but not yet announced (WINDOW_UPDATE)
+        self.expected = -1            # content-length, -1: none
+        self.received = 0             # body bytes received
+
+
+# -- the codec -----------------------------------------------------------------------------------
+
+class LeanHttp2ServerCodec:
+    """A client's HTTP/2 connection to us (prior knowledge / h2c preface): requests in,
+    responses out."""
+
+    __slots__ = ("_streams", "_held", "_unacked", "_out", "_dead", "_peer_goaway",
+                 "_goaway_sent", "_drain_pinged", "_accept_upto", "internal_error",
+                 "_max_header_bytes", "_max_headers", "_max_concurrent", "_local_stream_window",
+                 "_local_conn_window", "_recv_window", "_returned", "_send_window",
+                 "_peer_stream_window", "_peer_frame_size", "_highest", "_buf", "_preface",
+                 "_block", "_block_stream", "_block_end", "_block_self_dependent", "_decoder",
+                 "_hard_cap",
+                 "_table_gen", "_header_cache", "_events")
+
+    def __init__(self, *, max_header_bytes: int = 60 * 1024, max_headers: int = 100,
+                 max_concurrent_streams: int = 2**31 - 1,
+                 initial_stream_window: int = 268435456,
+                 initial_connection_window: int = 268435456):
+        self._max_header_bytes = max_header_bytes
+        self._max_headers = max_headers
+        self._max_concurrent = max_concurrent_streams
+        self._local_stream_window = initial_stream_window
+        self._local_conn_window = max(initial_connection_window, _DEFAULT_WINDOW)
+        self._recv_window = _DEFAULT_WINDOW      # what the peer may still send (connection)
+        self._returned = 0                       # connection bytes returned, not announced
+        self._send_window = _DEFAULT_WINDOW      # what we may still send (connection)
+        self._peer_stream_window = _DEFAULT_WINDOW
+        self._peer_frame_size = _DEFAULT_FRAME_SIZE
+        self._highest = 0                        # highest stream id the peer opened
+        self._streams: dict[int, _Stream] = {}
+        self._held: dict[int, _Stream] = {}      # streams with bytes waiting for window
+        self._unacked: dict[int, int] = {}       # body bytes reported but not consumed
+        self._out = bytearray()
+        self._dead = False
+        self._peer_goaway = False
+        self._goaway_sent = False
+        self._drain_pinged = False
+        self._accept_upto = _MAX_STREAM_ID
+        self.internal_error: BaseException | None = None
+        self._buf = bytearray()
+        self._preface = 0                        # preface bytes checked so far
+        self._block: bytearray | None = None     # a header block waiting for CONTINUATION
+        self._block_stream = 0
+        self._block_end = False
+        self._block_self_dependent = False
+        # Past max_header_bytes a request is answered 431 and the connection lives on; HPACK
+        # still decodes the block. Past this hard cap it is a decompression bomb: the end.
+        self._hard_cap = max(4 * max_header_bytes, 256 * 1024)
+        self._decoder = Decoder(max_header_list_size=self._hard_cap)
+        self._table_gen = 0
+        self._header_cache: dict = {}
+        self._events: list = []
+
+    # -- interface ---------------------------------------------------------------------------
+
+    def initiate(self) -> None:
+        """Queue our SETTINGS and open the connection window."""
+        settings = b"".join(_SETTING.pack(key, value) for key, value in (
+            (S_ENABLE_PUSH, 0),
+            (S_MAX_CONCURRENT_STREAMS, self._max_concurrent),
+            (S_INITIAL_WINDOW_SIZE, self._local_stream_window),
+            (S_MAX_HEADER_LIST_SIZE, self._hard_cap)))
+        self._out += _frame(SETTINGS, 0, 0, settings)
+        extra = self._local_conn_window - _DEFAULT_WINDOW
+        if extra > 0:
+            self._out += _frame(WINDOW_UPDATE, 0, 0, _U32.pack(extra))
+            self._recv_window += extra
+
+    def receive(self, data: bytes) -> list:
+        """Events for `data`; b"" means the peer closed the connection."""
+        if self._dead:
+            return []
+        if not data:
+            return self._eof()
+        events = self._events = []
+        try:
+            self._receive(data)
+        except _ConnError as exc:
+            return self._connection_error(exc.code, exc.reason)
+        except Exception as exc:     # a bug here: still only this connection's end
+            self.internal_error = exc
+            return self._connection_error(INTERNAL_ERROR,
+                                          f"internal error: {type(exc).__name__}: {exc}")
+        return events
+
+    def send_head(self, stream_id: int, response: Response, end_stream: bool) -> None:
+        """The response head; a 1xx head (not 101, which HTTP/2 does not have) leaves the
+        stream open for the final one."""
+        state = self._streams.get(stream_id)
+        if state is None or state.local_closed or self._dead:
+            return
+        status = response.status
+        if status == 101:
+            return
+        status_field = _STATUS_FIELD.get(status) or \
+            _encode_field(b":status", str(status).encode(), False)
+        block = _encode_block(status_field, response.headers.items)
+        if status < 200:
+            self._send_block(stream_id, block, False)
+            return
+        self._send_block(stream_id, block, end_stream)
+        if end_stream:
+            self._local_end(stream_id, state)
+
+    def send_body(self, stream_id: int, data: bytes, end_stream: bool) -> None:
+        """Queue `data` as far as the windows allow; the rest is held and flushed when the
+        peer opens its window (pending() says how much is held)."""
+        state = self._streams.get(stream_id)
+        if state is None or state.local_closed or self._dead:
+            return
+        if state.held is not None:
+            state.held += data
+            state.end_held = state.end_held or end_stream
+            return
+        size = len(data)
+        if size <= self._peer_frame_size and \
+                (size == 0 or (size <= state.send_window and size <= self._send_window)):
+            state.send_window -= size
+            self._send_window -= size
+            self._out += _head_pack(size << 8 | DATA, end_stream, stream_id)
+            self._out += data
+            if end_stream:
+                self._local_end(stream_id, state)
+            return
+        state.held = bytearray(data)
+        state.end_held = end_stream
+        self._held[stream_id] = state
+        self._flush(stream_id, state)
+
+    def pending(self, stream_id: int) -> int:
+        """Body bytes of `stream_id` held back by flow control (the backpressure signal)."""
+        state = self._streams.get(stream_id)
+        if state is None or state.held is None:
+            return 0
+        return len(state.held)
+
+    def send_trailers(self, stream_id: int, headers: Headers) -> None:
+        """Trailers end the stream (after any held body bytes)."""
+        state = self._streams.get(stream_id)
+        if state is None or state.local_closed or self._dead:
+            return
+        block = _encode_block(b"", headers.items)
+        if state.held is not None:
+            state.trailers_held = block
+            return
+        self._send_block(stream_id, block, True)
+        self._local_end(stream_id, state)
+
+    def consumed(self, stream_id: int, n: int) -> None:
+        """The proxy forwarded `n` body bytes of `stream_id`: give the peer its window back.
+        Not needed after StreamReset or reset(): the codec returned that stream's bytes."""
+        outstanding = self._unacked.get(stream_id)
+        if not outstanding or n <= 0 or self._dead:
+            return
+        if n >= outstanding:
+            n = outstanding
+            del self._unacked[stream_id]
+        else:
+            self._unacked[stream_id] = outstanding - n
+        self._give_back(stream_id, n)
+
+    def reset(self, stream_id: int, code: int = CANCEL) -> None:
+        """Abort one stream (RST_STREAM); the connection carries on."""
+        state = self._streams.pop(stream_id, None)
+        if state is None or self._dead:
+            return
+        self._forget(stream_id)
+        self._out += _frame(RST_STREAM, 0, stream_id, _U32.pack(code))
+
+    def goaway(self, last_stream_id: int | None = None, code: int = NO_ERROR,
+               graceful: bool = True) -> None:
+        """Stop the peer opening streams. Graceful (code 0): GOAWAY(2^31-1) and a PING now, the
+        GOAWAY with the real last stream id when the PING's ack comes back; streams up to it
+        finish. With an error code the connection ends once data_to_send() is flushed."""
+        if self._dead:
+            return
+        if code != NO_ERROR:
+            self._send_goaway(self._highest if last_stream_id is None else last_stream_id,
+                              code)
+            self._dead = True
+            return
+        if graceful and last_stream_id is None:
+            if self._drain_pinged or self._goaway_sent:
+                return
+            self._drain_pinged = True
+            self._send_goaway(_MAX_STREAM_ID)
+            self._out += _frame(PING, 0, 0, _DRAIN_PING)
+            return
+        if last_stream_id is None:
+            last_stream_id = self._highest
+        self._final_goaway(last_stream_id)
+
+    def data_to_send(self) -> bytes:
+        """Every byte queued so far; the queue is then empty."""
+        out = self._out
+        if not out:
+            return b""
+        self._out = bytearray()
+        return bytes(out)
+
+    def stream_ids(self) -> list:
+        return list(self._streams)
+
+    @property
+    def open_streams(self) -> int:
+        return len(self._streams)
+
+    @property
+    def idle(self) -> bool:
+        return not self._streams
+
+    @property
+    def tunnel(self) -> int:
+        """HTTP/2 tunnels (CONNECT) are streams; the connection itself never becomes one."""
+        return 0
+
+    @property
+    def closed(self) -> bool:
+        """The connection is finished: close it once data_to_send() is flushed."""
+        return self._dead or (not self._streams and (self._peer_goaway or self._goaway_sent))
+
+    # -- internals: sending ---------------------------------------------------------------------
+
+    def _send_block(self, stream_id: int, block: bytes, end_stream: bool) -> None:
+        """HEADERS, and CONTINUATION frames when the block is larger than a frame."""
+        size = self._peer_frame_size
+        flags = F_END_STREAM if end_stream else 0
+        out = self._out
+        if len(block) <= size:
+            out += _head_pack(len(block) << 8 | HEADERS, flags | F_END_HEADERS, stream_id)
+            out += block
+            return
+        out += _frame(HEADERS, flags, stream_id, block[:size])
+        for pos in range(size, len(block), size):
+            chunk = block[pos:pos + size]
+            last = pos + size >= len(block)
+            out += _frame(CONTINUATION, F_END_HEADERS if last else 0, stream_id, chunk)
+
+    def _flush(self, stream_id: int, state: _Stream) -> bool:
+        """Send held bytes as far as the windows allow; whether anything went out."""
+        held = state.held
+        frame_size = self._peer_frame_size
+        out = self._out
+        progressed = False
+        while held:
+            window = min(state.send_window, self._send_window)
+            if window <= 0:
+                break
+            size = min(len(held), window, frame_size)
+            last = size == len(held) and state.end_held and state.trailers_held is None
+            out += _head_pack(size << 8 | DATA, F_END_STREAM if last else 0, stream_id)
+            out += held[:size]
+            del held[:size]
+            state.send_window -= size
+            self._send_window -= size
+            progressed = True
+        if held:
+            return progressed
+        state.held = None
+        self._held.pop(stream_id, None)
+        if state.trailers_held is not None:
+            self._send_block(stream_id, state.trailers_held, True)
+            state.trailers_held = None
+            self._local_end(stream_id, state)
+        elif state.end_held:
+            if not progressed:      # nothing carried END_STREAM yet
+                out += _frame(DATA, F_END_STREAM, stream_id)
+            self._local_end(stream_id, state)
+        return True
+
+    def _flush_all(self, stream_ids) -> None:
+        events = self._events
+        for stream_id in stream_ids:
+            state = self._held.get(stream_id)
+            if state is not None and self._flush(stream_id, state):
+                events.append(WindowOpen(stream_id))
+
+    def _local_end(self, stream_id: int, state: _Stream) -> None:
+        state.local_closed = True
+        del self._streams[stream_id]
+        if state.remote_closed:
+            return
+        # The response is complete but the request is not: ask the client to stop sending
+        # (RFC 9113 8.1, RST_STREAM NO_ERROR) and hand back the window of what it sent.
+        self._forget(stream_id)
+        self._out += _frame(RST_STREAM, 0, stream_id, _U32.pack(NO_ERROR))
+
+    def _send_goaway(self, last_stream_id: int, code: int = NO_ERROR) -> None:
+        self._out += _frame(GOAWAY, 0, 0, _GOAWAY.pack(last_stream_id, code))
+
+    def _final_goaway(self, last_stream_id: int) -> None:
+        self._send_goaway(last_stream_id)
+        self._goaway_sent = True
+        self._accept_upto = min(self._accept_upto, last_stream_id)
+
+    # -- internals: flow control of what we receive -----------------------------------------
+
+    def _give_back(self, stream_id: int, n: int) -> None:
+        """`n` bytes received on `stream_id` are gone from our buffers: announce the window
+        once half of it has come back."""
+        returned = self._returned + n
+        if returned >= self._local_conn_window >> 1:
+            self._out += _frame(WINDOW_UPDATE, 0, 0, _U32.pack(returned))
+            self._recv_window += returned
+            returned = 0
+        self._returned = returned
+        state = self._streams.get(stream_id)
+        if state is None or state.remote_closed:
+            return          # the peer sends no more on it: its window does not matter
+        returned = state.returned + n
+        if returned >= self._local_stream_window >> 1:
+            self._out += _frame(WINDOW_UPDATE, 0, stream_id, _U32.pack(returned))
+            state.recv_window += returned
+            returned = 0
+        state.returned = returned
+
+    def _forget(self, stream_id: int) -> None:
+        """A stream ended by a reset: drop what is held for it and hand back its window."""
+        self._held.pop(stream_id, None)
+        unacked = self._unacked.pop(stream_id, 0)
+        if unacked and not self._dead:
+            self._give_back(stream_id, unacked)
+
+    # -- internals: receiving -------------------------------------------------------------------
+
+    def _receive(self, data: bytes) -> None:
+        if self._preface < 24:
+            need = 24 - self._preface
+            head = data[:need]
+            if head != H2_PREFACE[self._preface:self._preface + len(head)]:
+                raise _ConnError(PROTOCOL_ERROR, "invalid HTTP/2 preface")
+            self._preface += len(head)
+            data = data[need:]
+            if not data:
+                return
+        buf = self._buf
+        if buf:
+            buf += data
+            data = buf
+        size = len(data)
+        pos = 0
+        handlers = _FRAME_HANDLERS
+        while size - pos >= 9:
+            length_type, flags, stream_id = _head_unpack(data, pos)
+            length = length_type >> 8
+            if length > _DEFAULT_FRAME_SIZE:
+                raise _ConnError(FRAME_SIZE_ERROR, "frame larger than SETTINGS_MAX_FRAME_SIZE")
+            end = pos + 9 + length
+            if end > size:
+                break
+            payload = bytes(data[pos + 9:end])
+            pos = end
+            kind = length_type & 0xFF
+            stream_id &= _MAX_STREAM_ID
+            if self._block is not None and kind != CONTINUATION:
+                raise _ConnError(PROTOCOL_ERROR, "header block interrupted")
+            handler = handlers.get(kind)
+            if handler is not None:
+                handler(self, flags, stream_id, payload)
+                if self._dead:
+                    return
+        if pos == size:
+            self._buf = bytearray()
+        elif data is buf:
+            del buf[:pos]
+        else:
+            self._buf = bytearray(data[pos:])
+
+    @staticmethod
+    def _unpad(flags: int, payload: bytes) -> bytes:
+        if flags & F_PADDED:
+            if not payload:
+                raise _ConnError(FRAME_SIZE_ERROR, "padded frame without pad length")
+            pad = payload[0]
+            if pad >= len(payload):
+                raise _ConnError(PROTOCOL_ERROR, "padding longer than the frame")
+            return payload[1:len(payload) - pad]
+        return payload
+
+    def _on_data(self, flags: int, stream_id: int, payload: bytes) -> None:
+        if stream_id == 0:
+            raise _ConnError(PROTOCOL_ERROR, "DATA on stream 0")
+        if stream_id > self._highest:
+            raise _ConnError(PROTOCOL_ERROR, "DATA on an idle stream")
+        flow = len(payload)
+        self._recv_window -= flow
+        if self._recv_window < 0:
+            raise _ConnError(FLOW_CONTROL_ERROR, "connection flow-control window exceeded")
+        data = self._unpad(flags, payload)
+        end = flags & F_END_STREAM
+        state = self._streams.get(stream_id)
+        if state is None:
+            self._give_back(stream_id, flow)      # closed: nobody forwards it
+            return
+        if state.remote_closed:
+            self._give_back(stream_id, flow)
+            self._stream_error(stream_id, STREAM_CLOSED)
+            return
+        state.recv_window -= flow
+        if state.recv_window < 0:
+            self._give_back(stream_id, flow)
+            self._stream_error(stream_id, FLOW_CONTROL_ERROR)
+            return
+        size = len(data)
+        if state.rejected:
+            self._give_back(stream_id, flow)
+            if end:
+                self._remote_end(stream_id, state)
+            return
+        if state.expected >= 0:
+            state.received += size
+            if state.received > state.expected or (end and state.received != state.expected):
+                self._give_back(stream_id, flow)
+                self._stream_error(stream_id, PROTOCOL_ERROR)
+                return
+        if flow > size:     # padding: nobody forwards it, so it is returned at once
+            self._give_back(stream_id, flow - size)
+        if size:
+            self._unacked[stream_id] = self._unacked.get(stream_id, 0) + size
+        self._events.append(Body(stream_id, data, bool(end)))
+        if end:
+            self._remote_end(stream_id, state)
+
+    def _on_headers(self, flags: int, stream_id: int, payload: bytes) -> None:
+        if stream_id == 0:
+            raise _ConnError(PROTOCOL_ERROR, "HEADERS on stream 0")
+        if not stream_id & 1:
+            raise _ConnError(PROTOCOL_ERROR, "HEADERS on a server stream id")
+        block = self._unpad(flags, payload)
+        self._block_self_dependent = False
+        if flags & F_PRIORITY:
+            if len(block) < 5:
+                raise _ConnError(FRAME_SIZE_ERROR, "HEADERS too short for its priority")
+            # Priority is ignored (RFC 9113 5.3.2), but a stream may not depend on itself.
+            self._block_self_dependent = _U32.unpack_from(block)[0] & _MAX_STREAM_ID == stream_id
+            block = block[5:]
+        self._block_end = bool(flags & F_END_STREAM)
+        self._block_stream = stream_id
+        if flags & F_END_HEADERS:
+            self._on_block(block)
+        else:
+            self._block = bytearray(block)
+
+    def _on_continuation(self, flags: int, stream_id: int, payload: bytes) -> None:
+        block = self._block
+        if block is None or stream_id != self._block_stream:
+            raise _ConnError(PROTOCOL_ERROR, "unexpected CONTINUATION")
+        block += payload
+        if len(block) > self._hard_cap:
+            raise _ConnError(ENHANCE_YOUR_CALM, "header block too large")
+        if flags & F_END_HEADERS:
+            self._block = None
+            self._on_block(bytes(block))
+
+    def _decode(self, block: bytes) -> list:
+        """[table generation, fields, request analysis or None] for a header block (see the
+        file's rules for the cache; the analysis is filled in and kept by _on_block)."""
+        cache = self._header_cache
+        hit = cache.get(block)
+        if hit is not None and hit[0] == self._table_gen:
+            return hit
+        table = self._decoder.header_table
+        entries = table.dynamic_entries
+        count, first, maxsize = len(entries), entries[0] if entries else None, table.maxsize
+        try:
+            fields = self._decoder.decode(block, raw=True)
+        except OversizedHeaderListError as exc:
+            raise _ConnError(ENHANCE_YOUR_CALM, str(exc)) from None
+        except HPACKError as exc:
+            raise _ConnError(COMPRESSION_ERROR, str(exc) or type(exc).__name__) from None
+        entry = [self._table_gen, fields, None]
+        if count == len(entries) and first is (entries[0] if entries else None) and \
+                maxsize == table.maxsize:
+            if len(block) <= _HEADER_CACHE_BLOCK and \
+                    sum(len(n) + len(v) for n, v in fields) <= _HEADER_CACHE_DECODED:
+                if len(cache) >= _HEADER_CACHE_ENTRIES:
+                    cache.clear()
+                cache[block] = entry
+        else:
+            self._table_gen += 1    # every entry cached so far was decoded against another table
+        return entry
+
+    def _on_block(self, block: bytes) -> None:
+        stream_id = self._block_stream
+        end = self._block_end
+        entry = self._decode(block)         # always: the HPACK table must stay in step
+        state = self._streams.get(stream_id)
+        if self._block_self_dependent and (state is not None or stream_id > self._highest):
+            self._highest = max(self._highest, stream_id)
+            self._stream_error(stream_id, PROTOCOL_ERROR)
+            return
+        if state is not None:
+            self._on_trailers(stream_id, state, entry[1], end)
+            return
+        if stream_id <= self._highest:
+            # A closed stream (RFC 9113 5.1): nothing on it is processed.
+            self._out += _frame(RST_STREAM, 0, stream_id, _U32.pack(STREAM_CLOSED))
+            return
+        self._highest = stream_id
+        if stream_id > self._accept_upto or len(self._streams) >= self._max_concurrent:
+            # Opened after our final GOAWAY, or past our concurrency limit: never processed,
+            # so the client may retry it.
+            self._out += _frame(RST_STREAM, 0, stream_id, _U32.pack(REFUSED_STREAM))
+            return
+        request = entry[2]
+        if request is None:
+            request = entry[2] = self._analyze(entry[1])
+        if request.__class__ is str or (end and request[8]):    # malformed; or content-length
+            self._stream_error(stream_id, PROTOCOL_ERROR)        # but no body
+            return
+        too_large, method, path, authority, scheme, items, expect_continue, connect, length = \
+            request
+        state = _Stream(self._peer_stream_window, self._local_stream_window)
+        state.remote_closed = end
+        if too_large is not None:
+            # The manager answers 431 on this stream; the connection carries on.
+            state.rejected = True
+            head = ProtocolError(too_large, 431, stream_id)
+        elif connect:
+            # As in HTTP/1.1, a CONNECT's target is its authority.
+            head = RequestHead(stream_id, Request(method, authority, authority,
+                                                  Headers(list(items)), "", "2"),
+                               end, expect_continue, "connect")
+        else:
+            head = RequestHead(stream_id, Request(method, path, authority, Headers(list(items)),
+                                                  scheme, "2"),
+                               end, expect_continue)
+            if length is not None:
+                state.expected = length
+        self._streams[stream_id] = state
+        self._events.append(head)
+
+    def _on_trailers(self, stream_id: int, state: _Stream, fields, end: bool) -> None:
+        if state.remote_closed:
+            self._stream_error(stream_id, STREAM_CLOSED)
+            return
+        if state.rejected:
+            if end:
+                self._remote_end(stream_id, state)
+            else:
+                self._stream_error(stream_id, PROTOCOL_ERROR)
+            return
+        if not end:
+            self._stream_error(stream_id, PROTOCOL_ERROR)   # trailers must end the stream
+            return
+        if state.expected >= 0 and state.received != state.expected:
+            self._stream_error(stream_id, PROTOCOL_ERROR)
+            return
+        headers = _trailers(fields)
+        if isinstance(headers, str):
+            self._stream_error(stream_id, PROTOCOL_ERROR)
+            return
+        self._events.append(Trailers(stream_id, headers))
+        self._remote_end(stream_id, state)
+
+    def _remote_end(self, stream_id: int, state: _Stream) -> None:
+        state.remote_closed = True
+        if state.local_closed:
+            self._streams.pop(stream_id, None)
+
+    def _stream_error(self, stream_id: int, code: int) -> None:
+        """Reset one stream for a fault of the peer's and tell the manager."""
+        if self._streams.pop(stream_id, None) is not None:
+            self._forget(stream_id)
+        self._out += _frame(RST_STREAM, 0, stream_id, _U32.pack(code))
+        self._events.append(StreamReset(stream_id, code))
+
+    def _on_priority(self, flags: int, stream_id: int, payload: bytes) -> None:
+        if stream_id == 0:
+            raise _ConnError(PROTOCOL_ERROR, "PRIORITY on stream 0")
+        if len(payload) != 5:
+            raise _ConnError(FRAME_SIZE_ERROR, "PRIORITY of the wrong length")
+        if _U32.unpack_from(payload)[0] & _MAX_STREAM_ID == stream_id and \
+                stream_id in self._streams:
+            self._stream_error(stream_id, PROTOCOL_ERROR)     # may not depend on itself
+
+    def _on_rst_stream(self, flags: int, stream_id: int, payload: bytes) -> None:
+        if stream_id == 0:
+            raise _ConnError(PROTOCOL_ERROR, "RST_STREAM on stream 0")
+        if len(payload) != 4:
+            raise _ConnError(FRAME_SIZE_ERROR, "RST_STREAM of the wrong length")
+        if stream_id > self._highest:
+            raise _ConnError(PROTOCOL_ERROR, "RST_STREAM on an idle stream")
+        state = self._streams.pop(stream_id, None)
+        if state is None:
+            return
+        self._forget(stream_id)
+        self._events.append(StreamReset(stream_id, _U32.unpack(payload)[0]))
+
+    def _on_settings(self, flags: int, stream_id: int, payload: bytes) -> None:
+        if stream_id != 0:
+            raise _ConnError(PROTOCOL_ERROR, "SETTINGS on a stream")
+        if flags & F_ACK:
+            if payload:
+                raise _ConnError(FRAME_SIZE_ERROR, "SETTINGS ACK with a payload")
+            return
+        if len(payload) % 6:
+            raise _ConnError(FRAME_SIZE_ERROR, "SETTINGS of the wrong length")
+        reopen = False
+        for pos in range(0, len(payload), 6):
+            key, value = _SETTING.unpack_from(payload, pos)
+            if key == S_INITIAL_WINDOW_SIZE:
+                if value > _MAX_WINDOW:
+                    raise _ConnError(FLOW_CONTROL_ERROR, "SETTINGS_INITIAL_WINDOW_SIZE too large")
+                delta = value - self._peer_stream_window
+                self._peer_stream_window = value
+                if delta:
+                    for state in self._streams.values():
+                        state.send_window += delta
+                        if state.send_window > _MAX_WINDOW:
+                            raise _ConnError(FLOW_CONTROL_ERROR, "stream window overflow")
+                    reopen = reopen or delta > 0
+            elif key == S_MAX_FRAME_SIZE:
+                if not _DEFAULT_FRAME_SIZE <= value <= 2**24 - 1:
+                    raise _ConnError(PROTOCOL_ERROR, "invalid SETTINGS_MAX_FRAME_SIZE")
+                reopen = reopen or value > self._peer_frame_size
+                self._peer_frame_size = value
+            elif key == S_ENABLE_PUSH:
+                if value > 1:
+                    raise _ConnError(PROTOCOL_ERROR, "invalid SETTINGS_ENABLE_PUSH")
+            # HEADER_TABLE_SIZE: we never index what we send. The others do not concern a
+            # server that pushes nothing; unknown settings are ignored (RFC 9113 6.5.2).
+        self._out += _frame(SETTINGS, F_ACK, 0)
+        if reopen and self._held:
+            self._flush_all(list(self._held))
+
+    def _on_push_promise(self, flags: int, stream_id: int, payload: bytes) -> None:
+        raise _ConnError(PROTOCOL_ERROR, "PUSH_PROMISE from a client")
+
+    def _on_ping(self, flags: int, stream_id: int, payload: bytes) -> None:
+        if stream_id != 0:
+            raise _ConnError(PROTOCOL_ERROR, "PING on a stream")
+        if len(payload) != 8:
+            raise _ConnError(FRAME_SIZE_ERROR, "PING of the wrong length")
+        if not flags & F_ACK:
+            self._out += _frame(PING, F_ACK, 0, payload)
+        elif self._drain_pinged and not self._goaway_sent and payload == _DRAIN_PING:
+            self._final_goaway(self._highest)
+
+    def _on_goaway(self, flags: int, stream_id: int, payload: bytes) -> None:
+        if stream_id != 0:
+            raise _ConnError(PROTOCOL_ERROR, "GOAWAY on a stream")
+        if len(payload) < 8:
+            raise _ConnError(FRAME_SIZE_ERROR, "GOAWAY too short")
+        last, code = _GOAWAY.unpack_from(payload)
+        last &= _MAX_STREAM_ID
+        self._peer_goaway = True
+        if code != NO_ERROR:
+            self._dead = True
+        self._events.append(GoAway(last, code))
+
+    def _on_window_update(self, flags: int, stream_id: int, payload: bytes) -> None:
+        if len(payload) != 4:
+            raise _ConnError(FRAME_SIZE_ERROR, "WINDOW_UPDATE of the wrong length")
+        increment = _U32.unpack(payload)[0] & _MAX_WINDOW
+        if stream_id == 0:
+            if not increment:
+                raise _ConnError(PROTOCOL_ERROR, "WINDOW_UPDATE of 0")
+            self._send_window += increment
+            if self._send_window > _MAX_WINDOW:
+                raise _ConnError(FLOW_CONTROL_ERROR, "connection window overflow")
+            if self._held:
+                self._flush_all(list(self._held))
+            return
+        if stream_id > self._highest:
+            raise _ConnError(PROTOCOL_ERROR, "WINDOW_UPDATE on an idle stream")
+        state = self._streams.get(stream_id)
+        if state is None:
+            return
+        if not increment:
+            self._stream_error(stream_id, PROTOCOL_ERROR)
+            return
+        state.send_window += increment
+        if state.send_window > _MAX_WINDOW:
+            self._stream_error(stream_id, FLOW_CONTROL_ERROR)
+            return
+        if state.held is not None:
+            self._flush_all((stream_id,))
+
+    # -- internals: requests ------------------------------------------------------------------
+
+    def _analyze(self, raw) -> tuple | str:
+        """What a request's fields say, independent of the stream (so it is cached with the
+        block): why they are malformed, or (too large: why or None, method, path, authority,
+        scheme, items, expect 100-continue, CONNECT, content-length or None)."""
+        method = path = scheme = authority = host = None
+        items = []
+        cookies = None
+        size = 0
+        regular = False
+        expect_continue = False
+        error = None
+        length = None
+        for name, value in raw:
+            size += len(name) + len(value)
+            if name[:1] == b":":
+                if regular:
+                    error = "pseudo-header after regular header"
+                elif name == b":method":
+                    error = "duplicate :method" if method is not None else None
+                    method = value
+                elif name == b":path":
+                    error = "duplicate :path" if path is not None else None
+                    path = value
+                elif name == b":scheme":
+                    error = "duplicate :scheme" if scheme is not None else None
+                    scheme = value
+                elif name == b":authority":
+                    error = "duplicate :authority" if authority is not None else None
+                    authority = value
+                else:
+                    error = f"unknown pseudo-header {name!r}"
+                if error:
+                    return error
+                continue
+            regular = True
+            error = _regular_field(name, value)
+            if error:
+                return error
+            if name == b"cookie":
+                # RFC 9113 8.2.3: crumbs are joined into one field for HTTP/1.1.
+                if cookies is None:
+                    cookies = [value]
+                    items.append(None)      # the joined cookie goes here
+                else:
+                    cookies.append(value)
+                continue
+            if name == b"host":
+                host = value
+                continue
+            if name == b"expect" and value.lower() == b"100-continue":
+                expect_continue = True
+                continue
+            if name == b"content-length":
+                # RFC 9113 8.1.1: the body must be as long as it says.
+                if not value or not _digits.issuperset(value) or \
+                        (length is not None and int(value) != length):
+                    return "invalid or conflicting content-length"
+                length = int(value)
+            items.append((name.decode("latin-1"), value.decode("latin-1")))
+        error = _pseudo_error(method, path, scheme, authority, host)
+        if error is not None:
+            return error
+        too_large = None
+        if size > self._max_header_bytes or len(raw) > self._max_headers:
+            too_large = "request headers " + \
+                ("too large" if size > self._max_header_bytes else "too many")
+        if cookies is not None:
+            items[items.index(None)] = ("cookie", b"; ".join(cookies).decode("latin-1"))
+        if authority is None:
+            authority = host if host is not None else b""
+        connect = method == b"CONNECT"
+        return (too_large, method.decode("latin-1"),
+                None if connect else path.decode("latin-1"), authority.decode("latin-1"),
+                None if connect else scheme.decode("latin-1"), tuple(items), expect_continue,
+                connect, length)
+
+    # -- internals: the end -----------------------------------------------------------------
+
+    def _connection_error(self, code: int, reason: str) -> list:
+        self._send_goaway(self._highest, code)
+        self._dead = True
+        events = self._events
+        # No stream can be answered: the manager aborts every stream of the connection.
+        events.append(ProtocolError(reason, 400, 0))
+        self._streams.clear()
+        self._held.clear()
+        return events
+
+    def _eof(self) -> list:
+        self._dead = True
+        events = [ProtocolError("downstream closed mid-request", 0, stream_id)
+                  for stream_id in self._streams]
+        self._streams.clear()
+        self._held.clear()
+        return events
+
+
+_FRAME_HANDLERS = {
+    DATA: LeanHttp2ServerCodec._on_data,
+    HEADERS: LeanHttp2ServerCodec._on_headers,
+    PRIORITY: LeanHttp2ServerCodec._on_priority,
+    RST_STREAM: LeanHttp2ServerCodec._on_rst_stream,
+    SETTINGS: LeanHttp2ServerCodec._on_settings,
+    PUSH_PROMISE: LeanHttp2ServerCodec._on_push_promise,
+    PING: LeanHttp2ServerCodec._on_ping,
+    GOAWAY: LeanHttp2ServerCodec._on_goaway,
+    WINDOW_UPDATE: LeanHttp2ServerCodec._on_window_update,
+    CONTINUATION: LeanHttp2ServerCodec._on_continuation,
+}
