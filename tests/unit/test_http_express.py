@@ -277,3 +277,24 @@ def test_pipelined_requests_are_answered_in_order(tmp_path, loop):
     second.data_received(RESPONSE.replace(b"body", b"BODY"))
     out = rig.down.take()
     assert out.index(b"body") < out.index(b"BODY")
+
+
+def test_a_response_is_one_write_and_nothing_is_flushed_twice(tmp_path, loop):
+    rig = Rig(tmp_path, loop)
+    for _ in range(3):
+        rig.conn.data_received(REQUEST)
+        upstream = rig.busy_upstream()
+        assert len(upstream.transport.written) == 1
+        upstream.transport.take()
+        upstream.data_received(RESPONSE[:-4])          # the head alone: written at the batch end
+        assert len(rig.down.written) == 1 and rig.down.written[0].endswith(b"\r\n\r\n")
+        upstream.data_received(RESPONSE[-4:])
+        assert rig.down.written[1] == b"body" and len(rig.down.written) == 2
+        rig.down.take()
+        rig.conn.data_received(REQUEST)
+        upstream = rig.busy_upstream()
+        upstream.transport.take()
+        upstream.data_received(RESPONSE)                # head and body in one read: one write
+        assert len(rig.down.written) == 1 and rig.down.written[0].endswith(b"body")
+        rig.down.take()
+    assert not rig.worker.http_pools.dirty and not rig.conn.dirty

@@ -80,16 +80,38 @@ def _lower(name: bytes) -> str:
     return text
 
 
-def _decode(headers: list) -> list:
-    names = _NAMES
-    return [(names.get(n) or _lower(n), v.decode("latin-1")) for n, v in headers]
+_HEADS: dict = {}           # a small head's raw (name, value) pairs -> its decoded pairs
+_HEADS_MAX = 256            # bounded (heads come from the peers): cleared when full
+_HEAD_MEMO_BYTES = 2048     # larger heads are decoded each time, not remembered
+
+
+def _decode(headers: list, size: int) -> list:
+    """The head's pairs with lower-case str names and str values, a new list. An upstream
+    sends the same head again and again (only its Date moves, once a second), a client
+    its same few headers: a small head (`size` bytes) is decoded once, looked up after."""
+    if size > _HEAD_MEMO_BYTES:
+        names = _NAMES
+        return [(names.get(n) or _lower(n), v.decode("latin-1")) for n, v in headers]
+    key = tuple(headers)
+    decoded = _HEADS.get(key)
+    if decoded is None:
+        names = _NAMES
+        decoded = tuple([(names.get(n) or _lower(n), v.decode("latin-1")) for n, v in headers])
+        if len(_HEADS) >= _HEADS_MAX:
+            _HEADS.clear()
+        _HEADS[key] = decoded
+    return list(decoded)
+
+
+# Connection values whose tokens are all hop-by-hop already: nothing to add.
+_LISTS_NOTHING = frozenset({"keep-alive", "Keep-Alive", "upgrade", "Upgrade"})
 
 
 def _hop_by_hop(headers: list) -> frozenset:
     """The hop-by-hop names for this message: the fixed set plus what Connection lists."""
     listed = None
     for name, value in headers:
-        if name == "connection":
+        if name == "connection" and value not in _LISTS_NOTHING:
             for token in value.split(","):
                 token = token.strip().lower()
                 if token and token not in HOP_BY_HOP:      # "keep-alive": nothing to add
@@ -103,10 +125,6 @@ def _te_trailers(headers: list) -> bool:
         if name == "te" and "trailers" in value.lower():
             return True
     return False
-
-
-def _strip(headers: list, drop: frozenset) -> list:
-    return [kv for kv in headers if kv[0] not in drop]
 
 
 def _serialize_headers(out: list, headers) -> None:
@@ -127,13 +145,18 @@ def _end_body(events: list, stream_id: int) -> None:
 # --- framing of what we send ----------------------------------------------------------------
 
 class _Outgoing:
-    """How one outgoing message's body is framed: by length, chunked, or until close."""
+    """How one outgoing message's body is framed: by length, chunked, or until close.
+    Immutable: the four are shared (_FRAMINGS)."""
 
     __slots__ = ("chunked", "no_body")
 
     def __init__(self, chunked: bool, no_body: bool):
         self.chunked = chunked
         self.no_body = no_body
+
+
+_FRAMINGS = {(chunked, no_body): _Outgoing(chunked, no_body)
+             for chunked in (False, True) for no_body in (False, True)}
 
 
 def _frame_body(out: bytearray, framing: _Outgoing, data: bytes, end_stream: bool) -> None:
@@ -270,15 +293,27 @@ class Http1ServerCodec(_Http1Output):
             self._out += (_STATUS_LINES.get(status) or f"HTTP/1.1 {status} Unknown\r\n").encode()
             self._out += b"\r\n"
             return
-        pending = self._find(stream_id)
+        responses = self._responses
+        if responses and responses[0][0] == stream_id:
+            pending = responses[0]      # the oldest: the usual case
+        else:
+            pending = self._find(stream_id)
         method, keep_alive, version = pending[1], pending[2], pending[3]
-        headers = _strip(response.headers.items, HOP_BY_HOP)
-        no_body = method == "HEAD" or status in _NO_BODY_STATUS
+        # One pass: the header lines (hop-by-hop names left out) and the first Content-Length.
+        line = _STATUS_LINES.get(status)
+        if line is None or (response.reason and response.reason != REASONS.get(status)):
+            line = f"HTTP/1.1 {status} {response.reason or REASONS.get(status, 'Unknown')}\r\n"
+        if version == "1.0":
+            line = "HTTP/1.0" + line[8:]        # answer in the client's version, as Envoy does
+        out = [line]
         length = None
-        for name, value in headers:
-            if name == "content-length":
+        for name, value in response.headers.items:
+            if name in HOP_BY_HOP:
+                continue
+            if length is None and name == "content-length":
                 length = value
-                break
+            out.append(f"{name}: {value}\r\n")
+        no_body = method == "HEAD" or status in _NO_BODY_STATUS
         chunked = False
         if self._tunnel == stream_id and not (
                 status == 101 or (method == "CONNECT" and 200 <= status < 300)):
@@ -296,16 +331,9 @@ class Http1ServerCodec(_Http1Output):
             else:
                 keep_alive = False      # close-delimited body
         elif length is None and end_stream and not no_body:
-            headers.append(("content-length", "0"))
+            out.append("content-length: 0\r\n")
         if self._goaway:
             keep_alive = False
-        line = _STATUS_LINES.get(status)
-        if line is None or (response.reason and response.reason != REASONS.get(status)):
-            line = f"HTTP/1.1 {status} {response.reason or REASONS.get(status, 'Unknown')}\r\n"
-        if version == "1.0":
-            line = "HTTP/1.0" + line[8:]        # answer in the client's version, as Envoy does
-        out = [line]
-        _serialize_headers(out, headers)
         if chunked:
             out.append("transfer-encoding: chunked\r\n")
         if self._tunnel == stream_id:
@@ -321,7 +349,7 @@ class Http1ServerCodec(_Http1Output):
         out.append("\r\n")
         self._out += "".join(out).encode("latin-1")
         pending[2] = keep_alive
-        framing = self._framing[stream_id] = _Outgoing(chunked, no_body)
+        framing = self._framing[stream_id] = _FRAMINGS[chunked, no_body]
         if end_stream:
             self._finish_response(stream_id, framing)
 
@@ -344,9 +372,7 @@ class Http1ServerCodec(_Http1Output):
         if framing is None:
             return
         if framing.chunked:
-            self._out += _last_chunk(headers)
-            framing.chunked = False   # the terminating chunk is written
-            framing.no_body = True
+            self._out += _last_chunk(headers)     # the terminating chunk, with the trailers
         self._finish_response(stream_id, framing)
 
     def reset(self, stream_id: int, code: int = 0) -> None:
@@ -403,13 +429,17 @@ class Http1ServerCodec(_Http1Output):
         self._framing.pop(stream_id, None)
         if self._tunnel == stream_id:
             return
-        for i, pending in enumerate(self._responses):
-            if pending[0] == stream_id:
-                keep_alive = pending[2]
-                del self._responses[i]
-                break
+        responses = self._responses
+        if responses and responses[0][0] == stream_id:
+            keep_alive = responses.popleft()[2]
         else:
-            return
+            for i, pending in enumerate(responses):
+                if pending[0] == stream_id:
+                    keep_alive = pending[2]
+                    del responses[i]
+                    break
+            else:
+                return
         if not keep_alive:
             self.closed = True
             self._failed = True     # nothing after this response is read
@@ -461,37 +491,52 @@ class Http1ServerCodec(_Http1Output):
         method = _METHODS.get(method) or method.decode("latin-1")
         version = parser.get_http_version()
         keep_alive = parser.should_keep_alive()
-        raw = self._headers = _decode(self._headers)
-        names = {n for n, _ in raw}
+        raw = self._headers = _decode(self._headers, self._header_bytes)
         upgrade = None
         expect_continue = False
         authority = ""
-        has_body = "transfer-encoding" in names
-        headers = raw
-        if names & _SPECIAL_REQUEST_HEADERS:
-            # One pass for what needs a look: host, expect, content-length, hop-by-hop names.
-            hosts = 0
-            for name, value in raw:
+        has_body = False
+        hop = False             # a hop-by-hop name came (Connection may list more)
+        upgrade_seen = False
+        hosts = 0
+        # One pass for what needs a look (host, expect, content-length, hop-by-hop names);
+        # anything else passes as it came.
+        headers = []
+        for kv in raw:
+            name = kv[0]
+            if name in _SPECIAL_REQUEST_HEADERS:
                 if name == "host":
-                    authority = value
+                    authority = kv[1]
                     hosts += 1
-                elif name == "expect" and value.lower() == "100-continue":
-                    expect_continue = True
-                elif name == "content-length" and value.strip() not in ("", "0"):
+                    continue
+                if name in HOP_BY_HOP:
+                    hop = True
+                    if name == "transfer-encoding":
+                        has_body = True
+                    elif name == "upgrade":
+                        upgrade_seen = True
+                    continue
+                if name == "expect":
+                    if kv[1].lower() == "100-continue":
+                        expect_continue = True
+                elif name == "content-length" and kv[1].strip() not in ("", "0"):
                     has_body = True
-            if hosts > 1:
-                # RFC 9112 3.2: one Host, or 400; two could route two ways.
-                raise _LimitExceeded(400, "more than one Host header")
-            drop = _hop_by_hop(raw) if names & HOP_BY_HOP else _HOST_ONLY
-            headers = [kv for kv in raw if kv[0] not in drop and kv[0] != "host"]
-            if "te" in names and _te_trailers(raw):
+            headers.append(kv)
+        if hosts > 1:
+            # RFC 9112 3.2: one Host, or 400; two could route two ways.
+            raise _LimitExceeded(400, "more than one Host header")
+        if hop:
+            drop = _hop_by_hop(raw)
+            if drop is not HOP_BY_HOP:
+                headers = [kv for kv in headers if kv[0] not in drop]
+            if _te_trailers(raw):
                 headers.append(("te", "trailers"))      # the one TE value a proxy passes on
-            if expect_continue:
-                headers = [kv for kv in headers if kv[0] != "expect"]
+        if expect_continue:
+            headers = [kv for kv in headers if kv[0] != "expect"]
         if method == "CONNECT":
             upgrade = "connect"
             authority = self._url.decode("latin-1")
-        elif "upgrade" in names and parser.should_upgrade():
+        elif upgrade_seen and parser.should_upgrade():
             for name, value in raw:
                 if name == "upgrade":
                     upgrade = value.lower()
@@ -549,7 +594,7 @@ class Http1ClientCodec(_Http1Output):
     __slots__ = ("_parser", "_events", "_out", "_next_id", "_stream", "_method", "_headers",
                  "_failed", "_framing", "_head_sent", "_body_expected", "_header_bytes",
                  "_max_header_bytes", "_status", "reusable", "closed", "_tunnel",
-                 "_trailers", "_in_trailers")
+                 "_trailers", "_in_trailers", "_framed")
 
     def __init__(self, *, max_header_bytes: int = 60 * 1024):
         self._parser = httptools.HttpResponseParser(self)
@@ -571,6 +616,7 @@ class Http1ClientCodec(_Http1Output):
         self._tunnel = 0
         self._trailers = None
         self._in_trailers = False
+        self._framed = False
 
     def initiate(self) -> None:
         """Nothing to say first in HTTP/1.1."""
@@ -584,18 +630,22 @@ class Http1ClientCodec(_Http1Output):
         self._stream = stream_id
         self._method = request.method
         self._status = 0
-        headers = request.headers.items
-        length = None
-        for name, value in headers:
-            if name == "content-length":
+        method = request.method
+        out = [f"{method} {request.path} HTTP/1.1\r\nhost: {request.authority}\r\n"]
+        # One pass: the header lines, the first Content-Length and Upgrade. The codec that
+        # parsed this request removed what its Connection header listed; a hop-by-hop name
+        # added since (by a header mutation) still must not go out.
+        length = upgrade = None
+        for name, value in request.headers.items:
+            if name in _NOT_FORWARDED:
+                if name == "te" and value == "trailers":
+                    out.append("te: trailers\r\n")
+                elif upgrade is None and name == "upgrade" and method != "CONNECT":
+                    upgrade = value
+                continue
+            if length is None and name == "content-length":
                 length = value
-                break
-        upgrade = request.headers.get("upgrade") if request.method != "CONNECT" else None
-        out = [f"{request.method} {request.path} HTTP/1.1\r\nhost: {request.authority}\r\n"]
-        # The codec that parsed this request removed what its Connection header listed; a
-        # hop-by-hop name added since (by a header mutation) still must not go out.
-        out.extend([f"{name}: {value}\r\n" for name, value in headers
-                    if (name not in _NOT_FORWARDED or (name == "te" and value == "trailers"))])
+            out.append(f"{name}: {value}\r\n")
         chunked = False
         if upgrade:
             out.append(f"connection: upgrade\r\nupgrade: {upgrade}\r\n")
@@ -606,7 +656,7 @@ class Http1ClientCodec(_Http1Output):
             out.append("transfer-encoding: chunked\r\n")
         out.append("\r\n")
         self._out += "".join(out).encode("latin-1")
-        self._framing = _Outgoing(chunked, False)
+        self._framing = _FRAMINGS[chunked, False]
         if upgrade or request.method == "CONNECT":
             self._tunnel = -stream_id   # becomes a tunnel when the 101 / 2xx arrives
         return stream_id
@@ -662,7 +712,7 @@ class Http1ClientCodec(_Http1Output):
         return [ProtocolError("upstream closed the connection", 502, stream)]
 
     def _close_delimited(self) -> bool:
-        return not any(n in ("content-length", "transfer-encoding") for n, _ in self._headers)
+        return not self._framed
 
     def _protocol_error(self, reason: str, status: int) -> None:
         self._failed = True
@@ -675,6 +725,7 @@ class Http1ClientCodec(_Http1Output):
     def on_message_begin(self) -> None:
         self._headers = []
         self._header_bytes = 0
+        self._framed = False        # the response head has Content-Length or Transfer-Encoding
         self._body_expected = False
         self._in_trailers = False
 
@@ -687,7 +738,8 @@ class Http1ClientCodec(_Http1Output):
     def on_headers_complete(self) -> None:
         parser = self._parser
         status = parser.get_status_code()
-        raw = self._headers = _decode(self._headers)
+        raw = _decode(self._headers, self._header_bytes)
+        self._headers = []          # `raw` may become the response's own list
         if not self._stream:
             self._protocol_error("response without a request", 502)
             return
@@ -696,15 +748,31 @@ class Http1ClientCodec(_Http1Output):
             return
         if not parser.should_keep_alive():
             self.reusable = False
-        names = {n for n, _ in raw}
-        if names & HOP_BY_HOP:
+        # One pass: the headers without the fixed hop-by-hop names, the first Content-Length,
+        # and whether Connection may list more names to drop.
+        kept = []
+        length = None
+        chunked = listed = False
+        for kv in raw:
+            name = kv[0]
+            if name in HOP_BY_HOP:
+                if name == "transfer-encoding":
+                    chunked = True
+                elif name == "connection" and kv[1] not in _LISTS_NOTHING:
+                    listed = True
+                continue
+            if length is None and name == "content-length":
+                length = kv[1]
+            kept.append(kv)
+        self._framed = length is not None or chunked
+        if listed:
             drop = _hop_by_hop(raw)
-            headers = Headers([kv for kv in raw if kv[0] not in drop])
-        else:
-            headers = Headers(list(raw))
-        no_body = self._method == "HEAD" or status in _NO_BODY_STATUS
+            kept = [kv for kv in kept if kv[0] not in drop]
+        headers = Headers(kept)
+        method = self._method
+        no_body = method == "HEAD" or status in _NO_BODY_STATUS
         tunnel = self._tunnel < 0 and (status == 101 or
-                                       (self._method == "CONNECT" and 200 <= status < 300))
+                                       (method == "CONNECT" and 200 <= status < 300))
         if tunnel:
             self._tunnel = self._stream
             self.reusable = False
@@ -715,31 +783,25 @@ class Http1ClientCodec(_Http1Output):
                         upgrade = value
                 if upgrade:
                     headers.add("upgrade", upgrade)
-        end = no_body or tunnel is False and "content-length" in names and self._empty_body(raw)
+        end = no_body or tunnel is False and length is not None and length.strip() == "0"
         self._status = status
         self._events.append(ResponseHead(self._stream, Response(status, headers), end and not tunnel))
         if end and not tunnel:
             self._stream = 0
-            if self._method == "HEAD" and not self._close_delimited():
+            if method == "HEAD" and self._framed:
                 # llhttp cannot be told a HEAD response has no body: a new parser takes the
                 # next response, the old one's callbacks are ignored.
                 self._parser = httptools.HttpResponseParser(self)
         else:
             self._body_expected = True
 
-    @staticmethod
-    def _empty_body(raw) -> bool:
-        for name, value in raw:
-            if name == "content-length":
-                return value.strip() == "0"
-        return False
-
     def on_body(self, body: bytes) -> None:
         if self._stream:
             self._events.append(Body(self._stream, body, False))
 
     def on_message_complete(self) -> None:
-        if 100 <= self._parser.get_status_code() < 200 and self._parser.get_status_code() != 101:
+        status = self._parser.get_status_code()
+        if 100 <= status < 200 and status != 101:
             return
         if self._tunnel > 0:
             return          # a 101 or a CONNECT's 2xx: what follows is the tunnel, not the end

@@ -130,7 +130,7 @@ class HttpConnection(asyncio.Protocol):
                 self._use_http1()
             codec = self.codec
         events = codec.receive(data)
-        if self.active is None and not self.streams:
+        if self.active is None and not self.streams and self.hcm.request_headers_timeout:
             self._header_deadline(codec)
         for event in events:
             self._dispatch(event)
@@ -425,8 +425,8 @@ class HttpConnection(asyncio.Protocol):
             self.deadline_timer = self.loop.call_later(max(upcoming - now, 0.0005), self._on_deadline)
 
     def _sweep_interval(self) -> float:
-        hcm = self.hcm
-        return min(t for t in (hcm.shortest_idle, hcm.request_timeout) if t) / 4
+        idle, request = self.hcm.shortest_idle, self.hcm.request_timeout
+        return (min(idle, request) if idle and request else idle or request) / 4
 
     def _sweep_streams(self) -> None:
         """stream_idle_timeout and request_timeout, for every stream of this connection, by

@@ -37,6 +37,7 @@ from .router import Router, UpstreamRequest, count_status
 from .stream import Stream, mutate_request_headers, own_response_headers
 
 _monotonic = time.monotonic     # the real clock, as the Router's route timeout uses
+_EXPECTED_TIMEOUT: dict = {}    # route timeout -> its x-envoy-expected-rq-timeout-ms header
 
 
 def config_allows(hcm) -> bool:
@@ -140,8 +141,12 @@ class Exchange:
         if timeout and not hcm.suppress_envoy_headers:
             # x-envoy-expected-rq-timeout-ms came in stripped (an external request), so the
             # router's set() is an add here.
-            request.headers.items.append(("x-envoy-expected-rq-timeout-ms",
-                                          str(int(timeout * 1000))))
+            header = _EXPECTED_TIMEOUT.get(timeout)
+            if header is None:
+                header = ("x-envoy-expected-rq-timeout-ms", str(int(timeout * 1000)))
+                if len(_EXPECTED_TIMEOUT) < 256:
+                    _EXPECTED_TIMEOUT[timeout] = header
+            request.headers.items.append(header)
         cluster = self.cluster
         counters[cluster.stat["upstream_rq_total"]] += 1
         cluster.rq_active += 1
@@ -212,11 +217,12 @@ class Exchange:
         if (limit and conn.requests >= limit) or conn.draining:
             codec.goaway()      # this response says connection: close
         codec.send_head(self.id, response, end_stream)
-        conn.mark_dirty()
         if end_stream:
             self.response_complete = True
-            self._end()
+            self._end()         # flushes (HttpConnection.stream_done)
             self._release()
+        else:
+            conn.mark_dirty()
 
     def _body(self, data: bytes, end_stream: bool) -> None:
         """Router.on_response_body and Stream.upstream_response_body."""
@@ -226,11 +232,12 @@ class Exchange:
         self.last_activity = conn.loop.time()
         self.bytes_sent += len(data)
         conn.codec.send_body(self.id, data, end_stream)
-        conn.mark_dirty()
         if end_stream:
             self.response_complete = True
-            self._end()
+            self._end()         # flushes (HttpConnection.stream_done)
             self._release()
+        else:
+            conn.mark_dirty()
 
     def _end(self) -> None:
         """Stream._end: the client has its response."""

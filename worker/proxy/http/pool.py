@@ -396,7 +396,9 @@ class PoolManager:
     def flush_dirty(self) -> None:
         dirty = self.dirty
         while dirty:
-            dirty.pop().flush()
+            conn = dirty.pop()
+            if conn.dirty:          # not flushed since (a finished response flushes at once)
+                conn.flush()
 
     def original_host(self, cluster, destination):
         """The Host for an ORIGINAL_DST destination, one per address (bounded: destinations
