@@ -86,3 +86,84 @@ def _pseudo_error(method, path, scheme, authority, host) -> str | None:
     if path[0] != 0x2F and not (path == b"*" and method == b"OPTIONS"):   # "/"
         return "invalid :path"
     return None
+
+
+_digits = frozenset(b"0123456789")
+
+
+def analyze_request(raw, max_header_bytes: int, max_headers: int) -> tuple | str:
+    """What a request's fields say, independent of the stream (the lean codec caches it with
+    the header block): why they are malformed, or (too large: why or None, method, path,
+    authority, scheme, items, expect 100-continue, CONNECT, content-length or None); strings
+    decoded, path and scheme None for CONNECT."""
+    method = path = scheme = authority = host = None
+    items = []
+    cookies = None
+    size = 0
+    regular = False
+    expect_continue = False
+    error = None
+    length = None
+    for name, value in raw:
+        size += len(name) + len(value)
+        if name[:1] == b":":
+            if regular:
+                error = "pseudo-header after regular header"
+            elif name == b":method":
+                error = "duplicate :method" if method is not None else None
+                method = value
+            elif name == b":path":
+                error = "duplicate :path" if path is not None else None
+                path = value
+            elif name == b":scheme":
+                error = "duplicate :scheme" if scheme is not None else None
+                scheme = value
+            elif name == b":authority":
+                error = "duplicate :authority" if authority is not None else None
+                authority = value
+            else:
+                error = f"unknown pseudo-header {name!r}"
+            if error:
+                return error
+            continue
+        regular = True
+        error = _regular_field(name, value)
+        if error:
+            return error
+        if name == b"cookie":
+            # RFC 9113 8.2.3: crumbs are joined into one field for HTTP/1.1.
+            if cookies is None:
+                cookies = [value]
+                items.append(None)      # the joined cookie goes here
+            else:
+                cookies.append(value)
+            continue
+        if name == b"host":
+            host = value
+            continue
+        if name == b"expect" and value.lower() == b"100-continue":
+            expect_continue = True
+            continue
+        if name == b"content-length":
+            # RFC 9113 8.1.1: the body must be as long as it says.
+            if not value or not _digits.issuperset(value) or \
+                    (length is not None and int(value) != length):
+                return "invalid or conflicting content-length"
+            length = int(value)
+        items.append((name.decode("latin-1"), value.decode("latin-1")))
+    error = _pseudo_error(method, path, scheme, authority, host)
+    if error is not None:
+        return error
+    too_large = None
+    if size > max_header_bytes or len(raw) > max_headers:
+        too_large = "request headers " + \
+            ("too large" if size > max_header_bytes else "too many")
+    if cookies is not None:
+        items[items.index(None)] = ("cookie", b"; ".join(cookies).decode("latin-1"))
+    if authority is None:
+        authority = host if host is not None else b""
+    connect = method == b"CONNECT"
+    return (too_large, method.decode("latin-1"),
+            None if connect else path.decode("latin-1"), authority.decode("latin-1"),
+            None if connect else scheme.decode("latin-1"), tuple(items), expect_continue,
+            connect, length)

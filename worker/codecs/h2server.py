@@ -51,7 +51,7 @@ from hpack.table import HeaderTable
 from .events import (Body, GoAway, ProtocolError, RequestHead, StreamReset, Trailers,
                      WindowOpen)
 from .h2fields import (_CONNECTION_SPECIFIC, _SENSITIVE, _STATUS_BYTES, _connection_nominated,
-                       _pseudo_error, _regular_field, _trailers)
+                       _trailers, analyze_request)
 from .message import Headers, Request, Response
 
 __all__ = ["LeanHttp2ServerCodec"]
@@ -116,7 +116,6 @@ _U32 = struct.Struct(">L")
 _SETTING = struct.Struct(">HL")
 _GOAWAY = struct.Struct(">LL")
 
-_digits = frozenset(b"0123456789")
 
 
 class _ConnError(Exception):
@@ -927,80 +926,7 @@ class LeanHttp2ServerCodec:
     # -- internals: requests ------------------------------------------------------------------
 
     def _analyze(self, raw) -> tuple | str:
-        """What a request's fields say, independent of the stream (so it is cached with the
-        block): why they are malformed, or (too large: why or None, method, path, authority,
-        scheme, items, expect 100-continue, CONNECT, content-length or None)."""
-        method = path = scheme = authority = host = None
-        items = []
-        cookies = None
-        size = 0
-        regular = False
-        expect_continue = False
-        error = None
-        length = None
-        for name, value in raw:
-            size += len(name) + len(value)
-            if name[:1] == b":":
-                if regular:
-                    error = "pseudo-header after regular header"
-                elif name == b":method":
-                    error = "duplicate :method" if method is not None else None
-                    method = value
-                elif name == b":path":
-                    error = "duplicate :path" if path is not None else None
-                    path = value
-                elif name == b":scheme":
-                    error = "duplicate :scheme" if scheme is not None else None
-                    scheme = value
-                elif name == b":authority":
-                    error = "duplicate :authority" if authority is not None else None
-                    authority = value
-                else:
-                    error = f"unknown pseudo-header {name!r}"
-                if error:
-                    return error
-                continue
-            regular = True
-            error = _regular_field(name, value)
-            if error:
-                return error
-            if name == b"cookie":
-                # RFC 9113 8.2.3: crumbs are joined into one field for HTTP/1.1.
-                if cookies is None:
-                    cookies = [value]
-                    items.append(None)      # the joined cookie goes here
-                else:
-                    cookies.append(value)
-                continue
-            if name == b"host":
-                host = value
-                continue
-            if name == b"expect" and value.lower() == b"100-continue":
-                expect_continue = True
-                continue
-            if name == b"content-length":
-                # RFC 9113 8.1.1: the body must be as long as it says.
-                if not value or not _digits.issuperset(value) or \
-                        (length is not None and int(value) != length):
-                    return "invalid or conflicting content-length"
-                length = int(value)
-            items.append((name.decode("latin-1"), value.decode("latin-1")))
-        error = _pseudo_error(method, path, scheme, authority, host)
-        if error is not None:
-            return error
-        too_large = None
-        if size > self._max_header_bytes or len(raw) > self._max_headers:
-            too_large = "request headers " + \
-                ("too large" if size > self._max_header_bytes else "too many")
-        if cookies is not None:
-            items[items.index(None)] = ("cookie", b"; ".join(cookies).decode("latin-1"))
-        if authority is None:
-            authority = host if host is not None else b""
-        connect = method == b"CONNECT"
-        return (too_large, method.decode("latin-1"),
-                None if connect else path.decode("latin-1"), authority.decode("latin-1"),
-                None if connect else scheme.decode("latin-1"), tuple(items), expect_continue,
-                connect, length)
+        return analyze_request(raw, self._max_header_bytes, self._max_headers)
 
     # -- internals: the end -----------------------------------------------------------------
 

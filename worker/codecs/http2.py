@@ -50,7 +50,7 @@ from hyperframe.frame import GoAwayFrame
 from .events import (Body, GoAway, ProtocolError, RequestHead, ResponseHead, StreamReset,
                      Trailers, WindowOpen)
 from .h2fields import (_CONNECTION_SPECIFIC, _SENSITIVE, _STATUS_BYTES, _connection_nominated,
-                       _pseudo_error, _regular_field, _trailers)
+                       _regular_field, _trailers, analyze_request)
 from .message import Headers, Request, Response
 
 __all__ = ["Http2ServerCodec", "H2LibServerCodec", "Http2ClientCodec", "StreamUnavailable",
@@ -678,79 +678,22 @@ class H2LibServerCodec(_Http2Codec):
 
     def _request_head(self, stream_id: int, raw, end_stream: bool):
         """RequestHead for a request's fields; ProtocolError(431) if they are too large; None
-        (after resetting the stream) if they are malformed."""
-        method = path = scheme = authority = host = None
-        items = []
-        cookies = None
-        size = 0
-        regular = False
-        expect_continue = False
-        error = None
-        for name, value in raw:
-            size += len(name) + len(value)
-            if name[:1] == b":":
-                if regular:
-                    error = "pseudo-header after regular header"
-                elif name == b":method":
-                    error = "duplicate :method" if method is not None else None
-                    method = value
-                elif name == b":path":
-                    error = "duplicate :path" if path is not None else None
-                    path = value
-                elif name == b":scheme":
-                    error = "duplicate :scheme" if scheme is not None else None
-                    scheme = value
-                elif name == b":authority":
-                    error = "duplicate :authority" if authority is not None else None
-                    authority = value
-                else:
-                    error = f"unknown pseudo-header {name!r}"
-                if error:
-                    break
-                continue
-            regular = True
-            error = _regular_field(name, value)
-            if error:
-                break
-            if name == b"cookie":
-                # RFC 9113 8.2.3: crumbs are joined into one field for HTTP/1.1.
-                if cookies is None:
-                    cookies = [value]
-                    items.append(None)      # the joined cookie goes here
-                else:
-                    cookies.append(value)
-                continue
-            if name == b"host":
-                host = value
-                continue
-            if name == b"expect" and value.lower() == b"100-continue":
-                expect_continue = True
-                continue
-            items.append((name.decode("latin-1"), value.decode("latin-1")))
-        if error is None:
-            error = self._pseudo_error(method, path, scheme, authority, host)
-        if error is not None:
-            self._malformed_stream(stream_id, error)
+        (after resetting the stream) if they are malformed (h2fields.analyze_request, the
+        lean codec's rules too)."""
+        analysis = analyze_request(raw, self._max_header_bytes, self._max_headers)
+        if isinstance(analysis, str):
+            self._malformed_stream(stream_id, analysis)
             return None
-        if size > self._max_header_bytes or len(raw) > self._max_headers:
+        too_large, method, path, authority, scheme, items, expect_continue, connect, _ = analysis
+        if too_large is not None:
             # The manager answers 431 on this stream; the connection carries on.
-            what = "too large" if size > self._max_header_bytes else "too many"
-            return ProtocolError(f"request headers {what}", 431, stream_id)
-        if cookies is not None:
-            items[items.index(None)] = ("cookie", b"; ".join(cookies).decode("latin-1"))
-        if authority is None:
-            authority = host if host is not None else b""
-        authority = authority.decode("latin-1")
-        method = method.decode("latin-1")
-        if method == "CONNECT":
+            return ProtocolError(too_large, 431, stream_id)
+        if connect:
             # As in HTTP/1.1, a CONNECT's target is its authority.
-            request = Request(method, authority, authority, Headers(items), "", "2")
+            request = Request(method, authority, authority, Headers(list(items)), "", "2")
             return RequestHead(stream_id, request, end_stream, expect_continue, "connect")
-        request = Request(method, path.decode("latin-1"), authority, Headers(items),
-                          scheme.decode("latin-1"), "2")
+        request = Request(method, path, authority, Headers(list(items)), scheme, "2")
         return RequestHead(stream_id, request, end_stream, expect_continue)
-
-    _pseudo_error = staticmethod(_pseudo_error)
 
     def _failed_streams(self, events: list, reason: str) -> None:
         # No stream can be answered: the manager aborts every stream of the connection.
