@@ -339,13 +339,13 @@ def main(argv=None) -> int:
     logging.basicConfig(level=getattr(logging, args.log_level.upper(), logging.INFO),
                         format="%(asctime)s baton-xds[%(process)d] %(levelname)s %(message)s",
                         stream=sys.stderr)
+    import prctl
+    prctl.set_pdeathsig(signal.SIGTERM)           # the master died without stopping us
     try:
-        import prctl
         prctl.set_name("baton: xds")
         prctl.set_proctitle("baton: xds agent")
-        prctl.set_pdeathsig(signal.SIGTERM)       # the master died without stopping us
-    except Exception:  # noqa: BLE001 - a process title is not worth failing for
-        pass
+    except OSError as exc:                        # a process title is not worth failing for
+        log.debug("xds agent: no process title: %s", exc)
     from .bootstrap import ConfigError, load_bootstrap
     try:
         bootstrap = load_bootstrap(args.bootstrap)

@@ -649,9 +649,8 @@ class Http1ClientCodec(_Http1Output):
         chunked = False
         if upgrade:
             out.append(f"connection: upgrade\r\nupgrade: {upgrade}\r\n")
-        elif request.method == "CONNECT":
-            pass
-        elif length is None and not end_stream:
+        elif length is None and not end_stream and request.method != "CONNECT":
+            # (A CONNECT has no body framing: after its 2xx the connection is a tunnel.)
             chunked = True
             out.append("transfer-encoding: chunked\r\n")
         out.append("\r\n")

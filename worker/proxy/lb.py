@@ -193,7 +193,8 @@ class Balancer:
         self._rebuild(available)
 
     def _rebuild(self, available: list[Host]) -> None:
-        pass
+        """Hook for balancers with derived state (ring, Maglev table, weighted schedule);
+        round robin, random and least request read `available` directly."""
 
     def _all_excluded(self, exclude) -> bool:
         return all(h in exclude for h in self.available)
