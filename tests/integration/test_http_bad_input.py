@@ -16,33 +16,7 @@ from .conftest import Baton, free_port, start_ready_process, wait_until
 
 RECORDER = Path(__file__).resolve().parent / "differential" / "recorder.py"
 
-WS_UPSTREAM = r'''
-import socket, sys, threading
-s = socket.socket(); s.bind(("127.0.0.1", 0)); s.listen(16)
-print("ready", s.getsockname()[1], flush=True)
-def handle(c):
-    head = b""
-    while b"\r\n\r\n" not in head:
-        d = c.recv(4096)
-        if not d:
-            return
-        head += d
-    head, _, rest = head.partition(b"\r\n\r\n")
-    if b"upgrade: websocket" not in head.lower():
-        c.sendall(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n"); c.close(); return
-    c.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
-    if rest:
-        c.sendall(rest.upper())
-    while True:
-        d = c.recv(65536)
-        if not d:
-            break
-        c.sendall(d.upper())            # the "websocket" echoes, upper-cased
-    c.close()
-while True:
-    c, _ = s.accept()
-    threading.Thread(target=handle, args=(c,), daemon=True).start()
-'''
+TUNNEL_UPSTREAM = Path(__file__).resolve().parent / "tunnel_upstream.py"
 
 
 def bootstrap(admin: int, port: int, upstream: int, ws_upstream: int) -> dict:
@@ -74,8 +48,7 @@ def bootstrap(admin: int, port: int, upstream: int, ws_upstream: int) -> dict:
 @pytest.fixture
 def edge(tmp_path):
     recorder, port_app = start_ready_process([sys.executable, str(RECORDER), "app"])
-    (tmp_path / "ws.py").write_text(WS_UPSTREAM)
-    ws, port_ws = start_ready_process([sys.executable, str(tmp_path / "ws.py")])
+    ws, port_ws = start_ready_process([sys.executable, str(TUNNEL_UPSTREAM), "websocket"])
     port = free_port()
     baton = Baton(tmp_path / "baton", bootstrap(free_port(), port, port_app, port_ws), concurrency=1).start()
     baton.port = port

@@ -11,41 +11,14 @@ from __future__ import annotations
 
 import socket
 import sys
+from pathlib import Path
 
 import pytest
 
 from .conftest import Baton, free_port, start_ready_process
 from .differential.proxies import Envoy
 
-CONNECT_UPSTREAM = r'''
-import socket, sys, threading
-s = socket.socket(); s.bind(("127.0.0.1", 0)); s.listen(16)
-print("ready", s.getsockname()[1], flush=True)
-def handle(c):
-    head = b""
-    while b"\r\n\r\n" not in head:
-        d = c.recv(4096)
-        if not d:
-            return
-        head += d
-    head, _, rest = head.partition(b"\r\n\r\n")
-    line = head.split(b"\r\n", 1)[0]
-    if not line.startswith(b"CONNECT "):
-        c.sendall(b"HTTP/1.1 405 Method Not Allowed\r\ncontent-length: 0\r\n\r\n"); c.close(); return
-    # The request line comes back first, so the client can tell what the upstream saw.
-    c.sendall(b"HTTP/1.1 200 OK\r\n\r\n" + line + b"\n")
-    if rest:
-        c.sendall(rest.upper())
-    while True:
-        d = c.recv(65536)
-        if not d:
-            break
-        c.sendall(d.upper())
-    c.close()
-while True:
-    c, _ = s.accept()
-    threading.Thread(target=handle, args=(c,), daemon=True).start()
-'''
+TUNNEL_UPSTREAM = Path(__file__).resolve().parent / "tunnel_upstream.py"
 
 
 def bootstrap(admin: int, port: int, upstream: int) -> dict:
@@ -97,9 +70,8 @@ def tunnel(port: int) -> tuple[int, bytes, list[bytes]]:
 
 
 @pytest.fixture
-def upstream(tmp_path):
-    (tmp_path / "connect_up.py").write_text(CONNECT_UPSTREAM)
-    proc, port = start_ready_process([sys.executable, str(tmp_path / "connect_up.py")])
+def upstream():
+    proc, port = start_ready_process([sys.executable, str(TUNNEL_UPSTREAM), "connect"])
     yield port
     proc.kill()
     proc.wait(10)
