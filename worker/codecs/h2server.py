@@ -257,6 +257,7 @@ class LeanHttp2ServerCodec:
                  "_block", "_block_stream", "_block_end", "_block_self_dependent", "_decoder",
                  "_hard_cap",
                  "_table_gen", "_header_cache", "_events")
+    multiplexed = True      # streams interleave: a fault ends one stream; draining is GOAWAY
 
     def __init__(self, *, max_header_bytes: int = 60 * 1024, max_headers: int = 100,
                  max_concurrent_streams: int = 2**31 - 1,

@@ -227,6 +227,7 @@ class Http1ServerCodec(_Http1Output):
                  "_header_bytes", "_max_header_bytes", "_max_headers", "_failed", "_body_seen",
                  "_responses", "_tunnel", "_framing", "closed", "close_after", "_goaway",
                  "_expect_continue", "_in_head", "_declined_upgrade")
+    multiplexed = False     # one exchange at a time: a fault or an unread body ends the connection
 
     def __init__(self, *, max_header_bytes: int = 60 * 1024, max_headers: int = 100):
         self._parser = httptools.HttpRequestParser(self)

@@ -227,7 +227,7 @@ class HttpConnection(asyncio.Protocol):
         self.requests += 1
         if self.stream_timer is None and (self.hcm.shortest_idle or self.hcm.request_timeout):
             self.stream_timer = self.loop.call_later(self._sweep_interval(), self._sweep_streams)
-        if self.codec.__class__ is Http1ServerCodec:
+        if not self.codec.multiplexed:
             self.active = stream
         stream.start()
 
@@ -269,15 +269,15 @@ class HttpConnection(asyncio.Protocol):
             if stream is None:
                 stream = Stream.for_error(self, event.stream_id)
                 self.streams[event.stream_id] = stream
-                if self.codec.__class__ is Http1ServerCodec:
+                if not self.codec.multiplexed:
                     self.active = stream
-            stream.close_connection = self.codec.__class__ is Http1ServerCodec
+            stream.close_connection = not self.codec.multiplexed
             stream.local_reply(event.status, _ERROR_BODIES.get(event.status, ""),
                                _ERROR_DETAILS.get(event.status, "codec_error"))
             return
         if stream is not None:
             stream.reset(event.reason)
-        if self.codec.__class__ is Http1ServerCodec or not event.stream_id:
+        if not self.codec.multiplexed or not event.stream_id:
             self.flush()
             self.close()
 
@@ -373,14 +373,14 @@ class HttpConnection(asyncio.Protocol):
             return
         self.codec.goaway()
         self.flush()
-        if self.codec.__class__ is not Http1ServerCodec and self.drain_timer is None:
+        if self.codec.multiplexed and self.drain_timer is None:
             # A client that never answers our PING still gets its final GOAWAY (Envoy's
             # drain_timeout between the two phases).
             self.drain_timer = self.loop.call_later(self.hcm.drain_timeout, self._final_goaway)
         # HTTP/1.1 idle: close now. HTTP/2: only once the final GOAWAY is out (the codec sends
         # it when our PING comes back): streams the client opened before it saw the first
         # GOAWAY are still on their way and must be served, not dropped.
-        if not self.streams and (self.codec.__class__ is Http1ServerCodec or self.codec.closed):
+        if not self.streams and (not self.codec.multiplexed or self.codec.closed):
             self.close()
 
     def _final_goaway(self) -> None:

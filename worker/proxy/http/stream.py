@@ -16,7 +16,6 @@ import random
 import re
 import time
 
-from ...codecs.http1 import Http1ServerCodec
 from ...codecs.message import Headers, Response
 from .filter import Delay, LocalReply
 from .router import Router
@@ -500,7 +499,7 @@ class Stream:
         if self.route is not None and self.request is not None and details != "route_not_found":
             self._apply_mutations(headers, self.route.response_header_mutations(self.cluster_name))
         if not self.request_complete and self.request is not None and \
-                self.conn.codec.__class__ is Http1ServerCodec:
+                not self.conn.codec.multiplexed:
             # The rest of the request body would be read as the next request: close after.
             self.conn.codec.goaway()
         head_request = self.request is not None and self.request.method == "HEAD"
@@ -548,7 +547,7 @@ class Stream:
             codec = self.conn.codec
             codec.reset(self.id)
             self.conn.flush()
-            if codec.__class__ is Http1ServerCodec:
+            if not codec.multiplexed:
                 self.conn.queued.clear()    # the connection dies: nothing queued may start
                 self.conn.active = None
                 self._end()
@@ -563,7 +562,7 @@ class Stream:
         if self.response_started:
             self.reset(details)
         else:
-            self.close_connection = self.conn.codec.__class__ is Http1ServerCodec
+            self.close_connection = not self.conn.codec.multiplexed
             self.local_reply(status, body, details)
 
     def reset_downstream(self, reason: str) -> None:
