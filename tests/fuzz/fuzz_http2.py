@@ -40,8 +40,9 @@ if os.path.dirname(ROOT) not in sys.path:       # the repo root is the package `
 
 from baton.worker.codecs.events import (Body, GoAway, ProtocolError, RequestHead,  # noqa: E402
                                         ResponseHead, StreamReset, Trailers, WindowOpen)
-from baton.worker.codecs.http2 import (H2_PREFACE, H2LibServerCodec,  # noqa: E402
+from baton.worker.codecs.http2 import (H2_PREFACE,  # noqa: E402
                                        Http2ClientCodec, Http2ServerCodec, StreamUnavailable)
+from baton.tests.reference.h2lib_server import H2LibServerCodec  # noqa: E402
 from baton.worker.codecs.message import Headers, Request, Response  # noqa: E402
 
 CORPUS = os.path.join(HERE, "corpus", "http2")

@@ -18,8 +18,9 @@ from baton.worker.codecs import h2server
 from baton.worker.codecs.events import (Body, GoAway, ProtocolError, RequestHead, StreamReset,
                                         Trailers, WindowOpen)
 from baton.worker.codecs.h2server import LeanHttp2ServerCodec
-from baton.worker.codecs.http2 import H2_PREFACE, H2LibServerCodec, Http2ServerCodec
+from baton.worker.codecs.http2 import H2_PREFACE, Http2ServerCodec
 from baton.worker.codecs.message import Headers, Response
+from tests.reference.h2lib_server import H2LibServerCodec
 
 DATA, HEADERS, PRIORITY, RST_STREAM, SETTINGS, PUSH_PROMISE, PING, GOAWAY, WINDOW_UPDATE, \
     CONTINUATION = range(10)

@@ -23,9 +23,9 @@ from hypothesis import strategies as st
 from baton.worker.codecs.events import (Body, GoAway, ProtocolError, RequestHead, ResponseHead,
                                         StreamReset, Trailers, WindowOpen)
 from baton.worker.codecs.http2 import (CANCEL, NO_ERROR, PROTOCOL_ERROR, REFUSED_STREAM,
-                                       H2LibServerCodec, Http2ClientCodec, Http2ServerCodec,
-                                       StreamUnavailable)
+                                       Http2ClientCodec, Http2ServerCodec, StreamUnavailable)
 from baton.worker.codecs.message import Headers, Request, Response
+from tests.reference.h2lib_server import H2LibServerCodec
 
 PROPERTY = settings(max_examples=150, derandomize=True, database=None, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow])

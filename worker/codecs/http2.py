@@ -1,9 +1,9 @@
-"""HTTP/2, sans-IO, on h2: the server side (a client's connection to us) and the client side
-(our connection to an upstream). Interface and events: events.py; the HTTP/1.1 codec
-(http1.py) speaks the same interface, so the connection manager and the pools drive either.
-The server side the proxy uses is h2server.py's lean codec, without h2 (a small fraction of the
-CPU per request); the h2-based one here, H2LibServerCodec, is its reference and fallback, and
-the last line of this file chooses. Field validation both share: h2fields.py.
+"""HTTP/2, sans-IO, on h2: the client side (our connection to an upstream). Interface and
+events: events.py; the HTTP/1.1 codec (http1.py) speaks the same interface, so the pools drive
+either. The server side (a client's connection to us) is h2server.py's own frame layer, without
+h2, because h2 cost ten times its CPU per request there (bench/RESULTS.md); it is re-exported
+here as Http2ServerCodec. The h2-based server that it is compared against in the tests builds
+on `_Http2Codec` below: tests/reference/h2lib_server.py. Field validation: h2fields.py.
 
 Rules of this file:
 - h2 owns framing, HPACK, the stream and connection state machines, flow-control accounting,
@@ -38,22 +38,21 @@ from __future__ import annotations
 from h2.config import H2Configuration
 from h2.connection import ConnectionState, H2Connection
 from h2.events import (ConnectionTerminated, DataReceived, InformationalResponseReceived,
-                       PingAckReceived, RemoteSettingsChanged, RequestReceived,
-                       ResponseReceived, StreamReset as H2StreamReset, TrailersReceived,
-                       WindowUpdated)
+                       RemoteSettingsChanged, ResponseReceived, StreamReset as H2StreamReset,
+                       TrailersReceived, WindowUpdated)
 from h2.exceptions import H2Error, StreamClosedError
 from h2.settings import SettingCodes, Settings
 from h2.stream import H2Stream
 from hpack import NeverIndexedHeaderTuple
 from hyperframe.frame import GoAwayFrame
 
-from .events import (Body, GoAway, ProtocolError, RequestHead, ResponseHead, StreamReset,
-                     Trailers, WindowOpen)
-from .h2fields import (_CONNECTION_SPECIFIC, _SENSITIVE, _STATUS_BYTES, _connection_nominated,
-                       _regular_field, _trailers, analyze_request)
+from .events import (Body, GoAway, ProtocolError, ResponseHead, StreamReset, Trailers,
+                     WindowOpen)
+from .h2fields import (_CONNECTION_SPECIFIC, _SENSITIVE, _connection_nominated, _regular_field,
+                       _trailers)
 from .message import Headers, Request, Response
 
-__all__ = ["Http2ServerCodec", "H2LibServerCodec", "Http2ClientCodec", "StreamUnavailable",
+__all__ = ["Http2ServerCodec", "Http2ClientCodec", "StreamUnavailable",
            "NO_ERROR", "PROTOCOL_ERROR", "INTERNAL_ERROR", "REFUSED_STREAM", "CANCEL", "H2_PREFACE"]
 
 H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
@@ -68,7 +67,6 @@ CANCEL = 0x8
 
 _MAX_STREAM_ID = 2**31 - 1
 _DEFAULT_WINDOW = 65535                  # every connection window starts here (RFC 9113 6.9.2)
-_DRAIN_PING = b"baton\x00gw"             # opaque data of the PING that times a graceful GOAWAY
 
 
 class StreamUnavailable(Exception):
@@ -228,11 +226,13 @@ def _encode_fields(items, out: list, skip_host: bool) -> None:
 # -- the codecs ----------------------------------------------------------------------------------
 
 class _Http2Codec:
-    """What both sides share: sending with flow control, consuming, resets, GOAWAY, output."""
+    """An h2 connection adjusted as the rules above say: sending with flow control,
+    consuming, resets, GOAWAY, output. The client codec below is the product's one subclass;
+    the h2-based reference server (tests/reference/h2lib_server.py) is the other."""
 
     __slots__ = ("_conn", "_streams", "_held", "_unacked", "_out", "_dead", "_peer_goaway",
-                 "_goaway_sent", "_drain_pinged", "_accept_upto", "internal_error",
-                 "_max_header_bytes", "_initial_connection_window", "_handlers", "_events")
+                 "_goaway_sent", "internal_error", "_max_header_bytes",
+                 "_initial_connection_window", "_handlers", "_events")
 
     _client_side = False
 
@@ -263,8 +263,6 @@ class _Http2Codec:
         self._dead = False
         self._peer_goaway = False
         self._goaway_sent = False                    # a GOAWAY with the real last stream id
-        self._drain_pinged = False                   # graceful GOAWAY phase one sent
-        self._accept_upto = _MAX_STREAM_ID           # streams above are refused after GOAWAY
         self.internal_error: BaseException | None = None
         self._events: list = []
         self._handlers = {
@@ -273,7 +271,6 @@ class _Http2Codec:
             H2StreamReset: self._on_reset,
             WindowUpdated: self._on_window_update,
             RemoteSettingsChanged: self._on_settings,
-            PingAckReceived: self._on_ping_ack,
             ConnectionTerminated: self._on_goaway,
             _Malformed: self._on_malformed,
         }
@@ -376,22 +373,15 @@ class _Http2Codec:
 
     def goaway(self, last_stream_id: int | None = None, code: int = NO_ERROR,
                graceful: bool = True) -> None:
-        """Stop the peer opening streams. Graceful (code 0): GOAWAY(2^31-1) and a PING now, the
-        GOAWAY with the real last stream id when the PING's ack comes back (what Envoy does:
-        streams already in flight towards us are not lost); streams up to it finish. With an
-        error code the connection ends once data_to_send() is flushed."""
+        """Stop the peer opening streams: GOAWAY(last_stream_id, default the highest stream
+        the peer opened); streams up to it finish. With an error code the connection ends once
+        data_to_send() is flushed. (`graceful` is the server side's two-phase GOAWAY, which
+        a client has no use for: it opens the streams itself.)"""
         if self._dead:
             return
         if code != NO_ERROR:
             self._conn.close_connection(code, last_stream_id=last_stream_id)
             self._dead = True
-            return
-        if graceful and last_stream_id is None and not self._client_side:
-            if self._drain_pinged or self._goaway_sent:
-                return
-            self._drain_pinged = True
-            self._send_goaway(_MAX_STREAM_ID)
-            self._conn.ping(_DRAIN_PING)
             return
         if last_stream_id is None:
             last_stream_id = self._conn.highest_inbound_stream_id
@@ -485,7 +475,6 @@ class _Http2Codec:
     def _final_goaway(self, last_stream_id: int) -> None:
         self._send_goaway(last_stream_id)
         self._goaway_sent = True
-        self._accept_upto = min(self._accept_upto, last_stream_id)
 
     # -- internals: receiving -------------------------------------------------------------------
 
@@ -577,10 +566,6 @@ class _Http2Codec:
                            SettingCodes.MAX_FRAME_SIZE in event.changed_settings):
             self._flush_all(list(self._held))
 
-    def _on_ping_ack(self, event) -> None:
-        if self._drain_pinged and not self._goaway_sent and event.ping_data == _DRAIN_PING:
-            self._final_goaway(self._conn.highest_inbound_stream_id)
-
     def _on_goaway(self, event) -> None:
         self._peer_goaway = True
         code = int(event.error_code)
@@ -610,102 +595,6 @@ class _Http2Codec:
 
     def _eof(self) -> list:
         raise NotImplementedError
-
-
-class H2LibServerCodec(_Http2Codec):
-    """A client's HTTP/2 connection to us (prior knowledge / h2c preface): requests in,
-    responses out. The h2-based reference; `Http2ServerCodec` (end of file) says which
-    server codec the proxy uses."""
-
-    __slots__ = ("_max_headers",)
-
-    _client_side = False
-
-    def __init__(self, *, max_header_bytes: int = 60 * 1024, max_headers: int = 100,
-                 max_concurrent_streams: int = 2**31 - 1,
-                 initial_stream_window: int = 268435456,
-                 initial_connection_window: int = 268435456):
-        super().__init__(max_header_bytes=max_header_bytes,
-                         initial_stream_window=initial_stream_window,
-                         initial_connection_window=initial_connection_window,
-                         max_concurrent_streams=max_concurrent_streams)
-        self._max_headers = max_headers
-        self._handlers[RequestReceived] = self._on_request
-
-    def send_head(self, stream_id: int, response: Response, end_stream: bool) -> None:
-        """The response head; a 1xx head (not 101, which HTTP/2 does not have) leaves the
-        stream open for the final one."""
-        state = self._streams.get(stream_id)
-        if state is None or state.local_closed or self._dead:
-            return
-        status = response.status
-        if status == 101:
-            return
-        fields = [(b":status", _STATUS_BYTES.get(status) or str(status).encode())]
-        _encode_fields(response.headers.items, fields, False)
-        if status < 200:
-            self._conn.send_headers(stream_id, fields, end_stream=False)
-            return
-        self._send_head_fields(stream_id, fields, end_stream, state)
-
-    def _local_end(self, stream_id: int, state: _StreamState) -> None:
-        state.local_closed = True
-        if state.remote_closed:
-            del self._streams[stream_id]
-            return
-        # The response is complete but the request is not: ask the client to stop sending
-        # (RFC 9113 8.1, RST_STREAM NO_ERROR) and hand back the window of what it sent.
-        del self._streams[stream_id]
-        self._forget(stream_id)
-        self._conn._reset_quietly(stream_id, NO_ERROR)
-
-    def _on_request(self, event) -> None:
-        stream_id = event.stream_id
-        if stream_id > self._accept_upto:
-            # Opened after our final GOAWAY: never processed, so the client may retry it.
-            self._conn._reset_quietly(stream_id, REFUSED_STREAM)
-            return
-        end = event.stream_ended is not None
-        head = self._request_head(stream_id, event.headers, end)
-        if head is None:
-            return
-        state = _StreamState()
-        state.remote_closed = end
-        self._streams[stream_id] = state
-        if isinstance(head, ProtocolError):
-            state.rejected = True
-        self._events.append(head)
-
-    def _request_head(self, stream_id: int, raw, end_stream: bool):
-        """RequestHead for a request's fields; ProtocolError(431) if they are too large; None
-        (after resetting the stream) if they are malformed (h2fields.analyze_request, the
-        lean codec's rules too)."""
-        analysis = analyze_request(raw, self._max_header_bytes, self._max_headers)
-        if isinstance(analysis, str):
-            self._malformed_stream(stream_id, analysis)
-            return None
-        too_large, method, path, authority, scheme, items, expect_continue, connect, _ = analysis
-        if too_large is not None:
-            # The manager answers 431 on this stream; the connection carries on.
-            return ProtocolError(too_large, 431, stream_id)
-        if connect:
-            # As in HTTP/1.1, a CONNECT's target is its authority.
-            request = Request(method, authority, authority, Headers(list(items)), "", "2")
-            return RequestHead(stream_id, request, end_stream, expect_continue, "connect")
-        request = Request(method, path, authority, Headers(list(items)), scheme, "2")
-        return RequestHead(stream_id, request, end_stream, expect_continue)
-
-    def _failed_streams(self, events: list, reason: str) -> None:
-        # No stream can be answered: the manager aborts every stream of the connection.
-        events.append(ProtocolError(reason, 400, 0))
-
-    def _eof(self) -> list:
-        self._dead = True
-        events = [ProtocolError("downstream closed mid-request", 0, stream_id)
-                  for stream_id in self._streams]
-        self._streams.clear()
-        self._held.clear()
-        return events
 
 
 class Http2ClientCodec(_Http2Codec):
@@ -848,6 +737,5 @@ class Http2ClientCodec(_Http2Codec):
         return events
 
 
-# The server codec in use. h2server.py's lean codec (no h2 on the server side; same interface
-# and events). To go back to h2: `Http2ServerCodec = H2LibServerCodec`.
+# The server side, so that this module names both sides (see the docstring).
 from .h2server import LeanHttp2ServerCodec as Http2ServerCodec  # noqa: E402
