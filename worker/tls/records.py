@@ -1,0 +1,140 @@
+"""TLS record framing and alerts, shared by both protocol versions (sans-IO).
+
+    0      1      3      5                          5+length
+    +------+------+------+--------------------------+
+    | type | ver  |length|  fragment (length bytes)  |
+    +------+------+------+--------------------------+
+      u8    u16 BE u16 BE
+
+RFC 8446 §5.1 (TLSPlaintext / TLSCiphertext) and RFC 5246 §6.2.1 use the same five-byte
+header. Rules of this file:
+- `RecordReader` only frames: it never decrypts and never looks inside a fragment.
+- A header that cannot start a valid record is a `TLSAlert` with the description the RFCs name
+  (unexpected_message for an unknown type, record_overflow for a length over the limit).
+- `TLSAlert` is the only exception the record layer lets out on bad input.
+"""
+
+from __future__ import annotations
+
+import struct
+
+HEADER = struct.Struct("!BHH")
+HEADER_SIZE = 5
+
+CHANGE_CIPHER_SPEC = 20
+ALERT = 21
+HANDSHAKE = 22
+APPLICATION_DATA = 23
+CONTENT_TYPES = frozenset((CHANGE_CIPHER_SPEC, ALERT, HANDSHAKE, APPLICATION_DATA))
+
+TLS12_VERSION = 0x0303          # also TLS 1.3's legacy_record_version (RFC 8446 §5.1)
+
+MAX_PLAINTEXT = 1 << 14                         # RFC 8446 §5.1, RFC 5246 §6.2.1
+MAX_TLS13_CIPHERTEXT = MAX_PLAINTEXT + 256      # RFC 8446 §5.2
+MAX_TLS12_CIPHERTEXT = MAX_PLAINTEXT + 2048     # RFC 5246 §6.2.3
+
+# Alert levels and the descriptions this layer sends or names (RFC 8446 §6, RFC 5246 §7.2).
+WARNING = 1
+FATAL = 2
+CLOSE_NOTIFY = 0
+UNEXPECTED_MESSAGE = 10
+BAD_RECORD_MAC = 20
+RECORD_OVERFLOW = 22
+HANDSHAKE_FAILURE = 40
+ILLEGAL_PARAMETER = 47
+DECODE_ERROR = 50
+PROTOCOL_VERSION = 70
+INTERNAL_ERROR = 80
+USER_CANCELED = 90
+NO_RENEGOTIATION = 100
+
+ALERT_NAMES = {
+    0: "close_notify", 10: "unexpected_message", 20: "bad_record_mac", 21: "decryption_failed",
+    22: "record_overflow", 40: "handshake_failure", 42: "bad_certificate",
+    43: "unsupported_certificate", 44: "certificate_revoked", 45: "certificate_expired",
+    46: "certificate_unknown", 47: "illegal_parameter", 48: "unknown_ca", 49: "access_denied",
+    50: "decode_error", 51: "decrypt_error", 70: "protocol_version",
+    71: "insufficient_security", 80: "internal_error", 86: "inappropriate_fallback",
+    90: "user_canceled", 100: "no_renegotiation", 109: "missing_extension",
+    110: "unsupported_extension", 112: "unrecognized_name", 116: "certificate_required",
+    120: "no_application_protocol",
+}
+
+
+def alert_name(description: int) -> str:
+    return ALERT_NAMES.get(description, f"alert_{description}")
+
+
+class TLSAlert(Exception):
+    """The connection is over: `description` is the alert, `remote` says who sent it.
+
+    A local one (remote=False) means this layer found the peer's input bad; the layer has
+    already queued the fatal alert record for the caller to send before closing.
+    """
+
+    def __init__(self, description: int, reason: str, remote: bool = False) -> None:
+        self.description = description
+        self.remote = remote
+        who = "peer sent" if remote else "sending"
+        super().__init__(f"{who} fatal alert {alert_name(description)}: {reason}")
+
+
+def pack_header(content_type: int, length: int, version: int = TLS12_VERSION) -> bytes:
+    return HEADER.pack(content_type, version, length)
+
+
+class RecordReader:
+    """Cuts a byte stream into records: (type, version, header bytes, fragment)."""
+
+    __slots__ = ("_buf", "_pos", "max_length")
+
+    def __init__(self, max_length: int, pending: bytes = b"") -> None:
+        self._buf = bytearray(pending)
+        self._pos = 0
+        self.max_length = max_length
+
+    def feed(self, data: bytes) -> None:
+        if self._pos:       # what was consumed goes first: at most one partial record remains
+            del self._buf[:self._pos]
+            self._pos = 0
+        self._buf += data
+
+    def next_record(self):
+        """The next complete record, or None until more bytes arrive."""
+        buf, pos = self._buf, self._pos
+        if len(buf) - pos < HEADER_SIZE:
+            return None
+        content_type, version, length = HEADER.unpack_from(buf, pos)
+        if content_type not in CONTENT_TYPES:
+            raise TLSAlert(UNEXPECTED_MESSAGE, f"unknown record type {content_type}")
+        if length > self.max_length:
+            raise TLSAlert(RECORD_OVERFLOW, f"record of {length} bytes (max {self.max_length})")
+        end = pos + HEADER_SIZE + length
+        if len(buf) < end:
+            return None
+        header = bytes(buf[pos:pos + HEADER_SIZE])
+        fragment = bytes(buf[pos + HEADER_SIZE:end])
+        self._pos = end
+        return content_type, version, header, fragment
+
+    def pending(self) -> bytes:
+        """The bytes not yet returned as a record (a partial record, or records not asked for)."""
+        return bytes(self._buf[self._pos:])
+
+
+def split_records(data: bytes):
+    """Every complete record of a cleartext-framed stream, and the trailing partial bytes.
+
+    For inspecting what OpenSSL wrote or read during a handshake; no limit on length beyond the
+    16-bit field, because the caller only looks at bytes OpenSSL already accepted.
+    """
+    records = []
+    pos = 0
+    while len(data) - pos >= HEADER_SIZE:
+        content_type, version, length = HEADER.unpack_from(data, pos)
+        end = pos + HEADER_SIZE + length
+        if end > len(data):
+            break
+        records.append((content_type, version, data[pos:pos + HEADER_SIZE], data[pos + HEADER_SIZE:end]))
+        pos = end
+    return records, data[pos:]
