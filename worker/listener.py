@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import socket
 
 from .proxy.pipes import pipe_capacity_for
@@ -65,7 +66,8 @@ def _only_routes_differ(chain: Chain, spec: dict, buffer_limit: int) -> bool:
 
 class Listener:
     __slots__ = ("worker", "loop", "name", "sock", "fd", "family", "pipe_capacity",
-                 "accepting", "stat_cx_total", "stat_cx_active", "stat_no_chain", "spec",
+                 "accepting", "held", "stat_cx_total", "stat_cx_active", "stat_no_chain",
+                 "stat_global_cx_overflow", "stat_overload_reject", "spec",
                  "chains", "default_chain", "inspectors", "sniff_timeout", "sniff_continue",
                  "address", "port", "transparent", "original_dst", "use_original_dst")
 
@@ -77,6 +79,9 @@ class Listener:
         self.sock = socket.socket(self.family, socket.SOCK_STREAM, 0, fd)
         self.sock.setblocking(False)
         self.accepting = False
+        # The overload manager's stop_accepting_connections: while held, the accept queue is
+        # not read even though the listener is started (worker/overload_manager.py).
+        self.held = worker.overload.holding
         self.update(spec)
 
     def update(self, spec: dict) -> None:
@@ -112,6 +117,8 @@ class Listener:
         self.stat_cx_total = scope + "downstream_cx_total"
         self.stat_cx_active = scope + "downstream_cx_active"
         self.stat_no_chain = scope + "no_filter_chain_match"
+        self.stat_global_cx_overflow = scope + "downstream_global_cx_overflow"
+        self.stat_overload_reject = scope + "downstream_cx_overload_reject"
 
     @property
     def selects_chains(self) -> bool:
@@ -121,12 +128,26 @@ class Listener:
     def start(self) -> None:
         if not self.accepting:
             self.accepting = True
-            self.loop.add_reader(self.fd, self._on_acceptable)
+            if not self.held:
+                self.loop.add_reader(self.fd, self._on_acceptable)
 
     def stop(self) -> None:
         if self.accepting:
             self.accepting = False
-            self.loop.remove_reader(self.fd)
+            if not self.held:
+                self.loop.remove_reader(self.fd)
+
+    def hold(self, on: bool) -> None:
+        """Stop (or resume) reading the accept queue whatever start()/stop() said: new
+        connections wait in the kernel's backlog, where other workers may take them."""
+        if on == self.held:
+            return
+        self.held = on
+        if self.accepting and self.sock.fileno() >= 0:
+            if on:
+                self.loop.remove_reader(self.fd)
+            else:
+                self.loop.add_reader(self.fd, self._on_acceptable)
 
     def close(self) -> None:
         """Stop accepting and release this worker's copy of the socket (the master's and
@@ -137,6 +158,7 @@ class Listener:
     def _on_acceptable(self) -> None:
         accept = self.sock._accept          # raw (fd, addr): no socket object we'd discard
         family = self.family
+        screen = self.worker.overload.screen_accept     # None unless the overload manager limits
         for _ in range(ACCEPT_BATCH):
             try:
                 fd, addr = accept()
@@ -151,6 +173,9 @@ class Listener:
                 if exc.errno in (errno.ECONNABORTED, errno.EPROTO):
                     continue
                 raise
+            if screen is not None and not screen(self):
+                os.close(fd)                # as Envoy: accepted and closed at once
+                continue
             client = socket.socket(family, socket.SOCK_STREAM, 0, fd)
             client.setblocking(False)
             client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

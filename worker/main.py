@@ -32,6 +32,7 @@ from . import migration
 from ..tproxy.original_dst import original_destination
 from .inspection import Inspection
 from .listener import Listener
+from .overload_manager import OverloadManager
 from .proxy.cluster import ClusterManager
 from .proxy.http.connection_manager import HttpConnection
 from .proxy.http.pool import PoolManager
@@ -63,6 +64,7 @@ class Worker:
         # Health checkers and outlier timers run on this loop; their probes carry the mark.
         self.clusters = ClusterManager(loop=self.loop, stats=self.stats, mark=self.upstream_mark)
         self.http_pools = PoolManager(self.loop, self.stats, self.upstream_mark)
+        self.overload = OverloadManager(self, snapshot.get("overload"))
         self.done = self.loop.create_future()
         self.channel = Channel(channel_sock, self._on_message, self._on_channel_closed,
                                name=f"worker {worker_id} control")

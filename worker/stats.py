@@ -26,6 +26,10 @@ SHARED_GAUGE_SUFFIXES = (".membership_healthy", ".membership_degraded", ".member
                          ".membership_total", ".health_check.healthy", ".health_check.degraded",
                          ".outlier_detection.ejections_active")
 
+# The overload manager's gauges (pressure, active, scale_percent) are each worker's own view
+# of a shared fact, like the gauges above; the merge shows the most loaded worker's.
+OVERLOAD_PREFIX = "overload."
+
 
 def merge(snapshots) -> dict:
     """Sum counters and gauges over several workers' snapshots (shared gauges: max)."""
@@ -35,7 +39,7 @@ def merge(snapshots) -> dict:
         for name, value in snap.get("counters", {}).items():
             counters[name] += value
         for name, value in snap.get("gauges", {}).items():
-            if name.endswith(SHARED_GAUGE_SUFFIXES):
+            if name.endswith(SHARED_GAUGE_SUFFIXES) or name.startswith(OVERLOAD_PREFIX):
                 gauges[name] = max(gauges[name], value)
             else:
                 gauges[name] += value

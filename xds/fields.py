@@ -131,7 +131,8 @@ def check_fields(msg, path, errors, warnings):
 from .fields_http import ALLOWED_HTTP  # noqa: E402
 from .fields_cluster import ALLOWED_CLUSTER  # noqa: E402
 from .fields_http_filters import ALLOWED_HTTP_FILTERS  # noqa: E402
+from .fields_overload import ALLOWED_OVERLOAD  # noqa: E402
 
-for _table in (ALLOWED_HTTP, ALLOWED_CLUSTER, ALLOWED_HTTP_FILTERS):
+for _table in (ALLOWED_HTTP, ALLOWED_CLUSTER, ALLOWED_HTTP_FILTERS, ALLOWED_OVERLOAD):
     for _type, _rules in _table.items():
         ALLOWED.setdefault(_type, {}).update(_rules)

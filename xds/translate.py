@@ -47,6 +47,10 @@ def translate_bootstrap(pb):
     snap["node"] = _node(pb.node)
     if pb.HasField("admin"):
         snap["admin"] = translate_admin(pb.admin, "admin", errors, warnings)
+    if pb.HasField("overload_manager"):
+        from .overload import translate_overload_manager
+        snap["overload"] = translate_overload_manager(pb.overload_manager, "overload_manager",
+                                                      errors, warnings)
 
     # An `ads: {}` config source needs the ADS stream of dynamic_resources.ads_config: without
     # it nothing would ever fetch those endpoints or routes (Envoy refuses it too).

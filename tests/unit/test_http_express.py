@@ -16,6 +16,7 @@ from baton.worker.proxy.cluster import ClusterManager
 from baton.worker.proxy.http import express
 from baton.worker.proxy.http.config import HttpConfig
 from baton.worker.proxy.http.connection_manager import HttpConnection
+from baton.worker.overload_manager import OverloadManager
 from baton.worker.proxy.http.pool import PoolManager, UpstreamConnection
 from baton.worker.proxy.http.stream import Stream
 from baton.worker.stats import Stats
@@ -112,6 +113,7 @@ class Rig:
         worker.clusters = ClusterManager(loop=loop, stats=worker.stats)
         worker.clusters.apply(snap["clusters"])
         worker.http_pools = PoolManager(loop, worker.stats)
+        worker.overload = OverloadManager(worker, None)     # as a Worker without overload_manager
         self.worker = worker
         spec = snap["listeners"][0]["filter_chains"][0]["http"]
         chain = SimpleNamespace(http_config=HttpConfig(spec, worker, 1 << 20), index=0)

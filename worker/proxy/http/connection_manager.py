@@ -217,7 +217,7 @@ class HttpConnection(asyncio.Protocol):
             self.header_timer.cancel()
             self.header_timer = None
         stream = picked = None
-        if self.express:
+        if self.express and not self.worker.overload.http_active:
             # The common exchange skips the Stream/Router objects (express.py).
             stream, picked = express.take(self, event)
         if stream is None:

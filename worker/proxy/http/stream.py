@@ -222,6 +222,8 @@ class Stream:
         counters[hcm.stat_rq_http2_total if self.request.version == "2" else
                  hcm.stat_rq_http1_total] += 1
         self.worker.stats.gauges[hcm.stat_rq_active] += 1
+        if self.worker.overload.shedding and self.worker.overload.rejects_request(self):
+            return
         request = self.request
         if request.version == "1.0" and not hcm.accept_http_10:
             self.close_connection = True
@@ -466,7 +468,8 @@ class Stream:
         codec = self.conn.codec
         conn = self.conn
         limit = hcm.max_requests_per_connection
-        if self.close_connection or (limit and conn.requests >= limit) or conn.draining:
+        if self.close_connection or (limit and conn.requests >= limit) or conn.draining or (
+                self.worker.overload.disable_keepalive and self.worker.overload.closes_connection(self)):
             codec.goaway()      # HTTP/1.1: this response says connection: close; HTTP/2: GOAWAY
         codec.send_head(self.id, response, end_stream)
         self.conn.mark_dirty()
