@@ -167,7 +167,7 @@ class Exchange:
 
     def on_upstream_event(self, event) -> None:
         if self.inflated is not None:
-            self.inflated.router.upstream.on_upstream_event(event)
+            self._upstream_handed_back("on_upstream_event", event)
             return
         if self.done:
             return
@@ -180,15 +180,15 @@ class Exchange:
         elif kind is ResponseHead and event.response.status < 200:
             return          # Envoy answers Expect: 100-continue itself; drop upstream 1xx
         else:
-            self._inflate().router.upstream.on_upstream_event(event)
+            self._upstream_handed_back("on_upstream_event", event)
 
     def on_upstream_reset(self, reason: str) -> None:
         if not self.done or self.inflated is not None:
-            self._inflate().router.upstream.on_upstream_reset(reason)
+            self._upstream_handed_back("on_upstream_reset", reason)
 
     def on_upstream_paused(self, paused: bool) -> None:
         if self.inflated is not None:
-            self.inflated.router.upstream.on_upstream_paused(paused)
+            self._upstream_handed_back("on_upstream_paused", paused)
         elif paused != self.paused:
             self.paused = paused
             self.conn.pause_reading(paused)
@@ -302,62 +302,30 @@ class Exchange:
     def on_request_trailers(self, headers) -> None:
         self._inflate().on_request_trailers(headers)
 
-    # -- inflating into the full path ----------------------------------------------------
+    # -- handing back to the full path ----------------------------------------------------
 
     def _inflate(self) -> Stream:
-        """The Stream, Router and UpstreamRequest this exchange stands for, in the state the
-        full path would have them now; they replace the exchange wherever it is known."""
+        """The Stream, StreamInfo, Router and UpstreamRequest this exchange stands for, each
+        rebuilt by its own class (`from_express`) in the state the full path would have them
+        now; they replace the exchange wherever it is known."""
         stream = self.inflated
         if stream is not None:
             return stream
+        stream = self.inflated = Stream.from_express(self)
         conn = self.conn
-        hcm = conn.hcm
-        route = self.route
-        stream = self.inflated = Stream(conn, self.event)
-        info = stream.info
-        info.start_time = self.start_time
-        info.start_monotonic = self.start_monotonic
-        info.route_name = route.name
-        info.upstream_cluster = stream.cluster_name = self.cluster.name
-        info.request_id = self.request_id
-        info.upstream_host = self.host.stat_id
-        info.upstream_local = self.upstream.local
-        info.attempts = 1
-        info.first_upstream_byte = self.first_byte
-        info.bytes_sent = self.bytes_sent
-        stream.route = route
-        stream.idle_timeout = self.idle_timeout
-        stream.last_activity = self.last_activity
-        stream.paused_downstream = self.paused
-        stream.done = self.done
-        router = stream.router = Router(stream, route, self.cluster, None, self.timeout, None)
-        router.tried.append(self.host)
-        router.started_at = self.started_at
-        router.deadline = self.deadline
-        ureq = router.upstream = UpstreamRequest(router, self.pool, self.host)
-        ureq.conn = self.upstream
-        ureq.stream_id = self.upstream_id
-        ureq.sent_at = self.sent_at
-        ureq.request_complete = True
-        ureq.paused = self.paused
-        ureq.holding = self.holding
-        ureq.headers_received = self.response_started
-        ureq.response_complete = self.response_complete
-        if self.response_started:
-            response = self.response
-            stream.response_started = router.response_started = True
-            info.response = response
-            info.response_code = response.status
-            info.response_code_details = "via_upstream"
-        if self.done:
-            # Only the upstream side is left (the client has its whole response).
-            router.finished = True
-            router.upstream = None
-            ureq.done = True
         if conn.streams.get(self.id) is self:
             conn.streams[self.id] = stream
         if conn.active is self:
             conn.active = stream
-        if self.upstream.streams.get(self.upstream_id) is self:
-            self.upstream.streams[self.upstream_id] = ureq
+        upstream = self.upstream
+        if stream.router.upstream is not None and \
+                upstream.streams.get(self.upstream_id) is self:
+            upstream.streams[self.upstream_id] = stream.router.upstream
         return stream
+
+    def _upstream_handed_back(self, callback: str, argument) -> None:
+        """An upstream connection's callback, for the UpstreamRequest that took over; there is
+        none once the client has its whole response (nothing is left to do then)."""
+        upstream_request = self._inflate().router.upstream
+        if upstream_request is not None:
+            getattr(upstream_request, callback)(argument)

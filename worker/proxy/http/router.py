@@ -66,6 +66,22 @@ class UpstreamRequest:
         self.paused = False
         self.holding = False        # we paused the upstream connection's reading for our client
 
+    @classmethod
+    def from_express(cls, router, exchange) -> "UpstreamRequest":
+        """The attempt the full path would have made for an express exchange (express.py),
+        as far as it got: the request sent whole, the response begun or not."""
+        ureq = cls(router, exchange.pool, exchange.host)
+        ureq.conn = exchange.upstream
+        ureq.stream_id = exchange.upstream_id
+        ureq.sent_at = exchange.sent_at
+        ureq.request_complete = True
+        ureq.paused = exchange.paused
+        ureq.holding = exchange.holding
+        ureq.headers_received = exchange.response_started
+        ureq.response_complete = exchange.response_complete
+        ureq.done = exchange.done
+        return ureq
+
     # -- pool callbacks ---------------------------------------------------------------------
 
     def on_pool_ready(self, conn) -> None:
@@ -306,6 +322,22 @@ class Router:
         # (host,) when the first attempt's host was already picked (express.py asked the
         # balancer before handing the request over): the balancer is asked once per attempt.
         self.picked = picked
+
+    @classmethod
+    def from_express(cls, stream, exchange) -> "Router":
+        """The router the full path would have for an express exchange (express.py): no
+        retry policy and no hash key (a route with either never takes the lane), one attempt
+        on the exchange's host, its route timeout running since the request was sent."""
+        router = cls(stream, exchange.route, exchange.cluster, None, exchange.timeout, None)
+        router.tried.append(exchange.host)
+        router.started_at = exchange.started_at
+        router.deadline = exchange.deadline
+        router.response_started = exchange.response_started
+        if exchange.done:
+            router.finished = True      # the client has its response: only the upstream is left
+        else:
+            router.upstream = UpstreamRequest.from_express(router, exchange)
+        return router
 
     # -- from the stream ------------------------------------------------------------------------
 

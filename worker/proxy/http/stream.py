@@ -164,9 +164,10 @@ class Stream:
                  "upgrade", "expect_continue", "end_at_head", "controls", "last_activity",
                  "idle_timeout", "window_held", "picked")
 
-    def __init__(self, conn, event):
+    def __init__(self, conn, event, info: StreamInfo | None = None):
         """`conn`: the HttpConnection (connection_manager.py); `event`: the RequestHead, or
-        None for a request the codec could not parse (for_error)."""
+        None for a request the codec could not parse (for_error); `info`: what is known of
+        it already (from_express), else a fresh StreamInfo."""
         self.conn = conn
         self.loop = conn.loop
         self.worker = conn.worker
@@ -178,10 +179,12 @@ class Stream:
         self.request_complete = self.end_at_head
         self.upgrade = event.upgrade if event is not None else None
         self.expect_continue = event.expect_continue if event is not None else False
-        protocol = "HTTP/2" if self.request is not None and self.request.version == "2" else \
-            f"HTTP/{self.request.version}" if self.request is not None else "HTTP/1.1"
-        self.info = StreamInfo(self.request, self.loop.time(), protocol, conn.peer, conn.local,
-                               conn.id)
+        if info is None:
+            protocol = "HTTP/2" if self.request is not None and self.request.version == "2" \
+                else f"HTTP/{self.request.version}" if self.request is not None else "HTTP/1.1"
+            info = StreamInfo(self.request, self.loop.time(), protocol, conn.peer, conn.local,
+                              conn.id)
+        self.info = info
         self.route = None
         self.filters = ()
         self.filter_index = 0
@@ -202,6 +205,23 @@ class Stream:
         self.idle_timeout = conn.hcm.stream_idle_timeout
         self.window_held = False
         self.picked = None              # (host,): the express lane asked the balancer already
+
+    @classmethod
+    def from_express(cls, exchange) -> "Stream":
+        """The Stream the full path would have built for an express exchange (express.py), in
+        the state it would have reached by now, with its StreamInfo, Router and
+        UpstreamRequest: routed (no filters: the lane runs only without them), the request
+        sent whole, the response begun or not."""
+        stream = cls(exchange.conn, exchange.event, StreamInfo.from_express(exchange))
+        stream.route = exchange.route
+        stream.cluster_name = exchange.cluster.name
+        stream.idle_timeout = exchange.idle_timeout
+        stream.last_activity = exchange.last_activity
+        stream.paused_downstream = exchange.paused
+        stream.response_started = exchange.response_started
+        stream.done = exchange.done
+        stream.router = Router.from_express(stream, exchange)
+        return stream
 
     @classmethod
     def for_error(cls, conn, stream_id: int) -> "Stream":

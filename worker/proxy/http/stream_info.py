@@ -65,3 +65,26 @@ class StreamInfo:
         self.connection_id = connection_id
         self.last_request_byte = None
         self.response_trailers = None
+
+    @classmethod
+    def from_express(cls, exchange) -> "StreamInfo":
+        """What the full path would know by now of an express exchange (express.py): an
+        HTTP/1.1 request routed to one host, sent once, its response begun or not."""
+        conn = exchange.conn
+        request = exchange.event.request
+        info = cls(request, exchange.start_monotonic, "HTTP/1.1", conn.peer, conn.local, conn.id)
+        info.start_time = exchange.start_time
+        info.route_name = exchange.route.name
+        info.upstream_cluster = exchange.cluster.name
+        info.request_id = exchange.request_id
+        info.upstream_host = exchange.host.stat_id
+        info.upstream_local = exchange.upstream.local
+        info.attempts = 1
+        info.first_upstream_byte = exchange.first_byte
+        info.bytes_sent = exchange.bytes_sent
+        if exchange.response_started:
+            response = exchange.response
+            info.response = response
+            info.response_code = response.status
+            info.response_code_details = "via_upstream"
+        return info
