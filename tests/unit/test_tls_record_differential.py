@@ -1,0 +1,203 @@
+"""Baton's record layer against OpenSSL on the same sessions (worker/tls/).
+
+OpenSSL (Python's ssl, SSLObject over MemoryBIOs) does each handshake; Baton's layer is built
+from what the handover captured. The SSLObject that did the server's (or client's) handshake
+stays alive as a twin, so the same plaintext goes through both and the ciphertext must be
+byte-identical — which also proves the sequence numbers, nonces and keys at the handover
+point. Ciphertext from the real Python ssl peer must give Baton the same plaintext, KeyUpdates
+from either side included. TLS 1.3 with its three AEAD suites, TLS 1.2 ECDHE-ECDSA/RSA with
+AES-GCM and ChaCha20; RSA 2048 and ECDSA P-256 certificates made at test time.
+"""
+
+from __future__ import annotations
+
+import ssl
+
+import pytest
+
+from baton.worker.tls.records import (
+    BAD_RECORD_MAC, RECORD_OVERFLOW, UNEXPECTED_MESSAGE, TLSAlert, alert_name, pack_header,
+)
+
+from ..tls_helpers import TLS12, TLS13, baton_client, baton_server, openssl_key_update
+
+TLS13_CASES = [(kind, suite) for suite in ("TLS_AES_128_GCM_SHA256", "TLS_AES_256_GCM_SHA384",
+                                           "TLS_CHACHA20_POLY1305_SHA256") for kind in ("ecdsa", "rsa")]
+TLS12_CASES = [(kind, f"ECDHE-{'ECDSA' if kind == 'ecdsa' else 'RSA'}-{cipher}")
+               for kind in ("ecdsa", "rsa")
+               for cipher in ("AES128-GCM-SHA256", "AES256-GCM-SHA384", "CHACHA20-POLY1305")]
+CASES = ([pytest.param(TLS13, k, s, id=f"1.3-{k}-{s}") for k, s in TLS13_CASES]
+         + [pytest.param(TLS12, k, s, id=f"1.2-{s}") for k, s in TLS12_CASES])
+
+SIZES = [1, 100, 16383, 16384, 16385, 70000]
+
+
+def payload(size: int, salt: int) -> bytes:
+    return bytes((i * 7 + salt) & 0xFF for i in range(size))
+
+
+class Twin:
+    """The OpenSSL SSLObject that did Baton's handshake, kept in step with Baton's layer."""
+
+    def __init__(self, hs) -> None:
+        self.obj = hs.ssl_object
+        self.incoming, self.outgoing = hs._incoming, hs._outgoing
+
+    def write(self, data: bytes) -> bytes:
+        self.obj.write(data)
+        return self.outgoing.read()
+
+    def read(self, data: bytes) -> bytes:
+        self.incoming.write(data)
+        out = bytearray()
+        while True:
+            try:
+                out += self.obj.read(1 << 20)
+            except ssl.SSLWantReadError:
+                return bytes(out)
+
+
+def exchange(layer, twin: Twin, peer, salt: int) -> None:
+    """Both directions, every size: identical ciphertext out, identical plaintext in."""
+    for size in SIZES:
+        data = payload(size, salt)
+        wire = layer.send_data(data)
+        assert wire == twin.write(data), f"ciphertext differs from OpenSSL's at {size} bytes"
+        peer.feed(wire)
+        assert peer.read_all() == data
+        peer.obj.write(data)
+        incoming = peer.take()
+        assert layer.receive_data(incoming) == data
+        assert twin.read(incoming) == data
+
+
+@pytest.mark.parametrize("version, kind, suite", CASES)
+def test_server_records_match_openssl(version, kind, suite):
+    hs, keylog, peer = baton_server(kind, version, suite)
+    layer = hs.handover()
+    twin = Twin(hs)
+    assert layer.suite.name == suite == hs.ssl_object.cipher()[0]
+    if version == TLS13:
+        assert layer.write.seq >= 1            # OpenSSL's NewSessionTickets, under the app key
+    else:
+        assert (layer.read.seq, layer.write.seq) == (1, 1)    # Finished was seq 0
+    exchange(layer, twin, peer, salt=1)
+
+    if version == TLS13:
+        # Baton asks for a KeyUpdate; the twin, asked the same through SSL_key_update, must
+        # write the same bytes. The client answers with its own on its next write.
+        openssl_key_update(twin.obj, request_peer=True)
+        data = payload(5000, 2)
+        wire = layer.update_keys() + layer.send_data(data)
+        assert wire == twin.write(data)
+        peer.feed(wire)
+        assert peer.read_all() == data
+        exchange(layer, twin, peer, salt=3)
+        assert layer.key_updates_received == 1
+
+        # The client asks: Baton queues its answer before its next data, as OpenSSL does.
+        openssl_key_update(peer.obj, request_peer=True)
+        peer.obj.write(b"ping")
+        incoming = peer.take()
+        assert layer.receive_data(incoming) == b"ping" == twin.read(incoming)
+        wire = layer.send_data(b"pong")
+        assert wire == twin.write(b"pong")
+        peer.feed(wire)
+        assert peer.read_all() == b"pong"
+        exchange(layer, twin, peer, salt=4)
+        assert layer.key_updates_received == 2
+
+    # close_notify both ways; OpenSSL's SSL_shutdown writes the same record
+    wire = layer.close()
+    with pytest.raises(ssl.SSLWantReadError):
+        twin.obj.unwrap()
+    assert wire == twin.outgoing.read()
+    peer.feed(wire)
+    assert peer.obj.read(10) == b""             # SSLObject's end of stream: close_notify
+    try:
+        peer.obj.unwrap()
+    except ssl.SSLWantReadError:
+        pass
+    assert layer.receive_data(peer.take()) == b""
+    assert layer.peer_closed
+    keylog.close()
+
+
+@pytest.mark.parametrize("version, kind, suite", CASES[::2])
+def test_client_records_match_openssl(version, kind, suite):
+    """Baton as the client: the server's NewSessionTickets (TLS 1.3) are tolerated and counted."""
+    hs, keylog, peer = baton_client(kind, version, suite)
+    layer = hs.handover()
+    twin = Twin(hs)
+    twin.incoming.write(layer.pending_in())     # handover took them out of the twin's BIO
+    assert layer.receive_data(b"") == b""
+    assert twin.read(b"") == b""
+    if version == TLS13:
+        assert layer.tickets_received >= 1
+    exchange(layer, twin, peer, salt=5)
+    keylog.close()
+
+
+GARBLE = {
+    "oversized": (lambda layer, wire: pack_header(23, 2 ** 14 + 2049) + b"\0" * 10, RECORD_OVERFLOW),
+    "flipped_bit": (lambda layer, wire: wire[:-1] + bytes((wire[-1] ^ 1,)), BAD_RECORD_MAC),
+    "unknown_type": (lambda layer, wire: b"\x30" + wire[1:], UNEXPECTED_MESSAGE),
+    "short": (lambda layer, wire: pack_header(23, 3) + b"abc", BAD_RECORD_MAC),
+}
+
+
+# Where OpenSSL 3.0 answers differently, Baton keeps the RFC's alert: a TLS 1.2 record too
+# short for its AEAD cannot authenticate (bad_record_mac, RFC 5246 §6.2.3.3; OpenSSL says
+# internal_error), and an unknown record type is unexpected_message (RFC 5246 §6; OpenSSL
+# tries to decrypt first, the type being in the AAD, and says bad_record_mac).
+OPENSSL_DIFFERS = {(TLS12, "short"): "TLSV1_ALERT_INTERNAL_ERROR",
+                   (TLS12, "unknown_type"): "SSLV3_ALERT_BAD_RECORD_MAC"}
+
+
+@pytest.mark.parametrize("name", sorted(GARBLE))
+@pytest.mark.parametrize("version, suite", [(TLS13, "TLS_AES_128_GCM_SHA256"),
+                                            (TLS12, "ECDHE-ECDSA-AES128-GCM-SHA256")])
+def test_bad_records_get_openssls_alert(version, suite, name):
+    """The same garbled record to OpenSSL and to Baton: the same alert, byte for byte."""
+    garble, expected = GARBLE[name]
+    hs, keylog, peer = baton_server("ecdsa", version, suite)
+    layer = hs.handover()
+    twin = Twin(hs)
+    peer.obj.write(b"x" * 40)
+    bad = garble(layer, peer.take())
+    with pytest.raises(TLSAlert) as caught:
+        layer.receive_data(bad)
+    assert caught.value.description == expected, alert_name(caught.value.description)
+    with pytest.raises(ssl.SSLError):
+        twin.read(bad)
+    if (version, name) in OPENSSL_DIFFERS:
+        peer.feed(twin.outgoing.read())
+        with pytest.raises(ssl.SSLError) as seen:
+            peer.read_all()
+        assert seen.value.reason == OPENSSL_DIFFERS[version, name]
+    else:
+        assert layer.data_to_send() == twin.outgoing.read()
+    with pytest.raises(TLSAlert):                 # the layer stays dead
+        layer.receive_data(b"")
+    keylog.close()
+
+
+@pytest.mark.parametrize("version", [TLS13, TLS12], ids=["1.3", "1.2"])
+def test_mutual_tls_with_spiffe_identity(version):
+    """A workload certificate (SPIFFE URI SAN, no DNS name) from the client: the handover
+    keeps it as a handshake fact, and the session carries on under Baton's layer."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    from ..tls_certs import SPIFFE_ID, spiffe_leaf, test_ca
+
+    workload = spiffe_leaf(test_ca("ecdsa"), "ecdsa")
+    hs, keylog, peer = baton_server("ecdsa", version, client_certificate=workload)
+    layer = hs.handover()
+    der = layer.info["peer_certificate"]
+    assert der == workload.cert.public_bytes(serialization.Encoding.DER)
+    sans = x509.load_der_x509_certificate(der).extensions.get_extension_for_class(x509.SubjectAlternativeName)
+    assert sans.value.get_values_for_type(x509.UniformResourceIdentifier) == [SPIFFE_ID]
+    peer.obj.write(b"hello from the workload")
+    assert layer.receive_data(peer.take()) == b"hello from the workload"
+    keylog.close()
