@@ -38,7 +38,12 @@ ALLOWED_HTTP: dict = {
         "accept_http_10": WALK, "default_host_for_http_10": WALK},
     "envoy.config.core.v3.Http2ProtocolOptions": {
         "max_concurrent_streams": WALK, "initial_stream_window_size": WALK,
-        "initial_connection_window_size": WALK},
+        "initial_connection_window_size": WALK, "max_outbound_frames": WALK,
+        "max_outbound_control_frames": WALK,
+        "max_consecutive_inbound_frames_with_empty_payload": WALK,
+        "max_inbound_priority_frames_per_stream": WALK,
+        "max_inbound_window_update_frames_per_data_frame_sent": WALK,
+        "override_stream_error_on_invalid_http_message": WALK},
     "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager."
     "UpgradeConfig": {
         "upgrade_type": WALK, "enabled": WALK},

@@ -29,9 +29,21 @@ DEFAULT_DRAIN_TIMEOUT = 5.0
 DEFAULT_DELAYED_CLOSE_TIMEOUT = 1.0
 DEFAULT_SERVER_NAME = "envoy"
 H2_MAX_CONCURRENT_STREAMS = 2147483647
-H2_DEFAULT_WINDOW = 268435456
+# Envoy 1.40's downstream HTTP/2 defaults, as a real Envoy advertises them (SETTINGS and its
+# first WINDOW_UPDATE): 1024 streams, a 16 MiB stream window, a 24 MiB connection window.
+H2_DEFAULT_CONCURRENT_STREAMS = 1024
+H2_DEFAULT_WINDOWS = {"initial_stream_window_size": 16 * 1024 * 1024,
+                      "initial_connection_window_size": 24 * 1024 * 1024}
 H2_MIN_WINDOW = 65535
 H2_MAX_WINDOW = 2147483647
+# Envoy's flood limits (Http2ProtocolOptions): default, and the least value it accepts.
+H2_FLOOD_LIMITS = {
+    "max_outbound_frames": (10000, 1),
+    "max_outbound_control_frames": (1000, 1),
+    "max_consecutive_inbound_frames_with_empty_payload": (1, 0),
+    "max_inbound_priority_frames_per_stream": (100, 0),
+    "max_inbound_window_update_frames_per_data_frame_sent": (10, 1),
+}
 DEFAULT_ROUTE_TIMEOUT = 15.0
 DEFAULT_NUM_RETRIES = 1
 DEFAULT_RETRY_BASE = 0.025
@@ -171,16 +183,25 @@ def _upgrade_types(pb, path, errors):
 
 def _http2_options(pb, path, errors):
     options, here = pb.http2_protocol_options, join(path, "http2_protocol_options")
-    streams = _uint32(options, "max_concurrent_streams", H2_MAX_CONCURRENT_STREAMS)
+    streams = _uint32(options, "max_concurrent_streams", H2_DEFAULT_CONCURRENT_STREAMS)
     if not 1 <= streams <= H2_MAX_CONCURRENT_STREAMS:
         errors.append(f"{join(here, 'max_concurrent_streams')}: must be in [1, "
                       f"{H2_MAX_CONCURRENT_STREAMS}]")
     result = {"max_concurrent_streams": streams}
-    for field in ("initial_stream_window_size", "initial_connection_window_size"):
-        value = _uint32(options, field, H2_DEFAULT_WINDOW)
+    for field, default in H2_DEFAULT_WINDOWS.items():
+        value = _uint32(options, field, default)
         if not H2_MIN_WINDOW <= value <= H2_MAX_WINDOW:
             errors.append(f"{join(here, field)}: must be in [{H2_MIN_WINDOW}, {H2_MAX_WINDOW}]")
         result[field] = value
+    for field, (default, least) in H2_FLOOD_LIMITS.items():
+        value = _uint32(options, field, default)
+        if value < least:
+            errors.append(f"{join(here, field)}: must be at least {least}")
+        result[field] = value
+    # Unset: Envoy's default, a malformed request ends the whole connection (the HCM's own
+    # stream_error_on_invalid_http_message is not supported, so nothing else decides).
+    result["override_stream_error_on_invalid_http_message"] = _bool(
+        options, "override_stream_error_on_invalid_http_message", False)
     return result
 
 

@@ -74,9 +74,15 @@ def test_hcm_defaults_are_envoys():
     assert hcm["drain_timeout"] == 5.0 and hcm["max_connection_duration"] is None
     assert hcm["generate_request_id"] is True and hcm["server_name"] == "envoy"
     assert hcm["server_header_transformation"] == "OVERWRITE" and hcm["via"] == ""
-    assert hcm["http2"] == {"max_concurrent_streams": 2147483647,
-                            "initial_stream_window_size": 268435456,
-                            "initial_connection_window_size": 268435456}
+    # As a real Envoy 1.40 advertises them (SETTINGS, first WINDOW_UPDATE), and its limits.
+    assert hcm["http2"] == {"max_concurrent_streams": 1024,
+                            "initial_stream_window_size": 16777216,
+                            "initial_connection_window_size": 25165824,
+                            "max_outbound_frames": 10000, "max_outbound_control_frames": 1000,
+                            "max_consecutive_inbound_frames_with_empty_payload": 1,
+                            "max_inbound_priority_frames_per_stream": 100,
+                            "max_inbound_window_update_frames_per_data_frame_sent": 10,
+                            "override_stream_error_on_invalid_http_message": False}
     assert hcm["http1"] == {"accept_http_10": False, "default_host_for_http_10": ""}
     assert hcm["upgrade_types"] == [] and hcm["buffer_limit"] is None
     assert hcm["http_filters"][-1]["name"] == "envoy.filters.http.router"

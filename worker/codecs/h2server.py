@@ -43,6 +43,7 @@ Rules of this file:
 from __future__ import annotations
 
 import struct
+import time
 
 from hpack import Decoder
 from hpack.exceptions import HPACKError, OversizedHeaderListError
@@ -50,6 +51,7 @@ from hpack.table import HeaderTable
 
 from .events import (Body, GoAway, ProtocolError, RequestHead, StreamReset, Trailers,
                      WindowOpen)
+from .h2limits import Flood, FloodGuard
 from .h2fields import (_CONNECTION_SPECIFIC, _SENSITIVE, _STATUS_BYTES, _connection_nominated,
                        _trailers, analyze_request)
 from .message import Headers, Request, Response
@@ -227,9 +229,10 @@ _STATUS_FIELD = {code: _encode_field(b":status", raw, False)
 
 class _Stream:
     __slots__ = ("local_closed", "remote_closed", "held", "end_held", "trailers_held",
-                 "rejected", "send_window", "recv_window", "returned", "expected", "received")
+                 "rejected", "send_window", "recv_window", "returned", "expected", "received",
+                 "opened_at", "answered")
 
-    def __init__(self, send_window: int, recv_window: int):
+    def __init__(self, send_window: int, recv_window: int, opened_at: float = 0.0):
         self.local_closed = False     # we sent END_STREAM (or it is queued behind held data)
         self.remote_closed = False    # the peer sent END_STREAM
         self.held: bytearray | None = None   # body bytes waiting for window
@@ -241,6 +244,8 @@ class _Stream:
         self.returned = 0             # bytes returned but not yet announced (WINDOW_UPDATE)
         self.expected = -1            # content-length, -1: none
         self.received = 0             # body bytes received
+        self.opened_at = opened_at    # monotonic time (0 unless premature resets are checked)
+        self.answered = False         # a final response head went out
 
 
 # -- the codec -----------------------------------------------------------------------------------
@@ -255,14 +260,22 @@ class LeanHttp2ServerCodec:
                  "_local_conn_window", "_recv_window", "_returned", "_send_window",
                  "_peer_stream_window", "_peer_frame_size", "_highest", "_buf", "_preface",
                  "_block", "_block_stream", "_block_end", "_block_self_dependent", "_decoder",
-                 "_hard_cap",
+                 "_hard_cap", "_conn_blocked", "_guard", "flood", "_counted",
+                 "_frames_per_turn", "_backlog", "_stream_error_on_invalid", "_clock",
                  "_table_gen", "_header_cache", "_events")
     multiplexed = True      # streams interleave: a fault ends one stream; draining is GOAWAY
 
     def __init__(self, *, max_header_bytes: int = 60 * 1024, max_headers: int = 100,
                  max_concurrent_streams: int = 2**31 - 1,
                  initial_stream_window: int = 268435456,
-                 initial_connection_window: int = 268435456):
+                 initial_connection_window: int = 268435456,
+                 stream_error_on_invalid_http_message: bool = True,
+                 frames_per_turn: int | None = None, clock=time.monotonic, **limits):
+        """`limits`: the flood limits of h2limits.FloodGuard (Envoy's field names), all off
+        unless given. `frames_per_turn`: at most this many frames are read per receive();
+        the rest wait for receive_more() (`backlog` says so), so that one connection cannot
+        hold the event loop. `stream_error_on_invalid_http_message` False: a malformed
+        request ends the connection (Envoy's default) instead of only its stream."""
         self._max_header_bytes = max_header_bytes
         self._max_headers = max_headers
         self._max_concurrent = max_concurrent_streams
@@ -276,6 +289,9 @@ class LeanHttp2ServerCodec:
         self._highest = 0                        # highest stream id the peer opened
         self._streams: dict[int, _Stream] = {}
         self._held: dict[int, _Stream] = {}      # streams with bytes waiting for window
+        # Held streams whose own window is open: only the connection window stops them. A
+        # connection WINDOW_UPDATE serves these, round robin, and never looks at the others.
+        self._conn_blocked: dict[int, _Stream] = {}
         self._unacked: dict[int, int] = {}       # body bytes reported but not consumed
         self._out = bytearray()
         self._dead = False
@@ -297,6 +313,13 @@ class LeanHttp2ServerCodec:
         self._table_gen = 0
         self._header_cache: dict = {}
         self._events: list = []
+        self._guard = FloodGuard(**limits)
+        self.flood: str | None = None            # the stat of the limit that ended us
+        self._counted = 0                        # bytes of _out whose frames the guard counted
+        self._frames_per_turn = frames_per_turn
+        self._backlog = False
+        self._stream_error_on_invalid = stream_error_on_invalid_http_message
+        self._clock = clock
 
     # -- interface ---------------------------------------------------------------------------
 
@@ -319,16 +342,48 @@ class LeanHttp2ServerCodec:
             return []
         if not data:
             return self._eof()
+        return self._run(data)
+
+    def receive_more(self) -> list:
+        """Events for the frames that receive() left for later (`backlog`)."""
+        if self._dead or not self._backlog:
+            return []
+        return self._run(b"")
+
+    @property
+    def backlog(self) -> bool:
+        """Frames already received wait for receive_more() (frames_per_turn was reached)."""
+        return self._backlog and not self._dead
+
+    def unsent(self, buffered: int) -> None:
+        """The transport still holds `buffered` bytes of what data_to_send() returned (the
+        frames in them count against max_outbound_frames)."""
+        self._guard.unsent(buffered)
+
+    def _run(self, data: bytes) -> list:
         events = self._events = []
+        self._backlog = False
         try:
             self._receive(data)
+            self._check_limits()
         except _ConnError as exc:
             return self._connection_error(exc.code, exc.reason)
+        except Flood as exc:
+            return self._flooded(exc)
         except Exception as exc:     # a bug here: still only this connection's end
             self.internal_error = exc
             return self._connection_error(INTERNAL_ERROR,
                                           f"internal error: {type(exc).__name__}: {exc}")
         return events
+
+    def _check_limits(self) -> None:
+        guard = self._guard
+        out = self._out
+        if len(out) > self._counted:
+            guard.count_queued(out, self._counted)
+            self._counted = len(out)
+        guard.check_outbound()
+        guard.check_resets()
 
     def send_head(self, stream_id: int, response: Response, end_stream: bool) -> None:
         """The response head; a 1xx head (not 101, which HTTP/2 does not have) leaves the
@@ -345,6 +400,7 @@ class LeanHttp2ServerCodec:
         if status < 200:
             self._send_block(stream_id, block, False)
             return
+        state.answered = True
         self._send_block(stream_id, block, end_stream)
         if end_stream:
             self._local_end(stream_id, state)
@@ -411,6 +467,7 @@ class LeanHttp2ServerCodec:
         state = self._streams.pop(stream_id, None)
         if state is None or self._dead:
             return
+        self._closed_stream(state)
         self._forget(stream_id)
         self._out += _frame(RST_STREAM, 0, stream_id, _U32.pack(code))
 
@@ -442,7 +499,16 @@ class LeanHttp2ServerCodec:
         out = self._out
         if not out:
             return b""
+        if not self._dead:
+            # Frames queued outside receive() (responses) count too.
+            try:
+                self._check_limits()
+            except Flood as exc:
+                self._flooded(exc)
+                return b""
+        self._guard.handed_out(len(out))
         self._out = bytearray()
+        self._counted = 0
         return bytes(out)
 
     def stream_ids(self) -> list:
@@ -502,9 +568,14 @@ class LeanHttp2ServerCodec:
             self._send_window -= size
             progressed = True
         if held:
+            if state.send_window > 0:
+                self._conn_blocked[stream_id] = state
+            else:
+                self._conn_blocked.pop(stream_id, None)
             return progressed
         state.held = None
         self._held.pop(stream_id, None)
+        self._conn_blocked.pop(stream_id, None)
         if state.trailers_held is not None:
             self._send_block(stream_id, state.trailers_held, True)
             state.trailers_held = None
@@ -522,9 +593,24 @@ class LeanHttp2ServerCodec:
             if state is not None and self._flush(stream_id, state):
                 events.append(WindowOpen(stream_id))
 
+    def _flush_connection_blocked(self) -> None:
+        """The connection window opened: serve the streams only it held back, round robin
+        (one taken from the front goes to the back if it still waits), until it is spent.
+        Streams that wait for their own window are not even looked at: a client that sends a
+        WINDOW_UPDATE per DATA frame costs each time what it unblocks, not a walk of every
+        stream."""
+        blocked = self._conn_blocked
+        events = self._events
+        while blocked and self._send_window > 0:
+            stream_id = next(iter(blocked))
+            state = blocked.pop(stream_id)
+            if self._flush(stream_id, state):
+                events.append(WindowOpen(stream_id))
+
     def _local_end(self, stream_id: int, state: _Stream) -> None:
         state.local_closed = True
         del self._streams[stream_id]
+        self._closed_stream(state)
         if state.remote_closed:
             return
         # The response is complete but the request is not: ask the client to stop sending
@@ -564,6 +650,7 @@ class LeanHttp2ServerCodec:
     def _forget(self, stream_id: int) -> None:
         """A stream ended by a reset: drop what is held for it and hand back its window."""
         self._held.pop(stream_id, None)
+        self._conn_blocked.pop(stream_id, None)
         unacked = self._unacked.pop(stream_id, 0)
         if unacked and not self._dead:
             self._give_back(stream_id, unacked)
@@ -587,7 +674,12 @@ class LeanHttp2ServerCodec:
         size = len(data)
         pos = 0
         handlers = _FRAME_HANDLERS
+        budget = self._frames_per_turn or -1
         while size - pos >= 9:
+            if not budget:
+                self._backlog = True
+                break
+            budget -= 1
             length_type, flags, stream_id = _head_unpack(data, pos)
             length = length_type >> 8
             if length > _DEFAULT_FRAME_SIZE:
@@ -635,6 +727,7 @@ class LeanHttp2ServerCodec:
             raise _ConnError(FLOW_CONTROL_ERROR, "connection flow-control window exceeded")
         data = self._unpad(flags, payload)
         end = flags & F_END_STREAM
+        self._guard.payload_frame(not data and not end)
         state = self._streams.get(stream_id)
         if state is None:
             self._give_back(stream_id, flow)      # closed: nobody forwards it
@@ -658,7 +751,7 @@ class LeanHttp2ServerCodec:
             state.received += size
             if state.received > state.expected or (end and state.received != state.expected):
                 self._give_back(stream_id, flow)
-                self._stream_error(stream_id, PROTOCOL_ERROR)
+                self._invalid_message(stream_id)
                 return
         if flow > size:     # padding: nobody forwards it, so it is returned at once
             self._give_back(stream_id, flow - size)
@@ -674,6 +767,7 @@ class LeanHttp2ServerCodec:
         if not stream_id & 1:
             raise _ConnError(PROTOCOL_ERROR, "HEADERS on a server stream id")
         block = self._unpad(flags, payload)
+        self._guard.payload_frame(not block and not flags & F_END_STREAM)
         self._block_self_dependent = False
         if flags & F_PRIORITY:
             if len(block) < 5:
@@ -692,6 +786,7 @@ class LeanHttp2ServerCodec:
         block = self._block
         if block is None or stream_id != self._block_stream:
             raise _ConnError(PROTOCOL_ERROR, "unexpected CONTINUATION")
+        self._guard.payload_frame(not payload and not flags & F_END_STREAM)
         block += payload
         if len(block) > self._hard_cap:
             raise _ConnError(ENHANCE_YOUR_CALM, "header block too large")
@@ -749,15 +844,17 @@ class LeanHttp2ServerCodec:
             # so the client may retry it.
             self._out += _frame(RST_STREAM, 0, stream_id, _U32.pack(REFUSED_STREAM))
             return
+        self._guard.opened_streams += 1
         request = entry[2]
         if request is None:
             request = entry[2] = self._analyze(entry[1])
         if request.__class__ is str or (end and request[8]):    # malformed; or content-length
-            self._stream_error(stream_id, PROTOCOL_ERROR)        # but no body
+            self._invalid_message(stream_id)                     # but no body
             return
         too_large, method, path, authority, scheme, items, expect_continue, connect, length = \
             request
-        state = _Stream(self._peer_stream_window, self._local_stream_window)
+        state = _Stream(self._peer_stream_window, self._local_stream_window,
+                        self._clock() if self._guard.tracks_lifetimes else 0.0)
         state.remote_closed = end
         if too_large is not None:
             # The manager answers 431 on this stream; the connection carries on.
@@ -788,17 +885,31 @@ class LeanHttp2ServerCodec:
                 self._stream_error(stream_id, PROTOCOL_ERROR)
             return
         if not end:
-            self._stream_error(stream_id, PROTOCOL_ERROR)   # trailers must end the stream
+            self._invalid_message(stream_id)    # trailers must end the stream
             return
         if state.expected >= 0 and state.received != state.expected:
-            self._stream_error(stream_id, PROTOCOL_ERROR)
+            self._invalid_message(stream_id)
             return
         headers = _trailers(fields)
         if isinstance(headers, str):
-            self._stream_error(stream_id, PROTOCOL_ERROR)
+            self._invalid_message(stream_id)
             return
         self._events.append(Trailers(stream_id, headers))
         self._remote_end(stream_id, state)
+
+    def _invalid_message(self, stream_id: int) -> None:
+        """A malformed request (RFC 9113 8.1.1): Envoy ends the whole connection unless
+        override_stream_error_on_invalid_http_message says to reset only the stream."""
+        if not self._stream_error_on_invalid:
+            raise _ConnError(PROTOCOL_ERROR, "invalid HTTP message")
+        self._stream_error(stream_id, PROTOCOL_ERROR)
+
+    def _closed_stream(self, state: _Stream) -> None:
+        """A stream left the connection (the premature-reset count)."""
+        guard = self._guard
+        if guard.tracks_lifetimes:
+            guard.stream_closed(guard.is_premature(self._clock() - state.opened_at,
+                                                   state.answered))
 
     def _remote_end(self, stream_id: int, state: _Stream) -> None:
         state.remote_closed = True
@@ -807,7 +918,9 @@ class LeanHttp2ServerCodec:
 
     def _stream_error(self, stream_id: int, code: int) -> None:
         """Reset one stream for a fault of the peer's and tell the manager."""
-        if self._streams.pop(stream_id, None) is not None:
+        state = self._streams.pop(stream_id, None)
+        if state is not None:
+            self._closed_stream(state)
             self._forget(stream_id)
         self._out += _frame(RST_STREAM, 0, stream_id, _U32.pack(code))
         self._events.append(StreamReset(stream_id, code))
@@ -817,6 +930,7 @@ class LeanHttp2ServerCodec:
             raise _ConnError(PROTOCOL_ERROR, "PRIORITY on stream 0")
         if len(payload) != 5:
             raise _ConnError(FRAME_SIZE_ERROR, "PRIORITY of the wrong length")
+        self._guard.priority_frame()
         if _U32.unpack_from(payload)[0] & _MAX_STREAM_ID == stream_id and \
                 stream_id in self._streams:
             self._stream_error(stream_id, PROTOCOL_ERROR)     # may not depend on itself
@@ -831,6 +945,7 @@ class LeanHttp2ServerCodec:
         state = self._streams.pop(stream_id, None)
         if state is None:
             return
+        self._closed_stream(state)
         self._forget(stream_id)
         self._events.append(StreamReset(stream_id, _U32.unpack(payload)[0]))
 
@@ -899,6 +1014,7 @@ class LeanHttp2ServerCodec:
     def _on_window_update(self, flags: int, stream_id: int, payload: bytes) -> None:
         if len(payload) != 4:
             raise _ConnError(FRAME_SIZE_ERROR, "WINDOW_UPDATE of the wrong length")
+        self._guard.window_update_frame()
         increment = _U32.unpack(payload)[0] & _MAX_WINDOW
         if stream_id == 0:
             if not increment:
@@ -906,8 +1022,8 @@ class LeanHttp2ServerCodec:
             self._send_window += increment
             if self._send_window > _MAX_WINDOW:
                 raise _ConnError(FLOW_CONTROL_ERROR, "connection window overflow")
-            if self._held:
-                self._flush_all(list(self._held))
+            if self._conn_blocked:
+                self._flush_connection_blocked()
             return
         if stream_id > self._highest:
             raise _ConnError(PROTOCOL_ERROR, "WINDOW_UPDATE on an idle stream")
@@ -939,7 +1055,19 @@ class LeanHttp2ServerCodec:
         events.append(ProtocolError(reason, 400, 0))
         self._streams.clear()
         self._held.clear()
+        self._conn_blocked.clear()
         return events
+
+    def _flooded(self, flood: Flood) -> list:
+        """A limit of h2limits crossed: the connection ends at once, nothing more is sent
+        (Envoy closes without a GOAWAY); `flood` names the stat for the manager."""
+        self.flood = flood.stat
+        self._dead = True
+        self._out = bytearray()
+        self._streams.clear()
+        self._held.clear()
+        self._conn_blocked.clear()
+        return [ProtocolError(flood.reason, 0, 0)]
 
     def _eof(self) -> list:
         self._dead = True
@@ -947,6 +1075,7 @@ class LeanHttp2ServerCodec:
                   for stream_id in self._streams]
         self._streams.clear()
         self._held.clear()
+        self._conn_blocked.clear()
         return events
 
 

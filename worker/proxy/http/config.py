@@ -11,6 +11,9 @@ import ipaddress
 import logging
 import socket
 
+from ...codecs.h2limits import CODEC_STATS as H2_CODEC_STATS
+from ...codecs.h2limits import ENVOY_DEFAULTS as H2_LIMIT_DEFAULTS
+from ...codecs.h2limits import TOO_MANY_PREMATURE_RESETS
 from . import filter as filters
 from .express import config_allows
 from .routing import RouteTable
@@ -106,6 +109,7 @@ class HttpConfig:
         self.stat_no_cluster = http + "no_cluster"
         self.stat_rq_redirect = http + "rq_redirect"
         self.stat_rq_direct_response = http + "rq_direct_response"
+        self.stat_rq_premature_resets = http + TOO_MANY_PREMATURE_RESETS
 
     def counters(self) -> list[str]:
         return [self.stat_cx_total, self.stat_cx_http1_total, self.stat_cx_http2_total,
@@ -114,7 +118,8 @@ class HttpConfig:
                 self.stat_rq_tx_reset, self.stat_rq_too_large, self.stat_rq_header_timeout,
                 self.stat_rq_timeout, self.stat_rq_idle_timeout,
                 *self.stat_rq_class.values(), self.stat_no_route, self.stat_no_cluster,
-                self.stat_rq_redirect, self.stat_rq_direct_response]
+                self.stat_rq_redirect, self.stat_rq_direct_response,
+                self.stat_rq_premature_resets, *H2_CODEC_STATS]
 
     def gauges(self) -> list[str]:
         return [self.stat_cx_active, self.stat_rq_active]
@@ -206,11 +211,26 @@ def _access_logs(specs, worker) -> list:
     return [AccessLog(spec, files) for spec in specs]
 
 
+# Work one HTTP/2 connection may do per turn of the event loop: frames read per receive(),
+# the rest on a later turn (h2server.py `backlog`), so that a flooding client shares the
+# worker with the others. 64 frames of the costliest kind (new streams, each routed and sent
+# upstream) take about 5 ms here; control frames far less.
+H2_FRAMES_PER_TURN = 64
+
+
 def _h2_options(spec: dict) -> dict:
-    options = {}
+    """http2_protocol_options (xds/http.py, every field with its default) -> the keyword
+    arguments of the HTTP/2 server codec."""
+    options = {"frames_per_turn": H2_FRAMES_PER_TURN}
     for key, arg in (("max_concurrent_streams", "max_concurrent_streams"),
                      ("initial_stream_window_size", "initial_stream_window"),
                      ("initial_connection_window_size", "initial_connection_window")):
         if spec.get(key) is not None:
             options[arg] = spec[key]
+    # The flood limits and the premature-reset check are always on, with Envoy's defaults
+    # (the premature-reset ones are Envoy runtime keys, which Baton does not have).
+    for key, default in H2_LIMIT_DEFAULTS.items():
+        options[key] = spec.get(key, default)
+    options["stream_error_on_invalid_http_message"] = bool(
+        spec.get("override_stream_error_on_invalid_http_message", False))
     return options

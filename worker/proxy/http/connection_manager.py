@@ -23,6 +23,7 @@ import time
 from collections import deque
 
 from ...codecs.events import Body, ProtocolError, RequestHead, StreamReset, Trailers, WindowOpen
+from ...codecs.h2limits import TOO_MANY_PREMATURE_RESETS
 from ...codecs.http1 import Http1ServerCodec
 from . import express
 from .stream import Stream
@@ -71,6 +72,7 @@ class HttpConnection(asyncio.Protocol):
         self.on_idle = None                       # migration waits for this connection
         self.moving_fd = -1
         self.express = False                      # HTTP/1.1 and the config allows express.py
+        self.backlog = None                       # HTTP/2: the call that reads the frames left
 
     # -- asyncio.Protocol -------------------------------------------------------------------
 
@@ -129,7 +131,21 @@ class HttpConnection(asyncio.Protocol):
             else:
                 self._use_http1()
             codec = self.codec
-        events = codec.receive(data)
+        if codec.multiplexed:
+            # What the transport still buffers counts against HTTP/2's max_outbound_frames.
+            codec.unsent(self.transport.get_write_buffer_size())
+        self._received(codec, codec.receive(data))
+
+    def _received(self, codec, events) -> None:
+        if codec.multiplexed:
+            if codec.flood is not None:
+                self._flooded(codec.flood)
+                return
+            if codec.backlog and self.backlog is None:
+                # Fairness: this connection read more frames than one turn may handle; the
+                # rest waits for a later turn, and reading pauses until it is done.
+                self.pause_reading(True)
+                self.backlog = self.loop.call_soon(self._receive_backlog)
         if self.active is None and not self.streams and self.hcm.request_headers_timeout:
             self._header_deadline(codec)
         for event in events:
@@ -138,6 +154,26 @@ class HttpConnection(asyncio.Protocol):
         if codec.closed and not self.streams and not self.closed:
             # HTTP/2 after its final GOAWAY (drain), or a peer's GOAWAY, with nothing open.
             self.close()
+
+    def _receive_backlog(self) -> None:
+        self.backlog = None
+        codec = self.codec
+        if self.closed:
+            return
+        codec.unsent(self.transport.get_write_buffer_size())
+        self._received(codec, codec.receive_more())
+        # The pause taken for this turn ends (a further backlog took its own).
+        self.pause_reading(False)
+
+    def _flooded(self, stat: str) -> None:
+        """An HTTP/2 limit was crossed (h2limits.py): count it and drop the connection at
+        once, as Envoy does; the client is not reading, or not worth a goodbye."""
+        counters = self.worker.stats.counters
+        counters[self.hcm.stat_rq_premature_resets if stat == TOO_MANY_PREMATURE_RESETS
+                 else stat] += 1
+        log.debug("connection %d: %s", self.id, stat)
+        self._abort_streams("downstream connection closed")
+        self.abort()
 
     def _dispatch(self, event, queued: bool = False) -> None:
         kind = type(event)
@@ -166,12 +202,14 @@ class HttpConnection(asyncio.Protocol):
         elif kind is ProtocolError:
             self._on_protocol_error(event)
         elif kind is WindowOpen:
-            # The codec flushed what the window allows; streams held for it may read again.
-            codec = self.codec
-            for stream in list(self.streams.values()):
-                if stream.window_held and codec.pending(stream.id) <= stream.buffer_limit // 2:
-                    stream.window_held = False
-                    stream.downstream_paused(False)
+            # The codec flushed what the window allows on this stream: if it was held for
+            # it, it may read again. (Only this stream: a walk of every stream per event made
+            # many-stream connections quadratic.)
+            stream = self.streams.get(event.stream_id)
+            if stream is not None and stream.window_held and \
+                    self.codec.pending(stream.id) <= stream.buffer_limit // 2:
+                stream.window_held = False
+                stream.downstream_paused(False)
         # GoAway needs nothing here.
 
     def eof_received(self):
