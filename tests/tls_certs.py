@@ -1,7 +1,7 @@
 """Certificates generated at test time with `cryptography`: a test CA, server and client
 leaves with DNS/IP SANs, and SPIFFE URI SAN leaves; RSA 2048 or ECDSA P-256.
 
-    ca = test_ca("ecdsa")
+    ca = make_ca("ecdsa")
     server = leaf(ca, "rsa", dns=["localhost"])
     cert_path, key_path = server.write(tmp_path, "server")
 
@@ -71,7 +71,7 @@ def _validity(builder: x509.CertificateBuilder) -> x509.CertificateBuilder:
 
 
 @functools.lru_cache(maxsize=None)
-def test_ca(kind: str = "ecdsa") -> Pair:
+def make_ca(kind: str = "ecdsa") -> Pair:
     key = private_key(kind, 1)
     name = _name(f"Baton test CA ({kind})")
     builder = _validity(x509.CertificateBuilder().subject_name(name).issuer_name(name)

@@ -19,7 +19,7 @@ from baton.worker.tls.handover import TlsHandshake
 from baton.worker.tls.keylog import KeyLog
 from baton.worker.tls.suites import TLS12_CIPHERS
 
-from .tls_certs import leaf, test_ca
+from .tls_certs import leaf, make_ca
 
 TLS13 = ssl.TLSVersion.TLSv1_3
 TLS12 = ssl.TLSVersion.TLSv1_2
@@ -54,10 +54,10 @@ def _load_pair(ctx: ssl.SSLContext, pair) -> None:
 def server_context(kind: str, version=TLS13, suite: str | None = None, ca_kind: str = "ecdsa",
                    require_client: bool = False) -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    _load_pair(ctx, leaf(test_ca(ca_kind), kind))
+    _load_pair(ctx, leaf(make_ca(ca_kind), kind))
     if require_client:
         ctx.verify_mode = ssl.CERT_REQUIRED
-        ctx.load_verify_locations(cadata=test_ca(ca_kind).cert_pem.decode())
+        ctx.load_verify_locations(cadata=make_ca(ca_kind).cert_pem.decode())
     ctx.minimum_version = ctx.maximum_version = version
     if version == TLS12:
         ctx.set_ciphers(suite or TLS12_CIPHERS)
@@ -71,7 +71,7 @@ def client_context(version=TLS13, suite: str | None = None, ca_kind: str = "ecds
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     if certificate is not None:
         _load_pair(ctx, certificate)
-    ctx.load_verify_locations(cadata=test_ca(ca_kind).cert_pem.decode())
+    ctx.load_verify_locations(cadata=make_ca(ca_kind).cert_pem.decode())
     ctx.minimum_version = ctx.maximum_version = version
     if version == TLS12:
         ctx.set_ciphers(suite or TLS12_CIPHERS)

@@ -22,19 +22,25 @@ from __future__ import annotations
 import logging
 import socket
 
+from .connection import Connection, Lifecycle, register
+
 log = logging.getLogger("baton.forwarding")
 
 RECV_SIZE = 64 * 1024
 
 
-class ForwardedSide:
+class ForwardedSide(Connection):
+    """One half of a split connection (the client in the adopter, the upstream in the
+    sender). It never moves again: a reload while it runs leaves it to drain."""
+
+    kind = "forwarded"
     __slots__ = ("worker", "loop", "sock", "fd", "channel", "peer_id", "id", "limit", "out",
                  "reading", "writing", "read_eof", "peer_eof", "shut", "paused_peer", "closed",
-                 "on_close", "peer", "state", "pumps", "listener", "cluster", "__weakref__")
+                 "on_close", "peer", "state", "listener", "chain", "__weakref__")
 
     def __init__(self, worker, sock: socket.socket, channel, local_id: int, peer_id: int,
                  limit: int, initial: bytes = b"", read_eof: bool = False, peer_eof: bool = False,
-                 shut: bool = False, on_close=None):
+                 shut: bool = False, on_close=None, listener=None):
         self.worker = worker
         self.loop = worker.loop
         self.sock = sock
@@ -51,10 +57,10 @@ class ForwardedSide:
         self.paused_peer = False
         self.closed = False
         self.on_close = on_close
-        # Enough of a connection's face for the worker's bookkeeping (status, drain).
         self.peer = None
-        self.state = "forwarded"
-        self.pumps = None
+        self.state = Lifecycle.OPEN
+        self.listener = listener      # the client half's listener; None for an upstream half
+        self.chain = None
 
     def start(self) -> None:
         if not self.read_eof:
@@ -117,6 +123,36 @@ class ForwardedSide:
         if self.read_eof and self.shut:
             self.close(notify=False)
 
+    # -- the Connection interface -----------------------------------------------------------
+
+    def after_adoption(self) -> None:
+        self.start()
+
+    def on_forwarded(self, msg: dict) -> bool:
+        self.on_message(msg)
+        return True
+
+    def uses_channel(self, channel) -> bool:
+        return self.channel is channel
+
+    def channel_lost(self, channel) -> None:
+        if self.channel is channel:
+            self.peer_lost()
+
+    @classmethod
+    def adopt_client(cls, worker, listener, fields: dict, fds: list[int], conn_id: int, channel):
+        """Record "tcp-split", new side: we own the client; its upstream stays in the sender."""
+        down, up = fields["down"], fields["up"]
+        worker.stats.gauges[listener.stat_cx_active] += 1
+
+        def client_done(side):
+            worker.stats.gauges[listener.stat_cx_active] -= 1
+        sock = socket.socket(listener.family, socket.SOCK_STREAM, 0, fds[0])
+        return cls(worker, sock, channel, conn_id, fields["id"],
+                   int(fields.get("limit") or listener.spec.get("buffer_limit", 1 << 20)),
+                   initial=down["data"], read_eof=up["eof"], peer_eof=down["eof"],
+                   shut=down["done"], on_close=client_done, listener=listener)
+
     # -- the peer's messages -------------------------------------------------------------
 
     def on_message(self, msg: dict) -> None:
@@ -162,18 +198,25 @@ class ForwardedSide:
         self._set_reading(False)
         self._set_writing(False)
         self.closed = True
-        self.state = "closed"
+        self.state = Lifecycle.CLOSED
         self.sock.close()
         if self.on_close is not None:
             self.on_close(self)
         self.worker.connection_closed(self)
 
 
+MESSAGES = frozenset(("data", "eof", "close", "pause", "resume"))
+
+
 def dispatch(worker, msg: dict) -> bool:
-    """Route a forwarding message to its connection; False if it is not one."""
-    if msg.get("type") not in ("data", "eof", "close", "pause", "resume"):
+    """Route a forwarding message to its connection; False if it is not one. A message for a
+    connection that is gone, or takes none, is dropped: its other half is closing too."""
+    if msg.get("type") not in MESSAGES:
         return False
-    side = worker.connections.get(msg.get("id"))
-    if isinstance(side, ForwardedSide):
-        side.on_message(msg)
+    conn = worker.connections.get(msg.get("id"))
+    if conn is not None:
+        conn.on_forwarded(msg)
     return True
+
+
+register("tcp-split", ForwardedSide.adopt_client)

@@ -14,14 +14,19 @@ from __future__ import annotations
 import logging
 
 from .codecs.sniff import MAX_SNIFF, RAW, sniff
+from .connection import Connection, Lifecycle
 from .proxy.chains import select
 
 log = logging.getLogger("baton.inspection")
 
 
-class Inspection:
+class Inspection(Connection):
+    """A connection whose chain is not chosen yet. It never moves (readiness NEVER): it
+    decides within its timeout, and the connection it becomes may move then."""
+
+    kind = "inspection"
     __slots__ = ("worker", "loop", "listener", "client", "peer", "original", "id", "buf", "timer",
-                 "state", "pumps", "chain", "__weakref__")
+                 "state", "chain", "__weakref__")
 
     def __init__(self, worker, listener, client, peer, original, conn_id: int):
         self.worker = worker
@@ -32,8 +37,7 @@ class Inspection:
         self.original = original
         self.id = conn_id
         self.buf = bytearray()
-        self.state = "inspecting"      # never moved by a reload: it decides within its timeout
-        self.pumps = None
+        self.state = Lifecycle.INSPECTING
         self.chain = None
         self.loop.add_reader(client.fileno(), self._on_readable)
         self.timer = self.loop.call_later(listener.sniff_timeout, self._on_timeout)
@@ -88,9 +92,9 @@ class Inspection:
         self.worker.connections.pop(self.id, None)
 
     def close(self) -> None:
-        if self.state == "closed":
+        if self.state is Lifecycle.CLOSED:
             return
-        self.state = "closed"
+        self.state = Lifecycle.CLOSED
         self._stop()
         self.client.close()
         self.worker.stats.gauges[self.listener.stat_cx_active] -= 1

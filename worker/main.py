@@ -30,6 +30,7 @@ import sys
 from ..supervisor.handoff.channel import Channel
 from . import migration
 from ..tproxy.original_dst import original_destination
+from .connection import Connection
 from .inspection import Inspection
 from .listener import Listener
 from .overload_manager import OverloadManager
@@ -38,6 +39,7 @@ from .proxy.http.connection_manager import HttpConnection
 from .proxy.http.pool import PoolManager
 from .proxy.pipes import PipePool
 from .proxy.tcp_proxy import TcpProxyConnection
+from . import forwarding     # noqa: F401 - registers the "tcp-split" record kind
 from .stats import Stats
 
 log = logging.getLogger("baton.worker")
@@ -55,7 +57,7 @@ class Worker:
         self.stats = Stats()
         self.pipes = PipePool()
         self.listeners: dict[str, Listener] = {}
-        self.connections: dict[int, TcpProxyConnection] = {}
+        self.connections: dict[int, Connection] = {}     # the contract: worker/connection.py
         self._ids = itertools.count(1)
         self.draining = False
         # SO_MARK on every upstream socket, so interception rules let Baton's own traffic
@@ -130,10 +132,8 @@ class Worker:
 
     def _drain_connections_of(self, listener, keep) -> None:
         for conn in list(self.connections.values()):
-            if getattr(conn, "listener", None) is listener and getattr(conn, "chain", None) not in keep:
-                drain = getattr(conn, "drain", None)
-                if drain is not None:
-                    drain()
+            if conn.listener is listener and conn.chain not in keep:
+                conn.drain()
 
     def _declare_stats(self) -> None:
         """Every stat exists from the start with 0, as in Envoy, so /stats and Prometheus
@@ -189,7 +189,7 @@ class Worker:
             conn = HttpConnection(self, listener, chain, peer, original,
                                   conn_id if conn_id is not None else next(self._ids), initial)
             self.connections[conn.id] = conn
-            self.loop.create_task(self._accept_http(conn, client))
+            self.accept_http(conn, client)
             return
         conn = TcpProxyConnection(self, listener, client, peer,
                                   conn_id if conn_id is not None else next(self._ids), chain)
@@ -197,6 +197,10 @@ class Worker:
         conn.initial = initial
         self.connections[conn.id] = conn
         conn.start(counted=conn_id is not None)
+
+    def accept_http(self, conn, client) -> None:
+        """Run `conn` (an HttpConnection) on `client` through an asyncio transport."""
+        self.loop.create_task(self._accept_http(conn, client))
 
     async def _accept_http(self, conn, client) -> None:
         try:
@@ -260,10 +264,10 @@ class Worker:
                 gauges.setdefault(chain.rx_buffered, 0)
                 gauges.setdefault(chain.tx_buffered, 0)
         for conn in self.connections.values():
-            if getattr(conn, "pumps", None) is not None:
-                upstream_bound, client_bound = conn.pumps
-                gauges[conn.chain.rx_buffered] += upstream_bound.pending
-                gauges[conn.chain.tx_buffered] += client_bound.pending
+            to_upstream, to_client = conn.buffered()
+            if to_upstream or to_client:
+                gauges[conn.chain.rx_buffered] += to_upstream
+                gauges[conn.chain.tx_buffered] += to_client
         return gauges
 
     def handle_hosts(self, msg) -> None:
@@ -292,9 +296,7 @@ class Worker:
         `connection: close`, HTTP/2 GOAWAY); idle ones close now."""
         self.http_pools.drop_idle()
         for conn in list(self.connections.values()):
-            drain = getattr(conn, "drain", None)
-            if drain is not None:
-                drain()
+            conn.drain()
 
     def handle_migrate(self, msg) -> None:
         """Hand every connection to the workers on msg["targets"], then drain what is left

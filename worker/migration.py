@@ -20,9 +20,8 @@ import socket
 from ..supervisor.handoff import protocol, unix
 from ..supervisor.handoff.channel import Channel
 from ..supervisor.handoff.framing import close_fds
-from . import forwarding
-from .forwarding import ForwardedSide
-from .proxy.tcp_proxy import CLOSED, CONNECTING, OPEN, TcpProxyConnection
+from . import connection, forwarding
+from .connection import Lifecycle, Move
 
 log = logging.getLogger("baton.migration")
 
@@ -58,106 +57,92 @@ class MigrationServer:
         _channel_lost(self.worker, channel)
 
     def _on_message(self, channel: Channel, msg: dict, fds) -> None:
+        try:
+            protocol.check(msg)
+        except protocol.ProtocolError as exc:
+            close_fds(fds)
+            channel.reply(msg, protocol.error(str(exc)))
+            return
         kind = msg["type"]
         if kind == "hello":
+            close_fds(fds)
             try:
                 version = self.versions[channel] = protocol.negotiate(msg)
             except protocol.ProtocolError as exc:
                 channel.reply(msg, protocol.error(str(exc)))
                 return
-            channel.reply(msg, {"type": "hello", "version": version, "pid": os.getpid(),
-                                "generation": self.worker.generation})
+            channel.reply(msg, protocol.hello_reply(version, os.getpid(), self.worker.generation))
         elif self.versions.get(channel) is None:
             close_fds(fds)
             channel.reply(msg, protocol.error("hello first"))
         elif kind == "connections":
-            adopted, refused, new_ids, forwarded = adopt_connections(self.worker, msg, fds, channel)
+            adopted, refused, new_ids, conns = adopt_connections(
+                self.worker, self.versions[channel], msg, fds, channel)
             channel.reply(msg, {"type": "adopted", "ids": adopted, "refused": refused, "new_ids": new_ids})
-            for side in forwarded:       # after the answer: the sender must know the new ids first
-                side.start()
+            for conn in conns:           # after the answer: the sender must know the new ids first
+                conn.after_adoption()
         elif forwarding.dispatch(self.worker, msg):
             close_fds(fds)
         else:
             close_fds(fds)
-            channel.reply(msg, protocol.error(f"unknown message type {kind!r}"))
+            channel.reply(msg, protocol.error(f"unexpected message type {kind!r}"))
 
 
-def adopt_connections(worker, msg: dict, fds: list[int], channel=None):
-    """Take over the connections of one `connections` frame.
+def adopt_connections(worker, version: int, msg: dict, fds: list[int], channel=None):
+    """Take over the connections of one `connections` frame (protocol `version`).
 
-    Returns (adopted old ids, refused old id -> why, old id -> new id, forwarded sides to
-    start once the answer is sent)."""
-    adopted, refused, new_ids, forwarded = [], {}, {}, []
-    index = 0
-    for state in msg.get("conns", ()):
-        nfds = 2 if state.get("state") == "open" else 1
-        conn_fds, index = fds[index:index + nfds], index + nfds
-        reason = _refusal(worker, state, len(conn_fds) == nfds)
+    Returns (adopted old ids, refused old id -> why, old id -> new id, the adopted
+    connections, to be told `after_adoption()` once the answer is sent). A record this worker
+    cannot take is refused with its reason and its descriptors closed; the sender keeps it."""
+    adopted, refused, new_ids, conns = [], {}, {}, []
+    records, leftover = protocol.decode_records(version, msg, fds)
+    close_fds(leftover)
+    for record in records:
+        reason = record.error or _refusal(worker, record)
         if reason:
-            close_fds(conn_fds)
-            refused[state.get("id")] = reason
+            close_fds(record.fds)
+            if record.old_id is not None:
+                refused[record.old_id] = reason
             continue
-        listener = worker.listeners[state["listener"]]
+        listener = worker.listeners[record.fields["listener"]]
         new_id = worker.next_connection_id()
-        if state["state"] == "http":
-            chain = listener.chains[state.get("chain") or 0]
-            client = socket.socket(listener.family, socket.SOCK_STREAM, 0, conn_fds[0])
-            worker.stats.gauges[listener.stat_cx_active] += 1
-            worker.start_connection(listener, chain, client,
-                                    tuple(state["peer"]) if state.get("peer") else None,
-                                    tuple(state["original"]) if state.get("original") else None,
-                                    conn_id=new_id)
-        elif state["state"] == "split":
-            side = _adopt_split(worker, listener, state, conn_fds[0], new_id, channel)
-            worker.connections[new_id] = side
-            forwarded.append(side)
-        else:
-            conn = TcpProxyConnection.adopt(worker, listener, state, conn_fds, new_id)
-            if conn.state is not CLOSED:      # it may have failed at once (no healthy host)
-                worker.connections[conn.id] = conn
-        adopted.append(state["id"])
-        new_ids[state["id"]] = new_id
-    close_fds(fds[index:])
-    return adopted, refused, new_ids, forwarded
+        conn = connection.adopter(record.kind)(worker, listener, record.fields, record.fds,
+                                               new_id, channel)
+        if conn is not None and conn.state is not Lifecycle.CLOSED:   # it may fail at once
+            worker.connections[new_id] = conn
+            conns.append(conn)
+        adopted.append(record.old_id)
+        new_ids[record.old_id] = new_id
+    return adopted, refused, new_ids, conns
 
 
-def _adopt_split(worker, listener, state: dict, fd: int, new_id: int, channel):
-    """Write migration, new side: we own the client; its upstream stays in the sender."""
-    down, up = state["down"], state["up"]
-    worker.stats.gauges[listener.stat_cx_active] += 1
-
-    def client_done(side):
-        worker.stats.gauges[listener.stat_cx_active] -= 1
-    return ForwardedSide(worker, socket.socket(listener.family, socket.SOCK_STREAM, 0, fd), channel, new_id, state["id"],
-                         int(state.get("limit") or listener.spec.get("buffer_limit", 1 << 20)),
-                         initial=down["data"], read_eof=up["eof"], peer_eof=down["eof"],
-                         shut=down["done"], on_close=client_done)
-
-
-def _refusal(worker, state: dict, fds_ok: bool) -> str | None:
-    if not fds_ok:
-        return "descriptors missing"
-    if state.get("listener") not in worker.listeners:
-        return f"no listener {state.get('listener')!r} here"
-    if state.get("state") == "open" and worker.clusters.get(state.get("cluster")) is None:
-        return f"no cluster {state.get('cluster')!r} here"
-    if state.get("state") == "http":
-        index = state.get("chain") or 0
-        chains = worker.listeners[state["listener"]].chains
-        if index >= len(chains) or chains[index].http_config is None:
-            return "no http_connection_manager at that filter chain here"
-    if state.get("state") not in ("open", "connecting", "split", "http"):
-        return f"cannot adopt a connection in state {state.get('state')!r}"
-    return None
+def _refusal(worker, record) -> str | None:
+    listener = worker.listeners.get(record.fields["listener"])
+    if listener is None:
+        return f"no listener {record.fields['listener']!r} here"
+    if connection.adopter(record.kind) is None:
+        return f"cannot adopt a {record.kind} connection"
+    return connection.refusal(record.kind, worker, listener, record.fields)
 
 
 def _channel_lost(worker, channel) -> None:
-    for side in [c for c in worker.connections.values()
-                 if isinstance(c, ForwardedSide) and c.channel is channel]:
-        side.peer_lost()
+    for conn in list(worker.connections.values()):
+        conn.channel_lost(channel)
 
 
-async def open_handoff(path: str, generation: int, worker=None) -> Channel:
+class Peer:
+    """A receiving worker's handoff channel, with what it said in hello: the protocol version
+    and the connection records (kind -> versions) it adopts."""
+
+    __slots__ = ("channel", "version", "accepts")
+
+    def __init__(self, channel: Channel, version: int, accepts: dict):
+        self.channel = channel
+        self.version = version
+        self.accepts = accepts
+
+
+async def open_handoff(path: str, generation: int, worker=None) -> "Peer":
     """Connect to another worker's handoff socket and say hello."""
     loop = asyncio.get_running_loop()
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -168,8 +153,10 @@ async def open_handoff(path: str, generation: int, worker=None) -> Channel:
         sock.close()
         raise
     def on_message(channel, msg, fds):
+        # Old side: forwarding messages for a split connection, possibly ahead of the
+        # adoption reply (the connection keeps those until it processed the reply).
         close_fds(fds)
-        if worker is None or not _route_forwarding(worker, msg):
+        if worker is None or not forwarding.dispatch(worker, msg):
             log.warning("%s: unexpected %r", channel.name, msg.get("type"))
 
     def on_closed(channel, reason):
@@ -177,28 +164,25 @@ async def open_handoff(path: str, generation: int, worker=None) -> Channel:
             _channel_lost(worker, channel)
     channel = Channel(sock, on_message, on_closed, name=f"handoff to {os.path.basename(path)}")
     reply = await channel.request(protocol.hello(os.getpid(), generation), timeout=protocol.MIGRATE_TIMEOUT)
-    if reply.get("type") != "hello":
+    try:
+        protocol.check(reply)
+        if reply["type"] != "hello":
+            raise protocol.ProtocolError(reply.get("error", "handshake refused"))
+        version = reply.get("version")
+        if version not in protocol.VERSIONS:
+            raise protocol.ProtocolError(f"the receiver chose protocol version {version!r}, "
+                                         f"which we do not speak")
+    except protocol.ProtocolError:
         channel.close("handshake refused")
-        raise protocol.ProtocolError(reply.get("error", "handshake refused"))
-    return channel
-
-
-def _route_forwarding(worker, msg: dict) -> bool:
-    """Old side: forwarding messages for a connection whose adoption reply we have not
-    processed yet are kept for it, in order."""
-    conn = worker.connections.get(msg.get("id"))
-    if isinstance(conn, TcpProxyConnection) and conn.early is not None:
-        conn.early.append(msg)
-        return True
-    return forwarding.dispatch(worker, msg)
+        raise
+    return Peer(channel, version, protocol.accepted_records(version, reply))
 
 
 def _batches(conns):
     batch, size = [], 0
     for conn in conns:
         batch.append(conn)
-        if getattr(conn, "pumps", None) is not None:
-            size += sum(p.pending for p in conn.pumps)
+        size += sum(conn.buffered())
         if len(batch) >= protocol.CONNS_PER_FRAME or size >= protocol.BYTES_PER_FRAME:
             yield batch
             batch, size = [], 0
@@ -207,46 +191,52 @@ def _batches(conns):
 
 
 async def migrate_connections(worker, targets: list[str], keep_upstreams: bool = False,
-                              http_wait: float = 30.0) -> tuple[int, int, int]:
+                              idle_wait: float = 30.0) -> tuple[int, int, int]:
     """Move every connection of `worker` to the workers listening on `targets`, spread
-    round-robin. With `keep_upstreams`, open connections leave their upstream socket here and
-    are forwarded (write migration). HTTP/1.1 connections move when idle: those serving a
-    request move once its response is written (waiting at most `http_wait` seconds); HTTP/2
-    ones stay to drain with GOAWAY. Returns (moved, kept here, connections there were when
+    round-robin. With `keep_upstreams`, open L4 connections leave their upstream socket here
+    and are forwarded (write migration). Connections ready to move (Move.NOW) go at once;
+    those busy with an exchange (Move.WHEN_IDLE: HTTP/1.1 serving a request) move once it
+    ends, waiting at most `idle_wait` seconds; the rest (Move.NEVER: HTTP/2, inspections,
+    forwarded halves) stay to drain. Returns (moved, kept here, connections there were when
     the move began; those that ended meanwhile are in neither count)."""
-    channels = []
+    peers = []
     for path in targets:
         try:
-            channels.append(await open_handoff(path, worker.generation, worker))
+            peers.append(await open_handoff(path, worker.generation, worker))
         except (OSError, asyncio.TimeoutError, protocol.ProtocolError, Exception) as exc:
             log.error("worker %d: cannot reach %s: %s", worker.id, path, exc)
-    if not channels:
+    if not peers:
         return 0, len(worker.connections), len(worker.connections)
-    total = len(worker.connections)
-    conns = [c for c in worker.connections.values()
-             if c.state in (OPEN, CONNECTING) or (c.state == "http" and c.movable)]
-    moved, kept = await _move(worker, conns, channels, keep_upstreams)
-    moved_http, kept_http = await _move_http_when_idle(worker, channels, http_wait)
-    moved += moved_http
-    kept += kept_http
-    for channel in channels:
+    before = list(worker.connections.values())
+    now = [c for c in before if c.readiness() is Move.NOW]
+    moved, kept = await _move(worker, now, peers, keep_upstreams)
+    moved_later, kept_later = await _move_when_idle(worker, peers, idle_wait, kept)
+    moved += moved_later
+    kept |= kept_later
+    for peer in peers:
         # A channel that carries forwarded connections lives as long as they do.
-        if not any(isinstance(c, ForwardedSide) and c.channel is channel for c in worker.connections.values()):
-            channel.close("done")
-    stayed = sum(1 for c in worker.connections.values() if c.state not in (OPEN, CONNECTING))
-    return moved, kept + stayed, total
+        if not any(c.uses_channel(peer.channel) for c in worker.connections.values()):
+            peer.channel.close("done")
+    here = set(map(id, worker.connections.values()))
+    stayed = sum(1 for c in before if id(c) in here and c not in kept)
+    return moved, len(kept) + stayed, len(before)
 
 
-async def _move_http_when_idle(worker, channels, wait: float) -> tuple[int, int]:
-    """HTTP/1.1 connections busy with a request: each stops reading after its response and
-    is moved then, in small batches, until none is left or `wait` runs out."""
-    http = [c for c in worker.connections.values() if c.state == "http" and not c.closed]
-    for conn in http:
-        if not conn.can_move:
+async def _move_when_idle(worker, peers, wait: float, refused: set) -> tuple[int, set]:
+    """The connections left after the first batch (but those `refused` already): the busy
+    ones pause after their exchange and are moved then, the ones that became ready meanwhile
+    at once, in small batches, until none is left or `wait` runs out. Those that cannot move
+    start draining."""
+    busy = []
+    for conn in list(worker.connections.values()):
+        if conn in refused:
+            continue
+        if conn.readiness() is Move.NEVER:
             conn.drain()        # HTTP/2: two-phase GOAWAY; its client reconnects to the new one
-    busy = [c for c in http if c.can_move and not c.closed]
+        else:
+            busy.append(conn)
     if not busy:
-        return 0, 0
+        return 0, set()
     loop = worker.loop
     ready: list = []
     wake = asyncio.Event()
@@ -257,7 +247,7 @@ async def _move_http_when_idle(worker, channels, wait: float) -> tuple[int, int]
     for conn in busy:
         conn.hold_when_idle(on_idle)
     deadline = loop.time() + wait
-    moved = kept = 0
+    moved, kept = 0, set()
     waiting = set(busy)
     while waiting and loop.time() < deadline:
         try:
@@ -265,60 +255,70 @@ async def _move_http_when_idle(worker, channels, wait: float) -> tuple[int, int]
         except asyncio.TimeoutError:
             break
         wake.clear()
-        batch, ready[:] = [c for c in ready if not c.closed and c.movable], []
-        waiting = {c for c in waiting if not c.closed and c not in batch and c.on_idle is not None}
+        fired, ready[:] = list(ready), []
+        waiting.difference_update(fired)
+        waiting = {c for c in waiting if c.state is not Lifecycle.CLOSED}
+        batch = [c for c in fired if c.readiness() is Move.NOW]
         if batch:
-            m, k = await _move(worker, batch, channels, False)
+            m, k = await _move(worker, batch, peers, False)
             moved += m
-            kept += k
+            kept |= k
     for conn in waiting:
-        conn.on_idle = None
+        conn.cancel_hold()
     return moved, kept
 
 
-async def _move(worker, conns, channels, keep_upstreams: bool) -> tuple[int, int]:
-    """Send `conns` in batches over `channels`; (moved, kept) once every receiver answered."""
+async def _move(worker, conns, peers, client_only: bool) -> tuple[int, set]:
+    """Send `conns` in batches to `peers`; (moved, the connections kept here) once every
+    receiver answered."""
     pending = []
-    future_channels = {}
+    kept: set = set()
     for i, batch in enumerate(_batches(conns)):
-        channel = channels[i % len(channels)]
-        states, fds = [], []
+        peer = peers[i % len(peers)]
+        records, fds, sent = [], [], []
         for conn in batch:
-            if conn.state == "http":
-                state, conn_fds = conn.export()
-            else:
-                state, conn_fds = conn.export(keep_upstream=keep_upstreams)
-            states.append(state)
-            fds.extend(conn_fds)
+            export = conn.export(client_only=client_only)
+            record = protocol.encode_record(peer.version, peer.accepts, export.kind,
+                                            export.fields, export.fds)
+            if record is None:       # the receiver is a version that cannot adopt this kind
+                log.warning("worker %d: connection %d stays here: the receiver does not adopt %s "
+                            "connections", worker.id, conn.id, export.kind)
+                conn.resume()
+                kept.add(conn)
+                continue
+            records.append(record)
+            fds.extend(export.fds)
+            sent.append(conn)
+        if not sent:
+            continue
         try:
             # No duplicates needed: our descriptors stay open until the receiver answers.
-            future = channel.request({"type": "connections", "conns": states}, fds,
-                                     timeout=protocol.MIGRATE_TIMEOUT, dup=False)
+            future = peer.channel.request({"type": "connections", "conns": records}, fds,
+                                          timeout=protocol.MIGRATE_TIMEOUT, dup=False)
         except Exception as exc:  # noqa: BLE001 - the channel died: this batch stays here
-            log.error("worker %d: sending %d connection(s) failed: %s", worker.id, len(batch), exc)
+            log.error("worker %d: sending %d connection(s) failed: %s", worker.id, len(sent), exc)
             future = None
-        pending.append((batch, future))
-        future_channels[id(future)] = channel
-    moved = kept = 0
-    for batch, future in pending:
-        by_id = {conn.id: conn for conn in batch}
+        pending.append((sent, future, peer))
+    moved = 0
+    for sent, future, peer in pending:
         try:
             reply = await future if future is not None else {}
         except Exception as exc:  # noqa: BLE001 - timeout or receiver gone: resume all
-            log.error("worker %d: %d connection(s) not adopted: %s", worker.id, len(batch), exc)
+            log.error("worker %d: %d connection(s) not adopted: %s", worker.id, len(sent), exc)
             reply = {}
-        adopted = set(reply.get("ids", ()))
+        if reply.get("type") not in ("adopted", None):
+            log.error("worker %d: %d connection(s) not adopted: %s", worker.id, len(sent),
+                      reply.get("error", reply.get("type")))
+            reply = {}
+        adopted = set(reply.get("ids") or ())
         new_ids = reply.get("new_ids") or {}
-        for conn_id, conn in by_id.items():
-            if conn_id in adopted and getattr(conn, "early", None) is not None and conn_id in new_ids:
-                conn.forward_upstream(future_channels[id(future)], new_ids[conn_id])
-                moved += 1
-            elif conn_id in adopted:
-                conn.migrated()
+        for conn in sent:
+            if conn.id in adopted:
+                conn.migrated(peer.channel, new_ids.get(conn.id, 0))
                 moved += 1
             else:
                 conn.resume()
-                kept += 1
+                kept.add(conn)
         for conn_id, why in (reply.get("refused") or {}).items():
             log.warning("worker %d: connection %s stays here: %s", worker.id, conn_id, why)
     return moved, kept

@@ -189,9 +189,9 @@ def test_mutual_tls_with_spiffe_identity(version):
     from cryptography import x509
     from cryptography.hazmat.primitives import serialization
 
-    from ..tls_certs import SPIFFE_ID, spiffe_leaf, test_ca
+    from ..tls_certs import SPIFFE_ID, spiffe_leaf, make_ca
 
-    workload = spiffe_leaf(test_ca("ecdsa"), "ecdsa")
+    workload = spiffe_leaf(make_ca("ecdsa"), "ecdsa")
     hs, keylog, peer = baton_server("ecdsa", version, client_certificate=workload)
     layer = hs.handover()
     der = layer.info["peer_certificate"]

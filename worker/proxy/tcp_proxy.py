@@ -27,6 +27,7 @@ import socket
 import struct
 import time
 
+from ..connection import Connection, Export, Lifecycle, Move, register
 from .lb import Host
 
 log = logging.getLogger("baton.tcp_proxy")
@@ -35,7 +36,7 @@ SPLICE_FLAGS = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
 _splice = os.splice
 _monotonic = time.monotonic
 
-CONNECTING, OPEN, CLOSED = "connecting", "open", "closed"
+CONNECTING, OPEN, CLOSED = Lifecycle.CONNECTING, Lifecycle.OPEN, Lifecycle.CLOSED
 
 
 class Pump:
@@ -190,7 +191,8 @@ class Pump:
             self._give_back()
 
 
-class TcpProxyConnection:
+class TcpProxyConnection(Connection):
+    kind = "tcp"
     __slots__ = ("worker", "loop", "listener", "config", "stats", "client", "upstream",
                  "cluster", "host", "tried", "attempts", "state", "pumps", "timer",
                  "last_active", "idle_timeout", "id", "peer", "moved", "early", "original",
@@ -429,45 +431,62 @@ class TcpProxyConnection:
         self.stats.gauges[self.listener.stat_cx_active] -= 1
         self.worker.connection_closed(self)
 
-    # -- moving to another worker (supervisor/handoff/protocol.py) -------------------------
+    # -- the Connection interface: moving to another worker (worker/connection.py) ----------
 
-    def export(self, keep_upstream: bool = False) -> tuple[dict, list[int]]:
-        """Pause this connection and describe it for another worker: (state, fds).
+    def readiness(self) -> Move:
+        return Move.NOW if self.state is OPEN or self.state is CONNECTING else Move.NEVER
+
+    def buffered(self) -> tuple[int, int]:
+        if self.pumps is None:
+            return 0, 0
+        upstream_bound, client_bound = self.pumps
+        return upstream_bound.pending, client_bound.pending
+
+    def on_forwarded(self, msg: dict) -> bool:
+        """Forwarding messages that beat the adoption reply (write migration) wait for it."""
+        if self.early is None:
+            return False
+        self.early.append(msg)
+        return True
+
+    def export(self, client_only: bool = False) -> Export:
+        """Pause this connection and describe it for another worker.
 
         It stays ours until `migrated()` (another worker adopted it) or `resume()` (it did
         not). An open connection moves with both sockets and the unsent bytes of each
-        direction; one still connecting moves with its client socket only, since nothing has
-        been read from the client yet: the adopter connects afresh."""
+        direction (record "tcp"), or with `client_only` with its client socket alone, the
+        upstream staying here (record "tcp-split"); one still connecting moves with its client
+        socket only, since nothing has been read from the client yet: the adopter connects
+        afresh (record "tcp-connecting")."""
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
-        state = {"id": self.id, "listener": self.listener.name,
-                 "peer": list(self.peer) if self.peer else None,
-                 "original": list(self.original) if self.original else None,
-                 "chain": self.chain.index}
+        fields = {"id": self.id, "listener": self.listener.name,
+                  "peer": list(self.peer) if self.peer else None,
+                  "original": list(self.original) if self.original else None,
+                  "chain": self.chain.index}
         if self.state is OPEN:
             moved = []
             for pump in self.pumps:
                 pump.stop()
                 moved.append({"data": pump.drain(), "eof": pump.eof, "done": pump.done})
             self.moved = moved
-            if keep_upstream:
+            if client_only:
                 # Write migration (worker/forwarding.py): only the client moves; what the
                 # upstream sends later is forwarded to the adopter.
                 self.early = []
-                state.update(state="split", up={"eof": moved[0]["eof"]}, down=moved[1],
-                             limit=self.cluster.buffer_limit)
-                return state, [self.client.fileno()]
-            state.update(state="open", cluster=self.cluster.name,
-                         host=[self.host.address, self.host.port], up=moved[0], down=moved[1])
-            return state, [self.client.fileno(), self.upstream.fileno()]
+                fields.update(up={"eof": moved[0]["eof"]}, down=moved[1],
+                              limit=self.cluster.buffer_limit)
+                return Export("tcp-split", fields, [self.client.fileno()])
+            fields.update(cluster=self.cluster.name, host=[self.host.address, self.host.port],
+                          up=moved[0], down=moved[1])
+            return Export("tcp", fields, [self.client.fileno(), self.upstream.fileno()])
         self.loop.remove_writer(self.upstream.fileno())
         self._release_upstream()
         self.attempts -= 1           # an interrupted attempt is not a failed one
-        state["state"] = "connecting"
         if self.initial is not None:  # bytes an inspector already read: they must move too
-            state["initial"] = {"data": self.initial[0], "eof": self.initial[1]}
-        return state, [self.client.fileno()]
+            fields["initial"] = {"data": self.initial[0], "eof": self.initial[1]}
+        return Export("tcp-connecting", fields, [self.client.fileno()])
 
     def resume(self) -> None:
         """The move failed: carry on here, exactly where export() paused."""
@@ -480,9 +499,13 @@ class TcpProxyConnection:
         elif self.state is CONNECTING:
             self._connect()
 
-    def migrated(self) -> None:
+    def migrated(self, channel, new_id: int) -> None:
         """Another worker adopted this connection: let go of our descriptors without
-        shutting anything down (the adopter holds the same sockets)."""
+        shutting anything down (the adopter holds the same sockets). A split one keeps its
+        upstream here, forwarded over `channel` to the adopter's connection `new_id`."""
+        if self.early is not None:
+            self._forward_upstream(channel, new_id)
+            return
         pumps, self.pumps = self.pumps, None
         self.moved = None
         self.state = CLOSED
@@ -495,9 +518,9 @@ class TcpProxyConnection:
         self.stats.gauges[self.listener.stat_cx_active] -= 1
         self.worker.connection_closed(self)
 
-    def forward_upstream(self, channel, peer_id: int):
+    def _forward_upstream(self, channel, peer_id: int):
         """The adopter took our client (write migration): keep serving the upstream half here,
-        forwarding over `channel`. Returns the ForwardedSide that replaces this connection."""
+        forwarding over `channel`. The ForwardedSide replaces this connection."""
         from ..forwarding import ForwardedSide
         up, down = self.moved
         cluster, host = self.cluster, self.host
@@ -519,30 +542,29 @@ class TcpProxyConnection:
         side.start()
         for msg in early:
             side.on_message(msg)
-        return side
 
     @classmethod
-    def adopt(cls, worker, listener, state: dict, fds: list[int], conn_id: int):
-        """A connection another worker exported: continue it here."""
+    def adopt(cls, worker, listener, fields: dict, fds: list[int], conn_id: int, channel=None):
+        """Records "tcp" and "tcp-connecting" another worker exported: continue here."""
         # The family is known (the listener's): passing it saves socket() three getsockopt calls.
         client = socket.socket(listener.family, socket.SOCK_STREAM, 0, fds[0])
-        peer = tuple(state["peer"]) if state.get("peer") else None
-        index = state.get("chain") or 0
+        peer = tuple(fields["peer"]) if fields.get("peer") else None
+        index = fields.get("chain") or 0
         chain = listener.chains[index] if index < len(listener.chains) else None
         conn = cls(worker, listener, client, peer, conn_id, chain)
-        conn.original = tuple(state["original"]) if state.get("original") else None
+        conn.original = tuple(fields["original"]) if fields.get("original") else None
         worker.stats.gauges[listener.stat_cx_active] += 1
-        if state["state"] == "connecting":
-            if state.get("initial"):
-                conn.initial = (state["initial"]["data"], state["initial"]["eof"])
+        if len(fds) == 1:            # tcp-connecting
+            if fields.get("initial"):
+                conn.initial = (fields["initial"]["data"], fields["initial"]["eof"])
             conn.cluster = conn._choose_cluster()
             if conn.cluster is None:
                 conn.close()
             else:
                 conn._connect()
             return conn
-        cluster = worker.clusters.get(state["cluster"])
-        address, port = state["host"]
+        cluster = worker.clusters.get(fields["cluster"])
+        address, port = fields["host"]
         host = next((h for h in cluster.hosts if h.address == address and h.port == port), None)
         if host is None:       # the endpoint left the config: the connection still lives
             host = Host(address, port)
@@ -552,5 +574,15 @@ class TcpProxyConnection:
         cluster.active += 1
         host.active += 1
         worker.stats.gauges[cluster.stat["upstream_cx_active"]] += 1
-        conn._established(moved=(state["up"], state["down"]))
+        conn._established(moved=(fields["up"], fields["down"]))
         return conn
+
+
+def _cluster_missing(worker, listener, fields: dict) -> str | None:
+    if worker.clusters.get(fields["cluster"]) is None:
+        return f"no cluster {fields['cluster']!r} here"
+    return None
+
+
+register("tcp", TcpProxyConnection.adopt, _cluster_missing)
+register("tcp-connecting", TcpProxyConnection.adopt)

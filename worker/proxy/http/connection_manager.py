@@ -19,12 +19,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import socket
 import time
 from collections import deque
 
 from ...codecs.events import Body, ProtocolError, RequestHead, StreamReset, Trailers, WindowOpen
 from ...codecs.h2limits import TOO_MANY_PREMATURE_RESETS
 from ...codecs.http1 import Http1ServerCodec
+from ...connection import Connection, Export, Lifecycle, Move, register
 from . import express
 from .stream import Stream
 
@@ -34,8 +36,10 @@ H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 MAX_QUEUED_EVENTS = 64          # pipelined events waiting before reading pauses
 
 
-class HttpConnection(asyncio.Protocol):
+class HttpConnection(asyncio.Protocol, Connection):
     """One downstream connection."""
+
+    kind = "http"
 
     def __init__(self, worker, listener, chain, peer, original, conn_id: int, initial=None):
         self.worker = worker
@@ -59,7 +63,7 @@ class HttpConnection(asyncio.Protocol):
         self.idle_timer = None
         self.idle_deadline = 0.0
         self.header_timer = None
-        self.state = "http"                       # migration.py: not an L4 connection
+        self.state = Lifecycle.OPEN
         self.local = None
         self.requests = 0
         self.dirty = False                        # queued bytes wait for flush_dirty()
@@ -245,7 +249,7 @@ class HttpConnection(asyncio.Protocol):
             stream.downstream_paused(False)
         if self.codec is not None and self.codec.closed and not self.streams:
             self.close()
-        elif self.on_idle is not None and self.movable:
+        elif self.on_idle is not None and self._idle():
             self._held()
 
     # -- streams ----------------------------------------------------------------------------
@@ -294,7 +298,7 @@ class HttpConnection(asyncio.Protocol):
                 if self.codec.closed:
                     self.close()
                     return
-            if self.on_idle is not None and self.movable:
+            if self.on_idle is not None and self._idle():
                 self._held()
                 return
             self._arm_idle()
@@ -386,6 +390,7 @@ class HttpConnection(asyncio.Protocol):
         if self.closed:
             return
         self.closed = True
+        self.state = Lifecycle.CLOSED
         self._cancel_timers()
         gauges = self.worker.stats.gauges
         gauges[self.hcm.stat_cx_active] -= 1
@@ -532,31 +537,34 @@ class HttpConnection(asyncio.Protocol):
         self._on_protocol_error(ProtocolError("request header timeout", 408,
                                               self.codec.abandon_head()))
 
-    # -- moving to another worker (migration.py) --------------------------------------------
+    # -- the Connection interface: moving to another worker (worker/connection.py) ----------
 
-    @property
-    def can_move(self) -> bool:
-        """HTTP/1.1 connections can move between requests; HTTP/2 ones (HPACK state,
-        windows) drain instead."""
-        return self.codec is None or self.codec.__class__ is Http1ServerCodec
+    def readiness(self) -> Move:
+        """HTTP/1.1 connections move between requests: at once when idle, else once the
+        request in flight is answered. HTTP/2 ones (HPACK state, windows) drain instead."""
+        if self.closed or (self.codec is not None and self.codec.multiplexed):
+            return Move.NEVER
+        return Move.NOW if self._idle() else Move.WHEN_IDLE
 
-    @property
-    def movable(self) -> bool:
+    def _idle(self) -> bool:
         """Idle HTTP/1.1 between requests, nothing unsent: the socket alone is the whole
         state, so it can move to another process as a bare descriptor."""
         codec = self.codec
         if self.closed or self.streams or self.queued or self.initial:
             return False
-        if codec is not None and (codec.__class__ is not Http1ServerCodec or not codec.idle
-                                  or codec.awaiting_head or codec.closed):
+        if codec is not None and (codec.multiplexed or not codec.idle or codec.awaiting_head
+                                  or codec.closed):
             return False
         return self.transport is not None and self.transport.get_write_buffer_size() == 0
 
     def hold_when_idle(self, on_idle) -> None:
-        """Migration: finish the request in flight, then stop reading and call `on_idle`."""
+        """Finish the request in flight, then stop reading and call `on_idle`."""
         self.on_idle = on_idle
-        if self.movable:
+        if self._idle():
             self._held()
+
+    def cancel_hold(self) -> None:
+        self.on_idle = None
 
     def _held(self) -> None:
         on_idle, self.on_idle = self.on_idle, None
@@ -565,18 +573,17 @@ class HttpConnection(asyncio.Protocol):
         if on_idle is not None:
             on_idle(self)
 
-    def export(self) -> tuple[dict, list[int]]:
+    def export(self, client_only: bool = False) -> Export:
         self.transport.pause_reading()
         self._cancel_timers()       # none may touch the socket the next worker adopts
         sock = self.transport.get_extra_info("socket")
         self.moving_fd = os.dup(sock.fileno())
-        state = {"id": self.id, "listener": self.listener.name, "state": "http",
-                 "chain": self.chain.index, "peer": list(self.peer) if self.peer else None,
-                 "original": list(self.original) if self.original else None,
-                 "initial": None}
-        return state, [self.moving_fd]
+        fields = {"id": self.id, "listener": self.listener.name, "chain": self.chain.index,
+                  "peer": list(self.peer) if self.peer else None,
+                  "original": list(self.original) if self.original else None, "initial": None}
+        return Export("http1-idle", fields, [self.moving_fd])
 
-    def migrated(self) -> None:
+    def migrated(self, channel=None, new_id: int = 0) -> None:
         """Another worker adopted the socket: let go without a FIN (it holds the same one)."""
         fd, self.moving_fd = self.moving_fd, -1
         self._closed()
@@ -592,6 +599,18 @@ class HttpConnection(asyncio.Protocol):
             self.transport.resume_reading()
             self._arm_idle()
 
+    @classmethod
+    def adopt(cls, worker, listener, fields: dict, fds: list[int], conn_id: int, channel=None):
+        """Record "http1-idle": an idle HTTP/1.1 connection another worker exported."""
+        chain = listener.chains[fields.get("chain") or 0]
+        client = socket.socket(listener.family, socket.SOCK_STREAM, 0, fds[0])
+        worker.stats.gauges[listener.stat_cx_active] += 1
+        peer = tuple(fields["peer"]) if fields.get("peer") else None
+        original = tuple(fields["original"]) if fields.get("original") else None
+        conn = cls(worker, listener, chain, peer, original, conn_id)
+        worker.accept_http(conn, client)
+        return conn
+
     def shutdown_now(self) -> None:
         """Worker stopping: close at once."""
         self._abort_streams("worker stopping")
@@ -605,3 +624,13 @@ _ERROR_BODIES = {400: "Bad Request", 408: "request header timeout", 413: "Payloa
 _ERROR_DETAILS = {400: "http1.codec_error", 408: "request_header_timeout",
                   413: "request_payload_too_large", 426: "upgrade_required",
                   431: "http1.headers_too_large", 501: "http1.codec_error"}
+
+
+def _no_http_chain(worker, listener, fields: dict) -> str | None:
+    index = fields.get("chain") or 0
+    if index >= len(listener.chains) or listener.chains[index].http_config is None:
+        return "no http_connection_manager at that filter chain here"
+    return None
+
+
+register("http1-idle", HttpConnection.adopt, _no_http_chain)
