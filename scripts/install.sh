@@ -41,6 +41,14 @@ if [ ${#need_apt[@]} -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
 
+# Started as root, Baton runs its workers as this unprivileged user (worker/privileges.py);
+# the systemd unit makes its own (systemd/baton.service).
+if [ "$(id -u)" = 0 ] && ! id -u baton >/dev/null 2>&1; then
+    echo "install: useradd baton (the workers' user)"
+    useradd --system --user-group --no-create-home --home-dir /nonexistent \
+        --shell /usr/sbin/nologin --comment "Baton workers" baton
+fi
+
 stamp=.venv/.baton-installed
 if [ ! -x .venv/bin/python ]; then
     python3 -m venv .venv

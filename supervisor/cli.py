@@ -55,8 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
                      "Baton's own traffic through (istio-iptables excludes by uid or mark; needs "
                      "CAP_NET_ADMIN). Default: none")
     run.add_argument("--worker-user", default=None, metavar="USER[:GROUP]",
-                     help="run workers as this user, keeping only CAP_NET_ADMIN and "
-                     "CAP_NET_BIND_SERVICE (the master stays root: it binds and forks)")
+                     help="as root, run workers as this user (default: baton), with no "
+                     "capabilities, or only CAP_NET_ADMIN and CAP_NET_BIND_SERVICE with "
+                     "--upstream-mark (the master stays root: it binds and forks); 'root' keeps "
+                     "workers root")
     run.add_argument("--intercept", action="store_true",
                      help="install transparent capture rules at start (the flags of `baton "
                      "intercept apply` below), keep them across reloads, remove them at stop")
@@ -143,15 +145,45 @@ def cmd_check(args) -> int:
     return EXIT_OK
 
 
+class UntrustedPeer(Exception):
+    pass
+
+
+def _trusted_request(path: str, msg: dict, timeout: float) -> dict:
+    """One request to the control socket, once its server proved to be root or our own uid
+    (SO_PEERCRED): we never hand a command to, or believe an answer from, anyone else."""
+    from .handoff.channel import BlockingChannel, peer_credentials
+    from .handoff.framing import close_fds
+    from .handoff.unix import peer_allowed
+    channel = BlockingChannel.connect(path, timeout)
+    try:
+        pid, uid, _ = peer_credentials(channel.sock)
+        if not peer_allowed(uid):
+            raise UntrustedPeer(f"{path} is served by pid {pid} of uid {uid}, not by root or "
+                                "by us: not a baton master we trust")
+        reply, fds = channel.request(msg)
+        close_fds(fds)
+    finally:
+        channel.close()
+    if not isinstance(reply, dict) or not isinstance(reply.get("type"), str):
+        raise UntrustedPeer(f"{path} answered something that is not a baton reply")
+    return reply
+
+
 def _control_request(args, msg: dict, timeout: float = 10.0) -> dict:
-    from .handoff.channel import ChannelClosed, blocking_request
+    from .handoff.channel import ChannelClosed
+    from .handoff.framing import FrameError
     from .runtime import RuntimeDirError, control_path, resolve
     try:
         path = control_path(resolve(args.runtime_dir))
     except RuntimeDirError as exc:
         raise SystemExit(fail(str(exc)))
     try:
-        return blocking_request(path, msg, timeout)
+        return _trusted_request(path, msg, timeout)
+    except UntrustedPeer as exc:
+        raise SystemExit(fail(str(exc)))
+    except FrameError as exc:
+        raise SystemExit(fail(f"control socket {path}: not a baton master: {exc}"))
     except FileNotFoundError:
         raise SystemExit(fail(f"no baton running: {path} does not exist"))
     except ConnectionRefusedError:
@@ -167,8 +199,11 @@ def _control_request(args, msg: dict, timeout: float = 10.0) -> dict:
 def cmd_status(args) -> int:
     reply = _control_request(args, {"type": "status"})
     if reply.get("type") != "status":
-        return fail(reply.get("error", "unexpected reply"))
-    status = reply["status"]
+        return fail(str(reply.get("error", "unexpected reply")))
+    status = reply.get("status")
+    problem = _status_problem(status)
+    if problem:
+        return fail(f"the master sent a malformed status ({problem})")
     if args.json:
         print(json.dumps(status))
         return EXIT_OK
@@ -183,6 +218,34 @@ def cmd_status(args) -> int:
               f"{w['uptime_s']:>7.0f}s {w['connections']:>7} {w['rss_bytes'] / 1048576:>8.1f} "
               f"{w['cpu_percent']:>6.1f} {w['restarts']:>8}")
     return EXIT_OK
+
+
+_STATUS_FIELDS = {"version": str, "state": str, "runtime_dir": str, "master": dict, "workers": list}
+_MASTER_FIELDS = {"pid": int, "generation": int, "uptime_s": (int, float), "rss_bytes": int,
+                  "cpu_percent": (int, float)}
+_WORKER_FIELDS = {"id": int, "generation": int, "state": str, "uptime_s": (int, float),
+                  "connections": int, "rss_bytes": int, "cpu_percent": (int, float), "restarts": int}
+
+
+def _status_problem(status) -> str | None:
+    """What is wrong with a status object, or None: the printing below may trust it then."""
+    def check(obj, fields, where):
+        if not isinstance(obj, dict):
+            return f"{where} is not an object"
+        for key, kind in fields.items():
+            if not isinstance(obj.get(key), kind) or isinstance(obj.get(key), bool):
+                return f"{where}.{key} is missing or not a {getattr(kind, '__name__', 'number')}"
+        return None
+    problem = check(status, _STATUS_FIELDS, "status") or check(status["master"], _MASTER_FIELDS, "master")
+    if problem:
+        return problem
+    for i, worker in enumerate(status["workers"]):
+        problem = check(worker, _WORKER_FIELDS, f"workers[{i}]")
+        if problem:
+            return problem
+        if worker.get("pid") is not None and not isinstance(worker["pid"], int):
+            return f"workers[{i}].pid is not a number"
+    return None
 
 
 def cmd_stop(args) -> int:
@@ -341,15 +404,7 @@ def cmd_run(args) -> int:
             raise StartError("--concurrency must be at least 1")
         if args.drain_timeout < 0:
             raise StartError("--drain-timeout must not be negative")
-        worker_user = None
-        if args.worker_user:
-            from ..worker.privileges import PrivilegeError, resolve_user
-            try:
-                worker_user = resolve_user(args.worker_user)
-            except PrivilegeError as exc:
-                raise StartError(f"--worker-user: {exc}") from None
-            if os.geteuid() != 0:
-                raise StartError("--worker-user needs the master to run as root")
+        worker_user = _worker_user(args.worker_user)
         intercept = None
         if args.intercept:
             from ..tproxy.config import InterceptConfigError
@@ -361,7 +416,13 @@ def cmd_run(args) -> int:
                 # Baton's own upstream connections must not be captured again.
                 args.upstream_mark = intercept.proxy_mark
         source, snapshot, config_dump = _load(args)
-        snapshot["runtime"] = {"upstream_mark": args.upstream_mark, "worker_user": worker_user}
+        from ..worker.privileges import caps_for
+        snapshot["runtime"] = {
+            "upstream_mark": args.upstream_mark, "worker_user": worker_user,
+            # None: keep what the master has (workers explicitly left as root).
+            "worker_caps": None if _stays_root(worker_user) else list(caps_for(args.upstream_mark)),
+            # Its workers may move connections to ours (worker/migration.py checks pids).
+            "previous_master": takeover.previous_pid if takeover is not None else None}
         try:
             runtime_dir = runtime.prepare(runtime.resolve(args.runtime_dir),
                                           worker_user[0] if worker_user else None)
@@ -392,14 +453,38 @@ def cmd_run(args) -> int:
                     static_snapshot=static_snapshot, xds_applied=xds_applied)
     master.control_sock = control_sock
     master.admin_sock = admin_sock
-    pid_file = os.path.join(runtime_dir, runtime.PID_FILE)
-    with open(pid_file, "w") as f:
-        f.write(f"{os.getpid()}\n")
+    pid_file = runtime.write_pid_file(runtime_dir, os.getpid())
     try:
         return uvloop.run(master.run())
     finally:
         master.remove_intercept()
-        _remove_own_pid_file(pid_file)
+        if pid_file is not None:
+            _remove_own_pid_file(pid_file)
+
+
+def _worker_user(spec: str | None):
+    """(uid, gid) the workers run as, or None for the master's own uid. As root, workers
+    never keep root unless asked (`--worker-user root`): the default is the dedicated user
+    that `make run` and the systemd unit create."""
+    from ..worker.privileges import DEFAULT_USER, PrivilegeError, resolve_user
+    if os.geteuid() != 0:
+        if spec:
+            raise StartError("--worker-user needs the master to run as root")
+        return None
+    try:
+        user = resolve_user(spec or DEFAULT_USER)
+    except PrivilegeError as exc:
+        if spec:
+            raise StartError(f"--worker-user: {exc}") from None
+        raise StartError(f"workers run as user '{DEFAULT_USER}' when baton starts as root, and "
+                         f"there is none: create it (useradd --system --no-create-home --shell "
+                         f"/usr/sbin/nologin {DEFAULT_USER}, as `make run` does) or pass "
+                         "--worker-user USER") from None
+    return None if user[0] == 0 else user
+
+
+def _stays_root(worker_user) -> bool:
+    return worker_user is None and os.geteuid() == 0
 
 
 def _raise_fd_limit() -> None:

@@ -284,7 +284,9 @@ class Master:
                 else:
                     self._finish(self._exit_code)
             return
-        if all(s.given_up for s in self.workers.slots):
+        # A crash-looping slot is tried again later: only slots that failed to boot are
+        # gone for good, and while any slot may come back the master waits for it.
+        if all(s.gone_for_good for s in self.workers.slots):
             log.critical("no worker left to serve; exiting")
             self._finish(1)
 
@@ -437,6 +439,7 @@ class Master:
         self.control.pause()
         self.workers.stop_respawning()
         log.info("handing over to pid %d: moving connections to %d worker(s)", reload.pid, len(targets))
+        self.workers.migration_targets.update(targets)
         for slot in self.workers.alive():
             if slot.channel is not None and not slot.channel.closed:
                 self.loop.create_task(self._migrate(slot, targets))
@@ -471,7 +474,8 @@ class Master:
         self.workers.stopping = False
         self.workers.send_all({"type": "resume"})
         for slot in self.workers.slots:
-            if not slot.alive and not slot.given_up:
+            if not slot.alive and not slot.gone_for_good:
+                slot.given_up = False
                 self.workers.spawn(slot)
         self.control.resume()
         self.loop.create_task(self._restart_admin())
@@ -626,7 +630,10 @@ class Master:
                                                           "starting" if slot.alive else "respawning"),
                      "uptime_s": round(time.monotonic() - slot.started_at, 3) if slot.alive else 0,
                      "connections": answers.get(slot.id, {}).get("connections", 0),
-                     "rss_bytes": 0, "cpu_percent": 0.0, "restarts": len(slot.deaths)}
+                     "rss_bytes": 0, "cpu_percent": 0.0, "restarts": len(slot.deaths),
+                     "handoff": slot.handoff if slot.alive else None}
+            if slot.retry_at is not None:       # a crash loop: when the slot is tried again
+                entry["retry_in_s"] = round(max(0.0, slot.retry_at - time.monotonic()), 1)
             if slot.alive:
                 entry.update(self._usage(slot.pid))
             workers.append(entry)

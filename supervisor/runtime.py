@@ -1,16 +1,24 @@
-"""The runtime directory: control socket and pid file live here (mode 0700).
+"""The runtime directory: control socket, pid file, the reload handoff socket, xDS state.
 
 Default, as systemd and the XDG spec expect: $RUNTIME_DIRECTORY (set by systemd's
 RuntimeDirectory=), else /run/baton as root, else $XDG_RUNTIME_DIR/baton.
+
+The directory and everything in it belong to the master's user, mode 0700: only that user
+(and root) may create, replace or connect to anything in it. Workers never need it (their
+handoff sockets are abstract, supervisor/handoff/unix.py), so unprivileged workers get no
+access at all: a process of the worker user cannot stand in for control.sock or baton.pid.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import stat
 
 CONTROL_SOCKET = "control.sock"
 PID_FILE = "baton.pid"
+
+log = logging.getLogger("baton.runtime")
 
 
 class RuntimeDirError(Exception):
@@ -34,24 +42,60 @@ def resolve(runtime_dir: str | None) -> str:
 
 
 def prepare(path: str, worker_uid: int | None = None) -> str:
-    """Create the directory 0700 (or check an existing one is ours and private).
+    """Create the directory 0700 for us, or check that an existing one is ours, and private.
 
-    With unprivileged workers (`--worker-user`) the directory belongs to their uid, so that
-    they can bind their handoff sockets in it; the master, root, still has every access."""
-    owner = os.geteuid() if worker_uid is None else worker_uid
+    Earlier releases gave the directory to the `--worker-user` uid; such a directory
+    (`worker_uid`) is taken back, with every entry of that uid in it removed: a process of
+    that uid may have left anything there. Any other owner is refused."""
+    me = os.geteuid()
     try:
         os.makedirs(path, mode=0o700, exist_ok=True)
-        st = os.stat(path)
-        if st.st_uid not in (os.geteuid(), owner):
-            raise RuntimeDirError(f"runtime directory {path} belongs to uid {st.st_uid}, not {owner}")
-        if st.st_uid != owner:
-            os.chown(path, owner, -1)
+        st = os.lstat(path)
+        if not stat.S_ISDIR(st.st_mode):
+            raise RuntimeDirError(f"runtime directory {path} is not a directory")
+        if st.st_uid != me:
+            if worker_uid is None or st.st_uid != worker_uid or me != 0:
+                raise RuntimeDirError(f"runtime directory {path} belongs to uid {st.st_uid}, not {me}")
+            os.chown(path, me, -1)
+            os.chmod(path, 0o700)
+            _remove_entries_of(path, worker_uid)
+            log.warning("runtime directory %s belonged to the worker user (uid %d); taken back",
+                        path, worker_uid)
+        elif stat.S_IMODE(st.st_mode) != 0o700:
+            os.chmod(path, 0o700)
     except OSError as exc:
         raise RuntimeDirError(f"runtime directory {path}: {exc.strerror}") from None
-    if stat.S_IMODE(st.st_mode) != 0o700:
-        os.chmod(path, 0o700)
     return path
+
+
+def _remove_entries_of(path: str, uid: int) -> None:
+    for entry in os.scandir(path):
+        if entry.stat(follow_symlinks=False).st_uid == uid:
+            os.unlink(entry.path)
 
 
 def control_path(runtime_dir: str) -> str:
     return os.path.join(runtime_dir, CONTROL_SOCKET)
+
+
+def write_pid_file(runtime_dir: str, pid: int) -> str | None:
+    """Write baton.pid atomically (a temporary file renamed over it, never following a link).
+    A full file system only costs the pid file: the path, or None when it could not be
+    written (logged)."""
+    path = os.path.join(runtime_dir, PID_FILE)
+    tmp = f"{path}.{pid}.tmp"
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        try:
+            os.write(fd, f"{pid}\n".encode())
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+        return path
+    except OSError as exc:
+        log.warning("cannot write the pid file %s: %s", path, exc.strerror)
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        return None

@@ -3,8 +3,13 @@
 Respawn policy (gunicorn's, with Envoy's names for the outcome):
 - a worker that exits with EXIT_BOOT_FAILURE could not start and would fail again: not respawned;
 - otherwise it is respawned after a backoff that doubles with each death in the crash window;
-- CRASH_LOOP_DEATHS deaths within CRASH_WINDOW seconds is a crash loop: reported, and that
-  worker slot stops respawning instead of spinning.
+- CRASH_LOOP_DEATHS deaths within CRASH_WINDOW seconds is a crash loop: reported (state
+  `given_up` in `baton status`), and the slot pauses instead of spinning; its cause may be
+  transient (memory, descriptors, a full disk), so it is tried again after CRASH_LOOP_PAUSE
+  seconds, doubling with each crash loop up to CRASH_LOOP_PAUSE_MAX.
+
+Each worker also gets a broker socketpair: the master connects to migration targets for it
+(supervisor/handoff/broker.py).
 """
 
 from __future__ import annotations
@@ -16,6 +21,8 @@ import signal
 import time
 
 from ..worker.main import EXIT_BOOT_FAILURE, worker_process_main
+from ..worker.privileges import preimport
+from .handoff.broker import BrokerServer
 from .handoff.channel import Channel, socketpair
 
 log = logging.getLogger("baton.master")
@@ -24,6 +31,8 @@ BACKOFF_FIRST = 0.1
 BACKOFF_MAX = 10.0
 CRASH_WINDOW = 60.0
 CRASH_LOOP_DEATHS = 5
+CRASH_LOOP_PAUSE = 5.0
+CRASH_LOOP_PAUSE_MAX = 60.0
 
 
 def describe_exit(status: int) -> str:
@@ -46,6 +55,10 @@ class WorkerSlot:
         self.deaths: collections.deque[float] = collections.deque()
         self.respawn_handle = None
         self.given_up = False
+        self.boot_failed = False
+        self.crash_loops = 0                  # consecutive crash loops: the pause doubles
+        self.retry_at: float | None = None    # monotonic time of the next try after a crash loop
+        self.broker = None
         self.exit_status: int | None = None
         self.role = "worker"              # or "replacement" / "recycled" while recycling
         self.ready_future = None
@@ -57,6 +70,14 @@ class WorkerSlot:
     def backoff(self) -> float:
         return min(BACKOFF_MAX, BACKOFF_FIRST * 2 ** max(0, len(self.deaths) - 1))
 
+    def crash_loop_pause(self) -> float:
+        return min(CRASH_LOOP_PAUSE_MAX, CRASH_LOOP_PAUSE * 2 ** max(0, self.crash_loops - 1))
+
+    @property
+    def gone_for_good(self) -> bool:
+        """Given up and never tried again: it failed to boot."""
+        return self.given_up and self.boot_failed
+
 
 class WorkerTable:
     def __init__(self, master, count: int):
@@ -65,22 +86,32 @@ class WorkerTable:
         self.slots = [WorkerSlot(i) for i in range(count)]
         self.extra: list[WorkerSlot] = []     # processes outside the slots: being recycled
         self.stopping = False
+        # Handoff addresses the master may connect to for a worker (broker.py): our own
+        # workers' and those of the generation we hand over to.
+        self.migration_targets: set[str] = set()
 
     # -- spawning ------------------------------------------------------------------------
 
     def spawn(self, slot: WorkerSlot) -> None:
         master = self.master
+        preimport()         # once, before the first fork: shared by every worker
         parent_end, child_end = socketpair()
+        broker_parent, broker_child = socketpair()
         pid = os.fork()
         if pid == 0:       # child: never returns into the master's code
             code = 1
             try:
                 parent_end.close()
+                broker_parent.close()
                 code = worker_process_main(slot.id, master.generation, master.pid, child_end,
-                                           master.snapshot, master.listener_socks, master.runtime_dir)
+                                           master.snapshot, master.listener_socks, master.runtime_dir,
+                                           broker_sock=broker_child)
             finally:
                 os._exit(code)
         child_end.close()
+        broker_child.close()
+        slot.broker = BrokerServer(broker_parent, self.migration_targets.__contains__,
+                                   name=f"broker for worker {slot.id}")
         slot.pid = pid
         slot.ready = False
         slot.started_at = time.monotonic()
@@ -118,6 +149,9 @@ class WorkerTable:
         if slot.channel is not None:
             slot.channel.close("worker exited")
             slot.channel = None
+        if slot.broker is not None:
+            slot.broker.close()
+            slot.broker = None
         if slot.ready_future is not None and not slot.ready_future.done():
             slot.ready_future.set_exception(RuntimeError(f"the new worker exited: {describe_exit(status)}"))
         if slot in self.extra:      # a recycled worker that moved out, or a replacement that failed
@@ -134,13 +168,19 @@ class WorkerTable:
         slot.deaths.append(now)
         while slot.deaths and now - slot.deaths[0] > CRASH_WINDOW:
             slot.deaths.popleft()
+        if now - slot.started_at > CRASH_WINDOW:
+            slot.crash_loops = 0        # it had served a while: a later loop pauses short again
         if os.WIFEXITED(status) and os.WEXITSTATUS(status) == EXIT_BOOT_FAILURE:
-            slot.given_up = True
+            slot.given_up = slot.boot_failed = True
             log.error("worker %d failed to boot; not respawning it", slot.id)
         elif len(slot.deaths) >= CRASH_LOOP_DEATHS:
             slot.given_up = True
-            log.error("worker %d is crash-looping (%d deaths in %.0fs); not respawning it",
-                      slot.id, len(slot.deaths), CRASH_WINDOW)
+            slot.crash_loops += 1
+            pause = slot.crash_loop_pause()
+            slot.retry_at = now + pause
+            log.error("worker %d is crash-looping (%d deaths in %.0fs); trying again in %.0fs",
+                      slot.id, CRASH_LOOP_DEATHS, CRASH_WINDOW, pause)
+            slot.respawn_handle = self.loop.call_later(pause, self._respawn, slot)
         else:
             delay = slot.backoff()
             log.info("respawning worker %d in %.1fs", slot.id, delay)
@@ -171,6 +211,8 @@ class WorkerTable:
             if fresh.alive:
                 os.kill(fresh.pid, signal.SIGKILL)
             raise
+        if fresh.handoff:
+            self.migration_targets.add(fresh.handoff)
         # Swap: the fresh process owns the slot from now on; the old one only moves out.
         self.extra.remove(fresh)
         fresh.role = "worker"
@@ -185,6 +227,8 @@ class WorkerTable:
     def _respawn(self, slot: WorkerSlot) -> None:
         slot.respawn_handle = None
         if not self.stopping:
+            slot.given_up = False
+            slot.retry_at = None
             self.spawn(slot)
 
     # -- queries and commands ------------------------------------------------------------

@@ -27,6 +27,7 @@ import random
 import signal
 import sys
 
+from ..supervisor.handoff import unix
 from ..supervisor.handoff.channel import Channel
 from . import migration
 from ..tproxy.original_dst import original_destination
@@ -72,7 +73,8 @@ class Worker:
                                name=f"worker {worker_id} control")
         self.apply_snapshot(snapshot, listener_fds)
         self.handoff = migration.MigrationServer(
-            self, os.path.join(runtime_dir, f"worker-{generation}-{worker_id}-{os.getpid()}.sock"))
+            self, unix.abstract_name(f"worker-{generation}-{worker_id}"),
+            masters=(os.getppid(), (snapshot.get("runtime") or {}).get("previous_master")))
 
     # -- config --------------------------------------------------------------------------
 
@@ -383,26 +385,34 @@ def _reset_inherited_process_state(keep_fds: set[int]) -> None:
 
 
 def worker_process_main(worker_id: int, generation: int, master_pid: int, channel_sock,
-                        snapshot: dict, listener_socks: dict, runtime_dir: str) -> int:
+                        snapshot: dict, listener_socks: dict, runtime_dir: str,
+                        broker_sock=None) -> int:
     """Entry point in the forked child. Never returns into the master's code."""
     import prctl
     import uvloop
 
+    from ..supervisor.handoff.broker import BrokerClient
     listener_fds = {name: sock.fileno() for name, sock in listener_socks.items()}
-    _reset_inherited_process_state({channel_sock.fileno(), *listener_fds.values()})
+    keep = {channel_sock.fileno(), *listener_fds.values()}
+    if broker_sock is not None:
+        keep.add(broker_sock.fileno())
+    _reset_inherited_process_state(keep)
     prctl.set_pdeathsig(signal.SIGKILL)
     if os.getppid() != master_pid:      # the master died before PDEATHSIG was armed
         return EXIT_BOOT_FAILURE
     prctl.set_name(f"baton: worker {worker_id}"[:15])
     prctl.set_proctitle(f"baton: worker {worker_id}")
     random.seed()
-    user = (snapshot.get("runtime") or {}).get("worker_user")
-    if user:
+    runtime = snapshot.get("runtime") or {}
+    user = runtime.get("worker_user")
+    caps = runtime.get("worker_caps")
+    if user or caps is not None:
         from .privileges import PrivilegeError, drop_to
         try:
-            drop_to(*user)
+            drop_to(user, caps)
         except (PrivilegeError, OSError) as exc:
-            log.error("worker %d: cannot drop to uid %d: %s", worker_id, user[0], exc)
+            log.error("worker %d: cannot drop privileges (%s): %s", worker_id,
+                      f"uid {user[0]}" if user else "capabilities", exc)
             return EXIT_BOOT_FAILURE
     gc.freeze()     # everything inherited from the master stays shared copy-on-write
     # The listener socket objects belong to the master's address space copy: detach them so
@@ -413,6 +423,8 @@ def worker_process_main(worker_id: int, generation: int, master_pid: int, channe
     async def main() -> int:
         loop = asyncio.get_running_loop()
         worker = Worker(worker_id, generation, channel_sock, snapshot, listener_fds, runtime_dir)
+        if broker_sock is not None:
+            worker.handoff_broker = BrokerClient(broker_sock)
         loop.add_signal_handler(signal.SIGTERM, worker.handle_drain, {"type": "drain"})
         return await worker.run()
 

@@ -1,7 +1,7 @@
 """Moving established connections between workers (upgrade, recycling).
 
-The receiving worker listens on its own handoff socket (<runtime dir>/worker-G-N.sock) from the
-moment it starts; the master hands its path to whoever must move connections to it. The sending
+The receiving worker listens on its own handoff socket (an abstract address) from the moment
+it starts; the master hands its path to whoever must move connections to it. The sending
 worker pauses its connections, exports them (TcpProxyConnection.export: state plus 1-2
 descriptors each), sends them in batches, and lets go of each one only once the receiver says
 it adopted it. A connection the receiver refuses, or a batch whose receiver dies or times out,
@@ -29,23 +29,37 @@ log = logging.getLogger("baton.migration")
 class MigrationServer:
     """This worker's handoff socket: adopts the connections other workers send."""
 
-    def __init__(self, worker, path: str):
+    def __init__(self, worker, path: str, masters=()):
+        """`path`: an abstract address (supervisor/handoff/unix.py says why), or a file.
+        `masters`: the pids of the masters whose processes may move connections here (ours,
+        and the previous generation's while it hands over)."""
         self.worker = worker
         self.loop = worker.loop
         self.path = path
-        self.sock = unix.bind_private(path)
+        self.masters = frozenset(pid for pid in masters if pid)
+        self.sock = unix.bind_abstract(path) if unix.is_abstract(path) else unix.bind_private(path)
         self.versions: dict[Channel, int | None] = {}     # channel -> negotiated version
         self.loop.add_reader(self.sock.fileno(), self._on_acceptable)
 
     def close(self) -> None:
         self.loop.remove_reader(self.sock.fileno())
         self.sock.close()
-        unix.unlink_quietly(self.path)
+        if not unix.is_abstract(self.path):
+            unix.unlink_quietly(self.path)
         for channel in list(self.versions):
             channel.close("worker exiting")
 
+    def _trusted(self, pid: int, uid: int) -> bool:
+        """A peer proves it belongs to this Baton by its pid, not only its uid (any process
+        of the worker user could connect to an abstract socket): it is one of our masters
+        (which connects for its workers, supervisor/handoff/broker.py) or one of their
+        children (an older release's workers connect themselves). Root passes: it could
+        ptrace us anyway. A pid is checked while its connection is open, so it cannot have
+        been reused by another process yet unless the peer exited at once."""
+        return uid == 0 or pid in self.masters or unix.parent_pid(pid) in self.masters
+
     def _on_acceptable(self) -> None:
-        accepted = unix.accept_checked(self.sock, "handoff socket")
+        accepted = unix.accept_checked(self.sock, "handoff socket", self._trusted)
         if accepted is None:
             return
         conn, pid = accepted
@@ -144,14 +158,20 @@ class Peer:
 
 async def open_handoff(path: str, generation: int, worker=None) -> "Peer":
     """Connect to another worker's handoff socket and say hello."""
-    loop = asyncio.get_running_loop()
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.setblocking(False)
-    try:
-        await asyncio.wait_for(loop.sock_connect(sock, path), protocol.MIGRATE_TIMEOUT)
-    except BaseException:
-        sock.close()
-        raise
+    broker = getattr(worker, "handoff_broker", None)
+    if broker is not None:
+        # Through the master: an unprivileged worker may not reach (or be admitted by) an
+        # older release's handoff socket file (supervisor/handoff/broker.py).
+        sock = await broker.connect(path, protocol.MIGRATE_TIMEOUT)
+    else:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        try:
+            await asyncio.wait_for(asyncio.get_running_loop().sock_connect(sock, path),
+                                   protocol.MIGRATE_TIMEOUT)
+        except BaseException:
+            sock.close()
+            raise
     def on_message(channel, msg, fds):
         # Old side: forwarding messages for a split connection, possibly ahead of the
         # adoption reply (the connection keeps those until it processed the reply).

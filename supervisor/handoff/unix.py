@@ -1,11 +1,19 @@
-"""Unix stream sockets for Baton's local protocols (control, master and worker handoff): bound
-private in the 0700 runtime directory, and every peer checked with SO_PEERCRED before it is
-heard: only root or our own uid."""
+"""Unix stream sockets for Baton's local protocols (control, master and worker handoff).
+
+Control and master handoff sockets are files, bound private in the 0700 runtime directory
+that belongs to the master's user. Worker handoff sockets live in the abstract namespace
+(`bind_abstract`): no file that another process could replace, nothing written to disk (a
+full runtime filesystem cannot stop a worker from being respawned), and no directory
+permission an unprivileged worker would need. An abstract name can be reached by any process
+of the network namespace, so who may talk is decided by the peer's credentials alone: every
+peer is checked with SO_PEERCRED before it is heard.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
+import secrets
 import socket
 
 from .channel import peer_credentials
@@ -15,6 +23,29 @@ log = logging.getLogger("baton.unix")
 
 def peer_allowed(uid: int) -> bool:
     return uid in (0, os.geteuid())
+
+
+def is_abstract(address: str) -> bool:
+    return address.startswith("\0")
+
+
+def abstract_name(what: str) -> str:
+    """A fresh abstract address. The random part means nobody can bind the name first to
+    stand in for us, and two Batons (or pid namespaces sharing a network namespace) never
+    collide."""
+    return f"\0baton-{what}-{os.getpid()}-{secrets.token_hex(6)}"
+
+
+def bind_abstract(address: str, backlog: int = 64) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(address)
+    except BaseException:
+        sock.close()
+        raise
+    sock.listen(backlog)
+    sock.setblocking(False)
+    return sock
 
 
 def bind_private(path: str, backlog: int = 64) -> socket.socket:
@@ -37,18 +68,36 @@ def bind_private(path: str, backlog: int = 64) -> socket.socket:
     return sock
 
 
-def accept_checked(listener: socket.socket, what: str):
-    """Accept one peer: (socket, pid), or None when there was none or it was refused."""
+def accept_checked(listener: socket.socket, what: str, trusted=None):
+    """Accept one peer: (socket, pid), or None when there was none or it was refused.
+
+    Every peer must be root or our own uid; `trusted(pid, uid)`, when given, must also
+    accept it (a worker's handoff socket admits only processes of this Baton)."""
     try:
         conn, _ = listener.accept()
     except (BlockingIOError, InterruptedError):
         return None
     pid, uid, _ = peer_credentials(conn)
-    if not peer_allowed(uid):
+    if not peer_allowed(uid) or (trusted is not None and not trusted(pid, uid)):
         log.warning("%s: refused pid %d uid %d", what, pid, uid)
         conn.close()
         return None
     return conn, pid
+
+
+def parent_pid(pid: int) -> int | None:
+    """The parent of `pid` (from /proc), or None when it is gone or hidden from us."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    # "pid (comm) state ppid ...": comm may hold spaces and parentheses, so split at the last ')'.
+    fields = stat[stat.rfind(b")") + 2:].split()
+    try:
+        return int(fields[1])
+    except (IndexError, ValueError):
+        return None
 
 
 def unlink_quietly(path: str) -> None:
