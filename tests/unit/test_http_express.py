@@ -1,6 +1,7 @@
-"""The HTTP/1.1 express lane (worker/proxy/http/express.py): when it is taken, that it writes
-the very bytes the full path (stream.py, router.py) writes, and that anything but the happy
-ending is handed to the full path's objects.
+"""The HTTP/1.1 express lane (worker/proxy/http/express.py): when it is taken (and that every
+config field is declared safe or blocking for it), that it writes the very bytes the full path
+(stream.py, router.py) writes, and that anything but the happy ending is handed to the full
+path's objects in the state the full path would have them, with the same outcome.
 
 A connection manager and one upstream connection run in process on fake transports: bytes
 in, bytes out, no sockets.
@@ -18,6 +19,7 @@ from baton.worker.proxy.http.config import HttpConfig
 from baton.worker.proxy.http.connection_manager import HttpConnection
 from baton.worker.overload_manager import OverloadManager
 from baton.worker.proxy.http.pool import PoolManager, UpstreamConnection
+from baton.worker.proxy.http.routing import Route, RouteTable, _VirtualHost
 from baton.worker.proxy.http.stream import Stream
 from baton.worker.stats import Stats
 from baton.xds.bootstrap import load_bootstrap
@@ -102,9 +104,10 @@ class FakeTransport:
 
 
 class Rig:
-    """One client connection and an idle upstream connection to each host."""
+    """One client connection and an idle upstream connection to each host; with `express`
+    False every request takes the full path."""
 
-    def __init__(self, tmp_path, loop, route_extra=""):
+    def __init__(self, tmp_path, loop, route_extra="", express=True):
         path = tmp_path / "bootstrap.yaml"
         path.write_text(BOOTSTRAP % route_extra)
         snap = load_bootstrap(str(path))
@@ -117,6 +120,10 @@ class Rig:
         self.worker = worker
         spec = snap["listeners"][0]["filter_chains"][0]["http"]
         chain = SimpleNamespace(http_config=HttpConfig(spec, worker, 1 << 20), index=0)
+        if not express:
+            # Not conn.express: the connection sets it from the config when the first bytes
+            # choose HTTP/1.1.
+            chain.http_config.express = False
         listener = SimpleNamespace(name="http", port=10000, stat_cx_active="l.active")
         self.conn = HttpConnection(worker, listener, chain, ("127.0.0.1", 40000), None, 1)
         self.down = FakeTransport()
@@ -152,9 +159,12 @@ def loop():
 
 
 def _normalised(data: bytes) -> bytes:
-    """Random request ids and the date differ between runs."""
+    """Random request ids, the date and the upstream's time (1 ms apart on a busy machine)
+    differ between runs."""
     lines = [b"x-request-id: ID" if line.startswith(b"x-request-id: ") else
-             b"date: DATE" if line.startswith(b"date: ") else line
+             b"date: DATE" if line.startswith(b"date: ") else
+             b"x-envoy-upstream-service-time: MS"
+             if line.startswith(b"x-envoy-upstream-service-time: ") else line
              for line in data.split(b"\r\n")]
     return b"\r\n".join(lines)
 
@@ -183,8 +193,7 @@ def test_options_that_edit_requests_close_the_lane():
 
 
 def test_express_writes_what_the_full_path_writes(tmp_path, loop):
-    fast, full = Rig(tmp_path, loop), Rig(tmp_path, loop)
-    full.conn.express = False
+    fast, full = Rig(tmp_path, loop), Rig(tmp_path, loop, express=False)
     for _ in range(3):      # round robin over both hosts, each way
         a, b = fast.exchange(), full.exchange()
         assert _normalised(a[0]) == _normalised(b[0])
@@ -300,3 +309,158 @@ def test_a_response_is_one_write_and_nothing_is_flushed_twice(tmp_path, loop):
         assert len(rig.down.written) == 1 and rig.down.written[0].endswith(b"body")
         rig.down.take()
     assert not rig.worker.http_pools.dirty and not rig.conn.dirty
+
+
+# -- which config fields the lane must know about ------------------------------------------------
+
+def _fields(obj) -> set:
+    return set(type(obj).__slots__) if hasattr(type(obj), "__slots__") else set(vars(obj))
+
+
+def test_every_config_field_is_declared_safe_or_blocking(tmp_path, loop):
+    """A field added to the connection manager's config or to the route objects fails here
+    until its class says whether the lane honours it (EXPRESS_SAFE) or must stand aside while
+    it is set (EXPRESS_BLOCKING): the lane would otherwise ignore it silently."""
+    hcm = Rig(tmp_path, loop).conn.hcm
+    table = hcm.routes
+    vhost = table.virtual_hosts[0]
+    route = vhost.routes[0]
+    for obj, cls in ((hcm, HttpConfig), (table, RouteTable), (vhost, _VirtualHost),
+                     (route, Route)):
+        assert type(obj) is cls
+        safe, blocking = cls.EXPRESS_SAFE, set(cls.EXPRESS_BLOCKING)
+        prefix = getattr(cls, "EXPRESS_SAFE_PREFIX", None)
+        fields = {f for f in _fields(obj) if not (prefix and f.startswith(prefix))}
+        assert not safe & blocking, (cls.__name__, safe & blocking)
+        assert fields - safe - blocking == set(), \
+            f"{cls.__name__}: declare these in EXPRESS_SAFE or EXPRESS_BLOCKING"
+        assert (safe | blocking) - fields == set(), f"{cls.__name__}: declared, not fields"
+        assert express.blockers(obj) == [], cls.__name__     # the plain config: lane open
+    assert route.express_cluster == "upstream"
+
+
+@pytest.mark.parametrize("option", [
+    ", prefix_rewrite: /b", ", regex_rewrite: {pattern: {regex: a}, substitution: b}",
+    ", host_rewrite_literal: b.example", ", auto_host_rewrite: true",
+    ", retry_policy: {retry_on: 5xx}", ", hash_policy: [{header: {header_name: x}}]",
+])
+def test_route_options_that_edit_requests_close_the_lane(tmp_path, loop, option):
+    route = Rig(tmp_path, loop, option).conn.hcm.routes.virtual_hosts[0].routes[0]
+    assert route.express_cluster is None
+    assert express.blockers(route)
+
+
+# -- handing back to the full path ---------------------------------------------------------------
+
+_MASKED = {"x-request-id": "ID", "date": "DATE", "x-envoy-upstream-service-time": "MS"}
+
+
+def _plain(value):
+    """A field's value comparable between two rigs: times (they differ) as whether they are
+    set, config objects by name, hosts by port, headers with ids and dates masked."""
+    if value is None or isinstance(value, (bool, int, str, bytes)):
+        return value
+    if isinstance(value, float):
+        return bool(value)
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    kind = type(value).__name__
+    if kind == "Host":
+        return ("Host", value.port)
+    if kind in ("Route", "Cluster"):
+        return (kind, value.name)
+    if kind == "Headers":
+        return [(k, _MASKED.get(k, v)) for k, v in value.items]
+    if kind == "Request":
+        return (value.method, value.path, value.authority, _plain(value.headers))
+    if kind == "Response":
+        return (value.status, _plain(value.headers))
+    return kind
+
+
+def _state(stream) -> dict:
+    """Every field of the Stream, its StreamInfo, Router and UpstreamRequest."""
+    router = stream.router
+    state = {}
+    for name, obj, links in (("stream", stream, {"info", "router"}),
+                             ("info", stream.info, set()),
+                             ("router", router, {"upstream"}),
+                             ("upstream", router and router.upstream, set())):
+        state[name] = None if obj is None else {
+            f: _plain(getattr(obj, f, "unset")) for f in type(obj).__slots__ if f not in links}
+    state["info"]["request_id"] = bool(state["info"]["request_id"])    # random
+    return state
+
+
+def _before_head(rig):
+    rig.conn.data_received(REQUEST)
+    upstream = rig.busy_upstream()
+    upstream.transport.take()
+    return upstream
+
+
+def _mid_body(rig):
+    upstream = _before_head(rig)
+    upstream.data_received(RESPONSE[:-2])       # the head and half the body
+    return upstream
+
+
+def _client_full(rig):
+    upstream = _mid_body(rig)
+    rig.conn.pause_writing()                    # the client reads no more: hold the upstream
+    return upstream
+
+
+def _route_timeout(rig, upstream, loop):
+    rig.conn.active.router.deadline = 0.5      # long past on the monotonic clock
+    rig.conn._on_deadline()
+
+
+def _stream_idle(rig, upstream, loop):
+    rig.conn.active.last_activity = loop.time() - 10_000
+    rig.conn._sweep_streams()
+
+
+def _upstream_gone(rig, upstream, loop):
+    upstream.connection_lost(None)
+
+
+def _upstream_garbage(rig, upstream, loop):
+    upstream.data_received(b"HTTP/1.1 2000 OK\r\n\r\n")
+
+
+def _client_gone(rig, upstream, loop):
+    rig.conn.connection_lost(None)
+
+
+HAND_BACKS = [(point, event) for point in (_before_head, _mid_body, _client_full)
+              for event in (_route_timeout, _stream_idle, _upstream_gone, _client_gone)] + [
+    (_before_head, _upstream_garbage)]     # mid-body, garbage would be read as the body
+
+
+@pytest.mark.parametrize("point, event", HAND_BACKS,
+                         ids=[f"{p.__name__[1:]}-{e.__name__[1:]}" for p, e in HAND_BACKS])
+def test_handing_back_is_the_full_path(tmp_path, loop, point, event):
+    """At each point where the lane hands back: the objects each class rebuilds
+    (from_express) hold what the full path's own objects hold at that point, and the event
+    then has the same outcome: bytes to the client and upstream, connections closed, stats."""
+    fast, full = Rig(tmp_path, loop), Rig(tmp_path, loop, express=False)
+    fast_upstream, full_upstream = point(fast), point(full)
+    exchange, stream = fast.conn.active, full.conn.active
+    assert isinstance(exchange, express.Exchange) and type(stream) is Stream
+    assert _state(Stream.from_express(exchange)) == _state(stream)
+    assert _normalised(fast.down.take()) == _normalised(full.down.take())
+
+    event(fast, fast_upstream, loop)
+    event(full, full_upstream, loop)
+    assert exchange.inflated is not None
+    assert _normalised(fast.down.take()) == _normalised(full.down.take())
+    assert fast.down.aborted == full.down.aborted
+    assert fast_upstream.transport.take() == full_upstream.transport.take()
+    assert fast_upstream.closed == full_upstream.closed
+    assert dict(fast.worker.stats.counters) == dict(full.worker.stats.counters)
+    assert dict(fast.worker.stats.gauges) == dict(full.worker.stats.gauges)
+    assert fast.cluster.rq_active == full.cluster.rq_active
+    assert list(fast.conn.streams) == list(full.conn.streams)
+    if full.conn.active is not None:
+        assert _state(fast.conn.active) == _state(full.conn.active)

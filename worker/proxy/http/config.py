@@ -15,7 +15,7 @@ from ...codecs.h2limits import CODEC_STATS as H2_CODEC_STATS
 from ...codecs.h2limits import ENVOY_DEFAULTS as H2_LIMIT_DEFAULTS
 from ...codecs.h2limits import TOO_MANY_PREMATURE_RESETS
 from . import filter as filters
-from .express import config_allows
+from .express import blockers, config_allows
 from .routing import RouteTable
 
 log = logging.getLogger("baton.http.config")
@@ -29,6 +29,36 @@ def _load_builtin_filters() -> None:
 
 
 class HttpConfig:
+    # The express lane (express.py) and each field: safe (the lane honours it, or it does not
+    # change a request on the lane) or blocking (name -> whether a value keeps the lane closed
+    # for this config). tests/unit/test_http_express.py fails on a field declared neither way.
+    EXPRESS_SAFE = frozenset({
+        "spec", "_templates", "express", "node_address",
+        # Timers and limits of the connection, the codec and the stream sweep, which the
+        # lane's connection keeps (a stream timeout hands the exchange back):
+        "buffer_limit", "max_header_bytes", "max_headers", "request_headers_timeout",
+        "idle_timeout", "stream_idle_timeout", "shortest_idle", "request_timeout",
+        "max_connection_duration", "delayed_close_timeout", "drain_timeout",
+        "max_requests_per_connection",
+        # Request and response headers through the full path's own functions
+        # (stream.mutate_request_headers, stream.own_response_headers):
+        "skip_xff_append", "generate_request_id", "preserve_external_request_id",
+        "server_name", "server_header_transformation", "owned_response_headers",
+        "suppress_envoy_headers",
+        # Never on the lane, which takes HTTP/1.1 requests without an upgrade only:
+        "accept_http_10", "default_host_for_http_10", "http2_options", "upgrade_types",
+    })
+    EXPRESS_SAFE_PREFIX = "stat_"       # stat names: counted alike on both paths
+    EXPRESS_BLOCKING = {
+        "codec_type": lambda codec_type: codec_type == "HTTP2",
+        "routes": lambda table: table is None or bool(blockers(table, RouteTable.EXPRESS_BLOCKING)),
+        "filter_factories": bool, "access_logs": bool, "via": bool, "merge_slashes": bool,
+        "strip_matching_host_port": bool, "strip_any_host_port": bool,
+        # Never internal, so the router reads no x-envoy-* control header:
+        "use_remote_address": bool, "internal_networks": bool,
+        "always_set_request_id_in_response": bool,
+    }
+
     def __init__(self, spec: dict, worker, listener_buffer_limit: int):
         _load_builtin_filters()
         self.spec = spec

@@ -8,20 +8,25 @@ wrong: retries, filters, timeouts, resets. The common exchange is a bodiless req
 plain cluster route, an idle keep-alive upstream connection and an upstream that answers.
 
 Rules of this file:
-- The lane is taken only when its outcome cannot differ from the full path's. The config
-  must allow it (`config_allows`: no stream filter, no access log, none of the connection
-  manager options that edit a request per request beyond Envoy's defaults), and before
-  anything is changed `take` knows everything that decides the exchange: the route (plain:
-  routing.Route.express_cluster), the cluster and its request circuit breaker, the host and an
-  idle upstream connection. When one is missing the full path runs from the start; if the
-  balancer was asked already, the full path gets that host (Router's `picked`), so the
-  balancer is asked once, as always.
+- The lane is taken only when its outcome cannot differ from the full path's, and `take` is
+  the one place that decides, per exchange. It reads two verdicts made once per config
+  (`config_allows`, kept on HttpConfig.express) and once per route table (`admit_routes`,
+  kept on each Route.express_cluster), both by `blockers` from what the config classes
+  declare: every field of HttpConfig, RouteTable, its virtual hosts and Route is declared
+  either safe for the lane (EXPRESS_SAFE: the lane honours it, or it does not change a
+  request) or blocking (EXPRESS_BLOCKING: name -> whether a value keeps the lane closed), and
+  tests/unit/test_http_express.py fails on a field declared neither way. Per exchange, before
+  anything is changed, `take` then knows everything that decides it: the route, the cluster
+  and its request circuit breaker, the host and an idle upstream connection. When one is
+  missing the full path runs from the start; if the balancer was asked already, the full
+  path gets that host (Router's `picked`), so the balancer is asked once, as always.
 - The header edits are the full path's own functions (stream.mutate_request_headers,
   stream.own_response_headers, router.count_status), not copies.
 - Only the happy ending is handled here. Anything else (a timeout, a reset or protocol error
-  on either side, the stream idle sweep) first inflates the exchange into the full path's
-  objects, with the state they would have had by then, and hands them the event: failures
-  are handled once, in stream.py and router.py.
+  on either side, the stream idle sweep) first hands the exchange back to the full path's
+  objects, each class rebuilding the state it would have had by then (`from_express` on
+  Stream, StreamInfo, Router and UpstreamRequest), and hands them the event: failures are
+  handled once, in stream.py and router.py.
 - An Exchange stands in for three objects, so it answers their callers: the connection
   manager (as a Stream: id, done, reset, ...), the connection's deadline sweep (as the
   Router: router, deadline, on_timeout) and the upstream connection (as the UpstreamRequest:
@@ -40,22 +45,36 @@ _monotonic = time.monotonic     # the real clock, as the Router's route timeout 
 _EXPECTED_TIMEOUT: dict = {}    # route timeout -> its x-envoy-expected-rq-timeout-ms header
 
 
+# -- who takes the lane ------------------------------------------------------------------
+
+def blockers(obj, declared=None) -> list:
+    """The fields of a config object (HttpConfig, RouteTable, a virtual host, Route) that keep
+    the lane closed as they are set, by its class's EXPRESS_BLOCKING (or `declared`). Run once
+    per config and per route table, never per request."""
+    if declared is None:
+        declared = obj.EXPRESS_BLOCKING
+    return [name for name, blocks in declared.items() if blocks(getattr(obj, name))]
+
+
 def config_allows(hcm) -> bool:
     """Whether this connection manager's config leaves room for the lane at all."""
-    routes = hcm.routes
-    return (hcm.codec_type != "HTTP2" and routes is not None and not hcm.filter_factories
-            and not hcm.access_logs and not hcm.via and not hcm.merge_slashes
-            and not hcm.strip_matching_host_port and not hcm.strip_any_host_port
-            # Never internal, so the router reads no x-envoy-* control header:
-            and not hcm.use_remote_address and not hcm.internal_networks
-            and not routes.adds_request_headers and not routes.matches_proxy_headers
-            and not hcm.always_set_request_id_in_response)
+    from .config import HttpConfig      # config.py imports this module
+    return not blockers(hcm, HttpConfig.EXPRESS_BLOCKING)
 
 
+def admit_routes(table) -> None:
+    """Mark each route of a new route table with the cluster the lane may serve it from
+    (Route.express_cluster), or None: the full path serves it."""
+    closed = bool(blockers(table))
+    for vhost in table.virtual_hosts:
+        vhost_closed = closed or bool(blockers(vhost))
+        for route in vhost.routes:
+            route.express_cluster = None if vhost_closed or blockers(route) else route._cluster
 def take(conn, event):
-    """(Exchange, None) when the lane serves this request (started by `.start()`), else
-    (None, picked): the full path serves it, `picked` being None or the (host,) the balancer
-    already gave."""
+    """The decision, per exchange: (Exchange, None) when the lane serves this request
+    (started by `.start()`), else (None, picked): the full path serves it, `picked` being
+    None or the (host,) the balancer already gave. Only called when the config allows the
+    lane (HttpConnection.express: HTTP/1.1 and config_allows)."""
     request = event.request
     if (not event.end_stream or event.upgrade or event.expect_continue
             or request.version != "1.1" or not request.authority):

@@ -42,6 +42,7 @@ import re
 from urllib.parse import unquote_to_bytes
 
 from ..lb import xxhash64
+from .express import admit_routes
 
 # --- RE2 -> Python re --------------------------------------------------------------------------
 
@@ -486,6 +487,32 @@ class Route:
                  "_response_mutations", "_redirect", "_direct_status", "_direct_body",
                  "_rewrites_path", "express_cluster")
 
+    # The express lane (express.py) and each field: safe (the lane honours it, or it does not
+    # change a request) or blocking (name -> whether a value keeps the lane off this route).
+    # tests/unit/test_http_express.py fails on a field declared neither way.
+    EXPRESS_SAFE = frozenset({
+        "name", "virtual_host",                         # names only
+        "timeout", "idle_timeout", "idle_timeout_set",  # the lane runs both timers
+        "cluster_not_found_status",     # a missing cluster is never taken (express.take)
+        "_path_test", "_headers", "_query", "_grpc", "_match",  # matching comes first
+        "express_cluster",              # the verdict itself
+    })
+    EXPRESS_BLOCKING = {
+        "kind": lambda kind: kind != "cluster",
+        "_cluster": lambda name: not name,              # one named cluster only
+        "_cluster_header": lambda name: name is not None,
+        "_weights": bool, "_total_weight": bool, "_cluster_host": bool,
+        "retry": lambda policy: policy is not None,
+        "hash_policies": bool,
+        "auto_host_rewrite": bool, "_host_literal": bool, "_host_header": bool,
+        "_prefix_rewrite": lambda prefix: prefix is not None,
+        "_regex": bool, "_substitution": bool, "_rewrites_path": bool,
+        "_request_mutations": lambda per_cluster: any(per_cluster.values()),
+        "_response_mutations": lambda per_cluster: any(per_cluster.values()),
+        "_connect": bool,
+        "_redirect": bool, "_direct_status": bool, "_direct_body": bool,
+    }
+
     def __init__(self, spec, vhost_spec, config):
         self.name = spec["name"]
         self.kind = spec["kind"]
@@ -571,14 +598,7 @@ class Route:
                 self._response_mutations.setdefault(
                     w["name"], _mutations(w["response_headers"]) + response_chain)
 
-        # The express lane (express.py) may serve this route: one named cluster and nothing
-        # that edits or steers the request or response per request. Its cluster, or None.
-        self.express_cluster = self._cluster if (
-            self.kind == "cluster" and self._cluster and self._cluster_header is None
-            and not self._weights and not chain and not response_chain
-            and not self._host_literal and not self._host_header and not self._cluster_host
-            and not self._rewrites_path and not self.hash_policies and self.retry is None
-            and not self._connect) else None
+        self.express_cluster = None     # express.admit_routes, once the table is built
 
     def __repr__(self):
         return f"Route({self.name!r}, {self.kind}, vhost={self.virtual_host!r})"
@@ -839,6 +859,10 @@ def _compose_uri(request, redirect) -> str:
 class _VirtualHost:
     __slots__ = ("name", "routes")
 
+    # As on Route: its config (retry policy, header mutations) is compiled into each route.
+    EXPRESS_SAFE = frozenset({"name", "routes"})
+    EXPRESS_BLOCKING: dict = {}
+
     def __init__(self, spec, config):
         self.name = spec["name"]
         self.routes = [Route(r, spec, config) for r in spec["routes"]]
@@ -867,6 +891,12 @@ class RouteTable:
 
     __slots__ = ("name", "adds_request_headers", "_exact", "_suffixes", "_prefixes", "_default",
                  "_ignore_port", "_only_default", "virtual_hosts", "matches_proxy_headers")
+
+    # As on Route: the express lane (express.py) and each field, safe or blocking.
+    EXPRESS_SAFE = frozenset({"name", "_exact", "_suffixes", "_prefixes", "_default",
+                              "_ignore_port", "_only_default",     # host matching comes first
+                              "virtual_hosts"})                    # each route is judged itself
+    EXPRESS_BLOCKING = {"adds_request_headers": bool, "matches_proxy_headers": bool}
 
     def __init__(self, config: dict):
         self.name = config["name"]
@@ -900,6 +930,7 @@ class RouteTable:
         self.matches_proxy_headers = any(
             _proxy_header(h.name) for vh in self.virtual_hosts for r in vh.routes
             for h in r._headers)
+        admit_routes(self)
 
     def virtual_host(self, request):
         if self._only_default:
