@@ -70,6 +70,8 @@ def admit_routes(table) -> None:
         vhost_closed = closed or bool(blockers(vhost))
         for route in vhost.routes:
             route.express_cluster = None if vhost_closed or blockers(route) else route._cluster
+
+
 def take(conn, event):
     """The decision, per exchange: (Exchange, None) when the lane serves this request
     (started by `.start()`), else (None, picked): the full path serves it, `picked` being
