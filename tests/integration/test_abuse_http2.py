@@ -1,0 +1,154 @@
+"""Issue 13, points 1 and 2: one hostile HTTP/2 client cannot starve a worker.
+
+A real `baton run` with one worker serves an HTTP listener and a tcp_proxy echo listener.
+Each test runs one attack of the issue from h2_abuse.py (rapid reset, many streams with a
+WINDOW_UPDATE per DATA frame, PING and SETTINGS floods from a client that never reads, an
+empty CONTINUATION flood, a WINDOW_UPDATE flood) while the bystander, in its own process,
+does a keep-alive GET and a tcp_proxy echo every 20 ms on the same worker: it must see no
+failure and a p99 under a generous bound, and the hostile connection must be closed with
+Envoy's stat counted. Attack sizes are modest (each test takes a second or two); the attack is
+repeated, a bounded number of times, until the bystander has measured enough exchanges.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from . import h2_abuse
+from .conftest import Baton, Upstream, free_port, start_ready_process
+
+RECORDER = Path(__file__).resolve().parent / "differential" / "recorder.py"
+# Quiet, the bystander's p99 is about 5 ms here; the issue measured 0.8-2 s stalls under
+# these attacks. The bound is a safety net for a shared 2-core machine, not a figure (those
+# are in bench/RESULTS.md, from bench/abuse.py).
+P99_BOUND_S = 0.25
+MIN_EXCHANGES = 20      # bystander exchanges measured during each attack
+MAX_ROUNDS = 500        # attack repetitions to get them (the quick attacks take ~10 ms)...
+MAX_ATTACK_S = 15.0     # ... and time
+
+
+class Proxy:
+    def __init__(self, workdir: Path):
+        self.recorder, recorder_port = start_ready_process([sys.executable, str(RECORDER), "app"])
+        self.echo = Upstream("echo")
+        self.http_port, self.tcp_port = free_port(), free_port()
+        self.baton = Baton(workdir, h2_abuse.bootstrap(free_port(), self.http_port, self.tcp_port,
+                                                       recorder_port, self.echo.port),
+                           concurrency=1)
+
+    def stop(self) -> None:
+        self.baton.stop()
+        self.echo.stop()
+        self.recorder.kill()
+        self.recorder.wait(10)
+
+
+@pytest.fixture(scope="module")
+def proxy(tmp_path_factory):
+    proxy = Proxy(tmp_path_factory.mktemp("abuse") / "baton")
+    try:
+        proxy.baton.start()
+        yield proxy
+    finally:
+        proxy.stop()
+
+
+def under_attack(proxy: Proxy, attack) -> tuple[list, h2_abuse.Damage]:
+    """Run `attack()` (repeated until the bystander measured enough) beside the bystander."""
+    outcomes = []
+    with h2_abuse.Bystander(proxy.http_port, proxy.tcp_port) as bystander:
+        deadline = time.monotonic() + MAX_ATTACK_S
+        while not outcomes or (bystander.exchanges < MIN_EXCHANGES and
+                               len(outcomes) < MAX_ROUNDS and time.monotonic() < deadline):
+            outcomes.append(attack())
+    return outcomes, bystander.damage
+
+
+def assert_unharmed(damage: h2_abuse.Damage) -> None:
+    assert damage.requests >= MIN_EXCHANGES // 2, damage
+    assert damage.failures == 0, damage.errors
+    assert damage.p99() < P99_BOUND_S, f"p99 {damage.p99() * 1000:.1f} ms"
+
+
+def counted(proxy: Proxy, stat: str, before: dict) -> int:
+    return proxy.baton.stats()[stat] - before.get(stat, 0)
+
+
+def test_envoys_stats_exist_from_the_start(proxy):
+    stats = proxy.baton.stats()
+    for name in ("http2.outbound_flood", "http2.outbound_control_flood",
+                 "http2.inbound_empty_frames_flood", "http2.inbound_priority_frames_flood",
+                 "http2.inbound_window_update_frames_flood",
+                 "http.ingress_http.downstream_rq_too_many_premature_resets"):
+        assert name in stats
+
+
+def test_rapid_reset_connections_are_closed(proxy):
+    before = proxy.baton.stats()
+    outcomes, damage = under_attack(
+        proxy, lambda: h2_abuse.rapid_reset(proxy.http_port, connections=10, pairs=5000))
+    assert_unharmed(damage)
+    connections = sum(o.connections for o in outcomes)
+    assert sum(o.closed for o in outcomes) == connections
+    stat = "http.ingress_http.downstream_rq_too_many_premature_resets"
+    assert counted(proxy, stat, before) == connections
+    # Envoy's rule: closed once 250 of its first 500 streams were reset early. The streams the
+    # manager saw reset stay near that per connection, whatever the attacker sent.
+    resets = counted(proxy, "http.ingress_http.downstream_rq_rx_reset", before)
+    assert resets <= 260 * connections
+
+
+def test_many_streams_with_a_window_update_per_data_frame(proxy):
+    worker = psutil.Process(proxy.baton.worker_pids()[0])
+    cpu = sum(worker.cpu_times()[:2])
+    outcomes, damage = under_attack(
+        proxy, lambda: h2_abuse.many_streams_window_updates(proxy.http_port, streams=1500,
+                                                            window=256))
+    assert_unharmed(damage)
+    for outcome in outcomes:
+        # Envoy's 1024 concurrent streams: the rest refused; every accepted response served
+        # in full through the tiny windows, and the connection stays (it broke no rule).
+        assert outcome.answered == 1024 and outcome.refused == 476, outcome.note
+        assert not outcome.closed
+    # Linear in streams and frames: well under a millisecond of worker CPU per stream.
+    per_stream = (sum(worker.cpu_times()[:2]) - cpu) / (1500 * len(outcomes))
+    assert per_stream < 0.001, f"{per_stream * 1e6:.0f} us of worker CPU per stream"
+
+
+@pytest.mark.parametrize("kind", ["ping", "settings"])
+def test_control_flood_from_a_client_that_never_reads_is_closed(proxy, kind):
+    before = proxy.baton.stats()
+    worker = psutil.Process(proxy.baton.worker_pids()[0])
+    rss = worker.memory_info().rss
+    outcomes, damage = under_attack(
+        proxy, lambda: h2_abuse.control_flood(proxy.http_port, kind, frames=2_000_000))
+    assert_unharmed(damage)
+    assert all(o.closed == 1 for o in outcomes), outcomes
+    assert counted(proxy, "http2.outbound_control_flood", before) == len(outcomes)
+    # The acks never read were dropped with the connection, not kept (the issue: +50 MB).
+    assert worker.memory_info().rss - rss < 20 * 1024 * 1024
+
+
+def test_empty_continuation_flood_is_closed(proxy):
+    before = proxy.baton.stats()
+    outcomes, damage = under_attack(
+        proxy, lambda: h2_abuse.empty_continuation_flood(proxy.http_port, connections=20))
+    assert_unharmed(damage)
+    connections = sum(o.connections for o in outcomes)
+    assert sum(o.closed for o in outcomes) == connections
+    assert counted(proxy, "http2.inbound_empty_frames_flood", before) == connections
+
+
+def test_window_update_flood_is_closed(proxy):
+    before = proxy.baton.stats()
+    outcomes, damage = under_attack(
+        proxy, lambda: h2_abuse.window_update_flood(proxy.http_port, connections=20))
+    assert_unharmed(damage)
+    connections = sum(o.connections for o in outcomes)
+    assert sum(o.closed for o in outcomes) == connections
+    assert counted(proxy, "http2.inbound_window_update_frames_flood", before) == connections
