@@ -43,7 +43,7 @@ class OverloadManager:
     __slots__ = ("worker", "evaluator", "monitors", "refresh_interval", "timer", "limit",
                  "limit_name", "screen_accept", "holding", "shedding", "stop_requests",
                  "decode_point", "disable_keepalive", "http_active", "reject_fraction",
-                 "accept_point", "random")
+                 "accept_point", "random", "failing")
 
     def __init__(self, worker, config: dict | None, rand=random.random):
         self.worker = worker
@@ -57,6 +57,7 @@ class OverloadManager:
         self.stop_requests = self.decode_point = self.disable_keepalive = 0.0
         self.reject_fraction = self.accept_point = 0.0
         self.refresh_interval = None
+        self.failing: set[str] = set()      # monitors whose last update failed (logged once)
         if not config:
             return
         stats = worker.stats
@@ -81,9 +82,14 @@ class OverloadManager:
         for name, monitor in self.monitors.items():
             try:
                 measured[name] = monitor.pressure(worker)
-            except Exception:  # noqa: BLE001 - a broken monitor is a failed update, not a dead worker
-                log.exception("overload: resource monitor %s failed", name)
+            except Exception as exc:  # noqa: BLE001 - a failed update, never a dead worker
                 measured[name] = None
+                if name not in self.failing:
+                    self.failing.add(name)
+                    log.warning("overload: worker %d: resource monitor %s failed to update: %s",
+                                worker.id, name, exc)
+            else:
+                self.failing.discard(name)
         if self.evaluator.update(measured):
             self._apply()
         self._declare_stats()

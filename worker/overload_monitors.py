@@ -1,5 +1,6 @@
 """The resource monitors a worker reads on each overload refresh: each returns a pressure
-(1.0 = its limit) or None when it could not measure (counted as a failed update).
+(1.0 = its limit), or raises when it cannot measure (the manager counts a failed update and
+logs why).
 """
 
 from __future__ import annotations
@@ -30,11 +31,8 @@ class FixedHeap:
     def __init__(self, spec: dict):
         self.limit = spec["limit"]
 
-    def pressure(self, worker) -> float | None:
-        try:
-            return anonymous_resident_bytes() / self.limit
-        except (OSError, ValueError, IndexError):
-            return None
+    def pressure(self, worker) -> float:
+        return anonymous_resident_bytes() / self.limit
 
 
 class InjectedResource:
@@ -47,13 +45,16 @@ class InjectedResource:
     def __init__(self, spec: dict):
         self.filename = spec["filename"]
 
-    def pressure(self, worker) -> float | None:
+    def pressure(self, worker) -> float:
+        with open(self.filename, "rb") as f:
+            text = f.read(64).strip()
         try:
-            with open(self.filename, "rb") as f:
-                value = float(f.read(64).strip())
-        except (OSError, ValueError):
-            return None
-        return value if 0.0 <= value <= 1.0 else None     # Envoy: "pressure out of range"
+            value = float(text)
+        except ValueError:
+            raise ValueError(f"{self.filename}: not a number: {text[:20]!r}") from None
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f"{self.filename}: pressure {value:g} out of range [0, 1]")
+        return value
 
 
 class DownstreamConnections:

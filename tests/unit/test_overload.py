@@ -279,13 +279,16 @@ def test_heap_is_anonymous_resident_memory(tmp_path):
 def test_injected_resource(tmp_path):
     path = tmp_path / "pressure"
     monitor = InjectedResource({"filename": str(path)})
-    assert monitor.pressure(None) is None                 # missing file: a failed update
+    with pytest.raises(FileNotFoundError):                # a failed update
+        monitor.pressure(None)
     path.write_text("0.75\n")
     assert monitor.pressure(None) == 0.75
     path.write_text("1.5")
-    assert monitor.pressure(None) is None                 # Envoy: out of range
+    with pytest.raises(ValueError, match="out of range"):  # as Envoy
+        monitor.pressure(None)
     path.write_text("lots")
-    assert monitor.pressure(None) is None
+    with pytest.raises(ValueError, match="not a number"):
+        monitor.pressure(None)
 
 
 def test_the_connection_table_is_shared_between_slots():
@@ -424,3 +427,23 @@ def test_the_global_limit_screens_accepts(monkeypatch):
     manager._refresh()
     assert worker.stats.gauges["overload.cx.pressure"] == 100
     manager.stop()
+
+
+def test_a_monitor_that_cannot_measure_counts_and_is_logged_once(tmp_path, caplog):
+    pressure = tmp_path / "p"
+    pressure.write_text("garbage")
+    cfg = {"refresh_interval": 1.0,
+           "monitors": [{"name": "f", "kind": "injected_resource", "filename": str(pressure)}],
+           "actions": [{"name": om.STOP_ACCEPTING_REQUESTS, "triggers": [{"monitor": "f", "threshold": 0.9}]}],
+           "loadshed_points": []}
+    worker = fake_worker()
+    manager = om.OverloadManager(worker, cfg)
+    with caplog.at_level("WARNING", logger="baton.overload"):
+        manager._refresh()
+        manager._refresh()
+    assert worker.stats.counters["overload.f.failed_updates"] == 2
+    assert [r.getMessage() for r in caplog.records] == [
+        f"overload: worker 0: resource monitor f failed to update: {pressure}: not a number: b'garbage'"]
+    pressure.write_text("1")
+    manager._refresh()
+    assert manager.shedding and worker.stats.counters["overload.f.failed_updates"] == 2
