@@ -67,7 +67,7 @@ def _only_routes_differ(chain: Chain, spec: dict, buffer_limit: int) -> bool:
 class Listener:
     __slots__ = ("worker", "loop", "name", "sock", "fd", "family", "pipe_capacity",
                  "accepting", "held", "stat_cx_total", "stat_cx_active", "stat_no_chain",
-                 "stat_global_cx_overflow", "stat_overload_reject", "spec",
+                 "stat_global_cx_overflow", "stat_overload_reject", "ignore_global_limit", "spec",
                  "chains", "default_chain", "inspectors", "sniff_timeout", "sniff_continue",
                  "address", "port", "transparent", "original_dst", "use_original_dst")
 
@@ -119,6 +119,7 @@ class Listener:
         self.stat_no_chain = scope + "no_filter_chain_match"
         self.stat_global_cx_overflow = scope + "downstream_global_cx_overflow"
         self.stat_overload_reject = scope + "downstream_cx_overload_reject"
+        self.ignore_global_limit = spec.get("ignore_global_conn_limit", False)
 
     @property
     def selects_chains(self) -> bool:

@@ -140,14 +140,14 @@ class OverloadManager:
         order: the global connection limit, the load shed point, reject_incoming_connections."""
         counters = self.worker.stats.counters
         limit = self.limit
-        if limit is not None and not limit.admits(self.worker):
+        if limit is not None and not listener.ignore_global_limit and not limit.admits(self.worker):
             counters[listener.stat_global_cx_overflow] += 1
             self.evaluator.failed(self.limit_name)
             return False
         if (self.accept_point and fires(self.accept_point, self.random())) or (
                 self.reject_fraction and fires(self.reject_fraction, self.random())):
             counters[listener.stat_overload_reject] += 1
-            if limit is not None:
+            if limit is not None and not listener.ignore_global_limit:
                 limit.table.publish(len(self.worker.connections))   # admits() counted it
             return False
         return True

@@ -11,6 +11,10 @@ from .fields import SKIP, WALK
 ALLOWED_OVERLOAD: dict = {
     "envoy.config.bootstrap.v3.Bootstrap": {
         "overload_manager": SKIP},
+    "envoy.config.listener.v3.Listener": {
+        # The global_downstream_max_connections monitor never refuses this listener's
+        # connections (Baton still counts them towards the limit).
+        "ignore_global_conn_limit": WALK},
     "envoy.config.overload.v3.OverloadManager": {
         "refresh_interval": WALK, "resource_monitors": WALK, "actions": WALK,
         "loadshed_points": WALK},

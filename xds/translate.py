@@ -168,6 +168,9 @@ def translate_listener(pb, path, errors, warnings=None, clusters=None):
         "original_dst": original_dst,
         # Hand the connection to the listener bound to its original destination, if any.
         "use_original_dst": pb.use_original_dst.value if pb.HasField("use_original_dst") else False,
+        # The overload manager's global connection limit does not apply (Envoy's field; the
+        # key is only there when set, so listener specs without it stay as they were).
+        **({"ignore_global_conn_limit": True} if pb.ignore_global_conn_limit else {}),
     }
 
 

@@ -353,6 +353,7 @@ class FakeListener:
         self.held = False
         self.stat_global_cx_overflow = "listener.l.downstream_global_cx_overflow"
         self.stat_overload_reject = "listener.l.downstream_cx_overload_reject"
+        self.ignore_global_limit = False
         self.chains = []
 
     def hold(self, on):
@@ -426,6 +427,8 @@ def test_the_global_limit_screens_accepts(monkeypatch):
     assert counters["overload.cx.failed_updates"] == 1
     manager._refresh()
     assert worker.stats.gauges["overload.cx.pressure"] == 100
+    listener.ignore_global_limit = True                   # Envoy's ignore_global_conn_limit
+    assert manager.screen_accept(listener)
     manager.stop()
 
 
@@ -447,3 +450,17 @@ def test_a_monitor_that_cannot_measure_counts_and_is_logged_once(tmp_path, caplo
     pressure.write_text("1")
     manager._refresh()
     assert manager.shedding and worker.stats.counters["overload.f.failed_updates"] == 2
+
+
+def test_ignore_global_conn_limit_is_carried_to_the_listener(tmp_path):
+    doc = {"static_resources": {"listeners": [{
+        "name": "l", "ignore_global_conn_limit": True,
+        "address": {"socket_address": {"address": "127.0.0.1", "port_value": 10000}},
+        "filter_chains": [{"filters": [{"name": "envoy.filters.network.tcp_proxy", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+            "stat_prefix": "t", "cluster": "c"}}]}]}],
+        "clusters": [{"name": "c", "load_assignment": {"cluster_name": "c", "endpoints": [{"lb_endpoints": [
+            {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 1}}}}]}]}}]}}
+    path = tmp_path / "b.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    assert load_bootstrap(str(path))["listeners"][0]["ignore_global_conn_limit"] is True
