@@ -407,8 +407,9 @@ def worker_process_main(worker_id: int, generation: int, master_pid: int, channe
     user = runtime.get("worker_user")
     caps = runtime.get("worker_caps")
     if user or caps is not None:
-        from .privileges import PrivilegeError, drop_to
+        from .privileges import PrivilegeError, drop_to, preimport
         try:
+            preimport()             # done by the master before forking: nothing left to do
             drop_to(user, caps)
         except (PrivilegeError, OSError) as exc:
             log.error("worker %d: cannot drop privileges (%s): %s", worker_id,

@@ -93,9 +93,9 @@ def preimport() -> None:
 
 
 def drop_to(user: tuple[int, int] | None, caps=INTERCEPT_CAPS) -> None:
-    """Become `user` (uid, gid) if given, keeping exactly the capabilities named in `caps`."""
+    """Become `user` (uid, gid) if given, keeping exactly the capabilities named in `caps`.
+    What the process will import later must be imported before (`preimport` for workers)."""
     import prctl
-    preimport()
     caps = tuple(caps or ())
     keep = [getattr(prctl, "CAP_" + c.upper()) for c in caps]
     libc = ctypes.CDLL(None, use_errno=True)

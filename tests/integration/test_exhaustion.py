@@ -79,6 +79,9 @@ def test_a_worker_respawns_and_serves_when_the_runtime_filesystem_is_full(baton,
         result = b.cli("recycle", "--worker", "0")          # a fresh worker needs no disk either
         assert result.returncode == 0, result.stderr
         assert roundtrip(port, b"recycled") == b"recycled"
+        result = b.reload()             # the next master needs handoff.sock: refused, one line
+        assert result.returncode == 1 and "No space left on device" in result.stderr, result.stderr
+        assert roundtrip(port, b"serves on") == b"serves on"
         assert pid_alive(b.proc.pid)
         for path in made:
             path.unlink()
