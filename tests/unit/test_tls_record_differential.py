@@ -201,3 +201,35 @@ def test_mutual_tls_with_spiffe_identity(version):
     peer.obj.write(b"hello from the workload")
     assert layer.receive_data(peer.take()) == b"hello from the workload"
     keylog.close()
+
+
+@pytest.mark.parametrize("version", [TLS13, TLS12], ids=["1.3", "1.2"])
+def test_data_right_behind_the_clients_finished_is_handed_over(version):
+    """The client's first request often shares a segment with its Finished: OpenSSL stops at
+    the end of Finished, and the rest reaches Baton's layer as unprocessed ciphertext."""
+    from baton.worker.tls.handover import TlsHandshake
+    from baton.worker.tls.keylog import KeyLog
+
+    from ..tls_helpers import MemoryPeer, client_context, server_context
+
+    server_ctx = server_context("ecdsa", version)
+    keylog = KeyLog(server_ctx)
+    hs = TlsHandshake(server_ctx, keylog, server_side=True)
+    peer = MemoryPeer(client_context(version))
+    for _ in range(10):
+        try:
+            peer.obj.do_handshake()
+            break
+        except ssl.SSLWantReadError:
+            hs.receive_data(peer.take())
+            peer.feed(hs.step())
+    peer.obj.write(b"GET / HTTP/1.1\r\n\r\n")
+    hs.receive_data(peer.take())                 # Finished and the request, in one piece
+    peer.feed(hs.step())
+    assert hs.done
+    layer = hs.handover()
+    assert layer.pending_in()
+    assert layer.receive_data(b"") == b"GET / HTTP/1.1\r\n\r\n"
+    peer.feed(layer.send_data(b"HTTP/1.1 200 OK\r\n\r\n"))
+    assert peer.read_all() == b"HTTP/1.1 200 OK\r\n\r\n"
+    keylog.close()

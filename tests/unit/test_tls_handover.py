@@ -1,0 +1,74 @@
+"""worker/tls/handover.py and keylog.py: what cannot be handed over is a clear error."""
+
+from __future__ import annotations
+
+import ssl
+
+import pytest
+
+from baton.worker.tls.handover import HandoverError, HandshakeFailed, TlsHandshake
+from baton.worker.tls.keylog import KeyLog
+
+from ..tls_helpers import TLS12, MemoryPeer, baton_server, client_context, handshake, server_context
+
+
+def test_garbage_instead_of_a_client_hello_is_a_handshake_failure_with_openssls_alert():
+    server_ctx = server_context("ecdsa")
+    keylog = KeyLog(server_ctx)
+    hs = TlsHandshake(server_ctx, keylog, server_side=True)
+    hs.receive_data(b"\x16\x03\x01\x00\x05hello" + b"\0" * 40)
+    with pytest.raises(HandshakeFailed) as caught:
+        hs.step()
+    assert str(caught.value) and "Traceback" not in str(caught.value)
+    assert caught.value.data[:1] == b"\x15"           # OpenSSL's alert record, to be sent
+    keylog.close()
+
+
+def test_a_handshake_bigger_than_the_bound_is_refused():
+    server_ctx = server_context("ecdsa")
+    keylog = KeyLog(server_ctx)
+    hs = TlsHandshake(server_ctx, keylog, server_side=True, max_bytes=1000)
+    with pytest.raises(HandshakeFailed, match="larger than 1000 bytes"):
+        hs.receive_data(b"\x16" * 1001)
+    keylog.close()
+
+
+def test_a_suite_without_an_aead_cannot_be_handed_over():
+    cbc = "ECDHE-ECDSA-AES128-SHA256"
+    server_ctx = server_context("ecdsa", TLS12, cbc)
+    keylog = KeyLog(server_ctx)
+    hs = TlsHandshake(server_ctx, keylog, server_side=True)
+    handshake(hs, MemoryPeer(client_context(TLS12, cbc)))
+    with pytest.raises(HandoverError, match="cannot be handed over"):
+        hs.handover()
+    keylog.close()
+
+
+def test_handover_before_the_end_of_the_handshake_is_refused():
+    server_ctx = server_context("ecdsa")
+    keylog = KeyLog(server_ctx)
+    with pytest.raises(HandoverError, match="not finished"):
+        TlsHandshake(server_ctx, keylog, server_side=True).handover()
+    keylog.close()
+
+
+def test_without_the_key_log_lines_there_is_no_handover():
+    hs, keylog, _peer = baton_server("ecdsa")
+    keylog.take(b"")                                  # drain the pipe into the log ...
+    keylog._sessions.clear()                          # ... and lose what it held
+    with pytest.raises(HandoverError, match="no TLS 1.3 traffic secrets"):
+        hs.handover()
+    keylog.close()
+
+
+def test_key_log_keeps_only_what_the_handover_needs_and_is_bounded():
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    keylog = KeyLog(context, max_sessions=2)
+    for n in range(3):
+        keylog._add(b"CLIENT_TRAFFIC_SECRET_0 %02x%s 00ff" % (n, b"00" * 31))
+        keylog._add(b"SERVER_HANDSHAKE_TRAFFIC_SECRET %02x%s 00ff" % (n, b"00" * 31))
+    keylog._add(b"# a comment")
+    keylog._add(b"CLIENT_RANDOM zz 00")
+    assert keylog.take(bytes(32)) == {}               # the oldest was evicted
+    assert keylog.take(bytes((2,)) + bytes(31)) == {"CLIENT_TRAFFIC_SECRET_0": b"\x00\xff"}
+    keylog.close()
