@@ -24,9 +24,10 @@ Rules of this file:
   queues GOAWAY, the codec reports ProtocolError and `closed` turns True. Anything else that
   escapes h2 while receiving is a bug; it is also reported as a connection error (a peer must
   never crash the worker) and kept on `internal_error` for the fuzzer and the logs.
-- Stream errors (malformed request or response, refused stream) reset that stream and report
-  StreamReset; the connection carries on. Oversized request headers are ProtocolError(431) for
-  that stream: the stream stays open for the manager's answer, and its body is discarded.
+- Stream errors (a malformed message, a refused stream) reset that stream and report
+  StreamReset; the connection carries on. (On the reference server, oversized request headers
+  are ProtocolError(431) for that stream: it stays open for the answer, its body discarded,
+  `_StreamState.rejected`.)
 - Flow control: inbound bytes are returned to the peer only when the proxy says it forwarded
   them (`consumed`), which is how backpressure reaches an HTTP/2 peer. Outbound bytes that the
   peer's windows cannot take yet are held per stream (`pending`) and flushed by the codec when
