@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from .conftest import Baton, free_port, wait_until
-from .differential.client import Closed, Connection
+from .differential.client import Closed, Connection, curl
 from .differential.proxies import Envoy
 
 HEAP = "envoy.resource_monitors.fixed_heap"
@@ -240,15 +240,39 @@ def envoy_stats(envoy: Envoy) -> dict[str, int]:
     return out
 
 
+def held_then_served(proxy, port: int, accepting: Path, what: str) -> tuple[bool, int]:
+    """stop_accepting_connections on, a request sent on a new connection: (whether it went
+    unanswered while the action was on, the status it got once the action was off)."""
+    inject(accepting, 1.0)
+    wait_stat(proxy, f"overload.{STOP_CX}.active", lambda v: v == 1, f"{what}: listeners held")
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as waiting:
+        waiting.sendall(b"GET / HTTP/1.1\r\nhost: overload.test\r\n\r\n")
+        waiting.settimeout(0.5)
+        try:
+            held = waiting.recv(1) == b""       # closed would be an answer too, a wrong one
+        except socket.timeout:
+            held = True
+        inject(accepting, 0.0)
+        waiting.settimeout(5)
+        head = waiting.recv(65536)
+    return held, int(head.split(b" ", 2)[1]) if head.startswith(b"HTTP/1.1 ") else 0
+
+
 def test_differential_envoy_and_baton_on_one_bootstrap(tmp_path, readable_dir):
     """The same bootstrap through Envoy 1.40 and Baton (one worker each): the local reply under
-    stop_accepting_requests, a connection over the global limit, and the stat names."""
+    stop_accepting_requests over HTTP/1.1 and HTTP/2, a connection over the global limit,
+    a connection left in the backlog by stop_accepting_connections, and the stat names."""
     answers, names = {}, {}
     for name in ("envoy", "baton"):
-        pressure = readable_dir / f"{name}.pressure"
-        inject(pressure, 1.0)
-        overload = {"resource_monitors": [injected_monitor(REQUESTS, pressure), connection_monitor(1)],
-                    "actions": [action(STOP_RQ, REQUESTS), action(KEEPALIVE, REQUESTS)]}
+        requests = readable_dir / f"{name}.requests"
+        accepting = readable_dir / f"{name}.accepting"
+        inject(requests, 1.0)
+        inject(accepting, 0.0)
+        overload = {"resource_monitors": [injected_monitor(REQUESTS, requests),
+                                          injected_monitor(ACCEPTING, accepting),
+                                          connection_monitor(1)],
+                    "actions": [action(STOP_RQ, REQUESTS), action(KEEPALIVE, REQUESTS),
+                                action(STOP_CX, ACCEPTING)]}
         port = free_port()
         doc = bootstrap(free_port(), port, overload)
         if name == "envoy":
@@ -256,28 +280,32 @@ def test_differential_envoy_and_baton_on_one_bootstrap(tmp_path, readable_dir):
             proxy.stats = lambda proxy=proxy: envoy_stats(proxy)
         else:
             proxy = Baton(tmp_path / "baton", doc, concurrency=1).start()
+        active = f"listener.127.0.0.1_{port}.downstream_cx_active"
         try:
             wait_stat(proxy, f"overload.{STOP_RQ}.active", lambda v: v == 1, f"{name}: overloaded")
             with Connection(port) as conn:
-                wait_stat(proxy, f"listener.127.0.0.1_{port}.downstream_cx_active", lambda v: v == 1,
-                          f"{name}: the first connection accepted")
+                wait_stat(proxy, active, lambda v: v == 1, f"{name}: the first connection accepted")
                 with Connection(port) as extra:             # over the limit of one
                     over_limit_closed = extra.wait_closed(timeout=5.0)
                 resp = conn.request("GET", "/", GET)
             # Not compared: when each closes the connection after its `connection: close`.
             # Envoy waits for the client up to drain_timeout + delayed_close_timeout (~6 s);
             # Baton up to delayed_close_timeout.
+            wait_stat(proxy, active, lambda v: v == 0, f"{name}: the client's close seen")
+            h2 = curl(port, "/", "-H", "host: overload.test", http2=True)
+            wait_stat(proxy, active, lambda v: v == 0, f"{name}: curl's close seen")
             answers[name] = (resp.status, resp.body, resp.header("content-type"),
-                             resp.header("connection"), over_limit_closed)
+                             resp.header("connection"), over_limit_closed, h2.status, h2.body,
+                             held_then_served(proxy, port, accepting, name))
             stats = proxy.stats()
             names[name] = overload_stat_names(stats)
             assert stats[f"listener.127.0.0.1_{port}.downstream_global_cx_overflow"] == 1, name
-            assert stats["http.ingress.downstream_rq_overload_close"] == 1, name
+            assert stats["http.ingress.downstream_rq_overload_close"] == 3, name
         finally:
             proxy.stop()
         names[name] = {n.replace(f"_{port}.", "_PORT.") for n in names[name]}
-    assert answers["baton"] == answers["envoy"] == (503, b"envoy overloaded", "text/plain", "close",
-                                                    True)
+    assert answers["baton"] == answers["envoy"] == (
+        503, b"envoy overloaded", "text/plain", "close", True, 503, b"envoy overloaded", (True, 503))
     # Envoy also has listener.admin.* and http.admin.* (its admin listener is a listener with
     # a connection manager) and the reset_high_memory_stream counter of an action Baton refuses.
     envoy_only = {n for n in names["envoy"]

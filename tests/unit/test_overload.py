@@ -464,3 +464,28 @@ def test_ignore_global_conn_limit_is_carried_to_the_listener(tmp_path):
     path = tmp_path / "b.yaml"
     path.write_text(yaml.safe_dump(doc))
     assert load_bootstrap(str(path))["listeners"][0]["ignore_global_conn_limit"] is True
+
+
+def test_reject_incoming_connections_and_the_accept_load_shed_point(tmp_path):
+    pressure = tmp_path / "p"
+    pressure.write_text("0.0")
+    cfg = {"refresh_interval": 1.0,
+           "monitors": [{"name": "f", "kind": "injected_resource", "filename": str(pressure)}],
+           "actions": [{"name": om.REJECT_INCOMING_CONNECTIONS, "triggers": [
+               {"monitor": "f", "scaling_threshold": 0.0, "saturation_threshold": 0.5}]}],
+           "loadshed_points": [{"name": om.TCP_LISTENER_ACCEPT, "triggers": [{"monitor": "f", "threshold": 0.9}]}]}
+    draws = iter([0.3, 0.1, 0.99])
+    worker = fake_worker()
+    manager = om.OverloadManager(worker, cfg, rand=lambda: next(draws))
+    assert manager.screen_accept is None                  # nothing limits accepting yet
+    pressure.write_text("0.1")                            # reject 20% of the connections
+    manager._refresh()
+    listener = worker.listeners["l"]
+    assert manager.screen_accept(listener)                # draw 0.3: kept
+    assert not manager.screen_accept(listener)            # draw 0.1: closed
+    assert worker.stats.counters["listener.l.downstream_cx_overload_reject"] == 1
+    pressure.write_text("0.95")                           # the load shed point is saturated too
+    manager._refresh()
+    assert worker.stats.gauges[f"overload.{om.TCP_LISTENER_ACCEPT}.scale_percent"] == 100
+    assert not manager.screen_accept(listener)            # saturated: whatever the draw
+    assert worker.stats.counters["listener.l.downstream_cx_overload_reject"] == 2
