@@ -11,6 +11,9 @@ it had accepted; the master serves that config all along.
     await link.dump()       # the dynamic parts of /config_dump, or None if the agent is down
     link.stop()
 
+The agent drops to the workers' user without capabilities; the master writes its state file
+(STATE_FILE) for it, since the runtime directory is the master's alone.
+
 The master keeps the last applied dynamic config in the runtime directory (APPLIED_FILE);
 the next generation starts from it (cli.py), so its listeners are known before it takes the
 sockets over, and `baton reload` never waits for the control plane.
@@ -59,6 +62,21 @@ def save_applied(runtime_dir: str, published: dict) -> None:
         log.warning("cannot save the dynamic config to %s: %s", path, exc)
 
 
+def save_state(path: str, data: bytes) -> None:
+    """The agent's state, written for it: it runs unprivileged and may not write here."""
+    tmp = f"{path}.{os.getpid()}.tmp"          # two generations' masters may overlap
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except OSError as exc:
+        log.warning("cannot save the xds agent's state to %s: %s", path, exc)
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+
+
 def forget_state(runtime_dir: str) -> None:
     """A fresh start asks the control plane from scratch, as Envoy does."""
     for name in (STATE_FILE, APPLIED_FILE):
@@ -93,6 +111,12 @@ class AgentLink:
                 "--log-level", getattr(self.master.options, "log_level", "info")]
         if self.resume:
             argv.append("--resume")
+        runtime = self.master.snapshot.get("runtime") or {}
+        if runtime.get("worker_caps") is not None:
+            # It drops to the workers' user and keeps no capability (xds/agent.py).
+            argv.append("--unprivileged")
+            if runtime.get("worker_user"):
+                argv += ["--user", "%d:%d" % tuple(runtime["worker_user"])]
         try:
             self.process = subprocess.Popen(argv, pass_fds=(child.fileno(),), close_fds=True,
                                             stdin=subprocess.DEVNULL)
@@ -118,6 +142,8 @@ class AgentLink:
             self.counters = stats.get("counters") or {}
             self.gauges = stats.get("gauges") or self.gauges
             self.master.apply_xds(msg["config"])
+        elif msg["type"] == "state" and isinstance(msg.get("data"), bytes):
+            save_state(self.state_path, msg["data"])
         else:
             log.warning("xds agent sent unexpected %r", msg["type"])
 

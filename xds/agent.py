@@ -89,7 +89,8 @@ def stat_scopes(config: DynamicConfig, type_url: str, names) -> list[str]:
 
 
 class Agent:
-    def __init__(self, bootstrap: dict, channel_sock, state_path: str, resume: bool):
+    def __init__(self, bootstrap: dict, channel_sock, state_path: str, resume: bool,
+                 saved: bytes | None = None, save_through_master: bool = False):
         self.loop = asyncio.get_running_loop()
         xds = bootstrap["xds"]
         self.delta = xds["api_type"] == "DELTA_GRPC"
@@ -100,6 +101,10 @@ class Agent:
         host = endpoint["address"]
         self.target = f"[{host}]:{endpoint['port']}" if ":" in host else f"{host}:{endpoint['port']}"
         self.state_path = state_path
+        # Unprivileged, the agent cannot write the master's runtime directory: the master
+        # keeps the file for it (supervisor/xds_link.py), and it was read before dropping.
+        self.save_through_master = save_through_master
+        self.saved = saved
         self.stats = Stats()
         self.started_scopes: set[str] = set()   # subscriptions counted as started
         self.dirty = asyncio.Event()
@@ -193,6 +198,10 @@ class Agent:
                                              for a in self.config.accepted[type_url].values()]}
         data = msgpack.packb({"version": STATE_VERSION, "delta": self.delta, "types": types},
                              use_bin_type=True)
+        if self.save_through_master:
+            if not self.channel.closed:
+                self.channel.send({"type": "state", "data": data})
+            return
         tmp = f"{self.state_path}.{os.getpid()}.tmp"   # two generations' agents may overlap
         try:
             with open(tmp, "wb") as f:
@@ -203,10 +212,11 @@ class Agent:
 
     def _resume(self) -> None:
         try:
-            with open(self.state_path, "rb") as f:
-                saved = msgpack.unpackb(f.read(), raw=False)
-        except FileNotFoundError:
-            return
+            if self.saved is None and not self.save_through_master:
+                self.saved = read_state(self.state_path)
+            if self.saved is None:
+                return
+            saved = msgpack.unpackb(self.saved, raw=False)
         except (OSError, ValueError, msgpack.UnpackException) as exc:
             log.warning("xds agent: ignoring unreadable state %s: %s", self.state_path, exc)
             return
@@ -326,6 +336,32 @@ class Agent:
         self.dirty.set()
 
 
+def read_state(path: str) -> bytes | None:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except FileNotFoundError:
+        return None
+
+
+def _preimport() -> None:
+    """What the agent loads lazily, loaded while it may still read the interpreter's files."""
+    import grpc
+    import grpc.aio  # noqa: F401
+    from google.protobuf import any_pb2  # noqa: F401
+    protos.ads_stub_class()
+    import encodings.idna  # noqa: F401
+
+
+def drop_privileges(user: str | None) -> None:
+    """As the workers do (worker/privileges.py): the agent needs only to connect out and its
+    socketpair to the master, so it keeps no capability; as root it becomes `user`."""
+    from ..worker.privileges import drop_to
+    uid_gid = tuple(int(v) for v in user.split(":")) if user else None
+    _preimport()
+    drop_to(uid_gid, ())
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="baton-xds-agent")
     parser.add_argument("--bootstrap", required=True)
@@ -333,6 +369,9 @@ def main(argv=None) -> int:
     parser.add_argument("--state", required=True)
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--log-level", default="info")
+    parser.add_argument("--unprivileged", action="store_true",
+                        help="drop every capability (and become --user) once loaded")
+    parser.add_argument("--user", default=None, metavar="UID:GID")
     args = parser.parse_args(argv)
     # gRPC core logs every GOAWAY at INFO to stderr; a lost stream is logged here already.
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
@@ -357,10 +396,23 @@ def main(argv=None) -> int:
         print("baton xds agent: the bootstrap has no dynamic_resources", file=sys.stderr)
         return 1
     sock = socket.socket(fileno=args.fd)
+    saved = None
+    if args.unprivileged:
+        try:
+            saved = read_state(args.state) if args.resume else None
+        except OSError as exc:
+            log.warning("xds agent: ignoring unreadable state %s: %s", args.state, exc)
+        from ..worker.privileges import PrivilegeError
+        try:
+            drop_privileges(args.user)
+        except (OSError, ImportError, PrivilegeError) as exc:
+            print(f"baton xds agent: cannot drop privileges: {exc}", file=sys.stderr)
+            return 1
 
     async def run() -> int:
         loop = asyncio.get_running_loop()
-        agent = Agent(bootstrap, sock, args.state, args.resume)
+        agent = Agent(bootstrap, sock, args.state, args.resume, saved=saved,
+                      save_through_master=args.unprivileged)
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, lambda: agent.done.done() or agent.done.set_result(0))
         return await agent.run()

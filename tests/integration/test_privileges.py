@@ -244,3 +244,22 @@ def test_status_reports_a_malformed_answer_in_one_line(tmp_path, answer, expecte
     assert result.returncode == 1, result.stdout
     assert expected in result.stderr, result.stderr
     assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_the_xds_agent_runs_as_baton_without_capabilities(tmp_path):
+    from ..xds_support.resources import ADS, bootstrap
+    from .conftest import Baton
+    uid, gid = _baton_uid()
+    boot = bootstrap(free_port(), free_port(), "GRPC")      # nobody listens there: no matter
+    for key in ("lds_config", "cds_config"):
+        boot["dynamic_resources"][key] = {**ADS, "initial_fetch_timeout": "1s"}
+    b = Baton(tmp_path / "baton", boot).start(30)
+    try:
+        agent = wait_until(lambda: (b.status()["xds_agent"] or {}).get("pid"), 10, "the agent")
+        status = _proc_status(agent)
+        assert status["Uid"] == [str(uid)] * 4 and status["Gid"] == [str(gid)] * 4
+        for caps in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"):
+            assert int(status[caps][0], 16) == 0, (caps, status[caps])
+        assert status["NoNewPrivs"] == ["1"]
+    finally:
+        b.stop()
