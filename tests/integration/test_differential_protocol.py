@@ -1,7 +1,9 @@
 """Differential: the HTTP/1.1 codec and connection handling as a client sees them: request bodies
-(content-length, chunked, empty, large), HEAD, 100-continue, oversized headers (431), malformed
-requests (400), HTTP/1.0, pipelining, keep-alive, absolute-form targets, and real clients: curl
-over HTTP/1.1 and over HTTP/2 with prior knowledge (h2c, codec_type AUTO)."""
+(content-length, chunked, empty, large), HEAD, 100-continue, oversized headers (431, at the exact
+byte), malformed requests (400), transfer-codings other than chunked (501), HTTP/1.0 and the
+versions Envoy takes for it (0.9, 1.2, 2.0: 426), pipelining, keep-alive, absolute-form targets
+(userinfo dropped, invalid URLs 400), and real clients: curl over HTTP/1.1 and over HTTP/2 with
+prior knowledge (h2c, codec_type AUTO)."""
 
 from __future__ import annotations
 
@@ -145,11 +147,14 @@ def test_expect_100_continue(pair):
 # ---- bad input ----
 
 def raw_case(pair, data: bytes, expect, listener: str = "proto"):
-    """Send raw bytes; observe the response and whether the proxy then closed the connection."""
+    """Send raw bytes; observe the response (and its HTTP version) and whether the proxy then
+    closed the connection."""
     def run(target):
         with Connection(target.ports[listener]) as conn:
             conn.send(data)
-            obs = observe(conn.read_response(), target)
+            resp = conn.read_response()
+            obs = observe(resp, target)
+            obs["version"] = resp.version
             obs["closed after"] = conn.wait_closed(5)
         return obs
     differential(pair, run, expect)
@@ -334,3 +339,127 @@ def test_curl_http2_direct_response(pair):
         obs["version"] = resp.version
         return obs
     differential(pair, run, lambda obs: check(obs["version"] == "HTTP/2" and obs["body"] == "direct\n", obs))
+
+
+# ---- where llhttp and Envoy 1.40 part ways (issue 13) ----
+
+@pytest.mark.parametrize("codings", ["identity, chunked", "gzip, chunked", "chunked, chunked",
+                                     "chunked;a=1", "identity", ""])
+def test_transfer_encoding_other_than_chunked_501(pair, codings):
+    # Envoy implements chunked alone: any other list is 501, never read as chunked (llhttp
+    # alone would take "identity, chunked" as chunked, or refuse some lists with a 400).
+    raw_case(pair, b"POST /te HTTP/1.1\r\nhost: diff.test\r\ntransfer-encoding: " + codings.encode()
+             + b"\r\n\r\n3\r\nabc\r\n0\r\n\r\n", local_close(501, "Not Implemented"))
+
+
+def test_transfer_encoding_in_two_headers_501(pair):
+    raw_case(pair, b"POST /te HTTP/1.1\r\nhost: diff.test\r\ntransfer-encoding: identity\r\n"
+                   b"transfer-encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+             local_close(501, "Not Implemented"))
+
+
+def test_transfer_encoding_501_to_http10_in_http10(pair):
+    raw_case(pair, b"POST /te HTTP/1.0\r\nhost: diff.test\r\ntransfer-encoding: identity, chunked\r\n\r\n"
+                   b"3\r\nabc\r\n0\r\n\r\n",
+             lambda obs: (local_close(501, "Not Implemented")(obs), check(obs["version"] == "HTTP/1.0", obs)),
+             listener="http10")
+
+
+def test_transfer_encoding_chunked_in_capitals_is_chunked(pair):
+    body_case(pair, "te-capitals", "POST", BODY, chunked=True,
+              expect=received("POST", BODY, "chunked"))
+
+
+def refused_as_http10(obs):
+    # The refusal of HTTP/1.0 goes out as HTTP/1.1, the version Envoy asks for.
+    local_close(426, "Upgrade Required")(obs)
+    check(obs["version"] == "HTTP/1.1", obs)
+
+
+@pytest.mark.parametrize("version", [b"HTTP/2.0", b"HTTP/1.2", b"HTTP/9.9", b"HTTP/0.9"])
+def test_other_versions_are_http10_426(pair, version):
+    # Envoy takes any one-digit version other than 1.1 for HTTP/1.0 (not accepted here).
+    raw_case(pair, b"GET /v " + version + b"\r\nhost: diff.test\r\n\r\n", refused_as_http10)
+
+
+def test_request_line_without_version_426_at_once(pair):
+    # HTTP/0.9's form: Envoy answers right after the line, without waiting for headers.
+    raw_case(pair, b"GET /x\r\n", refused_as_http10)
+
+
+def test_request_line_without_version_after_a_request_426(pair):
+    def run(target):
+        with Connection(target.port) as conn:
+            conn.send(build_request("GET", "/first", host_and_key(target, "before-http09")) + b"GET /x\r\n")
+            first = observe(conn.read_response(), target)
+            resp = conn.read_response()
+            second = observe(resp, target)
+            second["version"] = resp.version
+            second["closed after"] = conn.wait_closed(5)
+        return [first, second]
+    differential(pair, run, lambda obs: (check(obs[0]["status"] == 200, obs), refused_as_http10(obs[1])))
+
+
+def test_request_line_without_version_served_as_http10_when_accepted(pair):
+    # With accept_http_10 the line is an HTTP/1.0 request without headers: the default host.
+    def run(target):
+        with Connection(target.ports["http10"]) as conn:
+            conn.send(b"GET /x\r\n")
+            resp = conn.read_response()
+            obs = observe(resp, target)
+            obs["version"] = resp.version
+            obs["closed after"] = conn.wait_closed(5)
+        return obs
+    differential(pair, run, lambda obs: check(
+        obs["status"] == 200 and obs["version"] == "HTTP/1.0" and obs["upstream"]["path"] == "/x"
+        and upstream_header(obs, "host") == "legacy.test" and obs["closed after"] is True, obs))
+
+
+def test_http20_with_keep_alive_served_as_http10_when_accepted(pair):
+    def run(target):
+        with Connection(target.ports["http10"]) as conn:
+            resp = conn.request("GET", "/v2", [*host_and_key(target, "http20-as-10"),
+                                               ("connection", "keep-alive")], version="HTTP/2.0")
+            obs = observe(resp, target)
+            obs["version"] = resp.version
+            obs["open after"] = not conn.wait_closed(0.2)
+        return obs
+    differential(pair, run, lambda obs: check(
+        obs["status"] == 200 and obs["version"] == "HTTP/1.0"
+        and header(obs, "connection") == "keep-alive" and obs["open after"] is True, obs))
+
+
+@pytest.mark.parametrize("target, host, path", [
+    ("http://user@abs.test/u", "abs.test", "/u"),
+    ("http://u:p@abs.test:8080/x?q=1", "abs.test:8080", "/x?q=1"),
+    ("http://@abs.test/e", "abs.test", "/e"),
+])
+def test_absolute_form_userinfo_is_dropped(pair, target, host, path):
+    def run(t):
+        return observe(one(t.port, "GET", target, host_and_key(t, f"userinfo-{target}")), t)
+    differential(pair, run, lambda obs: check(obs["upstream"]["path"] == path
+                                              and upstream_header(obs, "host") == host, obs))
+
+
+@pytest.mark.parametrize("target", [b"http://a@b@abs.test/", b"http://user@/x", b"http:///x",
+                                    b"http://abs.test:99999/", b"http://abs.test:/", b"http://ab_s.test/",
+                                    b"ftp://abs.test/"])
+def test_invalid_absolute_form_400(pair, target):
+    raw_case(pair, b"GET " + target + b" HTTP/1.1\r\nhost: diff.test\r\n\r\n", local_close(400, "Bad Request"))
+
+
+def head_of(size: int) -> bytes:
+    """A GET whose head (request line to the empty line) is exactly `size` bytes."""
+    base = build_request("GET", "/limit", [("host", "diff.test"), ("x-pad", "")])
+    return build_request("GET", "/limit", [("host", "diff.test"), ("x-pad", "p" * (size - len(base)))])
+
+
+def test_request_head_limit_is_the_head_as_sent(pair):
+    # max_request_headers_kb: 8 here. Envoy counts the head's bytes as sent: 8192 pass, 8193
+    # do not.
+    def run(target):
+        with Connection(target.port) as conn:
+            conn.send(head_of(8 * 1024))
+            return {"status": conn.read_response().status}
+    differential(pair, run, lambda obs: check(obs["status"] == 200, obs))
+    raw_case(pair, head_of(8 * 1024 + 1), local_close(431, "Request Header Fields Too Large"))

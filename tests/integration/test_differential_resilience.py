@@ -1,6 +1,7 @@
 """Differential: retries (5xx, retriable-status-codes, gateway-error, reset, connect-failure,
-per_try_timeout, x-envoy-retry-on), route timeouts, upstream resets and connect failures, and a
-cluster with no healthy upstream, against a recording upstream that fails on purpose."""
+per_try_timeout, x-envoy-retry-on), route timeouts, upstream resets and connect failures, a
+cluster with no healthy upstream, and upstream responses that do not parse (502 UPE, with the
+access log's flags and details), against a recording upstream that fails on purpose."""
 
 from __future__ import annotations
 
@@ -12,8 +13,19 @@ from .differential.client import one
 from .differential.compare import differential, observe, upstream_header
 from .differential.addresses import closed_port
 from .differential.proxies import ProxyPair, Recorder
+from ..waiting import wait_until
 
 RESET_BEFORE_HEADERS = "upstream connect error or disconnect/reset before headers. reset reason: "
+
+
+ACCESS_LOG_FORMAT = "%REQ(X-TEST-KEY)% %RESPONSE_CODE% %RESPONSE_FLAGS% %RESPONSE_CODE_DETAILS%\n"
+
+
+# On stdout, which each proxy's process log holds (a file of the test's own would need to be
+# writable by Baton's unprivileged workers).
+ACCESS_LOG = [{"name": "envoy.access_loggers.stdout", "typed_config": {
+    "@type": "type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog",
+    "log_format": {"text_format_source": {"inline_string": ACCESS_LOG_FORMAT}}}}]
 
 
 def resilience_bootstrap(upstreams: dict[str, int], down_port: int):
@@ -37,7 +49,8 @@ def resilience_bootstrap(upstreams: dict[str, int], down_port: int):
 
     def template(ports: dict[str, int], admin: int) -> dict:
         route_config = {"name": "resilience", "virtual_hosts": [{"name": "all", "domains": ["*"], "routes": routes}]}
-        return bootstrap(admin, [http_listener("resilience", ports["resilience"], route_config)],
+        return bootstrap(admin, [http_listener("resilience", ports["resilience"], route_config,
+                                               access_log=ACCESS_LOG)],
                          [cluster("a", [upstreams["a"]]), cluster("down", [down_port]), cluster("empty", [])])
     return template
 
@@ -160,3 +173,58 @@ def test_retry_connect_failure_counts_retries(pair):
               "retried and the latest reset reason: remote connection failure")(obs)
         assert obs["stat cluster.down.upstream_rq_retry delta"] == 2, obs
     differential(pair, run, expect)
+
+
+# ---- upstream responses that do not parse ----
+
+BAD_GATEWAY = (502, RESET_BEFORE_HEADERS + "protocol error")
+
+
+def logged(target, key: str) -> list[str]:
+    """The access log line of the request with x-test-key `key`, split: [key, code, flags,
+    details], from the proxy's process log (flushed about once a second: waited for)."""
+    path = target.process.log_path
+
+    def line():
+        for text in path.read_text(errors="replace").splitlines():
+            if text.startswith(key + " "):
+                return text.split(" ")
+        return None
+    return wait_until(line, 10, f"{target.name}'s access log line for {key}")
+
+
+def upstream_garbage_case(pair, case: str, bad: str, expect):
+    """An upstream answering `bad` (recorder.BAD_RESPONSES): the client's answer, the access log
+    line (flags and details) and the cluster's stats, Envoy and Baton alike."""
+    def run(target):
+        stats = ("cluster.a.upstream_cx_protocol_error", "cluster.a.upstream_rq_502")
+        before = target.stats("cluster.a.")
+        key = target.key(case)
+        obs = observe(one(target.port, "GET", "/", [("host", "diff.test"), ("x-test-key", key),
+                                                     ("x-test-bad-response", bad)]), target)
+        after = target.stats("cluster.a.")
+        obs["stats delta"] = {name: after.get(name, 0) - before.get(name, 0) for name in stats}
+        obs["access log"] = logged(target, key)[1:]
+        return obs
+    differential(pair, run, expect)
+
+
+def refused_upstream(obs):
+    assert (obs["status"], obs["body"]) == BAD_GATEWAY, obs
+    assert obs["access log"] == ["502", "UPE", "upstream_reset_before_response_started{protocol_error}"], obs
+    assert obs["stats delta"] == {"cluster.a.upstream_cx_protocol_error": 1, "cluster.a.upstream_rq_502": 1}, obs
+
+
+def served_by_upstream(obs):
+    assert obs["status"] == 200 and obs["body"] == "ok", obs
+    assert obs["access log"] == ["200", "-", "via_upstream"], obs
+
+
+@pytest.mark.parametrize("bad", ["status-line", "not-http", "headers-256k", "headers-101", "head-80k-plus-1"])
+def test_unparsable_upstream_response_is_502_upe(pair, bad):
+    upstream_garbage_case(pair, f"bad-response-{bad}", bad, refused_upstream)
+
+
+def test_upstream_head_of_exactly_80_kib_is_served(pair):
+    # Envoy 1.40's limit on an upstream response head: 80 KiB as sent, status line included.
+    upstream_garbage_case(pair, "bad-response-head-80k", "head-80k", served_by_upstream)

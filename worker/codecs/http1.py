@@ -16,10 +16,18 @@ Rules of this file:
 - Requests are numbered 1, 3, 5, ... (odd, like HTTP/2 client streams). Pipelined requests are
   all parsed and reported; responses must be sent in the same order (the connection manager
   serialises them).
+- Where Envoy 1.40 answers a request differently from llhttp, Envoy wins (each checked against
+  the real Envoy in tests/integration/test_differential_protocol.py): a Transfer-Encoding other
+  than exactly "chunked" is a 501; any one-digit version other than 1.1 (0.9, 1.2, 2.0, ...)
+  and a request line without a version are HTTP/1.0 requests (426 unless accept_http_10); an
+  absolute-form target loses its userinfo and must be a valid http(s) URL (else 400); a head
+  is limited by its bytes as sent (request or status line, header lines, the empty line), and
+  an upstream response head also to 100 headers and 80 KiB, where Envoy gives 502.
 """
 
 from __future__ import annotations
 
+import re
 from collections import deque
 
 import httptools
@@ -53,6 +61,13 @@ _TE_TRAILERS = ("te", "trailers")
 _SPECIAL_REQUEST_HEADERS = HOP_BY_HOP | {"host", "expect", "content-length"}
 _HOST_ONLY = frozenset({"host"})
 _NOT_FORWARDED = HOP_BY_HOP | {"host"}       # the request line's host is written separately
+# The bytes of a request head that the parser's callbacks do not hand over: the spaces around
+# the target, " HTTP/1.1" and its CRLF, and the empty line (the method is added once known).
+_REQUEST_LINE_FRAME = len("  HTTP/1.1\r\n") + len("\r\n")
+# A status line's bytes besides its reason phrase ("HTTP/1.1 200 " and CRLF), and the empty line.
+_STATUS_LINE_FRAME = len("HTTP/1.1 200 \r\n") + len("\r\n")
+UPSTREAM_MAX_HEADER_BYTES = 80 * 1024     # Envoy 1.40's limit on an upstream response head
+UPSTREAM_MAX_HEADERS = 100                # common_http_protocol_options.max_headers_count
 
 
 class _LimitExceeded(Exception):
@@ -142,6 +157,61 @@ def _end_body(events: list, stream_id: int) -> None:
     events.append(Body(stream_id, b"", True))
 
 
+def _request_parser(codec) -> httptools.HttpRequestParser:
+    parser = httptools.HttpRequestParser(codec)
+    # llhttp refuses versions such as 1.2 or 9.9 as malformed (400); Envoy serves any one-digit
+    # version other than 1.1 as HTTP/1.0 (426 unless accepted), so they must reach us.
+    parser.set_dangerous_leniencies(lenient_version=True)
+    return parser
+
+
+class _InvalidUrl(Exception):
+    pass
+
+
+# What Envoy accepts as the host of an absolute-form target: a name of letters, digits, dots
+# and dashes, or a bracketed IPv6 literal; an optional port of 1-5 digits.
+_URL_HOST = re.compile(r"(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::([0-9]{1,5}))?\Z")
+
+
+def _split_target(target: str) -> tuple[str | None, str]:
+    """(authority, path) of a request target: no authority for origin form ("/p?q") and "*";
+    for absolute form (RFC 9112 3.2.2) the URL's host and port, userinfo dropped, as Envoy
+    forwards it. _InvalidUrl for anything else (another scheme, a bad host or port, two '@')."""
+    if target[:1] == "/" or target == "*":
+        return None, target
+    scheme, sep, rest = target.partition("://")
+    if not sep or scheme.lower() not in ("http", "https"):
+        raise _InvalidUrl(target)
+    cut = len(rest)
+    for stop in "/?":
+        i = rest.find(stop)
+        if 0 <= i < cut:
+            cut = i
+    authority, path = rest[:cut], rest[cut:] or "/"
+    userinfo, at, host = authority.rpartition("@")
+    match = _URL_HOST.match(host)
+    if "@" in userinfo or not match or match.group(1) is not None and \
+            not 0 < int(match.group(1)) <= 65535:
+        raise _InvalidUrl(target)
+    if path[0] == "?":
+        path = "/" + path
+    return host, path
+
+
+def _keep_alive_10(headers: list) -> bool:
+    """Whether an HTTP/1.0 request asks to keep the connection (llhttp decides for 1.0 itself,
+    but a version served as 1.0, such as 1.2, would get llhttp's 1.1 default)."""
+    keep = False
+    for name, value in headers:
+        if name == "connection":
+            tokens = {t.strip().lower() for t in value.split(",")}
+            if "close" in tokens:
+                return False
+            keep = keep or "keep-alive" in tokens
+    return keep
+
+
 # --- framing of what we send ----------------------------------------------------------------
 
 class _Outgoing:
@@ -226,11 +296,12 @@ class Http1ServerCodec(_Http1Output):
     __slots__ = ("_parser", "_events", "_out", "_next_id", "_stream", "_url", "_headers",
                  "_header_bytes", "_max_header_bytes", "_max_headers", "_failed", "_body_seen",
                  "_responses", "_tunnel", "_framing", "closed", "close_after", "_goaway",
-                 "_expect_continue", "_in_head", "_declined_upgrade")
+                 "_expect_continue", "_in_head", "_declined_upgrade", "_stalled", "_stall_mark",
+                 "_line_tail")
     multiplexed = False     # one exchange at a time: a fault or an unread body ends the connection
 
     def __init__(self, *, max_header_bytes: int = 60 * 1024, max_headers: int = 100):
-        self._parser = httptools.HttpRequestParser(self)
+        self._parser = _request_parser(self)
         self._events: list = []
         self._out = bytearray()
         self._next_id = 1
@@ -253,6 +324,11 @@ class Http1ServerCodec(_Http1Output):
         self._expect_continue = False
         self._in_head = False           # a request has begun and its head is not complete
         self._declined_upgrade = False  # an h2c upgrade request: served as HTTP/1.1
+        # A head still open after a receive (see _open_head): bytes llhttp holds that no
+        # callback has counted yet, the count when last looked, and the request line's tail.
+        self._stalled = 0
+        self._stall_mark = 0
+        self._line_tail = b""
 
     # -- interface ------------------------------------------------------------------------
 
@@ -266,13 +342,62 @@ class Http1ServerCodec(_Http1Output):
             return []
         if not data:
             return self._eof()
-        return self._feed(data, 400)
+        events = self._feed(data, 400)
+        if self._in_head and not self._failed:
+            events += self._open_head(data)
+        elif self._line_tail:
+            self._line_tail = b""
+        return events
+
+    def _open_head(self, data: bytes) -> list:
+        """A receive ended inside a request head: what llhttp cannot tell yet.
+
+        llhttp holds a header line until the next one begins, with no callback: a client that
+        never ends its line would grow that buffer without bound. Bytes fed while no callback
+        counted anything are added up, so the head limit still holds (to within one read).
+
+        A request line without a version (HTTP/0.9's "GET /x" CRLF) leaves llhttp waiting for
+        headers; Envoy answers it at once, as an HTTP/1.0 request without headers. It is
+        recognised as the method, target and CRLF that end the bytes received, as a whole line
+        (a header line cannot be "GET /x": it has no colon)."""
+        if self._header_bytes != self._stall_mark:
+            self._stall_mark = self._header_bytes
+            self._stalled = 0
+        else:
+            self._stalled += len(data)
+        if self._header_bytes + self._stalled > self._max_header_bytes:
+            self._fail("request headers too large", 431)
+        elif not self._headers and data[-1:] == b"\n":
+            line = self._parser.get_method() + b" " + self._url + b"\r\n"
+            tail = self._line_tail + data
+            if tail.endswith(line) and (len(tail) == len(line) or tail[-len(line) - 1] == 10):
+                self._simple_request()
+        if not self._failed and not self._headers:
+            self._line_tail = (self._line_tail + data)[-(len(self._url) + 32):]
+        events, self._events = self._events, []
+        return events
+
+    def _simple_request(self) -> None:
+        """The request line had no version: an HTTP/1.0 request of its own, with no headers
+        (any that follow are not read), as Envoy takes it."""
+        method = self._parser.get_method().decode("latin-1")
+        try:
+            authority, path = _split_target(self._url.decode("latin-1"))
+        except _InvalidUrl:
+            self._fail("invalid url", 400)
+            return
+        self._in_head = False
+        self._failed = True
+        self._responses.append([self._stream, method, False, "1.0"])
+        self._events.append(RequestHead(self._stream, Request(method, path, authority or "",
+                                                              Headers([]), "http", "1.0"), True))
+        self._stream = 0
 
     def _upgraded(self, rest: bytes) -> None:
         if self._declined_upgrade:
             # llhttp paused for the upgrade we declined: a fresh parser reads on.
             self._declined_upgrade = False
-            self._parser = httptools.HttpRequestParser(self)
+            self._parser = _request_parser(self)
             if rest:
                 before, self._events = self._events, []
                 self._events = before + self.receive(rest)
@@ -304,8 +429,10 @@ class Http1ServerCodec(_Http1Output):
         line = _STATUS_LINES.get(status)
         if line is None or (response.reason and response.reason != REASONS.get(status)):
             line = f"HTTP/1.1 {status} {response.reason or REASONS.get(status, 'Unknown')}\r\n"
-        if version == "1.0":
-            line = "HTTP/1.0" + line[8:]        # answer in the client's version, as Envoy does
+        if version == "1.0" and status != 426:
+            # Answer in the client's version, as Envoy does; but its refusal of HTTP/1.0 (426)
+            # goes out as HTTP/1.1, the version it asks for.
+            line = "HTTP/1.0" + line[8:]
         out = [line]
         length = None
         for name, value in response.headers.items:
@@ -446,6 +573,9 @@ class Http1ServerCodec(_Http1Output):
             self._failed = True     # nothing after this response is read
 
     def _fail(self, reason: str, status: int) -> None:
+        if status == 400 and "Transfer-Encoding" in reason and "Content-Length" not in reason:
+            # llhttp's refusal of a coding list ("chunked, gzip", empty): Envoy's 501.
+            status = 501
         self._failed = True
         self._in_head = False
         stream = self._stream
@@ -453,8 +583,10 @@ class Http1ServerCodec(_Http1Output):
             stream = self._next_id
             self._next_id += 2
         if not any(p[0] == stream for p in self._responses):
-            # The request never reached the manager: it answers this id with `status`.
-            self._responses.append([stream, "GET", False, "1.1"])
+            # The request never reached the manager: it answers this id with `status`, in
+            # HTTP/1.0 if that is what the request line said (as Envoy).
+            version = "1.0" if self._parser.get_http_version() == "1.0" else "1.1"
+            self._responses.append([stream, "GET", False, version])
         self._events.append(ProtocolError(reason, status, stream))
         self._stream = 0
 
@@ -465,7 +597,8 @@ class Http1ServerCodec(_Http1Output):
         self._next_id += 2
         self._url = b""
         self._headers = []
-        self._header_bytes = 0
+        self._header_bytes = _REQUEST_LINE_FRAME
+        self._stall_mark = -1
         self._body_seen = False
         self._in_head = True
 
@@ -489,10 +622,16 @@ class Http1ServerCodec(_Http1Output):
         self._in_head = False
         parser = self._parser
         method = parser.get_method()
+        if self._header_bytes + len(method) > self._max_header_bytes:
+            raise _LimitExceeded(431, "request headers too large")
         method = _METHODS.get(method) or method.decode("latin-1")
         version = parser.get_http_version()
         keep_alive = parser.should_keep_alive()
         raw = self._headers = _decode(self._headers, self._header_bytes)
+        if version != "1.1" and version != "1.0":
+            version = "1.0"
+            keep_alive = _keep_alive_10(raw)
+        te = None
         upgrade = None
         expect_continue = False
         authority = ""
@@ -514,6 +653,7 @@ class Http1ServerCodec(_Http1Output):
                     hop = True
                     if name == "transfer-encoding":
                         has_body = True
+                        te = kv[1] if te is None else te + "," + kv[1]
                     elif name == "upgrade":
                         upgrade_seen = True
                     continue
@@ -526,6 +666,10 @@ class Http1ServerCodec(_Http1Output):
         if hosts > 1:
             # RFC 9112 3.2: one Host, or 400; two could route two ways.
             raise _LimitExceeded(400, "more than one Host header")
+        if te is not None and te.strip().lower() != "chunked":
+            # Envoy implements chunked alone: "identity, chunked" is a 501 there, where llhttp
+            # would read the body as chunked (the last coding).
+            raise _LimitExceeded(501, "transfer-encoding other than chunked")
         if hop:
             drop = _hop_by_hop(raw)
             if drop is not HOP_BY_HOP:
@@ -554,16 +698,14 @@ class Http1ServerCodec(_Http1Output):
             else:
                 headers.append(("upgrade", upgrade))
         target = self._url.decode("latin-1")
-        if target[:1] != "/" and (target[:7].lower() == "http://" or
-                                  target[:8].lower() == "https://"):
-            # Absolute form (RFC 9112 3.2.2): the authority in the target wins over Host.
-            rest = target.split("://", 1)[1]
-            slash = rest.find("/")
-            query = rest.find("?")
-            cut = min(i for i in (slash, query, len(rest)) if i >= 0)
-            authority, target = rest[:cut], rest[cut:] or "/"
-            if target[0] == "?":
-                target = "/" + target
+        if target[:1] != "/" and method != "CONNECT":
+            # Absolute form: the authority in the target wins over Host.
+            try:
+                target_authority, target = _split_target(target)
+            except _InvalidUrl:
+                raise _LimitExceeded(400, "invalid url") from None
+            if target_authority is not None:
+                authority = target_authority
         request = Request(method, target, authority, Headers(headers), "http", version)
         self._responses.append([self._stream, method, keep_alive, version])
         # Is a body coming? llhttp knows (Content-Length > 0 or chunked); the manager needs to
@@ -594,10 +736,11 @@ class Http1ClientCodec(_Http1Output):
 
     __slots__ = ("_parser", "_events", "_out", "_next_id", "_stream", "_method", "_headers",
                  "_failed", "_framing", "_head_sent", "_body_expected", "_header_bytes",
-                 "_max_header_bytes", "_status", "reusable", "closed", "_tunnel",
+                 "_max_header_bytes", "_max_headers", "_status", "reusable", "closed", "_tunnel",
                  "_trailers", "_in_trailers", "_framed")
 
-    def __init__(self, *, max_header_bytes: int = 60 * 1024):
+    def __init__(self, *, max_header_bytes: int = UPSTREAM_MAX_HEADER_BYTES,
+                 max_headers: int = UPSTREAM_MAX_HEADERS):
         self._parser = httptools.HttpResponseParser(self)
         self._events: list = []
         self._out = bytearray()
@@ -611,6 +754,7 @@ class Http1ClientCodec(_Http1Output):
         self._body_expected = False  # the response head came and a body follows
         self._header_bytes = 0
         self._max_header_bytes = max_header_bytes
+        self._max_headers = max_headers
         self._status = 0
         self.reusable = True        # may carry another request after this one
         self.closed = False
@@ -724,16 +868,22 @@ class Http1ClientCodec(_Http1Output):
 
     def on_message_begin(self) -> None:
         self._headers = []
-        self._header_bytes = 0
+        self._header_bytes = _STATUS_LINE_FRAME
         self._framed = False        # the response head has Content-Length or Transfer-Encoding
         self._body_expected = False
         self._in_trailers = False
+
+    def on_status(self, reason: bytes) -> None:
+        self._header_bytes += len(reason)
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._header_bytes += len(name) + len(value) + 4
         if self._header_bytes > self._max_header_bytes:
             raise _LimitExceeded(502, "upstream response headers too large")
-        self._headers.append((name, value))     # decoded together at the end of the head
+        headers = self._headers
+        if len(headers) >= self._max_headers:
+            raise _LimitExceeded(502, "too many upstream response headers")
+        headers.append((name, value))           # decoded together at the end of the head
 
     def on_headers_complete(self) -> None:
         parser = self._parser

@@ -23,6 +23,8 @@ Request headers steer the answer, so one upstream serves every case:
     x-test-delay-ms: MS        failure = wait MS before answering (combines with status)
     x-test-response-header: n:v    add a response header (repeatable; always applied)
     x-test-body-size: N        answer N bytes of a fixed pattern instead of the record
+    x-test-bad-response: NAME  answer one of BAD_RESPONSES (a response a proxy must refuse, or
+                               one at the edge of its limits) instead of the record
 
 GET /__count/K sent straight to a port (not through a proxy) answers {"count": n}: how many
 requests with key K arrived, including ones that were reset.
@@ -39,6 +41,32 @@ import sys
 import urllib.parse
 
 PATTERN = bytes(range(256)) * 4096         # 1 MiB, sliced for x-test-body-size
+
+
+def _head_of(size: int) -> bytes:
+    """A 200 response head of exactly `size` bytes (status line to the empty line), padded
+    with 1000-byte headers and one last header that takes the rest."""
+    start, end = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n", b"\r\n"
+    lines, left = [], size - len(start) - len(end)
+    while left > 1000 + len(b"x-pad-000: \r\n") + len(b"x-last: \r\n"):
+        line = b"x-pad-%03d: %s\r\n" % (len(lines), b"p" * 1000)
+        lines.append(line)
+        left -= len(line)
+    lines.append(b"x-last: " + b"l" * (left - len(b"x-last: \r\n")) + b"\r\n")
+    return start + b"".join(lines) + end
+
+
+# Upstream answers that are not HTTP, or that pass or exceed a proxy's limits (Envoy 1.40: a
+# response head of at most 80 KiB and 100 headers).
+BAD_RESPONSES = {
+    "status-line": b"HTTP/1.1 abc OK\r\ncontent-length: 2\r\n\r\nok",
+    "not-http": b"SSH-2.0-OpenSSH_9.2\r\n\r\n",
+    "headers-256k": b"HTTP/1.1 200 OK\r\n" + b"x-big: " + b"b" * (256 * 1024) + b"\r\n\r\nok",
+    "headers-101": b"HTTP/1.1 200 OK\r\n" + b"".join(b"x-h%d: v\r\n" % i for i in range(100))
+                   + b"content-length: 2\r\n\r\nok",
+    "head-80k": _head_of(80 * 1024) + b"ok",
+    "head-80k-plus-1": _head_of(80 * 1024 + 1) + b"ok",
+}
 ATTEMPTS: dict[str, int] = {}              # x-test-key -> requests seen
 
 
@@ -115,6 +143,11 @@ async def serve(name: str, reader, writer) -> None:
                              b"content-length: %d\r\n\r\n%s" % (len(body), body))
                 continue
             framing, body = await read_body(reader, writer, headers)
+            bad = first(headers, "x-test-bad-response")
+            if bad is not None:
+                writer.write(BAD_RESPONSES[bad])
+                await writer.drain()
+                continue
             key = first(headers, "x-test-key")
             attempt = 0
             if key is not None:

@@ -453,6 +453,12 @@ class Router:
         if upstream is not self.upstream or self.finished:
             return
         self.upstream = None
+        status = 503
+        if reason == "protocol error":
+            # As Envoy: an upstream whose response does not parse (a bad status line, a head
+            # over the limits) is a bad gateway, UPE, counted on the cluster's connections.
+            flag, status = "UPE", 502
+            self.stats[self.cluster.stat["upstream_cx_protocol_error"]] += 1
         outlier = self.cluster.outlier
         if outlier is not None and flag != "UO":
             outlier.report(upstream.host, "timeout" if timeout else
@@ -479,7 +485,7 @@ class Router:
         reason, _, transport = reason.partition(", transport failure reason: ")
         info.upstream_failure = transport
         prefix = RESET_BEFORE_HEADERS if not self.tried[1:] else RETRIED_BEFORE_HEADERS
-        self.finish_local(503, prefix + reason,
+        self.finish_local(status, prefix + reason,
                           "upstream_reset_before_response_started{" + reason.replace(" ", "_") + "}")
 
     def _may_retry(self) -> bool:
