@@ -632,12 +632,13 @@ def _decoded_frames(out: bytes) -> list:
 
 
 def test_same_answers_as_the_h2_codec_on_well_formed_conversations():
-    """Fuzzed conversations that both codecs take without any error, each request answered
-    (resets, held bodies, trailers, a graceful GOAWAY): the lean codec reports the same events
-    as the h2-based reference and writes the same frames (header blocks compared decoded)."""
+    """Fuzzed conversations without a connection error, each request answered (resets, held
+    bodies, trailers, a graceful GOAWAY): the lean codec reports the same events as the
+    h2-based reference and writes the same frames (header blocks compared decoded; where
+    streams were reset for errors, RST_STREAM frames aside)."""
     fuzz = _fuzz_module()
     rng = random.Random(12)
-    compared = 0
+    compared = with_stream_errors = skipped = 0
     for _ in range(6000):
         data = fuzz.generate(rng)
         if data[:1] != b"s":
@@ -658,9 +659,18 @@ def test_same_answers_as_the_h2_codec_on_well_formed_conversations():
                 out += codec.data_to_send()
             events.append(seen)
             frames.append(_decoded_frames(bytes(out)))
-        if any(e[0] in ("ProtocolError", "StreamReset", "GoAway") for e in events[0] + events[1]):
-            continue    # where the lean codec alone objects, see the test above and STRICTER
+        if any(e[0] in ("ProtocolError", "GoAway") for e in events[0] + events[1]):
+            continue    # connection errors: where the lean codec alone objects, see STRICTER
+        if any(e[0] == "StreamReset" for e in events[0] + events[1]):
+            if events[1] != events[0]:
+                skipped += 1    # a stream the lean codec alone refuses (content-length, ...)
+                continue
+            # Both reset the same streams, but not always with the same RST_STREAM: the lean
+            # codec answers a frame on a half-closed stream with PROTOCOL_ERROR (RFC 9113 5.1:
+            # STREAM_CLOSED), and h2 sends none where it had closed the stream already.
+            frames = [[f for f in side if f[0] != "RST_STREAM"] for side in frames]
+            with_stream_errors += 1
         compared += 1
         assert events[1] == events[0]
         assert frames[1] == frames[0]
-    assert compared > 100
+    assert compared > 800 and with_stream_errors > 600 and skipped < compared // 20
