@@ -631,7 +631,7 @@ def _decoded_frames(out: bytes) -> list:
     return frames
 
 
-def test_same_answers_as_the_h2_codec_on_well_formed_conversations():
+def test_same_answers_as_the_h2_codec_without_connection_errors():
     """Fuzzed conversations without a connection error, each request answered (resets, held
     bodies, trailers, a graceful GOAWAY): the lean codec reports the same events as the
     h2-based reference and writes the same frames (header blocks compared decoded; where
