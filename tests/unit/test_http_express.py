@@ -23,6 +23,7 @@ from baton.worker.proxy.http.routing import Route, RouteTable, _VirtualHost
 from baton.worker.proxy.http.stream import Stream
 from baton.worker.stats import Stats
 from baton.xds.bootstrap import load_bootstrap
+from tests.unit.test_http_config import ok_rc, rc, route
 
 REQUEST = b"GET /a?b=1 HTTP/1.1\r\nHost: example.com\r\nUser-Agent: t\r\nX-Envoy-Retry-On: 5xx\r\n\r\n"
 RESPONSE = (b"HTTP/1.1 200 OK\r\nServer: nginx\r\nDate: Sun, 22 Nov 2026 05:20:28 GMT\r\n"
@@ -348,6 +349,34 @@ def test_route_options_that_edit_requests_close_the_lane(tmp_path, loop, option)
     route = Rig(tmp_path, loop, option).conn.hcm.routes.virtual_hosts[0].routes[0]
     assert route.express_cluster is None
     assert express.blockers(route)
+
+
+def _first_route(config: dict):
+    table = RouteTable(ok_rc(config, clusters=None))
+    return table.virtual_hosts[0].routes[0]
+
+
+HEADER = {"header": {"key": "x-a", "value": "b"}}
+
+
+@pytest.mark.parametrize("config", [
+    rc({"match": {"prefix": "/"}, "route": {"cluster": "c1"}, "request_headers_to_add": [HEADER]}),
+    rc({"match": {"prefix": "/"}, "route": {"cluster": "c1"}, "response_headers_to_add": [HEADER]}),
+    rc(route(cluster_header="x-cluster")),
+    rc(route(weighted_clusters={"clusters": [{"name": "c1", "weight": 1},
+                                             {"name": "c2", "weight": 1}]})),
+    rc({"match": {"prefix": "/"}, "redirect": {"path_redirect": "/b"}}),
+    rc({"match": {"prefix": "/"}, "direct_response": {"status": 200}}),
+    rc(route(match={"prefix": "/", "headers": [{"name": "x-forwarded-for",
+                                                 "present_match": True}]})),
+    rc(request_headers_to_add=[HEADER]),
+    rc(request_headers_to_add=[{"header": {"key": "x-envoy-max-retries", "value": "1"}}]),
+], ids=["route_request_headers", "route_response_headers", "cluster_header", "weighted",
+        "redirect", "direct_response", "matches_proxy_header", "table_request_headers",
+        "table_adds_x_envoy"])
+def test_route_tables_that_edit_requests_close_the_lane(config):
+    assert _first_route(config).express_cluster is None
+    assert _first_route(rc(route())).express_cluster == "c1"
 
 
 # -- handing back to the full path ---------------------------------------------------------------
