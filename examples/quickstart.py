@@ -16,6 +16,13 @@ HERE = Path(__file__).resolve().parent
 BATON = str(Path(sys.executable).parent / "baton")
 
 
+def _who_runs_what() -> str:
+    if os.geteuid() != 0:
+        return ""
+    return ("The master stays root (it binds the listeners); workers and the xDS agent run as\n"
+            "user 'baton' without capabilities (created by `make run`; README, Security).\n")
+
+
 def main() -> int:
     runtime_dir = os.environ.get("BATON_RUNTIME_DIR", str(HERE.parent / ".run"))
     upstream = subprocess.Popen([sys.executable, str(HERE / "demo_upstream.py"), "--port", "10001"],
@@ -37,7 +44,7 @@ Try, from another terminal:
   echo 'hello baton' | nc -q1 127.0.0.1 10000  # raw bytes, echoed back
   curl http://127.0.0.1:9901/stats             # Envoy-style counters
   .venv/bin/baton status --runtime-dir {runtime_dir}
-Ctrl-C stops everything.
+{_who_runs_what()}Ctrl-C stops everything.
 """, flush=True)
     baton = subprocess.Popen([BATON, "run", "-c", str(HERE / "quickstart.yaml"), "--runtime-dir", runtime_dir])
     try:

@@ -423,7 +423,12 @@ def worker_process_main(worker_id: int, generation: int, master_pid: int, channe
 
     async def main() -> int:
         loop = asyncio.get_running_loop()
-        worker = Worker(worker_id, generation, channel_sock, snapshot, listener_fds, runtime_dir)
+        try:
+            worker = Worker(worker_id, generation, channel_sock, snapshot, listener_fds, runtime_dir)
+        except PermissionError as exc:
+            # e.g. an access log this worker's user may not write: would fail again.
+            log.error("worker %d cannot start as uid %d: %s", worker_id, os.getuid(), exc)
+            return EXIT_BOOT_FAILURE
         if broker_sock is not None:
             worker.handoff_broker = BrokerClient(broker_sock)
         loop.add_signal_handler(signal.SIGTERM, worker.handle_drain, {"type": "drain"})
