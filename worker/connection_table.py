@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import mmap
 import os
+from itertools import compress
 
 MAX_WORKERS = 1024
 SLOTS_PER_WORKER = 2
@@ -71,9 +72,9 @@ class ConnectionTable:
     def refresh_peers(self) -> None:
         """Which other slots belong to live workers (a dead worker's count no longer holds).
         Checked on the refresh timer, not per accept: one kill(0) per slot in use."""
-        ints = self.ints
-        self.others = [i * _SLOT_INTS + 1 for i in range(len(ints) // _SLOT_INTS)
-                       if i != self.mine and ints[i * _SLOT_INTS] and _alive(ints[i * _SLOT_INTS])]
+        pids = self.ints[::_SLOT_INTS].tolist()
+        used = compress(range(len(pids)), pids)      # in C: almost every slot is empty
+        self.others = [i * _SLOT_INTS + 1 for i in used if i != self.mine and _alive(pids[i])]
 
     def publish(self, connections: int) -> None:
         if self.mine is not None:
