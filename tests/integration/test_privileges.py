@@ -263,3 +263,26 @@ def test_the_xds_agent_runs_as_baton_without_capabilities(tmp_path):
         assert status["NoNewPrivs"] == ["1"]
     finally:
         b.stop()
+
+
+def test_an_access_log_the_worker_user_may_not_write_is_one_clear_line(tmp_path):
+    import subprocess
+    import yaml
+    from .test_http_connect import bootstrap
+    boot = bootstrap(free_port(), free_port(), free_port())
+    hcm = boot["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    private = tmp_path / "private"            # root's, 0700: the baton user may not enter
+    private.mkdir(mode=0o700)
+    hcm["access_log"] = [{"name": "envoy.access_loggers.file", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
+        "path": str(private / "access.log")}}]
+    config = tmp_path / "bootstrap.yaml"
+    config.write_text(yaml.safe_dump(boot))
+    result = subprocess.run([BATON, "run", "-c", str(config), "--concurrency", "1",
+                             "--runtime-dir", str(tmp_path / "run")],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 1
+    out = result.stdout + result.stderr
+    assert "worker 0 cannot start as uid" in out and "Permission denied" in out, out
+    assert "failed to boot; not respawning it" in out and "no worker left to serve" in out
+    assert "Traceback" not in out
