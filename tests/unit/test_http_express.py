@@ -379,6 +379,27 @@ def test_route_tables_that_edit_requests_close_the_lane(config):
     assert _first_route(rc(route())).express_cluster == "c1"
 
 
+def test_a_route_table_that_comes_later_opens_the_lane(tmp_path, loop):
+    """RDS: a connection manager may serve before its table arrives (a 404 meanwhile)."""
+    rig = Rig(tmp_path, loop)
+    table = rig.conn.hcm.spec["route_config"]
+    rig.conn.hcm.set_routes(None)
+    assert not rig.conn.hcm.express
+    rig.conn.hcm.set_routes(table)
+    assert rig.conn.hcm.express
+    rig.exchange()
+    assert rig.worker.stats.counters["cluster.upstream.upstream_rq_200"] == 1
+
+
+def test_a_route_table_gone_under_an_open_connection_is_a_404(tmp_path, loop):
+    rig = Rig(tmp_path, loop)
+    rig.exchange()                              # the connection chose HTTP/1.1 and the lane
+    rig.conn.hcm.set_routes(None)
+    rig.conn.data_received(REQUEST)
+    assert rig.down.take().startswith(b"HTTP/1.1 404 Not Found\r\n")
+    assert rig.worker.stats.counters["http.ingress_http.no_route"] == 1
+
+
 # -- handing back to the full path ---------------------------------------------------------------
 
 _MASKED = {"x-request-id": "ID", "date": "DATE", "x-envoy-upstream-service-time": "MS"}

@@ -185,6 +185,9 @@ class HttpConfig:
         self.shortest_idle = min([t for t in [self.stream_idle_timeout, *route_idles] if t],
                                  default=None)
         self.routes = routes
+        if hasattr(self, "express"):
+            # An RDS update (at start the verdict comes last): the table is one of its inputs.
+            self.express = config_allows(self)
 
     def close(self) -> None:
         """The config is replaced: nothing to release (log files belong to the worker)."""

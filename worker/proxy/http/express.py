@@ -81,7 +81,10 @@ def take(conn, event):
     if (not event.end_stream or event.upgrade or event.expect_continue
             or request.version != "1.1" or not request.authority):
         return None, None
-    route = conn.hcm.routes.route(request)
+    routes = conn.hcm.routes
+    if routes is None:          # an RDS update took the table away under this connection
+        return None, None
+    route = routes.route(request)
     if route is None or route.express_cluster is None:
         return None, None
     cluster = conn.worker.clusters.get(route.express_cluster)
