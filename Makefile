@@ -1,7 +1,7 @@
 # The two commands a newcomer runs (README): `make run` and `make test`.
 PY := .venv/bin/python
 
-.PHONY: install run test unit integration bench bench-reload bench-intercept bench-http bench-xds clean
+.PHONY: install run test unit integration upgrade-test bench bench-reload bench-intercept bench-http bench-xds clean
 
 install:
 	@BATON_TEST_TOOLS=1 scripts/install.sh
@@ -17,6 +17,11 @@ unit: install
 
 integration: install
 	@$(PY) -m pytest -q tests/integration
+
+# Upgrade from every release in tests/releases.txt to this tree and back, under load (part of
+# `make test` too). FROM=<commit> adds another starting point.
+upgrade-test: install
+	@BATON_UPGRADE_FROM=$(FROM) $(PY) -m pytest -q tests/integration/test_upgrade_releases.py
 
 bench: install
 	@BATON_BENCH_TOOLS=1 scripts/install.sh

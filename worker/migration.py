@@ -2,12 +2,14 @@
 
 The receiving worker listens on its own handoff socket (an abstract address) from the moment
 it starts; the master hands its path to whoever must move connections to it. The sending
-worker pauses its connections, exports them (TcpProxyConnection.export: state plus 1-2
-descriptors each), sends them in batches, and lets go of each one only once the receiver says
-it adopted it. A connection the receiver refuses, or a batch whose receiver dies or times out,
-resumes where it was paused: a failed move loses nothing.
+worker pauses its connections, exports them (Connection.export, worker/connection.py: a record
+and its descriptors), sends them in batches, and lets go of each one only once the receiver
+says it adopted it. A connection the receiver refuses, or a batch whose receiver dies or times
+out, resumes where it was paused: a failed move loses nothing.
 
-Message types are in supervisor/handoff/protocol.py.
+This module never asks what class a connection is: it asks each one its readiness and
+adopts each record through the kind's registered adopter. Messages and records are defined in
+supervisor/handoff/protocol.py.
 """
 
 from __future__ import annotations
@@ -115,7 +117,7 @@ def adopt_connections(worker, version: int, msg: dict, fds: list[int], channel=N
         reason = record.error or _refusal(worker, record)
         if reason:
             close_fds(record.fds)
-            if record.old_id is not None:
+            if isinstance(record.old_id, int):     # the sender's id; garbage has none
                 refused[record.old_id] = reason
             continue
         listener = worker.listeners[record.fields["listener"]]

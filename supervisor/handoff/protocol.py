@@ -295,11 +295,13 @@ def decode_records(version: int, msg: dict, fds: list) -> tuple[list[Incoming], 
             continue
         old_id = raw.get("id")
         if version < 2:
-            record = _BY_LEGACY_STATE.get(raw.get("state"))
+            state = raw.get("state")
+            record = _BY_LEGACY_STATE.get(state) if isinstance(state, str) else None
             nfds = record.nfds if record else (2 if raw.get("state") == "open" else 1)
             record_version = 1
         else:
-            record = RECORDS.get(raw.get("kind"))
+            kind = raw.get("kind")
+            record = RECORDS.get(kind) if isinstance(kind, str) else None
             nfds = raw.get("nfds")
             record_version = raw.get("v")
             if not isinstance(nfds, int) or isinstance(nfds, bool) or not 0 <= nfds <= MAX_FDS_PER_RECORD:

@@ -91,7 +91,7 @@ sys.exit(main())
 
 class Baton:
     def __init__(self, workdir: Path, bootstrap: dict, concurrency: int = 2, drain_timeout: float = 30.0,
-                 extra_args=(), runtime_dir: Path | None = None):
+                 extra_args=(), runtime_dir: Path | None = None, python: str = sys.executable):
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
         self.config = workdir / "bootstrap.yaml"
@@ -103,7 +103,9 @@ class Baton:
         # change "the code on disk" between reloads (hook.py runs before Baton's main).
         self.entry = workdir / "baton-entry"
         self.hook = workdir / "hook.py"
-        self.entry.write_text(ENTRY_SCRIPT.format(python=sys.executable, hook=str(self.hook)))
+        # `python`: the interpreter (and so the installed Baton) that runs it; the upgrade
+        # tests pass a venv holding another release (tests/releases.py).
+        self.entry.write_text(ENTRY_SCRIPT.format(python=python, hook=str(self.hook)))
         self.entry.chmod(0o755)
         self.args = [str(self.entry), "run", "-c", str(self.config), "--concurrency", str(concurrency),
                      "--runtime-dir", str(self.runtime_dir), "--drain-timeout", str(drain_timeout),

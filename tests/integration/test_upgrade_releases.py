@@ -1,0 +1,180 @@
+"""Upgrades between real versions (issue 11, point 3): every release in tests/releases.txt is
+installed into a venv of its own, serves under load, is upgraded in place to the current code
+(`pip install` of the current tree into the same venv, then `baton reload`), and rolled back
+the same way to the release. Through both reloads: long-lived TCP streams, HTTP/1.1 keep-alive
+clients and requests in flight at the upstream must see no error, no reconnect, every byte
+intact. `make upgrade-test` runs this file alone.
+"""
+
+from __future__ import annotations
+
+import http.client
+import os
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from .. import releases
+from .clients import Streams
+from .conftest import Baton, free_port, start_ready_process, tcp_bootstrap, wait_until
+
+RECORDER = Path(__file__).resolve().parent / "differential" / "recorder.py"
+# BATON_UPGRADE_FROM=<commit> adds one more starting point (make upgrade-test FROM=...).
+EXTRA = os.environ.get("BATON_UPGRADE_FROM") or None
+RELEASES = releases.releases() + ([releases.Release("(given)", EXTRA)] if EXTRA else [])
+
+
+class ReleaseBaton(Baton):
+    """A Baton run by the venv's interpreter, driven by the venv's own CLI: the version an
+    operator has installed, whichever it is at the moment."""
+
+    def __init__(self, venv: releases.ReleaseVenv, *args, **kwargs):
+        super().__init__(*args, python=venv.python, **kwargs)
+        self.venv = venv
+
+    def cli(self, *args: str, timeout: float = 15.0):
+        import subprocess
+        return subprocess.run([self.venv.python, "-m", "baton.supervisor.cli", *args,
+                               "--runtime-dir", str(self.runtime_dir)],
+                              capture_output=True, text=True, timeout=timeout)
+
+
+class HttpClients:
+    """HTTP/1.1 keep-alive clients, one connection each, looping GETs until stopped. With
+    `delay_ms` the upstream holds every request that long, so a reload always finds some in
+    flight. Any error, wrong answer or new connection is recorded."""
+
+    def __init__(self, port: int, count: int, delay_ms: int = 0):
+        self.port, self.delay_ms = port, delay_ms
+        self.failures: list[str] = []
+        self.reconnects = 0
+        self.done = 0
+        self.lock = threading.Lock()
+        self.stop = threading.Event()
+        self.threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(count)]
+
+    def start(self) -> "HttpClients":
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def _run(self, i: int) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        conn.connect()
+        first = conn.sock
+        headers = {"x-test-delay-ms": str(self.delay_ms)} if self.delay_ms else {}
+        n = 0
+        while not self.stop.is_set() and n < 100_000:
+            n += 1
+            path = f"/client-{i}/request-{n}"
+            try:
+                conn.request("GET", path, headers=headers)
+                response = conn.getresponse()
+                body = response.read()
+            except (OSError, http.client.HTTPException) as exc:
+                with self.lock:
+                    self.failures.append(f"{path}: {exc!r}")
+                conn.close()
+                continue
+            with self.lock:
+                if response.status != 200 or path.encode() not in body:
+                    self.failures.append(f"{path}: {response.status} {body[:80]!r}")
+                if conn.sock is not first:
+                    self.reconnects += 1
+                    first = conn.sock
+                self.done += 1
+        conn.close()
+
+    def finish(self) -> None:
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(60)
+
+
+def _bootstrap(admin: int, tcp_port: int, echo: int, http_port: int, recorder: int) -> dict:
+    config = tcp_bootstrap(admin, tcp_port, [echo])
+    hcm = {"@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3"
+                    ".HttpConnectionManager",
+           "stat_prefix": "ingress_http",
+           "route_config": {"name": "r", "virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [
+               {"match": {"prefix": "/"}, "route": {"cluster": "app", "timeout": "30s"}}]}]},
+           "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {
+               "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}]}
+    resources = config["static_resources"]
+    resources["listeners"].append({"name": "http", "address": {"socket_address": {
+        "address": "127.0.0.1", "port_value": http_port}},
+        "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager",
+                                        "typed_config": hcm}]}]})
+    resources["clusters"].append({"name": "app", "connect_timeout": "1s", "load_assignment": {
+        "cluster_name": "app", "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {
+            "socket_address": {"address": "127.0.0.1", "port_value": recorder}}}}]}]}})
+    return config
+
+
+@pytest.fixture(scope="module")
+def wheels(tmp_path_factory):
+    """One wheel per release, and one of the working tree: built once for the module."""
+    workdir = tmp_path_factory.mktemp("wheels")
+    built = {release: releases.build_wheel(release.commit, workdir) for release in RELEASES}
+    built["current"] = releases.build_wheel(None, workdir)
+    return built
+
+
+@pytest.fixture
+def recorder():
+    proc, port = start_ready_process([sys.executable, str(RECORDER), "app"])
+    yield port
+    proc.kill()
+    proc.wait(10)
+
+
+def _reload_to(b: ReleaseBaton, wheel, version: str) -> None:
+    old = b.master_pid()
+    b.venv.install(wheel)
+    assert b.venv.version() == version
+    result = b.reload(timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr + b.log[-4000:]
+    b.wait_previous_gone(old, timeout=60)
+    status = b.status()
+    assert status["version"] == version, status
+    assert status["master"]["pid"] != old
+
+
+@pytest.mark.parametrize("release", RELEASES, ids=str)
+def test_upgrade_from_release_and_roll_back_under_load(release, wheels, tmp_path, upstreams, recorder):
+    current = releases.current_version()
+    assert current != release.version, "bump supervisor/version.py for a release (README, Releases)"
+    venv = releases.ReleaseVenv(tmp_path / "venv")
+    venv.install(wheels[release])
+    echo = upstreams("echo")
+    tcp_port, http_port = free_port(), free_port()
+    b = ReleaseBaton(venv, tmp_path / "baton", _bootstrap(free_port(), tcp_port, echo.port, http_port, recorder),
+                     concurrency=2)
+    b.start()
+    try:
+        assert b.status()["version"] == release.version
+        streams = Streams(tcp_port, count=20, total=64 << 20, rate=4 << 20).start()
+        keepalive = HttpClients(http_port, count=6).start()
+        in_flight = HttpClients(http_port, count=4, delay_ms=400).start()
+        wait_until(lambda: keepalive.done > 200 and in_flight.done > 8, 30, "load flowing")
+
+        for wheel, version in ((wheels["current"], current), (wheels[release], release.version)):
+            _reload_to(b, wheel, version)
+            before_keepalive, before_in_flight = keepalive.done, in_flight.done
+            wait_until(lambda: keepalive.done > before_keepalive + 200
+                       and in_flight.done > before_in_flight + 8, 30,
+                       f"requests served by generation {version}")
+
+        assert streams.progress() < 64 << 20, "the TCP streams must outlive both reloads"
+        keepalive.finish()
+        in_flight.finish()
+        streams.join(120)
+        streams.verify()                  # every TCP stream whole, no disconnect
+        for clients in (keepalive, in_flight):
+            assert not clients.failures, clients.failures[:5]
+            assert clients.reconnects == 0, f"{clients.reconnects} reconnect(s)"
+        assert "Traceback" not in b.log, b.log[-3000:]
+    finally:
+        b.stop()
