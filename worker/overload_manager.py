@@ -24,6 +24,7 @@ import logging
 import random
 
 from .connection_table import ConnectionTable
+from .heap_shrinker import SHRINK_INTERVAL, release_free_memory
 from .overload import Evaluator, fires
 from .overload_monitors import DownstreamConnections, make_monitor
 
@@ -33,6 +34,7 @@ STOP_ACCEPTING_CONNECTIONS = "envoy.overload_actions.stop_accepting_connections"
 REJECT_INCOMING_CONNECTIONS = "envoy.overload_actions.reject_incoming_connections"
 DISABLE_HTTP_KEEPALIVE = "envoy.overload_actions.disable_http_keepalive"
 STOP_ACCEPTING_REQUESTS = "envoy.overload_actions.stop_accepting_requests"
+SHRINK_HEAP = "envoy.overload_actions.shrink_heap"
 TCP_LISTENER_ACCEPT = "envoy.load_shed_points.tcp_listener_accept"
 HCM_DECODE_HEADERS = "envoy.load_shed_points.http_connection_manager_decode_headers"
 
@@ -43,14 +45,14 @@ class OverloadManager:
     __slots__ = ("worker", "evaluator", "monitors", "refresh_interval", "timer", "limit",
                  "limit_name", "screen_accept", "holding", "shedding", "stop_requests",
                  "decode_point", "disable_keepalive", "http_active", "reject_fraction",
-                 "accept_point", "random", "failing")
+                 "accept_point", "random", "failing", "shrink_timer")
 
     def __init__(self, worker, config: dict | None, rand=random.random):
         self.worker = worker
         self.random = rand
         self.evaluator = None
         self.monitors = {}
-        self.timer = None
+        self.timer = self.shrink_timer = None
         self.limit = self.limit_name = None
         self.screen_accept = None
         self.holding = self.shedding = self.http_active = False
@@ -72,6 +74,9 @@ class OverloadManager:
         # The first evaluation runs as soon as the worker's loop turns, after its listeners
         # are installed; then every refresh_interval.
         self.timer = worker.loop.call_soon(self._refresh)
+        if any(a["name"] == SHRINK_HEAP for a in config["actions"]):
+            stats.counters.setdefault(f"overload.{SHRINK_HEAP}.shrink_count", 0)
+            self.shrink_timer = worker.loop.call_later(SHRINK_INTERVAL, self._shrink)
 
     # -- the timer ------------------------------------------------------------------------
 
@@ -94,10 +99,18 @@ class OverloadManager:
             self._apply()
         self._declare_stats()
 
+    def _shrink(self) -> None:
+        """Envoy's heap shrinker: every 10 s, while shrink_heap is saturated."""
+        self.shrink_timer = self.worker.loop.call_later(SHRINK_INTERVAL, self._shrink)
+        if self.evaluator.value(SHRINK_HEAP) >= 1.0:
+            release_free_memory()
+            self.worker.stats.counters[f"overload.{SHRINK_HEAP}.shrink_count"] += 1
+
     def stop(self) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+        for timer in (self.timer, self.shrink_timer):
+            if timer is not None:
+                timer.cancel()
+        self.timer = self.shrink_timer = None
         if self.limit is not None:
             self.limit.table.release()
 

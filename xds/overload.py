@@ -44,9 +44,9 @@ UNSUPPORTED_MONITOR_TYPES = (
 ACTIONS = ("envoy.overload_actions.stop_accepting_connections",
            "envoy.overload_actions.reject_incoming_connections",
            "envoy.overload_actions.disable_http_keepalive",
-           "envoy.overload_actions.stop_accepting_requests")
-ENVOY_ONLY_ACTIONS = ("envoy.overload_actions.shrink_heap",
-                      "envoy.overload_actions.reduce_timeouts",
+           "envoy.overload_actions.stop_accepting_requests",
+           "envoy.overload_actions.shrink_heap")
+ENVOY_ONLY_ACTIONS = ("envoy.overload_actions.reduce_timeouts",
                       "envoy.overload_actions.reset_high_memory_stream",
                       "envoy.overload_actions.close_idle_http_connections")
 

@@ -29,6 +29,7 @@ ACCEPTING = "accepting_pressure"
 STOP_RQ = "envoy.overload_actions.stop_accepting_requests"
 KEEPALIVE = "envoy.overload_actions.disable_http_keepalive"
 STOP_CX = "envoy.overload_actions.stop_accepting_connections"
+SHRINK = "envoy.overload_actions.shrink_heap"
 MONITORS = "type.googleapis.com/envoy.extensions.resource_monitors."
 GET = [("host", "overload.test")]
 
@@ -272,7 +273,7 @@ def test_differential_envoy_and_baton_on_one_bootstrap(tmp_path, readable_dir):
                                           injected_monitor(ACCEPTING, accepting),
                                           connection_monitor(1)],
                     "actions": [action(STOP_RQ, REQUESTS), action(KEEPALIVE, REQUESTS),
-                                action(STOP_CX, ACCEPTING)]}
+                                action(STOP_CX, ACCEPTING), action(SHRINK, REQUESTS)]}
         port = free_port()
         doc = bootstrap(free_port(), port, overload)
         if name == "envoy":

@@ -111,9 +111,9 @@ def test_a_monitor_is_known_by_its_type_not_its_name(tmp_path):
     (lambda o: o["actions"].append({"name": "envoy.overload_actions.foo", "triggers": [
         {"name": HEAP, "threshold": {"value": 0.5}}]}),
      f"{OM}.actions[3].name: Unknown Overload Manager Action envoy.overload_actions.foo"),
-    (lambda o: o["actions"].append({"name": "envoy.overload_actions.shrink_heap", "triggers": [
+    (lambda o: o["actions"].append({"name": "envoy.overload_actions.reduce_timeouts", "triggers": [
         {"name": HEAP, "threshold": {"value": 0.5}}]}),
-     f"{OM}.actions[3].name: envoy.overload_actions.shrink_heap not supported"),
+     f"{OM}.actions[3].name: envoy.overload_actions.reduce_timeouts not supported"),
     (lambda o: o["actions"][0]["triggers"].__setitem__(0, {"name": "nope", "threshold": {"value": 0.5}}),
      f"{OM}.actions[0].triggers[0].name: Unknown trigger resource nope for overload action {STOP_RQ}"),
     (lambda o: o["actions"].append(copy.deepcopy(o["actions"][0])),
@@ -489,3 +489,30 @@ def test_reject_incoming_connections_and_the_accept_load_shed_point(tmp_path):
     assert worker.stats.gauges[f"overload.{om.TCP_LISTENER_ACCEPT}.scale_percent"] == 100
     assert not manager.screen_accept(listener)            # saturated: whatever the draw
     assert worker.stats.counters["listener.l.downstream_cx_overload_reject"] == 2
+
+
+def test_shrink_heap_releases_memory_every_ten_seconds_while_saturated(tmp_path, monkeypatch):
+    released = []
+    monkeypatch.setattr(om, "release_free_memory", lambda: released.append(1) or True)
+    pressure = tmp_path / "p"
+    pressure.write_text("0.0")
+    cfg = {"refresh_interval": 1.0,
+           "monitors": [{"name": "f", "kind": "injected_resource", "filename": str(pressure)}],
+           "actions": [{"name": om.SHRINK_HEAP, "triggers": [{"monitor": "f", "threshold": 0.9}]}],
+           "loadshed_points": []}
+    worker = fake_worker()
+    manager = om.OverloadManager(worker, cfg)
+    count = f"overload.{om.SHRINK_HEAP}.shrink_count"
+    assert worker.stats.counters[count] == 0              # Envoy's counter, there from the start
+    manager._shrink()
+    assert released == [] and worker.stats.counters[count] == 0
+    pressure.write_text("1.0")
+    manager._refresh()
+    manager._shrink()
+    assert released == [1] and worker.stats.counters[count] == 1
+
+
+def test_release_free_memory_calls_the_allocator():
+    from baton.worker import heap_shrinker
+    heap_shrinker.release_free_memory()
+    assert heap_shrinker._libc                             # glibc's malloc_trim was found
