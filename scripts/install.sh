@@ -23,6 +23,8 @@ if [ "${BATON_TEST_TOOLS:-0}" = 1 ]; then
     # Real HTTP clients for the HTTP tests (wrk: HTTP/1.1 load; h2load: HTTP/2 load).
     have wrk || need_apt+=(wrk)
     have h2load || need_apt+=(nghttp2-client)
+    # openssl s_client is a real TLS client of the TLS tests (tests/unit/test_tls_movement.py).
+    have openssl || need_apt+=(openssl)
 fi
 if [ "${BATON_BENCH_TOOLS:-0}" = 1 ]; then
     have haproxy || need_apt+=(haproxy)

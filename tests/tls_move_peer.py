@@ -103,7 +103,9 @@ def hand_off(args, sock, layer, app_pending: bytes) -> None:
 
 def serve(args, sock, layer, buffer: bytes) -> int:
     pid = os.getpid()
-    buffer = bytearray(buffer)
+    # The layer may already hold whole records: what arrived behind the client's Finished, or
+    # what the previous process had read but not processed.
+    buffer = bytearray(buffer) + layer.receive_data(b"")
     while True:
         newline = buffer.find(b"\n")
         if newline < 0:

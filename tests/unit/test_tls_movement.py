@@ -13,7 +13,6 @@ import base64
 import os
 import random
 import select
-import shutil
 import socket
 import ssl
 import subprocess
@@ -171,7 +170,6 @@ def test_python_client_session_moves_through_three_processes(spawn, tmp_path, ma
     assert procs[-1].wait(DEADLINE) == 0
 
 
-@pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl(1) not installed")
 def test_openssl_s_client_session_moves(spawn, tmp_path):
     host, port, procs = start_chain(spawn, tmp_path, hops=2)
     ca_path = tmp_path / "ca.crt"

@@ -3,6 +3,7 @@
     hs = TlsHandshake(context, keylog, server_side=True)
     hs.receive_data(bytes_from_peer); wire = hs.step()      # until hs.done
     layer = hs.handover()                                   # RecordLayer; drop hs
+    plaintext = layer.receive_data(b"")     # records that came in behind the peer's Finished
 
 The handshake runs in an `ssl.SSLObject` over two MemoryBIOs, so OpenSSL sees only bytes.
 Every byte that goes in and out is also kept (a handshake is a few KiB; `max_bytes` bounds

@@ -2,6 +2,8 @@
 
     layer = RecordLayer(...)            # from handover.py, or state.import_state(...)
     plaintext = layer.receive_data(ciphertext)   # may queue records (KeyUpdate reply, alert)
+    plaintext = layer.receive_data(b"")          # first call after a handover or an import:
+                                                 # whole records may be waiting already
     wire = layer.send_data(plaintext)   # every record queued so far, in sequence order
     wire = layer.data_to_send()         # what receive_data queued, if nothing is sent after
     wire = layer.update_keys()          # TLS 1.3 KeyUpdate, update_requested by default
