@@ -365,7 +365,9 @@ class Http1ServerCodec(_Http1Output):
             self._stalled = 0
         else:
             self._stalled += len(data)
-        if self._header_bytes + self._stalled > self._max_header_bytes:
+        # Less the request line's frame: it may be among the stalled bytes, and this bound must
+        # never refuse a head the exact count (on_header, on_headers_complete) would pass.
+        if self._header_bytes - _REQUEST_LINE_FRAME + self._stalled > self._max_header_bytes:
             self._fail("request headers too large", 431)
         elif not self._headers and data[-1:] == b"\n":
             line = self._parser.get_method() + b" " + self._url + b"\r\n"
