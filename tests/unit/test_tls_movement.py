@@ -160,10 +160,18 @@ def test_python_client_session_moves_through_three_processes(spawn, tmp_path, ma
         exchange(client, pid, rng, tls13)
         if hop < len(pids) - 1:
             # MOVE and the next request in one write: the request may be read (as ciphertext
-            # or as plaintext) by the old process and must be answered by the new one.
-            client.send(b"MOVE\nECHO pipelined\n")
+            # or as plaintext) by the old process and must be answered by the new one. With
+            # TLS 1.3 the old process also asks for a KeyUpdate just before it moves: the
+            # client's answer reaches the new process, which must take it.
+            if tls13:
+                client.send(b"UPDATEKEYS\nMOVE\nECHO pipelined\n")
+                assert client.line() == b"%d keyupdated" % pid
+            else:
+                client.send(b"MOVE\nECHO pipelined\n")
             assert client.line() == b"%d moving" % pid
             assert client.line() == b"%d pipelined" % pids[hop + 1]
+            if tls13:
+                assert client.ask(b"STATS") == b"%d key_updates_received=1" % pids[hop + 1]
             assert procs[hop].wait(DEADLINE) == 0
     client.sock.unwrap()                        # close_notify, and the server's in reply
     client.sock.close()
