@@ -84,10 +84,11 @@ class MemoryPeer:
     """A Python ssl endpoint over MemoryBIOs: `feed` what the other side sent, `take` its output."""
 
     def __init__(self, context: ssl.SSLContext, server_side: bool = False,
-                 server_hostname: str | None = "localhost") -> None:
+                 server_hostname: str | None = "localhost", session: ssl.SSLSession | None = None) -> None:
         self.incoming, self.outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
         self.obj = context.wrap_bio(self.incoming, self.outgoing, server_side=server_side,
-                                    server_hostname=None if server_side else server_hostname)
+                                    server_hostname=None if server_side else server_hostname,
+                                    session=session)
 
     def feed(self, data: bytes) -> None:
         self.incoming.write(data)

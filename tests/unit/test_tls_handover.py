@@ -9,7 +9,7 @@ import pytest
 from baton.worker.tls.handover import HandoverError, HandshakeFailed, TlsHandshake
 from baton.worker.tls.keylog import KeyLog
 
-from ..tls_helpers import TLS12, MemoryPeer, baton_server, client_context, handshake, server_context
+from ..tls_helpers import TLS12, TLS13, MemoryPeer, baton_server, client_context, handshake, server_context
 
 
 def test_garbage_instead_of_a_client_hello_is_a_handshake_failure_with_openssls_alert():
@@ -72,3 +72,56 @@ def test_key_log_keeps_only_what_the_handover_needs_and_is_bounded():
     assert keylog.take(bytes(32)) == {}               # the oldest was evicted
     assert keylog.take(bytes((2,)) + bytes(31)) == {"CLIENT_TRAFFIC_SECRET_0": b"\x00\xff"}
     keylog.close()
+
+
+@pytest.mark.parametrize("version", [TLS13, TLS12], ids=["1.3", "1.2"])
+def test_resumed_sessions_are_handed_over(version):
+    """A resumed handshake (TLS 1.3 PSK from a ticket; TLS 1.2 abbreviated, server Finished
+    first) has its own record counts; the handover finds them from the bytes."""
+    server_ctx = server_context("ecdsa", version)
+    keylog = KeyLog(server_ctx)
+    client_ctx = client_context(version)
+    first = TlsHandshake(server_ctx, keylog, server_side=True)
+    peer = MemoryPeer(client_ctx)
+    handshake(first, peer)
+    peer.feed(first.handover().send_data(b"first"))
+    assert peer.read_all() == b"first"          # the client takes its tickets here
+
+    again = TlsHandshake(server_ctx, keylog, server_side=True)
+    resumed = MemoryPeer(client_ctx, session=peer.obj.session)
+    handshake(again, resumed)
+    assert resumed.obj.session_reused and again.ssl_object.session_reused
+    layer = again.handover()
+    resumed.feed(layer.send_data(b"resumed"))
+    assert resumed.read_all() == b"resumed"
+    resumed.obj.write(b"and back")
+    assert layer.receive_data(resumed.take()) == b"and back"
+    keylog.close()
+
+
+def test_hello_retry_request_is_handed_over():
+    """The server accepts only P-256, the client's first key share is X25519: a
+    HelloRetryRequest, a second ClientHello (same client_random), then the handover."""
+    server_ctx = server_context("ecdsa")
+    server_ctx.set_ecdh_curve("prime256v1")
+    keylog = KeyLog(server_ctx)
+    hs = TlsHandshake(server_ctx, keylog, server_side=True)
+    peer = MemoryPeer(client_context())
+    handshake(hs, peer)
+    layer = hs.handover()
+    peer.feed(layer.send_data(b"after a retry"))
+    assert peer.read_all() == b"after a retry"
+    keylog.close()
+
+
+def test_this_pythons_openssl_writes_the_key_log_to_a_pipe():
+    """The capture route itself (Python 3.11's keylog_filename on OpenSSL 3.0 here): the
+    lines a handover needs arrive through the pipe for both protocol versions."""
+    for version, labels in ((TLS13, {"CLIENT_TRAFFIC_SECRET_0", "SERVER_TRAFFIC_SECRET_0"}),
+                            (TLS12, {"CLIENT_RANDOM"})):
+        hs, keylog, _peer = baton_server("ecdsa", version)
+        keylog.collect()
+        assert len(keylog._sessions) == 1, ssl.OPENSSL_VERSION
+        (secrets,) = keylog._sessions.values()
+        assert set(secrets) == labels, ssl.OPENSSL_VERSION
+        keylog.close()
