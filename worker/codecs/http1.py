@@ -199,10 +199,12 @@ def _split_target(target: str) -> tuple[str | None, str]:
     return host, path
 
 
-def _keep_alive_10(headers: list) -> bool:
-    """Whether an HTTP/1.0 request asks to keep the connection (llhttp decides for 1.0 itself,
-    but a version served as 1.0, such as 1.2, would get llhttp's 1.1 default)."""
-    keep = False
+def _keep_alive(headers: list, http11: bool) -> bool:
+    """Whether a message's Connection header lets the connection live on: HTTP/1.1 unless it
+    says close, HTTP/1.0 only if it says keep-alive. (Where llhttp cannot decide: a version
+    served as 1.0, such as 1.2, would get its 1.1 default; a HEAD response without framing
+    looks close-delimited to it.)"""
+    keep = http11
     for name, value in headers:
         if name == "connection":
             tokens = {t.strip().lower() for t in value.split(",")}
@@ -632,7 +634,7 @@ class Http1ServerCodec(_Http1Output):
         raw = self._headers = _decode(self._headers, self._header_bytes)
         if version != "1.1" and version != "1.0":
             version = "1.0"
-            keep_alive = _keep_alive_10(raw)
+            keep_alive = _keep_alive(raw, False)
         te = None
         upgrade = None
         expect_continue = False
@@ -898,7 +900,8 @@ class Http1ClientCodec(_Http1Output):
         if 100 <= status < 200 and status != 101:
             self._events.append(ResponseHead(self._stream, Response(status, Headers([])), False))
             return
-        if not parser.should_keep_alive():
+        if not parser.should_keep_alive() and not (
+                self._method == "HEAD" and _keep_alive(raw, parser.get_http_version() == "1.1")):
             self.reusable = False
         # One pass: the headers without the fixed hop-by-hop names, the first Content-Length,
         # and whether Connection may list more names to drop.
@@ -940,9 +943,10 @@ class Http1ClientCodec(_Http1Output):
         self._events.append(ResponseHead(self._stream, Response(status, headers), end and not tunnel))
         if end and not tunnel:
             self._stream = 0
-            if method == "HEAD" and self._framed:
-                # llhttp cannot be told a HEAD response has no body: a new parser takes the
-                # next response, the old one's callbacks are ignored.
+            if method == "HEAD":
+                # llhttp cannot be told a HEAD response has no body (framed, it expects one;
+                # unframed, it reads to the close): a new parser takes the next response, the
+                # old one's callbacks are ignored.
                 self._parser = httptools.HttpResponseParser(self)
         else:
             self._body_expected = True
