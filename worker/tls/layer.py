@@ -47,7 +47,7 @@ KEY_UPDATE_AFTER_RECORDS = 1 << 24
 
 
 class RecordLayer:
-    __slots__ = ("suite", "role", "read", "write", "info", "peer_closed", "closed", "error",
+    __slots__ = ("suite", "role", "read", "write", "info", "peer_closed", "closed", "error", "_tls13",
                  "key_updates_received", "tickets_received", "_reader", "_handshake", "_out",
                  "_update_owed_done")
 
@@ -57,6 +57,7 @@ class RecordLayer:
         if role not in ("server", "client"):
             raise ValueError(f"role must be 'server' or 'client', not {role!r}")
         self.suite = suite
+        self._tls13 = suite.version == "TLSv1.3"
         self.role = role
         self.read = read
         self.write = write
@@ -66,7 +67,7 @@ class RecordLayer:
         self.error: TLSAlert | None = None
         self.key_updates_received = 0
         self.tickets_received = 0
-        limit = MAX_TLS13_CIPHERTEXT if self.tls13 else MAX_TLS12_CIPHERTEXT
+        limit = MAX_TLS13_CIPHERTEXT if self._tls13 else MAX_TLS12_CIPHERTEXT
         self._reader = RecordReader(limit, pending_in)
         self._handshake = bytearray(handshake_in)
         self._out: list[bytes] = [pending_out] if pending_out else []
@@ -74,7 +75,7 @@ class RecordLayer:
 
     @property
     def tls13(self) -> bool:
-        return self.suite.version == "TLSv1.3"
+        return self._tls13
 
     # -- receiving ------------------------------------------------------------------------
 
@@ -84,11 +85,12 @@ class RecordLayer:
             raise self.error
         if self.peer_closed:
             return b""
-        self._reader.feed(data)
+        reader = self._reader
+        reader.feed(data)
         plaintext = []
         try:
             while not self.peer_closed:
-                record = self._reader.next_record()
+                record = reader.next_record()
                 if record is None:
                     break
                 self._receive_record(record, plaintext)
@@ -96,11 +98,13 @@ class RecordLayer:
             exc.data = b"".join(plaintext)
             self._fail(exc)
             raise
+        if len(plaintext) == 1:
+            return plaintext[0]
         return b"".join(plaintext)
 
     def _receive_record(self, record, plaintext: list) -> None:
         outer_type, version, header, fragment = record
-        if not self.tls13:
+        if not self._tls13:
             if version != TLS12_VERSION:
                 raise TLSAlert(PROTOCOL_VERSION, f"record version {version:#06x}")
             if outer_type == CHANGE_CIPHER_SPEC:
@@ -132,7 +136,7 @@ class RecordLayer:
                 return
             body = bytes(buf[4:4 + length])
             del buf[:4 + length]
-            if self.tls13:
+            if self._tls13:
                 self._tls13_message(msg_type, body, record_ended=not buf)
             else:
                 self._tls12_message(msg_type, body)
@@ -170,9 +174,9 @@ class RecordLayer:
         level, description = content
         if description == CLOSE_NOTIFY:
             self.peer_closed = True
-        elif self.tls13 and description == USER_CANCELED:
+        elif self._tls13 and description == USER_CANCELED:
             pass                            # followed by close_notify (RFC 8446 §6.1)
-        elif not self.tls13 and level == WARNING:
+        elif not self._tls13 and level == WARNING:
             pass                            # e.g. no_renegotiation: the session carries on
         else:
             # TLS 1.3: every other alert is fatal whatever its level (RFC 8446 §6).
@@ -182,22 +186,29 @@ class RecordLayer:
 
     def send_data(self, data) -> bytes:
         """Protect `data` as application_data records of at most 2^14 bytes each."""
-        self._check_open()
-        view = memoryview(data)
-        seal = self.write.seal
+        if self.error is not None or self.closed:
+            self._check_open()
+        size = len(data)
+        if not size:
+            return self.data_to_send()
+        self._update_owed_done = False
+        write = self.write
+        if (size <= MAX_PLAINTEXT and not self._out
+                and not (self._tls13 and write.seq >= KEY_UPDATE_AFTER_RECORDS)):
+            return write.seal(APPLICATION_DATA, data)      # the common case: one record
+        if type(data) is not bytes:
+            data = memoryview(data)
         out = self._out
-        for start in range(0, len(view), MAX_PLAINTEXT):
-            if self.tls13 and self.write.seq >= KEY_UPDATE_AFTER_RECORDS:
+        for start in range(0, size, MAX_PLAINTEXT):
+            if self._tls13 and write.seq >= KEY_UPDATE_AFTER_RECORDS:
                 self._queue_key_update(request_peer=False)
-            out.append(seal(APPLICATION_DATA, view[start:start + MAX_PLAINTEXT]))
-        if view:
-            self._update_owed_done = False
+            out.append(write.seal(APPLICATION_DATA, data[start:start + MAX_PLAINTEXT]))
         return self.data_to_send()
 
     def update_keys(self, request_peer: bool = True) -> bytes:
         """Send a KeyUpdate (TLS 1.3 only) and move to the next write key."""
         self._check_open()
-        if not self.tls13:
+        if not self._tls13:
             raise ValueError("KeyUpdate exists only in TLS 1.3")
         self._queue_key_update(request_peer)
         return self.data_to_send()

@@ -24,8 +24,8 @@ from cryptography.exceptions import InvalidTag
 
 from .keyschedule import tls13_key_iv, tls13_next_secret
 from .records import (
-    APPLICATION_DATA, BAD_RECORD_MAC, INTERNAL_ERROR, MAX_PLAINTEXT, RECORD_OVERFLOW, TLS12_VERSION,
-    UNEXPECTED_MESSAGE, TLSAlert, pack_header,
+    APPLICATION_DATA, BAD_RECORD_MAC, HEADER, INTERNAL_ERROR, MAX_PLAINTEXT, RECORD_OVERFLOW,
+    TLS12_VERSION, UNEXPECTED_MESSAGE, TLSAlert,
 )
 from .suites import CipherSuite
 
@@ -34,10 +34,7 @@ EXPLICIT_NONCE_LENGTH = 8
 SEQ_LIMIT = 1 << 64
 U64 = struct.Struct("!Q")
 TLS12_AAD = struct.Struct("!QBHH")
-
-
-def _xor_nonce(iv_int: int, seq: int) -> bytes:
-    return (iv_int ^ seq).to_bytes(12, "big")
+CONTENT_TYPE_BYTE = [bytes((i,)) for i in range(256)]     # TLSInnerPlaintext's trailing type
 
 
 class Tls13Protection:
@@ -62,11 +59,15 @@ class Tls13Protection:
         self._rekey(tls13_next_secret(self.suite, self.secret))
 
     def seal(self, content_type: int, data) -> bytes:
+        # On the data path: per-record Python work is the cost of small records, so no helper
+        # calls and one copy of the plaintext (bench/tls_record.py).
         if self.seq >= SEQ_LIMIT - 1:
             raise TLSAlert(INTERNAL_ERROR, "write sequence number exhausted")
-        inner = bytes(data) + bytes((content_type,))
-        header = pack_header(APPLICATION_DATA, len(inner) + TAG_LENGTH)
-        sealed = self._aead.encrypt(_xor_nonce(self._iv_int, self.seq), inner, header)
+        if type(data) is not bytes:
+            data = bytes(data)
+        inner = data + CONTENT_TYPE_BYTE[content_type]
+        header = HEADER.pack(APPLICATION_DATA, TLS12_VERSION, len(inner) + TAG_LENGTH)
+        sealed = self._aead.encrypt((self._iv_int ^ self.seq).to_bytes(12, "big"), inner, header)
         self.seq += 1
         return header + sealed
 
@@ -77,7 +78,7 @@ class Tls13Protection:
         if self.seq >= SEQ_LIMIT - 1:
             raise TLSAlert(UNEXPECTED_MESSAGE, "read sequence number exhausted")
         try:
-            inner = self._aead.decrypt(_xor_nonce(self._iv_int, self.seq), fragment, header)
+            inner = self._aead.decrypt((self._iv_int ^ self.seq).to_bytes(12, "big"), fragment, header)
         except (InvalidTag, ValueError):
             raise TLSAlert(BAD_RECORD_MAC, "record does not authenticate") from None
         self.seq += 1
@@ -96,7 +97,7 @@ class Tls13Protection:
 class Tls12Protection:
     """Records under a TLS 1.2 AEAD key from the key block (no rekeying in TLS 1.2)."""
 
-    __slots__ = ("suite", "key", "iv", "seq", "nonce_offset", "_aead", "_iv_int")
+    __slots__ = ("suite", "key", "iv", "seq", "nonce_offset", "_aead", "_iv_int", "_explicit")
 
     def __init__(self, suite: CipherSuite, key: bytes, iv: bytes, seq: int = 0,
                  nonce_offset: int = 0) -> None:
@@ -113,30 +114,32 @@ class Tls12Protection:
         self.nonce_offset = nonce_offset
         self._aead = suite.aead(key)
         self._iv_int = int.from_bytes(iv, "big")
+        self._explicit = suite.explicit_nonce
 
     def seal(self, content_type: int, data) -> bytes:
         if self.seq >= SEQ_LIMIT - 1:
             raise TLSAlert(INTERNAL_ERROR, "write sequence number exhausted")
-        data = bytes(data)
+        if type(data) is not bytes:
+            data = bytes(data)
         aad = TLS12_AAD.pack(self.seq, content_type, TLS12_VERSION, len(data))
-        if self.suite.explicit_nonce:
+        if self._explicit:
             explicit = U64.pack((self.nonce_offset + self.seq) % SEQ_LIMIT)
             body = explicit + self._aead.encrypt(self.iv + explicit, data, aad)
         else:
-            body = self._aead.encrypt(_xor_nonce(self._iv_int, self.seq), data, aad)
+            body = self._aead.encrypt((self._iv_int ^ self.seq).to_bytes(12, "big"), data, aad)
         self.seq += 1
-        return pack_header(content_type, len(body)) + body
+        return HEADER.pack(content_type, TLS12_VERSION, len(body)) + body
 
     def open(self, header: bytes, fragment: bytes) -> tuple[int, bytes]:
         content_type = header[0]
         if self.seq >= SEQ_LIMIT - 1:
             raise TLSAlert(UNEXPECTED_MESSAGE, "read sequence number exhausted")
-        if self.suite.explicit_nonce:
-            nonce = self.iv + fragment[:EXPLICIT_NONCE_LENGTH]
+        if self._explicit:
+            nonce = self.iv + bytes(fragment[:EXPLICIT_NONCE_LENGTH])
             sealed = fragment[EXPLICIT_NONCE_LENGTH:]
             overhead = EXPLICIT_NONCE_LENGTH + TAG_LENGTH
         else:
-            nonce = _xor_nonce(self._iv_int, self.seq)
+            nonce = (self._iv_int ^ self.seq).to_bytes(12, "big")
             sealed = fragment
             overhead = TAG_LENGTH
         plain_length = len(fragment) - overhead

@@ -84,20 +84,30 @@ def pack_header(content_type: int, length: int, version: int = TLS12_VERSION) ->
 
 
 class RecordReader:
-    """Cuts a byte stream into records: (type, version, header bytes, fragment)."""
+    """Cuts a byte stream into records: (type, version, header, fragment).
 
-    __slots__ = ("_buf", "_pos", "max_length")
+    The buffer is immutable bytes, replaced (never resized) on each feed, so header and
+    fragment can be memoryviews into it: a segment holding whole records is never copied
+    before the AEAD reads it. Only a partial record is carried over (one copy).
+    """
+
+    __slots__ = ("_buf", "_view", "_pos", "max_length")
 
     def __init__(self, max_length: int, pending: bytes = b"") -> None:
-        self._buf = bytearray(pending)
+        self._buf = bytes(pending)
+        self._view = memoryview(self._buf)
         self._pos = 0
         self.max_length = max_length
 
-    def feed(self, data: bytes) -> None:
-        if self._pos:       # what was consumed goes first: at most one partial record remains
-            del self._buf[:self._pos]
-            self._pos = 0
-        self._buf += data
+    def feed(self, data) -> None:
+        if not data:
+            return
+        if self._pos >= len(self._buf):
+            self._buf = data if type(data) is bytes else bytes(data)
+        else:
+            self._buf = self._buf[self._pos:] + bytes(data)
+        self._view = memoryview(self._buf)
+        self._pos = 0
 
     def next_record(self):
         """The next complete record, or None until more bytes arrive."""
@@ -109,17 +119,17 @@ class RecordReader:
             raise TLSAlert(UNEXPECTED_MESSAGE, f"unknown record type {content_type}")
         if length > self.max_length:
             raise TLSAlert(RECORD_OVERFLOW, f"record of {length} bytes (max {self.max_length})")
-        end = pos + HEADER_SIZE + length
+        body = pos + HEADER_SIZE
+        end = body + length
         if len(buf) < end:
             return None
-        header = bytes(buf[pos:pos + HEADER_SIZE])
-        fragment = bytes(buf[pos + HEADER_SIZE:end])
         self._pos = end
-        return content_type, version, header, fragment
+        view = self._view
+        return content_type, version, view[pos:body], view[body:end]
 
     def pending(self) -> bytes:
         """The bytes not yet returned as a record (a partial record, or records not asked for)."""
-        return bytes(self._buf[self._pos:])
+        return self._buf[self._pos:]
 
 
 def split_records(data: bytes):
