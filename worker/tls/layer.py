@@ -53,7 +53,7 @@ class RecordLayer:
 
     def __init__(self, suite: CipherSuite, role: str, read, write, *, pending_in: bytes = b"",
                  handshake_in: bytes = b"", pending_out: bytes = b"", peer_closed: bool = False,
-                 closed: bool = False, info: dict | None = None) -> None:
+                 closed: bool = False, update_answered: bool = False, info: dict | None = None) -> None:
         if role not in ("server", "client"):
             raise ValueError(f"role must be 'server' or 'client', not {role!r}")
         self.suite = suite
@@ -71,7 +71,8 @@ class RecordLayer:
         self._reader = RecordReader(limit, pending_in)
         self._handshake = bytearray(handshake_in)
         self._out: list[bytes] = [pending_out] if pending_out else []
-        self._update_owed_done = False    # replied to an update_requested since our last data
+        # Answered an update_requested since our last data: more requests get no new answer.
+        self._update_owed_done = update_answered
 
     @property
     def tls13(self) -> bool:
@@ -259,6 +260,9 @@ class RecordLayer:
 
     def pending_out(self) -> bytes:
         return b"".join(self._out)
+
+    def update_answered(self) -> bool:
+        return self._update_owed_done
 
 
 def protections(suite: CipherSuite, read: dict, write: dict):

@@ -7,6 +7,7 @@
      "handshake_in": b"..",  # a post-handshake message still arriving in pieces
      "pending_out": b"..",   # records sealed and not yet taken by the caller
      "peer_closed": False, "closed": False,
+     "update_answered": False,   # a KeyUpdate request was answered since our last data
      "info": {"alpn": "h2", "server_name": "a.example", "peer_certificate": b"DER" | None}}
 
 Only bytes, ints, strings, booleans, None and maps: msgpack carries it as is. A layer exported
@@ -40,6 +41,7 @@ def export_state(layer: RecordLayer) -> dict:
         "pending_out": layer.pending_out(),
         "peer_closed": layer.peer_closed,
         "closed": layer.closed,
+        "update_answered": layer.update_answered(),
         "info": dict(layer.info),
     }
 
@@ -49,7 +51,8 @@ _DIRECTION_FIELDS = {
     "TLSv1.2": {"key": bytes, "iv": bytes, "seq": int, "nonce_offset": int},
 }
 _FIELDS = {"suite": str, "role": str, "pending_in": bytes, "handshake_in": bytes,
-           "pending_out": bytes, "peer_closed": bool, "closed": bool, "info": dict}
+           "pending_out": bytes, "peer_closed": bool, "closed": bool, "update_answered": bool,
+           "info": dict}
 
 
 def import_state(state: dict) -> RecordLayer:
@@ -77,7 +80,8 @@ def import_state(state: dict) -> RecordLayer:
         return RecordLayer(suite, state["role"], read, write,
                            pending_in=state["pending_in"], handshake_in=state["handshake_in"],
                            pending_out=state["pending_out"], peer_closed=state["peer_closed"],
-                           closed=state["closed"], info=state["info"])
+                           closed=state["closed"], update_answered=state["update_answered"],
+                           info=state["info"])
     except ValueError as exc:           # key or IV of the wrong size, unknown role
         raise StateError(f"TLS state: {exc}") from None
 
