@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import struct
 import time
+from collections import OrderedDict
 
 from hpack import Decoder
 from hpack.exceptions import HPACKError, OversizedHeaderListError
@@ -291,7 +292,9 @@ class LeanHttp2ServerCodec:
         self._held: dict[int, _Stream] = {}      # streams with bytes waiting for window
         # Held streams whose own window is open: only the connection window stops them. A
         # connection WINDOW_UPDATE serves these, round robin, and never looks at the others.
-        self._conn_blocked: dict[int, _Stream] = {}
+        # (An OrderedDict: taking from the front of a plain dict over and over rescans the
+        # holes left at its start.)
+        self._conn_blocked: OrderedDict[int, _Stream] = OrderedDict()
         self._unacked: dict[int, int] = {}       # body bytes reported but not consumed
         self._out = bytearray()
         self._dead = False
@@ -602,8 +605,7 @@ class LeanHttp2ServerCodec:
         blocked = self._conn_blocked
         events = self._events
         while blocked and self._send_window > 0:
-            stream_id = next(iter(blocked))
-            state = blocked.pop(stream_id)
+            stream_id, state = blocked.popitem(last=False)
             if self._flush(stream_id, state):
                 events.append(WindowOpen(stream_id))
 
