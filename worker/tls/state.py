@@ -10,6 +10,10 @@
      "update_answered": False,   # a KeyUpdate request was answered since our last data
      "info": {"alpn": "h2", "server_name": "a.example", "peer_certificate": b"DER" | None}}
 
+Plaintext the layer has already returned is not here: like the L4 handoff's unsent bytes, it
+belongs to the connection that holds it (MOSN's TransferTLSInfo carries its RawInput and Input
+for the same two roles).
+
 Only bytes, ints, strings, booleans, None and maps: msgpack carries it as is. A layer exported
 in one process and imported in another carries on the same session; the exporting process
 must not use its layer again (the sequence numbers would repeat, reusing nonces).
