@@ -45,10 +45,10 @@ def request_block(path: str = "/", authority: str = "abuse") -> bytes:
 # -- the proxies' config ------------------------------------------------------------------------
 
 def bootstrap(admin: int, http_port: int, tcp_port: int, http_upstream: int,
-              echo_upstream: int) -> dict:
+              echo_upstream: int, http2_options: dict | None = None) -> dict:
     """One HTTP listener (`/direct` answered by the proxy itself, the rest routed to the HTTP
     upstream) and one tcp_proxy listener to the echo upstream: the same v3 bootstrap for
-    Baton and Envoy."""
+    Baton and Envoy. `http2_options`: the HCM's http2_protocol_options, if any."""
     def cluster(name: str, port: int) -> dict:
         return {"name": name, "type": "STATIC", "connect_timeout": "1s", "load_assignment": {
             "cluster_name": name, "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {
@@ -67,6 +67,8 @@ def bootstrap(admin: int, http_port: int, tcp_port: int, http_upstream: int,
                {"match": {"prefix": "/"}, "route": {"cluster": "app"}}]}]},
            "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {
                "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}]}
+    if http2_options:
+        hcm["http2_protocol_options"] = http2_options
     tcp = {"@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
            "stat_prefix": "echo", "cluster": "echo"}
     return {"admin": {"address": {"socket_address": {"address": HOST, "port_value": admin}}},
