@@ -23,10 +23,12 @@ from . import h2_abuse
 from .conftest import Baton, Upstream, free_port, start_ready_process
 
 RECORDER = Path(__file__).resolve().parent / "differential" / "recorder.py"
-# Quiet, the bystander's p99 is about 5 ms here; the issue measured 0.8-2 s stalls under
-# these attacks. The bound is a safety net for a shared 2-core machine, not a figure (those
-# are in bench/RESULTS.md, from bench/abuse.py).
-P99_BOUND_S = 0.25
+# On a quiet machine the bystander's p99 is about 5 ms, and 5-40 ms under these attacks; the
+# issue measured 0.8-2 s stalls and 2 s timeouts. The bound is a safety net for a shared
+# 2-core machine (at a load average of 13, even the quiet p99 reached 0.7 s), not a figure:
+# those are in bench/RESULTS.md, from bench/abuse.py. What a regression would break first is
+# the rest: a failure (2 s timeout), a connection left open, a stat not counted.
+P99_BOUND_S = 1.0
 MIN_EXCHANGES = 20      # bystander exchanges measured during each attack
 MAX_ROUNDS = 500        # attack repetitions to get them (the quick attacks take ~10 ms)...
 MAX_ATTACK_S = 15.0     # ... and time
