@@ -443,7 +443,7 @@ def test_absolute_form_userinfo_is_dropped(pair, target, host, path):
 
 @pytest.mark.parametrize("target", [b"http://a@b@abs.test/", b"http://user@/x", b"http:///x",
                                     b"http://abs.test:99999/", b"http://abs.test:/", b"http://ab_s.test/",
-                                    b"ftp://abs.test/"])
+                                    b"ftp://abs.test/", b"relative", b"*"])
 def test_invalid_absolute_form_400(pair, target):
     raw_case(pair, b"GET " + target + b" HTTP/1.1\r\nhost: diff.test\r\n\r\n", local_close(400, "Bad Request"))
 

@@ -279,9 +279,14 @@ def test_absolute_form_drops_userinfo(target, authority, path):
 
 @pytest.mark.parametrize("target", [b"http://a@b@abs.test/", b"http://user@/x", b"http:///x",
                                     b"http://abs.test:99999/", b"http://abs.test:0/", b"http://abs.test:/",
-                                    b"http://ab_s.test/", b"ftp://abs.test/", b"abs.test/x"])
+                                    b"http://ab_s.test/", b"ftp://abs.test/", b"abs.test/x", b"*"])
 def test_invalid_absolute_form_is_400(target):
     assert one_error(b"GET " + target + b" HTTP/1.1\r\nHost: a\r\n\r\n").status == 400
+
+
+def test_an_asterisk_is_a_target_for_options_only():
+    (head,) = Http1ServerCodec().receive(b"OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert head.request.path == "*"
 
 
 def head_of(size: int) -> bytes:

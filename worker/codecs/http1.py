@@ -174,11 +174,12 @@ class _InvalidUrl(Exception):
 _URL_HOST = re.compile(r"(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::([0-9]{1,5}))?\Z")
 
 
-def _split_target(target: str) -> tuple[str | None, str]:
-    """(authority, path) of a request target: no authority for origin form ("/p?q") and "*";
-    for absolute form (RFC 9112 3.2.2) the URL's host and port, userinfo dropped, as Envoy
-    forwards it. _InvalidUrl for anything else (another scheme, a bad host or port, two '@')."""
-    if target[:1] == "/" or target == "*":
+def _split_target(method: str, target: str) -> tuple[str | None, str]:
+    """(authority, path) of a request target: no authority for origin form ("/p?q") and an
+    OPTIONS "*"; for absolute form (RFC 9112 3.2.2) the URL's host and port, userinfo dropped,
+    as Envoy forwards it. _InvalidUrl for anything else (another scheme, a bad host or port, two
+    '@', "*" for another method)."""
+    if target[:1] == "/" or target == "*" and method == "OPTIONS":
         return None, target
     scheme, sep, rest = target.partition("://")
     if not sep or scheme.lower() not in ("http", "https"):
@@ -386,7 +387,7 @@ class Http1ServerCodec(_Http1Output):
         (any that follow are not read), as Envoy takes it."""
         method = self._parser.get_method().decode("latin-1")
         try:
-            authority, path = _split_target(self._url.decode("latin-1"))
+            authority, path = _split_target(method, self._url.decode("latin-1"))
         except _InvalidUrl:
             self._fail("invalid url", 400)
             return
@@ -705,7 +706,7 @@ class Http1ServerCodec(_Http1Output):
         if target[:1] != "/" and method != "CONNECT":
             # Absolute form: the authority in the target wins over Host.
             try:
-                target_authority, target = _split_target(target)
+                target_authority, target = _split_target(method, target)
             except _InvalidUrl:
                 raise _LimitExceeded(400, "invalid url") from None
             if target_authority is not None:
