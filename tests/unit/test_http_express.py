@@ -503,7 +503,7 @@ def test_handing_back_is_the_full_path(tmp_path, loop, point, event):
 
     event(fast, fast_upstream, loop)
     event(full, full_upstream, loop)
-    assert exchange.inflated is not None
+    assert exchange.handed_to is not None
     assert _normalised(fast.down.take()) == _normalised(full.down.take())
     assert fast.down.aborted == full.down.aborted
     assert fast_upstream.transport.take() == full_upstream.transport.take()

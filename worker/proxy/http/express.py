@@ -108,7 +108,7 @@ class Exchange:
                  "upstream_id", "start_time", "start_monotonic", "sent_at", "timeout",
                  "started_at", "deadline", "request_id", "response", "first_byte",
                  "bytes_sent", "response_started", "response_complete", "done", "paused",
-                 "holding", "idle_timeout", "last_activity", "inflated")
+                 "holding", "idle_timeout", "last_activity", "handed_to")
 
     # Read by the connection manager as on a Stream.
     request_complete = True
@@ -141,7 +141,7 @@ class Exchange:
         self.holding = False        # we paused the upstream's reading: the client is full
         self.idle_timeout = route.idle_timeout if route.idle_timeout_set else \
             conn.hcm.stream_idle_timeout
-        self.inflated = None        # the Stream that took over, once inflated
+        self.handed_to = None       # the Stream that took over, once handed back
 
     @property
     def router(self):
@@ -190,7 +190,7 @@ class Exchange:
     # -- as the UpstreamRequest ----------------------------------------------------------
 
     def on_upstream_event(self, event) -> None:
-        if self.inflated is not None:
+        if self.handed_to is not None:
             self._upstream_handed_back("on_upstream_event", event)
             return
         if self.done:
@@ -207,11 +207,11 @@ class Exchange:
             self._upstream_handed_back("on_upstream_event", event)
 
     def on_upstream_reset(self, reason: str) -> None:
-        if not self.done or self.inflated is not None:
+        if not self.done or self.handed_to is not None:
             self._upstream_handed_back("on_upstream_reset", reason)
 
     def on_upstream_paused(self, paused: bool) -> None:
-        if self.inflated is not None:
+        if self.handed_to is not None:
             self._upstream_handed_back("on_upstream_paused", paused)
         elif paused != self.paused:
             self.paused = paused
@@ -290,52 +290,52 @@ class Exchange:
 
     def downstream_paused(self, on: bool) -> None:
         """The client cannot take more: hold the upstream (UpstreamRequest.hold_upstream)."""
-        if self.inflated is not None:
-            self.inflated.downstream_paused(on)
+        if self.handed_to is not None:
+            self.handed_to.downstream_paused(on)
         elif on != self.holding and not self.done:
             self.holding = on
             self.upstream.pause_reading(on)
 
     def reset(self, reason: str, notify: bool = True) -> None:
-        if not self.done or self.inflated is not None:
-            self._inflate().reset(reason, notify)
+        if not self.done or self.handed_to is not None:
+            self._hand_back().reset(reason, notify)
 
     def timed_out(self, status: int, body: str, details: str, stat: str) -> None:
-        self._inflate().timed_out(status, body, details, stat)
+        self._hand_back().timed_out(status, body, details, stat)
 
     def on_timeout(self) -> None:
         """The route timeout passed (as Router.on_timeout)."""
         self.deadline = 0.0
-        if not self.done or self.inflated is not None:
-            self._inflate().router.on_timeout()
+        if not self.done or self.handed_to is not None:
+            self._hand_back().router.on_timeout()
 
     def local_reply(self, status: int, body, details: str, extra=(), content_type=True) -> None:
-        self._inflate().local_reply(status, body, details, extra, content_type)
+        self._hand_back().local_reply(status, body, details, extra, content_type)
 
     @property
     def close_connection(self) -> bool:
-        return False if self.inflated is None else self.inflated.close_connection
+        return False if self.handed_to is None else self.handed_to.close_connection
 
     @close_connection.setter
     def close_connection(self, on: bool) -> None:
-        self._inflate().close_connection = on
+        self._hand_back().close_connection = on
 
     def on_request_body(self, data: bytes, end_stream: bool) -> None:
-        self._inflate().on_request_body(data, end_stream)
+        self._hand_back().on_request_body(data, end_stream)
 
     def on_request_trailers(self, headers) -> None:
-        self._inflate().on_request_trailers(headers)
+        self._hand_back().on_request_trailers(headers)
 
     # -- handing back to the full path ----------------------------------------------------
 
-    def _inflate(self) -> Stream:
+    def _hand_back(self) -> Stream:
         """The Stream, StreamInfo, Router and UpstreamRequest this exchange stands for, each
         rebuilt by its own class (`from_express`) in the state the full path would have them
         now; they replace the exchange wherever it is known."""
-        stream = self.inflated
+        stream = self.handed_to
         if stream is not None:
             return stream
-        stream = self.inflated = Stream.from_express(self)
+        stream = self.handed_to = Stream.from_express(self)
         conn = self.conn
         if conn.streams.get(self.id) is self:
             conn.streams[self.id] = stream
@@ -350,6 +350,6 @@ class Exchange:
     def _upstream_handed_back(self, callback: str, argument) -> None:
         """An upstream connection's callback, for the UpstreamRequest that took over; there is
         none once the client has its whole response (nothing is left to do then)."""
-        upstream_request = self._inflate().router.upstream
+        upstream_request = self._hand_back().router.upstream
         if upstream_request is not None:
             getattr(upstream_request, callback)(argument)
