@@ -126,11 +126,16 @@ class Reload:
         except protocol.ProtocolError as exc:
             self.channel.reply(msg, protocol.error(str(exc)))
             raise ReloadFailed(f"handshake with the new master failed: {exc}") from None
-        self.channel.reply(msg, {"type": "hello", "version": version, "pid": os.getpid(),
-                                 "generation": self.master.generation})
+        self.channel.reply(msg, protocol.hello_reply(version, os.getpid(), self.master.generation))
         deadline = time.monotonic() + self.master.options.reload_timeout
         while True:
             msg, fds = await self._next(deadline - time.monotonic(), "become ready")
+            try:
+                protocol.check(msg)
+            except protocol.ProtocolError as exc:
+                close_fds(fds)
+                self.channel.reply(msg, protocol.error(str(exc)))
+                continue
             kind = msg["type"]
             if kind == "failed":
                 close_fds(fds)
@@ -257,6 +262,11 @@ class Takeover:
         "admin": ((address, port), socket) or None, "control": socket or None}."""
         self.channel.sock.settimeout(self.timeout)
         reply, fds = self.channel.request({"type": "take"})
+        try:
+            protocol.check(reply)
+        except protocol.ProtocolError as exc:
+            close_fds(fds)
+            raise ReloadFailed(f"malformed answer to take: {exc}") from None
         if reply.get("type") != "sockets":
             close_fds(fds)
             raise ReloadFailed(reply.get("error", "no sockets in the answer"))
