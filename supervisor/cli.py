@@ -149,18 +149,30 @@ class UntrustedPeer(Exception):
     pass
 
 
+def _server_trusted(path: str, uid: int) -> bool:
+    """The control socket's server is root, our own uid, or the owner of the runtime
+    directory when nobody else may write there (a master under systemd's DynamicUser=, asked
+    by root): only that owner could have bound the socket in it."""
+    if uid in (0, os.geteuid()):
+        return True
+    try:
+        st = os.stat(os.path.dirname(path))
+    except OSError:
+        return False
+    return st.st_uid == uid and not st.st_mode & 0o022
+
+
 def _trusted_request(path: str, msg: dict, timeout: float) -> dict:
-    """One request to the control socket, once its server proved to be root or our own uid
+    """One request to the control socket, once its server proved to be a master we trust
     (SO_PEERCRED): we never hand a command to, or believe an answer from, anyone else."""
     from .handoff.channel import BlockingChannel, peer_credentials
     from .handoff.framing import close_fds
-    from .handoff.unix import peer_allowed
     channel = BlockingChannel.connect(path, timeout)
     try:
         pid, uid, _ = peer_credentials(channel.sock)
-        if not peer_allowed(uid):
-            raise UntrustedPeer(f"{path} is served by pid {pid} of uid {uid}, not by root or "
-                                "by us: not a baton master we trust")
+        if not _server_trusted(path, uid):
+            raise UntrustedPeer(f"{path} is served by pid {pid} of uid {uid}, not by root, by us "
+                                "or by the runtime directory's owner: not a baton master we trust")
         reply, fds = channel.request(msg)
         close_fds(fds)
     finally:

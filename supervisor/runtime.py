@@ -50,7 +50,9 @@ def prepare(path: str, worker_uid: int | None = None) -> str:
     me = os.geteuid()
     try:
         os.makedirs(path, mode=0o700, exist_ok=True)
-        st = os.lstat(path)
+        # Followed if a link: with DynamicUser= systemd makes /run/baton a link into
+        # /run/private. The owner check below holds for wherever it leads.
+        st = os.stat(path)
         if not stat.S_ISDIR(st.st_mode):
             raise RuntimeDirError(f"runtime directory {path} is not a directory")
         if st.st_uid != me:
