@@ -34,6 +34,7 @@ from baton.worker.tls.handover import TlsHandshake  # noqa: E402
 from baton.worker.tls.keylog import KeyLog  # noqa: E402
 from baton.worker.tls.records import TLSAlert  # noqa: E402
 from baton.worker.tls.state import export_state, import_state  # noqa: E402
+from baton.worker.tls.suites import TLS12_CIPHERS  # noqa: E402
 
 PATTERN = bytes(range(97, 123)) * 2521          # a-z repeated, no newline
 
@@ -45,6 +46,7 @@ def pattern(n: int) -> bytes:
 def accept_and_handshake(args):
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(args.cert, args.key)
+    context.set_ciphers(TLS12_CIPHERS)          # TLS 1.2: only suites Baton's layer carries on
     if args.max_version:
         context.maximum_version = ssl.TLSVersion[args.max_version]
     keylog = KeyLog(context)

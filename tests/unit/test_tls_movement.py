@@ -178,33 +178,51 @@ def test_python_client_session_moves_through_three_processes(spawn, tmp_path, ma
     assert procs[-1].wait(DEADLINE) == 0
 
 
-def test_openssl_s_client_session_moves(spawn, tmp_path):
+class SClient:
+    """`openssl s_client` as a line client of tls_move_peer (its own output is skipped)."""
+
+    def __init__(self, host: str, port: int, tmp_path, version_flag: str) -> None:
+        ca_path = tmp_path / "ca.crt"
+        ca_path.write_bytes(make_ca("ecdsa").cert_pem)
+        self.proc = subprocess.Popen(
+            ["openssl", "s_client", "-connect", f"{host}:{port}", "-servername", "localhost",
+             "-CAfile", str(ca_path), "-verify_return_error", version_flag],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self.out, self.err = Lines(self.proc), Lines(self.proc, self.proc.stderr)
+
+    def ask(self, line: bytes) -> bytes:
+        self.proc.stdin.write(line + b"\n")
+        self.proc.stdin.flush()
+        while True:                             # s_client prints its session details too
+            reply = self.out.next()
+            if reply.split(b" ", 1)[0].isdigit():
+                return reply
+
+    def say(self, line: bytes) -> None:
+        """An s_client command (k, K): wait until s_client says it took it, because a line
+        sent with it in the same read would be swallowed by the command."""
+        self.proc.stdin.write(line + b"\n")
+        self.proc.stdin.flush()
+        while self.err.next() != b"KEYUPDATE":
+            pass
+
+    def close(self) -> None:
+        """EOF on stdin: s_client ends the session with close_notify."""
+        self.proc.stdin.close()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(10)
+        self.proc.stdout.close()
+        self.proc.stderr.close()
+
+
+def test_openssl_s_client_tls13_session_moves(spawn, tmp_path):
     host, port, procs = start_chain(spawn, tmp_path, hops=2)
-    ca_path = tmp_path / "ca.crt"
-    ca_path.write_bytes(make_ca("ecdsa").cert_pem)
-    s_client = subprocess.Popen(
-        ["openssl", "s_client", "-connect", f"{host}:{port}", "-servername", "localhost",
-         "-CAfile", str(ca_path), "-verify_return_error", "-tls1_3"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    client = SClient(host, port, tmp_path, "-tls1_3")
+    ask, say = client.ask, client.say
     try:
-        out, err = Lines(s_client), Lines(s_client, s_client.stderr)
-
-        def ask(line: bytes) -> bytes:
-            s_client.stdin.write(line + b"\n")
-            s_client.stdin.flush()
-            while True:                         # s_client prints its session details too
-                reply = out.next()
-                if reply.split(b" ", 1)[0].isdigit():
-                    return reply
-
-        def say(line: bytes) -> None:
-            """An s_client command (k, K): wait until s_client says it took it, because a line
-            sent with it in the same read would be swallowed by the command."""
-            s_client.stdin.write(line + b"\n")
-            s_client.stdin.flush()
-            while err.next() != b"KEYUPDATE":
-                pass
-
         first, second = procs[0].pid, procs[1].pid
         assert ask(b"ECHO hello") == b"%d hello" % first
         assert ask(b"UPDATEKEYS") == b"%d keyupdated" % first
@@ -221,11 +239,24 @@ def test_openssl_s_client_session_moves(spawn, tmp_path):
         assert ask(b"UPDATEKEYS") == b"%d keyupdated" % second
         text = b"x" * 30000
         assert ask(b"ECHO " + text) == b"%d %s" % (second, text)
-        s_client.stdin.close()                  # s_client closes with close_notify
+        client.close()
         assert procs[1].wait(DEADLINE) == 0
     finally:
-        if s_client.poll() is None:
-            s_client.kill()
-        s_client.wait(10)
-        s_client.stdout.close()
-        s_client.stderr.close()
+        client.stop()
+
+
+def test_openssl_s_client_tls12_session_moves(spawn, tmp_path):
+    host, port, procs = start_chain(spawn, tmp_path, hops=3, max_version="TLSv1_2")
+    client = SClient(host, port, tmp_path, "-tls1_2")
+    try:
+        for hop, proc in enumerate(procs):
+            assert client.ask(b"ECHO hop %d" % hop) == b"%d hop %d" % (proc.pid, hop)
+            text = b"y" * 20000
+            assert client.ask(b"ECHO " + text) == b"%d %s" % (proc.pid, text)
+            if hop < len(procs) - 1:
+                assert client.ask(b"MOVE") == b"%d moving" % proc.pid
+                assert proc.wait(DEADLINE) == 0
+        client.close()
+        assert procs[-1].wait(DEADLINE) == 0
+    finally:
+        client.stop()
