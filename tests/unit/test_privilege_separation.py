@@ -1,0 +1,176 @@
+"""The pure parts of privilege separation and exhaustion handling (issue 13 points 3 and 4):
+the runtime directory's ownership rules, the pid file, who a handoff socket trusts, the
+master's connect broker, the status check of `baton status`, the crash-loop pause."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import socket
+import stat
+import types
+
+import pytest
+
+from baton.supervisor import runtime
+from baton.supervisor.cli import _status_problem
+from baton.supervisor.handoff import unix
+from baton.supervisor.handoff.broker import BrokerClient, BrokerServer
+from baton.supervisor.workers import CRASH_LOOP_PAUSE_MAX, WorkerSlot
+from baton.worker.migration import MigrationServer
+
+root_only = pytest.mark.skipif(os.geteuid() != 0, reason="chown needs root")
+
+
+# -- the runtime directory -----------------------------------------------------------------
+
+def test_prepare_creates_a_private_directory(tmp_path):
+    path = runtime.prepare(str(tmp_path / "run"))
+    st = os.stat(path)
+    assert st.st_uid == os.geteuid() and stat.S_IMODE(st.st_mode) == 0o700
+
+
+def test_prepare_makes_an_existing_directory_private(tmp_path):
+    (tmp_path / "run").mkdir(mode=0o755)
+    runtime.prepare(str(tmp_path / "run"))
+    assert stat.S_IMODE(os.stat(tmp_path / "run").st_mode) == 0o700
+
+
+@root_only
+def test_prepare_refuses_a_directory_of_another_uid(tmp_path):
+    (tmp_path / "run").mkdir()
+    os.chown(tmp_path / "run", 65534, 65534)
+    with pytest.raises(runtime.RuntimeDirError, match="belongs to uid 65534"):
+        runtime.prepare(str(tmp_path / "run"))
+    # Not even as the workers' directory of old, unless it is their uid.
+    with pytest.raises(runtime.RuntimeDirError):
+        runtime.prepare(str(tmp_path / "run"), worker_uid=12345)
+
+
+@root_only
+def test_prepare_takes_back_what_an_older_release_gave_the_worker_user(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir(mode=0o700)
+    (run / "baton.pid").write_text("1\n")                  # the master's: kept
+    planted = run / "control.sock"
+    planted.write_text("not ours")
+    os.chown(planted, 65534, 65534)
+    os.symlink("/etc/passwd", run / "worker-1-0.sock")
+    os.lchown(run / "worker-1-0.sock", 65534, 65534)
+    os.chown(run, 65534, 65534)
+    runtime.prepare(str(run), worker_uid=65534)
+    st = os.stat(run)
+    assert st.st_uid == 0 and stat.S_IMODE(st.st_mode) == 0o700
+    assert sorted(p.name for p in run.iterdir()) == ["baton.pid"]
+
+
+def test_pid_file_is_replaced_never_written_through_a_link(tmp_path):
+    target = tmp_path / "target"
+    target.write_text("precious")
+    os.symlink(target, tmp_path / runtime.PID_FILE)
+    path = runtime.write_pid_file(str(tmp_path), 4242)
+    assert path == str(tmp_path / runtime.PID_FILE)
+    assert not os.path.islink(path) and open(path).read() == "4242\n"
+    assert target.read_text() == "precious"
+
+
+def test_pid_file_on_a_full_disk_is_a_warning(tmp_path, monkeypatch, caplog):
+    real_write = os.write
+
+    def full(fd, data):
+        if fd > 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(fd, data)
+    monkeypatch.setattr(os, "write", full)
+    assert runtime.write_pid_file(str(tmp_path), 4242) is None
+    monkeypatch.undo()
+    assert list(tmp_path.iterdir()) == []                  # no temporary file left behind
+    assert "cannot write the pid file" in caplog.text
+
+
+# -- who a handoff socket trusts -------------------------------------------------------------
+
+def test_parent_pid_from_proc():
+    assert unix.parent_pid(os.getpid()) == os.getppid()
+    assert unix.parent_pid(2 ** 22 + 7) is None            # above pid_max: never a process
+
+
+@pytest.mark.parametrize("pid,uid,trusted", [
+    (os.getpid(), 0, True),                   # root: could ptrace the worker anyway
+    (1000, 999, True),                        # our master itself (it connects for workers)
+    (os.getpid(), 999, True),                 # a child of a master (an older release's worker)
+    (1, 999, False),                          # a process of that uid that is not ours
+])
+def test_handoff_trusts_masters_and_their_children(pid, uid, trusted):
+    server = types.SimpleNamespace(masters=frozenset({1000, os.getppid()}))
+    assert MigrationServer._trusted(server, pid, uid) is trusted
+
+
+def test_abstract_names_are_unguessable():
+    a, b = unix.abstract_name("worker-1-0"), unix.abstract_name("worker-1-0")
+    assert a.startswith("\0baton-worker-1-0-") and a != b
+
+
+# -- the master's connect broker ---------------------------------------------------------------
+
+def test_broker_connects_only_to_migration_targets():
+    async def scenario():
+        target = unix.abstract_name("test-target")
+        listener = unix.bind_abstract(target)
+        master_end, worker_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        server = BrokerServer(master_end, {target}.__contains__, name="broker under test")
+        client = BrokerClient(worker_end)
+        try:
+            with pytest.raises(ConnectionError, match="not a migration target"):
+                await client.connect("\0baton-elsewhere")
+            with pytest.raises(ConnectionError, match="not a migration target"):
+                await client.connect("/run/docker.sock")
+            sock = await client.connect(target)
+            loop = asyncio.get_running_loop()
+            accepted, _ = await loop.sock_accept(listener)
+            # The receiver sees the master's credentials, not the worker's.
+            assert accepted.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)[:4] == \
+                os.getpid().to_bytes(4, "little")
+            sock.close()
+            accepted.close()
+        finally:
+            server.close()
+            client.channel.close()
+            listener.close()
+    asyncio.run(scenario())
+
+
+# -- `baton status` and the crash-loop pause ---------------------------------------------------
+
+GOOD = {"version": "1", "state": "LIVE", "runtime_dir": "/run/baton",
+        "master": {"pid": 1, "generation": 1, "uptime_s": 1.5, "rss_bytes": 10, "cpu_percent": 0.0},
+        "workers": [{"id": 0, "pid": None, "generation": 1, "state": "given_up", "uptime_s": 0,
+                     "connections": 0, "rss_bytes": 0, "cpu_percent": 0.0, "restarts": 5}]}
+
+
+def test_status_check_accepts_a_real_status():
+    assert _status_problem(GOOD) is None
+
+
+@pytest.mark.parametrize("status,problem", [
+    (None, "status is not an object"),
+    ({}, "status.version"),
+    ({**GOOD, "master": []}, "status.master is missing or not a dict"),
+    ({**GOOD, "master": {**GOOD["master"], "rss_bytes": "a lot"}}, "master.rss_bytes"),
+    ({**GOOD, "workers": [7]}, "workers[0] is not an object"),
+    ({**GOOD, "workers": [{**GOOD["workers"][0], "pid": "1"}]}, "workers[0].pid"),
+    ({**GOOD, "workers": [{**GOOD["workers"][0], "connections": True}]}, "workers[0].connections"),
+])
+def test_status_check_names_what_is_wrong(status, problem):
+    assert problem in _status_problem(status)
+
+
+def test_crash_loop_pause_doubles_up_to_its_cap():
+    slot = WorkerSlot(0)
+    pauses = []
+    for loops in range(1, 8):
+        slot.crash_loops = loops
+        pauses.append(slot.crash_loop_pause())
+    assert pauses == [5.0, 10.0, 20.0, 40.0, 60.0, 60.0, 60.0]
+    assert pauses[-1] == CRASH_LOOP_PAUSE_MAX
