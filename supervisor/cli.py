@@ -229,6 +229,9 @@ def cmd_status(args) -> int:
         print(f"{w['id']:>6} {w['pid'] or '-':>8} {w['generation']:>4} {w['state']:>10} "
               f"{w['uptime_s']:>7.0f}s {w['connections']:>7} {w['rss_bytes'] / 1048576:>8.1f} "
               f"{w['cpu_percent']:>6.1f} {w['restarts']:>8}")
+    for w in status["workers"]:
+        if isinstance(w.get("retry_in_s"), (int, float)):
+            print(f"worker {w['id']} is crash-looping: tried again in {w['retry_in_s']:.0f}s")
     return EXIT_OK
 
 

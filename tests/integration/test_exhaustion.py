@@ -103,6 +103,8 @@ def test_a_crash_looping_slot_is_tried_again_and_the_master_stays(baton, upstrea
                          "the crash loop")
     assert "worker 0 is crash-looping" in b.log
     assert 0 < looping["retry_in_s"] <= 60
+    human = b.cli("status")
+    assert human.returncode == 0 and "worker 0 is crash-looping: tried again in" in human.stdout
     assert pid_alive(b.proc.pid)                            # its only worker is gone; it stays
     back = wait_until(_slot_replaced(b, 0, pid), 30, "the slot to be tried again")
     assert "retry_in_s" not in back
