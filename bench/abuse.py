@@ -63,6 +63,8 @@ ATTACKS = [
     # them; ten times as many cannot.
     ("1,000,000 SETTINGS, never reading", "http2.outbound_control_flood",
      lambda port: h2_abuse.control_flood(port, "settings", frames=1_000_000)),
+    ("200,000 responses never read", "http2.outbound_flood",
+     lambda port: h2_abuse.response_flood(port, streams=200_000)),
     ("5,000,000 empty CONTINUATION", "http2.inbound_empty_frames_flood",
      lambda port: h2_abuse.empty_continuation_flood(port, frames=5_000_000)),
     ("100,000 WINDOW_UPDATE, nothing sent", "http2.inbound_window_update_frames_flood",

@@ -225,6 +225,33 @@ def window_update_flood(port: int, frames: int = 100_000, connections: int = 1,
                   deadline_s)
 
 
+def response_flood(port: int, streams: int = 200_000, batch: int = 500,
+                   deadline_s: float = 20.0) -> Outcome:
+    """A client that opens every window wide, asks for response after response (GET /direct,
+    answered by the proxy itself) and never reads them: the proxy's frames pile up."""
+    out = Outcome("responses never read", connections=1)
+    start = time.monotonic()
+    sock = _connect(port, rcvbuf=4096, timeout=deadline_s)
+    widest = 2**31 - 1
+    alive = _send(sock, PREFACE + frame(SETTINGS, 0, 0, struct.pack(">HL", S_INITIAL_WINDOW_SIZE,
+                                                                     widest))
+                  + frame(WINDOW_UPDATE, 0, 0, struct.pack(">L", widest - 65535)))
+    block = request_block("/direct")
+    stream_id = 1
+    while alive and out.frames < streams and stream_id < 2**31 - 2 * batch and \
+            time.monotonic() - start < deadline_s:
+        chunk = bytearray()
+        for _ in range(batch):
+            chunk += frame(HEADERS, END_STREAM | END_HEADERS, stream_id, block)
+            stream_id += 2
+        alive = _send(sock, bytes(chunk))
+        out.frames += batch
+    out.closed = int(not alive or _closed_soon(sock, 2.0))
+    sock.close()
+    out.seconds = time.monotonic() - start
+    return out
+
+
 @dataclass
 class StreamsOutcome(Outcome):
     answered: int = 0           # streams whose whole response arrived

@@ -2,12 +2,13 @@
 
 A real `baton run` with one worker serves an HTTP listener and a tcp_proxy echo listener.
 Each test runs one attack of the issue from h2_abuse.py (rapid reset, many streams with a
-WINDOW_UPDATE per DATA frame, PING and SETTINGS floods from a client that never reads, an
-empty CONTINUATION flood, a WINDOW_UPDATE flood) while the bystander, in its own process,
-does a keep-alive GET and a tcp_proxy echo every 20 ms on the same worker: it must see no
-failure and a p99 under a generous bound, and the hostile connection must be closed with
-Envoy's stat counted. Attack sizes are modest (each test takes a second or two); the attack is
-repeated, a bounded number of times, until the bystander has measured enough exchanges.
+WINDOW_UPDATE per DATA frame, PING and SETTINGS floods from a client that never reads,
+responses it never reads, an empty CONTINUATION flood, a WINDOW_UPDATE flood) while the
+bystander, in its own process, does a keep-alive GET and a tcp_proxy echo every 20 ms on the
+same worker: it must see no failure and a p99 under a generous bound, and the hostile
+connection must be closed with Envoy's stat counted. Attack sizes are modest (each test takes
+a second or two); the attack is repeated, a bounded number of times, until the bystander has
+measured enough exchanges.
 """
 
 from __future__ import annotations
@@ -134,6 +135,14 @@ def test_control_flood_from_a_client_that_never_reads_is_closed(proxy, kind):
     assert counted(proxy, "http2.outbound_control_flood", before) == len(outcomes)
     # The acks never read were dropped with the connection, not kept (the issue: +50 MB).
     assert worker.memory_info().rss - rss < 20 * 1024 * 1024
+
+
+def test_responses_never_read_are_an_outbound_flood(proxy):
+    before = proxy.baton.stats()
+    outcomes, damage = under_attack(proxy, lambda: h2_abuse.response_flood(proxy.http_port))
+    assert_unharmed(damage)
+    assert all(o.closed == 1 for o in outcomes), outcomes
+    assert counted(proxy, "http2.outbound_flood", before) == len(outcomes)
 
 
 def test_empty_continuation_flood_is_closed(proxy):

@@ -172,12 +172,14 @@ class HttpConnection(asyncio.Protocol, Connection):
     def _flooded(self, stat: str) -> None:
         """An HTTP/2 limit was crossed (h2limits.py): count it and drop the connection at
         once, as Envoy does; the client is not reading, or not worth a goodbye."""
+        if self.closed:
+            return
+        self.abort()        # first: ending the streams flushes, which must not come back here
+        self._abort_streams("downstream connection closed")
         counters = self.worker.stats.counters
         counters[self.hcm.stat_rq_premature_resets if stat == TOO_MANY_PREMATURE_RESETS
                  else stat] += 1
         log.debug("connection %d: %s", self.id, stat)
-        self._abort_streams("downstream connection closed")
-        self.abort()
 
     def _dispatch(self, event, queued: bool = False) -> None:
         kind = type(event)
@@ -340,6 +342,10 @@ class HttpConnection(asyncio.Protocol, Connection):
         data = self.codec.data_to_send() if self.codec is not None else b""
         if data:
             self.transport.write(data)
+        elif self.codec is not None and self.codec.multiplexed and self.codec.flood is not None:
+            # Responses crossed max_outbound_frames (the codec sends nothing more): drop the
+            # connection now, before any graceful close could wait on a peer that never reads.
+            self._flooded(self.codec.flood)
 
     def mark_dirty(self) -> None:
         """Bytes are queued in the codec: written when the current batch of upstream events
