@@ -96,8 +96,18 @@ class WorkerTable:
         master = self.master
         preimport()         # once, before the first fork: shared by every worker
         parent_end, child_end = socketpair()
-        broker_parent, broker_child = socketpair()
-        pid = os.fork()
+        try:
+            broker_parent, broker_child = socketpair()
+        except OSError:
+            parent_end.close()
+            child_end.close()
+            raise
+        try:
+            pid = os.fork()
+        except OSError:
+            for sock in (parent_end, child_end, broker_parent, broker_child):
+                sock.close()
+            raise
         if pid == 0:       # child: never returns into the master's code
             code = 1
             try:
@@ -226,10 +236,21 @@ class WorkerTable:
 
     def _respawn(self, slot: WorkerSlot) -> None:
         slot.respawn_handle = None
-        if not self.stopping:
-            slot.given_up = False
-            slot.retry_at = None
+        if self.stopping:
+            return
+        slot.given_up = False
+        slot.retry_at = None
+        try:
             self.spawn(slot)
+        except OSError as exc:
+            # fork() or a socketpair failed: memory, descriptors or processes are short,
+            # which passes. Paused as a crash loop is, and tried again.
+            slot.given_up = True
+            slot.crash_loops += 1
+            pause = slot.crash_loop_pause()
+            slot.retry_at = time.monotonic() + pause
+            log.error("cannot start worker %d: %s; trying again in %.0fs", slot.id, exc, pause)
+            slot.respawn_handle = self.loop.call_later(pause, self._respawn, slot)
 
     # -- queries and commands ------------------------------------------------------------
 

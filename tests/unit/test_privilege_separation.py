@@ -174,3 +174,31 @@ def test_crash_loop_pause_doubles_up_to_its_cap():
         pauses.append(slot.crash_loop_pause())
     assert pauses == [5.0, 10.0, 20.0, 40.0, 60.0, 60.0, 60.0]
     assert pauses[-1] == CRASH_LOOP_PAUSE_MAX
+
+
+def test_a_failed_fork_pauses_the_slot_and_tries_again(monkeypatch):
+    """fork() failing (memory, processes) is transient: the slot is paused, not lost, and no
+    descriptor leaks."""
+    from baton.supervisor.workers import WorkerTable
+
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        master = types.SimpleNamespace(loop=loop)
+        table = WorkerTable(master, 1)
+        slot = table.slots[0]
+        monkeypatch.setattr("baton.supervisor.workers.preimport", lambda: None)
+
+        def no_fork():
+            raise OSError(errno.EAGAIN, "Resource temporarily unavailable")
+        monkeypatch.setattr(os, "fork", no_fork)
+        before = len(os.listdir("/proc/self/fd"))
+        table._respawn(slot)
+        assert len(os.listdir("/proc/self/fd")) == before
+        assert slot.given_up and not slot.gone_for_good and not slot.alive
+        assert slot.respawn_handle is not None and slot.retry_at is not None
+        first = slot.retry_at - loop.time()
+        slot.respawn_handle.cancel()
+        table._respawn(slot)                    # fails again: the pause doubles
+        assert slot.retry_at - loop.time() > first
+        slot.respawn_handle.cancel()
+    asyncio.run(scenario())
