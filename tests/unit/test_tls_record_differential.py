@@ -16,7 +16,8 @@ import ssl
 import pytest
 
 from baton.worker.tls.records import (
-    BAD_RECORD_MAC, RECORD_OVERFLOW, UNEXPECTED_MESSAGE, TLSAlert, alert_name, pack_header,
+    BAD_RECORD_MAC, DECODE_ERROR, PROTOCOL_VERSION, RECORD_OVERFLOW, UNEXPECTED_MESSAGE, TLSAlert,
+    alert_name, pack_header,
 )
 
 from ..tls_helpers import TLS12, TLS13, baton_client, baton_server, openssl_key_update
@@ -141,17 +142,25 @@ def test_client_records_match_openssl(version, kind, suite):
 GARBLE = {
     "oversized": (lambda layer, wire: pack_header(23, 2 ** 14 + 2049) + b"\0" * 10, RECORD_OVERFLOW),
     "flipped_bit": (lambda layer, wire: wire[:-1] + bytes((wire[-1] ^ 1,)), BAD_RECORD_MAC),
-    "unknown_type": (lambda layer, wire: b"\x30" + wire[1:], UNEXPECTED_MESSAGE),
+    "unknown_type": (lambda layer, wire: b"\x30" + wire[1:], None),
     "short": (lambda layer, wire: pack_header(23, 3) + b"abc", BAD_RECORD_MAC),
+    "handshake_type": (lambda layer, wire: b"\x16" + wire[1:], None),
+    "minor_version": (lambda layer, wire: wire[:1] + b"\x03\x01" + wire[3:], None),
+    "major_version": (lambda layer, wire: wire[:1] + b"\x05\x03" + wire[3:], PROTOCOL_VERSION),
+    "header_only": (lambda layer, wire: wire[:1] + b"\x03\x01" + wire[3:5], None),
+}
+# Where the alert depends on the version (None above): what OpenSSL 3.0 sends, and so Baton.
+BY_VERSION = {
+    "handshake_type": {TLS13: UNEXPECTED_MESSAGE, TLS12: BAD_RECORD_MAC},   # 1.2: type is in the AAD
+    "minor_version": {TLS13: DECODE_ERROR, TLS12: PROTOCOL_VERSION},
+    "header_only": {TLS13: DECODE_ERROR, TLS12: PROTOCOL_VERSION},          # before the body arrives
+    "unknown_type": {TLS13: UNEXPECTED_MESSAGE, TLS12: BAD_RECORD_MAC},
 }
 
 
-# Where OpenSSL 3.0 answers differently, Baton keeps the RFC's alert: a TLS 1.2 record too
-# short for its AEAD cannot authenticate (bad_record_mac, RFC 5246 §6.2.3.3; OpenSSL says
-# internal_error), and an unknown record type is unexpected_message (RFC 5246 §6; OpenSSL
-# tries to decrypt first, the type being in the AAD, and says bad_record_mac).
-OPENSSL_DIFFERS = {(TLS12, "short"): "TLSV1_ALERT_INTERNAL_ERROR",
-                   (TLS12, "unknown_type"): "SSLV3_ALERT_BAD_RECORD_MAC"}
+# The one place Baton does not follow OpenSSL 3.0: a TLS 1.2 record too short for its AEAD
+# cannot authenticate, so bad_record_mac (RFC 5246 §6.2.3.3); OpenSSL says internal_error.
+OPENSSL_DIFFERS = {(TLS12, "short"): "TLSV1_ALERT_INTERNAL_ERROR"}
 
 
 @pytest.mark.parametrize("name", sorted(GARBLE))
@@ -160,6 +169,7 @@ OPENSSL_DIFFERS = {(TLS12, "short"): "TLSV1_ALERT_INTERNAL_ERROR",
 def test_bad_records_get_openssls_alert(version, suite, name):
     """The same garbled record to OpenSSL and to Baton: the same alert, byte for byte."""
     garble, expected = GARBLE[name]
+    expected = expected if expected is not None else BY_VERSION[name][version]
     hs, keylog, peer = baton_server("ecdsa", version, suite)
     layer = hs.handover()
     twin = Twin(hs)
@@ -233,3 +243,58 @@ def test_data_right_behind_the_clients_finished_is_handed_over(version):
     peer.feed(layer.send_data(b"HTTP/1.1 200 OK\r\n\r\n"))
     assert peer.read_all() == b"HTTP/1.1 200 OK\r\n\r\n"
     keylog.close()
+
+
+def test_mutated_streams_get_openssls_verdict():
+    """The fuzzer's mutations of real client streams (data, KeyUpdates both kinds), fed to
+    Baton's layer and to its OpenSSL twin: the same plaintext when both accept, and the same
+    alert record, byte for byte, when they refuse (OPENSSL_DIFFERS aside)."""
+    import importlib.util
+    import random
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(
+        "fuzz_tls_record", Path(__file__).resolve().parents[1] / "fuzz" / "fuzz_tls_record.py")
+    fuzzer = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fuzzer)
+
+    class Stream:
+        wire = b""
+
+    rng = random.Random(1207)
+    verdicts = set()
+    for _ in range(120):
+        version, suite = rng.choice([(TLS13, "TLS_AES_128_GCM_SHA256"), (TLS13, "TLS_CHACHA20_POLY1305_SHA256"),
+                                     (TLS12, "ECDHE-ECDSA-AES128-GCM-SHA256"),
+                                     (TLS12, "ECDHE-ECDSA-CHACHA20-POLY1305")])
+        hs, keylog, peer = baton_server("ecdsa", version, suite)
+        layer, twin = hs.handover(), Twin(hs)
+        stream = Stream()
+        for _ in range(rng.randrange(1, 4)):
+            if version == TLS13 and rng.random() < 0.3:
+                openssl_key_update(peer.obj, request_peer=rng.random() < 0.5)
+            peer.obj.write(rng.randbytes(rng.choice((1, 100, 20000))))
+            stream.wire += peer.take()
+        data = fuzzer.mutate(rng, stream, [stream])
+        try:
+            baton_plain, baton_error = layer.receive_data(data), None
+        except TLSAlert as exc:
+            baton_plain, baton_error = exc.data, exc
+        try:
+            openssl_plain, openssl_failed = twin.read(data), False
+        except ssl.SSLError:
+            openssl_plain, openssl_failed = None, True
+        verdicts.add(alert_name(baton_error.description) if baton_error else "ok")
+        if baton_error is None:
+            assert not openssl_failed and baton_plain == openssl_plain
+            assert layer.send_data(b"z") == twin.write(b"z")      # KeyUpdate answers first
+        elif "shorter than its AEAD overhead" in str(baton_error) and version == TLS12:
+            peer.feed(twin.outgoing.read())
+            with pytest.raises(ssl.SSLError) as seen:
+                peer.read_all()
+            assert seen.value.reason == OPENSSL_DIFFERS[TLS12, "short"]
+        else:
+            assert openssl_failed, baton_error
+            assert layer.data_to_send() == twin.outgoing.read(), baton_error
+        keylog.close()
+    assert {"ok", "bad_record_mac", "unexpected_message", "protocol_version"} <= verdicts

@@ -94,12 +94,18 @@ def test_key_update_both_directions(suite):
     assert client.receive_data(answer) == b"two"
     assert client.key_updates_received == 1
     assert server.write.seq == 1 and client.write.seq == 1
-    # several requests while silent get a single answer (RFC 8446 §4.6.3)
+    # a second request while the first is unanswered: the first answer goes out as it
+    # arrives, the second with the next data (when OpenSSL 3.0 sends them too)
     wire = client.update_keys() + client.update_keys() + client.send_data(b"three")
     assert server.receive_data(wire) == b"three"
-    assert client.receive_data(server.data_to_send()) == b""
-    assert client.key_updates_received == 2
+    first_answer = server.data_to_send()
+    assert client.receive_data(first_answer + server.send_data(b"3")) == b"3"
+    assert client.key_updates_received == 3
     assert server.receive_data(client.send_data(b"four")) == b"four"
+    # asked, and about to ask itself: the answer (update_not_requested) goes first
+    server.receive_data(client.update_keys())
+    assert client.receive_data(server.update_keys(request_peer=True)) == b""
+    assert client.key_updates_received == 5
 
 
 def test_key_update_rules():
@@ -182,9 +188,23 @@ def test_tls12_refuses_renegotiation_and_carries_on():
 def test_tls12_header_rules():
     server, client = layer_pair("ECDHE-ECDSA-CHACHA20-POLY1305")
     record = client.send_data(b"x")
-    assert alert_from(server, record[:1] + b"\x03\x01" + record[3:]).description == PROTOCOL_VERSION
+    assert alert_from(server, record[:1] + b"\x03\x01" + record[3:5]).description == PROTOCOL_VERSION   # header alone
     server, client = layer_pair("ECDHE-ECDSA-CHACHA20-POLY1305")
-    assert alert_from(server, pack_header(CHANGE_CIPHER_SPEC, 1) + b"\x01").description == UNEXPECTED_MESSAGE
+    # A cleartext ChangeCipherSpec does not authenticate; a protected one is unexpected.
+    assert alert_from(server, pack_header(CHANGE_CIPHER_SPEC, 1) + b"\x01").description == BAD_RECORD_MAC
+    server, client = layer_pair("ECDHE-ECDSA-CHACHA20-POLY1305")
+    assert alert_from(server, client.write.seal(CHANGE_CIPHER_SPEC, b"\x01")).description == UNEXPECTED_MESSAGE
+    server, client = layer_pair("ECDHE-ECDSA-CHACHA20-POLY1305")
+    assert alert_from(server, client.write.seal(99, b"odd")).description == UNEXPECTED_MESSAGE
+
+
+def test_tls13_header_rules():
+    server, _client = layer_pair("TLS_AES_128_GCM_SHA256")
+    assert alert_from(server, pack_header(HANDSHAKE, 40)).description == UNEXPECTED_MESSAGE
+    server, _client = layer_pair("TLS_AES_128_GCM_SHA256")
+    assert alert_from(server, pack_header(APPLICATION_DATA, 40, version=0x0301)).description == DECODE_ERROR
+    server, _client = layer_pair("TLS_AES_128_GCM_SHA256")
+    assert alert_from(server, pack_header(APPLICATION_DATA, 40, version=0x0203)).description == PROTOCOL_VERSION
 
 
 # -- properties ---------------------------------------------------------------------------

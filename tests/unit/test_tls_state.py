@@ -55,9 +55,7 @@ def test_pending_output_moves_too():
     server, client = layer_pair("TLS_AES_256_GCM_SHA384")
     server.receive_data(client.update_keys(request_peer=True))   # the answer is queued
     moved = import_state(through_msgpack(export_state(server)))
-    # a second request before any data of ours gets no second answer, moved or not
-    assert moved.receive_data(client.update_keys(request_peer=True)) == b""
-    assert client.receive_data(moved.send_data(b"x")) == b"x"
+    assert client.receive_data(moved.send_data(b"x")) == b"x"   # the owed answer moved too
     assert client.key_updates_received == 1
 
 

@@ -89,6 +89,9 @@ class KeyLog:
         return self._sessions.pop(client_random, {})
 
     def close(self) -> None:
+        """Only with the context: OpenSSL keeps writing to the pipe for every handshake on the
+        context, and for every KeyUpdate a session still in OpenSSL's hands processes; a write
+        to a pipe without a reader fails the SSL call it happens in ([BIO] system lib)."""
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1

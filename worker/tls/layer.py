@@ -1,25 +1,27 @@
 """Baton's TLS record layer after the handshake (sans-IO): bytes in, plaintext out, and back.
 
     layer = RecordLayer(...)            # from handover.py, or state.import_state(...)
-    plaintext = layer.receive_data(ciphertext)   # may queue records (KeyUpdate reply, alert)
+    plaintext = layer.receive_data(ciphertext)   # may queue records (refusals, a fatal alert)
     plaintext = layer.receive_data(b"")          # first call after a handover or an import:
                                                  # whole records may be waiting already
-    wire = layer.send_data(plaintext)   # every record queued so far, in sequence order
+    wire = layer.send_data(plaintext)   # every record queued so far, in sequence order,
+                                        # and the KeyUpdate the peer asked for, if it did
     wire = layer.data_to_send()         # what receive_data queued, if nothing is sent after
     wire = layer.update_keys()          # TLS 1.3 KeyUpdate, update_requested by default
     wire = layer.close()                # close_notify
 
 Rules of this file:
 - Every record this layer produces goes through one outgoing queue, so bytes always leave in
-  sequence-number order: a KeyUpdate reply sealed under the old key precedes data sealed
-  under the new one.
+  sequence-number order: a KeyUpdate sealed under the old key precedes data sealed under the
+  new one.
 - Bad input raises `TLSAlert` and nothing else; the fatal alert for the peer is queued first,
   and the plaintext that arrived before the bad record is on the exception (`.data`). After
   an alert the layer is dead: every later call raises the same alert.
 - After the peer's close_notify everything that follows is ignored (RFC 8446 §6.1).
 - Post-handshake handshake messages (RFC 8446 §4.6, RFC 5246 §7.4.1) are reassembled across
   records and must not be interleaved with other record types (RFC 8446 §5.1):
-    TLS 1.3  KeyUpdate                 -> new read key; reply once if update_requested
+    TLS 1.3  KeyUpdate                 -> new read key; if update_requested, ours goes out
+                                          before our next data or the peer's next message
              NewSessionTicket          -> ignored when we are the client, else unexpected
     TLS 1.2  HelloRequest (to client)  -> warning no_renegotiation (RFC 5246 §7.2.2)
              ClientHello (to server)   -> warning no_renegotiation
@@ -30,9 +32,9 @@ from __future__ import annotations
 
 from .protection import Tls12Protection, Tls13Protection
 from .records import (
-    ALERT, APPLICATION_DATA, CHANGE_CIPHER_SPEC, CLOSE_NOTIFY, DECODE_ERROR, FATAL, HANDSHAKE,
-    ILLEGAL_PARAMETER, MAX_PLAINTEXT, MAX_TLS12_CIPHERTEXT, MAX_TLS13_CIPHERTEXT,
-    NO_RENEGOTIATION, PROTOCOL_VERSION, TLS12_VERSION, UNEXPECTED_MESSAGE, USER_CANCELED, WARNING,
+    ALERT, APPLICATION_DATA, CLOSE_NOTIFY, DECODE_ERROR, FATAL, HANDSHAKE, ILLEGAL_PARAMETER,
+    MAX_PLAINTEXT, MAX_TLS12_CIPHERTEXT, MAX_TLS13_CIPHERTEXT, NO_RENEGOTIATION,
+    UNEXPECTED_MESSAGE, USER_CANCELED, WARNING,
     RecordReader, TLSAlert, alert_name,
 )
 from .suites import CipherSuite
@@ -49,11 +51,11 @@ KEY_UPDATE_AFTER_RECORDS = 1 << 24
 class RecordLayer:
     __slots__ = ("suite", "role", "read", "write", "info", "peer_closed", "closed", "error", "_tls13",
                  "key_updates_received", "tickets_received", "_reader", "_handshake", "_out",
-                 "_update_owed_done")
+                 "_update_owed")
 
     def __init__(self, suite: CipherSuite, role: str, read, write, *, pending_in: bytes = b"",
                  handshake_in: bytes = b"", pending_out: bytes = b"", peer_closed: bool = False,
-                 closed: bool = False, update_answered: bool = False, info: dict | None = None) -> None:
+                 closed: bool = False, update_owed: bool = False, info: dict | None = None) -> None:
         if role not in ("server", "client"):
             raise ValueError(f"role must be 'server' or 'client', not {role!r}")
         self.suite = suite
@@ -68,11 +70,13 @@ class RecordLayer:
         self.key_updates_received = 0
         self.tickets_received = 0
         limit = MAX_TLS13_CIPHERTEXT if self._tls13 else MAX_TLS12_CIPHERTEXT
-        self._reader = RecordReader(limit, pending_in)
+        self._reader = RecordReader(limit, pending_in, self._tls13)
         self._handshake = bytearray(handshake_in)
         self._out: list[bytes] = [pending_out] if pending_out else []
-        # Answered an update_requested since our last data: more requests get no new answer.
-        self._update_owed_done = update_answered
+        # The peer asked for a KeyUpdate and ours is not sent yet. It goes out in front of our
+        # next data (RFC 8446 §4.6.3), or when the peer's next handshake message arrives, which
+        # is when OpenSSL 3.0 sends it too (so the differential test can compare bytes).
+        self._update_owed = update_owed
 
     @property
     def tls13(self) -> bool:
@@ -104,12 +108,7 @@ class RecordLayer:
         return b"".join(plaintext)
 
     def _receive_record(self, record, plaintext: list) -> None:
-        outer_type, version, header, fragment = record
-        if not self._tls13:
-            if version != TLS12_VERSION:
-                raise TLSAlert(PROTOCOL_VERSION, f"record version {version:#06x}")
-            if outer_type == CHANGE_CIPHER_SPEC:
-                raise TLSAlert(UNEXPECTED_MESSAGE, "change_cipher_spec after the handshake")
+        _outer_type, _version, header, fragment = record    # the header was checked by the reader
         content_type, content = self.read.open(header, fragment)
         if self._handshake and content_type != HANDSHAKE:
             raise TLSAlert(UNEXPECTED_MESSAGE, "record interleaved with a fragmented handshake message")
@@ -122,7 +121,7 @@ class RecordLayer:
             self._receive_handshake(content)
         elif content_type == ALERT:
             self._receive_alert(content)
-        else:
+        else:       # change_cipher_spec after the handshake, or a type TLS does not have
             raise TLSAlert(UNEXPECTED_MESSAGE, f"protected record of content type {content_type}")
 
     def _receive_handshake(self, content: bytes) -> None:
@@ -143,6 +142,8 @@ class RecordLayer:
                 self._tls12_message(msg_type, body)
 
     def _tls13_message(self, msg_type: int, body: bytes, record_ended: bool) -> None:
+        if not self.closed:
+            self._pay_update_owed()
         if msg_type == KEY_UPDATE:
             if len(body) != 1:
                 raise TLSAlert(DECODE_ERROR, "KeyUpdate body is not one byte")
@@ -153,9 +154,8 @@ class RecordLayer:
                 raise TLSAlert(UNEXPECTED_MESSAGE, "KeyUpdate not at the end of its record")
             self.read.update()
             self.key_updates_received += 1
-            if body[0] == 1 and not self._update_owed_done and not self.closed:
-                self._queue_key_update(request_peer=False)
-                self._update_owed_done = True
+            if body[0] == 1 and not self.closed:
+                self._update_owed = True
         elif msg_type == NEW_SESSION_TICKET and self.role == "client":
             self.tickets_received += 1      # resumption is OpenSSL's business, not ours
         else:
@@ -192,11 +192,11 @@ class RecordLayer:
         size = len(data)
         if not size:
             return self.data_to_send()
-        self._update_owed_done = False
         write = self.write
-        if (size <= MAX_PLAINTEXT and not self._out
+        if (size <= MAX_PLAINTEXT and not self._out and not self._update_owed
                 and not (self._tls13 and write.seq >= KEY_UPDATE_AFTER_RECORDS)):
             return write.seal(APPLICATION_DATA, data)      # the common case: one record
+        self._pay_update_owed()
         if type(data) is not bytes:
             data = memoryview(data)
         out = self._out
@@ -211,6 +211,7 @@ class RecordLayer:
         self._check_open()
         if not self._tls13:
             raise ValueError("KeyUpdate exists only in TLS 1.3")
+        self._pay_update_owed()
         self._queue_key_update(request_peer)
         return self.data_to_send()
 
@@ -237,6 +238,11 @@ class RecordLayer:
     def _queue(self, content_type: int, payload: bytes) -> None:
         self._out.append(self.write.seal(content_type, payload))
 
+    def _pay_update_owed(self) -> None:
+        if self._update_owed:
+            self._update_owed = False
+            self._queue_key_update(request_peer=False)
+
     def _queue_key_update(self, request_peer: bool) -> None:
         self._queue(HANDSHAKE, bytes((KEY_UPDATE, 0, 0, 1, 1 if request_peer else 0)))
         self.write.update()
@@ -261,8 +267,8 @@ class RecordLayer:
     def pending_out(self) -> bytes:
         return b"".join(self._out)
 
-    def update_answered(self) -> bool:
-        return self._update_owed_done
+    def update_owed(self) -> bool:
+        return self._update_owed
 
 
 def protections(suite: CipherSuite, read: dict, write: dict):

@@ -73,7 +73,8 @@ class Tls13Protection:
 
     def open(self, header: bytes, fragment: bytes) -> tuple[int, bytes]:
         if header[0] != APPLICATION_DATA:
-            # Only application_data carries protected records in TLS 1.3 (RFC 8446 §5, §5.1).
+            # Only application_data carries protected records in TLS 1.3 (RFC 8446 §5, §5.1);
+            # the record reader already refuses others, this guards direct callers.
             raise TLSAlert(UNEXPECTED_MESSAGE, f"cleartext record of type {header[0]} after the handshake")
         if self.seq >= SEQ_LIMIT - 1:
             raise TLSAlert(UNEXPECTED_MESSAGE, "read sequence number exhausted")
@@ -145,14 +146,15 @@ class Tls12Protection:
         plain_length = len(fragment) - overhead
         if plain_length < 0:
             raise TLSAlert(BAD_RECORD_MAC, "record shorter than its AEAD overhead")
-        if plain_length > MAX_PLAINTEXT:
-            raise TLSAlert(RECORD_OVERFLOW, f"plaintext of {plain_length} bytes")
         aad = TLS12_AAD.pack(self.seq, content_type, TLS12_VERSION, plain_length)
         try:
             plaintext = self._aead.decrypt(nonce, sealed, aad)
         except (InvalidTag, ValueError):
             raise TLSAlert(BAD_RECORD_MAC, "record does not authenticate") from None
         self.seq += 1
+        if plain_length > MAX_PLAINTEXT:
+            # Checked after the tag, as OpenSSL does: only the peer itself can send this.
+            raise TLSAlert(RECORD_OVERFLOW, f"plaintext of {plain_length} bytes")
         return content_type, plaintext
 
     def export(self) -> dict:

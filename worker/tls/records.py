@@ -9,8 +9,16 @@
 RFC 8446 §5.1 (TLSPlaintext / TLSCiphertext) and RFC 5246 §6.2.1 use the same five-byte
 header. Rules of this file:
 - `RecordReader` only frames: it never decrypts and never looks inside a fragment.
-- A header that cannot start a valid record is a `TLSAlert` with the description the RFCs name
-  (unexpected_message for an unknown type, record_overflow for a length over the limit).
+- A header that cannot start a valid record is a `TLSAlert` as soon as its five bytes are
+  in, with the alert OpenSSL 3.0 sends for it, in OpenSSL's order of checks (the differential
+  test compares the alert records byte for byte):
+    version major != 3, or TLS 1.2 and version != 0x0303   -> protocol_version
+    TLS 1.3: outer type != application_data                 -> unexpected_message (RFC 8446 §5)
+    TLS 1.3: version != 0x0303 -> decode_error (RFC 8446 §5.1 says to ignore the field;
+                                  OpenSSL rejects it, and a changed one fails the tag anyway)
+    length over the limit      -> record_overflow (RFC 8446 §5.2, RFC 5246 §6.2.3)
+  A TLS 1.2 record type is checked after decryption, as OpenSSL does: it is part of the AAD
+  (RFC 5246 §6.2.3.3), so a garbled one is bad_record_mac.
 - `TLSAlert` is the only exception the record layer lets out on bad input.
 """
 
@@ -25,13 +33,14 @@ CHANGE_CIPHER_SPEC = 20
 ALERT = 21
 HANDSHAKE = 22
 APPLICATION_DATA = 23
-CONTENT_TYPES = frozenset((CHANGE_CIPHER_SPEC, ALERT, HANDSHAKE, APPLICATION_DATA))
 
 TLS12_VERSION = 0x0303          # also TLS 1.3's legacy_record_version (RFC 8446 §5.1)
 
 MAX_PLAINTEXT = 1 << 14                         # RFC 8446 §5.1, RFC 5246 §6.2.1
 MAX_TLS13_CIPHERTEXT = MAX_PLAINTEXT + 256      # RFC 8446 §5.2
-MAX_TLS12_CIPHERTEXT = MAX_PLAINTEXT + 2048     # RFC 5246 §6.2.3
+# RFC 5246 §6.2.3 allows 2^14 + 2048, but an AEAD record is never longer than 2^14 + 24;
+# OpenSSL refuses anything over 2^14 + 320 (its largest MAC and padding), and so do we.
+MAX_TLS12_CIPHERTEXT = MAX_PLAINTEXT + 320
 
 # Alert levels and the descriptions this layer sends or names (RFC 8446 §6, RFC 5246 §7.2).
 WARNING = 1
@@ -91,13 +100,14 @@ class RecordReader:
     before the AEAD reads it. Only a partial record is carried over (one copy).
     """
 
-    __slots__ = ("_buf", "_view", "_pos", "max_length")
+    __slots__ = ("_buf", "_view", "_pos", "max_length", "tls13")
 
-    def __init__(self, max_length: int, pending: bytes = b"") -> None:
+    def __init__(self, max_length: int, pending: bytes = b"", tls13: bool = True) -> None:
         self._buf = bytes(pending)
         self._view = memoryview(self._buf)
         self._pos = 0
         self.max_length = max_length
+        self.tls13 = tls13
 
     def feed(self, data) -> None:
         if not data:
@@ -115,8 +125,13 @@ class RecordReader:
         if len(buf) - pos < HEADER_SIZE:
             return None
         content_type, version, length = HEADER.unpack_from(buf, pos)
-        if content_type not in CONTENT_TYPES:
-            raise TLSAlert(UNEXPECTED_MESSAGE, f"unknown record type {content_type}")
+        if version != TLS12_VERSION and (version >> 8 != 3 or not self.tls13):
+            raise TLSAlert(PROTOCOL_VERSION, f"record version {version:#06x}")
+        if self.tls13:
+            if content_type != APPLICATION_DATA:
+                raise TLSAlert(UNEXPECTED_MESSAGE, f"cleartext record of type {content_type} after the handshake")
+            if version != TLS12_VERSION:
+                raise TLSAlert(DECODE_ERROR, f"record version {version:#06x}")
         if length > self.max_length:
             raise TLSAlert(RECORD_OVERFLOW, f"record of {length} bytes (max {self.max_length})")
         body = pos + HEADER_SIZE

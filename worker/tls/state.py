@@ -7,7 +7,7 @@
      "handshake_in": b"..",  # a post-handshake message still arriving in pieces
      "pending_out": b"..",   # records sealed and not yet taken by the caller
      "peer_closed": False, "closed": False,
-     "update_answered": False,   # a KeyUpdate request was answered since our last data
+     "update_owed": False,       # the peer asked for a KeyUpdate we have not sent yet
      "info": {"alpn": "h2", "server_name": "a.example", "peer_certificate": b"DER" | None}}
 
 Plaintext the layer has already returned is not here: like the L4 handoff's unsent bytes, it
@@ -45,7 +45,7 @@ def export_state(layer: RecordLayer) -> dict:
         "pending_out": layer.pending_out(),
         "peer_closed": layer.peer_closed,
         "closed": layer.closed,
-        "update_answered": layer.update_answered(),
+        "update_owed": layer.update_owed(),
         "info": dict(layer.info),
     }
 
@@ -55,7 +55,7 @@ _DIRECTION_FIELDS = {
     "TLSv1.2": {"key": bytes, "iv": bytes, "seq": int, "nonce_offset": int},
 }
 _FIELDS = {"suite": str, "role": str, "pending_in": bytes, "handshake_in": bytes,
-           "pending_out": bytes, "peer_closed": bool, "closed": bool, "update_answered": bool,
+           "pending_out": bytes, "peer_closed": bool, "closed": bool, "update_owed": bool,
            "info": dict}
 
 
@@ -84,7 +84,7 @@ def import_state(state: dict) -> RecordLayer:
         return RecordLayer(suite, state["role"], read, write,
                            pending_in=state["pending_in"], handshake_in=state["handshake_in"],
                            pending_out=state["pending_out"], peer_closed=state["peer_closed"],
-                           closed=state["closed"], update_answered=state["update_answered"],
+                           closed=state["closed"], update_owed=state["update_owed"],
                            info=state["info"])
     except ValueError as exc:           # key or IV of the wrong size, unknown role
         raise StateError(f"TLS state: {exc}") from None
