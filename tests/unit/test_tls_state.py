@@ -101,3 +101,20 @@ def test_ktls_is_detected_not_assumed(tmp_path):
     assert not ktls_available(str(tmp_path / "missing"))
     assert "unavailable (ULPs offered: mptcp)" in ktls_status(str(without))
     assert ktls_status().startswith(("kTLS available", "kTLS unavailable"))
+
+
+def test_client_side_session_moves_with_unread_tickets():
+    """Baton as the TLS client (upstream TLS later): the server's NewSessionTickets are still
+    unread ciphertext at the handover; they move with the state and are taken after it."""
+    from ..tls_helpers import baton_client
+
+    hs, keylog, server = baton_client("rsa", TLS13)
+    layer = hs.handover()
+    assert layer.pending_in()                     # the tickets, not processed yet
+    moved = import_state(through_msgpack(export_state(layer)))
+    server.feed(moved.send_data(b"GET / HTTP/1.1\r\n\r\n"))
+    assert server.read_all() == b"GET / HTTP/1.1\r\n\r\n"
+    server.obj.write(b"HTTP/1.1 200 OK\r\n\r\n")
+    assert moved.receive_data(server.take()) == b"HTTP/1.1 200 OK\r\n\r\n"
+    assert moved.tickets_received >= 1
+    keylog.close()
