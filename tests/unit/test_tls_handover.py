@@ -125,3 +125,27 @@ def test_this_pythons_openssl_writes_the_key_log_to_a_pipe():
         (secrets,) = keylog._sessions.values()
         assert set(secrets) == labels, ssl.OPENSSL_VERSION
         keylog.close()
+
+
+def test_interleaved_handshakes_on_one_context_find_their_own_secrets():
+    """A worker runs many handshakes on one context at once: the key log lines interleave
+    and each handover picks its own by client_random."""
+    server_ctx = server_context("ecdsa")
+    keylog = KeyLog(server_ctx)
+    client_ctx = client_context()
+    pairs = [(TlsHandshake(server_ctx, keylog, server_side=True), MemoryPeer(client_ctx))
+             for _ in range(4)]
+    for _ in range(6):                            # one step of each in turn
+        for hs, peer in pairs:
+            try:
+                peer.obj.do_handshake()
+            except ssl.SSLWantReadError:
+                pass
+            hs.receive_data(peer.take())
+            peer.feed(hs.step())
+    for n, (hs, peer) in reversed(list(enumerate(pairs))):
+        layer = hs.handover()
+        peer.feed(layer.send_data(b"session %d" % n))
+        assert peer.read_all() == b"session %d" % n
+    assert keylog._sessions == {}                 # every secret was taken
+    keylog.close()
