@@ -36,6 +36,9 @@ def pin_tls13_suite(context: ssl.SSLContext, suite: str) -> None:
     ssl_ctx = ctypes.c_void_p.from_address(id(context) + _HEAD).value
     if not _libssl.SSL_CTX_set_ciphersuites(ssl_ctx, suite.encode()):
         raise ValueError(f"OpenSSL refused TLS 1.3 suite {suite}")
+    offered = [c["name"] for c in context.get_ciphers() if c["protocol"] == "TLSv1.3"]
+    if offered != [suite]:
+        raise AssertionError(f"pinning {suite} did not take (the context offers {offered})")
 
 
 def openssl_key_update(sslobj: ssl.SSLObject, request_peer: bool) -> None:
