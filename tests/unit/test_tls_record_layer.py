@@ -275,3 +275,13 @@ def test_mutated_streams_raise_only_tls_alert_and_never_yield_forged_data(suite,
     except TLSAlert as exc:
         received = exc.data
     assert expected.startswith(received)     # whatever authenticates is a prefix of the truth
+
+
+@pytest.mark.parametrize("suite", ["TLS_AES_128_GCM_SHA256", "ECDHE-RSA-AES128-GCM-SHA256"])
+def test_a_stream_trickled_byte_by_byte(suite):
+    server, client = layer_pair(suite)
+    data = bytes(range(256)) * 100
+    wire = client.send_data(data) + client.send_data(b"tail")
+    received = b"".join(server.receive_data(wire[i:i + 1]) for i in range(len(wire)))
+    assert received == data + b"tail"
+    assert server.pending_in() == b""

@@ -95,35 +95,47 @@ def pack_header(content_type: int, length: int, version: int = TLS12_VERSION) ->
 class RecordReader:
     """Cuts a byte stream into records: (type, version, header, fragment).
 
-    The buffer is immutable bytes, replaced (never resized) on each feed, so header and
-    fragment can be memoryviews into it: a segment holding whole records is never copied
-    before the AEAD reads it. Only a partial record is carried over (one copy).
+    Whole records are served as memoryviews into an immutable bytes buffer, so a segment that
+    holds whole records is never copied before the AEAD reads it. A record that is not whole
+    yet waits in a bytearray that grows by appending (never re-copied per segment, so a peer
+    trickling a record byte by byte costs linear time) and becomes the buffer once complete.
     """
 
-    __slots__ = ("_buf", "_view", "_pos", "max_length", "tls13")
+    __slots__ = ("_buf", "_view", "_pos", "_partial", "_need", "max_length", "tls13")
 
     def __init__(self, max_length: int, pending: bytes = b"", tls13: bool = True) -> None:
-        self._buf = bytes(pending)
-        self._view = memoryview(self._buf)
-        self._pos = 0
         self.max_length = max_length
         self.tls13 = tls13
+        self._partial: bytearray | None = None
+        self._need = 0
+        self._serve(bytes(pending))
+
+    def _serve(self, buf: bytes) -> None:
+        self._buf = buf
+        self._view = memoryview(buf)
+        self._pos = 0
 
     def feed(self, data) -> None:
         if not data:
             return
-        if self._pos >= len(self._buf):
-            self._buf = data if type(data) is bytes else bytes(data)
+        if self._partial is not None:
+            self._partial += data
+            if len(self._partial) < self._need:
+                return
+            buf, self._partial = bytes(self._partial), None
+        elif self._pos < len(self._buf):
+            buf = self._buf[self._pos:] + bytes(data)
         else:
-            self._buf = self._buf[self._pos:] + bytes(data)
-        self._view = memoryview(self._buf)
-        self._pos = 0
+            buf = data if type(data) is bytes else bytes(data)
+        self._serve(buf)
 
     def next_record(self):
         """The next complete record, or None until more bytes arrive."""
+        if self._partial is not None:
+            return None
         buf, pos = self._buf, self._pos
         if len(buf) - pos < HEADER_SIZE:
-            return None
+            return self._wait(HEADER_SIZE)
         content_type, version, length = HEADER.unpack_from(buf, pos)
         if version != TLS12_VERSION and (version >> 8 != 3 or not self.tls13):
             raise TLSAlert(PROTOCOL_VERSION, f"record version {version:#06x}")
@@ -137,13 +149,23 @@ class RecordReader:
         body = pos + HEADER_SIZE
         end = body + length
         if len(buf) < end:
-            return None
+            return self._wait(HEADER_SIZE + length)
         self._pos = end
         view = self._view
         return content_type, version, view[pos:body], view[body:end]
 
+    def _wait(self, need: int) -> None:
+        """Keep the incomplete rest aside until `need` bytes of it are in."""
+        if self._pos < len(self._buf):
+            self._partial = bytearray(self._view[self._pos:])
+            self._need = need
+            self._serve(b"")
+        return None
+
     def pending(self) -> bytes:
         """The bytes not yet returned as a record (a partial record, or records not asked for)."""
+        if self._partial is not None:
+            return bytes(self._partial)
         return self._buf[self._pos:]
 
 
