@@ -437,7 +437,7 @@ def cmd_run(args) -> int:
             # None: keep what the master has (workers explicitly left as root).
             "worker_caps": None if _stays_root(worker_user) else list(caps_for(args.upstream_mark)),
             # Its workers may move connections to ours (worker/migration.py checks pids).
-            "previous_master": takeover.previous_pid if takeover is not None else None}
+            **_previous_master(takeover)}
         try:
             runtime_dir = runtime.prepare(runtime.resolve(args.runtime_dir),
                                           worker_user[0] if worker_user else None)
@@ -496,6 +496,20 @@ def _worker_user(spec: str | None):
                          f"/usr/sbin/nologin {DEFAULT_USER}, as `make run` does) or pass "
                          "--worker-user USER") from None
     return None if user[0] == 0 else user
+
+
+def _previous_master(takeover) -> dict:
+    """The previous generation's master, for our workers' handoff sockets: its pid, and a
+    pidfd opened now, while it is certainly alive (it just answered our hello), so that its
+    pid is not trusted once it has exited and may be reused."""
+    pid = takeover.previous_pid if takeover is not None else None
+    if not isinstance(pid, int) or pid <= 0:
+        return {"previous_master": None, "previous_master_pidfd": None}
+    try:
+        pidfd = os.pidfd_open(pid)
+    except OSError:
+        return {"previous_master": None, "previous_master_pidfd": None}
+    return {"previous_master": pid, "previous_master_pidfd": pidfd}
 
 
 def _stays_root(worker_user) -> bool:

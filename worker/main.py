@@ -74,7 +74,7 @@ class Worker:
         self.apply_snapshot(snapshot, listener_fds)
         self.handoff = migration.MigrationServer(
             self, unix.abstract_name(f"worker-{generation}-{worker_id}"),
-            masters=(os.getppid(), (snapshot.get("runtime") or {}).get("previous_master")))
+            masters=unix.trusted_masters(snapshot.get("runtime")))
 
     # -- config --------------------------------------------------------------------------
 
@@ -396,6 +396,9 @@ def worker_process_main(worker_id: int, generation: int, master_pid: int, channe
     keep = {channel_sock.fileno(), *listener_fds.values()}
     if broker_sock is not None:
         keep.add(broker_sock.fileno())
+    previous_pidfd = (snapshot.get("runtime") or {}).get("previous_master_pidfd")
+    if previous_pidfd is not None:
+        keep.add(previous_pidfd)        # worker/migration.py: is the previous master alive?
     _reset_inherited_process_state(keep)
     prctl.set_pdeathsig(signal.SIGKILL)
     if os.getppid() != master_pid:      # the master died before PDEATHSIG was armed

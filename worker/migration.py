@@ -31,14 +31,14 @@ log = logging.getLogger("baton.migration")
 class MigrationServer:
     """This worker's handoff socket: adopts the connections other workers send."""
 
-    def __init__(self, worker, path: str, masters=()):
+    def __init__(self, worker, path: str, masters: dict | None = None):
         """`path`: an abstract address (supervisor/handoff/unix.py says why), or a file.
-        `masters`: the pids of the masters whose processes may move connections here (ours,
-        and the previous generation's while it hands over)."""
+        `masters`: the masters whose processes may move connections here, ours and the
+        previous generation's (unix.trusted_masters: pid -> pidfd or None)."""
         self.worker = worker
         self.loop = worker.loop
         self.path = path
-        self.masters = frozenset(pid for pid in masters if pid)
+        self.masters = dict(masters or {})
         self.sock = unix.bind_abstract(path) if unix.is_abstract(path) else unix.bind_private(path)
         self.versions: dict[Channel, int | None] = {}     # channel -> negotiated version
         self.loop.add_reader(self.sock.fileno(), self._on_acceptable)
@@ -57,8 +57,12 @@ class MigrationServer:
         (which connects for its workers, supervisor/handoff/broker.py) or one of their
         children (an older release's workers connect themselves). Root passes: it could
         ptrace us anyway. A pid is checked while its connection is open, so it cannot have
-        been reused by another process yet unless the peer exited at once."""
-        return uid == 0 or pid in self.masters or unix.parent_pid(pid) in self.masters
+        been reused by another process yet unless the peer exited at once; a master's own
+        pid is trusted only while its pidfd says it runs."""
+        if uid == 0:
+            return True
+        live = {m for m, pidfd in self.masters.items() if pidfd is None or not unix.exited(pidfd)}
+        return pid in live or unix.parent_pid(pid) in live
 
     def _on_acceptable(self) -> None:
         accepted = unix.accept_checked(self.sock, "handoff socket", self._trusted)

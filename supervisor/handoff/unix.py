@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import select
 import socket
 
 from .channel import peer_credentials
@@ -83,6 +84,26 @@ def accept_checked(listener: socket.socket, what: str, trusted=None):
         conn.close()
         return None
     return conn, pid
+
+
+def trusted_masters(runtime: dict | None) -> dict[int, int | None]:
+    """The masters whose processes a worker's handoff socket admits: pid -> a pidfd that says
+    when that process has exited (None: our own master, which we never outlive). The previous
+    generation's master is known by its pid and a pidfd opened while it talked to us, so once
+    it has exited its pid, reused by some other process, is trusted no more."""
+    runtime = runtime or {}
+    masters = {os.getppid(): None}
+    if runtime.get("previous_master") and runtime.get("previous_master_pidfd") is not None:
+        masters[runtime["previous_master"]] = runtime["previous_master_pidfd"]
+    return masters
+
+
+def exited(pidfd: int) -> bool:
+    """A pidfd polls readable once its process has exited."""
+    try:
+        return bool(select.select([pidfd], [], [], 0)[0])
+    except (OSError, ValueError):
+        return True
 
 
 def parent_pid(pid: int) -> int | None:

@@ -103,8 +103,31 @@ def test_parent_pid_from_proc():
     (1, 999, False),                          # a process of that uid that is not ours
 ])
 def test_handoff_trusts_masters_and_their_children(pid, uid, trusted):
-    server = types.SimpleNamespace(masters=frozenset({1000, os.getppid()}))
+    server = types.SimpleNamespace(masters={1000: None, os.getppid(): None})
     assert MigrationServer._trusted(server, pid, uid) is trusted
+
+
+def test_a_previous_master_that_exited_is_trusted_no_more():
+    """Its pid may be reused by any process once it has exited: the pidfd tells."""
+    import subprocess
+    import sys
+    child = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"],
+                             stdin=subprocess.PIPE)
+    pidfd = os.pidfd_open(child.pid)
+    try:
+        masters = unix.trusted_masters({"previous_master": child.pid, "previous_master_pidfd": pidfd})
+        assert masters == {os.getppid(): None, child.pid: pidfd}
+        server = types.SimpleNamespace(masters=masters)
+        assert MigrationServer._trusted(server, child.pid, 999)
+        child.stdin.close()
+        child.wait(10)
+        assert unix.exited(pidfd)
+        assert not MigrationServer._trusted(server, child.pid, 999)
+        assert MigrationServer._trusted(server, os.getppid(), 999)       # our master still is
+    finally:
+        os.close(pidfd)
+    assert unix.trusted_masters({"previous_master": 1234, "previous_master_pidfd": None}) == \
+        {os.getppid(): None}
 
 
 def test_abstract_names_are_unguessable():
