@@ -26,9 +26,12 @@ from __future__ import annotations
 import ctypes
 import grp
 import importlib
+import logging
 import os
 import pkgutil
 import pwd
+
+log = logging.getLogger("baton.privileges")
 
 DEFAULT_USER = "baton"
 INTERCEPT_CAPS = ("net_admin", "net_bind_service")
@@ -87,8 +90,11 @@ def preimport() -> None:
             importlib.import_module(name)
         except ImportError:
             pass
-    for info in pkgutil.walk_packages(worker.__path__, worker.__name__ + "."):
-        importlib.import_module(info.name)
+    for info in pkgutil.walk_packages(worker.__path__, worker.__name__ + ".", onerror=lambda name: None):
+        try:
+            importlib.import_module(info.name)
+        except Exception as exc:  # noqa: BLE001 - a module that cannot load fails where it is used
+            log.warning("cannot preload %s: %s", info.name, exc)
     _preimported = True
 
 
