@@ -108,6 +108,18 @@ def test_server_records_match_openssl(version, kind, suite):
         exchange(layer, twin, peer, salt=4)
         assert layer.key_updates_received == 2
 
+        # Asked, and asking at once: one KeyUpdate answers and asks, as OpenSSL's does.
+        openssl_key_update(peer.obj, request_peer=True)
+        peer.obj.write(b"ask")
+        incoming = peer.take()
+        assert layer.receive_data(incoming) == b"ask" == twin.read(incoming)
+        openssl_key_update(twin.obj, request_peer=True)
+        wire = layer.update_keys(request_peer=True) + layer.send_data(b"both")
+        assert wire == twin.write(b"both")
+        peer.feed(wire)
+        assert peer.read_all() == b"both"
+        exchange(layer, twin, peer, salt=6)
+
     # close_notify both ways; OpenSSL's SSL_shutdown writes the same record
     wire = layer.close()
     with pytest.raises(ssl.SSLWantReadError):

@@ -211,7 +211,7 @@ class RecordLayer:
         self._check_open()
         if not self._tls13:
             raise ValueError("KeyUpdate exists only in TLS 1.3")
-        self._pay_update_owed()
+        self._update_owed = False       # this KeyUpdate is the answer too, as with OpenSSL
         self._queue_key_update(request_peer)
         return self.data_to_send()
 
