@@ -22,12 +22,21 @@ Rules of this file:
   step with the peer's.
 - Connection errors end the connection: GOAWAY(highest stream, code), ProtocolError(stream 0)
   for the manager, `closed` True; nothing is read after. Stream errors reset one stream
-  (RST_STREAM) and report StreamReset; a malformed request never reaches the manager.
+  (RST_STREAM) and report StreamReset; a malformed request never reaches the manager (and,
+  unless stream_error_on_invalid_http_message, ends the connection as a connection error).
+- Envoy's flood limits and premature-reset check (h2limits.py): inbound frames are counted
+  as they are read; what we queue, and the premature resets, at the end of each receive()
+  and in data_to_send(). A limit crossed ends the connection with nothing more sent: `flood`
+  names the stat, and the manager drops the connection.
+- At most `frames_per_turn` frames per receive(); the rest stay in the buffer for
+  receive_more() (`backlog`), so that the manager can let other connections run between.
 - Flow control: inbound bytes count against the windows when they arrive and are returned
   (WINDOW_UPDATE, once half a window has been returned) when the proxy says it forwarded them
   (`consumed`), or at once when nobody will (padding, closed or reset streams, 431 bodies).
   Outbound bytes that the peer's windows cannot take are held per stream and flushed when a
-  WINDOW_UPDATE or SETTINGS opens them; WindowOpen reports each stream that drained.
+  WINDOW_UPDATE or SETTINGS opens them; WindowOpen reports each stream that drained. A
+  connection WINDOW_UPDATE serves only the streams its window holds back (`_conn_blocked`),
+  round robin: its cost is what it unblocks, never a walk of every stream.
 - HPACK, received: a decoded block is cached per connection, keyed by its bytes, *only* when
   decoding it left the dynamic table as it found it (no insertion, no eviction, no size
   change); the entry is stamped with the table's generation, which every block that does
