@@ -370,3 +370,62 @@ def test_defaults_are_envoys():
 def test_zero_is_refused_where_envoy_refuses_it(field):
     _, errors = translate({field: 0})
     assert errors == [f"hcm.http2_protocol_options.{field}: must be at least 1"]
+
+
+# -- the connection manager reads a backlog one turn at a time -------------------------------
+
+class FakeTransport:
+    def __init__(self):
+        self.paused = False
+        self.written = bytearray()
+
+    def pause_reading(self):
+        self.paused = True
+
+    def resume_reading(self):
+        self.paused = False
+
+    def write(self, data):
+        self.written += data
+
+    def get_write_buffer_size(self):
+        return 0
+
+
+class FakeLoop:
+    def __init__(self):
+        self.soon = []
+
+    def call_soon(self, callback, *args):
+        self.soon.append(callback)
+        return callback
+
+    def turn(self):
+        ready, self.soon = self.soon, []
+        for callback in ready:
+            callback()
+
+
+def test_the_manager_reads_64_frames_per_turn_and_pauses_reading_meanwhile():
+    from collections import deque
+    from types import SimpleNamespace
+
+    from baton.worker.proxy.http.connection_manager import HttpConnection
+
+    conn = HttpConnection.__new__(HttpConnection)      # only what reading frames touches
+    conn.transport, conn.loop = FakeTransport(), FakeLoop()
+    conn.hcm = SimpleNamespace(request_headers_timeout=None)
+    conn.codec = LeanHttp2ServerCodec(**_h2_options({}))
+    conn.codec.initiate()
+    conn.closed, conn.initial, conn.active, conn.streams = False, None, None, {}
+    conn.queued, conn.dirty, conn.backlog, conn.read_pauses = deque(), False, None, 0
+    ping = frame(PING, 0, 0, b"12345678")
+    conn.data_received(H2_PREFACE + frame(SETTINGS, 0, 0) + ping * 200)
+    turns = [len([f for f in frames_of(bytes(conn.transport.written)) if f[0] == PING])]
+    while conn.loop.soon:
+        assert conn.transport.paused            # the rest waits: nothing more is read
+        conn.transport.written.clear()
+        conn.loop.turn()
+        turns.append(len(frames_of(bytes(conn.transport.written))))
+    assert turns == [63, 64, 64, 9]             # 64 frames a turn (the first: preface SETTINGS)
+    assert not conn.transport.paused and conn.read_pauses == 0
