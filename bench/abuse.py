@@ -151,6 +151,7 @@ def measure(running: Running, attack, stat: str | None, repeat: bool = True) -> 
     return {"outcome": outcome, "rounds": len(outcomes), "cpu": meter.cpu,
             "requests": damage.requests, "failures": damage.failures,
             "p99_ms": damage.p99() * 1000, "errors": damage.errors[:3],
+            "p99_http_ms": damage.p99("http") * 1000, "p99_echo_ms": damage.p99("echo") * 1000,
             "counted": running.stat(stat) - before}
 
 
@@ -202,8 +203,8 @@ def section(names: list[str], attacks: dict, linear: dict, wall: float) -> list[
              "CPU: the proxy's process tree over all rounds. Closed: hostile connections the "
              "proxy closed. Counted: the proxy's own counter for the protection.", "",
              "| attack | proxy | rounds | proxy CPU | closed | bystander exchanges | failures | p99 "
-             "| counted |",
-             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+             "| p99 GET / echo | counted |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for label in ["quiet", *(a[0] for a in ATTACKS)]:
         for name in names:
             row = attacks.get((name, label))
@@ -216,7 +217,7 @@ def section(names: list[str], attacks: dict, linear: dict, wall: float) -> list[
             rounds = row["rounds"] or "-"
             lines.append(f"| {label} | {name} | {rounds} | {row['cpu']:.2f} s | {closed} | "
                          f"{row['requests']} | {row['failures']} | {row['p99_ms']:.1f} ms | "
-                         f"{counted} |")
+                         f"{row['p99_http_ms']:.1f} / {row['p99_echo_ms']:.1f} ms | {counted} |")
     notes = [f"- {name}, {label}: {row['outcome'].note}" for (name, label), row in attacks.items()
              if row["outcome"] is not None and row["outcome"].note]
     errors = [f"- {name}, {label}: {row['errors']}" for (name, label), row in attacks.items()

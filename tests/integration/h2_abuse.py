@@ -329,11 +329,13 @@ class Damage:
     failures: int = 0
     latencies: list = field(default_factory=list)
     errors: list = field(default_factory=list)
+    by_client: dict = field(default_factory=dict)   # "http" / "echo" -> its latencies
 
-    def p99(self) -> float:
-        if not self.latencies:
+    def p99(self, client: str | None = None) -> float:
+        latencies = self.latencies if client is None else self.by_client.get(client, [])
+        if not latencies:
             return 0.0
-        ordered = sorted(self.latencies)
+        ordered = sorted(latencies)
         return ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
 
 
@@ -397,7 +399,8 @@ def _bystander_process(pipe, count, http_port: int, tcp_port: int, interval: flo
     clients.__exit__(None, None, None)
     damage = clients.damage
     pipe.send({"requests": damage.requests, "failures": damage.failures,
-               "latencies": damage.latencies, "errors": damage.errors[:20]})
+               "latencies": damage.latencies, "errors": damage.errors[:20],
+               "by_client": damage.by_client})
 
 
 class _Clients:
@@ -429,7 +432,7 @@ class _Clients:
         for thread in self._threads:
             thread.join(self.timeout + 5)
 
-    def _record(self, started: float, error: str | None, warming: bool) -> bool:
+    def _record(self, client: str, started: float, error: str | None, warming: bool) -> bool:
         """Record one exchange; returns whether this client is still warming up."""
         if warming:
             if error is None:
@@ -440,7 +443,9 @@ class _Clients:
             self._count.value += 1
             self.damage.requests += 1
             if error is None:
-                self.damage.latencies.append(time.monotonic() - started)
+                latency = time.monotonic() - started
+                self.damage.latencies.append(latency)
+                self.damage.by_client.setdefault(client, []).append(latency)
             else:
                 self.damage.failures += 1
                 self.damage.errors.append(error)
@@ -461,7 +466,7 @@ class _Clients:
             except (OSError, http.client.HTTPException) as exc:
                 error = f"GET: {type(exc).__name__}: {exc}"
                 conn = None
-            warming = self._record(started, error, warming)
+            warming = self._record("http", started, error, warming)
         if conn is not None:
             conn.close()
 
@@ -487,6 +492,6 @@ class _Clients:
             except OSError as exc:
                 error = f"echo: {type(exc).__name__}: {exc}"
                 sock = None
-            warming = self._record(started, error, warming)
+            warming = self._record("echo", started, error, warming)
         if sock is not None:
             sock.close()
