@@ -80,6 +80,37 @@ def tcp_bootstrap(admin_port: int, listener_port: int, endpoints, *, cluster="ba
             "static_resources": {"listeners": [listener], "clusters": [cluster_cfg]}}
 
 
+RECORDER = HERE / "differential" / "recorder.py"
+
+
+def http_bootstrap(admin: int, port: int, upstream: int) -> dict:
+    hcm = {"@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3"
+                    ".HttpConnectionManager",
+           "stat_prefix": "ingress_http",
+           "route_config": {"name": "r", "virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [
+               {"match": {"prefix": "/"}, "route": {"cluster": "app"}}]}]},
+           "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {
+               "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}]}
+    return {"admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin}}},
+            "static_resources": {
+                "listeners": [{"name": "http", "address": {"socket_address": {
+                    "address": "127.0.0.1", "port_value": port}},
+                    "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager",
+                                                    "typed_config": hcm}]}]}],
+                "clusters": [{"name": "app", "connect_timeout": "1s", "load_assignment": {
+                    "cluster_name": "app", "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {
+                        "socket_address": {"address": "127.0.0.1", "port_value": upstream}}}}]}]}}]}}
+
+
+@pytest.fixture
+def recorder():
+    """The recording HTTP upstream (differential/recorder.py): its port."""
+    proc, port = start_ready_process([sys.executable, str(RECORDER), "app"])
+    yield port
+    proc.kill()
+    proc.wait(10)
+
+
 ENTRY_SCRIPT = """#!{python}
 import os, sys
 if os.path.exists({hook!r}):

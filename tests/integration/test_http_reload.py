@@ -18,41 +18,13 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import Baton, free_port, start_ready_process, wait_until
+from .conftest import Baton, free_port, http_bootstrap, start_ready_process, wait_until
 
-RECORDER = Path(__file__).resolve().parent / "differential" / "recorder.py"
 GRPC_ECHO = Path(__file__).resolve().parent / "grpc_echo.py"
 RELOADS = 20
 
 pytestmark = pytest.mark.skipif(not shutil.which("wrk") or not shutil.which("h2load"),
                                 reason="needs wrk and h2load (make test installs them)")
-
-
-def http_bootstrap(admin: int, port: int, upstream: int) -> dict:
-    hcm = {"@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3"
-                    ".HttpConnectionManager",
-           "stat_prefix": "ingress_http",
-           "route_config": {"name": "r", "virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [
-               {"match": {"prefix": "/"}, "route": {"cluster": "app"}}]}]},
-           "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {
-               "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}]}
-    return {"admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin}}},
-            "static_resources": {
-                "listeners": [{"name": "http", "address": {"socket_address": {
-                    "address": "127.0.0.1", "port_value": port}},
-                    "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager",
-                                                    "typed_config": hcm}]}]}],
-                "clusters": [{"name": "app", "connect_timeout": "1s", "load_assignment": {
-                    "cluster_name": "app", "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {
-                        "socket_address": {"address": "127.0.0.1", "port_value": upstream}}}}]}]}}]}}
-
-
-@pytest.fixture
-def recorder():
-    proc, port = start_ready_process([sys.executable, str(RECORDER), "app"])
-    yield port
-    proc.kill()
-    proc.wait(10)
 
 
 @pytest.fixture

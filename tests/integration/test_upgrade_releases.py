@@ -10,17 +10,14 @@ from __future__ import annotations
 
 import http.client
 import os
-import sys
 import threading
-from pathlib import Path
 
 import pytest
 
 from .. import releases
 from .clients import Streams
-from .conftest import Baton, free_port, start_ready_process, tcp_bootstrap, wait_until
+from .conftest import Baton, free_port, http_bootstrap, tcp_bootstrap, wait_until
 
-RECORDER = Path(__file__).resolve().parent / "differential" / "recorder.py"
 # BATON_UPGRADE_FROM=<commit> adds one more starting point (make upgrade-test FROM=...).
 EXTRA = os.environ.get("BATON_UPGRADE_FROM") or None
 RELEASES = releases.releases() + ([releases.Release("(given)", EXTRA)] if EXTRA else [])
@@ -94,22 +91,11 @@ class HttpClients:
 
 
 def _bootstrap(admin: int, tcp_port: int, echo: int, http_port: int, recorder: int) -> dict:
+    """A tcp_proxy listener to the echo upstream, and an HTTP listener to the recorder."""
     config = tcp_bootstrap(admin, tcp_port, [echo])
-    hcm = {"@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3"
-                    ".HttpConnectionManager",
-           "stat_prefix": "ingress_http",
-           "route_config": {"name": "r", "virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [
-               {"match": {"prefix": "/"}, "route": {"cluster": "app", "timeout": "30s"}}]}]},
-           "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {
-               "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}]}
-    resources = config["static_resources"]
-    resources["listeners"].append({"name": "http", "address": {"socket_address": {
-        "address": "127.0.0.1", "port_value": http_port}},
-        "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager",
-                                        "typed_config": hcm}]}]})
-    resources["clusters"].append({"name": "app", "connect_timeout": "1s", "load_assignment": {
-        "cluster_name": "app", "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {
-            "socket_address": {"address": "127.0.0.1", "port_value": recorder}}}}]}]}})
+    http = http_bootstrap(admin, http_port, recorder)["static_resources"]
+    for kind in ("listeners", "clusters"):
+        config["static_resources"][kind] += http[kind]
     return config
 
 
@@ -120,14 +106,6 @@ def wheels(tmp_path_factory):
     built = {release: releases.build_wheel(release.commit, workdir) for release in RELEASES}
     built["current"] = releases.build_wheel(None, workdir)
     return built
-
-
-@pytest.fixture
-def recorder():
-    proc, port = start_ready_process([sys.executable, str(RECORDER), "app"])
-    yield port
-    proc.kill()
-    proc.wait(10)
 
 
 def _reload_to(b: ReleaseBaton, wheel, version: str) -> None:
