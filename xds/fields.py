@@ -62,7 +62,9 @@ ALLOWED = {
         "listener_filters_timeout": WALK, "continue_on_listener_filters_timeout": WALK},
     "envoy.extensions.filters.listener.original_dst.v3.OriginalDst": {},
     "envoy.config.listener.v3.FilterChain": {
-        "name": WALK, "filters": WALK, "filter_chain_match": WALK},
+        "name": WALK, "filters": WALK, "filter_chain_match": WALK,
+        # DownstreamTlsContext: xds/tls.py (and its whitelist, fields_tls.py).
+        "transport_socket": SKIP, "transport_socket_connect_timeout": WALK},
     "envoy.config.listener.v3.FilterChainMatch": {
         # Selected after the listener's inspectors ran (worker/proxy/chains.py).
         "destination_port": WALK, "server_names": WALK, "transport_protocol": WALK,
@@ -132,7 +134,8 @@ from .fields_http import ALLOWED_HTTP  # noqa: E402
 from .fields_cluster import ALLOWED_CLUSTER  # noqa: E402
 from .fields_http_filters import ALLOWED_HTTP_FILTERS  # noqa: E402
 from .fields_overload import ALLOWED_OVERLOAD  # noqa: E402
+from .fields_tls import ALLOWED_TLS  # noqa: E402
 
-for _table in (ALLOWED_HTTP, ALLOWED_CLUSTER, ALLOWED_HTTP_FILTERS, ALLOWED_OVERLOAD):
+for _table in (ALLOWED_HTTP, ALLOWED_CLUSTER, ALLOWED_HTTP_FILTERS, ALLOWED_OVERLOAD, ALLOWED_TLS):
     for _type, _rules in _table.items():
         ALLOWED.setdefault(_type, {}).update(_rules)

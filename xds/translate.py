@@ -22,6 +22,7 @@ from . import protos
 from .fields import check_fields
 from .parse import join
 from .snapshot import empty_snapshot
+from .tls import translate_transport_socket
 
 DEFAULT_BUFFER_LIMIT = 1024 * 1024        # per_connection_buffer_limit_bytes
 DEFAULT_CONNECT_TIMEOUT = 5.0             # Cluster.connect_timeout
@@ -247,6 +248,12 @@ def _filter_chains(pb, path, errors, warnings, clusters):
             if len(chain.filters) == 1:
                 result.append({"match": match, "tcp_proxy": config if kind == "tcp_proxy" else None,
                                "http": config if kind == "http" else None})
+        tls = translate_transport_socket(chain, here, errors, warnings)
+        if tls is not None and result and len(result) == i + 1:
+            if result[-1]["http"] is not None:
+                errors.append(f"{here}.transport_socket: TLS in front of http_connection_manager "
+                              "is not supported yet (only tcp_proxy)")
+            result[-1]["tls"] = tls
     return result if len(result) == len(chains) and chains else None
 
 

@@ -1,0 +1,36 @@
+"""Which fields of Envoy's TLS transport socket Baton implements (merged into fields.ALLOWED).
+
+The DownstreamTlsContext of a listener's filter chain (xds/tls.py translates it). Anything
+else set there — SDS secret configs, session ticket keys, OCSP, certificate providers, CRLs,
+custom validators, key_log — is refused with its path until it is implemented.
+"""
+
+from .fields import SKIP, WALK
+
+ALLOWED_TLS = {
+    "envoy.config.core.v3.TransportSocket": {
+        "name": WALK, "typed_config": SKIP},
+    "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext": {
+        "common_tls_context": WALK, "require_client_certificate": WALK},
+    "envoy.extensions.transport_sockets.tls.v3.CommonTlsContext": {
+        "tls_params": WALK, "tls_certificates": WALK, "validation_context": WALK,
+        "alpn_protocols": WALK},
+    "envoy.extensions.transport_sockets.tls.v3.TlsParameters": {
+        # protocol versions and the lists are checked by the translator, value by value.
+        "tls_minimum_protocol_version": WALK, "tls_maximum_protocol_version": WALK,
+        "cipher_suites": WALK, "ecdh_curves": WALK},
+    "envoy.extensions.transport_sockets.tls.v3.TlsCertificate": {
+        "certificate_chain": WALK, "private_key": WALK},
+    "envoy.extensions.transport_sockets.tls.v3.CertificateValidationContext": {
+        "trusted_ca": WALK, "match_typed_subject_alt_names": WALK,
+        "match_subject_alt_names": WALK},
+    "envoy.extensions.transport_sockets.tls.v3.SubjectAltNameMatcher": {
+        "san_type": WALK, "matcher": WALK},
+    "envoy.config.core.v3.DataSource": {
+        "filename": WALK, "inline_bytes": WALK, "inline_string": WALK},
+    "envoy.type.matcher.v3.StringMatcher": {
+        "exact": WALK, "prefix": WALK, "suffix": WALK, "safe_regex": WALK, "contains": WALK,
+        "ignore_case": WALK},
+    "envoy.type.matcher.v3.RegexMatcher": {
+        "regex": WALK},
+}
