@@ -240,7 +240,11 @@ def section(names: list[str], attacks: dict, linear: dict, wall: float) -> list[
                 lines.append(f"| {streams:,} | {name} | {row['cpu']:.2f} s | "
                              f"{row['cpu'] / streams * 1e6:.0f} us | {o.answered} | "
                              f"{o.data_frames:,} | {row['p99_ms']:.1f} ms | {row['failures']} |")
-        lines += ["", BEFORE]
+        short = [f"- {name}, {streams:,} streams: {row['outcome'].answered:,} answered, the "
+                 f"connection {'closed' if row['outcome'].closed else 'still open'} after "
+                 f"{row['outcome'].data_frames:,} DATA frames"
+                 for (name, streams), row in linear.items() if row["outcome"].answered < streams]
+        lines += ["", *short, *([""] if short else []), BEFORE]
     lines += ["", f"Wall time {wall:.0f} s."]
     return lines
 
