@@ -1,19 +1,27 @@
 """The master process: owns the listening sockets, forks and supervises the workers, answers the
 admin API and the control socket. It never reads or writes a byte of proxied traffic.
 
-Lifecycle states (reported by /ready and /server_info, named as Envoy names them):
+Lifecycle: supervisor/lifecycle.py holds the phase (starting, taking over, serving, reloading,
+handed over, draining, stopping, stopped) and the table of allowed moves; this file acts on a
+move only when the lifecycle accepted it. The states reported by /ready and /server_info are
+derived from the phase, named as Envoy names them:
     PRE_INITIALIZING  workers starting          /ready 503
     COMMITTING        (new generation) workers serve; waiting for the old one to hand over
     LIVE              every worker serves       /ready 200
     DRAINING          SIGTERM / `baton stop`    /ready 503; workers finish their connections
-Signal handlers only dispatch on the loop to handle_<name>.
+Signal handlers only dispatch on the loop to handle_<name>. Processes are started, signalled
+and reaped through an OsSeam (supervisor/os_seam.py), which the unit tests replace.
+
+Stopping: at the drain deadline, workers still running get SIGTERM (a draining worker closes
+what it has left and exits), then SIGKILL DRAIN_KILL_GRACE seconds later, through the pidfds
+the master holds. A fast stop (SIGINT) already told them to close everything: at its deadline
+(FAST_STOP_GRACE) what is left is killed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import signal
 import time
 
@@ -23,6 +31,8 @@ from ..worker.stats import merge
 from . import dns, sdnotify
 from .admin import AdminServer
 from .control import ControlServer
+from .lifecycle import Event, Lifecycle, Phase
+from .os_seam import REAL_OS, OsSeam
 from .upgrade import Reload, ReloadFailed
 from .version import VERSION
 from .workers import WorkerTable
@@ -30,6 +40,8 @@ from .workers import WorkerTable
 log = logging.getLogger("baton.master")
 
 FAST_STOP_GRACE = 2.0
+# Between the SIGTERM sent at the drain deadline and the SIGKILL for workers that ignored it.
+DRAIN_KILL_GRACE = 5.0
 
 
 def _off_loop(fn, *args):
@@ -65,7 +77,8 @@ WORKER_RPC_TIMEOUT = 2.0
 class Master:
     def __init__(self, options, source_snapshot: dict, snapshot: dict, config_dump: dict,
                  listener_socks: dict, runtime_dir: str, generation: int = 1, takeover=None,
-                 intercept=None, static_snapshot: dict | None = None, xds_applied=None):
+                 intercept=None, static_snapshot: dict | None = None, xds_applied=None,
+                 os_seam: OsSeam = REAL_OS):
         self.options = options
         self.source_snapshot = source_snapshot      # as configured (STRICT_DNS unresolved)
         self.snapshot = snapshot                    # what workers get (addresses resolved)
@@ -73,13 +86,13 @@ class Master:
         self.listener_socks = listener_socks
         self.runtime_dir = runtime_dir
         self.generation = generation
-        self.takeover = takeover              # set while we take over from a previous generation
+        self.takeover = takeover              # the conversation with the previous generation
         self.intercept = intercept            # tproxy.config.InterceptConfig, or None
-        self.reloading: Reload | None = None   # set while a next generation takes over from us
-        self.handed_over = False
-        self.pid = os.getpid()
+        self.os = os_seam
+        self.lifecycle = Lifecycle(successor=takeover is not None)
+        self.successor: Reload | None = None  # the next generation: starting, or handed over to
+        self.pid = self.os.getpid()
         self.started_at = time.time()
-        self.state = "PRE_INITIALIZING"
         self.loop: asyncio.AbstractEventLoop | None = None
         self.workers: WorkerTable | None = None
         self.admin: AdminServer | None = None
@@ -102,6 +115,11 @@ class Master:
             from .xds_apply import XdsApplier
             self.xds = XdsApplier(self, static_snapshot or snapshot, xds_applied)
 
+    @property
+    def state(self) -> str:
+        """The Envoy server state (/ready, /server_info, `baton status`)."""
+        return self.lifecycle.envoy_state
+
     # -- running -------------------------------------------------------------------------
 
     async def run(self) -> int:
@@ -111,7 +129,8 @@ class Master:
             self.loop.add_signal_handler(sig, self._signal, name)
         if self.takeover is None:
             await self._serve_admin_and_control()
-        self.workers = WorkerTable(self, self.options.concurrency)
+        self.workers = WorkerTable(self, self.options.concurrency, self.os,
+                                   respawns=lambda: self.lifecycle.respawns_workers)
         for slot in self.workers.slots:
             self.workers.spawn(slot)
         self._start_dns_refresh()
@@ -129,7 +148,7 @@ class Master:
             if self.admin:
                 self.admin.close()
             if self.control:
-                self.control.close(unlink=not self.handed_over)
+                self.control.close(unlink=self.lifecycle.owns_service)
             for sock in self.listener_socks.values():
                 sock.close()
 
@@ -175,9 +194,9 @@ class Master:
             self.loop.call_later(max(limits) + 0.5, self.xds.give_up_waiting)
 
     def apply_xds(self, published: dict) -> None:
-        if self.state == "DRAINING" or self.handed_over:
+        if self.lifecycle.stopping:
             return
-        if self.reloading is not None:
+        if self.lifecycle.reloading:
             # The next generation starts from the config saved when the reload began and
             # takes the sockets of exactly those listeners: hold changes until it is over
             # (applied then if it rolled back; its own agent gets them otherwise).
@@ -195,12 +214,12 @@ class Master:
             log.debug("worker %d ready", slot.id)
         if self.xds is not None and not self.xds.initialized:
             return
-        if self.state == "PRE_INITIALIZING" and self.workers.all_ready():
+        if self.lifecycle.phase is Phase.STARTING and self.workers.all_ready():
             if self.takeover is not None:
-                self.state = "COMMITTING"
-                self.loop.create_task(self._commit())
+                if self.lifecycle.move(Event.TAKE_OVER):
+                    self.loop.create_task(self._commit())
             else:
-                self._go_live()
+                self._go_live(Event.WORKERS_READY)
 
     async def _commit(self) -> None:
         """Every worker of ours serves: the previous generation may stop and hand over."""
@@ -214,12 +233,12 @@ class Master:
         self.previous_pid = self.takeover.previous_pid
         self.takeover = None
         await self._serve_admin_and_control()
-        self._go_live()
+        self._go_live(Event.COMMITTED)
 
     async def _become_main(self) -> None:
         """Tell systemd we are the service's main process now, and wait until it knows
         (BARRIER=1): the old master exits only after that. We are not the old master's child
-        (upgrade.spawn_detached), so systemd will not SIGKILL us as a stray at stop."""
+        (OsSeam.spawn_detached), so systemd will not SIGKILL us as a stray at stop."""
         sdnotify.notify(mainpid=self.pid, ready=True, status=self._status_line())
         if not await sdnotify.async_barrier():
             log.warning("systemd did not confirm MAINPID=%d in time", self.pid)
@@ -241,8 +260,9 @@ class Master:
             return False
 
     def remove_intercept(self) -> None:
-        """At stop, not at a hand-over: the next generation keeps the capture going."""
-        if self.intercept is None or self.handed_over:
+        """At stop, not at a hand-over: the next generation keeps the capture going (nor by a
+        new generation that never took over: the rules are still the old one's)."""
+        if self.intercept is None or not self.lifecycle.owns_service:
             return
         from ..tproxy import cli as intercept_cli
         try:
@@ -250,10 +270,13 @@ class Master:
         except Exception as exc:  # noqa: BLE001
             log.error("removing the capture rules failed: %s", exc)
 
-    def _go_live(self) -> None:
-        if self.state != "LIVE" and not self._apply_intercept():
+    def _go_live(self, event: Event) -> None:
+        if not self.lifecycle.allows(event):
+            self.lifecycle.move(event)      # a stay (stopped meanwhile) or, logged, a bug
             return
-        self.state = "LIVE"
+        if not self._apply_intercept():
+            return
+        self.lifecycle.move(event)
         admin = self.snapshot.get("admin")
         where = f"; admin http://{admin['address']}:{admin['port']}" if admin else ""
         log.info("baton %s generation %d live: %d worker(s), %d listener(s)%s", VERSION,
@@ -276,10 +299,10 @@ class Master:
             await asyncio.sleep(interval)
 
     def worker_exited(self, slot) -> None:
-        if self.state == "DRAINING":
+        if self.lifecycle.stopping:
             if not self.workers.alive():
                 log.info("all workers exited; master exiting")
-                if self.handed_over and self.reloading is not None:
+                if not self.lifecycle.owns_service and self.successor is not None:
                     self.loop.create_task(self._finish_after_successor_is_main())
                 else:
                     self._finish(self._exit_code)
@@ -294,14 +317,16 @@ class Master:
 
     def drain(self) -> None:
         """Stop accepting; let open connections finish up to the drain timeout; exit 0."""
-        if self.state == "DRAINING":
+        reloading = self.lifecycle.phase is Phase.RELOADING
+        if not self.lifecycle.move(Event.DRAIN):
             return
-        self.state = "DRAINING"
-        if self.takeover is None and not self.handed_over:
+        if reloading:
+            self.successor.abort("this generation was told to drain")
+        if self.lifecycle.owns_service:
             # With NotifyAccess=all, STOPPING=1 from any process stops the whole unit: only
             # the generation that is systemd's main process may say it.
             sdnotify.notify(stopping=True, status=f"generation {self.generation}: draining")
-        self.workers.stop_respawning()
+        self.workers.cancel_respawns()
         timeout = self.options.drain_timeout
         log.info("draining: %d worker(s), deadline %.1fs", len(self.workers.alive()), timeout)
         self.workers.send_all({"type": "drain"})
@@ -314,26 +339,40 @@ class Master:
             self._finish(0)
 
     def _drain_deadline(self) -> None:
+        """Escalate: SIGTERM (a draining worker closes what is left and exits), then SIGKILL."""
         left = self.workers.alive()
         if left:
-            log.warning("drain timeout: killing %d worker(s) with open connections", len(left))
-            self.workers.kill_all(signal.SIGKILL)
+            log.warning("drain timeout: %d worker(s) still have open connections: SIGTERM, "
+                        "SIGKILL in %.0fs", len(left), DRAIN_KILL_GRACE)
+            self.workers.signal_all(signal.SIGTERM)
+            self._deadline = self.loop.call_later(DRAIN_KILL_GRACE, self._kill_the_rest)
+
+    def _kill_the_rest(self) -> None:
+        left = self.workers.alive()
+        if left:
+            log.warning("killing %d worker(s) still running", len(left))
+            self.workers.signal_all(signal.SIGKILL)
 
     def fast_stop(self) -> None:
-        if self.takeover is None and not self.handed_over:
+        reloading = self.lifecycle.phase is Phase.RELOADING
+        if not self.lifecycle.move(Event.FAST_STOP):
+            return
+        if reloading:
+            self.successor.abort("this generation was told to stop")
+        if self.lifecycle.owns_service:
             sdnotify.notify(stopping=True, status=f"generation {self.generation}: stopping")
-        self.state = "DRAINING"
-        self.workers.stop_respawning()
+        self.workers.cancel_respawns()
         self.workers.send_all({"type": "stop"})
         if self._deadline is not None:
             self._deadline.cancel()
-        self._deadline = self.loop.call_later(FAST_STOP_GRACE, self._drain_deadline)
+        # The workers were told to close everything now: what is left at the deadline is stuck.
+        self._deadline = self.loop.call_later(FAST_STOP_GRACE, self._kill_the_rest)
         if not self.workers.alive():
             self._finish(0)
 
     async def _finish_after_successor_is_main(self) -> None:
         """Exiting before systemd knows the new MAINPID would look like the service dying."""
-        reload = self.reloading
+        reload = self.successor
         try:
             confirmed = await asyncio.wait_for(asyncio.shield(reload.successor_main), 10.0)
         except asyncio.TimeoutError:
@@ -347,7 +386,7 @@ class Master:
                 await asyncio.wait_for(asyncio.shield(reload.exited), 2.0)
             except asyncio.TimeoutError:
                 pass
-        if not self.handed_over:
+        if self.lifecycle.owns_service:
             return                      # we serve again (successor_gone)
         await self._bequeath_counters()
         self._finish(self._exit_code)
@@ -365,6 +404,7 @@ class Master:
             log.warning("could not hand the counters to the new generation: %s", exc)
 
     def _finish(self, code: int) -> None:
+        self.lifecycle.move(Event.FINISH)
         if not self.done.done():
             if self._deadline is not None:
                 self._deadline.cancel()
@@ -374,9 +414,9 @@ class Master:
 
     def reload_refusal(self) -> str | None:
         """Why a reload cannot start now, or None."""
-        if self.reloading is not None:
-            return f"a reload is already in progress (new master pid {self.reloading.pid})"
-        if self.state != "LIVE":
+        if self.lifecycle.reloading and self.successor is not None:
+            return f"a reload is already in progress (new master pid {self.successor.pid})"
+        if not self.lifecycle.allows(Event.RELOAD):
             return f"this generation is {self.state.lower()}, not live"
         previous = self.previous_pid
         if previous and _pid_running(previous):
@@ -390,20 +430,25 @@ class Master:
             raise ReloadFailed(refusal)
         if self.xds is not None:
             self.xds.save_now()        # the next generation starts from this dynamic config
-        self.reloading = Reload(self)
+        self.lifecycle.move(Event.RELOAD)
+        self.successor = Reload(self)
         sdnotify.notify(reloading=True, status=f"generation {self.generation}: reloading")
         try:
-            return await self.reloading.run()
+            return await self.successor.run()
         except BaseException:
-            # Rolled back: systemd waits for READY=1 after RELOADING=1; we serve on.
-            sdnotify.notify(ready=True, status=self._status_line() + " (last reload failed)")
+            if self.lifecycle.move(Event.ROLLED_BACK):
+                # systemd waits for READY=1 after RELOADING=1; we serve on.
+                sdnotify.notify(ready=True, status=self._status_line() + " (last reload failed)")
             raise
         finally:
-            if not self.handed_over:
-                self.reloading = None
-                held, self._xds_held = self._xds_held, None
-                if held is not None:
-                    self.apply_xds(held)
+            if self.lifecycle.owns_service:
+                self.successor = None
+                self._release_held_xds()
+
+    def _release_held_xds(self) -> None:
+        held, self._xds_held = self._xds_held, None
+        if held is not None:
+            self.apply_xds(held)
 
     def sockets_for_handoff(self) -> tuple[dict, list[int]]:
         """The `sockets` message for the next generation, and its descriptors."""
@@ -427,8 +472,8 @@ class Master:
     def hand_over(self, targets: list[str], reload) -> None:
         """Commit point, old side: the next generation serves. Stop accepting, move every
         connection to its workers, and exit when ours are done (or at the drain deadline)."""
-        self.handed_over = True
-        self.state = "DRAINING"
+        if not self.lifecycle.move(Event.HAND_OVER):
+            raise ReloadFailed(f"this generation is {self.lifecycle.phase.value}: not handing over")
         if self._watchdog is not None:
             # The new master pings now; ours would only hide it if it got stuck.
             self._watchdog.cancel()
@@ -437,7 +482,7 @@ class Master:
             self.admin.close()
             self.admin = None
         self.control.pause()
-        self.workers.stop_respawning()
+        self.workers.cancel_respawns()
         log.info("handing over to pid %d: moving connections to %d worker(s)", reload.pid, len(targets))
         self.workers.migration_targets.update(targets)
         for slot in self.workers.alive():
@@ -461,17 +506,14 @@ class Master:
         """The new master died after the commit while we still run: serve again. We kept every
         listening socket, so workers that already moved out and exited are simply forked anew;
         connections that had moved to the dead generation died with it."""
-        if self.done.done() or not self.handed_over:
+        if not self.lifecycle.move(Event.SUCCESSOR_GONE):
             return
         log.critical("the new generation died after taking over (%s); generation %d serves again",
                      reason, self.generation)
-        self.handed_over = False
-        self.reloading = None
+        self.successor = None
         if self._deadline is not None:
             self._deadline.cancel()
             self._deadline = None
-        self.state = "PRE_INITIALIZING"
-        self.workers.stopping = False
         self.workers.send_all({"type": "resume"})
         for slot in self.workers.slots:
             if not slot.alive and not slot.gone_for_good:
@@ -479,8 +521,9 @@ class Master:
                 self.workers.spawn(slot)
         self.control.resume()
         self.loop.create_task(self._restart_admin())
+        self._release_held_xds()
         if self.workers.all_ready():
-            self._go_live()
+            self._go_live(Event.WORKERS_READY)
 
     async def _restart_admin(self) -> None:
         if self.admin_sock is not None and self.admin is None:
@@ -496,7 +539,7 @@ class Master:
 
     async def recycle(self, worker_id: int) -> dict:
         """Replace one worker by a fresh process that adopts all its connections."""
-        if self.state != "LIVE":
+        if not self.lifecycle.live:
             raise ValueError(f"this generation is {self.state.lower()}, not live")
         result = await self.workers.recycle(worker_id, self.options.reload_timeout, self.keeps_upstreams)
         log.info("worker %d recycled: pid %d -> %d, %d connection(s) moved, %d draining in place",
@@ -509,7 +552,7 @@ class Master:
         limit = self.options.worker_rss_limit
         while True:
             await asyncio.sleep(self.options.worker_rss_check_interval)
-            if self.state != "LIVE":
+            if not self.lifecycle.live:
                 continue
             for slot in list(self.workers.slots):
                 if not slot.ready:
@@ -574,7 +617,7 @@ class Master:
             gauges.update(agent_gauges)
             merged["counters"].update(self.xds.counters)
             gauges["listener_manager.total_listeners_active"] = len(self.snapshot["listeners"])
-        gauges["server.live"] = int(self.state == "LIVE")
+        gauges["server.live"] = int(self.lifecycle.live)
         gauges["server.uptime"] = int(time.time() - self.started_at)
         gauges["server.concurrency"] = len(self.workers.slots)
         gauges["server.total_connections"] = sum(
@@ -628,12 +671,12 @@ class Master:
             entry = {"id": slot.id, "pid": slot.pid, "generation": self.generation,
                      "state": "ready" if slot.ready else ("given_up" if slot.given_up else
                                                           "starting" if slot.alive else "respawning"),
-                     "uptime_s": round(time.monotonic() - slot.started_at, 3) if slot.alive else 0,
+                     "uptime_s": round(self.os.monotonic() - slot.started_at, 3) if slot.alive else 0,
                      "connections": answers.get(slot.id, {}).get("connections", 0),
                      "rss_bytes": 0, "cpu_percent": 0.0, "restarts": len(slot.deaths),
                      "handoff": slot.handoff if slot.alive else None}
             if slot.retry_at is not None:       # a crash loop: when the slot is tried again
-                entry["retry_in_s"] = round(max(0.0, slot.retry_at - time.monotonic()), 1)
+                entry["retry_in_s"] = round(max(0.0, slot.retry_at - self.os.monotonic()), 1)
             if slot.alive:
                 entry.update(self._usage(slot.pid))
             workers.append(entry)

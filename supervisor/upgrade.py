@@ -4,7 +4,7 @@ Both sides of supervisor/handoff/protocol.py's master conversation live here:
 
 - `Reload` runs in the OLD master. It listens on <runtime dir>/handoff.sock, starts the new
   master (fork, fork again, exec the `baton` on disk with the same arguments: the new master is
-  not our child, which systemd needs for MAINPID=), answers it, and at `ready` commits: stops
+  not our child, which systemd needs for MAINPID=; OsSeam.spawn_detached), answers it, and at `ready` commits: stops
   accepting and tells its workers to move their connections to the new workers. Until that
   moment it never stopped serving, so every failure before it is a clean rollback.
 - `Takeover` runs in the NEW master. It says hello, reports a bad config as `failed`, takes the
@@ -44,39 +44,6 @@ def new_master_argv() -> list[str]:
     return [sys.executable, script, *sys.argv[1:]]
 
 
-def spawn_detached(argv: list[str], env: dict) -> int:
-    """fork, fork, exec: the new master's parent exits at once, so it is not our child (it is
-    reparented to init or to systemd, the subreaper). Returns its pid."""
-    r, w = os.pipe()
-    child = os.fork()
-    if child == 0:
-        code = 0
-        try:
-            os.close(r)
-            grandchild = os.fork()
-            if grandchild == 0:
-                try:
-                    os.close(w)
-                    signal.set_wakeup_fd(-1)
-                    os.execve(argv[0], argv, env)
-                finally:
-                    os._exit(127)
-            os.write(w, str(grandchild).encode())
-        except BaseException:
-            code = 1
-        finally:
-            os._exit(code)
-    os.close(w)
-    try:
-        data = os.read(r, 32)
-    finally:
-        os.close(r)
-        os.waitpid(child, 0)
-    if not data:
-        raise ReloadFailed("could not start the new master (fork failed)")
-    return int(data)
-
-
 class Reload:
     """One reload, seen from the old master."""
 
@@ -89,6 +56,8 @@ class Reload:
         self.channel: Channel | None = None
         self.inbox: asyncio.Queue = asyncio.Queue()
         self.exited = self.loop.create_future()
+        self.aborted = self.loop.create_future()          # the old master is stopping
+        self.os = master.os
         self.pidfd: int | None = None
         self.committed = False
         self.successor_main = self.loop.create_future()   # the new master is systemd's main PID
@@ -100,10 +69,13 @@ class Reload:
         try:
             env = {**os.environ, ENV_HANDOFF: self.path,
                    ENV_GENERATION: str(self.master.generation + 1),
-                   ENV_PREVIOUS_PID: str(os.getpid())}
-            self.pid = spawn_detached(new_master_argv(), env)
+                   ENV_PREVIOUS_PID: str(self.os.getpid())}
+            try:
+                self.pid = self.os.spawn_detached(new_master_argv(), env)
+            except OSError as exc:
+                raise ReloadFailed(f"could not start the new master ({exc})") from None
             log.info("reload: started new master pid %d (generation %d)", self.pid, self.master.generation + 1)
-            self.pidfd = os.pidfd_open(self.pid)
+            self.pidfd = self.os.pidfd_open(self.pid)
             self.loop.add_reader(self.pidfd, self._on_exit)
             await self._converse()
         except ReloadFailed as exc:
@@ -126,7 +98,7 @@ class Reload:
         except protocol.ProtocolError as exc:
             self.channel.reply(msg, protocol.error(str(exc)))
             raise ReloadFailed(f"handshake with the new master failed: {exc}") from None
-        self.channel.reply(msg, protocol.hello_reply(version, os.getpid(), self.master.generation))
+        self.channel.reply(msg, protocol.hello_reply(version, self.os.getpid(), self.master.generation))
         deadline = time.monotonic() + self.master.options.reload_timeout
         while True:
             msg, fds = await self._next(deadline - time.monotonic(), "become ready")
@@ -155,10 +127,23 @@ class Reload:
                 close_fds(fds)
                 self.channel.reply(msg, protocol.error(f"unexpected message {kind!r}"))
 
+    def abort(self, reason: str) -> None:
+        """Give up before the commit point (the old master was told to stop): the new master
+        is killed as at any rollback."""
+        if not self.aborted.done():
+            self.aborted.set_result(reason)
+
     async def _next(self, timeout: float, what: str):
+        if self.aborted.done():
+            raise ReloadFailed(f"reload aborted: {self.aborted.result()}")
         getter = asyncio.ensure_future(self.inbox.get())
-        done, _ = await asyncio.wait({getter, self.exited}, timeout=max(0.0, timeout),
+        done, _ = await asyncio.wait({getter, self.exited, self.aborted}, timeout=max(0.0, timeout),
                                      return_when=asyncio.FIRST_COMPLETED)
+        if self.aborted in done:
+            getter.cancel()
+            if getter.done() and not getter.cancelled() and getter.result() is not None:
+                close_fds(getter.result()[1])
+            raise ReloadFailed(f"reload aborted: {self.aborted.result()}")
         if getter in done:
             item = getter.result()
             if item is None:
@@ -210,7 +195,7 @@ class Reload:
 
     def _on_exit(self) -> None:
         self.loop.remove_reader(self.pidfd)
-        os.close(self.pidfd)
+        self.os.close(self.pidfd)
         self.pidfd = None
         if not self.exited.done():
             self.exited.set_result(True)
@@ -229,7 +214,7 @@ class Reload:
             self.channel.close("rolled back")
         if self.pid is not None and self.pidfd is not None:
             try:
-                signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
+                self.os.pidfd_send_signal(self.pidfd, signal.SIGKILL)
             except (ProcessLookupError, OSError):
                 pass
 

@@ -10,6 +10,10 @@ Respawn policy (gunicorn's, with Envoy's names for the outcome):
 
 Each worker also gets a broker socketpair: the master connects to migration targets for it
 (supervisor/handoff/broker.py).
+
+Processes are forked, watched (pidfd), signalled and reaped through an OsSeam
+(supervisor/os_seam.py), and whether a worker that exits is respawned is the master's
+lifecycle's answer (supervisor/lifecycle.py), passed in as `respawns`.
 """
 
 from __future__ import annotations
@@ -18,12 +22,13 @@ import collections
 import logging
 import os
 import signal
-import time
+from typing import Callable
 
 from ..worker.main import EXIT_BOOT_FAILURE, worker_process_main
 from ..worker.privileges import preimport
 from .handoff.broker import BrokerServer
 from .handoff.channel import Channel, socketpair
+from .os_seam import REAL_OS, OsSeam
 
 log = logging.getLogger("baton.master")
 
@@ -79,13 +84,35 @@ class WorkerSlot:
         return self.given_up and self.boot_failed
 
 
+class WorkerChild:
+    """What runs in a forked worker: the ends of its sockets it keeps (a fake OsSeam plays the
+    worker on `channel_sock`), and the call into worker/main.py."""
+
+    def __init__(self, slot_id: int, master, channel_sock, broker_sock, close_in_child):
+        self.slot_id = slot_id
+        self.master = master
+        self.channel_sock = channel_sock
+        self.broker_sock = broker_sock
+        self.close_in_child = close_in_child
+
+    def __call__(self) -> int:
+        for sock in self.close_in_child:
+            sock.close()
+        master = self.master
+        return worker_process_main(self.slot_id, master.generation, master.pid, self.channel_sock,
+                                   master.snapshot, master.listener_socks, master.runtime_dir,
+                                   broker_sock=self.broker_sock)
+
+
 class WorkerTable:
-    def __init__(self, master, count: int):
+    def __init__(self, master, count: int, os_seam: OsSeam = REAL_OS,
+                 respawns: Callable[[], bool] = lambda: True):
         self.master = master
         self.loop = master.loop
+        self.os = os_seam
+        self.respawns = respawns          # the master's lifecycle: is a dead worker replaced?
         self.slots = [WorkerSlot(i) for i in range(count)]
         self.extra: list[WorkerSlot] = []     # processes outside the slots: being recycled
-        self.stopping = False
         # Handoff addresses the master may connect to for a worker (broker.py): our own
         # workers' and those of the generation we hand over to.
         self.migration_targets: set[str] = set()
@@ -102,31 +129,22 @@ class WorkerTable:
             parent_end.close()
             child_end.close()
             raise
+        child = WorkerChild(slot.id, master, child_end, broker_child, (parent_end, broker_parent))
         try:
-            pid = os.fork()
+            pid = self.os.fork(child)
         except OSError:
             for sock in (parent_end, child_end, broker_parent, broker_child):
                 sock.close()
             raise
-        if pid == 0:       # child: never returns into the master's code
-            code = 1
-            try:
-                parent_end.close()
-                broker_parent.close()
-                code = worker_process_main(slot.id, master.generation, master.pid, child_end,
-                                           master.snapshot, master.listener_socks, master.runtime_dir,
-                                           broker_sock=broker_child)
-            finally:
-                os._exit(code)
         child_end.close()
         broker_child.close()
         slot.broker = BrokerServer(broker_parent, self.migration_targets.__contains__,
                                    name=f"broker for worker {slot.id}")
         slot.pid = pid
         slot.ready = False
-        slot.started_at = time.monotonic()
+        slot.started_at = self.os.monotonic()
         slot.channel = Channel(parent_end, self._on_message, name=f"master<-worker {slot.id}")
-        slot.pidfd = os.pidfd_open(pid)
+        slot.pidfd = self.os.pidfd_open(pid)
         self.loop.add_reader(slot.pidfd, self._on_exit, slot)
         log.info("worker %d started (pid %d)", slot.id, pid)
 
@@ -149,10 +167,10 @@ class WorkerTable:
 
     def _on_exit(self, slot: WorkerSlot) -> None:
         self.loop.remove_reader(slot.pidfd)
-        os.close(slot.pidfd)
+        self.os.close(slot.pidfd)
         slot.pidfd = None
         try:
-            _, status = os.waitpid(slot.pid, 0)
+            status = self.os.waitpid(slot.pid)
         except ChildProcessError:
             status = 0
         pid, slot.pid, slot.ready, slot.exit_status = slot.pid, None, False, status
@@ -174,7 +192,7 @@ class WorkerTable:
             self.master.worker_exited(slot)
             return
         log.error("worker %d (pid %d) died: %s", slot.id, pid, describe_exit(status))
-        now = time.monotonic()
+        now = self.os.monotonic()
         slot.deaths.append(now)
         while slot.deaths and now - slot.deaths[0] > CRASH_WINDOW:
             slot.deaths.popleft()
@@ -219,7 +237,7 @@ class WorkerTable:
             await asyncio.wait_for(fresh.ready_future, timeout)
         except BaseException:
             if fresh.alive:
-                os.kill(fresh.pid, signal.SIGKILL)
+                self.signal(fresh, signal.SIGKILL)
             raise
         if fresh.handoff:
             self.migration_targets.add(fresh.handoff)
@@ -248,7 +266,7 @@ class WorkerTable:
             slot.given_up = True
             slot.crash_loops += 1
             pause = slot.crash_loop_pause()
-            slot.retry_at = time.monotonic() + pause
+            slot.retry_at = self.os.monotonic() + pause
             log.error("cannot start worker %d: %s; trying again in %.0fs", slot.id, exc, pause)
             slot.respawn_handle = self.loop.call_later(pause, self._respawn, slot)
 
@@ -260,8 +278,13 @@ class WorkerTable:
     def all_ready(self) -> bool:
         return all(s.ready for s in self.slots)
 
-    def stop_respawning(self) -> None:
-        self.stopping = True
+    @property
+    def stopping(self) -> bool:
+        """On the way out (the master's lifecycle says so): an exit is expected, not a crash."""
+        return not self.respawns()
+
+    def cancel_respawns(self) -> None:
+        """The lifecycle stopped respawning: drop the respawns already scheduled."""
         for slot in self.slots:
             if slot.respawn_handle is not None:
                 slot.respawn_handle.cancel()
@@ -272,9 +295,15 @@ class WorkerTable:
             if slot.channel is not None and not slot.channel.closed:
                 slot.channel.send(msg)
 
-    def kill_all(self, sig=signal.SIGKILL) -> None:
+    def signal(self, slot: WorkerSlot, sig: int) -> None:
+        """Through the pidfd we hold: never a process that reused an exited worker's pid."""
+        if slot.pidfd is None:
+            return
+        try:
+            self.os.pidfd_send_signal(slot.pidfd, sig)
+        except ProcessLookupError:
+            pass            # exited; its pidfd's reader reaps it
+
+    def signal_all(self, sig: int) -> None:
         for slot in self.alive():
-            try:
-                os.kill(slot.pid, sig)
-            except ProcessLookupError:
-                pass
+            self.signal(slot, sig)
