@@ -330,6 +330,18 @@ class Worker:
     def handle_stop(self, msg) -> None:
         self.stop_now()
 
+    def handle_sigterm(self) -> None:
+        """SIGTERM to a serving worker drains it, as the master's `drain` does. To a worker
+        already draining or moving its connections out it means the drain deadline has passed
+        (the master escalates TERM, then KILL: supervisor/master.py): close what is left now
+        and exit, so its counters still reach the master."""
+        if not self.draining:
+            self.handle_drain({"type": "drain"})
+            return
+        log.warning("worker %d: SIGTERM while draining: closing %d connection(s) now",
+                    self.id, len(self.connections))
+        self.stop_now()
+
     def stop_now(self) -> None:
         for listener in self.listeners.values():
             listener.stop()
@@ -434,7 +446,7 @@ def worker_process_main(worker_id: int, generation: int, master_pid: int, channe
             return EXIT_BOOT_FAILURE
         if broker_sock is not None:
             worker.handoff_broker = BrokerClient(broker_sock)
-        loop.add_signal_handler(signal.SIGTERM, worker.handle_drain, {"type": "drain"})
+        loop.add_signal_handler(signal.SIGTERM, worker.handle_sigterm)
         return await worker.run()
 
     try:
