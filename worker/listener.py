@@ -23,11 +23,12 @@ EMFILE_BACKOFF = 0.1         # out of descriptors: stop accepting briefly rather
 class Chain:
     """One filter chain: its match (worker/proxy/chains.py) and its network filter: a
     tcp_proxy config with the tcp.<stat_prefix>.* names its connections count into, or an
-    http_connection_manager (`http_config`, worker/proxy/http/config.py)."""
+    http_connection_manager (`http_config`, worker/proxy/http/config.py). A chain with a TLS
+    transport socket has its server side in `tls` (worker/tls/server.py)."""
 
     __slots__ = ("index", "spec", "buffer_limit", "match", "tcp_proxy", "http_config",
                  "cx_total", "no_route", "rx_bytes", "tx_bytes", "idle_timeout", "rx_buffered",
-                 "tx_buffered")
+                 "tx_buffered", "tls")
 
     def __init__(self, index: int, spec: dict, worker=None, buffer_limit: int = 1 << 20):
         self.index = index
@@ -36,6 +37,11 @@ class Chain:
         self.match = spec.get("match")
         self.tcp_proxy = spec.get("tcp_proxy")
         self.http_config = None
+        self.tls = None
+        if spec.get("tls") is not None:
+            from .tls.server import TlsServer
+            from .proxy import tls_proxy    # noqa: F401 - registers the "tls-tcp" record kind
+            self.tls = TlsServer(spec["tls"])
         if spec.get("http") is not None:
             from .proxy.http.config import HttpConfig
             self.http_config = HttpConfig(spec["http"], worker, buffer_limit)
@@ -120,6 +126,9 @@ class Listener:
         self.stat_global_cx_overflow = scope + "downstream_global_cx_overflow"
         self.stat_overload_reject = scope + "downstream_cx_overload_reject"
         self.ignore_global_limit = spec.get("ignore_global_conn_limit", False)
+        for chain in chains:
+            if chain.tls is not None:
+                chain.tls.declare_stats(scope, self.worker.stats)
 
     @property
     def selects_chains(self) -> bool:

@@ -235,6 +235,12 @@ RECORDS: dict[str, Record] = {r.kind: r for r in (
            legacy_state="split",
            doc="write migration: the client moves, the upstream stays with the sender and "
                "its bytes are forwarded over the handoff channel (forwarding.py)"),
+    Record("tls-tcp", (1,), 2, ("client", "upstream"),
+           {**_COMMON, "cluster": str, "host": Address(), "tls": dict, "up": _DIRECTION,
+            "down": _DIRECTION},
+           doc="a TLS-terminating tcp_proxy connection (worker/proxy/tls_proxy.py): both "
+               "sockets, the record layer's state (worker/tls/state.py), the plaintext not "
+               "yet written upstream (up) and the records not yet written to the client (down)"),
     Record("http1-idle", (1,), 1, ("client",),
            {**_COMMON, "initial": Maybe(bytes)},
            legacy_state="http",

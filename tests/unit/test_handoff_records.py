@@ -41,6 +41,9 @@ def strategy(spec):
         return st.integers(0, 2**31)
     if spec is str:
         return st.text(min_size=1, max_size=12)
+    if spec is dict:        # an opaque map, e.g. a TLS record layer's state (worker/tls/state.py)
+        return st.dictionaries(st.text(max_size=8), st.one_of(st.binary(max_size=16), st.integers(0, 2**31)),
+                               max_size=4)
     raise AssertionError(f"no strategy for {spec!r}")
 
 
@@ -68,6 +71,9 @@ def test_every_record_round_trips_in_every_protocol_version(kind, version, data)
     fds = list(range(100, 100 + record.nfds))
     accepts = protocol.V1_RECORDS if version == 1 else ALL_V2
     encoded = protocol.encode_record(version, accepts, kind, fields, fds)
+    if version == 1 and kind not in protocol.V1_RECORDS:
+        assert encoded is None      # a kind newer than 0.1.0: it stays with the sender
+        return
     assert encoded is not None
     msg = wire({"type": "connections", "conns": [encoded]})
     [incoming], leftover = protocol.decode_records(version, msg, fds)

@@ -1,0 +1,156 @@
+"""TLS termination in front of tcp_proxy (worker/proxy/tls_proxy.py): real `baton`
+processes, real clients (Python ssl, openssl s_client, curl), certificates made at test time
+(tests/tls_certs.py). Handshake outcomes and Envoy's listener ssl.* stats, bytes both ways,
+half-close, and a TLS stream that moves through `baton reload` and `baton recycle`."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import ssl
+import subprocess
+
+import pytest
+
+from ..tls_certs import SPIFFE_ID, leaf, make_ca, spiffe_leaf
+from ..waiting import wait_until
+from .clients import recv_all
+from .conftest import free_port, tcp_bootstrap
+from .tls_clients import TlsEchoStream, client_context, tls_transport_socket
+
+SSL_SCOPE = "listener.127.0.0.1_{port}.ssl."
+
+
+def tls_bootstrap(port: int, upstream: int, transport_socket: dict, **kwargs) -> dict:
+    data = tcp_bootstrap(free_port(), port, [upstream], **kwargs)
+    data["static_resources"]["listeners"][0]["filter_chains"][0]["transport_socket"] = transport_socket
+    return data
+
+
+def ssl_stats(b, port: int) -> dict[str, int]:
+    scope = SSL_SCOPE.format(port=port)
+    return {k[len(scope):]: v for k, v in b.stats().items() if k.startswith(scope)}
+
+
+def tls_roundtrip(port: int, ctx: ssl.SSLContext, payload: bytes = b"ping") -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+        with ctx.wrap_socket(raw, server_hostname="localhost") as tls:
+            tls.sendall(payload)
+            got = b""
+            while len(got) < len(payload):
+                data = tls.recv(65536)
+                if not data:
+                    break
+                got += data
+            return got
+
+
+@pytest.mark.parametrize("kind", ["ecdsa", "rsa"])
+def test_bytes_both_ways_and_stats(baton, upstreams, kind):
+    ca = make_ca("ecdsa")
+    echo = upstreams("echo")
+    port = free_port()
+    b = baton(tls_bootstrap(port, echo.port, tls_transport_socket(leaf(ca, kind))), concurrency=1)
+    stats = ssl_stats(b, port)
+    for name in ("handshake", "connection_error", "fail_verify_san", "fail_verify_no_cert",
+                 "fail_verify_error", "no_certificate", "session_reused"):
+        assert stats[name] == 0, name           # listed from the start, as Envoy does
+    payload = bytes(range(256)) * 4096          # 1 MiB: many records each way
+    for version in (ssl.TLSVersion.TLSv1_3, ssl.TLSVersion.TLSv1_2):
+        assert tls_roundtrip(port, client_context(ca, version=version), payload) == payload
+    # Workers report their counters to the master now and then: wait for the totals.
+    wait_until(lambda: b.stats()["tcp.ingress.downstream_cx_rx_bytes_total"] == 2 * len(payload),
+               10, "the plaintext bytes counted")
+    stats = ssl_stats(b, port)
+    assert stats["handshake"] == 2 and stats["no_certificate"] == 2
+    assert stats["versions.TLSv1.3"] == 1 and stats["versions.TLSv1.2"] == 1
+
+
+def test_half_close_maps_to_close_notify(baton, upstreams):
+    """The client's close_notify reaches the upstream as a FIN; the echo upstream's FIN comes
+    back as close_notify, which completes the client's unwrap()."""
+    ca = make_ca("ecdsa")
+    echo = upstreams("echo")
+    port = free_port()
+    baton(tls_bootstrap(port, echo.port, tls_transport_socket(leaf(ca, "ecdsa"))), concurrency=1)
+    payload = b"x" * 300000
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+        tls = client_context(ca).wrap_socket(raw, server_hostname="localhost")
+        tls.sendall(payload)
+        got = b""
+        while len(got) < len(payload):
+            got += tls.recv(65536)
+        assert got == payload
+        plain = tls.unwrap()          # our close_notify out; returns on the server's close_notify
+        assert plain.recv(10) == b""  # then the FIN
+
+
+def test_mtls_outcomes_are_counted_per_connection(baton, upstreams):
+    ca, wrong_ca = make_ca("ecdsa"), make_ca("rsa")
+    echo = upstreams("echo")
+    port = free_port()
+    sans = [{"san_type": "URI", "matcher": {"exact": SPIFFE_ID}}]
+    b = baton(tls_bootstrap(port, echo.port, tls_transport_socket(
+        leaf(ca, "ecdsa"), ca, require_client=True, sans=sans)), concurrency=1)
+    good = spiffe_leaf(ca)
+    assert tls_roundtrip(port, client_context(ca, good)) == b"ping"
+
+    def refused(certificate):
+        # TLS 1.3: the client's handshake is over before the server judged its certificate,
+        # so the refusal shows as an alert or as the connection closing.
+        try:
+            assert tls_roundtrip(port, client_context(ca, certificate)) == b""
+        except (ssl.SSLError, OSError):
+            pass
+    refused(None)                                               # no certificate
+    refused(spiffe_leaf(wrong_ca))                              # another CA
+    refused(spiffe_leaf(ca, spiffe_id="spiffe://cluster.local/ns/other/sa/x"))   # wrong SAN
+    assert tls_roundtrip(port, client_context(ca, good)) == b"ping"   # others unaffected
+    wait_until(lambda: ssl_stats(b, port)["fail_verify_san"] == 1, 10, "the SAN failure counted")
+    stats = ssl_stats(b, port)
+    assert (stats["handshake"], stats["fail_verify_no_cert"], stats["fail_verify_error"],
+            stats["fail_verify_san"], stats["no_certificate"]) == (2, 1, 1, 1, 0)
+
+
+def test_handshake_timeout_and_garbage(baton, upstreams):
+    ca = make_ca("ecdsa")
+    echo = upstreams("echo")
+    port = free_port()
+    data = tls_bootstrap(port, echo.port, tls_transport_socket(leaf(ca, "ecdsa")))
+    data["static_resources"]["listeners"][0]["filter_chains"][0]["transport_socket_connect_timeout"] = "0.5s"
+    b = baton(data, concurrency=1)
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as silent:
+        silent.sendall(b"\x16\x03\x01")         # a ClientHello that never finishes
+        assert recv_all(silent) == b""          # closed at the timeout
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as garbage:
+        garbage.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        answer = recv_all(garbage)
+        assert answer[:1] in (b"", b"\x15")     # an alert, or just closed
+    assert ssl_stats(b, port)["connection_error"] == 2
+    assert tls_roundtrip(port, client_context(ca)) == b"ping"
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None or shutil.which("curl") is None,
+                    reason="needs openssl and curl")
+def test_openssl_s_client_and_curl(baton, upstreams, tmp_path):
+    ca = make_ca("ecdsa")
+    ca_path = tmp_path / "ca.pem"
+    ca_path.write_bytes(ca.cert_pem)
+    recorder_port = None
+    echo = upstreams("echo")
+    port = free_port()
+    baton(tls_bootstrap(port, echo.port, tls_transport_socket(leaf(ca, "rsa"), alpn=["http/1.1"])),
+          concurrency=1)
+    # s_client -quiet does not end at the end of its input: read the echo, then stop it.
+    client = subprocess.Popen(["openssl", "s_client", "-quiet", "-verify_return_error", "-CAfile", str(ca_path),
+                               "-connect", f"127.0.0.1:{port}", "-servername", "localhost",
+                               "-alpn", "http/1.1"],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        client.stdin.write(b"hello over s_client\n")
+        client.stdin.flush()
+        assert client.stdout.readline() == b"hello over s_client\n"
+    finally:
+        client.kill()
+        client.wait(10)
+    del recorder_port

@@ -1,0 +1,118 @@
+"""TLS clients for the integration tests: a paced, echoed stream over Python's `ssl` in one
+non-blocking thread (an SSLSocket must not be read and written from two threads at once),
+and a bootstrap for a TLS-terminating tcp_proxy."""
+
+from __future__ import annotations
+
+import hashlib
+import selectors
+import socket
+import ssl
+import threading
+import time
+
+from .clients import stream_chunks
+
+TLS_CONTEXT_TYPE = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext"
+
+
+def tls_transport_socket(server, ca=None, *, require_client=False, sans=None, alpn=None,
+                         extra_params=None) -> dict:
+    """A DownstreamTlsContext transport socket with `server`'s certificate (tests/tls_certs.py)."""
+    common = {"tls_certificates": [{"certificate_chain": {"inline_string": server.cert_pem.decode()},
+                                    "private_key": {"inline_string": server.key_pem.decode()}}]}
+    if ca is not None:
+        common["validation_context"] = {"trusted_ca": {"inline_string": ca.cert_pem.decode()}}
+        if sans:
+            common["validation_context"]["match_typed_subject_alt_names"] = sans
+    if alpn:
+        common["alpn_protocols"] = alpn
+    if extra_params:
+        common["tls_params"] = extra_params
+    context = {"@type": TLS_CONTEXT_TYPE, "common_tls_context": common}
+    if require_client:
+        context["require_client_certificate"] = True
+    return {"name": "envoy.transport_sockets.tls", "typed_config": context}
+
+
+def client_context(ca, certificate=None, alpn=None, version=None) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.load_verify_locations(cadata=ca.cert_pem.decode())
+    if certificate is not None:
+        import tempfile
+        with tempfile.TemporaryDirectory() as tmp:
+            ctx.load_cert_chain(*certificate.write(tmp, "client"))
+    if alpn:
+        ctx.set_alpn_protocols(alpn)
+    if version is not None:
+        ctx.minimum_version = ctx.maximum_version = version
+    return ctx
+
+
+class TlsEchoStream:
+    """One TLS connection through an echo upstream: sends a deterministic byte stream at
+    `rate` bytes/s (bounded by `limit` bytes) and reads the echo, until `finish()`; then
+    every byte sent must have come back, in order."""
+
+    def __init__(self, port: int, context: ssl.SSLContext, rate: float, limit: int = 256 << 20,
+                 seed: int = 1, server_hostname: str = "localhost"):
+        raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.sock = context.wrap_socket(raw, server_hostname=server_hostname)
+        self.sock.setblocking(False)
+        self.rate, self.limit = rate, limit
+        self.chunks = stream_chunks(limit, seed, chunk=16384)
+        self.pending = b""
+        self.sent = self.got = 0
+        self.sent_hash, self.got_hash = hashlib.sha256(), hashlib.sha256()
+        self.error: str | None = None
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> "TlsEchoStream":
+        self.thread.start()
+        return self
+
+    def _run(self) -> None:
+        sel = selectors.DefaultSelector()
+        sel.register(self.sock, selectors.EVENT_READ)
+        started = time.monotonic()
+        try:
+            while True:
+                if not self.stopping.is_set():
+                    allowed = min(self.limit, int((time.monotonic() - started) * self.rate) + 16384)
+                    while self.sent < allowed:
+                        if not self.pending:
+                            self.pending = bytes(next(self.chunks))[:allowed - self.sent]
+                        try:
+                            n = self.sock.send(self.pending)
+                        except (ssl.SSLWantWriteError, ssl.SSLWantReadError, BlockingIOError):
+                            break
+                        self.sent_hash.update(self.pending[:n])
+                        self.pending = self.pending[n:]
+                        self.sent += n
+                elif self.got >= self.sent:
+                    return
+                sel.select(0.005)
+                while True:
+                    try:
+                        data = self.sock.recv(1 << 18)
+                    except (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError):
+                        break
+                    if not data:
+                        self.error = f"EOF after {self.got} of {self.sent} bytes"
+                        return
+                    self.got_hash.update(data)
+                    self.got += len(data)
+        except (OSError, ssl.SSLError) as exc:
+            self.error = f"{type(exc).__name__}: {exc} after {self.got} of {self.sent} bytes"
+        finally:
+            sel.close()
+
+    def finish(self, timeout: float = 30.0) -> None:
+        """Stop sending, wait for the echo of everything sent, and check it."""
+        self.stopping.set()
+        self.thread.join(timeout)
+        assert not self.thread.is_alive(), f"echo incomplete: {self.got} of {self.sent} bytes"
+        assert self.error is None, self.error
+        assert self.got == self.sent and self.got_hash.hexdigest() == self.sent_hash.hexdigest()
+        self.sock.close()

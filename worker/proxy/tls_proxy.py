@@ -1,0 +1,407 @@
+"""TLS termination in front of tcp_proxy: a `TcpProxyConnection` whose client speaks TLS.
+
+OpenSSL does the handshake (worker/tls/handover.py, over MemoryBIOs, driven here with
+add_reader/add_writer on the worker's loop); Baton's record layer (worker/tls/layer.py)
+protects every record after it. So once the handshake is done the whole connection is plain
+values — two sockets, the layer's state, and the bytes not yet written each way — and it
+moves through `baton reload` like an L4 connection (record "tls-tcp").
+
+Lifecycle: CONNECTING while the handshake runs (bounded by the chain's
+transport_socket_connect_timeout) and then while the upstream connect is in flight (the
+tcp_proxy's own logic: retries, circuit breaking), OPEN once both are done, CLOSED. Unlike
+Envoy, the upstream is dialled only after the handshake, so a client that fails it never
+reaches the upstream. A handshake is short: it never moves (readiness NEVER), and neither
+does the upstream connect that follows; an open connection moves at once.
+
+Data path, per direction, one bytearray bounded by Envoy's buffer limits (the cluster's for
+bytes going upstream, the listener's for bytes going to the client, as tcp_proxy has them):
+a direction whose buffer is full stops reading its source until the destination took
+enough. Half-close maps both ways: the client's close_notify (or a bare FIN) becomes a FIN
+to the upstream once everything before it was written; the upstream's FIN becomes
+close_notify, then FIN, to the client. A bad record gets the alert the layer queued (the
+one OpenSSL would send) and closes the connection.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+
+from ..connection import Export, Lifecycle, Move, register
+from ..tls.handover import HandoverError, HandshakeFailed
+from ..tls.records import TLSAlert
+from ..tls.state import StateError, export_state, import_state
+from .tcp_proxy import TcpProxyConnection, _cluster_missing
+
+log = logging.getLogger("baton.tls_proxy")
+
+CONNECTING, OPEN, CLOSED = Lifecycle.CONNECTING, Lifecycle.OPEN, Lifecycle.CLOSED
+RECV_SIZE = 65536
+_monotonic = time.monotonic
+
+
+class TlsProxyConnection(TcpProxyConnection):
+    kind = "tls"
+    __slots__ = ("tls", "handshake", "layer", "to_upstream", "to_client", "client_fd",
+                 "upstream_fd", "io", "client_eof", "upstream_eof", "up_done", "down_done",
+                 "up_limit", "down_limit", "paused")
+
+    def __init__(self, worker, listener, client: socket.socket, peer, conn_id: int, chain=None):
+        super().__init__(worker, listener, client, peer, conn_id, chain)
+        self.tls = self.chain.tls
+        self.handshake = None
+        self.layer = None
+        self.to_upstream = bytearray()      # plaintext for the upstream
+        self.to_client = bytearray()        # records for the client
+        self.client_fd = client.fileno()
+        self.upstream_fd = -1
+        self.io: set = set()                # registered (fd, "r" | "w")
+        self.client_eof = self.upstream_eof = False   # each side ended its stream
+        self.up_done = self.down_done = False          # ...and that end was passed on
+        self.up_limit = self.down_limit = 0
+        self.paused = False                 # exported, waiting for migrated() or resume()
+
+    # -- the handshake ----------------------------------------------------------------------
+
+    def start(self, counted: bool = False) -> None:
+        if not counted:
+            self.stats.counters[self.listener.stat_cx_total] += 1
+            self.stats.gauges[self.listener.stat_cx_active] += 1
+        self.handshake = self.tls.handshake()
+        self.timer = self.loop.call_later(self.tls.handshake_timeout, self._on_handshake_timeout)
+        self._watch(self.client_fd, "r", self._on_handshake_readable)
+        if self.initial is not None:        # the ClientHello the tls_inspector already read
+            data, eof = self.initial
+            self.initial = None
+            self._handshake_input(data, eof)
+
+    def _on_handshake_readable(self) -> None:
+        try:
+            data = self.client.recv(RECV_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self._handshake_failed("connection_error", f"read: {exc.strerror}")
+            return
+        self._handshake_input(data, not data)
+
+    def _handshake_input(self, data: bytes, eof: bool) -> None:
+        hs = self.handshake
+        try:
+            if data:
+                hs.receive_data(data)
+            out = hs.step()
+        except HandshakeFailed as exc:
+            self.to_client += exc.data          # OpenSSL's alert, if it has one
+            self._flush_client()
+            self._handshake_failed(self.tls.failure_of(exc), str(exc))
+            return
+        if out:
+            self.to_client += out
+            self._flush_client()
+            if self.state is CLOSED:
+                return
+        if hs.done:
+            self._handshake_done()
+        elif eof:
+            self._handshake_failed("connection_error", "the client closed during the handshake")
+
+    def _on_handshake_timeout(self) -> None:
+        self.timer = None
+        self._handshake_failed("connection_error", "handshake timeout")
+
+    def _handshake_failed(self, counter: str, reason: str) -> None:
+        log.debug("connection %d: TLS handshake failed: %s", self.id, reason)
+        self.tls.count(counter)
+        self.close()
+
+    def _handshake_done(self) -> None:
+        hs, self.handshake = self.handshake, None
+        obj = hs.ssl_object
+        failure = self.tls.verify(obj)
+        if failure is not None:
+            # As Envoy: the peer's certificate fails the SAN check after OpenSSL accepted it;
+            # the connection is closed without an alert.
+            self._handshake_failed(failure, "client certificate SAN mismatch")
+            return
+        try:
+            self.layer = hs.handover()
+        except HandoverError as exc:
+            self._handshake_failed("connection_error", f"handover: {exc}")
+            return
+        self.tls.count_handshake(obj)
+        self._unwatch(self.client_fd, "r")
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        try:
+            self.to_upstream += self.layer.receive_data(b"")   # records behind the Finished
+        except TLSAlert as exc:
+            self._alert(exc)
+            return
+        self.to_client += self.layer.data_to_send()
+        self.client_eof = self.layer.peer_closed
+        super().start(counted=True)         # tcp_proxy: choose a cluster, connect, retry
+
+    # -- open -------------------------------------------------------------------------------
+
+    def _established(self, moved=None) -> None:
+        self.state = OPEN
+        self.timer = None                   # tcp_proxy's connect timer, cancelled by now
+        self.upstream_fd = self.upstream.fileno()
+        self.up_limit = self.cluster.buffer_limit
+        self.down_limit = self.listener.spec.get("buffer_limit", 1 << 20)
+        if moved is None:
+            self._count_rx(len(self.to_upstream))   # what came in with the handshake
+        else:
+            up, down = moved
+            self.layer = up["layer"]
+            self.to_upstream[:] = up["data"]
+            self.to_client[:] = down["data"]
+            self.client_eof, self.up_done = up["eof"], up["done"]
+            self.upstream_eof, self.down_done = down["eof"], down["done"]
+        self._run()
+
+    def _run(self) -> None:
+        self._flush_upstream()
+        if self.state is OPEN:
+            self._flush_client()
+        if self.state is OPEN:
+            self._update_reading()
+            if self.idle_timeout and self.timer is None:
+                self.timer = self.loop.call_later(self.idle_timeout, self._on_idle_timer)
+
+    def _update_reading(self) -> None:
+        if self.paused or self.state is not OPEN:
+            return
+        self._watch_if(self.client_fd, not self.client_eof and len(self.to_upstream) < self.up_limit,
+                       self._on_client_readable)
+        self._watch_if(self.upstream_fd, not self.upstream_eof and len(self.to_client) < self.down_limit,
+                       self._on_upstream_readable)
+
+    def _on_client_readable(self) -> None:
+        try:
+            data = self.client.recv(RECV_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self.fail(f"client read: {exc.strerror}")
+            return
+        self.last_active = _monotonic()
+        if not data:
+            self.client_eof = True          # a FIN without close_notify ends the stream too
+        else:
+            try:
+                plaintext = self.layer.receive_data(data)
+            except TLSAlert as exc:
+                self._alert(exc)
+                return
+            self.to_client += self.layer.data_to_send()     # a KeyUpdate we owe, a refusal
+            if plaintext:
+                self.to_upstream += plaintext
+                self._count_rx(len(plaintext))
+            self.client_eof = self.layer.peer_closed
+        self._flush_upstream()
+        if self.state is OPEN:
+            self._flush_client()
+            self._update_reading()
+
+    def _count_rx(self, n: int) -> None:
+        counters = self.stats.counters
+        counters[self.chain.rx_bytes] += n
+        counters[self.cluster.stat["upstream_cx_tx_bytes_total"]] += n
+
+    def _on_upstream_readable(self) -> None:
+        try:
+            data = self.upstream.recv(RECV_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self.fail(f"upstream read: {exc.strerror}")
+            return
+        self.last_active = _monotonic()
+        if not data:
+            self.upstream_eof = True
+        else:
+            self.to_client += self.layer.send_data(data)
+            counters = self.stats.counters
+            counters[self.chain.tx_bytes] += len(data)
+            counters[self.cluster.stat["upstream_cx_rx_bytes_total"]] += len(data)
+        self._flush_client()
+        if self.state is OPEN:
+            self._update_reading()
+
+    def _flush_upstream(self) -> None:
+        buf = self.to_upstream
+        if buf and not self._send(self.upstream, buf, "upstream"):
+            return
+        self._watch_if(self.upstream_fd, bool(buf), self._on_upstream_writable, "w")
+        if not buf and self.client_eof and not self.up_done:
+            self.up_done = True
+            _shutdown(self.upstream)
+            self._maybe_done()
+
+    def _flush_client(self) -> None:
+        buf = self.to_client
+        if buf and not self._send(self.client, buf, "client"):
+            return
+        if not buf and self.upstream_eof and not self.down_done and self.layer is not None:
+            if not self.layer.closed:
+                buf += self.layer.close()       # close_notify, then FIN
+                if not self._send(self.client, buf, "client"):
+                    return
+            if not buf:
+                self.down_done = True
+                _shutdown(self.client)
+                self._maybe_done()
+                return
+        self._watch_if(self.client_fd, bool(buf), self._on_client_writable, "w")
+
+    def _on_upstream_writable(self) -> None:
+        self._flush_upstream()
+        self._update_reading()
+
+    def _on_client_writable(self) -> None:
+        self._flush_client()
+        if self.handshake is None:
+            self._update_reading()
+
+    def _send(self, sock: socket.socket, buf: bytearray, side: str) -> bool:
+        """Write what the socket takes from `buf`; False if the connection failed."""
+        try:
+            n = sock.send(buf)
+        except (BlockingIOError, InterruptedError):
+            return True
+        except OSError as exc:
+            self.fail(f"{side} write: {exc.strerror}")
+            return False
+        del buf[:n]
+        return True
+
+    def _maybe_done(self) -> None:
+        if self.up_done and self.down_done:
+            self.close()
+
+    def _alert(self, exc: TLSAlert) -> None:
+        """A bad record: pass on the plaintext before it, send the layer's alert, close."""
+        log.debug("connection %d: TLS alert: %s", self.id, exc)
+        if exc.data and self.upstream is not None and self.state is OPEN:
+            self.to_upstream += exc.data
+            self._flush_upstream()
+        self.to_client += self.layer.data_to_send()
+        self._flush_client()
+        self.close()
+
+    # -- registrations ----------------------------------------------------------------------
+
+    def _watch(self, fd: int, mode: str, callback) -> None:
+        key = (fd, mode)
+        if key not in self.io:
+            self.io.add(key)
+            (self.loop.add_reader if mode == "r" else self.loop.add_writer)(fd, callback)
+
+    def _unwatch(self, fd: int, mode: str) -> None:
+        key = (fd, mode)
+        if key in self.io:
+            self.io.discard(key)
+            (self.loop.remove_reader if mode == "r" else self.loop.remove_writer)(fd)
+
+    def _watch_if(self, fd: int, on: bool, callback, mode: str = "r") -> None:
+        if self.state is CLOSED or self.paused:
+            return
+        if on:
+            self._watch(fd, mode, callback)
+        else:
+            self._unwatch(fd, mode)
+
+    def _stop_io(self) -> None:
+        for fd, mode in list(self.io):
+            self._unwatch(fd, mode)
+
+    def close(self) -> None:
+        if self.state is CLOSED:
+            return
+        self._stop_io()
+        if self.to_client and not self.paused:
+            try:
+                self.client.send(self.to_client)        # a last alert, best effort
+            except OSError:
+                pass
+        super().close()
+
+    # -- the Connection interface (worker/connection.py) -------------------------------------
+
+    def readiness(self) -> Move:
+        return Move.NOW if self.state is OPEN and not self.paused else Move.NEVER
+
+    def buffered(self) -> tuple[int, int]:
+        return len(self.to_upstream), len(self.to_client)
+
+    def export(self, client_only: bool = False) -> Export:
+        """Pause and describe this connection: both sockets, the record layer's state and the
+        bytes not yet written each way (record "tls-tcp"). `client_only` (write migration)
+        does not apply: the record layer needs both ends, so both move."""
+        if self.state is not OPEN or self.layer is None:
+            raise RuntimeError(f"connection {self.id} is not open")
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        self._stop_io()
+        self.paused = True
+        fields = {"id": self.id, "listener": self.listener.name,
+                  "peer": list(self.peer) if self.peer else None,
+                  "original": list(self.original) if self.original else None,
+                  "chain": self.chain.index,
+                  "cluster": self.cluster.name, "host": [self.host.address, self.host.port],
+                  "tls": export_state(self.layer),
+                  "up": {"data": bytes(self.to_upstream), "eof": self.client_eof, "done": self.up_done},
+                  "down": {"data": bytes(self.to_client), "eof": self.upstream_eof, "done": self.down_done}}
+        return Export("tls-tcp", fields, [self.client_fd, self.upstream_fd])
+
+    def resume(self) -> None:
+        """The move failed: nothing was read or written meanwhile, carry on."""
+        self.paused = False
+        if self.state is OPEN:
+            self._run()
+
+    def migrated(self, channel, new_id: int) -> None:
+        """Adopted elsewhere: let go of the sockets without a close_notify or a shutdown, and
+        never use this layer again (its sequence numbers continue in the adopter)."""
+        self.layer = None
+        self.to_client.clear()
+        self.to_upstream.clear()
+        super().migrated(channel, new_id)
+
+    @classmethod
+    def adopt(cls, worker, listener, fields: dict, fds: list[int], conn_id: int, channel=None):
+        """Record "tls-tcp": continue the session here. tcp_proxy's adoption does the
+        sockets, cluster and host; the layer rides in with the upstream-bound direction."""
+        up = dict(fields["up"], layer=import_state(fields["tls"]))
+        return super().adopt(worker, listener, dict(fields, up=up), fds, conn_id, channel)
+
+
+def _shutdown(sock: socket.socket) -> None:
+    try:
+        sock.shutdown(socket.SHUT_WR)
+    except OSError:
+        pass
+
+
+def _refusal(worker, listener, fields: dict) -> str | None:
+    """Why this worker cannot continue a "tls-tcp" record, before its descriptors are used."""
+    reason = _cluster_missing(worker, listener, fields)
+    if reason is not None:
+        return reason
+    index = fields.get("chain") or 0
+    chain = listener.chains[index] if index < len(listener.chains) else listener.default_chain
+    if chain is None or chain.tls is None or chain.tcp_proxy is None:
+        return f"filter chain {index} of {listener.name!r} is not a TLS tcp_proxy chain here"
+    try:
+        import_state(fields["tls"])
+    except StateError as exc:
+        return str(exc)
+    return None
+
+
+register("tls-tcp", TlsProxyConnection.adopt, _refusal)
