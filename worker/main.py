@@ -193,8 +193,11 @@ class Worker:
             self.connections[conn.id] = conn
             self.accept_http(conn, client)
             return
-        conn = TcpProxyConnection(self, listener, client, peer,
-                                  conn_id if conn_id is not None else next(self._ids), chain)
+        kind = TcpProxyConnection
+        if chain is not None and chain.tls is not None:
+            from .proxy.tls_proxy import TlsProxyConnection as kind     # TLS termination
+        conn = kind(self, listener, client, peer,
+                    conn_id if conn_id is not None else next(self._ids), chain)
         conn.original = original
         conn.initial = initial
         self.connections[conn.id] = conn
