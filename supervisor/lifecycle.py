@@ -128,14 +128,16 @@ class Lifecycle:
             log.critical("BUG: lifecycle move %r in phase %r is not in the table; refused\n%s",
                          event.value, self.phase.value, "".join(traceback.format_stack(limit=6)))
             return False
-        if target is self.phase:
-            return False
-        log.debug("lifecycle: %s --%s--> %s", self.phase.value, event.value, target.value)
-        self.phase = target
+        # Who owns the service follows the event even when the phase stays: a new generation
+        # told to drain while the old one committed is systemd's main process all the same.
         if event in (Event.COMMITTED, Event.SUCCESSOR_GONE):
             self.owns_service = True
         elif event is Event.HAND_OVER:
             self.owns_service = False
+        if target is self.phase:
+            return False
+        log.debug("lifecycle: %s --%s--> %s", self.phase.value, event.value, target.value)
+        self.phase = target
         return True
 
     def allows(self, event: Event) -> bool:

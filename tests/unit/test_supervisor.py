@@ -67,8 +67,9 @@ class Harness:
         return self.task.result()
 
 
-def run(scenario, concurrency: int = 2, drain_timeout: float = 30.0):
-    """Run `scenario(harness)` against a master with `concurrency` fake workers."""
+def run(scenario, concurrency: int = 2, drain_timeout: float = 30.0, takeover=None):
+    """Run `scenario(harness)` against a master with `concurrency` fake workers (a new
+    generation when `takeover` stands for its conversation with the previous one)."""
     loop = ManualClockLoop()
     fake = FakeOs()
     runtime_dir = tempfile.mkdtemp(prefix="baton-sup-", dir="/tmp")
@@ -78,7 +79,8 @@ def run(scenario, concurrency: int = 2, drain_timeout: float = 30.0):
                                         reload_timeout=20.0, config="/nonexistent.yaml",
                                         worker_rss_limit=None, l4_move="sockets")
         snapshot = {"listeners": [], "clusters": {}, "admin": None}
-        master = Master(options, snapshot, snapshot, {}, {}, runtime_dir, os_seam=fake)
+        master = Master(options, snapshot, snapshot, {}, {}, runtime_dir, os_seam=fake,
+                        generation=2 if takeover else 1, takeover=takeover)
         # Not the runtime directory's control socket name: nobody must find it (counters
         # are bequeathed there after a hand-over; a connect must fail fast, not wait).
         master.control_sock = unix.bind_private(os.path.join(runtime_dir, "ctl-test.sock"))
@@ -176,6 +178,66 @@ def test_a_failed_fork_at_respawn_pauses_the_slot_then_tries_again():
         await advance(CRASH_LOOP_PAUSE)
         assert slot.alive and not slot.given_up
     run(scenario)
+
+
+class FakeTakeover:
+    """A new generation's conversation with the old one (supervisor/upgrade.py Takeover)."""
+
+    previous_pid = 99
+
+    def __init__(self, fails: bool = False):
+        self.fails = fails
+        self.asked: list[list[str]] = []
+        self.answer = asyncio.Event()
+
+    async def commit(self, worker_paths, become_main) -> None:
+        self.asked.append(worker_paths)
+        await self.answer.wait()
+        if self.fails:
+            raise ReloadFailed("the old master did not commit")
+        await become_main()
+
+
+def test_a_new_generation_asks_for_the_commit_once_its_workers_serve_then_goes_live():
+    takeover = FakeTakeover()
+
+    async def scenario(h):
+        assert h.master.state == "PRE_INITIALIZING" and not h.master.lifecycle.owns_service
+        await h.ready_all()
+        assert h.phase is Phase.TAKING_OVER and h.master.state == "COMMITTING"
+        assert takeover.asked == [[f"@fake-handoff-{p.pid}" for p in h.os.running_workers()]]
+        takeover.answer.set()
+        await settle()
+        assert h.phase is Phase.SERVING and h.master.state == "LIVE"
+        assert h.master.lifecycle.owns_service and h.master.previous_pid == 99
+    run(scenario, takeover=takeover)
+
+
+def test_a_new_generation_whose_commit_fails_stops_its_workers_and_exits():
+    takeover = FakeTakeover(fails=True)
+
+    async def scenario(h):
+        await h.ready_all()
+        takeover.answer.set()
+        await settle()
+        assert h.phase in (Phase.STOPPING, Phase.STOPPED)
+        assert all("stop" in p.worker.types() for p in h.os.workers())
+        assert await h.exit_code() == 0
+        assert not h.master.lifecycle.owns_service     # the old generation serves on
+    run(scenario, takeover=takeover)
+
+
+def test_a_new_generation_told_to_drain_before_the_commit_stays_draining():
+    takeover = FakeTakeover()
+
+    async def scenario(h):
+        await h.ready_all()
+        h.master._signal("term")
+        assert h.phase is Phase.DRAINING
+        takeover.answer.set()
+        await settle()
+        assert h.phase is Phase.DRAINING and h.master.lifecycle.owns_service
+    run(scenario, takeover=takeover)
 
 
 # -- stopping ----------------------------------------------------------------------------------
