@@ -55,7 +55,7 @@ class TlsEchoStream:
     every byte sent must have come back, in order."""
 
     def __init__(self, port: int, context: ssl.SSLContext, rate: float, limit: int = 256 << 20,
-                 seed: int = 1, server_hostname: str = "localhost"):
+                 seed: int = 1, server_hostname: str = "localhost", key_update_every: int = 0):
         raw = socket.create_connection(("127.0.0.1", port), timeout=10)
         self.sock = context.wrap_socket(raw, server_hostname=server_hostname)
         self.sock.setblocking(False)
@@ -65,6 +65,8 @@ class TlsEchoStream:
         self.sent = self.got = 0
         self.sent_hash, self.got_hash = hashlib.sha256(), hashlib.sha256()
         self.error: str | None = None
+        # TLS 1.3: ask for a KeyUpdate (and get the server's) every this many bytes sent.
+        self.key_update_every, self.key_updates = key_update_every, 0
         self.stopping = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
 
@@ -82,7 +84,9 @@ class TlsEchoStream:
                     allowed = min(self.limit, int((time.monotonic() - started) * self.rate) + 16384)
                     while self.sent < allowed:
                         if not self.pending:
-                            self.pending = bytes(next(self.chunks))[:allowed - self.sent]
+                            self.pending = bytes(next(self.chunks, b""))
+                            if not self.pending:
+                                break           # `limit` bytes sent
                         try:
                             n = self.sock.send(self.pending)
                         except (ssl.SSLWantWriteError, ssl.SSLWantReadError, BlockingIOError):
@@ -90,6 +94,10 @@ class TlsEchoStream:
                         self.sent_hash.update(self.pending[:n])
                         self.pending = self.pending[n:]
                         self.sent += n
+                        if self.key_update_every and self.sent // self.key_update_every > self.key_updates:
+                            from ..tls_helpers import openssl_key_update
+                            openssl_key_update(self.sock, request_peer=True)
+                            self.key_updates += 1
                 elif self.got >= self.sent:
                     return
                 sel.select(0.005)
