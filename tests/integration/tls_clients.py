@@ -68,6 +68,8 @@ class TlsEchoStream:
         # TLS 1.3: ask for a KeyUpdate (and get the server's) every this many bytes sent.
         self.key_update_every, self.key_updates = key_update_every, 0
         self.stopping = threading.Event()
+        self.reading = threading.Event()    # cleared: the client stops reading (backpressure)
+        self.reading.set()
         self.thread = threading.Thread(target=self._run, daemon=True)
 
     def start(self) -> "TlsEchoStream":
@@ -100,6 +102,9 @@ class TlsEchoStream:
                             self.key_updates += 1
                 elif self.got >= self.sent:
                     return
+                if not self.reading.is_set():
+                    self.reading.wait(0.005)
+                    continue
                 sel.select(0.005)
                 while True:
                     try:
