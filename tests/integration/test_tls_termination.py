@@ -260,3 +260,78 @@ def test_a_tls_connection_the_new_generation_cannot_take_stays_and_drains(baton,
     wait_until(lambda: stream.got > before + 65536 or stream.error, 20, "the stream to flow on")
     stream.finish()
     assert tls_roundtrip(port, client_context(ca)) == b"ping"      # the new generation serves
+
+
+class TlsEchoServer:
+    """A TLS echo server of its own (the upstream for passthrough): one thread per client."""
+
+    def __init__(self, context: ssl.SSLContext):
+        import threading
+        self.context = context
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.names: list = []           # the SNI each client sent
+        context.sni_callback = lambda _obj, name, _ctx: self.names.append(name)
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        import threading
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn) -> None:
+        try:
+            with self.context.wrap_socket(conn, server_side=True) as tls:
+                while data := tls.recv(65536):
+                    tls.sendall(data)
+        except (OSError, ssl.SSLError):
+            pass
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_sni_chooses_termination_or_passthrough(baton, upstreams):
+    """With the tls_inspector, server_names picks the chain: one terminates TLS in Baton,
+    the other passes the client's TLS untouched to an upstream that terminates it."""
+    ca = make_ca("ecdsa")
+    echo = upstreams("echo")
+    upstream_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    import tempfile
+    with tempfile.TemporaryDirectory() as tmp:
+        upstream_ctx.load_cert_chain(*leaf(ca, "rsa", dns=["pass.example"]).write(tmp, "up"))
+    tls_upstream = TlsEchoServer(upstream_ctx)
+    port = free_port()
+    data = tls_bootstrap(port, echo.port, tls_transport_socket(leaf(ca, "ecdsa", dns=["secure.example"])))
+    listener = data["static_resources"]["listeners"][0]
+    listener["listener_filters"] = [{"name": "envoy.filters.listener.tls_inspector", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector"}}]
+    terminate = listener["filter_chains"][0]
+    terminate["filter_chain_match"] = {"server_names": ["secure.example"]}
+    passthrough = {"filter_chain_match": {"server_names": ["pass.example"]},
+                   "filters": [{"name": "envoy.filters.network.tcp_proxy", "typed_config": {
+                       "@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+                       "stat_prefix": "passthrough", "cluster": "tls_upstream"}}]}
+    listener["filter_chains"].append(passthrough)
+    clusters = data["static_resources"]["clusters"]
+    clusters.append({**clusters[0], "name": "tls_upstream", "load_assignment": {
+        "cluster_name": "tls_upstream", "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {
+            "socket_address": {"address": "127.0.0.1", "port_value": tls_upstream.port}}}}]}]}})
+    try:
+        b = baton(data, concurrency=1)
+        ctx = client_context(ca)
+        for name in ("secure.example", "pass.example", "secure.example"):
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+                with ctx.wrap_socket(raw, server_hostname=name) as tls:
+                    peer_names = tls.getpeercert()["subjectAltName"]
+                    assert ("DNS", name) in peer_names      # who terminated: Baton or the upstream
+                    tls.sendall(name.encode())
+                    assert tls.recv(100) == name.encode()
+        assert tls_upstream.names == ["pass.example"]
+        assert ssl_stats(b, port)["handshake"] == 2
+    finally:
+        tls_upstream.close()
