@@ -30,7 +30,7 @@ import time
 
 from ..connection import Export, Lifecycle, Move, register
 from ..tls.handover import HandoverError, HandshakeFailed
-from ..tls.records import TLSAlert
+from ..tls.records import CERTIFICATE_UNKNOWN, TLSAlert
 from ..tls.state import StateError, export_state, import_state
 from .tcp_proxy import TcpProxyConnection, _cluster_missing
 
@@ -119,16 +119,18 @@ class TlsProxyConnection(TcpProxyConnection):
     def _handshake_done(self) -> None:
         hs, self.handshake = self.handshake, None
         obj = hs.ssl_object
-        failure = self.tls.verify(obj)
-        if failure is not None:
-            # As Envoy: the peer's certificate fails the SAN check after OpenSSL accepted it;
-            # the connection is closed without an alert.
-            self._handshake_failed(failure, "client certificate SAN mismatch")
-            return
         try:
             self.layer = hs.handover()
         except HandoverError as exc:
             self._handshake_failed("connection_error", f"handover: {exc}")
+            return
+        failure = self.tls.verify(obj)
+        if failure is not None:
+            # OpenSSL accepted the certificate, its SANs do not match: the fatal alert Envoy
+            # sends for it (certificate_unknown), under the keys the session now has.
+            self.to_client += self.layer.abort(CERTIFICATE_UNKNOWN, "client certificate SAN mismatch")
+            self._flush_client()
+            self._handshake_failed(failure, "client certificate SAN mismatch")
             return
         self.tls.count_handshake(obj)
         self._unwatch(self.client_fd, "r")

@@ -222,6 +222,13 @@ class RecordLayer:
             self.closed = True
         return self.data_to_send()
 
+    def abort(self, description: int, reason: str) -> bytes:
+        """End the session with a fatal alert of our own: something the handshake let through
+        is refused afterwards (a client certificate's SANs). The alert's bytes."""
+        if self.error is None:
+            self._fail(TLSAlert(description, reason))
+        return self.data_to_send()
+
     def data_to_send(self) -> bytes:
         if not self._out:
             return b""

@@ -1,0 +1,125 @@
+"""TLS termination in front of tcp_proxy, Baton against a real Envoy 1.40 on the same
+bootstrap and certificates (only the ports differ): the handshake outcome, the negotiated
+protocol version and ALPN, and the listener's ssl.* counters, names and values, for the
+same clients (Python ssl, certificates from tests/tls_certs.py).
+
+Envoy also counts ssl.curves.* and ssl.sigalgs.*, which Python's ssl module does not expose
+to Baton; those two families are left out of the comparison (README, TLS)."""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import tempfile
+import urllib.request
+
+import pytest
+
+from ..tls_certs import SPIFFE_ID, leaf, make_ca, spiffe_leaf
+from ..waiting import wait_until
+from .conftest import Baton, free_port
+from .differential.proxies import Envoy
+from .tls_clients import client_context, tls_transport_socket
+
+COMPARED = ("handshake", "connection_error", "no_certificate", "session_reused", "fail_verify_no_cert",
+            "fail_verify_error", "fail_verify_san", "fail_verify_cert_hash", "versions.", "ciphers.")
+
+
+def bootstrap(admin: int, plain: int, mtls: int, upstream: int, ca) -> dict:
+    tcp = {"@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+           "stat_prefix": "tls", "cluster": "echo"}
+
+    def listener(name, port, transport_socket):
+        return {"name": name, "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
+                "filter_chains": [{"filters": [{"name": "envoy.filters.network.tcp_proxy", "typed_config": tcp}],
+                                   "transport_socket": transport_socket}]}
+    server = leaf(ca, "ecdsa")
+    sans = [{"san_type": "URI", "matcher": {"exact": SPIFFE_ID}}]
+    return {"admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin}}},
+            "static_resources": {
+                "listeners": [listener("plain", plain, tls_transport_socket(server, alpn=["h2", "http/1.1"])),
+                              listener("mtls", mtls, tls_transport_socket(server, ca, require_client=True,
+                                                                          sans=sans))],
+                "clusters": [{"name": "echo", "type": "STATIC", "connect_timeout": "1s",
+                              "load_assignment": {"cluster_name": "echo", "endpoints": [{"lb_endpoints": [
+                                  {"endpoint": {"address": {"socket_address": {
+                                      "address": "127.0.0.1", "port_value": upstream}}}}]}]}}]}}
+
+
+def attempt(port: int, ctx: ssl.SSLContext) -> tuple:
+    """(outcome, TLS version, ALPN) as the client sees them."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+            with ctx.wrap_socket(raw, server_hostname="localhost") as tls:
+                version, alpn = tls.version(), tls.selected_alpn_protocol()
+                tls.sendall(b"ping")
+                if tls.recv(10) != b"ping":
+                    return ("closed", version, alpn)
+                return ("ok", version, alpn)
+    except (ssl.SSLError, OSError):
+        return ("refused", None, None)
+
+
+def ssl_counters(admin: int, listener_port: int) -> dict:
+    with urllib.request.urlopen(f"http://127.0.0.1:{admin}/stats", timeout=5) as r:
+        body = r.read().decode()
+    scope = f"listener.127.0.0.1_{listener_port}.ssl."
+    out = {}
+    for line in body.splitlines():
+        name, _, value = line.partition(": ")
+        if name.startswith(scope) and name[len(scope):].startswith(COMPARED):
+            out[name[len(scope):]] = int(value)
+    return out
+
+
+def clients(ca) -> list:
+    wrong_ca = make_ca("rsa")
+    v12, v13 = ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3
+    old = client_context(ca)
+    old.minimum_version, old.maximum_version = ssl.TLSVersion.TLSv1, ssl.TLSVersion.TLSv1_1
+    old.set_ciphers("ALL:@SECLEVEL=0")
+    return [
+        ("plain", "TLS 1.3, http/1.1", client_context(ca, alpn=["http/1.1"], version=v13)),
+        ("plain", "TLS 1.3, h2 first", client_context(ca, alpn=["h2", "http/1.1"], version=v13)),
+        ("plain", "unknown ALPN", client_context(ca, alpn=["x-unknown"], version=v13)),
+        ("plain", "TLS 1.2", client_context(ca, version=v12)),
+        ("plain", "TLS 1.1 only", old),
+        ("mtls", "SPIFFE client", client_context(ca, spiffe_leaf(ca))),
+        ("mtls", "no client certificate", client_context(ca)),
+        ("mtls", "wrong SAN", client_context(ca, spiffe_leaf(ca, spiffe_id="spiffe://other/sa/x"))),
+        ("mtls", "wrong CA", client_context(ca, spiffe_leaf(wrong_ca))),
+        ("mtls", "SPIFFE client, TLS 1.2", client_context(ca, spiffe_leaf(ca), version=v12)),
+    ]
+
+
+def test_tls_termination_matches_envoy(tmp_path, upstreams):
+    ca = make_ca("ecdsa")
+    echo = upstreams("echo")
+    observed, counters = {}, {}
+    for proxy in ("envoy", "baton"):
+        admin, plain, mtls = free_port(), free_port(), free_port()
+        data = bootstrap(admin, plain, mtls, echo.port, ca)
+        process = (Envoy(tmp_path / proxy, data) if proxy == "envoy"
+                   else Baton(tmp_path / proxy, data, concurrency=1))
+        process.start()
+        try:
+            ports = {"plain": plain, "mtls": mtls}
+            observed[proxy] = [(name, attempt(ports[where], ctx)) for where, name, ctx in clients(ca)]
+            expected_handshakes = sum(1 for _, (outcome, *_) in observed[proxy] if outcome == "ok")
+            # Counters reach the admin API a little after the connection ends (Baton's workers
+            # report them to the master), so wait for the handshakes the clients saw.
+            wait_until(lambda: sum(ssl_counters(admin, p).get("handshake", 0) for p in ports.values())
+                       == expected_handshakes, 10, f"{proxy}'s handshake counters")
+            counters[proxy] = {where: ssl_counters(admin, port) for where, port in ports.items()}
+        finally:
+            process.stop()
+    envoy = dict(observed["envoy"])
+    # The cases mean something: what Envoy does with them, as written down here.
+    assert envoy["TLS 1.3, h2 first"] == ("ok", "TLSv1.3", "h2")
+    assert envoy["unknown ALPN"] == ("ok", "TLSv1.3", None)
+    assert envoy["TLS 1.2"] == ("ok", "TLSv1.2", None)
+    assert envoy["SPIFFE client"][0] == "ok"
+    for refused in ("TLS 1.1 only", "no client certificate", "wrong SAN", "wrong CA"):
+        assert envoy[refused][0] == "refused", refused
+    assert observed["baton"] == observed["envoy"]
+    assert counters["baton"] == counters["envoy"]
