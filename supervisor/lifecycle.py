@@ -34,7 +34,7 @@ log = logging.getLogger("baton.master")
 
 class Phase(enum.Enum):
     STARTING = "starting"            # workers starting (or starting again after a successor died)
-    TAKING_OVER = "taking over"      # a new generation: workers serve, the old one is asked to commit
+    TAKING_OVER = "taking over"      # a new generation serves; the old one is asked to commit
     SERVING = "serving"
     RELOADING = "reloading"          # a next generation is being started; we serve on
     HANDED_OVER = "handed over"      # committed: our connections move out, then we exit

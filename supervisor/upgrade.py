@@ -4,9 +4,10 @@ Both sides of supervisor/handoff/protocol.py's master conversation live here:
 
 - `Reload` runs in the OLD master. It listens on <runtime dir>/handoff.sock, starts the new
   master (fork, fork again, exec the `baton` on disk with the same arguments: the new master is
-  not our child, which systemd needs for MAINPID=; OsSeam.spawn_detached), answers it, and at `ready` commits: stops
-  accepting and tells its workers to move their connections to the new workers. Until that
-  moment it never stopped serving, so every failure before it is a clean rollback.
+  not our child, which systemd needs for MAINPID=; OsSeam.spawn_detached), answers it, and at
+  `ready` commits: stops accepting and tells its workers to move their connections to the new
+  workers. Until that moment it never stopped serving, so every failure before it is a clean
+  rollback; a drain or fast stop of the old master before it aborts the reload (`abort`).
 - `Takeover` runs in the NEW master. It says hello, reports a bad config as `failed`, takes the
   listening sockets, and, once its workers serve, asks for the commit.
 """
@@ -98,7 +99,8 @@ class Reload:
         except protocol.ProtocolError as exc:
             self.channel.reply(msg, protocol.error(str(exc)))
             raise ReloadFailed(f"handshake with the new master failed: {exc}") from None
-        self.channel.reply(msg, protocol.hello_reply(version, self.os.getpid(), self.master.generation))
+        self.channel.reply(msg, protocol.hello_reply(version, self.os.getpid(),
+                                                     self.master.generation))
         deadline = time.monotonic() + self.master.options.reload_timeout
         while True:
             msg, fds = await self._next(deadline - time.monotonic(), "become ready")

@@ -149,7 +149,8 @@ def test_a_crashing_worker_is_respawned_with_a_doubling_backoff_then_paused():
                 break
             await advance(slot.respawn_handle.when() - asyncio.get_running_loop().time())
         assert slot.given_up
-        assert slot.respawn_handle.when() - asyncio.get_running_loop().time() == 2 * CRASH_LOOP_PAUSE
+        pause = slot.respawn_handle.when() - asyncio.get_running_loop().time()
+        assert pause == 2 * CRASH_LOOP_PAUSE
     run(scenario)
 
 
@@ -529,9 +530,10 @@ def test_random_stimuli_never_leave_the_table_and_end_serving_or_stopped(stimuli
     async def scenario(h):
         successor = None
         for stimulus in stimuli:
-            if h.master.successor is not None and (successor is None or successor.reload is not h.master.successor):
+            reload = h.master.successor
+            if reload is not None and (successor is None or successor.reload is not reload):
                 successor = RandomSuccessor(h)
-                successor.reload = h.master.successor
+                successor.reload = reload
             if stimulus == "ready":
                 await h.ready_all()
             elif stimulus == "crash":
