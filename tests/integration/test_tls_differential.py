@@ -60,15 +60,21 @@ def attempt(port: int, ctx: ssl.SSLContext) -> tuple:
         return ("refused", None, None)
 
 
-def ssl_counters(admin: int, listener_port: int) -> dict:
+def stats(admin: int) -> dict:
     with urllib.request.urlopen(f"http://127.0.0.1:{admin}/stats", timeout=5) as r:
         body = r.read().decode()
-    scope = f"listener.127.0.0.1_{listener_port}.ssl."
+    return {name: int(value) for name, _, value in (line.partition(": ") for line in body.splitlines())
+            if value.strip().lstrip("-").isdigit()}
+
+
+def ssl_counters(admin: int, listener_port: int) -> dict:
+    scope = f"listener.127.0.0.1_{listener_port}."
     out = {}
-    for line in body.splitlines():
-        name, _, value = line.partition(": ")
-        if name.startswith(scope) and name[len(scope):].startswith(COMPARED):
-            out[name[len(scope):]] = int(value)
+    for name, value in stats(admin).items():
+        if name.startswith(scope + "ssl.") and name[len(scope) + 4:].startswith(COMPARED):
+            out[name[len(scope):]] = value
+        elif name == scope + "downstream_cx_total":
+            out["downstream_cx_total"] = value
     return out
 
 
@@ -108,9 +114,11 @@ def test_tls_termination_matches_envoy(tmp_path, upstreams):
             expected_handshakes = sum(1 for _, (outcome, *_) in observed[proxy] if outcome == "ok")
             # Counters reach the admin API a little after the connection ends (Baton's workers
             # report them to the master), so wait for the handshakes the clients saw.
-            wait_until(lambda: sum(ssl_counters(admin, p).get("handshake", 0) for p in ports.values())
+            wait_until(lambda: sum(ssl_counters(admin, p).get("ssl.handshake", 0) for p in ports.values())
                        == expected_handshakes, 10, f"{proxy}'s handshake counters")
             counters[proxy] = {where: ssl_counters(admin, port) for where, port in ports.items()}
+            # Every accepted connection counts for tcp_proxy, whatever its handshake did.
+            counters[proxy]["tcp"] = stats(admin)["tcp.tls.downstream_cx_total"]
         finally:
             process.stop()
     envoy = dict(observed["envoy"])

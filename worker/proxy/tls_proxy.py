@@ -65,9 +65,12 @@ class TlsProxyConnection(TcpProxyConnection):
     # -- the handshake ----------------------------------------------------------------------
 
     def start(self, counted: bool = False) -> None:
+        counters = self.stats.counters
         if not counted:
-            self.stats.counters[self.listener.stat_cx_total] += 1
+            counters[self.listener.stat_cx_total] += 1
             self.stats.gauges[self.listener.stat_cx_active] += 1
+        # Envoy's tcp_proxy counts the connection when it is accepted, handshake or not.
+        counters[self.chain.cx_total] += 1
         self.handshake = self.tls.handshake()
         self.timer = self.loop.call_later(self.tls.handshake_timeout, self._on_handshake_timeout)
         self._watch(self.client_fd, "r", self._on_handshake_readable)
@@ -144,6 +147,9 @@ class TlsProxyConnection(TcpProxyConnection):
             return
         self.to_client += self.layer.data_to_send()
         self.client_eof = self.layer.peer_closed
+        # tcp_proxy's start counts cx_total again: it was counted at accept (in the same turn
+        # of the loop, so no stats snapshot sees the difference).
+        self.stats.counters[self.chain.cx_total] -= 1
         super().start(counted=True)         # tcp_proxy: choose a cluster, connect, retry
 
     # -- open -------------------------------------------------------------------------------
