@@ -195,6 +195,21 @@ def test_buffers_are_bounded_both_ways_when_the_client_stops_reading(baton, upst
     stream.finish(timeout=60)
 
 
+def test_idle_timeout_closes_with_close_notify(baton, upstreams):
+    ca = make_ca("ecdsa")
+    echo = upstreams("echo")
+    port = free_port()
+    b = baton(tls_bootstrap(port, echo.port, tls_transport_socket(leaf(ca, "ecdsa")), idle_timeout="0.5s"),
+              concurrency=1)
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+        with client_context(ca).wrap_socket(raw, server_hostname="localhost",
+                                            suppress_ragged_eofs=False) as tls:
+            tls.sendall(b"ping")
+            assert tls.recv(10) == b"ping"
+            assert tls.recv(10) == b""      # close_notify (a bare FIN would raise SSLEOFError)
+    wait_until(lambda: b.stats()["tcp.ingress.idle_timeout"] == 1, 10, "the idle timeout counted")
+
+
 def _reload_ok(b) -> None:
     old = b.master_pid()
     result = b.reload()

@@ -331,9 +331,12 @@ class TlsProxyConnection(TcpProxyConnection):
         if self.state is CLOSED:
             return
         self._stop_io()
+        layer = self.layer
+        if layer is not None and not self.paused and layer.error is None and not layer.closed:
+            self.to_client += layer.close()         # idle timeout, upstream gone: close_notify
         if self.to_client and not self.paused:
             try:
-                self.client.send(self.to_client)        # a last alert, best effort
+                self.client.send(self.to_client)        # the last records, best effort
             except OSError:
                 pass
         super().close()
