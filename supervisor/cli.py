@@ -274,7 +274,8 @@ def cmd_stop(args) -> int:
 def _config_dump(path: str, snapshot: dict) -> dict:
     """Envoy's /config_dump shape: the bootstrap as loaded, then the static resources."""
     from ..xds.bootstrap import read_document
-    raw = read_document(path)
+    from ..xds.tls import redact
+    raw = redact(read_document(path))      # TLS private keys show as "[redacted]", as in Envoy
     now = datetime.datetime.now(datetime.timezone.utc).isoformat()
     listeners = raw.get("static_resources", {}).get("listeners", [])
     clusters = raw.get("static_resources", {}).get("clusters", [])

@@ -16,6 +16,7 @@ from google.protobuf import json_format
 
 from . import protos
 from .ads import CLUSTER, ENDPOINT, LISTENER, ROUTE
+from .tls import redact
 
 _CLASSES = {LISTENER: protos.Listener, ROUTE: protos.RouteConfiguration,
             CLUSTER: protos.Cluster, ENDPOINT: protos.ClusterLoadAssignment}
@@ -24,7 +25,8 @@ _CLASSES = {LISTENER: protos.Listener, ROUTE: protos.RouteConfiguration,
 def _as_json(type_url, raw):
     pb = _CLASSES[type_url]()
     pb.ParseFromString(raw)
-    return {"@type": type_url, **json_format.MessageToDict(pb)}
+    # TLS private keys show as "[redacted]", as in Envoy (xds/tls.py).
+    return {"@type": type_url, **redact(json_format.MessageToDict(pb))}
 
 
 def dynamic_dump(config) -> dict:

@@ -317,3 +317,35 @@ def _validation_context(pb, path, errors):
         if matcher is not None:
             matchers.append({"type": None, "matcher": matcher})
     return trusted_ca, matchers
+
+
+# -- /config_dump -------------------------------------------------------------------------------
+
+# Envoy's fields marked `sensitive` in the TLS API: /config_dump shows "[redacted]" for every
+# string under them, inline secret or file name alike (checked against Envoy 1.40).
+SENSITIVE_FIELDS = frozenset(("private_key", "password", "pkcs12", "session_ticket_keys"))
+REDACTED = "[redacted]"
+
+
+def redact(value):
+    """A copy of plain config data (a bootstrap, a Listener as JSON) with Envoy's sensitive
+    TLS fields redacted; anything else is returned as it was."""
+    if isinstance(value, dict):
+        return {k: _redact_all(v) if k in SENSITIVE_FIELDS or _camel(k) in SENSITIVE_FIELDS
+                else redact(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [redact(v) for v in value]
+    return value
+
+
+def _redact_all(value):
+    if isinstance(value, dict):
+        return {k: _redact_all(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_redact_all(v) for v in value]
+    return REDACTED if isinstance(value, (str, bytes)) else value
+
+
+def _camel(key: str) -> str:
+    """privateKey -> private_key (json_format writes proto JSON names)."""
+    return "".join("_" + c.lower() if c.isupper() else c for c in key)

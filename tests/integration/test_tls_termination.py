@@ -210,6 +210,25 @@ def test_idle_timeout_closes_with_close_notify(baton, upstreams):
     wait_until(lambda: b.stats()["tcp.ingress.idle_timeout"] == 1, 10, "the idle timeout counted")
 
 
+def test_config_dump_redacts_private_keys(baton, upstreams):
+    """As Envoy 1.40: every string under private_key is "[redacted]" in /config_dump."""
+    import json
+    ca = make_ca("ecdsa")
+    server = leaf(ca, "ecdsa")
+    echo = upstreams("echo")
+    port = free_port()
+    b = baton(tls_bootstrap(port, echo.port, tls_transport_socket(server)), concurrency=1)
+    status, body = b.admin("/config_dump")
+    assert status == 200
+    assert server.key_pem.decode().splitlines()[1] not in body
+    dump = json.loads(body)
+    listener = next(c for c in dump["configs"] if "static_listeners" in c)["static_listeners"][0]["listener"]
+    [certificate] = (listener["filter_chains"][0]["transport_socket"]["typed_config"]
+                     ["common_tls_context"]["tls_certificates"])
+    assert certificate["private_key"] == {"inline_string": "[redacted]"}
+    assert certificate["certificate_chain"] == {"inline_string": server.cert_pem.decode()}
+
+
 def _reload_ok(b) -> None:
     old = b.master_pid()
     result = b.reload()

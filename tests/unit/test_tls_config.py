@@ -169,3 +169,17 @@ def test_baton_check_prints_one_line_without_traceback(tmp_path):
     assert "Traceback" not in result.stderr
     assert any(line.endswith("tls_certificates[0]: the certificate does not match the private key "
                              "(inline_string vs inline_string)") for line in output), output
+
+
+def test_redact_hides_private_keys_as_envoy_does():
+    from baton.xds.tls import redact
+    raw = {"tls_certificates": [{"certificate_chain": {"inline_string": "CERT"},
+                                 "private_key": {"inline_string": "KEY"}},
+                                {"certificateChain": {"filename": "/c"}, "privateKey": {"filename": "/k"}}],
+           "other": ["kept", {"password": {"inline_bytes": b"pw"}}]}
+    assert redact(raw) == {
+        "tls_certificates": [{"certificate_chain": {"inline_string": "CERT"},
+                              "private_key": {"inline_string": "[redacted]"}},
+                             {"certificateChain": {"filename": "/c"}, "privateKey": {"filename": "[redacted]"}}],
+        "other": ["kept", {"password": {"inline_bytes": "[redacted]"}}]}
+    assert raw["tls_certificates"][0]["private_key"] == {"inline_string": "KEY"}     # a copy
