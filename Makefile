@@ -1,7 +1,7 @@
 # The two commands a newcomer runs (README): `make run` and `make test`.
 PY := .venv/bin/python
 
-.PHONY: install run test unit integration upgrade-test bench bench-reload bench-intercept bench-http bench-xds clean
+.PHONY: install run test unit integration upgrade-test bench bench-reload bench-intercept bench-http bench-xds istio-acceptance clean
 
 install:
 	@BATON_TEST_TOOLS=1 scripts/install.sh
@@ -42,6 +42,11 @@ bench-http: install
 bench-xds: install
 	@BATON_BENCH_TOOLS=1 scripts/install.sh
 	@$(PY) bench/xds_bench.py
+
+# How many of the resources real istiod sent (../shared/istio-dumps, or ISTIO_DUMPS) Baton
+# accepts, and the refusal reasons ranked (scripts/istio_acceptance.py).
+istio-acceptance: install
+	@$(PY) scripts/istio_acceptance.py $(ISTIO_DUMPS)
 
 clean:
 	rm -rf .venv .venv-envoy build *.egg-info
