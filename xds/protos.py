@@ -90,7 +90,19 @@ def type_name(type_url):
 
 
 def message_class(name):
-    """The generated class for a full message name, or None if no module has defined it."""
+    """The generated class for a full message name (its module imported on demand), or None
+    if no module of xds-protos defines it.
+
+    On demand because the agent decodes resources from bytes: nothing imported the module of
+    a type named only inside an Any (a listener's http_inspector, a cluster's
+    HttpProtocolOptions), and a translator asking for it must still get its class."""
+    cls = _defined_class(name)
+    if cls is None and import_type(name):
+        cls = _defined_class(name)
+    return cls
+
+
+def _defined_class(name):
     try:
         desc = descriptor_pool.Default().FindMessageTypeByName(name)
     except KeyError:
@@ -105,7 +117,7 @@ def import_type(name):
     the file that defines the message is not derivable from its name, so import them all.
     Returns True when the type is known afterwards.
     """
-    if message_class(name) is not None:
+    if _defined_class(name) is not None:
         return True
     if not _TYPE_NAME.match(name):
         return False
@@ -125,7 +137,7 @@ def import_type(name):
                     importlib.import_module(f"{pkg.__name__}.{info.name}")
         except Exception:  # noqa: BLE001 - a broken or absent module just means "unknown type"
             return False
-    return message_class(name) is not None
+    return _defined_class(name) is not None
 
 
 def import_types_in(data):
