@@ -127,6 +127,15 @@ def test_handshake_timeout_and_garbage(baton, upstreams):
         answer = recv_all(garbage)
         assert answer[:1] in (b"", b"\x15")     # an alert, or just closed
     assert ssl_stats(b, port)["connection_error"] == 2
+    # After the handshake: a record that does not authenticate gets OpenSSL's alert
+    # (bad_record_mac) and ends that connection only.
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+        with client_context(ca).wrap_socket(raw, server_hostname="localhost") as tls:
+            tls.sendall(b"before")
+            assert tls.recv(10) == b"before"
+            socket.socket.send(tls, b"\x17\x03\x03\x00\x20" + bytes(32))    # under the TLS layer
+            with pytest.raises(ssl.SSLError, match="BAD_RECORD_MAC"):
+                tls.recv(10)
     assert tls_roundtrip(port, client_context(ca)) == b"ping"
 
 
