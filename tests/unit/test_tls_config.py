@@ -183,3 +183,28 @@ def test_redact_hides_private_keys_as_envoy_does():
                              {"certificateChain": {"filename": "/c"}, "privateKey": {"filename": "[redacted]"}}],
         "other": ["kept", {"password": {"inline_bytes": "[redacted]"}}]}
     assert raw["tls_certificates"][0]["private_key"] == {"inline_string": "KEY"}     # a copy
+
+
+def test_tls_in_front_of_http_is_not_there_yet(errors):
+    server = leaf(make_ca("ecdsa"), "ecdsa")
+    data = bootstrap({"common_tls_context": {"tls_certificates": [certificate(server)]}})
+    chain = data["static_resources"]["listeners"][0]["filter_chains"][0]
+    chain["filters"] = [{"name": "envoy.filters.network.http_connection_manager", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        "stat_prefix": "h", "route_config": {"virtual_hosts": [
+            {"name": "v", "domains": ["*"], "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "c"}}]}]},
+        "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}]}}]
+    assert errors(data) == ["static_resources.listeners[0].filter_chains[0].transport_socket: TLS in front "
+                            "of http_connection_manager is not supported yet (only tcp_proxy)"]
+
+
+def test_other_transport_sockets_are_refused(errors, load):
+    data = bootstrap({})
+    chain = data["static_resources"]["listeners"][0]["filter_chains"][0]
+    chain["transport_socket"] = {"name": "envoy.transport_sockets.alts"}
+    assert errors(data) == ["static_resources.listeners[0].filter_chains[0].transport_socket.name: "
+                            "'envoy.transport_sockets.alts' not supported (only envoy.transport_sockets.tls "
+                            "or envoy.transport_sockets.raw_buffer)"]
+    chain["transport_socket"] = {"name": "envoy.transport_sockets.raw_buffer"}
+    assert "tls" not in load(data)["listeners"][0]["filter_chains"][0]
