@@ -221,6 +221,9 @@ def cmd_status(args) -> int:
         return EXIT_OK
     m = status["master"]
     print(f"baton {status['version']}  state {status['state']}  runtime dir {status['runtime_dir']}")
+    if isinstance(status.get("keeper"), dict) and isinstance(status["keeper"].get("pid"), int):
+        print(f"keeper  pid {status['keeper']['pid']}  (the process `baton run` started; it "
+              "stays across reloads)")
     print(f"master  pid {m['pid']}  generation {m['generation']}  uptime {m['uptime_s']:.0f}s  "
           f"rss {m['rss_bytes'] / 1048576:.1f} MiB  cpu {m['cpu_percent']:.1f}%")
     print(f"{'worker':>6} {'pid':>8} {'gen':>4} {'state':>10} {'uptime':>8} {'conns':>7} "
@@ -398,6 +401,12 @@ def _bind_taken_over(snapshot: dict, takeover):
 
 
 def cmd_run(args) -> int:
+    from . import keeper
+    if keeper.wanted(os.environ):
+        # The pid our parent started stays Baton across reloads (supervisor/keeper.py).
+        code = keeper.start()
+        if code is not None:
+            return code
     from . import logs
     logs.setup(args.log_level)
     _raise_fd_limit()
@@ -464,9 +473,11 @@ def cmd_run(args) -> int:
     from .master import Master
     prctl.set_name("baton: master")
     prctl.set_proctitle("baton: master")
+    keeper_pid = int(os.environ.get(keeper.ENV_KEEPER) or 0) or None
+    keeper.arm(keeper_pid)
     master = Master(args, source, snapshot, config_dump, listener_socks, runtime_dir,
                     generation=generation, takeover=takeover, intercept=intercept,
-                    static_snapshot=static_snapshot, xds_applied=xds_applied)
+                    static_snapshot=static_snapshot, xds_applied=xds_applied, keeper_pid=keeper_pid)
     master.control_sock = control_sock
     master.admin_sock = admin_sock
     pid_file = runtime.write_pid_file(runtime_dir, os.getpid())

@@ -28,7 +28,7 @@ import time
 import psutil
 
 from ..worker.stats import merge
-from . import dns, sdnotify
+from . import dns, keeper, sdnotify
 from .admin import AdminServer
 from .control import ControlServer
 from .lifecycle import Event, Lifecycle, Phase
@@ -78,7 +78,7 @@ class Master:
     def __init__(self, options, source_snapshot: dict, snapshot: dict, config_dump: dict,
                  listener_socks: dict, runtime_dir: str, generation: int = 1, takeover=None,
                  intercept=None, static_snapshot: dict | None = None, xds_applied=None,
-                 os_seam: OsSeam = REAL_OS):
+                 os_seam: OsSeam = REAL_OS, keeper_pid: int | None = None):
         self.options = options
         self.source_snapshot = source_snapshot      # as configured (STRICT_DNS unresolved)
         self.snapshot = snapshot                    # what workers get (addresses resolved)
@@ -89,6 +89,7 @@ class Master:
         self.takeover = takeover              # the conversation with the previous generation
         self.intercept = intercept            # tproxy.config.InterceptConfig, or None
         self.os = os_seam
+        self.keeper_pid = keeper_pid          # supervisor/keeper.py; None under systemd
         self.lifecycle = Lifecycle(successor=takeover is not None)
         self.successor: Reload | None = None  # the next generation: starting, or handed over to
         self.pid = self.os.getpid()
@@ -239,6 +240,7 @@ class Master:
         """Tell systemd we are the service's main process now, and wait until it knows
         (BARRIER=1): the old master exits only after that. We are not the old master's child
         (OsSeam.spawn_detached), so systemd will not SIGKILL us as a stray at stop."""
+        keeper.claim(self.keeper_pid)
         sdnotify.notify(mainpid=self.pid, ready=True, status=self._status_line())
         if not await sdnotify.async_barrier():
             log.warning("systemd did not confirm MAINPID=%d in time", self.pid)
@@ -510,6 +512,7 @@ class Master:
             return
         log.critical("the new generation died after taking over (%s); generation %d serves again",
                      reason, self.generation)
+        keeper.claim(self.keeper_pid)
         self.successor = None
         if self._deadline is not None:
             self._deadline.cancel()
@@ -684,4 +687,5 @@ class Master:
                 "master": {"pid": self.pid, "generation": self.generation,
                            "uptime_s": round(time.time() - self.started_at, 3), **self._usage(self.pid)},
                 "workers": workers,
+                "keeper": {"pid": self.keeper_pid} if self.keeper_pid else None,
                 "xds_agent": self.xds_link.status() if self.xds_link is not None else None}

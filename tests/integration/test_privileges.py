@@ -115,7 +115,7 @@ def test_workers_run_as_baton_without_capabilities_and_the_runtime_dir_stays_roo
         for caps in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"):
             assert int(status[caps][0], 16) == 0, (caps, status[caps])
         assert status["NoNewPrivs"] == ["1"]
-    assert _proc_status(b.proc.pid)["Uid"][0] == "0"
+    assert _proc_status(b.master_pid())["Uid"][0] == "0"
     st = os.stat(b.runtime_dir)
     assert st.st_uid == 0 and stat.S_IMODE(st.st_mode) == 0o700
     for entry in os.scandir(b.runtime_dir):
@@ -153,7 +153,8 @@ def test_another_process_of_that_uid_cannot_inject_or_replace_anything(baton, up
     assert {p.name: p.stat().st_ino for p in b.runtime_dir.iterdir()} == before
     assert roundtrip(port, b"unharmed") == b"unharmed"
     status = b.status()
-    assert status["workers"][0]["restarts"] == 0 and status["master"]["pid"] == b.proc.pid
+    assert status["workers"][0]["restarts"] == 0 and status["keeper"] == {"pid": b.proc.pid}
+    assert _proc_status(status["master"]["pid"])["PPid"] == [str(b.proc.pid)]   # still generation 1
     b.stop()
     shutil.rmtree(parent)
 

@@ -223,7 +223,9 @@ def test_process_names_and_status_json(baton, upstreams):
     held = socket.create_connection(("127.0.0.1", port), timeout=10)
     assert _echo_ok(held, b"x")
     status = b.status()
-    assert status["master"]["pid"] == b.proc.pid
+    # The pid started is the keeper (supervisor/keeper.py); the master is its child.
+    assert status["keeper"] == {"pid": b.proc.pid}
+    assert psutil.Process(status["master"]["pid"]).ppid() == b.proc.pid
     assert status["master"]["generation"] == 1
     assert status["master"]["uptime_s"] >= 0
     assert isinstance(status["version"], str)
@@ -233,9 +235,12 @@ def test_process_names_and_status_json(baton, upstreams):
             assert key in w
         assert w["rss_bytes"] > 0
     assert sum(w["connections"] for w in status["workers"]) == 1
-    names = subprocess.run(["ps", "-o", "comm=", "-p", ",".join(str(p) for p in [b.proc.pid, *b.worker_pids()])],
+    names = subprocess.run(["ps", "-o", "comm=", "-p", ",".join(str(p) for p in [b.proc.pid, status["master"]["pid"],
+                                                                             *b.worker_pids()])],
                            capture_output=True, text=True).stdout.split("\n")
-    assert names[0] == "baton: master"
+    assert names[0] == "baton: keeper"
+    assert names[1] == "baton: master"
+    names = names[1:]
     assert sorted(n for n in names[1:] if n) == ["baton: worker 0", "baton: worker 1"]
     human = b.cli("status")
     assert human.returncode == 0 and "master" in human.stdout
