@@ -1,7 +1,9 @@
 """`make run`: Baton on examples/quickstart.yaml in front of the bundled demo upstream.
 
-Starts the demo upstream (127.0.0.1:10001), then `baton run` in the foreground; prints what to
-try; Ctrl-C stops both.
+Starts the demo upstream (127.0.0.1:10001), then `baton run` in the foreground, and one
+long-lived TCP connection through it (examples/tick_client.py, a line a second) to watch
+through `baton reload`; prints what to try; Ctrl-C stops everything. `baton run` keeps its pid
+across reloads (supervisor/keeper.py), so this script keeps following Baton after a reload.
 """
 
 from __future__ import annotations
@@ -44,17 +46,28 @@ Try, from another terminal:
   echo 'hello baton' | nc -q1 127.0.0.1 10000  # raw bytes, echoed back
   curl http://127.0.0.1:9901/stats             # Envoy-style counters
   .venv/bin/baton status --runtime-dir {runtime_dir}
-{_who_runs_what()}Ctrl-C stops everything.
+{_who_runs_what()}
+Watch a hot reload: the "[watch]" line below, once a second, is ONE TCP connection through
+Baton to the demo upstream. From another terminal run
+  .venv/bin/baton reload --runtime-dir {runtime_dir}
+(or edit examples/quickstart.yaml first): the master pid changes, the count goes on over the
+same connection, and `baton status` shows the new generation.
+
+Ctrl-C stops everything.
 """, flush=True)
     baton = subprocess.Popen([BATON, "run", "-c", str(HERE / "quickstart.yaml"), "--runtime-dir", runtime_dir])
+    watcher = subprocess.Popen([sys.executable, str(HERE / "tick_client.py"), "--port", "10000",
+                                "--runtime-dir", runtime_dir])
     try:
         return baton.wait()
     except KeyboardInterrupt:
         baton.send_signal(signal.SIGINT)
         return baton.wait()
     finally:
-        upstream.terminate()
-        upstream.wait()
+        for helper in (watcher, upstream):
+            if helper.poll() is None:
+                helper.terminate()
+            helper.wait()
 
 
 if __name__ == "__main__":

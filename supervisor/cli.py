@@ -482,11 +482,22 @@ def cmd_run(args) -> int:
     master.admin_sock = admin_sock
     pid_file = runtime.write_pid_file(runtime_dir, os.getpid())
     try:
-        return uvloop.run(master.run())
+        return uvloop.run(_run_then_mute(master))
     finally:
         master.remove_intercept()
         if pid_file is not None:
             _remove_own_pid_file(pid_file)
+
+
+async def _run_then_mute(master) -> int:
+    """The master's run, then its stop signals blocked: once it is done, a second Ctrl-C (or
+    the same SIGINT forwarded by the keeper) must not turn a clean exit into a
+    KeyboardInterrupt when the loop gives the default handlers back."""
+    import signal
+    try:
+        return await master.run()
+    finally:
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM, signal.SIGHUP})
 
 
 def _worker_user(spec: str | None):
