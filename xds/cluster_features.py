@@ -14,12 +14,14 @@ Keys (always present, Envoy's defaults when unset):
                     "initial_connection_window_size", "hpack_table_size"} or None
     common_http    {"idle_timeout": seconds or None (disabled), "max_requests_per_connection"}
     common_lb      {"healthy_panic_threshold": percent}
+    metadata, locality_weighted, source_address   see cluster_upstream.py
 
 Durations are float seconds. Shape checks (field whitelists) are in fields_cluster.py; here
 are the value checks, each "path: message" into `errors`, all of them run.
 """
 
 from . import protos
+from .cluster_upstream import translate_upstream
 from .parse import join
 
 DEFAULT_MAX_PENDING_REQUESTS = 1024
@@ -79,6 +81,8 @@ def translate_cluster_features(pb, path, errors, warnings=None) -> dict:
         "http2_options": http2_options,
         "common_http": common_http,
         "common_lb": _common_lb(pb, path, errors),
+        # metadata, locality_weighted, source_address: xds/cluster_upstream.py.
+        **translate_upstream(pb, path, errors),
     }
 
 

@@ -19,12 +19,26 @@ ALLOWED_CLUSTER: dict = {
         "typed_extension_protocol_options": SKIP,
         # Deprecated forms of typed_extension_protocol_options, still in use.
         "http2_protocol_options": SKIP, "http_protocol_options": SKIP,
-        "common_http_protocol_options": SKIP, "max_requests_per_connection": WALK},
+        "common_http_protocol_options": SKIP, "max_requests_per_connection": WALK,
+        # cluster_upstream.py checks these.
+        "metadata": SKIP, "upstream_bind_config": SKIP},
     "envoy.config.cluster.v3.CircuitBreakers.Thresholds": {
         "max_pending_requests": WALK, "max_requests": WALK, "max_retries": WALK,
         "track_remaining": "accepted but ignored (no remaining_* gauges)"},
     "envoy.config.cluster.v3.Cluster.CommonLbConfig": {
-        "healthy_panic_threshold": WALK},
+        "healthy_panic_threshold": WALK, "locality_weighted_lb_config": WALK},
+    "envoy.config.cluster.v3.Cluster.CommonLbConfig.LocalityWeightedLbConfig": {},
+    # EDS / load_assignment: priorities, localities and their weights, and the policy's
+    # overprovisioning_factor drive worker/proxy/priority.py. A locality's identity (region,
+    # zone, sub_zone) only tells localities apart.
+    "envoy.config.endpoint.v3.LocalityLbEndpoints": {
+        "locality": WALK, "load_balancing_weight": WALK, "priority": WALK},
+    "envoy.config.core.v3.Locality": {
+        "region": WALK, "zone": WALK, "sub_zone": WALK},
+    "envoy.config.endpoint.v3.ClusterLoadAssignment": {
+        "policy": WALK},
+    "envoy.config.endpoint.v3.ClusterLoadAssignment.Policy": {
+        "overprovisioning_factor": WALK},
     "envoy.type.v3.Percent": {
         "value": WALK},
     "envoy.config.cluster.v3.Cluster.RingHashLbConfig": {

@@ -450,7 +450,25 @@ def translate_load_assignment(pb, path, errors, warnings=None, require_ip=True):
     if not pb.cluster_name:
         errors.append(f"{join(path, 'cluster_name')}: required")  # Envoy: min_len 1
     endpoints = []
+    # Priority and locality ride on each endpoint, only when not the default, so that a plain
+    # endpoint stays {"address", "port", "weight"} (worker/proxy/priority.py reads them).
+    overprovisioning = _uint32(pb.policy, "overprovisioning_factor", 140)
+    if overprovisioning < 1:
+        errors.append(f"{join(path, 'policy.overprovisioning_factor')}: must be greater than 0")
     for i, locality in enumerate(pb.endpoints):
+        placement = {}
+        if locality.priority:
+            placement["priority"] = locality.priority
+        if locality.HasField("locality"):
+            where = locality.locality
+            placement["locality"] = f"{where.region}/{where.zone}/{where.sub_zone}"
+        if locality.HasField("load_balancing_weight"):
+            if locality.load_balancing_weight.value < 1:
+                errors.append(f"{join(path, f'endpoints[{i}].load_balancing_weight')}: must be "
+                              "at least 1")
+            placement["locality_weight"] = locality.load_balancing_weight.value
+        if overprovisioning != 140:
+            placement["overprovisioning"] = overprovisioning
         for j, lb_endpoint in enumerate(locality.lb_endpoints):
             where = join(path, f"endpoints[{i}].lb_endpoints[{j}]")
             if not lb_endpoint.HasField("endpoint"):
@@ -468,7 +486,7 @@ def translate_load_assignment(pb, path, errors, warnings=None, require_ip=True):
                 errors.append(f"{where}.load_balancing_weight: must be at least 1")
             if hostport is not None:
                 endpoints.append({"address": hostport[0], "port": hostport[1],
-                                  "weight": weight})
+                                  "weight": weight, **placement})
     if len(errors) > start:
         return None
     return {"cluster_name": pb.cluster_name, "endpoints": endpoints}

@@ -348,10 +348,9 @@ REFUSED = {
     "cluster": (CLUSTER + ["lb_subset_config"], {}, f"{C0}.lb_subset_config: not supported"),
     "endpoint": (ENDPOINT + ["endpoint", "health_check_config"], {"port_value": 1},
                  f"{EP0}.endpoint.health_check_config: not supported"),
-    "locality_weight": (CLUSTER + ["load_assignment", "endpoints", 0,
-                                   "load_balancing_weight"], 2,
-                        f"{C0}.load_assignment.endpoints[0].load_balancing_weight: "
-                        "not supported"),
+    # (load_balancing_weight of a locality, refused here before, is supported since issue 14.)
+    "locality_proximity": (CLUSTER + ["load_assignment", "endpoints", 0, "proximity"], 2,
+                           f"{C0}.load_assignment.endpoints[0].proximity: not supported"),
     "circuit_breaker": (CLUSTER + ["circuit_breakers"],
                         {"thresholds": [{"max_connection_pools": 5}]},
                         f"{C0}.circuit_breakers.thresholds[0].max_connection_pools: not supported"),
@@ -607,9 +606,10 @@ def test_translate_resources_with_their_own_paths():
     assert translate_load_assignment(cla, "eds[cluster_0]", errs) == {
         "cluster_name": "cluster_0",
         "endpoints": [{"address": "127.0.0.1", "port": 8080, "weight": 1}]}
-    pb = protos.json_format.ParseDict(cluster(upstream_bind_config={}), protos.Cluster())
+    # (upstream_bind_config, the example here before, is supported since issue 14.)
+    pb = protos.json_format.ParseDict(cluster(upstream_connection_options={}), protos.Cluster())
     assert translate_cluster(pb, "cds[cluster_0]", errs) is None
-    assert errs == ["cds[cluster_0].upstream_bind_config: not supported"]
+    assert errs == ["cds[cluster_0].upstream_connection_options: not supported"]
 
 
 # --- robustness ------------------------------------------------------------------------------

@@ -13,9 +13,12 @@ balancer's view and the membership gauges; `pick()` itself never looks at health
 
 from __future__ import annotations
 
+import errno
+
 from . import health as health_mod
 from . import outlier as outlier_mod
 from .lb import DEFAULT_PANIC_THRESHOLD, Host, make_balancer
+from .priority import DEFAULT_OVERPROVISIONING, PriorityBalancer, needs_priorities
 from .pipes import pipe_capacity_for
 
 # Stat keys under cluster.<name>. (Envoy's names). Response-code stats with the code itself
@@ -60,7 +63,8 @@ class Cluster:
                  "rq_active", "rq_pending", "retries_active",
                  "http2", "http2_options", "common_http", "panic_threshold",
                  "ring_hash", "maglev", "outlier_config", "health_checks",
-                 "outlier", "health_checker", "counters", "gauges", "_panic_stat")
+                 "outlier", "health_checker", "counters", "gauges", "_panic_stat",
+                 "source_address")
 
     def __init__(self, spec: dict, counters=None, gauges=None):
         """`counters` / `gauges`: the worker's stat dicts (Stats.counters / .gauges), which the
@@ -119,11 +123,39 @@ class Cluster:
             for gone in old.values():
                 self.outlier.host_removed(gone)
         self.hosts = hosts
-        # ORIGINAL_DST: each connection names its own host; there is nothing to balance.
-        self.balancer = None if self.type == "ORIGINAL_DST" else make_balancer(
-            self.lb_policy, hosts, panic_threshold=self.panic_threshold,
-            ring_hash=self.ring_hash, maglev=self.maglev)
+        self.source_address = spec.get("source_address")
+        self.balancer = self._balancer(spec, hosts)
         self._membership_gauges()
+
+    def _balancer(self, spec, hosts):
+        # ORIGINAL_DST: each connection names its own host; there is nothing to balance.
+        if self.type == "ORIGINAL_DST":
+            return None
+        endpoints = spec.get("endpoints", ())
+        weighted = bool(spec.get("locality_weighted"))
+        if not needs_priorities(endpoints, weighted):
+            return make_balancer(self.lb_policy, hosts, panic_threshold=self.panic_threshold,
+                                 ring_hash=self.ring_hash, maglev=self.maglev)
+        placed = [(host, ep.get("priority", 0), ep.get("locality"), ep.get("locality_weight"))
+                  for host, ep in zip(hosts, endpoints)]
+        overprovisioning = next((ep["overprovisioning"] for ep in endpoints
+                                 if "overprovisioning" in ep), DEFAULT_OVERPROVISIONING)
+        return PriorityBalancer(placed, self.lb_policy, panic_threshold=self.panic_threshold,
+                                locality_weighted=weighted, overprovisioning=overprovisioning,
+                                ring_hash=self.ring_hash, maglev=self.maglev)
+
+    def bind_source(self, sock) -> int:
+        """upstream_bind_config: bind an upstream socket to the cluster's source address
+        before it connects (Istio binds inbound traffic to 127.0.0.6). -> 0, or the errno
+        that makes the connect fail, as a failed bind does in Envoy."""
+        source = self.source_address
+        if source is None:
+            return 0
+        try:
+            sock.bind((source["address"], source["port"]))
+        except OSError as exc:
+            return exc.errno or errno.EADDRNOTAVAIL
+        return 0
 
     def pick(self, exclude=(), hash_key=None):
         balancer = self.balancer

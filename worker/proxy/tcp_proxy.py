@@ -294,7 +294,7 @@ class TcpProxyConnection(Connection):
         cluster.active += 1
         host.active += 1
         host.total += 1
-        err = sock.connect_ex((host.address, host.port))
+        err = cluster.bind_source(sock) or sock.connect_ex((host.address, host.port))
         if err not in (0, errno.EINPROGRESS):
             self._connect_failed(os.strerror(err))
             return

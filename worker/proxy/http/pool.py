@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import socket
 from collections import deque
 
@@ -335,6 +336,9 @@ class HostPool:
             if self.mark:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, self.mark)
             try:
+                bind_error = cluster.bind_source(sock)
+                if bind_error:
+                    raise OSError(bind_error, os.strerror(bind_error))
                 await asyncio.wait_for(loop.sock_connect(sock, (host.address, host.port)),
                                        cluster.connect_timeout)
             except asyncio.TimeoutError:
