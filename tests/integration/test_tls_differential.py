@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import socket
 import ssl
-import tempfile
 import urllib.request
 
-import pytest
 
 from ..tls_certs import SPIFFE_ID, leaf, make_ca, spiffe_leaf
 from ..waiting import wait_until

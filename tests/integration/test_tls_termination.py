@@ -1,11 +1,10 @@
 """TLS termination in front of tcp_proxy (worker/proxy/tls_proxy.py): real `baton`
 processes, real clients (Python ssl, openssl s_client, curl), certificates made at test time
 (tests/tls_certs.py). Handshake outcomes and Envoy's listener ssl.* stats, bytes both ways,
-half-close, and a TLS stream that moves through `baton reload` and `baton recycle`."""
+half-close, bounded buffers, bad input, SNI. Moving through reloads: test_tls_reload.py."""
 
 from __future__ import annotations
 
-import re
 import socket
 import ssl
 import subprocess
@@ -15,34 +14,9 @@ import pytest
 from ..tls_certs import SPIFFE_ID, leaf, make_ca, spiffe_leaf
 from ..waiting import wait_until
 from .clients import recv_all
-from .conftest import free_port, tcp_bootstrap
-from .tls_clients import TlsEchoStream, client_context, tls_transport_socket
-
-SSL_SCOPE = "listener.127.0.0.1_{port}.ssl."
-
-
-def tls_bootstrap(port: int, upstream: int, transport_socket: dict, **kwargs) -> dict:
-    data = tcp_bootstrap(free_port(), port, [upstream], **kwargs)
-    data["static_resources"]["listeners"][0]["filter_chains"][0]["transport_socket"] = transport_socket
-    return data
-
-
-def ssl_stats(b, port: int) -> dict[str, int]:
-    scope = SSL_SCOPE.format(port=port)
-    return {k[len(scope):]: v for k, v in b.stats().items() if k.startswith(scope)}
-
-
-def tls_roundtrip(port: int, ctx: ssl.SSLContext, payload: bytes = b"ping") -> bytes:
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
-        with ctx.wrap_socket(raw, server_hostname="localhost") as tls:
-            tls.sendall(payload)
-            got = b""
-            while len(got) < len(payload):
-                data = tls.recv(65536)
-                if not data:
-                    break
-                got += data
-            return got
+from .conftest import free_port
+from .tls_clients import (TlsEchoStream, client_context, ssl_stats, tls_bootstrap, tls_roundtrip,
+                          tls_transport_socket)
 
 
 @pytest.mark.parametrize("kind", ["ecdsa", "rsa"])
@@ -236,73 +210,6 @@ def test_config_dump_redacts_private_keys(baton, upstreams):
                      ["common_tls_context"]["tls_certificates"])
     assert certificate["private_key"] == {"inline_string": "[redacted]"}
     assert certificate["certificate_chain"] == {"inline_string": server.cert_pem.decode()}
-
-
-def _reload_ok(b) -> None:
-    old = b.master_pid()
-    result = b.reload()
-    assert result.returncode == 0, result.stderr
-    b.wait_previous_gone(old)
-
-
-def test_tls_streams_move_through_20_reloads_and_a_recycle(baton, upstreams):
-    """Long TLS-terminated streams in both directions (TLS 1.3 and TLS 1.2; one asks for a
-    KeyUpdate every MiB) keep every byte, in order, with no reconnect, while their connections move
-    between generations and workers with the record layer's state."""
-    ca = make_ca("ecdsa")
-    echo = upstreams("echo")
-    port = free_port()
-    b = baton(tls_bootstrap(port, echo.port, tls_transport_socket(leaf(ca, "ecdsa"))), concurrency=2)
-    streams = [TlsEchoStream(port, client_context(ca, version=version), rate=2 << 20, seed=i,
-                             key_update_every=(1 << 20) if i == 2 else 0).start()
-               for i, version in enumerate((ssl.TLSVersion.TLSv1_3, ssl.TLSVersion.TLSv1_2,
-                                            ssl.TLSVersion.TLSv1_3))]
-    handshakes = ssl_stats(b, port)["handshake"]
-    assert handshakes == 3
-    for _ in range(20):
-        before = [s.got for s in streams]
-        _reload_ok(b)
-        # Each stream has made progress through the new generation before the next reload.
-        wait_until(lambda: all(s.got > g + 65536 or s.error for s, g in zip(streams, before)),
-                   20, "the streams to flow after a reload")
-        assert all(s.error is None for s in streams), [s.error for s in streams]
-    for worker in range(2):
-        old = b.status()["workers"][worker]["pid"]
-        result = b.cli("recycle", "--worker", str(worker))
-        assert result.returncode == 0, result.stderr
-        wait_until(lambda: b.status()["workers"][worker]["pid"] not in (old, None), 20, "the recycle")
-    before = [s.got for s in streams]
-    wait_until(lambda: all(s.got > g + 65536 or s.error for s, g in zip(streams, before)),
-               20, "the streams to flow after the recycles")
-    for s in streams:
-        s.finish()
-    assert streams[2].key_updates > 10
-    assert not re.search(r"[1-9][0-9]* stay to drain", b.log)
-    # No reconnect: the same three sessions all along (counters add up across generations).
-    assert ssl_stats(b, port)["handshake"] == 3
-
-
-def test_a_tls_connection_the_new_generation_cannot_take_stays_and_drains(baton, upstreams):
-    """The receiver refuses the record (here: its config lost the cluster; a 0.1.0 receiver
-    does not adopt tls-tcp at all): the connection resumes in the old generation, exactly where
-    it paused, and drains there with every byte intact."""
-    import yaml
-    ca = make_ca("ecdsa")
-    echo = upstreams("echo")
-    port = free_port()
-    b = baton(tls_bootstrap(port, echo.port, tls_transport_socket(leaf(ca, "ecdsa"))), concurrency=1)
-    stream = TlsEchoStream(port, client_context(ca), rate=1 << 20).start()
-    wait_until(lambda: stream.got > 65536, 20, "the stream to flow")
-    renamed = tls_bootstrap(port, echo.port, tls_transport_socket(leaf(ca, "ecdsa")), cluster="renamed")
-    renamed["admin"] = yaml.safe_load(b.config.read_text())["admin"]
-    b.config.write_text(yaml.safe_dump(renamed))
-    result = b.reload()
-    assert result.returncode == 0, result.stderr
-    wait_until(lambda: "1 stay to drain" in b.log, 20, "the connection to stay")
-    before = stream.got
-    wait_until(lambda: stream.got > before + 65536 or stream.error, 20, "the stream to flow on")
-    stream.finish()
-    assert tls_roundtrip(port, client_context(ca)) == b"ping"      # the new generation serves
 
 
 class TlsEchoServer:

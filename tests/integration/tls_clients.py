@@ -1,6 +1,6 @@
 """TLS clients for the integration tests: a paced, echoed stream over Python's `ssl` in one
-non-blocking thread (an SSLSocket must not be read and written from two threads at once),
-and a bootstrap for a TLS-terminating tcp_proxy."""
+non-blocking thread (an SSLSocket must not be read and written from two threads at once), a
+round trip, a bootstrap for a TLS-terminating tcp_proxy and its listener's ssl.* stats."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import threading
 import time
 
 from .clients import stream_chunks
+from .conftest import free_port, tcp_bootstrap
 
 TLS_CONTEXT_TYPE = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext"
 
@@ -33,6 +34,33 @@ def tls_transport_socket(server, ca=None, *, require_client=False, sans=None, al
     if require_client:
         context["require_client_certificate"] = True
     return {"name": "envoy.transport_sockets.tls", "typed_config": context}
+
+
+SSL_SCOPE = "listener.127.0.0.1_{port}.ssl."
+
+
+def tls_bootstrap(port: int, upstream: int, transport_socket: dict, **kwargs) -> dict:
+    data = tcp_bootstrap(free_port(), port, [upstream], **kwargs)
+    data["static_resources"]["listeners"][0]["filter_chains"][0]["transport_socket"] = transport_socket
+    return data
+
+
+def ssl_stats(b, port: int) -> dict[str, int]:
+    scope = SSL_SCOPE.format(port=port)
+    return {k[len(scope):]: v for k, v in b.stats().items() if k.startswith(scope)}
+
+
+def tls_roundtrip(port: int, ctx: ssl.SSLContext, payload: bytes = b"ping") -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+        with ctx.wrap_socket(raw, server_hostname="localhost") as tls:
+            tls.sendall(payload)
+            got = b""
+            while len(got) < len(payload):
+                data = tls.recv(65536)
+                if not data:
+                    break
+                got += data
+            return got
 
 
 def client_context(ca, certificate=None, alpn=None, version=None) -> ssl.SSLContext:

@@ -10,8 +10,9 @@ Lifecycle: CONNECTING while the handshake runs (bounded by the chain's
 transport_socket_connect_timeout) and then while the upstream connect is in flight (the
 tcp_proxy's own logic: retries, circuit breaking), OPEN once both are done, CLOSED. Unlike
 Envoy, the upstream is dialled only after the handshake, so a client that fails it never
-reaches the upstream. A handshake is short: it never moves (readiness NEVER), and neither
-does the upstream connect that follows; an open connection moves at once.
+reaches the upstream. A handshake is short: it never moves (readiness NEVER); a reload
+that finds the upstream connect after it in flight waits for it (WHEN_IDLE) and moves the
+connection as soon as it is open; an open connection moves at once.
 
 Data path, per direction, one bytearray bounded by Envoy's buffer limits (the cluster's for
 bytes going upstream, the listener's for bytes going to the client, as tcp_proxy has them):
@@ -45,7 +46,7 @@ class TlsProxyConnection(TcpProxyConnection):
     kind = "tls"
     __slots__ = ("tls", "handshake", "layer", "to_upstream", "to_client", "client_fd",
                  "upstream_fd", "io", "client_eof", "upstream_eof", "up_done", "down_done",
-                 "up_limit", "down_limit", "paused")
+                 "up_limit", "down_limit", "paused", "on_idle", "held")
 
     def __init__(self, worker, listener, client: socket.socket, peer, conn_id: int, chain=None):
         super().__init__(worker, listener, client, peer, conn_id, chain)
@@ -61,6 +62,8 @@ class TlsProxyConnection(TcpProxyConnection):
         self.up_done = self.down_done = False          # ...and that end was passed on
         self.up_limit = self.down_limit = 0
         self.paused = False                 # exported, waiting for migrated() or resume()
+        self.on_idle = None                 # a reload waits for the upstream connect to end
+        self.held = False                   # ...and it ended: open, not started, about to move
 
     # -- the handshake ----------------------------------------------------------------------
 
@@ -169,6 +172,13 @@ class TlsProxyConnection(TcpProxyConnection):
             self.to_client[:] = down["data"]
             self.client_eof, self.up_done = up["eof"], up["done"]
             self.upstream_eof, self.down_done = down["eof"], down["done"]
+        if self.on_idle is not None:
+            # A reload is waiting for this connect: hand the connection over before any byte
+            # moves, so the adopter starts from exactly this state.
+            on_idle, self.on_idle = self.on_idle, None
+            self.held = True
+            on_idle(self)
+            return
         self._run()
 
     def _run(self) -> None:
@@ -344,7 +354,27 @@ class TlsProxyConnection(TcpProxyConnection):
     # -- the Connection interface (worker/connection.py) -------------------------------------
 
     def readiness(self) -> Move:
-        return Move.NOW if self.state is OPEN and not self.paused else Move.NEVER
+        if self.paused or self.state is CLOSED:
+            return Move.NEVER
+        if self.state is OPEN:
+            return Move.NOW
+        if self.handshake is None and self.layer is not None:
+            return Move.WHEN_IDLE       # handshaken, the upstream connect is in flight
+        return Move.NEVER               # the handshake runs: it is short, it ends here
+
+    def hold_when_idle(self, on_idle) -> None:
+        """Once the upstream connect in flight has ended, call on_idle(self) with the
+        connection open and nothing read or written yet."""
+        if self.readiness() is Move.NOW:
+            on_idle(self)
+        else:
+            self.on_idle = on_idle
+
+    def cancel_hold(self) -> None:
+        self.on_idle = None
+        if self.held:
+            self.held = False
+            self._run()
 
     def buffered(self) -> tuple[int, int]:
         return len(self.to_upstream), len(self.to_client)
@@ -359,7 +389,7 @@ class TlsProxyConnection(TcpProxyConnection):
             self.timer.cancel()
             self.timer = None
         self._stop_io()
-        self.paused = True
+        self.paused, self.held = True, False
         fields = {"id": self.id, "listener": self.listener.name,
                   "peer": list(self.peer) if self.peer else None,
                   "original": list(self.original) if self.original else None,
@@ -372,7 +402,7 @@ class TlsProxyConnection(TcpProxyConnection):
 
     def resume(self) -> None:
         """The move failed: nothing was read or written meanwhile, carry on."""
-        self.paused = False
+        self.paused = self.held = False
         if self.state is OPEN:
             self._run()
 
