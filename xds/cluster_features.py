@@ -9,7 +9,8 @@ Keys (always present, Envoy's defaults when unset):
     maglev         {"table_size"} for MAGLEV, else None
     outlier_detection   dict (all fields, defaults filled in) or None when unset
     health_checks  [dict], at most one (see _health_check for its keys)
-    http2          upstream speaks HTTP/2 (explicit_http_config or the deprecated field)
+    http2          upstream speaks HTTP/2 (explicit_http_config or the deprecated field);
+                   "downstream": the downstream request's protocol (use_downstream_protocol_config)
     http2_options  {"max_concurrent_streams", "initial_stream_window_size",
                     "initial_connection_window_size", "hpack_table_size"} or None
     common_http    {"idle_timeout": seconds or None (disabled), "max_requests_per_connection"}
@@ -380,7 +381,8 @@ def _protocol_options(pb, path, errors):
     if typed is not None:
         options, here = typed
         for field, _ in options.ListFields():
-            if field.name not in ("common_http_protocol_options", "explicit_http_config"):
+            if field.name not in ("common_http_protocol_options", "explicit_http_config",
+                                  "use_downstream_protocol_config"):
                 errors.append(f"{here}.{field.name}: not supported")
         if options.HasField("common_http_protocol_options"):
             _common_http(options.common_http_protocol_options,
@@ -397,9 +399,23 @@ def _protocol_options(pb, path, errors):
             else:
                 errors.append(f"{where}: {which or 'a protocol'} not supported "
                               "(http_protocol_options or http2_protocol_options)")
+        elif options.HasField("use_downstream_protocol_config"):
+            # Envoy: HTTP/1.x downstream -> HTTP/1.1 upstream, HTTP/2 -> HTTP/2, each with
+            # its options here. "downstream" tells the pool (worker/proxy/http/pool.py).
+            downstream = options.use_downstream_protocol_config
+            where = f"{here}.use_downstream_protocol_config"
+            for field, _ in downstream.ListFields():
+                if field.name not in ("http_protocol_options", "http2_protocol_options"):
+                    errors.append(f"{where}.{field.name}: not supported")
+            if downstream.HasField("http_protocol_options"):
+                _http1(downstream.http_protocol_options, f"{where}.http_protocol_options",
+                       errors)
+            h2_options = _http2(downstream.http2_protocol_options,
+                                f"{where}.http2_protocol_options", errors)
+            http2 = "downstream"
         else:
-            errors.append(f"{here}: explicit_http_config is required (use_downstream_protocol_"
-                          "config and auto_config are not supported)")
+            errors.append(f"{here}: explicit_http_config is required (or use_downstream_"
+                          "protocol_config; auto_config is not supported)")
     else:
         if pb.HasField("http2_protocol_options"):
             http2 = True

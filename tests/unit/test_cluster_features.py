@@ -267,9 +267,13 @@ C = "static_resources.clusters[0]"
     ({"typed_extension_protocol_options": typed_http(
         explicit_http_config={"http3_protocol_options": {}})},
      "explicit_http_config: http3_protocol_options not supported"),
-    ({"typed_extension_protocol_options": typed_http(
-        use_downstream_protocol_config={})},
-     "use_downstream_protocol_config: not supported"),
+    # (use_downstream_protocol_config, refused here before, is supported since issue 14.)
+    ({"typed_extension_protocol_options": typed_http(auto_config={})},
+     "auto_config: not supported"),
+    ({"typed_extension_protocol_options": typed_http(use_downstream_protocol_config={
+        "http2_protocol_options": {"initial_stream_window_size": 100}})},
+     "use_downstream_protocol_config.http2_protocol_options.initial_stream_window_size: 100 is "
+     "out of range"),
     ({"typed_extension_protocol_options": typed_http(
         upstream_http_protocol_options={"auto_sni": True},
         explicit_http_config={"http_protocol_options": {}})},

@@ -175,7 +175,7 @@ class HostPool:
     __slots__ = ("manager", "cluster", "host", "loop", "idle", "busy", "connecting", "waiters",
                  "http2", "http2_options", "mark", "stat", "max_requests", "max_streams")
 
-    def __init__(self, manager, cluster, host):
+    def __init__(self, manager, cluster, host, http2=None):
         self.manager = manager
         self.cluster = cluster
         self.host = host
@@ -184,7 +184,7 @@ class HostPool:
         self.busy: set[UpstreamConnection] = set()
         self.connecting = 0
         self.waiters: deque = deque()
-        self.http2 = cluster.http2
+        self.http2 = cluster.http2 is True if http2 is None else http2
         options = cluster.http2_options or {}
         self.max_streams = options.get("max_concurrent_streams") or 2147483647
         self.max_requests = cluster.common_http.get("max_requests_per_connection") or 0
@@ -415,11 +415,16 @@ class PoolManager:
             host = self.original_hosts[key] = Host(destination[0], destination[1])
         return host
 
-    def get(self, cluster, host) -> HostPool:
-        key = (cluster.name, host.address, host.port)
+    def get(self, cluster, host, downstream_http2=False) -> HostPool:
+        """The pool for `host`; with use_downstream_protocol_config (cluster.http2 ==
+        "downstream") one pool per protocol, picked by the downstream request's."""
+        http2 = cluster.http2
+        if http2 == "downstream":
+            http2 = downstream_http2
+        key = (cluster.name, host.address, host.port, http2)
         pool = self.pools.get(key)
         if pool is None or pool.cluster is not cluster:
-            pool = self.pools[key] = HostPool(self, cluster, host)
+            pool = self.pools[key] = HostPool(self, cluster, host, http2)
         return pool
 
     def drop_idle(self) -> None:
