@@ -1,5 +1,6 @@
 """The Cluster fields Istio sets on every cluster, beyond the HTTP-side features:
-`metadata`, `common_lb_config.locality_weighted_lb_config` and `upstream_bind_config`.
+`metadata`, `common_lb_config.locality_weighted_lb_config`, `upstream_bind_config` and
+`filters` (upstream network filters).
 
     translate_upstream(pb, path, errors) -> dict merged into the snapshot's cluster dict,
     each key only when set:
@@ -10,6 +11,19 @@
                            their availability (worker/proxy/priority.py)
         source_address     the IP upstream connections bind to before connecting (port 0:
                            any), or None
+        upstream_filters   [{"name", "type": "istio.metadata_exchange", "protocol"}]
+
+Upstream network filters: only Istio's TCP metadata exchange, whose semantics Baton has
+without implementing the exchange itself. Istio's filter exchanges peer metadata only on an
+upstream connection whose TLS handshake negotiated its `protocol` as ALPN
+(istio-peer-exchange); on any other connection it passes the bytes through untouched. Baton's
+upstream connections are plain TCP (a cluster's transport_socket and transport_socket_matches
+are refused), so every connection is of the second kind: accepted, and a pass-through. A
+cluster that also has an upstream transport socket is refused, so that the day upstream TLS
+arrives this filter does not silently skip an exchange Istio would make. `enable_discovery`
+(Istio 1.18+) only looks up the peer's workload metadata for Istio's stats filter, which
+Baton does not have: accepted, with nothing to feed. Any other upstream filter, or field, is
+refused with its path.
 
 Envoy's semantics, each checked against its documentation: a bind address is an IP literal
 with port 0 or a fixed port (Envoy binds exactly what is given; a fixed port limits the
@@ -21,6 +35,7 @@ from __future__ import annotations
 from google.protobuf import json_format
 
 from . import protos
+from .istio_types import METADATA_EXCHANGE, unknown_field_numbers
 from .parse import join
 
 _BIND_FIELDS = ("source_address",)
@@ -30,7 +45,8 @@ def translate_upstream(pb, path, errors) -> dict:
     """Only the keys set: a cluster that uses none of them keeps the snapshot shape it had."""
     values = {"metadata": _metadata(pb, path, errors),
               "locality_weighted": pb.common_lb_config.HasField("locality_weighted_lb_config"),
-              "source_address": _source_address(pb, path, errors)}
+              "source_address": _source_address(pb, path, errors),
+              "upstream_filters": _upstream_filters(pb, path, errors)}
     return {key: value for key, value in values.items() if value}
 
 
@@ -73,3 +89,63 @@ def _source_address(pb, path, errors):
         errors.append(f"{where}.address: {sa.address!r} is not an IP address")
         return None
     return {"address": sa.address, "port": sa.port_value}
+
+
+_TYPED_STRUCTS = ("udpa.type.v1.TypedStruct", "xds.type.v3.TypedStruct")
+
+
+def _upstream_filters(pb, path, errors):
+    result = []
+    for i, filter_pb in enumerate(pb.filters):
+        here = join(path, f"filters[{i}]")
+        for field, _ in filter_pb.ListFields():
+            if field.name not in ("name", "typed_config"):
+                errors.append(f"{here}.{field.name}: not supported")
+        if not filter_pb.HasField("typed_config"):
+            errors.append(f"{here}.typed_config: required")
+            continue
+        protocol = _metadata_exchange(filter_pb.typed_config, f"{here}.typed_config", errors)
+        if protocol is None:
+            continue
+        if pb.HasField("transport_socket") or pb.transport_socket_matches:
+            errors.append(f"{here}: istio.metadata_exchange over an upstream transport socket "
+                          "is not supported (the istio-peer-exchange exchange is not "
+                          "implemented)")
+            continue
+        result.append({"name": filter_pb.name, "type": "istio.metadata_exchange",
+                       "protocol": protocol})
+    return result
+
+
+def _metadata_exchange(any_pb, here, errors):
+    """-> the MetadataExchange's protocol, or None (with an error) for anything else."""
+    type_name = protos.type_name(any_pb.type_url)
+    if type_name in _TYPED_STRUCTS:
+        struct = protos.message_class(type_name)()
+        any_pb.Unpack(struct)
+        inner = protos.type_name(struct.type_url)
+        if inner != METADATA_EXCHANGE:
+            errors.append(f"{here}.type_url: {inner or 'nothing'} not supported as an upstream "
+                          f"network filter (only {METADATA_EXCHANGE})")
+            return None
+        value = json_format.MessageToDict(struct.value)
+        extra = sorted(set(value) - {"protocol", "enable_discovery", "enableDiscovery"})
+        if extra:
+            errors.append(f"{here}.value.{extra[0]}: not supported")
+            return None
+        protocol = value.get("protocol", "")
+        if not isinstance(protocol, str):
+            errors.append(f"{here}.value.protocol: expected a string")
+            return None
+        return protocol
+    if type_name != METADATA_EXCHANGE:
+        errors.append(f"{here}: {type_name} not supported as an upstream network filter "
+                      f"(only {METADATA_EXCHANGE})")
+        return None
+    config = protos.message_class(METADATA_EXCHANGE)()
+    any_pb.Unpack(config)
+    unknown = unknown_field_numbers(config)
+    if unknown:
+        errors.append(f"{here}: field number {unknown[0]} of {METADATA_EXCHANGE} not supported")
+        return None
+    return config.protocol

@@ -164,3 +164,8 @@ def ads_stub_class():
     with _unshadowed():
         from envoy.service.discovery.v3 import ads_pb2_grpc
     return ads_pb2_grpc.AggregatedDiscoveryServiceStub
+
+
+# Istio's typed configs that Baton implements, declared in the same pool (xds/istio_types.py),
+# so that they are known wherever an Envoy type is: a bootstrap, a resource, /config_dump.
+from . import istio_types  # noqa: E402,F401
