@@ -37,6 +37,11 @@ TAGGED_SCOPES = (("cluster.", "envoy_cluster_", "envoy_cluster_name"),
                  ("tcp.", "envoy_tcp_", "envoy_tcp_prefix"))
 
 
+_LISTENER_SSL = re.compile(r"^listener\.(.+?)\.ssl\.(.+)$")
+_SSL_TAGS = {"ciphers": "envoy_ssl_cipher", "versions": "envoy_ssl_version",
+             "curves": "envoy_ssl_curve", "sigalgs": "envoy_ssl_sigalg"}
+
+
 class _Request:
     """Collects one request's method and target from httptools' callbacks."""
 
@@ -53,6 +58,16 @@ class _Request:
 
 def prometheus_name(stat: str) -> tuple[str, str]:
     """Stat name -> (metric name, label text) as Envoy's /stats/prometheus renders it."""
+    tls = _LISTENER_SSL.match(stat)
+    if tls is not None:
+        # listener.<address>.ssl.*, with Envoy's cipher / version / curve / sigalg tags.
+        address, rest = tls.groups()
+        labels = f'envoy_listener_address="{_escape_label(address)}"'
+        family, _, value = rest.partition(".")
+        tag = _SSL_TAGS.get(family)
+        if tag is not None and value:
+            return _sanitize(f"envoy_listener_ssl_{family}"), f'{{{tag}="{_escape_label(value)}",{labels}}}'
+        return _sanitize(f"envoy_listener_ssl_{rest}"), f"{{{labels}}}"
     for prefix, metric_prefix, label in TAGGED_SCOPES:
         if stat.startswith(prefix) and stat.count(".") >= 2:
             scope, leaf = stat[len(prefix):].rsplit(".", 1)

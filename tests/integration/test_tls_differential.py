@@ -1,7 +1,8 @@
 """TLS termination in front of tcp_proxy, Baton against a real Envoy 1.40 on the same
 bootstrap and certificates (only the ports differ): the handshake outcome, the negotiated
 protocol version and ALPN, and the listener's ssl.* counters, names and values, for the
-same clients (Python ssl, certificates from tests/tls_certs.py).
+same clients (Python ssl, certificates from tests/tls_certs.py), also as /stats/prometheus
+renders them.
 
 Envoy also counts ssl.curves.* and ssl.sigalgs.*, which Python's ssl module does not expose
 to Baton; those two families are left out of the comparison (README, TLS)."""
@@ -76,6 +77,16 @@ def ssl_counters(admin: int, listener_port: int) -> dict:
     return out
 
 
+def prometheus_ssl_lines(admin: int, listener_port: int) -> list:
+    """The listener's ssl lines of /stats/prometheus that Baton has, its address made neutral."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{admin}/stats/prometheus", timeout=5) as r:
+        body = r.read().decode()
+    address = f'envoy_listener_address="127.0.0.1_{listener_port}"'
+    wanted = tuple(f"envoy_listener_ssl_{name.rstrip('.')}{{" for name in COMPARED)
+    return sorted(line.replace(address, 'envoy_listener_address="ADDRESS"') for line in body.splitlines()
+                  if line.startswith(wanted) and address in line)
+
+
 def clients(ca) -> list:
     wrong_ca = make_ca("rsa")
     v12, v13 = ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3
@@ -117,6 +128,7 @@ def test_tls_termination_matches_envoy(tmp_path, upstreams):
             counters[proxy] = {where: ssl_counters(admin, port) for where, port in ports.items()}
             # Every accepted connection counts for tcp_proxy, whatever its handshake did.
             counters[proxy]["tcp"] = stats(admin)["tcp.tls.downstream_cx_total"]
+            counters[proxy]["prometheus"] = prometheus_ssl_lines(admin, plain)
         finally:
             process.stop()
     envoy = dict(observed["envoy"])
@@ -127,5 +139,7 @@ def test_tls_termination_matches_envoy(tmp_path, upstreams):
     assert envoy["SPIFFE client"][0] == "ok"
     for refused in ("TLS 1.1 only", "no client certificate", "wrong SAN", "wrong CA"):
         assert envoy[refused][0] == "refused", refused
+    assert 'envoy_listener_ssl_ciphers{envoy_ssl_cipher="TLS_AES_256_GCM_SHA384",' \
+        'envoy_listener_address="ADDRESS"} 3' in counters["envoy"]["prometheus"]
     assert observed["baton"] == observed["envoy"]
     assert counters["baton"] == counters["envoy"]
