@@ -112,7 +112,9 @@ class FloodGuard:
     # -- outbound ---------------------------------------------------------------------------
 
     def count_queued(self, out, start: int) -> None:
-        """Count the frames appended to the output queue `out` from offset `start` on."""
+        """Count the frames appended to the output queue `out` from offset `start` on. (The
+        codec counts the frames of a plain response itself as it queues them, and comes here
+        only for the rest: a walk of the queue costs more than the response's own frames.)"""
         size = len(out)
         pos = start
         frames = control = data = 0
@@ -120,14 +122,49 @@ class FloodGuard:
             length_type, _ = _frame_head(out, pos)
             kind = length_type & 0xFF
             frames += 1
-            if kind in _CONTROL:
-                control += 1
-            elif kind == _DATA:
+            if kind == _DATA:
                 data += 1
+            elif kind in _CONTROL:
+                control += 1
             pos += 9 + (length_type >> 8)
         self.queued += frames
         self.queued_control += control
         self.data_frames += data
+
+    def settle(self, out, start: int) -> None:
+        """count_queued(out, start), then every limit that what we queue or what the peer
+        reset can cross (raises Flood): the codec's one call at the end of a receive()."""
+        if len(out) > start:
+            self.count_queued(out, start)
+        if self.max_outbound is not None and \
+                self.queued + self.in_flight > self.max_outbound:
+            raise Flood(OUTBOUND_FLOOD, "too many frames in the outbound queue")
+        if self.max_control is not None and \
+                self.queued_control + self.in_flight_control > self.max_control:
+            raise Flood(OUTBOUND_CONTROL_FLOOD, "too many control frames in the outbound queue")
+        if self.premature:
+            self.check_resets()
+
+    def hand_out(self, out, start: int) -> None:
+        """settle(out, start), then the whole queue went to the transport (handed_out), in
+        one call: the codec makes it for every batch of responses."""
+        size = len(out)
+        if size > start:
+            self.count_queued(out, start)
+        queued, control = self.queued, self.queued_control
+        in_flight = self.in_flight + queued
+        in_flight_control = self.in_flight_control + control
+        if self.max_outbound is not None and in_flight > self.max_outbound:
+            raise Flood(OUTBOUND_FLOOD, "too many frames in the outbound queue")
+        if self.max_control is not None and in_flight_control > self.max_control:
+            raise Flood(OUTBOUND_CONTROL_FLOOD, "too many control frames in the outbound queue")
+        if self.premature:
+            self.check_resets()
+        self.handed += size
+        self.chunks.append((self.handed, queued, control))
+        self.in_flight = in_flight
+        self.in_flight_control = in_flight_control
+        self.queued = self.queued_control = 0
 
     def handed_out(self, size: int) -> None:
         """The whole queue (`size` bytes) went to the transport."""
@@ -140,20 +177,18 @@ class FloodGuard:
     def unsent(self, buffered: int) -> None:
         """The transport still holds `buffered` bytes of what was handed out: the chunks
         before them reached the kernel and no longer count."""
-        delivered = self.handed - buffered
         chunks = self.chunks
+        if not buffered:
+            # Everything reached the kernel (the usual case): nothing is in flight.
+            if chunks:
+                chunks.clear()
+                self.in_flight = self.in_flight_control = 0
+            return
+        delivered = self.handed - buffered
         while chunks and chunks[0][0] <= delivered:
             _, frames, control = chunks.popleft()
             self.in_flight -= frames
             self.in_flight_control -= control
-
-    def check_outbound(self) -> None:
-        if self.max_outbound is not None and \
-                self.queued + self.in_flight > self.max_outbound:
-            raise Flood(OUTBOUND_FLOOD, "too many frames in the outbound queue")
-        if self.max_control is not None and \
-                self.queued_control + self.in_flight_control > self.max_control:
-            raise Flood(OUTBOUND_CONTROL_FLOOD, "too many control frames in the outbound queue")
 
     # -- inbound ----------------------------------------------------------------------------
 

@@ -272,6 +272,7 @@ class LeanHttp2ServerCodec:
                  "_block", "_block_stream", "_block_end", "_block_self_dependent", "_decoder",
                  "_hard_cap", "_conn_blocked", "_guard", "flood", "_counted",
                  "_frames_per_turn", "_backlog", "_stream_error_on_invalid", "_clock",
+                 "_track_resets", "_turn_time",
                  "_table_gen", "_header_cache", "_events")
     multiplexed = True      # streams interleave: a fault ends one stream; draining is GOAWAY
 
@@ -332,6 +333,8 @@ class LeanHttp2ServerCodec:
         self._backlog = False
         self._stream_error_on_invalid = stream_error_on_invalid_http_message
         self._clock = clock
+        self._track_resets = self._guard.tracks_lifetimes
+        self._turn_time = None                   # the clock, read once per turn (lazily)
 
     # -- interface ---------------------------------------------------------------------------
 
@@ -370,14 +373,19 @@ class LeanHttp2ServerCodec:
     def unsent(self, buffered: int) -> None:
         """The transport still holds `buffered` bytes of what data_to_send() returned (the
         frames in them count against max_outbound_frames)."""
-        self._guard.unsent(buffered)
+        guard = self._guard
+        if guard.chunks:
+            guard.unsent(buffered)
 
     def _run(self, data: bytes) -> list:
         events = self._events = []
         self._backlog = False
+        self._turn_time = None
         try:
             self._receive(data)
-            self._check_limits()
+            out = self._out
+            self._guard.settle(out, self._counted)
+            self._counted = len(out)
         except _ConnError as exc:
             return self._connection_error(exc.code, exc.reason)
         except Flood as exc:
@@ -387,15 +395,6 @@ class LeanHttp2ServerCodec:
             return self._connection_error(INTERNAL_ERROR,
                                           f"internal error: {type(exc).__name__}: {exc}")
         return events
-
-    def _check_limits(self) -> None:
-        guard = self._guard
-        out = self._out
-        if len(out) > self._counted:
-            guard.count_queued(out, self._counted)
-            self._counted = len(out)
-        guard.check_outbound()
-        guard.check_resets()
 
     def send_head(self, stream_id: int, response: Response, end_stream: bool) -> None:
         """The response head; a 1xx head (not 101, which HTTP/2 does not have) leaves the
@@ -432,8 +431,17 @@ class LeanHttp2ServerCodec:
                 (size == 0 or (size <= state.send_window and size <= self._send_window)):
             state.send_window -= size
             self._send_window -= size
-            self._out += _head_pack(size << 8 | DATA, end_stream, stream_id)
-            self._out += data
+            out = self._out
+            counted = self._counted == len(out)
+            out += _head_pack(size << 8 | DATA, end_stream, stream_id)
+            out += data
+            if counted:
+                # Everything queued before is counted (h2limits): count this DATA frame here
+                # rather than by a walk of the queue.
+                self._counted = len(out)
+                guard = self._guard
+                guard.queued += 1
+                guard.data_frames += 1
             if end_stream:
                 self._local_end(stream_id, state)
             return
@@ -511,14 +519,15 @@ class LeanHttp2ServerCodec:
         out = self._out
         if not out:
             return b""
-        if not self._dead:
+        if self._dead:
+            self._guard.handed_out(len(out))
+        else:
             # Frames queued outside receive() (responses) count too.
             try:
-                self._check_limits()
+                self._guard.hand_out(out, self._counted)
             except Flood as exc:
                 self._flooded(exc)
                 return b""
-        self._guard.handed_out(len(out))
         self._out = bytearray()
         self._counted = 0
         return bytes(out)
@@ -552,8 +561,12 @@ class LeanHttp2ServerCodec:
         flags = F_END_STREAM if end_stream else 0
         out = self._out
         if len(block) <= size:
+            counted = self._counted == len(out)
             out += _head_pack(len(block) << 8 | HEADERS, flags | F_END_HEADERS, stream_id)
             out += block
+            if counted:     # as in send_body: counted here, not by a walk of the queue
+                self._counted = len(out)
+                self._guard.queued += 1
             return
         out += _frame(HEADERS, flags, stream_id, block[:size])
         for pos in range(size, len(block), size):
@@ -621,7 +634,11 @@ class LeanHttp2ServerCodec:
     def _local_end(self, stream_id: int, state: _Stream) -> None:
         state.local_closed = True
         del self._streams[stream_id]
-        self._closed_stream(state)
+        if self._track_resets:
+            if state.answered:      # the usual end: counted, never premature (_closed_stream)
+                self._guard.closed_streams += 1
+            else:
+                self._closed_stream(state)
         if state.remote_closed:
             return
         # The response is complete but the request is not: ask the client to stop sending
@@ -738,7 +755,10 @@ class LeanHttp2ServerCodec:
             raise _ConnError(FLOW_CONTROL_ERROR, "connection flow-control window exceeded")
         data = self._unpad(flags, payload)
         end = flags & F_END_STREAM
-        self._guard.payload_frame(not data and not end)
+        if data or end:
+            self._guard.empty_run = 0
+        else:
+            self._guard.payload_frame(True)
         state = self._streams.get(stream_id)
         if state is None:
             self._give_back(stream_id, flow)      # closed: nobody forwards it
@@ -778,7 +798,10 @@ class LeanHttp2ServerCodec:
         if not stream_id & 1:
             raise _ConnError(PROTOCOL_ERROR, "HEADERS on a server stream id")
         block = self._unpad(flags, payload)
-        self._guard.payload_frame(not block and not flags & F_END_STREAM)
+        if block or flags & F_END_STREAM:
+            self._guard.empty_run = 0
+        else:
+            self._guard.payload_frame(True)
         self._block_self_dependent = False
         if flags & F_PRIORITY:
             if len(block) < 5:
@@ -797,7 +820,10 @@ class LeanHttp2ServerCodec:
         block = self._block
         if block is None or stream_id != self._block_stream:
             raise _ConnError(PROTOCOL_ERROR, "unexpected CONTINUATION")
-        self._guard.payload_frame(not payload and not flags & F_END_STREAM)
+        if payload or flags & F_END_STREAM:
+            self._guard.empty_run = 0
+        else:
+            self._guard.payload_frame(True)
         block += payload
         if len(block) > self._hard_cap:
             raise _ConnError(ENHANCE_YOUR_CALM, "header block too large")
@@ -864,8 +890,13 @@ class LeanHttp2ServerCodec:
             return
         too_large, method, path, authority, scheme, items, expect_continue, connect, length = \
             request
-        state = _Stream(self._peer_stream_window, self._local_stream_window,
-                        self._clock() if self._guard.tracks_lifetimes else 0.0)
+        opened_at = 0.0
+        if self._track_resets:
+            # Envoy judges lifetimes in whole seconds: one reading of the clock per turn.
+            opened_at = self._turn_time
+            if opened_at is None:
+                opened_at = self._turn_time = self._clock()
+        state = _Stream(self._peer_stream_window, self._local_stream_window, opened_at)
         state.remote_closed = end
         if too_large is not None:
             # The manager answers 431 on this stream; the connection carries on.
@@ -916,11 +947,14 @@ class LeanHttp2ServerCodec:
         self._stream_error(stream_id, PROTOCOL_ERROR)
 
     def _closed_stream(self, state: _Stream) -> None:
-        """A stream left the connection (the premature-reset count)."""
-        guard = self._guard
-        if guard.tracks_lifetimes:
-            guard.stream_closed(guard.is_premature(self._clock() - state.opened_at,
-                                                   state.answered))
+        """A stream left the connection (the premature-reset count). An answered stream is
+        never premature: counted without reading the clock."""
+        if self._track_resets:
+            guard = self._guard
+            if state.answered:
+                guard.closed_streams += 1
+            else:
+                guard.stream_closed(guard.is_premature(self._clock() - state.opened_at, False))
 
     def _remote_end(self, stream_id: int, state: _Stream) -> None:
         state.remote_closed = True
