@@ -112,8 +112,6 @@ def translate_http_connection_manager(pb, path, errors, warnings=None, clusters=
     # Validated fields whose behaviour Baton does not have: refused, not silently ignored.
     if pb.xff_num_trusted_hops:
         errors.append(f"{join(path, 'xff_num_trusted_hops')}: not supported yet (0 only)")
-    if pb.HasField("normalize_path") and pb.normalize_path.value:
-        errors.append(f"{join(path, 'normalize_path')}: not supported yet")
 
     if len(errors) > start:
         return None
@@ -155,10 +153,20 @@ def translate_http_connection_manager(pb, path, errors, warnings=None, clusters=
                   "default_host_for_http_10": http1.default_host_for_http_10},
         "normalize_path": pb.normalize_path.value,
         "merge_slashes": pb.merge_slashes,
+        # IMPLEMENTATION_SPECIFIC_DEFAULT is KEEP_UNCHANGED in Envoy 1.40 (its runtime default).
+        "escaped_slashes": _escaped_slashes_action(pb),
         "strip_matching_host_port": pb.strip_matching_host_port,
         "strip_any_host_port": pb.strip_any_host_port,
         "buffer_limit": None,            # the listener's per_connection_buffer_limit_bytes
     }
+
+
+def _escaped_slashes_action(pb):
+    """path_with_escaped_slashes_action -> KEEP_UNCHANGED, REJECT_REQUEST,
+    UNESCAPE_AND_REDIRECT or UNESCAPE_AND_FORWARD (worker/proxy/http/path_normalize.py)."""
+    name = protos.HttpConnectionManager.PathWithEscapedSlashesAction.Name(
+        pb.path_with_escaped_slashes_action)
+    return "KEEP_UNCHANGED" if name == "IMPLEMENTATION_SPECIFIC_DEFAULT" else name
 
 
 def _upgrade_types(pb, path, errors):

@@ -315,5 +315,8 @@ def test_fields_baton_cannot_apply_are_refused():
     """Validated by Envoy, not implemented here: an error naming the field, never ignored."""
     hcm, errors = translate_hcm({"http_filters": [ROUTER], "xff_num_trusted_hops": 1})
     assert hcm is None and errors == ["hcm.xff_num_trusted_hops: not supported yet (0 only)"]
-    hcm, errors = translate_hcm({"http_filters": [ROUTER], "normalize_path": True})
-    assert hcm is None and errors == ["hcm.normalize_path: not supported yet"]
+    # (normalize_path, refused here before, is applied since issue 14: path_normalize.py.)
+    hcm, errors = translate_hcm({"http_filters": [ROUTER], "normalize_path": True,
+                                 "path_with_escaped_slashes_action": "UNESCAPE_AND_REDIRECT"})
+    assert errors == [] and hcm["normalize_path"] is True
+    assert hcm["escaped_slashes"] == "UNESCAPE_AND_REDIRECT"

@@ -53,6 +53,7 @@ class HttpConfig:
         "codec_type": lambda codec_type: codec_type == "HTTP2",
         "routes": lambda table: table is None or bool(blockers(table, RouteTable.EXPRESS_BLOCKING)),
         "filter_factories": bool, "access_logs": bool, "via": bool, "merge_slashes": bool,
+        "normalize_path": bool, "escaped_slashes": lambda action: action != "KEEP_UNCHANGED",
         "strip_matching_host_port": bool, "strip_any_host_port": bool,
         # Never internal, so the router reads no x-envoy-* control header:
         "use_remote_address": bool, "internal_networks": bool,
@@ -75,6 +76,8 @@ class HttpConfig:
         self.max_connection_duration = spec.get("max_connection_duration")
         self.via = spec.get("via") or ""
         self.merge_slashes = bool(spec.get("merge_slashes"))
+        self.normalize_path = bool(spec.get("normalize_path"))
+        self.escaped_slashes = spec.get("escaped_slashes") or "KEEP_UNCHANGED"
         self.strip_matching_host_port = bool(spec.get("strip_matching_host_port"))
         self.strip_any_host_port = bool(spec.get("strip_any_host_port"))
         self.delayed_close_timeout = spec.get("delayed_close_timeout", 1.0)
@@ -140,6 +143,10 @@ class HttpConfig:
         self.stat_rq_redirect = http + "rq_redirect"
         self.stat_rq_direct_response = http + "rq_direct_response"
         self.stat_rq_premature_resets = http + TOO_MANY_PREMATURE_RESETS
+        # Counted when path normalization (path_normalize.py) rejects or redirects.
+        self.stat_rq_failed_path_normalization = http + "downstream_rq_failed_path_normalization"
+        self.stat_rq_redirected_with_normalized_path = (
+            http + "downstream_rq_redirected_with_normalized_path")
 
     def counters(self) -> list[str]:
         return [self.stat_cx_total, self.stat_cx_http1_total, self.stat_cx_http2_total,

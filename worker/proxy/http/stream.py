@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import logging
 import random
-import re
 import time
 
 from ...codecs.message import Headers, Response
+from . import path_normalize
 from .filter import Delay, LocalReply
 from .router import Router
 from .stream_info import StreamInfo
@@ -25,7 +25,6 @@ log = logging.getLogger("baton.http")
 
 _TEXT_PLAIN = ("content-type", "text/plain")
 _DATE_ONLY = frozenset({"date"})
-_SLASHES = re.compile(r"/{2,}")
 
 
 class _DateCache:
@@ -262,9 +261,10 @@ class Stream:
         if self.expect_continue and request.version != "2":
             self.conn.codec.send_head(self.id, Response(100, Headers()), False)
         self._mutate_request_headers()
-        if hcm.merge_slashes and "//" in request.path:
-            path, sep, query = request.path.partition("?")
-            request.path = _SLASHES.sub("/", path) + sep + query
+        if hcm.normalize_path or hcm.escaped_slashes != "KEEP_UNCHANGED" or (
+                hcm.merge_slashes and "//" in request.path):
+            if not self._normalize_path(hcm, request):
+                return
         if (hcm.strip_any_host_port or hcm.strip_matching_host_port) and ":" in request.authority:
             host, _, port = request.authority.rpartition(":")
             if port.isdigit() and "]" not in port and (
@@ -495,6 +495,23 @@ class Stream:
         self.conn.mark_dirty()
         if end_stream:
             self._response_done()
+
+    def _normalize_path(self, hcm, request) -> bool:
+        """normalize_path, merge_slashes and path_with_escaped_slashes_action, in Envoy's
+        order (path_normalize.py). -> False when the request got its answer (400 or 307)."""
+        grpc = (request.headers.get("content-type") or "").startswith("application/grpc")
+        action, path = path_normalize.normalize(request.path, hcm.normalize_path,
+                                                hcm.merge_slashes, hcm.escaped_slashes, grpc)
+        if action == path_normalize.REJECT:
+            self.stats[hcm.stat_rq_failed_path_normalization] += 1
+            self.local_reply(400, "", "path_normalization_failed")
+            return False
+        request.path = path
+        if action == path_normalize.REDIRECT:
+            self.stats[hcm.stat_rq_redirected_with_normalized_path] += 1
+            self.local_reply(307, "", "path_normalization_failed", extra=(("location", path),))
+            return False
+        return True
 
     def local_reply(self, status: int, body, details: str, extra=(), content_type=True) -> None:
         """Answer from the proxy itself, as Envoy's sendLocalReply does."""
