@@ -59,7 +59,10 @@ ALLOWED = {
         # Interception (tproxy/): IP_TRANSPARENT, hand-off by original destination, and the
         # listener filters, which the translator checks one by one.
         "transparent": WALK, "use_original_dst": WALK, "listener_filters": SKIP,
-        "listener_filters_timeout": WALK, "continue_on_listener_filters_timeout": WALK},
+        "listener_filters_timeout": WALK, "continue_on_listener_filters_timeout": WALK,
+        # INBOUND / OUTBOUND: informational in Envoy too (for extensions that ask); kept in
+        # the resource, so /config_dump shows it.
+        "traffic_direction": WALK},
     "envoy.extensions.filters.listener.original_dst.v3.OriginalDst": {},
     "envoy.config.listener.v3.FilterChain": {
         "name": WALK, "filters": WALK, "filter_chain_match": WALK,

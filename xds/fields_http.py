@@ -30,7 +30,7 @@ ALLOWED_HTTP: dict = {
         "generate_request_id": WALK, "preserve_external_request_id": WALK,
         "always_set_request_id_in_response": WALK, "upgrade_configs": WALK,
         "normalize_path": WALK, "merge_slashes": WALK, "strip_matching_host_port": WALK,
-        "path_with_escaped_slashes_action": WALK,
+        "path_with_escaped_slashes_action": WALK, "request_id_extension": SKIP,
         "strip_any_host_port": WALK},
     "envoy.config.core.v3.HttpProtocolOptions": {
         "idle_timeout": WALK, "max_connection_duration": WALK, "max_headers_count": WALK,

@@ -112,6 +112,7 @@ def translate_http_connection_manager(pb, path, errors, warnings=None, clusters=
     # Validated fields whose behaviour Baton does not have: refused, not silently ignored.
     if pb.xff_num_trusted_hops:
         errors.append(f"{join(path, 'xff_num_trusted_hops')}: not supported yet (0 only)")
+    _request_id_extension(pb, path, errors, warnings)
 
     if len(errors) > start:
         return None
@@ -159,6 +160,36 @@ def translate_http_connection_manager(pb, path, errors, warnings=None, clusters=
         "strip_any_host_port": pb.strip_any_host_port,
         "buffer_limit": None,            # the listener's per_connection_buffer_limit_bytes
     }
+
+
+UUID_REQUEST_ID = "envoy.extensions.request_id.uuid.v3.UuidRequestIdConfig"
+
+
+def _request_id_extension(pb, path, errors, warnings):
+    """request_id_extension: Envoy's default, the UUID extension, is what Baton does (random
+    version 4 UUIDs in x-request-id). Its two fields only act through tracing: pack_trace_reason
+    writes the trace decision into the UUID, use_request_id_for_trace_sampling samples by it.
+    Tracing is not implemented (the HCM's `tracing` is accepted but ignored, with a warning),
+    so they change nothing here; with `tracing` set, a warning says so."""
+    if not pb.HasField("request_id_extension"):
+        return
+    here = join(path, "request_id_extension")
+    for field, _ in pb.request_id_extension.ListFields():
+        if field.name != "typed_config":
+            errors.append(f"{here}.{field.name}: not supported")
+    config_pb = pb.request_id_extension.typed_config
+    type_name = protos.type_name(config_pb.type_url)
+    if type_name != UUID_REQUEST_ID:
+        errors.append(f"{here}.typed_config: {type_name or 'a typed_config'} not supported "
+                      f"(only {UUID_REQUEST_ID})")
+        return
+    config = protos.message_class(UUID_REQUEST_ID)()
+    config_pb.Unpack(config)
+    if pb.HasField("tracing") and warnings is not None:
+        packs = not config.HasField("pack_trace_reason") or config.pack_trace_reason.value
+        if packs:
+            warnings.append(f"{here}.typed_config.pack_trace_reason: ignored (tracing is not "
+                            "implemented, so no trace reason is packed into x-request-id)")
 
 
 def _escaped_slashes_action(pb):
