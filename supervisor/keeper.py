@@ -139,7 +139,8 @@ class Keeper:
             if info.si_pid in self._masters():
                 self.current = info.si_pid
         elif signo == signal.SIGINT:
-            for pid in self._masters():
+            # The current one too while it starts (not yet named a master).
+            for pid in {*self._masters(), self.current} - {None}:
                 self._send(pid, signo)
         elif signo in FORWARDED:
             self._send(self.current, signo)
