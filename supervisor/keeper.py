@@ -19,9 +19,10 @@ Design, and why this one:
   is still followed once the one before it exits, by its process name.
 - SIGHUP and SIGTERM to the keeper go to the current master (a reload, a drain; a previous
   generation still handing over finishes that on its own); SIGINT goes to every master under
-  it (a fast stop is for everything, as Ctrl-C in a terminal reaches the whole group). The keeper exits when no master is left, with the exit status of the last current
-  master (128+N if a signal killed it), so a crash of the current master is a non-zero exit
-  the supervisor acts on. Rollback is untouched: a new master that dies before or after the
+  it (a fast stop is for everything, as Ctrl-C in a terminal reaches the whole group). The
+  keeper exits when no master is left, with the exit status of the last current master
+  (128+N if a signal killed it), so a crash of the current master is a non-zero exit the
+  supervisor acts on. Rollback is untouched: a new master that dies before or after the
   commit is handled by the old master exactly as without a keeper (it resumes and says so).
 - Masters arm PR_SET_PDEATHSIG(SIGKILL) towards the keeper: if the supervisor kills the keeper
   (SIGKILL after its stop timeout), the generations die with it instead of holding the ports.

@@ -16,7 +16,8 @@ import pytest
 from .. import releases
 from .clients import recv_exact
 from .conftest import free_port, tcp_bootstrap, wait_until
-from .test_upgrade_releases import RELEASES, ReleaseBaton, wheels  # noqa: F401 - a fixture
+from .test_upgrade_releases import RELEASES, ReleaseBaton
+from .test_upgrade_releases import wheels  # noqa: F401,F811 - the module's fixture, shared
 
 
 def _serves_version(b: ReleaseBaton, version: str) -> bool:
