@@ -30,8 +30,8 @@ import socket
 import time
 
 from ..connection import Export, Lifecycle, Move, register
-from ..tls.handover import HandoverError, HandshakeFailed
-from ..tls.records import CERTIFICATE_UNKNOWN, TLSAlert
+from ..tls.accept import HandshakeRefused, ServerAccept
+from ..tls.records import TLSAlert
 from ..tls.state import StateError, export_state, import_state
 from .tcp_proxy import TcpProxyConnection, _cluster_missing
 
@@ -74,7 +74,7 @@ class TlsProxyConnection(TcpProxyConnection):
             self.stats.gauges[self.listener.stat_cx_active] += 1
         # Envoy's tcp_proxy counts the connection when it is accepted, handshake or not.
         counters[self.chain.cx_total] += 1
-        self.handshake = self.tls.handshake()
+        self.handshake = ServerAccept(self.tls)
         self.timer = self.loop.call_later(self.tls.handshake_timeout, self._on_handshake_timeout)
         self._watch(self.client_fd, "r", self._on_handshake_readable)
         if self.initial is not None:        # the ClientHello the tls_inspector already read
@@ -93,25 +93,20 @@ class TlsProxyConnection(TcpProxyConnection):
         self._handshake_input(data, not data)
 
     def _handshake_input(self, data: bytes, eof: bool) -> None:
-        hs = self.handshake
         try:
-            if data:
-                hs.receive_data(data)
-            out = hs.step()
-        except HandshakeFailed as exc:
-            self.to_client += exc.data          # OpenSSL's alert, if it has one
+            out = self.handshake.receive(data, eof)
+        except HandshakeRefused as exc:
+            self.to_client += exc.data          # OpenSSL's alert, or ours, if there is one
             self._flush_client()
-            self._handshake_failed(self.tls.failure_of(exc), str(exc))
+            self._handshake_failed(exc.counter, str(exc))
             return
         if out:
             self.to_client += out
             self._flush_client()
             if self.state is CLOSED:
                 return
-        if hs.done:
+        if self.handshake.layer is not None:
             self._handshake_done()
-        elif eof:
-            self._handshake_failed("connection_error", "the client closed during the handshake")
 
     def _on_handshake_timeout(self) -> None:
         self.timer = None
@@ -123,22 +118,7 @@ class TlsProxyConnection(TcpProxyConnection):
         self.close()
 
     def _handshake_done(self) -> None:
-        hs, self.handshake = self.handshake, None
-        obj = hs.ssl_object
-        try:
-            self.layer = hs.handover()
-        except HandoverError as exc:
-            self._handshake_failed("connection_error", f"handover: {exc}")
-            return
-        failure = self.tls.verify(obj)
-        if failure is not None:
-            # OpenSSL accepted the certificate, its SANs do not match: the fatal alert Envoy
-            # sends for it (certificate_unknown), under the keys the session now has.
-            self.to_client += self.layer.abort(CERTIFICATE_UNKNOWN, "client certificate SAN mismatch")
-            self._flush_client()
-            self._handshake_failed(failure, "client certificate SAN mismatch")
-            return
-        self.tls.count_handshake(obj)
+        self.layer, self.handshake = self.handshake.layer, None
         self._unwatch(self.client_fd, "r")
         if self.timer is not None:
             self.timer.cancel()

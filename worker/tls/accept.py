@@ -1,0 +1,71 @@
+"""One server-side TLS handshake from the first byte to Baton's record layer (sans-IO).
+
+    accept = ServerAccept(server)           # server: a TlsServer (server.py)
+    wire = accept.receive(data, eof)        # bytes for the client; raises HandshakeRefused
+    if accept.layer is not None: ...        # done: the session is the layer's from here on
+
+The steps every TLS-terminating connection takes, whatever runs behind it (tcp_proxy in
+worker/proxy/tls_proxy.py, HTTP through worker/tls/transport.py): OpenSSL's handshake
+(handover.py), the handover to the record layer, the SAN checks OpenSSL does not do, and
+the ssl.* counters of a handshake that succeeded. A refused handshake is not counted here:
+its counter travels on the exception, because a timeout (the caller's) is counted the same
+way.
+"""
+
+from __future__ import annotations
+
+from .handover import HandoverError, HandshakeFailed
+from .records import CERTIFICATE_UNKNOWN
+
+
+class HandshakeRefused(Exception):
+    """The handshake failed: `counter` is the ssl.* stat that counts why, `data` the bytes
+    still owed to the client (OpenSSL's alert, or ours under the session's keys)."""
+
+    def __init__(self, counter: str, reason: str, data: bytes = b"") -> None:
+        super().__init__(reason)
+        self.counter = counter
+        self.data = data
+
+
+class ServerAccept:
+    __slots__ = ("server", "handshake", "layer")
+
+    def __init__(self, server) -> None:
+        self.server = server
+        self.handshake = server.handshake()
+        self.layer = None
+
+    def receive(self, data: bytes, eof: bool) -> bytes:
+        hs = self.handshake
+        try:
+            if data:
+                hs.receive_data(data)
+            out = hs.step()
+        except HandshakeFailed as exc:
+            raise HandshakeRefused(self.server.failure_of(exc), str(exc), exc.data) from None
+        if hs.done:
+            try:
+                self._hand_over()
+            except HandshakeRefused as exc:
+                exc.data = out + exc.data       # the server's last flight, then the alert
+                raise
+            return out
+        if eof:
+            raise HandshakeRefused("connection_error", "the client closed during the handshake", out)
+        return out
+
+    def _hand_over(self) -> None:
+        obj = self.handshake.ssl_object
+        try:
+            layer = self.handshake.handover()
+        except HandoverError as exc:
+            raise HandshakeRefused("connection_error", f"handover: {exc}") from None
+        failure = self.server.verify(obj)
+        if failure is not None:
+            # OpenSSL accepted the certificate, its SANs do not match: the fatal alert Envoy
+            # sends for it (certificate_unknown), under the keys the session now has.
+            reason = "client certificate SAN mismatch"
+            raise HandshakeRefused(failure, reason, layer.abort(CERTIFICATE_UNKNOWN, reason))
+        self.server.count_handshake(obj)
+        self.layer = layer
