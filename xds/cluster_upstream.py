@@ -50,6 +50,11 @@ def translate_upstream(pb, path, errors) -> dict:
     return {key: value for key, value in values.items() if value}
 
 
+def check_metadata(pb, path, errors):
+    """An endpoint's metadata: kept in the resource, its typed entries checked."""
+    _metadata(pb, path, errors)
+
+
 def _metadata(pb, path, errors):
     if not pb.HasField("metadata"):
         return None

@@ -39,6 +39,11 @@ ALLOWED_CLUSTER: dict = {
         "policy": WALK},
     "envoy.config.endpoint.v3.ClusterLoadAssignment.Policy": {
         "overprovisioning_factor": WALK},
+    # health_status, metadata and health_check_config: translate._eds_health.
+    "envoy.config.endpoint.v3.LbEndpoint": {
+        "health_status": WALK, "metadata": SKIP},
+    "envoy.config.endpoint.v3.Endpoint": {
+        "health_check_config": SKIP},
     "envoy.type.v3.Percent": {
         "value": WALK},
     "envoy.config.cluster.v3.Cluster.RingHashLbConfig": {

@@ -47,6 +47,7 @@ with _unshadowed():
     from envoy.config.bootstrap.v3 import bootstrap_pb2
     from envoy.config.cluster.v3 import cluster_pb2
     from envoy.config.core.v3 import address_pb2, base_pb2, config_source_pb2
+    from envoy.config.core.v3 import health_check_pb2 as _health_check_pb2
     from envoy.config.endpoint.v3 import endpoint_pb2
     from envoy.config.listener.v3 import listener_pb2
     from envoy.config.route.v3 import route_pb2
@@ -71,6 +72,7 @@ TcpProxy = tcp_proxy_pb2.TcpProxy
 HttpConnectionManager = http_connection_manager_pb2.HttpConnectionManager
 SocketAddress = address_pb2.SocketAddress
 RoutingPriority = base_pb2.RoutingPriority
+HealthStatus = _health_check_pb2.HealthStatus
 
 ParseError = json_format.ParseError
 TYPE_URL_PREFIX = "type.googleapis.com/"

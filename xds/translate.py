@@ -484,12 +484,32 @@ def translate_load_assignment(pb, path, errors, warnings=None, require_ip=True):
             weight = _uint32(lb_endpoint, "load_balancing_weight", 1)
             if weight < 1:
                 errors.append(f"{where}.load_balancing_weight: must be at least 1")
+            state = _eds_health(lb_endpoint, where, errors)
             if hostport is not None:
                 endpoints.append({"address": hostport[0], "port": hostport[1],
-                                  "weight": weight, **placement})
+                                  "weight": weight, **placement, **state})
     if len(errors) > start:
         return None
     return {"cluster_name": pb.cluster_name, "endpoints": endpoints}
+
+
+def _eds_health(lb_endpoint, where, errors):
+    """health_status (Envoy: UNHEALTHY, DRAINING and TIMEOUT take the host out of balancing,
+    whatever an active health check says; HEALTHY and UNKNOWN leave it in) -> {} or
+    {"eds_unhealthy": True}. The endpoint's metadata is kept in the resource (no filter of
+    Baton's reads it): only its typed entries are checked, by cluster_upstream.py. An empty
+    health_check_config (what istiod sends) changes nothing; one that sets anything (another
+    port or address to check) is refused."""
+    from .cluster_upstream import check_metadata
+    check_metadata(lb_endpoint, where, errors)
+    if lb_endpoint.endpoint.health_check_config.ListFields():
+        errors.append(f"{where}.endpoint.health_check_config: not supported")
+    status = protos.HealthStatus.Name(lb_endpoint.health_status) \
+        if lb_endpoint.health_status in protos.HealthStatus.values() else None
+    if status == "DEGRADED":
+        errors.append(f"{where}.health_status: DEGRADED not supported (degraded hosts are not "
+                      "implemented)")
+    return {"eds_unhealthy": True} if status in ("UNHEALTHY", "DRAINING", "TIMEOUT") else {}
 
 
 _ASSIGNMENT_FIELDS = frozenset({"cluster_name", "endpoints"})

@@ -120,6 +120,7 @@ class Cluster:
                 host = Host(ep["address"], ep["port"], ep.get("weight", 1))
             else:
                 host.weight = max(1, int(ep.get("weight", 1)))
+            host.eds_unhealthy = bool(ep.get("eds_unhealthy"))
             hosts.append(host)
         if self.outlier is not None:
             for gone in old.values():
@@ -182,8 +183,7 @@ class Cluster:
             return
         stat = self.stat
         gauges[stat["membership_total"]] = len(self.hosts)
-        gauges[stat["membership_healthy"]] = sum(1 for h in self.hosts
-                                                 if h.healthy and not h.ejected)
+        gauges[stat["membership_healthy"]] = sum(1 for h in self.hosts if h.available)
 
     # -- health checker and outlier detector (workers) -----------------------------------
 

@@ -18,8 +18,9 @@ while there are any) and `hash_key` is the 64-bit hash a route's hash policy com
   host of half the top weight takes a slot every second round.
 Without a hash key, RING_HASH and MAGLEV pick at a random point, as Envoy does.
 
-Health: a host is available when `healthy` (active health check) and not `ejected`
-(outlier detection). Envoy's panic mode: when fewer than `panic_threshold` percent of the
+Health: a host is available when `healthy` (active health check), not `ejected`
+(outlier detection) and not `eds_unhealthy` (its EDS health_status says UNHEALTHY, DRAINING or
+TIMEOUT: Envoy's FAILED_EDS_HEALTH; both verdicts must pass, as in Envoy). Envoy's panic mode: when fewer than `panic_threshold` percent of the
 hosts are available, the balancer ignores health and balances over all of them. The set to
 balance over is computed in `refresh()`, which whoever changes a host's health calls, so
 `pick()` never looks at health.
@@ -42,7 +43,7 @@ _MASK64 = (1 << 64) - 1
 
 class Host:
     __slots__ = ("address", "port", "weight", "active", "total", "connect_fail", "stat_id",
-                 "healthy", "ejected", "outlier", "health", "_hashes")
+                 "healthy", "ejected", "eds_unhealthy", "outlier", "health", "_hashes")
 
     def __init__(self, address: str, port: int, weight: int = 1):
         # Built by the ten thousand on a large EDS update: plain stores only, nothing derived
@@ -56,6 +57,7 @@ class Host:
         self.stat_id = f"{address}:{port}"
         self.healthy = True      # active health check verdict (health.py)
         self.ejected = False     # outlier detection verdict (outlier.py)
+        self.eds_unhealthy = False   # the control plane's health_status for it
         self.outlier = None      # outlier.py's per-host counters, created on first report
         self.health = None       # health.py's per-host state, while a checker runs
         self._hashes = None      # ring hash function name -> [hash of "ip:port_<i>"]
@@ -68,7 +70,7 @@ class Host:
 
     @property
     def available(self) -> bool:
-        return self.healthy and not self.ejected
+        return self.healthy and not self.ejected and not self.eds_unhealthy
 
     def ring_hashes(self, function, count: int) -> list[int]:
         """The first `count` ring points of this host (cached: a health change rebuilds the
@@ -184,7 +186,7 @@ class Balancer:
     def refresh(self) -> None:
         """Recompute the set to balance over; call after any host's health changed."""
         hosts = self.hosts
-        usable = [h for h in hosts if h.healthy and not h.ejected]
+        usable = [h for h in hosts if h.available]
         # Envoy: panic when healthy% < threshold; 0 disables panic mode. An empty cluster
         # is "in panic" too, which changes nothing: there is nothing to pick.
         self.panic = bool(hosts) and 100.0 * len(usable) < self.panic_threshold * len(hosts)

@@ -105,7 +105,7 @@ class PriorityBalancer:
         threshold = self.panic_threshold
         for level in self.levels:
             total = len(level.hosts)
-            healthy = sum(1 for h in level.hosts if h.healthy and not h.ejected)
+            healthy = sum(1 for h in level.hosts if h.available)
             level.health = min(100, over * healthy // total) if total else 0
             level.panic = bool(total) and 100 * healthy < threshold * total
         total_health = min(100, sum(level.health for level in self.levels))
@@ -152,7 +152,7 @@ class PriorityBalancer:
             if level.panic:
                 loc.effective = loc.weight
             else:
-                healthy = sum(1 for h in loc.hosts if h.healthy and not h.ejected)
+                healthy = sum(1 for h in loc.hosts if h.available)
                 # Envoy: weight x min(1, overprovisioning x healthy / hosts), truncated.
                 loc.effective = loc.weight * min(100 * len(loc.hosts), over * healthy) // (
                     100 * len(loc.hosts)) if loc.hosts else 0
