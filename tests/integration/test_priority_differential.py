@@ -88,3 +88,32 @@ def test_locality_weights_split_traffic_as_envoy_does(tmp_path):
     assert set(envoy) == {"a", "b"} and abs(envoy["a"] - 30) <= 1
     assert set(baton) == set(envoy)
     assert abs(baton["a"] - envoy["a"]) <= 1 and abs(baton["b"] - envoy["b"]) <= 1
+
+
+def eds_health_story(kind, workdir):
+    procs, ports = [], {}
+    for name in "ab":
+        proc, ports[name] = start_ready_process([sys.executable, str(RECORDER), name])
+        procs.append(proc)
+    port = free_port()
+    bootstrap = failover_bootstrap(free_port(), port, ports["a"], ports["b"])
+    cluster = bootstrap["static_resources"]["clusters"][0]
+    del cluster["health_checks"], cluster["common_lb_config"]
+    cluster["load_assignment"]["endpoints"] = [{"lb_endpoints": [
+        {**endpoint(ports["a"]), "health_status": "UNHEALTHY"},
+        {**endpoint(ports["b"]), "health_status": "HEALTHY"}]}]
+    cluster["common_lb_config"] = {"healthy_panic_threshold": {"value": 0}}
+    proxy = start(kind, workdir, bootstrap)
+    try:
+        return Counter(answered_by(port) for _ in range(10))
+    finally:
+        proxy.stop()
+        for proc in procs:
+            proc.kill()
+            proc.wait(10)
+
+
+def test_an_endpoint_the_control_plane_calls_unhealthy_gets_no_traffic_as_in_envoy(tmp_path):
+    envoy = eds_health_story("envoy", tmp_path / "envoy")
+    assert envoy == Counter({"b": 10})
+    assert eds_health_story("baton", tmp_path / "baton") == envoy
