@@ -275,7 +275,7 @@ def test_workers_run_unprivileged_keeping_two_capabilities(baton, upstreams, tmp
             # CAP_NET_BIND_SERVICE (10) and CAP_NET_ADMIN (12): 0x1400, nothing else.
             assert int(status["CapEff"][0], 16) == 0x1400
             assert int(status["CapBnd"][0], 16) == 0x1400
-        assert _proc_status(b.proc.pid)["Uid"][0] == "0"        # the master stays root
+        assert _proc_status(b.master_pid())["Uid"][0] == "0"    # the master stays root
         assert roundtrip(port, b"as nobody") == b"as nobody"    # SO_MARK (CAP_NET_ADMIN) worked
         held = socket.create_connection(("127.0.0.1", port), timeout=10)
         assert _echo_ok(held, b"before")
