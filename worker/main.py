@@ -188,10 +188,12 @@ class Worker:
             if conn_id is None:
                 self.stats.counters[listener.stat_cx_total] += 1
                 self.stats.gauges[listener.stat_cx_active] += 1
+            # HTTPS: what the inspectors read is the start of the handshake, not of HTTP.
+            tls = chain.tls is not None
             conn = HttpConnection(self, listener, chain, peer, original,
-                                  conn_id if conn_id is not None else next(self._ids), initial)
-            self.connections[conn.id] = conn
-            self.accept_http(conn, client)
+                                  conn_id if conn_id is not None else next(self._ids),
+                                  None if tls else initial)
+            self.accept_http(conn, client, initial if tls else None)
             return
         kind = TcpProxyConnection
         if chain is not None and chain.tls is not None:
@@ -203,8 +205,15 @@ class Worker:
         self.connections[conn.id] = conn
         conn.start(counted=conn_id is not None)
 
-    def accept_http(self, conn, client) -> None:
-        """Run `conn` (an HttpConnection) on `client` through an asyncio transport."""
+    def accept_http(self, conn, client, initial=None) -> None:
+        """Run `conn` (an HttpConnection) on `client` through an asyncio transport, or through
+        Baton's TLS transport after a handshake when its chain terminates TLS (`initial`:
+        what the listener's inspectors read of it)."""
+        if conn.chain.tls is not None:
+            from .proxy.https import HttpsHandshake
+            HttpsHandshake(self, conn, client, initial).start()
+            return
+        self.connections[conn.id] = conn
         self.loop.create_task(self._accept_http(conn, client))
 
     async def _accept_http(self, conn, client) -> None:

@@ -2,7 +2,9 @@
 
 The DownstreamTlsContext of a listener's filter chain (xds/tls.py translates it). Anything
 else set there — SDS secret configs, session ticket keys, OCSP, certificate providers, CRLs,
-custom validators, key_log — is refused with its path until it is implemented.
+custom validators, key_log — is refused with its path until it is implemented. And the
+connection manager's x-forwarded-client-cert fields (forward_client_cert_details,
+set_current_client_cert_details), which only mean something with TLS.
 """
 
 from .fields import SKIP, WALK
@@ -19,6 +21,12 @@ ALLOWED_TLS = {
         # protocol versions and the lists are checked by the translator, value by value.
         "tls_minimum_protocol_version": WALK, "tls_maximum_protocol_version": WALK,
         "cipher_suites": WALK, "ecdh_curves": WALK},
+    # x-forwarded-client-cert on the connection manager (xds/tls.py translate_xfcc).
+    "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager": {
+        "forward_client_cert_details": WALK, "set_current_client_cert_details": WALK},
+    "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+    ".SetCurrentClientCertDetails": {
+        "subject": WALK, "cert": WALK, "chain": WALK, "dns": WALK, "uri": WALK},
     "envoy.extensions.transport_sockets.tls.v3.TlsCertificate": {
         "certificate_chain": WALK, "private_key": WALK},
     "envoy.extensions.transport_sockets.tls.v3.CertificateValidationContext": {

@@ -349,3 +349,23 @@ def _redact_all(value):
 def _camel(key: str) -> str:
     """privateKey -> private_key (json_format writes proto JSON names)."""
     return "".join("_" + c.lower() if c.isupper() else c for c in key)
+
+
+# -- x-forwarded-client-cert (HttpConnectionManager fields; worker/proxy/http/xfcc.py) -------
+
+XFCC_DETAILS = ("subject", "uri", "cert", "chain", "dns")
+
+
+def translate_xfcc(hcm_pb, path, errors):
+    """forward_client_cert_details / set_current_client_cert_details -> {"mode": Envoy's
+    enum name, "details": [the set_current_client_cert_details set]}, or None when neither
+    is set (Envoy's default: SANITIZE). As in Envoy, the details only matter to
+    APPEND_FORWARD and SANITIZE_SET."""
+    details_set = hcm_pb.HasField("set_current_client_cert_details")
+    if not hcm_pb.forward_client_cert_details and not details_set:
+        return None
+    mode = type(hcm_pb).ForwardClientCertDetails.Name(hcm_pb.forward_client_cert_details)
+    details_pb = hcm_pb.set_current_client_cert_details
+    details = [name for name in XFCC_DETAILS
+               if (details_pb.subject.value if name == "subject" else getattr(details_pb, name))]
+    return {"mode": mode, "details": details}

@@ -22,7 +22,7 @@ from . import protos
 from .fields import check_fields
 from .parse import join
 from .snapshot import empty_snapshot
-from .tls import translate_transport_socket
+from .tls import translate_transport_socket, translate_xfcc
 
 DEFAULT_BUFFER_LIMIT = 1024 * 1024        # per_connection_buffer_limit_bytes
 DEFAULT_CONNECT_TIMEOUT = 5.0             # Cluster.connect_timeout
@@ -250,9 +250,6 @@ def _filter_chains(pb, path, errors, warnings, clusters):
                                "http": config if kind == "http" else None})
         tls = translate_transport_socket(chain, here, errors, warnings)
         if tls is not None and result and len(result) == i + 1:
-            if result[-1]["http"] is not None:
-                errors.append(f"{here}.transport_socket: TLS in front of http_connection_manager "
-                              "is not supported yet (only tcp_proxy)")
             result[-1]["tls"] = tls
     return result if len(result) == len(chains) and chains else None
 
@@ -287,8 +284,11 @@ def _network_filter(pb, path, errors, warnings, clusters):
         from .http import translate_http_connection_manager
         hcm = protos.HttpConnectionManager()
         pb.typed_config.Unpack(hcm)
-        return "http", translate_http_connection_manager(hcm, config_path, errors, warnings,
-                                                         clusters)
+        config = translate_http_connection_manager(hcm, config_path, errors, warnings, clusters)
+        xfcc = translate_xfcc(hcm, config_path, errors)
+        if config is not None and xfcc is not None:
+            config["xfcc"] = xfcc
+        return "http", config
     if type_name != protos.TCP_PROXY_TYPE:
         errors.append(f"{config_path}: {type_name} not supported "
                       f"(only {protos.TCP_PROXY_TYPE} or {protos.HCM_TYPE})")

@@ -185,7 +185,7 @@ def test_redact_hides_private_keys_as_envoy_does():
     assert raw["tls_certificates"][0]["private_key"] == {"inline_string": "KEY"}     # a copy
 
 
-def test_tls_in_front_of_http_is_not_there_yet(errors):
+def test_tls_in_front_of_http_terminates_with_xfcc_settings(load):
     server = leaf(make_ca("ecdsa"), "ecdsa")
     data = bootstrap({"common_tls_context": {"tls_certificates": [certificate(server)]}})
     chain = data["static_resources"]["listeners"][0]["filter_chains"][0]
@@ -194,9 +194,12 @@ def test_tls_in_front_of_http_is_not_there_yet(errors):
         "stat_prefix": "h", "route_config": {"virtual_hosts": [
             {"name": "v", "domains": ["*"], "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "c"}}]}]},
         "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}]}}]
-    assert errors(data) == ["static_resources.listeners[0].filter_chains[0].transport_socket: TLS in front "
-                            "of http_connection_manager is not supported yet (only tcp_proxy)"]
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}],
+        "forward_client_cert_details": "APPEND_FORWARD",
+        "set_current_client_cert_details": {"subject": True, "uri": True, "cert": True}}}]
+    chain = load(data)["listeners"][0]["filter_chains"][0]
+    assert chain["tls"]["certificates"][0]["chain"] == server.cert_pem.decode()
+    assert chain["http"]["xfcc"] == {"mode": "APPEND_FORWARD", "details": ["subject", "uri", "cert"]}
 
 
 def test_other_transport_sockets_are_refused(errors, load):

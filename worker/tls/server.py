@@ -36,7 +36,8 @@ _VERIFY_REASONS = {
 
 
 class TlsServer:
-    __slots__ = ("spec", "context", "keylog", "san_matchers", "stats", "scope", "__weakref__")
+    __slots__ = ("spec", "context", "keylog", "san_matchers", "stats", "scope", "local_uris",
+                 "__weakref__")
 
     def __init__(self, spec: dict) -> None:
         self.spec = spec
@@ -45,6 +46,9 @@ class TlsServer:
         self.san_matchers = [(m["type"], _matcher(m["matcher"])) for m in spec["san_matchers"]]
         self.stats = None
         self.scope = ""
+        # Our own certificate's URI SANs: XFCC's By= (the first certificate's, when there is
+        # one per key type: SSLObject does not say which one a handshake used).
+        self.local_uris = _uri_sans(spec["certificates"][0]["chain"]) if spec["certificates"] else []
 
     def __del__(self) -> None:
         # The last connection that handshook on this context is gone (a chain replaced by a
@@ -132,6 +136,13 @@ class _memfd:
 def _matcher(spec: dict):
     from ..proxy.http.routing import _string_matcher
     return _string_matcher(spec)
+
+
+def _uri_sans(chain_pem: str) -> list[str]:
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding
+    der = x509.load_pem_x509_certificate(chain_pem.encode()).public_bytes(Encoding.DER)
+    return [value for kind, value in _subject_alt_names(der) if kind == "URI"]
 
 
 def _subject_alt_names(der: bytes) -> list[tuple[str, str]]:

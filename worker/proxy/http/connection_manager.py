@@ -40,6 +40,7 @@ class HttpConnection(asyncio.Protocol, Connection):
     """One downstream connection."""
 
     kind = "http"
+    tls = None          # the TLS session's facts (an SSLObject-like), on an HTTPS transport
 
     def __init__(self, worker, listener, chain, peer, original, conn_id: int, initial=None):
         self.worker = worker
@@ -85,6 +86,7 @@ class HttpConnection(asyncio.Protocol, Connection):
         hcm = self.hcm
         transport.set_write_buffer_limits(high=hcm.buffer_limit)
         self.local = self.original or transport.get_extra_info("sockname")[:2]
+        self.tls = transport.get_extra_info("ssl_object")
         stats = self.worker.stats
         stats.counters[hcm.stat_cx_total] += 1
         stats.gauges[hcm.stat_cx_active] += 1
@@ -92,6 +94,8 @@ class HttpConnection(asyncio.Protocol, Connection):
             self._use_http2()
         elif hcm.codec_type == "HTTP1":
             self._use_http1()
+        elif self.tls is not None and self.tls.selected_alpn_protocol() == "h2":
+            self._use_http2()       # AUTO over TLS: ALPN decides, as in Envoy
         self._arm_idle()
         if hcm.max_connection_duration:
             self.duration_timer = self.loop.call_later(hcm.max_connection_duration, self.drain)
@@ -550,6 +554,8 @@ class HttpConnection(asyncio.Protocol, Connection):
         request in flight is answered. HTTP/2 ones (HPACK state, windows) drain instead."""
         if self.closed or (self.codec is not None and self.codec.multiplexed):
             return Move.NEVER
+        if self.tls is not None:
+            return Move.NEVER       # HTTPS: the socket alone is not the state; drains here
         return Move.NOW if self._idle() else Move.WHEN_IDLE
 
     def _idle(self) -> bool:

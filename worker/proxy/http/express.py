@@ -160,7 +160,7 @@ class Exchange:
         counters[hcm.stat_rq_http1_total] += 1
         stats.gauges[hcm.stat_rq_active] += 1
         request = self.event.request
-        self.request_id, _ = mutate_request_headers(hcm, request, conn.peer)
+        self.request_id, _ = mutate_request_headers(hcm, request, conn.peer, conn.tls)
         timeout = self.timeout
         if timeout and not hcm.suppress_envoy_headers:
             # x-envoy-expected-rq-timeout-ms came in stripped (an external request), so the

@@ -17,6 +17,7 @@ import time
 
 from ...codecs.message import Headers, Response
 from . import path_normalize
+from . import xfcc
 from .filter import Delay, LocalReply
 from .router import Router
 from .stream_info import StreamInfo
@@ -79,16 +80,21 @@ EXTERNAL_STRIPPED_SET = frozenset(EXTERNAL_STRIPPED) | {"x-envoy-internal"}
 EDGE_STRIPPED_SET = EXTERNAL_STRIPPED_SET | frozenset(EDGE_STRIPPED)
 
 
-def mutate_request_headers(hcm, request, peer) -> tuple:
+def mutate_request_headers(hcm, request, peer, tls=None) -> tuple:
     """What Envoy's connection manager does to every request before routing
     (ConnectionManagerUtility::mutateRequestHeaders): x-forwarded-for and -proto, the
     internal/external decision, the x-envoy-* controls an external client may not send,
-    and x-request-id. Returns (request id, whether the router reads x-envoy-* controls).
-    Shared by the Stream and the express lane (express.py)."""
+    and x-request-id, x-forwarded-client-cert (xfcc.py). `tls`: the connection's TLS
+    session facts, None for plain TCP. Returns (request id, whether the router reads
+    x-envoy-* controls). Shared by the Stream and the express lane (express.py)."""
     headers = request.headers
+    if tls is not None and request.version != "2":
+        request.scheme = "https"        # HTTP/1.1 has no :scheme: the connection says it
     remote_ip = peer[0] if peer else ""
     # One pass over the names: most requests carry none of the headers looked at here.
     present = {name for name, _ in headers.items}
+    if tls is not None or xfcc.HEADER in present:
+        xfcc.mutate(headers, present, hcm.spec.get("xfcc"), tls)
     xff = headers.get("x-forwarded-for") if "x-forwarded-for" in present else None
     if hcm.use_remote_address:
         if not hcm.skip_xff_append:
@@ -289,7 +295,7 @@ class Stream:
 
     def _mutate_request_headers(self) -> None:
         self.info.request_id, self.controls = mutate_request_headers(
-            self.hcm, self.request, self.conn.peer)
+            self.hcm, self.request, self.conn.peer, self.conn.tls)
 
     @property
     def route_adds_headers(self) -> bool:
