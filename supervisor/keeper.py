@@ -187,6 +187,8 @@ class Keeper:
         try:
             with open(f"/proc/{self.me}/task/{self.me}/children") as f:
                 return [int(p) for p in f.read().split()]
+        except FileNotFoundError:       # a kernel without CONFIG_PROC_CHILDREN
+            return [pid for pid in _all_pids() if _parent_of(pid) == self.me]
         except OSError:
             return []
 
@@ -209,6 +211,18 @@ def _comm(pid: int) -> str:
             return f.read().strip()
     except OSError:
         return ""
+
+
+def _all_pids() -> list[int]:
+    return [int(name) for name in os.listdir("/proc") if name.isdigit()]
+
+
+def _parent_of(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(") ", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return 0
 
 
 def _start_time(pid: int) -> int:
