@@ -421,6 +421,14 @@ def _protocol_options(pb, path, errors):
             http2 = True
             h2_options = _http2(pb.http2_protocol_options, join(path, "http2_protocol_options"),
                                 errors)
+        if pb.protocol_selection == protos.Cluster.ClusterProtocolSelection.Value(
+                "USE_DOWNSTREAM_PROTOCOL"):
+            # The deprecated form of use_downstream_protocol_config (Istio 1.9-1.10 sends it):
+            # HTTP/2 requests go upstream as HTTP/2 with http2_protocol_options.
+            http2 = "downstream"
+            if h2_options is None:
+                h2_options = _http2(pb.http2_protocol_options,
+                                    join(path, "http2_protocol_options"), errors)
         if pb.HasField("http_protocol_options"):
             _http1(pb.http_protocol_options, join(path, "http_protocol_options"), errors)
         if pb.HasField("common_http_protocol_options"):

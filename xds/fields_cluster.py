@@ -21,7 +21,9 @@ ALLOWED_CLUSTER: dict = {
         "http2_protocol_options": SKIP, "http_protocol_options": SKIP,
         "common_http_protocol_options": SKIP, "max_requests_per_connection": WALK,
         # cluster_upstream.py checks these.
-        "metadata": SKIP, "upstream_bind_config": SKIP, "filters": SKIP},
+        "metadata": SKIP, "upstream_bind_config": SKIP, "filters": SKIP,
+        # USE_DOWNSTREAM_PROTOCOL: cluster_features._protocol_options.
+        "protocol_selection": WALK},
     "envoy.config.cluster.v3.CircuitBreakers.Thresholds": {
         "max_pending_requests": WALK, "max_requests": WALK, "max_retries": WALK,
         "track_remaining": "accepted but ignored (no remaining_* gauges)"},

@@ -48,3 +48,17 @@ def test_explicit_protocols_ignore_the_downstream_one():
     cluster = Cluster(spec)
     pools = PoolManager(None, Stats())
     assert pools.get(cluster, cluster.hosts[0], False).http2 is True
+
+
+def test_the_deprecated_protocol_selection_means_the_same():
+    pb = protos.json_format.ParseDict({
+        "name": "c", "type": "STATIC", "connect_timeout": "1s",
+        "protocol_selection": "USE_DOWNSTREAM_PROTOCOL",
+        "http2_protocol_options": {"max_concurrent_streams": 9}}, protos.Cluster())
+    errors = []
+    spec = translate_cluster(pb, "c", errors)
+    assert errors == [] and spec["http2"] == "downstream"
+    assert spec["http2_options"]["max_concurrent_streams"] == 9
+    pb.ClearField("http2_protocol_options")
+    spec = translate_cluster(pb, "c", errors)
+    assert errors == [] and spec["http2"] == "downstream"
