@@ -42,11 +42,31 @@ class HttpsHandshake(Connection):
 
     def start(self) -> None:
         self.worker.connections[self.id] = self
+        self._count(+1)
         self.acceptor.start()
+
+    def _count(self, step: int) -> None:
+        """Envoy counts an HTTPS connection in the connection manager's downstream_cx_total,
+        _ssl_total and _active from the accept, handshake or not (checked against Envoy
+        1.40): counted here, and handed to connection_made's own count when it is done."""
+        hcm = self.conn.hcm
+        counters, gauges = self.worker.stats.counters, self.worker.stats.gauges
+        if step > 0:
+            counters[hcm.stat_cx_total] += 1
+            counters[hcm.stat_cx_total.replace("_cx_total", "_cx_ssl_total")] += 1
+        gauges[hcm.stat_cx_active] += step
+        gauges[hcm.stat_cx_active.replace("_cx_active", "_cx_ssl_active")] += step
 
     def _done(self, transport) -> None:
         self.state = Lifecycle.CLOSED
         self.worker.connections[self.id] = self.conn
+        # connection_made counts the connection again, in this same turn of the loop (so
+        # no stats snapshot sees the difference).
+        self.worker.stats.counters[self.conn.hcm.stat_cx_total] -= 1
+        self.worker.stats.gauges[self.conn.hcm.stat_cx_active] -= 1
+        ssl_active = self.conn.hcm.stat_cx_active.replace("_cx_active", "_cx_ssl_active")
+        gauges = self.worker.stats.gauges
+        transport.on_lost = lambda: gauges.__setitem__(ssl_active, gauges[ssl_active] - 1)
         transport.start(self.conn)
 
     def _refused(self, reason: str) -> None:
@@ -55,6 +75,7 @@ class HttpsHandshake(Connection):
 
     def _gone(self) -> None:
         self.state = Lifecycle.CLOSED
+        self._count(-1)
         self.worker.stats.gauges[self.listener.stat_cx_active] -= 1
         self.worker.connection_closed(self)
 

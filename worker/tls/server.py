@@ -37,7 +37,7 @@ _VERIFY_REASONS = {
 
 class TlsServer:
     __slots__ = ("spec", "context", "keylog", "san_matchers", "stats", "scope", "local_uris",
-                 "__weakref__")
+                 "_trusted_cas", "__weakref__")
 
     def __init__(self, spec: dict) -> None:
         self.spec = spec
@@ -49,6 +49,16 @@ class TlsServer:
         # Our own certificate's URI SANs: XFCC's By= (the first certificate's, when there is
         # one per key type: SSLObject does not say which one a handshake used).
         self.local_uris = _uri_sans(spec["certificates"][0]["chain"]) if spec["certificates"] else []
+        self._trusted_cas = None
+
+    @property
+    def trusted_cas(self) -> list:
+        """trusted_ca's certificates (cryptography objects), read at first use (XFCC Chain=)."""
+        if self._trusted_cas is None:
+            from cryptography import x509
+            pem = self.spec["trusted_ca"]
+            self._trusted_cas = x509.load_pem_x509_certificates(pem.encode()) if pem else []
+        return self._trusted_cas
 
     def __del__(self) -> None:
         # The last connection that handshook on this context is gone (a chain replaced by a
@@ -115,7 +125,10 @@ def _context(spec: dict) -> ssl.SSLContext:
         ctx.set_alpn_protocols(spec["alpn"])
     if spec["trusted_ca"]:
         ctx.load_verify_locations(cadata=spec["trusted_ca"])
-        ctx.verify_mode = ssl.CERT_REQUIRED if spec["require_client_certificate"] else ssl.CERT_OPTIONAL
+        # As in Envoy, SAN matchers make a client certificate required: nothing else could
+        # satisfy them (checked against Envoy 1.40: fail_verify_no_cert).
+        required = spec["require_client_certificate"] or bool(spec["san_matchers"])
+        ctx.verify_mode = ssl.CERT_REQUIRED if required else ssl.CERT_OPTIONAL
     return ctx
 
 

@@ -46,11 +46,13 @@ class Session:
     """What a finished handshake settled, read with SSLObject's names; `cache` keeps what is
     derived from it (the XFCC pieces) for the connection's life."""
 
-    __slots__ = ("alpn", "peer_der", "_version", "_cipher", "server_name", "local_uris", "cache")
+    __slots__ = ("alpn", "peer_der", "_version", "_cipher", "server_name", "local_uris",
+                 "trusted_cas", "cache")
 
-    def __init__(self, layer, version: str | None = None, local_uris=()) -> None:
+    def __init__(self, layer, version: str | None = None, server=None) -> None:
         info = layer.info
-        self.local_uris = list(local_uris)      # our certificate's URI SANs (XFCC By=)
+        self.local_uris = server.local_uris if server is not None else []     # XFCC By=
+        self.trusted_cas = server.trusted_cas if server is not None else []   # XFCC Chain=
         self.alpn = info.get("alpn")
         self.peer_der = info.get("peer_certificate")
         self.server_name = info.get("server_name")
@@ -135,7 +137,7 @@ class TlsAcceptor:
             version = self.accept.handshake.ssl_object.version()
             self._finish()
             self.on_done(TlsTransport(self.loop, self.sock, layer, self.out,
-                                      Session(layer, version, self.server.local_uris),
+                                      Session(layer, version, self.server),
                                       self.server.context))
 
     def _flush(self) -> bool:
@@ -189,7 +191,7 @@ class TlsAcceptor:
 class TlsTransport(asyncio.Transport):
     __slots__ = ("loop", "sock", "fd", "layer", "session", "protocol", "out", "high", "low",
                  "reading", "paused", "writing", "write_paused", "eof_sent", "fin_sent", "closing",
-                 "lost", "_extra_cache")
+                 "lost", "on_lost", "_extra_cache")
 
     def __init__(self, loop, sock: socket.socket, layer, out: bytearray, session: Session,
                  context=None) -> None:
@@ -210,6 +212,7 @@ class TlsTransport(asyncio.Transport):
         self.fin_sent = False
         self.closing = False
         self.lost = False                   # connection_lost() is scheduled or done
+        self.on_lost = None                 # called after connection_lost (the owner's stats)
         self._extra_cache = {"socket": sock, "sslcontext": context, "ssl_object": session}
 
     def start(self, protocol) -> None:
@@ -413,6 +416,8 @@ class TlsTransport(asyncio.Transport):
                 self.protocol.connection_lost(exc)
         finally:
             _close(self.sock)
+            if self.on_lost is not None:
+                self.on_lost()
 
     # -- facts --------------------------------------------------------------------------------
 

@@ -11,9 +11,12 @@
 
 This hop's element: By=<URI SAN of our certificate> (one per SAN), Hash=<sha256 of the
 client certificate, hex>, then what set_current_client_cert_details asks for, in Envoy's
-order: Subject="<RFC 2253>", URI=<first URI SAN>, Cert="<url-encoded PEM>",
-Chain="<url-encoded PEMs>", DNS=<each DNS SAN>. The element is computed once per
-connection (kept in the TLS session's cache).
+order (checked against Envoy 1.40): Cert="<url-encoded PEM>", Chain="<url-encoded PEMs>",
+Subject="<RFC 2253>", URI=<first URI SAN>, DNS=<each DNS SAN>. Envoy's Chain is the
+verified chain, up to and including the trusted CA; Python's ssl (3.11) shows Baton only the
+leaf, so the chain is rebuilt from the leaf and the listener's trusted_ca (intermediates the
+client sent and trusted_ca lacks are missing). The element is computed once per connection
+(kept in the TLS session's cache).
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from urllib.parse import quote
 HEADER = "x-forwarded-client-cert"
 SANITIZE, FORWARD_ONLY, APPEND_FORWARD = "SANITIZE", "FORWARD_ONLY", "APPEND_FORWARD"
 SANITIZE_SET, ALWAYS_FORWARD_ONLY = "SANITIZE_SET", "ALWAYS_FORWARD_ONLY"
-DETAILS = ("subject", "uri", "cert", "chain", "dns")     # Envoy's order in the element
+DETAILS = ("cert", "chain", "subject", "uri", "dns")     # Envoy's order in the element
 
 
 def mutate(headers, present, spec: dict | None, tls) -> None:
@@ -73,8 +76,20 @@ def _element(tls, details) -> str:
         elif detail == "cert":
             parts.append(f'Cert="{pem}"')
         elif detail == "chain":
-            # The chain as the client presented it; Python's ssl (3.11) shows only the leaf.
-            parts.append(f'Chain="{pem}"')
+            chain = "".join(ca.public_bytes(Encoding.PEM).decode()
+                            for ca in _issuers(cert, tls.trusted_cas))
+            parts.append(f'Chain="{pem}{quote(chain, safe="")}"')
         else:
             parts += [f"DNS={name}" for name in dns]
     return ";".join(parts)
+
+
+def _issuers(cert, trusted: list) -> list:
+    """The trusted CAs above `cert`, nearest first, as a verified chain has them."""
+    chain = []
+    while cert.issuer != cert.subject and len(chain) < 8:
+        cert = next((ca for ca in trusted if ca.subject == cert.issuer), None)
+        if cert is None:
+            break
+        chain.append(cert)
+    return chain
