@@ -1,0 +1,167 @@
+"""What one HTTP/2 request costs Baton, to compare two versions (the HTTP/2 protections'
+per-request cost, bench/RESULTS.md). Two measures:
+
+rig SNAPSHOT BATCHES [REPEATS]
+    In process, no sockets: the Rig of SNAPSHOT/tests/unit/test_http_express.py (that
+    tree's connection manager, lean HTTP/2 server codec, Stream/Router and HTTP/1.1 upstream
+    pool, on fake transports) and a client like `h2load -m10`: 10 HEADERS per read
+    (HPACK-indexed after the first), each answered by an upstream keep-alive connection
+    with a 64-byte body. Prints CPU microseconds per request. For a figure that the shared
+    machine's noise does not move, count instructions instead: run it twice under
+    `setarch -R valgrind --tool=callgrind` (PYTHONHASHSEED=0, H2COST_NOGC=1) with 30 and
+    1030 batches; (Ir(1030) - Ir(30)) / 10,000 is the instructions per request.
+
+e2e ROUNDS REQUESTS NAME=BATON_EXECUTABLE ...
+    bench/http_bench.py's setup (Baton alone, one worker pinned to CPU 1, upstream nginx and
+    h2load on CPU 0), each Baton started fresh, versions interleaved with a rotating order:
+    `h2load -c10 -m10 -n REQUESTS` after 5,000 unmeasured requests; CPU of Baton's process
+    tree per request, medians.
+
+A snapshot runs with this repository's .venv: `git archive REV | tar -x -C DIR`, a
+directory P holding a symlink P/baton -> DIR, then `PYTHONPATH=P .venv/bin/python
+bench/h2_cost.py rig DIR 1000 5`; for e2e, an executable script per version:
+    #!/bin/sh
+    export PYTHONPATH=P
+    exec .venv/bin/python3 -c 'import sys; from baton.supervisor.cli import main; sys.exit(main())' "$@"
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import os
+import statistics
+import struct
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+BODY = b"x" * 64
+RESPONSE = (b"HTTP/1.1 200 OK\r\nServer: nginx\r\nDate: Sun, 22 Nov 2026 05:20:28 GMT\r\n"
+            b"Content-Type: text/plain\r\nContent-Length: 64\r\nConnection: keep-alive\r\n\r\n"
+            + BODY)
+
+
+def _frame(kind: int, flags: int, stream_id: int, payload: bytes = b"") -> bytes:
+    return struct.pack(">L", len(payload))[1:] + bytes([kind, flags]) + \
+        struct.pack(">L", stream_id) + payload
+
+
+def rig_run(batches: int) -> float:
+    """CPU seconds for batches x 10 requests through the in-process rig."""
+    from hpack import Encoder
+    from tests.unit.test_http_express import FakeTransport, Rig
+
+    from baton.worker.proxy.http.pool import UpstreamConnection
+
+    loop = asyncio.new_event_loop()
+    rig = Rig(Path(tempfile.mkdtemp(prefix="h2cost-")), loop)
+    ups = list(rig.upstreams.values())
+    for host in rig.cluster.hosts:           # enough idle upstream connections for 10 streams
+        pool = rig.worker.http_pools.get(rig.cluster, host)
+        for _ in range(10):
+            conn = UpstreamConnection(pool)
+            conn.connection_made(FakeTransport())
+            rig.cluster.active += 1
+            host.active += 1
+            pool.idle.append(conn)
+            ups.append(conn)
+    encoder = Encoder()
+    fields = [(":method", "GET"), (":scheme", "http"), (":authority", "127.0.0.1:10000"),
+              (":path", "/"), ("user-agent", "h2load nghttp2/1.52.0")]
+    first, later = encoder.encode(fields), encoder.encode(fields)
+    conn, down = rig.conn, rig.down
+    settings = struct.pack(">HLHL", 2, 0, 4, 2**30 - 1)      # as h2load: 2^30-1 windows
+    conn.data_received(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + _frame(4, 0, 0, settings)
+                       + _frame(8, 0, 0, struct.pack(">L", 2**30 - 1 - 65535)))
+    down.take()
+    conn.data_received(_frame(4, 1, 0))     # SETTINGS ack
+    stream_id, answered, out = 1, 0, b""
+    t0 = time.process_time()
+    for _ in range(batches):
+        data = bytearray()
+        for _ in range(10):
+            data += _frame(1, 5, stream_id, first if stream_id == 1 else later)
+            stream_id += 2
+        conn.data_received(bytes(data))
+        for up in ups:
+            if up.streams:
+                up.transport.take()
+                up.data_received(RESPONSE)
+        out = down.take()
+        answered += out.count(b"\x00\x00\x40\x00\x01")   # a 64-byte DATA frame, END_STREAM
+    cpu = time.process_time() - t0
+    assert answered == batches * 10, (answered, out[:200])
+    loop.close()
+    return cpu
+
+
+def rig(argv: list[str]) -> None:
+    snapshot, batches = argv[0], int(argv[1])
+    repeats = int(argv[2]) if len(argv) > 2 else 1
+    if os.environ.get("H2COST_NOGC"):
+        gc.disable()
+    sys.path.append(snapshot)       # its tests package (appended: its xds/ must not shadow
+    import baton                    # the protobuf xds package)
+    print(f"baton from {Path(baton.__file__).resolve().parent}", file=sys.stderr)
+    times = [rig_run(batches) for _ in range(repeats)]
+    n = batches * 10
+    print(" ".join(f"{t / n * 1e6:.2f}" for t in times), "us/request; min",
+          f"{min(times) / n * 1e6:.2f}")
+
+
+def e2e(argv: list[str]) -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import http_bench as hb
+    import http_proxies
+    from procs import CpuMeter, free_ports, stop
+
+    rounds, requests = int(argv[0]), int(argv[1])
+    versions = dict(arg.split("=", 1) for arg in argv[2:])
+    work = Path(tempfile.mkdtemp(prefix="h2cost-"))
+    (up,) = free_ports(1)
+    upstream = http_proxies.start_upstream(up, hb.LOAD_CPU, work)
+    samples: dict[str, list[dict]] = {name: [] for name in versions}
+    deadline = time.monotonic() + 1800
+    try:
+        for r in range(rounds):
+            names = list(versions)
+            for name in names[r % len(names):] + names[:r % len(names)]:
+                if time.monotonic() > deadline:
+                    raise SystemExit("stopped: 30 min")
+                ports = http_proxies.allocate("baton", free_ports(3), up)
+                rundir = work / f"{name}-{r}"
+                rundir.mkdir()
+                proc = http_proxies.launch("baton", ports, hb.PROXY_CPU, rundir,
+                                           Path(versions[name]))
+                try:
+                    problem = hb.h2_precheck(ports.h2)
+                    if problem:
+                        raise SystemExit(f"{name}: {problem}")
+                    hb.h2load(ports.h2, 10, 10, requests=5000)     # warm-up
+                    hb.wait_quiet(5.0)
+                    with CpuMeter(proc, cpus=(hb.PROXY_CPU, hb.LOAD_CPU)) as meter:
+                        res = hb.h2load(ports.h2, 10, 10, requests=requests)
+                finally:
+                    stop(proc)
+                s = {"us": meter.cpu / requests * 1e6, "rps": res["rps"],
+                     "others": meter.busy[hb.PROXY_CPU] - meter.cpu / meter.wall}
+                samples[name].append(s)
+                print(f"round {r} {name:8} {s['us']:6.1f} us/request "
+                      f"{requests / meter.cpu:8,.0f} per core {s['rps']:8,.0f} req/s "
+                      f"others on CPU {hb.PROXY_CPU} {s['others']:.2f}"
+                      + (f" [{res['errors']}]" if res["errors"] else ""), flush=True)
+    finally:
+        stop(upstream)
+    for name, xs in samples.items():
+        if xs:
+            us = statistics.median(x["us"] for x in xs)
+            print(f"{name}: median {us:.1f} us/request = {1e6 / us:,.0f} per core "
+                  f"({len(xs)} runs)")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) < 3 or sys.argv[1] not in ("rig", "e2e"):
+        sys.exit(__doc__)
+    {"rig": rig, "e2e": e2e}[sys.argv[1]](sys.argv[2:])
