@@ -40,7 +40,7 @@ class Chain:
         self.tls = None
         if spec.get("tls") is not None:
             from .tls.server import TlsServer
-            from .proxy import tls_proxy    # noqa: F401 - registers the "tls-tcp" record kind
+            from .proxy import https, tls_proxy     # noqa: F401 - register "https1-idle", "tls-tcp"
             self.tls = TlsServer(spec["tls"])
         if spec.get("http") is not None:
             from .proxy.http.config import HttpConfig

@@ -245,6 +245,10 @@ RECORDS: dict[str, Record] = {r.kind: r for r in (
            {**_COMMON, "initial": Maybe(bytes)},
            legacy_state="http",
            doc="an HTTP/1.1 connection between requests: the socket is its whole state"),
+    Record("https1-idle", (1,), 1, ("client",),
+           {**_COMMON, "tls": dict},
+           doc="an HTTPS (HTTP/1.1 over TLS) connection between requests: the socket and the "
+               "record layer's state (worker/tls/state.py); nothing is buffered either way"),
 )}
 _BY_LEGACY_STATE = {r.legacy_state: r for r in RECORDS.values() if r.legacy_state}
 # What a version-1 peer adopts: exactly the records that existed then, at version 1.

@@ -5,14 +5,21 @@ once it is done, the HttpConnection takes that id and runs on a TlsTransport
 (worker/tls/transport.py) exactly as it runs on a plain asyncio transport. So a handshake
 that fails never reaches the connection manager (asyncio's SSL transport behaves the same),
 and a drain or a stop during it closes it: it is short, and nothing was served on it yet.
+
+At a reload an HTTPS/1.1 connection moves between requests as a plain one does (readiness
+NOW when idle, WHEN_IDLE otherwise), as record "https1-idle": the socket and the record
+layer's state; the next generation continues the session without a handshake. HTTP/2 over
+TLS drains by GOAWAY, as plain HTTP/2 does.
 """
 
 from __future__ import annotations
 
 import logging
+import socket
 
-from ..connection import Connection, Lifecycle, Move
-from ..tls.transport import TlsAcceptor
+from ..connection import Connection, Lifecycle, Move, register
+from ..tls.state import StateError, import_state
+from ..tls.transport import TlsAcceptor, TlsTransport
 
 log = logging.getLogger("baton.https")
 
@@ -94,3 +101,43 @@ class HttpsHandshake(Connection):
 
     def shutdown_now(self) -> None:
         self.close()
+
+
+# -- moving: record "https1-idle" (HttpConnection.export writes it) ---------------------------
+
+def adopt_idle(worker, listener, fields: dict, fds: list[int], conn_id: int, channel=None):
+    """An idle HTTPS keep-alive connection another process exported: the same session goes
+    on here, on a transport built from the record layer's state; no handshake."""
+    from .http.connection_manager import HttpConnection
+    chain = listener.chains[fields.get("chain") or 0]
+    client = socket.socket(listener.family, socket.SOCK_STREAM, 0, fds[0])
+    transport = TlsTransport.adopted(worker.loop, client, fields["tls"], chain.tls)
+    peer = tuple(fields["peer"]) if fields.get("peer") else None
+    original = tuple(fields["original"]) if fields.get("original") else None
+    conn = HttpConnection(worker, listener, chain, peer, original, conn_id)
+    gauges = worker.stats.gauges
+    gauges[listener.stat_cx_active] += 1
+    ssl_active = chain.http_config.stat_cx_active.replace("_cx_active", "_cx_ssl_active")
+    gauges[ssl_active] += 1
+    transport.on_lost = lambda: gauges.__setitem__(ssl_active, gauges[ssl_active] - 1)
+    worker.connections[conn_id] = conn
+    transport.start(conn)
+    return conn
+
+
+def _refusal(worker, listener, fields: dict) -> str | None:
+    """Why this worker cannot continue an "https1-idle" record, before its descriptor is used."""
+    index = fields.get("chain") or 0
+    if index >= len(listener.chains):
+        return f"no filter chain {index} in {listener.name!r} here"
+    chain = listener.chains[index]
+    if chain.http_config is None or chain.tls is None:
+        return f"filter chain {index} of {listener.name!r} is not an HTTPS chain here"
+    try:
+        import_state(fields["tls"])
+    except StateError as exc:
+        return str(exc)
+    return None
+
+
+register("https1-idle", adopt_idle, _refusal)

@@ -35,6 +35,7 @@ import socket
 
 from .accept import HandshakeRefused, ServerAccept
 from .records import TLSAlert
+from .state import export_state, import_state
 
 log = logging.getLogger("baton.tls")
 
@@ -285,7 +286,7 @@ class TlsTransport(asyncio.Transport):
     def resume_reading(self) -> None:
         if self.paused:
             self.paused = False
-            if not self.layer.peer_closed:
+            if not self.closing and not self.layer.peer_closed:
                 self._want_read(True)
 
     def is_reading(self) -> bool:
@@ -418,6 +419,22 @@ class TlsTransport(asyncio.Transport):
             _close(self.sock)
             if self.on_lost is not None:
                 self.on_lost()
+
+    # -- moving (worker/proxy/https.py) -------------------------------------------------------
+
+    def export_state(self) -> dict:
+        """The record layer's state for another process; only between exchanges, when every
+        byte this side wrote is out (the caller checked) and reading is paused."""
+        if self.out:
+            raise RuntimeError("records are still buffered for the client")
+        return export_state(self.layer)
+
+    @classmethod
+    def adopted(cls, loop, sock: socket.socket, state: dict, server) -> "TlsTransport":
+        """A transport continuing the session `state` (state.import_state) on `sock`."""
+        layer = import_state(state)
+        sock.setblocking(False)
+        return cls(loop, sock, layer, bytearray(), Session(layer, None, server), server.context)
 
     # -- facts --------------------------------------------------------------------------------
 

@@ -554,8 +554,6 @@ class HttpConnection(asyncio.Protocol, Connection):
         request in flight is answered. HTTP/2 ones (HPACK state, windows) drain instead."""
         if self.closed or (self.codec is not None and self.codec.multiplexed):
             return Move.NEVER
-        if self.tls is not None:
-            return Move.NEVER       # HTTPS: the socket alone is not the state; drains here
         return Move.NOW if self._idle() else Move.WHEN_IDLE
 
     def _idle(self) -> bool:
@@ -592,8 +590,12 @@ class HttpConnection(asyncio.Protocol, Connection):
         self.moving_fd = os.dup(sock.fileno())
         fields = {"id": self.id, "listener": self.listener.name, "chain": self.chain.index,
                   "peer": list(self.peer) if self.peer else None,
-                  "original": list(self.original) if self.original else None, "initial": None}
-        return Export("http1-idle", fields, [self.moving_fd])
+                  "original": list(self.original) if self.original else None}
+        if self.tls is not None:
+            # HTTPS: the record layer's state goes with the socket (worker/proxy/https.py).
+            return Export("https1-idle", {**fields, "tls": self.transport.export_state()},
+                          [self.moving_fd])
+        return Export("http1-idle", {**fields, "initial": None}, [self.moving_fd])
 
     def migrated(self, channel=None, new_id: int = 0) -> None:
         """Another worker adopted the socket: let go without a FIN (it holds the same one)."""

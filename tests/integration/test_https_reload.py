@@ -1,0 +1,81 @@
+"""HTTPS connections at `baton reload` (worker/proxy/https.py): an idle HTTP/1.1-over-TLS
+keep-alive connection moves to the next generation with its record layer's state (record
+"https1-idle") and serves on with no reconnect through 20 reloads, TLS 1.3 and TLS 1.2; an
+HTTP/2-over-TLS connection drains by GOAWAY, as plain HTTP/2 does. Real `baton` processes,
+Python ssl clients, the recording upstream."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import re
+import ssl
+import subprocess
+
+from ..tls_certs import leaf, make_ca
+from ..waiting import wait_until
+from .conftest import free_port
+from .test_https import https_bootstrap
+from .test_tls_reload import _reload_ok
+from .tls_clients import client_context, ssl_stats, tls_transport_socket
+
+
+def test_idle_https_keep_alive_moves_through_20_reloads(baton, recorder):
+    ca = make_ca("ecdsa")
+    port = free_port()
+    b = baton(https_bootstrap(port, recorder, tls_transport_socket(
+        leaf(ca, "ecdsa"), alpn=["h2", "http/1.1"])), concurrency=2)
+    clients = [http.client.HTTPSConnection("localhost", port, timeout=10,
+                                           context=client_context(ca, alpn=["http/1.1"], version=v))
+               for v in (ssl.TLSVersion.TLSv1_3, ssl.TLSVersion.TLSv1_2)]
+    sockets = []
+    try:
+        for round_ in range(21):
+            for i, conn in enumerate(clients):
+                conn.request("GET", f"/r/{round_}/{i}")
+                response = conn.getresponse()
+                body = response.read()
+                assert response.status == 200, body
+                assert json.loads(body)["path"] == f"/r/{round_}/{i}"
+                if round_ == 0:
+                    sockets.append(conn.sock)
+                assert conn.sock is sockets[i]          # the same TLS session all along
+            if round_ < 20:
+                _reload_ok(b)
+    finally:
+        for conn in clients:
+            conn.close()
+    assert not re.search(r"[1-9][0-9]* stay to drain", b.log)
+    # No reconnect: two handshakes over all generations (counters add up across them).
+    assert ssl_stats(b, port)["handshake"] == 2
+
+
+def test_http2_over_tls_drains_by_goaway_at_a_reload(baton, recorder, tmp_path):
+    """curl keeps an HTTP/2 connection for two requests with a reload between them: the old
+    generation sends GOAWAY, curl opens a new connection for the second request, and both
+    requests succeed."""
+    ca = make_ca("ecdsa")
+    ca_path = tmp_path / "ca.pem"
+    ca_path.write_bytes(ca.cert_pem)
+    port = free_port()
+    b = baton(https_bootstrap(port, recorder, tls_transport_socket(
+        leaf(ca, "ecdsa"), alpn=["h2", "http/1.1"])), concurrency=1)
+    # curl's --next runs the second transfer on the same connection when it can; a
+    # request with a 1.5 s upstream delay keeps the connection busy across the reload.
+    proc = subprocess.Popen(["curl", "-sS", "--http2", "--cacert", str(ca_path),
+                             "-H", "x-test-delay-ms: 1500", "-o", "/dev/null",
+                             "-w", "%{http_code} %{http_version} %{num_connects}\n",
+                             f"https://localhost:{port}/slow", "--next", "--http2",
+                             "--cacert", str(ca_path), "-o", "/dev/null",
+                             "-w", "%{http_code} %{http_version} %{num_connects}\n",
+                             f"https://localhost:{port}/after"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_until(lambda: b.stats().get("http.ingress_http.downstream_rq_active", 0) == 1, 10,
+               "the slow request in flight")
+    _reload_ok(b)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    first, second = out.splitlines()
+    assert first == "200 2 1"
+    assert second == "200 2 1"                  # a new connection after the GOAWAY
+    assert ssl_stats(b, port)["handshake"] == 2
