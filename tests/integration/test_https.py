@@ -33,11 +33,11 @@ def seen_headers(body: bytes) -> dict:
     return dict(json.loads(body)["headers"])
 
 
-def curl(port: int, ca_path, *args, path="/hello") -> tuple[str, str]:
+def curl(port: int, ca_path, *args, path="/hello", url=None) -> tuple[str, str]:
     """(status and protocol, body) of one request with curl."""
     done = subprocess.run(["curl", "-sS", "--cacert", str(ca_path), *args,
                            "-w", "\n%{http_code} %{http_version}",
-                           f"https://localhost:{port}{path}"],
+                           url or f"https://localhost:{port}{path}"],
                           capture_output=True, text=True, timeout=20)
     assert done.returncode == 0, done.stderr
     body, _, outcome = done.stdout.rpartition("\n")
@@ -168,3 +168,49 @@ def test_h2load_over_tls(baton, recorder, pki):
     assert "400 succeeded, 0 failed, 0 errored" in done.stdout, done.stdout
     assert "TLS Protocol: TLSv1.3" in done.stdout
     assert "Application protocol: h2" in done.stdout
+
+
+def test_sni_picks_the_https_chain_and_a_garbled_record_closes_only_its_connection(
+        baton, recorder, pki, tmp_path):
+    """With the tls_inspector, server_names picks between two HTTPS chains (different
+    certificates and stat prefixes; the sniffed ClientHello feeds the handshake). A record
+    that fails its AEAD check after the handshake gets the alert and closes that connection
+    only (the HTTP connection manager sees it lost)."""
+    ca, ca_path = pki
+    port = free_port()
+    data = https_bootstrap(port, recorder, tls_transport_socket(leaf(ca, "ecdsa", dns=["a.example"])))
+    listener = data["static_resources"]["listeners"][0]
+    listener["listener_filters"] = [{"name": "envoy.filters.listener.tls_inspector", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector"}}]
+    first = listener["filter_chains"][0]
+    first["filter_chain_match"] = {"server_names": ["a.example"]}
+    import copy
+    second = copy.deepcopy(first)
+    second["filter_chain_match"] = {"server_names": ["b.example"]}
+    second["transport_socket"] = tls_transport_socket(leaf(ca, "rsa", dns=["b.example"]))
+    second["filters"][0]["typed_config"]["stat_prefix"] = "b_http"
+    listener["filter_chains"].append(second)
+    b = baton(data, concurrency=1)
+    for name in ("a.example", "b.example"):
+        outcome, body = curl(port, ca_path, "--resolve", f"{name}:{port}:127.0.0.1",
+                             url=f"https://{name}:{port}/sni")
+        assert outcome == "200 1.1"
+        assert seen_headers(body.encode())["x-forwarded-proto"] == "https"
+    wait_until(lambda: b.stats().get("http.b_http.downstream_rq_total") == 1, 10, "b's request")
+    assert b.stats()["http.ingress_http.downstream_rq_total"] == 1
+    # A garbled record on an established session.
+    ctx = client_context(ca)
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+        tls = ctx.wrap_socket(raw, server_hostname="a.example")
+        tls.sendall(b"GET /ok HTTP/1.1\r\nhost: a\r\n\r\n")
+        assert tls.recv(65536).startswith(b"HTTP/1.1 200")
+        raw_again = socket.socket(fileno=tls.detach())
+        raw_again.sendall(b"\x17\x03\x03\x00\x20" + b"\x00" * 32)      # application_data, bad tag
+        raw_again.settimeout(10)
+        answer = b""
+        while chunk := raw_again.recv(65536):
+            answer += chunk
+        raw_again.close()
+    assert answer, "the alert record"
+    assert curl(port, ca_path, "--resolve", f"a.example:{port}:127.0.0.1",
+                url=f"https://a.example:{port}/after")[0] == "200 1.1"

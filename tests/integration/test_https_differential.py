@@ -60,7 +60,9 @@ def alpn(port: int, ctx: ssl.SSLContext):
 
 def test_https_matches_envoy(tmp_path, recorder):
     ca = make_ca("ecdsa")
-    client = spiffe_leaf(ca, "ecdsa")
+    # A SPIFFE identity and two DNS names: XFCC's URI= and DNS= parts, in Envoy's order.
+    client = leaf(ca, "ecdsa", dns=("client.example", "alt.example"), ips=(), uris=(SPIFFE_ID,),
+                  common_name="baton-workload", client=True, slot=3)
     paths = {"ca": str(tmp_path / "ca.pem")}
     (tmp_path / "ca.pem").write_bytes(ca.cert_pem)
     paths["cert"], paths["key"] = client.write(tmp_path, "client")
@@ -99,7 +101,8 @@ def test_https_matches_envoy(tmp_path, recorder):
     assert envoy["SPIFFE client, HTTP/2"][0] == "200 2"
     assert envoy["no client certificate, HTTP/1.1"] == ("refused", None, None)
     assert envoy["SPIFFE client, HTTP/1.1"][2].startswith(f"By={SERVER_SPIFFE};Hash=")
-    assert f"URI={SPIFFE_ID}" in envoy["SPIFFE client, HTTP/1.1"][2]
+    assert envoy["SPIFFE client, HTTP/1.1"][2].endswith(
+        f"URI={SPIFFE_ID};DNS=client.example;DNS=alt.example")
     assert envoy["wrong SAN"][0] == "refused"
     assert envoy["ALPN h2 first"] == ("TLSv1.3", "h2")
     # SAN matchers make a client certificate required (the TLS 1.3 client without one
