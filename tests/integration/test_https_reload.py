@@ -79,3 +79,37 @@ def test_http2_over_tls_drains_by_goaway_at_a_reload(baton, recorder, tmp_path):
     assert first == "200 2 1"
     assert second == "200 2 1"                  # a new connection after the GOAWAY
     assert ssl_stats(b, port)["handshake"] == 2
+
+
+def test_an_https_request_in_flight_finishes_then_its_connection_moves(baton, recorder):
+    """A reload while a slow request is in flight on an HTTPS keep-alive connection: the
+    response comes from the old generation, then the connection moves (WHEN_IDLE) and the
+    next request on the same TLS session is served by the new one."""
+    import threading
+    ca = make_ca("ecdsa")
+    port = free_port()
+    b = baton(https_bootstrap(port, recorder, tls_transport_socket(leaf(ca, "ecdsa"))),
+              concurrency=1)
+    conn = http.client.HTTPSConnection("localhost", port, timeout=10, context=client_context(ca))
+    try:
+        conn.request("GET", "/first")
+        assert conn.getresponse().read()
+        sock = conn.sock
+        conn.request("GET", "/slow", headers={"x-test-delay-ms": "1500"})
+        wait_until(lambda: b.stats().get("http.ingress_http.downstream_rq_active", 0) == 1, 10,
+                   "the slow request in flight")
+        old = b.master_pid()
+        reload = threading.Thread(target=lambda: b.reload())
+        reload.start()
+        response = conn.getresponse()
+        assert response.status == 200 and json.loads(response.read())["path"] == "/slow"
+        reload.join(30)
+        b.wait_previous_gone(old)
+        conn.request("GET", "/after")
+        response = conn.getresponse()
+        assert response.status == 200 and json.loads(response.read())["path"] == "/after"
+        assert conn.sock is sock
+    finally:
+        conn.close()
+    assert "1 stay to drain" not in b.log
+    assert ssl_stats(b, port)["handshake"] == 1
