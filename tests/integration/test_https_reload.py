@@ -1,6 +1,7 @@
 """HTTPS connections at `baton reload` (worker/proxy/https.py): an idle HTTP/1.1-over-TLS
 keep-alive connection moves to the next generation with its record layer's state (record
-"https1-idle") and serves on with no reconnect through 20 reloads, TLS 1.3 and TLS 1.2; an
+"https1-idle") and serves on with no reconnect through 20 reloads and a `baton recycle` of
+each worker, TLS 1.3 and TLS 1.2; an
 HTTP/2-over-TLS connection drains by GOAWAY, as plain HTTP/2 does. Real `baton` processes,
 Python ssl clients, the recording upstream."""
 
@@ -20,7 +21,7 @@ from .test_tls_reload import _reload_ok
 from .tls_clients import client_context, ssl_stats, tls_transport_socket
 
 
-def test_idle_https_keep_alive_moves_through_20_reloads(baton, recorder):
+def test_idle_https_keep_alive_moves_through_20_reloads_and_a_recycle(baton, recorder):
     ca = make_ca("ecdsa")
     port = free_port()
     b = baton(https_bootstrap(port, recorder, tls_transport_socket(
@@ -30,7 +31,7 @@ def test_idle_https_keep_alive_moves_through_20_reloads(baton, recorder):
                for v in (ssl.TLSVersion.TLSv1_3, ssl.TLSVersion.TLSv1_2)]
     sockets = []
     try:
-        for round_ in range(21):
+        for round_ in range(23):
             for i, conn in enumerate(clients):
                 conn.request("GET", f"/r/{round_}/{i}")
                 response = conn.getresponse()
@@ -42,6 +43,13 @@ def test_idle_https_keep_alive_moves_through_20_reloads(baton, recorder):
                 assert conn.sock is sockets[i]          # the same TLS session all along
             if round_ < 20:
                 _reload_ok(b)
+            elif round_ < 22:           # then `baton recycle` of each worker moves them too
+                worker = round_ - 20
+                old = b.status()["workers"][worker]["pid"]
+                result = b.cli("recycle", "--worker", str(worker))
+                assert result.returncode == 0, result.stderr
+                wait_until(lambda: b.status()["workers"][worker]["pid"] not in (old, None), 20,
+                           "the recycle")
     finally:
         for conn in clients:
             conn.close()
