@@ -121,3 +121,41 @@ def test_an_https_request_in_flight_finishes_then_its_connection_moves(baton, re
         conn.close()
     assert "1 stay to drain" not in b.log
     assert ssl_stats(b, port)["handshake"] == 1
+
+
+def test_a_reload_waits_for_a_handshake_in_progress_then_moves_the_connection(baton, recorder):
+    """The client has connected but not said hello when the reload starts moving
+    connections: the old generation waits for the handshake, serves nothing itself, and
+    moves the connection at its first idle moment; the session goes on in the new one."""
+    import socket
+    import threading
+    ca = make_ca("ecdsa")
+    port = free_port()
+    b = baton(https_bootstrap(port, recorder, tls_transport_socket(leaf(ca, "ecdsa"))),
+              concurrency=1)
+    raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+    wait_until(lambda: b.stats().get("http.ingress_http.downstream_cx_active") == 1, 10,
+               "the connection accepted")
+    old = b.master_pid()
+    results = []
+    reload = threading.Thread(target=lambda: results.append(b.reload()))
+    reload.start()
+    try:
+        wait_until(lambda: "moving connections" in b.log, 20, "the old generation moving")
+        tls = client_context(ca).wrap_socket(raw, server_hostname="localhost")
+        conn = http.client.HTTPSConnection("localhost", port, timeout=10)
+        conn.sock = tls                     # this very session
+        for path in ("/during", "/after"):
+            conn.request("GET", path)
+            response = conn.getresponse()
+            assert response.status == 200 and json.loads(response.read())["path"] == path
+            if path == "/during":
+                reload.join(40)
+                assert results and results[0].returncode == 0, results
+                b.wait_previous_gone(old)
+        assert conn.sock is tls
+        conn.close()
+    finally:
+        reload.join(40)
+    assert "1 stay to drain" not in b.log
+    assert ssl_stats(b, port)["handshake"] == 1

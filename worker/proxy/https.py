@@ -3,13 +3,14 @@
 While the handshake runs, the worker holds an `HttpsHandshake` under the connection's id;
 once it is done, the HttpConnection takes that id and runs on a TlsTransport
 (worker/tls/transport.py) exactly as it runs on a plain asyncio transport. So a handshake
-that fails never reaches the connection manager (asyncio's SSL transport behaves the same),
-and a drain or a stop during it closes it: it is short, and nothing was served on it yet.
+that fails never reaches the connection manager (asyncio's SSL transport behaves the same).
+A drain lets the handshake end, then drains the connection; a stop closes it.
 
 At a reload an HTTPS/1.1 connection moves between requests as a plain one does (readiness
 NOW when idle, WHEN_IDLE otherwise), as record "https1-idle": the socket and the record
-layer's state; the next generation continues the session without a handshake. HTTP/2 over
-TLS drains by GOAWAY, as plain HTTP/2 does.
+layer's state; the next generation continues the session without a handshake. A reload
+that finds a handshake running waits for it (WHEN_IDLE), then for the connection's first
+idle moment. HTTP/2 over TLS drains by GOAWAY, as plain HTTP/2 does.
 """
 
 from __future__ import annotations
@@ -26,12 +27,14 @@ log = logging.getLogger("baton.https")
 
 class HttpsHandshake(Connection):
     kind = "https-handshake"
-    __slots__ = ("worker", "conn", "acceptor", "state")
+    __slots__ = ("worker", "conn", "acceptor", "state", "on_idle", "draining")
 
     def __init__(self, worker, conn, client, initial=None) -> None:
         self.worker = worker
         self.conn = conn                    # the HttpConnection to run once it is done
         self.state = Lifecycle.CONNECTING
+        self.on_idle = None                 # a reload waits for the handshake to end
+        self.draining = False               # the worker drains: end once the handshake did
         self.acceptor = TlsAcceptor(worker.loop, client, conn.chain.tls, self._done,
                                     self._refused, initial)
 
@@ -74,7 +77,16 @@ class HttpsHandshake(Connection):
         ssl_active = self.conn.hcm.stat_cx_active.replace("_cx_active", "_cx_ssl_active")
         gauges = self.worker.stats.gauges
         transport.on_lost = lambda: gauges.__setitem__(ssl_active, gauges[ssl_active] - 1)
-        transport.start(self.conn)
+        conn = self.conn
+        transport.start(conn)
+        on_idle, self.on_idle = self.on_idle, None
+        if on_idle is not None and not conn.closed and conn.readiness() is not Move.NEVER:
+            conn.hold_when_idle(on_idle)    # the reload takes it between requests
+            return
+        if (on_idle is not None or self.draining) and not conn.closed:
+            conn.drain()                    # HTTP/2: GOAWAY; HTTP/1.1: after the response
+        if on_idle is not None:
+            on_idle(self)                   # nothing to move: the reload's wait ends here
 
     def _refused(self, reason: str) -> None:
         log.debug("connection %d: TLS handshake failed: %s", self.id, reason)
@@ -85,14 +97,27 @@ class HttpsHandshake(Connection):
         self._count(-1)
         self.worker.stats.gauges[self.listener.stat_cx_active] -= 1
         self.worker.connection_closed(self)
+        on_idle, self.on_idle = self.on_idle, None
+        if on_idle is not None:
+            on_idle(self)                   # a reload waiting for it need not wait longer
 
     # -- the Connection interface -----------------------------------------------------------
 
     def readiness(self) -> Move:
-        return Move.NEVER
+        # The handshake is short: a reload waits for it, then for the connection's first
+        # idle moment (HTTPS/1.1), instead of cutting it.
+        return Move.NEVER if self.state is Lifecycle.CLOSED else Move.WHEN_IDLE
+
+    def hold_when_idle(self, on_idle) -> None:
+        self.on_idle = on_idle
+
+    def cancel_hold(self) -> None:
+        self.on_idle = None
+        self.conn.cancel_hold()
 
     def drain(self) -> None:
-        self.close()
+        """Let the handshake finish (or fail, or time out); the connection drains then."""
+        self.draining = True
 
     def close(self) -> None:
         if self.state is not Lifecycle.CLOSED:
