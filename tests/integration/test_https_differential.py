@@ -2,10 +2,12 @@
 the same bootstrap and certificates (only the ports differ): for the same clients, the
 status and HTTP version curl sees, the ALPN Python's ssl negotiates, what reached the
 upstream (x-forwarded-proto, x-forwarded-client-cert in SANITIZE_SET with every detail, a
-forged XFCC header), and the listener's ssl.* and the connection manager's counters."""
+forged XFCC header, also on a plain listener with Envoy's default SANITIZE), and the
+listener's ssl.* and the connection manager's counters."""
 
 from __future__ import annotations
 
+import copy
 import json
 import socket
 import ssl
@@ -36,14 +38,29 @@ def bootstrap(admin: int, port: int, upstream: int, ca) -> dict:
         "set_current_client_cert_details": {"subject": True, "uri": True, "dns": True,
                                             "cert": True, "chain": True}})
     data["admin"]["address"]["socket_address"]["port_value"] = admin
+    # The same connection manager on plain TCP, with Envoy's default forward_client_cert_details.
+    listeners = data["static_resources"]["listeners"]
+    plain = copy.deepcopy(listeners[0])
+    plain["name"] = "plain"
+    plain["address"]["socket_address"]["port_value"] = free_port()
+    chain = plain["filter_chains"][0]
+    del chain["transport_socket"]
+    hcm = chain["filters"][0]["typed_config"]
+    hcm["stat_prefix"] = "plain_http"
+    del hcm["forward_client_cert_details"], hcm["set_current_client_cert_details"]
+    listeners.append(plain)
     return data
 
 
-def curl(port: int, paths, *args) -> tuple:
+def plain_port(data: dict) -> int:
+    return data["static_resources"]["listeners"][1]["address"]["socket_address"]["port_value"]
+
+
+def curl(port: int, paths, *args, scheme="https") -> tuple:
     """(status and version, upstream's x-forwarded-proto, its XFCC) for one curl request."""
     done = subprocess.run(["curl", "-sS", "--cacert", paths["ca"], *args,
                            "-H", "x-forwarded-client-cert: By=forged",
-                           "-w", "\n%{http_code} %{http_version}", f"https://localhost:{port}/d"],
+                           "-w", "\n%{http_code} %{http_version}", f"{scheme}://localhost:{port}/d"],
                           capture_output=True, text=True, timeout=20)
     if done.returncode != 0:
         return ("refused", None, None)
@@ -85,6 +102,7 @@ def test_https_matches_envoy(tmp_path, recorder):
             seen = [(name, curl(port, paths, *args)) for name, args in cases]
             seen.append(("ALPN h2 first", alpn(port, client_context(ca, alpn=["h2", "http/1.1"]))))
             seen.append(("ALPN none", alpn(port, client_context(ca))))
+            seen.append(("plain HTTP, forged XFCC", curl(plain_port(data), paths, scheme="http")))
             observed[proxy] = seen
             # Every connection ends as a handshake or a counted refusal; counters reach the
             # admin API a little after (Baton's workers report them to the master).
@@ -105,6 +123,8 @@ def test_https_matches_envoy(tmp_path, recorder):
         f"URI={SPIFFE_ID};DNS=client.example;DNS=alt.example")
     assert envoy["wrong SAN"][0] == "refused"
     assert envoy["ALPN h2 first"] == ("TLSv1.3", "h2")
+    # SANITIZE (the default) strips a client's XFCC on plain connections too.
+    assert envoy["plain HTTP, forged XFCC"] == ("200 1.1", "http", None)
     # SAN matchers make a client certificate required (the TLS 1.3 client without one
     # finishes its side of the handshake, then is refused):
     assert counters["envoy"]["ssl.fail_verify_no_cert"] == 4
