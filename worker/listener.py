@@ -129,6 +129,9 @@ class Listener:
         for chain in chains:
             if chain.tls is not None:
                 chain.tls.declare_stats(scope, self.worker.stats)
+                if chain.http_config is not None:
+                    from .proxy.https import declare_stats
+                    declare_stats(chain.http_config, self.worker.stats)
 
     @property
     def selects_chains(self) -> bool:

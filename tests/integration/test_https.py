@@ -72,6 +72,9 @@ def test_curl_http1_and_http2_by_alpn(baton, recorder, pki):
     port = free_port()
     b = baton(https_bootstrap(port, recorder, tls_transport_socket(
         leaf(ca, "ecdsa"), alpn=["h2", "http/1.1"])), concurrency=1)
+    before = b.stats()
+    assert before["http.ingress_http.downstream_cx_ssl_total"] == 0     # listed from the start
+    assert before["http.ingress_http.downstream_cx_ssl_active"] == 0
     outcome, body = curl(port, ca_path, "--http1.1")
     assert outcome == "200 1.1"
     assert seen_headers(body.encode())["x-forwarded-proto"] == "https"

@@ -25,6 +25,19 @@ from ..tls.transport import TlsAcceptor, TlsTransport
 log = logging.getLogger("baton.https")
 
 
+def ssl_stats(hcm) -> tuple[str, str]:
+    """The connection manager's downstream_cx_ssl_total and downstream_cx_ssl_active."""
+    return (hcm.stat_cx_total.replace("_cx_total", "_cx_ssl_total"),
+            hcm.stat_cx_active.replace("_cx_active", "_cx_ssl_active"))
+
+
+def declare_stats(hcm, stats) -> None:
+    """Listed at 0 from the start, as Envoy lists them."""
+    total, active = ssl_stats(hcm)
+    stats.counters.setdefault(total, 0)
+    stats.gauges.setdefault(active, 0)
+
+
 class HttpsHandshake(Connection):
     kind = "https-handshake"
     __slots__ = ("worker", "conn", "acceptor", "state", "on_idle", "draining")
@@ -61,11 +74,12 @@ class HttpsHandshake(Connection):
         1.40): counted here, and handed to connection_made's own count when it is done."""
         hcm = self.conn.hcm
         counters, gauges = self.worker.stats.counters, self.worker.stats.gauges
+        ssl_total, ssl_active = ssl_stats(hcm)
         if step > 0:
             counters[hcm.stat_cx_total] += 1
-            counters[hcm.stat_cx_total.replace("_cx_total", "_cx_ssl_total")] += 1
+            counters[ssl_total] += 1
         gauges[hcm.stat_cx_active] += step
-        gauges[hcm.stat_cx_active.replace("_cx_active", "_cx_ssl_active")] += step
+        gauges[ssl_active] += step
 
     def _done(self, transport) -> None:
         self.state = Lifecycle.CLOSED
@@ -74,7 +88,7 @@ class HttpsHandshake(Connection):
         # no stats snapshot sees the difference).
         self.worker.stats.counters[self.conn.hcm.stat_cx_total] -= 1
         self.worker.stats.gauges[self.conn.hcm.stat_cx_active] -= 1
-        ssl_active = self.conn.hcm.stat_cx_active.replace("_cx_active", "_cx_ssl_active")
+        ssl_active = ssl_stats(self.conn.hcm)[1]
         gauges = self.worker.stats.gauges
         transport.on_lost = lambda: gauges.__setitem__(ssl_active, gauges[ssl_active] - 1)
         conn = self.conn
@@ -142,7 +156,7 @@ def adopt_idle(worker, listener, fields: dict, fds: list[int], conn_id: int, cha
     conn = HttpConnection(worker, listener, chain, peer, original, conn_id)
     gauges = worker.stats.gauges
     gauges[listener.stat_cx_active] += 1
-    ssl_active = chain.http_config.stat_cx_active.replace("_cx_active", "_cx_ssl_active")
+    ssl_active = ssl_stats(chain.http_config)[1]
     gauges[ssl_active] += 1
     transport.on_lost = lambda: gauges.__setitem__(ssl_active, gauges[ssl_active] - 1)
     worker.connections[conn_id] = conn
