@@ -10,8 +10,11 @@ protects the records afterwards, so a TLS session is plain values that can move 
     layer.py        the sans-IO record layer: data, KeyUpdate, close_notify, alerts
     state.py        the layer's state as a versioned plain dict (msgpack-able), and back
     handover.py     drive SSLObject's handshake over MemoryBIOs, then hand over to the layer
+    accept.py       one server-side handshake to a layer: handover, SAN checks, ssl.* counts
+    server.py       a filter chain's TLS server side: the SSLContext, checks, stats
+    transport.py    an asyncio transport over a socket and the layer (HTTPS)
     ktls.py         whether the kernel offers kTLS (detected, never assumed)
 
-Nothing here does IO except keylog.py, which reads its own pipe, and ktls.py, which reads
-/proc.
+Nothing here does IO except transport.py (a socket, on the worker's loop), keylog.py, which
+reads its own pipe, and ktls.py, which reads /proc.
 """
