@@ -234,6 +234,25 @@ class Baton:
             self._log.close()
 
 
+GATED_AFTER_COMMIT = """
+import baton.supervisor.master as m
+_original = m.Master._become_main
+async def _gated(self):
+    open({fifo!r}).close()          # blocks the new master right after the commit
+    await _original(self)
+m.Master._become_main = _gated
+"""
+
+
+def gate_after_commit(b: Baton) -> Path:
+    """Make the next new master of `b` stop right after the commit (the old one has handed
+    over) until the returned fifo is opened for writing, or the new master is killed."""
+    fifo = b.workdir / "gate"
+    os.mkfifo(fifo)
+    b.hook.write_text(GATED_AFTER_COMMIT.format(fifo=str(fifo)))
+    return fifo
+
+
 @pytest.fixture
 def upstreams():
     started: list[Upstream] = []

@@ -13,7 +13,7 @@ import threading
 import psutil
 
 from .clients import recv_exact, roundtrip
-from .conftest import Baton, free_port, pid_alive, tcp_bootstrap, wait_until
+from .conftest import Baton, free_port, gate_after_commit, pid_alive, tcp_bootstrap, wait_until
 
 
 def _parent(pid: int) -> int:
@@ -129,16 +129,7 @@ def test_new_master_killed_after_the_commit_the_keeper_follows_the_old_one(baton
     echo = upstreams("echo")
     port = free_port()
     b = baton(tcp_bootstrap(free_port(), port, [echo.port]), concurrency=1)
-    fifo = b.workdir / "gate"
-    os.mkfifo(fifo)
-    b.hook.write_text(f"""
-import baton.supervisor.master as m
-_original = m.Master._become_main
-async def _gated(self):
-    open({str(fifo)!r}).close()          # blocks the new master right after the commit
-    await _original(self)
-m.Master._become_main = _gated
-""")
+    fifo = gate_after_commit(b)
     old = b.master_pid()
     outcome = {}
     reload = threading.Thread(target=lambda: outcome.setdefault("r", b.reload()))

@@ -3,7 +3,6 @@ back with the old generation serving on. Real processes, real sockets, under loa
 
 from __future__ import annotations
 
-import glob
 import os
 import signal
 import socket
@@ -13,7 +12,7 @@ import psutil
 import yaml
 
 from .clients import Streams, recv_all, roundtrip
-from .conftest import free_port, pid_alive, tcp_bootstrap, wait_until
+from .conftest import free_port, gate_after_commit, pid_alive, tcp_bootstrap, wait_until
 
 
 def _reload_ok(b) -> int:
@@ -390,16 +389,7 @@ def test_kill_9_new_master_right_after_the_commit(baton, upstreams):
     echo = upstreams("echo")
     port = free_port()
     b = baton(tcp_bootstrap(free_port(), port, [echo.port]), concurrency=2)
-    fifo = b.workdir / "gate"
-    os.mkfifo(fifo)
-    b.hook.write_text(f"""
-import baton.supervisor.master as m
-_original = m.Master._become_main
-async def _gated(self):
-    open({str(fifo)!r}).close()          # blocks the new master right after the commit
-    await _original(self)
-m.Master._become_main = _gated
-""")
+    fifo = gate_after_commit(b)
     old = b.master_pid()
     outcome = {}
     reload = threading.Thread(target=lambda: outcome.setdefault("r", b.reload()))
