@@ -18,6 +18,11 @@ imports it (through worker.main) before it forks any worker, so every worker of 
 maps the same pages. A new generation (baton reload) has its own table; the connections it
 adopts count there from its next refresh.
 
+After the slots, one more int64, the roster: each worker that takes a slot writes its pid
+there once its slot holds it. A reader that finds the roster changed since it last looked for
+peers looks again before it counts, so a worker started (or respawned, or recycled in) after
+this one counts from its first connection, not from this one's next refresh.
+
 Staleness: a worker writes its count when it accepts and on each overload refresh, so
 another worker sees a new connection at once but a closed one only at the owner's next
 refresh (refresh_interval). Two workers accepting at the same instant may each admit the
@@ -34,7 +39,8 @@ MAX_WORKERS = 1024
 SLOTS_PER_WORKER = 2
 _SLOT_INTS = 2                      # pid, connections
 
-_TABLE = mmap.mmap(-1, MAX_WORKERS * SLOTS_PER_WORKER * _SLOT_INTS * 8)
+ROSTER = MAX_WORKERS * SLOTS_PER_WORKER * _SLOT_INTS       # index of the roster int64
+_TABLE = mmap.mmap(-1, (ROSTER + 1) * 8)
 
 
 def _alive(pid: int) -> bool:
@@ -52,7 +58,7 @@ def _alive(pid: int) -> bool:
 class ConnectionTable:
     """This worker's view of the shared table."""
 
-    __slots__ = ("ints", "mine", "others")
+    __slots__ = ("ints", "mine", "others", "roster")
 
     def __init__(self, worker_id: int, pid: int | None = None, table=None):
         self.ints = memoryview(table if table is not None else _TABLE).cast("q")
@@ -66,13 +72,16 @@ class ConnectionTable:
             self.mine = (free or [first])[0]
             self.ints[self.mine * _SLOT_INTS + 1] = 0
             self.ints[self.mine * _SLOT_INTS] = pid
+            self.ints[ROSTER] = pid         # after the slot: whoever sees it sees the slot
         self.others: list[int] = []
+        self.roster = 0
         self.refresh_peers()
 
     def refresh_peers(self) -> None:
         """Which other slots belong to live workers (a dead worker's count no longer holds).
         Checked on the refresh timer, not per accept: one kill(0) per slot in use."""
-        pids = self.ints[::_SLOT_INTS].tolist()
+        self.roster = self.ints[ROSTER]     # before the scan: a later change is seen next time
+        pids = self.ints[:ROSTER:_SLOT_INTS].tolist()
         used = compress(range(len(pids)), pids)      # in C: almost every slot is empty
         self.others = [i * _SLOT_INTS + 1 for i in used if i != self.mine and _alive(pids[i])]
 
@@ -82,6 +91,8 @@ class ConnectionTable:
 
     def others_total(self) -> int:
         ints = self.ints
+        if ints[ROSTER] != self.roster:     # a worker took a slot since we last looked
+            self.refresh_peers()
         return sum(ints[i] for i in self.others)
 
     def release(self) -> None:

@@ -311,6 +311,21 @@ def test_the_connection_table_is_shared_between_slots():
     assert c.others_total() == 4
 
 
+def test_a_worker_started_later_counts_from_its_first_connection():
+    """Worker 0 looked for peers before worker 1 existed (the master forks them one after the
+    other); worker 1's connections still count for worker 0 at once, not from its next
+    refresh tick (a connection over the limit was admitted this way under load)."""
+    table = mmap.mmap(-1, 1 << 16)
+    first = ConnectionTable(0, pid=os.getpid(), table=table)
+    assert first.others == []
+    later = ConnectionTable(1, pid=os.getppid(), table=table)
+    later.publish(2)
+    assert first.others_total() == 2
+    limit = DownstreamConnections({"limit": 3}, first)
+    assert limit.admits(SimpleNamespace(connections={}))          # 0 + 2 < 3
+    assert not limit.admits(SimpleNamespace(connections={1: None}))  # 1 + 2 = 3
+
+
 def test_a_dead_workers_slot_counts_nothing_and_is_taken_over():
     table = mmap.mmap(-1, 1 << 16)
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
