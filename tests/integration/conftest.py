@@ -83,23 +83,31 @@ def tcp_bootstrap(admin_port: int, listener_port: int, endpoints, *, cluster="ba
 RECORDER = HERE / "differential" / "recorder.py"
 
 
-def http_bootstrap(admin: int, port: int, upstream: int) -> dict:
+def static_cluster(name: str, port: int) -> dict:
+    return {"name": name, "connect_timeout": "1s", "load_assignment": {
+        "cluster_name": name, "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {
+            "socket_address": {"address": "127.0.0.1", "port_value": port}}}}]}]}}
+
+
+def http_bootstrap(admin: int, port: int, upstream: int | None = None, *, routes=None,
+                   clusters: dict | None = None, **hcm_fields) -> dict:
+    """One HTTP listener: by default every request to cluster "app" at `upstream`; `routes`
+    and `clusters` ({name: port}) replace those, `hcm_fields` are added to the HCM."""
     hcm = {"@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3"
                     ".HttpConnectionManager",
            "stat_prefix": "ingress_http",
-           "route_config": {"name": "r", "virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [
-               {"match": {"prefix": "/"}, "route": {"cluster": "app"}}]}]},
+           "route_config": {"name": "r", "virtual_hosts": [{"name": "all", "domains": ["*"], "routes":
+               routes or [{"match": {"prefix": "/"}, "route": {"cluster": "app"}}]}]},
            "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {
-               "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}]}
+               "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}],
+           **hcm_fields}
     return {"admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin}}},
             "static_resources": {
                 "listeners": [{"name": "http", "address": {"socket_address": {
                     "address": "127.0.0.1", "port_value": port}},
                     "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager",
                                                     "typed_config": hcm}]}]}],
-                "clusters": [{"name": "app", "connect_timeout": "1s", "load_assignment": {
-                    "cluster_name": "app", "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {
-                        "socket_address": {"address": "127.0.0.1", "port_value": upstream}}}}]}]}}]}}
+                "clusters": [static_cluster(name, p) for name, p in (clusters or {"app": upstream}).items()]}}
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import Baton, free_port, start_ready_process, wait_until
+from .conftest import Baton, free_port, http_bootstrap, start_ready_process, wait_until
 
 RECORDER = Path(__file__).resolve().parent / "differential" / "recorder.py"
 
@@ -20,29 +20,12 @@ TUNNEL_UPSTREAM = Path(__file__).resolve().parent / "tunnel_upstream.py"
 
 
 def bootstrap(admin: int, port: int, upstream: int, ws_upstream: int) -> dict:
-    hcm = {"@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3"
-                    ".HttpConnectionManager",
-           "stat_prefix": "edge", "codec_type": "HTTP1",
-           "max_request_headers_kb": 8,
-           "request_headers_timeout": "0.5s",
-           "upgrade_configs": [{"upgrade_type": "websocket"}],
-           "route_config": {"name": "r", "virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [
-               {"match": {"prefix": "/ws"}, "route": {"cluster": "ws"}},
-               {"match": {"prefix": "/"}, "route": {"cluster": "app"}}]}]},
-           "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {
-               "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}]}
-
-    def cluster(name, port):
-        return {"name": name, "connect_timeout": "1s", "load_assignment": {
-            "cluster_name": name, "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {
-                "socket_address": {"address": "127.0.0.1", "port_value": port}}}}]}]}}
-    return {"admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin}}},
-            "static_resources": {
-                "listeners": [{"name": "http", "address": {"socket_address": {
-                    "address": "127.0.0.1", "port_value": port}},
-                    "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager",
-                                                    "typed_config": hcm}]}]}],
-                "clusters": [cluster("app", upstream), cluster("ws", ws_upstream)]}}
+    return http_bootstrap(admin, port, stat_prefix="edge", codec_type="HTTP1", max_request_headers_kb=8,
+                          request_headers_timeout="0.5s",
+                          upgrade_configs=[{"upgrade_type": "websocket"}],
+                          routes=[{"match": {"prefix": "/ws"}, "route": {"cluster": "ws"}},
+                                  {"match": {"prefix": "/"}, "route": {"cluster": "app"}}],
+                          clusters={"app": upstream, "ws": ws_upstream})
 
 
 @pytest.fixture

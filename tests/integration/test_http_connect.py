@@ -15,31 +15,18 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import Baton, free_port, start_ready_process
+from .conftest import Baton, free_port, http_bootstrap, start_ready_process
 from .differential.proxies import Envoy
 
 TUNNEL_UPSTREAM = Path(__file__).resolve().parent / "tunnel_upstream.py"
 
 
 def bootstrap(admin: int, port: int, upstream: int) -> dict:
-    hcm = {"@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3"
-                    ".HttpConnectionManager",
-           "stat_prefix": "connect", "codec_type": "HTTP1",
-           "upgrade_configs": [{"upgrade_type": "CONNECT"}],
-           "route_config": {"name": "r", "virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [
-               {"match": {"connect_matcher": {}}, "route": {"cluster": "tunnel"}},
-               {"match": {"prefix": "/"}, "direct_response": {"status": 404}}]}]},
-           "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {
-               "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}]}
-    return {"admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin}}},
-            "static_resources": {
-                "listeners": [{"name": "http", "address": {"socket_address": {
-                    "address": "127.0.0.1", "port_value": port}},
-                    "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager",
-                                                    "typed_config": hcm}]}]}],
-                "clusters": [{"name": "tunnel", "connect_timeout": "1s", "load_assignment": {
-                    "cluster_name": "tunnel", "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {
-                        "socket_address": {"address": "127.0.0.1", "port_value": upstream}}}}]}]}}]}}
+    return http_bootstrap(admin, port, stat_prefix="connect", codec_type="HTTP1",
+                          upgrade_configs=[{"upgrade_type": "CONNECT"}],
+                          routes=[{"match": {"connect_matcher": {}}, "route": {"cluster": "tunnel"}},
+                                  {"match": {"prefix": "/"}, "direct_response": {"status": 404}}],
+                          clusters={"tunnel": upstream})
 
 
 def tunnel(port: int) -> tuple[int, bytes, list[bytes]]:
