@@ -22,6 +22,7 @@ from baton.supervisor.handoff import channel as channel_mod
 from baton.supervisor.handoff.channel import (Channel, ChannelClosed, blocking_request,
                                               peer_credentials, recv_with_fds, socketpair)
 from baton.supervisor.handoff.framing import FrameDecoder, encode
+from tests.fd_accounting import collector_paused, open_fd_count
 
 
 # -- harness ---------------------------------------------------------------------------------
@@ -91,10 +92,6 @@ def reader_closed_everywhere(w: int) -> bool:
     except BrokenPipeError:
         return True
     return False
-
-
-def open_fd_count() -> int:
-    return len(os.listdir("/proc/self/fd"))
 
 
 # -- request / reply -------------------------------------------------------------------------
@@ -240,7 +237,8 @@ def test_fds_arrive_cloexec_and_in_order(run):
         await server.closed
         assert open_fd_count() == before
 
-    run(main)
+    with collector_paused():
+        run(main)
 
 
 def test_fds_with_a_request_and_in_a_reply(run):
@@ -313,7 +311,8 @@ def test_queued_fds_are_released_when_the_channel_closes(run):
         b.close()
         assert open_fd_count() == before
 
-    run(main)
+    with collector_paused():
+        run(main)
 
 
 def test_fds_queued_behind_a_full_socket_survive_the_caller_closing_them(run):

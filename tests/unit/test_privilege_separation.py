@@ -19,6 +19,7 @@ from baton.supervisor.handoff import unix
 from baton.supervisor.handoff.broker import BrokerClient, BrokerServer
 from baton.supervisor.workers import CRASH_LOOP_PAUSE_MAX, WorkerSlot
 from baton.worker.migration import MigrationServer
+from tests.fd_accounting import collector_paused, open_fd_count
 
 root_only = pytest.mark.skipif(os.geteuid() != 0, reason="chown needs root")
 
@@ -214,9 +215,10 @@ def test_a_failed_fork_pauses_the_slot_and_tries_again(monkeypatch):
         def no_fork():
             raise OSError(errno.EAGAIN, "Resource temporarily unavailable")
         monkeypatch.setattr(os, "fork", no_fork)
-        before = len(os.listdir("/proc/self/fd"))
-        table._respawn(slot)
-        assert len(os.listdir("/proc/self/fd")) == before
+        with collector_paused():
+            before = open_fd_count()
+            table._respawn(slot)
+            assert open_fd_count() == before
         assert slot.given_up and not slot.gone_for_good and not slot.alive
         assert slot.respawn_handle is not None and slot.retry_at is not None
         first = slot.retry_at - loop.time()
