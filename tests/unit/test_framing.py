@@ -19,12 +19,20 @@ from hypothesis import strategies as st
 from baton.supervisor.handoff import framing
 from baton.supervisor.handoff.framing import (HEADER, MAX_FDS, MAX_FRAME, FrameDecoder,
                                               FrameError, encode)
+from tests.fd_accounting import collector_paused
 
 PROPERTY = settings(max_examples=100, derandomize=True, database=None, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow])
 
 
 # -- helpers ---------------------------------------------------------------------------------
+
+@pytest.fixture(autouse=True)
+def descriptors_held_steady():
+    """These tests compare /proc/self/fd before and after: no finalizer may run in between."""
+    with collector_paused():
+        yield
+
 
 def open_fds() -> set[int]:
     return {int(name) for name in os.listdir("/proc/self/fd")}

@@ -20,6 +20,7 @@ import pytest
 import uvloop
 
 from baton.supervisor import sdnotify
+from tests.fd_accounting import collector_paused
 
 
 class FakeSystemd:
@@ -64,6 +65,13 @@ def abstract_systemd(monkeypatch):
     monkeypatch.setenv("NOTIFY_SOCKET", "@" + name)
     yield fake
     fake.close()
+
+
+@pytest.fixture(autouse=True)
+def descriptors_held_steady():
+    """These tests compare /proc/self/fd before and after: no finalizer may run in between."""
+    with collector_paused():
+        yield
 
 
 def open_fds() -> set[str]:
