@@ -133,8 +133,12 @@ def cmd_version(args) -> int:
 
 def cmd_check(args) -> int:
     from ..xds.bootstrap import ConfigError, load_bootstrap
+    from .handoff.broker import access_log_problems
     try:
         snapshot = load_bootstrap(args.config)
+        problems = access_log_problems(snapshot)
+        if problems:
+            raise ConfigError(problems)
     except ConfigError as exc:
         for line in exc.errors:
             print(line, file=sys.stderr)
@@ -304,11 +308,15 @@ def _load(args):
     """Config file -> (as configured, with DNS resolved, /config_dump), or StartError."""
     from ..xds.bootstrap import ConfigError, load_bootstrap
     from . import dns
+    from .handoff.broker import access_log_problems
     try:
         source = load_bootstrap(args.config)
         config_dump = _config_dump(args.config, source)
     except ConfigError as exc:
         raise StartError(*exc.errors) from None
+    problems = access_log_problems(source)
+    if problems:
+        raise StartError(*problems)
     for warning in source.get("warnings", ()):
         print(f"baton: warning: {warning}", file=sys.stderr)
     try:

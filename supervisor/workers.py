@@ -26,7 +26,7 @@ from typing import Callable
 
 from ..worker.main import EXIT_BOOT_FAILURE, worker_process_main
 from ..worker.privileges import preimport
-from .handoff.broker import BrokerServer
+from .handoff.broker import BrokerServer, access_log_paths
 from .handoff.channel import Channel, socketpair
 from .os_seam import REAL_OS, OsSeam
 
@@ -117,6 +117,11 @@ class WorkerTable:
         # workers' and those of the generation we hand over to.
         self.migration_targets: set[str] = set()
 
+    def _configured_access_log(self, path: str) -> bool:
+        # The snapshot is the one the workers are being given: an xDS update is stored
+        # before it is sent (supervisor/xds_apply.py), a fork inherits it.
+        return path in access_log_paths(self.master.snapshot)
+
     # -- spawning ------------------------------------------------------------------------
 
     def spawn(self, slot: WorkerSlot) -> None:
@@ -139,7 +144,8 @@ class WorkerTable:
         child_end.close()
         broker_child.close()
         slot.broker = BrokerServer(broker_parent, self.migration_targets.__contains__,
-                                   name=f"broker for worker {slot.id}")
+                                   name=f"broker for worker {slot.id}",
+                                   may_open=self._configured_access_log)
         slot.pid = pid
         slot.ready = False
         slot.started_at = self.os.monotonic()

@@ -51,8 +51,11 @@ EXIT_BOOT_FAILURE = 3        # the master does not respawn a worker that exits w
 
 class Worker:
     def __init__(self, worker_id: int, generation: int, channel_sock, snapshot: dict,
-                 listener_fds: dict[str, int], runtime_dir: str):
+                 listener_fds: dict[str, int], runtime_dir: str, handoff_broker=None):
         self.id = worker_id
+        # The master acting for this worker (supervisor/handoff/broker.py): it connects to
+        # handoff sockets and opens access-log files that the worker's user may not.
+        self.handoff_broker = handoff_broker
         self.generation = generation
         self.loop = asyncio.get_running_loop()
         self.stats = Stats()
@@ -450,14 +453,14 @@ def worker_process_main(worker_id: int, generation: int, master_pid: int, channe
 
     async def main() -> int:
         loop = asyncio.get_running_loop()
+        broker = BrokerClient(broker_sock) if broker_sock is not None else None
         try:
-            worker = Worker(worker_id, generation, channel_sock, snapshot, listener_fds, runtime_dir)
+            worker = Worker(worker_id, generation, channel_sock, snapshot, listener_fds,
+                            runtime_dir, broker)
         except PermissionError as exc:
-            # e.g. an access log this worker's user may not write: would fail again.
+            # e.g. a file its config names that this user may not read: would fail again.
             log.error("worker %d cannot start as uid %d: %s", worker_id, os.getuid(), exc)
             return EXIT_BOOT_FAILURE
-        if broker_sock is not None:
-            worker.handoff_broker = BrokerClient(broker_sock)
         loop.add_signal_handler(signal.SIGTERM, worker.handle_sigterm)
         return await worker.run()
 

@@ -24,7 +24,7 @@ import pytest
 from baton.supervisor.handoff.framing import encode
 
 from .clients import recv_exact, roundtrip
-from .conftest import BATON, free_port, tcp_bootstrap, wait_until
+from .conftest import BATON, Baton, free_port, tcp_bootstrap, wait_until
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="switching users needs root")
 
@@ -249,7 +249,6 @@ def test_status_reports_a_malformed_answer_in_one_line(tmp_path, answer, expecte
 
 def test_the_xds_agent_runs_as_baton_without_capabilities(tmp_path):
     from ..xds_support.resources import ADS, bootstrap
-    from .conftest import Baton
     uid, gid = _baton_uid()
     boot = bootstrap(free_port(), free_port(), "GRPC")      # nobody listens there: no matter
     for key in ("lds_config", "cds_config"):
@@ -266,24 +265,55 @@ def test_the_xds_agent_runs_as_baton_without_capabilities(tmp_path):
         b.stop()
 
 
-def test_an_access_log_the_worker_user_may_not_write_is_one_clear_line(tmp_path):
-    import subprocess
-    import yaml
+def _with_access_log(path) -> dict:
     from .test_http_connect import bootstrap
     boot = bootstrap(free_port(), free_port(), free_port())
     hcm = boot["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
-    private = tmp_path / "private"            # root's, 0700: the baton user may not enter
-    private.mkdir(mode=0o700)
     hcm["access_log"] = [{"name": "envoy.access_loggers.file", "typed_config": {
         "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
-        "path": str(private / "access.log")}}]
+        "path": str(path)}}]
+    return boot
+
+
+def test_an_access_log_only_root_may_write_is_opened_by_the_master(tmp_path):
+    """Operators keep logs where only root writes (/var/log); the unprivileged worker gets
+    the file from its master (supervisor/handoff/broker.py) and logs there."""
+    private = tmp_path / "private"            # root's, 0700: the baton user may not enter
+    private.mkdir(mode=0o700)
+    log_file = private / "access.log"
+    boot = _with_access_log(log_file)
+    port = boot["static_resources"]["listeners"][0]["address"]["socket_address"]["port_value"]
+    b = Baton(tmp_path / "baton", boot, concurrency=1).start(30)
+    try:
+        worker = b.status()["workers"][0]["pid"]
+        uid, _ = _baton_uid()
+        assert _proc_status(worker)["Uid"] == [str(uid)] * 4
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+            s.sendall(b"GET /logged-by-an-unprivileged-worker HTTP/1.1\r\nHost: x\r\n"
+                      b"Connection: close\r\n\r\n")
+            assert recv_exact(s, 12) == b"HTTP/1.1 404"
+        wait_until(lambda: log_file.exists()
+                   and b'"GET /logged-by-an-unprivileged-worker HTTP/1.1" 404' in log_file.read_bytes(),
+                   10, "the access log line")
+        assert log_file.stat().st_uid == 0
+        assert "cannot be opened" not in b.log and "Traceback" not in b.log
+    finally:
+        b.stop()
+
+
+def test_an_access_log_that_cannot_be_opened_is_refused_at_start(tmp_path):
+    import subprocess
+    import yaml
+    missing = tmp_path / "no-such-dir" / "access.log"
     config = tmp_path / "bootstrap.yaml"
-    config.write_text(yaml.safe_dump(boot))
+    config.write_text(yaml.safe_dump(_with_access_log(missing)))
+    expected = f"access log {missing}: cannot be opened: no such directory {missing.parent}"
+    check = subprocess.run([BATON, "check", "-c", str(config)], capture_output=True, text=True,
+                           timeout=30)
+    assert check.returncode == 1 and expected in check.stderr, check
     result = subprocess.run([BATON, "run", "-c", str(config), "--concurrency", "1",
                              "--runtime-dir", str(tmp_path / "run")],
                             capture_output=True, text=True, timeout=30)
-    assert result.returncode == 1
     out = result.stdout + result.stderr
-    assert "worker 0 cannot start as uid" in out and "Permission denied" in out, out
-    assert "failed to boot; not respawning it" in out and "no worker left to serve" in out
+    assert result.returncode == 1 and expected in out, out
     assert "Traceback" not in out

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import fcntl
 import os
 import socket
 import stat
@@ -16,7 +17,8 @@ import pytest
 from baton.supervisor import runtime
 from baton.supervisor.cli import _status_problem
 from baton.supervisor.handoff import unix
-from baton.supervisor.handoff.broker import BrokerClient, BrokerServer
+from baton.supervisor.handoff.broker import (BrokerClient, BrokerServer, access_log_paths,
+                                             access_log_problems)
 from baton.supervisor.workers import CRASH_LOOP_PAUSE_MAX, WorkerSlot
 from baton.worker.migration import MigrationServer
 from tests.fd_accounting import collector_paused, open_fd_count
@@ -163,6 +165,45 @@ def test_broker_connects_only_to_migration_targets():
             client.channel.close()
             listener.close()
     asyncio.run(scenario())
+
+
+def test_broker_opens_only_the_configured_access_logs(tmp_path):
+    allowed = str(tmp_path / "access.log")
+    config = {"listeners": [{"filter_chains": [{"http": {"access_log": [{"path": allowed}]}}]}]}
+    assert access_log_paths(config) == {allowed}
+
+    async def scenario():
+        master_end, worker_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        server = BrokerServer(master_end, set().__contains__, name="broker under test",
+                              may_open=lambda path: path in access_log_paths(config))
+        client = BrokerClient(worker_end)
+        try:
+            with pytest.raises(OSError, match="not an access log of the config"):
+                await client.open_log("/etc/passwd")
+            fd = await client.open_log(allowed)
+            try:
+                assert os.fstat(fd).st_uid == os.geteuid()
+                flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+                assert flags & os.O_APPEND and flags & os.O_ACCMODE == os.O_WRONLY
+                os.write(fd, b"line\n")
+            finally:
+                os.close(fd)
+            assert (tmp_path / "access.log").read_bytes() == b"line\n"
+        finally:
+            server.close()
+            client.channel.close()
+    asyncio.run(scenario())
+
+
+def test_access_log_problems_name_the_path(tmp_path):
+    config = {"access_log": [{"path": str(tmp_path / "missing" / "a.log")},
+                             {"path": str(tmp_path)}, {"path": "/dev/stdout"},
+                             {"path": str(tmp_path / "fine.log")}]}
+    assert access_log_problems(config) == [           # in the order of the paths
+        f"access log {tmp_path}: is a directory",
+        f"access log {tmp_path / 'missing' / 'a.log'}: cannot be opened: "
+        f"no such directory {tmp_path / 'missing'}"]
+    assert not (tmp_path / "fine.log").exists()       # checked, not created
 
 
 # -- `baton status` and the crash-loop pause ---------------------------------------------------

@@ -16,6 +16,12 @@ several workers appending to one file do not overwrite each other; each batch en
 boundary, and a write of a regular file is not split by another process's write.
 /dev/stdout and /dev/stderr use the process's own fds 1 and 2 (opening /dev/stdout fails
 when stdout is a socket, as under systemd's journal).
+
+A worker that runs as an unprivileged user may not create files where operators keep logs
+(/var/log is root's). Given an `opener` (the worker's handoff broker: the master opens the
+file, supervisor/handoff/broker.py), a file is opened that way, asynchronously: lines logged
+before the descriptor arrives wait in the buffer, and if the master cannot open it the worker
+says so once and counts the lines as dropped, as for any output that fails.
 """
 
 from __future__ import annotations
@@ -41,10 +47,10 @@ class AccessLogFile:
     (tests, tools) lines are written when the buffer fills or on flush()."""
 
     __slots__ = ("path", "loop", "fd", "pending", "pending_bytes", "timer", "dropped",
-                 "flush_bytes", "flush_interval")
+                 "flush_bytes", "flush_interval", "failed", "closed")
 
     def __init__(self, path: str, loop=None, flush_bytes: int = FLUSH_BYTES,
-                 flush_interval: float = FLUSH_INTERVAL):
+                 flush_interval: float = FLUSH_INTERVAL, opener=None):
         self.path = path
         self.loop = loop
         self.flush_bytes = flush_bytes
@@ -53,7 +59,14 @@ class AccessLogFile:
         self.pending_bytes = 0
         self.timer = None
         self.dropped = 0
-        self.fd = self._open()
+        self.failed = False          # the file could not be opened: lines are dropped
+        self.closed = False
+        std = _STD_FDS.get(path)
+        if opener is None or std is not None or loop is None:
+            self.fd = self._open()
+        else:
+            self.fd = -1             # until the master's descriptor arrives
+            loop.create_task(self._open_through(opener))
 
     def _open(self) -> int:
         std = _STD_FDS.get(self.path)
@@ -61,9 +74,26 @@ class AccessLogFile:
             return os.dup(std)
         return os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
 
+    async def _open_through(self, opener) -> None:
+        try:
+            fd = await opener(self.path)
+        except OSError as exc:
+            log.error("access log %s: cannot be opened, its lines are dropped: %s", self.path, exc)
+            self.failed = True
+            self.dropped += len(self.pending)
+            self.pending.clear()
+            self.pending_bytes = 0
+            return
+        if self.closed:
+            os.close(fd)
+            return
+        self.fd = fd
+        if self.pending and self.timer is None:
+            self.flush()
+
     def write(self, line: str) -> None:
         data = line.encode("utf-8", "surrogateescape")
-        if self.pending_bytes + len(data) > MAX_PENDING_BYTES:
+        if self.failed or self.pending_bytes + len(data) > MAX_PENDING_BYTES:
             self.dropped += 1
             return
         self.pending.append(data)
@@ -81,7 +111,7 @@ class AccessLogFile:
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
-        if not self.pending:
+        if not self.pending or self.fd < 0:
             return
         data = b"".join(self.pending)
         self.pending.clear()
@@ -110,11 +140,13 @@ class AccessLogFile:
         """Flush to the old file, then open the path again (after logrotate moved it)."""
         self.flush()
         new_fd = self._open()
-        os.close(self.fd)
+        if self.fd >= 0:
+            os.close(self.fd)
         self.fd = new_fd
 
     def close(self) -> None:
         self.flush()
+        self.closed = True
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
@@ -123,16 +155,17 @@ class AccessLogFile:
 class AccessLogFiles:
     """The worker's open access log files, by path."""
 
-    __slots__ = ("loop", "files")
+    __slots__ = ("loop", "files", "opener")
 
-    def __init__(self, loop=None):
+    def __init__(self, loop=None, opener=None):
         self.loop = loop
+        self.opener = opener          # async path -> fd, or None to open here
         self.files: dict[str, AccessLogFile] = {}
 
     def get(self, path: str) -> AccessLogFile:
         f = self.files.get(path)
         if f is None:
-            f = self.files[path] = AccessLogFile(path, self.loop)
+            f = self.files[path] = AccessLogFile(path, self.loop, opener=self.opener)
         return f
 
     def flush(self) -> None:

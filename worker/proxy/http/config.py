@@ -247,7 +247,9 @@ def _access_logs(specs, worker) -> list:
     from .access_log import AccessLog, AccessLogFiles
     files = getattr(worker, "access_log_files", None)
     if files is None:
-        files = worker.access_log_files = AccessLogFiles(worker.loop)
+        broker = getattr(worker, "handoff_broker", None)
+        files = worker.access_log_files = AccessLogFiles(
+            worker.loop, opener=broker.open_log if broker is not None else None)
     return [AccessLog(spec, files) for spec in specs]
 
 
