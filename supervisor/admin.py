@@ -103,6 +103,21 @@ def render_stats_text(stats: dict, pattern, used_only: bool) -> str:
     return "\n".join(lines) + ("\n" if lines else "")
 
 
+# Envoy's health flags, in its order (HostUtility::healthFlagsToString): the workers report
+# how many of them see each verdict (worker/main.py handle_hosts); any one shows.
+HEALTH_FLAGS = ("failed_active_hc", "failed_outlier_check", "failed_eds_health")
+
+
+def _health_flags(values: dict) -> str:
+    return "".join(f"/{flag}" for flag in HEALTH_FLAGS if values.get(flag)) or "healthy"
+
+
+def _locality(ep: dict) -> tuple[str, str, str]:
+    region, _, rest = (ep.get("locality") or "//").partition("/")
+    zone, _, sub_zone = rest.partition("/")
+    return region, zone, sub_zone
+
+
 def render_clusters_text(master, hosts: dict) -> str:
     lines = []
     for name, cluster in sorted(master.snapshot["clusters"].items()):
@@ -113,9 +128,45 @@ def render_clusters_text(master, hosts: dict) -> str:
             values = hosts.get(name, {}).get(host, {})
             for key in ("cx_active", "cx_connect_fail", "cx_total"):
                 lines.append(f"{name}::{host}::{key}::{values.get(key, 0)}")
+            region, zone, sub_zone = _locality(ep)
+            lines.append(f"{name}::{host}::health_flags::{_health_flags(values)}")
             lines.append(f"{name}::{host}::weight::{ep.get('weight', 1)}")
-            lines.append(f"{name}::{host}::health_flags::healthy")
+            lines.append(f"{name}::{host}::region::{region}")
+            lines.append(f"{name}::{host}::zone::{zone}")
+            lines.append(f"{name}::{host}::sub_zone::{sub_zone}")
+            lines.append(f"{name}::{host}::priority::{ep.get('priority', 0)}")
     return "\n".join(lines) + "\n"
+
+
+def render_clusters_json(master, hosts: dict) -> dict:
+    """Envoy's admin.v3.Clusters as its JSON printer writes it: zero values and COUNTER
+    types left out."""
+    statuses = []
+    for name, cluster in sorted(master.snapshot["clusters"].items()):
+        host_statuses = []
+        for ep in cluster["endpoints"]:
+            values = hosts.get(name, {}).get(f"{ep['address']}:{ep['port']}", {})
+            stats = [{"name": key, **({"value": str(values[key])} if values.get(key) else {})}
+                     for key in ("cx_connect_fail", "cx_total")]
+            stats.append({"type": "GAUGE", "name": "cx_active",
+                          **({"value": str(values["cx_active"])} if values.get("cx_active") else {})})
+            health = {"eds_health_status": "UNHEALTHY" if values.get("failed_eds_health") else "HEALTHY"}
+            if values.get("failed_active_hc"):
+                health["failed_active_health_check"] = True
+            if values.get("failed_outlier_check"):
+                health["failed_outlier_check"] = True
+            region, zone, sub_zone = _locality(ep)
+            locality = {k: v for k, v in (("region", region), ("zone", zone),
+                                          ("sub_zone", sub_zone)) if v}
+            status = {"address": {"socket_address": {"address": ep["address"],
+                                                     "port_value": ep["port"]}},
+                      "stats": stats, "health_status": health, "weight": ep.get("weight", 1),
+                      "locality": locality}
+            if ep.get("priority"):
+                status["priority"] = ep["priority"]
+            host_statuses.append(status)
+        statuses.append({"name": name, "host_statuses": host_statuses, "observability_name": name})
+    return {"cluster_statuses": statuses}
 
 
 def with_dynamic(static_dump: dict, dynamic: dict | None, include_eds: bool) -> dict:
@@ -222,10 +273,8 @@ class AdminServer:
         if path == "/clusters":
             hosts = await master.host_stats()
             if query.get("format", [""])[0] == "json":
-                return 200, "application/json", json.dumps(
-                    {"cluster_statuses": [{"name": n, "host_statuses": [
-                        {"address": h, "stats": v} for h, v in sorted(hosts.get(n, {}).items())]}
-                        for n in sorted(master.snapshot["clusters"])]}, indent=1)
+                return 200, "application/json", json.dumps(render_clusters_json(master, hosts),
+                                                           indent=1)
             return 200, "text/plain; charset=UTF-8", render_clusters_text(master, hosts)
         if path == "/config_dump":
             dump = master.config_dump

@@ -288,8 +288,13 @@ class Worker:
         return gauges
 
     def handle_hosts(self, msg) -> None:
+        # The health verdicts as counts, so that the master's sum over workers says how many
+        # see the host failing (supervisor/admin.py renders any as Envoy's health_flags).
         hosts = {name: {h.stat_id: {"cx_active": h.active, "cx_total": h.total,
-                                    "cx_connect_fail": h.connect_fail, "weight": h.weight}
+                                    "cx_connect_fail": h.connect_fail, "weight": h.weight,
+                                    "failed_active_hc": int(not h.healthy),
+                                    "failed_outlier_check": int(h.ejected),
+                                    "failed_eds_health": int(h.eds_unhealthy)}
                         for h in cluster.hosts}
                  for name, cluster in self.clusters.clusters.items()}
         self.channel.reply(msg, {"type": "hosts", "hosts": hosts})

@@ -79,3 +79,47 @@ def test_unknown_path_and_quitquitquit(baton, upstreams):
     assert b.admin("/quitquitquit")[0] == 405
     assert b.admin("/quitquitquit", method="POST")[0] == 200
     assert b.wait(15) == 0
+
+
+def _health_views(admin) -> tuple[dict, dict]:
+    """({host: health_flags} from /clusters, {host: health_status} from ?format=json)."""
+    _, text = admin("/clusters")
+    flags = {line.split("::")[1]: line.rsplit("::", 1)[1] for line in text.splitlines()
+             if "::health_flags::" in line}
+    _, body = admin("/clusters?format=json")
+    statuses = {f"{h['address']['socket_address']['address']}:"
+                f"{h['address']['socket_address']['port_value']}": h["health_status"]
+                for c in json.loads(body)["cluster_statuses"] for h in c["host_statuses"]}
+    return flags, statuses
+
+
+def test_clusters_health_flags_match_envoy(tmp_path, baton, upstreams):
+    """A host that fails its active health check shows as Envoy shows it, in both formats."""
+    from .differential.proxies import Envoy
+    echo, dead = upstreams("echo"), free_port()
+    expected_flags = {f"127.0.0.1:{echo.port}": "healthy", f"127.0.0.1:{dead}": "/failed_active_hc"}
+    views = {}
+    for name in ("envoy", "baton"):
+        boot = tcp_bootstrap(free_port(), free_port(), [echo.port, dead])
+        boot["static_resources"]["clusters"][0]["health_checks"] = [{
+            "timeout": "1s", "interval": "0.1s", "no_traffic_interval": "0.1s",
+            "unhealthy_threshold": 1, "healthy_threshold": 1, "tcp_health_check": {}}]
+        if name == "envoy":
+            proxy = Envoy(tmp_path / "envoy", boot).start()
+
+            def admin(path, port=boot["admin"]["address"]["socket_address"]["port_value"]):
+                import urllib.request
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
+                    return r.status, r.read().decode()
+        else:
+            proxy, admin = None, baton(boot).admin
+        try:
+            wait_until(lambda: _health_views(admin)[0] == expected_flags, 15,
+                       f"{name}: the dead host flagged")
+            views[name] = _health_views(admin)
+        finally:
+            if proxy is not None:
+                proxy.stop()
+    assert views["baton"] == views["envoy"]
+    assert views["baton"][1][f"127.0.0.1:{dead}"] == {"failed_active_health_check": True,
+                                                      "eds_health_status": "HEALTHY"}
