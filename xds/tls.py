@@ -92,18 +92,18 @@ def translate_downstream_tls_context(pb, path, errors, warnings=None,
     check_fields(pb, path, errors, warnings)
     common_path = join(path, "common_tls_context")
     common = pb.common_tls_context
-    certificates = _certificates(common, common_path, errors)
+    refs = secret_references(common, common_path, errors)
+    certificates = _certificates(common, common_path, errors, required=not refs["certificates"])
     min_version, max_version, suites, curve = _tls_params(common, join(common_path, "tls_params"), errors)
-    trusted_ca, san_matchers = None, []
-    if common.HasField("validation_context"):
-        trusted_ca, san_matchers = _validation_context(
-            common.validation_context, join(common_path, "validation_context"), errors)
+    trusted_ca, san_matchers = _validation(common, common_path, errors)
     require = pb.require_client_certificate.value if pb.HasField("require_client_certificate") else False
-    if require and trusted_ca is None:
+    # A validation context from a secret brings its trusted_ca when it arrives.
+    verifiable = trusted_ca is not None or refs["validation"] is not None
+    if require and not verifiable:
         # Envoy refuses it too: a client certificate nothing can verify proves nothing.
         errors.append(f"{join(path, 'require_client_certificate')}: needs "
                       "common_tls_context.validation_context.trusted_ca")
-    if san_matchers and trusted_ca is None:
+    if san_matchers and not verifiable:
         errors.append(f"{join(common_path, 'validation_context')}: SAN matching without "
                       "trusted_ca is insecure and not allowed (as in Envoy)")
     alpn = list(common.alpn_protocols)
@@ -112,56 +112,99 @@ def translate_downstream_tls_context(pb, path, errors, warnings=None,
             errors.append(f"{join(common_path, 'alpn_protocols')}[{i}]: must be 1 to 255 bytes")
     if len(errors) > start:
         return None
-    return {"certificates": certificates, "min_version": min_version, "max_version": max_version,
+    spec = {"certificates": certificates, "min_version": min_version, "max_version": max_version,
             "cipher_suites": suites, "ecdh_curve": curve, "alpn": alpn, "trusted_ca": trusted_ca,
             "san_matchers": san_matchers, "require_client_certificate": require,
             "handshake_timeout": handshake_timeout}
+    return with_secret_references(spec, refs)
+
+
+# -- secrets (SDS and static_resources.secrets: xds/secrets.py) ----------------------------
+
+def secret_references(common, common_path, errors) -> dict:
+    """The SdsSecretConfigs of a CommonTlsContext -> {"certificates": [REF], "validation":
+    REF | None} (xds/secrets.py). For UpstreamTlsContext too."""
+    from .secrets import secret_references as refs_of
+    return refs_of(common, common_path, errors)
+
+
+def with_secret_references(spec: dict, refs: dict) -> dict:
+    """A translated context with its secret references: resolved at once where the secret
+    is known, else when it arrives (xds/secrets.py resolve_tls). The same for a cluster's
+    UpstreamTlsContext: spec needs "certificates", "trusted_ca" and "san_matchers"."""
+    from .secrets import attach_references
+    return attach_references(spec, refs)
+
+
+def _validation(common, common_path, errors):
+    """validation_context, or combined_validation_context's default_validation_context
+    (its SDS half is a reference) -> (trusted_ca, san_matchers)."""
+    if common.HasField("validation_context"):
+        return _validation_context(common.validation_context,
+                                   join(common_path, "validation_context"), errors)
+    combined = common.combined_validation_context
+    if common.HasField("combined_validation_context") and combined.HasField("default_validation_context"):
+        return _validation_context(
+            combined.default_validation_context,
+            join(common_path, "combined_validation_context.default_validation_context"), errors)
+    return None, []
 
 
 # -- certificates -----------------------------------------------------------------------------
 
-def _certificates(common, path, errors):
-    from cryptography.hazmat.primitives.asymmetric import ec, rsa
-
+def _certificates(common, path, errors, required=True):
     certs_path = join(path, "tls_certificates")
     if not common.tls_certificates:
-        errors.append(f"{certs_path}: required (a server needs a certificate and its key)")
+        if required:
+            errors.append(f"{certs_path}: required (a server needs a certificate and its key)")
         return []
     result, kinds = [], {}
     for i, cert_pb in enumerate(common.tls_certificates):
         here = f"{certs_path}[{i}]"
-        chain_pem = _pem(cert_pb, "certificate_chain", here, errors)
-        key_pem = _pem(cert_pb, "private_key", here, errors)
-        if chain_pem is None or key_pem is None:
+        translated = translate_tls_certificate(cert_pb, here, errors)
+        if translated is None:
             continue
-        chain = _load_certificates(chain_pem, join(here, "certificate_chain"), errors)
-        key = _load_key(key_pem, join(here, "private_key"), errors)
-        if not chain or key is None:
-            continue
-        if isinstance(key, rsa.RSAPrivateKey):
-            kind = "RSA"
-            if key.key_size < 2048:
-                errors.append(f"{join(here, 'private_key')}: RSA key of {key.key_size} bits "
-                              "(at least 2048, as Envoy requires)")
-        elif isinstance(key, ec.EllipticCurvePrivateKey):
-            kind = "ECDSA"
-            if key.curve.name not in EC_CURVES:
-                errors.append(f"{join(here, 'private_key')}: ECDSA curve {key.curve.name} not "
-                              "supported (P-256, P-384 or P-521)")
-        else:
-            errors.append(f"{join(here, 'private_key')}: {type(key).__name__} keys not supported "
-                          "(RSA or ECDSA)")
-            continue
-        if _public_der(chain[0].public_key()) != _public_der(key.public_key()):
-            errors.append(f"{here}: the certificate does not match the private key "
-                          f"({_origin(cert_pb.certificate_chain)} vs {_origin(cert_pb.private_key)})")
-            continue
+        kind, certificate = translated
         if kind in kinds:
             errors.append(f"{here}: a second {kind} certificate (tls_certificates[{kinds[kind]}]); "
                           "at most one per key type")
         kinds.setdefault(kind, i)
-        result.append({"chain": chain_pem, "key": key_pem})
+        result.append(certificate)
     return result
+
+
+def translate_tls_certificate(cert_pb, here, errors):
+    """One TlsCertificate (inline in a context, or a Secret's) -> (key type, {"chain",
+    "key"}), or None with its errors: files read now, the key must match the certificate."""
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+    chain_pem = _pem(cert_pb, "certificate_chain", here, errors)
+    key_pem = _pem(cert_pb, "private_key", here, errors)
+    if chain_pem is None or key_pem is None:
+        return None
+    chain = _load_certificates(chain_pem, join(here, "certificate_chain"), errors)
+    key = _load_key(key_pem, join(here, "private_key"), errors)
+    if not chain or key is None:
+        return None
+    if isinstance(key, rsa.RSAPrivateKey):
+        kind = "RSA"
+        if key.key_size < 2048:
+            errors.append(f"{join(here, 'private_key')}: RSA key of {key.key_size} bits "
+                          "(at least 2048, as Envoy requires)")
+    elif isinstance(key, ec.EllipticCurvePrivateKey):
+        kind = "ECDSA"
+        if key.curve.name not in EC_CURVES:
+            errors.append(f"{join(here, 'private_key')}: ECDSA curve {key.curve.name} not "
+                          "supported (P-256, P-384 or P-521)")
+    else:
+        errors.append(f"{join(here, 'private_key')}: {type(key).__name__} keys not supported "
+                      "(RSA or ECDSA)")
+        return None
+    if _public_der(chain[0].public_key()) != _public_der(key.public_key()):
+        errors.append(f"{here}: the certificate does not match the private key "
+                      f"({_origin(cert_pb.certificate_chain)} vs {_origin(cert_pb.private_key)})")
+        return None
+    return kind, {"chain": chain_pem, "key": key_pem}
 
 
 def _pem(pb, field, here, errors):

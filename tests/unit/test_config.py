@@ -338,8 +338,8 @@ REFUSED = {
         "dynamic_resources.ads_config.grpc_services[0].envoy_grpc.cluster_name: unknown cluster "
         "'nope' (it must be a static cluster)"),
     "node": (["node"], {"id": "n", "locality": {"zone": "a"}}, "node.locality: not supported"),
-    "secrets": (["static_resources", "secrets"], [{"name": "s"}],
-                "static_resources.secrets: not supported"),
+    "secrets": (["static_resources", "secrets"], [{"name": "s", "generic_secret": {}}],
+                "static_resources.secrets[0].generic_secret: not supported"),
     "listener": (LISTENER + ["freebind"], True, f"{L0}.freebind: not supported"),
     "socket_address": (SOCKET + ["ipv4_compat"], True,
                        f"{L0}.address.socket_address.ipv4_compat: not supported"),

@@ -1,0 +1,140 @@
+"""Secrets (xds/secrets.py): static_resources.secrets named by a DownstreamTlsContext,
+references to SDS sources, resolving (fail closed while a secret is missing), and the errors
+`baton check` prints, each naming its path."""
+
+from __future__ import annotations
+
+import pytest
+
+from baton.xds.secrets import resolve_tls, spec_references
+
+from ..tls_certs import leaf, make_ca
+from .test_tls_config import TLS_TYPE, bootstrap, certificate, errors, inline, load  # noqa: F401
+
+L0 = "static_resources.listeners[0].filter_chains[0]"
+COMMON = L0 + ".transport_socket.typed_config.common_tls_context"
+
+
+def with_secrets(context: dict, secrets: list) -> dict:
+    data = bootstrap(context)
+    data["static_resources"]["secrets"] = secrets
+    return data
+
+
+def sds_context(cert_name="server", ca_name=None, sds_config=None, require=False) -> dict:
+    config = {"name": cert_name, **({"sds_config": sds_config} if sds_config else {})}
+    common = {"tls_certificate_sds_secret_configs": [config]}
+    if ca_name:
+        common["combined_validation_context"] = {
+            "default_validation_context": {"match_typed_subject_alt_names": [
+                {"san_type": "URI", "matcher": {"prefix": "spiffe://cluster.local/"}}]},
+            "validation_context_sds_secret_config": {
+                "name": ca_name, **({"sds_config": sds_config} if sds_config else {})}}
+    return {"common_tls_context": common, "require_client_certificate": require}
+
+
+def test_static_secrets_are_resolved_into_the_chain(load, tmp_path):
+    ca = make_ca("ecdsa")
+    server = leaf(ca, "ecdsa")
+    cert_path, key_path = server.write(tmp_path, "server")
+    data = with_secrets(sds_context(ca_name="ca", require=True), [
+        {"name": "server", "tls_certificate": {"certificate_chain": {"filename": cert_path},
+                                               "private_key": {"filename": key_path}}},
+        {"name": "ca", "validation_context": {"trusted_ca": inline(ca.cert_pem)}}])
+    snap = load(data)
+    tls = snap["listeners"][0]["filter_chains"][0]["tls"]
+    assert tls["certificates"] == [{"chain": server.cert_pem.decode(), "key": server.key_pem.decode()}]
+    assert tls["trusted_ca"] == ca.cert_pem.decode()
+    assert tls["san_matchers"][0]["type"] == "URI"
+    assert tls["missing_secrets"] == []
+    assert snap["xds"] is None                 # static secrets need no agent
+    assert sorted(snap["secrets"]) == ["ca", "server"]
+
+
+def test_unknown_static_secret_and_bad_secret_name_their_paths(errors, tmp_path):
+    ca = make_ca("ecdsa")
+    other = leaf(ca, "rsa")
+    server = leaf(ca, "ecdsa")
+    data = with_secrets(sds_context(cert_name="nope"), [
+        {"name": "mismatch", "tls_certificate": {"certificate_chain": inline(server.cert_pem),
+                                                 "private_key": inline(other.key_pem)}},
+        {"name": "missing", "tls_certificate": {
+            "certificate_chain": {"filename": str(tmp_path / "gone.crt")},
+            "private_key": {"filename": str(tmp_path / "gone.key")}}}])
+    found = errors(data)
+    assert (f"{COMMON}.tls_certificate_sds_secret_configs[0].name: unknown static secret 'nope' "
+            "(not in static_resources.secrets)") in found
+    assert ("static_resources.secrets[0].tls_certificate: the certificate does not match the "
+            "private key (inline_string vs inline_string)") in found
+    assert any(e.startswith("static_resources.secrets[1].tls_certificate.certificate_chain.filename: "
+                            f"cannot read '{tmp_path / 'gone.crt'}'") for e in found)
+
+
+def test_sds_over_ads_needs_an_ads_stream(errors):
+    found = errors(bootstrap(sds_context(sds_config={"ads": {}})))
+    assert found == [f"{COMMON}.tls_certificate_sds_secret_configs[0].sds_config: an 'ads: {{}}' "
+                     "config source needs dynamic_resources.ads_config"]
+
+
+def test_sds_over_its_own_grpc_cluster_on_a_pipe(load):
+    sds = {"api_config_source": {"api_type": "GRPC", "grpc_services": [
+        {"envoy_grpc": {"cluster_name": "sds-grpc"}}]}, "initial_fetch_timeout": "2s"}
+    data = bootstrap(sds_context(ca_name="ROOTCA", cert_name="default", sds_config=sds))
+    data["static_resources"]["clusters"].append({
+        "name": "sds-grpc", "type": "STATIC", "typed_extension_protocol_options": {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "explicit_http_config": {"http2_protocol_options": {}}}},
+        "load_assignment": {"cluster_name": "sds-grpc", "endpoints": [{"lb_endpoints": [
+            {"endpoint": {"address": {"pipe": {"path": "/tmp/sds/agent.sock"}}}}]}]}})
+    snap = load(data)
+    tls = snap["listeners"][0]["filter_chains"][0]["tls"]
+    assert tls["certificates"] == [] and tls["missing_secrets"] == ["default", "ROOTCA"]
+    refs = spec_references(snap["listeners"][0])
+    assert {r["source"]["key"] for r in refs} == {"grpc:sds-grpc"}
+    assert refs[0]["source"]["initial_fetch_timeout"] == 2.0
+    assert snap["xds"]["cluster"] is None       # the agent runs, for SDS alone
+    # A pipe is the agent's to dial: workers see no host in the cluster.
+    assert snap["clusters"]["sds-grpc"]["pipe_endpoints"] == ["/tmp/sds/agent.sock"]
+    assert snap["clusters"]["sds-grpc"]["endpoints"] == []
+
+
+def test_sds_cluster_must_be_static(errors):
+    sds = {"api_config_source": {"api_type": "GRPC", "grpc_services": [
+        {"envoy_grpc": {"cluster_name": "nope"}}]}}
+    found = errors(bootstrap(sds_context(sds_config=sds)))
+    assert found == [f"{COMMON}.tls_certificate_sds_secret_configs[0].sds_config.api_config_source"
+                     ".grpc_services[0].envoy_grpc.cluster_name: unknown cluster 'nope' (it must "
+                     "be a static cluster)"]
+
+
+def test_resolving_fails_closed_until_every_secret_is_known():
+    ca = make_ca("ecdsa")
+    server = leaf(ca, "ecdsa")
+    source = {"key": "ads", "kind": "ads", "initial_fetch_timeout": 1.0}
+    tls = {"certificates": [], "trusted_ca": None, "san_matchers": [], "sds": {
+        "certificates": [{"name": "default", "source": source, "path": "p"}],
+        "validation": {"name": "ROOTCA", "source": source, "path": "q"},
+        "base": {"certificates": [], "trusted_ca": None, "san_matchers": []}}}
+    cert = {"chain": server.cert_pem.decode(), "key": server.key_pem.decode()}
+    only_cert = resolve_tls(tls, {"ads": {"default": {"tls_certificate": cert}}})
+    assert only_cert["certificates"] == [] and only_cert["missing_secrets"] == ["ROOTCA"]
+    both = resolve_tls(only_cert, {"ads": {
+        "default": {"tls_certificate": cert},
+        "ROOTCA": {"validation_context": {"trusted_ca": ca.cert_pem.decode(), "san_matchers": []}}}})
+    assert both["certificates"] == [cert] and both["trusted_ca"] == ca.cert_pem.decode()
+    # Resolving again (a rotation) starts from the context's own material, never accumulates.
+    again = resolve_tls(both, {"ads": {"default": {"tls_certificate": cert},
+                                       "ROOTCA": {"validation_context": {"trusted_ca": "X", "san_matchers": []}}}})
+    assert again["certificates"] == [cert] and again["trusted_ca"] == "X"
+
+
+@pytest.mark.parametrize("secret, message", [
+    ({"name": "s"}, "static_resources.secrets[0]: one of tls_certificate or validation_context is required"),
+    ({"name": "s", "session_ticket_keys": {"keys": [{"inline_bytes": "AAAA"}]}},
+     "static_resources.secrets[0].session_ticket_keys: not supported"),
+    ({"tls_certificate": {}}, "static_resources.secrets[0].name: required (references find a secret by name)"),
+])
+def test_bad_static_secrets(errors, secret, message):
+    assert message in errors(with_secrets({"common_tls_context": {"tls_certificates": [
+        certificate(leaf(make_ca("ecdsa"), "ecdsa"))]}}, [secret]))
