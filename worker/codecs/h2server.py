@@ -864,6 +864,11 @@ class LeanHttp2ServerCodec:
         end = self._block_end
         entry = self._decode(block)         # always: the HPACK table must stay in step
         state = self._streams.get(stream_id)
+        if state is not None and state.remote_closed:
+            # Half-closed (remote): HEADERS is STREAM_CLOSED (RFC 9113 5.1), whatever else is
+            # wrong with it (a priority on itself included), as nghttp2 answers in Envoy.
+            self._stream_error(stream_id, STREAM_CLOSED)
+            return
         if self._block_self_dependent and (state is not None or stream_id > self._highest):
             self._highest = max(self._highest, stream_id)
             self._stream_error(stream_id, PROTOCOL_ERROR)
@@ -917,9 +922,6 @@ class LeanHttp2ServerCodec:
         self._events.append(head)
 
     def _on_trailers(self, stream_id: int, state: _Stream, fields, end: bool) -> None:
-        if state.remote_closed:
-            self._stream_error(stream_id, STREAM_CLOSED)
-            return
         if state.rejected:
             if end:
                 self._remote_end(stream_id, state)
