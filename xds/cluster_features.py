@@ -16,6 +16,11 @@ Keys (always present, Envoy's defaults when unset):
     common_http    {"idle_timeout": seconds or None (disabled), "max_requests_per_connection"}
     common_lb      {"healthy_panic_threshold": percent}
     metadata, locality_weighted, source_address   see cluster_upstream.py
+    transport_socket, transport_socket_matches    upstream TLS, see tls_upstream.py (only
+                   when set)
+    auto_sni       {"sni": bool, "san": bool, "header": name} from
+                   upstream_http_protocol_options (only when set): the router takes the
+                   upstream SNI (and the SAN to verify) from the downstream Host header
 
 Durations are float seconds. Shape checks (field whitelists) are in fields_cluster.py; here
 are the value checks, each "path: message" into `errors`, all of them run.
@@ -23,6 +28,7 @@ are the value checks, each "path: message" into `errors`, all of them run.
 
 from . import protos
 from .cluster_upstream import translate_upstream
+from .tls_upstream import translate_cluster_tls
 from .parse import join
 
 DEFAULT_MAX_PENDING_REQUESTS = 1024
@@ -84,6 +90,8 @@ def translate_cluster_features(pb, path, errors, warnings=None) -> dict:
         "common_lb": _common_lb(pb, path, errors),
         # metadata, locality_weighted, source_address: xds/cluster_upstream.py.
         **translate_upstream(pb, path, errors),
+        **translate_cluster_tls(pb, path, errors, warnings),
+        **_auto_sni(pb, path, errors),
     }
 
 
@@ -382,7 +390,8 @@ def _protocol_options(pb, path, errors):
         options, here = typed
         for field, _ in options.ListFields():
             if field.name not in ("common_http_protocol_options", "explicit_http_config",
-                                  "use_downstream_protocol_config"):
+                                  "use_downstream_protocol_config",
+                                  "upstream_http_protocol_options"):    # _auto_sni
                 errors.append(f"{here}.{field.name}: not supported")
         if options.HasField("common_http_protocol_options"):
             _common_http(options.common_http_protocol_options,
@@ -437,6 +446,28 @@ def _protocol_options(pb, path, errors):
         if pb.HasField("max_requests_per_connection"):
             common["max_requests_per_connection"] = pb.max_requests_per_connection.value or None
     return common, http2, h2_options
+
+
+def _auto_sni(pb, path, errors) -> dict:
+    """upstream_http_protocol_options (in HttpProtocolOptions, or the deprecated Cluster
+    field) -> {"auto_sni": {...}} when auto_sni or auto_san_validation is set, else {}."""
+    options, here = None, None
+    for key, value in pb.typed_extension_protocol_options.items():
+        typed = protos.message_class(HTTP_OPTIONS_KEY)()
+        if key == HTTP_OPTIONS_KEY and value.Unpack(typed) and \
+                typed.HasField("upstream_http_protocol_options"):
+            options = typed.upstream_http_protocol_options
+            here = join(path, f"typed_extension_protocol_options[{key!r}]."
+                              "upstream_http_protocol_options")
+    if options is None and pb.HasField("upstream_http_protocol_options"):
+        options, here = pb.upstream_http_protocol_options, join(path, "upstream_http_protocol_options")
+    if options is None or not (options.auto_sni or options.auto_san_validation):
+        return {}
+    header = options.override_auto_sni_header.lower() or None
+    if header is not None and (header.startswith(":") and header != ":authority"):
+        errors.append(f"{here}.override_auto_sni_header: {header!r} is not a request header")
+    return {"auto_sni": {"sni": options.auto_sni, "san": options.auto_san_validation,
+                         "header": header}}
 
 
 def _common_http(options, here, common, errors):

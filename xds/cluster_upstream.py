@@ -16,11 +16,11 @@
 Upstream network filters: only Istio's TCP metadata exchange, whose semantics Baton has
 without implementing the exchange itself. Istio's filter exchanges peer metadata only on an
 upstream connection whose TLS handshake negotiated its `protocol` as ALPN
-(istio-peer-exchange); on any other connection it passes the bytes through untouched. Baton's
-upstream connections are plain TCP (a cluster's transport_socket and transport_socket_matches
-are refused), so every connection is of the second kind: accepted, and a pass-through. A
-cluster that also has an upstream transport socket is refused, so that the day upstream TLS
-arrives this filter does not silently skip an exchange Istio would make. `enable_discovery`
+(istio-peer-exchange); on any other connection it passes the bytes through untouched. On a
+plain cluster every connection is of the second kind: accepted, and a pass-through. A
+cluster that also has an upstream transport socket (tls_upstream.py) is refused: there the
+exchange Istio would make is not implemented, and skipping it silently would be wrong.
+`enable_discovery`
 (Istio 1.18+) only looks up the peer's workload metadata for Istio's stats filter, which
 Baton does not have: accepted, with nothing to feed. Any other upstream filter, or field, is
 refused with its path.
@@ -50,9 +50,16 @@ def translate_upstream(pb, path, errors) -> dict:
     return {key: value for key, value in values.items() if value}
 
 
-def check_metadata(pb, path, errors):
-    """An endpoint's metadata: kept in the resource, its typed entries checked."""
+def check_metadata(pb, path, errors) -> dict:
+    """An endpoint's (or a locality's) metadata: kept in the resource, its typed entries
+    checked. -> {"tls_match": {...}} when it has `envoy.transport_socket_match` entries
+    (they choose the cluster's transport socket, tls_upstream.py), else {}."""
     _metadata(pb, path, errors)
+    if not pb.HasField("metadata"):
+        return {}
+    from .tls_upstream import match_metadata
+    match = match_metadata(pb.metadata)
+    return {} if match is None else {"tls_match": match}
 
 
 def _metadata(pb, path, errors):

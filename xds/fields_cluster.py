@@ -23,7 +23,10 @@ ALLOWED_CLUSTER: dict = {
         # cluster_upstream.py checks these.
         "metadata": SKIP, "upstream_bind_config": SKIP, "filters": SKIP,
         # USE_DOWNSTREAM_PROTOCOL: cluster_features._protocol_options.
-        "protocol_selection": WALK},
+        "protocol_selection": WALK,
+        # Upstream TLS: tls_upstream.py; auto_sni: cluster_features._auto_sni.
+        "transport_socket": SKIP, "transport_socket_matches": SKIP,
+        "upstream_http_protocol_options": SKIP},
     "envoy.config.cluster.v3.CircuitBreakers.Thresholds": {
         "max_pending_requests": WALK, "max_requests": WALK, "max_retries": WALK,
         "track_remaining": "accepted but ignored (no remaining_* gauges)"},
@@ -34,7 +37,9 @@ ALLOWED_CLUSTER: dict = {
     # overprovisioning_factor drive worker/proxy/priority.py. A locality's identity (region,
     # zone, sub_zone) only tells localities apart.
     "envoy.config.endpoint.v3.LocalityLbEndpoints": {
-        "locality": WALK, "load_balancing_weight": WALK, "priority": WALK},
+        "locality": WALK, "load_balancing_weight": WALK, "priority": WALK,
+        # envoy.transport_socket_match entries choose a transport socket (tls_upstream.py).
+        "metadata": SKIP},
     "envoy.config.core.v3.Locality": {
         "region": WALK, "zone": WALK, "sub_zone": WALK},
     "envoy.config.endpoint.v3.ClusterLoadAssignment": {

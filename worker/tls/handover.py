@@ -57,11 +57,13 @@ class TlsHandshake:
                  "_max_bytes", "server_side", "done")
 
     def __init__(self, context: ssl.SSLContext, keylog: KeyLog, *, server_side: bool,
-                 server_hostname: str | None = None, max_bytes: int = MAX_HANDSHAKE_BYTES) -> None:
+                 server_hostname: str | None = None, max_bytes: int = MAX_HANDSHAKE_BYTES,
+                 session: ssl.SSLSession | None = None) -> None:
         self._incoming = ssl.MemoryBIO()
         self._outgoing = ssl.MemoryBIO()
+        # session: a client resuming one (worker/tls/client.py, max_session_keys).
         self._obj = context.wrap_bio(self._incoming, self._outgoing, server_side=server_side,
-                                     server_hostname=server_hostname)
+                                     server_hostname=server_hostname, session=session)
         self._keylog = keylog
         self._in_log = bytearray()
         self._out_log = bytearray()
