@@ -379,12 +379,12 @@ def _bind_fresh(snapshot: dict, runtime_dir: str):
 def _bind_taken_over(snapshot: dict, takeover):
     """A reload: reuse the previous generation's sockets where the address is the same, bind
     the rest. No socket is ever bound twice, so no accept queue is lost."""
-    from .listeners import BindError, bind_listener
+    from .listeners import BindError, bind_listener, listener_key
     taken = takeover.take_sockets()
     listener_socks = {}
     try:
         for spec in snapshot["listeners"]:
-            sock = taken["listeners"].pop((spec["address"], spec["port"]), None)
+            sock = taken["listeners"].pop(listener_key(spec), None)
             listener_socks[spec["name"]] = sock if sock is not None else bind_listener(spec)
         admin_sock = None
         if snapshot.get("admin"):
@@ -454,6 +454,8 @@ def cmd_run(args) -> int:
             "upstream_mark": args.upstream_mark, "worker_user": worker_user,
             # None: keep what the master has (workers explicitly left as root).
             "worker_caps": None if _stays_root(worker_user) else list(caps_for(args.upstream_mark)),
+            # Which worker reads each UDP listener (worker/proxy/udp_proxy.py).
+            "concurrency": args.concurrency,
             # Its workers may move connections to ours (worker/migration.py checks pids).
             **_previous_master(takeover)}
         try:

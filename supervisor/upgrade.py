@@ -117,6 +117,7 @@ class Reload:
             if kind == "take":
                 close_fds(fds)
                 reply, out_fds = self.master.sockets_for_handoff()
+                reply, out_fds = udp_apart(reply, out_fds, self.master.snapshot, bool(msg.get("udp")))
                 self.channel.reply(msg, reply, out_fds)
             elif kind == "ready":
                 close_fds(fds)
@@ -221,6 +222,34 @@ class Reload:
                 pass
 
 
+def udp_apart(msg: dict, fds: list[int], snapshot: dict, peer_takes_udp: bool):
+    """The `sockets` message with the UDP listeners out of `listeners`: in `udp_listeners`
+    for a new master that asked for them (`take {udp: true}`), left out otherwise. A release
+    without UDP (0.1.0) knows only stream sockets by address: given a datagram socket in
+    `listeners` it would take it for a TCP listener on the same port. Descriptors are
+    renumbered so that none is sent that the message does not name."""
+    udp = {spec["name"] for spec in snapshot.get("listeners", ()) if spec.get("protocol") == "udp"}
+    out_fds: list[int] = []
+
+    def keep(index):
+        out_fds.append(fds[index])
+        return len(out_fds) - 1
+    tcp_entries, udp_entries = [], []
+    for entry in msg["listeners"]:
+        if entry.get("name") not in udp:
+            tcp_entries.append({**entry, "fd": keep(entry["fd"])})
+        elif peer_takes_udp:
+            udp_entries.append({**entry, "fd": keep(entry["fd"])})
+    out = {**msg, "listeners": tcp_entries}
+    if udp_entries:
+        out["udp_listeners"] = udp_entries
+    if msg.get("admin") is not None:
+        out["admin"] = {**msg["admin"], "fd": keep(msg["admin"]["fd"])}
+    if msg.get("control") is not None:
+        out["control"] = keep(msg["control"])
+    return out, out_fds
+
+
 class Takeover:
     """The new master's side, before its event loop runs and (at commit) inside it."""
 
@@ -245,10 +274,10 @@ class Takeover:
         self.channel.close()
 
     def take_sockets(self) -> dict:
-        """The old generation's sockets: {"listeners": {(address, port): socket},
+        """The old generation's sockets: {"listeners": {listeners.listener_key(): socket},
         "admin": ((address, port), socket) or None, "control": socket or None}."""
         self.channel.sock.settimeout(self.timeout)
-        reply, fds = self.channel.request({"type": "take"})
+        reply, fds = self.channel.request({"type": "take", "udp": True})
         try:
             protocol.check(reply)
         except protocol.ProtocolError as exc:
@@ -263,6 +292,10 @@ class Takeover:
                 family = socket.AF_INET6 if ":" in entry["address"] else socket.AF_INET
                 sock = socket.socket(family, socket.SOCK_STREAM, 0, fds[entry["fd"]])
                 result["listeners"][(entry["address"], entry["port"])] = sock
+            for entry in reply.get("udp_listeners") or ():
+                family = socket.AF_INET6 if ":" in entry["address"] else socket.AF_INET
+                sock = socket.socket(family, socket.SOCK_DGRAM, 0, fds[entry["fd"]])
+                result["listeners"][(entry["address"], entry["port"], "udp")] = sock
             admin = reply.get("admin")
             if admin is not None:
                 family = socket.AF_INET6 if ":" in admin["address"] else socket.AF_INET

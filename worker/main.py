@@ -40,6 +40,7 @@ from .proxy.http.connection_manager import HttpConnection
 from .proxy.http.pool import PoolManager
 from .proxy.pipes import PipePool
 from .proxy.tcp_proxy import TcpProxyConnection
+from .proxy.udp_proxy import listener_class     # UDP listeners; registers the "udp" record
 from . import forwarding     # noqa: F401 - registers the "tcp-split" record kind
 from .stats import Stats
 
@@ -67,6 +68,8 @@ class Worker:
         # SO_MARK on every upstream socket, so interception rules let Baton's own traffic
         # through (loop avoidance; tproxy/). 0: none.
         self.upstream_mark = int((snapshot.get("runtime") or {}).get("upstream_mark") or 0)
+        # The generation's number of workers: which one reads each UDP listener (udp_proxy.py).
+        self.concurrency = int((snapshot.get("runtime") or {}).get("concurrency") or 1)
         # Health checkers and outlier timers run on this loop; their probes carry the mark.
         self.clusters = ClusterManager(loop=self.loop, stats=self.stats, mark=self.upstream_mark)
         self.http_pools = PoolManager(self.loop, self.stats, self.upstream_mark)
@@ -92,7 +95,7 @@ class Worker:
                 if fd is None:
                     log.error("worker %d: no socket for listener %s", self.id, name)
                     continue
-                listener = self.listeners[name] = Listener(self, spec, fd)
+                listener = self.listeners[name] = listener_class(spec, Listener)(self, spec, fd)
             else:
                 listener.update(spec)
             if not self.draining:
@@ -122,7 +125,7 @@ class Worker:
             if fd is not None:
                 if listener is not None:         # cannot happen: a re-add is remove + add
                     listener.close()
-                listener = self.listeners[name] = Listener(self, spec, fd)
+                listener = self.listeners[name] = listener_class(spec, Listener)(self, spec, fd)
             elif listener is None:
                 log.error("worker %d: update for unknown listener %s", self.id, name)
                 continue

@@ -23,6 +23,7 @@ from ..supervisor.handoff import protocol, unix
 from ..supervisor.handoff.channel import Channel
 from ..supervisor.handoff.framing import close_fds
 from . import connection, forwarding
+from .proxy import udp_proxy
 from .connection import Lifecycle, Move
 
 log = logging.getLogger("baton.migration")
@@ -216,6 +217,24 @@ def _batches(conns):
         yield batch
 
 
+def _targeted_batches(conns, peers: int):
+    """(batch, peer index or None): connections that must reach one particular receiver
+    (a UDP session goes to the worker that will read its listener: `handoff_target`) in
+    batches of their own; the rest spread round-robin (None)."""
+    spread, targeted = [], {}
+    for conn in conns:
+        target = getattr(conn, "handoff_target", None)
+        if target is None:
+            spread.append(conn)
+        else:
+            targeted.setdefault(target(peers), []).append(conn)
+    for target, group in targeted.items():
+        for batch in _batches(group):
+            yield batch, target
+    for batch in _batches(spread):
+        yield batch, None
+
+
 async def migrate_connections(worker, targets: list[str], keep_upstreams: bool = False,
                               idle_wait: float = 30.0) -> tuple[int, int, int]:
     """Move every connection of `worker` to the workers listening on `targets`, spread
@@ -232,10 +251,12 @@ async def migrate_connections(worker, targets: list[str], keep_upstreams: bool =
         except (OSError, asyncio.TimeoutError, protocol.ProtocolError, Exception) as exc:
             log.error("worker %d: cannot reach %s: %s", worker.id, path, exc)
     if not peers:
+        udp_proxy.handed_over(worker)   # our UDP sessions stay; new ones go to the new reader
         return 0, len(worker.connections), len(worker.connections)
     before = list(worker.connections.values())
     now = [c for c in before if c.readiness() is Move.NOW]
     moved, kept = await _move(worker, now, peers, keep_upstreams)
+    udp_proxy.handed_over(worker)   # UDP sessions are with their new readers: let them read
     moved_later, kept_later = await _move_when_idle(worker, peers, idle_wait, kept)
     moved += moved_later
     kept |= kept_later
@@ -299,8 +320,8 @@ async def _move(worker, conns, peers, client_only: bool) -> tuple[int, set]:
     receiver answered."""
     pending = []
     kept: set = set()
-    for i, batch in enumerate(_batches(conns)):
-        peer = peers[i % len(peers)]
+    for i, (batch, target) in enumerate(_targeted_batches(conns, len(peers))):
+        peer = peers[target if target is not None else i % len(peers)]
         records, fds, sent = [], [], []
         for conn in batch:
             export = conn.export(client_only=client_only)

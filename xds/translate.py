@@ -139,6 +139,9 @@ def translate_listener(pb, path, errors, warnings=None, clusters=None):
     `clusters`: the cluster names tcp_proxy may refer to; None skips that check (an LDS
     listener may arrive before the CDS cluster it names).
     """
+    if pb.address.socket_address.protocol == protos.SocketAddress.UDP:
+        from .udp import translate_udp_listener     # udp_proxy listeners: xds/udp.py
+        return translate_udp_listener(pb, path, errors, warnings, clusters)
     start = len(errors)
     check_fields(pb, path, errors, warnings)
     hostport = None

@@ -11,9 +11,11 @@ take over), and the old one never stops serving before the commit:
     new -> old   hello        {versions, pid, generation}
     old -> new   hello        {version, pid, generation}            (or error: no common version)
     new -> old   failed       {reason}                              config invalid, bind failed...
-    new -> old   take         {}                                    "give me your sockets"
+    new -> old   take         {udp?}                                "give me your sockets"
     old -> new   sockets      {listeners: [{address, port, fd}], admin: {address, port, fd}|nil,
-                               control: fd index|nil} + fds
+                               control: fd index|nil, udp_listeners?: [{address, port, fd}]}
+                              + fds; udp_listeners only to a new master whose take said
+                              udp: true (an older one would mistake them for TCP listeners)
     new -> old   ready        {workers: [handoff socket paths]}     every new worker serves
     old -> new   committed    {}                                    old stopped accepting
     new -> old   main         {pid}                                 systemd knows the new MAINPID
@@ -146,9 +148,9 @@ MESSAGES: dict[str, dict] = {
     "hello": {"pid": Maybe(int), "generation": Maybe(int), "versions": Maybe(ListOf(int)),
               "version": Maybe(int), "records": Maybe(dict)},
     "failed": {"reason": str},
-    "take": {},
+    "take": {"udp": Maybe(bool)},
     "sockets": {"listeners": ListOf(_LISTENER_ENTRY), "admin": Maybe(_LISTENER_ENTRY),
-                "control": Maybe(int)},
+                "control": Maybe(int), "udp_listeners": Maybe(ListOf(_LISTENER_ENTRY))},
     "ready": {"workers": ListOf(str)},
     "committed": {},
     "main": {"pid": int},
@@ -241,6 +243,14 @@ RECORDS: dict[str, Record] = {r.kind: r for r in (
            doc="a TLS-terminating tcp_proxy connection (worker/proxy/tls_proxy.py): both "
                "sockets, the record layer's state (worker/tls/state.py), the plaintext not "
                "yet written upstream (up) and the records not yet written to the client (down)"),
+    Record("udp", (1,), 1, ("upstream",),
+           {**_COMMON, "cluster": str, "host": Maybe(Address()), "start": Maybe(float),
+            "counts": Maybe(ListOf(int))},
+           doc="a udp_proxy session (worker/proxy/udp_proxy.py): `peer` is the downstream "
+               "address, the descriptor its upstream UDP socket (connected to `host`; not "
+               "connected, host nil or the last one, under per-packet load balancing), so "
+               "replies to datagrams sent before the move reach the adopter; `start` and "
+               "`counts` (datagrams and bytes from and to the client) for its access log"),
     Record("http1-idle", (1,), 1, ("client",),
            {**_COMMON, "initial": Maybe(bytes)},
            legacy_state="http",

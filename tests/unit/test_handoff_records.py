@@ -39,6 +39,8 @@ def strategy(spec):
         return st.booleans()
     if spec is int:
         return st.integers(0, 2**31)
+    if spec is float:
+        return st.floats(allow_nan=False, allow_infinity=False)
     if spec is str:
         return st.text(min_size=1, max_size=12)
     if spec is dict:        # an opaque map, e.g. a TLS record layer's state (worker/tls/state.py)
