@@ -4,6 +4,7 @@
     python upstreams.py hash PORT            read to EOF, answer "<bytes> <sha256>\n", close
     python upstreams.py slow PORT RATE       read and discard at most RATE bytes/second
     python upstreams.py banner PORT TEXT     send TEXT on accept, then echo
+    python upstreams.py udp-echo PORT        UDP: answer each datagram with it + b"@<port>"
 
 Prints "ready <port>" on stdout once listening (port 0 picks a free one).
 """
@@ -80,9 +81,25 @@ async def slow_reader(reader, writer, rate):
     writer.close()
 
 
+class UdpEcho(asyncio.DatagramProtocol):
+    """Each datagram back to its sender, tagged with this upstream's port: a UDP client
+    through the proxy sees which upstream its session reached."""
+
+    def connection_made(self, transport):
+        self.transport = transport
+        self.tag = b"@%d" % transport.get_extra_info("sockname")[1]
+
+    def datagram_received(self, data, addr):
+        self.transport.sendto(data + self.tag, addr)
+
+
 async def main(argv):
     mode, port = argv[0], int(argv[1])
     loop = asyncio.get_running_loop()
+    if mode == "udp-echo":
+        transport, _ = await loop.create_datagram_endpoint(UdpEcho, local_addr=("127.0.0.1", port))
+        print(f"ready {transport.get_extra_info('sockname')[1]}", flush=True)
+        await asyncio.Event().wait()
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", port))

@@ -75,7 +75,7 @@ class UdpListener:
                  "owned", "leased", "accepting", "held", "reading", "retry", "counters",
                  "stat", "stat_cx_total", "stat_cx_active", "stat_no_chain",
                  "stat_global_cx_overflow", "stat_overload_reject", "stat_rx_dropped",
-                 "access_logs", "proxy_access_logs", "cluster_stats")
+                 "access_logs", "proxy_access_logs", "cluster_stats", "created")
 
     chains = ()
     bound = True
@@ -99,6 +99,7 @@ class UdpListener:
         self.leased = self.accepting = self.reading = False
         self.held = worker.overload.holding
         self.retry = None
+        self.created = (time.time(), self.loop.time())
         self.cluster_stats: dict[str, dict] = {}
         self.counters = worker.stats.counters
         self.owned = owner_index(spec["name"], worker.concurrency) == worker.id
@@ -277,8 +278,11 @@ class UdpListener:
         return session
 
     def _proxy_info(self):
+        """What the proxy access log formats: the listener's life and its bytes each way."""
         from .http.stream_info import StreamInfo
-        info = StreamInfo(None, self.loop.time(), None, None, (self.address, self.port))
+        info = StreamInfo(None, self.created[1], None, None, (self.address, self.port))
+        info.start_time = self.created[0]
+        info.last_downstream_byte = self.loop.time()
         counters = self.counters
         info.bytes_received = counters.get(self.stat["downstream_sess_rx_bytes"], 0)
         info.bytes_sent = counters.get(self.stat["downstream_sess_tx_bytes"], 0)
@@ -486,8 +490,9 @@ class UdpSession(Connection):
                           (listener.address, listener.port), self.id)
         info.start_time = self.start_time
         info.bytes_received, info.bytes_sent = self.counts[1], self.counts[3]
-        info.last_downstream_byte = self.last_active
-        info.upstream_cluster = self.cluster.name
+        # %DURATION% is the session's life, to its end; Envoy 1.40 leaves %UPSTREAM_CLUSTER%
+        # unset ("-") in a UDP session's log.
+        info.last_downstream_byte = self.worker.loop.time()
         if self.host is not None:
             info.upstream_host = self.host.stat_id
         return info
