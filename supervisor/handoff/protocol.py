@@ -28,6 +28,8 @@ Worker to worker, on the receiving worker's own handoff socket:
     old -> new   connections  {conns: [record...]} + each record's descriptors, in order
     new -> old   adopted      {ids, refused: {id: reason}, new_ids: {old id: new id}}
     either       data/eof/close/pause/resume {id, data?}            write migration (forwarding.py)
+    either       done/reset {id}                                    HTTP/1.1 response forwarded
+                                                                    (worker/proxy/http/inflight.py)
 
 Connection records. What one connection carries to the next process is a *record* of a
 registered kind (`RECORDS`), with its own version, its fields and an explicit number of
@@ -162,6 +164,8 @@ MESSAGES: dict[str, dict] = {
     "close": {"id": int},
     "pause": {"id": int},
     "resume": {"id": int},
+    "done": {"id": int},
+    "reset": {"id": int},
 }
 
 
@@ -251,6 +255,14 @@ RECORDS: dict[str, Record] = {r.kind: r for r in (
                "connected, host nil or the last one, under per-packet load balancing), so "
                "replies to datagrams sent before the move reach the adopter; `start` and "
                "`counts` (datagrams and bytes from and to the client) for its access log"),
+    Record("tls-origin-tcp", (1,), 2, ("client", "upstream"),
+           {**_COMMON, "cluster": str, "host": Address(), "tls": Maybe(dict),
+            "upstream_tls": Maybe(dict), "up": _DIRECTION, "down": _DIRECTION},
+           doc="a tcp_proxy connection whose bytes pass through Baton's record layer because "
+               "its cluster originates TLS (worker/proxy/tls_proxy.py): both sockets, the "
+               "client side's record layer state (tls, None for a plain client), the "
+               "upstream side's (upstream_tls, None for a plain host of a cluster that "
+               "uses TLS for others), and the bytes not yet written to each socket"),
     Record("http1-idle", (1,), 1, ("client",),
            {**_COMMON, "initial": Maybe(bytes)},
            legacy_state="http",
@@ -259,6 +271,11 @@ RECORDS: dict[str, Record] = {r.kind: r for r in (
            {**_COMMON, "tls": dict},
            doc="an HTTPS (HTTP/1.1 over TLS) connection between requests: the socket and the "
                "record layer's state (worker/tls/state.py); nothing is buffered either way"),
+    Record("http1-inflight", (1,), 1, ("client",),
+           {**_COMMON, "tls": Maybe(dict)},
+           doc="an HTTP/1.1 (or HTTPS, with `tls` as in https1-idle) connection whose request "
+               "has arrived and whose response is still coming: the sender keeps the exchange "
+               "and forwards the response (worker/proxy/http/inflight.py)"),
 )}
 _BY_LEGACY_STATE = {r.legacy_state: r for r in RECORDS.values() if r.legacy_state}
 # What a version-1 peer adopts: exactly the records that existed then, at version 1.

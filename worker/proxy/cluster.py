@@ -64,7 +64,8 @@ class Cluster:
                  "http2", "http2_options", "common_http", "panic_threshold",
                  "ring_hash", "maglev", "outlier_config", "health_checks",
                  "outlier", "health_checker", "counters", "gauges", "_panic_stat",
-                 "source_address")
+                 "source_address", "transports", "tls_matches", "host_matches", "auto_sni",
+                 "_tls_spec")
 
     def __init__(self, spec: dict, counters=None, gauges=None):
         """`counters` / `gauges`: the worker's stat dicts (Stats.counters / .gauges), which the
@@ -78,6 +79,10 @@ class Cluster:
         self.gauges = gauges
         self.outlier = None
         self.health_checker = None
+        self.transports = None          # upstream TLS: see _update_transports
+        self.tls_matches = ()
+        self.host_matches: dict = {}
+        self._tls_spec = None
         prefix = f"cluster.{self.name}."
         # Precomputed names: the data path increments these without building strings.
         keys = ("upstream_cx_active", "upstream_rq_active", "upstream_rq_pending_active") + \
@@ -126,6 +131,7 @@ class Cluster:
             for gone in old.values():
                 self.outlier.host_removed(gone)
         self.hosts = hosts
+        self._update_transports(spec)
         self.source_address = spec.get("source_address")
         self.balancer = self._balancer(spec, hosts)
         self._membership_gauges()
@@ -146,6 +152,65 @@ class Cluster:
         return PriorityBalancer(placed, self.lb_policy, panic_threshold=self.panic_threshold,
                                 locality_weighted=weighted, overprovisioning=overprovisioning,
                                 ring_hash=self.ring_hash, maglev=self.maglev)
+
+    # -- upstream TLS (transport_socket, transport_socket_matches) -------------------------
+
+    def _update_transports(self, spec: dict) -> None:
+        """TLS clients are rebuilt only when the cluster's TLS config changes (not at every
+        endpoint update): each holds SSLContexts, key log pipes and the sessions it keeps."""
+        self.auto_sni = spec.get("auto_sni")
+        self.host_matches = {(ep["address"], ep["port"]): ep["tls_match"]
+                             for ep in spec.get("endpoints", ()) if ep.get("tls_match")}
+        tls_spec = (spec.get("transport_socket"), spec.get("transport_socket_matches"))
+        if tls_spec == self._tls_spec:
+            return
+        self._tls_spec = tls_spec
+        if "transport_socket" not in spec:
+            self.transports, self.tls_matches = None, ()
+            return
+        from ..tls.client import TlsClient
+        prefix = f"cluster.{self.name}."
+        clients = {}                        # one TlsClient per distinct spec
+
+        def client_for(tls):
+            if tls is None:
+                return None
+            key = repr(tls)
+            if key not in clients:
+                clients[key] = TlsClient(tls)
+                if self.counters is not None:
+                    clients[key].declare_stats(prefix, self.counters)
+            return clients[key]
+        self.transports = client_for(spec["transport_socket"])
+        self.tls_matches = tuple((m["match"], client_for(m["tls"]), prefix + m["name"] + ".total_match_count")
+                                 for m in spec["transport_socket_matches"])
+        if self.counters is not None:
+            for name in ["default"] + [m["name"] for m in spec["transport_socket_matches"]]:
+                self.counters.setdefault(f"{prefix}{name}.total_match_count", 0)
+
+    @property
+    def originates_tls(self) -> bool:
+        """Some host of this cluster may be reached over TLS."""
+        return self.transports is not None or any(c is not None for _, c, _ in self.tls_matches)
+
+    def transport_for(self, host):
+        """The TlsClient for a new connection to `host` (None: plain TCP), counted as
+        Envoy counts the choice: the first transport_socket_matches entry whose `match` is
+        a subset of the endpoint's envoy.transport_socket_match metadata, else the
+        cluster's transport_socket ("default")."""
+        if self._tls_spec is None or self._tls_spec[0] is None and not self.tls_matches:
+            return None
+        metadata = self.host_matches.get((host.address, host.port)) or {}
+        for match, client, stat in self.tls_matches:
+            if all(metadata.get(k) == v for k, v in match.items()):
+                self._count(stat)
+                return client
+        self._count(f"cluster.{self.name}.default.total_match_count")
+        return self.transports
+
+    def _count(self, stat: str) -> None:
+        if self.counters is not None:
+            self.counters[stat] = self.counters.get(stat, 0) + 1
 
     def bind_source(self, sock) -> int:
         """upstream_bind_config: bind an upstream socket to the cluster's source address

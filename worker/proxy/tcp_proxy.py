@@ -198,6 +198,17 @@ class TcpProxyConnection(Connection):
                  "last_active", "idle_timeout", "id", "peer", "moved", "early", "original",
                  "reset_client", "chain", "initial", "__weakref__")
 
+    def __new__(cls, worker, listener, client, peer, conn_id, chain=None):
+        """A connection whose chain names a cluster that originates TLS (a transport_socket
+        or transport_socket_matches) is a TlsProxyConnection (tls_proxy.py): its bytes go
+        through Baton's record layer, not splice. Chosen here, per connection, so that every
+        place that makes a tcp_proxy connection (accept, a moved "tcp-connecting" record)
+        gets the right one while clusters come and go over CDS."""
+        if cls is TcpProxyConnection and _originates_tls(worker, chain or listener.default_chain):
+            from .tls_proxy import TlsProxyConnection
+            cls = TlsProxyConnection
+        return object.__new__(cls)
+
     def __init__(self, worker, listener, client: socket.socket, peer, conn_id: int, chain=None):
         self.worker = worker
         self.loop = worker.loop
@@ -576,6 +587,17 @@ class TcpProxyConnection(Connection):
         worker.stats.gauges[cluster.stat["upstream_cx_active"]] += 1
         conn._established(moved=(fields["up"], fields["down"]))
         return conn
+
+
+def _originates_tls(worker, chain) -> bool:
+    if chain is None or chain.tcp_proxy is None:
+        return False
+    clusters = worker.clusters
+    for name, _weight in chain.tcp_proxy["clusters"]:
+        cluster = clusters.get(name)
+        if cluster is not None and cluster.originates_tls:
+            return True
+    return False
 
 
 def _cluster_missing(worker, listener, fields: dict) -> str | None:

@@ -3,7 +3,7 @@ plain spec (xds/tls_upstream.py), and one client handshake from the first byte t
 record layer (sans-IO).
 
     client = TlsClient(spec)
-    client.declare_stats("cluster.NAME.", stats)   # Envoy's cluster ssl.* names, at 0
+    client.declare_stats("cluster.NAME.", counters)    # Envoy's cluster ssl.* names, at 0
     connect = ClientConnect(client, sni, alpn)     # sni: the spec's, or auto_sni's Host
     wire = connect.start()                         # the ClientHello
     wire = connect.receive(data, eof)              # until connect.layer; HandshakeRefused
@@ -76,17 +76,18 @@ class TlsClient:
     def sni(self) -> str | None:
         return self.spec["sni"]
 
-    def declare_stats(self, cluster_scope: str, stats) -> None:
-        self.stats = stats
+    def declare_stats(self, cluster_scope: str, counters: dict) -> None:
+        """Count into `counters` (the worker's) under cluster.NAME.ssl.*, listed at 0."""
+        self.stats = counters
         self.scope = cluster_scope + "ssl."
         for name in SSL_COUNTERS:
-            stats.counters.setdefault(self.scope + name, 0)
+            counters.setdefault(self.scope + name, 0)
         for name in FACTORY_COUNTERS:
-            stats.counters.setdefault(cluster_scope + name, 0)
+            counters.setdefault(cluster_scope + name, 0)
 
     def count(self, name: str) -> None:
-        if self.stats is not None:
-            counters = self.stats.counters
+        counters = self.stats
+        if counters is not None:
             key = self.scope + name
             counters[key] = counters.get(key, 0) + 1
 
