@@ -55,8 +55,7 @@ def save_applied(runtime_dir: str, published: dict) -> None:
     path = os.path.join(runtime_dir, APPLIED_FILE)
     try:
         tmp = f"{path}.{os.getpid()}.tmp"          # two generations may overlap in a reload
-        with open(tmp, "wb") as f:
-            f.write(msgpack.packb(published, use_bin_type=True))
+        _write_private(tmp, msgpack.packb(published, use_bin_type=True))
         os.replace(tmp, path)
     except OSError as exc:
         log.warning("cannot save the dynamic config to %s: %s", path, exc)
@@ -66,8 +65,7 @@ def save_state(path: str, data: bytes) -> None:
     """The agent's state, written for it: it runs unprivileged and may not write here."""
     tmp = f"{path}.{os.getpid()}.tmp"          # two generations' masters may overlap
     try:
-        with open(tmp, "wb") as f:
-            f.write(data)
+        _write_private(tmp, data)
         os.replace(tmp, path)
     except OSError as exc:
         log.warning("cannot save the xds agent's state to %s: %s", path, exc)
@@ -75,6 +73,11 @@ def save_state(path: str, data: bytes) -> None:
             os.unlink(tmp)
         except OSError:
             pass
+
+
+def _write_private(path: str, data: bytes) -> None:
+    from ..xds.secrets import write_private     # the dynamic config holds private keys
+    write_private(path, data)
 
 
 def forget_state(runtime_dir: str) -> None:

@@ -70,6 +70,15 @@ def _only_routes_differ(chain: Chain, spec: dict, buffer_limit: int) -> bool:
         before[k] == after[k] for k in before if k != "route_config")
 
 
+def _only_secrets_differ(chain: Chain, spec: dict, buffer_limit: int) -> bool:
+    """Whether `spec` is `chain` with other TLS secrets (and nothing else changed)."""
+    from .tls.server import only_secrets_differ
+    old = chain.spec
+    if buffer_limit != chain.buffer_limit or not only_secrets_differ(old.get("tls"), spec.get("tls")):
+        return False
+    return all(old.get(k) == spec.get(k) for k in (old.keys() | spec.keys()) - {"tls"})
+
+
 class Listener:
     __slots__ = ("worker", "loop", "name", "sock", "fd", "family", "pipe_capacity",
                  "accepting", "held", "stat_cx_total", "stat_cx_active", "stat_no_chain",
@@ -114,6 +123,13 @@ class Listener:
         for chain in old_chains:
             if chain.http_config is not None and chain not in chains:
                 chain.http_config.close()
+            elif old is not None and _only_secrets_differ(old, chain_spec, limit):
+                # A rotated secret (SDS, a watched file): new handshakes get the new
+                # certificate at once; established connections keep their sessions.
+                from .tls.server import TlsServer
+                old.spec = chain_spec
+                old.tls = TlsServer(chain_spec["tls"])
+                chains.append(old)
         self.default_chain = next((c for c in self.chains if not c.match), None)
         self.inspectors = spec.get("inspectors") or []
         self.sniff_timeout = spec.get("sniff_timeout") or 15.0

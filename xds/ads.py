@@ -28,10 +28,12 @@ LISTENER = "type.googleapis.com/envoy.config.listener.v3.Listener"
 ROUTE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
 CLUSTER = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 ENDPOINT = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
+SECRET = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
 # Envoy's order: clusters before their endpoints, listeners before their routes, and CDS
-# before LDS, so that what a resource refers to is asked for first.
-TYPE_ORDER = (CLUSTER, ENDPOINT, LISTENER, ROUTE)
-SHORT = {LISTENER: "lds", ROUTE: "rds", CLUSTER: "cds", ENDPOINT: "eds"}
+# before LDS, so that what a resource refers to is asked for first; secrets last (named by
+# listeners and clusters).
+TYPE_ORDER = (CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET)
+SHORT = {LISTENER: "lds", ROUTE: "rds", CLUSTER: "cds", ENDPOINT: "eds", SECRET: "sds"}
 INVALID_ARGUMENT = 3           # google.rpc.Code of a NACK's error_detail, as Envoy sends
 
 
@@ -214,7 +216,7 @@ class AdsProtocol:
 
 def _sotw_name(type_url, any_pb):
     """A state-of-the-world resource's name, read from its bytes without a full parse where
-    that is cheap: the name is field 1 of Listener, Cluster, RouteConfiguration and
+    that is cheap: the name is field 1 of Listener, Cluster, RouteConfiguration, Secret and
     ClusterLoadAssignment (cluster_name) alike."""
     data = any_pb.value
     if len(data) >= 2 and data[0] == 0x0A:          # field 1, length-delimited

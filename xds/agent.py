@@ -15,7 +15,9 @@ of supervisor/handoff/framing.py:
     master -> agent   dump {id}                           -> dump {dump}: /config_dump's
                                                           dynamic parts, built on demand
 
-The stream: xds/ads.py says what to send, xds/dynamic.py validates and warms. A lost stream
+The stream: xds/ads.py says what to send, xds/dynamic.py validates and warms; secrets that
+come over a gRPC stream of their own or from watched files are xds/sds.py's (the agent also
+runs, without an ADS stream, for a bootstrap whose only dynamic parts are such secrets). A lost stream
 is retried with Envoy's jittered exponential backoff (0.5 s doubling to 30 s, full jitter)
 while the last accepted config keeps serving. `--state` is where the agent keeps what it
 accepted (resources and versions); with `--resume` (a restarted agent, a new generation) it
@@ -38,9 +40,10 @@ import time
 import msgpack
 
 from . import protos
-from .ads import CLUSTER, ENDPOINT, LISTENER, ROUTE, SHORT, TYPE_ORDER, AdsProtocol, Update
+from .ads import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET, SHORT, TYPE_ORDER, AdsProtocol, Update
 from .dump import dynamic_dump
 from .dynamic import DynamicConfig, error_detail
+from .secrets import write_private
 
 log = logging.getLogger("baton.xds")
 
@@ -72,6 +75,8 @@ def stat_scopes(config: DynamicConfig, type_url: str, names) -> list[str]:
         return ["cluster_manager.cds"]
     if type_url == LISTENER:
         return ["listener_manager.lds"]
+    if type_url == SECRET:
+        return sorted(f"sds.{n}" for n in names)     # Envoy: sds.<secret name>.*
     if type_url == ENDPOINT:
         clusters = {**config.static_clusters, **config.active_clusters,
                     **{n: w.value for n, w in config.warming_clusters.items()}}
@@ -92,14 +97,18 @@ class Agent:
     def __init__(self, bootstrap: dict, channel_sock, state_path: str, resume: bool,
                  saved: bytes | None = None, save_through_master: bool = False):
         self.loop = asyncio.get_running_loop()
+        self.bootstrap = bootstrap
+        self.node = bootstrap["node"]
         xds = bootstrap["xds"]
         self.delta = xds["api_type"] == "DELTA_GRPC"
         self.protocol = AdsProtocol(bootstrap["node"], delta=self.delta,
                                     node_once=xds["set_node_on_first_message_only"])
         self.config = DynamicConfig(bootstrap, started=self.loop.time())
-        endpoint = bootstrap["clusters"][xds["cluster"]]["endpoints"][0]
-        host = endpoint["address"]
-        self.target = f"[{host}]:{endpoint['port']}" if ":" in host else f"{host}:{endpoint['port']}"
+        # None: no ADS stream, only SDS sources of their own (config_source.sds_only_xds).
+        self.target = None
+        if xds["cluster"] is not None:
+            from .sds import grpc_target
+            self.target = grpc_target(bootstrap["clusters"][xds["cluster"]])
         self.state_path = state_path
         # Unprivileged, the agent cannot write the master's runtime directory: the master
         # keeps the file for it (supervisor/xds_link.py), and it was read before dropping.
@@ -116,6 +125,8 @@ class Agent:
         for type_url in TYPE_ORDER:
             self.protocol.set_interest(type_url, self.config.interest(type_url))
         self._count_new_subscriptions()
+        from .sds import SecretSources
+        self.secret_sources = SecretSources(self)
 
     def _scopes_of(self, type_url) -> list[str]:
         """Every stat scope with a subscription of `type_url` now."""
@@ -196,16 +207,16 @@ class Agent:
             types[type_url] = {"version": state.version, "held": state.held,
                                "resources": [[a.name, a.version, a.raw, a.updated]
                                              for a in self.config.accepted[type_url].values()]}
-        data = msgpack.packb({"version": STATE_VERSION, "delta": self.delta, "types": types},
-                             use_bin_type=True)
+        # Secrets of gRPC and file sources too: a restarted agent serves them at once.
+        data = msgpack.packb({"version": STATE_VERSION, "delta": self.delta, "types": types,
+                              "source_secrets": self.config.source_secrets}, use_bin_type=True)
         if self.save_through_master:
             if not self.channel.closed:
                 self.channel.send({"type": "state", "data": data})
             return
         tmp = f"{self.state_path}.{os.getpid()}.tmp"   # two generations' agents may overlap
         try:
-            with open(tmp, "wb") as f:
-                f.write(data)
+            write_private(tmp, data)                    # it holds private keys
             os.replace(tmp, self.state_path)
         except OSError as exc:
             log.warning("xds agent: cannot save state to %s: %s", self.state_path, exc)
@@ -224,6 +235,8 @@ class Agent:
             return
         from google.protobuf import any_pb2
         now = self.loop.time()
+        for key, secrets in (saved.get("source_secrets") or {}).items():
+            self.config.source_secrets[key] = secrets
         for type_url in TYPE_ORDER:
             entry = saved["types"].get(type_url) or {}
             resources = {name: (version, any_pb2.Any(type_url=type_url, value=raw))
@@ -245,14 +258,17 @@ class Agent:
     # -- the stream --------------------------------------------------------------------
 
     async def run(self) -> int:
-        tasks = [self.loop.create_task(self._publish()), self.loop.create_task(self._warming_timer()),
-                 self.loop.create_task(self._streams())]
+        tasks = [self.loop.create_task(self._publish()), self.loop.create_task(self._warming_timer())]
+        if self.target is not None:
+            tasks.append(self.loop.create_task(self._streams()))
+        self.secret_sources.reconcile()
         self.dirty.set()
         try:
             return await self.done
         finally:
             for task in tasks:
                 task.cancel()
+            self.secret_sources.stop()
 
     async def _streams(self) -> None:
         import grpc
@@ -333,6 +349,7 @@ class Agent:
                 self.config.forget_unwanted(other)
             self._count_new_subscriptions()
             self._drop_stats_of_gone()
+            self.secret_sources.reconcile()
         self.dirty.set()
 
 
@@ -350,6 +367,19 @@ def _preimport() -> None:
     import grpc.aio  # noqa: F401
     from google.protobuf import any_pb2  # noqa: F401
     protos.ads_stub_class()
+    # Secrets: their gRPC stub, the TLS types and what checks a certificate against its key
+    # (xds/tls.py loads them on first use), inotify for watched files.
+    from .sds import sds_stub_class
+    from .file_watch import _inotify
+    from .secrets import secret_class
+    from .tls import DOWNSTREAM_TLS_CONTEXT
+    from cryptography import x509  # noqa: F401
+    from cryptography.hazmat.primitives import serialization  # noqa: F401
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa  # noqa: F401
+    sds_stub_class()
+    secret_class()
+    protos.import_type(DOWNSTREAM_TLS_CONTEXT)
+    _inotify()
     import encodings.idna  # noqa: F401
 
 

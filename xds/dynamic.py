@@ -9,7 +9,9 @@ Warming, as Envoy does it: a new or changed EDS cluster is used only once its en
 known, and a new or changed listener only once the routes it names (rds) are known, or when
 their initial_fetch_timeout has passed (then with no endpoints / no routes). Until then the
 previous version of the resource keeps serving. Endpoints and routes are cached by name, so
-a cluster that changes but keeps its service name is warm at once.
+a cluster that changes but keeps its service name is warm at once. A listener (or cluster)
+that names SDS secrets waits for them too, wherever they come from: the ADS stream here, or a
+gRPC stream or file of their own (xds/sds.py, which sets them with set_source_secrets).
 
     config = DynamicConfig(bootstrap_snapshot)
     errors = config.apply(update, now)          # [] -> ACK; else "path: message" -> NACK
@@ -21,6 +23,7 @@ published(now) -> {"listeners": [LISTENER ...],       # warm dynamic listeners, 
                    "clusters": {name: CLUSTER},       # warm dynamic clusters (no endpoints)
                    "endpoints": {service: [ENDPOINT]},# every known ClusterLoadAssignment
                    "routes": {name: ROUTE_CONFIG},    # every known RouteConfiguration
+                   "secrets": {source key: {name: SECRET}},  # xds/secrets.py
                    "versions": {"lds": v, ...}, "missing": ["..."], "initialized": bool}
 """
 
@@ -33,14 +36,16 @@ from google.protobuf.message import DecodeError
 
 from . import protos
 from .parse import is_repeated
-from .ads import CLUSTER, ENDPOINT, LISTENER, ROUTE, SHORT
+from .ads import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET, SHORT
 from .http import translate_route_config
+from .secrets import check_references, secret_class, spec_references, translate_secret
 from .translate import translate_cluster, translate_listener, translate_load_assignment
 
 _CLASSES = {LISTENER: protos.Listener, ROUTE: protos.RouteConfiguration,
-            CLUSTER: protos.Cluster, ENDPOINT: protos.ClusterLoadAssignment}
+            CLUSTER: protos.Cluster, ENDPOINT: protos.ClusterLoadAssignment,
+            SECRET: secret_class()}
 _KINDS = {LISTENER: "Listener", ROUTE: "RouteConfiguration", CLUSTER: "Cluster",
-          ENDPOINT: "ClusterLoadAssignment"}
+          ENDPOINT: "ClusterLoadAssignment", SECRET: "Secret"}
 MAX_ERROR = 4096              # bytes of error_detail: enough to name every path, bounded
 
 
@@ -71,6 +76,9 @@ class DynamicConfig:
         self.xds = bootstrap.get("xds") or {}
         self.static_clusters = bootstrap.get("clusters", {})
         self.static_listeners = bootstrap.get("listeners", [])
+        self.static_secrets = bootstrap.get("secrets") or {}
+        # Secrets from SDS sources other than ADS (xds/sds.py): source key -> name -> SECRET.
+        self.source_secrets: dict[str, dict] = {}
         self.static_addresses = {_address_key(l): l["name"] for l in self.static_listeners}
         self.started = started
         self.accepted = {t: {} for t in _CLASSES}           # type -> name -> Accepted
@@ -95,14 +103,50 @@ class DynamicConfig:
                      *(w.value for w in self.warming_clusters.values())]
             return frozenset(c["eds"]["service_name"] for c in specs
                              if c and c.get("type") == "EDS")
+        if type_url == SECRET:
+            return frozenset(ref["name"] for ref in self.secret_references()
+                             if ref["source"]["kind"] == "ads")
         specs = [*self.static_listeners, *self.active_listeners.values(),
                  *(w.value for w in self.warming_listeners.values())]
         return frozenset(name for spec in specs for name, _ in _rds_names(spec))
 
+    def secret_references(self) -> list[dict]:
+        """Every secret reference of every listener and cluster, static, active or warming."""
+        specs = [*self.static_listeners, *self.active_listeners.values(),
+                 *(w.value for w in self.warming_listeners.values()),
+                 *self.static_clusters.values(), *self.active_clusters.values(),
+                 *(w.value for w in self.warming_clusters.values())]
+        return [ref for spec in specs if spec for ref in spec_references(spec)]
+
+    def secret(self, ref) -> dict | None:
+        kind = ref["source"]["kind"]
+        if kind == "static":
+            return self.static_secrets.get(ref["name"])
+        if kind == "ads":
+            held = self.accepted[SECRET].get(ref["name"])
+            return held.value if held is not None else None
+        return (self.source_secrets.get(ref["source"]["key"]) or {}).get(ref["name"])
+
+    def _secrets_known(self, spec) -> bool:
+        return all(self.secret(ref) is not None for ref in spec_references(spec))
+
+    def set_source_secrets(self, key: str, secrets: dict, now: float) -> None:
+        """The secrets a gRPC or file source holds now (xds/sds.py)."""
+        self.source_secrets[key] = dict(secrets)
+        self.promote(now)
+
+    def replace_secret(self, name: str, value: dict) -> None:
+        """An ADS secret read again from its files (a rotation on disk, xds/sds.py)."""
+        held = self.accepted[SECRET].get(name)
+        if held is not None:
+            held.value = value
+            held.updated = now_text()
+
     def forget_unwanted(self, type_url) -> list[str]:
-        """Drop accepted endpoints / routes that nothing refers to any more (their cluster or
-        listener is gone), as Envoy drops an unsubscribed resource. -> the names dropped."""
-        if type_url not in (ENDPOINT, ROUTE):
+        """Drop accepted endpoints / routes / secrets that nothing refers to any more (their
+        cluster or listener is gone), as Envoy drops an unsubscribed resource. -> the names
+        dropped."""
+        if type_url not in (ENDPOINT, ROUTE, SECRET):
             return []
         wanted = self.interest(type_url)
         accepted = self.accepted[type_url]
@@ -161,6 +205,7 @@ class DynamicConfig:
         start = len(errors)
         if type_url == CLUSTER:
             value = translate_cluster(pb, path, errors)
+            check_references(value, self.static_secrets, errors, self.static_clusters)
             if real in self.static_clusters:
                 errors.append(f"{path}: a static cluster has that name (static clusters cannot "
                               "be changed by CDS)")
@@ -173,6 +218,9 @@ class DynamicConfig:
             value = translate_listener(pb, path, errors)
             if real in {l["name"] for l in self.static_listeners}:
                 errors.append(f"{path}: a static listener has that name")
+            check_references(value, self.static_secrets, errors, self.static_clusters)
+        elif type_url == SECRET:
+            value = translate_secret(pb, path, errors)
         else:
             known = None
             if pb.HasField("validate_clusters") and pb.validate_clusters.value:
@@ -237,10 +285,11 @@ class DynamicConfig:
             warming[name] = _Warming(value, now, timeout_of(value))
 
     def _cluster_timeout(self, spec):
-        return spec["eds"]["initial_fetch_timeout"] if spec.get("type") == "EDS" else 0.0
+        eds = spec["eds"]["initial_fetch_timeout"] if spec.get("type") == "EDS" else 0.0
+        return max([eds, *_secret_timeouts(spec)])
 
     def _listener_timeout(self, spec):
-        return max([t for _, t in _rds_names(spec)], default=0.0)
+        return max([t for _, t in _rds_names(spec)] + _secret_timeouts(spec), default=0.0)
 
     def promote(self, now: float) -> bool:
         """Move what is warm (or timed out) from warming to active. -> whether anything moved."""
@@ -248,14 +297,15 @@ class DynamicConfig:
         endpoints = self.accepted[ENDPOINT]
         for name, held in list(self.warming_clusters.items()):
             spec = held.value
-            if (spec.get("type") != "EDS" or spec["eds"]["service_name"] in endpoints
-                    or _expired(held, now)):
+            if ((spec.get("type") != "EDS" or spec["eds"]["service_name"] in endpoints)
+                    and self._secrets_known(spec) or _expired(held, now)):
                 self.active_clusters[name] = spec
                 del self.warming_clusters[name]
                 moved = True
         routes = self.accepted[ROUTE]
         for name, held in list(self.warming_listeners.items()):
-            if all(r in routes for r, _ in _rds_names(held.value)) or _expired(held, now):
+            if (all(r in routes for r, _ in _rds_names(held.value))
+                    and self._secrets_known(held.value) or _expired(held, now)):
                 self.active_listeners[name] = held.value
                 del self.warming_listeners[name]
                 moved = True
@@ -286,8 +336,17 @@ class DynamicConfig:
             for route, _ in _rds_names(spec):
                 if route not in routes:
                     lines.append(f"rds: listener '{spec['name']}' waits for routes '{route}'")
-        for name in sorted(self.warming_listeners):
-            lines.append(f"rds: listener '{name}' is warming (waits for its routes)")
+        for name, held in sorted(self.warming_listeners.items()):
+            if all(r in routes for r, _ in _rds_names(held.value)):
+                lines.append(f"sds: listener '{name}' is warming (waits for its secrets)")
+            else:
+                lines.append(f"rds: listener '{name}' is warming (waits for its routes)")
+        for ref in self.secret_references():
+            if self.secret(ref) is None:
+                line = (f"sds: secret '{ref['name']}' from {ref['source']['key']} not received "
+                        "yet")
+                if line not in lines:
+                    lines.append(line)
         return lines
 
     def initialized(self, now: float) -> bool:
@@ -308,6 +367,13 @@ class DynamicConfig:
             for route, timeout in _rds_names(spec):
                 if route not in routes and not _timed_out(waited, timeout):
                     return False
+        # Envoy: a listener is not ready until its secrets are warm (or their
+        # initial_fetch_timeout passed).
+        for spec in [*self.static_listeners, *self.static_clusters.values()]:
+            for ref in spec_references(spec or {}):
+                if self.secret(ref) is None and not _timed_out(
+                        waited, ref["source"]["initial_fetch_timeout"]):
+                    return False
         return not self.warming_clusters and not self.warming_listeners
 
     def published(self, now: float) -> dict:
@@ -318,6 +384,8 @@ class DynamicConfig:
             "clusters": dict(self.active_clusters),
             "endpoints": {n: a.value["endpoints"] for n, a in self.accepted[ENDPOINT].items()},
             "routes": {n: a.value for n, a in self.accepted[ROUTE].items()},
+            "secrets": {"ads": {n: a.value for n, a in self.accepted[SECRET].items()},
+                        **self.source_secrets},
             "versions": {SHORT[t]: v for t, v in self.versions.items()},
             "missing": self.missing(now),
             "initialized": self.initialized(now),
@@ -378,6 +446,11 @@ def _rds_names(listener):
         http = chain.get("http")
         if http and http.get("rds"):
             yield http["rds"]["route_config_name"], http["rds"]["initial_fetch_timeout"]
+
+
+def _secret_timeouts(spec) -> list[float]:
+    return [ref["source"]["initial_fetch_timeout"] for ref in spec_references(spec)
+            if ref["source"]["kind"] != "static"]
 
 
 def _address_key(spec):

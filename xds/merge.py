@@ -5,8 +5,9 @@ Pure functions on plain snapshot values (snapshot.py), used by the master:
     merge(static, published) -> snapshot
         static: the bootstrap's snapshot (STRICT_DNS resolved); published: the agent's
         DynamicConfig.published() or None. Dynamic listeners follow the static ones; every
-        EDS cluster (static or dynamic) gets the endpoints of its service name, and every
-        http_connection_manager with rds the route table of its name (None until known).
+        EDS cluster (static or dynamic) gets the endpoints of its service name, every
+        http_connection_manager with rds the route table of its name (None until known), and
+        every TLS context the secrets it names (xds/secrets.py; none until all are known).
     diff(old, new) -> Changes
         what a worker must do to go from `old` to `new`: listeners added, changed (same name
         and address), removed (or moved to another address: removed, then added), and
@@ -44,6 +45,11 @@ def merge(static: dict, published: dict | None) -> dict:
         clusters[name] = spec
     listeners = [_with_routes(spec, routes)
                  for spec in [*static["listeners"], *(published.get("listeners") or ())]]
+    # Every TLS context gets the secrets it names (static, or SDS through the agent).
+    from .secrets import resolve_specs
+    secrets = {"static": static.get("secrets") or {}, **(published.get("secrets") or {})}
+    listeners = resolve_specs(listeners, secrets)
+    clusters = resolve_specs(clusters, secrets)
     return {**static, "listeners": listeners, "clusters": clusters}
 
 

@@ -105,6 +105,10 @@ def references(tls: dict | None) -> list[dict]:
     return [*sds["certificates"], *([sds["validation"]] if sds["validation"] else [])]
 
 
+# Where no TLS context sits, and which are big: not walked (an EDS update of 10,000 hosts).
+_NO_SECRETS = frozenset(("route_config", "endpoints"))
+
+
 def spec_references(spec: dict) -> list[dict]:
     """Every REF in a listener or cluster spec (any dict with an "sds" record in it: a
     filter chain's tls, a cluster's UpstreamTlsContext, wherever it sits)."""
@@ -117,7 +121,7 @@ def spec_references(spec: dict) -> list[dict]:
             if isinstance(sds, dict) and "base" in sds:
                 found.extend(references(item))
                 continue
-            stack.extend(v for k, v in item.items() if k != "route_config")
+            stack.extend(v for k, v in item.items() if k not in _NO_SECRETS)
         elif isinstance(item, list):
             stack.extend(item)
     return found
@@ -170,7 +174,7 @@ def resolve_specs(value, secrets: dict):
             return resolve_tls(value, secrets)
         out = None
         for key, item in value.items():
-            if key == "route_config" or not isinstance(item, (dict, list)):
+            if key in _NO_SECRETS or not isinstance(item, (dict, list)):
                 continue
             new = resolve_specs(item, secrets)
             if new is not item:
@@ -221,11 +225,12 @@ def check_references(spec, static_secrets: dict, errors: list, clusters=None,
                 errors.append(f"{where}: cluster '{source['cluster']}' has no endpoint to dial")
 
 
-def needs_agent(snapshot: dict) -> bool:
-    """Whether any reference needs the xDS agent (SDS over ADS, gRPC or a watched file)."""
-    specs = [*snapshot["listeners"], *(snapshot.get("clusters") or {}).values()]
-    return any(ref["source"]["kind"] != "static" for spec in specs
-               for ref in spec_references(spec))
+def write_private(path: str, data: bytes) -> None:
+    """A file only its owner may read: the agent's state and the master's applied config
+    hold SDS secrets' private keys."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    with open(fd, "wb") as f:
+        f.write(data)
 
 
 # -- Secret resources ----------------------------------------------------------------------

@@ -498,8 +498,9 @@ def test_published_lists_listeners_in_lds_order(config):
     published = config.published(0.0)
     assert [l["name"] for l in published["listeners"]] == ["z", "a"]
     assert set(published) == {"listeners", "clusters", "endpoints", "routes", "versions",
-                              "missing", "initialized"}
-    assert published["versions"] == {"lds": "1", "rds": "", "cds": "", "eds": ""}
+                              "missing", "initialized", "secrets"}
+    assert published["versions"] == {"lds": "1", "rds": "", "cds": "", "eds": "", "sds": ""}
+    assert published["secrets"] == {"ads": {}}
 
 
 # --- error_detail ------------------------------------------------------------------------------

@@ -100,14 +100,18 @@ with _unshadowed():
     from envoy.config.listener.v3 import listener_pb2
     from envoy.config.route.v3 import route_pb2
     from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
+    from envoy.service.secret.v3 import sds_pb2_grpc
+    from envoy.extensions.transport_sockets.tls.v3 import secret_pb2
 
 LISTENER = "type.googleapis.com/envoy.config.listener.v3.Listener"
 ROUTE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
 CLUSTER = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 ENDPOINT = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
+SECRET = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
 
 _MESSAGES = {LISTENER: listener_pb2.Listener, ROUTE: route_pb2.RouteConfiguration,
-             CLUSTER: cluster_pb2.Cluster, ENDPOINT: endpoint_pb2.ClusterLoadAssignment}
+             CLUSTER: cluster_pb2.Cluster, ENDPOINT: endpoint_pb2.ClusterLoadAssignment,
+             SECRET: secret_pb2.Secret}
 TYPE_URLS = tuple(_MESSAGES)
 _WILDCARD_TYPES = (LISTENER, CLUSTER)
 
@@ -183,9 +187,24 @@ class _Stream:
         self.known: dict[str, dict] = {}                 # type -> {name: resource version}
 
 
+class _SdsServicer(sds_pb2_grpc.SecretDiscoveryServiceServicer):
+    """SecretDiscoveryService (an SDS server of its own, as Istio's node agent): the same
+    protocol on another service, answered from the same snapshot (its Secrets)."""
+
+    def __init__(self, ads: "_Servicer"):
+        self.ads = ads
+
+    async def StreamSecrets(self, request_iterator, context):
+        await self.ads._serve(_Stream(self.ads.plane._next_stream(), "sotw"), request_iterator, context)
+
+    async def DeltaSecrets(self, request_iterator, context):
+        await self.ads._serve(_Stream(self.ads.plane._next_stream(), "delta"), request_iterator, context)
+
+
 class _Servicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
     def __init__(self, plane: "ControlPlane"):
         self.plane = plane
+
 
     async def StreamAggregatedResources(self, request_iterator, context):
         await self._serve(_Stream(self.plane._next_stream(), "sotw"), request_iterator, context)
@@ -235,7 +254,7 @@ class ControlPlane:
     the gRPC server runs on an asyncio loop in a thread of its own."""
 
     def __init__(self, host: str = "127.0.0.1"):
-        self.host = host
+        self.host = host                # or "unix:PATH": a Unix socket (the port is then 0)
         self.port = 0
         self._versions: dict[str, str] = {}
         self._resources: dict[str, dict[str, _Resource]] = {t: {} for t in TYPE_URLS}
@@ -283,9 +302,12 @@ class ControlPlane:
 
     async def _start(self, port: int) -> int:
         server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
-        ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(_Servicer(self), server)
-        bound = server.add_insecure_port(f"{self.host}:{port}")
-        if bound == 0:
+        servicer = _Servicer(self)
+        ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(servicer, server)
+        sds_pb2_grpc.add_SecretDiscoveryServiceServicer_to_server(_SdsServicer(servicer), server)
+        unix = self.host.startswith("unix:")
+        bound = server.add_insecure_port(self.host if unix else f"{self.host}:{port}")
+        if bound == 0 and not unix:
             raise OSError(f"cannot bind {self.host}:{port}")
         await server.start()
         self._server = server

@@ -110,6 +110,19 @@ class TlsServer:
         self.count(f"versions.{obj.version()}")
 
 
+# What a rotated secret changes in a spec (xds/secrets.py resolve_tls).
+SECRET_MATERIAL = frozenset(("certificates", "trusted_ca", "san_matchers", "missing_secrets"))
+
+
+def only_secrets_differ(before: dict | None, after: dict | None) -> bool:
+    """Whether two tls specs differ in their secrets' material alone (a rotation): the chain
+    then takes a new TlsServer for new handshakes, and no connection is disturbed."""
+    if not before or not after or before == after:
+        return False
+    keys = (before.keys() | after.keys()) - SECRET_MATERIAL
+    return all(before.get(k) == after.get(k) for k in keys)
+
+
 def _context(spec: dict) -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion[spec["min_version"]]

@@ -1,0 +1,177 @@
+"""Secrets that change while Baton serves: SDS over a gRPC stream of its own on a Unix socket
+(Istio's sds-grpc), and certificate files rotated by a symlink swap of their directory
+(cert-manager, Kubernetes secrets) through a path_config_source.
+
+Real parts: Baton (master, two workers, the xDS agent), the grpcio test server of
+tests/xds_support serving SecretDiscoveryService on a Unix socket, certificates made at test
+time, Python ssl clients that look at the certificate each handshake gets, an echo upstream
+behind a TLS-terminating tcp_proxy. A connection made before a rotation keeps working after it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import ssl
+import tempfile
+
+import pytest
+import yaml
+from pathlib import Path
+
+from cryptography import x509
+
+from ..tls_certs import leaf, make_ca
+from ..waiting import wait_until
+from ..xds_support.control_plane import SECRET, ControlPlane
+from .conftest import free_port
+from .tls_clients import client_context, tls_bootstrap
+
+SECRET_TYPE = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
+TLS_CONTEXT_TYPE = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext"
+
+
+def sds_transport_socket(name: str, sds_config: dict) -> dict:
+    return {"name": "envoy.transport_sockets.tls", "typed_config": {
+        "@type": TLS_CONTEXT_TYPE, "common_tls_context": {
+            "tls_certificate_sds_secret_configs": [{"name": name, "sds_config": sds_config}]}}}
+
+
+def inline_secret(name: str, pair, key_of=None) -> dict:
+    return {"name": name, "tls_certificate": {
+        "certificate_chain": {"inline_string": pair.cert_pem.decode()},
+        "private_key": {"inline_string": (key_of or pair).key_pem.decode()}}}
+
+
+def served_serial(port: int, ctx: ssl.SSLContext) -> int:
+    """The serial number of the certificate a new handshake gets."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+        with ctx.wrap_socket(raw, server_hostname="localhost") as tls:
+            return x509.load_der_x509_certificate(tls.getpeercert(binary_form=True)).serial_number
+
+
+def serves(port: int, ctx, pair, handshakes: int = 6) -> bool:
+    """Whether every one of a few new handshakes (both workers get some) gets `pair`."""
+    return all(served_serial(port, ctx) == pair.cert.serial_number for _ in range(handshakes))
+
+
+def echo_once(tls: ssl.SSLSocket, payload: bytes) -> bytes:
+    tls.sendall(payload)
+    got = b""
+    while len(got) < len(payload):
+        data = tls.recv(65536)
+        if not data:
+            break
+        got += data
+    return got
+
+
+def open_connection(port: int, ctx) -> ssl.SSLSocket:
+    raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+    return ctx.wrap_socket(raw, server_hostname="localhost")
+
+
+@pytest.fixture
+def shared_dir():
+    """A directory the agent can reach: it runs as the workers' unprivileged user, as Envoy
+    runs as Istio's proxy user (pytest's tmp_path is its owner's alone)."""
+    path = tempfile.mkdtemp(prefix="baton-sds-")
+    os.chmod(path, 0o755)
+    yield Path(path)
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def readable(directory) -> None:
+    """Certificate files the unprivileged agent may read (Pair.write makes keys 0600)."""
+    for path in Path(directory).rglob("*"):
+        if not path.is_symlink():
+            path.chmod(0o755 if path.is_dir() else 0o644)
+
+
+def test_sds_grpc_on_a_unix_socket_rotates_and_nacks(baton, upstreams, shared_dir):
+    ca = make_ca("ecdsa")
+    first, second = leaf(ca, "ecdsa"), leaf(ca, "ecdsa", dns=("localhost", "second"))
+    socket_path = shared_dir / "sds.sock"
+    plane = ControlPlane(host=f"unix:{socket_path}")
+    plane.start()
+    socket_path.chmod(0o666)
+    try:
+        plane.set_resources(SECRET, [inline_secret("default", first)], "1")
+        echo = upstreams("echo")
+        port = free_port()
+        sds = {"api_config_source": {"api_type": "GRPC", "transport_api_version": "V3",
+                                     "grpc_services": [{"envoy_grpc": {"cluster_name": "sds-grpc"}}]},
+               "resource_api_version": "V3", "initial_fetch_timeout": "10s"}
+        data = tls_bootstrap(port, echo.port, sds_transport_socket("default", sds))
+        data["static_resources"]["clusters"].append({
+            "name": "sds-grpc", "type": "STATIC", "connect_timeout": "1s",
+            "load_assignment": {"cluster_name": "sds-grpc", "endpoints": [{"lb_endpoints": [
+                {"endpoint": {"address": {"pipe": {"path": str(socket_path)}}}}]}]}})
+        b = baton(data)                                   # /ready: the secret is warm
+        ctx = client_context(ca)
+        assert serves(port, ctx, first)
+        kept = open_connection(port, ctx)                 # established before the rotation
+        assert echo_once(kept, b"before") == b"before"
+
+        plane.set_resources(SECRET, [inline_secret("default", second)], "2")
+        wait_until(lambda: plane.acked(SECRET, "2"), 15, "SDS v2 ACKed")
+        wait_until(lambda: serves(port, ctx, second), 15, "new handshakes get the rotated certificate")
+        assert echo_once(kept, b"after the rotation") == b"after the rotation"
+
+        # A certificate with another key: a NACK naming the problem; the old one serves on.
+        plane.set_resources(SECRET, [inline_secret("default", first, key_of=leaf(ca, "rsa"))], "3")
+        nack = wait_until(lambda: plane.nacked(SECRET, "3"), 15, "SDS v3 NACKed")
+        assert ("Secret[default].tls_certificate: the certificate does not match the private key"
+                in nack["error_detail"]["message"])
+        assert serves(port, ctx, second)
+        assert echo_once(kept, b"still") == b"still"
+        stats = b.stats()
+        assert stats["sds.default.update_success"] >= 2
+        assert stats["sds.default.update_rejected"] == 1
+        kept.close()
+    finally:
+        plane.close()
+
+
+def _swap(directory, pair, generation: int) -> None:
+    """What kubelet does to a mounted secret: a new timestamped directory, then one rename of
+    the `..data` symlink over the old one."""
+    target = directory / f"..{generation}"
+    target.mkdir()
+    pair.write(target, "tls")
+    readable(target)
+    link = directory / "..data_tmp"
+    link.symlink_to(target.name)
+    os.replace(link, directory / "..data")
+
+
+def test_watched_directory_symlink_swap_rotates(baton, upstreams, shared_dir):
+    ca = make_ca("ecdsa")
+    first, second = leaf(ca, "ecdsa"), leaf(ca, "rsa")
+    certs = shared_dir / "certs"
+    certs.mkdir(mode=0o755)
+    _swap(certs, first, 1)
+    for name in ("tls.crt", "tls.key"):
+        (certs / name).symlink_to(f"..data/{name}")
+    sds_file = shared_dir / "sds.yaml"
+    sds_file.write_text(yaml.safe_dump({"resources": [{
+        "@type": SECRET_TYPE, "name": "server", "tls_certificate": {
+            "certificate_chain": {"filename": str(certs / "tls.crt")},
+            "private_key": {"filename": str(certs / "tls.key")},
+            "watched_directory": {"path": str(certs)}}}]}))
+    readable(shared_dir)
+    echo = upstreams("echo")
+    port = free_port()
+    b = baton(tls_bootstrap(port, echo.port, sds_transport_socket(
+        "server", {"path_config_source": {"path": str(sds_file)}})))
+    ctx = client_context(ca)
+    assert serves(port, ctx, first)
+    kept = open_connection(port, ctx)
+    assert echo_once(kept, b"before") == b"before"
+
+    _swap(certs, second, 2)                               # ECDSA -> RSA, one rename
+    wait_until(lambda: serves(port, ctx, second), 15, "the swapped certificate served")
+    assert echo_once(kept, b"after") == b"after"
+    kept.close()
+    assert "secrets updated (rotated): server" in b.log
