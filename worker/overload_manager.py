@@ -27,6 +27,7 @@ from .connection_table import ConnectionTable
 from .heap_shrinker import SHRINK_INTERVAL, release_free_memory
 from .overload import Evaluator, fires
 from .overload_monitors import DownstreamConnections, make_monitor
+from .overload_reset import RESET_COUNT, reset_high_memory_streams
 
 log = logging.getLogger("baton.overload")
 
@@ -35,6 +36,7 @@ REJECT_INCOMING_CONNECTIONS = "envoy.overload_actions.reject_incoming_connection
 DISABLE_HTTP_KEEPALIVE = "envoy.overload_actions.disable_http_keepalive"
 STOP_ACCEPTING_REQUESTS = "envoy.overload_actions.stop_accepting_requests"
 SHRINK_HEAP = "envoy.overload_actions.shrink_heap"
+RESET_HIGH_MEMORY_STREAM = "envoy.overload_actions.reset_high_memory_stream"
 TCP_LISTENER_ACCEPT = "envoy.load_shed_points.tcp_listener_accept"
 HCM_DECODE_HEADERS = "envoy.load_shed_points.http_connection_manager_decode_headers"
 
@@ -45,7 +47,7 @@ class OverloadManager:
     __slots__ = ("worker", "evaluator", "monitors", "refresh_interval", "timer", "limit",
                  "limit_name", "screen_accept", "holding", "shedding", "stop_requests",
                  "decode_point", "disable_keepalive", "http_active", "reject_fraction",
-                 "accept_point", "random", "failing", "shrink_timer")
+                 "accept_point", "random", "failing", "shrink_timer", "account_bitshift")
 
     def __init__(self, worker, config: dict | None, rand=random.random):
         self.worker = worker
@@ -60,8 +62,14 @@ class OverloadManager:
         self.reject_fraction = self.accept_point = 0.0
         self.refresh_interval = None
         self.failing: set[str] = set()      # monitors whose last update failed (logged once)
+        # Envoy's workers have this counter whether or not the action is configured.
+        worker.stats.counters.setdefault(RESET_COUNT, 0)
+        self.account_bitshift = None        # reset_high_memory_stream tracks from 2^this bytes
         if not config:
             return
+        power = config.get("minimum_account_to_track_power_of_two")
+        if power:
+            self.account_bitshift = power - 1     # Envoy's WatermarkBufferFactory bitshift
         stats = worker.stats
         self.evaluator = Evaluator(config, stats.gauges, stats.counters)
         self.refresh_interval = config["refresh_interval"]
@@ -95,8 +103,13 @@ class OverloadManager:
                                 worker.id, name, exc)
             else:
                 self.failing.discard(name)
-        if self.evaluator.update(measured):
+        changed = self.evaluator.update(measured)
+        if changed:
             self._apply()
+            if RESET_HIGH_MEMORY_STREAM in changed:
+                # Envoy calls the action's worker callback on each change of its value.
+                reset_high_memory_streams(worker, self.evaluator.value(RESET_HIGH_MEMORY_STREAM),
+                                          self.account_bitshift)
         self._declare_stats()
 
     def _shrink(self) -> None:

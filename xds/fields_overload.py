@@ -2,8 +2,7 @@
 
 Merged into fields.ALLOWED. The typed_config of a resource monitor or an action is SKIP:
 overload.py unpacks it by its type, as Envoy picks the monitor's factory by type URL.
-buffer_factory_config is absent on purpose: it only configures reset_high_memory_stream,
-which Baton does not implement, so setting it is "not supported".
+buffer_factory_config configures reset_high_memory_stream (which streams are tracked).
 """
 
 from .fields import SKIP, WALK
@@ -17,7 +16,9 @@ ALLOWED_OVERLOAD: dict = {
         "ignore_global_conn_limit": WALK},
     "envoy.config.overload.v3.OverloadManager": {
         "refresh_interval": WALK, "resource_monitors": WALK, "actions": WALK,
-        "loadshed_points": WALK},
+        "loadshed_points": WALK, "buffer_factory_config": WALK},
+    "envoy.config.overload.v3.BufferFactoryConfig": {
+        "minimum_account_to_track_power_of_two": WALK},
     "envoy.config.overload.v3.ResourceMonitor": {
         "name": WALK, "typed_config": SKIP},
     "envoy.config.overload.v3.OverloadAction": {

@@ -10,7 +10,8 @@
      "actions": [{"name": "envoy.overload_actions.stop_accepting_requests",
                   "triggers": [TRIGGER]}],
      "loadshed_points": [{"name": "envoy.load_shed_points.tcp_listener_accept",
-                          "triggers": [TRIGGER]}]}
+                          "triggers": [TRIGGER]}],
+     "minimum_account_to_track_power_of_two": 20}     # buffer_factory_config; 0: unset
     TRIGGER: {"monitor": "<resource monitor name>", "threshold": 0.9}
            | {"monitor": ..., "scaling_threshold": 0.8, "saturation_threshold": 0.95}
 
@@ -41,14 +42,17 @@ UNSUPPORTED_MONITOR_TYPES = (
     "envoy.extensions.resource_monitors.cgroup_memory.v3.CgroupMemoryConfig",
     "envoy.extensions.resource_monitors.cpu_utilization.v3.CpuUtilizationConfig")
 
+RESET_STREAMS = "envoy.overload_actions.reset_high_memory_stream"
 ACTIONS = ("envoy.overload_actions.stop_accepting_connections",
            "envoy.overload_actions.reject_incoming_connections",
            "envoy.overload_actions.disable_http_keepalive",
            "envoy.overload_actions.stop_accepting_requests",
-           "envoy.overload_actions.shrink_heap")
+           "envoy.overload_actions.shrink_heap",
+           RESET_STREAMS)
 ENVOY_ONLY_ACTIONS = ("envoy.overload_actions.reduce_timeouts",
-                      "envoy.overload_actions.reset_high_memory_stream",
                       "envoy.overload_actions.close_idle_http_connections")
+# BufferFactoryConfig.minimum_account_to_track_power_of_two: Envoy's validation range.
+ACCOUNT_POWER_RANGE = (10, 56)
 
 LOADSHED_POINTS = ("envoy.load_shed_points.tcp_listener_accept",
                    "envoy.load_shed_points.http_connection_manager_decode_headers")
@@ -115,10 +119,31 @@ def translate_overload_manager(pb, path, errors, warnings=None):
                                 "ignored (as Envoy does)")
         points.append({"name": name, "triggers": triggers})
 
+    power = _buffer_factory(pb, path, errors)
+    if power == 0 and warnings is not None and any(a["name"] == RESET_STREAMS for a in actions):
+        # Envoy accepts this too, and then tracks no stream: the action never resets one.
+        warnings.append(f"{join(path, 'actions')}: {RESET_STREAMS} resets nothing without "
+                        "buffer_factory_config.minimum_account_to_track_power_of_two")
+
     if len(errors) > start:
         return None
     return {"refresh_interval": refresh, "monitors": monitors, "actions": actions,
-            "loadshed_points": [p for p in points if p["name"] in LOADSHED_POINTS]}
+            "loadshed_points": [p for p in points if p["name"] in LOADSHED_POINTS],
+            "minimum_account_to_track_power_of_two": power}
+
+
+def _buffer_factory(pb, path, errors) -> int:
+    """buffer_factory_config.minimum_account_to_track_power_of_two, 0 when unset (Envoy then
+    creates no buffer memory account: nothing is tracked)."""
+    if not pb.HasField("buffer_factory_config"):
+        return 0
+    here = join(path, "buffer_factory_config")
+    power = pb.buffer_factory_config.minimum_account_to_track_power_of_two
+    low, high = ACCOUNT_POWER_RANGE
+    if not low <= power <= high:
+        errors.append(f"{here}.minimum_account_to_track_power_of_two: value must be inside "
+                      f"range [{low}, {high}] (got {power})")
+    return power
 
 
 def _monitor(pb, here, errors, warnings):

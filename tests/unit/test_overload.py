@@ -18,6 +18,7 @@ import yaml
 
 from baton.xds.bootstrap import ConfigError, load_bootstrap
 from baton.worker import overload_manager as om
+from baton.worker import overload_reset
 from baton.worker.connection_table import ConnectionTable
 from baton.worker.overload import Evaluator, fires, trigger_value
 from baton.worker.overload_monitors import (DownstreamConnections, InjectedResource,
@@ -91,7 +92,8 @@ def test_a_full_overload_manager_translates(tmp_path):
 def test_defaults_and_no_overload_manager(tmp_path):
     snap = load(tmp_path, {"resource_monitors": monitors()[:1]})
     assert snap["overload"] == {"refresh_interval": 1.0, "monitors": [
-        {"name": HEAP, "kind": "fixed_heap", "limit": 1 << 30}], "actions": [], "loadshed_points": []}
+        {"name": HEAP, "kind": "fixed_heap", "limit": 1 << 30}], "actions": [], "loadshed_points": [],
+        "minimum_account_to_track_power_of_two": 0}
     path = tmp_path / "plain.yaml"
     path.write_text(yaml.safe_dump({"admin": {"address": {"socket_address": {
         "address": "127.0.0.1", "port_value": 9901}}}}))
@@ -148,8 +150,12 @@ def test_a_monitor_is_known_by_its_type_not_its_name(tmp_path):
                  "CpuUtilizationConfig"}),
      f"{OM}.resource_monitors[0].typed_config: envoy.extensions.resource_monitors.cpu_utilization.v3."
      "CpuUtilizationConfig not supported"),
-    (lambda o: o.__setitem__("buffer_factory_config", {"minimum_account_to_track_power_of_two": 20}),
-     f"{OM}.buffer_factory_config: not supported"),
+    (lambda o: o.__setitem__("buffer_factory_config", {"minimum_account_to_track_power_of_two": 9}),
+     f"{OM}.buffer_factory_config.minimum_account_to_track_power_of_two: value must be inside "
+     "range [10, 56]"),
+    (lambda o: o["actions"].append({"name": "envoy.overload_actions.close_idle_http_connections",
+                                    "triggers": [{"name": HEAP, "threshold": {"value": 0.5}}]}),
+     f"{OM}.actions[3].name: envoy.overload_actions.close_idle_http_connections not supported"),
     (lambda o: o.__setitem__("loadshed_points", [{"name": "envoy.load_shed_points.tcp_proxy_on_data",
                                                   "triggers": [{"name": HEAP, "threshold": {"value": 0.5}}]}]),
      f"{OM}.loadshed_points[0].name: envoy.load_shed_points.tcp_proxy_on_data not supported"),
@@ -159,6 +165,21 @@ def test_refused_as_envoy_refuses(tmp_path, change, expected):
     change(overload)
     found = errors(tmp_path, overload)
     assert any(e.startswith(expected) for e in found), found
+
+
+def test_reset_high_memory_stream_and_its_buffer_factory_config(tmp_path):
+    reset = {"name": om.RESET_HIGH_MEMORY_STREAM, "triggers": [
+        {"name": HEAP, "scaled": {"scaling_threshold": 0.85, "saturation_threshold": 0.95}}]}
+    snap = load(tmp_path, manager(actions=[reset],
+                                  buffer_factory_config={"minimum_account_to_track_power_of_two": 20}))
+    assert snap["overload"]["actions"] == [{"name": om.RESET_HIGH_MEMORY_STREAM, "triggers": [
+        {"monitor": HEAP, "scaling_threshold": 0.85, "saturation_threshold": 0.95}]}]
+    assert snap["overload"]["minimum_account_to_track_power_of_two"] == 20
+    # Envoy accepts the action without buffer_factory_config and then tracks no stream.
+    snap = load(tmp_path, manager(actions=[reset]))
+    assert snap["overload"]["minimum_account_to_track_power_of_two"] == 0
+    assert any(w.startswith(f"{OM}.actions: {om.RESET_HIGH_MEMORY_STREAM} resets nothing without")
+               for w in snap["warnings"])
 
 
 def test_load_shed_points(tmp_path):
@@ -531,3 +552,105 @@ def test_release_free_memory_calls_the_allocator():
     from baton.worker import heap_shrinker
     heap_shrinker.release_free_memory()
     assert heap_shrinker._libc                             # glibc's malloc_trim was found
+
+
+# --- reset_high_memory_stream ------------------------------------------------------------------
+
+def test_memory_classes_are_envoys():
+    """Envoy's WatermarkBufferFactory shifts balances by power - 1 (its unit tests track 1 MiB
+    accounts with power 21): class i holds [2^(p-1+i), 2^(p+i)), the last one the rest."""
+    shift = 20 - 1
+    assert overload_reset.memory_class((1 << 19) - 1, shift) is None
+    assert overload_reset.memory_class(1 << 19, shift) == 0
+    assert overload_reset.memory_class((1 << 20) - 1, shift) == 0
+    assert overload_reset.memory_class(1 << 20, shift) == 1
+    assert overload_reset.memory_class(1 << 26, shift) == 7
+    assert overload_reset.memory_class(1 << 40, shift) == 7
+
+
+def test_the_largest_classes_go_first_scaled_by_the_value_and_at_most_50():
+    shift = 10              # 1 KiB and over is tracked
+    streams = [("tiny", 100), ("c0", 1500), ("c3", 9000), ("c7", 1 << 20), ("c6", 70_000)]
+    assert overload_reset.choose(streams, 0.01, shift) == ["c7"]            # 1 class
+    assert overload_reset.choose(streams, 0.125, shift) == ["c7", "c6"]     # 2 classes
+    assert overload_reset.choose(streams, 0.5, shift) == ["c7", "c6", "c3"]  # 5 classes
+    assert overload_reset.choose(streams, 1.0, shift) == ["c7", "c6", "c3", "c0"]
+    many = [(f"s{i}", 1 << 20) for i in range(60)] + [("small", 2048)]
+    chosen = overload_reset.choose(many, 1.0, shift)
+    assert len(chosen) == 50 and "small" not in chosen
+
+
+class BalanceConn:
+    def __init__(self, multiplexed, pending=0, unsent=0):
+        self.kind, self.closed, self.streams = "http", False, {}
+        self.codec = SimpleNamespace(multiplexed=multiplexed, pending=lambda sid: pending)
+        self.transport = SimpleNamespace(get_write_buffer_size=lambda: unsent)
+
+
+def test_a_streams_balance_is_what_baton_holds_for_it():
+    """HTTP/2: the bytes its window holds back (the connection's unsent bytes are no one
+    stream's); HTTP/1.1: the connection's unsent bytes; and the request body the upstream has
+    not taken: held for a retry, in the upstream's HTTP/2 window or its unsent bytes."""
+    h2 = BalanceConn(True, pending=5000, unsent=70_000)
+    assert overload_reset.stream_balance(SimpleNamespace(conn=h2, id=1, router=None)) == 5000
+    h1 = BalanceConn(False, unsent=70_000)
+    exchange = SimpleNamespace(conn=h1, id=1)
+    exchange.router = exchange                  # the express lane's stand-in for a router
+    assert overload_reset.stream_balance(exchange) == 70_000
+    upstream = SimpleNamespace(done=False, stream_id=3, pool=SimpleNamespace(http2=False),
+                               conn=BalanceConn(False, unsent=300))
+    router = SimpleNamespace(body=[b"x" * 100, b"y" * 20], upstream=upstream)
+    stream = SimpleNamespace(conn=h2, id=1, router=router, held_bytes=7)
+    assert overload_reset.stream_balance(stream) == 5000 + 7 + 120 + 300
+    upstream.pool.http2, upstream.conn = True, BalanceConn(True, pending=40, unsent=300)
+    assert overload_reset.stream_balance(stream) == 5000 + 7 + 120 + 40
+
+
+def test_the_action_resets_on_each_change_of_its_value(tmp_path):
+    """The worker resets when the action's value changes (Envoy's callback), not on every
+    refresh; nothing at value 0; the count is Envoy's root counter, there from the start."""
+    pressure = tmp_path / "p"
+    pressure.write_text("0.0")
+    cfg = {"refresh_interval": 1.0,
+           "monitors": [{"name": "f", "kind": "injected_resource", "filename": str(pressure)}],
+           "actions": [{"name": om.RESET_HIGH_MEMORY_STREAM, "triggers": [
+               {"monitor": "f", "scaling_threshold": 0.5, "saturation_threshold": 0.9}]}],
+           "loadshed_points": [], "minimum_account_to_track_power_of_two": 11}
+    worker = fake_worker()
+    conn = BalanceConn(True)
+    worker.connections = {1: conn}
+    resets = []
+
+    def stream(sid, balance):
+        s = SimpleNamespace(id=sid, conn=conn, router=None, held_bytes=balance)
+        s.reset_by_overload = lambda: (resets.append(sid), conn.streams.pop(sid))
+        conn.streams[sid] = s
+
+    stream(1, 100)                  # untracked (under 1 KiB)
+    stream(3, 1 << 20)              # class 7 with power 11
+    stream(5, 5000)                 # class 2
+    manager = om.OverloadManager(worker, cfg)
+    counters = worker.stats.counters
+    assert counters[overload_reset.RESET_COUNT] == 0
+    manager._refresh()
+    assert resets == []
+    pressure.write_text("0.52")     # value 0.05: the largest class only
+    manager._refresh()
+    assert resets == [3] and counters[overload_reset.RESET_COUNT] == 1
+    stream(7, 1 << 20)
+    manager._refresh()              # same value: Envoy does not call again
+    assert resets == [3]
+    pressure.write_text("0.9")      # saturated: every tracked class
+    manager._refresh()
+    assert resets == [3, 7, 5] and counters[overload_reset.RESET_COUNT] == 3
+    assert set(conn.streams) == {1}
+
+
+def test_without_buffer_factory_config_no_stream_is_tracked():
+    worker = fake_worker()
+    assert overload_reset.reset_high_memory_streams(worker, 1.0, None) == 0
+    assert om.OverloadManager(fake_worker(), None).account_bitshift is None
+    assert fake_worker().stats.counters.get(overload_reset.RESET_COUNT) is None
+    manager_worker = fake_worker()
+    om.OverloadManager(manager_worker, None)
+    assert manager_worker.stats.counters[overload_reset.RESET_COUNT] == 0

@@ -113,6 +113,7 @@ class Exchange:
     # Read by the connection manager as on a Stream.
     request_complete = True
     window_held = False
+    upgrade = None
 
     def __init__(self, conn, event, route, cluster, host, pool, upstream):
         self.conn = conn
@@ -299,6 +300,10 @@ class Exchange:
     def reset(self, reason: str, notify: bool = True) -> None:
         if not self.done or self.handed_to is not None:
             self._hand_back().reset(reason, notify)
+
+    def reset_by_overload(self) -> None:
+        if not self.done or self.handed_to is not None:
+            self._hand_back().reset_by_overload()
 
     def timed_out(self, status: int, body: str, details: str, stat: str) -> None:
         self._hand_back().timed_out(status, body, details, stat)

@@ -15,6 +15,7 @@ import logging
 import random
 import time
 
+from ...codecs.h2server import CANCEL, NO_ERROR
 from ...codecs.message import Headers, Response
 from . import path_normalize
 from . import xfcc
@@ -577,8 +578,11 @@ class Stream:
 
     # -- ending -----------------------------------------------------------------------------
 
-    def reset(self, reason: str, notify: bool = True) -> None:
-        """Abort this stream (client reset, upstream reset after the response began)."""
+    def reset(self, reason: str, notify: bool = True, code: int = CANCEL,
+              stat: str | None = None) -> None:
+        """Abort this stream (client reset, upstream reset after the response began); with
+        `notify`, the client is told (HTTP/2 RST_STREAM `code`) and `stat` counted (default
+        downstream_rq_tx_reset)."""
         if self.done:
             return
         if self.router is not None:
@@ -589,9 +593,9 @@ class Stream:
         if not self.info.response_code_details:
             self.info.response_code_details = reason.replace(" ", "_")
         if notify:
-            self.stats[self.hcm.stat_rq_tx_reset] += 1
+            self.stats[stat or self.hcm.stat_rq_tx_reset] += 1
             codec = self.conn.codec
-            codec.reset(self.id)
+            codec.reset(self.id, code)
             self.conn.flush()
             if not codec.multiplexed:
                 self.conn.queued.clear()    # the connection dies: nothing queued may start
@@ -600,6 +604,16 @@ class Stream:
                 self.conn.abort()
                 return
         self._end()
+
+    def reset_by_overload(self) -> None:
+        """reset_high_memory_stream chose this stream (worker/overload_reset.py). Envoy's codec
+        resets it (RST_STREAM NO_ERROR; HTTP/1.1 ends the connection) and its connection
+        manager takes that as any reset: downstream_rq_rx_reset, flag OM, details overload."""
+        if self.done:
+            return
+        self.info.response_flags.append("OM")
+        self.info.response_code_details = "overload"
+        self.reset("overload", code=NO_ERROR, stat=self.hcm.stat_rq_rx_reset)
 
     def timed_out(self, status: int, body: str, details: str, stat: str) -> None:
         """request_timeout / stream_idle_timeout: Envoy's 408 before the response began, a
