@@ -9,11 +9,15 @@ hash policy, no route, access log, and Envoy's stat names.
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
 import threading
 import time
 
 import pytest
+
+from baton.worker.proxy.udp_proxy import owner_index
 
 from .conftest import free_port, wait_until
 
@@ -218,3 +222,53 @@ def test_source_ip_hash_keeps_one_upstream_and_no_route_is_counted(baton, udp_ec
                  "cluster.echo.udp.sess_rx_datagrams_dropped", "cluster.echo.udp.sess_rx_errors",
                  "listener.127.0.0.1_%d.udp.downstream_rx_datagram_dropped" % no_route_port):
         assert name in stats, name
+
+
+def test_recycle_moves_sessions_and_a_crash_loses_only_sessions(baton, udp_echoes):
+    """`baton recycle` of the worker that reads the listener moves its session like a reload
+    does (nothing lost, same upstream, no new session). A SIGKILL of that worker loses its
+    sessions but not the listener: the socket stays with the master, the respawned worker
+    reads it, and what clients sent meanwhile is answered (at most the datagram in flight in
+    the dead worker is lost)."""
+    ups = udp_echoes(2)
+    port = free_udp_port()
+    b = baton(udp_bootstrap(free_port(), port, ups), concurrency=2)
+    owner = owner_index("udp_in", 2)
+    stop = threading.Event()
+    session = Session(port, 0, stop)
+    try:
+        session.start()
+        wait_until(lambda: session.sent >= 5, 10, "the session to start")
+        result = b.cli("recycle", "--worker", str(owner), timeout=60)
+        assert result.returncode == 0, result.stdout + result.stderr
+        before = session.sent
+        wait_until(lambda: session.sent >= before + 10, 10, "datagrams after the recycle")
+        assert session.lost == [] and len(session.upstreams) == 1, (session.lost, session.upstreams)
+        assert b.stats()["udp.dns.downstream_sess_total"] == 1
+        [pid] = [w["pid"] for w in b.status()["workers"] if w["id"] == owner]
+        os.kill(pid, signal.SIGKILL)
+        wait_until(lambda: any(w["id"] == owner and w["pid"] not in (None, pid)
+                               for w in b.status()["workers"]), 20, "the worker's respawn")
+        before = session.sent
+        wait_until(lambda: session.sent >= before + 10, 20, "datagrams after the crash")
+    finally:
+        stop.set()
+        session.join(10)
+        session.close()
+    assert len(session.lost) <= 1, session.lost
+    assert b.stats()["udp.dns.downstream_sess_total"] == 2
+
+
+def test_per_packet_load_balancing_spreads_one_session(baton, udp_echoes):
+    """use_per_packet_load_balancing: each datagram of one session picks a host (round robin),
+    and the answers of every host come back to the client."""
+    ups = udp_echoes(2)
+    port = free_udp_port()
+    b = baton(udp_bootstrap(free_port(), port, ups, use_per_packet_load_balancing=True),
+              concurrency=1)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        answers = [exchange(sock, port, b"p%d" % i) for i in range(6)]
+    assert None not in answers and set(answers) == set(ups), answers
+    assert all(x != y for x, y in zip(answers, answers[1:])), answers      # alternating
+    assert b.stats()["udp.dns.downstream_sess_total"] == 1
