@@ -409,13 +409,14 @@ def translate_cluster(pb, path, errors, warnings=None):
         eds["service_name"] = eds["service_name"] or pb.name
     elif pb.HasField("eds_cluster_config"):
         errors.append(f"{join(path, 'eds_cluster_config')}: only for type EDS")
-    endpoints = []
+    endpoints, pipes = [], None
     if pb.HasField("load_assignment") and cluster_type not in ("ORIGINAL_DST", "EDS"):
         assignment = translate_load_assignment(
             pb.load_assignment, join(path, "load_assignment"), errors, warnings,
             require_ip=cluster_type != "STRICT_DNS")
         if assignment is not None:
             endpoints = assignment["endpoints"]
+            pipes = assignment.get("pipe_endpoints")
 
     if len(errors) > start:
         return None
@@ -425,6 +426,7 @@ def translate_cluster(pb, path, errors, warnings=None):
             "buffer_limit": _uint32(pb, "per_connection_buffer_limit_bytes",
                                     DEFAULT_BUFFER_LIMIT),
             "eds": eds,                   # EDS: {"service_name", "initial_fetch_timeout"}
+            **({"pipe_endpoints": pipes} if pipes else {}),
             **features}
 
 
@@ -459,7 +461,7 @@ def translate_load_assignment(pb, path, errors, warnings=None, require_ip=True):
     check_fields(pb, path, errors, warnings)
     if not pb.cluster_name:
         errors.append(f"{join(path, 'cluster_name')}: required")  # Envoy: min_len 1
-    endpoints, pipes = [], None
+    endpoints, pipes = [], []
     # Priority and locality ride on each endpoint, only when not the default, so that a plain
     # endpoint stays {"address", "port", "weight"} (worker/proxy/priority.py reads them).
     overprovisioning = _uint32(pb.policy, "overprovisioning_factor", 140)
@@ -482,17 +484,23 @@ def translate_load_assignment(pb, path, errors, warnings=None, require_ip=True):
         for j, lb_endpoint in enumerate(locality.lb_endpoints):
             where = join(path, f"endpoints[{i}].lb_endpoints[{j}]")
             if not lb_endpoint.HasField("endpoint"):
-            pipes = assignment.get("pipe_endpoints")
                 if not lb_endpoint.HasField("endpoint_name"):  # already "not supported"
                     errors.append(f"{where}.endpoint: required")
                 continue
             if not lb_endpoint.endpoint.HasField("address"):
                 errors.append(f"{where}.endpoint.address: required")
                 continue
+            if lb_endpoint.endpoint.address.HasField("pipe"):
+                # A Unix socket (Istio's sds-grpc): dialled by the xDS agent only; workers
+                # see no host in it (xds/secrets.py).
+                pipe = lb_endpoint.endpoint.address.pipe.path
+                if not pipe:
+                    errors.append(f"{where}.endpoint.address.pipe.path: required")
+                pipes.append(pipe)
+                continue
             # Envoy accepts port 0 for an endpoint (connecting to it then fails).
             hostport = _socket_address(lb_endpoint.endpoint.address, f"{where}.endpoint.address",
                                        errors, ip_only=require_ip, port_required=False)
-            **({"pipe_endpoints": pipes} if pipes else {}),
             weight = _uint32(lb_endpoint, "load_balancing_weight", 1)
             if weight < 1:
                 errors.append(f"{where}.load_balancing_weight: must be at least 1")
@@ -540,7 +548,7 @@ def _plain_endpoints(pb):
     and where."""
     if not pb.cluster_name or {f.name for f, _ in pb.ListFields()} - _ASSIGNMENT_FIELDS:
         return None
-    endpoints, pipes = [], []
+    endpoints = []
     append = endpoints.append
     pton = socket.inet_pton
     v4, v6 = socket.AF_INET, socket.AF_INET6
@@ -560,14 +568,6 @@ def _plain_endpoints(pb):
             # One-byte tags all the way: SocketAddress.address (2) and port_value (3),
             # Address.socket_address (1), Endpoint.address (1), LbEndpoint.endpoint (1),
             # LocalityLbEndpoints.lb_endpoints (2), ClusterLoadAssignment.endpoints (2).
-            if lb_endpoint.endpoint.address.HasField("pipe"):
-                # A Unix socket (Istio's sds-grpc): dialled by the xDS agent only; workers
-                # see no host in it (xds/secrets.py).
-                pipe = lb_endpoint.endpoint.address.pipe.path
-                if not pipe:
-                    errors.append(f"{where}.endpoint.address.pipe.path: required")
-                pipes.append(pipe)
-                continue
             size = 2 + vsize(len(ip)) + len(ip) + vsize(port)
             size += 1 + vsize(size)
             size += 1 + vsize(size)
@@ -609,6 +609,10 @@ def _socket_address(pb, path, errors, ip_only, port_required=True):
     ip_only: the address must be an IP literal (listeners, admin, STATIC endpoints: Envoy
     does no DNS for those).
     """
+    if pb.HasField("pipe"):
+        errors.append(f"{path}.pipe: not supported here (only a cluster's endpoints, which the "
+                      "xDS agent dials)")
+        return None
     if not pb.HasField("socket_address"):
         if not pb.ListFields():  # envoy_internal_address is already "not supported"
             errors.append(f"{path}.socket_address: required")
@@ -665,7 +669,3 @@ def _duration(pb, field, default, path, errors, above=0.0):
 def _uint32(pb, field, default):
     """A UInt32Value field's value, or the default when unset."""
     return getattr(pb, field).value if pb.HasField(field) else default
-    if pb.HasField("pipe"):
-        errors.append(f"{path}.pipe: not supported here (only a cluster's endpoints, which the "
-                      "xDS agent dials)")
-        return None
