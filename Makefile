@@ -1,7 +1,7 @@
 # The two commands a newcomer runs (README): `make run` and `make test`.
 PY := .venv/bin/python
 
-.PHONY: install run test unit integration upgrade-test bench bench-reload bench-intercept bench-http bench-xds istio-acceptance clean
+.PHONY: install run test unit integration upgrade-test bench bench-reload bench-intercept bench-http bench-tls bench-xds istio-acceptance clean
 
 install:
 	@BATON_TEST_TOOLS=1 scripts/install.sh
@@ -38,6 +38,10 @@ bench-intercept: install
 bench-http: install
 	@BATON_BENCH_TOOLS=1 scripts/install.sh
 	@$(PY) bench/http_bench.py
+
+bench-tls: install
+	@BATON_BENCH_TOOLS=1 scripts/install.sh
+	@$(PY) bench/tls_bench.py
 
 bench-xds: install
 	@BATON_BENCH_TOOLS=1 scripts/install.sh

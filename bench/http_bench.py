@@ -46,8 +46,9 @@ LOAD_CPU = 0    # wrk, h2load and the upstream nginx share this one
 H2LOAD_HINT = "run `make bench-http` (it apt-installs nghttp2-client, which has h2load)"
 
 
-def parse_args(argv: list[str]) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def parse_args(argv: list[str], extra=None, description: str = __doc__) -> argparse.Namespace:
+    """The options; `extra(parser)` adds a caller's own (bench/tls_bench.py reuses these)."""
+    ap = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     env = os.environ.get
     ap.add_argument("--quick", action="store_true",
                     help="smoke test: 3 s per measurement, 1 repeat, 1 s warm-up, no retries "
@@ -74,6 +75,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--results", type=Path, default=BENCH_DIR / "RESULTS.md",
                     help="markdown file whose HTTP section is rewritten (default bench/RESULTS.md)")
     ap.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
+    if extra:
+        extra(ap)
     args = ap.parse_args(argv)
 
     def pick(value, env_name, normal, quick):
@@ -109,10 +112,10 @@ def _pinned(tool: str, hint: str) -> list[str]:
     return [require_tool("taskset", "install util-linux"), "-c", str(LOAD_CPU), require_tool(tool, hint)]
 
 
-def wrk_keepalive(port: int, duration: int, connections: int) -> dict:
+def wrk_keepalive(port: int, duration: int, connections: int, scheme: str = "http") -> dict:
     """HTTP/1.1 keep-alive: requests/s and the p50/p99 latency of wrk's --latency table."""
     argv = _pinned("wrk", loads.APT_HINT) + ["-t", "1", "-c", str(connections), "-d", f"{duration}s",
-                                              "--timeout", "5s", "--latency", f"http://{HOST}:{port}/"]
+                                              "--timeout", "5s", "--latency", f"{scheme}://{HOST}:{port}/"]
     out = loads._run_client(argv, duration + 30, "wrk --latency")
     m = loads._REQS.search(out)
     if not m:
@@ -209,7 +212,7 @@ def measure_once(proc: Proc, key: str, run: int, load) -> Sample:
         raise BenchError(f"{proc.name} exited during {key}: {proc.log_tail()}")
     return Sample(proc.name, key, run, r["rps"], meter.cpu, meter.wall, meter.busy[PROXY_CPU],
                   meter.busy[LOAD_CPU], p50_ms=r.get("p50_ms", math.nan), p99_ms=r.get("p99_ms", math.nan),
-                  mean_ms=r.get("mean_ms", math.nan), errors=r.get("errors", ""))
+                  mean_ms=r.get("mean_ms", math.nan), errors=r.get("errors", ""), unit=r.get("unit", "req/s"))
 
 
 def print_sample(s: Sample, note: str = "") -> None:
@@ -218,7 +221,7 @@ def print_sample(s: Sample, note: str = "") -> None:
         lat = f" p50 {s.p50_ms:.2f} ms p99 {s.p99_ms:.2f} ms"
     elif not math.isnan(s.mean_ms):
         lat = f" mean {s.mean_ms:.2f} ms"
-    print(f"  run {s.run} {s.proxy:8} {s.scenario:5} {s.rps:>10,.0f} req/s  {s.per_core:>10,.0f} per core "
+    print(f"  run {s.run} {s.proxy:8} {s.scenario:5} {s.rps:>10,.0f} {s.unit}  {s.per_core:>10,.0f} per core "
           f"(proxy {s.cores:.2f} cores, others on CPU {PROXY_CPU} {s.others:.2f}, CPU {LOAD_CPU} "
           f"{s.load_busy:.0%} busy){lat}" + (f"  [{s.errors}]" if s.errors else "") + note, flush=True)
 

@@ -64,6 +64,7 @@ class Sample:
     p99_ms: float = math.nan
     mean_ms: float = math.nan
     errors: str = ""
+    unit: str = "req/s"     # what `rps` counts (bench/tls_bench.py: handshakes/s, MB/s)
 
     @property
     def cores(self) -> float:
@@ -135,9 +136,16 @@ def _fmt_ratio(r: float | None) -> str:
     return "n/a" if r is None else f"{r:.2f}x"
 
 
-def scenario_table(sc: Scenario, summ: dict, proxies: list[str], skipped: dict[tuple[str, str], str]) -> list[str]:
+PROXY_NAMES = {"baton": "Baton", "envoy": "Envoy", "haproxy": "HAProxy", "nginx": "nginx"}
+
+
+def scenario_table(sc: Scenario, summ: dict, proxies: list[str], skipped: dict[tuple[str, str], str],
+                   unit: str = "req/s", reference: str = "envoy") -> list[str]:
+    """One scenario's table; per-core ratios against `reference` (p99 always against Envoy)."""
     envoy = summ.get(("envoy", sc.key))
-    head = "| proxy | req/s | proxy CPU (cores) | **per core (req/s per CPU)** | per core vs Envoy "
+    ref = summ.get((reference, sc.key))
+    head = (f"| proxy | {unit} | proxy CPU (cores) | **per core ({unit} per CPU)** "
+            f"| per core vs {PROXY_NAMES.get(reference, reference)} ")
     rule = "| --- | ---: | ---: | ---: | ---: "
     if sc.latency == "percentiles":
         head += "| p50 (ms) | p99 (ms) | p99 vs Envoy "
@@ -155,7 +163,7 @@ def scenario_table(sc: Scenario, summ: dict, proxies: list[str], skipped: dict[t
             lines.append(f"| {p} | {why} |" + " |" * (rule.count("|") - 3))
             continue
         row = (f"| {p} | {_num(s.rps)} | {s.cores:.2f} | **{_num(s.per_core)}** "
-               f"| {_fmt_ratio(_ratio(s.per_core, envoy.per_core if envoy else None))} ")
+               f"| {_fmt_ratio(_ratio(s.per_core, ref.per_core if ref else None))} ")
         if sc.latency == "percentiles":
             row += (f"| {_num(s.p50_ms, 2)} | {_num(s.p99_ms, 2)} "
                     f"| {_fmt_ratio(_ratio(s.p99_ms, envoy.p99_ms if envoy else None))} ")
@@ -223,14 +231,19 @@ def render(summ: dict, memory: list[Memory], proxies: list[str], skipped: dict, 
     return lines
 
 
-def write_section(path: Path, lines: list[str]) -> None:
-    """Replace the text between START and END (markers included) or, the first time, put the
-    section at the top of the file; every other byte of the file stays as it is."""
+def write_section(path: Path, lines: list[str], start: str = START, end: str = END,
+                  place_after: str | None = None) -> None:
+    """Replace the text between `start` and `end` (markers included) or, the first time, put the
+    section right after the line `place_after` if the file has it, else at the top of the file;
+    every other byte of the file stays as it is."""
     text = path.read_text() if path.exists() else ""
-    section = START + "\n\n" + "\n".join(lines).strip() + "\n\n" + END + "\n"
-    if START in text and END in text.split(START, 1)[1]:
-        before, rest = text.split(START, 1)
-        after = rest.split(END, 1)[1].lstrip("\n")
+    section = start + "\n\n" + "\n".join(lines).strip() + "\n\n" + end + "\n"
+    if start in text and end in text.split(start, 1)[1]:
+        before, rest = text.split(start, 1)
+        after = rest.split(end, 1)[1].lstrip("\n")
         path.write_text(before + section + ("\n" + after if after else ""))
+    elif place_after and place_after in text:
+        before, after = text.split(place_after, 1)
+        path.write_text(before + place_after + "\n\n" + section + "\n" + after.lstrip("\n"))
     else:
         path.write_text(section + ("\n" + text if text else ""))

@@ -95,7 +95,14 @@ def echo(port: int, ctx, total: int) -> float:
     return total / elapsed / 1e6
 
 
-def move(b: Baton, port: int, ctx, count: int) -> str:
+def echo_probe(tls: ssl.SSLSocket) -> None:
+    tls.sendall(b"x")
+    assert tls.recv(1) == b"x"
+
+
+def move(b: Baton, port: int, ctx, count: int, probe=echo_probe) -> str:
+    """Open `count` TLS connections, let them idle, `baton reload`; then `probe` a sample of
+    them (on the new generation) and return the old worker's "moved N of N" figures."""
     conns = [connect(port, ctx) for _ in range(count)]
     open_now = []
 
@@ -113,8 +120,7 @@ def move(b: Baton, port: int, ctx, count: int) -> str:
     lines = re.findall(r"worker \d+: moved (\d+) of (\d+) connection\(s\) in ([0-9.]+)s", b.log)
     moved, of, seconds = lines[-1]
     for tls in conns[:50]:            # a sample still talks, on the new generation
-        tls.sendall(b"x")
-        assert tls.recv(1) == b"x"
+        probe(tls)
     for tls in conns:
         tls.close()
     return f"moved {moved} of {of} idle TLS connections in {seconds} s"
