@@ -138,3 +138,72 @@ def test_resolving_fails_closed_until_every_secret_is_known():
 def test_bad_static_secrets(errors, secret, message):
     assert message in errors(with_secrets({"common_tls_context": {"tls_certificates": [
         certificate(leaf(make_ca("ecdsa"), "ecdsa"))]}}, [secret]))
+
+
+# --- SDS over ADS in the agent's DynamicConfig ---------------------------------------------
+
+def _ads_tls_listener(name, port):
+    from .xds_helpers import ADS, tcp_listener
+    spec = tcp_listener(name, port)
+    spec["filter_chains"][0]["transport_socket"] = {
+        "name": "envoy.transport_sockets.tls", "typed_config": {
+            "@type": TLS_TYPE, **sds_context(cert_name="default", sds_config=dict(
+                ADS, initial_fetch_timeout="5s"))}}
+    return spec
+
+
+@pytest.fixture
+def dynamic(tmp_path):
+    from baton.xds.dynamic import DynamicConfig
+    from .xds_helpers import load, static_cluster, xds_bootstrap
+    return DynamicConfig(load(tmp_path, xds_bootstrap(clusters=[static_cluster("c")])), started=0.0)
+
+
+def test_an_lds_listener_warms_until_its_ads_secret_arrives(dynamic):
+    from baton.xds.ads import LISTENER, SECRET
+    from baton.xds.merge import merge
+    from .xds_helpers import sotw_update
+    ca = make_ca("ecdsa")
+    first, second = leaf(ca, "ecdsa"), leaf(ca, "rsa")
+    assert dynamic.apply(sotw_update(LISTENER, "1", _ads_tls_listener("l", 10443)), 0.0) == []
+    assert dynamic.interest(SECRET) == frozenset({"default"})
+    assert list(dynamic.warming_listeners) == ["l"] and not dynamic.active_listeners
+    assert dynamic.next_deadline() == 5.0             # the secret's initial_fetch_timeout
+    assert "sds: listener 'l' is warming (waits for its secrets)" in dynamic.missing(0.0)
+    secret = {"name": "default", "tls_certificate": certificate(first)}
+    assert dynamic.apply(sotw_update(SECRET, "1", secret), 1.0) == []
+    assert list(dynamic.active_listeners) == ["l"]
+    published = dynamic.published(1.0)
+    static = {"listeners": [], "clusters": {}, "secrets": {}}
+    tls = merge(static, published)["listeners"][0]["filter_chains"][0]["tls"]
+    assert tls["certificates"] == [{"chain": first.cert_pem.decode(), "key": first.key_pem.decode()}]
+    # A rotation: the listener stays as it is; only the resolved material changes.
+    assert dynamic.apply(sotw_update(SECRET, "2", {"name": "default",
+                                                   "tls_certificate": certificate(second)}), 2.0) == []
+    tls = merge(static, dynamic.published(2.0))["listeners"][0]["filter_chains"][0]["tls"]
+    assert tls["certificates"][0]["chain"] == second.cert_pem.decode()
+
+
+def test_a_bad_ads_secret_is_rejected_with_its_path_and_the_old_one_stays(dynamic):
+    from baton.xds.ads import SECRET
+    from .xds_helpers import sotw_update
+    ca = make_ca("ecdsa")
+    good, other = leaf(ca, "ecdsa"), leaf(ca, "rsa")
+    assert dynamic.apply(sotw_update(SECRET, "1", {"name": "default",
+                                                   "tls_certificate": certificate(good)}), 0.0) == []
+    bad = {"name": "default", "tls_certificate": {
+        "certificate_chain": inline(good.cert_pem), "private_key": inline(other.key_pem)}}
+    assert dynamic.apply(sotw_update(SECRET, "2", bad), 1.0) == [
+        "Secret[default].tls_certificate: the certificate does not match the private key "
+        "(inline_string vs inline_string)"]
+    held = dynamic.accepted[SECRET]["default"].value["tls_certificate"]
+    assert held["chain"] == good.cert_pem.decode()
+
+
+def test_a_tls_spec_whose_secrets_rotate_keeps_its_chain():
+    from baton.worker.tls.server import only_secrets_differ
+    before = {"certificates": [{"chain": "A", "key": "a"}], "alpn": ["h2"], "missing_secrets": [],
+              "sds": {"x": 1}}
+    assert only_secrets_differ(before, {**before, "certificates": [{"chain": "B", "key": "b"}]})
+    assert not only_secrets_differ(before, {**before, "alpn": ["http/1.1"]})
+    assert not only_secrets_differ(before, dict(before))

@@ -13,7 +13,7 @@ import yaml
 from google.protobuf import any_pb2
 
 from baton.xds import protos
-from baton.xds.ads import CLUSTER, ENDPOINT, LISTENER, ROUTE, AdsProtocol
+from baton.xds.ads import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET, AdsProtocol
 from baton.xds.bootstrap import load_bootstrap
 
 ADS = {"ads": {}, "resource_api_version": "V3"}
@@ -23,6 +23,7 @@ HCM_TYPE = ("type.googleapis.com/envoy.extensions.filters.network.http_connectio
 ROUTER_TYPE = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
 CLASSES = {LISTENER: protos.Listener, ROUTE: protos.RouteConfiguration,
            CLUSTER: protos.Cluster, ENDPOINT: protos.ClusterLoadAssignment}
+CLASSES[SECRET] = protos.message_class(SECRET.rsplit("/", 1)[1])
 
 
 # --- resources as dicts ----------------------------------------------------------------------
