@@ -193,19 +193,22 @@ class Cluster:
         """Some host of this cluster may be reached over TLS."""
         return self.transports is not None or any(c is not None for _, c, _ in self.tls_matches)
 
-    def transport_for(self, host):
-        """The TlsClient for a new connection to `host` (None: plain TCP), counted as
-        Envoy counts the choice: the first transport_socket_matches entry whose `match` is
-        a subset of the endpoint's envoy.transport_socket_match metadata, else the
-        cluster's transport_socket ("default")."""
-        if self._tls_spec is None or self._tls_spec[0] is None and not self.tls_matches:
+    def transport_for(self, host, count: bool = True):
+        """The TlsClient for a new connection to `host` (None: plain TCP): the first
+        transport_socket_matches entry whose `match` is a subset of the endpoint's
+        envoy.transport_socket_match metadata, else the cluster's transport_socket
+        ("default"). `count`: a connection is made with it, counted as Envoy counts the
+        choice (<match name>.total_match_count); the HTTP pools look without counting."""
+        if not self.originates_tls:
             return None
         metadata = self.host_matches.get((host.address, host.port)) or {}
         for match, client, stat in self.tls_matches:
             if all(metadata.get(k) == v for k, v in match.items()):
-                self._count(stat)
+                if count:
+                    self._count(stat)
                 return client
-        self._count(f"cluster.{self.name}.default.total_match_count")
+        if count:
+            self._count(f"cluster.{self.name}.default.total_match_count")
         return self.transports
 
     def _count(self, stat: str) -> None:

@@ -10,6 +10,17 @@ tcp_proxy shares that count), a request that finds none free waits as *pending*,
 
 A waiter is any object with `on_pool_ready(connection)` and `on_pool_failure(reason, flag)`;
 the router's UpstreamRequest is the only one.
+
+Upstream TLS (the cluster's transport_socket, or the transport_socket_matches entry of the
+host): the pool's connections handshake in OpenSSL (worker/tls/client.py) within the
+connect timeout, then run on Baton's record layer (worker/tls/transport.py) as HTTPS does
+downstream; pooled connections belong to their generation and are never moved, the layer
+is simply the one TLS client Baton has. Pools are keyed by everything that makes two TLS
+connections different — the TLS client (its certificate, CA, SANs), the SNI (auto_sni takes
+it from each request's Host) and the SAN to verify (auto_san_validation) — so a TLS and a
+plain connection, or two different TLS contexts, never share a pool. The ALPN offered is
+the context's alpn_protocols, else "h2" for an HTTP/2 pool and "http/1.1" for an HTTP/1.1
+one (Envoy's fallback).
 """
 
 from __future__ import annotations
@@ -22,6 +33,7 @@ from collections import deque
 
 from ...codecs.events import GoAway, ProtocolError
 from ...codecs.http1 import Http1ClientCodec
+from ...tls.accept import HandshakeRefused
 from ..lb import Host
 
 log = logging.getLogger("baton.http.pool")
@@ -31,6 +43,7 @@ CONNECT_FAILURE = "remote connection failure"
 CONNECT_TIMEOUT = "connection timeout"
 OVERFLOW = "overflow"
 CONNECTION_TERMINATION = "connection termination"
+MAX_POOLS = 4096            # pools kept without a connection before unused ones are dropped
 
 
 class UpstreamConnection(asyncio.Protocol):
@@ -173,9 +186,10 @@ class HostPool:
     """Connections to one host of one cluster."""
 
     __slots__ = ("manager", "cluster", "host", "loop", "idle", "busy", "connecting", "waiters",
-                 "http2", "http2_options", "mark", "stat", "max_requests", "max_streams")
+                 "http2", "http2_options", "mark", "stat", "max_requests", "max_streams",
+                 "tls", "sni", "expected_san")
 
-    def __init__(self, manager, cluster, host, http2=None):
+    def __init__(self, manager, cluster, host, http2=None, tls=None, sni=None, expected_san=None):
         self.manager = manager
         self.cluster = cluster
         self.host = host
@@ -195,6 +209,9 @@ class HostPool:
             if options.get(key) is not None}
         self.mark = manager.mark
         self.stat = manager.stats.counters
+        self.tls = tls                      # the TlsClient of this pool's connections, or None
+        self.sni = sni
+        self.expected_san = expected_san    # auto_san_validation's host
 
     def request(self, waiter) -> None:
         """Give `waiter` a connection now, or when one is free, or fail it (overflow)."""
@@ -330,6 +347,7 @@ class HostPool:
         family = socket.AF_INET6 if ":" in host.address else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
         failure = None
+        layer = None
         try:
             sock.setblocking(False)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -339,14 +357,24 @@ class HostPool:
                 bind_error = cluster.bind_source(sock)
                 if bind_error:
                     raise OSError(bind_error, os.strerror(bind_error))
-                await asyncio.wait_for(loop.sock_connect(sock, (host.address, host.port)),
-                                       cluster.connect_timeout)
+                # Envoy's connect timeout covers the TLS handshake too.
+                layer = await asyncio.wait_for(self._dial(sock), cluster.connect_timeout)
             except asyncio.TimeoutError:
                 failure = (CONNECT_TIMEOUT, "upstream_cx_connect_timeout")
+            except HandshakeRefused as exc:
+                # Envoy 1.40's local reply for a refused upstream handshake names no
+                # transport failure reason (checked: a SAN mismatch).
+                self.tls.count(exc.counter)
+                _send_best_effort(sock, exc.data)
+                log.debug("TLS to %s refused: %s", host.stat_id, exc)
+                failure = (CONNECT_FAILURE, "upstream_cx_connect_fail")
             except OSError as exc:
                 failure = (f"{CONNECT_FAILURE}, transport failure reason: delayed connect "
                            f"error: {exc.errno}", "upstream_cx_connect_fail")
-            if failure is None:
+            if failure is None and layer is not None:
+                from ...tls.transport import Session, TlsTransport
+                TlsTransport(loop, sock, layer, bytearray(), Session(layer)).start(conn)
+            elif failure is None:
                 await loop.create_connection(lambda: conn, sock=sock)
         except OSError as exc:
             failure = (f"{CONNECT_FAILURE}, transport failure reason: {exc.strerror}",
@@ -379,9 +407,52 @@ class HostPool:
         else:
             self.release(conn)
 
+    async def _dial(self, sock):
+        """Connect, then, for a TLS pool, run the client handshake over the socket: the
+        record layer that carries the session on (None for plain TCP)."""
+        loop, host = self.loop, self.host
+        await loop.sock_connect(sock, (host.address, host.port))
+        if self.tls is None:
+            return None
+        from ...tls.client import ClientConnect
+        self.cluster.transport_for(host)        # counts <match>.total_match_count
+        alpn = ("h2",) if self.http2 else ("http/1.1",)
+        connect = ClientConnect(self.tls, self.sni, alpn, self.expected_san)
+        out = connect.start()
+        while True:
+            if out:
+                await loop.sock_sendall(sock, out)
+            if connect.layer is not None:
+                return connect.layer
+            data = await loop.sock_recv(sock, 65536)
+            out = connect.receive(data, not data)
+
     def close(self) -> None:
         for conn in list(self.idle) + list(self.busy):
             conn.abort(None)
+
+
+def _send_best_effort(sock, data: bytes) -> None:
+    if data:
+        try:
+            sock.send(data)
+        except OSError:
+            pass
+
+
+def _auto_sni_host(cluster, request) -> str | None:
+    """auto_sni / auto_san_validation: the request's Host (or override_auto_sni_header)
+    without its port; None for an IP literal, which is no server name."""
+    value = request.get((cluster.auto_sni or {}).get("header") or ":authority") if request else None
+    if not value:
+        return None
+    host = value.rsplit(":", 1)[0] if value.count(":") == 1 else value
+    host = host.strip("[]").lower()
+    try:
+        socket.inet_pton(socket.AF_INET6 if ":" in host else socket.AF_INET, host)
+        return None
+    except OSError:
+        return host
 
 
 class PoolManager:
@@ -415,17 +486,36 @@ class PoolManager:
             host = self.original_hosts[key] = Host(destination[0], destination[1])
         return host
 
-    def get(self, cluster, host, downstream_http2=False) -> HostPool:
+    def get(self, cluster, host, downstream_http2=False, request=None) -> HostPool:
         """The pool for `host`; with use_downstream_protocol_config (cluster.http2 ==
-        "downstream") one pool per protocol, picked by the downstream request's."""
+        "downstream") one pool per protocol, picked by the downstream request's; with
+        upstream TLS one per TLS client, SNI and SAN to verify (`request`: auto_sni's)."""
         http2 = cluster.http2
         if http2 == "downstream":
             http2 = downstream_http2
-        key = (cluster.name, host.address, host.port, http2)
+        tls = sni = san = None
+        if cluster.transports is not None or cluster.tls_matches:
+            tls = cluster.transport_for(host, count=False)
+            if tls is not None:
+                sni = tls.sni
+                auto = cluster.auto_sni
+                if auto is not None:
+                    name = _auto_sni_host(cluster, request)
+                    if name is not None:
+                        sni = name if auto["sni"] else sni
+                        san = name if auto["san"] else None
+        key = (cluster.name, host.address, host.port, http2, id(tls), sni, san)
         pool = self.pools.get(key)
-        if pool is None or pool.cluster is not cluster:
-            pool = self.pools[key] = HostPool(self, cluster, host, http2)
+        if pool is None or pool.cluster is not cluster or pool.tls is not tls:
+            if pool is None and len(self.pools) >= MAX_POOLS:
+                self._forget_unused_pools()     # auto_sni: one pool per Host seen
+            pool = self.pools[key] = HostPool(self, cluster, host, http2, tls, sni, san)
         return pool
+
+    def _forget_unused_pools(self) -> None:
+        for key, pool in list(self.pools.items()):
+            if not (pool.idle or pool.busy or pool.connecting or pool.waiters):
+                del self.pools[key]
 
     def drop_idle(self) -> None:
         """Close upstream connections that carry no request (drain). An HTTP/2 connection
