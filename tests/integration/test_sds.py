@@ -175,3 +175,73 @@ def test_watched_directory_symlink_swap_rotates(baton, upstreams, shared_dir):
     assert echo_once(kept, b"after") == b"after"
     kept.close()
     assert "secrets updated (rotated): server" in b.log
+
+
+def test_sds_over_ads_a_listener_waits_for_its_secret(upstreams, tmp_path):
+    """LDS sends a TLS listener naming secret `default` over ADS (delta): it is not served,
+    and Baton is not ready, until the secret arrives (Envoy's warming); then a rotation over
+    the same stream, and a NACK while the rotated secret serves on."""
+    from ..xds_support.control_plane import CLUSTER, LISTENER
+    from ..xds_support.resources import ADS, bootstrap
+    from .conftest import Baton
+    ca = make_ca("ecdsa")
+    first, second = leaf(ca, "ecdsa"), leaf(ca, "rsa")
+    echo = upstreams("echo")
+    port = free_port()
+    plane = ControlPlane()
+    cp_port = plane.start()
+    b = Baton(tmp_path / "b", bootstrap(free_port(), cp_port, "DELTA_GRPC"))
+    try:
+        tls = sds_transport_socket("default", {**ADS, "initial_fetch_timeout": "60s"})
+        plane.set_resources(CLUSTER, [{
+            "name": "echo", "type": "STATIC", "connect_timeout": "1s",
+            "load_assignment": {"cluster_name": "echo", "endpoints": [{"lb_endpoints": [{"endpoint": {
+                "address": {"socket_address": {"address": "127.0.0.1", "port_value": echo.port}}}}]}]}}],
+            "1")
+        plane.set_resources(LISTENER, [{
+            "name": "tls", "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
+            "filter_chains": [{"transport_socket": tls, "filters": [{
+                "name": "envoy.filters.network.tcp_proxy", "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+                    "stat_prefix": "tls", "cluster": "echo"}}]}]}], "1")
+        b.launch()
+        wait_until(lambda: plane.acked(LISTENER, "1"), 30, "LDS v1 ACKed")
+        wait_until(lambda: _admin_up(b), 30, "the admin listener")
+        assert b.admin("/ready")[0] == 503              # the listener's secret is not warm
+        with pytest.raises(ConnectionRefusedError):      # warming: not bound yet, as in Envoy
+            socket.create_connection(("127.0.0.1", port), timeout=5).close()
+        plane.set_resources(SECRET, [inline_secret("default", first)], "1")
+        b.wait_ready(30)
+        ctx = client_context(ca)
+        wait_until(lambda: _serves_now(port, ctx, first), 15, "the listener served once warm")
+        kept = open_connection(port, ctx)
+        assert echo_once(kept, b"before") == b"before"
+        plane.set_resources(SECRET, [inline_secret("default", second)], "2")
+        wait_until(lambda: serves(port, ctx, second), 15, "the rotated certificate")
+        plane.set_resources(SECRET, [{"name": "default", "tls_certificate": {
+            "certificate_chain": {"filename": "/nonexistent/tls.crt"},
+            "private_key": {"filename": "/nonexistent/tls.key"}}}], "3")
+        nack = wait_until(lambda: plane.nacked(SECRET, "3"), 15, "SDS v3 NACKed")
+        assert ("Secret[default].tls_certificate.certificate_chain.filename: cannot read "
+                "'/nonexistent/tls.crt'" in nack["error_detail"]["message"])
+        assert serves(port, ctx, second)
+        assert echo_once(kept, b"after") == b"after"
+        kept.close()
+    finally:
+        b.stop()
+        plane.close()
+
+
+def _admin_up(b) -> bool:
+    try:
+        b.admin("/ready", timeout=1.0)
+        return True
+    except OSError:
+        return False
+
+
+def _serves_now(port, ctx, pair) -> bool:
+    try:
+        return serves(port, ctx, pair, handshakes=2)
+    except OSError:
+        return False
