@@ -12,15 +12,21 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import struct
 import tempfile
+import threading
 import time
 from pathlib import Path
 
 import pytest
+from hpack import Encoder
 
-from .conftest import Baton, free_port, wait_until
+from baton.worker.overload_monitors import anonymous_resident_bytes
+
+from .conftest import Baton, free_port, http_bootstrap, wait_until
 from .differential.client import Closed, Connection, curl
 from .differential.proxies import Envoy
+from .h2_abuse import PREFACE, frame
 
 HEAP = "envoy.resource_monitors.fixed_heap"
 CX = "envoy.resource_monitors.global_downstream_max_connections"
@@ -30,6 +36,7 @@ STOP_RQ = "envoy.overload_actions.stop_accepting_requests"
 KEEPALIVE = "envoy.overload_actions.disable_http_keepalive"
 STOP_CX = "envoy.overload_actions.stop_accepting_connections"
 SHRINK = "envoy.overload_actions.shrink_heap"
+RESET = "envoy.overload_actions.reset_high_memory_stream"
 MONITORS = "type.googleapis.com/envoy.extensions.resource_monitors."
 GET = [("host", "overload.test")]
 
@@ -224,7 +231,7 @@ def test_pressure_that_drops_gives_service_back(tmp_path, readable_dir):
 
 def overload_stat_names(stats: dict) -> set[str]:
     return {name for name in stats
-            if name.startswith("overload.") or name.endswith(
+            if name.startswith(("overload.", "envoy.overload_actions.")) or name.endswith(
                 ("downstream_global_cx_overflow", "downstream_cx_overload_reject",
                  "downstream_rq_overload_close", "downstream_cx_overload_disable_keepalive"))}
 
@@ -308,7 +315,138 @@ def test_differential_envoy_and_baton_on_one_bootstrap(tmp_path, readable_dir):
     assert answers["baton"] == answers["envoy"] == (
         503, b"envoy overloaded", "text/plain", "close", True, 503, b"envoy overloaded", (True, 503))
     # Envoy also has listener.admin.* and http.admin.* (its admin listener is a listener with
-    # a connection manager) and the reset_high_memory_stream counter of an action Baton refuses.
-    envoy_only = {n for n in names["envoy"]
-                  if n.startswith(("listener.admin.", "http.admin.", "envoy."))}
+    # a connection manager). Both have envoy.overload_actions.reset_high_memory_stream.count,
+    # the action configured or not.
+    assert RESET_COUNT in names["baton"]
+    envoy_only = {n for n in names["envoy"] if n.startswith(("listener.admin.", "http.admin."))}
     assert names["baton"] == names["envoy"] - envoy_only
+
+
+# --- reset_high_memory_stream ----------------------------------------------------------------
+
+RESET_COUNT = "envoy.overload_actions.reset_high_memory_stream.count"
+HEAP_LIMIT = 256 << 20
+HEAP_THRESHOLD = 0.5
+MARGIN = 48 << 20           # what the hostile stream holds beyond the threshold
+
+
+def hostile_h2_request(port: int, size: int) -> socket.socket:
+    """An HTTP/2 client that asks for `size` bytes and never reads: its default 64 KiB windows
+    leave the rest of the response in the proxy."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    block = Encoder().encode([(":method", "GET"), (":scheme", "http"), (":path", "/big"),
+                              (":authority", "overload.test"), ("x-test-body-size", str(size))])
+    sock.sendall(PREFACE + frame(4, 0, 0) + frame(1, 0x5, 1, block))
+    return sock
+
+
+def rst_stream_code(sock: socket.socket, stream_id: int, deadline: float) -> int | None:
+    """Read frames until RST_STREAM on `stream_id` (its error code) or the end."""
+    buf = b""
+    while time.monotonic() < deadline:
+        while len(buf) >= 9:
+            length_type, _, sid = struct.unpack(">LBL", buf[:9])
+            length, kind = length_type >> 8, length_type & 0xFF
+            if len(buf) < 9 + length:
+                break
+            payload, buf = buf[9:9 + length], buf[9 + length:]
+            if kind == 3 and sid & 0x7FFFFFFF == stream_id:
+                return struct.unpack(">L", payload)[0]
+        data = sock.recv(1 << 20)
+        if not data:
+            return None
+        buf += data
+    return None
+
+
+def closed_before(sock: socket.socket, size: int, deadline: float) -> tuple[bool, int]:
+    """Read an HTTP/1.1 response until the connection ends: (ended early, bytes read)."""
+    got = 0
+    while time.monotonic() < deadline:
+        try:
+            data = sock.recv(1 << 20)
+        except ConnectionResetError:
+            return True, got
+        if not data:
+            return got < size, got
+        got += len(data)
+    return False, got
+
+
+class KeepAliveClient(threading.Thread):
+    """The well-behaved neighbour: keep-alive GETs on one connection until stopped."""
+
+    def __init__(self, port: int):
+        super().__init__(daemon=True)
+        self.port, self.stop, self.statuses, self.errors = port, threading.Event(), [], []
+
+    def run(self) -> None:
+        with Connection(self.port, timeout=5) as conn:
+            while not self.stop.wait(0.05):
+                try:
+                    self.statuses.append(conn.request("GET", "/small", GET).status)
+                except Exception as exc:        # noqa: BLE001 - recorded, asserted on
+                    self.errors.append(repr(exc))
+                    return
+
+
+def test_reset_high_memory_stream_resets_the_stream_holding_memory_not_its_neighbours(
+        tmp_path, recorder):
+    """A real fixed_heap threshold: an HTTP/2 client that never reads a large response makes
+    the worker's heap cross it, and reset_high_memory_stream resets that stream (RST_STREAM
+    NO_ERROR, downstream_rq_rx_reset, the action's count) while a neighbour's keep-alive GETs
+    and a slow HTTP/2 request in flight on another connection of the same worker finish. Then
+    the same with an HTTP/1.1 client that never reads: its connection ends."""
+    port = free_port()
+    doc = http_bootstrap(free_port(), port, recorder)
+    # Large enough that the proxy keeps reading the upstream until the heap crosses the line.
+    doc["static_resources"]["listeners"][0]["per_connection_buffer_limit_bytes"] = 512 << 20
+    doc["overload_manager"] = {
+        "refresh_interval": "0.05s", "resource_monitors": [heap_monitor(HEAP_LIMIT)],
+        "actions": [action(RESET, HEAP, HEAP_THRESHOLD)],
+        "buffer_factory_config": {"minimum_account_to_track_power_of_two": 20}}
+    baton = Baton(tmp_path / "baton", doc, concurrency=1).start()
+    neighbour = KeepAliveClient(port)
+    try:
+        [pid] = baton.worker_pids()
+        baseline = anonymous_resident_bytes(f"/proc/{pid}/statm")
+        line = int(HEAP_LIMIT * HEAP_THRESHOLD)
+        assert baseline < line - MARGIN, f"a worker at rest holds {baseline >> 20} MiB"
+        size = line - baseline + MARGIN
+        stats = baton.stats()
+        assert stats[RESET_COUNT] == 0 and stats[f"overload.{RESET}.active"] == 0
+        neighbour.start()
+        slow = {}
+        slow_h2 = threading.Thread(target=lambda: slow.setdefault("response", curl(
+            port, "/slow", "-H", "host: overload.test", "-H", "x-test-delay-ms: 3000",
+            http2=True)), daemon=True)
+        slow_h2.start()
+        wait_stat(baton, "http.ingress_http.downstream_rq_active", lambda v: v >= 1,
+                  "the slow request in flight")
+
+        hostile = hostile_h2_request(port, size)
+        try:
+            wait_stat(baton, RESET_COUNT, lambda v: v == 1, "the hostile stream reset", 30)
+            assert rst_stream_code(hostile, 1, time.monotonic() + 10) == 0     # NO_ERROR
+        finally:
+            hostile.close()
+        stats = baton.stats()
+        assert stats["http.ingress_http.downstream_rq_rx_reset"] == 1
+        assert stats["http.ingress_http.downstream_rq_tx_reset"] == 0
+        wait_stat(baton, f"overload.{RESET}.active", lambda v: v == 0, "the memory given back", 30)
+        slow_h2.join(15)
+        assert slow["response"].status == 200
+
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as h1:
+            h1.sendall(b"GET /big HTTP/1.1\r\nhost: overload.test\r\n"
+                       b"x-test-body-size: %d\r\n\r\n" % size)
+            wait_stat(baton, RESET_COUNT, lambda v: v == 2, "the HTTP/1.1 stream reset", 30)
+            early, got = closed_before(h1, size, time.monotonic() + 30)
+            assert early, f"read {got} of {size} bytes"
+        assert baton.stats()["http.ingress_http.downstream_rq_rx_reset"] == 2
+    finally:
+        neighbour.stop.set()
+        neighbour.join(10)
+        baton.stop()
+    assert neighbour.errors == [] and len(neighbour.statuses) > 10
+    assert set(neighbour.statuses) == {200}
