@@ -2,7 +2,7 @@
 envoy.filters.udp_listener.udp_proxy listener filter -> a snapshot listener spec.
 
     {"name", "address", "port", "stat_name", "reuse_port", "protocol": "udp",
-     "buffer_limit": 0, "tcp_proxy": None, "filter_chains": [],
+     "max_rx_datagram_size": int, "buffer_limit": 0, "tcp_proxy": None, "filter_chains": [],
      "udp_proxy": {"stat_prefix", "routes": [ROUTE...], "default_cluster": str | None,
                    "idle_timeout": float, "hash": {"source_ip": True} | {"key": str} | None,
                    "per_packet": bool, "max_rx_datagram_size": int,
@@ -41,7 +41,7 @@ _INPUTS = {   # matcher input type -> what the worker matches on
 # What Baton implements of the UDP side of the API (merged into fields.ALLOWED, so that
 # check_fields refuses anything else by path, as for every other resource).
 ALLOWED_UDP = {
-    "envoy.config.listener.v3.UdpListenerConfig": {},
+    "envoy.config.listener.v3.UdpListenerConfig": {"downstream_socket_config": WALK},
     "envoy.extensions.filters.udp.udp_proxy.v3.UdpProxyConfig": {
         "stat_prefix": WALK, "cluster": WALK, "matcher": SKIP, "idle_timeout": WALK,
         "hash_policies": WALK, "upstream_socket_config": WALK,
@@ -72,8 +72,12 @@ def translate_udp_listener(pb, path, errors, warnings=None, clusters=None):
     for field, _ in pb.ListFields():
         if field.name not in _LISTENER_FIELDS:
             errors.append(f"{join(path, field.name)}: not supported on a UDP listener")
+    downstream_size = DEFAULT_MAX_RX_DATAGRAM_SIZE
     if pb.HasField("udp_listener_config"):
-        check_fields(pb.udp_listener_config, join(path, "udp_listener_config"), errors, warnings)
+        config = pb.udp_listener_config
+        check_fields(config, join(path, "udp_listener_config"), errors, warnings)
+        downstream_size = _datagram_size(config, "downstream_socket_config",
+                                         join(path, "udp_listener_config"), errors)
     sa = pb.address.socket_address
     where = join(path, "address.socket_address")
     if not _is_ip(sa.address):
@@ -97,6 +101,8 @@ def translate_udp_listener(pb, path, errors, warnings=None, clusters=None):
         "address": sa.address,
         "port": sa.port_value,
         "protocol": "udp",
+        # A longer datagram from a client is dropped (listener udp.downstream_rx_datagram_dropped).
+        "max_rx_datagram_size": downstream_size,
         "stat_name": (pb.stat_prefix or f"{host}:{sa.port_value}").replace(":", "_"),
         "reuse_port": pb.enable_reuse_port.value if pb.HasField("enable_reuse_port") else True,
         "buffer_limit": 0,
@@ -160,12 +166,7 @@ def _udp_proxy(filter_pb, here, errors, warnings, clusters):
         else:
             errors.append(f"{join(path, 'hash_policies')}[0]: source_ip: true or a non-empty key "
                           "is required")
-    size = DEFAULT_MAX_RX_DATAGRAM_SIZE
-    if pb.HasField("upstream_socket_config") and pb.upstream_socket_config.HasField("max_rx_datagram_size"):
-        size = pb.upstream_socket_config.max_rx_datagram_size.value
-        if not 0 < size <= MAX_DATAGRAM:
-            errors.append(f"{join(path, 'upstream_socket_config.max_rx_datagram_size')}: "
-                          f"{size} is not between 1 and {MAX_DATAGRAM}")
+    size = _datagram_size(pb, "upstream_socket_config", path, errors)
     from .http_filters import translate_access_logs
     access_log = translate_access_logs(pb.access_log, join(path, "access_log"), errors, warnings)
     proxy_log = translate_access_logs(pb.proxy_access_log, join(path, "proxy_access_log"),
@@ -178,6 +179,17 @@ def _udp_proxy(filter_pb, here, errors, warnings, clusters):
             "idle_timeout": idle, "hash": hash_policy,
             "per_packet": pb.use_per_packet_load_balancing, "max_rx_datagram_size": size,
             "access_log": access_log, "proxy_access_log": proxy_log}
+
+
+def _datagram_size(pb, field, path, errors):
+    """`field` (a UdpSocketConfig)'s max_rx_datagram_size, Envoy's default 1500 if unset."""
+    if not pb.HasField(field) or not getattr(pb, field).HasField("max_rx_datagram_size"):
+        return DEFAULT_MAX_RX_DATAGRAM_SIZE
+    size = getattr(pb, field).max_rx_datagram_size.value
+    if not 0 < size <= MAX_DATAGRAM:
+        errors.append(f"{join(path, field)}.max_rx_datagram_size: {size} is not between 1 and "
+                      f"{MAX_DATAGRAM}")
+    return size
 
 
 def _matcher(pb, path, errors):

@@ -69,6 +69,8 @@ def test_stats_sessions_and_access_log_match_envoy(proxies):
                 for j, sock in enumerate(socks):
                     answers.append(exchange(sock, port, b"datagram %d of %d" % (i, j)))
             assert answers == [up] * 10, (name, answers)
+            # Longer than max_rx_datagram_size (1500): dropped, counted on the listener.
+            assert exchange(socks[0], port, b"x" * 1501, timeout=0.3) is None
             during = udp_stats(target, port)
             wait_until(lambda: udp_stats(target, port)["udp.dns.idle_timeout"] == 2, 10,
                        f"{name}: both sessions idle out")
@@ -86,3 +88,4 @@ def test_stats_sessions_and_access_log_match_envoy(proxies):
     assert baton[2] == envoy[2], "access log lines"
     assert envoy[0]["udp.dns.downstream_sess_active"] == 2
     assert envoy[0]["udp.dns.downstream_sess_total"] == 2
+    assert envoy[0]["listener.127.0.0.1_PORT.udp.downstream_rx_datagram_dropped"] == 1

@@ -41,8 +41,8 @@ def test_a_udp_listener_translates_with_envoys_defaults(tmp_path):
     snap = load(tmp_path, udp_bootstrap(9901, 5353, [53]))
     [spec] = snap["listeners"]
     assert spec["protocol"] == "udp"
-    assert (spec["name"], spec["address"], spec["port"], spec["stat_name"]) == (
-        "udp_in", "127.0.0.1", 5353, "127.0.0.1_5353")
+    assert (spec["name"], spec["address"], spec["port"], spec["stat_name"],
+            spec["max_rx_datagram_size"]) == ("udp_in", "127.0.0.1", 5353, "127.0.0.1_5353", 1500)
     assert spec["udp_proxy"] == {
         "stat_prefix": "dns", "routes": [], "default_cluster": "echo", "idle_timeout": 60.0,
         "hash": None, "per_packet": False, "max_rx_datagram_size": 1500, "access_log": [],

@@ -220,15 +220,19 @@ class UdpListener:
     def _on_readable(self) -> None:
         recvfrom = self.sock.recvfrom
         sessions = self.sessions
+        limit = self.spec.get("max_rx_datagram_size", MAX_DATAGRAM)
         for _ in range(READ_BATCH):
             try:
-                data, peer = recvfrom(MAX_DATAGRAM)
+                data, peer = recvfrom(limit + 1)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
                 self.counters[self.stat_rx_dropped] += 1
                 log.debug("listener %s: recvfrom: %s", self.name, exc)
                 return
+            if len(data) > limit:           # truncated: Envoy drops it, and counts it
+                self.counters[self.stat_rx_dropped] += 1
+                continue
             session = sessions.get(peer)
             if session is None:
                 session = self._new_session(peer)
@@ -511,6 +515,9 @@ class UdpSession(Connection):
             else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_DGRAM, 0, fds[0])
         sock.setblocking(False)
+        if host is not None and not listener.config["per_packet"]:
+            # Connected as this config wants it (the sender's may have balanced per packet).
+            sock.connect((host.address, host.port))
         hash_key = listener.hash_key
         if hash_key == "source_ip":
             hash_key = xxhash64(fields["peer"][0].encode())
