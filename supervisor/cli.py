@@ -384,6 +384,8 @@ def _bind_taken_over(snapshot: dict, takeover):
     listener_socks = {}
     try:
         for spec in snapshot["listeners"]:
+            if spec.get("bind_to_port") is False:     # no socket (use_original_dst target)
+                continue
             sock = taken["listeners"].pop(listener_key(spec), None)
             listener_socks[spec["name"]] = sock if sock is not None else bind_listener(spec)
         admin_sock = None

@@ -70,6 +70,8 @@ def bind_all(specs) -> dict[str, socket.socket]:
     bound: dict[str, socket.socket] = {}
     try:
         for spec in specs:
+            if spec.get("bind_to_port") is False:     # no socket (use_original_dst target)
+                continue
             bound[spec["name"]] = bind_listener(spec)
     except BindError:
         for sock in bound.values():

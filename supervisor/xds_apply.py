@@ -62,6 +62,8 @@ class XdsApplier:
                    if name in master.listener_socks]
         fds, names = [], []
         for spec in list(changes.added_listeners):
+            if spec.get("bind_to_port") is False:     # no socket (use_original_dst target)
+                continue
             try:
                 sock = master.listener_socks[spec["name"]] = bind_listener(spec)
             except BindError as exc:

@@ -39,8 +39,19 @@ class Inspection(Connection):
         self.buf = bytearray()
         self.state = Lifecycle.INSPECTING
         self.chain = None
+        self.timer = None
+        if not listener.inspectors:
+            # Chains chosen by addresses and ports only: nothing to read first (a server that
+            # speaks first must not wait for the client), as in Envoy.
+            self.loop.call_soon(self._decide_now)
+            return
         self.loop.add_reader(client.fileno(), self._on_readable)
-        self.timer = self.loop.call_later(listener.sniff_timeout, self._on_timeout)
+        if listener.sniff_timeout:         # None: wait for the inspectors (Envoy's 0s)
+            self.timer = self.loop.call_later(listener.sniff_timeout, self._on_timeout)
+
+    def _decide_now(self) -> None:
+        if self.state is Lifecycle.INSPECTING:
+            self._decide(RAW, eof=False, read=False)
 
     def _on_readable(self) -> None:
         try:
@@ -69,21 +80,30 @@ class Inspection(Connection):
                       self.listener.sniff_timeout)
             self.close()
 
-    def _decide(self, result, eof: bool) -> None:
-        self._stop()
-        port = self.original[1] if self.original else self.client.getsockname()[1]
-        chain = select(self.listener.chains, port, result.transport, result.protocols, result.server_name)
+    def _decide(self, result, eof: bool, read: bool = True) -> None:
+        self._stop(read)
+        try:
+            local = self.original or self.client.getsockname()
+        except OSError:                       # the client is gone already
+            self.close()
+            return
+        chain = select(self.listener.chains, local[1], result.transport, result.protocols,
+                       result.server_name, destination_ip=local[0], source=self.peer)
         stats = self.worker.stats
         if chain is None:
             stats.counters[self.listener.stat_no_chain] += 1
+            if self.listener.access_logs:
+                from .connection_log import log_unmatched
+                log_unmatched(self.listener, self.peer, local, self.id, result.server_name)
             self.close()
             return
         self._forget()
         self.worker.start_connection(self.listener, chain, self.client, self.peer, self.original,
-                                     (bytes(self.buf), eof), self.id)
+                                     (bytes(self.buf), eof) if read else None, self.id)
 
-    def _stop(self) -> None:
-        self.loop.remove_reader(self.client.fileno())
+    def _stop(self, read: bool = True) -> None:
+        if read and self.listener.inspectors:
+            self.loop.remove_reader(self.client.fileno())
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None

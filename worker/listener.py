@@ -84,15 +84,21 @@ class Listener:
                  "accepting", "held", "stat_cx_total", "stat_cx_active", "stat_no_chain",
                  "stat_global_cx_overflow", "stat_overload_reject", "ignore_global_limit", "spec",
                  "chains", "default_chain", "inspectors", "sniff_timeout", "sniff_continue",
-                 "address", "port", "transparent", "original_dst", "use_original_dst")
+                 "address", "port", "transparent", "original_dst", "use_original_dst",
+                 "default_filter_chain", "access_logs")
 
-    def __init__(self, worker, spec: dict, fd: int):
+    def __init__(self, worker, spec: dict, fd: int | None):
+        """`fd` None: a listener with bind_to_port false, which has no socket of its own and
+        serves only connections another listener hands it by their original destination
+        (use_original_dst; worker/main.py listener_for)."""
         self.worker = worker
         self.loop = worker.loop
         self.fd = fd
         self.family = socket.AF_INET6 if ":" in spec["address"] else socket.AF_INET
-        self.sock = socket.socket(self.family, socket.SOCK_STREAM, 0, fd)
-        self.sock.setblocking(False)
+        self.sock = None
+        if fd is not None:
+            self.sock = socket.socket(self.family, socket.SOCK_STREAM, 0, fd)
+            self.sock.setblocking(False)
         self.accepting = False
         # The overload manager's stop_accepting_connections: while held, the accept queue is
         # not read even though the listener is started (worker/overload_manager.py).
@@ -117,12 +123,6 @@ class Listener:
                 old.spec = chain_spec
                 old.http_config.set_routes(chain_spec["http"]["route_config"])
                 chains.append(old)
-            else:
-                chains.append(Chain(i, chain_spec, self.worker, limit))
-        self.chains = chains
-        for chain in old_chains:
-            if chain.http_config is not None and chain not in chains:
-                chain.http_config.close()
             elif old is not None and _only_secrets_differ(old, chain_spec, limit):
                 # A rotated secret (SDS, a watched file): new handshakes get the new
                 # certificate at once; established connections keep their sessions.
@@ -130,9 +130,19 @@ class Listener:
                 old.spec = chain_spec
                 old.tls = TlsServer(chain_spec["tls"])
                 chains.append(old)
-        self.default_chain = next((c for c in self.chains if not c.match), None)
+            else:
+                chains.append(Chain(i, chain_spec, self.worker, limit))
+        self.chains = chains
+        for chain in old_chains:
+            if chain.http_config is not None and chain not in chains:
+                chain.http_config.close()
+        # default_filter_chain: what a connection gets when no filter_chain_match matches; it
+        # is the last chain and never takes part in matching (worker/proxy/chains.py).
+        self.default_filter_chain = next((c for c in self.chains if c.spec.get("default")), None)
+        self.default_chain = next((c for c in self.chains if not c.match
+                                   and not c.spec.get("default")), self.default_filter_chain)
         self.inspectors = spec.get("inspectors") or []
-        self.sniff_timeout = spec.get("sniff_timeout") or 15.0
+        self.sniff_timeout = spec.get("sniff_timeout")        # None: no timeout
         self.sniff_continue = spec.get("sniff_continue", False)
         self.pipe_capacity = pipe_capacity_for(spec.get("buffer_limit", 1 << 20))
         scope = f"listener.{spec['stat_name']}."
@@ -142,6 +152,10 @@ class Listener:
         self.stat_global_cx_overflow = scope + "downstream_global_cx_overflow"
         self.stat_overload_reject = scope + "downstream_cx_overload_reject"
         self.ignore_global_limit = spec.get("ignore_global_conn_limit", False)
+        self.access_logs = None
+        if spec.get("access_log"):
+            from .connection_log import listener_access_logs
+            self.access_logs = listener_access_logs(spec["access_log"], self.worker)
         for chain in chains:
             if chain.tls is not None:
                 chain.tls.declare_stats(scope, self.worker.stats)
@@ -154,13 +168,21 @@ class Listener:
         """Whether a connection must be inspected or matched before its chain is known."""
         return bool(self.inspectors) or any(c.match for c in self.chains)
 
+    @property
+    def bound(self) -> bool:
+        return self.sock is not None
+
     def start(self) -> None:
+        if self.sock is None:
+            return
         if not self.accepting:
             self.accepting = True
             if not self.held:
                 self.loop.add_reader(self.fd, self._on_acceptable)
 
     def stop(self) -> None:
+        if self.sock is None:
+            return
         if self.accepting:
             self.accepting = False
             if not self.held:
@@ -169,7 +191,7 @@ class Listener:
     def hold(self, on: bool) -> None:
         """Stop (or resume) reading the accept queue whatever start()/stop() said: new
         connections wait in the kernel's backlog, where other workers may take them."""
-        if on == self.held:
+        if on == self.held or self.sock is None:
             return
         self.held = on
         if self.accepting and self.sock.fileno() >= 0:
@@ -182,7 +204,8 @@ class Listener:
         """Stop accepting and release this worker's copy of the socket (the master's and
         other workers' copies keep it open)."""
         self.stop()
-        self.sock.close()
+        if self.sock is not None:
+            self.sock.close()
 
     def _on_acceptable(self) -> None:
         accept = self.sock._accept          # raw (fd, addr): no socket object we'd discard

@@ -92,7 +92,7 @@ class Worker:
             listener = self.listeners.get(name)
             if listener is None:
                 fd = listener_fds.get(name)
-                if fd is None:
+                if fd is None and spec.get("bind_to_port", True):
                     log.error("worker %d: no socket for listener %s", self.id, name)
                     continue
                 listener = self.listeners[name] = listener_class(spec, Listener)(self, spec, fd)
@@ -127,8 +127,11 @@ class Worker:
                     listener.close()
                 listener = self.listeners[name] = listener_class(spec, Listener)(self, spec, fd)
             elif listener is None:
-                log.error("worker %d: update for unknown listener %s", self.id, name)
-                continue
+                if spec.get("bind_to_port", True):
+                    log.error("worker %d: update for unknown listener %s", self.id, name)
+                    continue
+                # bind_to_port false: no socket; reached by a use_original_dst hand-off.
+                listener = self.listeners[name] = Listener(self, spec, None)
             else:
                 listener.update(spec)
                 self._drain_connections_of(listener, keep=listener.chains)
@@ -232,14 +235,18 @@ class Worker:
             self.stats.gauges[conn.listener.stat_cx_active] -= 1
 
     def listener_for(self, address: tuple[str, int]):
+        """Envoy's use_original_dst hand-off: the listener bound to exactly this address, or
+        else the wildcard listener of the address's family (0.0.0.0 or ::) on its port;
+        listeners with bind_to_port false count as bound here (that is what they are for)."""
         host, port = address
+        any_address = "::" if ":" in host else "0.0.0.0"
         exact = wildcard = None
         for listener in self.listeners.values():
             if listener.port != port:
                 continue
             if listener.address == host:
                 exact = listener
-            elif listener.address in ("0.0.0.0", "::"):
+            elif listener.address == any_address:
                 wildcard = listener
         return exact or wildcard
 
@@ -248,6 +255,8 @@ class Worker:
         listeners: a loop, which the ORIGINAL_DST cluster refuses."""
         host, port = address
         for listener in self.listeners.values():
+            if not listener.bound:      # bind_to_port false: connecting there is no loop
+                continue
             if listener.port == port and (listener.address in (host, "0.0.0.0", "::") or
                                           host.startswith("127.") or host == "::1"):
                 return True
@@ -346,7 +355,7 @@ class Worker:
         """The next generation died after taking over: serve again (rollback after commit)."""
         self.draining = False
         for listener in self.listeners.values():
-            if listener.sock.fileno() >= 0:
+            if listener.sock is not None and listener.sock.fileno() >= 0:
                 listener.start()
         log.warning("worker %d: serving again (%d connection(s))", self.id, len(self.connections))
 

@@ -62,20 +62,27 @@ ALLOWED = {
         "listener_filters_timeout": WALK, "continue_on_listener_filters_timeout": WALK,
         # INBOUND / OUTBOUND: informational in Envoy too (for extensions that ask); kept in
         # the resource, so /config_dump shows it.
-        "traffic_direction": WALK},
+        "traffic_direction": WALK,
+        # Istio's virtual listeners: no socket, reached by a use_original_dst hand-off;
+        # deprecated_v1 is the same flag as Istio 1.9 / 1.10 send it (translator checks it).
+        "bind_to_port": WALK, "deprecated_v1": SKIP,
+        # The chain used when no filter_chain_match matches; the listener's access logs.
+        "default_filter_chain": WALK, "access_log": SKIP},
     "envoy.extensions.filters.listener.original_dst.v3.OriginalDst": {},
     "envoy.config.listener.v3.FilterChain": {
-        "name": WALK, "filters": WALK, "filter_chain_match": WALK,
+        # filters: xds/network_filters.py, one by one.
+        "name": WALK, "filters": SKIP, "filter_chain_match": WALK,
         # DownstreamTlsContext: xds/tls.py (and its whitelist, fields_tls.py).
         "transport_socket": SKIP, "transport_socket_connect_timeout": WALK},
     "envoy.config.listener.v3.FilterChainMatch": {
         # Selected after the listener's inspectors ran (worker/proxy/chains.py).
         "destination_port": WALK, "server_names": WALK, "transport_protocol": WALK,
-        "application_protocols": WALK},
+        "application_protocols": WALK, "prefix_ranges": WALK, "source_prefix_ranges": WALK,
+        "direct_source_prefix_ranges": WALK, "source_type": WALK, "source_ports": WALK},
+    "envoy.config.core.v3.CidrRange": {
+        "address_prefix": WALK, "prefix_len": WALK},
     "envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector": {},
     "envoy.extensions.filters.listener.http_inspector.v3.HttpInspector": {},
-    "envoy.config.listener.v3.Filter": {
-        "name": WALK, "typed_config": SKIP},
     "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy": {
         "stat_prefix": WALK, "cluster": WALK, "weighted_clusters": WALK, "idle_timeout": WALK,
         "max_connect_attempts": WALK},

@@ -50,7 +50,8 @@ ALLOWED_HTTP_FILTERS: dict = {
     "envoy.config.core.v3.RuntimeFractionalPercent": {
         "default_value": WALK, "runtime_key": _NO_RUNTIME},
     "envoy.config.accesslog.v3.AccessLog": {
-        "name": WALK, "typed_config": SKIP},
+        # filter: xds/http_filters.py (response_flag_filter only).
+        "name": WALK, "typed_config": SKIP, "filter": SKIP},
     "envoy.extensions.access_loggers.file.v3.FileAccessLog": {
         "path": WALK, "format": WALK, "json_format": WALK, "typed_json_format": WALK,
         "log_format": WALK},

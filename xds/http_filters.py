@@ -3,7 +3,7 @@
     translate_http_filters(filters_pb_list, path, errors, warnings=None)
         -> [{"name": str, "config": dict}] or None on error
     translate_access_logs(access_log_pb_list, path, errors, warnings=None)
-        -> [{"path", "format", "json_format", "omit_empty_values"}]
+        -> [{"path", "format", "json_format", "omit_empty_values"[, "flags"]}]
 
 Filters are identified by the type of their typed_config, as in Envoy (the `name` is free
 text): the router, fault and local_ratelimit, or a user filter given as a TypedStruct whose
@@ -378,14 +378,15 @@ def _user_filter(pb, path, errors, installed, optional, warnings):
 
 def translate_access_logs(access_log_pb_list, path, errors, warnings=None):
     """AccessLog list -> [{"path", "format": str or None (Envoy's default),
-    "json_format": dict or None, "omit_empty_values": bool}]. Entries with errors are left
+    "json_format": dict or None, "omit_empty_values": bool, and "flags": [flag] when a
+    response_flag_filter says which lines are written}]. Entries with errors are left
     out (the caller sees the errors)."""
     result = []
     for i, pb in enumerate(access_log_pb_list):
         here = f"{path}[{i}]"
         start = len(errors)
         check_fields(pb, here, errors, warnings)
-        # `filter` is refused by check_fields: a log line for every request or none.
+        flags = _log_filter(pb, join(here, "filter"), errors) if pb.HasField("filter") else None
         config_path = join(here, "typed_config")
         if not pb.HasField("typed_config"):
             errors.append(f"{config_path}: required")
@@ -407,8 +408,33 @@ def translate_access_logs(access_log_pb_list, path, errors, warnings=None):
                           f"{_FILE_LOG_TYPE}, {_STDOUT_LOG_TYPE}, {_STDERR_LOG_TYPE})")
             continue
         if len(errors) == start:
+            if flags is not None:
+                log["flags"] = flags
             result.append(log)
     return result
+
+
+# Envoy's response flags by their long names (ResponseFlagFilter.flags takes the short ones).
+RESPONSE_FLAGS = ("LH", "UH", "UT", "LR", "UR", "UF", "UC", "UO", "NR", "DI", "FI", "RL",
+                  "UAEX", "RLSE", "DC", "URX", "SI", "IH", "DPE", "UMSDR", "RFCF", "NFCF",
+                  "DT", "UPE", "NC", "OM", "DF", "DO", "DR")
+
+
+def _log_filter(pb, path, errors):
+    """AccessLogFilter -> the response flags a line needs (any of them; [] = any flag at
+    all), for the one filter Istio sends: response_flag_filter (its listeners log only the
+    connections no filter chain took, flag NR)."""
+    which = pb.filter.WhichOneof("filter_specifier")
+    if which != "response_flag_filter":
+        errors.append(f"{join(path, which or 'filter_specifier')}: not supported "
+                      "(response_flag_filter only)")
+        return None
+    flags = list(pb.filter.response_flag_filter.flags)
+    for j, flag in enumerate(flags):
+        if flag not in RESPONSE_FLAGS:
+            errors.append(f"{path}.response_flag_filter.flags[{j}]: {flag!r} is not a response "
+                          "flag")
+    return flags
 
 
 def _file_access_log(pb, path, errors, warnings):

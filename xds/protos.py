@@ -171,3 +171,4 @@ def ads_stub_class():
 # Istio's typed configs that Baton implements, declared in the same pool (xds/istio_types.py),
 # so that they are known wherever an Envoy type is: a bootstrap, a resource, /config_dump.
 from . import istio_types  # noqa: E402,F401
+from . import istio_filter_types  # noqa: E402,F401 - the listener side (stats, alpn)

@@ -22,7 +22,7 @@ from . import protos
 from .fields import check_fields
 from .parse import join
 from .snapshot import empty_snapshot
-from .tls import translate_transport_socket, translate_xfcc
+from .tls import translate_transport_socket
 
 DEFAULT_BUFFER_LIMIT = 1024 * 1024        # per_connection_buffer_limit_bytes
 DEFAULT_CONNECT_TIMEOUT = 5.0             # Cluster.connect_timeout
@@ -151,9 +151,28 @@ def translate_listener(pb, path, errors, warnings=None, clusters=None):
         errors.append(f"{join(path, 'address')}: required")
     chains = _filter_chains(pb, path, errors, warnings, clusters)
     original_dst, inspectors = _listener_filters(pb, path, errors)
+    access_log = None
+    if pb.access_log:
+        from .http_filters import translate_access_logs
+        access_log = translate_access_logs(pb.access_log, join(path, "access_log"), errors,
+                                           warnings)
+        if warnings is not None and any(set(log.get("flags") or ("*",)) - {"NR"}
+                                        for log in access_log):
+            warnings.append(f"{join(path, 'access_log')}: written only for connections no "
+                            "filter chain matched (flag NR), not for those a chain took")
+    bind_to_port = _bind_to_port(pb, path, errors)
+    # Envoy's use_original_dst implies the original_dst listener filter (Istio's
+    # virtualOutbound names only the flag).
+    use_original_dst = pb.use_original_dst.value if pb.HasField("use_original_dst") else False
+    sniff_timeout = None
+    if inspectors:
+        # 0s: no timeout, Envoy waits for the inspectors to decide (Istio's outbound listeners).
+        sniff_timeout = _duration(pb, "listener_filters_timeout", DEFAULT_SNIFF_TIMEOUT, path,
+                                  errors, above=-1.0) or None
     if len(errors) > start or hostport is None or chains is None:
         return None
-    default = next((c["tcp_proxy"] for c in chains if not c["match"]), None)
+    default = next((c["tcp_proxy"] for c in chains if not c["match"] and not c.get("default")),
+                   None)
     address, port = hostport
     host = f"[{address}]" if ipaddress.ip_address(address).version == 6 else address
     # Envoy's listener stat scope is listener.<stat_prefix or "host:port">., and Envoy makes
@@ -167,22 +186,38 @@ def translate_listener(pb, path, errors, warnings=None, clusters=None):
         "reuse_port": pb.enable_reuse_port.value if pb.HasField("enable_reuse_port") else True,
         "buffer_limit": _uint32(pb, "per_connection_buffer_limit_bytes", DEFAULT_BUFFER_LIMIT),
         "tcp_proxy": default,             # the chain without a match (None: unmatched -> closed)
-        "filter_chains": chains,
+        "filter_chains": chains,          # the default_filter_chain last, "default": True
         # tls_inspector / http_inspector: what the connection is sniffed for before a chain is chosen
         "inspectors": inspectors,
-        "sniff_timeout": _duration(pb, "listener_filters_timeout", DEFAULT_SNIFF_TIMEOUT, path, errors,
-                                   above=0.0) if inspectors else None,
+        "sniff_timeout": sniff_timeout,   # None: no timeout
         "sniff_continue": pb.continue_on_listener_filters_timeout,
         # IP_TRANSPARENT: accept connections addressed anywhere (TPROXY); the master binds it.
         "transparent": pb.transparent.value if pb.HasField("transparent") else False,
         # The original_dst listener filter: recover the address the client really dialled.
-        "original_dst": original_dst,
+        "original_dst": original_dst or use_original_dst,
         # Hand the connection to the listener bound to its original destination, if any.
-        "use_original_dst": pb.use_original_dst.value if pb.HasField("use_original_dst") else False,
+        "use_original_dst": use_original_dst,
         # The overload manager's global connection limit does not apply (Envoy's field; the
         # key is only there when set, so listener specs without it stay as they were).
         **({"ignore_global_conn_limit": True} if pb.ignore_global_conn_limit else {}),
+        # bind_to_port: false: no socket; reached only by a use_original_dst hand-off.
+        **({"bind_to_port": False} if not bind_to_port else {}),
+        # Listener access logs: connections no chain matched, and TCP chains' connections.
+        **({"access_log": access_log} if access_log else {}),
     }
+
+
+def _bind_to_port(pb, path, errors):
+    """bind_to_port, or the deprecated_v1 form Istio 1.9 and 1.10 still send."""
+    if pb.HasField("deprecated_v1"):
+        for field, _ in pb.deprecated_v1.ListFields():
+            if field.name != "bind_to_port":
+                errors.append(f"{join(path, 'deprecated_v1.' + field.name)}: not supported")
+        if pb.HasField("bind_to_port"):
+            errors.append(f"{join(path, 'deprecated_v1')}: bind_to_port is set twice")
+        if pb.deprecated_v1.HasField("bind_to_port"):
+            return pb.deprecated_v1.bind_to_port.value
+    return pb.bind_to_port.value if pb.HasField("bind_to_port") else True
 
 
 INSPECTORS = {  # listener filter name -> (typed_config type, what it sniffs)
@@ -225,87 +260,115 @@ def _listener_filters(pb, path, errors):
 
 
 def _filter_chains(pb, path, errors, warnings, clusters):
-    """Filter chains, each with exactly one network filter (tcp_proxy or
-    http_connection_manager) and an optional filter_chain_match
-    -> [{"match": {...} or None, "tcp_proxy": {...} or None, "http": {...} or None}], or None
-    on error.
+    """Filter chains, each a list of network filters ending in a terminal one
+    (xds/network_filters.py) with an optional filter_chain_match, then the
+    default_filter_chain (marked "default": True) if there is one
+    -> [{"match": {...} or None, "terminal": kind, "tcp_proxy": {...} or None,
+         "http": {...} or None, ...}], or None on error.
 
     Every chain and filter is still checked, so all their errors show at once. As in Envoy,
     two chains with the same match are an error, and so is more than one chain without one.
     """
     chains_path = join(path, "filter_chains")
-    chains = pb.filter_chains
-    if not chains:
+    chains = list(pb.filter_chains)
+    if not chains and not pb.HasField("default_filter_chain"):
         errors.append(f"{chains_path}: required (one filter chain with a tcp_proxy or "
                       "http_connection_manager filter)")
-    result, seen = [], {}
+    result, seen, ok = [], {}, True
     for i, chain in enumerate(chains):
         here = f"{chains_path}[{i}]"
-        filters_path = f"{here}.filters"
-        if len(chain.filters) != 1:
-            errors.append(f"{filters_path}: exactly one filter (tcp_proxy or "
-                          "http_connection_manager) is supported, "
-                          f"got {len(chain.filters)}")
         match = _filter_chain_match(chain, here, errors) if chain.HasField("filter_chain_match") else None
         key = repr(sorted((match or {}).items()))
         if key in seen:
             errors.append(f"{here}.filter_chain_match: the same match as filter_chains[{seen[key]}] "
                           "(Envoy: multiple filter chains with the same matching rules)")
         seen.setdefault(key, i)
-        for j, filter_pb in enumerate(chain.filters):
-            kind, config = _network_filter(filter_pb, f"{filters_path}[{j}]", errors, warnings,
-                                           clusters)
-            if len(chain.filters) == 1:
-                result.append({"match": match, "tcp_proxy": config if kind == "tcp_proxy" else None,
-                               "http": config if kind == "http" else None})
-        tls = translate_transport_socket(chain, here, errors, warnings)
-        if tls is not None and result and len(result) == i + 1:
-            result[-1]["tls"] = tls
-    return result if len(result) == len(chains) and chains else None
+        translated = _filter_chain(chain, here, match, errors, warnings, clusters)
+        ok = ok and translated is not None
+        result.append(translated)
+    if pb.HasField("default_filter_chain"):
+        here = join(path, "default_filter_chain")
+        # Envoy ignores the default chain's filter_chain_match: it is what no match chose.
+        translated = _filter_chain(pb.default_filter_chain, here, None, errors, warnings,
+                                   clusters)
+        ok = ok and translated is not None
+        if translated is not None:
+            translated["default"] = True
+        result.append(translated)
+    return result if ok and result else None
+
+
+def _filter_chain(chain, here, match, errors, warnings, clusters):
+    from .network_filters import translate_network_filters
+    filters = translate_network_filters(chain, here, errors, warnings, clusters)
+    tls = translate_transport_socket(chain, here, errors, warnings)
+    if filters is None:
+        return None
+    kind = filters["terminal"]
+    result = {"match": match, "terminal": kind, "tcp_proxy": filters.get("tcp_proxy"),
+              "http": filters.get("http"), kind: filters[kind]}
+    if filters[kind] is None:
+        return None
+    if filters["network_filters"]:
+        result["network_filters"] = filters["network_filters"]
+    if chain.name:
+        result["name"] = chain.name
+    if tls is not None:
+        result["tls"] = tls
+    return result
+
+
+SOURCE_TYPES = ("ANY", "SAME_IP_OR_LOOPBACK", "EXTERNAL")
 
 
 def _filter_chain_match(chain, here, errors):
-    """The subset of FilterChainMatch Baton selects on (after the listener's inspectors)."""
+    """FilterChainMatch -> the criteria Baton selects on (worker/proxy/chains.py), every one
+    Istio uses; CIDR ranges become [network, prefix length] pairs."""
     m = chain.filter_chain_match
+    where = f"{here}.filter_chain_match"
     match = {}
     if m.HasField("destination_port"):
         match["destination_port"] = m.destination_port.value
+    for field in ("prefix_ranges", "source_prefix_ranges", "direct_source_prefix_ranges"):
+        ranges = _cidr_ranges(getattr(m, field), join(where, field), errors)
+        if ranges:
+            match[field] = ranges
+    if m.source_type:
+        match["source_type"] = SOURCE_TYPES[m.source_type] \
+            if m.source_type < len(SOURCE_TYPES) else str(m.source_type)
+    if m.source_ports:
+        match["source_ports"] = sorted(set(m.source_ports))
     if m.server_names:
         match["server_names"] = [n.lower() for n in m.server_names]
     if m.transport_protocol:
         if m.transport_protocol not in ("tls", "raw_buffer"):
-            errors.append(f"{here}.filter_chain_match.transport_protocol: "
+            errors.append(f"{where}.transport_protocol: "
                           f"{m.transport_protocol!r} not supported (tls or raw_buffer)")
         match["transport_protocol"] = m.transport_protocol
     if m.application_protocols:
         match["application_protocols"] = list(m.application_protocols)
     return match
-def _network_filter(pb, path, errors, warnings, clusters):
-    """-> ("tcp_proxy" or "http", translated config or None on error)."""
-    if not pb.name:
-        errors.append(f"{join(path, 'name')}: required")
-    config_path = join(path, "typed_config")
-    if not pb.HasField("typed_config"):
-        if not pb.HasField("config_discovery"):  # that one is already "not supported"
-            errors.append(f"{config_path}: required")
-        return None, None
-    type_name = protos.type_name(pb.typed_config.type_url)
-    if type_name == protos.HCM_TYPE:
-        from .http import translate_http_connection_manager
-        hcm = protos.HttpConnectionManager()
-        pb.typed_config.Unpack(hcm)
-        config = translate_http_connection_manager(hcm, config_path, errors, warnings, clusters)
-        xfcc = translate_xfcc(hcm, config_path, errors)
-        if config is not None and xfcc is not None:
-            config["xfcc"] = xfcc
-        return "http", config
-    if type_name != protos.TCP_PROXY_TYPE:
-        errors.append(f"{config_path}: {type_name} not supported "
-                      f"(only {protos.TCP_PROXY_TYPE} or {protos.HCM_TYPE})")
-        return None, None
-    tcp_proxy = protos.TcpProxy()
-    pb.typed_config.Unpack(tcp_proxy)
-    return "tcp_proxy", translate_tcp_proxy(tcp_proxy, config_path, errors, warnings, clusters)
+
+
+def _cidr_ranges(ranges, path, errors):
+    """CidrRange list -> [[network address, prefix length]] (host bits cleared, as Envoy's
+    range matching ignores them)."""
+    result = []
+    for i, cidr in enumerate(ranges):
+        here = f"{path}[{i}]"
+        length = cidr.prefix_len.value      # Envoy: unset is 0, the whole family
+        try:
+            ip = ipaddress.ip_address(cidr.address_prefix)
+        except ValueError:
+            errors.append(f"{here}.address_prefix: {cidr.address_prefix!r} is not an IP address")
+            continue
+        if length > ip.max_prefixlen:
+            errors.append(f"{here}.prefix_len: {length} is longer than the address "
+                          f"({ip.max_prefixlen} bits)")
+            continue
+        network = ipaddress.ip_network(f"{ip}/{length}", strict=False)
+        result.append([str(network.network_address), length])
+    return result
 
 
 def translate_tcp_proxy(pb, path, errors, warnings=None, clusters=None):
@@ -481,6 +544,9 @@ def translate_load_assignment(pb, path, errors, warnings=None, require_ip=True):
             placement["locality_weight"] = locality.load_balancing_weight.value
         if overprovisioning != 140:
             placement["overprovisioning"] = overprovisioning
+        # A locality's envoy.transport_socket_match metadata, unless an endpoint has its own.
+        from .cluster_upstream import check_metadata
+        placement.update(check_metadata(locality, join(path, f"endpoints[{i}]"), errors))
         for j, lb_endpoint in enumerate(locality.lb_endpoints):
             where = join(path, f"endpoints[{i}].lb_endpoints[{j}]")
             if not lb_endpoint.HasField("endpoint"):
@@ -522,7 +588,7 @@ def _eds_health(lb_endpoint, where, errors):
     health_check_config (what istiod sends) changes nothing; one that sets anything (another
     port or address to check) is refused."""
     from .cluster_upstream import check_metadata
-    check_metadata(lb_endpoint, where, errors)
+    match = check_metadata(lb_endpoint, where, errors)     # {"tls_match": ...} or {}
     if lb_endpoint.endpoint.health_check_config.ListFields():
         errors.append(f"{where}.endpoint.health_check_config: not supported")
     status = protos.HealthStatus.Name(lb_endpoint.health_status) \
@@ -530,7 +596,7 @@ def _eds_health(lb_endpoint, where, errors):
     if status == "DEGRADED":
         errors.append(f"{where}.health_status: DEGRADED not supported (degraded hosts are not "
                       "implemented)")
-    return {"eds_unhealthy": True} if status in ("UNHEALTHY", "DRAINING", "TIMEOUT") else {}
+    return {**match, "eds_unhealthy": True} if status in ("UNHEALTHY", "DRAINING", "TIMEOUT") else match
 
 
 _ASSIGNMENT_FIELDS = frozenset({"cluster_name", "endpoints"})

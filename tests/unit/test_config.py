@@ -128,7 +128,7 @@ def test_quickstart_loads_to_the_documented_snapshot():
             "stat_name": "127.0.0.1_10000", "reuse_port": True, "buffer_limit": 1048576,
             "tcp_proxy": {"stat_prefix": "demo_tcp", "clusters": [["demo", 1]],
                           "idle_timeout": 3600.0, "max_connect_attempts": 1},
-            "filter_chains": [{"match": None, "tcp_proxy": {
+            "filter_chains": [{"match": None, "terminal": "tcp_proxy", "tcp_proxy": {
                 "stat_prefix": "demo_tcp", "clusters": [["demo", 1]], "idle_timeout": 3600.0,
                 "max_connect_attempts": 1}, "http": None}],
             "inspectors": [], "sniff_timeout": None, "sniff_continue": False,
@@ -162,7 +162,7 @@ def test_defaults_are_envoys(load):
         "stat_name": "127.0.0.1_10000", "reuse_port": True, "buffer_limit": 1048576,
         "tcp_proxy": {"stat_prefix": "ingress_tcp", "clusters": [["cluster_0", 1]],
                       "idle_timeout": 3600.0, "max_connect_attempts": 1},
-        "filter_chains": [{"match": None, "tcp_proxy": {
+        "filter_chains": [{"match": None, "terminal": "tcp_proxy", "tcp_proxy": {
             "stat_prefix": "ingress_tcp", "clusters": [["cluster_0", 1]], "idle_timeout": 3600.0,
             "max_connect_attempts": 1}, "http": None}],
         "inspectors": [], "sniff_timeout": None, "sniff_continue": False,
@@ -355,17 +355,19 @@ REFUSED = {
                         {"thresholds": [{"max_connection_pools": 5}]},
                         f"{C0}.circuit_breakers.thresholds[0].max_connection_pools: not supported"),
     "filter_chain_match": (LISTENER + ["filter_chains", 0, "filter_chain_match"],
-                           {"source_prefix_ranges": [{"address_prefix": "10.0.0.0", "prefix_len": 8}]},
-                           f"{L0}.filter_chains[0].filter_chain_match.source_prefix_ranges: not supported"),
+                           {"address_suffix": "10.0.0.1"},
+                           f"{L0}.filter_chains[0].filter_chain_match.address_suffix: not supported"),
     # Values outside the subset.
     "hcm": (CONFIG, {"@type": HCM_TYPE, "stat_prefix": "http"},
             f"{TCP0}: route_config is required"),
     "other_extension": (CONFIG, {"@type": "type.googleapis.com/envoy.extensions.filters."
                                           "network.redis_proxy.v3.RedisProxy"},
                         f"{TCP0}: envoy.extensions.filters.network.redis_proxy.v3.RedisProxy "
-                        "not supported (only envoy.extensions.filters.network.tcp_proxy.v3."
-                        "TcpProxy or envoy.extensions.filters.network.http_connection_manager."
-                        "v3.HttpConnectionManager)"),
+                        "not supported (network filters: envoy.tcp.metadataexchange.config."
+                        "MetadataExchange, io.istio.network.authn.Config, stats.PluginConfig; "
+                        "terminal, last: envoy.extensions.filters.network."
+                        "http_connection_manager.v3.HttpConnectionManager or "
+                        "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy)"),
     "unknown_type": (CONFIG, {"@type": "type.googleapis.com/acme.Nope"},
                      f"{TCP0}: unknown type 'acme.Nope'"),
     "udp": (SOCKET + ["protocol"], "UDP",
@@ -420,8 +422,9 @@ REFUSED = {
                         "or http_connection_manager filter)"),
     "two_filters": (LISTENER + ["filter_chains", 0, "filters", 1],
                     {"name": "x", "typed_config": tcp_proxy()},
-                    f"{L0}.filter_chains[0].filters: exactly one filter (tcp_proxy or "
-                    "http_connection_manager) is supported, got 2"),
+                    f"{L0}.filter_chains[0].filters[0]: terminal filter named "
+                    "envoy.filters.network.tcp_proxy of type envoy.extensions.filters.network."
+                    "tcp_proxy.v3.TcpProxy must be the last filter in a filter chain"),
     "no_typed_config": (LISTENER + ["filter_chains", 0, "filters", 0],
                         {"name": "envoy.filters.network.tcp_proxy"},
                         f"{TCP0}: required"),

@@ -420,7 +420,8 @@ def test_access_log_refusals():
     assert result == []
     assert errors[0] == ("hcm.access_log[0].typed_config.format: Not supported field in "
                          "StreamInfo: NOPE")
-    assert errors[1] == "hcm.access_log[1].filter: not supported"
+    assert errors[1] == ("hcm.access_log[1].filter.status_code_filter: not supported "
+                         "(response_flag_filter only)")
     # The whitelist may allow DataSource.filename for other uses (direct_response): the
     # access log translator refuses it itself.
     assert "hcm.access_log[2].typed_config.log_format.text_format_source: filename not " \

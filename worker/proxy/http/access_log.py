@@ -189,7 +189,7 @@ class AccessLogFiles:
 class AccessLog:
     """One configured access log: a compiled format and its file."""
 
-    __slots__ = ("format", "file")
+    __slots__ = ("format", "file", "flags")
 
     def __init__(self, config: dict, files: AccessLogFiles):
         if config.get("json_format") is not None:
@@ -199,8 +199,14 @@ class AccessLog:
             self.format = compile_format(config.get("format"),
                                          config.get("omit_empty_values", False))
         self.file = files.get(config["path"])
+        # response_flag_filter: a line only when one of these flags is set (empty: any flag).
+        flags = config.get("flags")
+        self.flags = frozenset(flags) if flags is not None else None
 
     def log(self, info) -> None:
+        if self.flags is not None and not (
+                self.flags.intersection(info.response_flags) if self.flags else info.response_flags):
+            return
         self.file.write(self.format(info))
 
     def reopen(self) -> None:

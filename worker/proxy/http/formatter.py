@@ -310,6 +310,12 @@ OPERATORS = {
     "ROUTE_NAME": _simple(lambda info: _or_none(info.route_name)),
     "HOSTNAME": _hostname,
     "CONNECTION_ID": _simple(lambda info: info.connection_id),
+    # Istio's access log format has both. The SNI the client sent, when a chain saw one; why
+    # the connection was ended, when Baton ended it for a reason Envoy names (none yet).
+    "REQUESTED_SERVER_NAME": _simple(lambda info: _or_none(
+        getattr(info, "requested_server_name", None))),
+    "CONNECTION_TERMINATION_DETAILS": _simple(lambda info: _or_none(
+        getattr(info, "connection_termination_details", None))),
 }
 
 

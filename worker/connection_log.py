@@ -1,0 +1,42 @@
+"""A listener's own access logs (Listener.access_log): one line per connection, for the
+connections no filter chain took (response flag NR, Envoy's "no route" for a listener).
+
+Envoy writes a listener's access log when a connection ends; Istio configures it with a
+response_flag_filter on NR, so that only the connections no filter chain matched are logged
+(a chain's own HCM or tcp_proxy access logs cover the others). The same formatter, files and
+flag filter serve as for the HTTP access logs (worker/proxy/http/access_log.py). A
+connection that a chain took writes no listener line here: a log without a flag filter, or
+one that asks for flags other than NR, would need the tcp_proxy's connection details, which
+are not collected yet; xds/translate.py says so with a warning.
+"""
+
+from __future__ import annotations
+
+from .proxy.http.stream_info import StreamInfo
+
+
+class ConnectionInfo(StreamInfo):
+    """StreamInfo for a connection rather than a request: no request, no response."""
+
+    __slots__ = ("requested_server_name", "connection_termination_details")
+
+    def __init__(self, now: float, downstream_remote, downstream_local, connection_id: int,
+                 server_name: str | None = None):
+        super().__init__(None, now, None, downstream_remote, downstream_local, connection_id)
+        self.requested_server_name = server_name
+        self.connection_termination_details = None
+
+
+def listener_access_logs(specs, worker) -> list:
+    from .proxy.http.config import _access_logs
+    return _access_logs(specs, worker)
+
+
+def log_unmatched(listener, peer, local, conn_id: int, server_name: str | None = None) -> None:
+    """A connection closed because no filter chain matched (Envoy: flag NR)."""
+    now = listener.loop.time()
+    info = ConnectionInfo(now, peer[:2], local[:2], conn_id, server_name)
+    info.response_flags.append("NR")
+    info.last_downstream_byte = now
+    for log in listener.access_logs:
+        log.log(info)

@@ -1,0 +1,69 @@
+"""Istio's listener-side typed configs, declared from Istio's published field numbers.
+
+Like xds/istio_types.py (which declares MetadataExchange for the cluster side), this puts the
+messages istiod sends inside listeners into the default descriptor pool, with only the fields
+Baton implements: bytes that carry any other field parse with unknown fields, which the
+translators refuse by number instead of dropping.
+
+    stats.PluginConfig (istio/proxy extensions/filters/http/istio_stats/config.proto):
+        bool disable_host_header_fallback = 6
+    istio.envoy.config.filter.http.alpn.v2alpha1.FilterConfig (istio/api
+        envoy/config/filter/http/alpn/v2alpha1/config.proto):
+        enum Protocol {HTTP10 = 0; HTTP11 = 1; HTTP2 = 2}
+        message AlpnOverride {Protocol upstream_protocol = 1; repeated string alpn_override = 2}
+        repeated AlpnOverride alpn_override = 1
+"""
+
+from __future__ import annotations
+
+from google.protobuf import descriptor_pb2, descriptor_pool
+
+STATS_PLUGIN = "stats.PluginConfig"
+ALPN_FILTER = "istio.envoy.config.filter.http.alpn.v2alpha1.FilterConfig"
+
+_F = descriptor_pb2.FieldDescriptorProto
+
+
+def _field(msg, name, number, kind, repeated=False, type_name=None):
+    json_name = name.split("_")[0] + "".join(p.title() for p in name.split("_")[1:])
+    field = msg.field.add(name=name, number=number, type=kind, json_name=json_name,
+                          label=_F.LABEL_REPEATED if repeated else _F.LABEL_OPTIONAL)
+    if type_name:
+        field.type_name = type_name
+
+
+def _stats_file():
+    proto = descriptor_pb2.FileDescriptorProto(name="baton/istio/stats_plugin.proto",
+                                               package="stats", syntax="proto3")
+    msg = proto.message_type.add(name="PluginConfig")
+    _field(msg, "disable_host_header_fallback", 6, _F.TYPE_BOOL)
+    return proto
+
+
+def _alpn_file():
+    package = "istio.envoy.config.filter.http.alpn.v2alpha1"
+    proto = descriptor_pb2.FileDescriptorProto(name="baton/istio/alpn.proto", package=package,
+                                               syntax="proto3")
+    msg = proto.message_type.add(name="FilterConfig")
+    enum = msg.enum_type.add(name="Protocol")
+    for number, name in enumerate(("HTTP10", "HTTP11", "HTTP2")):
+        enum.value.add(name=name, number=number)
+    override = msg.nested_type.add(name="AlpnOverride")
+    _field(override, "upstream_protocol", 1, _F.TYPE_ENUM,
+           type_name=f".{package}.FilterConfig.Protocol")
+    _field(override, "alpn_override", 2, _F.TYPE_STRING, repeated=True)
+    _field(msg, "alpn_override", 1, _F.TYPE_MESSAGE, repeated=True,
+           type_name=f".{package}.FilterConfig.AlpnOverride")
+    return proto
+
+
+def _declare():
+    pool = descriptor_pool.Default()
+    for full_name, build in ((STATS_PLUGIN, _stats_file), (ALPN_FILTER, _alpn_file)):
+        try:
+            pool.FindMessageTypeByName(full_name)
+        except KeyError:
+            pool.AddSerializedFile(build().SerializeToString())
+
+
+_declare()

@@ -1,0 +1,191 @@
+"""A filter chain's network filters, in order, the terminal one last -> plain chain config.
+
+    translate_network_filters(chain_pb, path, errors, warnings, clusters)
+        -> {"terminal": kind, kind: config, "network_filters": [...]} or None on error
+
+Envoy runs a chain's network filters in order; the last must be a terminal filter (one that
+owns the connection: tcp_proxy, the HTTP connection manager) and no terminal filter may come
+before it. Istio puts its own filters in front (istio.metadata_exchange, istio_authn,
+istio.stats), so a chain is a list here too:
+
+- TERMINAL maps a typed_config type to (kind, translator). The chain config carries the
+  terminal filter's config under its kind ("tcp_proxy", "http", ...), and "terminal" says
+  which; the worker dispatches on it. Adding a terminal filter is one register_terminal() call.
+- NON_TERMINAL maps a type (after unwrapping a TypedStruct) to a translator returning what the
+  worker must run ({"name", "type", ...} in "network_filters"), or None when the filter has
+  no effect Baton can have on that chain (it is accepted, with a warning saying what is not
+  done). No filter of Istio's needs the worker today: see each translator for why.
+- Anything else is a NACK naming the filter's path.
+"""
+
+from __future__ import annotations
+
+from . import protos
+from .istio_filter_types import STATS_PLUGIN
+from .istio_types import METADATA_EXCHANGE, unknown_field_numbers
+from .parse import join
+
+TYPED_STRUCTS = ("udpa.type.v1.TypedStruct", "xds.type.v3.TypedStruct")
+ISTIO_AUTHN = "io.istio.network.authn.Config"
+
+TERMINAL: dict[str, tuple[str, object]] = {}
+NON_TERMINAL: dict[str, object] = {}
+
+
+def register_terminal(type_name: str, kind: str, translate) -> None:
+    """translate(typed_config Any, path, errors, warnings, clusters) -> config or None."""
+    TERMINAL[type_name] = (kind, translate)
+
+
+def _tcp_proxy(any_pb, path, errors, warnings, clusters):
+    from .translate import translate_tcp_proxy
+    config = protos.TcpProxy()
+    any_pb.Unpack(config)
+    return translate_tcp_proxy(config, path, errors, warnings, clusters)
+
+
+def _http_connection_manager(any_pb, path, errors, warnings, clusters):
+    from .http import translate_http_connection_manager
+    from .tls import translate_xfcc
+    hcm = protos.HttpConnectionManager()
+    any_pb.Unpack(hcm)
+    config = translate_http_connection_manager(hcm, path, errors, warnings, clusters)
+    xfcc = translate_xfcc(hcm, path, errors)
+    if config is not None and xfcc is not None:
+        config["xfcc"] = xfcc
+    return config
+
+
+register_terminal(protos.TCP_PROXY_TYPE, "tcp_proxy", _tcp_proxy)
+register_terminal(protos.HCM_TYPE, "http", _http_connection_manager)
+
+
+def translate_network_filters(chain_pb, path, errors, warnings=None, clusters=None):
+    filters_path = join(path, "filters")
+    start = len(errors)
+    if not chain_pb.filters:
+        errors.append(f"{filters_path}: required (a terminal filter: "
+                      f"{' or '.join(sorted(TERMINAL))})")
+        return None
+    last = len(chain_pb.filters) - 1
+    result = {"terminal": None, "network_filters": []}
+    undecoded = False
+    for i, filter_pb in enumerate(chain_pb.filters):
+        here = f"{filters_path}[{i}]"
+        for field, _ in filter_pb.ListFields():
+            if field.name not in ("name", "typed_config"):
+                errors.append(f"{join(here, field.name)}: not supported")
+        if not filter_pb.name:
+            errors.append(f"{join(here, 'name')}: required")
+        config_path = join(here, "typed_config")
+        if not filter_pb.HasField("typed_config"):
+            if not filter_pb.HasField("config_discovery"):   # that one is "not supported"
+                errors.append(f"{config_path}: required")
+            continue
+        type_name = protos.type_name(filter_pb.typed_config.type_url)
+        if not type_name:
+            undecoded = True                # an Any that did not decode: already an error
+            continue
+        if type_name in TERMINAL:
+            kind, translate = TERMINAL[type_name]
+            if i != last:
+                errors.append(f"{here}: terminal filter named {filter_pb.name} of type "
+                              f"{type_name} must be the last filter in a filter chain")
+                continue
+            result["terminal"] = kind
+            result[kind] = translate(filter_pb.typed_config, config_path, errors, warnings,
+                                     clusters)
+            continue
+        inner_type, value, inner_path = type_name, filter_pb.typed_config, config_path
+        if type_name in TYPED_STRUCTS:
+            struct = protos.message_class(type_name)()
+            filter_pb.typed_config.Unpack(struct)
+            inner_type = protos.type_name(struct.type_url)
+            value = protos.json_format.MessageToDict(struct.value) if struct.HasField("value") \
+                else {}
+            inner_path = join(config_path, "value")
+        translate = NON_TERMINAL.get(inner_type)
+        if translate is None:
+            errors.append(f"{config_path}: {inner_type or 'an empty TypedStruct'} not supported "
+                          f"(network filters: {', '.join(sorted(NON_TERMINAL))}; terminal, "
+                          f"last: {' or '.join(sorted(TERMINAL))})")
+            continue
+        if i == last:
+            errors.append(f"{here}: non-terminal filter named {filter_pb.name} of type "
+                          f"{inner_type} is the last filter in a filter chain (the last must "
+                          f"be one of {', '.join(sorted(TERMINAL))})")
+            continue
+        entry = translate(value, inner_path, errors, warnings, chain_pb, filter_pb.name)
+        if entry is not None:
+            result["network_filters"].append(entry)
+    if len(errors) > start or undecoded or result["terminal"] is None:
+        return None
+    return result
+
+
+def _fields_of(value, path, errors, allowed):
+    """A config given either as a message (declared type) or as a TypedStruct's dict:
+    -> dict of its fields, with an error for any field outside `allowed`."""
+    if isinstance(value, dict):
+        fields = value
+    else:
+        msg = protos.message_class(protos.type_name(value.type_url))()
+        value.Unpack(msg)
+        unknown = unknown_field_numbers(msg)
+        if unknown:
+            errors.append(f"{path}: field number {unknown[0]} of {msg.DESCRIPTOR.full_name} "
+                          "not supported")
+            return None
+        fields = protos.json_format.MessageToDict(msg, preserving_proto_field_name=True)
+    for key in fields:
+        if key not in allowed:
+            errors.append(f"{join(path, key)}: not supported")
+            return None
+    return fields
+
+
+def _warn(warnings, path, text):
+    if warnings is not None:
+        warnings.append(f"{path}: {text}")
+
+
+def _istio_stats(value, path, errors, warnings, chain_pb, name):
+    """istio.stats on a TCP chain: Istio's istio_tcp_* metrics. Baton does not report them
+    yet (they need the peer's workload labels from the metadata exchange); the connection is
+    unaffected either way, as in Envoy, where the filter only observes."""
+    if _fields_of(value, path, errors, ("disable_host_header_fallback",
+                                        "disableHostHeaderFallback")) is None:
+        return None
+    _warn(warnings, path, "istio.stats: Istio's TCP metrics are not reported yet")
+    return None
+
+
+def _metadata_exchange(value, path, errors, warnings, chain_pb, name):
+    """istio.metadata_exchange (TCP): exchanges workload metadata with the peer over the
+    mTLS connection when the client negotiated the `istio-peer-exchange` ALPN; any other
+    connection goes through untouched (Istio's filter passes it on). Without a TLS transport
+    socket no connection of this chain can negotiate that ALPN, so the filter has nothing to
+    do; over TLS the exchange itself would be needed, which Baton does not implement."""
+    if _fields_of(value, path, errors, ("protocol", "enable_discovery",
+                                        "enableDiscovery")) is None:
+        return None
+    if chain_pb.HasField("transport_socket"):
+        errors.append(f"{path}: istio.metadata_exchange over a TLS chain is not supported (the "
+                      "istio-peer-exchange exchange is not implemented)")
+    return None
+
+
+def _istio_authn(value, path, errors, warnings, chain_pb, name):
+    """istio_authn: records the mTLS peer's SPIFFE identity for the filters after it (RBAC,
+    stats). Baton has none that reads it; on a plaintext chain there is no peer identity."""
+    if _fields_of(value, path, errors, ("shared",)) is None:
+        return None
+    if chain_pb.HasField("transport_socket"):
+        _warn(warnings, path, "istio_authn: the peer identity is not recorded (no filter of "
+              "Baton's reads it)")
+    return None
+
+
+NON_TERMINAL[STATS_PLUGIN] = _istio_stats
+NON_TERMINAL[METADATA_EXCHANGE] = _metadata_exchange
+NON_TERMINAL[ISTIO_AUTHN] = _istio_authn
