@@ -188,6 +188,7 @@ class SecretFile:
                         self.path, error_detail(errors))
             self.owner.agent.stats.count([f"sds.{n}" for n in sorted(self.secrets)],
                                          "update_rejected")
+            self.owner.agent.dirty.set()
             return False
         if secrets == self.secrets:
             return False
@@ -356,6 +357,7 @@ class GrpcSecretStream:
             log.warning("xds: SDS %s rejected version %r: %s", self.key, update.version, message)
             stats.count(scopes, "update_rejected")
             await call.write(self.protocol.nack(update, message))
+            self.agent.dirty.set()                  # the counters travel with the config
             return
         wanted = self.protocol.types[SECRET].interest
         for name, item in translated.items():

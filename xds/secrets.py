@@ -196,6 +196,14 @@ def resolve_static(snapshot: dict, errors: list) -> None:
     has_ads = bool((snapshot.get("xds") or {}).get("cluster"))
     for spec in [*snapshot["listeners"], *clusters.values()]:
         check_references(spec, secrets, errors, clusters, has_ads)
+    node = snapshot.get("node") or {}
+    dynamic = [ref for spec in [*snapshot["listeners"], *clusters.values()]
+               for ref in spec_references(spec or {}) if ref["source"]["kind"] != "static"]
+    if dynamic and not (node.get("id") and node.get("cluster")):
+        # Envoy refuses it at startup too (TlsCertificateSdsApi): an SDS server tells
+        # workloads apart by the node.
+        errors.append(f"node: id and cluster are required by SDS ({dynamic[0]['path']} "
+                      f"names secret '{dynamic[0]['name']}' from {dynamic[0]['source']['key']})")
     resolved = {"static": secrets}
     snapshot["listeners"] = resolve_specs(snapshot["listeners"], resolved)
     snapshot["clusters"] = resolve_specs(clusters, resolved)

@@ -71,15 +71,27 @@ def test_unknown_static_secret_and_bad_secret_name_their_paths(errors, tmp_path)
 
 
 def test_sds_over_ads_needs_an_ads_stream(errors):
-    found = errors(bootstrap(sds_context(sds_config={"ads": {}})))
+    found = errors(with_node(bootstrap(sds_context(sds_config={"ads": {}}))))
     assert found == [f"{COMMON}.tls_certificate_sds_secret_configs[0].sds_config: an 'ads: {{}}' "
                      "config source needs dynamic_resources.ads_config"]
+
+
+def with_node(data: dict) -> dict:
+    return {**data, "node": {"id": "sidecar~10.0.0.1~app.default~default.svc.cluster.local",
+                             "cluster": "app.default"}}
+
+
+def test_sds_needs_the_node_id_and_cluster_as_in_envoy(errors):
+    sds = {"path_config_source": {"path": "/etc/baton/sds.yaml"}}
+    assert errors(bootstrap(sds_context(sds_config=sds))) == [
+        f"node: id and cluster are required by SDS ({COMMON}.tls_certificate_sds_secret_configs[0] "
+        "names secret 'server' from path:/etc/baton/sds.yaml)"]
 
 
 def test_sds_over_its_own_grpc_cluster_on_a_pipe(load):
     sds = {"api_config_source": {"api_type": "GRPC", "grpc_services": [
         {"envoy_grpc": {"cluster_name": "sds-grpc"}}]}, "initial_fetch_timeout": "2s"}
-    data = bootstrap(sds_context(ca_name="ROOTCA", cert_name="default", sds_config=sds))
+    data = with_node(bootstrap(sds_context(ca_name="ROOTCA", cert_name="default", sds_config=sds)))
     data["static_resources"]["clusters"].append({
         "name": "sds-grpc", "type": "STATIC", "typed_extension_protocol_options": {
             "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
@@ -102,7 +114,7 @@ def test_sds_over_its_own_grpc_cluster_on_a_pipe(load):
 def test_sds_cluster_must_be_static(errors):
     sds = {"api_config_source": {"api_type": "GRPC", "grpc_services": [
         {"envoy_grpc": {"cluster_name": "nope"}}]}}
-    found = errors(bootstrap(sds_context(sds_config=sds)))
+    found = errors(with_node(bootstrap(sds_context(sds_config=sds))))
     assert found == [f"{COMMON}.tls_certificate_sds_secret_configs[0].sds_config.api_config_source"
                      ".grpc_services[0].envoy_grpc.cluster_name: unknown cluster 'nope' (it must "
                      "be a static cluster)"]
