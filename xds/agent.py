@@ -272,10 +272,11 @@ class Agent:
 
     async def _streams(self) -> None:
         import grpc
+        from .sds import grpc_channel
         attempt = 0
         while True:
             got_response = False
-            channel = grpc.aio.insecure_channel(self.target, options=[
+            channel = grpc_channel(self.bootstrap["clusters"][self.bootstrap["xds"]["cluster"]], [
                 ("grpc.max_receive_message_length", MAX_MESSAGE),
                 ("grpc.max_send_message_length", MAX_MESSAGE)])
             try:

@@ -60,6 +60,27 @@ def grpc_target(cluster: dict) -> str | None:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+def grpc_channel(cluster: dict, options=()):
+    """A grpc.aio channel to a static cluster's first endpoint: over TLS when the cluster has
+    an UpstreamTlsContext (xds/tls_upstream.py; istiod's port 15012 wants mTLS), with its
+    client certificate, trusted_ca and sni; else plaintext HTTP/2."""
+    import grpc
+    options = list(options)
+    target = grpc_target(cluster)
+    tls = cluster.get("transport_socket")
+    if not tls:
+        return grpc.aio.insecure_channel(target, options=options)
+    certificate = tls["certificates"][0] if tls.get("certificates") else None
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=tls["trusted_ca"].encode() if tls.get("trusted_ca") else None,
+        private_key=certificate["key"].encode() if certificate else None,
+        certificate_chain=certificate["chain"].encode() if certificate else None)
+    if tls.get("sni"):
+        # The name the server's certificate is checked against, and the SNI sent.
+        options.append(("grpc.ssl_target_name_override", tls["sni"]))
+    return grpc.aio.secure_channel(target, credentials, options=options)
+
+
 def load_secret(raw: bytes, name: str, path: str, errors: list) -> dict | None:
     pb = secret_class()()
     try:
@@ -293,7 +314,7 @@ class GrpcSecretStream:
             if target is None:
                 reason = f"cluster '{self.cluster}' has no endpoint"
             else:
-                channel = grpc.aio.insecure_channel(target)
+                channel = grpc_channel(cluster)
                 try:
                     got = await self._stream(channel)
                     reason = "the SDS server closed the stream"

@@ -251,3 +251,52 @@ def _serves_now(port, ctx, pair) -> bool:
         return serves(port, ctx, pair, handshakes=2)
     except OSError:
         return False
+
+
+def test_the_ads_stream_over_mtls(upstreams, tmp_path):
+    """The ADS cluster with an UpstreamTlsContext (client certificate, trusted_ca, sni), as
+    istiod's port 15012 wants: the control plane requires the client certificate; Baton's
+    agent connects, and the listener LDS sends is served."""
+    import grpc
+    from ..xds_support.control_plane import CLUSTER, LISTENER
+    from ..xds_support.resources import bootstrap
+    from .conftest import Baton
+    from .tls_clients import tls_transport_socket
+    ca = make_ca("ecdsa")
+    server, client = leaf(ca, "ecdsa", dns=("istiod.istio-system.svc",)), leaf(ca, "ecdsa", client=True)
+    plane = ControlPlane(credentials=grpc.ssl_server_credentials(
+        [(server.key_pem, server.cert_pem)], root_certificates=ca.cert_pem,
+        require_client_auth=True))
+    cp_port = plane.start()
+    echo = upstreams("echo")
+    port = free_port()
+    data = bootstrap(free_port(), cp_port, "GRPC")
+    upstream_tls = {"@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+                    "sni": "istiod.istio-system.svc", "common_tls_context": {
+                        "alpn_protocols": ["h2"],
+                        "tls_certificates": [{"certificate_chain": {"inline_string": client.cert_pem.decode()},
+                                              "private_key": {"inline_string": client.key_pem.decode()}}],
+                        "validation_context": {"trusted_ca": {"inline_string": ca.cert_pem.decode()}}}}
+    data["static_resources"]["clusters"][0]["transport_socket"] = {
+        "name": "envoy.transport_sockets.tls", "typed_config": upstream_tls}
+    b = Baton(tmp_path / "b", data)
+    try:
+        plane.set_resources(CLUSTER, [{
+            "name": "echo", "type": "STATIC", "connect_timeout": "1s",
+            "load_assignment": {"cluster_name": "echo", "endpoints": [{"lb_endpoints": [{"endpoint": {
+                "address": {"socket_address": {"address": "127.0.0.1", "port_value": echo.port}}}}]}]}}],
+            "1")
+        plane.set_resources(LISTENER, [{
+            "name": "tls", "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
+            "filter_chains": [{"transport_socket": tls_transport_socket(leaf(ca, "ecdsa")), "filters": [{
+                "name": "envoy.filters.network.tcp_proxy", "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+                    "stat_prefix": "tls", "cluster": "echo"}}]}]}], "1")
+        b.start()
+        assert plane.acked(LISTENER, "1")
+        with open_connection(port, client_context(ca)) as tls:
+            assert echo_once(tls, b"over mTLS-configured ADS") == b"over mTLS-configured ADS"
+        assert b.stats()["control_plane.connected_state"] == 1
+    finally:
+        b.stop()
+        plane.close()

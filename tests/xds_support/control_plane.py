@@ -253,8 +253,9 @@ class ControlPlane:
     """The server, its snapshot and its records. Public methods are called from any thread;
     the gRPC server runs on an asyncio loop in a thread of its own."""
 
-    def __init__(self, host: str = "127.0.0.1"):
+    def __init__(self, host: str = "127.0.0.1", credentials=None):
         self.host = host                # or "unix:PATH": a Unix socket (the port is then 0)
+        self.credentials = credentials  # grpc.ssl_server_credentials: serve over TLS
         self.port = 0
         self._versions: dict[str, str] = {}
         self._resources: dict[str, dict[str, _Resource]] = {t: {} for t in TYPE_URLS}
@@ -306,7 +307,9 @@ class ControlPlane:
         ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(servicer, server)
         sds_pb2_grpc.add_SecretDiscoveryServiceServicer_to_server(_SdsServicer(servicer), server)
         unix = self.host.startswith("unix:")
-        bound = server.add_insecure_port(self.host if unix else f"{self.host}:{port}")
+        address = self.host if unix else f"{self.host}:{port}"
+        bound = (server.add_secure_port(address, self.credentials) if self.credentials
+                 else server.add_insecure_port(address))
         if bound == 0 and not unix:
             raise OSError(f"cannot bind {self.host}:{port}")
         await server.start()
