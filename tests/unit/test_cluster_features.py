@@ -275,9 +275,9 @@ C = "static_resources.clusters[0]"
      "use_downstream_protocol_config.http2_protocol_options.initial_stream_window_size: 100 is "
      "out of range"),
     ({"typed_extension_protocol_options": typed_http(
-        upstream_http_protocol_options={"auto_sni": True},
+        upstream_http_protocol_options={"auto_sni": True, "override_auto_sni_header": ":path"},
         explicit_http_config={"http_protocol_options": {}})},
-     "upstream_http_protocol_options: not supported"),
+     "upstream_http_protocol_options.override_auto_sni_header: ':path' is not a request header"),
     ({"typed_extension_protocol_options": {"envoy.extensions.upstreams.tcp.v3.TcpProtocolOptions": {
         "@type": "type.googleapis.com/envoy.extensions.upstreams.tcp.v3.TcpProtocolOptions"}}},
      f"TcpProtocolOptions not supported (only {HTTP_OPTIONS})"),
