@@ -34,7 +34,11 @@ READ_TIMEOUT = 10.0
 # prefix, label). The scope name sits between the prefix and the final stat component.
 TAGGED_SCOPES = (("cluster.", "envoy_cluster_", "envoy_cluster_name"),
                  ("listener.", "envoy_listener_", "envoy_listener_address"),
-                 ("tcp.", "envoy_tcp_", "envoy_tcp_prefix"))
+                 ("tcp.", "envoy_tcp_", "envoy_tcp_prefix"),
+                 ("udp.", "envoy_udp_", "envoy_udp_prefix"))
+# The UDP proxy's sub-scopes: cluster.<name>.udp.<stat> -> envoy_cluster_udp_<stat>{name},
+# listener.<address>.udp.<stat> -> envoy_listener_udp_<stat>{address}, as Envoy 1.40 renders.
+_UDP_SUBSCOPE = re.compile(r"^(cluster|listener)\.(.+)\.udp\.([^.]+)$")
 
 
 _LISTENER_SSL = re.compile(r"^listener\.(.+?)\.ssl\.(.+)$")
@@ -68,6 +72,11 @@ def prometheus_name(stat: str) -> tuple[str, str]:
         if tag is not None and value:
             return _sanitize(f"envoy_listener_ssl_{family}"), f'{{{tag}="{_escape_label(value)}",{labels}}}'
         return _sanitize(f"envoy_listener_ssl_{rest}"), f"{{{labels}}}"
+    udp = _UDP_SUBSCOPE.match(stat)
+    if udp is not None:
+        kind, scope, leaf = udp.groups()
+        label = "envoy_cluster_name" if kind == "cluster" else "envoy_listener_address"
+        return _sanitize(f"envoy_{kind}_udp_{leaf}"), f'{{{label}="{_escape_label(scope)}"}}'
     for prefix, metric_prefix, label in TAGGED_SCOPES:
         if stat.startswith(prefix) and stat.count(".") >= 2:
             scope, leaf = stat[len(prefix):].rsplit(".", 1)

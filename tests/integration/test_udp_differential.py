@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 import socket
+import urllib.request
 
 import pytest
 
@@ -29,6 +30,15 @@ def udp_stats(target: Target, port: int) -> dict[str, int]:
             if name.startswith(("udp.", "cluster.echo.udp.", f"listener.127.0.0.1_{port}.udp."))
             or name in ("cluster.echo.upstream_cx_rx_bytes_total",
                         "cluster.echo.upstream_cx_tx_bytes_total", "cluster.echo.upstream_cx_total")}
+
+
+def udp_prometheus(target: Target, port: int) -> list[str]:
+    """The UDP proxy's lines of /stats/prometheus (Envoy's names and tags), port masked."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{target.admin_port}/stats/prometheus",
+                                timeout=5) as r:
+        body = r.read().decode()
+    return sorted(line.replace(f"_{port}\"", "_PORT\"") for line in body.splitlines()
+                  if not line.startswith("#") and "udp" in line)
 
 
 def masked(line: str) -> str:
@@ -75,17 +85,20 @@ def test_stats_sessions_and_access_log_match_envoy(proxies):
             wait_until(lambda: udp_stats(target, port)["udp.dns.idle_timeout"] == 2, 10,
                        f"{name}: both sessions idle out")
             after = udp_stats(target, port)
+            prometheus = udp_prometheus(target, port)
         finally:
             for sock in socks:
                 sock.close()
         wait_until(lambda: log_path.exists() and log_path.read_text().count("\n") == 2, 10,
                    f"{name}: two access log lines")
         lines = sorted(masked(line) for line in log_path.read_text().splitlines())
-        observed[name] = (during, after, lines)
+        observed[name] = (during, after, lines, prometheus)
     envoy, baton = observed["envoy"], observed["baton"]
     assert baton[0] == envoy[0], "stats while the sessions are open"
     assert baton[1] == envoy[1], "stats after the idle timeout"
     assert baton[2] == envoy[2], "access log lines"
+    assert baton[3] == envoy[3], "/stats/prometheus"
+    assert 'envoy_udp_downstream_sess_total{envoy_udp_prefix="dns"} 2' in envoy[3]
     assert envoy[0]["udp.dns.downstream_sess_active"] == 2
     assert envoy[0]["udp.dns.downstream_sess_total"] == 2
     assert envoy[0]["listener.127.0.0.1_PORT.udp.downstream_rx_datagram_dropped"] == 1
