@@ -26,7 +26,7 @@ class Chain:
     http_connection_manager (`http_config`, worker/proxy/http/config.py). A chain with a TLS
     transport socket has its server side in `tls` (worker/tls/server.py)."""
 
-    __slots__ = ("index", "spec", "buffer_limit", "match", "tcp_proxy", "http_config",
+    __slots__ = ("index", "spec", "buffer_limit", "match", "tcp_proxy", "http_config", "rpc",
                  "cx_total", "no_route", "rx_bytes", "tx_bytes", "idle_timeout", "rx_buffered",
                  "tx_buffered", "tls")
 
@@ -36,6 +36,7 @@ class Chain:
         self.buffer_limit = buffer_limit
         self.match = spec.get("match")
         self.tcp_proxy = spec.get("tcp_proxy")
+        self.rpc = None
         self.http_config = None
         self.tls = None
         if spec.get("tls") is not None:
@@ -45,6 +46,12 @@ class Chain:
         if spec.get("http") is not None:
             from .proxy.http.config import HttpConfig
             self.http_config = HttpConfig(spec["http"], worker, buffer_limit)
+            self.cx_total = self.no_route = self.rx_bytes = self.tx_bytes = None
+            self.idle_timeout = self.rx_buffered = self.tx_buffered = None
+            return
+        from .proxy.rpc.chain import rpc_chain
+        self.rpc = rpc_chain(spec)          # Dubbo or SOFA Bolt (worker/proxy/rpc/), else None
+        if self.rpc is not None:
             self.cx_total = self.no_route = self.rx_bytes = self.tx_bytes = None
             self.idle_timeout = self.rx_buffered = self.tx_buffered = None
             return

@@ -165,6 +165,12 @@ class Worker:
                     for name in chain.http_config.gauges():
                         gauges.setdefault(name, 0)
                     continue
+                if chain.rpc is not None:
+                    for name in chain.rpc.counters():
+                        counters.setdefault(name, 0)
+                    for name in chain.rpc.gauges():
+                        gauges.setdefault(name, 0)
+                    continue
                 for name in (chain.cx_total, chain.no_route, chain.rx_bytes, chain.tx_bytes,
                              chain.idle_timeout):
                     counters.setdefault(name, 0)
@@ -203,6 +209,10 @@ class Worker:
                                   conn_id if conn_id is not None else next(self._ids),
                                   None if tls else initial)
             self.accept_http(conn, client, initial if tls else None)
+            return
+        if chain is not None and chain.rpc is not None:    # Dubbo, Bolt: worker/proxy/rpc/
+            from .proxy.rpc.connection import start_rpc
+            start_rpc(self, listener, chain, client, peer, original, initial, conn_id)
             return
         kind = TcpProxyConnection
         if chain is not None and chain.tls is not None:
@@ -288,7 +298,7 @@ class Worker:
         gauges = dict(self.stats.gauges)
         for listener in self.listeners.values():
             for chain in listener.chains:
-                if chain.http_config is not None:
+                if chain.http_config is not None or chain.rpc is not None:
                     continue
                 gauges.setdefault(chain.rx_buffered, 0)
                 gauges.setdefault(chain.tx_buffered, 0)

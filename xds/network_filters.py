@@ -86,8 +86,13 @@ def translate_network_filters(chain_pb, path, errors, warnings=None, clusters=No
         if not type_name:
             undecoded = True                # an Any that did not decode: already an error
             continue
-        if type_name in TERMINAL:
-            kind, translate = TERMINAL[type_name]
+        terminal_type = type_name
+        if type_name in TYPED_STRUCTS:      # a terminal filter of Baton's own (xds/bolt.py)
+            struct = protos.message_class(type_name)()
+            filter_pb.typed_config.Unpack(struct)
+            terminal_type = protos.type_name(struct.type_url)
+        if terminal_type in TERMINAL:
+            kind, translate = TERMINAL[terminal_type]
             if i != last:
                 errors.append(f"{here}: terminal filter named {filter_pb.name} of type "
                               f"{type_name} must be the last filter in a filter chain")
@@ -189,3 +194,5 @@ def _istio_authn(value, path, errors, warnings, chain_pb, name):
 NON_TERMINAL[STATS_PLUGIN] = _istio_stats
 NON_TERMINAL[METADATA_EXCHANGE] = _metadata_exchange
 NON_TERMINAL[ISTIO_AUTHN] = _istio_authn
+
+from . import bolt, dubbo  # noqa: E402,F401 - register their terminal filters

@@ -108,6 +108,10 @@ class Reader:
             raise HessianError(f"expected an int at offset {self.pos - 1}, got tag 0x{tag:02x}")
         return value
 
+    def read_raw(self, n: int) -> bytes:
+        """`n` bytes as they are (the Hessian 2.0 draft writes type names this way)."""
+        return self._take(n)
+
     def skip(self) -> None:
         """Step over the next value (its references still count, for the values after)."""
         self._value(self._byte())

@@ -1,0 +1,53 @@
+"""A filter chain's RPC side: its protocol, route table and stat names.
+
+Stats are Envoy's dubbo_proxy names (source/extensions/filters/network/dubbo_proxy/stats.h)
+under dubbo.<stat_prefix>. and, for Bolt, the same names under bolt.<stat_prefix>. They count
+as Envoy 1.40 counts them (checked against it): a heartbeat is `request_event` only, not a
+`request`; a local reply Envoy writes as an exception (no route, upstream failures) is
+`local_response_business_exception`. One difference: Envoy 1.40 never increments
+`request_twoway`; Baton counts two-way requests there, as its name says.
+"""
+
+from __future__ import annotations
+
+from .protocols import PROTOCOLS
+from .routing import RouteTable
+
+COUNTERS = (
+    "cx_destroy_local_with_active_rq", "cx_destroy_remote_with_active_rq",
+    "local_response_business_exception", "local_response_error", "local_response_success",
+    "request", "request_decoding_error", "request_decoding_success", "request_event",
+    "request_oneway", "request_twoway", "response", "response_business_exception",
+    "response_decoding_error", "response_decoding_success", "response_error",
+    "response_error_caused_connection_close", "response_success",
+    # Not in Envoy's list: requests that ran out of time (Envoy's dubbo_proxy has no timeout).
+    "request_timeout",
+)
+GAUGES = ("request_active",)
+
+
+class RpcChain:
+    """Built once per chain spec ({"dubbo": config} or {"bolt": config})."""
+
+    __slots__ = ("protocol", "routes", "stat", "config")
+
+    def __init__(self, kind: str, config: dict):
+        self.protocol = PROTOCOLS[kind]
+        self.config = config
+        self.routes = RouteTable(config["route_configs"])
+        prefix = f"{self.protocol.stat_root}.{config['stat_prefix']}."
+        self.stat = {name: prefix + name for name in COUNTERS + GAUGES}
+
+    def counters(self):
+        return [self.stat[name] for name in COUNTERS]
+
+    def gauges(self):
+        return [self.stat[name] for name in GAUGES]
+
+
+def rpc_chain(spec: dict) -> RpcChain | None:
+    """The RpcChain of a chain spec whose terminal filter is an RPC proxy, else None."""
+    for kind in PROTOCOLS:
+        if spec.get(kind) is not None:
+            return RpcChain(kind, spec[kind])
+    return None

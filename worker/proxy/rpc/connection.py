@@ -1,0 +1,262 @@
+"""A client's RPC connection (Dubbo or Bolt): frames in, routed, multiplexed upstream.
+
+Every request frame is handled on its own as it arrives (a client pipelines freely):
+heartbeats are answered here; a request is routed (routing.py) to a cluster, a host is
+picked by the cluster's balancer, and the frame goes to that host's shared connection
+(upstream.py) under an id of that connection's; its response comes back rewritten to the
+client's id. Responses reach the client in the order the upstreams answer, which is what
+both protocols expect (they match by id, not by order).
+
+A frame that cannot be read closes this connection only (counted in
+request_decoding_error), as Envoy does; a request that cannot be served gets a local reply
+in the protocol's own format (protocols.py).
+
+Moving through a reload is the next step: readiness() says NEVER for now, so a reload leaves
+RPC connections to drain in the old generation (they close once no request is in flight).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from ...connection import Connection, Lifecycle, Move
+from . import protocols as P
+from .upstream import Exchange, pool_for
+
+log = logging.getLogger("baton.rpc")
+
+
+def start_rpc(worker, listener, chain, client, peer, original, initial=None,
+              conn_id: int | None = None) -> None:
+    """Serve `client` on an RPC chain (worker/main.py's start_connection). `conn_id` given:
+    an inspected connection, already counted on its listener."""
+    if conn_id is None:
+        worker.stats.counters[listener.stat_cx_total] += 1
+        worker.stats.gauges[listener.stat_cx_active] += 1
+        conn_id = worker.next_connection_id()
+    conn = RpcConnection(worker, listener, chain, peer, conn_id, initial)
+    conn.original = original
+    worker.connections[conn.id] = conn
+
+    async def accept():
+        try:
+            await worker.loop.connect_accepted_socket(lambda: conn, client)
+        except OSError as exc:
+            log.debug("rpc connection %d: %s", conn.id, exc)
+            client.close()
+            conn.connection_lost(exc)
+
+    worker.loop.create_task(accept())
+
+
+class RpcConnection(Connection, asyncio.Protocol):
+    kind = "rpc"
+
+    def __init__(self, worker, listener, chain, peer, conn_id: int, initial=None):
+        self.worker = worker
+        self.listener = listener
+        self.chain = chain
+        self.rpc = chain.rpc
+        self.protocol = chain.rpc.protocol
+        self.peer = peer
+        self.id = conn_id
+        self.original = None
+        self.state = Lifecycle.OPEN
+        self.transport = None
+        self.decoder = self.protocol.decoder()
+        self.initial = initial
+        self.exchanges: set[Exchange] = set()
+        self.draining = False
+        self.closed = False
+        self.closing = False                # we closed it (cx_destroy_local_* vs _remote_*)
+
+    # -- the Connection contract --------------------------------------------------------------
+
+    def readiness(self) -> Move:
+        # Not movable yet: the next slice exports the codec state, the unconsumed bytes and
+        # the exchanges in flight (their responses forwarded from the old worker).
+        return Move.NEVER
+
+    def drain(self) -> None:
+        self.draining = True
+        if not self.exchanges:
+            self.close()
+
+    def close(self) -> None:
+        self.closing = True
+        if self.transport is not None and not self.closed:
+            self.transport.close()
+        elif self.transport is None:
+            self._closed(local=True)
+
+    # -- asyncio ------------------------------------------------------------------------------
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        if self.initial:
+            initial, self.initial = self.initial, None
+            self.data_received(initial)
+
+    def data_received(self, data: bytes) -> None:
+        if self.closed:
+            return
+        stat, counters = self.rpc.stat, self.worker.stats.counters
+        try:
+            frames = self.decoder.feed(data)
+        except self.protocol.error as exc:
+            self._bad_frame(str(exc))
+            return
+        for frame in frames:
+            if self.closed:
+                return
+            if not self.protocol.is_request(frame):
+                continue                    # a response from a client: nothing asked for it
+            if self.protocol.is_event(frame):
+                counters[stat["request_event"]] += 1
+                self.transport.write(self.protocol.heartbeat_response(frame))
+                continue
+            try:
+                self._request(frame)
+            except P.DecodeError as exc:
+                self._bad_frame(str(exc))
+                return
+
+    def eof_received(self):
+        return False
+
+    def connection_lost(self, exc) -> None:
+        self._closed(local=self.closing)
+
+    # -- requests -----------------------------------------------------------------------------
+
+    def _bad_frame(self, reason: str) -> None:
+        log.info("rpc connection %d from %s: %s; closing it", self.id, self.peer, reason)
+        self.worker.stats.counters[self.rpc.stat["request_decoding_error"]] += 1
+        self.closing = True
+        if self.transport is not None:
+            self.transport.abort()
+
+    def _request(self, frame) -> None:
+        stat, counters = self.rpc.stat, self.worker.stats.counters
+        protocol = self.protocol
+        routes = self.rpc.routes
+        request, client_timeout = protocol.request(frame, routes.needs_arguments)
+        oneway = protocol.oneway(frame)
+        counters[stat["request"]] += 1
+        counters[stat["request_decoding_success"]] += 1
+        counters[stat["request_oneway" if oneway else "request_twoway"]] += 1
+        decision = routes.route(request)
+        if decision is None:
+            self._local_reply(frame, oneway, P.NO_ROUTE, request.service)
+            return
+        cluster = self.worker.clusters.get(decision.cluster)
+        if cluster is None:
+            self._local_reply(frame, oneway, P.UNKNOWN_CLUSTER, decision.cluster)
+            return
+        host = cluster.pick() if cluster.balancer is not None else None
+        if host is None:
+            counters[cluster.stat["upstream_cx_none_healthy"]] += 1
+            self._local_reply(frame, oneway, P.NO_HEALTHY_UPSTREAM, decision.cluster)
+            return
+        if cluster.rq_active >= cluster.max_requests:
+            counters[cluster.stat["upstream_rq_pending_overflow"]] += 1
+            self._local_reply(frame, oneway, P.OVERFLOW, decision.cluster)
+            return
+        exchange = Exchange(self, frame, cluster)
+        exchange.host = host
+        cluster.rq_active += 1
+        counters[cluster.stat["upstream_rq_total"]] += 1
+        self.worker.stats.gauges[cluster.stat["upstream_rq_active"]] += 1
+        if not oneway:
+            self.exchanges.add(exchange)
+            self.worker.stats.gauges[stat["request_active"]] += 1
+            # The route's timeout (Bolt config), else the client's own deadline.
+            timeout = decision.timeout or client_timeout
+            if timeout:
+                exchange.timer = self.worker.loop.call_later(timeout, self._timed_out,
+                                                             exchange, timeout)
+        pool = pool_for(self.worker, protocol, cluster, host)
+        pool.submit(exchange, oneway)
+        if oneway and not exchange.done:
+            exchange.finish()               # written (or queued for the connect): nothing to await
+
+    def _local_reply(self, frame, oneway: bool, failure: str, detail: str) -> None:
+        if oneway:
+            return                          # nobody waits for an answer (Envoy sends none)
+        counters = self.worker.stats.counters
+        # Envoy writes every local reply of dubbo_proxy as an exception (AppException).
+        counters[self.rpc.stat["local_response_business_exception"]] += 1
+        self.transport.write(self.protocol.local_reply(frame, failure, detail))
+
+    # -- called by upstream.py ----------------------------------------------------------------
+
+    def upstream_response(self, exchange: Exchange, frame) -> None:
+        stat, counters = self.rpc.stat, self.worker.stats.counters
+        cluster, host = exchange.cluster, exchange.host
+        outcome = self.protocol.response_outcome(frame)
+        counters[stat["response"]] += 1
+        counters[stat["response_decoding_success"]] += 1
+        counters[stat["response_" + outcome]] += 1
+        counters[cluster.stat["upstream_rq_completed"]] += 1
+        if cluster.outlier is not None:
+            cluster.outlier.report(host, 500 if outcome == "error" else 200)
+        if exchange.done:
+            return
+        exchange.finish()
+        if not self.closed:
+            self.transport.write(self.protocol.with_request_id(frame.raw, exchange.frame.request_id))
+
+    def upstream_failed(self, exchange: Exchange, failure: str, host_name: str) -> None:
+        if exchange.done:
+            return
+        cluster = exchange.cluster
+        if failure == P.RESET:
+            self.worker.stats.counters[cluster.stat["upstream_rq_rx_reset"]] += 1
+            if cluster.outlier is not None:
+                cluster.outlier.report(exchange.host, "reset")
+        oneway = self.protocol.oneway(exchange.frame)
+        exchange.finish()
+        if not self.closed:
+            self._local_reply(exchange.frame, oneway, failure, host_name)
+
+    def _timed_out(self, exchange: Exchange, timeout: float) -> None:
+        exchange.timer = None
+        if exchange.done:
+            return
+        cluster = exchange.cluster
+        counters = self.worker.stats.counters
+        counters[cluster.stat["upstream_rq_timeout"]] += 1
+        counters[self.rpc.stat["request_timeout"]] += 1
+        if cluster.outlier is not None:
+            cluster.outlier.report(exchange.host, "timeout")
+        pool = pool_for(self.worker, self.protocol, cluster, exchange.host)
+        pool.cancel(exchange)
+        exchange.finish()
+        if not self.closed:
+            self._local_reply(exchange.frame, False, P.TIMEOUT, f"{timeout:g}s")
+
+    def exchange_done(self, exchange: Exchange) -> None:
+        if exchange in self.exchanges:
+            self.exchanges.discard(exchange)
+            self.worker.stats.gauges[self.rpc.stat["request_active"]] -= 1
+            if self.draining and not self.exchanges:
+                self.close()
+
+    # -- closing ------------------------------------------------------------------------------
+
+    def _closed(self, local: bool) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.state = Lifecycle.CLOSED
+        if self.exchanges:
+            self.worker.stats.counters[self.rpc.stat[
+                "cx_destroy_local_with_active_rq" if local else
+                "cx_destroy_remote_with_active_rq"]] += 1
+            for exchange in list(self.exchanges):
+                pool_for(self.worker, self.protocol, exchange.cluster, exchange.host).cancel(
+                    exchange)
+                exchange.finish()
+        self.worker.stats.gauges[self.listener.stat_cx_active] -= 1
+        self.worker.connection_closed(self)

@@ -1,0 +1,116 @@
+"""Baton's SOFA Bolt proxy config -> the plain config of a Bolt chain.
+
+Envoy has no Bolt filter, so the config lives under Baton's own type URL, carried in a
+TypedStruct (the way Envoy and Istio carry extension configs that are not in Envoy's API):
+
+    - name: baton.filters.network.bolt_proxy
+      typed_config:
+        "@type": type.googleapis.com/xds.type.v3.TypedStruct
+        type_url: type.googleapis.com/baton.filters.network.bolt_proxy.v1.BoltProxy
+        value:
+          stat_prefix: bolt_in
+          route_config:
+          - name: sofa
+            interface: com.example.HelloService     # as DubboProxy's: exact, *, *suffix, prefix*
+            version: "1.0"                          # empty or absent: any
+            group: ""                               # SOFARPC's uniqueId; empty: any
+            routes:
+            - match:
+                method: {name: {exact: sayHello}}
+                headers: [{name: sofa_head_target_app, string_match: {exact: shop}}]
+              route: {cluster: hello, timeout: 2s}
+
+`stat_prefix` and `route_config` have DubboProxy's shape and semantics (xds/dubbo.py) and are
+checked by the same code; a route may add `route.timeout` (a duration), after which the
+request gets a local TIMEOUT reply. Without it, the request's own Bolt timeout field applies.
+A request's service ("interface:version[:uniqueId]") comes from the header
+`sofa_head_target_service` or `service`, or from the SofaRequest in the content; its method
+from `sofa_head_method_name` or the SofaRequest.
+"""
+
+from __future__ import annotations
+
+from . import protos
+from .dubbo import DUBBO_PROXY_TYPE, translate_dubbo_message
+from .parse import join, parse_dict
+
+BOLT_PROXY_TYPE = "baton.filters.network.bolt_proxy.v1.BoltProxy"
+TYPED_STRUCTS = ("udpa.type.v1.TypedStruct", "xds.type.v3.TypedStruct")
+
+
+def translate_bolt_proxy(any_pb, path, errors, warnings=None, clusters=None):
+    """The typed_config Any (a TypedStruct naming BOLT_PROXY_TYPE) -> chain config or None."""
+    struct = protos.message_class(protos.type_name(any_pb.type_url))()
+    any_pb.Unpack(struct)
+    if protos.type_name(struct.type_url) != BOLT_PROXY_TYPE:
+        errors.append(f"{join(path, 'type_url')}: {struct.type_url!r} is not "
+                      f"type.googleapis.com/{BOLT_PROXY_TYPE}")
+        return None
+    value = protos.json_format.MessageToDict(struct.value) if struct.HasField("value") else {}
+    return translate_bolt_config(value, join(path, "value"), errors, warnings, clusters)
+
+
+def translate_bolt_config(value: dict, path, errors, warnings=None, clusters=None):
+    """The BoltProxy value (a dict) -> {"stat_prefix", "route_configs"} with each route's
+    "timeout" (seconds or None)."""
+    start = len(errors)
+    for key in value:
+        if key not in ("stat_prefix", "route_config", "statPrefix", "routeConfig"):
+            errors.append(f"{join(path, key)}: not supported (stat_prefix, route_config)")
+    # Take the Baton-only route.timeout out before the rest is read as DubboProxy's shape.
+    timeouts = []
+    configs = value.get("route_config", value.get("routeConfig")) or []
+    plain = {k: v for k, v in value.items() if k in ("stat_prefix", "statPrefix")}
+    if isinstance(configs, list):
+        plain["route_config"] = []
+        for i, config in enumerate(configs):
+            config = dict(config) if isinstance(config, dict) else config
+            routes = []
+            for j, route in enumerate((config or {}).get("routes") or []
+                                      if isinstance(config, dict) else []):
+                route = dict(route) if isinstance(route, dict) else route
+                action = route.get("route") if isinstance(route, dict) else None
+                timeout = None
+                if isinstance(action, dict) and "timeout" in action:
+                    action = dict(action)
+                    timeout = _duration(action.pop("timeout"),
+                                        f"{join(path, 'route_config')}[{i}].routes[{j}].route"
+                                        ".timeout", errors)
+                    route["route"] = action
+                timeouts.append(timeout)
+                routes.append(route)
+            if isinstance(config, dict):
+                config["routes"] = routes
+            plain["route_config"].append(config)
+    else:
+        plain["route_config"] = configs
+    pb = protos.message_class(DUBBO_PROXY_TYPE)()
+    parse_dict(plain, pb, path, errors)
+    if len(errors) > start:
+        return None
+    config = translate_dubbo_message(pb, path, errors, warnings, clusters)
+    if config is None:
+        return None
+    flat = iter(timeouts)
+    for route_config in config["route_configs"]:
+        for route in route_config["routes"]:
+            route["timeout"] = next(flat)
+    return config
+
+
+def _duration(text, path, errors):
+    """A JSON duration ("1.5s") -> seconds, > 0."""
+    if isinstance(text, str) and text.endswith("s"):
+        try:
+            seconds = float(text[:-1])
+        except ValueError:
+            seconds = None
+        if seconds is not None and seconds > 0:
+            return seconds
+    errors.append(f"{path}: {text!r} is not a positive duration (\"2s\", \"0.5s\")")
+    return None
+
+
+from .network_filters import register_terminal  # noqa: E402 - after the translator
+
+register_terminal(BOLT_PROXY_TYPE, "bolt", translate_bolt_proxy)
