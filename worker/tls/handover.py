@@ -149,11 +149,8 @@ class TlsHandshake:
             read_secret, write_secret = client_secret, server_secret
         else:
             read_secret, write_secret = server_secret, client_secret
-        read = Tls13Protection(suite, read_secret)
-        read.seq = _tls13_records_under(suite, read_secret, consumed)
-        write = Tls13Protection(suite, write_secret)
-        write.seq = _tls13_records_under(suite, write_secret, sent)
-        return read, write
+        return (_tls13_protection_after(suite, read_secret, consumed),
+                _tls13_protection_after(suite, write_secret, sent))
 
     def _tls12_protections(self, suite, secrets, client_random, server_random, consumed, sent):
         master = secrets.get("CLIENT_RANDOM")
@@ -168,27 +165,29 @@ class TlsHandshake:
         return read, write
 
 
-def _tls13_records_under(suite: CipherSuite, secret: bytes, stream: bytes) -> int:
-    """How many records of `stream` are protected under this application traffic secret.
+def _tls13_protection_after(suite: CipherSuite, secret: bytes, stream: bytes) -> Tls13Protection:
+    """The protection under this application traffic secret, its sequence number past the
+    records of `stream` already protected under it.
 
-    They are a suffix of the stream: the first record that opens starts it, and every later
-    record must open too.
+    Those are a suffix of the stream: the first record that opens starts it, and every later
+    record must open too. The protection that opens them is the one returned (opening only
+    advances the sequence number), so the keys are derived once.
     """
     records, _ = split_records(stream)
-    probe = Tls13Protection(suite, secret)
-    count = 0
+    protection = Tls13Protection(suite, secret)
+    opened = False
     for content_type, _version, header, fragment in records:
         if content_type != APPLICATION_DATA:
             continue                        # cleartext hellos, compatibility CCS
         try:
-            probe.open(header, fragment)
+            protection.open(header, fragment)
         except TLSAlert:
-            if count:
+            if opened:
                 raise HandoverError("a record after the first application-key record does not open") from None
-            probe.seq = 0
+            protection.seq = 0
             continue
-        count += 1
-    return count
+        opened = True
+    return protection
 
 
 def _tls12_epoch_records(suite: CipherSuite, key: bytes, iv: bytes, stream: bytes) -> tuple[int, int]:

@@ -83,10 +83,16 @@ class TLSAlert(Exception):
     """
 
     def __init__(self, description: int, reason: str, remote: bool = False) -> None:
+        # The message is built only when someone reads it: a handover probes the handshake's
+        # records with the application keys and raises (and drops) one of these for every
+        # record still under the handshake keys, five or so per handshake.
         self.description = description
+        self.reason = reason
         self.remote = remote
-        who = "peer sent" if remote else "sending"
-        super().__init__(f"{who} fatal alert {alert_name(description)}: {reason}")
+
+    def __str__(self) -> str:
+        who = "peer sent" if self.remote else "sending"
+        return f"{who} fatal alert {alert_name(self.description)}: {self.reason}"
 
 
 def pack_header(content_type: int, length: int, version: int = TLS12_VERSION) -> bytes:
