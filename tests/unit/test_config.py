@@ -370,8 +370,11 @@ REFUSED = {
                         "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy)"),
     "unknown_type": (CONFIG, {"@type": "type.googleapis.com/acme.Nope"},
                      f"{TCP0}: unknown type 'acme.Nope'"),
-    "udp": (SOCKET + ["protocol"], "UDP",
-            f"{L0}.address.socket_address.protocol: UDP not supported (TCP only)"),
+    # A UDP listener is a udp_proxy listener (xds/udp.py): TCP's filter chains are refused.
+    "udp": (SOCKET + ["protocol"], "UDP", [
+        f"{L0}.filter_chains: not supported on a UDP listener",
+        f"{L0}.listener_filters: a UDP listener needs exactly one listener filter, "
+        "envoy.filters.udp_listener.udp_proxy (got 0)"]),
     "cluster_type": (CLUSTER + ["type"], "LOGICAL_DNS", f"{C0}.type: LOGICAL_DNS not supported "
                                                         "(STATIC or STRICT_DNS or ORIGINAL_DST or EDS)"),
     "eds_with_endpoints": (CLUSTER + ["type"], "EDS", [
