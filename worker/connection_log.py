@@ -27,7 +27,7 @@ class ConnectionInfo(StreamInfo):
         self.connection_termination_details = None
 
 
-def listener_access_logs(specs, worker) -> list:
+def build_access_logs(specs, worker) -> list:
     from .proxy.http.config import _access_logs
     return _access_logs(specs, worker)
 
@@ -39,4 +39,39 @@ def log_unmatched(listener, peer, local, conn_id: int, server_name: str | None =
     info.response_flags.append("NR")
     info.last_downstream_byte = now
     for log in listener.access_logs:
+        log.log(info)
+
+
+def log_tcp_proxy(conn) -> None:
+    """A tcp_proxy connection's access log line (TcpProxy.access_log), when it closes."""
+    now = conn.loop.time()
+    local = conn.original
+    if local is None:
+        try:
+            local = conn.client.getsockname()
+        except OSError:
+            local = None
+    info = ConnectionInfo(now, conn.peer[:2] if conn.peer else None,
+                          local[:2] if local else None, conn.id)
+    info.start_monotonic = conn.started
+    info.last_downstream_byte = now
+    pumps = getattr(conn, "pumps", None)
+    if pumps is not None and all(hasattr(p, "total") for p in pumps):
+        info.bytes_received, info.bytes_sent = pumps[0].total, pumps[1].total
+    cluster, host = conn.cluster, conn.host
+    if cluster is not None:
+        info.upstream_cluster = cluster.name
+    else:
+        info.response_flags.append("NC")         # Envoy: no cluster found
+    if host is not None:
+        info.upstream_host = host.stat_id
+    if cluster is not None and pumps is None and conn.tried:
+        info.response_flags.append("UF")         # never connected: every attempt failed
+    upstream = conn.upstream
+    if upstream is not None:
+        try:
+            info.upstream_local = upstream.getsockname()[:2]
+        except OSError:
+            pass
+    for log in conn.chain.access_logs:
         log.log(info)

@@ -28,7 +28,7 @@ class Chain:
 
     __slots__ = ("index", "spec", "buffer_limit", "match", "tcp_proxy", "http_config", "rpc",
                  "cx_total", "no_route", "rx_bytes", "tx_bytes", "idle_timeout", "rx_buffered",
-                 "tx_buffered", "tls")
+                 "tx_buffered", "tls", "access_logs")
 
     def __init__(self, index: int, spec: dict, worker=None, buffer_limit: int = 1 << 20):
         self.index = index
@@ -39,6 +39,7 @@ class Chain:
         self.rpc = None
         self.http_config = None
         self.tls = None
+        self.access_logs = None         # tcp_proxy's access_log (worker/connection_log.py)
         if spec.get("tls") is not None:
             from .tls.server import TlsServer
             from .proxy import https, tls_proxy     # noqa: F401 - register "https1-idle", "tls-tcp"
@@ -55,6 +56,9 @@ class Chain:
             self.cx_total = self.no_route = self.rx_bytes = self.tx_bytes = None
             self.idle_timeout = self.rx_buffered = self.tx_buffered = None
             return
+        if self.tcp_proxy.get("access_log"):
+            from .connection_log import build_access_logs
+            self.access_logs = build_access_logs(self.tcp_proxy["access_log"], worker)
         tcp = f"tcp.{self.tcp_proxy['stat_prefix']}."
         self.cx_total = tcp + "downstream_cx_total"
         self.no_route = tcp + "downstream_cx_no_route"
@@ -161,8 +165,8 @@ class Listener:
         self.ignore_global_limit = spec.get("ignore_global_conn_limit", False)
         self.access_logs = None
         if spec.get("access_log"):
-            from .connection_log import listener_access_logs
-            self.access_logs = listener_access_logs(spec["access_log"], self.worker)
+            from .connection_log import build_access_logs
+            self.access_logs = build_access_logs(spec["access_log"], self.worker)
         for chain in chains:
             if chain.tls is not None:
                 chain.tls.declare_stats(scope, self.worker.stats)

@@ -85,7 +85,9 @@ ALLOWED = {
     "envoy.extensions.filters.listener.http_inspector.v3.HttpInspector": {},
     "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy": {
         "stat_prefix": WALK, "cluster": WALK, "weighted_clusters": WALK, "idle_timeout": WALK,
-        "max_connect_attempts": WALK},
+        "max_connect_attempts": WALK,
+        # A line per connection when it closes (worker/connection_log.py).
+        "access_log": SKIP},
     "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy.WeightedCluster": {
         "clusters": WALK},
     "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy.WeightedCluster.ClusterWeight": {

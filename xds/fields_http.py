@@ -60,12 +60,14 @@ ALLOWED_HTTP: dict = {
         "name": WALK, "domains": WALK, "routes": WALK, "request_headers_to_add": WALK,
         "request_headers_to_remove": WALK, "response_headers_to_add": WALK,
         "response_headers_to_remove": WALK, "retry_policy": WALK, "metadata": SKIP,
+        "typed_per_filter_config": SKIP,         # xds/http_filters_istio.py (CORS)
         "virtual_clusters": "accepted but ignored (virtual cluster stats are not implemented)"},
     "envoy.config.route.v3.Route": {
         "name": WALK, "match": WALK, "route": WALK, "redirect": WALK, "direct_response": WALK,
         "request_headers_to_add": WALK, "request_headers_to_remove": WALK,
         "response_headers_to_add": WALK, "response_headers_to_remove": WALK,
-        "metadata": SKIP, "decorator": _TRACING},
+        "metadata": SKIP, "decorator": _TRACING,
+        "typed_per_filter_config": SKIP},        # xds/http_filters_istio.py (CORS)
     "envoy.config.route.v3.RouteMatch": {
         "prefix": WALK, "path": WALK, "safe_regex": WALK, "connect_matcher": WALK,
         "path_separated_prefix": WALK, "case_sensitive": WALK, "headers": WALK,

@@ -47,6 +47,15 @@ ALLOWED_HTTP_FILTERS: dict = {
     "envoy.type.v3.HttpStatus": {"code": WALK},
     "envoy.type.v3.TokenBucket": {
         "max_tokens": WALK, "tokens_per_fill": WALK, "fill_interval": WALK},
+    # Istio's HTTP filters (xds/http_filters_istio.py).
+    "envoy.extensions.filters.http.cors.v3.Cors": {},
+    "envoy.extensions.filters.http.cors.v3.CorsPolicy": {
+        "allow_origin_string_match": SKIP, "allow_methods": WALK, "allow_headers": WALK,
+        "expose_headers": WALK, "max_age": WALK, "allow_credentials": WALK,
+        "filter_enabled": WALK, "forward_not_matching_preflights": WALK},
+    "envoy.extensions.filters.http.grpc_stats.v3.FilterConfig": {
+        "stats_for_all_methods": WALK,
+        "emit_filter_state": "accepted; no filter of Baton's reads the message counts"},
     "envoy.config.core.v3.RuntimeFractionalPercent": {
         "default_value": WALK, "runtime_key": _NO_RUNTIME},
     "envoy.config.accesslog.v3.AccessLog": {

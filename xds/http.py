@@ -310,11 +310,23 @@ def _virtual_host(pb, path, ctx):
         if pb.HasField("retry_policy") else None
     request_headers = _header_mutations(pb, "request", path, ctx)
     response_headers = _header_mutations(pb, "response", path, ctx)
+    per_filter = _per_filter(pb, path, ctx)
     if len(errors) > start:
         return None
     return {"name": pb.name, "domains": [d.lower() for d in pb.domains], "routes": routes,
             "request_headers": request_headers, "response_headers": response_headers,
-            "retry_policy": retry}
+            "retry_policy": retry, **per_filter}
+
+
+def _per_filter(pb, path, ctx):
+    """typed_per_filter_config -> {"per_filter": {filter name: config}}, or {} when unset
+    (so that a route without it keeps its shape)."""
+    if not pb.typed_per_filter_config:
+        return {}
+    from .http_filters_istio import translate_per_filter_config
+    return {"per_filter": translate_per_filter_config(
+        pb.typed_per_filter_config, join(path, "typed_per_filter_config"), ctx.errors,
+        ctx.warnings)}
 
 
 def _route(pb, path, ctx):
@@ -347,7 +359,8 @@ def _route(pb, path, ctx):
                               "a path_separated_prefix match")
     return {"name": pb.name, "match": match, "kind": kind, "action": action,
             "request_headers": _header_mutations(pb, "request", path, ctx),
-            "response_headers": _header_mutations(pb, "response", path, ctx)}
+            "response_headers": _header_mutations(pb, "response", path, ctx),
+            **_per_filter(pb, path, ctx)}
 
 
 _PATH_SEPARATED_PREFIX_CHARS = ("?", "#")

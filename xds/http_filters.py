@@ -65,8 +65,9 @@ def translate_http_filters(filters_pb_list, path, errors, warnings=None):
     filters_pb_list = list(filters_pb_list)
     if not filters_pb_list:
         return [{"name": ROUTER, "config": _router_defaults()}]
+    from .http_filters_istio import TRANSLATORS as ISTIO_TRANSLATORS
     translators = {_ROUTER_TYPE: _router, _FAULT_TYPE: _fault,
-                   _LOCAL_RATELIMIT_TYPE: _local_ratelimit}
+                   _LOCAL_RATELIMIT_TYPE: _local_ratelimit, **ISTIO_TRANSLATORS}
     result = []
     last = len(filters_pb_list) - 1
     user_filters = None
@@ -104,8 +105,7 @@ def translate_http_filters(filters_pb_list, path, errors, warnings=None):
             continue
         else:
             errors.append(f"{config_path}: {type_name} not supported (supported: "
-                          f"{_ROUTER_TYPE}, {_FAULT_TYPE}, {_LOCAL_RATELIMIT_TYPE}, or a user "
-                          f"filter as {_TYPED_STRUCTS[0]})")
+                          f"{', '.join(translators)}, or a user filter as {_TYPED_STRUCTS[0]})")
             continue
         if name is None:
             continue

@@ -104,8 +104,10 @@ def translate_bootstrap(pb):
         addresses[key] = path
         snap["listeners"].append(listener)
     from .secrets import resolve_static, translate_static_secrets
-    snap["secrets"] = translate_static_secrets(pb.static_resources.secrets,
-                                               "static_resources.secrets", errors, warnings)
+    secrets = translate_static_secrets(pb.static_resources.secrets, "static_resources.secrets",
+                                       errors, warnings)
+    if secrets:
+        snap["secrets"] = secrets            # only there when there are some
     resolve_static(snap, errors)
     if snap["xds"] is None and not errors:
         from .config_source import sds_only_xds
@@ -408,12 +410,18 @@ def translate_tcp_proxy(pb, path, errors, warnings=None, clusters=None):
     if attempts < 1:
         errors.append(f"{join(path, 'max_connect_attempts')}: must be at least 1")
 
+    access_log = None
+    if pb.access_log:
+        from .http_filters import translate_access_logs
+        access_log = translate_access_logs(pb.access_log, join(path, "access_log"), errors,
+                                           warnings)
     if len(errors) > start:
         return None
     return {"stat_prefix": pb.stat_prefix,
             "clusters": [[name, weight] for _, name, weight in targets],
             "idle_timeout": idle_timeout,
-            "max_connect_attempts": attempts}
+            "max_connect_attempts": attempts,
+            **({"access_log": access_log} if access_log else {})}
 
 
 # --- clusters --------------------------------------------------------------------------------

@@ -15,10 +15,10 @@ T = "type.googleapis.com/"
 BANNER = {"ok": "220 smtp.example ESMTP ready\r\n"}
 
 
-def tcp(stat_prefix, cluster):
+def tcp(stat_prefix, cluster, **extra):
     return {"name": "envoy.filters.network.tcp_proxy", "typed_config": {
         "@type": T + "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
-        "stat_prefix": stat_prefix, "cluster": cluster}}
+        "stat_prefix": stat_prefix, "cluster": cluster, **extra}}
 
 
 STATS = {"name": "istio.stats", "typed_config": {"@type": T + "stats.PluginConfig"}}
@@ -67,7 +67,12 @@ def istio_bootstrap(topo) -> dict:
         # The wildcard of port 8080 (IPv4 destinations only): to the banner server instead.
         {"name": "0.0.0.0_8080", "deprecated_v1": {"bind_to_port": False},
          "address": {"socket_address": {"address": "0.0.0.0", "port_value": 8080}},
-         "filter_chains": [{"filters": [STATS, tcp("wildcard_8080", "banner")]}]},
+         "filter_chains": [{"filters": [STATS, tcp("wildcard_8080", "banner", access_log=[{
+             "name": "envoy.access_loggers.file", "typed_config": {
+                 "@type": T + "envoy.extensions.access_loggers.file.v3.FileAccessLog",
+                 "path": str(topo["dir"] / "tcp.log"), "log_format": {"text_format_source": {
+                     "inline_string": "%DOWNSTREAM_LOCAL_ADDRESS% %UPSTREAM_HOST% %UPSTREAM_CLUSTER% "
+                                      "%BYTES_RECEIVED% %BYTES_SENT% %RESPONSE_FLAGS%\n"}}}}])]}]},
         # A listener whose only chain matches nothing a client here can send: its
         # connections are closed and logged with NR.
         {"name": f"{v4}_9999", "bind_to_port": False, "access_log": [nr_log],
@@ -99,6 +104,11 @@ def test_use_original_dst_hands_connections_to_the_virtual_listener_of_their_des
     assert client(topo, v4, 8082, "banner") == BANNER
     # No exact listener for :8080, the 0.0.0.0 one takes IPv4 ...
     assert client(topo, v4, 8080, "banner") == BANNER
+    # ... and its tcp_proxy's access log has the connection once it closed.
+    tcp_log = topo["dir"] / "tcp.log"
+    from .conftest import wait_until
+    wait_until(lambda: tcp_log.exists() and tcp_log.read_text(), 10, "the tcp_proxy access log line")
+    assert tcp_log.read_text() == f"{v4}:8080 {v4}:8025 banner 0 {len(BANNER['ok'])} -\n"
     # ... but not IPv6, which stays on virtualOutbound: passed through to the echo server.
     assert client(topo, v6, 8080) == {"ok": "match"}
     # No listener at all for :8025: virtualOutbound's catch-all passes it through.
@@ -106,7 +116,6 @@ def test_use_original_dst_hands_connections_to_the_virtual_listener_of_their_des
     # No chain of the 9999 listener matches: closed, and its NR access log says so.
     assert client(topo, v4, 9999, "banner") == {"ok": ""}
     log_path = topo["dir"] / "listener.log"
-    from .conftest import wait_until
     wait_until(lambda: log_path.exists() and log_path.read_text(), 10, "the NR access log line")
     assert log_path.read_text() == f"{v4}:9999 NR -\n"
     # The listeners without a socket bound nothing: the node's only listening sockets on

@@ -363,11 +363,7 @@ REFUSED = {
     "other_extension": (CONFIG, {"@type": "type.googleapis.com/envoy.extensions.filters."
                                           "network.redis_proxy.v3.RedisProxy"},
                         f"{TCP0}: envoy.extensions.filters.network.redis_proxy.v3.RedisProxy "
-                        "not supported (network filters: envoy.tcp.metadataexchange.config."
-                        "MetadataExchange, io.istio.network.authn.Config, stats.PluginConfig; "
-                        "terminal, last: envoy.extensions.filters.network."
-                        "http_connection_manager.v3.HttpConnectionManager or "
-                        "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy)"),
+                        "not supported as a network filter"),
     "unknown_type": (CONFIG, {"@type": "type.googleapis.com/acme.Nope"},
                      f"{TCP0}: unknown type 'acme.Nope'"),
     # A UDP listener is a udp_proxy listener (xds/udp.py): TCP's filter chains are refused.

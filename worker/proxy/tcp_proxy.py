@@ -48,7 +48,7 @@ class Pump:
 
     __slots__ = ("conn", "loop", "pool", "src", "dst", "pipe", "pipe_r", "pipe_w", "want",
                  "capacity", "pending", "reading", "writing", "eof", "done", "pipe_full",
-                 "stats", "read_stats")
+                 "stats", "read_stats", "total")
 
     def __init__(self, conn, src: int, dst: int, capacity: int, read_stats):
         self.conn = conn
@@ -68,6 +68,7 @@ class Pump:
         self.pipe_full = False
         self.stats = conn.stats.counters
         self.read_stats = read_stats
+        self.total = 0               # bytes read from src (the access log's byte counts)
 
     def start(self) -> None:
         self._set_reading(True)
@@ -122,6 +123,7 @@ class Pump:
             self._set_reading(False)
         else:
             self.pending += n
+            self.total += n
             stats = self.stats
             for name in self.read_stats:
                 stats[name] += n
@@ -196,7 +198,7 @@ class TcpProxyConnection(Connection):
     __slots__ = ("worker", "loop", "listener", "config", "stats", "client", "upstream",
                  "cluster", "host", "tried", "attempts", "state", "pumps", "timer",
                  "last_active", "idle_timeout", "id", "peer", "moved", "early", "original",
-                 "reset_client", "chain", "initial", "__weakref__")
+                 "reset_client", "chain", "initial", "started", "__weakref__")
 
     def __new__(cls, worker, listener, client, peer, conn_id, chain=None):
         """A connection whose chain names a cluster that originates TLS (a transport_socket
@@ -234,6 +236,7 @@ class TcpProxyConnection(Connection):
         self.original = None    # (address, port) the client dialled, when intercepted
         self.reset_client = False
         self.initial = None     # bytes the inspectors already read: the first to go upstream
+        self.started = self.loop.time()     # for the access log (since adoption, if moved)
 
     # -- connecting ----------------------------------------------------------------------
 
@@ -425,6 +428,9 @@ class TcpProxyConnection(Connection):
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
+        if self.chain.access_logs:
+            from ..connection_log import log_tcp_proxy
+            log_tcp_proxy(self)
         if self.pumps is not None:
             for pump in self.pumps:
                 pump.release()

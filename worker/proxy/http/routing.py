@@ -485,7 +485,7 @@ class Route:
                  "_prefix_rewrite", "_regex", "_substitution", "_host_literal",
                  "_host_header", "_cluster_host", "_request_mutations",
                  "_response_mutations", "_redirect", "_direct_status", "_direct_body",
-                 "_rewrites_path", "express_cluster")
+                 "_rewrites_path", "express_cluster", "per_filter")
 
     # The express lane (express.py) and each field: safe (the lane honours it, or it does not
     # change a request) or blocking (name -> whether a value keeps the lane off this route).
@@ -511,6 +511,8 @@ class Route:
         "_response_mutations": lambda per_cluster: any(per_cluster.values()),
         "_connect": bool,
         "_redirect": bool, "_direct_status": bool, "_direct_body": bool,
+        # typed_per_filter_config (the CORS policy): filters run on the full path only.
+        "per_filter": bool,
     }
 
     def __init__(self, spec, vhost_spec, config):
@@ -599,6 +601,10 @@ class Route:
                     w["name"], _mutations(w["response_headers"]) + response_chain)
 
         self.express_cluster = None     # express.admit_routes, once the table is built
+        # typed_per_filter_config: (the route's, its virtual host's) {filter name: config},
+        # or None; a filter reads its own (worker/proxy/http/cors.py).
+        route_pf, vhost_pf = spec.get("per_filter"), vhost_spec.get("per_filter")
+        self.per_filter = (route_pf or {}, vhost_pf or {}) if route_pf or vhost_pf else None
 
     def __repr__(self):
         return f"Route({self.name!r}, {self.kind}, vhost={self.virtual_host!r})"

@@ -1,0 +1,139 @@
+"""The HTTP filters every Istio HCM carries besides fault and the router -> worker config.
+
+    TRANSLATORS: typed_config type -> translate(pb, path, errors, warnings) -> (name, config)
+    translate_per_filter_config(map, path, errors, warnings) -> {filter name: config}
+
+A translator returns (None, None) for a filter accepted without anything for the worker to
+run (its effect is out of Baton's reach today; a warning says what is not done):
+
+- envoy.filters.http.cors (Cors, no settings of its own): the policy comes from the route or
+  virtual host (`typed_per_filter_config["envoy.filters.http.cors"]`, a CorsPolicy), as in
+  Envoy; the worker's filter (worker/proxy/http/cors.py) answers preflights and adds the
+  response headers.
+- envoy.filters.http.grpc_stats: cluster.<cluster>.grpc.[<service>.<method>.]{success,
+  failure,total} (worker/proxy/http/grpc_stats.py); message counts and upstream_rq_time are
+  not counted (a warning says so); the filter state it can emit has no reader in Baton.
+- istio.alpn: the ALPN Istio wants on upstream mTLS connections, by upstream HTTP version.
+  Baton's upstream TLS does not take an ALPN from a filter: accepted, with a warning.
+- istio.stats (stats.PluginConfig): Istio's request metrics; not reported yet (warning).
+"""
+
+from __future__ import annotations
+
+from . import protos
+from .fields import check_fields
+from .istio_filter_types import ALPN_FILTER, STATS_PLUGIN
+from .istio_types import unknown_field_numbers
+from .parse import join
+
+CORS = "envoy.filters.http.cors"
+GRPC_STATS = "envoy.filters.http.grpc_stats"
+CORS_TYPE = "envoy.extensions.filters.http.cors.v3.Cors"
+CORS_POLICY_TYPE = "envoy.extensions.filters.http.cors.v3.CorsPolicy"
+GRPC_STATS_TYPE = "envoy.extensions.filters.http.grpc_stats.v3.FilterConfig"
+
+
+def _warn(warnings, path, text):
+    if warnings is not None:
+        warnings.append(f"{path}: {text}")
+
+
+def _cors(pb, path, errors, warnings):
+    check_fields(pb, path, errors, warnings)
+    return CORS, {}
+
+
+def _grpc_stats(pb, path, errors, warnings):
+    """FilterConfig -> {"per_method": bool}."""
+    check_fields(pb, path, errors, warnings)
+    _warn(warnings, path, "grpc_stats: request_message_count and response_message_count are "
+          "not counted")
+    return GRPC_STATS, {"per_method": pb.stats_for_all_methods.value
+                        if pb.HasField("stats_for_all_methods") else False}
+
+
+def _declared(pb, path, errors):
+    unknown = unknown_field_numbers(pb)
+    if unknown:
+        errors.append(f"{path}: field number {unknown[0]} of {pb.DESCRIPTOR.full_name} not "
+                      "supported")
+        return False
+    return True
+
+
+def _alpn(pb, path, errors, warnings):
+    if _declared(pb, path, errors):
+        _warn(warnings, path, "istio.alpn: no upstream TLS connection of Baton's takes its "
+              "ALPN from this filter")
+    return None, None
+
+
+def _istio_stats(pb, path, errors, warnings):
+    if _declared(pb, path, errors):
+        _warn(warnings, path, "istio.stats: Istio's request metrics are not reported yet")
+    return None, None
+
+
+TRANSLATORS = {CORS_TYPE: _cors, GRPC_STATS_TYPE: _grpc_stats, ALPN_FILTER: _alpn,
+               STATS_PLUGIN: _istio_stats}
+
+
+# --- per-route config ------------------------------------------------------------------------
+
+def translate_per_filter_config(config_map, path, errors, warnings=None):
+    """typed_per_filter_config (filter name -> Any) -> {filter name: config}; only CORS has
+    per-route settings in Baton."""
+    result = {}
+    for name in sorted(config_map):
+        here = f"{path}[{name}]"
+        any_pb = config_map[name]
+        type_name = protos.type_name(any_pb.type_url)
+        if type_name != CORS_POLICY_TYPE:
+            errors.append(f"{here}: {type_name or 'an empty config'} not supported (per-route "
+                          f"config: {CORS_POLICY_TYPE})")
+            continue
+        protos.import_type(type_name)
+        policy = protos.message_class(type_name)()
+        any_pb.Unpack(policy)
+        result[CORS] = translate_cors_policy(policy, here, errors, warnings)
+    return result
+
+
+def translate_cors_policy(pb, path, errors, warnings=None):
+    """CorsPolicy -> {"origins": [string matcher], "allow_methods", "allow_headers",
+    "expose_headers", "max_age" (strings, "" unset), "allow_credentials": bool,
+    "enabled": fraction, "forward_not_matching_preflights": bool}. A string matcher is
+    {"kind": exact|prefix|suffix|contains|regex, "value", "ignore_case"}."""
+    import re
+
+    check_fields(pb, path, errors, warnings)
+    origins = []
+    for i, matcher in enumerate(pb.allow_origin_string_match):
+        here = f"{join(path, 'allow_origin_string_match')}[{i}]"
+        kind = matcher.WhichOneof("match_pattern")
+        if kind in ("exact", "prefix", "suffix", "contains"):
+            value = getattr(matcher, kind)
+        elif kind == "safe_regex":
+            kind, value = "regex", matcher.safe_regex.regex
+            try:
+                re.compile(value)
+            except re.error as exc:
+                errors.append(f"{here}.safe_regex.regex: invalid regex {value!r}: {exc}")
+        else:
+            errors.append(f"{here}: {kind or 'a pattern'} not supported (exact, prefix, suffix, "
+                          "contains or safe_regex)")
+            continue
+        origins.append({"kind": kind, "value": value, "ignore_case": matcher.ignore_case})
+    enabled = 1.0
+    if pb.HasField("filter_enabled"):
+        fp = pb.filter_enabled.default_value
+        denominator = {0: 100, 1: 10_000, 2: 1_000_000}.get(fp.denominator, 100)
+        enabled = min(fp.numerator / denominator, 1.0)
+    return {"origins": origins, "allow_methods": pb.allow_methods,
+            "allow_headers": pb.allow_headers, "expose_headers": pb.expose_headers,
+            "max_age": pb.max_age,
+            "allow_credentials": pb.allow_credentials.value
+            if pb.HasField("allow_credentials") else False,
+            "enabled": enabled,
+            "forward_not_matching_preflights": pb.forward_not_matching_preflights.value
+            if pb.HasField("forward_not_matching_preflights") else True}
