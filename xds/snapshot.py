@@ -39,6 +39,12 @@ msgpack.packb/unpackb unchanged (no tuples: they would come back as lists).
       "xds": None                           # dynamic_resources (xds/config_source.py), or None
     }
 
+A bootstrap with static_resources.secrets has "secrets": {name: SECRET} (xds/secrets.py). A
+filter chain's "tls" (xds/tls.py) that names secrets carries them in tls["sds"] and holds
+their material once resolved ("missing_secrets" lists what has not arrived: no certificate
+until then). A cluster whose endpoints are Unix sockets has "pipe_endpoints": [path] (the
+xDS agent dials them; workers see no host).
+
 An EDS cluster (type "EDS") has "eds": {"service_name", "initial_fetch_timeout"} and gets its
 "endpoints" from the xDS agent; an HCM with rds has "rds": {"route_config_name", ...} and
 "route_config" filled in by the master from the agent's routes (None until they arrive).
