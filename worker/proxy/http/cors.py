@@ -8,7 +8,8 @@ or matches "*"):
 
 - a preflight (OPTIONS with a non-empty access-control-request-method) is answered here: 200
   with access-control-allow-origin (the origin), -allow-credentials, -allow-methods,
-  -allow-headers and -max-age as configured; it never reaches the upstream;
+  -allow-headers and -max-age as configured (and -expose-headers, as any response); it
+  never reaches the upstream;
 - any other request goes on, and its response gets access-control-allow-origin,
   access-control-allow-credentials and access-control-expose-headers.
 
@@ -78,13 +79,12 @@ class CorsFactory(FilterFactory):
 
 
 class CorsFilter(StreamFilter):
-    __slots__ = ("policy", "origin", "preflight")
+    __slots__ = ("policy", "origin")
 
     def __init__(self, stream, policy: dict):
         super().__init__(stream)
         self.policy = policy
         self.origin = None
-        self.preflight = False
 
     def on_request_headers(self, request, end_stream: bool):
         policy = self.policy
@@ -96,7 +96,6 @@ class CorsFilter(StreamFilter):
         self.origin = origin
         if request.method != "OPTIONS" or not request.headers.get("access-control-request-method"):
             return None
-        self.preflight = True
         headers = [("access-control-allow-origin", origin)]
         if policy["allow_credentials"]:
             headers.append(("access-control-allow-credentials", "true"))
@@ -106,7 +105,9 @@ class CorsFilter(StreamFilter):
         return LocalReply(200, b"", headers, details="cors_response")
 
     def on_response_headers(self, response, end_stream: bool):
-        if self.origin is None or self.preflight:
+        # The preflight answer comes through here too (Envoy encodes it through the filter
+        # chain): it gains access-control-expose-headers as well.
+        if self.origin is None:
             return None
         headers = response.headers
         headers.set("access-control-allow-origin", self.origin)
