@@ -12,7 +12,7 @@ from hpack import Encoder
 
 from baton.worker.codecs.events import ProtocolError, RequestHead, StreamReset, WindowOpen
 from baton.worker.codecs.h2limits import ENVOY_DEFAULTS
-from baton.worker.codecs.h2server import LeanHttp2ServerCodec
+from baton.worker.codecs.h2server import HEADERS_COST, LeanHttp2ServerCodec
 from baton.worker.codecs.http2 import H2_PREFACE
 from baton.worker.codecs.message import Headers, Response
 from baton.worker.proxy.http.config import _h2_options
@@ -251,13 +251,28 @@ def test_streams_answered_in_full_count_as_closed_not_premature():
 # -- the per-turn budget -----------------------------------------------------------------------
 
 def test_frames_past_the_budget_wait_for_receive_more_in_order():
-    peer = Peer(frames_per_turn=4)
+    peer = Peer(frames_per_turn=4 * HEADERS_COST)      # 4 requests a turn
     data = b"".join(peer.request(1 + 2 * i) for i in range(10))
     events = peer.send(data)
     assert [e.stream_id for e in events] == [1, 3, 5, 7] and peer.codec.backlog
     assert [e.stream_id for e in peer.codec.receive_more()] == [9, 11, 13, 15]
     assert [e.stream_id for e in peer.codec.receive_more()] == [17, 19]
     assert not peer.codec.backlog and peer.codec.receive_more() == []
+
+
+def test_a_headers_frame_counts_as_several_control_frames():
+    """A new stream costs the manager far more than a PING: a turn of the manager's budget
+    holds 64 PINGs but 11 new streams, and h2load's 10 requests per read still fit in one."""
+    budget = _h2_options({})["frames_per_turn"]
+    peer = Peer(frames_per_turn=budget)
+    events = peer.send(b"".join(peer.request(1 + 2 * i) for i in range(10)))
+    assert len(events) == 10 and not peer.codec.backlog
+    events = peer.send(b"".join(peer.request(21 + 2 * i) for i in range(30)))
+    assert len(events) == -(-budget // HEADERS_COST) and peer.codec.backlog
+    pings = Peer(frames_per_turn=budget)
+    pings.send(frame(PING, 0, 0, b"12345678") * 100)
+    assert pings.codec.backlog
+    assert len(frames_of(pings.codec.data_to_send())) == budget
 
 
 def test_a_partial_frame_after_the_budget_waits_for_more_bytes():
