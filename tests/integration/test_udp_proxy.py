@@ -77,8 +77,9 @@ def exchange(sock: socket.socket, port: int, payload: bytes, timeout: float = 2.
 
 
 class Session(threading.Thread):
-    """One UDP session through the proxy: datagram i, its answer, every `interval` seconds,
-    until `stop` is set or `limit` datagrams were sent (a bounded load)."""
+    """One UDP session through the proxy: datagram i, then its answer (up to 5 s), every
+    `interval` seconds, until `stop` is set or `limit` datagrams were sent (a bounded load).
+    An answer that comes late still counts: `lost` is what was never answered."""
 
     def __init__(self, port: int, name: int, stop: threading.Event, interval: float = 0.01,
                  limit: int = 20000):
@@ -87,18 +88,42 @@ class Session(threading.Thread):
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.bind(("127.0.0.1", 0))
         self.sent = 0
-        self.lost: list[int] = []
+        self.unanswered: set[int] = set()
         self.upstreams: set[int] = set()
+
+    @property
+    def lost(self) -> list[int]:
+        return sorted(self.unanswered)
+
+    def _receive(self, until: float, wanted: int | None) -> bool:
+        """Take answers until `wanted` is answered (None: until the time is up); whether it
+        was. An earlier datagram's late answer takes it out of `unanswered`."""
+        while True:
+            left = until - time.monotonic()
+            if left <= 0:
+                return False
+            self.sock.settimeout(left)
+            try:
+                data = self.sock.recv(2048)
+            except socket.timeout:
+                return False
+            head, _, tag = data.rpartition(b"@")
+            seq = int(head.rpartition(b"-")[2])
+            self.unanswered.discard(seq)
+            self.upstreams.add(int(tag))
+            if seq == wanted:
+                return True
 
     def run(self) -> None:
         while not self.stop.is_set() and self.sent < self.limit:
-            upstream = exchange(self.sock, self.port, b"s%d-%d" % (self.name_id, self.sent))
-            if upstream is None:
-                self.lost.append(self.sent)
-            else:
-                self.upstreams.add(upstream)
+            seq = self.sent
+            self.sock.sendto(b"s%d-%d" % (self.name_id, seq), ("127.0.0.1", self.port))
+            if not self._receive(time.monotonic() + 5.0, seq):
+                self.unanswered.add(seq)
             self.sent += 1
             self.stop.wait(self.interval)
+        if self.unanswered:
+            self._receive(time.monotonic() + 2.0, None)       # late answers still count
 
     def close(self) -> None:
         self.sock.close()
