@@ -94,10 +94,17 @@ def translate_http_filters(filters_pb_list, path, errors, warnings=None):
             name, config = translators[type_name](
                 _unpack(pb.typed_config, type_name), config_path, errors, warnings)
         elif type_name in _TYPED_STRUCTS:
-            if user_filters is None:
-                user_filters = _installed_filters()
-            name, config = _user_filter(_unpack(pb.typed_config, type_name), config_path,
-                                        errors, user_filters, pb.is_optional, warnings)
+            struct = _unpack(pb.typed_config, type_name)
+            istio = _istio_typed_struct(struct)
+            if istio is not None:
+                value = protos.json_format.MessageToDict(struct.value) \
+                    if struct.HasField("value") else {}
+                name, config = istio(value, join(config_path, "value"), errors, warnings)
+            else:
+                if user_filters is None:
+                    user_filters = _installed_filters()
+                name, config = _user_filter(struct, config_path, errors, user_filters,
+                                            pb.is_optional, warnings)
         elif pb.is_optional:
             if warnings is not None:
                 warnings.append(f"{config_path}: {type_name} not supported; skipped "
@@ -333,6 +340,11 @@ def translate_header_options(options, path, errors):
         result.append({"name": header.key.lower(), "value": value, "append_action": action,
                        "keep_empty_value": option.keep_empty_value})
     return result
+
+
+def _istio_typed_struct(struct):
+    from .http_filters_istio import TYPED_STRUCT_TRANSLATORS
+    return TYPED_STRUCT_TRANSLATORS.get(protos.type_name(struct.type_url))
 
 
 def _installed_filters():

@@ -16,6 +16,13 @@ run (its effect is out of Baton's reach today; a warning says what is not done):
 - istio.alpn: the ALPN Istio wants on upstream mTLS connections, by upstream HTTP version.
   Baton's upstream TLS does not take an ALPN from a filter: accepted, with a warning.
 - istio.stats (stats.PluginConfig): Istio's request metrics; not reported yet (warning).
+- istio.metadata_exchange, HTTP (io.istio.http.peer_metadata.Config in a TypedStruct, Istio
+  1.20 on): the x-envoy-peer-metadata headers that tell each side's telemetry who the peer
+  is. Baton neither reads nor sends them (warning): the peer's Istio metrics see this
+  workload as "unknown", and requests and responses are otherwise unchanged.
+- The Wasm filters older Istio sends for the same built-ins (runtime envoy.wasm.runtime.null,
+  code envoy.wasm.stats or envoy.wasm.metadata_exchange): treated as istio.stats and
+  istio.metadata_exchange. Any other Wasm module is refused (Baton runs no Wasm).
 """
 
 from __future__ import annotations
@@ -74,8 +81,59 @@ def _istio_stats(pb, path, errors, warnings):
     return None, None
 
 
+WASM_HTTP_TYPE = "envoy.extensions.filters.http.wasm.v3.Wasm"
+WASM_NETWORK_TYPE = "envoy.extensions.filters.network.wasm.v3.Wasm"
+PEER_METADATA = "io.istio.http.peer_metadata.Config"
+NULL_VM = "envoy.wasm.runtime.null"
+BUILTINS = {"envoy.wasm.stats": "istio.stats",
+            "envoy.wasm.metadata_exchange": "istio.metadata_exchange"}
+_PEER_METADATA_FIELDS = ("downstream_discovery", "downstream_propagation", "upstream_discovery",
+                         "upstream_propagation", "shared_with_upstream", "additional_labels")
+
+
+def null_vm_builtin(value, path, errors):
+    """A Wasm filter's config (dict, as in a TypedStruct or MessageToDict) -> the name of the
+    Istio built-in it runs ("istio.stats", "istio.metadata_exchange"), or None with an error
+    when it is anything else."""
+    vm = (value.get("config") or {}).get("vm_config") or {}
+    code = ((vm.get("code") or {}).get("local") or {}).get("inline_string")
+    builtin = BUILTINS.get(code) if vm.get("runtime") == NULL_VM else None
+    if builtin is None:
+        errors.append(f"{path}: Wasm not supported (only Istio's null-VM built-ins "
+                      f"{', '.join(BUILTINS)} with runtime {NULL_VM})")
+    return builtin
+
+
+def _wasm(pb, path, errors, warnings):
+    value = protos.json_format.MessageToDict(pb, preserving_proto_field_name=True)
+    return _wasm_value(value, path, errors, warnings)
+
+
+def _wasm_value(value, path, errors, warnings):
+    builtin = null_vm_builtin(value, path, errors)
+    if builtin == "istio.stats":
+        _warn(warnings, path, "istio.stats (Wasm built-in): Istio's request metrics are not "
+              "reported yet")
+    elif builtin is not None:
+        _warn(warnings, path, "istio.metadata_exchange (Wasm built-in): the peer metadata "
+              "headers are neither read nor sent")
+    return None, None
+
+
+def _peer_metadata(value, path, errors, warnings):
+    for key in value:
+        if key not in _PEER_METADATA_FIELDS:
+            errors.append(f"{join(path, key)}: not supported")
+            return None, None
+    _warn(warnings, path, "istio.metadata_exchange: the peer metadata headers are neither read "
+          "nor sent")
+    return None, None
+
+
 TRANSLATORS = {CORS_TYPE: _cors, GRPC_STATS_TYPE: _grpc_stats, ALPN_FILTER: _alpn,
-               STATS_PLUGIN: _istio_stats}
+               STATS_PLUGIN: _istio_stats, WASM_HTTP_TYPE: _wasm}
+# Istio's filters that come as a TypedStruct: type_url -> translate(value dict, path, ...).
+TYPED_STRUCT_TRANSLATORS = {PEER_METADATA: _peer_metadata, WASM_HTTP_TYPE: _wasm_value}
 
 
 # --- per-route config ------------------------------------------------------------------------

@@ -189,7 +189,24 @@ def _istio_authn(value, path, errors, warnings, chain_pb, name):
     return None
 
 
+def _wasm(value, path, errors, warnings, chain_pb, name):
+    """Istio 1.9 / 1.10's null-VM Wasm built-ins: the same as the native filters."""
+    from .http_filters_istio import null_vm_builtin
+    if not isinstance(value, dict):
+        msg = protos.message_class(protos.type_name(value.type_url))()
+        value.Unpack(msg)
+        value = protos.json_format.MessageToDict(msg, preserving_proto_field_name=True)
+    builtin = null_vm_builtin(value, path, errors)
+    if builtin == "istio.stats":
+        _warn(warnings, path, "istio.stats (Wasm built-in): Istio's TCP metrics are not "
+              "reported yet")
+    elif builtin is not None:
+        return _metadata_exchange({}, path, errors, warnings, chain_pb, name)
+    return None
+
+
 NON_TERMINAL[STATS_PLUGIN] = _istio_stats
+NON_TERMINAL["envoy.extensions.filters.network.wasm.v3.Wasm"] = _wasm
 NON_TERMINAL[METADATA_EXCHANGE] = _metadata_exchange
 NON_TERMINAL[ISTIO_AUTHN] = _istio_authn
 

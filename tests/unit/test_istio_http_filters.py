@@ -190,3 +190,44 @@ def test_tcp_proxy_access_log_is_translated():
     assert parse_dict(data, pb, "tcp", errors) == []
     spec = translate_tcp_proxy(pb, "tcp", errors)
     assert errors == [] and spec["access_log"][0]["format"] == "%UPSTREAM_HOST% %BYTES_SENT%\n"
+
+
+def wasm(code, runtime="envoy.wasm.runtime.null", wrapped=True, network=False):
+    kind = "network" if network else "http"
+    config = {"config": {"vm_config": {"runtime": runtime, "code": {"local": {"inline_string": code}}},
+                         "configuration": {"@type": T + "google.protobuf.StringValue", "value": "{}"}}}
+    wasm_type = T + f"envoy.extensions.filters.{kind}.wasm.v3.Wasm"
+    if wrapped:
+        return {"name": code, "typed_config": {"@type": T + "udpa.type.v1.TypedStruct",
+                                               "type_url": wasm_type, "value": config}}
+    return {"name": code, "typed_config": {"@type": wasm_type, **config}}
+
+
+def test_older_istios_null_vm_builtins_are_the_native_filters():
+    peer = {"name": "istio.metadata_exchange", "typed_config": {
+        "@type": T + "udpa.type.v1.TypedStruct", "type_url": T + "io.istio.http.peer_metadata.Config",
+        "value": {"upstream_discovery": [{"istio_headers": {}}, {"workload_discovery": {}}],
+                  "upstream_propagation": [{"istio_headers": {}}]}}}
+    result, errors, warnings = translate_filters(
+        [peer, wasm("envoy.wasm.metadata_exchange", wrapped=False), wasm("envoy.wasm.stats"), ROUTER])
+    assert errors == [] and [f["name"] for f in result] == ["envoy.filters.http.router"]
+    assert [w.split(": ", 1)[1] for w in warnings] == [
+        "istio.metadata_exchange: the peer metadata headers are neither read nor sent",
+        "istio.metadata_exchange (Wasm built-in): the peer metadata headers are neither read nor sent",
+        "istio.stats (Wasm built-in): Istio's request metrics are not reported yet"]
+    # A real Wasm module, or another runtime: Baton runs no Wasm.
+    for item in (wasm("envoy.wasm.stats", runtime="envoy.wasm.runtime.v8"), wasm("my.module")):
+        result, errors, _ = translate_filters([item, ROUTER])
+        assert result is None and errors == [
+            "hcm.http_filters[0].typed_config.value: Wasm not supported (only Istio's null-VM "
+            "built-ins envoy.wasm.stats, envoy.wasm.metadata_exchange with runtime "
+            "envoy.wasm.runtime.null)"]
+
+
+def test_network_null_vm_stats_is_istio_stats():
+    from .test_istio_listeners import TCP, listener
+    spec, errors, warnings = listener(filter_chains=[{"filters": [
+        wasm("envoy.wasm.stats", network=True), TCP]}])
+    assert errors == [] and spec["filter_chains"][0]["terminal"] == "tcp_proxy"
+    assert warnings == ["l.filter_chains[0].filters[0].typed_config.value: istio.stats (Wasm "
+                        "built-in): Istio's TCP metrics are not reported yet"]
