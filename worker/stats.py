@@ -26,18 +26,25 @@ SHARED_GAUGE_SUFFIXES = (".membership_healthy", ".membership_degraded", ".member
                          ".membership_total", ".health_check.healthy", ".health_check.degraded",
                          ".outlier_detection.ejections_active")
 
+# Counters of a fact about the cluster's hosts, counted by every worker as it builds the same
+# hosts: a cluster's transport_socket_matches choices (Envoy resolves them once per host).
+SHARED_COUNTER_SUFFIXES = (".total_match_count",)
+
 # The overload manager's gauges (pressure, active, scale_percent) are each worker's own view
 # of a shared fact, like the gauges above; the merge shows the most loaded worker's.
 OVERLOAD_PREFIX = "overload."
 
 
 def merge(snapshots) -> dict:
-    """Sum counters and gauges over several workers' snapshots (shared gauges: max)."""
+    """Sum counters and gauges over several workers' snapshots (shared ones: max)."""
     counters: defaultdict[str, int] = defaultdict(int)
     gauges: defaultdict[str, int] = defaultdict(int)
     for snap in snapshots:
         for name, value in snap.get("counters", {}).items():
-            counters[name] += value
+            if name.endswith(SHARED_COUNTER_SUFFIXES):
+                counters[name] = max(counters[name], value)
+            else:
+                counters[name] += value
         for name, value in snap.get("gauges", {}).items():
             if name.endswith(SHARED_GAUGE_SUFFIXES) or name.startswith(OVERLOAD_PREFIX):
                 gauges[name] = max(gauges[name], value)

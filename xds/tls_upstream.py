@@ -10,7 +10,8 @@ TLS clients from (worker/tls/client.py).
             "certificates": [{"chain", "key"}],        # at most one: the client certificate
             "min_version", "max_version", "cipher_suites", "ecdh_curve",
             "trusted_ca": PEM | None,                  # None: the server is not verified
-            "san_matchers": [...], "max_session_keys": int}
+            "san_matchers": [...], "max_session_keys": int,
+            "sds": ..., "missing_secrets": [names]}   # only with secret references
 
 Envoy's client semantics, checked against Envoy 1.40: a client offers TLS 1.2 only unless
 tls_maximum_protocol_version says otherwise (its server side goes to 1.3); without a
@@ -33,9 +34,6 @@ UPSTREAM_TLS_CONTEXT = "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsCon
 MATCH_FILTER = "envoy.transport_socket_match"
 DEFAULT_CLIENT_MAX_VERSION = "TLSv1_2"
 DEFAULT_MAX_SESSION_KEYS = 1
-_SECRET_FIELDS = ("tls_certificate_sds_secret_configs", "validation_context_sds_secret_config",
-                  "combined_validation_context", "tls_certificate_provider_instance",
-                  "validation_context_certificate_provider_instance")
 
 
 def translate_cluster_tls(pb, path, errors, warnings=None) -> dict:
@@ -91,22 +89,20 @@ def translate_upstream_socket(socket_pb, path, errors, warnings=None):
 
 
 def translate_upstream_tls_context(pb, path, errors, warnings=None):
-    from .tls import _certificates, _tls_params, _validation_context
+    from .tls import (_certificates, _tls_params, _validation, secret_references,
+                      with_secret_references)
 
     start = len(errors)
     check_fields(pb, path, errors, warnings)
     common_path = join(path, "common_tls_context")
     common = pb.common_tls_context
-    for field in _SECRET_FIELDS:
-        if common.HasField(field) if field != "tls_certificate_sds_secret_configs" else getattr(common, field):
-            errors.append(f"{join(common_path, field)}: not supported on an UpstreamTlsContext "
-                          "(inline or file certificates and validation_context only)")
-    certificates = []
-    if common.tls_certificates:
-        if len(common.tls_certificates) > 1:
-            errors.append(f"{join(common_path, 'tls_certificates')}: at most one certificate "
-                          "in a client context (as in Envoy)")
-        certificates = _certificates(common, common_path, errors)
+    # SDS / static secrets: the same references as a listener's (xds/secrets.py); until
+    # each is known the spec has "missing_secrets" and the client refuses to connect.
+    refs = secret_references(common, common_path, errors)
+    if len(common.tls_certificates) + len(refs["certificates"]) > 1:
+        errors.append(f"{join(common_path, 'tls_certificates')}: at most one certificate "
+                      "in a client context (as in Envoy)")
+    certificates = _certificates(common, common_path, errors, required=False)
     params_path = join(common_path, "tls_params")
     min_version, max_version, suites, curve = _tls_params(common, params_path, errors)
     if not common.tls_params.tls_maximum_protocol_version:
@@ -114,11 +110,8 @@ def translate_upstream_tls_context(pb, path, errors, warnings=None):
         if min_version > max_version:
             errors.append(f"{join(params_path, 'tls_minimum_protocol_version')}: {min_version} "
                           f"is above a client's default maximum {max_version}")
-    trusted_ca, san_matchers = None, []
-    if common.HasField("validation_context"):
-        trusted_ca, san_matchers = _validation_context(
-            common.validation_context, join(common_path, "validation_context"), errors)
-    if san_matchers and trusted_ca is None:
+    trusted_ca, san_matchers = _validation(common, common_path, errors)
+    if san_matchers and trusted_ca is None and refs["validation"] is None:
         errors.append(f"{join(common_path, 'validation_context')}: SAN matching without "
                       "trusted_ca is insecure and not allowed (as in Envoy)")
     alpn = list(common.alpn_protocols)
@@ -131,9 +124,10 @@ def translate_upstream_tls_context(pb, path, errors, warnings=None):
     keys = pb.max_session_keys.value if pb.HasField("max_session_keys") else DEFAULT_MAX_SESSION_KEYS
     if len(errors) > start:
         return None
-    return {"sni": sni, "alpn": alpn, "certificates": certificates, "min_version": min_version,
+    spec = {"sni": sni, "alpn": alpn, "certificates": certificates, "min_version": min_version,
             "max_version": max_version, "cipher_suites": suites, "ecdh_curve": curve,
             "trusted_ca": trusted_ca, "san_matchers": san_matchers, "max_session_keys": keys}
+    return with_secret_references(spec, refs)
 
 
 def match_metadata(metadata_pb) -> dict | None:

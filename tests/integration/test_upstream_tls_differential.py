@@ -2,7 +2,8 @@
 upstreams (only the ports of the proxies differ): what each upstream saw of the handshake
 (SNI, ALPN offered for HTTP/1.1 and HTTP/2 clusters, protocol version, client certificate),
 the status code and local-reply body of a SAN mismatch and of an untrusted chain, tcp_proxy
-over mTLS and through Istio-style transport_socket_matches, and the clusters' ssl.*,
+over mTLS (a second connection resuming the TLS 1.2 session) and through Istio-style
+transport_socket_matches, and the clusters' ssl.*,
 upstream_cx_connect_fail and <match>.total_match_count counters, names and values.
 
 Envoy also counts ssl.curves.*, ssl.sigalgs.* and ssl.certificate.*.expiration gauges, which
@@ -130,6 +131,7 @@ def test_tls_origination_matches_envoy(tmp_path, upstreams_for_tls, upstreams):
         try:
             seen = {path: fetch(http, path) for path in ("/h1", "/h1/again", "/h2", "/badsan", "/stranger")}
             seen["tcp"] = echo(tcp, b"over mTLS")
+            seen["tcp again"] = echo(tcp, b"resumed")     # max_session_keys 1: TLS 1.2 resumes
             seen["matched"] = sorted(echo(matched, b"m%d" % i) for i in range(2))
             observed[proxy] = seen
             wait_until(lambda: counters(admin).get("cluster.matched.ssl.handshake") == 1
@@ -147,5 +149,6 @@ def test_tls_origination_matches_envoy(tmp_path, upstreams_for_tls, upstreams):
                                      "reset reason: remote connection failure")
     assert envoy["tcp"] == b"over mTLS"
     assert stats["envoy"]["cluster.badsan.ssl.fail_verify_san"] == 1
+    assert stats["envoy"]["cluster.mesh.ssl.session_reused"] == 1
     assert observed["baton"] == observed["envoy"]
     assert stats["baton"] == stats["envoy"]

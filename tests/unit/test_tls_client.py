@@ -158,3 +158,14 @@ def test_max_session_keys_zero_never_resumes():
     for _ in range(2):
         run(ClientConnect(client, "backend.example"), MemoryPeer(ctx, server_side=True))
     assert counters["cluster.c.ssl.session_reused"] == 0
+
+
+def test_a_secret_not_yet_received_fails_closed():
+    """An SDS reference not resolved yet: no handshake at all (the server would otherwise go
+    unverified), counted as Envoy counts it."""
+    client, counters = client_with_stats(trusted_ca=None, missing_secrets=["ROOTCA"])
+    with pytest.raises(HandshakeRefused) as info:
+        ClientConnect(client, "backend.example").start()
+    client.count(info.value.counter)
+    assert counters["cluster.c.client_ssl_socket_factory.upstream_context_secrets_not_ready"] == 1
+    assert counters["cluster.c.ssl.handshake"] == 0

@@ -146,3 +146,26 @@ def test_a_downstream_context_on_a_cluster_is_refused(errors):
         "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext"}}
     lines = errors(bootstrap(transport_socket=socket))
     assert any(line.startswith(f"{CLUSTER}.transport_socket.typed_config:") for line in lines), lines
+
+
+def test_static_secrets_resolve_into_an_upstream_context(load):
+    """Istio's shape: the client certificate and the validation context by reference
+    (xds/secrets.py), resolved from static_resources.secrets at load."""
+    ca = make_ca("ecdsa")
+    me = spiffe_leaf(ca)
+    context = {"common_tls_context": {
+        "tls_certificate_sds_secret_configs": [{"name": "default"}],
+        "combined_validation_context": {
+            "default_validation_context": {"match_typed_subject_alt_names": [
+                {"san_type": "URI", "matcher": {"prefix": "spiffe://cluster.local/"}}]},
+            "validation_context_sds_secret_config": {"name": "ROOTCA"}}}}
+    data = bootstrap(transport_socket=upstream_tls(**context))
+    data["static_resources"]["secrets"] = [
+        {"name": "default", "tls_certificate": {
+            "certificate_chain": {"inline_string": me.cert_pem.decode()},
+            "private_key": {"inline_string": me.key_pem.decode()}}},
+        {"name": "ROOTCA", "validation_context": {"trusted_ca": {"inline_string": ca.cert_pem.decode()}}}]
+    spec = cluster_of(load(data))["transport_socket"]
+    assert spec["certificates"] == [{"chain": me.cert_pem.decode(), "key": me.key_pem.decode()}]
+    assert spec["trusted_ca"] == ca.cert_pem.decode() and spec["missing_secrets"] == []
+    assert spec["san_matchers"][0]["type"] == "URI"

@@ -118,6 +118,7 @@ class Cluster:
         self.outlier_config = spec.get("outlier_detection")
         self.health_checks = list(spec.get("health_checks") or ())
         old = {(h.address, h.port): h for h in getattr(self, "hosts", ())}
+        old_hosts = set(old.values())
         hosts = []
         for ep in spec.get("endpoints", ()):
             host = old.pop((ep["address"], ep["port"]), None)
@@ -131,7 +132,12 @@ class Cluster:
             for gone in old.values():
                 self.outlier.host_removed(gone)
         self.hosts = hosts
-        self._update_transports(spec)
+        if self._update_transports(spec):
+            new_hosts = hosts                   # a new TLS config: every host chooses again
+        else:
+            new_hosts = [h for h in hosts if h not in old_hosts]
+        for host in new_hosts:
+            self.transport_for(host, count=True)     # Envoy resolves the match per host
         self.source_address = spec.get("source_address")
         self.balancer = self._balancer(spec, hosts)
         self._membership_gauges()
@@ -155,19 +161,20 @@ class Cluster:
 
     # -- upstream TLS (transport_socket, transport_socket_matches) -------------------------
 
-    def _update_transports(self, spec: dict) -> None:
+    def _update_transports(self, spec: dict) -> bool:
         """TLS clients are rebuilt only when the cluster's TLS config changes (not at every
-        endpoint update): each holds SSLContexts, key log pipes and the sessions it keeps."""
+        endpoint update): each holds SSLContexts, key log pipes and the sessions it keeps.
+        True when it changed."""
         self.auto_sni = spec.get("auto_sni")
         self.host_matches = {(ep["address"], ep["port"]): ep["tls_match"]
                              for ep in spec.get("endpoints", ()) if ep.get("tls_match")}
         tls_spec = (spec.get("transport_socket"), spec.get("transport_socket_matches"))
         if tls_spec == self._tls_spec:
-            return
+            return False
         self._tls_spec = tls_spec
         if "transport_socket" not in spec:
             self.transports, self.tls_matches = None, ()
-            return
+            return True
         from ..tls.client import TlsClient
         prefix = f"cluster.{self.name}."
         clients = {}                        # one TlsClient per distinct spec
@@ -187,18 +194,20 @@ class Cluster:
         if self.counters is not None:
             for name in ["default"] + [m["name"] for m in spec["transport_socket_matches"]]:
                 self.counters.setdefault(f"{prefix}{name}.total_match_count", 0)
+        return True
 
     @property
     def originates_tls(self) -> bool:
         """Some host of this cluster may be reached over TLS."""
         return self.transports is not None or any(c is not None for _, c, _ in self.tls_matches)
 
-    def transport_for(self, host, count: bool = True):
+    def transport_for(self, host, count: bool = False):
         """The TlsClient for a new connection to `host` (None: plain TCP): the first
         transport_socket_matches entry whose `match` is a subset of the endpoint's
         envoy.transport_socket_match metadata, else the cluster's transport_socket
-        ("default"). `count`: a connection is made with it, counted as Envoy counts the
-        choice (<match name>.total_match_count); the HTTP pools look without counting."""
+        ("default"). `count`: counted as Envoy counts the
+        choice (<match name>.total_match_count, once per host as Envoy resolves it: update()
+        counts, connections only look)."""
         if not self.originates_tls:
             return None
         metadata = self.host_matches.get((host.address, host.port)) or {}

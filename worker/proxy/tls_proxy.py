@@ -181,7 +181,12 @@ class TlsProxyConnection(TcpProxyConnection):
         # The connect timer runs on: Envoy's connect_timeout covers the handshake too.
         self.upstream_fd = sock.fileno()
         self.up_connect = ClientConnect(client, client.sni)
-        self._upstream_handshake_output(self.up_connect.start())
+        try:
+            out = self.up_connect.start()
+        except HandshakeRefused as exc:         # its secrets are not there yet
+            self._upstream_refused(exc.counter, str(exc))
+            return
+        self._upstream_handshake_output(out)
         if self.up_connect is not None:
             self._watch(self.upstream_fd, "r", self._on_upstream_handshake_readable)
 

@@ -22,6 +22,11 @@ Envoy's client semantics (checked against Envoy 1.40):
 - ALPN: the context's alpn_protocols, else what the HTTP pool asks for ("h2" for an HTTP/2
   pool), else none.
 - a refused handshake is a failed connect: the caller counts upstream_cx_connect_fail.
+- secrets by reference (SDS, static_resources.secrets: xds/secrets.py) not yet known: no
+  handshake at all, counted as client_ssl_socket_factory.upstream_context_secrets_not_ready
+  (fail closed: without its validation context the server would go unverified). A rotated
+  secret is a new spec, so a new TlsClient (worker/proxy/cluster.py): new handshakes use it,
+  established sessions are the record layer's and do not notice.
 - session resumption: up to max_session_keys sessions kept per SNI and offered again. A TLS
   1.2 session is complete at the end of the handshake and resumes; a TLS 1.3 ticket arrives
   after it, when the record layer (not OpenSSL) owns the session, so TLS 1.3 connections
@@ -45,19 +50,22 @@ FACTORY_COUNTERS = ("client_ssl_socket_factory.downstream_context_secrets_not_re
                     "client_ssl_socket_factory.ssl_context_update_by_sds",
                     "client_ssl_socket_factory.upstream_context_secrets_not_ready")
 MAX_SNI_SESSIONS = 1024
+SECRETS_NOT_READY = "secrets_not_ready"     # a refusal's counter, outside ssl.*
 
 
 class TlsClient:
     """One UpstreamTlsContext: an SSLContext per ALPN list offered (Python sets ALPN on the
     context, not per connection), their key logs, the SAN checks and the cluster's ssl.*."""
 
-    __slots__ = ("spec", "san_matchers", "stats", "scope", "_contexts", "_sessions")
+    __slots__ = ("spec", "san_matchers", "stats", "scope", "cluster_scope", "missing",
+                 "_contexts", "_sessions")
 
     def __init__(self, spec: dict) -> None:
         self.spec = spec
         self.san_matchers = [(m["type"], _matcher(m["matcher"])) for m in spec["san_matchers"]]
         self.stats = None
-        self.scope = ""
+        self.scope = self.cluster_scope = ""
+        self.missing = list(spec.get("missing_secrets") or ())   # secrets not yet known
         self._contexts: dict = {}           # ALPN tuple -> (SSLContext, KeyLog)
         self._sessions: OrderedDict = OrderedDict()     # SNI -> deque of SSLSession
         self.context_for(())                # a bad spec fails here, in the worker's update
@@ -79,6 +87,7 @@ class TlsClient:
     def declare_stats(self, cluster_scope: str, counters: dict) -> None:
         """Count into `counters` (the worker's) under cluster.NAME.ssl.*, listed at 0."""
         self.stats = counters
+        self.cluster_scope = cluster_scope
         self.scope = cluster_scope + "ssl."
         for name in SSL_COUNTERS:
             counters.setdefault(self.scope + name, 0)
@@ -88,7 +97,8 @@ class TlsClient:
     def count(self, name: str) -> None:
         counters = self.stats
         if counters is not None:
-            key = self.scope + name
+            key = self.scope + name if name != SECRETS_NOT_READY else \
+                self.cluster_scope + "client_ssl_socket_factory.upstream_context_secrets_not_ready"
             counters[key] = counters.get(key, 0) + 1
 
     def alpn_for(self, wanted: tuple) -> tuple:
@@ -175,6 +185,9 @@ class ClientConnect:
         self.layer = None
 
     def start(self) -> bytes:
+        if self.client.missing:
+            raise HandshakeRefused(SECRETS_NOT_READY, "secrets not yet received: "
+                                   + ", ".join(self.client.missing))
         return self.receive(b"", False)
 
     def receive(self, data: bytes, eof: bool) -> bytes:

@@ -415,7 +415,6 @@ class HostPool:
         if self.tls is None:
             return None
         from ...tls.client import ClientConnect
-        self.cluster.transport_for(host)        # counts <match>.total_match_count
         alpn = ("h2",) if self.http2 else ("http/1.1",)
         connect = ClientConnect(self.tls, self.sni, alpn, self.expected_san)
         out = connect.start()
@@ -446,8 +445,11 @@ def _auto_sni_host(cluster, request) -> str | None:
     value = request.get((cluster.auto_sni or {}).get("header") or ":authority") if request else None
     if not value:
         return None
-    host = value.rsplit(":", 1)[0] if value.count(":") == 1 else value
-    host = host.strip("[]").lower()
+    if value.startswith("["):                       # [v6]:port
+        host = value[1:value.find("]")] if "]" in value else value
+    else:
+        host = value.rsplit(":", 1)[0] if value.count(":") == 1 else value
+    host = host.lower()
     try:
         socket.inet_pton(socket.AF_INET6 if ":" in host else socket.AF_INET, host)
         return None
