@@ -123,6 +123,16 @@ def test_sds_grpc_on_a_unix_socket_rotates_and_nacks(baton, upstreams, shared_di
         wait_until(lambda: plane.acked(SECRET, "2"), 15, "SDS v2 ACKed")
         wait_until(lambda: serves(port, ctx, second), 15, "new handshakes get the rotated certificate")
         assert echo_once(kept, b"after the rotation") == b"after the rotation"
+        # Envoy's sds.<secret>.* counters (the agent's, sent to the master with its config).
+        wait_until(lambda: b.stats().get("sds.default.update_success", 0) >= 2, 10,
+                   "sds.default.update_success")
+
+        # A reload: the next generation serves the rotated secret from the start (the applied
+        # config and the agent's state carry it), and the connection moves with its session.
+        result = b.reload()
+        assert result.returncode == 0, result.stderr
+        assert serves(port, ctx, second)
+        assert echo_once(kept, b"after the reload") == b"after the reload"
 
         # A certificate with another key: a NACK naming the problem; the old one serves on.
         plane.set_resources(SECRET, [inline_secret("default", first, key_of=leaf(ca, "rsa"))], "3")
@@ -131,10 +141,8 @@ def test_sds_grpc_on_a_unix_socket_rotates_and_nacks(baton, upstreams, shared_di
                 in nack["error_detail"]["message"])
         assert serves(port, ctx, second)
         assert echo_once(kept, b"still") == b"still"
-        # Envoy's sds.<secret>.* counters (the agent's, sent to the master with its config).
         wait_until(lambda: b.stats().get("sds.default.update_rejected") == 1, 10,
                    "sds.default.update_rejected")
-        assert b.stats()["sds.default.update_success"] >= 2
         kept.close()
     finally:
         plane.close()
