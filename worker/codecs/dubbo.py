@@ -222,12 +222,13 @@ def heartbeat_request(request_id: int, serialization: int = HESSIAN2) -> bytes:
     return frame(FLAG_REQUEST | FLAG_TWO_WAY | FLAG_EVENT | serialization, 0, request_id, NULL)
 
 
-RESPONSE_WITH_EXCEPTION = b"\x90"     # Hessian2 int 0: Dubbo's RESPONSE_WITH_EXCEPTION
-
-
 def error_response(request: Frame, status: int, message: str) -> bytes:
-    """A local reply with a non-OK status, byte for byte as Envoy's dubbo_proxy writes one
-    (checked against Envoy 1.40): the response type "with exception" (int 0), then the
-    message as a Hessian2 string. (Dubbo's own ExchangeCodec writes the message alone.)"""
+    """A local reply with a non-OK status in Dubbo's own format (ExchangeCodec): the body is
+    the error message, one Hessian2 string.
+
+    Envoy 1.40's dubbo_proxy writes the same status and message but puts the response type
+    "with exception" (int 0) before the message, which a Dubbo consumer does not expect for
+    a non-OK status: dubbo-remoting (Node.js) closes the connection on it, Java's Hessian
+    reads the 0 as the message. Baton writes what the consumers read."""
     return frame(request.serialization or HESSIAN2, status, request.request_id,
-                 RESPONSE_WITH_EXCEPTION + write_string(message))
+                 write_string(message))

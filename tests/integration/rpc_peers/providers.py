@@ -1,0 +1,86 @@
+"""Scriptable Dubbo and Bolt providers for the RPC tests (real processes, real sockets).
+
+    python providers.py dubbo|bolt PORT NAME
+
+Answers every request with "NAME:<method>:<first argument>" (Dubbo; Bolt: "NAME:<method>").
+Method "sleep" waits its first argument's seconds (Dubbo) or 3 s (Bolt) first. Method "seen"
+answers with the number of requests this provider received so far, oneway ones included.
+Heartbeats are answered. Prints "ready PORT" once listening (port 0 picks one).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import sys
+
+
+from baton.worker.codecs import bolt, dubbo
+from baton.worker.codecs.hessian2 import Reader
+from baton.tests.integration.rpc_peers.frames import dubbo_response
+from baton.tests.integration.rpc_peers.hessian_writer import Writer
+
+
+class Provider(asyncio.Protocol):
+    seen = 0
+
+    def __init__(self, kind: str, name: str):
+        self.kind, self.name = kind, name
+        self.decoder = dubbo.Decoder() if kind == "dubbo" else bolt.Decoder()
+
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def data_received(self, data):
+        for frame in self.decoder.feed(data):
+            if self.kind == "dubbo":
+                self.dubbo(frame)
+            else:
+                self.bolt(frame)
+
+    def dubbo(self, frame):
+        if frame.is_event:
+            self.transport.write(dubbo.heartbeat_response(frame))
+            return
+        Provider.seen += 1
+        call = dubbo.invocation(frame)
+        arg = call.arguments[0] if call.arguments else None
+        answer = Provider.seen if call.method == "seen" else f"{self.name}:{call.method}:{arg}"
+        delay = float(arg) if call.method == "sleep" else 0
+        if frame.two_way:
+            self.later(delay, dubbo_response(frame.request_id, answer))
+
+    def bolt(self, frame):
+        if frame.is_heartbeat:
+            self.transport.write(bolt.heartbeat_response(frame))
+            return
+        Provider.seen += 1
+        method = frame.header().get("sofa_head_method_name") or Reader(frame.content).read()
+        answer = Provider.seen if method == "seen" else f"{self.name}:{method}"
+        content = Writer(random.Random(0)).write(answer).bytes()
+        if not frame.oneway:
+            self.later(3 if method == "sleep" else 0,
+                       bolt.response(frame.request_id, bolt.SUCCESS,
+                                     "com.alipay.sofa.rpc.core.response.SofaResponse", {},
+                                     content))
+
+    def later(self, delay, data):
+        if delay:
+            asyncio.get_running_loop().call_later(delay, self.write, data)
+        else:
+            self.write(data)
+
+    def write(self, data):
+        if not self.transport.is_closing():
+            self.transport.write(data)
+
+
+async def main(kind: str, port: str, name: str) -> None:
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(lambda: Provider(kind, name), "127.0.0.1", int(port))
+    print("ready", server.sockets[0].getsockname()[1], flush=True)
+    await server.serve_forever()
+
+
+if __name__ == "__main__":
+    asyncio.run(main(*sys.argv[1:4]))
