@@ -244,7 +244,8 @@ def write_private(path: str, data: bytes) -> None:
 # -- Secret resources ----------------------------------------------------------------------
 
 def translate_static_secrets(pbs, path, errors, warnings=None) -> dict:
-    """static_resources.secrets -> {name: SECRET}."""
+    """static_resources.secrets -> {name: SECRET}; a secret with errors maps to None, so a
+    reference to it is not also reported as unknown (the same mistake twice)."""
     result, seen = {}, {}
     for i, pb in enumerate(pbs):
         here = f"{path}[{i}]"
@@ -256,9 +257,7 @@ def translate_static_secrets(pbs, path, errors, warnings=None) -> dict:
                           f"(first defined at {seen[pb.name]})")
             continue
         seen[pb.name] = here
-        secret = translate_secret(pb, here, errors, warnings)
-        if secret is not None:
-            result[pb.name] = secret
+        result[pb.name] = translate_secret(pb, here, errors, warnings)
     return result
 
 

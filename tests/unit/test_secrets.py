@@ -68,6 +68,16 @@ def test_unknown_static_secret_and_bad_secret_name_their_paths(errors, tmp_path)
             "private key (inline_string vs inline_string)") in found
     assert any(e.startswith("static_resources.secrets[1].tls_certificate.certificate_chain.filename: "
                             f"cannot read '{tmp_path / 'gone.crt'}'") for e in found)
+    assert len(found) == 4                  # and nothing about the references to those two
+
+
+def test_a_reference_to_a_broken_secret_is_not_also_unknown(errors):
+    ca = make_ca("ecdsa")
+    data = with_secrets(sds_context(cert_name="server"), [
+        {"name": "server", "tls_certificate": {"certificate_chain": inline(leaf(ca, "ecdsa").cert_pem),
+                                               "private_key": inline(leaf(ca, "rsa").key_pem)}}])
+    assert errors(data) == ["static_resources.secrets[0].tls_certificate: the certificate does "
+                            "not match the private key (inline_string vs inline_string)"]
 
 
 def test_sds_over_ads_needs_an_ads_stream(errors):
