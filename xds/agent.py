@@ -307,22 +307,16 @@ class Agent:
             self.stats.count(scopes, "update_attempt")
 
     async def _stream(self, channel) -> bool:
+        from .sds import discovery_stream
         stub = protos.ads_stub_class()(channel)
         call = (stub.DeltaAggregatedResources() if self.delta
                 else stub.StreamAggregatedResources())
-        for request in self.protocol.stream_started():
-            await call.write(request)
-        got = False
-        import grpc
-        while True:
-            response = await call.read()
-            if response is grpc.aio.EOF:
-                return got
-            if not got:
-                got = True
-                self.stats.connected = 1
-                log.info("xds agent: connected to %s", self.target)
-            await self._handle(call, response)
+
+        def connected():
+            self.stats.connected = 1
+            log.info("xds agent: connected to %s", self.target)
+        return await discovery_stream(call, self.protocol.stream_started(), self._handle,
+                                      connected)
 
     async def _handle(self, call, response) -> None:
         update = self.protocol.on_response(response)

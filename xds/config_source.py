@@ -57,28 +57,16 @@ def translate_dynamic_resources(pb, path, errors, clusters):
         errors.append(f"{ads_path}: required (Baton gets dynamic resources over ADS only)")
     else:
         ads = pb.ads_config
-        api_type = protos.ApiConfigSource.ApiType.Name(ads.api_type)
-        if api_type not in API_TYPES:
-            errors.append(f"{join(ads_path, 'api_type')}: {api_type} not supported "
-                          f"({' or '.join(API_TYPES)})")
-        if ads.transport_api_version not in (0, 2):
-            errors.append(f"{join(ads_path, 'transport_api_version')}: V3 only")
         node_once = ads.set_node_on_first_message_only
-        services = ads.grpc_services
-        if len(services) != 1:
-            errors.append(f"{join(ads_path, 'grpc_services')}: exactly one entry is supported, "
-                          f"got {len(services)}")
-        elif services[0].WhichOneof("target_specifier") != "envoy_grpc":
-            errors.append(f"{join(ads_path, 'grpc_services')}[0]: only envoy_grpc "
-                          "(a static cluster) is supported")
-        else:
-            cluster = services[0].envoy_grpc.cluster_name
+        api_type, cluster = _api_config_source(ads, ads_path, errors)
+        if cluster is not None:
             where = f"{join(ads_path, 'grpc_services')}[0].envoy_grpc.cluster_name"
             if not cluster:
                 errors.append(f"{where}: required")
             elif cluster not in clusters:
                 errors.append(f"{where}: unknown cluster '{cluster}' (it must be a static cluster)")
-            elif not clusters[cluster] or not clusters[cluster].get("endpoints"):
+            elif not clusters[cluster] or not (clusters[cluster].get("endpoints")
+                                               or clusters[cluster].get("pipe_endpoints")):
                 if clusters[cluster] is not None:
                     errors.append(f"{where}: cluster '{cluster}' has no endpoint to dial")
     xds = {"api_type": api_type, "cluster": cluster, "lds": False, "cds": False,
@@ -93,6 +81,27 @@ def translate_dynamic_resources(pb, path, errors, clusters):
     if len(errors) > start:
         return None
     return xds
+
+
+def _api_config_source(api, path, errors):
+    """An ApiConfigSource that must be one envoy_grpc service (ads_config, or SDS's own)
+    -> (api_type, its cluster name: None when it is not there at all)."""
+    api_type = protos.ApiConfigSource.ApiType.Name(api.api_type)
+    if api_type not in API_TYPES:
+        errors.append(f"{join(path, 'api_type')}: {api_type} not supported "
+                      f"({' or '.join(API_TYPES)})")
+    if api.transport_api_version not in (0, 2):
+        errors.append(f"{join(path, 'transport_api_version')}: V3 only")
+    services = api.grpc_services
+    if len(services) != 1:
+        errors.append(f"{join(path, 'grpc_services')}: exactly one entry is supported, "
+                      f"got {len(services)}")
+        return api_type, None
+    if services[0].WhichOneof("target_specifier") != "envoy_grpc":
+        errors.append(f"{join(path, 'grpc_services')}[0]: only envoy_grpc "
+                      "(a static cluster) is supported")
+        return api_type, None
+    return api_type, services[0].envoy_grpc.cluster_name
 
 
 def translate_eds_cluster_config(pb, path, errors):
@@ -143,24 +152,10 @@ def translate_sds_config_source(pb, path, errors):
         source = {"key": "ads", "kind": "ads"}
     elif which == "api_config_source":
         api_path = join(path, "api_config_source")
-        api = pb.api_config_source
-        api_type = protos.ApiConfigSource.ApiType.Name(api.api_type)
-        if api_type not in API_TYPES:
-            errors.append(f"{join(api_path, 'api_type')}: {api_type} not supported "
-                          f"({' or '.join(API_TYPES)})")
-        if api.transport_api_version not in (0, 2):
-            errors.append(f"{join(api_path, 'transport_api_version')}: V3 only")
-        services = api.grpc_services
-        if len(services) != 1:
-            errors.append(f"{join(api_path, 'grpc_services')}: exactly one entry is supported, "
-                          f"got {len(services)}")
-        elif services[0].WhichOneof("target_specifier") != "envoy_grpc":
-            errors.append(f"{join(api_path, 'grpc_services')}[0]: only envoy_grpc "
-                          "(a static cluster) is supported")
-        elif not services[0].envoy_grpc.cluster_name:
+        api_type, cluster = _api_config_source(pb.api_config_source, api_path, errors)
+        if cluster == "":
             errors.append(f"{join(api_path, 'grpc_services')}[0].envoy_grpc.cluster_name: required")
-        else:
-            cluster = services[0].envoy_grpc.cluster_name
+        elif cluster is not None:
             source = {"key": f"grpc:{cluster}", "kind": "grpc", "cluster": cluster,
                       "api_type": api_type}
     elif which in ("path_config_source", "path"):

@@ -48,6 +48,24 @@ def sds_stub_class():
     return sds_pb2_grpc.SecretDiscoveryServiceStub
 
 
+async def discovery_stream(call, requests, handle, on_connected) -> bool:
+    """Send a (re)connected stream's first requests, then hand every response to
+    `handle(call, response)` until the server ends the stream. -> whether any came (a
+    stream that answered resets the reconnect backoff)."""
+    import grpc
+    for request in requests:
+        await call.write(request)
+    got = False
+    while True:
+        response = await call.read()
+        if response is grpc.aio.EOF:
+            return got
+        if not got:
+            got = True
+            on_connected()
+        await handle(call, response)
+
+
 def grpc_target(cluster: dict) -> str | None:
     """A static cluster's first endpoint as a grpcio target: unix:PATH for a pipe."""
     pipes = cluster.get("pipe_endpoints") or []
@@ -337,21 +355,11 @@ class GrpcSecretStream:
             await asyncio.sleep(delay)
 
     async def _stream(self, channel) -> bool:
-        import grpc
         stub = sds_stub_class()(channel)
-        call = stub.DeltaSecrets() if self.delta else stub.StreamSecrets()
-        self.call = call
-        for request in self.protocol.stream_started():
-            await call.write(request)
-        got = False
-        while True:
-            response = await call.read()
-            if response is grpc.aio.EOF:
-                return got
-            if not got:
-                got = True
-                log.info("xds: SDS stream %s connected", self.key)
-            await self._handle(call, response)
+        self.call = stub.DeltaSecrets() if self.delta else stub.StreamSecrets()
+        return await discovery_stream(
+            self.call, self.protocol.stream_started(), self._handle,
+            lambda: log.info("xds: SDS stream %s connected", self.key))
 
     async def _handle(self, call, response) -> None:
         stats = self.agent.stats

@@ -26,7 +26,7 @@ from ..tls_certs import leaf, make_ca
 from ..waiting import wait_until
 from ..xds_support.control_plane import SECRET, ControlPlane
 from .conftest import free_port
-from .tls_clients import client_context, tls_bootstrap
+from .tls_clients import client_context, echo, tls_bootstrap
 
 SECRET_TYPE = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
 TLS_CONTEXT_TYPE = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext"
@@ -61,17 +61,6 @@ def serves(port: int, ctx, pair, handshakes: int = 6) -> bool:
     return all(served_serial(port, ctx) == pair.cert.serial_number for _ in range(handshakes))
 
 
-def echo_once(tls: ssl.SSLSocket, payload: bytes) -> bytes:
-    tls.sendall(payload)
-    got = b""
-    while len(got) < len(payload):
-        data = tls.recv(65536)
-        if not data:
-            break
-        got += data
-    return got
-
-
 def open_connection(port: int, ctx) -> ssl.SSLSocket:
     raw = socket.create_connection(("127.0.0.1", port), timeout=10)
     return ctx.wrap_socket(raw, server_hostname="localhost")
@@ -103,12 +92,12 @@ def test_sds_grpc_on_a_unix_socket_rotates_and_nacks(baton, upstreams, shared_di
     socket_path.chmod(0o666)
     try:
         plane.set_resources(SECRET, [inline_secret("default", first)], "1")
-        echo = upstreams("echo")
+        echo_upstream = upstreams("echo")
         port = free_port()
         sds = {"api_config_source": {"api_type": "GRPC", "transport_api_version": "V3",
                                      "grpc_services": [{"envoy_grpc": {"cluster_name": "sds-grpc"}}]},
                "resource_api_version": "V3", "initial_fetch_timeout": "10s"}
-        data = with_node(tls_bootstrap(port, echo.port, sds_transport_socket("default", sds)))
+        data = with_node(tls_bootstrap(port, echo_upstream.port, sds_transport_socket("default", sds)))
         data["static_resources"]["clusters"].append({
             "name": "sds-grpc", "type": "STATIC", "connect_timeout": "1s",
             "load_assignment": {"cluster_name": "sds-grpc", "endpoints": [{"lb_endpoints": [
@@ -117,12 +106,12 @@ def test_sds_grpc_on_a_unix_socket_rotates_and_nacks(baton, upstreams, shared_di
         ctx = client_context(ca)
         assert serves(port, ctx, first)
         kept = open_connection(port, ctx)                 # established before the rotation
-        assert echo_once(kept, b"before") == b"before"
+        assert echo(kept, b"before") == b"before"
 
         plane.set_resources(SECRET, [inline_secret("default", second)], "2")
         wait_until(lambda: plane.acked(SECRET, "2"), 15, "SDS v2 ACKed")
         wait_until(lambda: serves(port, ctx, second), 15, "new handshakes get the rotated certificate")
-        assert echo_once(kept, b"after the rotation") == b"after the rotation"
+        assert echo(kept, b"after the rotation") == b"after the rotation"
         # Envoy's sds.<secret>.* counters (the agent's, sent to the master with its config).
         wait_until(lambda: b.stats().get("sds.default.update_success", 0) >= 2, 10,
                    "sds.default.update_success")
@@ -132,7 +121,7 @@ def test_sds_grpc_on_a_unix_socket_rotates_and_nacks(baton, upstreams, shared_di
         result = b.reload()
         assert result.returncode == 0, result.stderr
         assert serves(port, ctx, second)
-        assert echo_once(kept, b"after the reload") == b"after the reload"
+        assert echo(kept, b"after the reload") == b"after the reload"
 
         # A certificate with another key: a NACK naming the problem; the old one serves on.
         plane.set_resources(SECRET, [inline_secret("default", first, key_of=leaf(ca, "rsa"))], "3")
@@ -140,7 +129,7 @@ def test_sds_grpc_on_a_unix_socket_rotates_and_nacks(baton, upstreams, shared_di
         assert ("Secret[default].tls_certificate: the certificate does not match the private key"
                 in nack["error_detail"]["message"])
         assert serves(port, ctx, second)
-        assert echo_once(kept, b"still") == b"still"
+        assert echo(kept, b"still") == b"still"
         wait_until(lambda: b.stats().get("sds.default.update_rejected") == 1, 10,
                    "sds.default.update_rejected")
         kept.close()
@@ -160,33 +149,41 @@ def _swap(directory, pair, generation: int) -> None:
     os.replace(link, directory / "..data")
 
 
-def test_watched_directory_symlink_swap_rotates(baton, upstreams, shared_dir):
-    ca = make_ca("ecdsa")
-    first, second = leaf(ca, "ecdsa"), leaf(ca, "rsa")
-    certs = shared_dir / "certs"
+def mounted_secret(directory, pair, name: str):
+    """A Kubernetes-style mounted secret holding `pair` under `directory`/certs (tls.crt and
+    tls.key are symlinks into `..data`) and an SDS file naming it `name`, its certificate
+    directory watched. -> (certs directory, SDS file)."""
+    certs = directory / "certs"
     certs.mkdir(mode=0o755)
-    _swap(certs, first, 1)
-    for name in ("tls.crt", "tls.key"):
-        (certs / name).symlink_to(f"..data/{name}")
-    sds_file = shared_dir / "sds.yaml"
+    _swap(certs, pair, 1)
+    for file_name in ("tls.crt", "tls.key"):
+        (certs / file_name).symlink_to(f"..data/{file_name}")
+    sds_file = directory / "sds.yaml"
     sds_file.write_text(yaml.safe_dump({"resources": [{
-        "@type": SECRET_TYPE, "name": "server", "tls_certificate": {
+        "@type": SECRET_TYPE, "name": name, "tls_certificate": {
             "certificate_chain": {"filename": str(certs / "tls.crt")},
             "private_key": {"filename": str(certs / "tls.key")},
             "watched_directory": {"path": str(certs)}}}]}))
-    readable(shared_dir)
-    echo = upstreams("echo")
+    readable(directory)
+    return certs, sds_file
+
+
+def test_watched_directory_symlink_swap_rotates(baton, upstreams, shared_dir):
+    ca = make_ca("ecdsa")
+    first, second = leaf(ca, "ecdsa"), leaf(ca, "rsa")
+    certs, sds_file = mounted_secret(shared_dir, first, "server")
+    echo_upstream = upstreams("echo")
     port = free_port()
-    b = baton(with_node(tls_bootstrap(port, echo.port, sds_transport_socket(
+    b = baton(with_node(tls_bootstrap(port, echo_upstream.port, sds_transport_socket(
         "server", {"path_config_source": {"path": str(sds_file)}}))))
     ctx = client_context(ca)
     assert serves(port, ctx, first)
     kept = open_connection(port, ctx)
-    assert echo_once(kept, b"before") == b"before"
+    assert echo(kept, b"before") == b"before"
 
     _swap(certs, second, 2)                               # ECDSA -> RSA, one rename
     wait_until(lambda: serves(port, ctx, second), 15, "the swapped certificate served")
-    assert echo_once(kept, b"after") == b"after"
+    assert echo(kept, b"after") == b"after"
     kept.close()
     assert "secrets updated (rotated): server" in b.log
 
@@ -195,29 +192,19 @@ def test_sds_over_ads_a_listener_waits_for_its_secret(upstreams, tmp_path):
     """LDS sends a TLS listener naming secret `default` over ADS (delta): it is not served,
     and Baton is not ready, until the secret arrives (Envoy's warming); then a rotation over
     the same stream, and a NACK while the rotated secret serves on."""
-    from ..xds_support.control_plane import CLUSTER, LISTENER
+    from ..xds_support.control_plane import LISTENER
     from ..xds_support.resources import ADS, bootstrap
     from .conftest import Baton
     ca = make_ca("ecdsa")
     first, second = leaf(ca, "ecdsa"), leaf(ca, "rsa")
-    echo = upstreams("echo")
+    echo_upstream = upstreams("echo")
     port = free_port()
     plane = ControlPlane()
     cp_port = plane.start()
     b = Baton(tmp_path / "b", bootstrap(free_port(), cp_port, "DELTA_GRPC"))
     try:
         tls = sds_transport_socket("default", {**ADS, "initial_fetch_timeout": "60s"})
-        plane.set_resources(CLUSTER, [{
-            "name": "echo", "type": "STATIC", "connect_timeout": "1s",
-            "load_assignment": {"cluster_name": "echo", "endpoints": [{"lb_endpoints": [{"endpoint": {
-                "address": {"socket_address": {"address": "127.0.0.1", "port_value": echo.port}}}}]}]}}],
-            "1")
-        plane.set_resources(LISTENER, [{
-            "name": "tls", "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
-            "filter_chains": [{"transport_socket": tls, "filters": [{
-                "name": "envoy.filters.network.tcp_proxy", "typed_config": {
-                    "@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
-                    "stat_prefix": "tls", "cluster": "echo"}}]}]}], "1")
+        serve_tls_echo(plane, echo_upstream.port, port, tls)
         b.launch()
         wait_until(lambda: plane.acked(LISTENER, "1"), 30, "LDS v1 ACKed")
         wait_until(lambda: _admin_up(b), 30, "the admin listener")
@@ -229,7 +216,7 @@ def test_sds_over_ads_a_listener_waits_for_its_secret(upstreams, tmp_path):
         ctx = client_context(ca)
         wait_until(lambda: _serves_now(port, ctx, first), 15, "the listener served once warm")
         kept = open_connection(port, ctx)
-        assert echo_once(kept, b"before") == b"before"
+        assert echo(kept, b"before") == b"before"
         plane.set_resources(SECRET, [inline_secret("default", second)], "2")
         wait_until(lambda: serves(port, ctx, second), 15, "the rotated certificate")
         plane.set_resources(SECRET, [{"name": "default", "tls_certificate": {
@@ -239,11 +226,27 @@ def test_sds_over_ads_a_listener_waits_for_its_secret(upstreams, tmp_path):
         assert ("Secret[default].tls_certificate.certificate_chain.filename: cannot read "
                 "'/nonexistent/tls.crt'" in nack["error_detail"]["message"])
         assert serves(port, ctx, second)
-        assert echo_once(kept, b"after") == b"after"
+        assert echo(kept, b"after") == b"after"
         kept.close()
     finally:
         b.stop()
         plane.close()
+
+
+def serve_tls_echo(plane, echo_port: int, port: int, transport_socket: dict) -> None:
+    """CDS: cluster `echo`; LDS: listener `tls` on `port`, TLS-terminating tcp_proxy to it."""
+    from ..xds_support.control_plane import CLUSTER, LISTENER
+    plane.set_resources(CLUSTER, [{
+        "name": "echo", "type": "STATIC", "connect_timeout": "1s",
+        "load_assignment": {"cluster_name": "echo", "endpoints": [{"lb_endpoints": [{"endpoint": {
+            "address": {"socket_address": {"address": "127.0.0.1", "port_value": echo_port}}}}]}]}}],
+        "1")
+    plane.set_resources(LISTENER, [{
+        "name": "tls", "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
+        "filter_chains": [{"transport_socket": transport_socket, "filters": [{
+            "name": "envoy.filters.network.tcp_proxy", "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+                "stat_prefix": "tls", "cluster": "echo"}}]}]}], "1")
 
 
 def _admin_up(b) -> bool:
@@ -266,7 +269,7 @@ def test_the_ads_stream_over_mtls(upstreams, tmp_path):
     istiod's port 15012 wants: the control plane requires the client certificate; Baton's
     agent connects, and the listener LDS sends is served."""
     import grpc
-    from ..xds_support.control_plane import CLUSTER, LISTENER
+    from ..xds_support.control_plane import LISTENER
     from ..xds_support.resources import bootstrap
     from .conftest import Baton
     from .tls_clients import tls_transport_socket
@@ -276,7 +279,7 @@ def test_the_ads_stream_over_mtls(upstreams, tmp_path):
         [(server.key_pem, server.cert_pem)], root_certificates=ca.cert_pem,
         require_client_auth=True))
     cp_port = plane.start()
-    echo = upstreams("echo")
+    echo_upstream = upstreams("echo")
     port = free_port()
     data = bootstrap(free_port(), cp_port, "GRPC")
     upstream_tls = {"@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
@@ -289,21 +292,11 @@ def test_the_ads_stream_over_mtls(upstreams, tmp_path):
         "name": "envoy.transport_sockets.tls", "typed_config": upstream_tls}
     b = Baton(tmp_path / "b", data)
     try:
-        plane.set_resources(CLUSTER, [{
-            "name": "echo", "type": "STATIC", "connect_timeout": "1s",
-            "load_assignment": {"cluster_name": "echo", "endpoints": [{"lb_endpoints": [{"endpoint": {
-                "address": {"socket_address": {"address": "127.0.0.1", "port_value": echo.port}}}}]}]}}],
-            "1")
-        plane.set_resources(LISTENER, [{
-            "name": "tls", "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
-            "filter_chains": [{"transport_socket": tls_transport_socket(leaf(ca, "ecdsa")), "filters": [{
-                "name": "envoy.filters.network.tcp_proxy", "typed_config": {
-                    "@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
-                    "stat_prefix": "tls", "cluster": "echo"}}]}]}], "1")
+        serve_tls_echo(plane, echo_upstream.port, port, tls_transport_socket(leaf(ca, "ecdsa")))
         b.start()
         assert plane.acked(LISTENER, "1")
         with open_connection(port, client_context(ca)) as tls:
-            assert echo_once(tls, b"over mTLS-configured ADS") == b"over mTLS-configured ADS"
+            assert echo(tls, b"over mTLS-configured ADS") == b"over mTLS-configured ADS"
         assert b.stats()["control_plane.connected_state"] == 1
     finally:
         b.stop()

@@ -7,13 +7,11 @@ after."""
 
 from __future__ import annotations
 
-import yaml
-
 from ..tls_certs import SPIFFE_ID, leaf, make_ca, spiffe_leaf
 from ..waiting import wait_until
 from .conftest import Baton, free_port
 from .differential.proxies import Envoy
-from .test_sds import SECRET_TYPE, _swap, readable, served_serial, shared_dir  # noqa: F401
+from .test_sds import _swap, mounted_secret, served_serial, shared_dir  # noqa: F401
 from .test_tls_differential import attempt
 from .tls_clients import TLS_CONTEXT_TYPE, client_context
 
@@ -59,18 +57,7 @@ def bootstrap(admin: int, static_port: int, rotating_port: int, upstream: int, c
 def test_static_and_rotated_secrets_match_envoy(tmp_path, upstreams, shared_dir):  # noqa: F811
     ca = make_ca("ecdsa")
     first, second = leaf(ca, "ecdsa"), leaf(ca, "rsa")
-    certs = shared_dir / "certs"
-    certs.mkdir(mode=0o755)
-    _swap(certs, first, 1)
-    for name in ("tls.crt", "tls.key"):
-        (certs / name).symlink_to(f"..data/{name}")
-    sds_file = shared_dir / "sds.yaml"
-    sds_file.write_text(yaml.safe_dump({"resources": [{
-        "@type": SECRET_TYPE, "name": "rotating", "tls_certificate": {
-            "certificate_chain": {"filename": str(certs / "tls.crt")},
-            "private_key": {"filename": str(certs / "tls.key")},
-            "watched_directory": {"path": str(certs)}}}]}))
-    readable(shared_dir)
+    certs, sds_file = mounted_secret(shared_dir, first, "rotating")
     echo = upstreams("echo")
     clients = [("SPIFFE client", client_context(ca, spiffe_leaf(ca))),
                ("no client certificate", client_context(ca)),

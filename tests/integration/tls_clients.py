@@ -53,14 +53,19 @@ def ssl_stats(b, port: int) -> dict[str, int]:
 def tls_roundtrip(port: int, ctx: ssl.SSLContext, payload: bytes = b"ping") -> bytes:
     with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
         with ctx.wrap_socket(raw, server_hostname="localhost") as tls:
-            tls.sendall(payload)
-            got = b""
-            while len(got) < len(payload):
-                data = tls.recv(65536)
-                if not data:
-                    break
-                got += data
-            return got
+            return echo(tls, payload)
+
+
+def echo(tls: ssl.SSLSocket, payload: bytes) -> bytes:
+    """Send `payload` on an open connection to an echo upstream; what comes back of it."""
+    tls.sendall(payload)
+    got = b""
+    while len(got) < len(payload):
+        data = tls.recv(65536)
+        if not data:
+            break
+        got += data
+    return got
 
 
 def client_context(ca, certificate=None, alpn=None, version=None) -> ssl.SSLContext:
