@@ -26,7 +26,7 @@ class Inspection(Connection):
 
     kind = "inspection"
     __slots__ = ("worker", "loop", "listener", "client", "peer", "original", "id", "buf", "timer",
-                 "state", "chain", "__weakref__")
+                 "state", "chain", "inspectors", "__weakref__")
 
     def __init__(self, worker, listener, client, peer, original, conn_id: int):
         self.worker = worker
@@ -40,7 +40,14 @@ class Inspection(Connection):
         self.state = Lifecycle.INSPECTING
         self.chain = None
         self.timer = None
-        if not listener.inspectors:
+        self.inspectors = listener.inspectors
+        if listener.inspectors_disabled:
+            try:
+                port = (original or client.getsockname())[1]
+            except OSError:
+                port = 0
+            self.inspectors = listener.inspectors_for(port)
+        if not self.inspectors:
             # Chains chosen by addresses and ports only: nothing to read first (a server that
             # speaks first must not wait for the client), as in Envoy.
             self.loop.call_soon(self._decide_now)
@@ -82,6 +89,12 @@ class Inspection(Connection):
 
     def _decide(self, result, eof: bool, read: bool = True) -> None:
         self._stop(read)
+        # An inspector filter_disabled for this port saw nothing: what only it would have
+        # recognised is plain bytes.
+        if result.transport == "tls" and "tls" not in self.inspectors:
+            result = RAW
+        elif result.transport != "tls" and result.protocols and "http" not in self.inspectors:
+            result = RAW
         try:
             local = self.original or self.client.getsockname()
         except OSError:                       # the client is gone already
@@ -102,7 +115,7 @@ class Inspection(Connection):
                                      (bytes(self.buf), eof) if read else None, self.id)
 
     def _stop(self, read: bool = True) -> None:
-        if read and self.listener.inspectors:
+        if read and self.inspectors:
             self.loop.remove_reader(self.client.fileno())
         if self.timer is not None:
             self.timer.cancel()

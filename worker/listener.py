@@ -96,7 +96,7 @@ class Listener:
                  "stat_global_cx_overflow", "stat_overload_reject", "ignore_global_limit", "spec",
                  "chains", "default_chain", "inspectors", "sniff_timeout", "sniff_continue",
                  "address", "port", "transparent", "original_dst", "use_original_dst",
-                 "default_filter_chain", "access_logs")
+                 "default_filter_chain", "access_logs", "inspectors_disabled")
 
     def __init__(self, worker, spec: dict, fd: int | None):
         """`fd` None: a listener with bind_to_port false, which has no socket of its own and
@@ -153,6 +153,8 @@ class Listener:
         self.default_chain = next((c for c in self.chains if not c.match
                                    and not c.spec.get("default")), self.default_filter_chain)
         self.inspectors = spec.get("inspectors") or []
+        # filter_disabled: {"tls" | "http": [[start, end)]} of destination ports to skip.
+        self.inspectors_disabled = spec.get("inspectors_disabled") or None
         self.sniff_timeout = spec.get("sniff_timeout")        # None: no timeout
         self.sniff_continue = spec.get("sniff_continue", False)
         self.pipe_capacity = pipe_capacity_for(spec.get("buffer_limit", 1 << 20))
@@ -178,6 +180,14 @@ class Listener:
     def selects_chains(self) -> bool:
         """Whether a connection must be inspected or matched before its chain is known."""
         return bool(self.inspectors) or any(c.match for c in self.chains)
+
+    def inspectors_for(self, port: int) -> list:
+        """The inspectors that run for a connection to `port` (filter_disabled)."""
+        disabled = self.inspectors_disabled
+        if not disabled:
+            return self.inspectors
+        return [kind for kind in self.inspectors
+                if not any(start <= port < end for start, end in disabled.get(kind, ()))]
 
     @property
     def bound(self) -> bool:

@@ -152,7 +152,8 @@ def translate_listener(pb, path, errors, warnings=None, clusters=None):
     else:
         errors.append(f"{join(path, 'address')}: required")
     chains = _filter_chains(pb, path, errors, warnings, clusters)
-    original_dst, inspectors = _listener_filters(pb, path, errors)
+    inspectors_disabled = {}
+    original_dst, inspectors = _listener_filters(pb, path, errors, inspectors_disabled)
     access_log = None
     if pb.access_log:
         from .http_filters import translate_access_logs
@@ -193,6 +194,8 @@ def translate_listener(pb, path, errors, warnings=None, clusters=None):
         "inspectors": inspectors,
         "sniff_timeout": sniff_timeout,   # None: no timeout
         "sniff_continue": pb.continue_on_listener_filters_timeout,
+        # filter_disabled: inspector -> [[start, end)] of destination ports it skips.
+        **({"inspectors_disabled": inspectors_disabled} if inspectors_disabled else {}),
         # IP_TRANSPARENT: accept connections addressed anywhere (TPROXY); the master binds it.
         "transparent": pb.transparent.value if pb.HasField("transparent") else False,
         # The original_dst listener filter: recover the address the client really dialled.
@@ -231,8 +234,10 @@ INSPECTORS = {  # listener filter name -> (typed_config type, what it sniffs)
 }
 
 
-def _listener_filters(pb, path, errors):
-    """(original_dst configured, [inspectors]); any other listener filter is refused."""
+def _listener_filters(pb, path, errors, disabled=None):
+    """(original_dst configured, [inspectors]); any other listener filter is refused.
+    `disabled` (a dict) receives, per inspector, the destination port ranges [start, end) its
+    filter_disabled skips it for (Istio's inbound listener skips both on its own port)."""
     found, inspectors = False, []
     by_type = {type_name: name for name, (type_name, _) in INSPECTORS.items()}
     for i, filter_pb in enumerate(pb.listener_filters):
@@ -252,13 +257,33 @@ def _listener_filters(pb, path, errors):
             filter_pb.typed_config.Unpack(config)
             check_fields(config, join(here, "typed_config"), errors, None)
         for field, _ in filter_pb.ListFields():
-            if field.name not in ("name", "typed_config"):
+            if field.name not in ("name", "typed_config", "filter_disabled"):
                 errors.append(f"{join(here, field.name)}: not supported")
+        if filter_pb.HasField("filter_disabled"):
+            ports = _port_range_predicate(filter_pb.filter_disabled,
+                                          join(here, "filter_disabled"), errors)
+            if ports is not None and sniffs is not None and disabled is not None:
+                disabled.setdefault(sniffs, []).append(ports)
+            elif ports is not None and sniffs is None:
+                errors.append(f"{join(here, 'filter_disabled')}: not supported on {name}")
         if sniffs is None:
             found = True
         elif sniffs not in inspectors:
             inspectors.append(sniffs)
     return found, inspectors
+
+
+def _port_range_predicate(pb, path, errors):
+    """ListenerFilterChainMatchPredicate -> [start, end), for the one form Istio sends."""
+    which = pb.WhichOneof("rule")
+    if which != "destination_port_range":
+        errors.append(f"{join(path, which or 'rule')}: not supported (destination_port_range only)")
+        return None
+    start, end = pb.destination_port_range.start, pb.destination_port_range.end
+    if not 0 <= start < end <= 65536:
+        errors.append(f"{path}.destination_port_range: [{start}, {end}) is not a port range")
+        return None
+    return [start, end]
 
 
 def _filter_chains(pb, path, errors, warnings, clusters):

@@ -234,3 +234,22 @@ def test_the_default_filter_chain_serves_only_when_nothing_matches():
     assert pick(chains, protocols=()) == "PassthroughFilterChain"
     # A catch-all chain in filter_chains is a match, so the default never serves.
     assert pick(chains[:2] + [chain("catch-all")] + chains[2:]) == "catch-all"
+
+
+def test_filter_disabled_skips_an_inspector_on_a_port_range():
+    inspectors = [{"name": f"envoy.filters.listener.{kind}_inspector",
+                   "filter_disabled": {"destination_port_range": {"start": 15006, "end": 15007}},
+                   "typed_config": {"@type": T + f"envoy.extensions.filters.listener.{kind}_inspector.v3."
+                                                 f"{kind.title()}Inspector"}}
+                  for kind in ("tls", "http")]
+    spec, errors, _ = listener(listener_filters=inspectors)
+    assert errors == [] and spec["inspectors"] == ["tls", "http"]
+    assert spec["inspectors_disabled"] == {"tls": [[15006, 15007]], "http": [[15006, 15007]]}
+    from baton.worker.listener import Listener
+    fake = SimpleNamespace(inspectors=["tls", "http"], inspectors_disabled=spec["inspectors_disabled"])
+    assert Listener.inspectors_for(fake, 15006) == []
+    assert Listener.inspectors_for(fake, 8080) == ["tls", "http"]
+    inspectors[0]["filter_disabled"] = {"not_match": {"any_match": True}}
+    _, errors, _ = listener(listener_filters=inspectors)
+    assert errors == ["l.listener_filters[0].filter_disabled.not_match: not supported "
+                      "(destination_port_range only)"]
