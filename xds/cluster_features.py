@@ -10,7 +10,8 @@ Keys (always present, Envoy's defaults when unset):
     outlier_detection   dict (all fields, defaults filled in) or None when unset
     health_checks  [dict], at most one (see _health_check for its keys)
     http2          upstream speaks HTTP/2 (explicit_http_config or the deprecated field);
-                   "downstream": the downstream request's protocol (use_downstream_protocol_config)
+                   "downstream": the downstream request's protocol (use_downstream_protocol_config);
+                   "auto": the one the upstream's ALPN chooses (auto_config, TLS only)
     http2_options  {"max_concurrent_streams", "initial_stream_window_size",
                     "initial_connection_window_size", "hpack_table_size"} or None
     common_http    {"idle_timeout": seconds or None (disabled), "max_requests_per_connection"}
@@ -78,6 +79,11 @@ def translate_cluster_features(pb, path, errors, warnings=None) -> dict:
     lb_policy = protos.Cluster.LbPolicy.Name(pb.lb_policy)
     limits = _request_limits(pb, path)
     common_http, http2, http2_options = _protocol_options(pb, path, errors)
+    tls = translate_cluster_tls(pb, path, errors, warnings)
+    if http2 == "auto" and not (tls.get("transport_socket") or any(
+            m["tls"] for m in tls.get("transport_socket_matches") or ())):
+        errors.append(f"{join(path, 'typed_extension_protocol_options')}: auto_config needs a "
+                      "TLS transport_socket (ALPN chooses the protocol), as in Envoy")
     return {
         **limits,
         "ring_hash": _ring_hash(pb, path, errors, warnings, lb_policy),
@@ -90,7 +96,7 @@ def translate_cluster_features(pb, path, errors, warnings=None) -> dict:
         "common_lb": _common_lb(pb, path, errors),
         # metadata, locality_weighted, source_address: xds/cluster_upstream.py.
         **translate_upstream(pb, path, errors),
-        **translate_cluster_tls(pb, path, errors, warnings),
+        **tls,
         **_auto_sni(pb, path, errors),
     }
 
@@ -390,7 +396,7 @@ def _protocol_options(pb, path, errors):
         options, here = typed
         for field, _ in options.ListFields():
             if field.name not in ("common_http_protocol_options", "explicit_http_config",
-                                  "use_downstream_protocol_config",
+                                  "use_downstream_protocol_config", "auto_config",
                                   "upstream_http_protocol_options"):    # _auto_sni
                 errors.append(f"{here}.{field.name}: not supported")
         if options.HasField("common_http_protocol_options"):
@@ -422,9 +428,22 @@ def _protocol_options(pb, path, errors):
             h2_options = _http2(downstream.http2_protocol_options,
                                 f"{where}.http2_protocol_options", errors)
             http2 = "downstream"
+        elif options.HasField("auto_config"):
+            # Envoy: HTTP/2 when the upstream's ALPN says h2, else HTTP/1.1; it needs a
+            # transport socket that negotiates ALPN (translate_cluster_features checks).
+            auto = options.auto_config
+            where = f"{here}.auto_config"
+            for field, _ in auto.ListFields():
+                if field.name not in ("http_protocol_options", "http2_protocol_options"):
+                    errors.append(f"{where}.{field.name}: not supported")
+            if auto.HasField("http_protocol_options"):
+                _http1(auto.http_protocol_options, f"{where}.http_protocol_options", errors)
+            h2_options = _http2(auto.http2_protocol_options, f"{where}.http2_protocol_options",
+                                errors)
+            http2 = "auto"
         else:
-            errors.append(f"{here}: explicit_http_config is required (or use_downstream_"
-                          "protocol_config; auto_config is not supported)")
+            errors.append(f"{here}: explicit_http_config is required (or "
+                          "use_downstream_protocol_config, or auto_config with upstream TLS)")
     else:
         if pb.HasField("http2_protocol_options"):
             http2 = True

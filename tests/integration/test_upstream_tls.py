@@ -191,10 +191,14 @@ def fetch(port: int, path: str = "/", host: str | None = None) -> tuple[int, byt
 
 
 def http_cluster(name: str, port: int, transport_socket: dict, http2=False, auto_sni=False) -> dict:
+    """http2: True (explicit HTTP/2), False (HTTP/1.1) or "auto" (auto_config: ALPN decides)."""
     cluster = static_cluster(name, port)
     cluster["transport_socket"] = transport_socket
-    options = {"@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-               "explicit_http_config": {"http2_protocol_options" if http2 else "http_protocol_options": {}}}
+    options = {"@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions"}
+    if http2 == "auto":
+        options["auto_config"] = {"http2_protocol_options": {}}
+    else:
+        options["explicit_http_config"] = {"http2_protocol_options" if http2 else "http_protocol_options": {}}
     if auto_sni:
         options["upstream_http_protocol_options"] = {"auto_sni": True, "auto_san_validation": True}
     cluster["typed_extension_protocol_options"] = {

@@ -268,8 +268,9 @@ C = "static_resources.clusters[0]"
         explicit_http_config={"http3_protocol_options": {}})},
      "explicit_http_config: http3_protocol_options not supported"),
     # (use_downstream_protocol_config, refused here before, is supported since issue 14.)
+    # auto_config is supported with upstream TLS (ALPN decides); a plain cluster is refused.
     ({"typed_extension_protocol_options": typed_http(auto_config={})},
-     "auto_config: not supported"),
+     "auto_config needs a TLS transport_socket (ALPN chooses the protocol), as in Envoy"),
     ({"typed_extension_protocol_options": typed_http(use_downstream_protocol_config={
         "http2_protocol_options": {"initial_stream_window_size": 100}})},
      "use_downstream_protocol_config.http2_protocol_options.initial_stream_window_size: 100 is "

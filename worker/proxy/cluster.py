@@ -106,8 +106,9 @@ class Cluster:
         self.buffer_limit = int(spec.get("buffer_limit", 1 << 20))
         self.pipe_capacity = pipe_capacity_for(self.buffer_limit)
         http2 = spec.get("http2", False)
-        # "downstream" (use_downstream_protocol_config): the pool follows each request.
-        self.http2 = http2 if http2 == "downstream" else bool(http2)
+        # "downstream" (use_downstream_protocol_config): the pool follows each request;
+        # "auto" (auto_config): the upstream's ALPN decides (pool.py).
+        self.http2 = http2 if http2 in ("downstream", "auto") else bool(http2)
         self.http2_options = spec.get("http2_options")
         self.common_http = spec.get("common_http") or {"idle_timeout": 3600.0,
                                                        "max_requests_per_connection": None}

@@ -55,11 +55,8 @@ class UpstreamConnection(asyncio.Protocol):
     def __init__(self, pool: "HostPool"):
         self.pool = pool
         self.transport = None
-        if pool.http2:
-            from ...codecs.http2 import Http2ClientCodec
-            self.codec = Http2ClientCodec(**pool.http2_options)
-        else:
-            self.codec = Http1ClientCodec()
+        # auto_config: the codec waits for the handshake's ALPN (connection_made).
+        self.codec = None if pool.auto else _codec(pool.http2, pool.http2_options)
         self.streams: dict = {}
         self.closed = False
         self.paused = False
@@ -72,6 +69,9 @@ class UpstreamConnection(asyncio.Protocol):
 
     def connection_made(self, transport) -> None:
         self.transport = transport
+        if self.codec is None:
+            self.pool.learn_protocol(transport)
+            self.codec = _codec(self.pool.http2, self.pool.http2_options)
         transport.set_write_buffer_limits(high=self.pool.cluster.buffer_limit)
         try:
             self.local = transport.get_extra_info("sockname")
@@ -182,12 +182,21 @@ class UpstreamConnection(asyncio.Protocol):
         return not pool.http2 or len(self.streams) < pool.max_streams
 
 
+def _codec(http2: bool, http2_options: dict):
+    if http2:
+        from ...codecs.http2 import Http2ClientCodec
+        return Http2ClientCodec(**http2_options)
+    return Http1ClientCodec()
+
+
 class HostPool:
-    """Connections to one host of one cluster."""
+    """Connections to one host of one cluster. `http2` "auto" (auto_config): HTTP/1.1 until
+    a handshake's ALPN says h2, as Envoy's mixed pool; the host's answer then holds for the
+    pool (a server does not change its protocols between connections)."""
 
     __slots__ = ("manager", "cluster", "host", "loop", "idle", "busy", "connecting", "waiters",
                  "http2", "http2_options", "mark", "stat", "max_requests", "max_streams",
-                 "tls", "sni", "expected_san")
+                 "tls", "sni", "expected_san", "auto")
 
     def __init__(self, manager, cluster, host, http2=None, tls=None, sni=None, expected_san=None):
         self.manager = manager
@@ -198,7 +207,8 @@ class HostPool:
         self.busy: set[UpstreamConnection] = set()
         self.connecting = 0
         self.waiters: deque = deque()
-        self.http2 = cluster.http2 is True if http2 is None else http2
+        self.auto = http2 == "auto"
+        self.http2 = False if self.auto else cluster.http2 is True if http2 is None else http2
         options = cluster.http2_options or {}
         self.max_streams = options.get("max_concurrent_streams") or 2147483647
         self.max_requests = cluster.common_http.get("max_requests_per_connection") or 0
@@ -336,8 +346,9 @@ class HostPool:
         self.host.total += 1
         self.connecting += 1
         self.stat[cluster.stat["upstream_cx_total"]] += 1
-        self.stat[cluster.stat["upstream_cx_http2_total" if self.http2 else
-                               "upstream_cx_http1_total"]] += 1
+        if not self.auto:                   # auto: counted once ALPN says (learn_protocol)
+            self.stat[cluster.stat["upstream_cx_http2_total" if self.http2 else
+                                   "upstream_cx_http1_total"]] += 1
         self.manager.stats.gauges[cluster.stat["upstream_cx_active"]] += 1
         self.loop.create_task(self._open())
 
@@ -407,6 +418,15 @@ class HostPool:
         else:
             self.release(conn)
 
+    def learn_protocol(self, transport) -> None:
+        """auto_config: the protocol a new connection speaks, from its ALPN (HTTP/1.1 for a
+        plain host or no ALPN, as Envoy falls back)."""
+        session = transport.get_extra_info("ssl_object")
+        alpn = session.selected_alpn_protocol() if session is not None else None
+        self.http2 = alpn == "h2"
+        self.stat[self.cluster.stat["upstream_cx_http2_total" if self.http2 else
+                                    "upstream_cx_http1_total"]] += 1
+
     async def _dial(self, sock):
         """Connect, then, for a TLS pool, run the client handshake over the socket: the
         record layer that carries the session on (None for plain TCP)."""
@@ -415,7 +435,7 @@ class HostPool:
         if self.tls is None:
             return None
         from ...tls.client import ClientConnect
-        alpn = ("h2",) if self.http2 else ("http/1.1",)
+        alpn = ("h2", "http/1.1") if self.auto else ("h2",) if self.http2 else ("http/1.1",)
         connect = ClientConnect(self.tls, self.sni, alpn, self.expected_san)
         out = connect.start()
         while True:
@@ -495,7 +515,7 @@ class PoolManager:
         http2 = cluster.http2
         if http2 == "downstream":
             http2 = downstream_http2
-        tls = sni = san = None
+        tls = sni = san = None              # http2 "auto": one pool, ALPN decides
         if cluster.transports is not None or cluster.tls_matches:
             tls = cluster.transport_for(host, count=False)
             if tls is not None:
