@@ -17,8 +17,9 @@ def descriptor(args) -> str:
 
 
 def dubbo_body(service: str, method: str, args=(), attachments=None, *, version: str = "",
-               dubbo_version: str = "2.0.2", rng: random.Random | None = None) -> bytes:
-    writer = Writer(rng)
+               dubbo_version: str = "2.0.2", rng: random.Random | None = None,
+               canonical: bool = False) -> bytes:
+    writer = Writer(rng, canonical)
     for value in (dubbo_version, service, version, method, descriptor(args), *args,
                   dict(attachments or {})):
         writer.write(value)
@@ -26,18 +27,19 @@ def dubbo_body(service: str, method: str, args=(), attachments=None, *, version:
 
 
 def dubbo_request(request_id: int, service: str, method: str, args=(), attachments=None, *,
-                  version: str = "", two_way: bool = True, rng=None) -> bytes:
+                  version: str = "", two_way: bool = True, rng=None,
+                  canonical: bool = False) -> bytes:
     flags = dubbo.FLAG_REQUEST | dubbo.HESSIAN2 | (dubbo.FLAG_TWO_WAY if two_way else 0)
-    return dubbo.frame(flags, 0, request_id,
-                       dubbo_body(service, method, args, attachments, version=version, rng=rng))
+    return dubbo.frame(flags, 0, request_id, dubbo_body(
+        service, method, args, attachments, version=version, rng=rng, canonical=canonical))
 
 
 def dubbo_response(request_id: int, value, status: int = dubbo.OK) -> bytes:
-    """A provider's answer: response type 1 (a value) and the value."""
-    writer = Writer(random.Random(request_id))
-    writer.write(1)
+    """A provider's answer: response type 1 (a value: the compact int 0x91, as Dubbo's
+    writeByte writes it) and the value."""
+    writer = Writer(canonical=True)
     writer.write(value)
-    return dubbo.frame(dubbo.HESSIAN2, status, request_id, writer.bytes())
+    return dubbo.frame(dubbo.HESSIAN2, status, request_id, b"\x91" + writer.bytes())
 
 
 def dubbo_value(frame) -> object:

@@ -15,8 +15,13 @@ from baton.worker.codecs.hessian2 import Date, JavaObject
 
 
 class Writer:
-    def __init__(self, rng: random.Random | None = None):
+    """`canonical`: always the shortest form, untyped maps and lists, no chunks (what
+    dubbo-go and hessian.js write; Envoy 1.40's dubbo_proxy reads attachments only from an
+    untyped map)."""
+
+    def __init__(self, rng: random.Random | None = None, canonical: bool = False):
         self.rng = rng or random.Random(0)
+        self.canonical = canonical
         self.out = bytearray()
         self.types: dict[str, int] = {}
         self.classes: dict[tuple, int] = {}
@@ -75,8 +80,11 @@ class Writer:
         fits32 = -2**31 <= v < 2**31
         if not -2**63 <= v < 2**63:
             raise ValueError("beyond 64 bits")
-        long_form = (not fits32) or (as_long if as_long is not None else self._flip())
-        compact = self._flip() or self._flip()
+        if self.canonical:
+            long_form, compact = not fits32 or bool(as_long), True
+        else:
+            long_form = (not fits32) or (as_long if as_long is not None else self._flip())
+            compact = self._flip() or self._flip()
         if not long_form:
             if compact and -0x10 <= v <= 0x2F:
                 out.append(0x90 + v)
@@ -135,6 +143,15 @@ class Writer:
     def write_string(self, text: str, chunk: int | None = None) -> None:
         units = self._units(text)
         n = len(units)
+        if self.canonical and chunk is None and n <= 0xFFFF:
+            body = b"".join(units)
+            if n <= 31:
+                self.out += bytes((n,)) + body
+            elif n <= 1023:
+                self.out += bytes((0x30 + (n >> 8), n & 0xFF)) + body
+            else:
+                self.out += b"S" + struct.pack(">H", n) + body
+            return
         if chunk is None and self._flip() and n > 1:
             chunk = self.rng.randint(1, n)
         out = self.out
@@ -184,9 +201,9 @@ class Writer:
 
     def _list(self, items: list) -> None:
         out = self.out
-        typed = self._flip()
+        typed = self._flip() and not self.canonical
         n = len(items)
-        form = self.rng.choice(("variable", "fixed", "short"))
+        form = "short" if self.canonical else self.rng.choice(("variable", "fixed", "short"))
         if form == "short" and n <= 7:
             out.append((0x70 if typed else 0x78) + n)
             if typed:
@@ -206,7 +223,7 @@ class Writer:
             out += b"Z"
 
     def _map(self, mapping: dict) -> None:
-        if self._flip():
+        if self._flip() and not self.canonical:
             self.out += b"M"
             self._type("java.util.HashMap")
         else:
@@ -235,8 +252,8 @@ class Writer:
             self.write(value)
 
 
-def encode(*values, rng: random.Random | None = None) -> bytes:
-    writer = Writer(rng)
+def encode(*values, rng: random.Random | None = None, canonical: bool = False) -> bytes:
+    writer = Writer(rng, canonical)
     for value in values:
         writer.write(value)
     return writer.bytes()
