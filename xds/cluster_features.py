@@ -84,12 +84,20 @@ def translate_cluster_features(pb, path, errors, warnings=None) -> dict:
             m["tls"] for m in tls.get("transport_socket_matches") or ())):
         errors.append(f"{join(path, 'typed_extension_protocol_options')}: auto_config needs a "
                       "TLS transport_socket (ALPN chooses the protocol), as in Envoy")
+    health_checks = _health_checks(pb, path, errors)
+    if tls and any(check["kind"] == "http" or (check["tcp"] or {}).get("send")
+                   or (check["tcp"] or {}).get("receive") for check in health_checks):
+        # Envoy checks a TLS host over TLS; Baton's health checker (worker/proxy/health.py)
+        # speaks plain TCP, so its verdict would be wrong: refused, not silently wrong.
+        errors.append(f"{join(path, 'health_checks')}[0]: an HTTP or payload health check on a "
+                      "cluster with upstream TLS is not supported (a connect-only "
+                      "tcp_health_check is)")
     return {
         **limits,
         "ring_hash": _ring_hash(pb, path, errors, warnings, lb_policy),
         "maglev": _maglev(pb, path, errors, warnings, lb_policy),
         "outlier_detection": _outlier_detection(pb, path, errors),
-        "health_checks": _health_checks(pb, path, errors),
+        "health_checks": health_checks,
         "http2": http2,
         "http2_options": http2_options,
         "common_http": common_http,

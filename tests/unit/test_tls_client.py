@@ -53,6 +53,8 @@ def run(connect: ClientConnect, peer: MemoryPeer, rounds: int = 10):
             peer.obj.do_handshake()
         except ssl.SSLWantReadError:
             pass
+        except ssl.SSLError:
+            pass                # the server refused: its alert is what Baton reads next
         out = connect.receive(peer.take(), False)
         peer.feed(out)
         if connect.layer is not None:
@@ -169,3 +171,18 @@ def test_a_secret_not_yet_received_fails_closed():
     client.count(info.value.counter)
     assert counters["cluster.c.client_ssl_socket_factory.upstream_context_secrets_not_ready"] == 1
     assert counters["cluster.c.ssl.handshake"] == 0
+
+
+def test_tls_params_reach_the_handshake():
+    """tls_params: the TLS 1.2 suite and the curve offered are the configured ones."""
+    client, counters = client_with_stats(max_version="TLSv1_2", ecdh_curve="prime256v1",
+                                         cipher_suites=["ECDHE-ECDSA-AES128-GCM-SHA256"])
+    peer = MemoryPeer(server()[0], server_side=True)
+    layer = run(ClientConnect(client, "backend.example"), peer)
+    assert peer.obj.cipher()[0] == "ECDHE-ECDSA-AES128-GCM-SHA256" == layer.suite.name
+    assert counters["cluster.c.ssl.ciphers.ECDHE-ECDSA-AES128-GCM-SHA256"] == 1
+    too_new = TlsClient(spec(min_version="TLSv1_3"))
+    old_server = MemoryPeer(server(version=ssl.TLSVersion.TLSv1_2)[0], server_side=True)
+    with pytest.raises(HandshakeRefused) as info:
+        run(ClientConnect(too_new, "backend.example"), old_server)
+    assert info.value.counter == "connection_error"

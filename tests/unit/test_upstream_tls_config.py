@@ -169,3 +169,14 @@ def test_static_secrets_resolve_into_an_upstream_context(load):
     assert spec["certificates"] == [{"chain": me.cert_pem.decode(), "key": me.key_pem.decode()}]
     assert spec["trusted_ca"] == ca.cert_pem.decode() and spec["missing_secrets"] == []
     assert spec["san_matchers"][0]["type"] == "URI"
+
+
+def test_a_health_check_that_would_speak_plain_text_to_a_tls_host_is_refused(errors, load):
+    http_check = {"timeout": "1s", "interval": "5s", "unhealthy_threshold": 2, "healthy_threshold": 1,
+                  "http_health_check": {"path": "/healthz"}}
+    lines = errors(bootstrap(transport_socket=upstream_tls(), health_checks=[http_check]))
+    assert any(line.startswith(f"{CLUSTER}.health_checks[0]: an HTTP or payload health check")
+               for line in lines), lines
+    connect_only = {**http_check, "tcp_health_check": {}}
+    del connect_only["http_health_check"]
+    assert cluster_of(load(bootstrap(transport_socket=upstream_tls(), health_checks=[connect_only])))
