@@ -332,6 +332,10 @@ def _filter_chain(chain, here, match, errors, warnings, clusters):
     if filters is None:
         return None
     kind = filters["terminal"]
+    if tls is not None and kind in ("dubbo", "bolt"):     # worker/proxy/rpc/ has no TLS yet
+        errors.append(f"{join(here, 'transport_socket')}: TLS in front of {kind} is not "
+                      "supported yet")
+        return None
     result = {"match": match, "terminal": kind, "tcp_proxy": filters.get("tcp_proxy"),
               "http": filters.get("http"), kind: filters[kind]}
     if filters[kind] is None:

@@ -133,3 +133,23 @@ def test_bootstrap_listeners_translate(tmp_path, kind):
     snapshot = load_bootstrap(str(path))
     chain = snapshot["listeners"][0]["filter_chains"][0]
     assert chain["terminal"] == kind and chain[kind]["stat_prefix"] == "rpc_in"
+
+
+def test_tls_in_front_of_an_rpc_proxy_is_refused(tmp_path):
+    import yaml
+    from baton.tests.integration.test_rpc_proxy import rpc_bootstrap
+    from baton.tests.tls_certs import leaf, make_ca
+    from baton.tests.unit.test_tls_config import certificate
+    from baton.xds.bootstrap import ConfigError, load_bootstrap
+    data = rpc_bootstrap(1, {"dubbo": 2}, {"up": 3})
+    data["static_resources"]["listeners"][0]["filter_chains"][0]["transport_socket"] = {
+        "name": "envoy.transport_sockets.tls", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3"
+                     ".DownstreamTlsContext",
+            "common_tls_context": {"tls_certificates": [certificate(leaf(make_ca()))]}}}
+    path = tmp_path / "b.yaml"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError) as info:
+        load_bootstrap(str(path))
+    assert any("filter_chains[0].transport_socket: TLS in front of dubbo is not supported yet"
+               in e for e in info.value.errors), info.value.errors
