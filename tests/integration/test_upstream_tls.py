@@ -242,3 +242,41 @@ def test_http_router_to_tls_upstreams(baton, tls_upstreams):
     assert stats["cluster.bad.upstream_cx_connect_fail"] == 1
     assert stats["cluster.auto.ssl.fail_verify_san"] == 1
     assert stats["cluster.h1.ssl.handshake"] == 1
+
+
+def test_an_upstream_that_stalls_or_speaks_garbage_fails_only_its_connect(baton, tls_upstreams):
+    """An upstream that accepts and never answers the ClientHello: the connect timeout ends it
+    (upstream_cx_connect_timeout); one that answers with plain text: ssl.connection_error; in
+    both cases a connect failure, tcp_proxy tries the next host, and the client is served."""
+    good = tls_upstreams("echo")
+    stall = socket.create_server(("127.0.0.1", 0))         # accepted by the kernel, never read
+    garbage = socket.create_server(("127.0.0.1", 0))
+    import threading
+
+    def answer_garbage():
+        while True:
+            try:
+                conn, _ = garbage.accept()
+            except OSError:
+                return
+            conn.sendall(b"HTTP/1.1 400 Bad Request\r\n\r\n")
+            conn.close()
+    threading.Thread(target=answer_garbage, daemon=True).start()
+    try:
+        port = free_port()
+        data = tls_tcp_bootstrap(port, good.port, upstream_tls_socket(CA), connect_timeout="0.5s",
+                                 max_connect_attempts=3, lb_policy="ROUND_ROBIN")
+        endpoints = data["static_resources"]["clusters"][0]["load_assignment"]["endpoints"][0]["lb_endpoints"]
+        endpoints[:0] = [{"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": p}}}}
+                         for p in (stall.getsockname()[1], garbage.getsockname()[1])]
+        b = baton(data, concurrency=1)
+        for i in range(3):
+            assert echo_once(port, b"served %d" % i) == b"served %d" % i
+        stats = cluster_stats(b)
+        assert stats["upstream_cx_connect_timeout"] >= 1
+        assert stats["ssl.connection_error"] >= 1
+        assert stats["upstream_cx_connect_fail"] >= 2
+        assert stats["ssl.handshake"] == 3
+    finally:
+        stall.close()
+        garbage.close()
