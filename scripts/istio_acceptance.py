@@ -8,8 +8,10 @@ For every Envoy /config_dump in DUMP_DIR (default ../shared/istio-dumps, or $IST
 the dump's own `extract.py --dynamic-only` pulls out what istiod sent, and every resource goes
 through xds/dynamic.py's DynamicConfig.apply, one resource per update: the very code that
 ACKs or NACKs a resource arriving over ADS, run in a fresh process that, like the xDS agent,
-has imported no Envoy module the translators do not import themselves. Prints, per resource type, how many are accepted,
-and the refusal reasons ranked by the number of resources each one blocks (a reason's path is
+has imported no Envoy module the translators do not import themselves. Prints, per resource
+type, how many are accepted, how many of the refused ones wait for TLS alone (transport
+sockets, SDS, the metadata exchange that only runs over mTLS), and the refusal reasons
+ranked by the number of resources each one blocks (a reason's path is
 generalised: indices and names in brackets become [], so "Listener[x].filter_chains[3]..." of
 every listener counts as one reason).
 
@@ -147,13 +149,24 @@ def encode_dumps(dumps):
     return encoded, unknown
 
 
+# Refusals that wait for TLS (transport sockets, SDS secrets, and the metadata exchange that
+# only runs over mTLS), which other work is building: counted apart, so that what is left
+# for the rest shows.
+_TLS_MARKS = ("transport_socket", "over a TLS chain", "over an upstream transport socket")
+
+
+def needs_tls(error):
+    return any(mark in error for mark in _TLS_MARKS)
+
+
 def judge(encoded):
     """Every resource through DynamicConfig.apply. Run in a fresh process (see main): the
     agent decodes binary resources without importing every Envoy module first, and a
     translator that relies on a type being imported must be judged that way.
-    -> {kind: {"total", "accepted", "reasons": Counter, "per_dump": {dump: [acc, tot]}}}"""
+    -> {kind: {"total", "accepted", "tls_only", "reasons": Counter,
+               "per_dump": {dump: [acc, tot]}}}; tls_only: refused for TLS reasons alone."""
     urls = {kind: type_url for kind, type_url, *_ in KINDS}
-    result = {kind: {"total": 0, "accepted": 0, "reasons": collections.Counter(),
+    result = {kind: {"total": 0, "accepted": 0, "tls_only": 0, "reasons": collections.Counter(),
                      "per_dump": {}} for kind, *_ in KINDS}
     configs = {}
     for label, kind, name, data, failure in encoded:
@@ -173,16 +186,19 @@ def judge(encoded):
         if not errors:
             tally["accepted"] += 1
             counts[0] += 1
+        elif all(needs_tls(e) for e in errors):
+            tally["tls_only"] += 1
         for why in sorted({reason(e) for e in errors}):
             tally["reasons"][why] += 1
     return result
 
 
 def report(result, unknown, top):
-    lines = ["| type | accepted | of | refused |", "|---|---:|---:|---:|"]
+    lines = ["| type | accepted | of | refused | of which for TLS alone |",
+             "|---|---:|---:|---:|---:|"]
     for kind, tally in result.items():
         lines.append(f"| {kind} | {tally['accepted']} | {tally['total']} | "
-                     f"{tally['total'] - tally['accepted']} |")
+                     f"{tally['total'] - tally['accepted']} | {tally['tls_only']} |")
     for kind, tally in result.items():
         if not tally["total"]:
             continue
