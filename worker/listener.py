@@ -56,7 +56,7 @@ class Chain:
             self.cx_total = self.no_route = self.rx_bytes = self.tx_bytes = None
             self.idle_timeout = self.rx_buffered = self.tx_buffered = None
             return
-        if self.tcp_proxy.get("access_log"):
+        if self.tcp_proxy is not None and self.tcp_proxy.get("access_log"):
             from .connection_log import build_access_logs
             self.access_logs = build_access_logs(self.tcp_proxy["access_log"], worker)
         tcp = f"tcp.{self.tcp_proxy['stat_prefix']}."
