@@ -174,6 +174,7 @@ def test_dubbo_local_replies_heartbeats_oneway_and_bad_frames(baton, processes):
                   {"match": {"method": {"name": {"exact": "echo"}}}, "route": {"cluster": "up"}}]},
               {"interface": SERVICE, "routes": [
                   {"match": {"method": {"name": {"prefix": "s"}}}, "route": {"cluster": "up"}},
+                  {"match": {"method": {"name": {"exact": "acks"}}}, "route": {"cluster": "up"}},
                   {"match": {"method": {"name": {"exact": "lost"}}}, "route": {"cluster": "down"}}]}]
     b = baton(rpc_bootstrap(free_port(), {"dubbo": port}, {"up": up, "down": free_port()},
                             routes={"dubbo": routes}), concurrency=1)
@@ -194,6 +195,9 @@ def test_dubbo_local_replies_heartbeats_oneway_and_bad_frames(baton, processes):
     assert b"dubbo upstream request: remote connection failure '127.0.0.1:" in frames[5].raw
     client.send(dubbo_request(6, SERVICE, "seen", []))
     assert dubbo_value(client.receive(1)[0]) == 3       # echo, the oneway sink, seen
+    # The provider's own heartbeat on the upstream connection was answered by Baton.
+    client.send(dubbo_request(8, SERVICE, "acks", []))
+    assert dubbo_value(client.receive(1)[0]) == 1
     # A malformed frame closes that connection only.
     other = RawClient("dubbo", port)
     client.send(b"\xda\xbb\xc2\x00" + b"\x00" * 8 + b"\x00\x00\x00\x02" + b"\x91\x91")
@@ -202,11 +206,11 @@ def test_dubbo_local_replies_heartbeats_oneway_and_bad_frames(baton, processes):
     assert dubbo_value(other.receive(1)[0]) == "P:echo:ok"
     stats = rpc_stats(b, "dubbo.rpc_in.")
     assert stats["dubbo.rpc_in.request_event"] == 1
-    assert stats["dubbo.rpc_in.request"] == 6           # the heartbeat is not a request
+    assert stats["dubbo.rpc_in.request"] == 7           # the heartbeat is not a request
     assert stats["dubbo.rpc_in.request_oneway"] == 1
     assert stats["dubbo.rpc_in.local_response_business_exception"] == 2
     assert stats["dubbo.rpc_in.request_decoding_error"] == 1
-    assert stats["dubbo.rpc_in.response_success"] == 3
+    assert stats["dubbo.rpc_in.response_success"] == 4
     other.close()
 
 

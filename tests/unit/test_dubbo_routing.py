@@ -153,3 +153,26 @@ def test_tls_in_front_of_an_rpc_proxy_is_refused(tmp_path):
         load_bootstrap(str(path))
     assert any("filter_chains[0].transport_socket: TLS in front of dubbo is not supported yet"
                in e for e in info.value.errors), info.value.errors
+
+
+def test_bolt_requests_route_on_the_unique_name_and_the_sofa_request():
+    from baton.worker.codecs import bolt
+    from baton.worker.codecs.hessian2 import write_string as s
+    from baton.worker.proxy.rpc.protocols import Bolt
+    sofa = "com.alipay.sofa.rpc.core.request.SofaRequest"
+    frame = bolt.Decoder().feed(bolt.request(1, sofa, {"service": "a.B:1.0:blue",
+                                                       "sofa_head_method_name": "m"}))[0]
+    request, timeout = Bolt.request(frame, False)
+    assert (request.service, request.version, request.group, request.method) == \
+        ("a.B", "1.0", "blue", "m")
+    assert timeout is None
+    # sofa-rpc-node: no method header; the SofaRequest in the 2.0 draft form of Hessian 3.x
+    # ('O', the type's length and bytes, the field names; 'o' and the definition's index).
+    draft = (b"O" + bytes((0x90 + len(sofa),)) + sofa.encode() + b"\x92" + s("methodName")
+             + s("methodArgSigs") + b"o\x90" + s("sayHello") + b"Vt\x00\x07[string\x90z")
+    frame = bolt.Decoder().feed(bolt.request(2, sofa, {"service": "a.B:1.0"}, draft,
+                                             timeout=1500))[0]
+    request, timeout = Bolt.request(frame, False)
+    assert (request.service, request.version, request.group, request.method) == \
+        ("a.B", "1.0", None, "sayHello")
+    assert timeout == 1.5

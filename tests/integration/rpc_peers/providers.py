@@ -5,7 +5,8 @@
 Answers every request with "NAME:<method>:<first argument>" (Dubbo; Bolt: "NAME:<method>").
 Method "sleep" waits its first argument's seconds (Dubbo) or 3 s (Bolt) first. Method "seen"
 answers with the number of requests this provider received so far, oneway ones included.
-Heartbeats are answered. Prints "ready PORT" once listening (port 0 picks one).
+Heartbeats are answered. A Dubbo provider also sends a heartbeat on each new connection, as
+Dubbo providers do on idle ones; method "acks" answers how many were answered. Prints "ready PORT" once listening (port 0 picks one).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from baton.tests.integration.rpc_peers.hessian_writer import Writer
 
 class Provider(asyncio.Protocol):
     seen = 0
+    acks = 0
 
     def __init__(self, kind: str, name: str):
         self.kind, self.name = kind, name
@@ -30,6 +32,8 @@ class Provider(asyncio.Protocol):
 
     def connection_made(self, transport):
         self.transport = transport
+        if self.kind == "dubbo":
+            transport.write(dubbo.heartbeat_request(1 << 40))
 
     def data_received(self, data):
         for frame in self.decoder.feed(data):
@@ -39,13 +43,17 @@ class Provider(asyncio.Protocol):
                 self.bolt(frame)
 
     def dubbo(self, frame):
+        if not frame.is_request:
+            Provider.acks += frame.is_event and frame.request_id == 1 << 40
+            return
         if frame.is_event:
             self.transport.write(dubbo.heartbeat_response(frame))
             return
         Provider.seen += 1
         call = dubbo.invocation(frame)
         arg = call.arguments[0] if call.arguments else None
-        answer = Provider.seen if call.method == "seen" else f"{self.name}:{call.method}:{arg}"
+        answer = {"seen": Provider.seen, "acks": Provider.acks}.get(
+            call.method, f"{self.name}:{call.method}:{arg}")
         delay = float(arg) if call.method == "sleep" else 0
         if frame.two_way:
             self.later(delay, dubbo_response(frame.request_id, answer))
