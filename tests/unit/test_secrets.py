@@ -229,3 +229,21 @@ def test_a_tls_spec_whose_secrets_rotate_keeps_its_chain():
     assert only_secrets_differ(before, {**before, "certificates": [{"chain": "B", "key": "b"}]})
     assert not only_secrets_differ(before, {**before, "alpn": ["http/1.1"]})
     assert not only_secrets_differ(before, dict(before))
+
+
+def test_a_context_waiting_for_its_secrets_refuses_every_handshake():
+    """Fail closed in the worker: no certificate until every secret is known, so OpenSSL
+    refuses the handshake (ssl.connection_error), even though a CA secret is missing too."""
+    from baton.worker.tls.handover import HandshakeFailed
+    from baton.worker.tls.server import TlsServer
+    from .test_tls_server import client, served, spec
+    ca = make_ca("ecdsa")
+    source = {"key": "ads", "kind": "ads", "initial_fetch_timeout": 1.0}
+    tls = {**spec(leaf(ca, "ecdsa")), "certificates": [], "require_client_certificate": True}
+    tls["sds"] = {"certificates": [{"name": "default", "source": source, "path": "p"}],
+                  "validation": {"name": "ROOTCA", "source": source, "path": "q"},
+                  "base": {"certificates": [], "trusted_ca": None, "san_matchers": []}}
+    server = TlsServer(resolve_tls(tls, {}))
+    with pytest.raises(HandshakeFailed) as info:
+        served(server, client(ca, leaf(ca, "ecdsa", client=True)))
+    assert server.failure_of(info.value) == "connection_error"
