@@ -270,3 +270,24 @@ def test_a_reload_lets_requests_in_flight_finish_then_closes_the_connection(bato
     fresh.send(dubbo_request(2, SERVICE, "echo", ["new"]))
     assert dubbo_value(fresh.receive(1)[0]) == "P:echo:new"
     fresh.close()
+
+
+def test_an_idle_upstream_connection_closes_after_the_clusters_idle_timeout(baton, processes):
+    up = provider(processes, "bolt", "Q")
+    port = free_port()
+    bootstrap = rpc_bootstrap(free_port(), {"bolt": port}, {"up": up})
+    bootstrap["static_resources"]["clusters"][0]["typed_extension_protocol_options"] = {
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+            "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+            "common_http_protocol_options": {"idle_timeout": "0.5s"},
+            "explicit_http_config": {"http_protocol_options": {}}}}
+    b = baton(bootstrap, concurrency=1)
+    client = RawClient("bolt", port)
+    for rid in (1, 2):      # the second call opens a new upstream connection after the idle close
+        client.send(bolt_request(rid, f"{SERVICE}:1.0", "hello"))
+        assert client.receive(1)[0].status == bolt.SUCCESS
+        wait_until(lambda: b.stats()["cluster.up.upstream_cx_idle_timeout"] == rid, 10,
+                   "the idle upstream connection to close")
+    stats = b.stats()
+    assert stats["cluster.up.upstream_cx_total"] == 2 and stats["cluster.up.upstream_cx_active"] == 0
+    client.close()

@@ -24,6 +24,8 @@ from __future__ import annotations
 import struct
 from typing import NamedTuple
 
+from .rpc_framing import FrameDecoder
+
 PROTOCOL_V1 = 1
 PROTOCOL_V2 = 2
 
@@ -113,60 +115,51 @@ class Frame(NamedTuple):
         return memoryview(self.raw)[self.header_size + self.class_len + self.header_len:]
 
 
-class Decoder:
-    __slots__ = ("buffer", "max_frame")
+class Decoder(FrameDecoder):
+    """Bytes in, whole frames out. `max_frame`: the largest frame accepted."""
+
+    __slots__ = ()
 
     def __init__(self, max_frame: int = DEFAULT_MAX_FRAME):
-        self.buffer = bytearray()
-        self.max_frame = max_frame
+        super().__init__(max_frame)
 
-    def feed(self, data) -> list[Frame]:
-        buf = self.buffer
-        buf += data
-        frames = []
-        pos, size = 0, len(buf)
-        while size - pos >= 1:
-            proto = buf[pos]
-            if proto != PROTOCOL_V1:
-                if proto == PROTOCOL_V2:
-                    raise BoltError("Bolt protocol v2 is not supported (v1 only)")
-                raise BoltError(f"unknown protocol code {proto} (Bolt v1 is 1)")
-            if size - pos < 2:
-                break
-            kind = buf[pos + 1]
-            if kind == TYPE_RESPONSE:
-                if size - pos < RESPONSE_HEADER_SIZE:
-                    break
-                (_, kind, cmd, ver, rid, codec, status, class_len, header_len,
-                 content_len) = _RESPONSE.unpack_from(buf, pos)
-                timeout, head = 0, RESPONSE_HEADER_SIZE
-            elif kind in (TYPE_REQUEST, TYPE_ONEWAY):
-                if size - pos < REQUEST_HEADER_SIZE:
-                    break
-                (_, kind, cmd, ver, rid, codec, timeout, class_len, header_len,
-                 content_len) = _REQUEST.unpack_from(buf, pos)
-                status, head = 0, REQUEST_HEADER_SIZE
-            else:
-                raise BoltError(f"unknown command type {kind} (0 response, 1 request, 2 oneway)")
-            if cmd not in (CMD_HEARTBEAT, CMD_REQUEST, CMD_RESPONSE):
-                raise BoltError(f"unknown command code {cmd}")
-            if content_len < 0:
-                raise BoltError(f"negative content length {content_len}")
-            total = head + class_len + header_len + content_len
-            if total > self.max_frame:
-                raise BoltError(f"frame of {total} bytes beyond the limit of {self.max_frame}")
-            if size - pos < total:
-                break
-            frames.append(Frame(kind, cmd, ver, rid, codec, timeout, status, class_len,
-                                header_len, bytes(buf[pos:pos + total])))
-            pos += total
-        if pos:
-            del buf[:pos]
-        return frames
-
-    @property
-    def pending(self) -> int:
-        return len(self.buffer)
+    def _frame_at(self, buf, pos):
+        left = len(buf) - pos
+        if left < 1:
+            return None
+        proto = buf[pos]
+        if proto != PROTOCOL_V1:
+            if proto == PROTOCOL_V2:
+                raise BoltError("Bolt protocol v2 is not supported (v1 only)")
+            raise BoltError(f"unknown protocol code {proto} (Bolt v1 is 1)")
+        if left < 2:
+            return None
+        kind = buf[pos + 1]
+        if kind == TYPE_RESPONSE:
+            if left < RESPONSE_HEADER_SIZE:
+                return None
+            (_, kind, cmd, ver, rid, codec, status, class_len, header_len,
+             content_len) = _RESPONSE.unpack_from(buf, pos)
+            timeout, head = 0, RESPONSE_HEADER_SIZE
+        elif kind in (TYPE_REQUEST, TYPE_ONEWAY):
+            if left < REQUEST_HEADER_SIZE:
+                return None
+            (_, kind, cmd, ver, rid, codec, timeout, class_len, header_len,
+             content_len) = _REQUEST.unpack_from(buf, pos)
+            status, head = 0, REQUEST_HEADER_SIZE
+        else:
+            raise BoltError(f"unknown command type {kind} (0 response, 1 request, 2 oneway)")
+        if cmd not in (CMD_HEARTBEAT, CMD_REQUEST, CMD_RESPONSE):
+            raise BoltError(f"unknown command code {cmd}")
+        if content_len < 0:
+            raise BoltError(f"negative content length {content_len}")
+        total = head + class_len + header_len + content_len
+        if total > self.limit:
+            raise BoltError(f"frame of {total} bytes beyond the limit of {self.limit}")
+        if left < total:
+            return None
+        return (Frame(kind, cmd, ver, rid, codec, timeout, status, class_len, header_len,
+                      bytes(buf[pos:pos + total])), pos + total)
 
 
 def decode_header_map(data) -> dict:

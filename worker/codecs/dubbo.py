@@ -26,6 +26,7 @@ import struct
 from typing import NamedTuple
 
 from .hessian2 import NULL, HessianError, Reader, write_string
+from .rpc_framing import FrameDecoder
 
 MAGIC = b"\xda\xbb"
 HEADER_SIZE = 16
@@ -105,39 +106,26 @@ class Invocation(NamedTuple):
         return value if isinstance(value, str) else None
 
 
-class Decoder:
-    """Bytes in, whole frames out. `feed()` returns every frame completed by the new
-    bytes; a partial frame stays buffered."""
+class Decoder(FrameDecoder):
+    """Bytes in, whole frames out. `max_body`: the largest body accepted."""
 
-    __slots__ = ("buffer", "max_body")
+    __slots__ = ()
 
     def __init__(self, max_body: int = DEFAULT_MAX_BODY):
-        self.buffer = bytearray()
-        self.max_body = max_body
+        super().__init__(max_body)
 
-    def feed(self, data) -> list[Frame]:
-        buf = self.buffer
-        buf += data
-        frames = []
-        pos, size = 0, len(buf)
-        while size - pos >= HEADER_SIZE:
-            magic, flags, status, request_id, length = _HEADER.unpack_from(buf, pos)
-            if magic != MAGIC:
-                raise DubboError(f"bad magic 0x{magic.hex()} (a Dubbo frame starts with 0xdabb)")
-            if length < 0 or length > self.max_body:
-                raise DubboError(f"body length {length} beyond the limit of {self.max_body}")
-            end = pos + HEADER_SIZE + length
-            if end > size:
-                break
-            frames.append(Frame(flags, status, request_id, bytes(buf[pos:end])))
-            pos = end
-        if pos:
-            del buf[:pos]
-        return frames
-
-    @property
-    def pending(self) -> int:
-        return len(self.buffer)
+    def _frame_at(self, buf, pos):
+        if len(buf) - pos < HEADER_SIZE:
+            return None
+        magic, flags, status, request_id, length = _HEADER.unpack_from(buf, pos)
+        if magic != MAGIC:
+            raise DubboError(f"bad magic 0x{magic.hex()} (a Dubbo frame starts with 0xdabb)")
+        if length < 0 or length > self.limit:
+            raise DubboError(f"body length {length} beyond the limit of {self.limit}")
+        end = pos + HEADER_SIZE + length
+        if end > len(buf):
+            return None
+        return Frame(flags, status, request_id, bytes(buf[pos:end])), end
 
 
 def invocation(frame: Frame, arguments: bool = True) -> Invocation:

@@ -176,8 +176,8 @@ class RpcConnection(Connection, asyncio.Protocol):
             if timeout:
                 exchange.timer = self.worker.loop.call_later(timeout, self._timed_out,
                                                              exchange, timeout)
-        pool = pool_for(self.worker, protocol, cluster, host)
-        pool.submit(exchange, oneway)
+        exchange.pool = pool_for(self.worker, protocol, cluster, host)
+        exchange.pool.submit(exchange, oneway)
         if oneway and not exchange.done:
             exchange.finish()               # written (or queued for the connect): nothing to await
 
@@ -230,8 +230,7 @@ class RpcConnection(Connection, asyncio.Protocol):
         counters[self.rpc.stat["request_timeout"]] += 1
         if cluster.outlier is not None:
             cluster.outlier.report(exchange.host, "timeout")
-        pool = pool_for(self.worker, self.protocol, cluster, exchange.host)
-        pool.cancel(exchange)
+        exchange.pool.cancel(exchange)
         exchange.finish()
         if not self.closed:
             self._local_reply(exchange.frame, False, P.TIMEOUT, f"{timeout:g}s")
@@ -255,8 +254,7 @@ class RpcConnection(Connection, asyncio.Protocol):
                 "cx_destroy_local_with_active_rq" if local else
                 "cx_destroy_remote_with_active_rq"]] += 1
             for exchange in list(self.exchanges):
-                pool_for(self.worker, self.protocol, exchange.cluster, exchange.host).cancel(
-                    exchange)
+                exchange.pool.cancel(exchange)
                 exchange.finish()
         self.worker.stats.gauges[self.listener.stat_cx_active] -= 1
         self.worker.connection_closed(self)

@@ -7,6 +7,10 @@ clients never collide upstream; the response comes back under that id and is rew
 the client's. One connection per host is what MOSN does for multiplexed protocols: the
 protocol carries the concurrency, not the number of sockets.
 
+An upstream connection without a request in flight for the cluster's idle_timeout
+(common_http_protocol_options, default 1 h, as Envoy's connection pools) is closed, and its
+pool forgotten: hosts that left the cluster do not keep sockets open.
+
 Circuit breakers: cluster max_connections (an upstream connection that cannot be opened:
 overflow) and max_requests (requests in flight). Outlier detection hears every outcome:
 a response (success), an error status (5xx-like), a reset, a connect failure or a timeout.
@@ -39,14 +43,15 @@ class Exchange:
     """One request in flight: who asked (the client connection and its request frame),
     where it went, and its deadline."""
 
-    __slots__ = ("client", "frame", "cluster", "host", "upstream", "upstream_id", "timer",
-                 "done")
+    __slots__ = ("client", "frame", "cluster", "host", "pool", "upstream", "upstream_id",
+                 "timer", "done")
 
     def __init__(self, client, frame, cluster):
         self.client = client
         self.frame = frame
         self.cluster = cluster
         self.host = None
+        self.pool = None
         self.upstream = None
         self.upstream_id = None
         self.timer = None
@@ -112,6 +117,7 @@ class UpstreamConnection(asyncio.Protocol):
                 continue                    # answered already (timed out, client gone)
             exchange.upstream_id = None
             exchange.client.upstream_response(exchange, frame)
+        pool.touch()
 
     def eof_received(self):
         return False                        # close: a half-open RPC connection is of no use
@@ -136,6 +142,7 @@ class UpstreamConnection(asyncio.Protocol):
             self.pending[request_id] = exchange
         self.pool.stats.counters[self.pool.cluster.stat["upstream_cx_tx_bytes_total"]] += len(raw)
         self.transport.write(raw)
+        self.pool.touch()
 
     def _allocate(self) -> int:
         limit = self.pool.protocol.MAX_REQUEST_ID
@@ -155,7 +162,7 @@ class HostPool:
     for it to connect."""
 
     __slots__ = ("worker", "protocol", "cluster", "host", "stats", "conn", "waiting",
-                 "host_name", "key")
+                 "host_name", "key", "last_active", "idle_timer")
 
     def __init__(self, worker, protocol, cluster, host, key):
         self.worker = worker
@@ -167,6 +174,8 @@ class HostPool:
         self.waiting: list = []             # (exchange, oneway) until connected
         self.host_name = f"{host.address}:{host.port}"
         self.key = key
+        self.last_active = 0.0
+        self.idle_timer = None
 
     def submit(self, exchange: Exchange, oneway: bool) -> None:
         conn = self.conn
@@ -239,9 +248,37 @@ class HostPool:
         for exchange, oneway in waiting:
             exchange.client.upstream_failed(exchange, failure[0], self.host_name)
 
+    def touch(self) -> None:
+        """Traffic now: the idle deadline moves (the timer re-arms lazily, when it fires)."""
+        loop = self.worker.loop
+        self.last_active = loop.time()
+        if self.idle_timer is None:
+            timeout = self.cluster.common_http.get("idle_timeout", 3600.0)
+            if timeout:
+                self.idle_timer = loop.call_later(timeout, self._idle_check, timeout)
+
+    def _idle_check(self, timeout: float) -> None:
+        self.idle_timer = None
+        conn = self.conn
+        if conn is None or conn.closed:
+            return
+        left = self.last_active + timeout - self.worker.loop.time()
+        if conn.pending or self.waiting or left > 0:
+            self.idle_timer = self.worker.loop.call_later(max(left, 0.05), self._idle_check,
+                                                          timeout)
+            return
+        self.stats.counters[self.cluster.stat["upstream_cx_idle_timeout"]] += 1
+        conn.abort()
+
     def connection_gone(self, conn: UpstreamConnection) -> None:
         if self.conn is not conn:
             return
+        if self.idle_timer is not None:
+            self.idle_timer.cancel()
+            self.idle_timer = None
+        pools = pools_of(self.worker)
+        if pools.get(self.key) is self:
+            del pools[self.key]
         self.conn = None
         cluster = self.cluster
         cluster.active -= 1
@@ -258,6 +295,11 @@ def pool_for(worker, protocol, cluster, host) -> HostPool:
     key = (protocol.name, cluster.name, host.address, host.port)
     pools = pools_of(worker)
     pool = pools.get(key)
-    if pool is None or pool.cluster is not cluster or pool.host is not host:
+    if pool is not None and (pool.cluster is not cluster or pool.host is not host):
+        # The cluster or host was replaced (a config update): the old connection finishes
+        # what it carries and goes at its idle timeout; new requests use a new one.
+        pools.pop(key)
+        pool = None
+    if pool is None:
         pool = pools[key] = HostPool(worker, protocol, cluster, host, key)
     return pool
