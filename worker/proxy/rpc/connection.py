@@ -125,6 +125,15 @@ class RpcConnection(Connection, asyncio.Protocol):
     def eof_received(self):
         return False
 
+    def pause_writing(self) -> None:
+        # The client reads slower than its answers come: take no new requests from it until
+        # it catches up, so what Baton holds for it stays bounded by what is in flight.
+        self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if not self.closed:
+            self.transport.resume_reading()
+
     def connection_lost(self, exc) -> None:
         self._closed(local=self.closing)
 
