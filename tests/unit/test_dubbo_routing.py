@@ -4,6 +4,7 @@ of worker/proxy/rpc/routing.py, which are Envoy's dubbo_proxy route_matcher's.""
 import random
 
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from baton.xds import protos
 from baton.xds.bolt import translate_bolt_config
@@ -176,3 +177,24 @@ def test_bolt_requests_route_on_the_unique_name_and_the_sofa_request():
     assert (request.service, request.version, request.group, request.method) == \
         ("a.B", "1.0", None, "sayHello")
     assert timeout == 1.5
+
+
+@settings(max_examples=600, deadline=None)
+@given(st.binary(max_size=60), st.binary(max_size=40), st.binary(max_size=60), st.booleans())
+def test_what_a_request_routes_on_fails_only_with_decode_error(body, header, content, sofa):
+    """Any Dubbo body, Bolt header map or SofaRequest content: a DecodeError (the connection
+    closes) or a Request, never another exception."""
+    from baton.worker.codecs import bolt, dubbo
+    from baton.worker.proxy.rpc.protocols import Bolt, DecodeError, Dubbo
+    frames = [(Dubbo, dubbo.Decoder().feed(dubbo.frame(0xC2, 0, 1, body))[0])]
+    raw = bolt.request(1, "com.alipay.sofa.rpc.core.request.SofaRequest" if sofa else "x",
+                       {}, content)
+    # Splice arbitrary bytes in as the header map.
+    raw = raw[:16] + len(header).to_bytes(2, "big") + raw[18:22] + raw[22:22 + (
+        44 if sofa else 1)] + header + raw[22 + (44 if sofa else 1):]
+    frames.append((Bolt, bolt.Decoder().feed(raw)[0]))
+    for protocol, frame in frames:
+        try:
+            protocol.request(frame, True)
+        except DecodeError:
+            pass
