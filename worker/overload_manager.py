@@ -16,6 +16,9 @@ overload_manager pays one attribute read per accept batch and per request:
     disable_keepalive    the disable_http_keepalive value: closes_connection() may end the
                          connection after the response
     http_active          any of the HTTP actions is active (the express lane steps aside)
+
+reset_high_memory_stream touches nothing on the data path: when its value changes, the
+refresh resets the streams holding the most memory (worker/overload_reset.py).
 """
 
 from __future__ import annotations
