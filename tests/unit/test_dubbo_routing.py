@@ -179,7 +179,7 @@ def test_bolt_requests_route_on_the_unique_name_and_the_sofa_request():
     assert timeout == 1.5
 
 
-@settings(max_examples=600, deadline=None)
+@settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=60), st.binary(max_size=40), st.binary(max_size=60), st.booleans())
 def test_what_a_request_routes_on_fails_only_with_decode_error(body, header, content, sofa):
     """Any Dubbo body, Bolt header map or SofaRequest content: a DecodeError (the connection
