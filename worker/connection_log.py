@@ -1,13 +1,14 @@
-"""A listener's own access logs (Listener.access_log): one line per connection, for the
-connections no filter chain took (response flag NR, Envoy's "no route" for a listener).
+"""Access logs of connections: a listener's own (Listener.access_log) and tcp_proxy's
+(TcpProxy.access_log), one line per connection when it ends.
 
-Envoy writes a listener's access log when a connection ends; Istio configures it with a
-response_flag_filter on NR, so that only the connections no filter chain matched are logged
-(a chain's own HCM or tcp_proxy access logs cover the others). The same formatter, files and
-flag filter serve as for the HTTP access logs (worker/proxy/http/access_log.py). A
-connection that a chain took writes no listener line here: a log without a flag filter, or
-one that asks for flags other than NR, would need the tcp_proxy's connection details, which
-are not collected yet; xds/translate.py says so with a warning.
+Envoy writes a listener's access log when a connection ends: for the connections no filter
+chain took (response flag NR, Envoy's "no route" for a listener) and for the others too.
+Istio configures it with a response_flag_filter on NR, so that only the unmatched ones are
+logged (a chain's own HCM or tcp_proxy access logs cover the others). Here a listener line is
+written for unmatched connections and for tcp_proxy connections, not yet for those of an
+HTTP connection manager (xds/translate.py warns when a listener log could want them). The
+same formatter, files and flag filter serve as for the HTTP access logs
+(worker/proxy/http/access_log.py).
 """
 
 from __future__ import annotations
@@ -73,5 +74,7 @@ def log_tcp_proxy(conn) -> None:
             info.upstream_local = upstream.getsockname()[:2]
         except OSError:
             pass
-    for log in conn.chain.access_logs:
+    for log in conn.chain.access_logs or ():
+        log.log(info)
+    for log in conn.listener.access_logs or ():
         log.log(info)

@@ -161,8 +161,9 @@ def translate_listener(pb, path, errors, warnings=None, clusters=None):
                                            warnings)
         if warnings is not None and any(set(log.get("flags") or ("*",)) - {"NR"}
                                         for log in access_log):
-            warnings.append(f"{join(path, 'access_log')}: written only for connections no "
-                            "filter chain matched (flag NR), not for those a chain took")
+            warnings.append(f"{join(path, 'access_log')}: written for connections no filter "
+                            "chain matched (flag NR) and for tcp_proxy ones, not for those of "
+                            "an HTTP connection manager")
     bind_to_port = _bind_to_port(pb, path, errors)
     # Envoy's use_original_dst implies the original_dst listener filter (Istio's
     # virtualOutbound names only the flag).

@@ -66,6 +66,11 @@ def istio_bootstrap(topo) -> dict:
                                   "filters": [STATS, tcp("banner", "banner")]}},
         # The wildcard of port 8080 (IPv4 destinations only): to the banner server instead.
         {"name": "0.0.0.0_8080", "deprecated_v1": {"bind_to_port": False},
+         # A listener log without a filter: every connection, tcp_proxy ones included.
+         "access_log": [{"name": "envoy.access_loggers.file", "typed_config": {
+             "@type": T + "envoy.extensions.access_loggers.file.v3.FileAccessLog",
+             "path": str(topo["dir"] / "listener8080.log"), "log_format": {"text_format_source": {
+                 "inline_string": "listener %UPSTREAM_CLUSTER% %BYTES_SENT%\n"}}}}],
          "address": {"socket_address": {"address": "0.0.0.0", "port_value": 8080}},
          "filter_chains": [{"filters": [STATS, tcp("wildcard_8080", "banner", access_log=[{
              "name": "envoy.access_loggers.file", "typed_config": {
@@ -109,6 +114,9 @@ def test_use_original_dst_hands_connections_to_the_virtual_listener_of_their_des
     from .conftest import wait_until
     wait_until(lambda: tcp_log.exists() and tcp_log.read_text(), 10, "the tcp_proxy access log line")
     assert tcp_log.read_text() == f"{v4}:8080 {v4}:8025 banner 0 {len(BANNER['ok'])} -\n"
+    listener_log = topo["dir"] / "listener8080.log"
+    wait_until(lambda: listener_log.exists() and listener_log.read_text(), 10, "the listener log line")
+    assert listener_log.read_text() == f"listener banner {len(BANNER['ok'])}\n"
     # ... but not IPv6, which stays on virtualOutbound: passed through to the echo server.
     assert client(topo, v6, 8080) == {"ok": "match"}
     # No listener at all for :8025: virtualOutbound's catch-all passes it through.

@@ -150,8 +150,8 @@ def test_a_listener_log_that_would_log_taken_connections_says_it_does_not():
     assert errors == [] and spec["access_log"][0].get("flags") is None
     assert warnings == ["l.filter_chains[0].filters[0].typed_config: istio.stats: Istio's TCP "
                         "metrics are not reported yet",
-                        "l.access_log: written only for connections no filter chain matched "
-                        "(flag NR), not for those a chain took"]
+                        "l.access_log: written for connections no filter chain matched (flag "
+                        "NR) and for tcp_proxy ones, not for those of an HTTP connection manager"]
 
 
 def test_every_filter_chain_match_field_istio_uses_is_translated():

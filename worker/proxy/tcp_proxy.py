@@ -428,7 +428,7 @@ class TcpProxyConnection(Connection):
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
-        if self.chain.access_logs:
+        if self.chain.access_logs or self.listener.access_logs:
             from ..connection_log import log_tcp_proxy
             log_tcp_proxy(self)
         if self.pumps is not None:
