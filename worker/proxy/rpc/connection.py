@@ -212,9 +212,10 @@ class RpcConnection(Connection, asyncio.Protocol):
             cluster.outlier.report(host, 500 if outcome == "error" else 200)
         if exchange.done:
             return
-        exchange.finish()
+        # Written before finish(): a draining connection closes once its last answer is out.
         if not self.closed:
             self.transport.write(self.protocol.with_request_id(frame.raw, exchange.frame.request_id))
+        exchange.finish()
 
     def upstream_failed(self, exchange: Exchange, failure: str, host_name: str) -> None:
         if exchange.done:
@@ -224,10 +225,10 @@ class RpcConnection(Connection, asyncio.Protocol):
             self.worker.stats.counters[cluster.stat["upstream_rq_rx_reset"]] += 1
             if cluster.outlier is not None:
                 cluster.outlier.report(exchange.host, "reset")
-        oneway = self.protocol.oneway(exchange.frame)
-        exchange.finish()
         if not self.closed:
-            self._local_reply(exchange.frame, oneway, failure, host_name)
+            self._local_reply(exchange.frame, self.protocol.oneway(exchange.frame), failure,
+                              host_name)
+        exchange.finish()
 
     def _timed_out(self, exchange: Exchange, timeout: float) -> None:
         exchange.timer = None
@@ -240,9 +241,9 @@ class RpcConnection(Connection, asyncio.Protocol):
         if cluster.outlier is not None:
             cluster.outlier.report(exchange.host, "timeout")
         exchange.pool.cancel(exchange)
-        exchange.finish()
         if not self.closed:
             self._local_reply(exchange.frame, False, P.TIMEOUT, f"{timeout:g}s")
+        exchange.finish()
 
     def exchange_done(self, exchange: Exchange) -> None:
         if exchange in self.exchanges:
