@@ -5,11 +5,19 @@ destination: the one bound to that exact address, else the 0.0.0.0 one of its po
 stays on virtualOutbound and passes through. The virtual listeners' own filter chains, their
 default_filter_chain and their NR access log apply.
 
-Shares the namespaces, servers and client of test_passthrough.py."""
+Both interception modes: REDIRECT (outbound, the original destination by SO_ORIGINAL_DST)
+and TPROXY (inbound, the original destination is the local address). Shares the namespaces,
+servers and client of test_passthrough.py."""
 
 from __future__ import annotations
 
-from .test_passthrough import CAPTURE, client, start_baton_in_node, topology  # noqa: F401
+import subprocess
+import sys
+
+import yaml
+
+from .conftest import BATON, wait_until
+from .test_passthrough import CAPTURE, client, sh, start_baton_in_node, topology  # noqa: F401
 
 T = "type.googleapis.com/"
 BANNER = {"ok": "220 smtp.example ESMTP ready\r\n"}
@@ -111,7 +119,6 @@ def test_use_original_dst_hands_connections_to_the_virtual_listener_of_their_des
     assert client(topo, v4, 8080, "banner") == BANNER
     # ... and its tcp_proxy's access log has the connection once it closed.
     tcp_log = topo["dir"] / "tcp.log"
-    from .conftest import wait_until
     wait_until(lambda: tcp_log.exists() and tcp_log.read_text(), 10, "the tcp_proxy access log line")
     assert tcp_log.read_text() == f"{v4}:8080 {v4}:8025 banner 0 {len(BANNER['ok'])} -\n"
     listener_log = topo["dir"] / "listener8080.log"
@@ -128,7 +135,6 @@ def test_use_original_dst_hands_connections_to_the_virtual_listener_of_their_des
     assert log_path.read_text() == f"{v4}:9999 NR -\n"
     # The listeners without a socket bound nothing: the node's only listening sockets on
     # those ports are none (the servers run in the other namespace).
-    from .test_passthrough import sh
     listening = sh("ip", "netns", "exec", topo["node"], "ss", "-Hltn").stdout
     assert ":8080 " not in listening and ":8082 " not in listening and ":9999 " not in listening
     stats = sh("ip", "netns", "exec", topo["node"], "curl", "-s", "http://127.0.0.1:19902/stats").stdout
@@ -136,3 +142,52 @@ def test_use_original_dst_hands_connections_to_the_virtual_listener_of_their_des
     assert "tcp.banner.downstream_cx_total: 1" in stats
     assert f"listener.{v4}_9999.no_filter_chain_match: 1" in stats
     assert "Traceback" not in (topo["dir"] / "baton.log").read_text()
+
+
+def test_tproxy_inbound_hands_off_to_the_listener_of_the_destination(topology):  # noqa: F811
+    """TPROXY (Istio's inbound interception mode): the transparent catch-all on 15006 sees the
+    original destination as its local address and hands the connection to the
+    bind_to_port:false listener of that address; a port without one passes through."""
+    topo = topology
+    node, d = topo["node"], topo["dir"]
+    sh("ip", "netns", "exec", node, "nft", "delete", "table", "inet", "baton_test")
+    app = subprocess.Popen(["ip", "netns", "exec", node, sys.executable, str(d / "servers.py"),
+                            topo["node_v4"], topo["node_v6"]], stdout=subprocess.PIPE, text=True)
+    topo["procs"].append(app)
+    assert app.stdout.readline().strip() == "ready"
+    node_v4 = topo["node_v4"]
+    banner = {"name": "banner_local", "type": "STATIC", "connect_timeout": "2s", "load_assignment": {
+        "cluster_name": "banner_local", "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {
+            "socket_address": {"address": node_v4, "port_value": 8025}}}}]}]}}
+    listeners = [
+        {"name": "virtualInbound", "transparent": True, "use_original_dst": True,
+         "traffic_direction": "INBOUND",
+         "address": {"socket_address": {"address": "0.0.0.0", "port_value": 15006}},
+         "filter_chains": [{"filters": [STATS, tcp("InboundPassthroughClusterIpv4",
+                                                   "InboundPassthroughClusterIpv4")]}]},
+        {"name": f"{node_v4}_8080", "bind_to_port": False, "traffic_direction": "INBOUND",
+         "address": {"socket_address": {"address": node_v4, "port_value": 8080}},
+         "filter_chains": [{"filters": [STATS, tcp("inbound_8080", "banner_local")]}]}]
+    bootstrap = {"admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 19903}}},
+                 "static_resources": {"listeners": listeners, "clusters": [
+                     {"name": "InboundPassthroughClusterIpv4", "type": "ORIGINAL_DST",
+                      "lb_policy": "CLUSTER_PROVIDED", "connect_timeout": "2s"}, banner]}}
+    (d / "bootstrap.yaml").write_text(yaml.safe_dump(bootstrap))
+    log = open(d / "baton.log", "wb")
+    proc = subprocess.Popen(["ip", "netns", "exec", node, BATON, "run", "-c", str(d / "bootstrap.yaml"),
+                             "--concurrency", "1", "--runtime-dir", str(d / "run"), "--intercept",
+                             "-m", "TPROXY", "-z", "15006", "-b", "8080,8082", "-i", ""],
+                            stdout=log, stderr=subprocess.STDOUT)
+    topo["procs"].append(proc)
+    wait_until(lambda: "intercept: applied" in (d / "baton.log").read_text() or proc.poll() is not None,
+               30, "the capture rules")
+    assert proc.poll() is None, (d / "baton.log").read_text()
+    # :8080 has a listener: handed to it, whose cluster is the banner server.
+    assert client(topo, node_v4, 8080, "banner", ns="srv") == BANNER
+    # :8082 has none: virtualInbound passes it through to the app itself.
+    status = client(topo, node_v4, 8082, "http", ns="srv")["ok"].partition("\n")[0]
+    assert status == "HTTP/1.1 200 OK"
+    stats = sh("ip", "netns", "exec", node, "curl", "-s", "http://127.0.0.1:19903/stats").stdout
+    assert "tcp.inbound_8080.downstream_cx_total: 1" in stats, stats
+    assert "tcp.InboundPassthroughClusterIpv4.downstream_cx_total: 1" in stats, stats
+    assert "Traceback" not in (d / "baton.log").read_text()
