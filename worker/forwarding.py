@@ -205,7 +205,9 @@ class ForwardedSide(Connection):
         self.worker.connection_closed(self)
 
 
-MESSAGES = frozenset(("data", "eof", "close", "pause", "resume"))
+# done and reset: an HTTP/1.1 response forwarded after its connection moved
+# (worker/proxy/http/inflight.py).
+MESSAGES = frozenset(("data", "eof", "close", "pause", "resume", "done", "reset"))
 
 
 def dispatch(worker, msg: dict) -> bool:

@@ -57,6 +57,10 @@ class Worker:
         # The master acting for this worker (supervisor/handoff/broker.py): it connects to
         # handoff sockets and opens access-log files that the worker's user may not.
         self.handoff_broker = handoff_broker
+        # The record kinds every worker this one is moving connections to adopts (set by
+        # migration.py for the length of a move): a connection that can move in more than
+        # one form picks by it (HTTP/1.1 with a response in flight).
+        self.handoff_accepts: dict = {}
         self.generation = generation
         self.loop = asyncio.get_running_loop()
         self.stats = Stats()

@@ -205,6 +205,13 @@ async def open_handoff(path: str, generation: int, worker=None) -> "Peer":
     return Peer(channel, version, protocol.accepted_records(version, reply))
 
 
+def _adopted_by_all(peers) -> dict:
+    """Record kind -> the versions every peer adopts (connections are spread over all)."""
+    kinds = set.intersection(*(set(peer.accepts) for peer in peers))
+    return {kind: sorted(set.intersection(*(set(peer.accepts[kind]) for peer in peers)))
+            for kind in kinds}
+
+
 def _batches(conns):
     batch, size = [], 0
     for conn in conns:
@@ -253,6 +260,7 @@ async def migrate_connections(worker, targets: list[str], keep_upstreams: bool =
     if not peers:
         udp_proxy.handed_over(worker)   # our UDP sessions stay; new ones go to the new reader
         return 0, len(worker.connections), len(worker.connections)
+    worker.handoff_accepts = _adopted_by_all(peers)
     before = list(worker.connections.values())
     now = [c for c in before if c.readiness() is Move.NOW]
     moved, kept = await _move(worker, now, peers, keep_upstreams)

@@ -84,6 +84,56 @@ def recv_exact(sock: socket.socket, n: int) -> bytes:
     return bytes(out)
 
 
+class Http1Reader:
+    """Responses read off one blocking HTTP/1.1 client socket, piece by piece: a test sees
+    every byte on the connection it opened (no reconnect could hide behind a library)."""
+
+    def __init__(self, sock: socket.socket):
+        self.sock = sock
+        self.buf = b""
+
+    def _fill(self) -> None:
+        data = self.sock.recv(65536)
+        if not data:
+            raise ConnectionError("the proxy closed the connection")
+        self.buf += data
+
+    def line(self) -> bytes:
+        while b"\r\n" not in self.buf:
+            self._fill()
+        line, _, self.buf = self.buf.partition(b"\r\n")
+        return line
+
+    def exact(self, n: int) -> bytes:
+        while len(self.buf) < n:
+            self._fill()
+        out, self.buf = self.buf[:n], self.buf[n:]
+        return out
+
+    def head(self) -> tuple[int, dict]:
+        status = int(self.line().split(b" ")[1])
+        headers = {}
+        while line := self.line():
+            name, _, value = line.partition(b":")
+            headers[name.strip().lower().decode()] = value.strip().decode()
+        return status, headers
+
+    def chunk(self) -> bytes:
+        """One chunk of a chunked body; b"" for the last one (trailers are not expected)."""
+        size = int(self.line().split(b";")[0], 16)
+        data = self.exact(size)
+        assert self.line() == b""
+        return data
+
+    def response(self) -> tuple[int, dict, bytes]:
+        status, headers = self.head()
+        if headers.get("transfer-encoding") == "chunked":
+            body = b"".join(iter(self.chunk, b""))
+        else:
+            body = self.exact(int(headers.get("content-length", 0)))
+        return status, headers, body
+
+
 class Streams:
     """Many connections streaming through an echo upstream at once, driven by one selector
     thread: each sends a deterministic stream at a paced rate and reads its echo back. Any

@@ -69,9 +69,10 @@ def test_http2_over_tls_drains_by_goaway_at_a_reload(baton, recorder, tmp_path):
     b = baton(https_bootstrap(port, recorder, tls_transport_socket(
         leaf(ca, "ecdsa"), alpn=["h2", "http/1.1"])), concurrency=1)
     # curl's --next runs the second transfer on the same connection when it can; a
-    # request with a 1.5 s upstream delay keeps the connection busy across the reload.
+    # request with a 4 s upstream delay keeps the connection busy across the reload (a
+    # reload took 1.5 s on a loaded machine: a shorter delay ended before it).
     proc = subprocess.Popen(["curl", "-sS", "--http2", "--cacert", str(ca_path),
-                             "-H", "x-test-delay-ms: 1500", "-o", "/dev/null",
+                             "-H", "x-test-delay-ms: 4000", "-o", "/dev/null",
                              "-w", "%{http_code} %{http_version} %{num_connects}\n",
                              f"https://localhost:{port}/slow", "--next", "--http2",
                              "--cacert", str(ca_path), "-o", "/dev/null",

@@ -191,6 +191,7 @@ VALID = [
                                            "new_ids": {1: 9}},
     {"type": "data", "id": 1, "data": b"x"}, {"type": "eof", "id": 1}, {"type": "close", "id": 1},
     {"type": "pause", "id": 1}, {"type": "resume", "id": 1},
+    {"type": "done", "id": 1}, {"type": "reset", "id": 1},
 ]
 
 

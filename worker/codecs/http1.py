@@ -533,6 +533,16 @@ class Http1ServerCodec(_Http1Output):
         return self._tunnel
 
     @property
+    def receiving(self) -> bool:
+        """A request's bytes have begun to arrive and it is not complete."""
+        return bool(self._stream)
+
+    def send_raw(self, data: bytes) -> None:
+        """Bytes another process framed for this connection (a response that was in flight
+        when the connection moved, worker/proxy/http/inflight.py): written as they are."""
+        self._out += data
+
+    @property
     def awaiting_head(self) -> bool:
         """A request began and its head has not all arrived (request_headers_timeout)."""
         return self._in_head

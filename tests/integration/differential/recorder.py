@@ -25,6 +25,9 @@ Request headers steer the answer, so one upstream serves every case:
     x-test-body-size: N        answer N bytes of a fixed pattern instead of the record
     x-test-bad-response: NAME  answer one of BAD_RESPONSES (a response a proxy must refuse, or
                                one at the edge of its limits) instead of the record
+    x-test-events: N,MS        answer as a stream of server-sent events: the head at once, then
+                               "data: i" for i in 0..N-1, one every MS ms, chunked (a long
+                               response that a reload must not cut)
 
 GET /__count/K sent straight to a port (not through a proxy) answers {"count": n}: how many
 requests with key K arrived, including ones that were reset.
@@ -128,6 +131,18 @@ def reset(writer) -> None:
     writer.transport.abort()
 
 
+async def stream_events(writer, count: int, interval: float) -> None:
+    writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+                 b"transfer-encoding: chunked\r\n\r\n")
+    for i in range(count):
+        await writer.drain()
+        await asyncio.sleep(interval)
+        event = b"data: %d\n\n" % i
+        writer.write(b"%x\r\n%s\r\n" % (len(event), event))
+    writer.write(b"0\r\n\r\n")
+    await writer.drain()
+
+
 async def serve(name: str, reader, writer) -> None:
     try:
         while True:
@@ -143,6 +158,11 @@ async def serve(name: str, reader, writer) -> None:
                              b"content-length: %d\r\n\r\n%s" % (len(body), body))
                 continue
             framing, body = await read_body(reader, writer, headers)
+            events = first(headers, "x-test-events")
+            if events is not None:
+                count, interval = map(int, events.split(","))
+                await stream_events(writer, count, interval / 1000)
+                continue
             bad = first(headers, "x-test-bad-response")
             if bad is not None:
                 writer.write(BAD_RESPONSES[bad])

@@ -27,7 +27,7 @@ from ...codecs.events import Body, ProtocolError, RequestHead, StreamReset, Trai
 from ...codecs.h2limits import TOO_MANY_PREMATURE_RESETS
 from ...codecs.http1 import Http1ServerCodec
 from ...connection import Connection, Export, Lifecycle, Move, register
-from . import express
+from . import express, inflight
 from .stream import Stream
 
 log = logging.getLogger("baton.http")
@@ -78,6 +78,11 @@ class HttpConnection(asyncio.Protocol, Connection):
         self.moving_fd = -1
         self.express = False                      # HTTP/1.1 and the config allows express.py
         self.backlog = None                       # HTTP/2: the call that reads the frames left
+        # Write migration (inflight.py): in the old worker, the transport to the new one once
+        # the client moved mid-response; in the new one, the exchange the old one serves.
+        self.moved_to = None
+        self.moving_client = None                 # the client's transport, while moving
+        self.forwarded_response = None
 
     # -- asyncio.Protocol -------------------------------------------------------------------
 
@@ -106,6 +111,8 @@ class HttpConnection(asyncio.Protocol, Connection):
                 self.data_received(data)
             if eof and not self.closed:
                 self.eof_received()
+        if self.forwarded_response is not None:
+            self.forwarded_response.transport_ready()   # what came before this transport
 
     def _use_http1(self) -> None:
         hcm = self.hcm
@@ -255,7 +262,7 @@ class HttpConnection(asyncio.Protocol, Connection):
             stream.downstream_paused(False)
         if self.codec is not None and self.codec.closed and not self.streams:
             self.close()
-        elif self.on_idle is not None and self._idle():
+        elif self.on_idle is not None and self._ready_to_move():
             self._held()
 
     # -- streams ----------------------------------------------------------------------------
@@ -298,6 +305,14 @@ class HttpConnection(asyncio.Protocol, Connection):
         if self.codec.closed and not self.streams:
             self.close()
         elif not self.streams:
+            if self.moved_to is not None:
+                # The exchange that stayed here ended with the connection open: the new
+                # worker, which holds the client, serves what comes next (if the move is
+                # still being answered, migrated() or resume() decides).
+                self.moved_to.response_done()
+                if self.moved_to.channel is not None:
+                    self._closed()
+                return
             if self.draining:
                 self.codec.goaway()
                 self.flush()
@@ -418,6 +433,8 @@ class HttpConnection(asyncio.Protocol, Connection):
     def drain(self) -> None:
         """Stop taking requests: HTTP/1.1 says `connection: close` on the response in flight
         (or closes now when idle); HTTP/2 sends GOAWAY and lets open streams finish."""
+        if self.moved_to is not None:
+            return      # the client is the new worker's: its response must not say close
         self.draining = True
         if self.closed:
             return
@@ -550,11 +567,33 @@ class HttpConnection(asyncio.Protocol, Connection):
     # -- the Connection interface: moving to another worker (worker/connection.py) ----------
 
     def readiness(self) -> Move:
-        """HTTP/1.1 connections move between requests: at once when idle, else once the
-        request in flight is answered. HTTP/2 ones (HPACK state, windows) drain instead."""
-        if self.closed or (self.codec is not None and self.codec.multiplexed):
+        """HTTP/1.1 connections move at once when idle, and when their request has arrived
+        and its response is coming if the receiver adopts that (inflight.py); else once the
+        exchange in flight ends. HTTP/2 ones (HPACK state, windows) drain instead, and so
+        does the old half of a connection that already moved."""
+        if self.closed or self.moved_to is not None or \
+                (self.codec is not None and self.codec.multiplexed):
             return Move.NEVER
-        return Move.NOW if self._idle() else Move.WHEN_IDLE
+        return Move.NOW if self._ready_to_move() else Move.WHEN_IDLE
+
+    def _ready_to_move(self) -> bool:
+        return self._idle() or (inflight.RECORD in self.worker.handoff_accepts
+                                and self._in_flight_movable())
+
+    def _in_flight_movable(self) -> bool:
+        """One request, fully received, being answered, nothing else read or unsent: the
+        socket (and the record layer's state) is then all the new worker needs, and the
+        response can follow from here (inflight.py)."""
+        codec, stream = self.codec, self.active
+        if self.closed or stream is None or codec is None or codec.multiplexed:
+            return False
+        if len(self.streams) != 1 or self.queued or self.initial or self.write_paused:
+            return False
+        if not stream.request_complete or stream.upgrade or stream.done:
+            return False
+        if codec.open_streams != 1 or codec.tunnel or codec.receiving or codec.closed:
+            return False
+        return self.transport is not None and self.transport.get_write_buffer_size() == 0
 
     def _idle(self) -> bool:
         """Idle HTTP/1.1 between requests, nothing unsent: the socket alone is the whole
@@ -570,7 +609,7 @@ class HttpConnection(asyncio.Protocol, Connection):
     def hold_when_idle(self, on_idle) -> None:
         """Finish the request in flight, then stop reading and call `on_idle`."""
         self.on_idle = on_idle
-        if self._idle():
+        if self._ready_to_move():
             self._held()
 
     def cancel_hold(self) -> None:
@@ -585,12 +624,26 @@ class HttpConnection(asyncio.Protocol, Connection):
 
     def export(self, client_only: bool = False) -> Export:
         self.transport.pause_reading()
-        self._cancel_timers()       # none may touch the socket the next worker adopts
+        in_flight = bool(self.streams)
+        if in_flight:
+            # The exchange stays here: its route deadline and stream sweeps go on.
+            for timer in (self.idle_timer, self.header_timer, self.duration_timer, self.drain_timer):
+                if timer is not None:
+                    timer.cancel()
+            self.idle_timer = self.header_timer = self.duration_timer = self.drain_timer = None
+        else:
+            self._cancel_timers()       # none may touch the socket the next worker adopts
         sock = self.transport.get_extra_info("socket")
         self.moving_fd = os.dup(sock.fileno())
         fields = {"id": self.id, "listener": self.listener.name, "chain": self.chain.index,
                   "peer": list(self.peer) if self.peer else None,
                   "original": list(self.original) if self.original else None}
+        if in_flight:
+            tls = self.transport.export_state() if self.tls is not None else None
+            # From here the exchange writes to the new worker (held until it answers).
+            self.moving_client = self.transport
+            self.transport = self.moved_to = inflight.ForwardedTransport(self)
+            return Export(inflight.RECORD, {**fields, "tls": tls}, [self.moving_fd])
         if self.tls is not None:
             # HTTPS: the record layer's state goes with the socket (worker/proxy/https.py).
             return Export("https1-idle", {**fields, "tls": self.transport.export_state()},
@@ -598,20 +651,72 @@ class HttpConnection(asyncio.Protocol, Connection):
         return Export("http1-idle", {**fields, "initial": None}, [self.moving_fd])
 
     def migrated(self, channel=None, new_id: int = 0) -> None:
-        """Another worker adopted the socket: let go without a FIN (it holds the same one)."""
+        """Another worker adopted the socket: let go without a FIN (it holds the same one).
+        With a response in flight the exchange goes on here, writing through the new worker."""
         fd, self.moving_fd = self.moving_fd, -1
-        self._closed()
-        self.transport.abort()
         if fd >= 0:
             os.close(fd)
+        if self.moved_to is not None:
+            inflight.detach(self.moving_client)
+            self.moving_client = None
+            self.moved_to.attach(channel, new_id)
+            if self.moved_to.ended and not self.closed:
+                self._closed()          # the exchange ended while the move was answered
+            return
+        self._closed()
+        self.transport.abort()
 
     def resume(self) -> None:
         fd, self.moving_fd = self.moving_fd, -1
         if fd >= 0:
             os.close(fd)
+        if self.moved_to is not None:           # an exchange in flight stays here after all
+            forwarded, self.moved_to = self.moved_to, None
+            self.transport, self.moving_client = self.moving_client, None
+            forwarded.give_back(self.transport)
         if not self.closed:
             self.transport.resume_reading()
             self._arm_idle()
+
+    def adopt_forwarded_response(self, response) -> None:
+        """Adopted mid-response (inflight.py): `response` holds the place of the exchange the
+        old worker still serves; pipelined requests queue behind it."""
+        if self.codec is None:
+            self._use_http1()
+        self.forwarded_response = response
+        self.streams[response.id] = response
+        self.active = response
+        if self.transport is not None:          # connection_made came first
+            response.transport_ready()
+
+    def on_forwarded(self, msg: dict) -> bool:
+        if self.forwarded_response is not None:             # new side
+            self.forwarded_response.on_message(msg)
+            return True
+        if self.moved_to is None or self.closed:            # old side
+            return False
+        kind = msg["type"]
+        if kind == "pause":
+            self.pause_writing()
+        elif kind == "resume":
+            self.resume_writing()
+        elif kind in ("reset", "close"):        # the client went away
+            self._abort_streams("downstream remote disconnect")
+            self._closed()
+        return True
+
+    def uses_channel(self, channel) -> bool:
+        if self.moved_to is not None:
+            return self.moved_to.channel is channel and not self.closed
+        return self.forwarded_response is not None and \
+            self.forwarded_response.channel is channel and not self.forwarded_response.done
+
+    def channel_lost(self, channel) -> None:
+        if self.moved_to is not None and self.moved_to.channel is channel and not self.closed:
+            self._abort_streams("downstream connection closed")
+            self._closed()
+        elif self.forwarded_response is not None and self.forwarded_response.channel is channel:
+            self.forwarded_response.channel_lost()
 
     @classmethod
     def adopt(cls, worker, listener, fields: dict, fds: list[int], conn_id: int, channel=None):

@@ -1,0 +1,134 @@
+"""HTTP/1.1 responses in flight through `baton reload` (issue 15, point 2).
+
+A connection whose request has arrived moves to the new generation at once; its response,
+still coming from the upstream through the old worker, is forwarded and written by the new
+one (worker/proxy/http/inflight.py). The client sees one connection and every byte: a long
+poll answered after the reload, server-sent events streaming through several reloads, and
+the same connection serving its next request from the new generation.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+
+import pytest
+
+from .clients import Http1Reader
+from .conftest import Baton, free_port, http_bootstrap, wait_until
+
+
+@pytest.fixture
+def baton_http(tmp_path, recorder):
+    port = free_port()
+    baton = Baton(tmp_path / "baton", http_bootstrap(free_port(), port, recorder), concurrency=1)
+    baton.start()
+    baton.port = port
+    yield baton
+    baton.stop()
+
+
+def _request(sock, path: str, *headers: str) -> None:
+    lines = [f"GET {path} HTTP/1.1", "Host: inflight.test", *headers, "", ""]
+    sock.sendall("\r\n".join(lines).encode())
+
+
+def _in_flight(baton: Baton) -> bool:
+    return baton.stats().get("http.ingress_http.downstream_rq_active", 0) >= 1
+
+
+def _reload(baton: Baton) -> float:
+    started = time.monotonic()
+    result = baton.reload()
+    assert result.returncode == 0, result.stdout + result.stderr
+    return time.monotonic() - started
+
+
+def _moved_in_flight(baton: Baton, count: int) -> None:
+    wait_until(lambda: baton.log.count("moved 1 of 1 connection(s)") >= count, 10,
+               "the busy connection moved at once")
+
+
+def test_a_long_poll_is_answered_across_a_reload_on_the_same_connection(baton_http):
+    with socket.create_connection(("127.0.0.1", baton_http.port), timeout=30) as sock:
+        reader = Http1Reader(sock)
+        _request(sock, "/poll", "x-test-delay-ms: 4000")
+        wait_until(lambda: _in_flight(baton_http), 10, "the long poll in flight")
+        old = baton_http.master_pid()
+        took = _reload(baton_http)
+        _moved_in_flight(baton_http, 1)
+        assert took < 4, f"the reload waited {took:.1f}s for the response"
+        status, _, body = reader.response()
+        assert status == 200 and json.loads(body)["path"] == "/poll"
+        # The old generation ends with the exchange it kept, not at the drain timeout...
+        baton_http.wait_previous_gone(old, timeout=10)
+        # ...and the connection is the new generation's now.
+        _request(sock, "/after")
+        status, _, body = reader.response()
+        assert status == 200 and json.loads(body)["path"] == "/after"
+
+
+def test_server_sent_events_stream_through_a_reload_and_the_connection_moves_on(baton_http):
+    events = 30
+    with socket.create_connection(("127.0.0.1", baton_http.port), timeout=30) as sock:
+        reader = Http1Reader(sock)
+        _request(sock, "/events", f"x-test-events: {events},100")
+        status, headers = reader.head()
+        assert status == 200 and headers["content-type"] == "text/event-stream"
+        received = []
+        old = baton_http.master_pid()
+        while chunk := reader.chunk():
+            received.append(chunk)
+            if len(received) == 5:
+                _reload(baton_http)
+                _moved_in_flight(baton_http, 1)
+        assert received == [b"data: %d\n\n" % i for i in range(events)]
+        baton_http.wait_previous_gone(old, timeout=10)
+        # The next reload finds the connection idle, in its second generation: it moves again.
+        _reload(baton_http)
+        _request(sock, "/after")
+        status, _, body = reader.response()
+        assert status == 200 and json.loads(body)["path"] == "/after"
+    assert "Traceback" not in baton_http.log
+
+
+def test_the_client_leaving_mid_response_ends_the_exchange_in_the_old_worker(baton_http):
+    with socket.create_connection(("127.0.0.1", baton_http.port), timeout=30) as sock:
+        _request(sock, "/events", "x-test-events: 100,100")
+        Http1Reader(sock).head()
+        old = baton_http.master_pid()
+        _reload(baton_http)
+        _moved_in_flight(baton_http, 1)
+    # Gone with the client, 10 s before its stream would have ended.
+    baton_http.wait_previous_gone(old, timeout=5)
+    assert "Traceback" not in baton_http.log
+
+
+def test_an_https_long_poll_is_answered_across_a_reload_on_the_same_session(baton, recorder):
+    """Over TLS the record layer's state moves with the socket: the old worker forwards the
+    plaintext, the new one protects it (one process ever advances the sequence numbers)."""
+    import ssl
+
+    from ..tls_certs import leaf, make_ca
+    from .test_https import https_bootstrap
+    from .tls_clients import client_context, ssl_stats, tls_transport_socket
+    ca = make_ca("ecdsa")
+    port = free_port()
+    b = baton(https_bootstrap(port, recorder, tls_transport_socket(
+        leaf(ca, "ecdsa"), alpn=["http/1.1"])), concurrency=1)
+    context = client_context(ca, alpn=["http/1.1"], version=ssl.TLSVersion.TLSv1_3)
+    with context.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=30),
+                             server_hostname="localhost") as sock:
+        reader = Http1Reader(sock)
+        _request(sock, "/poll", "x-test-delay-ms: 1500")
+        wait_until(lambda: b.stats().get("http.ingress_http.downstream_rq_active", 0) >= 1, 10,
+                   "the long poll in flight")
+        _reload(b)
+        _moved_in_flight(b, 1)
+        status, _, body = reader.response()
+        assert status == 200 and json.loads(body)["path"] == "/poll"
+        _request(sock, "/after")
+        status, _, body = reader.response()
+        assert status == 200 and json.loads(body)["path"] == "/after"
+    assert ssl_stats(b, port)["handshake"] == 1

@@ -1,0 +1,249 @@
+"""HTTP/1.1 connections that move with a response in flight (write migration).
+
+An HTTP/1.1 connection whose request has fully arrived but whose response is still coming (a
+slow upstream, a long poll, server-sent events) moves at once instead of waiting to be idle:
+the client socket goes to the new worker, and the exchange stays where its upstream
+connection, timers, filters and access log are. From then on the two processes share the
+connection over the handoff channel, with the messages of forwarding.py plus two:
+
+    old -> new   data {id, data}     response bytes, already framed by the old worker's codec
+                 done {id}           the response is complete: the connection is yours now
+                 eof {id}/close {id} the old worker closes the connection (no keep-alive):
+                                     close it once the bytes are written (its delayed close)
+                 reset {id}          the exchange failed mid-response: abort the connection
+    new -> old   pause/resume {id}   the client's socket buffer crossed its limit / drained
+                 reset {id}          the client went away: abort the exchange
+
+Only the new worker writes to the client and reads from it. What the client sends meanwhile
+(a pipelined request) waits in the new worker's connection behind the forwarded response, as
+pipelined requests always wait for the one being served. Over HTTPS the record layer's state
+moves with the socket (as for an idle HTTPS connection) and the old worker forwards plaintext,
+which the new one protects: sequence numbers are only ever advanced by one process.
+
+`ForwardedTransport` is what the old connection writes through once its client has gone;
+`ForwardedResponse` is the exchange as the new connection sees it, holding its place in line.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+
+from ...connection import register
+
+log = logging.getLogger("baton.http")
+
+RECORD = "http1-inflight"
+FORWARDED_STREAM_ID = -1        # HTTP/1 codecs number requests from 1: never a real one
+
+
+class ForwardedTransport:
+    """The old worker's transport for a connection whose client is moving or moved: what the
+    connection writes goes to the new worker, which writes it to the client. It never reads.
+
+    It takes over at export, before the new worker has answered: until `attach` (the move
+    succeeded) what is written is kept, in order, and a failed move gives it back to the
+    client's own transport (`give_back`), so the exchange never writes to a socket whose
+    ownership is being decided."""
+
+    __slots__ = ("conn", "channel", "peer_id", "closing", "ended", "held")
+
+    def __init__(self, conn):
+        self.conn = conn
+        self.channel = None
+        self.peer_id = 0                # the connection's id in the new worker
+        self.closing = False
+        self.ended = False              # done, eof, close or reset was said
+        self.held: list = []            # messages written before the move was answered
+
+    def attach(self, channel, peer_id: int) -> None:
+        self.channel, self.peer_id = channel, peer_id
+        held, self.held = self.held, []
+        for msg in held:
+            self._send(*msg)
+
+    def give_back(self, client) -> None:
+        """The move failed: what was written goes to the client's own transport, in order."""
+        held, self.held = self.held, []
+        for kind, fields in held:
+            if kind == "data":
+                client.write(fields["data"])
+            elif kind in ("eof", "close"):
+                client.close()              # after the bytes written above
+            elif kind == "reset":
+                client.abort()
+
+    def _send(self, kind: str, fields=None) -> None:
+        if self.channel is None:
+            self.held.append((kind, fields or {}))
+        elif not self.channel.closed:
+            self.channel.send({"type": kind, "id": self.peer_id, **(fields or {})})
+
+    def _end(self, kind: str) -> None:
+        if not self.ended:
+            self.ended = self.closing = True
+            self._send(kind)
+
+    def write(self, data) -> None:
+        if data and not self.ended:
+            self._send("data", {"data": bytes(data)})
+
+    def response_done(self) -> None:
+        """The exchange ended and the connection stays open: the new worker owns it now."""
+        self._end("done")
+
+    def write_eof(self) -> None:
+        self._end("eof")
+
+    def close(self) -> None:
+        self._end("close")
+
+    def abort(self) -> None:
+        self._end("reset")
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def get_write_buffer_size(self) -> int:
+        return 0            # the new worker's buffer: it says pause when it is full
+
+    def pause_reading(self) -> None:
+        """Nothing to read here: the client is the new worker's."""
+
+    def resume_reading(self) -> None:
+        """Nothing to read here: the client is the new worker's."""
+
+    def get_extra_info(self, name, default=None):
+        return default
+
+
+class _Detached:
+    """The protocol of the client transport the old worker lets go of: its last callbacks
+    (connection_lost after abort) must not reach the connection, which lives on."""
+
+    def connection_lost(self, exc) -> None:
+        pass
+
+
+def detach(transport) -> None:
+    """Close this process's copy of the client socket without ending the connection (the
+    new worker holds the same socket) or telling the connection about it."""
+    transport.set_protocol(_Detached())
+    transport.abort()
+
+
+class ForwardedResponse:
+    """The new worker's stand-in for the exchange the old worker still serves: it holds the
+    connection's place in line (`HttpConnection.active`), so requests the client pipelines
+    wait behind it, and writes what the old worker sends."""
+
+    __slots__ = ("conn", "channel", "peer_id", "done", "paused", "early")
+
+    id = FORWARDED_STREAM_ID
+    router = None               # no route deadline here: the old worker keeps the exchange's
+    request_complete = True     # the request had fully arrived before the move
+    response_started = True     # as far as local replies go: the old worker answers it
+    upgrade = None
+    idle_timeout = 0
+    window_held = False
+
+    def __init__(self, conn, channel, peer_id: int):
+        self.conn = conn
+        self.channel = channel
+        self.peer_id = peer_id          # the connection's id in the old worker
+        self.done = False
+        self.paused = False
+        self.early: list | None = []    # messages that came before the client's transport
+
+    def transport_ready(self) -> None:
+        early, self.early = self.early, None
+        for msg in early or ():
+            self.on_message(msg)
+
+    def _send(self, kind: str) -> None:
+        if not self.channel.closed:
+            self.channel.send({"type": kind, "id": self.peer_id})
+
+    def on_message(self, msg: dict) -> None:
+        if self.early is not None:
+            self.early.append(msg)
+            return
+        kind = msg["type"]
+        conn = self.conn
+        if self.done or conn.closed:
+            return
+        if kind == "data":
+            conn.codec.send_raw(msg["data"])
+            conn.flush()
+        elif kind == "done":
+            self.done = True
+            conn.stream_done(self)
+        elif kind in ("eof", "close"):
+            self.done = True
+            conn.streams.pop(self.id, None)
+            conn.active = None
+            conn.close()            # after the bytes: the connection manager's delayed close
+        elif kind == "reset":
+            self.done = True
+            conn.shutdown_now()
+        # pause/resume go the other way only
+
+    def downstream_paused(self, on: bool) -> None:
+        if on != self.paused and not self.done:
+            self.paused = on
+            self._send("pause" if on else "resume")
+
+    def reset(self, reason: str, notify: bool = True) -> None:
+        """The client went away (or the connection ended here): the old worker ends the
+        exchange too."""
+        if not self.done:
+            self.done = True
+            self._send("reset")
+            if notify:
+                self.conn.stream_done(self)
+
+    def reset_by_overload(self) -> None:
+        self.reset("overload manager reset")
+
+    def channel_lost(self) -> None:
+        """The old worker is gone: the rest of the response can never come."""
+        if not self.done:
+            self.done = True
+            log.warning("connection %d: the worker serving its response is gone", self.conn.id)
+            self.conn.shutdown_now()
+
+
+def adopt(worker, listener, fields: dict, fds: list[int], conn_id: int, channel=None):
+    """Record "http1-inflight": the client of an exchange another worker still serves."""
+    from .connection_manager import HttpConnection
+    if fields.get("tls") is not None:
+        from ..https import adopt_idle
+        conn = adopt_idle(worker, listener, fields, fds, conn_id, channel)
+    else:
+        chain = listener.chains[fields.get("chain") or 0]
+        client = socket.socket(listener.family, socket.SOCK_STREAM, 0, fds[0])
+        worker.stats.gauges[listener.stat_cx_active] += 1
+        peer = tuple(fields["peer"]) if fields.get("peer") else None
+        original = tuple(fields["original"]) if fields.get("original") else None
+        conn = HttpConnection(worker, listener, chain, peer, original, conn_id)
+        worker.accept_http(conn, client)
+    conn.adopt_forwarded_response(ForwardedResponse(conn, channel, fields["id"]))
+    return conn
+
+
+def _refusal(worker, listener, fields: dict) -> str | None:
+    index = fields.get("chain") or 0
+    if index >= len(listener.chains) or listener.chains[index].http_config is None:
+        return "no http_connection_manager at that filter chain here"
+    if listener.chains[index].http_config.codec_type == "HTTP2":
+        return "that filter chain speaks only HTTP/2 here"
+    if fields.get("tls") is not None:
+        from ..https import _refusal as https_refusal
+        return https_refusal(worker, listener, fields)
+    return None
+
+
+register(RECORD, adopt, _refusal)
