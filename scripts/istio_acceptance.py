@@ -9,7 +9,7 @@ the dump's own `extract.py --dynamic-only` pulls out what istiod sent, and every
 through xds/dynamic.py's DynamicConfig.apply, one resource per update: the very code that
 ACKs or NACKs a resource arriving over ADS, run in a fresh process that, like the xDS agent,
 has imported no Envoy module the translators do not import themselves. Prints, per resource
-type, how many are accepted, how many of the refused ones wait for TLS alone (transport
+type, how many are accepted, how many of the refused ones wait for mTLS alone (transport
 sockets, SDS, the metadata exchange that only runs over mTLS), and the refusal reasons
 ranked by the number of resources each one blocks (a reason's path is
 generalised: indices and names in brackets become [], so "Listener[x].filter_chains[3]..." of
@@ -149,9 +149,8 @@ def encode_dumps(dumps):
     return encoded, unknown
 
 
-# Refusals that wait for TLS (transport sockets, SDS secrets, and the metadata exchange that
-# only runs over mTLS), which other work is building: counted apart, so that what is left
-# for the rest shows.
+# Refusals that wait for mTLS (transport sockets, SDS secrets, and Istio's metadata exchange,
+# which only runs over mTLS): counted apart, so that what is left for the rest shows.
 _TLS_MARKS = ("transport_socket", "over a TLS chain", "over an upstream transport socket")
 
 
@@ -164,7 +163,7 @@ def judge(encoded):
     agent decodes binary resources without importing every Envoy module first, and a
     translator that relies on a type being imported must be judged that way.
     -> {kind: {"total", "accepted", "tls_only", "reasons": Counter,
-               "per_dump": {dump: [acc, tot]}}}; tls_only: refused for TLS reasons alone."""
+               "per_dump": {dump: [acc, tot]}}}; tls_only: refused for mTLS reasons alone."""
     urls = {kind: type_url for kind, type_url, *_ in KINDS}
     result = {kind: {"total": 0, "accepted": 0, "tls_only": 0, "reasons": collections.Counter(),
                      "per_dump": {}} for kind, *_ in KINDS}
@@ -194,7 +193,7 @@ def judge(encoded):
 
 
 def report(result, unknown, top):
-    lines = ["| type | accepted | of | refused | of which for TLS alone |",
+    lines = ["| type | accepted | of | refused | of which for mTLS alone |",
              "|---|---:|---:|---:|---:|"]
     for kind, tally in result.items():
         lines.append(f"| {kind} | {tally['accepted']} | {tally['total']} | "
