@@ -141,6 +141,44 @@ class Running:
         self.recorder.wait(10)
 
 
+class SleepProbe:
+    """The machine's own noise on the proxy's CPU: a process pinned there (at the proxy's
+    priority) sleeps 5 ms over and over; the p99 of its oversleep is what any process there
+    waited for the CPU, whatever the proxy did. A bystander p99 near it says the proxy added
+    little."""
+
+    INTERVAL = 0.005
+
+    def __enter__(self) -> "SleepProbe":
+        import multiprocessing
+        context = multiprocessing.get_context("fork")
+        self._pipe, child = context.Pipe()
+        self._proc = context.Process(target=self._run, args=(child,), daemon=True)
+        self._proc.start()
+        self.p99_ms = 0.0
+        return self
+
+    @classmethod
+    def _run(cls, pipe) -> None:
+        if os.cpu_count() > 1:
+            os.sched_setaffinity(0, {PROXY_CPU})
+        late = []
+        while not pipe.poll():
+            start = time.perf_counter()
+            time.sleep(cls.INTERVAL)
+            late.append(time.perf_counter() - start - cls.INTERVAL)
+        late.sort()
+        pipe.send(late[min(len(late) - 1, int(len(late) * 0.99))] * 1000 if late else 0.0)
+
+    def __exit__(self, *exc) -> None:
+        self._pipe.send("stop")
+        if self._pipe.poll(10):
+            self.p99_ms = self._pipe.recv()
+        self._proc.join(5)
+        if self._proc.is_alive():
+            self._proc.kill()
+
+
 class Lowered:
     """This process at a lower priority for a while (the bystander, forked before, keeps its
     own); given back after when permitted (root may raise a priority again)."""
@@ -160,7 +198,7 @@ class Lowered:
 def measure(running: Running, attack, stat: str | None, repeat: bool = True) -> dict:
     before = running.stat(stat)
     outcomes = []
-    with procs.CpuMeter(running.proc, (PROXY_CPU,)) as meter, \
+    with procs.CpuMeter(running.proc, (PROXY_CPU,)) as meter, SleepProbe() as probe, \
             h2_abuse.Bystander(running.http_port, running.tcp_port) as bystander:
         if attack is None:
             time.sleep(QUIET_S)     # the quiet window: the bystander alone, for its baseline
@@ -178,6 +216,7 @@ def measure(running: Running, attack, stat: str | None, repeat: bool = True) -> 
         outcome.closed = sum(o.closed for o in outcomes)
     others = max(meter.busy[PROXY_CPU] - meter.cpu / meter.wall, 0.0)
     return {"outcome": outcome, "rounds": len(outcomes), "cpu": meter.cpu, "others": others,
+            "machine_p99_ms": probe.p99_ms,
             "requests": damage.requests, "failures": damage.failures,
             "p99_ms": damage.p99() * 1000, "errors": damage.errors[:3],
             "p99_http_ms": damage.p99("http") * 1000, "p99_echo_ms": damage.p99("echo") * 1000,
@@ -198,7 +237,8 @@ def run_attacks(names: list[str], workdir: Path, only: list[str]) -> dict:
                 print(f"{name}: {label}: {row['outcome']} cpu {row['cpu']:.2f} s, bystander "
                       f"{row['failures']}/{row['requests']} failed, p99 {row['p99_ms']:.1f} ms, "
                       f"{stat} +{row['counted']}, others on CPU {PROXY_CPU} "
-                      f"{row['others']:.2f}", flush=True)
+                      f"{row['others']:.2f}, machine p99 {row['machine_p99_ms']:.1f} ms",
+                      flush=True)
         finally:
             running.stop()
     return results
@@ -237,10 +277,13 @@ def section(names: list[str], attacks: dict, linear: dict, wall: float) -> list[
              f"repeated until the bystander made {MIN_EXCHANGES} exchanges beside it (rounds). "
              "CPU: the proxy's process tree over all rounds. Closed: hostile connections the "
              "proxy closed. Counted: the proxy's own counter for the protection. Others: the "
-             f"share of CPU {PROXY_CPU} that other processes took meanwhile.", "",
+             f"share of CPU {PROXY_CPU} that other processes took meanwhile. Machine p99: a "
+             f"process on CPU {PROXY_CPU} at the proxy's priority sleeping 5 ms over and over, "
+             "the p99 of its oversleep (the wait any process there had for the CPU, whatever "
+             "the proxy did: the floor under the bystander's p99).", "",
              "| attack | proxy | rounds | proxy CPU | closed | bystander exchanges | failures | p99 "
-             f"| p99 GET / echo | counted | others on CPU {PROXY_CPU} |",
-             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+             f"| p99 GET / echo | counted | others on CPU {PROXY_CPU} | machine p99 |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for label in ["quiet", *(a[0] for a in ATTACKS)]:
         for name in names:
             row = attacks.get((name, label))
@@ -254,7 +297,7 @@ def section(names: list[str], attacks: dict, linear: dict, wall: float) -> list[
             lines.append(f"| {label} | {name} | {rounds} | {row['cpu']:.2f} s | {closed} | "
                          f"{row['requests']} | {row['failures']} | {row['p99_ms']:.1f} ms | "
                          f"{row['p99_http_ms']:.1f} / {row['p99_echo_ms']:.1f} ms | {counted} | "
-                         f"{row['others']:.0%} |")
+                         f"{row['others']:.0%} | {row['machine_p99_ms']:.1f} ms |")
     notes = [f"- {name}, {label}: {row['outcome'].note}" for (name, label), row in attacks.items()
              if row["outcome"] is not None and row["outcome"].note]
     errors = [f"- {name}, {label}: {row['errors']}" for (name, label), row in attacks.items()
