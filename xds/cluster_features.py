@@ -425,29 +425,13 @@ def _protocol_options(pb, path, errors):
         elif options.HasField("use_downstream_protocol_config"):
             # Envoy: HTTP/1.x downstream -> HTTP/1.1 upstream, HTTP/2 -> HTTP/2, each with
             # its options here. "downstream" tells the pool (worker/proxy/http/pool.py).
-            downstream = options.use_downstream_protocol_config
-            where = f"{here}.use_downstream_protocol_config"
-            for field, _ in downstream.ListFields():
-                if field.name not in ("http_protocol_options", "http2_protocol_options"):
-                    errors.append(f"{where}.{field.name}: not supported")
-            if downstream.HasField("http_protocol_options"):
-                _http1(downstream.http_protocol_options, f"{where}.http_protocol_options",
-                       errors)
-            h2_options = _http2(downstream.http2_protocol_options,
-                                f"{where}.http2_protocol_options", errors)
+            h2_options = _either_protocol(options.use_downstream_protocol_config,
+                                          f"{here}.use_downstream_protocol_config", errors)
             http2 = "downstream"
         elif options.HasField("auto_config"):
             # Envoy: HTTP/2 when the upstream's ALPN says h2, else HTTP/1.1; it needs a
             # transport socket that negotiates ALPN (translate_cluster_features checks).
-            auto = options.auto_config
-            where = f"{here}.auto_config"
-            for field, _ in auto.ListFields():
-                if field.name not in ("http_protocol_options", "http2_protocol_options"):
-                    errors.append(f"{where}.{field.name}: not supported")
-            if auto.HasField("http_protocol_options"):
-                _http1(auto.http_protocol_options, f"{where}.http_protocol_options", errors)
-            h2_options = _http2(auto.http2_protocol_options, f"{where}.http2_protocol_options",
-                                errors)
+            h2_options = _either_protocol(options.auto_config, f"{here}.auto_config", errors)
             http2 = "auto"
         else:
             errors.append(f"{here}: explicit_http_config is required (or "
@@ -473,6 +457,17 @@ def _protocol_options(pb, path, errors):
         if pb.HasField("max_requests_per_connection"):
             common["max_requests_per_connection"] = pb.max_requests_per_connection.value or None
     return common, http2, h2_options
+
+
+def _either_protocol(config, where, errors):
+    """use_downstream_protocol_config / auto_config: HTTP/1.1 and HTTP/2 options, one of
+    which a connection will use -> the HTTP/2 options (defaults filled in)."""
+    for field, _ in config.ListFields():
+        if field.name not in ("http_protocol_options", "http2_protocol_options"):
+            errors.append(f"{where}.{field.name}: not supported")
+    if config.HasField("http_protocol_options"):
+        _http1(config.http_protocol_options, f"{where}.http_protocol_options", errors)
+    return _http2(config.http2_protocol_options, f"{where}.http2_protocol_options", errors)
 
 
 def _auto_sni(pb, path, errors) -> dict:

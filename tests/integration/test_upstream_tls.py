@@ -19,6 +19,7 @@ from ..tls_certs import SPIFFE_ID, leaf, make_ca, spiffe_leaf
 from ..waiting import wait_until
 from .clients import Streams
 from .conftest import free_port, http_bootstrap, static_cluster, tcp_bootstrap
+from .test_tls_reload import _reload_ok
 from .tls_clients import TlsEchoStream, client_context, tls_transport_socket
 from .tls_upstream import TlsUpstream, upstream_tls_socket
 
@@ -134,13 +135,6 @@ def test_transport_socket_matches_pick_tls_by_endpoint_metadata(baton, tls_upstr
     assert stats["tlsMode-istio.total_match_count"] == 1
     assert stats["default.total_match_count"] == 1
     assert stats["ssl.handshake"] == 2
-
-
-def _reload_ok(b) -> None:
-    old = b.master_pid()
-    result = b.reload()
-    assert result.returncode == 0, result.stderr
-    b.wait_previous_gone(old)
 
 
 def test_tls_origination_streams_move_through_reloads(baton, tls_upstreams):

@@ -4,12 +4,8 @@ locality metadata, auto_sni, and errors that name their path."""
 
 from __future__ import annotations
 
-import pytest
-import yaml
-
-from baton.xds.bootstrap import ConfigError, load_bootstrap
-
 from ..tls_certs import leaf, make_ca, spiffe_leaf
+from .test_tls_config import errors, load  # noqa: F401 - the fixtures: a bootstrap loaded, its errors
 
 UPSTREAM_TLS = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
 HTTP_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
@@ -31,24 +27,6 @@ def bootstrap(**cluster_fields) -> dict:
                                                        "typed_config": tcp}]}]}],
         "clusters": [{"name": "c", "type": "STATIC", "load_assignment": {
             "cluster_name": "c", "endpoints": endpoints}, **cluster_fields}]}}
-
-
-@pytest.fixture
-def load(tmp_path):
-    def _load(data):
-        path = tmp_path / "bootstrap.yaml"
-        path.write_text(yaml.safe_dump(data))
-        return load_bootstrap(str(path))
-    return _load
-
-
-@pytest.fixture
-def errors(load):
-    def _errors(data):
-        with pytest.raises(ConfigError) as info:
-            load(data)
-        return str(info.value).splitlines()
-    return _errors
 
 
 def cluster_of(snapshot) -> dict:

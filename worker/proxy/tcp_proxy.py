@@ -322,6 +322,10 @@ class TcpProxyConnection(Connection):
         if err:
             self._connect_failed(os.strerror(err))
             return
+        self._connected()
+
+    def _connected(self) -> None:
+        """The TCP connect succeeded (TLS origination adds its handshake: tls_proxy.py)."""
         self.timer.cancel()
         self._established()
 

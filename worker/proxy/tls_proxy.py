@@ -42,7 +42,6 @@ the layer queued (the one OpenSSL would send) and closes the connection.
 from __future__ import annotations
 
 import logging
-import os
 import socket
 import time
 
@@ -166,20 +165,13 @@ class TlsProxyConnection(TcpProxyConnection):
 
     # -- the upstream's handshake (TLS origination) ------------------------------------------
 
-    def _on_connect_writable(self) -> None:
-        sock = self.upstream
-        self.loop.remove_writer(sock.fileno())
-        err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-        if err:
-            self._connect_failed(os.strerror(err))
-            return
+    def _connected(self) -> None:
         self.up_client = client = self.cluster.transport_for(self.host)
         if client is None:
-            self.timer.cancel()
-            self._established()
+            super()._connected()
             return
         # The connect timer runs on: Envoy's connect_timeout covers the handshake too.
-        self.upstream_fd = sock.fileno()
+        self.upstream_fd = self.upstream.fileno()
         self.up_connect = ClientConnect(client, client.sni)
         try:
             out = self.up_connect.start()

@@ -28,13 +28,12 @@ class HandshakeRefused(Exception):
         self.data = data
 
 
-class ServerAccept:
-    __slots__ = ("server", "handshake", "layer")
+class HandshakeSteps:
+    """Feeding one handshake (self.handshake, a TlsHandshake) until `_hand_over` sets
+    self.layer; the server side here, the client side in client.py (TLS origination)."""
 
-    def __init__(self, server) -> None:
-        self.server = server
-        self.handshake = server.handshake()
-        self.layer = None
+    __slots__ = ()
+    peer = "peer"                           # who closed early, for the refusal's reason
 
     def receive(self, data: bytes, eof: bool) -> bytes:
         hs = self.handshake
@@ -43,17 +42,30 @@ class ServerAccept:
                 hs.receive_data(data)
             out = hs.step()
         except HandshakeFailed as exc:
-            raise HandshakeRefused(self.server.failure_of(exc), str(exc), exc.data) from None
+            raise HandshakeRefused(self._failure_of(exc), str(exc), exc.data) from None
         if hs.done:
             try:
                 self._hand_over()
             except HandshakeRefused as exc:
-                exc.data = out + exc.data       # the server's last flight, then the alert
+                exc.data = out + exc.data       # our last flight, then the alert
                 raise
             return out
         if eof:
-            raise HandshakeRefused("connection_error", "the client closed during the handshake", out)
+            raise HandshakeRefused("connection_error", f"the {self.peer} closed during the handshake", out)
         return out
+
+
+class ServerAccept(HandshakeSteps):
+    __slots__ = ("server", "handshake", "layer")
+    peer = "client"
+
+    def __init__(self, server) -> None:
+        self.server = server
+        self.handshake = server.handshake()
+        self.layer = None
+
+    def _failure_of(self, exc: HandshakeFailed) -> str:
+        return self.server.failure_of(exc)
 
     def _hand_over(self) -> None:
         obj = self.handshake.ssl_object

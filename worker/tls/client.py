@@ -38,7 +38,7 @@ from __future__ import annotations
 import ssl
 from collections import OrderedDict, deque
 
-from .accept import HandshakeRefused
+from .accept import HandshakeRefused, HandshakeSteps
 from .handover import HandoverError, HandshakeFailed, TlsHandshake
 from .keylog import KeyLog
 from .records import CERTIFICATE_UNKNOWN
@@ -171,10 +171,11 @@ class TlsClient:
         self.count(f"versions.{obj.version()}")
 
 
-class ClientConnect:
+class ClientConnect(HandshakeSteps):
     """One client handshake over any transport: bytes in, bytes out, then `layer`."""
 
     __slots__ = ("client", "sni", "expected_san", "handshake", "layer")
+    peer = "server"
 
     def __init__(self, client: TlsClient, sni: str | None = None, alpn: tuple = (),
                  expected_san: str | None = None) -> None:
@@ -190,24 +191,8 @@ class ClientConnect:
                                    + ", ".join(self.client.missing))
         return self.receive(b"", False)
 
-    def receive(self, data: bytes, eof: bool) -> bytes:
-        hs = self.handshake
-        try:
-            if data:
-                hs.receive_data(data)
-            out = hs.step()
-        except HandshakeFailed as exc:
-            raise HandshakeRefused(self.client.failure_of(exc), str(exc), exc.data) from None
-        if hs.done:
-            try:
-                self._hand_over()
-            except HandshakeRefused as exc:
-                exc.data = out + exc.data
-                raise
-            return out
-        if eof:
-            raise HandshakeRefused("connection_error", "the server closed during the handshake", out)
-        return out
+    def _failure_of(self, exc: HandshakeFailed) -> str:
+        return self.client.failure_of(exc)
 
     def _hand_over(self) -> None:
         obj = self.handshake.ssl_object
