@@ -263,8 +263,12 @@ async def migrate_connections(worker, targets: list[str], keep_upstreams: bool =
     worker.handoff_accepts = _adopted_by_all(peers)
     before = list(worker.connections.values())
     now = [c for c in before if c.readiness() is Move.NOW]
-    moved, kept = await _move(worker, now, peers, keep_upstreams)
-    udp_proxy.handed_over(worker)   # UDP sessions are with their new readers: let them read
+    try:
+        moved, kept = await _move(worker, now, peers, keep_upstreams)
+    finally:
+        # UDP sessions are with their new readers (or stay here, if this failed): let the
+        # new reader read in any case, or the listener would go deaf until we exit.
+        udp_proxy.handed_over(worker)
     moved_later, kept_later = await _move_when_idle(worker, peers, idle_wait, kept)
     moved += moved_later
     kept |= kept_later
