@@ -28,7 +28,7 @@ are the value checks, each "path: message" into `errors`, all of them run.
 """
 
 from . import protos
-from .cluster_upstream import translate_upstream
+from .cluster_upstream import translate_upstream, without_exchange_alpn
 from .tls_upstream import translate_cluster_tls
 from .parse import join
 
@@ -80,6 +80,8 @@ def translate_cluster_features(pb, path, errors, warnings=None) -> dict:
     limits = _request_limits(pb, path)
     common_http, http2, http2_options = _protocol_options(pb, path, errors)
     tls = translate_cluster_tls(pb, path, errors, warnings)
+    upstream = translate_upstream(pb, path, errors)
+    without_exchange_alpn({**tls, **upstream}, path, warnings)
     if http2 == "auto" and not (tls.get("transport_socket") or any(
             m["tls"] for m in tls.get("transport_socket_matches") or ())):
         errors.append(f"{join(path, 'typed_extension_protocol_options')}: auto_config needs a "
@@ -103,7 +105,7 @@ def translate_cluster_features(pb, path, errors, warnings=None) -> dict:
         "common_http": common_http,
         "common_lb": _common_lb(pb, path, errors),
         # metadata, locality_weighted, source_address: xds/cluster_upstream.py.
-        **translate_upstream(pb, path, errors),
+        **upstream,
         **tls,
         **_auto_sni(pb, path, errors),
     }

@@ -17,9 +17,12 @@ Upstream network filters: only Istio's TCP metadata exchange, whose semantics Ba
 without implementing the exchange itself. Istio's filter exchanges peer metadata only on an
 upstream connection whose TLS handshake negotiated its `protocol` as ALPN
 (istio-peer-exchange); on any other connection it passes the bytes through untouched. On a
-plain cluster every connection is of the second kind: accepted, and a pass-through. A
-cluster that also has an upstream transport socket (tls_upstream.py) is refused: there the
-exchange Istio would make is not implemented, and skipping it silently would be wrong.
+plain cluster every connection is of the second kind: accepted, and a pass-through. On a
+cluster with upstream TLS (tls_upstream.py; Istio's tlsMode-istio match offers
+[istio-peer-exchange, istio]) Baton does not offer the filter's protocol in ALPN
+(`without_exchange_alpn`, with a warning), so no connection ever negotiates the exchange:
+the upstream's inbound filter passes the bytes through too, and the only loss is the peer
+metadata in the upstream's telemetry. The exchange itself is not implemented.
 `enable_discovery`
 (Istio 1.18+) only looks up the peer's workload metadata for Istio's stats filter, which
 Baton does not have: accepted, with nothing to feed. Any other upstream filter, or field, is
@@ -119,14 +122,26 @@ def _upstream_filters(pb, path, errors):
         protocol = _metadata_exchange(filter_pb.typed_config, f"{here}.typed_config", errors)
         if protocol is None:
             continue
-        if pb.HasField("transport_socket") or pb.transport_socket_matches:
-            errors.append(f"{here}: istio.metadata_exchange over an upstream transport socket "
-                          "is not supported (the istio-peer-exchange exchange is not "
-                          "implemented)")
-            continue
         result.append({"name": filter_pb.name, "type": "istio.metadata_exchange",
                        "protocol": protocol})
     return result
+
+
+def without_exchange_alpn(features: dict, path, warnings) -> None:
+    """Take the metadata exchange protocols out of the ALPN the cluster's TLS contexts offer
+    (see the module's docstring), saying so in a warning."""
+    protocols = {f["protocol"] for f in features.get("upstream_filters") or ()}
+    specs = [features.get("transport_socket")] + [m["tls"] for m in
+                                                   features.get("transport_socket_matches") or ()]
+    for spec in specs:
+        if spec is None or not protocols & set(spec["alpn"]):
+            continue
+        spec["alpn"] = [name for name in spec["alpn"] if name not in protocols]
+        if warnings is not None:
+            warnings.append(f"{join(path, 'filters')}: istio.metadata_exchange is not "
+                            f"implemented: ALPN {sorted(protocols)} is not offered, "
+                            "so connections pass through without the peer metadata exchange")
+            warnings = None                 # once per cluster
 
 
 def _metadata_exchange(any_pb, here, errors):

@@ -1,6 +1,6 @@
 """Cluster.filters (upstream network filters): Istio's TCP metadata exchange is accepted as
-the pass-through it is on a connection without TLS (xds/cluster_upstream.py), directly or in
-a TypedStruct; anything else is refused with its path. The declared Istio type also shows in
+the pass-through it is on a connection that does not negotiate its ALPN (xds/cluster_upstream.py),
+directly or in a TypedStruct; anything else is refused with its path. The declared Istio type also shows in
 /config_dump."""
 
 import pytest
@@ -69,13 +69,21 @@ def test_other_upstream_filters_are_refused_with_their_path(filters, fields, err
     assert spec is None and errors == [error]
 
 
-def test_metadata_exchange_with_an_upstream_tls_socket_is_refused():
-    # The exchange over istio-peer-exchange is not implemented: with TLS it would be skipped.
-    errors = []
-    translate_cluster(cluster([mx(protocol="istio-peer-exchange")], transport_socket_matches=[
-        {"name": "tlsMode-istio", "match": {"tlsMode": "istio"}}]), "c", errors)
-    assert "c.filters[0]: istio.metadata_exchange over an upstream transport socket is not " \
-        "supported (the istio-peer-exchange exchange is not implemented)" in errors
+def test_metadata_exchange_with_upstream_tls_offers_no_exchange_alpn():
+    """Istio's tlsMode-istio match offers [istio-peer-exchange, istio]: the exchange is not
+    implemented, so its protocol is not offered (no connection negotiates it; the upstream's
+    filter passes the bytes through too), with a warning that says so."""
+    tls = {"name": "envoy.transport_sockets.tls", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+        "common_tls_context": {"alpn_protocols": ["istio-peer-exchange", "istio"]}}}
+    errors, warnings = [], []
+    spec = translate_cluster(cluster([mx(protocol="istio-peer-exchange")], transport_socket_matches=[
+        {"name": "tlsMode-istio", "match": {"tlsMode": "istio"}, "transport_socket": tls}]),
+        "c", errors, warnings)
+    assert errors == []
+    assert spec["transport_socket_matches"][0]["tls"]["alpn"] == ["istio"]
+    assert any(w.startswith("c.filters: istio.metadata_exchange is not implemented: ALPN "
+                            "['istio-peer-exchange'] is not offered") for w in warnings), warnings
 
 
 def test_unknown_field_numbers_of_the_declared_type_are_refused():
