@@ -247,3 +247,25 @@ def test_a_context_waiting_for_its_secrets_refuses_every_handshake():
     with pytest.raises(HandshakeFailed) as info:
         served(server, client(ca, leaf(ca, "ecdsa", client=True)))
     assert server.failure_of(info.value) == "connection_error"
+
+
+def test_baton_check_names_the_files_of_a_bad_secret(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import yaml
+    ca = make_ca("ecdsa")
+    cert_path, _ = leaf(ca, "ecdsa").write(tmp_path, "server")
+    _, key_path = leaf(ca, "rsa").write(tmp_path, "other")
+    data = with_secrets(sds_context(), [{"name": "server", "tls_certificate": {
+        "certificate_chain": {"filename": cert_path}, "private_key": {"filename": key_path}}}])
+    path = tmp_path / "b.yaml"
+    path.write_text(yaml.safe_dump(data))
+    baton = str(Path(sys.executable).parent / "baton")
+    result = subprocess.run([baton, "check", "-c", str(path)], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert (result.stdout + result.stderr).strip().splitlines() == [
+        f"static_resources.secrets[0].tls_certificate: the certificate does not match the "
+        f"private key ('{cert_path}' vs '{key_path}')"]
