@@ -61,6 +61,7 @@ class Worker:
         # migration.py for the length of a move): a connection that can move in more than
         # one form picks by it (HTTP/1.1 with a response in flight).
         self.handoff_accepts: dict = {}
+        self.migrating = False
         self.generation = generation
         self.loop = asyncio.get_running_loop()
         self.stats = Stats()
@@ -278,7 +279,9 @@ class Worker:
 
     def connection_closed(self, conn) -> None:
         self.connections.pop(conn.id, None)
-        if self.draining and not self.connections:
+        # Not while a move runs: its last connection leaving is not the end of the move,
+        # whose answer the master waits for (handle_migrate finishes then).
+        if self.draining and not self.connections and not self.migrating:
             self._finish(EXIT_OK)
 
     # -- control -------------------------------------------------------------------------
@@ -352,11 +355,15 @@ class Worker:
         for listener in self.listeners.values():
             listener.stop()
         self.draining = True
+        self.migrating = True
 
         async def move():
             started = self.loop.time()
-            moved, kept, count = await migration.migrate_connections(
-                self, msg["targets"], bool(msg.get("keep_upstreams")))
+            try:
+                moved, kept, count = await migration.migrate_connections(
+                    self, msg["targets"], bool(msg.get("keep_upstreams")))
+            finally:
+                self.migrating = False
             log.info("worker %d: moved %d of %d connection(s) in %.3fs; %d stay to drain",
                      self.id, moved, count, self.loop.time() - started, kept)
             self._drain_http()

@@ -276,6 +276,15 @@ RECORDS: dict[str, Record] = {r.kind: r for r in (
            doc="an HTTP/1.1 (or HTTPS, with `tls` as in https1-idle) connection whose request "
                "has arrived and whose response is still coming: the sender keeps the exchange "
                "and forwards the response (worker/proxy/http/inflight.py)"),
+    Record("http2-idle", (1,), 1, ("client",),
+           {**_COMMON, "h2": {"local": ListOf(int), "windows": ListOf(int), "peer": ListOf(int),
+                              "highest": int, "input": bytes,
+                              "hpack": {"size": int, "allowed": int,
+                                        "entries": ListOf(ListOf(bytes))}},
+            "tls": Maybe(dict)},
+           doc="an HTTP/2 (or over TLS, with `tls` as in https1-idle) connection with no "
+               "stream open: settings, windows, the highest stream id, the HPACK decoder's "
+               "table and the bytes not yet read (worker/codecs/h2server.py export_state)"),
 )}
 _BY_LEGACY_STATE = {r.legacy_state: r for r in RECORDS.values() if r.legacy_state}
 # What a version-1 peer adopts: exactly the records that existed then, at version 1.

@@ -689,3 +689,67 @@ def test_same_answers_as_the_h2_codec_without_connection_errors():
         assert events[1] == events[0]
         assert frames[1] == frames[0]
     assert compared > 800 and with_stream_errors > 600 and skipped < compared // 20
+
+
+# -- moving a connection to another process (export_state / import_state) ----------------------
+
+def _moved(codec, **options) -> LeanHttp2ServerCodec:
+    """`codec`'s state through msgpack (as the handoff carries it) into a fresh codec."""
+    import msgpack
+    assert codec.movable
+    state = msgpack.unpackb(msgpack.packb(codec.export_state()), raw=False)
+    moved = LeanHttp2ServerCodec(**options)
+    moved.import_state(state)
+    return moved
+
+
+def _answered(codec, stream_id: int) -> bytes:
+    codec.send_head(stream_id, Response(200, Headers([("x-served", "yes")])), True)
+    return codec.data_to_send()
+
+
+def test_a_moved_connection_goes_on_as_if_it_had_stayed():
+    peer = Peer(initial_stream_window=70_000)
+    custom = GOOD + [(b"x-custom", b"a value the client indexes"), (b"cookie", b"k=v")]
+    assert summary(peer.headers(1, custom)) == [("RequestHead", 1)]
+    _answered(peer.codec, 1)
+    moved = _moved(peer.codec, initial_stream_window=1)     # the state wins over options
+    # The client's encoder now refers to its dynamic table: the moved codec must have it.
+    block = peer.encoder.encode(custom)
+    assert len(block) < 8, "the second block should be table references"
+    later = [frame(HEADERS, 0x5, 3, block),
+             frame(HEADERS, 0x4, 5, peer.encoder.encode(GOOD)), frame(DATA, 0x1, 5, b"x" * 1000),
+             frame(WINDOW_UPDATE, 0, 0, struct.pack(">L", 1000)),
+             frame(HEADERS, 0x5, 1, peer.encoder.encode(GOOD))]      # an id already used
+    for wire in later:
+        stayed, went = peer.codec.receive(wire), moved.receive(wire)
+        assert summary(went) == summary(stayed)
+        for a, b in zip(went, stayed):
+            if isinstance(a, RequestHead):
+                assert a.request.headers.items == b.request.headers.items
+        assert kinds(moved.data_to_send()) == kinds(peer.codec.data_to_send())
+    assert kinds(_answered(moved, 3)) == kinds(_answered(peer.codec, 3)) == ["HeadersFrame"]
+
+
+def test_new_streams_wait_unread_while_a_move_is_held_and_are_read_after_it():
+    peer = Peer()
+    assert summary(peer.headers(1, end_stream=True)) == [("RequestHead", 1)]
+    peer.codec.hold_new_streams()
+    # Stream 3 arrives while 1 is still open, a PING after it: neither is read yet.
+    held = peer.send(frame(HEADERS, 0x5, 3, peer.encoder.encode(GOOD)) + frame(PING, 0, 0, b"8bytes!!"))
+    assert held == [] and peer.codec.buffered_input > 0
+    assert not peer.codec.movable
+    _answered(peer.codec, 1)
+    assert peer.codec.movable
+    moved = _moved(peer.codec)
+    assert summary(moved.receive_more()) == [("RequestHead", 3)]
+    assert "PingFrame" in kinds(moved.data_to_send())
+
+
+def test_a_hold_given_up_reads_what_waited():
+    peer = Peer()
+    peer.codec.hold_new_streams()
+    assert peer.headers(1) == []
+    peer.codec.hold_new_streams(False)
+    assert peer.codec.backlog
+    assert summary(peer.codec.receive_more()) == [("RequestHead", 1)]

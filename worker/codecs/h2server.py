@@ -279,7 +279,7 @@ class LeanHttp2ServerCodec:
                  "_hard_cap", "_conn_blocked", "_guard", "flood", "_counted",
                  "_frames_per_turn", "_backlog", "_stream_error_on_invalid", "_clock",
                  "_track_resets", "_turn_time",
-                 "_table_gen", "_header_cache", "_events")
+                 "_table_gen", "_header_cache", "_events", "_hold_new")
     multiplexed = True      # streams interleave: a fault ends one stream; draining is GOAWAY
 
     def __init__(self, *, max_header_bytes: int = 60 * 1024, max_headers: int = 100,
@@ -342,6 +342,7 @@ class LeanHttp2ServerCodec:
         self._clock = clock
         self._track_resets = self._guard.tracks_lifetimes
         self._turn_time = None                   # the clock, read once per turn (lazily)
+        self._hold_new = False                   # a move waits: new streams stay unread
 
     # -- interface ---------------------------------------------------------------------------
 
@@ -555,6 +556,60 @@ class LeanHttp2ServerCodec:
         """HTTP/2 tunnels (CONNECT) are streams; the connection itself never becomes one."""
         return 0
 
+    # -- moving the connection to another process (worker/proxy/http/h2move.py) ----------------
+
+    def hold_new_streams(self, on: bool = True) -> None:
+        """While on, a HEADERS frame that would open a stream (and what follows it) stays
+        unread in the input buffer: the streams open finish, and the connection becomes
+        movable with the new ones still to read. Off: receive_more() reads them."""
+        self._hold_new = on
+        if not on and self._buf:
+            self._backlog = True
+
+    @property
+    def buffered_input(self) -> int:
+        return len(self._buf)
+
+    @property
+    def movable(self) -> bool:
+        """No stream open, nothing to send or half-read, no GOAWAY either way: the state is
+        the settings, windows, stream counter, HPACK table and unread bytes of export_state."""
+        return not (self._streams or self._held or self._unacked or self._out or self._dead
+                    or self._block is not None or self._preface < 24 or self._peer_goaway
+                    or self._goaway_sent)
+
+    def export_state(self) -> dict:
+        """The connection's state for another process (`movable` must hold)."""
+        table = self._decoder.header_table
+        return {"local": [self._max_concurrent, self._local_stream_window,
+                          self._local_conn_window],
+                "windows": [self._recv_window, self._send_window, self._returned],
+                "peer": [self._peer_stream_window, self._peer_frame_size],
+                "highest": self._highest,
+                "hpack": {"size": table.maxsize,
+                          "allowed": self._decoder.max_allowed_table_size,
+                          "entries": [[n, v] for n, v in table.dynamic_entries]},
+                "input": bytes(self._buf)}
+
+    def import_state(self, state: dict) -> None:
+        """Continue the connection another process exported, on a codec made with this
+        process's options and never initiate()d (the peer already has our SETTINGS)."""
+        (self._max_concurrent, self._local_stream_window,
+         self._local_conn_window) = state["local"]
+        self._recv_window, self._send_window, self._returned = state["windows"]
+        self._peer_stream_window, self._peer_frame_size = state["peer"]
+        self._highest = state["highest"]
+        self._preface = 24
+        hpack = state["hpack"]
+        table = self._decoder.header_table
+        self._decoder.max_allowed_table_size = hpack["allowed"]
+        table.maxsize = hpack["size"]
+        for name, value in reversed(hpack["entries"]):     # oldest first: add() prepends
+            table.add(bytes(name), bytes(value))
+        table.resized = False
+        self._buf = bytearray(state["input"])
+        self._backlog = bool(self._buf)
+
     @property
     def closed(self) -> bool:
         """The connection is finished: close it once data_to_send() is flushed."""
@@ -722,6 +777,9 @@ class LeanHttp2ServerCodec:
             end = pos + 9 + length
             if end > size:
                 break
+            if self._hold_new and length_type & 0xFF == HEADERS and \
+                    stream_id & _MAX_STREAM_ID > self._highest:
+                break       # a new stream: it is read where the connection moves to
             payload = bytes(data[pos + 9:end])
             pos = end
             kind = length_type & 0xFF

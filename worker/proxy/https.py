@@ -144,9 +144,12 @@ class HttpsHandshake(Connection):
 
 # -- moving: record "https1-idle" (HttpConnection.export writes it) ---------------------------
 
-def adopt_idle(worker, listener, fields: dict, fds: list[int], conn_id: int, channel=None):
+def adopt_idle(worker, listener, fields: dict, fds: list[int], conn_id: int, channel=None,
+               prepare=None):
     """An idle HTTPS keep-alive connection another process exported: the same session goes
-    on here, on a transport built from the record layer's state; no handshake."""
+    on here, on a transport built from the record layer's state; no handshake. `prepare(conn)`
+    runs before the transport starts (the HTTP/2 codec state or the forwarded response of the
+    records that are more than a socket: h2move.py, inflight.py)."""
     from .http.connection_manager import HttpConnection
     chain = listener.chains[fields.get("chain") or 0]
     client = socket.socket(listener.family, socket.SOCK_STREAM, 0, fds[0])
@@ -160,6 +163,8 @@ def adopt_idle(worker, listener, fields: dict, fds: list[int], conn_id: int, cha
     gauges[ssl_active] += 1
     transport.on_lost = lambda: gauges.__setitem__(ssl_active, gauges[ssl_active] - 1)
     worker.connections[conn_id] = conn
+    if prepare is not None:
+        prepare(conn)
     transport.start(conn)
     return conn
 

@@ -27,13 +27,14 @@ from ...codecs.events import Body, ProtocolError, RequestHead, StreamReset, Trai
 from ...codecs.h2limits import TOO_MANY_PREMATURE_RESETS
 from ...codecs.http1 import Http1ServerCodec
 from ...connection import Connection, Export, Lifecycle, Move, register
-from . import express, inflight
+from . import express, h2move, inflight
 from .stream import Stream
 
 log = logging.getLogger("baton.http")
 
 H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 MAX_QUEUED_EVENTS = 64          # pipelined events waiting before reading pauses
+HOLD_BUFFER_LIMIT = 256 * 1024  # HTTP/2 bytes left unread while a move waits (h2move.py)
 
 
 class HttpConnection(asyncio.Protocol, Connection):
@@ -82,6 +83,8 @@ class HttpConnection(asyncio.Protocol, Connection):
         # the client moved mid-response; in the new one, the exchange the old one serves.
         self.moved_to = None
         self.moving_client = None                 # the client's transport, while moving
+        self.hold_timer = None                    # HTTP/2: how long new streams wait unread
+        self.hold_paused = False                  # and reading paused while they wait
         self.forwarded_response = None
 
     # -- asyncio.Protocol -------------------------------------------------------------------
@@ -95,7 +98,9 @@ class HttpConnection(asyncio.Protocol, Connection):
         stats = self.worker.stats
         stats.counters[hcm.stat_cx_total] += 1
         stats.gauges[hcm.stat_cx_active] += 1
-        if hcm.codec_type == "HTTP2":
+        if self.codec is not None:
+            pass                    # adopted with its state (h2move.py, inflight.py)
+        elif hcm.codec_type == "HTTP2":
             self._use_http2()
         elif hcm.codec_type == "HTTP1":
             self._use_http1()
@@ -113,6 +118,10 @@ class HttpConnection(asyncio.Protocol, Connection):
                 self.eof_received()
         if self.forwarded_response is not None:
             self.forwarded_response.transport_ready()   # what came before this transport
+        elif self.codec is not None and self.codec.multiplexed and self.codec.backlog:
+            # Adopted with frames still unread (h2move.py): read them on the next turn.
+            self.pause_reading(True)
+            self.backlog = self.loop.call_soon(self._receive_backlog)
 
     def _use_http1(self) -> None:
         hcm = self.hcm
@@ -150,6 +159,10 @@ class HttpConnection(asyncio.Protocol, Connection):
             # What the transport still buffers counts against HTTP/2's max_outbound_frames.
             codec.unsent(self.transport.get_write_buffer_size())
         self._received(codec, codec.receive(data))
+        if self.hold_timer is not None and not self.hold_paused and \
+                codec.buffered_input > HOLD_BUFFER_LIMIT:
+            self.hold_paused = True     # new streams wait unread (h2move.py): not unbounded
+            self.pause_reading(True)
 
     def _received(self, codec, events) -> None:
         if codec.multiplexed:
@@ -319,7 +332,7 @@ class HttpConnection(asyncio.Protocol, Connection):
                 if self.codec.closed:
                     self.close()
                     return
-            if self.on_idle is not None and self._idle():
+            if self.on_idle is not None and self._ready_to_move():
                 self._held()
                 return
             self._arm_idle()
@@ -424,11 +437,11 @@ class HttpConnection(asyncio.Protocol, Connection):
 
     def _cancel_timers(self) -> None:
         for timer in (self.idle_timer, self.header_timer, self.duration_timer, self.stream_timer,
-                      self.deadline_timer, self.drain_timer):
+                      self.deadline_timer, self.drain_timer, self.hold_timer):
             if timer is not None:
                 timer.cancel()
         self.idle_timer = self.header_timer = self.duration_timer = self.stream_timer = None
-        self.deadline_timer = self.drain_timer = None
+        self.deadline_timer = self.drain_timer = self.hold_timer = None
 
     def drain(self) -> None:
         """Stop taking requests: HTTP/1.1 says `connection: close` on the response in flight
@@ -571,12 +584,19 @@ class HttpConnection(asyncio.Protocol, Connection):
         and its response is coming if the receiver adopts that (inflight.py); else once the
         exchange in flight ends. HTTP/2 ones (HPACK state, windows) drain instead, and so
         does the old half of a connection that already moved."""
-        if self.closed or self.moved_to is not None or \
-                (self.codec is not None and self.codec.multiplexed):
+        if self.closed or self.moved_to is not None:
             return Move.NEVER
+        if self.codec is not None and self.codec.multiplexed and \
+                h2move.RECORD not in self.worker.handoff_accepts:
+            return Move.NEVER           # a receiver that cannot continue it: GOAWAY
         return Move.NOW if self._ready_to_move() else Move.WHEN_IDLE
 
     def _ready_to_move(self) -> bool:
+        codec = self.codec
+        if codec is not None and codec.multiplexed:
+            return (h2move.RECORD in self.worker.handoff_accepts and not self.streams
+                    and codec.movable and self.transport is not None
+                    and self.transport.get_write_buffer_size() == 0)
         return self._idle() or (inflight.RECORD in self.worker.handoff_accepts
                                 and self._in_flight_movable())
 
@@ -607,15 +627,37 @@ class HttpConnection(asyncio.Protocol, Connection):
         return self.transport is not None and self.transport.get_write_buffer_size() == 0
 
     def hold_when_idle(self, on_idle) -> None:
-        """Finish the request in flight, then stop reading and call `on_idle`."""
+        """Finish the request in flight, then stop reading and call `on_idle`. HTTP/2 stops
+        reading new streams meanwhile, for at most h2move.HOLD_LIMIT (h2move.py)."""
         self.on_idle = on_idle
+        if self.codec is not None and self.codec.multiplexed:
+            self.codec.hold_new_streams()
+            self.hold_timer = self.loop.call_later(h2move.HOLD_LIMIT, self.cancel_hold)
         if self._ready_to_move():
             self._held()
 
     def cancel_hold(self) -> None:
         self.on_idle = None
+        self._release_held_streams()
+
+    def _release_held_streams(self) -> None:
+        if self.hold_timer is not None:
+            self.hold_timer.cancel()
+            self.hold_timer = None
+        if self.hold_paused:
+            self.hold_paused = False
+            self.pause_reading(False)
+        codec = self.codec
+        if codec is not None and codec.multiplexed and not self.closed:
+            codec.hold_new_streams(False)
+            if codec.backlog and self.backlog is None:
+                self.pause_reading(True)
+                self.backlog = self.loop.call_soon(self._receive_backlog)
 
     def _held(self) -> None:
+        if self.hold_timer is not None:
+            self.hold_timer.cancel()
+            self.hold_timer = None
         on_idle, self.on_idle = self.on_idle, None
         if self.transport is not None and not self.closed:
             self.transport.pause_reading()
@@ -638,6 +680,14 @@ class HttpConnection(asyncio.Protocol, Connection):
         fields = {"id": self.id, "listener": self.listener.name, "chain": self.chain.index,
                   "peer": list(self.peer) if self.peer else None,
                   "original": list(self.original) if self.original else None}
+        if self.codec is not None and self.codec.multiplexed:
+            if self.backlog is not None:
+                self.backlog.cancel()       # what it would read is in the state
+                self.backlog = None
+                self.read_pauses -= 1
+            tls = self.transport.export_state() if self.tls is not None else None
+            return Export(h2move.RECORD, {**fields, "h2": self.codec.export_state(), "tls": tls},
+                          [self.moving_fd])
         if in_flight:
             tls = self.transport.export_state() if self.tls is not None else None
             # From here the exchange writes to the new worker (held until it answers).
@@ -674,9 +724,14 @@ class HttpConnection(asyncio.Protocol, Connection):
             forwarded, self.moved_to = self.moved_to, None
             self.transport, self.moving_client = self.moving_client, None
             forwarded.give_back(self.transport)
+        self._release_held_streams()
         if not self.closed:
             self.transport.resume_reading()
             self._arm_idle()
+
+    def adopt_codec(self, codec) -> None:
+        """Adopted with its codec's state (h2move.py), before the transport exists."""
+        self.codec = codec
 
     def adopt_forwarded_response(self, response) -> None:
         """Adopted mid-response (inflight.py): `response` holds the place of the exchange the
@@ -719,14 +774,19 @@ class HttpConnection(asyncio.Protocol, Connection):
             self.forwarded_response.channel_lost()
 
     @classmethod
-    def adopt(cls, worker, listener, fields: dict, fds: list[int], conn_id: int, channel=None):
-        """Record "http1-idle": an idle HTTP/1.1 connection another worker exported."""
+    def adopt(cls, worker, listener, fields: dict, fds: list[int], conn_id: int, channel=None,
+              prepare=None):
+        """Record "http1-idle": an idle HTTP/1.1 connection another worker exported (and the
+        plain-TCP part of inflight.py's and h2move.py's records, which `prepare(conn)` before
+        its transport exists)."""
         chain = listener.chains[fields.get("chain") or 0]
         client = socket.socket(listener.family, socket.SOCK_STREAM, 0, fds[0])
         worker.stats.gauges[listener.stat_cx_active] += 1
         peer = tuple(fields["peer"]) if fields.get("peer") else None
         original = tuple(fields["original"]) if fields.get("original") else None
         conn = cls(worker, listener, chain, peer, original, conn_id)
+        if prepare is not None:
+            prepare(conn)
         worker.accept_http(conn, client)
         return conn
 

@@ -27,7 +27,6 @@ which the new one protects: sequence numbers are only ever advanced by one proce
 from __future__ import annotations
 
 import logging
-import socket
 
 from ...connection import register
 
@@ -219,19 +218,13 @@ class ForwardedResponse:
 def adopt(worker, listener, fields: dict, fds: list[int], conn_id: int, channel=None):
     """Record "http1-inflight": the client of an exchange another worker still serves."""
     from .connection_manager import HttpConnection
+
+    def prepare(conn):
+        conn.adopt_forwarded_response(ForwardedResponse(conn, channel, fields["id"]))
     if fields.get("tls") is not None:
         from ..https import adopt_idle
-        conn = adopt_idle(worker, listener, fields, fds, conn_id, channel)
-    else:
-        chain = listener.chains[fields.get("chain") or 0]
-        client = socket.socket(listener.family, socket.SOCK_STREAM, 0, fds[0])
-        worker.stats.gauges[listener.stat_cx_active] += 1
-        peer = tuple(fields["peer"]) if fields.get("peer") else None
-        original = tuple(fields["original"]) if fields.get("original") else None
-        conn = HttpConnection(worker, listener, chain, peer, original, conn_id)
-        worker.accept_http(conn, client)
-    conn.adopt_forwarded_response(ForwardedResponse(conn, channel, fields["id"]))
-    return conn
+        return adopt_idle(worker, listener, fields, fds, conn_id, channel, prepare=prepare)
+    return HttpConnection.adopt(worker, listener, fields, fds, conn_id, channel, prepare=prepare)
 
 
 def _refusal(worker, listener, fields: dict) -> str | None:
