@@ -11,8 +11,9 @@ Envoy's rules (1.40, source/common/buffer/watermark_buffer.cc and server/worker_
   - When the action's state changes, each worker resets the streams of the
     floor(value * 8) + 1 largest classes (capped at 8), largest class first, at most 50
     streams per invocation; a stream is reset as its codec resets it locally (HTTP/2:
-    RST_STREAM NO_ERROR; HTTP/1: the connection ends), which its connection manager sees as
-    a reset (downstream_rq_rx_reset, response flag OM, details "overload"). The counter
+    RST_STREAM INTERNAL_ERROR, measured on Envoy 1.40; HTTP/1: the connection ends), which
+    its connection manager sees as a reset (downstream_rq_rx_reset, response flag OM,
+    details "overload"). The counter
     envoy.overload_actions.reset_high_memory_stream.count adds the streams reset.
   - Envoy invokes it on every change of the action's value, including the fall to 0 (where
     its code would still clear the largest class); Baton resets nothing at 0, as Envoy's docs

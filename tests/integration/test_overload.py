@@ -394,7 +394,7 @@ def test_reset_high_memory_stream_resets_the_stream_holding_memory_not_its_neigh
         tmp_path, recorder):
     """A real fixed_heap threshold: an HTTP/2 client that never reads a large response makes
     the worker's heap cross it, and reset_high_memory_stream resets that stream (RST_STREAM
-    NO_ERROR, downstream_rq_rx_reset, the action's count) while a neighbour's keep-alive GETs
+    INTERNAL_ERROR, downstream_rq_rx_reset, the action's count) while a neighbour's keep-alive GETs
     and a slow HTTP/2 request in flight on another connection of the same worker finish. Then
     the same with an HTTP/1.1 client that never reads: its connection ends."""
     port = free_port()
@@ -427,7 +427,7 @@ def test_reset_high_memory_stream_resets_the_stream_holding_memory_not_its_neigh
         hostile = hostile_h2_request(port, size)
         try:
             wait_stat(baton, RESET_COUNT, lambda v: v == 1, "the hostile stream reset", 30)
-            assert rst_stream_code(hostile, 1, time.monotonic() + 10) == 0     # NO_ERROR
+            assert rst_stream_code(hostile, 1, time.monotonic() + 10) == 0x2   # INTERNAL_ERROR
         finally:
             hostile.close()
         stats = baton.stats()
@@ -450,3 +450,61 @@ def test_reset_high_memory_stream_resets_the_stream_holding_memory_not_its_neigh
         baton.stop()
     assert neighbour.errors == [] and len(neighbour.statuses) > 10
     assert set(neighbour.statuses) == {200}
+
+
+def reset_bootstrap(port: int, upstream: int, heap_limit: int) -> dict:
+    doc = http_bootstrap(free_port(), port, upstream)
+    doc["static_resources"]["listeners"][0]["per_connection_buffer_limit_bytes"] = 512 << 20
+    doc["overload_manager"] = {
+        "refresh_interval": "0.05s", "resource_monitors": [heap_monitor(heap_limit)],
+        "actions": [action(RESET, HEAP, HEAP_THRESHOLD)],
+        "buffer_factory_config": {"minimum_account_to_track_power_of_two": 20}}
+    return doc
+
+
+def test_differential_reset_high_memory_stream_answers_as_envoy(tmp_path, recorder):
+    """Envoy 1.40 and Baton, each with its heap line set a little above its own memory at rest
+    (the only difference in the bootstrap), and an HTTP/2 client that never reads 64 MiB: the
+    same RST_STREAM code and the same stats. (Envoy buffers at most its stream window per
+    stream, 16 MiB here, so its line sits closer.)"""
+    seen = {}
+    for name in ("envoy", "baton"):
+        port = free_port()
+        if name == "envoy":
+            # Envoy's heap at rest, as its own monitor reports it against 1 GiB.
+            probe = Envoy(tmp_path / "envoy-probe", reset_bootstrap(free_port(), recorder, 1 << 30))
+            probe.start()
+            try:
+                stats = envoy_stats(probe)
+            finally:
+                probe.stop()
+            rest = max(stats[f"overload.{HEAP}.pressure"] * (1 << 30) // 100,
+                       stats["server.memory_allocated"])
+            proxy = Envoy(tmp_path / "envoy", reset_bootstrap(
+                port, recorder, int((rest + (6 << 20)) / HEAP_THRESHOLD))).start()
+            proxy.stats = lambda proxy=proxy: envoy_stats(proxy)
+        else:
+            # Baton's line is computed once its worker runs: the limit is set from a first
+            # look at a worker of the same bootstrap.
+            probe = Baton(tmp_path / "baton-probe", reset_bootstrap(free_port(), recorder, 1 << 30),
+                          concurrency=1).start()
+            try:
+                rest = anonymous_resident_bytes(f"/proc/{probe.worker_pids()[0]}/statm")
+            finally:
+                probe.stop()
+            proxy = Baton(tmp_path / "baton", reset_bootstrap(
+                port, recorder, int((rest + (24 << 20)) / HEAP_THRESHOLD)), concurrency=1).start()
+        try:
+            assert proxy.stats()[RESET_COUNT] == 0
+            hostile = hostile_h2_request(port, 64 << 20)
+            try:
+                wait_stat(proxy, RESET_COUNT, lambda v: v == 1, f"{name}: the stream reset", 30)
+                code = rst_stream_code(hostile, 1, time.monotonic() + 10)
+            finally:
+                hostile.close()
+            stats = proxy.stats()
+            seen[name] = (code, stats[RESET_COUNT], stats["http.ingress_http.downstream_rq_rx_reset"],
+                          stats["http.ingress_http.downstream_rq_tx_reset"])
+        finally:
+            proxy.stop()
+    assert seen["baton"] == seen["envoy"] == (0x2, 1, 1, 0)

@@ -15,7 +15,7 @@ import logging
 import random
 import time
 
-from ...codecs.h2server import CANCEL, NO_ERROR
+from ...codecs.h2server import CANCEL, INTERNAL_ERROR
 from ...codecs.message import Headers, Response
 from . import path_normalize
 from . import xfcc
@@ -607,13 +607,14 @@ class Stream:
 
     def reset_by_overload(self) -> None:
         """reset_high_memory_stream chose this stream (worker/overload_reset.py). Envoy's codec
-        resets it (RST_STREAM NO_ERROR; HTTP/1.1 ends the connection) and its connection
+        resets it (RST_STREAM INTERNAL_ERROR, as Envoy 1.40 sends it; HTTP/1.1 ends the
+        connection) and its connection
         manager takes that as any reset: downstream_rq_rx_reset, flag OM, details overload."""
         if self.done:
             return
         self.info.response_flags.append("OM")
         self.info.response_code_details = "overload"
-        self.reset("overload", code=NO_ERROR, stat=self.hcm.stat_rq_rx_reset)
+        self.reset("overload", code=INTERNAL_ERROR, stat=self.hcm.stat_rq_rx_reset)
 
     def timed_out(self, status: int, body: str, details: str, stat: str) -> None:
         """request_timeout / stream_idle_timeout: Envoy's 408 before the response began, a
