@@ -194,6 +194,15 @@ def with_dynamic(static_dump: dict, dynamic: dict | None, include_eds: bool) -> 
     configs.append({"@type": prefix + "RoutesConfigDump", **parts["routes"]})
     if include_eds:
         configs.append({"@type": prefix + "EndpointsConfigDump", **parts["endpoints"]})
+    # Secrets last, as Envoy lists them: the static ones (cli.py) and SDS's (xds/dump.py).
+    dynamic_secrets = (parts.get("secrets") or {}).get("dynamic_active_secrets")
+    if dynamic_secrets:
+        entry = by_type.get(prefix + "SecretsConfigDump")
+        if entry is None:
+            entry = {"@type": prefix + "SecretsConfigDump"}
+        else:
+            configs.remove(entry)
+        configs.append({**entry, "dynamic_active_secrets": dynamic_secrets})
     result = {"configs": configs}
     if dynamic is None:
         result["dynamic_unavailable"] = "the xDS agent did not answer (restarting?)"

@@ -286,6 +286,11 @@ def _config_dump(path: str, snapshot: dict) -> dict:
     now = datetime.datetime.now(datetime.timezone.utc).isoformat()
     listeners = raw.get("static_resources", {}).get("listeners", [])
     clusters = raw.get("static_resources", {}).get("clusters", [])
+    secrets = raw.get("static_resources", {}).get("secrets", [])
+    secrets_dump = [{"@type": "type.googleapis.com/envoy.admin.v3.SecretsConfigDump",
+                     "static_secrets": [{"name": s.get("name", ""), "last_updated": now, "secret": {
+                         "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret",
+                         **s}} for s in secrets]}] if secrets else []
     return {"configs": [
         {"@type": "type.googleapis.com/envoy.admin.v3.BootstrapConfigDump",
          "bootstrap": raw, "last_updated": now},
@@ -293,6 +298,7 @@ def _config_dump(path: str, snapshot: dict) -> dict:
          "static_clusters": [{"cluster": c, "last_updated": now} for c in clusters]},
         {"@type": "type.googleapis.com/envoy.admin.v3.ListenersConfigDump", "version_info": snapshot["version"],
          "static_listeners": [{"listener": l, "last_updated": now} for l in listeners]},
+        *secrets_dump,                      # static_resources.secrets, private keys redacted
     ]}
 
 

@@ -157,7 +157,8 @@ class Agent:
 
     def _on_message(self, channel, msg, fds) -> None:
         if msg["type"] == "dump":
-            channel.reply(msg, {"type": "dump", "dump": dynamic_dump(self.config)})
+            channel.reply(msg, {"type": "dump", "dump": dynamic_dump(
+                self.config, self.secret_sources.dump_entries())})
         else:
             channel.reply(msg, {"type": "error", "error": f"unknown message {msg['type']!r}"})
 

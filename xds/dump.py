@@ -3,11 +3,12 @@
 Built by the agent (which holds the resources' bytes) when the master asks, never on every
 update: turning a 10,000-endpoint assignment into JSON costs more than applying it.
 
-    dynamic_dump(config) -> {"clusters": {...}, "listeners": {...}, "routes": {...},
-                             "endpoints": {...}}
-each the dynamic fields of ClustersConfigDump, ListenersConfigDump, RoutesConfigDump and
-EndpointsConfigDump: version_info and, per resource, its version_info, the resource (with
-its "@type") and last_updated.
+    dynamic_dump(config, secrets=()) -> {"clusters": {...}, "listeners": {...}, "routes": {...},
+                                         "endpoints": {...}, "secrets": {...}}
+each the dynamic fields of ClustersConfigDump, ListenersConfigDump, RoutesConfigDump,
+EndpointsConfigDump and SecretsConfigDump: version_info and, per resource, its version_info,
+the resource (with its "@type") and last_updated. `secrets`: (name, version, raw Secret
+bytes, last_updated) of the secrets SDS sources other than ADS hold (xds/sds.py).
 """
 
 from __future__ import annotations
@@ -15,21 +16,25 @@ from __future__ import annotations
 from google.protobuf import json_format
 
 from . import protos
-from .ads import CLUSTER, ENDPOINT, LISTENER, ROUTE
+from .ads import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET
+from .secrets import secret_class
 from .tls import redact
 
 _CLASSES = {LISTENER: protos.Listener, ROUTE: protos.RouteConfiguration,
-            CLUSTER: protos.Cluster, ENDPOINT: protos.ClusterLoadAssignment}
+            CLUSTER: protos.Cluster, ENDPOINT: protos.ClusterLoadAssignment,
+            SECRET: secret_class()}
 
 
-def _as_json(type_url, raw):
+def _as_json(type_url, raw, field_names=False):
     pb = _CLASSES[type_url]()
     pb.ParseFromString(raw)
-    # TLS private keys show as "[redacted]", as in Envoy (xds/tls.py).
-    return {"@type": type_url, **redact(json_format.MessageToDict(pb))}
+    # TLS private keys show as "[redacted]", as in Envoy (xds/tls.py). field_names: the
+    # proto's own names (tls_certificate), as Envoy 1.40 writes secrets.
+    return {"@type": type_url, **redact(json_format.MessageToDict(
+        pb, preserving_proto_field_name=field_names))}
 
 
-def dynamic_dump(config) -> dict:
+def dynamic_dump(config, secrets=()) -> dict:
     accepted, versions = config.accepted, config.versions
 
     def entries(type_url, key, names):
@@ -57,4 +62,11 @@ def dynamic_dump(config) -> dict:
         "routes": {"dynamic_route_configs": entries(ROUTE, "route_config", set(accepted[ROUTE]))},
         "endpoints": {"dynamic_endpoint_configs": entries(ENDPOINT, "endpoint_config",
                                                           set(accepted[ENDPOINT]))},
+        # Envoy's DynamicSecret entries (private keys "[redacted]", as Envoy shows them).
+        "secrets": {"dynamic_active_secrets": sorted(
+            [{"name": a.name, "version_info": a.version, "last_updated": a.updated,
+              "secret": _as_json(SECRET, a.raw, True)} for a in accepted[SECRET].values()]
+            + [{"name": name, "version_info": version, "last_updated": updated,
+                "secret": _as_json(SECRET, raw, True)} for name, version, raw, updated in secrets],
+            key=lambda entry: entry["name"])},
     }

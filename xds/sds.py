@@ -31,7 +31,7 @@ import random
 
 from . import protos
 from .ads import SECRET, AdsProtocol
-from .dynamic import error_detail
+from .dynamic import error_detail, now_text
 from .file_watch import DirectoryWatcher
 from .secrets import secret_class, translate_secret
 
@@ -200,6 +200,18 @@ class SecretSources:
             stream.stop()
         self.watcher.close()
 
+    def dump_entries(self) -> list:
+        """(name, version, raw Secret, last_updated) of every secret these sources hold, for
+        /config_dump's dynamic_active_secrets (xds/dump.py)."""
+        entries = []
+        for stream in self.streams.values():
+            for name, (_, raw) in stream.held.items():
+                entries.append((name, stream.protocol.types[SECRET].version, raw, stream.updated))
+        for item in self.files.values():
+            for name, raw in item.raw.items():
+                entries.append((name, "", raw, item.updated))
+        return entries
+
 
 def _secret_watches(secret: dict | None, key) -> list:
     watch = (secret or {}).get("watch")
@@ -217,11 +229,13 @@ class SecretFile:
         self.path = source["path"]
         self.directory = source.get("watched_directory")
         self.secrets: dict[str, dict] = {}
+        self.raw: dict[str, bytes] = {}             # as read, for /config_dump
+        self.updated = ""
 
     def load(self) -> bool:
         """Read the file again. -> whether the secrets changed."""
         errors = []
-        secrets = self._read(errors)
+        secrets, raw = self._read(errors)
         if errors:
             log.warning("xds: SDS file %s rejected; the secrets it held keep serving: %s",
                         self.path, error_detail(errors))
@@ -235,7 +249,7 @@ class SecretFile:
         if self.secrets:
             log.info("xds: SDS file %s read again; secrets updated (rotated): %s", self.path,
                      ", ".join(changed) or "none (some removed)")
-        self.secrets = secrets
+        self.secrets, self.raw, self.updated = secrets, raw, now_text()
         self.owner.agent.stats.count([f"sds.{n}" for n in sorted(secrets)], "update_success")
         self.owner.config.set_source_secrets(self.key, secrets, self.owner.loop.time())
         self.owner.agent.dirty.set()
@@ -248,15 +262,15 @@ class SecretFile:
             data = read_document(self.path)
         except ConfigError as exc:
             errors.extend(exc.errors)
-            return {}
+            return {}, {}
         protos.import_types_in(data)
         response = protos.DiscoveryResponse()
         try:
             json_format.ParseDict(data, response)
         except (json_format.ParseError, TypeError, ValueError) as exc:
             errors.append(f"{self.path}: not a DiscoveryResponse of Secrets: {exc}")
-            return {}
-        secrets = {}
+            return {}, {}
+        secrets, raw = {}, {}
         for i, any_pb in enumerate(response.resources):
             path = f"{self.path}: resources[{i}]"
             if protos.type_name(any_pb.type_url) != protos.type_name(SECRET):
@@ -267,7 +281,8 @@ class SecretFile:
                 if value["name"] in secrets:
                     errors.append(f"{path}.name: '{value['name']}' appears twice")
                 secrets[value["name"]] = value
-        return secrets
+                raw[value["name"]] = any_pb.value
+        return secrets, raw
 
 
 class GrpcSecretStream:
@@ -282,6 +297,7 @@ class GrpcSecretStream:
         self.protocol = AdsProtocol(self.agent.node, delta=self.delta)
         self.protocol.set_interest(SECRET, frozenset(names))
         self.held: dict[str, tuple[dict, bytes]] = {}       # name -> (SECRET, raw)
+        self.updated = ""
         self.call = None
         self.task = self.agent.loop.create_task(self._run())
 
@@ -395,6 +411,7 @@ class GrpcSecretStream:
         for name in update.removed:
             self.held.pop(name, None)
         stats.count(scopes, "update_success")
+        self.updated = now_text()
         await call.write(self.protocol.ack(update))
         self._publish()
         self.owner._watch()

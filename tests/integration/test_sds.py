@@ -10,6 +10,7 @@ behind a TLS-terminating tcp_proxy. A connection made before a rotation keeps wo
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -219,6 +220,13 @@ def test_sds_over_ads_a_listener_waits_for_its_secret(upstreams, tmp_path):
         assert echo(kept, b"before") == b"before"
         plane.set_resources(SECRET, [inline_secret("default", second)], "2")
         wait_until(lambda: serves(port, ctx, second), 15, "the rotated certificate")
+        dump = json.loads(b.admin("/config_dump")[1])
+        (secrets,) = [c for c in dump["configs"] if c["@type"].endswith(".SecretsConfigDump")]
+        (entry,) = secrets["dynamic_active_secrets"]
+        assert entry["name"] == "default"
+        assert entry["secret"]["tls_certificate"]["private_key"] == {"inline_string": "[redacted]"}
+        assert entry["secret"]["tls_certificate"]["certificate_chain"]["inline_string"] == \
+            second.cert_pem.decode()
         plane.set_resources(SECRET, [{"name": "default", "tls_certificate": {
             "certificate_chain": {"filename": "/nonexistent/tls.crt"},
             "private_key": {"filename": "/nonexistent/tls.key"}}}], "3")

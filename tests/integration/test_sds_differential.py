@@ -16,7 +16,8 @@ from .test_tls_differential import attempt
 from .tls_clients import TLS_CONTEXT_TYPE, client_context
 
 
-def bootstrap(admin: int, static_port: int, rotating_port: int, upstream: int, ca, sds_file) -> dict:
+def bootstrap(admin: int, static_port: int, rotating_port: int, upstream: int, ca, server,
+              sds_file) -> dict:
     tcp = {"@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
            "stat_prefix": "tls", "cluster": "echo"}
 
@@ -28,7 +29,6 @@ def bootstrap(admin: int, static_port: int, rotating_port: int, upstream: int, c
                 "filter_chains": [{"filters": [{"name": "envoy.filters.network.tcp_proxy", "typed_config": tcp}],
                                    "transport_socket": {"name": "envoy.transport_sockets.tls",
                                                         "typed_config": context}}]}
-    server = leaf(ca, "ecdsa")
     static = {"tls_certificate_sds_secret_configs": [{"name": "server"}],
               "combined_validation_context": {
                   "default_validation_context": {"match_typed_subject_alt_names": [
@@ -54,9 +54,19 @@ def bootstrap(admin: int, static_port: int, rotating_port: int, upstream: int, c
                                       "address": "127.0.0.1", "port_value": upstream}}}}]}]}}]}}
 
 
+def static_secrets_dump(admin_port: int) -> list:
+    import json
+    import urllib.request
+    with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/config_dump", timeout=5) as r:
+        dump = json.loads(r.read())
+    (secrets,) = [c for c in dump["configs"] if c["@type"].endswith(".SecretsConfigDump")]
+    return [{k: v for k, v in entry.items() if k != "last_updated"}
+            for entry in secrets["static_secrets"]]
+
+
 def test_static_and_rotated_secrets_match_envoy(tmp_path, upstreams, shared_dir):  # noqa: F811
     ca = make_ca("ecdsa")
-    first, second = leaf(ca, "ecdsa"), leaf(ca, "rsa")
+    first, second, server = leaf(ca, "ecdsa"), leaf(ca, "rsa"), leaf(ca, "ecdsa")
     certs, sds_file = mounted_secret(shared_dir, first, "rotating")
     echo = upstreams("echo")
     clients = [("SPIFFE client", client_context(ca, spiffe_leaf(ca))),
@@ -66,7 +76,7 @@ def test_static_and_rotated_secrets_match_envoy(tmp_path, upstreams, shared_dir)
     try:
         for name in ("envoy", "baton"):
             admin, static_port, rotating_port = free_port(), free_port(), free_port()
-            data = bootstrap(admin, static_port, rotating_port, echo.port, ca, sds_file)
+            data = bootstrap(admin, static_port, rotating_port, echo.port, ca, server, sds_file)
             proxies[name] = (Envoy(tmp_path / name, data) if name == "envoy"
                              else Baton(tmp_path / name, data, concurrency=1))
             proxies[name].start()
@@ -78,6 +88,11 @@ def test_static_and_rotated_secrets_match_envoy(tmp_path, upstreams, shared_dir)
         assert observed["envoy"] == ([("SPIFFE client", "ok"), ("no client certificate", "refused"),
                                       ("wrong SAN", "refused")], True)
         assert observed["baton"] == observed["envoy"]
+        # /config_dump's static secrets, private keys redacted, as Envoy shows them.
+        dumps = {name: static_secrets_dump(process.admin_port) for name, process in proxies.items()}
+        assert [entry["name"] for entry in dumps["envoy"]] == ["server", "ca"]
+        assert dumps["envoy"][0]["secret"]["tls_certificate"]["private_key"] == {"inline_string": "[redacted]"}
+        assert dumps["baton"] == dumps["envoy"]
 
         _swap(certs, second, 2)
         for name, (_, rotating_port) in ports.items():
