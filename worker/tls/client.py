@@ -67,8 +67,10 @@ class TlsClient:
         self.scope = self.cluster_scope = ""
         self.missing = list(spec.get("missing_secrets") or ())   # secrets not yet known
         self._contexts: dict = {}           # ALPN tuple -> (SSLContext, KeyLog)
-        self._sessions: OrderedDict = OrderedDict()     # SNI -> deque of SSLSession
-        self.context_for(())                # a bad spec fails here, in the worker's update
+        # SNI -> deque of SSLSession. Contexts (each with a key log pipe) are made at the
+        # first handshake that needs them: a mesh has hundreds of TLS clusters per worker,
+        # most of them never dialled.
+        self._sessions: OrderedDict = OrderedDict()
 
     def close(self) -> None:
         for _context, keylog in self._contexts.values():
