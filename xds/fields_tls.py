@@ -17,6 +17,8 @@ ALLOWED_TLS = {
         "name": WALK, "typed_config": SKIP},
     "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext": {
         "common_tls_context": WALK, "require_client_certificate": WALK},
+    "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext": {
+        "common_tls_context": WALK, "sni": WALK, "max_session_keys": WALK},
     "envoy.extensions.transport_sockets.tls.v3.CommonTlsContext": {
         "tls_params": WALK, "tls_certificates": WALK, "validation_context": WALK,
         "alpn_protocols": WALK,
