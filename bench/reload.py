@@ -35,17 +35,18 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import proxies
 import reload_report
 import procs
-from procs import BenchError, Proc, free_port, require_tool, start, stop, wait_listening
+import reload_l7
+from procs import BenchError, free_port, require_tool, start, stop, wait_listening
 from reload_clients import IdleClients, raise_nofile
-from reload_proxies import (_STARTED_MASTER, BatonCtl, EnvoyCtl, HaproxyCtl, LogTail, ReloadResult,
-                            problem_lines)
+from reload_l7 import reload_series, stop_client
+from reload_memory import TreeSampler
+from reload_proxies import BatonCtl, EnvoyCtl, HaproxyCtl, ReloadResult, describe, problem_lines, result_dict
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
@@ -53,22 +54,24 @@ PROXY_CPU = 1
 LOAD_CPU = 0
 ALL_CPUS = "0-1"
 ALL_PROXIES = ["baton", "haproxy", "envoy"]
-ALL_PHASES = ["timing", "idle", "load"]
-PAGE = os.sysconf("SC_PAGE_SIZE")
+ALL_PHASES = ["timing", "idle", "load", *reload_l7.PHASES]
 
 
 def parse_args(argv):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true",
                     help="validation run: 5 timing reloads, 2 per idle count, 10 under load")
-    ap.add_argument("--phases", default=",".join(ALL_PHASES), help="subset of timing,idle,load")
-    ap.add_argument("--proxies", default=",".join(ALL_PROXIES), help="for the load phase")
+    ap.add_argument("--phases", default=",".join(ALL_PHASES), help=f"subset of {','.join(ALL_PHASES)}")
+    ap.add_argument("--proxies", default=",".join(ALL_PROXIES), help="for the load, h2, grpc, slow and udp phases")
     ap.add_argument("--concurrency", type=int, default=2,
                     help="Baton workers in the timing and idle phases (default 2 = this machine's CPUs)")
     ap.add_argument("--timing-reloads", type=int, default=20)
     ap.add_argument("--idle", default="1000,10000", help="idle connection counts")
     ap.add_argument("--idle-reloads", type=int, default=5, help="reloads per idle connection count (default 5)")
     ap.add_argument("--load-reloads", type=int, default=100, help="reloads per proxy under load")
+    ap.add_argument("--l7-reloads", type=int, default=100, help="reloads per proxy in each of h2, grpc, slow, udp")
+    ap.add_argument("--h2-run", type=int, default=15, help="h2 phase: seconds of each h2load run (-D)")
+    ap.add_argument("--udp-rate", type=float, default=200.0, help="udp phase: datagrams per second")
     ap.add_argument("--drain", type=int, default=2,
                     help="HAProxy hard-stop-after and Envoy --parent-shutdown-time-s, seconds "
                          "(Envoy --drain-time-s is one less); default 2")
@@ -93,6 +96,8 @@ def parse_args(argv):
             args.idle_reloads = 2
         if "--load-reloads" not in given:
             args.load_reloads = 10
+        if "--l7-reloads" not in given:
+            args.l7_reloads = 10
     args.phases = [p.strip() for p in args.phases.split(",") if p.strip()]
     args.proxies = [p.strip() for p in args.proxies.split(",") if p.strip()]
     args.idle = [int(x) for x in args.idle.split(",") if x.strip()]
@@ -100,7 +105,7 @@ def parse_args(argv):
         ap.error(f"unknown phases: {set(args.phases) - set(ALL_PHASES)}")
     if set(args.proxies) - set(ALL_PROXIES):
         ap.error(f"unknown proxies: {set(args.proxies) - set(ALL_PROXIES)}")
-    for name in ("timing_reloads", "idle_reloads", "load_reloads", "concurrency", "drain"):
+    for name in ("timing_reloads", "idle_reloads", "load_reloads", "l7_reloads", "concurrency", "drain"):
         if getattr(args, name) < 1:
             ap.error(f"--{name.replace('_', '-')} must be at least 1")
     return args
@@ -108,87 +113,6 @@ def parse_args(argv):
 
 def log(msg: str) -> None:
     print(msg, flush=True)
-
-
-def result_dict(r: ReloadResult) -> dict:
-    return {"ok": r.ok, "started": r.started, "serving_s": r.serving_s, "gone_s": r.gone_s,
-            "took_over_s": r.took_over_s, "moves": r.moves, "error": r.error, "problems": r.problems}
-
-
-def describe(r: ReloadResult) -> str:
-    if not r.ok:
-        return f"FAILED: {r.error.splitlines()[0] if r.error else '?'}"
-    parts = [f"serving {r.serving_s * 1000:.0f} ms", f"old gone {r.gone_s * 1000:.0f} ms"]
-    if r.took_over_s == r.took_over_s:
-        parts.append(f"took over {r.took_over_s * 1000:.0f} ms")
-    if r.moves:
-        parts.append(f"moved {sum(m[1] for m in r.moves)}/{sum(m[2] for m in r.moves)} "
-                     f"in {max(m[3] for m in r.moves) * 1000:.0f} ms")
-    if r.problems:
-        parts.append(f"{len(r.problems)} log problem(s)")
-    return ", ".join(parts)
-
-
-# ---- memory sampling ------------------------------------------------------------------------------
-
-def _rss(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/statm") as f:
-            return int(f.read().split()[1]) * PAGE
-    except (OSError, IndexError, ValueError):
-        return 0
-
-
-def _pss(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/smaps_rollup") as f:
-            for line in f:
-                if line.startswith("Pss:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError):
-        pass
-    return 0
-
-
-class TreeSampler(threading.Thread):
-    """Every `interval` s: RSS and PSS summed over every live process of every Baton
-    generation. New masters are learnt from the log line "reload: started new master pid N"
-    as soon as it is written, so the new generation counts from its first workers on."""
-
-    def __init__(self, ctl: BatonCtl, interval: float = 0.02):
-        super().__init__(daemon=True)
-        self.ctl = ctl
-        self.interval = interval
-        self.tail = LogTail(ctl.log_path)
-        self.samples: list[tuple[float, int, int, int]] = []   # (t, rss, pss, processes)
-        self.halt = threading.Event()
-
-    def run(self) -> None:
-        end = time.monotonic() + 600     # bounded even if nobody stops us
-        while not self.halt.is_set() and time.monotonic() < end:
-            for pid in _STARTED_MASTER.findall(self.tail.read()):
-                self.ctl.masters.add(int(pid))
-            pids = self.ctl.process_tree()
-            self.samples.append((time.monotonic(), sum(_rss(p) for p in pids),
-                                 sum(_pss(p) for p in pids), len(pids)))
-            self.halt.wait(self.interval)
-
-    def finish(self) -> None:
-        self.halt.set()
-        self.join(10)
-
-    def summary(self, t0: float, t_gone: float) -> dict:
-        def med(xs):
-            return reload_report.median(xs)
-        before = [s for s in self.samples if t0 - 1.0 <= s[0] < t0]
-        during = [s for s in self.samples if t0 <= s[0] <= t_gone]
-        after = [s for s in self.samples if t_gone + 0.5 <= s[0] <= t_gone + 1.5]
-        peak = max(during, key=lambda s: s[1]) if during else (0, float("nan"), float("nan"), 0)
-        return {"rss_before": med([s[1] for s in before]), "pss_before": med([s[2] for s in before]),
-                "rss_peak": peak[1], "pss_peak": max((s[2] for s in during), default=float("nan")),
-                "procs_at_peak": peak[3],
-                "rss_after": med([s[1] for s in after]), "pss_after": med([s[2] for s in after]),
-                "samples_during": len(during)}
 
 
 # ---- phases --------------------------------------------------------------------------------------
@@ -269,13 +193,6 @@ def _load_argv(args, port: int) -> list[str]:
             "--long", str(args.long), "--long-interval", str(args.long_interval)]
 
 
-def _load_result(proc: Proc) -> dict:
-    for line in reversed(proc.log_path.read_text(errors="replace").splitlines()):
-        if line.startswith("{") and '"ok"' in line:
-            return json.loads(line)
-    raise BenchError(f"the load generator printed no result; its log ends with:\n{proc.log_tail()}")
-
-
 def make_ctl(name: str, args, d: Path, upstream: int):
     port = free_port()
     if name == "baton":
@@ -297,18 +214,9 @@ def phase_load_one(name: str, args, workdir: Path, upstream: int) -> dict:
     try:
         load = start("load", _load_argv(args, ctl.listen_port), LOAD_CPU, d)
         time.sleep(args.warmup)
-        for i in range(args.load_reloads):
-            if not load.alive():
-                raise BenchError(f"the load generator exited: {load.log_tail()}")
-            r = ctl.reload()
-            reloads.append(r)
-            if not r.ok or (i + 1) % 10 == 0 or args.load_reloads <= 20:
-                log(f"  {name} reload {i + 1}/{args.load_reloads}: {describe(r)}")
-            time.sleep(args.gap if r.ok else max(args.gap, 1.0))
+        reloads = reload_series(ctl, load, args.load_reloads, args, name)
         time.sleep(args.warmup)
-        os.kill(load.pid, signal.SIGTERM)
-        load.popen.wait(30)
-        clients = _load_result(load)
+        clients = stop_client(load, 30)
     finally:
         if load is not None:
             stop(load)
@@ -372,18 +280,25 @@ def git_state() -> str:
         return "unknown"
 
 
-def meta_lines(args, command: str, wall_s: float) -> list[str]:
+def meta_lines(args, command: str, wall_s: float, load_at_start: tuple, l7: bool = False) -> list[str]:
     model = procs.cpu_model()
     v = proxies.tool_versions()
+    if l7:
+        phases = [p for p in args.phases if p in reload_l7.PHASES]
+        reloads = f"{args.l7_reloads} per proxy and phase ({', '.join(args.proxies)})"
+    else:
+        phases = [p for p in args.phases if p not in reload_l7.PHASES]
+        reloads = (f"{args.timing_reloads} (timing), {args.idle_reloads} per idle count "
+                   f"{', '.join(f'{n:,}' for n in args.idle)}, {args.load_reloads} per proxy under load "
+                   f"({', '.join(args.proxies)})")
     return [
         f"- date: {datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}; "
         f"the whole run took {wall_s / 60:.1f} min ({wall_s:.0f} s)",
         f"- command: `{command}`",
-        f"- phases: {', '.join(args.phases)}; reloads: {args.timing_reloads} (timing), "
-        f"{args.idle_reloads} per idle count {', '.join(f'{n:,}' for n in args.idle)}, "
-        f"{args.load_reloads} per proxy under load ({', '.join(args.proxies)})",
+        f"- phases: {', '.join(phases)}; reloads: {reloads}",
         f"- machine: nproc {os.cpu_count()}, {model}, kernel {platform.release()}, RLIMIT_NOFILE hard "
-        f"{__import__('resource').getrlimit(__import__('resource').RLIMIT_NOFILE)[1]}; load average at the end "
+        f"{__import__('resource').getrlimit(__import__('resource').RLIMIT_NOFILE)[1]}; load average at the start "
+        f"{' '.join(f'{x:.2f}' for x in load_at_start)}, at the end "
         f"{' '.join(f'{x:.2f}' for x in os.getloadavg())} (the machine is shared: other work shows here)",
         f"- versions: Baton {v['baton']} (git {git_state()}), {v['haproxy']}, Envoy {v['envoy']}, "
         f"Python {v['python']}",
@@ -435,6 +350,38 @@ def method_lines(args) -> list[str]:
     ]
 
 
+def l7_method_lines(args) -> list[str]:
+    return [
+        f"- **5.-8. h2, grpc, slow, udp**: the cadence, pinning and drain settings of 3. above "
+        f"(`--drain {args.drain}`: HAProxy `hard-stop-after {args.drain}s`, Envoy `--drain-time-s "
+        f"{max(1, args.drain - 1)} --parent-shutdown-time-s {args.drain}`; Baton's old generation "
+        "has `--drain-timeout 10`), "
+        f"{args.l7_reloads} reloads per proxy, each phase with its own client process and upstream "
+        "on CPU 0 (bench/reload_l7.py). Baton and Envoy read bench/http_proxies.py's L7 bootstrap "
+        "(HCM, codec AUTO, one STATIC cluster; for gRPC the cluster speaks HTTP/2), or "
+        "bench/udp_bench.py's udp_proxy bootstrap; HAProxy `mode http` with `bind ... proto h2` for "
+        "h2c and `server ... proto h2` for gRPC. **h2**: h2load `-c10 -m10` (prior-knowledge h2c) to "
+        f"an nginx upstream, in runs of {args.h2_run} s back to back (h2load reports only per run). "
+        "**grpc**: `bench/reload_grpc.py` on one grpcio channel: 4 threads of server-streaming calls "
+        "(40 messages 50 ms apart, 2 s per call, order checked) back to back and 2 threads of unary "
+        "calls every 20 ms, to `tests/integration/grpc_echo.py`; a stream cut = a streaming call that "
+        "failed after its first message. **slow**: `bench/reload_clients.py slow`, 10 keep-alive "
+        "HTTP/1.1 connections each asking for responses delayed 2 s (`x-test-delay-ms: 2000`) and 10 "
+        "each asking for 2 s server-sent-event streams (`x-test-events: 20,100`), back to back, from "
+        "`tests/integration/differential/recorder.py`; a response that ends with `connection: "
+        "close` is complete (the connection is then replaced, not a failure); a request that gets no "
+        "complete response is a failure. **udp**: `bench/reload_clients.py udp`, 10 sessions (client "
+        f"sockets), {args.udp_rate:g} numbered 64-byte datagrams/s in total, to a UDP echo; lost = no "
+        "echo within 2 s after the load stopped. HAProxy has no UDP proxy (it only forwards UDP "
+        "syslog in its `log-forward` section), so the udp phase has Baton and Envoy only.",
+        "- **Memory (5.-8.)**: the proxy's whole process tree (every generation: Baton masters and "
+        "workers, HAProxy's master and its old and new workers, every Envoy epoch) sampled every "
+        "50 ms from /proc during the whole series; per reload, the peak while both generations ran "
+        "(reload start -> old generation exited) against the median of the samples since the "
+        "previous reload ended; medians over the reloads.",
+    ]
+
+
 def exact_command(argv: list[str]) -> str:
     cmd = ["make bench-reload"] if os.environ.get("MAKELEVEL") else [shlex.join([".venv/bin/python", "bench/reload.py", *argv])]
     return " ".join(cmd)
@@ -452,7 +399,10 @@ def main(argv: list[str]) -> int:
     try:
         require_tool("taskset", "install util-linux")
         proxies.baton_binary(args.baton)
-        if "load" in args.phases:
+        if "h2" in args.phases:
+            require_tool("h2load", "apt-get install nghttp2-client (or run `make bench`)")
+            require_tool("nginx", "apt-get install nginx (or run `make bench`)")
+        if set(args.phases) & {"load", *reload_l7.PHASES}:
             if "haproxy" in args.proxies:
                 require_tool("haproxy", "apt-get install haproxy (or run `make bench`)")
             if "envoy" in args.proxies:
@@ -463,7 +413,8 @@ def main(argv: list[str]) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="baton-reload-"))
     log(f"bench-reload: phases {', '.join(args.phases)}; configs and logs in {workdir}")
     t_begin = time.monotonic()
-    timing = idle = load = None
+    load_at_start = os.getloadavg()
+    timing = idle = load = l7 = None
     keep = args.keep_logs
     upstream_port = free_port()
     echo = None
@@ -477,6 +428,8 @@ def main(argv: list[str]) -> int:
             idle = phase_idle(args, workdir, upstream_port)
         if "load" in args.phases:
             load = phase_load(args, workdir, upstream_port)
+        if set(args.phases) & set(reload_l7.PHASES):
+            l7 = reload_l7.run_phases(args, workdir)
     except BenchError as e:
         print(f"bench-reload: {e}\nbench-reload: logs kept in {workdir}", file=sys.stderr)
         keep = True
@@ -487,17 +440,27 @@ def main(argv: list[str]) -> int:
     wall = time.monotonic() - t_begin
     logs = ([timing["log"]] if timing else []) + [r["log"] for r in idle or []] + \
            ([load["baton"]["log"]] if load and "log" in load.get("baton", {}) else [])
-    problems = baton_problems(logs)
-    lines = reload_report.section(meta_lines(args, command, wall), method_lines(args), timing, idle, load, problems)
-    print("\n" + "\n".join(lines))
+    l7_logs = [runs["baton"]["log"] for runs in (l7 or {}).values() if "log" in runs.get("baton", {})]
+    problems, l7_problems = baton_problems(logs), baton_problems(l7_logs)
+    lines = l7_lines = None
+    if timing or idle or load:
+        lines = reload_report.section(meta_lines(args, command, wall, load_at_start), method_lines(args),
+                                      timing, idle, load, problems)
+        print("\n" + "\n".join(lines))
+    if l7:
+        l7_lines = reload_report.l7_section(meta_lines(args, command, wall, load_at_start, l7=True),
+                                            l7_method_lines(args), l7, l7_problems)
+        print("\n" + "\n".join(l7_lines))
+    problems = problems + l7_problems
     raw_dir = BENCH_DIR / "out" if not args.no_write else workdir   # bench/out is git-ignored
     raw_dir.mkdir(exist_ok=True)
     (raw_dir / "reload-last.json").write_text(json.dumps(
-        {"command": command, "timing": timing, "idle": idle, "load": load, "problems": problems}, indent=1))
+        {"command": command, "timing": timing, "idle": idle, "load": load, "l7": l7, "problems": problems},
+        indent=1))
     if args.no_write:
         keep = True     # the raw data went to the work directory
     else:
-        reload_report.write_section(args.results, lines)
+        reload_report.write_section(args.results, lines, l7_lines)
         log(f"bench-reload: wrote {args.results} (raw data in {raw_dir / 'reload-last.json'})")
     if problems:
         keep = True

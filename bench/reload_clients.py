@@ -14,7 +14,13 @@ Two things live here:
       compare, close — at a fixed total rate from a few concurrent tasks;
   (b) "long": N long-lived connections, each doing one 1 KiB exchange every --long-interval
       seconds for as long as it lives. A broken one is counted and replaced by a new one.
-  It runs until SIGTERM, lets the exchanges in flight finish, and prints one
+- two more loads for the HTTP and UDP phases, the same way (until SIGTERM, then one JSON line):
+
+      .venv/bin/python bench/reload_clients.py slow --port P   # 2 s responses and 2 s SSE streams
+      .venv/bin/python bench/reload_clients.py udp --port P    # numbered datagrams, echoes counted
+      .venv/bin/python bench/reload_clients.py h2load --port P # h2load -c10 -m10 runs back to back
+
+  The steady load runs until SIGTERM, lets the exchanges in flight finish, and prints one
   JSON object on stdout: counts per load and per failure kind, and every failure and every
   slow exchange with its CLOCK_MONOTONIC time (the same clock as the benchmark's, so failures
   can be placed against reload windows).
@@ -26,6 +32,7 @@ import argparse
 import asyncio
 import errno
 import json
+import re
 import resource
 import selectors
 import signal
@@ -299,6 +306,214 @@ async def run_load(args) -> dict:
             "events": stats.events, "slow": stats.slow, "unfinished_tasks": len(pending)}
 
 
+# ---- slow HTTP/1.1 responses (its own process) -------------------------------------------------
+
+class HttpStats:
+    """Requests ok / failed per kind of request, every failure with its time."""
+
+    def __init__(self, kinds: tuple[str, ...]):
+        self.ok = {k: 0 for k in kinds}
+        self.failed: dict[str, dict[str, int]] = {k: {} for k in kinds}
+        self.events: list[list] = []
+        self.reconnects = 0         # connections the proxy closed cleanly (connection: close)
+
+    def failure(self, kind: str, what: str) -> None:
+        self.failed[kind][what] = self.failed[kind].get(what, 0) + 1
+        self.events.append([round(time.monotonic(), 4), kind, what])
+
+
+async def read_response(reader) -> tuple[int, dict[str, str], bytes]:
+    """One HTTP/1.1 response: (status, lower-case headers, body), content-length or chunked."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split()[1])
+    headers = {}
+    for line in lines[1:]:
+        if ":" in line:
+            name, _, value = line.partition(":")
+            headers[name.strip().lower()] = value.strip()
+    if headers.get("transfer-encoding", "").lower() == "chunked":
+        body = bytearray()
+        while True:
+            size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
+            if size == 0:
+                await reader.readuntil(b"\r\n")
+                return status, headers, bytes(body)
+            body += (await reader.readexactly(size + 2))[:-2]
+    return status, headers, await reader.readexactly(int(headers.get("content-length", "0")))
+
+
+async def slow_task(args, stats: HttpStats, stop: asyncio.Event, kind: str) -> None:
+    """Keep-alive requests back to back on one connection: "delay" asks the recorder upstream
+    to answer after --delay-ms, "events" for --events server-sent events --event-ms apart. A
+    connection the proxy closes cleanly (connection: close on a complete response) is replaced
+    without counting a failure; any other end of a request is one."""
+    if kind == "delay":
+        extra = f"x-test-delay-ms: {args.delay_ms}\r\n"
+    else:
+        extra = f"x-test-events: {args.events},{args.event_ms}\r\n"
+    request = (f"GET /slow/{kind} HTTP/1.1\r\nhost: bench\r\n{extra}\r\n").encode()
+    timeout = args.timeout + (args.delay_ms if kind == "delay" else args.events * args.event_ms) / 1000
+    writer = None
+    while not stop.is_set():
+        try:
+            if writer is None:
+                reader, writer = await asyncio.wait_for(asyncio.open_connection(HOST, args.port), args.timeout)
+            writer.write(request)
+            status, headers, body = await asyncio.wait_for(read_response(reader), timeout)
+            if status != 200:
+                stats.failure(kind, f"status {status}")
+            elif kind == "events" and body.count(b"data: ") != args.events:
+                stats.failure(kind, "events missing")
+            else:
+                stats.ok[kind] += 1
+            if headers.get("connection", "").lower() == "close":
+                stats.reconnects += 1
+                _close(writer)
+                writer = None
+        except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError,
+                ValueError, IndexError) as exc:
+            stats.failure(kind, classify(exc))
+            if writer is not None:
+                _close(writer)
+            writer = None
+            await asyncio.sleep(0.05)
+    if writer is not None:
+        _close(writer)
+
+
+async def run_slow(args) -> dict:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    stats = HttpStats(("delay", "events"))
+    tasks = [asyncio.ensure_future(slow_task(args, stats, stop, kind))
+             for kind in ("delay", "events") for _ in range(args.connections)]
+    t0 = time.monotonic()
+    print(json.dumps({"started": t0}), flush=True)
+    await stop.wait()
+    t1 = time.monotonic()
+    done, pending = await asyncio.wait(tasks, timeout=args.timeout + args.events * args.event_ms / 1000 + 5)
+    for t in pending:
+        t.cancel()
+    return {"started": t0, "stopped": t1, "ok": stats.ok, "failed": stats.failed, "events": stats.events,
+            "reconnects": stats.reconnects, "unfinished_tasks": len(pending)}
+
+
+# ---- UDP datagrams (its own process) -----------------------------------------------------------
+
+class UdpSession(asyncio.DatagramProtocol):
+    """One client socket (one proxy session): numbered datagrams out, their echoes back."""
+
+    def __init__(self, index: int):
+        self.index = index
+        self.sent: dict[int, float] = {}     # sequence -> send time, until its echo arrives
+        self.answered = 0
+        self.transport = None
+
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def datagram_received(self, data, addr):
+        try:
+            seq = int(data.split(b"|", 2)[1])
+        except (IndexError, ValueError):
+            return
+        if self.sent.pop(seq, None) is not None:
+            self.answered += 1
+
+    def error_received(self, exc):
+        pass        # ICMP unreachable while nobody listens: the datagram just counts as lost
+
+
+async def run_udp(args) -> dict:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    sessions = []
+    for i in range(args.sessions):
+        _, proto = await loop.create_datagram_endpoint(lambda i=i: UdpSession(i), remote_addr=(HOST, args.port))
+        sessions.append(proto)
+    interval = args.sessions / args.rate
+    t0 = time.monotonic()
+    print(json.dumps({"started": t0}), flush=True)
+    seq, sent = 0, 0
+    next_at = t0
+    while not stop.is_set():
+        for s in sessions:
+            seq += 1
+            s.sent[seq] = time.monotonic()
+            s.transport.sendto(b"u|%d|%s" % (seq, b"p" * 48))
+            sent += 1
+        next_at = max(next_at + interval, time.monotonic() - interval)
+        try:
+            await asyncio.wait_for(stop.wait(), max(0.0, next_at - time.monotonic()))
+        except asyncio.TimeoutError:
+            pass
+    t1 = time.monotonic()
+    await asyncio.sleep(args.timeout)      # the last echoes
+    lost = sorted(t for s in sessions for t in s.sent.values())
+    for s in sessions:
+        s.transport.close()
+    return {"started": t0, "stopped": t1, "ok": {"datagrams": sum(s.answered for s in sessions)},
+            "sent": sent, "failed": {"datagrams": {"lost": len(lost)} if lost else {}},
+            "events": [[round(t, 4), "datagrams", "lost"] for t in lost]}
+
+
+# ---- h2load runs back to back (its own process) -----------------------------------------------
+
+H2LOAD_SUMMARY = re.compile(r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, "
+                            r"(\d+) failed, (\d+) errored, (\d+) timeout")
+H2LOAD_CODES = re.compile(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx")
+H2LOAD_FINISHED = re.compile(r"finished in ([\d.]+)(m?s)")
+
+
+async def run_h2load(args) -> dict:
+    """h2load -c10 -m10 in runs of --run-seconds, one after the other until SIGTERM (h2load
+    prints its counts only at the end of a run); the run in progress then finishes."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    ok, failed, runs, seconds = 0, {}, [], 0.0
+    t0 = time.monotonic()
+    print(json.dumps({"started": t0}), flush=True)
+    while not stop.is_set():
+        started = time.monotonic()
+        proc = await asyncio.create_subprocess_exec(
+            "h2load", f"-c{args.clients}", f"-m{args.streams}", "-D", str(args.run_seconds),
+            f"http://{HOST}:{args.port}/", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+        out = (await asyncio.wait_for(proc.communicate(), args.run_seconds + 60))[0].decode(errors="replace")
+        summary, codes, finished = H2LOAD_SUMMARY.search(out), H2LOAD_CODES.search(out), H2LOAD_FINISHED.search(out)
+        if not summary or not codes:
+            failed["no summary"] = failed.get("no summary", 0) + 1
+            runs.append({"started": started, "output": out[-2000:]})
+            continue
+        total, _, done, succeeded, n_failed, errored, timeouts = map(int, summary.groups())
+        non2xx = sum(map(int, codes.groups()[1:]))
+        for kind, n in (("failed", n_failed), ("errored", errored), ("timeout", timeouts), ("non-2xx", non2xx)):
+            if n:
+                failed[kind] = failed.get(kind, 0) + n
+        ok += int(codes.group(1))
+        if finished:
+            seconds += float(finished.group(1)) / (1000 if finished.group(2) == "ms" else 1)
+        runs.append({"started": started, "ended": time.monotonic(), "succeeded": succeeded,
+                     "failed": n_failed, "errored": errored, "timeout": timeouts, "non2xx": non2xx})
+    return {"started": t0, "stopped": time.monotonic(), "ok": {"requests": ok}, "failed": {"requests": failed},
+            "requests_per_s": ok / seconds if seconds else float("nan"), "runs": runs, "events": []}
+
+
+def parse_h2load_args(argv):
+    ap = argparse.ArgumentParser(prog="reload_clients.py h2load")
+    ap.add_argument("--port", type=int, required=True)
+    ap.add_argument("--clients", type=int, default=10, help="h2load -c")
+    ap.add_argument("--streams", type=int, default=10, help="h2load -m")
+    ap.add_argument("--run-seconds", type=int, default=15, help="h2load -D of each run")
+    return ap.parse_args(argv)
+
+
 def parse_args(argv):
     ap = argparse.ArgumentParser(prog="reload_clients.py load")
     ap.add_argument("--port", type=int, required=True)
@@ -312,18 +527,42 @@ def parse_args(argv):
     return ap.parse_args(argv)
 
 
+def parse_slow_args(argv):
+    ap = argparse.ArgumentParser(prog="reload_clients.py slow")
+    ap.add_argument("--port", type=int, required=True)
+    ap.add_argument("--connections", type=int, default=10, help="keep-alive connections per kind")
+    ap.add_argument("--delay-ms", type=int, default=2000, help="the delayed responses' delay")
+    ap.add_argument("--events", type=int, default=20, help="server-sent events per streamed response")
+    ap.add_argument("--event-ms", type=int, default=100, help="between two events")
+    ap.add_argument("--timeout", type=float, default=5.0, help="connect timeout, and on top of the response's own time")
+    return ap.parse_args(argv)
+
+
+def parse_udp_args(argv):
+    ap = argparse.ArgumentParser(prog="reload_clients.py udp")
+    ap.add_argument("--port", type=int, required=True)
+    ap.add_argument("--sessions", type=int, default=10, help="client sockets (proxy sessions)")
+    ap.add_argument("--rate", type=float, default=200.0, help="datagrams per second, all sessions together")
+    ap.add_argument("--timeout", type=float, default=2.0, help="after the stop: wait this long for echoes")
+    return ap.parse_args(argv)
+
+
+RUNNERS = {"load": (parse_args, run_load), "h2load": (parse_h2load_args, run_h2load), "slow": (parse_slow_args, run_slow), "udp": (parse_udp_args, run_udp)}
+
+
 def main(argv: list[str]) -> int:
-    if not argv or argv[0] != "load":
+    if not argv or argv[0] not in RUNNERS:
         print(__doc__, file=sys.stderr)
         return 2
-    args = parse_args(argv[1:])
+    parse, run = RUNNERS[argv[0]]
+    args = parse(argv[1:])
     raise_nofile()
     try:
         import uvloop
         uvloop.install()
     except ImportError:
         pass
-    result = asyncio.run(run_load(args))
+    result = asyncio.run(run(args))
     print(json.dumps(result), flush=True)
     return 0
 

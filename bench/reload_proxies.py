@@ -34,6 +34,7 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from procs import HOST, BenchError, Proc, free_port, require_tool, start, stop, wait_http_ok
 from loads import APT_HINT
@@ -124,6 +125,25 @@ class ReloadResult:
         return self.started + (end if end == end else 0.0)
 
 
+def result_dict(r: ReloadResult) -> dict:
+    return {"ok": r.ok, "started": r.started, "serving_s": r.serving_s, "gone_s": r.gone_s,
+            "took_over_s": r.took_over_s, "moves": r.moves, "error": r.error, "problems": r.problems}
+
+
+def describe(r: ReloadResult) -> str:
+    if not r.ok:
+        return f"FAILED: {r.error.splitlines()[0] if r.error else '?'}"
+    parts = [f"serving {r.serving_s * 1000:.0f} ms", f"old gone {r.gone_s * 1000:.0f} ms"]
+    if r.took_over_s == r.took_over_s:
+        parts.append(f"took over {r.took_over_s * 1000:.0f} ms")
+    if r.moves:
+        parts.append(f"moved {sum(m[1] for m in r.moves)}/{sum(m[2] for m in r.moves)} "
+                     f"in {max(m[3] for m in r.moves) * 1000:.0f} ms")
+    if r.problems:
+        parts.append(f"{len(r.problems)} log problem(s)")
+    return ", ".join(parts)
+
+
 class LogTail:
     """New text of a log file since the last read (the file only grows)."""
 
@@ -183,8 +203,9 @@ static_resources:
 """
 
 
-def haproxy_cfg(workdir: Path, ready_port: int, listen_port: int, upstream_port: int,
-                hard_stop_s: int) -> str:
+def haproxy_head(workdir: Path, ready_port: int, hard_stop_s: int, mode: str = "tcp") -> str:
+    """HAProxy's global and defaults sections and its readiness frontend, shared by every
+    phase of the benchmark (the L4 one here, the HTTP ones in reload_l7.py)."""
     # nbthread 1 like the L4 benchmark. maxconn 4000: HAProxy derives its descriptor need
     # from maxconn and refuses to start above the hard RLIMIT_NOFILE (20000 here).
     # `expose-fd listeners` lets the new worker take the listening sockets (no refused
@@ -197,7 +218,7 @@ def haproxy_cfg(workdir: Path, ready_port: int, listen_port: int, upstream_port:
     hard-stop-after {hard_stop_s}s
 
 defaults
-    mode tcp
+    mode {mode}
     timeout connect 5s
     timeout client 120s
     timeout server 120s
@@ -206,7 +227,12 @@ frontend ready
     mode http
     bind {HOST}:{ready_port}
     monitor-uri /ready
+"""
 
+
+def haproxy_cfg(workdir: Path, ready_port: int, listen_port: int, upstream_port: int,
+                hard_stop_s: int) -> str:
+    return haproxy_head(workdir, ready_port, hard_stop_s) + f"""
 frontend echo
     bind {HOST}:{listen_port}
     default_backend echo
@@ -242,8 +268,9 @@ class BatonCtl:
 
     def __init__(self, workdir: Path, listen_port: int, upstream_port: int, concurrency: int,
                  cpu: str, binary: Path = proxies.BATON, cli_cpu: str | None = None,
-                 log_name: str = "baton"):
+                 log_name: str = "baton", config: Callable[[int, int, int], str] = bootstrap):
         self.workdir = workdir
+        self.make_config = config       # (admin port, listen port, upstream port) -> bootstrap
         self.binary = proxies.baton_binary(binary)
         self.admin_port = free_port()
         self.listen_port = listen_port
@@ -262,7 +289,7 @@ class BatonCtl:
         return self.workdir / f"{self.log_name}.log"
 
     def start(self) -> None:
-        self.config.write_text(bootstrap(self.admin_port, self.listen_port, self.upstream_port))
+        self.config.write_text(self.make_config(self.admin_port, self.listen_port, self.upstream_port))
         argv = [str(self.binary), "run", "-c", str(self.config), "--concurrency", str(self.concurrency),
                 "--runtime-dir", str(self.runtime), "--drain-timeout", "10", "--log-level", "info"]
         self.proc = start(self.log_name, argv, self.cpu, self.workdir)
@@ -358,8 +385,10 @@ class BatonCtl:
 class HaproxyCtl:
     name = "haproxy"
 
-    def __init__(self, workdir: Path, listen_port: int, upstream_port: int, cpu: str, hard_stop_s: int):
+    def __init__(self, workdir: Path, listen_port: int, upstream_port: int, cpu: str, hard_stop_s: int,
+                 config: Callable[[Path, int, int, int, int], str] = haproxy_cfg):
         self.workdir = workdir
+        self.make_config = config       # haproxy_cfg's signature
         self.ready_port = free_port()
         self.listen_port = listen_port
         self.upstream_port = upstream_port
@@ -375,15 +404,24 @@ class HaproxyCtl:
 
     def start(self) -> None:
         cfg = self.workdir / "haproxy.cfg"
-        cfg.write_text(haproxy_cfg(self.workdir, self.ready_port, self.listen_port, self.upstream_port,
-                                   self.hard_stop_s))
+        cfg.write_text(self.make_config(self.workdir, self.ready_port, self.listen_port, self.upstream_port,
+                                        self.hard_stop_s))
         haproxy = require_tool("haproxy", APT_HINT)
         # -W: master-worker; -S: the master CLI socket (its `reload` command). Foreground.
         argv = [haproxy, "-W", "-S", str(self.master_sock), "-f", str(cfg)]
         self.proc = start("haproxy", argv, self.cpu, self.workdir)
         try:
             wait_http_ok(self.proc, f"http://{HOST}:{self.ready_port}/ready", proxies.READY_DEADLINE_S["haproxy"])
-            self.workers()
+            # The worker may serve before the master listens on its CLI socket: ask until it answers.
+            end = time.monotonic() + proxies.READY_DEADLINE_S["haproxy"]
+            while True:
+                try:
+                    self.workers()
+                    break
+                except OSError as exc:
+                    if time.monotonic() > end or not self.proc.alive():
+                        raise BenchError(f"HAProxy's master CLI does not answer: {exc}") from exc
+                    time.sleep(0.05)
         except BaseException:
             self.stop()
             raise
@@ -415,6 +453,12 @@ class HaproxyCtl:
                 section.add(int(line.split()[0]))
         self.workers_seen |= current | old
         return current, old
+
+    def process_tree(self) -> list[int]:
+        """The master (it re-executes itself in place at a reload) and its workers, old and new."""
+        if self.proc is None or not runs_in(self.proc.pid, self.workdir):
+            return []
+        return [self.proc.pid] + [c for c in children(self.proc.pid) if runs_in(c, self.workdir)]
 
     def reload(self, gone_timeout: float | None = None) -> ReloadResult:
         gone_timeout = gone_timeout if gone_timeout is not None else self.hard_stop_s + 30
@@ -466,8 +510,9 @@ class EnvoyCtl:
     name = "envoy"
 
     def __init__(self, workdir: Path, listen_port: int, upstream_port: int, cpu: str,
-                 parent_shutdown_s: int):
+                 parent_shutdown_s: int, config: Callable[[int, int, int], str] = bootstrap):
         self.workdir = workdir
+        self.make_config = config       # (admin port, listen port, upstream port) -> bootstrap
         self.listen_port = listen_port
         self.upstream_port = upstream_port
         self.cpu = cpu
@@ -488,7 +533,7 @@ class EnvoyCtl:
     def _spawn(self, epoch: int) -> Proc:
         admin = free_port()
         cfg = self.workdir / f"envoy-epoch{epoch}.yaml"
-        cfg.write_text(bootstrap(admin, self.listen_port, self.upstream_port))
+        cfg.write_text(self.make_config(admin, self.listen_port, self.upstream_port))
         argv = [str(self.binary), "-c", str(cfg), "--concurrency", "1",
                 "--restart-epoch", str(epoch), "--base-id", str(self.base_id),
                 "--drain-time-s", str(self.drain_s), "--parent-shutdown-time-s", str(self.parent_shutdown_s),
@@ -504,6 +549,10 @@ class EnvoyCtl:
 
     def start(self) -> None:
         self.current = self._spawn(0)
+
+    def process_tree(self) -> list[int]:
+        """Every epoch still running (each is one process)."""
+        return [p.pid for p in self.all if p.alive()]
 
     def reload(self, gone_timeout: float | None = None) -> ReloadResult:
         gone_timeout = gone_timeout if gone_timeout is not None else self.parent_shutdown_s + 30

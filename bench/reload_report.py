@@ -40,6 +40,28 @@ def fmt_kinds(kinds: dict) -> str:
     return f"{total} (" + ", ".join(f"{k} {v}" for k, v in sorted(kinds.items(), key=lambda kv: -kv[1])) + ")"
 
 
+# The HTTP/2, gRPC, slow and UDP phases have their own part at the end of our section, with its
+# own "last run" lines: a run of only those phases rewrites only that part, a run of only the L4
+# phases (timing, idle, load) only the part above it.
+L7_MARKER = ("<!-- Below: the HTTP/2, gRPC, slow-response and UDP phases of bench/reload.py, rewritten "
+             "by its runs with those phases (the part above by its runs with timing, idle or load). -->")
+
+
+def problems_lines(problems: list[str]) -> list[str]:
+    lines = ["### Baton log: warnings and errors", ""]
+    if problems:
+        lines += ["Every line logged at WARNING or above (or not in Baton's log layout) during the "
+                  "measured runs, with how often it occurred (pids and times stripped):", "", "```"]
+        return lines + problems + ["```", ""]
+    return lines + ["None: no line at WARNING or above in any Baton log of this run.", ""]
+
+
+def l7_section(meta: list[str], method: list[str], l7: dict, problems: list[str]) -> list[str]:
+    lines = [L7_MARKER, "", "## HTTP/2, gRPC, slow responses and UDP through reloads", "",
+             "### Last run of these phases", ""] + meta + ["", "### Method of these phases", ""] + method + [""]
+    return lines + l7_tables(l7) + problems_lines(problems)
+
+
 def section(meta: list[str], method: list[str], timing: dict | None, idle: list[dict] | None,
             load: dict | None, problems: list[str]) -> list[str]:
     lines = [MARKER, "", "# Hot reload benchmark: Baton reload vs HAProxy seamless reload vs Envoy hot restart", ""]
@@ -53,14 +75,7 @@ def section(meta: list[str], method: list[str], timing: dict | None, idle: list[
         lines += load_table(load)
     if idle:
         lines += rss_table(idle)
-    lines += ["### Baton log: warnings and errors", ""]
-    if problems:
-        lines += ["Every line logged at WARNING or above (or not in Baton's log layout) during the "
-                  "measured runs, with how often it occurred (pids and times stripped):", "", "```"]
-        lines += problems + ["```", ""]
-    else:
-        lines += ["None: no line at WARNING or above in any Baton log of this run.", ""]
-    return lines
+    return lines + problems_lines(problems)
 
 
 def timing_table(t: dict) -> list[str]:
@@ -191,17 +206,82 @@ def load_table(load: dict) -> list[str]:
     return lines + [""]
 
 
+L7_TITLES = {
+    "h2": "5. HTTP/2: h2load -c10 -m10 through the reloads",
+    "grpc": "6. gRPC: server-streaming (2 s) and unary calls through the reloads",
+    "slow": "7. Slow HTTP/1.1 responses (2 s delayed, 2 s SSE streams) through the reloads",
+    "udp": "8. UDP datagrams through the reloads",
+}
+
+
+def _ok_failed(c: dict) -> tuple[str, str]:
+    ok = ", ".join(f"{k} {v:,}" for k, v in c["ok"].items())
+    failed = "; ".join(f"{k}: {fmt_kinds(v)}" for k, v in c["failed"].items() if v) or "0"
+    return ok, failed
+
+
+def l7_tables(l7: dict) -> list[str]:
+    """One table per phase: a row per proxy with failures, old generation lifetime and memory."""
+    lines = []
+    for phase, runs in l7.items():
+        lines += [f"### {L7_TITLES[phase]}", "",
+                  "| proxy | reloads ok | ok | failed | failures in reload windows | extra "
+                  "| reload -> serving (median) | reload -> old generation exited (median / max) "
+                  "| RSS steady | RSS peak, both generations (median / max) | PSS steady -> peak "
+                  "| processes at peak | wall time |",
+                  "| --- | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        for name, run in runs.items():
+            if run.get("error"):
+                lines.append(f"| {name} | did not run: {run['error'].splitlines()[0]} |" + " |" * 11)
+                continue
+            c, m = run["clients"], run["memory"]
+            ok_rs = [r for r in run["reloads"] if r["ok"]]
+            gone = [r["gone_s"] for r in ok_rs]
+            ok, failed = _ok_failed(c)
+            extra = []
+            if "requests_per_s" in c:
+                extra.append(f"{c['requests_per_s']:,.0f} req/s over {len(c.get('runs', []))} h2load runs")
+            if "streams_cut" in c:
+                extra.append(f"streams cut: {c['streams_cut']}")
+            if "reconnects" in c:
+                extra.append(f"connections closed cleanly by the proxy: {c['reconnects']}")
+            if "sent" in c:
+                extra.append(f"sent {c['sent']:,}")
+            windows = "n/a (h2load counts per run)" if phase == "h2" else f"{run['in_windows']} of {run['failures']}"
+            lines.append(
+                f"| {name} | {len(ok_rs)}/{len(run['reloads'])} | {ok} | {failed} | {windows} | {'; '.join(extra)} "
+                f"| {fmt_s(median([r['serving_s'] for r in ok_rs]))} "
+                f"| {fmt_s(median(gone))} / {fmt_s(max(gone) if gone else math.nan)} "
+                f"| {fmt_mib(m['rss_steady'])} | {fmt_mib(m['rss_peak'])} / {fmt_mib(m['rss_peak_max'])} "
+                f"| {fmt_mib(m['pss_steady'])} -> {fmt_mib(m['pss_peak'])} | {m['procs_at_peak']:.0f} "
+                f"| {fmt_s(run['wall_s'])} |")
+        lines.append("")
+        for name, run in runs.items():
+            bad = [r for r in run.get("reloads", []) if not r["ok"]]
+            if bad:
+                lines.append(f"- {name}: {len(bad)} reload(s) failed, first: {bad[0]['error'].splitlines()[0]}")
+        if phase == "udp" and "haproxy" not in runs:
+            lines.append("- HAProxy: no row, it has no UDP proxy.")
+        lines.append("")
+    return lines
+
+
 # The section bench/intercept.py writes after ours; kept when ours is rewritten.
 INTERCEPT_MARKER_START = "<!-- Everything below this line is generated by bench/intercept.py"
 
 
-def write_section(path: Path, lines: list[str]) -> None:
+def write_section(path: Path, lines: list[str] | None, l7_lines: list[str] | None = None) -> None:
     """Replace our section (MARKER up to the interception section, or the end) or add it;
-    everything else stays as is."""
+    everything else stays as is. `lines` (the L4 part) or `l7_lines` (the part from L7_MARKER
+    on) may be None: that part of the file stays as it is."""
     text = path.read_text() if path.exists() else ""
     tail = ""
     if INTERCEPT_MARKER_START in text:
         cut = text.index(INTERCEPT_MARKER_START)
         text, tail = text[:cut], "\n" + text[cut:]
     head = text.split(MARKER, 1)[0].rstrip() + "\n\n" if MARKER in text else (text.rstrip() + "\n\n" if text else "")
-    path.write_text(head + "\n".join(lines).rstrip() + "\n" + tail)
+    ours = MARKER + text.split(MARKER, 1)[1] if MARKER in text else ""
+    old_l4, _, old_l7 = ours.partition(L7_MARKER)
+    l4 = "\n".join(lines).rstrip() if lines is not None else (old_l4.rstrip() or MARKER)
+    l7 = "\n".join(l7_lines).rstrip() if l7_lines is not None else (L7_MARKER + old_l7).rstrip() if old_l7 else ""
+    path.write_text(head + l4 + ("\n\n" + l7 if l7 else "") + "\n" + tail)

@@ -22,6 +22,17 @@ from concurrent import futures
 import grpc
 
 METHOD = "/test.Echo/Call"
+# Server streaming: the request b"N,MS" is answered by N messages b"0", b"1", ... one every MS ms
+# (a long call that a reload must not cut; bench/reload_grpc.py uses it).
+STREAM_METHOD = "/test.Echo/Stream"
+
+
+def _stream(request: bytes, context):
+    count, interval_ms = map(int, request.split(b","))
+    for i in range(count):
+        if i:
+            time.sleep(interval_ms / 1000)
+        yield b"%d" % i
 
 
 def serve() -> None:
@@ -29,8 +40,10 @@ def serve() -> None:
         def service(self, details):
             if details.method == METHOD:
                 return grpc.unary_unary_rpc_method_handler(lambda request, context: request)
+            if details.method == STREAM_METHOD:
+                return grpc.unary_stream_rpc_method_handler(_stream)
             return None
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=32))
     server.add_generic_rpc_handlers((Echo(),))
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
