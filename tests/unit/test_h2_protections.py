@@ -434,6 +434,7 @@ def test_the_manager_reads_64_frames_per_turn_and_pauses_reading_meanwhile():
     conn.codec.initiate()
     conn.closed, conn.initial, conn.active, conn.streams = False, None, None, {}
     conn.queued, conn.dirty, conn.backlog, conn.read_pauses = deque(), False, None, 0
+    conn.hold_timer = None                              # no move waiting (h2move.py)
     ping = frame(PING, 0, 0, b"12345678")
     conn.data_received(H2_PREFACE + frame(SETTINGS, 0, 0) + ping * 200)
     turns = [len([f for f in frames_of(bytes(conn.transport.written)) if f[0] == PING])]
