@@ -83,8 +83,8 @@ def node_server(processes, kind: str, name: str) -> int:
     return port
 
 
-def provider(processes, kind: str, name: str) -> int:
-    return processes([sys.executable, str(PEERS / "providers.py"), kind, "0", name])
+def provider(processes, kind: str, name: str, *options: str) -> int:
+    return processes([sys.executable, str(PEERS / "providers.py"), kind, "0", name, *options])
 
 
 def node_client(kind: str, port: int, calls: int, method: str = "hello", arg: str = "world",
@@ -168,7 +168,7 @@ def test_real_dubbo_client_sees_a_local_reply_as_an_error(baton, processes):
 
 
 def test_dubbo_local_replies_heartbeats_oneway_and_bad_frames(baton, processes):
-    up = provider(processes, "dubbo", "P")
+    up = provider(processes, "dubbo", "P", "heartbeat")
     port = free_port()
     routes = [{"interface": SERVICE, "group": "blue", "routes": [
                   {"match": {"method": {"name": {"exact": "echo"}}}, "route": {"cluster": "up"}}]},

@@ -1,12 +1,14 @@
 """Scriptable Dubbo and Bolt providers for the RPC tests (real processes, real sockets).
 
-    python providers.py dubbo|bolt PORT NAME
+    python providers.py dubbo|bolt PORT NAME [heartbeat]
 
 Answers every request with "NAME:<method>:<first argument>" (Dubbo; Bolt: "NAME:<method>").
 Method "sleep" waits its first argument's seconds (Dubbo) or 3 s (Bolt) first. Method "seen"
 answers with the number of requests this provider received so far, oneway ones included.
-Heartbeats are answered. A Dubbo provider also sends a heartbeat on each new connection, as
-Dubbo providers do on idle ones; method "acks" answers how many were answered. Prints "ready PORT" once listening (port 0 picks one).
+Heartbeats are answered. With "heartbeat", a Dubbo provider also sends a heartbeat on each new
+connection, as Dubbo providers do on idle ones (Envoy 1.40's dubbo_proxy then never answers
+that connection's call: the differential test leaves it out); method "acks" answers how many
+were answered. Prints "ready PORT" once listening (port 0 picks one).
 """
 
 from __future__ import annotations
@@ -26,13 +28,13 @@ class Provider(asyncio.Protocol):
     seen = 0
     acks = 0
 
-    def __init__(self, kind: str, name: str):
-        self.kind, self.name = kind, name
+    def __init__(self, kind: str, name: str, heartbeat: bool):
+        self.kind, self.name, self.heartbeat = kind, name, heartbeat
         self.decoder = dubbo.Decoder() if kind == "dubbo" else bolt.Decoder()
 
     def connection_made(self, transport):
         self.transport = transport
-        if self.kind == "dubbo":
+        if self.kind == "dubbo" and self.heartbeat:
             transport.write(dubbo.heartbeat_request(1 << 40))
 
     def data_received(self, data):
@@ -83,12 +85,14 @@ class Provider(asyncio.Protocol):
             self.transport.write(data)
 
 
-async def main(kind: str, port: str, name: str) -> None:
+async def main(kind: str, port: str, name: str, *options: str) -> None:
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(lambda: Provider(kind, name), "127.0.0.1", int(port))
+    heartbeat = "heartbeat" in options
+    server = await loop.create_server(lambda: Provider(kind, name, heartbeat), "127.0.0.1",
+                                      int(port))
     print("ready", server.sockets[0].getsockname()[1], flush=True)
     await server.serve_forever()
 
 
 if __name__ == "__main__":
-    asyncio.run(main(*sys.argv[1:4]))
+    asyncio.run(main(*sys.argv[1:]))
