@@ -439,7 +439,7 @@ def main(argv: list[str]) -> int:
     os.sched_setaffinity(0, {LOAD_CPU})
     workdir = Path(tempfile.mkdtemp(prefix="baton-bench-tls-"))
     keep_logs = False
-    print(f"bench-tls: {args.repeats} repeats x {len(args.proxies)} proxies x {len(SCENARIOS)} figures, "
+    print(f"bench-tls: {args.repeats} repeats x {len(args.proxies)} proxies x {len(args.figures)} figures, "
           f"{args.duration} s each, then {args.idle} idle TLS connections moved; logs in {workdir}", flush=True)
     t0 = time.monotonic()
     try:
