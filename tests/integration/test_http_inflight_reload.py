@@ -132,3 +132,39 @@ def test_an_https_long_poll_is_answered_across_a_reload_on_the_same_session(bato
         status, _, body = reader.response()
         assert status == 200 and json.loads(body)["path"] == "/after"
     assert ssl_stats(b, port)["handshake"] == 1
+
+
+def test_a_connect_tunnel_moves_like_an_l4_connection_at_a_reload(tmp_path):
+    """An established CONNECT tunnel moves as record tcp-split (what `--l4-move client-only`
+    does to an L4 connection): the client to the new generation, the tunnel's upstream
+    connection staying with the old one, bytes forwarded both ways; the client never notices,
+    and the old generation ends with the tunnel."""
+    import sys
+
+    from .conftest import start_ready_process
+    from .test_http_connect import TUNNEL_UPSTREAM, bootstrap
+    proc, upstream = start_ready_process([sys.executable, str(TUNNEL_UPSTREAM), "connect"])
+    port = free_port()
+    b = Baton(tmp_path / "baton", bootstrap(free_port(), port, upstream), concurrency=1).start()
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+            reader = Http1Reader(sock)
+            sock.sendall(b"CONNECT example.test:443 HTTP/1.1\r\nHost: example.test:443\r\n\r\n")
+            status, _ = reader.head()
+            assert status == 200
+            seen = b"CONNECT example.test:443 HTTP/1.1\n"
+            assert reader.exact(len(seen)) == seen
+            sock.sendall(b"before")
+            assert reader.exact(6) == b"BEFORE"
+            old = b.master_pid()
+            _reload(b)
+            _moved_in_flight(b, 1)
+            for message in (b"after the reload", b"z" * 300_000):
+                sock.sendall(message)
+                assert reader.exact(len(message)) == message.upper()
+        b.wait_previous_gone(old, timeout=10)     # the tunnel's end ends the old generation
+    finally:
+        b.stop()
+        proc.kill()
+        proc.wait(10)
+    assert "Traceback" not in b.log

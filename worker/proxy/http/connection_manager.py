@@ -35,6 +35,7 @@ log = logging.getLogger("baton.http")
 H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 MAX_QUEUED_EVENTS = 64          # pipelined events waiting before reading pauses
 HOLD_BUFFER_LIMIT = 256 * 1024  # HTTP/2 bytes left unread while a move waits (h2move.py)
+TUNNEL_RECORD = "tcp-split"     # an upgraded connection moves as an L4 one (forwarding.py)
 
 
 class HttpConnection(asyncio.Protocol, Connection):
@@ -597,8 +598,18 @@ class HttpConnection(asyncio.Protocol, Connection):
             return (h2move.RECORD in self.worker.handoff_accepts and not self.streams
                     and codec.movable and self.transport is not None
                     and self.transport.get_write_buffer_size() == 0)
-        return self._idle() or (inflight.RECORD in self.worker.handoff_accepts
-                                and self._in_flight_movable())
+        accepts = self.worker.handoff_accepts
+        return self._idle() or (inflight.RECORD in accepts and self._in_flight_movable()) or \
+            (TUNNEL_RECORD in accepts and self._tunnel_movable())
+
+    def _tunnel_movable(self) -> bool:
+        """An upgraded (websocket) or CONNECT tunnel, nothing unsent: bytes each way from now
+        on, so it moves as an L4 connection whose upstream stays (inflight.py)."""
+        codec = self.codec
+        return (codec is not None and not codec.multiplexed and bool(codec.tunnel)
+                and self.tls is None and len(self.streams) == 1 and not self.queued
+                and not self.initial and not self.write_paused and not self.closed
+                and self.transport is not None and self.transport.get_write_buffer_size() == 0)
 
     def _in_flight_movable(self) -> bool:
         """One request, fully received, being answered, nothing else read or unsent: the
@@ -688,6 +699,12 @@ class HttpConnection(asyncio.Protocol, Connection):
             tls = self.transport.export_state() if self.tls is not None else None
             return Export(h2move.RECORD, {**fields, "h2": self.codec.export_state(), "tls": tls},
                           [self.moving_fd])
+        if in_flight and self.codec.tunnel:
+            self.moving_client = self.transport
+            self.transport = self.moved_to = inflight.ForwardedTransport(self, tunnel=True)
+            return Export(TUNNEL_RECORD, {**fields, "up": {"eof": False},
+                                          "down": {"data": b"", "eof": False, "done": False},
+                                          "limit": self.hcm.buffer_limit}, [self.moving_fd])
         if in_flight:
             tls = self.transport.export_state() if self.tls is not None else None
             # From here the exchange writes to the new worker (held until it answers).
@@ -751,7 +768,11 @@ class HttpConnection(asyncio.Protocol, Connection):
         if self.moved_to is None or self.closed:            # old side
             return False
         kind = msg["type"]
-        if kind == "pause":
+        if kind == "data":                      # a tunnel's client bytes
+            self.data_received(msg["data"])
+        elif kind == "eof":
+            self.eof_received()
+        elif kind == "pause":
             self.pause_writing()
         elif kind == "resume":
             self.resume_writing()

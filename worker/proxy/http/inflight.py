@@ -1,5 +1,9 @@
 """HTTP/1.1 connections that move with a response in flight (write migration).
 
+(And upgraded connections and CONNECT tunnels, which move as L4 connections do with
+`--l4-move client-only`: record tcp-split, the client to the new worker, the tunnel's upstream
+staying here; the bytes each way cross the handoff channel. See `ForwardedTransport.tunnel`.)
+
 An HTTP/1.1 connection whose request has fully arrived but whose response is still coming (a
 slow upstream, a long poll, server-sent events) moves at once instead of waiting to be idle:
 the client socket goes to the new worker, and the exchange stays where its upstream
@@ -45,15 +49,19 @@ class ForwardedTransport:
     client's own transport (`give_back`), so the exchange never writes to a socket whose
     ownership is being decided."""
 
-    __slots__ = ("conn", "channel", "peer_id", "closing", "ended", "held")
+    __slots__ = ("conn", "channel", "peer_id", "closing", "ended", "held", "tunnel")
 
-    def __init__(self, conn):
+    def __init__(self, conn, tunnel: bool = False):
         self.conn = conn
         self.channel = None
         self.peer_id = 0                # the connection's id in the new worker
         self.closing = False
         self.ended = False              # done, eof, close or reset was said
         self.held: list = []            # messages written before the move was answered
+        # An upgraded connection or CONNECT tunnel (record tcp-split): the new worker runs a
+        # forwarding.ForwardedSide on the client, which also sends the client's bytes here
+        # and knows only data/eof/close/pause/resume.
+        self.tunnel = tunnel
 
     def attach(self, channel, peer_id: int) -> None:
         self.channel, self.peer_id = channel, peer_id
@@ -89,7 +97,7 @@ class ForwardedTransport:
 
     def response_done(self) -> None:
         """The exchange ended and the connection stays open: the new worker owns it now."""
-        self._end("done")
+        self._end("close" if self.tunnel else "done")
 
     def write_eof(self) -> None:
         self._end("eof")
@@ -98,7 +106,7 @@ class ForwardedTransport:
         self._end("close")
 
     def abort(self) -> None:
-        self._end("reset")
+        self._end("close" if self.tunnel else "reset")
 
     def can_write_eof(self) -> bool:
         return True
@@ -110,10 +118,13 @@ class ForwardedTransport:
         return 0            # the new worker's buffer: it says pause when it is full
 
     def pause_reading(self) -> None:
-        """Nothing to read here: the client is the new worker's."""
+        """A tunnel's upstream is full: the new worker stops reading the client."""
+        if self.tunnel and not self.ended:
+            self._send("pause")
 
     def resume_reading(self) -> None:
-        """Nothing to read here: the client is the new worker's."""
+        if self.tunnel and not self.ended:
+            self._send("resume")
 
     def get_extra_info(self, name, default=None):
         return default
