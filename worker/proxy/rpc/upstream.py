@@ -112,6 +112,8 @@ class UpstreamConnection(asyncio.Protocol):
                 if protocol.is_event(frame):
                     self.transport.write(protocol.heartbeat_response(frame))
                 continue
+            if protocol.is_event(frame):
+                continue                    # a heartbeat answer: Baton sends no heartbeat up
             exchange = self.pending.pop(frame.request_id, None)
             if exchange is None:
                 continue                    # answered already (timed out, client gone)
