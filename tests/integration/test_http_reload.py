@@ -131,7 +131,9 @@ def test_h2load_through_20_reloads(baton_http):
     under_load, run = 0, 0
     while under_load < RELOADS:
         run += 1
-        assert run <= RELOADS, f"only {under_load} reloads finished while h2load ran"
+        # A bound on the loop, not a figure: on a loaded machine a reload can take longer than
+        # a run, and such a reload does not count.
+        assert run <= 3 * RELOADS, f"only {under_load} reloads finished while h2load ran"
         h2load = subprocess.Popen(["h2load", "-c10", "-m10", "-D", "10",
                                    f"http://127.0.0.1:{baton_http.port}/"],
                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
