@@ -20,13 +20,29 @@ from .conftest import Baton, free_port, http_bootstrap, wait_until
 
 
 @pytest.fixture
-def baton_http(tmp_path, recorder):
+def baton_http(baton, recorder):
     port = free_port()
-    baton = Baton(tmp_path / "baton", http_bootstrap(free_port(), port, recorder), concurrency=1)
-    baton.start()
-    baton.port = port
-    yield baton
-    baton.stop()
+    started = baton(http_bootstrap(free_port(), port, recorder), concurrency=1)
+    started.port = port
+    return started
+
+
+def _https_session(baton, recorder):
+    """Baton terminating TLS 1.3 (ECDSA) in front of the recorder, and a client's TLS
+    session to it: (baton, port, the client's socket)."""
+    import ssl
+
+    from ..tls_certs import leaf, make_ca
+    from .test_https import https_bootstrap
+    from .tls_clients import client_context, tls_transport_socket
+    ca = make_ca("ecdsa")
+    port = free_port()
+    b = baton(https_bootstrap(port, recorder, tls_transport_socket(
+        leaf(ca, "ecdsa"), alpn=["http/1.1"])), concurrency=1)
+    context = client_context(ca, alpn=["http/1.1"], version=ssl.TLSVersion.TLSv1_3)
+    sock = context.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=30),
+                               server_hostname="localhost")
+    return b, port, sock
 
 
 def _request(sock, path: str, *headers: str) -> None:
@@ -108,18 +124,9 @@ def test_the_client_leaving_mid_response_ends_the_exchange_in_the_old_worker(bat
 def test_an_https_long_poll_is_answered_across_a_reload_on_the_same_session(baton, recorder):
     """Over TLS the record layer's state moves with the socket: the old worker forwards the
     plaintext, the new one protects it (one process ever advances the sequence numbers)."""
-    import ssl
-
-    from ..tls_certs import leaf, make_ca
-    from .test_https import https_bootstrap
-    from .tls_clients import client_context, ssl_stats, tls_transport_socket
-    ca = make_ca("ecdsa")
-    port = free_port()
-    b = baton(https_bootstrap(port, recorder, tls_transport_socket(
-        leaf(ca, "ecdsa"), alpn=["http/1.1"])), concurrency=1)
-    context = client_context(ca, alpn=["http/1.1"], version=ssl.TLSVersion.TLSv1_3)
-    with context.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=30),
-                             server_hostname="localhost") as sock:
+    from .tls_clients import ssl_stats
+    b, port, sock = _https_session(baton, recorder)
+    with sock:
         reader = Http1Reader(sock)
         _request(sock, "/poll", "x-test-delay-ms: 1500")
         wait_until(lambda: b.stats().get("http.ingress_http.downstream_rq_active", 0) >= 1, 10,
@@ -174,18 +181,9 @@ def test_an_https_request_in_flight_at_each_of_20_reloads_keeps_its_session(bato
     """Issue 12's "a connection with a request in flight through 20 consecutive reloads": at
     every reload a request is waiting for its answer on the same TLS session; each is answered
     and the session is never renegotiated."""
-    import ssl
-
-    from ..tls_certs import leaf, make_ca
-    from .test_https import https_bootstrap
-    from .tls_clients import client_context, ssl_stats, tls_transport_socket
-    ca = make_ca("ecdsa")
-    port = free_port()
-    b = baton(https_bootstrap(port, recorder, tls_transport_socket(
-        leaf(ca, "ecdsa"), alpn=["http/1.1"])), concurrency=1)
-    context = client_context(ca, alpn=["http/1.1"], version=ssl.TLSVersion.TLSv1_3)
-    with context.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=30),
-                             server_hostname="localhost") as sock:
+    from .tls_clients import ssl_stats
+    b, port, sock = _https_session(baton, recorder)
+    with sock:
         reader = Http1Reader(sock)
         for i in range(20):
             old = b.master_pid()

@@ -643,13 +643,21 @@ class HttpConnection(asyncio.Protocol, Connection):
         self.on_idle = on_idle
         if self.codec is not None and self.codec.multiplexed:
             self.codec.hold_new_streams()
-            self.hold_timer = self.loop.call_later(h2move.HOLD_LIMIT, self.cancel_hold)
+            self.hold_timer = self.loop.call_later(h2move.HOLD_LIMIT, self._hold_expired)
         if self._ready_to_move():
             self._held()
 
     def cancel_hold(self) -> None:
         self.on_idle = None
         self._release_held_streams()
+
+    def _hold_expired(self) -> None:
+        """HTTP/2 that a long stream kept from becoming movable: the held streams are read
+        here after all, and the client is told to go elsewhere for the next ones (GOAWAY),
+        as at every drain."""
+        self.hold_timer = None
+        self.cancel_hold()
+        self.drain()
 
     def _release_held_streams(self) -> None:
         if self.hold_timer is not None:

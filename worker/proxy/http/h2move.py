@@ -9,14 +9,16 @@ the highest stream id, the HPACK decoder's dynamic table (the client's encoder r
 and the bytes not yet read; over TLS the record layer's state too. The client sees a pause
 of one response time, no GOAWAY and no reconnect.
 
-A connection that does not get there within HOLD_LIMIT (a response waiting for a
-WINDOW_UPDATE that the held bytes would bring, say) reads on and drains with GOAWAY at the end
-of the move, as every HTTP/2 connection did before.
+A connection that does not get there within HOLD_LIMIT (a long stream, or a response waiting
+for a WINDOW_UPDATE that the held bytes would bring) reads the held streams after all and
+drains with GOAWAY at once, as every HTTP/2 connection did before: its open streams finish
+here, and the client opens its next connection to the new generation.
 """
 
 from __future__ import annotations
 
 from ...connection import register
+from .inflight import refusal_unless
 
 RECORD = "http2-idle"
 HOLD_LIMIT = 2.0        # seconds a connection stops reading new streams to become movable
@@ -39,16 +41,4 @@ def adopt(worker, listener, fields: dict, fds: list[int], conn_id: int, channel=
                                 prepare=lambda conn: conn.adopt_codec(codec))
 
 
-def _refusal(worker, listener, fields: dict) -> str | None:
-    index = fields.get("chain") or 0
-    if index >= len(listener.chains) or listener.chains[index].http_config is None:
-        return "no http_connection_manager at that filter chain here"
-    if listener.chains[index].http_config.codec_type == "HTTP1":
-        return "that filter chain speaks only HTTP/1.1 here"
-    if fields.get("tls") is not None:
-        from ..https import _refusal as https_refusal
-        return https_refusal(worker, listener, fields)
-    return None
-
-
-register(RECORD, adopt, _refusal)
+register(RECORD, adopt, refusal_unless("HTTP2"))

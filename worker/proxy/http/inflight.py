@@ -238,16 +238,22 @@ def adopt(worker, listener, fields: dict, fds: list[int], conn_id: int, channel=
     return HttpConnection.adopt(worker, listener, fields, fds, conn_id, channel, prepare=prepare)
 
 
-def _refusal(worker, listener, fields: dict) -> str | None:
-    index = fields.get("chain") or 0
-    if index >= len(listener.chains) or listener.chains[index].http_config is None:
-        return "no http_connection_manager at that filter chain here"
-    if listener.chains[index].http_config.codec_type == "HTTP2":
-        return "that filter chain speaks only HTTP/2 here"
-    if fields.get("tls") is not None:
-        from ..https import _refusal as https_refusal
-        return https_refusal(worker, listener, fields)
-    return None
+def refusal_unless(codec: str):
+    """The check of a record that continues an HTTP connection speaking `codec` ("HTTP1" or
+    "HTTP2"), over TLS when it carries `tls`: why this worker cannot, or None."""
+    refused = {"HTTP1": "HTTP2", "HTTP2": "HTTP1"}[codec]
+
+    def refusal(worker, listener, fields: dict) -> str | None:
+        index = fields.get("chain") or 0
+        if index >= len(listener.chains) or listener.chains[index].http_config is None:
+            return "no http_connection_manager at that filter chain here"
+        if listener.chains[index].http_config.codec_type == refused:
+            return f"that filter chain speaks only {refused} here"
+        if fields.get("tls") is not None:
+            from ..https import _refusal as https_refusal
+            return https_refusal(worker, listener, fields)
+        return None
+    return refusal
 
 
-register(RECORD, adopt, _refusal)
+register(RECORD, adopt, refusal_unless("HTTP1"))
