@@ -12,6 +12,7 @@ protects the records afterwards, so a TLS session is plain values that can move 
     handover.py     drive SSLObject's handshake over MemoryBIOs, then hand over to the layer
     accept.py       one server-side handshake to a layer: handover, SAN checks, ssl.* counts
     server.py       a filter chain's TLS server side: the SSLContext, checks, stats
+    client.py       a cluster's TLS client side (UpstreamTlsContext) and one client handshake
     transport.py    an asyncio transport over a socket and the layer (HTTPS)
     ktls.py         whether the kernel offers kTLS (detected, never assumed)
 
