@@ -1,8 +1,9 @@
 """Hot reload benchmark: Baton's `baton reload` vs HAProxy's seamless reload vs Envoy's hot restart.
 
-    .venv/bin/python bench/reload.py                 # full run (about 15-20 minutes)
-    .venv/bin/python bench/reload.py --quick         # 5 / 2 / 10 reloads instead of 20 / 3 / 100
+    .venv/bin/python bench/reload.py                 # full run (about 1.5 hours on 2 busy cores)
+    .venv/bin/python bench/reload.py --quick         # 5 / 2 / 10 / 10 reloads instead of 20 / 5 / 100 / 100
     .venv/bin/python bench/reload.py --phases load --proxies baton,haproxy --load-reloads 20 --no-write
+    .venv/bin/python bench/reload.py --phases h2,grpc,slow,udp --l7-reloads 40
 
 Phases (each can be run alone with --phases):
   timing  `baton reload` on an idle Baton (--concurrency 2): CLI wall time until exit 0, the
@@ -16,9 +17,16 @@ Phases (each can be run alone with --phases):
           (a) new connection per 1 KiB exchange, (b) long-lived connections exchanging 1 KiB
           continuously; every failed connect/exchange is counted. One worker per proxy pinned
           to CPU 1, clients and upstream on CPU 0, as in bench/run.py.
+  h2, grpc, slow, udp
+          the same cadence and pinning with h2load -c10 -m10, gRPC streaming and unary calls,
+          2 s HTTP/1.1 responses and SSE streams, and UDP datagrams (bench/reload_l7.py says
+          more): failures, the old generation's lifetime, RSS of both generations while they
+          overlap. HAProxy has no UDP proxy: the udp phase runs Baton and Envoy.
 
 Writes its own section at the end of bench/RESULTS.md (below its own marker; the L4 part above
-it is left alone), raw per-reload data to bench/out/reload-last.json.
+it is left alone), raw per-reload data to bench/out/reload-last.json. Within that section the
+h2/grpc/slow/udp phases have their own part: a run of only those phases rewrites only it, a run
+of only timing/idle/load only the part above it.
 """
 
 from __future__ import annotations

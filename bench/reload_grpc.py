@@ -38,13 +38,16 @@ class Tally:
         self.failed: dict[str, dict[str, int]] = {"stream": {}, "unary": {}}
         self.streams_cut = 0
         self.events: list[list] = []    # [time, kind of call, what]
+        self.details: list[str] = []     # the first few error details, as grpcio words them
 
     def success(self, kind: str) -> None:
         with self.lock:
             self.ok[kind] += 1
 
-    def failure(self, kind: str, what: str, cut: bool = False) -> None:
+    def failure(self, kind: str, what: str, cut: bool = False, details: str = "") -> None:
         with self.lock:
+            if details and len(self.details) < 10:
+                self.details.append(f"{kind} {what}: {details}")
             self.failed[kind][what] = self.failed[kind].get(what, 0) + 1
             self.streams_cut += cut
             self.events.append([round(time.monotonic(), 4), kind, what])
@@ -65,7 +68,7 @@ def streaming(channel, args, tally: Tally, stop: threading.Event) -> None:
             else:
                 tally.success("stream")
         except grpc.RpcError as exc:
-            tally.failure("stream", str(exc.code()).removeprefix("StatusCode."), cut=got > 0)
+            tally.failure("stream", str(exc.code()).removeprefix("StatusCode."), cut=got > 0, details=exc.details())
         except ValueError:
             tally.failure("stream", "wrong message", cut=True)
 
@@ -83,7 +86,7 @@ def unary(channel, args, tally: Tally, stop: threading.Event) -> None:
             else:
                 tally.failure("unary", "wrong answer")
         except grpc.RpcError as exc:
-            tally.failure("unary", str(exc.code()).removeprefix("StatusCode."))
+            tally.failure("unary", str(exc.code()).removeprefix("StatusCode."), details=exc.details())
         stop.wait(args.unary_interval)
 
 
@@ -113,7 +116,8 @@ def main(argv: list[str]) -> int:
         t.join(CALL_TIMEOUT_S + 5)
     channel.close()
     print(json.dumps({"started": started, "stopped": stopped, "ok": tally.ok, "failed": tally.failed,
-                      "streams_cut": tally.streams_cut, "events": tally.events}), flush=True)
+                      "streams_cut": tally.streams_cut, "error_details": tally.details,
+                      "events": tally.events}), flush=True)
     return 0
 
 

@@ -265,6 +265,7 @@ def problem_lines(text: str) -> list[str]:
 
 class BatonCtl:
     name = "baton"
+    log_level = "info"      # "debug" to look into a failure (the benchmark's figures use info)
 
     def __init__(self, workdir: Path, listen_port: int, upstream_port: int, concurrency: int,
                  cpu: str, binary: Path = proxies.BATON, cli_cpu: str | None = None,
@@ -291,7 +292,7 @@ class BatonCtl:
     def start(self) -> None:
         self.config.write_text(self.make_config(self.admin_port, self.listen_port, self.upstream_port))
         argv = [str(self.binary), "run", "-c", str(self.config), "--concurrency", str(self.concurrency),
-                "--runtime-dir", str(self.runtime), "--drain-timeout", "10", "--log-level", "info"]
+                "--runtime-dir", str(self.runtime), "--drain-timeout", "10", "--log-level", self.log_level]
         self.proc = start(self.log_name, argv, self.cpu, self.workdir)
         self.masters.add(self.proc.pid)
         try:

@@ -260,6 +260,9 @@ def l7_tables(l7: dict) -> list[str]:
             bad = [r for r in run.get("reloads", []) if not r["ok"]]
             if bad:
                 lines.append(f"- {name}: {len(bad)} reload(s) failed, first: {bad[0]['error'].splitlines()[0]}")
+            details = sorted(set(run.get("clients", {}).get("error_details", [])))
+            if details:
+                lines.append(f"- {name}: the client's first errors: " + "; ".join(f"`{d}`" for d in details[:4]))
         if phase == "udp" and "haproxy" not in runs:
             lines.append("- HAProxy: no row, it has no UDP proxy.")
         lines.append("")
