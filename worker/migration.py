@@ -277,7 +277,10 @@ async def migrate_connections(worker, targets: list[str], keep_upstreams: bool =
         if not any(c.uses_channel(peer.channel) for c in worker.connections.values()):
             peer.channel.close("done")
     here = set(map(id, worker.connections.values()))
-    stayed = sum(1 for c in before if id(c) in here and c not in kept)
+    # A connection that moved but still serves its exchange here for the new worker (write
+    # migration: inflight.py) moved; it does not stay to drain.
+    stayed = sum(1 for c in before if id(c) in here and c not in kept
+                 and not any(c.uses_channel(peer.channel) for peer in peers))
     return moved, len(kept) + stayed, len(before)
 
 

@@ -278,7 +278,7 @@ RECORDS: dict[str, Record] = {r.kind: r for r in (
                "and forwards the response (worker/proxy/http/inflight.py)"),
     Record("http2-idle", (1,), 1, ("client",),
            {**_COMMON, "h2": {"local": ListOf(int), "windows": ListOf(int), "peer": ListOf(int),
-                              "highest": int, "input": bytes,
+                              "highest": int, "input": bytes, "guard": Maybe(ListOf(int)),
                               "hpack": {"size": int, "allowed": int,
                                         "entries": ListOf(ListOf(bytes))}},
             "tls": Maybe(dict)},

@@ -3,8 +3,11 @@ each run as its own process for the HTTP/2 tests.
 
     python grpc_echo.py server                 prints "ready PORT"
     python grpc_echo.py client PORT STOP_FILE [MAX_SECONDS]
-        8 threads call /test.Echo/Call on one channel until STOP_FILE exists (or MAX_SECONDS
-        pass); prints "started", then one JSON line {"ok": n, "failed": n, "errors": [...]}.
+        8 threads call /test.Echo/Call, and 2 threads make server-streaming calls of 10
+        messages 100 ms apart (/test.Echo/Stream), on one channel until STOP_FILE exists (or
+        MAX_SECONDS pass); prints "started", then one JSON line {"ok": n, "failed": n,
+        "streams": n, "errors": [...]} (a stream counts in ok and streams when every message
+        came, in order).
 
 grpcio's channel honours GOAWAY the way a mesh client does: streams the server accepted
 finish, new ones go to a new connection. Any RpcError is a failure.
@@ -54,29 +57,38 @@ def serve() -> None:
 def load(port: int, stop_file: str, seconds: float) -> None:
     channel = grpc.insecure_channel(f"127.0.0.1:{port}")
     call = channel.unary_unary(METHOD)
+    stream = channel.unary_stream(STREAM_METHOD)
     deadline = time.monotonic() + seconds
     lock = threading.Lock()
-    result = {"ok": 0, "failed": 0, "errors": []}
+    result = {"ok": 0, "failed": 0, "streams": 0, "errors": []}
 
-    def run() -> None:
+    def unary(n: int):
+        payload = b"echo %d" % n
+        answer = call(payload, timeout=10)
+        return None if answer == payload else f"wrong answer {answer!r}"
+
+    def streaming(n: int):
+        answers = list(stream(b"10,100", timeout=20))
+        return None if answers == [b"%d" % i for i in range(10)] else f"stream got {answers!r}"
+
+    def run(one) -> None:
         n = 0
         while not os.path.exists(stop_file) and time.monotonic() < deadline:
-            payload = b"echo %d" % n
             n += 1
             try:
-                answer = call(payload, timeout=10)
-                good = answer == payload
-                error = None if good else f"wrong answer {answer!r}"
+                error = one(n)
             except grpc.RpcError as exc:
-                good, error = False, f"{exc.code()}: {exc.details()}"
+                error = f"{exc.code()}: {exc.details()}"
             with lock:
-                if good:
+                if error is None:
                     result["ok"] += 1
+                    result["streams"] += one is streaming
                 else:
                     result["failed"] += 1
                     if len(result["errors"]) < 10:
                         result["errors"].append(error)
-    threads = [threading.Thread(target=run) for _ in range(8)]
+    threads = [threading.Thread(target=run, args=(unary,)) for _ in range(8)] + \
+        [threading.Thread(target=run, args=(streaming,)) for _ in range(2)]
     print("started", flush=True)
     for t in threads:
         t.start()

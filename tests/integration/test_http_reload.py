@@ -106,7 +106,7 @@ def test_grpc_client_sees_no_failure_through_20_reloads(tmp_path, grpc_upstream)
         baton.stop()
     result = json.loads(out.strip().splitlines()[-1])
     assert result["failed"] == 0, result
-    assert result["ok"] > 1000, result
+    assert result["ok"] > 1000 and result["streams"] > 20, result
     assert "Traceback" not in baton.log
 
 

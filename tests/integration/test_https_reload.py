@@ -113,8 +113,9 @@ def test_http2_over_tls_moves_at_a_reload(baton, recorder):
 
 def test_an_https_request_in_flight_finishes_then_its_connection_moves(baton, recorder):
     """A reload while a slow request is in flight on an HTTPS keep-alive connection: the
-    response comes from the old generation, then the connection moves (WHEN_IDLE) and the
-    next request on the same TLS session is served by the new one."""
+    response comes from the old generation (forwarded through the new one when the
+    connection moved first, inflight.py), and the next request on the same TLS session is
+    served by the new one; a connection that moved is not counted as staying to drain."""
     import threading
     ca = make_ca("ecdsa")
     port = free_port()

@@ -753,3 +753,20 @@ def test_a_hold_given_up_reads_what_waited():
     peer.codec.hold_new_streams(False)
     assert peer.codec.backlog
     assert summary(peer.codec.receive_more()) == [("RequestHead", 1)]
+
+
+def test_a_moved_connection_keeps_its_flood_counts():
+    """The WINDOW_UPDATEs a client sends for DATA it received before the move are not a flood
+    after it: the limit counts DATA frames over the connection's life (a gRPC stream's
+    updates, held during the move, were read as one: the new worker closed the connection)."""
+    options = {"max_inbound_window_update_frames_per_data_frame_sent": 10}
+    peer = Peer(**options)
+    peer.headers(1)
+    peer.codec.send_head(1, Response(200, Headers([])), False)
+    peer.codec.send_body(1, b"x" * 60_000, True)        # within the client's window
+    assert kinds(peer.out()).count("DataFrame") == 4
+    moved = _moved(peer.codec, **options)
+    updates = frame(WINDOW_UPDATE, 0, 0, struct.pack(">L", 1000)) * 40
+    stayed, went = peer.codec.receive(updates), moved.receive(updates)
+    assert summary(went) == summary(stayed) == []
+    assert moved.flood is None and peer.codec.flood is None

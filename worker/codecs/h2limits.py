@@ -109,6 +109,18 @@ class FloodGuard:
     def tracks_lifetimes(self) -> bool:
         return self.reset_total is not None
 
+    _LIFETIME = ("data_frames", "opened_streams", "priority_frames", "window_updates",
+                 "closed_streams", "premature", "empty_run")
+
+    def lifetime_counts(self) -> list:
+        """What the inbound checks count over the connection's life, for the process it
+        moves to (h2server.py export_state); the outbound queue counts are empty then."""
+        return [getattr(self, name) for name in self._LIFETIME]
+
+    def continue_counts(self, counts) -> None:
+        for name, value in zip(self._LIFETIME, counts):
+            setattr(self, name, value)
+
     # -- outbound ---------------------------------------------------------------------------
 
     def count_queued(self, out, start: int) -> None:

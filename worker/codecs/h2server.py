@@ -586,6 +586,9 @@ class LeanHttp2ServerCodec:
                 "windows": [self._recv_window, self._send_window, self._returned],
                 "peer": [self._peer_stream_window, self._peer_frame_size],
                 "highest": self._highest,
+                # The flood checks' counts over the connection's life (h2limits.py): fresh
+                # ones would take the WINDOW_UPDATEs of the client's past DATA for a flood.
+                "guard": self._guard.lifetime_counts(),
                 "hpack": {"size": table.maxsize,
                           "allowed": self._decoder.max_allowed_table_size,
                           "entries": [[n, v] for n, v in table.dynamic_entries]},
@@ -599,6 +602,7 @@ class LeanHttp2ServerCodec:
         self._recv_window, self._send_window, self._returned = state["windows"]
         self._peer_stream_window, self._peer_frame_size = state["peer"]
         self._highest = state["highest"]
+        self._guard.continue_counts(state.get("guard") or ())
         self._preface = 24
         hpack = state["hpack"]
         table = self._decoder.header_table

@@ -656,8 +656,11 @@ class HttpConnection(asyncio.Protocol, Connection):
         here after all, and the client is told to go elsewhere for the next ones (GOAWAY),
         as at every drain."""
         self.hold_timer = None
+        on_idle = self.on_idle
         self.cancel_hold()
         self.drain()
+        if on_idle is not None:
+            on_idle(self)       # the move stops waiting for it: readiness() says it stays
 
     def _release_held_streams(self) -> None:
         if self.hold_timer is not None:
