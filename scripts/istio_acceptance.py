@@ -15,6 +15,9 @@ ranked by the number of resources each one blocks (a reason's path is
 generalised: indices and names in brackets become [], so "Listener[x].filter_chains[3]..." of
 every listener counts as one reason).
 
+The resources are judged against what an Istio sidecar's bootstrap gives them: the node and
+the static `sds-grpc` cluster (every SDS reference istiod sends names it).
+
 Order within a dump: clusters, endpoints, listeners, routes, each applied as a delta update
 on top of what was accepted before, so that a route's validate_clusters and the listener
 address check see what a real stream would have delivered.
@@ -56,7 +59,34 @@ KINDS = (("clusters", CLUSTER, protos.Cluster, "name"),
          ("endpoints", ENDPOINT, protos.ClusterLoadAssignment, "cluster_name"),
          ("listeners", LISTENER, protos.Listener, "name"),
          ("routes", ROUTE, protos.RouteConfiguration, "name"))
-_BOOTSTRAP = {"xds": {"lds": True, "cds": True}, "clusters": {}, "listeners": []}
+# What every Istio sidecar's bootstrap gives the resources to refer to: the node (SDS needs
+# its id and cluster) and the static `sds-grpc` cluster on pilot-agent's Unix socket, which
+# every SDS reference istiod sends names.
+_ISTIO_BOOTSTRAP = {
+    "node": {"id": "sidecar~10.0.0.1~app-0.default~default.svc.cluster.local",
+             "cluster": "app.default"},
+    "static_resources": {"clusters": [{
+        "name": "sds-grpc", "type": "STATIC", "connect_timeout": "1s",
+        "typed_extension_protocol_options": {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3."
+                         "HttpProtocolOptions",
+                "explicit_http_config": {"http2_protocol_options": {}}}},
+        "load_assignment": {"cluster_name": "sds-grpc", "endpoints": [{"lb_endpoints": [{
+            "endpoint": {"address": {"pipe": {
+                "path": "./var/run/secrets/workload-spiffe-uds/socket"}}}}]}]}}]}}
+
+
+def istio_bootstrap():
+    """_ISTIO_BOOTSTRAP as DynamicConfig's static part (the translator's snapshot form)."""
+    from baton.xds.translate import translate_bootstrap
+    protos.import_types_in(_ISTIO_BOOTSTRAP)
+    pb = protos.json_format.ParseDict(
+        _ISTIO_BOOTSTRAP, protos.message_class("envoy.config.bootstrap.v3.Bootstrap")())
+    snap, errors = translate_bootstrap(pb)
+    assert not errors, errors
+    return {"xds": {"lds": True, "cds": True}, "clusters": snap["clusters"], "listeners": [],
+            "node": snap["node"]}
 _MARK = "baton-istio-acceptance-unknown:"
 _BRACKETS = re.compile(r"\[[^\[\]]*\]")
 
@@ -155,7 +185,7 @@ _TLS_MARKS = ("transport_socket", "over a TLS chain", "over an upstream transpor
 
 
 def needs_tls(error):
-    return any(mark in error for mark in _TLS_MARKS)
+    return any(mark in error for mark in _TLS_MARKS) and "internal_upstream" not in error
 
 
 def judge(encoded):
@@ -168,6 +198,7 @@ def judge(encoded):
     result = {kind: {"total": 0, "accepted": 0, "tls_only": 0, "reasons": collections.Counter(),
                      "per_dump": {}} for kind, *_ in KINDS}
     configs = {}
+    static = istio_bootstrap()
     for label, kind, name, data, failure in encoded:
         tally = result[kind]
         counts = tally["per_dump"].setdefault(label, [0, 0])
@@ -178,7 +209,7 @@ def judge(encoded):
             continue
         config = configs.get(label)
         if config is None:
-            config = configs[label] = DynamicConfig(json.loads(json.dumps(_BOOTSTRAP)))
+            config = configs[label] = DynamicConfig(json.loads(json.dumps(static)))
         any_pb = any_pb2.Any(type_url=urls[kind], value=data)
         update = Update(urls[kind], "1", "n", {name: ("1", any_pb)}, [], complete=False)
         errors = config.apply(update, 0.0)
