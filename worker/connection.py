@@ -63,6 +63,12 @@ class Connection:
     def readiness(self) -> Move:
         return Move.NEVER
 
+    def handoff_target(self, workers: int) -> int | None:
+        """The index of the receiving worker (of `workers`) this connection must go to, or
+        None: any (they are spread round-robin). A UDP session goes to the worker that will
+        read its listener (udp_proxy.py)."""
+        return None
+
     def export(self, client_only: bool = False) -> Export:
         """Pause and describe this connection for another worker. `client_only`: leave the
         upstream half here and forward it (write migration), where the kind supports it."""

@@ -15,6 +15,7 @@ supervisor/handoff/protocol.py.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import os
 import socket
@@ -230,11 +231,11 @@ def _targeted_batches(conns, peers: int):
     batches of their own; the rest spread round-robin (None)."""
     spread, targeted = [], {}
     for conn in conns:
-        target = getattr(conn, "handoff_target", None)
+        target = conn.handoff_target(peers)
         if target is None:
             spread.append(conn)
         else:
-            targeted.setdefault(target(peers), []).append(conn)
+            targeted.setdefault(target, []).append(conn)
     for target, group in targeted.items():
         for batch in _batches(group):
             yield batch, target
@@ -330,16 +331,29 @@ async def _move_when_idle(worker, peers, wait: float, refused: set) -> tuple[int
     return moved, kept
 
 
+# Batches sent and not yet answered. An exported connection may hold a second descriptor of
+# its socket until the answer (HTTP connections dup theirs off the transport): 10,000 exported
+# at once needed 20,000 descriptors, past a container's hard limit, and the move died on EMFILE.
+MAX_BATCHES_IN_FLIGHT = 8
+
+
 async def _move(worker, conns, peers, client_only: bool) -> tuple[int, set]:
-    """Send `conns` in batches to `peers`; (moved, the connections kept here) once every
-    receiver answered."""
-    pending = []
+    """Send `conns` in batches to `peers`, at most MAX_BATCHES_IN_FLIGHT unanswered at a
+    time; (moved, the connections kept here) once every receiver answered."""
+    pending: collections.deque = collections.deque()
     kept: set = set()
+    moved = 0
     for i, (batch, target) in enumerate(_targeted_batches(conns, len(peers))):
         peer = peers[target if target is not None else i % len(peers)]
         records, fds, sent = [], [], []
         for conn in batch:
-            export = conn.export(client_only=client_only)
+            try:
+                export = conn.export(client_only=client_only)
+            except OSError as exc:      # EMFILE and the like: it stays, and drains here
+                log.warning("worker %d: connection %d stays here: %s", worker.id, conn.id, exc)
+                conn.resume()
+                kept.add(conn)
+                continue
             record = protocol.encode_record(peer.version, peer.accepts, export.kind,
                                             export.fields, export.fds)
             if record is None:       # the receiver is a version that cannot adopt this kind
@@ -361,26 +375,35 @@ async def _move(worker, conns, peers, client_only: bool) -> tuple[int, set]:
             log.error("worker %d: sending %d connection(s) failed: %s", worker.id, len(sent), exc)
             future = None
         pending.append((sent, future, peer))
-    moved = 0
-    for sent, future, peer in pending:
-        try:
-            reply = await future if future is not None else {}
-        except Exception as exc:  # noqa: BLE001 - timeout or receiver gone: resume all
-            log.error("worker %d: %d connection(s) not adopted: %s", worker.id, len(sent), exc)
-            reply = {}
-        if reply.get("type") not in ("adopted", None):
-            log.error("worker %d: %d connection(s) not adopted: %s", worker.id, len(sent),
-                      reply.get("error", reply.get("type")))
-            reply = {}
-        adopted = set(reply.get("ids") or ())
-        new_ids = reply.get("new_ids") or {}
-        for conn in sent:
-            if conn.id in adopted:
-                conn.migrated(peer.channel, new_ids.get(conn.id, 0))
-                moved += 1
-            else:
-                conn.resume()
-                kept.add(conn)
-        for conn_id, why in (reply.get("refused") or {}).items():
-            log.warning("worker %d: connection %s stays here: %s", worker.id, conn_id, why)
+        if len(pending) >= MAX_BATCHES_IN_FLIGHT:
+            moved += await _settle(worker, *pending.popleft(), kept)
+    while pending:
+        moved += await _settle(worker, *pending.popleft(), kept)
     return moved, kept
+
+
+async def _settle(worker, sent, future, peer, kept: set) -> int:
+    """The receiver's answer to one batch: adopted connections let go here, the others
+    resume (into `kept`). Returns how many moved."""
+    try:
+        reply = await future if future is not None else {}
+    except Exception as exc:  # noqa: BLE001 - timeout or receiver gone: resume all
+        log.error("worker %d: %d connection(s) not adopted: %s", worker.id, len(sent), exc)
+        reply = {}
+    if reply.get("type") not in ("adopted", None):
+        log.error("worker %d: %d connection(s) not adopted: %s", worker.id, len(sent),
+                  reply.get("error", reply.get("type")))
+        reply = {}
+    adopted = set(reply.get("ids") or ())
+    new_ids = reply.get("new_ids") or {}
+    moved = 0
+    for conn in sent:
+        if conn.id in adopted:
+            conn.migrated(peer.channel, new_ids.get(conn.id, 0))
+            moved += 1
+        else:
+            conn.resume()
+            kept.add(conn)
+    for conn_id, why in (reply.get("refused") or {}).items():
+        log.warning("worker %d: connection %s stays here: %s", worker.id, conn_id, why)
+    return moved

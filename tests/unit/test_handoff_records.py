@@ -8,6 +8,9 @@ receiver cannot use is refused without disturbing the descriptors of the records
 
 from __future__ import annotations
 
+import asyncio
+import errno
+
 import msgpack
 import pytest
 from hypothesis import given, settings
@@ -225,6 +228,8 @@ class _Listener:
 
 
 class _Worker:
+    id = 0
+
     def __init__(self):
         self.listeners = {"l": _Listener()}
         self.connections = {}
@@ -293,3 +298,55 @@ def test_a_record_for_a_listener_this_worker_lacks_is_refused(datagram_kind):
         m.close_fds = original
     assert (adopted, conns, closed) == ([], [], [77])
     assert refused == {5: "no listener 'gone' here"}
+
+
+class _CountingChannel:
+    """A receiver that adopts everything on the next loop turn, counting the batches it
+    holds unanswered."""
+
+    def __init__(self):
+        self.closed = False
+        self.unanswered = self.most_unanswered = 0
+
+    def request(self, msg, fds, timeout=None, dup=True):
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self.unanswered += 1
+        self.most_unanswered = max(self.most_unanswered, self.unanswered)
+        ids = [record["id"] for record in msg["conns"]]
+
+        def answer():
+            self.unanswered -= 1
+            future.set_result({"type": "adopted", "ids": ids, "new_ids": {i: i for i in ids}})
+        loop.call_soon(answer)
+        return future
+
+
+class _Moving(Datagram):
+    moved_to = None
+
+    def migrated(self, channel, new_id):
+        self.moved_to = new_id
+
+
+class _NoDescriptors(Datagram):
+    def export(self, client_only=False):
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    def resume(self):
+        self.resumed = True
+
+
+def test_a_move_holds_a_bounded_number_of_batches_and_survives_emfile(datagram_kind):
+    """Exported connections may hold a second descriptor until their batch is answered:
+    the move keeps at most MAX_BATCHES_IN_FLIGHT unanswered, and a connection that cannot
+    be exported (EMFILE) stays here, resumed, while the rest move."""
+    conns = [_Moving(i, _Listener(), {}, [1000 + i]) for i in range(2000)]
+    stuck = _NoDescriptors(5000, _Listener(), {}, [7])
+    channel = _CountingChannel()
+    peer = migration.Peer(channel, 2, {**ALL_V2, "datagram": [1]})
+    moved, kept = asyncio.run(migration._move(_Worker(), conns[:1000] + [stuck] + conns[1000:],
+                                              [peer], False))
+    assert moved == 2000 and kept == {stuck} and stuck.resumed
+    assert all(c.moved_to == c.id for c in conns)
+    assert 1 < channel.most_unanswered <= migration.MAX_BATCHES_IN_FLIGHT
