@@ -6,8 +6,10 @@ Nothing here sleeps to synchronise: every wait polls a readiness signal (a line 
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -25,10 +27,34 @@ HERE = Path(__file__).resolve().parent
 BATON = str(Path(sys.executable).parent / "baton")
 
 
+def _ephemeral_low() -> int:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+# Ports for tests to listen on come from below the kernel's ephemeral range: a port the
+# kernel handed out as free from inside it (bind to port 0) can be taken by any outgoing
+# connection before the test's process binds it ("cannot bind 127.0.0.1:38783: Address
+# already in use", a CI failure). Below 12000 stay the quickstart's and admin's fixed ports.
+_PORT_LOW, _PORT_HIGH = 12000, max(_ephemeral_low(), 13000)
+_next_port = itertools.count(random.randrange(_PORT_LOW, _PORT_HIGH))
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A TCP port on 127.0.0.1 that nothing uses now and no outgoing connection will take."""
+    span = _PORT_HIGH - _PORT_LOW
+    for _ in range(span):
+        port = _PORT_LOW + (next(_next_port) - _PORT_LOW) % span
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port below the ephemeral range")
 
 
 def start_ready_process(argv: list) -> tuple[subprocess.Popen, int]:
