@@ -7,6 +7,7 @@
     /config_dump        the loaded bootstrap and the static resources, as JSON
     /server_info        version, state, uptime, command line options
     /quitquitquit       (POST) graceful stop, as SIGTERM
+    /reopen_logs        (POST) every worker reopens its access logs (after logrotate moved them)
 
 Counters and gauges are summed over all workers at request time. Served by the master, so the
 admin port answers even while every worker is busy.
@@ -306,6 +307,11 @@ class AdminServer:
                 return 405, "text/plain", "This endpoint requires POST\n"
             master.loop.call_soon(master.drain)
             return 200, "text/plain", "OK\n"
+        if path == "/reopen_logs":
+            if method != "POST":
+                return 405, "text/plain", "This endpoint requires POST\n"
+            await master.ask_workers({"type": "reopen_logs"})
+            return 200, "text/plain", "OK\n"
         if path == "/":
             return 200, "text/plain", "".join(f"  {p}\n" for p in _PATHS)
         return 404, "text/plain", "invalid path. admin commands are:\n" + "".join(f"  {p}\n" for p in _PATHS)
@@ -323,7 +329,7 @@ class AdminServer:
                 "generation": master.generation, "pid": master.pid}
 
 
-_PATHS = ("/clusters", "/config_dump", "/quitquitquit", "/ready", "/server_info", "/stats",
-          "/stats/prometheus")
+_PATHS = ("/clusters", "/config_dump", "/quitquitquit", "/ready", "/reopen_logs",
+          "/server_info", "/stats", "/stats/prometheus")
 _REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
             500: "Internal Server Error", 503: "Service Unavailable"}

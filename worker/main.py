@@ -328,6 +328,14 @@ class Worker:
                  for name, cluster in self.clusters.clusters.items()}
         self.channel.reply(msg, {"type": "hosts", "hosts": hosts})
 
+    def handle_reopen_logs(self, msg) -> None:
+        """Admin POST /reopen_logs: the access logs are opened again by path (logrotate moved
+        the files); lines go to the old files until the new ones are open."""
+        files = getattr(self, "access_log_files", None)
+        if files is not None:
+            files.reopen()
+        self.channel.reply(msg, {"type": "ok"})
+
     def handle_status(self, msg) -> None:
         self.channel.reply(msg, {"type": "status", "connections": len(self.connections),
                                  "draining": self.draining})

@@ -296,6 +296,18 @@ def test_an_access_log_only_root_may_write_is_opened_by_the_master(tmp_path):
                    and b'"GET /logged-by-an-unprivileged-worker HTTP/1.1" 404' in log_file.read_bytes(),
                    10, "the access log line")
         assert log_file.stat().st_uid == 0
+        # logrotate moves the file; POST /reopen_logs (Envoy's admin path) starts a new one,
+        # opened by the master again.
+        rotated = private / "access.log.1"
+        log_file.rename(rotated)
+        assert b.admin("/reopen_logs", method="POST") == (200, "OK\n")
+        assert b.admin("/reopen_logs")[0] == 405
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+            s.sendall(b"GET /after-the-rotation HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            assert recv_exact(s, 12) == b"HTTP/1.1 404"
+        wait_until(lambda: log_file.exists() and b"/after-the-rotation" in log_file.read_bytes(),
+                   10, "the line in the new file")
+        assert b"/after-the-rotation" not in rotated.read_bytes()
         assert "cannot be opened" not in b.log and "Traceback" not in b.log
     finally:
         b.stop()

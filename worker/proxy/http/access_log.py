@@ -47,7 +47,7 @@ class AccessLogFile:
     (tests, tools) lines are written when the buffer fills or on flush()."""
 
     __slots__ = ("path", "loop", "fd", "pending", "pending_bytes", "timer", "dropped",
-                 "flush_bytes", "flush_interval", "failed", "closed")
+                 "flush_bytes", "flush_interval", "failed", "closed", "opener")
 
     def __init__(self, path: str, loop=None, flush_bytes: int = FLUSH_BYTES,
                  flush_interval: float = FLUSH_INTERVAL, opener=None):
@@ -61,6 +61,7 @@ class AccessLogFile:
         self.dropped = 0
         self.failed = False          # the file could not be opened: lines are dropped
         self.closed = False
+        self.opener = opener
         std = _STD_FDS.get(path)
         if opener is None or std is not None or loop is None:
             self.fd = self._open()
@@ -137,9 +138,29 @@ class AccessLogFile:
                 return
 
     def reopen(self) -> None:
-        """Flush to the old file, then open the path again (after logrotate moved it)."""
+        """Flush to the old file, then open the path again (after logrotate moved it);
+        through the opener (the master) when there is one, in the background."""
         self.flush()
-        new_fd = self._open()
+        if self.opener is not None and self.loop is not None and self.path not in _STD_FDS:
+            self.loop.create_task(self._reopen_through(self.opener))
+            return
+        self._swap(self._open())
+
+    async def _reopen_through(self, opener) -> None:
+        try:
+            fd = await opener(self.path)
+        except OSError as exc:
+            log.warning("access log %s: reopen failed, still writing the old file: %s",
+                        self.path, exc)
+            return
+        if self.closed:
+            os.close(fd)
+            return
+        self.flush()
+        self._swap(fd)
+        self.failed = False
+
+    def _swap(self, new_fd: int) -> None:
         if self.fd >= 0:
             os.close(self.fd)
         self.fd = new_fd
