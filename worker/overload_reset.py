@@ -95,11 +95,46 @@ def stream_balance(stream) -> int:
     return held
 
 
+class HeldResponse:
+    """A response the connection manager has finished whose bytes are still held for a
+    client that does not read (HTTP/2: in the codec, for the window; HTTP/1.1: in the
+    transport): in Envoy that stream, and its memory, live until the last byte is sent, so
+    the action can reset it too (an upstream that answers at once leaves it all here)."""
+
+    __slots__ = ("conn", "id")
+    router = None
+
+    def __init__(self, conn, stream_id: int):
+        self.conn = conn
+        self.id = stream_id
+
+    def reset_by_overload(self) -> None:
+        from .codecs.h2server import INTERNAL_ERROR
+        conn = self.conn
+        conn.worker.stats.counters[conn.hcm.stat_rq_rx_reset] += 1
+        if conn.codec.multiplexed:
+            conn.codec.reset_held(self.id, INTERNAL_ERROR)
+            conn.flush()
+        else:
+            conn.abort()                # HTTP/1.1: the connection ends
+
+
 def open_streams(worker):
-    """Every open stream of the worker's HTTP connections."""
+    """Every open stream of the worker's HTTP connections, and the HTTP/2 responses whose
+    bytes still wait for their client's window."""
     for conn in list(worker.connections.values()):
         if conn.kind == "http" and not conn.closed:
             yield from list(conn.streams.values())
+            codec = conn.codec
+            if codec is None:
+                continue
+            if codec.multiplexed:
+                for stream_id in codec.held_stream_ids():
+                    if stream_id not in conn.streams:
+                        yield HeldResponse(conn, stream_id)
+            elif not conn.streams and conn.transport is not None and \
+                    conn.transport.get_write_buffer_size():
+                yield HeldResponse(conn, 0)
 
 
 def reset_high_memory_streams(worker, value: float, bitshift: int | None) -> int:

@@ -583,7 +583,8 @@ def test_the_largest_classes_go_first_scaled_by_the_value_and_at_most_50():
 class BalanceConn:
     def __init__(self, multiplexed, pending=0, unsent=0):
         self.kind, self.closed, self.streams = "http", False, {}
-        self.codec = SimpleNamespace(multiplexed=multiplexed, pending=lambda sid: pending)
+        self.codec = SimpleNamespace(multiplexed=multiplexed, pending=lambda sid: pending,
+                                     held_stream_ids=lambda: [])
         self.transport = SimpleNamespace(get_write_buffer_size=lambda: unsent)
 
 

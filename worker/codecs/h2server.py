@@ -499,6 +499,20 @@ class LeanHttp2ServerCodec:
         self._forget(stream_id)
         self._out += _frame(RST_STREAM, 0, stream_id, _U32.pack(code))
 
+    def held_stream_ids(self) -> list:
+        """Streams whose response bytes wait for the client's window (`pending`), including
+        ones the manager has finished."""
+        return list(self._held)
+
+    def reset_held(self, stream_id: int, code: int) -> None:
+        """Drop what waits for the window on a stream the manager has finished, and reset it
+        (the overload manager's reset_high_memory_stream: Envoy's stream lives, and is reset,
+        until its last byte is sent)."""
+        if stream_id in self._held and not self._dead:
+            self._streams.pop(stream_id, None)
+            self._forget(stream_id)
+            self._out += _frame(RST_STREAM, 0, stream_id, _U32.pack(code))
+
     def goaway(self, last_stream_id: int | None = None, code: int = NO_ERROR,
                graceful: bool = True) -> None:
         """Stop the peer opening streams. Graceful (code 0): GOAWAY(2^31-1) and a PING now, the
