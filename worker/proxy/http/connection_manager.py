@@ -99,14 +99,8 @@ class HttpConnection(asyncio.Protocol, Connection):
         stats = self.worker.stats
         stats.counters[hcm.stat_cx_total] += 1
         stats.gauges[hcm.stat_cx_active] += 1
-        if self.codec is not None:
-            pass                    # adopted with its state (h2move.py, inflight.py)
-        elif hcm.codec_type == "HTTP2":
-            self._use_http2()
-        elif hcm.codec_type == "HTTP1":
-            self._use_http1()
-        elif self.tls is not None and self.tls.selected_alpn_protocol() == "h2":
-            self._use_http2()       # AUTO over TLS: ALPN decides, as in Envoy
+        if self.codec is None:      # else adopted with its state (h2move.py, inflight.py)
+            self._choose_codec()
         self._arm_idle()
         if hcm.max_connection_duration:
             self.duration_timer = self.loop.call_later(hcm.max_connection_duration, self.drain)
@@ -123,6 +117,17 @@ class HttpConnection(asyncio.Protocol, Connection):
             # Adopted with frames still unread (h2move.py): read them on the next turn.
             self.pause_reading(True)
             self.backlog = self.loop.call_soon(self._receive_backlog)
+
+    def _choose_codec(self) -> None:
+        """HTTP/1.1 or HTTP/2 by codec_type; AUTO over TLS by ALPN, as in Envoy; AUTO in
+        clear text waits for the first bytes (data_received: the HTTP/2 preface)."""
+        codec_type = self.hcm.codec_type
+        if codec_type == "HTTP2":
+            self._use_http2()
+        elif codec_type == "HTTP1":
+            self._use_http1()
+        elif self.tls is not None and self.tls.selected_alpn_protocol() == "h2":
+            self._use_http2()
 
     def _use_http1(self) -> None:
         hcm = self.hcm
