@@ -149,3 +149,17 @@ def test_interleaved_handshakes_on_one_context_find_their_own_secrets():
         assert peer.read_all() == b"session %d" % n
     assert keylog._sessions == {}                 # every secret was taken
     keylog.close()
+
+
+@pytest.mark.parametrize("suite", ["AES128-GCM-SHA256", "AES256-GCM-SHA384"])
+def test_rsa_key_exchange_gcm_suites_are_handed_over(suite):
+    """The TLS 1.2 suites Istio still lists (RSA key exchange): OpenSSL's key exchange, the
+    same AES-GCM records and key block as the ECDHE suites, so they move like them."""
+    hs, keylog, peer = baton_server("rsa", TLS12, suite)
+    assert hs.ssl_object.cipher()[0] == suite
+    layer = hs.handover()
+    peer.feed(layer.send_data(b"rsa kx"))
+    assert peer.read_all() == b"rsa kx"
+    peer.obj.write(b"and back")
+    assert layer.receive_data(peer.take()) == b"and back"
+    keylog.close()

@@ -1,9 +1,13 @@
 """The cipher suites whose records Baton protects itself after OpenSSL's handshake.
 
 Only AEAD suites: TLS 1.3's three (RFC 8446 §B.4) and TLS 1.2's ECDHE suites with AES-GCM
-(RFC 5289 §3, record format RFC 5288 §3) and ChaCha20-Poly1305 (RFC 7905 §2). A handshake that
-negotiated anything else cannot be handed over; `TLS12_CIPHERS` is the OpenSSL cipher string
-that restricts a context to what is here.
+(RFC 5289 §3, record format RFC 5288 §3) and ChaCha20-Poly1305 (RFC 7905 §2), plus the two
+RSA key exchange AES-GCM suites Istio still lists (RFC 5288 §3): the key exchange is
+OpenSSL's business, their records are the same AES-GCM with an explicit nonce, and the key
+block comes from the master secret the same way. A handshake that negotiated anything else
+cannot be handed over. `TLS12_CIPHERS` is the OpenSSL cipher string a context offers when
+its config names no suites: the ECDHE ones only (no forward secrecy without ECDHE; Envoy's
+server default leaves the RSA ones out too).
 """
 
 from __future__ import annotations
@@ -39,9 +43,12 @@ SUITES = {s.name: s for s in (
     CipherSuite("ECDHE-RSA-AES256-GCM-SHA384", 0xC030, "TLSv1.2", AESGCM, 32, "sha384", 4),
     CipherSuite("ECDHE-ECDSA-CHACHA20-POLY1305", 0xCCA9, "TLSv1.2", ChaCha20Poly1305, 32, "sha256", 12),
     CipherSuite("ECDHE-RSA-CHACHA20-POLY1305", 0xCCA8, "TLSv1.2", ChaCha20Poly1305, 32, "sha256", 12),
+    CipherSuite("AES128-GCM-SHA256", 0x009C, "TLSv1.2", AESGCM, 16, "sha256", 4),
+    CipherSuite("AES256-GCM-SHA384", 0x009D, "TLSv1.2", AESGCM, 32, "sha384", 4),
 )}
 
-TLS12_CIPHERS = ":".join(s.name for s in SUITES.values() if s.version == "TLSv1.2")
+TLS12_CIPHERS = ":".join(s.name for s in SUITES.values()
+                         if s.version == "TLSv1.2" and s.name.startswith("ECDHE-"))
 
 
 class UnsupportedSuite(ValueError):
