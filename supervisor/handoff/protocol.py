@@ -263,6 +263,12 @@ RECORDS: dict[str, Record] = {r.kind: r for r in (
                "client side's record layer state (tls, None for a plain client), the "
                "upstream side's (upstream_tls, None for a plain host of a cluster that "
                "uses TLS for others), and the bytes not yet written to each socket"),
+    Record("http-tunnel", (1,), 2, ("client", "upstream"),
+           {**_COMMON, "cluster": str, "host": Address(), "up": _DIRECTION, "down": _DIRECTION,
+            "idle": float},
+           doc="an upgraded (websocket) or CONNECT tunnel of an HTTP connection manager, as "
+               "an open tcp connection: both sockets, the unsent bytes each way, and the "
+               "stream idle timeout that governs it (worker/proxy/http/tunnel_move.py)"),
     Record("http1-idle", (1,), 1, ("client",),
            {**_COMMON, "initial": Maybe(bytes)},
            legacy_state="http",

@@ -16,7 +16,7 @@ import time
 import pytest
 
 from .clients import Http1Reader
-from .conftest import Baton, free_port, http_bootstrap, wait_until
+from .conftest import Baton, free_port, http_bootstrap, pid_alive, wait_until
 
 
 @pytest.fixture
@@ -141,40 +141,80 @@ def test_an_https_long_poll_is_answered_across_a_reload_on_the_same_session(bato
     assert ssl_stats(b, port)["handshake"] == 1
 
 
-def test_a_connect_tunnel_moves_like_an_l4_connection_at_a_reload(tmp_path):
-    """An established CONNECT tunnel moves as record tcp-split (what `--l4-move client-only`
-    does to an L4 connection): the client to the new generation, the tunnel's upstream
-    connection staying with the old one, bytes forwarded both ways; the client never notices,
-    and the old generation ends with the tunnel."""
+def _tunnel_through_reloads(tmp_path, mode: str, opening: bytes, seen: bytes,
+                            split: bool = False) -> Baton:
+    """A tunnel of `mode` (tunnel_upstream.py) through 5 reloads: at each, the tunnel moves
+    with both its sockets (record http-tunnel, worker/proxy/http/tunnel_move.py) and the old
+    generation exits while the tunnel stays open; bytes each way after every reload, the
+    last ones large enough to need many splices. With `split` (`--l4-move client-only`) the
+    tunnel moves client-only instead (record tcp-split): one reload, after which the old
+    generation serves the upstream until the tunnel ends."""
     import sys
 
     from .conftest import start_ready_process
     from .test_http_connect import TUNNEL_UPSTREAM, bootstrap
-    proc, upstream = start_ready_process([sys.executable, str(TUNNEL_UPSTREAM), "connect"])
+    proc, upstream = start_ready_process([sys.executable, str(TUNNEL_UPSTREAM), mode])
     port = free_port()
-    b = Baton(tmp_path / "baton", bootstrap(free_port(), port, upstream), concurrency=1).start()
+    config = bootstrap(free_port(), port, upstream)
+    if mode == "websocket":
+        config = http_bootstrap(free_port(), port, stat_prefix="connect", codec_type="HTTP1",
+                                upgrade_configs=[{"upgrade_type": "websocket"}],
+                                clusters={"tunnel": upstream},
+                                routes=[{"match": {"prefix": "/"}, "route": {"cluster": "tunnel"}}])
+    extra = ("--l4-move", "client-only") if split else ()
+    b = Baton(tmp_path / "baton", config, concurrency=1, extra_args=extra).start()
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
             reader = Http1Reader(sock)
-            sock.sendall(b"CONNECT example.test:443 HTTP/1.1\r\nHost: example.test:443\r\n\r\n")
+            sock.sendall(opening)
             status, _ = reader.head()
-            assert status == 200
-            seen = b"CONNECT example.test:443 HTTP/1.1\n"
+            assert status in (101, 200)
             assert reader.exact(len(seen)) == seen
             sock.sendall(b"before")
             assert reader.exact(6) == b"BEFORE"
-            old = b.master_pid()
-            _reload(b)
-            _moved_in_flight(b, 1)
-            for message in (b"after the reload", b"z" * 300_000):
-                sock.sendall(message)
-                assert reader.exact(len(message)) == message.upper()
-        b.wait_previous_gone(old, timeout=10)     # the tunnel's end ends the old generation
+            for i in range(1 if split else 5):
+                old = b.master_pid()
+                _reload(b)
+                if not split:
+                    # The old generation keeps nothing of the tunnel: it exits while it is open.
+                    b.wait_previous_gone(old, timeout=10)
+                for message in (f"after reload {i}".encode(), b"z" * 300_000):
+                    sock.sendall(message)
+                    assert reader.exact(len(message)) == message.upper()
+            if split:
+                assert pid_alive(old), "the old generation serves the tunnel's upstream"
+        if split:
+            b.wait_previous_gone(old, timeout=10)     # the tunnel's end ends it
+        wait_until(lambda: b.stats().get("http.connect.downstream_cx_active", 0) == 0, 10,
+                   "the tunnel's end counted by the generation that holds it")
     finally:
         b.stop()
         proc.kill()
         proc.wait(10)
+    assert b.log.count("moved 1 of 1 connection(s)") >= (1 if split else 5)
     assert "Traceback" not in b.log
+    return b
+
+
+def test_a_connect_tunnel_moves_with_both_sockets_and_the_old_generation_exits(tmp_path):
+    """An established CONNECT tunnel moves as an open L4 connection does: client and upstream
+    socket to the new generation, nothing forwarded, nothing left behind."""
+    _tunnel_through_reloads(
+        tmp_path, "connect", b"CONNECT example.test:443 HTTP/1.1\r\nHost: example.test:443\r\n\r\n",
+        b"CONNECT example.test:443 HTTP/1.1\n")
+
+
+def test_a_connect_tunnel_moves_client_only_under_l4_move_client_only(tmp_path):
+    _tunnel_through_reloads(
+        tmp_path, "connect", b"CONNECT example.test:443 HTTP/1.1\r\nHost: example.test:443\r\n\r\n",
+        b"CONNECT example.test:443 HTTP/1.1\n", split=True)
+
+
+def test_a_websocket_moves_with_both_sockets_and_the_old_generation_exits(tmp_path):
+    _tunnel_through_reloads(
+        tmp_path, "websocket",
+        b"GET /ws HTTP/1.1\r\nHost: ws.test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Version: 13\r\n\r\n", b"")
 
 
 def test_an_https_request_in_flight_at_each_of_20_reloads_keeps_its_session(baton, recorder):

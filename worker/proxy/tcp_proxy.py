@@ -373,14 +373,10 @@ class TcpProxyConnection(Connection):
     def _established(self, moved=None) -> None:
         self.state = OPEN
         c, u = self.client.fileno(), self.upstream.fileno()
-        cluster, chain = self.cluster, self.chain
         to_upstream, to_client = self._pipe_capacities()
-        self.pumps = (
-            Pump(self, c, u, to_upstream,
-                 (chain.rx_bytes, cluster.stat["upstream_cx_tx_bytes_total"])),
-            Pump(self, u, c, to_client,
-                 (chain.tx_bytes, cluster.stat["upstream_cx_rx_bytes_total"])),
-        )
+        upstream_bound, client_bound = self._byte_stats()
+        self.pumps = (Pump(self, c, u, to_upstream, upstream_bound),
+                      Pump(self, u, c, to_client, client_bound))
         if moved is None and self.initial is not None:
             data, eof = self.initial
             moved = ({"data": data, "eof": eof, "done": False}, {"data": b"", "eof": False, "done": False})
@@ -389,6 +385,12 @@ class TcpProxyConnection(Connection):
             for pump, direction in zip(self.pumps, moved):
                 pump.restore(direction["data"], direction["eof"], direction["done"])
         self._run_pumps()
+
+    def _byte_stats(self) -> tuple[tuple, tuple]:
+        """The counters of each direction's bytes: (client -> upstream, upstream -> client)."""
+        cluster, chain = self.cluster, self.chain
+        return ((chain.rx_bytes, cluster.stat["upstream_cx_tx_bytes_total"]),
+                (chain.tx_bytes, cluster.stat["upstream_cx_rx_bytes_total"]))
 
     def _run_pumps(self) -> None:
         for pump in self.pumps:
@@ -567,12 +569,17 @@ class TcpProxyConnection(Connection):
     @classmethod
     def adopt(cls, worker, listener, fields: dict, fds: list[int], conn_id: int, channel=None):
         """Records "tcp" and "tcp-connecting" another worker exported: continue here."""
+        index = fields.get("chain") or 0
+        chain = listener.chains[index] if index < len(listener.chains) else None
+        return cls.adopt_sockets(worker, listener, fields, fds, conn_id, chain=chain)
+
+    @classmethod
+    def adopt_sockets(cls, worker, listener, fields: dict, fds: list[int], conn_id: int, **how):
+        """The connection `fields` and `fds` describe, made as `cls(..., **how)`."""
         # The family is known (the listener's): passing it saves socket() three getsockopt calls.
         client = socket.socket(listener.family, socket.SOCK_STREAM, 0, fds[0])
         peer = tuple(fields["peer"]) if fields.get("peer") else None
-        index = fields.get("chain") or 0
-        chain = listener.chains[index] if index < len(listener.chains) else None
-        conn = cls(worker, listener, client, peer, conn_id, chain)
+        conn = cls(worker, listener, client, peer, conn_id, **how)
         conn.original = tuple(fields["original"]) if fields.get("original") else None
         worker.stats.gauges[listener.stat_cx_active] += 1
         if len(fds) == 1:            # tcp-connecting

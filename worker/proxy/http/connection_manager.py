@@ -27,7 +27,7 @@ from ...codecs.events import Body, ProtocolError, RequestHead, StreamReset, Trai
 from ...codecs.h2limits import TOO_MANY_PREMATURE_RESETS
 from ...codecs.http1 import Http1ServerCodec
 from ...connection import Connection, Export, Lifecycle, Move, register
-from . import express, h2move, inflight
+from . import express, h2move, inflight, tunnel_move
 from .stream import Stream
 
 log = logging.getLogger("baton.http")
@@ -84,6 +84,7 @@ class HttpConnection(asyncio.Protocol, Connection):
         # the client moved mid-response; in the new one, the exchange the old one serves.
         self.moved_to = None
         self.moving_client = None                 # the client's transport, while moving
+        self.moving_upstream = None               # a tunnel moving with both sockets (tunnel_move.py)
         self.hold_timer = None                    # HTTP/2: how long new streams wait unread
         self.hold_paused = False                  # and reading paused while they wait
         self.forwarded_response = None
@@ -716,6 +717,10 @@ class HttpConnection(asyncio.Protocol, Connection):
             return Export(h2move.RECORD, {**fields, "h2": self.codec.export_state(), "tls": tls},
                           [self.moving_fd])
         if in_flight and self.codec.tunnel:
+            # `client_only` (--l4-move client-only): the tunnel's upstream stays, forwarded.
+            ureq = None if client_only else tunnel_move.movable_upstream(self)
+            if ureq is not None:
+                return tunnel_move.export(self, ureq, fields)
             self.moving_client = self.transport
             self.transport = self.moved_to = inflight.ForwardedTransport(self, tunnel=True)
             return Export(TUNNEL_RECORD, {**fields, "up": {"eof": False},
@@ -739,6 +744,11 @@ class HttpConnection(asyncio.Protocol, Connection):
         fd, self.moving_fd = self.moving_fd, -1
         if fd >= 0:
             os.close(fd)
+        if self.moving_upstream is not None:
+            self._closed()          # first: the request ending must not touch the connection
+            tunnel_move.let_go(self)
+            self.transport.abort()
+            return
         if self.moved_to is not None:
             inflight.detach(self.moving_client)
             self.moving_client = None
@@ -753,6 +763,8 @@ class HttpConnection(asyncio.Protocol, Connection):
         fd, self.moving_fd = self.moving_fd, -1
         if fd >= 0:
             os.close(fd)
+        if self.moving_upstream is not None:
+            tunnel_move.resume(self)
         if self.moved_to is not None:           # an exchange in flight stays here after all
             forwarded, self.moved_to = self.moved_to, None
             self.transport, self.moving_client = self.moving_client, None
