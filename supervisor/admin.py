@@ -94,8 +94,10 @@ def _sanitize(name: str) -> str:
 
 
 def render_prometheus(stats: dict) -> str:
+    from ..worker.proxy.istio.prometheus import is_labelled, render_labelled
     lines = []
-    for kind, values in (("counter", stats["counters"]), ("gauge", stats["gauges"])):
+    counters = {k: v for k, v in stats["counters"].items() if not is_labelled(k)}
+    for kind, values in (("counter", counters), ("gauge", stats["gauges"])):
         by_metric: dict[str, list[str]] = {}
         for stat, value in values.items():
             metric, labels = prometheus_name(stat)
@@ -103,6 +105,8 @@ def render_prometheus(stats: dict) -> str:
         for metric in sorted(by_metric):
             lines.append(f"# TYPE {metric} {kind}")
             lines.extend(sorted(by_metric[metric]))
+    # Istio's metrics, already named with their labels (worker/proxy/istio/metrics.py).
+    lines.extend(render_labelled({k: v for k, v in stats["counters"].items() if is_labelled(k)}))
     return "\n".join(lines) + "\n"
 
 

@@ -75,6 +75,8 @@ class Worker:
         self.upstream_mark = int((snapshot.get("runtime") or {}).get("upstream_mark") or 0)
         # The generation's number of workers: which one reads each UDP listener (udp_proxy.py).
         self.concurrency = int((snapshot.get("runtime") or {}).get("concurrency") or 1)
+        # The bootstrap's node (id, metadata): Istio's filters name this workload from it.
+        self.node = snapshot.get("node") or {}
         # Health checkers and outlier timers run on this loop; their probes carry the mark.
         self.clusters = ClusterManager(loop=self.loop, stats=self.stats, mark=self.upstream_mark)
         self.http_pools = PoolManager(self.loop, self.stats, self.upstream_mark)

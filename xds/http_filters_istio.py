@@ -4,7 +4,8 @@
     translate_per_filter_config(map, path, errors, warnings) -> {filter name: config}
 
 A translator returns (None, None) for a filter accepted without anything for the worker to
-run (its effect is out of Baton's reach today; a warning says what is not done):
+run (its effect is out of Baton's reach today; a warning says what is not done), else the
+worker filter's registered name and its config:
 
 - envoy.filters.http.cors (Cors, no settings of its own): the policy comes from the route or
   virtual host (`typed_per_filter_config["envoy.filters.http.cors"]`, a CorsPolicy), as in
@@ -15,14 +16,20 @@ run (its effect is out of Baton's reach today; a warning says what is not done):
   not counted (a warning says so); the filter state it can emit has no reader in Baton.
 - istio.alpn: the ALPN Istio wants on upstream mTLS connections, by upstream HTTP version.
   Baton's upstream TLS does not take an ALPN from a filter: accepted, with a warning.
-- istio.stats (stats.PluginConfig): Istio's request metrics; not reported yet (warning).
+- istio.stats (stats.PluginConfig): Istio's standard metrics (istio_requests_total and the
+  duration and size histograms) with Istio's labels on /stats/prometheus
+  (worker/proxy/istio/http_stats.py). -> ("istio.stats", {"disable_host_header_fallback"}).
 - istio.metadata_exchange, HTTP (io.istio.http.peer_metadata.Config in a TypedStruct, Istio
   1.20 on): the x-envoy-peer-metadata headers that tell each side's telemetry who the peer
-  is. Baton neither reads nor sends them (warning): the peer's Istio metrics see this
-  workload as "unknown", and requests and responses are otherwise unchanged.
+  is (worker/proxy/istio/peer_metadata.py). Its *_discovery / *_propagation lists become
+  four flags: read_request (downstream_discovery), write_response (downstream_propagation),
+  read_response (upstream_discovery), write_request (upstream_propagation), each set when
+  the list names istio_headers. workload_discovery (Istio's workload lookup by address,
+  ambient's WDS) is not there: a warning says so.
 - The Wasm filters older Istio sends for the same built-ins (runtime envoy.wasm.runtime.null,
-  code envoy.wasm.stats or envoy.wasm.metadata_exchange): treated as istio.stats and
-  istio.metadata_exchange. Any other Wasm module is refused (Baton runs no Wasm).
+  code envoy.wasm.stats or envoy.wasm.metadata_exchange): run as istio.stats and
+  istio.metadata_exchange (the latter with {"auto": True}: the listener's direction picks
+  the flags). Any other Wasm module is refused (Baton runs no Wasm).
 """
 
 from __future__ import annotations
@@ -75,10 +82,14 @@ def _alpn(pb, path, errors, warnings):
     return None, None
 
 
+ISTIO_STATS = "istio.stats"
+METADATA_EXCHANGE = "istio.metadata_exchange"
+
+
 def _istio_stats(pb, path, errors, warnings):
-    if _declared(pb, path, errors):
-        _warn(warnings, path, "istio.stats: Istio's request metrics are not reported yet")
-    return None, None
+    if not _declared(pb, path, errors):
+        return None, None
+    return ISTIO_STATS, {"disable_host_header_fallback": pb.disable_host_header_fallback}
 
 
 WASM_HTTP_TYPE = "envoy.extensions.filters.http.wasm.v3.Wasm"
@@ -111,23 +122,43 @@ def _wasm(pb, path, errors, warnings):
 
 def _wasm_value(value, path, errors, warnings):
     builtin = null_vm_builtin(value, path, errors)
-    if builtin == "istio.stats":
-        _warn(warnings, path, "istio.stats (Wasm built-in): Istio's request metrics are not "
-              "reported yet")
-    elif builtin is not None:
-        _warn(warnings, path, "istio.metadata_exchange (Wasm built-in): the peer metadata "
-              "headers are neither read nor sent")
+    if builtin == ISTIO_STATS:
+        return ISTIO_STATS, {}
+    if builtin is not None:
+        return METADATA_EXCHANGE, {"auto": True}
     return None, None
+
+
+# list in the config -> the worker filter's flag it sets when it names istio_headers
+_PEER_METADATA_FLAGS = {"downstream_discovery": "read_request",
+                        "downstream_propagation": "write_response",
+                        "upstream_discovery": "read_response",
+                        "upstream_propagation": "write_request"}
+_PEER_METADATA_METHODS = ("istio_headers", "workload_discovery")
 
 
 def _peer_metadata(value, path, errors, warnings):
-    for key in value:
+    flags = {}
+    for key, entries in value.items():
+        here = join(path, key)
         if key not in _PEER_METADATA_FIELDS:
-            errors.append(f"{join(path, key)}: not supported")
+            errors.append(f"{here}: not supported")
             return None, None
-    _warn(warnings, path, "istio.metadata_exchange: the peer metadata headers are neither read "
-          "nor sent")
-    return None, None
+        if key not in _PEER_METADATA_FLAGS:
+            _warn(warnings, here, "not used (Baton shares no filter state with the upstream)")
+            continue
+        for i, entry in enumerate(entries if isinstance(entries, list) else [entries]):
+            methods = list(entry) if isinstance(entry, dict) else []
+            if len(methods) != 1 or methods[0] not in _PEER_METADATA_METHODS:
+                errors.append(f"{here}[{i}]: one of {', '.join(_PEER_METADATA_METHODS)} "
+                              "expected")
+                return None, None
+            if methods[0] == "istio_headers":
+                flags[_PEER_METADATA_FLAGS[key]] = True
+            else:
+                _warn(warnings, f"{here}[{i}]", "workload_discovery: no workload lookup by "
+                      "address in Baton; the peer is known from its headers only")
+    return METADATA_EXCHANGE, flags
 
 
 TRANSLATORS = {CORS_TYPE: _cors, GRPC_STATS_TYPE: _grpc_stats, ALPN_FILTER: _alpn,

@@ -14,7 +14,8 @@ istio.stats), so a chain is a list here too:
 - NON_TERMINAL maps a type (after unwrapping a TypedStruct) to a translator returning what the
   worker must run ({"name", "type", ...} in "network_filters"), or None when the filter has
   no effect Baton can have on that chain (it is accepted, with a warning saying what is not
-  done). No filter of Istio's needs the worker today: see each translator for why.
+  done). istio.stats is the one the worker runs (the tcp_proxy counts Istio's TCP metrics);
+  see each translator for the others.
 - Anything else is a NACK naming the filter's path.
 """
 
@@ -153,14 +154,13 @@ def _warn(warnings, path, text):
 
 
 def _istio_stats(value, path, errors, warnings, chain_pb, name):
-    """istio.stats on a TCP chain: Istio's istio_tcp_* metrics. Baton does not report them
-    yet (they need the peer's workload labels from the metadata exchange); the connection is
-    unaffected either way, as in Envoy, where the filter only observes."""
+    """istio.stats on a TCP chain: Istio's istio_tcp_* metrics, counted by the tcp_proxy
+    (worker/proxy/istio/tcp_stats.py); the connection is unaffected, as in Envoy, where the
+    filter only observes. The peer's labels stay "unknown" (no TCP metadata exchange)."""
     if _fields_of(value, path, errors, ("disable_host_header_fallback",
                                         "disableHostHeaderFallback")) is None:
         return None
-    _warn(warnings, path, "istio.stats: Istio's TCP metrics are not reported yet")
-    return None
+    return {"name": name, "type": "istio.stats"}
 
 
 def _metadata_exchange(value, path, errors, warnings, chain_pb, name):
@@ -198,9 +198,8 @@ def _wasm(value, path, errors, warnings, chain_pb, name):
         value = protos.json_format.MessageToDict(msg, preserving_proto_field_name=True)
     builtin = null_vm_builtin(value, path, errors)
     if builtin == "istio.stats":
-        _warn(warnings, path, "istio.stats (Wasm built-in): Istio's TCP metrics are not "
-              "reported yet")
-    elif builtin is not None:
+        return {"name": name, "type": "istio.stats"}
+    if builtin is not None:
         return _metadata_exchange({}, path, errors, warnings, chain_pb, name)
     return None
 

@@ -210,6 +210,10 @@ def translate_listener(pb, path, errors, warnings=None, clusters=None):
         **({"bind_to_port": False} if not bind_to_port else {}),
         # Listener access logs: connections no chain matched, and TCP chains' connections.
         **({"access_log": access_log} if access_log else {}),
+        # INBOUND / OUTBOUND: which side Istio's filters report as (worker/proxy/istio/).
+        **({"traffic_direction": type(pb).DESCRIPTOR.fields_by_name["traffic_direction"]
+            .enum_type.values_by_number[pb.traffic_direction].name}
+           if pb.traffic_direction else {}),
     }
 
 

@@ -52,15 +52,16 @@ def translate_filters(items):
 def test_istios_filter_chain_translates_with_what_is_not_done_said():
     result, errors, warnings = translate_filters(ISTIO_FILTERS)
     assert errors == []
-    # istio.alpn and istio.stats have nothing for the worker to run.
+    # istio.alpn has nothing for the worker to run; istio.stats runs in the worker.
     assert [f["name"] for f in result] == ["envoy.filters.http.grpc_stats", "envoy.filters.http.fault",
-                                           "envoy.filters.http.cors", "envoy.filters.http.router"]
+                                           "envoy.filters.http.cors", "istio.stats",
+                                           "envoy.filters.http.router"]
     assert result[0]["config"] == {"per_method": False}
+    assert result[3]["config"] == {"disable_host_header_fallback": False}
     assert [w.split(": ", 1)[0] for w in warnings] == [
         "hcm.http_filters[0].typed_config.emit_filter_state", "hcm.http_filters[0].typed_config",
-        "hcm.http_filters[1].typed_config", "hcm.http_filters[4].typed_config"]
+        "hcm.http_filters[1].typed_config"]
     assert "istio.alpn: no upstream TLS connection" in warnings[2]
-    assert "istio.stats: Istio's request metrics are not reported yet" in warnings[3]
 
 
 def test_grpc_stats_fields_baton_lacks_are_refused():
@@ -210,11 +211,13 @@ def test_older_istios_null_vm_builtins_are_the_native_filters():
                   "upstream_propagation": [{"istio_headers": {}}]}}}
     result, errors, warnings = translate_filters(
         [peer, wasm("envoy.wasm.metadata_exchange", wrapped=False), wasm("envoy.wasm.stats"), ROUTER])
-    assert errors == [] and [f["name"] for f in result] == ["envoy.filters.http.router"]
-    assert [w.split(": ", 1)[1] for w in warnings] == [
-        "istio.metadata_exchange: the peer metadata headers are neither read nor sent",
-        "istio.metadata_exchange (Wasm built-in): the peer metadata headers are neither read nor sent",
-        "istio.stats (Wasm built-in): Istio's request metrics are not reported yet"]
+    assert errors == [] and [(f["name"], f["config"]) for f in result] == [
+        ("istio.metadata_exchange", {"read_response": True, "write_request": True}),
+        ("istio.metadata_exchange", {"auto": True}), ("istio.stats", {}),
+        ("envoy.filters.http.router", {"suppress_envoy_headers": False, "dynamic_stats": True})]
+    assert warnings == [
+        "hcm.http_filters[0].typed_config.value.upstream_discovery[1]: workload_discovery: no "
+        "workload lookup by address in Baton; the peer is known from its headers only"]
     # A real Wasm module, or another runtime: Baton runs no Wasm.
     for item in (wasm("envoy.wasm.stats", runtime="envoy.wasm.runtime.v8"), wasm("my.module")):
         result, errors, _ = translate_filters([item, ROUTER])
@@ -229,5 +232,6 @@ def test_network_null_vm_stats_is_istio_stats():
     spec, errors, warnings = listener(filter_chains=[{"filters": [
         wasm("envoy.wasm.stats", network=True), TCP]}])
     assert errors == [] and spec["filter_chains"][0]["terminal"] == "tcp_proxy"
-    assert warnings == ["l.filter_chains[0].filters[0].typed_config.value: istio.stats (Wasm "
-                        "built-in): Istio's TCP metrics are not reported yet"]
+    assert warnings == []
+    assert spec["filter_chains"][0]["network_filters"] == [
+        {"name": "envoy.wasm.stats", "type": "istio.stats"}]

@@ -47,10 +47,9 @@ def test_istio_filters_before_the_terminal_one_are_accepted_in_order():
     assert errors == []
     (chain,) = spec["filter_chains"]
     assert chain["terminal"] == "tcp_proxy" and chain["tcp_proxy"]["stat_prefix"] == "PassthroughCluster"
-    # Nothing for the worker to run on a plaintext chain; what is not done is said.
-    assert "network_filters" not in chain
-    assert warnings == ["l.filter_chains[0].filters[2].typed_config: istio.stats: Istio's TCP "
-                        "metrics are not reported yet"]
+    # On a plaintext chain only istio.stats has something for the worker to do.
+    assert chain["network_filters"] == [{"name": "istio.stats", "type": "istio.stats"}]
+    assert warnings == []
 
 
 @pytest.mark.parametrize("filters, message", [
@@ -148,9 +147,7 @@ def test_a_listener_log_that_would_log_taken_connections_says_it_does_not():
     log = {k: v for k, v in NR_LOG.items() if k != "filter"}
     spec, errors, warnings = listener(access_log=[log])
     assert errors == [] and spec["access_log"][0].get("flags") is None
-    assert warnings == ["l.filter_chains[0].filters[0].typed_config: istio.stats: Istio's TCP "
-                        "metrics are not reported yet",
-                        "l.access_log: written for connections no filter chain matched (flag "
+    assert warnings == ["l.access_log: written for connections no filter chain matched (flag "
                         "NR) and for tcp_proxy ones, not for those of an HTTP connection manager"]
 
 

@@ -65,7 +65,7 @@ class Cluster:
                  "ring_hash", "maglev", "outlier_config", "health_checks",
                  "outlier", "health_checker", "counters", "gauges", "_panic_stat",
                  "source_address", "transports", "tls_matches", "host_matches", "auto_sni",
-                 "_tls_spec")
+                 "_tls_spec", "metadata")
 
     def __init__(self, spec: dict, counters=None, gauges=None):
         """`counters` / `gauges`: the worker's stat dicts (Stats.counters / .gauges), which the
@@ -118,6 +118,7 @@ class Cluster:
         self.maglev = spec.get("maglev")
         self.outlier_config = spec.get("outlier_detection")
         self.health_checks = list(spec.get("health_checks") or ())
+        self.metadata = spec.get("metadata")     # filter_metadata (Istio's stats read it)
         old = {(h.address, h.port): h for h in getattr(self, "hosts", ())}
         old_hosts = set(old.values())
         hosts = []

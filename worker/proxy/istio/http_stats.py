@@ -1,0 +1,98 @@
+"""istio.stats on an HTTP connection manager: one istio_requests_total and three histogram
+observations per stream, at its end (metrics.py names them).
+
+    reporter                "destination" on an inbound listener, else "source"
+    source_* / destination_*   this node (bootstrap node metadata) on its own side, the peer
+                            the metadata exchange found (peer_metadata.py) on the other,
+                            "unknown" without one
+    *_principal             inbound: the client certificate's URI SAN and this listener's
+                            own; outbound: "unknown" (the upstream TLS handshake's peer is
+                            not known to the stream)
+    destination_service*    the upstream cluster's Istio metadata, else the Host header
+                            (unless disable_host_header_fallback)
+    request_protocol        "grpc" for application/grpc requests, else "http"
+    response_code           the status sent downstream (0 when none was)
+    grpc_response_status    grpc-status of the response (trailers, else headers), else ""
+    response_flags          Envoy's short flags, comma-separated, "-" when none
+    connection_security_policy   inbound: "mutual_tls" when the client presented a
+                            certificate, else "none"; outbound: "unknown"
+"""
+
+from __future__ import annotations
+
+from ..http.filter import FilterFactory, StreamFilter, register
+from .direction import is_inbound, local_node
+from .metrics import IstioMetrics, service_of
+from .peer_metadata import peer_of
+from .workload import UNKNOWN, from_metadata, spiffe_principal
+
+
+@register("istio.stats")
+class IstioStatsFactory(FilterFactory):
+    def __init__(self, config: dict, context):
+        super().__init__(config, context)
+        self.local = from_metadata(local_node(context.worker).get("metadata"))
+        self.metrics = IstioMetrics(context.stats)
+        self.host_fallback = not config.get("disable_host_header_fallback")
+
+    def create(self, stream):
+        return IstioStatsFilter(stream, self)
+
+
+def _grpc_status(info) -> str:
+    trailers = info.response_trailers
+    status = trailers.get("grpc-status") if trailers is not None else None
+    if status is None and info.response is not None:
+        status = info.response.headers.get("grpc-status")
+    return status or ""
+
+
+def _is_grpc(request) -> bool:
+    content_type = request.headers.get("content-type") if request is not None else None
+    return bool(content_type) and (content_type == "application/grpc"
+                                   or content_type.startswith("application/grpc+"))
+
+
+def mesh_side(conn, local, peer):
+    """(reporter, source, source_principal, destination, destination_principal, policy)."""
+    tls = getattr(conn, "tls", None)
+    if is_inbound(conn.listener):
+        peer_der = getattr(tls, "peer_der", None) if tls is not None else None
+        principal = spiffe_principal(peer_der, getattr(tls, "cache", None)) if peer_der \
+            else UNKNOWN
+        own = (getattr(tls, "local_uris", None) or [UNKNOWN])[0] if tls is not None \
+            else UNKNOWN
+        return ("destination", peer, principal, local, own,
+                "mutual_tls" if peer_der else "none")
+    return "source", local, UNKNOWN, peer, UNKNOWN, UNKNOWN
+
+
+class IstioStatsFilter(StreamFilter):
+    __slots__ = ("factory",)
+
+    def __init__(self, stream, factory):
+        super().__init__(stream)
+        self.factory = factory
+
+    def on_log(self) -> None:
+        stream, factory = self.stream, self.factory
+        info = stream.info
+        inbound = is_inbound(stream.conn.listener)
+        reporter, source, source_principal, destination, destination_principal, policy = \
+            mesh_side(stream.conn, factory.local, peer_of(stream, inbound))
+        cluster = stream.worker.clusters.get(info.upstream_cluster) \
+            if info.upstream_cluster else None
+        request = info.request
+        service = service_of(getattr(cluster, "metadata", None),
+                             request.authority if request is not None else None,
+                             factory.host_fallback)
+        tail = (("request_protocol", "grpc" if _is_grpc(request) else "http"),
+                ("response_code", str(info.response_code)),
+                ("grpc_response_status", _grpc_status(info)),
+                ("response_flags", ",".join(info.response_flags) or "-"),
+                ("connection_security_policy", policy))
+        end = info.last_downstream_byte or stream.loop.time()
+        factory.metrics.request(
+            (reporter, source, source_principal, destination, destination_principal, service,
+             tail),
+            (end - info.start_monotonic) * 1000.0, info.bytes_received, info.bytes_sent)
