@@ -67,9 +67,10 @@ def _moved_in_flight(baton: Baton, count: int) -> None:
 
 
 def test_a_long_poll_is_answered_across_a_reload_on_the_same_connection(baton_http):
+    """Issue 15's 10-second slow response: the reload does not wait for it."""
     with socket.create_connection(("127.0.0.1", baton_http.port), timeout=30) as sock:
         reader = Http1Reader(sock)
-        _request(sock, "/poll", "x-test-delay-ms: 6000")
+        _request(sock, "/poll", "x-test-delay-ms: 10000")
         wait_until(lambda: _in_flight(baton_http), 10, "the long poll in flight")
         old = baton_http.master_pid()
         took = _reload(baton_http)
