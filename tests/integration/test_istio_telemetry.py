@@ -130,3 +130,29 @@ def test_both_sidecars_report_the_request_with_both_workloads(baton, recorder):
         assert count.endswith(" 1")
         (size,) = prometheus_lines(b_or_a, "istio_response_bytes_count")
         assert size.endswith(" 1")
+
+
+def test_tcp_connections_are_counted_with_their_bytes(baton, upstreams):
+    from .clients import roundtrip
+    from .conftest import tcp_bootstrap, wait_until
+    echo = upstreams("echo")
+    port = free_port()
+    bootstrap = tcp_bootstrap(free_port(), port, [echo.port], cluster="inbound|7000||")
+    listener = bootstrap["static_resources"]["listeners"][0]
+    listener["traffic_direction"] = "INBOUND"
+    listener["filter_chains"][0]["filters"].insert(0, STATS)
+    bootstrap["node"] = SERVER_NODE
+    b = baton(bootstrap, concurrency=1)
+    assert roundtrip(port, b"x" * 1000) == b"x" * 1000
+
+    def metric(name):
+        lines = prometheus_lines(b, f"istio_tcp_{name}_total")
+        return [(labels_of(line), int(line.rsplit(" ", 1)[1])) for line in lines]
+    wait_until(lambda: metric("connections_closed"), 10, "istio_tcp_connections_closed_total")
+    ((labels, _),) = metric("connections_opened")
+    assert labels["reporter"] == "destination" and labels["request_protocol"] == "tcp"
+    assert labels["destination_workload"] == "reviews-v2" and labels["source_workload"] == "unknown"
+    assert labels["connection_security_policy"] == "none"
+    for name, value in (("connections_opened", 1), ("connections_closed", 1),
+                        ("received_bytes", 1000), ("sent_bytes", 1000)):
+        assert [count for _, count in metric(name)] == [value], name

@@ -28,6 +28,7 @@ import struct
 import time
 
 from ..connection import Connection, Export, Lifecycle, Move, register
+from .istio import tcp_stats as istio_tcp_stats
 from .lb import Host
 
 log = logging.getLogger("baton.tcp_proxy")
@@ -375,6 +376,9 @@ class TcpProxyConnection(Connection):
         c, u = self.client.fileno(), self.upstream.fileno()
         to_upstream, to_client = self._pipe_capacities()
         upstream_bound, client_bound = self._byte_stats()
+        if self.chain.spec.get("network_filters"):     # Istio's TCP metrics (a moved one
+            received, sent = istio_tcp_stats.opened(self, moved is not None)  # counted already)
+            upstream_bound, client_bound = upstream_bound + received, client_bound + sent
         self.pumps = (Pump(self, c, u, to_upstream, upstream_bound),
                       Pump(self, u, c, to_client, client_bound))
         if moved is None and self.initial is not None:
@@ -438,6 +442,8 @@ class TcpProxyConnection(Connection):
             from ..connection_log import log_tcp_proxy
             log_tcp_proxy(self)
         if self.pumps is not None:
+            if self.chain.spec.get("network_filters"):
+                istio_tcp_stats.closed(self)
             for pump in self.pumps:
                 pump.release()
             self.pumps = None
