@@ -100,7 +100,7 @@ def test_http2_over_tls_moves_at_a_reload(baton, recorder):
         client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
         client.initiate_connection()
         sock.sendall(client.data_to_send())
-        for i in range(4):
+        for i in range(21):         # issue 12: through 20 consecutive reloads
             if i:
                 _reload_ok(b)
                 wait_until(lambda: b.log.count("moved 1 of 1 connection(s)") >= i, 10,
