@@ -104,6 +104,12 @@ def test_rapid_reset_connections_are_closed(proxy):
     # manager saw reset stay near that per connection, whatever the attacker sent.
     resets = counted(proxy, "http.ingress_http.downstream_rq_rx_reset", before)
     assert resets <= 260 * connections
+    # A stream reset in the read that opened it gives its upstream connection back unsent
+    # (pool.py, Batches): the hostile streams neither close the bystander's keep-alive
+    # connection nor make it connect again. (Before: one connection per reset stream.)
+    opened = counted(proxy, "cluster.app.upstream_cx_total", before)
+    print(f"rapid reset: {resets} streams reset, {opened} upstream connections opened")
+    assert opened <= max(resets // 20, 5), (opened, resets)
 
 
 def test_many_streams_with_a_window_update_per_data_frame(proxy):

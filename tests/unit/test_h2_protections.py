@@ -275,6 +275,24 @@ def test_a_headers_frame_counts_as_several_control_frames():
     assert len(frames_of(pings.codec.data_to_send())) == budget
 
 
+def test_the_reset_right_behind_the_last_stream_of_a_turn_is_read_in_that_turn():
+    """A rapid reset's pairs straddle the budget: the RST_STREAM of the stream whose HEADERS
+    spent it is read too (once), so the manager sees the stream reset before its batch ends
+    and never sends its request upstream (pool.py, Batches)."""
+    peer = Peer(frames_per_turn=2 * HEADERS_COST)       # two new streams a turn
+    cancel = struct.pack(">L", 8)
+    data = b"".join(peer.request(i) + frame(RST_STREAM, 0, i, cancel) for i in (1, 3, 5))
+    events = peer.send(data + frame(RST_STREAM, 0, 3, cancel) * 3)
+    assert [(type(e), e.stream_id) for e in events] == [
+        (RequestHead, 1), (StreamReset, 1), (RequestHead, 3), (StreamReset, 3)]
+    assert peer.codec.backlog           # only one frame past the budget, never a run of them
+    assert [(type(e), e.stream_id) for e in peer.codec.receive_more()] == [
+        (RequestHead, 5), (StreamReset, 5)]
+    pings = Peer(frames_per_turn=2)     # no HEADERS: nothing read past the budget
+    pings.send(frame(PING, 0, 0, b"12345678") * 2 + frame(RST_STREAM, 0, 0, cancel))
+    assert pings.codec.backlog
+
+
 def test_a_partial_frame_after_the_budget_waits_for_more_bytes():
     peer = Peer(frames_per_turn=1)
     data = peer.request(1) + peer.request(3)

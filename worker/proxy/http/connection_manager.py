@@ -183,8 +183,19 @@ class HttpConnection(asyncio.Protocol, Connection):
                 self.backlog = self.loop.call_soon(self._receive_backlog)
         if self.active is None and not self.streams and self.hcm.request_headers_timeout:
             self._header_deadline(codec)
-        for event in events:
-            self._dispatch(event)
+        if codec.multiplexed and events:
+            # One batch (pool.py): a stream reset within this read gives its upstream
+            # connection back instead of sending its request and closing it.
+            pools = self.worker.http_pools
+            pools.begin_batch()
+            try:
+                for event in events:
+                    self._dispatch(event)
+            finally:
+                pools.end_batch()
+        else:
+            for event in events:
+                self._dispatch(event)
         self.flush()
         if codec.closed and not self.streams and not self.closed:
             # HTTP/2 after its final GOAWAY (drain), or a peer's GOAWAY, with nothing open.

@@ -11,6 +11,13 @@ tcp_proxy shares that count), a request that finds none free waits as *pending*,
 A waiter is any object with `on_pool_ready(connection)` and `on_pool_failure(reason, flag)`;
 the router's UpstreamRequest is the only one.
 
+Batches (PoolManager.batch): while an HTTP/2 client connection dispatches the events of one
+read, a new HTTP/1.1 upstream request is written, and a new upstream connection started, only
+when the batch ends. A stream the client resets later in the same read (a rapid reset) then
+gives its connection back untouched (UpstreamConnection.take_back) and starts no connect:
+without this, each reset stream cost an idle keep-alive connection (its request sent, its
+response never read, so the connection had to close) and the next client paid a new connect.
+
 Upstream TLS (the cluster's transport_socket, or the transport_socket_matches entry of the
 host): the pool's connections handshake in OpenSSL (worker/tls/client.py) within the
 connect timeout, then run on Baton's record layer (worker/tls/transport.py) as HTTPS does
@@ -50,7 +57,7 @@ class UpstreamConnection(asyncio.Protocol):
     """One connection to an upstream host; streams are UpstreamRequests by stream id."""
 
     __slots__ = ("pool", "transport", "codec", "streams", "closed", "paused", "requests",
-                 "idle_handle", "idle_deadline", "local")
+                 "idle_handle", "idle_deadline", "local", "unsent")
 
     def __init__(self, pool: "HostPool"):
         self.pool = pool
@@ -64,6 +71,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.idle_handle = None
         self.idle_deadline = 0.0
         self.local = None
+        self.unsent = False         # HTTP/1.1: a request started in a batch, not yet written
 
     # -- asyncio.Protocol -------------------------------------------------------------------
 
@@ -135,6 +143,8 @@ class UpstreamConnection(asyncio.Protocol):
     # -- used by the router -----------------------------------------------------------------
 
     def flush(self) -> None:
+        if self.unsent:
+            return                  # written when the batch ends (send_unsent)
         data = self.codec.data_to_send()
         if data and not self.closed:
             self.transport.write(data)
@@ -143,7 +153,30 @@ class UpstreamConnection(asyncio.Protocol):
         stream_id = self.codec.send_head(request, end_stream)
         self.streams[stream_id] = ureq
         self.requests += 1
+        manager = self.pool.manager
+        if manager.batching and not self.pool.http2:
+            self.unsent = True
+            manager.unsent.append(self)
         return stream_id
+
+    def send_unsent(self) -> None:
+        """The batch ended: write the request held back (if nobody took it back)."""
+        if self.unsent:
+            self.unsent = False
+            self.flush()
+
+    def take_back(self, stream_id: int) -> bool:
+        """The router gives up an HTTP/1.1 request: when none of it was written yet, the
+        connection is as it was before (a fresh codec) and goes back to the pool; else False
+        (the upstream has it: the connection must close)."""
+        if not self.unsent or self.closed:
+            return False
+        self.unsent = False
+        self.streams.pop(stream_id, None)
+        self.codec = _codec(False, {})
+        self.requests -= 1
+        self.pool.release(self)
+        return True
 
     def stream_done(self, stream_id: int, clean: bool) -> None:
         """The router is finished with a stream. `clean`: request and response both complete,
@@ -196,7 +229,7 @@ class HostPool:
 
     __slots__ = ("manager", "cluster", "host", "loop", "idle", "busy", "connecting", "waiters",
                  "http2", "http2_options", "mark", "stat", "max_requests", "max_streams",
-                 "tls", "sni", "expected_san", "auto")
+                 "tls", "sni", "expected_san", "auto", "deferred")
 
     def __init__(self, manager, cluster, host, http2=None, tls=None, sni=None, expected_san=None):
         self.manager = manager
@@ -205,7 +238,8 @@ class HostPool:
         self.loop = manager.loop
         self.idle: list[UpstreamConnection] = []
         self.busy: set[UpstreamConnection] = set()
-        self.connecting = 0
+        self.connecting = 0         # connects started or reserved in a batch (`deferred`)
+        self.deferred = 0           # connects counted in this batch, started when it ends
         self.waiters: deque = deque()
         self.auto = http2 == "auto"
         self.http2 = False if self.auto else cluster.http2 is True if http2 is None else http2
@@ -340,6 +374,29 @@ class HostPool:
         self.stat[cluster.stat["upstream_cx_destroy"]] += 1
 
     def _connect(self) -> None:
+        """Count a new connection (circuit breakers, stats) and open it; in a batch, opened
+        when the batch ends, and only if a waiter still needs it (start_deferred)."""
+        self._reserve()
+        manager = self.manager
+        if manager.batching:
+            if not self.deferred:
+                manager.deferred.append(self)
+            self.deferred += 1
+            return
+        self.loop.create_task(self._open())
+
+    def start_deferred(self) -> None:
+        """The batch ended: open the connects it counted that waiters still need (one per
+        waiter beyond the connects already under way); the others are uncounted."""
+        count, self.deferred = self.deferred, 0
+        under_way = self.connecting - count
+        start = min(count, max(len(self.waiters) - under_way, 0))
+        for _ in range(start):
+            self.loop.create_task(self._open())
+        for _ in range(count - start):
+            self._unreserve()
+
+    def _reserve(self) -> None:
         cluster = self.cluster
         cluster.active += 1
         self.host.active += 1
@@ -350,7 +407,19 @@ class HostPool:
             self.stat[cluster.stat["upstream_cx_http2_total" if self.http2 else
                                    "upstream_cx_http1_total"]] += 1
         self.manager.stats.gauges[cluster.stat["upstream_cx_active"]] += 1
-        self.loop.create_task(self._open())
+
+    def _unreserve(self) -> None:
+        """Undo _reserve for a connect never started: as if it had not been counted."""
+        cluster = self.cluster
+        cluster.active -= 1
+        self.host.active -= 1
+        self.host.total -= 1
+        self.connecting -= 1
+        self.stat[cluster.stat["upstream_cx_total"]] -= 1
+        if not self.auto:
+            self.stat[cluster.stat["upstream_cx_http2_total" if self.http2 else
+                                   "upstream_cx_http1_total"]] -= 1
+        self.manager.stats.gauges[cluster.stat["upstream_cx_active"]] -= 1
 
     async def _open(self) -> None:
         cluster, host, loop = self.cluster, self.host, self.loop
@@ -480,7 +549,8 @@ def _auto_sni_host(cluster, request) -> str | None:
 class PoolManager:
     """Every HostPool of a worker, created on first use, and the circuit breakers' counts."""
 
-    __slots__ = ("loop", "stats", "mark", "pools", "original_hosts", "dirty")
+    __slots__ = ("loop", "stats", "mark", "pools", "original_hosts", "dirty", "batching",
+                 "unsent", "deferred")
 
     def __init__(self, loop, stats, mark: int = 0):
         self.loop = loop
@@ -489,6 +559,24 @@ class PoolManager:
         self.pools: dict = {}
         self.original_hosts: dict = {}  # ORIGINAL_DST: (cluster, host, port) -> Host
         self.dirty: list = []       # client connections with bytes queued by upstream events
+        self.batching = 0           # depth of batch(): writes and connects wait for its end
+        self.unsent: list = []      # upstream connections whose new request waits (batch)
+        self.deferred: list = []    # pools with connects counted in the batch, not started
+
+    def begin_batch(self) -> None:
+        """An HTTP/2 client connection dispatches one read's events (see the module's
+        Batches): until end_batch(), new upstream requests and connects wait."""
+        self.batching += 1
+
+    def end_batch(self) -> None:
+        self.batching -= 1
+        if self.batching:
+            return
+        unsent, deferred = self.unsent, self.deferred
+        while unsent:
+            unsent.pop().send_unsent()
+        while deferred:
+            deferred.pop().start_deferred()
 
     def flush_dirty(self) -> None:
         dirty = self.dirty

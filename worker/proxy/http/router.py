@@ -247,7 +247,7 @@ class UpstreamRequest:
                 conn.codec.reset(self.stream_id)
                 conn.flush()
                 conn.stream_done(self.stream_id, True)
-            else:
+            elif not conn.take_back(self.stream_id):    # not written yet: kept
                 conn.abort(None)
 
 
