@@ -454,7 +454,8 @@ def _secret_timeouts(spec) -> list[float]:
 
 
 def _address_key(spec):
-    return ipaddress.ip_address(spec["address"]), spec["port"]
+    """Unique per listener: a UDP and a TCP listener may share an address and port."""
+    return ipaddress.ip_address(spec["address"]), spec["port"], spec.get("protocol", "tcp")
 
 
 def error_detail(errors) -> str:

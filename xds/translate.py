@@ -96,9 +96,11 @@ def translate_bootstrap(pb):
             names[name] = path
         if listener is None:
             continue
-        key = (ipaddress.ip_address(listener["address"]), listener["port"])
+        # A UDP and a TCP listener may share an address and port (DNS does), as in Envoy.
+        key = (ipaddress.ip_address(listener["address"]), listener["port"],
+               listener.get("protocol", "tcp"))
         if key in addresses:
-            errors.append(f"{path}.address: {_hostport(*key)} is already used by "
+            errors.append(f"{path}.address: {_hostport(*key[:2])} is already used by "
                           f"{addresses[key]}")
             continue
         addresses[key] = path

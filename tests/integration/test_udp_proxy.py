@@ -297,3 +297,34 @@ def test_per_packet_load_balancing_spreads_one_session(baton, udp_echoes):
     assert None not in answers and set(answers) == set(ups), answers
     assert all(x != y for x, y in zip(answers, answers[1:])), answers      # alternating
     assert b.stats()["udp.dns.downstream_sess_total"] == 1
+
+
+def test_a_udp_and_a_tcp_listener_share_a_port_through_a_reload(baton, udp_echoes, upstreams):
+    """DNS-style: udp_proxy and tcp_proxy on the same address and port, each its own socket;
+    both serve, and both are handed to the next generation."""
+    port = free_port()
+    config = udp_bootstrap(free_port(), port, udp_echoes(1))
+    tcp_echo = upstreams("echo").port
+    config["static_resources"]["listeners"].append({
+        "name": "tcp_in",
+        "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
+        "filter_chains": [{"filters": [{"name": "envoy.filters.network.tcp_proxy", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+            "stat_prefix": "dns_tcp", "cluster": "tcp_echo"}}]}]})
+    config["static_resources"]["clusters"].append({
+        "name": "tcp_echo", "type": "STATIC", "load_assignment": {"cluster_name": "tcp_echo",
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": {
+                "address": "127.0.0.1", "port_value": tcp_echo}}}}]}]}})
+    b = baton(config, concurrency=1)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+        udp.bind(("127.0.0.1", 0))
+        for round in range(2):
+            if round:
+                old = b.master_pid()
+                assert b.reload().returncode == 0
+                b.wait_previous_gone(old)
+            assert exchange(udp, port, b"query-%d" % round, timeout=5) is not None
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as tcp:
+                tcp.sendall(b"over tcp")
+                assert tcp.recv(100) == b"over tcp"
+    assert "Traceback" not in b.log

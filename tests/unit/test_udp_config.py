@@ -195,3 +195,20 @@ def test_a_udp_listener_binds_a_datagram_socket_with_its_own_key():
         assert listener_key({"address": "127.0.0.1", "port": 0}) == ("127.0.0.1", 0)
     finally:
         sock.close()
+
+
+def test_a_udp_and_a_tcp_listener_may_share_an_address_and_port(tmp_path):
+    """DNS listens on both; Envoy accepts it. Two UDP listeners on one address still clash."""
+    b = udp_bootstrap(9901, 5353, [53])
+    udp = b["static_resources"]["listeners"][0]
+    tcp = {"name": "tcp_in", "address": {"socket_address": {"address": "127.0.0.1",
+                                                           "port_value": 5353}},
+           "filter_chains": [{"filters": [{"name": "envoy.filters.network.tcp_proxy",
+                                           "typed_config": {
+               "@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+               "stat_prefix": "dns_tcp", "cluster": "echo"}}]}]}
+    b["static_resources"]["listeners"].append(tcp)
+    assert sorted(l.get("protocol", "tcp") for l in load(tmp_path, b)["listeners"]) == ["tcp", "udp"]
+    b["static_resources"]["listeners"].append({**udp, "name": "udp_again"})
+    assert errors_of(tmp_path, b) == ["static_resources.listeners[2].address: 127.0.0.1:5353 "
+                                      "is already used by static_resources.listeners[0]"]
