@@ -13,20 +13,17 @@
                            any), or None
         upstream_filters   [{"name", "type": "istio.metadata_exchange", "protocol"}]
 
-Upstream network filters: only Istio's TCP metadata exchange, whose semantics Baton has
-without implementing the exchange itself. Istio's filter exchanges peer metadata only on an
-upstream connection whose TLS handshake negotiated its `protocol` as ALPN
-(istio-peer-exchange); on any other connection it passes the bytes through untouched. On a
-plain cluster every connection is of the second kind: accepted, and a pass-through. On a
-cluster with upstream TLS (tls_upstream.py; Istio's tlsMode-istio match offers
-[istio-peer-exchange, istio]) Baton does not offer the filter's protocol in ALPN
-(`without_exchange_alpn`, with a warning), so no connection ever negotiates the exchange:
-the upstream's inbound filter passes the bytes through too, and the only loss is the peer
-metadata in the upstream's telemetry. The exchange itself is not implemented.
-`enable_discovery`
-(Istio 1.18+) only looks up the peer's workload metadata for Istio's stats filter, which
-Baton does not have: accepted, with nothing to feed. Any other upstream filter, or field, is
-refused with its path.
+Upstream network filters: only Istio's TCP metadata exchange. Istio's filter exchanges peer
+metadata (worker/proxy/istio/peer_exchange.py) only on an upstream connection whose TLS
+handshake negotiated its `protocol` as ALPN (istio-peer-exchange); on any other connection it
+passes the bytes through untouched. On a plain cluster every connection is of the second
+kind. On a cluster with upstream TLS (Istio's tlsMode-istio match offers
+[istio-peer-exchange, istio]) a tcp_proxy connection offers the full list and, when the
+upstream picks the exchange, runs it (worker/proxy/istio/tls_session.py); an HTTP pool's
+connection offers the list without the exchange's protocol (`without_exchange_alpn`), as
+Istio's istio.alpn filter does for HTTP. `enable_discovery` (Istio 1.18+) looks the peer up
+by address when no exchange happened, which Baton does not: accepted, the peer then stays
+unknown. Any other upstream filter, or field, is refused with its path.
 
 Envoy's semantics, each checked against its documentation: a bind address is an IP literal
 with port 0 or a fixed port (Envoy binds exactly what is given; a fixed port limits the
@@ -128,20 +125,19 @@ def _upstream_filters(pb, path, errors):
 
 
 def without_exchange_alpn(features: dict, path, warnings) -> None:
-    """Take the metadata exchange protocols out of the ALPN the cluster's TLS contexts offer
-    (see the module's docstring), saying so in a warning."""
+    """The exchange's protocols are offered by tcp_proxy connections only: each TLS spec of
+    the cluster keeps its full list as "exchange_alpn" (what a tcp_proxy connection offers,
+    worker/tls/client.py) and "alpn" without them (what an HTTP pool's connection offers:
+    Istio's istio.alpn filter replaces the list on HTTP connections the same way, so an HTTP
+    connection never lands on the upstream's exchange chain)."""
     protocols = {f["protocol"] for f in features.get("upstream_filters") or ()}
     specs = [features.get("transport_socket")] + [m["tls"] for m in
                                                    features.get("transport_socket_matches") or ()]
     for spec in specs:
         if spec is None or not protocols & set(spec["alpn"]):
             continue
+        spec["exchange_alpn"] = list(spec["alpn"])
         spec["alpn"] = [name for name in spec["alpn"] if name not in protocols]
-        if warnings is not None:
-            warnings.append(f"{join(path, 'filters')}: istio.metadata_exchange is not "
-                            f"implemented: ALPN {sorted(protocols)} is not offered, "
-                            "so connections pass through without the peer metadata exchange")
-            warnings = None                 # once per cluster
 
 
 def _metadata_exchange(any_pb, here, errors):

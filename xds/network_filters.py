@@ -148,11 +148,6 @@ def _fields_of(value, path, errors, allowed):
     return fields
 
 
-def _warn(warnings, path, text):
-    if warnings is not None:
-        warnings.append(f"{path}: {text}")
-
-
 def _istio_stats(value, path, errors, warnings, chain_pb, name):
     """istio.stats on a TCP chain: Istio's istio_tcp_* metrics, counted by the tcp_proxy
     (worker/proxy/istio/tcp_stats.py); the connection is unaffected, as in Envoy, where the
@@ -165,27 +160,23 @@ def _istio_stats(value, path, errors, warnings, chain_pb, name):
 
 def _metadata_exchange(value, path, errors, warnings, chain_pb, name):
     """istio.metadata_exchange (TCP): exchanges workload metadata with the peer over the
-    mTLS connection when the client negotiated the `istio-peer-exchange` ALPN; any other
-    connection goes through untouched (Istio's filter passes it on). Without a TLS transport
-    socket no connection of this chain can negotiate that ALPN, so the filter has nothing to
-    do; over TLS the exchange itself would be needed, which Baton does not implement."""
-    if _fields_of(value, path, errors, ("protocol", "enable_discovery",
-                                        "enableDiscovery")) is None:
+    mTLS connection when the client negotiated the exchange's `protocol` (istio-peer-exchange)
+    as ALPN (worker/proxy/istio/tls_session.py); any other connection goes through untouched,
+    as with Istio's filter. `enable_discovery` (a lookup by address when no exchange
+    happened) is accepted and not done: that peer stays unknown."""
+    fields = _fields_of(value, path, errors, ("protocol", "enable_discovery",
+                                              "enableDiscovery"))
+    if fields is None:
         return None
-    if chain_pb.HasField("transport_socket"):
-        errors.append(f"{path}: istio.metadata_exchange over a TLS chain is not supported (the "
-                      "istio-peer-exchange exchange is not implemented)")
-    return None
+    return {"name": name, "type": "istio.metadata_exchange",
+            "protocol": fields.get("protocol") or ""}
 
 
 def _istio_authn(value, path, errors, warnings, chain_pb, name):
-    """istio_authn: records the mTLS peer's SPIFFE identity for the filters after it (RBAC,
-    stats). Baton has none that reads it; on a plaintext chain there is no peer identity."""
-    if _fields_of(value, path, errors, ("shared",)) is None:
-        return None
-    if chain_pb.HasField("transport_socket"):
-        _warn(warnings, path, "istio_authn: the peer identity is not recorded (no filter of "
-              "Baton's reads it)")
+    """istio_authn: the mTLS peer's SPIFFE identity for the filters after it. Baton's
+    istio.stats reads it from the client certificate itself (source_principal), so there is
+    nothing to run; on a plaintext chain there is no peer identity."""
+    _fields_of(value, path, errors, ("shared",))
     return None
 
 

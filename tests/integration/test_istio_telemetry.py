@@ -5,14 +5,17 @@ configures it on each side) tells each sidecar who the other is, and istio.stats
 the request on both: reporter=source on A, reporter=destination on B, each with both
 workloads' labels. The exchange's headers never reach either application.
 
-The mTLS, interception and network namespaces of a real mesh are in test_istio_mesh.py."""
+The last test crosses mTLS with the TCP metadata exchange (istio-peer-exchange) between the
+two sidecars' tcp_proxy chains."""
 
 from __future__ import annotations
 
 import json
 import urllib.request
 
-from .conftest import free_port, static_cluster
+from ..tls_certs import make_ca, spiffe_leaf
+from .clients import roundtrip
+from .conftest import free_port, static_cluster, tcp_bootstrap, wait_until
 
 T = "type.googleapis.com/"
 ROUTER = {"name": "envoy.filters.http.router",
@@ -87,7 +90,7 @@ def test_both_sidecars_report_the_request_with_both_workloads(baton, recorder):
               concurrency=1)
 
     request = urllib.request.Request(f"http://127.0.0.1:{outbound_port}/reviews/1",
-                                     headers={"Host": f"reviews:9080"})
+                                     headers={"Host": "reviews:9080"})
     with urllib.request.urlopen(request, timeout=10) as resp:
         assert resp.status == 200
         response_headers = {name.lower() for name in resp.headers}
@@ -133,8 +136,6 @@ def test_both_sidecars_report_the_request_with_both_workloads(baton, recorder):
 
 
 def test_tcp_connections_are_counted_with_their_bytes(baton, upstreams):
-    from .clients import roundtrip
-    from .conftest import tcp_bootstrap, wait_until
     echo = upstreams("echo")
     port = free_port()
     bootstrap = tcp_bootstrap(free_port(), port, [echo.port], cluster="inbound|7000||")
@@ -156,3 +157,91 @@ def test_tcp_connections_are_counted_with_their_bytes(baton, upstreams):
     for name, value in (("connections_opened", 1), ("connections_closed", 1),
                         ("received_bytes", 1000), ("sent_bytes", 1000)):
         assert [count for _, count in metric(name)] == [value], name
+
+
+CLIENT_ID = "spiffe://cluster.local/ns/shop/sa/productpage"
+SERVER_ID = "spiffe://cluster.local/ns/shop/sa/reviews"
+EXCHANGE_ALPN = ["istio-peer-exchange", "istio"]
+TCP_EXCHANGE = {"name": "istio.metadata_exchange", "typed_config": {
+    "@type": T + "udpa.type.v1.TypedStruct",
+    "type_url": T + "envoy.tcp.metadataexchange.config.MetadataExchange",
+    "value": {"protocol": "istio-peer-exchange", "enable_discovery": True}}}
+
+
+def tls_context(kind: str, cert: str, key: str, ca: str) -> dict:
+    common = {"alpn_protocols": EXCHANGE_ALPN,
+              "tls_certificates": [{"certificate_chain": {"filename": cert},
+                                    "private_key": {"filename": key}}],
+              "validation_context": {"trusted_ca": {"filename": ca}}}
+    if kind == "downstream":
+        return {"@type": T + "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+                "require_client_certificate": True, "common_tls_context": common}
+    return {"@type": T + "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+            "common_tls_context": common}
+
+
+def tcp_proxy(cluster: str) -> dict:
+    return {"name": "envoy.filters.network.tcp_proxy", "typed_config": {
+        "@type": T + "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+        "stat_prefix": cluster, "cluster": cluster}}
+
+
+def test_tcp_metadata_exchange_over_mtls_labels_both_sides(baton, upstreams, tmp_path):
+    """Istio's TCP path: sidecar A's tcp_proxy originates mTLS offering istio-peer-exchange,
+    sidecar B's inbound chain ends it; each sends its frame and takes the other's, so both
+    report the connection with both workloads and both SPIFFE identities, and the echo
+    upstream gets the client's bytes only."""
+    ca = make_ca()
+    ca_path = tmp_path / "ca.crt"
+    ca_path.write_bytes(ca.cert_pem)
+    client_cert, client_key = spiffe_leaf(ca, spiffe_id=CLIENT_ID, client=True).write(tmp_path, "a")
+    server_cert, server_key = spiffe_leaf(ca, spiffe_id=SERVER_ID, client=False).write(tmp_path, "b")
+    echo = upstreams("echo")
+    inbound_port, outbound_port = free_port(), free_port()
+
+    def bootstrap(node, port, direction, chain, cluster):
+        return {"node": node, "admin": {"address": {"socket_address": {
+                    "address": "127.0.0.1", "port_value": free_port()}}},
+                "static_resources": {"listeners": [{
+                    "name": direction, "traffic_direction": direction.upper(),
+                    "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
+                    "filter_chains": [chain]}], "clusters": [cluster]}}
+
+    inbound_chain = {"filters": [TCP_EXCHANGE, STATS, tcp_proxy("inbound|7000||")],
+                     "transport_socket": {"name": "envoy.transport_sockets.tls", "typed_config":
+                                          tls_context("downstream", server_cert, server_key,
+                                                      str(ca_path))}}
+    b = baton(bootstrap(SERVER_NODE, inbound_port, "inbound", inbound_chain,
+                        static_cluster("inbound|7000||", echo.port)), concurrency=1)
+    outbound = static_cluster("outbound|7000||echo.shop.svc.cluster.local", inbound_port)
+    outbound["transport_socket"] = {"name": "envoy.transport_sockets.tls", "typed_config":
+                                    tls_context("upstream", client_cert, client_key, str(ca_path))}
+    outbound["filters"] = [{"name": "istio.metadata_exchange",
+                            "typed_config": TCP_EXCHANGE["typed_config"]}]
+    outbound["metadata"] = {"filter_metadata": {"istio": {"services": [
+        {"host": "echo.shop.svc.cluster.local", "name": "echo", "namespace": "shop"}]}}}
+    a = baton(bootstrap(CLIENT_NODE, outbound_port, "outbound",
+                        {"filters": [STATS, tcp_proxy(outbound["name"])]}, outbound),
+              concurrency=1)
+
+    payload = bytes(range(256)) * 40
+    assert roundtrip(outbound_port, payload) == payload
+
+    def tcp_lines(side, name):
+        return [(labels_of(line), int(line.rsplit(" ", 1)[1]))
+                for line in prometheus_lines(side, f"istio_tcp_{name}_total")]
+    for side in (a, b):
+        wait_until(lambda: tcp_lines(side, "connections_closed"), 10, "a closed connection")
+    ((source, _),) = tcp_lines(a, "connections_opened")
+    ((destination, _),) = tcp_lines(b, "connections_opened")
+    assert (source["reporter"], source["source_workload"], source["destination_workload"],
+            source["destination_principal"], source["destination_service"]) == (
+        "source", "productpage-v1", "reviews-v2", SERVER_ID, "echo.shop.svc.cluster.local")
+    assert (destination["reporter"], destination["source_workload"],
+            destination["destination_workload"], destination["source_principal"],
+            destination["destination_principal"], destination["connection_security_policy"]) == (
+        "destination", "productpage-v1", "reviews-v2", CLIENT_ID, SERVER_ID, "mutual_tls")
+    for side in (a, b):
+        for name, value in (("connections_opened", 1), ("connections_closed", 1),
+                            ("received_bytes", len(payload)), ("sent_bytes", len(payload))):
+            assert [count for _, count in tcp_lines(side, name)] == [value], (name, side)

@@ -69,10 +69,10 @@ def test_other_upstream_filters_are_refused_with_their_path(filters, fields, err
     assert spec is None and errors == [error]
 
 
-def test_metadata_exchange_with_upstream_tls_offers_no_exchange_alpn():
-    """Istio's tlsMode-istio match offers [istio-peer-exchange, istio]: the exchange is not
-    implemented, so its protocol is not offered (no connection negotiates it; the upstream's
-    filter passes the bytes through too), with a warning that says so."""
+def test_metadata_exchange_alpn_is_offered_by_tcp_proxy_connections_only():
+    """Istio's tlsMode-istio match offers [istio-peer-exchange, istio]: a tcp_proxy
+    connection offers it all (exchange_alpn) and runs the exchange; an HTTP pool's connection
+    offers it without the exchange's protocol, as Istio's istio.alpn makes it."""
     tls = {"name": "envoy.transport_sockets.tls", "typed_config": {
         "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
         "common_tls_context": {"alpn_protocols": ["istio-peer-exchange", "istio"]}}}
@@ -82,8 +82,9 @@ def test_metadata_exchange_with_upstream_tls_offers_no_exchange_alpn():
         "c", errors, warnings)
     assert errors == []
     assert spec["transport_socket_matches"][0]["tls"]["alpn"] == ["istio"]
-    assert any(w.startswith("c.filters: istio.metadata_exchange is not implemented: ALPN "
-                            "['istio-peer-exchange'] is not offered") for w in warnings), warnings
+    assert spec["transport_socket_matches"][0]["tls"]["exchange_alpn"] == [
+        "istio-peer-exchange", "istio"]
+    assert not any("metadata_exchange" in w for w in warnings), warnings
 
 
 def test_unknown_field_numbers_of_the_declared_type_are_refused():

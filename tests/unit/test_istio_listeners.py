@@ -47,8 +47,12 @@ def test_istio_filters_before_the_terminal_one_are_accepted_in_order():
     assert errors == []
     (chain,) = spec["filter_chains"]
     assert chain["terminal"] == "tcp_proxy" and chain["tcp_proxy"]["stat_prefix"] == "PassthroughCluster"
-    # On a plaintext chain only istio.stats has something for the worker to do.
-    assert chain["network_filters"] == [{"name": "istio.stats", "type": "istio.stats"}]
+    # The exchange and the stats run in the worker; istio_authn has nothing to run (the
+    # stats read the client certificate themselves).
+    assert chain["network_filters"] == [
+        {"name": "istio.metadata_exchange", "type": "istio.metadata_exchange",
+         "protocol": "istio-peer-exchange"},
+        {"name": "istio.stats", "type": "istio.stats"}]
     assert warnings == []
 
 
@@ -89,12 +93,18 @@ def test_stats_plugin_fields_beyond_the_declared_ones_are_refused_by_number():
                       "stats.PluginConfig not supported"]
 
 
-def test_metadata_exchange_on_a_tls_chain_is_refused_not_ignored():
-    tls = {"name": "tls", "typed_config": {
-        "@type": T + "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext"}}
-    _, errors, _ = listener(filter_chains=[{"filters": [EXCHANGE, TCP], "transport_socket": tls}])
-    assert ("l.filter_chains[0].filters[0].typed_config.value: istio.metadata_exchange over a TLS "
-            "chain is not supported (the istio-peer-exchange exchange is not implemented)") in errors
+def test_metadata_exchange_on_a_tls_chain_runs_in_the_worker():
+    from baton.xds.network_filters import translate_network_filters
+    data = {"filters": [EXCHANGE, TCP], "transport_socket": {"name": "tls", "typed_config": {
+        "@type": T + "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext"}}}
+    protos.import_types_in(data)
+    chain = protos.json_format.ParseDict(data, protos.Listener().filter_chains.add())
+    errors = []
+    result = translate_network_filters(chain, "c", errors, [], None)
+    assert errors == []
+    assert result["network_filters"] == [
+        {"name": "istio.metadata_exchange", "type": "istio.metadata_exchange",
+         "protocol": "istio-peer-exchange"}]
 
 
 def test_a_terminal_filter_is_one_registration():

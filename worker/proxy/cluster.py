@@ -65,7 +65,7 @@ class Cluster:
                  "ring_hash", "maglev", "outlier_config", "health_checks",
                  "outlier", "health_checker", "counters", "gauges", "_panic_stat",
                  "source_address", "transports", "tls_matches", "host_matches", "auto_sni",
-                 "_tls_spec", "metadata")
+                 "_tls_spec", "metadata", "upstream_filters")
 
     def __init__(self, spec: dict, counters=None, gauges=None):
         """`counters` / `gauges`: the worker's stat dicts (Stats.counters / .gauges), which the
@@ -119,6 +119,7 @@ class Cluster:
         self.outlier_config = spec.get("outlier_detection")
         self.health_checks = list(spec.get("health_checks") or ())
         self.metadata = spec.get("metadata")     # filter_metadata (Istio's stats read it)
+        self.upstream_filters = spec.get("upstream_filters") or ()   # Istio's exchange
         old = {(h.address, h.port): h for h in getattr(self, "hosts", ())}
         old_hosts = set(old.values())
         hosts = []

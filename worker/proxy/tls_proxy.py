@@ -47,9 +47,10 @@ import time
 
 from ..connection import Export, Lifecycle, Move, register
 from ..tls.accept import HandshakeRefused, ServerAccept
-from ..tls.client import ClientConnect
+from ..tls.client import EXCHANGE_ALPN, ClientConnect
 from ..tls.records import TLSAlert
 from ..tls.state import StateError, export_state, import_state
+from .istio import tls_session as istio_tls_session
 from .tcp_proxy import TcpProxyConnection, _cluster_missing
 
 log = logging.getLogger("baton.tls_proxy")
@@ -64,7 +65,7 @@ class TlsProxyConnection(TcpProxyConnection):
     __slots__ = ("tls", "handshake", "layer", "to_upstream", "to_client", "client_fd",
                  "upstream_fd", "io", "client_eof", "upstream_eof", "up_done", "down_done",
                  "up_limit", "down_limit", "paused", "on_idle", "held",
-                 "up_connect", "up_layer", "up_client", "up_handshake_out")
+                 "up_connect", "up_layer", "up_client", "up_handshake_out", "istio")
 
     def __init__(self, worker, listener, client: socket.socket, peer, conn_id: int, chain=None):
         super().__init__(worker, listener, client, peer, conn_id, chain)
@@ -89,6 +90,7 @@ class TlsProxyConnection(TcpProxyConnection):
         self.paused = False                 # exported, waiting for migrated() or resume()
         self.on_idle = None                 # a reload waits for the upstream connect to end
         self.held = False                   # ...and it ended: open, not started, about to move
+        self.istio = None                   # Istio's exchange and stats (istio/tls_session.py)
 
     # -- the handshake ----------------------------------------------------------------------
 
@@ -172,7 +174,7 @@ class TlsProxyConnection(TcpProxyConnection):
             return
         # The connect timer runs on: Envoy's connect_timeout covers the handshake too.
         self.upstream_fd = self.upstream.fileno()
-        self.up_connect = ClientConnect(client, client.sni)
+        self.up_connect = ClientConnect(client, client.sni, EXCHANGE_ALPN)
         try:
             out = self.up_connect.start()
         except HandshakeRefused as exc:         # its secrets are not there yet
@@ -247,6 +249,7 @@ class TlsProxyConnection(TcpProxyConnection):
                 self.to_upstream += data
                 self.client_eof = self.client_eof or eof
             self._count_rx(len(self.to_upstream))   # what came in with the handshake
+            self.istio = istio_tls_session.start(self)
             if self.up_layer is not None and self.to_upstream:
                 self.to_upstream[:] = self.up_layer.send_data(bytes(self.to_upstream))
         else:
@@ -295,6 +298,8 @@ class TlsProxyConnection(TcpProxyConnection):
         if not data:
             self.client_eof = True          # a FIN without close_notify ends the stream too
         elif self.layer is None:            # a plain client
+            if self.istio is not None:
+                data = self.istio.from_client(data)
             self._for_upstream(data)
             self._count_rx(len(data))
         else:
@@ -304,6 +309,8 @@ class TlsProxyConnection(TcpProxyConnection):
                 self._alert(exc)
                 return
             self.to_client += self.layer.data_to_send()     # a KeyUpdate we owe, a refusal
+            if plaintext and self.istio is not None:
+                plaintext = self.istio.from_client(plaintext)
             if plaintext:
                 self._for_upstream(plaintext)
                 self._count_rx(len(plaintext))
@@ -356,6 +363,8 @@ class TlsProxyConnection(TcpProxyConnection):
                     if self.state is not OPEN:
                         return
                 self.upstream_eof = up_layer.peer_closed
+            if data and self.istio is not None:
+                data = self.istio.from_upstream(data)
             if data:
                 self._for_client(data)
                 counters = self.stats.counters
@@ -488,6 +497,8 @@ class TlsProxyConnection(TcpProxyConnection):
         up_layer = self.up_layer
         if up_layer is not None and not self.paused and up_layer.error is None and not up_layer.closed:
             self._send_best_effort(self.upstream, bytes(self.to_upstream) + up_layer.close())
+        if self.istio is not None:
+            self.istio.closed()
         super().close()
 
     # -- the Connection interface (worker/connection.py) -------------------------------------

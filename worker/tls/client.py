@@ -53,6 +53,13 @@ MAX_SNI_SESSIONS = 1024
 SECRETS_NOT_READY = "secrets_not_ready"     # a refusal's counter, outside ssl.*
 
 
+class _ExchangeAlpn(tuple):
+    """An empty ALPN wish that says "a tcp_proxy connection" (alpn_for)."""
+
+
+EXCHANGE_ALPN = _ExchangeAlpn()
+
+
 class TlsClient:
     """One UpstreamTlsContext: an SSLContext per ALPN list offered (Python sets ALPN on the
     context, not per connection), their key logs, the SAN checks and the cluster's ssl.*."""
@@ -104,7 +111,11 @@ class TlsClient:
             counters[key] = counters.get(key, 0) + 1
 
     def alpn_for(self, wanted: tuple) -> tuple:
-        """The ALPN list offered: the context's own, else the one the caller wants."""
+        """The ALPN list offered: the context's own, else the one the caller wants. A
+        tcp_proxy connection (EXCHANGE_ALPN) offers Istio's metadata exchange protocol too,
+        which an HTTP pool's connection never does (xds/cluster_upstream.py)."""
+        if wanted is EXCHANGE_ALPN and self.spec.get("exchange_alpn"):
+            return tuple(self.spec["exchange_alpn"])
         return tuple(self.spec["alpn"]) or tuple(wanted)
 
     def context_for(self, alpn: tuple):
