@@ -291,6 +291,12 @@ RECORDS: dict[str, Record] = {r.kind: r for r in (
            doc="an HTTP/2 (or over TLS, with `tls` as in https1-idle) connection with no "
                "stream open: settings, windows, the highest stream id, the HPACK decoder's "
                "table and the bytes not yet read (worker/codecs/h2server.py export_state)"),
+    Record("rpc", (1,), 1, ("client",),
+           {**_COMMON, "protocol": str, "input": bytes, "inflight": int},
+           doc="a Dubbo or SOFA Bolt connection (worker/proxy/rpc/move.py): the socket, the "
+               "bytes of a frame not complete yet (input), and how many requests the sender "
+               "still serves (inflight > 0: their responses follow over the handoff channel, "
+               "then done)"),
 )}
 _BY_LEGACY_STATE = {r.legacy_state: r for r in RECORDS.values() if r.legacy_state}
 # What a version-1 peer adopts: exactly the records that existed then, at version 1.

@@ -250,28 +250,6 @@ def test_timeouts_give_a_local_reply_and_the_late_answer_is_dropped(baton, proce
     wait_until(lambda: b.stats()["bolt.rpc_in.request_active"] == 0, 10, "no request in flight")
 
 
-def test_a_reload_lets_requests_in_flight_finish_then_closes_the_connection(baton, processes):
-    """Until RPC connections move (next step), a reload drains them where they are: the call
-    in flight is answered by the old generation, then the connection closes, and a new
-    connection is served by the new generation."""
-    up = provider(processes, "dubbo", "P")
-    port = free_port()
-    b = baton(rpc_bootstrap(free_port(), {"dubbo": port}, {"up": up}), concurrency=1)
-    client = RawClient("dubbo", port)
-    client.send(dubbo_request(1, SERVICE, "sleep", ["1.5"]))
-    wait_until(lambda: b.stats()["dubbo.rpc_in.request_active"] == 1, 10, "the call in flight")
-    old = b.master_pid()
-    assert b.reload().returncode == 0
-    reply = client.receive(1)[0]
-    assert (reply.request_id, dubbo_value(reply)) == (1, "P:sleep:1.5")
-    wait_until(client.closed, 15, "the drained connection to close")
-    b.wait_previous_gone(old)
-    fresh = RawClient("dubbo", port)
-    fresh.send(dubbo_request(2, SERVICE, "echo", ["new"]))
-    assert dubbo_value(fresh.receive(1)[0]) == "P:echo:new"
-    fresh.close()
-
-
 def test_an_idle_upstream_connection_closes_after_the_clusters_idle_timeout(baton, processes):
     up = provider(processes, "bolt", "Q")
     port = free_port()

@@ -3,7 +3,8 @@
     python providers.py dubbo|bolt PORT NAME [heartbeat]
 
 Answers every request with "NAME:<method>:<first argument>" (Dubbo; Bolt: "NAME:<method>").
-Method "sleep" waits its first argument's seconds (Dubbo) or 3 s (Bolt) first. Method "seen"
+Method "sleep" waits its first argument's seconds (Dubbo); a Bolt method named "sleep..." waits
+its "delay" header's seconds, or 3. Method "seen"
 answers with the number of requests this provider received so far, oneway ones included.
 Heartbeats are answered. With "heartbeat", a Dubbo provider also sends a heartbeat on each new
 connection, as Dubbo providers do on idle ones (Envoy 1.40's dubbo_proxy then never answers
@@ -65,11 +66,13 @@ class Provider(asyncio.Protocol):
             self.transport.write(bolt.heartbeat_response(frame))
             return
         Provider.seen += 1
-        method = frame.header().get("sofa_head_method_name") or Reader(frame.content).read()
+        header = frame.header()
+        method = header.get("sofa_head_method_name") or Reader(frame.content).read()
         answer = Provider.seen if method == "seen" else f"{self.name}:{method}"
         content = Writer(random.Random(0)).write(answer).bytes()
+        delay = float(header.get("delay") or 3) if method.startswith("sleep") else 0
         if not frame.oneway:
-            self.later(3 if method == "sleep" else 0,
+            self.later(delay,
                        bolt.response(frame.request_id, bolt.SUCCESS,
                                      "com.alipay.sofa.rpc.core.response.SofaResponse", {},
                                      content))

@@ -7,4 +7,8 @@
     chain.py       a filter chain's RPC config: protocol, routes, Envoy's stat names
     upstream.py    upstream connections per host, each with its own request-id space
     connection.py  a client connection (worker/connection.py's contract)
+    move.py        moving one at a reload with its requests in flight (record "rpc")
 """
+
+from . import move   # noqa: F401 - registers the "rpc" record kind
+

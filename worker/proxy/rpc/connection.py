@@ -11,16 +11,20 @@ A frame that cannot be read closes this connection only (counted in
 request_decoding_error), as Envoy does; a request that cannot be served gets a local reply
 in the protocol's own format (protocols.py).
 
-Moving through a reload is the next step: readiness() says NEVER for now, so a reload leaves
-RPC connections to drain in the old generation (they close once no request is in flight).
+At a reload the connection moves at once, its requests in flight answered from here through
+the new worker (move.py); this class is both halves: `moved_to` set, the old worker's, serving
+what was sent before the move; `forwarded` set, the new worker's, writing those answers too.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 
-from ...connection import Connection, Lifecycle, Move
+from ...connection import Connection, Export, Lifecycle, Move
+from ..http.inflight import ForwardedTransport, detach
+from . import move
 from . import protocols as P
 from .upstream import Exchange, pool_for
 
@@ -38,7 +42,11 @@ def start_rpc(worker, listener, chain, client, peer, original, initial=None,
     conn = RpcConnection(worker, listener, chain, peer, conn_id, initial)
     conn.original = original
     worker.connections[conn.id] = conn
+    run(worker, conn, client)
 
+
+def run(worker, conn, client) -> None:
+    """Serve `conn` on the socket `client` (accepted here, or adopted: move.py)."""
     async def accept():
         try:
             await worker.loop.connect_accepted_socket(lambda: conn, client)
@@ -70,18 +78,143 @@ class RpcConnection(Connection, asyncio.Protocol):
         self.draining = False
         self.closed = False
         self.closing = False                # we closed it (cx_destroy_local_* vs _remote_*)
+        # Moving (move.py). Old side: the client's transport while the move is answered, the
+        # ForwardedTransport that replaced it, and whether requests were in flight then.
+        self.moving_fd = -1
+        self.moving_client = None
+        self.moved_to: ForwardedTransport | None = None
+        self.moved_with_requests = False
+        # New side: the answers the old worker still sends; the move waiting for us.
+        self.forwarded: move.ForwardedReplies | None = None
+        self.on_idle = None
+        self.hold_timer = None
 
-    # -- the Connection contract --------------------------------------------------------------
+    # -- the Connection contract: moving (move.py) -------------------------------------------
 
     def readiness(self) -> Move:
-        # Not movable yet: the next slice exports the codec state, the unconsumed bytes and
-        # the exchanges in flight (their responses forwarded from the old worker).
-        return Move.NEVER
+        if self.closed or self.moved_to is not None or \
+                move.RECORD not in self.worker.handoff_accepts:
+            return Move.NEVER           # drains here, as before RPC connections moved
+        return Move.NOW if self._movable() else Move.WHEN_IDLE
+
+    def _movable(self) -> bool:
+        """Nothing unsent to the client (its transport's buffer cannot be exported) and no
+        earlier move's answers still coming through us."""
+        return (self.transport is not None and not self.closed and self.forwarded is None
+                and self.transport.get_write_buffer_size() == 0)
+
+    # How often a held connection looks again: a transport says when its buffer drains only
+    # past the high-water mark, so the last few bytes are watched for.
+    HOLD_CHECK = 0.02
+
+    def hold_when_idle(self, on_idle) -> None:
+        """Serve on (requests still go upstream from here) until movable, then pause."""
+        self.on_idle = on_idle
+        self._check_hold()
+
+    def _check_hold(self) -> None:
+        self.hold_timer = None
+        if self.on_idle is None or self.closed:
+            return
+        if not self._movable():
+            self.hold_timer = self.worker.loop.call_later(self.HOLD_CHECK, self._check_hold)
+            return
+        on_idle, self.on_idle = self.on_idle, None
+        self.transport.pause_reading()
+        on_idle(self)
+
+    def cancel_hold(self) -> None:
+        self.on_idle = None
+        if self.hold_timer is not None:
+            self.hold_timer.cancel()
+            self.hold_timer = None
+
+    def export(self, client_only: bool = False) -> Export:
+        self.transport.pause_reading()
+        self.moving_fd = os.dup(self.transport.get_extra_info("socket").fileno())
+        fields = {"id": self.id, "listener": self.listener.name, "chain": self.chain.index,
+                  "peer": list(self.peer) if self.peer else None,
+                  "original": list(self.original) if self.original else None,
+                  "protocol": self.protocol.name, "input": bytes(self.decoder.buffer),
+                  "inflight": len(self.exchanges)}
+        # From here what the requests in flight answer goes to the new worker (held until it
+        # answers the move).
+        self.moved_with_requests = bool(self.exchanges)
+        self.moving_client = self.transport
+        self.transport = self.moved_to = ForwardedTransport(self)
+        return Export(move.RECORD, fields, [self.moving_fd])
+
+    def migrated(self, channel=None, new_id: int = 0) -> None:
+        fd, self.moving_fd = self.moving_fd, -1
+        os.close(fd)
+        detach(self.moving_client)
+        self.moving_client = None
+        self.decoder = None                 # its bytes went with the record
+        self.moved_to.attach(channel, new_id)
+        if not self.exchanges:
+            self._moved_done()
+
+    def resume(self) -> None:
+        fd, self.moving_fd = self.moving_fd, -1
+        if fd >= 0:
+            os.close(fd)
+        forwarded, self.moved_to = self.moved_to, None
+        self.transport, self.moving_client = self.moving_client, None
+        forwarded.give_back(self.transport)
+        if not self.closed:
+            self.transport.resume_reading()
+            self._maybe_drained()
+
+    def _moved_done(self) -> None:
+        """Old side: the last request served here is answered."""
+        if self.moved_with_requests:
+            self.moved_to.response_done()
+        self._closed(local=True)
+
+    def forwarded_done(self) -> None:
+        """New side: the old worker owes nothing more."""
+        self.forwarded = None
+        self._maybe_drained()
+
+    def on_forwarded(self, msg: dict) -> bool:
+        if self.forwarded is not None:                      # new side
+            self.forwarded.on_message(msg)
+            return True
+        if self.moved_to is None or self.closed:
+            return False
+        if msg["type"] in ("reset", "close"):               # old side: the client went away
+            self._closed(local=False)
+        return True
+
+    def uses_channel(self, channel) -> bool:
+        if self.moved_to is not None:
+            return self.moved_to.channel is channel and not self.closed
+        return self.forwarded is not None and self.forwarded.channel is channel
+
+    def channel_lost(self, channel) -> None:
+        if self.moved_to is not None and self.moved_to.channel is channel:
+            self._closed(local=False)
+        elif self.forwarded is not None and self.forwarded.channel is channel:
+            self.forwarded.channel_lost()
+
+    # -- the Connection contract: running ------------------------------------------------------
 
     def drain(self) -> None:
+        if self.moved_to is not None:
+            return                          # moved: ends once its last answer is forwarded
         self.draining = True
-        if not self.exchanges:
+        self._maybe_drained()
+
+    def _maybe_drained(self) -> None:
+        if self.draining and not self.exchanges and self.forwarded is None:
             self.close()
+
+    def abort(self) -> None:
+        self.closing = True
+        if self.transport is not None and not self.closed:
+            self.transport.abort()
+        elif self.transport is None:
+            self._closed(local=True)
 
     def close(self) -> None:
         self.closing = True
@@ -94,6 +227,8 @@ class RpcConnection(Connection, asyncio.Protocol):
 
     def connection_made(self, transport) -> None:
         self.transport = transport
+        if self.forwarded is not None:      # adopted: answers may have come before the socket
+            self.forwarded.transport_ready()
         if self.initial:
             initial, self.initial = self.initial, None
             self.data_received(initial)
@@ -249,8 +384,13 @@ class RpcConnection(Connection, asyncio.Protocol):
         if exchange in self.exchanges:
             self.exchanges.discard(exchange)
             self.worker.stats.gauges[self.rpc.stat["request_active"]] -= 1
-            if self.draining and not self.exchanges:
-                self.close()
+            if self.exchanges or self.closed:
+                return
+            if self.moved_to is not None:
+                if self.moving_client is None:      # adopted (not while the move is answered)
+                    self._moved_done()
+            else:
+                self._maybe_drained()
 
     # -- closing ------------------------------------------------------------------------------
 
@@ -259,6 +399,10 @@ class RpcConnection(Connection, asyncio.Protocol):
             return
         self.closed = True
         self.state = Lifecycle.CLOSED
+        self.cancel_hold()
+        if self.forwarded is not None:      # new side: the old worker's requests are moot
+            self.forwarded.client_gone()
+            self.forwarded = None
         if self.exchanges:
             self.worker.stats.counters[self.rpc.stat[
                 "cx_destroy_local_with_active_rq" if local else
