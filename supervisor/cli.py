@@ -361,7 +361,9 @@ def _bind_fresh(snapshot: dict, runtime_dir: str):
     """A first start: bind every socket ourselves. (listeners, admin, control)"""
     from . import runtime
     from .control import ControlInUse, bind_control_socket
+    from ..worker.tls import tickets
     from .listeners import BindError, bind_all, bind_listener
+    tickets.adopt_seed(None)                    # a new lineage: new TLS ticket keys
     try:
         control_sock = bind_control_socket(runtime.control_path(runtime_dir))
     except ControlInUse as exc:
@@ -385,8 +387,10 @@ def _bind_fresh(snapshot: dict, runtime_dir: str):
 def _bind_taken_over(snapshot: dict, takeover):
     """A reload: reuse the previous generation's sockets where the address is the same, bind
     the rest. No socket is ever bound twice, so no accept queue is lost."""
+    from ..worker.tls import tickets
     from .listeners import BindError, bind_listener, listener_key
     taken = takeover.take_sockets()
+    tickets.adopt_seed(taken["ticket_seed"])    # before any worker is forked
     listener_socks = {}
     try:
         for spec in snapshot["listeners"]:

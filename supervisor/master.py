@@ -28,6 +28,7 @@ import time
 import psutil
 
 from ..worker.stats import merge
+from ..worker.tls import tickets
 from . import dns, keeper, sdnotify
 from .admin import AdminServer
 from .control import ControlServer
@@ -461,7 +462,8 @@ class Master:
                 listeners.append({"name": spec["name"], "address": spec["address"],
                                   "port": spec["port"], "fd": len(fds)})
                 fds.append(sock.fileno())
-        msg = {"type": "sockets", "listeners": listeners, "admin": None, "control": None}
+        msg = {"type": "sockets", "listeners": listeners, "admin": None, "control": None,
+               "ticket_seed": tickets.seed()}     # TLS tickets resume after the reload
         admin = self.snapshot.get("admin")
         if admin and self.admin_sock is not None:
             msg["admin"] = {"address": admin["address"], "port": admin["port"], "fd": len(fds)}

@@ -286,7 +286,8 @@ class Takeover:
         if reply.get("type") != "sockets":
             close_fds(fds)
             raise ReloadFailed(reply.get("error", "no sockets in the answer"))
-        result = {"listeners": {}, "admin": None, "control": None}
+        result = {"listeners": {}, "admin": None, "control": None,
+                  "ticket_seed": reply.get("ticket_seed")}
         try:
             for entry in reply.get("listeners", ()):
                 family = socket.AF_INET6 if ":" in entry["address"] else socket.AF_INET

@@ -9,7 +9,10 @@
      "trusted_ca": PEM str | None,
      "san_matchers": [{"type": "URI"|"DNS"|"EMAIL"|"IP_ADDRESS", "matcher": StringMatcher spec}],
      "require_client_certificate": bool,
-     "handshake_timeout": seconds}
+     "handshake_timeout": seconds,
+     "session_ticket_keys": [80-byte keys] | None,           # None: Baton's own (tickets.py)
+     "disable_stateless_session_resumption": bool,
+     "disable_stateful_session_resumption": bool}
 
 Everything is read and checked here, once, where `baton check` can say which path is wrong:
 files are read (the snapshot carries PEM text, never a path a worker would read later), the
@@ -110,13 +113,41 @@ def translate_downstream_tls_context(pb, path, errors, warnings=None,
     for i, name in enumerate(alpn):
         if not name or len(name.encode()) > 255:
             errors.append(f"{join(common_path, 'alpn_protocols')}[{i}]: must be 1 to 255 bytes")
+    ticket_keys = _session_ticket_keys(pb, path, errors)
     if len(errors) > start:
         return None
     spec = {"certificates": certificates, "min_version": min_version, "max_version": max_version,
             "cipher_suites": suites, "ecdh_curve": curve, "alpn": alpn, "trusted_ca": trusted_ca,
             "san_matchers": san_matchers, "require_client_certificate": require,
-            "handshake_timeout": handshake_timeout}
+            "handshake_timeout": handshake_timeout, "session_ticket_keys": ticket_keys,
+            "disable_stateless_session_resumption": pb.disable_stateless_session_resumption,
+            "disable_stateful_session_resumption": pb.disable_stateful_session_resumption}
     return with_secret_references(spec, refs)
+
+
+def _session_ticket_keys(pb, path, errors):
+    """session_ticket_keys -> [80-byte keys] (files read now), None when unset."""
+    if not pb.HasField("session_ticket_keys"):
+        return None
+    from ..worker.tls import openssl
+    keys_path = join(path, "session_ticket_keys.keys")
+    if not pb.session_ticket_keys.keys:
+        errors.append(f"{keys_path}: at least one key is required")
+        return None
+    why_not = openssl.unavailable()
+    if why_not is not None:
+        errors.append(f"{join(path, 'session_ticket_keys')}: cannot be set on this Python: {why_not}")
+        return None
+    keys = []
+    for i, source in enumerate(pb.session_ticket_keys.keys):
+        key = read_data_source(source, f"{keys_path}[{i}]", errors)
+        if key is not None and len(key) != openssl.TICKET_KEY_LENGTH:
+            # Envoy's check, in its words (checked against Envoy 1.40).
+            errors.append(f"{keys_path}[{i}]: Incorrect TLS session ticket key length. "
+                          f"Length {len(key)}, expected length {openssl.TICKET_KEY_LENGTH}.")
+        elif key is not None:
+            keys.append(key)
+    return keys
 
 
 # -- secrets (SDS and static_resources.secrets: xds/secrets.py) ----------------------------

@@ -15,7 +15,9 @@ take over), and the old one never stops serving before the commit:
     old -> new   sockets      {listeners: [{address, port, fd}], admin: {address, port, fd}|nil,
                                control: fd index|nil, udp_listeners?: [{address, port, fd}]}
                               + fds; udp_listeners only to a new master whose take said
-                              udp: true (an older one would mistake them for TCP listeners)
+                              udp: true (an older one would mistake them for TCP listeners);
+                              ticket_seed: bytes, the TLS session ticket seed
+                              (worker/tls/tickets.py), so tickets outlive the reload
     new -> old   ready        {workers: [handoff socket paths]}     every new worker serves
     old -> new   committed    {}                                    old stopped accepting
     new -> old   main         {pid}                                 systemd knows the new MAINPID
@@ -152,7 +154,8 @@ MESSAGES: dict[str, dict] = {
     "failed": {"reason": str},
     "take": {"udp": Maybe(bool)},
     "sockets": {"listeners": ListOf(_LISTENER_ENTRY), "admin": Maybe(_LISTENER_ENTRY),
-                "control": Maybe(int), "udp_listeners": Maybe(ListOf(_LISTENER_ENTRY))},
+                "control": Maybe(int), "udp_listeners": Maybe(ListOf(_LISTENER_ENTRY)),
+                "ticket_seed": Maybe(bytes)},
     "ready": {"workers": ListOf(str)},
     "committed": {},
     "main": {"pid": int},

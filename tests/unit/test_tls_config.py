@@ -3,6 +3,7 @@ path of what is wrong (xds/tls.py). Certificates from tests/tls_certs.py."""
 
 from __future__ import annotations
 
+import base64
 import subprocess
 import sys
 from pathlib import Path
@@ -134,10 +135,10 @@ def test_unsupported_parameters_are_refused_with_their_path(errors):
         "tls_params": {"tls_minimum_protocol_version": "TLSv1_0", "cipher_suites": ["AES128-SHA"],
                        "ecdh_curves": ["P-192"]},
         "key_log": {"path": "/tmp/keys"}},
-        "session_ticket_keys": {"keys": [{"inline_bytes": "AAAA"}]}}
+        "session_ticket_keys_sds_secret_config": {"name": "keys"}}
     lines = errors(bootstrap(context))
     assert f"{COMMON}.key_log: not supported" in lines
-    assert f"{CTX}.session_ticket_keys: not supported" in lines
+    assert f"{CTX}.session_ticket_keys_sds_secret_config: not supported" in lines
     assert any(line.startswith(f"{COMMON}.tls_params.tls_minimum_protocol_version: TLSv1_0 not supported") for line in lines)
     assert any(line.startswith(f"{COMMON}.tls_params.cipher_suites[0]: 'AES128-SHA' not supported") for line in lines)
     assert any(line.startswith(f"{COMMON}.tls_params.ecdh_curves[0]: 'P-192' not supported") for line in lines)
@@ -224,3 +225,28 @@ def test_istios_rsa_key_exchange_suites_are_accepted(load):
         "listeners"][0]["filter_chains"][0]["tls"]
     assert tls["cipher_suites"] == suites
     assert "AES128-GCM-SHA256" not in TLS12_CIPHERS.split(":")
+
+
+def test_session_ticket_keys_inline_and_from_files(load, tmp_path):
+    server = leaf(make_ca("ecdsa"), "ecdsa")
+    first, second = bytes(range(80)), bytes(range(80, 160))
+    (tmp_path / "second.key").write_bytes(second)
+    context = {"common_tls_context": {"tls_certificates": [certificate(server)]},
+               "session_ticket_keys": {"keys": [{"inline_bytes": base64.b64encode(first).decode()},
+                                                {"filename": str(tmp_path / "second.key")}]},
+               "disable_stateful_session_resumption": True}
+    snap = load(bootstrap(context))
+    tls = snap["listeners"][0]["filter_chains"][0]["tls"]
+    assert tls["session_ticket_keys"] == [first, second]
+    assert tls["disable_stateful_session_resumption"] is True
+    assert tls["disable_stateless_session_resumption"] is False
+    msgpack.packb(snap)
+
+
+def test_session_ticket_keys_of_the_wrong_length_are_refused_as_envoy_words_it(errors):
+    server = leaf(make_ca("ecdsa"), "ecdsa")
+    context = {"common_tls_context": {"tls_certificates": [certificate(server)]},
+               "session_ticket_keys": {"keys": [{"inline_bytes": "AAAA"}]}}
+    assert errors(bootstrap(context)) == [
+        f"{CTX}.session_ticket_keys.keys[0]: Incorrect TLS session ticket key length. "
+        "Length 3, expected length 80."]

@@ -14,6 +14,7 @@ way.
 
 from __future__ import annotations
 
+from . import openssl
 from .handover import HandoverError, HandshakeFailed
 from .records import CERTIFICATE_UNKNOWN
 
@@ -80,4 +81,5 @@ class ServerAccept(HandshakeSteps):
             reason = "client certificate SAN mismatch"
             raise HandshakeRefused(failure, reason, layer.abort(CERTIFICATE_UNKNOWN, reason))
         self.server.count_handshake(obj)
+        openssl.keep_session(obj)           # the layer goes on; OpenSSL keeps the session cached
         self.layer = layer

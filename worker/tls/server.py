@@ -6,7 +6,7 @@ certificate checks OpenSSL does not do (SAN matchers), and the listener's `ssl.*
     server.declare_stats(f"listener.{stat_name}.", stats)     # Envoy's names, at 0
     hs = server.handshake()                 # a TlsHandshake (handover.py) for one connection
     failure = server.verify(hs.ssl_object)  # None, or the stat that counts why it is refused
-    server.count_handshake(hs.ssl_object)   # ssl.handshake, ssl.ciphers.X, ssl.versions.Y...
+    server.count_handshake(hs.ssl_object)   # ssl.handshake, ssl.ciphers.X, ssl.curves.Y...
 
 The context only offers what Baton's record layer carries on after the handshake
 (suites.py): TLS 1.2 and 1.3, AEAD suites. Certificates reach OpenSSL through memfds
@@ -20,8 +20,10 @@ import os
 import ssl
 
 from .handover import HandshakeFailed, TlsHandshake
+from . import openssl
 from .keylog import KeyLog
 from .suites import TLS12_CIPHERS
+from .tickets import resumption
 
 # Envoy's listener ssl.* counters (checked against Envoy 1.40: all listed at 0 from the start).
 SSL_COUNTERS = ("connection_error", "handshake", "session_reused", "no_certificate",
@@ -108,6 +110,14 @@ class TlsServer:
             self.count("no_certificate")
         self.count(f"ciphers.{obj.cipher()[0]}")
         self.count(f"versions.{obj.version()}")
+        # As Envoy: the key exchange group, and the signature the client signed its
+        # certificate's CertificateVerify with (none without a client certificate).
+        group = openssl.negotiated_group(obj)
+        if group is not None:
+            self.count(f"curves.{group}")
+        sigalg = openssl.peer_signature_algorithm(obj)
+        if sigalg is not None:
+            self.count(f"sigalgs.{sigalg}")
 
 
 # What a rotated secret changes in a spec (xds/secrets.py resolve_tls).
@@ -142,6 +152,7 @@ def _context(spec: dict) -> ssl.SSLContext:
         # satisfy them (checked against Envoy 1.40: fail_verify_no_cert).
         required = spec["require_client_certificate"] or bool(spec["san_matchers"])
         ctx.verify_mode = ssl.CERT_REQUIRED if required else ssl.CERT_OPTIONAL
+    resumption(ctx, spec)
     return ctx
 
 
