@@ -1,5 +1,6 @@
 """Listener filters that look before a filter chain is chosen: tls_inspector and
-http_inspector (Envoy's names), on connections whose listener has them or matches chains.
+http_inspector (Envoy's names), and Baton's rpc_inspector (Dubbo and SOFA Bolt), on
+connections whose listener has them or matches chains.
 
 The first bytes are *read* (not peeked: a peek leaves the socket readable and would spin the
 loop) into a small buffer, classified by the sans-IO sniffer (worker/codecs/sniff.py), and then
@@ -18,6 +19,9 @@ from .connection import Connection, Lifecycle
 from .proxy.chains import select
 
 log = logging.getLogger("baton.inspection")
+
+# The listener filter that recognises each cleartext protocol (http_inspector the rest).
+_INSPECTOR_OF = {"dubbo": "rpc", "bolt": "rpc"}
 
 
 class Inspection(Connection):
@@ -93,7 +97,8 @@ class Inspection(Connection):
         # recognised is plain bytes.
         if result.transport == "tls" and "tls" not in self.inspectors:
             result = RAW
-        elif result.transport != "tls" and result.protocols and "http" not in self.inspectors:
+        elif result.transport != "tls" and result.protocols and \
+                _INSPECTOR_OF.get(result.protocols[0], "http") not in self.inspectors:
             result = RAW
         try:
             local = self.original or self.client.getsockname()

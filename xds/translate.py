@@ -232,12 +232,18 @@ def _bind_to_port(pb, path, errors):
     return pb.bind_to_port.value if pb.HasField("bind_to_port") else True
 
 
+RPC_INSPECTOR = "baton.filters.listener.rpc_inspector"
+RPC_INSPECTOR_TYPE = "baton.filters.listener.rpc_inspector.v1.RpcInspector"
+
 INSPECTORS = {  # listener filter name -> (typed_config type, what it sniffs)
     ORIGINAL_DST_FILTER: ("envoy.extensions.filters.listener.original_dst.v3.OriginalDst", None),
     "envoy.filters.listener.tls_inspector": (
         "envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector", "tls"),
     "envoy.filters.listener.http_inspector": (
         "envoy.extensions.filters.listener.http_inspector.v3.HttpInspector", "http"),
+    # Baton's own (MOSN's "Auto"): application protocol "dubbo" or "bolt" from the first bytes
+    # (worker/codecs/sniff.py). No config: typed_config, if any, a TypedStruct of this type.
+    RPC_INSPECTOR: (RPC_INSPECTOR_TYPE, "rpc"),
 }
 
 
@@ -250,6 +256,11 @@ def _listener_filters(pb, path, errors, disabled=None):
     for i, filter_pb in enumerate(pb.listener_filters):
         here = f"{join(path, 'listener_filters')}[{i}]"
         type_name = protos.type_name(filter_pb.typed_config.type_url) if filter_pb.HasField("typed_config") else None
+        if type_name in ("udpa.type.v1.TypedStruct", "xds.type.v3.TypedStruct"):
+            type_name = _rpc_inspector_struct(filter_pb.typed_config, join(here, "typed_config"),
+                                              errors)
+            if type_name is None:
+                continue
         name = filter_pb.name if filter_pb.name in INSPECTORS else by_type.get(type_name)
         if name is None:
             errors.append(f"{here}: {filter_pb.name or type_name or 'unnamed filter'} not supported "
@@ -259,7 +270,7 @@ def _listener_filters(pb, path, errors, disabled=None):
         if type_name is not None and type_name != expected:
             errors.append(f"{join(here, 'typed_config')}: {type_name} is not {expected}")
             continue
-        if filter_pb.HasField("typed_config"):
+        if filter_pb.HasField("typed_config") and name != RPC_INSPECTOR:
             config = protos.message_class(expected)()
             filter_pb.typed_config.Unpack(config)
             check_fields(config, join(here, "typed_config"), errors, None)
@@ -278,6 +289,22 @@ def _listener_filters(pb, path, errors, disabled=None):
         elif sniffs not in inspectors:
             inspectors.append(sniffs)
     return found, inspectors
+
+
+def _rpc_inspector_struct(any_pb, path, errors) -> str | None:
+    """The type a listener filter's TypedStruct carries, which must be Baton's rpc_inspector
+    with no settings; None (and an error) otherwise."""
+    struct = protos.message_class(protos.type_name(any_pb.type_url))()
+    any_pb.Unpack(struct)
+    inner = protos.type_name(struct.type_url)
+    if inner != RPC_INSPECTOR_TYPE:
+        errors.append(f"{path}: {inner or 'an empty TypedStruct'} not supported as a listener "
+                      f"filter")
+        return None
+    if struct.HasField("value") and struct.value.fields:
+        errors.append(f"{join(path, 'value')}: {RPC_INSPECTOR} has no settings")
+        return None
+    return inner
 
 
 def _port_range_predicate(pb, path, errors):

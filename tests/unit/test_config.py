@@ -700,7 +700,7 @@ def test_original_dst_rules_follow_envoy(errors):
     assert errors(bootstrap(listeners=[listener(listener_filters=[other])])) == [
         "static_resources.listeners[0].listener_filters[0]: envoy.filters.listener.proxy_protocol "
         "not supported (only envoy.filters.listener.original_dst, envoy.filters.listener.tls_inspector, "
-        "envoy.filters.listener.http_inspector)"]
+        "envoy.filters.listener.http_inspector, baton.filters.listener.rpc_inspector)"]
 
 
 def test_filter_chain_match_and_inspectors(load):

@@ -363,7 +363,7 @@ def assert_valid(result):
     assert isinstance(result.protocols, tuple)
     assert all(isinstance(p, str) and p for p in result.protocols)
     if result.transport == "raw_buffer":
-        assert result.protocols in ((), ("http/1.1",), ("h2c",))
+        assert result.protocols in ((), ("http/1.1",), ("h2c",), ("dubbo",), ("bolt",))
         assert result.server_name is None
     elif result.server_name is not None:
         assert isinstance(result.server_name, str)

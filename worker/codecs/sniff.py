@@ -7,6 +7,10 @@ what they are, in Envoy's vocabulary:
   records); ``alpn`` is the ClientHello's ALPN list in order, ``sni`` the lowercased host_name.
 * ``Sniffed("raw_buffer", ("http/1.1",), None)`` -- a complete HTTP/1.x request line.
 * ``Sniffed("raw_buffer", ("h2c",), None)``      -- the full HTTP/2 connection preface.
+* ``Sniffed("raw_buffer", ("dubbo",), None)``    -- Dubbo's magic 0xdabb (Baton's rpc_inspector;
+  the names are Baton's, for filter_chain_match.application_protocols).
+* ``Sniffed("raw_buffer", ("bolt",), None)``     -- the start of a SOFA Bolt v1 request or
+  heartbeat: protocol code 1, type request or oneway, command code heartbeat or request.
 * ``Sniffed("raw_buffer", (), None)``            -- anything else, including malformed TLS.
 * ``None`` -- undecided: ``data`` is a proper prefix of something recognisable. The caller peeks
   more (never beyond ``MAX_SNIFF``) or gives up on a timeout and treats the connection as
@@ -24,7 +28,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["MAX_SNIFF", "Sniffed", "sniff", "RAW", "HTTP1", "H2C"]
+__all__ = ["MAX_SNIFF", "Sniffed", "sniff", "RAW", "HTTP1", "H2C", "DUBBO", "BOLT"]
 
 MAX_SNIFF = 16 * 1024
 
@@ -41,6 +45,8 @@ class Sniffed:
 RAW = Sniffed("raw_buffer", (), None)
 HTTP1 = Sniffed("raw_buffer", ("http/1.1",), None)
 H2C = Sniffed("raw_buffer", ("h2c",), None)
+DUBBO = Sniffed("raw_buffer", ("dubbo",), None)
+BOLT = Sniffed("raw_buffer", ("bolt",), None)
 
 
 def sniff(data: bytes) -> Sniffed | None:
@@ -53,6 +59,8 @@ def sniff(data: bytes) -> Sniffed | None:
         result = _sniff_tls(data)
     elif first in _TCHAR:             # 'P' of the h2 preface is a token char too
         result = _sniff_cleartext(data)
+    elif first in _RPC_STARTS:
+        result = _sniff_rpc(data)
     else:
         return RAW
     if result is None and len(data) >= MAX_SNIFF:
@@ -107,6 +115,28 @@ def _sniff_http1(data: bytes) -> Sniffed | None:
         if not ok:
             return RAW
     return HTTP1 if len(tail) == 10 else None
+
+
+# -- Dubbo and SOFA Bolt -----------------------------------------------------------------------
+
+# What each one's first bytes may be, byte by byte (worker/codecs/dubbo.py, bolt.py): Dubbo's
+# magic; Bolt v1's protocol code 1, type request (1) or oneway (2), command code heartbeat
+# (0x0000) or request (0x0001). What a client sends first is one of those.
+_RPC_PATTERNS = ((DUBBO, (b"\xda", b"\xbb")),
+                 (BOLT, (b"\x01", b"\x01\x02", b"\x00", b"\x00\x01")))
+_RPC_STARTS = frozenset(pattern[0][0] for _, pattern in _RPC_PATTERNS)
+
+
+def _sniff_rpc(data: bytes) -> Sniffed | None:
+    for verdict, pattern in _RPC_PATTERNS:
+        for i, allowed in enumerate(pattern):
+            if i == len(data):
+                return None
+            if data[i] not in allowed:
+                break
+        else:
+            return verdict
+    return RAW
 
 
 # -- TLS ClientHello ---------------------------------------------------------------------------

@@ -34,7 +34,10 @@ log = logging.getLogger("baton.rpc")
 def start_rpc(worker, listener, chain, client, peer, original, initial=None,
               conn_id: int | None = None) -> None:
     """Serve `client` on an RPC chain (worker/main.py's start_connection). `conn_id` given:
-    an inspected connection, already counted on its listener."""
+    an inspected connection, already counted on its listener; `initial` then is (what the
+    inspectors read, eof): an end the socket still reports to the transport, which closes."""
+    if isinstance(initial, tuple):
+        initial = initial[0]
     if conn_id is None:
         worker.stats.counters[listener.stat_cx_total] += 1
         worker.stats.gauges[listener.stat_cx_active] += 1
