@@ -2,10 +2,7 @@
 bootstrap and certificates (only the ports differ): the handshake outcome, the negotiated
 protocol version and ALPN, and the listener's ssl.* counters, names and values, for the
 same clients (Python ssl, certificates from tests/tls_certs.py), also as /stats/prometheus
-renders them.
-
-Envoy also counts ssl.curves.* and ssl.sigalgs.*, which Python's ssl module does not expose
-to Baton; those two families are left out of the comparison (README, TLS)."""
+renders them, ssl.curves.* and ssl.sigalgs.* included (worker/tls/openssl.py reads them)."""
 
 from __future__ import annotations
 
@@ -21,7 +18,8 @@ from .differential.proxies import Envoy
 from .tls_clients import client_context, tls_transport_socket
 
 COMPARED = ("handshake", "connection_error", "no_certificate", "session_reused", "fail_verify_no_cert",
-            "fail_verify_error", "fail_verify_san", "fail_verify_cert_hash", "versions.", "ciphers.")
+            "fail_verify_error", "fail_verify_san", "fail_verify_cert_hash", "versions.", "ciphers.",
+            "curves.", "sigalgs.")
 
 
 def bootstrap(admin: int, plain: int, mtls: int, upstream: int, ca) -> dict:
@@ -141,5 +139,7 @@ def test_tls_termination_matches_envoy(tmp_path, upstreams):
         assert envoy[refused][0] == "refused", refused
     assert 'envoy_listener_ssl_ciphers{envoy_ssl_cipher="TLS_AES_256_GCM_SHA384",' \
         'envoy_listener_address="ADDRESS"} 3' in counters["envoy"]["prometheus"]
+    assert counters["envoy"]["mtls"]["ssl.sigalgs.ecdsa_secp256r1_sha256"] == 2
+    assert counters["envoy"]["plain"]["ssl.curves.X25519"] == 4
     assert observed["baton"] == observed["envoy"]
     assert counters["baton"] == counters["envoy"]

@@ -94,3 +94,55 @@ def test_openssl_s_client_resumes_after_a_reload(resuming_baton, tmp_path, versi
     b.wait_previous_gone(old)
     again = s_client(port, ca_path, version, "-sess_in", sess)
     assert "Reused, TLSv1." in again, again
+
+
+def test_session_ticket_keys_file_as_envoy(tmp_path, upstreams):
+    """The same bootstrap and 80-byte key file for Envoy 1.40 and Baton: each resumes its own
+    tickets and counts it alike; a ticket one issued reaches the other's key (same name, same
+    HMAC) but not its session format (BoringSSL's vs OpenSSL's), so it means a full handshake,
+    never a failure. A key file of the wrong length is refused by both."""
+    from .conftest import Baton
+    from .differential.proxies import Envoy
+    from .test_tls_differential import ssl_counters
+
+    ca = make_ca("ecdsa")
+    echo_port = upstreams("echo").port
+    (tmp_path / "ticket.key").write_bytes(bytes(range(7, 87)))
+    (tmp_path / "short.key").write_bytes(bytes(79))
+
+    def bootstrap(key_file, admin, port):
+        socket_ = tls_transport_socket(leaf(ca, "ecdsa"))
+        socket_["typed_config"]["session_ticket_keys"] = {"keys": [{"filename": str(key_file)}]}
+        data = tls_bootstrap(port, echo_port, socket_)
+        data["admin"] = {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin}}}
+        return data
+
+    ctx = client_context(ca, version=ssl.TLSVersion.TLSv1_3)
+    sessions, counters, ports = {}, {}, {}
+    for proxy in ("envoy", "baton"):
+        admin, ports[proxy] = free_port(), free_port()
+        data = bootstrap(tmp_path / "ticket.key", admin, ports[proxy])
+        process = (Envoy(tmp_path / proxy, data) if proxy == "envoy"
+                   else Baton(tmp_path / proxy, data, concurrency=2))
+        process.start()
+        try:
+            reused, sessions[proxy] = connect(ports[proxy], ctx)
+            assert not reused
+            assert all(connect(ports[proxy], ctx, sessions[proxy])[0] for _ in range(4)), proxy
+            if proxy == "baton":
+                assert connect(ports[proxy], ctx, sessions["envoy"])[0] is False
+            wait_until(lambda: ssl_counters(admin, ports[proxy]).get("ssl.handshake") == (5 if proxy == "envoy" else 6),
+                       10, f"{proxy}'s counters")
+            counters[proxy] = ssl_counters(admin, ports[proxy])
+        finally:
+            process.stop()
+    assert counters["envoy"]["ssl.session_reused"] == counters["baton"]["ssl.session_reused"] == 4
+    for proxy in ("envoy", "baton"):
+        data = bootstrap(tmp_path / "short.key", free_port(), free_port())
+        process = (Envoy(tmp_path / f"{proxy}-short", data) if proxy == "envoy"
+                   else Baton(tmp_path / f"{proxy}-short", data, concurrency=1))
+        with pytest.raises(Exception) as refused:
+            process.start()
+            process.stop()
+        text = str(refused.value) + (process.log if proxy == "envoy" else "")
+        assert "Incorrect TLS session ticket key length. Length 79, expected length 80." in text, text[-2000:]
