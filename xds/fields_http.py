@@ -34,7 +34,7 @@ ALLOWED_HTTP: dict = {
         "strip_any_host_port": WALK},
     "envoy.config.core.v3.HttpProtocolOptions": {
         "idle_timeout": WALK, "max_connection_duration": WALK, "max_headers_count": WALK,
-        "max_requests_per_connection": WALK},
+        "max_requests_per_connection": WALK, "max_stream_duration": WALK},
     "envoy.config.core.v3.Http1ProtocolOptions": {
         "accept_http_10": WALK, "default_host_for_http_10": WALK},
     "envoy.config.core.v3.Http2ProtocolOptions": {
@@ -60,6 +60,7 @@ ALLOWED_HTTP: dict = {
         "name": WALK, "domains": WALK, "routes": WALK, "request_headers_to_add": WALK,
         "request_headers_to_remove": WALK, "response_headers_to_add": WALK,
         "response_headers_to_remove": WALK, "retry_policy": WALK, "metadata": SKIP,
+        "include_request_attempt_count": WALK, "include_attempt_count_in_response": WALK,
         "typed_per_filter_config": SKIP,         # xds/http_filters_istio.py (CORS)
         "virtual_clusters": "accepted but ignored (virtual cluster stats are not implemented)"},
     "envoy.config.route.v3.Route": {
@@ -96,7 +97,11 @@ ALLOWED_HTTP: dict = {
         "cluster_not_found_response_code": WALK, "prefix_rewrite": WALK,
         "regex_rewrite": WALK, "host_rewrite_literal": WALK, "auto_host_rewrite": WALK,
         "host_rewrite_header": WALK, "timeout": WALK, "idle_timeout": WALK,
-        "retry_policy": WALK, "hash_policy": WALK},
+        "retry_policy": WALK, "hash_policy": WALK, "max_grpc_timeout": WALK,
+        "grpc_timeout_offset": WALK, "max_stream_duration": WALK},
+    "envoy.config.route.v3.RouteAction.MaxStreamDuration": {
+        "max_stream_duration": WALK, "grpc_timeout_header_max": WALK,
+        "grpc_timeout_header_offset": WALK},
     "envoy.config.route.v3.WeightedCluster": {
         "clusters": WALK, "total_weight": WALK},
     "envoy.config.route.v3.WeightedCluster.ClusterWeight": {
@@ -105,7 +110,9 @@ ALLOWED_HTTP: dict = {
         "response_headers_to_remove": WALK, "host_rewrite_literal": WALK},
     "envoy.config.route.v3.RetryPolicy": {
         "retry_on": WALK, "num_retries": WALK, "per_try_timeout": WALK,
-        "retriable_status_codes": WALK, "retry_back_off": WALK},
+        "retriable_status_codes": WALK, "retry_back_off": WALK, "retriable_headers": WALK,
+        # retry_host_predicate's entries: checked by xds/http.py (_host_predicates).
+        "retry_host_predicate": SKIP, "host_selection_retry_max_attempts": WALK},
     "envoy.config.route.v3.RetryPolicy.RetryBackOff": {
         "base_interval": WALK, "max_interval": WALK},
     "envoy.config.route.v3.RouteAction.HashPolicy": {

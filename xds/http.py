@@ -53,11 +53,17 @@ CODEC_TYPES = ("AUTO", "HTTP1", "HTTP2")
 SERVER_HEADER_TRANSFORMATIONS = ("OVERWRITE", "APPEND_IF_ABSENT", "PASS_THROUGH")
 # retry_on conditions the router implements; Envoy knows more (they are refused), and
 # ignores names it does not know (so does Baton, with a warning).
+# retry_on conditions the router implements (Envoy's router filter documents each; the gRPC
+# ones read grpc-status in the response headers, a trailers-only answer). Envoy ignores names
+# it does not know; so does Baton, with a warning. http3-post-connect-failure only ever fires
+# on HTTP/3, which Baton does not speak upstream: accepted, it never retries (as Envoy without
+# HTTP/3).
 RETRY_ON = ("5xx", "gateway-error", "connect-failure", "reset", "retriable-4xx",
-            "refused-stream", "retriable-status-codes")
-RETRY_ON_UNSUPPORTED = ("envoy-ratelimited", "retriable-headers", "http3-post-connect-failure",
-                        "reset-before-request", "cancelled", "deadline-exceeded", "internal",
-                        "resource-exhausted", "unavailable")
+            "refused-stream", "retriable-status-codes", "retriable-headers",
+            "reset-before-request", "envoy-ratelimited", "http3-post-connect-failure",
+            "cancelled", "deadline-exceeded", "internal", "resource-exhausted", "unavailable")
+PREVIOUS_HOSTS = "envoy.retry_host_predicates.previous_hosts"
+PREVIOUS_HOSTS_TYPE = "envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"
 APPEND_ACTIONS = ("APPEND_IF_EXISTS_OR_ADD", "ADD_IF_ABSENT", "OVERWRITE_IF_EXISTS_OR_ADD",
                   "OVERWRITE_IF_EXISTS")
 REDIRECT_CODES = {0: 301, 1: 302, 2: 303, 3: 307, 4: 308}
@@ -133,6 +139,9 @@ def translate_http_connection_manager(pb, path, errors, warnings=None, clusters=
                                  errors),
         "max_connection_duration": _timeout(common, "max_connection_duration", None,
                                             common_path, errors),
+        # A route's max_stream_duration replaces it (worker/proxy/http/router.py).
+        "max_stream_duration": _timeout(common, "max_stream_duration", None, common_path,
+                                        errors),
         "max_requests_per_connection": max_requests or None,     # 0: unlimited, as Envoy
         "drain_timeout": _timeout(pb, "drain_timeout", DEFAULT_DRAIN_TIMEOUT, path, errors,
                                   zero=0.0),
@@ -315,7 +324,19 @@ def _virtual_host(pb, path, ctx):
         return None
     return {"name": pb.name, "domains": [d.lower() for d in pb.domains], "routes": routes,
             "request_headers": request_headers, "response_headers": response_headers,
-            "retry_policy": retry, **per_filter}
+            "retry_policy": retry, **per_filter, **_attempt_counts(pb)}
+
+
+def _attempt_counts(pb):
+    """include_request_attempt_count / include_attempt_count_in_response: x-envoy-attempt-count
+    to the upstream, and to the client; absent keys when unset, so a virtual host without
+    them keeps its shape."""
+    counts = {}
+    if pb.include_request_attempt_count:
+        counts["attempt_count_to_upstream"] = True
+    if pb.include_attempt_count_in_response:
+        counts["attempt_count_in_response"] = True
+    return counts
 
 
 def _per_filter(pb, path, ctx):
@@ -502,7 +523,31 @@ def _route_action(pb, path, ctx):
             "host_rewrite_header": host_header,
             "timeout": _timeout(pb, "timeout", DEFAULT_ROUTE_TIMEOUT, path, errors),
             "idle_timeout": idle, "idle_timeout_set": pb.HasField("idle_timeout"),
-            "retry_policy": retry, "hash_policies": hash_policies}
+            "retry_policy": retry, "hash_policies": hash_policies,
+            **_grpc_timeouts(pb, path, ctx)}
+
+
+def _grpc_timeouts(pb, path, ctx):
+    """max_grpc_timeout / grpc_timeout_offset (deprecated, still what istiod sends) and
+    max_stream_duration -> {"grpc_timeout": {"max", "offset"}, "max_stream_duration":
+    {"duration", "grpc_max", "grpc_offset"}}, each key only when its field is set (seconds;
+    a max of 0 is no cap, as in Envoy). Envoy: a route with max_stream_duration uses the new
+    fields and ignores max_grpc_timeout (RouteEntry::usingNewTimeouts)."""
+    result = {}
+    if pb.HasField("max_grpc_timeout"):
+        result["grpc_timeout"] = {
+            "max": _timeout(pb, "max_grpc_timeout", 0.0, path, ctx.errors, zero=0.0),
+            "offset": _timeout(pb, "grpc_timeout_offset", 0.0, path, ctx.errors, zero=0.0)}
+    if pb.HasField("max_stream_duration"):
+        msd, here = pb.max_stream_duration, join(path, "max_stream_duration")
+        result["max_stream_duration"] = {
+            # None: unset (the HCM's applies); 0.0: explicitly none for this route.
+            "duration": _timeout(msd, "max_stream_duration", None, here, ctx.errors, zero=0.0),
+            "grpc_max": _timeout(msd, "grpc_timeout_header_max", None, here, ctx.errors,
+                                 zero=0.0),
+            "grpc_offset": _timeout(msd, "grpc_timeout_header_offset", 0.0, here, ctx.errors,
+                                    zero=0.0)}
+    return result
 
 
 def _path_rewrites(pb, path, ctx):
@@ -576,9 +621,6 @@ def _retry_policy(pb, path, ctx):
             continue
         if token in RETRY_ON:
             retry_on.append(token)
-        elif token in RETRY_ON_UNSUPPORTED:
-            errors.append(f"{join(path, 'retry_on')}: {token} not supported "
-                          f"({', '.join(RETRY_ON)})")
         elif ctx.warnings is not None:
             ctx.warnings.append(f"{join(path, 'retry_on')}: unknown condition '{token}' ignored "
                                 "(as Envoy does)")
@@ -610,9 +652,34 @@ def _retry_policy(pb, path, ctx):
             errors.append(f"{join(path, 'retriable_status_codes')}[{i}]: {code} is not an "
                           "HTTP status")
         codes.append(code)
+    retriable_headers = [_header_matcher(h, f"{join(path, 'retriable_headers')}[{i}]", ctx)
+                         for i, h in enumerate(pb.retriable_headers)]
     return {"retry_on": retry_on, "num_retries": _uint32(pb, "num_retries", DEFAULT_NUM_RETRIES),
             "per_try_timeout": per_try, "retriable_status_codes": codes,
-            "base_interval": base, "max_interval": maximum if maximum is not None else base * 10}
+            "base_interval": base, "max_interval": maximum if maximum is not None else base * 10,
+            "retriable_headers": retriable_headers,
+            "previous_hosts": _host_predicates(pb, path, ctx),
+            # Envoy's default: one host selection, no re-pick.
+            "host_selection_attempts": pb.host_selection_retry_max_attempts or 1}
+
+
+def _host_predicates(pb, path, ctx) -> bool:
+    """retry_host_predicate -> whether a retry avoids the hosts already tried (previous_hosts,
+    the one istiod sends). Others are refused: omit_canary_hosts needs the endpoints' canary
+    metadata, which Baton's hosts do not carry."""
+    previous = False
+    for i, predicate in enumerate(pb.retry_host_predicate):
+        here = f"{join(path, 'retry_host_predicate')}[{i}]"
+        type_name = protos.type_name(predicate.typed_config.type_url) \
+            if predicate.HasField("typed_config") else None
+        if predicate.name != PREVIOUS_HOSTS and type_name != PREVIOUS_HOSTS_TYPE:
+            ctx.errors.append(f"{here}: {predicate.name or type_name!r} not supported (only "
+                              f"{PREVIOUS_HOSTS})")
+        elif type_name not in (None, PREVIOUS_HOSTS_TYPE):
+            ctx.errors.append(f"{here}.typed_config: {type_name} is not {PREVIOUS_HOSTS_TYPE}")
+        else:
+            previous = True
+    return previous
 
 
 def _hash_policy(pb, path, ctx):

@@ -10,7 +10,7 @@ import pytest
 from .differential.bootstraps import bootstrap, cluster, http_listener
 from .differential.cases import Case, run_case
 from .differential.client import one
-from .differential.compare import differential, observe, upstream_header
+from .differential.compare import differential, header, observe, upstream_header
 from .differential.addresses import closed_port
 from .differential.proxies import ProxyPair, Recorder
 from ..waiting import wait_until
@@ -28,9 +28,41 @@ ACCESS_LOG = [{"name": "envoy.access_loggers.stdout", "typed_config": {
     "log_format": {"text_format_source": {"inline_string": ACCESS_LOG_FORMAT}}}}]
 
 
+def route(prefix: str, cluster_name: str = "a", **action) -> dict:
+    return {"match": {"prefix": prefix}, "route": {"cluster": cluster_name, **action}}
+
+
+# What istiod (1.22) puts on every outbound route (issue 14), on its own virtual host.
+ISTIO_HOST = "istio.test"
+ISTIO_RETRY = {"retry_on": "connect-failure,refused-stream,unavailable,cancelled,"
+                           "retriable-status-codes",
+               "num_retries": 2, "retriable_status_codes": [503],
+               "retry_host_predicate": [{
+                   "name": "envoy.retry_host_predicates.previous_hosts",
+                   "typed_config": {"@type": "type.googleapis.com/envoy.extensions.retry.host."
+                                             "previous_hosts.v3.PreviousHostsPredicate"}}],
+               "host_selection_retry_max_attempts": "5"}
+ISTIO_VHOST = {
+    "name": "istio", "domains": [ISTIO_HOST],
+    "include_request_attempt_count": True, "include_attempt_count_in_response": True,
+    "routes": [
+        route("/grpc-timeout-capped", timeout="0s", max_grpc_timeout="0.3s"),
+        route("/grpc-timeout", timeout="0s", max_grpc_timeout="0s"),
+        route("/grpc-offset", timeout="0s", max_grpc_timeout="0s", grpc_timeout_offset="0.1s"),
+        route("/grpc-stream", timeout="0s", max_grpc_timeout="0s", max_stream_duration={
+            "max_stream_duration": "0s", "grpc_timeout_header_max": "0s"}),
+        route("/duration", max_stream_duration={"max_stream_duration": "0.3s"}),
+        route("/down", "down", retry_policy=ISTIO_RETRY),
+        route("/", retry_policy=ISTIO_RETRY, timeout="0s", max_grpc_timeout="0s",
+              max_stream_duration={"max_stream_duration": "0s", "grpc_timeout_header_max": "0s"}),
+    ]}
+# A connection manager with max_stream_duration, and a route that turns it off.
+DURATION_ROUTES = {"name": "duration", "virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [
+    route("/no-limit", max_stream_duration={"max_stream_duration": "0s"}),
+    route("/")]}]}
+
+
 def resilience_bootstrap(upstreams: dict[str, int], down_port: int):
-    def route(prefix: str, cluster_name: str = "a", **action) -> dict:
-        return {"match": {"prefix": prefix}, "route": {"cluster": cluster_name, **action}}
 
     routes = [
         route("/retry-5xx", retry_policy={"retry_on": "5xx", "num_retries": 2}),
@@ -48,9 +80,13 @@ def resilience_bootstrap(upstreams: dict[str, int], down_port: int):
     ]
 
     def template(ports: dict[str, int], admin: int) -> dict:
-        route_config = {"name": "resilience", "virtual_hosts": [{"name": "all", "domains": ["*"], "routes": routes}]}
+        route_config = {"name": "resilience", "virtual_hosts": [
+            {"name": "all", "domains": ["*"], "routes": routes}, ISTIO_VHOST]}
         return bootstrap(admin, [http_listener("resilience", ports["resilience"], route_config,
-                                               access_log=ACCESS_LOG)],
+                                               access_log=ACCESS_LOG),
+                                 http_listener("duration", ports["duration"], DURATION_ROUTES,
+                                               common_http_protocol_options={
+                                                   "max_stream_duration": "0.3s"})],
                          [cluster("a", [upstreams["a"]]), cluster("down", [down_port]), cluster("empty", [])])
     return template
 
@@ -65,7 +101,7 @@ def recorder():
 @pytest.fixture(scope="module")
 def pair(recorder, tmp_path_factory):
     p = ProxyPair(tmp_path_factory.mktemp("diff-resilience"),
-                  resilience_bootstrap(recorder.ports, closed_port()), ["resilience"])
+                  resilience_bootstrap(recorder.ports, closed_port()), ["resilience", "duration"])
     yield p
     p.stop()
 
@@ -228,3 +264,121 @@ def test_unparsable_upstream_response_is_502_upe(pair, bad):
 def test_upstream_head_of_exactly_80_kib_is_served(pair):
     # Envoy 1.40's limit on an upstream response head: 80 KiB as sent, status line included.
     upstream_garbage_case(pair, "bad-response-head-80k", "head-80k", served_by_upstream)
+
+
+# ---- what istiod sends (issue 14) ----
+
+def istio(name: str, path: str, headers=(), expect=None) -> Case:
+    return Case(name, path, list(headers), expect=expect, host=ISTIO_HOST)
+
+
+def attempts(n: int):
+    """x-envoy-attempt-count: n, to the upstream and in the response."""
+    def expect(obs):
+        assert upstream_header(obs, "x-envoy-attempt-count") == str(n), obs
+        assert header(obs, "x-envoy-attempt-count") == str(n), obs
+    return expect
+
+
+def both(*checks):
+    def expect(obs):
+        for check in checks:
+            check(obs)
+    return expect
+
+
+GRPC = [("content-type", "application/grpc")]
+ISTIO_CASES = [
+    # unavailable: a trailers-only grpc-status 14 (here on every attempt) is retried twice.
+    istio("istio-grpc-unavailable-retried", "/", [("x-test-response-header", "grpc-status: 14")],
+          both(upstream_answered(200, 3), attempts(3))),
+    istio("istio-grpc-cancelled-retried", "/", [("x-test-response-header", "grpc-status: 1"),
+                                                ("x-test-fail-first", "1")],
+          both(upstream_answered(200, 3), attempts(3))),
+    istio("istio-grpc-internal-not-retried", "/", [("x-test-response-header", "grpc-status: 13")],
+          both(upstream_answered(200, 1), attempts(1))),
+    istio("istio-503-retried", "/", [*FAIL_503, ("x-test-fail-first", "1")],
+          both(upstream_answered(200, 2), attempts(2))),
+    istio("istio-500-not-retried", "/", [("x-test-status", "500")], upstream_answered(500, 1)),
+    # An upstream Envoy's rate limit: not retried, though 503 is a retriable status.
+    istio("istio-ratelimited-503-not-retried", "/",
+          [*FAIL_503, ("x-test-fail-first", "1"),
+           ("x-test-response-header", "x-envoy-ratelimited: true")], upstream_answered(503, 1)),
+    # refused-stream is an HTTP/2 REFUSED_STREAM, not a closed connection: no retry.
+    istio("istio-reset-not-retried", "/", [("x-test-reset", "1"), ("x-test-fail-first", "1")],
+          local(503, RESET_BEFORE_HEADERS + "connection termination")),
+    istio("istio-connect-failure-retried", "/down", [],
+          local(503, "upstream connect error or disconnect/reset before headers. "
+                "retried and the latest reset reason: remote connection failure")),
+    # max_grpc_timeout: grpc-timeout is the route timeout, and Envoy writes back what is left.
+    istio("grpc-timeout-to-upstream", "/grpc-timeout", [*GRPC, ("grpc-timeout", "2S")],
+          upstream_answered(200, 1)),
+    istio("grpc-timeout-capped", "/grpc-timeout-capped", [*GRPC, ("grpc-timeout", "2S")],
+          upstream_answered(200, 1)),
+    istio("grpc-timeout-uncapped-none", "/grpc-timeout-capped", GRPC, upstream_answered(200, 1)),
+    istio("grpc-timeout-offset", "/grpc-offset", [*GRPC, ("grpc-timeout", "2S")],
+          upstream_answered(200, 1)),
+    istio("grpc-timeout-not-grpc", "/grpc-timeout", [("grpc-timeout", "2S")],
+          upstream_answered(200, 1)),
+    istio("grpc-timeout-stream-max", "/grpc-stream", [*GRPC, ("grpc-timeout", "2S")],
+          upstream_answered(200, 1)),
+    istio("grpc-timeout-istio-route", "/", [*GRPC, ("grpc-timeout", "2S")],
+          upstream_answered(200, 1)),
+]
+
+
+@pytest.mark.parametrize("case", ISTIO_CASES, ids=str)
+def test_istio_route(pair, case):
+    run_case(pair, case)
+
+
+def timed_on(pair, case: str, listener: str, path: str, headers, low: float, high: float,
+             expect, host: str = "diff.test"):
+    """timed() on any listener and host."""
+    def run(target):
+        resp = one(target.ports[listener], "GET", path,
+                   [("host", host), *headers, ("x-test-key", target.key(case))])
+        obs = observe(resp, target)
+        obs["elapsed_in_range"] = low - TIMER_SLACK <= resp.elapsed < high or resp.elapsed
+        return obs
+
+    def check(obs):
+        assert obs["elapsed_in_range"] is True, f"took {obs['elapsed_in_range']:.3f}s, wanted [{low}, {high})"
+        expect(obs)
+    differential(pair, run, check)
+
+
+def grpc_local(grpc_status: str, message: str):
+    """Envoy's local reply to a gRPC request: trailers-only, HTTP 200."""
+    def expect(obs):
+        assert obs["status"] == 200 and obs["body"] == "", obs
+        assert header(obs, "grpc-status") == grpc_status, obs
+        assert header(obs, "grpc-message") == message, obs
+    return expect
+
+
+def test_grpc_timeout_header_is_the_route_timeout(pair):
+    timed_on(pair, "grpc-timeout-expires", "resilience", "/grpc-timeout",
+             [*GRPC, ("grpc-timeout", "300m"), ("x-test-delay-ms", "2000")], 0.3, 1.5,
+             grpc_local("14", "upstream request timeout"), host=ISTIO_HOST)
+
+
+def test_grpc_timeout_header_is_the_stream_duration(pair):
+    timed_on(pair, "grpc-stream-duration-expires", "resilience", "/grpc-stream",
+             [*GRPC, ("grpc-timeout", "300m"), ("x-test-delay-ms", "2000")], 0.3, 1.5,
+             grpc_local("4", "downstream duration timeout"), host=ISTIO_HOST)
+
+
+def test_route_max_stream_duration(pair):
+    timed_on(pair, "route-duration", "resilience", "/duration", [("x-test-delay-ms", "2000")],
+             0.3, 1.5, local(504, "downstream duration timeout"), host=ISTIO_HOST)
+
+
+def test_connection_manager_max_stream_duration(pair):
+    timed_on(pair, "hcm-duration", "duration", "/", [("x-test-delay-ms", "2000")], 0.3, 1.5,
+             local(504, "downstream duration timeout"))
+
+
+def test_a_route_turns_the_connection_managers_duration_off(pair):
+    timed_on(pair, "hcm-duration-off", "duration", "/no-limit", [("x-test-delay-ms", "600")],
+             0.6, 2.0, upstream_answered(200, 1))

@@ -264,8 +264,11 @@ R0 = f"{VH}.routes[0]"
     (rc(route(cluster="c1", retry_policy={"retry_back_off": {"base_interval": "1s",
                                                              "max_interval": "0.5s"}})),
      f"{R0}.route.retry_policy.retry_back_off.max_interval: must be greater than or equal"),
-    (rc(route(cluster="c1", retry_policy={"retry_on": "envoy-ratelimited"})),
-     f"{R0}.route.retry_policy.retry_on: envoy-ratelimited not supported"),
+    # retry_on envoy-ratelimited is implemented now (tests/unit/test_route_istio.py); a
+    # retry_priority plugin is not.
+    (rc(route(cluster="c1", retry_policy={"retry_on": "5xx", "retry_priority": {
+        "name": "envoy.retry_priorities.previous_priorities"}})),
+     f"{R0}.route.retry_policy.retry_priority: not supported"),
     (rc(route(weighted_clusters={"clusters": [{"name": "c1", "weight": 0}]})),
      f"{R0}.route.weighted_clusters.clusters: sum of weights in the weighted_cluster must be"),
     (rc(route(weighted_clusters={"clusters": [{"name": "c1", "weight": 1},

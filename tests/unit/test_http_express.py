@@ -181,13 +181,14 @@ def test_options_that_edit_requests_close_the_lane():
                  strip_matching_host_port=False, strip_any_host_port=False,
                  use_remote_address=False, internal_networks=[],
                  always_set_request_id_in_response=False, normalize_path=False,
-                 escaped_slashes="KEEP_UNCHANGED")
+                 escaped_slashes="KEEP_UNCHANGED", max_stream_duration=None)
     assert express.config_allows(SimpleNamespace(**plain))
     for name, value in [("codec_type", "HTTP2"), ("routes", None), ("filter_factories", [1]),
                         ("access_logs", [1]), ("via", "1.1 baton"), ("merge_slashes", True),
                         ("strip_any_host_port", True), ("use_remote_address", True),
                         ("internal_networks", [1]), ("always_set_request_id_in_response", True),
-                        ("normalize_path", True), ("escaped_slashes", "REJECT_REQUEST")]:
+                        ("normalize_path", True), ("escaped_slashes", "REJECT_REQUEST"),
+                        ("max_stream_duration", 5.0)]:
         assert not express.config_allows(SimpleNamespace(**{**plain, name: value})), name
     for name in ("adds_request_headers", "matches_proxy_headers"):
         routes = SimpleNamespace(**{"adds_request_headers": False, "matches_proxy_headers": False,

@@ -59,6 +59,7 @@ class HttpConfig:
         # Never internal, so the router reads no x-envoy-* control header:
         "use_remote_address": bool, "internal_networks": bool,
         "always_set_request_id_in_response": bool,
+        "max_stream_duration": bool,        # the router runs it (router.py)
     }
 
     def __init__(self, spec: dict, worker, listener_buffer_limit: int):
@@ -75,6 +76,8 @@ class HttpConfig:
         self.set_routes(spec.get("route_config"))
         self.request_timeout = spec.get("request_timeout")
         self.max_connection_duration = spec.get("max_connection_duration")
+        # common_http_protocol_options.max_stream_duration; a route may replace it.
+        self.max_stream_duration = spec.get("max_stream_duration")
         self.via = spec.get("via") or ""
         self.merge_slashes = bool(spec.get("merge_slashes"))
         self.normalize_path = bool(spec.get("normalize_path"))
@@ -137,6 +140,7 @@ class HttpConfig:
         self.stat_rq_too_large = http + "downstream_rq_too_large"
         self.stat_rq_header_timeout = http + "downstream_rq_header_timeout"
         self.stat_rq_timeout = http + "downstream_rq_timeout"
+        self.stat_rq_max_duration_reached = http + "downstream_rq_max_duration_reached"
         self.stat_rq_idle_timeout = http + "downstream_rq_idle_timeout"
         self.stat_rq_class = {k: f"{http}downstream_rq_{k}xx" for k in range(1, 6)}
         self.stat_no_route = http + "no_route"
@@ -155,6 +159,7 @@ class HttpConfig:
                 self.stat_rq_http1_total, self.stat_rq_http2_total, self.stat_rq_rx_reset,
                 self.stat_rq_tx_reset, self.stat_rq_too_large, self.stat_rq_header_timeout,
                 self.stat_rq_timeout, self.stat_rq_idle_timeout,
+                self.stat_rq_max_duration_reached,
                 *self.stat_rq_class.values(), self.stat_no_route, self.stat_no_cluster,
                 self.stat_rq_redirect, self.stat_rq_direct_response,
                 self.stat_rq_premature_resets, *H2_CODEC_STATS]

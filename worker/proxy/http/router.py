@@ -6,11 +6,18 @@ and hands the response to the stream. It owns what Envoy's router owns:
 
 - the route timeout (started once the whole request was received; 504 "upstream request
   timeout", flag UT) and the per-try timeout (flag UT too, and a retry if allowed);
-- retries (retry_on 5xx, gateway-error, reset, connect-failure, retriable-4xx,
-  refused-stream, retriable-status-codes), with Envoy's fully jittered exponential back-off
-  and the cluster's max_retries circuit breaker. A response can only be retried before any of
-  it went downstream; so can a request whose body is still held in full (the body is kept, up
-  to the buffer limit, until the response starts);
+- retries (retry_on 5xx, gateway-error, reset, reset-before-request, connect-failure,
+  retriable-4xx, refused-stream, retriable-status-codes, retriable-headers,
+  envoy-ratelimited, and the gRPC ones on a trailers-only grpc-status: cancelled,
+  deadline-exceeded, internal, resource-exhausted, unavailable), with Envoy's fully jittered
+  exponential back-off, the previous_hosts host predicate and the cluster's max_retries
+  circuit breaker. A response can only be retried before any of it went downstream; so can
+  a request whose body is still held in full (the body is kept, up to the buffer limit,
+  until the response starts); x-envoy-attempt-count when the virtual host asks for it;
+- the gRPC timeout (max_grpc_timeout, or max_stream_duration's grpc_timeout_header_max: a
+  gRPC request's grpc-timeout becomes its route timeout) and the stream's max duration
+  (the route's max_stream_duration, else the connection manager's: "downstream duration
+  timeout", flag DT);
 - the local replies of an upstream failure, with Envoy's bodies:
   "upstream connect error or disconnect/reset before headers. reset reason: ...",
   "no healthy upstream", "upstream request timeout".
@@ -22,9 +29,15 @@ import random
 import time
 
 from ...codecs.events import Body, ProtocolError, ResponseHead, StreamReset, Trailers
+from .grpc_reply import DEADLINE_EXCEEDED, is_grpc
 from .pool import CONNECTION_TERMINATION
 
 GATEWAY_ERRORS = frozenset({502, 503, 504})
+# retry_on name -> the grpc-status it retries (gRPC's status codes).
+GRPC_RETRY_ON = {"cancelled": "1", "deadline-exceeded": "4", "resource-exhausted": "8",
+                 "internal": "13", "unavailable": "14"}
+REFUSED_STREAM = 0x7                    # the HTTP/2 error code of RST_STREAM
+ATTEMPT_COUNT = "x-envoy-attempt-count"
 _monotonic = time.monotonic   # the real clock: libuv's is cached per loop iteration
 _STATUS_STATS: dict = {}      # (cluster, status) -> its two stat names: a memo, not state
 REMOTE_RESET = "remote reset"
@@ -96,6 +109,8 @@ class UpstreamRequest:
         self.sent_at = router.loop.time()
         if router.tried[1:]:
             router.expected_timeout_header()
+        if router.route.attempt_count_to_upstream:
+            stream.request.headers.set(ATTEMPT_COUNT, str(len(router.tried)))
         trailers = stream.trailers if stream.request_complete else None
         end = stream.request_complete and not router.body and trailers is None
         self.stream_id = conn.start_stream(self, stream.request, end)
@@ -165,19 +180,19 @@ class UpstreamRequest:
             self.response_complete = True
             router.on_response_trailers(self, event.headers)
         elif kind is StreamReset:
-            self.on_upstream_reset(REMOTE_RESET)
+            self.on_upstream_reset(REMOTE_RESET, refused=event.code == REFUSED_STREAM)
         elif kind is ProtocolError:
             # A close before the response ended is Envoy's "connection termination"; bytes
             # that do not parse are a protocol error.
             closed = event.reason == "upstream closed the connection"
             self.on_upstream_reset(CONNECTION_TERMINATION if closed else "protocol error")
 
-    def on_upstream_reset(self, reason: str) -> None:
+    def on_upstream_reset(self, reason: str, refused: bool = False) -> None:
         if self.done:
             return
         self._mark_done()
         self._cancel_timer()
-        self.router.attempt_failed(self, reason, "UC", reset=True)
+        self.router.attempt_failed(self, reason, "UC", reset=True, refused=refused)
 
     def on_upstream_paused(self, paused: bool) -> None:
         """The upstream socket's send buffer is full (or drained): hold the client's body."""
@@ -259,26 +274,49 @@ class RetryState:
         self.remaining = policy.num_retries
         self.attempt = 0
 
-    def retriable_status(self, status: int, stream) -> bool:
-        on = self.policy.retry_on
+    def retriable_response(self, response) -> bool:
+        """Envoy's order: a response an upstream Envoy rate limited is retried only for
+        envoy-ratelimited; then status, retriable headers, and a trailers-only grpc-status."""
+        policy = self.policy
+        on = policy.retry_on
+        headers = response.headers
+        if "x-envoy-ratelimited" in headers:
+            return "envoy-ratelimited" in on
+        status = response.status
         if "5xx" in on and status >= 500:
             return True
         if "gateway-error" in on and status in GATEWAY_ERRORS:
             return True
         if "retriable-4xx" in on and status == 409:
             return True
-        if "retriable-status-codes" in on and status in self.policy.retriable_status_codes:
+        if "retriable-status-codes" in on and status in policy.retriable_status_codes:
             return True
+        if "retriable-headers" in on and any(m.matches(headers)
+                                             for m in policy.retriable_headers):
+            return True
+        if not on.isdisjoint(GRPC_RETRY_ON):
+            grpc_status = headers.get("grpc-status")
+            if grpc_status is not None:
+                return any(GRPC_RETRY_ON[name] == grpc_status.strip()
+                           for name in on.intersection(GRPC_RETRY_ON))
         return False
 
-    def retriable_failure(self, reset: bool, connect_failure: bool, timeout: bool) -> bool:
+    def retriable_failure(self, reset: bool, connect_failure: bool, timeout: bool,
+                          refused: bool = False, started: bool = True) -> bool:
+        """A failure with no response: Envoy retries any reset for reset, 5xx and
+        gateway-error; refused-stream only an HTTP/2 REFUSED_STREAM; connect-failure only
+        a failed connection; reset-before-request one that came before the request was
+        sent."""
         on = self.policy.retry_on
+        if "reset-before-request" in on and not started and (reset or connect_failure):
+            return True
         if connect_failure:
             return bool(on & {"connect-failure", "5xx", "gateway-error", "reset"})
         if timeout:
             return bool(on & {"5xx", "gateway-error"})
         if reset:
-            return bool(on & {"reset", "5xx", "gateway-error", "refused-stream"})
+            return bool(on & {"reset", "5xx", "gateway-error"}) or \
+                (refused and "refused-stream" in on)
         return False
 
     def backoff(self) -> float:
@@ -295,7 +333,7 @@ class Router:
     __slots__ = ("stream", "loop", "stats", "route", "cluster", "upstream", "body", "body_bytes",
                  "retains_body", "retry", "deadline", "per_try_timeout", "backoff_timer",
                  "tried", "response_started", "hash_key", "buffer_limit", "finished",
-                 "timeout", "started_at", "picked")
+                 "timeout", "started_at", "picked", "route_deadline", "duration_deadline")
 
     def __init__(self, stream, route, cluster, hash_key, timeout=None, policy=None,
                  picked=None):
@@ -313,7 +351,9 @@ class Router:
         self.started_at = 0.0
         self.retry = RetryState(policy) if policy is not None and policy.num_retries else None
         self.retains_body = self.retry is not None
-        self.deadline = 0.0             # monotonic time of the route timeout; 0: none running
+        # Monotonic times: `deadline` is the earlier of the route timeout's and the stream's
+        # max duration's (the connection's deadline timer watches it); 0: none running.
+        self.deadline = self.route_deadline = self.duration_deadline = 0.0
         self.per_try_timeout = policy.per_try_timeout if policy is not None else None
         self.backoff_timer = None
         self.tried: list = []
@@ -331,7 +371,7 @@ class Router:
         router = cls(stream, exchange.route, exchange.cluster, None, exchange.timeout, None)
         router.tried.append(exchange.host)
         router.started_at = exchange.started_at
-        router.deadline = exchange.deadline
+        router.deadline = router.route_deadline = exchange.deadline
         router.response_started = exchange.response_started
         if exchange.done:
             router.finished = True      # the client has its response: only the upstream is left
@@ -342,6 +382,16 @@ class Router:
     # -- from the stream ------------------------------------------------------------------------
 
     def start(self) -> None:
+        route, request = self.route, self.stream.request
+        duration = stream_duration(route, request, self.stream.hcm)
+        if duration and route.max_stream_duration is not None and _is_grpc(request):
+            # The connection manager tells a gRPC upstream the stream's time (Envoy's
+            # refreshDurationTimeout, for a route with max_stream_duration).
+            request.headers.set("grpc-timeout", grpc_timeout_value(duration))
+        if duration:
+            # Counted from the request's arrival, as Envoy's max_stream_duration is.
+            started = self.stream.info.start_monotonic
+            self._watch(route=self.route_deadline, duration=started + duration)
         self._attempt()
         if self.stream.request_complete:
             self.request_complete()
@@ -351,9 +401,14 @@ class Router:
         own: the client connection keeps one for the earliest deadline of its streams
         (connection_manager.py: HttpConnection.watch_deadline)."""
         timeout = self.timeout
-        if timeout and not self.deadline and not self.finished:
+        if timeout and not self.route_deadline and not self.finished:
             self.started_at = _monotonic()
-            self.deadline = self.started_at + timeout
+            self._watch(route=self.started_at + timeout, duration=self.duration_deadline)
+
+    def _watch(self, route: float, duration: float) -> None:
+        self.route_deadline, self.duration_deadline = route, duration
+        self.deadline = min(route or duration, duration or route)
+        if self.deadline and not self.finished:
             self.stream.conn.watch_deadline(self.deadline)
 
     def expected_timeout_header(self) -> None:
@@ -413,6 +468,8 @@ class Router:
             (host,), self.picked = self.picked, None
         elif cluster.type == "ORIGINAL_DST":
             host = self._original_destination()
+        elif self.tried and self.retry is not None and self.retry.policy.previous_hosts:
+            host = self._pick_avoiding_tried()
         else:
             host = cluster.pick(self.tried if len(self.tried) < len(cluster.hosts) else (),
                                 self.hash_key)
@@ -440,6 +497,18 @@ class Router:
         cluster.rq_active += 1
         pool.request(upstream)
 
+    def _pick_avoiding_tried(self):
+        """The previous_hosts predicate as Envoy applies it: the balancer picks again while
+        its host was already tried, up to host_selection_retry_max_attempts times, and the
+        last pick stands."""
+        cluster, tried = self.cluster, self.tried
+        host = cluster.pick((), self.hash_key)
+        for _ in range(self.retry.policy.host_selection_attempts):
+            if host is None or host not in tried:
+                break
+            host = cluster.pick((), self.hash_key)
+        return host
+
     def _original_destination(self):
         """ORIGINAL_DST (Envoy's PassthroughCluster): the address the client dialled, unless
         that is one of our own listeners (a loop)."""
@@ -450,7 +519,8 @@ class Router:
         return stream.worker.http_pools.original_host(self.cluster, dst)
 
     def attempt_failed(self, upstream, reason: str, flag: str, reset: bool = False,
-                       connect_failure: bool = False, timeout: bool = False) -> None:
+                       connect_failure: bool = False, timeout: bool = False,
+                       refused: bool = False) -> None:
         if upstream is not self.upstream or self.finished:
             return
         self.upstream = None
@@ -469,8 +539,8 @@ class Router:
             self.stream.reset_downstream(reason)
             self.finish_quiet()
             return
-        if flag != "UO" and self._may_retry() and \
-                self.retry.retriable_failure(reset, connect_failure, timeout):
+        if flag != "UO" and self._may_retry() and self.retry.retriable_failure(
+                reset, connect_failure, timeout, refused, started=upstream.conn is not None):
             self._schedule_retry()
             return
         info = self.stream.info
@@ -519,7 +589,7 @@ class Router:
         outlier = cluster.outlier
         if outlier is not None:
             outlier.report(upstream.host, status)
-        if self.retry is not None and self.retry.retriable_status(status, self.stream) and \
+        if self.retry is not None and self.retry.retriable_response(response) and \
                 self._may_retry():
             upstream.abandon()
             self.upstream = None
@@ -536,6 +606,8 @@ class Router:
         if end_stream:
             self._cancel_timers()
         service_ms = int((info.first_upstream_byte - upstream.sent_at) * 1000)
+        if self.route.attempt_count_in_response:
+            response.headers.set(ATTEMPT_COUNT, str(len(self.tried)))
         self.stream.upstream_response_head(response, end_stream, service_ms)
         if end_stream:
             self._complete(upstream)
@@ -567,11 +639,16 @@ class Router:
     # -- timeouts and local replies -------------------------------------------------------------
 
     def on_timeout(self) -> None:
-        """The route timeout passed (the connection's deadline timer checked, on the real
-        clock, that it has)."""
-        self.deadline = 0.0
+        """The route timeout or the stream's max duration passed (the connection's deadline
+        timer checked, on the real clock, that it has)."""
         if self.finished:
+            self.deadline = 0.0
             return
+        duration, route = self.duration_deadline, self.route_deadline
+        if duration and (not route or duration <= route):     # the earlier of the two fired
+            self._duration_reached()
+            return
+        self.deadline = self.route_deadline = 0.0
         self.stats[self.cluster.stat["upstream_rq_timeout"]] += 1
         upstream, self.upstream = self.upstream, None
         if upstream is not None and not upstream.done:
@@ -583,20 +660,132 @@ class Router:
         self.stream.info.response_flags.append("UT")
         self.finish_local(504, "upstream request timeout", "upstream_response_timeout")
 
+    def _duration_reached(self) -> None:
+        """max_stream_duration: Envoy's connection manager ends the stream with a local reply,
+        408 while the request is still arriving, 504 once it is in (a reset once the
+        response began), counted in downstream_rq_max_duration_reached."""
+        self.deadline = self.route_deadline = self.duration_deadline = 0.0
+        stream = self.stream
+        self.stats[stream.hcm.stat_rq_max_duration_reached] += 1
+        upstream, self.upstream = self.upstream, None
+        if upstream is not None and not upstream.done:
+            upstream.abandon()
+        stream.info.response_flags.append("DT")
+        if self.response_started:
+            stream.reset_downstream("max_duration_timeout")
+            self.finish_quiet()
+            return
+        self.finished = True
+        self._cancel_timers()
+        status = 504 if stream.request_complete else 408
+        stream.local_reply(status, "downstream duration timeout", "max_duration_timeout",
+                           grpc_status=DEADLINE_EXCEEDED)
+
     def finish_local(self, status: int, body: str, details: str) -> None:
         self.finish_quiet()
         self._count_status(status)
-        self.stream.local_reply(status, body, details)
+        extra = ((ATTEMPT_COUNT, str(len(self.tried) or 1)),) \
+            if self.route.attempt_count_in_response else ()
+        self.stream.local_reply(status, body, details, extra=extra)
 
     def finish_quiet(self) -> None:
         self.finished = True
         self._cancel_timers()
 
     def _cancel_timers(self) -> None:
-        self.deadline = 0.0             # the connection's deadline timer skips us from now
+        # the connection's deadline timer skips us from now
+        self.deadline = self.route_deadline = self.duration_deadline = 0.0
         if self.backoff_timer is not None:
             self.backoff_timer.cancel()
             self.backoff_timer = None
             self.cluster.retries_active -= 1
 
 
+
+
+# -- gRPC timeouts and the stream's duration ----------------------------------------------------
+
+_GRPC_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
+
+
+def grpc_timeout_header(headers) -> float | None:
+    """grpc-timeout ("<up to 8 digits><unit>") in seconds; None when absent or malformed."""
+    value = headers.get("grpc-timeout")
+    if not value or len(value) > 9 or not value[:-1].isdigit():
+        return None
+    unit = _GRPC_UNITS.get(value[-1])
+    return int(value[:-1]) * unit if unit is not None else None
+
+
+def _is_grpc(request) -> bool:
+    return is_grpc(request.headers)
+
+
+def grpc_timeout_value(seconds: float) -> str:
+    """grpc-timeout as Envoy writes it: milliseconds, or a larger unit past 8 digits."""
+    value = int(seconds * 1000)
+    for unit, size in (("m", 1), ("S", 1000), ("M", 60), ("H", 60)):
+        value //= size
+        if value <= 99999999:
+            return f"{value}{unit}"
+    return "99999999H"
+
+
+def _capped(header: float | None, cap: float, offset: float) -> float:
+    """Envoy's arithmetic for a gRPC request's timeout: the header (none: 0, no limit) less
+    the offset when the offset is smaller, then capped by a non-zero cap."""
+    timeout = header or 0.0
+    if offset and offset < timeout:
+        timeout -= offset
+    if cap and (not timeout or timeout > cap):
+        timeout = cap
+    return timeout
+
+
+def route_timeout(route, request) -> float | None:
+    """The route timeout of this request before any x-envoy-* control header, as Envoy's
+    FilterUtility::finalTimeout computes it: for a gRPC request on a route with
+    max_grpc_timeout, its grpc-timeout; 0 is none. The deprecated max_grpc_timeout also
+    writes what the upstream has left back into grpc-timeout (set_grpc_timeout)."""
+    if route.max_stream_duration is not None:
+        # Envoy (usingNewTimeouts): the route has no overall timeout then, not even its own
+        # `timeout`; the stream's max duration, grpc-timeout included, bounds it instead.
+        return None
+    grpc = route.grpc_timeout
+    if grpc is None or not _is_grpc(request):
+        return route.timeout
+    return _capped(grpc_timeout_header(request.headers), grpc["max"], grpc["offset"]) or None
+
+
+def set_grpc_timeout(route, request, timeout: float | None, retry) -> None:
+    """With max_grpc_timeout (and no max_stream_duration), Envoy tells a gRPC upstream the
+    time it has, the per-try timeout when shorter than the route's, in grpc-timeout, in
+    milliseconds."""
+    if route.grpc_timeout is None or route.max_stream_duration is not None \
+            or not _is_grpc(request):
+        return
+    per_try = retry.per_try_timeout if retry is not None else None
+    expected = per_try if per_try and (not timeout or per_try < timeout) else timeout
+    if expected:
+        request.headers.set("grpc-timeout", grpc_timeout_value(expected))
+
+
+def stream_duration(route, request, hcm) -> float | None:
+    """The stream's max duration in seconds, or None: for a gRPC request with a grpc-timeout
+    on a route whose max_stream_duration sets grpc_timeout_header_max, that header (capped,
+    less the offset); else the route's max_stream_duration (0: none), else the connection
+    manager's."""
+    msd = route.max_stream_duration
+    if msd is None:
+        return hcm.max_stream_duration
+    header = grpc_timeout_header(request.headers) if msd["grpc_max"] is not None else None
+    if header is None:
+        if msd["duration"] is None:
+            return hcm.max_stream_duration
+        return msd["duration"] or None
+    timeout = header
+    if msd["grpc_max"] and timeout > msd["grpc_max"]:
+        timeout = msd["grpc_max"]
+    if msd["grpc_offset"] and timeout > msd["grpc_offset"]:
+        timeout -= msd["grpc_offset"]
+    return timeout or None

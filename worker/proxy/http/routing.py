@@ -410,7 +410,7 @@ class _QueryMatcher:
 
 class RetryPolicy:
     __slots__ = ("retry_on", "num_retries", "per_try_timeout", "retriable_status_codes",
-                 "base", "max")
+                 "base", "max", "retriable_headers", "previous_hosts", "host_selection_attempts")
 
     def __init__(self, spec):
         self.retry_on = frozenset(spec["retry_on"])
@@ -419,6 +419,12 @@ class RetryPolicy:
         self.retriable_status_codes = frozenset(spec["retriable_status_codes"])
         self.base = spec["base_interval"]                       # seconds
         self.max = spec["max_interval"]                         # seconds
+        # Matchers on the response headers (retry_on retriable-headers).
+        self.retriable_headers = [_HeaderMatcher(h) for h in spec.get("retriable_headers", ())]
+        # retry_host_predicate previous_hosts: a retry re-picks a host already tried, up to
+        # host_selection_retry_max_attempts times (router.py, Router._pick).
+        self.previous_hosts = spec.get("previous_hosts", False)
+        self.host_selection_attempts = spec.get("host_selection_attempts", 1)
 
     def __repr__(self):
         return (f"RetryPolicy({sorted(self.retry_on)}, num_retries={self.num_retries}, "
@@ -485,7 +491,9 @@ class Route:
                  "_prefix_rewrite", "_regex", "_substitution", "_host_literal",
                  "_host_header", "_cluster_host", "_request_mutations",
                  "_response_mutations", "_redirect", "_direct_status", "_direct_body",
-                 "_rewrites_path", "express_cluster", "per_filter")
+                 "_rewrites_path", "express_cluster", "per_filter", "grpc_timeout",
+                 "max_stream_duration", "attempt_count_to_upstream",
+                 "attempt_count_in_response")
 
     # The express lane (express.py) and each field: safe (the lane honours it, or it does not
     # change a request) or blocking (name -> whether a value keeps the lane off this route).
@@ -513,6 +521,10 @@ class Route:
         "_redirect": bool, "_direct_status": bool, "_direct_body": bool,
         # typed_per_filter_config (the CORS policy): filters run on the full path only.
         "per_filter": bool,
+        # The router reads grpc-timeout and runs the stream's duration; it counts attempts.
+        "grpc_timeout": lambda spec: spec is not None,
+        "max_stream_duration": lambda spec: spec is not None,
+        "attempt_count_to_upstream": bool, "attempt_count_in_response": bool,
     }
 
     def __init__(self, spec, vhost_spec, config):
@@ -531,6 +543,9 @@ class Route:
         self.timeout = self.idle_timeout = None
         self.idle_timeout_set = False
         self.retry = None
+        self.grpc_timeout = self.max_stream_duration = None
+        self.attempt_count_to_upstream = vhost_spec.get("attempt_count_to_upstream", False)
+        self.attempt_count_in_response = vhost_spec.get("attempt_count_in_response", False)
         self.hash_policies = []
         self.auto_host_rewrite = False
         self.cluster_not_found_status = 503
@@ -557,6 +572,10 @@ class Route:
             self.idle_timeout = action["idle_timeout"]
             retry = action["retry_policy"] or vhost_spec["retry_policy"]
             self.retry = RetryPolicy(retry) if retry else None
+            # ({"max", "offset"} | None, {"duration", "grpc_max", "grpc_offset"} | None), in
+            # seconds; router.py applies them (Envoy: max_stream_duration wins when both).
+            self.grpc_timeout = action.get("grpc_timeout")
+            self.max_stream_duration = action.get("max_stream_duration")
             self.hash_policies = [(h["kind"], h["name"], h["terminal"])
                                   for h in action["hash_policies"]]
             self.auto_host_rewrite = action["auto_host_rewrite"]

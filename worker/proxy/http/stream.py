@@ -17,10 +17,10 @@ import time
 
 from ...codecs.h2server import CANCEL, INTERNAL_ERROR
 from ...codecs.message import Headers, Response
-from . import path_normalize
+from . import grpc_reply, path_normalize
 from . import xfcc
 from .filter import Delay, LocalReply
-from .router import Router
+from .router import Router, route_timeout, set_grpc_timeout
 from .stream_info import StreamInfo
 
 log = logging.getLogger("baton.http")
@@ -367,14 +367,16 @@ class Stream:
         # host_rewrite_header reads the mutated headers).
         self._apply_mutations(request.headers, route.request_header_mutations(name))
         route.rewrite(request, name, envoy_headers=not hcm.suppress_envoy_headers)
+        base = route_timeout(route, request)                # grpc-timeout on gRPC routes
         if self.controls:
-            timeout, retry = route_controls(route, request.headers)
+            timeout, retry = route_controls(route, request.headers, base)
         else:
-            timeout, retry = route.timeout, route.retry
+            timeout, retry = base, route.retry
         if not hcm.suppress_envoy_headers and timeout:
             per_try = retry.per_try_timeout if retry is not None else None
             expected = per_try if per_try else timeout
             request.headers.set("x-envoy-expected-rq-timeout-ms", str(int(expected * 1000)))
+        set_grpc_timeout(route, request, timeout, retry)
         hash_key = route.hash_key(request, self.conn.peer[0] if self.conn.peer else "") \
             if route.hash_policies else None
         router = self.router = Router(self, route, cluster, hash_key, timeout, retry, self.picked)
@@ -520,8 +522,10 @@ class Stream:
             return False
         return True
 
-    def local_reply(self, status: int, body, details: str, extra=(), content_type=True) -> None:
-        """Answer from the proxy itself, as Envoy's sendLocalReply does."""
+    def local_reply(self, status: int, body, details: str, extra=(), content_type=True,
+                    grpc_status=None) -> None:
+        """Answer from the proxy itself, as Envoy's sendLocalReply does (to a gRPC request,
+        trailers-only: grpc_reply.py)."""
         if self.done:
             return
         if self.response_started:
@@ -541,6 +545,9 @@ class Stream:
                           [("content-length", str(len(body)))])
         if body and content_type:
             headers.add(*_TEXT_PLAIN)
+        if status >= 200 and self.request is not None and grpc_reply.is_grpc(self.request.headers):
+            headers = Headers(grpc_reply.reply_headers(status, body, grpc_status))
+            status, body = 200, b""
         for name, value in extra:
             headers.add(name, value)
         if self.route is not None and self.request is not None and details != "route_not_found":
@@ -663,9 +670,12 @@ class HeaderRetryPolicy:
     routing.RetryPolicy)."""
 
     __slots__ = ("retry_on", "num_retries", "per_try_timeout", "retriable_status_codes",
-                 "base", "max")
+                 "base", "max", "retriable_headers", "previous_hosts", "host_selection_attempts")
 
     def __init__(self, base_policy, retry_on, num_retries, per_try_timeout):
+        self.retriable_headers = base_policy.retriable_headers if base_policy else ()
+        self.previous_hosts = base_policy.previous_hosts if base_policy else False
+        self.host_selection_attempts = base_policy.host_selection_attempts if base_policy else 1
         self.retry_on = set(base_policy.retry_on if base_policy else ()) | retry_on
         self.num_retries = num_retries if num_retries is not None else \
             (base_policy.num_retries if base_policy else 1)
@@ -681,11 +691,11 @@ _CONTROL_HEADERS = ("x-envoy-retry-on", "x-envoy-max-retries", "x-envoy-upstream
 _CONTROL_SET = frozenset(_CONTROL_HEADERS)
 
 
-def route_controls(route, headers):
-    """(timeout, retry policy) for this request: the route's, amended by the x-envoy-*
-    control headers that survived edge sanitizing; the router consumes those headers, so
-    they are removed here."""
-    timeout, retry = route.timeout, route.retry
+def route_controls(route, headers, timeout):
+    """(timeout, retry policy) for this request: `timeout` (the route's) and the route's
+    policy, amended by the x-envoy-* control headers that survived edge sanitizing; the
+    router consumes those headers, so they are removed here."""
+    retry = route.retry
     if _CONTROL_SET.isdisjoint([name for name, _ in headers.items]):
         return timeout, retry
     values = {name: headers.get(name) for name in _CONTROL_HEADERS}
