@@ -4,18 +4,25 @@ labels from node metadata, labelled counters and histograms, and their Prometheu
 from __future__ import annotations
 
 import base64
+from types import SimpleNamespace
 
+from cryptography.hazmat.primitives.serialization import Encoding
 from google.protobuf import json_format, struct_pb2
 from hypothesis import given
 from hypothesis import strategies as st
 
 from baton.supervisor.admin import render_prometheus
+from baton.worker.codecs.message import Headers, Request, Response
+from baton.worker.proxy.http.stream_info import StreamInfo
 from baton.worker.proxy.istio import struct_codec
+from baton.worker.proxy.istio.http_stats import IstioStatsFactory
 from baton.worker.proxy.istio.metrics import IstioMetrics, service_of
-from baton.worker.proxy.istio.peer_metadata import decode_header, encode_header, take_peer
+from baton.worker.proxy.istio.peer_metadata import (PeerMetadataFactory, decode_header,
+                                                    encode_header, take_peer)
 from baton.worker.proxy.istio.workload import UNKNOWN_WORKLOAD, Workload, from_metadata
-from baton.worker.codecs.message import Headers
 from baton.worker.stats import Stats, merge
+
+from ..tls_certs import make_ca, spiffe_leaf
 
 NODE = {"NAME": "reviews-v2-0", "NAMESPACE": "shop", "WORKLOAD_NAME": "reviews-v2",
         "CLUSTER_ID": "vm-cluster", "MESH_ID": "mesh1",
@@ -138,3 +145,51 @@ def test_tcp_counters():
         assert any(line.startswith(f'istio_tcp_{metric}_total{{reporter="source"')
                    and line.endswith(f'connection_security_policy="none"}} {value}')
                    for line in text.splitlines())
+
+
+def test_the_stats_filter_labels_a_grpc_call_seen_inbound_over_mtls():
+    """The HTTP stats filter end to end on one stream: inbound listener (reporter
+    destination), a client certificate (its URI SAN is source_principal), the peer from the
+    exchange filter before it, a gRPC status in the trailers."""
+    stats = Stats()
+    worker = SimpleNamespace(node={"id": "sidecar~b", "metadata": NODE}, stats=stats,
+                             loop=SimpleNamespace(time=lambda: 10.0),
+                             clusters={"inbound|9080||": SimpleNamespace(metadata=None)})
+    context = SimpleNamespace(worker=worker, stats=stats)
+    client = spiffe_leaf(make_ca(), spiffe_id="spiffe://cluster.local/ns/web/sa/front")
+    tls = SimpleNamespace(peer_der=client.cert.public_bytes(Encoding.DER), cache={},
+                          local_uris=["spiffe://cluster.local/ns/shop/sa/reviews"])
+    conn = SimpleNamespace(listener=SimpleNamespace(spec={"traffic_direction": "INBOUND"}), tls=tls)
+    caller = {"WORKLOAD_NAME": "front", "NAMESPACE": "web", "LABELS": {"app": "front"}}
+    request = Request("POST", "/pkg.Svc/Do", "reviews:9080", Headers([
+        ("content-type", "application/grpc"), ("x-envoy-peer-metadata-id", "sidecar~a"),
+        ("x-envoy-peer-metadata", encode_header(caller))]))
+    info = StreamInfo(request, 9.5, "HTTP/2", ("1.1.1.1", 1), ("2.2.2.2", 2))
+    stream = SimpleNamespace(conn=conn, worker=worker, loop=worker.loop, request=request,
+                             info=info, filters=[])
+    exchange = PeerMetadataFactory({"read_request": True, "write_response": True}, context)
+    stream.filters = [exchange.create(stream), IstioStatsFactory({}, context).create(stream)]
+    stream.filters[0].on_request_headers(request, False)
+    assert "x-envoy-peer-metadata" not in request.headers
+    response = Response(200, Headers([("content-type", "application/grpc")]))
+    stream.filters[0].on_response_headers(response, False)
+    assert decode_header(response.headers.get("x-envoy-peer-metadata")) == NODE
+    info.upstream_cluster, info.response, info.response_code = "inbound|9080||", response, 200
+    info.response_trailers = Headers([("grpc-status", "14")])
+    info.last_downstream_byte = 9.75
+    stream.filters[1].on_log()
+    ((name, value),) = [(k, v) for k, v in stats.counters.items()
+                        if k.startswith("istio_requests_total")]
+    labels = dict(part.split("=", 1) for part in name[name.index("{") + 1:-1].replace('"', "").split(","))
+    assert value == 1 and {k: labels[k] for k in (
+        "reporter", "source_workload", "source_app", "source_principal", "destination_workload",
+        "destination_principal", "destination_service", "request_protocol", "response_code",
+        "grpc_response_status", "connection_security_policy")} == {
+        "reporter": "destination", "source_workload": "front", "source_app": "front",
+        "source_principal": "spiffe://cluster.local/ns/web/sa/front",
+        "destination_workload": "reviews-v2",
+        "destination_principal": "spiffe://cluster.local/ns/shop/sa/reviews",
+        "destination_service": "reviews", "request_protocol": "grpc", "response_code": "200",
+        "grpc_response_status": "14", "connection_security_policy": "mutual_tls"}
+    assert any(k.startswith("istio_request_duration_milliseconds_bucket") and 'le="250"' in k
+               and v == 1 for k, v in stats.counters.items())

@@ -16,15 +16,28 @@ from __future__ import annotations
 from .filter import FilterFactory, StreamFilter, register
 
 
+def is_grpc(request) -> bool:
+    """A gRPC call: content-type application/grpc or application/grpc+..."""
+    content_type = request.headers.get("content-type") if request is not None else None
+    return bool(content_type) and (content_type == "application/grpc"
+                                   or content_type.startswith("application/grpc+"))
+
+
+def grpc_status(info) -> str | None:
+    """The response's grpc-status: its trailers', else its headers' (trailers-only)."""
+    status = None
+    trailers = getattr(info, "response_trailers", None)
+    if trailers is not None:
+        status = trailers.get("grpc-status")
+    if status is None and info.response is not None:
+        status = info.response.headers.get("grpc-status")
+    return status
+
+
 @register("envoy.filters.http.grpc_stats")
 class GrpcStatsFactory(FilterFactory):
     def create(self, stream):
-        request = stream.request
-        content_type = request.headers.get("content-type") if request is not None else None
-        if not content_type or not (content_type == "application/grpc"
-                                    or content_type.startswith("application/grpc+")):
-            return None
-        return GrpcStatsFilter(stream, self)
+        return GrpcStatsFilter(stream, self) if is_grpc(stream.request) else None
 
 
 class GrpcStatsFilter(StreamFilter):
@@ -44,13 +57,7 @@ class GrpcStatsFilter(StreamFilter):
             service, _, method = (info.request.path or "").lstrip("/").partition("/")
             if service and method:
                 prefix += f"{service}.{method.split('?', 1)[0]}."
-        status = None
-        trailers = getattr(info, "response_trailers", None)
-        if trailers is not None:
-            status = trailers.get("grpc-status")
-        if status is None and info.response is not None:
-            status = info.response.headers.get("grpc-status")
-        ok = status == "0" and info.response_code == 200
+        ok = grpc_status(info) == "0" and info.response_code == 200
         counters = self.factory.context.stats.counters
         counters[prefix + ("success" if ok else "failure")] += 1
         counters[prefix + "total"] += 1

@@ -21,6 +21,7 @@ observations per stream, at its end (metrics.py names them).
 from __future__ import annotations
 
 from ..http.filter import FilterFactory, StreamFilter, register
+from ..http.grpc_stats import grpc_status, is_grpc
 from .direction import is_inbound, local_node
 from .metrics import IstioMetrics, service_of
 from .peer_metadata import peer_of
@@ -37,20 +38,6 @@ class IstioStatsFactory(FilterFactory):
 
     def create(self, stream):
         return IstioStatsFilter(stream, self)
-
-
-def _grpc_status(info) -> str:
-    trailers = info.response_trailers
-    status = trailers.get("grpc-status") if trailers is not None else None
-    if status is None and info.response is not None:
-        status = info.response.headers.get("grpc-status")
-    return status or ""
-
-
-def _is_grpc(request) -> bool:
-    content_type = request.headers.get("content-type") if request is not None else None
-    return bool(content_type) and (content_type == "application/grpc"
-                                   or content_type.startswith("application/grpc+"))
 
 
 def mesh_side(conn, local, peer):
@@ -86,9 +73,9 @@ class IstioStatsFilter(StreamFilter):
         service = service_of(getattr(cluster, "metadata", None),
                              request.authority if request is not None else None,
                              factory.host_fallback)
-        tail = (("request_protocol", "grpc" if _is_grpc(request) else "http"),
+        tail = (("request_protocol", "grpc" if is_grpc(request) else "http"),
                 ("response_code", str(info.response_code)),
-                ("grpc_response_status", _grpc_status(info)),
+                ("grpc_response_status", grpc_status(info) or ""),
                 ("response_flags", ",".join(info.response_flags) or "-"),
                 ("connection_security_policy", policy))
         end = info.last_downstream_byte or stream.loop.time()
