@@ -2,7 +2,7 @@
 
 The DownstreamTlsContext of a listener's filter chain (xds/tls.py translates it) and the
 UpstreamTlsContext of a cluster (xds/tls_upstream.py), which share CommonTlsContext. Anything
-else set there — ticket keys from SDS, OCSP, certificate providers, CRLs, custom validators,
+else set there — OCSP, certificate providers, CRLs, custom validators,
 key_log — is refused with its path until it is implemented. Secrets (static_resources.secrets
 and SDS, xds/secrets.py): the references a context makes (SdsSecretConfig), the Secret
 resource's tls_certificate and validation_context, and the config sources SDS may use. And the
@@ -18,7 +18,8 @@ ALLOWED_TLS = {
     "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext": {
         "common_tls_context": WALK, "require_client_certificate": WALK,
         # Session resumption (worker/tls/tickets.py); the keys are checked by xds/tls.py.
-        "session_ticket_keys": WALK, "disable_stateless_session_resumption": WALK,
+        "session_ticket_keys": WALK, "session_ticket_keys_sds_secret_config": WALK,
+        "disable_stateless_session_resumption": WALK,
         "disable_stateful_session_resumption": WALK},
     "envoy.extensions.transport_sockets.tls.v3.TlsSessionTicketKeys": {
         "keys": WALK},
@@ -38,7 +39,8 @@ ALLOWED_TLS = {
     "envoy.config.bootstrap.v3.Bootstrap.StaticResources": {
         "secrets": SKIP},
     "envoy.extensions.transport_sockets.tls.v3.Secret": {
-        "name": WALK, "tls_certificate": WALK, "validation_context": WALK},
+        "name": WALK, "tls_certificate": WALK, "validation_context": WALK,
+        "session_ticket_keys": WALK},
     "envoy.config.core.v3.WatchedDirectory": {
         "path": WALK},
     # SDS only: LDS, CDS, RDS and EDS still say "only 'ads: {}'" (config_source.py).

@@ -5,6 +5,7 @@ a worker builds its SSLContext from (xds/tls.py).
     SECRET = {"name": str,
               "tls_certificate": {"chain": PEM, "key": PEM} | None,
               "validation_context": {"trusted_ca": PEM | None, "san_matchers": [...]} | None,
+              "session_ticket_keys": [80-byte keys] | None,      (worker/tls/tickets.py)
               "watch": {"dirs": [dir], "names": [file name] | None} | None}
     REF    = {"name": secret name, "source": SOURCE, "path": where the config names it}
     SOURCE = {"key": "static" | "ads" | "grpc:<cluster>" | "path:<file>", "kind": ...,
@@ -48,12 +49,12 @@ def secret_references(common, path, errors) -> dict:
     """A CommonTlsContext's SdsSecretConfigs -> {"certificates": [REF], "validation": REF|None}."""
     certificates = []
     for i, config in enumerate(common.tls_certificate_sds_secret_configs):
-        ref = _reference(config, f"{join(path, 'tls_certificate_sds_secret_configs')}[{i}]", errors)
+        ref = reference(config, f"{join(path, 'tls_certificate_sds_secret_configs')}[{i}]", errors)
         if ref is not None:
             certificates.append(ref)
     validation = None
     if common.HasField("validation_context_sds_secret_config"):
-        validation = _reference(common.validation_context_sds_secret_config,
+        validation = reference(common.validation_context_sds_secret_config,
                                 join(path, "validation_context_sds_secret_config"), errors)
     combined = common.combined_validation_context
     if common.HasField("combined_validation_context"):
@@ -64,7 +65,7 @@ def secret_references(common, path, errors) -> dict:
         if not combined.HasField("validation_context_sds_secret_config"):
             errors.append(f"{join(here, 'validation_context_sds_secret_config')}: required")
         else:
-            validation = _reference(combined.validation_context_sds_secret_config,
+            validation = reference(combined.validation_context_sds_secret_config,
                                     join(here, "validation_context_sds_secret_config"), errors)
     elif common.HasField("validation_context") and validation is not None:
         errors.append(f"{join(path, 'validation_context_sds_secret_config')}: only one of "
@@ -72,7 +73,8 @@ def secret_references(common, path, errors) -> dict:
     return {"certificates": certificates, "validation": validation}
 
 
-def _reference(config, path, errors):
+def reference(config, path, errors):
+    """An SdsSecretConfig -> REF, or None with its errors."""
     from .config_source import translate_sds_config_source
     if not config.name:
         errors.append(f"{join(path, 'name')}: required")
@@ -89,12 +91,15 @@ def _reference(config, path, errors):
 def attach_references(spec: dict, refs: dict) -> dict:
     """A translated context + its references -> the spec with tls["sds"] (unresolved: it has
     no certificate until resolve_tls finds every secret)."""
-    if not refs["certificates"] and refs["validation"] is None:
+    ticket_keys = refs.get("ticket_keys")
+    if not refs["certificates"] and refs["validation"] is None and ticket_keys is None:
         return spec
     base = {"certificates": spec["certificates"], "trusted_ca": spec["trusted_ca"],
             "san_matchers": spec["san_matchers"]}
-    spec = {**spec, "sds": {"certificates": refs["certificates"],
-                            "validation": refs["validation"], "base": base}}
+    sds = {"certificates": refs["certificates"], "validation": refs["validation"], "base": base}
+    if ticket_keys is not None:         # a DownstreamTlsContext's session_ticket_keys secret
+        sds["ticket_keys"] = ticket_keys
+    spec = {**spec, "sds": sds}
     return resolve_tls(spec, {})
 
 
@@ -102,7 +107,8 @@ def references(tls: dict | None) -> list[dict]:
     sds = (tls or {}).get("sds")
     if not sds:
         return []
-    return [*sds["certificates"], *([sds["validation"]] if sds["validation"] else [])]
+    return [*sds["certificates"], *([sds["validation"]] if sds["validation"] else []),
+            *([sds["ticket_keys"]] if sds.get("ticket_keys") else [])]
 
 
 # Where no TLS context sits, and which are big: not walked (an EDS update of 10,000 hosts).
@@ -155,10 +161,18 @@ def resolve_tls(tls: dict, secrets: dict) -> dict:
             # default context's (its trusted_ca, both lists of SAN matchers).
             trusted_ca = context["trusted_ca"] or trusted_ca
             matchers += context["san_matchers"]
+    keys = {}
+    ref = sds.get("ticket_keys")
+    if ref is not None:
+        secret = _find(secrets, ref)
+        if secret is None or not secret.get("session_ticket_keys"):
+            missing.append(ref["name"])
+        else:
+            keys["session_ticket_keys"] = secret["session_ticket_keys"]
     if missing:
         certificates = []
     return {**tls, "certificates": certificates, "trusted_ca": trusted_ca,
-            "san_matchers": matchers, "missing_secrets": missing}
+            "san_matchers": matchers, "missing_secrets": missing, **keys}
 
 
 def _find(secrets, ref):
@@ -264,11 +278,11 @@ def translate_static_secrets(pbs, path, errors, warnings=None) -> dict:
 def translate_secret(pb, path, errors, warnings=None) -> dict | None:
     """A Secret -> SECRET, or None with its errors (files are read now: a certificate that
     does not match its key, or a file that is missing, is an error naming the path)."""
-    from .tls import _validation_context, translate_tls_certificate
+    from .tls import _validation_context, translate_ticket_keys, translate_tls_certificate
     start = len(errors)
     check_fields(pb, path, errors, warnings)
     which = pb.WhichOneof("type")
-    certificate = validation = watch = None
+    certificate = validation = watch = ticket_keys = None
     if which == "tls_certificate":
         here = join(path, "tls_certificate")
         translated = translate_tls_certificate(pb.tls_certificate, here, errors)
@@ -284,12 +298,16 @@ def translate_secret(pb, path, errors, warnings=None) -> dict | None:
                           "against a trusted CA)")
         validation = {"trusted_ca": trusted_ca, "san_matchers": matchers}
         watch = _watch(context, (context.trusted_ca,))
+    elif which == "session_ticket_keys":
+        ticket_keys = translate_ticket_keys(pb.session_ticket_keys, join(path, "session_ticket_keys"), errors)
+        watch = _watch(None, pb.session_ticket_keys.keys)
     elif which is None:
-        errors.append(f"{path}: one of tls_certificate or validation_context is required")
+        errors.append(f"{path}: one of tls_certificate, validation_context or "
+                      "session_ticket_keys is required")
     if len(errors) > start:
         return None
     return {"name": pb.name, "tls_certificate": certificate, "validation_context": validation,
-            "watch": watch}
+            "session_ticket_keys": ticket_keys, "watch": watch}
 
 
 def _watch(pb, sources) -> dict | None:
@@ -299,7 +317,7 @@ def _watch(pb, sources) -> dict | None:
     files = [s.filename for s in sources if s.WhichOneof("specifier") == "filename"]
     if not files:
         return None
-    if pb.HasField("watched_directory") and pb.watched_directory.path:
+    if pb is not None and pb.HasField("watched_directory") and pb.watched_directory.path:
         return {"dirs": [pb.watched_directory.path], "names": None}
     dirs = sorted({os.path.dirname(os.path.abspath(f)) for f in files})
     return {"dirs": dirs, "names": sorted({os.path.basename(f) for f in files})}

@@ -96,6 +96,7 @@ def translate_downstream_tls_context(pb, path, errors, warnings=None,
     common_path = join(path, "common_tls_context")
     common = pb.common_tls_context
     refs = secret_references(common, common_path, errors)
+    refs["ticket_keys"] = _ticket_keys_reference(pb, path, errors)
     certificates = _certificates(common, common_path, errors, required=not refs["certificates"])
     min_version, max_version, suites, curve = _tls_params(common, join(common_path, "tls_params"), errors)
     trusted_ca, san_matchers = _validation(common, common_path, errors)
@@ -113,7 +114,8 @@ def translate_downstream_tls_context(pb, path, errors, warnings=None,
     for i, name in enumerate(alpn):
         if not name or len(name.encode()) > 255:
             errors.append(f"{join(common_path, 'alpn_protocols')}[{i}]: must be 1 to 255 bytes")
-    ticket_keys = _session_ticket_keys(pb, path, errors)
+    ticket_keys = (translate_ticket_keys(pb.session_ticket_keys, join(path, "session_ticket_keys"), errors)
+                   if pb.HasField("session_ticket_keys") else None)
     if len(errors) > start:
         return None
     spec = {"certificates": certificates, "min_version": min_version, "max_version": max_version,
@@ -125,21 +127,28 @@ def translate_downstream_tls_context(pb, path, errors, warnings=None,
     return with_secret_references(spec, refs)
 
 
-def _session_ticket_keys(pb, path, errors):
-    """session_ticket_keys -> [80-byte keys] (files read now), None when unset."""
-    if not pb.HasField("session_ticket_keys"):
+def _ticket_keys_reference(pb, path, errors):
+    if not pb.HasField("session_ticket_keys_sds_secret_config"):
         return None
+    from .secrets import reference
+    return reference(pb.session_ticket_keys_sds_secret_config,
+                     join(path, "session_ticket_keys_sds_secret_config"), errors)
+
+
+def translate_ticket_keys(keys_pb, path, errors):
+    """A TlsSessionTicketKeys (a context's, or a Secret's) -> [80-byte keys], files read now;
+    None with its errors."""
     from ..worker.tls import openssl
-    keys_path = join(path, "session_ticket_keys.keys")
-    if not pb.session_ticket_keys.keys:
+    keys_path = join(path, "keys")
+    if not keys_pb.keys:
         errors.append(f"{keys_path}: at least one key is required")
         return None
     why_not = openssl.unavailable()
     if why_not is not None:
-        errors.append(f"{join(path, 'session_ticket_keys')}: cannot be set on this Python: {why_not}")
+        errors.append(f"{path}: cannot be set on this Python: {why_not}")
         return None
     keys = []
-    for i, source in enumerate(pb.session_ticket_keys.keys):
+    for i, source in enumerate(keys_pb.keys):
         key = read_data_source(source, f"{keys_path}[{i}]", errors)
         if key is not None and len(key) != openssl.TICKET_KEY_LENGTH:
             # Envoy's check, in its words (checked against Envoy 1.40).

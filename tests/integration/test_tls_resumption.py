@@ -146,3 +146,28 @@ def test_session_ticket_keys_file_as_envoy(tmp_path, upstreams):
             process.stop()
         text = str(refused.value) + (process.log if proxy == "envoy" else "")
         assert "Incorrect TLS session ticket key length. Length 79, expected length 80." in text, text[-2000:]
+
+
+def test_two_batons_sharing_a_ticket_key_secret_resume_each_others_sessions(baton, upstreams, tmp_path):
+    """session_ticket_keys from a Secret (session_ticket_keys_sds_secret_config, a static one
+    here): two separate Batons, two lineages with their own seeds, one key, as a fleet behind a
+    load balancer would run them."""
+    ca = make_ca("ecdsa")
+    (tmp_path / "stek.key").write_bytes(bytes(range(40, 120)))
+    echo_port = upstreams("echo").port
+    pair = leaf(ca, "ecdsa")
+
+    def start():
+        socket_ = tls_transport_socket(pair)
+        socket_["typed_config"]["session_ticket_keys_sds_secret_config"] = {"name": "stek"}
+        port = free_port()
+        data = tls_bootstrap(port, echo_port, socket_)
+        data["static_resources"]["secrets"] = [
+            {"name": "stek", "session_ticket_keys": {"keys": [{"filename": str(tmp_path / "stek.key")}]}}]
+        return baton(data, concurrency=1), port
+
+    (_, first), (_, second) = start(), start()
+    ctx = client_context(ca, version=ssl.TLSVersion.TLSv1_3)
+    reused, session = connect(first, ctx)
+    assert not reused
+    assert connect(second, ctx, session)[0]

@@ -152,9 +152,11 @@ def test_resolving_fails_closed_until_every_secret_is_known():
 
 
 @pytest.mark.parametrize("secret, message", [
-    ({"name": "s"}, "static_resources.secrets[0]: one of tls_certificate or validation_context is required"),
+    ({"name": "s"}, "static_resources.secrets[0]: one of tls_certificate, validation_context or "
+     "session_ticket_keys is required"),
     ({"name": "s", "session_ticket_keys": {"keys": [{"inline_bytes": "AAAA"}]}},
-     "static_resources.secrets[0].session_ticket_keys: not supported"),
+     "static_resources.secrets[0].session_ticket_keys.keys[0]: Incorrect TLS session ticket key "
+     "length. Length 3, expected length 80."),
     ({"tls_certificate": {}}, "static_resources.secrets[0].name: required (references find a secret by name)"),
 ])
 def test_bad_static_secrets(errors, secret, message):

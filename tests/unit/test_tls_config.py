@@ -135,10 +135,10 @@ def test_unsupported_parameters_are_refused_with_their_path(errors):
         "tls_params": {"tls_minimum_protocol_version": "TLSv1_0", "cipher_suites": ["AES128-SHA"],
                        "ecdh_curves": ["P-192"]},
         "key_log": {"path": "/tmp/keys"}},
-        "session_ticket_keys_sds_secret_config": {"name": "keys"}}
+        "session_timeout": "300s"}
     lines = errors(bootstrap(context))
     assert f"{COMMON}.key_log: not supported" in lines
-    assert f"{CTX}.session_ticket_keys_sds_secret_config: not supported" in lines
+    assert f"{CTX}.session_timeout: not supported" in lines
     assert any(line.startswith(f"{COMMON}.tls_params.tls_minimum_protocol_version: TLSv1_0 not supported") for line in lines)
     assert any(line.startswith(f"{COMMON}.tls_params.cipher_suites[0]: 'AES128-SHA' not supported") for line in lines)
     assert any(line.startswith(f"{COMMON}.tls_params.ecdh_curves[0]: 'P-192' not supported") for line in lines)
@@ -250,3 +250,31 @@ def test_session_ticket_keys_of_the_wrong_length_are_refused_as_envoy_words_it(e
     assert errors(bootstrap(context)) == [
         f"{CTX}.session_ticket_keys.keys[0]: Incorrect TLS session ticket key length. "
         "Length 3, expected length 80."]
+
+
+def test_session_ticket_keys_from_a_secret(load, tmp_path):
+    """session_ticket_keys_sds_secret_config: a Secret's session_ticket_keys (static here; SDS
+    resolves the same way), resolved into the chain; unknown until it arrives: fail closed."""
+    from baton.xds.secrets import resolve_tls
+    server = leaf(make_ca("ecdsa"), "ecdsa")
+    key = bytes(range(5, 85))
+    (tmp_path / "stek.key").write_bytes(key)
+    data = bootstrap({"common_tls_context": {"tls_certificates": [certificate(server)]},
+                      "session_ticket_keys_sds_secret_config": {"name": "stek"}})
+    data["static_resources"]["secrets"] = [
+        {"name": "stek", "session_ticket_keys": {"keys": [{"filename": str(tmp_path / "stek.key")}]}}]
+    tls = load(data)["listeners"][0]["filter_chains"][0]["tls"]
+    assert tls["session_ticket_keys"] == [key] and tls["missing_secrets"] == []
+    assert tls["certificates"]
+    unresolved = resolve_tls(tls, {})
+    assert unresolved["missing_secrets"] == ["stek"] and unresolved["certificates"] == []
+    data["static_resources"]["secrets"][0]["session_ticket_keys"] = {"keys": [{"inline_bytes": "AAAA"}]}
+    (line,) = [e for e in _errors_of(load, data) if "session_ticket_keys" in e]
+    assert line == ("static_resources.secrets[0].session_ticket_keys.keys[0]: Incorrect TLS session "
+                    "ticket key length. Length 3, expected length 80.")
+
+
+def _errors_of(load, data):
+    with pytest.raises(ConfigError) as info:
+        load(data)
+    return str(info.value).splitlines()

@@ -121,7 +121,8 @@ class TlsServer:
 
 
 # What a rotated secret changes in a spec (xds/secrets.py resolve_tls).
-SECRET_MATERIAL = frozenset(("certificates", "trusted_ca", "san_matchers", "missing_secrets"))
+SECRET_MATERIAL = frozenset(("certificates", "trusted_ca", "san_matchers", "missing_secrets",
+                             "session_ticket_keys"))
 
 
 def only_secrets_differ(before: dict | None, after: dict | None) -> bool:
