@@ -353,8 +353,9 @@ def test_app_a_calls_app_b_through_both_sidecars_over_mtls(mesh):
     ((source,),) = [istio_requests(mesh, "a")]
     assert {k: source[k] for k in workloads} == workloads
     assert (source["reporter"], source["destination_service"],
-            source["destination_service_name"], source["destination_service_namespace"]) == (
-        "source", SERVICE, "reviews", "shop")
+            source["destination_service_name"], source["destination_service_namespace"],
+            source["source_principal"], source["destination_principal"]) == (
+        "source", SERVICE, "reviews", "shop", ID_A, ID_B)
     ((destination,),) = [istio_requests(mesh, "b")]
     assert {k: destination[k] for k in workloads} == workloads
     assert (destination["reporter"], destination["source_principal"],

@@ -6,8 +6,9 @@ observations per stream, at its end (metrics.py names them).
                             the metadata exchange found (peer_metadata.py) on the other,
                             "unknown" without one
     *_principal             inbound: the client certificate's URI SAN and this listener's
-                            own; outbound: "unknown" (the upstream TLS handshake's peer is
-                            not known to the stream)
+                            own; outbound: this cluster's client certificate's and the
+                            upstream certificate's, read from the upstream connection when
+                            the response head passes ("unknown" over plaintext)
     destination_service*    the upstream cluster's Istio metadata, else the Host header
                             (unless disable_host_header_fallback)
     request_protocol        "grpc" for application/grpc requests, else "http"
@@ -40,8 +41,9 @@ class IstioStatsFactory(FilterFactory):
         return IstioStatsFilter(stream, self)
 
 
-def mesh_side(conn, local, peer):
-    """(reporter, source, source_principal, destination, destination_principal, policy)."""
+def mesh_side(conn, local, peer, upstream_principals=(UNKNOWN, UNKNOWN)):
+    """(reporter, source, source_principal, destination, destination_principal, policy);
+    `upstream_principals`: (ours, the upstream's) on the upstream connection, outbound."""
     tls = getattr(conn, "tls", None)
     if is_inbound(conn.listener):
         peer_der = getattr(tls, "peer_der", None) if tls is not None else None
@@ -51,22 +53,51 @@ def mesh_side(conn, local, peer):
             else UNKNOWN
         return ("destination", peer, principal, local, own,
                 "mutual_tls" if peer_der else "none")
-    return "source", local, UNKNOWN, peer, UNKNOWN, UNKNOWN
+    return "source", local, upstream_principals[0], peer, upstream_principals[1], UNKNOWN
+
+
+def upstream_principals(stream) -> tuple[str, str]:
+    """(our certificate's URI SAN, the upstream's) on the connection the response came from:
+    the router's current attempt, its pooled connection's TLS session and the pool's client
+    (worker/proxy/http/router.py, pool.py); "unknown" for what is not there."""
+    attempt = getattr(getattr(stream, "router", None), "upstream", None)
+    transport = getattr(getattr(attempt, "conn", None), "transport", None)
+    session = transport.get_extra_info("ssl_object") if transport is not None else None
+    peer_der = getattr(session, "peer_der", None)
+    if peer_der is None:
+        return UNKNOWN, UNKNOWN
+    cache = session.cache
+    ours = cache.get("istio.local_principal")
+    if ours is None:
+        client = getattr(getattr(attempt, "pool", None), "tls", None)
+        certificates = (getattr(client, "spec", None) or {}).get("certificates") or ()
+        ours = UNKNOWN
+        if certificates:
+            from ...tls.server import _uri_sans
+            ours = (_uri_sans(certificates[0]["chain"]) or [UNKNOWN])[0]
+        cache["istio.local_principal"] = ours
+    return ours, spiffe_principal(peer_der, cache)
 
 
 class IstioStatsFilter(StreamFilter):
-    __slots__ = ("factory",)
+    __slots__ = ("factory", "principals")
 
     def __init__(self, stream, factory):
         super().__init__(stream)
         self.factory = factory
+        self.principals = (UNKNOWN, UNKNOWN)
+
+    def on_response_headers(self, response, end_stream: bool):
+        if not is_inbound(self.stream.conn.listener):
+            self.principals = upstream_principals(self.stream)
+        return None
 
     def on_log(self) -> None:
         stream, factory = self.stream, self.factory
         info = stream.info
         inbound = is_inbound(stream.conn.listener)
         reporter, source, source_principal, destination, destination_principal, policy = \
-            mesh_side(stream.conn, factory.local, peer_of(stream, inbound))
+            mesh_side(stream.conn, factory.local, peer_of(stream, inbound), self.principals)
         cluster = stream.worker.clusters.get(info.upstream_cluster) \
             if info.upstream_cluster else None
         request = info.request
