@@ -360,9 +360,9 @@ def section(names: list[str], attacks: dict, linear: dict, wall: float, command:
              f"Command: `{command}`  ",
              f"Date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M:%S} UTC  ",
              f"Machine: {procs.cpu_model()}, {os.cpu_count()} CPUs, shared with other work "
-             f"(load average {os.getloadavg()[0]:.1f} at the end; figures are one run, and a "
-             f"p99 of a few dozen samples is the slowest of them: read it as an order of "
-             f"magnitude)", "",
+             f"(load average {os.getloadavg()[0]:.1f} at the end; a p99 of a few dozen samples "
+             f"is the slowest of them: read one as an order of magnitude, and the median of "
+             f"{repeat} as a little better)", "",
              "The proxies side by side, each one worker pinned to CPU 1, the same bootstrap "
              "(tests/integration/h2_abuse.py), measured in turn attack by attack, the whole "
              f"round {repeat} time(s): p99 is the median of the repeats' p99s (their range "
