@@ -18,11 +18,16 @@ TypedStruct (the way Envoy and Istio carry extension configs that are not in Env
             - match:
                 method: {name: {exact: sayHello}}
                 headers: [{name: sofa_head_target_app, string_match: {exact: shop}}]
-              route: {cluster: hello, timeout: 2s}
+              route: {cluster: hello, timeout: 2s, retry_policy: {num_retries: 2},
+                      hash_policy: {header: user_id}}
 
 `stat_prefix` and `route_config` have DubboProxy's shape and semantics (xds/dubbo.py) and are
 checked by the same code; a route may add `route.timeout` (a duration), after which the
-request gets a local TIMEOUT reply. Without it, the request's own Bolt timeout field applies.
+request gets a local TIMEOUT reply (without it, the request's own Bolt timeout field applies);
+`route.retry_policy.num_retries`, how many times a request whose upstream connect failed or
+whose connection was reset is sent again (another host while there is one); and
+`route.hash_policy.header`, the header a RING_HASH or MAGLEV cluster places requests by
+(without it, the service).
 A request's service ("interface:version[:uniqueId]") comes from the header
 `sofa_head_target_service` or `service`, or from the SofaRequest in the content; its method
 from `sofa_head_method_name` or the SofaRequest.
@@ -52,13 +57,13 @@ def translate_bolt_proxy(any_pb, path, errors, warnings=None, clusters=None):
 
 def translate_bolt_config(value: dict, path, errors, warnings=None, clusters=None):
     """The BoltProxy value (a dict) -> {"stat_prefix", "route_configs"} with each route's
-    "timeout" (seconds or None)."""
+    Baton-only "timeout" (seconds or None), "retries" and "hash_header"."""
     start = len(errors)
     for key in value:
         if key not in ("stat_prefix", "route_config", "statPrefix", "routeConfig"):
             errors.append(f"{join(path, key)}: not supported (stat_prefix, route_config)")
-    # Take the Baton-only route.timeout out before the rest is read as DubboProxy's shape.
-    timeouts = []
+    # Take the Baton-only route fields out before the rest is read as DubboProxy's shape.
+    extras = []
     configs = value.get("route_config", value.get("routeConfig")) or []
     plain = {k: v for k, v in value.items() if k in ("stat_prefix", "statPrefix")}
     if isinstance(configs, list):
@@ -70,14 +75,13 @@ def translate_bolt_config(value: dict, path, errors, warnings=None, clusters=Non
                                       if isinstance(config, dict) else []):
                 route = dict(route) if isinstance(route, dict) else route
                 action = route.get("route") if isinstance(route, dict) else None
-                timeout = None
-                if isinstance(action, dict) and "timeout" in action:
+                extra = {"timeout": None, "retries": 0, "hash_header": None}
+                if isinstance(action, dict):
                     action = dict(action)
-                    timeout = _duration(action.pop("timeout"),
-                                        f"{join(path, 'route_config')}[{i}].routes[{j}].route"
-                                        ".timeout", errors)
+                    where = f"{join(path, 'route_config')}[{i}].routes[{j}].route"
+                    extra = _route_extras(action, where, errors)
                     route["route"] = action
-                timeouts.append(timeout)
+                extras.append(extra)
                 routes.append(route)
             if isinstance(config, dict):
                 config["routes"] = routes
@@ -91,11 +95,39 @@ def translate_bolt_config(value: dict, path, errors, warnings=None, clusters=Non
     config = translate_dubbo_message(pb, path, errors, warnings, clusters)
     if config is None:
         return None
-    flat = iter(timeouts)
+    flat = iter(extras)
     for route_config in config["route_configs"]:
         for route in route_config["routes"]:
-            route["timeout"] = next(flat)
+            route.update(next(flat))
     return config
+
+
+def _route_extras(action: dict, path, errors) -> dict:
+    """Pop the Baton-only fields of a route action: timeout, retry_policy, hash_policy."""
+    extra = {"timeout": None, "retries": 0, "hash_header": None}
+    if "timeout" in action:
+        extra["timeout"] = _duration(action.pop("timeout"), join(path, "timeout"), errors)
+    retry = action.pop("retry_policy", action.pop("retryPolicy", None))
+    if retry is not None:
+        count = retry.get("num_retries", retry.get("numRetries")) if isinstance(retry, dict) \
+            else None
+        # A TypedStruct's numbers are a Struct's: floats.
+        if isinstance(count, float) and count.is_integer():
+            count = int(count)
+        if not isinstance(retry, dict) or set(retry) - {"num_retries", "numRetries"} or \
+                not isinstance(count, int) or isinstance(count, bool) or not 0 <= count <= 10:
+            errors.append(f"{join(path, 'retry_policy')}: {retry!r} is not "
+                          "{num_retries: 0..10}")
+        else:
+            extra["retries"] = count
+    hashing = action.pop("hash_policy", action.pop("hashPolicy", None))
+    if hashing is not None:
+        header = hashing.get("header") if isinstance(hashing, dict) else None
+        if not isinstance(header, str) or not header or set(hashing) != {"header"}:
+            errors.append(f"{join(path, 'hash_policy')}: {hashing!r} is not {{header: name}}")
+        else:
+            extra["hash_header"] = header.lower()       # header names are matched lowercased
+    return extra
 
 
 def _duration(text, path, errors):

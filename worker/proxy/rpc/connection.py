@@ -23,6 +23,7 @@ import logging
 import os
 
 from ...connection import Connection, Export, Lifecycle, Move
+from ..lb import xxhash64
 from ..http.inflight import ForwardedTransport, detach
 from . import move
 from . import protocols as P
@@ -169,9 +170,15 @@ class RpcConnection(Connection, asyncio.Protocol):
             self._maybe_drained()
 
     def _moved_done(self) -> None:
-        """Old side: the last request served here is answered."""
+        """Old side: the last request served here is answered. The connection ends once what
+        it forwarded has left: a worker exits when its last connection ends, and what its
+        channel still held would be lost."""
         if self.moved_with_requests:
             self.moved_to.response_done()
+        self.worker.loop.create_task(self._close_when_sent(self.moved_to.channel))
+
+    async def _close_when_sent(self, channel) -> None:
+        await channel.drained(timeout=move.FLUSH_TIMEOUT)
         self._closed(local=True)
 
     def forwarded_done(self) -> None:
@@ -301,7 +308,8 @@ class RpcConnection(Connection, asyncio.Protocol):
         if cluster is None:
             self._local_reply(frame, oneway, P.UNKNOWN_CLUSTER, decision.cluster)
             return
-        host = cluster.pick() if cluster.balancer is not None else None
+        hash_key = _hash_key(cluster, decision, request)
+        host = cluster.pick((), hash_key) if cluster.balancer is not None else None
         if host is None:
             counters[cluster.stat["upstream_cx_none_healthy"]] += 1
             self._local_reply(frame, oneway, P.NO_HEALTHY_UPSTREAM, decision.cluster)
@@ -312,6 +320,9 @@ class RpcConnection(Connection, asyncio.Protocol):
             return
         exchange = Exchange(self, frame, cluster)
         exchange.host = host
+        exchange.tried = (host,)
+        exchange.hash_key = hash_key
+        exchange.retries = 0 if oneway else decision.retries
         cluster.rq_active += 1
         counters[cluster.stat["upstream_rq_total"]] += 1
         self.worker.stats.gauges[cluster.stat["upstream_rq_active"]] += 1
@@ -363,10 +374,29 @@ class RpcConnection(Connection, asyncio.Protocol):
             self.worker.stats.counters[cluster.stat["upstream_rq_rx_reset"]] += 1
             if cluster.outlier is not None:
                 cluster.outlier.report(exchange.host, "reset")
+        if failure in P.RETRIABLE and exchange.retries and not self.closed and self._retry(exchange):
+            return
         if not self.closed:
             self._local_reply(exchange.frame, self.protocol.oneway(exchange.frame), failure,
                               host_name)
         exchange.finish()
+
+    def _retry(self, exchange: Exchange) -> bool:
+        """Send the request again, to a host it has not been to while there is one (the
+        cluster's balancer, its hash key kept); False: no host left."""
+        cluster = exchange.cluster
+        tried = exchange.tried if len(exchange.tried) < len(cluster.hosts) else ()
+        host = cluster.pick(tried, exchange.hash_key) if cluster.balancer is not None else None
+        if host is None:
+            return False
+        self.worker.stats.counters[cluster.stat["upstream_rq_retry"]] += 1
+        exchange.retries -= 1
+        exchange.host = host
+        exchange.tried += (host,)
+        exchange.upstream = exchange.upstream_id = None
+        exchange.pool = pool_for(self.worker, self.protocol, cluster, host)
+        exchange.pool.submit(exchange, False)
+        return True
 
     def _timed_out(self, exchange: Exchange, timeout: float) -> None:
         exchange.timer = None
@@ -415,3 +445,18 @@ class RpcConnection(Connection, asyncio.Protocol):
                 exchange.finish()
         self.worker.stats.gauges[self.listener.stat_cx_active] -= 1
         self.worker.connection_closed(self)
+
+
+def _hash_key(cluster, decision, request) -> int | None:
+    """What a RING_HASH or MAGLEV cluster places the request by: the attachment (Dubbo) or
+    header (Bolt) the route names, else the service ("interface:version:group"), so the calls
+    of one service, or of one key, go to one host while the hosts stay the same."""
+    if cluster.lb_policy not in ("RING_HASH", "MAGLEV"):
+        return None
+    if decision.hash_header is not None:
+        key = request.headers.get(decision.hash_header)
+        if key is None:
+            return None                     # no key: the balancer picks at random
+    else:
+        key = f"{request.service}:{request.version or ''}:{request.group or ''}"
+    return xxhash64(key.encode())

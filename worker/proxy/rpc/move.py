@@ -33,6 +33,9 @@ from ...connection import register
 log = logging.getLogger("baton.rpc")
 
 RECORD = "rpc"
+# How long a moved connection's old half waits for its forwarded frames to leave once it is
+# done (the new worker reads them as fast as it writes to clients).
+FLUSH_TIMEOUT = 10.0
 
 
 class ForwardedReplies:

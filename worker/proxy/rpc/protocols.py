@@ -33,6 +33,9 @@ CONNECT_FAILURE = "connect_failure"
 CONNECT_TIMEOUT = "connect_timeout"
 RESET = "reset"
 TIMEOUT = "timeout"
+# What a route's retries try again: the request never reached a provider, or its connection
+# broke (Envoy's retry_on connect-failure and reset).
+RETRIABLE = frozenset((CONNECT_FAILURE, CONNECT_TIMEOUT, RESET))
 
 
 class DecodeError(ValueError):

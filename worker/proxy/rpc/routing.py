@@ -30,6 +30,8 @@ class Request(NamedTuple):
 class Decision(NamedTuple):
     cluster: str
     timeout: float | None           # the route's own timeout (Bolt config), seconds
+    retries: int = 0                # tries again on connect failure or reset (Bolt config)
+    hash_header: str | None = None  # what a hashing cluster hashes (None: the service)
 
 
 def _interface_matcher(pattern: str):
@@ -55,7 +57,8 @@ def _parameter_text(value) -> str | None:
 
 
 class _Route:
-    __slots__ = ("method", "params", "headers", "cluster", "weighted", "total", "timeout")
+    __slots__ = ("method", "params", "headers", "cluster", "weighted", "total", "timeout",
+                 "retries", "hash_header")
 
     def __init__(self, spec: dict):
         self.method = _string_matcher(spec["method"])
@@ -65,6 +68,8 @@ class _Route:
         self.weighted = [(c["name"], c["weight"]) for c in spec.get("weighted_clusters") or ()]
         self.total = sum(w for _, w in self.weighted)
         self.timeout = spec.get("timeout")
+        self.retries = spec.get("retries") or 0
+        self.hash_header = spec.get("hash_header")
 
     def matches(self, request: Request) -> bool:
         if not all(h.matches(request.headers) for h in self.headers):
@@ -130,5 +135,6 @@ class RouteTable:
                 continue
             for route in config.routes:
                 if route.matches(request):
-                    return Decision(route.pick(self.rand), route.timeout)
+                    return Decision(route.pick(self.rand), route.timeout, route.retries,
+                                    route.hash_header)
         return None

@@ -44,7 +44,7 @@ class Exchange:
     where it went, and its deadline."""
 
     __slots__ = ("client", "frame", "cluster", "host", "pool", "upstream", "upstream_id",
-                 "timer", "done")
+                 "timer", "done", "retries", "tried", "hash_key")
 
     def __init__(self, client, frame, cluster):
         self.client = client
@@ -56,6 +56,9 @@ class Exchange:
         self.upstream_id = None
         self.timer = None
         self.done = False
+        self.retries = 0                    # tries left on connect failure or reset
+        self.tried: tuple = ()              # the hosts it went to
+        self.hash_key = None                # a hashing cluster's key for it
 
     def finish(self) -> None:
         """No longer in flight (answered, failed or abandoned): release what it holds."""
