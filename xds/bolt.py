@@ -27,7 +27,9 @@ request gets a local TIMEOUT reply (without it, the request's own Bolt timeout f
 `route.retry_policy.num_retries`, how many times a request whose upstream connect failed or
 whose connection was reset is sent again (another host while there is one); and
 `route.hash_policy.header`, the header a RING_HASH or MAGLEV cluster places requests by
-(without it, the service).
+(without it, the service). Beside route_config, `local_rate_limit: {max_tokens,
+tokens_per_fill, fill_interval}` (Envoy's TokenBucket) admits requests at that rate per
+worker; the others get a local SERVER_THREADPOOL_BUSY (`bolt.<stat_prefix>.request_rate_limited`).
 A request's service ("interface:version[:uniqueId]") comes from the header
 `sofa_head_target_service` or `service`, or from the SofaRequest in the content; its method
 from `sofa_head_method_name` or the SofaRequest.
@@ -60,8 +62,13 @@ def translate_bolt_config(value: dict, path, errors, warnings=None, clusters=Non
     Baton-only "timeout" (seconds or None), "retries" and "hash_header"."""
     start = len(errors)
     for key in value:
-        if key not in ("stat_prefix", "route_config", "statPrefix", "routeConfig"):
-            errors.append(f"{join(path, key)}: not supported (stat_prefix, route_config)")
+        if key not in ("stat_prefix", "route_config", "statPrefix", "routeConfig",
+                       "local_rate_limit", "localRateLimit"):
+            errors.append(f"{join(path, key)}: not supported (stat_prefix, route_config, "
+                          "local_rate_limit)")
+    limit = value.get("local_rate_limit", value.get("localRateLimit"))
+    if limit is not None:
+        limit = _token_bucket(limit, join(path, "local_rate_limit"), errors)
     # Take the Baton-only route fields out before the rest is read as DubboProxy's shape.
     extras = []
     configs = value.get("route_config", value.get("routeConfig")) or []
@@ -99,7 +106,32 @@ def translate_bolt_config(value: dict, path, errors, warnings=None, clusters=Non
     for route_config in config["route_configs"]:
         for route in route_config["routes"]:
             route.update(next(flat))
+    config["local_rate_limit"] = limit
     return config
+
+
+def _token_bucket(spec, path, errors) -> dict | None:
+    """{max_tokens, tokens_per_fill (default 1), fill_interval} as Envoy's TokenBucket."""
+    if not isinstance(spec, dict) or set(spec) - {"max_tokens", "tokens_per_fill",
+                                                  "fill_interval"}:
+        errors.append(f"{path}: {spec!r} is not {{max_tokens, tokens_per_fill, fill_interval}}")
+        return None
+    counts = {}
+    for name, default in (("max_tokens", None), ("tokens_per_fill", 1)):
+        count = spec.get(name, default)
+        if isinstance(count, float) and count.is_integer():     # a Struct's numbers
+            count = int(count)
+        if not isinstance(count, int) or isinstance(count, bool) or count < 1:
+            errors.append(f"{join(path, name)}: {count!r} is not a whole number >= 1")
+            return None
+        counts[name] = count
+    interval = _duration(spec.get("fill_interval"), join(path, "fill_interval"), errors)
+    if interval is None:
+        return None
+    if interval < 0.05:
+        errors.append(f"{join(path, 'fill_interval')}: must be >= 50ms (as Envoy's)")
+        return None
+    return {**counts, "fill_interval": interval}
 
 
 def _route_extras(action: dict, path, errors) -> dict:

@@ -85,3 +85,19 @@ def test_retries_hashing_and_circuit_breakers(baton, processes):
     assert b.stats()["cluster.capped.upstream_rq_pending_overflow"] == 1
     q.close()
     d.close()
+
+
+def test_a_local_rate_limit_refuses_calls_beyond_its_bucket(baton, processes):
+    port = free_port()
+    bootstrap = rpc_bootstrap(free_port(), {"bolt": port}, {"up": provider(processes, "bolt", "A")})
+    value = bootstrap["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0][
+        "typed_config"]["value"]
+    value["local_rate_limit"] = {"max_tokens": 3, "tokens_per_fill": 1, "fill_interval": "60s"}
+    b = baton(bootstrap, concurrency=1)
+    q = RawClient("bolt", port)
+    q.send(*(bolt_request(i, f"{SERVICE}:1.0", "hello") for i in range(1, 6)))
+    statuses = sorted(f.status for f in q.receive(5))
+    assert statuses == [bolt.SUCCESS] * 3 + [bolt.SERVER_THREADPOOL_BUSY] * 2
+    stats = b.stats()
+    assert stats["bolt.rpc_in.request_rate_limited"] == 2 and stats["bolt.rpc_in.request"] == 5
+    q.close()

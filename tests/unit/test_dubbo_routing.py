@@ -120,8 +120,35 @@ def test_bolt_config_adds_route_timeouts():
         {"interface": "s", "routes": [{"match": {"method": {"name": {"exact": "m"}}},
                                        "route": {"cluster": "a", "timeout": "soon"}}]}]},
         "v", errors, [], {"a"}) is None
-    assert "v.extra: not supported (stat_prefix, route_config)" in errors
+    assert "v.extra: not supported (stat_prefix, route_config, local_rate_limit)" in errors
     assert any(e.startswith("v.route_config[0].routes[0].route.timeout:") for e in errors)
+
+
+def test_bolt_config_adds_retries_hashing_and_a_rate_limit():
+    errors = []
+    config = translate_bolt_config({"stat_prefix": "b", "local_rate_limit": {
+        "max_tokens": 5.0, "fill_interval": "0.5s"}, "route_config": [
+        {"interface": "s", "routes": [
+            {"match": {"method": {"name": {"exact": "m"}}},
+             "route": {"cluster": "a", "retry_policy": {"num_retries": 2.0},
+                       "hash_policy": {"header": "User-Id"}}}]}]}, "v", errors, [], {"a"})
+    assert not errors, errors
+    route = config["route_configs"][0]["routes"][0]
+    assert (route["retries"], route["hash_header"], route["timeout"]) == (2, "user-id", None)
+    assert config["local_rate_limit"] == {"max_tokens": 5, "tokens_per_fill": 1,
+                                          "fill_interval": 0.5}
+    errors = []
+    assert translate_bolt_config({"stat_prefix": "b", "local_rate_limit": {
+        "max_tokens": 0, "fill_interval": "1s"}, "route_config": [
+        {"interface": "s", "routes": [
+            {"match": {"method": {"name": {"exact": "m"}}},
+             "route": {"cluster": "a", "retry_policy": {"num_retries": 99},
+                       "hash_policy": {"cookie": "x"}}}]}]}, "v", errors, [], {"a"}) is None
+    assert errors == [
+        "v.local_rate_limit.max_tokens: 0 is not a whole number >= 1",
+        "v.route_config[0].routes[0].route.retry_policy: {'num_retries': 99} is not "
+        "{num_retries: 0..10}",
+        "v.route_config[0].routes[0].route.hash_policy: {'cookie': 'x'} is not {header: name}"]
 
 
 @pytest.mark.parametrize("kind", ["dubbo", "bolt"])

@@ -10,6 +10,7 @@ as Envoy 1.40 counts them (checked against it): a heartbeat is `request_event` o
 
 from __future__ import annotations
 
+from ..http.local_ratelimit import TokenBucket
 from .protocols import PROTOCOLS
 from .routing import RouteTable
 
@@ -20,8 +21,9 @@ COUNTERS = (
     "request_oneway", "request_twoway", "response", "response_business_exception",
     "response_decoding_error", "response_decoding_success", "response_error",
     "response_error_caused_connection_close", "response_success",
-    # Not in Envoy's list: requests that ran out of time (Envoy's dubbo_proxy has no timeout).
-    "request_timeout",
+    # Not in Envoy's list: requests that ran out of time (Envoy's dubbo_proxy has no timeout),
+    # and requests the chain's local rate limit refused (Bolt config).
+    "request_timeout", "request_rate_limited",
 )
 GAUGES = ("request_active",)
 
@@ -29,7 +31,7 @@ GAUGES = ("request_active",)
 class RpcChain:
     """Built once per chain spec ({"dubbo": config} or {"bolt": config})."""
 
-    __slots__ = ("protocol", "routes", "stat", "config")
+    __slots__ = ("protocol", "routes", "stat", "config", "bucket")
 
     def __init__(self, kind: str, config: dict):
         self.protocol = PROTOCOLS[kind]
@@ -37,6 +39,10 @@ class RpcChain:
         self.routes = RouteTable(config["route_configs"])
         prefix = f"{self.protocol.stat_root}.{config['stat_prefix']}."
         self.stat = {name: prefix + name for name in COUNTERS + GAUGES}
+        limit = config.get("local_rate_limit")
+        # One bucket per worker, as the HTTP local_ratelimit (http/local_ratelimit.py says why).
+        self.bucket = TokenBucket(limit["max_tokens"], limit["tokens_per_fill"],
+                                  limit["fill_interval"]) if limit else None
 
     def counters(self):
         return [self.stat[name] for name in COUNTERS]

@@ -300,6 +300,10 @@ class RpcConnection(Connection, asyncio.Protocol):
         counters[stat["request"]] += 1
         counters[stat["request_decoding_success"]] += 1
         counters[stat["request_oneway" if oneway else "request_twoway"]] += 1
+        if self.rpc.bucket is not None and not self.rpc.bucket.consume():
+            counters[stat["request_rate_limited"]] += 1
+            self._local_reply(frame, oneway, P.RATE_LIMITED, "")
+            return
         decision = routes.route(request)
         if decision is None:
             self._local_reply(frame, oneway, P.NO_ROUTE, request.service)

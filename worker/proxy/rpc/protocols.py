@@ -33,6 +33,7 @@ CONNECT_FAILURE = "connect_failure"
 CONNECT_TIMEOUT = "connect_timeout"
 RESET = "reset"
 TIMEOUT = "timeout"
+RATE_LIMITED = "rate_limited"
 # What a route's retries try again: the request never reached a provider, or its connection
 # broke (Envoy's retry_on connect-failure and reset).
 RETRIABLE = frozenset((CONNECT_FAILURE, CONNECT_TIMEOUT, RESET))
@@ -103,6 +104,7 @@ class Dubbo:
             CONNECT_TIMEOUT: (dubbo.SERVER_ERROR,
                               "dubbo upstream request: connection failure '{}' due to timeout"),
             TIMEOUT: (dubbo.SERVER_TIMEOUT, "baton: upstream request timeout after {}"),
+            RATE_LIMITED: (dubbo.SERVER_THREADPOOL_EXHAUSTED, "baton: local rate limit{}"),
         }[failure]
         return dubbo.error_response(frame, status, message.format(detail))
 
@@ -164,7 +166,8 @@ class Bolt:
                   NO_HEALTHY_UPSTREAM: bolt.CONNECTION_CLOSED,
                   OVERFLOW: bolt.SERVER_THREADPOOL_BUSY,
                   CONNECT_FAILURE: bolt.CONNECTION_CLOSED, RESET: bolt.CONNECTION_CLOSED,
-                  CONNECT_TIMEOUT: bolt.CONNECTION_CLOSED, TIMEOUT: bolt.TIMEOUT}[failure]
+                  CONNECT_TIMEOUT: bolt.CONNECTION_CLOSED, TIMEOUT: bolt.TIMEOUT,
+                  RATE_LIMITED: bolt.SERVER_THREADPOOL_BUSY}[failure]
         return bolt.error_response(frame, status)
 
 
