@@ -281,6 +281,12 @@ def reloads(count: int, workdir: Path, clusters: dict) -> dict:
             "errors": [e for s in streams for e in s.errors][:5]}
 
 
+CAVEAT = ("Caveat: the Python client and provider on CPU 0 are the limit (load CPU busy), so "
+          "each proxy runs at a fraction of a core and the calls/s columns compare the load "
+          "generator, not the proxies; per core is what one call costs each proxy. Other work "
+          "on the machine (the load average above) moves single runs by 20% or more.")
+
+
 # -- the report ----------------------------------------------------------------------------------
 
 def report(runs: dict, moved: dict, reloaded: dict, seconds: float, repeats: int) -> str:
@@ -309,6 +315,7 @@ def report(runs: dict, moved: dict, reloaded: dict, seconds: float, repeats: int
         "after 1 s unmeasured. Per core = answered calls/s / CPU of the proxy's process tree. "
         "Latency: write of a call to read of its answer, at that depth of pipelining. Medians "
         "of interleaved runs (bench/rpc_bench.py says more).", "",
+        CAVEAT, "",
         "| proxy | protocol | calls/s | proxy CPU (cores) | **per core** | per core vs Envoy "
         "| p50 ms | p99 ms | load CPU busy | runs |",
         "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",

@@ -220,16 +220,13 @@ class RpcConnection(Connection, asyncio.Protocol):
             self.close()
 
     def abort(self) -> None:
-        self.closing = True
-        if self.transport is not None and not self.closed:
-            self.transport.abort()
-        elif self.transport is None:
-            self._closed(local=True)
+        self.close(abort=True)
 
-    def close(self) -> None:
+    def close(self, abort: bool = False) -> None:
+        """Close (after what is written; at once with `abort`)."""
         self.closing = True
         if self.transport is not None and not self.closed:
-            self.transport.close()
+            (self.transport.abort if abort else self.transport.close)()
         elif self.transport is None:
             self._closed(local=True)
 
