@@ -91,6 +91,17 @@ def _client_context(setup: Setup, version=None, alpn=None, certificate=False, ci
     return ctx
 
 
+def client_step(obj: ssl.SSLObject, outgoing: ssl.MemoryBIO) -> bytes | None:
+    """One step of a client's handshake: the flight it sends, None if it gave up."""
+    try:
+        obj.do_handshake()
+    except ssl.SSLWantReadError:
+        pass
+    except ssl.SSLError:
+        return None
+    return outgoing.read()
+
+
 def record_flights(setup: Setup, server: str, ctx, hostname, session=None):
     """Run one real handshake; (the client's flights, the session it ends with)."""
     accept = ServerAccept(setup.servers[server])
@@ -98,13 +109,9 @@ def record_flights(setup: Setup, server: str, ctx, hostname, session=None):
     obj = ctx.wrap_bio(out[0], out[1], server_hostname=hostname, session=session)
     flights = []
     for _ in range(8):
-        try:
-            obj.do_handshake()
-        except ssl.SSLWantReadError:
-            pass
-        except ssl.SSLError:
+        flight = client_step(obj, out[1])
+        if flight is None:
             break
-        flight = out[1].read()
         if flight:
             flights.append(flight)
         try:
@@ -240,13 +247,9 @@ def live(setup: Setup, rng: random.Random, seeds: list, contexts: list) -> tuple
     obj = ctx.wrap_bio(to_client, from_client, server_hostname="localhost")
     given = []
     for _ in range(8):
-        try:
-            obj.do_handshake()
-        except ssl.SSLWantReadError:
-            pass
-        except ssl.SSLError:
+        flight = client_step(obj, from_client)
+        if flight is None:
             return server, "client refused", given
-        flight = from_client.read()
         if rng.random() < 0.3:
             flight = mutate(rng, flight, seeds)
         for piece in pieces_of(rng, flight):

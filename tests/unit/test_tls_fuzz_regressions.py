@@ -12,8 +12,9 @@ FUZZ = Path(__file__).resolve().parents[1] / "fuzz" / "fuzz_tls_record.py"
 CORPUS = FUZZ.parent / "corpus" / "tls"
 
 
-def load_fuzzer():
-    spec = importlib.util.spec_from_file_location("fuzz_tls_record", FUZZ)
+def load_fuzzer(path: Path = FUZZ):
+    """A fuzz script of tests/fuzz/ as a module (they are scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location(path.stem, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

@@ -4,7 +4,6 @@ a refusal with its ssl.* counter (worker/tls/accept.py)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import random
 from pathlib import Path
@@ -13,18 +12,11 @@ import pytest
 
 from baton.worker.tls.accept import HandshakeRefused, ServerAccept
 
+from .test_tls_fuzz_regressions import load_fuzzer
+
 FUZZ = Path(__file__).resolve().parents[1] / "fuzz" / "fuzz_tls_handshake.py"
 CORPUS = FUZZ.parent / "corpus" / "tls_handshake"
-
-
-def load_fuzzer():
-    spec = importlib.util.spec_from_file_location("fuzz_tls_handshake", FUZZ)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-fuzzer = load_fuzzer()
+fuzzer = load_fuzzer(FUZZ)
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +37,7 @@ def test_corpus_cases(setup):
 
 
 def test_short_fuzz_run(setup):
-    result = fuzzer.run(3000, seed=7, seconds=60, setup=setup)
+    result = fuzzer.run(1000, seed=7, seconds=60, setup=setup)
     assert result["failed"] is None, result
     outcomes = result["outcomes"]
     assert outcomes.get("live done", 0) > 0 and outcomes.get("refused:connection_error", 0) > 0
