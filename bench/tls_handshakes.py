@@ -8,8 +8,9 @@ failures, seconds, and the version and suite of the last handshake.
 
 Why not wrk with `Connection: close`: wrk keeps each connection's SSL object and resumes the
 previous session on reconnect (a proxy's `ssl.session_reused` counts nearly every handshake),
-which measures PSK resumption, not new handshakes; and Baton, unlike Envoy, does not implement
-`disable_stateless_session_resumption` to refuse it from the server side. `openssl s_time -new`
+which measures PSK resumption, not new handshakes (a proxy could refuse it with
+`disable_stateless_session_resumption`, but then the benchmark would measure a config the
+other proxies are not given). `openssl s_time -new`
 does full handshakes but one at a time per process and cost more client CPU per handshake here.
 Python's `ssl` client resumes only when given a session, and a fresh SSLSocket per connection
 has none: every handshake is full (ECDHE with the certificate's signature). The client work is

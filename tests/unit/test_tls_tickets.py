@@ -140,3 +140,30 @@ def test_session_reused_curves_and_sigalgs_are_counted(ca, version):
     assert accepted(server, MemoryPeer(peer.obj.context, session=peer.obj.session))[1]
     assert stats.counters["listener.x.ssl.session_reused"] == 1
     assert stats.counters["listener.x.ssl.handshake"] == 2
+
+
+def test_where_openssl_is_unreachable_it_is_said_and_nothing_crashes(ca, pair, monkeypatch, caplog):
+    """A Python whose objects do not hold the pointers where CPython 3.11 keeps them: configured
+    keys are a config error naming why, Baton's own keys a warning, the counters skip curves."""
+    from baton.xds.tls import translate_ticket_keys
+    from baton.xds import protos
+    monkeypatch.setattr(openssl, "_why_not", "the SSL_CTX pointer is not where CPython kept it")
+    monkeypatch.setattr(openssl, "_checked", True)
+    protos.import_type("envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext")
+    keys_pb = protos.message_class("envoy.extensions.transport_sockets.tls.v3.TlsSessionTicketKeys")()
+    keys_pb.keys.add().inline_bytes = KEY_A
+    errors = []
+    assert translate_ticket_keys(keys_pb, "ctx.session_ticket_keys", errors) is None
+    assert errors == ["ctx.session_ticket_keys: cannot be set on this Python: "
+                      "the SSL_CTX pointer is not where CPython kept it"]
+    with caplog.at_level("WARNING"):
+        server = TlsServer(spec(pair))
+    assert "resume only on the worker that issued them" in caplog.text
+    stats = Stats()
+    server.declare_stats("listener.x.", stats)
+    peer = client(ca)
+    layer, _ = accepted(server, peer)
+    assert stats.counters["listener.x.ssl.handshake"] == 1
+    assert not [k for k in stats.counters if ".curves." in k or ".sigalgs." in k]
+    peer.feed(layer.send_data(b"still served"))
+    assert peer.read_all() == b"still served"
