@@ -98,7 +98,10 @@ ALLOWED_HTTP: dict = {
         "regex_rewrite": WALK, "host_rewrite_literal": WALK, "auto_host_rewrite": WALK,
         "host_rewrite_header": WALK, "timeout": WALK, "idle_timeout": WALK,
         "retry_policy": WALK, "hash_policy": WALK, "max_grpc_timeout": WALK,
-        "grpc_timeout_offset": WALK, "max_stream_duration": WALK},
+        "grpc_timeout_offset": WALK, "max_stream_duration": WALK, "upgrade_configs": WALK},
+    # connect_config (Envoy terminates the CONNECT itself) is not implemented: refused.
+    "envoy.config.route.v3.RouteAction.UpgradeConfig": {
+        "upgrade_type": WALK, "enabled": WALK},
     "envoy.config.route.v3.RouteAction.MaxStreamDuration": {
         "max_stream_duration": WALK, "grpc_timeout_header_max": WALK,
         "grpc_timeout_header_offset": WALK},

@@ -524,7 +524,26 @@ def _route_action(pb, path, ctx):
             "timeout": _timeout(pb, "timeout", DEFAULT_ROUTE_TIMEOUT, path, errors),
             "idle_timeout": idle, "idle_timeout_set": pb.HasField("idle_timeout"),
             "retry_policy": retry, "hash_policies": hash_policies,
-            **_grpc_timeouts(pb, path, ctx)}
+            **_grpc_timeouts(pb, path, ctx), **_route_upgrades(pb, path, ctx)}
+
+
+def _route_upgrades(pb, path, ctx):
+    """RouteAction.upgrade_configs -> {"upgrades": {type (lower-case): enabled}}, absent when
+    unset. A route's entry overrides the connection manager's for that type, and may allow a
+    type the connection manager does not list (Envoy's createUpgradeFilterChain)."""
+    if not pb.upgrade_configs:
+        return {}
+    upgrades = {}
+    for i, upgrade in enumerate(pb.upgrade_configs):
+        here = f"{join(path, 'upgrade_configs')}[{i}]"
+        name = upgrade.upgrade_type.lower()
+        if not name:
+            ctx.errors.append(f"{here}.upgrade_type: required")
+        elif name in upgrades:
+            ctx.errors.append(f"{here}.upgrade_type: duplicate upgrade {upgrade.upgrade_type}")
+        else:
+            upgrades[name] = _bool(upgrade, "enabled", True)
+    return {"upgrades": upgrades}
 
 
 def _grpc_timeouts(pb, path, ctx):

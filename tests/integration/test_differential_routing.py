@@ -7,8 +7,9 @@ import pytest
 
 from .differential.bootstraps import bootstrap, cluster, http_listener, tag
 from .differential.cases import Case, run_case
-from .differential.client import build_request, sequential
-from .differential.compare import each_proxy, header, upstream_header, within_binomial
+from .differential.client import build_request, one, sequential
+from .differential.compare import (differential, each_proxy, header, upstream_header,
+                                   within_binomial)
 from .differential.proxies import ProxyPair, Recorder
 
 
@@ -21,6 +22,13 @@ def routing_bootstrap(upstreams: dict[str, int]):
         return {"name": name, **matcher}
 
     vhosts = [
+        # A route's upgrade_configs over the connection manager's (which enables websocket).
+        {"name": "upgrade", "domains": ["upgrade.test"], "routes": [
+            route({"prefix": "/ws-off"}, "ws-off",
+                  upgrade_configs=[{"upgrade_type": "websocket", "enabled": False}]),
+            route({"prefix": "/custom-on"}, "custom-on",
+                  upgrade_configs=[{"upgrade_type": "Custom-Proto"}]),
+            route({"prefix": "/"}, "upgrade-default")]},
         {"name": "exact", "domains": ["exact.test"],
          "routes": [route({"prefix": "/"}, "exact")]},
         {"name": "port", "domains": ["port.test:8080"],
@@ -76,7 +84,8 @@ def routing_bootstrap(upstreams: dict[str, int]):
 
     def template(ports: dict[str, int], admin: int) -> dict:
         route_config = {"name": "routing", "virtual_hosts": vhosts}
-        return bootstrap(admin, [http_listener("routing", ports["routing"], route_config)],
+        return bootstrap(admin, [http_listener("routing", ports["routing"], route_config,
+                                               upgrade_configs=[{"upgrade_type": "websocket"}])],
                          [cluster(n, [upstreams[n]]) for n in ("a", "b", "c")])
     return template
 
@@ -235,3 +244,24 @@ def test_weighted_clusters_10000_requests(pair):
         for name, p in WEIGHTS.items():
             assert within_binomial(counts[name], SPLIT_REQUESTS, p), (name, counts)
     each_proxy(pair, check)
+
+
+# upgrade_configs on a route: it refuses what the connection manager allows, allows what the
+# connection manager does not list; without one, the connection manager's list holds. Only
+# the verdict is compared (403, or forwarded to the upstream): how a proxy passes on an
+# upstream's answer that does not switch protocols is the upgrade path's own business.
+UPGRADES = [("/", "websocket", "forwarded"), ("/ws-off", "websocket", 403),
+            ("/custom-on", "custom-proto", "forwarded"), ("/", "custom-proto", 403)]
+
+
+@pytest.mark.parametrize("path, kind, verdict", UPGRADES, ids=[f"{p}-{k}" for p, k, _ in UPGRADES])
+def test_route_upgrade_configs(pair, path, kind, verdict):
+    def run(target):
+        resp = one(target.port, "GET", path, [("host", "upgrade.test"), ("upgrade", kind),
+                                              ("connection", "upgrade")])
+        return {"status": resp.status, "x-recorder": resp.header("x-recorder")}
+
+    def expect(obs):
+        assert obs == ({"status": 200, "x-recorder": "a"} if verdict == "forwarded" else
+                       {"status": verdict, "x-recorder": None}), obs
+    differential(pair, run, expect)

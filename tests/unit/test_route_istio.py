@@ -239,3 +239,17 @@ def test_previous_hosts_picks_again_up_to_the_attempts():
     # One re-pick only: the last pick stands, tried or not (Envoy's bound).
     cluster = _RoundRobin("a", "a", "a", "b")
     assert _router(cluster, ["a"], 1)._pick_avoiding_tried() == "a" and cluster.picks == 2
+
+
+def test_route_upgrade_configs():
+    r = compiled(rc(route(cluster="c1", upgrade_configs=[
+        {"upgrade_type": "WebSocket", "enabled": False}, {"upgrade_type": "CONNECT"}])))
+    assert r.upgrades == {"websocket": False, "connect": True}
+    assert not r.allows_upgrade("websocket", {"websocket"})
+    assert r.allows_upgrade("connect", set()) and r.allows_upgrade("h2c", {"h2c"})
+    assert r.express_cluster is None
+    # HBONE's connect_terminate: Envoy terminates the CONNECT itself; Baton does not.
+    errors = refused(rc(route(cluster="c1", upgrade_configs=[
+        {"upgrade_type": "CONNECT", "connect_config": {}}])))
+    assert errors == ["rc.virtual_hosts[0].routes[0].route.upgrade_configs[0].connect_config: "
+                      "not supported"]

@@ -493,7 +493,7 @@ class Route:
                  "_response_mutations", "_redirect", "_direct_status", "_direct_body",
                  "_rewrites_path", "express_cluster", "per_filter", "grpc_timeout",
                  "max_stream_duration", "attempt_count_to_upstream",
-                 "attempt_count_in_response")
+                 "attempt_count_in_response", "upgrades")
 
     # The express lane (express.py) and each field: safe (the lane honours it, or it does not
     # change a request) or blocking (name -> whether a value keeps the lane off this route).
@@ -518,6 +518,7 @@ class Route:
         "_request_mutations": lambda per_cluster: any(per_cluster.values()),
         "_response_mutations": lambda per_cluster: any(per_cluster.values()),
         "_connect": bool,
+        "upgrades": bool,       # a route that allows or refuses upgrades: the full path's check
         "_redirect": bool, "_direct_status": bool, "_direct_body": bool,
         # typed_per_filter_config (the CORS policy): filters run on the full path only.
         "per_filter": bool,
@@ -544,6 +545,7 @@ class Route:
         self.idle_timeout_set = False
         self.retry = None
         self.grpc_timeout = self.max_stream_duration = None
+        self.upgrades = {}      # upgrade type -> allowed, over the connection manager's list
         self.attempt_count_to_upstream = vhost_spec.get("attempt_count_to_upstream", False)
         self.attempt_count_in_response = vhost_spec.get("attempt_count_in_response", False)
         self.hash_policies = []
@@ -576,6 +578,7 @@ class Route:
             # seconds; router.py applies them (Envoy: max_stream_duration wins when both).
             self.grpc_timeout = action.get("grpc_timeout")
             self.max_stream_duration = action.get("max_stream_duration")
+            self.upgrades = action.get("upgrades") or {}
             self.hash_policies = [(h["kind"], h["name"], h["terminal"])
                                   for h in action["hash_policies"]]
             self.auto_host_rewrite = action["auto_host_rewrite"]
@@ -627,6 +630,12 @@ class Route:
 
     def __repr__(self):
         return f"Route({self.name!r}, {self.kind}, vhost={self.virtual_host!r})"
+
+    def allows_upgrade(self, upgrade: str, hcm_types) -> bool:
+        """Envoy's createUpgradeFilterChain: the route's own word on this upgrade type, else
+        whether the connection manager enables it."""
+        allowed = self.upgrades.get(upgrade)
+        return upgrade in hcm_types if allowed is None else allowed
 
     # --- matching -------------------------------------------------------------------------
 

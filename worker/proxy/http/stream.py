@@ -262,9 +262,6 @@ class Stream:
                 self.close_connection = request.version != "2"
                 self.local_reply(400, "missing host header", "missing_host_header")
                 return
-        if self.upgrade and self.upgrade not in hcm.upgrade_types:
-            self.local_reply(403, "", "upgrade_failed")
-            return
         if self.expect_continue and request.version != "2":
             self.conn.codec.send_head(self.id, Response(100, Headers()), False)
         self._mutate_request_headers()
@@ -281,7 +278,12 @@ class Stream:
             via = request.headers.get("via")
             request.headers.set("via", f"{via}, {hcm.via}" if via else hcm.via)
         table = hcm.routes
-        route = self.route = table.route(request) if table is not None else None
+        route = table.route(request) if table is not None else None
+        if self.upgrade and not (route.allows_upgrade(self.upgrade, hcm.upgrade_types)
+                                 if route is not None else self.upgrade in hcm.upgrade_types):
+            self.local_reply(403, "", "upgrade_failed")     # (no route: no route headers)
+            return
+        self.route = route
         if route is not None:
             self.info.route_name = route.name
             if route.idle_timeout_set:
