@@ -13,6 +13,7 @@ from .differential.client import one
 from .differential.compare import differential, header, observe, upstream_header
 from .differential.addresses import closed_port
 from .differential.proxies import ProxyPair, Recorder
+from ..istio_routes import ISTIO_RETRY, ISTIO_TIMEOUTS
 from ..waiting import wait_until
 
 RESET_BEFORE_HEADERS = "upstream connect error or disconnect/reset before headers. reset reason: "
@@ -34,14 +35,6 @@ def route(prefix: str, cluster_name: str = "a", **action) -> dict:
 
 # What istiod (1.22) puts on every outbound route (issue 14), on its own virtual host.
 ISTIO_HOST = "istio.test"
-ISTIO_RETRY = {"retry_on": "connect-failure,refused-stream,unavailable,cancelled,"
-                           "retriable-status-codes",
-               "num_retries": 2, "retriable_status_codes": [503],
-               "retry_host_predicate": [{
-                   "name": "envoy.retry_host_predicates.previous_hosts",
-                   "typed_config": {"@type": "type.googleapis.com/envoy.extensions.retry.host."
-                                             "previous_hosts.v3.PreviousHostsPredicate"}}],
-               "host_selection_retry_max_attempts": "5"}
 ISTIO_VHOST = {
     "name": "istio", "domains": [ISTIO_HOST],
     "include_request_attempt_count": True, "include_attempt_count_in_response": True,
@@ -53,8 +46,7 @@ ISTIO_VHOST = {
             "max_stream_duration": "0s", "grpc_timeout_header_max": "0s"}),
         route("/duration", max_stream_duration={"max_stream_duration": "0.3s"}),
         route("/down", "down", retry_policy=ISTIO_RETRY),
-        route("/", retry_policy=ISTIO_RETRY, timeout="0s", max_grpc_timeout="0s",
-              max_stream_duration={"max_stream_duration": "0s", "grpc_timeout_header_max": "0s"}),
+        route("/", retry_policy=ISTIO_RETRY, **ISTIO_TIMEOUTS),
     ]}
 # A connection manager with max_stream_duration, and a route that turns it off.
 DURATION_ROUTES = {"name": "duration", "virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [
@@ -169,18 +161,7 @@ TIMER_SLACK = 0.010
 
 def timed(pair, case: str, path: str, headers, low: float, high: float, expect):
     """A case whose elapsed time must fall in [low, high) seconds; both proxies must agree."""
-    def run(target):
-        resp = one(target.port, "GET", path, [("host", "diff.test"), *headers, ("x-test-key", target.key(case))])
-        obs = observe(resp, target)
-        # Envoy's timers run on a clock its event loop caches per iteration, so under load
-        # it answers a timeout up to a few ms early by the client's clock: 10 ms of slack.
-        obs["elapsed_in_range"] = low - TIMER_SLACK <= resp.elapsed < high or resp.elapsed
-        return obs
-
-    def check(obs):
-        assert obs["elapsed_in_range"] is True, f"took {obs['elapsed_in_range']:.3f}s, wanted [{low}, {high})"
-        expect(obs)
-    differential(pair, run, check)
+    timed_on(pair, case, "resilience", path, headers, low, high, expect)
 
 
 def test_route_timeout_504(pair):
@@ -339,6 +320,8 @@ def timed_on(pair, case: str, listener: str, path: str, headers, low: float, hig
         resp = one(target.ports[listener], "GET", path,
                    [("host", host), *headers, ("x-test-key", target.key(case))])
         obs = observe(resp, target)
+        # Envoy's timers run on a clock its event loop caches per iteration, so under load
+        # it answers a timeout up to a few ms early by the client's clock: 10 ms of slack.
         obs["elapsed_in_range"] = low - TIMER_SLACK <= resp.elapsed < high or resp.elapsed
         return obs
 

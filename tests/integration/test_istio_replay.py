@@ -19,13 +19,10 @@ import pytest
 from baton.xds import protos
 from ..waiting import wait_until
 from ..xds_support.control_plane import CLUSTER, ENDPOINT, LISTENER, ROUTE
-from .test_xds import plane, start_baton  # noqa: F401 - the control plane fixture
+from .test_xds import HCM, ROUTER, plane, start_baton  # noqa: F401 - plane: a fixture
 
 REPO = Path(__file__).resolve().parents[2]
 DUMPS = Path(os.environ.get("ISTIO_DUMPS") or REPO.parent / "shared" / "istio-dumps")
-HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
-ROUTER = {"name": "envoy.filters.http.router", "typed_config": {
-    "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}
 FIRST_PORT = 21000          # virtual listeners bind nothing: these ports stay free
 
 

@@ -11,22 +11,11 @@ from baton.worker.codecs.message import Headers, Request, Response
 from baton.worker.proxy.http.router import (RetryState, grpc_timeout_header, route_timeout,
                                             set_grpc_timeout, stream_duration)
 from baton.worker.proxy.http.routing import RouteTable
+from tests.istio_routes import ISTIO_RETRY, ISTIO_TIMEOUTS
 from tests.unit.test_http_config import ROUTER, ok_rc, rc, refused, route, translate_hcm
 
 # A route as istiod 1.22 sends it (sidecar-istio-1.22.3-multiparty-lb-app1, outbound).
-ISTIO_RETRY = {"retry_on": "connect-failure,refused-stream,unavailable,cancelled,"
-                           "retriable-status-codes",
-               "num_retries": 2, "retriable_status_codes": [503],
-               "retry_host_predicate": [{
-                   "name": "envoy.retry_host_predicates.previous_hosts",
-                   "typed_config": {"@type": "type.googleapis.com/envoy.extensions.retry.host."
-                                             "previous_hosts.v3.PreviousHostsPredicate"}}],
-               "host_selection_retry_max_attempts": "5"}
-ISTIO_ACTION = {"cluster": "c1", "timeout": "0s", "retry_policy": ISTIO_RETRY,
-                "max_stream_duration": {"max_stream_duration": "0s",
-                                        "grpc_timeout_header_max": "0s"},
-                "max_grpc_timeout": "0s"}
-
+ISTIO_ACTION = {"cluster": "c1", "retry_policy": ISTIO_RETRY, **ISTIO_TIMEOUTS}
 
 def istio_rc(**action):
     """A route config of one route: ISTIO_ACTION with `action` over it (None: field unset)."""
