@@ -9,7 +9,7 @@ import pytest
 
 from .differential.bootstraps import bootstrap, cluster, http_listener
 from .differential.cases import Case, run_case
-from .differential.client import one
+from .differential.client import curl, one
 from .differential.compare import differential, header, observe, upstream_header
 from .differential.addresses import closed_port
 from .differential.proxies import ProxyPair, Recorder
@@ -365,3 +365,15 @@ def test_connection_manager_max_stream_duration(pair):
 def test_a_route_turns_the_connection_managers_duration_off(pair):
     timed_on(pair, "hcm-duration-off", "duration", "/no-limit", [("x-test-delay-ms", "600")],
              0.6, 2.0, upstream_answered(200, 1))
+
+
+def test_grpc_local_reply_over_http2(pair):
+    # The same trailers-only answer on an HTTP/2 connection (curl, prior knowledge): a HEADERS
+    # frame that ends the stream.
+    def run(target):
+        resp = curl(target.port, "/grpc-timeout", "-H", f"host: {ISTIO_HOST}",
+                    "-H", "content-type: application/grpc", "-H", "grpc-timeout: 300m",
+                    "-H", "x-test-delay-ms: 2000",
+                    "-H", f"x-test-key: {target.key('grpc-timeout-h2')}", http2=True)
+        return observe(resp, target)
+    differential(pair, run, grpc_local("14", "upstream request timeout"))
