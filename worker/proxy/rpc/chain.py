@@ -45,7 +45,10 @@ class RpcChain:
                                   limit["fill_interval"]) if limit else None
 
     def counters(self):
-        return [self.stat[name] for name in COUNTERS]
+        """The counters shown from the start (at 0): request_rate_limited only where a rate
+        limit is configured, so a Dubbo chain shows exactly Envoy's names (and the timeout's)."""
+        return [self.stat[name] for name in COUNTERS
+                if name != "request_rate_limited" or self.bucket is not None]
 
     def gauges(self):
         return [self.stat[name] for name in GAUGES]
