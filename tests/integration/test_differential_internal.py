@@ -80,6 +80,16 @@ CASES = [
     Case("internal-x-envoy-retry-on", "/", [("x-test-status", "503"), ("x-test-fail-first", "1"),
                                             ("x-envoy-retry-on", "5xx"), ("x-envoy-max-retries", "1")],
          expect=retried),
+    # gRPC conditions come in x-envoy-retry-grpc-on (a trailers-only grpc-status 14 each time:
+    # one retry, the second answer stands); x-envoy-retry-on does not take them.
+    Case("internal-x-envoy-retry-grpc-on", "/", [("x-test-response-header", "grpc-status: 14"),
+                                                 ("x-envoy-retry-grpc-on", "unavailable"),
+                                                 ("x-envoy-max-retries", "1")],
+         expect=retried),
+    Case("internal-grpc-condition-in-x-envoy-retry-on", "/",
+         [("x-test-response-header", "grpc-status: 14"), ("x-envoy-retry-on", "unavailable"),
+          ("x-envoy-max-retries", "1")],
+         expect=lambda obs: check(obs["upstream"]["attempt"] == 1, obs)),
 ]
 
 

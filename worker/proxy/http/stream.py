@@ -20,7 +20,7 @@ from ...codecs.message import Headers, Response
 from . import grpc_reply, path_normalize
 from . import xfcc
 from .filter import Delay, LocalReply
-from .router import Router, route_timeout, set_grpc_timeout
+from .router import GRPC_RETRY_ON, Router, route_timeout, set_grpc_timeout
 from .stream_info import StreamInfo
 
 log = logging.getLogger("baton.http")
@@ -689,7 +689,7 @@ class HeaderRetryPolicy:
 
 
 _CONTROL_HEADERS = ("x-envoy-retry-on", "x-envoy-max-retries", "x-envoy-upstream-rq-timeout-ms",
-                    "x-envoy-upstream-rq-per-try-timeout-ms")
+                    "x-envoy-upstream-rq-per-try-timeout-ms", "x-envoy-retry-grpc-on")
 _CONTROL_SET = frozenset(_CONTROL_HEADERS)
 
 
@@ -706,7 +706,12 @@ def route_controls(route, headers, timeout):
     ms = _int(values["x-envoy-upstream-rq-timeout-ms"])
     if ms is not None:
         timeout = ms / 1000 or None
-    retry_on = {v.strip() for v in (values["x-envoy-retry-on"] or "").split(",") if v.strip()}
+    # Envoy reads the HTTP conditions from x-envoy-retry-on and the gRPC ones from
+    # x-envoy-retry-grpc-on, each ignoring the other's names.
+    retry_on = {v.strip() for v in (values["x-envoy-retry-on"] or "").split(",")
+                if v.strip() and v.strip() not in GRPC_RETRY_ON}
+    retry_on |= {v.strip() for v in (values["x-envoy-retry-grpc-on"] or "").split(",")
+                 if v.strip() in GRPC_RETRY_ON}
     max_retries = _int(values["x-envoy-max-retries"])
     per_try_ms = _int(values["x-envoy-upstream-rq-per-try-timeout-ms"])
     if retry_on or (retry is not None and (max_retries is not None or per_try_ms is not None)):
