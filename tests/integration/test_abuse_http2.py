@@ -161,6 +161,20 @@ def test_empty_continuation_flood_is_closed(proxy):
     assert counted(proxy, "http2.inbound_empty_frames_flood", before) == connections
 
 
+def test_settings_frames_changing_every_window_do_not_stall_the_worker(proxy):
+    # Each frame's 2,730 entries once walked the 1,000 streams each (270 ms a frame, 64
+    # frames a turn: the bystander's 2 s timeouts); now the streams once per frame, and the
+    # frame counts against the turn's budget by the streams it walks.
+    worker = psutil.Process(proxy.baton.worker_pids()[0])
+    cpu = worker.cpu_times()
+    outcomes, damage = under_attack(
+        proxy, lambda: h2_abuse.settings_window_flood(proxy.http_port, streams=1000, frames=200))
+    assert_unharmed(damage)
+    frames = sum(o.frames for o in outcomes)
+    spent = sum(worker.cpu_times()[:2]) - sum(cpu[:2])
+    assert spent < frames * 0.01, (spent, frames)       # ~1 ms a frame; it was 270 ms
+
+
 def test_window_update_flood_is_closed(proxy):
     before = proxy.baton.stats()
     outcomes, damage = under_attack(

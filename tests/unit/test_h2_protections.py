@@ -293,6 +293,63 @@ def test_the_reset_right_behind_the_last_stream_of_a_turn_is_read_in_that_turn()
     assert pings.codec.backlog
 
 
+def data_bytes(data: bytes) -> dict:
+    """Body bytes per stream in what the codec sent, and the streams it ended."""
+    sizes, ended, pos = {}, set(), 0
+    while pos + 9 <= len(data):
+        length_type, flags, stream_id = struct.unpack_from(">LBL", data, pos)
+        if length_type & 0xFF == DATA:
+            sizes[stream_id] = sizes.get(stream_id, 0) + (length_type >> 8)
+            if flags & 0x1:
+                ended.add(stream_id)
+        pos += 9 + (length_type >> 8)
+    return {"sizes": sizes, "ended": ended}
+
+
+def test_what_a_window_opening_sends_is_bounded_per_turn():
+    """A WINDOW_UPDATE that opens the way for every held byte sends at most frames_per_turn
+    full DATA frames' worth in its turn; the rest follows turn by turn (backlog)."""
+    peer = Peer(frames_per_turn=4)                      # 4 x 16 KiB a turn
+    peer.send(frame(SETTINGS, 0, 0, struct.pack(">HL", 0x4, 1 << 20)))
+    for stream_id in (1, 3):
+        peer.send(peer.request(stream_id))
+        peer.codec.send_head(stream_id, Response(200, Headers([])), False)
+        peer.codec.send_body(stream_id, b"x" * 200_000, True)
+    first = data_bytes(peer.codec.data_to_send())       # the connection's 65,535 bytes
+    assert sum(first["sizes"].values()) == 65535
+    peer.send(frame(WINDOW_UPDATE, 0, 0, struct.pack(">L", 1 << 20)))
+    turn = data_bytes(peer.codec.data_to_send())
+    assert 0 < sum(turn["sizes"].values()) <= 4 * 16384 and peer.codec.backlog
+    total, ended, turns = sum(turn["sizes"].values()), set(), 1
+    while peer.codec.backlog:
+        peer.codec.receive_more()
+        turn = data_bytes(peer.codec.data_to_send())
+        assert sum(turn["sizes"].values()) <= 4 * 16384
+        total, ended, turns = total + sum(turn["sizes"].values()), ended | turn["ended"], turns + 1
+    assert total == 400_000 - 65535 and ended == {1, 3} and turns >= 5
+    assert peer.codec.pending(1) == peer.codec.pending(3) == 0
+
+
+def test_a_settings_frame_walks_the_streams_once_whatever_its_entries():
+    """2,730 INITIAL_WINDOW_SIZE entries in one frame, 300 streams: the windows end as the
+    last entry says (walking the streams for each entry held the loop 270 ms with 1,000), and
+    the frame counts one more against the turn's budget per 2 open streams."""
+    peer = Peer(frames_per_turn=64)
+    for i in range(300):
+        peer.send(peer.request(1 + 2 * i, end_stream=False))
+    entries = b"".join(struct.pack(">HL", 0x4, 65535 + (i & 1) * 1000) for i in range(2730))
+    peer.send(frame(SETTINGS, 0, 0, entries) + frame(PING, 0, 0, b"12345678"))
+    assert peer.codec.backlog                           # the PING waits for the next turn
+    peer.codec.send_body(1, b"x" * 70_000, False)
+    assert peer.codec.pending(1) == 70_000 - 65535      # the window is the last entry's
+    overflow = Peer()
+    overflow.send(overflow.request(1, end_stream=False))
+    overflow.send(frame(WINDOW_UPDATE, 0, 1, struct.pack(">L", 2**31 - 1 - 65535)))
+    events = overflow.send(frame(SETTINGS, 0, 0, struct.pack(">HL", 0x4, 65536)
+                                 + struct.pack(">HL", 0x4, 65535)))
+    assert overflow.codec.closed and isinstance(events[-1], ProtocolError)
+
+
 def test_a_partial_frame_after_the_budget_waits_for_more_bytes():
     peer = Peer(frames_per_turn=1)
     data = peer.request(1) + peer.request(3)
