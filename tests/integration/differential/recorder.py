@@ -17,6 +17,7 @@ Request headers steer the answer, so one upstream serves every case:
                                different keys so they never disturb each other
     x-test-fail-first: N       the failure below applies only to the first N requests with key K
                                (without it, it applies to every request)
+    x-test-fail-on: NAME       ... and only on the upstream called NAME (the others answer)
     x-test-status: S           failure = answer status S (the body is still the record)
     x-test-reset: 1 | close    failure = abort the connection without answering: "1" sends a
                                TCP RST (SO_LINGER 0), "close" a FIN
@@ -174,6 +175,7 @@ async def serve(name: str, reader, writer) -> None:
                 attempt = ATTEMPTS[key] = ATTEMPTS.get(key, 0) + 1
             fail_first = first(headers, "x-test-fail-first")
             failing = fail_first is None or attempt <= int(fail_first)
+            failing = failing and first(headers, "x-test-fail-on") in (None, name)
             status = 200
             if failing:
                 delay = first(headers, "x-test-delay-ms")
