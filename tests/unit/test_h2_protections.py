@@ -350,6 +350,26 @@ def test_a_settings_frame_walks_the_streams_once_whatever_its_entries():
     assert overflow.codec.closed and isinstance(events[-1], ProtocolError)
 
 
+def test_a_header_block_of_many_fields_is_alone_in_its_turn():
+    """HPACK decodes ~5 us a field: a request of 2,000 fields (431, the connection lives on)
+    costs a turn of its own, whatever the turn's budget had left."""
+    peer = Peer(frames_per_turn=64)
+    fields = GOOD + [(b"x-%d" % i, b"v" * 10) for i in range(2000)]      # ~90 KiB: 431
+    data = b""
+    for stream_id in (1, 3):
+        block = peer.encoder.encode(fields)
+        chunks = [block[i:i + 16384] for i in range(0, len(block), 16384)]
+        data += frame(HEADERS, 0x1, stream_id, chunks[0]) + b"".join(
+            frame(CONTINUATION, 0x4 if i == len(chunks) - 1 else 0, stream_id, chunk)
+            for i, chunk in enumerate(chunks[1:], 1))
+    events = peer.send(data)
+    assert [(e.stream_id, e.status) for e in events] == [(1, 431)] and peer.codec.backlog
+    assert [e.stream_id for e in peer.codec.receive_more()] == [3]
+    small = Peer(frames_per_turn=64)                    # ordinary requests: HEADERS_COST only
+    events = small.send(b"".join(small.request(1 + 2 * i) for i in range(10)))
+    assert len(events) == 10 and not small.codec.backlog
+
+
 def test_a_partial_frame_after_the_budget_waits_for_more_bytes():
     peer = Peer(frames_per_turn=1)
     data = peer.request(1) + peer.request(3)

@@ -32,7 +32,9 @@ Rules of this file:
   receive_more() (`backlog`), so that the manager can let other connections run between
   (one more only for an RST_STREAM right behind the HEADERS of its stream: reset in the same
   turn, the stream costs no upstream request; see _receive). A SETTINGS frame counts one
-  more per 2 open streams (a window change walks them all, ~0.35 us each, half a PING). What window openings send is
+  more per 2 open streams (a window change walks them all, ~0.35 us each, half a PING), a
+  header block one more per 4 fields past 32 (HPACK decodes ~5 us a field; a block of
+  thousands stays alone in its turn, though that one turn may still take tens of ms). What window openings send is
   bounded too: at most frames_per_turn full DATA frames' bytes per turn, the rest on the next
   (`_flush_later`, reported as a backlog). A
   HEADERS frame counts as HEADERS_COST frames: it opens a stream that the manager routes and
@@ -114,6 +116,7 @@ _DEFAULT_WINDOW = 65535
 _DEFAULT_FRAME_SIZE = 16384
 _DRAIN_PING = b"baton\x00gw"
 HEADERS_COST = 6        # frames_per_turn units of a HEADERS frame (see the rules above)
+_DECODE_FREE_FIELDS = 32    # fields a header block decodes within HEADERS_COST; each 4 more: 1
 _UNBOUNDED = 1 << 62    # the turn budget without frames_per_turn
 # Decoded header blocks kept per connection, and the largest kept (block bytes, decoded bytes):
 # at most about 64 * 4 KiB * 2 (fields and their analysis) per connection.
@@ -285,7 +288,7 @@ class LeanHttp2ServerCodec:
                  "_frames_per_turn", "_backlog", "_stream_error_on_invalid", "_clock",
                  "_track_resets", "_turn_time",
                  "_table_gen", "_header_cache", "_events", "_hold_new", "_flush_bytes",
-                 "_flush_budget", "_flush_later")
+                 "_flush_budget", "_flush_later", "_decode_cost")
     multiplexed = True      # streams interleave: a fault ends one stream; draining is GOAWAY
 
     def __init__(self, *, max_header_bytes: int = 60 * 1024, max_headers: int = 100,
@@ -356,6 +359,7 @@ class LeanHttp2ServerCodec:
             else _UNBOUNDED
         self._flush_budget = _UNBOUNDED
         self._flush_later = False
+        self._decode_cost = 0                    # budget units of the last block decoded
 
     # -- interface ---------------------------------------------------------------------------
 
@@ -850,6 +854,9 @@ class LeanHttp2ServerCodec:
                 handler(self, flags, stream_id, payload)
                 if self._dead:
                     return
+                if kind == HEADERS or kind == CONTINUATION:
+                    budget -= self._decode_cost
+                    self._decode_cost = 0
         if pos == size:
             self._buf = bytearray()
         elif data is buf:
@@ -971,6 +978,10 @@ class LeanHttp2ServerCodec:
             raise _ConnError(ENHANCE_YOUR_CALM, str(exc)) from None
         except HPACKError as exc:
             raise _ConnError(COMPRESSION_ERROR, str(exc) or type(exc).__name__) from None
+        if len(fields) > _DECODE_FREE_FIELDS:
+            # HPACK decodes ~5 us a field here: a block of thousands (up to the hard cap) is
+            # alone in its turn.
+            self._decode_cost = (len(fields) - _DECODE_FREE_FIELDS) >> 2
         entry = [self._table_gen, fields, None]
         if count == len(entries) and first is (entries[0] if entries else None) and \
                 maxsize == table.maxsize:
