@@ -240,6 +240,36 @@ def settings_window_flood(port: int, streams: int = 1000, frames: int = 2000, ba
                   frames, 1, batch, deadline_s)
 
 
+def header_block_flood(port: int, requests: int = 200, fields: int = 5000, batch: int = 8,
+                       deadline_s: float = 20.0) -> Outcome:
+    """Requests of `fields` header fields each (about 190 KB decoded, over the 60 KiB limit:
+    each is answered 431 and the connection lives on), `batch` per write, as HEADERS and
+    CONTINUATION frames; literals without indexing, so the same block serves every stream."""
+    out = Outcome("header blocks of many fields", connections=1)
+    start = time.monotonic()
+    block = request_block("/direct") + b"".join(
+        b"\x00" + bytes((len(name),)) + name + b"\x01v"
+        for name in (b"x-%d" % i for i in range(fields)))
+    chunks = [block[i:i + 16384] for i in range(0, len(block), 16384)]
+    sock = _connect(port, timeout=deadline_s)
+    alive = _send(sock, PREFACE + frame(SETTINGS, 0, 0))
+    stream_id = 1
+    while alive and out.frames < requests and time.monotonic() - start < deadline_s:
+        data = bytearray()
+        for _ in range(batch):
+            data += frame(HEADERS, END_STREAM, stream_id, chunks[0])
+            for i, chunk in enumerate(chunks[1:], 1):
+                data += frame(CONTINUATION, END_HEADERS if i == len(chunks) - 1 else 0,
+                              stream_id, chunk)
+            stream_id += 2
+        alive = _send(sock, bytes(data)) and _drain(sock)
+        out.frames += batch
+    out.closed = int(not alive or _closed_soon(sock, 2.0))
+    sock.close()
+    out.seconds = time.monotonic() - start
+    return out
+
+
 def response_flood(port: int, streams: int = 200_000, batch: int = 500,
                    deadline_s: float = 20.0) -> Outcome:
     """A client that opens every window wide, asks for response after response (GET /direct,
