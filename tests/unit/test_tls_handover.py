@@ -163,3 +163,20 @@ def test_rsa_key_exchange_gcm_suites_are_handed_over(suite):
     peer.obj.write(b"and back")
     assert layer.receive_data(peer.take()) == b"and back"
     keylog.close()
+
+
+def test_a_server_handover_opens_only_its_tickets_and_the_clients_finished(monkeypatch):
+    """The tickets of the server's last flight are opened where they start (no probes of the
+    handshake-key records before them); the sequence numbers are the ones a scan finds."""
+    from baton.worker.tls import protection
+    hs, keylog, peer = baton_server("ecdsa")
+    opened = []
+    real_open = protection.Tls13Protection.open
+    monkeypatch.setattr(protection.Tls13Protection, "open",
+                        lambda self, header, fragment: opened.append(1) or real_open(self, header, fragment))
+    layer = hs.handover()
+    assert len(opened) == 3                          # 2 NewSessionTickets + the client's Finished
+    assert (layer.write.seq, layer.read.seq) == (2, 0)
+    peer.feed(layer.send_data(b"counted right"))
+    assert peer.read_all() == b"counted right"
+    keylog.close()
