@@ -27,6 +27,8 @@ LOCAL_RATELIMIT = "envoy.filters.http.local_ratelimit"
 _ROUTER_TYPE = "envoy.extensions.filters.http.router.v3.Router"
 _FAULT_TYPE = "envoy.extensions.filters.http.fault.v3.HTTPFault"
 _LOCAL_RATELIMIT_TYPE = "envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit"
+RBAC = "envoy.filters.http.rbac"
+RBAC_TYPE = "envoy.extensions.filters.http.rbac.v3.RBAC"
 _TYPED_STRUCTS = ("xds.type.v3.TypedStruct", "udpa.type.v1.TypedStruct")
 _FILE_LOG_TYPE = "envoy.extensions.access_loggers.file.v3.FileAccessLog"
 _STDOUT_LOG_TYPE = "envoy.extensions.access_loggers.stream.v3.StdoutAccessLog"
@@ -67,7 +69,7 @@ def translate_http_filters(filters_pb_list, path, errors, warnings=None):
         return [{"name": ROUTER, "config": _router_defaults()}]
     from .http_filters_istio import TRANSLATORS as ISTIO_TRANSLATORS
     translators = {_ROUTER_TYPE: _router, _FAULT_TYPE: _fault,
-                   _LOCAL_RATELIMIT_TYPE: _local_ratelimit, **ISTIO_TRANSLATORS}
+                   _LOCAL_RATELIMIT_TYPE: _local_ratelimit, RBAC_TYPE: _rbac, **ISTIO_TRANSLATORS}
     result = []
     last = len(filters_pb_list) - 1
     user_filters = None
@@ -116,6 +118,8 @@ def translate_http_filters(filters_pb_list, path, errors, warnings=None):
             continue
         if name is None:
             continue
+        if name == RBAC:        # its per-route config is found by this name
+            config["filter_name"] = pb.name
         if pb.disabled and not is_router:
             # Envoy runs a disabled filter only where a route's typed_per_filter_config
             # enables it; Baton has no per-route filter config, so it never runs.
@@ -209,6 +213,13 @@ def _fault(pb, path, errors, warnings):
         "max_active_faults": pb.max_active_faults.value if pb.HasField("max_active_faults")
         else None,
         "disable_downstream_cluster_stats": pb.disable_downstream_cluster_stats}
+
+
+def _rbac(pb, path, errors, warnings):
+    """RBAC -> xds/rbac.py's config (worker/proxy/http/rbac.py)."""
+    from .rbac import translate_http_rbac
+    config = translate_http_rbac(pb, path, errors, warnings)
+    return (RBAC, config) if config is not None else (None, None)
 
 
 def translate_header_matcher(pb, path, errors):

@@ -45,6 +45,7 @@ GRPC_STATS = "envoy.filters.http.grpc_stats"
 CORS_TYPE = "envoy.extensions.filters.http.cors.v3.Cors"
 CORS_POLICY_TYPE = "envoy.extensions.filters.http.cors.v3.CorsPolicy"
 GRPC_STATS_TYPE = "envoy.extensions.filters.http.grpc_stats.v3.FilterConfig"
+RBAC_PER_ROUTE_TYPE = "envoy.extensions.filters.http.rbac.v3.RBACPerRoute"
 
 
 def _warn(warnings, path, text):
@@ -170,16 +171,26 @@ TYPED_STRUCT_TRANSLATORS = {PEER_METADATA: _peer_metadata, WASM_HTTP_TYPE: _wasm
 # --- per-route config ------------------------------------------------------------------------
 
 def translate_per_filter_config(config_map, path, errors, warnings=None):
-    """typed_per_filter_config (filter name -> Any) -> {filter name: config}; only CORS has
-    per-route settings in Baton."""
+    """typed_per_filter_config (filter name -> Any) -> {filter name: config}; CORS (under
+    its canonical name) and RBAC (under the name given, xds/rbac.py) have per-route settings
+    in Baton."""
     result = {}
     for name in sorted(config_map):
         here = f"{path}[{name}]"
         any_pb = config_map[name]
         type_name = protos.type_name(any_pb.type_url)
+        if type_name == RBAC_PER_ROUTE_TYPE:
+            from .rbac import translate_rbac_per_route
+            protos.import_type(type_name)
+            per_route = protos.message_class(type_name)()
+            any_pb.Unpack(per_route)
+            config = translate_rbac_per_route(per_route, here, errors, warnings)
+            if config is not None:
+                result[name] = config
+            continue
         if type_name != CORS_POLICY_TYPE:
             errors.append(f"{here}: {type_name or 'an empty config'} not supported (per-route "
-                          f"config: {CORS_POLICY_TYPE})")
+                          f"config: {CORS_POLICY_TYPE}, {RBAC_PER_ROUTE_TYPE})")
             continue
         protos.import_type(type_name)
         policy = protos.message_class(type_name)()

@@ -195,6 +195,32 @@ def _wasm(value, path, errors, warnings, chain_pb, name):
     return None
 
 
+def _network_rbac(value, path, errors, warnings, chain_pb, name):
+    """envoy.filters.network.rbac: evaluated when a tcp_proxy connection starts
+    (worker/proxy/rbac_network.py); on a chain that ends in another filter it is refused."""
+    from .rbac import translate_network_rbac
+    last = chain_pb.filters[len(chain_pb.filters) - 1]
+    if protos.type_name(last.typed_config.type_url) != protos.TCP_PROXY_TYPE:
+        errors.append(f"{path}: network RBAC runs on tcp_proxy chains only in Baton (this "
+                      f"chain ends in {last.name})")
+        return None
+    if isinstance(value, dict):
+        errors.append(f"{path}: network RBAC in a TypedStruct not supported")
+        return None
+    protos.import_type(NETWORK_RBAC)
+    msg = protos.message_class(NETWORK_RBAC)()
+    value.Unpack(msg)
+    config = translate_network_rbac(msg, path, errors)
+    if config is None:
+        return None
+    if config["delay_deny"] and warnings is not None:
+        warnings.append(f"{join(path, 'delay_deny')}: not applied (a denied connection is "
+                        "closed at once)")
+    return {"name": name, "type": "envoy.filters.network.rbac", **config}
+
+
+NETWORK_RBAC = "envoy.extensions.filters.network.rbac.v3.RBAC"
+NON_TERMINAL[NETWORK_RBAC] = _network_rbac
 NON_TERMINAL[STATS_PLUGIN] = _istio_stats
 NON_TERMINAL["envoy.extensions.filters.network.wasm.v3.Wasm"] = _wasm
 NON_TERMINAL[METADATA_EXCHANGE] = _metadata_exchange

@@ -62,9 +62,9 @@ def test_istio_filters_before_the_terminal_one_are_accepted_in_order():
      "TcpProxy must be the last filter in a filter chain"),
     ([STATS], "l.filter_chains[0].filters[0]: non-terminal filter named istio.stats of type "
      "stats.PluginConfig is the last filter in a filter chain"),
-    ([{"name": "rbac", "typed_config": {"@type": T + "envoy.extensions.filters.network.rbac.v3.RBAC",
-                                        "stat_prefix": "x"}}, TCP],
-     "l.filter_chains[0].filters[0].typed_config: envoy.extensions.filters.network.rbac.v3.RBAC "
+    ([{"name": "authz", "typed_config": {
+        "@type": T + "envoy.extensions.filters.network.ext_authz.v3.ExtAuthz", "stat_prefix": "x"}}, TCP],
+     "l.filter_chains[0].filters[0].typed_config: envoy.extensions.filters.network.ext_authz.v3.ExtAuthz "
      "not supported"),
     ([{"name": "x", "typed_config": {"@type": T + "udpa.type.v1.TypedStruct",
                                      "type_url": T + "io.istio.network.authn.Config",

@@ -28,6 +28,7 @@ import struct
 import time
 
 from ..connection import Connection, Export, Lifecycle, Move, register
+from . import rbac_network
 from .istio import tcp_stats as istio_tcp_stats
 from .lb import Host
 
@@ -248,6 +249,9 @@ class TcpProxyConnection(Connection):
             counters[self.listener.stat_cx_total] += 1
             self.stats.gauges[self.listener.stat_cx_active] += 1
         counters[self.chain.cx_total] += 1
+        if self.chain.spec.get("network_filters") and not rbac_network.allows(self):
+            self.close()                    # Istio's AuthorizationPolicy denied it
+            return
         self.cluster = self._choose_cluster()
         if self.cluster is None:
             counters[self.chain.no_route] += 1
