@@ -15,7 +15,8 @@ ALLOWED_HTTP_FILTERS: dict = {
     "envoy.extensions.filters.network.http_connection_manager.v3.HttpFilter": {
         # disabled: the translator drops the filter (Baton has no per-route filter config
         # that could enable it again); is_optional: an unknown type is skipped.
-        "name": WALK, "typed_config": SKIP, "is_optional": WALK, "disabled": WALK},
+        "name": WALK, "typed_config": SKIP, "is_optional": WALK, "disabled": WALK,
+        "config_discovery": SKIP},                  # xds/ecds.py
     "envoy.extensions.filters.http.router.v3.Router": {
         "suppress_envoy_headers": WALK,
         "dynamic_stats": WALK,       # stats only

@@ -79,11 +79,17 @@ def translate_http_filters(filters_pb_list, path, errors, warnings=None):
         config_path = join(here, "typed_config")
         if not pb.name:
             errors.append(f"{join(here, 'name')}: required")
-        if not pb.HasField("typed_config"):
-            if not pb.HasField("config_discovery"):   # that one is already "not supported"
-                errors.append(f"{config_path}: required")
+        typed_config = pb.typed_config
+        if pb.HasField("config_discovery"):
+            from .ecds import default_config_of
+            typed_config = default_config_of(pb, here, errors, warnings)
+            if typed_config is None:
+                continue
+            config_path = join(here, "config_discovery.default_config")
+        elif not pb.HasField("typed_config"):
+            errors.append(f"{config_path}: required")
             continue
-        type_name = protos.type_name(pb.typed_config.type_url)
+        type_name = protos.type_name(typed_config.type_url)
         is_router = type_name == _ROUTER_TYPE
         if is_router and i != last:
             errors.append(f"{here}: terminal filter named {pb.name} of type {ROUTER} must be "
@@ -94,9 +100,9 @@ def translate_http_filters(filters_pb_list, path, errors, warnings=None):
                           f"{ROUTER})")
         if type_name in translators:
             name, config = translators[type_name](
-                _unpack(pb.typed_config, type_name), config_path, errors, warnings)
+                _unpack(typed_config, type_name), config_path, errors, warnings)
         elif type_name in _TYPED_STRUCTS:
-            struct = _unpack(pb.typed_config, type_name)
+            struct = _unpack(typed_config, type_name)
             istio = _istio_typed_struct(struct)
             if istio is not None:
                 value = protos.json_format.MessageToDict(struct.value) \

@@ -3,7 +3,7 @@ DENY policy (403 "RBAC: access denied", response code details naming the policy,
 an ALLOW policy on a header and the method, a route whose RBACPerRoute turns the rules off,
 dry-run shadow rules counted only, and the counters. Network: a tcp_proxy chain behind
 Istio's deny-everything rules (an ALLOW without policies) is closed, one that allows goes
-through."""
+through. ECDS: a filter given by config_discovery runs with its default_config."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 
 from ..waiting import wait_until
 
-from .differential.bootstraps import HCM_TYPE, address, bootstrap, cluster, http_listener
+from .differential.bootstraps import address, bootstrap, cluster, http_listener
 from .differential.client import one
 from .differential.compare import differential, each_proxy, observe
 from .differential.proxies import PROXIES, ProxyPair, Recorder
@@ -42,6 +42,25 @@ FILTERS = [
                                                          "rules_stat_prefix": "r_"}}]
 
 
+def closed_port() -> int:
+    with socket.socket() as sock:      # bound, never listening: connections are refused
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+# The filter as ECDS would deliver it, run with its default (xds/ecds.py): deny /admin.
+ECDS_FILTER = {"name": "extenstions.istio.io/wasmplugin/default.authz", "config_discovery": {
+    "config_source": {"ads": {}}, "apply_default_config_without_warming": True,
+    "default_config": {"@type": RBAC, "rules": DENY_ADMIN},
+    "type_urls": [T + "envoy.extensions.filters.http.wasm.v3.Wasm", RBAC]}}
+
+
+XDS_CLUSTER = cluster("xds", [closed_port()], typed_extension_protocol_options={
+    "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+        "@type": T + "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+        "explicit_http_config": {"http2_protocol_options": {}}}})
+
+
 def tcp_listener(name, port, rules, cluster_name="a"):
     return {"name": name, "address": address(port), "filter_chains": [{"filters": [
         {"name": "envoy.filters.network.rbac", "typed_config": {
@@ -57,13 +76,19 @@ def rbac_bootstrap(upstreams):
         {"match": {"prefix": "/"}, "route": {"cluster": "a"}}]}]}
 
     def template(ports, admin):
-        return bootstrap(admin, [
+        config = bootstrap(admin, [
             http_listener("rbac", ports["rbac"], route_config, http_filters=FILTERS),
+            http_listener("ecds", ports["ecds"], route_config, http_filters=[ECDS_FILTER]),
             tcp_listener("tcpdeny", ports["tcpdeny"], {}),
             tcp_listener("tcpallow", ports["tcpallow"], {"policies": {"loopback": {
                 "permissions": [{"any": True}],
                 "principals": [{"direct_remote_ip": {"address_prefix": "127.0.0.0", "prefix_len": 8}}]}}})],
-            [cluster("a", [upstreams["a"]])])
+            [cluster("a", [upstreams["a"]]), XDS_CLUSTER])
+        # `ads: {}` needs an ADS stream: one to a port where nothing answers (the ECDS
+        # resource never comes; the default_config serves).
+        return {"node": {"id": "rbac", "cluster": "rbac"}, **config, "dynamic_resources": {
+            "ads_config": {"api_type": "GRPC", "transport_api_version": "V3",
+                           "grpc_services": [{"envoy_grpc": {"cluster_name": "xds"}}]}}}
     return template
 
 
@@ -77,15 +102,15 @@ def recorder():
 @pytest.fixture(scope="module")
 def pair(recorder, tmp_path_factory):
     p = ProxyPair(tmp_path_factory.mktemp("diff-rbac"), rbac_bootstrap(recorder.ports),
-                  ["rbac", "tcpdeny", "tcpallow"])
+                  ["rbac", "tcpdeny", "tcpallow", "ecds"])
     yield p
     p.stop()
 
 
-def exchange(recorder, case, method, path, headers=()):
+def exchange(recorder, case, method, path, headers=(), listener="rbac"):
     def run(target):
         key = target.key(case)
-        resp = one(target.ports["rbac"], method, path, [("host", "svc"), *headers, ("x-test-key", key)])
+        resp = one(target.ports[listener], method, path, [("host", "svc"), *headers, ("x-test-key", key)])
         obs = observe(resp, target)
         obs["upstream requests"] = recorder.count(key)
         return obs
@@ -157,3 +182,10 @@ def test_network_rbac_closes_a_denied_connection_and_counts(pair):
         except Exception:
             assert seen() == counts
     each_proxy(pair, check)
+
+
+def test_an_ecds_filter_runs_with_its_default_config(pair, recorder):
+    differential(pair, exchange(recorder, "ecds-admin", "GET", "/admin", listener="ecds"),
+                 lambda obs: obs["status"] == 403 or pytest.fail(str(obs)))
+    differential(pair, exchange(recorder, "ecds-other", "GET", "/other", listener="ecds"),
+                 lambda obs: obs["upstream requests"] == 1 or pytest.fail(str(obs)))
