@@ -26,6 +26,7 @@ import os
 import random
 import signal
 import sys
+import weakref
 
 from ..supervisor.handoff import unix
 from ..supervisor.handoff.channel import Channel
@@ -47,6 +48,7 @@ from .stats import Stats
 log = logging.getLogger("baton.worker")
 
 EXIT_OK = 0
+CHANNEL_FLUSH_TIMEOUT = 2.0   # at exit, for the handoff channels' queued messages together
 EXIT_BOOT_FAILURE = 3        # the master does not respawn a worker that exits with this
 
 
@@ -61,6 +63,9 @@ class Worker:
         # migration.py for the length of a move): a connection that can move in more than
         # one form picks by it (HTTP/1.1 with a response in flight).
         self.handoff_accepts: dict = {}
+        # Every handoff channel to or from another worker (migration.py), so that what they
+        # still hold to send (forwarded responses, "done") leaves before this process exits.
+        self.handoff_channels: weakref.WeakSet = weakref.WeakSet()
         self.migrating = False
         self.generation = generation
         self.loop = asyncio.get_running_loop()
@@ -432,6 +437,10 @@ class Worker:
         self.channel.send({"type": "ready", "worker": self.id, "pid": os.getpid(),
                            "handoff": self.handoff.path})
         code = await self.done
+        # The last connection may have ended with its final forwarded bytes still queued.
+        deadline = self.loop.time() + CHANNEL_FLUSH_TIMEOUT
+        for channel in list(self.handoff_channels):
+            await channel.drained(timeout=max(0.0, deadline - self.loop.time()))
         self.handoff.close()
         # Our counters outlive us: the master adds them to what it reports (Envoy keeps
         # counters across worker restarts and hot restarts too).

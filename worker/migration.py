@@ -73,6 +73,7 @@ class MigrationServer:
         conn, pid = accepted
         channel = Channel(conn, self._on_message, self._on_closed, name=f"handoff from pid {pid}")
         self.versions[channel] = None
+        self.worker.handoff_channels.add(channel)
 
     def _on_closed(self, channel, reason) -> None:
         self.versions.pop(channel, None)
@@ -191,6 +192,8 @@ async def open_handoff(path: str, generation: int, worker=None) -> "Peer":
         if worker is not None:
             _channel_lost(worker, channel)
     channel = Channel(sock, on_message, on_closed, name=f"handoff to {os.path.basename(path)}")
+    if worker is not None:
+        worker.handoff_channels.add(channel)
     reply = await channel.request(protocol.hello(os.getpid(), generation), timeout=protocol.MIGRATE_TIMEOUT)
     try:
         protocol.check(reply)

@@ -52,7 +52,7 @@ def recv_with_fds(sock: socket.socket) -> tuple[bytes, list[int]]:
 
 class Channel:
     __slots__ = ("sock", "loop", "name", "_on_message", "_on_close", "_decoder", "_out",
-                 "_writing", "_pending", "_ids", "closed")
+                 "_writing", "_pending", "_ids", "closed", "__weakref__")
 
     def __init__(self, sock: socket.socket, on_message, on_close=None, name: str = "channel"):
         sock.setblocking(False)

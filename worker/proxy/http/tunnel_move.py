@@ -115,7 +115,8 @@ class MovedTunnel(TcpProxyConnection):
         # out by stream_idle_timeout or the route's idle_timeout), its counter, no tcp_proxy
         # access log (the request's line was written by the worker that served it).
         view = types.SimpleNamespace(index=chain.index, tcp_proxy={"idle_timeout": idle},
-                                     idle_timeout=hcm.stat_rq_idle_timeout, access_logs=None)
+                                     idle_timeout=hcm.stat_rq_idle_timeout, access_logs=None,
+                                     spec={})     # no network filters of its own
         super().__init__(worker, listener, client, peer, conn_id, view)
 
     def _byte_stats(self):
