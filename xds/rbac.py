@@ -153,13 +153,14 @@ def _permission(pb, path, errors):
         return {"server_name": _string(pb.requested_server_name, here, errors)}
     if which == "metadata":
         return {"metadata": _metadata(pb.metadata, here, errors)}
+    return _refused(which, here, errors)
+
+
+def _refused(which, here, errors):
     why = _REFUSED.get(which or "")
     errors.append(f"{here}: " + (f"not supported ({why} are not evaluated by Baton)" if why
                                  else "required" if which is None else "not supported"))
     return {"never": True}
-
-
-PEER_PRINCIPAL_STATE = "io.istio.peer_principal"
 
 
 def _principal(pb, path, errors):
@@ -192,10 +193,7 @@ def _principal(pb, path, errors):
             return {"never": True}
         return {"filter_state": [state.key, _string(state.string_match,
                                                     join(here, "string_match"), errors)]}
-    why = _REFUSED.get(which or "")
-    errors.append(f"{here}: " + (f"not supported ({why} are not evaluated by Baton)" if why
-                                 else "required" if which is None else "not supported"))
-    return {"never": True}
+    return _refused(which, here, errors)
 
 
 def _engines(pb, path, errors):

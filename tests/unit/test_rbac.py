@@ -231,3 +231,22 @@ def test_a_routes_rbac_per_route_replaces_the_filters_rules():
     route_off = SimpleNamespace(per_filter=({}, {"my-rbac": per_filter["other"]}))
     assert f.create(stream(req, route=route_off)) is None      # the vhost's: no rules
     assert f.create(stream(req)).on_request_headers(req, True).status == 403
+
+
+def test_network_rbac_rides_a_tcp_proxy_chain_and_is_refused_before_another_terminal():
+    from tests.unit.test_istio_listeners import TCP, listener
+    network = {"name": "envoy.filters.network.rbac", "typed_config": {
+        "@type": T + "envoy.extensions.filters.network.rbac.v3.RBAC", "stat_prefix": "tcp.",
+        "rules": {}, "shadow_rules_stat_prefix": "istio_dry_run_allow_"}}
+    spec, errors, _ = listener(filter_chains=[{"filters": [network, TCP]}])
+    assert errors == []
+    (entry,) = spec["filter_chains"][0]["network_filters"]
+    assert entry["type"] == "envoy.filters.network.rbac" and entry["stat_prefix"] == "tcp."
+    assert entry["rules"] == {"action": "ALLOW", "policies": []} and entry["shadow_rules"] is None
+    hcm = {"name": "hcm", "typed_config": {
+        "@type": T + "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        "stat_prefix": "in", "route_config": {}, "http_filters": [ROUTER]}}
+    spec, errors, _ = listener(filter_chains=[{"filters": [network, hcm]}])
+    assert spec is None
+    assert errors[0] == ("l.filter_chains[0].filters[0].typed_config: network RBAC runs on tcp_proxy "
+                         "chains only in Baton (this chain ends in hcm)"), errors
