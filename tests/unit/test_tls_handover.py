@@ -114,16 +114,25 @@ def test_hello_retry_request_is_handed_over():
     keylog.close()
 
 
-def test_this_pythons_openssl_writes_the_key_log_to_a_pipe():
-    """The capture route itself (Python 3.11's keylog_filename on OpenSSL 3.0 here): the
-    lines a handover needs arrive through the pipe for both protocol versions."""
+@pytest.mark.parametrize("route", ["callback", "pipe"])
+def test_the_key_log_reaches_baton_by_either_route(route, monkeypatch):
+    """The capture routes themselves (OpenSSL 3.0 here): Baton's own callback through ctypes,
+    and where that is unavailable Python 3.11's keylog_filename writing to a pipe. The lines a
+    handover needs arrive for both protocol versions, and the session is handed over."""
+    from baton.worker.tls import openssl
+    if route == "pipe":
+        monkeypatch.setattr(openssl, "_why_not", "not here")
+        monkeypatch.setattr(openssl, "_checked", True)
     for version, labels in ((TLS13, {"CLIENT_TRAFFIC_SECRET_0", "SERVER_TRAFFIC_SECRET_0"}),
                             (TLS12, {"CLIENT_RANDOM"})):
-        hs, keylog, _peer = baton_server("ecdsa", version)
+        hs, keylog, peer = baton_server("ecdsa", version)
+        assert (keylog._fd >= 0) == (route == "pipe")
         keylog.collect()
         assert len(keylog._sessions) == 1, ssl.OPENSSL_VERSION
         (secrets,) = keylog._sessions.values()
         assert set(secrets) == labels, ssl.OPENSSL_VERSION
+        peer.feed(hs.handover().send_data(b"by " + route.encode()))
+        assert peer.read_all() == b"by " + route.encode()
         keylog.close()
 
 

@@ -1,15 +1,18 @@
 """Learning a handshake's secrets from OpenSSL through Python's `ssl` module.
 
-Python exposes no call that returns a session's traffic secrets or master secret, but
-`SSLContext.keylog_filename` installs OpenSSL's key log callback (SSL_CTX_set_keylog_callback),
-which writes NSS key log lines for every handshake on the context:
+Python exposes no call that returns a session's traffic secrets or master secret, but OpenSSL
+has a key log callback (SSL_CTX_set_keylog_callback), which gives NSS key log lines for every
+handshake on the context:
 
     CLIENT_RANDOM <client_random hex> <master secret hex>                TLS 1.2
     CLIENT_TRAFFIC_SECRET_0 <client_random hex> <secret hex>             TLS 1.3
     SERVER_TRAFFIC_SECRET_0 <client_random hex> <secret hex>             TLS 1.3
     (and *_HANDSHAKE_TRAFFIC_SECRET, EXPORTER_SECRET, which are not kept)
 
-The "file" is /proc/self/fd/N of a pipe's write end, so nothing touches a disk; Python opens
+Baton sets that callback itself through ctypes (openssl.py): each line reaches `_add` inside
+the handshake call that made it, with no file in between. Where those calls are unavailable,
+`SSLContext.keylog_filename` installs Python's own callback, which writes the lines to a file.
+That "file" is /proc/self/fd/N of a pipe's write end, so nothing touches a disk; Python opens
 it itself (append mode, non-inheritable) and the pipe end we created is closed at once. The
 callback runs inside do_handshake(), so once a handshake step returns its lines are in the
 pipe: `collect()` then reads them without blocking. Workers are single-threaded and collect
@@ -27,15 +30,24 @@ import os
 import ssl
 from collections import OrderedDict
 
+from . import openssl
+
 KEPT_LABELS = frozenset((b"CLIENT_RANDOM", b"CLIENT_TRAFFIC_SECRET_0", b"SERVER_TRAFFIC_SECRET_0"))
 F_SETPIPE_SZ = 1031
 PIPE_SIZE = 1 << 20
 
 
 class KeyLog:
-    """The key log of one SSLContext, read from a pipe and indexed by client_random."""
+    """The key log of one SSLContext (from its callback, or read from a pipe), indexed by
+    client_random."""
 
     def __init__(self, context: ssl.SSLContext, max_sessions: int = 4096) -> None:
+        self._fd = -1
+        self._partial = b""
+        self._sessions: OrderedDict[bytes, dict[str, bytes]] = OrderedDict()
+        self._max_sessions = max_sessions
+        if openssl.set_keylog_callback(context, self._add):
+            return
         read_fd, write_fd = os.pipe()
         try:
             try:
@@ -50,12 +62,12 @@ class KeyLog:
         finally:
             os.close(write_fd)              # OpenSSL holds its own open file on the pipe
         self._fd = read_fd
-        self._partial = b""
-        self._sessions: OrderedDict[bytes, dict[str, bytes]] = OrderedDict()
-        self._max_sessions = max_sessions
 
     def collect(self) -> None:
-        """Read every line OpenSSL has written so far."""
+        """Read every line OpenSSL has written so far (the pipe route; with Baton's own
+        callback the lines are already in)."""
+        if self._fd < 0:
+            return
         chunks = [self._partial]
         while True:
             try:
@@ -91,7 +103,8 @@ class KeyLog:
     def close(self) -> None:
         """Only with the context: OpenSSL keeps writing to the pipe for every handshake on the
         context, and for every KeyUpdate a session still in OpenSSL's hands processes; a write
-        to a pipe without a reader fails the SSL call it happens in ([BIO] system lib)."""
+        to a pipe without a reader fails the SSL call it happens in ([BIO] system lib). (The
+        callback route has nothing to close: lines that come later are kept, then evicted.)"""
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1

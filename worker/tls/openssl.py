@@ -3,6 +3,7 @@ and SSL behind an SSLContext and an SSLObject.
 
     reason = openssl.unavailable()          # None, or why none of this works here
     openssl.set_ticket_keys(context, [k])   # 80-byte keys, Envoy's layout; first encrypts
+    openssl.set_keylog_callback(context, f) # f(line) for every key log line, no file
     openssl.set_session_id_context(context, sid)
     openssl.session_cache_off(context)
     openssl.keep_session(ssl_object)        # handed over: OpenSSL must not drop its session
@@ -65,6 +66,7 @@ class _Lib:
         self.SSL_CTX_ctrl = _fn(lib.SSL_CTX_ctrl, c_long, vp, c_int, c_long, vp)
         self.SSL_CTX_callback_ctrl = _fn(lib.SSL_CTX_callback_ctrl, c_long, vp, c_int, vp)
         self.SSL_CTX_get_options = _fn(lib.SSL_CTX_get_options, ctypes.c_uint64, vp)
+        self.SSL_CTX_set_keylog_callback = _fn(lib.SSL_CTX_set_keylog_callback, None, vp, vp)
         self.SSL_CTX_set_session_id_context = _fn(lib.SSL_CTX_set_session_id_context, c_int, vp,
                                                   ctypes.c_char_p, ctypes.c_uint)
         self.SSL_get_SSL_CTX = _fn(lib.SSL_get_SSL_CTX, vp, vp)
@@ -164,12 +166,35 @@ def set_ticket_keys(context: ssl.SSLContext, keys: list[bytes]) -> None:
     if lib.SSL_CTX_callback_ctrl(pointer, SSL_CTRL_SET_TLSEXT_TICKET_KEY_CB,
                                  ctypes.cast(callback.function, ctypes.c_void_p)) != 1:
         raise OpenSSLUnavailable("OpenSSL refused the session ticket key callback")
-    _callbacks[id(context)] = callback
+    _keep(context, "tickets", callback)
+
+
+def set_keylog_callback(context: ssl.SSLContext, receive) -> bool:
+    """OpenSSL's key log lines go to receive(line: bytes) as they are made, inside the
+    handshake call (SSL_CTX_set_keylog_callback): no file, no pipe, no parsing of a stream.
+    False (and nothing set) where these calls are unavailable."""
+    if unavailable() is not None:
+        return False
+    callback = _KEYLOG_CB(lambda _ssl, line: receive(line))
+    _lib.SSL_CTX_set_keylog_callback(_ctx_pointer(context), ctypes.cast(callback, ctypes.c_void_p))
+    _keep(context, "keylog", callback)
+    return True
+
+
+# (id(context), kind) -> a ctypes callback OpenSSL holds a pointer to: kept as long as the
+# context (and so its SSL_CTX) lives.
+_callbacks: dict[tuple[int, str], object] = {}
+
+
+def _keep(context: ssl.SSLContext, kind: str, callback) -> None:
     import weakref
-    weakref.finalize(context, _callbacks.pop, id(context), None)
+    key = (id(context), kind)
+    _callbacks[key] = callback
+    weakref.finalize(context, _callbacks.pop, key, None)
 
 
-_callbacks: dict[int, "_TicketKeyCallback"] = {}   # id(context) -> its callback, kept alive
+# void cb(const SSL *ssl, const char *line)          (SSL_CTX_set_keylog_callback(3))
+_KEYLOG_CB = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_char_p)
 
 # int cb(SSL *s, unsigned char key_name[16], unsigned char iv[16], EVP_CIPHER_CTX *ctx,
 #        HMAC_CTX *hctx, int enc)           (SSL_CTX_set_tlsext_ticket_key_cb(3))
