@@ -15,7 +15,7 @@ from ..tls_certs import SPIFFE_ID, leaf, make_ca, spiffe_leaf
 from ..waiting import wait_until
 from .clients import recv_all
 from .conftest import free_port
-from .tls_clients import (TlsEchoStream, client_context, ssl_stats, tls_bootstrap, tls_roundtrip,
+from .tls_clients import (TlsEchoStream, client_context, echo, ssl_stats, tls_bootstrap, tls_roundtrip,
                           tls_transport_socket)
 
 
@@ -285,3 +285,40 @@ def test_sni_chooses_termination_or_passthrough(baton, upstreams):
         assert ssl_stats(b, port)["handshake"] == 2
     finally:
         tls_upstream.close()
+
+
+def _client_hello(ca) -> bytes:
+    """A real TLS 1.3 ClientHello from Python's ssl, as bytes."""
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    obj = client_context(ca).wrap_bio(incoming, outgoing, server_hostname="localhost")
+    with pytest.raises(ssl.SSLWantReadError):
+        obj.do_handshake()
+    return outgoing.read()
+
+
+def test_bad_client_hellos_are_counted_failures_of_their_connection_only(baton, upstreams):
+    """Issue 12 point 6 through a real Baton: a ClientHello cut short then a FIN, one whose
+    handshake length lies, and garbled records each end their own connection (OpenSSL's alert
+    where it has one) and count as ssl.connection_error; a good client is served meanwhile.
+    (tests/fuzz/fuzz_tls_handshake.py generates a million more.)"""
+    ca = make_ca("ecdsa")
+    port = free_port()
+    b = baton(tls_bootstrap(port, upstreams("echo").port, tls_transport_socket(leaf(ca, "ecdsa"))),
+              concurrency=1)
+    hello = _client_hello(ca)
+    lying = bytearray(hello)
+    lying[8] ^= 0x40                            # the handshake message's length
+    garbled = hello[:5] + bytes(len(hello) - 5)
+    keeper = socket.create_connection(("127.0.0.1", port), timeout=10)
+    good = client_context(ca).wrap_socket(keeper, server_hostname="localhost")
+    for data, alert in ((hello[:40], False), (bytes(lying), True), (garbled, True)):
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+            raw.sendall(data)
+            if not alert:
+                raw.shutdown(socket.SHUT_WR)
+            answer = recv_all(raw)
+            assert answer[:1] == (b"\x15" if alert else b""), answer[:16]
+    wait_until(lambda: ssl_stats(b, port)["connection_error"] == 3, 10, "three connection errors")
+    assert echo(good, b"ping") == b"ping"
+    good.close()
+    assert ssl_stats(b, port)["handshake"] == 1
