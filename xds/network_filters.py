@@ -226,4 +226,4 @@ NON_TERMINAL["envoy.extensions.filters.network.wasm.v3.Wasm"] = _wasm
 NON_TERMINAL[METADATA_EXCHANGE] = _metadata_exchange
 NON_TERMINAL[ISTIO_AUTHN] = _istio_authn
 
-from . import bolt, dubbo  # noqa: E402,F401 - register their terminal filters
+from . import bolt, dubbo, generic_proxy  # noqa: E402,F401 - register their terminal filters

@@ -172,3 +172,4 @@ def ads_stub_class():
 # so that they are known wherever an Envoy type is: a bootstrap, a resource, /config_dump.
 from . import istio_types  # noqa: E402,F401
 from . import istio_filter_types  # noqa: E402,F401 - the listener side (stats, alpn)
+from . import baton_types  # noqa: E402,F401 - Baton's own (generic_proxy's Bolt codec)

@@ -366,7 +366,7 @@ def _filter_chain(chain, here, match, errors, warnings, clusters):
     if filters is None:
         return None
     kind = filters["terminal"]
-    if tls is not None and kind in ("dubbo", "bolt"):     # worker/proxy/rpc/ has no TLS yet
+    if tls is not None and kind in ("dubbo", "bolt", "generic_proxy"):  # rpc/: no TLS yet
         errors.append(f"{join(here, 'transport_socket')}: TLS in front of {kind} is not "
                       "supported yet")
         return None

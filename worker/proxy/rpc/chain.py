@@ -11,6 +11,7 @@ as Envoy 1.40 counts them (checked against it): a heartbeat is `request_event` o
 from __future__ import annotations
 
 from ..http.local_ratelimit import TokenBucket
+from .generic import CODECS, GenericRouteTable
 from .protocols import PROTOCOLS
 from .routing import RouteTable
 
@@ -29,14 +30,19 @@ GAUGES = ("request_active",)
 
 
 class RpcChain:
-    """Built once per chain spec ({"dubbo": config} or {"bolt": config})."""
+    """Built once per chain spec ({"dubbo": config}, {"bolt": config} or
+    {"generic_proxy": config}, the last naming its codec: generic.py)."""
 
     __slots__ = ("protocol", "routes", "stat", "config", "bucket")
 
     def __init__(self, kind: str, config: dict):
-        self.protocol = PROTOCOLS[kind]
         self.config = config
-        self.routes = RouteTable(config["route_configs"])
+        if kind == "generic_proxy":
+            self.protocol = CODECS[config["codec"]]
+            self.routes = GenericRouteTable(config["route_table"])
+        else:
+            self.protocol = PROTOCOLS[kind]
+            self.routes = RouteTable(config["route_configs"])
         prefix = f"{self.protocol.stat_root}.{config['stat_prefix']}."
         self.stat = {name: prefix + name for name in COUNTERS + GAUGES}
         limit = config.get("local_rate_limit")
@@ -56,7 +62,7 @@ class RpcChain:
 
 def rpc_chain(spec: dict) -> RpcChain | None:
     """The RpcChain of a chain spec whose terminal filter is an RPC proxy, else None."""
-    for kind in PROTOCOLS:
+    for kind in (*PROTOCOLS, "generic_proxy"):
         if spec.get(kind) is not None:
             return RpcChain(kind, spec[kind])
     return None

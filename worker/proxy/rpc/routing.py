@@ -61,7 +61,8 @@ class _Route:
                  "retries", "hash_header")
 
     def __init__(self, spec: dict):
-        self.method = _string_matcher(spec["method"])
+        # A generic_proxy route action (generic.py) has no method: only pick() is used.
+        self.method = _string_matcher(spec["method"]) if spec.get("method") else None
         self.params = sorted(spec.get("params", {}).items())
         self.headers = [_HeaderMatcher(h) for h in spec.get("headers") or ()]
         self.cluster = spec.get("cluster")

@@ -1,0 +1,144 @@
+"""envoy.filters.network.generic_proxy through a real Baton: sofa-rpc-node's Dubbo and Bolt
+clients and servers (Bolt under Baton's own codec type), and Envoy 1.40's generic_proxy with
+the Dubbo codec on the same bootstrap (same routing decisions, same local replies, a retry on
+connect failure)."""
+
+from __future__ import annotations
+
+from baton.tests.integration.conftest import free_port, static_cluster
+from baton.tests.integration.differential.proxies import Envoy
+from baton.tests.integration.generic_proxy_config import (
+    action, generic_filter, input_, matcher_list, request_predicate, single, tree)
+from baton.tests.integration.rpc_peers.frames import dubbo_request
+from baton.tests.integration.test_rpc_differential import outcome
+from baton.tests.integration.test_rpc_proxy import (SERVICE, RawClient, needs_node, node_client,
+                                                    node_server, processes, provider)  # noqa: F401
+from baton.worker.codecs import dubbo
+
+SVC = "org.example.UserService"
+
+
+def generic_bootstrap(admin: int, listeners: dict, clusters: dict, route_config: dict) -> dict:
+    """One generic_proxy listener per codec ({"dubbo": port, "bolt": port}); clusters are
+    {name: port or [ports]} (round robin over the ports)."""
+    def cluster(name, ports):
+        spec = static_cluster(name, ports if isinstance(ports, int) else ports[0])
+        if not isinstance(ports, int):
+            spec["load_assignment"]["endpoints"][0]["lb_endpoints"] = [
+                {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1",
+                                                             "port_value": p}}}} for p in ports]
+        return spec
+    return {"admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin}}},
+            "static_resources": {
+                "listeners": [{"name": codec, "address": {"socket_address": {
+                    "address": "127.0.0.1", "port_value": port}},
+                    "filter_chains": [{"filters": [generic_filter(route_config, codec)]}]}
+                    for codec, port in listeners.items()],
+                "clusters": [cluster(name, p) for name, p in clusters.items()]}}
+
+
+def every_method_to(cluster: str) -> dict:
+    return {"name": "r", "virtual_hosts": [{"name": "hello", "hosts": [SERVICE],
+                                            "routes": matcher_list([], action(cluster))}]}
+
+
+@needs_node
+def test_real_sofa_clients_and_servers_through_generic_proxy(baton, processes):
+    """sofa-rpc-node's Dubbo client through generic_proxy's Dubbo codec, its Bolt client
+    through Baton's Bolt codec: 30 concurrent calls each over one upstream connection."""
+    servers = {"dubbo": node_server(processes, "dubbo", "D"),
+               "bolt": node_server(processes, "bolt", "B")}
+    for codec, name in (("dubbo", "D"), ("bolt", "B")):
+        port = free_port()
+        b = baton(generic_bootstrap(free_port(), {codec: port}, {"up": servers[codec]},
+                                    every_method_to("up")), concurrency=1)
+        results = node_client(codec, port, 30)
+        assert sorted(r["i"] for r in results) == list(range(30))
+        assert all(r.get("result") == f"{name}:hello:world{r['i']}" for r in results), results
+        stats = b.stats()
+        assert stats["generic_proxy.gp.request"] == 30
+        assert stats["generic_proxy.gp.response_success"] == 30
+        assert stats["cluster.up.upstream_cx_total"] == 1
+        b.stop()
+
+
+ROUTES = {"name": "r", "virtual_hosts": [
+    {"name": "users", "hosts": [SVC], "routes": tree(input_("method"), exact={
+        "get": {"matcher": matcher_list([
+            (single(input_("property", "env"), {"exact": "test"}), action("b")),
+            (single(input_("property", "version"), {"exact": "2.0"}), action("b"))],
+            on_no_match=action("a"))},
+        "sleep": action("a", timeout="0.5s")},
+        on_no_match={"matcher": tree(input_("method"), prefix={
+            "list": action("b"), "flaky": action("flaky", retry_policy={"num_retries": 2}),
+            "dead": action("dead", retry_policy={"num_retries": 3})})})},
+    {"name": "others", "hosts": ["org.other.*"], "routes": matcher_list([
+        (request_predicate(method={"exact": "ping"}, properties=[("zone", {"prefix": "z"})]),
+         action("a"))])},
+    {"name": "fallback", "hosts": ["*"], "routes": matcher_list([
+        (single(input_("service"), {"suffix": "Legacy"}), action("b"))])}]}
+
+# (service, method, args, attachments, body version)
+CASES = [
+    (SVC, "get", ["x"], {}, ""),
+    (SVC, "get", ["x"], {"env": "test"}, ""),
+    (SVC, "get", ["x"], {"env": "prod"}, "2.0"),
+    (SVC, "listAll", [], {}, ""),
+    (SVC, "delete", ["x"], {}, ""),             # no route in the tree
+    ("org.other.Thing", "ping", [], {"zone": "z1"}, ""),
+    ("org.other.Thing", "ping", [], {"zone": "a1"}, ""),
+    ("org.other.Thing", "ping", [], {}, ""),    # a missing property matches nothing
+    ("org.Legacy", "any", [], {}, ""),
+    ("org.Unknown", "get", ["x"], {}, ""),      # the default virtual host has no match
+    (SVC, "flaky1", [], {}, ""),                # hosts [dead, a]: the retry reaches a
+    (SVC, "flaky2", [], {}, ""),
+    (SVC, "flaky3", [], {}, ""),
+    (SVC, "dead", [], {}, ""),                  # every try fails: a local reply
+    (SVC, "sleep", ["2"], {}, ""),              # the route's timeout: a local reply
+]
+
+
+def run_cases(port: int) -> list:
+    client = RawClient("dubbo", port)
+    results = []
+    for i, (service, method, args, attachments, version) in enumerate(CASES):
+        client.send(dubbo_request(100 + i, service, method, args, attachments, version=version,
+                                  canonical=True))
+        frame = client.receive(1)[0]
+        assert frame.request_id == 100 + i
+        status, message = outcome(frame)
+        # A connect failure's detail is each proxy's own wording.
+        results.append((status, message) if method != "dead" else (status,))
+    client.send(dubbo.heartbeat_request(7))
+    results.append(client.receive(1)[0].raw)
+    client.close()
+    return results
+
+
+def test_same_routing_retries_and_local_replies_as_envoy_generic_proxy(baton, processes,
+                                                                      tmp_path):  # noqa: F811
+    dead = free_port()                          # nothing listens there
+    a, b = provider(processes, "dubbo", "A"), provider(processes, "dubbo", "B")
+    clusters = {"a": a, "b": b, "flaky": [dead, a], "dead": [dead]}
+    envoy_port, baton_port = free_port(), free_port()
+    envoy = Envoy(tmp_path / "envoy", generic_bootstrap(free_port(), {"dubbo": envoy_port},
+                                                        clusters, ROUTES)).start()
+    try:
+        expected = run_cases(envoy_port)
+        proxy = baton(generic_bootstrap(free_port(), {"dubbo": baton_port}, clusters, ROUTES),
+                      concurrency=1)
+        got = run_cases(baton_port)
+        assert got == expected, "\n".join(f"{c} baton={g} envoy={e}"
+                                          for c, g, e in zip(CASES, got, expected))
+        # Enough variety to mean something: both providers, retries, local replies.
+        answers = {o[1].split(":")[0] for o in got[:-1] if o[0] == "ok"}
+        assert answers == {"A", "B"}
+        assert [o[0] for o in got[10:13]] == ["ok"] * 3
+        assert got[13][0] == dubbo.SERVER_ERROR and got[4][0] == dubbo.SERVER_ERROR
+        assert got[14][0] == dubbo.SERVER_ERROR
+        stats = proxy.stats()
+        assert stats["cluster.flaky.upstream_rq_retry"] >= 1
+        assert stats["cluster.dead.upstream_rq_retry"] == 2     # num_retries 3: three tries
+        assert stats["generic_proxy.gp.request_timeout"] == 1
+    finally:
+        envoy.stop()
