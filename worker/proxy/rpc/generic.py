@@ -19,7 +19,8 @@ codecs/dubbo/config.{h,cc}):
   answers a request that got nothing in time. Neither a timeout nor a local reply is retried.
 - Local replies (Dubbo): every failure is SERVER_ERROR (80); Envoy's codec maps only
   InvalidArgument to BAD_REQUEST, which the router never raises. The message is the
-  failure's detail, which the router leaves empty except for a reset (below).
+  failure's detail: empty, except after a connect failure or reset, where Envoy gives the
+  transport's reason and Baton the host (the differential test compares the status only).
 """
 
 from __future__ import annotations
