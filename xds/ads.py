@@ -29,11 +29,13 @@ ROUTE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
 CLUSTER = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 ENDPOINT = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
 SECRET = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
+EXTENSION = "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig"    # ECDS
 # Envoy's order: clusters before their endpoints, listeners before their routes, and CDS
 # before LDS, so that what a resource refers to is asked for first; secrets last (named by
-# listeners and clusters).
-TYPE_ORDER = (CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET)
-SHORT = {LISTENER: "lds", ROUTE: "rds", CLUSTER: "cds", ENDPOINT: "eds", SECRET: "sds"}
+# listeners and clusters). ECDS filters (named by listeners) after the routes.
+TYPE_ORDER = (CLUSTER, ENDPOINT, LISTENER, ROUTE, EXTENSION, SECRET)
+SHORT = {LISTENER: "lds", ROUTE: "rds", CLUSTER: "cds", ENDPOINT: "eds", SECRET: "sds",
+         EXTENSION: "ecds"}
 INVALID_ARGUMENT = 3           # google.rpc.Code of a NACK's error_detail, as Envoy sends
 
 

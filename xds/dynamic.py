@@ -36,16 +36,19 @@ from google.protobuf.message import DecodeError
 
 from . import protos
 from .parse import is_repeated
-from .ads import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET, SHORT
+from . import ecds
+from .ads import CLUSTER, ENDPOINT, EXTENSION, LISTENER, ROUTE, SECRET, SHORT
 from .http import translate_route_config
 from .secrets import check_references, secret_class, spec_references, translate_secret
 from .translate import translate_cluster, translate_listener, translate_load_assignment
 
 _CLASSES = {LISTENER: protos.Listener, ROUTE: protos.RouteConfiguration,
             CLUSTER: protos.Cluster, ENDPOINT: protos.ClusterLoadAssignment,
-            SECRET: secret_class()}
+            SECRET: secret_class(),
+            EXTENSION: protos.message_class("envoy.config.core.v3.TypedExtensionConfig")}
 _KINDS = {LISTENER: "Listener", ROUTE: "RouteConfiguration", CLUSTER: "Cluster",
-          ENDPOINT: "ClusterLoadAssignment", SECRET: "Secret"}
+          ENDPOINT: "ClusterLoadAssignment", SECRET: "Secret",
+          EXTENSION: "TypedExtensionConfig"}
 MAX_ERROR = 4096              # bytes of error_detail: enough to name every path, bounded
 
 
@@ -108,6 +111,9 @@ class DynamicConfig:
                              if ref["source"]["kind"] == "ads")
         specs = [*self.static_listeners, *self.active_listeners.values(),
                  *(w.value for w in self.warming_listeners.values())]
+        if type_url == EXTENSION:   # the dynamic listeners' ECDS filters (xds/ecds.py)
+            return frozenset(n for spec in specs[len(self.static_listeners):]
+                             for n in ecds.names(spec))
         return frozenset(name for spec in specs for name, _ in _rds_names(spec))
 
     def secret_references(self) -> list[dict]:
@@ -146,7 +152,7 @@ class DynamicConfig:
         """Drop accepted endpoints / routes / secrets that nothing refers to any more (their
         cluster or listener is gone), as Envoy drops an unsubscribed resource. -> the names
         dropped."""
-        if type_url not in (ENDPOINT, ROUTE, SECRET):
+        if type_url not in (ENDPOINT, ROUTE, SECRET, EXTENSION):
             return []
         wanted = self.interest(type_url)
         accepted = self.accepted[type_url]
@@ -221,6 +227,11 @@ class DynamicConfig:
             check_references(value, self.static_secrets, errors, self.static_clusters)
         elif type_url == SECRET:
             value = translate_secret(pb, path, errors)
+        elif type_url == EXTENSION:
+            value = ecds.translate_extension_config(pb, path, errors)
+            if value is not None:
+                ecds.check_types(real, value, [*self.active_listeners.values(), *(
+                    w.value for w in self.warming_listeners.values())], path, errors)
         else:
             known = None
             if pb.HasField("validate_clusters") and pb.validate_clusters.value:
@@ -304,8 +315,10 @@ class DynamicConfig:
                 moved = True
         routes = self.accepted[ROUTE]
         for name, held in list(self.warming_listeners.items()):
-            if (all(r in routes for r, _ in _rds_names(held.value))
-                    and self._secrets_known(held.value) or _expired(held, now)):
+            if ((all(r in routes for r, _ in _rds_names(held.value))
+                    and self._secrets_known(held.value) or _expired(held, now))
+                    and not ecds.waiting(held.value, self.accepted[EXTENSION],
+                                         now - held.since)):
                 self.active_listeners[name] = held.value
                 del self.warming_listeners[name]
                 moved = True
@@ -337,7 +350,11 @@ class DynamicConfig:
                 if route not in routes:
                     lines.append(f"rds: listener '{spec['name']}' waits for routes '{route}'")
         for name, held in sorted(self.warming_listeners.items()):
-            if all(r in routes for r, _ in _rds_names(held.value)):
+            filters = sorted(ecds.names(held.value) - set(self.accepted[EXTENSION]))
+            if filters:
+                lines.append(f"ecds: listener '{name}' is warming (waits for its filter "
+                             f"configs {', '.join(filters)})")
+            elif all(r in routes for r, _ in _rds_names(held.value)):
                 lines.append(f"sds: listener '{name}' is warming (waits for its secrets)")
             else:
                 lines.append(f"rds: listener '{name}' is warming (waits for its routes)")
@@ -380,7 +397,8 @@ class DynamicConfig:
         order = [n for n in self.listener_order if n in self.active_listeners]
         order += sorted(n for n in self.active_listeners if n not in order)
         return {
-            "listeners": [self.active_listeners[n] for n in order],
+            "listeners": [ecds.resolve(self.active_listeners[n], {
+                k: a.value for k, a in self.accepted[EXTENSION].items()}) for n in order],
             "clusters": dict(self.active_clusters),
             "endpoints": {n: a.value["endpoints"] for n, a in self.accepted[ENDPOINT].items()},
             "routes": {n: a.value for n, a in self.accepted[ROUTE].items()},

@@ -1,59 +1,135 @@
-"""An HTTP filter's config_discovery (ECDS) -> the config Baton runs the filter with.
+"""ECDS: HTTP filters whose config comes over ADS as TypedExtensionConfig resources.
 
-    default_config_of(pb, path, errors, warnings) -> the default_config Any, or None
+    placeholder(pb, path, errors, warnings)      HttpFilter with config_discovery -> entry
+    translate_extension_config(pb, path, errors) TypedExtensionConfig -> accepted value
+    names(listener) / waiting(listener, accepted, waited)     for warming
+    resolve(listener, accepted) -> the listener with each placeholder's config filled in
+    check_types(name, value, listeners, path, errors)   Envoy's type_urls check
 
-Envoy fetches such a filter's config as a TypedExtensionConfig over ECDS and, until one
-arrives, uses its default_config (at once with apply_default_config_without_warming, else
-once the listener's warming gives up at initial_fetch_timeout); a filter with neither holds
-the listener back, then answers every request 500 (flag NFCF). Baton does not subscribe to
-ExtensionConfig resources, so:
+A filter given by config_discovery is a placeholder in the HCM's filter list:
 
-- with a default_config: the filter runs with it, for good (translated and checked as any
-  typed_config, so an unsupported type, e.g. a Wasm module that is not one of Istio's null-VM
-  built-ins, is still refused by path). A warning says that updates over ECDS are not
-  applied. Difference from Envoy: without apply_default_config_without_warming, Envoy would
-  first wait up to initial_fetch_timeout for the resource; Baton serves the default at once.
-- without one: refused, saying so (the filter's config could only come over ECDS).
+    {"name": "ecds", "ecds": {"name": the filter's name (the ECDS resource name),
+        "type_urls": [type names], "default": {"name", "config"} or None,
+        "without_warming": bool, "initial_fetch_timeout": seconds,
+        "resolved": {"name", "config"} or None}}
 
-The default_config's type must be one of type_urls (Envoy's check), and config_source must be
-the ADS stream, as for every other dynamic resource of Baton's.
+As in Envoy (DynamicFilterConfigProvider): the xDS agent subscribes to the names of every
+placeholder of its listeners (xds/dynamic.py interest), and a listener warms until each of
+its ECDS filters has its resource, unless it has a default_config and
+apply_default_config_without_warming, or its initial_fetch_timeout passes (0: no timeout).
+A resource is checked like any typed_config (a Wasm module that is not one of Istio's null-VM
+built-ins is refused) and its type must be one of the type_urls of every listener naming it
+("filter config has type URL ... but expect ...", Envoy's words), else the ECDS response is
+NACKed. What the worker runs (worker/proxy/http/ecds.py): the resource when it came, else
+the default_config, else Envoy's missing-config filter (500, flag NFCF). A new resource
+version republishes the listeners that use it. Listeners of the bootstrap (static) run their
+default_config (or the missing-config filter): Baton subscribes for dynamic listeners only.
 """
 
 from __future__ import annotations
+
+import copy
 
 from . import protos
 from .config_source import translate_config_source
 from .parse import join
 
+ECDS = "ecds"
 FIELDS = ("config_source", "default_config", "apply_default_config_without_warming",
           "type_urls")
 
 
-def default_config_of(pb, path, errors, warnings=None):
+def placeholder(pb, path, errors, warnings=None):
+    """HttpFilter with config_discovery -> the placeholder entry (None on error)."""
+    from .http_filters import translate_filter_config
     here = join(path, "config_discovery")
     source = pb.config_discovery
+    start = len(errors)
     for field, _ in source.ListFields():
         if field.name not in FIELDS:
             errors.append(f"{join(here, field.name)}: not supported")
     if not source.type_urls:
         errors.append(f"{join(here, 'type_urls')}: must have at least 1 item")
+    timeout = 0.0
     if not source.HasField("config_source"):
         errors.append(f"{join(here, 'config_source')}: required")
     else:
-        translate_config_source(source.config_source, join(here, "config_source"), errors)
-    if not source.HasField("default_config"):
-        errors.append(f"{here}: the config of filter {pb.name!r} would come only over ECDS "
-                      "(an ExtensionConfig resource), which Baton does not subscribe to; a "
-                      "default_config is required (Baton runs the filter with it)")
-        return None
-    default = source.default_config
+        timeout = translate_config_source(source.config_source, join(here, "config_source"),
+                                          errors)
+    if source.apply_default_config_without_warming and not source.HasField("default_config"):
+        errors.append(f"{join(here, 'apply_default_config_without_warming')}: requires a "
+                      "default_config")
     wanted = [protos.type_name(url) for url in source.type_urls]
-    if wanted and protos.type_name(default.type_url) not in wanted:
-        errors.append(f"{join(here, 'default_config')}: filter config has type URL "
-                      f"{protos.type_name(default.type_url)} but expect "
-                      f"{', '.join(wanted)}")
+    default = None
+    if source.HasField("default_config"):
+        default_path = join(here, "default_config")
+        got = protos.type_name(source.default_config.type_url)
+        if wanted and got not in wanted:
+            errors.append(f"{default_path}: filter config has type URL {got} but expect "
+                          f"{', '.join(wanted)}")
+        else:
+            default = translate_filter_config(source.default_config, pb.name, default_path,
+                                              errors, warnings)
+    if len(errors) > start:
         return None
-    if warnings is not None:
-        warnings.append(f"{here}: the default_config runs; updates of filter {pb.name!r} over "
-                        "ECDS are not applied (Baton does not subscribe to ExtensionConfig)")
-    return default
+    return {"name": ECDS, "ecds": {
+        "name": pb.name, "type_urls": wanted, "default": default,
+        "without_warming": source.apply_default_config_without_warming,
+        "initial_fetch_timeout": timeout, "resolved": None}}
+
+
+def translate_extension_config(pb, path, errors, warnings=None):
+    """TypedExtensionConfig -> {"type": type name, "filter": {"name", "config"} or None}."""
+    from .http_filters import translate_filter_config
+    if not pb.name:
+        errors.append(f"{join(path, 'name')}: required")
+    if not pb.HasField("typed_config"):
+        errors.append(f"{join(path, 'typed_config')}: required")
+        return None
+    return {"type": protos.type_name(pb.typed_config.type_url),
+            "filter": translate_filter_config(pb.typed_config, pb.name,
+                                              join(path, "typed_config"), errors, warnings)}
+
+
+def _placeholders(listener):
+    for chain in listener.get("filter_chains") or ():
+        http = chain.get("http")
+        for entry in (http or {}).get("http_filters") or ():
+            if entry.get("name") == ECDS:
+                yield entry["ecds"]
+
+
+def names(listener) -> set:
+    return {p["name"] for p in _placeholders(listener)}
+
+
+def waiting(listener, accepted, waited: float) -> bool:
+    """Whether the listener, warming for `waited` seconds, still waits for an ECDS resource.
+    Each filter's own initial_fetch_timeout applies (0: none), whatever the listener's other
+    waits (routes, secrets) allow."""
+    return any(p["name"] not in accepted and not (p["default"] and p["without_warming"])
+               and not 0 < p["initial_fetch_timeout"] <= waited
+               for p in _placeholders(listener))
+
+
+def resolve(listener, accepted):
+    """The listener with each placeholder's "resolved" set from `accepted` (name -> value of
+    translate_extension_config); the same object when it has no placeholder."""
+    if not any(True for _ in _placeholders(listener)):
+        return listener
+    out = copy.deepcopy(listener)
+    for p in _placeholders(out):
+        value = accepted.get(p["name"])
+        p["resolved"] = value["filter"] if value is not None and \
+            value["type"] in p["type_urls"] else None
+    return out
+
+
+def check_types(name, value, listeners, path, errors) -> None:
+    for listener in listeners:
+        for p in _placeholders(listener):
+            if p["name"] == name and value["type"] not in p["type_urls"]:
+                errors.append(f"{path}: filter config has type URL {value['type']} but "
+                              f"expect {', '.join(p['type_urls'])} (listener "
+                              f"'{listener.get('name')}')")
+                return

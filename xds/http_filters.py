@@ -61,35 +61,35 @@ def translate_http_filters(filters_pb_list, path, errors, warnings=None):
     """HttpFilter list -> [{"name", "config"}], router last; None on error.
 
     As in Envoy, an empty list means a router alone, the router must be last, and the last
-    filter must be the router (the only terminal filter Baton has).
+    filter must be the router (the only terminal filter Baton has). A filter given by
+    config_discovery (ECDS) is a placeholder entry {"name": "ecds", "ecds": {...}} that the
+    xDS agent resolves (xds/ecds.py).
     """
     start = len(errors)
     filters_pb_list = list(filters_pb_list)
     if not filters_pb_list:
         return [{"name": ROUTER, "config": _router_defaults()}]
-    from .http_filters_istio import TRANSLATORS as ISTIO_TRANSLATORS
-    translators = {_ROUTER_TYPE: _router, _FAULT_TYPE: _fault,
-                   _LOCAL_RATELIMIT_TYPE: _local_ratelimit, RBAC_TYPE: _rbac, **ISTIO_TRANSLATORS}
     result = []
     last = len(filters_pb_list) - 1
-    user_filters = None
     for i, pb in enumerate(filters_pb_list):
         here = f"{path}[{i}]"
         check_fields(pb, here, errors, warnings)
-        config_path = join(here, "typed_config")
         if not pb.name:
             errors.append(f"{join(here, 'name')}: required")
-        typed_config = pb.typed_config
         if pb.HasField("config_discovery"):
-            from .ecds import default_config_of
-            typed_config = default_config_of(pb, here, errors, warnings)
-            if typed_config is None:
-                continue
-            config_path = join(here, "config_discovery.default_config")
-        elif not pb.HasField("typed_config"):
+            from .ecds import placeholder
+            if i == last:
+                errors.append(f"{here}: the last filter must be {ROUTER}, not a filter "
+                              "given by config_discovery")
+            entry = placeholder(pb, here, errors, warnings)
+            if entry is not None:
+                result.append(entry)
+            continue
+        config_path = join(here, "typed_config")
+        if not pb.HasField("typed_config"):
             errors.append(f"{config_path}: required")
             continue
-        type_name = protos.type_name(typed_config.type_url)
+        type_name = protos.type_name(pb.typed_config.type_url)
         is_router = type_name == _ROUTER_TYPE
         if is_router and i != last:
             errors.append(f"{here}: terminal filter named {pb.name} of type {ROUTER} must be "
@@ -98,34 +98,10 @@ def translate_http_filters(filters_pb_list, path, errors, warnings=None):
             errors.append(f"{here}: non-terminal filter named {pb.name} of type {type_name} is "
                           "the last filter in a http filter chain (the last filter must be "
                           f"{ROUTER})")
-        if type_name in translators:
-            name, config = translators[type_name](
-                _unpack(typed_config, type_name), config_path, errors, warnings)
-        elif type_name in _TYPED_STRUCTS:
-            struct = _unpack(typed_config, type_name)
-            istio = _istio_typed_struct(struct)
-            if istio is not None:
-                value = protos.json_format.MessageToDict(struct.value) \
-                    if struct.HasField("value") else {}
-                name, config = istio(value, join(config_path, "value"), errors, warnings)
-            else:
-                if user_filters is None:
-                    user_filters = _installed_filters()
-                name, config = _user_filter(struct, config_path, errors, user_filters,
-                                            pb.is_optional, warnings)
-        elif pb.is_optional:
-            if warnings is not None:
-                warnings.append(f"{config_path}: {type_name} not supported; skipped "
-                                "(is_optional)")
+        entry = translate_filter_config(pb.typed_config, pb.name, config_path, errors,
+                                        warnings, pb.is_optional)
+        if entry is None:
             continue
-        else:
-            errors.append(f"{config_path}: {type_name} not supported (supported: "
-                          f"{', '.join(translators)}, or a user filter as {_TYPED_STRUCTS[0]})")
-            continue
-        if name is None:
-            continue
-        if name == RBAC:        # its per-route config is found by this name
-            config["filter_name"] = pb.name
         if pb.disabled and not is_router:
             # Envoy runs a disabled filter only where a route's typed_per_filter_config
             # enables it; Baton has no per-route filter config, so it never runs.
@@ -133,8 +109,45 @@ def translate_http_filters(filters_pb_list, path, errors, warnings=None):
                 warnings.append(f"{join(here, 'disabled')}: the filter never runs (Baton has "
                                 "no per-route filter config to enable it)")
             continue
-        result.append({"name": name, "config": config})
+        result.append(entry)
     return result if len(errors) == start else None
+
+
+def translate_filter_config(typed_config, filter_name, path, errors, warnings=None,
+                            optional=False):
+    """One filter's typed_config (an Any) -> {"name", "config"} for the worker, or None (an
+    error, or nothing for the worker to run). `filter_name` is the HCM entry's name (RBAC's
+    per-route config is found by it)."""
+    from .http_filters_istio import TRANSLATORS as ISTIO_TRANSLATORS
+    translators = {_ROUTER_TYPE: _router, _FAULT_TYPE: _fault,
+                   _LOCAL_RATELIMIT_TYPE: _local_ratelimit, RBAC_TYPE: _rbac, **ISTIO_TRANSLATORS}
+    type_name = protos.type_name(typed_config.type_url)
+    if type_name in translators:
+        name, config = translators[type_name](
+            _unpack(typed_config, type_name), path, errors, warnings)
+    elif type_name in _TYPED_STRUCTS:
+        struct = _unpack(typed_config, type_name)
+        istio = _istio_typed_struct(struct)
+        if istio is not None:
+            value = protos.json_format.MessageToDict(struct.value) \
+                if struct.HasField("value") else {}
+            name, config = istio(value, join(path, "value"), errors, warnings)
+        else:
+            name, config = _user_filter(struct, path, errors, _installed_filters(), optional,
+                                        warnings)
+    elif optional:
+        if warnings is not None:
+            warnings.append(f"{path}: {type_name} not supported; skipped (is_optional)")
+        return None
+    else:
+        errors.append(f"{path}: {type_name} not supported (supported: "
+                      f"{', '.join(translators)}, or a user filter as {_TYPED_STRUCTS[0]})")
+        return None
+    if name is None:
+        return None
+    if name == RBAC:        # its per-route config is found by this name
+        config["filter_name"] = filter_name
+    return {"name": name, "config": config}
 
 
 def _router_defaults():

@@ -16,8 +16,8 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from baton.xds import protos
-from baton.xds.ads import (CLUSTER, ENDPOINT, INVALID_ARGUMENT, LISTENER, ROUTE, SECRET, TYPE_ORDER,
-                           AdsProtocol)
+from baton.xds.ads import (CLUSTER, ENDPOINT, EXTENSION, INVALID_ARGUMENT, LISTENER, ROUTE, SECRET,
+                           TYPE_ORDER, AdsProtocol)
 
 from .xds_helpers import (CLASSES, assignment, delta_response, eds_cluster, message, packed,
                           route_config, sotw_response, static_cluster, tcp_listener)
@@ -58,7 +58,7 @@ def test_first_requests_follow_envoys_type_order_and_skip_types_without_interest
     assert list(rds.resource_names) == ["r1", "r2"]
     assert all(r.version_info == "" and r.response_nonce == "" for r in requests)
     assert all(not r.HasField("error_detail") for r in requests)
-    assert TYPE_ORDER == (CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET)
+    assert TYPE_ORDER == (CLUSTER, ENDPOINT, LISTENER, ROUTE, EXTENSION, SECRET)
 
 
 def test_no_interest_no_requests():

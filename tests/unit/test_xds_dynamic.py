@@ -499,7 +499,8 @@ def test_published_lists_listeners_in_lds_order(config):
     assert [l["name"] for l in published["listeners"]] == ["z", "a"]
     assert set(published) == {"listeners", "clusters", "endpoints", "routes", "versions",
                               "missing", "initialized", "secrets"}
-    assert published["versions"] == {"lds": "1", "rds": "", "cds": "", "eds": "", "sds": ""}
+    assert published["versions"] == {"lds": "1", "rds": "", "cds": "", "eds": "", "sds": "",
+                                     "ecds": ""}
     assert published["secrets"] == {"ads": {}}
 
 

@@ -96,6 +96,7 @@ with _unshadowed():
     import grpc
     from google.protobuf import any_pb2, json_format, message
     from envoy.config.cluster.v3 import cluster_pb2
+    from envoy.config.core.v3 import extension_pb2
     from envoy.config.endpoint.v3 import endpoint_pb2
     from envoy.config.listener.v3 import listener_pb2
     from envoy.config.route.v3 import route_pb2
@@ -108,10 +109,11 @@ ROUTE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
 CLUSTER = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 ENDPOINT = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
 SECRET = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
+EXTENSION = "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig"     # ECDS
 
 _MESSAGES = {LISTENER: listener_pb2.Listener, ROUTE: route_pb2.RouteConfiguration,
              CLUSTER: cluster_pb2.Cluster, ENDPOINT: endpoint_pb2.ClusterLoadAssignment,
-             SECRET: secret_pb2.Secret}
+             SECRET: secret_pb2.Secret, EXTENSION: extension_pb2.TypedExtensionConfig}
 TYPE_URLS = tuple(_MESSAGES)
 _WILDCARD_TYPES = (LISTENER, CLUSTER)
 

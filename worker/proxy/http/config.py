@@ -14,6 +14,7 @@ import socket
 from ...codecs.h2limits import CODEC_STATS as H2_CODEC_STATS
 from ...codecs.h2limits import ENVOY_DEFAULTS as H2_LIMIT_DEFAULTS
 from ...codecs.h2limits import TOO_MANY_PREMATURE_RESETS
+from . import ecds
 from . import filter as filters
 from .express import blockers, config_allows
 from .routing import RouteTable
@@ -107,6 +108,8 @@ class HttpConfig:
         router_config = {}
         self.filter_factories = []
         for entry in spec.get("http_filters") or ():
+            if entry["name"] == ecds.ECDS:          # given by config_discovery (xds/ecds.py)
+                entry = ecds.effective(entry)
             name = entry["name"]
             if name == ROUTER:
                 router_config = entry.get("config") or {}
