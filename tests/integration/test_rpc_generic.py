@@ -9,10 +9,11 @@ from baton.tests.integration.conftest import free_port, static_cluster
 from baton.tests.integration.differential.proxies import Envoy
 from baton.tests.integration.generic_proxy_config import (
     action, generic_filter, input_, matcher_list, request_predicate, single, tree)
-from baton.tests.integration.rpc_peers.frames import dubbo_request
+from baton.tests.integration.rpc_peers.frames import dubbo_request, dubbo_value
 from baton.tests.integration.test_rpc_differential import outcome
 from baton.tests.integration.test_rpc_proxy import (SERVICE, RawClient, needs_node, node_client,
                                                     node_server, processes, provider)  # noqa: F401
+from baton.tests.waiting import wait_until
 from baton.worker.codecs import dubbo
 
 SVC = "org.example.UserService"
@@ -142,3 +143,51 @@ def test_same_routing_retries_and_local_replies_as_envoy_generic_proxy(baton, pr
         assert stats["generic_proxy.gp.request_timeout"] == 1
     finally:
         envoy.stop()
+
+
+def test_a_call_in_flight_at_a_reload_is_answered_and_the_connection_serves_on(baton, processes):
+    """A generic_proxy connection moves at reload as a dubbo_proxy one does (record rpc)."""
+    port = free_port()
+    upstream = provider(processes, "dubbo", "P")
+    b = baton(generic_bootstrap(free_port(), {"dubbo": port}, {"a": upstream},
+                                {"name": "r", "routes": matcher_list([], action("a"))}),
+              concurrency=1)
+    client = RawClient("dubbo", port)
+    client.send(dubbo_request(1, SVC, "sleep", ["1.5"]))
+    wait_until(lambda: b.stats()["generic_proxy.gp.request_active"] == 1, 10, "the call in flight")
+    old = b.master_pid()
+    assert b.reload().returncode == 0
+    client.send(dubbo_request(2, SVC, "echo", ["new"]))
+    answers = {f.request_id: dubbo_value(f) for f in client.receive(2)}
+    assert answers == {1: "P:sleep:1.5", 2: "P:echo:new"}
+    b.wait_previous_gone(old)
+    stats = b.stats()
+    assert stats["generic_proxy.gp.request"] == 2
+    assert stats["generic_proxy.gp.response_success"] == 2
+    assert [v for k, v in stats.items() if k.endswith("downstream_cx_total")] == [1]
+    client.close()
+
+
+def test_consecutive_error_answers_eject_a_host(baton, processes):
+    """Outlier detection on RPC: a provider answering SERVER_ERROR (Dubbo's 5xx) three times
+    in a row is ejected, and the calls after go to the healthy host alone."""
+    port = free_port()
+    good, bad = provider(processes, "dubbo", "A"), provider(processes, "dubbo", "F", "fail")
+    bootstrap = generic_bootstrap(free_port(), {"dubbo": port}, {"pool": [good, bad]},
+                                  {"name": "r", "routes": matcher_list([], action("pool"))})
+    bootstrap["static_resources"]["clusters"][0]["outlier_detection"] = {
+        "consecutive_5xx": 3, "interval": "60s", "base_ejection_time": "60s",
+        "max_ejection_percent": 50}
+    b = baton(bootstrap, concurrency=1)
+    client = RawClient("dubbo", port)
+    statuses = []
+    for i in range(20):                 # one at a time: round robin alternates the hosts
+        client.send(dubbo_request(i, SVC, "echo", [str(i)]))
+        statuses.append(client.receive(1)[0].status)
+    assert statuses.count(dubbo.SERVER_ERROR) == 3, statuses
+    assert statuses[-10:] == [dubbo.OK] * 10
+    stats = b.stats()
+    assert stats["cluster.pool.outlier_detection.ejections_enforced_total"] == 1
+    assert stats["cluster.pool.outlier_detection.ejections_active"] == 1
+    assert stats["generic_proxy.gp.response_error"] == 3
+    client.close()

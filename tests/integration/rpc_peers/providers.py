@@ -6,10 +6,11 @@ Answers every request with "NAME:<method>:<first argument>" (Dubbo; Bolt: "NAME:
 Method "sleep" waits its first argument's seconds (Dubbo); a Bolt method named "sleep..." waits
 its "delay" header's seconds, or 3. Method "seen"
 answers with the number of requests this provider received so far, oneway ones included.
-Heartbeats are answered. With "heartbeat", a Dubbo provider also sends a heartbeat on each new
-connection, as Dubbo providers do on idle ones (Envoy 1.40's dubbo_proxy then never answers
-that connection's call: the differential test leaves it out); method "acks" answers how many
-were answered. Prints "ready PORT" once listening (port 0 picks one).
+Heartbeats are answered. With "fail", a Dubbo provider answers every call with SERVER_ERROR
+(the 5xx of Dubbo, for outlier detection). With "heartbeat", a Dubbo provider also sends a
+heartbeat on each new connection, as Dubbo providers do on idle ones (Envoy 1.40's
+dubbo_proxy then never answers that connection's call: the differential test leaves it out);
+method "acks" answers how many were answered. Prints "ready PORT" once listening (port 0 picks one).
 """
 
 from __future__ import annotations
@@ -29,8 +30,8 @@ class Provider(asyncio.Protocol):
     seen = 0
     acks = 0
 
-    def __init__(self, kind: str, name: str, heartbeat: bool):
-        self.kind, self.name, self.heartbeat = kind, name, heartbeat
+    def __init__(self, kind: str, name: str, heartbeat: bool, fail: bool = False):
+        self.kind, self.name, self.heartbeat, self.fail = kind, name, heartbeat, fail
         self.decoder = dubbo.Decoder() if kind == "dubbo" else bolt.Decoder()
 
     def connection_made(self, transport):
@@ -58,7 +59,9 @@ class Provider(asyncio.Protocol):
         answer = {"seen": Provider.seen, "acks": Provider.acks}.get(
             call.method, f"{self.name}:{call.method}:{arg}")
         delay = float(arg) if call.method == "sleep" else 0
-        if frame.two_way:
+        if frame.two_way and self.fail:
+            self.write(dubbo.error_response(frame, dubbo.SERVER_ERROR, f"{self.name} fails"))
+        elif frame.two_way:
             self.later(delay, dubbo_response(frame.request_id, answer))
 
     def bolt(self, frame):
@@ -91,8 +94,9 @@ class Provider(asyncio.Protocol):
 async def main(kind: str, port: str, name: str, *options: str) -> None:
     loop = asyncio.get_running_loop()
     heartbeat = "heartbeat" in options
-    server = await loop.create_server(lambda: Provider(kind, name, heartbeat), "127.0.0.1",
-                                      int(port))
+    fail = "fail" in options
+    server = await loop.create_server(lambda: Provider(kind, name, heartbeat, fail),
+                                      "127.0.0.1", int(port))
     print("ready", server.sockets[0].getsockname()[1], flush=True)
     await server.serve_forever()
 
