@@ -143,3 +143,75 @@ def test_tls_termination_matches_envoy(tmp_path, upstreams):
     assert counters["envoy"]["plain"]["ssl.curves.X25519"] == 4
     assert observed["baton"] == observed["envoy"]
     assert counters["baton"] == counters["envoy"]
+
+
+def after_the_handshake(port: int, ca, tmp_path) -> list:
+    """What a client sees when its session breaks after the handshake: a record that does not
+    authenticate (TLS 1.3 and 1.2), a FIN without close_notify, a renegotiation (openssl
+    s_client's "R", TLS 1.2); and the listener's ssl.connection_error after each."""
+    import subprocess
+    import time
+
+    seen = []
+    for version in (ssl.TLSVersion.TLSv1_3, ssl.TLSVersion.TLSv1_2, None):
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+            tls = client_context(ca, version=version or ssl.TLSVersion.TLSv1_3).wrap_socket(
+                raw, server_hostname="localhost")
+            tls.sendall(b"ping")
+            assert tls.recv(10) == b"ping"
+            if version is None:
+                socket.socket.shutdown(tls, socket.SHUT_WR)
+            else:
+                socket.socket.send(tls, b"\x17\x03\x03\x00\x20" + bytes(32))
+            try:
+                outcome = ("closed", tls.recv(10))
+            except ssl.SSLError as exc:
+                outcome = ("alert", exc.reason)
+        seen.append(outcome)
+    ca_path = tmp_path / "ca.pem"
+    ca_path.write_bytes(ca.cert_pem)
+    client = subprocess.Popen(["openssl", "s_client", "-tls1_2", "-CAfile", str(ca_path),
+                               "-connect", f"127.0.0.1:{port}", "-servername", "localhost"],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        client.stdin.write(b"ping\n")
+        client.stdin.flush()
+        for line in client.stdout:
+            if line == b"ping\n":
+                break
+        client.stdin.write(b"R\n")
+        client.stdin.flush()
+        deadline = time.monotonic() + 10
+        renegotiation = b""
+        while b"alert" not in renegotiation and time.monotonic() < deadline:
+            line = client.stdout.readline()
+            if not line:
+                break
+            renegotiation += line
+    finally:
+        client.kill()
+        client.wait(10)
+    seen.append(("renegotiation", b"alert no renegotiation" in renegotiation))
+    return seen
+
+
+def test_sessions_that_break_after_the_handshake_count_as_envoy(tmp_path, upstreams):
+    ca = make_ca("ecdsa")
+    echo = upstreams("echo")
+    observed = {}
+    for proxy in ("envoy", "baton"):
+        admin, plain, mtls = free_port(), free_port(), free_port()
+        data = bootstrap(admin, plain, mtls, echo.port, ca)
+        process = (Envoy(tmp_path / proxy, data) if proxy == "envoy"
+                   else Baton(tmp_path / proxy, data, concurrency=1))
+        process.start()
+        try:
+            seen = after_the_handshake(plain, ca, tmp_path / proxy)
+            wait_until(lambda: ssl_counters(admin, plain).get("ssl.connection_error") == 6, 10,
+                       f"{proxy}'s connection errors")
+            observed[proxy] = (seen, ssl_counters(admin, plain)["ssl.connection_error"])
+        finally:
+            process.stop()
+    assert observed["envoy"][0] == [("alert", "SSLV3_ALERT_BAD_RECORD_MAC")] * 2 + [
+        ("closed", b""), ("renegotiation", True)]
+    assert observed["baton"] == observed["envoy"]

@@ -175,11 +175,16 @@ def test_tls13_user_canceled_is_not_fatal_and_other_warnings_are():
     assert alert_from(server, client.write.seal(ALERT, b"\x02")).description == DECODE_ERROR
 
 
-def test_tls12_refuses_renegotiation_and_carries_on():
+def test_tls12_renegotiation_is_refused_as_envoy_refuses_it():
+    """A client's renegotiation ends the session with a fatal no_renegotiation (BoringSSL's
+    answer, so Envoy's); a server's HelloRequest gets the warning and the session goes on."""
     server, client = layer_pair("ECDHE-RSA-AES128-GCM-SHA256")
     client_hello = bytes((1, 0, 0, 4)) + b"\x03\x03\0\0"
-    assert server.receive_data(client.write.seal(HANDSHAKE, client_hello)) == b""
-    assert client.receive_data(server.data_to_send() + server.send_data(b"on")) == b"on"  # warning ignored
+    exc = alert_from(server, client.write.seal(HANDSHAKE, client_hello))
+    assert (exc.description, exc.remote) == (NO_RENEGOTIATION, False)
+    sent = alert_from(client, server.data_to_send())
+    assert (sent.description, sent.remote) == (NO_RENEGOTIATION, True)
+    server, client = layer_pair("ECDHE-RSA-AES128-GCM-SHA256")
     hello_request = bytes((0, 0, 0, 0))
     assert client.receive_data(server.write.seal(HANDSHAKE, hello_request)) == b""
     assert server.receive_data(client.data_to_send() + client.send_data(b"on")) == b"on"

@@ -435,6 +435,7 @@ class TlsProxyConnection(TcpProxyConnection):
     def _alert(self, exc: TLSAlert) -> None:
         """A bad record: pass on the plaintext before it, send the layer's alert, close."""
         log.debug("connection %d: TLS alert: %s", self.id, exc)
+        self.tls.count_session_error()
         if exc.data and self.upstream is not None and self.state is OPEN:
             self._for_upstream(exc.data)
             self._flush_upstream()

@@ -24,7 +24,9 @@ Rules of this file:
                                           before our next data or the peer's next message
              NewSessionTicket          -> ignored when we are the client, else unexpected
     TLS 1.2  HelloRequest (to client)  -> warning no_renegotiation (RFC 5246 §7.2.2)
-             ClientHello (to server)   -> warning no_renegotiation
+             ClientHello (to server)   -> fatal no_renegotiation (as BoringSSL, so Envoy,
+                                          answers a client's renegotiation; checked with
+                                          Envoy 1.40 and openssl s_client's "R")
              anything else             -> unexpected_message
 """
 
@@ -166,6 +168,8 @@ class RecordLayer:
                          or (msg_type == CLIENT_HELLO and self.role == "server"))
         if not renegotiation:
             raise TLSAlert(UNEXPECTED_MESSAGE, f"post-handshake message type {msg_type}")
+        if self.role == "server":
+            raise TLSAlert(NO_RENEGOTIATION, "the client asked to renegotiate")
         if not self.closed:
             self._queue(ALERT, bytes((WARNING, NO_RENEGOTIATION)))
 

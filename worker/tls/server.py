@@ -83,6 +83,14 @@ class TlsServer:
         if self.stats is not None:
             self.stats.counters[self.scope + name] += 1
 
+    def count_session_error(self) -> None:
+        """A session that ends on a TLS error after its handshake (a bad record, an alert, a
+        renegotiation): Envoy counts ssl.connection_error twice for it, once for the read that
+        failed and once for the shutdown after it (each drains the TLS library's error
+        queue; checked against Envoy 1.40). A FIN without close_notify is not counted."""
+        self.count("connection_error")
+        self.count("connection_error")
+
     def handshake(self) -> TlsHandshake:
         return TlsHandshake(self.context, self.keylog, server_side=True)
 

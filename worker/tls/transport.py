@@ -48,10 +48,11 @@ class Session:
     derived from it (the XFCC pieces) for the connection's life."""
 
     __slots__ = ("alpn", "peer_der", "_version", "_cipher", "server_name", "local_uris",
-                 "trusted_cas", "cache")
+                 "trusted_cas", "cache", "server")
 
     def __init__(self, layer, version: str | None = None, server=None) -> None:
         info = layer.info
+        self.server = server                # the TlsServer that counts its errors, if known
         self.local_uris = server.local_uris if server is not None else []     # XFCC By=
         self.trusted_cas = server.trusted_cas if server is not None else []   # XFCC Chain=
         self.alpn = info.get("alpn")
@@ -248,6 +249,8 @@ class TlsTransport(asyncio.Transport):
             plaintext = layer.receive_data(data)
         except TLSAlert as exc:
             self.out += layer.data_to_send()        # the fatal alert, if it is ours to send
+            if self.session.server is not None:
+                self.session.server.count_session_error()
             if exc.data:
                 self.protocol.data_received(exc.data)
             self._flush()
