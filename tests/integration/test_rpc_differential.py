@@ -57,16 +57,22 @@ def outcome(frame):
     return (frame.status, message)
 
 
-def run_cases(port: int) -> tuple[list, bytes]:
-    client = RawClient("dubbo", port)
+def call_cases(client, cases) -> list:
+    """Each (service, method, args, attachments, body version) called in turn -> outcomes."""
     results = []
-    for i, (service, method, args, attachments, version) in enumerate(CASES):
+    for i, (service, method, args, attachments, version) in enumerate(cases):
         # Canonical Hessian (untyped maps): Envoy ignores attachments in a typed map.
         client.send(dubbo_request(100 + i, service, method, args, attachments, version=version,
                                   canonical=True))
         frame = client.receive(1)[0]
         assert frame.request_id == 100 + i
         results.append(outcome(frame))
+    return results
+
+
+def run_cases(port: int) -> tuple[list, bytes]:
+    client = RawClient("dubbo", port)
+    results = call_cases(client, CASES)
     client.send(dubbo_request(99, SVC, "get", ["one"], two_way=False))
     client.send(dubbo.heartbeat_request(7))
     heartbeat = client.receive(1)[0].raw
