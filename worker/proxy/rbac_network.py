@@ -1,8 +1,8 @@
 """envoy.filters.network.rbac on a tcp_proxy chain: Istio's AuthorizationPolicy for TCP.
 
 tcp_proxy.py asks `allows(conn)` when a connection starts (after the TLS handshake, when
-Baton terminates TLS), before it picks a cluster. Denied: `<stat_prefix>rbac.denied` counts
-and the connection is closed without an upstream. Allowed: `...rbac.allowed`; shadow rules
+Baton terminates TLS), once it has picked a cluster and before it connects. Denied:
+`<stat_prefix>rbac.denied` counts and the connection is closed without an upstream. Allowed: `...rbac.allowed`; shadow rules
 count shadow_allowed / shadow_denied as in the HTTP filter (http/rbac.py Engines).
 
 Difference from Envoy: Envoy decides on the connection's first bytes from the client

@@ -249,9 +249,6 @@ class TcpProxyConnection(Connection):
             counters[self.listener.stat_cx_total] += 1
             self.stats.gauges[self.listener.stat_cx_active] += 1
         counters[self.chain.cx_total] += 1
-        if self.chain.spec.get("network_filters") and not rbac_network.allows(self):
-            self.close()                    # Istio's AuthorizationPolicy denied it
-            return
         self.cluster = self._choose_cluster()
         if self.cluster is None:
             counters[self.chain.no_route] += 1
@@ -260,6 +257,11 @@ class TcpProxyConnection(Connection):
         if self.cluster.active >= self.cluster.max_connections:
             counters[self.cluster.stat["upstream_cx_overflow"]] += 1
             self.close()
+            return
+        # After the cluster is chosen, as in Envoy (where tcp_proxy has picked it before the
+        # RBAC filter sees the first bytes), so a denied connection's log names its cluster.
+        if self.chain.spec.get("network_filters") and not rbac_network.allows(self):
+            self.close()                    # Istio's AuthorizationPolicy denied it
             return
         self._connect()
 
