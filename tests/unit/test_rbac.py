@@ -234,7 +234,7 @@ def test_a_routes_rbac_per_route_replaces_the_filters_rules():
 
 
 def test_network_rbac_rides_a_tcp_proxy_chain_and_is_refused_before_another_terminal():
-    from tests.unit.test_istio_listeners import TCP, listener
+    from .test_istio_listeners import TCP, listener
     network = {"name": "envoy.filters.network.rbac", "typed_config": {
         "@type": T + "envoy.extensions.filters.network.rbac.v3.RBAC", "stat_prefix": "tcp.",
         "rules": {}, "shadow_rules_stat_prefix": "istio_dry_run_allow_"}}
