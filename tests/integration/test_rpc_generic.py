@@ -5,6 +5,8 @@ connect failure)."""
 
 from __future__ import annotations
 
+import urllib.request
+
 from baton.tests.integration.conftest import free_port, static_cluster
 from baton.tests.integration.differential.proxies import Envoy
 from baton.tests.integration.generic_proxy_config import (
@@ -57,7 +59,7 @@ def test_real_sofa_clients_and_servers_through_generic_proxy(baton, processes):
         assert sorted(r["i"] for r in results) == list(range(30))
         assert all(r.get("result") == f"{name}:hello:world{r['i']}" for r in results), results
         stats = b.stats()
-        assert stats["generic_proxy.gp.request"] == 30
+        assert stats["generic_proxy.gp.downstream_rq_total"] == 30
         assert stats["generic_proxy.gp.response_success"] == 30
         assert stats["cluster.up.upstream_cx_total"] == 1
         b.stop()
@@ -110,6 +112,16 @@ def run_cases(port: int) -> list:
     return results
 
 
+def envoy_counters(envoy) -> dict:
+    with urllib.request.urlopen(f"http://127.0.0.1:{envoy.admin_port}/stats", timeout=5) as r:
+        return {n: int(v) for n, _, v in (line.partition(": ") for line in
+                                          r.read().decode().splitlines()) if v.strip().isdigit()}
+
+
+def downstream_rq(stats: dict) -> dict:
+    return {k: v for k, v in stats.items() if k.startswith("generic_proxy.gp.downstream_rq")}
+
+
 def test_same_routing_retries_and_local_replies_as_envoy_generic_proxy(baton, processes,
                                                                       tmp_path):  # noqa: F811
     dead = free_port()                          # nothing listens there
@@ -120,6 +132,7 @@ def test_same_routing_retries_and_local_replies_as_envoy_generic_proxy(baton, pr
                                                         clusters, ROUTES)).start()
     try:
         expected = run_cases(envoy_port)
+        envoy_stats = envoy_counters(envoy)
         proxy = baton(generic_bootstrap(free_port(), {"dubbo": baton_port}, clusters, ROUTES),
                       concurrency=1)
         got = run_cases(baton_port)
@@ -132,6 +145,9 @@ def test_same_routing_retries_and_local_replies_as_envoy_generic_proxy(baton, pr
         assert got[13][0] == dubbo.SERVER_ERROR and got[4][0] == dubbo.SERVER_ERROR
         assert got[14][0] == dubbo.SERVER_ERROR
         stats = proxy.stats()
+        # Envoy's generic_proxy stats: totals, status codes, local replies and their flags.
+        assert downstream_rq(stats) == downstream_rq(envoy_stats)
+        assert stats["generic_proxy.gp.downstream_rq_flag.NR"] == 4
         assert stats["cluster.flaky.upstream_rq_retry"] >= 1
         assert stats["cluster.dead.upstream_rq_retry"] == 2     # num_retries 3: three tries
         assert stats["generic_proxy.gp.request_timeout"] == 1
@@ -148,7 +164,8 @@ def test_a_call_in_flight_at_a_reload_is_answered_and_the_connection_serves_on(b
               concurrency=1)
     client = RawClient("dubbo", port)
     client.send(dubbo_request(1, SVC, "sleep", ["1.5"]))
-    wait_until(lambda: b.stats()["generic_proxy.gp.request_active"] == 1, 10, "the call in flight")
+    wait_until(lambda: b.stats()["generic_proxy.gp.downstream_rq_active"] == 1, 10,
+               "the call in flight")
     old = b.master_pid()
     assert b.reload().returncode == 0
     client.send(dubbo_request(2, SVC, "echo", ["new"]))
@@ -156,7 +173,7 @@ def test_a_call_in_flight_at_a_reload_is_answered_and_the_connection_serves_on(b
     assert answers == {1: "P:sleep:1.5", 2: "P:echo:new"}
     b.wait_previous_gone(old)
     stats = b.stats()
-    assert stats["generic_proxy.gp.request"] == 2
+    assert stats["generic_proxy.gp.downstream_rq_total"] == 2
     assert stats["generic_proxy.gp.response_success"] == 2
     assert [v for k, v in stats.items() if k.endswith("downstream_cx_total")] == [1]
     client.close()

@@ -161,4 +161,9 @@ def test_a_listener_with_generic_proxy_translates_to_an_rpc_chain():
     config, errors, _ = translate(generic_filter({"name": "r", "routes": matcher_list(
         [], on_no_match=action("a"))})["typed_config"])
     chain = rpc_chain({"terminal": "generic_proxy", "generic_proxy": config})
-    assert chain.protocol is GenericDubbo and chain.stat["request"] == "generic_proxy.gp.request"
+    assert chain.protocol is GenericDubbo
+    # Envoy's generic_proxy names where it has one, shown from the start.
+    assert chain.stat["request"] == "generic_proxy.gp.downstream_rq_total"
+    assert {"generic_proxy.gp.downstream_rq_error", "generic_proxy.gp.downstream_rq_local",
+            "generic_proxy.gp.downstream_rq_decoding_error"} <= set(chain.counters())
+    assert chain.gauges() == ["generic_proxy.gp.downstream_rq_active"]

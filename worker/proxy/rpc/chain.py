@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from ..http.local_ratelimit import TokenBucket
 from .generic import CODECS, GenericRouteTable
+from . import protocols as P
 from .protocols import PROTOCOLS
 from .routing import RouteTable
 
@@ -27,13 +28,24 @@ COUNTERS = (
     "request_timeout", "request_rate_limited",
 )
 GAUGES = ("request_active",)
+# A generic_proxy chain counts under Envoy's generic_proxy names (its stats.h) what has one;
+# the rest keep the names above, under generic_proxy.<stat_prefix>. too.
+GENERIC_NAMES = {"request": "downstream_rq_total",
+                 "request_decoding_error": "downstream_rq_decoding_error",
+                 "request_active": "downstream_rq_active",
+                 "local_response_business_exception": "downstream_rq_local"}
+GENERIC_COUNTERS = ("downstream_rq_error", "downstream_rq_reset")
+# Envoy's response flag for each local reply (downstream_rq_flag.<flag>).
+FLAGS = {P.NO_ROUTE: "NR", P.UNKNOWN_CLUSTER: "NC", P.NO_HEALTHY_UPSTREAM: "UH",
+         P.OVERFLOW: "UO", P.CONNECT_FAILURE: "UF", P.CONNECT_TIMEOUT: "UF", P.RESET: "UC",
+         P.TIMEOUT: "UT", P.RATE_LIMITED: "RL"}
 
 
 class RpcChain:
     """Built once per chain spec ({"dubbo": config}, {"bolt": config} or
     {"generic_proxy": config}, the last naming its codec: generic.py)."""
 
-    __slots__ = ("protocol", "routes", "stat", "config", "bucket")
+    __slots__ = ("protocol", "routes", "stat", "config", "bucket", "generic", "prefix")
 
     def __init__(self, kind: str, config: dict):
         self.config = config
@@ -43,8 +55,12 @@ class RpcChain:
         else:
             self.protocol = PROTOCOLS[kind]
             self.routes = RouteTable(config["route_configs"])
-        prefix = f"{self.protocol.stat_root}.{config['stat_prefix']}."
-        self.stat = {name: prefix + name for name in COUNTERS + GAUGES}
+        self.generic = kind == "generic_proxy"
+        self.prefix = prefix = f"{self.protocol.stat_root}.{config['stat_prefix']}."
+        names = GENERIC_NAMES if self.generic else {}
+        self.stat = {name: prefix + names.get(name, name) for name in COUNTERS + GAUGES}
+        if self.generic:
+            self.stat.update((name, prefix + name) for name in GENERIC_COUNTERS)
         limit = config.get("local_rate_limit")
         # One bucket per worker, as the HTTP local_ratelimit (http/local_ratelimit.py says why).
         self.bucket = TokenBucket(limit["max_tokens"], limit["tokens_per_fill"],
@@ -53,8 +69,19 @@ class RpcChain:
     def counters(self):
         """The counters shown from the start (at 0): request_rate_limited only where a rate
         limit is configured, so a Dubbo chain shows exactly Envoy's names (and the timeout's)."""
-        return [self.stat[name] for name in COUNTERS
+        names = COUNTERS + (GENERIC_COUNTERS if self.generic else ())
+        return [self.stat[name] for name in names
                 if name != "request_rate_limited" or self.bucket is not None]
+
+    def answered(self, counters, code: int, ok: bool, failure: str | None = None) -> None:
+        """A generic_proxy chain's count of an answer written to the client (from upstream,
+        or local with its failure): downstream_rq_code.<status>, _error, _flag.<flag>.
+        Called on generic chains only (the caller checks, to keep the others' path short)."""
+        counters[f"{self.prefix}downstream_rq_code.{code}"] += 1
+        if not ok:
+            counters[self.prefix + "downstream_rq_error"] += 1
+        if failure is not None:
+            counters[f"{self.prefix}downstream_rq_flag.{FLAGS[failure]}"] += 1
 
     def gauges(self):
         return [self.stat[name] for name in GAUGES]

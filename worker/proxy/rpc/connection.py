@@ -347,6 +347,8 @@ class RpcConnection(Connection, asyncio.Protocol):
         # Envoy writes every local reply of dubbo_proxy as an exception (AppException).
         counters[self.rpc.stat["local_response_business_exception"]] += 1
         self.transport.write(self.protocol.local_reply(frame, failure, detail))
+        if self.rpc.generic:
+            self.rpc.answered(counters, self.protocol.local_status(failure), False, failure)
 
     # -- called by upstream.py ----------------------------------------------------------------
 
@@ -365,6 +367,8 @@ class RpcConnection(Connection, asyncio.Protocol):
         # Written before finish(): a draining connection closes once its last answer is out.
         if not self.closed:
             self.transport.write(self.protocol.with_request_id(frame.raw, exchange.frame.request_id))
+            if self.rpc.generic:
+                self.rpc.answered(counters, frame.status, outcome == "success")
         exchange.finish()
 
     def upstream_failed(self, exchange: Exchange, failure: str, host_name: str) -> None:

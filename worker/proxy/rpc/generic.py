@@ -184,6 +184,10 @@ class GenericDubbo(P.Dubbo):
     stat_root = "generic_proxy"
 
     @staticmethod
+    def local_status(failure: str) -> int:
+        return dubbo.SERVER_ERROR
+
+    @staticmethod
     def local_reply(frame, failure: str, detail: str) -> bytes:
         if failure == P.TIMEOUT:
             message = ""                    # Envoy: DeadlineExceeded "timeout", no detail

@@ -160,15 +160,20 @@ class Bolt:
             return "success"
         return "business_exception" if frame.status == bolt.SERVER_EXCEPTION else "error"
 
-    @staticmethod
-    def local_reply(frame, failure: str, detail: str) -> bytes:
-        status = {NO_ROUTE: bolt.NO_PROCESSOR, UNKNOWN_CLUSTER: bolt.NO_PROCESSOR,
-                  NO_HEALTHY_UPSTREAM: bolt.CONNECTION_CLOSED,
-                  OVERFLOW: bolt.SERVER_THREADPOOL_BUSY,
-                  CONNECT_FAILURE: bolt.CONNECTION_CLOSED, RESET: bolt.CONNECTION_CLOSED,
-                  CONNECT_TIMEOUT: bolt.CONNECTION_CLOSED, TIMEOUT: bolt.TIMEOUT,
-                  RATE_LIMITED: bolt.SERVER_THREADPOOL_BUSY}[failure]
-        return bolt.error_response(frame, status)
+    LOCAL_STATUS = {NO_ROUTE: bolt.NO_PROCESSOR, UNKNOWN_CLUSTER: bolt.NO_PROCESSOR,
+                    NO_HEALTHY_UPSTREAM: bolt.CONNECTION_CLOSED,
+                    OVERFLOW: bolt.SERVER_THREADPOOL_BUSY,
+                    CONNECT_FAILURE: bolt.CONNECTION_CLOSED, RESET: bolt.CONNECTION_CLOSED,
+                    CONNECT_TIMEOUT: bolt.CONNECTION_CLOSED, TIMEOUT: bolt.TIMEOUT,
+                    RATE_LIMITED: bolt.SERVER_THREADPOOL_BUSY}
+
+    @classmethod
+    def local_status(cls, failure: str) -> int:
+        return cls.LOCAL_STATUS[failure]
+
+    @classmethod
+    def local_reply(cls, frame, failure: str, detail: str) -> bytes:
+        return bolt.error_response(frame, cls.LOCAL_STATUS[failure])
 
 
 PROTOCOLS = {"dubbo": Dubbo, "bolt": Bolt}
