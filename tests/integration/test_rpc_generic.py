@@ -11,12 +11,13 @@ from baton.tests.integration.conftest import free_port, static_cluster
 from baton.tests.integration.differential.proxies import Envoy
 from baton.tests.integration.generic_proxy_config import (
     action, generic_filter, input_, matcher_list, request_predicate, single, tree)
-from baton.tests.integration.rpc_peers.frames import dubbo_request, dubbo_value
+from baton.tests.integration.rpc_peers.frames import bolt_request, dubbo_request, dubbo_value
 from baton.tests.integration.test_rpc_differential import call_cases
 from baton.tests.integration.test_rpc_proxy import (SERVICE, RawClient, needs_node, node_client,
                                                     node_server, processes, provider)  # noqa: F401
 from baton.tests.waiting import wait_until
-from baton.worker.codecs import dubbo
+from baton.worker.codecs import bolt, dubbo
+from baton.worker.codecs.hessian2 import Reader
 
 SVC = "org.example.UserService"
 
@@ -201,4 +202,30 @@ def test_consecutive_error_answers_eject_a_host(baton, processes):
     assert stats["cluster.pool.outlier_detection.ejections_enforced_total"] == 1
     assert stats["cluster.pool.outlier_detection.ejections_active"] == 1
     assert stats["generic_proxy.gp.response_error"] == 3
+    client.close()
+
+
+def test_bolt_under_generic_proxy_routes_on_service_method_and_headers(baton, processes):
+    """Baton's Bolt codec: the host is the interface of "interface:version", the properties
+    the header map and the version; no route is Bolt's NO_PROCESSOR."""
+    port = free_port()
+    clusters = {"a": provider(processes, "bolt", "A"), "b": provider(processes, "bolt", "B")}
+    routes = {"name": "r", "virtual_hosts": [{"name": "hello", "hosts": [SERVICE], "routes":
+              matcher_list([
+                  (single(input_("property", "user"), {"prefix": "vip"}), action("b")),
+                  (single(input_("property", "version"), {"exact": "2.0"}), action("b")),
+                  (single(input_("method"), {"exact": "hello"}), action("a"))])}]}
+    b = baton(generic_bootstrap(free_port(), {"bolt": port}, clusters, routes), concurrency=1)
+    client = RawClient("bolt", port)
+    calls = [(f"{SERVICE}:1.0", "hello", {}), (f"{SERVICE}:1.0", "hello", {"user": "vip7"}),
+             (f"{SERVICE}:2.0", "other", {}), (f"{SERVICE}:1.0", "other", {}),
+             ("org.Unknown:1.0", "hello", {})]
+    client.send(*(bolt_request(i, service, method, extra_headers=headers)
+                  for i, (service, method, headers) in enumerate(calls)))
+    frames = sorted(client.receive(len(calls)), key=lambda f: f.request_id)
+    got = [Reader(f.content).read() if f.status == bolt.SUCCESS else f.status for f in frames]
+    assert got == ["A:hello", "B:hello", "B:other", bolt.NO_PROCESSOR, bolt.NO_PROCESSOR]
+    stats = b.stats()
+    assert stats["generic_proxy.gp.downstream_rq_flag.NR"] == 2
+    assert stats["generic_proxy.gp.downstream_rq_code.0"] == 3     # Bolt's SUCCESS
     client.close()
