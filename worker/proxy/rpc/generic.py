@@ -25,6 +25,8 @@ codecs/dubbo/config.{h,cc}):
 
 from __future__ import annotations
 
+import random
+
 from ...codecs import dubbo
 from ..http.routing import _string_matcher
 from . import protocols as P
@@ -141,8 +143,7 @@ class GenericRouteTable:
     __slots__ = ("vhosts", "exact", "suffixes", "prefixes", "default", "rand",
                  "needs_arguments")
 
-    def __init__(self, spec: dict, rand=None):
-        import random
+    def __init__(self, spec: dict, rand: random.Random | None = None):
         self.vhosts = [Matcher(m) for m in spec["vhosts"]]
         self.exact = spec["exact"]
         # Longest wildcard first (Envoy: "*-bar.baz.com" before "*.baz.com").
