@@ -228,4 +228,6 @@ def test_bolt_under_generic_proxy_routes_on_service_method_and_headers(baton, pr
     stats = b.stats()
     assert stats["generic_proxy.gp.downstream_rq_flag.NR"] == 2
     assert stats["generic_proxy.gp.downstream_rq_code.0"] == 3     # Bolt's SUCCESS
+    status, dump = b.admin("/config_dump")         # Baton's codec type renders as Envoy's do
+    assert status == 200 and "baton.generic_proxy.codecs.bolt.v1.BoltCodecConfig" in dump
     client.close()
