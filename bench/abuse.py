@@ -503,7 +503,8 @@ def main(argv=None) -> int:
     ap.add_argument("--turns", action="store_true",
                     help="Baton's workers run bench/loop_probe: how long their loop is held")
     ap.add_argument("--before", default=None, metavar="REV",
-                    help="also Baton at commit REV (from `git archive`), as `baton@REV`")
+                    help="also Baton at commit REV (from `git archive`), as `baton@REV`; or "
+                         "a directory holding a tree as `baton/` (world-readable)")
     args = ap.parse_args(argv)
     names = [n for n in args.proxies.split(",") if n]
     unknown = set(names) - {"baton", "envoy"}
@@ -527,9 +528,14 @@ def main(argv=None) -> int:
     pythonpaths = {}
     try:
         with tempfile.TemporaryDirectory(prefix="baton-abuse-") as tmp:
+            if args.turns:
+                os.chmod(tmp, 0o755)    # the loop probe's files are written by the workers
             if args.before:
-                name = f"baton@{args.before}"
-                pythonpaths[name] = _archive(args.before, Path(tmp) / "before")
+                tree = Path(args.before)
+                # A directory holding a modified tree as `baton/` (an experiment) or a commit.
+                name = f"baton@{tree.name if tree.is_dir() else args.before}"
+                pythonpaths[name] = str(tree) if tree.is_dir() else \
+                    _archive(args.before, Path(tmp) / "before")
                 names.insert(names.index("baton") if "baton" in names else 0, name)
             attacks = {} if args.only_linear else run_attacks(names, Path(tmp), only,
                                                               args.repeat, pythonpaths,
