@@ -105,6 +105,29 @@ def test_request_scan_keeps_connection_listed_names_out():
     assert events[0].expect_continue and request.authority == "h"
 
 
+def test_a_remembered_reading_of_a_head_is_the_fresh_one():
+    """Each side reads a small head once (http1._Head): the second request or response with
+    the same head gets the same reading, in new lists of its own."""
+    request = (b"POST / HTTP/1.1\r\nHost: h\r\nConnection: x-hop\r\nX-Hop: 1\r\n"
+               b"Content-Length: 2\r\nX-End: 3\r\n\r\nab")
+    server = Http1ServerCodec()
+    first = server.receive(request)[0]
+    first.request.headers.items.append(("x-added", "1"))
+    server.send_head(1, Response(200, Headers([("content-length", "0")])), True)
+    second = server.receive(request)[0]
+    assert second.request.headers.items == [("content-length", "2"), ("x-end", "3")]
+    assert not second.end_stream and second.request.authority == "h"
+    two_hosts = b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"
+    for _ in range(2):      # refused when read, and when remembered
+        events = Http1ServerCodec().receive(two_hosts)
+        assert events[0].status == 400
+    client = Http1ClientCodec()
+    chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-A: 1\r\n\r\n"
+    for _ in range(2):
+        head = _response_head(client, chunked + b"0\r\n\r\n")
+        assert head.response.headers.items == [("x-a", "1")] and not head.end_stream
+
+
 def test_response_head_written_in_one_pass():
     server = Http1ServerCodec()
     server.receive(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")

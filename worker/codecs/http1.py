@@ -95,27 +95,42 @@ def _lower(name: bytes) -> str:
     return text
 
 
-_HEADS: dict = {}           # a small head's raw (name, value) pairs -> its decoded pairs
+_HEADS: dict = {}           # a small head's raw (name, value) pairs -> its _Head
 _HEADS_MAX = 256            # bounded (heads come from the peers): cleared when full
 _HEAD_MEMO_BYTES = 2048     # larger heads are decoded each time, not remembered
 
 
-def _decode(headers: list, size: int) -> list:
-    """The head's pairs with lower-case str names and str values, a new list. An upstream
-    sends the same head again and again (only its Date moves, once a second), a client
-    its same few headers: a small head (`size` bytes) is decoded once, looked up after."""
+class _Head:
+    """A head as decoded, and what each side's codec read from it. An upstream sends the same
+    head again and again (only its Date moves, once a second), a client its same few headers:
+    a small head is decoded and read once, looked up after. The readings are immutable (tuples):
+    each message gets new lists made from them."""
+
+    __slots__ = ("pairs", "request", "response")
+
+    def __init__(self, pairs: tuple):
+        self.pairs = pairs          # lower-case str names, str values
+        self.request = None         # _read_request(pairs), once the server side asked
+        self.response = None        # _read_response(pairs), once the client side asked
+
+
+def _decoded(headers: list) -> tuple:
+    names = _NAMES
+    return tuple([(names.get(n) or _lower(n), v.decode("latin-1")) for n, v in headers])
+
+
+def _head(headers: list, size: int) -> _Head:
+    """The head of these raw pairs (`size` bytes): remembered when small, else new."""
     if size > _HEAD_MEMO_BYTES:
-        names = _NAMES
-        return [(names.get(n) or _lower(n), v.decode("latin-1")) for n, v in headers]
+        return _Head(_decoded(headers))
     key = tuple(headers)
-    decoded = _HEADS.get(key)
-    if decoded is None:
-        names = _NAMES
-        decoded = tuple([(names.get(n) or _lower(n), v.decode("latin-1")) for n, v in headers])
+    head = _HEADS.get(key)
+    if head is None:
+        head = _Head(_decoded(headers))
         if len(_HEADS) >= _HEADS_MAX:
             _HEADS.clear()
-        _HEADS[key] = decoded
-    return list(decoded)
+        _HEADS[key] = head
+    return head
 
 
 # Connection values whose tokens are all hop-by-hop already: nothing to add.
@@ -289,6 +304,55 @@ class _Http1Output:
             self._fail(str(exc) or type(exc).__name__, error_status)
         events, self._events = self._events, []
         return events
+
+
+def _read_request(raw: tuple) -> tuple:
+    """What the server side reads from a request head's pairs, all of it per head, not per
+    request (remembered on its _Head): (the pairs that pass on, Host's value, how many Hosts,
+    Transfer-Encoding's values joined or None, whether a body comes, Expect: 100-continue,
+    whether an Upgrade came). Passing on: not Host (the request line's authority), not the
+    hop-by-hop names nor what Connection lists, TE only as "trailers", not an Expect:
+    100-continue (answered here)."""
+    te = None
+    expect_continue = False
+    authority = ""
+    has_body = False
+    hop = False             # a hop-by-hop name came (Connection may list more)
+    upgrade_seen = False
+    hosts = 0
+    # One pass for what needs a look (host, expect, content-length, hop-by-hop names);
+    # anything else passes as it came.
+    headers = []
+    for kv in raw:
+        name = kv[0]
+        if name in _SPECIAL_REQUEST_HEADERS:
+            if name == "host":
+                authority = kv[1]
+                hosts += 1
+                continue
+            if name in HOP_BY_HOP:
+                hop = True
+                if name == "transfer-encoding":
+                    has_body = True
+                    te = kv[1] if te is None else te + "," + kv[1]
+                elif name == "upgrade":
+                    upgrade_seen = True
+                continue
+            if name == "expect":
+                if kv[1].lower() == "100-continue":
+                    expect_continue = True
+            elif name == "content-length" and kv[1].strip() not in ("", "0"):
+                has_body = True
+        headers.append(kv)
+    if hop:
+        drop = _hop_by_hop(raw)
+        if drop is not HOP_BY_HOP:
+            headers = [kv for kv in headers if kv[0] not in drop]
+        if _te_trailers(raw):
+            headers.append(("te", "trailers"))      # the one TE value a proxy passes on
+    if expect_continue:
+        headers = [kv for kv in headers if kv[0] != "expect"]
+    return tuple(headers), authority, hosts, te, has_body, expect_continue, upgrade_seen
 
 
 # --- server side ----------------------------------------------------------------------------
@@ -642,42 +706,16 @@ class Http1ServerCodec(_Http1Output):
         method = _METHODS.get(method) or method.decode("latin-1")
         version = parser.get_http_version()
         keep_alive = parser.should_keep_alive()
-        raw = self._headers = _decode(self._headers, self._header_bytes)
+        head = _head(self._headers, self._header_bytes)
+        raw = head.pairs
+        self._headers = list(raw)    # trailers' lines are counted on after it (on_header)
         if version != "1.1" and version != "1.0":
             version = "1.0"
             keep_alive = _keep_alive(raw, False)
-        te = None
-        upgrade = None
-        expect_continue = False
-        authority = ""
-        has_body = False
-        hop = False             # a hop-by-hop name came (Connection may list more)
-        upgrade_seen = False
-        hosts = 0
-        # One pass for what needs a look (host, expect, content-length, hop-by-hop names);
-        # anything else passes as it came.
-        headers = []
-        for kv in raw:
-            name = kv[0]
-            if name in _SPECIAL_REQUEST_HEADERS:
-                if name == "host":
-                    authority = kv[1]
-                    hosts += 1
-                    continue
-                if name in HOP_BY_HOP:
-                    hop = True
-                    if name == "transfer-encoding":
-                        has_body = True
-                        te = kv[1] if te is None else te + "," + kv[1]
-                    elif name == "upgrade":
-                        upgrade_seen = True
-                    continue
-                if name == "expect":
-                    if kv[1].lower() == "100-continue":
-                        expect_continue = True
-                elif name == "content-length" and kv[1].strip() not in ("", "0"):
-                    has_body = True
-            headers.append(kv)
+        reading = head.request
+        if reading is None:
+            reading = head.request = _read_request(raw)
+        kept, authority, hosts, te, has_body, expect_continue, upgrade_seen = reading
         if hosts > 1:
             # RFC 9112 3.2: one Host, or 400; two could route two ways.
             raise _LimitExceeded(400, "more than one Host header")
@@ -685,14 +723,8 @@ class Http1ServerCodec(_Http1Output):
             # Envoy implements chunked alone: "identity, chunked" is a 501 there, where llhttp
             # would read the body as chunked (the last coding).
             raise _LimitExceeded(501, "transfer-encoding other than chunked")
-        if hop:
-            drop = _hop_by_hop(raw)
-            if drop is not HOP_BY_HOP:
-                headers = [kv for kv in headers if kv[0] not in drop]
-            if _te_trailers(raw):
-                headers.append(("te", "trailers"))      # the one TE value a proxy passes on
-        if expect_continue:
-            headers = [kv for kv in headers if kv[0] != "expect"]
+        headers = list(kept)
+        upgrade = None
         if method == "CONNECT":
             upgrade = "connect"
             authority = self._url.decode("latin-1")
@@ -745,6 +777,31 @@ class Http1ServerCodec(_Http1Output):
 
 
 # --- client side ----------------------------------------------------------------------------
+
+def _read_response(raw: tuple) -> tuple:
+    """What the client side reads from a response head's pairs, per head (remembered on its
+    _Head): (the pairs that pass on: not the hop-by-hop names nor what Connection lists, the
+    first Content-Length or None, whether the body is framed: Content-Length or
+    Transfer-Encoding)."""
+    kept = []
+    length = None
+    chunked = listed = False
+    for kv in raw:
+        name = kv[0]
+        if name in HOP_BY_HOP:
+            if name == "transfer-encoding":
+                chunked = True
+            elif name == "connection" and kv[1] not in _LISTS_NOTHING:
+                listed = True
+            continue
+        if length is None and name == "content-length":
+            length = kv[1]
+        kept.append(kv)
+    if listed:
+        drop = _hop_by_hop(raw)
+        kept = [kv for kv in kept if kv[0] not in drop]
+    return tuple(kept), length, length is not None or chunked
+
 
 class Http1ClientCodec(_Http1Output):
     """Our HTTP/1.1 connection to an upstream: one request at a time (no pipelining)."""
@@ -903,8 +960,9 @@ class Http1ClientCodec(_Http1Output):
     def on_headers_complete(self) -> None:
         parser = self._parser
         status = parser.get_status_code()
-        raw = _decode(self._headers, self._header_bytes)
-        self._headers = []          # `raw` may become the response's own list
+        head = _head(self._headers, self._header_bytes)
+        raw = head.pairs
+        self._headers = []
         if not self._stream:
             self._protocol_error("response without a request", 502)
             return
@@ -914,27 +972,11 @@ class Http1ClientCodec(_Http1Output):
         if not parser.should_keep_alive() and not (
                 self._method == "HEAD" and _keep_alive(raw, parser.get_http_version() == "1.1")):
             self.reusable = False
-        # One pass: the headers without the fixed hop-by-hop names, the first Content-Length,
-        # and whether Connection may list more names to drop.
-        kept = []
-        length = None
-        chunked = listed = False
-        for kv in raw:
-            name = kv[0]
-            if name in HOP_BY_HOP:
-                if name == "transfer-encoding":
-                    chunked = True
-                elif name == "connection" and kv[1] not in _LISTS_NOTHING:
-                    listed = True
-                continue
-            if length is None and name == "content-length":
-                length = kv[1]
-            kept.append(kv)
-        self._framed = length is not None or chunked
-        if listed:
-            drop = _hop_by_hop(raw)
-            kept = [kv for kv in kept if kv[0] not in drop]
-        headers = Headers(kept)
+        reading = head.response
+        if reading is None:
+            reading = head.response = _read_response(raw)
+        kept, length, self._framed = reading
+        headers = Headers(list(kept))
         method = self._method
         no_body = method == "HEAD" or status in _NO_BODY_STATUS
         tunnel = self._tunnel < 0 and (status == 101 or
