@@ -2,7 +2,8 @@
 
     {"codec": "dubbo" | "bolt", "stat_prefix": str,
      "route_table": {"vhosts": [matcher], "exact": {host: index}, "suffixes": [[s, index]],
-                     "prefixes": [[p, index]], "default": index or None}}
+                     "prefixes": [[p, index]], "default": index or None},
+     "access_log": [xds/http_filters.py translate_access_logs() entry]}
     matcher:   {"list": [{"predicate": predicate, "on_match": on_match}]
                 or "tree": {"input": input, "exact": {value: on_match}, "prefix": {...}},
                 "on_no_match": on_match or None}
@@ -22,7 +23,7 @@ empty message, declared in xds/baton_types.py; also accepted inside a TypedStruc
 
 Not supported (each a NACK naming its path): generic_rds, filters other than the router
 (envoy.filters.generic.router) or a router binding upstream connections, tracing,
-access_log, a matcher's custom_match other than generic_proxy's RequestMatcher, keep_matching,
+a matcher's custom_match other than generic_proxy's RequestMatcher, keep_matching,
 per_filter_config. retry_policy fields other than num_retries are ignored with a warning
 (Envoy's generic_proxy reads only num_retries).
 """
@@ -32,6 +33,7 @@ from __future__ import annotations
 from . import protos
 from .baton_types import BOLT_CODEC
 from .http import _Context, _string_matcher, _weighted_clusters
+from .http_filters import translate_access_logs
 from .parse import join
 
 GENERIC_PROXY_TYPE = "envoy.extensions.filters.network.generic_proxy.v3.GenericProxy"
@@ -61,8 +63,7 @@ def translate_generic_proxy(any_pb, path, errors, warnings=None, clusters=None):
     for field in ("generic_rds", "tracing"):
         if pb.HasField(field):
             errors.append(f"{join(path, field)}: not supported")
-    if pb.access_log:
-        errors.append(f"{join(path, 'access_log')}: not supported")
+    access_log = _access_log(pb, join(path, "access_log"), errors, warnings)
     _filters(pb, join(path, "filters"), errors)
     if not pb.HasField("route_config"):
         errors.append(f"{join(path, 'route_config')}: required (generic_rds is not supported)")
@@ -70,7 +71,18 @@ def translate_generic_proxy(any_pb, path, errors, warnings=None, clusters=None):
     table = _route_table(pb.route_config, join(path, "route_config"), ctx)
     if len(errors) > start:
         return None
-    return {"codec": codec, "stat_prefix": pb.stat_prefix, "route_table": table}
+    return {"codec": codec, "stat_prefix": pb.stat_prefix, "route_table": table,
+            "access_log": access_log}
+
+
+def _access_log(pb, path, errors, warnings):
+    """AccessLog list -> translate_access_logs() entries, the formats checked against the
+    generic_proxy operators (%METHOD%, %REQUEST_PROPERTY(k)%, ...) besides the common ones."""
+    if not pb.access_log:
+        return []
+    # Imported late, as http_filters.py imports the formatter: only a chain that logs needs it.
+    from ..worker.proxy.rpc.access_log import OPERATORS
+    return translate_access_logs(pb.access_log, path, errors, warnings, OPERATORS)
 
 
 def _codec(pb, path, errors):

@@ -418,11 +418,12 @@ def _user_filter(pb, path, errors, installed, optional, warnings):
 
 # --- access logs -----------------------------------------------------------------------------
 
-def translate_access_logs(access_log_pb_list, path, errors, warnings=None):
+def translate_access_logs(access_log_pb_list, path, errors, warnings=None, operators=None):
     """AccessLog list -> [{"path", "format": str or None (Envoy's default),
     "json_format": dict or None, "omit_empty_values": bool, and "flags": [flag] when a
     response_flag_filter says which lines are written}]. Entries with errors are left
-    out (the caller sees the errors)."""
+    out (the caller sees the errors). `operators`: the formatter's table the formats are
+    checked against (None: HTTP's; generic_proxy's adds its own, proxy/rpc/access_log.py)."""
     result = []
     for i, pb in enumerate(access_log_pb_list):
         here = f"{path}[{i}]"
@@ -436,7 +437,7 @@ def translate_access_logs(access_log_pb_list, path, errors, warnings=None):
         type_name = protos.type_name(pb.typed_config.type_url)
         if type_name == _FILE_LOG_TYPE:
             log = _file_access_log(_unpack(pb.typed_config, type_name), config_path, errors,
-                                   warnings)
+                                   warnings, operators)
         elif type_name in (_STDOUT_LOG_TYPE, _STDERR_LOG_TYPE):
             stream = _unpack(pb.typed_config, type_name)
             check_fields(stream, config_path, errors, warnings)
@@ -444,7 +445,8 @@ def translate_access_logs(access_log_pb_list, path, errors, warnings=None):
                    "format": None, "json_format": None, "omit_empty_values": False}
             if stream.HasField("log_format"):
                 log.update(_substitution_format(stream.log_format,
-                                                join(config_path, "log_format"), errors))
+                                                join(config_path, "log_format"), errors,
+                                                operators))
         else:
             errors.append(f"{config_path}: {type_name} not supported (supported: "
                           f"{_FILE_LOG_TYPE}, {_STDOUT_LOG_TYPE}, {_STDERR_LOG_TYPE})")
@@ -479,61 +481,64 @@ def _log_filter(pb, path, errors):
     return flags
 
 
-def _file_access_log(pb, path, errors, warnings):
+def _file_access_log(pb, path, errors, warnings, operators=None):
     check_fields(pb, path, errors, warnings)
     if not pb.path:
         errors.append(f"{join(path, 'path')}: required")
     log = {"path": pb.path, "format": None, "json_format": None, "omit_empty_values": False}
     which = pb.WhichOneof("access_log_format")
     if which == "format":
-        log["format"] = _check_text(pb.format, join(path, "format"), errors)
+        log["format"] = _check_text(pb.format, join(path, "format"), errors, operators)
     elif which in ("json_format", "typed_json_format"):
-        log["json_format"] = _check_json(getattr(pb, which), join(path, which), errors)
+        log["json_format"] = _check_json(getattr(pb, which), join(path, which), errors,
+                                         operators)
     elif which == "log_format":
-        log.update(_substitution_format(pb.log_format, join(path, "log_format"), errors))
+        log.update(_substitution_format(pb.log_format, join(path, "log_format"), errors,
+                                        operators))
     return log
 
 
-def _substitution_format(pb, path, errors):
+def _substitution_format(pb, path, errors, operators=None):
     """SubstitutionFormatString -> {"format", "json_format", "omit_empty_values"}."""
     out = {"format": None, "json_format": None, "omit_empty_values": pb.omit_empty_values}
     which = pb.WhichOneof("format")
     if which == "text_format":
-        out["format"] = _check_text(pb.text_format, join(path, "text_format"), errors)
+        out["format"] = _check_text(pb.text_format, join(path, "text_format"), errors, operators)
     elif which == "text_format_source":
         source = pb.text_format_source
         kind = source.WhichOneof("specifier")
         source_path = join(path, "text_format_source")
         if kind == "inline_string":
-            out["format"] = _check_text(source.inline_string, source_path, errors)
+            out["format"] = _check_text(source.inline_string, source_path, errors, operators)
         elif kind == "inline_bytes":
             out["format"] = _check_text(source.inline_bytes.decode("utf-8", "replace"),
-                                        source_path, errors)
+                                        source_path, errors, operators)
         else:
             errors.append(f"{source_path}: {kind or 'a source'} not supported "
                           "(inline_string or inline_bytes)")
     elif which == "json_format":
-        out["json_format"] = _check_json(pb.json_format, join(path, "json_format"), errors)
+        out["json_format"] = _check_json(pb.json_format, join(path, "json_format"), errors,
+                                         operators)
     else:
         errors.append(f"{path}: one of text_format, text_format_source or json_format is "
                       "required")
     return out
 
 
-def _check_text(fmt, path, errors):
+def _check_text(fmt, path, errors, operators=None):
     formatter = _formatter()
     try:
-        formatter.compile_format(fmt)
+        formatter.compile_format(fmt, operators=operators)
     except formatter.FormatError as exc:
         errors.append(f"{path}: {exc}")
     return fmt
 
 
-def _check_json(struct_pb, path, errors):
+def _check_json(struct_pb, path, errors, operators=None):
     formatter = _formatter()
     spec = protos.json_format.MessageToDict(struct_pb)
     try:
-        formatter.compile_json_format(spec)
+        formatter.compile_json_format(spec, operators=operators)
     except formatter.FormatError as exc:
         errors.append(f"{path}: {exc}")
     return spec

@@ -319,9 +319,9 @@ OPERATORS = {
 }
 
 
-def _getter(command):
+def _getter(command, operators=None):
     name, param, length = command
-    make = OPERATORS.get(name)
+    make = (operators or OPERATORS).get(name)
     if make is None:
         raise FormatError(f"Not supported field in StreamInfo: {name}")
     get = make(name, param, length)
@@ -336,7 +336,7 @@ def _getter(command):
 
 # --- compiled forms --------------------------------------------------------------------------
 
-def _compile_text(fmt: str, missing: str):
+def _compile_text(fmt: str, missing: str, operators=None):
     parts = _parse(fmt)
     if all(isinstance(p, str) for p in parts):
         text = "".join(parts)
@@ -346,7 +346,7 @@ def _compile_text(fmt: str, missing: str):
         if isinstance(part, str):
             pieces.append(part)
         else:
-            pieces.append(_getter(part))
+            pieces.append(_getter(part, operators))
 
     if len(pieces) == 1:
         get = pieces[0]
@@ -379,10 +379,11 @@ def _generate(pieces, missing):
     return namespace["render"]
 
 
-def compile_format(fmt: str | None = None, omit_empty_values: bool = False):
-    """An access log text format (None: Envoy's default) -> f(info) -> the line."""
+def compile_format(fmt: str | None = None, omit_empty_values: bool = False, operators=None):
+    """An access log text format (None: Envoy's default) -> f(info) -> the line.
+    `operators`: another table than OPERATORS (an RPC chain's: proxy/rpc/access_log.py)."""
     return _compile_text(DEFAULT_FORMAT if fmt is None else fmt,
-                         "" if omit_empty_values else "-")
+                         "" if omit_empty_values else "-", operators)
 
 
 def compile_header_value(template: str):
@@ -390,9 +391,9 @@ def compile_header_value(template: str):
     return _compile_text(template, "")
 
 
-def compile_json_format(spec: dict, omit_empty_values: bool = False):
+def compile_json_format(spec: dict, omit_empty_values: bool = False, operators=None):
     """A json_format mapping -> f(info) -> one JSON line ending in "\\n"."""
-    build = _compile_json_value(spec)
+    build = _compile_json_value(spec, operators)
 
     def render(info):
         value = build(info)
@@ -403,18 +404,18 @@ def compile_json_format(spec: dict, omit_empty_values: bool = False):
     return render
 
 
-def _compile_json_value(value):
+def _compile_json_value(value, operators=None):
     if isinstance(value, dict):
-        items = [(str(k), _compile_json_value(v)) for k, v in value.items()]
+        items = [(str(k), _compile_json_value(v, operators)) for k, v in value.items()]
         return lambda info: {k: build(info) for k, build in items}
     if isinstance(value, list):
-        builders = [_compile_json_value(v) for v in value]
+        builders = [_compile_json_value(v, operators) for v in value]
         return lambda info: [build(info) for build in builders]
     if isinstance(value, str):
         parts = _parse(value)
         if len(parts) == 1 and not isinstance(parts[0], str):
-            return _getter(parts[0])     # typed: a number stays a number, missing is null
-        return _compile_text(value, "-")
+            return _getter(parts[0], operators)  # typed: a number stays a number, missing is null
+        return _compile_text(value, "-", operators)
     if isinstance(value, float) and value.is_integer():
         value = int(value)               # protobuf Struct numbers are doubles
     return lambda info: value

@@ -45,7 +45,8 @@ class RpcChain:
     """Built once per chain spec ({"dubbo": config}, {"bolt": config} or
     {"generic_proxy": config}, the last naming its codec: generic.py)."""
 
-    __slots__ = ("protocol", "routes", "stat", "config", "bucket", "generic", "prefix")
+    __slots__ = ("protocol", "routes", "stat", "config", "bucket", "generic", "prefix",
+                 "access_logs")
 
     def __init__(self, kind: str, config: dict):
         self.config = config
@@ -65,6 +66,14 @@ class RpcChain:
         # One bucket per worker, as the HTTP local_ratelimit (http/local_ratelimit.py says why).
         self.bucket = TokenBucket(limit["max_tokens"], limit["tokens_per_fill"],
                                   limit["fill_interval"]) if limit else None
+        self.access_logs = None             # built for the worker by its first connection
+
+    def logs(self, worker) -> list:
+        """generic_proxy's access logs (access_log.py) on this worker's files."""
+        if self.access_logs is None:
+            from .access_log import build_access_logs
+            self.access_logs = build_access_logs(self.config.get("access_log"), worker)
+        return self.access_logs
 
     def counters(self):
         """The counters shown from the start (at 0): request_rate_limited only where a rate

@@ -25,8 +25,9 @@ import os
 from ...connection import Connection, Export, Lifecycle, Move
 from ..lb import xxhash64
 from ..http.inflight import ForwardedTransport, detach
-from . import move
+from . import access_log, move
 from . import protocols as P
+from .chain import FLAGS
 from .upstream import Exchange, pool_for
 
 log = logging.getLogger("baton.rpc")
@@ -71,6 +72,7 @@ class RpcConnection(Connection, asyncio.Protocol):
         self.chain = chain
         self.rpc = chain.rpc
         self.protocol = chain.rpc.protocol
+        self.logs = chain.rpc.logs(worker)  # generic_proxy's access_log (access_log.py)
         self.peer = peer
         self.id = conn_id
         self.original = None
@@ -297,27 +299,33 @@ class RpcConnection(Connection, asyncio.Protocol):
         counters[stat["request"]] += 1
         counters[stat["request_decoding_success"]] += 1
         counters[stat["request_oneway" if oneway else "request_twoway"]] += 1
+        info = access_log.request_info(self, request, self.worker.loop.time()) \
+            if self.logs else None
         if self.rpc.bucket is not None and not self.rpc.bucket.consume():
             counters[stat["request_rate_limited"]] += 1
-            self._local_reply(frame, oneway, P.RATE_LIMITED, "")
+            self._local_reply(frame, oneway, P.RATE_LIMITED, "", info)
             return
         decision = routes.route(request)
         if decision is None:
-            self._local_reply(frame, oneway, P.NO_ROUTE, request.service)
+            self._local_reply(frame, oneway, P.NO_ROUTE, request.service, info)
             return
+        if info is not None:
+            info.upstream_cluster = decision.cluster
         cluster = self.worker.clusters.get(decision.cluster)
         if cluster is None:
-            self._local_reply(frame, oneway, P.UNKNOWN_CLUSTER, decision.cluster)
+            self._local_reply(frame, oneway, P.UNKNOWN_CLUSTER, decision.cluster, info)
             return
         hash_key = _hash_key(cluster, decision, request)
         host = cluster.pick((), hash_key) if cluster.balancer is not None else None
         if host is None:
             counters[cluster.stat["upstream_cx_none_healthy"]] += 1
-            self._local_reply(frame, oneway, P.NO_HEALTHY_UPSTREAM, decision.cluster)
+            self._local_reply(frame, oneway, P.NO_HEALTHY_UPSTREAM, decision.cluster, info)
             return
+        if info is not None:
+            info.upstream_host = host.stat_id
         if cluster.rq_active >= cluster.max_requests:
             counters[cluster.stat["upstream_rq_pending_overflow"]] += 1
-            self._local_reply(frame, oneway, P.OVERFLOW, decision.cluster)
+            self._local_reply(frame, oneway, P.OVERFLOW, decision.cluster, info)
             return
         exchange = Exchange(self, frame, cluster)
         exchange.host = host
@@ -328,6 +336,7 @@ class RpcConnection(Connection, asyncio.Protocol):
         counters[cluster.stat["upstream_rq_total"]] += 1
         self.worker.stats.gauges[cluster.stat["upstream_rq_active"]] += 1
         if not oneway:
+            exchange.info = info            # logged when answered
             self.exchanges.add(exchange)
             self.worker.stats.gauges[stat["request_active"]] += 1
             # The route's timeout (Bolt config), else the client's own deadline.
@@ -337,18 +346,29 @@ class RpcConnection(Connection, asyncio.Protocol):
                                                              exchange, timeout)
         exchange.pool = pool_for(self.worker, protocol, cluster, host)
         exchange.pool.submit(exchange, oneway)
-        if oneway and not exchange.done:
-            exchange.finish()               # written (or queued for the connect): nothing to await
-
-    def _local_reply(self, frame, oneway: bool, failure: str, detail: str) -> None:
         if oneway:
+            if info is not None:            # sent (or queued for the connect): its only line
+                access_log.write(self.logs, info, self.worker.loop.time())
+            if not exchange.done:
+                exchange.finish()           # nothing to await
+
+    def _local_reply(self, frame, oneway: bool, failure: str, detail: str,
+                     info=None) -> None:
+        if oneway:
+            if info is not None:            # nothing is written, but the request is logged
+                access_log.write(self.logs, info, self.worker.loop.time(),
+                                 details=access_log.DETAILS[failure], flag=FLAGS[failure])
             return                          # nobody waits for an answer (Envoy sends none)
         counters = self.worker.stats.counters
         # Envoy writes every local reply of dubbo_proxy as an exception (AppException).
         counters[self.rpc.stat["local_response_business_exception"]] += 1
         self.transport.write(self.protocol.local_reply(frame, failure, detail))
         if self.rpc.generic:
-            self.rpc.answered(counters, self.protocol.local_status(failure), False, failure)
+            status = self.protocol.local_status(failure)
+            self.rpc.answered(counters, status, False, failure)
+            if info is not None:
+                access_log.write(self.logs, info, self.worker.loop.time(), status,
+                                 access_log.DETAILS[failure], FLAGS[failure])
 
     # -- called by upstream.py ----------------------------------------------------------------
 
@@ -369,6 +389,10 @@ class RpcConnection(Connection, asyncio.Protocol):
             self.transport.write(self.protocol.with_request_id(frame.raw, exchange.frame.request_id))
             if self.rpc.generic:
                 self.rpc.answered(counters, frame.status, outcome == "success")
+            if exchange.info is not None:
+                access_log.write(self.logs, exchange.info, self.worker.loop.time(), frame.status,
+                                 "via_upstream",
+                                 properties=self.protocol.response_properties(frame))
         exchange.finish()
 
     def upstream_failed(self, exchange: Exchange, failure: str, host_name: str) -> None:
@@ -383,7 +407,7 @@ class RpcConnection(Connection, asyncio.Protocol):
             return
         if not self.closed:
             self._local_reply(exchange.frame, self.protocol.oneway(exchange.frame), failure,
-                              host_name)
+                              host_name, exchange.info)
         exchange.finish()
 
     def _retry(self, exchange: Exchange) -> bool:
@@ -398,6 +422,8 @@ class RpcConnection(Connection, asyncio.Protocol):
         exchange.retries -= 1
         exchange.host = host
         exchange.tried += (host,)
+        if exchange.info is not None:
+            exchange.info.upstream_host = host.stat_id
         exchange.upstream = exchange.upstream_id = None
         exchange.pool = pool_for(self.worker, self.protocol, cluster, host)
         exchange.pool.submit(exchange, False)
@@ -415,7 +441,7 @@ class RpcConnection(Connection, asyncio.Protocol):
             cluster.outlier.report(exchange.host, "timeout")
         exchange.pool.cancel(exchange)
         if not self.closed:
-            self._local_reply(exchange.frame, False, P.TIMEOUT, f"{timeout:g}s")
+            self._local_reply(exchange.frame, False, P.TIMEOUT, f"{timeout:g}s", exchange.info)
         exchange.finish()
 
     def exchange_done(self, exchange: Exchange) -> None:
@@ -445,8 +471,11 @@ class RpcConnection(Connection, asyncio.Protocol):
             self.worker.stats.counters[self.rpc.stat[
                 "cx_destroy_local_with_active_rq" if local else
                 "cx_destroy_remote_with_active_rq"]] += 1
+            now = self.worker.loop.time()
             for exchange in list(self.exchanges):
                 exchange.pool.cancel(exchange)
+                if exchange.info is not None:   # never answered: the client went away
+                    access_log.write(self.logs, exchange.info, now, flag="DC")
                 exchange.finish()
         self.worker.stats.gauges[self.listener.stat_cx_active] -= 1
         self.worker.connection_closed(self)

@@ -81,6 +81,12 @@ class Dubbo:
                 _milliseconds(inv.attachments.get("timeout")))
 
     @staticmethod
+    def response_properties(frame) -> None:
+        """What %RESPONSE_PROPERTY(key)% reads of a response: a Dubbo response has none
+        (Envoy's DubboResponse has no properties either)."""
+        return None
+
+    @staticmethod
     def response_outcome(frame) -> str:
         """"success", "business_exception" (an OK response carrying the provider's exception)
         or "error" (any other status), as Envoy counts responses."""
@@ -153,6 +159,14 @@ class Bolt:
         headers = {k.lower(): v for k, v in header.items() if v is not None}
         return (Request(interface, version, group, method or "", headers),
                 frame.timeout / 1000 if frame.timeout > 0 else None)
+
+    @staticmethod
+    def response_properties(frame) -> dict | None:
+        """A Bolt response's header map (%RESPONSE_PROPERTY(key)%)."""
+        try:
+            return frame.header()
+        except bolt.BoltError:
+            return None
 
     @staticmethod
     def response_outcome(frame) -> str:

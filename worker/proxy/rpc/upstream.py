@@ -44,7 +44,7 @@ class Exchange:
     where it went, and its deadline."""
 
     __slots__ = ("client", "frame", "cluster", "host", "pool", "upstream", "upstream_id",
-                 "timer", "done", "retries", "tried", "hash_key")
+                 "timer", "done", "retries", "tried", "hash_key", "info")
 
     def __init__(self, client, frame, cluster):
         self.client = client
@@ -59,6 +59,7 @@ class Exchange:
         self.retries = 0                    # tries left on connect failure or reset
         self.tried: tuple = ()              # the hosts it went to
         self.hash_key = None                # a hashing cluster's key for it
+        self.info = None                    # its access log's RpcLogInfo, when the chain logs
 
     def finish(self) -> None:
         """No longer in flight (answered, failed or abandoned): release what it holds."""
