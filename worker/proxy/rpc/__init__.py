@@ -8,6 +8,7 @@
     upstream.py    upstream connections per host, each with its own request-id space
     connection.py  a client connection (worker/connection.py's contract)
     move.py        moving one at a reload with its requests in flight (record "rpc")
+    access_log.py  generic_proxy's access_log: a line per request, its %-operators
 """
 
 from . import move   # noqa: F401 - registers the "rpc" record kind

@@ -26,7 +26,7 @@ The HTTP-only operators (%REQ(...)%, %BYTES_SENT%, ...) render as missing.
 
 from __future__ import annotations
 
-from ..http.access_log import AccessLog, AccessLogFiles
+from ..http.config import _access_logs
 from ..http.formatter import OPERATORS as COMMON, FormatError, compile_format, \
     compile_json_format
 from ..http.stream_info import StreamInfo
@@ -105,28 +105,16 @@ def compile_rpc_format(config: dict):
     return compile_format(config.get("format"), omit, OPERATORS)
 
 
-class RpcAccessLog(AccessLog):
-    """AccessLog (files, flag filter) with its format compiled against OPERATORS."""
-
-    __slots__ = ()
-
-    def __init__(self, config: dict, files: AccessLogFiles):
-        # The base class compiles against HTTP's table; give it a constant and compile here.
-        super().__init__({**config, "format": "", "json_format": None}, files)
-        self.format = compile_rpc_format(config)
-
-
 def build_access_logs(specs, worker) -> list:
-    """A chain's access_log entries -> RpcAccessLogs on the worker's shared files (opened
-    through the master when the worker has a handoff broker, as HTTP's)."""
+    """A chain's access_log entries -> AccessLogs (files, batching, flag filter: HTTP's, on
+    the worker's shared files) whose formats read OPERATORS."""
     if not specs:
         return []
-    files = getattr(worker, "access_log_files", None)
-    if files is None:
-        broker = getattr(worker, "handoff_broker", None)
-        files = worker.access_log_files = AccessLogFiles(
-            worker.loop, opener=broker.open_log if broker is not None else None)
-    return [RpcAccessLog(spec, files) for spec in specs]
+    # HTTP's builder compiles against its own table: give it constants, then compile here.
+    logs = _access_logs([{**spec, "format": "", "json_format": None} for spec in specs], worker)
+    for log, spec in zip(logs, specs):
+        log.format = compile_rpc_format(spec)
+    return logs
 
 
 # -- filled in and written by connection.py -----------------------------------------------------
