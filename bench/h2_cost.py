@@ -97,29 +97,47 @@ def rig_run(batches: int) -> float:
     return cpu
 
 
+def timed_in_tree(tree: str, run, count: int, repeats: int, nogc: bool) -> None:
+    """Import Baton and its tests from `tree`, call `run()` (CPU seconds for `count` requests)
+    `repeats` times and print microseconds per request. Shared with bench/http_cost.py."""
+    if nogc:
+        gc.disable()
+    sys.path.append(tree)           # its tests package (appended: its xds/ must not shadow
+    import baton                    # the protobuf xds package)
+    print(f"baton from {Path(baton.__file__).resolve().parent}", file=sys.stderr)
+    times = [run() for _ in range(repeats)]
+    print(" ".join(f"{t / count * 1e6:.2f}" for t in times), "us/request; min",
+          f"{min(times) / count * 1e6:.2f}")
+
+
 def rig(argv: list[str]) -> None:
     snapshot, batches = argv[0], int(argv[1])
     repeats = int(argv[2]) if len(argv) > 2 else 1
-    if os.environ.get("H2COST_NOGC"):
-        gc.disable()
-    sys.path.append(snapshot)       # its tests package (appended: its xds/ must not shadow
-    import baton                    # the protobuf xds package)
-    print(f"baton from {Path(baton.__file__).resolve().parent}", file=sys.stderr)
-    times = [rig_run(batches) for _ in range(repeats)]
-    n = batches * 10
-    print(" ".join(f"{t / n * 1e6:.2f}" for t in times), "us/request; min",
-          f"{min(times) / n * 1e6:.2f}")
+    timed_in_tree(snapshot, lambda: rig_run(batches), batches * 10, repeats,
+                  bool(os.environ.get("H2COST_NOGC")))
 
 
-def e2e(argv: list[str]) -> None:
+def cpu_sample(meter, requests: float, res: dict, proxy_cpu: int) -> dict:
+    """One e2e run's figures from its CpuMeter and the load's result, with the line to print."""
+    s = {"us": meter.cpu / requests * 1e6, "rps": res["rps"],
+         "others": meter.busy[proxy_cpu] - meter.cpu / meter.wall}
+    s["line"] = (f"{s['us']:6.1f} us/request {requests / meter.cpu:8,.0f} per core "
+                 f"{s['rps']:8,.0f} req/s others on CPU {proxy_cpu} {s['others']:.2f}"
+                 + (f" [{res['errors']}]" if res["errors"] else ""))
+    return s
+
+
+def interleaved(rounds: int, versions: dict, measure, prefix: str) -> None:
+    """bench/http_bench.py's setup with Baton alone: each version (name -> Baton executable)
+    started fresh for each of `rounds`, versions in a rotating order; `measure(name, proc,
+    ports)` loads it and gives a sample: {"us": CPU microseconds per request, "line": what to print}.
+    Prints each sample and each version's median. Shared with bench/http_cost.py."""
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import http_bench as hb
     import http_proxies
-    from procs import CpuMeter, free_ports, stop
+    from procs import free_ports, stop
 
-    rounds, requests = int(argv[0]), int(argv[1])
-    versions = dict(arg.split("=", 1) for arg in argv[2:])
-    work = Path(tempfile.mkdtemp(prefix="h2cost-"))
+    work = Path(tempfile.mkdtemp(prefix=prefix))
     (up,) = free_ports(1)
     upstream = http_proxies.start_upstream(up, hb.LOAD_CPU, work)
     samples: dict[str, list[dict]] = {name: [] for name in versions}
@@ -136,22 +154,11 @@ def e2e(argv: list[str]) -> None:
                 proc = http_proxies.launch("baton", ports, hb.PROXY_CPU, rundir,
                                            Path(versions[name]))
                 try:
-                    problem = hb.h2_precheck(ports.h2)
-                    if problem:
-                        raise SystemExit(f"{name}: {problem}")
-                    hb.h2load(ports.h2, 10, 10, requests=5000)     # warm-up
-                    hb.wait_quiet(5.0)
-                    with CpuMeter(proc, cpus=(hb.PROXY_CPU, hb.LOAD_CPU)) as meter:
-                        res = hb.h2load(ports.h2, 10, 10, requests=requests)
+                    s = measure(name, proc, ports)
                 finally:
                     stop(proc)
-                s = {"us": meter.cpu / requests * 1e6, "rps": res["rps"],
-                     "others": meter.busy[hb.PROXY_CPU] - meter.cpu / meter.wall}
                 samples[name].append(s)
-                print(f"round {r} {name:8} {s['us']:6.1f} us/request "
-                      f"{requests / meter.cpu:8,.0f} per core {s['rps']:8,.0f} req/s "
-                      f"others on CPU {hb.PROXY_CPU} {s['others']:.2f}"
-                      + (f" [{res['errors']}]" if res["errors"] else ""), flush=True)
+                print(f"round {r} {name:8} {s['line']}", flush=True)
     finally:
         stop(upstream)
     for name, xs in samples.items():
@@ -159,6 +166,26 @@ def e2e(argv: list[str]) -> None:
             us = statistics.median(x["us"] for x in xs)
             print(f"{name}: median {us:.1f} us/request = {1e6 / us:,.0f} per core "
                   f"({len(xs)} runs)")
+
+
+def e2e(argv: list[str]) -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import http_bench as hb
+    from procs import CpuMeter
+
+    rounds, requests = int(argv[0]), int(argv[1])
+
+    def measure(name, proc, ports) -> dict:
+        problem = hb.h2_precheck(ports.h2)
+        if problem:
+            raise SystemExit(f"{name}: {problem}")
+        hb.h2load(ports.h2, 10, 10, requests=5000)     # warm-up
+        hb.wait_quiet(5.0)
+        with CpuMeter(proc, cpus=(hb.PROXY_CPU, hb.LOAD_CPU)) as meter:
+            res = hb.h2load(ports.h2, 10, 10, requests=requests)
+        return cpu_sample(meter, requests, res, hb.PROXY_CPU)
+
+    interleaved(rounds, dict(arg.split("=", 1) for arg in argv[2:]), measure, "h2cost-")
 
 
 if __name__ == "__main__":

@@ -1,27 +1,33 @@
-"""What one HTTP/1.1 keep-alive request costs Baton's Python, to compare two versions (issue 17,
-the keep-alive figure of bench/http_bench.py).
+"""What one HTTP/1.1 keep-alive request costs Baton, to compare two versions (issue 17, the
+keep-alive figure of bench/http_bench.py). Two measures:
 
-    PYTHONPATH=P .venv/bin/python bench/http_cost.py TREE REQUESTS [REPEATS]
+rig TREE REQUESTS [REPEATS]
+    In process, no sockets: the Rig of TREE/tests/unit/test_http_express.py (that tree's
+    connection manager, HTTP/1.1 codecs, express lane and upstream pool, on fake transports)
+    and a client like `wrk -c50`: one request per read (wrk's own request line and Host), each
+    answered by an upstream keep-alive connection with the benchmark's nginx response (64-byte
+    body). Prints CPU microseconds per request. The system calls (a read and a write on each
+    side per request, about 45% of the worker's CPU under wrk, bench/RESULTS.md) are not in
+    it: this is the part Baton's code decides. For a figure the shared machine's noise does
+    not move, count instructions: run it under `PYTHONHASHSEED=0 setarch -R valgrind
+    --tool=callgrind` with 100 and 1100 requests (HTTPCOST_NOGC=1 for GC off);
+    (Ir(1100) - Ir(100)) / 1000 is the instructions per request.
 
-In process, no sockets: the Rig of TREE/tests/unit/test_http_express.py (that tree's
-connection manager, HTTP/1.1 codecs, express lane and upstream pool, on fake transports) and a
-client like `wrk -c50`: one request per read (wrk's own request line and Host), each answered
-by an upstream keep-alive connection with the benchmark's nginx response (64-byte body). Prints
-CPU microseconds per request. The system calls (a read and a write on each side per request,
-about 40% of the worker's CPU under wrk, bench/RESULTS.md) are not in it: this is the part
-Baton's code decides. For a figure the shared machine's noise does not move, count
-instructions: run it under `PYTHONHASHSEED=0 setarch -R valgrind --tool=callgrind` with 100
-and 1100 requests (HTTPCOST_NOGC=1 for GC off); (Ir(1100) - Ir(100)) / 1000 is the
-instructions per request.
+e2e ROUNDS SECONDS NAME=BATON_EXECUTABLE ...
+    bench/http_bench.py's setup (Baton alone, one worker pinned to CPU 1, upstream nginx and
+    wrk on CPU 0), each Baton started fresh, versions interleaved with a rotating order:
+    `wrk -c50` for SECONDS after 2 s unmeasured; CPU of Baton's process tree per request,
+    each run and the medians (h2_cost.interleaved). Beside another Baton: RUNTIME_DIRECTORY=DIR.
 
 A snapshot of another revision runs with this repository's .venv as in bench/h2_cost.py's
-docstring: `git archive REV | tar -x -C DIR`, a directory P holding a symlink P/baton -> DIR.
+docstring: `git archive REV | tar -x -C DIR`, a directory P holding a symlink P/baton -> DIR,
+then `PYTHONPATH=P .venv/bin/python bench/http_cost.py rig DIR 20000 5`; for e2e, an
+executable script per version (h2_cost.py's docstring shows it).
 """
 
 from __future__ import annotations
 
 import asyncio
-import gc
 import os
 import sys
 import tempfile
@@ -59,18 +65,31 @@ def rig_run(requests: int) -> float:
     return cpu
 
 
-def main(argv: list[str]) -> None:
-    tree, requests = argv[0], int(argv[1])
-    repeats = int(argv[2]) if len(argv) > 2 else 1
-    if os.environ.get("HTTPCOST_NOGC"):
-        gc.disable()
-    sys.path.append(tree)       # its tests package (appended: its xds/ must not shadow the
-    import baton                # protobuf xds package)
-    print(f"baton from {Path(baton.__file__).resolve().parent}", file=sys.stderr)
-    times = [rig_run(requests) for _ in range(repeats)]
-    print(" ".join(f"{t / requests * 1e6:.2f}" for t in times), "us/request; min",
-          f"{min(times) / requests * 1e6:.2f}")
+def rig(argv: list[str]) -> None:
+    from h2_cost import timed_in_tree
+    requests, repeats = int(argv[1]), int(argv[2]) if len(argv) > 2 else 1
+    timed_in_tree(argv[0], lambda: rig_run(requests), requests, repeats,
+                  bool(os.environ.get("HTTPCOST_NOGC")))
+
+
+def e2e(argv: list[str]) -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import http_bench as hb
+    from h2_cost import cpu_sample, interleaved
+    from procs import CpuMeter
+
+    rounds, seconds = int(argv[0]), int(argv[1])
+
+    def measure(name, proc, ports) -> dict:
+        hb.wrk_keepalive(ports.h1, 2, 50)         # warm-up: the upstream pool, the memos
+        hb.wait_quiet(5.0)
+        with CpuMeter(proc, cpus=(hb.PROXY_CPU, hb.LOAD_CPU)) as meter:
+            res = hb.wrk_keepalive(ports.h1, seconds, 50)
+        # wrk's rate over its own duration
+        return cpu_sample(meter, res["rps"] * seconds, res, hb.PROXY_CPU)
+
+    interleaved(rounds, dict(arg.split("=", 1) for arg in argv[2:]), measure, "httpcost-")
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    {"rig": rig, "e2e": e2e}[sys.argv[1]](sys.argv[2:])
