@@ -5,12 +5,10 @@ host's."""
 
 from __future__ import annotations
 
-import pytest
-
 from .differential.bootstraps import bootstrap, cluster, http_listener
 from .differential.client import one
 from .differential.compare import differential, header, observe
-from .differential.proxies import ProxyPair, Recorder
+from .differential.proxies import module_pair
 
 T = "type.googleapis.com/"
 POLICY = T + "envoy.extensions.filters.http.cors.v3.CorsPolicy"
@@ -47,18 +45,7 @@ def cors_bootstrap(upstreams: dict[str, int]):
     return template
 
 
-@pytest.fixture(scope="module")
-def recorder():
-    rec = Recorder("a")
-    yield rec
-    rec.stop()
-
-
-@pytest.fixture(scope="module")
-def pair(recorder, tmp_path_factory):
-    p = ProxyPair(tmp_path_factory.mktemp("diff-cors"), cors_bootstrap(recorder.ports), ["cors"])
-    yield p
-    p.stop()
+recorder, pair = module_pair("diff-cors", cors_bootstrap, ["cors"])
 
 
 def exchange(recorder, case, method, path, host, headers=()):

@@ -3,13 +3,11 @@ with a header matcher) and the local rate limit filter, one listener per filter 
 
 from __future__ import annotations
 
-import pytest
-
 from .differential.bootstraps import (FAULT_TYPE, LOCAL_RATELIMIT_TYPE, bootstrap, cluster, http_listener,
                                       percent)
 from .differential.client import build_request, one, sequential
 from .differential.compare import differential, each_proxy, header, observe, within_binomial
-from .differential.proxies import ProxyPair, Recorder
+from .differential.proxies import module_pair
 
 ABORT_PERCENT = 25
 FAULT_REQUESTS = 2000
@@ -50,19 +48,7 @@ def filters_bootstrap(upstreams: dict[str, int]):
     return template
 
 
-@pytest.fixture(scope="module")
-def recorder():
-    rec = Recorder("a")
-    yield rec
-    rec.stop()
-
-
-@pytest.fixture(scope="module")
-def pair(recorder, tmp_path_factory):
-    p = ProxyPair(tmp_path_factory.mktemp("diff-filters"), filters_bootstrap(recorder.ports),
-                  list(LISTENER_FILTERS))
-    yield p
-    p.stop()
+recorder, pair = module_pair("diff-filters", filters_bootstrap, list(LISTENER_FILTERS))
 
 
 def exchange(recorder, listener: str, case: str, headers=(), min_elapsed: float | None = None):

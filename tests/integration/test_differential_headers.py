@@ -10,7 +10,7 @@ from .differential.addresses import host_address
 from .differential.bootstraps import bootstrap, cluster, http_listener
 from .differential.cases import Case, run_case
 from .differential.compare import header, upstream_header, upstream_headers
-from .differential.proxies import ProxyPair, Recorder
+from .differential.proxies import module_pair
 
 
 def add(key: str, value: str, action: str | None = None) -> dict:
@@ -68,18 +68,7 @@ def headers_bootstrap(upstreams: dict[str, int]):
     return template
 
 
-@pytest.fixture(scope="module")
-def recorder():
-    rec = Recorder("a")
-    yield rec
-    rec.stop()
-
-
-@pytest.fixture(scope="module")
-def pair(recorder, tmp_path_factory):
-    p = ProxyPair(tmp_path_factory.mktemp("diff-headers"), headers_bootstrap(recorder.ports), ["headers", "edge"])
-    yield p
-    p.stop()
+recorder, pair = module_pair("diff-headers", headers_bootstrap, ["headers", "edge"])
 
 
 def check(condition: bool, obs) -> None:

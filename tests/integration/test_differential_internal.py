@@ -16,7 +16,7 @@ from .differential.bootstraps import bootstrap, cluster, http_listener
 from .differential.cases import Case, run_case
 from .differential.client import one
 from .differential.compare import differential, observe, upstream_header, upstream_headers
-from .differential.proxies import ProxyPair, Recorder
+from .differential.proxies import module_pair
 
 
 def internal_bootstrap(upstreams: dict[str, int]):
@@ -31,18 +31,7 @@ def internal_bootstrap(upstreams: dict[str, int]):
     return template
 
 
-@pytest.fixture(scope="module")
-def recorder():
-    rec = Recorder("a")
-    yield rec
-    rec.stop()
-
-
-@pytest.fixture(scope="module")
-def pair(recorder, tmp_path_factory):
-    p = ProxyPair(tmp_path_factory.mktemp("diff-internal"), internal_bootstrap(recorder.ports), ["internal"])
-    yield p
-    p.stop()
+recorder, pair = module_pair("diff-internal", internal_bootstrap, ["internal"])
 
 
 def check(condition: bool, obs) -> None:

@@ -15,7 +15,7 @@ import pytest
 from .differential.bootstraps import bootstrap, cluster, http_listener
 from .differential.client import Connection, build_request, curl, one
 from .differential.compare import differential, header, observe, upstream_header
-from .differential.proxies import ProxyPair, Recorder
+from .differential.proxies import module_pair
 
 BODY = os.urandom(10_000)
 BIG_BODY = os.urandom(1 << 20)
@@ -35,18 +35,7 @@ def protocol_bootstrap(upstreams: dict[str, int]):
     return template
 
 
-@pytest.fixture(scope="module")
-def recorder():
-    rec = Recorder("a")
-    yield rec
-    rec.stop()
-
-
-@pytest.fixture(scope="module")
-def pair(recorder, tmp_path_factory):
-    p = ProxyPair(tmp_path_factory.mktemp("diff-protocol"), protocol_bootstrap(recorder.ports), ["proto", "http10"])
-    yield p
-    p.stop()
+recorder, pair = module_pair("diff-protocol", protocol_bootstrap, ["proto", "http10"])
 
 
 def host_and_key(target, case):

@@ -16,7 +16,7 @@ from ..waiting import wait_until
 from .differential.bootstraps import address, bootstrap, cluster, http_listener
 from .differential.client import one
 from .differential.compare import differential, each_proxy, observe
-from .differential.proxies import PROXIES, ProxyPair, Recorder
+from .differential.proxies import PROXIES, module_pair
 
 T = "type.googleapis.com/"
 RBAC = T + "envoy.extensions.filters.http.rbac.v3.RBAC"
@@ -92,19 +92,7 @@ def rbac_bootstrap(upstreams):
     return template
 
 
-@pytest.fixture(scope="module")
-def recorder():
-    rec = Recorder("a")
-    yield rec
-    rec.stop()
-
-
-@pytest.fixture(scope="module")
-def pair(recorder, tmp_path_factory):
-    p = ProxyPair(tmp_path_factory.mktemp("diff-rbac"), rbac_bootstrap(recorder.ports),
-                  ["rbac", "tcpdeny", "tcpallow", "ecds"])
-    yield p
-    p.stop()
+recorder, pair = module_pair("diff-rbac", rbac_bootstrap, ["rbac", "tcpdeny", "tcpallow", "ecds"])
 
 
 def exchange(recorder, case, method, path, headers=(), listener="rbac"):

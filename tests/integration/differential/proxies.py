@@ -208,3 +208,25 @@ class ProxyPair:
     def stop(self) -> None:
         for target in self.targets_by_name.values():
             target.process.stop()
+
+
+def module_pair(name: str, make_bootstrap, listeners: list[str], upstreams=("a",)):
+    """The two module-scoped fixtures most differential modules start with: `recorder` (the
+    recording upstreams `upstreams`) and `pair` (Envoy and Baton on the bootstrap that
+    `make_bootstrap(recorder.ports)` templates, serving `listeners`). Use as
+    `recorder, pair = module_pair("diff-x", x_bootstrap, ["x"])`."""
+    import pytest
+
+    @pytest.fixture(scope="module")
+    def recorder():
+        rec = Recorder(*upstreams)
+        yield rec
+        rec.stop()
+
+    @pytest.fixture(scope="module")
+    def pair(recorder, tmp_path_factory):
+        p = ProxyPair(tmp_path_factory.mktemp(name), make_bootstrap(recorder.ports), listeners)
+        yield p
+        p.stop()
+
+    return recorder, pair
