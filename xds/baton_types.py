@@ -4,6 +4,10 @@ bootstrap, a resource, /config_dump.
 
     baton.generic_proxy.codecs.bolt.v1.BoltCodecConfig   (xds/generic_proxy.py): the SOFA
         Bolt codec of generic_proxy, beside Envoy's DubboCodecConfig; no fields, as that one
+    baton.generic_proxy.filters.local_ratelimit.v1.LocalRateLimit   (xds/generic_proxy.py):
+        a generic_proxy filter before the router admitting requests at a token bucket's
+        rate per worker (Envoy's generic_proxy has none; MOSN rate-limits any protocol):
+        envoy.type.v3.TokenBucket token_bucket = 1
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 from google.protobuf import descriptor_pb2, descriptor_pool
 
 BOLT_CODEC = "baton.generic_proxy.codecs.bolt.v1.BoltCodecConfig"
+LOCAL_RATELIMIT = "baton.generic_proxy.filters.local_ratelimit.v1.LocalRateLimit"
 
 
 def _declare_empty(full_name: str, file_name: str) -> None:
@@ -26,4 +31,25 @@ def _declare_empty(full_name: str, file_name: str) -> None:
     pool.AddSerializedFile(proto.SerializeToString())
 
 
+def _declare_local_ratelimit() -> None:
+    from envoy.type.v3 import token_bucket_pb2
+    pool = descriptor_pool.Default()
+    try:
+        pool.FindMessageTypeByName(LOCAL_RATELIMIT)
+        return
+    except KeyError:
+        pass
+    package, _, message = LOCAL_RATELIMIT.rpartition(".")
+    proto = descriptor_pb2.FileDescriptorProto(
+        name="baton/generic_proxy/local_ratelimit.proto", package=package, syntax="proto3",
+        dependency=[token_bucket_pb2.DESCRIPTOR.name])
+    msg = proto.message_type.add(name=message)
+    msg.field.add(name="token_bucket", number=1, json_name="tokenBucket",
+                  type=descriptor_pb2.FieldDescriptorProto.TYPE_MESSAGE,
+                  label=descriptor_pb2.FieldDescriptorProto.LABEL_OPTIONAL,
+                  type_name=".envoy.type.v3.TokenBucket")
+    pool.AddSerializedFile(proto.SerializeToString())
+
+
 _declare_empty(BOLT_CODEC, "baton/generic_proxy/bolt_codec.proto")
+_declare_local_ratelimit()

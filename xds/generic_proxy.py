@@ -3,7 +3,8 @@
     {"codec": "dubbo" | "bolt", "stat_prefix": str,
      "route_table": {"vhosts": [matcher], "exact": {host: index}, "suffixes": [[s, index]],
                      "prefixes": [[p, index]], "default": index or None},
-     "access_log": [xds/http_filters.py translate_access_logs() entry]}
+     "access_log": [xds/http_filters.py translate_access_logs() entry],
+     "local_rate_limit": {"max_tokens", "tokens_per_fill", "fill_interval"} or None}
     matcher:   {"list": [{"predicate": predicate, "on_match": on_match}]
                 or "tree": {"input": input, "exact": {value: on_match}, "prefix": {...}},
                 "on_no_match": on_match or None}
@@ -21,8 +22,14 @@ envoy.generic_proxy.codecs.dubbo (DubboCodecConfig), and Baton's SOFA Bolt codec
 own type URL, type.googleapis.com/baton.generic_proxy.codecs.bolt.v1.BoltCodecConfig (an
 empty message, declared in xds/baton_types.py; also accepted inside a TypedStruct).
 
-Not supported (each a NACK naming its path): generic_rds, filters other than the router
-(envoy.filters.generic.router) or a router binding upstream connections, tracing,
+Filters: the router (envoy.filters.generic.router), last, and before it at most one of
+Baton's local rate limit (type.googleapis.com/baton.generic_proxy.filters.local_ratelimit.v1
+.LocalRateLimit {token_bucket}: requests beyond the bucket, per worker, get the codec's
+"busy" local reply, Dubbo SERVER_THREADPOOL_EXHAUSTED and Bolt SERVER_THREADPOOL_BUSY, and
+count in request_rate_limited).
+
+Not supported (each a NACK naming its path): generic_rds, other filters, a router binding
+upstream connections, tracing,
 a matcher's custom_match other than generic_proxy's RequestMatcher, keep_matching,
 per_filter_config. retry_policy fields other than num_retries are ignored with a warning
 (Envoy's generic_proxy reads only num_retries).
@@ -31,7 +38,7 @@ per_filter_config. retry_policy fields other than num_retries are ignored with a
 from __future__ import annotations
 
 from . import protos
-from .baton_types import BOLT_CODEC
+from .baton_types import BOLT_CODEC, LOCAL_RATELIMIT
 from .http import _Context, _string_matcher, _weighted_clusters
 from .http_filters import translate_access_logs
 from .parse import join
@@ -64,7 +71,7 @@ def translate_generic_proxy(any_pb, path, errors, warnings=None, clusters=None):
         if pb.HasField(field):
             errors.append(f"{join(path, field)}: not supported")
     access_log = _access_log(pb, join(path, "access_log"), errors, warnings)
-    _filters(pb, join(path, "filters"), errors)
+    limit = _filters(pb, join(path, "filters"), errors)
     if not pb.HasField("route_config"):
         errors.append(f"{join(path, 'route_config')}: required (generic_rds is not supported)")
         return None
@@ -72,7 +79,7 @@ def translate_generic_proxy(any_pb, path, errors, warnings=None, clusters=None):
     if len(errors) > start:
         return None
     return {"codec": codec, "stat_prefix": pb.stat_prefix, "route_table": table,
-            "access_log": access_log}
+            "access_log": access_log, "local_rate_limit": limit}
 
 
 def _access_log(pb, path, errors, warnings):
@@ -107,13 +114,21 @@ def _codec(pb, path, errors):
 
 
 def _filters(pb, path, errors):
-    """Only the router, last, as Envoy requires one terminal filter; and not bound."""
+    """The router, last, as Envoy requires one terminal filter, and not bound; before it at
+    most one local rate limit -> its token bucket or None."""
     if not pb.filters:
         errors.append(f"{path}: the router (envoy.filters.generic.router) is required")
+    limit = None
+    last = len(pb.filters) - 1
     for i, filter_pb in enumerate(pb.filters):
         here = f"{path}[{i}]"
-        if protos.type_name(filter_pb.typed_config.type_url) != ROUTER:
-            errors.append(f"{here}: {filter_pb.name!r} not supported (only the router, {ROUTER})")
+        name = protos.type_name(filter_pb.typed_config.type_url)
+        if name == LOCAL_RATELIMIT and i < last and limit is None:
+            limit = _token_bucket(filter_pb.typed_config, join(here, "typed_config"), errors)
+            continue
+        if name != ROUTER or i < last:
+            errors.append(f"{here}: {filter_pb.name!r} not supported here (the router, "
+                          f"{ROUTER}, last; before it at most one {LOCAL_RATELIMIT})")
             continue
         router = protos.message_class(ROUTER)()
         filter_pb.typed_config.Unpack(router)
@@ -121,6 +136,25 @@ def _filters(pb, path, errors):
             errors.append(f"{join(here, 'typed_config.bind_upstream_connection')}: not "
                           "supported (requests are multiplexed over shared upstream "
                           "connections)")
+    return limit
+
+
+def _token_bucket(any_pb, path, errors):
+    """LocalRateLimit -> {max_tokens, tokens_per_fill, fill_interval (s)} as Envoy's
+    TokenBucket reads: max_tokens > 0, tokens_per_fill 1 when unset, fill_interval > 0."""
+    pb = protos.message_class(LOCAL_RATELIMIT)()
+    any_pb.Unpack(pb)
+    bucket = pb.token_bucket
+    here = join(path, "token_bucket")
+    interval = bucket.fill_interval.seconds + bucket.fill_interval.nanos / 1e9
+    fill = bucket.tokens_per_fill.value if bucket.HasField("tokens_per_fill") else 1
+    problems = [f"{join(here, name)}: must be > 0" for name, value in
+                (("max_tokens", bucket.max_tokens), ("tokens_per_fill", fill),
+                 ("fill_interval", interval)) if value <= 0]
+    errors.extend(problems)
+    if problems:
+        return None
+    return {"max_tokens": bucket.max_tokens, "tokens_per_fill": fill, "fill_interval": interval}
 
 
 def _route_table(pb, path, ctx):

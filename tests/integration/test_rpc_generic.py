@@ -231,3 +231,24 @@ def test_bolt_under_generic_proxy_routes_on_service_method_and_headers(baton, pr
     status, dump = b.admin("/config_dump")         # Baton's codec type renders as Envoy's do
     assert status == 200 and "baton.generic_proxy.codecs.bolt.v1.BoltCodecConfig" in dump
     client.close()
+
+
+def test_a_local_rate_limit_answers_busy_beyond_its_bucket(baton, processes):
+    """Baton's generic_proxy local rate limit (Envoy's generic_proxy has none; MOSN limits
+    any protocol): a bucket of 3 tokens refilled once a minute admits 3 of 6 Dubbo calls; the
+    others get Dubbo's SERVER_THREADPOOL_EXHAUSTED and count in request_rate_limited."""
+    port = free_port()
+    bootstrap = generic_bootstrap(free_port(), {"dubbo": port}, {"a": provider(processes, "dubbo", "A")},
+                                  every_method_to("a"))
+    filters = bootstrap["static_resources"]["listeners"][0]["filter_chains"][0]["filters"]
+    filters[0]["typed_config"]["filters"].insert(0, {
+        "name": "baton.filters.generic.local_ratelimit", "typed_config": {
+            "@type": "type.googleapis.com/baton.generic_proxy.filters.local_ratelimit.v1.LocalRateLimit",
+            "token_bucket": {"max_tokens": 3, "fill_interval": "60s"}}})
+    b = baton(bootstrap, concurrency=1)
+    client = RawClient("dubbo", port)
+    client.send(*(dubbo_request(i, SERVICE, "echo", [str(i)]) for i in range(6)))
+    statuses = sorted(f.status for f in client.receive(6))
+    assert statuses == [dubbo.OK] * 3 + [dubbo.SERVER_THREADPOOL_EXHAUSTED] * 3
+    assert b.stats()["generic_proxy.gp.request_rate_limited"] == 3
+    client.close()

@@ -167,3 +167,30 @@ def test_a_listener_with_generic_proxy_translates_to_an_rpc_chain():
     assert {"generic_proxy.gp.downstream_rq_error", "generic_proxy.gp.downstream_rq_local",
             "generic_proxy.gp.downstream_rq_decoding_error"} <= set(chain.counters())
     assert chain.gauges() == ["generic_proxy.gp.downstream_rq_active"]
+
+
+LOCAL_RATELIMIT = "type.googleapis.com/baton.generic_proxy.filters.local_ratelimit.v1.LocalRateLimit"
+
+
+def rate_limited(bucket: dict) -> dict:
+    config = generic_filter({"name": "r", "routes": matcher_list([], on_no_match=action("a"))})
+    config["typed_config"]["filters"].insert(0, {"name": "baton.filters.generic.local_ratelimit",
+                                                 "typed_config": {"@type": LOCAL_RATELIMIT,
+                                                                  "token_bucket": bucket}})
+    return config["typed_config"]
+
+
+def test_a_local_rate_limit_before_the_router_is_the_chains_token_bucket():
+    config, errors, _ = translate(rate_limited({"max_tokens": 5, "fill_interval": "2s"}))
+    assert not errors
+    assert config["local_rate_limit"] == {"max_tokens": 5, "tokens_per_fill": 1, "fill_interval": 2.0}
+    config, errors, _ = translate(rate_limited({"max_tokens": 0, "tokens_per_fill": 2,
+                                                "fill_interval": "0s"}))
+    assert config is None and sorted(errors) == [
+        "f.filters[0].typed_config.token_bucket.fill_interval: must be > 0",
+        "f.filters[0].typed_config.token_bucket.max_tokens: must be > 0"]
+    after = rate_limited({"max_tokens": 5, "fill_interval": "2s"})
+    after["filters"].reverse()              # the router must be last
+    config, errors, _ = translate(after)
+    assert config is None and any(e.startswith("f.filters[0]: 'envoy.filters.generic.router' "
+                                                "not supported here") for e in errors), errors

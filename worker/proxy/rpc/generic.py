@@ -186,10 +186,14 @@ class GenericDubbo(P.Dubbo):
 
     @staticmethod
     def local_status(failure: str) -> int:
-        return dubbo.SERVER_ERROR
+        # Baton's rate limit (Envoy's generic_proxy has none) answers "busy", as dubbo_proxy's.
+        return dubbo.SERVER_THREADPOOL_EXHAUSTED if failure == P.RATE_LIMITED else dubbo.SERVER_ERROR
 
     @staticmethod
     def local_reply(frame, failure: str, detail: str) -> bytes:
+        if failure == P.RATE_LIMITED:
+            return dubbo.error_response(frame, dubbo.SERVER_THREADPOOL_EXHAUSTED,
+                                        "baton: local rate limit")
         if failure == P.TIMEOUT:
             message = ""                    # Envoy: DeadlineExceeded "timeout", no detail
         elif failure in P.RETRIABLE:
