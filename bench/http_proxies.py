@@ -267,7 +267,17 @@ def launch(name: str, ports: Ports, cpu: int, workdir: Path, baton: Path) -> Pro
 
 
 def worker_processes(proc: Proc) -> list:
-    """The processes that serve traffic: the children of a master (Baton's worker, nginx's
-    worker), or the process itself when it has none (Envoy, HAProxy: one process, threads)."""
+    """The processes that serve traffic: Baton's workers (by their process title: `baton run`
+    is the keeper, whose child is the master, whose children are the workers), the children
+    of nginx's master, or the process itself when it has none (Envoy, HAProxy: one process,
+    threads)."""
     tree = proc.tree()
-    return tree[1:] or tree[:1]
+    batons = [p for p in tree if _title(p).startswith("baton: worker")]
+    return batons or tree[1:] or tree[:1]
+
+
+def _title(process) -> str:
+    try:
+        return process.name()
+    except Exception:           # noqa: BLE001 - gone meanwhile: not a worker
+        return ""
