@@ -24,6 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT.parent))
 
+from baton.tests.fuzz import mutation  # noqa: E402
 from baton.worker.codecs.events import Body, ProtocolError, RequestHead, ResponseHead  # noqa: E402
 from baton.worker.codecs.http1 import Http1ClientCodec, Http1ServerCodec  # noqa: E402
 from baton.worker.codecs.message import Headers, Request  # noqa: E402
@@ -54,34 +55,11 @@ TOKENS = [b"\r\n", b"\n", b"\r", b":", b" ", b"\t", b"\x00", b"\xff", b"0\r\n\r\
 
 
 def mutate(rng: random.Random, data: bytes, seeds) -> bytes:
-    buf = bytearray(data)
-    for _ in range(rng.randrange(5)):
-        op = rng.randrange(6)
-        pos = rng.randrange(len(buf) + 1)
-        if op == 0 and buf:
-            buf[min(pos, len(buf) - 1)] = rng.randrange(256)
-        elif op == 1:
-            buf[pos:pos] = rng.choice(TOKENS)
-        elif op == 2:
-            del buf[pos:pos + rng.randrange(1, 16)]
-        elif op == 3:
-            end = min(len(buf), pos + rng.randrange(1, 32))
-            buf[pos:pos] = buf[pos:end] * rng.randrange(1, 4)
-        elif op == 4:
-            other = rng.choice(seeds)
-            cut = rng.randrange(len(other) + 1)
-            buf[pos:] = other[cut:]
-        else:
-            buf[pos:pos] = bytes(rng.randrange(256) for _ in range(rng.randrange(1, 8)))
-    return bytes(buf)
+    return mutation.mutate(rng, data, seeds, TOKENS)
 
 
 def pieces(rng: random.Random, data: bytes):
-    i = 0
-    while i < len(data):
-        n = rng.choice((1, 2, 7, 64, len(data)))
-        yield data[i:i + n]
-        i += n
+    return mutation.pieces(rng, data, (1, 2, 7, 64))
 
 
 def check_server(rng, data: bytes) -> None:

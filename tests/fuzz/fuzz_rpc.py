@@ -28,6 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT.parent))
 
+from baton.tests.fuzz import mutation  # noqa: E402
 from baton.tests.integration.rpc_peers.frames import (bolt_request, dubbo_request,  # noqa: E402
                                                       dubbo_response)
 from baton.tests.integration.rpc_peers.hessian_writer import Writer  # noqa: E402
@@ -60,33 +61,11 @@ TOKENS = [b"\xda\xbb", b"\x01\x01\x00\x01", b"\x00", b"\xff", b"\x7f\xff\xff\xff
 
 
 def mutate(rng: random.Random, data: bytes, pool) -> bytes:
-    buf = bytearray(data)
-    for _ in range(rng.randrange(5)):
-        op = rng.randrange(6)
-        pos = rng.randrange(len(buf) + 1)
-        if op == 0 and buf:
-            buf[min(pos, len(buf) - 1)] = rng.randrange(256)
-        elif op == 1:
-            buf[pos:pos] = rng.choice(TOKENS)
-        elif op == 2:
-            del buf[pos:pos + rng.randrange(1, 16)]
-        elif op == 3:
-            end = min(len(buf), pos + rng.randrange(1, 32))
-            buf[pos:pos] = buf[pos:end] * rng.randrange(1, 4)
-        elif op == 4:
-            other = rng.choice(pool)
-            buf[pos:] = other[rng.randrange(len(other) + 1):]
-        else:
-            buf[pos:pos] = bytes(rng.randrange(256) for _ in range(rng.randrange(1, 8)))
-    return bytes(buf)
+    return mutation.mutate(rng, data, pool, TOKENS)
 
 
 def pieces(rng: random.Random, data: bytes):
-    i = 0
-    while i < len(data):
-        n = rng.choice((1, 2, 3, 7, 16, 64, len(data)))
-        yield data[i:i + n]
-        i += n
+    return mutation.pieces(rng, data, (1, 2, 3, 7, 16, 64))
 
 
 def decode(kind: str, chunks) -> tuple[list, bool]:
