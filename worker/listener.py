@@ -28,7 +28,7 @@ class Chain:
 
     __slots__ = ("index", "spec", "buffer_limit", "match", "tcp_proxy", "http_config", "rpc",
                  "cx_total", "no_route", "rx_bytes", "tx_bytes", "idle_timeout", "rx_buffered",
-                 "tx_buffered", "tls", "access_logs")
+                 "tx_buffered", "tls", "access_logs", "network_filters", "rbac_engines")
 
     def __init__(self, index: int, spec: dict, worker=None, buffer_limit: int = 1 << 20):
         self.index = index
@@ -40,6 +40,10 @@ class Chain:
         self.http_config = None
         self.tls = None
         self.access_logs = None         # tcp_proxy's access_log (worker/connection_log.py)
+        # The filters before tcp_proxy (Istio's stats, metadata exchange, RBAC), read per
+        # connection by those modules; RBAC's engines are built on first use (rbac_network.py).
+        self.network_filters = tuple(spec.get("network_filters") or ())
+        self.rbac_engines = None
         if spec.get("tls") is not None:
             from .tls.server import TlsServer
             from .proxy import https, tls_proxy     # noqa: F401 - register "https1-idle", "tls-tcp"

@@ -32,22 +32,18 @@ class _TlsFacts:
         self.cache: dict = {}
 
 
-_BY_CHAIN: dict = {}     # id(chain spec) -> (that spec, [Engines]); the spec is kept so
-                         # that its id is not reused while the entry lives
-
-
 def _engines(conn):
-    """The chain's network RBAC filters' engines, built once per chain config."""
-    spec = conn.chain.spec
-    known = _BY_CHAIN.get(id(spec))
-    if known is None or known[0] is not spec:
+    """The chain's network RBAC filters' engines, built once per chain (kept on it, so they
+    go with it when a config update replaces the chain)."""
+    chain = conn.chain
+    if chain.rbac_engines is None:
         engines = []
-        for entry in spec.get("network_filters") or ():
+        for entry in chain.network_filters:
             if entry.get("type") == TYPE:
                 prefix = stat_prefix_join("", entry["stat_prefix"]) + "rbac."
                 engines.append(Engines(entry, prefix, conn.stats.counters))
-        known = _BY_CHAIN[id(spec)] = (spec, engines)
-    return known[1]
+        chain.rbac_engines = engines
+    return chain.rbac_engines
 
 
 def allows(conn) -> bool:

@@ -260,7 +260,7 @@ class TcpProxyConnection(Connection):
             return
         # After the cluster is chosen, as in Envoy (where tcp_proxy has picked it before the
         # RBAC filter sees the first bytes), so a denied connection's log names its cluster.
-        if self.chain.spec.get("network_filters") and not rbac_network.allows(self):
+        if self.chain.network_filters and not rbac_network.allows(self):
             self.close()                    # Istio's AuthorizationPolicy denied it
             return
         self._connect()
@@ -382,7 +382,7 @@ class TcpProxyConnection(Connection):
         c, u = self.client.fileno(), self.upstream.fileno()
         to_upstream, to_client = self._pipe_capacities()
         upstream_bound, client_bound = self._byte_stats()
-        if self.chain.spec.get("network_filters"):     # Istio's TCP metrics (a moved one
+        if self.chain.network_filters:     # Istio's TCP metrics (a moved one
             received, sent = istio_tcp_stats.opened(self, moved is not None)  # counted already)
             upstream_bound, client_bound = upstream_bound + received, client_bound + sent
         self.pumps = (Pump(self, c, u, to_upstream, upstream_bound),
@@ -448,7 +448,7 @@ class TcpProxyConnection(Connection):
             from ..connection_log import log_tcp_proxy
             log_tcp_proxy(self)
         if self.pumps is not None:
-            if self.chain.spec.get("network_filters"):
+            if self.chain.network_filters:
                 istio_tcp_stats.closed(self)
             for pump in self.pumps:
                 pump.release()

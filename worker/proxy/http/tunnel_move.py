@@ -116,7 +116,7 @@ class MovedTunnel(TcpProxyConnection):
         # access log (the request's line was written by the worker that served it).
         view = types.SimpleNamespace(index=chain.index, tcp_proxy={"idle_timeout": idle},
                                      idle_timeout=hcm.stat_rq_idle_timeout, access_logs=None,
-                                     spec={})     # no network filters of its own
+                                     network_filters=())    # none of its own
         super().__init__(worker, listener, client, peer, conn_id, view)
 
     def _byte_stats(self):

@@ -36,7 +36,7 @@ def closed(conn) -> None:
 def _for(conn):
     chain = conn.chain
     if chain is None or not any(f.get("type") == KIND
-                                for f in chain.spec.get("network_filters") or ()):
+                                for f in chain.network_filters):
         return None
     stats = _BY_WORKER.get(id(conn.worker))
     if stats is None:

@@ -42,7 +42,7 @@ def _exchange_protocol(filters) -> str | None:
 
 
 def start(conn) -> "TlsSession | None":
-    chain_filters = conn.chain.spec.get("network_filters") or ()
+    chain_filters = conn.chain.network_filters
     down_protocol = _exchange_protocol(chain_filters)
     up_protocol = _exchange_protocol(getattr(conn.cluster, "upstream_filters", ()))
     layer, up_layer = conn.layer, conn.up_layer
