@@ -37,6 +37,8 @@ def stat_prefix_join(prefix: str, more: str | None) -> str:
     return prefix + more + ("" if more.endswith(".") else ".")
 
 
+MAX_PER_ROUTE = 4096      # per-route engines kept; an RDS update leaves old ones behind
+
 class Engines:
     """One RBAC config's enforced and shadow engines with their counter names."""
 
@@ -84,6 +86,8 @@ class RbacFactory(FilterFactory):
                     # The config is kept with its engines so that its id is not reused.
                     known = self.per_route.get(id(config))
                     if known is None or known[0] is not config:
+                        if len(self.per_route) >= MAX_PER_ROUTE:
+                            self.per_route.clear()      # RDS updates replace the configs
                         known = self.per_route[id(config)] = (
                             config, Engines(config, self.prefix, self.counters))
                     return known[1]
