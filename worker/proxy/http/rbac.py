@@ -39,6 +39,7 @@ def stat_prefix_join(prefix: str, more: str | None) -> str:
 
 MAX_PER_ROUTE = 4096      # per-route engines kept; an RDS update leaves old ones behind
 
+
 class Engines:
     """One RBAC config's enforced and shadow engines with their counter names."""
 
