@@ -15,7 +15,7 @@ import pytest
 from hpack import Decoder, Encoder
 from hyperframe.frame import Frame
 
-from baton.worker.codecs import h2server
+from baton.worker.codecs import h2encode
 from baton.worker.codecs.events import (Body, GoAway, ProtocolError, RequestHead, StreamReset,
                                         Trailers, WindowOpen)
 from baton.worker.codecs.h2server import LeanHttp2ServerCodec
@@ -370,8 +370,8 @@ def test_large_response_header_block_is_split_into_continuation():
 
 
 def test_status_codes_use_the_static_table_when_they_can():
-    assert h2server._STATUS_FIELD[200] == b"\x88"
-    assert Decoder().decode(h2server._STATUS_FIELD[418], raw=True) == [(b":status", b"418")]
+    assert h2encode.STATUS_FIELD[200] == b"\x88"
+    assert Decoder().decode(h2encode.STATUS_FIELD[418], raw=True) == [(b":status", b"418")]
 
 
 # -- flow control --------------------------------------------------------------------------------

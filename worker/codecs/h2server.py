@@ -54,66 +54,38 @@ Rules of this file:
   change the table bumps, so a hit is always a block decoded against the very same table.
   With the fields it keeps what they say as a request (`_analyze`), which depends on nothing
   else. Only small blocks that decode small are kept, a few dozen per connection.
-- HPACK, sent: no dynamic table at all (static-table names and full matches, literals "without
-  indexing", "never indexed" for credentials), so a field's encoding depends on nothing but
-  the field and is cached process-wide (short values only); the peer's
-  SETTINGS_HEADER_TABLE_SIZE cannot matter. Larger on the wire than an indexing encoder.
+- HPACK, sent: no dynamic table (h2encode.py). The wire's constants and frame header are in
+  h2frames.py; what a connection carries to another process, in h2movestate.py.
 """
 
 from __future__ import annotations
 
-import struct
 import time
 from collections import OrderedDict
 
 from hpack import Decoder
 from hpack.exceptions import HPACKError, OversizedHeaderListError
-from hpack.table import HeaderTable
 
 from .events import (Body, GoAway, ProtocolError, RequestHead, StreamReset, Trailers,
                      WindowOpen)
+from .h2encode import STATUS_FIELD, encode_block, encode_field
+from .h2fields import _trailers, analyze_request
+from .h2frames import (CANCEL, COMPRESSION_ERROR, CONTINUATION, DATA, ENHANCE_YOUR_CALM,
+                       F_ACK, F_END_HEADERS, F_END_STREAM, F_PADDED, F_PRIORITY,
+                       FLOW_CONTROL_ERROR, FRAME_SIZE_ERROR, GOAWAY, H2_PREFACE, HEADERS,
+                       INTERNAL_ERROR, NO_ERROR, PING, PRIORITY, PROTOCOL_ERROR, PUSH_PROMISE,
+                       REFUSED_STREAM, RST_STREAM, S_ENABLE_PUSH, S_INITIAL_WINDOW_SIZE,
+                       S_MAX_CONCURRENT_STREAMS, S_MAX_FRAME_SIZE, S_MAX_HEADER_LIST_SIZE,
+                       SETTINGS, STREAM_CLOSED, WINDOW_UPDATE, _DEFAULT_FRAME_SIZE,
+                       _DEFAULT_WINDOW, _GOAWAY, _MAX_STREAM_ID, _MAX_WINDOW, _SETTING, _U32,
+                       _frame, _head_pack, _head_unpack)
 from .h2limits import Flood, FloodGuard
-from .h2fields import (_CONNECTION_SPECIFIC, _SENSITIVE, _STATUS_BYTES, _connection_nominated,
-                       _trailers, analyze_request)
+from .h2movestate import H2MoveState
 from .message import Headers, Request, Response
 
 __all__ = ["LeanHttp2ServerCodec"]
 
-H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
-# RFC 9113 section 7 error codes.
-NO_ERROR = 0x0
-PROTOCOL_ERROR = 0x1
-INTERNAL_ERROR = 0x2
-FLOW_CONTROL_ERROR = 0x3
-STREAM_CLOSED = 0x5
-FRAME_SIZE_ERROR = 0x6
-REFUSED_STREAM = 0x7
-CANCEL = 0x8
-COMPRESSION_ERROR = 0x9
-ENHANCE_YOUR_CALM = 0xB
-
-# Frame types (RFC 9113 6) and flags.
-DATA, HEADERS, PRIORITY, RST_STREAM, SETTINGS, PUSH_PROMISE, PING, GOAWAY, WINDOW_UPDATE, \
-    CONTINUATION = range(10)
-F_END_STREAM = 0x1
-F_ACK = 0x1
-F_END_HEADERS = 0x4
-F_PADDED = 0x8
-F_PRIORITY = 0x20
-
-# SETTINGS identifiers.
-S_HEADER_TABLE_SIZE = 0x1
-S_ENABLE_PUSH = 0x2
-S_MAX_CONCURRENT_STREAMS = 0x3
-S_INITIAL_WINDOW_SIZE = 0x4
-S_MAX_FRAME_SIZE = 0x5
-S_MAX_HEADER_LIST_SIZE = 0x6
-
-_MAX_STREAM_ID = 2**31 - 1
-_MAX_WINDOW = 2**31 - 1
-_DEFAULT_WINDOW = 65535
-_DEFAULT_FRAME_SIZE = 16384
 _DRAIN_PING = b"baton\x00gw"
 HEADERS_COST = 6        # frames_per_turn units of a HEADERS frame (see the rules above)
 _DECODE_FREE_FIELDS = 32    # fields a header block decodes within HEADERS_COST; each 4 more: 1
@@ -124,25 +96,6 @@ _HEADER_CACHE_ENTRIES = 64
 _HEADER_CACHE_BLOCK = 1024
 _HEADER_CACHE_DECODED = 4096
 
-# Frame header (RFC 9113 4.1), read and written as three fields:
-#
-#   +-----------------------------------------------+
-#   |                 Length (24)                   |
-#   +---------------+---------------+---------------+
-#   |   Type (8)    |   Flags (8)   |
-#   +-+-------------+---------------+-------------------------------+
-#   |R|                 Stream Identifier (31)                      |
-#   +=+=============================================================+
-#
-# ">LBL": (length << 8 | type), flags, (R bit | stream id).
-_HEAD = struct.Struct(">LBL")
-_head_unpack = _HEAD.unpack_from
-_head_pack = _HEAD.pack
-_U32 = struct.Struct(">L")
-_SETTING = struct.Struct(">HL")
-_GOAWAY = struct.Struct(">LL")
-
-
 
 class _ConnError(Exception):
     """A connection error found while reading: GOAWAY(code) and the end."""
@@ -151,102 +104,6 @@ class _ConnError(Exception):
         super().__init__(reason)
         self.code = code
         self.reason = reason
-
-
-def _frame(kind: int, flags: int, stream_id: int, payload: bytes = b"") -> bytes:
-    return _head_pack(len(payload) << 8 | kind, flags, stream_id) + payload
-
-
-# -- HPACK, sending: no dynamic table --------------------------------------------------------
-
-def _hpack_int(value: int, prefix_bits: int, first: int) -> bytearray:
-    limit = (1 << prefix_bits) - 1
-    if value < limit:
-        return bytearray((first | value,))
-    out = bytearray((first | limit,))
-    value -= limit
-    while value >= 128:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return out
-
-
-_STATIC_FULL: dict = {}      # (name, value) -> static index
-_STATIC_NAME: dict = {}      # name -> first static index
-for _i, (_n, _v) in enumerate(HeaderTable.STATIC_TABLE, 1):
-    _STATIC_FULL.setdefault((_n, _v), _i)
-    _STATIC_NAME.setdefault(_n, _i)
-
-_field_cache: dict = {}      # (name, value, never) -> encoded bytes; process-wide
-_FIELD_CACHE_ENTRIES = 4096
-_FIELD_CACHE_VALUE = 256     # longer values are encoded each time, never kept
-
-
-def _encode_field(name: bytes, value: bytes, never: bool) -> bytes:
-    """One field without the dynamic table: a static full match is indexed (0b1xxxxxxx); else
-    a literal without indexing (0b0000xxxx) or never indexed (0b0001xxxx), name by static
-    index when there is one, strings raw (no Huffman)."""
-    key = (name, value, never)
-    cached = _field_cache.get(key)
-    if cached is not None:
-        return cached
-    index = None if never else _STATIC_FULL.get((name, value))
-    if index is not None:
-        out = bytes(_hpack_int(index, 7, 0x80))
-    else:
-        first = 0x10 if never else 0x00
-        name_index = _STATIC_NAME.get(name)
-        if name_index is not None:
-            out = _hpack_int(name_index, 4, first)
-        else:
-            out = bytearray((first,)) + _hpack_int(len(name), 7, 0) + name
-        out += _hpack_int(len(value), 7, 0)
-        out += value
-        out = bytes(out)
-    if len(value) <= _FIELD_CACHE_VALUE:
-        if len(_field_cache) >= _FIELD_CACHE_ENTRIES:
-            _field_cache.clear()
-        _field_cache[key] = out
-    return out
-
-
-_plain_cache: dict = {}      # (name, value) as str -> encoded bytes, for ordinary fields
-
-
-def _encode_block(status_field: bytes, items) -> bytes:
-    """A response (or trailers) header block: `status_field` (encoded, or b"") then `items`
-    (str pairs) as HTTP/2 fields, leaving out what http2._encode_fields leaves out."""
-    parts = [status_field] if status_field else []
-    plain = _plain_cache
-    nominated = None
-    for name, value in items:
-        encoded = plain.get((name, value))
-        if encoded is not None:
-            parts.append(encoded)
-            continue
-        if name in _CONNECTION_SPECIFIC or name == "te" or name[:1] == ":":
-            if name == "te" and value.strip().lower() == "trailers":
-                parts.append(_encode_field(b"te", b"trailers", False))
-            elif name == "connection" and nominated is None:
-                nominated = _connection_nominated(items)
-            continue
-        never = name in _SENSITIVE or (name == "cookie" and len(value) < 20)
-        encoded = _encode_field(name.encode("latin-1"), value.encode("latin-1"), never)
-        if len(value) <= _FIELD_CACHE_VALUE:
-            if len(plain) >= _FIELD_CACHE_ENTRIES:
-                plain.clear()
-            plain[(name, value)] = encoded
-        parts.append(encoded)
-    if nominated:
-        # Rare: a `connection` header names others to leave out; encode again without them.
-        return _encode_block(status_field, [kv for kv in items
-                                            if kv[0] not in nominated and kv[0] != "connection"])
-    return b"".join(parts)
-
-
-_STATUS_FIELD = {code: _encode_field(b":status", raw, False)
-                 for code, raw in _STATUS_BYTES.items()}
 
 
 # -- per-stream state ----------------------------------------------------------------------------
@@ -274,7 +131,7 @@ class _Stream:
 
 # -- the codec -----------------------------------------------------------------------------------
 
-class LeanHttp2ServerCodec:
+class LeanHttp2ServerCodec(H2MoveState):
     """A client's HTTP/2 connection to us (prior knowledge / h2c preface): requests in,
     responses out."""
 
@@ -438,9 +295,9 @@ class LeanHttp2ServerCodec:
         status = response.status
         if status == 101:
             return
-        status_field = _STATUS_FIELD.get(status) or \
-            _encode_field(b":status", str(status).encode(), False)
-        block = _encode_block(status_field, response.headers.items)
+        status_field = STATUS_FIELD.get(status) or \
+            encode_field(b":status", str(status).encode(), False)
+        block = encode_block(status_field, response.headers.items)
         if status < 200:
             self._send_block(stream_id, block, False)
             return
@@ -495,7 +352,7 @@ class LeanHttp2ServerCodec:
         state = self._streams.get(stream_id)
         if state is None or state.local_closed or self._dead:
             return
-        block = _encode_block(b"", headers.items)
+        block = encode_block(b"", headers.items)
         if state.held is not None:
             state.trailers_held = block
             return
@@ -594,64 +451,6 @@ class LeanHttp2ServerCodec:
     def tunnel(self) -> int:
         """HTTP/2 tunnels (CONNECT) are streams; the connection itself never becomes one."""
         return 0
-
-    # -- moving the connection to another process (worker/proxy/http/h2move.py) ----------------
-
-    def hold_new_streams(self, on: bool = True) -> None:
-        """While on, a HEADERS frame that would open a stream (and what follows it) stays
-        unread in the input buffer: the streams open finish, and the connection becomes
-        movable with the new ones still to read. Off: receive_more() reads them."""
-        self._hold_new = on
-        if not on and self._buf:
-            self._backlog = True
-
-    @property
-    def buffered_input(self) -> int:
-        return len(self._buf)
-
-    @property
-    def movable(self) -> bool:
-        """No stream open, nothing to send or half-read, no GOAWAY either way: the state is
-        the settings, windows, stream counter, HPACK table and unread bytes of export_state."""
-        return not (self._streams or self._held or self._unacked or self._out or self._dead
-                    or self._block is not None or self._preface < 24 or self._peer_goaway
-                    or self._goaway_sent)
-
-    def export_state(self) -> dict:
-        """The connection's state for another process (`movable` must hold)."""
-        table = self._decoder.header_table
-        return {"local": [self._max_concurrent, self._local_stream_window,
-                          self._local_conn_window],
-                "windows": [self._recv_window, self._send_window, self._returned],
-                "peer": [self._peer_stream_window, self._peer_frame_size],
-                "highest": self._highest,
-                # The flood checks' counts over the connection's life (h2limits.py): fresh
-                # ones would take the WINDOW_UPDATEs of the client's past DATA for a flood.
-                "guard": self._guard.lifetime_counts(),
-                "hpack": {"size": table.maxsize,
-                          "allowed": self._decoder.max_allowed_table_size,
-                          "entries": [[n, v] for n, v in table.dynamic_entries]},
-                "input": bytes(self._buf)}
-
-    def import_state(self, state: dict) -> None:
-        """Continue the connection another process exported, on a codec made with this
-        process's options and never initiate()d (the peer already has our SETTINGS)."""
-        (self._max_concurrent, self._local_stream_window,
-         self._local_conn_window) = state["local"]
-        self._recv_window, self._send_window, self._returned = state["windows"]
-        self._peer_stream_window, self._peer_frame_size = state["peer"]
-        self._highest = state["highest"]
-        self._guard.continue_counts(state.get("guard") or ())
-        self._preface = 24
-        hpack = state["hpack"]
-        table = self._decoder.header_table
-        self._decoder.max_allowed_table_size = hpack["allowed"]
-        table.maxsize = hpack["size"]
-        for name, value in reversed(hpack["entries"]):     # oldest first: add() prepends
-            table.add(bytes(name), bytes(value))
-        table.resized = False
-        self._buf = bytearray(state["input"])
-        self._backlog = bool(self._buf)
 
     @property
     def closed(self) -> bool:
