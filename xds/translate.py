@@ -281,7 +281,7 @@ def _listener_filters(pb, path, errors, disabled=None):
             ports = _port_range_predicate(filter_pb.filter_disabled,
                                           join(here, "filter_disabled"), errors)
             if ports is not None and sniffs is not None and disabled is not None:
-                disabled.setdefault(sniffs, []).append(ports)
+                disabled.setdefault(sniffs, []).extend(ports)
             elif ports is not None and sniffs is None:
                 errors.append(f"{join(here, 'filter_disabled')}: not supported on {name}")
         if sniffs is None:
@@ -308,16 +308,27 @@ def _rpc_inspector_struct(any_pb, path, errors) -> str | None:
 
 
 def _port_range_predicate(pb, path, errors):
-    """ListenerFilterChainMatchPredicate -> [start, end), for the one form Istio sends."""
+    """ListenerFilterChainMatchPredicate -> [[start, end)], the ports it matches, for the
+    forms Istio sends: a destination_port_range, or an or_match of them (Istio 1.19+ skips
+    the HTTP inspector on 80 and 15006 that way)."""
     which = pb.WhichOneof("rule")
+    if which == "or_match":
+        ranges = []
+        for i, rule in enumerate(pb.or_match.rules):
+            ports = _port_range_predicate(rule, f"{join(path, 'or_match.rules')}[{i}]", errors)
+            if ports is None:
+                return None
+            ranges.extend(ports)
+        return ranges
     if which != "destination_port_range":
-        errors.append(f"{join(path, which or 'rule')}: not supported (destination_port_range only)")
+        errors.append(f"{join(path, which or 'rule')}: not supported (destination_port_range, "
+                      "or an or_match of them)")
         return None
     start, end = pb.destination_port_range.start, pb.destination_port_range.end
     if not 0 <= start < end <= 65536:
         errors.append(f"{path}.destination_port_range: [{start}, {end}) is not a port range")
         return None
-    return [start, end]
+    return [[start, end]]
 
 
 def _filter_chains(pb, path, errors, warnings, clusters):

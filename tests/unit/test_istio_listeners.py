@@ -259,4 +259,24 @@ def test_filter_disabled_skips_an_inspector_on_a_port_range():
     inspectors[0]["filter_disabled"] = {"not_match": {"any_match": True}}
     _, errors, _ = listener(listener_filters=inspectors)
     assert errors == ["l.listener_filters[0].filter_disabled.not_match: not supported "
-                      "(destination_port_range only)"]
+                      "(destination_port_range, or an or_match of them)"]
+
+
+def test_filter_disabled_or_match_skips_an_inspector_on_any_of_its_port_ranges():
+    """Istio 1.19+: the HTTP inspector is off on 80 and 15006 (an or_match of two ranges)."""
+    ranges = [{"destination_port_range": {"start": 80, "end": 81}},
+              {"destination_port_range": {"start": 15006, "end": 15007}}]
+    inspector = {"name": "envoy.filters.listener.http_inspector",
+                 "filter_disabled": {"or_match": {"rules": ranges}},
+                 "typed_config": {"@type": T + "envoy.extensions.filters.listener.http_inspector.v3."
+                                               "HttpInspector"}}
+    spec, errors, _ = listener(listener_filters=[inspector])
+    assert errors == [] and spec["inspectors_disabled"] == {"http": [[80, 81], [15006, 15007]]}
+    from baton.worker.listener import Listener
+    fake = SimpleNamespace(inspectors=["http"], inspectors_disabled=spec["inspectors_disabled"])
+    assert Listener.inspectors_for(fake, 80) == [] and Listener.inspectors_for(fake, 15006) == []
+    assert Listener.inspectors_for(fake, 8080) == ["http"]
+    ranges.append({"not_match": {"any_match": True}})
+    _, errors, _ = listener(listener_filters=[inspector])
+    assert errors == ["l.listener_filters[0].filter_disabled.or_match.rules[2].not_match: not "
+                      "supported (destination_port_range, or an or_match of them)"]
