@@ -1,2 +1,2 @@
 """Baton version, reported by `baton status` and /server_info."""
-VERSION = "0.2.0"
+VERSION = "0.3.0"

@@ -138,12 +138,17 @@ class Streams:
     """Many connections streaming through an echo upstream at once, driven by one selector
     thread: each sends a deterministic stream at a paced rate and reads its echo back. Any
     early EOF or error is recorded as a disconnect; at the end every stream's sent and received
-    sha256 must match."""
+    sha256 must match. With `hold_tail` each stream keeps its last chunk until `release()`, so
+    the streams are still open however long what the test does meanwhile takes."""
 
-    def __init__(self, port: int, count: int, total: int, rate: float, chunk: int = 16384):
+    def __init__(self, port: int, count: int, total: int, rate: float, chunk: int = 16384,
+                 hold_tail: bool = False):
         import selectors
         self.selector = selectors.DefaultSelector()
         self.total, self.rate, self.chunk = total, rate, chunk
+        self.held = threading.Event()
+        if hold_tail:
+            self.held.set()
         self.disconnects: list[str] = []
         self.streams = []
         for i in range(count):
@@ -164,7 +169,8 @@ class Streams:
         import time
         started = time.monotonic()
         while not self.stop.is_set() and not all(s["done"] for s in self.streams):
-            allowed = min(self.total, int((time.monotonic() - started) * self.rate) + self.chunk)
+            end = self.total - self.chunk if self.held.is_set() else self.total
+            allowed = min(end, int((time.monotonic() - started) * self.rate) + self.chunk)
             for s in self.streams:
                 if s["done"] or s["sent"] >= allowed:
                     continue
@@ -203,6 +209,10 @@ class Streams:
         s["done"] = True
         self.selector.unregister(s["sock"])
         s["sock"].close()
+
+    def release(self) -> None:
+        """Let the held last chunks go (`hold_tail`)."""
+        self.held.clear()
 
     def progress(self) -> int:
         return min(s["got"] for s in self.streams)

@@ -17,6 +17,7 @@ import pytest
 from .. import releases
 from .clients import Streams
 from .conftest import Baton, free_port, http_bootstrap, tcp_bootstrap, wait_until
+from .test_rpc_proxy import processes  # noqa: F401 - a fixture
 
 # BATON_UPGRADE_FROM=<commit> adds one more starting point (make upgrade-test FROM=...).
 EXTRA = os.environ.get("BATON_UPGRADE_FROM") or None
@@ -133,7 +134,7 @@ def test_upgrade_from_release_and_roll_back_under_load(release, wheels, tmp_path
     b.start()
     try:
         assert b.status()["version"] == release.version
-        streams = Streams(tcp_port, count=20, total=64 << 20, rate=4 << 20).start()
+        streams = Streams(tcp_port, count=20, total=64 << 20, rate=4 << 20, hold_tail=True).start()
         keepalive = HttpClients(http_port, count=6).start()
         in_flight = HttpClients(http_port, count=4, delay_ms=400).start()
         wait_until(lambda: keepalive.done > 200 and in_flight.done > 8, 30, "load flowing")
@@ -146,6 +147,7 @@ def test_upgrade_from_release_and_roll_back_under_load(release, wheels, tmp_path
                        f"requests served by generation {version}")
 
         assert streams.progress() < 64 << 20, "the TCP streams must outlive both reloads"
+        streams.release()
         keepalive.finish()
         in_flight.finish()
         streams.join(120)
@@ -156,3 +158,110 @@ def test_upgrade_from_release_and_roll_back_under_load(release, wheels, tmp_path
         assert "Traceback" not in b.log, b.log[-3000:]
     finally:
         b.stop()
+
+
+def _moves_records_of(release: releases.Release) -> bool:
+    """Whether `release` speaks the records of tunnels, RPC and TLS (0.2.0 and later; a
+    commit given with FROM= is taken to)."""
+    if release.version == "(given)":
+        return True
+    return tuple(map(int, release.version.split("."))) >= (0, 2, 0)
+
+
+def _mixed_bootstrap(admin: int, ports: dict, tls_socket: dict, recorder: int, tunnel: int,
+                     dubbo: int) -> dict:
+    """An HTTPS listener to the recorder, a CONNECT listener to the tunnel upstream and a
+    Dubbo listener to a provider, in one bootstrap."""
+    from .test_http_connect import bootstrap as connect_bootstrap
+    from .test_https import https_bootstrap
+    from .test_rpc_proxy import rpc_bootstrap
+    config = https_bootstrap(ports["https"], recorder, tls_socket)
+    config["admin"]["address"]["socket_address"]["port_value"] = admin
+    connect = connect_bootstrap(admin, ports["connect"], tunnel)
+    connect["static_resources"]["listeners"][0]["name"] = "connect"
+    for part in (connect, rpc_bootstrap(admin, {"dubbo": ports["dubbo"]}, {"up": dubbo})):
+        for kind in ("listeners", "clusters"):
+            config["static_resources"][kind] += part["static_resources"][kind]
+    return config
+
+
+@pytest.mark.parametrize("release", [r for r in RELEASES if _moves_records_of(r)], ids=str)
+def test_tls_tunnel_and_rpc_connections_cross_versions(release, wheels, tmp_path, recorder,
+                                                       processes):
+    """The connection records 0.2.0 added cross between real versions both ways: an HTTPS
+    keep-alive session (its record-layer state, record https1-idle), a CONNECT tunnel with
+    both its sockets (record http-tunnel: the old generation must exit while it is open) and
+    a Dubbo connection with calls in flight (record rpc), from the release to this code and
+    back; and a TLS session ticket the release issued resumes on this code (the ticket seed
+    crosses in the sockets message)."""
+    import socket
+    import ssl
+    import sys
+
+    from ..tls_certs import leaf, make_ca
+    from .clients import Http1Reader
+    from .conftest import start_ready_process
+    from .rpc_peers.stream import RpcStream
+    from .test_http_connect import TUNNEL_UPSTREAM
+    from .test_rpc_proxy import provider
+    from .tls_clients import client_context, tls_transport_socket
+
+    current = releases.current_version()
+    venv = releases.ReleaseVenv(tmp_path / "venv")
+    venv.install(wheels[release])
+    ca = make_ca("ecdsa")
+    tunnel_proc, tunnel_port = start_ready_process([sys.executable, str(TUNNEL_UPSTREAM), "connect"])
+    ports = {"https": free_port(), "connect": free_port(), "dubbo": free_port()}
+    config = _mixed_bootstrap(free_port(), ports, tls_transport_socket(leaf(ca, "ecdsa"),
+                                                                       alpn=["http/1.1"]),
+                              recorder, tunnel_port, provider(processes, "dubbo", "P"))
+    b = ReleaseBaton(venv, tmp_path / "baton", config, concurrency=1)
+    b.start()
+    context = client_context(ca, alpn=["http/1.1"], version=ssl.TLSVersion.TLSv1_3)
+    https = http.client.HTTPSConnection("localhost", ports["https"], timeout=20, context=context)
+    tunnel = socket.create_connection(("127.0.0.1", ports["connect"]), timeout=30)
+    rpc = None
+    try:
+        assert b.status()["version"] == release.version
+        https.request("GET", "/first")
+        response = https.getresponse()
+        assert response.status == 200 and b"/first" in response.read()
+        first_session, first_sock = https.sock.session, https.sock
+        reader = Http1Reader(tunnel)
+        tunnel.sendall(b"CONNECT example.test:443 HTTP/1.1\r\nHost: example.test:443\r\n\r\n")
+        assert reader.head()[0] == 200
+        seen = b"CONNECT example.test:443 HTTP/1.1\n"          # the upstream says what it saw
+        assert reader.exact(len(seen)) == seen
+        rpc = RpcStream("dubbo", ports["dubbo"], slow_every=10).start()
+        wait_until(lambda: rpc.answered >= 20 or rpc.errors, 30, "Dubbo answers")
+
+        for step, (wheel, version) in enumerate(((wheels["current"], current),
+                                                 (wheels[release], release.version))):
+            _reload_to(b, wheel, version)           # the old generation exits: nothing stayed
+            https.request("GET", f"/after-{step}")
+            response = https.getresponse()
+            assert response.status == 200 and f"/after-{step}".encode() in response.read()
+            assert https.sock is first_sock, "the HTTPS client reconnected"
+            for message in (f"after {version}".encode(), b"t" * 200_000):
+                tunnel.sendall(message)
+                assert reader.exact(len(message)) == message.upper()
+            mark = rpc.answered
+            wait_until(lambda: rpc.answered >= mark + 20 or rpc.errors, 30,
+                       f"Dubbo answers from generation {version}")
+            if step == 0:
+                # A new connection offering the release's ticket resumes on this code.
+                with socket.create_connection(("127.0.0.1", ports["https"]), timeout=20) as raw:
+                    with context.wrap_socket(raw, server_hostname="localhost",
+                                             session=first_session) as resumed:
+                        assert resumed.session_reused, "the release's session ticket did not resume"
+    finally:
+        https.close()
+        tunnel.close()
+        if rpc is not None:
+            rpc.stop()
+        b.stop()
+        tunnel_proc.kill()
+        tunnel_proc.wait(10)
+    assert rpc.errors == [], rpc.errors[:5]
+    assert rpc.answered == rpc.sent
+    assert "Traceback" not in b.log, b.log[-3000:]
