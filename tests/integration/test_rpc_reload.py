@@ -27,7 +27,9 @@ def rpc_baton(baton, processes):
 
 def test_pipelined_dubbo_and_bolt_streams_go_through_reloads_and_a_recycle(baton, processes):
     b, ports = rpc_baton(baton, processes)
-    streams = [RpcStream(kind, ports[kind], seed=i).start()
+    # Slow calls of 0.3-1 s: with up to 16 in flight per stream, every reload finds some, and
+    # each old generation is gone within a second of its move.
+    streams = [RpcStream(kind, ports[kind], seed=i, slow_seconds=(0.3, 1.0)).start()
                for i, kind in enumerate(("dubbo", "dubbo", "bolt", "bolt"))]
     try:
         for round_ in range(RELOADS + 1):

@@ -3,7 +3,7 @@ the reload tests and bench/rpc_bench.py use it.
 
 A sender thread keeps up to `window` requests in flight, each with its own id and an answer
 only that id gets (the provider echoes what the request carries, providers.py); every
-`slow_every`-th request asks the provider to wait 1-3 s first. A receiver thread reads the
+`slow_every`-th request asks the provider to wait `slow_seconds` (1-3 s by default) first. A receiver thread reads the
 answers and files each one under its id. Any surprise (an answer for an id not in flight, a
 wrong answer, a second answer, the connection closing) is recorded, never raised in the
 thread, for the test to assert on.
@@ -26,8 +26,9 @@ SERVICE = "com.example.HelloService"
 
 class RpcStream:
     def __init__(self, kind: str, port: int, *, window: int = 16, slow_every: int = 25,
-                 seed: int = 0, first_id: int = 1):
+                 seed: int = 0, first_id: int = 1, slow_seconds: tuple = (1.0, 3.0)):
         self.kind = kind
+        self.slow_seconds = slow_seconds
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=30)
         self.decoder = dubbo.Decoder() if kind == "dubbo" else bolt.Decoder()
         self.window = threading.Semaphore(window)
@@ -51,7 +52,7 @@ class RpcStream:
 
     def _request(self, rid: int) -> tuple[bytes, object]:
         slow = self.slow_every and rid % self.slow_every == 0
-        delay = f"{self.rand.uniform(1, 3):.3f}"
+        delay = f"{self.rand.uniform(*self.slow_seconds):.3f}"
         if self.kind == "dubbo":
             if slow:
                 return dubbo_request(rid, SERVICE, "sleep", [delay]), f"P:sleep:{delay}"
