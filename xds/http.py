@@ -543,7 +543,8 @@ def _route_upgrades(pb, path, ctx):
             ctx.errors.append(f"{here}.upgrade_type: duplicate upgrade {upgrade.upgrade_type}")
         else:
             upgrades[name] = _bool(upgrade, "enabled", True)
-    return {"upgrades": upgrades}
+    from .hbone import connect_terminate
+    return {"upgrades": upgrades, **connect_terminate(pb, path, ctx.errors)}
 
 
 def _grpc_timeouts(pb, path, ctx):

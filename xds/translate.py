@@ -489,9 +489,11 @@ def translate_tcp_proxy(pb, path, errors, warnings=None, clusters=None):
         from .http_filters import translate_access_logs
         access_log = translate_access_logs(pb.access_log, join(path, "access_log"), errors,
                                            warnings)
+    from .hbone import translate_tunneling_config
+    tunneling = translate_tunneling_config(pb, path, errors, warnings)
     if len(errors) > start:
         return None
-    return {"stat_prefix": pb.stat_prefix,
+    return {"stat_prefix": pb.stat_prefix, **tunneling,
             "clusters": [[name, weight] for _, name, weight in targets],
             "idle_timeout": idle_timeout,
             "max_connect_attempts": attempts,

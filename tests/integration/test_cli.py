@@ -42,12 +42,12 @@ def test_check_reports_every_error(tmp_path):
     bootstrap = tcp_bootstrap(free_port(), free_port(), [9])
     tcp = bootstrap["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
     tcp["cluster"] = "nowhere"
-    tcp["tunneling_config"] = {"hostname": "example.com:443"}
+    tcp["max_downstream_connection_duration"] = "5s"
     bootstrap["static_resources"]["clusters"][0]["lb_policy"] = "LOAD_BALANCING_POLICY_CONFIG"
     result = run("check", "-c", write(tmp_path, bootstrap))
     assert_clean_failure(
         result,
-        "static_resources.listeners[0].filter_chains[0].filters[0].typed_config.tunneling_config: not supported",
+        "static_resources.listeners[0].filter_chains[0].filters[0].typed_config.max_downstream_connection_duration: not supported",
         "static_resources.listeners[0].filter_chains[0].filters[0].typed_config.cluster: unknown cluster 'nowhere'",
         "static_resources.clusters[0].lb_policy")
     assert len(result.stderr.strip().splitlines()) == 3

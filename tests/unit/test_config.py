@@ -343,8 +343,8 @@ REFUSED = {
     "listener": (LISTENER + ["freebind"], True, f"{L0}.freebind: not supported"),
     "socket_address": (SOCKET + ["ipv4_compat"], True,
                        f"{L0}.address.socket_address.ipv4_compat: not supported"),
-    "tcp_proxy": (CONFIG + ["tunneling_config"], {"hostname": "h"},
-                  f"{TCP0}.tunneling_config: not supported"),
+    "tcp_proxy": (CONFIG + ["max_downstream_connection_duration"], "5s",
+                  f"{TCP0}.max_downstream_connection_duration: not supported"),
     "cluster": (CLUSTER + ["lb_subset_config"], {}, f"{C0}.lb_subset_config: not supported"),
     "endpoint": (ENDPOINT + ["endpoint", "health_check_config"], {"port_value": 1},
                  f"{EP0}.endpoint.health_check_config: not supported"),
@@ -492,13 +492,13 @@ def test_every_error_is_reported_at_once(errors):
     data = bootstrap(clusters=[cluster(lb_policy="LOAD_BALANCING_POLICY_CONFIG"),
                                cluster("other", bogus=1)],
                      dynamic_resources={"lds_config": {"ads": {}}})
-    data = _with(data, CONFIG + ["tunneling_config"], {"hostname": "h"})
+    data = _with(data, CONFIG + ["max_downstream_connection_duration"], "5s")
     assert errors(data) == [
         "dynamic_resources.ads_config: required (Baton gets dynamic resources over ADS only)",
         f"{C0}.lb_policy: LOAD_BALANCING_POLICY_CONFIG not supported "
         "(ROUND_ROBIN, LEAST_REQUEST, RANDOM, RING_HASH, MAGLEV)",
         "static_resources.clusters[1].bogus: unknown field",
-        f"{TCP0}.tunneling_config: not supported",
+        f"{TCP0}.max_downstream_connection_duration: not supported",
     ]
 
 

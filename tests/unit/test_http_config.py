@@ -293,10 +293,11 @@ R0 = f"{VH}.routes[0]"
     (rc({"match": {"prefix": "/"}, "direct_response": {"status": 199}}),
      f"{R0}.direct_response.status: must be in [200, 600)"),
     (rc({"match": {"prefix": "/"}}), f"{R0}: one of route, redirect or direct_response"),
-    # A route's upgrade_configs is implemented (test_route_istio.py); terminating CONNECT
-    # (connect_config) is not.
-    (rc(route(cluster="c1", upgrade_configs=[{"upgrade_type": "CONNECT", "connect_config": {}}])),
-     f"{R0}.route.upgrade_configs[0].connect_config: not supported"),
+    # A route's upgrade_configs is implemented (test_route_istio.py), and terminating CONNECT
+    # (connect_config, test_hbone_tunnel.py), but not as POST tunnels.
+    (rc(route(cluster="c1", upgrade_configs=[{"upgrade_type": "CONNECT",
+                                              "connect_config": {"allow_post": True}}])),
+     f"{R0}.route.upgrade_configs[0].connect_config.allow_post: not supported"),
     (rc(route({"prefix": "/", "runtime_fraction": {"default_value": {"numerator": 1}}})),
      f"{R0}.match.runtime_fraction: not supported"),
     ({"virtual_hosts": [{"name": "a", "domains": ["*"], "require_tls": "ALL"}]},

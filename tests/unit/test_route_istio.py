@@ -237,8 +237,17 @@ def test_route_upgrade_configs():
     assert not r.allows_upgrade("websocket", {"websocket"})
     assert r.allows_upgrade("connect", set()) and r.allows_upgrade("h2c", {"h2c"})
     assert r.express_cluster is None
-    # HBONE's connect_terminate: Envoy terminates the CONNECT itself; Baton does not.
-    errors = refused(rc(route(cluster="c1", upgrade_configs=[
+    assert not r.connect_terminate
+    # HBONE's connect_terminate: the route terminates the CONNECT itself (connect_tunnel.py),
+    # not on another upgrade type, and not as a POST tunnel.
+    r = compiled(rc(route(cluster="c1", upgrade_configs=[
         {"upgrade_type": "CONNECT", "connect_config": {}}])))
+    assert r.connect_terminate and r.upgrades == {"connect": True} and r.express_cluster is None
+    errors = refused(rc(route(cluster="c1", upgrade_configs=[
+        {"upgrade_type": "websocket", "connect_config": {}}])))
     assert errors == ["rc.virtual_hosts[0].routes[0].route.upgrade_configs[0].connect_config: "
-                      "not supported"]
+                      "only for upgrade_type CONNECT"]
+    errors = refused(rc(route(cluster="c1", upgrade_configs=[
+        {"upgrade_type": "CONNECT", "connect_config": {"allow_post": True}}])))
+    assert errors == ["rc.virtual_hosts[0].routes[0].route.upgrade_configs[0].connect_config"
+                      ".allow_post: not supported"]

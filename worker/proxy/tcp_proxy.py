@@ -208,6 +208,10 @@ class TcpProxyConnection(Connection):
         through Baton's record layer, not splice. Chosen here, per connection, so that every
         place that makes a tcp_proxy connection (accept, a moved "tcp-connecting" record)
         gets the right one while clusters come and go over CDS."""
+        if cls is TcpProxyConnection and ((chain or listener.default_chain).tcp_proxy or {}
+                                          ).get("tunneling"):
+            from .tunneling import TunnelingConnection      # tunneling_config: HTTP CONNECT
+            return object.__new__(TunnelingConnection)
         if cls is TcpProxyConnection and _originates_tls(worker, chain or listener.default_chain):
             from .tls_proxy import TlsProxyConnection
             cls = TlsProxyConnection

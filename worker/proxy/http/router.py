@@ -490,8 +490,12 @@ class Router:
         self.tried.append(host)
         stream.info.upstream_host = host.stat_id
         stream.info.attempts += 1
-        pool = stream.worker.http_pools.get(cluster, host, stream.request.version == "2",
-                                            stream.request)     # auto_sni: its Host
+        if self.route.connect_terminate and stream.request.method == "CONNECT":
+            from .connect_tunnel import TcpUpstream     # the CONNECT's bytes go over TCP
+            pool = TcpUpstream(stream.worker, cluster, host)
+        else:
+            pool = stream.worker.http_pools.get(cluster, host, stream.request.version == "2",
+                                                stream.request)     # auto_sni: its Host
         upstream = self.upstream = UpstreamRequest(self, pool, host)
         self.stats[cluster.stat["upstream_rq_total"]] += 1
         cluster.rq_active += 1

@@ -493,7 +493,7 @@ class Route:
                  "_response_mutations", "_redirect", "_direct_status", "_direct_body",
                  "_rewrites_path", "express_cluster", "per_filter", "grpc_timeout",
                  "max_stream_duration", "attempt_count_to_upstream",
-                 "attempt_count_in_response", "upgrades")
+                 "attempt_count_in_response", "upgrades", "connect_terminate")
 
     # The express lane (express.py) and each field: safe (the lane honours it, or it does not
     # change a request) or blocking (name -> whether a value keeps the lane off this route).
@@ -519,6 +519,7 @@ class Route:
         "_response_mutations": lambda per_cluster: any(per_cluster.values()),
         "_connect": bool,
         "upgrades": bool,       # a route that allows or refuses upgrades: the full path's check
+        "connect_terminate": bool,      # CONNECT terminated: http/connect_tunnel.py
         "_redirect": bool, "_direct_status": bool, "_direct_body": bool,
         # typed_per_filter_config (the CORS policy): filters run on the full path only.
         "per_filter": bool,
@@ -546,6 +547,7 @@ class Route:
         self.retry = None
         self.grpc_timeout = self.max_stream_duration = None
         self.upgrades = {}      # upgrade type -> allowed, over the connection manager's list
+        self.connect_terminate = False      # connect_config: the cluster gets the bytes
         self.attempt_count_to_upstream = vhost_spec.get("attempt_count_to_upstream", False)
         self.attempt_count_in_response = vhost_spec.get("attempt_count_in_response", False)
         self.hash_policies = []
@@ -579,6 +581,7 @@ class Route:
             self.grpc_timeout = action.get("grpc_timeout")
             self.max_stream_duration = action.get("max_stream_duration")
             self.upgrades = action.get("upgrades") or {}
+            self.connect_terminate = action.get("connect_terminate", False)
             self.hash_policies = [(h["kind"], h["name"], h["terminal"])
                                   for h in action["hash_policies"]]
             self.auto_host_rewrite = action["auto_host_rewrite"]
