@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import uuid
 
-from baton.worker.codecs import http1
+from baton.worker.codecs import http1_head
 from baton.worker.codecs.events import Body, ResponseHead
 from baton.worker.codecs.http1 import Http1ClientCodec, Http1ServerCodec
 from baton.worker.codecs.message import Headers, Request, Response
@@ -56,15 +56,15 @@ def test_a_remembered_head_is_a_new_list_each_time():
 
 
 def test_large_heads_are_decoded_every_time_and_the_memo_stays_bounded():
-    big = b"x" * (http1._HEAD_MEMO_BYTES + 1)
+    big = b"x" * (http1_head._HEAD_MEMO_BYTES + 1)
     client = Http1ClientCodec()
     head = _response_head(client, b"HTTP/1.1 200 OK\r\nX-Big: " + big +
                           b"\r\nContent-Length: 0\r\n\r\n")
     assert head.response.headers.get("x-big") == big.decode()
-    assert not any(len(v) > http1._HEAD_MEMO_BYTES for key in http1._HEADS for _, v in key)
-    for i in range(http1._HEADS_MAX + 10):
+    assert not any(len(v) > http1_head._HEAD_MEMO_BYTES for key in http1_head._HEADS for _, v in key)
+    for i in range(http1_head._HEADS_MAX + 10):
         _response_head(client, b"HTTP/1.1 204 No Content\r\nX-N: %d\r\n\r\n" % i)
-    assert len(http1._HEADS) <= http1._HEADS_MAX
+    assert len(http1_head._HEADS) <= http1_head._HEADS_MAX
 
 
 def test_response_connection_tokens_are_dropped_with_or_without_the_memo():
@@ -106,7 +106,7 @@ def test_request_scan_keeps_connection_listed_names_out():
 
 
 def test_a_remembered_reading_of_a_head_is_the_fresh_one():
-    """Each side reads a small head once (http1._Head): the second request or response with
+    """Each side reads a small head once (http1_head._Head): the second request or response with
     the same head gets the same reading, in new lists of its own."""
     request = (b"POST / HTTP/1.1\r\nHost: h\r\nConnection: x-hop\r\nX-Hop: 1\r\n"
                b"Content-Length: 2\r\nX-End: 3\r\n\r\nab")

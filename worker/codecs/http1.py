@@ -33,12 +33,11 @@ from collections import deque
 import httptools
 
 from .events import Body, ProtocolError, RequestHead, ResponseHead
+from .http1_head import (HOP_BY_HOP, connection_keeps_alive, lookup_head, read_request,
+                         read_response)
 from .message import Headers, Request, Response
 
 __all__ = ["Http1ServerCodec", "Http1ClientCodec", "HOP_BY_HOP", "REASONS"]
-
-HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-connection", "transfer-encoding",
-                        "te", "upgrade"})
 
 REASONS = {
     100: "Continue", 101: "Switching Protocols", 200: "OK", 201: "Created", 202: "Accepted",
@@ -54,11 +53,11 @@ REASONS = {
     504: "Gateway Timeout", 505: "HTTP Version Not Supported",
 }
 
+_METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS",
+                                    "PATCH", "CONNECT", "TRACE")}
 _STATUS_LINES = {code: f"HTTP/1.1 {code} {reason}\r\n" for code, reason in REASONS.items()}
 _NO_BODY_STATUS = frozenset({204, 304})
 _TE_TRAILERS = ("te", "trailers")
-# Request headers the server side must look at (anything else passes as it came).
-_SPECIAL_REQUEST_HEADERS = HOP_BY_HOP | {"host", "expect", "content-length"}
 _HOST_ONLY = frozenset({"host"})
 _NOT_FORWARDED = HOP_BY_HOP | {"host"}       # the request line's host is written separately
 # The bytes of a request head that the parser's callbacks do not hand over: the spaces around
@@ -78,83 +77,6 @@ class _LimitExceeded(Exception):
         self.status = status
         self.reason = reason
 
-
-_NAMES: dict = {}           # header name as received -> lower-case str: a memo, bounded
-_NAMES_MAX = 2048
-_METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS",
-                                    "PATCH", "CONNECT", "TRACE")}
-
-
-def _lower(name: bytes) -> str:
-    """A header name, decoded and lower-cased; remembered, since the same few names come on
-    every message (bounded: names come from the peers; past the bound they are decoded each
-    time, as before)."""
-    text = name.decode("latin-1").lower()
-    if len(_NAMES) < _NAMES_MAX:
-        _NAMES[name] = text
-    return text
-
-
-_HEADS: dict = {}           # a small head's raw (name, value) pairs -> its _Head
-_HEADS_MAX = 256            # bounded (heads come from the peers): cleared when full
-_HEAD_MEMO_BYTES = 2048     # larger heads are decoded each time, not remembered
-
-
-class _Head:
-    """A head as decoded, and what each side's codec read from it. An upstream sends the same
-    head again and again (only its Date moves, once a second), a client its same few headers:
-    a small head is decoded and read once, looked up after. The readings are immutable (tuples):
-    each message gets new lists made from them."""
-
-    __slots__ = ("pairs", "request", "response")
-
-    def __init__(self, pairs: tuple):
-        self.pairs = pairs          # lower-case str names, str values
-        self.request = None         # _read_request(pairs), once the server side asked
-        self.response = None        # _read_response(pairs), once the client side asked
-
-
-def _decoded(headers: list) -> tuple:
-    names = _NAMES
-    return tuple([(names.get(n) or _lower(n), v.decode("latin-1")) for n, v in headers])
-
-
-def _head(headers: list, size: int) -> _Head:
-    """The head of these raw pairs (`size` bytes): remembered when small, else new."""
-    if size > _HEAD_MEMO_BYTES:
-        return _Head(_decoded(headers))
-    key = tuple(headers)
-    head = _HEADS.get(key)
-    if head is None:
-        head = _Head(_decoded(headers))
-        if len(_HEADS) >= _HEADS_MAX:
-            _HEADS.clear()
-        _HEADS[key] = head
-    return head
-
-
-# Connection values whose tokens are all hop-by-hop already: nothing to add.
-_LISTS_NOTHING = frozenset({"keep-alive", "Keep-Alive", "upgrade", "Upgrade"})
-
-
-def _hop_by_hop(headers: list) -> frozenset:
-    """The hop-by-hop names for this message: the fixed set plus what Connection lists."""
-    listed = None
-    for name, value in headers:
-        if name == "connection" and value not in _LISTS_NOTHING:
-            for token in value.split(","):
-                token = token.strip().lower()
-                if token and token not in HOP_BY_HOP:      # "keep-alive": nothing to add
-                    listed = listed or set()
-                    listed.add(token)
-    return HOP_BY_HOP if listed is None else HOP_BY_HOP | listed
-
-
-def _te_trailers(headers: list) -> bool:
-    for name, value in headers:
-        if name == "te" and "trailers" in value.lower():
-            return True
-    return False
 
 
 def _serialize_headers(out: list, headers) -> None:
@@ -213,21 +135,6 @@ def _split_target(method: str, target: str) -> tuple[str | None, str]:
     if path[0] == "?":
         path = "/" + path
     return host, path
-
-
-def _keep_alive(headers: list, http11: bool) -> bool:
-    """Whether a message's Connection header lets the connection live on: HTTP/1.1 unless it
-    says close, HTTP/1.0 only if it says keep-alive. (Where llhttp cannot decide: a version
-    served as 1.0, such as 1.2, would get its 1.1 default; a HEAD response without framing
-    looks close-delimited to it.)"""
-    keep = http11
-    for name, value in headers:
-        if name == "connection":
-            tokens = {t.strip().lower() for t in value.split(",")}
-            if "close" in tokens:
-                return False
-            keep = keep or "keep-alive" in tokens
-    return keep
 
 
 # --- framing of what we send ----------------------------------------------------------------
@@ -304,55 +211,6 @@ class _Http1Output:
             self._fail(str(exc) or type(exc).__name__, error_status)
         events, self._events = self._events, []
         return events
-
-
-def _read_request(raw: tuple) -> tuple:
-    """What the server side reads from a request head's pairs, all of it per head, not per
-    request (remembered on its _Head): (the pairs that pass on, Host's value, how many Hosts,
-    Transfer-Encoding's values joined or None, whether a body comes, Expect: 100-continue,
-    whether an Upgrade came). Passing on: not Host (the request line's authority), not the
-    hop-by-hop names nor what Connection lists, TE only as "trailers", not an Expect:
-    100-continue (answered here)."""
-    te = None
-    expect_continue = False
-    authority = ""
-    has_body = False
-    hop = False             # a hop-by-hop name came (Connection may list more)
-    upgrade_seen = False
-    hosts = 0
-    # One pass for what needs a look (host, expect, content-length, hop-by-hop names);
-    # anything else passes as it came.
-    headers = []
-    for kv in raw:
-        name = kv[0]
-        if name in _SPECIAL_REQUEST_HEADERS:
-            if name == "host":
-                authority = kv[1]
-                hosts += 1
-                continue
-            if name in HOP_BY_HOP:
-                hop = True
-                if name == "transfer-encoding":
-                    has_body = True
-                    te = kv[1] if te is None else te + "," + kv[1]
-                elif name == "upgrade":
-                    upgrade_seen = True
-                continue
-            if name == "expect":
-                if kv[1].lower() == "100-continue":
-                    expect_continue = True
-            elif name == "content-length" and kv[1].strip() not in ("", "0"):
-                has_body = True
-        headers.append(kv)
-    if hop:
-        drop = _hop_by_hop(raw)
-        if drop is not HOP_BY_HOP:
-            headers = [kv for kv in headers if kv[0] not in drop]
-        if _te_trailers(raw):
-            headers.append(("te", "trailers"))      # the one TE value a proxy passes on
-    if expect_continue:
-        headers = [kv for kv in headers if kv[0] != "expect"]
-    return tuple(headers), authority, hosts, te, has_body, expect_continue, upgrade_seen
 
 
 # --- server side ----------------------------------------------------------------------------
@@ -706,15 +564,15 @@ class Http1ServerCodec(_Http1Output):
         method = _METHODS.get(method) or method.decode("latin-1")
         version = parser.get_http_version()
         keep_alive = parser.should_keep_alive()
-        head = _head(self._headers, self._header_bytes)
+        head = lookup_head(self._headers, self._header_bytes)
         raw = head.pairs
         self._headers = list(raw)    # trailers' lines are counted on after it (on_header)
         if version != "1.1" and version != "1.0":
             version = "1.0"
-            keep_alive = _keep_alive(raw, False)
+            keep_alive = connection_keeps_alive(raw, False)
         reading = head.request
         if reading is None:
-            reading = head.request = _read_request(raw)
+            reading = head.request = read_request(raw)
         kept, authority, hosts, te, has_body, expect_continue, upgrade_seen = reading
         if hosts > 1:
             # RFC 9112 3.2: one Host, or 400; two could route two ways.
@@ -778,29 +636,6 @@ class Http1ServerCodec(_Http1Output):
 
 # --- client side ----------------------------------------------------------------------------
 
-def _read_response(raw: tuple) -> tuple:
-    """What the client side reads from a response head's pairs, per head (remembered on its
-    _Head): (the pairs that pass on: not the hop-by-hop names nor what Connection lists, the
-    first Content-Length or None, whether the body is framed: Content-Length or
-    Transfer-Encoding)."""
-    kept = []
-    length = None
-    chunked = listed = False
-    for kv in raw:
-        name = kv[0]
-        if name in HOP_BY_HOP:
-            if name == "transfer-encoding":
-                chunked = True
-            elif name == "connection" and kv[1] not in _LISTS_NOTHING:
-                listed = True
-            continue
-        if length is None and name == "content-length":
-            length = kv[1]
-        kept.append(kv)
-    if listed:
-        drop = _hop_by_hop(raw)
-        kept = [kv for kv in kept if kv[0] not in drop]
-    return tuple(kept), length, length is not None or chunked
 
 
 class Http1ClientCodec(_Http1Output):
@@ -960,7 +795,7 @@ class Http1ClientCodec(_Http1Output):
     def on_headers_complete(self) -> None:
         parser = self._parser
         status = parser.get_status_code()
-        head = _head(self._headers, self._header_bytes)
+        head = lookup_head(self._headers, self._header_bytes)
         raw = head.pairs
         self._headers = []
         if not self._stream:
@@ -970,11 +805,12 @@ class Http1ClientCodec(_Http1Output):
             self._events.append(ResponseHead(self._stream, Response(status, Headers([])), False))
             return
         if not parser.should_keep_alive() and not (
-                self._method == "HEAD" and _keep_alive(raw, parser.get_http_version() == "1.1")):
+                self._method == "HEAD" and
+                connection_keeps_alive(raw, parser.get_http_version() == "1.1")):
             self.reusable = False
         reading = head.response
         if reading is None:
-            reading = head.response = _read_response(raw)
+            reading = head.response = read_response(raw)
         kept, length, self._framed = reading
         headers = Headers(list(kept))
         method = self._method

@@ -1,0 +1,186 @@
+"""What an HTTP/1.1 head says, read once (http1.py's two codecs share it): header names
+decoded and lower-cased, a small head's pairs decoded, and what each side reads from them
+(the pairs that pass on, Host, framing, hop-by-hop names), remembered per head.
+
+Why: an upstream sends the same head again and again (only its Date moves, once a second),
+a client its same few headers; reading them once and looking them up after is cheaper than
+reading each message (bench/RESULTS.md, issue 17).
+
+Rules of this file:
+- Every memo is bounded (heads come from the peers): past the bound it is cleared or left
+  alone, and the head is read afresh, as before.
+- What is remembered is immutable (tuples, str); a message gets lists of its own made from it.
+- Pure functions of the head's pairs: nothing here knows a connection or a parser.
+"""
+
+from __future__ import annotations
+
+HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-connection", "transfer-encoding",
+                        "te", "upgrade"})
+# Request headers the server side must look at (anything else passes as it came).
+_SPECIAL_REQUEST_HEADERS = HOP_BY_HOP | {"host", "expect", "content-length"}
+
+_NAMES: dict = {}           # header name as received -> lower-case str: a memo, bounded
+_NAMES_MAX = 2048
+
+
+def _lower(name: bytes) -> str:
+    """A header name, decoded and lower-cased; remembered, since the same few names come on
+    every message (bounded: names come from the peers; past the bound they are decoded each
+    time, as before)."""
+    text = name.decode("latin-1").lower()
+    if len(_NAMES) < _NAMES_MAX:
+        _NAMES[name] = text
+    return text
+
+
+_HEADS: dict = {}           # a small head's raw (name, value) pairs -> its _Head
+_HEADS_MAX = 256            # bounded (heads come from the peers): cleared when full
+_HEAD_MEMO_BYTES = 2048     # larger heads are decoded each time, not remembered
+
+
+class _Head:
+    """A head as decoded, and what each side's codec read from it. An upstream sends the same
+    head again and again (only its Date moves, once a second), a client its same few headers:
+    a small head is decoded and read once, looked up after. The readings are immutable (tuples):
+    each message gets new lists made from them."""
+
+    __slots__ = ("pairs", "request", "response")
+
+    def __init__(self, pairs: tuple):
+        self.pairs = pairs          # lower-case str names, str values
+        self.request = None         # read_request(pairs), once the server side asked
+        self.response = None        # read_response(pairs), once the client side asked
+
+
+def _decoded(headers: list) -> tuple:
+    names = _NAMES
+    return tuple([(names.get(n) or _lower(n), v.decode("latin-1")) for n, v in headers])
+
+
+def lookup_head(headers: list, size: int) -> _Head:
+    """The head of these raw pairs (`size` bytes): remembered when small, else new."""
+    if size > _HEAD_MEMO_BYTES:
+        return _Head(_decoded(headers))
+    key = tuple(headers)
+    head = _HEADS.get(key)
+    if head is None:
+        head = _Head(_decoded(headers))
+        if len(_HEADS) >= _HEADS_MAX:
+            _HEADS.clear()
+        _HEADS[key] = head
+    return head
+
+
+# Connection values whose tokens are all hop-by-hop already: nothing to add.
+_LISTS_NOTHING = frozenset({"keep-alive", "Keep-Alive", "upgrade", "Upgrade"})
+
+
+def _hop_by_hop(headers: list) -> frozenset:
+    """The hop-by-hop names for this message: the fixed set plus what Connection lists."""
+    listed = None
+    for name, value in headers:
+        if name == "connection" and value not in _LISTS_NOTHING:
+            for token in value.split(","):
+                token = token.strip().lower()
+                if token and token not in HOP_BY_HOP:      # "keep-alive": nothing to add
+                    listed = listed or set()
+                    listed.add(token)
+    return HOP_BY_HOP if listed is None else HOP_BY_HOP | listed
+
+
+def _te_trailers(headers: list) -> bool:
+    for name, value in headers:
+        if name == "te" and "trailers" in value.lower():
+            return True
+    return False
+
+
+def connection_keeps_alive(headers: list, http11: bool) -> bool:
+    """Whether a message's Connection header lets the connection live on: HTTP/1.1 unless it
+    says close, HTTP/1.0 only if it says keep-alive. (Where llhttp cannot decide: a version
+    served as 1.0, such as 1.2, would get its 1.1 default; a HEAD response without framing
+    looks close-delimited to it.)"""
+    keep = http11
+    for name, value in headers:
+        if name == "connection":
+            tokens = {t.strip().lower() for t in value.split(",")}
+            if "close" in tokens:
+                return False
+            keep = keep or "keep-alive" in tokens
+    return keep
+
+
+def read_request(raw: tuple) -> tuple:
+    """What the server side reads from a request head's pairs, all of it per head, not per
+    request (remembered on its _Head): (the pairs that pass on, Host's value, how many Hosts,
+    Transfer-Encoding's values joined or None, whether a body comes, Expect: 100-continue,
+    whether an Upgrade came). Passing on: not Host (the request line's authority), not the
+    hop-by-hop names nor what Connection lists, TE only as "trailers", not an Expect:
+    100-continue (answered here)."""
+    te = None
+    expect_continue = False
+    authority = ""
+    has_body = False
+    hop = False             # a hop-by-hop name came (Connection may list more)
+    upgrade_seen = False
+    hosts = 0
+    # One pass for what needs a look (host, expect, content-length, hop-by-hop names);
+    # anything else passes as it came.
+    headers = []
+    for kv in raw:
+        name = kv[0]
+        if name in _SPECIAL_REQUEST_HEADERS:
+            if name == "host":
+                authority = kv[1]
+                hosts += 1
+                continue
+            if name in HOP_BY_HOP:
+                hop = True
+                if name == "transfer-encoding":
+                    has_body = True
+                    te = kv[1] if te is None else te + "," + kv[1]
+                elif name == "upgrade":
+                    upgrade_seen = True
+                continue
+            if name == "expect":
+                if kv[1].lower() == "100-continue":
+                    expect_continue = True
+            elif name == "content-length" and kv[1].strip() not in ("", "0"):
+                has_body = True
+        headers.append(kv)
+    if hop:
+        drop = _hop_by_hop(raw)
+        if drop is not HOP_BY_HOP:
+            headers = [kv for kv in headers if kv[0] not in drop]
+        if _te_trailers(raw):
+            headers.append(("te", "trailers"))      # the one TE value a proxy passes on
+    if expect_continue:
+        headers = [kv for kv in headers if kv[0] != "expect"]
+    return tuple(headers), authority, hosts, te, has_body, expect_continue, upgrade_seen
+
+
+def read_response(raw: tuple) -> tuple:
+    """What the client side reads from a response head's pairs, per head (remembered on its
+    _Head): (the pairs that pass on: not the hop-by-hop names nor what Connection lists, the
+    first Content-Length or None, whether the body is framed: Content-Length or
+    Transfer-Encoding)."""
+    kept = []
+    length = None
+    chunked = listed = False
+    for kv in raw:
+        name = kv[0]
+        if name in HOP_BY_HOP:
+            if name == "transfer-encoding":
+                chunked = True
+            elif name == "connection" and kv[1] not in _LISTS_NOTHING:
+                listed = True
+            continue
+        if length is None and name == "content-length":
+            length = kv[1]
+        kept.append(kv)
+    if listed:
+        drop = _hop_by_hop(raw)
+        kept = [kv for kv in kept if kv[0] not in drop]
+    return tuple(kept), length, length is not None or chunked
+
