@@ -145,7 +145,7 @@ def translate_filter_config(typed_config, filter_name, path, errors, warnings=No
         return None
     if name is None:
         return None
-    if name == RBAC:        # its per-route config is found by this name
+    if name in (RBAC, "envoy.filters.http.ext_authz"):  # per-route config found by this name
         config["filter_name"] = filter_name
     return {"name": name, "config": config}
 

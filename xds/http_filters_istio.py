@@ -34,7 +34,7 @@ worker filter's registered name and its config:
 
 from __future__ import annotations
 
-from . import protos
+from . import ext_authz, protos
 from .fields import check_fields
 from .istio_filter_types import ALPN_FILTER, STATS_PLUGIN
 from .istio_types import unknown_field_numbers
@@ -163,7 +163,8 @@ def _peer_metadata(value, path, errors, warnings):
 
 
 TRANSLATORS = {CORS_TYPE: _cors, GRPC_STATS_TYPE: _grpc_stats, ALPN_FILTER: _alpn,
-               STATS_PLUGIN: _istio_stats, WASM_HTTP_TYPE: _wasm}
+               STATS_PLUGIN: _istio_stats, WASM_HTTP_TYPE: _wasm,
+               ext_authz.TYPE: ext_authz.translate_ext_authz}
 # Istio's filters that come as a TypedStruct: type_url -> translate(value dict, path, ...).
 TYPED_STRUCT_TRANSLATORS = {PEER_METADATA: _peer_metadata, WASM_HTTP_TYPE: _wasm_value}
 
@@ -172,25 +173,28 @@ TYPED_STRUCT_TRANSLATORS = {PEER_METADATA: _peer_metadata, WASM_HTTP_TYPE: _wasm
 
 def translate_per_filter_config(config_map, path, errors, warnings=None):
     """typed_per_filter_config (filter name -> Any) -> {filter name: config}; CORS (under
-    its canonical name) and RBAC (under the name given, xds/rbac.py) have per-route settings
-    in Baton."""
+    its canonical name), RBAC (under the name given, xds/rbac.py) and ext_authz (likewise,
+    xds/ext_authz.py) have per-route settings in Baton."""
+    from .rbac import translate_rbac_per_route
+    by_name = {RBAC_PER_ROUTE_TYPE: translate_rbac_per_route,
+               ext_authz.PER_ROUTE_TYPE: ext_authz.translate_ext_authz_per_route}
     result = {}
     for name in sorted(config_map):
         here = f"{path}[{name}]"
         any_pb = config_map[name]
         type_name = protos.type_name(any_pb.type_url)
-        if type_name == RBAC_PER_ROUTE_TYPE:
-            from .rbac import translate_rbac_per_route
+        translate = by_name.get(type_name)
+        if translate is not None:
             protos.import_type(type_name)
             per_route = protos.message_class(type_name)()
             any_pb.Unpack(per_route)
-            config = translate_rbac_per_route(per_route, here, errors, warnings)
+            config = translate(per_route, here, errors, warnings)
             if config is not None:
                 result[name] = config
             continue
         if type_name != CORS_POLICY_TYPE:
             errors.append(f"{here}: {type_name or 'an empty config'} not supported (per-route "
-                          f"config: {CORS_POLICY_TYPE}, {RBAC_PER_ROUTE_TYPE})")
+                          f"config: {CORS_POLICY_TYPE}, {', '.join(by_name)})")
             continue
         protos.import_type(type_name)
         policy = protos.message_class(type_name)()

@@ -119,7 +119,8 @@ def test_other_per_route_configs_are_refused_with_their_path():
     assert errors == ["rc.virtual_hosts[0].routes[1].typed_per_filter_config[envoy.filters.http.fault]: "
                       "envoy.extensions.filters.http.fault.v3.HTTPFault not supported (per-route "
                       "config: envoy.extensions.filters.http.cors.v3.CorsPolicy, "
-                      "envoy.extensions.filters.http.rbac.v3.RBACPerRoute)"]
+                      "envoy.extensions.filters.http.rbac.v3.RBACPerRoute, "
+                      "envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute)"]
 
 
 def stream_on(route, method, headers):

@@ -10,6 +10,9 @@ head in reverse order. A filter answers each call with one of:
                          filters and the router never see the request
     Delay(seconds)       go on after `seconds` (the fault filter's delay); the request stays
                          buffered meanwhile
+    PAUSE                stop until the filter calls stream.resume_filters(result) (an answer
+                         from another service: ext_authz); the body stays buffered meanwhile,
+                         and on_log() tells the filter if the stream ended first
 
 Filters shipped with Baton are registered here by their Envoy names; a user adds one through
 the `baton.http_filters` entry point group (name -> FilterFactory subclass), and refers to it
@@ -23,7 +26,7 @@ by every request through that listener on this worker); filters live for one req
 
 from __future__ import annotations
 
-__all__ = ["CONTINUE", "LocalReply", "Delay", "StreamFilter", "FilterFactory", "registry",
+__all__ = ["CONTINUE", "PAUSE", "LocalReply", "Delay", "StreamFilter", "FilterFactory", "registry",
            "register", "load_entry_points"]
 
 import logging
@@ -31,6 +34,7 @@ import logging
 log = logging.getLogger("baton.http.filter")
 
 CONTINUE = None
+PAUSE = "pause"
 
 
 class LocalReply:

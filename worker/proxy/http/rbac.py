@@ -6,7 +6,10 @@ rules for that route; the route's over its virtual host's). Per request, in Envo
 (checked against Envoy 1.40, tests/integration/test_differential_rbac.py):
 
 - shadow rules, when there are: evaluated and counted (shadow_allowed / shadow_denied),
-  never enforced;
+  never enforced; the result goes into the stream's dynamic metadata as Envoy writes it
+  (`envoy.filters.http.rbac`: `<shadow_rules_stat_prefix>shadow_engine_result` allowed or
+  denied, and `<shadow_rules_stat_prefix>shadow_effective_policy_id` when a policy
+  matched), which Istio's CUSTOM action reads to enable ext_authz;
 - rules, when there are: allowed counts `allowed` and the request goes on; denied counts
   `denied` and is answered 403 "RBAC: access denied", response code details
   rbac_access_denied_matched_policy[<the DENY policy that matched, or none>], flag UAEX.
@@ -43,7 +46,8 @@ MAX_PER_ROUTE = 4096      # per-route engines kept; an RDS update leaves old one
 class Engines:
     """One RBAC config's enforced and shadow engines with their counter names."""
 
-    __slots__ = ("rules", "shadow", "allowed", "denied", "shadow_allowed", "shadow_denied")
+    __slots__ = ("rules", "shadow", "allowed", "denied", "shadow_allowed", "shadow_denied",
+                 "policy_key", "result_key")
 
     def __init__(self, config: dict, prefix: str, counters):
         self.rules = Engine(config["rules"]) if config.get("rules") else None
@@ -53,19 +57,33 @@ class Engines:
         self.allowed, self.denied = rules_prefix + "allowed", rules_prefix + "denied"
         self.shadow_allowed = shadow_prefix + "shadow_allowed"
         self.shadow_denied = shadow_prefix + "shadow_denied"
+        raw = config.get("shadow_rules_stat_prefix") or ""
+        self.policy_key = raw + "shadow_effective_policy_id"
+        self.result_key = raw + "shadow_engine_result"
         for name in (self.allowed, self.denied, self.shadow_allowed, self.shadow_denied):
             counters[name] += 0
 
-    def check(self, facts, counters) -> tuple[bool, str | None]:
-        """-> (allowed, matched policy), counting both engines."""
+    def check(self, facts, counters, info=None) -> tuple[bool, str | None]:
+        """-> (allowed, matched policy), counting both engines; the shadow result goes into
+        `info`'s dynamic metadata."""
         if self.shadow is not None:
-            shadow_ok, _ = self.shadow.decide(facts)
+            shadow_ok, shadow_policy = self.shadow.decide(facts)
             counters[self.shadow_allowed if shadow_ok else self.shadow_denied] += 1
+            if info is not None:
+                self._shadow_metadata(info, shadow_ok, shadow_policy)
         if self.rules is None:
             return True, None
         allowed, policy = self.rules.decide(facts)
         counters[self.allowed if allowed else self.denied] += 1
         return allowed, policy
+
+    def _shadow_metadata(self, info, allowed: bool, policy: str | None) -> None:
+        if info.dynamic_metadata is None:
+            info.dynamic_metadata = {}
+        fields = info.dynamic_metadata.setdefault(NAME, {})
+        fields[self.result_key] = "allowed" if allowed else "denied"
+        if policy:
+            fields[self.policy_key] = policy
 
 
 @register(NAME)
@@ -114,7 +132,7 @@ class RbacFilter(StreamFilter):
         info = stream.info
         facts = Facts(request, info.downstream_local, stream.conn.peer, info.downstream_remote,
                       stream.conn.tls)
-        allowed, policy = self.engines.check(facts, self.counters)
+        allowed, policy = self.engines.check(facts, self.counters, info)
         if allowed:
             return None
         return LocalReply(403, BODY, details=details(policy), flags="UAEX")

@@ -19,7 +19,7 @@ from ...codecs.h2server import CANCEL, INTERNAL_ERROR
 from ...codecs.message import Headers, Response
 from . import grpc_reply, path_normalize
 from . import xfcc
-from .filter import Delay, LocalReply
+from .filter import PAUSE, Delay, LocalReply
 from .router import GRPC_RETRY_ON, Router, route_timeout, set_grpc_timeout
 from .stream_info import StreamInfo
 
@@ -168,7 +168,7 @@ class Stream:
                  "response_complete", "trailers", "held_body", "held_bytes", "close_connection",
                  "done", "cluster_name", "delay_timer", "buffer_limit", "paused_downstream",
                  "upgrade", "expect_continue", "end_at_head", "controls", "last_activity",
-                 "idle_timeout", "window_held", "picked")
+                 "idle_timeout", "window_held", "picked", "body_watcher")
 
     def __init__(self, conn, event, info: StreamInfo | None = None):
         """`conn`: the HttpConnection (connection_manager.py); `event`: the RequestHead, or
@@ -211,6 +211,7 @@ class Stream:
         self.idle_timeout = conn.hcm.stream_idle_timeout
         self.window_held = False
         self.picked = None              # (host,): the express lane asked the balancer already
+        self.body_watcher = None        # a PAUSEd filter waiting for body (ext_authz)
 
     @classmethod
     def from_express(cls, exchange) -> "Stream":
@@ -316,6 +317,8 @@ class Stream:
                 self.filter_index += 1
             if result is None:
                 continue
+            if result is PAUSE:
+                return                  # the filter calls resume_filters
             if isinstance(result, LocalReply):
                 if result.flags:
                     self.info.response_flags.append(result.flags)
@@ -331,6 +334,11 @@ class Stream:
                     lambda: self._continue_filters(then))
                 return
         self._route()
+
+    def resume_filters(self, result: LocalReply | None = None) -> None:
+        """A PAUSEd filter's answer: go on with the next filter, or reply."""
+        if not self.done:
+            self._continue_filters(result)
 
     def _route(self) -> None:
         if self.done:
@@ -434,12 +442,16 @@ class Stream:
         if self.held_bytes > self.buffer_limit and not self.response_started:
             self.stats[self.hcm.stat_rq_too_large] += 1
             self.local_reply(413, "Payload Too Large", "request_payload_too_large")
+        elif self.body_watcher is not None:
+            self.body_watcher()
 
     def on_request_trailers(self, headers) -> None:
         self.request_complete = True
         self.trailers = headers
         if self.router is not None:
             self.router.request_trailers(headers)
+        elif self.body_watcher is not None:
+            self.body_watcher()
 
     # -- response path ----------------------------------------------------------------------
 

@@ -36,6 +36,7 @@ class StreamInfo:
         "connection_id",            # the downstream connection's id in this worker
         "last_request_byte",        # loop time the request was complete, or None
         "response_trailers",        # Headers of the response trailers, or None
+        "dynamic_metadata",         # {filter name: {key: value}} filters set (RBAC), or None
     )
 
     def __init__(self, request, now: float, protocol: str, downstream_remote, downstream_local,
@@ -65,6 +66,7 @@ class StreamInfo:
         self.connection_id = connection_id
         self.last_request_byte = None
         self.response_trailers = None
+        self.dynamic_metadata = None
 
     @classmethod
     def from_express(cls, exchange) -> "StreamInfo":

@@ -1,0 +1,223 @@
+"""Differential: envoy.filters.http.ext_authz over gRPC against a real authorization server
+(authz_server.py, grpcio), Envoy 1.40 and Baton on the same bootstrap. Allowed: the
+server's headers reach the upstream (appended, set, removed), its response headers the
+client, and what the server saw of the request (method, path, host, scheme, protocol, size,
+body, header names) is the same; denied: the server's status, body and headers, or 403;
+the call failing or timing out: 403, or through with failure_mode_allow and its header;
+a route's ExtAuthzPerRoute turning it off or adding context_extensions; Istio's CUSTOM
+action (ext_authz enabled by the RBAC filter's shadow result); the counters."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ..waiting import wait_until
+
+from .differential.bootstraps import bootstrap, cluster, http_listener
+from .differential.client import one
+from .differential.compare import differential, header, observe, upstream_header
+from .differential.proxies import PROXIES, ProxyPair, Recorder
+
+T = "type.googleapis.com/"
+EXT_AUTHZ = T + "envoy.extensions.filters.http.ext_authz.v3.ExtAuthz"
+PER_ROUTE = T + "envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute"
+RBAC = T + "envoy.extensions.filters.http.rbac.v3.RBAC"
+SERVER = Path(__file__).resolve().parent / "authz_server.py"
+H2 = {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+    "@type": T + "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+    "explicit_http_config": {"http2_protocol_options": {}}}}
+
+
+def ext_authz(**extra):
+    return {"name": "envoy.filters.http.ext_authz", "typed_config": {
+        "@type": EXT_AUTHZ, "transport_api_version": "V3",
+        "grpc_service": {"envoy_grpc": {"cluster_name": "authz"}, "timeout": "0.5s"}, **extra}}
+
+
+# Istio's CUSTOM action: an RBAC filter whose shadow DENY rules name the requests to check,
+# and ext_authz enabled by the policy id those rules leave in the dynamic metadata.
+CUSTOM = [
+    {"name": "envoy.filters.http.rbac", "typed_config": {
+        "@type": RBAC, "shadow_rules_stat_prefix": "istio_ext_authz_", "shadow_rules": {
+            "action": "DENY", "policies": {"istio-ext-authz-ns[default]-policy[ext]-rule[0]": {
+                "permissions": [{"url_path": {"path": {"prefix": "/custom"}}}],
+                "principals": [{"any": True}]}}}}},
+    ext_authz(filter_enabled_metadata={
+        "filter": "envoy.filters.http.rbac",
+        "path": [{"key": "istio_ext_authz_shadow_effective_policy_id"}],
+        "value": {"string_match": {"prefix": "istio-ext-authz"}}})]
+
+
+def authz_bootstrap(upstreams, authz_port):
+    routes = {"name": "authz", "virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [
+        {"match": {"prefix": "/open"}, "route": {"cluster": "a"},
+         "typed_per_filter_config": {"envoy.filters.http.ext_authz": {
+             "@type": PER_ROUTE, "disabled": True}}},
+        {"match": {"prefix": "/ctx"}, "route": {"cluster": "a"},
+         "typed_per_filter_config": {"envoy.filters.http.ext_authz": {
+             "@type": PER_ROUTE, "check_settings": {"context_extensions": {"team": "blue"}}}}},
+        {"match": {"prefix": "/"}, "route": {"cluster": "a"}}]}]}
+
+    def template(ports, admin):
+        return bootstrap(admin, [
+            http_listener("authz", ports["authz"], routes, http_filters=[ext_authz()]),
+            http_listener("failopen", ports["failopen"], routes, http_filters=[ext_authz(
+                failure_mode_allow=True, failure_mode_allow_header_add=True, stat_prefix="fo")]),
+            http_listener("body", ports["body"], routes, http_filters=[ext_authz(
+                with_request_body={"max_request_bytes": 16})]),
+            http_listener("custom", ports["custom"], routes, http_filters=CUSTOM)],
+            [cluster("a", [upstreams["a"]]),
+             cluster("authz", [authz_port], typed_extension_protocol_options=H2)])
+    return template
+
+
+@pytest.fixture(scope="module")
+def authz():
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.Popen([sys.executable, str(SERVER)], stdout=subprocess.PIPE, text=True,
+                            env=env, cwd="/")
+    line = proc.stdout.readline()
+    if not line.startswith("ready "):
+        proc.kill()
+        proc.wait(10)
+        raise RuntimeError(f"authz server did not start: {line!r}")
+    yield int(line.split()[1])
+    proc.kill()
+    proc.wait(10)
+
+
+@pytest.fixture(scope="module")
+def recorder():
+    rec = Recorder("a")
+    yield rec
+    rec.stop()
+
+
+@pytest.fixture(scope="module")
+def pair(recorder, authz, tmp_path_factory):
+    p = ProxyPair(tmp_path_factory.mktemp("diff-ext-authz"), authz_bootstrap(recorder.ports, authz),
+                  ["authz", "failopen", "body", "custom"])
+    yield p
+    p.stop()
+
+
+def exchange(recorder, case, method, path, headers=(), listener="authz", body=None):
+    def run(target):
+        key = target.key(case)
+        sent = [("host", "svc"), *headers, ("x-test-key", key)]
+        if body is not None:
+            sent.append(("content-length", str(len(body))))
+        resp = one(target.ports[listener], method, path, sent, body)
+        obs = observe(resp, target)
+        obs["upstream requests"] = recorder.count(key)
+        return obs
+    return run
+
+
+def passed(obs):
+    assert obs["status"] == 200 and obs["upstream requests"] == 1, obs
+
+
+def test_allowed_the_servers_headers_go_upstream_and_to_the_client(pair, recorder):
+    def expect(obs):
+        passed(obs)
+        assert upstream_header(obs, "x-authz-append") == "a", obs
+        assert upstream_header(obs, "x-authz-remove-me") is None, obs
+        assert header(obs, "x-authz-response") == "ok", obs
+    differential(pair, exchange(recorder, "allow", "GET", "/x?q=1", [
+        ("x-authz", "allow"), ("x-authz-set", "client"), ("x-authz-added", "client"),
+        ("x-authz-remove-me", "1")]), expect)
+
+
+def test_denied_the_servers_status_body_and_headers_or_403(pair, recorder):
+    def expect(status, body):
+        def check(obs):
+            assert obs["status"] == status and obs["body"] == body, obs
+            assert obs["upstream requests"] == 0, obs
+        return check
+    differential(pair, exchange(recorder, "deny", "GET", "/x", [("x-authz", "deny")]),
+                 expect(401, "nope"))
+    differential(pair, exchange(recorder, "deny-bare", "GET", "/x", [("x-authz", "deny-bare")]),
+                 expect(403, ""))
+    differential(pair, exchange(recorder, "none", "GET", "/x"), passed)
+
+
+def test_a_failed_or_late_check_is_403_unless_failure_mode_allow(pair, recorder):
+    def refused(obs):
+        assert obs["status"] == 403 and obs["upstream requests"] == 0, obs
+    for verdict in ("fail", "slow"):
+        differential(pair, exchange(recorder, f"{verdict}-closed", "GET", "/x",
+                                    [("x-authz", verdict)]), refused)
+
+        def through(obs):
+            passed(obs)
+            assert upstream_header(obs, "x-envoy-auth-failure-mode-allowed") == "true", obs
+        differential(pair, exchange(recorder, f"{verdict}-open", "GET", "/x",
+                                    [("x-authz", verdict)], listener="failopen"), through)
+
+
+def test_per_route_disabled_and_context_extensions(pair, recorder):
+    differential(pair, exchange(recorder, "open", "GET", "/open", [("x-authz", "deny")]), passed)
+
+    def context(obs):
+        passed(obs)
+        assert upstream_header(obs, "x-authz-context") == '{"team": "blue"}', obs
+    differential(pair, exchange(recorder, "ctx", "GET", "/ctx", [("x-authz", "allow")]), context)
+
+
+def test_the_request_body_goes_in_the_check(pair, recorder):
+    def seen_body(obs):
+        passed(obs)
+        assert '"body": "hello"' in upstream_header(obs, "x-authz-check"), obs
+    differential(pair, exchange(recorder, "body", "POST", "/x", [("x-authz", "allow")],
+                                listener="body", body=b"hello"), seen_body)
+
+
+def test_istio_custom_action_checks_only_what_the_shadow_rules_name(pair, recorder):
+    def denied(obs):
+        assert obs["status"] == 401 and obs["upstream requests"] == 0, obs
+    differential(pair, exchange(recorder, "custom", "GET", "/custom/x", [("x-authz", "deny")],
+                                listener="custom"), denied)
+    differential(pair, exchange(recorder, "not-custom", "GET", "/other", [("x-authz", "deny")],
+                                listener="custom"), passed)
+
+
+def test_the_counters(pair):
+    deltas = {}
+    cases = [("authz", "/x", "allow"), ("authz", "/x", "deny"), ("authz", "/x", "fail"),
+             ("failopen", "/x", "fail"), ("custom", "/other", "deny"),
+             ("custom", "/custom", "allow")]
+    for name in PROXIES:
+        target = pair.target(name)
+
+        def counters():
+            return {k: v for k, v in target.stats().items() if "ext_authz" in k}
+        before = counters()
+        for listener, path, verdict in cases:
+            one(target.ports[listener], "GET", path, [("host", "svc"), ("x-authz", verdict)])
+
+        def delta():
+            after = counters()
+            return {k: after[k] - before.get(k, 0) for k in after if after[k] != before.get(k, 0)}
+        try:
+            wait_until(lambda: sum(delta().values()) >= 15, 10, "the ext_authz counters")
+        finally:
+            deltas[name] = delta()
+    # Under the HCM's prefix and the route's cluster's, both with the filter's stat_prefix;
+    # a request the shadow rules do not name counts as disabled.
+    assert deltas[PROXIES[0]] == {
+        "cluster.a.ext_authz.denied": 1, "cluster.a.ext_authz.error": 1,
+        "cluster.a.ext_authz.fo.error": 1, "cluster.a.ext_authz.fo.failure_mode_allowed": 1,
+        "cluster.a.ext_authz.ok": 2, "http.authz.ext_authz.denied": 1,
+        "http.authz.ext_authz.error": 1, "http.authz.ext_authz.ok": 1,
+        "http.custom.ext_authz.disabled": 1, "http.custom.ext_authz.ok": 1,
+        "http.custom.rbac.istio_ext_authz_.shadow_allowed": 1,
+        "http.custom.rbac.istio_ext_authz_.shadow_denied": 1,
+        "http.failopen.ext_authz.fo.error": 1,
+        "http.failopen.ext_authz.fo.failure_mode_allowed": 1}, deltas
+    assert len(set(map(repr, deltas.values()))) == 1, deltas
