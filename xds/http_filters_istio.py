@@ -26,6 +26,12 @@ worker filter's registered name and its config:
   read_response (upstream_discovery), write_request (upstream_propagation), each set when
   the list names istio_headers. workload_discovery (Istio's workload lookup by address,
   ambient's WDS) is not there: a warning says so.
+- istio_authn, HTTP (istio.envoy.config.filter.http.authn.v2alpha1.FilterConfig, Istio 1.9 /
+  1.10): the peer's mTLS identity as Istio's filter reads it (worker/proxy/istio/authn.py):
+  STRICT refuses a request without a client certificate (401 "Peer authentication failed.",
+  unless peer_is_optional), the trust domain check unless skip_validate_trust_domain, and
+  the principal in the `istio_authn` dynamic metadata. Origin (JWT) authentication is
+  refused by path.
 - The Wasm filters older Istio sends for the same built-ins (runtime envoy.wasm.runtime.null,
   code envoy.wasm.stats or envoy.wasm.metadata_exchange): run as istio.stats and
   istio.metadata_exchange (the latter with {"auto": True}: the listener's direction picks
@@ -36,8 +42,8 @@ from __future__ import annotations
 
 from . import ext_authz, protos
 from .fields import check_fields
-from .istio_filter_types import ALPN_FILTER, STATS_PLUGIN
-from .istio_types import unknown_field_numbers
+from .istio_filter_types import ALPN_FILTER, AUTHN_FILTER, STATS_PLUGIN
+from .istio_types import unknown_field_errors, unknown_field_numbers
 from .parse import join
 
 CORS = "envoy.filters.http.cors"
@@ -85,6 +91,36 @@ def _alpn(pb, path, errors, warnings):
 
 ISTIO_STATS = "istio.stats"
 METADATA_EXCHANGE = "istio.metadata_exchange"
+AUTHN = "istio_authn"
+
+
+def _authn(pb, path, errors, warnings):
+    """Istio 1.9 / 1.10's HTTP istio_authn (FilterConfig) -> ("istio_authn", {"mtls": None
+    (no peer method) or "STRICT" / "PERMISSIVE", "peer_is_optional", "trust_domains": None
+    (skip_validate_trust_domain), [] (the local one) or allowed_trust_domains}). Origin
+    (JWT) authentication is refused: Baton has no JWT validation."""
+    unknown = unknown_field_errors(pb, path)
+    if unknown:
+        errors.extend(unknown)
+        return None, None
+    policy, here = pb.policy, join(path, "policy")
+    start = len(errors)
+    if policy.origins or policy.origin_is_optional:
+        errors.append(f"{join(here, 'origins')}: origin (JWT) authentication not supported")
+    if policy.principal_binding:
+        errors.append(f"{join(here, 'principal_binding')}: USE_ORIGIN not supported (no "
+                      "origin authentication)")
+    if len(policy.peers) > 1:
+        errors.append(f"{join(here, 'peers')}: one peer method (mtls) is supported")
+    if len(errors) != start:
+        return None, None
+    mtls = policy.peers[0].mtls if policy.peers else None
+    trust_domains = None if pb.skip_validate_trust_domain and not pb.allowed_trust_domains \
+        else list(pb.allowed_trust_domains)
+    return AUTHN, {"mtls": mtls.DESCRIPTOR.EnumValueName("Mode", mtls.mode)
+                   if mtls is not None else None,
+                   "peer_is_optional": policy.peer_is_optional,
+                   "trust_domains": trust_domains}
 
 
 def _istio_stats(pb, path, errors, warnings):
@@ -163,7 +199,7 @@ def _peer_metadata(value, path, errors, warnings):
 
 
 TRANSLATORS = {CORS_TYPE: _cors, GRPC_STATS_TYPE: _grpc_stats, ALPN_FILTER: _alpn,
-               STATS_PLUGIN: _istio_stats, WASM_HTTP_TYPE: _wasm,
+               STATS_PLUGIN: _istio_stats, WASM_HTTP_TYPE: _wasm, AUTHN_FILTER: _authn,
                ext_authz.TYPE: ext_authz.translate_ext_authz}
 # Istio's filters that come as a TypedStruct: type_url -> translate(value dict, path, ...).
 TYPED_STRUCT_TRANSLATORS = {PEER_METADATA: _peer_metadata, WASM_HTTP_TYPE: _wasm_value}

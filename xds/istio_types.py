@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from google.protobuf import descriptor_pb2, descriptor_pool, unknown_fields
 
+from .parse import is_repeated
+
 METADATA_EXCHANGE = "envoy.tcp.metadataexchange.config.MetadataExchange"
 
 _STRING = descriptor_pb2.FieldDescriptorProto.TYPE_STRING
@@ -54,6 +56,21 @@ def _camel(name):
 def unknown_field_numbers(message) -> list[int]:
     """Field numbers present in the bytes a message was parsed from but not declared."""
     return sorted({field.field_number for field in unknown_fields.UnknownFieldSet(message)})
+
+
+def unknown_field_errors(message, path: str) -> list[str]:
+    """"path: field number N of Type not supported" for every undeclared field, in `message`
+    and the messages inside it (a declared message carries only what Baton implements)."""
+    errors = [f"{path}: field number {number} of {message.DESCRIPTOR.full_name} not supported"
+              for number in unknown_field_numbers(message)]
+    for field, value in message.ListFields():
+        if field.message_type is None or field.message_type.GetOptions().map_entry:
+            continue
+        repeated = is_repeated(field)
+        for i, item in enumerate(value if repeated else [value]):
+            where = f"{path}.{field.name}" + (f"[{i}]" if repeated else "")
+            errors += unknown_field_errors(item, where)
+    return errors
 
 
 _declare()
