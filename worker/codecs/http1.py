@@ -33,8 +33,9 @@ from collections import deque
 import httptools
 
 from .events import Body, ProtocolError, RequestHead, ResponseHead
-from .http1_head import (HOP_BY_HOP, connection_keeps_alive, lookup_head, read_request,
-                         read_response)
+from .http1_head import (HOP_BY_HOP, KNOWN_REQUESTS, KNOWN_RESPONSES, KnownRequest,
+                         KnownResponse, connection_keeps_alive, lookup_head, read_request,
+                         read_response, remember)
 from .message import Headers, Request, Response
 
 __all__ = ["Http1ServerCodec", "Http1ClientCodec", "HOP_BY_HOP", "REASONS"]
@@ -222,7 +223,7 @@ class Http1ServerCodec(_Http1Output):
                  "_header_bytes", "_max_header_bytes", "_max_headers", "_failed", "_body_seen",
                  "_responses", "_tunnel", "_framing", "closed", "close_after", "_goaway",
                  "_expect_continue", "_in_head", "_declined_upgrade", "_stalled", "_stall_mark",
-                 "_line_tail")
+                 "_line_tail", "_learned")
     multiplexed = False     # one exchange at a time: a fault or an unread body ends the connection
 
     def __init__(self, *, max_header_bytes: int = 60 * 1024, max_headers: int = 100):
@@ -254,6 +255,7 @@ class Http1ServerCodec(_Http1Output):
         self._stalled = 0
         self._stall_mark = 0
         self._line_tail = b""
+        self._learned = None            # the request just read, if it may become known
 
     # -- interface ------------------------------------------------------------------------
 
@@ -267,12 +269,40 @@ class Http1ServerCodec(_Http1Output):
             return []
         if not data:
             return self._eof()
+        boundary = not self._stream
+        if boundary:
+            known = KNOWN_REQUESTS.get(data)
+            if known is not None and known.size <= self._max_header_bytes and \
+                    known.count <= self._max_headers:
+                return self._known_request(known)
         events = self._feed(data, 400)
         if self._in_head and not self._failed:
             events += self._open_head(data)
         elif self._line_tail:
             self._line_tail = b""
+        learned = self._learned
+        if learned is not None:
+            self._learned = None
+            # The read was this one request, whole: known by its bytes from now on.
+            if boundary and len(events) == 1 and learned.size == len(data) and \
+                    not self._stream and not self._failed:
+                remember(KNOWN_REQUESTS, data, learned)
         return events
+
+    def _known_request(self, known: KnownRequest) -> list:
+        """What on_message_begin, on_headers_complete and on_message_complete would do for a
+        request read before from these same bytes (http1_head.py)."""
+        stream = self._next_id
+        self._next_id = stream + 2
+        self._responses.append([stream, known.method, known.keep_alive, known.version])
+        self._expect_continue = self._body_seen = False
+        if self._line_tail:
+            self._line_tail = b""
+        if self._goaway:
+            self._failed = True
+        request = Request(known.method, known.target, known.authority, Headers(list(known.kept)),
+                          "http", known.version)
+        return [RequestHead(stream, request, True)]
 
     def _open_head(self, data: bytes) -> list:
         """A receive ended inside a request head: what llhttp cannot tell yet.
@@ -538,6 +568,7 @@ class Http1ServerCodec(_Http1Output):
         self._stall_mark = -1
         self._body_seen = False
         self._in_head = True
+        self._learned = None
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -620,6 +651,9 @@ class Http1ServerCodec(_Http1Output):
         self._body_seen = has_body
         self._events.append(RequestHead(self._stream, request, not has_body and not upgrade,
                                         expect_continue, upgrade))
+        if not (has_body or upgrade or expect_continue or self._declined_upgrade):
+            self._learned = KnownRequest(method, target, authority, kept, version, keep_alive,
+                                         self._header_bytes + len(method), len(raw))
         if upgrade:
             self._tunnel = self._stream
 
@@ -644,7 +678,7 @@ class Http1ClientCodec(_Http1Output):
     __slots__ = ("_parser", "_events", "_out", "_next_id", "_stream", "_method", "_headers",
                  "_failed", "_framing", "_head_sent", "_body_expected", "_header_bytes",
                  "_max_header_bytes", "_max_headers", "_status", "reusable", "closed", "_tunnel",
-                 "_trailers", "_in_trailers", "_framed")
+                 "_trailers", "_in_trailers", "_framed", "_between", "_learned")
 
     def __init__(self, *, max_header_bytes: int = UPSTREAM_MAX_HEADER_BYTES,
                  max_headers: int = UPSTREAM_MAX_HEADERS):
@@ -669,6 +703,8 @@ class Http1ClientCodec(_Http1Output):
         self._trailers = None
         self._in_trailers = False
         self._framed = False
+        self._between = True        # the parser is between responses (none begun)
+        self._learned = None        # the response just read, if it may become known
 
     def initiate(self) -> None:
         """Nothing to say first in HTTP/1.1."""
@@ -741,7 +777,39 @@ class Http1ClientCodec(_Http1Output):
             return []
         if not data:
             return self._eof()
-        return self._feed(data, 502)
+        boundary = self._between and self._stream and not self._tunnel and \
+            self._method != "HEAD"
+        if boundary:
+            end = data.find(b"\r\n\r\n") + 4
+            if end > 3:
+                known = KNOWN_RESPONSES.get(data[:end])
+                if known is not None and len(data) - end == known.length and \
+                        known.size <= self._max_header_bytes and known.count <= self._max_headers:
+                    return self._known_response(known, data[end:])
+        events = self._feed(data, 502)
+        learned = self._learned
+        if learned is not None:
+            self._learned = None
+            # The read was this one response, whole: its head is known from now on.
+            if boundary and len(events) == 2 and not self._stream and not self._failed and \
+                    events[1].__class__ is Body and events[1].end_stream:
+                end = data.find(b"\r\n\r\n") + 4
+                if end == learned.size and len(data) - end == learned.length:
+                    remember(KNOWN_RESPONSES, data[:end], learned)
+        return events
+
+    def _known_response(self, known: KnownResponse, body: bytes) -> list:
+        """What the parser's callbacks would do for a response whose head was read before from
+        these same bytes, its whole body following (http1_head.py)."""
+        stream = self._stream
+        self._stream = 0
+        if not known.keep_alive:
+            self.reusable = False
+        self._status = known.status
+        self._framed = True
+        self._body_expected = self._in_trailers = False
+        return [ResponseHead(stream, Response(known.status, Headers(list(known.kept))), False),
+                Body(stream, body, True)]
 
     def _upgraded(self, rest: bytes) -> None:
         if self._tunnel > 0 and rest:
@@ -774,6 +842,8 @@ class Http1ClientCodec(_Http1Output):
     # -- parser callbacks -----------------------------------------------------------------
 
     def on_message_begin(self) -> None:
+        self._between = False
+        self._learned = None
         self._headers = []
         self._header_bytes = _STATUS_LINE_FRAME
         self._framed = False        # the response head has Content-Length or Transfer-Encoding
@@ -804,7 +874,8 @@ class Http1ClientCodec(_Http1Output):
         if 100 <= status < 200 and status != 101:
             self._events.append(ResponseHead(self._stream, Response(status, Headers([])), False))
             return
-        if not parser.should_keep_alive() and not (
+        keep_alive = parser.should_keep_alive()
+        if not keep_alive and not (
                 self._method == "HEAD" and
                 connection_keeps_alive(raw, parser.get_http_version() == "1.1")):
             self.reusable = False
@@ -837,14 +908,20 @@ class Http1ClientCodec(_Http1Output):
                 # unframed, it reads to the close): a new parser takes the next response, the
                 # old one's callbacks are ignored.
                 self._parser = httptools.HttpResponseParser(self)
+                self._between = True
         else:
             self._body_expected = True
+            if not tunnel and method != "CONNECT" and status >= 200 and \
+                    length is not None and length.isdigit() and int(length):
+                self._learned = KnownResponse(status, kept, int(length), keep_alive,
+                                              self._header_bytes, len(raw))
 
     def on_body(self, body: bytes) -> None:
         if self._stream:
             self._events.append(Body(self._stream, body, False))
 
     def on_message_complete(self) -> None:
+        self._between = True
         status = self._parser.get_status_code()
         if 100 <= status < 200 and status != 101:
             return

@@ -15,6 +15,8 @@ Rules of this file:
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-connection", "transfer-encoding",
                         "te", "upgrade"})
 # Request headers the server side must look at (anything else passes as it came).
@@ -184,3 +186,48 @@ def read_response(raw: tuple) -> tuple:
         kept = [kv for kv in kept if kv[0] not in drop]
     return tuple(kept), length, length is not None or chunked
 
+
+# --- whole messages known by their bytes -----------------------------------------------------
+# A client sends the very same bytes for its requests (wrk, a health checker, a probe), an
+# upstream the same response head (its Date moves once a second). A message that llhttp read
+# once, from the first byte of a read, in the canonical layout (one space apart, no space
+# around values: the head's size is exactly what the callbacks counted), is known by its bytes
+# after: the codec makes the same events from what it remembered, without the parser's dozen
+# callbacks from C. Nothing is decided here that llhttp did not decide the first time (the
+# same bytes from a message boundary parse the same); a codec's own limits (header bytes and
+# count, which differ by listener and cluster) are checked again on each use.
+
+_KNOWN_MAX = 256            # bounded (messages come from the peers): cleared when full
+_KNOWN_BYTES = 2048         # larger heads are parsed each time, not remembered
+KNOWN_REQUESTS: dict = {}   # a whole bodiless request's bytes -> KnownRequest
+KNOWN_RESPONSES: dict = {}  # a response head's bytes (to its empty line) -> KnownResponse
+
+
+class KnownRequest(NamedTuple):
+    """A bodiless request without upgrade or Expect, as the server codec reported it."""
+    method: str
+    target: str
+    authority: str
+    kept: tuple             # read_request's pairs that pass on
+    version: str
+    keep_alive: bool
+    size: int               # bytes of the head, as the limit counts them
+    count: int              # header lines
+
+
+class KnownResponse(NamedTuple):
+    """A response framed by a Content-Length > 0 (not 1xx, 101, 204 or 304), to a request
+    other than HEAD or CONNECT, as the client codec reported it."""
+    status: int
+    kept: tuple             # read_response's pairs that pass on
+    length: int             # the body's bytes
+    keep_alive: bool
+    size: int
+    count: int
+
+
+def remember(memo: dict, key: bytes, known) -> None:
+    if len(key) <= _KNOWN_BYTES:
+        if len(memo) >= _KNOWN_MAX:
+            memo.clear()
+        memo[key] = known

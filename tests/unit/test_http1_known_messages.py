@@ -1,0 +1,258 @@
+"""Messages known by their bytes (worker/codecs/http1_head.py, KNOWN_REQUESTS and
+KNOWN_RESPONSES): a request or response head that llhttp read once is served from memory the
+next time the same bytes come. Whatever the codec then reports and writes must be exactly what
+it reports and writes when llhttp reads them: each case runs one codec with the memos as they
+are and one with the memos emptied before every read (always parsed), and compares the two.
+"""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from baton.worker.codecs import http1_head
+from baton.worker.codecs.events import Body, ProtocolError, RequestHead, ResponseHead
+from baton.worker.codecs.http1 import Http1ClientCodec, Http1ServerCodec
+from baton.worker.codecs.message import Headers, Request, Response
+
+from .http1_strategies import requests, responses, serialize_request, serialize_response
+
+PROPERTY = settings(max_examples=60, deadline=None, derandomize=True, database=None,
+                    suppress_health_check=[HealthCheck.too_slow])
+WRK = b"GET / HTTP/1.1\r\nHost: 127.0.0.1:10000\r\n\r\n"
+NGINX = (b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Mon, 07 Dec 2026 05:05:00 GMT\r\n"
+         b"Content-Type: text/plain\r\nContent-Length: 4\r\nConnection: keep-alive\r\n\r\nbody")
+
+
+def _forget() -> None:
+    http1_head.KNOWN_REQUESTS.clear()
+    http1_head.KNOWN_RESPONSES.clear()
+
+
+def described(events) -> list:
+    """Everything an event says, as plain values."""
+    out = []
+    for e in events:
+        if isinstance(e, RequestHead):
+            r = e.request
+            out.append(("request", e.stream_id, r.method, r.path, r.authority, r.scheme,
+                        r.version, list(r.headers.items), e.end_stream, e.expect_continue,
+                        e.upgrade))
+        elif isinstance(e, ResponseHead):
+            r = e.response
+            out.append(("response", e.stream_id, r.status, r.reason, list(r.headers.items),
+                        e.end_stream))
+        elif isinstance(e, Body):
+            out.append(("body", e.stream_id, e.data, e.end_stream))
+        elif isinstance(e, ProtocolError):
+            out.append(("error", e.stream_id, e.status))
+        else:
+            out.append((type(e).__name__, vars(e) if hasattr(e, "__dict__") else repr(e)))
+    return out
+
+
+def server_state(codec: Http1ServerCodec) -> tuple:
+    return (list(map(tuple, codec._responses)), codec.closed, codec.close_after, codec._failed,
+            codec._stream, codec._next_id, codec.idle, codec.receiving, codec.awaiting_head)
+
+
+def client_state(codec: Http1ClientCodec) -> tuple:
+    return (codec.reusable, codec.closed, codec._failed, codec._stream, codec._tunnel,
+            codec.available_streams(), codec._body_expected)
+
+
+class Pair:
+    """Two codecs of a kind fed the same: `warm` with the memos, `cold` always parsed."""
+
+    def __init__(self, make, state):
+        self.warm, self.cold, self.state = make(), make(), state
+
+    def call(self, method: str, *args):
+        _forget()
+        cold = getattr(self.cold, method)(*args)
+        warm = getattr(self.warm, method)(*args)
+        return warm, cold
+
+    def receive(self, data: bytes) -> list:
+        _forget()
+        cold = self.cold.receive(data)
+        warm = self.warm.receive(data)
+        assert described(warm) == described(cold)
+        assert self.state(self.warm) == self.state(self.cold)
+        assert self.warm.data_to_send() == self.cold.data_to_send()
+        return warm
+
+    def send(self, method: str, *args) -> bytes:
+        getattr(self.cold, method)(*args)
+        getattr(self.warm, method)(*args)
+        warm, cold = self.warm.data_to_send(), self.cold.data_to_send()
+        assert warm == cold
+        assert self.state(self.warm) == self.state(self.cold)
+        return warm
+
+
+def _serve(pair: Pair, wire: bytes, times: int = 3) -> None:
+    """`wire` read `times` times on a keep-alive connection, each answered."""
+    for _ in range(times):
+        events = pair.receive(wire)
+        heads = [e for e in events if isinstance(e, RequestHead)]
+        if not heads or any(isinstance(e, ProtocolError) for e in events):
+            return
+        for head in heads:
+            pair.send("send_head", head.stream_id,
+                      Response(200, Headers([("content-length", "2")])), False)
+            pair.send("send_body", head.stream_id, b"ok", True)
+        if pair.warm.closed:
+            return
+
+
+def test_a_known_request_is_served_without_the_parser_and_reports_the_same():
+    _forget()
+    pair = Pair(Http1ServerCodec, server_state)
+    _serve(pair, WRK, 4)
+    assert WRK in http1_head.KNOWN_REQUESTS
+    # Served from memory now: the parser is never asked.
+    codec = pair.warm
+    codec._parser = None
+    events = codec.receive(WRK)
+    assert described(events) == [("request", 9, "GET", "/", "127.0.0.1:10000", "http", "1.1",
+                                  [], True, False, None)]
+    # Each request gets a list of its own.
+    events[0].request.headers.items.append(("x-added", "1"))
+    assert http1_head.KNOWN_REQUESTS[WRK].kept == ()
+
+
+@pytest.mark.parametrize("wire", [
+    WRK,
+    b"GET /a?b=c HTTP/1.1\r\nHost: h\r\nUser-Agent: x\r\nAccept: */*\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
+    b"GET / HTTP/1.0\r\nHost: h\r\n\r\n",
+    b"GET / HTTP/1.0\r\nHost: h\r\nConnection: keep-alive\r\n\r\n",
+    b"GET / HTTP/1.2\r\nHost: h\r\n\r\n",
+    b"GET http://user@abs.test:8080/p HTTP/1.1\r\nHost: h\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: h\r\nConnection: x-hop\r\nX-Hop: 1\r\nTE: trailers\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost:  spaced \r\n\r\n",                 # not canonical: parsed each time
+    b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",             # 400 each time
+    b"GET / HTTP/1.1\r\nHost: h\r\nExpect: 100-continue\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: h\r\nUpgrade: h2c\r\nConnection: upgrade, http2-settings\r\n"
+    b"HTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n",
+    b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\n\r\nab",
+    b"GET / HTTP/1.1\r\nHost: h\r\n\r\nGET /2 HTTP/1.1\r\nHost: h\r\n\r\n",   # pipelined
+    b"\r\nGET / HTTP/1.1\r\nHost: h\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: h\r\n\r\n\r\n",
+])
+def test_requests_read_again_report_and_answer_as_parsed(wire):
+    _serve(Pair(Http1ServerCodec, server_state), wire)
+
+
+def test_a_known_request_still_meets_each_codecs_limits():
+    _forget()
+    wire = b"GET / HTTP/1.1\r\nHost: h\r\nA: 1\r\nB: 2\r\n\r\n"
+    Http1ServerCodec().receive(wire)
+    assert wire in http1_head.KNOWN_REQUESTS
+    (error,) = Http1ServerCodec(max_headers=2).receive(wire)
+    assert isinstance(error, ProtocolError) and error.status == 431
+    (error,) = Http1ServerCodec(max_header_bytes=len(wire) - 1).receive(wire)
+    assert isinstance(error, ProtocolError) and error.status == 431
+    assert isinstance(Http1ServerCodec(max_header_bytes=len(wire)).receive(wire)[0], RequestHead)
+
+
+def test_a_draining_codec_stops_reading_after_a_known_request():
+    pair = Pair(Http1ServerCodec, server_state)
+    _serve(pair, WRK, 2)
+    pair.call("goaway")
+    pair.receive(WRK)
+    pair.receive(WRK)       # nothing more is read
+
+
+@PROPERTY
+@given(requests())
+def test_generated_requests_read_again_report_and_answer_as_parsed(m):
+    _serve(Pair(Http1ServerCodec, server_state), serialize_request(m), 2)
+
+
+def _fetch(pair: Pair, method: str, wires: list) -> None:
+    """One request sent, then its response read in the pieces of `wires`."""
+    request = Request(method, "/", "h", Headers([]), "http", "1.1")
+    pair.send("send_head", request, True)
+    for wire in wires:
+        pair.receive(wire)
+
+
+def test_a_known_response_head_is_served_without_the_parser_and_reports_the_same():
+    _forget()
+    pair = Pair(Http1ClientCodec, client_state)
+    for _ in range(3):
+        _fetch(pair, "GET", [NGINX])
+    head = NGINX[:NGINX.index(b"\r\n\r\n") + 4]
+    assert head in http1_head.KNOWN_RESPONSES
+    codec = pair.warm
+    codec.send_head(Request("GET", "/", "h", Headers([]), "http", "1.1"), True)
+    codec._parser = None
+    events = codec.receive(NGINX)
+    assert described(events) == [
+        ("response", 7, 200, "", [("server", "nginx/1.22.1"),
+                                  ("date", "Mon, 07 Dec 2026 05:05:00 GMT"),
+                                  ("content-type", "text/plain"), ("content-length", "4")],
+         False),
+        ("body", 7, b"body", True)]
+    assert codec.reusable and codec.available_streams() == 1
+
+
+@pytest.mark.parametrize("method, wires", [
+    ("GET", [NGINX]),
+    ("HEAD", [NGINX[:-4]]),                                   # never served from memory
+    ("GET", [NGINX[:-2], NGINX[-2:]]),                        # the body in two reads
+    ("GET", [NGINX[:40], NGINX[40:]]),                        # the head in two reads
+    ("GET", [NGINX.replace(b"keep-alive", b"close")]),
+    ("GET", [NGINX.replace(b"HTTP/1.1", b"HTTP/1.0").replace(b"Connection: keep-alive\r\n",
+                                                            b"")]),
+    ("GET", [b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"]),
+    ("GET", [b"HTTP/1.1 204 No Content\r\nContent-Length: 4\r\n\r\n"]),
+    ("GET", [b"HTTP/1.1 100 Continue\r\n\r\n" + NGINX]),
+    ("GET", [b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nbody\r\n0\r\n\r\n"]),
+    ("GET", [b"HTTP/1.1 200 OK\r\nContent-Length:  4\r\n\r\nbody"]),   # not canonical
+    ("GET", [b"HTTP/1.1 200 OK\r\nConnection: x-hop\r\nX-Hop: 1\r\nContent-Length: 4\r\n\r\n"
+             b"body"]),
+    ("GET", [NGINX + b"HTTP/1.1 200 OK\r\n"]),                # bytes after the response: 502
+])
+def test_responses_read_again_report_as_parsed(method, wires):
+    pair = Pair(Http1ClientCodec, client_state)
+    for _ in range(3):
+        if pair.warm.available_streams() != 1:
+            break
+        _fetch(pair, method, wires)
+
+
+def test_a_known_response_still_meets_each_codecs_limits():
+    _forget()
+    _fetch(Pair(Http1ClientCodec, client_state), "GET", [NGINX])
+    _fetch(Pair(Http1ClientCodec, client_state), "GET", [NGINX])
+    codec = Http1ClientCodec(max_headers=4)
+    codec.send_head(Request("GET", "/", "h", Headers([]), "http", "1.1"), True)
+    (error,) = codec.receive(NGINX)
+    assert isinstance(error, ProtocolError) and error.status == 502
+
+
+def test_a_known_response_is_not_an_answer_to_a_head_request():
+    pair = Pair(Http1ClientCodec, client_state)
+    _fetch(pair, "GET", [NGINX])
+    _fetch(pair, "GET", [NGINX])
+    codec = pair.warm
+    codec.send_head(Request("HEAD", "/", "h", Headers([]), "http", "1.1"), True)
+    events = codec.receive(NGINX[:-4])
+    assert described(events)[0][-1] is True         # the head ends the response
+    assert codec.available_streams() == 1
+
+
+@PROPERTY
+@given(responses(), st.sampled_from(["GET", "HEAD"]))
+def test_generated_responses_read_again_report_as_parsed(m, method):
+    pair = Pair(Http1ClientCodec, client_state)
+    wire = serialize_response(m, head_request=method == "HEAD")
+    for _ in range(2):
+        if pair.warm.available_streams() != 1:
+            break
+        _fetch(pair, method, [wire])
