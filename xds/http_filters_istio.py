@@ -16,9 +16,11 @@ worker filter's registered name and its config:
   not counted (a warning says so); the filter state it can emit has no reader in Baton.
 - istio.alpn: the ALPN Istio wants on upstream mTLS connections, by upstream HTTP version.
   Baton's upstream TLS does not take an ALPN from a filter: accepted, with a warning.
-- istio.stats (stats.PluginConfig): Istio's standard metrics (istio_requests_total and the
-  duration and size histograms) with Istio's labels on /stats/prometheus
-  (worker/proxy/istio/http_stats.py). -> ("istio.stats", {"disable_host_header_fallback"}).
+- istio.stats (stats.PluginConfig, also in a TypedStruct): Istio's standard metrics
+  (istio_requests_total and the duration and size histograms) with Istio's labels on
+  /stats/prometheus (worker/proxy/istio/http_stats.py). -> ("istio.stats",
+  {"disable_host_header_fallback"[, "reporter"]}); reporter SERVER_GATEWAY (a waypoint)
+  reports as "waypoint".
 - istio.metadata_exchange, HTTP (io.istio.http.peer_metadata.Config in a TypedStruct, Istio
   1.20 on): the x-envoy-peer-metadata headers that tell each side's telemetry who the peer
   is (worker/proxy/istio/peer_metadata.py). Its *_discovery / *_propagation lists become
@@ -126,7 +128,39 @@ def _authn(pb, path, errors, warnings):
 def _istio_stats(pb, path, errors, warnings):
     if not _declared(pb, path, errors):
         return None, None
-    return ISTIO_STATS, {"disable_host_header_fallback": pb.disable_host_header_fallback}
+    value = protos.json_format.MessageToDict(pb, preserving_proto_field_name=True)
+    return _istio_stats_value(value, path, errors, warnings)
+
+
+# stats.PluginConfig's reporter -> the `reporter` label Istio's filter writes (None: by the
+# listener's direction, "destination" inbound, else "source").
+REPORTERS = {"UNSPECIFIED": None, "SERVER_GATEWAY": "waypoint"}
+
+
+def istio_stats_config(value: dict, path, errors) -> dict | None:
+    """stats.PluginConfig as a dict (a TypedStruct's value, or the declared message's) ->
+    {"disable_host_header_fallback"[, "reporter": "waypoint"]}; None (and an error) for
+    another field."""
+    for key in value:
+        if key not in ("disable_host_header_fallback", "disableHostHeaderFallback",
+                       "reporter"):
+            errors.append(f"{join(path, key)}: not supported")
+            return None
+    reporter = value.get("reporter", "UNSPECIFIED")
+    if reporter not in REPORTERS:
+        errors.append(f"{join(path, 'reporter')}: {reporter!r} not supported "
+                      f"({', '.join(REPORTERS)})")
+        return None
+    config = {"disable_host_header_fallback": bool(
+        value.get("disable_host_header_fallback", value.get("disableHostHeaderFallback")))}
+    if REPORTERS[reporter] is not None:
+        config["reporter"] = REPORTERS[reporter]
+    return config
+
+
+def _istio_stats_value(value, path, errors, warnings):
+    config = istio_stats_config(value, path, errors)
+    return (ISTIO_STATS, config) if config is not None else (None, None)
 
 
 WASM_HTTP_TYPE = "envoy.extensions.filters.http.wasm.v3.Wasm"
@@ -202,7 +236,8 @@ TRANSLATORS = {CORS_TYPE: _cors, GRPC_STATS_TYPE: _grpc_stats, ALPN_FILTER: _alp
                STATS_PLUGIN: _istio_stats, WASM_HTTP_TYPE: _wasm, AUTHN_FILTER: _authn,
                ext_authz.TYPE: ext_authz.translate_ext_authz}
 # Istio's filters that come as a TypedStruct: type_url -> translate(value dict, path, ...).
-TYPED_STRUCT_TRANSLATORS = {PEER_METADATA: _peer_metadata, WASM_HTTP_TYPE: _wasm_value}
+TYPED_STRUCT_TRANSLATORS = {PEER_METADATA: _peer_metadata, WASM_HTTP_TYPE: _wasm_value,
+                            STATS_PLUGIN: _istio_stats_value}
 
 
 # --- per-route config ------------------------------------------------------------------------

@@ -6,7 +6,8 @@ Baton implements: bytes that carry any other field parse with unknown fields, wh
 translators refuse by number instead of dropping.
 
     stats.PluginConfig (istio/proxy extensions/filters/http/istio_stats/config.proto):
-        bool disable_host_header_fallback = 6
+        bool disable_host_header_fallback = 6;
+        enum Reporter {UNSPECIFIED = 0; SERVER_GATEWAY = 1} reporter = 10
     istio.envoy.config.filter.http.alpn.v2alpha1.FilterConfig (istio/api
         envoy/config/filter/http/alpn/v2alpha1/config.proto):
         enum Protocol {HTTP10 = 0; HTTP11 = 1; HTTP2 = 2}
@@ -51,6 +52,10 @@ def _stats_file():
                                                package="stats", syntax="proto3")
     msg = proto.message_type.add(name="PluginConfig")
     _field(msg, "disable_host_header_fallback", 6, _F.TYPE_BOOL)
+    proto.enum_type.add(name="Reporter")
+    for number, name in enumerate(("UNSPECIFIED", "SERVER_GATEWAY")):
+        proto.enum_type[0].value.add(name=name, number=number)
+    _field(msg, "reporter", 10, _F.TYPE_ENUM, type_name=".stats.Reporter")
     return proto
 
 

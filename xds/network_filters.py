@@ -152,10 +152,14 @@ def _istio_stats(value, path, errors, warnings, chain_pb, name):
     """istio.stats on a TCP chain: Istio's istio_tcp_* metrics, counted by the tcp_proxy
     (worker/proxy/istio/tcp_stats.py); the connection is unaffected, as in Envoy, where the
     filter only observes. The peer's labels stay "unknown" (no TCP metadata exchange)."""
-    if _fields_of(value, path, errors, ("disable_host_header_fallback",
-                                        "disableHostHeaderFallback")) is None:
+    from .http_filters_istio import istio_stats_config
+    fields = _fields_of(value, path, errors, ("disable_host_header_fallback",
+                                              "disableHostHeaderFallback", "reporter"))
+    config = istio_stats_config(fields, path, errors) if fields is not None else None
+    if config is None:
         return None
-    return {"name": name, "type": "istio.stats"}
+    return {"name": name, "type": "istio.stats",
+            **({"reporter": config["reporter"]} if "reporter" in config else {})}
 
 
 def _metadata_exchange(value, path, errors, warnings, chain_pb, name):

@@ -351,7 +351,9 @@ def _filter_chains(pb, path, errors, warnings, clusters):
         here = f"{chains_path}[{i}]"
         match = _filter_chain_match(chain, here, errors) if chain.HasField("filter_chain_match") else None
         key = repr(sorted((match or {}).items()))
-        if key in seen:
+        # Envoy 1.40 checks duplicate matches only without filter_chain_matcher, which
+        # picks chains by name (checked with envoy --mode validate).
+        if key in seen and not pb.HasField("filter_chain_matcher"):
             errors.append(f"{here}.filter_chain_match: the same match as filter_chains[{seen[key]}] "
                           "(Envoy: multiple filter chains with the same matching rules)")
         seen.setdefault(key, i)

@@ -79,7 +79,7 @@ def test_chain_order_and_unknown_filters_are_refused_with_their_path(filters, me
 
 def test_stats_plugin_fields_beyond_the_declared_ones_are_refused_by_number():
     config = protos.message_class("stats.PluginConfig")(disable_host_header_fallback=True)
-    raw = config.SerializeToString() + b"\x50\x01"            # field 10 (reporter) = 1
+    raw = config.SerializeToString() + b"\x42\x00"            # field 8 (metrics): empty
     data = {"name": "istio.stats", "typed_config": {"@type": T + "stats.PluginConfig"}}
     spec, errors, _ = listener(filter_chains=[{"filters": [data, TCP]}])
     assert errors == []
@@ -89,7 +89,7 @@ def test_stats_plugin_fields_beyond_the_declared_ones_are_refused_by_number():
     pb.filter_chains[0].filters[0].typed_config.value = raw
     errors = []
     assert translate_listener(pb, "l", errors) is None
-    assert errors == ["l.filter_chains[0].filters[0].typed_config: field number 10 of "
+    assert errors == ["l.filter_chains[0].filters[0].typed_config: field number 8 of "
                       "stats.PluginConfig not supported"]
 
 
@@ -280,3 +280,19 @@ def test_filter_disabled_or_match_skips_an_inspector_on_any_of_its_port_ranges()
     _, errors, _ = listener(listener_filters=[inspector])
     assert errors == ["l.listener_filters[0].filter_disabled.or_match.rules[2].not_match: not "
                       "supported (destination_port_range, or an or_match of them)"]
+
+
+def test_chains_alike_are_no_error_under_a_filter_chain_matcher():
+    """Envoy refuses two chains with the same filter_chain_match, but not when the listener's
+    filter_chain_matcher picks chains by name (a waypoint's main_internal)."""
+    matcher = {"matcher_tree": {
+        "input": {"name": "port", "typed_config": {
+            "@type": T + "envoy.extensions.matching.common_inputs.network.v3.DestinationPortInput"}},
+        "exact_match_map": {"map": {"80": {"action": {"name": "a", "typed_config": {
+            "@type": T + "google.protobuf.StringValue", "value": "a"}}}}}}}
+    chains = [{"name": "a", "filters": [TCP]}, {"name": "b", "filters": [TCP]}]
+    _, errors, _ = listener(filter_chains=chains)
+    assert errors == ["l.filter_chains[1].filter_chain_match: the same match as filter_chains[0] "
+                      "(Envoy: multiple filter chains with the same matching rules)"]
+    _, errors, _ = listener(filter_chains=chains, filter_chain_matcher=matcher)
+    assert not any("the same match" in e for e in errors), errors

@@ -1,7 +1,8 @@
 """istio.stats on an HTTP connection manager: one istio_requests_total and three histogram
 observations per stream, at its end (metrics.py names them).
 
-    reporter                "destination" on an inbound listener, else "source"
+    reporter                "destination" on an inbound listener, else "source"; "waypoint"
+                            with stats.PluginConfig's reporter SERVER_GATEWAY (mesh_side)
     source_* / destination_*   this node (bootstrap node metadata) on its own side, the peer
                             the metadata exchange found (peer_metadata.py) on the other,
                             "unknown" without one
@@ -26,7 +27,7 @@ from ..http.grpc_stats import grpc_status, is_grpc
 from .direction import is_inbound, local_node
 from .metrics import IstioMetrics, service_of
 from .peer_metadata import peer_of
-from .workload import UNKNOWN, from_metadata, spiffe_principal
+from .workload import UNKNOWN, Workload, from_metadata, spiffe_principal
 
 
 @register("istio.stats")
@@ -36,21 +37,29 @@ class IstioStatsFactory(FilterFactory):
         self.local = from_metadata(local_node(context.worker).get("metadata"))
         self.metrics = IstioMetrics(context.stats)
         self.host_fallback = not config.get("disable_host_header_fallback")
+        self.reporter = config.get("reporter")     # None, or "waypoint" (SERVER_GATEWAY)
 
     def create(self, stream):
         return IstioStatsFilter(stream, self)
 
 
-def mesh_side(conn, local, peer, upstream_principals=(UNKNOWN, UNKNOWN)):
+def mesh_side(conn, local, peer, upstream_principals=(UNKNOWN, UNKNOWN), reporter=None):
     """(reporter, source, source_principal, destination, destination_principal, policy);
-    `upstream_principals`: (ours, the upstream's) on the upstream connection, outbound."""
+    `upstream_principals`: (ours, the upstream's) on the upstream connection, outbound;
+    `reporter` "waypoint" (stats.PluginConfig SERVER_GATEWAY): the client is the source as
+    on an inbound listener, and the destination is the workload behind this gateway, which
+    only a workload lookup by address (not done) would name: unknown but for this node's
+    cluster, as Istio reports it without that lookup."""
     tls = getattr(conn, "tls", None)
-    if is_inbound(conn.listener):
+    if reporter is not None or is_inbound(conn.listener):
         peer_der = getattr(tls, "peer_der", None) if tls is not None else None
         principal = spiffe_principal(peer_der, getattr(tls, "cache", None)) if peer_der \
             else UNKNOWN
         own = (getattr(tls, "local_uris", None) or [UNKNOWN])[0] if tls is not None \
             else UNKNOWN
+        if reporter is not None:
+            return (reporter, peer, principal, Workload(cluster=local.cluster), UNKNOWN,
+                    "mutual_tls" if peer_der else "none")
         return ("destination", peer, principal, local, own,
                 "mutual_tls" if peer_der else "none")
     return "source", local, upstream_principals[0], peer, upstream_principals[1], UNKNOWN
@@ -88,16 +97,17 @@ class IstioStatsFilter(StreamFilter):
         self.principals = (UNKNOWN, UNKNOWN)
 
     def on_response_headers(self, response, end_stream: bool):
-        if not is_inbound(self.stream.conn.listener):
+        if self.factory.reporter is None and not is_inbound(self.stream.conn.listener):
             self.principals = upstream_principals(self.stream)
         return None
 
     def on_log(self) -> None:
         stream, factory = self.stream, self.factory
         info = stream.info
-        inbound = is_inbound(stream.conn.listener)
+        inbound = factory.reporter is not None or is_inbound(stream.conn.listener)
         reporter, source, source_principal, destination, destination_principal, policy = \
-            mesh_side(stream.conn, factory.local, peer_of(stream, inbound), self.principals)
+            mesh_side(stream.conn, factory.local, peer_of(stream, inbound), self.principals,
+                      factory.reporter)
         cluster = stream.worker.clusters.get(info.upstream_cluster) \
             if info.upstream_cluster else None
         request = info.request

@@ -54,8 +54,10 @@ class TcpStats:
         self.metrics = IstioMetrics(worker.stats)
 
     def key(self, conn) -> tuple:
+        gateway = next((f.get("reporter") for f in conn.chain.network_filters
+                        if f.get("type") == KIND), None)
         reporter, source, source_principal, destination, destination_principal, policy = \
-            mesh_side(_Downstream(conn), self.local, UNKNOWN_WORKLOAD)
+            mesh_side(_Downstream(conn), self.local, UNKNOWN_WORKLOAD, reporter=gateway)
         service = service_of(getattr(conn.cluster, "metadata", None), None, False)
         return (reporter, source, source_principal, destination, destination_principal, service,
                 (("request_protocol", "tcp"), ("response_flags", "-"),
