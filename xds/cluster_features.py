@@ -79,7 +79,9 @@ def translate_cluster_features(pb, path, errors, warnings=None) -> dict:
     lb_policy = protos.Cluster.LbPolicy.Name(pb.lb_policy)
     limits = _request_limits(pb, path)
     common_http, http2, http2_options = _protocol_options(pb, path, errors)
-    tls = translate_cluster_tls(pb, path, errors, warnings)
+    from .internal import translate_internal_upstream
+    internal = translate_internal_upstream(pb, path, errors)      # internal listeners
+    tls = {} if internal else translate_cluster_tls(pb, path, errors, warnings)
     upstream = translate_upstream(pb, path, errors)
     without_exchange_alpn({**tls, **upstream}, path, warnings)
     if http2 == "auto" and not (tls.get("transport_socket") or any(
@@ -106,7 +108,7 @@ def translate_cluster_features(pb, path, errors, warnings=None) -> dict:
         "common_lb": _common_lb(pb, path, errors),
         # metadata, locality_weighted, source_address: xds/cluster_upstream.py.
         **upstream,
-        **tls,
+        **tls, **internal,
         **_auto_sni(pb, path, errors),
     }
 

@@ -82,7 +82,8 @@ class DynamicConfig:
         self.static_secrets = bootstrap.get("secrets") or {}
         # Secrets from SDS sources other than ADS (xds/sds.py): source key -> name -> SECRET.
         self.source_secrets: dict[str, dict] = {}
-        self.static_addresses = {_address_key(l): l["name"] for l in self.static_listeners}
+        self.static_addresses = {_address_key(l): l["name"] for l in self.static_listeners
+                                 if not l.get("internal")}
         self.started = started
         self.accepted = {t: {} for t in _CLASSES}           # type -> name -> Accepted
         self.versions = {t: "" for t in _CLASSES}           # the type's last accepted version
@@ -248,6 +249,8 @@ class DynamicConfig:
         listeners.update({n: value for n, (_, value, _) in translated.items()})
         taken = dict(self.static_addresses)
         for name, spec in sorted(listeners.items()):
+            if spec.get("internal"):
+                continue                # an internal listener has no address (xds/internal.py)
             key = _address_key(spec)
             if key in taken:
                 errors.append(f"Listener[{name}].address: {spec['address']}:{spec['port']} is "

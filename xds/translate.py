@@ -96,6 +96,9 @@ def translate_bootstrap(pb):
             names[name] = path
         if listener is None:
             continue
+        if listener.get("internal"):
+            snap["listeners"].append(listener)
+            continue
         # A UDP and a TCP listener may share an address and port (DNS does), as in Envoy.
         key = (ipaddress.ip_address(listener["address"]), listener["port"],
                listener.get("protocol", "tcp"))
@@ -149,13 +152,18 @@ def translate_listener(pb, path, errors, warnings=None, clusters=None):
     start = len(errors)
     check_fields(pb, path, errors, warnings)
     hostport = None
-    if pb.HasField("address"):
+    internal = pb.HasField("internal_listener")     # no address, no socket: xds/internal.py
+    if internal:
+        from .internal import internal_listener_address
+        hostport = internal_listener_address(pb, path, errors)
+    elif pb.HasField("address"):
         hostport = _socket_address(pb.address, join(path, "address"), errors, ip_only=True)
     else:
         errors.append(f"{join(path, 'address')}: required")
     chains = _filter_chains(pb, path, errors, warnings, clusters)
     inspectors_disabled = {}
-    original_dst, inspectors = _listener_filters(pb, path, errors, inspectors_disabled)
+    extras = set()
+    original_dst, inspectors = _listener_filters(pb, path, errors, inspectors_disabled, extras)
     access_log = None
     if pb.access_log:
         from .http_filters import translate_access_logs
@@ -183,7 +191,7 @@ def translate_listener(pb, path, errors, warnings=None, clusters=None):
     host = f"[{address}]" if ipaddress.ip_address(address).version == 6 else address
     # Envoy's listener stat scope is listener.<stat_prefix or "host:port">., and Envoy makes
     # every ':' in a stat name '_' (envoyproxy/envoy#597, #20665): "[::1]:80" -> "[__1]_80".
-    stat_name = (pb.stat_prefix or f"{host}:{port}").replace(":", "_")
+    stat_name = (pb.stat_prefix or (pb.name if internal else f"{host}:{port}")).replace(":", "_")
     return {
         "name": pb.name or f"{host}_{port}",
         "address": address,
@@ -210,6 +218,9 @@ def translate_listener(pb, path, errors, warnings=None, clusters=None):
         **({"ignore_global_conn_limit": True} if pb.ignore_global_conn_limit else {}),
         # bind_to_port: false: no socket; reached only by a use_original_dst hand-off.
         **({"bind_to_port": False} if not bind_to_port else {}),
+        # An internal listener: reached from this process only (worker/proxy/internal_listener.py).
+        **({"internal": True, "bind_to_port": False} if internal else {}),
+        **({"set_internal_dst": True} if "set_internal_dst" in extras else {}),
         # Listener access logs: connections no chain matched, and TCP chains' connections.
         **({"access_log": access_log} if access_log else {}),
         # INBOUND / OUTBOUND: which side Istio's filters report as (worker/proxy/istio/).
@@ -247,7 +258,7 @@ INSPECTORS = {  # listener filter name -> (typed_config type, what it sniffs)
 }
 
 
-def _listener_filters(pb, path, errors, disabled=None):
+def _listener_filters(pb, path, errors, disabled=None, extras=None):
     """(original_dst configured, [inspectors]); any other listener filter is refused.
     `disabled` (a dict) receives, per inspector, the destination port ranges [start, end) its
     filter_disabled skips it for (Istio's inbound listener skips both on its own port)."""
@@ -257,6 +268,10 @@ def _listener_filters(pb, path, errors, disabled=None):
         here = f"{join(path, 'listener_filters')}[{i}]"
         type_name = protos.type_name(filter_pb.typed_config.type_url) if filter_pb.HasField("typed_config") else None
         if type_name in ("udpa.type.v1.TypedStruct", "xds.type.v3.TypedStruct"):
+            from .internal import set_internal_dst
+            if extras is not None and set_internal_dst(filter_pb, _struct_type(filter_pb)):
+                extras.add("set_internal_dst")      # Istio's: xds/internal.py
+                continue
             type_name = _rpc_inspector_struct(filter_pb.typed_config, join(here, "typed_config"),
                                               errors)
             if type_name is None:
@@ -289,6 +304,12 @@ def _listener_filters(pb, path, errors, disabled=None):
         elif sniffs not in inspectors:
             inspectors.append(sniffs)
     return found, inspectors
+
+
+def _struct_type(filter_pb) -> str:
+    struct = protos.message_class(protos.type_name(filter_pb.typed_config.type_url))()
+    filter_pb.typed_config.Unpack(struct)
+    return protos.type_name(struct.type_url)
 
 
 def _rpc_inspector_struct(any_pb, path, errors) -> str | None:
@@ -649,6 +670,14 @@ def translate_load_assignment(pb, path, errors, warnings=None, require_ip=True):
                 if not pipe:
                     errors.append(f"{where}.endpoint.address.pipe.path: required")
                 pipes.append(pipe)
+                continue
+            from .internal import internal_endpoint
+            internal = internal_endpoint(lb_endpoint, f"{where}.endpoint.address", errors)
+            if internal is not None:
+                endpoints.append({"address": internal[0], "port": internal[1],
+                                  "weight": _uint32(lb_endpoint, "load_balancing_weight", 1),
+                                  **placement, **_eds_health(lb_endpoint, where, errors),
+                                  **internal[2]})
                 continue
             # Envoy accepts port 0 for an endpoint (connecting to it then fails).
             hostport = _socket_address(lb_endpoint.endpoint.address, f"{where}.endpoint.address",

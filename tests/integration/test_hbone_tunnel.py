@@ -149,3 +149,41 @@ def _stats(admin: int, prefix: str) -> dict:
         lines = r.read().decode().splitlines()
     return {name: int(value) for name, _, value in (line.partition(": ") for line in lines)
             if name.startswith(prefix) and value.strip().isdigit()}
+
+
+def test_connect_terminated_into_an_internal_listener(tmp_path, echo_upstream):
+    """Istio's inbound HBONE: connect_terminate's route goes to cluster main_internal, whose
+    endpoint is the internal listener main_internal (envoy_internal_address); that listener
+    picks its chain by the CONNECT's authority (the original destination, as Istio's
+    connect_authority passes it) and proxies to the workload. Baton on both ends."""
+    terminate_port, originate_port, end_admin = free_port(), free_port(), free_port()
+    end = terminator(end_admin, terminate_port, echo_upstream, "h2")
+    route = end["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0][
+        "typed_config"]["route_config"]["virtual_hosts"][0]["routes"][0]
+    route["route"]["cluster"] = "main_internal"
+    end["static_resources"]["clusters"].append({
+        "name": "main_internal", "connect_timeout": "1s", "load_assignment": {
+            "cluster_name": "main_internal", "endpoints": [{"lb_endpoints": [{"endpoint": {
+                "address": {"envoy_internal_address": {"server_listener_name": "main_internal"}}}}]}]}})
+    chains = []
+    for port, cluster in ((originate_port, "echo"), (9, "nowhere")):
+        # Only the chain for the port the client dialled (the tunnel's authority) reaches the echo.
+        chains.append({"filter_chain_match": {"destination_port": port}, "filters": [{
+            "name": "envoy.filters.network.tcp_proxy", "typed_config": {
+                "@type": TCP_PROXY, "stat_prefix": f"inbound_{port}", "cluster": cluster}}]})
+    end["static_resources"]["clusters"].append(static_cluster("nowhere", 9))
+    end["static_resources"]["listeners"].append(
+        {"name": "main_internal", "internal_listener": {}, "filter_chains": chains})
+    started = []
+    try:
+        started.append(_start("baton", tmp_path / "end", end))
+        started.append(_start("baton", tmp_path / "origin",
+                              originator(free_port(), originate_port, terminate_port, "h2")))
+        assert tunnel_round_trip(originate_port) == list(MESSAGES)
+        stats = _stats(end_admin, "")
+        assert stats["cluster.main_internal.upstream_cx_total"] == 1
+        assert stats[f"tcp.inbound_{originate_port}.downstream_cx_total"] == 1
+        assert stats["listener.main_internal.downstream_cx_total"] == 1
+    finally:
+        for proc in reversed(started):
+            proc.stop()

@@ -65,7 +65,7 @@ class Cluster:
                  "ring_hash", "maglev", "outlier_config", "health_checks",
                  "outlier", "health_checker", "counters", "gauges", "_panic_stat",
                  "source_address", "transports", "tls_matches", "host_matches", "auto_sni",
-                 "_tls_spec", "metadata", "upstream_filters")
+                 "_tls_spec", "metadata", "upstream_filters", "internal_hosts", "internal_upstream")
 
     def __init__(self, spec: dict, counters=None, gauges=None):
         """`counters` / `gauges`: the worker's stat dicts (Stats.counters / .gauges), which the
@@ -171,6 +171,11 @@ class Cluster:
         self.auto_sni = spec.get("auto_sni")
         self.host_matches = {(ep["address"], ep["port"]): ep["tls_match"]
                              for ep in spec.get("endpoints", ()) if ep.get("tls_match")}
+        # envoy_internal_address hosts: [listener, endpoint id, original_dst local]
+        # (internal_listener.py), and what internal_upstream passes along.
+        self.internal_hosts = {ep["address"]: ep["internal"]
+                               for ep in spec.get("endpoints", ()) if ep.get("internal")}
+        self.internal_upstream = spec.get("internal_upstream")
         tls_spec = (spec.get("transport_socket"), spec.get("transport_socket_matches"))
         if tls_spec == self._tls_spec:
             return False

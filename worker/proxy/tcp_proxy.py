@@ -302,6 +302,9 @@ class TcpProxyConnection(Connection):
             return
         self.host = host
         self.attempts += 1
+        if host.address.startswith("internal:"):
+            self._connect_internal()                # an internal listener of this worker
+            return
         family = socket.AF_INET6 if ":" in host.address else socket.AF_INET
         try:
             sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
@@ -325,6 +328,24 @@ class TcpProxyConnection(Connection):
             return
         self.loop.add_writer(sock.fileno(), self._on_connect_writable)
         self.timer = self.loop.call_later(cluster.connect_timeout, self._on_connect_timeout)
+
+    def _connect_internal(self) -> None:
+        from .internal_listener import connect
+        cluster, host = self.cluster, self.host
+        self.stats.counters[cluster.stat["upstream_cx_total"]] += 1
+        self.stats.gauges[cluster.stat["upstream_cx_active"]] += 1
+        cluster.active += 1
+        host.active += 1
+        host.total += 1
+        self.timer = self.loop.call_later(cluster.connect_timeout, self._on_connect_timeout)
+        try:
+            self.upstream = connect(self.worker, cluster, host, self.peer, self.original)
+        except OSError as exc:
+            self.upstream = socket.socket()     # released by _connect_failed
+            self._connect_failed(exc.strerror or str(exc))
+            return
+        # Not inside the internal listener's accept; the client may have gone meanwhile.
+        self.loop.call_soon(lambda: self.state is CONNECTING and self._connected())
 
     def _on_connect_writable(self) -> None:
         sock = self.upstream

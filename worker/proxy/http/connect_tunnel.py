@@ -36,14 +36,18 @@ STREAM_ID = 1       # one stream per connection; the router only hands the id ba
 class TcpUpstream:
     """The "pool" of one terminated CONNECT: a single TCP connection to `host`."""
 
-    __slots__ = ("worker", "cluster", "host", "conn", "task", "waiter")
+    __slots__ = ("worker", "cluster", "host", "conn", "task", "waiter", "peer", "authority")
 
     http2 = False
 
-    def __init__(self, worker, cluster, host):
+    def __init__(self, worker, cluster, host, peer=None, authority=None):
         self.worker = worker
         self.cluster = cluster
         self.host = host
+        # For an internal listener host: the client, and where the CONNECT asked to go
+        # (its authority, as Istio's connect_authority filter passes it on).
+        self.peer = peer
+        self.authority = authority
         self.conn = None
         self.task = None
         self.waiter = None
@@ -74,11 +78,16 @@ class TcpUpstream:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if self.worker.upstream_mark:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, self.worker.upstream_mark)
-            bind_error = cluster.bind_source(sock)
-            if bind_error:
-                raise OSError(bind_error, os.strerror(bind_error))
-            await asyncio.wait_for(loop.sock_connect(sock, (host.address, host.port)),
-                                   cluster.connect_timeout)
+            if host.address.startswith("internal:"):    # an internal listener here
+                from ..internal_listener import connect
+                sock.close()
+                sock = connect(self.worker, cluster, host, self.peer, self.authority)
+            else:
+                bind_error = cluster.bind_source(sock)
+                if bind_error:
+                    raise OSError(bind_error, os.strerror(bind_error))
+                await asyncio.wait_for(loop.sock_connect(sock, (host.address, host.port)),
+                                       cluster.connect_timeout)
             await loop.create_connection(lambda: conn, sock=sock)
         except asyncio.TimeoutError:
             failure = (CONNECT_TIMEOUT, "upstream_cx_connect_timeout")

@@ -1,0 +1,72 @@
+"""Connecting to an internal listener (Envoy's `internal_listener`, xds/internal.py): a
+cluster host at an `envoy_internal_address` is a listener of this same worker, not a socket
+address.
+
+A connect makes a Unix socket pair: one end is the upstream socket of the connecting side
+(tcp_proxy, a terminated CONNECT), the other is accepted by the internal listener as if it
+came from its accept queue, so every listener and chain feature (inspectors, filter chain
+match, tcp_proxy with splice, the connection manager, TLS) runs on it unchanged. Envoy passes
+buffers between the two in user space; here the kernel carries them, the price of keeping one
+data path. The connection never leaves the worker.
+
+What rides along (Envoy's internal_upstream passthrough metadata): the endpoint's
+`envoy.filters.listener.original_dst` `local` (istiod's "ip:port" of the workload) becomes
+the internal connection's original destination when the listener has Istio's
+set_internal_dst_address filter, which is what that filter does; otherwise the destination is
+what the connecting side knew (the address its own client dialled, or a terminated CONNECT's
+authority). The peer is the connecting side's client.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+
+PREFIX = "internal:"
+
+
+def is_internal(host) -> bool:
+    return host.address.startswith(PREFIX)
+
+
+def connect(worker, cluster, host, peer, destination=None) -> socket.socket:
+    """The connecting side's end of a new connection to `host`'s internal listener; OSError
+    (ECONNREFUSED) when this worker has no such internal listener, as a refused connect."""
+    name, _endpoint_id, local = (cluster.internal_hosts.get(host.address) or
+                                 (host.address[len(PREFIX):].split("/", 1)[0], "", None))
+    listener = worker.listeners.get(name)
+    if listener is None or not listener.spec.get("internal"):
+        raise ConnectionRefusedError(errno.ECONNREFUSED, f"no internal listener {name!r}")
+    if local and listener.spec.get("set_internal_dst") and _passes_host_metadata(cluster):
+        destination = _hostport(local) or destination
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    ours.setblocking(False)
+    theirs.setblocking(False)
+    _accept(worker, listener, theirs, tuple(peer[:2]) if peer else ("127.0.0.1", 0),
+            tuple(destination[:2]) if destination else ("0.0.0.0", 0))
+    return ours
+
+
+def _passes_host_metadata(cluster) -> bool:
+    passed = (cluster.internal_upstream or {}).get("metadata") or ()
+    return any(kind == "host" and name == "envoy.filters.listener.original_dst"
+               for kind, name in passed)
+
+
+def _hostport(text: str):
+    host, _, port = text.rpartition(":")
+    if not port.isdigit():
+        return None
+    return host.strip("[]"), int(port)
+
+
+def _accept(worker, listener, client, peer, original) -> None:
+    """As worker.new_connection, with the original destination given, not read from a socket."""
+    if listener.selects_chains:
+        from ..inspection import Inspection
+        worker.stats.counters[listener.stat_cx_total] += 1
+        worker.stats.gauges[listener.stat_cx_active] += 1
+        conn_id = worker.next_connection_id()
+        worker.connections[conn_id] = Inspection(worker, listener, client, peer, original, conn_id)
+        return
+    worker.start_connection(listener, listener.default_chain, client, peer, original)

@@ -1,0 +1,104 @@
+"""Envoy's internal listeners in the API (Istio ambient's `main_internal`, `connect_originate`):
+a listener with `internal_listener` and no address, reached only from this process by a
+cluster whose endpoints are `envoy_internal_address {server_listener_name, endpoint_id}`,
+through the `internal_upstream` transport socket that passes the host's metadata along, and
+the listener filter `istio.set_internal_dst_address.v1.Config` that makes that metadata's
+`envoy.filters.listener.original_dst` `local` the connection's destination.
+
+The worker side: worker/proxy/internal_listener.py.
+"""
+
+from __future__ import annotations
+
+from . import protos
+from .fields import SKIP, WALK
+from .parse import join
+
+INTERNAL_UPSTREAM = "envoy.extensions.transport_sockets.internal_upstream.v3.InternalUpstreamTransport"
+SET_INTERNAL_DST = "istio.set_internal_dst_address.v1.Config"
+ORIGINAL_DST_KEY = "envoy.filters.listener.original_dst"
+
+ALLOWED_INTERNAL = {
+    "envoy.config.listener.v3.Listener": {"internal_listener": WALK},
+    "envoy.config.listener.v3.Listener.InternalListenerConfig": {},
+    "envoy.config.core.v3.Address": {"envoy_internal_address": WALK},
+    "envoy.config.core.v3.EnvoyInternalAddress": {"server_listener_name": WALK,
+                                                   "endpoint_id": WALK},
+    # ORIGINAL_DST's idle host sweep: Baton's ORIGINAL_DST makes a host per connection and
+    # keeps none, so there is nothing to sweep.
+    "envoy.config.cluster.v3.Cluster": {"cleanup_interval": WALK},
+    "envoy.extensions.transport_sockets.internal_upstream.v3.InternalUpstreamTransport": {
+        "passthrough_metadata": SKIP, "transport_socket": SKIP},
+}
+
+
+def is_internal_upstream(socket_pb) -> bool:
+    type_name = (protos.type_name(socket_pb.typed_config.type_url)
+                 if socket_pb.HasField("typed_config") else None)
+    return socket_pb.name == "envoy.transport_sockets.internal_upstream" or \
+        type_name == INTERNAL_UPSTREAM
+
+
+def translate_internal_upstream(pb, path, errors) -> dict:
+    """A cluster's internal_upstream transport socket -> {"internal_upstream": {"metadata":
+    [[kind, filter name]]}}: which metadata rides with a connection to an internal listener.
+    The socket inside must be raw_buffer (no TLS inside the process)."""
+    if not pb.HasField("transport_socket") or not is_internal_upstream(pb.transport_socket):
+        return {}
+    from .fields import check_fields
+    from .tls import RAW_BUFFER_SOCKET, RAW_BUFFER_TYPE
+    here = join(path, "transport_socket.typed_config")
+    protos.import_type(INTERNAL_UPSTREAM)
+    config = protos.message_class(INTERNAL_UPSTREAM)()
+    pb.transport_socket.typed_config.Unpack(config)
+    check_fields(config, here, errors, None)
+    passed = []
+    for i, entry in enumerate(config.passthrough_metadata):
+        kind = entry.kind.WhichOneof("kind")
+        if kind not in ("host", "cluster"):
+            errors.append(f"{here}.passthrough_metadata[{i}].kind: {kind} not supported "
+                          "(host or cluster)")
+            continue
+        passed.append([kind, entry.name])
+    if config.HasField("transport_socket"):
+        inner = config.transport_socket
+        type_name = (protos.type_name(inner.typed_config.type_url)
+                     if inner.HasField("typed_config") else None)
+        if inner.name not in (RAW_BUFFER_SOCKET, "raw_buffer") and type_name != RAW_BUFFER_TYPE:
+            errors.append(f"{here}.transport_socket: {inner.name or type_name!r} not supported "
+                          "(raw_buffer only: the connection stays in this process)")
+    return {"internal_upstream": {"metadata": passed}}
+
+
+def internal_endpoint(lb_endpoint, where, errors):
+    """An LbEndpoint at an envoy_internal_address -> (pseudo address, 0, {"internal":
+    [listener, endpoint id, original_dst local or None]}), or None for any other address. The
+    pseudo address ("internal:<listener>/<endpoint id>") names the host in stats and keeps
+    two endpoint ids of one listener apart; `local` is the endpoint metadata's
+    envoy.filters.listener.original_dst.local, what internal_upstream passes to the listener."""
+    address_pb = lb_endpoint.endpoint.address
+    if not address_pb.HasField("envoy_internal_address"):
+        return None
+    internal = address_pb.envoy_internal_address
+    if not internal.server_listener_name:
+        errors.append(f"{where}.envoy_internal_address.server_listener_name: required")
+        return None
+    name = internal.server_listener_name
+    local = None
+    fields = lb_endpoint.metadata.filter_metadata.get(ORIGINAL_DST_KEY)
+    if fields is not None and "local" in fields.fields:
+        local = fields.fields["local"].string_value or None
+    return (f"internal:{name}/{internal.endpoint_id}", 0,
+            {"internal": [name, internal.endpoint_id, local]})
+
+
+def internal_listener_address(pb, path, errors):
+    """A listener with internal_listener: no address (Envoy refuses one), no socket."""
+    if pb.HasField("address"):
+        errors.append(f"{join(path, 'address')}: an internal listener has no address")
+    return ("0.0.0.0", 0)
+
+
+def set_internal_dst(filter_pb, struct_type: str | None) -> bool:
+    """Whether a listener filter is Istio's set_internal_dst_address (no settings)."""
+    return struct_type == SET_INTERNAL_DST or filter_pb.name == "istio.set_internal_dst_address"
