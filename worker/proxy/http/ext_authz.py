@@ -329,21 +329,18 @@ def _apply(headers, name: str, value: str, option) -> None:
     if option.HasField("append"):
         action = "APPEND_IF_EXISTS" if option.append.value else "SET"
     else:
-        action = {0: "APPEND", 1: "ADD_IF_ABSENT", 2: "SET", 3: "OVERWRITE_IF_EXISTS"}.get(
-            option.append_action, "APPEND")
-    if action.startswith("APPEND"):
-        existing = headers.get(name)
-        if existing is not None:
-            headers.set(name, f"{existing},{value}")
-        elif action == "APPEND":
-            headers.add(name, value)
-    elif action == "ADD_IF_ABSENT":
-        if name not in headers:
-            headers.add(name, value)
-    elif action == "SET":
+        action = _APPEND_ACTIONS.get(option.append_action, "APPEND")
+    present = name in headers
+    if present and action.startswith("APPEND"):
+        headers.set(name, f"{headers.get(name)},{value}")
+    elif not present and action in ("APPEND", "ADD_IF_ABSENT"):
+        headers.add(name, value)
+    elif action == "SET" or (present and action == "OVERWRITE_IF_EXISTS"):
         headers.set(name, value)
-    elif name in headers:
-        headers.set(name, value)
+
+
+# HeaderValueOption.append_action -> what _apply does (APPEND: to the header, else add it)
+_APPEND_ACTIONS = {0: "APPEND", 1: "ADD_IF_ABSENT", 2: "SET", 3: "OVERWRITE_IF_EXISTS"}
 
 
 def _query(path: str, to_set, to_remove) -> str:
