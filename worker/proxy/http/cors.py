@@ -15,6 +15,10 @@ or matches "*"):
 
 No policy, no Origin, an origin not allowed, or filter_enabled not hit: the request passes
 untouched (a preflight then goes upstream, forward_not_matching_preflights' default).
+
+Cost when there is nothing to do (issue 17): a route's merged policy is computed once, not per
+request; and when the filter is the chain's first (as Istio puts it), a request without Origin
+gets no filter at all (nothing before it can add one), so the stream pays one header lookup.
 """
 
 from __future__ import annotations
@@ -69,11 +73,31 @@ def origin_allowed(policy: dict, origin: str) -> bool:
     return any(_matches(m, origin) or _matches(m, "*") for m in policy["origins"] or ())
 
 
+_POLICIES_KEPT = 4096    # routes whose merged policy a factory keeps (RDS replaces routes)
+
+
 @register(NAME)
 class CorsFactory(FilterFactory):
+    def __init__(self, config: dict, context):
+        super().__init__(config, context)
+        self.policies: dict = {}       # route -> its effective_policy (None: no policy)
+        self.first = None              # first filter of its chain (known at the first request)
+
     def create(self, stream):
-        policy = effective_policy(stream.route)
+        route = stream.route
+        policies = self.policies
+        policy = policies.get(route, policies)
+        if policy is policies:
+            if len(policies) >= _POLICIES_KEPT:
+                policies.clear()
+            policy = policies[route] = effective_policy(route)
         if policy is None:
+            return None
+        first = self.first
+        if first is None:
+            hcm = getattr(stream, "hcm", None)
+            first = self.first = hcm is not None and hcm.filter_factories[0] is self
+        if first and "origin" not in stream.request.headers:
             return None
         return CorsFilter(stream, policy)
 

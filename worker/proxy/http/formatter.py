@@ -135,6 +135,8 @@ def _headers_getter(source):
             if value is None and second is not None:
                 value = source(info, second)
             return value
+        if source is _request_header:
+            get.request_names = (first, second)     # for _generate's one pass (see there)
         return get
     return make
 
@@ -145,6 +147,18 @@ def _joined(headers, name):
     for key, value in headers.items:
         if key == name:
             found = value if found is None else f"{found},{value}"
+    return found
+
+
+def _wanted_headers(request, wanted) -> dict:
+    """The request's headers named in `wanted`, each joined as _joined joins it, in one pass
+    over the headers (a format's REQ() fields, read together)."""
+    found = {}
+    if request is not None:
+        for key, value in request.headers.items:
+            if key in wanted:
+                old = found.get(key)
+                found[key] = value if old is None else f"{old},{value}"
     return found
 
 
@@ -362,19 +376,40 @@ def _generate(pieces, missing):
     """One function per format, written out: each getter is called once into a local, and
     one f-string joins them. A loop over the pieces costs about twice as much per line, and
     this runs for every request. Only names (never config text) go into the source; the
-    literals and getters are bound as default arguments."""
+    literals, getters and header names are bound as default arguments.
+
+    With two or more REQ() fields (Envoy's default format has five), the request's headers
+    are read in one pass for all of them (_wanted_headers) instead of one scan and three
+    calls per field; pseudo-headers are the request's attributes (Request.get)."""
     params, lines, fields = [], [], []
+    by_name = [getattr(piece, "request_names", None) for piece in pieces]
+    one_pass = sum(names is not None for names in by_name) >= 2
+    wanted = {n for names in by_name if names for n in names if n and n[0] != ":"}
+    if one_pass:
+        lines += ["    _r = info.request", "    _h = _wanted(_r, _wanted_names)"]
     for i, piece in enumerate(pieces):
         if piece.__class__ is str:
             params.append(f"_l{i}=_pieces[{i}]")
             fields.append(f"{{_l{i}}}")
-        else:
+            continue
+        fields.append(f"{{_m if v{i} is None else v{i}}}")
+        names = by_name[i]
+        if not one_pass or names is None:
             params.append(f"_g{i}=_pieces[{i}]")
             lines.append(f"    v{i} = _g{i}(info)")
-            fields.append(f"{{_m if v{i} is None else v{i}}}")
+            continue
+        for j, name in enumerate(names):
+            if name is None:
+                break
+            params.append(f"_n{i}_{j}=_names[{i}][{j}]")
+            lookup = f"_h.get(_n{i}_{j})" if name[0] != ":" else \
+                f"(None if _r is None else _r.get(_n{i}_{j}))"
+            lines.append(f"    v{i} = {lookup}" if j == 0 else
+                         f"    if v{i} is None:\n        v{i} = {lookup}")
     source = (f"def render(info, _m=_missing, {', '.join(params)}):\n" + "\n".join(lines)
               + f"\n    return f\"{''.join(fields)}\"\n")
-    namespace = {"_pieces": pieces, "_missing": missing}
+    namespace = {"_pieces": pieces, "_missing": missing, "_names": by_name,
+                 "_wanted": _wanted_headers, "_wanted_names": frozenset(wanted)}
     exec(compile(source, "<access log format>", "exec"), namespace)  # noqa: S102
     return namespace["render"]
 

@@ -53,18 +53,20 @@ class TokenBucket:
         self.clock = clock
         self.last = clock()
 
-    def _refill(self) -> None:
+    def consume(self) -> bool:
+        """Take a token if there is one (after the refill since the last call)."""
         now = self.clock()
+        tokens = self.tokens
         elapsed = now - self.last
         if elapsed > 0:
-            self.tokens = min(self.max_tokens, self.tokens + elapsed * self.rate)
+            tokens += elapsed * self.rate
+            if tokens > self.max_tokens:
+                tokens = self.max_tokens
             self.last = now
-
-    def consume(self) -> bool:
-        self._refill()
-        if self.tokens >= 1:
-            self.tokens -= 1
+        if tokens >= 1:
+            self.tokens = tokens - 1
             return True
+        self.tokens = tokens
         return False
 
     def remaining(self) -> int:
@@ -75,6 +77,11 @@ class TokenBucket:
         if self.tokens >= 1:
             return 0
         return math.ceil((1 - self.tokens) / self.rate)
+
+
+def _always(percentage) -> bool:
+    """A FractionalPercent that every roll passes (Envoy: numerator >= denominator)."""
+    return percentage["numerator"] >= percentage["denominator"]
 
 
 def compile_header_options(options):
@@ -121,6 +128,10 @@ class LocalRateLimitFactory(FilterFactory):
         self.status = config["status"]
         self.enabled = config["filter_enabled"]
         self.enforced = config["filter_enforced"]
+        # Decided here, not per request: enabled for every request (no dice to roll), or none.
+        self.always_enabled = _always(self.enabled)
+        self.never_enabled = self.enabled["numerator"] <= 0
+        self.always_enforced = _always(self.enforced)
         self.response_headers = compile_header_options(config["response_headers_to_add"])
         self.request_headers = compile_header_options(
             config["request_headers_to_add_when_not_enforced"])
@@ -139,7 +150,7 @@ class LocalRateLimitFactory(FilterFactory):
         return numerator > 0 and self.rng.randrange(percentage["denominator"]) < numerator
 
     def create(self, stream) -> StreamFilter | None:
-        if self.enabled["numerator"] == 0:
+        if self.never_enabled:
             return None
         return LocalRateLimitFilter(stream, self)
 
@@ -154,25 +165,26 @@ class LocalRateLimitFilter(StreamFilter):
     __slots__ = ("factory", "x_headers")
 
     def __init__(self, stream, factory: LocalRateLimitFactory):
-        super().__init__(stream)
+        self.stream = stream            # StreamFilter's, set here: one call less per request
         self.factory = factory
         self.x_headers = None       # computed at request time, sent with the response
 
     def on_request_headers(self, request, end_stream: bool):
         factory = self.factory
-        if not factory._roll(factory.enabled):
+        if not factory.always_enabled and not factory._roll(factory.enabled):
             return None
         counters = factory.counters
         counters[factory.stat_enabled] += 1
-        allowed = factory.bucket.consume()
-        if factory.x_headers:
-            self.x_headers = factory.x_ratelimit_headers()
-        if allowed:
+        if factory.bucket.consume():
+            if factory.x_headers:
+                self.x_headers = factory.x_ratelimit_headers()
             counters[factory.stat_ok] += 1
             return None
+        if factory.x_headers:
+            self.x_headers = factory.x_ratelimit_headers()
         counters[factory.stat_limited] += 1
         info = getattr(self.stream, "info", None)
-        if not factory._roll(factory.enforced):
+        if not factory.always_enforced and not factory._roll(factory.enforced):
             if factory.request_headers:
                 apply_header_options(request.headers, factory.request_headers, info)
             return None
