@@ -1,12 +1,15 @@
 """What one HTTP/2 request costs Baton, to compare two versions (the HTTP/2 protections'
 per-request cost, bench/RESULTS.md). Two measures:
 
-rig SNAPSHOT BATCHES [REPEATS]
+rig SNAPSHOT BATCHES [REPEATS [CHAIN [PROTOCOL]]]
     In process, no sockets: the Rig of SNAPSHOT/tests/unit/test_http_express.py (that
     tree's connection manager, lean HTTP/2 server codec, Stream/Router and HTTP/1.1 upstream
     pool, on fake transports) and a client like `h2load -m10`: 10 HEADERS per read
     (HPACK-indexed after the first), each answered by an upstream keep-alive connection
-    with a 64-byte body. Prints CPU microseconds per request. For a figure that the shared
+    with a 64-byte body. Prints CPU microseconds per request. CHAIN `mesh`: the Rig reads
+    bench/http_proxies.py's bootstrap with the mesh-shaped filter chain instead of its own
+    (`plain`: that bootstrap with the router alone); PROTOCOL `h1`: 10 HTTP/1.1 keep-alive
+    requests per batch, one at a time, as wrk sends them (default `h2`). For a figure that the shared
     machine's noise does not move, count instructions instead: run it twice under
     `setarch -R valgrind --tool=callgrind` (PYTHONHASHSEED=0, H2COST_NOGC=1) with 30 and
     1030 batches; (Ir(1030) - Ir(30)) / 10,000 is the instructions per request.
@@ -48,15 +51,38 @@ def _frame(kind: int, flags: int, stream_id: int, payload: bytes = b"") -> bytes
         struct.pack(">L", stream_id) + payload
 
 
-def rig_run(batches: int) -> float:
+def make_rig(loop, chain: str | None):
+    """The Rig of the tree's tests; with `chain`, on bench/http_proxies.py's bootstrap."""
+    import tests.unit.test_http_express as express_tests
+
+    work = Path(tempfile.mkdtemp(prefix="h2cost-"))
+    if chain is None:
+        return express_tests.Rig(work, loop)
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import http_proxies
+    text = http_proxies.envoy_bootstrap(http_proxies.Ports(10001, 10000, 10000, 10002), chain, work)
+    saved = express_tests.BOOTSTRAP
+    express_tests.BOOTSTRAP = text.replace("%", "%%") + "%s"    # the Rig's route_extra: ""
+    try:
+        return express_tests.Rig(work, loop)
+    finally:
+        express_tests.BOOTSTRAP = saved
+
+
+H1_REQUEST = (b"GET / HTTP/1.1\r\nHost: 127.0.0.1:10000\r\n\r\n")     # as wrk sends it
+
+
+def rig_run(batches: int, chain: str | None = None, protocol: str = "h2") -> float:
     """CPU seconds for batches x 10 requests through the in-process rig."""
     from hpack import Encoder
-    from tests.unit.test_http_express import FakeTransport, Rig
+    from tests.unit.test_http_express import FakeTransport
 
     from baton.worker.proxy.http.pool import UpstreamConnection
 
     loop = asyncio.new_event_loop()
-    rig = Rig(Path(tempfile.mkdtemp(prefix="h2cost-")), loop)
+    rig = make_rig(loop, chain)
+    if protocol == "h1":
+        return _h1_run(loop, rig, batches)
     ups = list(rig.upstreams.values())
     for host in rig.cluster.hosts:           # enough idle upstream connections for 10 streams
         pool = rig.worker.http_pools.get(rig.cluster, host)
@@ -97,6 +123,25 @@ def rig_run(batches: int) -> float:
     return cpu
 
 
+def _h1_run(loop, rig, batches: int) -> float:
+    conn, down = rig.conn, rig.down
+    ups = list(rig.upstreams.values())
+    answered = 0
+    t0 = time.process_time()
+    for _ in range(batches):
+        for _ in range(10):
+            conn.data_received(H1_REQUEST)
+            for up in ups:
+                if up.streams:
+                    up.transport.take()
+                    up.data_received(RESPONSE)
+            answered += down.take().endswith(BODY)
+    cpu = time.process_time() - t0
+    assert answered == batches * 10, answered
+    loop.close()
+    return cpu
+
+
 def timed_in_tree(tree: str, run, count: int, repeats: int, nogc: bool) -> None:
     """Import Baton and its tests from `tree`, call `run()` (CPU seconds for `count` requests)
     `repeats` times and print microseconds per request. Shared with bench/http_cost.py."""
@@ -113,7 +158,9 @@ def timed_in_tree(tree: str, run, count: int, repeats: int, nogc: bool) -> None:
 def rig(argv: list[str]) -> None:
     snapshot, batches = argv[0], int(argv[1])
     repeats = int(argv[2]) if len(argv) > 2 else 1
-    timed_in_tree(snapshot, lambda: rig_run(batches), batches * 10, repeats,
+    chain = argv[3] if len(argv) > 3 else None
+    protocol = argv[4] if len(argv) > 4 else "h2"
+    timed_in_tree(snapshot, lambda: rig_run(batches, chain, protocol), batches * 10, repeats,
                   bool(os.environ.get("H2COST_NOGC")))
 
 

@@ -26,6 +26,7 @@ from loads import APT_HINT
 from procs import HOST, Proc, require_tool, start, stop, wait_http_ok, wait_listening
 
 ALL_PROXIES = ["baton", "envoy", "haproxy", "nginx"]
+MESH_PROXIES = ["baton", "envoy"]     # the mesh-shaped chain is Envoy config: these two only
 
 # The upstream's response body: small, so the figures measure per-request proxy work.
 BODY = "x" * 63 + "\n"
@@ -93,10 +94,12 @@ def start_upstream(port: int, cpu: int, workdir: Path) -> Proc:
 
 # ---- Envoy v3 bootstrap (Baton and Envoy) ------------------------------------------------------
 
-def envoy_bootstrap(ports: Ports) -> str:
+def envoy_bootstrap(ports: Ports, chain: str = "plain", workdir: Path | None = None) -> str:
     # Only what an L7 reverse proxy needs and Envoy's defaults otherwise (x-request-id,
     # x-forwarded-proto, stats), no access log: the configuration an Envoy user starts from.
     # The cluster's upstream protocol is Envoy's default, HTTP/1.1, pooled with keep-alive.
+    # chain "mesh": the filters a service mesh puts before the router (MESH_FILTERS).
+    mesh = chain == "mesh"
     return f"""admin:
   address:
     socket_address: {{address: {HOST}, port_value: {ports.admin}}}
@@ -111,16 +114,16 @@ static_resources:
         typed_config:
           "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
           stat_prefix: ingress_http
-          codec_type: AUTO
+          codec_type: AUTO{mesh_access_log(workdir) if mesh else ""}
           route_config:
             name: local_route
             virtual_hosts:
             - name: all
-              domains: ["*"]
+              domains: ["*"]{MESH_VHOST if mesh else ""}
               routes:
               - match: {{prefix: "/"}}
-                route: {{cluster: upstream}}
-          http_filters:
+                route: {{cluster: upstream}}{MESH_ROUTE if mesh else ""}
+          http_filters:{MESH_FILTERS if mesh else ""}
           - name: envoy.filters.http.router
             typed_config:
               "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
@@ -136,6 +139,51 @@ static_resources:
             address:
               socket_address: {{address: {HOST}, port_value: {ports.upstream}}}
 """
+
+
+# The mesh-shaped chain (issue 17), as Istio sets up every HTTP connection manager: CORS (a
+# policy on the virtual host; the load's requests carry no Origin), fault injection with no
+# fault configured, a local rate limit far above any rate here, a route that adds and removes
+# headers, an access log to a file (Envoy's default format), then the router.
+MESH_FILTERS = """
+          - name: envoy.filters.http.cors
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors
+          - name: envoy.filters.http.fault
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault
+          - name: envoy.filters.http.local_ratelimit
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit
+              stat_prefix: mesh_rl
+              token_bucket: {max_tokens: 1000000000, tokens_per_fill: 1000000000, fill_interval: 1s}
+              filter_enabled:
+                runtime_key: mesh_rl_enabled
+                default_value: {numerator: 100, denominator: HUNDRED}
+              filter_enforced:
+                runtime_key: mesh_rl_enforced
+                default_value: {numerator: 100, denominator: HUNDRED}"""
+MESH_VHOST = """
+              typed_per_filter_config:
+                envoy.filters.http.cors:
+                  "@type": type.googleapis.com/envoy.extensions.filters.http.cors.v3.CorsPolicy
+                  allow_origin_string_match: [{exact: "https://mesh.test"}]
+                  allow_methods: GET,POST"""
+MESH_ROUTE = """
+                request_headers_to_add:
+                - header: {key: x-mesh-route, value: bench}
+                request_headers_to_remove: [x-mesh-internal]
+                response_headers_to_add:
+                - header: {key: x-mesh-served-by, value: baton-bench}"""
+
+
+def mesh_access_log(workdir: Path) -> str:
+    return f"""
+          access_log:
+          - name: envoy.access_loggers.file
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog
+              path: {workdir / "access.log"}"""
 
 
 # ---- HAProxy ------------------------------------------------------------------------------------
@@ -218,11 +266,11 @@ def allocate(name: str, free: list[int], upstream: int) -> Ports:
     return Ports(admin=admin, h1=h1, h2=h2, upstream=upstream)
 
 
-def config_file(name: str, ports: Ports, workdir: Path) -> Path:
+def config_file(name: str, ports: Ports, workdir: Path, chain: str = "plain") -> Path:
     """Write proxy `name`'s configuration into workdir and return its path."""
     if name in ("baton", "envoy"):
         path = workdir / "bootstrap.yaml"
-        path.write_text(envoy_bootstrap(ports))
+        path.write_text(envoy_bootstrap(ports, chain, workdir))
     elif name == "haproxy":
         path = workdir / "haproxy.cfg"
         path.write_text(haproxy_cfg(ports))
@@ -250,13 +298,14 @@ def argv(name: str, config: Path, workdir: Path, baton: Path) -> list[str]:
     raise ValueError(f"unknown proxy {name!r}")
 
 
-def launch(name: str, ports: Ports, cpu: int, workdir: Path, baton: Path) -> Proc:
+def launch(name: str, ports: Ports, cpu: int, workdir: Path, baton: Path,
+           chain: str = "plain") -> Proc:
     """Start proxy `name` pinned to `cpu`; return once a request through it gets a 200.
 
     Readiness is the real path (client -> proxy -> upstream), the same test for all four.
     The caller stops the returned Proc; if readiness fails, this stops it itself.
     """
-    config = config_file(name, ports, workdir)
+    config = config_file(name, ports, workdir, chain)
     proc = start(name, argv(name, config, workdir, baton), cpu, workdir)
     try:
         wait_http_ok(proc, f"http://{HOST}:{ports.h1}/", READY_DEADLINE_S[name])
