@@ -10,7 +10,8 @@ Authorization/Check), as Envoy does; the worker's filter is worker/proxy/http/ex
     translate_ext_authz_per_route(pb, path, errors, warnings) -> per-route config
 
 A field that would change what Envoy does and that Baton does not do is refused by path
-(the HTTP service variant, google_grpc, metadata context namespaces, header mutation rules...).
+(google_grpc, the HTTP service's retry_policy, metadata context namespaces, header mutation
+rules...). The HTTP service variant (`http_service`) sends the check as an HTTP request.
 """
 
 from __future__ import annotations
@@ -68,6 +69,37 @@ def _grpc_service(pb, path, errors):
             "metadata": metadata}
 
 
+def _http_service(pb, path, errors):
+    """HttpService -> {"cluster", "timeout", "path_prefix", "headers_to_add": [(k, v)],
+    "request": [string matcher] (authorization_request.allowed_headers), "upstream",
+    "upstream_append", "client", "client_on_success": None or [string matcher]}."""
+    _refuse_others(pb, {"server_uri", "path_prefix", "authorization_request",
+                        "authorization_response"}, path, errors)
+    uri = pb.server_uri
+    for field in ("uri", "cluster"):
+        if not getattr(uri, field):
+            errors.append(f"{join(path, 'server_uri.' + field)}: required")
+    if not uri.HasField("timeout"):
+        errors.append(f"{join(path, 'server_uri.timeout')}: required")
+    request, response = pb.authorization_request, pb.authorization_response
+    _refuse_others(response, {"allowed_upstream_headers", "allowed_upstream_headers_to_append",
+                              "allowed_client_headers", "allowed_client_headers_on_success"},
+                   join(path, "authorization_response"), errors)
+
+    def matchers(message, field, where):
+        return _list_matcher(getattr(message, field), join(where, field), errors) \
+            if message.HasField(field) else None
+    here = join(path, "authorization_response")
+    return {"cluster": uri.cluster, "timeout": _seconds(uri.timeout),
+            "path_prefix": pb.path_prefix,
+            "headers_to_add": [(h.key.lower(), h.value) for h in request.headers_to_add],
+            "request": matchers(request, "allowed_headers", join(path, "authorization_request")),
+            "upstream": matchers(response, "allowed_upstream_headers", here),
+            "upstream_append": matchers(response, "allowed_upstream_headers_to_append", here),
+            "client": matchers(response, "allowed_client_headers", here),
+            "client_on_success": matchers(response, "allowed_client_headers_on_success", here)}
+
+
 def _body(pb, path, errors):
     """BufferSettings -> {"max_bytes", "allow_partial", "pack_as_bytes"}."""
     _refuse_others(pb, {"max_request_bytes", "allow_partial_message", "pack_as_bytes"}, path,
@@ -92,7 +124,7 @@ def _fraction(pb) -> float:
 
 def translate_ext_authz(pb, path, errors, warnings=None):
     """ExtAuthz -> ("envoy.filters.http.ext_authz", {"grpc": {cluster, authority, timeout,
-    metadata}, "failure_mode_allow", "failure_mode_allow_header_add", "status_on_error",
+    metadata} or None, "http": _http_service's or None, "failure_mode_allow", "failure_mode_allow_header_add", "status_on_error",
     "body" (None or BufferSettings), "enabled" (fraction),
     "enabled_metadata" (None or xds/rbac.py's metadata matcher), "deny_at_disable",
     "include_peer_certificate", "stat_prefix", "allowed_headers" / "disallowed_headers"
@@ -100,18 +132,18 @@ def translate_ext_authz(pb, path, errors, warnings=None):
     from .rbac import _metadata
     start = len(errors)
     _refuse_others(pb, _FIELDS, path, errors)
-    if pb.HasField("http_service"):
-        errors.append(f"{join(path, 'http_service')}: not supported (grpc_service only)")
-    elif not pb.HasField("grpc_service"):
-        errors.append(f"{join(path, 'grpc_service')}: required")
+    if not pb.HasField("grpc_service") and not pb.HasField("http_service"):
+        errors.append(f"{join(path, 'grpc_service')}: required (or http_service)")
     if pb.transport_api_version not in (0, 2):          # AUTO, V3
         errors.append(f"{join(path, 'transport_api_version')}: only V3 is supported")
     grpc = _grpc_service(pb.grpc_service, join(path, "grpc_service"), errors) \
         if pb.HasField("grpc_service") else None
     status = pb.status_on_error.code or DEFAULT_STATUS_ON_ERROR
     deny_at_disable = pb.HasField("deny_at_disable") and pb.deny_at_disable.default_value.value
+    http = _http_service(pb.http_service, join(path, "http_service"), errors) \
+        if pb.HasField("http_service") else None
     config = {
-        "grpc": grpc, "failure_mode_allow": pb.failure_mode_allow,
+        "grpc": grpc, "http": http, "failure_mode_allow": pb.failure_mode_allow,
         "failure_mode_allow_header_add": pb.failure_mode_allow_header_add,
         "status_on_error": status,
         "body": _body(pb.with_request_body, join(path, "with_request_body"), errors)

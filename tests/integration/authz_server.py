@@ -1,7 +1,8 @@
 """A gRPC external authorization server (envoy.service.auth.v3.Authorization/Check, grpcio
 with a generic handler), run as its own process for the ext_authz tests.
 
-    python authz_server.py              prints "ready PORT"
+    python authz_server.py              prints "ready PORT" (gRPC)
+    python authz_server.py http         prints "ready PORT" (the HTTP service variant)
 
 It decides by the request's `x-authz` header, as the checked request reached it:
 
@@ -15,6 +16,11 @@ It decides by the request's `x-authz` header, as the checked request reached it:
     slow        answers after 2 s (beyond the filter's timeout: an error)
     fail        the call fails with gRPC UNAVAILABLE (an error)
     (absent)    OK, nothing changed
+
+The HTTP variant answers by the same header: allow is 200 with x-authz-set: s,
+x-authz-append: a, x-authz-client: ok and x-authz-seen (JSON: method, path, the headers and
+body it received); deny is 401 "nope" with x-denied: yes; fail is 503 "down"; slow
+answers after 2 s; absent is 200.
 """
 
 from __future__ import annotations
@@ -90,5 +96,47 @@ def serve() -> None:
     server.wait_for_termination()
 
 
+def serve_http() -> None:
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def _answer(self):
+            length = int(self.headers.get("content-length") or 0)
+            body = self.rfile.read(length) if length else b""
+            verdict = self.headers.get("x-authz", "")
+            status, extra, text = 200, [], b""
+            if verdict == "slow":
+                time.sleep(2)
+            if verdict == "deny":
+                status, extra, text = 401, [("x-denied", "yes")], b"nope"
+            elif verdict == "fail":
+                status, text = 503, b"down"
+            elif verdict == "allow":
+                seen = json.dumps({"method": self.command, "path": self.path,
+                                   "headers": sorted(f"{k.lower()}: {v}"
+                                                     for k, v in self.headers.items()),
+                                   "body": body.decode("latin-1")}, sort_keys=True)
+                extra = [("x-authz-set", "s"), ("x-authz-append", "a"),
+                         ("x-authz-client", "ok"), ("x-authz-seen", seen)]
+            self.send_response(status)
+            for name, value in extra:
+                self.send_header(name, value)
+            self.send_header("content-length", str(len(text)))
+            self.end_headers()
+            self.wfile.write(text)
+
+        do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = _answer
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    print("ready", server.server_address[1], flush=True)
+    server.serve_forever()
+
+
 if __name__ == "__main__":
-    serve()
+    import sys
+    serve_http() if sys.argv[1:] == ["http"] else serve()

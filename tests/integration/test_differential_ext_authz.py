@@ -5,7 +5,8 @@ client, and what the server saw of the request (method, path, host, scheme, prot
 body, header names) is the same; denied: the server's status, body and headers, or 403;
 the call failing or timing out: 403, or through with failure_mode_allow and its header;
 a route's ExtAuthzPerRoute turning it off or adding context_extensions; Istio's CUSTOM
-action (ext_authz enabled by the RBAC filter's shadow result); the counters."""
+action (ext_authz enabled by the RBAC filter's shadow result); the counters; the HTTP
+service variant (the check as an HTTP request; 200, a denial, a 5xx, a late answer)."""
 
 from __future__ import annotations
 
@@ -53,7 +54,24 @@ CUSTOM = [
         "value": {"string_match": {"prefix": "istio-ext-authz"}}})]
 
 
-def authz_bootstrap(upstreams, authz_port):
+def http_ext_authz(**extra):
+    """The HTTP service variant, with every header list set."""
+    def exact(*names):
+        return {"patterns": [{"exact": n} for n in names]}
+    return {"name": "envoy.filters.http.ext_authz", "typed_config": {
+        "@type": EXT_AUTHZ, "transport_api_version": "V3", "http_service": {
+            "server_uri": {"uri": "http://authz-http", "cluster": "authz_http", "timeout": "0.5s"},
+            "path_prefix": "/check",
+            "authorization_request": {"allowed_headers": exact("x-authz"),
+                                      "headers_to_add": [{"key": "x-from-proxy", "value": "1"}]},
+            "authorization_response": {
+                "allowed_upstream_headers": exact("x-authz-set", "x-authz-seen"),
+                "allowed_upstream_headers_to_append": exact("x-authz-append"),
+                "allowed_client_headers": exact("x-denied"),
+                "allowed_client_headers_on_success": exact("x-authz-client")}}, **extra}}
+
+
+def authz_bootstrap(upstreams, authz_ports):
     routes = {"name": "authz", "virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [
         {"match": {"prefix": "/open"}, "route": {"cluster": "a"},
          "typed_per_filter_config": {"envoy.filters.http.ext_authz": {
@@ -70,25 +88,39 @@ def authz_bootstrap(upstreams, authz_port):
                 failure_mode_allow=True, failure_mode_allow_header_add=True, stat_prefix="fo")]),
             http_listener("body", ports["body"], routes, http_filters=[ext_authz(
                 with_request_body={"max_request_bytes": 16})]),
-            http_listener("custom", ports["custom"], routes, http_filters=CUSTOM)],
+            http_listener("custom", ports["custom"], routes, http_filters=CUSTOM),
+            http_listener("http", ports["http"], routes, http_filters=[http_ext_authz()])],
             [cluster("a", [upstreams["a"]]),
-             cluster("authz", [authz_port], typed_extension_protocol_options=H2)])
+             cluster("authz", [authz_ports["grpc"]], typed_extension_protocol_options=H2),
+             cluster("authz_http", [authz_ports["http"]])])
     return template
 
 
-@pytest.fixture(scope="module")
-def authz():
+def start_server(*args):
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    proc = subprocess.Popen([sys.executable, str(SERVER)], stdout=subprocess.PIPE, text=True,
-                            env=env, cwd="/")
+    proc = subprocess.Popen([sys.executable, str(SERVER), *args], stdout=subprocess.PIPE,
+                            text=True, env=env, cwd="/")
     line = proc.stdout.readline()
     if not line.startswith("ready "):
         proc.kill()
         proc.wait(10)
         raise RuntimeError(f"authz server did not start: {line!r}")
-    yield int(line.split()[1])
-    proc.kill()
-    proc.wait(10)
+    return proc, int(line.split()[1])
+
+
+@pytest.fixture(scope="module")
+def authz():
+    """{"grpc": port, "http": port}: the two authorization servers."""
+    procs, ports = [], {}
+    try:
+        for kind, args in (("grpc", ()), ("http", ("http",))):
+            proc, ports[kind] = start_server(*args)
+            procs.append(proc)
+        yield ports
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait(10)
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +133,7 @@ def recorder():
 @pytest.fixture(scope="module")
 def pair(recorder, authz, tmp_path_factory):
     p = ProxyPair(tmp_path_factory.mktemp("diff-ext-authz"), authz_bootstrap(recorder.ports, authz),
-                  ["authz", "failopen", "body", "custom"])
+                  ["authz", "failopen", "body", "custom", "http"])
     yield p
     p.stop()
 
@@ -221,3 +253,31 @@ def test_the_counters(pair):
         "http.failopen.ext_authz.fo.error": 1,
         "http.failopen.ext_authz.fo.failure_mode_allowed": 1}, deltas
     assert len(set(map(repr, deltas.values()))) == 1, deltas
+
+
+def test_the_http_service_variant(pair, recorder):
+    """http_service: the check is an HTTP request to the service (path_prefix + the path, the
+    allowed headers and headers_to_add); 200 lets the request on with the allowed upstream
+    headers set or appended and the allowed client headers; any other status is the answer,
+    with the allowed client headers; a 5xx or a late answer is an error: 403."""
+    def allowed(obs):
+        passed(obs)
+        assert upstream_header(obs, "x-authz-set") == "s", obs
+        assert header(obs, "x-authz-client") == "ok", obs
+    differential(pair, exchange(recorder, "http-allow", "GET", "/x?q=1",
+                                [("x-authz", "allow"), ("x-authz-append", "c"),
+                                 ("x-other", "o")], listener="http"), allowed)
+
+    def denied(status, body):
+        def check(obs):
+            assert obs["status"] == status and obs["body"] == body, obs
+            assert obs["upstream requests"] == 0, obs
+        return check
+    differential(pair, exchange(recorder, "http-deny", "GET", "/x", [("x-authz", "deny")],
+                                listener="http"), denied(401, "nope"))
+    differential(pair, exchange(recorder, "http-fail", "GET", "/x", [("x-authz", "fail")],
+                                listener="http"), denied(403, ""))      # a 5xx is an error
+    differential(pair, exchange(recorder, "http-slow", "GET", "/x", [("x-authz", "slow")],
+                                listener="http"), denied(403, ""))
+    differential(pair, exchange(recorder, "http-post", "POST", "/x", [("x-authz", "allow")],
+                                listener="http", body=b"abc"), allowed)

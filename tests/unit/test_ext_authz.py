@@ -46,15 +46,36 @@ def test_what_baton_does_not_do_is_refused_by_path():
         assert result is None
         return errors
     grpc = {"envoy_grpc": {"cluster_name": "authz"}}
-    assert refused(http_service={"server_uri": {"uri": "http://a", "cluster": "a", "timeout": "1s"}}) == [
-        "hcm.http_filters[0].typed_config.http_service: not supported (grpc_service only)"]
+    assert refused(http_service={"server_uri": {"uri": "http://a", "cluster": "a", "timeout": "1s"},
+                                 "retry_policy": {"num_retries": 2}}) == [
+        "hcm.http_filters[0].typed_config.http_service.retry_policy: not supported"]
+    assert refused(http_service={"server_uri": {"uri": "http://a"}}) == [
+        "hcm.http_filters[0].typed_config.http_service.server_uri.cluster: required",
+        "hcm.http_filters[0].typed_config.http_service.server_uri.timeout: required"]
     assert refused(grpc_service={"google_grpc": {"target_uri": "a:1", "stat_prefix": "a"}}) == [
         "hcm.http_filters[0].typed_config.grpc_service.envoy_grpc: required (google_grpc not supported)"]
     assert refused(grpc_service=grpc, clear_route_cache=True) == [
         "hcm.http_filters[0].typed_config.clear_route_cache: not supported"]
     assert refused(grpc_service=grpc, metadata_context_namespaces=["a"]) == [
         "hcm.http_filters[0].typed_config.metadata_context_namespaces: not supported"]
-    assert refused() == ["hcm.http_filters[0].typed_config.grpc_service: required"]
+    assert refused() == ["hcm.http_filters[0].typed_config.grpc_service: required (or http_service)"]
+
+
+def test_the_http_service_variant_translates_its_header_lists():
+    item = {"name": "x", "typed_config": {"@type": EXT_AUTHZ, "http_service": {
+        "server_uri": {"uri": "http://authz", "cluster": "authz", "timeout": "0.25s"},
+        "path_prefix": "/check",
+        "authorization_request": {"allowed_headers": {"patterns": [{"prefix": "x-"}]},
+                                  "headers_to_add": [{"key": "X-From", "value": "1"}]},
+        "authorization_response": {"allowed_upstream_headers": {"patterns": [{"exact": "x-u"}]}}}}}
+    result, errors, _ = translate_filters([item, ROUTER])
+    assert errors == []
+    http = result[0]["config"]["http"]
+    assert (http["cluster"], http["timeout"], http["path_prefix"], http["headers_to_add"]) == (
+        "authz", 0.25, "/check", [("x-from", "1")])
+    assert http["request"] == [{"kind": "prefix", "value": "x-", "ignore_case": False}]
+    assert http["upstream"] == [{"kind": "exact", "value": "x-u", "ignore_case": False}]
+    assert http["upstream_append"] is None and http["client"] is None
 
 
 def test_per_route_disabled_and_check_settings():

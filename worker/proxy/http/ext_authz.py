@@ -11,7 +11,12 @@ Config: xds/ext_authz.py. Per request, in Envoy's order:
 3. The Check call (envoy.service.auth.v3.Authorization/Check, grpc_call.py) carries the
    request's attributes: source and destination addresses and SPIFFE principals, the
    headers (allowed_headers / disallowed_headers), method, path, host, scheme, protocol,
-   size, body, the route's context_extensions.
+   size, body, the route's context_extensions. With `http_service` the check is an HTTP
+   request instead (upstream_call.py): the request's method, path_prefix + its path, its
+   Host, Content-Length, Authorization and the allowed headers, headers_to_add, the body;
+   200 allows (allowed_upstream_headers set, ..._to_append added, allowed_client_headers_
+   on_success to the client), a 5xx or no answer is an error, any other status is denied
+   with the service's status, body and allowed_client_headers (all but Host when unset).
 4. OK: the server's headers go upstream (append / set as each asks), headers_to_remove are
    removed, query parameters set or removed, response_headers_to_add reach the client.
    Denied: the server's HTTP status (403 when it names none), body and headers, details
@@ -33,6 +38,7 @@ from urllib.parse import parse_qsl, quote, urlencode
 from google.protobuf import timestamp_pb2
 
 from . import grpc_call
+from .upstream_call import UpstreamCall
 from .filter import PAUSE, FilterFactory, LocalReply, StreamFilter, register
 from .routing import _string_matcher
 
@@ -74,6 +80,10 @@ class ExtAuthzFactory(FilterFactory):
         self.filter_name = config.get("filter_name") or NAME
         self.allowed = _matchers(config.get("allowed_headers"))
         self.disallowed = _matchers(config.get("disallowed_headers"))
+        http = config.get("http")
+        # The HTTP service's header lists, compiled (None: the list is not set).
+        self.http = {**http, **{key: _matchers(http[key]) for key in _HTTP_LISTS}} \
+            if http else None
         metadata = config.get("enabled_metadata")
         self.enabled_metadata = _metadata_test(metadata) if metadata else None
 
@@ -156,17 +166,23 @@ class ExtAuthzFilter(StreamFilter):
             stream.resume_filters(result)
 
     def _check(self):
-        """Send the Check call -> PAUSE (the answer resumes the stream), or the outcome at
-        once when the call could not start (no such cluster, no healthy host)."""
+        """Send the check -> PAUSE (the answer resumes the stream), or the outcome at once
+        when the call could not start (no such cluster, no healthy host)."""
         stream = self.stream
         config = self.factory.config
         grpc = self.per_route.get("grpc") or config["grpc"]
-        cluster = stream.worker.clusters.get(grpc["cluster"])
+        http = self.factory.http if grpc is None else None
+        cluster = stream.worker.clusters.get((grpc or http)["cluster"])
         if cluster is None:
             return self._failed()
-        call = self.call = grpc_call.UnaryCall(stream.worker, cluster, self._answered)
-        call.start(CHECK, grpc["authority"], self._check_request().SerializeToString(),
-                   grpc["timeout"], grpc["metadata"])
+        if http is not None:
+            call = self.call = UpstreamCall(stream.worker, cluster, self._answered_http)
+            request, body = self._http_check_request(http)
+            call.start(request, body, http["timeout"], stream.request.version == "2")
+        else:
+            call = self.call = grpc_call.UnaryCall(stream.worker, cluster, self._answered)
+            call.start(CHECK, grpc["authority"], self._check_request().SerializeToString(),
+                       grpc["timeout"], grpc["metadata"])
         if call.finished:               # answered within start(): _answered kept the outcome
             self.call = None
             return self.outcome
@@ -183,6 +199,20 @@ class ExtAuthzFilter(StreamFilter):
                 outcome = self._failed()
             else:
                 outcome = self._decided(response)
+        self._resume(outcome)
+
+    def _answered_http(self, response, body: bytes, trailers, failure: str) -> None:
+        """The HTTP service's answer: 200 allows, a 5xx or no answer is an error, any other
+        status is the answer the client gets (Envoy 1.40's reading)."""
+        if response is None or response.status >= 500:
+            outcome = self._failed()
+        elif response.status == 200:
+            outcome = self._http_allowed(response)
+        else:
+            outcome = self._http_denied(response, body)
+        self._resume(outcome)
+
+    def _resume(self, outcome) -> None:
         if self.call is None or not self.call.finished or self.outcome is not _UNSET:
             return
         self.outcome = outcome
@@ -238,8 +268,57 @@ class ExtAuthzFilter(StreamFilter):
 
     def on_response_headers(self, response, end_stream: bool):
         for option in self.response_headers:
-            _apply(response.headers, option.header.key.lower(), option.header.value, option)
+            if isinstance(option, tuple):       # the HTTP service's allowed client headers
+                response.headers.set(*option)
+            else:
+                _apply(response.headers, option.header.key.lower(), option.header.value,
+                       option)
         return None
+
+    def _http_allowed(self, response):
+        self._count("ok")
+        http = self.factory.http
+        headers = self.stream.request.headers
+        for name, value in response.headers:
+            if _matches(http["upstream"], name):
+                headers.set(name, value)
+            elif _matches(http["upstream_append"], name):
+                headers.add(name, value)
+        self.response_headers = [(name, value) for name, value in response.headers
+                                 if _matches(http["client_on_success"], name)]
+        return None
+
+    def _http_denied(self, response, body: bytes):
+        self._count("denied")
+        allowed = self.factory.http["client"]
+        headers = [(name, value) for name, value in response.headers
+                   if name not in _NOT_TO_CLIENT and (
+                       allowed is None or name in _ALWAYS_TO_CLIENT or _matches(allowed, name))]
+        return LocalReply(response.status, body, headers, details=DENIED, flags="UAEX")
+
+    def _http_check_request(self, http):
+        """The check as Envoy's HTTP client sends it: the request's method, path_prefix +
+        its path, its Host, the allowed headers, headers_to_add, the body (with_request_body)
+        and Envoy's internal-request headers."""
+        from ...codecs.message import Headers, Request
+        request = self.stream.request
+        body = b""
+        if self.body_settings is not None:
+            body = b"".join(self.stream.held_body)[:self.body_settings["max_bytes"]]
+        headers = Headers([("content-length", str(len(body)))])
+        factory = self.factory
+        for name, value in request.headers:
+            if name in _ALWAYS or _matches(http["request"], name) or (
+                    factory.allowed is not None and _matches(factory.allowed, name)):
+                if name != "content-length":
+                    headers.add(name, value)
+        for name, value in http["headers_to_add"]:
+            headers.set(name, value)
+        headers.set("x-envoy-internal", "true")
+        headers.set("x-envoy-expected-rq-timeout-ms", str(int(http["timeout"] * 1000)))
+        path = http["path_prefix"] + request.path
+        return Request(request.method, path, request.authority, headers, "http",
+                       request.version), body
 
     # -- the Check request ------------------------------------------------------------------
 
@@ -312,6 +391,18 @@ class ExtAuthzFilter(StreamFilter):
 
 # Envoy sends these whatever allowed_headers says (the request's identity and routing).
 _ALWAYS = frozenset({"host", "content-length", "authorization"})
+# A denial's headers the client gets whatever allowed_client_headers says, and never.
+_ALWAYS_TO_CLIENT = frozenset({":path", ":status", "content-length", "www-authenticate",
+                               "location"})
+_NOT_TO_CLIENT = frozenset({"host", ":authority", "content-length", "connection",
+                            "transfer-encoding", "keep-alive"})
+
+
+_HTTP_LISTS = ("request", "upstream", "upstream_append", "client", "client_on_success")
+
+
+def _matches(matchers, name: str) -> bool:
+    return matchers is not None and any(test(name) for test in matchers)
 
 
 def _request_headers(request):
