@@ -20,7 +20,7 @@ import pytest
 from ..waiting import wait_until
 
 from .differential.bootstraps import bootstrap, cluster, http_listener
-from .differential.client import one
+from .differential.client import curl, one
 from .differential.compare import differential, header, observe, upstream_header
 from .differential.proxies import PROXIES, ProxyPair, Recorder
 
@@ -281,3 +281,20 @@ def test_the_http_service_variant(pair, recorder):
                                 listener="http"), denied(403, ""))
     differential(pair, exchange(recorder, "http-post", "POST", "/x", [("x-authz", "allow")],
                                 listener="http", body=b"abc"), allowed)
+
+
+def test_an_http2_request_is_checked_as_envoy_checks_it(pair, recorder):
+    """Over HTTP/2 the Check carries protocol HTTP/2 and the request's headers as the
+    connection manager has them; the answer's headers reach the upstream the same way."""
+    def run(target):
+        key = target.key("h2-allow")
+        resp = curl(target.ports["authz"], "/h2?x=1", "-H", "x-authz: allow", "-H",
+                    f"x-test-key: {key}", http2=True)
+        obs = observe(resp, target)
+        obs["upstream requests"] = recorder.count(key)
+        return obs
+
+    def expect(obs):
+        passed(obs)
+        assert '"protocol": "HTTP/2"' in upstream_header(obs, "x-authz-check"), obs
+    differential(pair, run, expect)
