@@ -24,6 +24,7 @@ import urllib.parse
 
 import httptools
 
+from .stat_tags import TagProducer
 from .version import VERSION
 
 log = logging.getLogger("baton.admin")
@@ -31,20 +32,7 @@ log = logging.getLogger("baton.admin")
 MAX_REQUEST = 64 * 1024
 READ_TIMEOUT = 10.0
 
-# Envoy's default tag extraction for the scopes Baton has: stat name prefix -> (metric
-# prefix, label). The scope name sits between the prefix and the final stat component.
-TAGGED_SCOPES = (("cluster.", "envoy_cluster_", "envoy_cluster_name"),
-                 ("listener.", "envoy_listener_", "envoy_listener_address"),
-                 ("tcp.", "envoy_tcp_", "envoy_tcp_prefix"),
-                 ("udp.", "envoy_udp_", "envoy_udp_prefix"))
-# The UDP proxy's sub-scopes: cluster.<name>.udp.<stat> -> envoy_cluster_udp_<stat>{name},
-# listener.<address>.udp.<stat> -> envoy_listener_udp_<stat>{address}, as Envoy 1.40 renders.
-_UDP_SUBSCOPE = re.compile(r"^(cluster|listener)\.(.+)\.udp\.([^.]+)$")
-
-
-_LISTENER_SSL = re.compile(r"^listener\.(.+?)\.ssl\.(.+)$")
-_SSL_TAGS = {"ciphers": "envoy_ssl_cipher", "versions": "envoy_ssl_version",
-             "curves": "envoy_ssl_curve", "sigalgs": "envoy_ssl_sigalg"}
+_DEFAULT_TAGS = TagProducer.from_config(None)
 
 
 class _Request:
@@ -61,28 +49,13 @@ class _Request:
         self.complete = True
 
 
-def prometheus_name(stat: str) -> tuple[str, str]:
-    """Stat name -> (metric name, label text) as Envoy's /stats/prometheus renders it."""
-    tls = _LISTENER_SSL.match(stat)
-    if tls is not None:
-        # listener.<address>.ssl.*, with Envoy's cipher / version / curve / sigalg tags.
-        address, rest = tls.groups()
-        labels = f'envoy_listener_address="{_escape_label(address)}"'
-        family, _, value = rest.partition(".")
-        tag = _SSL_TAGS.get(family)
-        if tag is not None and value:
-            return _sanitize(f"envoy_listener_ssl_{family}"), f'{{{tag}="{_escape_label(value)}",{labels}}}'
-        return _sanitize(f"envoy_listener_ssl_{rest}"), f"{{{labels}}}"
-    udp = _UDP_SUBSCOPE.match(stat)
-    if udp is not None:
-        kind, scope, leaf = udp.groups()
-        label = "envoy_cluster_name" if kind == "cluster" else "envoy_listener_address"
-        return _sanitize(f"envoy_{kind}_udp_{leaf}"), f'{{{label}="{_escape_label(scope)}"}}'
-    for prefix, metric_prefix, label in TAGGED_SCOPES:
-        if stat.startswith(prefix) and stat.count(".") >= 2:
-            scope, leaf = stat[len(prefix):].rsplit(".", 1)
-            return _sanitize(metric_prefix + leaf), f'{{{label}="{_escape_label(scope)}"}}'
-    return _sanitize("envoy_" + stat), ""
+def prometheus_name(stat: str, tags: TagProducer = _DEFAULT_TAGS) -> tuple[str, str]:
+    """Stat name -> (metric name, label text) as Envoy's /stats/prometheus renders it: the
+    tag-extracted name (supervisor/stat_tags.py) and the tags as labels, in their order; a
+    metric without tags gets "{}", as Envoy 1.40 writes it."""
+    name, found = tags.extract(stat)
+    labels = ",".join(f'{_sanitize(tag)}="{_escape_label(value)}"' for tag, value in found)
+    return _sanitize("envoy_" + name), f"{{{labels}}}"
 
 
 def _escape_label(value: str) -> str:
@@ -93,14 +66,14 @@ def _sanitize(name: str) -> str:
     return re.sub(r"[^a-zA-Z0-9_:]", "_", name)
 
 
-def render_prometheus(stats: dict) -> str:
+def render_prometheus(stats: dict, tags: TagProducer = _DEFAULT_TAGS) -> str:
     from ..worker.proxy.istio.prometheus import is_labelled, render_labelled
     lines = []
     counters = {k: v for k, v in stats["counters"].items() if not is_labelled(k)}
     for kind, values in (("counter", counters), ("gauge", stats["gauges"])):
         by_metric: dict[str, list[str]] = {}
         for stat, value in values.items():
-            metric, labels = prometheus_name(stat)
+            metric, labels = prometheus_name(stat, tags)
             by_metric.setdefault(metric, []).append(f"{metric}{labels} {value}")
         for metric in sorted(by_metric):
             lines.append(f"# TYPE {metric} {kind}")
@@ -218,6 +191,22 @@ class AdminServer:
     def __init__(self, master):
         self.master = master
         self.server: asyncio.base_events.Server | None = None
+        self._stats_config = self._tags = self._accepts = None
+
+    async def _stats(self) -> tuple[dict, TagProducer]:
+        """The workers' stats without those the bootstrap's stats_matcher rejects, and the tag
+        producer of its stats_tags (xds/stats_config.py); both built once per config."""
+        from .stats_matcher import stats_filter
+        config = self.master.snapshot.get("stats_config")
+        if self._tags is None or config is not self._stats_config:
+            self._stats_config = config
+            self._tags = TagProducer.from_config(config) if config else _DEFAULT_TAGS
+            self._accepts = stats_filter(config and config.get("matcher"))
+        stats, accepts = await self.master.stats(), self._accepts
+        if config and config.get("matcher"):
+            stats = {kind: {k: v for k, v in values.items() if accepts(k)} if isinstance(values, dict)
+                     else values for kind, values in stats.items()}
+        return stats, self._tags
 
     @classmethod
     async def start(cls, master) -> "AdminServer":
@@ -280,7 +269,7 @@ class AdminServer:
                 return 200, "text/plain; charset=UTF-8", "LIVE\n" + missing
             return 503, "text/plain; charset=UTF-8", master.state + "\n" + missing
         if path == "/stats":
-            stats = await master.stats()
+            stats, _ = await self._stats()
             if query.get("format", [""])[0] == "json":
                 merged = {**stats["counters"], **stats["gauges"]}
                 return 200, "application/json", json.dumps(
@@ -292,7 +281,7 @@ class AdminServer:
                 return 400, "text/plain", f"invalid regex: {exc}\n"
             return 200, "text/plain; charset=UTF-8", render_stats_text(stats, regex, "usedonly" in query)
         if path == "/stats/prometheus":
-            return 200, "text/plain; charset=UTF-8", render_prometheus(await master.stats())
+            return 200, "text/plain; charset=UTF-8", render_prometheus(*await self._stats())
         if path == "/clusters":
             hosts = await master.host_stats()
             if query.get("format", [""])[0] == "json":

@@ -149,8 +149,9 @@ from .fields_overload import ALLOWED_OVERLOAD  # noqa: E402
 from .fields_tls import ALLOWED_TLS  # noqa: E402
 from .hbone import ALLOWED_HBONE  # noqa: E402
 from .internal import ALLOWED_INTERNAL  # noqa: E402
+from .stats_config import ALLOWED_STATS  # noqa: E402
 
 for _table in (ALLOWED_HTTP, ALLOWED_CLUSTER, ALLOWED_HTTP_FILTERS, ALLOWED_OVERLOAD, ALLOWED_TLS,
-               ALLOWED_HBONE, ALLOWED_INTERNAL):
+               ALLOWED_HBONE, ALLOWED_INTERNAL, ALLOWED_STATS):
     for _type, _rules in _table.items():
         ALLOWED.setdefault(_type, {}).update(_rules)

@@ -48,6 +48,9 @@ def translate_bootstrap(pb):
     snap["node"] = _node(pb.node)
     if pb.HasField("admin"):
         snap["admin"] = translate_admin(pb.admin, "admin", errors, warnings)
+    if pb.HasField("stats_config"):
+        from .stats_config import translate_stats_config
+        snap["stats_config"] = translate_stats_config(pb.stats_config, "stats_config", errors, warnings)
     if pb.HasField("overload_manager"):
         from .overload import translate_overload_manager
         snap["overload"] = translate_overload_manager(pb.overload_manager, "overload_manager",

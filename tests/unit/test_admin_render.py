@@ -9,9 +9,12 @@ import pytest
 from baton.supervisor.admin import prometheus_name, render_prometheus, render_stats_text
 from baton.worker.stats import Stats, merge
 
-# One Prometheus sample line: name{labels} value
-# (label values may only contain the escapes \\, \" and \n).
-SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[a-zA-Z_][a-zA-Z0-9_]*="((?:[^"\\\n]|\\[\\"n])*)"\})? (-?\d+)$')
+# One Prometheus sample line: name{labels} value, "{}" when there is no label, as Envoy
+# writes it (label values may only contain the escapes \\, \" and \n); group 3 is the first
+# label's value.
+_VALUE = r'"((?:[^"\\\n]|\\[\\"n])*)"'
+_MORE = r',[a-zA-Z_][a-zA-Z0-9_]*="(?:[^"\\\n]|\\[\\"n])*"'
+SAMPLE = re.compile(rf'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{{(?:[a-zA-Z_][a-zA-Z0-9_]*={_VALUE}(?:{_MORE})*)?\}}) (-?\d+)$')
 UNESCAPE = {"\\\\": "\\", '\\"': '"', "\\n": "\n"}
 
 
@@ -22,8 +25,9 @@ UNESCAPE = {"\\\\": "\\", '\\"': '"', "\\n": "\n"}
      ("envoy_cluster_upstream_cx_total", '{envoy_cluster_name="demo"}')),
     ("cluster.demo.upstream_cx_active",
      ("envoy_cluster_upstream_cx_active", '{envoy_cluster_name="demo"}')),
+    # Envoy's default cluster_name tag ends at the first dot: the rest stays in the name.
     ("cluster.svc.ns.cluster.local.upstream_cx_connect_fail",
-     ("envoy_cluster_upstream_cx_connect_fail", '{envoy_cluster_name="svc.ns.cluster.local"}')),
+     ("envoy_cluster_ns_cluster_local_upstream_cx_connect_fail", '{envoy_cluster_name="svc"}')),
     ("cluster.my-svc.upstream_cx_total",
      ("envoy_cluster_upstream_cx_total", '{envoy_cluster_name="my-svc"}')),
     ("listener.127.0.0.1_10000.downstream_cx_total",
@@ -35,19 +39,32 @@ UNESCAPE = {"\\\\": "\\", '\\"': '"', "\\n": "\n"}
     ("tcp.ingress_tcp.downstream_cx_total",
      ("envoy_tcp_downstream_cx_total", '{envoy_tcp_prefix="ingress_tcp"}')),
     ("tcp.ingress.tcp.idle_timeout",
-     ("envoy_tcp_idle_timeout", '{envoy_tcp_prefix="ingress.tcp"}')),
+     ("envoy_tcp_tcp_idle_timeout", '{envoy_tcp_prefix="ingress"}')),
+    ("http.ingress_http.downstream_rq_total",
+     ("envoy_http_downstream_rq_total", '{envoy_http_conn_manager_prefix="ingress_http"}')),
+    ("cluster.demo.upstream_rq_503",
+     ("envoy_cluster_upstream_rq", '{envoy_response_code="503",envoy_cluster_name="demo"}')),
+    ("cluster.demo.upstream_rq_2xx",
+     ("envoy_cluster_upstream_rq_xx", '{envoy_response_code_class="2",envoy_cluster_name="demo"}')),
+    ("listener.127.0.0.1_80.http.ingress_http.downstream_rq_4xx",
+     ("envoy_listener_http_downstream_rq_xx", '{envoy_response_code_class="4",'
+      'envoy_http_conn_manager_prefix="ingress_http",envoy_listener_address="127.0.0.1_80"}')),
+    ("listener.admin.downstream_cx_total", ("envoy_listener_admin_downstream_cx_total", "{}")),
+    ("http.ingress_http.rds.my.routes.config_reload",
+     ("envoy_http_rds_config_reload",
+      '{envoy_http_conn_manager_prefix="ingress_http",envoy_rds_route_config="my.routes"}')),
     ("udp.dns.downstream_sess_total",
      ("envoy_udp_downstream_sess_total", '{envoy_udp_prefix="dns"}')),
     ("cluster.echo.udp.sess_rx_datagrams",
      ("envoy_cluster_udp_sess_rx_datagrams", '{envoy_cluster_name="echo"}')),
     ("listener.127.0.0.1_53.udp.downstream_rx_datagram_dropped",
      ("envoy_listener_udp_downstream_rx_datagram_dropped", '{envoy_listener_address="127.0.0.1_53"}')),
-    ("server.live", ("envoy_server_live", "")),
-    ("server.total_connections", ("envoy_server_total_connections", "")),
-    ("cluster_manager.active_clusters", ("envoy_cluster_manager_active_clusters", "")),
-    ("listener_manager.total_listeners_active", ("envoy_listener_manager_total_listeners_active", "")),
-    ("cluster.orphan", ("envoy_cluster_orphan", "")),          # no scope: nothing to tag
-    ("server.odd-name/x", ("envoy_server_odd_name_x", "")),     # sanitised to [a-zA-Z0-9_:]
+    ("server.live", ("envoy_server_live", "{}")),
+    ("server.total_connections", ("envoy_server_total_connections", "{}")),
+    ("cluster_manager.active_clusters", ("envoy_cluster_manager_active_clusters", "{}")),
+    ("listener_manager.total_listeners_active", ("envoy_listener_manager_total_listeners_active", "{}")),
+    ("cluster.orphan", ("envoy_cluster_orphan", "{}")),          # no scope: nothing to tag
+    ("server.odd-name/x", ("envoy_server_odd_name_x", "{}")),     # sanitised to [a-zA-Z0-9_:]
 ])
 def test_prometheus_name(stat, expected):
     assert prometheus_name(stat) == expected
@@ -110,21 +127,23 @@ def test_render_prometheus_types_and_samples():
         "envoy_listener_downstream_cx_total": "counter",
         "envoy_tcp_downstream_cx_total": "counter",
         "envoy_cluster_upstream_cx_active": "gauge",
+        "envoy_cluster_b_upstream_cx_total": "counter",
+        "envoy_cluster_b_upstream_cx_active": "gauge",
         "envoy_listener_downstream_cx_active": "gauge",
         "envoy_server_live": "gauge",
         "envoy_server_uptime": "gauge",
     }
     assert set(samples) == {
         ("envoy_cluster_upstream_cx_total", '{envoy_cluster_name="demo"}', 5),
-        ("envoy_cluster_upstream_cx_total", '{envoy_cluster_name="a.b"}', 2),
+        ("envoy_cluster_b_upstream_cx_total", '{envoy_cluster_name="a"}', 2),
         ("envoy_cluster_upstream_cx_connect_fail", '{envoy_cluster_name="demo"}', 0),
         ("envoy_listener_downstream_cx_total", '{envoy_listener_address="127.0.0.1_10000"}', 7),
         ("envoy_tcp_downstream_cx_total", '{envoy_tcp_prefix="ingress_tcp"}', 7),
         ("envoy_cluster_upstream_cx_active", '{envoy_cluster_name="demo"}', 1),
-        ("envoy_cluster_upstream_cx_active", '{envoy_cluster_name="a.b"}', 0),
+        ("envoy_cluster_b_upstream_cx_active", '{envoy_cluster_name="a"}', 0),
         ("envoy_listener_downstream_cx_active", '{envoy_listener_address="127.0.0.1_10000"}', 1),
-        ("envoy_server_live", "", 1),
-        ("envoy_server_uptime", "", 42),
+        ("envoy_server_live", "{}", 1),
+        ("envoy_server_uptime", "{}", 42),
     }
     assert len(samples) == 10
     # Counters first, then gauges, each block sorted by metric name.
@@ -231,4 +250,4 @@ def test_merge_then_render_end_to_end():
              for n in (1, 2, 3)]
     text = render_prometheus(merge(snaps))
     assert 'envoy_cluster_upstream_cx_total{envoy_cluster_name="demo"} 6\n' in text
-    assert "# TYPE envoy_server_live gauge\nenvoy_server_live 3\n" in text
+    assert "# TYPE envoy_server_live gauge\nenvoy_server_live{} 3\n" in text
