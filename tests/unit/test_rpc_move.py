@@ -168,3 +168,53 @@ def test_the_new_half_writes_answers_that_came_before_its_socket():
         b.close()
     finally:
         loop.close()
+
+
+def test_a_client_catching_up_does_not_let_requests_in_while_the_connection_moves():
+    """Reading is paused for two reasons, each lifted on its own: the client's write side
+    draining must not resume reading a connection held for (or crossing) a move, and a failed
+    move must not resume reading for a client that still reads slower than its answers."""
+    loop = asyncio.new_event_loop()
+    try:
+        worker, conn, socks = old_half(loop)
+        client = conn.transport
+        conn.pause_writing()                        # the client reads slowly
+        conn.export()
+        conn.resume_writing()                       # ... and catches up while the move runs
+        assert not client.reading
+        conn.pause_writing()
+        conn.resume()                               # the move failed: still the slow client
+        assert conn.transport is client and not client.reading
+        conn.resume_writing()
+        assert client.reading
+        for s in socks:
+            s.close()
+    finally:
+        loop.close()
+
+
+def test_an_export_that_fails_before_taking_the_transport_leaves_the_connection_serving(monkeypatch):
+    """EMFILE at the descriptor's dup: the mover keeps the connection here (conn.resume());
+    it must get its transport back and read again, not lose it."""
+    import os
+    loop = asyncio.new_event_loop()
+    try:
+        worker, conn, socks = old_half(loop)
+        client = conn.transport
+
+        def no_descriptors(fd):
+            raise OSError(24, "Too many open files")
+        monkeypatch.setattr(os, "dup", no_descriptors)
+        try:
+            conn.export()
+        except OSError:
+            pass
+        else:
+            raise AssertionError("export should have failed")
+        monkeypatch.undo()
+        conn.resume()
+        assert conn.transport is client and client.reading and conn.moved_to is None
+        for s in socks:
+            s.close()
+    finally:
+        loop.close()

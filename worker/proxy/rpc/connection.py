@@ -94,6 +94,21 @@ class RpcConnection(Connection, asyncio.Protocol):
         self.forwarded: move.ForwardedReplies | None = None
         self.on_idle = None
         self.hold_timer = None
+        # Why reading is paused: "move" (held for or crossing a move) and "client" (it reads
+        # slower than its answers come). Reading resumes when neither holds any more, so a
+        # client catching up cannot let requests in while the connection is being moved.
+        self.read_paused: set[str] = set()
+
+    def _pause_reading(self, reason: str) -> None:
+        if not self.read_paused:
+            self.transport.pause_reading()
+        self.read_paused.add(reason)
+
+    def _resume_reading(self, reason: str) -> None:
+        if reason in self.read_paused:
+            self.read_paused.discard(reason)
+            if not self.read_paused and not self.closed:
+                self.transport.resume_reading()
 
     # -- the Connection contract: moving (move.py) -------------------------------------------
 
@@ -126,7 +141,7 @@ class RpcConnection(Connection, asyncio.Protocol):
             self.hold_timer = self.worker.loop.call_later(self.HOLD_CHECK, self._check_hold)
             return
         on_idle, self.on_idle = self.on_idle, None
-        self.transport.pause_reading()
+        self._pause_reading("move")
         on_idle(self)
 
     def cancel_hold(self) -> None:
@@ -136,7 +151,7 @@ class RpcConnection(Connection, asyncio.Protocol):
             self.hold_timer = None
 
     def export(self, client_only: bool = False) -> Export:
-        self.transport.pause_reading()
+        self._pause_reading("move")
         self.moving_fd = os.dup(self.transport.get_extra_info("socket").fileno())
         fields = {"id": self.id, "listener": self.listener.name, "chain": self.chain.index,
                   "peer": list(self.peer) if self.peer else None,
@@ -165,10 +180,11 @@ class RpcConnection(Connection, asyncio.Protocol):
         if fd >= 0:
             os.close(fd)
         forwarded, self.moved_to = self.moved_to, None
-        self.transport, self.moving_client = self.moving_client, None
-        forwarded.give_back(self.transport)
+        if forwarded is not None:       # None: export failed before it took the transport (EMFILE)
+            self.transport, self.moving_client = self.moving_client, None
+            forwarded.give_back(self.transport)
         if not self.closed:
-            self.transport.resume_reading()
+            self._resume_reading("move")
             self._maybe_drained()
 
     def _moved_done(self) -> None:
@@ -272,11 +288,10 @@ class RpcConnection(Connection, asyncio.Protocol):
     def pause_writing(self) -> None:
         # The client reads slower than its answers come: take no new requests from it until
         # it catches up, so what Baton holds for it stays bounded by what is in flight.
-        self.transport.pause_reading()
+        self._pause_reading("client")
 
     def resume_writing(self) -> None:
-        if not self.closed:
-            self.transport.resume_reading()
+        self._resume_reading("client")
 
     def connection_lost(self, exc) -> None:
         self._closed(local=self.closing)
