@@ -74,6 +74,8 @@ def test_a_listener_and_a_cluster_whose_anys_name_unimported_types_are_accepted(
 
 def test_message_class_imports_on_demand_and_knows_no_invented_type():
     assert protos.message_class("envoy.extensions.upstreams.http.v3.HttpProtocolOptions")
-    # (istio.alpn's FilterConfig is declared by Baton now: xds/istio_filter_types.py.)
-    assert protos.message_class("istio.envoy.config.filter.http.authn.v2alpha1.FilterConfig") is None
+    # (istio.alpn's and istio_authn's FilterConfig are declared by Baton now:
+    # xds/istio_filter_types.py; Istio's old jwt-auth filter is not.)
+    assert protos.message_class(
+        "istio.envoy.config.filter.http.jwtauth.v2alpha1.JwtAuthentication") is None
     assert protos.message_class("envoy.no.such.v3.Thing") is None
