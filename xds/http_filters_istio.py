@@ -14,8 +14,8 @@ worker filter's registered name and its config:
 - envoy.filters.http.grpc_stats: cluster.<cluster>.grpc.[<service>.<method>.]{success,
   failure,total} (worker/proxy/http/grpc_stats.py); message counts and upstream_rq_time are
   not counted (a warning says so); the filter state it can emit has no reader in Baton.
-- istio.alpn: the ALPN Istio wants on upstream mTLS connections, by upstream HTTP version.
-  Baton's upstream TLS does not take an ALPN from a filter: accepted, with a warning.
+- istio.alpn: the ALPN Istio wants on upstream mTLS connections, by upstream HTTP version
+  (worker/proxy/istio/alpn.py): the pool's handshake offers it instead of the context's.
 - istio.stats (stats.PluginConfig, also in a TypedStruct): Istio's standard metrics
   (istio_requests_total and the duration and size histograms) with Istio's labels on
   /stats/prometheus (worker/proxy/istio/http_stats.py). -> ("istio.stats",
@@ -85,10 +85,16 @@ def _declared(pb, path, errors):
 
 
 def _alpn(pb, path, errors, warnings):
-    if _declared(pb, path, errors):
-        _warn(warnings, path, "istio.alpn: no upstream TLS connection of Baton's takes its "
-              "ALPN from this filter")
-    return None, None
+    """FilterConfig -> ("istio.alpn", {"overrides": {"HTTP10" | "HTTP11" | "HTTP2": [names]}})
+    (worker/proxy/istio/alpn.py)."""
+    if not _declared(pb, path, errors):
+        return None, None
+    overrides = {}
+    for entry in pb.alpn_override:
+        version = entry.DESCRIPTOR.fields_by_name["upstream_protocol"].enum_type \
+            .values_by_number[entry.upstream_protocol].name
+        overrides[version] = list(entry.alpn_override)
+    return "istio.alpn", {"overrides": overrides}
 
 
 ISTIO_STATS = "istio.stats"

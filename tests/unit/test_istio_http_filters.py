@@ -52,16 +52,17 @@ def translate_filters(items):
 def test_istios_filter_chain_translates_with_what_is_not_done_said():
     result, errors, warnings = translate_filters(ISTIO_FILTERS)
     assert errors == []
-    # istio.alpn has nothing for the worker to run; istio.stats runs in the worker.
-    assert [f["name"] for f in result] == ["envoy.filters.http.grpc_stats", "envoy.filters.http.fault",
-                                           "envoy.filters.http.cors", "istio.stats",
-                                           "envoy.filters.http.router"]
+    # istio.alpn and istio.stats run in the worker.
+    assert [f["name"] for f in result] == ["envoy.filters.http.grpc_stats", "istio.alpn",
+                                           "envoy.filters.http.fault", "envoy.filters.http.cors",
+                                           "istio.stats", "envoy.filters.http.router"]
     assert result[0]["config"] == {"per_method": False}
-    assert result[3]["config"] == {"disable_host_header_fallback": False}
+    assert result[1]["config"] == {"overrides": {
+        "HTTP10": ["istio-http/1.0", "istio", "http/1.0"],
+        "HTTP11": ["istio-http/1.1", "istio", "http/1.1"], "HTTP2": ["istio-h2", "istio", "h2"]}}
+    assert result[4]["config"] == {"disable_host_header_fallback": False}
     assert [w.split(": ", 1)[0] for w in warnings] == [
-        "hcm.http_filters[0].typed_config.emit_filter_state", "hcm.http_filters[0].typed_config",
-        "hcm.http_filters[1].typed_config"]
-    assert "istio.alpn: no upstream TLS connection" in warnings[2]
+        "hcm.http_filters[0].typed_config.emit_filter_state", "hcm.http_filters[0].typed_config"]
 
 
 def test_grpc_stats_fields_baton_lacks_are_refused():
@@ -237,3 +238,27 @@ def test_network_null_vm_stats_is_istio_stats():
     assert warnings == []
     assert spec["filter_chains"][0]["network_filters"] == [
         {"name": "envoy.wasm.stats", "type": "istio.stats"}]
+
+
+def test_istio_alpn_sets_the_list_of_the_upstream_version():
+    """The route's cluster says the upstream version: HTTP/2 for an HTTP/2 cluster, the
+    downstream's with use_downstream_protocol_config, else HTTP/1.1; auto_config keeps its
+    own list (the pool reads the protocol off the negotiated name)."""
+    from baton.worker.proxy.http.alpn_override import APPLICATION_PROTOCOLS, alpn_override
+    from baton.worker.proxy.istio.alpn import AlpnFactory
+
+    result, errors, _ = translate_filters(ISTIO_FILTERS)
+    factory = AlpnFactory(result[1]["config"], SimpleNamespace())
+
+    def offered(http2, version="1.1"):
+        request = Request("GET", "/", "svc", Headers(), version=version)
+        info = StreamInfo(request, 0.0, "HTTP/1.1", None, None)
+        stream = SimpleNamespace(route=object(), cluster_name="c", info=info, worker=SimpleNamespace(
+            clusters={"c": SimpleNamespace(http2=http2)}))
+        factory.create(stream).on_request_headers(request, True)
+        return alpn_override(info)
+    assert offered(True) == ("istio-h2", "istio", "h2")
+    assert offered(False) == ("istio-http/1.1", "istio", "http/1.1")
+    assert offered("downstream", "1.0") == ("istio-http/1.0", "istio", "http/1.0")
+    assert offered("downstream", "2") == ("istio-h2", "istio", "h2")
+    assert offered("auto") is None and APPLICATION_PROTOCOLS == "envoy.network.application_protocols"

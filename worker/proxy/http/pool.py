@@ -38,6 +38,8 @@ import os
 import socket
 from collections import deque
 
+from .alpn_override import AlpnOverride
+
 from ...codecs.events import GoAway, ProtocolError
 from ...codecs.http1 import Http1ClientCodec
 from ...tls.accept import HandshakeRefused
@@ -229,9 +231,10 @@ class HostPool:
 
     __slots__ = ("manager", "cluster", "host", "loop", "idle", "busy", "connecting", "waiters",
                  "http2", "http2_options", "mark", "stat", "max_requests", "max_streams",
-                 "tls", "sni", "expected_san", "auto", "deferred")
+                 "tls", "sni", "expected_san", "auto", "deferred", "alpn")
 
-    def __init__(self, manager, cluster, host, http2=None, tls=None, sni=None, expected_san=None):
+    def __init__(self, manager, cluster, host, http2=None, tls=None, sni=None, expected_san=None,
+                 alpn=None):
         self.manager = manager
         self.cluster = cluster
         self.host = host
@@ -256,6 +259,7 @@ class HostPool:
         self.tls = tls                      # the TlsClient of this pool's connections, or None
         self.sni = sni
         self.expected_san = expected_san    # auto_san_validation's host
+        self.alpn = alpn                    # a filter's ALPN list (istio.alpn), or None
 
     def request(self, waiter) -> None:
         """Give `waiter` a connection now, or when one is free, or fail it (overflow)."""
@@ -505,7 +509,8 @@ class HostPool:
             return None
         from ...tls.client import ClientConnect
         alpn = ("h2", "http/1.1") if self.auto else ("h2",) if self.http2 else ("http/1.1",)
-        connect = ClientConnect(self.tls, self.sni, alpn, self.expected_san)
+        client = self.tls if self.alpn is None else AlpnOverride(self.tls, self.alpn)
+        connect = ClientConnect(client, self.sni, alpn, self.expected_san)
         out = connect.start()
         while True:
             if out:
@@ -596,10 +601,11 @@ class PoolManager:
             host = self.original_hosts[key] = Host(destination[0], destination[1])
         return host
 
-    def get(self, cluster, host, downstream_http2=False, request=None) -> HostPool:
+    def get(self, cluster, host, downstream_http2=False, request=None, alpn=None) -> HostPool:
         """The pool for `host`; with use_downstream_protocol_config (cluster.http2 ==
         "downstream") one pool per protocol, picked by the downstream request's; with
-        upstream TLS one per TLS client, SNI and SAN to verify (`request`: auto_sni's)."""
+        upstream TLS one per TLS client, SNI, SAN to verify (`request`: auto_sni's) and
+        ALPN list a filter asks for (`alpn`, alpn_override)."""
         http2 = cluster.http2
         if http2 == "downstream":
             http2 = downstream_http2
@@ -614,12 +620,13 @@ class PoolManager:
                     if name is not None:
                         sni = name if auto["sni"] else sni
                         san = name if auto["san"] else None
-        key = (cluster.name, host.address, host.port, http2, id(tls), sni, san)
+        alpn = alpn if tls is not None else None
+        key = (cluster.name, host.address, host.port, http2, id(tls), sni, san, alpn)
         pool = self.pools.get(key)
         if pool is None or pool.cluster is not cluster or pool.tls is not tls:
             if pool is None and len(self.pools) >= MAX_POOLS:
                 self._forget_unused_pools()     # auto_sni: one pool per Host seen
-            pool = self.pools[key] = HostPool(self, cluster, host, http2, tls, sni, san)
+            pool = self.pools[key] = HostPool(self, cluster, host, http2, tls, sni, san, alpn)
         return pool
 
     def _forget_unused_pools(self) -> None:

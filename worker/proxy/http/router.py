@@ -30,6 +30,7 @@ import time
 
 from ...codecs.events import Body, ProtocolError, ResponseHead, StreamReset, Trailers
 from .grpc_reply import DEADLINE_EXCEEDED, is_grpc
+from .alpn_override import alpn_override
 from .pool import CONNECTION_TERMINATION
 
 GATEWAY_ERRORS = frozenset({502, 503, 504})
@@ -496,7 +497,8 @@ class Router:
                                _authority_address(stream.request.authority))
         else:
             pool = stream.worker.http_pools.get(cluster, host, stream.request.version == "2",
-                                                stream.request)     # auto_sni: its Host
+                                                stream.request,     # auto_sni: its Host
+                                                alpn_override(stream.info))
         upstream = self.upstream = UpstreamRequest(self, pool, host)
         self.stats[cluster.stat["upstream_rq_total"]] += 1
         cluster.rq_active += 1
