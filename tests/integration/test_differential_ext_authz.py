@@ -89,7 +89,10 @@ def authz_bootstrap(upstreams, authz_ports):
             http_listener("body", ports["body"], routes, http_filters=[ext_authz(
                 with_request_body={"max_request_bytes": 16})]),
             http_listener("custom", ports["custom"], routes, http_filters=CUSTOM),
-            http_listener("http", ports["http"], routes, http_filters=[http_ext_authz()])],
+            http_listener("http", ports["http"], routes, http_filters=[http_ext_authz()]),
+            http_listener("off", ports["off"], routes, http_filters=[ext_authz(
+                filter_enabled={"default_value": {"numerator": 0}},
+                deny_at_disable={"default_value": True}, status_on_error={"code": 503})])],
             [cluster("a", [upstreams["a"]]),
              cluster("authz", [authz_ports["grpc"]], typed_extension_protocol_options=H2),
              cluster("authz_http", [authz_ports["http"]])])
@@ -133,7 +136,7 @@ def recorder():
 @pytest.fixture(scope="module")
 def pair(recorder, authz, tmp_path_factory):
     p = ProxyPair(tmp_path_factory.mktemp("diff-ext-authz"), authz_bootstrap(recorder.ports, authz),
-                  ["authz", "failopen", "body", "custom", "http"])
+                  ["authz", "failopen", "body", "custom", "http", "off"])
     yield p
     p.stop()
 
@@ -298,3 +301,10 @@ def test_an_http2_request_is_checked_as_envoy_checks_it(pair, recorder):
         passed(obs)
         assert '"protocol": "HTTP/2"' in upstream_header(obs, "x-authz-check"), obs
     differential(pair, run, expect)
+
+
+def test_deny_at_disable_answers_status_on_error_without_asking(pair, recorder):
+    def refused(obs):
+        assert obs["status"] == 503 and obs["upstream requests"] == 0, obs
+    differential(pair, exchange(recorder, "off", "GET", "/x", [("x-authz", "allow")],
+                                listener="off"), refused)

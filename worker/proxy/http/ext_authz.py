@@ -3,7 +3,7 @@
 Config: xds/ext_authz.py. Per request, in Envoy's order:
 
 1. Skipped when the route's ExtAuthzPerRoute says `disabled`; counted `disabled` (and, with
-   deny_at_disable, answered 403) when `filter_enabled` or `filter_enabled_metadata` say no.
+   deny_at_disable, answered status_on_error) when `filter_enabled` or `filter_enabled_metadata` say no.
    Istio's CUSTOM action enables it by the RBAC filter's shadow result: the dynamic metadata
    `envoy.filters.http.rbac` / `<prefix>shadow_effective_policy_id` (worker/proxy/http/rbac.py).
 2. With `with_request_body`, the body is awaited (up to max_request_bytes; beyond it, 413
@@ -131,7 +131,8 @@ class ExtAuthzFilter(StreamFilter):
         if not factory.enabled(self.stream.info):
             factory.counters[factory.stats.disabled] += 1
             if factory.config["deny_at_disable"]:
-                return LocalReply(403, details=DENIED, flags="UAEX")
+                return LocalReply(factory.config["status_on_error"], details=ERROR,
+                                  flags="UAEX")
             return None
         settings = self.body_settings
         if settings is not None and not end_stream and not self._body_ready(settings):
