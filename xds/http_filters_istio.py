@@ -251,33 +251,53 @@ TYPED_STRUCT_TRANSLATORS = {PEER_METADATA: _peer_metadata, WASM_HTTP_TYPE: _wasm
 def translate_per_filter_config(config_map, path, errors, warnings=None):
     """typed_per_filter_config (filter name -> Any) -> {filter name: config}; CORS (under
     its canonical name), RBAC (under the name given, xds/rbac.py) and ext_authz (likewise,
-    xds/ext_authz.py) have per-route settings in Baton."""
+    xds/ext_authz.py) have per-route settings in Baton, given directly or inside a
+    TypedStruct (whose value is that message in JSON)."""
     from .rbac import translate_rbac_per_route
-    by_name = {RBAC_PER_ROUTE_TYPE: translate_rbac_per_route,
+    by_name = {CORS_POLICY_TYPE: translate_cors_policy,
+               RBAC_PER_ROUTE_TYPE: translate_rbac_per_route,
                ext_authz.PER_ROUTE_TYPE: ext_authz.translate_ext_authz_per_route}
     result = {}
     for name in sorted(config_map):
         here = f"{path}[{name}]"
-        any_pb = config_map[name]
-        type_name = protos.type_name(any_pb.type_url)
-        translate = by_name.get(type_name)
-        if translate is not None:
-            protos.import_type(type_name)
-            per_route = protos.message_class(type_name)()
-            any_pb.Unpack(per_route)
-            config = translate(per_route, here, errors, warnings)
-            if config is not None:
-                result[name] = config
+        per_route = _per_route_message(config_map[name], here, errors, by_name)
+        if per_route is None:
             continue
-        if type_name != CORS_POLICY_TYPE:
-            errors.append(f"{here}: {type_name or 'an empty config'} not supported (per-route "
-                          f"config: {CORS_POLICY_TYPE}, {', '.join(by_name)})")
-            continue
-        protos.import_type(type_name)
-        policy = protos.message_class(type_name)()
-        any_pb.Unpack(policy)
-        result[CORS] = translate_cors_policy(policy, here, errors, warnings)
+        config = by_name[per_route.DESCRIPTOR.full_name](per_route, here, errors, warnings)
+        if per_route.DESCRIPTOR.full_name == CORS_POLICY_TYPE:
+            result[CORS] = config
+        elif config is not None:
+            result[name] = config
     return result
+
+
+def _per_route_message(any_pb, path, errors, known):
+    """The per-route message an Any carries, directly or in a TypedStruct; None (and an
+    error naming the type) when it is not one of `known`."""
+    from .http_filters import _TYPED_STRUCTS
+    type_name = protos.type_name(any_pb.type_url)
+    value = None
+    if type_name in _TYPED_STRUCTS:
+        struct = protos.message_class(type_name)()
+        any_pb.Unpack(struct)
+        type_name = protos.type_name(struct.type_url)
+        value = protos.json_format.MessageToDict(struct.value) if struct.HasField("value") \
+            else {}
+    if type_name not in known:
+        errors.append(f"{path}: {type_name or 'an empty config'} not supported (per-route "
+                      f"config: {', '.join(known)})")
+        return None
+    protos.import_type(type_name)
+    message = protos.message_class(type_name)()
+    if value is None:
+        any_pb.Unpack(message)
+        return message
+    try:
+        protos.json_format.ParseDict(value, message)
+    except protos.ParseError as exc:
+        errors.append(f"{join(path, 'value')}: {exc}")
+        return None
+    return message
 
 
 def translate_cors_policy(pb, path, errors, warnings=None):

@@ -262,3 +262,24 @@ def test_istio_alpn_sets_the_list_of_the_upstream_version():
     assert offered("downstream", "1.0") == ("istio-http/1.0", "istio", "http/1.0")
     assert offered("downstream", "2") == ("istio-h2", "istio", "h2")
     assert offered("auto") is None and APPLICATION_PROTOCOLS == "envoy.network.application_protocols"
+
+
+def test_a_per_route_config_inside_a_typed_struct():
+    """A TypedStruct per route carries the message as JSON: a CorsPolicy so is the route's
+    policy; a type Baton has no per-route settings for is refused by its own name."""
+    def struct(type_url, value):
+        return {"typed_per_filter_config": {"envoy.filters.http.cors": {
+            "@type": T + "udpa.type.v1.TypedStruct", "type_url": T + type_url, "value": value}}}
+    config, errors = routes(extra=struct("envoy.extensions.filters.http.cors.v3.CorsPolicy",
+                                         {"allow_origin_string_match": [{"exact": "https://a"}],
+                                          "allow_methods": "GET"}))
+    assert errors == []
+    policy = config["virtual_hosts"][0]["routes"][1]["per_filter"]["envoy.filters.http.cors"]
+    assert policy["origins"] == [{"kind": "exact", "value": "https://a", "ignore_case": False}]
+    assert policy["allow_methods"] == "GET"
+    _, errors = routes(extra=struct("io.istio.http.connect_authority.Config", {"enabled": True}))
+    assert errors == ["rc.virtual_hosts[0].routes[1].typed_per_filter_config[envoy.filters.http.cors]: "
+                      "io.istio.http.connect_authority.Config not supported (per-route config: "
+                      "envoy.extensions.filters.http.cors.v3.CorsPolicy, "
+                      "envoy.extensions.filters.http.rbac.v3.RBACPerRoute, "
+                      "envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute)"]
