@@ -118,6 +118,9 @@ class TunnelingConnection(TlsProxyConnection):
             self.timer = None
         self.tunnel = None
         self.connect_out.clear()
+        # The next attempt may be to another host, plain or with a session of its own: this
+        # session's keys must not seal its CONNECT, nor its close_notify reach that socket.
+        self.up_layer = None
         super()._connect_failed(reason)
 
     def _open(self, early: bytes, remote_ended: bool) -> None:
@@ -162,7 +165,9 @@ class TunnelingConnection(TlsProxyConnection):
             self.connect_out += data
 
     def _from_upstream_wire(self, data: bytes) -> bytes | None:
-        """Socket bytes -> the tunnel's bytes (TLS opened); None when the connection ended."""
+        """Socket bytes -> the tunnel's bytes (TLS opened): b"" at the upstream's end; None
+        when there is nothing to hand on (the connection failed, or only part of a record came:
+        b"" would read as the upstream's end)."""
         up_layer = self.up_layer
         if up_layer is None or not data:
             return data
@@ -177,6 +182,10 @@ class TunnelingConnection(TlsProxyConnection):
         owed = up_layer.data_to_send()          # a KeyUpdate we owe the upstream
         if owed:
             (self.to_upstream if self.state is OPEN else self.connect_out).extend(owed)
+        if not plain and not up_layer.peer_closed:
+            if owed:
+                self._flush_upstream() if self.state is OPEN else self._flush_connect()
+            return None
         return plain
 
     # -- open: the payload each way ---------------------------------------------------------
