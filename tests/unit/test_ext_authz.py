@@ -126,3 +126,40 @@ def test_ok_header_options_as_envoy_applies_them():
     _apply(headers, "x-absent", "a", option("x-absent", "a", action=1))     # ADD_IF_ABSENT
     assert list(headers) == [("x-old", "1,2"), ("x-keep", "s"), ("x-default", "d"),
                              ("x-absent", "a")]
+
+
+class _WaitingStream:
+    """What the filter touches of a stream whose body it waited for: the body is complete."""
+
+    def __init__(self):
+        self.resumed = []
+        self.body_watcher = None
+        self.request_complete = True
+        self.held_bytes = 5
+
+    def resume_filters(self, outcome):
+        self.resumed.append(outcome)
+
+
+def test_a_check_answered_within_its_start_after_the_body_resumes_the_stream_once():
+    """with_request_body, the body after the headers, and a call that finishes inside
+    start() (the authorization cluster has no healthy host): the answer must resume the
+    stream once, not from _resume and again from _on_body (with failure_mode_allow the
+    request was routed twice)."""
+    from types import SimpleNamespace
+
+    from baton.worker.proxy.http.ext_authz import ExtAuthzFilter
+
+    class AnsweredAtOnce(ExtAuthzFilter):
+        def _check(self):
+            self.call = SimpleNamespace(finished=True)
+            self._resume("the outcome")
+            self.call = None
+            return self.outcome
+
+    stream = _WaitingStream()
+    factory = SimpleNamespace(config={"body": {"max_bytes": 16, "allow_partial": False}})
+    f = AnsweredAtOnce(stream, factory, {})
+    f.waiting_body, f.paused = True, True      # as on_request_headers leaves it
+    f._on_body()
+    assert stream.resumed == ["the outcome"]

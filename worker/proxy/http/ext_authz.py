@@ -161,9 +161,12 @@ class ExtAuthzFilter(StreamFilter):
             stream.resume_filters(LocalReply(413, "Payload Too Large",
                                              details="request_payload_too_large"))
             return
+        # Not paused while the check starts: an answer within _check() (no healthy host) is
+        # only kept by _resume, and resumed here, once.
+        self.paused = False
         result = self._check()
+        self.paused = result is PAUSE
         if result is not PAUSE:
-            self.paused = False
             stream.resume_filters(result)
 
     def _check(self):
