@@ -82,3 +82,19 @@ def test_the_peers_trust_domain_must_be_ours_unless_skipped():
     assert isinstance(run(config, session)[0], LocalReply)
     assert run({**config, "trust_domains": None}, session)[0] is None
     assert run({**config, "trust_domains": ["other.domain"]}, session)[0] is None
+
+
+def test_the_trust_domain_check_fails_closed_without_spiffe_identities():
+    """istio/proxy's validateTrustDomain: a check it cannot make fails. Our own certificate
+    without a spiffe:// URI SAN, or a peer's URI that is not spiffe://, is not trusted."""
+    config = {"mtls": "PERMISSIVE", "peer_is_optional": False, "trust_domains": []}
+    ours_without_spiffe = tls(SLEEP)
+    ours_without_spiffe.local_uris = []
+    assert isinstance(run(config, ours_without_spiffe)[0], LocalReply)
+    not_spiffe = tls("https://cluster.local/ns/a/sa/b")
+    not_spiffe.local_uris = ["spiffe://cluster.local/ns/default/sa/details"]
+    assert isinstance(run(config, not_spiffe)[0], LocalReply)
+    assert isinstance(run({**config, "trust_domains": ["cluster.local"]}, not_spiffe)[0], LocalReply)
+    same = tls(SLEEP)
+    same.local_uris = ["spiffe://cluster.local/ns/default/sa/details"]
+    assert run(config, same)[0] is None

@@ -14,7 +14,7 @@ filters after it.
 from __future__ import annotations
 
 from ..http.filter import FilterFactory, LocalReply, StreamFilter, register
-from ..rbac_engine import peer_principal
+from ..rbac_engine import _sans, peer_principal
 
 NAME = "istio_authn"
 SPIFFE = "spiffe://"
@@ -29,6 +29,15 @@ def principal_of(uri: str | None) -> str | None:
 
 def trust_domain(principal: str) -> str:
     return principal.split("/", 1)[0]
+
+
+def spiffe_trust_domain(uris) -> str | None:
+    """The trust domain of the first spiffe:// URI among `uris`, as istio/proxy's
+    Utils::GetTrustDomain reads a certificate; None without one."""
+    for uri in uris or ():
+        if uri.startswith(SPIFFE):
+            return trust_domain(uri[len(SPIFFE):])
+    return None
 
 
 @register(NAME)
@@ -54,7 +63,7 @@ class AuthnFilter(StreamFilter):
         elif principal is None:
             ok = mode == "PERMISSIVE"
         else:
-            ok = self._trusted(principal, tls)
+            ok = self._trusted(tls)
         if not ok and not config["peer_is_optional"]:
             return LocalReply(401, REJECTED, details="istio_authn_rejected")
         if principal is not None and ok:
@@ -67,11 +76,17 @@ class AuthnFilter(StreamFilter):
             info.dynamic_metadata[NAME] = fields
         return None
 
-    def _trusted(self, principal: str, tls) -> bool:
+    def _trusted(self, tls) -> bool:
+        """istio/proxy's validateTrustDomain: the peer's and our own certificates must each
+        have a spiffe:// URI, of the same trust domain (or the peer's among the allowed ones);
+        a certificate without one fails the check, ours included."""
         allowed = self.config["trust_domains"]
         if allowed is None:
             return True
+        peer = spiffe_trust_domain(_sans(tls)[0])
+        if peer is None:
+            return False
         if allowed:
-            return trust_domain(principal) in allowed
-        local = principal_of((getattr(tls, "local_uris", None) or [None])[0])
-        return local is None or trust_domain(local) == trust_domain(principal)
+            return peer in allowed
+        local = spiffe_trust_domain(getattr(tls, "local_uris", None))
+        return local is not None and local == peer
