@@ -7,7 +7,7 @@ requests to that cluster), and the request is one stream on it. The response is 
 whole (these answers are small) and handed to `done(response, body, trailers, failure)`
 once: the Response head, its body bytes and trailers (or None), and "" — or, when no
 complete response came, None, b"", None and why ("timeout", "no healthy upstream", a
-reset...). `cancel()` stops a call whose caller went away; `done` is then never called.
+reset, a body past the cluster's buffer limit...). `cancel()` stops a call whose caller went away; `done` is then never called.
 
 The call is the pool's waiter and the connection's stream, like the router's
 UpstreamRequest (on_pool_ready / on_pool_failure / on_upstream_event / on_upstream_reset /
@@ -86,6 +86,10 @@ class UpstreamCall:
             return
         kind = type(event)
         if kind is Body:
+            if len(self.body) + len(event.data) > self.cluster.buffer_limit:
+                # An answer is small; a service streaming more must not grow the worker.
+                self._finish(None, None, "response body over the cluster's buffer limit")
+                return
             self.body += event.data
             if event.data:
                 self.conn.codec.consumed(self.stream_id, len(event.data))
