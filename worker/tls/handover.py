@@ -14,15 +14,18 @@ it), because at the handover point four things are read from them:
   handshake record; what follows is the first ciphertext Baton's layer processes.
 - the client_random (and, for TLS 1.2, the server_random) from the cleartext hellos, to find
   the secrets in the key log (keylog.py).
-- the sequence numbers. TLS 1.3 (RFC 8446 §5.3): each direction's count of records already
-  sent under the application traffic secret — a server's NewSessionTickets usually, found by
-  opening the records with that secret. TLS 1.2 (RFC 5246 §6.1): the count of records after
-  each side's ChangeCipherSpec, where Finished is sequence number 0 of the new epoch.
+- the sequence numbers. TLS 1.3 (RFC 8446 §5.3): the count of records we already sent under
+  our application traffic secret — a server's NewSessionTickets usually, found by opening the
+  records with that secret; the peer's count is 0 (`_tls13_protections` says why).
+  TLS 1.2 (RFC 5246 §6.1): the count of records after each side's ChangeCipherSpec, where
+  Finished is sequence number 0 of the new epoch.
 - TLS 1.2 AES-GCM: the nonce_explicit OpenSSL chose for its Finished, from which our writes
   count on (protection.py says why).
 
 Every record used for counting is opened with the derived keys, so a handover whose secrets
-or arithmetic are wrong fails here (`HandoverError`) instead of corrupting the session.
+or arithmetic are wrong fails here (`HandoverError`) instead of corrupting the session. The
+keys of a direction with nothing to count are derived when its first record comes
+(protection.py).
 """
 
 from __future__ import annotations
@@ -151,7 +154,12 @@ class TlsHandshake:
             read_secret, write_secret = client_secret, server_secret
         else:
             read_secret, write_secret = server_secret, client_secret
-        return (_tls13_protection_after(suite, read_secret, consumed),
+        # Nothing OpenSSL consumed is under the peer's application secret: the peer's
+        # Finished completes the handshake, every record under that secret comes after it,
+        # and OpenSSL reads no record past the one it is working on (so 0-RTT aside, which
+        # is never enabled here, the read side starts at sequence number 0). Scanning the
+        # peer's records for it only ever cost a failed AEAD open per handshake record.
+        return (Tls13Protection(suite, read_secret),
                 _tls13_protection_after(suite, write_secret, sent, self._last_flight))
 
     def _tls12_protections(self, suite, secrets, client_random, server_random, consumed, sent):

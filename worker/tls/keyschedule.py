@@ -14,11 +14,22 @@ from .suites import CipherSuite
 
 NONCE_LENGTH = 12       # every AEAD here uses a 96-bit nonce (RFC 8446 §5.3, RFC 7905 §2)
 
+_DIGEST_SIZES: dict[str, int] = {}
+# (label, context, length) -> HkdfLabel with HKDF-Expand's first counter byte: the labels are
+# a handful of constants, and a key or IV is never longer than one hash (one HMAC call).
+_LABELS: dict[tuple[bytes, bytes, int], bytes] = {}
+
+
+def digest_size(hash_name: str) -> int:
+    size = _DIGEST_SIZES.get(hash_name)
+    if size is None:
+        size = _DIGEST_SIZES[hash_name] = hashlib.new(hash_name).digest_size
+    return size
+
 
 def hkdf_expand(secret: bytes, info: bytes, length: int, hash_name: str) -> bytes:
     """HKDF-Expand (RFC 5869 §2.3)."""
-    digest_size = hashlib.new(hash_name).digest_size
-    if length > 255 * digest_size:
+    if length > 255 * digest_size(hash_name):
         raise ValueError("HKDF-Expand output too long")
     out = bytearray()
     block = b""
@@ -34,8 +45,14 @@ def hkdf_expand_label(secret: bytes, label: bytes, context: bytes, length: int,
                       hash_name: str) -> bytes:
     """HKDF-Expand-Label (RFC 8446 §7.1): HkdfLabel = length u16, "tls13 "+label<7..255>,
     context<0..255>."""
+    block_one = _LABELS.get((label, context, length))
+    if block_one is not None and length <= digest_size(hash_name):
+        # T(1) = HMAC(secret, info | 0x01) is the whole output (RFC 5869 §2.3).
+        return hmac.digest(secret, block_one, hash_name)[:length]
     full_label = b"tls13 " + label
     info = struct.pack("!HB", length, len(full_label)) + full_label + bytes((len(context),)) + context
+    if len(_LABELS) < 64:
+        _LABELS[(label, context, length)] = info + b"\x01"
     return hkdf_expand(secret, info, length, hash_name)
 
 
@@ -48,7 +65,7 @@ def tls13_key_iv(suite: CipherSuite, traffic_secret: bytes) -> tuple[bytes, byte
 
 def tls13_next_secret(suite: CipherSuite, traffic_secret: bytes) -> bytes:
     """application_traffic_secret_N+1 after a KeyUpdate (RFC 8446 §7.2)."""
-    length = hashlib.new(suite.hash_name).digest_size
+    length = digest_size(suite.hash_name)
     return hkdf_expand_label(traffic_secret, b"traffic upd", b"", length, suite.hash_name)
 
 

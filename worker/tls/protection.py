@@ -38,7 +38,12 @@ CONTENT_TYPE_BYTE = [bytes((i,)) for i in range(256)]     # TLSInnerPlaintext's 
 
 
 class Tls13Protection:
-    """Records under one application traffic secret; `update()` moves to the next one."""
+    """Records under one application traffic secret; `update()` moves to the next one.
+
+    The record key and IV are derived from the secret when the first record is sealed or
+    opened, not before: a connection that ends without a record in one direction (a client
+    that hangs up after its handshake never sends one) never pays that direction's HKDF.
+    The secret and the sequence number are the whole state either way."""
 
     __slots__ = ("suite", "secret", "seq", "_aead", "_iv_int")
 
@@ -48,11 +53,15 @@ class Tls13Protection:
         self.seq = seq
 
     def _rekey(self, secret: bytes) -> None:
-        key, iv = tls13_key_iv(self.suite, secret)
         self.secret = secret
-        self._aead = self.suite.aead(key)
-        self._iv_int = int.from_bytes(iv, "big")
+        self._aead = None
         self.seq = 0
+
+    def _derive(self):
+        key, iv = tls13_key_iv(self.suite, self.secret)
+        self._iv_int = int.from_bytes(iv, "big")
+        self._aead = aead = self.suite.aead(key)
+        return aead
 
     def update(self) -> None:
         """KeyUpdate (RFC 8446 §4.6.3): the next secret, sequence number back to 0 (§5.3)."""
@@ -65,9 +74,10 @@ class Tls13Protection:
             raise TLSAlert(INTERNAL_ERROR, "write sequence number exhausted")
         if type(data) is not bytes:
             data = bytes(data)
+        aead = self._aead or self._derive()
         inner = data + CONTENT_TYPE_BYTE[content_type]
         header = HEADER.pack(APPLICATION_DATA, TLS12_VERSION, len(inner) + TAG_LENGTH)
-        sealed = self._aead.encrypt((self._iv_int ^ self.seq).to_bytes(12, "big"), inner, header)
+        sealed = aead.encrypt((self._iv_int ^ self.seq).to_bytes(12, "big"), inner, header)
         self.seq += 1
         return header + sealed
 
@@ -78,8 +88,9 @@ class Tls13Protection:
             raise TLSAlert(UNEXPECTED_MESSAGE, f"cleartext record of type {header[0]} after the handshake")
         if self.seq >= SEQ_LIMIT - 1:
             raise TLSAlert(UNEXPECTED_MESSAGE, "read sequence number exhausted")
+        aead = self._aead or self._derive()
         try:
-            inner = self._aead.decrypt((self._iv_int ^ self.seq).to_bytes(12, "big"), fragment, header)
+            inner = aead.decrypt((self._iv_int ^ self.seq).to_bytes(12, "big"), fragment, header)
         except (InvalidTag, ValueError):
             raise TLSAlert(BAD_RECORD_MAC, "record does not authenticate") from None
         self.seq += 1
