@@ -334,6 +334,20 @@ async def _move_when_idle(worker, peers, wait: float, refused: set) -> tuple[int
     return moved, kept
 
 
+def _keep(conn) -> None:
+    """A connection whose export failed serves on here; one that cannot even be given back
+    is closed rather than left paused for ever."""
+    try:
+        conn.resume()
+    except Exception:
+        log.exception("connection %d: could not be given back after a failed export; closing it",
+                      conn.id)
+        try:
+            conn.close()
+        except Exception:
+            log.exception("connection %d: close failed", conn.id)
+
+
 # Batches sent and not yet answered. An exported connection may hold a second descriptor of
 # its socket until the answer (HTTP connections dup theirs off the transport): 10,000 exported
 # at once needed 20,000 descriptors, past a container's hard limit, and the move died on EMFILE.
@@ -354,7 +368,15 @@ async def _move(worker, conns, peers, client_only: bool) -> tuple[int, set]:
                 export = conn.export(client_only=client_only)
             except OSError as exc:      # EMFILE and the like: it stays, and drains here
                 log.warning("worker %d: connection %d stays here: %s", worker.id, conn.id, exc)
-                conn.resume()
+                _keep(conn)
+                kept.add(conn)
+                continue
+            except Exception:
+                # A bug in one kind's export must not stop the move of every other
+                # connection: this one stays (or, if it cannot be given back, closes).
+                log.exception("worker %d: connection %d stays here: its export failed",
+                              worker.id, conn.id)
+                _keep(conn)
                 kept.add(conn)
                 continue
             record = protocol.encode_record(peer.version, peer.accepts, export.kind,

@@ -31,6 +31,7 @@ import types
 
 from ...connection import Export, register
 from ..tcp_proxy import CLOSED, TcpProxyConnection, _cluster_missing
+from .connect_tunnel import TcpUpstream
 
 RECORD = "http-tunnel"
 _UNTOUCHED = {"data": b"", "eof": False, "done": False}
@@ -49,7 +50,9 @@ def movable_upstream(conn):
         return None                     # a side sent FIN: the split move carries half-closes
     up = ureq.conn
     pool = up.pool if up is not None else None
-    if up is None or up.closed or up.transport is None or pool.tls is not None or pool.http2:
+    if up is None or up.closed or up.transport is None or isinstance(pool, TcpUpstream):
+        return None                     # a terminated CONNECT's own TCP connection: split
+    if pool.tls is not None or pool.http2:
         return None
     if up.transport.get_write_buffer_size() or up.transport.is_closing():
         return None
