@@ -8,6 +8,7 @@ accepted by the others instead of being reset with the dead worker's queue.
 from __future__ import annotations
 
 import errno
+import ipaddress
 import logging
 import os
 import socket
@@ -100,7 +101,8 @@ class Listener:
                  "stat_global_cx_overflow", "stat_overload_reject", "ignore_global_limit", "spec",
                  "chains", "default_chain", "inspectors", "sniff_timeout", "sniff_continue",
                  "address", "port", "transparent", "original_dst", "use_original_dst",
-                 "default_filter_chain", "access_logs", "inspectors_disabled")
+                 "default_filter_chain", "access_logs", "inspectors_disabled", "selects_chains",
+                 "local_address")
 
     def __init__(self, worker, spec: dict, fd: int | None):
         """`fd` None: a listener with bind_to_port false, which has no socket of its own and
@@ -111,9 +113,16 @@ class Listener:
         self.fd = fd
         self.family = socket.AF_INET6 if ":" in spec["address"] else socket.AF_INET
         self.sock = None
+        # The (host, port) every accepted connection has as its local address when the socket
+        # is bound to one address (not 0.0.0.0 or ::): read once here instead of by a
+        # getsockname per connection; None: each connection asks its own socket.
+        self.local_address = None
         if fd is not None:
             self.sock = socket.socket(self.family, socket.SOCK_STREAM, 0, fd)
             self.sock.setblocking(False)
+            bound = self.sock.getsockname()[:2]
+            if not ipaddress.ip_address(bound[0].partition("%")[0]).is_unspecified:
+                self.local_address = bound
         self.accepting = False
         # The overload manager's stop_accepting_connections: while held, the accept queue is
         # not read even though the listener is started (worker/overload_manager.py).
@@ -161,6 +170,9 @@ class Listener:
         self.inspectors_disabled = spec.get("inspectors_disabled") or None
         self.sniff_timeout = spec.get("sniff_timeout")        # None: no timeout
         self.sniff_continue = spec.get("sniff_continue", False)
+        # Whether a connection must be inspected or matched before its chain is known (read
+        # per accepted connection: decided here, once per update).
+        self.selects_chains = bool(self.inspectors) or any(c.match for c in chains)
         self.pipe_capacity = pipe_capacity_for(spec.get("buffer_limit", 1 << 20))
         scope = f"listener.{spec['stat_name']}."
         self.stat_cx_total = scope + "downstream_cx_total"
@@ -179,11 +191,6 @@ class Listener:
                 if chain.http_config is not None:
                     from .proxy.https import declare_stats
                     declare_stats(chain.http_config, self.worker.stats)
-
-    @property
-    def selects_chains(self) -> bool:
-        """Whether a connection must be inspected or matched before its chain is known."""
-        return bool(self.inspectors) or any(c.match for c in self.chains)
 
     def inspectors_for(self, port: int) -> list:
         """The inspectors that run for a connection to `port` (filter_disabled)."""

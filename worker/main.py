@@ -245,16 +245,23 @@ class Worker:
             HttpsHandshake(self, conn, client, initial).start()
             return
         self.connections[conn.id] = conn
-        self.loop.create_task(self._accept_http(conn, client))
+        # No Task per connection: the transport is made here, at once, and the coroutine is
+        # stepped on when connection_made has run (its one wait), as a Task would.
+        self._accepting_http(self.loop.connect_accepted_socket(lambda: conn, client), conn,
+                             client)
 
-    async def _accept_http(self, conn, client) -> None:
+    def _accepting_http(self, coroutine, conn, client) -> None:
         try:
-            await self.loop.connect_accepted_socket(lambda: conn, client)
-        except OSError as exc:
+            waiter = coroutine.send(None)
+        except StopIteration:
+            return
+        except Exception as exc:        # noqa: BLE001 - the socket went away meanwhile
             log.debug("worker %d: http connection %d: %s", self.id, conn.id, exc)
             client.close()
             self.connections.pop(conn.id, None)
             self.stats.gauges[conn.listener.stat_cx_active] -= 1
+            return
+        waiter.add_done_callback(lambda done: self._accepting_http(coroutine, conn, client))
 
     def listener_for(self, address: tuple[str, int]):
         """Envoy's use_original_dst hand-off: the listener bound to exactly this address, or

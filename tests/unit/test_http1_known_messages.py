@@ -24,6 +24,13 @@ NGINX = (b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Mon, 07 Dec 2026 05:
          b"Content-Type: text/plain\r\nContent-Length: 4\r\nConnection: keep-alive\r\n\r\nbody")
 
 
+class Untouchable:
+    """A parser that must not be asked."""
+
+    def __getattr__(self, name):
+        raise AssertionError(f"the parser was asked: {name}")
+
+
 def _forget() -> None:
     http1_head.KNOWN_REQUESTS.clear()
     http1_head.KNOWN_RESPONSES.clear()
@@ -111,12 +118,17 @@ def test_a_known_request_is_served_without_the_parser_and_reports_the_same():
     pair = Pair(Http1ServerCodec, server_state)
     _serve(pair, WRK, 4)
     assert WRK in http1_head.KNOWN_REQUESTS
-    # Served from memory now: the parser is never asked.
+    # Served from memory now: the parser is never asked (nor made: a codec makes it on the
+    # first read that needs it).
     codec = pair.warm
-    codec._parser = None
+    codec._parser = Untouchable()
     events = codec.receive(WRK)
     assert described(events) == [("request", 9, "GET", "/", "127.0.0.1:10000", "http", "1.1",
                                   [], True, False, None)]
+    fresh = Http1ServerCodec()
+    assert described(fresh.receive(WRK))[0][1:] == (1, "GET", "/", "127.0.0.1:10000", "http",
+                                                    "1.1", [], True, False, None)
+    assert fresh._parser is None
     # Each request gets a list of its own.
     events[0].request.headers.items.append(("x-added", "1"))
     assert http1_head.KNOWN_REQUESTS[WRK].kept == ()
@@ -190,7 +202,7 @@ def test_a_known_response_head_is_served_without_the_parser_and_reports_the_same
     assert head in http1_head.KNOWN_RESPONSES
     codec = pair.warm
     codec.send_head(Request("GET", "/", "h", Headers([]), "http", "1.1"), True)
-    codec._parser = None
+    codec._parser = Untouchable()
     events = codec.receive(NGINX)
     assert described(events) == [
         ("response", 7, 200, "", [("server", "nginx/1.22.1"),
@@ -256,3 +268,4 @@ def test_generated_responses_read_again_report_as_parsed(m, method):
         if pair.warm.available_streams() != 1:
             break
         _fetch(pair, method, [wire])
+

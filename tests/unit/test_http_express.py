@@ -125,7 +125,8 @@ class Rig:
             # Not conn.express: the connection sets it from the config when the first bytes
             # choose HTTP/1.1.
             chain.http_config.express = False
-        listener = SimpleNamespace(name="http", port=10000, stat_cx_active="l.active")
+        listener = SimpleNamespace(name="http", port=10000, stat_cx_active="l.active",
+                                   local_address=None)
         self.conn = HttpConnection(worker, listener, chain, ("127.0.0.1", 40000), None, 1)
         self.down = FakeTransport()
         self.conn.connection_made(self.down)

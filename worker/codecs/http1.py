@@ -199,8 +199,13 @@ class _Http1Output:
     def _feed(self, data: bytes, error_status: int) -> list:
         """Parse `data` (both sides): an upgrade goes to `_upgraded`, a parser error or an
         exceeded limit becomes one `_fail`; the events gathered are returned."""
+        parser = self._parser
+        if parser is None:
+            # Made on the first read that needs it: a connection whose messages are all
+            # known (http1_head.py), a connection: close request from wrk say, never does.
+            parser = self._parser = self._new_parser()
         try:
-            self._parser.feed_data(data)
+            parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
             self._upgraded(data[exc.args[0]:])
         except httptools.HttpParserCallbackError as exc:
@@ -227,7 +232,7 @@ class Http1ServerCodec(_Http1Output):
     multiplexed = False     # one exchange at a time: a fault or an unread body ends the connection
 
     def __init__(self, *, max_header_bytes: int = 60 * 1024, max_headers: int = 100):
-        self._parser = _request_parser(self)
+        self._parser = None             # made by _feed when first needed
         self._events: list = []
         self._out = bytearray()
         self._next_id = 1
@@ -261,6 +266,9 @@ class Http1ServerCodec(_Http1Output):
 
     def initiate(self) -> None:
         """Nothing to say first in HTTP/1.1."""
+
+    def _new_parser(self) -> httptools.HttpRequestParser:
+        return _request_parser(self)
 
     def receive(self, data: bytes) -> list:
         if self._tunnel:
@@ -682,7 +690,7 @@ class Http1ClientCodec(_Http1Output):
 
     def __init__(self, *, max_header_bytes: int = UPSTREAM_MAX_HEADER_BYTES,
                  max_headers: int = UPSTREAM_MAX_HEADERS):
-        self._parser = httptools.HttpResponseParser(self)
+        self._parser = None             # made by _feed when first needed
         self._events: list = []
         self._out = bytearray()
         self._next_id = 1
@@ -708,6 +716,9 @@ class Http1ClientCodec(_Http1Output):
 
     def initiate(self) -> None:
         """Nothing to say first in HTTP/1.1."""
+
+    def _new_parser(self) -> httptools.HttpResponseParser:
+        return httptools.HttpResponseParser(self)
 
     def available_streams(self) -> int:
         return 0 if (self._stream or not self.reusable or self._failed) else 1

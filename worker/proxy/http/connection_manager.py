@@ -42,6 +42,28 @@ class HttpConnection(asyncio.Protocol, HttpConnectionMoves, Connection):
     kind = "http"
     tls = None          # the TLS session's facts (an SSLObject-like), on an HTTPS transport
 
+    # What most connections never change, as class defaults (an instance sets its own when
+    # it does): a connection per request pays for the attributes it uses, not for all of them.
+    header_timer = None
+    lingering = None                          # delayed close: the final close() timer
+    duration_timer = None                     # max_connection_duration
+    stream_timer = None                       # stream_idle_timeout / request_timeout sweep
+    deadline_timer = None                     # route timeouts of the streams (watch_deadline)
+    drain_timer = None                        # HTTP/2: the final GOAWAY's deadline
+    deadline_at = 0.0
+    draining = False
+    on_idle = None                            # migration waits for this connection
+    moving_fd = -1
+    backlog = None                            # HTTP/2: the call that reads the frames left
+    # Write migration (inflight.py): in the old worker, the transport to the new one once
+    # the client moved mid-response; in the new one, the exchange the old one serves.
+    moved_to = None
+    moving_client = None                      # the client's transport, while moving
+    moving_upstream = None                    # a tunnel moving with both sockets (tunnel_move.py)
+    hold_timer = None                         # HTTP/2: how long new streams wait unread
+    hold_paused = False                       # and reading paused while they wait
+    forwarded_response = None
+
     def __init__(self, worker, listener, chain, peer, original, conn_id: int, initial=None):
         self.worker = worker
         self.loop = worker.loop
@@ -60,32 +82,13 @@ class HttpConnection(asyncio.Protocol, HttpConnectionMoves, Connection):
         self.read_pauses = 0
         self.write_paused = False
         self.closed = False
-        self.draining = False
         self.idle_timer = None
         self.idle_deadline = 0.0
-        self.header_timer = None
         self.state = Lifecycle.OPEN
         self.local = None
         self.requests = 0
         self.dirty = False                        # queued bytes wait for flush_dirty()
-        self.lingering = None                     # delayed close: the final close() timer
-        self.duration_timer = None                # max_connection_duration
-        self.stream_timer = None                  # stream_idle_timeout / request_timeout sweep
-        self.deadline_timer = None                # route timeouts of the streams (watch_deadline)
-        self.drain_timer = None                   # HTTP/2: the final GOAWAY's deadline
-        self.deadline_at = 0.0
-        self.on_idle = None                       # migration waits for this connection
-        self.moving_fd = -1
         self.express = False                      # HTTP/1.1 and the config allows express.py
-        self.backlog = None                       # HTTP/2: the call that reads the frames left
-        # Write migration (inflight.py): in the old worker, the transport to the new one once
-        # the client moved mid-response; in the new one, the exchange the old one serves.
-        self.moved_to = None
-        self.moving_client = None                 # the client's transport, while moving
-        self.moving_upstream = None               # a tunnel moving with both sockets (tunnel_move.py)
-        self.hold_timer = None                    # HTTP/2: how long new streams wait unread
-        self.hold_paused = False                  # and reading paused while they wait
-        self.forwarded_response = None
 
     # -- asyncio.Protocol -------------------------------------------------------------------
 
@@ -93,7 +96,8 @@ class HttpConnection(asyncio.Protocol, HttpConnectionMoves, Connection):
         self.transport = transport
         hcm = self.hcm
         transport.set_write_buffer_limits(high=hcm.buffer_limit)
-        self.local = self.original or transport.get_extra_info("sockname")[:2]
+        self.local = self.original or self.listener.local_address or \
+            transport.get_extra_info("sockname")[:2]
         self.tls = transport.get_extra_info("ssl_object")
         stats = self.worker.stats
         stats.counters[hcm.stat_cx_total] += 1
