@@ -19,6 +19,10 @@ e2e ROUNDS SECONDS NAME=BATON_EXECUTABLE ...
     `wrk -c50` for SECONDS after 2 s unmeasured; CPU of Baton's process tree per request,
     each run and the medians (h2_cost.interleaved). Beside another Baton: RUNTIME_DIRECTORY=DIR.
 
+e2e-close ROUNDS SECONDS NAME=BATON_EXECUTABLE ...
+    The same with `wrk -c50 -H 'Connection: close'` (a new client connection per request, the
+    bench's `close` figure; the upstream side stays pooled).
+
 A snapshot of another revision runs with this repository's .venv as in bench/h2_cost.py's
 docstring: `git archive REV | tar -x -C DIR`, a directory P holding a symlink P/baton -> DIR,
 then `PYTHONPATH=P .venv/bin/python bench/http_cost.py rig DIR 20000 5`; for e2e, an
@@ -72,19 +76,20 @@ def rig(argv: list[str]) -> None:
                   bool(os.environ.get("HTTPCOST_NOGC")))
 
 
-def e2e(argv: list[str]) -> None:
+def e2e(argv: list[str], close: bool = False) -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import http_bench as hb
     from h2_cost import cpu_sample, interleaved
     from procs import CpuMeter
 
     rounds, seconds = int(argv[0]), int(argv[1])
+    load = hb.wrk_close if close else hb.wrk_keepalive
 
     def measure(name, proc, ports) -> dict:
         hb.wrk_keepalive(ports.h1, 2, 50)         # warm-up: the upstream pool, the memos
         hb.wait_quiet(5.0)
         with CpuMeter(proc, cpus=(hb.PROXY_CPU, hb.LOAD_CPU)) as meter:
-            res = hb.wrk_keepalive(ports.h1, seconds, 50)
+            res = load(ports.h1, seconds, 50)
         # wrk's rate over its own duration
         return cpu_sample(meter, res["rps"] * seconds, res, hb.PROXY_CPU)
 
@@ -92,4 +97,5 @@ def e2e(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    {"rig": rig, "e2e": e2e}[sys.argv[1]](sys.argv[2:])
+    {"rig": rig, "e2e": e2e, "e2e-close": lambda argv: e2e(argv, close=True)}[sys.argv[1]](
+        sys.argv[2:])
