@@ -44,6 +44,16 @@ def releases() -> list[Release]:
     return out
 
 
+def given(commit: str) -> Release:
+    """Any commit as a starting point (`make upgrade-test FROM=<commit>`), with the version
+    its supervisor/version.py says: it may equal the current one (an unreleased commit)."""
+    source = subprocess.run(["git", "-C", str(ROOT), "show", f"{commit}:supervisor/version.py"],
+                            capture_output=True, text=True, check=True).stdout
+    namespace: dict = {}
+    exec(compile(source, "version.py", "exec"), namespace)
+    return Release(namespace["VERSION"], commit)
+
+
 def current_version() -> str:
     from baton.supervisor.version import VERSION
     return VERSION
