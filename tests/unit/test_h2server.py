@@ -374,6 +374,15 @@ def test_status_codes_use_the_static_table_when_they_can():
     assert Decoder().decode(h2encode.STATUS_FIELD[418], raw=True) == [(b":status", b"418")]
 
 
+def test_a_header_block_is_the_same_whether_its_pairs_are_tuples_or_lists():
+    pairs = [("content-type", "text/plain"), ("x-a", "1"), ("connection", "x-a"), ("x-b", "2")]
+    expected = Decoder().decode(h2encode.encode_block(h2encode.STATUS_FIELD[200], pairs), raw=True)
+    assert expected == [(b":status", b"200"), (b"content-type", b"text/plain"), (b"x-b", b"2")]
+    for _ in range(2):      # the second time from the field cache
+        block = h2encode.encode_block(h2encode.STATUS_FIELD[200], [list(kv) for kv in pairs])
+        assert Decoder().decode(block, raw=True) == expected
+
+
 # -- flow control --------------------------------------------------------------------------------
 
 def test_send_respects_the_peers_windows_and_flushes_on_window_update():

@@ -77,11 +77,15 @@ def encode_block(status_field: bytes, items) -> bytes:
     parts = [status_field] if status_field else []
     plain = _plain_cache
     nominated = None
-    for name, value in items:
-        encoded = plain.get((name, value))
+    for item in items:
+        try:
+            encoded = plain.get(item)   # the pair itself is the key: no tuple built per field
+        except TypeError:               # a list pair (unhashable): encoded below
+            encoded = None
         if encoded is not None:
             parts.append(encoded)
             continue
+        name, value = item
         if name in _CONNECTION_SPECIFIC or name == "te" or name[:1] == ":":
             if name == "te" and value.strip().lower() == "trailers":
                 parts.append(encode_field(b"te", b"trailers", False))

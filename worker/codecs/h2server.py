@@ -727,24 +727,25 @@ class LeanHttp2ServerCodec(H2MoveState):
             raise _ConnError(PROTOCOL_ERROR, "HEADERS on stream 0")
         if not stream_id & 1:
             raise _ConnError(PROTOCOL_ERROR, "HEADERS on a server stream id")
-        block = self._unpad(flags, payload)
+        block = self._unpad(flags, payload) if flags & F_PADDED else payload
         if block or flags & F_END_STREAM:
             self._guard.empty_run = 0
         else:
             self._guard.payload_frame(True)
-        self._block_self_dependent = False
+        self_dependent = False
         if flags & F_PRIORITY:
             if len(block) < 5:
                 raise _ConnError(FRAME_SIZE_ERROR, "HEADERS too short for its priority")
             # Priority is ignored (RFC 9113 5.3.2), but a stream may not depend on itself.
-            self._block_self_dependent = _U32.unpack_from(block)[0] & _MAX_STREAM_ID == stream_id
+            self_dependent = _U32.unpack_from(block)[0] & _MAX_STREAM_ID == stream_id
             block = block[5:]
+        if flags & F_END_HEADERS:       # the usual case: the whole block in this frame
+            self._on_block(block, stream_id, bool(flags & F_END_STREAM), self_dependent)
+            return
+        self._block_self_dependent = self_dependent
         self._block_end = bool(flags & F_END_STREAM)
         self._block_stream = stream_id
-        if flags & F_END_HEADERS:
-            self._on_block(block)
-        else:
-            self._block = bytearray(block)
+        self._block = bytearray(block)
 
     def _on_continuation(self, flags: int, stream_id: int, payload: bytes) -> None:
         block = self._block
@@ -759,7 +760,8 @@ class LeanHttp2ServerCodec(H2MoveState):
             raise _ConnError(ENHANCE_YOUR_CALM, "header block too large")
         if flags & F_END_HEADERS:
             self._block = None
-            self._on_block(bytes(block))
+            self._on_block(bytes(block), stream_id, self._block_end,
+                           self._block_self_dependent)
 
     def _decode(self, block: bytes) -> list:
         """[table generation, fields, request analysis or None] for a header block (see the
@@ -793,17 +795,18 @@ class LeanHttp2ServerCodec(H2MoveState):
             self._table_gen += 1    # every entry cached so far was decoded against another table
         return entry
 
-    def _on_block(self, block: bytes) -> None:
-        stream_id = self._block_stream
-        end = self._block_end
-        entry = self._decode(block)         # always: the HPACK table must stay in step
+    def _on_block(self, block: bytes, stream_id: int, end: bool, self_dependent: bool) -> None:
+        """A complete header block of `stream_id` (`end`: END_STREAM was set)."""
+        entry = self._header_cache.get(block)     # _decode's cache hit, without the call
+        if entry is None or entry[0] != self._table_gen:
+            entry = self._decode(block)     # always: the HPACK table must stay in step
         state = self._streams.get(stream_id)
         if state is not None and state.remote_closed:
             # Half-closed (remote): HEADERS is STREAM_CLOSED (RFC 9113 5.1), whatever else is
             # wrong with it (a priority on itself included), as nghttp2 answers in Envoy.
             self._stream_error(stream_id, STREAM_CLOSED)
             return
-        if self._block_self_dependent and (state is not None or stream_id > self._highest):
+        if self_dependent and (state is not None or stream_id > self._highest):
             self._highest = max(self._highest, stream_id)
             self._stream_error(stream_id, PROTOCOL_ERROR)
             return
