@@ -105,8 +105,14 @@ class Inspection(Connection):
         except OSError:                       # the client is gone already
             self.close()
             return
-        chain = select(self.listener.chains, local[1], result.transport, result.protocols,
-                       result.server_name, destination_ip=local[0], source=self.peer)
+        if self.listener.chain_matcher is not None:     # filter_chain_matcher: by name
+            from .proxy.filter_chain_matcher import connection_values, select_chain
+            chain = select_chain(self.listener.chain_matcher, self.listener.chains,
+                                 connection_values(result.transport, result.protocols,
+                                                   result.server_name, local, self.peer))
+        else:
+            chain = select(self.listener.chains, local[1], result.transport, result.protocols,
+                           result.server_name, destination_ip=local[0], source=self.peer)
         stats = self.worker.stats
         if chain is None:
             stats.counters[self.listener.stat_no_chain] += 1

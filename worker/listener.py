@@ -102,7 +102,7 @@ class Listener:
                  "chains", "default_chain", "inspectors", "sniff_timeout", "sniff_continue",
                  "address", "port", "transparent", "original_dst", "use_original_dst",
                  "default_filter_chain", "access_logs", "inspectors_disabled", "selects_chains",
-                 "local_address")
+                 "local_address", "chain_matcher")
 
     def __init__(self, worker, spec: dict, fd: int | None):
         """`fd` None: a listener with bind_to_port false, which has no socket of its own and
@@ -165,6 +165,9 @@ class Listener:
         self.default_filter_chain = next((c for c in self.chains if c.spec.get("default")), None)
         self.default_chain = next((c for c in self.chains if not c.match
                                    and not c.spec.get("default")), self.default_filter_chain)
+        if spec.get("internal"):        # reached by this worker's HTTP pools too
+            from .proxy.internal_listener import register
+            register(self.worker)
         self.inspectors = spec.get("inspectors") or []
         # filter_disabled: {"tls" | "http": [[start, end)]} of destination ports to skip.
         self.inspectors_disabled = spec.get("inspectors_disabled") or None
@@ -173,6 +176,12 @@ class Listener:
         # Whether a connection must be inspected or matched before its chain is known (read
         # per accepted connection: decided here, once per update).
         self.selects_chains = bool(self.inspectors) or any(c.match for c in chains)
+        # filter_chain_matcher: chains chosen by name (worker/proxy/filter_chain_matcher.py).
+        self.chain_matcher = None
+        if spec.get("chain_matcher"):
+            from .proxy.filter_chain_matcher import ChainMatcher
+            self.chain_matcher = ChainMatcher(spec["chain_matcher"])
+            self.selects_chains = True
         self.pipe_capacity = pipe_capacity_for(spec.get("buffer_limit", 1 << 20))
         scope = f"listener.{spec['stat_name']}."
         self.stat_cx_total = scope + "downstream_cx_total"

@@ -42,7 +42,7 @@ worker filter's registered name and its config:
 
 from __future__ import annotations
 
-from . import ext_authz, protos
+from . import connect_filters, ext_authz, protos
 from .fields import check_fields
 from .istio_filter_types import ALPN_FILTER, AUTHN_FILTER, STATS_PLUGIN
 from .istio_types import unknown_field_errors, unknown_field_numbers
@@ -244,6 +244,7 @@ TRANSLATORS = {CORS_TYPE: _cors, GRPC_STATS_TYPE: _grpc_stats, ALPN_FILTER: _alp
 # Istio's filters that come as a TypedStruct: type_url -> translate(value dict, path, ...).
 TYPED_STRUCT_TRANSLATORS = {PEER_METADATA: _peer_metadata, WASM_HTTP_TYPE: _wasm_value,
                             STATS_PLUGIN: _istio_stats_value}
+TYPED_STRUCT_TRANSLATORS.update(connect_filters.TYPED_STRUCT_FILTERS)     # connect_authority / _baggage
 
 
 # --- per-route config ------------------------------------------------------------------------
@@ -260,6 +261,10 @@ def translate_per_filter_config(config_map, path, errors, warnings=None):
     result = {}
     for name in sorted(config_map):
         here = f"{path}[{name}]"
+        authority = connect_filters.connect_authority_per_route(config_map[name], here, errors)
+        if authority is not None:                   # Istio's, in a TypedStruct
+            result[name] = authority
+            continue
         per_route = _per_route_message(config_map[name], here, errors, by_name)
         if per_route is None:
             continue

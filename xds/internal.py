@@ -19,7 +19,8 @@ SET_INTERNAL_DST = "istio.set_internal_dst_address.v1.Config"
 ORIGINAL_DST_KEY = "envoy.filters.listener.original_dst"
 
 ALLOWED_INTERNAL = {
-    "envoy.config.listener.v3.Listener": {"internal_listener": WALK},
+    # filter_chain_matcher: checked by xds/matcher_tree.py.
+    "envoy.config.listener.v3.Listener": {"internal_listener": WALK, "filter_chain_matcher": SKIP},
     "envoy.config.listener.v3.Listener.InternalListenerConfig": {},
     "envoy.config.core.v3.Address": {"envoy_internal_address": WALK},
     "envoy.config.core.v3.EnvoyInternalAddress": {"server_listener_name": WALK,
@@ -29,6 +30,10 @@ ALLOWED_INTERNAL = {
     "envoy.config.cluster.v3.Cluster": {"cleanup_interval": WALK},
     "envoy.extensions.transport_sockets.internal_upstream.v3.InternalUpstreamTransport": {
         "passthrough_metadata": SKIP, "transport_socket": SKIP},
+    # bootstrap_extensions: checked by check_bootstrap_extensions below.
+    "envoy.config.bootstrap.v3.Bootstrap": {"bootstrap_extensions": SKIP},
+    # on_new_connection: checked by translate_set_filter_state below.
+    "envoy.extensions.filters.network.set_filter_state.v3.Config": {"on_new_connection": SKIP},
 }
 
 
@@ -102,3 +107,89 @@ def internal_listener_address(pb, path, errors):
 def set_internal_dst(filter_pb, struct_type: str | None) -> bool:
     """Whether a listener filter is Istio's set_internal_dst_address (no settings)."""
     return struct_type == SET_INTERNAL_DST or filter_pb.name == "istio.set_internal_dst_address"
+
+
+# --- the network filter set_filter_state, as Istio's waypoint uses it ------------------------
+
+SET_FILTER_STATE = "envoy.extensions.filters.network.set_filter_state.v3.Config"
+LOCAL_IP_KEY = "envoy.filters.listener.original_dst.local_ip"
+_OWN_DESTINATION = (f"%FILTER_STATE({LOCAL_IP_KEY}:PLAIN)%", "%DOWNSTREAM_LOCAL_ADDRESS%")
+
+
+def translate_set_filter_state(value, path, errors, warnings, chain_pb, name):
+    """set_filter_state's on_new_connection entries -> {"type": "set_filter_state",
+    "original_dst": [ip, port] | None}. The one object Baton reads is Envoy's
+    `envoy.filters.listener.original_dst.local_ip` shared with the upstream: the original
+    destination of the internal connection a tcp_proxy of this chain makes (a waypoint's
+    main_internal passes its own on with %FILTER_STATE(<that key>:PLAIN)%, None here: Baton
+    passes a connection's destination on anyway; a literal "ip:port" replaces it). Other
+    keys, formats and NONE sharing have no reader in Baton and are refused by path."""
+    from . import protos
+    from .fields import check_fields
+    if isinstance(value, dict):
+        errors.append(f"{path}: set_filter_state in a TypedStruct not supported")
+        return None
+    protos.import_type(SET_FILTER_STATE)
+    config = protos.message_class(SET_FILTER_STATE)()
+    value.Unpack(config)
+    check_fields(config, path, errors, warnings)
+    destination = None
+    for i, entry in enumerate(config.on_new_connection):
+        here = f"{join(path, 'on_new_connection')}[{i}]"
+        if entry.object_key != LOCAL_IP_KEY or entry.factory_key:
+            errors.append(f"{join(here, 'object_key')}: {entry.object_key!r} not supported "
+                          f"(Baton reads {LOCAL_IP_KEY} only)")
+            continue
+        share = type(entry).SharedWithUpstream.Name(entry.shared_with_upstream)
+        if share == "NONE":
+            errors.append(f"{join(here, 'shared_with_upstream')}: NONE not supported (Baton "
+                          "always passes the destination to an internal listener)")
+        fmt = entry.format_string
+        which = fmt.WhichOneof("format")
+        text = (fmt.text_format if which == "text_format" else
+                fmt.text_format_source.inline_string if which == "text_format_source" and
+                fmt.text_format_source.WhichOneof("specifier") == "inline_string" else None)
+        if text is None:
+            errors.append(f"{join(here, 'format_string')}: a text format (inline) is required")
+            continue
+        text = text.strip()
+        if text in _OWN_DESTINATION:
+            destination = None
+            continue
+        from ..worker.proxy.internal_listener import _hostport
+        literal = _hostport(text) if "%" not in text else None
+        if literal is None:
+            errors.append(f"{join(here, 'format_string')}: {text!r} not supported "
+                          f"({' or '.join(_OWN_DESTINATION)}, or an ip:port)")
+            continue
+        destination = list(literal)
+    last = chain_pb.filters[len(chain_pb.filters) - 1]
+    if protos.type_name(last.typed_config.type_url) != protos.TCP_PROXY_TYPE and \
+            warnings is not None:
+        warnings.append(f"{path}: the value reaches tcp_proxy's internal connections only "
+                        "(an HTTP chain's pools are shared by connections)")
+    return {"name": name, "type": "set_filter_state", "original_dst": destination}
+
+
+
+# --- the bootstrap extension Envoy needs before it runs internal listeners --------------------
+
+INTERNAL_LISTENER_EXTENSION = "envoy.extensions.bootstrap.internal_listener.v3.InternalListener"
+
+
+def check_bootstrap_extensions(pb, errors, warnings) -> None:
+    """Bootstrap.bootstrap_extensions: Envoy's internal listener extension (directly or in a
+    TypedStruct, as Istio's bootstrap writes it) is accepted: Baton runs internal listeners
+    without it. Its buffer_size_kb is moot (the kernel's socket pair buffers the bytes:
+    worker/proxy/internal_listener.py). Any other extension is refused by path."""
+    from .network_filters import TYPED_STRUCTS
+    for i, extension in enumerate(pb.bootstrap_extensions):
+        here = f"bootstrap_extensions[{i}].typed_config"
+        type_name = protos.type_name(extension.typed_config.type_url)
+        if type_name in TYPED_STRUCTS:
+            struct = protos.message_class(type_name)()
+            extension.typed_config.Unpack(struct)
+            type_name = protos.type_name(struct.type_url)
+        if type_name != INTERNAL_LISTENER_EXTENSION:
+            errors.append(f"{here}: {type_name or 'an empty config'} not supported (the "
+                          f"bootstrap extension {INTERNAL_LISTENER_EXTENSION} only)")

@@ -228,6 +228,14 @@ NON_TERMINAL[NETWORK_RBAC] = _network_rbac
 NON_TERMINAL[STATS_PLUGIN] = _istio_stats
 NON_TERMINAL["envoy.extensions.filters.network.wasm.v3.Wasm"] = _wasm
 NON_TERMINAL[METADATA_EXCHANGE] = _metadata_exchange
+
+
+def _set_filter_state(*args):
+    from .internal import translate_set_filter_state     # a waypoint's: xds/internal.py
+    return translate_set_filter_state(*args)
+
+
+NON_TERMINAL["envoy.extensions.filters.network.set_filter_state.v3.Config"] = _set_filter_state
 NON_TERMINAL[ISTIO_AUTHN] = _istio_authn
 
 from . import bolt, dubbo, generic_proxy  # noqa: E402,F401 - register their terminal filters

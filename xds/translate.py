@@ -51,6 +51,9 @@ def translate_bootstrap(pb):
     if pb.HasField("stats_config"):
         from .stats_config import translate_stats_config
         snap["stats_config"] = translate_stats_config(pb.stats_config, "stats_config", errors, warnings)
+    if pb.bootstrap_extensions:        # envoy.bootstrap.internal_listener: xds/internal.py
+        from .internal import check_bootstrap_extensions
+        check_bootstrap_extensions(pb, errors, warnings)
     if pb.HasField("overload_manager"):
         from .overload import translate_overload_manager
         snap["overload"] = translate_overload_manager(pb.overload_manager, "overload_manager",
@@ -186,6 +189,8 @@ def translate_listener(pb, path, errors, warnings=None, clusters=None):
         # 0s: no timeout, Envoy waits for the inspectors to decide (Istio's outbound listeners).
         sniff_timeout = _duration(pb, "listener_filters_timeout", DEFAULT_SNIFF_TIMEOUT, path,
                                   errors, above=-1.0) or None
+    from .matcher_tree import translate_filter_chain_matcher    # chains chosen by name
+    chain_matcher = translate_filter_chain_matcher(pb, path, errors)
     if len(errors) > start or hostport is None or chains is None:
         return None
     default = next((c["tcp_proxy"] for c in chains if not c["match"] and not c.get("default")),
@@ -224,6 +229,7 @@ def translate_listener(pb, path, errors, warnings=None, clusters=None):
         # An internal listener: reached from this process only (worker/proxy/internal_listener.py).
         **({"internal": True, "bind_to_port": False} if internal else {}),
         **({"set_internal_dst": True} if "set_internal_dst" in extras else {}),
+        **chain_matcher,
         # Listener access logs: connections no chain matched, and TCP chains' connections.
         **({"access_log": access_log} if access_log else {}),
         # INBOUND / OUTBOUND: which side Istio's filters report as (worker/proxy/istio/).

@@ -152,28 +152,55 @@ def _stats(admin: int, prefix: str) -> dict:
 
 
 def test_connect_terminated_into_an_internal_listener(tmp_path, echo_upstream):
-    """Istio's inbound HBONE: connect_terminate's route goes to cluster main_internal, whose
-    endpoint is the internal listener main_internal (envoy_internal_address); that listener
-    picks its chain by the CONNECT's authority (the original destination, as Istio's
-    connect_authority passes it) and proxies to the workload. Baton on both ends."""
+    """Istio's inbound HBONE as a waypoint's bootstrap has it: connect_terminate's route
+    goes to cluster main_internal, whose endpoint is the internal listener main_internal
+    (envoy_internal_address); the route enables Istio's connect_authority (with
+    connect_baggage beside it, as istiod sends them), so the CONNECT's authority is the
+    internal connection's original destination; main_internal's filter_chain_matcher picks
+    the chain by that destination port, whose set_filter_state passes it on, and proxies to
+    the workload. The internal_listener bootstrap extension is there, as Envoy needs it.
+    Baton on both ends."""
     terminate_port, originate_port, end_admin = free_port(), free_port(), free_port()
     end = terminator(end_admin, terminate_port, echo_upstream, "h2")
-    route = end["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0][
-        "typed_config"]["route_config"]["virtual_hosts"][0]["routes"][0]
+    end["bootstrap_extensions"] = [{"name": "envoy.bootstrap.internal_listener", "typed_config": {
+        "@type": T + "udpa.type.v1.TypedStruct",
+        "type_url": T + "envoy.extensions.bootstrap.internal_listener.v3.InternalListener"}}]
+    hcm = end["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    hcm["http_filters"][:0] = [
+        {"name": name, "typed_config": {"@type": T + "udpa.type.v1.TypedStruct",
+                                        "type_url": T + f"io.istio.http.{name}.Config"}}
+        for name in ("connect_baggage", "connect_authority")]
+    route = hcm["route_config"]["virtual_hosts"][0]["routes"][0]
     route["route"]["cluster"] = "main_internal"
+    route["typed_per_filter_config"] = {"connect_authority": {
+        "@type": T + "udpa.type.v1.TypedStruct",
+        "type_url": T + "io.istio.http.connect_authority.Config", "value": {"enabled": True}}}
     end["static_resources"]["clusters"].append({
         "name": "main_internal", "connect_timeout": "1s", "load_assignment": {
             "cluster_name": "main_internal", "endpoints": [{"lb_endpoints": [{"endpoint": {
                 "address": {"envoy_internal_address": {"server_listener_name": "main_internal"}}}}]}]}})
-    chains = []
+    chains, by_port = [], {}
+    pass_on = {"name": "connect_authority", "typed_config": {
+        "@type": T + "envoy.extensions.filters.network.set_filter_state.v3.Config",
+        "on_new_connection": [{
+            "object_key": "envoy.filters.listener.original_dst.local_ip",
+            "format_string": {"text_format_source": {"inline_string":
+                "%FILTER_STATE(envoy.filters.listener.original_dst.local_ip:PLAIN)%"}},
+            "shared_with_upstream": "ONCE"}]}}
     for port, cluster in ((originate_port, "echo"), (9, "nowhere")):
         # Only the chain for the port the client dialled (the tunnel's authority) reaches the echo.
-        chains.append({"filter_chain_match": {"destination_port": port}, "filters": [{
+        chains.append({"name": f"inbound_{port}", "filters": [pass_on, {
             "name": "envoy.filters.network.tcp_proxy", "typed_config": {
                 "@type": TCP_PROXY, "stat_prefix": f"inbound_{port}", "cluster": cluster}}]})
+        by_port[str(port)] = {"action": {"name": f"inbound_{port}", "typed_config": {
+            "@type": T + "google.protobuf.StringValue", "value": f"inbound_{port}"}}}
     end["static_resources"]["clusters"].append(static_cluster("nowhere", 9))
     end["static_resources"]["listeners"].append(
-        {"name": "main_internal", "internal_listener": {}, "filter_chains": chains})
+        {"name": "main_internal", "internal_listener": {}, "filter_chains": chains,
+         "filter_chain_matcher": {"matcher_tree": {
+             "input": {"name": "port", "typed_config": {"@type": T + "envoy.extensions.matching."
+                                                        "common_inputs.network.v3.DestinationPortInput"}},
+             "exact_match_map": {"map": by_port}}}})
     started = []
     try:
         started.append(_start("baton", tmp_path / "end", end))

@@ -47,12 +47,15 @@ def test_an_internal_listener_has_no_address_and_no_socket():
     assert errors == ["x.address: an internal listener has no address"]
 
 
-def test_filter_chain_matcher_is_refused_with_its_path():
+def test_filter_chain_matcher_needs_named_chains():
+    """Supported now (tests/unit/test_filter_chain_matcher.py); Envoy's rule stays: the
+    chains it picks by name must all be uniquely named."""
     _, errors = _translate(translate_listener, {
         "name": "main_internal", "internal_listener": {}, "filter_chains": [{"filters": [TCP]}],
         "filter_chain_matcher": {"on_no_match": {"action": {"name": "a", "typed_config": {
             "@type": T + "google.protobuf.StringValue", "value": "a"}}}}}, protos.Listener)
-    assert errors == ["x.filter_chain_matcher: not supported"]
+    assert errors == ["x.filter_chains[0].name: a filter_chain_matcher needs every filter "
+                      "chain uniquely named"]
 
 
 def test_internal_endpoints_keep_their_listener_id_and_original_destination():

@@ -20,9 +20,18 @@ authority). The peer is the connecting side's client.
 from __future__ import annotations
 
 import errno
+import os
 import socket
 
 PREFIX = "internal:"
+
+# loop -> the worker that runs on it, registered by its internal listeners: an HTTP pool
+# (worker/proxy/http/pool.py) knows its loop, not its worker.
+_WORKERS: dict = {}
+
+
+def register(worker) -> None:
+    _WORKERS[id(worker.loop)] = worker
 
 
 def is_internal(host) -> bool:
@@ -45,6 +54,22 @@ def connect(worker, cluster, host, peer, destination=None) -> socket.socket:
     _accept(worker, listener, theirs, tuple(peer[:2]) if peer else ("127.0.0.1", 0),
             tuple(destination[:2]) if destination else ("0.0.0.0", 0))
     return ours
+
+
+def connect_into(sock: socket.socket, loop, cluster, host) -> None:
+    """An HTTP pool's connect: `sock` (AF_UNIX, unconnected) becomes the connecting side's end
+    of a new connection to `host`'s internal listener, in place (dup2), so the pool's socket
+    object, timeouts and TLS carry on unchanged. A pool's connection serves many requests, so
+    it has no one client: the peer is unknown and the destination is only what the host's
+    metadata passes (set_internal_dst_address)."""
+    worker = _WORKERS.get(id(loop))
+    if worker is None:
+        raise ConnectionRefusedError(errno.ECONNREFUSED, "no internal listener on this worker")
+    ours = connect(worker, cluster, host, None)
+    try:
+        os.dup2(ours.fileno(), sock.fileno())
+    finally:
+        ours.close()
 
 
 def _passes_host_metadata(cluster) -> bool:
@@ -70,3 +95,12 @@ def _accept(worker, listener, client, peer, original) -> None:
         worker.connections[conn_id] = Inspection(worker, listener, client, peer, original, conn_id)
         return
     worker.start_connection(listener, listener.default_chain, client, peer, original)
+
+
+def chain_destination(chain, original):
+    """The destination a tcp_proxy of `chain` passes to an internal listener: a literal
+    set_filter_state gave (xds/internal.py), else the connection's own."""
+    for entry in chain.network_filters:
+        if entry.get("type") == "set_filter_state" and entry.get("original_dst"):
+            return tuple(entry["original_dst"])
+    return original

@@ -330,7 +330,7 @@ class TcpProxyConnection(Connection):
         self.timer = self.loop.call_later(cluster.connect_timeout, self._on_connect_timeout)
 
     def _connect_internal(self) -> None:
-        from .internal_listener import connect
+        from .internal_listener import chain_destination, connect
         cluster, host = self.cluster, self.host
         self.stats.counters[cluster.stat["upstream_cx_total"]] += 1
         self.stats.gauges[cluster.stat["upstream_cx_active"]] += 1
@@ -339,7 +339,8 @@ class TcpProxyConnection(Connection):
         host.total += 1
         self.timer = self.loop.call_later(cluster.connect_timeout, self._on_connect_timeout)
         try:
-            self.upstream = connect(self.worker, cluster, host, self.peer, self.original)
+            self.upstream = connect(self.worker, cluster, host, self.peer,
+                                    chain_destination(self.chain, self.original))
         except OSError as exc:
             self.upstream = socket.socket()     # released by _connect_failed
             self._connect_failed(exc.strerror or str(exc))

@@ -257,3 +257,25 @@ class TcpTunnelConnection(asyncio.Protocol):
 
     def data_to_send(self) -> bytes:
         return b""
+
+
+def connect_destination(route, authority: str):
+    """Where the internal connection of a terminated CONNECT goes: its authority as an
+    (ip, port), when the route (or its virtual host) enables Istio's connect_authority, with
+    that config's port instead of the authority's when it names one; None otherwise (as in
+    Envoy, the internal listener then has no original destination to restore)."""
+    config = None
+    for level in getattr(route, "per_filter", None) or ():     # (the route's, its vhost's)
+        for value in (level or {}).values():
+            if isinstance(value, dict) and "connect_authority" in value:
+                config = value["connect_authority"]
+                break
+        if config is not None:
+            break
+    if config is None:
+        return None
+    host, _, port = (authority or "").rpartition(":")
+    if not host or not port.isdigit():
+        host, port = authority or "", ""
+    port = config.get("port") or (int(port) if port.isdigit() else None)
+    return (host.strip("[]"), port) if host and port else None

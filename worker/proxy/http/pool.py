@@ -428,13 +428,16 @@ class HostPool:
     async def _open(self) -> None:
         cluster, host, loop = self.cluster, self.host, self.loop
         conn = UpstreamConnection(self)
-        family = socket.AF_INET6 if ":" in host.address else socket.AF_INET
+        internal = host.address.startswith("internal:")     # a listener of this worker
+        family = socket.AF_UNIX if internal else \
+            socket.AF_INET6 if ":" in host.address else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
         failure = None
         layer = None
         try:
             sock.setblocking(False)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if not internal:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if self.mark:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, self.mark)
             try:
@@ -504,7 +507,11 @@ class HostPool:
         """Connect, then, for a TLS pool, run the client handshake over the socket: the
         record layer that carries the session on (None for plain TCP)."""
         loop, host = self.loop, self.host
-        await loop.sock_connect(sock, (host.address, host.port))
+        if host.address.startswith("internal:"):
+            from ..internal_listener import connect_into
+            connect_into(sock, loop, self.cluster, host)
+        else:
+            await loop.sock_connect(sock, (host.address, host.port))
         if self.tls is None:
             return None
         from ...tls.client import ClientConnect

@@ -492,9 +492,9 @@ class Router:
         stream.info.upstream_host = host.stat_id
         stream.info.attempts += 1
         if self.route.connect_terminate and stream.request.method == "CONNECT":
-            from .connect_tunnel import TcpUpstream     # the CONNECT's bytes go over TCP
+            from .connect_tunnel import TcpUpstream, connect_destination  # bytes over TCP
             pool = TcpUpstream(stream.worker, cluster, host, stream.conn.peer,
-                               _authority_address(stream.request.authority))
+                               connect_destination(self.route, stream.request.authority))
         else:
             pool = stream.worker.http_pools.get(cluster, host, stream.request.version == "2",
                                                 stream.request,     # auto_sni: its Host
@@ -796,9 +796,3 @@ def stream_duration(route, request, hcm) -> float | None:
     if msd["grpc_offset"] and timeout > msd["grpc_offset"]:
         timeout -= msd["grpc_offset"]
     return timeout or None
-
-
-def _authority_address(authority: str):
-    """A CONNECT's authority as an (ip, port) destination, or None when it is not one."""
-    host, _, port = (authority or "").rpartition(":")
-    return (host.strip("[]"), int(port)) if port.isdigit() and host else None
