@@ -124,14 +124,11 @@ def translate_set_filter_state(value, path, errors, warnings, chain_pb, name):
     main_internal passes its own on with %FILTER_STATE(<that key>:PLAIN)%, None here: Baton
     passes a connection's destination on anyway; a literal "ip:port" replaces it). Other
     keys, formats and NONE sharing have no reader in Baton and are refused by path."""
-    from . import protos
     from .fields import check_fields
-    if isinstance(value, dict):
-        errors.append(f"{path}: set_filter_state in a TypedStruct not supported")
+    from .network_filters import unpack_native
+    config = unpack_native(value, SET_FILTER_STATE, path, errors, "set_filter_state")
+    if config is None:
         return None
-    protos.import_type(SET_FILTER_STATE)
-    config = protos.message_class(SET_FILTER_STATE)()
-    value.Unpack(config)
     check_fields(config, path, errors, warnings)
     destination = None
     for i, entry in enumerate(config.on_new_connection):

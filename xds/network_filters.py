@@ -199,6 +199,18 @@ def _wasm(value, path, errors, warnings, chain_pb, name):
     return None
 
 
+def unpack_native(value, type_name, path, errors, what):
+    """A non-terminal filter's typed_config as its `type_name` message; None (and an error)
+    when it came in a TypedStruct (`value` is then its JSON dict)."""
+    if isinstance(value, dict):
+        errors.append(f"{path}: {what} in a TypedStruct not supported")
+        return None
+    protos.import_type(type_name)
+    msg = protos.message_class(type_name)()
+    value.Unpack(msg)
+    return msg
+
+
 def _network_rbac(value, path, errors, warnings, chain_pb, name):
     """envoy.filters.network.rbac: evaluated when a tcp_proxy connection starts
     (worker/proxy/rbac_network.py); on a chain that ends in another filter it is refused."""
@@ -208,12 +220,9 @@ def _network_rbac(value, path, errors, warnings, chain_pb, name):
         errors.append(f"{path}: network RBAC runs on tcp_proxy chains only in Baton (this "
                       f"chain ends in {last.name})")
         return None
-    if isinstance(value, dict):
-        errors.append(f"{path}: network RBAC in a TypedStruct not supported")
+    msg = unpack_native(value, NETWORK_RBAC, path, errors, "network RBAC")
+    if msg is None:
         return None
-    protos.import_type(NETWORK_RBAC)
-    msg = protos.message_class(NETWORK_RBAC)()
-    value.Unpack(msg)
     config = translate_network_rbac(msg, path, errors)
     if config is None:
         return None

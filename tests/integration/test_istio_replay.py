@@ -95,3 +95,44 @@ def test_every_route_configuration_istiod_sent_is_acked(tmp_path, plane):  # noq
         assert "Traceback" not in baton.log
     finally:
         baton.stop()
+
+
+WAYPOINT = "waypoint-istio-1.21-istioctl-proxyconfig-testdata"
+
+
+def test_the_waypoints_resources_are_acked(tmp_path, plane):  # noqa: F811
+    """W21, an ambient waypoint, whole over ADS: its cluster of envoy_internal_address
+    endpoints, their endpoint set and its listeners (main_internal: internal_listener,
+    filter_chain_matcher, set_filter_state, set_internal_dst_address) are ACKed. Its one
+    bound listener (:15021) gets a free port."""
+    from .conftest import free_port
+    if not DUMPS.is_dir():
+        pytest.skip(f"no Istio dumps at {DUMPS}")
+    acceptance = _acceptance()
+    encoded, _ = acceptance.encode_dumps([str(DUMPS / f"{WAYPOINT}.json")])
+    classes = {"clusters": (CLUSTER, protos.Cluster), "endpoints": (ENDPOINT, protos.ClusterLoadAssignment),
+               "listeners": (LISTENER, protos.Listener)}
+    by_type: dict = {}
+    for _label, kind, _name, data, failure in encoded:
+        if kind in classes:
+            assert failure is None, (kind, failure)
+            type_url, cls = classes[kind]
+            message = cls.FromString(data)
+            if kind == "listeners" and message.HasField("address"):
+                message.address.socket_address.address = "127.0.0.1"
+                message.address.socket_address.port_value = free_port()
+            by_type.setdefault(type_url, []).append(message)
+    assert [m.name for m in by_type[LISTENER]].count("main_internal") == 1
+    for type_url in (CLUSTER, ENDPOINT, LISTENER):
+        plane.set_resources(type_url, by_type[type_url], "1")
+    plane.set_resources(ROUTE, [], "1")
+    baton = start_baton(tmp_path, plane.port)
+    try:
+        for type_url in (CLUSTER, ENDPOINT, LISTENER):
+            wait_until(lambda: plane.acked(type_url, "1") or plane.nacked(type_url, "1"), 30,
+                       f"{type_url} v1 answered")
+            nack = plane.nacked(type_url, "1")
+            assert nack is None, nack["error_detail"]
+        assert "Traceback" not in baton.log
+    finally:
+        baton.stop()
