@@ -6,7 +6,9 @@ needs for internal listeners).
 The matcher listener binds 0.0.0.0, so the client picks the destination IP (127.0.0.x) and
 its own source address: an IPMatcher on the destination (most specific range first), a
 nested application-protocol map (http_inspector's 'http/1.1'), a matcher list on the source
-IP, on_no_match at each level; a second listener picks by destination port. Each chain's
+IP, on_no_match at each level; a second listener picks by destination port; a third checks
+the fall-backs (a prefix map tries a shorter prefix when the longest one's nested matcher
+fails; an exclusive IP range is not tried after a more specific one failed). Each chain's
 connection manager answers with its own name, except "loopback", whose route goes to a
 cluster of `envoy_internal_address` endpoints: the internal listener "inner" answers then.
 """
@@ -77,11 +79,32 @@ def matcher_bootstrap(ports, admin):
                    "input": net_input("DestinationPortInput"), "exact_match_map": {"map": {
                        str(ports["ports"]): chain_action("own-port"),
                        "1": chain_action("other-port")}}}}}
+    # A nested matcher that fails under the longest prefix, or under the most specific range:
+    # a shorter prefix is tried next; a less specific range only when it is not exclusive.
+    h2c_only = {"matcher_tree": {"input": net_input("ApplicationProtocolInput"),
+                                 "exact_match_map": {"map": {"'h2c'": chain_action("h2c")}}}}
+    fallbacks = {"name": "fallbacks",
+                 "address": {"socket_address": {"address": "0.0.0.0", "port_value": ports["fallbacks"]}},
+                 "listener_filters": matcher["listener_filters"],
+                 "filter_chains": [hcm_chain(n) for n in ("h2c", "short-prefix", "wide", "none")],
+                 "filter_chain_matcher": {"matcher_list": {"matchers": [
+                     {"predicate": {"single_predicate": {"input": net_input("DestinationIPInput"),
+                                                         "value_match": {"prefix": "127.0.0."}}},
+                      "on_match": {"matcher": {"matcher_tree": {
+                          "input": net_input("DestinationIPInput"), "prefix_match_map": {"map": {
+                              "127.0.0.5": {"matcher": h2c_only},
+                              "127.0.0.": chain_action("short-prefix")}}}}}}]},
+                     "on_no_match": {"matcher": ip_matcher([
+                         {"ranges": [{"address_prefix": "127.0.1.6", "prefix_len": 32}],
+                          "on_match": {"matcher": h2c_only}},
+                         {"ranges": [{"address_prefix": "127.0.0.0", "prefix_len": 8}],
+                          "on_match": chain_action("wide"), "exclusive": True}])
+                         | {"on_no_match": chain_action("none")}}}}
     inner = {"name": "inner", "internal_listener": {}, "filter_chains": [hcm_chain("inner")]}
     internal_cluster = {"name": "inner", "connect_timeout": "1s", "load_assignment": {
         "cluster_name": "inner", "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {
             "envoy_internal_address": {"server_listener_name": "inner"}}}}]}]}}
-    config = bootstrap(admin, [matcher, by_port, inner], [internal_cluster])
+    config = bootstrap(admin, [matcher, by_port, fallbacks, inner], [internal_cluster])
     config["bootstrap_extensions"] = [{"name": "envoy.bootstrap.internal_listener",
                                        "typed_config": {"@type": INTERNAL_EXTENSION}}]
     return config
@@ -90,7 +113,7 @@ def matcher_bootstrap(ports, admin):
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory):
     p = ProxyPair(tmp_path_factory.mktemp("diff-chain-matcher"), matcher_bootstrap,
-                  ["matcher", "ports"])
+                  ["matcher", "ports", "fallbacks"])
     yield p
     p.stop()
 
@@ -130,4 +153,18 @@ def test_the_chain_of_the_destination_port(pair):
 
     def expect(obs):
         assert obs == {"status": 200, "body": "own-port"}, obs
+    differential(pair, run, expect)
+
+
+@pytest.mark.parametrize("destination, expected", [
+    ("127.0.0.5", "short-prefix"),  # the longest prefix's nested matcher fails: a shorter one
+    ("127.0.1.6", "none"),          # the /32's nested matcher fails; the /8 is exclusive
+    ("127.0.1.7", "wide"),          # only the /8 matches
+])
+def test_the_matchers_fall_backs(pair, destination, expected):
+    def run(target):
+        return get(destination, target.ports["fallbacks"])
+
+    def expect(obs):
+        assert obs == {"status": 200, "body": expected}, obs
     differential(pair, run, expect)
