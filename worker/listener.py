@@ -115,13 +115,16 @@ class Listener:
         self.sock = None
         # The (host, port) every accepted connection has as its local address when the socket
         # is bound to one address (not 0.0.0.0 or ::): read once here instead of by a
-        # getsockname per connection; None: each connection asks its own socket.
+        # getsockname per connection; None: each connection asks its own socket. Not for a
+        # transparent listener: TPROXY gives each connection its original destination as its
+        # local address, whatever the listener is bound to.
         self.local_address = None
         if fd is not None:
             self.sock = socket.socket(self.family, socket.SOCK_STREAM, 0, fd)
             self.sock.setblocking(False)
             bound = self.sock.getsockname()[:2]
-            if not ipaddress.ip_address(bound[0].partition("%")[0]).is_unspecified:
+            if not ipaddress.ip_address(bound[0].partition("%")[0]).is_unspecified \
+                    and not spec.get("transparent", False):
                 self.local_address = bound
         self.accepting = False
         # The overload manager's stop_accepting_connections: while held, the accept queue is

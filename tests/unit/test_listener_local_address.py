@@ -43,3 +43,19 @@ def test_a_wildcard_listener_leaves_it_to_each_connection(family, host):
         assert listener.local_address is None
     finally:
         listener.close()
+
+
+def test_a_transparent_listener_leaves_it_to_each_connection():
+    """TPROXY: an accepted connection's local address is its original destination, not the
+    address the listener is bound to."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(4)
+    worker = types.SimpleNamespace(loop=None, overload=types.SimpleNamespace(holding=False))
+    spec = {"name": "l", "address": "127.0.0.1", "port": sock.getsockname()[1], "stat_name": "l",
+            "transparent": True, "tcp_proxy": {"stat_prefix": "t", "cluster": "c"}}
+    listener = Listener(worker, spec, sock.detach())
+    try:
+        assert listener.local_address is None
+    finally:
+        listener.close()
