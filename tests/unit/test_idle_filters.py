@@ -14,7 +14,7 @@ from baton.worker.proxy.http.formatter import DEFAULT_FORMAT, _getter, _parse, c
 from baton.worker.proxy.http.local_ratelimit import LocalRateLimitFactory
 from baton.worker.proxy.http.stream_info import StreamInfo
 
-from .test_formatter import completed_info
+from .test_formatter import START, completed_info
 from .test_istio_http_filters import VHOST, route_object, routes
 
 
@@ -118,3 +118,15 @@ def test_access_log_reads_request_headers_in_one_pass_with_the_same_result():
 def _without_request(info):
     info.request = None
     return info
+
+
+def test_default_start_time_is_kept_per_millisecond_and_follows_second_and_millisecond():
+    render = compile_format("%START_TIME%")
+    lines = []
+    for start in (START, START + 0.0002, START + 0.001, START + 1.0, START + 0.0004999):
+        info = completed_info()
+        info.start_time = start
+        lines.append(render(info))
+    assert lines == ["2026-11-22T02:54:26.909Z", "2026-11-22T02:54:26.909Z",
+                     "2026-11-22T02:54:26.910Z", "2026-11-22T02:54:27.909Z",
+                     "2026-11-22T02:54:26.910Z"]
