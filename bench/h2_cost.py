@@ -18,7 +18,9 @@ e2e ROUNDS REQUESTS NAME=BATON_EXECUTABLE ...
     bench/http_bench.py's setup (Baton alone, one worker pinned to CPU 1, upstream nginx and
     h2load on CPU 0), each Baton started fresh, versions interleaved with a rotating order:
     `h2load -c10 -m10 -n REQUESTS` after 5,000 unmeasured requests; CPU of Baton's process
-    tree per request, medians.
+    tree per request, medians. With H2COST_CHAIN=mesh (here and in bench/http_cost.py's
+    e2e, which runs on the same harness) each Baton reads the bootstrap with the mesh-shaped
+    chain (bench/http_proxies.py, MESH_FILTERS).
 
 A snapshot runs with this repository's .venv: `git archive REV | tar -x -C DIR`, a
 directory P holding a symlink P/baton -> DIR, then `PYTHONPATH=P .venv/bin/python
@@ -188,6 +190,7 @@ def interleaved(rounds: int, versions: dict, measure, prefix: str) -> None:
     (up,) = free_ports(1)
     upstream = http_proxies.start_upstream(up, hb.LOAD_CPU, work)
     samples: dict[str, list[dict]] = {name: [] for name in versions}
+    chain = os.environ.get("H2COST_CHAIN", "plain")
     deadline = time.monotonic() + 1800
     try:
         for r in range(rounds):
@@ -199,7 +202,7 @@ def interleaved(rounds: int, versions: dict, measure, prefix: str) -> None:
                 rundir = work / f"{name}-{r}"
                 rundir.mkdir()
                 proc = http_proxies.launch("baton", ports, hb.PROXY_CPU, rundir,
-                                           Path(versions[name]))
+                                           Path(versions[name]), chain)
                 try:
                     s = measure(name, proc, ports)
                 finally:
