@@ -269,3 +269,28 @@ def test_generated_responses_read_again_report_as_parsed(m, method):
             break
         _fetch(pair, method, [wire])
 
+
+
+def test_a_large_read_is_not_looked_up(monkeypatch):
+    """Only reads the memos could hold are hashed: a large upload's first read is not."""
+    from baton.worker.codecs import http1
+
+    asked = []
+
+    class Spy(dict):
+        def get(self, key, default=None):
+            asked.append(len(key))
+            return super().get(key, default)
+
+    monkeypatch.setattr(http1, "KNOWN_REQUESTS", Spy())
+    monkeypatch.setattr(http1, "KNOWN_RESPONSES", Spy())
+    body = b"x" * (2 * http1_head.KNOWN_BYTES)
+    Http1ServerCodec().receive(b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: %d\r\n\r\n"
+                               % len(body) + body)
+    Http1ServerCodec().receive(WRK)
+    client = Http1ClientCodec()
+    client.send_head(Request("GET", "/", "h", Headers([]), "http", "1.1"), True)
+    client.receive(b"HTTP/1.1 200 OK\r\nX-Big: " + body + b"\r\nContent-Length: 4\r\n\r\nbody")
+    client.send_head(Request("GET", "/", "h", Headers([]), "http", "1.1"), True)
+    client.receive(NGINX)
+    assert asked == [len(WRK), NGINX.index(b"\r\n\r\n") + 4]

@@ -33,7 +33,7 @@ from collections import deque
 import httptools
 
 from .events import Body, ProtocolError, RequestHead, ResponseHead
-from .http1_head import (HOP_BY_HOP, KNOWN_REQUESTS, KNOWN_RESPONSES, KnownRequest,
+from .http1_head import (HOP_BY_HOP, KNOWN_BYTES, KNOWN_REQUESTS, KNOWN_RESPONSES, KnownRequest,
                          KnownResponse, connection_keeps_alive, lookup_head, read_request,
                          read_response, remember)
 from .message import Headers, Request, Response
@@ -278,7 +278,7 @@ class Http1ServerCodec(_Http1Output):
         if not data:
             return self._eof()
         boundary = not self._stream
-        if boundary:
+        if boundary and len(data) <= KNOWN_BYTES:   # (a large read is not hashed for nothing)
             known = KNOWN_REQUESTS.get(data)
             if known is not None and known.size <= self._max_header_bytes and \
                     known.count <= self._max_headers:
@@ -792,7 +792,7 @@ class Http1ClientCodec(_Http1Output):
             self._method != "HEAD"
         if boundary:
             end = data.find(b"\r\n\r\n") + 4
-            if end > 3:
+            if 3 < end <= KNOWN_BYTES:
                 known = KNOWN_RESPONSES.get(data[:end])
                 if known is not None and len(data) - end == known.length and \
                         known.size <= self._max_header_bytes and known.count <= self._max_headers:

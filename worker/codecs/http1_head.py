@@ -198,7 +198,7 @@ def read_response(raw: tuple) -> tuple:
 # count, which differ by listener and cluster) are checked again on each use.
 
 _KNOWN_MAX = 256            # bounded (messages come from the peers): cleared when full
-_KNOWN_BYTES = 2048         # larger heads are parsed each time, not remembered
+KNOWN_BYTES = 2048          # larger heads are parsed each time, not remembered nor looked up
 KNOWN_REQUESTS: dict = {}   # a whole bodiless request's bytes -> KnownRequest
 KNOWN_RESPONSES: dict = {}  # a response head's bytes (to its empty line) -> KnownResponse
 
@@ -227,7 +227,7 @@ class KnownResponse(NamedTuple):
 
 
 def remember(memo: dict, key: bytes, known) -> None:
-    if len(key) <= _KNOWN_BYTES:
+    if len(key) <= KNOWN_BYTES:
         if len(memo) >= _KNOWN_MAX:
             memo.clear()
         memo[key] = known
