@@ -11,23 +11,17 @@ binds no socket (`bind_to_port: false`).
 from __future__ import annotations
 
 import importlib.util
-import os
 from pathlib import Path
 
 import pytest
 
 from baton.xds import protos
+from ..istio_dumps import DUMPS
 from ..waiting import wait_until
 from ..xds_support.control_plane import CLUSTER, ENDPOINT, LISTENER, ROUTE
 from .test_xds import HCM, ROUTER, plane, start_baton  # noqa: F401 - plane: a fixture
 
 REPO = Path(__file__).resolve().parents[2]
-# Beside the repository, or where this machine keeps the team's shared folder (a clone made
-# elsewhere, e.g. by CI in /tmp, has no ../shared).
-DUMPS = next((p for p in (Path(os.environ["ISTIO_DUMPS"]) if os.environ.get("ISTIO_DUMPS") else None,
-                          REPO.parent / "shared" / "istio-dumps",
-                          Path("/work/shared/istio-dumps"))
-              if p is not None and p.is_dir()), REPO.parent / "shared" / "istio-dumps")
 FIRST_PORT = 21000          # virtual listeners bind nothing: these ports stay free
 
 

@@ -16,13 +16,14 @@ from baton.xds import protos
 from baton.xds.translate import translate_bootstrap, translate_listener
 from baton.worker.proxy.filter_chain_matcher import ChainMatcher, connection_values
 
+from ..istio_dumps import DUMPS
+
 T = "type.googleapis.com/"
 NET = T + "envoy.extensions.matching.common_inputs.network.v3."
 TCP = {"name": "envoy.filters.network.tcp_proxy",
        "typed_config": {"@type": T + "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
                         "stat_prefix": "s", "cluster": "c"}}
-DUMP = os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared", "istio-dumps",
-                    "waypoint-istio-1.21-istioctl-proxyconfig-testdata.resources.json")
+DUMP = str(DUMPS / "waypoint-istio-1.21-istioctl-proxyconfig-testdata.resources.json")
 
 
 def action(name):
