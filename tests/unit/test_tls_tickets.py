@@ -167,3 +167,31 @@ def test_where_openssl_is_unreachable_it_is_said_and_nothing_crashes(ca, pair, m
     assert not [k for k in stats.counters if ".curves." in k or ".sigalgs." in k]
     peer.feed(layer.send_data(b"still served"))
     assert peer.read_all() == b"still served"
+
+
+@pytest.mark.parametrize("first", ["data", "close_notify"])
+def test_tickets_leave_with_the_servers_first_record(ca, pair, first):
+    """As Envoy (BoringSSL) does (checked against Envoy 1.40 with openssl s_client -msg): a TLS
+    1.3 server's NewSessionTickets leave in front of its first record, data or close_notify,
+    not on their own when the handshake ends."""
+    peer = client(ca, version=TLS13)
+    accept = ServerAccept(TlsServer(spec(pair)))
+    last = None
+    for _ in range(10):
+        try:
+            peer.obj.do_handshake()
+        except ssl.SSLWantReadError:
+            pass
+        last = accept.receive(peer.take(), False)
+        peer.feed(last)
+        if accept.layer is not None:
+            break
+    layer = accept.layer
+    assert last == b""                      # the step that finished had only the tickets
+    assert layer.data_to_send() == b""      # and they wait for a record of the layer's own
+    assert not peer.obj.session.has_ticket
+    wire = layer.send_data(b"first") if first == "data" else layer.close()
+    peer.feed(wire)
+    assert peer.read_all() == (b"first" if first == "data" else b"")
+    assert peer.obj.session.has_ticket
+    assert layer.write.seq == 3             # 2 tickets, then ours

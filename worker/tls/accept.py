@@ -30,8 +30,9 @@ class HandshakeRefused(Exception):
 
 
 class HandshakeSteps:
-    """Feeding one handshake (self.handshake, a TlsHandshake) until `_hand_over` sets
-    self.layer; the server side here, the client side in client.py (TLS origination)."""
+    """Feeding one handshake (self.handshake, a TlsHandshake) until `_hand_over(out)` sets
+    self.layer and says what of the last output is to be sent now; the server side here, the
+    client side in client.py (TLS origination)."""
 
     __slots__ = ()
     peer = "peer"                           # who closed early, for the refusal's reason
@@ -46,7 +47,7 @@ class HandshakeSteps:
             raise HandshakeRefused(self._failure_of(exc), str(exc), exc.data) from None
         if hs.done:
             try:
-                self._hand_over()
+                out = self._hand_over(out)
             except HandshakeRefused as exc:
                 exc.data = out + exc.data       # our last flight, then the alert
                 raise
@@ -68,18 +69,27 @@ class ServerAccept(HandshakeSteps):
     def _failure_of(self, exc: HandshakeFailed) -> str:
         return self.server.failure_of(exc)
 
-    def _hand_over(self) -> None:
-        obj = self.handshake.ssl_object
+    def _hand_over(self, out: bytes) -> bytes:
+        """The layer, from the finished handshake whose last output was `out`; what of `out`
+        is to be sent now: not its NewSessionTickets, which the layer sends in front of its
+        first record, as Envoy sends them with its first write or its close_notify (layer.py)."""
+        hs = self.handshake
+        obj = hs.ssl_object
         try:
-            layer = self.handshake.handover()
+            layer = hs.handover()
         except HandoverError as exc:
             raise HandshakeRefused("connection_error", f"handover: {exc}") from None
         failure = self.server.verify(obj)
         if failure is not None:
             # OpenSSL accepted the certificate, its SANs do not match: the fatal alert Envoy
-            # sends for it (certificate_unknown), under the keys the session now has.
+            # sends for it (certificate_unknown), under the keys the session now has (after
+            # the tickets in `out`, which the caller sends first).
             reason = "client certificate SAN mismatch"
             raise HandshakeRefused(failure, reason, layer.abort(CERTIFICATE_UNKNOWN, reason))
+        if hs.tickets:
+            out, tickets = out[:len(out) - hs.tickets], out[len(out) - hs.tickets:]
+            layer.hold(tickets)
         self.server.count_handshake(obj)
         openssl.keep_session(obj)           # the layer goes on; OpenSSL keeps the session cached
         self.layer = layer
+        return out

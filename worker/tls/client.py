@@ -207,7 +207,7 @@ class ClientConnect(HandshakeSteps):
     def _failure_of(self, exc: HandshakeFailed) -> str:
         return self.client.failure_of(exc)
 
-    def _hand_over(self) -> None:
+    def _hand_over(self, out: bytes) -> bytes:
         obj = self.handshake.ssl_object
         failure = self.client.verify(obj, self.expected_san)
         try:
@@ -221,6 +221,7 @@ class ClientConnect(HandshakeSteps):
         self.client.count_handshake(obj)
         self.client.remember(self.sni, obj)
         self.layer = layer
+        return out
 
 
 def _dns_match(want: str, san: str) -> bool:

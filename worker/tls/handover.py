@@ -57,7 +57,7 @@ class HandoverError(Exception):
 
 class TlsHandshake:
     __slots__ = ("_obj", "_incoming", "_outgoing", "_keylog", "_in_log", "_out_log", "_last_flight",
-                 "_max_bytes", "server_side", "done")
+                 "_max_bytes", "server_side", "done", "tickets")
 
     def __init__(self, context: ssl.SSLContext, keylog: KeyLog, *, server_side: bool,
                  server_hostname: str | None = None, max_bytes: int = MAX_HANDSHAKE_BYTES,
@@ -74,6 +74,10 @@ class TlsHandshake:
         self._max_bytes = max_bytes
         self.server_side = server_side
         self.done = False
+        # After handover(): how many bytes at the end of the last step's output are the
+        # server's NewSessionTickets (records under the application secret), which a caller
+        # may leave to the layer to send (RecordLayer.hold, accept.py).
+        self.tickets = 0
 
     @property
     def ssl_object(self) -> ssl.SSLObject:
@@ -143,6 +147,10 @@ class TlsHandshake:
             "peer_certificate": obj.getpeercert(binary_form=True),
         }
         role = "server" if self.server_side else "client"
+        if suite.version == "TLSv1.3" and self.server_side and write.seq:
+            tail = sent[self._last_flight:]
+            if len(split_records(tail)[0]) == write.seq:    # the last flight is the tickets
+                self.tickets = len(tail)
         return RecordLayer(suite, role, read, write, pending_in=unconsumed, info=info)
 
     def _tls13_protections(self, suite, secrets, consumed, sent):

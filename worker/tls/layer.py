@@ -7,13 +7,17 @@
     wire = layer.send_data(plaintext)   # every record queued so far, in sequence order,
                                         # and the KeyUpdate the peer asked for, if it did
     wire = layer.data_to_send()         # what receive_data queued, if nothing is sent after
+                                        # (b"" while only held records wait: see hold())
     wire = layer.update_keys()          # TLS 1.3 KeyUpdate, update_requested by default
     wire = layer.close()                # close_notify
 
 Rules of this file:
 - Every record this layer produces goes through one outgoing queue, so bytes always leave in
   sequence-number order: a KeyUpdate sealed under the old key precedes data sealed under the
-  new one.
+  new one. Held records (`hold()`: a server's NewSessionTickets, sealed by OpenSSL before the
+  handover) go out in front of the layer's first record of its own, whatever it is, and not
+  on their own: as Envoy (BoringSSL) sends its tickets with its first write or its
+  close_notify (checked against Envoy 1.40), and a connection spares a send of its own.
 - Bad input raises `TLSAlert` and nothing else; the fatal alert for the peer is queued first,
   and the plaintext that arrived before the bad record is on the exception (`.data`). After
   an alert the layer is dead: every later call raises the same alert.
@@ -53,7 +57,7 @@ KEY_UPDATE_AFTER_RECORDS = 1 << 24
 class RecordLayer:
     __slots__ = ("suite", "role", "read", "write", "info", "peer_closed", "closed", "error", "_tls13",
                  "key_updates_received", "tickets_received", "_reader", "_handshake", "_out",
-                 "_update_owed")
+                 "_update_owed", "_held")
 
     def __init__(self, suite: CipherSuite, role: str, read, write, *, pending_in: bytes = b"",
                  handshake_in: bytes = b"", pending_out: bytes = b"", peer_closed: bool = False,
@@ -75,6 +79,7 @@ class RecordLayer:
         self._reader = RecordReader(limit, pending_in, self._tls13)
         self._handshake = bytearray(handshake_in)
         self._out: list[bytes] = [pending_out] if pending_out else []
+        self._held = b""                # sealed already, sent before our first own record
         # The peer asked for a KeyUpdate and ours is not sent yet. It goes out in front of our
         # next data (RFC 8446 §4.6.3), or when the peer's next handshake message arrives, which
         # is when OpenSSL 3.0 sends it too (so the differential test can compare bytes).
@@ -189,6 +194,12 @@ class RecordLayer:
 
     # -- sending --------------------------------------------------------------------------
 
+    def hold(self, records: bytes) -> None:
+        """Records sealed before this layer's first (a server's NewSessionTickets, by OpenSSL,
+        its write sequence number already past them): they go out in front of the layer's
+        first record of its own."""
+        self._held += records
+
     def send_data(self, data) -> bytes:
         """Protect `data` as application_data records of at most 2^14 bytes each."""
         if self.error is not None or self.closed:
@@ -199,7 +210,10 @@ class RecordLayer:
         write = self.write
         if (size <= MAX_PLAINTEXT and not self._out and not self._update_owed
                 and not (self._tls13 and write.seq >= KEY_UPDATE_AFTER_RECORDS)):
-            return write.seal(APPLICATION_DATA, data)      # the common case: one record
+            record = write.seal(APPLICATION_DATA, data)    # the common case: one record
+            if self._held:
+                record, self._held = self._held + record, b""
+            return record
         self._pay_update_owed()
         if type(data) is not bytes:
             data = memoryview(data)
@@ -236,6 +250,9 @@ class RecordLayer:
     def data_to_send(self) -> bytes:
         if not self._out:
             return b""
+        if self._held:
+            self._out.insert(0, self._held)
+            self._held = b""
         out = b"".join(self._out)
         self._out.clear()
         return out
@@ -276,7 +293,7 @@ class RecordLayer:
         return bytes(self._handshake)
 
     def pending_out(self) -> bytes:
-        return b"".join(self._out)
+        return self._held + b"".join(self._out)
 
     def update_owed(self) -> bool:
         return self._update_owed
