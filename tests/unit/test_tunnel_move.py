@@ -17,7 +17,8 @@ class Transport:
 
 def tunnel(accepts) -> SimpleNamespace:
     upstream = SimpleNamespace(closed=False, transport=Transport(),
-                               pool=SimpleNamespace(tls=None, http2=False))
+                               pool=SimpleNamespace(tls=None, http2=False,
+                                                    host=SimpleNamespace(address="127.0.0.1")))
     ureq = SimpleNamespace(done=False, headers_received=True, request_complete=False,
                            response_complete=False, conn=upstream)
     stream = SimpleNamespace(router=SimpleNamespace(upstream=ureq))
@@ -32,12 +33,13 @@ def test_both_sockets_move_only_to_a_receiver_that_adopts_the_record():
     assert tunnel_move.movable_upstream(older) is None
 
 
-def test_a_half_closed_or_tls_or_http2_tunnel_moves_client_only():
+def test_a_half_closed_or_tls_or_http2_or_internal_tunnel_moves_client_only():
     for change in (lambda c, u: setattr(u, "request_complete", True),
                    lambda c, u: setattr(u, "response_complete", True),
                    lambda c, u: setattr(c, "tls", object()),
                    lambda c, u: setattr(u.conn.pool, "http2", True),
                    lambda c, u: setattr(u.conn.pool, "tls", object()),
+                   lambda c, u: setattr(u.conn.pool.host, "address", "internal:inner"),
                    lambda c, u: setattr(u, "headers_received", False)):
         conn, ureq = tunnel({tunnel_move.RECORD: [1]})
         change(conn, ureq)

@@ -72,6 +72,13 @@ def connect_into(sock: socket.socket, loop, cluster, host) -> None:
         ours.close()
 
 
+def stays_in_worker(listener, host) -> bool:
+    """A connection accepted by an internal listener, or whose upstream is one: the other end
+    of its socket pair is another connection of this worker, and an AF_UNIX descriptor is no
+    socket a new worker could rebuild as its listener's, so it never moves (drains here)."""
+    return bool(listener.spec.get("internal")) or (host is not None and is_internal(host))
+
+
 def _passes_host_metadata(cluster) -> bool:
     passed = (cluster.internal_upstream or {}).get("metadata") or ()
     return any(kind == "host" and name == "envoy.filters.listener.original_dst"

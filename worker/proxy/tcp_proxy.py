@@ -495,7 +495,14 @@ class TcpProxyConnection(Connection):
     # -- the Connection interface: moving to another worker (worker/connection.py) ----------
 
     def readiness(self) -> Move:
+        if self.stays_in_worker():
+            return Move.NEVER
         return Move.NOW if self.state is OPEN or self.state is CONNECTING else Move.NEVER
+
+    def stays_in_worker(self) -> bool:
+        """Its client or its upstream is an internal listener's socket pair (internal_listener.py)."""
+        from .internal_listener import stays_in_worker
+        return stays_in_worker(self.listener, self.host)
 
     def buffered(self) -> tuple[int, int]:
         if self.pumps is None:

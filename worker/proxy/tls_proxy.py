@@ -505,7 +505,7 @@ class TlsProxyConnection(TcpProxyConnection):
     # -- the Connection interface (worker/connection.py) -------------------------------------
 
     def readiness(self) -> Move:
-        if self.paused or self.state is CLOSED:
+        if self.paused or self.state is CLOSED or self.stays_in_worker():
             return Move.NEVER
         if self.state is OPEN:
             return Move.NOW

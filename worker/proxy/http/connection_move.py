@@ -37,8 +37,8 @@ class HttpConnectionMoves:
         and its response is coming if the receiver adopts that (inflight.py); else once the
         exchange in flight ends. HTTP/2 ones (HPACK state, windows) drain instead, and so
         does the old half of a connection that already moved."""
-        if self.closed or self.moved_to is not None:
-            return Move.NEVER
+        if self.closed or self.moved_to is not None or self.listener.spec.get("internal"):
+            return Move.NEVER           # (an internal listener's socket pair stays in its worker)
         if self.codec is not None and self.codec.multiplexed and \
                 h2move.RECORD not in self.worker.handoff_accepts:
             return Move.NEVER           # a receiver that cannot continue it: GOAWAY

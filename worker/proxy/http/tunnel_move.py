@@ -31,6 +31,7 @@ import types
 
 from ...connection import Export, register
 from ..tcp_proxy import CLOSED, TcpProxyConnection, _cluster_missing
+from ..internal_listener import is_internal
 from .connect_tunnel import TcpUpstream
 
 RECORD = "http-tunnel"
@@ -52,8 +53,8 @@ def movable_upstream(conn):
     pool = up.pool if up is not None else None
     if up is None or up.closed or up.transport is None or isinstance(pool, TcpUpstream):
         return None                     # a terminated CONNECT's own TCP connection: split
-    if pool.tls is not None or pool.http2:
-        return None
+    if pool.tls is not None or pool.http2 or is_internal(pool.host):
+        return None                     # (an internal listener's end stays with its other end)
     if up.transport.get_write_buffer_size() or up.transport.is_closing():
         return None
     return ureq
