@@ -668,5 +668,16 @@ def _cluster_missing(worker, listener, fields: dict) -> str | None:
     return None
 
 
-register("tcp", TcpProxyConnection.adopt, _cluster_missing)
+def _cannot_continue(worker, listener, fields: dict) -> str | None:
+    """An open "tcp" record goes on splicing its two sockets; a chain that now tunnels
+    (tunneling_config) would make it a TunnelingConnection, whose upstream must answer a
+    CONNECT first: that cannot be sent into a stream already open. It stays and drains."""
+    index = fields.get("chain") or 0
+    chain = listener.chains[index] if index < len(listener.chains) else listener.default_chain
+    if chain is not None and (chain.tcp_proxy or {}).get("tunneling"):
+        return "its filter chain tunnels here (tunneling_config)"
+    return _cluster_missing(worker, listener, fields)
+
+
+register("tcp", TcpProxyConnection.adopt, _cannot_continue)
 register("tcp-connecting", TcpProxyConnection.adopt)
