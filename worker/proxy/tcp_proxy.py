@@ -333,20 +333,23 @@ class TcpProxyConnection(Connection):
         from .internal_listener import chain_destination, connect
         cluster, host = self.cluster, self.host
         self.stats.counters[cluster.stat["upstream_cx_total"]] += 1
+        host.total += 1
+        try:
+            upstream = connect(self.worker, cluster, host, self.peer,
+                               chain_destination(self.chain, self.original))
+        except OSError as exc:          # no such listener, EMFILE...: a refused connect
+            self._connect_failed(exc.strerror or str(exc))
+            return
+        # Active only once there is a socket: _release_upstream undoes exactly this.
+        self.upstream = upstream
         self.stats.gauges[cluster.stat["upstream_cx_active"]] += 1
         cluster.active += 1
         host.active += 1
-        host.total += 1
         self.timer = self.loop.call_later(cluster.connect_timeout, self._on_connect_timeout)
-        try:
-            self.upstream = connect(self.worker, cluster, host, self.peer,
-                                    chain_destination(self.chain, self.original))
-        except OSError as exc:
-            self.upstream = socket.socket()     # released by _connect_failed
-            self._connect_failed(exc.strerror or str(exc))
-            return
-        # Not inside the internal listener's accept; the client may have gone meanwhile.
-        self.loop.call_soon(lambda: self.state is CONNECTING and self._connected())
+        # Not inside the internal listener's accept; meanwhile the client may have gone, or
+        # the connection been exported (its upstream released): then nothing is connected.
+        self.loop.call_soon(lambda: self.state is CONNECTING and self.upstream is upstream
+                            and self._connected())
 
     def _on_connect_writable(self) -> None:
         sock = self.upstream
