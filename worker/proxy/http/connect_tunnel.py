@@ -69,20 +69,22 @@ class TcpUpstream:
         stats = self.worker.stats.counters
         gauges = self.worker.stats.gauges
         conn = TcpTunnelConnection(self)
-        family = socket.AF_INET6 if ":" in host.address else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock = None
         failure = None
         stats[cluster.stat["upstream_cx_total"]] += 1
+        # Everything that can fail is inside the try (making the socket too: EMFILE), so the
+        # waiter always hears of the failure; else the stream hung until its route timeout.
         try:
-            sock.setblocking(False)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            if self.worker.upstream_mark:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, self.worker.upstream_mark)
-            if host.address.startswith("internal:"):    # an internal listener here
+            if host.address.startswith("internal:"):    # an internal listener here: no socket
                 from ..internal_listener import connect
-                sock.close()
                 sock = connect(self.worker, cluster, host, self.peer, self.authority)
             else:
+                family = socket.AF_INET6 if ":" in host.address else socket.AF_INET
+                sock = socket.socket(family, socket.SOCK_STREAM)
+                sock.setblocking(False)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                if self.worker.upstream_mark:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, self.worker.upstream_mark)
                 bind_error = cluster.bind_source(sock)
                 if bind_error:
                     raise OSError(bind_error, os.strerror(bind_error))
@@ -95,11 +97,16 @@ class TcpUpstream:
             failure = (f"{CONNECT_FAILURE}, transport failure reason: delayed connect error: "
                        f"{exc.errno}", "upstream_cx_connect_fail")
         except asyncio.CancelledError:
-            sock.close()
+            if sock is not None:
+                sock.close()
             return
+        except Exception:               # a bug: still a failed connect, not a hung stream
+            log.exception("connect to %s failed", host.stat_id)
+            failure = (CONNECT_FAILURE, "upstream_cx_connect_fail")
         waiter = self.waiter
         if failure is not None:
-            sock.close()
+            if sock is not None:
+                sock.close()
             host.connect_fail += 1
             stats[cluster.stat[failure[1]]] += 1
             if waiter is not None:
