@@ -415,13 +415,14 @@ def publish(args, command: str, samples, memory, failures, skipped) -> None:
     raw_dir.mkdir(exist_ok=True)
     raw = {"samples": [vars(s) | {"cores": s.cores, "others": s.others, "per_core": s.per_core} for s in samples],
            "memory": [vars(m) for m in memory]}
-    (raw_dir / ("http-last.json" if args.chain == "plain" else "http-mesh-last.json")).write_text(json.dumps(raw, indent=1))
+    raw_path = raw_dir / ("http-last.json" if args.chain == "plain" else "http-mesh-last.json")
+    raw_path.write_text(json.dumps(raw, indent=1))
     if not args.no_write:
         if args.chain == "plain":
             http_report.write_section(args.results, lines)
         else:
             http_report.write_section(args.results, lines, MESH_START, MESH_END, http_report.END)
-        print(f"bench-http: wrote the HTTP section of {args.results} (raw samples in {raw_dir / 'http-last.json'})")
+        print(f"bench-http: wrote the HTTP section of {args.results} (raw samples in {raw_path})")
 
 
 def exact_command(argv: list[str]) -> str:
