@@ -12,7 +12,7 @@ so fragments are joined until the random is complete.
 
 from __future__ import annotations
 
-from .records import HANDSHAKE, split_records
+from .records import HANDSHAKE, HEADER_SIZE, split_records
 
 CLIENT_HELLO = 1
 SERVER_HELLO = 2
@@ -22,6 +22,15 @@ RANDOM_LENGTH = 32
 
 def hello_random(stream: bytes, msg_type: int) -> bytes | None:
     """The random of the hello that opens `stream`, or None if it is not there (yet)."""
+    # The usual case, a first record that is whole and holds the random: read it there
+    # instead of cutting the whole handshake (a few KiB) into records first.
+    if len(stream) >= HEADER_SIZE and stream[0] == HANDSHAKE:
+        length = int.from_bytes(stream[3:5], "big")
+        if length >= RANDOM_OFFSET + RANDOM_LENGTH and len(stream) >= HEADER_SIZE + length:
+            if stream[HEADER_SIZE] != msg_type:
+                return None
+            start = HEADER_SIZE + RANDOM_OFFSET
+            return bytes(stream[start:start + RANDOM_LENGTH])
     records, _ = split_records(stream)
     handshake = bytearray()
     for content_type, _version, _header, fragment in records:
