@@ -12,7 +12,7 @@ from collections import defaultdict
 from types import SimpleNamespace
 
 from baton.worker.proxy import internal_listener
-from baton.worker.proxy.http.connect_tunnel import TcpUpstream
+from baton.worker.proxy.http.connect_tunnel import TcpTunnelConnection, TcpUpstream
 
 
 class Waiter:
@@ -67,3 +67,34 @@ def test_an_internal_host_needs_no_socket_of_its_own(monkeypatch):
     finally:
         theirs.close()
     assert waiter.failure is None and waiter.ready is not None
+
+
+class Transport:
+    def __init__(self):
+        self.calls = []
+
+    def __getattr__(self, name):
+        return lambda *args: self.calls.append(name)
+
+
+def tunnel_connection() -> tuple[TcpTunnelConnection, Transport]:
+    worker = SimpleNamespace(stats=SimpleNamespace(counters=defaultdict(int), gauges=defaultdict(int)))
+    cluster = SimpleNamespace(stat=defaultdict(str), active=1)
+    pool = TcpUpstream(worker, cluster, SimpleNamespace(active=1))
+    conn, transport = TcpTunnelConnection(pool), Transport()
+    conn.transport = transport
+    return conn, transport
+
+
+def test_a_tunnel_whose_two_directions_ended_closes_after_its_buffered_bytes():
+    conn, transport = tunnel_connection()
+    conn.send_body(1, b"last bytes", True)
+    conn.stream_done(1, True)
+    assert transport.calls == ["write", "can_write_eof", "close"]   # no abort: no RST, no loss
+    assert conn.closed and conn.pool.cluster.active == 0
+
+
+def test_a_tunnel_whose_request_goes_on_is_reset_when_its_stream_ends():
+    conn, transport = tunnel_connection()
+    conn.stream_done(1, False)
+    assert transport.calls == ["abort"]

@@ -133,7 +133,7 @@ class TcpTunnelConnection(asyncio.Protocol):
     consumed...), since the bytes need no framing."""
 
     __slots__ = ("pool", "transport", "stream", "closed", "paused", "local", "streams",
-                 "codec", "request_ended", "counters")
+                 "codec", "request_ended", "counters", "early")
 
     def __init__(self, pool: TcpUpstream):
         self.pool = pool
@@ -145,6 +145,10 @@ class TcpTunnelConnection(asyncio.Protocol):
         self.local = None
         self.codec = self
         self.request_ended = False
+        # What the upstream sent before the stream was answered 200 ([bytes, FIN]): the socket
+        # is read from the connect on, and a greeting (even the FIN after it) could come
+        # before the stream was attached; it was lost.
+        self.early = [bytearray(), False]
         stat = pool.cluster.stat
         self.counters = (pool.worker.stats.counters, stat["upstream_cx_tx_bytes_total"],
                          stat["upstream_cx_rx_bytes_total"])
@@ -159,12 +163,16 @@ class TcpTunnelConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         counters, _, rx = self.counters
         counters[rx] += len(data)
-        if self.stream is not None:
+        if self.early is not None:          # before the 200: after it (_answer)
+            self.early[0].extend(data)
+        elif self.stream is not None:
             self.stream.on_upstream_event(Body(STREAM_ID, data, False))
             self.pool.worker.http_pools.flush_dirty()
 
     def eof_received(self):
-        if self.stream is not None:
+        if self.early is not None:
+            self.early[1] = True
+        elif self.stream is not None:
             self.stream.on_upstream_event(Body(STREAM_ID, b"", True))
             self.pool.worker.http_pools.flush_dirty()
         return True                         # keep writing: the client's half may go on
@@ -205,6 +213,13 @@ class TcpTunnelConnection(asyncio.Protocol):
     def _answer(self) -> None:
         if self.stream is not None and not self.closed:
             self.stream.on_upstream_event(ResponseHead(STREAM_ID, Response(200, Headers()), False))
+            early, self.early = self.early, None
+            if early is not None:
+                data, ended = early
+                if data:
+                    self.stream.on_upstream_event(Body(STREAM_ID, bytes(data), False))
+                if ended and self.stream is not None:
+                    self.stream.on_upstream_event(Body(STREAM_ID, b"", True))
             self.pool.worker.http_pools.flush_dirty()
 
     def flush(self) -> None:
@@ -214,10 +229,26 @@ class TcpTunnelConnection(asyncio.Protocol):
         return False
 
     def stream_done(self, stream_id: int, clean: bool) -> None:
-        """The response ended (the upstream's FIN went to the client): the connection ends."""
+        """The response ended (the upstream's FIN went to the client): the connection ends.
+        When the request had ended too, what is still buffered for the upstream goes before
+        our FIN (abort discarded it, and a RST told the upstream of an error there was not).
+        When it had not, the client's stream ends here all the same (the connection manager
+        ends a stream with its response), so the rest of the request cannot be carried: the
+        upstream is reset, as a reset stream would be."""
         self.stream = None
         self.streams = {}
-        self.abort(None)
+        if self.request_ended:
+            self._close()
+        else:
+            self.abort(None)
+
+    def _close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.pool.connection_gone()
+        if self.transport is not None:
+            self.transport.close()      # what is buffered goes first
 
     def pause_reading(self, on: bool) -> None:
         if self.transport is None or self.closed:
