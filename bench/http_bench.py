@@ -4,8 +4,9 @@
 
 (`make bench-http` installs the tools and runs this.) Each proxy runs one worker pinned to
 CPU 1; the upstream (nginx, one worker, 64-byte responses, keep-alive) and the load generators
-(wrk, h2load) share CPU 0. For each proxy, three figures: HTTP/1.1 keep-alive (wrk -c50
---latency), a new connection per request (wrk -H 'Connection: close'), HTTP/2 (h2load -c10
+(wrk, h2load) share CPU 0. For each proxy, four figures: HTTP/1.1 keep-alive (wrk -c50
+--latency), the same with every request and response different (wrk_varied.lua: what a proxy
+that remembers messages it saw cannot shortcut), a new connection per request (wrk -H 'Connection: close'), HTTP/2 (h2load -c10
 -m10, h2c prior knowledge), plus worker RSS idle and under load. Repeats are interleaved
 (baton, envoy, haproxy, nginx, baton, ...), each proxy started fresh, medians reported, and
 every rate is also given per proxy core (requests/s divided by the proxy's measured CPU use).
@@ -122,10 +123,18 @@ def _pinned(tool: str, hint: str) -> list[str]:
     return [require_tool("taskset", "install util-linux"), "-c", str(LOAD_CPU), require_tool(tool, hint)]
 
 
-def wrk_keepalive(port: int, duration: int, connections: int, scheme: str = "http") -> dict:
-    """HTTP/1.1 keep-alive: requests/s and the p50/p99 latency of wrk's --latency table."""
+VARIED = Path(__file__).resolve().parent / "wrk_varied.lua"
+
+
+def wrk_keepalive(port: int, duration: int, connections: int, scheme: str = "http",
+                  script: Path | None = None) -> dict:
+    """HTTP/1.1 keep-alive: requests/s and the p50/p99 latency of wrk's --latency table;
+    `script`: a wrk Lua script that makes the requests (VARIED: every one different)."""
     argv = _pinned("wrk", loads.APT_HINT) + ["-t", "1", "-c", str(connections), "-d", f"{duration}s",
-                                              "--timeout", "5s", "--latency", f"{scheme}://{HOST}:{port}/"]
+                                              "--timeout", "5s", "--latency"]
+    if script is not None:
+        argv += ["-s", str(script)]
+    argv.append(f"{scheme}://{HOST}:{port}/")
     out = loads._run_client(argv, duration + 30, "wrk --latency")
     m = loads._REQS.search(out)
     if not m:
@@ -291,6 +300,7 @@ def measure_proxy(name: str, run: int, args, workdir: Path, upstream: int,
             wrk_keepalive(ports.h1, args.warmup, args.connections)   # upstream pool, caches
         figures = [
             ("h1", lambda: wrk_keepalive(ports.h1, args.duration, args.connections)),
+            ("h1v", lambda: wrk_keepalive(ports.h1, args.duration, args.connections, script=VARIED)),
             ("close", lambda: wrk_close(ports.h1, args.duration, args.connections)),
         ]
         if h2_problem:
@@ -365,7 +375,12 @@ def method_lines(args) -> list[str]:
             "with a bucket of 10^9 tokens a second; the route adds a request and a response header and "
             "removes one request header; the connection manager writes an access log to a file "
             "(Envoy's default format). bench/http_proxies.py, MESH_FILTERS."]),
-        f"- **Figures.** `h1`: `wrk -t1 -c{c} -d{d}s --latency` (requests/s, p50, p99). `close`: "
+        f"- **Figures.** `h1`: `wrk -t1 -c{c} -d{d}s --latency` (requests/s, p50, p99); every "
+        f"request is the same bytes, and so is every response but its Date. `h1v`: the same with "
+        f"`-s bench/wrk_varied.lua`: each request's path and an `x-n` header carry a counter and the "
+        f"upstream echoes the path in a response header, so no message repeats (Baton remembers "
+        f"messages it parsed, worker/codecs/http1_head.py: `h1` is its best case, `h1v` its worst). "
+        f"`close`: "
         f"`wrk -t1 -c{c} -d{d}s -H 'Connection: close'` (a new client connection per request; "
         f"the upstream side stays pooled). `h2`: `h2load -t1 -c{args.h2_clients} -m{args.h2_streams} "
         f"-D{d}` (prior-knowledge h2c; h2load reports a mean, not percentiles). Before the figures, "
@@ -383,7 +398,7 @@ def method_lines(args) -> list[str]:
         "- **Memory.** RSS of the worker process (Baton's and nginx's worker; Envoy's and HAProxy's "
         "only process), and PSS summed over all the proxy's processes (master included; PSS splits "
         "the pages a forked worker shares with its master, so none is counted twice): idle = after "
-        "startup and the h2 check, under load = peak of samples every 0.5 s during the three figures.",
+        "startup and the h2 check, under load = peak of samples every 0.5 s during the figures.",
         f"- **Runs.** {args.repeats} repeat(s) interleaved across proxies ({', '.join(args.proxies)}, then "
         "again), each proxy started fresh per repeat; tables show medians (per core: the median of "
         "the per-run per-core figures).",
@@ -466,7 +481,7 @@ def main(argv: list[str]) -> int:
     os.sched_setaffinity(0, {LOAD_CPU})
     workdir = Path(tempfile.mkdtemp(prefix="baton-bench-http-"))
     keep_logs = False
-    print(f"bench-http: {args.repeats} repeats x {len(args.proxies)} proxies x 3 figures, {args.duration} s "
+    print(f"bench-http: {args.repeats} repeats x {len(args.proxies)} proxies x 4 figures, {args.duration} s "
           f"each; configs and logs in {workdir}", flush=True)
     t0 = time.monotonic()
     try:

@@ -56,7 +56,8 @@ def _nginx_paths(workdir: Path) -> str:
 
 
 def upstream_nginx_conf(port: int, workdir: Path) -> str:
-    """The origin server: one worker, keep-alive, a 64-byte 200 for every path."""
+    """The origin server: one worker, keep-alive, a 64-byte 200 for every path; under /v/
+    (the h1v figure) the response also says its path, so no two are the same bytes."""
     return f"""daemon off;
 master_process on;
 worker_processes 1;
@@ -74,6 +75,11 @@ http {{
         listen {HOST}:{port} backlog=4096;
         location / {{
             default_type text/plain;
+            return 200 "{BODY}";
+        }}
+        location /v/ {{
+            default_type text/plain;
+            add_header x-path $uri;
             return 200 "{BODY}";
         }}
     }}

@@ -30,6 +30,8 @@ class Scenario:
 
 SCENARIOS = [
     Scenario("h1", "HTTP/1.1 keep-alive, 64-byte responses", "percentiles"),
+    Scenario("h1v", "HTTP/1.1 keep-alive, every request and response different (wrk_varied.lua: "
+                    "the path and a header carry a counter, the upstream echoes the path)", "percentiles"),
     Scenario("close", "HTTP/1.1, a new connection per request (Connection: close)", ""),
     Scenario("h2", "HTTP/2 (h2c, prior knowledge)", "mean"),
 ]
