@@ -28,7 +28,16 @@ ab ROUNDS KIND NAME=PYTHONPATH_DIR ...
     Run from the repository root: `.venv/bin/python bench/tls_cost.py ab 5 ecdsa base=/tmp/a
     new=.`.
 
-Sockets, the event loop and the connection manager are not here: a py-spy profile of the
+e2e ROUNDS SECONDS NAME=PYTHONPATH_DIR ... [envoy]
+    The whole connection: for each version, Baton with one worker pinned to CPU 1 on
+    bench/tls_bench.py's bootstrap and certificates, bench/tls_handshakes.py on CPU 0 keeping
+    50 handshakes in flight (ECDSA, full, no request) for SECONDS after 2 s unmeasured; the
+    worker's CPU microseconds per connection (accept to close). `envoy` adds Envoy on the
+    same bootstrap (its one process's CPU). Versions interleaved with a rotating order, each
+    started fresh; medians. A figure per process rather than a ratio to a neighbour's, so a
+    busy machine moves it less than the per-core ratios of tls_bench.py.
+
+Sockets, the event loop and the connection manager are not in `run`: a py-spy profile of the
 worker under bench/tls_handshakes.py load shows those (bench/RESULTS.md, the TLS section).
 """
 
@@ -151,6 +160,54 @@ def ab(rounds: int, kind: str, versions: list[tuple[str, str]]) -> dict:
     return medians
 
 
+def e2e(rounds: int, seconds: int, versions: list[tuple[str, str]]) -> dict:
+    sys.path.insert(0, HERE)
+    from pathlib import Path
+
+    import psutil
+    import tls_proxies
+    from procs import free_ports, stop
+
+    work = Path(tempfile.mkdtemp(prefix="tlscost-e2e-"))
+    certs = tls_proxies.write_certificates(work)
+    upstream, sink, source = free_ports(3)
+    client = ["taskset", "-c", "0", sys.executable, os.path.join(HERE, "tls_handshakes.py")]
+    results = {name: [] for name, _ in versions}
+    for r in range(rounds):
+        for name, path in versions[r % len(versions):] + versions[:r % len(versions)]:
+            kind = "envoy" if name == "envoy" else "baton"
+            ports = tls_proxies.allocate(free_ports(5), upstream, sink, source)
+            rundir = work / f"{name}-{r}"
+            rundir.mkdir()
+            env_before = os.environ.get("PYTHONPATH")
+            os.environ["PYTHONPATH"] = path         # the version Baton's processes import
+            try:
+                proc = tls_proxies.launch(kind, ports, certs, 1, rundir,
+                                          Path(HERE).parent / ".venv" / "bin" / "baton")
+            finally:
+                if env_before is None:
+                    os.environ.pop("PYTHONPATH", None)
+                else:
+                    os.environ["PYTHONPATH"] = env_before
+            try:
+                process = psutil.Process(proc.popen.pid)
+                if kind == "baton":
+                    process = next(p for p in process.children(recursive=True)
+                                   if p.cmdline() and p.cmdline()[0].startswith("baton: worker"))
+                port = str(ports.https["ecdsa"])
+                subprocess.run(client + [port, "2", "50"], check=True, capture_output=True)
+                before = sum(process.cpu_times()[:2])
+                out = subprocess.run(client + [port, str(seconds), "50"], check=True,
+                                     capture_output=True, text=True).stdout
+                spent = sum(process.cpu_times()[:2]) - before
+                handshakes = json.loads(out)["handshakes"]
+                results[name].append(spent / handshakes * 1e6)
+                print(name, r, handshakes, round(results[name][-1], 1), "us", file=sys.stderr)
+            finally:
+                stop(proc)
+    return {name: round(statistics.median(v), 1) for name, v in results.items()}
+
+
 def _this_tree() -> str:
     directory = tempfile.mkdtemp(prefix="tlscost-")
     os.symlink(os.path.dirname(HERE), os.path.join(directory, "baton"))
@@ -176,6 +233,16 @@ def main(argv: list[str]) -> int:
             name, _, path = spec.partition("=")
             versions.append((name, _this_tree() if path == "." else os.path.abspath(path)))
         print(json.dumps(ab(int(argv[1]), argv[2], versions), indent=1))
+        return 0
+    if argv and argv[0] == "e2e" and len(argv) >= 4:
+        versions = []
+        for spec in argv[3:]:
+            name, _, path = spec.partition("=")
+            if name == "envoy":
+                versions.append((name, ""))
+                continue
+            versions.append((name, _this_tree() if path == "." else os.path.abspath(path)))
+        print(json.dumps(e2e(int(argv[1]), int(argv[2]), versions)))
         return 0
     print(__doc__, file=sys.stderr)
     return 2
