@@ -56,15 +56,12 @@ def connect_authority_per_route(any_pb, path, errors):
 def connect_baggage_filter(value, path, errors, warnings):
     """io.istio.http.connect_baggage: on a CONNECT it terminates, Istio's filter reads the
     `baggage` header (the peer workload's metadata) for the telemetry of the internal
-    listener behind it; with `propagate` the originating side writes it. Baton's istio.stats
-    does not read baggage, so the peer stays what the metadata exchange says (a warning)."""
+    listener behind it (worker/proxy/istio/connect_baggage.py); with `propagate` the
+    originating side would write it, which Baton does not (a warning)."""
     _struct_fields(value, path, errors, ("propagate",))
-    if warnings is not None:
-        warnings.append(f"{path}: the baggage header's peer metadata is not read (the "
-                        "internal listener's telemetry has the peer from the metadata "
-                        "exchange only)" + ("; baggage is not written (propagate)"
-                                            if value.get("propagate") else ""))
-    return None, None
+    if value.get("propagate") and warnings is not None:
+        warnings.append(f"{path}.propagate: baggage is not written")
+    return "istio.connect_baggage", {}
 
 
 TYPED_STRUCT_FILTERS = {CONNECT_AUTHORITY: connect_authority_filter,

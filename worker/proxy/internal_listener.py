@@ -38,9 +38,18 @@ def is_internal(host) -> bool:
     return host.address.startswith(PREFIX)
 
 
-def connect(worker, cluster, host, peer, destination=None) -> socket.socket:
+# An internal connection's client descriptor -> the peer workload the connecting side knew
+# (a terminated CONNECT's baggage: Istio's connect_baggage), for that connection's istio
+# stats (tcp_stats.py). Written (or cleared) at every internal accept, so a reused
+# descriptor never shows an older connection's peer; bounded by the descriptors.
+_PEER_WORKLOADS: dict = {}
+
+
+def connect(worker, cluster, host, peer, destination=None, peer_workload=None) -> socket.socket:
     """The connecting side's end of a new connection to `host`'s internal listener; OSError
-    (ECONNREFUSED) when this worker has no such internal listener, as a refused connect."""
+    (ECONNREFUSED) when this worker has no such internal listener, as a refused connect.
+    `peer_workload`: who the client is (istio/workload.py Workload), when the connecting
+    side was told."""
     name, _endpoint_id, local = (cluster.internal_hosts.get(host.address) or
                                  (host.address[len(PREFIX):].split("/", 1)[0], "", None))
     listener = worker.listeners.get(name)
@@ -51,6 +60,10 @@ def connect(worker, cluster, host, peer, destination=None) -> socket.socket:
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     ours.setblocking(False)
     theirs.setblocking(False)
+    if peer_workload is not None:
+        _PEER_WORKLOADS[theirs.fileno()] = peer_workload
+    else:
+        _PEER_WORKLOADS.pop(theirs.fileno(), None)
     _accept(worker, listener, theirs, tuple(peer[:2]) if peer else ("127.0.0.1", 0),
             tuple(destination[:2]) if destination else ("0.0.0.0", 0))
     return ours
@@ -70,6 +83,13 @@ def connect_into(sock: socket.socket, loop, cluster, host) -> None:
         os.dup2(ours.fileno(), sock.fileno())
     finally:
         ours.close()
+
+
+def peer_workload(conn):
+    """The peer workload an internal connection's connecting side passed, or None."""
+    if not conn.listener.spec.get("internal"):
+        return None
+    return _PEER_WORKLOADS.get(conn.client.fileno())
 
 
 def stays_in_worker(listener, host) -> bool:

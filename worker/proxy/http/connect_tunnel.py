@@ -36,11 +36,12 @@ STREAM_ID = 1       # one stream per connection; the router only hands the id ba
 class TcpUpstream:
     """The "pool" of one terminated CONNECT: a single TCP connection to `host`."""
 
-    __slots__ = ("worker", "cluster", "host", "conn", "task", "waiter", "peer", "authority")
+    __slots__ = ("worker", "cluster", "host", "conn", "task", "waiter", "peer", "authority",
+                 "peer_workload")
 
     http2 = False
 
-    def __init__(self, worker, cluster, host, peer=None, authority=None):
+    def __init__(self, worker, cluster, host, peer=None, authority=None, peer_workload=None):
         self.worker = worker
         self.cluster = cluster
         self.host = host
@@ -48,6 +49,7 @@ class TcpUpstream:
         # (its authority, as Istio's connect_authority filter passes it on).
         self.peer = peer
         self.authority = authority
+        self.peer_workload = peer_workload  # the CONNECT's baggage (Istio's connect_baggage)
         self.conn = None
         self.task = None
         self.waiter = None
@@ -77,7 +79,8 @@ class TcpUpstream:
         try:
             if host.address.startswith("internal:"):    # an internal listener here: no socket
                 from ..internal_listener import connect
-                sock = connect(self.worker, cluster, host, self.peer, self.authority)
+                sock = connect(self.worker, cluster, host, self.peer, self.authority,
+                               self.peer_workload)
             else:
                 family = socket.AF_INET6 if ":" in host.address else socket.AF_INET
                 sock = socket.socket(family, socket.SOCK_STREAM)
@@ -295,6 +298,13 @@ class TcpTunnelConnection(asyncio.Protocol):
 
     def data_to_send(self) -> bytes:
         return b""
+
+
+def connect_peer(stream):
+    """The peer workload the CONNECT's baggage names, where the connection manager runs
+    Istio's connect_baggage (istio/connect_baggage.py); else None."""
+    from ..istio.connect_baggage import baggage_peer
+    return baggage_peer(stream)
 
 
 def connect_destination(route, authority: str):

@@ -492,9 +492,10 @@ class Router:
         stream.info.upstream_host = host.stat_id
         stream.info.attempts += 1
         if self.route.connect_terminate and stream.request.method == "CONNECT":
-            from .connect_tunnel import TcpUpstream, connect_destination  # bytes over TCP
-            pool = TcpUpstream(stream.worker, cluster, host, stream.conn.peer,
-                               connect_destination(self.route, stream.request.authority))
+            from .connect_tunnel import TcpUpstream, connect_destination, connect_peer
+            pool = TcpUpstream(stream.worker, cluster, host, stream.conn.peer,      # bytes over TCP
+                               connect_destination(self.route, stream.request.authority),
+                               connect_peer(stream))
         else:
             pool = stream.worker.http_pools.get(cluster, host, stream.request.version == "2",
                                                 stream.request,     # auto_sni: its Host

@@ -10,6 +10,7 @@ until the TCP metadata exchange tells it (not implemented: Istio's istio-peer-ex
 
 from __future__ import annotations
 
+from ..internal_listener import peer_workload as internal_peer
 from .direction import local_node
 from .http_stats import mesh_side
 from .metrics import IstioMetrics, service_of
@@ -56,8 +57,9 @@ class TcpStats:
     def key(self, conn) -> tuple:
         gateway = next((f.get("reporter") for f in conn.chain.network_filters
                         if f.get("type") == KIND), None)
+        peer = internal_peer(conn)  # an internal connection's, from a CONNECT's baggage
         reporter, source, source_principal, destination, destination_principal, policy = \
-            mesh_side(_Downstream(conn), self.local, UNKNOWN_WORKLOAD, reporter=gateway)
+            mesh_side(_Downstream(conn), self.local, peer or UNKNOWN_WORKLOAD, reporter=gateway)
         service = service_of(getattr(conn.cluster, "metadata", None), None, False)
         return (reporter, source, source_principal, destination, destination_principal, service,
                 (("request_protocol", "tcp"), ("response_flags", "-"),
