@@ -11,7 +11,7 @@ import pytest
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from baton.worker.tls.accept import HandshakeRefused
-from baton.worker.tls.client import ClientConnect, TlsClient
+from baton.worker.tls.client import EXCHANGE_ALPN, ClientConnect, TlsClient
 from baton.worker.tls.state import export_state, import_state
 
 from ..tls_certs import SPIFFE_ID, leaf, make_ca, spiffe_leaf
@@ -186,3 +186,19 @@ def test_tls_params_reach_the_handshake():
     with pytest.raises(HandshakeRefused) as info:
         run(ClientConnect(too_new, "backend.example"), old_server)
     assert info.value.counter == "connection_error"
+
+
+def test_sessions_are_kept_per_alpn_list_as_their_contexts_are():
+    """One context per ALPN list (tcp_proxy's metadata exchange list, an HTTP pool's own): a
+    session made under one must not be offered under another (Python refuses it: "Session
+    refers to a different SSLContext") and resumes under its own."""
+    client, counters = client_with_stats(max_version="TLSv1_2", alpn=[],
+                                         exchange_alpn=["istio-peer-exchange", "istio"])
+    ctx, _ = server(alpn=["istio-peer-exchange", "istio", "h2", "http/1.1"])
+    run(ClientConnect(client, "backend.example", EXCHANGE_ALPN), MemoryPeer(ctx, server_side=True))
+    run(ClientConnect(client, "backend.example", ("h2",)), MemoryPeer(ctx, server_side=True))
+    assert counters["cluster.c.ssl.session_reused"] == 0
+    for alpn in (EXCHANGE_ALPN, ("h2",)):
+        run(ClientConnect(client, "backend.example", alpn), MemoryPeer(ctx, server_side=True))
+    assert counters["cluster.c.ssl.handshake"] == 4
+    assert counters["cluster.c.ssl.session_reused"] == 2

@@ -74,9 +74,10 @@ class TlsClient:
         self.scope = self.cluster_scope = ""
         self.missing = list(spec.get("missing_secrets") or ())   # secrets not yet known
         self._contexts: dict = {}           # ALPN tuple -> (SSLContext, KeyLog)
-        # SNI -> deque of SSLSession. Contexts (each with a key log pipe) are made at the
-        # first handshake that needs them: a mesh has hundreds of TLS clusters per worker,
-        # most of them never dialled.
+        # (ALPN list, SNI) -> deque of SSLSession: a session belongs to the context (one per
+        # ALPN list) that made it, and Python refuses it to any other. Contexts (each with a
+        # key log pipe) are made at the first handshake that needs them: a mesh has hundreds
+        # of TLS clusters per worker, most of them never dialled.
         self._sessions: OrderedDict = OrderedDict()
 
     def close(self) -> None:
@@ -126,16 +127,18 @@ class TlsClient:
         return entry
 
     def handshake(self, sni: str | None, alpn: tuple = ()) -> TlsHandshake:
-        context, keylog = self.context_for(self.alpn_for(alpn))
+        offered = self.alpn_for(alpn)
+        context, keylog = self.context_for(offered)
         return TlsHandshake(context, keylog, server_side=False, server_hostname=sni,
-                            session=self._session_for(sni))
+                            session=self._session_for((offered, sni)))
 
     # -- session resumption (max_session_keys) ----------------------------------------------
 
-    def _session_for(self, sni):
+    def _session_for(self, key):
+        """`key`: (the ALPN list offered, SNI)."""
         if not self.spec["max_session_keys"]:
             return None
-        kept = self._sessions.get(sni)
+        kept = self._sessions.get(key)
         return kept[-1] if kept else None
 
     def remember(self, sni, obj: ssl.SSLObject) -> None:
@@ -145,11 +148,14 @@ class TlsClient:
             return
         if obj.version() == "TLSv1.3":
             return          # its ticket comes after the handover: never complete here
-        kept = self._sessions.get(sni)
+        offered = next((alpn for alpn, (context, _) in self._contexts.items()
+                        if context is obj.context), None)
+        key = (offered, sni)
+        kept = self._sessions.get(key)
         if kept is None:
             if len(self._sessions) >= MAX_SNI_SESSIONS:
                 self._sessions.popitem(last=False)
-            kept = self._sessions[sni] = deque(maxlen=keys)
+            kept = self._sessions[key] = deque(maxlen=keys)
         if not kept or kept[-1].id != session.id:
             kept.append(session)
 

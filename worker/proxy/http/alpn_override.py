@@ -36,8 +36,8 @@ class AlpnOverride:
     def alpn_for(self, wanted: tuple) -> tuple:
         return self.alpn
 
-    # No session resumption across lists: a session belongs to the SSLContext (one per ALPN
-    # list) that made it, and the client keeps its sessions by server name only.
+    # No session resumption on an override's connections (the client keeps its sessions per
+    # ALPN list, as each list has its own SSLContext; an override's list resumes nothing).
     def _session_for(self, sni):
         return None
 
