@@ -44,3 +44,31 @@ def test_a_half_closed_or_tls_or_http2_or_internal_tunnel_moves_client_only():
         conn, ureq = tunnel({tunnel_move.RECORD: [1]})
         change(conn, ureq)
         assert tunnel_move.movable_upstream(conn) is None
+
+
+def test_an_export_that_runs_out_of_descriptors_leaves_the_upstream_reading(monkeypatch):
+    """EMFILE at the upstream socket's dup: nothing was taken, so the upstream still reads
+    (the mover keeps the tunnel here: the caller resumes the client side)."""
+    import os
+    import socket
+
+    conn, ureq = tunnel({tunnel_move.RECORD: [1]})
+    a, b = socket.socketpair()
+    reading = []
+    ureq.conn.transport.get_extra_info = lambda name: a
+    ureq.conn.transport.pause_reading = lambda: reading.append(False)
+    conn.moving_upstream = None
+
+    def no_descriptors(fd):
+        raise OSError(24, "Too many open files")
+    monkeypatch.setattr(os, "dup", no_descriptors)
+    try:
+        tunnel_move.export(conn, ureq, {})
+    except OSError:
+        pass
+    else:
+        raise AssertionError("export should have failed")
+    finally:
+        a.close()
+        b.close()
+    assert reading == [] and conn.moving_upstream is None

@@ -64,9 +64,10 @@ def export(conn, ureq, fields: dict) -> Export:
     """Pause the tunnel's upstream too and describe both sockets. The connection keeps them
     until `let_go` (adopted) or `resume` (not)."""
     up = ureq.conn
-    up.transport.pause_reading()
     sock = up.transport.get_extra_info("socket")
-    conn.moving_upstream = (ureq, os.dup(sock.fileno()))
+    fd = os.dup(sock.fileno())          # first: EMFILE here leaves the upstream reading
+    up.transport.pause_reading()
+    conn.moving_upstream = (ureq, fd)
     stream = conn.active
     return Export(RECORD, {**fields, "cluster": ureq.router.cluster.name,
                            "host": [ureq.host.address, ureq.host.port],
