@@ -424,7 +424,7 @@ def publish(args, command: str, samples, memory, failures, skipped) -> None:
              f"Machine: nproc {os.cpu_count()}, {procs.cpu_model()}, kernel {platform.release()}; "
              f"load average at the end {' '.join(f'{x:.2f}' for x in os.getloadavg())}  ",
              f"Versions: {versions()}", "", "## Method", ""] + method_lines(args) + ["", "## Results", ""]
-    lines += http_report.render(summ, memory, args.proxies, skipped, failures)
+    lines += http_report.render(summ, memory, args.proxies, skipped, failures, args.chain)
     print("\n" + "\n".join(lines))
     raw_dir = BENCH_DIR / "out"  # git-ignored
     raw_dir.mkdir(exist_ok=True)
