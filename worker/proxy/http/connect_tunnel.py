@@ -237,7 +237,8 @@ class TcpTunnelConnection(asyncio.Protocol):
         our FIN (abort discarded it, and a RST told the upstream of an error there was not).
         When it had not, the client's stream ends here all the same (the connection manager
         ends a stream with its response), so the rest of the request cannot be carried: the
-        upstream is reset, as a reset stream would be."""
+        upstream connection is dropped, as Envoy 1.40 drops it (an HTTP/2 client then gets
+        RST_STREAM NO_ERROR: test_connect_upstream_half_close.py)."""
         self.stream = None
         self.streams = {}
         if self.request_ended:
