@@ -294,3 +294,20 @@ def test_a_large_read_is_not_looked_up(monkeypatch):
     client.send_head(Request("GET", "/", "h", Headers([]), "http", "1.1"), True)
     client.receive(NGINX)
     assert asked == [len(WRK), NGINX.index(b"\r\n\r\n") + 4]
+
+
+@pytest.mark.parametrize("wire", [
+    b"DELETE /x HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    b"GET /x HTTP/1.0\r\nHost: a\r\n\r\n",
+], ids=["connection-close", "http/1.0"])
+def test_a_request_after_one_that_ends_the_connection_is_refused_as_parsed(wire):
+    """llhttp refuses bytes after a request that ends the connection (400, "Data after
+    Connection: close"); a request known by its bytes never reaches llhttp, so such a request
+    is never remembered: the same bytes again, before the answer, must not go upstream."""
+    _forget()
+    pair = Pair(Http1ServerCodec, server_state)
+    first = pair.receive(wire)
+    assert [type(e) for e in first] == [RequestHead]
+    again = pair.receive(wire)
+    assert [type(e) for e in again] == [ProtocolError] and again[0].status == 400
+    assert wire not in http1_head.KNOWN_REQUESTS

@@ -291,9 +291,12 @@ class Http1ServerCodec(_Http1Output):
         learned = self._learned
         if learned is not None:
             self._learned = None
-            # The read was this one request, whole: known by its bytes from now on.
+            # The read was this one request, whole: known by its bytes from now on. Not a
+            # request that ends the connection (Connection: close, HTTP/1.0 without
+            # keep-alive): llhttp refuses what follows it (400), and a known request never
+            # reaches llhttp, so a second request after it would go upstream.
             if boundary and len(events) == 1 and learned.size == len(data) and \
-                    not self._stream and not self._failed:
+                    not self._stream and not self._failed and learned.keep_alive:
                 remember(KNOWN_REQUESTS, data, learned)
         return events
 
