@@ -241,9 +241,10 @@ def test_network_null_vm_stats_is_istio_stats():
 
 
 def test_istio_alpn_sets_the_list_of_the_upstream_version():
-    """The route's cluster says the upstream version: HTTP/2 for an HTTP/2 cluster, the
-    downstream's with use_downstream_protocol_config, else HTTP/1.1; auto_config keeps its
-    own list (the pool reads the protocol off the negotiated name)."""
+    """The first version of Envoy's upstreamHttpProtocol picks the list: HTTP/2 for an HTTP/2
+    cluster and for auto_config (USE_ALPN lists HTTP/2 first), the downstream's with
+    use_downstream_protocol_config but HTTP/1.1 for HTTP/1.0 (Envoy has no HTTP/1.0
+    upstream), else HTTP/1.1."""
     from baton.worker.proxy.http.alpn_override import APPLICATION_PROTOCOLS, alpn_override
     from baton.worker.proxy.istio.alpn import AlpnFactory
 
@@ -259,9 +260,11 @@ def test_istio_alpn_sets_the_list_of_the_upstream_version():
         return alpn_override(info)
     assert offered(True) == ("istio-h2", "istio", "h2")
     assert offered(False) == ("istio-http/1.1", "istio", "http/1.1")
-    assert offered("downstream", "1.0") == ("istio-http/1.0", "istio", "http/1.0")
+    assert offered("downstream", "1.0") == ("istio-http/1.1", "istio", "http/1.1")
+    assert offered("downstream", "1.1") == ("istio-http/1.1", "istio", "http/1.1")
     assert offered("downstream", "2") == ("istio-h2", "istio", "h2")
-    assert offered("auto") is None and APPLICATION_PROTOCOLS == "envoy.network.application_protocols"
+    assert offered("auto") == ("istio-h2", "istio", "h2")
+    assert APPLICATION_PROTOCOLS == "envoy.network.application_protocols"
 
 
 def test_a_per_route_config_inside_a_typed_struct():

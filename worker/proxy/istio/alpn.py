@@ -2,12 +2,13 @@
 (istio/proxy's alpn filter; config: xds/http_filters_istio.py `_alpn`).
 
 Istio's server sidecars pick their HTTP filter chains by these names (istio-http/1.0,
-istio-http/1.1, istio-h2), so the client must offer them. Per request, the route's cluster
-says which version goes upstream (HTTP/2 for an HTTP/2 cluster, the downstream's with
-use_downstream_protocol_config, else HTTP/1.1), and that version's list becomes the
-request's application protocols (worker/proxy/http/alpn_override.py), which the pool's TLS
-handshake offers instead of the context's own. A cluster choosing by ALPN (auto_config)
-keeps its own list: the pool reads the protocol off the negotiated name.
+istio-http/1.1, istio-h2), so the client must offer them. Per request, the first version of
+Envoy's ClusterInfo::upstreamHttpProtocol picks the list, as istio/proxy's filter does: the
+downstream's with use_downstream_protocol_config (HTTP/1.1 for an HTTP/1.0 downstream: Envoy
+has no HTTP/1.0 upstream), HTTP/2 for an HTTP/2 cluster and for one choosing by ALPN
+(auto_config lists HTTP/2 first), else HTTP/1.1. That list becomes the request's application
+protocols (worker/proxy/http/alpn_override.py), which the pool's TLS handshake offers instead
+of the context's own; an auto_config pool still reads the protocol off the negotiated name.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from ..http.alpn_override import APPLICATION_PROTOCOLS
 from ..http.filter import FilterFactory, StreamFilter, register
 
 NAME = "istio.alpn"
-_BY_VERSION = {"1.0": "HTTP10", "1.1": "HTTP11", "2": "HTTP2"}
 
 
 @register(NAME)
@@ -45,10 +45,10 @@ class AlpnFilter(StreamFilter):
         if cluster is None:
             return None
         http2 = cluster.http2
-        if http2 == "auto":
-            return None
-        version = _BY_VERSION.get(request.version, "HTTP11") if http2 == "downstream" else \
-            "HTTP2" if http2 is True else "HTTP11"
+        if http2 == "downstream":
+            version = "HTTP2" if request.version == "2" else "HTTP11"
+        else:
+            version = "HTTP2" if http2 is True or http2 == "auto" else "HTTP11"
         names = self.overrides.get(version)
         if names:
             info = stream.info
