@@ -49,7 +49,7 @@ def connect_authority_per_route(any_pb, path, errors):
         errors.append(f"{join(path, 'value.port')}: must be a port number")
         port = 0
     if value.get("enabled") is not True:
-        return {}
+        return {"connect_authority": None}      # turned off here, whatever a wider level says
     return {"connect_authority": {"port": int(port) or None}}
 
 

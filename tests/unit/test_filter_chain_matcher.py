@@ -232,7 +232,8 @@ def test_connect_authority_per_route():
         "connect_authority": {"port": 15008}}
     struct.value.update({"enabled": False})
     packed.Pack(struct)
-    assert connect_authority_per_route(packed, "p", errors) == {} and errors == []
+    assert connect_authority_per_route(packed, "p", errors) == {"connect_authority": None}
+    assert errors == []
 
 
 def test_a_connect_authority_route_alone_passes_the_authority_on():
@@ -249,3 +250,10 @@ def test_a_connect_authority_route_alone_passes_the_authority_on():
     assert connect_destination(on_vhost, "10.1.2.3") == ("10.1.2.3", 15008)
     assert connect_destination(SimpleNamespace(per_filter=None), "10.1.2.3:8080") is None
     assert connect_destination(enabled, "10.1.2.3") is None
+    # The most specific level decides (istio/proxy's resolveMostSpecificPerFilterConfig): a
+    # route that turns it off is off, whatever its virtual host says.
+    off_on_route = SimpleNamespace(per_filter=({"c": {"connect_authority": None}},
+                                               {"c": {"connect_authority": {"port": None}}}))
+    assert connect_destination(off_on_route, "10.1.2.3:8080") is None
+    # A name is no address to restore (istio/proxy parses an IP and port, or restores nothing).
+    assert connect_destination(enabled, "reviews.default.svc:8080") is None

@@ -20,6 +20,7 @@ Backpressure is the pools': the socket's full write buffer pauses the client str
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import os
 import socket
@@ -310,21 +311,28 @@ def connect_peer(stream):
 
 def connect_destination(route, authority: str):
     """Where the internal connection of a terminated CONNECT goes: its authority as an
-    (ip, port), when the route (or its virtual host) enables Istio's connect_authority, with
-    that config's port instead of the authority's when it names one; None otherwise (as in
-    Envoy, the internal listener then has no original destination to restore)."""
-    config = None
+    (ip, port), when the most specific level that configures Istio's connect_authority (the
+    route's, else its virtual host's) enables it, with that config's port instead of the
+    authority's when it names one; None otherwise, and for an authority that is not an IP
+    address (istio/proxy restores nothing then; as in Envoy, the internal listener has no
+    original destination to restore)."""
+    found, config = False, None
     for level in getattr(route, "per_filter", None) or ():     # (the route's, its vhost's)
         for value in (level or {}).values():
             if isinstance(value, dict) and "connect_authority" in value:
-                config = value["connect_authority"]
+                found, config = True, value["connect_authority"]
                 break
-        if config is not None:
+        if found:
             break
-    if config is None:
+    if config is None:              # not configured, or turned off where it is most specific
         return None
     host, _, port = (authority or "").rpartition(":")
     if not host or not port.isdigit():
         host, port = authority or "", ""
+    host = host.strip("[]")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return None
     port = config.get("port") or (int(port) if port.isdigit() else None)
-    return (host.strip("[]"), port) if host and port else None
+    return (host, port) if port else None
