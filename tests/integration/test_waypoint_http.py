@@ -14,6 +14,8 @@ import hashlib
 import json
 import urllib.request
 
+import pytest
+
 from .conftest import Baton, free_port, static_cluster
 
 T = "type.googleapis.com/"
@@ -35,7 +37,7 @@ def action(name: str) -> dict:
         "@type": T + "google.protobuf.StringValue", "value": name}}}
 
 
-def waypoint(admin: int, port: int, workload: int) -> dict:
+def waypoint(admin: int, port: int, workload: int, bind: bool = False) -> dict:
     vip = "inbound-vip|8000|http|app.default.svc.cluster.local"
     front = {"name": "front", "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
              "filter_chains": [{"filters": [hcm("front", vip)]}]}
@@ -70,6 +72,9 @@ def waypoint(admin: int, port: int, workload: int) -> dict:
                 "server_listener_name": "main_internal", "endpoint_id": f"127.0.0.1:{workload}"}}},
             "metadata": {"filter_metadata": {"envoy.filters.listener.original_dst": {
                 "local": f"127.0.0.1:{workload}"}}}}]}]}}
+    if bind:        # as Istio binds inbound clusters to 127.0.0.6: nothing to bind internally
+        internal_cluster["upstream_bind_config"] = {"source_address": {
+            "address": "127.0.0.6", "port_value": 0}}
     return {"admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin}}},
             "bootstrap_extensions": [{"name": "envoy.bootstrap.internal_listener", "typed_config": {
                 "@type": T + "envoy.extensions.bootstrap.internal_listener.v3.InternalListener"}}],
@@ -84,9 +89,10 @@ def _stats(admin: int) -> dict:
     return {name: value for name, _, value in (line.partition(": ") for line in lines)}
 
 
-def test_http_route_through_an_internal_listener_to_the_workload(tmp_path, recorder):
+@pytest.mark.parametrize("bind", [False, True], ids=["plain", "upstream_bind_config"])
+def test_http_route_through_an_internal_listener_to_the_workload(tmp_path, recorder, bind):
     admin, port = free_port(), free_port()
-    proxy = Baton(tmp_path / "waypoint", waypoint(admin, port, recorder), concurrency=1)
+    proxy = Baton(tmp_path / "waypoint", waypoint(admin, port, recorder, bind), concurrency=1)
     proxy.start(ready_timeout=60)
     try:
         body = bytes(range(256)) * 400                      # 100 KB, every byte value

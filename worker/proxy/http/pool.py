@@ -441,7 +441,9 @@ class HostPool:
             if self.mark:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, self.mark)
             try:
-                bind_error = cluster.bind_source(sock)
+                # upstream_bind_config is an IP source address: an internal host's socket
+                # pair has none to bind (and a Unix socket would raise TypeError on it).
+                bind_error = 0 if internal else cluster.bind_source(sock)
                 if bind_error:
                     raise OSError(bind_error, os.strerror(bind_error))
                 # Envoy's connect timeout covers the TLS handshake too.
