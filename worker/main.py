@@ -255,13 +255,23 @@ class Worker:
             waiter = coroutine.send(None)
         except StopIteration:
             return
-        except Exception as exc:        # noqa: BLE001 - the socket went away meanwhile
+        except (OSError, asyncio.CancelledError) as exc:    # the socket went away; shutdown
             log.debug("worker %d: http connection %d: %s", self.id, conn.id, exc)
-            client.close()
-            self.connections.pop(conn.id, None)
-            self.stats.gauges[conn.listener.stat_cx_active] -= 1
+            self._http_not_started(conn, client)
+            return
+        except Exception:
+            log.exception("worker %d: http connection %d could not start", self.id, conn.id)
+            self._http_not_started(conn, client)
             return
         waiter.add_done_callback(lambda done: self._accepting_http(coroutine, conn, client))
+
+    def _http_not_started(self, conn, client) -> None:
+        """What a connection that never got its transport leaves: once connection_made ran,
+        the transport's close ends it (connection_lost counts it out) instead."""
+        client.close()
+        if conn.transport is None:
+            self.connections.pop(conn.id, None)
+            self.stats.gauges[conn.listener.stat_cx_active] -= 1
 
     def listener_for(self, address: tuple[str, int]):
         """Envoy's use_original_dst hand-off: the listener bound to exactly this address, or
