@@ -22,12 +22,14 @@ from __future__ import annotations
 import errno
 import os
 import socket
+import weakref
 
 PREFIX = "internal:"
 
 # loop -> the worker that runs on it, registered by its internal listeners: an HTTP pool
-# (worker/proxy/http/pool.py) knows its loop, not its worker.
-_WORKERS: dict = {}
+# (worker/proxy/http/pool.py) knows its loop, not its worker. Weak: a worker gone takes its
+# entry with it, so a later loop that happens to get the same id() never finds a dead worker.
+_WORKERS: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
 
 
 def register(worker) -> None:
