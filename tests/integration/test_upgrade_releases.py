@@ -198,7 +198,6 @@ def test_tls_tunnel_and_rpc_connections_cross_versions(release, wheels, tmp_path
 
     from ..tls_certs import leaf, make_ca
     from .clients import Http1Reader
-    from .conftest import start_ready_process
     from .rpc_peers.stream import RpcStream
     from .test_http_connect import TUNNEL_UPSTREAM
     from .test_rpc_proxy import provider
@@ -208,18 +207,18 @@ def test_tls_tunnel_and_rpc_connections_cross_versions(release, wheels, tmp_path
     venv = releases.ReleaseVenv(tmp_path / "venv")
     venv.install(wheels[release])
     ca = make_ca("ecdsa")
-    tunnel_proc, tunnel_port = start_ready_process([sys.executable, str(TUNNEL_UPSTREAM), "connect"])
+    tunnel_port = processes([sys.executable, str(TUNNEL_UPSTREAM), "connect"])   # ended by the fixture
     ports = {"https": free_port(), "connect": free_port(), "dubbo": free_port()}
     config = _mixed_bootstrap(free_port(), ports, tls_transport_socket(leaf(ca, "ecdsa"),
                                                                        alpn=["http/1.1"]),
                               recorder, tunnel_port, provider(processes, "dubbo", "P"))
     b = ReleaseBaton(venv, tmp_path / "baton", config, concurrency=1)
-    b.start()
     context = client_context(ca, alpn=["http/1.1"], version=ssl.TLSVersion.TLSv1_3)
     https = http.client.HTTPSConnection("localhost", ports["https"], timeout=20, context=context)
-    tunnel = socket.create_connection(("127.0.0.1", ports["connect"]), timeout=30)
-    rpc = None
+    tunnel = rpc = None
     try:
+        b.start()
+        tunnel = socket.create_connection(("127.0.0.1", ports["connect"]), timeout=30)
         assert b.status()["version"] == release.version
         https.request("GET", "/first")
         response = https.getresponse()
@@ -254,12 +253,11 @@ def test_tls_tunnel_and_rpc_connections_cross_versions(release, wheels, tmp_path
                         assert resumed.session_reused, "the release's session ticket did not resume"
     finally:
         https.close()
-        tunnel.close()
+        if tunnel is not None:
+            tunnel.close()
         if rpc is not None:
             rpc.stop()
         b.stop()
-        tunnel_proc.kill()
-        tunnel_proc.wait(10)
     assert rpc.errors == [], rpc.errors[:5]
     assert rpc.answered == rpc.sent
     assert "Traceback" not in b.log, b.log[-3000:]
