@@ -337,15 +337,23 @@ class TlsProxyConnection(TcpProxyConnection):
         counters[self.chain.rx_bytes] += n
         counters[self.cluster.stat["upstream_cx_tx_bytes_total"]] += n
 
-    def _on_upstream_readable(self) -> None:
+    def _recv_upstream(self) -> bytes | None:
+        """One read of the upstream socket: its bytes (b"" at its end), or None when there
+        is nothing to read yet or the read failed (the connection is failing)."""
         try:
             data = self.upstream.recv(RECV_SIZE)
         except (BlockingIOError, InterruptedError):
-            return
+            return None
         except OSError as exc:
             self.fail(f"upstream read: {exc.strerror}")
-            return
+            return None
         self.last_active = _monotonic()
+        return data
+
+    def _on_upstream_readable(self) -> None:
+        data = self._recv_upstream()
+        if data is None:
+            return
         if not data:
             self.upstream_eof = True
         else:

@@ -25,7 +25,6 @@ exported): it drains where it is.
 from __future__ import annotations
 
 import logging
-import time
 
 from ..codecs.connect_client import ConnectClient
 from ..connection import Lifecycle, Move
@@ -35,7 +34,6 @@ from .tls_proxy import RECV_SIZE, TlsProxyConnection
 log = logging.getLogger("baton.tunneling")
 
 CONNECTING, OPEN, CLOSED = Lifecycle.CONNECTING, Lifecycle.OPEN, Lifecycle.CLOSED
-_monotonic = time.monotonic
 
 
 class TunnelingConnection(TlsProxyConnection):
@@ -199,14 +197,9 @@ class TunnelingConnection(TlsProxyConnection):
         counters[self.cluster.stat["upstream_cx_rx_bytes_total"]] += n
 
     def _on_upstream_readable(self) -> None:
-        try:
-            data = self.upstream.recv(RECV_SIZE)
-        except (BlockingIOError, InterruptedError):
+        data = self._recv_upstream()
+        if data is None:
             return
-        except OSError as exc:
-            self.fail(f"upstream read: {exc.strerror}")
-            return
-        self.last_active = _monotonic()
         plain = self._from_upstream_wire(data)
         if plain is None:
             return
