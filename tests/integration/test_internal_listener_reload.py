@@ -36,14 +36,19 @@ def _front_through_internal(port: int, inner_filters: list, clusters: list) -> d
             "static_resources": {"listeners": [front, inner], "clusters": [to_inner, *clusters]}}
 
 
-def _reload_keeps(b: Baton) -> None:
+def _reload_keeps(b: Baton) -> int:
+    """Reload; the old generation's master pid."""
+    old = b.master_pid()
     result = b.reload()
     assert result.returncode == 0, result.stdout + result.stderr
+    return old
 
 
-def _stayed_and_clean(b: Baton, connections: int) -> None:
-    """Every connection stayed in the old generation, and no error was logged up to the end
-    (a wrongly moved one fails in the new worker, at the latest when it stops)."""
+def _stayed_and_clean(b: Baton, old: int, connections: int) -> None:
+    """Every connection stayed in the old generation, which ends once they have (drained,
+    not cut), and no error was logged up to the end (a wrongly moved one fails in the new
+    worker, at the latest when it stops)."""
+    b.wait_previous_gone(old, timeout=20)
     b.stop()
     log = b.log
     assert f"moved 0 of {connections} connection(s)" in log, log[-3000:]
@@ -67,13 +72,13 @@ def test_a_tcp_connection_through_an_internal_listener_drains_across_a_reload(tm
         with socket.create_connection(("127.0.0.1", port), timeout=20) as s:
             s.sendall(b"before")
             assert recv_exact(s, 6) == b"before"
-            _reload_keeps(b)
+            old = _reload_keeps(b)
             for message in (b"after the reload", b"z" * 200_000):
                 s.sendall(message)
                 assert recv_exact(s, len(message)) == message
             s.shutdown(socket.SHUT_WR)
             assert s.recv(1) == b""
-        _stayed_and_clean(b, 2)        # the front connection and the internal one
+        _stayed_and_clean(b, old, 2)        # the front connection and the internal one
     finally:
         b.stop()
 
@@ -95,12 +100,12 @@ def test_http_exchanges_through_an_internal_listener_go_on_across_a_reload(tmp_p
             body = b"q" * 100_000
             posting.sendall(b"POST /up HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(body)
                             + body[:50_000])
-            _reload_keeps(b)
+            old = _reload_keeps(b)
             posting.sendall(body[50_000:])
             status, _, answer = Http1Reader(posting).response()
             assert status == 200 and json.loads(answer)["body_length"] == len(body)
             rest = b"".join(iter(events.chunk, b""))
             assert rest.count(b"data: ") == 9, rest
-        _stayed_and_clean(b, 4)
+        _stayed_and_clean(b, old, 4)
     finally:
         b.stop()
