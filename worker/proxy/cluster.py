@@ -13,7 +13,10 @@ balancer's view and the membership gauges; `pick()` itself never looks at health
 
 from __future__ import annotations
 
+import asyncio
 import errno
+import os
+import socket
 
 from . import health as health_mod
 from . import outlier as outlier_mod
@@ -244,6 +247,27 @@ class Cluster:
         except OSError as exc:
             return exc.errno or errno.EADDRNOTAVAIL
         return 0
+
+    async def dial(self, loop, host, mark: int = 0):
+        """A connected, non-blocking TCP socket to `host`: TCP_NODELAY, the worker's upstream
+        mark, upstream_bind_config, within connect_timeout. Raises OSError or
+        asyncio.TimeoutError, the socket closed; a cancelled dial closes it too."""
+        family = socket.AF_INET6 if ":" in host.address else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setblocking(False)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if mark:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, mark)
+            bind_error = self.bind_source(sock)
+            if bind_error:
+                raise OSError(bind_error, os.strerror(bind_error))
+            await asyncio.wait_for(loop.sock_connect(sock, (host.address, host.port)),
+                                   self.connect_timeout)
+        except BaseException:
+            sock.close()
+            raise
+        return sock
 
     def pick(self, exclude=(), hash_key=None):
         balancer = self.balancer

@@ -22,8 +22,6 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
-import os
-import socket
 
 from ...codecs.events import Body, ResponseHead
 from ...codecs.message import Headers, Response
@@ -83,17 +81,7 @@ class TcpUpstream:
                 sock = connect(self.worker, cluster, host, self.peer, self.authority,
                                self.peer_workload)
             else:
-                family = socket.AF_INET6 if ":" in host.address else socket.AF_INET
-                sock = socket.socket(family, socket.SOCK_STREAM)
-                sock.setblocking(False)
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                if self.worker.upstream_mark:
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, self.worker.upstream_mark)
-                bind_error = cluster.bind_source(sock)
-                if bind_error:
-                    raise OSError(bind_error, os.strerror(bind_error))
-                await asyncio.wait_for(loop.sock_connect(sock, (host.address, host.port)),
-                                       cluster.connect_timeout)
+                sock = await cluster.dial(loop, host, self.worker.upstream_mark)
             await loop.create_connection(lambda: conn, sock=sock)
         except asyncio.TimeoutError:
             failure = (CONNECT_TIMEOUT, "upstream_cx_connect_timeout")

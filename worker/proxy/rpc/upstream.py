@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import socket
 import weakref
 
 from . import protocols as P
@@ -213,20 +211,10 @@ class HostPool:
 
     async def _open(self, conn: UpstreamConnection) -> None:
         cluster, host, loop = self.cluster, self.host, self.worker.loop
-        family = socket.AF_INET6 if ":" in host.address else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock = None
         failure = None
         try:
-            sock.setblocking(False)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            mark = getattr(self.worker, "upstream_mark", 0)
-            if mark:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, mark)
-            bind_error = cluster.bind_source(sock)
-            if bind_error:
-                raise OSError(bind_error, os.strerror(bind_error))
-            await asyncio.wait_for(loop.sock_connect(sock, (host.address, host.port)),
-                                   cluster.connect_timeout)
+            sock = await cluster.dial(loop, host, getattr(self.worker, "upstream_mark", 0))
             await loop.create_connection(lambda: conn, sock=sock)
         except asyncio.TimeoutError:
             failure = (P.CONNECT_TIMEOUT, "upstream_cx_connect_timeout")
@@ -242,7 +230,8 @@ class HostPool:
                 else:
                     conn.send(exchange, oneway)
             return
-        sock.close()
+        if sock is not None:
+            sock.close()
         host.connect_fail += 1
         self.stats.counters[cluster.stat[failure[1]]] += 1
         if cluster.outlier is not None:
