@@ -18,7 +18,7 @@ def stats_filter(spec: dict | None) -> Callable[[str], bool]:
         return lambda name: True
     if spec["mode"] == "reject_all":
         return lambda name: False
-    from ..worker.proxy.http.routing import _string_matcher
+    from ..worker.proxy.http.route_match import _string_matcher
     tests = [_string_matcher(p) for p in spec["patterns"]]
     if spec["mode"] == "inclusion":
         return lambda name: any(test(name) for test in tests)

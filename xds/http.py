@@ -18,7 +18,7 @@ import os
 from . import protos
 from .fields import check_fields
 from .parse import join
-from ..worker.proxy.http.routing import RegexError, compile_re2, compile_substitution
+from ..worker.proxy.http.route_regex import RegexError, compile_re2, compile_substitution
 
 DEFAULT_MAX_REQUEST_HEADERS_KB = 60
 MAX_REQUEST_HEADERS_KB = 8192

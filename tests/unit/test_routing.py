@@ -10,8 +10,10 @@ from baton.worker.proxy.lb import xxhash64
 import pytest
 
 from baton.worker.codecs.message import Headers, Request
-from baton.worker.proxy.http.routing import (RegexError, RouteTable, compile_re2,
-                                             compile_substitution, parse_query, replace_all)
+from baton.worker.proxy.http.route_match import parse_query
+from baton.worker.proxy.http.route_regex import (RegexError, compile_re2, compile_substitution,
+                                                 replace_all)
+from baton.worker.proxy.http.routing import RouteTable
 from tests.unit.test_http_config import ok_rc, rc
 
 

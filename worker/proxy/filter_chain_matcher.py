@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import ipaddress
 
-from .http.routing import _string_matcher
+from .http.route_match import _string_matcher
 
 
 def connection_values(transport, protocols, server_name, local, source) -> dict:

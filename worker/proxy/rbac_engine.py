@@ -29,7 +29,7 @@ from __future__ import annotations
 import ipaddress
 
 from .http.fault import compile_header_matchers
-from .http.routing import _string_matcher
+from .http.route_match import _string_matcher
 
 PEER_PRINCIPAL_STATE = "io.istio.peer_principal"
 

@@ -182,7 +182,7 @@ class _memfd:
 
 
 def _matcher(spec: dict):
-    from ..proxy.http.routing import _string_matcher
+    from ..proxy.http.route_match import _string_matcher
     return _string_matcher(spec)
 
 

@@ -40,7 +40,7 @@ from google.protobuf import timestamp_pb2
 from . import grpc_call
 from .upstream_call import UpstreamCall
 from .filter import PAUSE, FilterFactory, LocalReply, StreamFilter, register
-from .routing import _string_matcher
+from .route_match import _string_matcher
 
 NAME = "envoy.filters.http.ext_authz"
 CHECK = "/envoy.service.auth.v3.Authorization/Check"

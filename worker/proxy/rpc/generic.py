@@ -28,7 +28,7 @@ from __future__ import annotations
 import random
 
 from ...codecs import dubbo
-from ..http.routing import _string_matcher
+from ..http.route_match import _string_matcher
 from . import protocols as P
 from .routing import Decision, Request, _Route
 

@@ -12,7 +12,7 @@ import random
 import re
 from typing import NamedTuple
 
-from ..http.routing import _HeaderMatcher, _string_matcher
+from ..http.route_match import _HeaderMatcher, _string_matcher
 
 _INT64 = re.compile(r"[+-]?[0-9]+")
 
