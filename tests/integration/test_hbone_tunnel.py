@@ -30,6 +30,9 @@ TCP_PROXY = T + "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy"
 HTTP_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 CA = make_ca("ecdsa")
 MESSAGES = (b"hello", b"bytes \x00\x01\xff opaque to both proxies", b"y" * 200_000)
+SET_INTERNAL_DST = {"name": "set_dst_address", "typed_config": {
+    "@type": T + "udpa.type.v1.TypedStruct",
+    "type_url": T + "istio.set_internal_dst_address.v1.Config"}}
 
 
 def _listener(name: str, port: int, filters: list, transport_socket=None) -> dict:
@@ -197,6 +200,9 @@ def test_connect_terminated_into_an_internal_listener(tmp_path, echo_upstream):
     end["static_resources"]["clusters"].append(static_cluster("nowhere", 9))
     end["static_resources"]["listeners"].append(
         {"name": "main_internal", "internal_listener": {}, "filter_chains": chains,
+         # What restores the authority there (istio/proxy's set_internal_dst_address), as
+         # istiod puts it on main_internal.
+         "listener_filters": [SET_INTERNAL_DST],
          "filter_chain_matcher": {"matcher_tree": {
              "input": {"name": "port", "typed_config": {"@type": T + "envoy.extensions.matching."
                                                         "common_inputs.network.v3.DestinationPortInput"}},

@@ -61,7 +61,7 @@ def test_a_socket_that_cannot_be_made_is_a_failed_connect(monkeypatch):
 def test_an_internal_host_needs_no_socket_of_its_own(monkeypatch):
     ours, theirs = socket.socketpair()
     ours.setblocking(False)
-    monkeypatch.setattr(internal_listener, "connect", lambda *args: ours)
+    monkeypatch.setattr(internal_listener, "connect", lambda *args, **kwargs: ours)
     try:
         waiter, _ = opened("internal:main_internal", monkeypatch)
     finally:

@@ -238,16 +238,18 @@ def test_connect_authority_per_route():
 
 def test_a_connect_authority_route_alone_passes_the_authority_on():
     """Istio's connect_authority enabled on the route (or its virtual host): the CONNECT's
-    authority, with the config's port when it names one, is the internal destination;
+    authority is the internal destination, its own port kept; the config's port only names
+    where an ORIGINAL_DST cluster behind it dials (istio/proxy set_internal_dst_address);
     without it there is none, as in Envoy without the filter."""
     from types import SimpleNamespace
     from baton.worker.proxy.http.connect_tunnel import connect_destination
     enabled = SimpleNamespace(per_filter=({"connect_authority": {"connect_authority": {"port": None}}}, {}))
     on_vhost = SimpleNamespace(per_filter=({}, {"c": {"connect_authority": {"port": 15008}}}))
-    assert connect_destination(enabled, "10.1.2.3:8080") == ("10.1.2.3", 8080)
-    assert connect_destination(enabled, "[fd00::1]:80") == ("fd00::1", 80)
-    assert connect_destination(on_vhost, "10.1.2.3:8080") == ("10.1.2.3", 15008)
-    assert connect_destination(on_vhost, "10.1.2.3") == ("10.1.2.3", 15008)
+    assert connect_destination(enabled, "10.1.2.3:8080") == ("10.1.2.3", 8080, None)
+    assert connect_destination(enabled, "[fd00::1]:80") == ("fd00::1", 80, None)
+    assert connect_destination(on_vhost, "10.1.2.3:8080") == ("10.1.2.3", 8080, 15008)
+    assert connect_destination(on_vhost, "10.1.2.3") is None      # no port: nothing parsed
+    assert connect_destination(enabled, "fd00::1:80") is None      # IPv6 needs its brackets
     assert connect_destination(SimpleNamespace(per_filter=None), "10.1.2.3:8080") is None
     assert connect_destination(enabled, "10.1.2.3") is None
     # The most specific level decides (istio/proxy's resolveMostSpecificPerFilterConfig): a

@@ -13,8 +13,9 @@ What rides along (Envoy's internal_upstream passthrough metadata): the endpoint'
 `envoy.filters.listener.original_dst` `local` (istiod's "ip:port" of the workload) becomes
 the internal connection's original destination when the listener has Istio's
 set_internal_dst_address filter, which is what that filter does; otherwise the destination is
-what the connecting side knew (the address its own client dialled, or a terminated CONNECT's
-authority). The peer is the connecting side's client.
+what the connecting side knew (the address its own client dialled, or, where the listener has
+set_internal_dst_address, a terminated CONNECT's authority). The peer is the connecting
+side's client.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import errno
 import os
 import socket
 import weakref
+from typing import NamedTuple
 
 PREFIX = "internal:"
 
@@ -40,32 +42,59 @@ def is_internal(host) -> bool:
     return host.address.startswith(PREFIX)
 
 
-# An internal connection's client descriptor -> the peer workload the connecting side knew
-# (a terminated CONNECT's baggage: Istio's connect_baggage), for that connection's istio
-# stats (tcp_stats.py). Written (or cleared) at every internal accept, so a reused
-# descriptor never shows an older connection's peer; bounded by the descriptors.
-_PEER_WORKLOADS: dict = {}
+# An internal connection's client descriptor -> what the connecting side shared with it
+# (Envoy's filter state shared with the upstream connection): the peer workload (a
+# terminated CONNECT's baggage: Istio's connect_baggage) for its istio stats (tcp_stats.py),
+# and the ORIGINAL_DST upstream a CONNECT's authority with connect_authority's `port` names.
+# Written (or cleared) at every internal accept, so a reused descriptor never shows an older
+# connection's state; bounded by the descriptors.
+_SHARED: dict = {}
 
 
-def connect(worker, cluster, host, peer, destination=None, peer_workload=None) -> socket.socket:
+class Authority(NamedTuple):
+    """A terminated CONNECT's authority as Istio's connect_authority filter shares it
+    (istio/proxy source/extensions/filters/listener/set_internal_dst_address): `ip`:`port` is
+    the internal connection's local address, and `tunnel_port` (connect_authority's `port`,
+    None when unset) the port an ORIGINAL_DST cluster behind it dials at that ip (Envoy's
+    DestinationAddress filter state), not the local port."""
+
+    ip: str
+    port: int
+    tunnel_port: int | None = None
+
+
+class _Shared(NamedTuple):
+    peer_workload: object
+    upstream: tuple | None          # (ip, port) for an ORIGINAL_DST cluster, or None
+
+
+def connect(worker, cluster, host, peer, destination=None, peer_workload=None,
+            authority: Authority | None = None) -> socket.socket:
     """The connecting side's end of a new connection to `host`'s internal listener; OSError
     (ECONNREFUSED) when this worker has no such internal listener, as a refused connect.
     `peer_workload`: who the client is (istio/workload.py Workload), when the connecting
-    side was told."""
+    side was told. `authority`: a terminated CONNECT's, restored only by a listener with
+    set_internal_dst_address (the host's metadata first), as istio/proxy's filter does."""
     name, _endpoint_id, local = (cluster.internal_hosts.get(host.address) or
                                  (host.address[len(PREFIX):].split("/", 1)[0], "", None))
     listener = worker.listeners.get(name)
     if listener is None or not listener.spec.get("internal"):
         raise ConnectionRefusedError(errno.ECONNREFUSED, f"no internal listener {name!r}")
-    if local and listener.spec.get("set_internal_dst") and _passes_host_metadata(cluster):
+    upstream = None
+    restores = listener.spec.get("set_internal_dst")
+    if local and restores and _passes_host_metadata(cluster):
         destination = _hostport(local) or destination
+    elif authority is not None and restores:
+        destination = authority[:2]
+        if authority.tunnel_port:
+            upstream = (authority.ip, authority.tunnel_port)
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     ours.setblocking(False)
     theirs.setblocking(False)
-    if peer_workload is not None:
-        _PEER_WORKLOADS[theirs.fileno()] = peer_workload
+    if peer_workload is not None or upstream is not None:
+        _SHARED[theirs.fileno()] = _Shared(peer_workload, upstream)
     else:
-        _PEER_WORKLOADS.pop(theirs.fileno(), None)
+        _SHARED.pop(theirs.fileno(), None)
     _accept(worker, listener, theirs, tuple(peer[:2]) if peer else ("127.0.0.1", 0),
             tuple(destination[:2]) if destination else ("0.0.0.0", 0))
     return ours
@@ -87,11 +116,25 @@ def connect_into(sock: socket.socket, loop, cluster, host) -> None:
         ours.close()
 
 
-def peer_workload(conn):
-    """The peer workload an internal connection's connecting side passed, or None."""
+def _shared(conn):
     if not conn.listener.spec.get("internal"):
         return None
-    return _PEER_WORKLOADS.get(conn.client.fileno())
+    return _SHARED.get(conn.client.fileno())
+
+
+def peer_workload(conn):
+    """The peer workload an internal connection's connecting side passed, or None."""
+    shared = _shared(conn)
+    return shared.peer_workload if shared is not None else None
+
+
+def original_dst_upstream(conn, original):
+    """Where an ORIGINAL_DST cluster sends `conn` (whose destination is `original`): the
+    authority's ip with connect_authority's `port` when the connecting side passed one
+    (Envoy's ORIGINAL_DST load balancer prefers that filter state to the restored local
+    address), else the destination itself."""
+    shared = _shared(conn)
+    return shared.upstream if shared is not None and shared.upstream else original
 
 
 def stays_in_worker(listener, host) -> bool:

@@ -29,6 +29,7 @@ import time
 
 from ..connection import Connection, Export, Lifecycle, Move, register
 from . import rbac_network
+from .internal_listener import original_dst_upstream
 from .istio import tcp_stats as istio_tcp_stats
 from .lb import Host
 
@@ -286,11 +287,14 @@ class TcpProxyConnection(Connection):
         cluster = self.cluster
         if cluster.type != "ORIGINAL_DST":
             return cluster.pick(self.tried) or (cluster.pick() if self.tried else None)
-        # The PassthroughCluster: where the client meant to go. Never back into ourselves.
-        if self.original is None or self.worker.is_own_listener(self.original):
-            log.debug("connection %d: no usable original destination (%s)", self.id, self.original)
+        # The PassthroughCluster: where the client meant to go (for an internal connection,
+        # what its connecting side named: internal_listener.original_dst_upstream). Never
+        # back into ourselves.
+        original = original_dst_upstream(self, self.original)
+        if original is None or self.worker.is_own_listener(original):
+            log.debug("connection %d: no usable original destination (%s)", self.id, original)
             return None
-        return Host(*self.original)
+        return Host(*original)
 
     def _connect(self) -> None:
         cluster = self.cluster

@@ -78,8 +78,8 @@ class TcpUpstream:
         try:
             if host.address.startswith("internal:"):    # an internal listener here: no socket
                 from ..internal_listener import connect
-                sock = connect(self.worker, cluster, host, self.peer, self.authority,
-                               self.peer_workload)
+                sock = connect(self.worker, cluster, host, self.peer,
+                               peer_workload=self.peer_workload, authority=self.authority)
             else:
                 sock = await cluster.dial(loop, host, self.worker.upstream_mark)
             await loop.create_connection(lambda: conn, sock=sock)
@@ -298,12 +298,16 @@ def connect_peer(stream):
 
 
 def connect_destination(route, authority: str):
-    """Where the internal connection of a terminated CONNECT goes: its authority as an
-    (ip, port), when the most specific level that configures Istio's connect_authority (the
-    route's, else its virtual host's) enables it, with that config's port instead of the
-    authority's when it names one; None otherwise, and for an authority that is not an IP
-    address (istio/proxy restores nothing then; as in Envoy, the internal listener has no
-    original destination to restore)."""
+    """What Istio's connect_authority shares of a terminated CONNECT with its internal
+    connection (internal_listener.Authority), when the most specific level that configures
+    it (the route's, else its virtual host's) enables it; None otherwise. The authority must
+    be an IP address and port, else nothing is restored (istio/proxy parses an ip:port or
+    restores nothing). Its port stays the internal connection's local port; the config's
+    `port` is only where an ORIGINAL_DST cluster behind it dials (istio/proxy
+    set_internal_dst_address: the local address is the authority, the DestinationAddress
+    the authority's ip with `port`). Unset, `port` leaves the ORIGINAL_DST cluster the
+    local address (istio/proxy would name port 0)."""
+    from ..internal_listener import Authority
     found, config = False, None
     for level in getattr(route, "per_filter", None) or ():     # (the route's, its vhost's)
         for value in (level or {}).values():
@@ -315,12 +319,11 @@ def connect_destination(route, authority: str):
     if config is None:              # not configured, or turned off where it is most specific
         return None
     host, _, port = (authority or "").rpartition(":")
-    if not host or not port.isdigit():
-        host, port = authority or "", ""
-    host = host.strip("[]")
+    host = host.strip("[]") if host.startswith("[") or host.count(":") == 0 else ""
+    if not port.isdigit() or not 0 < int(port) <= 65535:
+        return None
     try:
         ipaddress.ip_address(host)
     except ValueError:
         return None
-    port = config.get("port") or (int(port) if port.isdigit() else None)
-    return (host, port) if port else None
+    return Authority(host, int(port), config.get("port") or None)
