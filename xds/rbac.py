@@ -10,10 +10,10 @@ matched policy). A policy is {"permissions": [permission], "principals": [princi
 each permission or principal a one-key dict the worker's matcher reads
 (worker/proxy/rbac_engine.py documents the keys). What Baton cannot evaluate is refused by
 path: CEL conditions, the matcher-tree form (`matcher`), uri_template, sourced_metadata,
-custom principals. Dynamic metadata in Baton comes from no filter except Istio's authn (the
-peer principal as `istio_authn` source.principal); any other metadata or filter-state
-matcher finds nothing, as in an Envoy where no filter set it (JWT claims need jwt_authn,
-which Baton refuses).
+custom principals. A metadata matcher reads the stream's dynamic metadata (Istio's HTTP
+authn writes `istio_authn` source.principal, without "spiffe://"); what no filter wrote, or
+any filter-state key but io.istio.peer_principal, is absent and matches nothing, as in an
+Envoy where no filter set it (JWT claims need jwt_authn, which Baton refuses).
 """
 
 from __future__ import annotations
@@ -100,7 +100,7 @@ def _cidr(pb, path, errors):
 
 def _metadata(pb, path, errors):
     """MetadataMatcher -> {"filter", "path": [keys], "value": string matcher or None,
-    "invert"}: the one reading Baton answers is istio_authn's source.principal."""
+    "invert"}, read on the stream's dynamic metadata (worker/proxy/rbac_engine.py)."""
     keys = []
     for i, segment in enumerate(pb.path):
         if segment.WhichOneof("segment") != "key":

@@ -73,8 +73,9 @@ def request(method="GET", path="/", headers=()):
     return Request(method, path, "svc", Headers(list(headers)))
 
 
-def facts(req=None, local=("10.0.0.2", 8080), remote=("10.1.0.7", 4000), session=None):
-    return Facts(req if req is not None else request(), local, remote, remote, session)
+def facts(req=None, local=("10.0.0.2", 8080), remote=("10.1.0.7", 4000), session=None,
+          metadata=None):
+    return Facts(req if req is not None else request(), local, remote, remote, session, metadata)
 
 
 def engine(rules: dict):
@@ -141,15 +142,37 @@ def test_authenticated_tries_uri_sans_then_dns_sans_then_subject():
     assert not allows({}, None)
 
 
-def test_older_istio_metadata_principal_is_the_peer_principal_and_jwt_claims_are_absent():
-    source = {"metadata": {"filter": "istio_authn", "path": [{"key": "source.principal"}],
-                           "value": {"string_match": {"exact": SLEEP}}}}
+def test_older_istio_metadata_principal_is_what_istio_authn_wrote_and_jwt_claims_are_absent():
+    """Istio 1.9/1.10 wrote an HTTP policy's principal on the istio_authn metadata, without
+    "spiffe://", as the authn filter writes it: the metadata is read, not the certificate, so
+    without the filter (no metadata) nothing matches, and the spiffe:// form never does."""
+    bare = SLEEP[len("spiffe://"):]
+
+    def policy(value, invert=False):
+        return engine({"policies": {"p": {"permissions": [{"any": True}], "principals": [
+            {"metadata": {"filter": "istio_authn", "path": [{"key": "source.principal"}],
+                          "value": {"string_match": {"exact": value}}, "invert": invert}}]}}})
+    written = {"istio_authn": {"source.principal": bare, "source.namespace": "default"}}
+    assert policy(bare).decide(facts(session=tls(SLEEP), metadata=written))[0]
+    assert not policy(SLEEP).decide(facts(session=tls(SLEEP), metadata=written))[0]
+    assert not policy(bare).decide(facts(session=tls(SLEEP)))[0]          # no authn filter
+    assert policy(bare, invert=True).decide(facts(session=tls(SLEEP)))[0]
+    other = {"istio_authn": {"source.principal": "cluster.local/ns/o/sa/o"}}
+    assert not policy(bare).decide(facts(session=tls("spiffe://o"), metadata=other))[0]
     claims = {"metadata": {"filter": "istio_authn", "path": [{"key": "request.auth.claims"}, {"key": "iss"}],
                            "value": {"list_match": {"one_of": {"string_match": {"exact": "x"}}}}}}
-    e = engine({"policies": {"p": {"permissions": [{"any": True}], "principals": [source]}}})
-    assert e.decide(facts(session=tls(SLEEP)))[0] and not e.decide(facts(session=tls("spiffe://o")))[0]
     e = engine({"policies": {"p": {"permissions": [{"any": True}], "principals": [claims]}}})
-    assert not e.decide(facts(session=tls(SLEEP)))[0]
+    assert not e.decide(facts(session=tls(SLEEP), metadata=written))[0]
+    assert e.decide(facts(metadata={"istio_authn": {"request.auth.claims": {"iss": ["y", "x"]}}}))[0]
+
+
+def test_the_peer_principal_filter_state_is_the_first_spiffe_uri_san():
+    """istio/proxy's network istio_authn shares a SPIFFE URI SAN only: a peer whose URI SAN
+    is no SPIFFE id has no io.istio.peer_principal."""
+    urn = "urn:example:not-spiffe"
+    e = engine({"policies": {"p": {"permissions": [{"any": True}], "principals": [
+        {"filter_state": {"key": "io.istio.peer_principal", "string_match": {"exact": urn}}}]}}})
+    assert not e.decide(facts(session=tls(urn)))[0]
 
 
 @pytest.mark.parametrize("rbac, message", [

@@ -20,8 +20,12 @@ destination_port, destination_port_range ([start, end)), server_name (the SNI),
 authenticated (None: any TLS connection, as in Envoy, certificate or not; else a string
 matcher tried on each URI SAN, then each DNS SAN, then the subject ("" without a peer
 certificate), as Envoy's AuthenticatedMatcher),
-filter_state ([key, matcher]; Istio's io.istio.peer_principal is the peer's SPIFFE id),
-metadata (istio_authn source.principal likewise; anything else is absent), never.
+filter_state ([key, matcher]; Istio's io.istio.peer_principal: the peer certificate's
+first spiffe:// URI SAN, whole, as istio/proxy's network istio_authn writes it), metadata
+(the stream's dynamic metadata, as Envoy's MetadataMatcher reads it: Istio 1.9/1.10's HTTP
+istio_authn writes `source.principal` without "spiffe://" (istio/proxy
+extensions/common/utils.cc GetPrincipal), which is how istiod wrote those policies'
+principals; what no filter wrote is absent and never matches), never.
 """
 
 from __future__ import annotations
@@ -35,14 +39,15 @@ PEER_PRINCIPAL_STATE = "io.istio.peer_principal"
 
 
 class Facts:
-    __slots__ = ("request", "local", "direct_remote", "remote", "tls")
+    __slots__ = ("request", "local", "direct_remote", "remote", "tls", "metadata")
 
-    def __init__(self, request, local, direct_remote, remote, tls):
+    def __init__(self, request, local, direct_remote, remote, tls, metadata=None):
         self.request = request              # worker/codecs/message.py Request, or None
         self.local = local                  # (host, port) the client connected to
         self.direct_remote = direct_remote  # (host, port) of the socket's peer
         self.remote = remote                # (host, port) of the client (after XFF)
         self.tls = tls                      # worker/tls/transport.py Session, or None
+        self.metadata = metadata            # the stream's dynamic metadata {filter: {..}}
 
 
 class _NoHeaders:
@@ -81,11 +86,19 @@ def _sans(tls, cache_key="rbac.sans"):
 
 
 def peer_principal(tls) -> str | None:
-    """Istio's peer principal: the first URI SAN of the peer certificate."""
+    """The peer certificate's first URI SAN (Envoy's principal, as ext_authz sends it)."""
     if tls is None or tls.peer_der is None:
         return None
     uris = _sans(tls)[0]
     return uris[0] if uris else None
+
+
+def spiffe_peer_principal(tls) -> str | None:
+    """Istio's io.istio.peer_principal: the peer certificate's first URI SAN that is a
+    SPIFFE id ("spiffe://..."), None without one (istio/proxy's network istio_authn)."""
+    if tls is None or tls.peer_der is None:
+        return None
+    return next((uri for uri in _sans(tls)[0] if uri.startswith("spiffe://")), None)
 
 
 def _path_only(path: str) -> str:
@@ -140,18 +153,36 @@ def compile_matcher(spec):
             return lambda facts: False
         return lambda facts: _test_principal(test, facts)
     if key == "metadata":
-        test = _string_matcher(value["value"]) if value["value"] else None
-        known = value["filter"] == "istio_authn" and value["path"] == ["source.principal"]
-        invert = value["invert"]
-        if not known or test is None:
-            return lambda facts: invert
-        return lambda facts: _test_principal(test, facts) != invert
+        return _metadata(value)
     raise ValueError(f"unknown RBAC matcher {key!r}")
 
 
 def _test_principal(test, facts) -> bool:
-    principal = peer_principal(facts.tls)
+    principal = spiffe_peer_principal(facts.tls)
     return principal is not None and bool(test(principal))
+
+
+def _metadata(value):
+    """Envoy's MetadataMatcher on the stream's dynamic metadata: the value at the filter's
+    path, a string or a list with one matching string; absent, it does not match (and
+    `invert` makes that a match)."""
+    test = _string_matcher(value["value"]) if value["value"] else None
+    name, path, invert = value["filter"], value["path"], value["invert"]
+    if test is None:
+        return lambda facts: invert
+
+    def match(facts):
+        found = (facts.metadata or {}).get(name)
+        for key in path:
+            found = found.get(key) if isinstance(found, dict) else None
+        if isinstance(found, str):
+            hit = bool(test(found))
+        elif isinstance(found, list):
+            hit = any(isinstance(item, str) and test(item) for item in found)
+        else:
+            hit = False
+        return hit != invert
+    return match
 
 
 def _authenticated(matcher):

@@ -131,7 +131,7 @@ class RbacFilter(StreamFilter):
         stream = self.stream
         info = stream.info
         facts = Facts(request, info.downstream_local, stream.conn.peer, info.downstream_remote,
-                      stream.conn.tls)
+                      stream.conn.tls, info.dynamic_metadata)
         allowed, policy = self.engines.check(facts, self.counters, info)
         if allowed:
             return None
