@@ -29,7 +29,7 @@ import psutil
 
 from ..worker.stats import merge
 from ..worker.tls import tickets
-from . import dns, keeper, sdnotify
+from . import dns, keeper, sdnotify, stop_marker
 from .admin import AdminServer
 from .control import ControlServer
 from .lifecycle import Event, Lifecycle, Phase
@@ -101,6 +101,7 @@ class Master:
         self.control: ControlServer | None = None
         self.done: asyncio.Future | None = None
         self.previous_pid: int | None = None    # the generation we took over from
+        self.successor_stopped = False          # ...and the one we handed over to stopped on purpose
         self.admin_sock = None
         self.control_sock = None
         self._exit_code = 0
@@ -130,6 +131,7 @@ class Master:
         for sig, name in ((signal.SIGTERM, "term"), (signal.SIGINT, "int"), (signal.SIGHUP, "hup")):
             self.loop.add_signal_handler(sig, self._signal, name)
         if self.takeover is None:
+            stop_marker.sweep(self.runtime_dir)     # no earlier generation is left to read them
             await self._serve_admin_and_control()
         self.workers = WorkerTable(self, self.options.concurrency, self.os,
                                    respawns=lambda: self.lifecycle.respawns_workers)
@@ -234,6 +236,10 @@ class Master:
             return
         self.previous_pid = self.takeover.previous_pid
         self.takeover = None
+        if self.lifecycle.stopping:
+            # Told to stop while the commit was under way: the old generation must not take
+            # our exit for a crash either.
+            self._tell_previous("stop" if self.lifecycle.phase is Phase.STOPPING else "drain")
         await self._serve_admin_and_control()
         self._go_live(Event.COMMITTED)
 
@@ -325,6 +331,7 @@ class Master:
             return
         if reloading:
             self.successor.abort("this generation was told to drain")
+        self._tell_previous("drain")
         if self.lifecycle.owns_service:
             # With NotifyAccess=all, STOPPING=1 from any process stops the whole unit: only
             # the generation that is systemd's main process may say it.
@@ -340,6 +347,13 @@ class Master:
         self._deadline = self.loop.call_later(timeout, self._drain_deadline)
         if not self.workers.alive():
             self._finish(0)
+
+    def _tell_previous(self, kind: str) -> None:
+        """We stop on purpose: the generation we took over from, if it still runs (draining
+        what could not move), must not take our exit for a crash and serve again
+        (stop_marker.py)."""
+        if self.previous_pid is not None and psutil.pid_exists(self.previous_pid):
+            stop_marker.leave(self.runtime_dir, self.generation, self.pid, kind)
 
     def _drain_deadline(self) -> None:
         """Escalate: SIGTERM (a draining worker closes what is left and exits), then SIGKILL."""
@@ -362,6 +376,7 @@ class Master:
             return
         if reloading:
             self.successor.abort("this generation was told to stop")
+        self._tell_previous("stop")
         if self.lifecycle.owns_service:
             sdnotify.notify(stopping=True, status=f"generation {self.generation}: stopping")
         self.workers.cancel_respawns()
@@ -397,6 +412,8 @@ class Master:
     async def _bequeath_counters(self) -> None:
         """Hand our counters (every worker has exited and reported) to the generation that
         now serves the control socket, so /stats counters carry on across reloads."""
+        if self.successor_stopped:
+            return                      # nobody serves the control socket any more
         from .handoff.channel import blocking_request
         from .runtime import control_path
         path = control_path(self.runtime_dir)
@@ -505,6 +522,21 @@ class Master:
                      reply.get("moved", 0), reply.get("kept", 0))
         except Exception as exc:  # noqa: BLE001 - the worker died or hung; its exit is handled
             log.warning("worker %d: migration did not complete: %s", slot.id, exc)
+
+    def successor_exited(self, pid: int) -> None:
+        """The new master (`pid`) exited after the commit while we still run. Stopped on
+        purpose (it left a mark, stop_marker.py), we end with it: a fast stop is ours too, a
+        drain lets ours run to its end. Otherwise it died: we serve again."""
+        kind = stop_marker.take(self.runtime_dir, self.generation + 1, pid)
+        if kind is None:
+            self.successor_gone("the new master exited")
+            return
+        self.successor_stopped = True
+        log.info("the new generation (pid %d) stopped on purpose (%s); generation %d does not "
+                 "serve again and ends %s", pid, kind, self.generation,
+                 "now" if kind == "stop" else "when its own connections have")
+        if kind == "stop":
+            self.fast_stop()
 
     def successor_gone(self, reason: str) -> None:
         """The new master died after the commit while we still run: serve again. We kept every

@@ -203,7 +203,7 @@ class Reload:
         if not self.exited.done():
             self.exited.set_result(True)
         if self.committed:
-            self.master.successor_gone("the new master exited")
+            self.master.successor_exited(self.pid)
 
     def _stop_listening(self) -> None:
         if self.sock is not None:

@@ -23,6 +23,10 @@ take over), and the old one never stops serving before the commit:
     new -> old   main         {pid}                                 systemd knows the new MAINPID
     (either)     error        {error}                               unknown type, bad message
 
+After the commit the two masters share no connection. A new master that stops on purpose
+while the old one still runs leaves <runtime dir>/stopped-<generation>-<pid>.<drain|stop>
+first (supervisor/stop_marker.py), so that the old one does not take its exit for a crash.
+
 Worker to worker, on the receiving worker's own handoff socket:
 
     old -> new   hello        {versions, pid, generation}

@@ -8,12 +8,15 @@ AF_UNIX descriptor as the listener's family and uvloop refused it, EOPNOTSUPP)."
 from __future__ import annotations
 
 import json
+import os
+import signal
 import socket
 
 import pytest
 
 from .clients import Http1Reader, recv_exact
-from .conftest import Baton, Upstream, free_port, http_bootstrap, static_cluster
+from .conftest import (Baton, Upstream, free_port, http_bootstrap, pid_alive, static_cluster,
+                       wait_until)
 
 T = "type.googleapis.com/"
 TCP_PROXY = T + "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy"
@@ -107,5 +110,46 @@ def test_http_exchanges_through_an_internal_listener_go_on_across_a_reload(tmp_p
             rest = b"".join(iter(events.chunk, b""))
             assert rest.count(b"data: ") == 9, rest
         _stayed_and_clean(b, old, 4)
+    finally:
+        b.stop()
+
+
+@pytest.mark.parametrize("how", ["drain", "stop"])
+def test_stopping_the_new_generation_ends_the_draining_old_one_instead_of_reviving_it(
+        tmp_path, echo, how):
+    """SIGTERM (a drain) or SIGINT (a fast stop) to the new master while the previous
+    generation still drains a connection that could not move: the old master sees only that
+    its successor exited, and used to take it for a crash and serve again, so a stopped service
+    came back as its older generation. The new master now leaves a mark before it goes
+    (supervisor/stop_marker.py): after a drain the old generation finishes its connection and
+    ends with it; after a fast stop it ends at once. Neither serves again."""
+    port = free_port()
+    inner = [{"name": "envoy.filters.network.tcp_proxy", "typed_config": {
+        "@type": TCP_PROXY, "stat_prefix": "inner", "cluster": "echo"}}]
+    b = Baton(tmp_path / "b", _front_through_internal(port, inner, [static_cluster("echo", echo)]),
+              concurrency=1).start()
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=20) as s:
+            s.sendall(b"before")
+            assert recv_exact(s, 6) == b"before"
+            old = _reload_keeps(b)
+            new = b.master_pid()
+            os.kill(new, signal.SIGTERM if how == "drain" else signal.SIGINT)
+            wait_until(lambda: not pid_alive(new), 20, "the new master to stop")
+            if how == "drain":
+                s.sendall(b"still carried")         # by the old generation, draining on
+                assert recv_exact(s, 13) == b"still carried"
+                assert pid_alive(old)
+                s.shutdown(socket.SHUT_WR)
+            try:
+                assert s.recv(1) == b""
+            except ConnectionResetError:
+                assert how == "stop"
+        b.wait_previous_gone(old, timeout=20)
+        assert b.wait(20) == 0              # the keeper: the service stopped, cleanly
+        log = b.log
+        assert f"stopped on purpose ({how})" in log, log[-3000:]
+        assert "serves again" not in log and "Traceback" not in log, log[-3000:]
+        assert not [p.name for p in b.runtime_dir.iterdir() if p.name.startswith("stopped-")]
     finally:
         b.stop()
