@@ -56,12 +56,15 @@ def connect_authority_per_route(any_pb, path, errors):
 def connect_baggage_filter(value, path, errors, warnings):
     """io.istio.http.connect_baggage: on a CONNECT it terminates, Istio's filter reads the
     `baggage` header (the peer workload's metadata) for the telemetry of the internal
-    listener behind it (worker/proxy/istio/connect_baggage.py); with `propagate` the
-    originating side would write it, which Baton does not (a warning)."""
+    listener behind it; with `propagate` (istio/proxy's Config of that release: bool, field
+    1) it writes instead, the downstream peer as a `baggage` header on the requests it
+    forwards (worker/proxy/istio/connect_baggage.py)."""
     _struct_fields(value, path, errors, ("propagate",))
-    if value.get("propagate") and warnings is not None:
-        warnings.append(f"{path}.propagate: baggage is not written")
-    return "istio.connect_baggage", {}
+    propagate = value.get("propagate", False)
+    if not isinstance(propagate, bool):
+        errors.append(f"{join(path, 'propagate')}: must be true or false")
+        propagate = False
+    return "istio.connect_baggage", {"propagate": True} if propagate else {}
 
 
 TYPED_STRUCT_FILTERS = {CONNECT_AUTHORITY: connect_authority_filter,

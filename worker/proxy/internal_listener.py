@@ -119,7 +119,13 @@ def connect_into(sock: socket.socket, loop, cluster, host) -> None:
 def _shared(conn):
     if not conn.listener.spec.get("internal"):
         return None
-    return _SHARED.get(conn.client.fileno())
+    client = getattr(conn, "client", None)      # tcp_proxy's; the connection manager's is
+    if client is None:                          # its transport's socket
+        transport = getattr(conn, "transport", None)
+        client = transport.get_extra_info("socket") if transport is not None else None
+        if client is None:
+            return None
+    return _SHARED.get(client.fileno())
 
 
 def peer_workload(conn):

@@ -58,7 +58,11 @@ def take_peer(headers) -> Workload | None:
     headers.remove(HEADER)
     headers.remove(HEADER_ID)
     metadata = decode_header(value)
-    return from_metadata(metadata) if metadata else None
+    if not metadata:
+        return None
+    from .connect_baggage import owner_kind, with_kind     # (the kind a baggage names it by)
+    return with_kind(from_metadata(metadata),
+                     owner_kind(metadata.get("OWNER"), metadata.get("WORKLOAD_NAME")))
 
 
 @register("istio.metadata_exchange")
