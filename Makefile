@@ -1,7 +1,7 @@
 # The two commands a newcomer runs (README): `make run` and `make test`.
 PY := .venv/bin/python
 
-.PHONY: install run test unit integration upgrade-test bench bench-reload bench-intercept bench-http bench-tls bench-xds istio-acceptance clean
+.PHONY: install run test unit integration upgrade-test bench bench-reload bench-intercept bench-http bench-tls bench-xds istio-acceptance wasm-fixtures clean
 
 install:
 	@BATON_TEST_TOOLS=1 scripts/install.sh
@@ -51,6 +51,11 @@ bench-xds: install
 # accepts, and the refusal reasons ranked (scripts/istio_acceptance.py).
 istio-acceptance: install
 	@$(PY) scripts/istio_acceptance.py $(ISTIO_DUMPS)
+
+# Rebuild the Wasm tests' AssemblyScript plugin (tests/fixtures/wasm/demo.wasm) from its source
+# with npm; the build is reproducible and the .wasm is committed, so the tests need no npm.
+wasm-fixtures:
+	@tests/fixtures/wasm/demo-plugin/build.sh
 
 clean:
 	rm -rf .venv .venv-envoy build *.egg-info

@@ -55,7 +55,14 @@ def prometheus_name(stat: str, tags: TagProducer = _DEFAULT_TAGS) -> tuple[str, 
     metric without tags gets "{}", as Envoy 1.40 writes it."""
     name, found = tags.extract(stat)
     labels = ",".join(f'{_sanitize(tag)}="{_escape_label(value)}"' for tag, value in found)
+    if name.startswith(CUSTOM_NAMESPACE):   # a Wasm plugin's metric: its own name, as Envoy 1.40
+        return _sanitize(name[len(CUSTOM_NAMESPACE):]), f"{{{labels}}}"
     return _sanitize("envoy_" + name), f"{{{labels}}}"
+
+
+# Envoy's custom stat namespace of Wasm plugins' metrics (worker/wasm/abi.py): Prometheus
+# shows them without it and without the envoy_ prefix (wasmcustom.a.b -> a_b).
+CUSTOM_NAMESPACE = "wasmcustom."
 
 
 def _escape_label(value: str) -> str:

@@ -26,6 +26,7 @@ from typing import Callable
 
 from ..worker.main import EXIT_BOOT_FAILURE, worker_process_main
 from ..worker.privileges import preimport
+from ..worker.wasm.vm import preload as preload_wasm
 from .handoff.broker import BrokerServer, access_log_paths
 from .handoff.channel import Channel, socketpair
 from .os_seam import REAL_OS, OsSeam
@@ -127,6 +128,7 @@ class WorkerTable:
     def spawn(self, slot: WorkerSlot) -> None:
         master = self.master
         preimport()         # once, before the first fork: shared by every worker
+        preload_wasm(master.snapshot)       # wasmtime, if a Wasm filter may come over xDS
         parent_end, child_end = socketpair()
         try:
             broker_parent, broker_child = socketpair()

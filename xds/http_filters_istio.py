@@ -37,12 +37,13 @@ worker filter's registered name and its config:
 - The Wasm filters older Istio sends for the same built-ins (runtime envoy.wasm.runtime.null,
   code envoy.wasm.stats or envoy.wasm.metadata_exchange): run as istio.stats and
   istio.metadata_exchange (the latter with {"auto": True}: the listener's direction picks
-  the flags). Any other Wasm module is refused (Baton runs no Wasm).
+  the flags). A Wasm module with another runtime runs as a proxy-wasm plugin
+  (xds/http_filters_wasm.py); another null-VM code is refused.
 """
 
 from __future__ import annotations
 
-from . import connect_filters, ext_authz, protos
+from . import connect_filters, ext_authz, http_filters_wasm, protos
 from .fields import check_fields
 from .istio_filter_types import ALPN_FILTER, AUTHN_FILTER, STATS_PLUGIN
 from .istio_types import unknown_field_errors, unknown_field_numbers
@@ -193,11 +194,15 @@ def null_vm_builtin(value, path, errors):
 
 
 def _wasm(pb, path, errors, warnings):
+    if pb.config.vm_config.runtime != NULL_VM:      # a module to run (xds/http_filters_wasm.py)
+        return http_filters_wasm.translate_wasm(pb, path, errors, warnings)
     value = protos.json_format.MessageToDict(pb, preserving_proto_field_name=True)
     return _wasm_value(value, path, errors, warnings)
 
 
 def _wasm_value(value, path, errors, warnings):
+    if ((value.get("config") or {}).get("vm_config") or {}).get("runtime") != NULL_VM:
+        return http_filters_wasm.translate_wasm_value(value, path, errors, warnings)
     builtin = null_vm_builtin(value, path, errors)
     if builtin == ISTIO_STATS:
         return ISTIO_STATS, {}

@@ -77,7 +77,7 @@ def test_a_filter_over_ecds_is_waited_for_applied_and_updated(tmp_path, plane, n
         plane.set_resources(EXTENSION, [wasm], "3")
         wait_until(lambda: plane.nacked(EXTENSION, "3"), 10, "the Wasm module NACKed")
         if proxy == "baton":
-            assert "Wasm not supported" in plane.nacked(EXTENSION, "3")["error_detail"]["message"]
+            assert "cannot read '/plugin.wasm'" in plane.nacked(EXTENSION, "3")["error_detail"]["message"]
             assert "Traceback" not in process.log
         assert status(port, "/x") == 403                       # the filter keeps version 2
     finally:

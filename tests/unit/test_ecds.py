@@ -64,7 +64,8 @@ def test_the_default_is_translated_and_runs_until_a_resource_comes():
 
 
 @pytest.mark.parametrize("extra, message", [
-    ({"default_config": V8}, "hcm.http_filters[0].config_discovery.default_config: Wasm not supported"),
+    ({"default_config": V8}, "hcm.http_filters[0].config_discovery.default_config.config.vm_config.code"
+                             ".local.filename: cannot read '/x.wasm'"),
     ({"default_config": {"@type": T + "envoy.extensions.filters.http.fault.v3.HTTPFault"}},
      "hcm.http_filters[0].config_discovery.default_config: filter config has type URL "
      "envoy.extensions.filters.http.fault.v3.HTTPFault but expect envoy.extensions.filters.http.wasm.v3.Wasm, "
@@ -127,7 +128,8 @@ def test_a_listener_warms_until_its_filter_arrives_and_then_runs_it(config):
 def test_a_wasm_module_over_ecds_is_nacked_and_the_listener_keeps_waiting(config):
     assert config.apply(update(LISTENER, "1", ecds_listener()), 0.0) == []
     errors = config.apply(update(EXTENSION, "1", extension(V8)), 1.0)
-    assert errors and errors[0].startswith(f"TypedExtensionConfig[{PLUGIN}].typed_config: Wasm not supported")
+    assert errors and errors[0].startswith(f"TypedExtensionConfig[{PLUGIN}].typed_config.config.vm_config"
+                                           ".code.local.filename: cannot read '/x.wasm'")
     assert config.published(1.0)["listeners"] == []
 
 

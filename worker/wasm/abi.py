@@ -1,0 +1,629 @@
+"""The proxy-wasm ABI 0.2.x host, sans-IO: what each hostcall means, with no wasm runtime.
+
+The adapter (vm.py) turns a hostcall's (pointer, length) arguments into bytes, calls the
+method here and copies what it returns into guest memory. Nothing here touches wasmtime,
+a socket or a timer, so every semantic is unit-testable (tests/unit/test_wasm_abi.py).
+
+Spec: proxy-wasm/spec abi-versions/v0.2.1; where the spec is silent, Envoy's host
+(proxy-wasm-cpp-host and Envoy's source/extensions/common/wasm) decides:
+
+- Header maps *view* Baton's Request / Response (worker/codecs/message.py): the
+  pseudo-headers :method, :path, :authority, :scheme (request) and :status (response) are
+  their attributes, in both directions. Baton's headers are latin-1 `str`; the guest sees
+  bytes.
+- A missing header is NOT_FOUND (Envoy's Context::getHeaderMapValue); a map the stream
+  has not reached yet (response headers during the request) is an empty map.
+- An empty buffer read writes nothing (the AssemblyScript SDK relies on it): the adapter's
+  job, see vm.py.
+- Metrics are Envoy's "wasmcustom.<name>": counters and gauges in the worker's Stats;
+  histograms are accepted and not exported (Baton's Stats has none).
+- Shared data is per worker process and per vm_id (Envoy: per process), as Baton's
+  local_ratelimit bucket is per worker.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+import time
+
+# proxy_status_t
+OK, NOT_FOUND, BAD_ARGUMENT, SERIALIZATION_FAILURE, PARSE_FAILURE = 0, 1, 2, 3, 4
+INVALID_MEMORY_ACCESS, EMPTY, CAS_MISMATCH, INTERNAL_FAILURE, UNIMPLEMENTED = 6, 7, 8, 10, 12
+# proxy_map_type_t
+REQUEST_HEADERS, REQUEST_TRAILERS, RESPONSE_HEADERS, RESPONSE_TRAILERS = 0, 1, 2, 3
+# proxy_buffer_type_t
+REQUEST_BODY, RESPONSE_BODY, VM_CONFIGURATION, PLUGIN_CONFIGURATION = 0, 1, 6, 7
+# proxy_metric_type_t
+COUNTER, GAUGE, HISTOGRAM = 0, 1, 2
+# proxy_log_level_t -> Python logging
+LOG_LEVELS = (5, 10, 20, 30, 40, 50)        # trace (below debug), debug, info, warn, error, critical
+# proxy_filter_headers_status_t: Continue 0; anything else stops the filter chain
+CONTINUE, STOP_ITERATION = 0, 1
+
+METRIC_PREFIX = "wasmcustom."
+
+_U32 = struct.Struct("<I")
+_I64 = struct.Struct("<q")
+
+
+def serialize_pairs(pairs) -> bytes:
+    """[(key, value)] bytes pairs -> the ABI's map encoding: count, then (key size, value
+    size) per pair, then each key and value followed by a NUL."""
+    out = [_U32.pack(len(pairs))]
+    out += [struct.pack("<II", len(k), len(v)) for k, v in pairs]
+    for k, v in pairs:
+        out.append(k + b"\0" + v + b"\0")
+    return b"".join(out)
+
+
+def parse_pairs(data: bytes) -> list[tuple[bytes, bytes]]:
+    """The map encoding -> pairs; empty or a single byte (some SDKs send b"\\0") is no pair.
+    Raises ValueError on a truncated map."""
+    if len(data) <= 1:
+        return []
+    (count,) = _U32.unpack_from(data, 0)
+    if 4 + 8 * count > len(data):
+        raise ValueError("map sizes run past the data")
+    sizes = struct.unpack_from(f"<{2 * count}I", data, 4)
+    pos = 4 + 8 * count
+    pairs = []
+    for i in range(count):
+        key_size, value_size = sizes[2 * i], sizes[2 * i + 1]
+        end = pos + key_size + value_size + 2
+        if end > len(data):
+            raise ValueError("map pair runs past the data")
+        pairs.append((data[pos:pos + key_size], data[pos + key_size + 1:end - 1]))
+        pos = end
+    return pairs
+
+
+def _text(data: bytes) -> str:
+    return data.decode("latin-1")
+
+
+def _raw(text: str) -> bytes:
+    return text.encode("latin-1", "replace")
+
+
+# --- header maps ---------------------------------------------------------------------------
+
+class PairsMap:
+    """A map that is only a list of pairs (trailers, a map the stream has not got yet)."""
+
+    __slots__ = ("items",)
+
+    def __init__(self, items=None):
+        self.items = items if items is not None else []     # [(str name, str value)]
+
+    def pairs(self) -> list[tuple[bytes, bytes]]:
+        return [(_raw(k), _raw(v)) for k, v in self.items]
+
+    def get(self, key: bytes) -> bytes | None:
+        name = _text(key).lower()
+        values = [v for k, v in self.items if k == name]
+        return _raw(",".join(values)) if values else None
+
+    def add(self, key: bytes, value: bytes) -> None:
+        self.items.append((_text(key).lower(), _text(value)))
+
+    def replace(self, key: bytes, value: bytes) -> None:
+        self.remove(key)
+        self.add(key, value)
+
+    def remove(self, key: bytes) -> None:
+        name = _text(key).lower()
+        self.items = [kv for kv in self.items if kv[0] != name]
+
+    def set_pairs(self, pairs) -> None:
+        self.items = []
+        for k, v in pairs:
+            self.add(k, v)
+
+
+class HeadersMap(PairsMap):
+    """A view of a worker/codecs/message.py Headers, plus pseudo-headers (subclasses)."""
+
+    __slots__ = ("headers",)
+    PSEUDO: tuple = ()
+
+    def __init__(self, headers):
+        self.headers = headers
+
+    @property
+    def items(self):
+        return self.headers.items
+
+    @items.setter
+    def items(self, value):
+        self.headers.items = value
+
+    def pairs(self):
+        return [(name, _raw(self._pseudo(_text(name)))) for name in self.PSEUDO] + \
+            [(_raw(k), _raw(v)) for k, v in self.headers.items]
+
+    def get(self, key: bytes) -> bytes | None:
+        if key[:1] == b":":
+            return _raw(self._pseudo(_text(key))) if key in self.PSEUDO else None
+        return PairsMap.get(self, key)
+
+    def add(self, key: bytes, value: bytes) -> None:
+        if key[:1] == b":":
+            self.replace(key, value)
+        else:
+            PairsMap.add(self, key, value)
+
+    def replace(self, key: bytes, value: bytes) -> None:
+        if key[:1] == b":":
+            if key in self.PSEUDO:
+                self._set_pseudo(_text(key), _text(value))
+            return
+        self.headers.set(_text(key).lower(), _text(value))
+
+    def remove(self, key: bytes) -> None:
+        if key[:1] == b":":
+            return                      # a pseudo-header cannot go (Envoy keeps it too)
+        PairsMap.remove(self, key)
+
+    def set_pairs(self, pairs) -> None:
+        self.headers.items = []
+        for k, v in pairs:
+            self.add(k, v)
+
+    def _pseudo(self, name: str) -> str:
+        raise NotImplementedError
+
+    def _set_pseudo(self, name: str, value: str) -> None:
+        raise NotImplementedError
+
+
+class RequestMap(HeadersMap):
+    """Request headers as Envoy's map holds them: :authority, :path, :method, :scheme first."""
+
+    __slots__ = ("request",)
+    PSEUDO = (b":authority", b":path", b":method", b":scheme")
+    _ATTRS = {":authority": "authority", ":path": "path", ":method": "method",
+              ":scheme": "scheme"}
+
+    def __init__(self, request):
+        super().__init__(request.headers)
+        self.request = request
+
+    def _pseudo(self, name):
+        return getattr(self.request, self._ATTRS[name])
+
+    def _set_pseudo(self, name, value):
+        setattr(self.request, self._ATTRS[name], value)
+
+
+class ResponseMap(HeadersMap):
+    __slots__ = ("response",)
+    PSEUDO = (b":status",)
+
+    def __init__(self, response):
+        super().__init__(response.headers)
+        self.response = response
+
+    def _pseudo(self, name):
+        return str(self.response.status)
+
+    def _set_pseudo(self, name, value):
+        if value.isdigit():
+            self.response.status = int(value)
+
+
+# --- properties ------------------------------------------------------------------------------
+
+def encode_property(value) -> bytes | None:
+    """A property's value as Envoy serializes it: strings raw, integers 8-byte little-endian,
+    booleans one byte, a list of pairs as a map, a dict as a google.protobuf.Struct."""
+    if value is None:
+        return None
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        return _raw(value)
+    if isinstance(value, bool):
+        return b"\1" if value else b"\0"
+    if isinstance(value, int):
+        return _I64.pack(value)
+    if isinstance(value, float):
+        return struct.pack("<d", value)
+    if isinstance(value, list):
+        return serialize_pairs([(_raw(k), _raw(v)) for k, v in value])
+    if isinstance(value, dict):
+        from google.protobuf import json_format, struct_pb2
+        return json_format.ParseDict(value, struct_pb2.Struct()).SerializeToString()
+    return None
+
+
+def _address(pair):
+    """(host, port) -> "host:port" ("[v6]:port"), as Envoy's Address::asString."""
+    if not pair:
+        return None
+    host, port = pair[0], pair[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _nested(value, keys):
+    for key in keys:
+        if not isinstance(value, dict) or key not in value:
+            return None
+        value = value[key]
+    return value
+
+
+class Plugin:
+    """One root context's identity and configuration (one filter config)."""
+
+    __slots__ = ("name", "root_id", "vm_id", "configuration", "direction")
+
+    def __init__(self, name: str, root_id: str, vm_id: str, configuration: bytes,
+                 direction: int = 0):
+        self.name = name
+        self.root_id = root_id
+        self.vm_id = vm_id
+        self.configuration = configuration
+        self.direction = direction       # listener_direction: 0 unspecified, 1 in, 2 out
+
+
+class Context:
+    """A root context (stream is None) or one HTTP stream's context."""
+
+    __slots__ = ("id", "plugin", "root", "stream", "request", "response", "maps",
+                 "local_reply", "continued", "resume", "properties")
+
+    def __init__(self, context_id: int, plugin: Plugin, root: "Context | None" = None,
+                 stream=None, request=None):
+        self.id = context_id
+        self.plugin = plugin
+        self.root = root
+        self.stream = stream            # Baton's stream (its .info), or None
+        self.request = request
+        self.response = None
+        self.maps: dict = {}
+        if request is not None:
+            self.maps[REQUEST_HEADERS] = RequestMap(request)
+        self.local_reply = None         # (status, details, body, [(name, value)], grpc_status)
+        self.continued = False          # proxy_continue_stream asked for
+        self.resume = None              # set by a paused filter: resumes its stream
+        self.properties: dict = {}      # set by the guest (proxy_set_property)
+
+    def set_response(self, response) -> None:
+        self.response = response
+        self.maps[RESPONSE_HEADERS] = ResponseMap(response)
+
+
+def stream_property(ctx: Context, node: dict, path: tuple[str, ...]):
+    """The value of an attribute path (Envoy's attribute names) for `ctx`, or None."""
+    head = path[0]
+    plugin = ctx.plugin
+    if head == "plugin_name":
+        return plugin.name
+    if head == "plugin_root_id":
+        return plugin.root_id
+    if head == "plugin_vm_id":
+        return plugin.vm_id
+    if head == "listener_direction":
+        return plugin.direction
+    if head == "node":
+        if len(path) == 1:
+            return node or {}
+        if path[1] == "metadata":
+            return _nested(node.get("metadata") or {}, path[2:]) if len(path) > 2 \
+                else node.get("metadata") or {}
+        return node.get(path[1]) if len(path) == 2 else None
+    request = ctx.request
+    info = getattr(ctx.stream, "info", None)
+    if head == "request" and request is not None and len(path) == 2:
+        return _request_property(request, info, path[1])
+    if head == "response" and len(path) == 2:
+        return _response_property(ctx, info, path[1])
+    if head in ("source", "destination") and info is not None and len(path) == 2:
+        pair = info.downstream_remote if head == "source" else info.downstream_local
+        if path[1] == "address":
+            return _address(pair)
+        if path[1] == "port":
+            return int(pair[1]) if pair else None
+    if head == "connection" and info is not None and path[1:] == ("id",):
+        return info.connection_id
+    if head == "xds" and info is not None and len(path) == 2:
+        if path[1] == "cluster_name":
+            return info.upstream_cluster
+        if path[1] == "route_name":
+            return info.route_name
+    if head == "upstream" and info is not None and path[1:] == ("address",):
+        return info.upstream_host
+    return None
+
+
+def _request_property(request, info, name):
+    if name == "path":
+        return request.path
+    if name == "url_path":
+        return request.path_only
+    if name == "host":
+        return request.authority
+    if name == "scheme":
+        return request.scheme
+    if name == "method":
+        return request.method
+    if name == "headers":
+        return [(":authority", request.authority), (":path", request.path),
+                (":method", request.method), (":scheme", request.scheme)] + \
+            list(request.headers.items)
+    if name == "query":
+        return request.query
+    if name == "protocol":
+        return info.protocol if info is not None else None
+    if name == "id":
+        return request.headers.get("x-request-id")
+    if name == "useragent":
+        return request.headers.get("user-agent")
+    if name == "referer":
+        return request.headers.get("referer")
+    if name == "time" and info is not None:
+        return int(info.start_time * 1e9)
+    return None
+
+
+def _response_property(ctx, info, name):
+    if name == "code":
+        if ctx.response is not None:
+            return ctx.response.status
+        return info.response_code or None if info is not None else None
+    if name == "code_details":
+        return info.response_code_details if info is not None else None
+    if name == "headers" and ctx.response is not None:
+        return [(":status", str(ctx.response.status))] + list(ctx.response.headers.items)
+    return None
+
+
+# --- the host --------------------------------------------------------------------------------
+
+_SHARED: dict[str, dict[bytes, tuple[bytes, int]]] = {}        # vm_id -> key -> (value, cas)
+
+
+def shared_data(vm_id: str) -> dict:
+    """This worker's shared data of a vm_id (Envoy shares it per process and vm_id)."""
+    return _SHARED.setdefault(vm_id, {})
+
+
+class AbiHost:
+    """The host side of one VM: its contexts, metrics, shared data, VM configuration.
+
+    `stats`: a worker/stats.py Stats (its counters and gauges); `node`: the bootstrap's node;
+    `log`: a logging.Logger."""
+
+    def __init__(self, vm_id: str = "", vm_config: bytes = b"", stats=None, node=None,
+                 log: logging.Logger | None = None, environment: dict | None = None):
+        self.vm_id = vm_id
+        self.vm_config = vm_config
+        self.stats = stats
+        self.node = node or {}
+        self.log = log or logging.getLogger("baton.wasm")
+        self.environment = environment or {}      # vm_config.environment_variables
+        self.contexts: dict[int, Context] = {}
+        self.current: Context | None = None
+        self.metrics: dict[int, tuple[int, str]] = {}   # id -> (type, full stat name)
+        self.metric_ids: dict[tuple[int, str], int] = {}
+        self.shared = shared_data(vm_id)
+        self.tick_period_ms = 0
+        self.unimplemented: dict[str, int] = {}    # hostcall -> calls answered UNIMPLEMENTED
+        self.next_id = 1
+
+    def new_context(self, plugin: Plugin, root: Context | None = None, stream=None,
+                    request=None) -> Context:
+        ctx = Context(self.next_id, plugin, root, stream, request)
+        self.next_id += 1
+        self.contexts[ctx.id] = ctx
+        return ctx
+
+    def log_level(self) -> int:
+        """proxy_get_log_level: the lowest level the logger would write (SDKs skip the rest)."""
+        effective = self.log.getEffectiveLevel()
+        for level, threshold in enumerate(LOG_LEVELS):
+            if threshold >= effective:
+                return level
+        return 5
+
+    def proxy_log(self, level: int, message: bytes) -> int:
+        py_level = LOG_LEVELS[level] if 0 <= level < len(LOG_LEVELS) else logging.ERROR
+        if self.log.isEnabledFor(py_level):
+            plugin = self.current.plugin if self.current is not None else None
+            self.log.log(py_level, "wasm log %s %s %s: %s",
+                         plugin.name if plugin else "", plugin.root_id if plugin else "",
+                         self.vm_id, message.decode("utf-8", "replace"))
+        return OK
+
+    # -- buffers ----------------------------------------------------------------------------
+    def get_buffer(self, kind: int) -> tuple[int, bytes]:
+        if kind == VM_CONFIGURATION:
+            return OK, self.vm_config
+        if kind == PLUGIN_CONFIGURATION:
+            ctx = self.current
+            return (OK, ctx.plugin.configuration) if ctx is not None else (NOT_FOUND, b"")
+        return NOT_FOUND, b""       # bodies and call responses: not in this version
+
+    # -- header maps --------------------------------------------------------------------------
+    def _map(self, kind: int):
+        ctx = self.current
+        if ctx is None or kind < 0 or kind > RESPONSE_TRAILERS:
+            return None
+        found = ctx.maps.get(kind)
+        if found is None and ctx.request is not None:
+            found = ctx.maps[kind] = PairsMap()       # not there yet: an empty map
+        return found
+
+    def get_header(self, kind: int, key: bytes) -> tuple[int, bytes]:
+        m = self._map(kind)
+        if m is None:
+            return BAD_ARGUMENT, b""
+        value = m.get(key)
+        return (NOT_FOUND, b"") if value is None else (OK, value)
+
+    def get_pairs(self, kind: int) -> tuple[int, bytes]:
+        m = self._map(kind)
+        if m is None:
+            return BAD_ARGUMENT, b""
+        return OK, serialize_pairs(m.pairs())
+
+    def set_pairs(self, kind: int, data: bytes) -> int:
+        m = self._map(kind)
+        if m is None:
+            return BAD_ARGUMENT
+        try:
+            m.set_pairs(parse_pairs(data))
+        except ValueError:
+            return PARSE_FAILURE
+        return OK
+
+    def add_header(self, kind: int, key: bytes, value: bytes) -> int:
+        m = self._map(kind)
+        if m is None:
+            return BAD_ARGUMENT
+        m.add(key, value)
+        return OK
+
+    def replace_header(self, kind: int, key: bytes, value: bytes) -> int:
+        m = self._map(kind)
+        if m is None:
+            return BAD_ARGUMENT
+        m.replace(key, value)
+        return OK
+
+    def remove_header(self, kind: int, key: bytes) -> int:
+        m = self._map(kind)
+        if m is None:
+            return BAD_ARGUMENT
+        m.remove(key)
+        return OK
+
+    # -- stream control -------------------------------------------------------------------------
+    def send_local_response(self, status: int, details: bytes, body: bytes, headers: bytes,
+                            grpc_status: int) -> int:
+        ctx = self.current
+        if ctx is None or ctx.request is None:
+            return BAD_ARGUMENT
+        try:
+            pairs = parse_pairs(headers)
+        except ValueError:
+            return PARSE_FAILURE
+        ctx.local_reply = (status, _text(details), body,
+                           [(_text(k).lower(), _text(v)) for k, v in pairs],
+                           None if grpc_status in (-1, 0xFFFFFFFF) else grpc_status)
+        return OK
+
+    def continue_stream(self, stream_type: int) -> int:
+        ctx = self.current
+        if ctx is None or ctx.request is None:
+            return BAD_ARGUMENT
+        ctx.continued = True
+        if ctx.resume is not None:
+            ctx.resume()
+        return OK
+
+    def set_effective_context(self, context_id: int) -> int:
+        ctx = self.contexts.get(context_id)
+        if ctx is None:
+            return BAD_ARGUMENT
+        self.current = ctx
+        return OK
+
+    # -- properties ------------------------------------------------------------------------------
+    def get_property(self, path: bytes) -> tuple[int, bytes]:
+        ctx = self.current
+        if ctx is None:
+            return NOT_FOUND, b""
+        if path in ctx.properties:
+            return OK, ctx.properties[path]
+        parts = tuple(_text(p) for p in path.rstrip(b"\0").split(b"\0"))
+        if len(parts) == 1 and "." in parts[0]:     # "request.path" written as one segment
+            parts = tuple(parts[0].split("."))
+        value = encode_property(stream_property(ctx, self.node, parts))
+        return (NOT_FOUND, b"") if value is None else (OK, value)
+
+    def set_property(self, path: bytes, value: bytes) -> int:
+        ctx = self.current
+        if ctx is None:
+            return NOT_FOUND
+        ctx.properties[path] = value
+        return OK
+
+    # -- metrics ---------------------------------------------------------------------------------
+    def define_metric(self, kind: int, name: bytes) -> tuple[int, int]:
+        if kind not in (COUNTER, GAUGE, HISTOGRAM):
+            return BAD_ARGUMENT, 0
+        full = METRIC_PREFIX + name.decode("utf-8", "replace")
+        key = (kind, full)
+        metric_id = self.metric_ids.get(key)
+        if metric_id is None:
+            # Envoy's ids carry the type in their low bits; any unique number will do here.
+            metric_id = self.metric_ids[key] = len(self.metrics) + 1
+            self.metrics[metric_id] = key
+            if self.stats is not None and kind == COUNTER:
+                self.stats.counters[full] += 0
+            elif self.stats is not None and kind == GAUGE:
+                self.stats.gauges[full] += 0
+        return OK, metric_id
+
+    def increment_metric(self, metric_id: int, delta: int) -> int:
+        metric = self.metrics.get(metric_id)
+        if metric is None:
+            return NOT_FOUND
+        kind, name = metric
+        if kind == COUNTER:
+            if delta > 0:
+                self.stats.counters[name] += delta
+        elif kind == GAUGE:
+            self.stats.gauges[name] += delta
+        else:
+            return BAD_ARGUMENT
+        return OK
+
+    def record_metric(self, metric_id: int, value: int) -> int:
+        metric = self.metrics.get(metric_id)
+        if metric is None:
+            return NOT_FOUND
+        kind, name = metric
+        if kind == COUNTER:
+            self.stats.counters[name] += value
+        elif kind == GAUGE:
+            self.stats.gauges[name] = value
+        return OK                       # a histogram's sample: not exported
+
+    def get_metric(self, metric_id: int) -> tuple[int, int]:
+        metric = self.metrics.get(metric_id)
+        if metric is None:
+            return NOT_FOUND, 0
+        kind, name = metric
+        if kind == COUNTER:
+            return OK, self.stats.counters.get(name, 0)
+        if kind == GAUGE:
+            return OK, self.stats.gauges.get(name, 0)
+        return BAD_ARGUMENT, 0
+
+    # -- shared data -----------------------------------------------------------------------------
+    def get_shared_data(self, key: bytes) -> tuple[int, bytes, int]:
+        found = self.shared.get(key)
+        return (NOT_FOUND, b"", 0) if found is None else (OK, found[0], found[1])
+
+    def set_shared_data(self, key: bytes, value: bytes, cas: int) -> int:
+        current = self.shared.get(key)
+        if cas and current is not None and current[1] != cas:
+            return CAS_MISMATCH
+        self.shared[key] = (value, current[1] + 1 if current else 1)
+        return OK
+
+    # -- time, environment -----------------------------------------------------------------------
+    @staticmethod
+    def now_ns() -> int:
+        return time.time_ns()
+
+    def environ(self) -> list[bytes]:
+        """WASI environ_get's entries: KEY=VALUE."""
+        return [_raw(f"{k}={v}") for k, v in self.environment.items()]
+
+    def unimplemented_call(self, name: str) -> int:
+        self.unimplemented[name] = self.unimplemented.get(name, 0) + 1
+        return UNIMPLEMENTED

@@ -1,0 +1,142 @@
+"""Plugins in VMs: the proxy-wasm lifecycle a filter config drives, and this worker's VMs.
+
+    config (xds/http_filters_wasm.py) -> plugin_root(config, stats, node) -> PluginRoot
+    PluginRoot.new_stream / request_headers / response_headers / end_stream
+    validate(config): the same start in a throwaway VM (translation's check)
+
+As Envoy shares them, a worker has one VM per (vm_id, code hash, vm configuration,
+environment) and, in it, one root context per plugin (name, root_id, configuration). The
+first plugin of a VM starts it: proxy_on_context_create(root, 0), proxy_on_vm_start(root,
+vm config size); each plugin then proxy_on_configure(root, plugin config size). A start
+that returns false or traps fails the plugin ("Unable to create Wasm plugin", Envoy's
+words for the xDS NACK).
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+
+from ..stats import Stats
+from . import abi
+from .vm import VM, Trapped, WasmError, runtime
+
+log = logging.getLogger("baton.wasm")
+
+_vms: dict[tuple, VM] = {}              # this worker's VMs by vm_key
+_roots: dict[tuple, "PluginRoot"] = {}  # their plugins by (vm_key, plugin_key)
+
+
+def vm_key(config: dict) -> tuple:
+    return (config["vm_id"], config["sha256"], config["vm_config"],
+            tuple(sorted(config["environment"].items())))
+
+
+def plugin_key(config: dict) -> tuple:
+    return (config["name"], config["root_id"], config["configuration"])
+
+
+def _plugin(config: dict) -> abi.Plugin:
+    return abi.Plugin(config["name"], config["root_id"], config["vm_id"],
+                      config["configuration"])
+
+
+def _new_vm(config: dict, stats, node, keep: bool = True) -> VM:
+    module = runtime().compile(config["code"], config["sha256"], keep)
+    host = abi.AbiHost(config["vm_id"], config["vm_config"], stats, node, log,
+                       config["environment"])
+    return VM(module, host)
+
+
+class PluginRoot:
+    """One plugin's root context in a VM, and the calls of its streams."""
+
+    def __init__(self, vm: VM, plugin: abi.Plugin, first: bool):
+        self.vm = vm
+        self.host = vm.host
+        self.plugin = plugin
+        host = self.host
+        root = self.root = host.new_context(plugin)
+        host.current = root
+        vm.call("proxy_on_context_create", root.id, 0)
+        if first and vm.has("proxy_on_vm_start") and \
+                not vm.call("proxy_on_vm_start", root.id, len(host.vm_config)):
+            raise WasmError("proxy_on_vm_start failed")
+        if vm.has("proxy_on_configure") and \
+                not vm.call("proxy_on_configure", root.id, len(plugin.configuration)):
+            raise WasmError("proxy_on_configure failed")
+        self.has_response_headers = vm.has("proxy_on_response_headers")
+        self.has_log = vm.has("proxy_on_log")
+
+    @property
+    def failed(self) -> str:
+        return self.vm.failed
+
+    def new_stream(self, stream, request) -> abi.Context:
+        host = self.host
+        ctx = host.current = host.new_context(self.plugin, self.root, stream, request)
+        self.vm.call("proxy_on_context_create", ctx.id, self.root.id)
+        return ctx
+
+    def request_headers(self, ctx: abi.Context, end_stream: bool) -> int:
+        self.host.current = ctx
+        count = len(ctx.request.headers.items) + 4
+        return self.vm.call("proxy_on_request_headers", ctx.id, count, int(end_stream)) or 0
+
+    def response_headers(self, ctx: abi.Context, response, end_stream: bool) -> int:
+        ctx.set_response(response)
+        if not self.has_response_headers:
+            return abi.CONTINUE
+        self.host.current = ctx
+        return self.vm.call("proxy_on_response_headers", ctx.id,
+                            len(response.headers.items) + 1, int(end_stream)) or 0
+
+    def end_stream(self, ctx: abi.Context) -> None:
+        """proxy_on_done, then (a plugin that is done) proxy_on_log and proxy_on_delete."""
+        host, vm = self.host, self.vm
+        try:
+            if vm.failed:
+                return
+            host.current = ctx
+            if vm.call("proxy_on_done", ctx.id) in (None, 1):
+                if self.has_log:
+                    vm.call("proxy_on_log", ctx.id)
+                vm.call("proxy_on_delete", ctx.id)
+        finally:
+            host.contexts.pop(ctx.id, None)
+            host.current = None
+
+
+def plugin_root(config: dict, stats, node) -> PluginRoot:
+    """This worker's root of the plugin `config` names (started on first use). Raises
+    WasmError when the module or the plugin cannot start."""
+    vkey = vm_key(config)
+    key = (vkey, plugin_key(config))
+    root = _roots.get(key)
+    if root is not None and not root.failed:
+        return root
+    vm = _vms.get(vkey)
+    first = vm is None or bool(vm.failed)
+    if first:
+        vm = _vms[vkey] = _new_vm(config, stats, node)
+    try:
+        root = PluginRoot(vm, _plugin(config), first)
+    except Trapped as exc:
+        raise WasmError(str(exc)) from None
+    _roots[key] = root
+    return root
+
+
+def validate(config: dict) -> None:
+    """Start the plugin in a VM of its own and drop it; WasmError says why it cannot run."""
+    vm = _new_vm(config, Stats(), {}, keep=False)
+    try:
+        PluginRoot(vm, _plugin(config), True)
+    except Trapped as exc:
+        raise WasmError(str(exc)) from None
+    finally:
+        vm.close()
+        del vm
+        # The VM's hostcalls and the VM refer to each other: free it now, in this process,
+        # not in a worker forked later (vm.py, _inherited).
+        gc.collect()

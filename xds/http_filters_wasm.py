@@ -1,0 +1,157 @@
+"""envoy.extensions.filters.http.wasm.v3.Wasm (a proxy-wasm plugin) -> the worker's config.
+
+    translate_wasm(pb, path, errors, warnings) -> ("envoy.filters.http.wasm", config)
+
+config: {"name", "root_id", "vm_id": str, "configuration", "vm_config": bytes,
+"code": bytes, "sha256": hex, "environment": {name: value}, "fail_open": bool}
+(worker/proxy/http/wasm.py runs it).
+
+As Envoy 1.40 reads a PluginConfig:
+- runtime: envoy.wasm.runtime.{v8,wamr,wasmtime,wavm} all run on wasmtime (Baton has one
+  engine); envoy.wasm.runtime.null is Istio's built-ins (xds/http_filters_istio.py).
+- code: vm_config.code.local as a filename (read now, hashed), inline_bytes or
+  inline_string. `remote` (an HTTP fetch with sha256) is refused: istio-agent downloads
+  a WasmPlugin's module and rewrites it to a local filename before the sidecar sees it.
+- configuration / vm_config.configuration: an Any; a google.protobuf.StringValue or
+  BytesValue gives its bytes, any other message its JSON (Envoy's
+  anyToBytes), none gives b"".
+- environment_variables: host_env_keys from this process's environment (unset ones are
+  left out, as Envoy does), key_values as given.
+- fail_open, or failure_policy FAIL_OPEN: a failed VM lets requests through; otherwise
+  (FAIL_CLOSED, and FAIL_RELOAD until Baton reloads VMs) it answers 503.
+- The module is checked now, in a VM of its own: it compiles, has the ABI marker, and
+  proxy_on_vm_start and proxy_on_configure return true. Otherwise the error names the
+  filter's path and says "Unable to create Wasm plugin", Envoy's words, and the update is
+  NACKed (an ECDS resource too, xds/ecds.py).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+from . import protos
+from .parse import join
+
+NAME = "envoy.filters.http.wasm"
+TYPE = "envoy.extensions.filters.http.wasm.v3.Wasm"
+RUNTIMES = ("envoy.wasm.runtime.v8", "envoy.wasm.runtime.wamr", "envoy.wasm.runtime.wasmtime",
+            "envoy.wasm.runtime.wavm")
+NULL_RUNTIME = "envoy.wasm.runtime.null"
+_PLUGIN_FIELDS = ("name", "root_id", "vm_config", "configuration", "fail_open",
+                  "failure_policy")
+_VM_FIELDS = ("vm_id", "runtime", "code", "configuration", "allow_precompiled",
+              "environment_variables", "nack_on_code_cache_miss")
+_WRAPPERS = ("google.protobuf.StringValue", "google.protobuf.BytesValue")
+
+
+def any_bytes(any_pb) -> bytes:
+    """A configuration Any -> the bytes the plugin reads (Envoy's anyToBytes)."""
+    if not any_pb.type_url:
+        return b""
+    name = protos.type_name(any_pb.type_url)
+    if name in _WRAPPERS:
+        message = protos.message_class(name)()
+        any_pb.Unpack(message)
+        value = message.value
+        return value.encode() if isinstance(value, str) else value
+    protos.import_type(name)
+    message = protos.message_class(name)()
+    any_pb.Unpack(message)
+    return protos.json_format.MessageToJson(message, indent=None).encode()
+
+
+def _code(code_pb, path, errors) -> bytes | None:
+    which = code_pb.WhichOneof("specifier")
+    if which == "remote":
+        errors.append(f"{join(path, 'remote')}: remote Wasm code not supported (give a local "
+                      "filename: istio-agent rewrites a WasmPlugin's remote code to one)")
+        return None
+    if which != "local":
+        errors.append(f"{path}: required")
+        return None
+    local = code_pb.local
+    kind = local.WhichOneof("specifier")
+    here = join(join(path, "local"), kind or "")
+    if kind == "filename":
+        try:
+            with open(local.filename, "rb") as f:
+                return f.read()
+        except OSError as exc:
+            errors.append(f"{here}: cannot read {local.filename!r}: {exc.strerror}")
+            return None
+    if kind == "inline_bytes":
+        return local.inline_bytes
+    if kind == "inline_string":
+        return local.inline_string.encode()
+    errors.append(f"{join(path, 'local')}: filename, inline_bytes or inline_string expected")
+    return None
+
+
+def _unsupported(message, allowed, path, errors) -> bool:
+    bad = [f.name for f, _ in message.ListFields() if f.name not in allowed]
+    for name in bad:
+        errors.append(f"{join(path, name)}: not supported")
+    return bool(bad)
+
+
+def _environment(env_pb) -> dict:
+    found = {key: os.environ[key] for key in env_pb.host_env_keys if key in os.environ}
+    found.update(env_pb.key_values)
+    return found
+
+
+def translate_wasm(pb, path, errors, warnings):
+    """Wasm (its PluginConfig) -> (NAME, config), or (None, None) with an error."""
+    here = join(path, "config")
+    plugin = pb.config
+    start = len(errors)
+    _unsupported(plugin, _PLUGIN_FIELDS, here, errors)
+    vm_path = join(here, "vm_config")
+    vm = plugin.vm_config
+    _unsupported(vm, _VM_FIELDS, vm_path, errors)
+    if vm.runtime not in RUNTIMES:
+        errors.append(f"{join(vm_path, 'runtime')}: {vm.runtime or 'none'} not supported "
+                      f"({', '.join(RUNTIMES)}, or {NULL_RUNTIME} for Istio's built-ins)")
+    code = _code(vm.code, join(vm_path, "code"), errors)
+    policy = plugin.DESCRIPTOR.fields_by_name["failure_policy"].enum_type \
+        .values_by_number[plugin.failure_policy].name
+    if policy == "FAIL_RELOAD" and warnings is not None:
+        warnings.append(f"{join(here, 'failure_policy')}: FAIL_RELOAD: a failed VM is not "
+                        "reloaded yet; it fails closed")
+    if len(errors) > start:
+        return None, None
+    try:
+        configuration = any_bytes(plugin.configuration)
+        vm_config = any_bytes(vm.configuration)
+    except (protos.ParseError, TypeError, KeyError) as exc:
+        errors.append(f"{join(here, 'configuration')}: {exc}")
+        return None, None
+    config = {"name": plugin.name, "root_id": plugin.root_id, "vm_id": vm.vm_id,
+              "configuration": configuration, "vm_config": vm_config, "code": code,
+              "sha256": hashlib.sha256(code).hexdigest(),
+              "environment": _environment(vm.environment_variables),
+              "fail_open": policy == "FAIL_OPEN" or (policy == "UNSPECIFIED" and
+                                                     plugin.fail_open)}
+    from ..worker.wasm.plugin import validate       # wasmtime only with a Wasm filter
+    from ..worker.wasm.vm import WasmError
+    try:
+        validate(config)
+    except WasmError as exc:
+        name = f" {plugin.name}" if plugin.name else ""
+        errors.append(f"{path}: Unable to create Wasm plugin{name}: {exc}")
+        return None, None
+    return NAME, config
+
+
+def translate_wasm_value(value: dict, path, errors, warnings):
+    """The same Wasm given as JSON (a TypedStruct's value)."""
+    protos.import_type(TYPE)
+    message = protos.message_class(TYPE)()
+    protos.import_types_in(value)
+    try:
+        protos.json_format.ParseDict(value, message)
+    except protos.ParseError as exc:
+        errors.append(f"{path}: {exc}")
+        return None, None
+    return translate_wasm(message, path, errors, warnings)
