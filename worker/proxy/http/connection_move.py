@@ -31,6 +31,9 @@ class HttpConnectionMoves:
     """The moving methods of HttpConnection (connection_manager.py)."""
 
     __slots__ = ()
+    # The connection-wide deadlines export cancels ((max_connection_duration, the final
+    # GOAWAY), loop times or None), armed again by resume() if the connection stays after all.
+    exported_deadlines = None
 
     def readiness(self) -> Move:
         """HTTP/1.1 connections move at once when idle, and when their request has arrived
@@ -141,6 +144,8 @@ class HttpConnectionMoves:
     def export(self, client_only: bool = False) -> Export:
         self.transport.pause_reading()
         in_flight = bool(self.streams)
+        self.exported_deadlines = tuple(None if timer is None else timer.when()
+                                        for timer in (self.duration_timer, self.drain_timer))
         if in_flight:
             # The exchange stays here: its route deadline and stream sweeps go on.
             for timer in (self.idle_timer, self.header_timer, self.duration_timer, self.drain_timer):
@@ -216,9 +221,18 @@ class HttpConnectionMoves:
             self.transport, self.moving_client = self.moving_client, None
             forwarded.give_back(self.transport)
         self._release_held_streams()
+        deadlines, self.exported_deadlines = self.exported_deadlines, None
         if not self.closed:
             self.transport.resume_reading()
             self._arm_idle()
+            if deadlines is not None:
+                # An export that failed (EMFILE) or a record the receiver refused: the
+                # connection serves on here, still bound by its duration and drain deadlines.
+                duration, final_goaway = deadlines
+                if duration is not None and self.duration_timer is None:
+                    self.duration_timer = self.loop.call_at(duration, self.drain)
+                if final_goaway is not None and self.drain_timer is None:
+                    self.drain_timer = self.loop.call_at(final_goaway, self._final_goaway)
 
     def adopt_codec(self, codec) -> None:
         """Adopted with its codec's state (h2move.py), before the transport exists."""
