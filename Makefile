@@ -56,6 +56,8 @@ istio-acceptance: install
 # with npm; the build is reproducible and the .wasm is committed, so the tests need no npm.
 wasm-fixtures:
 	@tests/fixtures/wasm/demo-plugin/build.sh
+	@git diff --quiet -- tests/fixtures/wasm/demo.wasm && echo "demo.wasm: identical to the committed build" \
+		|| echo "demo.wasm changed: commit it with its source"
 
 clean:
 	rm -rf .venv .venv-envoy build *.egg-info

@@ -1,0 +1,152 @@
+"""worker/wasm/vm.py and plugin.py on WAT modules (text here and in tests/fixtures/wasm/;
+wasmtime compiles it, no toolchain): the calls through wasmtime's unchecked C API (the
+private _bindings the pinned major version is for), bounds-checked guest memory, every
+import linked (unknown ones UNIMPLEMENTED / ENOSYS), traps failing the VM, the epoch
+deadline stopping a spinning guest, the ABI marker, start failures."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from pathlib import Path
+
+import pytest
+
+wasmtime = pytest.importorskip("wasmtime")
+
+from baton.worker.codecs.message import Headers, Request, Response  # noqa: E402
+from baton.worker.stats import Stats  # noqa: E402
+from baton.worker.wasm import abi, plugin  # noqa: E402
+from baton.worker.wasm.vm import Trapped, WasmError  # noqa: E402
+
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "wasm"
+
+
+def config(code: bytes, root_id="", configuration=b"", environment=None, vm_id=None) -> dict:
+    return {"name": "t", "root_id": root_id, "vm_id": vm_id or hashlib.sha256(code).hexdigest()[:8],
+            "configuration": configuration, "vm_config": b"", "code": code,
+            "sha256": hashlib.sha256(code).hexdigest(), "environment": environment or {},
+            "fail_open": False}
+
+
+def module(body: str, imports: str = "", marker: str = "proxy_abi_version_0_2_1",
+           configure: str = "(i32.const 1)", extra: str = "",
+           alloc: str = "proxy_on_memory_allocate") -> bytes:
+    """A plugin whose proxy_on_request_headers runs `body` (it returns an i32)."""
+    return wasmtime.wat2wasm(f"""(module
+      {imports}
+      (memory (export "memory") 1)
+      (global $heap (mut i32) (i32.const 1024))
+      (func (export "{marker}"))
+      (func (export "{alloc}") (param $n i32) (result i32) (local $p i32)
+        (local.set $p (global.get $heap))
+        (global.set $heap (i32.add (global.get $heap) (local.get $n)))
+        (local.get $p))
+      (func (export "proxy_on_context_create") (param i32 i32))
+      (func (export "proxy_on_configure") (param i32 i32) (result i32) {configure})
+      (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32) {body})
+      {extra})""")
+
+
+def run_request(cfg, request=None):
+    """(the action, the context) of one request through a fresh VM's plugin."""
+    root = plugin.PluginRoot(plugin._new_vm(cfg, Stats(), {}), plugin._plugin(cfg), True)
+    ctx = root.new_stream(None, request or Request("GET", "/hello", "h", Headers([])))
+    return root.request_headers(ctx, True), ctx, root
+
+
+def test_the_raw_abi_plugin_allows_and_denies():
+    code = wasmtime.wat2wasm((FIXTURES / "deny.wat").read_text())
+    cfg = config(code, root_id="x")
+    plugin.validate(cfg)
+    action, ctx, root = run_request(cfg)
+    assert action == 0 and ctx.local_reply is None
+    response = Response(200, Headers([]))
+    root.response_headers(ctx, response, True)
+    assert response.headers.items == [("x-wasm", "hello")]
+    root.end_stream(ctx)
+    assert ctx.id not in root.host.contexts
+    action, ctx, _ = run_request(cfg, Request("GET", "/deny/1", "h", Headers([])))
+    assert action == 1 and ctx.local_reply == (403, "wasm_denied", b"denied\n", [], None)
+
+
+def test_a_pointer_outside_memory_is_an_invalid_memory_access():
+    code = module("(call $log (i32.const 2) (i32.const 65530) (i32.const 100))",
+                  '(import "env" "proxy_log" (func $log (param i32 i32 i32) (result i32)))')
+    assert run_request(config(code))[0] == abi.INVALID_MEMORY_ACCESS
+
+
+def test_unknown_imports_are_linked_and_answer_unimplemented():
+    code = module("""(drop (call $fd_close (i32.const 3)))
+                     (i32.add (call $http_call) (call $fd_close (i32.const 3)))""",
+                  """(import "env" "proxy_http_call" (func $http_call (result i32)))
+                     (import "wasi_snapshot_preview1" "fd_close" (func $fd_close (param i32) (result i32)))""")
+    action, _, root = run_request(config(code))
+    assert action == abi.UNIMPLEMENTED + 52           # UNIMPLEMENTED, and WASI's ENOSYS
+    assert root.host.unimplemented == {"proxy_http_call": 1, "wasi_snapshot_preview1.fd_close": 2}
+
+
+def test_the_allocator_may_grow_memory_during_a_hostcall():
+    # The allocator grows memory by a page for every allocation: the host must read the
+    # memory's base again after it (the header value lands in the new page).
+    code = module("""(drop (call $get (i32.const 0) (i32.const 0) (i32.const 5) (i32.const 100) (i32.const 104)))
+                     (i32.load8_u (i32.load (i32.const 100)))""",
+                  '(import "env" "proxy_get_header_map_value" (func $get (param i32 i32 i32 i32 i32) (result i32)))',
+                  extra="""(data (i32.const 0) ":path")
+                           (func (export "malloc") (param i32) (result i32)
+                             (i32.mul (memory.grow (i32.const 1)) (i32.const 65536)))""",
+                  alloc="unused_allocator")
+    action, ctx, root = run_request(config(code))
+    assert action == ord("/")
+
+
+def test_a_trap_fails_the_vm_and_proc_exit_is_a_trap():
+    cfg = config(module("unreachable"))
+    root = plugin.PluginRoot(plugin._new_vm(cfg, Stats(), {}), plugin._plugin(cfg), True)
+    ctx = root.new_stream(None, Request("GET", "/", "h", Headers([])))
+    with pytest.raises(Trapped, match="proxy_on_request_headers"):
+        root.request_headers(ctx, True)
+    assert root.failed
+    with pytest.raises(Trapped):
+        root.new_stream(None, Request("GET", "/", "h", Headers([])))
+    exiting = module("(call $exit (i32.const 3)) (i32.const 0)",
+                     '(import "wasi_unstable" "proc_exit" (func $exit (param i32)))')
+    with pytest.raises(Trapped, match="proc_exit"):
+        run_request(config(exiting))
+
+
+def test_the_epoch_deadline_stops_a_spinning_guest():
+    code = module("(loop $spin (br $spin)) (i32.const 0)")
+    started = time.monotonic()
+    with pytest.raises(Trapped, match="interrupt"):
+        run_request(config(code))
+    assert time.monotonic() - started < 2.0
+
+
+def test_the_abi_marker_and_starts_are_checked():
+    with pytest.raises(WasmError, match="no proxy_abi_version"):
+        plugin.validate(config(module("(i32.const 0)", marker="something_else")))
+    with pytest.raises(WasmError, match="ABI version 0_1_0 not supported"):
+        plugin.validate(config(module("(i32.const 0)", marker="proxy_abi_version_0_1_0")))
+    with pytest.raises(WasmError, match="proxy_on_configure failed"):
+        plugin.validate(config(module("(i32.const 0)", configure="(i32.const 0)")))
+    with pytest.raises(WasmError, match="proxy_on_configure.*unreachable|unreachable"):
+        plugin.validate(config(module("(i32.const 0)", configure="unreachable")))
+    with pytest.raises(WasmError, match="cannot compile"):
+        plugin.validate(config(b"\0asm\1\0\0\0junk"))
+    memory_import = wasmtime.wat2wasm('(module (import "env" "memory" (memory 1)))')
+    with pytest.raises(WasmError, match="env.memory is not a function"):
+        plugin.validate(config(memory_import))
+
+
+def test_wasi_environ_serves_the_vm_environment():
+    # environ_sizes_get, then environ_get; the result: the first byte of the first entry.
+    code = module("""(drop (call $sizes (i32.const 200) (i32.const 204)))
+                     (drop (call $get (i32.const 300) (i32.const 400)))
+                     (i32.add (i32.mul (i32.load (i32.const 200)) (i32.const 1000))
+                              (i32.load8_u (i32.load (i32.const 300))))""",
+                  """(import "wasi_snapshot_preview1" "environ_sizes_get" (func $sizes (param i32 i32) (result i32)))
+                     (import "wasi_snapshot_preview1" "environ_get" (func $get (param i32 i32) (result i32)))""")
+    action, _, _ = run_request(config(code, environment={"K": "v", "HOSTNAME": "h"}))
+    assert action == 2 * 1000 + ord("K")
+
