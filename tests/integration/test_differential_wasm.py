@@ -1,0 +1,103 @@
+"""Differential: the same proxy-wasm modules through Envoy 1.40 (V8) and Baton (wasmtime).
+The AssemblyScript plugin (tests/fixtures/wasm/demo.wasm, @solo-io/proxy-runtime 0.1.8)
+and the raw-ABI WAT plugin (deny.wat): what reaches the upstream (x-wasm-seen: the plugin
+configuration), the response (x-wasm from the response hook), the local 403 (its body,
+headers, content-type, and the response hook's header on it too), the plugin's counter on
+/stats and /stats/prometheus (Envoy: wasmcustom.wasm_filter.requests, shown in Prometheus as
+wasm_filter_requests, without envoy_)."""
+
+from __future__ import annotations
+
+import base64
+import urllib.request
+from pathlib import Path
+
+import wasmtime
+
+from .differential.bootstraps import bootstrap, cluster, http_listener
+from .differential.client import one
+from .differential.compare import differential, header, observe, upstream_header
+from .differential.proxies import module_pair
+
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "wasm"
+WASM_TYPE = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm"
+STRING_VALUE = "type.googleapis.com/google.protobuf.StringValue"
+
+
+def wasm_filter(code: dict, root_id: str, configuration: str) -> dict:
+    return {"name": "demo", "typed_config": {"@type": WASM_TYPE, "config": {
+        "name": "demo", "root_id": root_id,
+        "configuration": {"@type": STRING_VALUE, "value": configuration},
+        "vm_config": {"runtime": "envoy.wasm.runtime.v8", "code": {"local": code}}}}}
+
+
+def wasm_bootstrap(upstreams: dict[str, int]):
+    route_config = {"name": "wasm", "virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [
+        {"match": {"prefix": "/"}, "route": {"cluster": "a"}}]}]}
+    deny_wasm = wasmtime.wat2wasm((FIXTURES / "deny.wat").read_text())
+    filters = {
+        "sdk": wasm_filter({"filename": str(FIXTURES / "demo.wasm")}, "demo", "from-diff"),
+        "raw": wasm_filter({"inline_bytes": base64.b64encode(deny_wasm).decode()}, "x", ""),
+    }
+
+    def template(ports: dict[str, int], admin: int) -> dict:
+        listeners = [http_listener(name, ports[name], route_config, http_filters=[f])
+                     for name, f in filters.items()]
+        return bootstrap(admin, listeners, [cluster("a", [upstreams["a"]])])
+    return template
+
+
+recorder, pair = module_pair("diff-wasm", wasm_bootstrap, ["sdk", "raw"])
+
+
+def exchange(listener: str, path: str, case: str):
+    def run(target):
+        return observe(one(target.ports[listener], "GET", path,
+                           [("host", "diff.test"), ("x-test-key", target.key(case))]), target)
+    return run
+
+
+def test_the_sdk_plugin_lets_a_request_through_and_marks_both_ways(pair, recorder):
+    def expect(obs):
+        assert obs["status"] == 200, obs
+        assert header(obs, "x-wasm") == "hello", obs
+        assert upstream_header(obs, "x-wasm-seen") == "from-diff", obs
+    differential(pair, exchange("sdk", "/hello", "wasm-allow"), expect)
+
+
+def test_the_sdk_plugins_local_reply_passes_its_response_hook(pair, recorder):
+    def expect(obs):
+        assert obs["status"] == 403 and obs["body"] == "denied by wasm\n", obs
+        assert header(obs, "x-wasm-denied") == "1" and header(obs, "x-wasm") == "hello", obs
+        assert header(obs, "content-type") == "text/plain", obs
+    differential(pair, exchange("sdk", "/deny/x", "wasm-deny"), expect)
+
+
+def test_the_raw_abi_plugin_given_inline(pair, recorder):
+    def expect(obs):
+        assert obs["status"] == 403 and obs["body"] == "denied\n", obs
+        assert header(obs, "x-wasm") == "hello", obs
+    differential(pair, exchange("raw", "/deny", "wasm-raw-deny"), expect)
+
+    def allowed(obs):
+        assert obs["status"] == 200 and header(obs, "x-wasm") == "hello", obs
+    differential(pair, exchange("raw", "/ok", "wasm-raw-allow"), allowed)
+
+
+def test_the_plugins_counter_is_named_as_envoy_names_it(pair, recorder):
+    def run(target):
+        before = target.stats("wasmcustom.").get("wasmcustom.wasm_filter.requests", 0)
+        one(target.ports["sdk"], "GET", "/count", [("host", "diff.test"),
+                                                   ("x-test-key", target.key("wasm-count"))])
+        after = target.stats("wasmcustom.")
+        url = f"http://127.0.0.1:{target.admin_port}/stats/prometheus"
+        with urllib.request.urlopen(url, timeout=5) as r:
+            lines = [line for line in r.read().decode().splitlines() if "wasm_filter" in line]
+        return {"counted": after.get("wasmcustom.wasm_filter.requests", 0) - before,
+                "prometheus": [line if line.startswith("#") else line.rsplit(" ", 1)[0]
+                               for line in lines]}
+
+    def expect(obs):
+        assert obs == {"counted": 1, "prometheus": ["# TYPE wasm_filter_requests counter",
+                                                    "wasm_filter_requests{}"]}, obs
+    differential(pair, run, expect)
