@@ -1,16 +1,17 @@
 """envoy.filters.network.rbac on a tcp_proxy chain: Istio's AuthorizationPolicy for TCP.
 
-tcp_proxy.py asks `allows(conn)` when a connection starts (after the TLS handshake, when
-Baton terminates TLS), once it has picked a cluster and before it connects. Denied:
-`<stat_prefix>rbac.denied` counts and the connection is closed without an upstream. Allowed: `...rbac.allowed`; shadow rules
-count shadow_allowed / shadow_denied as in the HTTP filter (http/rbac.py Engines).
-
-Difference from Envoy: Envoy decides on the connection's first bytes from the client
-(enforcement_type ONE_TIME_ON_FIRST_BYTE; its tcp_proxy has connected upstream by then);
-Baton decides when the connection starts, from the same facts (no network policy looks at
-the bytes), so a denied client never reaches the upstream, and a server-first protocol's
-greeting is not passed to it. CONTINUOUS enforcement asks the same question again on each
-read in Envoy, with the same answer for these facts. delay_deny is not applied.
+As Envoy's filter (enforcement_type ONE_TIME_ON_FIRST_BYTE, its onData) it decides on the
+client's first bytes (or its FIN), not when the connection starts: tcp_proxy connects
+upstream at once, and what the upstream sends first (a server-first protocol's greeting)
+reaches the client before any decision; the client's first read (tcp_proxy.py's gate on its
+client -> upstream pump, tls_proxy.py's first plaintext after the handshake, or the bytes an
+inspector already read) asks `allows(conn)`. Denied: `<stat_prefix>rbac.denied` counts and
+the connection is closed, the client's bytes never sent upstream. Allowed:
+`...rbac.allowed`; shadow rules count shadow_allowed / shadow_denied as in the HTTP filter
+(http/rbac.py Engines). A client that never sends is never decided, as in Envoy
+(test_differential_rbac.py). A tcp_proxy with tunneling_config still decides when the
+connection starts. CONTINUOUS enforcement asks the same question again on each read in
+Envoy, with the same answer for these facts. delay_deny is not applied.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from .http.rbac import Engines, stat_prefix_join
 from .rbac_engine import Facts
 
 TYPE = "envoy.filters.network.rbac"
+# The connection kinds that decide on the client's first bytes (tcp_proxy.py, tls_proxy.py).
+ON_FIRST_BYTES = ("tcp", "tls")
 
 
 class _TlsFacts:
@@ -44,6 +47,11 @@ def _engines(conn):
                 engines.append(Engines(entry, prefix, conn.stats.counters))
         chain.rbac_engines = engines
     return chain.rbac_engines
+
+
+def gated(conn) -> bool:
+    """Whether `conn`'s chain has a network RBAC filter to ask on its first bytes."""
+    return conn.kind in ON_FIRST_BYTES and bool(_engines(conn))
 
 
 def allows(conn) -> bool:

@@ -51,7 +51,7 @@ class Pump:
 
     __slots__ = ("conn", "loop", "pool", "src", "dst", "pipe", "pipe_r", "pipe_w", "want",
                  "capacity", "pending", "reading", "writing", "eof", "done", "pipe_full",
-                 "stats", "read_stats", "total")
+                 "stats", "read_stats", "total", "gate")
 
     def __init__(self, conn, src: int, dst: int, capacity: int, read_stats):
         self.conn = conn
@@ -72,6 +72,7 @@ class Pump:
         self.stats = conn.stats.counters
         self.read_stats = read_stats
         self.total = 0               # bytes read from src (the access log's byte counts)
+        self.gate = None             # f() -> bool asked once, before the first read (RBAC)
 
     def start(self) -> None:
         self._set_reading(True)
@@ -102,6 +103,10 @@ class Pump:
         self.pipe_r = self.pipe_w = -1
 
     def on_readable(self) -> None:
+        if self.gate is not None:   # the first bytes (or the FIN) are there: may they pass?
+            gate, self.gate = self.gate, None
+            if not gate():
+                return
         if self.pipe is None:
             self._borrow()
         room = self.capacity - self.pending
@@ -263,9 +268,10 @@ class TcpProxyConnection(Connection):
             counters[self.cluster.stat["upstream_cx_overflow"]] += 1
             self.close()
             return
-        # After the cluster is chosen, as in Envoy (where tcp_proxy has picked it before the
-        # RBAC filter sees the first bytes), so a denied connection's log names its cluster.
-        if self.chain.network_filters and not rbac_network.allows(self):
+        # A tunneling connection's RBAC decides here, after the cluster is chosen (so a denied
+        # connection's log names it); the others' on the client's first bytes (_established).
+        if self.chain.network_filters and self.kind not in rbac_network.ON_FIRST_BYTES and \
+                not rbac_network.allows(self):
             self.close()                    # Istio's AuthorizationPolicy denied it
             return
         self._connect()
@@ -420,6 +426,16 @@ class TcpProxyConnection(Connection):
             upstream_bound, client_bound = upstream_bound + received, client_bound + sent
         self.pumps = (Pump(self, c, u, to_upstream, upstream_bound),
                       Pump(self, u, c, to_client, client_bound))
+        if self.chain.network_filters and rbac_network.gated(self):
+            # Envoy's network RBAC decides on the client's first bytes, the upstream connected
+            # by then (what it sends first reaches the client): bytes an inspector read, or
+            # the client's first read. A moved connection with client bytes in flight was
+            # decided before it moved; one without is asked again (it may not have been).
+            first = self.initial if moved is None else (moved[0]["data"], moved[0]["eof"])
+            if first is None or not (first[0] or first[1]):
+                self.pumps[0].gate = self.first_bytes_allowed
+            elif moved is None and not self.first_bytes_allowed():
+                return
         if moved is None and self.initial is not None:
             data, eof = self.initial
             moved = ({"data": data, "eof": eof, "done": False}, {"data": b"", "eof": False, "done": False})
@@ -428,6 +444,13 @@ class TcpProxyConnection(Connection):
             for pump, direction in zip(self.pumps, moved):
                 pump.restore(direction["data"], direction["eof"], direction["done"])
         self._run_pumps()
+
+    def first_bytes_allowed(self) -> bool:
+        """Network RBAC on the client's first bytes: allowed, or closed (rbac_network.py)."""
+        if rbac_network.allows(self):
+            return True
+        self.close()                        # Istio's AuthorizationPolicy denied it
+        return False
 
     def _byte_stats(self) -> tuple[tuple, tuple]:
         """The counters of each direction's bytes: (client -> upstream, upstream -> client)."""

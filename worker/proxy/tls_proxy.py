@@ -50,6 +50,7 @@ from ..tls.accept import HandshakeRefused, ServerAccept
 from ..tls.client import EXCHANGE_ALPN, ClientConnect
 from ..tls.records import TLSAlert
 from ..tls.state import StateError, export_state, import_state
+from . import rbac_network
 from .istio import tls_session as istio_tls_session
 from .tcp_proxy import TcpProxyConnection, _cluster_missing
 
@@ -65,7 +66,8 @@ class TlsProxyConnection(TcpProxyConnection):
     __slots__ = ("tls", "handshake", "layer", "to_upstream", "to_client", "client_fd",
                  "upstream_fd", "io", "client_eof", "upstream_eof", "up_done", "down_done",
                  "up_limit", "down_limit", "paused", "on_idle", "held",
-                 "up_connect", "up_layer", "up_client", "up_handshake_out", "istio")
+                 "up_connect", "up_layer", "up_client", "up_handshake_out", "istio",
+                 "rbac_pending")
 
     def __init__(self, worker, listener, client: socket.socket, peer, conn_id: int, chain=None):
         super().__init__(worker, listener, client, peer, conn_id, chain)
@@ -91,6 +93,7 @@ class TlsProxyConnection(TcpProxyConnection):
         self.on_idle = None                 # a reload waits for the upstream connect to end
         self.held = False                   # ...and it ended: open, not started, about to move
         self.istio = None                   # Istio's exchange and stats (istio/tls_session.py)
+        self.rbac_pending = False           # network RBAC waits for the first plaintext
 
     # -- the handshake ----------------------------------------------------------------------
 
@@ -260,6 +263,14 @@ class TlsProxyConnection(TcpProxyConnection):
             self.to_client[:] = down["data"]
             self.client_eof, self.up_done = up["eof"], up["done"]
             self.upstream_eof, self.down_done = down["eof"], down["done"]
+        if self.chain.network_filters and rbac_network.gated(self):
+            # Envoy's network RBAC: on the first plaintext from the client (or its end), the
+            # upstream up by then (tcp_proxy.py _established does the same for splice).
+            if self.to_upstream or self.client_eof:
+                if moved is None and not self.first_bytes_allowed():
+                    return
+            else:
+                self.rbac_pending = True
         if self.on_idle is not None:
             # A reload is waiting for this connect: hand the connection over before any byte
             # moves, so the adopter starts from exactly this state.
@@ -286,6 +297,10 @@ class TlsProxyConnection(TcpProxyConnection):
         self._watch_if(self.upstream_fd, not self.upstream_eof and len(self.to_client) < self.down_limit,
                        self._on_upstream_readable)
 
+    def _first_bytes_allowed(self) -> bool:
+        self.rbac_pending = False
+        return self.first_bytes_allowed()
+
     def _on_client_readable(self) -> None:
         try:
             data = self.client.recv(RECV_SIZE)
@@ -297,7 +312,11 @@ class TlsProxyConnection(TcpProxyConnection):
         self.last_active = _monotonic()
         if not data:
             self.client_eof = True          # a FIN without close_notify ends the stream too
+            if self.rbac_pending and not self._first_bytes_allowed():
+                return
         elif self.layer is None:            # a plain client
+            if self.rbac_pending and not self._first_bytes_allowed():
+                return
             if self.istio is not None:
                 data = self.istio.from_client(data)
             self._for_upstream(data)
@@ -309,6 +328,9 @@ class TlsProxyConnection(TcpProxyConnection):
                 self._alert(exc)
                 return
             self.to_client += self.layer.data_to_send()     # a KeyUpdate we owe, a refusal
+            if self.rbac_pending and (plaintext or self.layer.peer_closed) and \
+                    not self._first_bytes_allowed():
+                return
             if plaintext and self.istio is not None:
                 plaintext = self.istio.from_client(plaintext)
             if plaintext:
