@@ -377,6 +377,8 @@ def _preimport() -> None:
     protos.import_type(DOWNSTREAM_TLS_CONTEXT)
     _inotify()
     import encodings.idna  # noqa: F401
+    from ..worker.wasm.vm import load_wasmtime
+    load_wasmtime()         # the Wasm modules ECDS may send are checked here (xds/http_filters_wasm.py)
 
 
 def drop_privileges(user: str | None) -> None:

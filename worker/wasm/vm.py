@@ -76,9 +76,14 @@ def preload(snapshot: dict) -> None:
     come over xDS. A Wasm filter in the bootstrap has loaded it already (its check at
     translation), and a master that does not drop privileges lets workers load it lazily."""
     runtime_config = snapshot.get("runtime") or {}
-    if not snapshot.get("xds") or not (runtime_config.get("worker_user") or
-                                       runtime_config.get("worker_caps") is not None):
-        return
+    if snapshot.get("xds") and (runtime_config.get("worker_user") or
+                                runtime_config.get("worker_caps") is not None):
+        load_wasmtime()
+
+
+def load_wasmtime() -> None:
+    """Import wasmtime and what it imports lazily, if it is installed (the xDS agent calls
+    this before it drops privileges: it checks the Wasm modules ECDS sends)."""
     try:
         import wasmtime  # noqa: F401
         from wasmtime import _bindings  # noqa: F401
