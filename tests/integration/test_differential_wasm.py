@@ -4,7 +4,8 @@ and the raw-ABI WAT plugin (deny.wat): what reaches the upstream (x-wasm-seen: t
 configuration), the response (x-wasm from the response hook), the local 403 (its body,
 headers, content-type, and the response hook's header on it too), the plugin's counter on
 /stats and /stats/prometheus (Envoy: wasmcustom.wasm_filter.requests, shown in Prometheus as
-wasm_filter_requests, without envoy_)."""
+wasm_filter_requests, without envoy_); and a plugin that traps, failing closed (an empty
+503) or open."""
 
 from __future__ import annotations
 
@@ -24,11 +25,19 @@ WASM_TYPE = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm"
 STRING_VALUE = "type.googleapis.com/google.protobuf.StringValue"
 
 
-def wasm_filter(code: dict, root_id: str, configuration: str) -> dict:
+# A plugin that traps in every proxy_on_request_headers: the VM fails at the first request.
+TRAP = """(module (memory (export "memory") 1)
+  (func (export "proxy_abi_version_0_2_1"))
+  (func (export "proxy_on_memory_allocate") (param i32) (result i32) (i32.const 1024))
+  (func (export "proxy_on_context_create") (param i32 i32))
+  (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32) unreachable))"""
+
+
+def wasm_filter(code: dict, root_id: str, configuration: str, **plugin) -> dict:
     return {"name": "demo", "typed_config": {"@type": WASM_TYPE, "config": {
         "name": "demo", "root_id": root_id,
         "configuration": {"@type": STRING_VALUE, "value": configuration},
-        "vm_config": {"runtime": "envoy.wasm.runtime.v8", "code": {"local": code}}}}}
+        "vm_config": {"runtime": "envoy.wasm.runtime.v8", "code": {"local": code}}, **plugin}}}
 
 
 def wasm_bootstrap(upstreams: dict[str, int]):
@@ -39,6 +48,9 @@ def wasm_bootstrap(upstreams: dict[str, int]):
         "sdk": wasm_filter({"filename": str(FIXTURES / "demo.wasm")}, "demo", "from-diff"),
         "raw": wasm_filter({"inline_bytes": base64.b64encode(deny_wasm).decode()}, "x", ""),
     }
+    trap = {"inline_bytes": base64.b64encode(wasmtime.wat2wasm(TRAP)).decode()}
+    filters["trap"] = wasm_filter(trap, "", "")
+    filters["trap_open"] = wasm_filter(trap, "", "", fail_open=True)
 
     def template(ports: dict[str, int], admin: int) -> dict:
         listeners = [http_listener(name, ports[name], route_config, http_filters=[f])
@@ -47,7 +59,7 @@ def wasm_bootstrap(upstreams: dict[str, int]):
     return template
 
 
-recorder, pair = module_pair("diff-wasm", wasm_bootstrap, ["sdk", "raw"])
+recorder, pair = module_pair("diff-wasm", wasm_bootstrap, ["sdk", "raw", "trap", "trap_open"])
 
 
 def exchange(listener: str, path: str, case: str):
@@ -101,3 +113,17 @@ def test_the_plugins_counter_is_named_as_envoy_names_it(pair, recorder):
         assert obs == {"counted": 1, "prometheus": ["# TYPE wasm_filter_requests counter",
                                                     "wasm_filter_requests{}"]}, obs
     differential(pair, run, expect)
+
+
+def test_a_failed_vm_fails_closed_or_open(pair, recorder):
+    """The trap fails the VM: that request and the next get an empty 503 (Envoy's
+    failStream), or, with fail_open, go through as if the filter were not there."""
+    def closed(obs):
+        assert obs["status"] == 503 and obs["body"] == "", obs
+    differential(pair, exchange("trap", "/t", "wasm-trap-1"), closed)
+    differential(pair, exchange("trap", "/t", "wasm-trap-2"), closed)
+
+    def passed(obs):
+        assert obs["status"] == 200 and upstream_header(obs, "x-wasm-seen") is None, obs
+    differential(pair, exchange("trap_open", "/t", "wasm-trap-open-1"), passed)
+    differential(pair, exchange("trap_open", "/t", "wasm-trap-open-2"), passed)
