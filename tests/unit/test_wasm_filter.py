@@ -1,0 +1,102 @@
+"""worker/proxy/http/wasm.py with a fake stream: a plugin's StopIteration pauses the request
+until proxy_continue_stream (resumed after the VM call, as ext_authz resumes), a local reply
+becomes the filter's LocalReply, on_log ends the stream context, and a plugin that cannot
+start fails closed (503) or open."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+
+wasmtime = pytest.importorskip("wasmtime")
+
+from baton.worker.codecs.message import Headers, Request  # noqa: E402
+from baton.worker.proxy.http import wasm  # noqa: E402
+from baton.worker.proxy.http.filter import PAUSE, LocalReply  # noqa: E402
+from baton.worker.stats import Stats  # noqa: E402
+
+# Every request stops (1); proxy_on_foreign_function(ctx) continues that context's stream
+# (the test calls it: a stand-in for an answer arriving later, e.g. an http_call's).
+PAUSING = """(module
+  (import "env" "proxy_continue_stream" (func $continue (param i32) (result i32)))
+  (import "env" "proxy_set_effective_context" (func $effective (param i32) (result i32)))
+  (memory (export "memory") 1)
+  (func (export "proxy_abi_version_0_2_1"))
+  (func (export "proxy_on_memory_allocate") (param i32) (result i32) (i32.const 2048))
+  (func (export "proxy_on_context_create") (param i32 i32))
+  (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32) (i32.const 1))
+  (func (export "proxy_on_configure") (param $root i32) (param i32) (result i32) (i32.const 1))
+  (func (export "proxy_on_foreign_function") (param $ctx i32) (param i32) (param i32)
+    (drop (call $effective (local.get $ctx))) (drop (call $continue (i32.const 0)))))"""
+
+
+class Loop:
+    def __init__(self):
+        self.soon = []
+
+    def call_soon(self, fn, *args):
+        self.soon.append((fn, args))
+
+
+class Stream:
+    def __init__(self):
+        self.loop = Loop()
+        self.info = None
+        self.resumed = []
+
+    def resume_filters(self, result=None):
+        self.resumed.append(result)
+
+
+class Worker:
+    node = {}
+
+
+class Context:
+    def __init__(self):
+        self.worker = Worker()
+        self.stats = Stats()
+
+
+def factory(code: bytes, **extra) -> wasm.WasmFilterFactory:
+    config = {"name": "t", "root_id": "", "vm_id": "unit-filter", "configuration": b"",
+              "vm_config": b"", "code": code, "sha256": hashlib.sha256(code).hexdigest(),
+              "environment": {}, "fail_open": False, **extra}
+    return wasm.WasmFilterFactory(config, Context())
+
+
+def test_stop_iteration_pauses_until_the_plugin_continues():
+    f = factory(wasmtime.wat2wasm(PAUSING))
+    stream = Stream()
+    stream_filter = f.create(stream)
+    assert stream_filter.on_request_headers(Request("GET", "/", "h", Headers([])), True) is PAUSE
+    ctx = stream_filter.ctx
+    vm = f.root.vm
+    vm.call("proxy_on_foreign_function", ctx.id, 0, 0)
+    assert stream.resumed == [] and len(stream.loop.soon) == 1      # after the VM call
+    fn, args = stream.loop.soon[0]
+    fn(*args)
+    assert stream.resumed == [None]
+    vm.call("proxy_on_foreign_function", ctx.id, 0, 0)                 # once only
+    assert len(stream.loop.soon) == 1
+    stream_filter.on_log()
+    assert ctx.id not in f.root.host.contexts
+
+
+def test_a_local_reply_becomes_the_filters_answer():
+    from pathlib import Path
+    deny = (Path(__file__).resolve().parent.parent / "fixtures" / "wasm" / "deny.wat").read_text()
+    f = factory(wasmtime.wat2wasm(deny), root_id="x")
+    reply = f.create(Stream()).on_request_headers(Request("GET", "/deny", "h", Headers([])), True)
+    assert isinstance(reply, LocalReply)
+    assert (reply.status, reply.body, reply.headers, reply.details) == (403, b"denied\n", [],
+                                                                        "wasm_denied")
+
+
+def test_a_plugin_that_cannot_start_fails_closed_or_open():
+    broken = wasmtime.wat2wasm('(module (memory (export "memory") 1))')     # no ABI marker
+    closed = factory(broken)
+    reply = closed.create(Stream()).on_request_headers(Request("GET", "/", "h", Headers([])), True)
+    assert (reply.status, reply.body, reply.details) == (503, b"", "wasm_fail_stream")
+    assert factory(broken, fail_open=True).create(Stream()) is None
