@@ -120,7 +120,9 @@ def translate_set_filter_state(value, path, errors, warnings, chain_pb, name):
     """set_filter_state's on_new_connection entries -> {"type": "set_filter_state",
     "original_dst": [ip, port] | None}. The one object Baton reads is Envoy's
     `envoy.filters.listener.original_dst.local_ip` shared with the upstream: the original
-    destination of the internal connection a tcp_proxy of this chain makes (a waypoint's
+    destination of the internal connection a tcp_proxy of this chain makes, or an HTTP pool
+    its connection manager's requests take (one pool per destination: worker/proxy/
+    internal_listener.py SharedStatePool) (a waypoint's
     main_internal passes its own on with %FILTER_STATE(<that key>:PLAIN)%, None here: Baton
     passes a connection's destination on anyway; a literal "ip:port" replaces it). Other
     keys, formats and NONE sharing have no reader in Baton and are refused by path."""
@@ -160,11 +162,6 @@ def translate_set_filter_state(value, path, errors, warnings, chain_pb, name):
                           f"({' or '.join(_OWN_DESTINATION)}, or an ip:port)")
             continue
         destination = list(literal)
-    last = chain_pb.filters[len(chain_pb.filters) - 1]
-    if protos.type_name(last.typed_config.type_url) != protos.TCP_PROXY_TYPE and \
-            warnings is not None:
-        warnings.append(f"{path}: the value reaches tcp_proxy's internal connections only "
-                        "(an HTTP chain's pools are shared by connections)")
     return {"name": name, "type": "set_filter_state", "original_dst": destination}
 
 

@@ -100,16 +100,17 @@ def connect(worker, cluster, host, peer, destination=None, peer_workload=None,
     return ours
 
 
-def connect_into(sock: socket.socket, loop, cluster, host) -> None:
+def connect_into(sock: socket.socket, loop, cluster, host, destination=None) -> None:
     """An HTTP pool's connect: `sock` (AF_UNIX, unconnected) becomes the connecting side's end
     of a new connection to `host`'s internal listener, in place (dup2), so the pool's socket
     object, timeouts and TLS carry on unchanged. A pool's connection serves many requests, so
-    it has no one client: the peer is unknown and the destination is only what the host's
-    metadata passes (set_internal_dst_address)."""
+    it has no one client: the peer is unknown, and the destination is what the host's
+    metadata passes (set_internal_dst_address), else what the downstream connections of its
+    pool share (`destination`: SharedStatePool below)."""
     worker = _WORKERS.get(id(loop))
     if worker is None:
         raise ConnectionRefusedError(errno.ECONNREFUSED, "no internal listener on this worker")
-    ours = connect(worker, cluster, host, None)
+    ours = connect(worker, cluster, host, None, destination)
     try:
         os.dup2(ours.fileno(), sock.fileno())
     finally:
@@ -126,6 +127,57 @@ def _shared(conn):
         if client is None:
             return None
     return _SHARED.get(client.fileno())
+
+
+class SharedStatePool:
+    """The HTTP pool of an internal host as the router sees it (HttpPools.get hands one out
+    for an internal host): the request's downstream connection picks the real pool, one per
+    destination its chain's set_filter_state shares with the upstream (Envoy keys its
+    connection pools by the hash of the filter state shared with the upstream connection, so
+    streams of connections with different destinations never share an upstream connection;
+    Istio's waypoint: `direct-http`'s set_filter_state of the original_dst local_ip ahead of
+    its connection manager, whose `encap` cluster reaches the connect_originate listener).
+    Without such a filter the destination is None: the one pool there was before."""
+
+    __slots__ = ("pools", "args", "inner")
+
+    def __init__(self, pools, cluster, host, downstream_http2, request, alpn):
+        self.pools = pools
+        self.args = (cluster, host, downstream_http2, request, alpn)
+        self.inner = None
+
+    @property
+    def http2(self) -> bool:
+        return self.inner.http2 if self.inner is not None else False
+
+    def request(self, waiter) -> None:
+        if self.inner is None:
+            self.inner = self.pools.get(*self.args, shared=(shared_destination(waiter),))
+        self.inner.request(waiter)
+
+    def cancel(self, waiter) -> None:
+        if self.inner is not None:
+            self.inner.cancel(waiter)
+
+    def release(self, conn) -> None:
+        self.inner.release(conn)
+
+    def take_idle(self):
+        return None         # the express lane: the full path picks the pool by the request
+
+
+def shared_destination(waiter):
+    """The destination a pool waiter's downstream connection shares with its upstream: a
+    set_filter_state of its chain (xds/internal.py), literal or the connection's own; None
+    without one (or for a waiter with no downstream connection: ext_authz's check)."""
+    conn = getattr(getattr(getattr(waiter, "router", None), "stream", None), "conn", None)
+    chain = getattr(conn, "chain", None)
+    for entry in getattr(chain, "network_filters", None) or ():
+        if entry.get("type") == "set_filter_state":
+            own = conn.original
+            shared = entry.get("original_dst") or (own[:2] if own else None)
+            return tuple(shared) if shared else None
+    return None
 
 
 def peer_workload(conn):

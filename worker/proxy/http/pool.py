@@ -231,7 +231,7 @@ class HostPool:
 
     __slots__ = ("manager", "cluster", "host", "loop", "idle", "busy", "connecting", "waiters",
                  "http2", "http2_options", "mark", "stat", "max_requests", "max_streams",
-                 "tls", "sni", "expected_san", "auto", "deferred", "alpn")
+                 "tls", "sni", "expected_san", "auto", "deferred", "alpn", "destination")
 
     def __init__(self, manager, cluster, host, http2=None, tls=None, sni=None, expected_san=None,
                  alpn=None):
@@ -260,6 +260,7 @@ class HostPool:
         self.sni = sni
         self.expected_san = expected_san    # auto_san_validation's host
         self.alpn = alpn                    # a filter's ALPN list (istio.alpn), or None
+        self.destination = None             # an internal host's: what downstreams share
 
     def request(self, waiter) -> None:
         """Give `waiter` a connection now, or when one is free, or fail it (overflow)."""
@@ -511,7 +512,7 @@ class HostPool:
         loop, host = self.loop, self.host
         if host.address.startswith("internal:"):
             from ..internal_listener import connect_into
-            connect_into(sock, loop, self.cluster, host)
+            connect_into(sock, loop, self.cluster, host, self.destination)
         else:
             await loop.sock_connect(sock, (host.address, host.port))
         if self.tls is None:
@@ -610,11 +611,17 @@ class PoolManager:
             host = self.original_hosts[key] = Host(destination[0], destination[1])
         return host
 
-    def get(self, cluster, host, downstream_http2=False, request=None, alpn=None) -> HostPool:
+    def get(self, cluster, host, downstream_http2=False, request=None, alpn=None,
+            shared=None) -> HostPool:
         """The pool for `host`; with use_downstream_protocol_config (cluster.http2 ==
         "downstream") one pool per protocol, picked by the downstream request's; with
         upstream TLS one per TLS client, SNI, SAN to verify (`request`: auto_sni's) and
-        ALPN list a filter asks for (`alpn`, alpn_override)."""
+        ALPN list a filter asks for (`alpn`, alpn_override). An internal host's pool is
+        picked by what the request's downstream shares (`shared`: (destination,), found by
+        internal_listener.SharedStatePool, which stands in for the pool until then)."""
+        if shared is None and cluster.internal_hosts and host.address.startswith("internal:"):
+            from ..internal_listener import SharedStatePool
+            return SharedStatePool(self, cluster, host, downstream_http2, request, alpn)
         http2 = cluster.http2
         if http2 == "downstream":
             http2 = downstream_http2
@@ -631,11 +638,15 @@ class PoolManager:
                         san = name if auto["san"] else None
         alpn = alpn if tls is not None else None
         key = (cluster.name, host.address, host.port, http2, id(tls), sni, san, alpn)
+        if shared is not None:
+            key += shared
         pool = self.pools.get(key)
         if pool is None or pool.cluster is not cluster or pool.tls is not tls:
             if pool is None and len(self.pools) >= MAX_POOLS:
                 self._forget_unused_pools()     # auto_sni: one pool per Host seen
             pool = self.pools[key] = HostPool(self, cluster, host, http2, tls, sni, san, alpn)
+            if shared is not None:
+                pool.destination = shared[0]
         return pool
 
     def _forget_unused_pools(self) -> None:
