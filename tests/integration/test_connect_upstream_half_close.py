@@ -8,8 +8,10 @@ end of the connection, and the upstream connection is closed (a FIN) without wai
 client's end; what the client sends later reaches no one. (With the runtime flag
 `envoy.reloadable_features.allow_multiplexed_upstream_half_close` Envoy resets the HTTP/2 stream
 CONNECT_ERROR instead; Baton reads no runtime flags.) Baton does the same; the one difference
-left is how an HTTP/1.1 client's connection ends: Envoy closes it, Baton sends its FIN and
-reads the client's bytes away until the client's end (or delayed_close_timeout)."""
+left is how an HTTP/1.1 client's connection ends: Baton sends its FIN at once and reads the
+client's bytes away until the client's end (or delayed_close_timeout); Envoy sends nothing
+for delayed_close_timeout (1 s), still carrying what the client sends in that window to the
+upstream, then closes both (measured; the assertions below hold for both)."""
 
 from __future__ import annotations
 
