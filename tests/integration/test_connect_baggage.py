@@ -66,3 +66,40 @@ def test_the_connect_baggage_names_the_internal_connections_source(tmp_path):
     finally:
         b.stop()
         echo.stop()
+
+
+def test_the_connect_baggage_names_the_source_of_requests_on_an_internal_http_chain(tmp_path):
+    """The same behind an HTTP chain (the PL dump's main_internal: a connection manager with
+    istio.stats, inbound): each request's source is the peer the CONNECT's baggage shared
+    with the internal connection, as Istio's stats read wasm.downstream_peer (it was
+    "unknown": only an in-stream metadata exchange named it)."""
+    from .conftest import Upstream
+    from .test_connect_baggage_propagate import _hcm
+    echo = Upstream("echo")
+    port = free_port()
+    end = _bootstrap(free_port(), port, echo.port)
+    internal = end["static_resources"]["listeners"][1]
+    internal["filter_chains"] = [{"filters": [_hcm("inbound", [STATS])]}]
+    hcm = internal["filter_chains"][0]["filters"][0]["typed_config"]
+    hcm["route_config"]["virtual_hosts"][0]["routes"] = [      # answered here: no upstream
+        {"match": {"prefix": "/"}, "direct_response": {"status": 200, "body": {"inline_string": "ok"}}}]
+    b = Baton(tmp_path / "b", end, concurrency=1).start()
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=20) as s:
+            reader = Http1Reader(s)
+            s.sendall(f"CONNECT 127.0.0.1:{port} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+                      f"x-tunnel: hbone\r\nbaggage: {BAGGAGE}\r\n\r\n".encode())
+            assert reader.head()[0] == 200
+            s.sendall(b"GET / HTTP/1.1\r\nhost: reviews\r\n\r\n")
+            assert reader.response()[0] == 200
+
+        def requests():
+            return [labels_of(line) for line in prometheus_lines(b, "istio_requests_total")]
+        wait_until(lambda: len(requests()) == 1, 10, "the request counted")
+        seen = requests()[0]
+        assert (seen["reporter"], seen["source_workload"], seen["source_workload_namespace"],
+                seen["source_canonical_service"], seen["source_cluster"]) == (
+            "destination", "productpage-v1", "shop", "productpage", "east")
+    finally:
+        b.stop()
+        echo.stop()

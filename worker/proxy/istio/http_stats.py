@@ -4,8 +4,9 @@ observations per stream, at its end (metrics.py names them).
     reporter                "destination" on an inbound listener, else "source"; "waypoint"
                             with stats.PluginConfig's reporter SERVER_GATEWAY (mesh_side)
     source_* / destination_*   this node (bootstrap node metadata) on its own side, the peer
-                            the metadata exchange found (peer_metadata.py) on the other,
-                            "unknown" without one
+                            the metadata exchange found (peer_metadata.py) on the other
+                            (inbound, else the peer a terminated CONNECT's baggage shared
+                            with this internal connection), "unknown" without one
     *_principal             inbound: the client certificate's URI SAN and this listener's
                             own; outbound: this cluster's client certificate's and the
                             upstream certificate's, read from the upstream connection when
@@ -26,8 +27,9 @@ from ..http.filter import FilterFactory, StreamFilter, register
 from ..http.grpc_stats import grpc_status, is_grpc
 from .direction import is_inbound, local_node
 from .metrics import IstioMetrics, service_of
+from .connect_baggage import downstream_peer
 from .peer_metadata import peer_of
-from .workload import UNKNOWN, Workload, from_metadata, spiffe_principal
+from .workload import UNKNOWN, UNKNOWN_WORKLOAD, Workload, from_metadata, spiffe_principal
 
 
 @register("istio.stats")
@@ -105,9 +107,12 @@ class IstioStatsFilter(StreamFilter):
         stream, factory = self.stream, self.factory
         info = stream.info
         inbound = factory.reporter is not None or is_inbound(stream.conn.listener)
+        # Inbound, Istio's wasm.downstream_peer: the exchange's, else what the connecting
+        # side shared with this internal connection (a terminated CONNECT's baggage).
+        peer = (downstream_peer(stream, None) or UNKNOWN_WORKLOAD) if inbound else \
+            peer_of(stream, False)
         reporter, source, source_principal, destination, destination_principal, policy = \
-            mesh_side(stream.conn, factory.local, peer_of(stream, inbound), self.principals,
-                      factory.reporter)
+            mesh_side(stream.conn, factory.local, peer, self.principals, factory.reporter)
         cluster = stream.worker.clusters.get(info.upstream_cluster) \
             if info.upstream_cluster else None
         request = info.request
