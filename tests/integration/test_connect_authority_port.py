@@ -11,12 +11,9 @@ chain's counter show both halves."""
 
 from __future__ import annotations
 
-import socket
-
 from ..waiting import wait_until
-from .clients import Http1Reader
 from .conftest import Baton, free_port, static_cluster
-from .test_hbone_tunnel import SET_INTERNAL_DST, T, TCP_PROXY, _stats, terminator
+from .test_hbone_tunnel import SET_INTERNAL_DST, T, TCP_PROXY, _stats, open_connect, terminator
 
 
 def _bootstrap(admin: int, port: int, echo: int, authority_port: int) -> dict:
@@ -57,11 +54,8 @@ def test_the_authority_port_picks_the_chain_and_the_config_port_the_upstream(tmp
     b = Baton(tmp_path / "b", _bootstrap(admin, port, echo.port, authority_port),
               concurrency=1).start()
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=20) as s:
-            reader = Http1Reader(s)
-            s.sendall(f"CONNECT 127.0.0.1:{authority_port} HTTP/1.1\r\n"
-                      f"Host: 127.0.0.1:{authority_port}\r\nx-tunnel: hbone\r\n\r\n".encode())
-            assert reader.head()[0] == 200
+        s, reader = open_connect(port, f"127.0.0.1:{authority_port}")
+        with s:
             s.sendall(b"ping")
             assert reader.exact(4) == b"ping"
         counted = {f"tcp.inbound_{authority_port}.downstream_cx_total": 1,

@@ -5,12 +5,9 @@ accepted and did nothing: source_workload "unknown")."""
 
 from __future__ import annotations
 
-import socket
-
 from ..waiting import wait_until
-from .clients import Http1Reader
 from .conftest import Baton, free_port, static_cluster
-from .test_hbone_tunnel import T, TCP_PROXY, terminator
+from .test_hbone_tunnel import T, TCP_PROXY, open_connect, terminator
 from .test_istio_telemetry import STATS, labels_of, prometheus_lines
 
 BAGGAGE = ("k8s.cluster.name=east,k8s.namespace.name=shop,k8s.deployment.name=productpage-v1,"
@@ -35,12 +32,9 @@ def _bootstrap(admin: int, port: int, echo: int) -> dict:
 
 
 def _tunnel(port: int, baggage: str | None) -> None:
-    with socket.create_connection(("127.0.0.1", port), timeout=20) as s:
-        reader = Http1Reader(s)
-        extra = f"baggage: {baggage}\r\n" if baggage else ""
-        s.sendall(f"CONNECT 127.0.0.1:{port} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
-                  f"x-tunnel: hbone\r\n{extra}\r\n".encode())
-        assert reader.head()[0] == 200
+    s, reader = open_connect(port, f"127.0.0.1:{port}",
+                             f"baggage: {baggage}\r\n" if baggage else "")
+    with s:
         s.sendall(b"ping")
         assert reader.exact(4) == b"ping"
 
@@ -85,11 +79,8 @@ def test_the_connect_baggage_names_the_source_of_requests_on_an_internal_http_ch
         {"match": {"prefix": "/"}, "direct_response": {"status": 200, "body": {"inline_string": "ok"}}}]
     b = Baton(tmp_path / "b", end, concurrency=1).start()
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=20) as s:
-            reader = Http1Reader(s)
-            s.sendall(f"CONNECT 127.0.0.1:{port} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
-                      f"x-tunnel: hbone\r\nbaggage: {BAGGAGE}\r\n\r\n".encode())
-            assert reader.head()[0] == 200
+        s, reader = open_connect(port, f"127.0.0.1:{port}", f"baggage: {BAGGAGE}\r\n")
+        with s:
             s.sendall(b"GET / HTTP/1.1\r\nhost: reviews\r\n\r\n")
             assert reader.response()[0] == 200
 

@@ -16,7 +16,7 @@ from baton.worker.proxy.istio import struct_codec
 
 from .clients import Http1Reader
 from .conftest import Baton, free_port, static_cluster
-from .test_hbone_tunnel import HCM, T, terminator
+from .test_hbone_tunnel import HCM, T, open_connect, terminator
 
 ROUTER = {"name": "envoy.filters.http.router",
           "typed_config": {"@type": T + "envoy.extensions.filters.http.router.v3.Router"}}
@@ -68,13 +68,10 @@ def test_the_downstream_peer_goes_upstream_as_baggage(tmp_path, recorder):
     try:
         # A CONNECT's baggage (in another order, with a property, no app.*): shared with the
         # internal connection, whose connection manager writes it in Istio's form.
-        with socket.create_connection(("127.0.0.1", port), timeout=20) as s:
-            reader = Http1Reader(s)
-            s.sendall(f"CONNECT 127.0.0.1:{port} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
-                      "x-tunnel: hbone\r\nbaggage: k8s.namespace.name=shop,k8s.deployment.name="
-                      "productpage-v1;p=1,k8s.cluster.name=east,service.name=productpage,"
-                      "service.version=v1\r\n\r\n".encode())
-            assert reader.head()[0] == 200
+        s, reader = open_connect(port, f"127.0.0.1:{port}", (
+            "baggage: k8s.namespace.name=shop,k8s.deployment.name=productpage-v1;p=1,"
+            "k8s.cluster.name=east,service.name=productpage,service.version=v1\r\n"))
+        with s:
             assert _baggage_seen(s, reader) == [
                 "k8s.cluster.name=east,k8s.namespace.name=shop,k8s.deployment.name=productpage-v1,"
                 "service.name=productpage,service.version=v1,app.name=,app.version="]

@@ -92,6 +92,19 @@ def terminator(admin: int, port: int, echo: int, mode: str) -> dict:
         [static_cluster("echo", echo)])
 
 
+def open_connect(port: int, authority: str, headers: str = ""):
+    """An HTTP/1.1 CONNECT to `authority` through the terminator() on `port` (with its
+    route's x-tunnel header, and `headers`: more header lines), answered 200: (socket, its
+    Http1Reader)."""
+    from .clients import Http1Reader
+    sock = socket.create_connection(("127.0.0.1", port), timeout=20)
+    reader = Http1Reader(sock)
+    sock.sendall(f"CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\nx-tunnel: hbone\r\n"
+                 f"{headers}\r\n".encode())
+    assert reader.head()[0] == 200
+    return sock, reader
+
+
 def _start(kind: str, workdir, bootstrap: dict):
     if kind == "envoy":
         return Envoy(workdir, bootstrap).start()

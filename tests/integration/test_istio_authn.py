@@ -24,14 +24,17 @@ def authn(mode: str, **fields) -> dict:
         "policy": {"peers": [{"mtls": {"mode": mode}}]}, **fields}}
 
 
-def listener(name: str, port: int, mode: str, tls=None) -> dict:
+def listener(name: str, port: int, mode: str, tls=None, http_filters=None) -> dict:
+    """An inbound HTTPS (with `tls`) or HTTP listener answering 200 "ok", behind istio_authn
+    in `mode`, or behind `http_filters` instead."""
     hcm = {"@type": T + "envoy.extensions.filters.network.http_connection_manager.v3"
                         ".HttpConnectionManager",
            "stat_prefix": name,
            "route_config": {"name": "r", "virtual_hosts": [{"name": "all", "domains": ["*"],
                             "routes": [{"match": {"prefix": "/"}, "direct_response": {
                                 "status": 200, "body": {"inline_string": "ok"}}}]}]},
-           "http_filters": [authn(mode), ROUTER]}
+           "http_filters": (http_filters if http_filters is not None else [authn(mode)]) +
+           [ROUTER]}
     chain = {"filters": [{"name": "envoy.filters.network.http_connection_manager",
                           "typed_config": hcm}]}
     if tls is not None:
@@ -51,16 +54,29 @@ def get(port: int, context: ssl.SSLContext | None = None) -> tuple[int, bytes]:
     return int(head.split()[1]), body
 
 
-def test_strict_permissive_and_the_trust_domain(baton, tmp_path):
-    ca = make_ca()
+def mtls_server(ca, tmp_path) -> dict:
+    """A DownstreamTlsContext with OURS's certificate that requires a client certificate."""
     ca_path = tmp_path / "ca.crt"
     ca_path.write_bytes(ca.cert_pem)
     cert, key = spiffe_leaf(ca, spiffe_id=OURS, client=False).write(tmp_path, "server")
-    tls = {"@type": T + "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
-           "require_client_certificate": True, "common_tls_context": {
-               "tls_certificates": [{"certificate_chain": {"filename": cert},
-                                     "private_key": {"filename": key}}],
-               "validation_context": {"trusted_ca": {"filename": str(ca_path)}}}}
+    return {"@type": T + "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+            "require_client_certificate": True, "common_tls_context": {
+                "tls_certificates": [{"certificate_chain": {"filename": cert},
+                                      "private_key": {"filename": key}}],
+                "validation_context": {"trusted_ca": {"filename": str(ca_path)}}}}
+
+
+def spiffe_client(ca, tmp_path, spiffe_id: str) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False          # a workload certificate names no host
+    ctx.load_verify_locations(cadata=ca.cert_pem.decode())
+    ctx.load_cert_chain(*spiffe_leaf(ca, spiffe_id=spiffe_id).write(tmp_path, "client"))
+    return ctx
+
+
+def test_strict_permissive_and_the_trust_domain(baton, tmp_path):
+    ca = make_ca()
+    tls = mtls_server(ca, tmp_path)
     ports = {name: free_port() for name in ("strict", "permissive", "mtls")}
     baton({"admin": {"address": {"socket_address": {"address": "127.0.0.1",
                                                     "port_value": free_port()}}},
@@ -74,11 +90,7 @@ def test_strict_permissive_and_the_trust_domain(baton, tmp_path):
     assert get(ports["permissive"]) == (200, b"ok")
 
     def client(spiffe_id: str) -> ssl.SSLContext:
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        ctx.check_hostname = False          # a workload certificate names no host
-        ctx.load_verify_locations(cadata=ca.cert_pem.decode())
-        ctx.load_cert_chain(*spiffe_leaf(ca, spiffe_id=spiffe_id).write(tmp_path, "client"))
-        return ctx
+        return spiffe_client(ca, tmp_path, spiffe_id)
     assert get(ports["mtls"], client("spiffe://cluster.local/ns/web/sa/front")) == (200, b"ok")
     assert get(ports["mtls"], client("spiffe://other.domain/ns/web/sa/front")) == (
         401, b"Peer authentication failed.")
