@@ -427,6 +427,10 @@ class AbiHost:
                 return level
         return 5
 
+    def log_enabled(self, level: int) -> bool:
+        return self.log.isEnabledFor(LOG_LEVELS[level] if 0 <= level < len(LOG_LEVELS)
+                                     else logging.ERROR)
+
     def proxy_log(self, level: int, message: bytes) -> int:
         py_level = LOG_LEVELS[level] if 0 <= level < len(LOG_LEVELS) else logging.ERROR
         if self.log.isEnabledFor(py_level):
