@@ -311,3 +311,21 @@ def test_a_request_after_one_that_ends_the_connection_is_refused_as_parsed(wire)
     again = pair.receive(wire)
     assert [type(e) for e in again] == [ProtocolError] and again[0].status == 400
     assert wire not in http1_head.KNOWN_REQUESTS
+
+
+@pytest.mark.parametrize("wire", [
+    b"DELETE /x HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    b"GET /x HTTP/1.0\r\nHost: a\r\n\r\n",
+], ids=["connection-close", "http/1.0"])
+def test_a_known_request_after_one_that_ends_the_connection_is_refused_as_parsed(wire):
+    """A request known from another connection (wrk's), after one that ends this connection:
+    llhttp refuses it (400), so it must not be served from memory either (it went upstream)."""
+    _forget()
+    parsed = Http1ServerCodec()
+    parsed.receive(wire)
+    expected = described(parsed.receive(WRK))
+    Http1ServerCodec().receive(WRK)
+    assert WRK in http1_head.KNOWN_REQUESTS
+    codec = Http1ServerCodec()
+    assert [type(e) for e in codec.receive(wire)] == [RequestHead]
+    assert described(codec.receive(WRK)) == expected == [("error", 3, 400)]

@@ -228,7 +228,7 @@ class Http1ServerCodec(_Http1Output):
                  "_header_bytes", "_max_header_bytes", "_max_headers", "_failed", "_body_seen",
                  "_responses", "_tunnel", "_framing", "closed", "close_after", "_goaway",
                  "_expect_continue", "_in_head", "_declined_upgrade", "_stalled", "_stall_mark",
-                 "_line_tail", "_learned")
+                 "_line_tail", "_learned", "_ended")
     multiplexed = False     # one exchange at a time: a fault or an unread body ends the connection
 
     def __init__(self, *, max_header_bytes: int = 60 * 1024, max_headers: int = 100):
@@ -261,6 +261,9 @@ class Http1ServerCodec(_Http1Output):
         self._stall_mark = 0
         self._line_tail = b""
         self._learned = None            # the request just read, if it may become known
+        # llhttp read a request that ends the connection: it refuses whatever follows (400),
+        # so nothing after it may be served past llhttp (from KNOWN_REQUESTS).
+        self._ended = False
 
     # -- interface ------------------------------------------------------------------------
 
@@ -278,7 +281,8 @@ class Http1ServerCodec(_Http1Output):
         if not data:
             return self._eof()
         boundary = not self._stream
-        if boundary and len(data) <= KNOWN_BYTES:   # (a large read is not hashed for nothing)
+        if boundary and len(data) <= KNOWN_BYTES and not self._ended:
+            # (A large read is not hashed for nothing.)
             known = KNOWN_REQUESTS.get(data)
             if known is not None and known.size <= self._max_header_bytes and \
                     known.count <= self._max_headers:
@@ -606,6 +610,8 @@ class Http1ServerCodec(_Http1Output):
         method = _METHODS.get(method) or method.decode("latin-1")
         version = parser.get_http_version()
         keep_alive = parser.should_keep_alive()
+        if not keep_alive:
+            self._ended = True
         head = lookup_head(self._headers, self._header_bytes)
         raw = head.pairs
         self._headers = list(raw)    # trailers' lines are counted on after it (on_header)
