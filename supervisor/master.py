@@ -352,7 +352,12 @@ class Master:
         """We stop on purpose: the generation we took over from, if it still runs (draining
         what could not move), must not take our exit for a crash and serve again
         (stop_marker.py)."""
-        if self.previous_pid is not None and psutil.pid_exists(self.previous_pid):
+        previous = self.previous_pid
+        if previous is None and self.takeover is not None:
+            # Stopped while the commit is under way: the old master may commit all the same
+            # (it knows nothing of our stop) and then see us exit before _commit goes on.
+            previous = self.takeover.previous_pid
+        if previous is not None and psutil.pid_exists(previous):
             stop_marker.leave(self.runtime_dir, self.generation, self.pid, kind)
 
     def _drain_deadline(self) -> None:

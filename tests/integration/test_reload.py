@@ -408,6 +408,48 @@ def test_kill_9_new_master_right_after_the_commit(baton, upstreams):
     _reload_ok(b)
 
 
+# Parks the next new master right after the commit with its event loop free (so it handles
+# signals), until the test connects to the socket it makes.
+PARKED_AFTER_COMMIT = """
+import asyncio, socket
+import baton.supervisor.master as m
+_original = m.Master._become_main
+async def _parked(self):
+    server = socket.socket(socket.AF_UNIX)
+    server.bind({path!r})
+    server.listen(1)
+    server.setblocking(False)
+    conn, _ = await asyncio.get_running_loop().sock_accept(server)
+    conn.close()
+    server.close()
+    await _original(self)
+m.Master._become_main = _parked
+"""
+
+
+def test_a_new_master_stopped_during_its_commit_does_not_revive_the_old_one(baton, upstreams):
+    """SIGINT to the new master after the old one handed over but before the new one's commit
+    finished (its previous generation's pid known only from hello): it still leaves its stop
+    mark (supervisor/stop_marker.py), so the old generation stops too instead of serving
+    again, and the keeper exits 0."""
+    echo = upstreams("echo")
+    b = baton(tcp_bootstrap(free_port(), free_port(), [echo.port]), concurrency=1)
+    parked = b.workdir / "parked.sock"
+    b.hook.write_text(PARKED_AFTER_COMMIT.format(path=str(parked)))
+    old = b.master_pid()
+    reload = threading.Thread(target=b.reload)
+    reload.start()
+    new = wait_until(lambda: _new_master_pid(b, old), 20, "the new master to start")
+    wait_until(lambda: parked.exists() and "handing over to pid %d" % new in b.log, 20,
+               "the new master parked after the commit")
+    os.kill(new, signal.SIGINT)
+    wait_until(lambda: not pid_alive(new), 20, "the new master to stop")
+    reload.join(60)
+    b.wait_previous_gone(old, 20)
+    assert b.wait(20) == 0
+    assert "stopped on purpose (stop)" in b.log and "serves again" not in b.log, b.log[-3000:]
+
+
 def test_inspected_bytes_of_a_connecting_connection_move_with_it(baton, upstreams):
     """A connection whose first bytes an inspector already read, and whose upstream connect is
     still in flight, moves at a reload with those bytes: nothing the client sent is lost."""
