@@ -43,12 +43,21 @@ def is_internal(host) -> bool:
 
 
 # An internal connection's client descriptor -> what the connecting side shared with it
-# (Envoy's filter state shared with the upstream connection): the peer workload (a
-# terminated CONNECT's baggage: Istio's connect_baggage) for its istio stats (tcp_stats.py),
-# and the ORIGINAL_DST upstream a CONNECT's authority with connect_authority's `port` names.
-# Written (or cleared) at every internal accept, so a reused descriptor never shows an older
-# connection's state; bounded by the descriptors.
+# (Shared below). Written (or cleared) at every internal accept, so a reused descriptor
+# never shows an older connection's state; bounded by the descriptors.
 _SHARED: dict = {}
+
+
+class Shared(NamedTuple):
+    """What a connecting side shares with the internal connection it makes (Envoy's filter
+    state shared with the upstream connection, once: not passed further on)."""
+
+    peer_workload: object = None    # a terminated CONNECT's baggage (Istio's connect_baggage),
+    #                                 for the istio stats (tcp_stats.py, http_stats.py)
+    peer_principal: str | None = None   # Istio's io.istio.peer_principal (istio_authn): the
+    #                                     downstream's SPIFFE id, for RBAC (rbac_engine.py)
+    upstream: tuple | None = None   # (ip, port) for an ORIGINAL_DST cluster: a CONNECT's
+    #                                 authority with connect_authority's `port`
 
 
 class Authority(NamedTuple):
@@ -63,18 +72,13 @@ class Authority(NamedTuple):
     tunnel_port: int | None = None
 
 
-class _Shared(NamedTuple):
-    peer_workload: object
-    upstream: tuple | None          # (ip, port) for an ORIGINAL_DST cluster, or None
-
-
-def connect(worker, cluster, host, peer, destination=None, peer_workload=None,
+def connect(worker, cluster, host, peer, destination=None, shared: Shared | None = None,
             authority: Authority | None = None) -> socket.socket:
     """The connecting side's end of a new connection to `host`'s internal listener; OSError
     (ECONNREFUSED) when this worker has no such internal listener, as a refused connect.
-    `peer_workload`: who the client is (istio/workload.py Workload), when the connecting
-    side was told. `authority`: a terminated CONNECT's, restored only by a listener with
-    set_internal_dst_address (the host's metadata first), as istio/proxy's filter does."""
+    `shared`: what the connecting side shares with it. `authority`: a terminated CONNECT's,
+    restored only by a listener with set_internal_dst_address (the host's metadata first),
+    as istio/proxy's filter does."""
     name, _endpoint_id, local = (cluster.internal_hosts.get(host.address) or
                                  (host.address[len(PREFIX):].split("/", 1)[0], "", None))
     listener = worker.listeners.get(name)
@@ -91,8 +95,10 @@ def connect(worker, cluster, host, peer, destination=None, peer_workload=None,
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     ours.setblocking(False)
     theirs.setblocking(False)
-    if peer_workload is not None or upstream is not None:
-        _SHARED[theirs.fileno()] = _Shared(peer_workload, upstream)
+    if upstream is not None:
+        shared = (shared or Shared())._replace(upstream=upstream)
+    if shared is not None:
+        _SHARED[theirs.fileno()] = shared
     else:
         _SHARED.pop(theirs.fileno(), None)
     _accept(worker, listener, theirs, tuple(peer[:2]) if peer else ("127.0.0.1", 0),
@@ -118,7 +124,8 @@ def connect_into(sock: socket.socket, loop, cluster, host, destination=None) -> 
 
 
 def _shared(conn):
-    if not conn.listener.spec.get("internal"):
+    listener = getattr(conn, "listener", None)
+    if listener is None or not listener.spec.get("internal"):
         return None
     client = getattr(conn, "client", None)      # tcp_proxy's; the connection manager's is
     if client is None:                          # its transport's socket
@@ -184,6 +191,12 @@ def peer_workload(conn):
     """The peer workload an internal connection's connecting side passed, or None."""
     shared = _shared(conn)
     return shared.peer_workload if shared is not None else None
+
+
+def peer_principal(conn) -> str | None:
+    """The peer principal an internal connection's connecting side shared, or None."""
+    shared = _shared(conn)
+    return shared.peer_principal if shared is not None else None
 
 
 def original_dst_upstream(conn, original):

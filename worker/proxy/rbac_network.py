@@ -17,6 +17,7 @@ Envoy, with the same answer for these facts. delay_deny is not applied.
 from __future__ import annotations
 
 from .http.rbac import Engines, stat_prefix_join
+from .internal_listener import peer_principal
 from .rbac_engine import Facts
 
 TYPE = "envoy.filters.network.rbac"
@@ -64,6 +65,6 @@ def allows(conn) -> bool:
         local = conn.original or conn.client.getsockname()[:2]
     except OSError:
         local = None
-    facts = Facts(None, local, conn.peer, conn.peer, tls)
+    facts = Facts(None, local, conn.peer, conn.peer, tls, None, peer_principal(conn))
     counters = conn.stats.counters
     return all(e.check(facts, counters)[0] for e in engines)

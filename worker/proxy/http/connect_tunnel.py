@@ -36,11 +36,11 @@ class TcpUpstream:
     """The "pool" of one terminated CONNECT: a single TCP connection to `host`."""
 
     __slots__ = ("worker", "cluster", "host", "conn", "task", "waiter", "peer", "authority",
-                 "peer_workload")
+                 "shared")
 
     http2 = False
 
-    def __init__(self, worker, cluster, host, peer=None, authority=None, peer_workload=None):
+    def __init__(self, worker, cluster, host, peer=None, authority=None, shared=None):
         self.worker = worker
         self.cluster = cluster
         self.host = host
@@ -48,7 +48,7 @@ class TcpUpstream:
         # (its authority, as Istio's connect_authority filter passes it on).
         self.peer = peer
         self.authority = authority
-        self.peer_workload = peer_workload  # the CONNECT's baggage (Istio's connect_baggage)
+        self.shared = shared                # what the stream shares (connect_peer)
         self.conn = None
         self.task = None
         self.waiter = None
@@ -79,7 +79,7 @@ class TcpUpstream:
             if host.address.startswith("internal:"):    # an internal listener here: no socket
                 from ..internal_listener import connect
                 sock = connect(self.worker, cluster, host, self.peer,
-                               peer_workload=self.peer_workload, authority=self.authority)
+                               shared=self.shared, authority=self.authority)
             else:
                 sock = await cluster.dial(loop, host, self.worker.upstream_mark)
             await loop.create_connection(lambda: conn, sock=sock)
@@ -291,10 +291,21 @@ class TcpTunnelConnection(asyncio.Protocol):
 
 
 def connect_peer(stream):
-    """The peer workload the CONNECT's baggage names, where the connection manager runs
-    Istio's connect_baggage (istio/connect_baggage.py); else None."""
+    """What a terminated CONNECT's stream shares with its internal connection
+    (internal_listener.Shared), None when nothing: the peer workload its `baggage` names
+    where the connection manager runs Istio's connect_baggage (istio/connect_baggage.py),
+    and the downstream's SPIFFE id, Istio's io.istio.peer_principal, which istio_authn on
+    connect_terminate shares with the upstream connection once (the waypoint's main_internal
+    RBAC reads it: istio/proxy source/extensions/filters/network/istio_authn)."""
+    from ..internal_listener import Shared
     from ..istio.connect_baggage import baggage_peer
-    return baggage_peer(stream)
+    from ..rbac_engine import spiffe_peer_principal
+    workload = baggage_peer(stream)
+    tls = stream.conn.tls
+    principal = spiffe_peer_principal(tls) if tls is not None else None
+    if workload is None and principal is None:
+        return None
+    return Shared(workload, principal)
 
 
 def connect_destination(route, authority: str):

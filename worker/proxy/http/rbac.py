@@ -22,6 +22,7 @@ trailing dot gets one, as Envoy 1.40 shows (rbac.istio_dry_run_allow_.shadow_all
 
 from __future__ import annotations
 
+from ..internal_listener import peer_principal
 from ..rbac_engine import Engine, Facts
 from .filter import FilterFactory, LocalReply, StreamFilter, register
 
@@ -131,7 +132,7 @@ class RbacFilter(StreamFilter):
         stream = self.stream
         info = stream.info
         facts = Facts(request, info.downstream_local, stream.conn.peer, info.downstream_remote,
-                      stream.conn.tls, info.dynamic_metadata)
+                      stream.conn.tls, info.dynamic_metadata, peer_principal(stream.conn))
         allowed, policy = self.engines.check(facts, self.counters, info)
         if allowed:
             return None
