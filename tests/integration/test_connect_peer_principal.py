@@ -4,8 +4,9 @@ shares io.istio.peer_principal (the client certificate's SPIFFE id) with the ups
 connection once, and main_internal's RBAC matches its filter_state; Baton's internal
 connection has no TLS of its own, so every policy naming a principal denied (it now gets the
 terminated CONNECT's). Two originators (Baton) with different SPIFFE ids tunnel to the same
-terminator (Baton): the named one is echoed, the other is closed on its first bytes.
-(Istio's filter state through an internal listener: Baton alone.)"""
+terminator (Baton): the named one is echoed, the other is closed on its first bytes; the
+internal listener's istio.stats name each as its source principal. (Istio's filter state
+through an internal listener: Baton alone.)"""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from ..waiting import wait_until
 from .conftest import free_port, static_cluster
 from .test_hbone_tunnel import (CA, MESSAGES, T, TCP_PROXY, _start, _stats, originator, terminator,
                                 tunnel_round_trip)
+from .test_istio_telemetry import STATS, labels_of, prometheus_lines
 from .tls_upstream import upstream_tls_socket
 
 OTHER = "spiffe://cluster.local/ns/web/sa/other"
@@ -36,7 +38,8 @@ def _end(admin: int, port: int, echo: int) -> dict:
             "principals": [{"and_ids": {"ids": [{"or_ids": {"ids": [{"filter_state": {
                 "key": "io.istio.peer_principal", "string_match": {"exact": SPIFFE_ID}}}]}}]}}]}}}}}
     end["static_resources"]["listeners"].append({
-        "name": "main_internal", "internal_listener": {}, "filter_chains": [{"filters": [rbac, {
+        "name": "main_internal", "internal_listener": {}, "traffic_direction": "INBOUND",
+        "filter_chains": [{"filters": [STATS, rbac, {
             "name": "envoy.filters.network.tcp_proxy", "typed_config": {
                 "@type": TCP_PROXY, "stat_prefix": "inbound", "cluster": "echo"}}]}]})
     return end
@@ -62,6 +65,11 @@ def test_the_internal_listener_authorizes_the_connect_clients_principal(tmp_path
         counted = {"main_internal.rbac.allowed": 1, "main_internal.rbac.denied": 1}
         wait_until(lambda: {k: _stats(admin, "main_internal.").get(k) for k in counted} == counted,
                    10, "one tunnel allowed, one denied")
+        # Istio's stats read the same shared principal (the terminator's own certificate has
+        # no SPIFFE id: no local principal, so not mutual_tls, as istio/proxy decides it).
+        opened = {labels_of(line)["source_principal"]: labels_of(line)["connection_security_policy"]
+                  for line in prometheus_lines(started[0], "istio_tcp_connections_opened_total")}
+        assert opened == {SPIFFE_ID: "none", OTHER: "none"}
     finally:
         for proc in reversed(started):
             proc.stop()

@@ -56,6 +56,8 @@ class Shared(NamedTuple):
     #                                 for the istio stats (tcp_stats.py, http_stats.py)
     peer_principal: str | None = None   # Istio's io.istio.peer_principal (istio_authn): the
     #                                     downstream's SPIFFE id, for RBAC (rbac_engine.py)
+    #                                     and the stats (istio/http_stats.py mesh_side)
+    local_principal: str | None = None  # io.istio.local_principal: the downstream TLS's own
     upstream: tuple | None = None   # (ip, port) for an ORIGINAL_DST cluster: a CONNECT's
     #                                 authority with connect_authority's `port`
 
@@ -197,6 +199,13 @@ def peer_principal(conn) -> str | None:
     """The peer principal an internal connection's connecting side shared, or None."""
     shared = _shared(conn)
     return shared.peer_principal if shared is not None else None
+
+
+def shared_principals(conn):
+    """(peer, local) principals an internal connection's connecting side shared, either
+    None; None when it shared nothing."""
+    shared = _shared(conn)
+    return (shared.peer_principal, shared.local_principal) if shared is not None else None
 
 
 def original_dst_upstream(conn, original):

@@ -294,18 +294,21 @@ def connect_peer(stream):
     """What a terminated CONNECT's stream shares with its internal connection
     (internal_listener.Shared), None when nothing: the peer workload its `baggage` names
     where the connection manager runs Istio's connect_baggage (istio/connect_baggage.py),
-    and the downstream's SPIFFE id, Istio's io.istio.peer_principal, which istio_authn on
-    connect_terminate shares with the upstream connection once (the waypoint's main_internal
-    RBAC reads it: istio/proxy source/extensions/filters/network/istio_authn)."""
+    and the downstream's SPIFFE ids, Istio's io.istio.peer_principal and local_principal,
+    which istio_authn on connect_terminate shares with the upstream connection once (the
+    waypoint's main_internal RBAC and stats read them: istio/proxy
+    source/extensions/filters/network/istio_authn)."""
     from ..internal_listener import Shared
     from ..istio.connect_baggage import baggage_peer
     from ..rbac_engine import spiffe_peer_principal
     workload = baggage_peer(stream)
     tls = stream.conn.tls
     principal = spiffe_peer_principal(tls) if tls is not None else None
-    if workload is None and principal is None:
+    local = next((uri for uri in getattr(tls, "local_uris", None) or ()
+                  if uri.startswith("spiffe://")), None)
+    if workload is None and principal is None and local is None:
         return None
-    return Shared(workload, principal)
+    return Shared(workload, principal, local)
 
 
 def connect_destination(route, authority: str):

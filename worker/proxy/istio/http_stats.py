@@ -27,6 +27,7 @@ from ..http.filter import FilterFactory, StreamFilter, register
 from ..http.grpc_stats import grpc_status, is_grpc
 from .direction import is_inbound, local_node
 from .metrics import IstioMetrics, service_of
+from ..internal_listener import shared_principals
 from .connect_baggage import downstream_peer
 from .peer_metadata import peer_of
 from .workload import UNKNOWN, UNKNOWN_WORKLOAD, Workload, from_metadata, spiffe_principal
@@ -59,11 +60,19 @@ def mesh_side(conn, local, peer, upstream_principals=(UNKNOWN, UNKNOWN), reporte
             else UNKNOWN
         own = (getattr(tls, "local_uris", None) or [UNKNOWN])[0] if tls is not None \
             else UNKNOWN
+        mutual = peer_der is not None
+        if tls is None:
+            # An internal connection: the principals its connecting side shared (Istio's
+            # io.istio.peer_principal / local_principal, which the stats read first), mutual
+            # TLS when both are known, as istio/proxy's stats decide it.
+            shared = shared_principals(conn)
+            if shared is not None:
+                principal, own = (name or UNKNOWN for name in shared)
+                mutual = principal != UNKNOWN and own != UNKNOWN
+        policy = "mutual_tls" if mutual else "none"
         if reporter is not None:
-            return (reporter, peer, principal, Workload(cluster=local.cluster), UNKNOWN,
-                    "mutual_tls" if peer_der else "none")
-        return ("destination", peer, principal, local, own,
-                "mutual_tls" if peer_der else "none")
+            return (reporter, peer, principal, Workload(cluster=local.cluster), UNKNOWN, policy)
+        return ("destination", peer, principal, local, own, policy)
     return "source", local, upstream_principals[0], peer, upstream_principals[1], UNKNOWN
 
 

@@ -74,10 +74,12 @@ class TcpStats:
 
 
 class _Downstream:
-    """A tcp_proxy connection seen as mesh_side expects (its listener, its TLS session)."""
+    """A tcp_proxy connection seen as mesh_side expects (its listener, its TLS session, its
+    socket: what an internal connection was shared is kept by it)."""
 
-    __slots__ = ("listener", "tls")
+    __slots__ = ("listener", "tls", "client")
 
     def __init__(self, conn):
         self.listener = conn.listener
         self.tls = getattr(conn, "tls", None)
+        self.client = conn.client
