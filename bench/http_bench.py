@@ -85,6 +85,10 @@ def parse_args(argv: list[str], extra=None, description: str = __doc__) -> argpa
     ap.add_argument("--results", type=Path, default=BENCH_DIR / "RESULTS.md",
                     help="markdown file whose HTTP section is rewritten (default bench/RESULTS.md)")
     ap.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
+    if extra is None:       # (bench/tls_bench.py has figures of its own)
+        ap.add_argument("--figures", default=",".join(FIGURES),
+                        help=f"comma-separated subset of {','.join(FIGURES)} to measure (default all; "
+                             "a subset needs --no-write: RESULTS.md's tables hold every figure)")
     if extra:
         extra(ap)
     args = ap.parse_args(argv)
@@ -110,6 +114,12 @@ def parse_args(argv: list[str], extra=None, description: str = __doc__) -> argpa
         ap.error("--duration, --repeats, --connections, --h2-clients and --h2-streams must be positive")
     if args.warmup < 0 or args.retries < 0 or args.quiet_wait < 0:
         ap.error("--warmup, --retries and --quiet-wait must not be negative")
+    if extra is None:
+        args.figures = [f.strip() for f in args.figures.split(",") if f.strip()]
+        if not args.figures or set(args.figures) - set(FIGURES):
+            ap.error(f"--figures: choose from {', '.join(FIGURES)}")
+        if set(args.figures) != set(FIGURES) and not args.no_write:
+            ap.error("--figures with a subset needs --no-write (RESULTS.md's tables hold every figure)")
     return args
 
 
@@ -124,6 +134,7 @@ def _pinned(tool: str, hint: str) -> list[str]:
 
 
 VARIED = Path(__file__).resolve().parent / "wrk_varied.lua"
+FIGURES = ("h1", "h1v", "close", "h2")
 
 
 def wrk_keepalive(port: int, duration: int, connections: int, scheme: str = "http",
@@ -308,6 +319,9 @@ def measure_proxy(name: str, run: int, args, workdir: Path, upstream: int,
             skipped[(name, "h2")] = f"not measured: {h2_problem}"
         else:
             figures.append(("h2", lambda: h2load(ports.h2, args.h2_clients, args.h2_streams, args.duration)))
+        for key in set(FIGURES) - set(args.figures):
+            skipped[(name, key)] = "not measured (--figures)"
+        figures = [(key, load) for key, load in figures if key in args.figures]
         with watch:
             samples = [measure(proc, key, run, load, args) for key, load in figures]
         memory = Memory(name, run, idle_worker, watch.peak_worker, idle_total, watch.peak_total)
@@ -481,7 +495,7 @@ def main(argv: list[str]) -> int:
     os.sched_setaffinity(0, {LOAD_CPU})
     workdir = Path(tempfile.mkdtemp(prefix="baton-bench-http-"))
     keep_logs = False
-    print(f"bench-http: {args.repeats} repeats x {len(args.proxies)} proxies x 4 figures, {args.duration} s "
+    print(f"bench-http: {args.repeats} repeats x {len(args.proxies)} proxies x {len(args.figures)} figures, {args.duration} s "
           f"each; configs and logs in {workdir}", flush=True)
     t0 = time.monotonic()
     try:
