@@ -96,74 +96,115 @@ def analyze_request(raw, max_header_bytes: int, max_headers: int) -> tuple | str
     the header block): why they are malformed, or (too large: why or None, method, path,
     authority, scheme, items, expect 100-continue, CONNECT, content-length or None); strings
     decoded, path and scheme None for CONNECT."""
-    method = path = scheme = authority = host = None
-    items = []
-    cookies = None
-    size = 0
-    regular = False
-    expect_continue = False
-    error = None
-    length = None
-    for name, value in raw:
-        size += len(name) + len(value)
-        if name[:1] == b":":
-            if regular:
-                error = "pseudo-header after regular header"
-            elif name == b":method":
-                error = "duplicate :method" if method is not None else None
-                method = value
-            elif name == b":path":
-                error = "duplicate :path" if path is not None else None
-                path = value
-            elif name == b":scheme":
-                error = "duplicate :scheme" if scheme is not None else None
-                scheme = value
-            elif name == b":authority":
-                error = "duplicate :authority" if authority is not None else None
-                authority = value
-            else:
-                error = f"unknown pseudo-header {name!r}"
-            if error:
-                return error
-            continue
-        regular = True
-        error = _regular_field(name, value)
-        if error:
+    analysis = RequestAnalysis()
+    analysis.add(raw)
+    return analysis.result(max_header_bytes, max_headers)
+
+
+class RequestAnalysis:
+    """analyze_request a slice of fields at a time, for a header block decoded in slices
+    (h2slice.py): add() each slice in order, then result(). The first malformed field
+    decides, as in one pass."""
+
+    __slots__ = ("method", "path", "scheme", "authority", "host", "items", "cookies", "size",
+                 "count", "regular", "expect_continue", "length", "error")
+
+    def __init__(self):
+        self.method = self.path = self.scheme = self.authority = self.host = None
+        self.items: list = []
+        self.cookies: list | None = None
+        self.size = 0
+        self.count = 0
+        self.regular = False
+        self.expect_continue = False
+        self.length: int | None = None
+        self.error: str | None = None
+
+    def add(self, raw) -> None:
+        if self.error is not None:
+            return
+        method, path, scheme, authority = self.method, self.path, self.scheme, self.authority
+        items = self.items
+        size = self.size
+        regular = self.regular
+        error = None
+        self.count += len(raw)
+        try:
+            for name, value in raw:
+                size += len(name) + len(value)
+                if name[:1] == b":":
+                    if regular:
+                        error = "pseudo-header after regular header"
+                    elif name == b":method":
+                        error = "duplicate :method" if method is not None else None
+                        method = value
+                    elif name == b":path":
+                        error = "duplicate :path" if path is not None else None
+                        path = value
+                    elif name == b":scheme":
+                        error = "duplicate :scheme" if scheme is not None else None
+                        scheme = value
+                    elif name == b":authority":
+                        error = "duplicate :authority" if authority is not None else None
+                        authority = value
+                    else:
+                        error = f"unknown pseudo-header {name!r}"
+                    if error:
+                        return
+                    continue
+                regular = True
+                error = _regular_field(name, value)
+                if error:
+                    return
+                if name == b"cookie":
+                    # RFC 9113 8.2.3: crumbs are joined into one field for HTTP/1.1.
+                    if self.cookies is None:
+                        self.cookies = [value]
+                        items.append(None)      # the joined cookie goes here
+                    else:
+                        self.cookies.append(value)
+                    continue
+                if name == b"host":
+                    self.host = value
+                    continue
+                if name == b"expect" and value.lower() == b"100-continue":
+                    self.expect_continue = True
+                    continue
+                if name == b"content-length":
+                    # RFC 9113 8.1.1: the body must be as long as it says.
+                    length = self.length
+                    if not value or not _digits.issuperset(value) or \
+                            (length is not None and int(value) != length):
+                        error = "invalid or conflicting content-length"
+                        return
+                    self.length = int(value)
+                items.append((name.decode("latin-1"), value.decode("latin-1")))
+        finally:
+            self.method, self.path, self.scheme, self.authority = method, path, scheme, authority
+            self.size = size
+            self.regular = regular
+            self.error = error
+
+    def result(self, max_header_bytes: int, max_headers: int) -> tuple | str:
+        """As analyze_request: why the fields are malformed, or what they say."""
+        if self.error is not None:
+            return self.error
+        method, path, scheme, authority = self.method, self.path, self.scheme, self.authority
+        error = _pseudo_error(method, path, scheme, authority, self.host)
+        if error is not None:
             return error
-        if name == b"cookie":
-            # RFC 9113 8.2.3: crumbs are joined into one field for HTTP/1.1.
-            if cookies is None:
-                cookies = [value]
-                items.append(None)      # the joined cookie goes here
-            else:
-                cookies.append(value)
-            continue
-        if name == b"host":
-            host = value
-            continue
-        if name == b"expect" and value.lower() == b"100-continue":
-            expect_continue = True
-            continue
-        if name == b"content-length":
-            # RFC 9113 8.1.1: the body must be as long as it says.
-            if not value or not _digits.issuperset(value) or \
-                    (length is not None and int(value) != length):
-                return "invalid or conflicting content-length"
-            length = int(value)
-        items.append((name.decode("latin-1"), value.decode("latin-1")))
-    error = _pseudo_error(method, path, scheme, authority, host)
-    if error is not None:
-        return error
-    too_large = None
-    if size > max_header_bytes or len(raw) > max_headers:
-        too_large = "request headers " + \
-            ("too large" if size > max_header_bytes else "too many")
-    if cookies is not None:
-        items[items.index(None)] = ("cookie", b"; ".join(cookies).decode("latin-1"))
-    if authority is None:
-        authority = host if host is not None else b""
-    connect = method == b"CONNECT"
-    return (too_large, method.decode("latin-1"),
-            None if connect else path.decode("latin-1"), authority.decode("latin-1"),
-            None if connect else scheme.decode("latin-1"), tuple(items), expect_continue,
-            connect, length)
+        too_large = None
+        size = self.size
+        if size > max_header_bytes or self.count > max_headers:
+            too_large = "request headers " + \
+                ("too large" if size > max_header_bytes else "too many")
+        items = self.items
+        if self.cookies is not None:
+            items[items.index(None)] = ("cookie", b"; ".join(self.cookies).decode("latin-1"))
+        if authority is None:
+            authority = self.host if self.host is not None else b""
+        connect = method == b"CONNECT"
+        return (too_large, method.decode("latin-1"),
+                None if connect else path.decode("latin-1"), authority.decode("latin-1"),
+                None if connect else scheme.decode("latin-1"), tuple(items),
+                self.expect_continue, connect, self.length)

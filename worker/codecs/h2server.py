@@ -33,9 +33,11 @@ Rules of this file:
   (one more only for an RST_STREAM right behind the HEADERS of its stream: reset in the same
   turn, the stream costs no upstream request; see _receive). A SETTINGS frame counts one
   more per 2 open streams (a window change walks them all, ~0.35 us each, half a PING), a
-  header block one more per 4 fields past 32 (HPACK decodes ~5 us a field; a block of
-  thousands stays alone in its turn, though that one turn may still take tens of ms). What window openings send is
-  bounded too: at most frames_per_turn full DATA frames' bytes per turn, the rest on the next
+  header block one more per 4 fields past 32 (HPACK decodes ~2-3 us a field). A block over
+  _WHOLE_BLOCK_BYTES is decoded and analyzed in slices (h2slice.py), each turn as many fields
+  as its budget pays for, over as many turns as it takes: every frame behind it waits in the
+  buffer, in order (a block of 5,000 fields held the loop 17 ms in one turn). What window
+  openings send is bounded too: at most frames_per_turn full DATA frames' bytes per turn, the rest on the next
   (`_flush_later`, reported as a backlog). A
   HEADERS frame counts as HEADERS_COST frames: it opens a stream that the manager routes and
   starts, some 15-20 times the work of a control frame (measured: ~13 us against ~0.7 us for
@@ -69,7 +71,7 @@ from hpack.exceptions import HPACKError, OversizedHeaderListError
 from .events import (Body, GoAway, ProtocolError, RequestHead, StreamReset, Trailers,
                      WindowOpen)
 from .h2encode import STATUS_FIELD, encode_block, encode_field
-from .h2fields import _trailers, analyze_request
+from .h2fields import RequestAnalysis, _trailers, analyze_request
 from .h2frames import (CANCEL, COMPRESSION_ERROR, CONTINUATION, DATA, ENHANCE_YOUR_CALM,
                        F_ACK, F_END_HEADERS, F_END_STREAM, F_PADDED, F_PRIORITY,
                        FLOW_CONTROL_ERROR, FRAME_SIZE_ERROR, GOAWAY, H2_PREFACE, HEADERS,
@@ -81,6 +83,7 @@ from .h2frames import (CANCEL, COMPRESSION_ERROR, CONTINUATION, DATA, ENHANCE_YO
                        _frame, _head_pack, _head_unpack)
 from .h2limits import Flood, FloodGuard
 from .h2movestate import H2MoveState
+from .h2slice import SlicedBlock
 from .message import Headers, Request, Response
 
 __all__ = ["LeanHttp2ServerCodec"]
@@ -90,6 +93,10 @@ _DRAIN_PING = b"baton\x00gw"
 HEADERS_COST = 6        # frames_per_turn units of a HEADERS frame (see the rules above)
 _DECODE_FREE_FIELDS = 32    # fields a header block decodes within HEADERS_COST; each 4 more: 1
 _UNBOUNDED = 1 << 62    # the turn budget without frames_per_turn
+# A header block longer than this is decoded in slices (h2slice.py), each turn as many fields
+# as the turn's budget pays for (4 fields a unit, _DECODE_FREE_FIELDS at least): a block of
+# this size decodes in ~0.7 ms at worst (1-byte indexed fields, ~2.7 us each).
+_WHOLE_BLOCK_BYTES = 256
 # Decoded header blocks kept per connection, and the largest kept (block bytes, decoded bytes):
 # at most about 64 * 4 KiB * 2 (fields and their analysis) per connection.
 _HEADER_CACHE_ENTRIES = 64
@@ -145,7 +152,7 @@ class LeanHttp2ServerCodec(H2MoveState):
                  "_frames_per_turn", "_backlog", "_stream_error_on_invalid", "_clock",
                  "_track_resets", "_turn_time",
                  "_table_gen", "_header_cache", "_events", "_hold_new", "_flush_bytes",
-                 "_flush_budget", "_flush_later", "_decode_cost")
+                 "_flush_budget", "_flush_later", "_decode_cost", "_slicing")
     multiplexed = True      # streams interleave: a fault ends one stream; draining is GOAWAY
 
     def __init__(self, *, max_header_bytes: int = 60 * 1024, max_headers: int = 100,
@@ -217,6 +224,7 @@ class LeanHttp2ServerCodec(H2MoveState):
         self._flush_budget = _UNBOUNDED
         self._flush_later = False
         self._decode_cost = 0                    # budget units of the last block decoded
+        self._slicing: SlicedBlock | None = None   # a big block part decoded (h2slice.py)
 
     # -- interface ---------------------------------------------------------------------------
 
@@ -268,7 +276,15 @@ class LeanHttp2ServerCodec(H2MoveState):
             if self._flush_later:
                 self._flush_later = False
                 self._flush_connection_blocked()
-            self._receive(data)
+            budget = self._frames_per_turn or _UNBOUNDED
+            if self._slicing is not None:
+                budget = self._decode_slices(budget)
+            if self._slicing is not None:
+                # The block still decodes: every frame behind it waits, in order.
+                self._buf += data
+                self._backlog = True
+            else:
+                self._receive(data, budget)
             if self._flush_later:
                 self._backlog = True        # the rest of what the windows opened: next turn
             out = self._out
@@ -597,7 +613,7 @@ class LeanHttp2ServerCodec(H2MoveState):
 
     # -- internals: receiving -------------------------------------------------------------------
 
-    def _receive(self, data: bytes) -> None:
+    def _receive(self, data: bytes, budget: int) -> None:
         if self._preface < 24:
             need = 24 - self._preface
             head = data[:need]
@@ -614,7 +630,6 @@ class LeanHttp2ServerCodec(H2MoveState):
         size = len(data)
         pos = 0
         handlers = _FRAME_HANDLERS
-        budget = self._frames_per_turn or _UNBOUNDED
         while size - pos >= 9:
             length_type, flags, stream_id = _head_unpack(data, pos)
             if budget <= 0:
@@ -656,6 +671,13 @@ class LeanHttp2ServerCodec(H2MoveState):
                 if kind == HEADERS or kind == CONTINUATION:
                     budget -= self._decode_cost
                     self._decode_cost = 0
+                    if self._slicing is not None:
+                        budget = self._decode_slices(budget)
+                        if self._dead:
+                            return
+                        if self._slicing is not None:
+                            self._backlog = True    # the frames behind it wait for it
+                            break
         if pos == size:
             self._buf = bytearray()
         elif data is buf:
@@ -770,9 +792,7 @@ class LeanHttp2ServerCodec(H2MoveState):
         hit = cache.get(block)
         if hit is not None and hit[0] == self._table_gen:
             return hit
-        table = self._decoder.header_table
-        entries = table.dynamic_entries
-        count, first, maxsize = len(entries), entries[0] if entries else None, table.maxsize
+        snapshot = self._table_snapshot()
         try:
             fields = self._decoder.decode(block, raw=True)
         except OversizedHeaderListError as exc:
@@ -780,14 +800,29 @@ class LeanHttp2ServerCodec(H2MoveState):
         except HPACKError as exc:
             raise _ConnError(COMPRESSION_ERROR, str(exc) or type(exc).__name__) from None
         if len(fields) > _DECODE_FREE_FIELDS:
-            # HPACK decodes ~5 us a field here: a block of thousands (up to the hard cap) is
-            # alone in its turn.
+            # HPACK decodes ~2-3 us a field here: a block of up to 256 bytes (_WHOLE_BLOCK_BYTES)
+            # may hold a few hundred; it ends its turn.
             self._decode_cost = (len(fields) - _DECODE_FREE_FIELDS) >> 2
+        return self._decoded(block, fields, snapshot)
+
+    def _table_snapshot(self) -> tuple:
+        """What tells whether decoding a block changed the HPACK table (the cache's rule)."""
+        table = self._decoder.header_table
+        entries = table.dynamic_entries
+        return len(entries), entries[0] if entries else None, table.maxsize
+
+    def _decoded(self, block: bytes, fields: list, snapshot: tuple) -> list:
+        """The cache entry of a block decoded from the table of `snapshot`: kept when the
+        table did not change, and the table's generation moved on when it did."""
         entry = [self._table_gen, fields, None]
-        if count == len(entries) and first is (entries[0] if entries else None) and \
-                maxsize == table.maxsize:
+        count, first, maxsize = snapshot
+        now_count, now_first, now_maxsize = self._table_snapshot()
+        # The first entry by identity: an equal pair inserted anew (evicting another) is a
+        # change.
+        if count == now_count and first is now_first and maxsize == now_maxsize:
             if len(block) <= _HEADER_CACHE_BLOCK and \
                     sum(len(n) + len(v) for n, v in fields) <= _HEADER_CACHE_DECODED:
+                cache = self._header_cache
                 if len(cache) >= _HEADER_CACHE_ENTRIES:
                     cache.clear()
                 cache[block] = entry
@@ -795,11 +830,50 @@ class LeanHttp2ServerCodec(H2MoveState):
             self._table_gen += 1    # every entry cached so far was decoded against another table
         return entry
 
-    def _on_block(self, block: bytes, stream_id: int, end: bool, self_dependent: bool) -> None:
-        """A complete header block of `stream_id` (`end`: END_STREAM was set)."""
-        entry = self._header_cache.get(block)     # _decode's cache hit, without the call
-        if entry is None or entry[0] != self._table_gen:
-            entry = self._decode(block)     # always: the HPACK table must stay in step
+    def _decode_slices(self, budget: int) -> int:
+        """The next slice of the big block being decoded (self._slicing): as many fields as
+        `budget` pays for (4 a unit, _DECODE_FREE_FIELDS at least); once the block is whole,
+        its stream goes on as for any block. Returns the budget left."""
+        sliced = self._slicing
+        allowance = _DECODE_FREE_FIELDS + (budget << 2 if budget > 0 else 0)
+        decoded = len(sliced.fields)
+        try:
+            cost = sliced.step(self._decoder, allowance)
+        except OversizedHeaderListError as exc:
+            raise _ConnError(ENHANCE_YOUR_CALM, str(exc)) from None
+        except HPACKError as exc:
+            raise _ConnError(COMPRESSION_ERROR, str(exc) or type(exc).__name__) from None
+        budget -= cost >> 2
+        analysis = sliced.analysis
+        if analysis is not None:
+            # A request's fields are analyzed as they come too (~1 us a field).
+            analysis.add(sliced.fields[decoded:])
+        if sliced.done:
+            self._slicing = None
+            entry = self._decoded(sliced.block, sliced.fields, sliced.snapshot)
+            if analysis is not None:
+                entry[2] = analysis.result(self._max_header_bytes, self._max_headers)
+            self._on_block(sliced.block, sliced.stream_id, sliced.end, sliced.self_dependent,
+                           entry)
+        return budget
+
+    def _on_block(self, block: bytes, stream_id: int, end: bool, self_dependent: bool,
+                  entry: list | None = None) -> None:
+        """A complete header block of `stream_id` (`end`: END_STREAM was set); `entry`: its
+        decoding, when it was decoded in slices."""
+        if entry is None:
+            entry = self._header_cache.get(block)     # _decode's cache hit, without the call
+            if entry is None or entry[0] != self._table_gen:
+                # Always decoded: the HPACK table must stay in step. A big block in slices,
+                # over turns (h2slice.py): the frames behind it wait in the buffer.
+                if len(block) > _WHOLE_BLOCK_BYTES and self._frames_per_turn:
+                    sliced = self._slicing = SlicedBlock(
+                        block, self._hard_cap, stream_id, end, self_dependent,
+                        self._table_snapshot())
+                    if stream_id not in self._streams:      # a request, not trailers
+                        sliced.analysis = RequestAnalysis()
+                    return
+                entry = self._decode(block)
         state = self._streams.get(stream_id)
         if state is not None and state.remote_closed:
             # Half-closed (remote): HEADERS is STREAM_CLOSED (RFC 9113 5.1), whatever else is

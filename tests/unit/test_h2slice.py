@@ -1,0 +1,113 @@
+"""worker/codecs/h2slice.py: a header block decoded in slices gives what one decode() of the
+whole block gives (fields, dynamic table, errors), whatever the slices, the fields and the
+table size."""
+
+from __future__ import annotations
+
+import pytest
+from hpack import Decoder, Encoder, NeverIndexedHeaderTuple
+from hpack.exceptions import HPACKDecodingError, HPACKError, OversizedHeaderListError
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from baton.worker.codecs.h2slice import SlicedBlock, slice_end
+
+CAP = 256 * 1024
+
+names = st.binary(min_size=1, max_size=40) | st.sampled_from(
+    [b":path", b"cookie", b"user-agent", b"x-a", b"accept"])
+values = st.binary(max_size=300) | st.sampled_from([b"", b"v", b"/", b"gzip"])
+field = st.tuples(names, values, st.booleans())     # the last: never indexed
+header_lists = st.lists(field, min_size=0, max_size=60)
+allowances = st.lists(st.integers(min_value=-3, max_value=40), min_size=1, max_size=20)
+
+
+def sliced_decode(decoder: Decoder, block: bytes, allowances: list, cap: int = CAP) -> list:
+    sliced = SlicedBlock(block, cap, 1, True, False, None)
+    turn = 0
+    while not sliced.done:
+        sliced.step(decoder, allowances[turn % len(allowances)])
+        turn += 1
+    return sliced.fields
+
+
+def outcome(decode):
+    """The fields, or the exception's class (a decode error is an HPACK error either way)."""
+    try:
+        return decode()
+    except OversizedHeaderListError:
+        return OversizedHeaderListError
+    except HPACKError:
+        return HPACKError
+
+
+def table(decoder: Decoder) -> tuple:
+    return list(decoder.header_table.dynamic_entries), decoder.header_table.maxsize
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(header_lists, st.booleans(),
+                          st.none() | st.integers(min_value=0, max_value=4096)),
+                min_size=1, max_size=4),
+       allowances)
+def test_sliced_decode_is_whole_decode(blocks, allowances):
+    """Blocks in a row on one connection (Huffman or not, table size updates at their start):
+    every block's fields and the table after it are the same, sliced or whole."""
+    encoder, whole, sliced = Encoder(), Decoder(max_header_list_size=CAP), Decoder()
+    for headers, huffman, table_size in blocks:
+        if table_size is not None:
+            encoder.header_table_size = table_size
+        block = encoder.encode([NeverIndexedHeaderTuple(n, v) if never else (n, v)
+                                for n, v, never in headers], huffman=huffman)
+        expected = whole.decode(block, raw=True)
+        assert sliced_decode(sliced, block, allowances) == expected
+        assert table(sliced) == table(whole)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.binary(max_size=200), allowances, st.integers(min_value=40, max_value=2000))
+def test_sliced_decode_of_any_bytes_is_whole_decode(block, allowances, cap):
+    """Malformed blocks too: the same error (decoding, or over the decoded size cap) or the
+    same fields, and the same table."""
+    whole, sliced = Decoder(max_header_list_size=cap), Decoder(max_header_list_size=cap)
+    expected = outcome(lambda: whole.decode(block, raw=True))
+    got = outcome(lambda: sliced_decode(sliced, block, allowances, cap))
+    assert got == expected
+    if expected is not HPACKError and expected is not OversizedHeaderListError:
+        assert table(sliced) == table(whole)
+
+
+def test_a_table_size_update_after_a_field_is_refused_in_a_later_slice():
+    """RFC 7541 4.2: only at the start of a block. decode() of the second slice alone would
+    take it; the slices do not."""
+    block = b"\x82" + b"\x3f\x01"          # :method GET, then a size update to 32
+    assert outcome(lambda: Decoder().decode(block, raw=True)) is HPACKError
+    decoder = Decoder()
+    sliced = SlicedBlock(block, CAP, 1, True, False, None)
+    sliced.step(decoder, 1)
+    assert sliced.pos == 1
+    with pytest.raises(HPACKDecodingError):
+        sliced.step(decoder, 1)
+    assert decoder.header_table.maxsize == 4096
+    start = SlicedBlock(b"\x3f\x01\x82", CAP, 1, True, False, None)     # at the start: fine
+    start.step(Decoder(), 1)
+    assert start.done and start.fields == [(b":method", b"GET")]
+
+
+def test_the_decoded_size_cap_counts_the_whole_block():
+    fields = [(b"x-%d" % i, b"v" * 60) for i in range(20)]     # 20 x (~64 + 32) bytes
+    block = Encoder().encode(fields, huffman=False)
+    with pytest.raises(OversizedHeaderListError):
+        sliced_decode(Decoder(), block, [1], cap=1000)
+    assert sliced_decode(Decoder(), block, [1], cap=2000) == fields
+
+
+def test_a_slice_ends_on_a_field_boundary_and_takes_one_field_at_least():
+    block = Encoder().encode([(b"a", b"1"), (b"bb", b"22"), (b"ccc", b"333")], huffman=False)
+    ends = []
+    pos = 0
+    while pos < len(block):
+        pos, cost = slice_end(block, pos, 0, False)
+        assert cost == 1
+        ends.append(pos)
+    assert len(ends) == 3 and ends[-1] == len(block)
+    assert slice_end(block, 0, 100, False) == (len(block), 3)
