@@ -294,89 +294,83 @@ class Context:
         self.maps[RESPONSE_HEADERS] = ResponseMap(response)
 
 
+def _info(attribute):
+    """A StreamInfo attribute's reader (None without a stream)."""
+    return lambda ctx, info: getattr(info, attribute) if info is not None else None
+
+
+def _request(read):
+    return lambda ctx, info: read(ctx.request) if ctx.request is not None else None
+
+
+def _request_headers(request):
+    return [(":authority", request.authority), (":path", request.path),
+            (":method", request.method), (":scheme", request.scheme), *request.headers.items]
+
+
+def _response_code(ctx, info):
+    if ctx.response is not None:
+        return ctx.response.status
+    return (info.response_code or None) if info is not None else None
+
+
+def _response_headers(ctx, info):
+    response = ctx.response
+    return None if response is None else [(":status", str(response.status)),
+                                          *response.headers.items]
+
+
+def _side(attribute, part):
+    def read(ctx, info):
+        pair = getattr(info, attribute) if info is not None else None
+        if not pair:
+            return None
+        return _address(pair) if part == "address" else int(pair[1])
+    return read
+
+
+# Envoy's attribute names ("Attributes" in its docs) -> reader(ctx, stream info or None).
+PROPERTIES = {
+    "plugin_name": lambda ctx, info: ctx.plugin.name,
+    "plugin_root_id": lambda ctx, info: ctx.plugin.root_id,
+    "plugin_vm_id": lambda ctx, info: ctx.plugin.vm_id,
+    "listener_direction": lambda ctx, info: ctx.plugin.direction,
+    "request.path": _request(lambda r: r.path),
+    "request.url_path": _request(lambda r: r.path_only),
+    "request.host": _request(lambda r: r.authority),
+    "request.scheme": _request(lambda r: r.scheme),
+    "request.method": _request(lambda r: r.method),
+    "request.headers": _request(_request_headers),
+    "request.query": _request(lambda r: r.query),
+    "request.id": _request(lambda r: r.headers.get("x-request-id")),
+    "request.useragent": _request(lambda r: r.headers.get("user-agent")),
+    "request.referer": _request(lambda r: r.headers.get("referer")),
+    "request.protocol": _info("protocol"),
+    "request.time": lambda ctx, info: int(info.start_time * 1e9) if info is not None else None,
+    "response.code": _response_code,
+    "response.code_details": _info("response_code_details"),
+    "response.headers": _response_headers,
+    "source.address": _side("downstream_remote", "address"),
+    "source.port": _side("downstream_remote", "port"),
+    "destination.address": _side("downstream_local", "address"),
+    "destination.port": _side("downstream_local", "port"),
+    "connection.id": _info("connection_id"),
+    "xds.cluster_name": _info("upstream_cluster"),
+    "xds.route_name": _info("route_name"),
+    "upstream.address": _info("upstream_host"),
+}
+
+
 def stream_property(ctx: Context, node: dict, path: tuple[str, ...]):
     """The value of an attribute path (Envoy's attribute names) for `ctx`, or None."""
-    head = path[0]
-    plugin = ctx.plugin
-    if head == "plugin_name":
-        return plugin.name
-    if head == "plugin_root_id":
-        return plugin.root_id
-    if head == "plugin_vm_id":
-        return plugin.vm_id
-    if head == "listener_direction":
-        return plugin.direction
-    if head == "node":
+    if path[0] == "node":           # node, node.<field>, node.metadata[.<key>...]
         if len(path) == 1:
             return node or {}
         if path[1] == "metadata":
-            return _nested(node.get("metadata") or {}, path[2:]) if len(path) > 2 \
-                else node.get("metadata") or {}
+            return _nested(node.get("metadata") or {}, path[2:])
         return node.get(path[1]) if len(path) == 2 else None
-    request = ctx.request
-    info = getattr(ctx.stream, "info", None)
-    if head == "request" and request is not None and len(path) == 2:
-        return _request_property(request, info, path[1])
-    if head == "response" and len(path) == 2:
-        return _response_property(ctx, info, path[1])
-    if head in ("source", "destination") and info is not None and len(path) == 2:
-        pair = info.downstream_remote if head == "source" else info.downstream_local
-        if path[1] == "address":
-            return _address(pair)
-        if path[1] == "port":
-            return int(pair[1]) if pair else None
-    if head == "connection" and info is not None and path[1:] == ("id",):
-        return info.connection_id
-    if head == "xds" and info is not None and len(path) == 2:
-        if path[1] == "cluster_name":
-            return info.upstream_cluster
-        if path[1] == "route_name":
-            return info.route_name
-    if head == "upstream" and info is not None and path[1:] == ("address",):
-        return info.upstream_host
-    return None
-
-
-def _request_property(request, info, name):
-    if name == "path":
-        return request.path
-    if name == "url_path":
-        return request.path_only
-    if name == "host":
-        return request.authority
-    if name == "scheme":
-        return request.scheme
-    if name == "method":
-        return request.method
-    if name == "headers":
-        return [(":authority", request.authority), (":path", request.path),
-                (":method", request.method), (":scheme", request.scheme)] + \
-            list(request.headers.items)
-    if name == "query":
-        return request.query
-    if name == "protocol":
-        return info.protocol if info is not None else None
-    if name == "id":
-        return request.headers.get("x-request-id")
-    if name == "useragent":
-        return request.headers.get("user-agent")
-    if name == "referer":
-        return request.headers.get("referer")
-    if name == "time" and info is not None:
-        return int(info.start_time * 1e9)
-    return None
-
-
-def _response_property(ctx, info, name):
-    if name == "code":
-        if ctx.response is not None:
-            return ctx.response.status
-        return info.response_code or None if info is not None else None
-    if name == "code_details":
-        return info.response_code_details if info is not None else None
-    if name == "headers" and ctx.response is not None:
-        return [(":status", str(ctx.response.status))] + list(ctx.response.headers.items)
-    return None
+    read = PROPERTIES.get(".".join(path))
+    return None if read is None else read(ctx, getattr(ctx.stream, "info", None))
 
 
 # --- the host --------------------------------------------------------------------------------
@@ -482,26 +476,21 @@ class AbiHost:
             return PARSE_FAILURE
         return OK
 
-    def add_header(self, kind: int, key: bytes, value: bytes) -> int:
+    def _edit(self, kind: int, edit: str, *args) -> int:
         m = self._map(kind)
         if m is None:
             return BAD_ARGUMENT
-        m.add(key, value)
+        getattr(m, edit)(*args)
         return OK
+
+    def add_header(self, kind: int, key: bytes, value: bytes) -> int:
+        return self._edit(kind, "add", key, value)
 
     def replace_header(self, kind: int, key: bytes, value: bytes) -> int:
-        m = self._map(kind)
-        if m is None:
-            return BAD_ARGUMENT
-        m.replace(key, value)
-        return OK
+        return self._edit(kind, "replace", key, value)
 
     def remove_header(self, kind: int, key: bytes) -> int:
-        m = self._map(kind)
-        if m is None:
-            return BAD_ARGUMENT
-        m.remove(key)
-        return OK
+        return self._edit(kind, "remove", key)
 
     # -- stream control -------------------------------------------------------------------------
     def send_local_response(self, status: int, details: bytes, body: bytes, headers: bytes,
@@ -571,41 +560,45 @@ class AbiHost:
                 self.stats.gauges[full] += 0
         return OK, metric_id
 
-    def increment_metric(self, metric_id: int, delta: int) -> int:
+    def _stat(self, metric_id: int):
+        """(kind, the Stats table it counts in (None: a histogram), name), or None."""
         metric = self.metrics.get(metric_id)
         if metric is None:
-            return NOT_FOUND
+            return None
         kind, name = metric
-        if kind == COUNTER:
-            if delta > 0:
-                self.stats.counters[name] += delta
-        elif kind == GAUGE:
-            self.stats.gauges[name] += delta
-        else:
+        table = self.stats.counters if kind == COUNTER else \
+            self.stats.gauges if kind == GAUGE else None
+        return kind, table, name
+
+    def increment_metric(self, metric_id: int, delta: int) -> int:
+        found = self._stat(metric_id)
+        if found is None:
+            return NOT_FOUND
+        kind, table, name = found
+        if table is None:
             return BAD_ARGUMENT
+        if kind == GAUGE or delta > 0:      # a counter never goes down
+            table[name] += delta
         return OK
 
     def record_metric(self, metric_id: int, value: int) -> int:
-        metric = self.metrics.get(metric_id)
-        if metric is None:
+        found = self._stat(metric_id)
+        if found is None:
             return NOT_FOUND
-        kind, name = metric
-        if kind == COUNTER:
-            self.stats.counters[name] += value
-        elif kind == GAUGE:
-            self.stats.gauges[name] = value
-        return OK                       # a histogram's sample: not exported
+        kind, table, name = found
+        if table is not None:               # a histogram's sample: not exported
+            if kind == COUNTER:
+                table[name] += value
+            else:
+                table[name] = value
+        return OK
 
     def get_metric(self, metric_id: int) -> tuple[int, int]:
-        metric = self.metrics.get(metric_id)
-        if metric is None:
+        found = self._stat(metric_id)
+        if found is None:
             return NOT_FOUND, 0
-        kind, name = metric
-        if kind == COUNTER:
-            return OK, self.stats.counters.get(name, 0)
-        if kind == GAUGE:
-            return OK, self.stats.gauges.get(name, 0)
-        return BAD_ARGUMENT, 0
+        _, table, name = found
+        return (BAD_ARGUMENT, 0) if table is None else (OK, table.get(name, 0))
 
     # -- shared data -----------------------------------------------------------------------------
     def get_shared_data(self, key: bytes) -> tuple[int, bytes, int]:
