@@ -3,7 +3,7 @@ WasmPlugins): the AssemblyScript plugin tests/fixtures/wasm/demo.wasm (source be
 adds the request header x-wasm-seen: <its configuration> and the response header
 x-wasm: hello, answers /deny* with a local 403 (x-wasm-denied: 1), which the plugin's own
 response hook sees too (as in Envoy), and counts requests in wasmcustom.wasm_filter.requests.
-Two workers: one VM each, and the master sums their counters."""
+Two workers: one VM each, and the master sums their counters; a reload keeps it running."""
 
 from __future__ import annotations
 
@@ -68,6 +68,14 @@ def test_a_wasm_plugin_filters_requests_and_counts(baton, recorder):
     assert b.stats().get("wasmcustom.wasm_filter.requests") == 4
     _, text = b.admin("/stats/prometheus")
     assert "\nwasm_filter_requests{} 4\n" in text, text
+
+    # A reload: the new generation checks the module again and its workers start their VMs.
+    done = b.reload()
+    assert done.returncode == 0, done.stdout + done.stderr
+    status, headers, body = get(port, "/deny/again")
+    assert (status, headers.get("x-wasm")) == (403, "hello")
+    status, headers, _ = get(port, "/hello")
+    assert (status, headers.get("x-wasm")) == (200, "hello")
 
 
 def test_a_module_that_cannot_start_is_refused_with_its_path(tmp_path):

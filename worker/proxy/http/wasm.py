@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import logging
 
+from ...wasm.plugin import WasmError, plugin_root      # wasmtime only when a VM starts
+from ...wasm.vm import Trapped
 from .filter import PAUSE, FilterFactory, LocalReply, StreamFilter, register
 
 NAME = "envoy.filters.http.wasm"
@@ -33,7 +35,6 @@ log = logging.getLogger("baton.wasm")
 class WasmFilterFactory(FilterFactory):
     def __init__(self, config: dict, context):
         super().__init__(config, context)
-        from ...wasm.plugin import WasmError, plugin_root   # wasmtime only with this filter
         self.fail_open = config["fail_open"]
         self.root = None
         try:
@@ -69,7 +70,6 @@ class WasmStreamFilter(StreamFilter):
         return None if self.factory.fail_open else LocalReply(503, b"", details=FAIL_DETAILS)
 
     def on_request_headers(self, request, end_stream: bool):
-        from ...wasm.vm import Trapped
         root = self.factory.root
         try:
             ctx = self.ctx = root.new_stream(self.stream, request)
@@ -97,7 +97,6 @@ class WasmStreamFilter(StreamFilter):
         ctx = self.ctx
         if ctx is None:
             return None
-        from ...wasm.vm import Trapped
         try:
             self.factory.root.response_headers(ctx, response, end_stream)
         except Trapped as exc:
@@ -107,7 +106,6 @@ class WasmStreamFilter(StreamFilter):
     def on_log(self) -> None:
         ctx = self.ctx
         if ctx is not None:
-            from ...wasm.vm import Trapped
             self.ctx = None
             try:
                 self.factory.root.end_stream(ctx)
