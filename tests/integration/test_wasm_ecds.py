@@ -20,6 +20,7 @@ import pytest
 import wasmtime
 
 from baton.xds import protos  # noqa: F401 - declares Istio's types for the test control plane
+from ..istio_dumps import DUMPS
 from ..waiting import wait_until
 from ..xds_support.control_plane import EXTENSION, LISTENER
 from ..xds_support.resources import ADS, get, listener
@@ -30,14 +31,13 @@ from .test_xds import named, plane, serve_basics, start_baton  # noqa: F401
 
 T = "type.googleapis.com/"
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "wasm"
-S22 = Path(__file__).resolve().parents[3] / "shared" / "istio-dumps" / \
-    "sidecar-istio-1.22.3-multiparty-lb-app1.json"
+S22 = DUMPS / "sidecar-istio-1.22.3-multiparty-lb-app1.json"
 
 
 def s22_plugin() -> dict:
     """S22's one ECDS resource (a TypedExtensionConfig) as the dump holds it."""
     if not S22.exists():
-        pytest.skip(f"{S22} not here (../shared/istio-dumps)")
+        pytest.skip(f"no Istio dumps at {DUMPS} (shared/istio-dumps beside the repository)")
     dump = json.loads(S22.read_text())
     section = next(c for c in dump["configs"] if c["@type"].endswith("EcdsConfigDump"))
     resource = section["ecds_filters"][0]["ecds_filter"]
