@@ -136,7 +136,10 @@ class Runtime:
         with self._lock:
             self._users -= 1
             if self._users <= 0 and self._ticker is not None:
+                # Joined: the master checks modules before it forks, and a fork should find
+                # no thread of ours running.
                 self._ticker.stop()
+                self._ticker.join()
                 self._ticker = None
                 self._users = 0
 
