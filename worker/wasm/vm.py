@@ -227,6 +227,8 @@ class VM:
             ctypes.cast(data, ctypes.c_void_p).value)
         self._trap = ctypes.POINTER(ffi.wasm_trap_t)()
         self._trap_ref = ctypes.byref(self._trap)
+        self._memory_base = None
+        self._memory_end = 0
         self.abi_version = next((name for name in self.exports if name in ABI_VERSIONS), None)
         if self.abi_version is None:
             found = [name for name in self.exports if name.startswith("proxy_abi_version_")]
@@ -291,10 +293,16 @@ class VM:
 
     # -- guest memory ---------------------------------------------------------------------------
     def _base(self, ctx, end: int) -> int:
-        """The memory's address now (it may move when it grows), if `end` is inside it."""
-        if end > self._memory_size(ctx, self._memory):
-            raise IndexError
-        return self._memory_data(ctx, self._memory)
+        """The memory's address, if `end` is inside it. Known for the length of a hostcall:
+        only guest code moves or grows memory, so a hostcall's entry and its calls of the
+        allocator forget it (`_memory_base = None`)."""
+        base = self._memory_base
+        if base is None or end > self._memory_end:
+            self._memory_end = self._memory_size(ctx, self._memory)
+            base = self._memory_base = self._memory_data(ctx, self._memory)
+            if end > self._memory_end:
+                raise IndexError
+        return base
 
     def read(self, ctx, ptr: int, size: int) -> bytes:
         if not size:
@@ -309,6 +317,7 @@ class VM:
         address = 0
         if data:
             address = self._invoke(ctx, self._malloc_entry, (len(data),))
+            self._memory_base = None        # the allocator may have grown memory
             if not address:
                 raise MemoryError("the guest's allocator returned 0")
             self.write(ctx, address, data)
@@ -330,6 +339,7 @@ class VM:
         def callback(env, caller, values, nvalues):
             try:
                 ctx = caller_context(caller)
+                vm._memory_base = None      # the guest ran since: memory may have moved
                 args = [values[i].i64 if wide[i] else values[i].i32 & 0xFFFFFFFF
                         for i in range(count)]
                 try:
