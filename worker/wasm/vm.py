@@ -97,7 +97,10 @@ class Runtime:
     """The engine, compiled modules by code hash, and the epoch thread."""
 
     def __init__(self):
-        import wasmtime
+        try:
+            import wasmtime
+        except ImportError as exc:      # not installed, or unreadable after a privilege drop
+            raise WasmError(f"wasmtime cannot be loaded: {exc}") from None
         self.wasmtime = wasmtime
         self.pid = os.getpid()
         config = wasmtime.Config()
