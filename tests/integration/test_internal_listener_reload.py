@@ -58,6 +58,22 @@ def _stayed_and_clean(b: Baton, old: int, connections: int) -> None:
     assert "Traceback" not in log and "ERROR" not in log, log[-3000:]
 
 
+def _echo_through_internal(tmp_path, port: int, echo: int) -> Baton:
+    """One worker; `port` is a tcp_proxy into an internal listener whose tcp_proxy echoes."""
+    inner = [{"name": "envoy.filters.network.tcp_proxy", "typed_config": {
+        "@type": TCP_PROXY, "stat_prefix": "inner", "cluster": "echo"}}]
+    return Baton(tmp_path / "b", _front_through_internal(port, inner, [static_cluster("echo", echo)]),
+                 concurrency=1).start()
+
+
+def _echoed_connection(port: int) -> socket.socket:
+    """A connection through both listeners, with one exchange done."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=20)
+    s.sendall(b"before")
+    assert recv_exact(s, 6) == b"before"
+    return s
+
+
 @pytest.fixture(scope="module")
 def echo():
     up = Upstream("echo")
@@ -67,14 +83,9 @@ def echo():
 
 def test_a_tcp_connection_through_an_internal_listener_drains_across_a_reload(tmp_path, echo):
     port = free_port()
-    inner = [{"name": "envoy.filters.network.tcp_proxy", "typed_config": {
-        "@type": TCP_PROXY, "stat_prefix": "inner", "cluster": "echo"}}]
-    b = Baton(tmp_path / "b", _front_through_internal(port, inner, [static_cluster("echo", echo)]),
-              concurrency=1).start()
+    b = _echo_through_internal(tmp_path, port, echo)
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=20) as s:
-            s.sendall(b"before")
-            assert recv_exact(s, 6) == b"before"
+        with _echoed_connection(port) as s:
             old = _reload_keeps(b)
             for message in (b"after the reload", b"z" * 200_000):
                 s.sendall(message)
@@ -124,14 +135,9 @@ def test_stopping_the_new_generation_ends_the_draining_old_one_instead_of_revivi
     (supervisor/stop_marker.py): after a drain the old generation finishes its connection and
     ends with it; after a fast stop it ends at once. Neither serves again."""
     port = free_port()
-    inner = [{"name": "envoy.filters.network.tcp_proxy", "typed_config": {
-        "@type": TCP_PROXY, "stat_prefix": "inner", "cluster": "echo"}}]
-    b = Baton(tmp_path / "b", _front_through_internal(port, inner, [static_cluster("echo", echo)]),
-              concurrency=1).start()
+    b = _echo_through_internal(tmp_path, port, echo)
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=20) as s:
-            s.sendall(b"before")
-            assert recv_exact(s, 6) == b"before"
+        with _echoed_connection(port) as s:
             old = _reload_keeps(b)
             new = b.master_pid()
             os.kill(new, signal.SIGTERM if how == "drain" else signal.SIGINT)
