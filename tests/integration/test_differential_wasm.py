@@ -17,8 +17,9 @@ import wasmtime
 
 from .differential.bootstraps import bootstrap, cluster, http_listener
 from .differential.client import one
-from .differential.compare import differential, header, observe, upstream_header
+from .differential.compare import differential, each_proxy, header, observe, upstream_header
 from .differential.proxies import module_pair
+from ..waiting import wait_until
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "wasm"
 WASM_TYPE = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm"
@@ -31,6 +32,24 @@ TRAP = """(module (memory (export "memory") 1)
   (func (export "proxy_on_memory_allocate") (param i32) (result i32) (i32.const 1024))
   (func (export "proxy_on_context_create") (param i32 i32))
   (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32) unreachable))"""
+
+
+# A plugin that counts its ticks (every 20 ms) in the counter "ticks".
+TICKS = """(module
+  (import "env" "proxy_set_tick_period_milliseconds" (func $period (param i32) (result i32)))
+  (import "env" "proxy_define_metric" (func $define (param i32 i32 i32 i32) (result i32)))
+  (import "env" "proxy_increment_metric" (func $increment (param i32 i64) (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 16) "ticks")
+  (func (export "proxy_abi_version_0_2_1"))
+  (func (export "proxy_on_memory_allocate") (param i32) (result i32) (i32.const 1024))
+  (func (export "proxy_on_context_create") (param i32 i32))
+  (func (export "proxy_on_configure") (param i32 i32) (result i32)
+    (drop (call $define (i32.const 0) (i32.const 16) (i32.const 5) (i32.const 64)))
+    (drop (call $period (i32.const 20)))
+    (i32.const 1))
+  (func (export "proxy_on_tick") (param i32)
+    (drop (call $increment (i32.load (i32.const 64)) (i64.const 1)))))"""
 
 
 def wasm_filter(code: dict, root_id: str, configuration: str, **plugin) -> dict:
@@ -51,6 +70,8 @@ def wasm_bootstrap(upstreams: dict[str, int]):
     trap = {"inline_bytes": base64.b64encode(wasmtime.wat2wasm(TRAP)).decode()}
     filters["trap"] = wasm_filter(trap, "", "")
     filters["trap_open"] = wasm_filter(trap, "", "", fail_open=True)
+    filters["ticks"] = wasm_filter({"inline_bytes": base64.b64encode(wasmtime.wat2wasm(TICKS)).decode()},
+                                   "", "")
 
     def template(ports: dict[str, int], admin: int) -> dict:
         listeners = [http_listener(name, ports[name], route_config, http_filters=[f])
@@ -59,7 +80,7 @@ def wasm_bootstrap(upstreams: dict[str, int]):
     return template
 
 
-recorder, pair = module_pair("diff-wasm", wasm_bootstrap, ["sdk", "raw", "trap", "trap_open"])
+recorder, pair = module_pair("diff-wasm", wasm_bootstrap, ["sdk", "raw", "trap", "trap_open", "ticks"])
 
 
 def exchange(listener: str, path: str, case: str):
@@ -127,3 +148,12 @@ def test_a_failed_vm_fails_closed_or_open(pair, recorder):
         assert obs["status"] == 200 and upstream_header(obs, "x-wasm-seen") is None, obs
     differential(pair, exchange("trap_open", "/t", "wasm-trap-open-1"), passed)
     differential(pair, exchange("trap_open", "/t", "wasm-trap-open-2"), passed)
+
+
+def test_a_plugins_ticks_run(pair):
+    """proxy_set_tick_period_milliseconds(20) in proxy_on_configure: proxy_on_tick runs
+    again and again (it counts in wasmcustom.ticks), with no request."""
+    def check(target):
+        wait_until(lambda: target.stats("wasmcustom.").get("wasmcustom.ticks", 0) >= 5, 10,
+                   f"{target.name}: five ticks")
+    each_proxy(pair, check)

@@ -57,6 +57,7 @@ class Context:
     def __init__(self):
         self.worker = Worker()
         self.stats = Stats()
+        self.loop = None
 
 
 def factory(code: bytes, **extra) -> wasm.WasmFilterFactory:

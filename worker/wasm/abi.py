@@ -402,7 +402,7 @@ class AbiHost:
         self.metrics: dict[int, tuple[int, str]] = {}   # id -> (type, full stat name)
         self.metric_ids: dict[tuple[int, str], int] = {}
         self.shared = shared_data(vm_id)
-        self.tick_period_ms = 0
+        self.tick_handlers: dict = {}              # root context id -> f(period ms)
         self.unimplemented: dict[str, int] = {}    # hostcall -> calls answered UNIMPLEMENTED
         self.next_id = 1
 
@@ -514,6 +514,16 @@ class AbiHost:
         ctx.continued = True
         if ctx.resume is not None:
             ctx.resume()
+        return OK
+
+    def set_tick_period(self, period_ms: int) -> int:
+        """proxy_set_tick_period_milliseconds: for the current context's root (0 stops)."""
+        ctx = self.current
+        if ctx is None:
+            return BAD_ARGUMENT
+        handler = self.tick_handlers.get((ctx.root or ctx).id)
+        if handler is not None:
+            handler(period_ms)
         return OK
 
     def set_effective_context(self, context_id: int) -> int:

@@ -51,12 +51,16 @@ def _new_vm(config: dict, stats, node, keep: bool = True) -> VM:
 class PluginRoot:
     """One plugin's root context in a VM, and the calls of its streams."""
 
-    def __init__(self, vm: VM, plugin: abi.Plugin, first: bool):
+    def __init__(self, vm: VM, plugin: abi.Plugin, first: bool, loop=None):
         self.vm = vm
         self.host = vm.host
         self.plugin = plugin
+        self.loop = loop                # the worker's: ticks (None: a check, no ticks)
+        self.tick_seconds = 0.0
+        self._tick = None
         host = self.host
         root = self.root = host.new_context(plugin)
+        host.tick_handlers[root.id] = self.set_tick_period
         host.current = root
         vm.call("proxy_on_context_create", root.id, 0)
         if first and vm.has("proxy_on_vm_start") and \
@@ -71,6 +75,28 @@ class PluginRoot:
     @property
     def failed(self) -> str:
         return self.vm.failed
+
+    def set_tick_period(self, period_ms: int) -> None:
+        """The plugin asks for proxy_on_tick every `period_ms` (0: no more), on the loop."""
+        if self._tick is not None:
+            self._tick.cancel()
+            self._tick = None
+        self.tick_seconds = period_ms / 1000
+        if period_ms and self.loop is not None:
+            self._tick = self.loop.call_later(self.tick_seconds, self._on_tick)
+
+    def _on_tick(self) -> None:
+        self._tick = None
+        if self.vm.failed:
+            return
+        self.host.current = self.root
+        try:
+            self.vm.call("proxy_on_tick", self.root.id)
+        except Trapped as exc:
+            log.error("Wasm plugin %s: %s", self.plugin.name, exc)
+            return
+        if self.tick_seconds and self._tick is None:        # not set again by the tick
+            self._tick = self.loop.call_later(self.tick_seconds, self._on_tick)
 
     def new_stream(self, stream, request) -> abi.Context:
         host = self.host
@@ -107,7 +133,7 @@ class PluginRoot:
             host.current = None
 
 
-def plugin_root(config: dict, stats, node) -> PluginRoot:
+def plugin_root(config: dict, stats, node, loop=None) -> PluginRoot:
     """This worker's root of the plugin `config` names (started on first use). Raises
     WasmError when the module or the plugin cannot start."""
     vkey = vm_key(config)
@@ -120,7 +146,7 @@ def plugin_root(config: dict, stats, node) -> PluginRoot:
     if first:
         vm = _vms[vkey] = _new_vm(config, stats, node)
     try:
-        root = PluginRoot(vm, _plugin(config), first)
+        root = PluginRoot(vm, _plugin(config), first, loop)
     except Trapped as exc:
         raise WasmError(str(exc)) from None
     _roots[key] = root

@@ -441,7 +441,7 @@ def _hostcalls(vm: VM, module: str, name: str):
         "proxy_log": log,
         "proxy_get_log_level": lambda c, p: write_u32(c, p, host.log_level()),
         "proxy_get_current_time_nanoseconds": lambda c, p: write_u64(c, p, host.now_ns()),
-        "proxy_set_tick_period_milliseconds": lambda c, ms: host.unimplemented_call(name),
+        "proxy_set_tick_period_milliseconds": lambda c, ms: host.set_tick_period(ms),
         "proxy_get_buffer_bytes": get_buffer_bytes,
         "proxy_get_buffer_status": get_buffer_status,
         "proxy_get_header_map_pairs": lambda c, t, pp, sp: returning(c, host.get_pairs(t), pp, sp),

@@ -13,8 +13,9 @@ and vm configuration (worker/wasm/plugin.py); each request gets a stream context
 
 A VM that failed (it did not start, or trapped: its state is lost, as in Envoy) answers
 every request 503 "wasm_fail_stream" (Envoy's Context::failStream), unless fail_open
-(FAIL_OPEN): then the filter steps aside. Not here yet: body and trailer callbacks,
-proxy_http_call / gRPC calls, ticks, shared queues, a VM reload after a failure.
+(FAIL_OPEN): then the filter steps aside. A plugin's ticks (proxy_on_tick) run on the
+worker's loop (worker/wasm/plugin.py). Not here yet: body and trailer callbacks,
+proxy_http_call / gRPC calls, shared queues, a VM reload after a failure.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ class WasmFilterFactory(FilterFactory):
         self.fail_open = config["fail_open"]
         self.root = None
         try:
-            self.root = plugin_root(config, context.stats, context.worker.node)
+            self.root = plugin_root(config, context.stats, context.worker.node, context.loop)
         except WasmError as exc:
             log.error("Wasm plugin %s failed to start: %s", config["name"], exc)
 
