@@ -375,9 +375,9 @@ def test_a_header_block_of_many_fields_is_decoded_over_turns():
         per_turn.append(sum(map(len, slices)) - sum(per_turn))
     assert [(e.stream_id, e.status) for turn in turns for e in turn] == [(1, 431), (3, 431)]
     assert frame(PING, 0x1, 0, b"12345678") in peer.codec.data_to_send()
-    # A turn decodes what its budget of 64 units pays for (4 fields each), 32 more at most
-    # for the block it starts or ends in it.
-    assert max(per_turn) <= 2 * 32 + 4 * 64 and len(turns) >= 2 * 2004 // (2 * 32 + 4 * 64)
+    # A turn decodes what its budget of 64 units pays for (2 fields each), a slice more at
+    # most for the block it ends and the next it starts in it.
+    assert max(per_turn) <= 2 * 2 * 64 and len(turns) >= 2 * 2004 // (2 * 2 * 64)
     assert [field for fields in slices for field in fields] == fields + fields
     small = Peer(frames_per_turn=64)                    # ordinary requests: HEADERS_COST only
     events = small.send(b"".join(small.request(1 + 2 * i) for i in range(10)))
