@@ -519,9 +519,12 @@ class Router:
 
     def _original_destination(self):
         """ORIGINAL_DST (Envoy's PassthroughCluster): the address the client dialled, unless
-        that is one of our own listeners (a loop)."""
+        that is one of our own listeners (a loop). On an internal connection, what its
+        connecting side named first (connect_authority's `port`), as Envoy's ORIGINAL_DST
+        load balancer prefers the DestinationAddress filter state in any LB context."""
+        from ..internal_listener import original_dst_upstream
         stream = self.stream
-        dst = stream.conn.original
+        dst = original_dst_upstream(stream.conn, stream.conn.original)
         if dst is None or stream.worker.is_own_listener(tuple(dst[:2])):
             return None
         return stream.worker.http_pools.original_host(self.cluster, dst)
