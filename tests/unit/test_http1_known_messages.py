@@ -32,8 +32,12 @@ class Untouchable:
 
 
 def _forget() -> None:
+    """The known-message memos empty, and every memo's gate open (MemoGate: earlier tests'
+    messages, all different, may have left one resting)."""
     http1_head.KNOWN_REQUESTS.clear()
     http1_head.KNOWN_RESPONSES.clear()
+    for gate in (http1_head.REQUESTS_GATE, http1_head.RESPONSES_GATE, http1_head._HEADS_GATE):
+        gate.__init__()
 
 
 def described(events) -> list:
@@ -329,3 +333,63 @@ def test_a_known_request_after_one_that_ends_the_connection_is_refused_as_parsed
     codec = Http1ServerCodec()
     assert [type(e) for e in codec.receive(wire)] == [RequestHead]
     assert described(codec.receive(WRK)) == expected == [("error", 3, 400)]
+
+
+def test_a_memo_that_is_seldom_hit_rests_and_comes_back():
+    """MemoGate: messages that never repeat fill the memo without a hit; when it is full it
+    rests for MemoGate.REST messages (not looked up, not filled: they are parsed, reporting
+    the same), then starts again; a memo that hits is never judged, so never rests."""
+    _forget()
+    gate = http1_head.REQUESTS_GATE
+    server = Http1ServerCodec()
+
+    def ask(wire: bytes) -> tuple:
+        (head,) = server.receive(wire)
+        server.send_head(head.stream_id, Response(204, Headers([])), True)
+        return described([head])[0]
+
+    for n in range(http1_head._KNOWN_MAX + 1):
+        ask(b"GET /v/%d HTTP/1.1\r\nHost: a\r\n\r\n" % n)
+    assert gate.resting == http1_head.MemoGate.REST and not http1_head.KNOWN_REQUESTS
+    # Resting: parsed (the same report), neither looked up nor remembered.
+    pair = Pair(Http1ServerCodec, server_state)
+    http1_head.KNOWN_REQUESTS[WRK] = "never looked up while resting"
+    server._parser = None
+    assert ask(WRK)[2:4] == ("GET", "/") and server._parser is not None
+    assert gate.resting == http1_head.MemoGate.REST - 1
+    assert http1_head.KNOWN_REQUESTS == {WRK: "never looked up while resting"}
+    http1_head.KNOWN_REQUESTS.clear()
+    gate.resting = 1                    # the rest ends with the next message: parsed,
+    ask(WRK)                            # and the memo open again learns it
+    assert not gate.resting and WRK in http1_head.KNOWN_REQUESTS
+    server._parser = Untouchable()      # served from memory now
+    ask(WRK)
+    # A memo that hits: wrk's requests keep it open however long they go on.
+    _forget()
+    server = Http1ServerCodec()
+    for _ in range(3 * http1_head._KNOWN_MAX):
+        ask(WRK)
+    assert gate.hits == 3 * http1_head._KNOWN_MAX - 1 and not gate.resting
+    _serve(pair, WRK, 3)                # and what it serves is what llhttp reports
+
+
+def test_the_response_and_head_memos_rest_too():
+    """The client side's memo (KNOWN_RESPONSES) and the decoded-head memo (_HEADS) have their
+    gates too: an upstream echoing each path in a header fills them without a hit."""
+    _forget()
+    http1_head._HEADS.clear()
+    client = Http1ClientCodec()
+
+    def fetch(wire: bytes) -> list:
+        client.send_head(Request("GET", "/", "h", Headers([]), "http", "1.1"), True)
+        return described(client.receive(wire))
+
+    for n in range(http1_head._KNOWN_MAX + 1):
+        fetch(NGINX.replace(b"\r\n\r\n", b"\r\nX-Path: /v/%d\r\n\r\n" % n))
+    for gate in (http1_head.RESPONSES_GATE, http1_head._HEADS_GATE):
+        assert gate.resting > http1_head.MemoGate.REST - 10
+    for _ in range(3):          # resting: each read by llhttp, nothing remembered
+        head, body = fetch(NGINX)
+        assert head[2] == 200 and ("server", "nginx/1.22.1") in head[4] and body[2:] == \
+            (b"body", True)
+    assert not http1_head.KNOWN_RESPONSES and not http1_head._HEADS

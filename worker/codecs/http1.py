@@ -33,9 +33,10 @@ from collections import deque
 import httptools
 
 from .events import Body, ProtocolError, RequestHead, ResponseHead
-from .http1_head import (HOP_BY_HOP, KNOWN_BYTES, KNOWN_REQUESTS, KNOWN_RESPONSES, KnownRequest,
-                         KnownResponse, connection_keeps_alive, lookup_head, read_request,
-                         read_response, remember)
+from .http1_head import (HOP_BY_HOP, KNOWN_BYTES, KNOWN_REQUESTS, KNOWN_RESPONSES,
+                         REQUESTS_GATE, RESPONSES_GATE, KnownRequest, KnownResponse,
+                         connection_keeps_alive, lookup_head, read_request, read_response,
+                         remember)
 from .message import Headers, Request, Response
 
 __all__ = ["Http1ServerCodec", "Http1ClientCodec", "HOP_BY_HOP", "REASONS"]
@@ -283,10 +284,16 @@ class Http1ServerCodec(_Http1Output):
         boundary = not self._stream
         if boundary and len(data) <= KNOWN_BYTES and not self._ended:
             # (A large read is not hashed for nothing.)
-            known = KNOWN_REQUESTS.get(data)
-            if known is not None and known.size <= self._max_header_bytes and \
-                    known.count <= self._max_headers:
-                return self._known_request(known)
+            gate = REQUESTS_GATE
+            if gate.resting:
+                gate.resting -= 1
+            else:
+                known = KNOWN_REQUESTS.get(data)
+                if known is not None:
+                    gate.hits += 1
+                    if known.size <= self._max_header_bytes and \
+                            known.count <= self._max_headers:
+                        return self._known_request(known)
         events = self._feed(data, 400)
         if self._in_head and not self._failed:
             events += self._open_head(data)
@@ -301,7 +308,7 @@ class Http1ServerCodec(_Http1Output):
             # reaches llhttp, so a second request after it would go upstream.
             if boundary and len(events) == 1 and learned.size == len(data) and \
                     not self._stream and not self._failed and learned.keep_alive:
-                remember(KNOWN_REQUESTS, data, learned)
+                remember(KNOWN_REQUESTS, REQUESTS_GATE, data, learned)
         return events
 
     def _known_request(self, known: KnownRequest) -> list:
@@ -800,12 +807,18 @@ class Http1ClientCodec(_Http1Output):
         boundary = self._between and self._stream and not self._tunnel and \
             self._method != "HEAD"
         if boundary:
-            end = data.find(b"\r\n\r\n") + 4
-            if 3 < end <= KNOWN_BYTES:
-                known = KNOWN_RESPONSES.get(data[:end])
-                if known is not None and len(data) - end == known.length and \
-                        known.size <= self._max_header_bytes and known.count <= self._max_headers:
-                    return self._known_response(known, data[end:])
+            gate = RESPONSES_GATE
+            if gate.resting:
+                gate.resting -= 1
+            else:
+                end = data.find(b"\r\n\r\n") + 4
+                known = KNOWN_RESPONSES.get(data[:end]) if 3 < end <= KNOWN_BYTES else None
+                if known is not None:
+                    gate.hits += 1
+                    if len(data) - end == known.length and \
+                            known.size <= self._max_header_bytes and \
+                            known.count <= self._max_headers:
+                        return self._known_response(known, data[end:])
         events = self._feed(data, 502)
         learned = self._learned
         if learned is not None:
@@ -815,7 +828,7 @@ class Http1ClientCodec(_Http1Output):
                     events[1].__class__ is Body and events[1].end_stream:
                 end = data.find(b"\r\n\r\n") + 4
                 if end == learned.size and len(data) - end == learned.length:
-                    remember(KNOWN_RESPONSES, data[:end], learned)
+                    remember(KNOWN_RESPONSES, RESPONSES_GATE, data[:end], learned)
         return events
 
     def _known_response(self, known: KnownResponse, body: bytes) -> list:

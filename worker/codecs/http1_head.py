@@ -9,6 +9,8 @@ reading each message (bench/RESULTS.md, issue 17).
 Rules of this file:
 - Every memo is bounded (heads come from the peers): past the bound it is cleared or left
   alone, and the head is read afresh, as before.
+- Every memo pays its way or rests (MemoGate): judged each time it is full, one that was
+  seldom hit is neither looked up nor filled for a while, and the head is read afresh.
 - What is remembered is immutable (tuples, str); a message gets lists of its own made from it.
 - Pure functions of the head's pairs: nothing here knows a connection or a parser.
 """
@@ -41,6 +43,33 @@ _HEADS_MAX = 256            # bounded (heads come from the peers): cleared when 
 _HEAD_MEMO_BYTES = 2048     # larger heads are decoded each time, not remembered
 
 
+class MemoGate:
+    """Whether a memo pays now. A memo costs on every message it misses (a key built and
+    hashed, an entry added, the table cleared when full) and saves only on messages it has
+    seen: traffic that never repeats (each path, request id or echoed header different:
+    bench/RESULTS.md's h1v) paid ~9k instructions a request in Baton's three memos for
+    nothing. So a memo is judged whenever it is full: if fewer than a quarter of its entries
+    were hit since the last judgement, it rests for the next REST messages (neither looked up
+    nor filled; they are read afresh, as a miss is), then starts again, empty. A memo that
+    hits (wrk's identical requests, an upstream's same head) is never full, so never judged."""
+
+    __slots__ = ("hits", "resting")
+    REST = 4096
+
+    def __init__(self):
+        self.hits = 0               # lookups that found an entry since the last judgement
+        self.resting = 0            # messages still to pass without the memo
+
+    def judge(self, entries: int) -> None:
+        """The memo is full (`entries`) and about to be cleared."""
+        if self.hits * 4 < entries:
+            self.resting = self.REST
+        self.hits = 0
+
+
+_HEADS_GATE = MemoGate()
+
+
 class _Head:
     """A head as decoded, and what each side's codec read from it. An upstream sends the same
     head again and again (only its Date moves, once a second), a client its same few headers:
@@ -61,16 +90,26 @@ def _decoded(headers: list) -> tuple:
 
 
 def lookup_head(headers: list, size: int) -> _Head:
-    """The head of these raw pairs (`size` bytes): remembered when small, else new."""
+    """The head of these raw pairs (`size` bytes): remembered when small (and the memo pays,
+    MemoGate), else new."""
+    gate = _HEADS_GATE
+    if gate.resting:
+        gate.resting -= 1
+        return _Head(_decoded(headers))
     if size > _HEAD_MEMO_BYTES:
         return _Head(_decoded(headers))
     key = tuple(headers)
     head = _HEADS.get(key)
-    if head is None:
-        head = _Head(_decoded(headers))
-        if len(_HEADS) >= _HEADS_MAX:
-            _HEADS.clear()
-        _HEADS[key] = head
+    if head is not None:
+        gate.hits += 1
+        return head
+    head = _Head(_decoded(headers))
+    if len(_HEADS) >= _HEADS_MAX:
+        gate.judge(len(_HEADS))
+        _HEADS.clear()
+        if gate.resting:
+            return head
+    _HEADS[key] = head
     return head
 
 
@@ -201,6 +240,9 @@ _KNOWN_MAX = 256            # bounded (messages come from the peers): cleared wh
 KNOWN_BYTES = 2048          # larger heads are parsed each time, not remembered nor looked up
 KNOWN_REQUESTS: dict = {}   # a whole bodiless request's bytes -> KnownRequest
 KNOWN_RESPONSES: dict = {}  # a response head's bytes (to its empty line) -> KnownResponse
+# Each with its MemoGate: a codec skips the lookup while it rests, counts its hits.
+REQUESTS_GATE = MemoGate()
+RESPONSES_GATE = MemoGate()
 
 
 class KnownRequest(NamedTuple):
@@ -226,8 +268,11 @@ class KnownResponse(NamedTuple):
     count: int
 
 
-def remember(memo: dict, key: bytes, known) -> None:
-    if len(key) <= KNOWN_BYTES:
+def remember(memo: dict, gate: MemoGate, key: bytes, known) -> None:
+    if len(key) <= KNOWN_BYTES and not gate.resting:
         if len(memo) >= _KNOWN_MAX:
+            gate.judge(len(memo))
             memo.clear()
+            if gate.resting:
+                return
         memo[key] = known
