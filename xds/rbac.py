@@ -99,26 +99,55 @@ def _cidr(pb, path, errors):
 
 
 def _metadata(pb, path, errors):
-    """MetadataMatcher -> {"filter", "path": [keys], "value": string matcher or None,
+    """MetadataMatcher -> {"filter", "path": [keys], "value": value matcher or None,
     "invert"}, read on the stream's dynamic metadata (worker/proxy/rbac_engine.py)."""
     keys = []
     for i, segment in enumerate(pb.path):
         if segment.WhichOneof("segment") != "key":
             errors.append(f"{join(path, 'path')}[{i}]: a key is required")
         keys.append(segment.key)
-    value = pb.value
-    kind = value.WhichOneof("match_pattern")
-    string = None
+    return {"filter": pb.filter, "path": keys,
+            "value": _value_matcher(pb.value, join(path, "value"), errors), "invert": pb.invert}
+
+
+def _value_matcher(pb, path, errors):
+    """Envoy's ValueMatcher -> a one-key dict, each kind matching only its own value type
+    (source/common/common/matchers.cc): {"string": string matcher} a string, {"list":
+    value matcher} a list with one element it matches, {"bool": b} that boolean, {"double":
+    [start, end]} a number in [start, end) or {"double": [x]} exactly x, {"present": b} any
+    value when b, {"null": True} a null, {"or": [value matchers]}; None (and an error)
+    when unset."""
+    kind = pb.WhichOneof("match_pattern")
+    here = join(path, kind or "match_pattern")
     if kind == "string_match":
-        string = _string(value.string_match, join(path, "value.string_match"), errors)
-    elif kind == "list_match" and value.list_match.one_of.WhichOneof("match_pattern") == \
-            "string_match":
-        string = _string(value.list_match.one_of.string_match,
-                         join(path, "value.list_match.one_of.string_match"), errors)
-    else:
-        errors.append(f"{join(path, 'value')}: {kind or 'a value'} not supported (string_match, "
-                      "or list_match of a string_match)")
-    return {"filter": pb.filter, "path": keys, "value": string, "invert": pb.invert}
+        return {"string": _string(pb.string_match, here, errors)}
+    if kind == "list_match":
+        if not pb.list_match.HasField("one_of"):
+            errors.append(f"{join(here, 'one_of')}: required")
+            return None
+        return {"list": _value_matcher(pb.list_match.one_of, join(here, "one_of"), errors)}
+    if kind == "bool_match":
+        return {"bool": pb.bool_match}
+    if kind == "present_match":
+        return {"present": pb.present_match}
+    if kind == "null_match":
+        return {"null": True}
+    if kind == "double_match":
+        double = pb.double_match
+        if double.WhichOneof("match_pattern") == "range":
+            return {"double": [double.range.start, double.range.end]}
+        if double.WhichOneof("match_pattern") == "exact":
+            return {"double": [double.exact]}
+        errors.append(f"{join(here, 'match_pattern')}: required")
+        return None
+    if kind == "or_match":
+        matchers = pb.or_match.value_matchers
+        if len(matchers) < 2:
+            errors.append(f"{join(here, 'value_matchers')}: must have at least 2 items")
+        return {"or": [_value_matcher(m, f"{join(here, 'value_matchers')}[{i}]", errors)
+                       for i, m in enumerate(matchers)]}
+    errors.append(f"{here}: " + ("required" if kind is None else "not supported"))
+    return None
 
 
 def _set(kind, items, item_path, translate, errors):

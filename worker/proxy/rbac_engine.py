@@ -168,27 +168,56 @@ def _test_principal(test, facts) -> bool:
     return principal is not None and bool(test(principal))
 
 
+_ABSENT = object()      # no value at the path (Envoy's default Value, KIND_NOT_SET)
+
+
 def _metadata(value):
-    """Envoy's MetadataMatcher on the stream's dynamic metadata: the value at the filter's
-    path, a string or a list with one matching string; absent, it does not match (and
-    `invert` makes that a match)."""
-    test = _string_matcher(value["value"]) if value["value"] else None
+    """Envoy's MetadataMatcher on the stream's dynamic metadata: the value matcher tried on
+    the value at the filter's path (absent when a key is missing: no kind matches that,
+    present_match included), `invert` flipping the result."""
     name, path, invert = value["filter"], value["path"], value["invert"]
+    test = _value_matcher(value["value"]) if value["value"] else None
     if test is None:
         return lambda facts: invert
 
     def match(facts):
-        found = (facts.metadata or {}).get(name)
+        found = (facts.metadata or {}).get(name, _ABSENT)
         for key in path:
-            found = found.get(key) if isinstance(found, dict) else None
-        if isinstance(found, str):
-            hit = bool(test(found))
-        elif isinstance(found, list):
-            hit = any(isinstance(item, str) and test(item) for item in found)
-        else:
-            hit = False
-        return hit != invert
+            found = found.get(key, _ABSENT) if isinstance(found, dict) else _ABSENT
+        return test(found) != invert
     return match
+
+
+def _number(found) -> bool:
+    return isinstance(found, (int, float)) and not isinstance(found, bool)
+
+
+def _value_matcher(spec):
+    """xds/rbac.py's value matcher -> f(value) -> bool, each kind true only on its own value
+    type, as Envoy's ValueMatcher (source/common/common/matchers.cc): a string matcher never
+    matches a list, nor a list matcher a string."""
+    (kind, arg), = spec.items()
+    if kind == "string":
+        test = _string_matcher(arg)
+        return lambda found: isinstance(found, str) and bool(test(found))
+    if kind == "list":
+        inner = _value_matcher(arg) if arg else (lambda found: False)
+        return lambda found: isinstance(found, list) and any(inner(item) for item in found)
+    if kind == "bool":
+        return lambda found: isinstance(found, bool) and found == arg
+    if kind == "present":
+        return lambda found: arg and found is not _ABSENT
+    if kind == "null":
+        return lambda found: found is None
+    if kind == "double":
+        if len(arg) == 1:
+            return lambda found: _number(found) and found == arg[0]
+        start, end = arg
+        return lambda found: _number(found) and start <= found < end
+    if kind == "or":
+        parts = [_value_matcher(m) for m in arg if m]
+        return lambda found: any(p(found) for p in parts)
+    raise ValueError(f"unknown metadata value matcher {kind!r}")
 
 
 def _authenticated(matcher):
