@@ -4,8 +4,8 @@ and the raw-ABI WAT plugin (deny.wat): what reaches the upstream (x-wasm-seen: t
 configuration), the response (x-wasm from the response hook), the local 403 (its body,
 headers, content-type, and the response hook's header on it too), the plugin's counter on
 /stats and /stats/prometheus (Envoy: wasmcustom.wasm_filter.requests, shown in Prometheus as
-wasm_filter_requests, without envoy_); and a plugin that traps, failing closed (an empty
-503) or open."""
+wasm_filter_requests, without envoy_); the plugin's callout (proxy_http_call) that a request
+waits for; a plugin that traps, failing closed (an empty 503) or open; a plugin's ticks."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from pathlib import Path
 
 import wasmtime
 
+from .conftest import free_port
 from .differential.bootstraps import bootstrap, cluster, http_listener
 from .differential.client import one
 from .differential.compare import differential, each_proxy, header, observe, upstream_header
@@ -76,17 +77,20 @@ def wasm_bootstrap(upstreams: dict[str, int]):
     def template(ports: dict[str, int], admin: int) -> dict:
         listeners = [http_listener(name, ports[name], route_config, http_filters=[f])
                      for name, f in filters.items()]
-        return bootstrap(admin, listeners, [cluster("a", [upstreams["a"]])])
+        # "down": a port nobody listens on (callouts to it fail).
+        return bootstrap(admin, listeners, [cluster("a", [upstreams["a"]]),
+                                            cluster("down", [free_port()])])
     return template
 
 
 recorder, pair = module_pair("diff-wasm", wasm_bootstrap, ["sdk", "raw", "trap", "trap_open", "ticks"])
 
 
-def exchange(listener: str, path: str, case: str):
+def exchange(listener: str, path: str, case: str, headers=()):
     def run(target):
         return observe(one(target.ports[listener], "GET", path,
-                           [("host", "diff.test"), ("x-test-key", target.key(case))]), target)
+                           [("host", "diff.test"), ("x-test-key", target.key(case)), *headers]),
+                       target)
     return run
 
 
@@ -157,3 +161,26 @@ def test_a_plugins_ticks_run(pair):
         wait_until(lambda: target.stats("wasmcustom.").get("wasmcustom.ticks", 0) >= 5, 10,
                    f"{target.name}: five ticks")
     each_proxy(pair, check)
+
+
+def test_the_sdk_plugin_waits_for_its_callout(pair, recorder):
+    """proxy_http_call to the cluster the request names: the request waits (StopIteration)
+    until proxy_on_http_call_response, which adds the callout's status and continues it; a
+    callout to a cluster that does not exist is refused (the plugin answers 500), and one
+    that nobody answers (nobody listening) gets the proxy's own 503, as Envoy's AsyncClient
+    answers it."""
+    def called(obs):
+        assert obs["status"] == 200 and upstream_header(obs, "x-wasm-callout") == "200", obs
+        assert header(obs, "x-wasm") == "hello", obs
+    differential(pair, exchange("sdk", "/c", "wasm-callout", [("x-wasm-call-cluster", "a")]),
+                 called)
+
+    def refused(obs):
+        assert (obs["status"], obs["body"]) == (500, "callout refused\n"), obs
+    differential(pair, exchange("sdk", "/c", "wasm-callout-unknown",
+                                [("x-wasm-call-cluster", "nowhere")]), refused)
+
+    def unanswered(obs):
+        assert obs["status"] == 200 and upstream_header(obs, "x-wasm-callout") == "503", obs
+    differential(pair, exchange("sdk", "/c", "wasm-callout-down",
+                                [("x-wasm-call-cluster", "down")]), unanswered)

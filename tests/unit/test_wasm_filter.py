@@ -51,6 +51,8 @@ class Stream:
 
 class Worker:
     node = {}
+    loop = None
+    clusters = {}
 
 
 class Context:

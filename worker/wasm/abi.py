@@ -27,13 +27,17 @@ import logging
 import struct
 import time
 
+from ..codecs.message import Headers, Request
+
 # proxy_status_t
 OK, NOT_FOUND, BAD_ARGUMENT, SERIALIZATION_FAILURE, PARSE_FAILURE = 0, 1, 2, 3, 4
 INVALID_MEMORY_ACCESS, EMPTY, CAS_MISMATCH, INTERNAL_FAILURE, UNIMPLEMENTED = 6, 7, 8, 10, 12
 # proxy_map_type_t
 REQUEST_HEADERS, REQUEST_TRAILERS, RESPONSE_HEADERS, RESPONSE_TRAILERS = 0, 1, 2, 3
+CALL_RESPONSE_HEADERS, CALL_RESPONSE_TRAILERS = 6, 7
 # proxy_buffer_type_t
-REQUEST_BODY, RESPONSE_BODY, VM_CONFIGURATION, PLUGIN_CONFIGURATION = 0, 1, 6, 7
+REQUEST_BODY, RESPONSE_BODY, CALL_RESPONSE_BODY, VM_CONFIGURATION, PLUGIN_CONFIGURATION = \
+    0, 1, 4, 6, 7
 # proxy_metric_type_t
 COUNTER, GAUGE, HISTOGRAM = 0, 1, 2
 # proxy_log_level_t -> Python logging
@@ -403,6 +407,10 @@ class AbiHost:
         self.metric_ids: dict[tuple[int, str], int] = {}
         self.shared = shared_data(vm_id)
         self.tick_handlers: dict = {}              # root context id -> f(period ms)
+        # proxy_http_call's I/O: f(root context, cluster, Request, body, timeout s) ->
+        # (status, token), set by the plugin layer (worker/wasm/plugin.py)
+        self.http_caller = None
+        self.call_response = None   # during proxy_on_http_call_response: (headers, body, trailers)
         self.unimplemented: dict[str, int] = {}    # hostcall -> calls answered UNIMPLEMENTED
         self.next_id = 1
 
@@ -441,10 +449,16 @@ class AbiHost:
         if kind == PLUGIN_CONFIGURATION:
             ctx = self.current
             return (OK, ctx.plugin.configuration) if ctx is not None else (NOT_FOUND, b"")
-        return NOT_FOUND, b""       # bodies and call responses: not in this version
+        if kind == CALL_RESPONSE_BODY and self.call_response is not None:
+            return OK, self.call_response[1]
+        return NOT_FOUND, b""       # bodies: not in this version
 
     # -- header maps --------------------------------------------------------------------------
     def _map(self, kind: int):
+        if kind in (CALL_RESPONSE_HEADERS, CALL_RESPONSE_TRAILERS):
+            response = self.call_response
+            return None if response is None else \
+                response[0] if kind == CALL_RESPONSE_HEADERS else response[2]
         ctx = self.current
         if ctx is None or kind < 0 or kind > RESPONSE_TRAILERS:
             return None
@@ -505,7 +519,34 @@ class AbiHost:
         ctx.local_reply = (status, _text(details), body,
                            [(_text(k).lower(), _text(v)) for k, v in pairs],
                            None if grpc_status in (-1, 0xFFFFFFFF) else grpc_status)
+        if ctx.resume is not None:      # a paused stream (answered from a callout, say)
+            ctx.resume()
         return OK
+
+    def http_call(self, cluster: bytes, headers: bytes, body: bytes, trailers: bytes,
+                  timeout_ms: int) -> tuple[int, int]:
+        """proxy_http_call, on behalf of the current context's root (Envoy's cpp-host makes
+        the root context the caller: its proxy_on_http_call_response gets the answer).
+        Envoy's BAD_ARGUMENT: no :method, :path or :authority; an unknown cluster."""
+        ctx = self.current
+        if ctx is None:
+            return BAD_ARGUMENT, 0
+        try:
+            pairs = parse_pairs(headers)
+            parse_pairs(trailers)
+        except ValueError:
+            return PARSE_FAILURE, 0
+        pseudo = {k: _text(v) for k, v in pairs if k[:1] == b":"}
+        if not all(pseudo.get(name) for name in (b":method", b":path", b":authority")):
+            return BAD_ARGUMENT, 0
+        request = Request(pseudo[b":method"], pseudo[b":path"], pseudo[b":authority"],
+                          Headers([(_text(k).lower(), _text(v)) for k, v in pairs
+                                   if k[:1] != b":"]),
+                          pseudo.get(b":scheme") or "http")
+        if self.http_caller is None:
+            return UNIMPLEMENTED, 0
+        return self.http_caller(ctx.root or ctx, _text(cluster), request, body,
+                                timeout_ms / 1000 if timeout_ms else None)
 
     def continue_stream(self, stream_type: int) -> int:
         ctx = self.current

@@ -51,14 +51,20 @@ def _new_vm(config: dict, stats, node, keep: bool = True) -> VM:
 class PluginRoot:
     """One plugin's root context in a VM, and the calls of its streams."""
 
-    def __init__(self, vm: VM, plugin: abi.Plugin, first: bool, loop=None):
+    def __init__(self, vm: VM, plugin: abi.Plugin, first: bool, worker=None):
         self.vm = vm
         self.host = vm.host
         self.plugin = plugin
-        self.loop = loop                # the worker's: ticks (None: a check, no ticks)
+        self.worker = worker            # ticks and callouts (None: a check, no I/O)
+        self.loop = worker.loop if worker is not None else None
         self.tick_seconds = 0.0
         self._tick = None
+        self.calls: dict = {}           # token -> UpstreamCall of proxy_http_call
         host = self.host
+        if worker is not None:
+            host.http_caller = self.http_call
+        elif host.http_caller is None:
+            host.http_caller = _never_answered
         root = self.root = host.new_context(plugin)
         host.tick_handlers[root.id] = self.set_tick_period
         host.current = root
@@ -98,6 +104,44 @@ class PluginRoot:
         if self.tick_seconds and self._tick is None:        # not set again by the tick
             self._tick = self.loop.call_later(self.tick_seconds, self._on_tick)
 
+    def http_call(self, root: abi.Context, cluster_name: str, request, body: bytes,
+                  timeout: float | None):
+        """proxy_http_call over the worker's pools to `cluster_name` (upstream_call.py);
+        the answer, or its failure (no headers, as Envoy's onHttpCallFailure), goes to
+        proxy_on_http_call_response of the calling root after the current VM call."""
+        cluster = self.worker.clusters.get(cluster_name)
+        if cluster is None:
+            return abi.BAD_ARGUMENT, 0
+        token = self.host.next_id
+        self.host.next_id += 1
+
+        def answered(response, response_body, trailers, failure):
+            if response is None:
+                response, response_body = _local_answer(failure)
+            self.loop.call_soon(self._answer, root, token, response, response_body, trailers)
+        from ..proxy.http.upstream_call import UpstreamCall
+        call = self.calls[token] = UpstreamCall(self.worker, cluster, answered)
+        call.start(request, body, timeout, False)
+        return abi.OK, token
+
+    def _answer(self, root, token, response, body, trailers) -> None:
+        self.calls.pop(token, None)
+        host, vm = self.host, self.vm
+        if vm.failed or root.id not in host.contexts:
+            return
+        headers = abi.PairsMap([(":status", str(response.status)), *response.headers.items]
+                               if response is not None else [])
+        trailer_map = abi.PairsMap(list(trailers.items) if trailers is not None else [])
+        host.call_response = (headers, bytes(body or b""), trailer_map)
+        host.current = root
+        try:
+            vm.call("proxy_on_http_call_response", root.id, token, len(headers.items),
+                    len(host.call_response[1]), len(trailer_map.items))
+        except Trapped as exc:
+            log.error("Wasm plugin %s: %s", self.plugin.name, exc)
+        finally:
+            host.call_response = None
+
     def new_stream(self, stream, request) -> abi.Context:
         host = self.host
         ctx = host.current = host.new_context(self.plugin, self.root, stream, request)
@@ -133,7 +177,24 @@ class PluginRoot:
             host.current = None
 
 
-def plugin_root(config: dict, stats, node, loop=None) -> PluginRoot:
+def _local_answer(failure: str):
+    """What Envoy's AsyncClient answers a callout that got no response: its router's local
+    reply (504 on a timeout, else 503 with the reason), not a failure (checked with Envoy
+    1.40: a callout to a port nobody listens on gets :status 503)."""
+    from ..codecs.message import Headers, Response
+    body = b"upstream request timeout" if failure == "timeout" else \
+        f"upstream connect error or disconnect/reset before headers. reset reason: {failure}" \
+        .encode()
+    headers = Headers([("content-length", str(len(body))), ("content-type", "text/plain")])
+    return Response(504 if failure == "timeout" else 503, headers), body
+
+
+def _never_answered(root, cluster, request, body, timeout):
+    """proxy_http_call in a check's VM: accepted, never answered (no I/O there)."""
+    return abi.OK, 0
+
+
+def plugin_root(config: dict, stats, node, worker=None) -> PluginRoot:
     """This worker's root of the plugin `config` names (started on first use). Raises
     WasmError when the module or the plugin cannot start."""
     vkey = vm_key(config)
@@ -146,7 +207,7 @@ def plugin_root(config: dict, stats, node, loop=None) -> PluginRoot:
     if first:
         vm = _vms[vkey] = _new_vm(config, stats, node)
     try:
-        root = PluginRoot(vm, _plugin(config), first, loop)
+        root = PluginRoot(vm, _plugin(config), first, worker)
     except Trapped as exc:
         raise WasmError(str(exc)) from None
     _roots[key] = root

@@ -429,6 +429,15 @@ def _hostcalls(vm: VM, module: str, name: str):
         vm._base(ctx, ptr + size)       # SDKs log every callback at debug: only check bounds
         return abi.OK
 
+    def http_call(ctx, cluster_ptr, cluster_size, headers_ptr, headers_size, body_ptr,
+                  body_size, trailers_ptr, trailers_size, timeout_ms, token_ptr):
+        status, token = host.http_call(
+            read(ctx, cluster_ptr, cluster_size), read(ctx, headers_ptr, headers_size),
+            read(ctx, body_ptr, body_size), read(ctx, trailers_ptr, trailers_size), timeout_ms)
+        if status == abi.OK:
+            write(ctx, token_ptr, _U32.pack(token))
+        return status
+
     def write_u32(ctx, ptr, value):
         write(ctx, ptr, _U32.pack(value))
         return abi.OK
@@ -467,6 +476,7 @@ def _hostcalls(vm: VM, module: str, name: str):
         "proxy_continue_response": lambda c: host.continue_stream(1),
         "proxy_set_effective_context": lambda c, cid: host.set_effective_context(cid),
         "proxy_done": lambda c: abi.OK,
+        "proxy_http_call": http_call,
         "proxy_define_metric": define_metric,
         "proxy_increment_metric": lambda c, mid, delta: host.increment_metric(
             mid, delta - (1 << 64) if delta >= 1 << 63 else delta),

@@ -13,9 +13,11 @@ and vm configuration (worker/wasm/plugin.py); each request gets a stream context
 
 A VM that failed (it did not start, or trapped: its state is lost, as in Envoy) answers
 every request 503 "wasm_fail_stream" (Envoy's Context::failStream), unless fail_open
-(FAIL_OPEN): then the filter steps aside. A plugin's ticks (proxy_on_tick) run on the
-worker's loop (worker/wasm/plugin.py). Not here yet: body and trailer callbacks,
-proxy_http_call / gRPC calls, shared queues, a VM reload after a failure.
+(FAIL_OPEN): then the filter steps aside. A plugin's ticks (proxy_on_tick) and callouts
+(proxy_http_call) run on the worker's loop and pools (worker/wasm/plugin.py); a stream the
+plugin paused goes on, or gets its local reply, when the plugin says so from a callout's
+answer. Not here yet: body and trailer callbacks, gRPC calls, shared queues, a VM reload
+after a failure.
 """
 
 from __future__ import annotations
@@ -32,6 +34,12 @@ FAIL_DETAILS = "wasm_fail_stream"
 log = logging.getLogger("baton.wasm")
 
 
+def _local_reply(reply) -> LocalReply:
+    """The plugin's proxy_send_local_response (abi.Context.local_reply) as Baton's."""
+    status, details, body, headers, _ = reply
+    return LocalReply(status, body, headers, details=details)
+
+
 @register(NAME)
 class WasmFilterFactory(FilterFactory):
     def __init__(self, config: dict, context):
@@ -39,7 +47,7 @@ class WasmFilterFactory(FilterFactory):
         self.fail_open = config["fail_open"]
         self.root = None
         try:
-            self.root = plugin_root(config, context.stats, context.worker.node, context.loop)
+            self.root = plugin_root(config, context.stats, context.worker.node, context.worker)
         except WasmError as exc:
             log.error("Wasm plugin %s failed to start: %s", config["name"], exc)
 
@@ -77,10 +85,8 @@ class WasmStreamFilter(StreamFilter):
             action = root.request_headers(ctx, end_stream)
         except Trapped as exc:
             return self._failed(exc)
-        reply = ctx.local_reply
-        if reply is not None:
-            status, details, body, headers, _ = reply
-            return LocalReply(status, body, headers, details=details)
+        if ctx.local_reply is not None:
+            return _local_reply(ctx.local_reply)
         if action == 0 or ctx.continued:
             return None
         self.paused = True
@@ -89,10 +95,16 @@ class WasmStreamFilter(StreamFilter):
         return PAUSE
 
     def _resume(self) -> None:
-        """proxy_continue_stream while paused: go on after the current VM call."""
+        """proxy_continue_stream or proxy_send_local_response while paused: go on (or
+        answer) after the current VM call."""
         if self.paused:
             self.paused = False
-            self.stream.loop.call_soon(self.stream.resume_filters)
+            self.stream.loop.call_soon(self._go_on)
+
+    def _go_on(self) -> None:
+        ctx = self.ctx
+        reply = ctx.local_reply if ctx is not None else None
+        self.stream.resume_filters(_local_reply(reply) if reply is not None else None)
 
     def on_response_headers(self, response, end_stream: bool):
         ctx = self.ctx
