@@ -18,7 +18,8 @@ e2e ROUNDS REQUESTS NAME=BATON_EXECUTABLE ...
     bench/http_bench.py's setup (Baton alone, one worker pinned to CPU 1, upstream nginx and
     h2load on CPU 0), each Baton started fresh, versions interleaved with a rotating order:
     `h2load -c10 -m10 -n REQUESTS` after 5,000 unmeasured requests; CPU of Baton's process
-    tree per request, medians. With H2COST_CHAIN=mesh (here and in bench/http_cost.py's
+    tree per request, medians. H2COST_PYSPY=DIR: py-spy records the worker meanwhile (raw
+    stacks, see _py_spy). With H2COST_CHAIN=mesh (here and in bench/http_cost.py's
     e2e, which runs on the same harness) each Baton reads the bootstrap with the mesh-shaped
     chain (bench/http_proxies.py, MESH_FILTERS).
 
@@ -117,6 +118,10 @@ def rig_run(batches: int, chain: str | None = None, protocol: str = "h2") -> flo
             if up.streams:
                 up.transport.take()
                 up.data_received(RESPONSE)
+        # The end of the loop's turn: what was left for it (the HTTP/2 connection's one
+        # write of the turn, connection_manager.flush_soon) runs, as in the worker.
+        loop.call_soon(loop.stop)
+        loop.run_forever()
         out = down.take()
         answered += out.count(b"\x00\x00\x40\x00\x01")   # a 64-byte DATA frame, END_STREAM
     cpu = time.process_time() - t0
@@ -218,6 +223,26 @@ def interleaved(rounds: int, versions: dict, measure, prefix: str) -> None:
                   f"({len(xs)} runs)")
 
 
+def _py_spy(proc, name: str):
+    """With H2COST_PYSPY=DIR: py-spy records the worker (--native, 500 Hz, raw stacks) for
+    H2COST_PYSPY_S seconds (default 3) of the measured run, to DIR/NAME-PID.txt."""
+    out = os.environ.get("H2COST_PYSPY")
+    if not out:
+        return None
+    import subprocess
+
+    import psutil
+    workers = [p for p in psutil.Process(proc.pid).children(recursive=True)
+               if "worker" in " ".join(p.cmdline())] or \
+        psutil.Process(proc.pid).children(recursive=True)
+    pid = workers[-1].pid
+    spy = Path(sys.executable).with_name("py-spy")
+    return subprocess.Popen([str(spy), "record", "--pid", str(pid), "--native", "--rate", "500",
+                             "--duration", os.environ.get("H2COST_PYSPY_S", "3"),
+                             "--format", "raw", "--output", f"{out}/{name}-{pid}.txt"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 def e2e(argv: list[str]) -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import http_bench as hb
@@ -231,8 +256,13 @@ def e2e(argv: list[str]) -> None:
             raise SystemExit(f"{name}: {problem}")
         hb.h2load(ports.h2, 10, 10, requests=5000)     # warm-up
         hb.wait_quiet(5.0)
-        with CpuMeter(proc, cpus=(hb.PROXY_CPU, hb.LOAD_CPU)) as meter:
-            res = hb.h2load(ports.h2, 10, 10, requests=requests)
+        spy = _py_spy(proc, name)
+        try:
+            with CpuMeter(proc, cpus=(hb.PROXY_CPU, hb.LOAD_CPU)) as meter:
+                res = hb.h2load(ports.h2, 10, 10, requests=requests)
+        finally:
+            if spy is not None:
+                spy.wait(60)
         return cpu_sample(meter, requests, res, hb.PROXY_CPU)
 
     interleaved(rounds, dict(arg.split("=", 1) for arg in argv[2:]), measure, "h2cost-")

@@ -458,6 +458,11 @@ class LeanHttp2ServerCodec(H2MoveState):
         self._counted = 0
         return bytes(out)
 
+    @property
+    def queued_bytes(self) -> int:
+        """What data_to_send() would return now, in bytes (the manager writes once a turn)."""
+        return len(self._out)
+
     def stream_ids(self) -> list:
         return list(self._streams)
 
