@@ -177,11 +177,11 @@ def _metadata_exchange(value, path, errors, warnings, chain_pb, name):
 
 
 def _istio_authn(value, path, errors, warnings, chain_pb, name):
-    """istio_authn: the mTLS peer's SPIFFE identity for the filters after it. Baton's
-    istio.stats reads it from the client certificate itself (source_principal), so there is
-    nothing to run; on a plaintext chain there is no peer identity."""
+    """istio_authn: the mTLS peer's and our SPIFFE ids as Istio's io.istio.peer_principal /
+    local_principal filter state, for RBAC's filter_state matcher and for a terminated
+    CONNECT to share (worker/proxy/istio/principal_state.py reads them where it runs)."""
     _fields_of(value, path, errors, ("shared",))
-    return None
+    return {"name": name, "type": "istio_authn"}
 
 
 def _wasm(value, path, errors, warnings, chain_pb, name):

@@ -17,15 +17,21 @@ from ..waiting import wait_until
 from .conftest import free_port, static_cluster
 from .test_hbone_tunnel import (CA, MESSAGES, T, TCP_PROXY, _start, _stats, originator, terminator,
                                 tunnel_round_trip)
+from .test_istio_authn_filter_state import ISTIO_AUTHN
 from .test_istio_telemetry import STATS, labels_of, prometheus_lines
 from .tls_upstream import upstream_tls_socket
 
 OTHER = "spiffe://cluster.local/ns/web/sa/other"
 
 
-def _end(admin: int, port: int, echo: int) -> dict:
+def _end(admin: int, port: int, echo: int, authn: bool = True) -> dict:
+    """The terminator, its connect_terminate chain behind istio_authn (what writes the
+    principals it shares) unless not `authn`, into main_internal's RBAC and stats."""
     end = terminator(admin, port, echo, "h2-tls")
-    hcm = end["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    filters = end["static_resources"]["listeners"][0]["filter_chains"][0]["filters"]
+    hcm = filters[0]["typed_config"]
+    if authn:
+        filters.insert(0, ISTIO_AUTHN)
     hcm["route_config"]["virtual_hosts"][0]["routes"][0]["route"]["cluster"] = "main_internal"
     end["static_resources"]["clusters"].append({
         "name": "main_internal", "connect_timeout": "1s", "load_assignment": {
@@ -45,6 +51,17 @@ def _end(admin: int, port: int, echo: int) -> dict:
     return end
 
 
+def _denied(port: int, admin: int, allowed: int) -> None:
+    """The tunnel through the originator on `port` is denied on its first bytes (closed, no
+    echo), the terminator's main_internal counting it after `allowed` others."""
+    with socket.create_connection(("127.0.0.1", port), timeout=20) as s:
+        s.sendall(MESSAGES[0])
+        assert s.recv(65536) == b""
+    counted = {"main_internal.rbac.allowed": allowed, "main_internal.rbac.denied": 1}
+    wait_until(lambda: {k: _stats(admin, "main_internal.").get(k) for k in counted} == counted,
+               10, f"{allowed} tunnel(s) allowed, one denied")
+
+
 def test_the_internal_listener_authorizes_the_connect_clients_principal(tmp_path):
     from .conftest import Upstream
     echo = Upstream("echo")
@@ -59,17 +76,32 @@ def test_the_internal_listener_authorizes_the_connect_clients_principal(tmp_path
                               originator(free_port(), named_port, end_port, "h2-tls")))
         started.append(_start("baton", tmp_path / "other", other))
         assert tunnel_round_trip(named_port) == list(MESSAGES)
-        with socket.create_connection(("127.0.0.1", other_port), timeout=20) as s:
-            s.sendall(MESSAGES[0])
-            assert s.recv(65536) == b""         # denied on its first bytes: closed, no echo
-        counted = {"main_internal.rbac.allowed": 1, "main_internal.rbac.denied": 1}
-        wait_until(lambda: {k: _stats(admin, "main_internal.").get(k) for k in counted} == counted,
-                   10, "one tunnel allowed, one denied")
+        _denied(other_port, admin, allowed=1)
         # Istio's stats read the same shared principal (the terminator's own certificate has
         # no SPIFFE id: no local principal, so not mutual_tls, as istio/proxy decides it).
         opened = {labels_of(line)["source_principal"]: labels_of(line)["connection_security_policy"]
                   for line in prometheus_lines(started[0], "istio_tcp_connections_opened_total")}
         assert opened == {SPIFFE_ID: "none", OTHER: "none"}
+    finally:
+        for proc in reversed(started):
+            proc.stop()
+        echo.stop()
+
+
+def test_without_istio_authn_on_connect_terminate_no_principal_is_shared(tmp_path):
+    """Only istio_authn writes io.istio.peer_principal: a connect_terminate chain without it
+    shares none, and the policy naming the principal denies the tunnel (as it denies every
+    peer in Envoy, test_istio_authn_filter_state.py)."""
+    from .conftest import Upstream
+    echo = Upstream("echo")
+    end_port, named_port, admin = free_port(), free_port(), free_port()
+    started = []
+    try:
+        started.append(_start("baton", tmp_path / "end",
+                              _end(admin, end_port, echo.port, authn=False)))
+        started.append(_start("baton", tmp_path / "named",
+                              originator(free_port(), named_port, end_port, "h2-tls")))
+        _denied(named_port, admin, allowed=0)
     finally:
         for proc in reversed(started):
             proc.stop()

@@ -47,11 +47,11 @@ def test_istio_filters_before_the_terminal_one_are_accepted_in_order():
     assert errors == []
     (chain,) = spec["filter_chains"]
     assert chain["terminal"] == "tcp_proxy" and chain["tcp_proxy"]["stat_prefix"] == "PassthroughCluster"
-    # The exchange and the stats run in the worker; istio_authn has nothing to run (the
-    # stats read the client certificate themselves).
+    # The exchange, istio_authn (the principals' filter state) and the stats run in the worker.
     assert chain["network_filters"] == [
         {"name": "istio.metadata_exchange", "type": "istio.metadata_exchange",
          "protocol": "istio-peer-exchange"},
+        {"name": "istio_authn", "type": "istio_authn"},
         {"name": "istio.stats", "type": "istio.stats"}]
     assert warnings == []
 

@@ -16,7 +16,7 @@ from cryptography.x509.oid import NameOID
 from baton.worker.codecs.message import Headers, Request
 from baton.worker.proxy.http.filter import LocalReply
 from baton.worker.proxy.http.rbac import RbacFactory
-from baton.worker.proxy.rbac_engine import Engine, Facts
+from baton.worker.proxy.rbac_engine import Engine, Facts, spiffe_peer_principal
 from baton.worker.stats import Stats
 from baton.xds import protos
 from baton.xds.http_filters import translate_http_filters
@@ -74,8 +74,11 @@ def request(method="GET", path="/", headers=()):
 
 
 def facts(req=None, local=("10.0.0.2", 8080), remote=("10.1.0.7", 4000), session=None,
-          metadata=None):
-    return Facts(req if req is not None else request(), local, remote, remote, session, metadata)
+          metadata=None, authn=False):
+    """`authn`: the chain runs Istio's istio_authn, which writes io.istio.peer_principal."""
+    state = spiffe_peer_principal(session) if authn else None
+    return Facts(req if req is not None else request(), local, remote, remote, session, metadata,
+                 state)
 
 
 def engine(rules: dict):
@@ -87,13 +90,16 @@ def engine(rules: dict):
 def test_istios_allow_policy_matches_method_path_and_peer_principal():
     e = engine(ISTIO_ALLOW)
     sleep = tls(SLEEP)
-    assert e.decide(facts(request("GET", "/info/x?q=1"), session=sleep)) == \
+    assert e.decide(facts(request("GET", "/info/x?q=1"), session=sleep, authn=True)) == \
         (True, "ns[default]-policy[httpbin]-rule[0]")
-    assert e.decide(facts(request("POST", "/data"), session=sleep))[0]
-    assert e.decide(facts(request("POST", "/data?x"), session=sleep))[0]    # query is not path
-    assert e.decide(facts(request("POST", "/info"), session=sleep)) == (False, None)
-    assert e.decide(facts(request("GET", "/info"), session=tls("spiffe://x/ns/a/sa/b")))[0] is False
-    assert e.decide(facts(request("GET", "/info"), session=None))[0] is False
+    assert e.decide(facts(request("POST", "/data"), session=sleep, authn=True))[0]
+    assert e.decide(facts(request("POST", "/data?x"), session=sleep, authn=True))[0]  # not path
+    assert e.decide(facts(request("POST", "/info"), session=sleep, authn=True)) == (False, None)
+    assert e.decide(facts(request("GET", "/info"), session=tls("spiffe://x/ns/a/sa/b"),
+                          authn=True))[0] is False
+    assert e.decide(facts(request("GET", "/info"), session=None, authn=True))[0] is False
+    # Without istio_authn nothing writes the filter state: the TLS alone does not match.
+    assert e.decide(facts(request("GET", "/info"), session=sleep))[0] is False
 
 
 def test_deny_names_the_policy_that_matched_in_name_order_and_log_always_allows():
@@ -172,7 +178,7 @@ def test_the_peer_principal_filter_state_is_the_first_spiffe_uri_san():
     urn = "urn:example:not-spiffe"
     e = engine({"policies": {"p": {"permissions": [{"any": True}], "principals": [
         {"filter_state": {"key": "io.istio.peer_principal", "string_match": {"exact": urn}}}]}}})
-    assert not e.decide(facts(session=tls(urn)))[0]
+    assert not e.decide(facts(session=tls(urn), authn=True))[0]
 
 
 @pytest.mark.parametrize("rbac, message", [
@@ -191,11 +197,12 @@ def test_what_baton_cannot_evaluate_is_refused_by_path(rbac, message):
     assert result is None and errors[0].startswith(message), errors
 
 
-def stream(req, route=None, session=None):
+def stream(req, route=None, session=None, authn=False):
     from baton.worker.proxy.http.stream_info import StreamInfo
     info = StreamInfo(req, 0.0, "HTTP/1.1", ("10.1.0.7", 4000), ("10.0.0.2", 8080))
+    chain = SimpleNamespace(network_filters=({"type": "istio_authn"},) if authn else ())
     return SimpleNamespace(route=route, info=info, request=req,
-                   conn=SimpleNamespace(peer=("10.1.0.7", 4000), tls=session))
+                   conn=SimpleNamespace(peer=("10.1.0.7", 4000), tls=session, chain=chain))
 
 
 def factory(rbac: dict, name="envoy.filters.http.rbac"):
@@ -215,7 +222,7 @@ def test_the_filter_answers_403_with_envoys_details_and_counts_both_engines():
     assert isinstance(reply, LocalReply) and reply.status == 403 and reply.body == b"RBAC: access denied"
     assert reply.details == "rbac_access_denied_matched_policy[no-admin]" and reply.flags == "UAEX"
     req = request("GET", "/info")
-    assert f.create(stream(req, session=tls(SLEEP))).on_request_headers(req, True) is None
+    assert f.create(stream(req, session=tls(SLEEP), authn=True)).on_request_headers(req, True) is None
     c = stats.counters
     assert (c["http.in.rbac.r_.allowed"], c["http.in.rbac.r_.denied"]) == (1, 1)
     assert (c["http.in.rbac.istio_dry_run_allow_.shadow_allowed"],

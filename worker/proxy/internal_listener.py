@@ -196,9 +196,14 @@ def peer_workload(conn):
 
 
 def peer_principal(conn) -> str | None:
-    """The peer principal an internal connection's connecting side shared, or None."""
+    """Istio's io.istio.peer_principal filter state of `conn` (RBAC's filter_state matcher
+    reads it): what an internal connection's connecting side shared, else what `conn`'s own
+    chain's istio_authn wrote of its TLS peer (istio/principal_state.py), else None."""
     shared = _shared(conn)
-    return shared.peer_principal if shared is not None else None
+    if shared is not None and shared.peer_principal:
+        return shared.peer_principal
+    from .istio.principal_state import own_principals
+    return own_principals(conn)[0]
 
 
 def shared_principals(conn):

@@ -21,8 +21,9 @@ authenticated (None: any TLS connection, as in Envoy, certificate or not; else a
 matcher tried on each URI SAN, then each DNS SAN, then the subject ("" without a peer
 certificate), as Envoy's AuthenticatedMatcher),
 filter_state ([key, matcher]; Istio's io.istio.peer_principal: the peer certificate's
-first spiffe:// URI SAN, whole, as istio/proxy's network istio_authn writes it, or on an
-internal connection the one its connecting side shared), metadata
+first spiffe:// URI SAN, whole, where the chain runs istio/proxy's network istio_authn that
+writes it, or on an internal connection the one its connecting side shared; nothing else
+sets it, so without either it matches nothing), metadata
 (the stream's dynamic metadata, as Envoy's MetadataMatcher reads it: Istio 1.9/1.10's HTTP
 istio_authn writes `source.principal` without "spiffe://" (istio/proxy
 extensions/common/utils.cc GetPrincipal), which is how istiod wrote those policies'
@@ -41,19 +42,19 @@ PEER_PRINCIPAL_STATE = "io.istio.peer_principal"
 
 class Facts:
     __slots__ = ("request", "local", "direct_remote", "remote", "tls", "metadata",
-                 "shared_principal")
+                 "peer_principal_state")
 
     def __init__(self, request, local, direct_remote, remote, tls, metadata=None,
-                 shared_principal=None):
+                 peer_principal_state=None):
         self.request = request              # worker/codecs/message.py Request, or None
         self.local = local                  # (host, port) the client connected to
         self.direct_remote = direct_remote  # (host, port) of the socket's peer
         self.remote = remote                # (host, port) of the client (after XFF)
         self.tls = tls                      # worker/tls/transport.py Session, or None
         self.metadata = metadata            # the stream's dynamic metadata {filter: {..}}
-        # io.istio.peer_principal as a connecting side shared it with this internal
-        # connection (internal_listener.Shared), when it has no TLS of its own
-        self.shared_principal = shared_principal
+        # Istio's io.istio.peer_principal filter state (internal_listener.peer_principal):
+        # only a chain's istio_authn writes it, or a connecting side shares it
+        self.peer_principal_state = peer_principal_state
 
 
 class _NoHeaders:
@@ -164,7 +165,7 @@ def compile_matcher(spec):
 
 
 def _test_principal(test, facts) -> bool:
-    principal = facts.shared_principal or spiffe_peer_principal(facts.tls)
+    principal = facts.peer_principal_state
     return principal is not None and bool(test(principal))
 
 

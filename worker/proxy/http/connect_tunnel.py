@@ -296,17 +296,14 @@ def connect_peer(stream):
     (internal_listener.Shared), None when nothing: the peer workload its `baggage` names
     where the connection manager runs Istio's connect_baggage (istio/connect_baggage.py),
     and the downstream's SPIFFE ids, Istio's io.istio.peer_principal and local_principal,
-    which istio_authn on connect_terminate shares with the upstream connection once (the
-    waypoint's main_internal RBAC and stats read them: istio/proxy
-    source/extensions/filters/network/istio_authn)."""
+    which istio_authn on connect_terminate's chain writes and shares with the upstream
+    connection once (the waypoint's main_internal RBAC and stats read them: istio/proxy
+    source/extensions/filters/network/istio_authn); a chain without it shares none."""
     from ..internal_listener import Shared
     from ..istio.connect_baggage import baggage_peer
-    from ..rbac_engine import spiffe_peer_principal
+    from ..istio.principal_state import own_principals
     workload = baggage_peer(stream)
-    tls = stream.conn.tls
-    principal = spiffe_peer_principal(tls) if tls is not None else None
-    local = next((uri for uri in getattr(tls, "local_uris", None) or ()
-                  if uri.startswith("spiffe://")), None)
+    principal, local = own_principals(stream.conn)
     if workload is None and principal is None and local is None:
         return None
     return Shared(workload, principal, local)

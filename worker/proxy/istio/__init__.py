@@ -6,6 +6,7 @@
     peer_metadata.py    HTTP metadata exchange: the x-envoy-peer-metadata headers
     http_stats.py       istio.stats on an HTTP connection manager
     tcp_stats.py        istio.stats on a tcp_proxy chain
+    principal_state.py  io.istio.peer_principal / local_principal where istio_authn runs
     prometheus.py       labelled stat names -> Prometheus text (the admin's /stats/prometheus)
 
 The translators (xds/http_filters_istio.py, xds/network_filters.py) decide what runs.
