@@ -155,8 +155,8 @@ def translate_set_filter_state(value, path, errors, warnings, chain_pb, name):
         if text in _OWN_DESTINATION:
             destination = None
             continue
-        from ..worker.proxy.internal_listener import _hostport
-        literal = _hostport(text) if "%" not in text else None
+        from ..worker.proxy.internal_listener import ip_and_port
+        literal = ip_and_port(text) if "%" not in text else None
         if literal is None:
             errors.append(f"{join(here, 'format_string')}: {text!r} not supported "
                           f"({' or '.join(_OWN_DESTINATION)}, or an ip:port)")

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from worker.proxy.http.connect_tunnel import ip_and_port
+from worker.proxy.internal_listener import ip_and_port
 
 
 @pytest.mark.parametrize("authority, parsed", [
@@ -27,3 +27,19 @@ def test_ip_and_port(authority, parsed):
 ])
 def test_refused(authority):
     assert ip_and_port(authority) is None
+
+
+def test_a_set_filter_state_literal_is_parsed_the_same_way():
+    """set_filter_state's ip:port literal took a superscript port and raised in int()."""
+    from .test_filter_chain_matcher import _set_state
+    key = "envoy.filters.listener.original_dst.local_ip"
+    for literal in ("10.1.2.3:\xb2", "[10.1.2.3]:80", "name:80"):
+        spec, errors = _set_state({"object_key": key, "shared_with_upstream": "ONCE",
+                                   "format_string": {"text_format": literal}})
+        (error,) = errors
+        assert error.startswith("x.filter_chains[0].filters[0].typed_config.on_new_connection"
+                                f"[0].format_string: {literal!r} not supported (") and \
+            error.endswith(", or an ip:port)"), error
+    spec, errors = _set_state({"object_key": key, "shared_with_upstream": "ONCE",
+                               "format_string": {"text_format": "[::1]:80"}})
+    assert errors == [] and spec["filter_chains"][0]["network_filters"][0]["original_dst"] == ["::1", 80]

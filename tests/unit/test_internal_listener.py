@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from baton.xds import protos
 from baton.xds.translate import translate_cluster, translate_listener, translate_load_assignment
-from baton.worker.proxy.internal_listener import _hostport, _passes_host_metadata
+from baton.worker.proxy.internal_listener import _passes_host_metadata, ip_and_port
 
 T = "type.googleapis.com/"
 TCP = {"name": "envoy.filters.network.tcp_proxy",
@@ -72,8 +72,8 @@ def test_internal_endpoints_keep_their_listener_id_and_original_destination():
     [endpoint] = spec["endpoints"]
     assert endpoint["address"] == "internal:connect_originate/192.168.195.248:800"
     assert endpoint["internal"] == ["connect_originate", "192.168.195.248:800", "192.168.195.248:800"]
-    assert _hostport("192.168.195.248:800") == ("192.168.195.248", 800)
-    assert _hostport("[fd00::1]:80") == ("fd00::1", 80) and _hostport("nope") is None
+    assert ip_and_port("192.168.195.248:800") == ("192.168.195.248", 800)
+    assert ip_and_port("[fd00::1]:80") == ("fd00::1", 80) and ip_and_port("nope") is None
 
 
 def test_internal_upstream_passes_host_metadata_and_refuses_tls_inside():

@@ -21,7 +21,9 @@ side's client.
 from __future__ import annotations
 
 import errno
+import ipaddress
 import os
+import re
 import socket
 import weakref
 from typing import NamedTuple
@@ -89,7 +91,7 @@ def connect(worker, cluster, host, peer, destination=None, shared: Shared | None
     upstream = None
     restores = listener.spec.get("set_internal_dst")
     if local and restores and _passes_host_metadata(cluster):
-        destination = _hostport(local) or destination
+        destination = ip_and_port(local) or destination
     elif authority is not None and restores:
         destination = authority[:2]
         if authority.tunnel_port:
@@ -235,11 +237,33 @@ def _passes_host_metadata(cluster) -> bool:
                for kind, name in passed)
 
 
-def _hostport(text: str):
-    host, _, port = text.rpartition(":")
-    if not port.isdigit():
+_PORT = re.compile(r"[0-9]{1,5}")
+
+
+def ip_and_port(text: str | None):
+    r"""(ip, port) of an "ip:port" / "[ipv6]:port" text, None for anything else, as Envoy's
+    parseInternetAddressAndPortNoThrow refuses it: a terminated CONNECT's authority (what
+    istio/proxy's set_internal_dst_address restores with it), an endpoint's metadata `local`,
+    a set_filter_state literal (xds/internal.py). The port is 1-5 ASCII digits up to 65535
+    (str.isdigit() took "\xb2" and "\u0663", and int() of the first raised: an HTTP/2
+    CONNECT's authority dropped its connection), an IPv4 address only unbracketed and an
+    IPv6 one only bracketed. A scoped IPv6 address (fe80::1%eth0) is refused too: Envoy's
+    getaddrinfo would resolve the scope to one of its own interfaces, which names nothing on
+    the far side of a tunnel. Port 0, which Envoy parses, is refused: no connection can go
+    there."""
+    host, sep, port = (text or "").rpartition(":")
+    if not sep or not _PORT.fullmatch(port) or not 0 < int(port) <= 65535:
         return None
-    return host.strip("[]"), int(port)
+    bracketed = host.startswith("[") and host.endswith("]")
+    if bracketed:
+        host = host[1:-1]
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return None
+    if (ip.version == 6) != bracketed or "%" in host:
+        return None
+    return host, int(port)
 
 
 def _accept(worker, listener, client, peer, original) -> None:

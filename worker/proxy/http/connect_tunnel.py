@@ -20,9 +20,7 @@ Backpressure is the pools': the socket's full write buffer pauses the client str
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
-import re
 
 from ...codecs.events import Body, ResponseHead
 from ...codecs.message import Headers, Response
@@ -319,7 +317,7 @@ def connect_destination(route, authority: str):
     set_internal_dst_address: the local address is the authority, the DestinationAddress
     the authority's ip with `port`). Unset, `port` leaves the ORIGINAL_DST cluster the
     local address (istio/proxy would name port 0)."""
-    from ..internal_listener import Authority
+    from ..internal_listener import Authority, ip_and_port
     found, config = False, None
     for level in getattr(route, "per_filter", None) or ():     # (the route's, its vhost's)
         for value in (level or {}).values():
@@ -335,29 +333,3 @@ def connect_destination(route, authority: str):
         return None
     return Authority(*address, config.get("port") or None)
 
-
-_PORT = re.compile(r"[0-9]{1,5}")
-
-
-def ip_and_port(authority: str | None):
-    """(ip, port) of an "ip:port" / "[ipv6]:port" authority, None for anything else, as
-    Envoy's parseInternetAddressAndPortNoThrow (what istio/proxy's set_internal_dst_address
-    restores it with) refuses it: the port 1-5 ASCII digits up to 65535 (str.isdigit() took
-    "\xb2" and "\u0663", and int() of the first raised), an IPv4 address only unbracketed and
-    an IPv6 one only bracketed. A scoped IPv6 address (fe80::1%eth0) is refused too: Envoy's
-    getaddrinfo would resolve the scope to one of its own interfaces, which names nothing on
-    the far side of a tunnel. Port 0, which Envoy parses, is refused as before: no
-    connection can go there."""
-    host, sep, port = (authority or "").rpartition(":")
-    if not sep or not _PORT.fullmatch(port) or not 0 < int(port) <= 65535:
-        return None
-    bracketed = host.startswith("[") and host.endswith("]")
-    if bracketed:
-        host = host[1:-1]
-    try:
-        ip = ipaddress.ip_address(host)
-    except ValueError:
-        return None
-    if (ip.version == 6) != bracketed or "%" in host:
-        return None
-    return host, int(port)
