@@ -7,10 +7,8 @@ a socket or a timer, so every semantic is unit-testable (tests/unit/test_wasm_ab
 Spec: proxy-wasm/spec abi-versions/v0.2.1; where the spec is silent, Envoy's host
 (proxy-wasm-cpp-host and Envoy's source/extensions/common/wasm) decides:
 
-- Header maps *view* Baton's Request / Response (worker/codecs/message.py): the
-  pseudo-headers :method, :path, :authority, :scheme (request) and :status (response) are
-  their attributes, in both directions. Baton's headers are latin-1 `str`; the guest sees
-  bytes.
+- Header maps *view* Baton's Request / Response, pseudo-headers included (maps.py);
+  properties are Envoy's attribute names (properties.py).
 - A missing header is NOT_FOUND (Envoy's Context::getHeaderMapValue); a map the stream
   has not reached yet (response headers during the request) is an empty map.
 - An empty buffer read writes nothing (the AssemblyScript SDK relies on it): the adapter's
@@ -24,10 +22,12 @@ Spec: proxy-wasm/spec abi-versions/v0.2.1; where the spec is silent, Envoy's hos
 from __future__ import annotations
 
 import logging
-import struct
 import time
 
 from ..codecs.message import Headers, Request
+from .maps import (PairsMap, RequestMap, ResponseMap, _raw, _text,  # noqa: F401 - the ABI's
+                   parse_pairs, serialize_pairs)
+from .properties import encode_property, stream_property  # noqa: F401
 
 # proxy_status_t
 OK, NOT_FOUND, BAD_ARGUMENT, SERIALIZATION_FAILURE, PARSE_FAILURE = 0, 1, 2, 3, 4
@@ -46,215 +46,6 @@ LOG_LEVELS = (5, 10, 20, 30, 40, 50)        # trace (below debug), debug, info, 
 CONTINUE, STOP_ITERATION = 0, 1
 
 METRIC_PREFIX = "wasmcustom."
-
-_U32 = struct.Struct("<I")
-_I64 = struct.Struct("<q")
-
-
-def serialize_pairs(pairs) -> bytes:
-    """[(key, value)] bytes pairs -> the ABI's map encoding: count, then (key size, value
-    size) per pair, then each key and value followed by a NUL."""
-    out = [_U32.pack(len(pairs))]
-    out += [struct.pack("<II", len(k), len(v)) for k, v in pairs]
-    for k, v in pairs:
-        out.append(k + b"\0" + v + b"\0")
-    return b"".join(out)
-
-
-def parse_pairs(data: bytes) -> list[tuple[bytes, bytes]]:
-    """The map encoding -> pairs; empty or a single byte (some SDKs send b"\\0") is no pair.
-    Raises ValueError on a truncated map."""
-    if len(data) <= 1:
-        return []
-    (count,) = _U32.unpack_from(data, 0)
-    if 4 + 8 * count > len(data):
-        raise ValueError("map sizes run past the data")
-    sizes = struct.unpack_from(f"<{2 * count}I", data, 4)
-    pos = 4 + 8 * count
-    pairs = []
-    for i in range(count):
-        key_size, value_size = sizes[2 * i], sizes[2 * i + 1]
-        end = pos + key_size + value_size + 2
-        if end > len(data):
-            raise ValueError("map pair runs past the data")
-        pairs.append((data[pos:pos + key_size], data[pos + key_size + 1:end - 1]))
-        pos = end
-    return pairs
-
-
-def _text(data: bytes) -> str:
-    return data.decode("latin-1")
-
-
-def _raw(text: str) -> bytes:
-    return text.encode("latin-1", "replace")
-
-
-# --- header maps ---------------------------------------------------------------------------
-
-class PairsMap:
-    """A map that is only a list of pairs (trailers, a map the stream has not got yet)."""
-
-    __slots__ = ("items",)
-
-    def __init__(self, items=None):
-        self.items = items if items is not None else []     # [(str name, str value)]
-
-    def pairs(self) -> list[tuple[bytes, bytes]]:
-        return [(_raw(k), _raw(v)) for k, v in self.items]
-
-    def get(self, key: bytes) -> bytes | None:
-        name = _text(key).lower()
-        values = [v for k, v in self.items if k == name]
-        return _raw(",".join(values)) if values else None
-
-    def add(self, key: bytes, value: bytes) -> None:
-        self.items.append((_text(key).lower(), _text(value)))
-
-    def replace(self, key: bytes, value: bytes) -> None:
-        self.remove(key)
-        self.add(key, value)
-
-    def remove(self, key: bytes) -> None:
-        name = _text(key).lower()
-        self.items = [kv for kv in self.items if kv[0] != name]
-
-    def set_pairs(self, pairs) -> None:
-        self.items = []
-        for k, v in pairs:
-            self.add(k, v)
-
-
-class HeadersMap(PairsMap):
-    """A view of a worker/codecs/message.py Headers, plus pseudo-headers (subclasses)."""
-
-    __slots__ = ("headers",)
-    PSEUDO: tuple = ()
-
-    def __init__(self, headers):
-        self.headers = headers
-
-    @property
-    def items(self):
-        return self.headers.items
-
-    @items.setter
-    def items(self, value):
-        self.headers.items = value
-
-    def pairs(self):
-        return [(name, _raw(self._pseudo(_text(name)))) for name in self.PSEUDO] + \
-            [(_raw(k), _raw(v)) for k, v in self.headers.items]
-
-    def get(self, key: bytes) -> bytes | None:
-        if key[:1] == b":":
-            return _raw(self._pseudo(_text(key))) if key in self.PSEUDO else None
-        return PairsMap.get(self, key)
-
-    def add(self, key: bytes, value: bytes) -> None:
-        if key[:1] == b":":
-            self.replace(key, value)
-        else:
-            PairsMap.add(self, key, value)
-
-    def replace(self, key: bytes, value: bytes) -> None:
-        if key[:1] == b":":
-            if key in self.PSEUDO:
-                self._set_pseudo(_text(key), _text(value))
-            return
-        self.headers.set(_text(key).lower(), _text(value))
-
-    def remove(self, key: bytes) -> None:
-        if key[:1] == b":":
-            return                      # a pseudo-header cannot go (Envoy keeps it too)
-        PairsMap.remove(self, key)
-
-    def set_pairs(self, pairs) -> None:
-        self.headers.items = []
-        for k, v in pairs:
-            self.add(k, v)
-
-    def _pseudo(self, name: str) -> str:
-        raise NotImplementedError
-
-    def _set_pseudo(self, name: str, value: str) -> None:
-        raise NotImplementedError
-
-
-class RequestMap(HeadersMap):
-    """Request headers as Envoy's map holds them: :authority, :path, :method, :scheme first."""
-
-    __slots__ = ("request",)
-    PSEUDO = (b":authority", b":path", b":method", b":scheme")
-    _ATTRS = {":authority": "authority", ":path": "path", ":method": "method",
-              ":scheme": "scheme"}
-
-    def __init__(self, request):
-        super().__init__(request.headers)
-        self.request = request
-
-    def _pseudo(self, name):
-        return getattr(self.request, self._ATTRS[name])
-
-    def _set_pseudo(self, name, value):
-        setattr(self.request, self._ATTRS[name], value)
-
-
-class ResponseMap(HeadersMap):
-    __slots__ = ("response",)
-    PSEUDO = (b":status",)
-
-    def __init__(self, response):
-        super().__init__(response.headers)
-        self.response = response
-
-    def _pseudo(self, name):
-        return str(self.response.status)
-
-    def _set_pseudo(self, name, value):
-        if value.isdigit():
-            self.response.status = int(value)
-
-
-# --- properties ------------------------------------------------------------------------------
-
-def encode_property(value) -> bytes | None:
-    """A property's value as Envoy serializes it: strings raw, integers 8-byte little-endian,
-    booleans one byte, a list of pairs as a map, a dict as a google.protobuf.Struct."""
-    if value is None:
-        return None
-    if isinstance(value, bytes):
-        return value
-    if isinstance(value, str):
-        return _raw(value)
-    if isinstance(value, bool):
-        return b"\1" if value else b"\0"
-    if isinstance(value, int):
-        return _I64.pack(value)
-    if isinstance(value, float):
-        return struct.pack("<d", value)
-    if isinstance(value, list):
-        return serialize_pairs([(_raw(k), _raw(v)) for k, v in value])
-    if isinstance(value, dict):
-        from google.protobuf import json_format, struct_pb2
-        return json_format.ParseDict(value, struct_pb2.Struct()).SerializeToString()
-    return None
-
-
-def _address(pair):
-    """(host, port) -> "host:port" ("[v6]:port"), as Envoy's Address::asString."""
-    if not pair:
-        return None
-    host, port = pair[0], pair[1]
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def _nested(value, keys):
-    for key in keys:
-        if not isinstance(value, dict) or key not in value:
-            return None
-        value = value[key]
-    return value
 
 
 class Plugin:
@@ -296,85 +87,6 @@ class Context:
     def set_response(self, response) -> None:
         self.response = response
         self.maps[RESPONSE_HEADERS] = ResponseMap(response)
-
-
-def _info(attribute):
-    """A StreamInfo attribute's reader (None without a stream)."""
-    return lambda ctx, info: getattr(info, attribute) if info is not None else None
-
-
-def _request(read):
-    return lambda ctx, info: read(ctx.request) if ctx.request is not None else None
-
-
-def _request_headers(request):
-    return [(":authority", request.authority), (":path", request.path),
-            (":method", request.method), (":scheme", request.scheme), *request.headers.items]
-
-
-def _response_code(ctx, info):
-    if ctx.response is not None:
-        return ctx.response.status
-    return (info.response_code or None) if info is not None else None
-
-
-def _response_headers(ctx, info):
-    response = ctx.response
-    return None if response is None else [(":status", str(response.status)),
-                                          *response.headers.items]
-
-
-def _side(attribute, part):
-    def read(ctx, info):
-        pair = getattr(info, attribute) if info is not None else None
-        if not pair:
-            return None
-        return _address(pair) if part == "address" else int(pair[1])
-    return read
-
-
-# Envoy's attribute names ("Attributes" in its docs) -> reader(ctx, stream info or None).
-PROPERTIES = {
-    "plugin_name": lambda ctx, info: ctx.plugin.name,
-    "plugin_root_id": lambda ctx, info: ctx.plugin.root_id,
-    "plugin_vm_id": lambda ctx, info: ctx.plugin.vm_id,
-    "listener_direction": lambda ctx, info: ctx.plugin.direction,
-    "request.path": _request(lambda r: r.path),
-    "request.url_path": _request(lambda r: r.path_only),
-    "request.host": _request(lambda r: r.authority),
-    "request.scheme": _request(lambda r: r.scheme),
-    "request.method": _request(lambda r: r.method),
-    "request.headers": _request(_request_headers),
-    "request.query": _request(lambda r: r.query),
-    "request.id": _request(lambda r: r.headers.get("x-request-id")),
-    "request.useragent": _request(lambda r: r.headers.get("user-agent")),
-    "request.referer": _request(lambda r: r.headers.get("referer")),
-    "request.protocol": _info("protocol"),
-    "request.time": lambda ctx, info: int(info.start_time * 1e9) if info is not None else None,
-    "response.code": _response_code,
-    "response.code_details": _info("response_code_details"),
-    "response.headers": _response_headers,
-    "source.address": _side("downstream_remote", "address"),
-    "source.port": _side("downstream_remote", "port"),
-    "destination.address": _side("downstream_local", "address"),
-    "destination.port": _side("downstream_local", "port"),
-    "connection.id": _info("connection_id"),
-    "xds.cluster_name": _info("upstream_cluster"),
-    "xds.route_name": _info("route_name"),
-    "upstream.address": _info("upstream_host"),
-}
-
-
-def stream_property(ctx: Context, node: dict, path: tuple[str, ...]):
-    """The value of an attribute path (Envoy's attribute names) for `ctx`, or None."""
-    if path[0] == "node":           # node, node.<field>, node.metadata[.<key>...]
-        if len(path) == 1:
-            return node or {}
-        if path[1] == "metadata":
-            return _nested(node.get("metadata") or {}, path[2:])
-        return node.get(path[1]) if len(path) == 2 else None
-    read = PROPERTIES.get(".".join(path))
-    return None if read is None else read(ctx, getattr(ctx.stream, "info", None))
 
 
 # --- the host --------------------------------------------------------------------------------

@@ -1,8 +1,12 @@
 """Plugins in VMs: the proxy-wasm lifecycle a filter config drives, and this worker's VMs.
 
-    config (xds/http_filters_wasm.py) -> plugin_root(config, stats, node) -> PluginRoot
+    config (xds/http_filters_wasm.py) -> plugin_root(config, stats, node, worker) -> PluginRoot
     PluginRoot.new_stream / request_headers / response_headers / end_stream
     validate(config): the same start in a throwaway VM (translation's check)
+
+A root also runs what the plugin asks of the worker: ticks (proxy_on_tick on the worker's
+loop) and callouts (proxy_http_call over its pools, answered to proxy_on_http_call_response);
+the check's VM has no worker: no ticks, callouts accepted and never answered.
 
 As Envoy shares them, a worker has one VM per (vm_id, code hash, vm configuration,
 environment) and, in it, one root context per plugin (name, root_id, configuration). The

@@ -1,0 +1,201 @@
+"""The imports a proxy-wasm module may link: the ABI's hostcalls and WASI's basics.
+
+    function(vm, module, name) -> f(caller context, *int args) -> int result
+
+Each reads its (pointer, length) arguments through the VM (vm.py: bounds-checked guest
+memory), asks the sans-IO host (abi.py) and writes the answer back. Any other import
+answers UNIMPLEMENTED (a WASI one ENOSYS) and is counted in AbiHost.unimplemented.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+
+from . import abi
+
+WASI_MODULES = ("wasi_snapshot_preview1", "wasi_unstable")
+ENOSYS = 52
+
+_U32 = struct.Struct("<I")
+_U64 = struct.Struct("<Q")
+
+
+class GuestExit(Exception):
+    """proc_exit (AssemblyScript's abort lands here): the guest ends, a trap."""
+
+
+def function(vm, module: str, name: str):
+    """The Python function for import module.name: f(ctx, *int args) -> int result."""
+    host, read, write, give = vm.host, vm.read, vm.write, vm.give
+
+    def returning(ctx, result, ptr_ptr, size_ptr):
+        status, data = result
+        if status == abi.OK:
+            give(ctx, data, ptr_ptr, size_ptr)
+        return status
+
+    def get_buffer_bytes(ctx, kind, start, max_size, ptr_ptr, size_ptr):
+        status, data = host.get_buffer(kind)
+        data = data[start:start + max_size]
+        if status == abi.OK and data:       # an empty read writes nothing (SDKs rely on it)
+            give(ctx, data, ptr_ptr, size_ptr)
+        return status
+
+    def get_buffer_status(ctx, kind, length_ptr, flags_ptr):
+        status, data = host.get_buffer(kind)
+        if status == abi.OK:
+            write(ctx, length_ptr, _U32.pack(len(data)))
+            write(ctx, flags_ptr, _U32.pack(0))
+        return status
+
+    def header_map_size(ctx, kind, size_ptr):
+        status, data = host.get_pairs(kind)
+        if status == abi.OK:
+            write(ctx, size_ptr, _U32.pack(len(data)))
+        return status
+
+    def define_metric(ctx, kind, name_ptr, name_size, id_ptr):
+        status, metric_id = host.define_metric(kind, read(ctx, name_ptr, name_size))
+        if status == abi.OK:
+            write(ctx, id_ptr, _U32.pack(metric_id))
+        return status
+
+    def get_metric(ctx, metric_id, value_ptr):
+        status, value = host.get_metric(metric_id)
+        if status == abi.OK:
+            write(ctx, value_ptr, _U64.pack(value & (2**64 - 1)))
+        return status
+
+    def get_shared_data(ctx, key_ptr, key_size, ptr_ptr, size_ptr, cas_ptr):
+        status, data, cas = host.get_shared_data(read(ctx, key_ptr, key_size))
+        if status == abi.OK:
+            give(ctx, data, ptr_ptr, size_ptr)
+            write(ctx, cas_ptr, _U32.pack(cas))
+        return status
+
+    def log(ctx, level, ptr, size):
+        if host.log_enabled(level):
+            return host.proxy_log(level, read(ctx, ptr, size))
+        vm._base(ctx, ptr + size)       # SDKs log every callback at debug: only check bounds
+        return abi.OK
+
+    def http_call(ctx, cluster_ptr, cluster_size, headers_ptr, headers_size, body_ptr,
+                  body_size, trailers_ptr, trailers_size, timeout_ms, token_ptr):
+        status, token = host.http_call(
+            read(ctx, cluster_ptr, cluster_size), read(ctx, headers_ptr, headers_size),
+            read(ctx, body_ptr, body_size), read(ctx, trailers_ptr, trailers_size), timeout_ms)
+        if status == abi.OK:
+            write(ctx, token_ptr, _U32.pack(token))
+        return status
+
+    def write_u32(ctx, ptr, value):
+        write(ctx, ptr, _U32.pack(value))
+        return abi.OK
+
+    def write_u64(ctx, ptr, value):
+        write(ctx, ptr, _U64.pack(value))
+        return abi.OK
+
+    proxy = {
+        "proxy_log": log,
+        "proxy_get_log_level": lambda c, p: write_u32(c, p, host.log_level()),
+        "proxy_get_current_time_nanoseconds": lambda c, p: write_u64(c, p, host.now_ns()),
+        "proxy_set_tick_period_milliseconds": lambda c, ms: host.set_tick_period(ms),
+        "proxy_get_buffer_bytes": get_buffer_bytes,
+        "proxy_get_buffer_status": get_buffer_status,
+        "proxy_get_header_map_pairs": lambda c, t, pp, sp: returning(c, host.get_pairs(t), pp, sp),
+        "proxy_set_header_map_pairs": lambda c, t, p, n: host.set_pairs(t, read(c, p, n)),
+        "proxy_get_header_map_value": lambda c, t, kp, ks, pp, sp: returning(
+            c, host.get_header(t, read(c, kp, ks)), pp, sp),
+        "proxy_add_header_map_value": lambda c, t, kp, ks, vp, vs: host.add_header(
+            t, read(c, kp, ks), read(c, vp, vs)),
+        "proxy_replace_header_map_value": lambda c, t, kp, ks, vp, vs: host.replace_header(
+            t, read(c, kp, ks), read(c, vp, vs)),
+        "proxy_remove_header_map_value": lambda c, t, kp, ks: host.remove_header(
+            t, read(c, kp, ks)),
+        "proxy_get_header_map_size": header_map_size,
+        "proxy_get_property": lambda c, kp, ks, pp, sp: returning(
+            c, host.get_property(read(c, kp, ks)), pp, sp),
+        "proxy_set_property": lambda c, kp, ks, vp, vs: host.set_property(
+            read(c, kp, ks), read(c, vp, vs)),
+        "proxy_send_local_response": lambda c, status, dp, ds, bp, bs, hp, hs, grpc:
+            host.send_local_response(status, read(c, dp, ds), read(c, bp, bs),
+                                     read(c, hp, hs), grpc),
+        "proxy_continue_stream": lambda c, stream_type: host.continue_stream(stream_type),
+        "proxy_continue_request": lambda c: host.continue_stream(0),
+        "proxy_continue_response": lambda c: host.continue_stream(1),
+        "proxy_set_effective_context": lambda c, cid: host.set_effective_context(cid),
+        "proxy_done": lambda c: abi.OK,
+        "proxy_http_call": http_call,
+        "proxy_define_metric": define_metric,
+        "proxy_increment_metric": lambda c, mid, delta: host.increment_metric(
+            mid, delta - (1 << 64) if delta >= 1 << 63 else delta),
+        "proxy_record_metric": lambda c, mid, value: host.record_metric(mid, value),
+        "proxy_get_metric": get_metric,
+        "proxy_get_shared_data": get_shared_data,
+        "proxy_set_shared_data": lambda c, kp, ks, vp, vs, cas: host.set_shared_data(
+            read(c, kp, ks), read(c, vp, vs), cas),
+    }
+    if module in WASI_MODULES:
+        function = _wasi(vm, name)
+        if function is None:
+            def function(ctx, *args):
+                host.unimplemented_call(f"{module}.{name}")
+                return ENOSYS
+        return function
+    function = proxy.get(name)
+    if function is None:
+        def function(ctx, *args):
+            return host.unimplemented_call(name)
+    return function
+
+
+def _wasi(vm, name: str):
+    """WASI preview1's basics, as Envoy's host gives them (errno 0 on success)."""
+    host, read, write = vm.host, vm.read, vm.write
+
+    def fd_write(ctx, fd, iovs, count, written_ptr):
+        chunks = []
+        for i in range(count):
+            ptr, size = struct.unpack("<II", read(ctx, iovs + 8 * i, 8))
+            chunks.append(read(ctx, ptr, size))
+        data = b"".join(chunks)
+        host.proxy_log(2 if fd == 1 else 4, data.rstrip(b"\n"))      # stdout info, stderr error
+        write(ctx, written_ptr, _U32.pack(len(data)))
+        return 0
+
+    def proc_exit(ctx, code):
+        raise GuestExit(f"proc_exit({code})")
+
+    def clock_time_get(ctx, clock_id, precision, time_ptr):
+        import time
+        now = host.now_ns() if clock_id == 0 else time.monotonic_ns()
+        write(ctx, time_ptr, _U64.pack(now))
+        return 0
+
+    def random_get(ctx, ptr, size):
+        write(ctx, ptr, os.urandom(size))
+        return 0
+
+    def sizes(entries):
+        def get(ctx, count_ptr, size_ptr):
+            items = entries()
+            write(ctx, count_ptr, _U32.pack(len(items)))
+            write(ctx, size_ptr, _U32.pack(sum(len(e) + 1 for e in items)))
+            return 0
+        return get
+
+    def values(entries):
+        def get(ctx, pointers_ptr, buffer_ptr):
+            for i, entry in enumerate(entries()):
+                write(ctx, pointers_ptr + 4 * i, _U32.pack(buffer_ptr))
+                write(ctx, buffer_ptr, entry + b"\0")
+                buffer_ptr += len(entry) + 1
+            return 0
+        return get
+
+    return {"fd_write": fd_write, "proc_exit": proc_exit, "clock_time_get": clock_time_get,
+            "random_get": random_get, "environ_sizes_get": sizes(host.environ),
+            "environ_get": values(host.environ), "args_sizes_get": sizes(list),
+            "args_get": values(list), "sched_yield": lambda ctx: 0}.get(name)
