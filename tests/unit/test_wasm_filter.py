@@ -103,3 +103,24 @@ def test_a_plugin_that_cannot_start_fails_closed_or_open():
     reply = closed.create(Stream()).on_request_headers(Request("GET", "/", "h", Headers([])), True)
     assert (reply.status, reply.body, reply.details) == (503, b"", "wasm_fail_stream")
     assert factory(broken, fail_open=True).create(Stream()) is None
+
+
+def test_a_plugin_no_config_uses_is_freed_with_its_vm():
+    """Roots and VMs are kept weakly: once the filter factories that use a plugin are gone
+    (a new version of a WasmPlugin replaced it), its VM goes, and with it the epoch thread
+    when it was the last."""
+    import gc
+    import weakref
+
+    from baton.worker.wasm import plugin, vm
+    f = factory(wasmtime.wat2wasm(PAUSING), vm_id="unit-freed")
+    gc.collect()                                # other tests' garbage VMs go first
+    machine = weakref.ref(f.root.vm)
+    runtime = vm.runtime()
+    users = runtime._users
+    assert any(key[0][0] == "unit-freed" for key in plugin._roots.keys())
+    del f
+    gc.collect()
+    assert machine() is None
+    assert not any(key[0][0] == "unit-freed" for key in plugin._roots.keys())
+    assert runtime._users == users - 1

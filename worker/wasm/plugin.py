@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import weakref
 
 from ..stats import Stats
 from . import abi
@@ -27,8 +28,22 @@ from .vm import VM, Trapped, WasmError, runtime
 
 log = logging.getLogger("baton.wasm")
 
-_vms: dict[tuple, VM] = {}              # this worker's VMs by vm_key
-_roots: dict[tuple, "PluginRoot"] = {}  # their plugins by (vm_key, plugin_key)
+# This worker's VMs by vm_key, and their plugins by (vm_key, plugin_key), kept weakly: the
+# filter factories of the live configs hold their roots, a root its VM, so a plugin no
+# config uses any more (an old version of a WasmPlugin) is freed with its VM.
+_vms: "weakref.WeakValueDictionary[tuple, VM]" = weakref.WeakValueDictionary()
+_roots: "weakref.WeakValueDictionary[tuple, PluginRoot]" = weakref.WeakValueDictionary()
+
+
+def _weakly(method, default=None):
+    """`method` called through a weak reference to its object (the host's hooks must not
+    keep a root alive), `default` once it is gone."""
+    ref = weakref.WeakMethod(method)
+
+    def call(*args):
+        bound = ref()
+        return default if bound is None else bound(*args)
+    return call
 
 
 def vm_key(config: dict) -> tuple:
@@ -66,11 +81,11 @@ class PluginRoot:
         self.calls: dict = {}           # token -> UpstreamCall of proxy_http_call
         host = self.host
         if worker is not None:
-            host.http_caller = self.http_call
+            host.http_caller = _weakly(self.http_call, (abi.INTERNAL_FAILURE, 0))
         elif host.http_caller is None:
             host.http_caller = _never_answered
         root = self.root = host.new_context(plugin)
-        host.tick_handlers[root.id] = self.set_tick_period
+        host.tick_handlers[root.id] = _weakly(self.set_tick_period)
         host.current = root
         vm.call("proxy_on_context_create", root.id, 0)
         if first and vm.has("proxy_on_vm_start") and \
@@ -93,7 +108,12 @@ class PluginRoot:
             self._tick = None
         self.tick_seconds = period_ms / 1000
         if period_ms and self.loop is not None:
-            self._tick = self.loop.call_later(self.tick_seconds, self._on_tick)
+            self._tick = self.loop.call_later(self.tick_seconds, _weakly(self._on_tick))
+
+    def __del__(self):
+        tick = getattr(self, "_tick", None)
+        if tick is not None:
+            tick.cancel()
 
     def _on_tick(self) -> None:
         self._tick = None
@@ -106,7 +126,7 @@ class PluginRoot:
             log.error("Wasm plugin %s: %s", self.plugin.name, exc)
             return
         if self.tick_seconds and self._tick is None:        # not set again by the tick
-            self._tick = self.loop.call_later(self.tick_seconds, self._on_tick)
+            self._tick = self.loop.call_later(self.tick_seconds, _weakly(self._on_tick))
 
     def http_call(self, root: abi.Context, cluster_name: str, request, body: bytes,
                   timeout: float | None):

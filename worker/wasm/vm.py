@@ -32,6 +32,7 @@ import hashlib
 import os
 import struct
 import threading
+import weakref
 
 from . import abi, hostcalls
 
@@ -197,7 +198,9 @@ class VM:
         for imp in module.imports:
             self._define(linker, imp)
         rt.hold_ticker()
-        self._holding = True
+        # Released by close(), or when the VM is collected (no plugin of a live config uses
+        # it any more: worker/wasm/plugin.py keeps VMs weakly).
+        self._release = weakref.finalize(self, rt.release_ticker)
         try:
             self.instance = linker.instantiate(self.store, module)
         except Exception as exc:  # noqa: BLE001 - a trap in the start function, a bad import
@@ -250,9 +253,7 @@ class VM:
                 break
 
     def close(self) -> None:
-        if self._holding:
-            self._holding = False
-            self.runtime.release_ticker()
+        self._release()
 
     # -- calls in -------------------------------------------------------------------------------
     _trap = None
