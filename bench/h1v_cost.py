@@ -22,12 +22,11 @@ A snapshot of another revision: as in bench/http_cost.py's docstring.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import sys
-import tempfile
-import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))     # its sibling benchmarks
 
 
 def request(n: int) -> bytes:
@@ -44,31 +43,11 @@ def response(n: int) -> bytes:
 
 def rig_run(requests: int) -> float:
     """CPU seconds for `requests` varied keep-alive exchanges through the in-process rig."""
-    from tests.unit.test_http_express import Rig
-
-    loop = asyncio.new_event_loop()
-    rig = Rig(Path(tempfile.mkdtemp(prefix="h1vcost-")), loop)
-    conn, down = rig.conn, rig.down
-    ups = list(rig.upstreams.values())
-    wires = [(request(n), response(n)) for n in range(1, requests + 1)]
-    answered = 0
-    t0 = time.process_time()
-    for wire_request, wire_response in wires:
-        conn.data_received(wire_request)
-        for up in ups:
-            if up.streams:
-                up.transport.take()
-                up.data_received(wire_response)
-        answered += down.take().endswith(b"x\n")
-    cpu = time.process_time() - t0
-    assert answered == requests, answered
-    assert rig.conn.hcm.express
-    loop.close()
-    return cpu
+    from http_cost import rig_run as run
+    return run(requests, lambda n: (request(n), response(n)))
 
 
 def rig(argv: list[str]) -> None:
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
     from h2_cost import timed_in_tree
     requests, repeats = int(argv[1]), int(argv[2]) if len(argv) > 2 else 1
     timed_in_tree(argv[0], lambda: rig_run(requests), requests, repeats,
@@ -76,7 +55,6 @@ def rig(argv: list[str]) -> None:
 
 
 def e2e(argv: list[str]) -> None:
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
     import http_bench as hb
     from h2_cost import cpu_sample, interleaved
     from procs import CpuMeter

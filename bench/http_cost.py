@@ -45,22 +45,26 @@ RESPONSE = (b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Mon, 07 Dec 2026 
             + b"x" * 63 + b"\n")
 
 
-def rig_run(requests: int) -> float:
-    """CPU seconds for `requests` keep-alive exchanges through the in-process rig."""
+def rig_run(requests: int, exchange=None) -> float:
+    """CPU seconds for `requests` keep-alive exchanges through the in-process rig; `exchange(n)`
+    gives the n-th (request, response) bytes (default: wrk's and nginx's, every time the same;
+    bench/h1v_cost.py gives each its own)."""
     from tests.unit.test_http_express import Rig
 
     loop = asyncio.new_event_loop()
     rig = Rig(Path(tempfile.mkdtemp(prefix="httpcost-")), loop)
     conn, down = rig.conn, rig.down
     ups = list(rig.upstreams.values())
+    wires = [exchange(n) for n in range(1, requests + 1)] if exchange else \
+        [(REQUEST, RESPONSE)] * requests
     answered = 0
     t0 = time.process_time()
-    for _ in range(requests):
-        conn.data_received(REQUEST)
+    for wire_request, wire_response in wires:
+        conn.data_received(wire_request)
         for up in ups:
             if up.streams:
                 up.transport.take()
-                up.data_received(RESPONSE)
+                up.data_received(wire_response)
         answered += down.take().endswith(b"x\n")
     cpu = time.process_time() - t0
     assert answered == requests, answered
