@@ -27,7 +27,9 @@ wasmtime is imported on first use: a worker without a Wasm filter never loads it
 
 from __future__ import annotations
 
+import atexit
 import ctypes
+import gc
 import hashlib
 import os
 import struct
@@ -68,6 +70,17 @@ def runtime() -> "Runtime":
             _inherited.append(_runtime)
         _runtime = Runtime()
     return _runtime
+
+
+@atexit.register
+def _free_at_exit() -> None:
+    """This process's engine and modules go before the interpreter tears wasmtime-py's
+    bindings down (freed after, each said "Exception ignored ... 'NoneType' object is not
+    callable"). A parent's runtime stays: see _inherited."""
+    global _runtime
+    if _runtime is not None and _runtime.pid == os.getpid():
+        _runtime = None
+        gc.collect()
 
 
 def preload(snapshot: dict) -> None:
