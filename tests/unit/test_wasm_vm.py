@@ -7,6 +7,7 @@ deadline stopping a spinning guest, the ABI marker, start failures."""
 from __future__ import annotations
 
 import hashlib
+import os
 import time
 from pathlib import Path
 
@@ -152,3 +153,24 @@ def test_wasi_environ_serves_the_vm_environment():
     action, _, _ = run_request(config(code, environment={"K": "v", "HOSTNAME": "h"}))
     assert action == 2 * 1000 + ord("K")
 
+
+
+def test_wasmtime_is_preloaded_only_where_another_user_could_not_import_it(tmp_path):
+    """A master whose workers become another user loads wasmtime before they fork only if
+    that user could not read it later (a Python under a 0700 home)."""
+    from baton.worker.wasm import vm
+    public = tmp_path / "public"
+    public.mkdir()
+    module = public / "m.py"
+    module.write_text("")
+    tmp_path.chmod(0o755)
+    public.chmod(0o755)
+    module.chmod(0o644)
+    opened = vm._open_to_others(str(module)) and all(
+        os.stat(p).st_mode & 0o001 for p in map(str, tmp_path.parents))
+    assert vm._open_to_others(str(module)) == opened
+    public.chmod(0o700)
+    assert not vm._open_to_others(str(module))
+    public.chmod(0o755)
+    module.chmod(0o600)
+    assert not vm._open_to_others(str(module))

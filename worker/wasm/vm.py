@@ -84,24 +84,50 @@ def _free_at_exit() -> None:
 
 
 def preload(snapshot: dict) -> None:
-    """In the master, before it forks workers that drop privileges (and then may no longer
-    read the interpreter's files, worker/privileges.py): load wasmtime if a Wasm filter may
-    come over xDS. A Wasm filter in the bootstrap has loaded it already (its check at
-    translation), and a master that does not drop privileges lets workers load it lazily."""
-    runtime_config = snapshot.get("runtime") or {}
-    if snapshot.get("xds") and (runtime_config.get("worker_user") or
-                                runtime_config.get("worker_caps") is not None):
+    """In the master, before it forks workers that become another user (worker/privileges.py):
+    load wasmtime if a Wasm filter may come over xDS. A Wasm filter in the bootstrap has
+    loaded it already (its check at translation); workers that keep the master's user load
+    it when a VM starts."""
+    if snapshot.get("xds") and (snapshot.get("runtime") or {}).get("worker_user"):
         load_wasmtime()
 
 
 def load_wasmtime() -> None:
-    """Import wasmtime and what it imports lazily, if it is installed (the xDS agent calls
-    this before it drops privileges: it checks the Wasm modules ECDS sends)."""
+    """Import wasmtime and what it imports lazily, before this process becomes another user,
+    if that user could not (an interpreter under a 0700 home; about 8 MB). The xDS agent
+    calls this too: it checks the Wasm modules ECDS sends."""
+    if _importable_by_others():
+        return
     try:
         import wasmtime  # noqa: F401
         from wasmtime import _bindings  # noqa: F401
     except ImportError:
         pass
+
+
+def _importable_by_others() -> bool:
+    """Whether the standard library and wasmtime's package (when installed) can be read by
+    any user: every directory above them searchable, the files readable."""
+    import importlib.util
+    spec = importlib.util.find_spec("wasmtime")
+    paths = [os.__file__] + ([spec.origin] if spec is not None and spec.origin else [])
+    return all(_open_to_others(path) for path in paths)
+
+
+def _open_to_others(path: str) -> bool:
+    try:
+        resolved = os.path.realpath(path)
+        if not os.stat(resolved).st_mode & 0o004:
+            return False
+        parent = os.path.dirname(resolved)
+        while True:
+            if not os.stat(parent).st_mode & 0o001:
+                return False
+            if parent == os.path.dirname(parent):
+                return True
+            parent = os.path.dirname(parent)
+    except OSError:
+        return False
 
 
 class Runtime:
