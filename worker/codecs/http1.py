@@ -675,7 +675,8 @@ class Http1ServerCodec(_Http1Output):
         self._body_seen = has_body
         self._events.append(RequestHead(self._stream, request, not has_body and not upgrade,
                                         expect_continue, upgrade))
-        if not (has_body or upgrade or expect_continue or self._declined_upgrade):
+        if not (has_body or upgrade or expect_continue or self._declined_upgrade or
+                REQUESTS_GATE.resting):     # (resting: it would not be remembered)
             self._learned = KnownRequest(method, target, authority, kept, version, keep_alive,
                                          self._header_bytes + len(method), len(raw))
         if upgrade:
@@ -945,7 +946,8 @@ class Http1ClientCodec(_Http1Output):
         else:
             self._body_expected = True
             if not tunnel and method != "CONNECT" and status >= 200 and \
-                    length is not None and length.isdigit() and int(length):
+                    length is not None and length.isdigit() and int(length) and \
+                    not RESPONSES_GATE.resting:     # (resting: it would not be remembered)
                 self._learned = KnownResponse(status, kept, int(length), keep_alive,
                                               self._header_bytes, len(raw))
 
