@@ -766,7 +766,7 @@ def _plain_endpoints(pb):
             locality_size += 1 + vsize(size) + size
             try:
                 pton(v6 if ":" in ip else v4, ip)
-            except OSError:
+            except (OSError, ValueError):       # ValueError: a NUL in the string
                 return None
             append({"address": ip, "port": port, "weight": 1})
         total += 1 + vsize(locality_size) + locality_size
@@ -814,6 +814,9 @@ def _socket_address(pb, path, errors, ip_only, port_required=True):
         errors.append(f"{where}.protocol: {protocol} not supported (TCP only)")
     if not sa.address:
         errors.append(f"{where}.address: required")
+    elif "\0" in sa.address:
+        # No resolver or socket call takes it (Python raises ValueError, C stops at the NUL).
+        errors.append(f"{where}.address: {sa.address!r} holds a NUL character")
     elif ip_only and not _is_ip(sa.address):
         hint = " (a STATIC cluster needs IP literals; use type STRICT_DNS for hostnames)"
         errors.append(f"{where}.address: '{sa.address}' is not an IP address"

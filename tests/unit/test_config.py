@@ -662,6 +662,16 @@ def test_any_edit_loads_or_fails_cleanly(tmp_path, edits):
     assert msgpack.unpackb(msgpack.packb(snap)) == snap
 
 
+@pytest.mark.parametrize("kind", ["STATIC", "STRICT_DNS"])
+def test_an_endpoint_address_with_a_nul_is_refused_by_path(errors, kind):
+    # Found by the property above: an internal error ('embedded null character') from the
+    # plain-endpoints fast path, and a STRICT_DNS host no resolver call takes.
+    bad = {"endpoint": {"address": {"socket_address": {"address": "1\0", "port_value": 80}}}}
+    assert errors(bootstrap(clusters=[cluster(endpoints=[bad], type=kind)])) == [
+        "static_resources.clusters[0].load_assignment.endpoints[0].lb_endpoints[0].endpoint."
+        "address.socket_address.address: '1\\x00' holds a NUL character"]
+
+
 def test_imports_work_from_the_checkout_root():
     # With the checkout root on sys.path, `import xds` would find baton's own xds/ instead of
     # xds-protos' package; baton.xds.protos must cope (see its docstring).
