@@ -472,3 +472,21 @@ def test_replace_all_is_re2_global_replace():
 def test_parse_query():
     assert parse_query("a=1&b&a=2&&c=%41+#frag") == {"a": "1", "b": "", "c": "A+"}
     assert parse_query("c=%41", decode=False) == {"c": "%41"}
+
+
+def test_mutation_plans_decide_per_route_what_requests_do():
+    """route_rewrite.mutation_plan: a route's mutations as steps, once per route; the kind and
+    keep_empty read from the action, a template rendered per request only when it has %."""
+    from baton.worker.proxy.http.route_rewrite import (ADD_IF_ABSENT, APPEND, OVERWRITE,
+                                                       OVERWRITE_IF_EXISTS, REMOVE, mutation_plan)
+    ops = [("remove", "x-a", None, None),
+           ("add", "x-b", "v", "APPEND_IF_EXISTS_OR_ADD"),
+           ("add", "x-c", "%REQ(x-d)%", "ADD_IF_ABSENT!keep_empty"),
+           ("add", "x-e", "", "OVERWRITE_IF_EXISTS_OR_ADD"),
+           ("add", "x-f", "w", "OVERWRITE_IF_EXISTS"),
+           ("add", "x-g", "w", "NOT_AN_ACTION")]
+    assert mutation_plan(ops) == (
+        (REMOVE, "x-a", None, False, False), (APPEND, "x-b", "v", False, False),
+        (ADD_IF_ABSENT, "x-c", "%REQ(x-d)%", True, True), (OVERWRITE, "x-e", "", False, False),
+        (OVERWRITE_IF_EXISTS, "x-f", "w", False, False))
+    assert mutation_plan([]) == ()

@@ -30,7 +30,7 @@ from .express import admit_routes
 from .route_hash import hash_key
 from .route_match import _HeaderMatcher, _lower, _path_test, _QueryMatcher, parse_query
 from .route_regex import compile_re2, compile_substitution, replace_all
-from .route_rewrite import _compose_uri, _mutations, _overwrite, _port_start
+from .route_rewrite import _compose_uri, _mutations, _overwrite, _port_start, mutation_plan
 
 
 # --- routes ------------------------------------------------------------------------------------
@@ -71,7 +71,7 @@ class Route:
                  "_cluster", "_cluster_header", "_weights", "_total_weight",
                  "_prefix_rewrite", "_regex", "_substitution", "_host_literal",
                  "_host_header", "_cluster_host", "_request_mutations",
-                 "_response_mutations", "_redirect", "_direct_status", "_direct_body",
+                 "_response_mutations", "_request_plans", "_response_plans", "_redirect", "_direct_status", "_direct_body",
                  "_rewrites_path", "express_cluster", "per_filter", "grpc_timeout",
                  "max_stream_duration", "attempt_count_to_upstream",
                  "attempt_count_in_response", "upgrades", "connect_terminate")
@@ -98,6 +98,8 @@ class Route:
         "_regex": bool, "_substitution": bool, "_rewrites_path": bool,
         "_request_mutations": lambda per_cluster: any(per_cluster.values()),
         "_response_mutations": lambda per_cluster: any(per_cluster.values()),
+        "_request_plans": lambda per_cluster: any(per_cluster.values()),
+        "_response_plans": lambda per_cluster: any(per_cluster.values()),
         "_connect": bool,
         "upgrades": bool,       # a route that allows or refuses upgrades: the full path's check
         "connect_terminate": bool,      # CONNECT terminated: http/connect_tunnel.py
@@ -205,6 +207,11 @@ class Route:
                     w["name"], _mutations(w["request_headers"]) + chain)
                 self._response_mutations.setdefault(
                     w["name"], _mutations(w["response_headers"]) + response_chain)
+        # The same, as the steps a request runs (route_rewrite.mutation_plan).
+        self._request_plans = {name: mutation_plan(ops)
+                               for name, ops in self._request_mutations.items()}
+        self._response_plans = {name: mutation_plan(ops)
+                                for name, ops in self._response_mutations.items()}
 
         self.express_cluster = None     # express.admit_routes, once the table is built
         # typed_per_filter_config: (the route's, its virtual host's) {filter name: config},
@@ -281,6 +288,16 @@ class Route:
         replaces only when present. The list is shared: do not modify it."""
         found = self._request_mutations.get(cluster_name)
         return found if found is not None else self._request_mutations[None]
+
+    def request_plan(self, cluster_name=None) -> tuple:
+        """request_header_mutations(cluster_name) as route_rewrite.mutation_plan's steps."""
+        found = self._request_plans.get(cluster_name)
+        return found if found is not None else self._request_plans[None]
+
+    def response_plan(self, cluster_name=None) -> tuple:
+        """response_header_mutations(cluster_name) as route_rewrite.mutation_plan's steps."""
+        found = self._response_plans.get(cluster_name)
+        return found if found is not None else self._response_plans[None]
 
     def response_header_mutations(self, cluster_name=None) -> list:
         """Same shape and rules as request_header_mutations, for the response (also applied

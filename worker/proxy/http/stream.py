@@ -20,6 +20,7 @@ from ...codecs.message import Headers, Response
 from . import grpc_reply, path_normalize
 from . import xfcc
 from .filter import PAUSE, Delay, LocalReply
+from .route_rewrite import ADD_IF_ABSENT, APPEND, OVERWRITE, REMOVE
 from .router import GRPC_RETRY_ON, Router, route_timeout, set_grpc_timeout
 from .stream_info import StreamInfo
 
@@ -375,7 +376,7 @@ class Stream:
             return
         # Envoy's order: header mutations first, then host and path rewrites (a
         # host_rewrite_header reads the mutated headers).
-        self._apply_mutations(request.headers, route.request_header_mutations(name))
+        self._apply_mutations(request.headers, route.request_plan(name))
         route.rewrite(request, name, envoy_headers=not hcm.suppress_envoy_headers)
         base = route_timeout(route, request)                # grpc-timeout on gRPC routes
         if self.controls:
@@ -396,31 +397,30 @@ class Stream:
             router.body_bytes += len(chunk)
         router.start()
 
-    def _apply_mutations(self, headers: Headers, mutations) -> None:
-        """Header add/remove from the route config, in the order routing.py gives them."""
-        if not mutations:
+    def _apply_mutations(self, headers: Headers, plan) -> None:
+        """A route's header mutations: the steps of its plan (route_rewrite.mutation_plan), in
+        order; only a template with %-operators is rendered per request."""
+        if not plan:
             return
         render = self.hcm.render_header_value
         info = self.info
-        for op, name, template, action in mutations:
-            if op == "remove":
+        for kind, name, template, dynamic, keep_empty in plan:
+            if kind == REMOVE:
                 headers.remove(name)
                 continue
-            value = render(template, info)
-            action, keep_empty = _split_action(action)
+            value = render(template, info) if dynamic else template
             if value == "" and not keep_empty:
                 continue                # Envoy adds no empty header unless keep_empty_value
-            if action == "APPEND_IF_EXISTS_OR_ADD":
+            if kind == APPEND:
                 headers.add(name, value)
-            elif action == "ADD_IF_ABSENT":
+            elif kind == ADD_IF_ABSENT:
                 if name not in headers:
                     headers.add(name, value)
-            elif action == "OVERWRITE_IF_EXISTS_OR_ADD":
+            elif kind == OVERWRITE:
                 headers.remove(name)            # Envoy: every old value goes, the new one
                 headers.add(name, value)        # comes last
-            elif action == "OVERWRITE_IF_EXISTS":
-                if headers.remove(name):
-                    headers.add(name, value)
+            elif headers.remove(name):          # OVERWRITE_IF_EXISTS
+                headers.add(name, value)
 
     def on_request_body(self, data: bytes, end_stream: bool) -> None:
         if self.done:
@@ -459,7 +459,7 @@ class Stream:
         hcm = self.hcm
         headers = response.headers
         if self.route is not None:
-            self._apply_mutations(headers, self.route.response_header_mutations(self.cluster_name))
+            self._apply_mutations(headers, self.route.response_plan(self.cluster_name))
         if not hcm.suppress_envoy_headers:
             self._send_head(response, end_stream, ("x-envoy-upstream-service-time", str(service_ms)))
         else:
@@ -565,7 +565,7 @@ class Stream:
         for name, value in extra:
             headers.add(name, value)
         if self.route is not None and self.request is not None and details != "route_not_found":
-            self._apply_mutations(headers, self.route.response_header_mutations(self.cluster_name))
+            self._apply_mutations(headers, self.route.response_plan(self.cluster_name))
         if not self.request_complete and self.request is not None and \
                 not self.conn.codec.multiplexed:
             # The rest of the request body would be read as the next request: close after.
@@ -737,10 +737,3 @@ def _int(text):
         return int(text) if text is not None else None
     except ValueError:
         return None
-
-
-def _split_action(action: str) -> tuple[str, bool]:
-    """routing.py's append action, "ACTION" or "ACTION!keep_empty" -> (ACTION, keep_empty)."""
-    if action.endswith("!keep_empty"):
-        return action[:-len("!keep_empty")], True
-    return action, False
