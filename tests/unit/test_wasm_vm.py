@@ -174,3 +174,61 @@ def test_wasmtime_is_preloaded_only_where_another_user_could_not_import_it(tmp_p
     public.chmod(0o755)
     module.chmod(0o600)
     assert not vm._open_to_others(str(module))
+
+
+WASI = "wasi_snapshot_preview1"
+
+
+def test_random_get_checks_bounds_before_it_makes_the_bytes(monkeypatch):
+    # A one-page guest asked 64 MiB: the host made them (+75 MB) before the bounds check.
+    from baton.worker.wasm import hostcalls
+    made = []
+    monkeypatch.setattr(hostcalls.os, "urandom", lambda n: made.append(n) or bytes(n))
+    code = module("(i32.add (i32.mul (call $random (i32.const 0) (i32.const 0x4000000)) (i32.const 100))"
+                  "         (call $random (i32.const 16) (i32.const 8)))",
+                  f'(import "{WASI}" "random_get" (func $random (param i32 i32) (result i32)))')
+    action, _, _ = run_request(config(code))
+    assert action == hostcalls.EFAULT * 100 + 0        # WASI's EFAULT (21), not proxy-wasm's 6
+    assert made == [8]
+
+
+def fd_write_module(count: int) -> bytes:
+    """fd_write(stdout) of `count` iovecs that each name the whole 64 KiB page (written at
+    1000, the iovecs from 2048); answers errno * 1,000,000 + bytes written."""
+    return module(f"""(local $i i32)
+        (block $done (loop $fill
+          (br_if $done (i32.ge_u (local.get $i) (i32.const {count})))
+          (i32.store (i32.add (i32.const 2048) (i32.mul (local.get $i) (i32.const 8))) (i32.const 0))
+          (i32.store (i32.add (i32.const 2052) (i32.mul (local.get $i) (i32.const 8))) (i32.const 65536))
+          (local.set $i (i32.add (local.get $i) (i32.const 1)))
+          (br $fill)))
+        (i32.add (i32.mul (call $write (i32.const 1) (i32.const 2048) (i32.const {count}) (i32.const 1000))
+                          (i32.const 1000000))
+                 (i32.load (i32.const 1000)))""",
+                  f'(import "{WASI}" "fd_write" (func $write (param i32 i32 i32 i32) (result i32)))')
+
+
+def test_fd_write_takes_at_most_the_memory_and_logs_it_in_pieces(caplog):
+    # 4,000 iovecs over one page were joined into a 256 MB log line (+446 MB).
+    from baton.worker.wasm import hostcalls
+    with caplog.at_level("INFO", logger="baton.wasm"):
+        action, _, _ = run_request(config(fd_write_module(1000)))
+    assert action == 65536                              # errno 0, a short write of one page
+    lines = [r for r in caplog.records if "wasm log" in r.getMessage()]
+    assert len(lines) == 1 and len(lines[0].getMessage()) < 65536 + 200
+    action, _, _ = run_request(config(fd_write_module(4000)))
+    assert action == hostcalls.EINVAL * 1000000         # past IOV_MAX, as writev
+    outside = module("(call $write (i32.const 1) (i32.const 65530) (i32.const 1) (i32.const 1000))",
+                     f'(import "{WASI}" "fd_write" (func $write (param i32 i32 i32 i32) (result i32)))')
+    assert run_request(config(outside))[0] == hostcalls.EFAULT
+
+
+def test_tables_are_capped_with_the_memory():
+    # table.grow of 50M elements took 400 MB of host memory: set_limits capped memory only.
+    from baton.worker.wasm import vm
+    code = module("(table.grow $t (ref.null func) (i32.const 50000000))",
+                  extra="(table $t 1 funcref)")
+    assert run_request(config(code))[0] == 0xFFFFFFFF   # -1: refused
+    small = module(f"(table.grow $t (ref.null func) (i32.const {vm.MAX_TABLE_ELEMENTS // 2}))",
+                   extra="(table $t 1 funcref)")
+    assert run_request(config(small))[0] == 1

@@ -15,7 +15,13 @@ import struct
 from . import abi
 
 WASI_MODULES = ("wasi_snapshot_preview1", "wasi_unstable")
+# WASI errnos (wasi_snapshot_preview1's errno enum; proxy-wasm's statuses are not these:
+# its INVALID_MEMORY_ACCESS, 6, is EAGAIN there).
+EFAULT = 21
+EINVAL = 28
 ENOSYS = 52
+IOV_MAX = 1024                  # Linux's writev limit
+LOG_PIECE = 64 << 10            # the longest log line fd_write makes
 
 _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
@@ -156,13 +162,40 @@ def _wasi(vm, name: str):
     host, read, write = vm.host, vm.read, vm.write
 
     def fd_write(ctx, fd, iovs, count, written_ptr):
-        chunks = []
-        for i in range(count):
-            ptr, size = struct.unpack("<II", read(ctx, iovs + 8 * i, 8))
-            chunks.append(read(ctx, ptr, size))
-        data = b"".join(chunks)
-        host.proxy_log(2 if fd == 1 else 4, data.rstrip(b"\n"))      # stdout info, stderr error
-        write(ctx, written_ptr, _U32.pack(len(data)))
+        # Bounded before anything is produced: at most IOV_MAX iovecs (writev's EINVAL past
+        # it), and at most the memory's size taken in all (a short write, as writev may
+        # do): each iovec may name the whole memory, and joined they made a log line
+        # thousands of times its size. Logged in pieces of LOG_PIECE bytes.
+        if count > IOV_MAX:
+            return EINVAL
+        vectors = read(ctx, iovs, 8 * count)
+        level = 2 if fd == 1 else 4                 # stdout info, stderr error
+        logging = host.log_enabled(level)
+        budget = vm.memory_size(ctx)
+        written = 0
+        piece = []
+        pending = 0
+        for ptr, size in struct.iter_unpack("<II", vectors):
+            size = min(size, budget - written)
+            vm._base(ctx, ptr + size)               # EFAULT before any of it is read
+            if logging:
+                while size:
+                    take = min(size, LOG_PIECE - pending)
+                    piece.append(read(ctx, ptr, take))
+                    pending += take
+                    written += take
+                    ptr += take
+                    size -= take
+                    if pending == LOG_PIECE:
+                        host.proxy_log(level, b"".join(piece).rstrip(b"\n"))
+                        piece, pending = [], 0
+            else:
+                written += size
+            if written >= budget:
+                break
+        if piece:
+            host.proxy_log(level, b"".join(piece).rstrip(b"\n"))
+        write(ctx, written_ptr, _U32.pack(written))
         return 0
 
     def proc_exit(ctx, code):
@@ -175,6 +208,7 @@ def _wasi(vm, name: str):
         return 0
 
     def random_get(ctx, ptr, size):
+        vm._base(ctx, ptr + size)       # EFAULT before the bytes exist (a 64 KiB guest asked 64 MiB)
         write(ctx, ptr, os.urandom(size))
         return 0
 

@@ -20,7 +20,9 @@ What the guest may do to the host:
   TICK seconds and each call from the host may run DEADLINE_TICKS of them (1.75-2 s). The
   clock is the wall's: a worker descheduled on a loaded machine must not have its VM killed
   (0.1-0.2 s did, now and then, on this 2-core machine under load).
-- Memory is capped by Store limits (MAX_MEMORY).
+- Memory and tables are capped by Store limits (MAX_MEMORY, MAX_TABLE_ELEMENTS), and a
+  hostcall produces nothing before its bounds are checked (WASI answers EFAULT); fd_write is
+  bounded in iovecs and bytes (hostcalls.py), as a hostcall cannot be stopped by the epoch.
 
 wasmtime is imported on first use: a worker without a Wasm filter never loads it (8 MB).
 """
@@ -41,6 +43,11 @@ from . import abi, hostcalls
 TICK = 0.25
 DEADLINE_TICKS = 8
 MAX_MEMORY = 512 << 20
+# A table's elements live outside linear memory (8+ bytes each in wasmtime): a guest's
+# table.grow of 50M elements took 400 MB of the host's. Toolchains' tables hold the
+# module's functions (AssemblyScript, Rust, TinyGo: hundreds to a few thousand).
+MAX_TABLE_ELEMENTS = 1 << 20
+MAX_TABLES = 8
 ABI_VERSIONS = ("proxy_abi_version_0_2_0", "proxy_abi_version_0_2_1")
 
 _U32 = struct.Struct("<I")
@@ -231,7 +238,9 @@ class VM:
         self.last_exception = None
         self._keep = []                   # callbacks must outlive the instance
         self.store = wasmtime.Store(rt.engine)
-        self.store.set_limits(memory_size=max_memory)
+        # Every resource a guest can grow, not linear memory alone: one instance, one memory.
+        self.store.set_limits(memory_size=max_memory, table_elements=MAX_TABLE_ELEMENTS,
+                              tables=MAX_TABLES, instances=1, memories=1)
         self.store.set_epoch_deadline(DEADLINE_TICKS)
         linker = wasmtime.Linker(rt.engine)
         for imp in module.imports:
@@ -344,6 +353,10 @@ class VM:
                 raise IndexError
         return base
 
+    def memory_size(self, ctx) -> int:
+        self._base(ctx, 0)
+        return self._memory_end
+
     def read(self, ctx, ptr: int, size: int) -> bytes:
         if not size:
             return b""
@@ -370,6 +383,9 @@ class VM:
         if not isinstance(imp.type, wasmtime.FuncType):
             raise WasmError(f"import {imp.module}.{imp.name} is not a function (not supported)")
         function = hostcalls.function(self, imp.module, imp.name)
+        # A pointer outside memory: WASI's EFAULT, proxy-wasm's INVALID_MEMORY_ACCESS.
+        fault = hostcalls.EFAULT if imp.module in hostcalls.WASI_MODULES else \
+            abi.INVALID_MEMORY_ACCESS
         wide = [str(p) == "i64" for p in imp.type.params]
         count = len(wide)
         returns = bool(imp.type.results)
@@ -385,7 +401,7 @@ class VM:
                 try:
                     result = function(ctx, *args)
                 except IndexError:
-                    result = abi.INVALID_MEMORY_ACCESS
+                    result = fault
                 if returns:
                     values[0].i64 = 0
                     values[0].i32 = result or 0
