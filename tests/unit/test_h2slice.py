@@ -4,12 +4,16 @@ table size."""
 
 from __future__ import annotations
 
+import struct
+
 import pytest
 from hpack import Decoder, Encoder, NeverIndexedHeaderTuple
 from hpack.exceptions import HPACKDecodingError, HPACKError, OversizedHeaderListError
 from hypothesis import HealthCheck, given, settings, strategies as st
 
+from baton.worker.codecs.h2server import LeanHttp2ServerCodec
 from baton.worker.codecs.h2slice import SlicedBlock, slice_end
+from baton.worker.codecs.http2 import H2_PREFACE
 
 CAP = 256 * 1024
 
@@ -111,3 +115,61 @@ def test_a_slice_ends_on_a_field_boundary_and_takes_one_field_at_least():
         ends.append(pos)
     assert len(ends) == 3 and ends[-1] == len(block)
     assert slice_end(block, 0, 100, False) == (len(block), 3)
+
+
+# -- through the codec: a connection with a turn budget (big blocks in slices) answers as one
+# without (every block whole) -------------------------------------------------------------------
+
+def _frame(kind: int, flags: int, stream_id: int, payload: bytes = b"") -> bytes:
+    return struct.pack(">LBL", len(payload) << 8 | kind, flags, stream_id) + payload
+
+
+def _block_frames(stream_id: int, block: bytes, end_stream: bool) -> bytes:
+    chunks = [block[i:i + 16384] for i in range(0, len(block), 16384)] or [b""]
+    return _frame(1, (0x1 if end_stream else 0) | (0x4 if len(chunks) == 1 else 0), stream_id,
+                  chunks[0]) + b"".join(
+        _frame(9, 0x4 if i == len(chunks) - 1 else 0, stream_id, chunk)
+        for i, chunk in enumerate(chunks[1:], 1))
+
+
+def _conversation(codec, data: bytes) -> tuple[list, bytes]:
+    codec.initiate()
+    events = codec.receive(H2_PREFACE + _frame(4, 0, 0) + data)
+    turns = 0
+    while codec.backlog and turns < 10_000:
+        events += codec.receive_more()
+        turns += 1
+    return [_event(e) for e in events], codec.data_to_send()
+
+
+def _event(event) -> tuple:
+    names = getattr(event, "__slots__", None) or sorted(vars(event))
+    return (type(event).__name__,) + tuple(repr(getattr(event, name)) for name in names)
+
+
+regular_fields = st.lists(st.tuples(
+    st.sampled_from([b"x-a", b"x-b", b"cookie", b"accept", b"te", b"X-Upper", b"connection",
+                     b":path", b"host", b"content-length"]),
+    st.sampled_from([b"1", b"v" * 40, b"trailers", b"", b" x", b"gzip"])), max_size=300)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(regular_fields, regular_fields, st.booleans(), st.integers(min_value=1, max_value=80),
+       st.integers(min_value=0, max_value=400))
+def test_a_codec_with_a_turn_budget_answers_as_one_without(fields, trailer_fields, with_trailers,
+                                                          budget, padding):
+    """A request (and its trailers) of any fields, malformed or not, big or not (`padding`
+    good fields before them), then a PING: the same events, in the same order, and the same
+    bytes out, sliced or whole."""
+    encoder = Encoder()
+    pad = [(b"x-p%d" % i, b"v" * 8) for i in range(padding)]
+    head = [(b":method", b"POST"), (b":scheme", b"http"), (b":authority", b"a"),
+            (b":path", b"/")] + pad + fields
+    trailer_fields = pad + trailer_fields
+    data = _block_frames(1, encoder.encode(head), not with_trailers)
+    if with_trailers:
+        data += _frame(0, 0, 1, b"body") + _block_frames(1, encoder.encode(trailer_fields), True)
+    data += _block_frames(3, encoder.encode(head[:4]), True) + _frame(6, 0, 0, b"12345678")
+    whole = _conversation(LeanHttp2ServerCodec(), data)
+    sliced = _conversation(LeanHttp2ServerCodec(frames_per_turn=budget), data)
+    assert sliced == whole

@@ -66,6 +66,28 @@ def _trailers(raw) -> Headers | str:
     return Headers(items)
 
 
+class TrailersAnalysis:
+    """_trailers a slice of fields at a time, for trailers decoded in slices (h2slice.py):
+    add() each slice in order, then result(). The first malformed field decides."""
+
+    __slots__ = ("items", "error")
+
+    def __init__(self):
+        self.items: list = []
+        self.error: str | None = None
+
+    def add(self, raw) -> None:
+        if self.error is None:
+            checked = _trailers(raw)
+            if isinstance(checked, str):
+                self.error = checked
+            else:
+                self.items += checked.items
+
+    def result(self) -> Headers | str:
+        return self.error if self.error is not None else Headers(self.items)
+
+
 def _pseudo_error(method, path, scheme, authority, host) -> str | None:
     if method is None or not method or _bad_method(method):
         return "missing or invalid :method"

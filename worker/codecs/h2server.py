@@ -71,7 +71,7 @@ from hpack.exceptions import HPACKError, OversizedHeaderListError
 from .events import (Body, GoAway, ProtocolError, RequestHead, StreamReset, Trailers,
                      WindowOpen)
 from .h2encode import STATUS_FIELD, encode_block, encode_field
-from .h2fields import RequestAnalysis, _trailers, analyze_request
+from .h2fields import RequestAnalysis, TrailersAnalysis, _trailers, analyze_request
 from .h2frames import (CANCEL, COMPRESSION_ERROR, CONTINUATION, DATA, ENHANCE_YOUR_CALM,
                        F_ACK, F_END_HEADERS, F_END_STREAM, F_PADDED, F_PRIORITY,
                        FLOW_CONTROL_ERROR, FRAME_SIZE_ERROR, GOAWAY, H2_PREFACE, HEADERS,
@@ -856,22 +856,25 @@ class LeanHttp2ServerCodec(H2MoveState):
             raise _ConnError(COMPRESSION_ERROR, str(exc) or type(exc).__name__) from None
         budget -= cost // _SLICE_FIELDS_PER_UNIT
         analysis = sliced.analysis
-        if analysis is not None:
-            # A request's fields are analyzed as they come too (~1 us a field).
-            analysis.add(sliced.fields[decoded:])
+        # The fields are checked as they come too (~1 us a field), as a request or trailers.
+        analysis.add(sliced.fields[decoded:])
         if sliced.done:
             self._slicing = None
             entry = self._decoded(sliced.block, sliced.fields, sliced.snapshot)
-            if analysis is not None:
+            trailers = None
+            if analysis.__class__ is RequestAnalysis:
                 entry[2] = analysis.result(self._max_header_bytes, self._max_headers)
+            else:
+                trailers = analysis.result()      # not kept with the block: not a request's
             self._on_block(sliced.block, sliced.stream_id, sliced.end, sliced.self_dependent,
-                           entry)
+                           entry, trailers)
         return budget
 
     def _on_block(self, block: bytes, stream_id: int, end: bool, self_dependent: bool,
-                  entry: list | None = None) -> None:
+                  entry: list | None = None, trailers=None) -> None:
         """A complete header block of `stream_id` (`end`: END_STREAM was set); `entry`: its
-        decoding, when it was decoded in slices."""
+        decoding, when it was decoded in slices (and `trailers`, the fields checked as
+        trailers then, when the stream was open)."""
         if entry is None:
             entry = self._header_cache.get(block)     # _decode's cache hit, without the call
             if entry is None or entry[0] != self._table_gen:
@@ -881,8 +884,8 @@ class LeanHttp2ServerCodec(H2MoveState):
                     sliced = self._slicing = SlicedBlock(
                         block, self._hard_cap, stream_id, end, self_dependent,
                         self._table_snapshot())
-                    if stream_id not in self._streams:      # a request, not trailers
-                        sliced.analysis = RequestAnalysis()
+                    sliced.analysis = TrailersAnalysis() if stream_id in self._streams \
+                        else RequestAnalysis()
                     return
                 entry = self._decode(block)
         state = self._streams.get(stream_id)
@@ -896,7 +899,7 @@ class LeanHttp2ServerCodec(H2MoveState):
             self._stream_error(stream_id, PROTOCOL_ERROR)
             return
         if state is not None:
-            self._on_trailers(stream_id, state, entry[1], end)
+            self._on_trailers(stream_id, state, entry[1], end, trailers)
             return
         if stream_id <= self._highest:
             # A closed stream (RFC 9113 5.1): nothing on it is processed.
@@ -943,7 +946,8 @@ class LeanHttp2ServerCodec(H2MoveState):
         self._streams[stream_id] = state
         self._events.append(head)
 
-    def _on_trailers(self, stream_id: int, state: _Stream, fields, end: bool) -> None:
+    def _on_trailers(self, stream_id: int, state: _Stream, fields, end: bool,
+                     checked=None) -> None:
         if state.rejected:
             if end:
                 self._remote_end(stream_id, state)
@@ -956,7 +960,7 @@ class LeanHttp2ServerCodec(H2MoveState):
         if state.expected >= 0 and state.received != state.expected:
             self._invalid_message(stream_id)
             return
-        headers = _trailers(fields)
+        headers = _trailers(fields) if checked is None else checked
         if isinstance(headers, str):
             self._invalid_message(stream_id)
             return

@@ -123,7 +123,7 @@ class SlicedBlock:
         self.end = end              # END_STREAM was set
         self.self_dependent = self_dependent
         self.snapshot = snapshot    # the table before the block (the codec's decode cache)
-        self.analysis = None        # the codec's analysis of a request's fields, slice by slice
+        self.analysis = None        # the codec's check of the fields (request or trailers), slice by slice
 
     @property
     def done(self) -> bool:
