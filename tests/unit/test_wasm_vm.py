@@ -232,3 +232,52 @@ def test_tables_are_capped_with_the_memory():
     small = module(f"(table.grow $t (ref.null func) (i32.const {vm.MAX_TABLE_ELEMENTS // 2}))",
                    extra="(table $t 1 funcref)")
     assert run_request(config(small))[0] == 1
+
+
+def memory_images() -> int:
+    count = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            count += "wasm-memory-image" in os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            pass
+    return count
+
+
+@pytest.mark.parametrize("extra, marker, error", [
+    ('(func (export "_initialize") unreachable)', "proxy_abi_version_0_2_1", "unreachable"),
+    ("", "proxy_abi_version_0_1_0", "not supported"),
+    ("", "something_else", "no proxy_abi_version"),
+])
+def test_a_vm_that_fails_to_start_leaves_nothing_behind(extra, marker, error):
+    # A failed start skipped close(): the ticker's user count leaked (the epoch thread ran
+    # on), and the VM's cycle with its callbacks kept the store and the module's memory
+    # image open until a collection.
+    import gc
+    import weakref
+    from baton.worker.wasm import vm as vm_module
+    code = module("(i32.const 0)", marker=marker,
+                  extra=extra + '(data (i32.const 4096) "an initialized page")')
+    runtime = vm_module.runtime()
+    gc.collect()                                    # the VMs of earlier tests
+    users, images = runtime._users, memory_images()
+    made = []
+    real_init = vm_module.VM.__init__
+
+    def init(self, *args, **kwargs):
+        made.append(weakref.ref(self))
+        real_init(self, *args, **kwargs)
+    gc.disable()
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(vm_module.VM, "__init__", init)
+            with pytest.raises(WasmError, match=error):
+                plugin._new_vm(config(code), Stats(), {}, keep=False)
+            assert made[0]() is None                # freed at once, with no collection
+            assert runtime._users == users and memory_images() == images
+            with pytest.raises(WasmError, match=error):
+                plugin.validate(config(code))
+        assert len(made) == 2 and made[1]() is None
+        assert runtime._users == users and memory_images() == images
+    finally:
+        gc.enable()

@@ -248,14 +248,16 @@ def validate(config: dict) -> None:
     key = (vm_key(config), plugin_key(config))
     if key in _validated:
         return
-    vm = _new_vm(config, Stats(), {}, keep=False)
+    vm = None
     try:
+        vm = _new_vm(config, Stats(), {}, keep=False)       # inside: the cleanup always runs
         PluginRoot(vm, _plugin(config), True)
         _validated.add(key)
     except Trapped as exc:
         raise WasmError(str(exc)) from None
     finally:
-        vm.close()
+        if vm is not None:
+            vm.close()
         del vm
         # The VM's hostcalls and the VM refer to each other: free it now, in this process,
         # not in a worker forked later (vm.py, _inherited).

@@ -242,22 +242,31 @@ class VM:
         self.store.set_limits(memory_size=max_memory, table_elements=MAX_TABLE_ELEMENTS,
                               tables=MAX_TABLES, instances=1, memories=1)
         self.store.set_epoch_deadline(DEADLINE_TICKS)
-        linker = wasmtime.Linker(rt.engine)
-        for imp in module.imports:
-            self._define(linker, imp)
         rt.hold_ticker()
         # Released by close(), or when the VM is collected (no plugin of a live config uses
         # it any more: worker/wasm/plugin.py keeps VMs weakly).
         self._release = weakref.finalize(self, rt.release_ticker)
         try:
+            self._start(module)
+        except BaseException:
+            # Whatever failed (a start trap, a missing export), nothing of the VM stays: the
+            # ticker's user count, and the cycle between the VM and its callbacks that kept
+            # the store (and a module's /memfd:wasm-memory-image) until a collection.
+            self._discard()
+            raise
+
+    def _start(self, module) -> None:
+        wasmtime, ffi = self._wasmtime, self._ffi
+        linker = wasmtime.Linker(self.runtime.engine)
+        for imp in module.imports:
+            self._define(linker, imp)
+        try:
             self.instance = linker.instantiate(self.store, module)
         except Exception as exc:  # noqa: BLE001 - a trap in the start function, a bad import
-            self.close()
             raise WasmError(f"cannot instantiate the module: {_trap_text(str(exc))}") from None
         exports = self.instance.exports(self.store)
         memory = exports.get("memory") if hasattr(exports, "get") else None
         if not isinstance(memory, wasmtime.Memory):
-            self.close()
             raise WasmError("the module exports no memory")
         self._memory = ctypes.byref(memory._memory)
         self.exports = {}
@@ -283,13 +292,11 @@ class VM:
         self.abi_version = next((name for name in self.exports if name in ABI_VERSIONS), None)
         if self.abi_version is None:
             found = [name for name in self.exports if name.startswith("proxy_abi_version_")]
-            self.close()
             raise WasmError(f"ABI version {found[0][len('proxy_abi_version_'):]} not supported "
                             "(0_2_0, 0_2_1)" if found else
                             "not a proxy-wasm module (no proxy_abi_version_* export)")
         malloc = self.exports.get("proxy_on_memory_allocate") or self.exports.get("malloc")
         if malloc is None:
-            self.close()
             raise WasmError("the module exports no proxy_on_memory_allocate (or malloc)")
         # The allocator runs nested inside hostcalls, while the export that made them still
         # holds its own array: the allocator gets a second one.
@@ -299,6 +306,13 @@ class VM:
             if init in self.exports:
                 self.call(init)
                 break
+
+    def _discard(self) -> None:
+        self.close()
+        for name in ("instance", "exports", "_malloc_entry", "_memory", "ctx"):
+            self.__dict__.pop(name, None)
+        self.store = None
+        self._keep.clear()
 
     def close(self) -> None:
         self._release()
