@@ -1,0 +1,96 @@
+"""An HTTP/2 client connection writes what its streams queued once per turn of the loop
+(connection_manager.HttpConnection.flush_soon): the responses of h2load -m10's ten streams,
+each from its own upstream connection in its own callback, go out in one write; past the write
+buffer's limit at once; and the last stream's end writes at once."""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+
+import pytest
+from hpack import Decoder, Encoder
+
+from baton.worker.proxy.http.pool import UpstreamConnection
+from tests.unit.test_http_express import FakeTransport, Rig
+
+RESPONSE = (b"HTTP/1.1 200 OK\r\nContent-Length: 64\r\nConnection: keep-alive\r\n\r\n"
+            + b"x" * 64)
+GET = [(":method", "GET"), (":scheme", "http"), (":authority", "127.0.0.1:10000"), (":path", "/")]
+
+
+def frame(kind: int, flags: int, stream_id: int, payload: bytes = b"") -> bytes:
+    return struct.pack(">LBL", len(payload) << 8 | kind, flags, stream_id) + payload
+
+
+def statuses(data: bytes, decoder: Decoder) -> list:
+    """(stream, :status) of each HEADERS frame in `data`."""
+    out, pos = [], 0
+    while pos + 9 <= len(data):
+        length, kind, stream_id = int.from_bytes(data[pos:pos + 3], "big"), data[pos + 3], \
+            int.from_bytes(data[pos + 5:pos + 9], "big")
+        if kind == 1:
+            out.append((stream_id, dict(decoder.decode(data[pos + 9:pos + 9 + length]))[":status"]))
+        pos += 9 + length
+    return out
+
+
+@pytest.fixture
+def rig(tmp_path):
+    loop = asyncio.new_event_loop()
+    rig = Rig(tmp_path, loop)
+    ups = list(rig.upstreams.values())
+    for host in rig.cluster.hosts:            # an idle upstream connection per stream
+        pool = rig.worker.http_pools.get(rig.cluster, host)
+        for _ in range(10):
+            conn = UpstreamConnection(pool)
+            conn.connection_made(FakeTransport())
+            rig.cluster.active += 1
+            host.active += 1
+            pool.idle.append(conn)
+            ups.append(conn)
+    rig.ups = ups
+    rig.loop = loop
+    rig.decoder = Decoder()
+    rig.conn.data_received(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + frame(4, 0, 0))
+    rig.down.take()
+    yield rig
+    loop.close()
+
+
+def end_of_turn(loop) -> None:
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+
+
+def test_the_responses_of_one_turn_go_out_in_one_write(rig):
+    encoder = Encoder()
+    rig.conn.data_received(b"".join(frame(1, 5, 1 + 2 * i, encoder.encode(GET))
+                                    for i in range(10)))
+    rig.down.written.clear()
+    busy = [up for up in rig.ups if up.streams]
+    assert len(busy) == 10
+    for up in busy[:9]:                 # nine answered in this turn, each in its own callback
+        up.data_received(RESPONSE)
+    assert rig.down.written == []       # nothing yet: the turn is not over
+    end_of_turn(rig.loop)
+    assert len(rig.down.written) == 1
+    answered = statuses(rig.down.take(), rig.decoder)
+    assert len(answered) == 9
+    busy[9].data_received(RESPONSE)     # the last stream's end writes at once
+    assert len(rig.down.written) == 1
+    answered += statuses(rig.down.take(), rig.decoder)
+    assert sorted(answered) == [(1 + 2 * i, "200") for i in range(10)]
+    end_of_turn(rig.loop)
+    assert rig.down.written == []
+
+
+def test_past_the_write_buffer_limit_the_bytes_go_at_once(rig):
+    rig.conn.hcm.buffer_limit = 100      # one response's head and body are more
+    encoder = Encoder()
+    rig.conn.data_received(b"".join(frame(1, 5, 1 + 2 * i, encoder.encode(GET))
+                                    for i in range(3)))
+    rig.down.written.clear()
+    busy = [up for up in rig.ups if up.streams]
+    busy[0].data_received(RESPONSE)
+    assert len(rig.down.written) == 1 and len(statuses(rig.down.take(), rig.decoder)) == 1
