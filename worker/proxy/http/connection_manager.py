@@ -121,6 +121,8 @@ class HttpConnection(asyncio.Protocol, HttpConnectionMoves, Connection):
             # Adopted with frames still unread (h2move.py): read them on the next turn.
             self.pause_reading(True)
             self.backlog = self.loop.call_soon(self._receive_backlog)
+        if self.draining and not self.closed:
+            self.drain()            # told to before its transport existed (drain, close)
 
     def _choose_codec(self) -> None:
         """HTTP/1.1 or HTTP/2 by codec_type; AUTO over TLS by ALPN, as in Envoy; AUTO in
@@ -452,6 +454,9 @@ class HttpConnection(asyncio.Protocol, HttpConnectionMoves, Connection):
         the peer reads them."""
         if self.closed:
             return
+        if self.transport is None:
+            self.draining = True    # accepted, its transport not made yet: connection_made
+            return                  # drains it (closes it, idle as it is then)
         self.flush()
         self._closed()
         transport = self.transport
@@ -467,6 +472,9 @@ class HttpConnection(asyncio.Protocol, HttpConnectionMoves, Connection):
         self.lingering = self.loop.call_later(timeout, transport.close)
 
     def abort(self) -> None:
+        if self.transport is None:
+            self.draining = True    # as close(): nothing to abort before connection_made
+            return
         if not self.closed:
             self._closed()
             self.transport.abort()
@@ -496,8 +504,8 @@ class HttpConnection(asyncio.Protocol, HttpConnectionMoves, Connection):
         if self.moved_to is not None:
             return      # the client is the new worker's: its response must not say close
         self.draining = True
-        if self.closed:
-            return
+        if self.closed or self.transport is None:
+            return      # (no transport yet: connection_made drains it)
         if self.codec is None:
             self.close()
             return
