@@ -13,8 +13,9 @@ As Envoy 1.40 reads a PluginConfig:
   inline_string. `remote` (an HTTP fetch with sha256) is refused: istio-agent downloads
   a WasmPlugin's module and rewrites it to a local filename before the sidecar sees it.
 - configuration / vm_config.configuration: an Any; a google.protobuf.StringValue or
-  BytesValue gives its bytes, any other message its JSON (Envoy's
-  anyToBytes), none gives b"".
+  BytesValue gives its bytes, any other type the Any's value as it came, the serialized
+  message, whatever its type (Envoy's anyToBytes in extensions/common/wasm/plugin.cc: a
+  type Envoy does not know is not refused); none gives b"".
 - environment_variables: host_env_keys from this process's environment (unset ones are
   left out, as Envoy does), key_values as given.
 - fail_open, or failure_policy FAIL_OPEN: a failed VM lets requests through; otherwise
@@ -29,6 +30,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+
+from google.protobuf.message import DecodeError
 
 from . import protos
 from .parse import join
@@ -55,10 +58,7 @@ def any_bytes(any_pb) -> bytes:
         any_pb.Unpack(message)
         value = message.value
         return value.encode() if isinstance(value, str) else value
-    protos.import_type(name)
-    message = protos.message_class(name)()
-    any_pb.Unpack(message)
-    return protos.json_format.MessageToJson(message, indent=None).encode()
+    return bytes(any_pb.value)
 
 
 def _code(code_pb, path, errors) -> bytes | None:
@@ -124,7 +124,7 @@ def translate_wasm(pb, path, errors, warnings):
     try:
         configuration = any_bytes(plugin.configuration)
         vm_config = any_bytes(vm.configuration)
-    except (protos.ParseError, TypeError, KeyError) as exc:
+    except (protos.ParseError, DecodeError, TypeError, KeyError) as exc:
         errors.append(f"{join(here, 'configuration')}: {exc}")
         return None, None
     config = {"name": plugin.name, "root_id": plugin.root_id, "vm_id": vm.vm_id,

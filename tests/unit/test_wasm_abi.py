@@ -186,3 +186,23 @@ def test_log_levels_follow_the_logger():
     assert h.proxy_log(9, b"odd level") == abi.OK
     assert h.unimplemented_call("proxy_http_call") == abi.UNIMPLEMENTED
     assert h.unimplemented == {"proxy_http_call": 1}
+
+
+def test_a_configuration_any_gives_the_bytes_envoy_gives():
+    # Envoy's anyToBytes: a StringValue's or BytesValue's value, else the Any's own value
+    # (the serialized message) whatever its type: Baton gave JSON, and NACKed a type it did
+    # not know ("'NoneType' object is not callable").
+    from google.protobuf import any_pb2, struct_pb2, wrappers_pb2
+    from baton.xds.http_filters_wasm import any_bytes
+    packed = any_pb2.Any()
+    packed.Pack(wrappers_pb2.StringValue(value="text"))
+    assert any_bytes(packed) == b"text"
+    packed.Pack(wrappers_pb2.BytesValue(value=b"\0\1"))
+    assert any_bytes(packed) == b"\0\1"
+    config = struct_pb2.Struct()
+    config["a"] = "b"
+    packed.Pack(config)
+    assert any_bytes(packed) == config.SerializeToString()
+    unknown = any_pb2.Any(type_url="type.googleapis.com/acme.v1.NotKnownHere", value=b"\x08\x07")
+    assert any_bytes(unknown) == b"\x08\x07"
+    assert any_bytes(any_pb2.Any()) == b""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import time
 from pathlib import Path
 
@@ -77,14 +78,14 @@ def test_a_pointer_outside_memory_is_an_invalid_memory_access():
     assert run_request(config(code))[0] == abi.INVALID_MEMORY_ACCESS
 
 
-def test_unknown_imports_are_linked_and_answer_unimplemented():
+def test_envoys_other_imports_are_linked_and_answer_unimplemented():
     code = module("""(drop (call $fd_close (i32.const 3)))
-                     (i32.add (call $grpc_call) (call $fd_close (i32.const 3)))""",
-                  """(import "env" "proxy_grpc_call" (func $grpc_call (result i32)))
+                     (i32.add (call $grpc_cancel (i32.const 1)) (call $fd_close (i32.const 3)))""",
+                  """(import "env" "proxy_grpc_cancel" (func $grpc_cancel (param i32) (result i32)))
                      (import "wasi_snapshot_preview1" "fd_close" (func $fd_close (param i32) (result i32)))""")
     action, _, root = run_request(config(code))
     assert action == abi.UNIMPLEMENTED + 52           # UNIMPLEMENTED, and WASI's ENOSYS
-    assert root.host.unimplemented == {"proxy_grpc_call": 1, "wasi_snapshot_preview1.fd_close": 2}
+    assert root.host.unimplemented == {"proxy_grpc_cancel": 1, "wasi_snapshot_preview1.fd_close": 2}
 
 
 def test_the_allocator_may_grow_memory_during_a_hostcall():
@@ -281,3 +282,23 @@ def test_a_vm_that_fails_to_start_leaves_nothing_behind(extra, marker, error):
         assert runtime._users == users and memory_images() == images
     finally:
         gc.enable()
+
+
+@pytest.mark.parametrize("imported, error", [
+    ('(import "env" "no_such_call" (func (param i32)))',
+     "missing import: env.no_such_call"),
+    ('(import "foo" "bar" (func))', "missing import: foo.bar"),
+    ('(import "env" "proxy_continue_request" (func (result i32)))',    # ABI 0.1.0's only
+     "missing import: env.proxy_continue_request"),
+    ('(import "env" "proxy_log" (func (param i32 i32) (result i32)))',
+     "import type mismatch: env.proxy_log, want: i32 i32 -> i32, but host exports: "
+     "i32 i32 i32 -> i32"),
+    ('(import "wasi_snapshot_preview1" "fd_write" (func (param i32 i32 i32) (result i32)))',
+     "wasi_snapshot_preview1.fd_write, want: i32 i32 i32 -> i32, but host exports: "
+     "i32 i32 i32 i32 -> i32"),
+])
+def test_a_module_importing_what_envoys_host_lacks_is_refused(imported, error):
+    # Envoy 1.40 refuses each of these at config time (test_differential_wasm_safety.py);
+    # Baton linked unknown names to stubs and known ones with any signature.
+    with pytest.raises(WasmError, match=re.escape(error)):
+        plugin.validate(config(module("(i32.const 0)", imported)))

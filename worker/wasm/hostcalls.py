@@ -3,8 +3,9 @@
     function(vm, module, name) -> f(caller context, *int args) -> int result
 
 Each reads its (pointer, length) arguments through the VM (vm.py: bounds-checked guest
-memory), asks the sans-IO host (abi.py) and writes the answer back. Any other import
-answers UNIMPLEMENTED (a WASI one ENOSYS) and is counted in AbiHost.unimplemented.
+memory), asks the sans-IO host (abi.py) and writes the answer back. Any other function of
+Envoy's host (imports.py: what a module may import at all) answers UNIMPLEMENTED (a WASI
+one ENOSYS) and is counted in AbiHost.unimplemented.
 """
 
 from __future__ import annotations
@@ -129,8 +130,6 @@ def function(vm, module: str, name: str):
             host.send_local_response(status, read(c, dp, ds), read(c, bp, bs),
                                      read(c, hp, hs), grpc),
         "proxy_continue_stream": lambda c, stream_type: host.continue_stream(stream_type),
-        "proxy_continue_request": lambda c: host.continue_stream(0),
-        "proxy_continue_response": lambda c: host.continue_stream(1),
         "proxy_set_effective_context": lambda c, cid: host.set_effective_context(cid),
         "proxy_done": lambda c: abi.OK,
         "proxy_http_call": http_call,

@@ -9,10 +9,12 @@ wasmtime-py's private `_bindings`, hence the pinned major version (pyproject.tom
 tests/unit/test_wasm_vm.py.
 
 What the guest may do to the host:
-- Every import is linked: the proxy-wasm hostcalls abi.py implements, WASI's basics
-  (fd_write to the log, clock, random, environ from vm_config.environment_variables,
-  proc_exit as a trap), and anything else answers UNIMPLEMENTED (WASI: ENOSYS) and is
-  counted in AbiHost.unimplemented. An import that is not a function refuses the module.
+- A module may import what Envoy's host offers, with Envoy's signatures (imports.py); any
+  other import refuses it, as proxy-wasm-cpp-host refuses it. Linked: the proxy-wasm
+  hostcalls abi.py implements, WASI's basics (fd_write to the log, clock, random, environ
+  from vm_config.environment_variables, proc_exit as a trap); the rest answers
+  UNIMPLEMENTED (WASI: ENOSYS) and is counted in AbiHost.unimplemented. An import that is
+  not a function refuses the module.
 - A guest pointer outside its memory is INVALID_MEMORY_ACCESS, never a host crash.
 - A trap (or a hostcall's exception) fails the VM (`failed`): its state is lost, as in
   Envoy; the filter applies its failure policy.
@@ -38,7 +40,7 @@ import struct
 import threading
 import weakref
 
-from . import abi, hostcalls
+from . import abi, hostcalls, imports
 
 TICK = 0.25
 DEADLINE_TICKS = 8
@@ -396,6 +398,9 @@ class VM:
         wasmtime, ffi = self._wasmtime, self._ffi
         if not isinstance(imp.type, wasmtime.FuncType):
             raise WasmError(f"import {imp.module}.{imp.name} is not a function (not supported)")
+        refused = imports.check(imp.module, imp.name, imp.type.params, imp.type.results)
+        if refused:
+            raise WasmError(refused)
         function = hostcalls.function(self, imp.module, imp.name)
         # A pointer outside memory: WASI's EFAULT, proxy-wasm's INVALID_MEMORY_ACCESS.
         fault = hostcalls.EFAULT if imp.module in hostcalls.WASI_MODULES else \
