@@ -3,7 +3,8 @@
     translate_wasm(pb, path, errors, warnings) -> ("envoy.filters.http.wasm", config)
 
 config: {"name", "root_id", "vm_id": str, "configuration", "vm_config": bytes,
-"code": bytes, "sha256": hex, "environment": {name: value}, "fail_open": bool}
+"code": bytes, "sha256": hex, "environment": {name: value}, "fail_open": bool,
+"reload_seconds": float or None}
 (worker/proxy/http/wasm.py runs it).
 
 As Envoy 1.40 reads a PluginConfig:
@@ -18,8 +19,10 @@ As Envoy 1.40 reads a PluginConfig:
   type Envoy does not know is not refused); none gives b"".
 - environment_variables: host_env_keys from this process's environment (unset ones are
   left out, as Envoy does), key_values as given.
-- fail_open, or failure_policy FAIL_OPEN: a failed VM lets requests through; otherwise
-  (FAIL_CLOSED, and FAIL_RELOAD until Baton reloads VMs) it answers 503.
+- fail_open, or failure_policy FAIL_OPEN: a failed VM lets requests through; otherwise it
+  answers 503, and with FAIL_RELOAD the plugin is started again in a new VM by a request
+  that comes reload_config.backoff.base_interval (1 s) or more after the failed VM started
+  ("reload_seconds"; worker/proxy/http/wasm.py).
 - The module is checked now, in a VM of its own: it compiles, has the ABI marker, and
   proxy_on_vm_start and proxy_on_configure return true. Otherwise the error names the
   filter's path and says "Unable to create Wasm plugin", Envoy's words, and the update is
@@ -42,7 +45,7 @@ RUNTIMES = ("envoy.wasm.runtime.v8", "envoy.wasm.runtime.wamr", "envoy.wasm.runt
             "envoy.wasm.runtime.wavm")
 NULL_RUNTIME = "envoy.wasm.runtime.null"
 _PLUGIN_FIELDS = ("name", "root_id", "vm_config", "configuration", "fail_open",
-                  "failure_policy")
+                  "failure_policy", "reload_config")
 _VM_FIELDS = ("vm_id", "runtime", "code", "configuration", "allow_precompiled",
               "environment_variables", "nack_on_code_cache_miss")
 _WRAPPERS = ("google.protobuf.StringValue", "google.protobuf.BytesValue")
@@ -116,9 +119,11 @@ def translate_wasm(pb, path, errors, warnings):
     code = _code(vm.code, join(vm_path, "code"), errors)
     policy = plugin.DESCRIPTOR.fields_by_name["failure_policy"].enum_type \
         .values_by_number[plugin.failure_policy].name
-    if policy == "FAIL_RELOAD" and warnings is not None:
-        warnings.append(f"{join(here, 'failure_policy')}: FAIL_RELOAD: a failed VM is not "
-                        "reloaded yet; it fails closed")
+    reload_seconds = None
+    if policy == "FAIL_RELOAD":
+        backoff = plugin.reload_config.backoff
+        reload_seconds = backoff.base_interval.ToNanoseconds() / 1e9 \
+            if backoff.HasField("base_interval") else 1.0
     if len(errors) > start:
         return None, None
     try:
@@ -132,7 +137,8 @@ def translate_wasm(pb, path, errors, warnings):
               "sha256": hashlib.sha256(code).hexdigest(),
               "environment": _environment(vm.environment_variables),
               "fail_open": policy == "FAIL_OPEN" or (policy == "UNSPECIFIED" and
-                                                     plugin.fail_open)}
+                                                     plugin.fail_open),
+              "reload_seconds": reload_seconds}
     from ..worker.wasm.plugin import validate       # wasmtime only with a Wasm filter
     from ..worker.wasm.vm import WasmError
     try:

@@ -302,3 +302,46 @@ def test_a_module_importing_what_envoys_host_lacks_is_refused(imported, error):
     # Baton linked unknown names to stubs and known ones with any signature.
     with pytest.raises(WasmError, match=re.escape(error)):
         plugin.validate(config(module("(i32.const 0)", imported)))
+
+
+def test_the_deadline_counts_the_guests_time_not_the_hosts(monkeypatch):
+    # Three hostcalls of 0.3 s each against a deadline of 2 ticks (0.25-0.5 s): the host's
+    # time counted against the guest failed the VM for good.
+    from baton.worker.wasm import vm
+    monkeypatch.setattr(vm, "DEADLINE_TICKS", 2)
+    real_log = abi.AbiHost.proxy_log
+
+    def slow_log(self, level, message):
+        time.sleep(0.3)
+        return real_log(self, level, message)
+    monkeypatch.setattr(abi.AbiHost, "proxy_log", slow_log)
+    monkeypatch.setattr(abi.AbiHost, "log_enabled", lambda self, level: True)
+    # A loop: wasmtime checks the deadline at a loop's back edge (and a function's entry).
+    code = module("""(local $i i32)
+        (loop $again
+          (drop (call $log (i32.const 2) (i32.const 0) (i32.const 1)))
+          (local.set $i (i32.add (local.get $i) (i32.const 1)))
+          (br_if $again (i32.lt_u (local.get $i) (i32.const 3))))
+        (local.get $i)""",
+                  '(import "env" "proxy_log" (func $log (param i32 i32 i32) (result i32)))')
+    assert run_request(config(code))[0] == 3
+
+
+def test_a_guest_looping_through_hostcalls_is_still_stopped(monkeypatch):
+    # Its guest work between hostcalls (a 200k-step loop each) adds up: a deadline re-armed
+    # in full at every hostcall would never stop it.
+    from baton.worker.wasm import vm
+    monkeypatch.setattr(vm, "DEADLINE_TICKS", 2)
+    code = module("""(local $i i32)
+        (loop $forever
+          (local.set $i (i32.const 200000))
+          (loop $spin (local.set $i (i32.sub (local.get $i) (i32.const 1)))
+                      (br_if $spin (local.get $i)))
+          (drop (call $log (i32.const 0) (i32.const 0) (i32.const 1)))
+          (br $forever))
+        (i32.const 0)""",
+                  '(import "env" "proxy_log" (func $log (param i32 i32 i32) (result i32)))')
+    started = time.monotonic()
+    with pytest.raises(Trapped, match="interrupt"):
+        run_request(config(code))
+    assert time.monotonic() - started < 3.0

@@ -19,9 +19,14 @@ What the guest may do to the host:
 - A trap (or a hostcall's exception) fails the VM (`failed`): its state is lost, as in
   Envoy; the filter applies its failure policy.
 - A runaway guest is stopped by an epoch deadline: a thread bumps the engine's epoch every
-  TICK seconds and each call from the host may run DEADLINE_TICKS of them (1.75-2 s). The
-  clock is the wall's: a worker descheduled on a loaded machine must not have its VM killed
-  (0.1-0.2 s did, now and then, on this 2-core machine under load).
+  TICK seconds and each call from the host may run DEADLINE_TICKS of them (1.75-2 s). Only
+  the guest's ticks count: those that pass inside a hostcall (the host's work, a
+  collection, the worker descheduled) are given back when it returns, so a guest is not
+  failed for the host's time (one overrun fails a VM for good); a tick is counted where it
+  lands, so a guest that loops through hostcalls is still stopped by its own share. The
+  limit is generous because the clock is the wall's: a worker descheduled while the guest
+  runs still counts (0.1-0.2 s killed VMs, now and then, on this 2-core machine under load).
+  Envoy's V8 has no deadline at all.
 - Memory and tables are capped by Store limits (MAX_MEMORY, MAX_TABLE_ELEMENTS), and a
   hostcall produces nothing before its bounds are checked (WASI answers EFAULT); fd_write is
   bounded in iovecs and bytes (hostcalls.py), as a hostcall cannot be stopped by the epoch.
@@ -38,6 +43,7 @@ import hashlib
 import os
 import struct
 import threading
+import time
 import weakref
 
 from . import abi, hostcalls, imports
@@ -159,6 +165,7 @@ class Runtime:
         self._ticker = None
         self._users = 0
         self._lock = threading.Lock()
+        self.ticks = [0]                # the epoch as the ticker moved it (read without wasmtime)
 
     def compile(self, code: bytes, sha256: str | None = None, keep: bool = True):
         """The module of `code`, compiled once per process (`keep`: cached by its hash)."""
@@ -178,7 +185,7 @@ class Runtime:
         with self._lock:
             self._users += 1
             if self._ticker is None:
-                self._ticker = _EpochTicker(self.engine)
+                self._ticker = _EpochTicker(self.engine, self.ticks)
                 self._ticker.start()
 
     def release_ticker(self) -> None:
@@ -194,14 +201,16 @@ class Runtime:
 
 
 class _EpochTicker(threading.Thread):
-    def __init__(self, engine):
+    def __init__(self, engine, ticks: list):
         super().__init__(name="wasm-epoch", daemon=True)
         self.engine = engine
+        self.ticks = ticks
         self.stopped = threading.Event()
 
     def run(self):
         while not self.stopped.wait(TICK):
             self.engine.increment_epoch()
+            self.ticks[0] += 1
 
     def stop(self):
         self.stopped.set()
@@ -237,6 +246,7 @@ class VM:
         self.runtime = rt
         self.host = host
         self.failed = ""                  # why the VM failed, "" while it works
+        self.started_at = time.monotonic()
         self.last_exception = None
         self._keep = []                   # callbacks must outlive the instance
         self.store = wasmtime.Store(rt.engine)
@@ -244,6 +254,8 @@ class VM:
         self.store.set_limits(memory_size=max_memory, table_elements=MAX_TABLE_ELEMENTS,
                               tables=MAX_TABLES, instances=1, memories=1)
         self.store.set_epoch_deadline(DEADLINE_TICKS)
+        self._ticks = rt.ticks
+        self._deadline = 0                # the tick the current call from the host may run to
         rt.hold_ticker()
         # Released by close(), or when the VM is collected (no plugin of a live config uses
         # it any more: worker/wasm/plugin.py keeps VMs weakly).
@@ -333,6 +345,7 @@ class VM:
             return None
         if self.failed:
             raise Trapped(self.failed)
+        self._deadline = self._ticks[0] + DEADLINE_TICKS
         self._set_deadline(self.ctx, DEADLINE_TICKS)
         try:
             return self._invoke(self.ctx, entry, args)
@@ -355,6 +368,14 @@ class VM:
             self._trap_ref = ctypes.byref(self._trap)
             raise Trapped(_trap_text(str(trap)))
         return (values[0].i32 & 0xFFFFFFFF) if nresults else None
+
+    def _give_back(self, ctx, entered: int) -> None:
+        """A hostcall entered at tick `entered` returns, later: the ticks it took are the
+        host's (its work, a collection, the worker descheduled), not the guest's, so the
+        guest gets them back; what it had left then it has now."""
+        left = max(self._deadline - entered, 1)
+        self._deadline = self._ticks[0] + left
+        self._set_deadline(ctx, left)
 
     # -- guest memory ---------------------------------------------------------------------------
     def _base(self, ctx, end: int) -> int:
@@ -410,8 +431,10 @@ class VM:
         returns = bool(imp.type.results)
         vm = self
         caller_context = ffi._wasmtime_caller_context
+        ticks = self._ticks
 
         def callback(env, caller, values, nvalues):
+            entered = ticks[0]
             try:
                 ctx = caller_context(caller)
                 vm._memory_base = None      # the guest ran since: memory may have moved
@@ -424,6 +447,8 @@ class VM:
                 if returns:
                     values[0].i64 = 0
                     values[0].i32 = result or 0
+                if ticks[0] != entered:
+                    vm._give_back(ctx, entered)
                 return 0
             except BaseException as exc:  # noqa: BLE001 - becomes a trap in the guest
                 vm.last_exception = exc
