@@ -1,7 +1,7 @@
 """An HTTP/2 client connection writes what its streams queued once per turn of the loop
 (connection_manager.HttpConnection.flush_soon): the responses of h2load -m10's ten streams,
-each from its own upstream connection in its own callback, go out in one write; past the write
-buffer's limit at once; and the last stream's end writes at once."""
+each from its own upstream connection in its own callback, go out in one write, and so do the
+local replies of one turn; past the write buffer's limit, at once."""
 
 from __future__ import annotations
 
@@ -77,12 +77,12 @@ def test_the_responses_of_one_turn_go_out_in_one_write(rig):
     assert len(rig.down.written) == 1
     answered = statuses(rig.down.take(), rig.decoder)
     assert len(answered) == 9
-    busy[9].data_received(RESPONSE)     # the last stream's end writes at once
+    busy[9].data_received(RESPONSE)     # the last stream too, at the end of its turn
+    assert rig.down.written == []
+    end_of_turn(rig.loop)
     assert len(rig.down.written) == 1
     answered += statuses(rig.down.take(), rig.decoder)
     assert sorted(answered) == [(1 + 2 * i, "200") for i in range(10)]
-    end_of_turn(rig.loop)
-    assert rig.down.written == []
 
 
 def test_past_the_write_buffer_limit_the_bytes_go_at_once(rig):
@@ -94,3 +94,20 @@ def test_past_the_write_buffer_limit_the_bytes_go_at_once(rig):
     busy = [up for up in rig.ups if up.streams]
     busy[0].data_received(RESPONSE)
     assert len(rig.down.written) == 1 and len(statuses(rig.down.take(), rig.decoder)) == 1
+
+
+def test_local_replies_go_out_in_one_write_a_turn(rig):
+    # Ten requests of 105 fields (over max_headers, 100) in one read: ten 431s from the proxy
+    # itself, two or three a turn (the turn's budget), one write a turn.
+    encoder = Encoder()
+    fields = GET + [("x-%d" % i, "v") for i in range(101)]
+    rig.conn.data_received(b"".join(frame(1, 5, 1 + 2 * i, encoder.encode(fields))
+                                    for i in range(10)))
+    turns = [(len(rig.down.written), statuses(rig.down.take(), rig.decoder))]
+    while rig.conn.backlog is not None and len(turns) < 50:
+        end_of_turn(rig.loop)
+        turns.append((len(rig.down.written), statuses(rig.down.take(), rig.decoder)))
+    assert [s for _, answered in turns for s in answered] == \
+        [(1 + 2 * i, "431") for i in range(10)]
+    assert all(writes <= 1 for writes, _ in turns), turns
+    assert max(len(answered) for _, answered in turns) >= 2, turns

@@ -337,8 +337,11 @@ class HttpConnection(asyncio.Protocol, HttpConnectionMoves, Connection):
                 self._dispatch(event, queued=True)
         if self.closed:
             return
-        if self.streams and self.codec.multiplexed:
-            self.flush_soon()   # one write for the responses that end in this turn
+        if self.codec.multiplexed and self.on_idle is None and self.moved_to is None:
+            # One write for the responses that end in this turn (and the local replies of one
+            # read, each of which is the last stream when it ends). A connection that a move
+            # waits for, or that moved, writes at once: it must hold nothing queued.
+            self.flush_soon()
         else:
             self.flush()
         if self.codec.closed and not self.streams:

@@ -578,7 +578,9 @@ class Stream:
             self._response_done()
         else:
             self._send_head(Response(status, headers), True)
-        self.conn.flush()
+        if not self.conn.codec.multiplexed:
+            self.conn.flush()
+        # HTTP/2: the stream's end wrote it, or left it to the turn's one write (flush_soon).
 
     def _response_done(self) -> None:
         self.response_complete = True
