@@ -172,21 +172,27 @@ def _test_principal(test, facts) -> bool:
 _ABSENT = object()      # no value at the path (Envoy's default Value, KIND_NOT_SET)
 
 
-def _metadata(value):
-    """Envoy's MetadataMatcher on the stream's dynamic metadata: the value matcher tried on
-    the value at the filter's path (absent when a key is missing: no kind matches that,
-    present_match included), `invert` flipping the result."""
+def metadata_test(value):
+    """Envoy's MetadataMatcher (xds/rbac.py's) -> f(dynamic metadata or None) -> bool: the
+    value matcher tried on the value at the filter's path (absent when a key is missing: no
+    kind matches that, present_match included), `invert` flipping the result. RBAC's
+    principals and permissions use it, and ext_authz's filter_enabled_metadata."""
     name, path, invert = value["filter"], value["path"], value["invert"]
     test = _value_matcher(value["value"]) if value["value"] else None
     if test is None:
-        return lambda facts: invert
+        return lambda metadata: invert
 
-    def match(facts):
-        found = (facts.metadata or {}).get(name, _ABSENT)
+    def match(metadata):
+        found = (metadata or {}).get(name, _ABSENT)
         for key in path:
             found = found.get(key, _ABSENT) if isinstance(found, dict) else _ABSENT
         return test(found) != invert
     return match
+
+
+def _metadata(value):
+    test = metadata_test(value)
+    return lambda facts: test(facts.metadata)
 
 
 def _number(found) -> bool:

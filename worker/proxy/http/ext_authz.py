@@ -40,6 +40,7 @@ from google.protobuf import timestamp_pb2
 from . import grpc_call
 from .upstream_call import UpstreamCall
 from .filter import PAUSE, FilterFactory, LocalReply, StreamFilter, register
+from ..rbac_engine import metadata_test
 from .route_match import _string_matcher
 
 NAME = "envoy.filters.http.ext_authz"
@@ -460,18 +461,10 @@ def _matchers(specs):
 
 
 def _metadata_test(matcher: dict):
-    """xds/rbac.py's metadata matcher -> f(info) -> bool, over the stream's dynamic
-    metadata (a string value at a one-key path)."""
-    test = _string_matcher(matcher["value"]) if matcher["value"] else None
-    namespace, keys, invert = matcher["filter"], matcher["path"], matcher["invert"]
-
-    def matches(info) -> bool:
-        value = info.dynamic_metadata.get(namespace) if info.dynamic_metadata else None
-        for key in keys:
-            value = value.get(key) if isinstance(value, dict) else None
-        found = isinstance(value, str) and test is not None and test(value)
-        return found != invert
-    return matches
+    """xds/rbac.py's metadata matcher -> f(info) -> bool, over the stream's dynamic metadata
+    (RBAC's own MetadataMatcher: rbac_engine.metadata_test)."""
+    test = metadata_test(matcher)
+    return lambda info: test(info.dynamic_metadata)
 
 
 _UNSET = object()
