@@ -248,7 +248,7 @@ def test_a_failed_fork_pauses_the_slot_and_tries_again(monkeypatch):
 
     async def scenario():
         loop = asyncio.get_running_loop()
-        master = types.SimpleNamespace(loop=loop)
+        master = types.SimpleNamespace(loop=loop, snapshot={})
         table = WorkerTable(master, 1)
         slot = table.slots[0]
         monkeypatch.setattr("baton.supervisor.workers.preimport", lambda: None)
