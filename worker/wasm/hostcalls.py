@@ -84,7 +84,7 @@ def function(vm, module: str, name: str):
     def log(ctx, level, ptr, size):
         if host.log_enabled(level):
             return host.proxy_log(level, read(ctx, ptr, size))
-        vm._base(ctx, ptr + size)       # SDKs log every callback at debug: only check bounds
+        vm.bounds(ctx, ptr + size)       # SDKs log every callback at debug: only check bounds
         return abi.OK
 
     def http_call(ctx, cluster_ptr, cluster_size, headers_ptr, headers_size, body_ptr,
@@ -176,7 +176,7 @@ def _wasi(vm, name: str):
         pending = 0
         for ptr, size in struct.iter_unpack("<II", vectors):
             size = min(size, budget - written)
-            vm._base(ctx, ptr + size)               # EFAULT before any of it is read
+            vm.bounds(ctx, ptr + size)               # EFAULT before any of it is read
             if logging:
                 while size:
                     take = min(size, LOG_PIECE - pending)
@@ -207,7 +207,7 @@ def _wasi(vm, name: str):
         return 0
 
     def random_get(ctx, ptr, size):
-        vm._base(ctx, ptr + size)       # EFAULT before the bytes exist (a 64 KiB guest asked 64 MiB)
+        vm.bounds(ctx, ptr + size)       # EFAULT before the bytes exist (a 64 KiB guest asked 64 MiB)
         write(ctx, ptr, os.urandom(size))
         return 0
 

@@ -3,8 +3,10 @@
 wasmtime-py's public calls (Func.__call__, Linker.define_func) re-read the function type and
 box every value on each crossing (6-30 us); this adapter goes through wasmtime's *unchecked*
 C API instead (wasmtime_func_call_unchecked, wasmtime_linker_define_func_unchecked), with a
-raw value array reused per export, and reads guest memory through wasmtime_memory_data:
-1.5 us a call in, 3.6 us a hostcall (docs/wasm-plan.md 3.2). Those functions live in
+raw value array reused per export, and views guest memory as one ctypes array over
+wasmtime_memory_data (the memory never moves: reads and writes are slices, no foreign call):
+1.5 us a call in, 3.6 us a hostcall before that view (docs/wasm-plan.md 3.2; bench/RESULTS.md,
+"Wasm filter cost", for after). Those functions live in
 wasmtime-py's private `_bindings`, hence the pinned major version (pyproject.toml) and
 tests/unit/test_wasm_vm.py.
 
@@ -160,6 +162,9 @@ class Runtime:
         # No compile thread pool: the master validates modules before it forks workers,
         # and a pool's threads would not exist in the children.
         config.parallel_compilation = False
+        # A linear memory stays where it is (its 4 GiB reservation holds MAX_MEMORY; growing
+        # past it fails instead of moving it): a VM keeps one view of it (VM._refresh).
+        config.memory_may_move = False
         self.engine = wasmtime.Engine(config)
         self.modules: dict[str, object] = {}
         self._ticker = None
@@ -301,7 +306,7 @@ class VM:
             ctypes.cast(data, ctypes.c_void_p).value)
         self._trap = ctypes.POINTER(ffi.wasm_trap_t)()
         self._trap_ref = ctypes.byref(self._trap)
-        self._memory_base = None
+        self._view = None                 # the memory as a ctypes char array (_refresh)
         self._memory_end = 0
         self.abi_version = next((name for name in self.exports if name in ABI_VERSIONS), None)
         if self.abi_version is None:
@@ -378,36 +383,44 @@ class VM:
         self._set_deadline(ctx, left)
 
     # -- guest memory ---------------------------------------------------------------------------
-    def _base(self, ctx, end: int) -> int:
-        """The memory's address, if `end` is inside it. Known for the length of a hostcall:
-        only guest code moves or grows memory, so a hostcall's entry and its calls of the
-        allocator forget it (`_memory_base = None`)."""
-        base = self._memory_base
-        if base is None or end > self._memory_end:
-            self._memory_end = self._memory_size(ctx, self._memory)
-            base = self._memory_base = self._memory_data(ctx, self._memory)
+    def _refresh(self, ctx) -> None:
+        """View the memory as it is now. It never moves (Runtime) and only grows, so a view
+        stays right for what it covers; a pointer past its end asks again (the guest may
+        have grown the memory since)."""
+        self._memory_end = end = self._memory_size(ctx, self._memory)
+        self._view = (ctypes.c_char * end).from_address(self._memory_data(ctx, self._memory))
+
+    def bounds(self, ctx, end: int) -> None:
+        """IndexError (INVALID_MEMORY_ACCESS, EFAULT) unless [.., end) is in the memory."""
+        if end > self._memory_end:
+            self._refresh(ctx)
             if end > self._memory_end:
                 raise IndexError
-        return base
 
     def memory_size(self, ctx) -> int:
-        self._base(ctx, 0)
+        self._refresh(ctx)
         return self._memory_end
 
+    # Slices of the view: no foreign call (string_at and memmove were one each, 0.3-0.5 us).
     def read(self, ctx, ptr: int, size: int) -> bytes:
         if not size:
             return b""
-        return ctypes.string_at(self._base(ctx, ptr + size) + ptr, size)
+        end = ptr + size
+        if end > self._memory_end:
+            self.bounds(ctx, end)
+        return self._view[ptr:end]
 
     def write(self, ctx, ptr: int, data: bytes) -> None:
-        ctypes.memmove(self._base(ctx, ptr + len(data)) + ptr, data, len(data))
+        end = ptr + len(data)
+        if end > self._memory_end:
+            self.bounds(ctx, end)
+        self._view[ptr:end] = data
 
     def give(self, ctx, data: bytes, ptr_ptr: int, size_ptr: int) -> None:
         """Copy `data` into memory the guest allocates, and tell it where and how long."""
         address = 0
         if data:
             address = self._invoke(ctx, self._malloc_entry, (len(data),))
-            self._memory_base = None        # the allocator may have grown memory
             if not address:
                 raise MemoryError("the guest's allocator returned 0")
             self.write(ctx, address, data)
@@ -426,27 +439,28 @@ class VM:
         # A pointer outside memory: WASI's EFAULT, proxy-wasm's INVALID_MEMORY_ACCESS.
         fault = hostcalls.EFAULT if imp.module in hostcalls.WASI_MODULES else \
             abi.INVALID_MEMORY_ACCESS
-        wide = [str(p) == "i64" for p in imp.type.params]
-        count = len(wide)
+        # The arguments in one read of the raw value array (16 bytes a value): an i32 as
+        # unsigned, an i64 signed, as the hostcalls take them.
+        params = [str(p) for p in imp.type.params]
+        unpack = struct.Struct("<" + "".join("q8x" if p == "i64" else "I12x"
+                                             for p in params)).unpack
+        size = 16 * len(params)
+        string_at = ctypes.string_at
         returns = bool(imp.type.results)
         vm = self
-        caller_context = ffi._wasmtime_caller_context
         ticks = self._ticks
 
         def callback(env, caller, values, nvalues):
             entered = ticks[0]
             try:
-                ctx = caller_context(caller)
-                vm._memory_base = None      # the guest ran since: memory may have moved
-                args = [values[i].i64 if wide[i] else values[i].i32 & 0xFFFFFFFF
-                        for i in range(count)]
+                ctx = vm.ctx                # the caller's context is its store's, the VM's
                 try:
-                    result = function(ctx, *args)
+                    result = function(ctx, *unpack(string_at(values, size))) if size else \
+                        function(ctx)
                 except IndexError:
                     result = fault
                 if returns:
-                    values[0].i64 = 0
-                    values[0].i32 = result or 0
+                    values[0].i64 = result or 0     # zero-extended: the i32 is its low half
                 if ticks[0] != entered:
                     vm._give_back(ctx, entered)
                 return 0
