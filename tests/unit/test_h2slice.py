@@ -173,3 +173,33 @@ def test_a_codec_with_a_turn_budget_answers_as_one_without(fields, trailer_field
     whole = _conversation(LeanHttp2ServerCodec(), data)
     sliced = _conversation(LeanHttp2ServerCodec(frames_per_turn=budget), data)
     assert sliced == whole
+
+
+def test_a_string_literal_over_65536_bytes_is_refused_after_the_fields_before_it():
+    """Envoy 1.40 (nghttp2) answers GOAWAY(COMPRESSION_ERROR) to a 65,537-byte literal and
+    takes a 65,536-byte one; per string, not per field."""
+    encoder = Encoder()
+    ok = encoder.encode([(b"x-a", b"1"), (b"x-big", b"v" * 65536)], huffman=False)
+    assert sliced_decode(Decoder(), ok, [10]) == [(b"x-a", b"1"), (b"x-big", b"v" * 65536)]
+    pair = Encoder().encode([(b"n" * 40000, b"v" * 40000)], huffman=False)
+    assert sliced_decode(Decoder(), pair, [10]) == [(b"n" * 40000, b"v" * 40000)]
+    too_long = Encoder().encode([(b"x-a", b"1"), (b"x-big", b"v" * 65537)], huffman=False)
+    decoder = Decoder()
+    sliced = SlicedBlock(too_long, CAP, 1, True, False, None)
+    sliced.step(decoder, 10)
+    assert sliced.fields == [(b"x-a", b"1")]      # decoded first, as decode() would
+    with pytest.raises(HPACKDecodingError):
+        sliced.step(decoder, 10)
+
+
+def test_the_codec_ends_the_connection_on_a_string_literal_over_65536_bytes():
+    for size, closed in ((65536, False), (65537, True)):
+        codec = LeanHttp2ServerCodec(frames_per_turn=64)
+        block = Encoder().encode([(b":method", b"GET"), (b":scheme", b"http"),
+                                  (b":authority", b"a"), (b":path", b"/"),
+                                  (b"x-big", b"v" * size)], huffman=False)
+        events, out = _conversation(codec, _block_frames(1, block, True))
+        goaway = _frame(7, 0, 0, struct.pack(">LL", 0, 9))      # COMPRESSION_ERROR
+        assert codec.closed == closed and (goaway in out) == closed, (size, events)
+        if not closed:
+            assert events[0][0] == "ProtocolError" and "431" in events[0]     # too large

@@ -17,6 +17,11 @@ Rules of this file:
   Errors are the library's own exceptions, so the codec answers as for a whole block.
 - A malformed representation (truncated integer or string) ends the slice at the block's
   end: the library then decodes up to it and raises its own error.
+- A string literal longer than 65,536 bytes on the wire is a decoding error (the connection's
+  COMPRESSION_ERROR), as in Envoy 1.40 (nghttp2's NGHTTP2_HD_MAX_NV, per string: a 65,537-byte
+  value is GOAWAY(COMPRESSION_ERROR), a 65,536-byte one or a 40,000-byte name with a
+  40,000-byte value only too large; probed on this machine). It also bounds what the one
+  indivisible field can cost: ~8 ms of Huffman decoding at most, not the whole block's.
 - Cost, in field units (about 2 us each): 1 a field, 1 more per 16 Huffman-coded bytes.
   A slice takes fields until it has spent `allowance`, and always at least one field (a
   single field is not divisible: its cost is bounded only by the block's size).
@@ -29,6 +34,11 @@ from hpack.exceptions import HPACKDecodingError
 __all__ = ["SlicedBlock", "slice_end"]
 
 _HUFFMAN_BYTES_PER_FIELD = 16       # Huffman bytes that cost about as much as one field
+MAX_STRING = 65536                  # the longest string literal taken (see the rules above)
+
+
+class _TooLong(Exception):
+    pass
 
 
 def _skip_int(block: bytes, pos: int, mask: int) -> int:
@@ -55,6 +65,8 @@ def _string(block: bytes, pos: int) -> tuple[int, int]:
             shift += 7
             if not byte & 0x80:
                 break
+    if length > MAX_STRING:
+        raise _TooLong
     end = pos + length
     if end > len(block):
         raise IndexError
@@ -71,6 +83,7 @@ def slice_end(block: bytes, pos: int, allowance: int, fields_before: bool) -> tu
     seen = fields_before
     try:
         while pos < size:
+            field = pos
             first = block[pos]
             if first & 0x80:                    # indexed field: 1xxxxxxx
                 pos = _skip_int(block, pos, 0x7F)
@@ -102,6 +115,10 @@ def slice_end(block: bytes, pos: int, allowance: int, fields_before: bool) -> tu
                 break
     except IndexError:
         return size, cost + 1       # malformed: the library decodes to it and raises
+    except _TooLong:
+        if field > start:
+            return field, cost      # refused once the fields before it are decoded
+        raise HPACKDecodingError(f"a string literal longer than {MAX_STRING} bytes") from None
     return pos, cost
 
 
