@@ -1,8 +1,9 @@
 """worker/wasm/vm.py and plugin.py on WAT modules (text here and in tests/fixtures/wasm/;
 wasmtime compiles it, no toolchain): the calls through wasmtime's unchecked C API (the
-private _bindings the pinned major version is for), bounds-checked guest memory, every
-import linked (unknown ones UNIMPLEMENTED / ENOSYS), traps failing the VM, the epoch
-deadline stopping a spinning guest, the ABI marker, start failures."""
+private _bindings the pinned major version is for), bounds-checked guest memory, Envoy's
+imports linked (those not implemented UNIMPLEMENTED / ENOSYS) and any other refused, traps
+failing the VM, the epoch deadline stopping a spinning guest (guest time only), the ABI
+marker, start failures and their cleanup, what a hostcall may make the host allocate."""
 
 from __future__ import annotations
 

@@ -61,6 +61,9 @@ MAX_TABLES = 8
 ABI_VERSIONS = ("proxy_abi_version_0_2_0", "proxy_abi_version_0_2_1")
 
 _U32 = struct.Struct("<I")
+# wasmtime_func_unchecked_callback_t (env, caller, values, count) -> trap, all as addresses.
+_CALLBACK = ctypes.CFUNCTYPE(ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
+                             ctypes.c_void_p, ctypes.c_size_t)
 
 
 class WasmError(Exception):
@@ -455,6 +458,7 @@ class VM:
                                              for p in params)).unpack
         size = 16 * len(params)
         string_at = ctypes.string_at
+        result_at = ctypes.c_int64.from_address
         returns = bool(imp.type.results)
         vm = self
         ticks = self._ticks
@@ -468,8 +472,8 @@ class VM:
                         function(ctx)
                 except IndexError:
                     result = fault
-                if returns:
-                    values[0].i64 = result or 0     # zero-extended: the i32 is its low half
+                if returns:                 # zero-extended: the i32 is its low half
+                    result_at(values).value = result or 0
                 if ticks[0] != entered:
                     vm._give_back(ctx, entered)
                 return 0
@@ -478,12 +482,14 @@ class VM:
                 trap = wasmtime.Trap(f"host {imp.name}: {exc}")
                 return ctypes.cast(trap._consume(), ctypes.c_void_p).value or 0
 
-        raw = ffi.wasmtime_func_unchecked_callback_t(callback)
+        # Its arguments as plain addresses: ctypes makes no pointer objects for them.
+        raw = _CALLBACK(callback)
         self._keep.append(raw)
         module, name = imp.module.encode(), imp.name.encode()
         error = ffi.wasmtime_linker_define_func_unchecked(
             linker.ptr(), ctypes.create_string_buffer(module), len(module),
-            ctypes.create_string_buffer(name), len(name), imp.type.ptr(), raw, None,
+            ctypes.create_string_buffer(name), len(name), imp.type.ptr(),
+            ctypes.cast(raw, ffi.wasmtime_func_unchecked_callback_t), None,
             ctypes.CFUNCTYPE(None, ctypes.c_void_p)(0))
         if error:
             raise WasmError(f"cannot link {imp.module}.{imp.name}: "
