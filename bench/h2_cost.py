@@ -75,27 +75,35 @@ def make_rig(loop, chain: str | None):
 H1_REQUEST = (b"GET / HTTP/1.1\r\nHost: 127.0.0.1:10000\r\n\r\n")     # as wrk sends it
 
 
-def rig_run(batches: int, chain: str | None = None, protocol: str = "h2") -> float:
-    """CPU seconds for batches x 10 requests through the in-process rig."""
-    from hpack import Encoder
+def idle_upstreams(rig, streams: int = 10) -> list:
+    """Idle keep-alive upstream connections in the rig's pools, enough for `streams` at once
+    on each host (the Rig makes one a host); also used by tests/unit/test_h2_write_batching.py."""
     from tests.unit.test_http_express import FakeTransport
 
     from baton.worker.proxy.http.pool import UpstreamConnection
 
-    loop = asyncio.new_event_loop()
-    rig = make_rig(loop, chain)
-    if protocol == "h1":
-        return _h1_run(loop, rig, batches)
-    ups = list(rig.upstreams.values())
-    for host in rig.cluster.hosts:           # enough idle upstream connections for 10 streams
+    made = []
+    for host in rig.cluster.hosts:
         pool = rig.worker.http_pools.get(rig.cluster, host)
-        for _ in range(10):
+        for _ in range(streams):
             conn = UpstreamConnection(pool)
             conn.connection_made(FakeTransport())
             rig.cluster.active += 1
             host.active += 1
             pool.idle.append(conn)
-            ups.append(conn)
+            made.append(conn)
+    return made
+
+
+def rig_run(batches: int, chain: str | None = None, protocol: str = "h2") -> float:
+    """CPU seconds for batches x 10 requests through the in-process rig."""
+    from hpack import Encoder
+
+    loop = asyncio.new_event_loop()
+    rig = make_rig(loop, chain)
+    if protocol == "h1":
+        return _h1_run(loop, rig, batches)
+    ups = list(rig.upstreams.values()) + idle_upstreams(rig)
     encoder = Encoder()
     fields = [(":method", "GET"), (":scheme", "http"), (":authority", "127.0.0.1:10000"),
               (":path", "/"), ("user-agent", "h2load nghttp2/1.52.0")]

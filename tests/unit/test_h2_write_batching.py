@@ -6,13 +6,20 @@ local replies of one turn; past the write buffer's limit, at once."""
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import struct
+from pathlib import Path
 
 import pytest
 from hpack import Decoder, Encoder
 
-from baton.worker.proxy.http.pool import UpstreamConnection
-from tests.unit.test_http_express import FakeTransport, Rig
+from tests.unit.test_http_express import Rig
+
+# bench/h2_cost.py's rig helpers (bench/ is not a package).
+_spec = importlib.util.spec_from_file_location(
+    "h2_cost", Path(__file__).resolve().parents[2] / "bench" / "h2_cost.py")
+h2_cost = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(h2_cost)
 
 RESPONSE = (b"HTTP/1.1 200 OK\r\nContent-Length: 64\r\nConnection: keep-alive\r\n\r\n"
             + b"x" * 64)
@@ -39,17 +46,7 @@ def statuses(data: bytes, decoder: Decoder) -> list:
 def rig(tmp_path):
     loop = asyncio.new_event_loop()
     rig = Rig(tmp_path, loop)
-    ups = list(rig.upstreams.values())
-    for host in rig.cluster.hosts:            # an idle upstream connection per stream
-        pool = rig.worker.http_pools.get(rig.cluster, host)
-        for _ in range(10):
-            conn = UpstreamConnection(pool)
-            conn.connection_made(FakeTransport())
-            rig.cluster.active += 1
-            host.active += 1
-            pool.idle.append(conn)
-            ups.append(conn)
-    rig.ups = ups
+    rig.ups = list(rig.upstreams.values()) + h2_cost.idle_upstreams(rig)   # one per stream
     rig.loop = loop
     rig.decoder = Decoder()
     rig.conn.data_received(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + frame(4, 0, 0))
