@@ -93,8 +93,11 @@ def test_a_table_size_update_after_a_field_is_refused_in_a_later_slice():
         sliced.step(decoder, 1)
     assert decoder.header_table.maxsize == 4096
     start = SlicedBlock(b"\x3f\x01\x82", CAP, 1, True, False, None)     # at the start: fine
-    start.step(Decoder(), 1)
+    fresh = Decoder()
+    start.step(fresh, 1)            # the update (charged as a field)
+    start.step(fresh, 1)
     assert start.done and start.fields == [(b":method", b"GET")]
+    assert fresh.header_table.maxsize == 32
 
 
 def test_the_decoded_size_cap_counts_the_whole_block():
@@ -115,6 +118,21 @@ def test_a_slice_ends_on_a_field_boundary_and_takes_one_field_at_least():
         ends.append(pos)
     assert len(ends) == 3 and ends[-1] == len(block)
     assert slice_end(block, 0, 100, False) == (len(block), 3)
+
+
+def test_table_size_updates_are_charged_like_fields():
+    """Updates are legal until the first field, so a block may be almost all of them: each
+    is paid for, and such a block is decoded over many slices (it was one)."""
+    block = b"\x20" * 10_000 + b"\x82"       # size 0, ten thousand times, then :method GET
+    assert slice_end(block, 0, 64, False) == (64, 64)
+    decoder = Decoder()
+    sliced = SlicedBlock(block, CAP, 1, True, False, None)
+    steps = 0
+    while not sliced.done:
+        sliced.step(decoder, 64)
+        steps += 1
+    assert steps >= 10_000 // 64 and sliced.fields == [(b":method", b"GET")]
+    assert sliced.fields == Decoder().decode(block, raw=True)
 
 
 # -- through the codec: a connection with a turn budget (big blocks in slices) answers as one
