@@ -108,3 +108,24 @@ def test_local_replies_go_out_in_one_write_a_turn(rig):
         [(1 + 2 * i, "431") for i in range(10)]
     assert all(writes <= 1 for writes, _ in turns), turns
     assert max(len(answered) for _, answered in turns) >= 2, turns
+
+
+def test_a_move_waiting_for_the_connection_goes_on_once_the_turn_wrote_its_bytes(rig):
+    """The last stream ended (its bytes wait for the end of the turn) when the reload asked to
+    hold the connection: not movable yet, with bytes unsent. Once the turn wrote them, the
+    move is told at once; it waited for new streams to time out (h2move.HOLD_LIMIT) and
+    drained the connection instead (found in review)."""
+    from baton.worker.proxy.http import h2move
+    encoder = Encoder()
+    rig.conn.data_received(frame(1, 5, 1, encoder.encode(GET)))
+    rig.down.written.clear()
+    busy = [up for up in rig.ups if up.streams]
+    busy[0].data_received(RESPONSE)
+    assert rig.conn.flush_handle is not None
+    rig.worker.handoff_accepts = {h2move.RECORD}
+    rig.conn.listener.spec = {}
+    fired = []
+    rig.conn.hold_when_idle(fired.append)
+    assert not fired
+    end_of_turn(rig.loop)
+    assert rig.down.written and fired == [rig.conn]

@@ -426,6 +426,10 @@ class HttpConnection(asyncio.Protocol, HttpConnectionMoves, Connection):
     def _flush_turn(self) -> None:
         self.flush_handle = None
         self.flush()
+        if self.on_idle is not None and not self.closed and self._ready_to_move():
+            # A move waits for this connection (hold_when_idle): what kept it from moving
+            # may have been these very bytes, unsent while the last stream ended.
+            self._held()
 
     def mark_dirty(self) -> None:
         """Bytes are queued in the codec: written when the current batch of upstream events
