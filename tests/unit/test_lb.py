@@ -239,6 +239,13 @@ def test_cluster_defaults_and_stat_names():
     assert c.pick() is c.hosts[0]
 
 
+def test_an_original_dst_cluster_picks_no_host_without_a_downstream():
+    # A Wasm callout to Istio's PassthroughCluster raised AttributeError in the hostcall
+    # (the balancer is None), which trapped the guest and failed its VM for good.
+    c = Cluster(spec("PassthroughCluster", type="ORIGINAL_DST", lb_policy="CLUSTER_PROVIDED"))
+    assert c.balancer is None and c.pick() is None
+
+
 def test_cluster_policy_and_limits_from_spec():
     c = Cluster(spec("x", ep("a", 1, 3), ep("b", 2), lb_policy="LEAST_REQUEST",
                      connect_timeout=0.25, max_connections=7))

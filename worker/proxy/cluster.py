@@ -271,6 +271,11 @@ class Cluster:
 
     def pick(self, exclude=(), hash_key=None):
         balancer = self.balancer
+        if balancer is None:
+            # ORIGINAL_DST: only a downstream connection names the host (router, tcp_proxy);
+            # a call with none (a Wasm callout, ext_authz) finds no host, as Envoy's
+            # AsyncClient does ("no healthy upstream").
+            return None
         if balancer.panic and self.counters is not None:
             counters = self.counters
             counters[self._panic_stat] = counters.get(self._panic_stat, 0) + 1
