@@ -346,3 +346,18 @@ def test_a_guest_looping_through_hostcalls_is_still_stopped(monkeypatch):
     with pytest.raises(Trapped, match="interrupt"):
         run_request(config(code))
     assert time.monotonic() - started < 3.0
+
+
+def test_guest_memory_is_read_and_written_in_place_within_bounds():
+    # The VM views its memory as one char array (it never moves): bytes-like data is
+    # written, and a range past the end is an IndexError (INVALID_MEMORY_ACCESS / EFAULT).
+    machine = plugin._new_vm(config(module("(i32.const 0)")), Stats(), {})
+    machine.write(machine.ctx, 10, bytearray(b"abc"))
+    machine.write(machine.ctx, 20, memoryview(b"xyz"))
+    assert machine.read(machine.ctx, 10, 3) + machine.read(machine.ctx, 20, 3) == b"abcxyz"
+    assert machine.read(machine.ctx, 65536, 0) == b""
+    for bad in (lambda: machine.read(machine.ctx, 65535, 2),
+                lambda: machine.write(machine.ctx, 65535, b"ab")):
+        with pytest.raises(IndexError):
+            bad()
+    machine.close()

@@ -426,7 +426,10 @@ class VM:
         end = ptr + len(data)
         if end > self._memory_end:
             self.bounds(ctx, end)
-        self._view[ptr:end] = data
+        try:
+            self._view[ptr:end] = data
+        except TypeError:               # a char array takes bytes only (not bytearray, str)
+            self._view[ptr:end] = bytes(data)
 
     def give(self, ctx, data: bytes, ptr_ptr: int, size_ptr: int) -> None:
         """Copy `data` into memory the guest allocates, and tell it where and how long."""
