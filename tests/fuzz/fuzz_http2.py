@@ -38,8 +38,9 @@ ROOT = os.path.dirname(os.path.dirname(HERE))
 if os.path.dirname(ROOT) not in sys.path:       # the repo root is the package `baton`
     sys.path.insert(0, os.path.dirname(ROOT))
 
-from baton.worker.codecs.events import (Body, GoAway, ProtocolError, RequestHead,  # noqa: E402
-                                        ResponseHead, StreamReset, Trailers, WindowOpen)
+from baton.worker.codecs.events import (Body, GoAway, HeadersRefused,  # noqa: E402
+                                        ProtocolError, RequestHead, ResponseHead, StreamReset,
+                                        Trailers, WindowOpen)
 from baton.worker.codecs.http2 import (H2_PREFACE,  # noqa: E402
                                        Http2ClientCodec, Http2ServerCodec, StreamUnavailable)
 from baton.tests.reference.h2lib_server import H2LibServerCodec  # noqa: E402
@@ -50,7 +51,7 @@ CHUNK_SEP = b"\x00CHUNK\x00"
 SERVER_CODECS = (Http2ServerCodec, H2LibServerCodec)
 server_codec = Http2ServerCodec      # which one new_codec() makes (--h2lib: H2LibServerCodec)
 EVENTS = (RequestHead, ResponseHead, Body, Trailers, StreamReset, GoAway, WindowOpen,
-          ProtocolError)
+          ProtocolError, HeadersRefused)
 
 # -- the system under test, driven the same way by the fuzzer and by the regression test --------
 

@@ -243,7 +243,7 @@ def settings_window_flood(port: int, streams: int = 1000, frames: int = 2000, ba
 def header_block_flood(port: int, requests: int = 200, fields: int = 5000, batch: int = 8,
                        deadline_s: float = 20.0) -> Outcome:
     """Requests of `fields` header fields each (about 190 KB decoded, over the 60 KiB limit:
-    each is answered 431 and the connection lives on), `batch` per write, as HEADERS and
+    each stream is reset and the connection lives on), `batch` per write, as HEADERS and
     CONTINUATION frames; literals without indexing, so the same block serves every stream."""
     out = Outcome("header blocks of many fields", connections=1)
     start = time.monotonic()

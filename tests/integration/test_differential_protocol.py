@@ -330,6 +330,43 @@ def test_curl_http2_direct_response(pair):
     differential(pair, run, lambda obs: check(obs["version"] == "HTTP/2" and obs["body"] == "direct\n", obs))
 
 
+@pytest.mark.parametrize("extra", [[("x-h%d" % i, "v") for i in range(150)],      # > 100 fields
+                                   [("x-big%d" % i, "v" * 1000) for i in range(70)]],  # > 60 KiB
+                         ids=["too-many", "too-large"])
+def test_http2_headers_over_the_limits_reset_the_stream_and_the_connection_lives(pair, extra):
+    """HTTP/2 (HTTP/1.1 answers 431): Envoy 1.40 resets the stream, INTERNAL_ERROR, counts
+    http2.header_overflow or header_list_size_too_large, and serves the next stream."""
+    import socket
+
+    import h2.config
+    import h2.connection
+    import h2.events
+
+    def run(target):
+        with socket.create_connection(("127.0.0.1", target.port), timeout=10) as sock:
+            conn = h2.connection.H2Connection(h2.config.H2Configuration(header_encoding="utf-8"))
+            conn.initiate_connection()
+            base = [(":method", "GET"), (":scheme", "http"), (":authority", "x"),
+                    (":path", "/direct")]
+            conn.send_headers(1, base + extra, end_stream=True)
+            conn.send_headers(3, base, end_stream=True)
+            sock.sendall(conn.data_to_send())
+            seen = {}
+            while len(seen) < 2:
+                data = sock.recv(65536)
+                if not data:
+                    seen["closed"] = True
+                    break
+                for event in conn.receive_data(data):
+                    if isinstance(event, h2.events.ResponseReceived):
+                        seen[event.stream_id] = dict(event.headers)[":status"]
+                    elif isinstance(event, h2.events.StreamReset):
+                        seen[event.stream_id] = f"reset {int(event.error_code)}"
+                sock.sendall(conn.data_to_send())
+        return seen
+    differential(pair, run, lambda obs: check(obs == {1: "reset 2", 3: "200"}, obs))
+
+
 # ---- where llhttp and Envoy 1.40 part ways (issue 13) ----
 
 @pytest.mark.parametrize("codings", ["identity, chunked", "gzip, chunked", "chunked, chunked",

@@ -59,6 +59,16 @@ class Body:
         return f"Body({self.stream_id}, {len(self.data)} bytes, end={self.end_stream})"
 
 
+class HeadersRefused:
+    """HTTP/2: a request's headers were over the limits (`stat`: the codec stat that counts
+    it); the codec has reset its stream and nothing of it reaches the manager but this."""
+    __slots__ = ("stream_id", "stat")
+
+    def __init__(self, stream_id: int, stat: str):
+        self.stream_id = stream_id
+        self.stat = stat
+
+
 class Trailers:
     """Trailing headers; always end the stream."""
     __slots__ = ("stream_id", "headers")

@@ -218,8 +218,10 @@ class RequestAnalysis:
         too_large = None
         size = self.size
         if size > max_header_bytes or self.count > max_headers:
+            # Envoy's codec counts the fields as they come: with small fields the count limit
+            # is crossed first (http2.header_overflow), so it is named first.
             too_large = "request headers " + \
-                ("too large" if size > max_header_bytes else "too many")
+                ("too many" if self.count > max_headers else "too large")
         items = self.items
         if self.cookies is not None:
             items[items.index(None)] = ("cookie", b"; ".join(self.cookies).decode("latin-1"))

@@ -43,8 +43,12 @@ INBOUND_EMPTY_FRAMES_FLOOD = "http2.inbound_empty_frames_flood"
 INBOUND_PRIORITY_FRAMES_FLOOD = "http2.inbound_priority_frames_flood"
 INBOUND_WINDOW_UPDATE_FRAMES_FLOOD = "http2.inbound_window_update_frames_flood"
 TOO_MANY_PREMATURE_RESETS = "downstream_rq_too_many_premature_resets"
+# A request over max_headers_count / max_request_headers_kb: its stream is reset.
+HEADER_OVERFLOW = "http2.header_overflow"
+HEADER_LIST_SIZE_TOO_LARGE = "http2.header_list_size_too_large"
 CODEC_STATS = (OUTBOUND_FLOOD, OUTBOUND_CONTROL_FLOOD, INBOUND_EMPTY_FRAMES_FLOOD,
-               INBOUND_PRIORITY_FRAMES_FLOOD, INBOUND_WINDOW_UPDATE_FRAMES_FLOOD)
+               INBOUND_PRIORITY_FRAMES_FLOOD, INBOUND_WINDOW_UPDATE_FRAMES_FLOOD,
+               HEADER_OVERFLOW, HEADER_LIST_SIZE_TOO_LARGE)
 
 # Envoy 1.40's defaults (Http2ProtocolOptions; runtime overload.premature_reset_*).
 ENVOY_DEFAULTS = {

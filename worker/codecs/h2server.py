@@ -68,8 +68,8 @@ from collections import OrderedDict
 from hpack import Decoder
 from hpack.exceptions import HPACKError, OversizedHeaderListError
 
-from .events import (Body, GoAway, ProtocolError, RequestHead, StreamReset, Trailers,
-                     WindowOpen)
+from .events import (Body, GoAway, HeadersRefused, ProtocolError, RequestHead, StreamReset,
+                     Trailers, WindowOpen)
 from .h2encode import STATUS_FIELD, encode_block, encode_field
 from .h2fields import RequestAnalysis, TrailersAnalysis, _trailers, analyze_request
 from .h2frames import (CANCEL, COMPRESSION_ERROR, CONTINUATION, DATA, ENHANCE_YOUR_CALM,
@@ -81,7 +81,7 @@ from .h2frames import (CANCEL, COMPRESSION_ERROR, CONTINUATION, DATA, ENHANCE_YO
                        SETTINGS, STREAM_CLOSED, WINDOW_UPDATE, _DEFAULT_FRAME_SIZE,
                        _DEFAULT_WINDOW, _GOAWAY, _MAX_STREAM_ID, _MAX_WINDOW, _SETTING, _U32,
                        _frame, _head_pack, _head_unpack)
-from .h2limits import Flood, FloodGuard
+from .h2limits import HEADER_LIST_SIZE_TOO_LARGE, HEADER_OVERFLOW, Flood, FloodGuard
 from .h2movestate import H2MoveState
 from .h2slice import SlicedBlock
 from .message import Headers, Request, Response
@@ -123,7 +123,7 @@ class _ConnError(Exception):
 
 class _Stream:
     __slots__ = ("local_closed", "remote_closed", "held", "end_held", "trailers_held",
-                 "rejected", "send_window", "recv_window", "returned", "expected", "received",
+                 "send_window", "recv_window", "returned", "expected", "received",
                  "opened_at", "answered")
 
     def __init__(self, send_window: int, recv_window: int, opened_at: float = 0.0):
@@ -132,7 +132,6 @@ class _Stream:
         self.held: bytearray | None = None   # body bytes waiting for window
         self.end_held = False
         self.trailers_held: bytes | None = None   # encoded trailers, after the held bytes
-        self.rejected = False         # 431: the manager answers; the request body is dropped
         self.send_window = send_window
         self.recv_window = recv_window
         self.returned = 0             # bytes returned but not yet announced (WINDOW_UPDATE)
@@ -736,11 +735,6 @@ class LeanHttp2ServerCodec(H2MoveState):
             self._stream_error(stream_id, FLOW_CONTROL_ERROR)
             return
         size = len(data)
-        if state.rejected:
-            self._give_back(stream_id, flow)
-            if end:
-                self._remote_end(stream_id, state)
-            return
         if state.expected >= 0:
             state.received += size
             if state.received > state.expected or (end and state.received != state.expected):
@@ -929,10 +923,16 @@ class LeanHttp2ServerCodec(H2MoveState):
         state = _Stream(self._peer_stream_window, self._local_stream_window, opened_at)
         state.remote_closed = end
         if too_large is not None:
-            # The manager answers 431 on this stream; the connection carries on.
-            state.rejected = True
-            head = ProtocolError(too_large, 431, stream_id)
-        elif connect:
+            # Over max_headers_count or max_request_headers_kb: Envoy 1.40's HTTP/2 codec
+            # resets the stream (INTERNAL_ERROR; http2.header_overflow or
+            # header_list_size_too_large) and the connection carries on (measured against
+            # Envoy; HTTP/1.1 answers 431). The stream counts as one reset early.
+            self._streams[stream_id] = state
+            self._events.append(HeadersRefused(stream_id, HEADER_LIST_SIZE_TOO_LARGE
+                                               if too_large.endswith("large") else HEADER_OVERFLOW))
+            self._stream_error(stream_id, INTERNAL_ERROR)
+            return
+        if connect:
             # As in HTTP/1.1, a CONNECT's target is its authority.
             head = RequestHead(stream_id, Request(method, authority, authority,
                                                   Headers(list(items)), "", "2"),
@@ -948,12 +948,6 @@ class LeanHttp2ServerCodec(H2MoveState):
 
     def _on_trailers(self, stream_id: int, state: _Stream, fields, end: bool,
                      checked=None) -> None:
-        if state.rejected:
-            if end:
-                self._remote_end(stream_id, state)
-            else:
-                self._stream_error(stream_id, PROTOCOL_ERROR)
-            return
         if not end:
             self._invalid_message(stream_id)    # trailers must end the stream
             return

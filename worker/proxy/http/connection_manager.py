@@ -21,7 +21,8 @@ import logging
 import time
 from collections import deque
 
-from ...codecs.events import Body, ProtocolError, RequestHead, StreamReset, Trailers, WindowOpen
+from ...codecs.events import (Body, HeadersRefused, ProtocolError, RequestHead, StreamReset,
+                              Trailers, WindowOpen)
 from ...codecs.h2limits import TOO_MANY_PREMATURE_RESETS
 from ...codecs.http1 import Http1ServerCodec
 from ...connection import Connection, Lifecycle, register
@@ -254,6 +255,15 @@ class HttpConnection(asyncio.Protocol, HttpConnectionMoves, Connection):
                 stream.reset("downstream reset")
         elif kind is ProtocolError:
             self._on_protocol_error(event)
+        elif kind is HeadersRefused:
+            # Its stream was reset by the codec: a request that was never served, as Envoy
+            # counts it (downstream_rq_total and _http2_total, a reset, the codec's stat).
+            counters = self.worker.stats.counters
+            hcm = self.hcm
+            counters[event.stat] += 1
+            counters[hcm.stat_rq_total] += 1
+            counters[hcm.stat_rq_http2_total] += 1
+            counters[hcm.stat_rq_rx_reset] += 1
         elif kind is WindowOpen:
             # The codec flushed what the window allows on this stream: if it was held for
             # it, it may read again. (Only this stream: a walk of every stream per event made
