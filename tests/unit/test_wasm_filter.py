@@ -124,3 +124,64 @@ def test_a_plugin_no_config_uses_is_freed_with_its_vm():
     assert machine() is None
     assert not any(key[0][0] == "unit-freed" for key in plugin._roots.keys())
     assert runtime._users == users - 1
+
+
+def test_plugins_sharing_a_vm_each_answer_their_own_callouts(monkeypatch):
+    """Two plugins in one VM (same vm_id and code, other names): each root's proxy_http_call
+    goes to its own plugin, and still does once the other plugin is freed. One caller per VM
+    sent every callout to the newest plugin, and answered INTERNAL_FAILURE once it was gone."""
+    import gc
+
+    from baton.worker.wasm import abi, plugin
+    from baton.worker.wasm.maps import serialize_pairs
+
+    class Worker:
+        node, loop, clusters = {}, None, {"c": object()}
+    seen = []
+    monkeypatch.setattr(plugin.PluginRoot, "http_call", lambda self, root, *rest: (
+        seen.append((self.plugin.name, root.id)), (abi.OK, 7))[1])
+    code = wasmtime.wat2wasm(PAUSING)
+
+    def config(name):
+        return {"name": name, "root_id": "", "vm_id": "unit-shared", "configuration": b"x",
+                "vm_config": b"", "code": code, "sha256": hashlib.sha256(code).hexdigest(),
+                "environment": {}, "fail_open": False}
+    a = plugin.plugin_root(config("A"), None, {}, Worker())
+    b = plugin.plugin_root(config("B"), None, {}, Worker())
+    assert a.vm is b.vm
+    request = serialize_pairs([(b":method", b"GET"), (b":path", b"/"), (b":authority", b"x")])
+    for root in (a.root, b.root):
+        a.host.current = root
+        assert a.host.http_call(b"c", request, b"", serialize_pairs([]), 0) == (abi.OK, 7)
+    assert seen == [("A", a.root.id), ("B", b.root.id)]
+    del b
+    gc.collect()
+    a.host.current = a.root
+    assert a.host.http_call(b"c", request, b"", serialize_pairs([]), 0) == (abi.OK, 7)
+    assert seen[-1] == ("A", a.root.id)
+
+
+def test_a_callout_our_side_fails_to_start_is_a_failure_not_a_trap(monkeypatch):
+    """An exception in the host while it starts a callout (a fault of Baton's) answers
+    INTERNAL_FAILURE: raised through the hostcall it trapped the guest, whose VM then failed
+    for good (a callout to an ORIGINAL_DST cluster did, before cluster.pick learned it)."""
+    from baton.worker.proxy.http import upstream_call
+    from baton.worker.wasm import abi, plugin
+    from baton.worker.wasm.maps import serialize_pairs
+
+    class Worker:
+        node, loop, clusters = {}, None, {"c": object()}
+
+    def broken(self, *args):
+        raise AttributeError("a bug")
+    monkeypatch.setattr(upstream_call.UpstreamCall, "start", broken)
+    code = wasmtime.wat2wasm(PAUSING)
+    config = {"name": "C", "root_id": "", "vm_id": "unit-broken-call", "configuration": b"x",
+              "vm_config": b"", "code": code, "sha256": hashlib.sha256(code).hexdigest(),
+              "environment": {}, "fail_open": False}
+    root = plugin.plugin_root(config, None, {}, Worker())
+    root.host.current = root.root
+    request = serialize_pairs([(b":method", b"GET"), (b":path", b"/"), (b":authority", b"x")])
+    assert root.host.http_call(b"c", request, b"", serialize_pairs([]), 0) == \
+        (abi.INTERNAL_FAILURE, 0)
+    assert not root.calls and not root.vm.failed

@@ -122,6 +122,7 @@ class AbiHost:
         # proxy_http_call's I/O: f(root context, cluster, Request, body, timeout s) ->
         # (status, token), set by the plugin layer (worker/wasm/plugin.py)
         self.http_caller = None
+        self.http_callers: dict = {}               # root context id -> its own http_caller
         self.call_response = None   # during proxy_on_http_call_response: (headers, body, trailers)
         self.unimplemented: dict[str, int] = {}    # hostcall -> calls answered UNIMPLEMENTED
         self.next_id = 1
@@ -255,10 +256,12 @@ class AbiHost:
                           Headers([(_text(k).lower(), _text(v)) for k, v in pairs
                                    if k[:1] != b":"]),
                           pseudo.get(b":scheme") or "http")
-        if self.http_caller is None:
+        root = ctx.root or ctx
+        caller = self.http_callers.get(root.id, self.http_caller)
+        if caller is None:
             return UNIMPLEMENTED, 0
-        return self.http_caller(ctx.root or ctx, _text(cluster), request, body,
-                                timeout_ms / 1000 if timeout_ms else None)
+        return caller(root, _text(cluster), request, body,
+                      timeout_ms / 1000 if timeout_ms else None)
 
     def continue_stream(self, stream_type: int) -> int:
         ctx = self.current

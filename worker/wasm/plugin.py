@@ -80,11 +80,13 @@ class PluginRoot:
         self._tick = None
         self.calls: dict = {}           # token -> UpstreamCall of proxy_http_call
         host = self.host
-        if worker is not None:
-            host.http_caller = _weakly(self.http_call, (abi.INTERNAL_FAILURE, 0))
-        elif host.http_caller is None:
-            host.http_caller = _never_answered
+        if worker is None and host.http_caller is None:
+            host.http_caller = _never_answered      # a check VM: no I/O
         root = self.root = host.new_context(plugin)
+        if worker is not None:
+            # Per root: plugins sharing a VM each answer their own callouts (one caller per
+            # VM sent every plugin's to the newest, and none once that one was freed).
+            host.http_callers[root.id] = _weakly(self.http_call, (abi.INTERNAL_FAILURE, 0))
         host.tick_handlers[root.id] = _weakly(self.set_tick_period)
         host.current = root
         vm.call("proxy_on_context_create", root.id, 0)
@@ -145,7 +147,14 @@ class PluginRoot:
             self.loop.call_soon(self._answer, root, token, response, response_body, trailers)
         from ..proxy.http.upstream_call import UpstreamCall
         call = self.calls[token] = UpstreamCall(self.worker, cluster, answered)
-        call.start(request, body, timeout, False)
+        try:
+            call.start(request, body, timeout, False)
+        except Exception:   # noqa: BLE001 - a fault of ours must not trap the guest: its VM
+            #                 would fail for good
+            log.exception("Wasm plugin %s: proxy_http_call to %s", self.plugin.name, cluster_name)
+            self.calls.pop(token, None)
+            call.cancel()
+            return abi.INTERNAL_FAILURE, 0
         return abi.OK, token
 
     def _answer(self, root, token, response, body, trailers) -> None:
