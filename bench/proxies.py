@@ -213,8 +213,10 @@ def tool_versions() -> dict[str, str]:
     versions["wrk"] = _first_line(["wrk", "-v"], r"wrk \S+") if have("wrk") else "missing"
     versions["nginx"] = _first_line(["nginx", "-v"], r"nginx/\S+") if have("nginx") else "missing"
     try:
-        from importlib.metadata import version
-        versions["baton"] = version("baton-proxy")
+        # The version of the tree that runs (an editable install's package metadata keeps the
+        # version of its last `pip install`: the bench said 0.2.0 on 0.3.0).
+        from baton.supervisor.version import VERSION
+        versions["baton"] = VERSION
     except Exception:
         versions["baton"] = "unknown"
     return versions
