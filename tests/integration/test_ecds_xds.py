@@ -51,15 +51,19 @@ def status(port: int, path: str) -> int | None:
         return None
 
 
+def start_proxy(proxy: str, tmp_path, plane_port: int):
+    """Baton or Envoy, configured by the test control plane over ADS (gRPC)."""
+    if proxy == "baton":
+        return start_baton(tmp_path, plane_port)
+    return Envoy(tmp_path / "envoy", bootstrap(free_port(), plane_port, "GRPC")).start(timeout=15)
+
+
 @pytest.mark.parametrize("proxy", PROXIES)
 def test_a_filter_over_ecds_is_waited_for_applied_and_updated(tmp_path, plane, named, proxy):  # noqa: F811
     up = named("up")
     main_port, port = free_port(), free_port()
     serve_basics(plane, main_port, up)
-    if proxy == "baton":
-        process = start_baton(tmp_path, plane.port)
-    else:
-        process = Envoy(tmp_path / "envoy", bootstrap(free_port(), plane.port, "GRPC")).start(timeout=15)
+    process = start_proxy(proxy, tmp_path, plane.port)
     try:
         wait_until(lambda: get(main_port) == "up", 10, "the main listener")
         plane.set_resources(LISTENER, [listener(main_port), ecds_listener(port)], "2")

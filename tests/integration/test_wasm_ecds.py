@@ -24,10 +24,10 @@ from ..istio_dumps import DUMPS
 from ..waiting import wait_until
 from ..xds_support.control_plane import EXTENSION, LISTENER
 from ..xds_support.resources import ADS, get, listener
-from ..xds_support.resources import bootstrap
 from .conftest import free_port
-from .differential.proxies import PROXIES, Envoy
-from .test_xds import named, plane, serve_basics, start_baton  # noqa: F401
+from .differential.proxies import PROXIES
+from .test_ecds_xds import start_proxy
+from .test_xds import named, plane, serve_basics  # noqa: F401
 
 T = "type.googleapis.com/"
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "wasm"
@@ -84,10 +84,7 @@ def test_s22s_wasm_plugin_over_ecds_is_acked_and_runs(tmp_path, plane, named, pr
     up = named("up")
     main_port, port = free_port(), free_port()
     serve_basics(plane, main_port, up)
-    if proxy == "baton":
-        process = start_baton(tmp_path, plane.port)
-    else:
-        process = Envoy(tmp_path / "envoy", bootstrap(free_port(), plane.port, "GRPC")).start(timeout=15)
+    process = start_proxy(proxy, tmp_path, plane.port)
     try:
         wait_until(lambda: get(main_port) == "up", 10, "the main listener")
         plane.set_resources(LISTENER, [listener(main_port), ecds_listener(port, resource["name"])], "2")
