@@ -272,21 +272,21 @@ def test_weighted_cluster_host_rewrite_then_route_rewrite():
 
 # --- header mutations ------------------------------------------------------------------------
 
-def apply(mutations, headers):
-    """Envoy's semantics for the tuples (templates used as plain values here)."""
-    for op, name, value, action in mutations:
-        if op == "remove":
+def apply(steps, headers):
+    """Envoy's semantics for a route's mutation steps (templates used as plain values here)."""
+    from baton.worker.proxy.http.route_rewrite import ADD_IF_ABSENT, APPEND, OVERWRITE, REMOVE
+    for kind, name, value, _, keep_empty in steps:
+        if kind == REMOVE:
             headers.remove(name)
             continue
-        action, _, keep = action.partition("!")
-        if not value and not keep:
+        if not value and not keep_empty:
             continue
-        if action == "APPEND_IF_EXISTS_OR_ADD":
+        if kind == APPEND:
             headers.add(name, value)
-        elif action == "ADD_IF_ABSENT":
+        elif kind == ADD_IF_ABSENT:
             if name not in headers:
                 headers.add(name, value)
-        elif action == "OVERWRITE_IF_EXISTS_OR_ADD" or name in headers:
+        elif kind == OVERWRITE or name in headers:
             headers.remove(name)
             headers.add(name, value)
 
@@ -328,20 +328,21 @@ def mutation_config(most_specific):
 def test_header_mutation_order_matches_envoy(most_specific, expected, response):
     r = table(mutation_config(most_specific)).route(req())
     headers = Headers([("x-a", "client"), ("x-b", "client")])
-    apply(r.request_header_mutations("c1"), headers)
+    apply(r.request_plan("c1"), headers)
     assert headers.items == expected
     response_headers = Headers()
-    apply(r.response_header_mutations("c1"), response_headers)
+    apply(r.response_plan("c1"), response_headers)
     assert response_headers.items == [("y-a", response)]
 
 
 def test_mutation_tuples():
     r = only(named("r"), request_headers_to_remove=["X-Gone"], request_headers_to_add=[
         {"header": {"key": "x-e", "value": "%REQ(x-missing)%"}, "keep_empty_value": True}])
-    assert r.request_header_mutations("c1") == [
-        ("remove", "x-gone", None, None),
-        ("add", "x-e", "%REQ(x-missing)%", "APPEND_IF_EXISTS_OR_ADD!keep_empty")]
-    assert r.response_header_mutations() == []
+    from baton.worker.proxy.http.route_rewrite import APPEND, REMOVE
+    assert r.request_plan("c1") == (
+        (REMOVE, "x-gone", None, False, False),
+        (APPEND, "x-e", "%REQ(x-missing)%", True, True))
+    assert r.response_plan() == ()
 
 
 # --- redirects and direct responses ----------------------------------------------------------
@@ -474,19 +475,20 @@ def test_parse_query():
     assert parse_query("c=%41", decode=False) == {"c": "%41"}
 
 
-def test_mutation_plans_decide_per_route_what_requests_do():
-    """route_rewrite.mutation_plan: a route's mutations as steps, once per route; the kind and
-    keep_empty read from the action, a template rendered per request only when it has %."""
+def test_mutation_steps_decide_per_route_what_requests_do():
+    """route_rewrite.mutation_steps: a level's mutations as steps, once per route (appends
+    last, as Envoy defers them); a template rendered per request only when it has %."""
     from baton.worker.proxy.http.route_rewrite import (ADD_IF_ABSENT, APPEND, OVERWRITE,
-                                                       OVERWRITE_IF_EXISTS, REMOVE, mutation_plan)
-    ops = [("remove", "x-a", None, None),
-           ("add", "x-b", "v", "APPEND_IF_EXISTS_OR_ADD"),
-           ("add", "x-c", "%REQ(x-d)%", "ADD_IF_ABSENT!keep_empty"),
-           ("add", "x-e", "", "OVERWRITE_IF_EXISTS_OR_ADD"),
-           ("add", "x-f", "w", "OVERWRITE_IF_EXISTS"),
-           ("add", "x-g", "w", "NOT_AN_ACTION")]
-    assert mutation_plan(ops) == (
-        (REMOVE, "x-a", None, False, False), (APPEND, "x-b", "v", False, False),
-        (ADD_IF_ABSENT, "x-c", "%REQ(x-d)%", True, True), (OVERWRITE, "x-e", "", False, False),
-        (OVERWRITE_IF_EXISTS, "x-f", "w", False, False))
-    assert mutation_plan([]) == ()
+                                                       OVERWRITE_IF_EXISTS, REMOVE,
+                                                       mutation_steps)
+    spec = {"remove": ["x-a"], "add": [
+        ("x-b", "v", "APPEND_IF_EXISTS_OR_ADD", False),
+        ("x-c", "%REQ(x-d)%", "ADD_IF_ABSENT", True),
+        ("x-e", "", "OVERWRITE_IF_EXISTS_OR_ADD", False),
+        ("x-f", "w", "OVERWRITE_IF_EXISTS", False),
+        ("x-g", "w", "NOT_AN_ACTION", False)]}
+    assert mutation_steps(spec) == (
+        (REMOVE, "x-a", None, False, False), (ADD_IF_ABSENT, "x-c", "%REQ(x-d)%", True, True),
+        (OVERWRITE, "x-e", "", False, False), (OVERWRITE_IF_EXISTS, "x-f", "w", False, False),
+        (APPEND, "x-b", "v", False, False))
+    assert mutation_steps(None) == ()

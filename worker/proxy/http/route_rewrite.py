@@ -10,47 +10,32 @@ path rewrite (adding x-envoy-original-path). routing.Route composes the levels.
 
 from __future__ import annotations
 
-KEEP_EMPTY = "!keep_empty"      # suffix of an append action: add the header even when empty
-
-# The kinds of a header-mutation plan's steps (mutation_plan).
+# The kinds of a header-mutation step (mutation_steps).
 REMOVE, APPEND, ADD_IF_ABSENT, OVERWRITE, OVERWRITE_IF_EXISTS = range(5)
 _KINDS = {"APPEND_IF_EXISTS_OR_ADD": APPEND, "ADD_IF_ABSENT": ADD_IF_ABSENT,
           "OVERWRITE_IF_EXISTS_OR_ADD": OVERWRITE, "OVERWRITE_IF_EXISTS": OVERWRITE_IF_EXISTS}
 
 
-def _mutations(spec):
-    """A translated {"remove", "add"} -> Envoy's order within one level: removals, then
-    overwrites and add-if-absent in config order, then appends (Envoy 1.40 defers appends
-    to the end of the level)."""
-    if not spec:
-        return []
-    ops = [("remove", name, None, None) for name in spec["remove"]]
-    deferred = []
-    for name, template, action, keep_empty in spec["add"]:
-        op = ("add", name, template, action + KEEP_EMPTY if keep_empty else action)
-        (deferred if action == "APPEND_IF_EXISTS_OR_ADD" else ops).append(op)
-    return ops + deferred
-
-
-def mutation_plan(ops: list) -> tuple:
-    """A route's mutations ([(op, name, template, action)], in order) as the steps a request
-    runs, decided once per route rather than per request: (kind, name, template, dynamic,
-    keep_empty), `dynamic` when the template has %-operators to render (else it is the value),
-    keep_empty from the action's "!keep_empty". A step of an action Envoy does not have would
-    change nothing: it is left out. stream.py's _apply_mutations runs them: REMOVE removes
-    every value; the others skip an empty value unless keep_empty, then APPEND adds, ADD_IF_ABSENT
+def mutation_steps(spec) -> tuple:
+    """One level's translated {"remove", "add"} -> the steps a request runs, decided once
+    per route, in Envoy's order within a level: removals, then overwrites and add-if-absent
+    in config order, then appends (Envoy 1.40 defers appends to the end of the level).
+    A step is (kind, name, template, dynamic, keep_empty): `dynamic` when the template has
+    %-operators to render (else it is the value). An action Envoy does not have would change
+    nothing: it is left out. stream.py's _apply_mutations runs them: REMOVE removes every
+    value; the others skip an empty value unless keep_empty, then APPEND adds, ADD_IF_ABSENT
     adds when absent, OVERWRITE removes every value and adds the new one at the end (Envoy),
     OVERWRITE_IF_EXISTS does that only when one was there."""
-    steps = []
-    for op, name, template, action in ops:
-        if op == "remove":
-            steps.append((REMOVE, name, None, False, False))
-            continue
-        keep_empty = action.endswith(KEEP_EMPTY)
-        kind = _KINDS.get(action[:-len(KEEP_EMPTY)] if keep_empty else action)
+    if not spec:
+        return ()
+    steps = [(REMOVE, name, None, False, False) for name in spec["remove"]]
+    deferred = []
+    for name, template, action, keep_empty in spec["add"]:
+        kind = _KINDS.get(action)
         if kind is not None:
-            steps.append((kind, name, template, "%" in template, keep_empty))
-    return tuple(steps)
+            (deferred if kind == APPEND else steps).append(
+                (kind, name, template, "%" in template, keep_empty))
+    return tuple(steps + deferred)
 
 
 def _overwrite(headers, name, value):

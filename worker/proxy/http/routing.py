@@ -30,7 +30,7 @@ from .express import admit_routes
 from .route_hash import hash_key
 from .route_match import _HeaderMatcher, _lower, _path_test, _QueryMatcher, parse_query
 from .route_regex import compile_re2, compile_substitution, replace_all
-from .route_rewrite import _compose_uri, _mutations, _overwrite, _port_start, mutation_plan
+from .route_rewrite import _compose_uri, _overwrite, _port_start, mutation_steps
 
 
 # --- routes ------------------------------------------------------------------------------------
@@ -70,8 +70,7 @@ class Route:
                  "_path_test", "_connect", "_headers", "_query", "_grpc", "_match",
                  "_cluster", "_cluster_header", "_weights", "_total_weight",
                  "_prefix_rewrite", "_regex", "_substitution", "_host_literal",
-                 "_host_header", "_cluster_host", "_request_mutations",
-                 "_response_mutations", "_request_plans", "_response_plans", "_redirect", "_direct_status", "_direct_body",
+                 "_host_header", "_cluster_host", "_request_plans", "_response_plans", "_redirect", "_direct_status", "_direct_body",
                  "_rewrites_path", "express_cluster", "per_filter", "grpc_timeout",
                  "max_stream_duration", "attempt_count_to_upstream",
                  "attempt_count_in_response", "upgrades", "connect_terminate")
@@ -96,8 +95,6 @@ class Route:
         "auto_host_rewrite": bool, "_host_literal": bool, "_host_header": bool,
         "_prefix_rewrite": lambda prefix: prefix is not None,
         "_regex": bool, "_substitution": bool, "_rewrites_path": bool,
-        "_request_mutations": lambda per_cluster: any(per_cluster.values()),
-        "_response_mutations": lambda per_cluster: any(per_cluster.values()),
         "_request_plans": lambda per_cluster: any(per_cluster.values()),
         "_response_plans": lambda per_cluster: any(per_cluster.values()),
         "_connect": bool,
@@ -187,31 +184,27 @@ class Route:
                                                       self._regex.groups)
         self._rewrites_path = self._prefix_rewrite is not None or self._regex is not None
 
-        # Header mutations, per cluster of a weighted split, in Envoy's evaluation order.
-        levels = [_mutations(spec["request_headers"]),
-                  _mutations(vhost_spec["request_headers"]),
-                  _mutations(config["request_headers"])]
-        response_levels = [_mutations(spec["response_headers"]),
-                           _mutations(vhost_spec["response_headers"]),
-                           _mutations(config["response_headers"])]
+        # Header mutations, per cluster of a weighted split, in Envoy's evaluation order, as
+        # the steps a request runs (route_rewrite.mutation_steps).
+        levels = [mutation_steps(spec["request_headers"]),
+                  mutation_steps(vhost_spec["request_headers"]),
+                  mutation_steps(config["request_headers"])]
+        response_levels = [mutation_steps(spec["response_headers"]),
+                           mutation_steps(vhost_spec["response_headers"]),
+                           mutation_steps(config["response_headers"])]
         if config["most_specific_header_mutations_wins"]:
             levels.reverse()
             response_levels.reverse()
-        chain = [op for level in levels for op in level]
-        response_chain = [op for level in response_levels for op in level]
-        self._request_mutations = {None: chain}
-        self._response_mutations = {None: response_chain}
+        chain = sum(levels, ())
+        response_chain = sum(response_levels, ())
+        self._request_plans = {None: chain}
+        self._response_plans = {None: response_chain}
         if self.kind == "cluster" and action["weighted_clusters"]:
             for w in action["weighted_clusters"]:
-                self._request_mutations.setdefault(
-                    w["name"], _mutations(w["request_headers"]) + chain)
-                self._response_mutations.setdefault(
-                    w["name"], _mutations(w["response_headers"]) + response_chain)
-        # The same, as the steps a request runs (route_rewrite.mutation_plan).
-        self._request_plans = {name: mutation_plan(ops)
-                               for name, ops in self._request_mutations.items()}
-        self._response_plans = {name: mutation_plan(ops)
-                                for name, ops in self._response_mutations.items()}
+                self._request_plans.setdefault(
+                    w["name"], mutation_steps(w["request_headers"]) + chain)
+                self._response_plans.setdefault(
+                    w["name"], mutation_steps(w["response_headers"]) + response_chain)
 
         self.express_cluster = None     # express.admit_routes, once the table is built
         # typed_per_filter_config: (the route's, its virtual host's) {filter name: config},
@@ -277,33 +270,17 @@ class Route:
             return self._weights[-1][0]
         return None
 
-    def request_header_mutations(self, cluster_name=None) -> list:
-        """[(op, name, value_template, append_action)] in order; op is "add" or "remove"
-        (template and action None for remove). append_action ends with "!keep_empty" when
-        keep_empty_value is set. Apply in order: "remove" removes every value; "add" formats
-        the template and, when the result is empty and not keep_empty, skips it; then
-        APPEND_IF_EXISTS_OR_ADD appends,
-        ADD_IF_ABSENT adds only when absent, OVERWRITE_IF_EXISTS_OR_ADD replaces (Envoy
-        removes every value and appends the new one at the end), OVERWRITE_IF_EXISTS
-        replaces only when present. The list is shared: do not modify it."""
-        found = self._request_mutations.get(cluster_name)
-        return found if found is not None else self._request_mutations[None]
-
     def request_plan(self, cluster_name=None) -> tuple:
-        """request_header_mutations(cluster_name) as route_rewrite.mutation_plan's steps."""
+        """The request header mutations for `cluster_name` (a weighted split's: its own
+        first), as route_rewrite.mutation_steps' steps, in the order they run."""
         found = self._request_plans.get(cluster_name)
         return found if found is not None else self._request_plans[None]
 
     def response_plan(self, cluster_name=None) -> tuple:
-        """response_header_mutations(cluster_name) as route_rewrite.mutation_plan's steps."""
+        """The same for the response (also applied to redirect and direct responses, as Envoy
+        does)."""
         found = self._response_plans.get(cluster_name)
         return found if found is not None else self._response_plans[None]
-
-    def response_header_mutations(self, cluster_name=None) -> list:
-        """Same shape and rules as request_header_mutations, for the response (also applied
-        to redirect and direct responses, as Envoy does)."""
-        found = self._response_mutations.get(cluster_name)
-        return found if found is not None else self._response_mutations[None]
 
     # --- rewrites -------------------------------------------------------------------------
 

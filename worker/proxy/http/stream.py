@@ -398,7 +398,7 @@ class Stream:
         router.start()
 
     def _apply_mutations(self, headers: Headers, plan) -> None:
-        """A route's header mutations: the steps of its plan (route_rewrite.mutation_plan), in
+        """A route's header mutations: the steps of its plan (route_rewrite.mutation_steps), in
         order; only a template with %-operators is rendered per request."""
         if not plan:
             return
