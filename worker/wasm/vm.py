@@ -122,7 +122,7 @@ def load_wasmtime() -> None:
         import wasmtime  # noqa: F401
         from wasmtime import _bindings  # noqa: F401
     except ImportError:
-        pass
+        pass    # not installed (it is a declared dependency): nothing to load ahead
 
 
 def _importable_by_others() -> bool:
