@@ -89,6 +89,9 @@ def test_a_local_response_and_continue_are_recorded_for_the_filter():
     headers = abi.serialize_pairs([(b"X-Denied", b"1")])
     assert h.send_local_response(403, b"wasm_denied", b"no\n", headers, 0xFFFFFFFF) == abi.OK
     assert ctx.local_reply == (403, "wasm_denied", b"no\n", [("x-denied", "1")], None)
+    for given, kept in ((-1, None), (0, 0), (7, 7), (16, 16), (17, None), (72, None)):
+        assert h.send_local_response(503, b"", b"", b"", given) == abi.OK
+        assert ctx.local_reply[4] == kept, given       # past 16: none, as Envoy
     resumed = []
     ctx.resume = lambda: resumed.append(True)
     assert h.continue_stream(0) == abi.OK and ctx.continued and resumed == [True]

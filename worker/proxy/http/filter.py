@@ -41,15 +41,16 @@ class LocalReply:
     """Answer the request here. `details` goes to the access log (%RESPONSE_CODE_DETAILS%);
     `flags` to %RESPONSE_FLAGS% (e.g. "FI" fault injected, "RL" rate limited)."""
 
-    __slots__ = ("status", "body", "headers", "details", "flags")
+    __slots__ = ("status", "body", "headers", "details", "flags", "grpc_status")
 
     def __init__(self, status: int, body: str | bytes = b"", headers=(), details: str = "",
-                 flags: str = ""):
+                 flags: str = "", grpc_status: int | None = None):
         self.status = status
         self.body = body.encode() if isinstance(body, str) else body
         self.headers = list(headers)         # [(name, value)] added to the reply
         self.details = details
         self.flags = flags
+        self.grpc_status = grpc_status       # to a gRPC request (None: from the status)
 
 
 class Delay:

@@ -324,7 +324,7 @@ class Stream:
                 if result.flags:
                     self.info.response_flags.append(result.flags)
                 self.local_reply(result.status, result.body, result.details,
-                                 extra=result.headers)
+                                 extra=result.headers, grpc_status=result.grpc_status)
                 return
             if isinstance(result, Delay):
                 if result.flags:

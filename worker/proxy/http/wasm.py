@@ -43,8 +43,8 @@ log = logging.getLogger("baton.wasm")
 
 def _local_reply(reply) -> LocalReply:
     """The plugin's proxy_send_local_response (abi.Context.local_reply) as Baton's."""
-    status, details, body, headers, _ = reply
-    return LocalReply(status, body, headers, details=details)
+    status, details, body, headers, grpc_status = reply
+    return LocalReply(status, body, headers, details=details, grpc_status=grpc_status)
 
 
 @register(NAME)
