@@ -28,36 +28,10 @@ Rules of this file:
   as they are read; what we queue, and the premature resets, at the end of each receive()
   and in data_to_send(). A limit crossed ends the connection with nothing more sent: `flood`
   names the stat, and the manager drops the connection.
-- At most `frames_per_turn` frames per receive(); the rest stay in the buffer for
-  receive_more() (`backlog`), so that the manager can let other connections run between
-  (one more only for an RST_STREAM right behind the HEADERS of its stream: reset in the same
-  turn, the stream costs no upstream request; see _receive). A SETTINGS frame counts one
-  more per 2 open streams (a window change walks them all, ~0.35 us each, half a PING), a
-  header block one more per 4 fields past 32 (HPACK decodes ~2-3 us a field). A block over
-  _WHOLE_BLOCK_BYTES is decoded and analyzed in slices (h2slice.py), each turn as many fields
-  as its budget pays for, over as many turns as it takes: every frame behind it waits in the
-  buffer, in order (a block of 5,000 fields held the loop 17 ms in one turn). What window
-  openings send is bounded too: at most frames_per_turn full DATA frames' bytes per turn, the rest on the next
-  (`_flush_later`, reported as a backlog). A
-  HEADERS frame counts as HEADERS_COST frames: it opens a stream that the manager routes and
-  starts, some 15-20 times the work of a control frame (measured: ~13 us against ~0.7 us for
-  a PING), so a turn of new streams (a rapid reset, a flood of requests) stays as short as a
-  turn of control frames; h2load's 10 requests per read still fit in one turn.
-- Flow control: inbound bytes count against the windows when they arrive and are returned
-  (WINDOW_UPDATE, once half a window has been returned) when the proxy says it forwarded them
-  (`consumed`), or at once when nobody will (padding, closed or reset streams, 431 bodies).
-  Outbound bytes that the peer's windows cannot take are held per stream and flushed when a
-  WINDOW_UPDATE or SETTINGS opens them; WindowOpen reports each stream that drained. A
-  connection WINDOW_UPDATE serves only the streams its window holds back (`_conn_blocked`),
-  round robin: its cost is what it unblocks, never a walk of every stream.
-- HPACK, received: a decoded block is cached per connection, keyed by its bytes, *only* when
-  decoding it left the dynamic table as it found it (no insertion, no eviction, no size
-  change); the entry is stamped with the table's generation, which every block that does
-  change the table bumps, so a hit is always a block decoded against the very same table.
-  With the fields it keeps what they say as a request (`_analyze`), which depends on nothing
-  else. Only small blocks that decode small are kept, a few dozen per connection.
-- HPACK, sent: no dynamic table (h2encode.py). The wire's constants and frame header are in
-  h2frames.py; what a connection carries to another process, in h2movestate.py.
+- The codec's parts: the frame reader, the turn's budget and HPACK decoding in h2reader.py,
+  streams and flow control in h2flow.py, the sender in h2send.py, the wire's constants and
+  frame header in h2frames.py, what a connection carries to another process in
+  h2movestate.py.
 """
 
 from __future__ import annotations
@@ -66,84 +40,31 @@ import time
 from collections import OrderedDict
 
 from hpack import Decoder
-from hpack.exceptions import HPACKError, OversizedHeaderListError
 
 from .events import (Body, GoAway, HeadersRefused, ProtocolError, RequestHead, StreamReset,
-                     Trailers, WindowOpen)
-from .h2encode import STATUS_FIELD, encode_block, encode_field
+                     Trailers)
 from .h2fields import RequestAnalysis, TrailersAnalysis, _trailers, analyze_request
-from .h2frames import (CANCEL, COMPRESSION_ERROR, CONTINUATION, DATA, ENHANCE_YOUR_CALM,
-                       F_ACK, F_END_HEADERS, F_END_STREAM, F_PADDED, F_PRIORITY,
-                       FLOW_CONTROL_ERROR, FRAME_SIZE_ERROR, GOAWAY, H2_PREFACE, HEADERS,
-                       INTERNAL_ERROR, NO_ERROR, PING, PRIORITY, PROTOCOL_ERROR, PUSH_PROMISE,
-                       REFUSED_STREAM, RST_STREAM, S_ENABLE_PUSH, S_INITIAL_WINDOW_SIZE,
-                       S_MAX_CONCURRENT_STREAMS, S_MAX_FRAME_SIZE, S_MAX_HEADER_LIST_SIZE,
-                       SETTINGS, STREAM_CLOSED, WINDOW_UPDATE, _DEFAULT_FRAME_SIZE,
-                       _DEFAULT_WINDOW, _GOAWAY, _MAX_STREAM_ID, _MAX_WINDOW, _SETTING, _U32,
-                       _frame, _head_pack, _head_unpack)
+from .h2flow import H2FlowControl, _Stream
+from .h2frames import (CANCEL, CONTINUATION, DATA, F_ACK, F_END_STREAM,
+                       FLOW_CONTROL_ERROR, FRAME_SIZE_ERROR, GOAWAY, HEADERS, INTERNAL_ERROR,
+                       NO_ERROR, PING, PRIORITY, PROTOCOL_ERROR, PUSH_PROMISE, REFUSED_STREAM,
+                       RST_STREAM, S_ENABLE_PUSH, S_INITIAL_WINDOW_SIZE, S_MAX_CONCURRENT_STREAMS,
+                       S_MAX_FRAME_SIZE, S_MAX_HEADER_LIST_SIZE, SETTINGS, STREAM_CLOSED,
+                       WINDOW_UPDATE, _DEFAULT_FRAME_SIZE, _DEFAULT_WINDOW, _GOAWAY,
+                       _MAX_STREAM_ID, _MAX_WINDOW, _SETTING, _U32, _frame)
 from .h2limits import HEADER_LIST_SIZE_TOO_LARGE, HEADER_OVERFLOW, Flood, FloodGuard
 from .h2movestate import H2MoveState
+from .h2reader import _UNBOUNDED, _WHOLE_BLOCK_BYTES, HEADERS_COST, H2FrameReader, _ConnError
+from .h2send import _DRAIN_PING, H2Sender
 from .h2slice import SlicedBlock
-from .message import Headers, Request, Response
+from .message import Headers, Request
 
-__all__ = ["LeanHttp2ServerCodec"]
-
-
-_DRAIN_PING = b"baton\x00gw"
-HEADERS_COST = 6        # frames_per_turn units of a HEADERS frame (see the rules above)
-_DECODE_FREE_FIELDS = 32    # fields a header block decodes within HEADERS_COST; each 4 more: 1
-_UNBOUNDED = 1 << 62    # the turn budget without frames_per_turn
-# A header block longer than this is decoded in slices (h2slice.py), each turn as many fields
-# as the turn's budget pays for (_SLICE_FIELDS_PER_UNIT, 16 at least): a block of
-# this size decodes in ~0.7 ms at worst (1-byte indexed fields, ~2.7 us each).
-_WHOLE_BLOCK_BYTES = 256
-# A sliced field is decoded (~2-2.7 us), analyzed (~1 us) and scanned (~0.4 us), ~4 us: at 2
-# a unit, a fresh turn of 64 units decodes ~128 fields, ~0.5 ms, about what a turn of other
-# frames costs in the worker (1.2 ms p99 under the other attacks; at 4 fields a unit, the
-# big-block attack's turns were 2.2 ms p99).
-_SLICE_FIELDS_PER_UNIT = 2
-_SLICE_MIN_FIELDS = 16
-# Decoded header blocks kept per connection, and the largest kept (block bytes, decoded bytes):
-# at most about 64 * 4 KiB * 2 (fields and their analysis) per connection.
-_HEADER_CACHE_ENTRIES = 64
-_HEADER_CACHE_BLOCK = 1024
-_HEADER_CACHE_DECODED = 4096
-
-
-class _ConnError(Exception):
-    """A connection error found while reading: GOAWAY(code) and the end."""
-
-    def __init__(self, code: int, reason: str):
-        super().__init__(reason)
-        self.code = code
-        self.reason = reason
-
-
-# -- per-stream state ----------------------------------------------------------------------------
-
-class _Stream:
-    __slots__ = ("local_closed", "remote_closed", "held", "end_held", "trailers_held",
-                 "send_window", "recv_window", "returned", "expected", "received",
-                 "opened_at", "answered")
-
-    def __init__(self, send_window: int, recv_window: int, opened_at: float = 0.0):
-        self.local_closed = False     # we sent END_STREAM (or it is queued behind held data)
-        self.remote_closed = False    # the peer sent END_STREAM
-        self.held: bytearray | None = None   # body bytes waiting for window
-        self.end_held = False
-        self.trailers_held: bytes | None = None   # encoded trailers, after the held bytes
-        self.send_window = send_window
-        self.recv_window = recv_window
-        self.returned = 0             # bytes returned but not yet announced (WINDOW_UPDATE)
-        self.expected = -1            # content-length, -1: none
-        self.received = 0             # body bytes received
-        self.opened_at = opened_at    # monotonic time (0 unless premature resets are checked)
-        self.answered = False         # a final response head went out
+__all__ = ["LeanHttp2ServerCodec", "HEADERS_COST", "CANCEL", "INTERNAL_ERROR"]
 
 
 # -- the codec -----------------------------------------------------------------------------------
 
-class LeanHttp2ServerCodec(H2MoveState):
+class LeanHttp2ServerCodec(H2FrameReader, H2Sender, H2FlowControl, H2MoveState):
     """A client's HTTP/2 connection to us (prior knowledge / h2c preface): requests in,
     responses out."""
 
@@ -307,161 +228,6 @@ class LeanHttp2ServerCodec(H2MoveState):
             self._flush_budget = _UNBOUNDED
         return events
 
-    def send_head(self, stream_id: int, response: Response, end_stream: bool) -> None:
-        """The response head; a 1xx head (not 101, which HTTP/2 does not have) leaves the
-        stream open for the final one."""
-        state = self._streams.get(stream_id)
-        if state is None or state.local_closed or self._dead:
-            return
-        status = response.status
-        if status == 101:
-            return
-        status_field = STATUS_FIELD.get(status) or \
-            encode_field(b":status", str(status).encode(), False)
-        block = encode_block(status_field, response.headers.items)
-        if status < 200:
-            self._send_block(stream_id, block, False)
-            return
-        state.answered = True
-        self._send_block(stream_id, block, end_stream)
-        if end_stream:
-            self._local_end(stream_id, state)
-
-    def send_body(self, stream_id: int, data: bytes, end_stream: bool) -> None:
-        """Queue `data` as far as the windows allow; the rest is held and flushed when the
-        peer opens its window (pending() says how much is held)."""
-        state = self._streams.get(stream_id)
-        if state is None or state.local_closed or self._dead:
-            return
-        if state.held is not None:
-            state.held += data
-            state.end_held = state.end_held or end_stream
-            return
-        size = len(data)
-        if size <= self._peer_frame_size and \
-                (size == 0 or (size <= state.send_window and size <= self._send_window)):
-            state.send_window -= size
-            self._send_window -= size
-            out = self._out
-            counted = self._counted == len(out)
-            out += _head_pack(size << 8 | DATA, end_stream, stream_id)
-            out += data
-            if counted:
-                # Everything queued before is counted (h2limits): count this DATA frame here
-                # rather than by a walk of the queue.
-                self._counted = len(out)
-                guard = self._guard
-                guard.queued += 1
-                guard.data_frames += 1
-            if end_stream:
-                self._local_end(stream_id, state)
-            return
-        state.held = bytearray(data)
-        state.end_held = end_stream
-        self._held[stream_id] = state
-        self._flush(stream_id, state)
-
-    def pending(self, stream_id: int) -> int:
-        """Body bytes of `stream_id` held back by flow control (the backpressure signal)."""
-        state = self._streams.get(stream_id)
-        if state is None or state.held is None:
-            return 0
-        return len(state.held)
-
-    def send_trailers(self, stream_id: int, headers: Headers) -> None:
-        """Trailers end the stream (after any held body bytes)."""
-        state = self._streams.get(stream_id)
-        if state is None or state.local_closed or self._dead:
-            return
-        block = encode_block(b"", headers.items)
-        if state.held is not None:
-            state.trailers_held = block
-            return
-        self._send_block(stream_id, block, True)
-        self._local_end(stream_id, state)
-
-    def consumed(self, stream_id: int, n: int) -> None:
-        """The proxy forwarded `n` body bytes of `stream_id`: give the peer its window back.
-        Not needed after StreamReset or reset(): the codec returned that stream's bytes."""
-        outstanding = self._unacked.get(stream_id)
-        if not outstanding or n <= 0 or self._dead:
-            return
-        if n >= outstanding:
-            n = outstanding
-            del self._unacked[stream_id]
-        else:
-            self._unacked[stream_id] = outstanding - n
-        self._give_back(stream_id, n)
-
-    def reset(self, stream_id: int, code: int = CANCEL) -> None:
-        """Abort one stream (RST_STREAM); the connection carries on."""
-        state = self._streams.pop(stream_id, None)
-        if state is None or self._dead:
-            return
-        self._closed_stream(state)
-        self._forget(stream_id)
-        self._out += _frame(RST_STREAM, 0, stream_id, _U32.pack(code))
-
-    def held_stream_ids(self) -> list:
-        """Streams whose response bytes wait for the client's window (`pending`), including
-        ones the manager has finished."""
-        return list(self._held)
-
-    def reset_held(self, stream_id: int, code: int) -> None:
-        """Drop what waits for the window on a stream the manager has finished, and reset it
-        (the overload manager's reset_high_memory_stream: Envoy's stream lives, and is reset,
-        until its last byte is sent)."""
-        if stream_id in self._held and not self._dead:
-            self._streams.pop(stream_id, None)
-            self._forget(stream_id)
-            self._out += _frame(RST_STREAM, 0, stream_id, _U32.pack(code))
-
-    def goaway(self, last_stream_id: int | None = None, code: int = NO_ERROR,
-               graceful: bool = True) -> None:
-        """Stop the peer opening streams. Graceful (code 0): GOAWAY(2^31-1) and a PING now, the
-        GOAWAY with the real last stream id when the PING's ack comes back; streams up to it
-        finish. With an error code the connection ends once data_to_send() is flushed."""
-        if self._dead:
-            return
-        if code != NO_ERROR:
-            self._send_goaway(self._highest if last_stream_id is None else last_stream_id,
-                              code)
-            self._dead = True
-            return
-        if graceful and last_stream_id is None:
-            if self._drain_pinged or self._goaway_sent:
-                return
-            self._drain_pinged = True
-            self._send_goaway(_MAX_STREAM_ID)
-            self._out += _frame(PING, 0, 0, _DRAIN_PING)
-            return
-        if last_stream_id is None:
-            last_stream_id = self._highest
-        self._final_goaway(last_stream_id)
-
-    def data_to_send(self) -> bytes:
-        """Every byte queued so far; the queue is then empty."""
-        out = self._out
-        if not out:
-            return b""
-        if self._dead:
-            self._guard.handed_out(len(out))
-        else:
-            # Frames queued outside receive() (responses) count too.
-            try:
-                self._guard.hand_out(out, self._counted)
-            except Flood as exc:
-                self._flooded(exc)
-                return b""
-        self._out = bytearray()
-        self._counted = 0
-        return bytes(out)
-
-    @property
-    def queued_bytes(self) -> int:
-        """What data_to_send() would return now, in bytes (the manager writes once a turn)."""
-        return len(self._out)
-
     def stream_ids(self) -> list:
         return list(self._streams)
 
@@ -483,228 +249,7 @@ class LeanHttp2ServerCodec(H2MoveState):
         """The connection is finished: close it once data_to_send() is flushed."""
         return self._dead or (not self._streams and (self._peer_goaway or self._goaway_sent))
 
-    # -- internals: sending ---------------------------------------------------------------------
-
-    def _send_block(self, stream_id: int, block: bytes, end_stream: bool) -> None:
-        """HEADERS, and CONTINUATION frames when the block is larger than a frame."""
-        size = self._peer_frame_size
-        flags = F_END_STREAM if end_stream else 0
-        out = self._out
-        if len(block) <= size:
-            counted = self._counted == len(out)
-            out += _head_pack(len(block) << 8 | HEADERS, flags | F_END_HEADERS, stream_id)
-            out += block
-            if counted:     # as in send_body: counted here, not by a walk of the queue
-                self._counted = len(out)
-                self._guard.queued += 1
-            return
-        out += _frame(HEADERS, flags, stream_id, block[:size])
-        for pos in range(size, len(block), size):
-            chunk = block[pos:pos + size]
-            last = pos + size >= len(block)
-            out += _frame(CONTINUATION, F_END_HEADERS if last else 0, stream_id, chunk)
-
-    def _flush(self, stream_id: int, state: _Stream) -> bool:
-        """Send held bytes as far as the windows allow; whether anything went out."""
-        held = state.held
-        frame_size = self._peer_frame_size
-        out = self._out
-        progressed = False
-        while held:
-            window = min(state.send_window, self._send_window)
-            if window <= 0:
-                break
-            budget = self._flush_budget
-            if budget <= 0:
-                self._flush_later = True    # the turn's bytes are spent (see __init__)
-                break
-            size = min(len(held), window, frame_size, budget)
-            self._flush_budget = budget - size
-            last = size == len(held) and state.end_held and state.trailers_held is None
-            out += _head_pack(size << 8 | DATA, F_END_STREAM if last else 0, stream_id)
-            out += held[:size]
-            del held[:size]
-            state.send_window -= size
-            self._send_window -= size
-            progressed = True
-        if held:
-            if state.send_window > 0:
-                self._conn_blocked[stream_id] = state
-            else:
-                self._conn_blocked.pop(stream_id, None)
-            return progressed
-        state.held = None
-        self._held.pop(stream_id, None)
-        self._conn_blocked.pop(stream_id, None)
-        if state.trailers_held is not None:
-            self._send_block(stream_id, state.trailers_held, True)
-            state.trailers_held = None
-            self._local_end(stream_id, state)
-        elif state.end_held:
-            if not progressed:      # nothing carried END_STREAM yet
-                out += _frame(DATA, F_END_STREAM, stream_id)
-            self._local_end(stream_id, state)
-        return True
-
-    def _flush_all(self, stream_ids) -> None:
-        events = self._events
-        for stream_id in stream_ids:
-            state = self._held.get(stream_id)
-            if state is not None and self._flush(stream_id, state):
-                events.append(WindowOpen(stream_id))
-
-    def _flush_connection_blocked(self) -> None:
-        """The connection window opened: serve the streams only it held back, round robin
-        (one taken from the front goes to the back if it still waits), until it is spent.
-        Streams that wait for their own window are not even looked at: a client that sends a
-        WINDOW_UPDATE per DATA frame costs each time what it unblocks, not a walk of every
-        stream."""
-        blocked = self._conn_blocked
-        events = self._events
-        while blocked and self._send_window > 0:
-            if self._flush_budget <= 0:
-                self._flush_later = True
-                break
-            stream_id, state = blocked.popitem(last=False)
-            if self._flush(stream_id, state):
-                events.append(WindowOpen(stream_id))
-
-    def _local_end(self, stream_id: int, state: _Stream) -> None:
-        state.local_closed = True
-        del self._streams[stream_id]
-        if self._track_resets:
-            if state.answered:      # the usual end: counted, never premature (_closed_stream)
-                self._guard.closed_streams += 1
-            else:
-                self._closed_stream(state)
-        if state.remote_closed:
-            return
-        # The response is complete but the request is not: ask the client to stop sending
-        # (RFC 9113 8.1, RST_STREAM NO_ERROR) and hand back the window of what it sent.
-        self._forget(stream_id)
-        self._out += _frame(RST_STREAM, 0, stream_id, _U32.pack(NO_ERROR))
-
-    def _send_goaway(self, last_stream_id: int, code: int = NO_ERROR) -> None:
-        self._out += _frame(GOAWAY, 0, 0, _GOAWAY.pack(last_stream_id, code))
-
-    def _final_goaway(self, last_stream_id: int) -> None:
-        self._send_goaway(last_stream_id)
-        self._goaway_sent = True
-        self._accept_upto = min(self._accept_upto, last_stream_id)
-
-    # -- internals: flow control of what we receive -----------------------------------------
-
-    def _give_back(self, stream_id: int, n: int) -> None:
-        """`n` bytes received on `stream_id` are gone from our buffers: announce the window
-        once half of it has come back."""
-        returned = self._returned + n
-        if returned >= self._local_conn_window >> 1:
-            self._out += _frame(WINDOW_UPDATE, 0, 0, _U32.pack(returned))
-            self._recv_window += returned
-            returned = 0
-        self._returned = returned
-        state = self._streams.get(stream_id)
-        if state is None or state.remote_closed:
-            return          # the peer sends no more on it: its window does not matter
-        returned = state.returned + n
-        if returned >= self._local_stream_window >> 1:
-            self._out += _frame(WINDOW_UPDATE, 0, stream_id, _U32.pack(returned))
-            state.recv_window += returned
-            returned = 0
-        state.returned = returned
-
-    def _forget(self, stream_id: int) -> None:
-        """A stream ended by a reset: drop what is held for it and hand back its window."""
-        self._held.pop(stream_id, None)
-        self._conn_blocked.pop(stream_id, None)
-        unacked = self._unacked.pop(stream_id, 0)
-        if unacked and not self._dead:
-            self._give_back(stream_id, unacked)
-
     # -- internals: receiving -------------------------------------------------------------------
-
-    def _receive(self, data: bytes, budget: int) -> None:
-        if self._preface < 24:
-            need = 24 - self._preface
-            head = data[:need]
-            if head != H2_PREFACE[self._preface:self._preface + len(head)]:
-                raise _ConnError(PROTOCOL_ERROR, "invalid HTTP/2 preface")
-            self._preface += len(head)
-            data = data[need:]
-            if not data:
-                return
-        buf = self._buf
-        if buf:
-            buf += data
-            data = buf
-        size = len(data)
-        pos = 0
-        handlers = _FRAME_HANDLERS
-        while size - pos >= 9:
-            length_type, flags, stream_id = _head_unpack(data, pos)
-            if budget <= 0:
-                if budget < -HEADERS_COST or length_type != (4 << 8 | RST_STREAM) or \
-                        stream_id != self._highest or not stream_id or size - pos < 13:
-                    self._backlog = True
-                    break
-                # The RST_STREAM right behind the HEADERS that opened its stream is read in
-                # the same turn (one frame past the budget, once: the budget then falls
-                # below -HEADERS_COST): the stream is reset before the manager's batch ends,
-                # so its upstream request is never sent (pool.py, Batches).
-                budget -= HEADERS_COST
-            budget -= 1
-            length = length_type >> 8
-            if length > _DEFAULT_FRAME_SIZE:
-                raise _ConnError(FRAME_SIZE_ERROR, "frame larger than SETTINGS_MAX_FRAME_SIZE")
-            end = pos + 9 + length
-            if end > size:
-                break
-            if self._hold_new and length_type & 0xFF == HEADERS and \
-                    stream_id & _MAX_STREAM_ID > self._highest:
-                break       # a new stream: it is read where the connection moves to
-            payload = bytes(data[pos + 9:end])
-            pos = end
-            kind = length_type & 0xFF
-            if kind == HEADERS:
-                budget -= HEADERS_COST - 1
-            elif kind == SETTINGS:
-                # It may walk every stream (a window change): ~0.35 us each, half a PING.
-                budget -= len(self._streams) >> 1
-            stream_id &= _MAX_STREAM_ID
-            if self._block is not None and kind != CONTINUATION:
-                raise _ConnError(PROTOCOL_ERROR, "header block interrupted")
-            handler = handlers.get(kind)
-            if handler is not None:
-                handler(self, flags, stream_id, payload)
-                if self._dead:
-                    return
-                if kind == HEADERS or kind == CONTINUATION:
-                    budget -= self._decode_cost
-                    self._decode_cost = 0
-                    if self._slicing is not None:
-                        budget = self._decode_slices(budget)
-                        if self._dead:
-                            return
-                        if self._slicing is not None:
-                            self._backlog = True    # the frames behind it wait for it
-                            break
-        if pos == size:
-            self._buf = bytearray()
-        elif data is buf:
-            del buf[:pos]
-        else:
-            self._buf = bytearray(data[pos:])
-
-    @staticmethod
-    def _unpad(flags: int, payload: bytes) -> bytes:
-        if flags & F_PADDED:
-            if not payload:
-                raise _ConnError(FRAME_SIZE_ERROR, "padded frame without pad length")
-            pad = payload[0]
-            if pad >= len(payload):
-                raise _ConnError(PROTOCOL_ERROR, "padding longer than the frame")
-            return payload[1:len(payload) - pad]
-        return payload
 
     def _on_data(self, flags: int, stream_id: int, payload: bytes) -> None:
         if stream_id == 0:
@@ -748,121 +293,6 @@ class LeanHttp2ServerCodec(H2MoveState):
         self._events.append(Body(stream_id, data, bool(end)))
         if end:
             self._remote_end(stream_id, state)
-
-    def _on_headers(self, flags: int, stream_id: int, payload: bytes) -> None:
-        if stream_id == 0:
-            raise _ConnError(PROTOCOL_ERROR, "HEADERS on stream 0")
-        if not stream_id & 1:
-            raise _ConnError(PROTOCOL_ERROR, "HEADERS on a server stream id")
-        block = self._unpad(flags, payload) if flags & F_PADDED else payload
-        if block or flags & F_END_STREAM:
-            self._guard.empty_run = 0
-        else:
-            self._guard.payload_frame(True)
-        self_dependent = False
-        if flags & F_PRIORITY:
-            if len(block) < 5:
-                raise _ConnError(FRAME_SIZE_ERROR, "HEADERS too short for its priority")
-            # Priority is ignored (RFC 9113 5.3.2), but a stream may not depend on itself.
-            self_dependent = _U32.unpack_from(block)[0] & _MAX_STREAM_ID == stream_id
-            block = block[5:]
-        if flags & F_END_HEADERS:       # the usual case: the whole block in this frame
-            self._on_block(block, stream_id, bool(flags & F_END_STREAM), self_dependent)
-            return
-        self._block_self_dependent = self_dependent
-        self._block_end = bool(flags & F_END_STREAM)
-        self._block_stream = stream_id
-        self._block = bytearray(block)
-
-    def _on_continuation(self, flags: int, stream_id: int, payload: bytes) -> None:
-        block = self._block
-        if block is None or stream_id != self._block_stream:
-            raise _ConnError(PROTOCOL_ERROR, "unexpected CONTINUATION")
-        if payload or flags & F_END_STREAM:
-            self._guard.empty_run = 0
-        else:
-            self._guard.payload_frame(True)
-        block += payload
-        if len(block) > self._hard_cap:
-            raise _ConnError(ENHANCE_YOUR_CALM, "header block too large")
-        if flags & F_END_HEADERS:
-            self._block = None
-            self._on_block(bytes(block), stream_id, self._block_end,
-                           self._block_self_dependent)
-
-    def _decode(self, block: bytes) -> list:
-        """[table generation, fields, request analysis or None] for a header block (see the
-        file's rules for the cache; the analysis is filled in and kept by _on_block)."""
-        cache = self._header_cache
-        hit = cache.get(block)
-        if hit is not None and hit[0] == self._table_gen:
-            return hit
-        snapshot = self._table_snapshot()
-        try:
-            fields = self._decoder.decode(block, raw=True)
-        except OversizedHeaderListError as exc:
-            raise _ConnError(ENHANCE_YOUR_CALM, str(exc)) from None
-        except HPACKError as exc:
-            raise _ConnError(COMPRESSION_ERROR, str(exc) or type(exc).__name__) from None
-        if len(fields) > _DECODE_FREE_FIELDS:
-            # HPACK decodes ~2-3 us a field here: a block of up to 256 bytes (_WHOLE_BLOCK_BYTES)
-            # may hold a few hundred; it ends its turn.
-            self._decode_cost = (len(fields) - _DECODE_FREE_FIELDS) >> 2
-        return self._decoded(block, fields, snapshot)
-
-    def _table_snapshot(self) -> tuple:
-        """What tells whether decoding a block changed the HPACK table (the cache's rule)."""
-        table = self._decoder.header_table
-        entries = table.dynamic_entries
-        return len(entries), entries[0] if entries else None, table.maxsize
-
-    def _decoded(self, block: bytes, fields: list, snapshot: tuple) -> list:
-        """The cache entry of a block decoded from the table of `snapshot`: kept when the
-        table did not change, and the table's generation moved on when it did."""
-        entry = [self._table_gen, fields, None]
-        count, first, maxsize = snapshot
-        now_count, now_first, now_maxsize = self._table_snapshot()
-        # The first entry by identity: an equal pair inserted anew (evicting another) is a
-        # change.
-        if count == now_count and first is now_first and maxsize == now_maxsize:
-            if len(block) <= _HEADER_CACHE_BLOCK and \
-                    sum(len(n) + len(v) for n, v in fields) <= _HEADER_CACHE_DECODED:
-                cache = self._header_cache
-                if len(cache) >= _HEADER_CACHE_ENTRIES:
-                    cache.clear()
-                cache[block] = entry
-        else:
-            self._table_gen += 1    # every entry cached so far was decoded against another table
-        return entry
-
-    def _decode_slices(self, budget: int) -> int:
-        """The next slice of the big block being decoded (self._slicing): as many fields as
-        `budget` pays for (_SLICE_FIELDS_PER_UNIT); once the block is whole,
-        its stream goes on as for any block. Returns the budget left."""
-        sliced = self._slicing
-        allowance = max(budget * _SLICE_FIELDS_PER_UNIT, _SLICE_MIN_FIELDS)
-        decoded = len(sliced.fields)
-        try:
-            cost = sliced.step(self._decoder, allowance)
-        except OversizedHeaderListError as exc:
-            raise _ConnError(ENHANCE_YOUR_CALM, str(exc)) from None
-        except HPACKError as exc:
-            raise _ConnError(COMPRESSION_ERROR, str(exc) or type(exc).__name__) from None
-        budget -= cost // _SLICE_FIELDS_PER_UNIT
-        analysis = sliced.analysis
-        # The fields are checked as they come too (~1 us a field), as a request or trailers.
-        analysis.add(sliced.fields[decoded:])
-        if sliced.done:
-            self._slicing = None
-            entry = self._decoded(sliced.block, sliced.fields, sliced.snapshot)
-            trailers = None
-            if analysis.__class__ is RequestAnalysis:
-                entry[2] = analysis.result(self._max_header_bytes, self._max_headers)
-            else:
-                trailers = analysis.result()      # not kept with the block: not a request's
-            self._on_block(sliced.block, sliced.stream_id, sliced.end, sliced.self_dependent,
-                           entry, trailers)
-        return budget
 
     def _on_block(self, block: bytes, stream_id: int, end: bool, self_dependent: bool,
                   entry: list | None = None, trailers=None) -> None:
@@ -1169,3 +599,4 @@ _FRAME_HANDLERS = {
     WINDOW_UPDATE: LeanHttp2ServerCodec._on_window_update,
     CONTINUATION: LeanHttp2ServerCodec._on_continuation,
 }
+LeanHttp2ServerCodec._frame_handlers = _FRAME_HANDLERS
