@@ -8,7 +8,8 @@ rig SNAPSHOT BATCHES [REPEATS [CHAIN [PROTOCOL]]]
     (HPACK-indexed after the first), each answered by an upstream keep-alive connection
     with a 64-byte body. Prints CPU microseconds per request. CHAIN `mesh`: the Rig reads
     bench/http_proxies.py's bootstrap with the mesh-shaped filter chain instead of its own
-    (`plain`: that bootstrap with the router alone); PROTOCOL `h1`: 10 HTTP/1.1 keep-alive
+    (`plain`: that bootstrap with the router alone; `codec`: the HTTP/2 server codec alone,
+    the same 10 HEADERS per receive(), each answered with a head and a 64-byte body); PROTOCOL `h1`: 10 HTTP/1.1 keep-alive
     requests per batch, one at a time, as wrk sends them (default `h2`). For a figure that the shared
     machine's noise does not move, count instructions instead: run it twice under
     `setarch -R valgrind --tool=callgrind` (PYTHONHASHSEED=0, H2COST_NOGC=1) with 30 and
@@ -157,6 +158,43 @@ def _h1_run(loop, rig, batches: int) -> float:
     return cpu
 
 
+def codec_run(batches: int) -> float:
+    """CPU seconds for batches x 10 requests through the HTTP/2 server codec alone: 10
+    HEADERS per receive() (HPACK-indexed after the first, as h2load sends them), each answered
+    by a 200 head with two fields and a 64-byte body, the turn's bytes taken once."""
+    from hpack import Encoder
+
+    from baton.worker.codecs.h2server import LeanHttp2ServerCodec
+    from baton.worker.codecs.message import Headers, Response
+
+    codec = LeanHttp2ServerCodec(frames_per_turn=64)
+    codec.initiate()
+    encoder = Encoder()
+    fields = [(":method", "GET"), (":scheme", "http"), (":authority", "127.0.0.1:10000"),
+              (":path", "/"), ("user-agent", "h2load nghttp2/1.52.0")]
+    first, later = encoder.encode(fields), encoder.encode(fields)
+    settings = struct.pack(">HLHL", 2, 0, 4, 2**30 - 1)
+    codec.receive(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + _frame(4, 0, 0, settings)
+                  + _frame(8, 0, 0, struct.pack(">L", 2**30 - 1 - 65535)) + _frame(4, 1, 0))
+    codec.data_to_send()
+    response = Response(200, Headers([("content-type", "text/plain"),
+                                      ("content-length", "64")]))
+    stream_id, answered = 1, 0
+    t0 = time.process_time()
+    for _ in range(batches):
+        data = bytearray()
+        for _ in range(10):
+            data += _frame(1, 5, stream_id, first if stream_id == 1 else later)
+            stream_id += 2
+        for event in codec.receive(bytes(data)):
+            codec.send_head(event.stream_id, response, False)
+            codec.send_body(event.stream_id, BODY, True)
+        answered += codec.data_to_send().count(b"\x00\x00\x40\x00\x01")
+    cpu = time.process_time() - t0
+    assert answered == batches * 10, answered
+    return cpu
+
+
 def timed_in_tree(tree: str, run, count: int, repeats: int, nogc: bool) -> None:
     """Import Baton and its tests from `tree`, call `run()` (CPU seconds for `count` requests)
     `repeats` times and print microseconds per request. Shared with bench/http_cost.py."""
@@ -175,8 +213,13 @@ def rig(argv: list[str]) -> None:
     repeats = int(argv[2]) if len(argv) > 2 else 1
     chain = argv[3] if len(argv) > 3 else None
     protocol = argv[4] if len(argv) > 4 else "h2"
-    timed_in_tree(snapshot, lambda: rig_run(batches, chain, protocol), batches * 10, repeats,
-                  bool(os.environ.get("H2COST_NOGC")))
+    if chain == "codec":
+        def run():
+            return codec_run(batches)
+    else:
+        def run():
+            return rig_run(batches, chain, protocol)
+    timed_in_tree(snapshot, run, batches * 10, repeats, bool(os.environ.get("H2COST_NOGC")))
 
 
 def cpu_sample(meter, requests: float, res: dict, proxy_cpu: int) -> dict:
