@@ -1,6 +1,7 @@
 """Differential: the rest of the proxy-wasm host through Envoy 1.40 (V8) and Baton, with
 hand-written WAT plugins (tests/fixtures/wasm/): the grpc_status of a plugin's local reply
-(grpc_reply.wat)."""
+(grpc_reply.wat); shared queues, a request handed to the root's proxy_on_queue_ready and
+continued from there (queue.wat)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import wasmtime
 
 from .differential.bootstraps import bootstrap, cluster, http_listener
 from .differential.client import one
-from .differential.compare import differential, observe
+from .differential.compare import differential, observe, upstream_header
 from .differential.proxies import module_pair
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "wasm"
@@ -29,7 +30,8 @@ def wat_filter(fixture: str, configuration: str = "", vm_id: str = "") -> dict:
                       "code": {"local": {"inline_bytes": code}}}}}}
 
 
-LISTENERS = {"grpc_reply": [wat_filter("grpc_reply.wat")]}
+LISTENERS = {"grpc_reply": [wat_filter("grpc_reply.wat")],
+             "queue": [wat_filter("queue.wat", vm_id="qvm")]}
 
 
 def host_bootstrap(upstreams: dict[str, int]):
@@ -77,3 +79,17 @@ def test_a_local_replys_grpc_status_is_not_used_for_other_requests(pair, recorde
         assert (obs["status"], obs["body"]) == (503, "no\n"), obs
         assert not any(name.startswith("grpc-") for name, _ in obs["headers"]), obs
     differential(pair, exchange("grpc_reply", "/7", "grpc-reply-plain"), expect)
+
+
+def test_a_shared_queue_carries_a_request_to_its_roots_queue_ready(pair, recorder):
+    """queue.wat: the request enqueues its path and waits; the root's proxy_on_queue_ready
+    dequeues it, marks the request (x-queued), finds the queue EMPTY (7) and continues it.
+    Resolving a name nobody registered and enqueueing to an unknown token: NOT_FOUND (1)."""
+    def expect(obs):
+        assert obs["status"] == 200, obs
+        assert upstream_header(obs, "x-queued") == "/queued?a=1", obs
+        assert upstream_header(obs, "x-empty") == "7", obs
+        assert upstream_header(obs, "x-missing") == "1", obs
+        assert upstream_header(obs, "x-bad-token") == "1", obs
+    differential(pair, exchange("queue", "/queued?a=1", "queue-1"), expect)
+    differential(pair, exchange("queue", "/queued?a=1", "queue-2"), expect)

@@ -28,6 +28,7 @@ from ..codecs.message import Headers, Request
 from .maps import (PairsMap, RequestMap, ResponseMap, _raw, _text,  # noqa: F401 - the ABI's
                    parse_pairs, serialize_pairs)
 from .properties import encode_property, stream_property  # noqa: F401
+from .queues import WORKER as WORKER_QUEUES, SharedQueues
 
 # proxy_status_t
 OK, NOT_FOUND, BAD_ARGUMENT, SERIALIZATION_FAILURE, PARSE_FAILURE = 0, 1, 2, 3, 4
@@ -107,7 +108,8 @@ class AbiHost:
     `log`: a logging.Logger."""
 
     def __init__(self, vm_id: str = "", vm_config: bytes = b"", stats=None, node=None,
-                 log: logging.Logger | None = None, environment: dict | None = None):
+                 log: logging.Logger | None = None, environment: dict | None = None,
+                 queues: SharedQueues | None = None):
         self.vm_id = vm_id
         self.vm_config = vm_config
         self.stats = stats
@@ -119,6 +121,8 @@ class AbiHost:
         self.metrics: dict[int, tuple[int, str]] = {}   # id -> (type, full stat name)
         self.metric_ids: dict[tuple[int, str], int] = {}
         self.shared = shared_data(vm_id)
+        self.queues = queues if queues is not None else WORKER_QUEUES
+        self.queue_handlers: dict = {}             # root context id -> f(token): queue ready
         self.tick_handlers: dict = {}              # root context id -> f(period ms)
         # proxy_http_call's I/O: f(root context, cluster, Request, body, timeout s) ->
         # (status, token), set by the plugin layer (worker/wasm/plugin.py)
@@ -381,6 +385,28 @@ class AbiHost:
             return CAS_MISMATCH
         self.shared[key] = (value, current[1] + 1 if current else 1)
         return OK
+
+    # -- shared queues (queues.py) ------------------------------------------------------------------
+    def register_shared_queue(self, name: bytes) -> tuple[int, int]:
+        """The queue (vm_id, name), owned by the current context's root (Envoy: the root is
+        the one proxy_on_queue_ready tells)."""
+        ctx = self.current
+        if ctx is None:
+            return BAD_ARGUMENT, 0
+        root = ctx.root or ctx
+        handler = self.queue_handlers.get(root.id)
+        notify = None if handler is None else lambda _context_id, token: handler(token)
+        return OK, self.queues.register(self.vm_id, name, root.id, notify)
+
+    def resolve_shared_queue(self, vm_id: bytes, name: bytes) -> tuple[int, int]:
+        token = self.queues.resolve(_text(vm_id), name)
+        return (OK, token) if token else (NOT_FOUND, 0)
+
+    def enqueue_shared_queue(self, token: int, data: bytes) -> int:
+        return self.queues.enqueue(token, data)
+
+    def dequeue_shared_queue(self, token: int) -> tuple[int, bytes]:
+        return self.queues.dequeue(token)
 
     # -- time, environment -----------------------------------------------------------------------
     @staticmethod

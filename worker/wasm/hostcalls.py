@@ -96,6 +96,12 @@ def function(vm, module: str, name: str):
             write(ctx, token_ptr, _U32.pack(token))
         return status
 
+    def token_out(ctx, result, token_ptr):
+        status, token = result
+        if status == abi.OK:
+            write(ctx, token_ptr, _U32.pack(token))
+        return status
+
     def write_u32(ctx, ptr, value):
         write(ctx, ptr, _U32.pack(value))
         return abi.OK
@@ -141,6 +147,14 @@ def function(vm, module: str, name: str):
         "proxy_get_shared_data": get_shared_data,
         "proxy_set_shared_data": lambda c, kp, ks, vp, vs, cas: host.set_shared_data(
             read(c, kp, ks), read(c, vp, vs), cas),
+        "proxy_register_shared_queue": lambda c, np, ns, tp: token_out(
+            c, host.register_shared_queue(read(c, np, ns)), tp),
+        "proxy_resolve_shared_queue": lambda c, vp, vs, np, ns, tp: token_out(
+            c, host.resolve_shared_queue(read(c, vp, vs), read(c, np, ns)), tp),
+        "proxy_enqueue_shared_queue": lambda c, token, dp, ds: host.enqueue_shared_queue(
+            token & 0xFFFFFFFF, read(c, dp, ds)),
+        "proxy_dequeue_shared_queue": lambda c, token, pp, sp: returning(
+            c, host.dequeue_shared_queue(token & 0xFFFFFFFF), pp, sp),
     }
     if module in WASI_MODULES:
         function = _wasi(vm, name)

@@ -24,6 +24,7 @@ import weakref
 
 from ..stats import Stats
 from . import abi
+from .queues import SharedQueues
 from .vm import VM, Trapped, WasmError, runtime
 
 log = logging.getLogger("baton.wasm")
@@ -62,8 +63,10 @@ def _plugin(config: dict) -> abi.Plugin:
 
 def _new_vm(config: dict, stats, node, keep: bool = True) -> VM:
     module = runtime().compile(config["code"], config["sha256"], keep)
+    # A check's VM (keep=False) gets queues of its own: it must not register in the
+    # worker's (or, before the fork, the master's) queues.
     host = abi.AbiHost(config["vm_id"], config["vm_config"], stats, node, log,
-                       config["environment"])
+                       config["environment"], None if keep else SharedQueues())
     return VM(module, host)
 
 
@@ -88,6 +91,8 @@ class PluginRoot:
             # VM sent every plugin's to the newest, and none once that one was freed).
             host.http_callers[root.id] = _weakly(self.http_call, (abi.INTERNAL_FAILURE, 0))
         host.tick_handlers[root.id] = _weakly(self.set_tick_period)
+        if worker is not None:
+            host.queue_handlers[root.id] = _weakly(self.queue_ready)
         host.current = root
         vm.call("proxy_on_context_create", root.id, 0)
         if first and vm.has("proxy_on_vm_start") and \
@@ -129,6 +134,20 @@ class PluginRoot:
             return
         if self.tick_seconds and self._tick is None:        # not set again by the tick
             self._tick = self.loop.call_later(self.tick_seconds, _weakly(self._on_tick))
+
+    def queue_ready(self, token: int) -> None:
+        """An enqueue on a queue this root registered: proxy_on_queue_ready after the
+        current call (Envoy posts it to the owner's dispatcher)."""
+        self.loop.call_soon(_weakly(self._on_queue_ready), token)
+
+    def _on_queue_ready(self, token: int) -> None:
+        if self.vm.failed or not self.vm.has("proxy_on_queue_ready"):
+            return
+        self.host.current = self.root
+        try:
+            self.vm.call("proxy_on_queue_ready", self.root.id, token)
+        except Trapped as exc:
+            log.error("Wasm plugin %s: %s", self.plugin.name, exc)
 
     def http_call(self, root: abi.Context, cluster_name: str, request, body: bytes,
                   timeout: float | None):
