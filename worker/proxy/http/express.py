@@ -38,11 +38,10 @@ from __future__ import annotations
 import time
 
 from ...codecs.events import Body, ResponseHead
-from .router import Router, UpstreamRequest, count_status
+from .router import Router, UpstreamRequest, count_status, expected_timeout_header
 from .stream import Stream, mutate_request_headers, own_response_headers
 
 _monotonic = time.monotonic     # the real clock, as the Router's route timeout uses
-_EXPECTED_TIMEOUT: dict = {}    # route timeout -> its x-envoy-expected-rq-timeout-ms header
 
 
 # -- who takes the lane ------------------------------------------------------------------
@@ -166,12 +165,7 @@ class Exchange:
         if timeout and not hcm.suppress_envoy_headers:
             # x-envoy-expected-rq-timeout-ms came in stripped (an external request), so the
             # router's set() is an add here.
-            header = _EXPECTED_TIMEOUT.get(timeout)
-            if header is None:
-                header = ("x-envoy-expected-rq-timeout-ms", str(int(timeout * 1000)))
-                if len(_EXPECTED_TIMEOUT) < 256:
-                    _EXPECTED_TIMEOUT[timeout] = header
-            request.headers.items.append(header)
+            request.headers.items.append(expected_timeout_header(timeout))
         cluster = self.cluster
         counters[cluster.stat["upstream_rq_total"]] += 1
         cluster.rq_active += 1

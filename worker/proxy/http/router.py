@@ -47,6 +47,20 @@ RETRIED_BEFORE_HEADERS = ("upstream connect error or disconnect/reset before hea
                           "retried and the latest reset reason: ")
 
 
+_EXPECTED_TIMEOUT: dict = {}    # seconds -> its x-envoy-expected-rq-timeout-ms pair: a memo
+
+
+def expected_timeout_header(seconds: float) -> tuple:
+    """("x-envoy-expected-rq-timeout-ms", whole milliseconds) for a route or per-try timeout,
+    built once per value (a route's timeout is the same for all its requests); bounded."""
+    header = _EXPECTED_TIMEOUT.get(seconds)
+    if header is None:
+        header = ("x-envoy-expected-rq-timeout-ms", str(int(seconds * 1000)))
+        if len(_EXPECTED_TIMEOUT) < 256:
+            _EXPECTED_TIMEOUT[seconds] = header
+    return header
+
+
 def count_status(stats, cluster, status: int) -> None:
     """upstream_rq_<class>xx and upstream_rq_<code>, names built once per cluster and code."""
     key = (cluster.name, status)
@@ -108,16 +122,17 @@ class UpstreamRequest:
         info = stream.info
         info.upstream_local = conn.local
         self.sent_at = router.loop.time()
-        if router.tried[1:]:
+        if len(router.tried) > 1:
             router.expected_timeout_header()
         if router.route.attempt_count_to_upstream:
             stream.request.headers.set(ATTEMPT_COUNT, str(len(router.tried)))
         trailers = stream.trailers if stream.request_complete else None
         end = stream.request_complete and not router.body and trailers is None
         self.stream_id = conn.start_stream(self, stream.request, end)
-        for i, chunk in enumerate(router.body):
-            last = stream.request_complete and i == len(router.body) - 1 and trailers is None
-            conn.codec.send_body(self.stream_id, chunk, last)
+        if router.body:
+            for i, chunk in enumerate(router.body):
+                last = stream.request_complete and i == len(router.body) - 1 and trailers is None
+                conn.codec.send_body(self.stream_id, chunk, last)
         if stream.trailers is not None and stream.request_complete:
             conn.codec.send_trailers(self.stream_id, stream.trailers)
         self.request_complete = stream.request_complete
@@ -384,11 +399,14 @@ class Router:
 
     def start(self) -> None:
         route, request = self.route, self.stream.request
-        duration = stream_duration(route, request, self.stream.hcm)
-        if duration and route.max_stream_duration is not None and _is_grpc(request):
-            # The connection manager tells a gRPC upstream the stream's time (Envoy's
-            # refreshDurationTimeout, for a route with max_stream_duration).
-            request.headers.set("grpc-timeout", grpc_timeout_value(duration))
+        if route.max_stream_duration is None:       # stream_duration's answer, without a call
+            duration = self.stream.hcm.max_stream_duration
+        else:
+            duration = stream_duration(route, request, self.stream.hcm)
+            if duration and _is_grpc(request):
+                # The connection manager tells a gRPC upstream the stream's time (Envoy's
+                # refreshDurationTimeout, for a route with max_stream_duration).
+                request.headers.set("grpc-timeout", grpc_timeout_value(duration))
         if duration:
             # Counted from the request's arrival, as Envoy's max_stream_duration is.
             started = self.stream.info.start_monotonic

@@ -73,7 +73,8 @@ class Route:
                  "_host_header", "_cluster_host", "_request_plans", "_response_plans", "_redirect", "_direct_status", "_direct_body",
                  "_rewrites_path", "express_cluster", "per_filter", "grpc_timeout",
                  "max_stream_duration", "attempt_count_to_upstream",
-                 "attempt_count_in_response", "upgrades", "connect_terminate")
+                 "attempt_count_in_response", "upgrades", "connect_terminate",
+                 "plain_request")
 
     # The express lane (express.py) and each field: safe (the lane honours it, or it does not
     # change a request) or blocking (name -> whether a value keeps the lane off this route).
@@ -84,6 +85,7 @@ class Route:
         "cluster_not_found_status",     # a missing cluster is never taken (express.take)
         "_path_test", "_headers", "_query", "_grpc", "_match",  # matching comes first
         "express_cluster",              # the verdict itself
+        "plain_request",                # derived from fields declared below
     })
     EXPRESS_BLOCKING = {
         "kind": lambda kind: kind != "cluster",
@@ -207,6 +209,12 @@ class Route:
                     w["name"], mutation_steps(w["response_headers"]) + response_chain)
 
         self.express_cluster = None     # express.admit_routes, once the table is built
+        # Nothing here rewrites a request's host or path or reads its grpc-timeout, and no
+        # stream duration is the route's: the full path skips those steps (stream.py _route,
+        # router.py Router.start) instead of calling each to find it has nothing to do.
+        self.plain_request = not (self._cluster_host or self._host_literal or self._host_header
+                                  or self._rewrites_path or self.grpc_timeout is not None
+                                  or self.max_stream_duration is not None)
         # typed_per_filter_config: (the route's, its virtual host's) {filter name: config},
         # or None; a filter reads its own (worker/proxy/http/cors.py).
         route_pf, vhost_pf = spec.get("per_filter"), vhost_spec.get("per_filter")

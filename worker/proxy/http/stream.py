@@ -21,13 +21,15 @@ from . import grpc_reply, path_normalize
 from . import xfcc
 from .filter import PAUSE, Delay, LocalReply
 from .route_rewrite import ADD_IF_ABSENT, APPEND, OVERWRITE, REMOVE
-from .router import GRPC_RETRY_ON, Router, route_timeout, set_grpc_timeout
+from .router import (GRPC_RETRY_ON, Router, expected_timeout_header, route_timeout,
+                     set_grpc_timeout)
 from .stream_info import StreamInfo
 
 log = logging.getLogger("baton.http")
 
 _TEXT_PLAIN = ("content-type", "text/plain")
 _DATE_ONLY = frozenset({"date"})
+_PROTOCOLS = {"1.1": "HTTP/1.1", "2": "HTTP/2", "1.0": "HTTP/1.0"}     # %PROTOCOL%, per version
 
 
 class _DateCache:
@@ -187,8 +189,9 @@ class Stream:
         self.upgrade = event.upgrade if event is not None else None
         self.expect_continue = event.expect_continue if event is not None else False
         if info is None:
-            protocol = "HTTP/2" if self.request is not None and self.request.version == "2" \
-                else f"HTTP/{self.request.version}" if self.request is not None else "HTTP/1.1"
+            request = self.request
+            protocol = "HTTP/1.1" if request is None else (
+                _PROTOCOLS.get(request.version) or f"HTTP/{request.version}")
             info = StreamInfo(self.request, self.loop.time(), protocol, conn.peer, conn.local,
                               conn.id)
         self.info = info
@@ -294,8 +297,14 @@ class Stream:
                 # Chosen with the route, before the filters: the fault filter's
                 # upstream_cluster condition reads it.
                 self.cluster_name = self.info.upstream_cluster = route.pick_cluster(request, random.random)
-        self.filters = [f for f in (factory.create(self) for factory in hcm.filter_factories)
-                        if f is not None] if hcm.filter_factories else ()
+        factories = hcm.filter_factories
+        if factories:
+            # A plain loop: a generator inside a comprehension resumed once per factory.
+            filters = self.filters = []
+            for factory in factories:
+                made = factory.create(self)
+                if made is not None:
+                    filters.append(made)
         self._continue_filters()
 
     def _mutate_request_headers(self) -> None:
@@ -376,18 +385,24 @@ class Stream:
             return
         # Envoy's order: header mutations first, then host and path rewrites (a
         # host_rewrite_header reads the mutated headers).
-        self._apply_mutations(request.headers, route.request_plan(name))
-        route.rewrite(request, name, envoy_headers=not hcm.suppress_envoy_headers)
-        base = route_timeout(route, request)                # grpc-timeout on gRPC routes
+        plan = route.request_plan(name)
+        if plan:
+            self._apply_mutations(request.headers, plan)
+        plain = route.plain_request         # no rewrite, no grpc-timeout: nothing to call
+        if plain:
+            base = route.timeout
+        else:
+            route.rewrite(request, name, envoy_headers=not hcm.suppress_envoy_headers)
+            base = route_timeout(route, request)            # grpc-timeout on gRPC routes
         if self.controls:
             timeout, retry = route_controls(route, request.headers, base)
         else:
             timeout, retry = base, route.retry
         if not hcm.suppress_envoy_headers and timeout:
             per_try = retry.per_try_timeout if retry is not None else None
-            expected = per_try if per_try else timeout
-            request.headers.set("x-envoy-expected-rq-timeout-ms", str(int(expected * 1000)))
-        set_grpc_timeout(route, request, timeout, retry)
+            request.headers.set(*expected_timeout_header(per_try if per_try else timeout))
+        if not plain:
+            set_grpc_timeout(route, request, timeout, retry)
         hash_key = route.hash_key(request, self.conn.peer[0] if self.conn.peer else "") \
             if route.hash_policies else None
         router = self.router = Router(self, route, cluster, hash_key, timeout, retry, self.picked)
@@ -457,9 +472,11 @@ class Stream:
 
     def upstream_response_head(self, response, end_stream: bool, service_ms: int) -> None:
         hcm = self.hcm
-        headers = response.headers
-        if self.route is not None:
-            self._apply_mutations(headers, self.route.response_plan(self.cluster_name))
+        route = self.route
+        if route is not None:
+            plan = route.response_plan(self.cluster_name)
+            if plan:
+                self._apply_mutations(response.headers, plan)
         if not hcm.suppress_envoy_headers:
             self._send_head(response, end_stream, ("x-envoy-upstream-service-time", str(service_ms)))
         else:
