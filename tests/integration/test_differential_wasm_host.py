@@ -1,11 +1,12 @@
 """Differential: the rest of the proxy-wasm host through Envoy 1.40 (V8) and Baton, with
 hand-written WAT plugins (tests/fixtures/wasm/): the grpc_status of a plugin's local reply
 (grpc_reply.wat); shared queues, a request handed to the root's proxy_on_queue_ready and
-continued from there (queue.wat)."""
+continued from there (queue.wat); foreign functions (foreign.wat)."""
 
 from __future__ import annotations
 
 import base64
+import zlib
 from pathlib import Path
 
 import pytest
@@ -31,7 +32,8 @@ def wat_filter(fixture: str, configuration: str = "", vm_id: str = "") -> dict:
 
 
 LISTENERS = {"grpc_reply": [wat_filter("grpc_reply.wat")],
-             "queue": [wat_filter("queue.wat", vm_id="qvm")]}
+             "queue": [wat_filter("queue.wat", vm_id="qvm")],
+             "foreign": [wat_filter("foreign.wat")]}
 
 
 def host_bootstrap(upstreams: dict[str, int]):
@@ -93,3 +95,23 @@ def test_a_shared_queue_carries_a_request_to_its_roots_queue_ready(pair, recorde
         assert upstream_header(obs, "x-bad-token") == "1", obs
     differential(pair, exchange("queue", "/queued?a=1", "queue-1"), expect)
     differential(pair, exchange("queue", "/queued?a=1", "queue-2"), expect)
+
+
+def test_foreign_functions(pair, recorder):
+    """foreign.wat: compress's zlib bytes and their round trip, uncompress of bytes that are
+    not zlib (SERIALIZATION_FAILURE, 3), a function nobody registered and a filter state key
+    no factory makes (NOT_FOUND, 1), a property declared twice (the second BAD_ARGUMENT, 2)
+    and, declared readonly, set twice (the second BAD_ARGUMENT) and read back."""
+    path = "/foreign/compress-me-compress-me"
+
+    def expect(obs):
+        assert obs["status"] == 200, obs
+        assert upstream_header(obs, "x-compressed") == zlib.compress(path.encode()).hex(), obs
+        assert upstream_header(obs, "x-roundtrip") == path, obs
+        assert upstream_header(obs, "x-bad-inflate") == "3", obs
+        assert upstream_header(obs, "x-unknown") == "1", obs
+        assert upstream_header(obs, "x-filter-state") == "1", obs
+        assert upstream_header(obs, "x-declare") == "02", obs
+        assert upstream_header(obs, "x-ro-set") == "02", obs
+        assert upstream_header(obs, "x-ro") == "nope", obs
+    differential(pair, exchange("foreign", path, "foreign"), expect)

@@ -25,6 +25,7 @@ import logging
 import time
 
 from ..codecs.message import Headers, Request
+from . import foreign
 from .maps import (PairsMap, RequestMap, ResponseMap, _raw, _text,  # noqa: F401 - the ABI's
                    parse_pairs, serialize_pairs)
 from .properties import encode_property, stream_property  # noqa: F401
@@ -123,6 +124,7 @@ class AbiHost:
         self.shared = shared_data(vm_id)
         self.queues = queues if queues is not None else WORKER_QUEUES
         self.queue_handlers: dict = {}             # root context id -> f(token): queue ready
+        self.declared: dict = {}    # context id -> {property: readonly} (declare_property)
         self.tick_handlers: dict = {}              # root context id -> f(period ms)
         # proxy_http_call's I/O: f(root context, cluster, Request, body, timeout s) ->
         # (status, token), set by the plugin layer (worker/wasm/plugin.py)
@@ -314,8 +316,15 @@ class AbiHost:
         ctx = self.current
         if ctx is None:
             return NOT_FOUND
+        # A property the root declared readonly (foreign.py) is set once per stream.
+        if path in ctx.properties and \
+                self.declared.get((ctx.root or ctx).id, {}).get(path):
+            return BAD_ARGUMENT
         ctx.properties[path] = value
         return OK
+
+    def call_foreign_function(self, name: bytes, arguments: bytes) -> tuple[int, bytes]:
+        return foreign.call(self, name, arguments)
 
     # -- metrics ---------------------------------------------------------------------------------
     def define_metric(self, kind: int, name: bytes) -> tuple[int, int]:

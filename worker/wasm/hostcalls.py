@@ -147,6 +147,8 @@ def function(vm, module: str, name: str):
         "proxy_get_shared_data": get_shared_data,
         "proxy_set_shared_data": lambda c, kp, ks, vp, vs, cas: host.set_shared_data(
             read(c, kp, ks), read(c, vp, vs), cas),
+        "proxy_call_foreign_function": lambda c, np, ns, ap, az, pp, sp: returning(
+            c, host.call_foreign_function(read(c, np, ns), read(c, ap, az)), pp, sp),
         "proxy_register_shared_queue": lambda c, np, ns, tp: token_out(
             c, host.register_shared_queue(read(c, np, ns)), tp),
         "proxy_resolve_shared_queue": lambda c, vp, vs, np, ns, tp: token_out(

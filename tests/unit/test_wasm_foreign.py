@@ -1,0 +1,67 @@
+"""worker/wasm/foreign.py, the foreign functions Envoy registers, without wasm."""
+
+from __future__ import annotations
+
+import zlib
+
+from baton.worker.stats import Stats
+from baton.worker.wasm import abi, foreign
+
+
+def host_and_stream():
+    h = abi.AbiHost(vm_id="f", stats=Stats())
+    plugin = abi.Plugin("p", "", "f", b"")
+    root = h.current = h.new_context(plugin)
+    return h, root, h.new_context(plugin, root, object(), None)
+
+
+def test_compress_and_uncompress_are_zlibs():
+    h, _, _ = host_and_stream()
+    status, packed = h.call_foreign_function(b"compress", b"abc" * 100)
+    assert status == abi.OK and packed == zlib.compress(b"abc" * 100)
+    assert h.call_foreign_function(b"uncompress", packed) == (abi.OK, b"abc" * 100)
+    for bad in (b"", b"nope", packed[:-3]):           # not zlib, or truncated
+        assert h.call_foreign_function(b"uncompress", bad) == (abi.SERIALIZATION_FAILURE, b"")
+
+
+def test_uncompress_is_bounded(monkeypatch):
+    monkeypatch.setattr(foreign, "MAX_RESULT", 1000)
+    h, _, _ = host_and_stream()
+    assert h.call_foreign_function(b"uncompress", zlib.compress(b"\0" * 1001)) == \
+        (abi.SERIALIZATION_FAILURE, b"")
+    assert h.call_foreign_function(b"uncompress", zlib.compress(b"\0" * 1000))[0] == abi.OK
+
+
+def test_unknown_names_are_not_found_and_envoys_others_unimplemented():
+    h, _, _ = host_and_stream()
+    assert h.call_foreign_function(b"nope", b"") == (abi.NOT_FOUND, b"")
+    for name in (b"clear_route_cache", b"sign", b"verify_signature", b"expr_create"):
+        assert h.call_foreign_function(name, b"")[0] == abi.UNIMPLEMENTED
+
+
+def test_a_readonly_declared_property_is_set_once_per_stream():
+    h, root, stream = host_and_stream()
+    declare = b"\x0a\x02ro\x10\x01"                   # {name: "ro", readonly: true}
+    assert h.call_foreign_function(b"declare_property", declare) == (abi.OK, b"")
+    assert h.call_foreign_function(b"declare_property", declare)[0] == abi.BAD_ARGUMENT
+    assert h.call_foreign_function(b"declare_property", b"\x0a\x05ro")[0] == abi.BAD_ARGUMENT
+    h.current = stream
+    assert h.set_property(b"ro", b"a") == abi.OK
+    assert h.set_property(b"ro", b"b") == abi.BAD_ARGUMENT
+    assert h.get_property(b"ro") == (abi.OK, b"a")
+    assert h.set_property(b"rw", b"a") == abi.OK and h.set_property(b"rw", b"b") == abi.OK
+
+
+def test_set_envoy_filter_state_knows_no_key():
+    h, _, stream = host_and_stream()
+    h.current = stream
+    assert h.call_foreign_function(b"set_envoy_filter_state", b"\x0a\x04nope\x12\x01x")[0] == \
+        abi.NOT_FOUND
+    assert h.call_foreign_function(b"set_envoy_filter_state", b"\x0a\x09")[0] == abi.BAD_ARGUMENT
+
+
+def test_the_wire_reader_takes_every_wire_type_and_refuses_garbage():
+    assert foreign.wire_fields(b"\x08\x96\x01\x12\x01x\x1d\0\0\0\0\x21" + b"\0" * 8) == \
+        {1: 150, 2: b"x", 3: b"\0" * 4, 4: b"\0" * 8}
+    for bad in (b"\x08", b"\x12\x05x", b"\x0b", b"\x00\x00", b"\x08" + b"\xff" * 11):
+        assert foreign.wire_fields(bad) is None, bad
