@@ -169,6 +169,24 @@ def test_connection_errors_send_goaway_with_the_code(wire, code):
     assert peer.send(frame(PING, 0, 0, b"12345678")) == []
 
 
+@pytest.mark.parametrize("wire, last", [
+    (frame(HEADERS, 0x5, 3, b"\x80"), 3),                              # undecodable
+    (frame(HEADERS, 0x1, 5, b"\x82") + frame(PING, 0, 0, b"12345678"), 5),    # interrupted
+    (frame(HEADERS, 0x1, 7, b"\x82") + frame(CONTINUATION, 0x4, 7, b"\x80"), 7),
+    (frame(HEADERS, 0x5, 1, b"\x80"), 1),                              # an old stream's id
+])
+def test_the_goaway_of_a_broken_header_block_names_a_new_stream(wire, last):
+    """As Envoy's codec (nghttp2): a new stream counts as processed from its HEADERS frame
+    on (tests/integration/test_differential_http2_codec.py)."""
+    peer = Peer()
+    peer.headers(1)
+    peer.out()
+    peer.send(wire)
+    goaways = [f for f in parse(peer.out()) if type(f).__name__ == "GoAwayFrame"]
+    assert [(f.last_stream_id, f.error_code) for f in goaways] == [(last, goaways[0].error_code)]
+    assert goaways[0].error_code in (0x1, 0x9)
+
+
 def test_bad_preface_is_a_connection_error_even_when_split():
     codec = LeanHttp2ServerCodec()
     assert codec.receive(H2_PREFACE[:10]) == []

@@ -217,7 +217,8 @@ def test_the_codec_ends_the_connection_on_a_string_literal_over_65536_bytes():
                                   (b":authority", b"a"), (b":path", b"/"),
                                   (b"x-big", b"v" * size)], huffman=False)
         events, out = _conversation(codec, _block_frames(1, block, True))
-        goaway = _frame(7, 0, 0, struct.pack(">LL", 0, 9))      # COMPRESSION_ERROR
+        # COMPRESSION_ERROR; stream 1 counts as processed (its HEADERS came), as in Envoy
+        goaway = _frame(7, 0, 0, struct.pack(">LL", 1, 9))
         assert codec.closed == closed and (goaway in out) == closed, (size, events)
         if not closed:
             assert events[0][0] == "HeadersRefused" and \

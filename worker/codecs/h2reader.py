@@ -58,12 +58,14 @@ _HEADER_CACHE_DECODED = 4096
 
 
 class _ConnError(Exception):
-    """A connection error found while reading: GOAWAY(code) and the end."""
+    """A connection error found while reading: GOAWAY(code) and the end. `stream_id`: the
+    stream whose header block could not be decoded (see _connection_error)."""
 
-    def __init__(self, code: int, reason: str):
+    def __init__(self, code: int, reason: str, stream_id: int = 0):
         super().__init__(reason)
         self.code = code
         self.reason = reason
+        self.stream_id = stream_id
 
 
 class H2FrameReader:
@@ -195,7 +197,7 @@ class H2FrameReader:
             self._on_block(bytes(block), stream_id, self._block_end,
                            self._block_self_dependent)
 
-    def _decode(self, block: bytes) -> list:
+    def _decode(self, block: bytes, stream_id: int) -> list:
         """[table generation, fields, request analysis or None] for a header block (see the
         file's rules for the cache; the analysis is filled in and kept by _on_block)."""
         cache = self._header_cache
@@ -206,9 +208,10 @@ class H2FrameReader:
         try:
             fields = self._decoder.decode(block, raw=True)
         except OversizedHeaderListError as exc:
-            raise _ConnError(ENHANCE_YOUR_CALM, str(exc)) from None
+            raise _ConnError(ENHANCE_YOUR_CALM, str(exc), stream_id) from None
         except HPACKError as exc:
-            raise _ConnError(COMPRESSION_ERROR, str(exc) or type(exc).__name__) from None
+            raise _ConnError(COMPRESSION_ERROR, str(exc) or type(exc).__name__,
+                             stream_id) from None
         if len(fields) > _DECODE_FREE_FIELDS:
             # HPACK decodes ~2-3 us a field here: a block of up to 256 bytes (_WHOLE_BLOCK_BYTES)
             # may hold a few hundred; it ends its turn.
@@ -250,9 +253,10 @@ class H2FrameReader:
         try:
             cost = sliced.step(self._decoder, allowance)
         except OversizedHeaderListError as exc:
-            raise _ConnError(ENHANCE_YOUR_CALM, str(exc)) from None
+            raise _ConnError(ENHANCE_YOUR_CALM, str(exc), sliced.stream_id) from None
         except HPACKError as exc:
-            raise _ConnError(COMPRESSION_ERROR, str(exc) or type(exc).__name__) from None
+            raise _ConnError(COMPRESSION_ERROR, str(exc) or type(exc).__name__,
+                             sliced.stream_id) from None
         budget -= cost // _SLICE_FIELDS_PER_UNIT
         analysis = sliced.analysis
         # The fields are checked as they come too (~1 us a field), as a request or trailers.

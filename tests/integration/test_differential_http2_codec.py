@@ -1,0 +1,125 @@
+"""Differential: the HTTP/2 server codec on raw frames, where a client library would not go: the
+last stream a connection error's GOAWAY names, and Envoy's HTTP/2 codec counters (http2.*)
+for what both codecs do."""
+
+from __future__ import annotations
+
+import socket
+import struct
+
+import pytest
+from hpack import Encoder
+
+from .differential.compare import differential
+from .differential.proxies import module_pair
+from .test_differential_protocol import protocol_bootstrap
+
+recorder, pair = module_pair("diff-h2codec", protocol_bootstrap, ["proto", "http10"])
+
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+GET = [(":method", "GET"), (":scheme", "http"), (":authority", "diff.test"), (":path", "/direct")]
+HEADERS, CONTINUATION, RST_STREAM, PING, GOAWAY = 1, 9, 3, 6, 7
+END_STREAM, END_HEADERS = 1, 4
+UNDECODABLE = b"\x80"       # HPACK index 0: a decoding error (COMPRESSION_ERROR)
+
+
+def frame(kind: int, flags: int, stream_id: int, payload: bytes = b"") -> bytes:
+    return struct.pack(">L", len(payload))[1:] + bytes([kind, flags]) + \
+        struct.pack(">L", stream_id) + payload
+
+
+def exchange(port: int, frames: bytes, quiet: float = 1.0) -> list:
+    """Send the preface, an empty SETTINGS and `frames`; read until the proxy closes, sends
+    a GOAWAY with an error code (both proxies close after it; Envoy up to its 1 s
+    delayed_close_timeout later), or `quiet` seconds pass without a byte. What came back,
+    but for the proxy's SETTINGS, WINDOW_UPDATE and PING frames (their values differ by
+    design): ("GOAWAY", last, code), ("RST_STREAM", stream, code), ("HEADERS" or "DATA",
+    stream, flags)."""
+    seen, received = [], bytearray()
+    with socket.create_connection(("127.0.0.1", port), timeout=quiet) as sock:
+        sock.sendall(PREFACE + frame(4, 0, 0) + frames)
+        try:
+            while not (seen and seen[-1][0] == "GOAWAY" and seen[-1][2]):
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                received += chunk
+                while len(received) >= 9 and len(received) >= 9 + int.from_bytes(received[:3], "big"):
+                    seen += _frame_seen(received)
+        except (socket.timeout, ConnectionResetError):
+            pass
+    return seen
+
+
+def _frame_seen(received: bytearray) -> list:
+    """The first frame of `received`, taken from it, as exchange() reports it."""
+    length = int.from_bytes(received[:3], "big")
+    kind, flags = received[3], received[4]
+    stream_id = int.from_bytes(received[5:9], "big") & 0x7FFFFFFF
+    payload = bytes(received[9:9 + length])
+    del received[:9 + length]
+    if kind == GOAWAY:
+        return [("GOAWAY", *struct.unpack(">LL", payload[:8]))]
+    if kind == RST_STREAM:
+        return [("RST_STREAM", stream_id, struct.unpack(">L", payload)[0])]
+    if kind in (0, HEADERS):
+        return [("DATA" if kind == 0 else "HEADERS", stream_id, flags)]
+    return []
+
+
+def request(encoder: Encoder, stream_id: int, flags: int = END_STREAM | END_HEADERS,
+            fields=GET) -> bytes:
+    return frame(HEADERS, flags, stream_id, encoder.encode(fields))
+
+
+def _bad_first(enc):
+    return frame(HEADERS, END_STREAM | END_HEADERS, 1, UNDECODABLE)
+
+
+def _bad_second(enc):
+    return request(enc, 1) + frame(HEADERS, END_STREAM | END_HEADERS, 3, UNDECODABLE)
+
+
+def _bad_after_a_gap(enc):
+    return request(enc, 1) + frame(HEADERS, END_STREAM | END_HEADERS, 5, UNDECODABLE)
+
+
+def _bad_in_continuation(enc):
+    return request(enc, 1, END_STREAM) + frame(CONTINUATION, END_HEADERS, 1, UNDECODABLE)
+
+
+def _bad_big_block(enc):
+    # Over 256 bytes: Baton decodes it in slices (h2slice.py), over turns.
+    fields = GET + [("x-%d" % i, "v" * 20) for i in range(20)]
+    return frame(HEADERS, END_STREAM | END_HEADERS, 1, enc.encode(fields) + UNDECODABLE)
+
+
+def _bad_trailers(enc):
+    return request(enc, 1, END_HEADERS) + frame(HEADERS, END_STREAM | END_HEADERS, 1, UNDECODABLE)
+
+
+def _ping_inside_a_block(enc):
+    return request(enc, 1, END_STREAM) + frame(PING, 0, 0, b"12345678")
+
+
+@pytest.mark.parametrize("frames, goaway", [
+    (_bad_first, ("GOAWAY", 1, 9)),
+    (_bad_second, ("GOAWAY", 3, 9)),
+    (_bad_after_a_gap, ("GOAWAY", 5, 9)),
+    (_bad_in_continuation, ("GOAWAY", 1, 9)),
+    (_bad_big_block, ("GOAWAY", 1, 9)),
+    (_bad_trailers, ("GOAWAY", 1, 9)),
+    (_ping_inside_a_block, ("GOAWAY", 1, 1)),
+], ids=["first-stream", "second-stream", "after-a-gap", "in-continuation", "big-block",
+        "trailers", "ping-inside-a-block"])
+def test_goaway_of_a_broken_header_block_names_its_stream(pair, frames, goaway):
+    """A connection error in a request's header block: Envoy's GOAWAY names that stream as
+    the last processed (nghttp2 counts it from its HEADERS frame on)."""
+    def run(target):
+        return exchange(target.port, frames(Encoder()))
+    differential(pair, run, lambda obs: _check(obs[-1:] == [goaway], obs))
+
+
+def _check(condition: bool, obs) -> None:
+    if not condition:
+        pytest.fail(f"unexpected observation: {obs}")
