@@ -188,7 +188,8 @@ class UpstreamRequest:
             if status < 200 and status != 101:
                 return          # Envoy answers Expect: 100-continue itself; drop upstream 1xx
             self.headers_received = True
-            self._cancel_timer()        # the per-try timeout ends when the response begins
+            if self.try_timer is not None:
+                self._cancel_timer()    # the per-try timeout ends when the response begins
             if event.end_stream:
                 self.response_complete = True
             router.on_response_head(self, event.response, event.end_stream)
@@ -253,7 +254,8 @@ class UpstreamRequest:
         if self.done:
             return
         self._mark_done()
-        self._cancel_timer()
+        if self.try_timer is not None:
+            self._cancel_timer()
         if self.paused:
             self.paused = False
             self.router.stream.pause_downstream(False)
@@ -515,9 +517,11 @@ class Router:
                                connect_destination(self.route, stream.request.authority),
                                connect_peer(stream))
         else:
+            info = stream.info
             pool = stream.worker.http_pools.get(cluster, host, stream.request.version == "2",
                                                 stream.request,     # auto_sni: its Host
-                                                alpn_override(stream.info))
+                                                alpn_override(info) if info.dynamic_metadata
+                                                else None)
         upstream = self.upstream = UpstreamRequest(self, pool, host)
         self.stats[cluster.stat["upstream_rq_total"]] += 1
         cluster.rq_active += 1
@@ -629,7 +633,7 @@ class Router:
         self.response_started = True
         self.retains_body = False
         self.body = []
-        self._count_status(status)
+        count_status(self.stats, cluster, status)
         info = self.stream.info
         info.first_upstream_byte = self.loop.time()
         if end_stream:
@@ -645,7 +649,10 @@ class Router:
         if not self.response_started:
             return
         if end_stream:
-            self._cancel_timers()
+            # _cancel_timers, inline: this runs for every response
+            self.deadline = self.route_deadline = self.duration_deadline = 0.0
+            if self.backoff_timer is not None:
+                self._cancel_timers()
         self.stream.upstream_response_body(data, end_stream)
         if end_stream:
             self._complete(upstream)

@@ -74,7 +74,7 @@ class Route:
                  "_rewrites_path", "express_cluster", "per_filter", "grpc_timeout",
                  "max_stream_duration", "attempt_count_to_upstream",
                  "attempt_count_in_response", "upgrades", "connect_terminate",
-                 "plain_request")
+                 "plain_request", "single_cluster")
 
     # The express lane (express.py) and each field: safe (the lane honours it, or it does not
     # change a request) or blocking (name -> whether a value keeps the lane off this route).
@@ -86,6 +86,7 @@ class Route:
         "_path_test", "_headers", "_query", "_grpc", "_match",  # matching comes first
         "express_cluster",              # the verdict itself
         "plain_request",                # derived from fields declared below
+        "single_cluster",               # _cluster, as pick_cluster gives it
     })
     EXPRESS_BLOCKING = {
         "kind": lambda kind: kind != "cluster",
@@ -212,6 +213,7 @@ class Route:
         # Nothing here rewrites a request's host or path or reads its grpc-timeout, and no
         # stream duration is the route's: the full path skips those steps (stream.py _route,
         # router.py Router.start) instead of calling each to find it has nothing to do.
+        self.single_cluster = self._cluster or None     # pick_cluster's answer, no call
         self.plain_request = not (self._cluster_host or self._host_literal or self._host_header
                                   or self._rewrites_path or self.grpc_timeout is not None
                                   or self.max_stream_duration is not None)

@@ -30,6 +30,7 @@ log = logging.getLogger("baton.http")
 _TEXT_PLAIN = ("content-type", "text/plain")
 _DATE_ONLY = frozenset({"date"})
 _PROTOCOLS = {"1.1": "HTTP/1.1", "2": "HTTP/2", "1.0": "HTTP/1.0"}     # %PROTOCOL%, per version
+_PROTOCOLS = {"1.1": "HTTP/1.1", "2": "HTTP/2", "1.0": "HTTP/1.0"}     # %PROTOCOL%, per version
 
 
 class _DateCache:
@@ -269,7 +270,9 @@ class Stream:
                 return
         if self.expect_continue and request.version != "2":
             self.conn.codec.send_head(self.id, Response(100, Headers()), False)
-        self._mutate_request_headers()
+        conn = self.conn
+        self.info.request_id, self.controls = mutate_request_headers(hcm, request, conn.peer,
+                                                                     conn.tls)
         if hcm.normalize_path or hcm.escaped_slashes != "KEEP_UNCHANGED" or (
                 hcm.merge_slashes and "//" in request.path):
             if not self._normalize_path(hcm, request):
@@ -296,7 +299,8 @@ class Stream:
             if route.kind == "cluster":
                 # Chosen with the route, before the filters: the fault filter's
                 # upstream_cluster condition reads it.
-                self.cluster_name = self.info.upstream_cluster = route.pick_cluster(request, random.random)
+                self.cluster_name = self.info.upstream_cluster = \
+                    route.single_cluster or route.pick_cluster(request, random.random)
         factories = hcm.filter_factories
         if factories:
             # A plain loop: a generator inside a comprehension resumed once per factory.
@@ -305,11 +309,10 @@ class Stream:
                 made = factory.create(self)
                 if made is not None:
                     filters.append(made)
-        self._continue_filters()
-
-    def _mutate_request_headers(self) -> None:
-        self.info.request_id, self.controls = mutate_request_headers(
-            self.hcm, self.request, self.conn.peer, self.conn.tls)
+            if filters:
+                self._continue_filters()
+                return
+        self._route()       # no filter for this request: nothing to continue
 
     @property
     def route_adds_headers(self) -> bool:
@@ -400,7 +403,13 @@ class Stream:
             timeout, retry = base, route.retry
         if not hcm.suppress_envoy_headers and timeout:
             per_try = retry.per_try_timeout if retry is not None else None
-            request.headers.set(*expected_timeout_header(per_try if per_try else timeout))
+            header = expected_timeout_header(per_try if per_try else timeout)
+            if self.controls or plan or self.filters:
+                request.headers.set(*header)
+            else:
+                # An external request came without it (mutate_request_headers strips it)
+                # and nothing since could add it: no scan for an old one.
+                request.headers.items.append(header)
         if not plain:
             set_grpc_timeout(route, request, timeout, retry)
         hash_key = route.hash_key(request, self.conn.peer[0] if self.conn.peer else "") \
