@@ -5,6 +5,7 @@ for what both codecs do."""
 from __future__ import annotations
 
 import socket
+import urllib.request
 import struct
 
 import pytest
@@ -123,3 +124,57 @@ def test_goaway_of_a_broken_header_block_names_its_stream(pair, frames, goaway):
 def _check(condition: bool, obs) -> None:
     if not condition:
         pytest.fail(f"unexpected observation: {obs}")
+
+
+# ---- Envoy's HTTP/2 codec counters -------------------------------------------------------------
+
+COUNTED = ("http2.tx_reset", "http2.rx_reset", "http2.trailers", "http2.rx_messaging_error",
+           "http2.header_overflow")
+
+
+def _counted(target, run) -> dict:
+    """What `run()` added to COUNTED on `target`, by /stats, and each as /stats/prometheus
+    names it (envoy_http2_tx_reset)."""
+    before = target.stats("http2.")
+    run()
+    after = target.stats("http2.")
+    with urllib.request.urlopen(f"http://127.0.0.1:{target.admin_port}/stats/prometheus",
+                                timeout=5) as reply:
+        prometheus = reply.read().decode()
+    return {name: [after.get(name, 0) - before.get(name, 0),
+                   f"\nenvoy_{name.replace('.', '_')}{{}} {after.get(name, 0)}\n" in prometheus
+                   or f"\nenvoy_{name.replace('.', '_')} {after.get(name, 0)}\n" in prometheus]
+            for name in COUNTED}
+
+
+@pytest.mark.parametrize("frames, counted", [
+    # RST_STREAM from the client on an open stream: rx_reset.
+    (lambda enc: request(enc, 1, END_HEADERS) + frame(RST_STREAM, 0, 1, struct.pack(">L", 8)),
+     {"http2.rx_reset": 1}),
+    # ... and on a stream already closed: nothing.
+    (lambda enc: request(enc, 1) + frame(RST_STREAM, 0, 1, struct.pack(">L", 8)) +
+     frame(RST_STREAM, 0, 1, struct.pack(">L", 8)), {"http2.rx_reset": 1}),
+    # Request trailers: trailers.
+    (lambda enc: request(enc, 1, END_HEADERS) + request(enc, 1, fields=[("x-t", "1")]),
+     {"http2.trailers": 1}),
+    # The response ends before the request: RST_STREAM(NO_ERROR), tx_reset.
+    (lambda enc: request(enc, 1, END_HEADERS, [(":method", "POST")] + GET[1:]),
+     {"http2.tx_reset": 1}),
+    # Too many header fields: the stream is reset (INTERNAL_ERROR), tx_reset.
+    (lambda enc: request(enc, 1, fields=GET + [("x-h%d" % i, "v") for i in range(150)]),
+     {"http2.tx_reset": 1, "http2.header_overflow": 1}),
+    # A malformed request (an upper-case name): rx_messaging_error; the connection ends
+    # (stream_error_on_invalid_http_message is false), no reset.
+    (lambda enc: request(enc, 1, fields=GET + [("X-Up", "1")]), {"http2.rx_messaging_error": 1}),
+    # Trailers that cannot be decoded: counted as trailers (before decoding), then the end.
+    (_bad_trailers, {"http2.trailers": 1}),
+], ids=["rx-reset", "rx-reset-once", "trailers", "tx-reset-no-error", "tx-reset-overflow",
+        "messaging-error", "undecodable-trailers"])
+def test_envoys_http2_codec_counters(pair, frames, counted):
+    """Envoy's HTTP/2 codec counts what both codecs do: each RST_STREAM it sends (tx_reset),
+    one received on an open stream (rx_reset), request trailers (trailers), a malformed
+    request (rx_messaging_error); on /stats and /stats/prometheus."""
+    def run(target):
+        return _counted(target, lambda: exchange(target.port, frames(Encoder()), quiet=0.5))
+    expected = {name: [counted.get(name, 0), True] for name in COUNTED}
+    differential(pair, run, lambda obs: _check(obs == expected, obs))

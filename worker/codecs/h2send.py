@@ -15,7 +15,7 @@ from .h2flow import _Stream
 from .h2frames import (CANCEL, CONTINUATION, DATA, F_END_HEADERS, F_END_STREAM, GOAWAY,
                        HEADERS, NO_ERROR, PING, RST_STREAM, _GOAWAY, _MAX_STREAM_ID, _U32,
                        _frame, _head_pack)
-from .h2limits import Flood
+from .h2limits import TX_RESET, Flood
 from .message import Headers, Response
 
 _DRAIN_PING = b"baton\x00gw"
@@ -99,7 +99,7 @@ class H2Sender:
             return
         self._closed_stream(state)
         self._forget(stream_id)
-        self._out += _frame(RST_STREAM, 0, stream_id, _U32.pack(code))
+        self._send_reset(stream_id, code)
 
     def reset_held(self, stream_id: int, code: int) -> None:
         """Drop what waits for the window on a stream the manager has finished, and reset it
@@ -108,7 +108,7 @@ class H2Sender:
         if stream_id in self._held and not self._dead:
             self._streams.pop(stream_id, None)
             self._forget(stream_id)
-            self._out += _frame(RST_STREAM, 0, stream_id, _U32.pack(code))
+            self._send_reset(stream_id, code)
 
     def goaway(self, last_stream_id: int | None = None, code: int = NO_ERROR,
                graceful: bool = True) -> None:
@@ -188,7 +188,12 @@ class H2Sender:
         # The response is complete but the request is not: ask the client to stop sending
         # (RFC 9113 8.1, RST_STREAM NO_ERROR) and hand back the window of what it sent.
         self._forget(stream_id)
-        self._out += _frame(RST_STREAM, 0, stream_id, _U32.pack(NO_ERROR))
+        self._send_reset(stream_id, NO_ERROR)
+
+    def _send_reset(self, stream_id: int, code: int) -> None:
+        """RST_STREAM(code): Envoy's codec counts every one it sends (http2.tx_reset)."""
+        self._out += _frame(RST_STREAM, 0, stream_id, _U32.pack(code))
+        self._counters[TX_RESET] += 1
 
     def _send_goaway(self, last_stream_id: int, code: int = NO_ERROR) -> None:
         self._out += _frame(GOAWAY, 0, 0, _GOAWAY.pack(last_stream_id, code))

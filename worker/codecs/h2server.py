@@ -37,7 +37,7 @@ Rules of this file:
 from __future__ import annotations
 
 import time
-from collections import OrderedDict
+from collections import OrderedDict, defaultdict
 
 from hpack import Decoder
 
@@ -52,7 +52,8 @@ from .h2frames import (CANCEL, CONTINUATION, DATA, F_ACK, F_END_STREAM,
                        S_MAX_FRAME_SIZE, S_MAX_HEADER_LIST_SIZE, SETTINGS, STREAM_CLOSED,
                        WINDOW_UPDATE, _DEFAULT_FRAME_SIZE, _DEFAULT_WINDOW, _GOAWAY,
                        _MAX_STREAM_ID, _MAX_WINDOW, _SETTING, _U32, _frame)
-from .h2limits import HEADER_LIST_SIZE_TOO_LARGE, HEADER_OVERFLOW, Flood, FloodGuard
+from .h2limits import (HEADER_LIST_SIZE_TOO_LARGE, HEADER_OVERFLOW, RX_MESSAGING_ERROR, RX_RESET,
+                       TRAILERS, Flood, FloodGuard)
 from .h2movestate import H2MoveState
 from .h2reader import _UNBOUNDED, _WHOLE_BLOCK_BYTES, HEADERS_COST, H2FrameReader, _ConnError
 from .h2send import _DRAIN_PING, H2Sender
@@ -78,7 +79,7 @@ class LeanHttp2ServerCodec(H2FrameReader, H2Sender, H2FlowControl, H2MoveState):
                  "_frames_per_turn", "_backlog", "_stream_error_on_invalid", "_clock",
                  "_track_resets", "_turn_time",
                  "_table_gen", "_header_cache", "_events", "_hold_new", "_flush_bytes",
-                 "_flush_budget", "_flush_later", "_decode_cost", "_slicing")
+                 "_flush_budget", "_flush_later", "_decode_cost", "_slicing", "_counters")
     multiplexed = True      # streams interleave: a fault ends one stream; draining is GOAWAY
 
     def __init__(self, *, max_header_bytes: int = 60 * 1024, max_headers: int = 100,
@@ -86,13 +87,16 @@ class LeanHttp2ServerCodec(H2FrameReader, H2Sender, H2FlowControl, H2MoveState):
                  initial_stream_window: int = 268435456,
                  initial_connection_window: int = 268435456,
                  stream_error_on_invalid_http_message: bool = True,
-                 frames_per_turn: int | None = None, clock=time.monotonic, **limits):
+                 frames_per_turn: int | None = None, clock=time.monotonic, counters=None,
+                 **limits):
         """`limits`: the flood limits of h2limits.FloodGuard (Envoy's field names), all off
         unless given. `frames_per_turn`: at most this many frames (a HEADERS frame counting
         as HEADERS_COST) are read per receive();
         the rest wait for receive_more() (`backlog` says so), so that one connection cannot
         hold the event loop. `stream_error_on_invalid_http_message` False: a malformed
-        request ends the connection (Envoy's default) instead of only its stream."""
+        request ends the connection (Envoy's default) instead of only its stream.
+        `counters`: the worker's counters (name -> count), where the codec counts Envoy's
+        http2.* stats of what it does (h2limits.py: TX_RESET and the next three)."""
         self._max_header_bytes = max_header_bytes
         self._max_headers = max_headers
         self._max_concurrent = max_concurrent_streams
@@ -133,6 +137,7 @@ class LeanHttp2ServerCodec(H2FrameReader, H2Sender, H2FlowControl, H2MoveState):
         self._header_cache: dict = {}
         self._events: list = []
         self._guard = FloodGuard(**limits)
+        self._counters = defaultdict(int) if counters is None else counters
         self.flood: str | None = None            # the stat of the limit that ended us
         self._counted = 0                        # bytes of _out whose frames the guard counted
         self._frames_per_turn = frames_per_turn
@@ -323,17 +328,18 @@ class LeanHttp2ServerCodec(H2FrameReader, H2Sender, H2FlowControl, H2MoveState):
             self._stream_error(stream_id, PROTOCOL_ERROR)
             return
         if state is not None:
+            self._counters[TRAILERS] += 1
             self._on_trailers(stream_id, state, entry[1], end, trailers)
             return
         if stream_id <= self._highest:
             # A closed stream (RFC 9113 5.1): nothing on it is processed.
-            self._out += _frame(RST_STREAM, 0, stream_id, _U32.pack(STREAM_CLOSED))
+            self._send_reset(stream_id, STREAM_CLOSED)
             return
         self._highest = stream_id
         if stream_id > self._accept_upto or len(self._streams) >= self._max_concurrent:
             # Opened after our final GOAWAY, or past our concurrency limit: never processed,
             # so the client may retry it.
-            self._out += _frame(RST_STREAM, 0, stream_id, _U32.pack(REFUSED_STREAM))
+            self._send_reset(stream_id, REFUSED_STREAM)
             return
         self._guard.opened_streams += 1
         request = entry[2]
@@ -394,6 +400,7 @@ class LeanHttp2ServerCodec(H2FrameReader, H2Sender, H2FlowControl, H2MoveState):
     def _invalid_message(self, stream_id: int) -> None:
         """A malformed request (RFC 9113 8.1.1): Envoy ends the whole connection unless
         override_stream_error_on_invalid_http_message says to reset only the stream."""
+        self._counters[RX_MESSAGING_ERROR] += 1
         if not self._stream_error_on_invalid:
             raise _ConnError(PROTOCOL_ERROR, "invalid HTTP message")
         self._stream_error(stream_id, PROTOCOL_ERROR)
@@ -419,7 +426,7 @@ class LeanHttp2ServerCodec(H2FrameReader, H2Sender, H2FlowControl, H2MoveState):
         if state is not None:
             self._closed_stream(state)
             self._forget(stream_id)
-        self._out += _frame(RST_STREAM, 0, stream_id, _U32.pack(code))
+        self._send_reset(stream_id, code)
         self._events.append(StreamReset(stream_id, code))
 
     def _on_priority(self, flags: int, stream_id: int, payload: bytes) -> None:
@@ -442,6 +449,7 @@ class LeanHttp2ServerCodec(H2FrameReader, H2Sender, H2FlowControl, H2MoveState):
         state = self._streams.pop(stream_id, None)
         if state is None:
             return
+        self._counters[RX_RESET] += 1
         self._closed_stream(state)
         self._forget(stream_id)
         self._events.append(StreamReset(stream_id, _U32.unpack(payload)[0]))
@@ -571,6 +579,10 @@ class LeanHttp2ServerCodec(H2FrameReader, H2Sender, H2FlowControl, H2MoveState):
                 block_stream = self._slicing.stream_id
         if last < block_stream <= self._accept_upto:
             last = block_stream
+        elif block_stream:
+            state = self._streams.get(block_stream)
+            if state is not None and not state.remote_closed:
+                self._counters[TRAILERS] += 1     # counted before the block was decoded
         self._send_goaway(last, code)
         self._dead = True
         events = self._events

@@ -147,7 +147,8 @@ class HttpConnection(asyncio.Protocol, HttpConnectionMoves, Connection):
         from ...codecs.http2 import Http2ServerCodec
         hcm = self.hcm
         self.codec = Http2ServerCodec(max_header_bytes=hcm.max_header_bytes,
-                                      max_headers=hcm.max_headers, **hcm.http2_options)
+                                      max_headers=hcm.max_headers, **hcm.http2_options,
+                                      counters=self.worker.stats.counters)
         self.codec.initiate()
         self.worker.stats.counters[hcm.stat_cx_http2_total] += 1
 

@@ -31,7 +31,8 @@ def adopt(worker, listener, fields: dict, fds: list[int], conn_id: int, channel=
     chain = listener.chains[fields.get("chain") or 0]
     hcm = chain.http_config
     codec = Http2ServerCodec(max_header_bytes=hcm.max_header_bytes,
-                             max_headers=hcm.max_headers, **hcm.http2_options)
+                             max_headers=hcm.max_headers, **hcm.http2_options,
+                             counters=worker.stats.counters)
     codec.import_state(fields["h2"])
     if fields.get("tls") is not None:
         from ..https import adopt_idle
