@@ -106,8 +106,12 @@ def _or_none(value):
     return value if value else None
 
 
-def _simple(getter):
-    """An operator without parameter or length."""
+def _simple(getter, inline=None):
+    """An operator without parameter or length. `inline`: the getter's body as an expression
+    of `info` (fixed text of this file, never config), which a generated render (_generate)
+    writes in place of a call to the getter."""
+    if inline is not None:
+        getter.inline = inline
     def make(name, param, length):
         if param is not None or length is not None:
             raise FormatError(f"{name} does not take any parameters or length")
@@ -137,6 +141,8 @@ def _headers_getter(source):
             return value
         if source is _request_header:
             get.request_names = (first, second)     # for _generate's one pass (see there)
+        elif source is _response_header:
+            get.response_names = (first, second)    # _generate calls _response_header itself
         return get
     return make
 
@@ -298,13 +304,18 @@ OPERATORS = {
     "REQ": _headers_getter(_request_header),
     "RESP": _headers_getter(_response_header),
     "TRAILER": _headers_getter(_response_trailer),
-    "RESPONSE_CODE": _simple(lambda info: info.response_code),
-    "RESPONSE_CODE_DETAILS": _simple(lambda info: _or_none(info.response_code_details)),
+    "RESPONSE_CODE": _simple(lambda info: info.response_code, "info.response_code"),
+    "RESPONSE_CODE_DETAILS": _simple(lambda info: _or_none(info.response_code_details),
+                                     "(info.response_code_details or None)"),
     # Envoy writes "-" for no flags even where a missing value would be null (JSON).
-    "RESPONSE_FLAGS": _simple(lambda info: ",".join(info.response_flags) or "-"),
-    "BYTES_RECEIVED": _simple(lambda info: info.bytes_received),
-    "BYTES_SENT": _simple(lambda info: info.bytes_sent),
-    "DURATION": _simple(lambda info: _ms(info.start_monotonic, info.last_downstream_byte)),
+    "RESPONSE_FLAGS": _simple(lambda info: ",".join(info.response_flags) or "-",
+                              '(",".join(info.response_flags) or "-")'),
+    "BYTES_RECEIVED": _simple(lambda info: info.bytes_received, "info.bytes_received"),
+    "BYTES_SENT": _simple(lambda info: info.bytes_sent, "info.bytes_sent"),
+    "DURATION": _simple(lambda info: _ms(info.start_monotonic, info.last_downstream_byte),
+                        "(None if info.start_monotonic is None or info.last_downstream_byte is "
+                        "None else int((info.last_downstream_byte - info.start_monotonic) "
+                        "* 1000))"),
     # The moment the request was complete is not a StreamInfo slot yet: a connection
     # manager that records it sets `last_request_byte` (loop time).
     "REQUEST_DURATION": _simple(lambda info: _ms(
@@ -313,10 +324,10 @@ OPERATORS = {
                                                   info.first_upstream_byte)),
     "RESPONSE_TX_DURATION": _simple(lambda info: _ms(info.first_upstream_byte,
                                                      info.last_downstream_byte)),
-    "PROTOCOL": _simple(lambda info: _or_none(info.protocol)),
-    "UPSTREAM_HOST": _simple(lambda info: info.upstream_host),
-    "UPSTREAM_REMOTE_ADDRESS": _simple(lambda info: info.upstream_host),
-    "UPSTREAM_CLUSTER": _simple(lambda info: info.upstream_cluster),
+    "PROTOCOL": _simple(lambda info: _or_none(info.protocol), "(info.protocol or None)"),
+    "UPSTREAM_HOST": _simple(lambda info: info.upstream_host, "info.upstream_host"),
+    "UPSTREAM_REMOTE_ADDRESS": _simple(lambda info: info.upstream_host, "info.upstream_host"),
+    "UPSTREAM_CLUSTER": _simple(lambda info: info.upstream_cluster, "info.upstream_cluster"),
     "UPSTREAM_LOCAL_ADDRESS": _simple(lambda info: _address(info.upstream_local)),
     "UPSTREAM_TRANSPORT_FAILURE_REASON": _simple(lambda info: _or_none(info.upstream_failure)),
     "UPSTREAM_REQUEST_ATTEMPT_COUNT": _simple(lambda info: info.attempts),
@@ -403,6 +414,21 @@ def _generate(pieces, missing):
             fields.append(f"{{_l{i}}}")
             continue
         fields.append(f"{{_m if v{i} is None else v{i}}}")
+        inline = getattr(piece, "inline", None)
+        if inline is not None:              # an attribute read: no call
+            lines.append(f"    v{i} = {inline}")
+            continue
+        response_names = getattr(piece, "response_names", None)
+        if response_names is not None:      # RESP(): one call, not get() then its source
+            first, second = response_names
+            if "_rh=_rh" not in params:
+                params.append("_rh=_rh")
+            params.append(f"_n{i}_0=_rnames[{i}][0]")
+            lines.append(f"    v{i} = _rh(info, _n{i}_0)")
+            if second is not None:
+                params.append(f"_n{i}_1=_rnames[{i}][1]")
+                lines.append(f"    if v{i} is None:\n        v{i} = _rh(info, _n{i}_1)")
+            continue
         names = by_name[i]
         if not one_pass or names is None:
             params.append(f"_g{i}=_pieces[{i}]")
@@ -419,6 +445,8 @@ def _generate(pieces, missing):
     source = (f"def render(info, _m=_missing, {', '.join(params)}):\n" + "\n".join(lines)
               + f"\n    return f\"{''.join(fields)}\"\n")
     namespace = {"_pieces": pieces, "_missing": missing, "_names": by_name,
+                 "_rnames": [getattr(piece, "response_names", None) for piece in pieces],
+                 "_rh": _response_header,
                  "_wanted": _wanted_headers, "_wanted_names": frozenset(wanted)}
     exec(compile(source, "<access log format>", "exec"), namespace)  # noqa: S102
     return namespace["render"]

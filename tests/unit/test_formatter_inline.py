@@ -1,0 +1,58 @@
+"""A generated access log render (formatter._generate) writes attribute reads and RESP() in
+place of calls to the operators' getters: it must render exactly what the getters render,
+piece by piece, with values present, missing and empty."""
+
+import pytest
+
+from baton.worker.codecs.message import Headers, Response
+from baton.worker.proxy.http import formatter
+from baton.worker.proxy.http.formatter import DEFAULT_FORMAT, compile_format
+
+from .test_formatter import completed_info, make_info
+
+INLINED = [name for name, make in formatter.OPERATORS.items()
+           if getattr(make("X", None, None) if name not in ("REQ", "RESP", "TRAILER",
+                                                           "START_TIME", "HOSTNAME") else None,
+                      "inline", None)]
+FORMATS = [
+    DEFAULT_FORMAT,
+    " ".join(f"%{name}%" for name in INLINED) + " %RESP(X-A?X-B)% %RESP(:STATUS)% %REQ(X-MULTI)%\n",
+    "%RESPONSE_CODE%|%RESP(X-A)%|%DURATION%|%RESPONSE_FLAGS%",
+]
+
+
+def infos():
+    yield make_info()                       # no response, nothing measured
+    info = completed_info()
+    yield info
+    info = completed_info()
+    info.response = Response(503, Headers([("x-b", "2"), ("x-a", ""), ("x-a", "1")]))
+    info.response_flags = ["UH", "NR"]
+    info.protocol = ""
+    info.route_name = "r"
+    info.last_downstream_byte = 100.0125
+    yield info
+
+
+def by_getters(fmt: str, info, missing: str = "-") -> str:
+    """The line as the getters give it, one call per piece (no generated code)."""
+    out = []
+    for part in formatter._parse(fmt):
+        if isinstance(part, str):
+            out.append(part)
+            continue
+        value = formatter._getter(part)(info)
+        out.append(missing if value is None else str(value))
+    return "".join(out)
+
+
+def test_the_inlined_operators_are_the_attribute_reads():
+    assert {"RESPONSE_CODE", "BYTES_SENT", "DURATION", "PROTOCOL", "UPSTREAM_HOST"} <= set(INLINED)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("omit", [False, True])
+def test_a_generated_render_writes_what_the_getters_give(fmt, omit):
+    render = compile_format(fmt, omit)
+    for info in infos():
+        assert render(info) == by_getters(fmt, info, "" if omit else "-")
