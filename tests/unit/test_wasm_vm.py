@@ -81,12 +81,13 @@ def test_a_pointer_outside_memory_is_an_invalid_memory_access():
 
 def test_envoys_other_imports_are_linked_and_answer_unimplemented():
     code = module("""(drop (call $fd_close (i32.const 3)))
-                     (i32.add (call $grpc_cancel (i32.const 1)) (call $fd_close (i32.const 3)))""",
-                  """(import "env" "proxy_grpc_cancel" (func $grpc_cancel (param i32) (result i32)))
+                     (i32.add (call $pthread_equal (i32.const 1) (i32.const 1))
+                              (call $fd_close (i32.const 3)))""",
+                  """(import "env" "pthread_equal" (func $pthread_equal (param i32 i32) (result i32)))
                      (import "wasi_snapshot_preview1" "fd_close" (func $fd_close (param i32) (result i32)))""")
     action, _, root = run_request(config(code))
     assert action == abi.UNIMPLEMENTED + 52           # UNIMPLEMENTED, and WASI's ENOSYS
-    assert root.host.unimplemented == {"proxy_grpc_cancel": 1, "wasi_snapshot_preview1.fd_close": 2}
+    assert root.host.unimplemented == {"pthread_equal": 1, "wasi_snapshot_preview1.fd_close": 2}
 
 
 def test_the_allocator_may_grow_memory_during_a_hostcall():

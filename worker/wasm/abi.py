@@ -37,6 +37,8 @@ INVALID_MEMORY_ACCESS, EMPTY, CAS_MISMATCH, INTERNAL_FAILURE, UNIMPLEMENTED = 6,
 # proxy_map_type_t
 REQUEST_HEADERS, REQUEST_TRAILERS, RESPONSE_HEADERS, RESPONSE_TRAILERS = 0, 1, 2, 3
 CALL_RESPONSE_HEADERS, CALL_RESPONSE_TRAILERS = 6, 7
+GRPC_RECEIVE_INITIAL_METADATA, GRPC_RECEIVE_TRAILING_METADATA = 4, 5
+GRPC_RECEIVE_BUFFER = 5                     # proxy_buffer_type_t
 # proxy_buffer_type_t
 REQUEST_BODY, RESPONSE_BODY, CALL_RESPONSE_BODY, VM_CONFIGURATION, PLUGIN_CONFIGURATION = \
     0, 1, 4, 6, 7
@@ -131,6 +133,13 @@ class AbiHost:
         self.http_caller = None
         self.http_callers: dict = {}               # root context id -> its own http_caller
         self.call_response = None   # during proxy_on_http_call_response: (headers, body, trailers)
+        # gRPC callouts (grpc_callout.py): root context id -> its GrpcCallouts; during the
+        # callbacks the message, the metadata map and the close status
+        self.grpc_io: dict = {}
+        self.next_grpc_call, self.next_grpc_stream = 1, 2      # Envoy: calls odd, streams even
+        self.grpc_receive: bytes | None = None
+        self.grpc_metadata: dict = {}
+        self.status: tuple[int, bytes] = (0, b"")
         self.unimplemented: dict[str, int] = {}    # hostcall -> calls answered UNIMPLEMENTED
         self.next_id = 1
 
@@ -171,10 +180,14 @@ class AbiHost:
             return (OK, ctx.plugin.configuration) if ctx is not None else (NOT_FOUND, b"")
         if kind == CALL_RESPONSE_BODY and self.call_response is not None:
             return OK, self.call_response[1]
+        if kind == GRPC_RECEIVE_BUFFER and self.grpc_receive is not None:
+            return OK, self.grpc_receive
         return NOT_FOUND, b""       # bodies: not in this version
 
     # -- header maps --------------------------------------------------------------------------
     def _map(self, kind: int):
+        if kind in self.grpc_metadata:      # during a gRPC callout's metadata callback
+            return self.grpc_metadata[kind]
         if kind in (CALL_RESPONSE_HEADERS, CALL_RESPONSE_TRAILERS):
             response = self.call_response
             return None if response is None else \
@@ -272,6 +285,62 @@ class AbiHost:
             return UNIMPLEMENTED, 0
         return caller(root, _text(cluster), request, body,
                       timeout_ms / 1000 if timeout_ms else None)
+
+    # -- gRPC callouts (grpc_callout.py) ---------------------------------------------------------
+    def _grpc_open(self, service: bytes, service_name: bytes, method: bytes, metadata: bytes,
+                   timeout_ms: int, unary: bool):
+        """(status, token, Callout or None) of a new call or stream of the current root."""
+        ctx = self.current
+        if ctx is None:
+            return BAD_ARGUMENT, 0, None
+        try:
+            pairs = [(_text(k).lower(), _text(v)) for k, v in parse_pairs(metadata)]
+        except ValueError:
+            return PARSE_FAILURE, 0, None
+        token = self.next_grpc_call if unary else self.next_grpc_stream
+        callouts = self.grpc_io.get((ctx.root or ctx).id)
+        if callouts is None:                # a check's VM: accepted, never answered
+            return OK, token, None
+        try:
+            status, call = callouts.open(token, service, _text(service_name), _text(method),
+                                         pairs, timeout_ms / 1000 if timeout_ms else None, unary)
+        except Exception:   # noqa: BLE001 - a fault of ours must not trap the guest
+            self.log.exception("Wasm: proxy_grpc_%s", "call" if unary else "stream")
+            return INTERNAL_FAILURE, 0, None
+        if status != OK:
+            return status, 0, None
+        if unary:
+            self.next_grpc_call += 2
+        else:
+            self.next_grpc_stream += 2
+        return OK, token, call
+
+    def grpc_call(self, service: bytes, service_name: bytes, method: bytes, metadata: bytes,
+                  message: bytes, timeout_ms: int) -> tuple[int, int]:
+        status, token, call = self._grpc_open(service, service_name, method, metadata,
+                                              timeout_ms, True)
+        if call is not None:
+            call.send(message, True)
+        return status, token
+
+    def grpc_stream(self, service: bytes, service_name: bytes, method: bytes,
+                    metadata: bytes) -> tuple[int, int]:
+        status, token, _ = self._grpc_open(service, service_name, method, metadata, 0, False)
+        return status, token
+
+    def _grpc_token(self, operation: str, token: int, *args) -> int:
+        ctx = self.current
+        callouts = None if ctx is None else self.grpc_io.get((ctx.root or ctx).id)
+        return NOT_FOUND if callouts is None else getattr(callouts, operation)(token, *args)
+
+    def grpc_send(self, token: int, message: bytes, end_stream: int) -> int:
+        return self._grpc_token("send", token, message, bool(end_stream))
+
+    def grpc_close(self, token: int) -> int:
+        return self._grpc_token("close", token)
+
+    def grpc_cancel(self, token: int) -> int:
+        return self._grpc_token("cancel", token)
 
     def continue_stream(self, stream_type: int) -> int:
         ctx = self.current
@@ -395,7 +464,7 @@ class AbiHost:
         self.shared[key] = (value, current[1] + 1 if current else 1)
         return OK
 
-    # -- shared queues (queues.py) ------------------------------------------------------------------
+    # -- shared queues (queues.py) -------------------------------------------------------------
     def register_shared_queue(self, name: bytes) -> tuple[int, int]:
         """The queue (vm_id, name), owned by the current context's root (Envoy: the root is
         the one proxy_on_queue_ready tells)."""

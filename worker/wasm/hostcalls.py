@@ -102,6 +102,12 @@ def function(vm, module: str, name: str):
             write(ctx, token_ptr, _U32.pack(token))
         return status
 
+    def get_status(ctx, code_ptr, ptr_ptr, size_ptr):
+        code, message = host.status
+        write(ctx, code_ptr, _U32.pack(code & 0xFFFFFFFF))
+        give(ctx, message, ptr_ptr, size_ptr)
+        return abi.OK
+
     def write_u32(ctx, ptr, value):
         write(ctx, ptr, _U32.pack(value))
         return abi.OK
@@ -147,6 +153,17 @@ def function(vm, module: str, name: str):
         "proxy_get_shared_data": get_shared_data,
         "proxy_set_shared_data": lambda c, kp, ks, vp, vs, cas: host.set_shared_data(
             read(c, kp, ks), read(c, vp, vs), cas),
+        "proxy_grpc_call": lambda c, sp, ss, np, ns, mp, ms, dp, ds, rp, rs, timeout, tp: token_out(
+            c, host.grpc_call(read(c, sp, ss), read(c, np, ns), read(c, mp, ms), read(c, dp, ds),
+                              read(c, rp, rs), timeout & 0xFFFFFFFF), tp),
+        "proxy_grpc_stream": lambda c, sp, ss, np, ns, mp, ms, dp, ds, tp: token_out(
+            c, host.grpc_stream(read(c, sp, ss), read(c, np, ns), read(c, mp, ms),
+                                read(c, dp, ds)), tp),
+        "proxy_grpc_send": lambda c, token, mp, ms, end: host.grpc_send(
+            token & 0xFFFFFFFF, read(c, mp, ms), end),
+        "proxy_grpc_close": lambda c, token: host.grpc_close(token & 0xFFFFFFFF),
+        "proxy_grpc_cancel": lambda c, token: host.grpc_cancel(token & 0xFFFFFFFF),
+        "proxy_get_status": get_status,
         "proxy_call_foreign_function": lambda c, np, ns, ap, az, pp, sp: returning(
             c, host.call_foreign_function(read(c, np, ns), read(c, ap, az)), pp, sp),
         "proxy_register_shared_queue": lambda c, np, ns, tp: token_out(

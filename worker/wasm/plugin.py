@@ -24,6 +24,7 @@ import weakref
 
 from ..stats import Stats
 from . import abi
+from .grpc_callout import GrpcCallouts
 from .queues import SharedQueues
 from .vm import VM, Trapped, WasmError, runtime
 
@@ -93,6 +94,7 @@ class PluginRoot:
         host.tick_handlers[root.id] = _weakly(self.set_tick_period)
         if worker is not None:
             host.queue_handlers[root.id] = _weakly(self.queue_ready)
+            self.grpc = host.grpc_io[root.id] = GrpcCallouts(worker, _weakly(self.grpc_event))
         host.current = root
         vm.call("proxy_on_context_create", root.id, 0)
         if first and vm.has("proxy_on_vm_start") and \
@@ -121,6 +123,9 @@ class PluginRoot:
         tick = getattr(self, "_tick", None)
         if tick is not None:
             tick.cancel()
+        grpc = getattr(self, "grpc", None)
+        if grpc is not None:
+            grpc.cancel_all()
 
     def _on_tick(self) -> None:
         self._tick = None
@@ -148,6 +153,37 @@ class PluginRoot:
             self.vm.call("proxy_on_queue_ready", self.root.id, token)
         except Trapped as exc:
             log.error("Wasm plugin %s: %s", self.plugin.name, exc)
+
+    def grpc_event(self, token: int, kind: str, *args) -> None:
+        """A gRPC callout's event (grpc_callout.py) to the root's proxy_on_grpc_*, with the
+        message, metadata map or close status readable during the call."""
+        host, vm, root = self.host, self.vm, self.root
+        if vm.failed or root.id not in host.contexts:
+            return
+        if kind == "message":
+            host.grpc_receive = args[0]
+            name, size = "proxy_on_grpc_receive", len(args[0])
+        elif kind == "close":
+            host.status = (args[0], args[1].encode())
+            name, size = "proxy_on_grpc_close", args[0]
+        else:
+            map_kind = abi.GRPC_RECEIVE_INITIAL_METADATA if kind == "initial" else \
+                abi.GRPC_RECEIVE_TRAILING_METADATA
+            host.grpc_metadata = {map_kind: abi.PairsMap(args[0])}
+            name = "proxy_on_grpc_receive_initial_metadata" if kind == "initial" else \
+                "proxy_on_grpc_receive_trailing_metadata"
+            size = len(args[0])
+        if not vm.has(name):
+            return
+        host.current = root
+        try:
+            vm.call(name, root.id, token, size)
+        except Trapped as exc:
+            log.error("Wasm plugin %s: %s", self.plugin.name, exc)
+        finally:
+            host.grpc_receive = None
+            host.grpc_metadata = {}
+            host.status = (host.status[0], b"")
 
     def http_call(self, root: abi.Context, cluster_name: str, request, body: bytes,
                   timeout: float | None):

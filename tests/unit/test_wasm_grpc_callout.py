@@ -1,0 +1,97 @@
+"""worker/wasm/grpc_callout.py without sockets: the service argument, Envoy's close
+messages, the token rules of send / close / cancel and the host's side (abi.py)."""
+
+from __future__ import annotations
+
+from baton.worker.stats import Stats
+from baton.worker.wasm import abi, grpc_callout as g
+
+SERVICE = b"\x0a\x0c\x0a\x04grpc\x12\x04auth"       # envoy_grpc{cluster_name, authority}
+
+
+def test_the_service_is_a_grpc_service_or_a_cluster_name():
+    exists = {"grpc", "nosuch-not"}.__contains__
+    assert g.service_cluster(SERVICE, exists) == (g.OK, "grpc", "auth")
+    assert g.service_cluster(b"\x0a\x06\x0a\x04gone", exists) == (g.OK, "gone", None)
+    assert g.service_cluster(b"grpc", exists) == (g.OK, "grpc", None)     # not a message
+    assert g.service_cluster(b"nosuch", exists) == (g.PARSE_FAILURE, None, None)
+    assert g.service_cluster(b"", exists)[0] == g.BAD_ARGUMENT           # no envoy_grpc
+    assert g.service_cluster(b"\x12\x00", exists)[0] == g.BAD_ARGUMENT   # google_grpc
+
+
+def test_close_messages_carry_envoys_details():
+    assert g.close_text("denied", "via_upstream") == "denied{via_upstream}"
+    assert g.close_text("", "via_upstream") == "via_upstream"
+
+
+class FakeCall:
+    def __init__(self, unary):
+        self.unary, self.closed, self.sent, self.cancelled, self.half = unary, False, [], 0, 0
+
+    def send(self, message, end):
+        self.sent.append((message, end))
+
+    def cancel(self):
+        self.cancelled += 1
+
+    def half_close(self):
+        self.half += 1
+
+
+def callouts():
+    class Loop:
+        def call_soon(self, f, *args):
+            f(*args)
+
+    class Worker:
+        loop = Loop()
+    seen = []
+    c = g.GrpcCallouts(Worker(), lambda token, kind, *args: seen.append((token, kind, args)))
+    return c, seen
+
+
+def test_tokens_send_close_and_cancel_as_envoy():
+    c, seen = callouts()
+    c.calls[1], c.calls[2] = FakeCall(True), FakeCall(False)
+    assert c.send(1, b"x", False) == g.BAD_ARGUMENT         # a unary call's token
+    assert c.send(4, b"x", False) == g.NOT_FOUND
+    assert c.send(2, b"x", True) == g.OK and c.calls[2].sent == [(b"x", True)]
+    assert c.close(2) == g.OK and 2 in c.calls              # half-closed, the server has not
+    c._event(2, "close", (0, "via_upstream"))
+    assert 2 not in c.calls and seen == [(2, "close", (0, "via_upstream"))]
+    call = c.calls[1]
+    assert c.cancel(1) == g.OK and call.cancelled == 1 and c.cancel(1) == g.NOT_FOUND
+    c._event(1, "message", (b"late",))
+    assert len(seen) == 1                                    # no callback after a cancel
+
+
+def test_a_unary_answer_forgets_the_call_and_a_stream_waits_for_both_ends():
+    c, seen = callouts()
+    c.calls[3], c.calls[4] = FakeCall(True), FakeCall(False)
+    c._event(3, "message", (b"answer",))
+    assert 3 not in c.calls and seen[-1] == (3, "message", (b"answer",))
+    c._event(4, "close", (0, "via_upstream"))
+    assert 4 in c.calls                                      # our end is still open
+    c.calls[4].closed = True
+    assert c.close(4) == g.OK and 4 not in c.calls
+
+
+def test_the_host_gives_odd_call_and_even_stream_tokens_and_the_check_vm_none():
+    h = abi.AbiHost(vm_id="g", stats=Stats())
+    plugin = abi.Plugin("p", "", "g", b"")
+    h.current = h.new_context(plugin)
+    opened = []
+
+    class Callouts:
+        def open(self, token, service, name, method, metadata, timeout, unary):
+            opened.append((token, name, method, metadata, timeout, unary))
+            return g.OK, FakeCall(unary)
+    assert h.grpc_call(SERVICE, b"s", b"m", b"", b"hi", 0) == (abi.OK, 1)  # a check's VM
+    h.grpc_io[h.current.id] = Callouts()
+    metadata = abi.serialize_pairs([(b"X-Meta", b"v")])
+    assert h.grpc_call(SERVICE, b"s", b"m", metadata, b"hi", 250) == (abi.OK, 1)
+    assert h.grpc_call(SERVICE, b"s", b"m", b"", b"hi", 0) == (abi.OK, 3)
+    assert h.grpc_stream(SERVICE, b"s", b"m", b"") == (abi.OK, 2)
+    assert opened[0] == (1, "s", "m", [("x-meta", "v")], 0.25, True)
+    assert opened[1][4] is None and opened[2][5] is False
+    assert h.grpc_call(SERVICE, b"s", b"m", b"\x02\0\0\0", b"", 0)[0] == abi.PARSE_FAILURE
