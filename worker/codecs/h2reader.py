@@ -55,6 +55,7 @@ _SLICE_MIN_FIELDS = 16
 _HEADER_CACHE_ENTRIES = 64
 _HEADER_CACHE_BLOCK = 1024
 _HEADER_CACHE_DECODED = 4096
+_PLAIN_HEADERS_MASK = F_END_HEADERS | F_PADDED | F_PRIORITY
 
 
 class _ConnError(Exception):
@@ -123,21 +124,31 @@ class H2FrameReader:
             stream_id &= _MAX_STREAM_ID
             if self._block is not None and kind != CONTINUATION:
                 raise _ConnError(PROTOCOL_ERROR, "header block interrupted")
-            handler = handlers.get(kind)
-            if handler is not None:
+            if kind == HEADERS and flags & _PLAIN_HEADERS_MASK == F_END_HEADERS and \
+                    stream_id & 1 and payload:
+                # The usual HEADERS, a whole block without padding or priority on a client
+                # stream: what _on_headers checks holds, so straight to the block (a call
+                # less per request).
+                self._guard.empty_run = 0
+                self._on_block(payload, stream_id, flags & F_END_STREAM == F_END_STREAM,
+                               False)
+            else:
+                handler = handlers.get(kind)
+                if handler is None:
+                    continue
                 handler(self, flags, stream_id, payload)
-                if self._dead:
-                    return
-                if kind == HEADERS or kind == CONTINUATION:
-                    budget -= self._decode_cost
-                    self._decode_cost = 0
+            if self._dead:
+                return
+            if kind == HEADERS or kind == CONTINUATION:
+                budget -= self._decode_cost
+                self._decode_cost = 0
+                if self._slicing is not None:
+                    budget = self._decode_slices(budget)
+                    if self._dead:
+                        return
                     if self._slicing is not None:
-                        budget = self._decode_slices(budget)
-                        if self._dead:
-                            return
-                        if self._slicing is not None:
-                            self._backlog = True    # the frames behind it wait for it
-                            break
+                        self._backlog = True    # the frames behind it wait for it
+                        break
         if pos == size:
             self._buf = bytearray()
         elif data is buf:

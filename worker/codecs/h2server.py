@@ -318,24 +318,25 @@ class LeanHttp2ServerCodec(H2FrameReader, H2Sender, H2FlowControl, H2MoveState):
                     return
                 entry = self._decode(block, stream_id)
         state = self._streams.get(stream_id)
-        if state is not None and state.remote_closed:
-            # Half-closed (remote): HEADERS is STREAM_CLOSED (RFC 9113 5.1), whatever else is
-            # wrong with it (a priority on itself included), as nghttp2 answers in Envoy.
-            self._stream_error(stream_id, STREAM_CLOSED)
-            return
-        if self_dependent and (state is not None or stream_id > self._highest):
-            self._highest = max(self._highest, stream_id)
-            self._stream_error(stream_id, PROTOCOL_ERROR)
-            return
         if state is not None:
-            self._counters[TRAILERS] += 1
-            self._on_trailers(stream_id, state, entry[1], end, trailers)
+            if state.remote_closed:
+                # Half-closed (remote): HEADERS is STREAM_CLOSED (RFC 9113 5.1), whatever else
+                # is wrong with it (a priority on itself included), as nghttp2 answers in Envoy.
+                self._stream_error(stream_id, STREAM_CLOSED)
+            elif self_dependent:
+                self._stream_error(stream_id, PROTOCOL_ERROR)
+            else:
+                self._counters[TRAILERS] += 1
+                self._on_trailers(stream_id, state, entry[1], end, trailers)
             return
         if stream_id <= self._highest:
             # A closed stream (RFC 9113 5.1): nothing on it is processed.
             self._send_reset(stream_id, STREAM_CLOSED)
             return
         self._highest = stream_id
+        if self_dependent:
+            self._stream_error(stream_id, PROTOCOL_ERROR)
+            return
         if stream_id > self._accept_upto or len(self._streams) >= self._max_concurrent:
             # Opened after our final GOAWAY, or past our concurrency limit: never processed,
             # so the client may retry it.
