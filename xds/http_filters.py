@@ -118,9 +118,11 @@ def translate_filter_config(typed_config, filter_name, path, errors, warnings=No
     """One filter's typed_config (an Any) -> {"name", "config"} for the worker, or None (an
     error, or nothing for the worker to run). `filter_name` is the HCM entry's name (RBAC's
     per-route config is found by it)."""
+    from .http_filters_buffer import TYPE as BUFFER_TYPE, translate_buffer
     from .http_filters_istio import TRANSLATORS as ISTIO_TRANSLATORS
     translators = {_ROUTER_TYPE: _router, _FAULT_TYPE: _fault,
-                   _LOCAL_RATELIMIT_TYPE: _local_ratelimit, RBAC_TYPE: _rbac, **ISTIO_TRANSLATORS}
+                   _LOCAL_RATELIMIT_TYPE: _local_ratelimit, RBAC_TYPE: _rbac,
+                   BUFFER_TYPE: translate_buffer, **ISTIO_TRANSLATORS}
     type_name = protos.type_name(typed_config.type_url)
     if type_name in translators:
         name, config = translators[type_name](
@@ -145,7 +147,8 @@ def translate_filter_config(typed_config, filter_name, path, errors, warnings=No
         return None
     if name is None:
         return None
-    if name in (RBAC, "envoy.filters.http.ext_authz"):  # per-route config found by this name
+    if name in (RBAC, "envoy.filters.http.ext_authz", "envoy.filters.http.buffer"):
+        # per-route config found by this name
         config["filter_name"] = filter_name
     return {"name": name, "config": config}
 

@@ -259,10 +259,13 @@ def translate_per_filter_config(config_map, path, errors, warnings=None):
     its canonical name), RBAC (under the name given, xds/rbac.py) and ext_authz (likewise,
     xds/ext_authz.py) have per-route settings in Baton, given directly or inside a
     TypedStruct (whose value is that message in JSON)."""
+    from .http_filters_buffer import PER_ROUTE_TYPE as BUFFER_PER_ROUTE_TYPE
+    from .http_filters_buffer import translate_buffer_per_route
     from .rbac import translate_rbac_per_route
     by_name = {CORS_POLICY_TYPE: translate_cors_policy,
                RBAC_PER_ROUTE_TYPE: translate_rbac_per_route,
-               ext_authz.PER_ROUTE_TYPE: ext_authz.translate_ext_authz_per_route}
+               ext_authz.PER_ROUTE_TYPE: ext_authz.translate_ext_authz_per_route,
+               BUFFER_PER_ROUTE_TYPE: translate_buffer_per_route}
     result = {}
     for name in sorted(config_map):
         here = f"{path}[{name}]"

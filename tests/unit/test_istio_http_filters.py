@@ -121,7 +121,8 @@ def test_other_per_route_configs_are_refused_with_their_path():
                       "envoy.extensions.filters.http.fault.v3.HTTPFault not supported (per-route "
                       "config: envoy.extensions.filters.http.cors.v3.CorsPolicy, "
                       "envoy.extensions.filters.http.rbac.v3.RBACPerRoute, "
-                      "envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute)"]
+                      "envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute, "
+                      "envoy.extensions.filters.http.buffer.v3.BufferPerRoute)"]
 
 
 def stream_on(route, method, headers):
@@ -291,4 +292,5 @@ def test_a_per_route_config_inside_a_typed_struct():
                       "io.istio.http.unknown.Config not supported (per-route config: "
                       "envoy.extensions.filters.http.cors.v3.CorsPolicy, "
                       "envoy.extensions.filters.http.rbac.v3.RBACPerRoute, "
-                      "envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute)"]
+                      "envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute, "
+                      "envoy.extensions.filters.http.buffer.v3.BufferPerRoute)"]

@@ -27,6 +27,7 @@ ROUTER = "envoy.filters.http.router"
 def _load_builtin_filters() -> None:
     # Importing registers them (filter.register).
     from . import cors, ext_authz, fault, grpc_stats, local_ratelimit, rbac, wasm  # noqa: F401
+    from . import buffer  # noqa: F401
     from ..istio import alpn, authn, connect_baggage, http_stats, peer_metadata  # noqa: F401
 
 

@@ -14,6 +14,33 @@ head in reverse order. A filter answers each call with one of:
                          from another service: ext_authz); the body stays buffered meanwhile,
                          and on_log() tells the filter if the stream ended first
 
+Body and trailers (Envoy's decodeData / decodeTrailers / encodeData / encodeTrailers): a
+filter that overrides on_request_body, on_request_trailers, on_response_body or
+on_response_trailers sees them (body_filters.py runs them); a chain where no filter does
+keeps the plain body path, at no cost. A body hook answers (Envoy's FilterDataStatus):
+
+    None / CONTINUE      pass this chunk on (with what this filter buffered before it)
+    BUFFER               StopIterationAndBuffer: keep it; the next call gets everything kept
+                         so far with the new chunk, as one bytearray the filter may change in
+                         place (also stream.body_chain.request_buffer / response_buffer, e.g.
+                         from a trailer hook). Over the stream's buffer limit (the listener's
+                         per_connection_buffer_limit_bytes, or stream.buffer_limit as a filter
+                         sets it: Envoy's setDecoderBufferLimit) Envoy answers 413
+                         request_payload_too_large, or 500 response_payload_too_large (a reset
+                         once the response head went out)
+    WATERMARK            StopIterationAndWatermark: keep it, but stop reading instead of
+                         answering 413 at the limit
+    STOP                 StopIterationNoBuffer: hold the stream here; the filter lets it go
+                         on with stream.body_chain.continue_request(self) /
+                         continue_response(self) (Envoy's continueDecoding / -Encoding)
+    LocalReply(...)      answer here (request side; on the response side only before the
+                         head went out, else the stream is reset)
+
+A request body hook is called only once the filter's on_request_headers was (even if it
+paused there: a filter that PAUSEd on headers and CONTINUEs from its body hook resumes the
+headers too, as the buffer filter does). Trailer hooks answer CONTINUE or PAUSE (Envoy's
+StopIteration: the trailers wait until the filter calls continue_request / _response).
+
 Filters shipped with Baton are registered here by their Envoy names; a user adds one through
 the `baton.http_filters` entry point group (name -> FilterFactory subclass), and refers to it
 in the bootstrap as an `http_filters` entry whose typed_config is an `xds.type.v3.TypedStruct`
@@ -26,8 +53,8 @@ by every request through that listener on this worker); filters live for one req
 
 from __future__ import annotations
 
-__all__ = ["CONTINUE", "PAUSE", "LocalReply", "Delay", "StreamFilter", "FilterFactory", "registry",
-           "register", "load_entry_points"]
+__all__ = ["CONTINUE", "PAUSE", "BUFFER", "WATERMARK", "STOP", "LocalReply", "Delay",
+           "StreamFilter", "FilterFactory", "registry", "register", "load_entry_points"]
 
 import logging
 
@@ -35,6 +62,12 @@ log = logging.getLogger("baton.http.filter")
 
 CONTINUE = None
 PAUSE = "pause"
+BUFFER = "buffer"           # FilterDataStatus::StopIterationAndBuffer
+WATERMARK = "watermark"     # FilterDataStatus::StopIterationAndWatermark
+STOP = "stop"               # FilterDataStatus::StopIterationNoBuffer
+
+_REQUEST_HOOKS = ("on_request_body", "on_request_trailers")
+_RESPONSE_HOOKS = ("on_response_body", "on_response_trailers")
 
 
 class LocalReply:
@@ -75,6 +108,20 @@ class StreamFilter:
 
     __slots__ = ("stream",)
 
+    # Whether the class overrides a request / response body or trailer hook: set for every
+    # subclass as it is defined, so the stream decides once whether to take the body path.
+    request_body_hooks = False
+    response_body_hooks = False
+    body_hooks = False          # either
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        cls.request_body_hooks = any(getattr(cls, name) is not getattr(StreamFilter, name)
+                                     for name in _REQUEST_HOOKS)
+        cls.response_body_hooks = any(getattr(cls, name) is not getattr(StreamFilter, name)
+                                      for name in _RESPONSE_HOOKS)
+        cls.body_hooks = cls.request_body_hooks or cls.response_body_hooks
+
     def __init__(self, stream):
         self.stream = stream
 
@@ -84,6 +131,21 @@ class StreamFilter:
     def on_response_headers(self, response, end_stream: bool):
         """May change `response` in place; a LocalReply here replaces the response only if
         nothing of it has been sent yet."""
+        return CONTINUE
+
+    def on_request_body(self, data, end_stream: bool):
+        """A chunk of the request body (a bytes-like `data`; with end_stream the last).
+        Answers CONTINUE, BUFFER, WATERMARK, STOP or a LocalReply."""
+        return CONTINUE
+
+    def on_request_trailers(self, trailers):
+        """The request's trailers (worker/codecs/message.py Headers, changeable in place)."""
+        return CONTINUE
+
+    def on_response_body(self, data, end_stream: bool):
+        return CONTINUE
+
+    def on_response_trailers(self, trailers):
         return CONTINUE
 
     def on_log(self) -> None:

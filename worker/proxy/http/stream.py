@@ -19,6 +19,7 @@ from ...codecs.h2server import CANCEL, INTERNAL_ERROR
 from ...codecs.message import Headers, Response
 from . import grpc_reply, path_normalize
 from . import xfcc
+from .body_filters import chain_for
 from .filter import PAUSE, Delay, LocalReply
 from .route_rewrite import ADD_IF_ABSENT, APPEND, OVERWRITE, REMOVE
 from .router import (GRPC_RETRY_ON, Router, expected_timeout_header, route_timeout,
@@ -172,7 +173,7 @@ class Stream:
                  "response_complete", "trailers", "held_body", "held_bytes", "close_connection",
                  "done", "cluster_name", "delay_timer", "buffer_limit", "paused_downstream",
                  "upgrade", "expect_continue", "end_at_head", "controls", "last_activity",
-                 "idle_timeout", "window_held", "picked", "body_watcher")
+                 "idle_timeout", "window_held", "picked", "body_watcher", "body_chain")
 
     def __init__(self, conn, event, info: StreamInfo | None = None):
         """`conn`: the HttpConnection (connection_manager.py); `event`: the RequestHead, or
@@ -217,6 +218,7 @@ class Stream:
         self.window_held = False
         self.picked = None              # (host,): the express lane asked the balancer already
         self.body_watcher = None        # a PAUSEd filter waiting for body (ext_authz)
+        self.body_chain = None          # the filters' body/trailer hooks (body_filters.py)
 
     @classmethod
     def from_express(cls, exchange) -> "Stream":
@@ -321,6 +323,11 @@ class Stream:
     def _continue_filters(self, reply: LocalReply | None = None) -> None:
         self.delay_timer = None
         filters = self.filters
+        if not self.filter_index:
+            for stream_filter in filters:
+                if stream_filter.body_hooks:    # else no chain: the plain body path
+                    self.body_chain = chain_for(self, filters)
+                    break
         while self.filter_index < len(filters) or reply is not None:
             if reply is not None:
                 result, reply = reply, None
@@ -331,6 +338,8 @@ class Stream:
             if result is None:
                 continue
             if result is PAUSE:
+                if self.body_chain is not None:
+                    self.body_chain.headers_paused()    # the body still reaches the filter
                 return                  # the filter calls resume_filters
             if isinstance(result, LocalReply):
                 if result.flags:
@@ -345,6 +354,12 @@ class Stream:
                 self.delay_timer = self.loop.call_later(
                     result.seconds, self._continue_filters if then is None else
                     lambda: self._continue_filters(then))
+                if self.body_chain is not None:
+                    self.body_chain.headers_advanced()
+                return
+        if self.body_chain is not None:
+            self.body_chain.headers_advanced()
+            if self.done:
                 return
         self._route()
 
@@ -451,6 +466,13 @@ class Stream:
             return
         self.last_activity = self.loop.time()
         self.info.bytes_received += len(data)
+        if self.body_chain is not None and self.body_chain.decodes:
+            # Through the filters' body hooks; the chain says when the request is complete.
+            if end_stream:
+                self.info.last_request_byte = self.loop.time()
+            self.conn.codec.consumed(self.id, len(data))
+            self.body_chain.request_data(data, end_stream)
+            return
         if end_stream:
             self.request_complete = True
             self.info.last_request_byte = self.loop.time()
@@ -470,6 +492,9 @@ class Stream:
             self.body_watcher()
 
     def on_request_trailers(self, headers) -> None:
+        if self.body_chain is not None and self.body_chain.decodes:
+            self.body_chain.request_trailers(headers)
+            return
         self.request_complete = True
         self.trailers = headers
         if self.router is not None:
@@ -491,8 +516,13 @@ class Stream:
         else:
             self._send_head(response, end_stream)
 
-    def upstream_response_body(self, data: bytes, end_stream: bool) -> None:
+    def upstream_response_body(self, data: bytes, end_stream: bool, filtered=False) -> None:
+        """`filtered`: the filters' body hooks passed it (body_filters.py)."""
         if self.done:
+            return
+        chain = self.body_chain
+        if chain is not None and chain.encodes and not filtered:
+            chain.response_data(data, end_stream)
             return
         self.last_activity = self.loop.time()
         conn = self.conn
@@ -508,8 +538,12 @@ class Stream:
         if end_stream:
             self._response_done()
 
-    def upstream_response_trailers(self, trailers) -> None:
+    def upstream_response_trailers(self, trailers, filtered=False) -> None:
         if self.done:
+            return
+        chain = self.body_chain
+        if chain is not None and chain.encodes and not filtered:
+            chain.response_trailers(trailers)
             return
         self.info.response_trailers = trailers
         self.conn.codec.send_trailers(self.id, trailers)

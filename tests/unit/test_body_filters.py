@@ -1,0 +1,313 @@
+"""worker/proxy/http/body_filters.py without sockets: the filters' body and trailer hooks as
+Envoy's FilterManager runs them (decodeData / encodeData statuses, the one buffer per
+direction, a filter paused on its headers resumed by its body hook, the 413 / 500 at the
+buffer limit), on a stand-in for the Stream that runs the header loop as stream.py does."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from baton.worker.codecs.message import Headers
+from baton.worker.proxy.http.body_filters import chain_for
+from baton.worker.proxy.http.filter import (BUFFER, CONTINUE, PAUSE, STOP, WATERMARK,
+                                            LocalReply, StreamFilter)
+
+
+class Router:
+    def __init__(self, stream):
+        self.body = b"".join(stream.held_body)
+        stream.held_body = []
+        self.ended = stream.request_complete          # with the trailers, if any
+        self.trailers = stream.trailers if stream.request_complete else None
+
+    def request_body(self, data, end_stream):
+        assert not self.ended
+        self.body += bytes(data)
+        self.ended = end_stream
+
+    def request_trailers(self, trailers):
+        self.trailers = trailers
+        self.ended = True
+
+
+class Codec:
+    def __init__(self, multiplexed):
+        self.multiplexed = multiplexed
+
+
+class Conn:
+    def __init__(self, multiplexed):
+        self.codec = Codec(multiplexed)
+
+
+class HCM:
+    stat_rq_too_large = "http.x.downstream_rq_too_large"
+
+
+class Info:
+    def __init__(self):
+        self.response_flags = []
+
+
+class Stream:
+    """The parts of stream.Stream the chain uses, its header loop included."""
+
+    def __init__(self, filters, limit=1000, multiplexed=True):
+        self.filters = [f(self) for f in filters]
+        self.filter_index = 0
+        self.router = None
+        self.done = False
+        self.held_body, self.held_bytes = [], 0
+        self.buffer_limit = limit
+        self.response_started = False
+        self.stats = Counter()
+        self.hcm = HCM()
+        self.info = Info()
+        self.conn = Conn(multiplexed)
+        self.body_watcher = None
+        self.trailers = None
+        self.request_complete = False
+        self.replies = []
+        self.sent = []              # response body chunks that reached the codec
+        self.sent_trailers = None
+        self.paused_reading = False
+        self.body_chain = chain_for(self, self.filters)
+
+    def start(self):
+        self._continue_filters()
+
+    def _continue_filters(self, reply=None):
+        while self.filter_index < len(self.filters) or reply is not None:
+            if reply is not None:
+                self.local_reply(reply.status, reply.body, reply.details)
+                return
+            result = self.filters[self.filter_index].on_request_headers(None, False)
+            self.filter_index += 1
+            if result is PAUSE:
+                self.body_chain.headers_paused()
+                return
+        self.body_chain.headers_advanced()
+        if not self.done:
+            self.router = Router(self)
+
+    def resume_filters(self, reply=None):
+        self._continue_filters(reply)
+
+    def local_reply(self, status, body, details, extra=()):
+        self.replies.append((status, details))
+        self.done = True
+
+    def pause_downstream(self, on):
+        self.paused_reading = on
+
+    def downstream_paused(self, on):
+        self.paused_reading = on
+
+    def upstream_response_body(self, data, end_stream, filtered=False):
+        self.sent.append((bytes(data), end_stream))
+
+    def upstream_response_trailers(self, trailers, filtered=False):
+        self.sent_trailers = trailers
+
+
+class Log(StreamFilter):
+    """Continues everything, noting what it saw."""
+    __slots__ = ("seen",)
+
+    def __init__(self, stream):
+        super().__init__(stream)
+        self.seen = []
+
+    def on_request_body(self, data, end_stream):
+        self.seen.append((bytes(data), end_stream))
+        return CONTINUE
+
+    def on_request_trailers(self, trailers):
+        self.seen.append(("trailers", dict(trailers.items)))
+        return CONTINUE
+
+
+class BufferAll(StreamFilter):
+    """The buffer filter's shape: pause the headers, buffer to the end, then go on."""
+    __slots__ = ()
+
+    def on_request_headers(self, request, end_stream):
+        return PAUSE
+
+    def on_request_body(self, data, end_stream):
+        return CONTINUE if end_stream else BUFFER
+
+
+class Upper(StreamFilter):
+    """Buffers the whole body and replaces it (changes its size)."""
+    __slots__ = ()
+
+    def on_request_body(self, data, end_stream):
+        if not end_stream:
+            return BUFFER
+        data[:] = bytes(data).upper() + b"!"
+        return CONTINUE
+
+
+class HeadersOnly(StreamFilter):
+    __slots__ = ()
+
+
+def test_a_chain_without_body_hooks_gets_no_body_chain():
+    stream = Stream([HeadersOnly, HeadersOnly])
+    assert stream.body_chain is None
+    assert not HeadersOnly.request_body_hooks and not HeadersOnly.response_body_hooks
+    assert Log.request_body_hooks and not Log.response_body_hooks
+
+
+def test_streaming_filter_sees_each_chunk_and_the_router_gets_them():
+    stream = Stream([Log])
+    stream.start()
+    chain = stream.body_chain
+    chain.request_data(b"ab", False)
+    chain.request_data(b"cd", True)
+    assert stream.filters[0].seen == [(b"ab", False), (b"cd", True)]
+    assert stream.router.body == b"abcd" and stream.router.ended
+    assert stream.request_complete
+
+
+def test_paused_headers_buffered_body_then_continue_resumes_the_headers():
+    stream = Stream([BufferAll, Log])
+    stream.start()
+    assert stream.router is None and stream.filter_index == 1
+    chain = stream.body_chain
+    chain.request_data(b"one,", False)
+    chain.request_data(b"two,", False)
+    assert stream.router is None and stream.filters[1].seen == []
+    chain.request_data(b"three", True)
+    # The later filter got the body once, whole, after the headers went on.
+    assert stream.filters[1].seen == [(b"one,two,three", True)]
+    assert stream.router.body == b"one,two,three" and stream.router.ended
+
+
+def test_buffered_body_replaced_by_the_filter():
+    stream = Stream([Upper, Log])
+    stream.start()
+    chain = stream.body_chain
+    chain.request_data(b"ab", False)
+    chain.request_data(b"cd", True)
+    assert stream.filters[1].seen == [(b"ABCD!", True)]
+    assert stream.router.body == b"ABCD!"
+
+
+def test_buffer_over_the_limit_is_413():
+    stream = Stream([BufferAll], limit=5)
+    stream.start()
+    stream.body_chain.request_data(b"12345", False)
+    assert not stream.replies
+    stream.body_chain.request_data(b"6", False)
+    assert stream.replies == [(413, "request_payload_too_large")]
+    assert stream.stats["http.x.downstream_rq_too_large"] == 1
+
+
+def test_http1_last_chunk_is_buffered_before_the_end_as_envoy_does():
+    # Envoy's HTTP/1.1 codec: body with end_stream=false, then an empty end: the buffer
+    # filter buffers the last bytes too, so over the limit is a 413.
+    stream = Stream([BufferAll], limit=5, multiplexed=False)
+    stream.start()
+    stream.body_chain.request_data(b"123456", True)
+    assert stream.replies == [(413, "request_payload_too_large")]
+
+
+def test_http2_one_frame_with_end_stream_passes_the_limit_streaming():
+    stream = Stream([BufferAll], limit=5, multiplexed=True)
+    stream.start()
+    stream.body_chain.request_data(b"123456", True)
+    assert not stream.replies and stream.router.body == b"123456"
+
+
+def test_watermark_stops_reading_instead_of_413():
+    class Mark(StreamFilter):
+        __slots__ = ()
+
+        def on_request_body(self, data, end_stream):
+            return CONTINUE if end_stream else WATERMARK
+    stream = Stream([Mark], limit=3)
+    stream.start()
+    stream.body_chain.request_data(b"1234", False)
+    assert stream.paused_reading and not stream.replies
+    stream.body_chain.request_data(b"5", True)
+    assert not stream.paused_reading and stream.router.body == b"12345"
+
+
+def test_local_reply_from_a_body_hook():
+    class Deny(StreamFilter):
+        __slots__ = ()
+
+        def on_request_body(self, data, end_stream):
+            return LocalReply(403, "no", details="denied", flags="UAEX")
+    stream = Stream([Deny])
+    stream.start()
+    stream.body_chain.request_data(b"x", False)
+    assert stream.replies == [(403, "denied")] and stream.info.response_flags == ["UAEX"]
+
+
+def test_trailers_follow_the_body_a_filter_buffered():
+    stream = Stream([BufferAll, Log])
+    stream.start()
+    chain = stream.body_chain
+    chain.request_data(b"body", False)
+    chain.request_trailers(Headers([("grpc-status", "0")]))
+    assert stream.filters[1].seen == [(b"body", False), ("trailers", {"grpc-status": "0"})]
+    assert stream.router.body == b"body"
+    assert stream.router.trailers is not None and stream.router.ended
+
+
+def test_stop_drops_the_data_and_continue_request_goes_on():
+    # Envoy's StopIterationNoBuffer: nothing kept (the filter would inject its own).
+    class Hold(StreamFilter):
+        __slots__ = ()
+
+        def on_request_body(self, data, end_stream):
+            return STOP
+    stream = Stream([Hold, Log])
+    stream.start()
+    chain = stream.body_chain
+    chain.request_data(b"abc", True)
+    assert stream.filters[1].seen == []
+    chain.continue_request(stream.filters[0])
+    assert stream.filters[1].seen == [(b"", True)]
+    assert stream.router.body == b"" and stream.router.ended
+
+
+class RespUpper(StreamFilter):
+    __slots__ = ()
+
+    def on_response_body(self, data, end_stream):
+        if not end_stream:
+            return BUFFER
+        data[:] = bytes(data).upper()
+        return CONTINUE
+
+
+def test_response_buffered_and_replaced():
+    stream = Stream([RespUpper, HeadersOnly])
+    stream.start()
+    chain = stream.body_chain
+    assert chain.encodes and not chain.decodes
+    chain.response_data(b"ab", False)
+    assert stream.sent == []
+    chain.response_data(b"cd", True)
+    assert stream.sent == [(b"ABCD", True)]
+
+
+def test_response_buffer_over_the_limit_is_500():
+    stream = Stream([RespUpper], limit=3)
+    stream.start()
+    stream.body_chain.response_data(b"abcd", False)
+    assert stream.replies == [(500, "response_payload_too_large")]
+    assert stream.stats["http.x.rs_too_large"] == 1
+
+
+def test_response_trailers_release_the_buffer_first():
+    stream = Stream([RespUpper])
+    stream.start()
+    chain = stream.body_chain
+    chain.response_data(b"ab", False)
+    chain.response_trailers(Headers([("x", "1")]))
+    assert stream.sent == [(b"ab", False)] and stream.sent_trailers is not None

@@ -1,0 +1,369 @@
+"""The body and trailer hooks of a stream's filters (filter.py): Envoy's decodeData /
+decodeTrailers / encodeData / encodeTrailers iteration, for the streams whose chain has a
+filter that overrides one. Other streams never build a BodyChain and keep the plain body
+path (stream.py checks `stream.body_chain is not None`).
+
+Semantics follow Envoy's FilterManager (source/common/http/filter_manager.cc,
+commonHandleAfterDataCallback / commonHandleBufferData / requestDataTooLarge /
+responseDataTooLarge):
+
+- Request data goes through the filters, in order, whose on_request_headers was called (a
+  filter paused on its headers still sees the body: Envoy's StopIteration). Past them it
+  goes to the router, or is held on the stream (stream.held_body) until the headers go on,
+  then continues through the filters they reached.
+- BUFFER / WATERMARK keep the chunk in the direction's one buffer (Envoy's decodingBuffer /
+  encodingBuffer: one per stream and direction); the filter's next CONTINUE passes the
+  buffer and its chunk on as one. A BUFFER over stream.buffer_limit is Envoy's 413
+  request_payload_too_large (downstream_rq_too_large) or 500 response_payload_too_large
+  (rs_too_large; a reset once the head went out); a WATERMARK stops reading instead.
+- A filter that CONTINUEs from its body hook while its headers are paused resumes them
+  (Envoy's commonContinue), as the buffer filter relies on.
+- Trailers pass the same filters; a filter holding a buffer passes it on before them.
+
+Response data goes through the filters whose on_response_headers was called, in reverse.
+"""
+
+from __future__ import annotations
+
+from .filter import BUFFER, PAUSE, STOP, WATERMARK, LocalReply
+
+_NOWHERE = -1
+
+
+class _Side:
+    """One direction's buffer: what the filter at `stop` keeps (Envoy's one decodingBuffer
+    / encodingBuffer per stream), and whether that stop holds the stream's end."""
+
+    __slots__ = ("buffer", "stop", "end", "watermark", "streaming", "pause", "too_large")
+
+    def __init__(self, pause, too_large):
+        self.buffer = bytearray()
+        self.stop = _NOWHERE
+        self.end = False
+        self.watermark = False          # reading stopped for a WATERMARK over the limit
+        # Envoy's decoder_filters_streaming_: whether the last stop was not a BUFFER. Data
+        # buffered past a filter that continued is then over the limit without a 413 (Envoy
+        # raises a watermark instead): a body that ends in one HTTP/2 DATA frame passes the
+        # buffer filter whatever its size.
+        self.streaming = True
+        self.pause = pause              # stop / resume reading what fills the buffer
+        self.too_large = too_large      # the answer to a BUFFER over the limit
+
+    def gather(self, data) -> bytearray:
+        """The filter that buffered gets all of it, the new chunk included, as one bytearray
+        it may change in place (proxy-wasm's body_buffer_length is this size)."""
+        buffer = self.buffer
+        if data is not buffer:
+            buffer += data
+        return buffer
+
+    def keep(self, i: int, data, end_stream: bool, watermark: bool, limit: int) -> None:
+        self.stop = i
+        self.end = end_stream
+        self.streaming = watermark
+        if len(self.gather(data)) > limit:
+            if watermark:
+                self.watermark = True
+                self.pause(True)
+            else:
+                self.too_large()
+
+    def release(self, data) -> bytes:
+        """The stopped filter goes on: its buffer and `data`, as one chunk."""
+        buffer = self.gather(data)
+        self.buffer = bytearray()
+        self.stop = _NOWHERE
+        if self.watermark:
+            self.watermark = False
+            self.pause(False)
+        return bytes(buffer)
+
+
+class BodyChain:
+    """One stream's body/trailer iteration, both directions."""
+
+    __slots__ = ("stream", "decodes", "encodes", "request", "response", "held_at",
+                 "trailers_at", "headers_paused_at", "waiting_trailers")
+
+    def __init__(self, stream, decodes: bool, encodes: bool):
+        self.stream = stream
+        self.decodes = decodes              # some filter has a request body/trailer hook
+        self.encodes = encodes              # ... a response one
+        self.request = _Side(stream.pause_downstream, self._request_too_large)
+        self.response = _Side(stream.downstream_paused, self._response_too_large)
+        self.held_at = 0                    # stream.held_body has passed filters < held_at
+        self.trailers_at = _NOWHERE         # request trailers wait at this filter
+        self.headers_paused_at = _NOWHERE   # the filter whose on_request_headers PAUSEd
+        self.waiting_trailers = None        # (filter index, trailers) a filter PAUSEd
+
+    @property
+    def request_buffer(self) -> bytearray:
+        return self.request.buffer
+
+    @property
+    def response_buffer(self) -> bytearray:
+        return self.response.buffer
+
+    def _step(self, side: _Side, i: int, hook, data, end_stream: bool):
+        """Filter i's body hook on `data`: what goes on to the next filter, or None when the
+        iteration stops here (buffered, held, answered)."""
+        if side.stop == i:
+            data = side.gather(data)
+        result = hook(data, end_stream)
+        stream = self.stream
+        if stream.done:
+            return None
+        if result is None:
+            return side.release(data) if side.stop == i else data
+        if result is BUFFER or result is WATERMARK:
+            side.keep(i, data, end_stream, result is WATERMARK, stream.buffer_limit)
+        elif result is STOP:
+            side.stop = i
+            side.end = end_stream
+        elif isinstance(result, LocalReply):
+            _answer(stream, result)
+        return None
+
+    # -- request ----------------------------------------------------------------------------
+
+    def request_data(self, data, end_stream: bool) -> None:
+        """A chunk from the codec (stream.on_request_body)."""
+        if end_stream and data and not self.stream.conn.codec.multiplexed:
+            # Envoy's HTTP/1.1 codec hands the body over before the message's end, which
+            # comes as an empty last frame: filters get the same calls here (a BUFFER of
+            # the last bytes over the limit is a 413 there, before the request is complete).
+            self._decode(0, data, False)
+            if self.stream.done:
+                return
+            data = b""
+        self._decode(0, data, end_stream)
+
+    def _decode(self, start: int, data, end_stream: bool) -> None:
+        stream = self.stream
+        filters = stream.filters
+        reached = stream.filter_index
+        i = start
+        while i < reached:
+            stream_filter = filters[i]
+            if stream_filter.request_body_hooks:
+                data = self._step(self.request, i, stream_filter.on_request_body, data,
+                                  end_stream)
+                if data is None:
+                    return
+                if self.headers_paused_at == i:
+                    self._resume_headers(i, data, end_stream)
+                    return
+            i += 1
+        if reached < len(filters) or stream.router is None:
+            self._hold(data, end_stream, reached)
+            return
+        if end_stream:
+            stream.request_complete = True
+        stream.router.request_body(data, end_stream)
+
+    def _request_too_large(self) -> None:
+        if not self.stream.response_started:
+            _too_large(self.stream)
+
+    def _resume_headers(self, i: int, data, end_stream: bool) -> None:
+        """Envoy's commonContinue: the filter paused on its headers and its body goes on:
+        the headers go on first, then this data after them."""
+        self._hold(data, end_stream, i + 1)
+        self.headers_paused_at = _NOWHERE
+        self.stream.resume_filters()
+
+    def _hold(self, data, end_stream: bool, at: int | None = None) -> None:
+        """Past the filters the headers reached: wait on the stream (as the plain path's
+        held body does), bounded by the buffer limit."""
+        stream = self.stream
+        if at is not None:
+            self.held_at = at
+        if end_stream:
+            stream.request_complete = True
+        if data:
+            stream.held_body.append(bytes(data))
+            stream.held_bytes += len(data)
+        if stream.held_bytes > stream.buffer_limit and not stream.response_started and \
+                not self.request.streaming:
+            _too_large(stream)
+        elif stream.body_watcher is not None:
+            stream.body_watcher()
+
+    def headers_paused(self) -> None:
+        """The filter before stream.filter_index PAUSEd on its headers: body still reaches it
+        (and, held, the filters before it that it has not passed yet)."""
+        self.headers_paused_at = self.stream.filter_index - 1
+        self.headers_advanced()
+
+    def headers_advanced(self) -> None:
+        """The headers reached more filters (stream._continue_filters): what was held for
+        them goes through their body hooks before the router takes it."""
+        stream = self.stream
+        start = self.held_at
+        reached = stream.filter_index
+        if start >= reached:
+            return
+        hooked = any(f.request_body_hooks for f in stream.filters[start:reached])
+        self.held_at = reached
+        if not hooked:
+            return
+        held, stream.held_body = stream.held_body, []
+        stream.held_bytes = 0
+        trailers = stream.trailers
+        complete = stream.request_complete
+        end = complete and trailers is None
+        if held or end:
+            stream.request_complete = False
+            self._decode(start, b"".join(held), end)
+        if trailers is not None and complete and not stream.done:
+            stream.trailers = None
+            self._trailers(start, trailers)
+
+    def request_trailers(self, trailers) -> None:
+        """The request's trailers from the codec (stream.on_request_trailers)."""
+        self._trailers(0, trailers)
+
+    def _trailers(self, start: int, trailers) -> None:
+        stream = self.stream
+        filters = stream.filters
+        reached = stream.filter_index
+        side = self.request
+        i = start
+        while i < reached:
+            stream_filter = filters[i]
+            if stream_filter.request_body_hooks:
+                # Envoy: decodeTrailers goes to a filter holding the body too, which passes
+                # the body on before the trailers when it continues.
+                result = stream_filter.on_request_trailers(trailers)
+                if stream.done:
+                    return
+                if result is PAUSE:
+                    self.trailers_at = i
+                    stream.trailers = trailers
+                    return
+                data = side.release(b"") if side.stop == i else b""
+                if self.headers_paused_at == i:
+                    # The headers go on, then the body, then these trailers.
+                    stream.trailers = trailers
+                    self._hold(data, False, i + 1)
+                    stream.request_complete = True
+                    self.headers_paused_at = _NOWHERE
+                    stream.resume_filters()
+                    return
+                if data:
+                    self._decode(i + 1, data, False)
+                    if stream.done:
+                        return
+            i += 1
+        stream.trailers = trailers
+        if reached < len(filters) or stream.router is None:
+            self.held_at = reached
+            stream.request_complete = True
+            if stream.body_watcher is not None:
+                stream.body_watcher()
+            return
+        stream.request_complete = True
+        stream.router.request_trailers(trailers)
+
+    def continue_request(self, stream_filter) -> None:
+        """A filter that stopped the body (STOP or BUFFER) or the trailers lets them go on
+        (Envoy's continueDecoding), with what it buffered."""
+        stream = self.stream
+        side = self.request
+        i = stream.filters.index(stream_filter)
+        if side.stop == i:
+            end = side.end
+            data = side.release(b"")
+            if self.headers_paused_at == i:
+                self._resume_headers(i, data, end)
+            else:
+                self._decode(i + 1, data, end)
+        if self.trailers_at == i and not stream.done:
+            self.trailers_at = _NOWHERE
+            trailers, stream.trailers = stream.trailers, None
+            self._trailers(i + 1, trailers)
+
+    # -- response ---------------------------------------------------------------------------
+
+    def response_data(self, data, end_stream: bool, start: int | None = None) -> None:
+        """Upstream response body (stream.upstream_response_body), through the filters that
+        saw the response head, last to first."""
+        filters = self.stream.filters
+        i = self.stream.filter_index - 1 if start is None else start
+        while i >= 0:
+            stream_filter = filters[i]
+            if stream_filter.response_body_hooks:
+                data = self._step(self.response, i, stream_filter.on_response_body, data,
+                                  end_stream)
+                if data is None:
+                    return
+            i -= 1
+        self.stream.upstream_response_body(data, end_stream, True)
+
+    def _response_too_large(self) -> None:
+        stream = self.stream
+        # http.<prefix>.rs_too_large, beside downstream_rq_too_large
+        stat = stream.hcm.stat_rq_too_large
+        stream.stats[stat[:-len("downstream_rq_too_large")] + "rs_too_large"] += 1
+        # A reset when the head went out already (Stream.local_reply does that).
+        stream.local_reply(500, "Internal Server Error", "response_payload_too_large")
+
+    def response_trailers(self, trailers, start: int | None = None) -> None:
+        stream = self.stream
+        filters = stream.filters
+        side = self.response
+        i = stream.filter_index - 1 if start is None else start
+        while i >= 0:
+            stream_filter = filters[i]
+            if stream_filter.response_body_hooks:
+                result = stream_filter.on_response_trailers(trailers)
+                if stream.done:
+                    return
+                if result is PAUSE:
+                    self.waiting_trailers = (i, trailers)
+                    return
+                if side.stop == i:
+                    self.response_data(side.release(b""), False, i - 1)
+                    if stream.done:
+                        return
+            i -= 1
+        stream.upstream_response_trailers(trailers, True)
+
+    def continue_response(self, stream_filter) -> None:
+        """Envoy's continueEncoding: a stopped filter lets the response go on."""
+        i = self.stream.filters.index(stream_filter)
+        side = self.response
+        waiting = self.waiting_trailers
+        if side.stop == i:
+            self.response_data(side.release(b""), waiting is None and side.end, i - 1)
+        if waiting is not None and waiting[0] == i and not self.stream.done:
+            self.waiting_trailers = None
+            self.response_trailers(waiting[1], i - 1)
+
+
+def _too_large(stream) -> None:
+    """Envoy's requestDataTooLarge: 413 and downstream_rq_too_large."""
+    stream.stats[stream.hcm.stat_rq_too_large] += 1
+    stream.local_reply(413, "Payload Too Large", "request_payload_too_large")
+
+
+def _answer(stream, reply: LocalReply) -> None:
+    if reply.flags:
+        stream.info.response_flags.append(reply.flags)
+    stream.local_reply(reply.status, reply.body, reply.details, extra=reply.headers)
+
+
+def chain_for(stream, filters) -> BodyChain | None:
+    """A BodyChain when a filter of `filters` has body or trailer hooks, else None (the
+    plain path: nothing more per chunk than one attribute test). The stream calls it only
+    once it saw a filter with StreamFilter.body_hooks (a per-request loop costs a mesh
+    chain's request 0.46% in instructions)."""
+    decodes = encodes = False
+    for stream_filter in filters:
+        if stream_filter.request_body_hooks:
+            decodes = True
+        if stream_filter.response_body_hooks:
+            encodes = True
+    if not (decodes or encodes):
+        return None
+    return BodyChain(stream, decodes, encodes)
