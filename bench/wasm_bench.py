@@ -55,7 +55,7 @@ def wasm_filter(filename: Path, root_id: str) -> str:
                   code: {{local: {{filename: {filename}}}}}"""
 
 
-def launch(proxy: str, plugin, workdir: Path, upstream: int):
+def launch(proxy: str, plugin, workdir: Path, upstream: int, concurrency: int = 1):
     ports = http_proxies.allocate(proxy, free_ports(3), upstream)
     text = http_proxies.envoy_bootstrap(ports)
     if plugin is not None:
@@ -64,6 +64,7 @@ def launch(proxy: str, plugin, workdir: Path, upstream: int):
     config = workdir / "bootstrap.yaml"
     config.write_text(text)
     argv = http_proxies.argv(proxy, config, workdir, proxies.BATON)
+    argv[argv.index("--concurrency") + 1] = str(concurrency)
     if proxy == "baton":            # its own control socket: another Baton may be running
         argv += ["--runtime-dir", str(workdir / "run")]
     proc = start(proxy, argv, PROXY_CPU, workdir)
@@ -88,13 +89,72 @@ def measure(proxy: str, plugin, workdir: Path, upstream: int, duration: int) -> 
         stop(proc)
 
 
+def startup(repeats: int, workers: int) -> None:
+    """Baton with the AssemblyScript plugin and `workers` workers, the module cache off
+    (every worker compiles the module) and on (the master's check compiles it, the workers
+    map it: worker/wasm/cache.py), interleaved: the time from start to the first answer
+    through the plugin, each process's USS then and each worker's CPU time until then.
+    Printed, not written."""
+    import os
+    import time
+    import psutil
+    root = Path(tempfile.mkdtemp(prefix="wasm-startup-"))
+    root.chmod(0o755)
+    upstream_port = free_ports(1)[0]
+    upstream = http_proxies.start_upstream(upstream_port, LOAD_CPU, root)
+    rows: dict[str, list[tuple]] = {"off": [], "on": []}
+    try:
+        for repeat in range(repeats):
+            for mode in rows:
+                workdir = root / f"{mode}-{repeat}"
+                workdir.mkdir()
+                workdir.chmod(0o755)
+                shutil.copy(FIXTURES / "demo.wasm", workdir / "demo.wasm")
+                cache = workdir / "cache"
+                if mode == "on":
+                    cache.mkdir(mode=0o755)         # the workers (user baton) read it
+                os.environ["BATON_WASM_CACHE"] = str(cache) if mode == "on" else "off"
+                began = time.monotonic()
+                proc, _ = launch("baton", ("demo.wasm", "demo"), workdir, upstream_port, workers)
+                ready = time.monotonic() - began
+                master = psutil.Process(proc.popen.pid)
+                # USS: the pages only that process has (a worker shares the master's
+                # pages it inherited, and counts them in its RSS).
+                procs = [master, *master.children(recursive=True)]
+                rss = {p.name(): p.memory_full_info().uss / 2**20 for p in procs}
+                cpu = {p.name(): sum(p.cpu_times()[:2]) * 1000 for p in procs}
+                stop(proc)
+                worker_rss = sorted(v for k, v in rss.items() if "worker" in k)
+                worker_cpu = sorted(v for k, v in cpu.items() if "worker" in k)
+                rows[mode].append((ready, rss.get("baton: master", 0.0), worker_rss, worker_cpu))
+                print(f"cache {mode:3}  ready {ready * 1000:6.0f} ms  USS master "
+                      f"{rows[mode][-1][1]:5.1f} MiB  workers "
+                      + " ".join(f"{v:5.1f}" for v in worker_rss) + " MiB  worker CPU "
+                      + " ".join(f"{v:4.0f}" for v in worker_cpu) + " ms", flush=True)
+    finally:
+        os.environ.pop("BATON_WASM_CACHE", None)
+        stop(upstream)
+        shutil.rmtree(root, ignore_errors=True)
+    for mode, got in rows.items():
+        print(f"median, cache {mode}: ready {statistics.median(r[0] for r in got) * 1000:.0f} ms, "
+              f"USS master {statistics.median(r[1] for r in got):.1f} MiB, worker "
+              f"{statistics.median(v for r in got for v in r[2]):.1f} MiB, worker CPU until "
+              f"then {statistics.median(v for r in got for v in r[3]):.0f} ms")
+
+
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--duration", type=int, default=10)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--proxies", default="baton,envoy")
     ap.add_argument("--no-write", action="store_true")
+    ap.add_argument("--startup", type=int, metavar="WORKERS", default=0,
+                    help="instead: start-up time and RSS with WORKERS workers, the module "
+                         "cache off and on")
     args = ap.parse_args(argv)
+    if args.startup:
+        startup(args.repeats, args.startup)
+        return 0
     root = Path(tempfile.mkdtemp(prefix="wasm-bench-"))
     root.chmod(0o755)               # Baton's workers and agent read the modules as their user
     samples: dict[tuple[str, str], list[dict]] = {}

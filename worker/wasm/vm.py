@@ -170,23 +170,39 @@ class Runtime:
         config.memory_may_move = False
         self.engine = wasmtime.Engine(config)
         self.modules: dict[str, object] = {}
+        self.disk = False               # cache.py's ModuleCache once looked up (None: none)
         self._ticker = None
         self._users = 0
         self._lock = threading.Lock()
         self.ticks = [0]                # the epoch as the ticker moved it (read without wasmtime)
 
     def compile(self, code: bytes, sha256: str | None = None, keep: bool = True):
-        """The module of `code`, compiled once per process (`keep`: cached by its hash)."""
+        """The module of `code`, once per process (`keep`: kept by its hash), and once per
+        user: mapped from the disk cache (cache.py) when a check or another worker compiled
+        it already, else compiled and stored there."""
         key = sha256 or hashlib.sha256(code).hexdigest()
         module = self.modules.get(key)
         if module is None:
-            try:
-                module = self.wasmtime.Module(self.engine, code)
-            except Exception as exc:  # noqa: BLE001 - wasmtime's errors have no common base
-                raise WasmError(f"cannot compile the module: {_first_line(exc)}") from None
+            disk = self._disk_cache()
+            module = disk.load(self.engine, key) if disk is not None else None
+            if module is None:
+                try:
+                    module = self.wasmtime.Module(self.engine, code)
+                except Exception as exc:  # noqa: BLE001 - wasmtime's errors have no common base
+                    raise WasmError(f"cannot compile the module: {_first_line(exc)}") from None
+                if disk is not None:
+                    disk.store(key, module)
             if keep:
                 self.modules[key] = module
         return module
+
+    def _disk_cache(self):
+        if self.disk is False:
+            from importlib.metadata import version
+            from . import cache
+            # Serialized code is only good for the same wasmtime and engine settings.
+            self.disk = cache.default(f"wasmtime{version('wasmtime')}-epoch-fixedmem")
+        return self.disk
 
     def hold_ticker(self) -> None:
         """A VM needs the epoch to move (until release_ticker)."""

@@ -1,0 +1,98 @@
+"""worker/wasm/cache.py: compiled modules stored and mapped back, only from files this user
+(or root) owns and nobody else may write; the runtime compiles once per user (vm.py)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import wasmtime
+
+from baton.worker.wasm import cache, vm
+
+WAT = """(module (memory (export "memory") 1) (func (export "proxy_abi_version_0_2_1")))"""
+
+
+def engine():
+    return vm.runtime().engine
+
+
+def test_a_stored_module_loads_back_and_another_engines_file_is_passed_over(tmp_path):
+    store = cache.ModuleCache(str(tmp_path), "fp")
+    module = wasmtime.Module(engine(), wasmtime.wat2wasm(WAT))
+    assert store.load(engine(), "k") is None
+    assert store.store("k", module)
+    assert os.stat(store.path("k")).st_mode & 0o777 == 0o644
+    loaded = store.load(engine(), "k")
+    assert loaded is not None and [e.name for e in loaded.exports] == [e.name for e in module.exports]
+    assert cache.ModuleCache(str(tmp_path), "other").load(engine(), "k") is None
+    with open(store.path("k"), "r+b") as f:                    # damaged: compile instead
+        f.write(b"garbage!")
+    assert store.load(engine(), "k") is None
+
+
+def test_a_file_others_may_write_is_not_trusted(tmp_path):
+    store = cache.ModuleCache(str(tmp_path), "fp")
+    store.store("k", wasmtime.Module(engine(), wasmtime.wat2wasm(WAT)))
+    os.chmod(store.path("k"), 0o666)
+    assert store.load(engine(), "k") is None
+
+
+def test_the_default_directory_is_made_checked_and_handed_to_children(tmp_path, monkeypatch):
+    where = tmp_path / "c"
+    monkeypatch.setenv(cache.ENV, str(where))
+    assert cache.default("fp").directory == str(where)
+    assert where.stat().st_mode & 0o777 == 0o755
+    os.chmod(where, 0o777)                                     # open to others: not used
+    assert cache.default("fp") is None
+    monkeypatch.setenv(cache.ENV, "off")
+    assert cache.default("fp") is None
+    monkeypatch.delenv(cache.ENV)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+    assert cache.default("fp").directory == str(tmp_path / f"baton-wasm-{os.geteuid()}")
+    assert os.environ[cache.ENV] == str(tmp_path / f"baton-wasm-{os.geteuid()}")
+
+
+def test_old_files_are_trimmed(tmp_path, monkeypatch):
+    monkeypatch.setattr(cache, "MAX_FILES", 2)
+    store = cache.ModuleCache(str(tmp_path), "fp")
+    module = wasmtime.Module(engine(), wasmtime.wat2wasm(WAT))
+    for i, key in enumerate("abc"):
+        store.store(key, module)
+        os.utime(store.path(key), (1000 + i, 1000 + i))
+    store.store("d", module)
+    assert sorted(p.name[0] for p in tmp_path.iterdir()) == ["c", "d"]
+
+
+def test_the_runtime_compiles_once_per_user(tmp_path, monkeypatch):
+    monkeypatch.setenv(cache.ENV, str(tmp_path))
+    code = wasmtime.wat2wasm(WAT)
+    first = vm.Runtime()
+    first.compile(code, "key1", keep=False)
+    assert os.listdir(tmp_path) == [os.path.basename(first.disk.path("key1"))]
+    second = vm.Runtime()
+    compiled = []
+    monkeypatch.setattr(second.wasmtime, "Module", _Refuse(compiled, second.wasmtime.Module))
+    assert second.compile(code, "key1") is not None and compiled == []
+
+
+class _Refuse:
+    """wasmtime.Module that records a compile (deserialize_file stays the real one)."""
+
+    def __init__(self, calls, real):
+        self.calls, self.real = calls, real
+        self.deserialize_file = real.deserialize_file
+
+    def __call__(self, *args):
+        self.calls.append(args)
+        return self.real(*args)
+
+
+@pytest.fixture(autouse=True)
+def _own_env():
+    """cache.default() sets BATON_WASM_CACHE itself (for the children): put it back."""
+    before = os.environ.pop(cache.ENV, None)
+    yield
+    os.environ.pop(cache.ENV, None)
+    if before is not None:
+        os.environ[cache.ENV] = before

@@ -1,0 +1,137 @@
+"""Compiled Wasm modules on disk, so that a module is compiled once, not once per worker.
+
+    ModuleCache(directory).load(engine, key) -> wasmtime.Module or None
+    ModuleCache(directory).store(key, module)
+    default(fingerprint) -> the cache this process uses, or None when it cannot be trusted
+
+The check of a Wasm filter's config compiles its module (plugin.validate, in the master for
+a bootstrap, in the xDS agent for LDS/ECDS) before a worker needs it; the compiled code goes
+here (wasmtime's Module.serialize), and each worker loads it (Module.deserialize_file, well
+under a millisecond, where compiling the 22 KB AssemblyScript test plugin takes about 40 ms
+and leaves the compiler's memory in the worker). Measured with `bench/wasm_bench.py
+--startup` (bench/RESULTS.md).
+
+The key is the code's sha256 and the engine's fingerprint (wasmtime's version and the
+Config vm.py gives it): another engine's file is not used, and wasmtime refuses one it
+cannot run anyway (then the process compiles, as before).
+
+Where: BATON_WASM_CACHE, else baton-wasm-<uid> in $XDG_RUNTIME_DIR or the temporary
+directory. The first process to use it sets BATON_WASM_CACHE, so the workers it forks, which
+may have become another user (worker/privileges.py), look in the master's directory.
+
+Trust: loading a file runs its machine code, so a file is loaded only when it and its
+directory belong to this user or to root and nobody else may write them (a worker that
+became `baton` trusts its root master's files, and a local user cannot plant one). The
+directory is 0755 and the files 0644, for those workers to read; anything else is passed
+over, and the process compiles. Files are written whole under a temporary name and renamed
+into place; the directory keeps the MAX_FILES most recent modules. BATON_WASM_CACHE=off:
+no cache.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import tempfile
+
+MAX_FILES = 64
+SUFFIX = ".cwasm"
+ENV = "BATON_WASM_CACHE"
+
+
+class ModuleCache:
+    def __init__(self, directory: str, fingerprint: str = ""):
+        self.directory = directory
+        self.fingerprint = fingerprint
+
+    def path(self, key: str) -> str:
+        return os.path.join(self.directory, f"{key}-{self.fingerprint}{SUFFIX}")
+
+    def load(self, engine, key: str):
+        """The module stored for `key`, or None (none, not trusted, or not loadable)."""
+        path = self.path(key)
+        try:
+            info = os.lstat(path)
+        except OSError:
+            return None
+        if not stat.S_ISREG(info.st_mode) or not trusted(info):
+            return None
+        import wasmtime
+        try:
+            return wasmtime.Module.deserialize_file(engine, path)
+        except Exception:  # noqa: BLE001 - another wasmtime's file, or damaged: compile
+            return None
+
+    def store(self, key: str, module) -> bool:
+        """Write `module` for `key` (best effort: False when it could not be written, as in
+        a directory of the master's that a worker may not write)."""
+        tmp = None
+        try:
+            data = module.serialize()
+            fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".tmp-", suffix=SUFFIX)
+            with os.fdopen(fd, "wb") as f:
+                os.fchmod(f.fileno(), 0o644)
+                f.write(data)
+            os.replace(tmp, self.path(key))
+            tmp = None
+            self._trim()
+            return True
+        except Exception:  # noqa: BLE001 - a full disk or a serialize error: just compile
+            return False
+        finally:
+            if tmp is not None:
+                try:
+                    os.unlink(tmp)
+                except OSError:
+                    pass
+
+    def _trim(self) -> None:
+        entries = []
+        for name in os.listdir(self.directory):
+            if name.endswith(SUFFIX) and not name.startswith("."):
+                path = os.path.join(self.directory, name)
+                try:
+                    entries.append((os.stat(path).st_mtime, path))
+                except OSError:
+                    pass
+        entries.sort()
+        for _, path in entries[:-MAX_FILES]:
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+
+
+def trusted(info) -> bool:
+    """Owned by this user or root, writable by its owner only."""
+    return info.st_uid in (os.geteuid(), 0) and not info.st_mode & 0o022
+
+
+def directory() -> str:
+    explicit = os.environ.get(ENV)
+    if explicit:
+        return explicit
+    base = os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()
+    return os.path.join(base, f"baton-wasm-{os.geteuid()}")
+
+
+def default(fingerprint: str) -> ModuleCache | None:
+    """The cache this process uses (made if missing); None when BATON_WASM_CACHE is "off"
+    or the directory cannot be trusted (then every process compiles for itself)."""
+    path = directory()
+    if path == "off":
+        return None
+    try:
+        os.mkdir(path, 0o755)
+    except FileExistsError:
+        pass
+    except OSError:
+        return None
+    try:
+        info = os.lstat(path)
+    except OSError:
+        return None
+    if not stat.S_ISDIR(info.st_mode) or not trusted(info):
+        return None
+    os.environ[ENV] = path          # the workers forked later look here too
+    return ModuleCache(path, fingerprint)
