@@ -159,15 +159,17 @@ def _h1_run(loop, rig, batches: int) -> float:
 
 
 def codec_run(batches: int) -> float:
-    """CPU seconds for batches x 10 requests through the HTTP/2 server codec alone: 10
-    HEADERS per receive() (HPACK-indexed after the first, as h2load sends them), each answered
-    by a 200 head with two fields and a 64-byte body, the turn's bytes taken once."""
+    """CPU seconds for batches x 10 requests through the HTTP/2 server codec alone, with the
+    worker's options (Envoy's flood limits and premature-reset check): 10 HEADERS per
+    receive() (HPACK-indexed after the first, as h2load sends them), each answered by a 200
+    head with two fields and a 64-byte body, the turn's bytes taken once."""
     from hpack import Encoder
 
     from baton.worker.codecs.h2server import LeanHttp2ServerCodec
     from baton.worker.codecs.message import Headers, Response
+    from baton.worker.proxy.http.config import _h2_options
 
-    codec = LeanHttp2ServerCodec(frames_per_turn=64)
+    codec = LeanHttp2ServerCodec(**_h2_options({}))     # as the worker makes it
     codec.initiate()
     encoder = Encoder()
     fields = [(":method", "GET"), (":scheme", "http"), (":authority", "127.0.0.1:10000"),

@@ -42,7 +42,18 @@ class H2Sender:
             self._send_block(stream_id, block, False)
             return
         state.answered = True
-        self._send_block(stream_id, block, end_stream)
+        size = len(block)
+        if size > self._peer_frame_size:
+            self._send_block(stream_id, block, end_stream)
+        else:
+            # The usual head, one HEADERS frame: _send_block's first case, without the call.
+            out = self._out
+            counted = self._counted == len(out)
+            out += _head_pack(size << 8 | HEADERS, F_END_HEADERS | end_stream, stream_id)
+            out += block
+            if counted:
+                self._counted = len(out)
+                self._guard.queued += 1
         if end_stream:
             self._local_end(stream_id, state)
 
