@@ -137,7 +137,7 @@ class UpstreamRequest:
             conn.codec.send_trailers(self.stream_id, stream.trailers)
         self.request_complete = stream.request_complete
         conn.flush()
-        if not router.retains_body:
+        if router.body and not router.retains_body:
             router.body = []
         per_try = router.per_try_timeout
         if per_try and router.stream.request_complete:
@@ -253,7 +253,10 @@ class UpstreamRequest:
         """The response went downstream in full: give the connection back."""
         if self.done:
             return
-        self._mark_done()
+        self.done = True                # _mark_done, inline
+        self.router.cluster.rq_active -= 1
+        if self.holding:
+            self.hold_upstream(False)
         if self.try_timer is not None:
             self._cancel_timer()
         if self.paused:
@@ -415,7 +418,15 @@ class Router:
             self._watch(route=self.route_deadline, duration=started + duration)
         self._attempt()
         if self.stream.request_complete:
-            self.request_complete()
+            timeout = self.timeout
+            if timeout and not duration and not self.finished:
+                # request_complete and _watch, inline for the usual request (whole at its
+                # head, a route timeout and no stream duration): this runs for every one.
+                self.started_at = started = _monotonic()
+                self.deadline = self.route_deadline = started + timeout
+                self.stream.conn.watch_deadline(self.deadline)
+            else:
+                self.request_complete()
 
     def request_complete(self) -> None:
         """The whole request is in: the route timeout starts (as in Envoy). No timer of its
@@ -632,7 +643,8 @@ class Router:
             self.stats[cluster.stat["upstream_rq_retry_success"]] += 1
         self.response_started = True
         self.retains_body = False
-        self.body = []
+        if self.body:
+            self.body = []
         count_status(self.stats, cluster, status)
         info = self.stream.info
         info.first_upstream_byte = self.loop.time()
@@ -655,7 +667,9 @@ class Router:
                 self._cancel_timers()
         self.stream.upstream_response_body(data, end_stream)
         if end_stream:
-            self._complete(upstream)
+            self.finished = True        # _complete, inline: every response ends here
+            self.upstream = None
+            upstream.finish()
 
     def on_response_trailers(self, upstream, trailers) -> None:
         if not self.response_started:

@@ -74,7 +74,7 @@ class Route:
                  "_rewrites_path", "express_cluster", "per_filter", "grpc_timeout",
                  "max_stream_duration", "attempt_count_to_upstream",
                  "attempt_count_in_response", "upgrades", "connect_terminate",
-                 "plain_request", "single_cluster")
+                 "plain_request", "single_cluster", "request_steps", "response_steps")
 
     # The express lane (express.py) and each field: safe (the lane honours it, or it does not
     # change a request) or blocking (name -> whether a value keeps the lane off this route).
@@ -87,6 +87,7 @@ class Route:
         "express_cluster",              # the verdict itself
         "plain_request",                # derived from fields declared below
         "single_cluster",               # _cluster, as pick_cluster gives it
+        "request_steps", "response_steps",  # _request_plans' / _response_plans' one plan
     })
     EXPRESS_BLOCKING = {
         "kind": lambda kind: kind != "cluster",
@@ -209,6 +210,10 @@ class Route:
                 self._response_plans.setdefault(
                     w["name"], mutation_steps(w["response_headers"]) + response_chain)
 
+        # The plans when every cluster of the route has the same (no weighted split with
+        # mutations of its own), else None: read without calling request_plan/response_plan.
+        self.request_steps = chain if len(self._request_plans) == 1 else None
+        self.response_steps = response_chain if len(self._response_plans) == 1 else None
         self.express_cluster = None     # express.admit_routes, once the table is built
         # Nothing here rewrites a request's host or path or reads its grpc-timeout, and no
         # stream duration is the route's: the full path skips those steps (stream.py _route,

@@ -31,7 +31,6 @@ log = logging.getLogger("baton.http")
 _TEXT_PLAIN = ("content-type", "text/plain")
 _DATE_ONLY = frozenset({"date"})
 _PROTOCOLS = {"1.1": "HTTP/1.1", "2": "HTTP/2", "1.0": "HTTP/1.0"}     # %PROTOCOL%, per version
-_PROTOCOLS = {"1.1": "HTTP/1.1", "2": "HTTP/2", "1.0": "HTTP/1.0"}     # %PROTOCOL%, per version
 
 
 class _DateCache:
@@ -403,7 +402,9 @@ class Stream:
             return
         # Envoy's order: header mutations first, then host and path rewrites (a
         # host_rewrite_header reads the mutated headers).
-        plan = route.request_plan(name)
+        plan = route.request_steps
+        if plan is None:                    # a weighted split's clusters differ
+            plan = route.request_plan(name)
         if plan:
             self._apply_mutations(request.headers, plan)
         plain = route.plain_request         # no rewrite, no grpc-timeout: nothing to call
@@ -430,10 +431,11 @@ class Stream:
         hash_key = route.hash_key(request, self.conn.peer[0] if self.conn.peer else "") \
             if route.hash_policies else None
         router = self.router = Router(self, route, cluster, hash_key, timeout, retry, self.picked)
-        held, self.held_body = self.held_body, []
-        for chunk in held:
-            router.body.append(chunk)
-            router.body_bytes += len(chunk)
+        if self.held_body:
+            held, self.held_body = self.held_body, []
+            for chunk in held:
+                router.body.append(chunk)
+                router.body_bytes += len(chunk)
         router.start()
 
     def _apply_mutations(self, headers: Headers, plan) -> None:
@@ -508,7 +510,9 @@ class Stream:
         hcm = self.hcm
         route = self.route
         if route is not None:
-            plan = route.response_plan(self.cluster_name)
+            plan = route.response_steps
+            if plan is None:
+                plan = route.response_plan(self.cluster_name)
             if plan:
                 self._apply_mutations(response.headers, plan)
         if not hcm.suppress_envoy_headers:
