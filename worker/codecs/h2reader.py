@@ -91,6 +91,9 @@ class H2FrameReader:
         size = len(data)
         pos = 0
         handlers = self._frame_handlers
+        # A slice of bytes is bytes already; of the buffer (a bytearray), a copy is made: the
+        # handlers keep payloads (header blocks are cache keys).
+        copy = data.__class__ is not bytes
         while size - pos >= 9:
             length_type, flags, stream_id = _head_unpack(data, pos)
             if budget <= 0:
@@ -113,7 +116,9 @@ class H2FrameReader:
             if self._hold_new and length_type & 0xFF == HEADERS and \
                     stream_id & _MAX_STREAM_ID > self._highest:
                 break       # a new stream: it is read where the connection moves to
-            payload = bytes(data[pos + 9:end])
+            payload = data[pos + 9:end]
+            if copy:
+                payload = bytes(payload)
             pos = end
             kind = length_type & 0xFF
             if kind == HEADERS:
