@@ -67,6 +67,7 @@ class Stream:
         self.body_watcher = None
         self.trailers = None
         self.request_complete = False
+        self.end_at_head = False
         self.replies = []
         self.sent = []              # response body chunks that reached the codec
         self.sent_trailers = None
@@ -311,3 +312,22 @@ def test_response_trailers_release_the_buffer_first():
     chain.response_data(b"ab", False)
     chain.response_trailers(Headers([("x", "1")]))
     assert stream.sent == [(b"ab", False)] and stream.sent_trailers is not None
+
+
+def test_a_pause_that_holds_the_body_keeps_it_from_the_filter_until_resumed():
+    # Envoy's StopAllIterationAndWatermark (what its Wasm filter makes of a Pause).
+    class HoldAll(Log):
+        __slots__ = ()
+        pause_holds_body = True
+
+        def on_request_headers(self, request, end_stream):
+            return PAUSE
+    stream = Stream([HoldAll, Log])
+    stream.start()
+    stream.body_chain.request_data(b"ab", False)
+    stream.body_chain.request_data(b"cd", True)
+    assert stream.filters[0].seen == [] and stream.router is None
+    stream.resume_filters()
+    assert stream.filters[0].seen == [(b"abcd", True)]
+    assert stream.filters[1].seen == [(b"abcd", True)]
+    assert stream.router.body == b"abcd" and stream.router.ended

@@ -25,7 +25,7 @@ import logging
 import time
 
 from ..codecs.message import Headers, Request
-from . import foreign
+from . import buffers, foreign
 from .maps import (PairsMap, RequestMap, ResponseMap, _raw, _text,  # noqa: F401 - the ABI's
                    parse_pairs, serialize_pairs)
 from .properties import encode_property, stream_property  # noqa: F401
@@ -71,7 +71,7 @@ class Context:
     """A root context (stream is None) or one HTTP stream's context."""
 
     __slots__ = ("id", "plugin", "root", "stream", "request", "response", "maps",
-                 "local_reply", "continued", "resume", "properties")
+                 "local_reply", "continued", "resume", "properties", "bodies")
 
     def __init__(self, context_id: int, plugin: Plugin, root: "Context | None" = None,
                  stream=None, request=None):
@@ -88,6 +88,7 @@ class Context:
         self.continued = False          # proxy_continue_stream asked for
         self.resume = None              # set by a paused filter: resumes its stream
         self.properties: dict = {}      # set by the guest (proxy_set_property)
+        self.bodies = None              # buffers.Bodies, once a body callback ran
 
     def set_response(self, response) -> None:
         self.response = response
@@ -182,7 +183,26 @@ class AbiHost:
             return OK, self.call_response[1]
         if kind == GRPC_RECEIVE_BUFFER and self.grpc_receive is not None:
             return OK, self.grpc_receive
-        return NOT_FOUND, b""       # bodies: not in this version
+        body = self._body(kind)
+        if body is not None:
+            return OK, bytes(body)
+        return NOT_FOUND, b""
+
+    def _body(self, kind: int):
+        """The stream's body buffer of this type while the plugin may see it (buffers.py)."""
+        if kind != REQUEST_BODY and kind != RESPONSE_BODY:
+            return None
+        ctx = self.current
+        bodies = ctx.bodies if ctx is not None else None
+        return bodies.get(kind) if bodies is not None else None
+
+    def set_buffer(self, kind: int, start: int, length: int, data: bytes) -> int:
+        """proxy_set_buffer_bytes: Envoy's edits of a body (buffers.replace); a buffer that
+        is not a body, or a body not there now, is NOT_FOUND."""
+        body = self._body(kind)
+        if body is None:
+            return NOT_FOUND
+        return OK if buffers.replace(body, start, length, data) else BAD_ARGUMENT
 
     # -- header maps --------------------------------------------------------------------------
     def _map(self, kind: int):

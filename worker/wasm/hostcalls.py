@@ -123,6 +123,8 @@ def function(vm, module: str, name: str):
         "proxy_set_tick_period_milliseconds": lambda c, ms: host.set_tick_period(ms),
         "proxy_get_buffer_bytes": get_buffer_bytes,
         "proxy_get_buffer_status": get_buffer_status,
+        "proxy_set_buffer_bytes": lambda c, t, start, length, p, n: host.set_buffer(
+            t, start, length, read(c, p, n)),
         "proxy_get_header_map_pairs": lambda c, t, pp, sp: returning(c, host.get_pairs(t), pp, sp),
         "proxy_set_header_map_pairs": lambda c, t, p, n: host.set_pairs(t, read(c, p, n)),
         "proxy_get_header_map_value": lambda c, t, kp, ks, pp, sp: returning(

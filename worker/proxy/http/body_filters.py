@@ -83,7 +83,8 @@ class BodyChain:
     """One stream's body/trailer iteration, both directions."""
 
     __slots__ = ("stream", "decodes", "encodes", "request", "response", "held_at",
-                 "trailers_at", "headers_paused_at", "waiting_trailers")
+                 "trailers_at", "headers_paused_at", "holding_at", "waiting_trailers",
+                 "added_trailers")
 
     def __init__(self, stream, decodes: bool, encodes: bool):
         self.stream = stream
@@ -94,6 +95,8 @@ class BodyChain:
         self.held_at = 0                    # stream.held_body has passed filters < held_at
         self.trailers_at = _NOWHERE         # request trailers wait at this filter
         self.headers_paused_at = _NOWHERE   # the filter whose on_request_headers PAUSEd
+        self.holding_at = _NOWHERE          # ... and holds the body before it (StopAll)
+        self.added_trailers = None          # trailers a filter added at the body's end
         self.waiting_trailers = None        # (filter index, trailers) a filter PAUSEd
 
     @property
@@ -109,12 +112,14 @@ class BodyChain:
         iteration stops here (buffered, held, answered)."""
         if side.stop == i:
             data = side.gather(data)
+        elif type(data) is not bytearray:
+            data = bytearray(data)          # the filter may change it in place
         result = hook(data, end_stream)
         stream = self.stream
         if stream.done:
             return None
         if result is None:
-            return side.release(data) if side.stop == i else data
+            return side.release(data) if side.stop == i else bytes(data)
         if result is BUFFER or result is WATERMARK:
             side.keep(i, data, end_stream, result is WATERMARK, stream.buffer_limit)
         elif result is STOP:
@@ -138,10 +143,15 @@ class BodyChain:
             data = b""
         self._decode(0, data, end_stream)
 
+    def _reached(self) -> int:
+        """The filters before this index have had their headers and take body."""
+        holding = self.holding_at
+        return self.stream.filter_index if holding == _NOWHERE else holding
+
     def _decode(self, start: int, data, end_stream: bool) -> None:
         stream = self.stream
         filters = stream.filters
-        reached = stream.filter_index
+        reached = self._reached()
         i = start
         while i < reached:
             stream_filter = filters[i]
@@ -149,6 +159,14 @@ class BodyChain:
                 data = self._step(self.request, i, stream_filter.on_request_body, data,
                                   end_stream)
                 if data is None:
+                    return
+                if end_stream and self.added_trailers is not None:
+                    # The filter added trailers at the body's end (Envoy's
+                    # addDecodedTrailers): the data goes on without the end, then they.
+                    trailers, self.added_trailers = self.added_trailers, None
+                    self._decode(i + 1, data, False)
+                    if not stream.done:
+                        self._trailers(i + 1, trailers)
                     return
                 if self.headers_paused_at == i:
                     self._resume_headers(i, data, end_stream)
@@ -191,16 +209,27 @@ class BodyChain:
 
     def headers_paused(self) -> None:
         """The filter before stream.filter_index PAUSEd on its headers: body still reaches it
-        (and, held, the filters before it that it has not passed yet)."""
-        self.headers_paused_at = self.stream.filter_index - 1
-        self.headers_advanced()
+        (and, held, the filters before it that it has not passed yet), unless it holds the
+        body before it (pause_holds_body)."""
+        stream = self.stream
+        i = stream.filter_index - 1
+        if stream.filters[i].pause_holds_body:
+            self.holding_at = i
+        else:
+            self.holding_at = _NOWHERE
+            self.headers_paused_at = i
+        self._push_held()
 
     def headers_advanced(self) -> None:
         """The headers reached more filters (stream._continue_filters): what was held for
         them goes through their body hooks before the router takes it."""
+        self.holding_at = _NOWHERE          # the headers went on past any holding filter
+        self._push_held()
+
+    def _push_held(self) -> None:
         stream = self.stream
         start = self.held_at
-        reached = stream.filter_index
+        reached = self._reached()
         if start >= reached:
             return
         hooked = any(f.request_body_hooks for f in stream.filters[start:reached])
@@ -212,7 +241,7 @@ class BodyChain:
         trailers = stream.trailers
         complete = stream.request_complete
         end = complete and trailers is None
-        if held or end:
+        if held or (end and not stream.end_at_head):     # (no body: no body call)
             stream.request_complete = False
             self._decode(start, b"".join(held), end)
         if trailers is not None and complete and not stream.done:
@@ -226,7 +255,7 @@ class BodyChain:
     def _trailers(self, start: int, trailers) -> None:
         stream = self.stream
         filters = stream.filters
-        reached = stream.filter_index
+        reached = self._reached()
         side = self.request
         i = start
         while i < reached:
@@ -269,6 +298,8 @@ class BodyChain:
         """A filter that stopped the body (STOP or BUFFER) or the trailers lets them go on
         (Envoy's continueDecoding), with what it buffered."""
         stream = self.stream
+        if stream.done:
+            return
         side = self.request
         i = stream.filters.index(stream_filter)
         if side.stop == i:
@@ -296,6 +327,13 @@ class BodyChain:
                 data = self._step(self.response, i, stream_filter.on_response_body, data,
                                   end_stream)
                 if data is None:
+                    return
+                if end_stream and self.added_trailers is not None:
+                    # Trailers added at the body's end (Envoy's addEncodedTrailers).
+                    trailers, self.added_trailers = self.added_trailers, None
+                    self.response_data(data, False, i - 1)
+                    if not self.stream.done:
+                        self.response_trailers(trailers, i - 1)
                     return
             i -= 1
         self.stream.upstream_response_body(data, end_stream, True)
@@ -331,6 +369,8 @@ class BodyChain:
 
     def continue_response(self, stream_filter) -> None:
         """Envoy's continueEncoding: a stopped filter lets the response go on."""
+        if self.stream.done:
+            return
         i = self.stream.filters.index(stream_filter)
         side = self.response
         waiting = self.waiting_trailers

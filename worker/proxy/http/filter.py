@@ -21,9 +21,9 @@ keeps the plain body path, at no cost. A body hook answers (Envoy's FilterDataSt
 
     None / CONTINUE      pass this chunk on (with what this filter buffered before it)
     BUFFER               StopIterationAndBuffer: keep it; the next call gets everything kept
-                         so far with the new chunk, as one bytearray the filter may change in
-                         place (also stream.body_chain.request_buffer / response_buffer, e.g.
-                         from a trailer hook). Over the stream's buffer limit (the listener's
+                         so far with the new chunk, as one bytearray (also
+                         stream.body_chain.request_buffer / response_buffer, e.g. from a
+                         trailer hook). Over the stream's buffer limit (the listener's
                          per_connection_buffer_limit_bytes, or stream.buffer_limit as a filter
                          sets it: Envoy's setDecoderBufferLimit) Envoy answers 413
                          request_payload_too_large, or 500 response_payload_too_large (a reset
@@ -38,7 +38,8 @@ keeps the plain body path, at no cost. A body hook answers (Envoy's FilterDataSt
 
 A request body hook is called only once the filter's on_request_headers was (even if it
 paused there: a filter that PAUSEd on headers and CONTINUEs from its body hook resumes the
-headers too, as the buffer filter does). Trailer hooks answer CONTINUE or PAUSE (Envoy's
+headers too, as the buffer filter does; unless the class sets pause_holds_body). `data` is
+always a bytearray the filter may change in place: what it leaves there goes on. Trailer hooks answer CONTINUE or PAUSE (Envoy's
 StopIteration: the trailers wait until the filter calls continue_request / _response).
 
 Filters shipped with Baton are registered here by their Envoy names; a user adds one through
@@ -113,6 +114,10 @@ class StreamFilter:
     request_body_hooks = False
     response_body_hooks = False
     body_hooks = False          # either
+    # PAUSE from on_request_headers is Envoy's StopIteration: the body still reaches this
+    # filter's body hook. True: StopAllIterationAndWatermark, the body waits before this
+    # filter until its headers go on (what Envoy's Wasm filter does with a Pause).
+    pause_holds_body = False
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)

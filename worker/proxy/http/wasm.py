@@ -31,9 +31,11 @@ from __future__ import annotations
 import logging
 import time
 
+from ...wasm import abi
 from ...wasm.plugin import WasmError, plugin_root      # wasmtime only when a VM starts
 from ...wasm.vm import Trapped
-from .filter import PAUSE, FilterFactory, LocalReply, StreamFilter, register
+from .filter import BUFFER, PAUSE, STOP, WATERMARK, FilterFactory, LocalReply, StreamFilter, \
+    register
 
 NAME = "envoy.filters.http.wasm"
 FAIL_DETAILS = "wasm_fail_stream"
@@ -80,7 +82,7 @@ class WasmFilterFactory(FilterFactory):
         if root is None or root.failed:
             if self.reload_after is None or not self._reload():
                 return None if self.fail_open else FailedWasmFilter(stream)
-        return WasmStreamFilter(stream, self)
+        return _FILTERS[any(root.request_body_hooks), any(root.response_body_hooks)](stream, self)
 
     def _reload(self) -> bool:
         """FAIL_RELOAD: a new VM for the plugin (plugin_root starts one in place of a failed
@@ -103,14 +105,21 @@ class FailedWasmFilter(StreamFilter):
 
 
 class WasmStreamFilter(StreamFilter):
+    """A plugin that exports no body or trailer callback: the headers only (its streams
+    keep the plain body path)."""
+
     __slots__ = ("factory", "root", "ctx", "paused")
+    # Envoy's Wasm filter turns a Pause from proxy_on_request_headers into
+    # StopAllIterationAndWatermark (context.cc: allow_on_headers_stop_iteration is false by
+    # default): the body waits before the plugin until it continues.
+    pause_holds_body = True
 
     def __init__(self, stream, factory: WasmFilterFactory):
         self.stream = stream
         self.factory = factory
         self.root = factory.root            # this stream's, even if a reload replaces it
         self.ctx = None
-        self.paused = False
+        self.paused = None                  # "headers", "request" or "response": waiting
 
     def _failed(self, exc):
         log.error("Wasm plugin %s: %s", self.factory.config["name"], exc)
@@ -127,22 +136,70 @@ class WasmStreamFilter(StreamFilter):
             return _local_reply(ctx.local_reply)
         if action == 0 or ctx.continued:
             return None
-        self.paused = True
+        self._pause(ctx, "headers")
+        return PAUSE
+
+    def _pause(self, ctx, phase: str) -> None:
+        self.paused = phase
         ctx.continued = False
         ctx.resume = self._resume
-        return PAUSE
 
     def _resume(self) -> None:
         """proxy_continue_stream or proxy_send_local_response while paused: go on (or
         answer) after the current VM call."""
-        if self.paused:
-            self.paused = False
-            self.stream.loop.call_soon(self._go_on)
+        phase = self.paused
+        if phase is not None:
+            self.paused = None
+            self.stream.loop.call_soon(self._go_on, phase)
 
-    def _go_on(self) -> None:
+    def _go_on(self, phase: str) -> None:
         ctx = self.ctx
+        stream = self.stream
         reply = ctx.local_reply if ctx is not None else None
-        self.stream.resume_filters(_local_reply(reply) if reply is not None else None)
+        if reply is not None:
+            reply = _local_reply(reply)
+            if phase == "response":
+                stream.local_reply(reply.status, reply.body, reply.details, extra=reply.headers)
+            else:
+                stream.resume_filters(reply)
+        elif phase == "headers":
+            stream.resume_filters(None)
+        elif phase == "request":
+            stream.body_chain.continue_request(self)        # Envoy's continueDecoding
+        else:
+            stream.body_chain.continue_response(self)       # Envoy's continueEncoding
+
+    def _body(self, kind: int, data, end_stream: bool, phase: str):
+        """proxy_on_request_body / proxy_on_response_body, its FilterDataStatus as Envoy's
+        (Pause is StopIterationAndBuffer)."""
+        ctx = self.ctx
+        if ctx is None:
+            return None
+        try:
+            status, added = self.root.body(ctx, kind, data, end_stream)
+        except Trapped as exc:
+            return self._failed(exc)
+        if ctx.local_reply is not None and phase == "request":
+            return _local_reply(ctx.local_reply)
+        if added is not None:
+            self.stream.body_chain.added_trailers = added
+        if status == 0 or ctx.continued:
+            return None
+        self._pause(ctx, phase)
+        return _DATA_STATUS.get(status, BUFFER)
+
+    def _trailers(self, kind: int, trailers, phase: str):
+        ctx = self.ctx
+        if ctx is None:
+            return None
+        try:
+            status = self.root.trailers(ctx, kind, trailers)
+        except Trapped as exc:
+            return self._failed(exc)
+        if status == 0 or ctx.continued:
+            return None
+        self._pause(ctx, phase)
+        return PAUSE
 
     def on_response_headers(self, response, end_stream: bool):
         ctx = self.ctx
@@ -162,3 +219,47 @@ class WasmStreamFilter(StreamFilter):
                 self.root.end_stream(ctx)
             except Trapped as exc:
                 log.error("Wasm plugin %s: %s", self.factory.config["name"], exc)
+
+
+class _RequestBodyFilter(WasmStreamFilter):
+    """A plugin that exports proxy_on_request_body or _trailers."""
+
+    __slots__ = ()
+
+    def on_request_body(self, data, end_stream: bool):
+        if not self.root.request_body_hooks[0]:
+            return None
+        return self._body(abi.REQUEST_BODY, data, end_stream, "request")
+
+    def on_request_trailers(self, trailers):
+        if not self.root.request_body_hooks[1]:
+            return None
+        return self._trailers(abi.REQUEST_TRAILERS, trailers, "request")
+
+
+class _ResponseBodyFilter(WasmStreamFilter):
+    """A plugin that exports proxy_on_response_body or _trailers."""
+
+    __slots__ = ()
+
+    def on_response_body(self, data, end_stream: bool):
+        if not self.root.response_body_hooks[0]:
+            return None
+        return self._body(abi.RESPONSE_BODY, data, end_stream, "response")
+
+    def on_response_trailers(self, trailers):
+        if not self.root.response_body_hooks[1]:
+            return None
+        return self._trailers(abi.RESPONSE_TRAILERS, trailers, "response")
+
+
+class _BodyFilter(_RequestBodyFilter, _ResponseBodyFilter):
+    __slots__ = ()
+
+
+# (request body/trailer callbacks, response ones) -> the filter class: a plugin without
+# them keeps its streams on the plain body path.
+_FILTERS = {(False, False): WasmStreamFilter, (True, False): _RequestBodyFilter,
+            (False, True): _ResponseBodyFilter, (True, True): _BodyFilter}
+# proxy-wasm FilterDataStatus -> the filter API's (Envoy converts them one to one)
+_DATA_STATUS = {1: BUFFER, 2: WATERMARK, 3: STOP}
