@@ -11,8 +11,12 @@ As Envoy 1.40 reads a PluginConfig:
 - runtime: envoy.wasm.runtime.{v8,wamr,wasmtime,wavm} all run on wasmtime (Baton has one
   engine); envoy.wasm.runtime.null is Istio's built-ins (xds/http_filters_istio.py).
 - code: vm_config.code.local as a filename (read now, hashed), inline_bytes or
-  inline_string. `remote` (an HTTP fetch with sha256) is refused: istio-agent downloads
-  a WasmPlugin's module and rewrites it to a local filename before the sidecar sees it.
+  inline_string; or `remote` (http_uri, sha256, retry_policy): fetched now, by this process,
+  with Envoy's tries and hash check (worker/wasm/remote.py says where and why); code that
+  could not be fetched makes a plugin that fails in the workers (503, or fail_open), the
+  config accepted, as Envoy does; with nack_on_code_cache_miss a module not fetched before
+  NACKs ("Unable to create Wasm HTTP filter") and is fetched in the background. (Istio's
+  istio-agent downloads a WasmPlugin's module itself and gives the sidecar a local file.)
 - configuration / vm_config.configuration: an Any; a google.protobuf.StringValue or
   BytesValue gives its bytes, any other type the Any's value as it came, the serialized
   message, whatever its type (Envoy's anyToBytes in extensions/common/wasm/plugin.cc: a
@@ -64,12 +68,35 @@ def any_bytes(any_pb) -> bytes:
     return bytes(any_pb.value)
 
 
+def _remote(remote_pb, path, errors):
+    """code.remote -> worker/wasm/remote.py's Remote, or None with an error."""
+    from ..worker.wasm.remote import Remote
+    uri_pb = remote_pb.http_uri
+    here = join(path, "http_uri")
+    start = len(errors)
+    for name in ("uri", "cluster"):
+        if not getattr(uri_pb, name):
+            errors.append(f"{join(here, name)}: required")
+    if not uri_pb.HasField("timeout"):
+        errors.append(f"{join(here, 'timeout')}: required")
+    sha256 = remote_pb.sha256.lower()
+    if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
+        errors.append(f"{join(path, 'sha256')}: 64 hex digits expected")
+    if len(errors) > start:
+        return None
+    policy = remote_pb.retry_policy
+    backoff = policy.retry_back_off
+    base = backoff.base_interval.ToNanoseconds() / 1e9 if backoff.HasField("base_interval") \
+        else 1.0
+    ceiling = backoff.max_interval.ToNanoseconds() / 1e9 if backoff.HasField("max_interval") \
+        else 10 * base
+    return Remote(uri_pb.uri, sha256, uri_pb.timeout.ToNanoseconds() / 1e9,
+                  policy.num_retries.value if policy.HasField("num_retries") else 1,
+                  base, max(ceiling, base))
+
+
 def _code(code_pb, path, errors) -> bytes | None:
     which = code_pb.WhichOneof("specifier")
-    if which == "remote":
-        errors.append(f"{join(path, 'remote')}: remote Wasm code not supported (give a local "
-                      "filename: istio-agent rewrites a WasmPlugin's remote code to one)")
-        return None
     if which != "local":
         errors.append(f"{path}: required")
         return None
@@ -116,7 +143,24 @@ def translate_wasm(pb, path, errors, warnings):
     if vm.runtime not in RUNTIMES:
         errors.append(f"{join(vm_path, 'runtime')}: {vm.runtime or 'none'} not supported "
                       f"({', '.join(RUNTIMES)}, or {NULL_RUNTIME} for Istio's built-ins)")
-    code = _code(vm.code, join(vm_path, "code"), errors)
+    remote = None
+    failed = ""             # remote code that could not be fetched: the plugin fails
+    if vm.code.WhichOneof("specifier") == "remote":
+        remote = _remote(vm.code.remote, join(join(vm_path, "code"), "remote"), errors)
+        code = None
+        if remote is not None and vm.nack_on_code_cache_miss:
+            from ..worker.wasm.remote import cached, fetch_in_background
+            code = cached(remote.sha256)
+            if code is None:            # Envoy's NACK, and a fetch for the next time
+                fetch_in_background(remote)
+                errors.append(f"{path}: Unable to create Wasm HTTP filter {plugin.name} (its "
+                              f"remote code is not fetched yet: {remote.uri})")
+        elif remote is not None:
+            code, why = remote.get()
+            if code is None:
+                failed = f"remote code from {remote.uri} could not be fetched: {why}"
+    else:
+        code = _code(vm.code, join(vm_path, "code"), errors)
     policy = plugin.DESCRIPTOR.fields_by_name["failure_policy"].enum_type \
         .values_by_number[plugin.failure_policy].name
     reload_seconds = None
@@ -134,11 +178,15 @@ def translate_wasm(pb, path, errors, warnings):
         return None, None
     config = {"name": plugin.name, "root_id": plugin.root_id, "vm_id": vm.vm_id,
               "configuration": configuration, "vm_config": vm_config, "code": code,
-              "sha256": hashlib.sha256(code).hexdigest(),
+              "sha256": remote.sha256 if remote is not None else hashlib.sha256(code).hexdigest(),
+              "failed": failed,
               "environment": _environment(vm.environment_variables),
               "fail_open": policy == "FAIL_OPEN" or (policy == "UNSPECIFIED" and
                                                      plugin.fail_open),
               "reload_seconds": reload_seconds}
+    if failed:              # no code: the plugin fails in the workers (503, or fail_open)
+        warnings.append(f"{path}: {failed}")
+        return NAME, config
     from ..worker.wasm.plugin import validate       # wasmtime only with a Wasm filter
     from ..worker.wasm.vm import WasmError
     try:

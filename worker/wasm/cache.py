@@ -65,18 +65,25 @@ class ModuleCache:
     def store(self, key: str, module) -> bool:
         """Write `module` for `key` (best effort: False when it could not be written, as in
         a directory of the master's that a worker may not write)."""
-        tmp = None
         try:
             data = module.serialize()
-            fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".tmp-", suffix=SUFFIX)
+        except Exception:  # noqa: BLE001 - wasmtime's errors have no common base
+            return False
+        return self.store_bytes(os.path.basename(self.path(key)), data)
+
+    def store_bytes(self, name: str, data: bytes) -> bool:
+        """Write `name` whole (a temporary file renamed), 0644; trim the directory."""
+        tmp = None
+        try:
+            fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".tmp-")
             with os.fdopen(fd, "wb") as f:
                 os.fchmod(f.fileno(), 0o644)
                 f.write(data)
-            os.replace(tmp, self.path(key))
+            os.replace(tmp, os.path.join(self.directory, name))
             tmp = None
             self._trim()
             return True
-        except Exception:  # noqa: BLE001 - a full disk or a serialize error: just compile
+        except OSError:         # a full disk, or not ours to write: just compile or fetch
             return False
         finally:
             if tmp is not None:
@@ -88,7 +95,7 @@ class ModuleCache:
     def _trim(self) -> None:
         entries = []
         for name in os.listdir(self.directory):
-            if name.endswith(SUFFIX) and not name.startswith("."):
+            if name.endswith((SUFFIX, ".wasm")) and not name.startswith("."):
                 path = os.path.join(self.directory, name)
                 try:
                     entries.append((os.stat(path).st_mtime, path))

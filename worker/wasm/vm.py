@@ -120,9 +120,12 @@ def load_wasmtime() -> None:
         return
     try:
         import wasmtime  # noqa: F401
-        from wasmtime import _bindings  # noqa: F401
+        from wasmtime import _bindings, _ffi  # noqa: F401
     except ImportError:
-        pass    # not installed (it is a declared dependency): nothing to load ahead
+        return  # not installed (it is a declared dependency): nothing to load ahead
+    # And what a check imports: the plugin layer (zlib, the gRPC callouts' codecs), the
+    # module cache (tempfile) and the remote code fetch (urllib).
+    from . import cache, plugin, remote  # noqa: F401
 
 
 def _importable_by_others() -> bool:
@@ -198,10 +201,16 @@ class Runtime:
 
     def _disk_cache(self):
         if self.disk is False:
-            from importlib.metadata import version
             from . import cache
-            # Serialized code is only good for the same wasmtime and engine settings.
-            self.disk = cache.default(f"wasmtime{version('wasmtime')}-epoch-fixedmem")
+            # Serialized code is only good for the same wasmtime library and engine settings:
+            # the library file's size and time say which (importlib.metadata may not be
+            # importable by a process that became another user: the xDS agent).
+            from wasmtime import _ffi
+            try:
+                lib = os.stat(_ffi.filename)
+                self.disk = cache.default(f"wasmtime{lib.st_size}.{lib.st_mtime_ns}-epoch-fixed")
+            except OSError:
+                self.disk = None
         return self.disk
 
     def hold_ticker(self) -> None:
