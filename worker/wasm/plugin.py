@@ -22,8 +22,9 @@ import gc
 import logging
 import weakref
 
+from ..codecs.message import Headers
 from ..stats import Stats
-from . import abi
+from . import abi, buffers, maps
 from .grpc_callout import GrpcCallouts
 from .queues import SharedQueues
 from .vm import VM, Trapped, WasmError, runtime
@@ -104,6 +105,12 @@ class PluginRoot:
                 not vm.call("proxy_on_configure", root.id, len(plugin.configuration)):
             raise WasmError("proxy_on_configure failed")
         self.has_response_headers = vm.has("proxy_on_response_headers")
+        # Which body and trailer callbacks the module exports: only those make the stream
+        # take the body path (proxy-wasm-cpp-host knows the same from the module).
+        self.request_body_hooks = (vm.has("proxy_on_request_body"),
+                                   vm.has("proxy_on_request_trailers"))
+        self.response_body_hooks = (vm.has("proxy_on_response_body"),
+                                    vm.has("proxy_on_response_trailers"))
         self.has_log = vm.has("proxy_on_log")
 
     @property
@@ -248,6 +255,41 @@ class PluginRoot:
         self.host.current = ctx
         return self.vm.call("proxy_on_response_headers", ctx.id,
                             len(response.headers.items) + 1, int(end_stream)) or 0
+
+    def body(self, ctx: abi.Context, kind: int, data: bytearray, end_stream: bool):
+        """proxy_on_request_body / proxy_on_response_body (`kind`: abi.REQUEST_BODY or
+        RESPONSE_BODY) with `data`, the chunk or all that was buffered: the body size and
+        end_of_stream, as Envoy's Context::decodeData / encodeData. At the end of a stream
+        without trailers the plugin may add some (Envoy's addDecodedTrailers /
+        addEncodedTrailers): -> (FilterDataStatus, the trailers it added or None)."""
+        bodies = ctx.bodies
+        if bodies is None:
+            bodies = ctx.bodies = buffers.Bodies()
+        trailer_kind = abi.REQUEST_TRAILERS if kind == abi.REQUEST_BODY else \
+            abi.RESPONSE_TRAILERS
+        added = None
+        if end_stream and trailer_kind not in ctx.maps:
+            added = ctx.maps[trailer_kind] = maps.HeadersMap(Headers())
+        bodies.enter(kind, data, end_stream)
+        self.host.current = ctx
+        status = abi.CONTINUE
+        try:
+            status = self.vm.call("proxy_on_request_body" if kind == abi.REQUEST_BODY else
+                                  "proxy_on_response_body", ctx.id, len(data),
+                                  int(end_stream)) or 0
+        finally:
+            bodies.leave(kind, status == abi.STOP_ITERATION)
+            if added is not None:
+                del ctx.maps[trailer_kind]
+        return status, (added.headers if added is not None and added.items else None)
+
+    def trailers(self, ctx: abi.Context, kind: int, trailers) -> int:
+        """proxy_on_request_trailers / proxy_on_response_trailers (`kind`: the map type):
+        the plugin sees and may change `trailers` (a Headers)."""
+        ctx.maps[kind] = maps.HeadersMap(trailers)
+        self.host.current = ctx
+        return self.vm.call("proxy_on_request_trailers" if kind == abi.REQUEST_TRAILERS else
+                            "proxy_on_response_trailers", ctx.id, len(trailers.items)) or 0
 
     def end_stream(self, ctx: abi.Context) -> None:
         """proxy_on_done, then (a plugin that is done) proxy_on_log and proxy_on_delete."""
