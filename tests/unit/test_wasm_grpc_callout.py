@@ -26,7 +26,7 @@ def test_close_messages_carry_envoys_details():
 
 class FakeCall:
     def __init__(self, unary):
-        self.unary, self.closed, self.sent, self.cancelled, self.half = unary, False, [], 0, 0
+        self.unary, self.finished, self.sent, self.cancelled, self.half = unary, False, [], 0, 0
 
     def send(self, message, end):
         self.sent.append((message, end))
@@ -72,7 +72,7 @@ def test_a_unary_answer_forgets_the_call_and_a_stream_waits_for_both_ends():
     assert 3 not in c.calls and seen[-1] == (3, "message", (b"answer",))
     c._event(4, "close", (0, "via_upstream"))
     assert 4 in c.calls                                      # our end is still open
-    c.calls[4].closed = True
+    c.calls[4].finished = True
     assert c.close(4) == g.OK and 4 not in c.calls
 
 

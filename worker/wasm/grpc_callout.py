@@ -3,8 +3,8 @@ worker's HTTP/2 pools, answered to the root context's proxy_on_grpc_* callbacks.
 
     service_cluster(service bytes, cluster exists?) -> (status, cluster, authority)
     GrpcCallouts (one per plugin root): call(), stream(), send(), close(), cancel()
-    Callout: one call on an HTTP/2 stream of the cluster's pool (the pool's waiter and the
-             connection's stream, like upstream_call.UpstreamCall, but streaming)
+    Callout: one call on an HTTP/2 stream of the cluster's pool (an upstream_call.UpstreamCall
+             that streams: messages sent as the plugin gives them, answered as they come)
 
 Envoy 1.40's semantics (source/extensions/common/wasm/context.cc, proxy-wasm-cpp-host
 exports.cc), each checked with tests/integration/test_differential_wasm_grpc.py:
@@ -36,6 +36,7 @@ import os
 
 from ..codecs.events import Body, ProtocolError, ResponseHead, StreamReset, Trailers
 from ..codecs.message import Headers, Request
+from ..proxy.http.upstream_call import UpstreamCall
 from .foreign import wire_fields
 
 OK, NOT_FOUND, BAD_ARGUMENT, PARSE_FAILURE = 0, 1, 2, 4
@@ -70,24 +71,21 @@ def frame(message: bytes, compressed: bool = False) -> bytes:
     return (b"\x01" if compressed else b"\x00") + len(message).to_bytes(4, "big") + message
 
 
-class Callout:
+class Callout(UpstreamCall):
     """One gRPC call (unary: `unary`, one message sent with the end of the stream) on a
     stream of the cluster's HTTP/2 pool. Events go to `events(kind, *args)`:
     ("initial", headers pairs), ("message", bytes), ("trailing", pairs), ("close", status,
-    message); "close" is the last, once."""
+    message); "close" is the last, once. UpstreamCall's waiting for the pool, cancel() and
+    release are this call's; `finished` once closed."""
 
-    __slots__ = ("worker", "cluster", "events", "unary", "pool", "conn", "stream_id", "timer",
-                 "request", "pending", "buffer", "closed", "local_end", "messages")
+    __slots__ = ("events", "unary", "pending", "buffer", "local_end", "messages")
 
     def __init__(self, worker, cluster, events, unary: bool):
-        self.worker = worker
-        self.cluster = cluster
+        super().__init__(worker, cluster, None)
         self.events = events
         self.unary = unary
-        self.pool = self.conn = self.stream_id = self.timer = self.request = None
         self.pending: list[tuple[bytes, bool]] = []     # sends before the stream exists
         self.buffer = bytearray()
-        self.closed = False
         self.local_end = False
         self.messages: list[bytes] = []                 # a unary call's answer
 
@@ -110,7 +108,7 @@ class Callout:
         self.pool.request(self)
 
     def send(self, message: bytes, end_stream: bool) -> None:
-        if self.closed or self.local_end:
+        if self.finished or self.local_end:
             return
         self.local_end = end_stream
         if self.stream_id is None:
@@ -125,19 +123,13 @@ class Callout:
             self.local_end = True
             if self.stream_id is None:
                 self.pending.append((None, True))
-            elif not self.closed:
+            elif not self.finished:
                 self.conn.codec.send_body(self.stream_id, b"", True)
                 self.conn.flush()
 
-    def cancel(self) -> None:
-        """Stop, without a callback."""
-        if not self.closed:
-            self.closed = True
-            self._release(reset=True)
-
-    # -- the pool's waiter ------------------------------------------------------------------
+    # -- the pool's waiter (cancel(): UpstreamCall's, without a callback) --------------------
     def on_pool_ready(self, conn) -> None:
-        if self.closed:
+        if self.finished:
             self.pool.release(conn)
             return
         self.conn = conn
@@ -154,12 +146,12 @@ class Callout:
 
     # -- the connection's stream ------------------------------------------------------------
     def on_upstream_event(self, event) -> None:
-        if self.closed:
+        if self.finished:
             return
         kind = type(event)
         if kind is Body:
             self._body(event.data)
-            if event.end_stream and not self.closed:
+            if event.end_stream and not self.finished:
                 self._close(GRPC_INTERNAL, close_text("", "via_upstream"))     # no trailers
         elif kind is ResponseHead:
             response = event.response
@@ -182,9 +174,6 @@ class Callout:
     def on_upstream_reset(self, reason, refused: bool = False) -> None:
         self.conn = None
         self._failed(str(reason))
-
-    def on_upstream_paused(self, paused: bool) -> None:
-        """Messages are small; the codec holds what the window does not take."""
 
     # -- answers ----------------------------------------------------------------------------
     def _body(self, data: bytes) -> None:
@@ -231,9 +220,9 @@ class Callout:
             "upstream_reset_before_response_started{" + details.replace(" ", "_") + "}"))
 
     def _close(self, code: int, text: str, clean: bool = False) -> None:
-        if self.closed:
+        if self.finished:
             return
-        self.closed = True
+        self.finished = True
         self._release(reset=not clean)
         if self.unary and code == GRPC_OK:
             if len(self.messages) == 1:
@@ -241,23 +230,6 @@ class Callout:
                 return
             code, text = GRPC_INTERNAL, ""
         self.events("close", code, text)
-
-    def _release(self, reset: bool) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
-        conn, self.conn = self.conn, None
-        if conn is None:
-            if self.pool is not None and self.stream_id is None:
-                self.pool.cancel(self)          # still waiting for a connection
-            return
-        if conn.closed:
-            return
-        if reset:
-            conn.streams.pop(self.stream_id, None)
-            conn.codec.reset(self.stream_id)
-            conn.flush()
-        conn.stream_done(self.stream_id, not reset)
 
 
 def _percent_decoded(text: str) -> str:
@@ -289,7 +261,7 @@ class GrpcCallouts:
                        lambda kind, *args: self._event(token, kind, args), unary)
         self.calls[token] = call
         if call.cluster is None:            # a GrpcService naming no cluster: it fails
-            call.closed = True
+            call.finished = True
             self._event(token, "close", (GRPC_UNAVAILABLE, close_text(
                 "no healthy upstream", "no_healthy_upstream")))
             return OK, call
@@ -327,7 +299,7 @@ class GrpcCallouts:
             self.forget(token)
         else:
             call.half_close()
-            if call.closed:
+            if call.finished:
                 self.forget(token)
             else:
                 self.local_closed.add(token)
