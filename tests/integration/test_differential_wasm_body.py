@@ -113,6 +113,19 @@ def test_http2_request_body_rewritten(pair, tmp_path):
     differential(pair, run, expect)
 
 
+def test_a_local_reply_from_the_response_headers_replaces_the_response(pair):
+    # Envoy's sendLocalReply while encoding, before the head went out: sendDirectLocalReply,
+    # which bypasses the filters (the plugin is not called again for the reply).
+    def run(target):
+        return observe(one(target.ports["body"], "GET", "/reply", [("host", "diff.test")]),
+                       target)
+
+    def expect(obs):
+        assert obs["status"] == 418 and obs["body"] == "replaced\n", obs
+        assert header(obs, "x-edit-status") is None, obs
+    differential(pair, run, expect)
+
+
 # Last in this module: the upstream connection is left with the 4 bytes past the length.
 def test_a_grown_body_keeps_the_clients_content_length(pair):
     # Envoy fixes nothing: content-length stays as the client sent it and the upstream reads

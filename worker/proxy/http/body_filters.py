@@ -393,6 +393,18 @@ def _answer(stream, reply: LocalReply) -> None:
     stream.local_reply(reply.status, reply.body, reply.details, extra=reply.headers)
 
 
+def replaced_by(stream, answer) -> bool:
+    """A response head filter's answer (Stream._send_head): a LocalReply replaces the
+    response, which has not gone out yet, as Envoy's sendLocalReply does while encoding the
+    head (sendDirectLocalReply: the reply bypasses the filters, so none sees it again).
+    Anything else is CONTINUE (a PAUSE of the response head is not supported)."""
+    if not isinstance(answer, LocalReply):
+        return False
+    stream.filter_index = 0             # no filter runs on the reply
+    _answer(stream, answer)
+    return True
+
+
 def chain_for(stream, filters) -> BodyChain | None:
     """A BodyChain when a filter of `filters` has body or trailer hooks, else None (the
     plain path: nothing more per chunk than one attribute test). The stream calls it only

@@ -19,7 +19,7 @@ from ...codecs.h2server import CANCEL, INTERNAL_ERROR
 from ...codecs.message import Headers, Response
 from . import grpc_reply, path_normalize
 from . import xfcc
-from .body_filters import chain_for
+from .body_filters import chain_for, replaced_by
 from .filter import PAUSE, Delay, LocalReply
 from .route_rewrite import ADD_IF_ABSENT, APPEND, OVERWRITE, REMOVE
 from .router import (GRPC_RETRY_ON, Router, expected_timeout_header, route_timeout,
@@ -565,7 +565,9 @@ class Stream:
             headers.set("x-request-id", self.info.request_id)
 
         for stream_filter in reversed(self.filters[:self.filter_index]):
-            stream_filter.on_response_headers(response, end_stream)
+            answer = stream_filter.on_response_headers(response, end_stream)
+            if answer is not None and replaced_by(self, answer):
+                return                  # the filter's local reply went out instead
         self.response_started = True
         info = self.info
         info.response = response

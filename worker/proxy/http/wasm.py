@@ -202,14 +202,18 @@ class WasmStreamFilter(StreamFilter):
         return PAUSE
 
     def on_response_headers(self, response, end_stream: bool):
+        """A proxy_send_local_response here replaces the response (the head has not gone
+        out: Envoy's sendDirectLocalReply)."""
         ctx = self.ctx
         if ctx is None:
             return None
+        before = ctx.local_reply            # (the plugin's own reply passes here too)
         try:
             self.root.response_headers(ctx, response, end_stream)
         except Trapped as exc:
             log.error("Wasm plugin %s: %s", self.factory.config["name"], exc)
-        return None
+        reply = ctx.local_reply
+        return _local_reply(reply) if reply is not None and reply is not before else None
 
     def on_log(self) -> None:
         ctx = self.ctx
