@@ -179,22 +179,26 @@ class Stream:
         None for a request the codec could not parse (for_error); `info`: what is known of
         it already (from_express), else a fresh StreamInfo."""
         self.conn = conn
-        self.loop = conn.loop
-        self.worker = conn.worker
-        self.stats = conn.worker.stats.counters
-        self.hcm = conn.hcm
-        self.id = event.stream_id if event is not None else 0
-        self.request = event.request if event is not None else None
-        self.end_at_head = event.end_stream if event is not None else True
-        self.request_complete = self.end_at_head
-        self.upgrade = event.upgrade if event is not None else None
-        self.expect_continue = event.expect_continue if event is not None else False
+        loop = self.loop = conn.loop
+        worker = self.worker = conn.worker
+        self.stats = worker.stats.counters
+        hcm = self.hcm = conn.hcm
+        if event is not None:
+            request = self.request = event.request
+            self.id = event.stream_id
+            self.end_at_head = self.request_complete = event.end_stream
+            self.upgrade = event.upgrade
+            self.expect_continue = event.expect_continue
+        else:
+            request = self.request = None
+            self.id = 0
+            self.end_at_head = self.request_complete = True
+            self.upgrade = None
+            self.expect_continue = False
         if info is None:
-            request = self.request
             protocol = "HTTP/1.1" if request is None else (
                 _PROTOCOLS.get(request.version) or f"HTTP/{request.version}")
-            info = StreamInfo(self.request, self.loop.time(), protocol, conn.peer, conn.local,
-                              conn.id)
+            info = StreamInfo(request, loop.time(), protocol, conn.peer, conn.local, conn.id)
         self.info = info
         self.route = None
         self.filters = ()
@@ -209,11 +213,11 @@ class Stream:
         self.done = False
         self.cluster_name = None
         self.delay_timer = None
-        self.buffer_limit = conn.hcm.buffer_limit
+        self.buffer_limit = hcm.buffer_limit
         self.paused_downstream = False
         self.controls = False
-        self.last_activity = self.info.start_monotonic
-        self.idle_timeout = conn.hcm.stream_idle_timeout
+        self.last_activity = info.start_monotonic
+        self.idle_timeout = hcm.stream_idle_timeout
         self.window_held = False
         self.picked = None              # (host,): the express lane asked the balancer already
         self.body_watcher = None        # a PAUSEd filter waiting for body (ext_authz)
