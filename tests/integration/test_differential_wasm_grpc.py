@@ -158,3 +158,12 @@ def test_a_call_naming_a_cluster_that_does_not_exist(pair):
     def expect(obs):
         assert marks(obs) == {"x-call-status": ["04"]}, obs    # PARSE_FAILURE, as Envoy
     differential(pair, exchange("/nosuch", "grpc-nosuch"), expect)
+
+
+def test_a_grpc_service_naming_a_cluster_that_does_not_exist(pair):
+    """The call fails as it starts: INTERNAL_FAILURE from proxy_grpc_call, and its close
+    (UNAVAILABLE) comes when the VM call returns, before the request goes on."""
+    def expect(obs):
+        assert marks(obs) == {"x-call-status": ["10"], "x-close": ["14"],
+                              "x-close-message": ["Cluster not available"]}, obs
+    differential(pair, exchange("/unknown", "grpc-unknown-cluster"), expect)

@@ -46,7 +46,7 @@ def callouts():
     class Worker:
         loop = Loop()
     seen = []
-    c = g.GrpcCallouts(Worker(), lambda token, kind, *args: seen.append((token, kind, args)))
+    c = g.GrpcCallouts(Worker(), lambda token, kind, *args: seen.append((token, kind, args)), [])
     return c, seen
 
 
@@ -95,3 +95,17 @@ def test_the_host_gives_odd_call_and_even_stream_tokens_and_the_check_vm_none():
     assert opened[0] == (1, "s", "m", [("x-meta", "v")], 0.25, True)
     assert opened[1][4] is None and opened[2][5] is False
     assert h.grpc_call(SERVICE, b"s", b"m", b"\x02\0\0\0", b"", 0)[0] == abi.PARSE_FAILURE
+
+
+def test_a_service_naming_no_cluster_fails_when_the_vm_call_returns():
+    after = []
+
+    class Worker:
+        clusters = {}
+    seen = []
+    c = g.GrpcCallouts(Worker(), lambda token, kind, *args: seen.append((token, kind, args)),
+                       after)
+    status, call = c.open(5, b"\x0a\x06\x0a\x04nope", "s", "m", [], None, True)
+    assert status == g.INTERNAL_FAILURE and call.finished and 5 not in c.calls and not seen
+    after.pop()()
+    assert seen == [(5, "close", (g.GRPC_UNAVAILABLE, "Cluster not available"))]

@@ -137,6 +137,7 @@ class AbiHost:
         # gRPC callouts (grpc_callout.py): root context id -> its GrpcCallouts; during the
         # callbacks the message, the metadata map and the close status
         self.grpc_io: dict = {}
+        self.after_call: list = []  # run when the VM call returns (Envoy's after-VM-call actions)
         self.next_grpc_call, self.next_grpc_stream = 1, 2      # Envoy: calls odd, streams even
         self.grpc_receive: bytes | None = None
         self.grpc_metadata: dict = {}
@@ -327,13 +328,13 @@ class AbiHost:
         except Exception:   # noqa: BLE001 - a fault of ours must not trap the guest
             self.log.exception("Wasm: proxy_grpc_%s", "call" if unary else "stream")
             return INTERNAL_FAILURE, 0, None
-        if status != OK:
+        if call is None:
             return status, 0, None
-        if unary:
+        if unary:               # the token is taken (by a call that failed at once too)
             self.next_grpc_call += 2
         else:
             self.next_grpc_stream += 2
-        return OK, token, call
+        return status, token, call
 
     def grpc_call(self, service: bytes, service_name: bytes, method: bytes, metadata: bytes,
                   message: bytes, timeout_ms: int) -> tuple[int, int]:

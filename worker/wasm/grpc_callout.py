@@ -39,7 +39,7 @@ from ..codecs.message import Headers, Request
 from ..proxy.http.upstream_call import UpstreamCall
 from .foreign import wire_fields
 
-OK, NOT_FOUND, BAD_ARGUMENT, PARSE_FAILURE = 0, 1, 2, 4
+OK, NOT_FOUND, BAD_ARGUMENT, PARSE_FAILURE, INTERNAL_FAILURE = 0, 1, 2, 4, 10
 GRPC_OK, GRPC_UNKNOWN, GRPC_INTERNAL, GRPC_UNAVAILABLE = 0, 2, 13, 14
 
 
@@ -244,9 +244,10 @@ class GrpcCallouts:
     """One plugin root's gRPC calls and streams by token. `deliver(token, kind, *args)`
     enters the VM (the plugin layer schedules it after the current call)."""
 
-    def __init__(self, worker, deliver):
+    def __init__(self, worker, deliver, after_call: list):
         self.worker = worker
         self.deliver = deliver
+        self.after_call = after_call            # the host's: run when the VM call returns
         self.calls: dict[int, Callout] = {}
         self.local_closed: set[int] = set()     # streams the plugin closed its end of
 
@@ -259,12 +260,15 @@ class GrpcCallouts:
             return status, None
         call = Callout(self.worker, clusters.get(cluster_name),
                        lambda kind, *args: self._event(token, kind, args), unary)
-        self.calls[token] = call
-        if call.cluster is None:            # a GrpcService naming no cluster: it fails
+        if call.cluster is None:
+            # A GrpcService naming no cluster: Envoy's client fails the call as it starts
+            # (its close, UNAVAILABLE "Cluster not available", comes when the VM call
+            # returns) and the hostcall answers INTERNAL_FAILURE, the token used.
             call.finished = True
-            self._event(token, "close", (GRPC_UNAVAILABLE, close_text(
-                "no healthy upstream", "no_healthy_upstream")))
-            return OK, call
+            self.after_call.append(lambda: self.deliver(token, "close", GRPC_UNAVAILABLE,
+                                                        "Cluster not available"))
+            return INTERNAL_FAILURE, call
+        self.calls[token] = call
         call.start(f"/{service_name}/{method}", authority or cluster_name, metadata, timeout)
         return OK, call
 

@@ -95,7 +95,8 @@ class PluginRoot:
         host.tick_handlers[root.id] = _weakly(self.set_tick_period)
         if worker is not None:
             host.queue_handlers[root.id] = _weakly(self.queue_ready)
-            self.grpc = host.grpc_io[root.id] = GrpcCallouts(worker, _weakly(self.grpc_event))
+            self.grpc = host.grpc_io[root.id] = GrpcCallouts(worker, _weakly(self.grpc_event),
+                                                             host.after_call)
         host.current = root
         vm.call("proxy_on_context_create", root.id, 0)
         if first and vm.has("proxy_on_vm_start") and \

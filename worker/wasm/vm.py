@@ -389,10 +389,20 @@ class VM:
         self._deadline = self._ticks[0] + DEADLINE_TICKS
         self._set_deadline(self.ctx, DEADLINE_TICKS)
         try:
-            return self._invoke(self.ctx, entry, args)
+            result = self._invoke(self.ctx, entry, args)
         except Trapped as exc:
             self.failed = f"{name}: {exc}"
             raise Trapped(self.failed) from None
+        if self.host.after_call:
+            self._after_call()
+        return result
+
+    def _after_call(self) -> None:
+        """What a hostcall left for when the VM call returns (Envoy's addAfterVmCallAction),
+        before the caller goes on: each may call into the VM again."""
+        actions = self.host.after_call
+        while actions:
+            actions.pop(0)()
 
     def _invoke(self, ctx, entry, args):
         nresults, func, values, address, size = entry
