@@ -2,7 +2,7 @@
 
     python wasm_grpc_server.py          prints "ready PORT"
 
-/test.Wasm/Echo     unary: answers the request's bytes
+/test.Wasm/Echo     unary: answers the request's bytes, and "|" and its metadata x-meta if any
 /test.Wasm/Deny     unary: fails with PERMISSION_DENIED (7) "denied here"
 /test.Wasm/Hold     unary: answers only when the client goes (for timeouts and cancels; the
                     handler waits on the call's own end, bounded to 30 s)
@@ -16,6 +16,11 @@ import threading
 from concurrent import futures
 
 import grpc
+
+
+def _echo(request, context):
+    meta = dict(context.invocation_metadata()).get("x-meta")
+    return request + (b"|" + meta.encode() if meta is not None else b"")
 
 
 def _deny(request, context):
@@ -39,7 +44,7 @@ def _chat(requests, context):
 class Service(grpc.GenericRpcHandler):
     def service(self, details):
         return {
-            "/test.Wasm/Echo": lambda: grpc.unary_unary_rpc_method_handler(lambda r, c: r),
+            "/test.Wasm/Echo": lambda: grpc.unary_unary_rpc_method_handler(_echo),
             "/test.Wasm/Deny": lambda: grpc.unary_unary_rpc_method_handler(_deny),
             "/test.Wasm/Hold": lambda: grpc.unary_unary_rpc_method_handler(_hold),
             "/test.Wasm/Chat": lambda: grpc.stream_stream_rpc_method_handler(_chat),

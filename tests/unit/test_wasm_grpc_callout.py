@@ -94,7 +94,8 @@ def test_the_host_gives_odd_call_and_even_stream_tokens_and_the_check_vm_none():
     assert h.grpc_stream(SERVICE, b"s", b"m", b"") == (abi.OK, 2)
     assert opened[0] == (1, "s", "m", [("x-meta", "v")], 0.25, True)
     assert opened[1][4] is None and opened[2][5] is False
-    assert h.grpc_call(SERVICE, b"s", b"m", b"\x02\0\0\0", b"", 0)[0] == abi.PARSE_FAILURE
+    assert h.grpc_call(SERVICE, b"s", b"m", b"\x02\0\0\0", b"", 0) == (abi.OK, 5)
+    assert opened[-1][3] == []              # a bad map: no metadata, as cpp-host's toPairs
 
 
 def test_a_service_naming_no_cluster_fails_when_the_vm_call_returns():
