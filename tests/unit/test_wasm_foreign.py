@@ -35,7 +35,8 @@ def test_uncompress_is_bounded(monkeypatch):
 def test_unknown_names_are_not_found_and_envoys_others_unimplemented():
     h, _, _ = host_and_stream()
     assert h.call_foreign_function(b"nope", b"") == (abi.NOT_FOUND, b"")
-    for name in (b"clear_route_cache", b"sign", b"verify_signature", b"expr_create"):
+    for name in (b"sign", b"verify_signature", b"expr_create"):     # (clear_route_cache:
+        #                                                             test_route_again.py)
         assert h.call_foreign_function(name, b"")[0] == abi.UNIMPLEMENTED
 
 

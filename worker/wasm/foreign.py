@@ -19,8 +19,9 @@ Here:
   object with the filter state factory registered for `path`, NOT_FOUND when there is none.
   Baton has no filter state objects a plugin could set that anything reads: NOT_FOUND for
   every path.
-- clear_route_cache, sign, verify_signature, expr_*: UNIMPLEMENTED (clear_route_cache needs
-  routing after the filters, the stream's part; no CEL runtime here).
+- clear_route_cache: the calling stream's route is chosen again once its filters are
+  through (Stream.clear_route_cache, worker/proxy/http/route_again.py); OK, as Envoy.
+- sign, verify_signature, expr_*: UNIMPLEMENTED (no CEL runtime here).
 """
 
 from __future__ import annotations
@@ -112,6 +113,14 @@ def _set_envoy_filter_state(host, arguments: bytes):
     return NOT_FOUND, b""
 
 
+def _clear_route_cache(host, arguments: bytes):
+    ctx = host.current
+    clear = getattr(ctx.stream, "clear_route_cache", None) if ctx is not None else None
+    if clear is not None:
+        clear()
+    return OK, b""
+
+
 def _unimplemented(host, arguments: bytes):
     return UNIMPLEMENTED, b""
 
@@ -121,7 +130,7 @@ FUNCTIONS = {
     "uncompress": _uncompress,
     "declare_property": _declare_property,
     "set_envoy_filter_state": _set_envoy_filter_state,
-    "clear_route_cache": _unimplemented,
+    "clear_route_cache": _clear_route_cache,
     "sign": _unimplemented,
     "verify_signature": _unimplemented,
     "expr_create": _unimplemented,

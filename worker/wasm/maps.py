@@ -147,9 +147,13 @@ class HeadersMap(PairsMap):
 
 
 class RequestMap(HeadersMap):
-    """Request headers as Envoy's map holds them: :authority, :path, :method, :scheme first."""
+    """Request headers as Envoy's map holds them: :authority, :path, :method, :scheme first.
 
-    __slots__ = ("request",)
+    `changed`: called after every change (the plugin layer sets it to the stream's
+    clear_route_cache: Envoy's Wasm Context clears the route cache whenever a plugin changes
+    the request headers, onHeadersModified)."""
+
+    __slots__ = ("request", "changed")
     PSEUDO = (b":authority", b":path", b":method", b":scheme")
     _ATTRS = {":authority": "authority", ":path": "path", ":method": "method",
               ":scheme": "scheme"}
@@ -157,6 +161,27 @@ class RequestMap(HeadersMap):
     def __init__(self, request):
         super().__init__(request.headers)
         self.request = request
+        self.changed = None
+
+    def add(self, key: bytes, value: bytes) -> None:
+        HeadersMap.add(self, key, value)
+        self._changed()
+
+    def replace(self, key: bytes, value: bytes) -> None:
+        HeadersMap.replace(self, key, value)
+        self._changed()
+
+    def remove(self, key: bytes) -> None:
+        HeadersMap.remove(self, key)
+        self._changed()
+
+    def set_pairs(self, pairs) -> None:
+        HeadersMap.set_pairs(self, pairs)
+        self._changed()
+
+    def _changed(self) -> None:
+        if self.changed is not None:
+            self.changed()
 
     def _pseudo(self, name):
         return getattr(self.request, self._ATTRS[name])

@@ -241,6 +241,9 @@ class PluginRoot:
     def new_stream(self, stream, request) -> abi.Context:
         host = self.host
         ctx = host.current = host.new_context(self.plugin, self.root, stream, request)
+        clear = getattr(stream, "clear_route_cache", None)
+        if clear is not None:       # a change of the request headers routes it again
+            ctx.maps[abi.REQUEST_HEADERS].changed = clear
         self.vm.call("proxy_on_context_create", ctx.id, self.root.id)
         return ctx
 

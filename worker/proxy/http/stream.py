@@ -21,6 +21,7 @@ from . import grpc_reply, path_normalize
 from . import xfcc
 from .body_filters import chain_for, replaced_by
 from .filter import PAUSE, Delay, LocalReply
+from .route_again import route_again
 from .route_rewrite import ADD_IF_ABSENT, APPEND, OVERWRITE, REMOVE
 from .router import (GRPC_RETRY_ON, Router, expected_timeout_header, route_timeout,
                      set_grpc_timeout)
@@ -172,7 +173,8 @@ class Stream:
                  "response_complete", "trailers", "held_body", "held_bytes", "close_connection",
                  "done", "cluster_name", "delay_timer", "buffer_limit", "paused_downstream",
                  "upgrade", "expect_continue", "end_at_head", "controls", "last_activity",
-                 "idle_timeout", "window_held", "picked", "body_watcher", "body_chain")
+                 "idle_timeout", "window_held", "picked", "body_watcher", "body_chain",
+                 "route_stale")
 
     def __init__(self, conn, event, info: StreamInfo | None = None):
         """`conn`: the HttpConnection (connection_manager.py); `event`: the RequestHead, or
@@ -222,6 +224,7 @@ class Stream:
         self.picked = None              # (host,): the express lane asked the balancer already
         self.body_watcher = None        # a PAUSEd filter waiting for body (ext_authz)
         self.body_chain = None          # the filters' body/trailer hooks (body_filters.py)
+        self.route_stale = False        # a filter cleared the route cache (route_again.py)
 
     @classmethod
     def from_express(cls, exchange) -> "Stream":
@@ -360,6 +363,8 @@ class Stream:
                 if self.body_chain is not None:
                     self.body_chain.headers_advanced()
                 return
+        if self.route_stale:
+            route_again(self)           # what the router will ask for, as Envoy's lazy pick
         if self.body_chain is not None:
             self.body_chain.headers_advanced()
             if self.done:
@@ -370,6 +375,11 @@ class Stream:
         """A PAUSEd filter's answer: go on with the next filter, or reply."""
         if not self.done:
             self._continue_filters(result)
+
+    def clear_route_cache(self) -> None:
+        """A filter changed what routing reads (Envoy's clearRouteCache): the route is
+        chosen again on the request as it is once the filters are through."""
+        self.route_stale = True
 
     def _route(self) -> None:
         if self.done:
