@@ -401,6 +401,19 @@ def test_a_header_block_is_the_same_whether_its_pairs_are_tuples_or_lists():
         assert Decoder().decode(block, raw=True) == expected
 
 
+def test_a_repeated_head_is_one_block_cache_hit_and_a_different_one_is_not():
+    pairs = [("content-type", "text/plain"), ("x-seen", "once")]
+    first = h2encode.encode_block(h2encode.STATUS_FIELD[200], pairs)
+    assert h2encode.encode_block(h2encode.STATUS_FIELD[200], list(pairs)) is first
+    other = h2encode.encode_block(h2encode.STATUS_FIELD[404], pairs)
+    assert Decoder().decode(other, raw=True)[0] == (b":status", b"404")
+    changed = h2encode.encode_block(h2encode.STATUS_FIELD[200], pairs[:1] + [("x-seen", "twice")])
+    assert Decoder().decode(changed, raw=True)[-1] == (b"x-seen", b"twice")
+    big = [("x-big", "v" * 2000)]       # over the cached block size: encoded each time
+    assert h2encode.encode_block(b"", big) == h2encode.encode_block(b"", big)
+    assert (b"", tuple(big)) not in h2encode._block_cache
+
+
 # -- flow control --------------------------------------------------------------------------------
 
 def test_send_respects_the_peers_windows_and_flushes_on_window_update():

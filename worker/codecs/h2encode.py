@@ -69,11 +69,32 @@ def encode_field(name: bytes, value: bytes, never: bool) -> bytes:
 
 
 _plain_cache: dict = {}      # (name, value) as str -> encoded bytes, for ordinary fields
+# Whole blocks, keyed by the status field and the pairs: a proxy sends the same few heads over
+# and over (an upstream's, with a date that changes each second). One lookup in place of one
+# per field and the join; process-wide, small blocks only, cleared when full.
+_block_cache: dict = {}
+_BLOCK_CACHE_ENTRIES = 256
+_BLOCK_CACHE_BYTES = 1024
 
 
 def encode_block(status_field: bytes, items) -> bytes:
     """A response (or trailers) header block: `status_field` (encoded, or b"") then `items`
     (str pairs) as HTTP/2 fields, leaving out what http2._encode_fields leaves out."""
+    key = (status_field, tuple(items))
+    try:
+        block = _block_cache.get(key)
+    except TypeError:               # a list pair (unhashable): not kept
+        return _encode_block(status_field, items)
+    if block is None:
+        block = _encode_block(status_field, items)
+        if len(block) <= _BLOCK_CACHE_BYTES:
+            if len(_block_cache) >= _BLOCK_CACHE_ENTRIES:
+                _block_cache.clear()
+            _block_cache[key] = block
+    return block
+
+
+def _encode_block(status_field: bytes, items) -> bytes:
     parts = [status_field] if status_field else []
     plain = _plain_cache
     nominated = None
@@ -101,8 +122,8 @@ def encode_block(status_field: bytes, items) -> bytes:
         parts.append(encoded)
     if nominated:
         # Rare: a `connection` header names others to leave out; encode again without them.
-        return encode_block(status_field, [kv for kv in items
-                                            if kv[0] not in nominated and kv[0] != "connection"])
+        return _encode_block(status_field, [kv for kv in items
+                                             if kv[0] not in nominated and kv[0] != "connection"])
     return b"".join(parts)
 
 
