@@ -331,3 +331,17 @@ def test_a_pause_that_holds_the_body_keeps_it_from_the_filter_until_resumed():
     assert stream.filters[0].seen == [(b"abcd", True)]
     assert stream.filters[1].seen == [(b"abcd", True)]
     assert stream.router.body == b"abcd" and stream.router.ended
+
+
+def test_the_example_filters_body_hook(monkeypatch):
+    from pathlib import Path
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[2] / "examples"
+                                    / "stream_filter"))
+    from baton_example_filter import AddHeaderFactory, AddHeaderFilter, AddSuffixFilter
+    assert not AddHeaderFilter.body_hooks and AddSuffixFilter.response_body_hooks
+    factory = AddHeaderFactory({"response_body_suffix": "!"}, None)
+    stream = Stream([factory.create])
+    stream.start()
+    stream.body_chain.response_data(b"hello", False)
+    stream.body_chain.response_data(b" world", True)
+    assert stream.sent == [(b"hello world!", True)]

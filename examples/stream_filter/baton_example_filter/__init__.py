@@ -4,10 +4,14 @@ request on its way upstream and/or to the response on its way to the client.
 Config (the `value` of the TypedStruct in the bootstrap):
     request_headers:  {name: value, ...}   set on the request before routing
     response_headers: {name: value, ...}   set on the response
+    response_body_suffix: text             appended to the response body (a body hook)
 Values are plain strings. A bad config raises ValueError when the factory is built.
+
+Only a config with response_body_suffix makes filters with a body hook: the streams of the
+others keep Baton's plain body path (the class says whether it has body hooks).
 """
 
-from baton.worker.proxy.http.filter import FilterFactory, StreamFilter
+from baton.worker.proxy.http.filter import BUFFER, FilterFactory, StreamFilter
 
 
 def _headers(config, key):
@@ -23,13 +27,19 @@ class AddHeaderFactory(FilterFactory):
 
     def __init__(self, config, context):
         super().__init__(config, context)
-        unknown = set(config) - {"request_headers", "response_headers"}
+        unknown = set(config) - {"request_headers", "response_headers", "response_body_suffix"}
         if unknown:
             raise ValueError(f"add_header: unknown config keys {sorted(unknown)}")
         self.request_headers = _headers(config, "request_headers")
         self.response_headers = _headers(config, "response_headers")
+        suffix = config.get("response_body_suffix", "")
+        if not isinstance(suffix, str):
+            raise ValueError("add_header: response_body_suffix must be a string")
+        self.suffix = suffix.encode()
 
     def create(self, stream):
+        if self.suffix:
+            return AddSuffixFilter(stream, self)
         if not self.request_headers and not self.response_headers:
             return None     # nothing to do: no per-request object at all
         return AddHeaderFilter(stream, self)
@@ -50,4 +60,22 @@ class AddHeaderFilter(StreamFilter):
     def on_response_headers(self, response, end_stream):
         for name, value in self.factory.response_headers:
             response.headers.set(name, value)
+        return None
+
+
+class AddSuffixFilter(AddHeaderFilter):
+    """The headers as above, and the suffix after the response body: the body is buffered to
+    its end (BUFFER), then changed in place; its length changes, so content-length goes."""
+
+    __slots__ = ()
+
+    def on_response_headers(self, response, end_stream):
+        super().on_response_headers(response, end_stream)
+        response.headers.remove("content-length")       # the body grows
+        return None
+
+    def on_response_body(self, data, end_stream):
+        if not end_stream:
+            return BUFFER       # the next call gets all of it so far
+        data += self.factory.suffix
         return None
