@@ -20,9 +20,9 @@ import wasmtime
 
 from .conftest import free_port
 from .differential.bootstraps import bootstrap, cluster, http_listener
-from .differential.client import one
-from .differential.compare import differential, observe, upstream_headers
+from .differential.compare import differential, upstream_headers
 from .differential.proxies import ProxyPair, Recorder
+from .test_differential_wasm import exchange as wasm_exchange
 
 HERE = Path(__file__).resolve().parent
 SERVER = HERE / "wasm_grpc_server.py"
@@ -94,10 +94,7 @@ def pair(recorder, grpc_server, mute, tmp_path_factory):
 
 
 def exchange(path: str, case: str):
-    def run(target):
-        return observe(one(target.ports["grpc"], "GET", path,
-                           [("host", "diff.test"), ("x-test-key", target.key(case))]), target)
-    return run
+    return wasm_exchange("grpc", path, case)
 
 
 def marks(obs) -> dict:

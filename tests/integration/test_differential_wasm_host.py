@@ -13,9 +13,9 @@ import pytest
 import wasmtime
 
 from .differential.bootstraps import bootstrap, cluster, http_listener
-from .differential.client import one
-from .differential.compare import differential, observe, upstream_header
+from .differential.compare import differential, upstream_header
 from .differential.proxies import module_pair
+from .test_differential_wasm import exchange
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "wasm"
 WASM_TYPE = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm"
@@ -48,14 +48,6 @@ def host_bootstrap(upstreams: dict[str, int]):
 
 
 recorder, pair = module_pair("diff-wasm-host", host_bootstrap, list(LISTENERS))
-
-
-def exchange(listener: str, path: str, case: str, headers=()):
-    def run(target):
-        return observe(one(target.ports[listener], "GET", path,
-                           [("host", "diff.test"), ("x-test-key", target.key(case)), *headers]),
-                       target)
-    return run
 
 
 GRPC = [("content-type", "application/grpc")]

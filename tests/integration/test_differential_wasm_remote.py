@@ -15,10 +15,10 @@ import pytest
 import wasmtime
 
 from .differential.bootstraps import bootstrap, cluster, http_listener
-from .differential.client import one
-from .differential.compare import differential, header, observe, upstream_header
+from .differential.compare import differential, header, upstream_header
 from .differential.proxies import ProxyPair, Recorder
 
+from .test_differential_wasm import exchange
 from .test_differential_wasm_host import FIXTURES, WASM_TYPE
 
 DENY = wasmtime.wat2wasm((FIXTURES / "deny.wat").read_text())
@@ -112,13 +112,6 @@ def monkeypatch_module(tmp_path_factory):
     mp.setenv("BATON_WASM_CACHE", str(tmp_path_factory.mktemp("wasm-cache")))
     yield mp
     mp.undo()
-
-
-def exchange(listener: str, path: str, case: str):
-    def run(target):
-        return observe(one(target.ports[listener], "GET", path,
-                           [("host", "diff.test"), ("x-test-key", target.key(case))]), target)
-    return run
 
 
 def test_the_fetched_module_runs(pair):
