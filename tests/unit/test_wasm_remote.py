@@ -139,3 +139,41 @@ def test_bad_remote_fields_are_refused_by_path(fields, error):
     errors = []
     assert translate_wasm(wasm_pb(**fields), "f", errors, []) == (None, None)
     assert error in errors, errors
+
+
+def test_one_try_takes_a_200_of_the_right_hash_and_follows_no_redirect():
+    import http.server
+    import threading
+
+    class Modules(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            if self.path == "/moved":
+                self.send_response(302)
+                self.send_header("location", "/deny.wasm")
+                self.send_header("content-length", "0")
+                self.end_headers()
+                return
+            if self.path != "/deny.wasm":
+                self.send_error(404)
+                return
+            self.send_response(200)
+            self.send_header("content-length", str(len(DENY)))
+            self.end_headers()
+            self.wfile.write(DENY)
+
+        def log_message(self, *args):
+            pass
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Modules)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        assert remote.Remote(base + "/deny.wasm", SHA, 5).try_once() == (DENY, "")
+        assert remote.Remote(base + "/moved", SHA, 5).try_once() == (None, "HTTP 302")
+        assert remote.Remote(base + "/gone", SHA, 5).try_once() == (None, "HTTP 404")
+        assert remote.Remote(base + "/deny.wasm", "0" * 64, 5).try_once() == \
+            (None, "sha256 mismatch")
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)

@@ -77,7 +77,7 @@ class Remote:
     def try_once(self) -> tuple[bytes | None, str]:
         request = urllib.request.Request(self.uri, method="GET")
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout or None) as response:
+            with _OPENER.open(request, timeout=self.timeout or None) as response:
                 status = response.status
                 body = response.read(MAX_CODE + 1)
         except urllib.error.HTTPError as exc:
@@ -91,6 +91,17 @@ class Remote:
         if hashlib.sha256(body).hexdigest() != self.sha256:
             return None, "sha256 mismatch"
         return body, ""
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """Envoy's fetcher takes a 200 only: a redirect is a failed try, not followed."""
+
+    def redirect_request(self, *args):
+        return None
+
+
+# No proxy from the environment (Envoy's fetch goes straight to its cluster), no redirects.
+_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}), _NoRedirect)
 
 
 def cached(sha256: str) -> bytes | None:
