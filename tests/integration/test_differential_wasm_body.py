@@ -12,7 +12,7 @@ import hashlib
 import wasmtime
 
 from .differential.bootstraps import bootstrap, cluster, http_listener
-from .differential.client import curl, one
+from .differential.client import Closed, curl, one
 from .differential.compare import differential, header, observe
 from .differential.proxies import module_pair
 from .test_differential_wasm import FIXTURES, wasm_filter
@@ -25,13 +25,16 @@ def body_bootstrap(upstreams: dict[str, int]):
     plugin = wasm_filter({"inline_bytes": base64.b64encode(code).decode()}, "", "")
 
     def template(ports: dict[str, int], admin: int) -> dict:
+        small = http_listener("small", ports["small"], route_config, http_filters=[plugin])
+        small["per_connection_buffer_limit_bytes"] = SMALL_LIMIT
         return bootstrap(admin, [http_listener("body", ports["body"], route_config,
-                                               http_filters=[plugin])],
+                                               http_filters=[plugin]), small],
                          [cluster("a", [upstreams["a"]])])
     return template
 
 
-recorder, pair = module_pair("diff-wasm-body", body_bootstrap, ["body"])
+SMALL_LIMIT = 32768
+recorder, pair = module_pair("diff-wasm-body", body_bootstrap, ["body", "small"])
 
 TEXT = b"The quick brown fox jumps over the lazy dog. " * 70        # 3,150 bytes
 
@@ -123,6 +126,42 @@ def test_a_local_reply_from_the_response_headers_replaces_the_response(pair):
     def expect(obs):
         assert obs["status"] == 418 and obs["body"] == "replaced\n", obs
         assert header(obs, "x-edit-status") is None, obs
+    differential(pair, run, expect)
+
+
+def test_a_response_buffered_over_the_limit_is_reset_after_its_head(pair):
+    # Envoy's responseDataTooLarge: rs_too_large, and (the head went out) a reset.
+    def run(target):
+        stat = "http.small.rs_too_large"
+        before = target.stats(stat).get(stat, 0)
+        try:
+            resp = one(target.ports["small"], "POST", "/resp-upper", [
+                ("host", "diff.test"), ("x-test-body-size", str(4 * SMALL_LIMIT))], b"x")
+            outcome = {"status": resp.status, "length": len(resp.body)}
+        except Closed:
+            outcome = "closed"
+        return {"outcome": outcome, "rs_too_large": target.stats(stat).get(stat, 0) - before}
+
+    def expect(obs):
+        assert obs == {"outcome": "closed", "rs_too_large": 1}, obs
+    differential(pair, run, expect)
+
+
+def test_a_request_body_paused_over_the_limit_is_413(pair):
+    def run(target):
+        stat = "http.small.downstream_rq_too_large"
+        before = target.stats(stat).get(stat, 0)
+        obs = observe(one(target.ports["small"], "POST", "/upper", [("host", "diff.test")],
+                          b"y" * (2 * SMALL_LIMIT)), target)
+        obs["downstream_rq_too_large"] = target.stats(stat).get(stat, 0) - before
+        # (x-body-seen, the size the last callback saw before the limit, follows how each
+        # proxy's reads cut the body: 65,472 bytes in Envoy, all 65,536 in Baton)
+        obs["headers"] = [h for h in obs["headers"] if h[0] != "x-body-seen"]
+        return obs
+
+    def expect(obs):
+        assert obs["status"] == 413 and obs["body"] == "Payload Too Large", obs
+        assert obs["downstream_rq_too_large"] == 1, obs
     differential(pair, run, expect)
 
 
