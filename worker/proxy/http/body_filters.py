@@ -129,6 +129,14 @@ class BodyChain:
             _answer(stream, result)
         return None
 
+    def _with_added_trailers(self, send_data, send_trailers, data) -> None:
+        """The filter added trailers at the body's end (Envoy's addDecodedTrailers /
+        addEncodedTrailers): the data goes on without the end, then the trailers."""
+        trailers, self.added_trailers = self.added_trailers, None
+        send_data(data)
+        if not self.stream.done:
+            send_trailers(trailers)
+
     # -- request ----------------------------------------------------------------------------
 
     def request_data(self, data, end_stream: bool) -> None:
@@ -161,12 +169,9 @@ class BodyChain:
                 if data is None:
                     return
                 if end_stream and self.added_trailers is not None:
-                    # The filter added trailers at the body's end (Envoy's
-                    # addDecodedTrailers): the data goes on without the end, then they.
-                    trailers, self.added_trailers = self.added_trailers, None
-                    self._decode(i + 1, data, False)
-                    if not stream.done:
-                        self._trailers(i + 1, trailers)
+                    after = i + 1
+                    self._with_added_trailers(lambda d: self._decode(after, d, False),
+                                              lambda t: self._trailers(after, t), data)
                     return
                 if self.headers_paused_at == i:
                     self._resume_headers(i, data, end_stream)
@@ -329,11 +334,9 @@ class BodyChain:
                 if data is None:
                     return
                 if end_stream and self.added_trailers is not None:
-                    # Trailers added at the body's end (Envoy's addEncodedTrailers).
-                    trailers, self.added_trailers = self.added_trailers, None
-                    self.response_data(data, False, i - 1)
-                    if not self.stream.done:
-                        self.response_trailers(trailers, i - 1)
+                    after = i - 1
+                    self._with_added_trailers(lambda d: self.response_data(d, False, after),
+                                              lambda t: self.response_trailers(t, after), data)
                     return
             i -= 1
         self.stream.upstream_response_body(data, end_stream, True)
