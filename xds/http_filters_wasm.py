@@ -15,7 +15,7 @@ As Envoy 1.40 reads a PluginConfig:
   with Envoy's tries and hash check (worker/wasm/remote.py says where and why); code that
   could not be fetched makes a plugin that fails in the workers (503, or fail_open), the
   config accepted, as Envoy does; with nack_on_code_cache_miss a module not fetched before
-  NACKs ("Unable to create Wasm HTTP filter") and is fetched in the background. (Istio's
+  NACKs ("Unable to create Wasm plugin") and is fetched in the background. (Istio's
   istio-agent downloads a WasmPlugin's module itself and gives the sidecar a local file.)
 - configuration / vm_config.configuration: an Any; a google.protobuf.StringValue or
   BytesValue gives its bytes, any other type the Any's value as it came, the serialized
@@ -153,8 +153,8 @@ def translate_wasm(pb, path, errors, warnings):
             code = cached(remote.sha256)
             if code is None:            # Envoy's NACK, and a fetch for the next time
                 fetch_in_background(remote)
-                errors.append(f"{path}: Unable to create Wasm HTTP filter {plugin.name} (its "
-                              f"remote code is not fetched yet: {remote.uri})")
+                errors.append(f"{path}: Unable to create Wasm plugin {plugin.name}: its remote "
+                              f"code is not fetched yet ({remote.uri})")
         elif remote is not None:
             code, why = remote.get()
             if code is None:

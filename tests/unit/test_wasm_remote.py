@@ -112,8 +112,8 @@ def test_nack_on_code_cache_miss_nacks_and_fills_the_cache(monkeypatch):
     errors = []
     assert translate_wasm(wasm_pb(nack_on_code_cache_miss=True, **code()), "f", errors,
                           []) == (None, None)
-    assert errors == ["f: Unable to create Wasm HTTP filter r (its remote code is not fetched "
-                      "yet: http://m/deny.wasm)"]
+    assert errors == ["f: Unable to create Wasm plugin r: its remote code is not fetched yet "
+                      "(http://m/deny.wasm)"]
     assert [r.sha256 for r in started] == [SHA]
     remote.keep(SHA, DENY)                  # what the background fetch does
     errors = []

@@ -13,7 +13,7 @@ jittered exponential back-off (a random wait below `base_interval`, 1 s, doublin
 `max_interval`, 10 s). When every try failed the plugin is not created, and the filter then
 fails closed (503) or, with fail_open, steps aside; the config itself is accepted. Fetched
 code is kept by its sha256 and not fetched again. With `nack_on_code_cache_miss` a module
-not already fetched NACKs the config ("Unable to create Wasm HTTP filter") and is fetched in
+not already fetched NACKs the config ("Unable to create Wasm plugin <name>") and is fetched in
 the background, so that the config is accepted when it comes again.
 
 Baton fetches where the config is translated, the master for a bootstrap and the xDS agent
