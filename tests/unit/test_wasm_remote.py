@@ -28,6 +28,7 @@ def fresh(tmp_path, monkeypatch):
     before = os.environ.pop(cache.ENV, None)
     os.environ[cache.ENV] = str(tmp_path / "cache")
     monkeypatch.setattr(remote, "_fetched", {})
+    monkeypatch.setattr(remote, "_failed", {})
     yield
     os.environ.pop(cache.ENV, None)
     if before is not None:
@@ -62,6 +63,17 @@ def test_every_try_failing_says_why_the_last_did(monkeypatch):
     assert remote.Remote("http://m/x", SHA, 1.0).get(sleep=lambda s: None) == \
         (None, "sha256 mismatch")
     assert len(tried) == 2                  # Envoy's default: one retry
+
+
+def test_a_hash_whose_fetch_failed_is_not_fetched_again_for_10_s(monkeypatch):
+    tried = answers(monkeypatch, (None, "refused"), (None, "refused"), (DENY, ""))
+    r = remote.Remote("http://m/x", SHA, 1.0, retries=1)
+    assert r.get(sleep=lambda s: None) == (None, "refused") and len(tried) == 2
+    assert r.get(sleep=lambda s: None) == (None, "refused") and len(tried) == 2
+    when, why = remote._failed[SHA]
+    remote._failed[SHA] = (when - remote.NEGATIVE_SECONDS, why)      # 10 s later
+    assert r.get(sleep=lambda s: None) == (DENY, "") and len(tried) == 3
+    assert SHA not in remote._failed
 
 
 def test_a_cached_file_that_does_not_hash_right_is_not_used(tmp_path):

@@ -12,7 +12,8 @@ init target), GET `http_uri.uri` with `timeout` per try, a 200 whose body's sha2
 jittered exponential back-off (a random wait below `base_interval`, 1 s, doubling up to
 `max_interval`, 10 s). When every try failed the plugin is not created, and the filter then
 fails closed (503) or, with fail_open, steps aside; the config itself is accepted. Fetched
-code is kept by its sha256 and not fetched again. With `nack_on_code_cache_miss` a module
+code is kept by its sha256 and not fetched again; a hash whose fetch failed is not fetched
+again for 10 s (a config naming it fails at once). With `nack_on_code_cache_miss` a module
 not already fetched NACKs the config ("Unable to create Wasm plugin <name>") and is fetched in
 the background, so that the config is accepted when it comes again.
 
@@ -40,7 +41,9 @@ import urllib.request
 from . import cache
 
 MAX_CODE = 64 << 20             # a module larger than this is refused (Envoy: no limit)
+NEGATIVE_SECONDS = 10           # Envoy's CODE_CACHE_SECONDS_NEGATIVE_CACHING
 _fetched: dict[str, bytes] = {}                 # sha256 -> code, this process's
+_failed: dict[str, tuple[float, str]] = {}      # sha256 -> (when every try failed, why)
 _in_flight: set[str] = set()
 
 
@@ -62,6 +65,9 @@ class Remote:
         code = cached(self.sha256)
         if code is not None:
             return code, ""
+        failed = _failed.get(self.sha256)
+        if failed is not None and time.monotonic() - failed[0] < NEGATIVE_SECONDS:
+            return None, failed[1]          # Envoy's negative cache: no new fetch yet
         why = ""
         ceiling = self.base
         for attempt in range(self.retries + 1):
@@ -71,7 +77,9 @@ class Remote:
             code, why = self.try_once()
             if code is not None:
                 keep(self.sha256, code)
+                _failed.pop(self.sha256, None)
                 return code, ""
+        _failed[self.sha256] = (time.monotonic(), why)
         return None, why
 
     def try_once(self) -> tuple[bytes | None, str]:
