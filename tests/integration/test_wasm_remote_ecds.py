@@ -85,8 +85,8 @@ class ModuleServer:
 
 
 @pytest.mark.parametrize("proxy", PROXIES)
-def test_a_module_not_fetched_yet_is_nacked_then_fetched_and_acked(tmp_path, plane, named, proxy,  # noqa: F811
-                                                                    monkeypatch):
+def test_a_module_not_fetched_yet_is_nacked_then_fetched_and_acked(  # noqa: F811
+        tmp_path, plane, named, proxy, monkeypatch):
     monkeypatch.setenv("BATON_WASM_CACHE", "off")       # Baton keeps fetched code in memory only
     code = module()
     server = ModuleServer(code)

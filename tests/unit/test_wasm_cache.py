@@ -24,7 +24,8 @@ def test_a_stored_module_loads_back_and_another_engines_file_is_passed_over(tmp_
     assert store.store("k", module)
     assert os.stat(store.path("k")).st_mode & 0o777 == 0o644
     loaded = store.load(engine(), "k")
-    assert loaded is not None and [e.name for e in loaded.exports] == [e.name for e in module.exports]
+    assert loaded is not None
+    assert [e.name for e in loaded.exports] == [e.name for e in module.exports]
     assert cache.ModuleCache(str(tmp_path), "other").load(engine(), "k") is None
     with open(store.path("k"), "r+b") as f:                    # damaged: compile instead
         f.write(b"garbage!")

@@ -36,6 +36,7 @@ import os
 
 from ..codecs.events import Body, ProtocolError, ResponseHead, StreamReset, Trailers
 from ..codecs.message import Headers, Request
+from ..proxy.http.grpc_call import frame
 from ..proxy.http.upstream_call import UpstreamCall
 from .foreign import wire_fields
 
@@ -66,11 +67,6 @@ def service_cluster(service: bytes, has_cluster) -> tuple[int, str | None, str |
             else None)
 
 
-def frame(message: bytes, compressed: bool = False) -> bytes:
-    """gRPC's length-prefixed message."""
-    return (b"\x01" if compressed else b"\x00") + len(message).to_bytes(4, "big") + message
-
-
 class Callout(UpstreamCall):
     """One gRPC call (unary: `unary`, one message sent with the end of the stream) on a
     stream of the cluster's HTTP/2 pool. Events go to `events(kind, *args)`:
@@ -99,7 +95,8 @@ class Callout(UpstreamCall):
         host = cluster.pick()
         if host is None:
             self.worker.stats.counters[cluster.stat["upstream_cx_none_healthy"]] += 1
-            self._close(GRPC_UNAVAILABLE, close_text("no healthy upstream", "no_healthy_upstream"))
+            self._close(GRPC_UNAVAILABLE,
+                        close_text("no healthy upstream", "no_healthy_upstream"))
             return
         if timeout:
             self.timer = self.worker.loop.call_later(timeout, self._timed_out)
