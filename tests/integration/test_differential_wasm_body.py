@@ -23,18 +23,22 @@ def body_bootstrap(upstreams: dict[str, int]):
         {"match": {"prefix": "/"}, "route": {"cluster": "a"}}]}]}
     code = wasmtime.wat2wasm((FIXTURES / "body.wat").read_text())
     plugin = wasm_filter({"inline_bytes": base64.b64encode(code).decode()}, "", "")
+    hold = wasmtime.wat2wasm((FIXTURES / "hold_response.wat").read_text())
+    holding = wasm_filter({"inline_bytes": base64.b64encode(hold).decode()}, "", "")
 
     def template(ports: dict[str, int], admin: int) -> dict:
         small = http_listener("small", ports["small"], route_config, http_filters=[plugin])
         small["per_connection_buffer_limit_bytes"] = SMALL_LIMIT
         return bootstrap(admin, [http_listener("body", ports["body"], route_config,
-                                               http_filters=[plugin]), small],
+                                               http_filters=[plugin]), small,
+                                 http_listener("hold", ports["hold"], route_config,
+                                               http_filters=[holding])],
                          [cluster("a", [upstreams["a"]])])
     return template
 
 
 SMALL_LIMIT = 32768
-recorder, pair = module_pair("diff-wasm-body", body_bootstrap, ["body", "small"])
+recorder, pair = module_pair("diff-wasm-body", body_bootstrap, ["body", "small", "hold"])
 
 TEXT = b"The quick brown fox jumps over the lazy dog. " * 70        # 3,150 bytes
 
@@ -162,6 +166,28 @@ def test_a_request_body_paused_over_the_limit_is_413(pair):
     def expect(obs):
         assert obs["status"] == 413 and obs["body"] == "Payload Too Large", obs
         assert obs["downstream_rq_too_large"] == 1, obs
+    differential(pair, run, expect)
+
+
+def test_a_pause_from_the_response_headers_holds_the_response_until_continued(pair):
+    # hold_response.wat: the head waits for the plugin's next tick; the body behind it.
+    def run(target):
+        return observe(one(target.ports["hold"], "GET", "/hold",
+                           [("host", "diff.test"), ("x-test-body-size", "5000")]), target)
+
+    def expect(obs):
+        assert obs["status"] == 200 and header(obs, "x-held") == "yes", obs
+        assert obs["body"]["length"] == 5000, obs
+    differential(pair, run, expect)
+
+
+def test_a_local_reply_while_the_response_head_waits_replaces_it(pair):
+    def run(target):
+        return observe(one(target.ports["hold"], "GET", "/hold-reply",
+                           [("host", "diff.test"), ("x-test-body-size", "5000")]), target)
+
+    def expect(obs):
+        assert obs["status"] == 503 and obs["body"] == "late", obs
     differential(pair, run, expect)
 
 

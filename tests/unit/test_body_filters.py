@@ -42,6 +42,7 @@ class Conn:
 
 class HCM:
     stat_rq_too_large = "http.x.downstream_rq_too_large"
+    via = ""
 
 
 class Info:
@@ -72,6 +73,8 @@ class Stream:
         self.sent = []              # response body chunks that reached the codec
         self.sent_trailers = None
         self.paused_reading = False
+        self.heads = []
+        self.request = None
         self.body_chain = chain_for(self, self.filters)
 
     def start(self):
@@ -87,7 +90,8 @@ class Stream:
             if result is PAUSE:
                 self.body_chain.headers_paused()
                 return
-        self.body_chain.headers_advanced()
+        if self.body_chain is not None:
+            self.body_chain.headers_advanced()
         if not self.done:
             self.router = Router(self)
 
@@ -109,6 +113,10 @@ class Stream:
 
     def upstream_response_trailers(self, trailers, filtered=False):
         self.sent_trailers = trailers
+
+    def _send_head(self, response, end_stream, service_time=None):
+        self.heads.append((response, end_stream, self.filter_index))
+        self.response_started = True
 
 
 class Log(StreamFilter):
@@ -345,3 +353,33 @@ def test_the_example_filters_body_hook(monkeypatch):
     stream.body_chain.response_data(b"hello", False)
     stream.body_chain.response_data(b" world", True)
     assert stream.sent == [(b"hello world!", True)]
+
+
+def test_a_response_head_held_by_a_filter_and_what_waits_behind_it():
+    # Envoy's StopAllIterationAndWatermark from encodeHeaders, then continueEncoding.
+    from baton.worker.codecs.message import Response
+    from baton.worker.proxy.http.body_filters import replaced_by
+    stream = Stream([HeadersOnly, HeadersOnly], limit=3)
+    stream.start()
+    assert stream.body_chain is None
+    response = Response(200, Headers([]))
+    assert replaced_by(stream, PAUSE, stream.filters[1], response, False)
+    chain = stream.body_chain
+    chain.response_data(b"abcd", False)
+    assert stream.sent == [] and stream.paused_reading       # over the limit: upstream held
+    chain.response_trailers(Headers([("t", "1")]))
+    chain.continue_response_head(stream.filters[1])
+    # The filters after the pausing one (index 0 here) see the head, then it goes out.
+    assert stream.heads == [(response, False, 1)] and stream.filter_index == 2
+    assert stream.sent == [(b"abcd", False)] and stream.sent_trailers is not None
+    assert not stream.paused_reading
+
+
+def test_a_local_reply_from_the_response_head_hook_bypasses_the_filters():
+    from baton.worker.codecs.message import Response
+    from baton.worker.proxy.http.body_filters import replaced_by
+    stream = Stream([HeadersOnly])
+    stream.start()
+    reply = LocalReply(418, "no", details="nope")
+    assert replaced_by(stream, reply, stream.filters[0], Response(200, Headers([])), True)
+    assert stream.replies == [(418, "nope")] and stream.filter_index == 0

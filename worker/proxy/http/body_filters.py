@@ -84,7 +84,7 @@ class BodyChain:
 
     __slots__ = ("stream", "decodes", "encodes", "request", "response", "held_at",
                  "trailers_at", "headers_paused_at", "holding_at", "waiting_trailers",
-                 "added_trailers")
+                 "added_trailers", "held_head", "behind_head")
 
     def __init__(self, stream, decodes: bool, encodes: bool):
         self.stream = stream
@@ -97,6 +97,8 @@ class BodyChain:
         self.headers_paused_at = _NOWHERE   # the filter whose on_request_headers PAUSEd
         self.holding_at = _NOWHERE          # ... and holds the body before it (StopAll)
         self.added_trailers = None          # trailers a filter added at the body's end
+        self.held_head = None               # (filter index, response, end_stream) PAUSEd
+        self.behind_head = []               # what came from upstream meanwhile
         self.waiting_trailers = None        # (filter index, trailers) a filter PAUSEd
 
     @property
@@ -324,6 +326,9 @@ class BodyChain:
     def response_data(self, data, end_stream: bool, start: int | None = None) -> None:
         """Upstream response body (stream.upstream_response_body), through the filters that
         saw the response head, last to first."""
+        if start is None and self.held_head is not None:
+            self._behind_head(bytes(data), end_stream)
+            return
         filters = self.stream.filters
         i = self.stream.filter_index - 1 if start is None else start
         while i >= 0:
@@ -350,6 +355,9 @@ class BodyChain:
         stream.local_reply(500, "Internal Server Error", "response_payload_too_large")
 
     def response_trailers(self, trailers, start: int | None = None) -> None:
+        if start is None and self.held_head is not None:
+            self._behind_head(trailers, None)
+            return
         stream = self.stream
         filters = stream.filters
         side = self.response
@@ -369,6 +377,51 @@ class BodyChain:
                         return
             i -= 1
         stream.upstream_response_trailers(trailers, True)
+
+    def _behind_head(self, item, end_stream) -> None:
+        """Body (or trailers: end_stream None) that came while a filter holds the head:
+        kept, and past the buffer limit the upstream is not read (Envoy's
+        StopAllIterationAndWatermark)."""
+        stream = self.stream
+        self.behind_head.append((item, end_stream))
+        if sum(len(b) for b, end in self.behind_head if end is not None) > stream.buffer_limit:
+            stream.downstream_paused(True)
+
+    def continue_response_head(self, stream_filter) -> None:
+        """The filter that PAUSEd on the response head goes on (Envoy's continueEncoding):
+        the filters after it see the head, it goes out, then what waited behind it."""
+        stream = self.stream
+        held = self.held_head
+        if stream.done or held is None:
+            return
+        self.held_head = None
+        i, response, end_stream = held
+        reached = stream.filter_index
+        headers = response.headers
+        via = stream.hcm.via
+        if via and stream.request is not None:      # _send_head adds it again
+            value = headers.get("via") or ""
+            if value == via:
+                headers.remove("via")
+            elif value.endswith(", " + via):
+                headers.set("via", value[:-len(via) - 2])
+        service = headers.get("x-envoy-upstream-service-time")
+        stream.filter_index = i                     # the filters still to see the head
+        stream._send_head(response, end_stream, None if service is None else
+                          ("x-envoy-upstream-service-time", service))
+        if stream.filter_index == i:                # (0: a local reply went out instead)
+            stream.filter_index = reached
+        if self.held_head is not None or stream.done:
+            return
+        behind, self.behind_head = self.behind_head, []
+        stream.downstream_paused(False)
+        for item, end in behind:
+            if stream.done:
+                return
+            if end is None:
+                self.response_trailers(item)
+            else:
+                self.response_data(item, end)
 
     def continue_response(self, stream_filter) -> None:
         """Envoy's continueEncoding: a stopped filter lets the response go on."""
@@ -396,16 +449,32 @@ def _answer(stream, reply: LocalReply) -> None:
     stream.local_reply(reply.status, reply.body, reply.details, extra=reply.headers)
 
 
-def replaced_by(stream, answer) -> bool:
-    """A response head filter's answer (Stream._send_head): a LocalReply replaces the
-    response, which has not gone out yet, as Envoy's sendLocalReply does while encoding the
-    head (sendDirectLocalReply: the reply bypasses the filters, so none sees it again).
-    Anything else is CONTINUE (a PAUSE of the response head is not supported)."""
+def replaced_by(stream, answer, stream_filter, response, end_stream: bool) -> bool:
+    """A response head filter's answer (Stream._send_head); True: the head does not go out
+    now. A LocalReply replaces the response, which has not gone out yet, as Envoy's
+    sendLocalReply does while encoding the head (sendDirectLocalReply: the reply bypasses
+    the filters, so none sees it again). PAUSE holds the head, and the body and trailers
+    behind it, until the filter calls stream.body_chain.continue_response_head(filter)
+    (Envoy's StopAllIterationAndWatermark, continueEncoding), or answers with a local reply
+    (reply_instead). Anything else is CONTINUE."""
+    if answer is PAUSE:
+        chain = stream.body_chain
+        if chain is None:
+            chain = stream.body_chain = BodyChain(stream, False, True)
+        chain.encodes = True            # the body comes to the chain, to wait
+        chain.held_head = (stream.filters.index(stream_filter), response, end_stream)
+        return True
     if not isinstance(answer, LocalReply):
         return False
-    stream.filter_index = 0             # no filter runs on the reply
-    _answer(stream, answer)
+    reply_instead(stream, answer)
     return True
+
+
+def reply_instead(stream, reply: LocalReply) -> None:
+    """A local reply before the response head went out: it replaces the response without
+    passing the filters (Envoy's sendDirectLocalReply)."""
+    stream.filter_index = 0             # no filter runs on the reply
+    _answer(stream, reply)
 
 
 def chain_for(stream, filters) -> BodyChain | None:

@@ -580,8 +580,9 @@ class Stream:
 
         for stream_filter in reversed(self.filters[:self.filter_index]):
             answer = stream_filter.on_response_headers(response, end_stream)
-            if answer is not None and replaced_by(self, answer):
-                return                  # the filter's local reply went out instead
+            if answer is not None and replaced_by(self, answer, stream_filter, response,
+                                                  end_stream):
+                return                  # a local reply went out instead, or the head waits
         self.response_started = True
         info = self.info
         info.response = response

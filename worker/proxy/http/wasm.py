@@ -34,6 +34,7 @@ import time
 from ...wasm import abi
 from ...wasm.plugin import WasmError, plugin_root      # wasmtime only when a VM starts
 from ...wasm.vm import Trapped
+from .body_filters import reply_instead
 from .filter import BUFFER, PAUSE, STOP, WATERMARK, FilterFactory, LocalReply, StreamFilter, \
     register
 
@@ -158,10 +159,14 @@ class WasmStreamFilter(StreamFilter):
         reply = ctx.local_reply if ctx is not None else None
         if reply is not None:
             reply = _local_reply(reply)
-            if phase == "response":
+            if phase == "response_head":
+                reply_instead(stream, reply)
+            elif phase == "response":
                 stream.local_reply(reply.status, reply.body, reply.details, extra=reply.headers)
             else:
                 stream.resume_filters(reply)
+        elif phase == "response_head":
+            stream.body_chain.continue_response_head(self)
         elif phase == "headers":
             stream.resume_filters(None)
         elif phase == "request":
@@ -203,17 +208,24 @@ class WasmStreamFilter(StreamFilter):
 
     def on_response_headers(self, response, end_stream: bool):
         """A proxy_send_local_response here replaces the response (the head has not gone
-        out: Envoy's sendDirectLocalReply)."""
+        out: Envoy's sendDirectLocalReply); a Pause holds the head until
+        proxy_continue_stream (Envoy's StopAllIterationAndWatermark)."""
         ctx = self.ctx
         if ctx is None:
             return None
         before = ctx.local_reply            # (the plugin's own reply passes here too)
         try:
-            self.root.response_headers(ctx, response, end_stream)
+            action = self.root.response_headers(ctx, response, end_stream)
         except Trapped as exc:
             log.error("Wasm plugin %s: %s", self.factory.config["name"], exc)
+            return None
         reply = ctx.local_reply
-        return _local_reply(reply) if reply is not None and reply is not before else None
+        if reply is not None and reply is not before:
+            return _local_reply(reply)
+        if action == 0 or ctx.continued:
+            return None
+        self._pause(ctx, "response_head")
+        return PAUSE
 
     def on_log(self) -> None:
         ctx = self.ctx
