@@ -134,8 +134,10 @@ class StreamFilter:
         return CONTINUE
 
     def on_response_headers(self, response, end_stream: bool):
-        """May change `response` in place; a LocalReply here replaces the response only if
-        nothing of it has been sent yet."""
+        """May change `response` in place. A LocalReply replaces the response (nothing of
+        it has gone out yet), bypassing the filters as Envoy's direct local reply; PAUSE
+        holds the head, and the body behind it, until the filter calls
+        stream.body_chain.continue_response_head(self) (or body_filters.reply_instead)."""
         return CONTINUE
 
     def on_request_body(self, data, end_stream: bool):
