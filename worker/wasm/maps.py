@@ -28,7 +28,7 @@ def serialize_pairs(pairs) -> bytes:
 
 def parse_pairs(data: bytes) -> list[tuple[bytes, bytes]]:
     """The map encoding -> pairs; empty or a single byte (some SDKs send b"\\0") is no pair.
-    Raises ValueError on a truncated map."""
+    Raises ValueError on a truncated map, a missing NUL or bytes after the last pair."""
     if len(data) <= 1:
         return []
     (count,) = _U32.unpack_from(data, 0)
@@ -42,8 +42,12 @@ def parse_pairs(data: bytes) -> list[tuple[bytes, bytes]]:
         end = pos + key_size + value_size + 2
         if end > len(data):
             raise ValueError("map pair runs past the data")
+        if data[pos + key_size] or data[end - 1]:
+            raise ValueError("map key or value without its NUL")
         pairs.append((data[pos:pos + key_size], data[pos + key_size + 1:end - 1]))
         pos = end
+    if pos != len(data):        # cpp-host's toPairs refuses the whole map (pairs_util.cc)
+        raise ValueError("bytes after the map's last pair")
     return pairs
 
 
