@@ -325,7 +325,7 @@ class Agent:
         names = set(update.resources) | set(update.removed)
         scopes = stat_scopes(self.config, type_url, names)
         self.stats.count(scopes, "update_attempt")
-        errors = self.config.apply(update, self.loop.time())
+        errors = await self._apply(update)
         if errors:
             message = error_detail(errors)
             log.warning("xds agent: rejected %s version %r: %s", SHORT[type_url],
@@ -347,6 +347,22 @@ class Agent:
             self._drop_stats_of_gone()
             self.secret_sources.reconcile()
         self.dirty.set()
+
+
+    async def _apply(self, update) -> list[str]:
+        """config.apply, with a Wasm filter's remote code fetched off the loop: a translation
+        that needs a fetch fails and is made again once the fetches are done (worker/wasm/
+        remote.py), so SDS, timers and the master are served meanwhile."""
+        from ..worker.wasm import remote
+        with remote.deferring() as fetches:
+            errors = self.config.apply(update, self.loop.time())
+        if not fetches:
+            return errors
+        log.info("xds agent: fetching %d remote Wasm module(s) for %s version %r", len(fetches),
+                 SHORT[update.type_url], update.version)
+        await asyncio.gather(*(self.loop.run_in_executor(None, module.get)
+                               for module in fetches.values()))
+        return self.config.apply(update, self.loop.time())
 
 
 def read_state(path: str) -> bytes | None:

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+from collections import ChainMap
 
 from google.protobuf.message import DecodeError
 
@@ -41,6 +42,7 @@ from .ads import CLUSTER, ENDPOINT, EXTENSION, LISTENER, ROUTE, SECRET, SHORT
 from .http import translate_route_config
 from .secrets import check_references, secret_class, spec_references, translate_secret
 from .translate import translate_cluster, translate_listener, translate_load_assignment
+from ..worker.wasm.remote import use_clusters
 
 _CLASSES = {LISTENER: protos.Listener, ROUTE: protos.RouteConfiguration,
             CLUSTER: protos.Cluster, ENDPOINT: protos.ClusterLoadAssignment,
@@ -169,6 +171,8 @@ class DynamicConfig:
         type_url = update.type_url
         kind = _KINDS[type_url]
         errors, translated = [], {}
+        # A Wasm filter's remote code is fetched through a cluster in use (warm) or static.
+        use_clusters(ChainMap(self.active_clusters, self.static_clusters), self._endpoints_of)
         for name in sorted(set(update.duplicates)):
             errors.append(f"{kind}[{name}]: the name appears more than once in the response "
                           "(updated twice, or updated and removed)")
@@ -191,6 +195,10 @@ class DynamicConfig:
             return errors
         self._commit(update, translated, now)
         return []
+
+    def _endpoints_of(self, service_name):
+        held = self.accepted[ENDPOINT].get(service_name)
+        return held.value["endpoints"] if held is not None else None
 
     def _translate(self, type_url, name, data, path, errors):
         held = self.accepted[type_url].get(name)

@@ -12,7 +12,8 @@ As Envoy 1.40 reads a PluginConfig:
   engine); envoy.wasm.runtime.null is Istio's built-ins (xds/http_filters_istio.py).
 - code: vm_config.code.local as a filename (read now, hashed), inline_bytes or
   inline_string; or `remote` (http_uri, sha256, retry_policy): fetched now, by this process,
-  with Envoy's tries and hash check (worker/wasm/remote.py says where and why); code that
+  through http_uri.cluster, with Envoy's tries and hash check (worker/wasm/remote.py says
+  where and why, and how the xDS agent fetches without waiting on its loop); code that
   could not be fetched makes a plugin that fails in the workers (503, or fail_open), the
   config accepted, as Envoy does; with nack_on_code_cache_miss a module not fetched before
   NACKs ("Unable to create Wasm plugin") and is fetched in the background. (Istio's
@@ -69,8 +70,9 @@ def any_bytes(any_pb) -> bytes:
 
 
 def _remote(remote_pb, path, errors):
-    """code.remote -> worker/wasm/remote.py's Remote, or None with an error."""
-    from ..worker.wasm.remote import Remote
+    """code.remote -> worker/wasm/remote.py's Remote (through http_uri.cluster as it is now),
+    or None with an error."""
+    from ..worker.wasm.remote import Remote, upstream_of
     uri_pb = remote_pb.http_uri
     here = join(path, "http_uri")
     start = len(errors)
@@ -92,7 +94,7 @@ def _remote(remote_pb, path, errors):
         else 10 * base
     return Remote(uri_pb.uri, sha256, uri_pb.timeout.ToNanoseconds() / 1e9,
                   policy.num_retries.value if policy.HasField("num_retries") else 1,
-                  base, max(ceiling, base))
+                  base, max(ceiling, base), upstream_of(uri_pb.cluster))
 
 
 def _code(code_pb, path, errors) -> bytes | None:
@@ -155,6 +157,8 @@ def translate_wasm(pb, path, errors, warnings):
                 fetch_in_background(remote)
                 errors.append(f"{path}: Unable to create Wasm plugin {plugin.name}: its remote "
                               f"code is not fetched yet ({remote.uri})")
+        elif remote is not None and remote.defer():     # the xDS agent fetches it off its loop
+            errors.append(f"{path}: its remote code is being fetched ({remote.uri})")
         elif remote is not None:
             code, why = remote.get()
             if code is None:

@@ -84,6 +84,8 @@ def translate_bootstrap(pb):
         snap["xds"] = translate_dynamic_resources(pb.dynamic_resources, "dynamic_resources",
                                                   errors, {n: snap["clusters"].get(n) for n in defined})
 
+    from ..worker.wasm.remote import use_clusters
+    use_clusters(snap["clusters"])      # what a Wasm filter's remote code is fetched through
     names, addresses = {}, {}
     for i, listener_pb in enumerate(pb.static_resources.listeners):
         path = f"static_resources.listeners[{i}]"

@@ -178,13 +178,18 @@ def test_one_try_takes_a_200_of_the_right_hash_and_follows_no_redirect():
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Modules)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    base = f"http://127.0.0.1:{server.server_address[1]}"
+    # Through the cluster: the URI's host is never dialled (Envoy's RemoteDataFetcher).
+    base = "http://modules.invalid:1"
+    cluster = remote.Upstream("modules", [("127.0.0.1", server.server_address[1])], None)
     try:
-        assert remote.Remote(base + "/deny.wasm", SHA, 5).try_once() == (DENY, "")
-        assert remote.Remote(base + "/moved", SHA, 5).try_once() == (None, "HTTP 302")
-        assert remote.Remote(base + "/gone", SHA, 5).try_once() == (None, "HTTP 404")
-        assert remote.Remote(base + "/deny.wasm", "0" * 64, 5).try_once() == \
-            (None, "sha256 mismatch")
+        assert remote.Remote(base + "/deny.wasm", SHA, 5, upstream=cluster).try_once() == \
+            (DENY, "")
+        assert remote.Remote(base + "/moved", SHA, 5, upstream=cluster).try_once() == \
+            (None, "HTTP 302")
+        assert remote.Remote(base + "/gone", SHA, 5, upstream=cluster).try_once() == \
+            (None, "HTTP 404")
+        assert remote.Remote(base + "/deny.wasm", "0" * 64, 5, upstream=cluster).try_once() \
+            == (None, "sha256 mismatch")
     finally:
         server.shutdown()
         server.server_close()

@@ -20,23 +20,39 @@ the background, so that the config is accepted when it comes again.
 Baton fetches where the config is translated, the master for a bootstrap and the xDS agent
 for LDS/ECDS, because that is where Envoy's main thread fetches: once, before any worker
 runs the filter, and the check that follows (compile, ABI marker, proxy_on_vm_start /
-proxy_on_configure) and the compiled-module cache (cache.py) then serve every worker. The
-translation waits for the fetch, as Envoy's listener waits (warming). The difference: the
-request goes to the URI's own host and port (DNS from this process), not through the named
-cluster's endpoints and its TLS settings (the translator has no cluster manager); an https
-URI is verified against the system's CAs. The fetched code is kept in this process and in
-the module cache's directory (`<sha256>.wasm`), so a reload or an update finds it.
+proxy_on_configure) and the compiled-module cache (cache.py) then serve every worker. As
+Envoy's RemoteDataFetcher (it sends through the cluster manager's async client), the GET
+goes through `http_uri.cluster`: to one of its endpoints (the next one on each try), over
+its transport socket (TLS with the cluster's context, SNI and SAN checks), with the URI's
+authority as Host and its path; the URI's own host is never dialled, and a cluster Baton
+does not have (static, or active from CDS, with EDS endpoints) fails the try, as Envoy's
+"no cluster". What translates says which clusters there are (use_clusters).
+
+The xDS agent does not wait for a fetch on its event loop: its translation runs in
+deferring(), which records a module neither held nor negatively cached and fails the
+update's translation; the agent fetches those off the loop (a thread each) and translates the
+update again, with the code then held (or the failure negatively cached). Meanwhile the
+agent's SDS streams, warming timers, dumps and publishing go on; the ADS stream's next
+response waits, as it waits for any update being applied. The master's bootstrap waits for
+its fetches (Envoy's init waits for them too).
+
+Differences: the fetch speaks HTTP/1.1 only (a cluster with http2_protocol_options is still
+asked in HTTP/1.1); the cluster's `transport_socket` is used, not its
+`transport_socket_matches`; its balancer is a round robin from a random start. The fetched
+code is kept in this process and in the module cache's directory (`<sha256>.wasm`), so a
+reload or an update finds it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import http.client
 import os
 import random
 import threading
 import time
-import urllib.error
-import urllib.request
+import urllib.parse
 
 from . import cache
 
@@ -45,19 +61,75 @@ NEGATIVE_SECONDS = 10           # Envoy's CODE_CACHE_SECONDS_NEGATIVE_CACHING
 _fetched: dict[str, bytes] = {}                 # sha256 -> code, this process's
 _failed: dict[str, tuple[float, str]] = {}      # sha256 -> (when every try failed, why)
 _in_flight: set[str] = set()
+_clusters = None            # name -> translated cluster, what the translation may fetch through
+_eds = None                 # EDS service name -> endpoints, or None
+_deferred: dict | None = None   # sha256 -> Remote: the agent's fetches to make off its loop
+
+
+class Upstream:
+    """What a fetch goes through: a cluster's endpoints (host, port) and its TLS spec."""
+    __slots__ = ("cluster", "endpoints", "tls")
+
+    def __init__(self, cluster: str, endpoints: list, tls: dict | None):
+        self.cluster = cluster
+        self.endpoints = endpoints
+        self.tls = tls
+
+
+def use_clusters(clusters, eds=None) -> None:
+    """The clusters a remote fetch may go through: a mapping of name -> translated cluster
+    (xds/translate.py), and for EDS clusters a callable service name -> endpoints or None."""
+    global _clusters, _eds
+    _clusters, _eds = clusters, eds
+
+
+def upstream_of(name: str) -> Upstream | None:
+    """The cluster `name` as a fetch uses it now, or None when there is no such cluster."""
+    spec = _clusters.get(name) if _clusters is not None else None
+    if spec is None:
+        return None
+    endpoints = spec.get("endpoints") or []
+    if spec.get("type") == "EDS" and _eds is not None:
+        endpoints = _eds(spec["eds"]["service_name"]) or []
+    return Upstream(name, [(e["address"], e["port"]) for e in endpoints],
+                    spec.get("transport_socket"))
+
+
+@contextlib.contextmanager
+def deferring():
+    """Within: a Remote whose code is neither held nor negatively cached is recorded (yielded
+    dict, by sha256) instead of fetched; its translation fails (defer() says so)."""
+    global _deferred
+    _deferred = {}
+    try:
+        yield _deferred
+    finally:
+        _deferred = None
 
 
 class Remote:
-    __slots__ = ("uri", "sha256", "timeout", "retries", "base", "ceiling")
+    __slots__ = ("uri", "sha256", "timeout", "retries", "base", "ceiling", "upstream", "_next")
 
     def __init__(self, uri: str, sha256: str, timeout: float, retries: int = 1,
-                 base: float = 1.0, ceiling: float = 10.0):
+                 base: float = 1.0, ceiling: float = 10.0, upstream: Upstream | None = None):
         self.uri = uri
         self.sha256 = sha256.lower()
         self.timeout = timeout
         self.retries = retries
         self.base = base
         self.ceiling = ceiling
+        self.upstream = upstream            # None: the cluster does not exist
+        self._next = random.randrange(1 << 16)      # the endpoint of the next try
+
+    def defer(self) -> bool:
+        """Inside deferring(): True, and recorded, when get() would have to fetch."""
+        if _deferred is None or cached(self.sha256) is not None:
+            return False
+        failed = _failed.get(self.sha256)
+        if failed is not None and time.monotonic() - failed[0] < NEGATIVE_SECONDS:
+            return False
+        _deferred.setdefault(self.sha256, self)
+        return True
 
     def get(self, sleep=time.sleep) -> tuple[bytes | None, str]:
         """The code (from what this process or the cache holds, else fetched, with the
@@ -83,16 +155,29 @@ class Remote:
         return None, why
 
     def try_once(self) -> tuple[bytes | None, str]:
-        request = urllib.request.Request(self.uri, method="GET")
+        """One GET through the cluster: its next endpoint, its TLS; a 200 only."""
+        upstream = self.upstream
+        if upstream is None:
+            return None, "no such cluster"
+        if not upstream.endpoints:
+            return None, f"cluster {upstream.cluster} has no endpoints"
+        host, port = upstream.endpoints[self._next % len(upstream.endpoints)]
+        self._next += 1
+        parts = urllib.parse.urlsplit(self.uri)
+        target = parts.path or "/"
+        if parts.query:
+            target += "?" + parts.query
+        connection = _ClusterConnection(host, port, self.timeout or None, upstream.tls)
         try:
-            with _OPENER.open(request, timeout=self.timeout or None) as response:
-                status = response.status
-                body = response.read(MAX_CODE + 1)
-        except urllib.error.HTTPError as exc:
-            return None, f"HTTP {exc.code}"
-        except (OSError, ValueError) as exc:       # refused, timed out, a bad URI
-            return None, str(getattr(exc, "reason", exc))
-        if status != 200:
+            connection.request("GET", target, headers={"Host": parts.netloc})
+            response = connection.getresponse()
+            status = response.status
+            body = response.read(MAX_CODE + 1)
+        except (OSError, http.client.HTTPException, ValueError) as exc:
+            return None, str(exc) or type(exc).__name__     # refused, timed out, TLS, bad reply
+        finally:
+            connection.close()
+        if status != 200:               # Envoy's fetcher: a 200 only, a redirect not followed
             return None, f"HTTP {status}"
         if len(body) > MAX_CODE:
             return None, f"larger than {MAX_CODE} bytes"
@@ -101,15 +186,30 @@ class Remote:
         return body, ""
 
 
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    """Envoy's fetcher takes a 200 only: a redirect is a failed try, not followed."""
+class _ClusterConnection(http.client.HTTPConnection):
+    """HTTP/1.1 to one endpoint of the cluster, over its transport socket when it has one
+    (the worker's TLS client context: Envoy's verification, SNI and SAN matching)."""
 
-    def redirect_request(self, *args):
-        return None
+    def __init__(self, host, port, timeout, tls: dict | None):
+        super().__init__(host, port, timeout=timeout)
+        self.tls = tls
 
-
-# No proxy from the environment (Envoy's fetch goes straight to its cluster), no redirects.
-_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}), _NoRedirect)
+    def connect(self):
+        super().connect()
+        if self.tls is None:
+            return
+        if self.tls.get("missing_secrets"):
+            raise OSError(f"TLS secrets not known yet: {', '.join(self.tls['missing_secrets'])}")
+        from ..tls.client import TlsClient
+        client = TlsClient(self.tls)
+        try:
+            context, _keylog = client.context_for(client.alpn_for(()))
+            self.sock = context.wrap_socket(self.sock, server_hostname=self.tls["sni"])
+            failed = client.verify(self.sock)
+        finally:
+            client.close()
+        if failed is not None:
+            raise OSError(f"TLS: {failed}")
 
 
 def cached(sha256: str) -> bytes | None:

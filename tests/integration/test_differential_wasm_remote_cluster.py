@@ -1,0 +1,126 @@
+"""Differential: remote Wasm code goes through `http_uri.cluster`, in Envoy 1.40 and Baton
+alike. Each URI names a host nobody can reach (modules.invalid); the cluster's endpoint is
+the module server: the module is fetched (Host is the URI's authority) and runs. A cluster
+with TLS (UpstreamTlsContext: SNI, a trusted CA) fetches over TLS from an HTTPS server; a
+cluster that does not exist leaves the plugin uncreated (the empty 503 of a failed plugin)."""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import ssl
+import threading
+
+import pytest
+
+from ..tls_certs import leaf, make_ca
+from .differential.bootstraps import bootstrap, cluster, http_listener
+from .differential.compare import differential, header
+from .differential.proxies import ProxyPair, Recorder
+from .test_differential_wasm import exchange
+from .test_differential_wasm_remote import remote_filter
+from .test_wasm_remote_ecds import module
+
+AUTHORITY = "modules.invalid:9"
+MODULES = {name: module() for name in ("plain", "tls", "nowhere")}   # a fetch each
+UPSTREAM_TLS = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
+
+
+class ModuleServer:
+    """Serves MODULES at /<name>.wasm, over TLS with `context`; keeps each GET's Host."""
+
+    def __init__(self, context=None):
+        hosts = self.hosts = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                hosts.append(self.headers["host"])
+                code = MODULES.get(self.path.strip("/").removesuffix(".wasm"))
+                if code is None:
+                    self.send_error(404)
+                    return
+                self.send_response(200)
+                self.send_header("content-length", str(len(code)))
+                self.end_headers()
+                self.wfile.write(code)
+
+            def log_message(self, *args):
+                pass
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        if context is not None:
+            self.httpd.socket = context.wrap_socket(self.httpd.socket, server_side=True)
+        self.port = self.httpd.server_address[1]
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.thread.join(5)
+
+
+def via(name: str, cluster_name: str) -> dict:
+    f = remote_filter(9, hashlib.sha256(MODULES[name]).hexdigest(), path=f"/{name}.wasm")
+    uri = f["typed_config"]["config"]["vm_config"]["code"]["remote"]["http_uri"]
+    uri.update(uri=f"http://{AUTHORITY}/{name}.wasm", cluster=cluster_name)
+    return f
+
+
+@pytest.fixture(scope="module")
+def servers(tmp_path_factory):
+    ca = make_ca()
+    cert, key = leaf(ca, dns=["modules.test"]).write(tmp_path_factory.mktemp("certs"), "m")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    plain, tls = ModuleServer(), ModuleServer(context)
+    yield plain, tls, ca.cert_pem.decode()
+    plain.close()
+    tls.close()
+
+
+@pytest.fixture(scope="module")
+def recorder():
+    rec = Recorder("a")
+    yield rec
+    rec.stop()
+
+
+@pytest.fixture(scope="module")
+def pair(recorder, servers, tmp_path_factory):
+    plain, tls, ca_pem = servers
+    mp = pytest.MonkeyPatch()        # Baton's fetched-code cache: this module's own
+    mp.setenv("BATON_WASM_CACHE", str(tmp_path_factory.mktemp("wasm-cache")))
+    routes = {"name": "r", "virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [
+        {"match": {"prefix": "/"}, "route": {"cluster": "a"}}]}]}
+    filters = {"plain": via("plain", "modules"), "tls": via("tls", "modules_tls"),
+               "nowhere": via("nowhere", "no_such_cluster")}
+    tls_socket = {"name": "envoy.transport_sockets.tls", "typed_config": {
+        "@type": UPSTREAM_TLS, "sni": "modules.test", "common_tls_context": {
+            "validation_context": {"trusted_ca": {"inline_string": ca_pem}}}}}
+
+    def template(ports, admin):
+        return bootstrap(admin, [http_listener(name, ports[name], routes, http_filters=[f])
+                                 for name, f in filters.items()],
+                         [cluster("a", [recorder.ports["a"]]), cluster("modules", [plain.port]),
+                          cluster("modules_tls", [tls.port], transport_socket=tls_socket)])
+    p = ProxyPair(tmp_path_factory.mktemp("diff-wasm-remote-cluster"), template, list(filters))
+    yield p
+    p.stop()
+    mp.undo()
+
+
+@pytest.mark.parametrize("listener", ["plain", "tls"])
+def test_the_module_is_fetched_through_the_cluster_and_runs(pair, servers, listener):
+    def denied(obs):
+        assert (obs["status"], obs["body"]) == (403, "denied\n"), obs
+        assert header(obs, "x-wasm") == "hello", obs
+    differential(pair, exchange(listener, "/deny", f"cluster-{listener}"), denied)
+    plain, tls, _ = servers
+    server = plain if listener == "plain" else tls
+    assert server.hosts and set(server.hosts) == {AUTHORITY}, server.hosts
+
+
+def test_a_cluster_that_does_not_exist_leaves_the_plugin_uncreated(pair):
+    def expect(obs):
+        assert (obs["status"], obs["body"]) == (503, ""), obs
+    differential(pair, exchange("nowhere", "/ok", "cluster-nowhere"), expect)
