@@ -393,6 +393,9 @@ def _preimport() -> None:
     protos.import_type(DOWNSTREAM_TLS_CONTEXT)
     _inotify()
     import encodings.idna  # noqa: F401
+    # Remote Wasm code: fetched in the loop's default executor, over its cluster's TLS.
+    import concurrent.futures.thread  # noqa: F401
+    from ..worker.tls import client  # noqa: F401
     from ..worker.wasm.vm import load_wasmtime
     load_wasmtime()         # the Wasm modules ECDS may send are checked here (xds/http_filters_wasm.py)
 
