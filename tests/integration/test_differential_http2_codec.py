@@ -29,13 +29,13 @@ def frame(kind: int, flags: int, stream_id: int, payload: bytes = b"") -> bytes:
         struct.pack(">L", stream_id) + payload
 
 
-def exchange(port: int, frames: bytes, quiet: float = 1.0) -> list:
+def exchange(port: int, frames: bytes, quiet: float = 1.0, report_close: bool = False) -> list:
     """Send the preface, an empty SETTINGS and `frames`; read until the proxy closes, sends
     a GOAWAY with an error code (both proxies close after it; Envoy up to its 1 s
     delayed_close_timeout later), or `quiet` seconds pass without a byte. What came back,
     but for the proxy's SETTINGS, WINDOW_UPDATE and PING frames (their values differ by
     design): ("GOAWAY", last, code), ("RST_STREAM", stream, code), ("HEADERS" or "DATA",
-    stream, flags)."""
+    stream, flags); with `report_close`, "closed" last when the proxy closed."""
     seen, received = [], bytearray()
     with socket.create_connection(("127.0.0.1", port), timeout=quiet) as sock:
         sock.sendall(PREFACE + frame(4, 0, 0) + frames)
@@ -43,6 +43,8 @@ def exchange(port: int, frames: bytes, quiet: float = 1.0) -> list:
             while not (seen and seen[-1][0] == "GOAWAY" and seen[-1][2]):
                 chunk = sock.recv(65536)
                 if not chunk:
+                    if report_close:
+                        seen.append("closed")
                     break
                 received += chunk
                 while len(received) >= 9 and len(received) >= 9 + int.from_bytes(received[:3], "big"):
@@ -119,6 +121,20 @@ def test_goaway_of_a_broken_header_block_names_its_stream(pair, frames, goaway):
     def run(target):
         return exchange(target.port, frames(Encoder()))
     differential(pair, run, lambda obs: _check(obs[-1:] == [goaway], obs))
+
+
+@pytest.mark.parametrize("fields", [GET + [("X-Up", "1")], GET[:3], GET + [("te", "gzip")],
+                                    GET + [("content-length", "5")]],
+                         ids=["upper-case-name", "no-path", "te-gzip", "content-length-no-body"])
+def test_a_malformed_request_ends_the_connection_without_a_goaway(pair, fields):
+    """override_stream_error_on_invalid_http_message false (Envoy's default): Envoy's codec
+    fails and the connection closes (after its 1 s delayed close) with no GOAWAY and no
+    answer to the request behind."""
+    def run(target):
+        enc = Encoder()
+        return exchange(target.port, request(enc, 1, fields=fields) + request(enc, 3), quiet=3,
+                        report_close=True)
+    differential(pair, run, lambda obs: _check(obs == ["closed"], obs))
 
 
 def _check(condition: bool, obs) -> None:

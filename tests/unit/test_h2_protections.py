@@ -430,11 +430,14 @@ def test_streams_waiting_for_their_own_window_cost_nothing_on_a_connection_updat
 BAD = GOOD + [(b"connection", b"close")]
 
 
-def test_a_malformed_request_ends_the_connection_by_default():
+def test_a_malformed_request_ends_the_connection_by_default_without_a_goaway():
+    # As Envoy 1.40 (tests/integration/test_differential_http2_codec.py): what was queued
+    # before the request still goes out (a PING's ack here), then the connection closes.
     peer = Peer()
-    events = peer.send(frame(HEADERS, 0x5, 1, peer.encoder.encode(BAD)))
+    events = peer.send(frame(PING, 0, 0, b"12345678") +
+                       frame(HEADERS, 0x5, 1, peer.encoder.encode(BAD)))
     assert [type(e) for e in events] == [ProtocolError] and peer.codec.closed
-    assert (GOAWAY, 0, 0) in frames_of(peer.codec.data_to_send())
+    assert [kind for kind, _, _ in frames_of(peer.codec.data_to_send())] == [PING]
 
 
 def test_override_stream_error_resets_only_the_stream():

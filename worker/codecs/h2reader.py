@@ -59,14 +59,16 @@ _PLAIN_HEADERS_MASK = F_END_HEADERS | F_PADDED | F_PRIORITY
 
 
 class _ConnError(Exception):
-    """A connection error found while reading: GOAWAY(code) and the end. `stream_id`: the
-    stream whose header block could not be decoded (see _connection_error)."""
+    """A connection error found while reading: GOAWAY(code) and the end (`goaway` False: the
+    end alone). `stream_id`: the stream whose header block could not be decoded (see
+    _connection_error)."""
 
-    def __init__(self, code: int, reason: str, stream_id: int = 0):
+    def __init__(self, code: int, reason: str, stream_id: int = 0, goaway: bool = True):
         super().__init__(reason)
         self.code = code
         self.reason = reason
         self.stream_id = stream_id
+        self.goaway = goaway
 
 
 class H2FrameReader:
