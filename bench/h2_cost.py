@@ -96,33 +96,50 @@ def idle_upstreams(rig, streams: int = 10) -> list:
     return made
 
 
+class H2loadClient:
+    """What `h2load -m10` sends: its preface (SETTINGS with 2^30-1 windows, a connection
+    WINDOW_UPDATE), then batches of 10 GET HEADERS, HPACK-indexed after the first."""
+
+    PREFACE = (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+               + _frame(4, 0, 0, struct.pack(">HLHL", 2, 0, 4, 2**30 - 1))
+               + _frame(8, 0, 0, struct.pack(">L", 2**30 - 1 - 65535)))
+    SETTINGS_ACK = _frame(4, 1, 0)
+
+    def __init__(self):
+        from hpack import Encoder
+
+        encoder = Encoder()
+        fields = [(":method", "GET"), (":scheme", "http"), (":authority", "127.0.0.1:10000"),
+                  (":path", "/"), ("user-agent", "h2load nghttp2/1.52.0")]
+        self.first, self.later = encoder.encode(fields), encoder.encode(fields)
+        self.stream_id = 1
+
+    def batch(self) -> bytes:
+        data = bytearray()
+        stream_id, first, later = self.stream_id, self.first, self.later
+        for _ in range(10):
+            data += _frame(1, 5, stream_id, first if stream_id == 1 else later)
+            stream_id += 2
+        self.stream_id = stream_id
+        return bytes(data)
+
+
 def rig_run(batches: int, chain: str | None = None, protocol: str = "h2") -> float:
     """CPU seconds for batches x 10 requests through the in-process rig."""
-    from hpack import Encoder
-
     loop = asyncio.new_event_loop()
     rig = make_rig(loop, chain)
     if protocol == "h1":
         return _h1_run(loop, rig, batches)
     ups = list(rig.upstreams.values()) + idle_upstreams(rig)
-    encoder = Encoder()
-    fields = [(":method", "GET"), (":scheme", "http"), (":authority", "127.0.0.1:10000"),
-              (":path", "/"), ("user-agent", "h2load nghttp2/1.52.0")]
-    first, later = encoder.encode(fields), encoder.encode(fields)
+    client = H2loadClient()
     conn, down = rig.conn, rig.down
-    settings = struct.pack(">HLHL", 2, 0, 4, 2**30 - 1)      # as h2load: 2^30-1 windows
-    conn.data_received(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + _frame(4, 0, 0, settings)
-                       + _frame(8, 0, 0, struct.pack(">L", 2**30 - 1 - 65535)))
+    conn.data_received(client.PREFACE)
     down.take()
-    conn.data_received(_frame(4, 1, 0))     # SETTINGS ack
-    stream_id, answered, out = 1, 0, b""
+    conn.data_received(client.SETTINGS_ACK)
+    answered, out = 0, b""
     t0 = time.process_time()
     for _ in range(batches):
-        data = bytearray()
-        for _ in range(10):
-            data += _frame(1, 5, stream_id, first if stream_id == 1 else later)
-            stream_id += 2
-        conn.data_received(bytes(data))
+        conn.data_received(client.batch())
         for up in ups:
             if up.streams:
                 up.transport.take()
@@ -163,32 +180,21 @@ def codec_run(batches: int) -> float:
     worker's options (Envoy's flood limits and premature-reset check): 10 HEADERS per
     receive() (HPACK-indexed after the first, as h2load sends them), each answered by a 200
     head with two fields and a 64-byte body, the turn's bytes taken once."""
-    from hpack import Encoder
-
     from baton.worker.codecs.h2server import LeanHttp2ServerCodec
     from baton.worker.codecs.message import Headers, Response
     from baton.worker.proxy.http.config import _h2_options
 
     codec = LeanHttp2ServerCodec(**_h2_options({}))     # as the worker makes it
     codec.initiate()
-    encoder = Encoder()
-    fields = [(":method", "GET"), (":scheme", "http"), (":authority", "127.0.0.1:10000"),
-              (":path", "/"), ("user-agent", "h2load nghttp2/1.52.0")]
-    first, later = encoder.encode(fields), encoder.encode(fields)
-    settings = struct.pack(">HLHL", 2, 0, 4, 2**30 - 1)
-    codec.receive(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + _frame(4, 0, 0, settings)
-                  + _frame(8, 0, 0, struct.pack(">L", 2**30 - 1 - 65535)) + _frame(4, 1, 0))
+    client = H2loadClient()
+    codec.receive(client.PREFACE + client.SETTINGS_ACK)
     codec.data_to_send()
     response = Response(200, Headers([("content-type", "text/plain"),
                                       ("content-length", "64")]))
-    stream_id, answered = 1, 0
+    answered = 0
     t0 = time.process_time()
     for _ in range(batches):
-        data = bytearray()
-        for _ in range(10):
-            data += _frame(1, 5, stream_id, first if stream_id == 1 else later)
-            stream_id += 2
-        for event in codec.receive(bytes(data)):
+        for event in codec.receive(client.batch()):
             codec.send_head(event.stream_id, response, False)
             codec.send_body(event.stream_id, BODY, True)
         answered += codec.data_to_send().count(b"\x00\x00\x40\x00\x01")
