@@ -7,7 +7,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 from baton.worker.codecs.message import Headers, Request
-from baton.worker.proxy.http.route_again import route_again
+from baton.worker.proxy.http.route_again import refilter, route_again
 from baton.worker.wasm import abi, foreign
 from baton.worker.wasm.maps import RequestMap
 
@@ -69,3 +69,38 @@ def test_the_foreign_function_clears_the_calling_streams_cache():
                                     Request("GET", "/", "h", Headers([])))
     assert foreign.call(host, b"clear_route_cache", b"") == (abi.OK, b"")
     assert cleared == [1]
+
+
+class _Factory:
+    """Makes a filter (its name and the route it saw) unless the route turns it off."""
+
+    def __init__(self, name):
+        self.name = name
+
+    def create(self, stream):
+        if self.name in getattr(stream.route, "off", ()):
+            return None
+        return SimpleNamespace(name=self.name, route=stream.route, request_body_hooks=False,
+                               response_body_hooks=False)
+
+
+def test_refilter_makes_the_filters_still_to_come_for_the_new_route():
+    # Factories p, x, y, z; the first route turned x off; p has run and cleared the cache;
+    # the new route turns z off and x on.
+    first, new = route("first"), route("new")
+    first.off, new.off = ("x",), ("z",)
+    factories = [_Factory(n) for n in "pxyz"]
+    stream = stream_for({"/b": new}, "/b")
+    stream.route = first
+    stream.hcm.filter_factories = factories
+    stream.skipped_factories = [factories[1]]
+    stream.filters = [factories[i].create(stream) for i in (0, 2, 3)]
+    passed = stream.filters[0]
+    stream.filter_index = 1
+    stream.body_chain = None
+    refilter(stream)
+    assert [f.name for f in stream.filters] == ["p", "x", "y"]
+    assert stream.filters[0] is passed and passed.route is first
+    assert all(f.route is new for f in stream.filters[1:])
+    assert stream.skipped_factories == [factories[3]]
+    assert stream.body_chain is None            # no body hooks: the plain body path

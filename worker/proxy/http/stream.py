@@ -21,7 +21,7 @@ from . import grpc_reply, path_normalize
 from . import xfcc
 from .body_filters import chain_for, replaced_by
 from .filter import PAUSE, Delay, LocalReply
-from .route_again import route_again
+from .route_again import refilter
 from .route_rewrite import ADD_IF_ABSENT, APPEND, OVERWRITE, REMOVE
 from .router import (GRPC_RETRY_ON, Router, expected_timeout_header, route_timeout,
                      set_grpc_timeout)
@@ -174,7 +174,7 @@ class Stream:
                  "done", "cluster_name", "delay_timer", "buffer_limit", "paused_downstream",
                  "upgrade", "expect_continue", "end_at_head", "controls", "last_activity",
                  "idle_timeout", "window_held", "picked", "body_watcher", "body_chain",
-                 "route_stale")
+                 "route_stale", "skipped_factories")
 
     def __init__(self, conn, event, info: StreamInfo | None = None):
         """`conn`: the HttpConnection (connection_manager.py); `event`: the RequestHead, or
@@ -225,6 +225,7 @@ class Stream:
         self.body_watcher = None        # a PAUSEd filter waiting for body (ext_authz)
         self.body_chain = None          # the filters' body/trailer hooks (body_filters.py)
         self.route_stale = False        # a filter cleared the route cache (route_again.py)
+        self.skipped_factories = None   # [factory] whose create() made no filter here
 
     @classmethod
     def from_express(cls, exchange) -> "Stream":
@@ -317,6 +318,10 @@ class Stream:
                 made = factory.create(self)
                 if made is not None:
                     filters.append(made)
+                elif self.skipped_factories is None:    # (for refilter: route_again.py)
+                    self.skipped_factories = [factory]
+                else:
+                    self.skipped_factories.append(factory)
             if filters:
                 self._continue_filters()
                 return
@@ -338,6 +343,8 @@ class Stream:
             if reply is not None:
                 result, reply = reply, None
             else:
+                if self.route_stale:
+                    refilter(self)      # the filters still to come read the new route
                 result = filters[self.filter_index].on_request_headers(self.request,
                                                                        self.end_at_head)
                 self.filter_index += 1
@@ -364,7 +371,12 @@ class Stream:
                     self.body_chain.headers_advanced()
                 return
         if self.route_stale:
-            route_again(self)           # what the router will ask for, as Envoy's lazy pick
+            # What the router will ask for, as Envoy's lazy pick; a factory after the last
+            # filter may make one for the new route.
+            refilter(self)
+            if self.filter_index < len(filters):
+                self._continue_filters()
+                return
         if self.body_chain is not None:
             self.body_chain.headers_advanced()
             if self.done:
