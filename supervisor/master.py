@@ -659,6 +659,10 @@ class Master:
             gauges.update(agent_gauges)
             merged["counters"].update(self.xds.counters)
             gauges["listener_manager.total_listeners_active"] = len(self.snapshot["listeners"])
+        from ..worker.wasm.remote import stats as remote_stats
+        for into, add in zip((merged["counters"], gauges), remote_stats()):    # the bootstrap's
+            for name, value in add.items():                     # remote Wasm code, fetched here
+                into[name] = into.get(name, 0) + value
         gauges["server.live"] = int(self.lifecycle.live)
         gauges["server.uptime"] = int(time.time() - self.started_at)
         gauges["server.concurrency"] = len(self.workers.slots)

@@ -175,8 +175,11 @@ class Agent:
             self.dirty.clear()
             now = self.loop.time()
             self.config.promote(now)
+            from ..worker.wasm.remote import stats as remote_stats
+            counters, gauges = remote_stats()       # wasm.remote_load_*: fetched here
             msg = {"type": "config", "config": self.config.published(now),
-                   "stats": {"counters": dict(self.stats.counters), "gauges": self.stats.gauges()}}
+                   "stats": {"counters": {**self.stats.counters, **counters},
+                             "gauges": {**self.stats.gauges(), **gauges}}}
             try:
                 self.channel.send(msg)
             except Exception as exc:  # noqa: BLE001 - ChannelClosed: _on_closed ends us
@@ -360,7 +363,7 @@ class Agent:
             return errors
         log.info("xds agent: fetching %d remote Wasm module(s) for %s version %r", len(fetches),
                  SHORT[update.type_url], update.version)
-        await asyncio.gather(*(self.loop.run_in_executor(None, module.get)
+        await asyncio.gather(*(self.loop.run_in_executor(None, module.fetch_deferred)
                                for module in fetches.values()))
         return self.config.apply(update, self.loop.time())
 

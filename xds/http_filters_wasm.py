@@ -2,14 +2,14 @@
 
     translate_wasm(pb, path, errors, warnings) -> ("envoy.filters.http.wasm", config)
 
-config: {"name", "root_id", "vm_id": str, "configuration", "vm_config": bytes,
+config: {"name", "root_id", "vm_id", "runtime": str, "configuration", "vm_config": bytes,
 "code": bytes, "sha256": hex, "environment": {name: value}, "fail_open": bool,
 "reload_seconds": float or None}
 (worker/proxy/http/wasm.py runs it).
 
 As Envoy 1.40 reads a PluginConfig:
 - runtime: envoy.wasm.runtime.{v8,wamr,wasmtime,wavm} all run on wasmtime (Baton has one
-  engine); envoy.wasm.runtime.null is Istio's built-ins (xds/http_filters_istio.py).
+  engine; the VM stats carry the name given); envoy.wasm.runtime.null is Istio's built-ins (xds/http_filters_istio.py).
 - code: vm_config.code.local as a filename (read now, hashed), inline_bytes or
   inline_string; or `remote` (http_uri, sha256, retry_policy): fetched now, by this process,
   through http_uri.cluster, with Envoy's tries and hash check (worker/wasm/remote.py says
@@ -147,12 +147,14 @@ def translate_wasm(pb, path, errors, warnings):
                       f"({', '.join(RUNTIMES)}, or {NULL_RUNTIME} for Istio's built-ins)")
     remote = None
     failed = ""             # remote code that could not be fetched: the plugin fails
+    from ..worker.wasm.remote import declare_stats
+    declare_stats()         # Envoy lists wasm.remote_load_* once it has a Wasm filter
     if vm.code.WhichOneof("specifier") == "remote":
         remote = _remote(vm.code.remote, join(join(vm_path, "code"), "remote"), errors)
         code = None
         if remote is not None and vm.nack_on_code_cache_miss:
-            from ..worker.wasm.remote import cached, fetch_in_background
-            code = cached(remote.sha256)
+            from ..worker.wasm.remote import fetch_in_background
+            code = remote.held()
             if code is None:            # Envoy's NACK, and a fetch for the next time
                 fetch_in_background(remote)
                 errors.append(f"{path}: Unable to create Wasm plugin {plugin.name}: its remote "
@@ -181,6 +183,7 @@ def translate_wasm(pb, path, errors, warnings):
         errors.append(f"{join(here, 'configuration')}: {exc}")
         return None, None
     config = {"name": plugin.name, "root_id": plugin.root_id, "vm_id": vm.vm_id,
+              "runtime": vm.runtime,        # the VM stats' name (plugin.py)
               "configuration": configuration, "vm_config": vm_config, "code": code,
               "sha256": remote.sha256 if remote is not None else hashlib.sha256(code).hexdigest(),
               "failed": failed,

@@ -16,7 +16,7 @@ import pytest
 from ..tls_certs import leaf, make_ca
 from .differential.bootstraps import bootstrap, cluster, http_listener
 from .differential.compare import differential, header
-from .differential.proxies import ProxyPair, Recorder
+from .differential.proxies import PROXIES, ProxyPair, Recorder
 from .test_differential_wasm import exchange
 from .test_differential_wasm_remote import remote_filter
 from .test_wasm_remote_ecds import module
@@ -124,3 +124,22 @@ def test_a_cluster_that_does_not_exist_leaves_the_plugin_uncreated(pair):
     def expect(obs):
         assert (obs["status"], obs["body"]) == (503, ""), obs
     differential(pair, exchange("nowhere", "/ok", "cluster-nowhere"), expect)
+
+
+REMOTE_STATS = {    # Envoy 1.40's, for the three modules above: two fetched, one failed
+    "wasm.remote_load_cache_hits": 0, "wasm.remote_load_cache_misses": 3,
+    "wasm.remote_load_cache_negative_hits": 0, "wasm.remote_load_fetch_successes": 2,
+    "wasm.remote_load_fetch_failures": 1, "wasm.remote_load_cache_entries": 3}
+
+
+@pytest.mark.parametrize("proxy", PROXIES)
+def test_the_remote_code_and_vm_stats_are_envoys(pair, proxy):
+    target = pair.target(proxy)
+    exchange("plain", "/ok", "cluster-stats")(target)           # a VM in use in a worker
+    stats = target.stats("wasm.")
+    assert {k: stats.get(k) for k in REMOTE_STATS} == REMOTE_STATS, stats
+    # VM counts differ (Envoy makes a VM per plugin per worker and one on its main thread
+    # at load; Baton a VM per worker at first use): the names and their sense do not.
+    runtime = "wasm.envoy.wasm.runtime.v8."
+    assert stats[runtime + "created"] >= stats[runtime + "active"] >= 1, stats
+    assert stats["wasm.wasm_vm_count"] == stats[runtime + "active"], stats

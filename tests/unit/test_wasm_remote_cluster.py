@@ -179,3 +179,34 @@ def test_a_negatively_cached_module_is_not_deferred_again(monkeypatch):
         errors, warnings = [], []
         name, config = translate_wasm(wasm_pb(**code()), "f", errors, warnings)
     assert errors == [] and fetches == {} and config["failed"].endswith(": refused")
+
+
+def counts() -> dict:
+    counters, gauges = remote.stats()
+    return {k.removeprefix("wasm.remote_load_"): v for k, v in {**counters, **gauges}.items()}
+
+
+def test_the_stats_count_as_envoys_code_cache(monkeypatch, server):
+    monkeypatch.setattr(remote, "_counts", dict.fromkeys(remote.COUNTERS, 0))
+    monkeypatch.setattr(remote, "_declared", False)
+    assert remote.stats() == ({}, {})       # no Wasm filter yet: not listed
+    remote.use_clusters({"modules": cluster("modules", [server.port])})
+    errors, once = [], {"retry_policy": {"num_retries": 0}}
+    translate_wasm(wasm_pb(**code(**once)), "f", errors, [])    # cluster "c": no such cluster
+    assert counts() == {"cache_hits": 0, "cache_misses": 1, "cache_negative_hits": 0,
+                        "fetch_successes": 0, "fetch_failures": 1, "cache_entries": 1}
+    translate_wasm(wasm_pb(**code(**once)), "f", errors, [])    # within 10 s: negative cache
+    assert counts()["cache_negative_hits"] == 1 and counts()["fetch_failures"] == 1
+    remote._failed.clear()
+    good = code()
+    good["code"]["remote"]["http_uri"]["cluster"] = "modules"
+    with remote.deferring() as fetches:     # the agent: a miss, then the fetch off the loop
+        translate_wasm(wasm_pb(**good), "f", errors, [])
+    fetches[SHA].fetch_deferred()
+    with remote.deferring():                # translated again: nothing more counted
+        name, config = translate_wasm(wasm_pb(**good), "f", errors, [])
+    assert config["code"] == DENY
+    assert counts() == {"cache_hits": 0, "cache_misses": 2, "cache_negative_hits": 1,
+                        "fetch_successes": 1, "fetch_failures": 1, "cache_entries": 1}
+    translate_wasm(wasm_pb(**good), "f", errors, [])        # a later config: a hit
+    assert counts()["cache_hits"] == 1

@@ -69,7 +69,28 @@ def _new_vm(config: dict, stats, node, keep: bool = True) -> VM:
     # worker's (or, before the fork, the master's) queues.
     host = abi.AbiHost(config["vm_id"], config["vm_config"], stats, node, log,
                        config["environment"], None if keep else SharedQueues())
-    return VM(module, host)
+    vm = VM(module, host)
+    if keep and stats is not None:
+        _count_vm(vm, stats, config.get("runtime") or "envoy.wasm.runtime.v8")
+    return vm
+
+
+def _count_vm(vm: VM, stats, runtime: str) -> None:
+    """Envoy 1.40's VM stats, as its /stats names them (measured): the counter
+    wasm.<runtime>.created, the gauges wasm.<runtime>.active and wasm.wasm_vm_count. A
+    worker's VMs are counted; the config check's throwaway VM is not (Envoy's main-thread
+    VM, which it keeps, is)."""
+    scope = f"wasm.{runtime}."
+    stats.counters[scope + "created"] += 1
+    gauges = stats.gauges
+    gauges[scope + "active"] += 1
+    gauges["wasm.wasm_vm_count"] += 1
+    weakref.finalize(vm, _vm_gone, gauges, scope + "active")
+
+
+def _vm_gone(gauges, active: str) -> None:
+    gauges[active] -= 1
+    gauges["wasm.wasm_vm_count"] -= 1
 
 
 class PluginRoot:

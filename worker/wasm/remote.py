@@ -64,6 +64,37 @@ _in_flight: set[str] = set()
 _clusters = None            # name -> translated cluster, what the translation may fetch through
 _eds = None                 # EDS service name -> endpoints, or None
 _deferred: dict | None = None   # sha256 -> Remote: the agent's fetches to make off its loop
+_fresh: set[str] = set()        # fetched for a deferral: the translation again counts nothing
+
+# Envoy 1.40's remote code stats (measured on its /stats, named in wasm.cc's createWasm and
+# stats_handler.cc): wasm.remote_load_cache_{hits,misses,negative_hits},
+# wasm.remote_load_fetch_{successes,failures}, the gauge wasm.remote_load_cache_entries.
+# Listed (at 0) once any Wasm filter is translated in this process, as Envoy lists them.
+COUNTERS = ("remote_load_cache_hits", "remote_load_cache_misses",
+            "remote_load_cache_negative_hits", "remote_load_fetch_successes",
+            "remote_load_fetch_failures")
+_counts = dict.fromkeys(COUNTERS, 0)
+_declared = False
+
+
+def _count(really: bool, name: str) -> None:
+    if really:
+        _counts[name] += 1
+
+
+def declare_stats() -> None:
+    global _declared
+    _declared = True
+
+
+def stats() -> tuple[dict, dict]:
+    """(counters, gauges) of this process's remote code, by Envoy's names; empty before any
+    Wasm filter was translated here."""
+    if not _declared:
+        return {}, {}
+    entries = len(_fetched.keys() | _failed.keys())     # Envoy's code cache: negatives too
+    return ({f"wasm.{name}": value for name, value in _counts.items()},
+            {"wasm.remote_load_cache_entries": entries})
 
 
 class Upstream:
@@ -121,6 +152,15 @@ class Remote:
         self.upstream = upstream            # None: the cluster does not exist
         self._next = random.randrange(1 << 16)      # the endpoint of the next try
 
+    def held(self) -> bytes | None:
+        """nack_on_code_cache_miss's question: the code held now, the lookup counted."""
+        code = cached(self.sha256)
+        failed = _failed.get(self.sha256)
+        negative = failed is not None and time.monotonic() - failed[0] < NEGATIVE_SECONDS
+        _count(True, "remote_load_cache_hits" if code is not None else
+               "remote_load_cache_negative_hits" if negative else "remote_load_cache_misses")
+        return code
+
     def defer(self) -> bool:
         """Inside deferring(): True, and recorded, when get() would have to fetch."""
         if _deferred is None or cached(self.sha256) is not None:
@@ -128,18 +168,30 @@ class Remote:
         failed = _failed.get(self.sha256)
         if failed is not None and time.monotonic() - failed[0] < NEGATIVE_SECONDS:
             return False
-        _deferred.setdefault(self.sha256, self)
+        if self.sha256 not in _deferred:
+            _deferred[self.sha256] = self
+            _count(True, "remote_load_cache_misses")
         return True
 
-    def get(self, sleep=time.sleep) -> tuple[bytes | None, str]:
+    def get(self, sleep=time.sleep, count: bool = True) -> tuple[bytes | None, str]:
         """The code (from what this process or the cache holds, else fetched, with the
-        retries), or None and why the last try failed."""
+        retries), or None and why the last try failed. `count`: the lookup counts a cache
+        hit, negative hit or miss (a fetch counts its success or failure in any case)."""
+        fresh = self.sha256 in _fresh       # fetched for the agent's deferral: counted then
+        _fresh.discard(self.sha256)
         code = cached(self.sha256)
         if code is not None:
+            _count(count and not fresh, "remote_load_cache_hits")
             return code, ""
         failed = _failed.get(self.sha256)
         if failed is not None and time.monotonic() - failed[0] < NEGATIVE_SECONDS:
+            _count(count and not fresh, "remote_load_cache_negative_hits")
             return None, failed[1]          # Envoy's negative cache: no new fetch yet
+        _count(count, "remote_load_cache_misses")
+        return self.fetch(sleep)
+
+    def fetch(self, sleep=time.sleep) -> tuple[bytes | None, str]:
+        """The tries; the code kept, or the failure negatively cached."""
         why = ""
         ceiling = self.base
         for attempt in range(self.retries + 1):
@@ -150,9 +202,16 @@ class Remote:
             if code is not None:
                 keep(self.sha256, code)
                 _failed.pop(self.sha256, None)
+                _count(True, "remote_load_fetch_successes")
                 return code, ""
         _failed[self.sha256] = (time.monotonic(), why)
+        _count(True, "remote_load_fetch_failures")
         return None, why
+
+    def fetch_deferred(self) -> None:
+        """The agent's fetch of a deferred module (its miss counted by defer())."""
+        self.fetch()
+        _fresh.add(self.sha256)
 
     def try_once(self) -> tuple[bytes | None, str]:
         """One GET through the cluster: its next endpoint, its TLS; a 200 only."""
@@ -253,7 +312,7 @@ def fetch_in_background(remote: Remote) -> None:
 
     def run():
         try:
-            remote.get()
+            remote.get(count=False)         # the translation counted its miss
         finally:
             _in_flight.discard(remote.sha256)
     threading.Thread(target=run, name="wasm-fetch", daemon=True).start()
