@@ -61,6 +61,14 @@ MAX_TABLES = 8
 ABI_VERSIONS = ("proxy_abi_version_0_2_0", "proxy_abi_version_0_2_1")
 
 _U32 = struct.Struct("<I")
+_U32_AT = _U32.unpack_from
+
+
+def _packer(params, values) -> tuple:
+    """An export's arguments written into its value array in one struct call: (pack_into,
+    the array's bytes). A value is 16 bytes; an i32 (as unsigned) or an i64 in its low end."""
+    layout = "".join("q8x" if str(p) == "i64" else "I12x" for p in params)
+    return struct.Struct("<" + layout).pack_into, memoryview(values).cast("B")
 # wasmtime_func_unchecked_callback_t (env, caller, values, count) -> trap, all as addresses.
 _CALLBACK = ctypes.CFUNCTYPE(ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
                              ctypes.c_void_p, ctypes.c_size_t)
@@ -325,7 +333,8 @@ class VM:
                 values = (ffi.wasmtime_val_raw * size)()
                 self._keep.append(func)         # its wasmtime_func_t, called by address
                 self.exports[export.name] = (len(ftype.results), ctypes.addressof(func._func),
-                                             values, ctypes.addressof(values), size)
+                                             values, ctypes.addressof(values), size,
+                                             _packer(ftype.params, values))
         self.ctx = self.store._context()
         # The raw C functions, bound once: a call in pays one ctypes call, not wrappers.
         # Called through a prototype of plain addresses: ctypes converts no argument (0.82 ->
@@ -356,7 +365,8 @@ class VM:
         # The allocator runs nested inside hostcalls, while the export that made them still
         # holds its own array: the allocator gets a second one.
         values = (ffi.wasmtime_val_raw * malloc[4])()
-        self._malloc_entry = (malloc[0], malloc[1], values, ctypes.addressof(values), malloc[4])
+        self._malloc_entry = (malloc[0], malloc[1], values, ctypes.addressof(values), malloc[4],
+                              _packer(("i32",), values))     # (size) -> address
         for init in ("_initialize", "_start"):
             if init in self.exports:
                 self.call(init)
@@ -386,8 +396,10 @@ class VM:
             return None
         if self.failed:
             raise Trapped(self.failed)
-        self._deadline = self._ticks[0] + DEADLINE_TICKS
-        self._set_deadline(self.ctx, DEADLINE_TICKS)
+        deadline = self._ticks[0] + DEADLINE_TICKS
+        if deadline != self._deadline:     # else the epoch has not moved (a tick is 0.25 s):
+            self._deadline = deadline       # the deadline set is already this one
+            self._set_deadline(self.ctx, DEADLINE_TICKS)
         try:
             result = self._invoke(self.ctx, entry, args)
         except Trapped as exc:
@@ -405,11 +417,14 @@ class VM:
             actions.pop(0)()
 
     def _invoke(self, ctx, entry, args):
-        nresults, func, values, address, size = entry
-        i = 0
-        for arg in args:
-            values[i].i32 = arg
-            i += 1
+        nresults, func, values, address, size, (pack, view) = entry
+        try:
+            pack(view, 0, *args)            # the arguments in one write, not a field each
+        except (struct.error, TypeError):   # a negative i32, a float, a count that differs
+            i = 0
+            for arg in args:
+                values[i].i32 = arg
+                i += 1
         error = self._call_raw(self._ctx_address, func, address, size, self._trap_address)
         if error:
             error = ctypes.cast(error, ctypes.POINTER(self._ffi.wasmtime_error_t))
@@ -419,7 +434,7 @@ class VM:
             self._trap = ctypes.POINTER(self._ffi.wasm_trap_t)()
             self._trap_address = ctypes.addressof(self._trap)
             raise Trapped(_trap_text(str(trap)))
-        return (values[0].i32 & 0xFFFFFFFF) if nresults else None
+        return _U32_AT(view)[0] if nresults else None   # an i32 as unsigned: its low half
 
     def _give_back(self, ctx, entered: int) -> None:
         """A hostcall entered at tick `entered` returns, later: the ticks it took are the
