@@ -50,7 +50,7 @@ RUNTIMES = ("envoy.wasm.runtime.v8", "envoy.wasm.runtime.wamr", "envoy.wasm.runt
             "envoy.wasm.runtime.wavm")
 NULL_RUNTIME = "envoy.wasm.runtime.null"
 _PLUGIN_FIELDS = ("name", "root_id", "vm_config", "configuration", "fail_open",
-                  "failure_policy", "reload_config")
+                  "failure_policy", "reload_config", "allow_on_headers_stop_iteration")
 _VM_FIELDS = ("vm_id", "runtime", "code", "configuration", "allow_precompiled",
               "environment_variables", "nack_on_code_cache_miss")
 _WRAPPERS = ("google.protobuf.StringValue", "google.protobuf.BytesValue")
@@ -190,7 +190,9 @@ def translate_wasm(pb, path, errors, warnings):
               "environment": _environment(vm.environment_variables),
               "fail_open": policy == "FAIL_OPEN" or (policy == "UNSPECIFIED" and
                                                      plugin.fail_open),
-              "reload_seconds": reload_seconds}
+              "reload_seconds": reload_seconds,
+              # worker/proxy/http/wasm.py headers_action (a BoolValue: unset is false)
+              "allow_on_headers_stop_iteration": plugin.allow_on_headers_stop_iteration.value}
     if failed:              # no code: the plugin fails in the workers (503, or fail_open)
         warnings.append(f"{path}: {failed}")
         return NAME, config

@@ -217,9 +217,9 @@ class AbiHost:
         if ctx is None or kind < 0 or kind > RESPONSE_TRAILERS:
             return None
         found = ctx.maps.get(kind)
-        if found is None and ctx.request is not None:
+        if found is None and ctx.request is not None and kind not in ctx.maps:
             found = ctx.maps[kind] = PairsMap()       # not there yet: an empty map
-        return found
+        return found                # (None kept in maps: gone on, worker/proxy/http/wasm.py)
 
     def get_header(self, kind: int, key: bytes) -> tuple[int, bytes]:
         m = self._map(kind)
@@ -231,7 +231,10 @@ class AbiHost:
     def get_pairs(self, kind: int) -> tuple[int, bytes]:
         m = self._map(kind)
         if m is None:
-            return BAD_ARGUMENT, b""
+            # A map that has gone on is no pairs (Envoy's getHeaderMapPairs of a null map).
+            ctx = self.current
+            gone = ctx is not None and kind in ctx.maps
+            return (OK, b"") if gone else (BAD_ARGUMENT, b"")
         return OK, serialize_pairs(m.pairs())
 
     def set_pairs(self, kind: int, data: bytes) -> int:

@@ -325,6 +325,11 @@ class PluginRoot:
             host.current = ctx
             if vm.call("proxy_on_done", ctx.id) in (None, 1):
                 if self.has_log:
+                    # The headers that went on are there again (Envoy's access log phase).
+                    if ctx.request is not None:
+                        ctx.maps[abi.REQUEST_HEADERS] = maps.RequestMap(ctx.request)
+                    if ctx.response is not None:
+                        ctx.maps[abi.RESPONSE_HEADERS] = maps.ResponseMap(ctx.response)
                     vm.call("proxy_on_log", ctx.id)
                 vm.call("proxy_on_delete", ctx.id)
         finally:

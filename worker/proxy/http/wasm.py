@@ -5,8 +5,13 @@ and vm configuration (worker/wasm/plugin.py); each request gets a stream context
 
 - proxy_on_request_headers: the plugin may change the request's headers (pseudo-headers
   included); a proxy_send_local_response answers the request (its status, body, headers and
-  details, as Envoy's sendLocalReply: text/plain when there is a body); any other answer
-  than Continue pauses the request until the plugin calls proxy_continue_stream.
+  details, as Envoy's sendLocalReply: text/plain when there is a body); Pause holds the
+  request, its body too, until the plugin calls proxy_continue_stream; with the plugin
+  config's allow_on_headers_stop_iteration the body still reaches the plugin, whose body
+  callback's Continue lets the headers go on (headers_action).
+- Once a callback's headers (or trailers) have gone on, the plugin can no longer read or
+  change them: BAD_ARGUMENT, as Envoy's Context that forgot them (_gone); proxy_on_log
+  reads them again.
 - proxy_on_response_headers: on the upstream's response and on a local reply alike (this
   filter's own too: Envoy runs the encoder filters on its local replies).
 - At the end of the stream: proxy_on_done, proxy_on_log, proxy_on_delete.
@@ -55,6 +60,7 @@ class WasmFilterFactory(FilterFactory):
     def __init__(self, config: dict, context):
         super().__init__(config, context)
         self.fail_open = config["fail_open"]
+        self.allow_stop_iteration = config.get("allow_on_headers_stop_iteration", False)
         self.reload_after = config.get("reload_seconds")      # FAIL_RELOAD's backoff
         self.context = context
         self.root = None
@@ -109,11 +115,7 @@ class WasmStreamFilter(StreamFilter):
     """A plugin that exports no body or trailer callback: the headers only (its streams
     keep the plain body path)."""
 
-    __slots__ = ("factory", "root", "ctx", "paused")
-    # Envoy's Wasm filter turns a Pause from proxy_on_request_headers into
-    # StopAllIterationAndWatermark (context.cc: allow_on_headers_stop_iteration is false by
-    # default): the body waits before the plugin until it continues.
-    pause_holds_body = True
+    __slots__ = ("factory", "root", "ctx", "paused", "pause_holds_body")
 
     def __init__(self, stream, factory: WasmFilterFactory):
         self.stream = stream
@@ -121,6 +123,9 @@ class WasmStreamFilter(StreamFilter):
         self.root = factory.root            # this stream's, even if a reload replaces it
         self.ctx = None
         self.paused = None                  # "headers", "request" or "response": waiting
+        # A Pause from proxy_on_request_headers is StopAllIterationAndWatermark, the body
+        # waiting before the plugin, unless allow_on_headers_stop_iteration (headers_action)
+        self.pause_holds_body = True
 
     def _failed(self, exc):
         log.error("Wasm plugin %s: %s", self.factory.config["name"], exc)
@@ -135,8 +140,11 @@ class WasmStreamFilter(StreamFilter):
             return self._failed(exc)
         if ctx.local_reply is not None:
             return _local_reply(ctx.local_reply)
-        if action == 0 or ctx.continued:
+        action = headers_action(action, self.factory.allow_stop_iteration)
+        if action is None or ctx.continued:
+            _gone(ctx, abi.REQUEST_HEADERS)
             return None
+        self.pause_holds_body = action is STOP_ALL
         self._pause(ctx, "headers")
         return PAUSE
 
@@ -149,6 +157,9 @@ class WasmStreamFilter(StreamFilter):
         """proxy_continue_stream or proxy_send_local_response while paused: go on (or
         answer) after the current VM call."""
         phase = self.paused
+        ctx = self.ctx
+        if ctx is not None:         # Envoy's continueStream forgets the request's maps
+            _gone(ctx, abi.REQUEST_HEADERS, abi.REQUEST_TRAILERS)
         if phase is not None:
             self.paused = None
             self.stream.loop.call_soon(self._go_on, phase)
@@ -202,6 +213,7 @@ class WasmStreamFilter(StreamFilter):
         except Trapped as exc:
             return self._failed(exc)
         if status == 0 or ctx.continued:
+            _gone(ctx, kind)
             return None
         self._pause(ctx, phase)
         return PAUSE
@@ -222,7 +234,8 @@ class WasmStreamFilter(StreamFilter):
         reply = ctx.local_reply
         if reply is not None and reply is not before:
             return _local_reply(reply)
-        if action == 0 or ctx.continued:
+        if headers_action(action, False) is None or ctx.continued:
+            _gone(ctx, abi.RESPONSE_HEADERS)
             return None
         self._pause(ctx, "response_head")
         return PAUSE
@@ -235,6 +248,32 @@ class WasmStreamFilter(StreamFilter):
                 self.root.end_stream(ctx)
             except Trapped as exc:
                 log.error("Wasm plugin %s: %s", self.factory.config["name"], exc)
+
+
+STOP_ALL = "stop_all"
+
+
+def headers_action(result: int, allow_stop_iteration: bool) -> str | None:
+    """A headers callback's answer as Envoy 1.40 takes it: None (Continue), PAUSE
+    (StopIteration: the body still reaches the plugin) or STOP_ALL (the body waits too).
+    proxy-wasm-cpp-host's convertVmCallResultToFilterHeadersStatus makes StopIteration (1)
+    StopAllIterationAndWatermark unless allow_on_headers_stop_iteration, and anything past
+    4 StopAllIterationAndWatermark; Envoy's convertFilterHeadersStatus then takes what it
+    does not know (2, ContinueAndEndStream) as Continue."""
+    if result == 0 or result == 2:
+        return None
+    if result == 1 and allow_stop_iteration:
+        return PAUSE
+    return STOP_ALL
+
+
+def _gone(ctx, *kinds) -> None:
+    """The maps `kinds` have gone on: Envoy's Context forgets them (request_headers_ = nullptr
+    once decodeHeaders continues, and so on), the plugin's get, add, replace and remove of
+    them answer BAD_ARGUMENT, its pairs are none (abi.AbiHost._map: None kept in maps)."""
+    maps = ctx.maps
+    for kind in kinds:
+        maps[kind] = None
 
 
 class _RequestBodyFilter(WasmStreamFilter):
