@@ -1,6 +1,7 @@
 """Differential: the HTTP/2 server codec on raw frames, where a client library would not go: the
-last stream a connection error's GOAWAY names, and Envoy's HTTP/2 codec counters (http2.*)
-for what both codecs do."""
+last stream a connection error's GOAWAY names, a malformed request, streams past
+max_concurrent_streams, and Envoy's HTTP/2 codec counters (http2.*) for what both codecs
+do."""
 
 from __future__ import annotations
 
@@ -11,11 +12,27 @@ import struct
 import pytest
 from hpack import Encoder
 
+from .differential.bootstraps import bootstrap, cluster, http_listener
 from .differential.compare import differential
 from .differential.proxies import module_pair
-from .test_differential_protocol import protocol_bootstrap
 
-recorder, pair = module_pair("diff-h2codec", protocol_bootstrap, ["proto", "http10"])
+
+def h2codec_bootstrap(upstreams: dict[str, int]):
+    """test_differential_protocol.py's `proto` listener, and `h2max`: max_concurrent_streams 2."""
+    route_config = {"name": "h2codec", "virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [
+        {"match": {"prefix": "/direct"}, "direct_response": {"status": 200, "body": {"inline_string": "direct\n"}}},
+        {"match": {"prefix": "/"}, "route": {"cluster": "a"}}]}]}
+
+    def template(ports: dict[str, int], admin: int) -> dict:
+        return bootstrap(admin, [
+            http_listener("proto", ports["proto"], route_config, max_request_headers_kb=8),
+            http_listener("h2max", ports["h2max"], route_config,
+                          http2_protocol_options={"max_concurrent_streams": 2}),
+        ], [cluster("a", [upstreams["a"]])])
+    return template
+
+
+recorder, pair = module_pair("diff-h2codec", h2codec_bootstrap, ["proto", "h2max"])
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 GET = [(":method", "GET"), (":scheme", "http"), (":authority", "diff.test"), (":path", "/direct")]
@@ -135,6 +152,31 @@ def test_a_malformed_request_ends_the_connection_without_a_goaway(pair, fields):
         return exchange(target.port, request(enc, 1, fields=fields) + request(enc, 3), quiet=3,
                         report_close=True)
     differential(pair, run, lambda obs: _check(obs == ["closed"], obs))
+
+
+POST = [(":method", "POST"), (":scheme", "http"), (":authority", "diff.test"), (":path", "/up")]
+
+
+@pytest.mark.parametrize("acked, expected", [
+    (False, [("RST_STREAM", 5, 7), {"http2.stream_refused_errors": 1, "http2.tx_reset": 1}]),
+    (True, ["closed", {}]),
+], ids=["settings-not-acked", "settings-acked"])
+def test_a_stream_past_max_concurrent_streams(pair, acked, expected):
+    """Three requests still sending their bodies, two allowed: before the client acks the
+    SETTINGS that announced the limit, Envoy's codec refuses the third stream (RST_STREAM
+    REFUSED_STREAM, http2.stream_refused_errors); after, the connection ends, with no
+    GOAWAY."""
+    def run(target):
+        before = target.stats("http2.")
+        enc = Encoder()
+        frames = (frame(4, 1, 0) if acked else b"") + b"".join(
+            request(enc, stream_id, END_HEADERS, POST) for stream_id in (1, 3, 5))
+        seen = exchange(target.ports["h2max"], frames, quiet=2, report_close=True)
+        after = target.stats("http2.")
+        counted = {name: after.get(name, 0) - before.get(name, 0)
+                   for name in ("http2.stream_refused_errors", "http2.tx_reset")}
+        return seen + [{name: n for name, n in counted.items() if n}]
+    differential(pair, run, lambda obs: _check(obs == expected, obs))
 
 
 def _check(condition: bool, obs) -> None:

@@ -440,6 +440,23 @@ def test_a_malformed_request_ends_the_connection_by_default_without_a_goaway():
     assert [kind for kind, _, _ in frames_of(peer.codec.data_to_send())] == [PING]
 
 
+@pytest.mark.parametrize("acked", [False, True])
+def test_a_stream_past_max_concurrent_streams_is_refused_until_our_settings_are_acked(acked):
+    # As Envoy's codec (tests/integration/test_differential_http2_codec.py).
+    peer = Peer(max_concurrent_streams=2)
+    if acked:
+        peer.send(frame(SETTINGS, 0x1, 0))
+    events = peer.send(peer.request(1, False) + peer.request(3, False) + peer.request(5, False))
+    out = frames_of(peer.codec.data_to_send())
+    if acked:
+        assert [type(e) for e in events] == [RequestHead, RequestHead, ProtocolError]
+        assert peer.codec.closed and out == []
+    else:
+        assert [type(e) for e in events] == [RequestHead, RequestHead]
+        assert out == [(RST_STREAM, 0, 5)] and not peer.codec.closed
+        assert peer.codec._counters["http2.stream_refused_errors"] == 1
+
+
 def test_override_stream_error_resets_only_the_stream():
     peer = Peer(stream_error_on_invalid_http_message=True)
     events = peer.send(frame(HEADERS, 0x5, 1, peer.encoder.encode(BAD)))

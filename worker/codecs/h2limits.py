@@ -49,15 +49,17 @@ HEADER_LIST_SIZE_TOO_LARGE = "http2.header_list_size_too_large"
 # Counted by the codec itself, as Envoy's codec (source/common/http/http2/codec_impl.cc) counts
 # them: every RST_STREAM sent (onFrameSend); one received on an open stream (onFrameReceived);
 # a HEADERS frame on an open stream, counted before its block is decoded (trailers); a
-# malformed request (RFC 9113 8.1.1; nghttp2's HTTP messaging errors, onInvalidFrame).
+# malformed request (RFC 9113 8.1.1; nghttp2's HTTP messaging errors, onInvalidFrame); a
+# stream refused past max_concurrent_streams before our SETTINGS were acknowledged.
 TX_RESET = "http2.tx_reset"
 RX_RESET = "http2.rx_reset"
 TRAILERS = "http2.trailers"
 RX_MESSAGING_ERROR = "http2.rx_messaging_error"
+STREAM_REFUSED_ERRORS = "http2.stream_refused_errors"
 CODEC_STATS = (OUTBOUND_FLOOD, OUTBOUND_CONTROL_FLOOD, INBOUND_EMPTY_FRAMES_FLOOD,
                INBOUND_PRIORITY_FRAMES_FLOOD, INBOUND_WINDOW_UPDATE_FRAMES_FLOOD,
                HEADER_OVERFLOW, HEADER_LIST_SIZE_TOO_LARGE, TX_RESET, RX_RESET, TRAILERS,
-               RX_MESSAGING_ERROR)
+               RX_MESSAGING_ERROR, STREAM_REFUSED_ERRORS)
 
 # Envoy 1.40's defaults (Http2ProtocolOptions; runtime overload.premature_reset_*).
 ENVOY_DEFAULTS = {

@@ -58,6 +58,9 @@ class H2MoveState:
         self._highest = state["highest"]
         self._guard.continue_counts(state.get("guard") or ())
         self._preface = 24
+        # Taken as acknowledged (the handoff record has no field for it): a client acks our
+        # SETTINGS in its first round trip, as a rule long before its connection is idle.
+        self._settings_acked = True
         hpack = state["hpack"]
         table = self._decoder.header_table
         self._decoder.max_allowed_table_size = hpack["allowed"]

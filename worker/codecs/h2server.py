@@ -53,7 +53,7 @@ from .h2frames import (CANCEL, CONTINUATION, DATA, F_ACK, F_END_STREAM,
                        WINDOW_UPDATE, _DEFAULT_FRAME_SIZE, _DEFAULT_WINDOW, _GOAWAY,
                        _MAX_STREAM_ID, _MAX_WINDOW, _SETTING, _U32, _frame)
 from .h2limits import (HEADER_LIST_SIZE_TOO_LARGE, HEADER_OVERFLOW, RX_MESSAGING_ERROR, RX_RESET,
-                       TRAILERS, Flood, FloodGuard)
+                       STREAM_REFUSED_ERRORS, TRAILERS, Flood, FloodGuard)
 from .h2movestate import H2MoveState
 from .h2reader import _UNBOUNDED, _WHOLE_BLOCK_BYTES, HEADERS_COST, H2FrameReader, _ConnError
 from .h2send import _DRAIN_PING, H2Sender
@@ -79,7 +79,8 @@ class LeanHttp2ServerCodec(H2FrameReader, H2Sender, H2FlowControl, H2MoveState):
                  "_frames_per_turn", "_backlog", "_stream_error_on_invalid", "_clock",
                  "_track_resets", "_turn_time",
                  "_table_gen", "_header_cache", "_events", "_hold_new", "_flush_bytes",
-                 "_flush_budget", "_flush_later", "_decode_cost", "_slicing", "_counters")
+                 "_flush_budget", "_flush_later", "_decode_cost", "_slicing", "_counters",
+                 "_settings_acked")
     multiplexed = True      # streams interleave: a fault ends one stream; draining is GOAWAY
 
     def __init__(self, *, max_header_bytes: int = 60 * 1024, max_headers: int = 100,
@@ -138,6 +139,7 @@ class LeanHttp2ServerCodec(H2FrameReader, H2Sender, H2FlowControl, H2MoveState):
         self._events: list = []
         self._guard = FloodGuard(**limits)
         self._counters = defaultdict(int) if counters is None else counters
+        self._settings_acked = False             # the peer acknowledged our SETTINGS
         self.flood: str | None = None            # the stat of the limit that ended us
         self._counted = 0                        # bytes of _out whose frames the guard counted
         self._frames_per_turn = frames_per_turn
@@ -337,9 +339,20 @@ class LeanHttp2ServerCodec(H2FrameReader, H2Sender, H2FlowControl, H2MoveState):
         if self_dependent:
             self._stream_error(stream_id, PROTOCOL_ERROR)
             return
-        if stream_id > self._accept_upto or len(self._streams) >= self._max_concurrent:
-            # Opened after our final GOAWAY, or past our concurrency limit: never processed,
-            # so the client may retry it.
+        if len(self._streams) >= self._max_concurrent:
+            # Past our concurrency limit. As Envoy's codec (nghttp2): before the client
+            # acknowledged our SETTINGS, the stream is refused (never processed, so the client
+            # may retry it; http2.stream_refused_errors); after, it is a connection error, and
+            # Envoy's codec fails at once, with no GOAWAY (measured against Envoy 1.40,
+            # tests/integration/test_differential_http2_codec.py).
+            if self._settings_acked:
+                raise _ConnError(PROTOCOL_ERROR, "max concurrent streams exceeded",
+                                 goaway=False)
+            self._counters[STREAM_REFUSED_ERRORS] += 1
+            self._send_reset(stream_id, REFUSED_STREAM)
+            return
+        if stream_id > self._accept_upto:
+            # Opened after our final GOAWAY: never processed, so the client may retry it.
             self._send_reset(stream_id, REFUSED_STREAM)
             return
         self._guard.opened_streams += 1
@@ -465,6 +478,7 @@ class LeanHttp2ServerCodec(H2FrameReader, H2Sender, H2FlowControl, H2MoveState):
         if flags & F_ACK:
             if payload:
                 raise _ConnError(FRAME_SIZE_ERROR, "SETTINGS ACK with a payload")
+            self._settings_acked = True
             return
         if len(payload) % 6:
             raise _ConnError(FRAME_SIZE_ERROR, "SETTINGS of the wrong length")
