@@ -24,6 +24,12 @@ from .differential.proxies import module_pair
 from .test_differential_wasm import FIXTURES, wasm_filter
 
 COUNTER = "wasmcustom.resp_late"
+# A plugin without body callbacks that answers Pause to every request's headers.
+PAUSE_ALWAYS = """(module (memory (export "memory") 1)
+  (func (export "proxy_abi_version_0_2_1"))
+  (func (export "proxy_on_memory_allocate") (param i32) (result i32) (i32.const 1024))
+  (func (export "proxy_on_context_create") (param i32 i32))
+  (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32) (i32.const 1)))"""
 
 
 def gone_bootstrap(upstreams: dict[str, int]):
@@ -32,7 +38,10 @@ def gone_bootstrap(upstreams: dict[str, int]):
     code = {"inline_bytes": base64.b64encode(
         wasmtime.wat2wasm((FIXTURES / "headers_gone.wat").read_text())).decode()}
     plugins = {"stop_default": wasm_filter(code, "", ""),
-               "stop_allowed": wasm_filter(code, "", "", allow_on_headers_stop_iteration=True)}
+               "stop_allowed": wasm_filter(code, "", "", allow_on_headers_stop_iteration=True),
+               "headers_only": wasm_filter({"inline_bytes": base64.b64encode(
+                   wasmtime.wat2wasm(PAUSE_ALWAYS)).decode()}, "", "",
+                   allow_on_headers_stop_iteration=True)}
 
     def template(ports: dict[str, int], admin: int) -> dict:
         return bootstrap(admin, [http_listener(name, ports[name], route_config,
@@ -42,7 +51,8 @@ def gone_bootstrap(upstreams: dict[str, int]):
     return template
 
 
-recorder, pair = module_pair("diff-wasm-gone", gone_bootstrap, ["stop_default", "stop_allowed"])
+recorder, pair = module_pair("diff-wasm-gone", gone_bootstrap,
+                            ["stop_default", "stop_allowed", "headers_only"])
 
 
 def post(listener: str, path: str):
@@ -84,3 +94,12 @@ def test_allow_on_headers_stop_iteration_lets_the_body_reach_the_paused_plugin(p
 
 def test_allow_on_headers_stop_iteration_changes_nothing_for_a_continue(pair):
     differential(pair, post("stop_allowed", "/plain"), headers_gone)
+
+
+def test_a_body_lets_headers_go_on_past_a_plugin_without_body_callbacks(pair):
+    # StopIteration, and the plugin's decodeData answers Continue (it exports no
+    # proxy_on_request_body): Envoy's filter manager lets the headers go on with the body.
+    def expect(obs):
+        assert obs["status"] == 200, obs
+        assert obs["upstream"]["body_length"] == 5, obs
+    differential(pair, post("headers_only", "/any"), expect)

@@ -89,7 +89,10 @@ class WasmFilterFactory(FilterFactory):
         if root is None or root.failed:
             if self.reload_after is None or not self._reload():
                 return None if self.fail_open else FailedWasmFilter(stream)
-        return _FILTERS[any(root.request_body_hooks), any(root.response_body_hooks)](stream, self)
+        # With allow_on_headers_stop_iteration the request body reaches the plugin even
+        # without a body callback: its Continue lets headers paused there go on (Envoy).
+        return _FILTERS[any(root.request_body_hooks) or self.allow_stop_iteration,
+                        any(root.response_body_hooks)](stream, self)
 
     def _reload(self) -> bool:
         """FAIL_RELOAD: a new VM for the plugin (plugin_root starts one in place of a failed
