@@ -110,3 +110,51 @@ def test_a_service_naming_no_cluster_fails_when_the_vm_call_returns():
     assert status == g.INTERNAL_FAILURE and call.finished and 5 not in c.calls and not seen
     after.pop()()
     assert seen == [(5, "close", (g.GRPC_UNAVAILABLE, "Cluster not available"))]
+
+
+def unary_callout():
+    class Cluster:
+        buffer_limit = 1 << 20
+    events = []
+    call = g.Callout(object(), Cluster(), lambda kind, *args: events.append((kind, args)), True)
+    return call, events
+
+
+def test_a_unary_call_keeps_only_its_last_message():
+    """Envoy's AsyncRequestImpl: each message replaces the one before, the last is the answer
+    (a server that floods a unary call held every message: 3000 x 64 KiB, worker +189 MiB)."""
+    import tracemalloc
+    call, events = unary_callout()
+    frame = b"\x00" + (65536).to_bytes(4, "big") + b"x" * 65536
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for _ in range(200):                            # 12.5 MiB of messages
+            call._body(frame)
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert held < 1 << 20, held
+    call._body(b"\x00\x00\x00\x00\x02m3")
+    call._trailers({"grpc-status": "0"}, [], 200)
+    assert events == [("message", (b"m3",))]
+
+
+def test_grpc_status_is_read_as_envoys_get_grpc_status():
+    call, events = unary_callout()
+    call._trailers({"grpc-status": "\xb2"}, [], 200)        # latin-1 "²": str.isdigit() takes it
+    assert events == [("close", (-1, "via_upstream"))]
+    for value, code in (("7", 7), ("016", 16), ("17", -1), ("-1", -1)):
+        call, events = unary_callout()
+        call._trailers({"grpc-status": value}, [], 200)
+        assert events == [("close", (code, "via_upstream"))], value
+    call, events = unary_callout()
+    call._trailers({}, [], 200)                              # none: UNKNOWN
+    assert events == [("close", (g.GRPC_UNKNOWN, "via_upstream"))]
+
+
+def test_grpc_timeout_is_written_as_envoys_to_grpc_timeout():
+    from baton.worker.proxy.http.grpc_call import grpc_timeout
+    assert grpc_timeout(0.2) == "200m" and grpc_timeout(99999.999) == "99999999m"
+    assert grpc_timeout(200000) == "200000S"                 # 200,000,000 ms: 9 digits
+    assert grpc_timeout(10 ** 12) == "99999999H"             # no larger unit: clipped

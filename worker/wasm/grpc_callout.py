@@ -36,7 +36,7 @@ import os
 
 from ..codecs.events import Body, ProtocolError, ResponseHead, StreamReset, Trailers
 from ..codecs.message import Headers, Request
-from ..proxy.http.grpc_call import frame
+from ..proxy.http.grpc_call import frame, grpc_status, grpc_timeout
 from ..proxy.http.upstream_call import UpstreamCall
 from .foreign import wire_fields
 
@@ -74,7 +74,7 @@ class Callout(UpstreamCall):
     message); "close" is the last, once. UpstreamCall's waiting for the pool, cancel() and
     release are this call's; `finished` once closed."""
 
-    __slots__ = ("events", "unary", "pending", "buffer", "local_end", "messages")
+    __slots__ = ("events", "unary", "pending", "buffer", "local_end", "answer")
 
     def __init__(self, worker, cluster, events, unary: bool):
         super().__init__(worker, cluster, None)
@@ -83,12 +83,12 @@ class Callout(UpstreamCall):
         self.pending: list[tuple[bytes, bool]] = []     # sends before the stream exists
         self.buffer = bytearray()
         self.local_end = False
-        self.messages: list[bytes] = []                 # a unary call's answer
+        self.answer: bytes | None = None                # a unary call's last message
 
     def start(self, path: str, authority: str, metadata, timeout: float | None) -> None:
         headers = [("content-type", "application/grpc"), ("te", "trailers")]
         if timeout:
-            headers.append(("grpc-timeout", f"{max(int(timeout * 1000), 0)}m"))
+            headers.append(("grpc-timeout", grpc_timeout(timeout)))
         headers.extend(metadata)
         self.request = Request("POST", path, authority, Headers(headers), "http", "2")
         cluster = self.cluster
@@ -188,14 +188,16 @@ class Callout(UpstreamCall):
             message = bytes(buffer[5:5 + size])
             del buffer[:5 + size]
             if self.unary:
-                self.messages.append(message)
+                # Envoy's AsyncRequestImpl keeps the last message a unary call got (each
+                # replaces the one before: a server that floods holds one message, not all).
+                self.answer = message
             else:
                 self.events("message", message)
 
     def _trailers(self, headers, pairs, http_status: int) -> None:
-        status = headers.get("grpc-status")
-        code = int(status) if status is not None and status.isdigit() else \
-            GRPC_UNAVAILABLE if http_status in (502, 503, 504) else GRPC_UNKNOWN
+        code = grpc_status(headers.get("grpc-status"))
+        if code is None:
+            code = GRPC_UNAVAILABLE if http_status in (502, 503, 504) else GRPC_UNKNOWN
         text = _percent_decoded(headers.get("grpc-message") or "")
         if not self.unary:
             self.events("trailing", pairs)
@@ -222,10 +224,10 @@ class Callout(UpstreamCall):
         self.finished = True
         self._release(reset=not clean)
         if self.unary and code == GRPC_OK:
-            if len(self.messages) == 1:
-                self.events("message", self.messages[0])
+            if self.answer is not None:
+                self.events("message", self.answer)
                 return
-            code, text = GRPC_INTERNAL, ""
+            code, text = GRPC_INTERNAL, ""      # OK with no message: Envoy's onFailure(13, "")
         self.events("close", code, text)
 
 

@@ -14,6 +14,7 @@ went away; `done` is then never called.
 from __future__ import annotations
 
 from ...codecs.message import Headers, Request
+from .router import grpc_timeout_value
 from .upstream_call import TIMEOUT, UpstreamCall
 
 OK = 0
@@ -21,6 +22,8 @@ UNKNOWN = 2
 DEADLINE_EXCEEDED = 4
 INTERNAL = 13
 UNAVAILABLE = 14
+MAXIMUM_KNOWN = 16              # UNAUTHENTICATED
+INVALID_CODE = -1               # Envoy's Status::WellKnownGrpcStatus::InvalidCode
 
 
 def frame(message: bytes) -> bytes:
@@ -36,9 +39,21 @@ def unframe(data: bytes) -> bytes | None:
     return data[5:5 + length] if len(data) >= 5 + length else None
 
 
-def grpc_timeout(seconds: float) -> str:
-    """grpc-timeout as Envoy writes it: whole milliseconds ("200m")."""
-    return f"{max(int(seconds * 1000), 0)}m"
+# grpc-timeout as Envoy's Grpc::Common::toGrpcTimeout writes it: whole milliseconds ("200m"),
+# a larger unit (S, M, H) past gRPC's 8 digits ("200000S" for 200,000,000 ms). One formatter
+# for the router, ext_authz and Wasm's callouts.
+grpc_timeout = grpc_timeout_value
+
+
+def grpc_status(value: str | None) -> int | None:
+    """grpc-status as Envoy's Grpc::Common::getGrpcStatus reads it: None when absent or empty,
+    -1 (InvalidCode) unless ASCII digits naming a known code (0-16): "\xb2" read as latin-1
+    is "²", which str.isdigit() takes and int() refuses."""
+    if not value:
+        return None
+    if not (value.isascii() and value.isdigit()) or int(value) > MAXIMUM_KNOWN:
+        return INVALID_CODE
+    return int(value)
 
 
 class UnaryCall:
@@ -75,8 +90,10 @@ class UnaryCall:
             self.done(UNAVAILABLE if response.status in (502, 503, 504) else UNKNOWN, None,
                       f"HTTP {response.status}")
         else:
-            status = (trailers if trailers is not None else response.headers).get("grpc-status")
-            code = int(status) if status is not None and status.isdigit() else UNKNOWN
+            code = grpc_status((trailers if trailers is not None else response.headers)
+                               .get("grpc-status"))
+            if code is None:
+                code = UNKNOWN
             message = unframe(body) if code == OK else None
             if code == OK and message is None:
                 code = INTERNAL
