@@ -5,7 +5,8 @@ and Baton.
 Envoy's Wasm Context forgets the request headers once proxy_on_request_headers answers
 Continue, or the plugin calls proxy_continue_stream (context.cc: decodeHeaders,
 continueStream), and the response headers once proxy_on_response_headers answers Continue:
-from then on get, add, replace and remove answer BAD_ARGUMENT and the pairs are empty (OK).
+from then on get, add, replace and remove answer BAD_ARGUMENT and the pairs are empty (OK),
+and the attributes read from them (request.path) are NOT_FOUND.
 A Pause from proxy_on_request_headers is StopAllIterationAndWatermark unless the plugin
 config sets allow_on_headers_stop_iteration (proxy-wasm-cpp-host's
 convertVmCallResultToFilterHeadersStatus): then StopIteration, and the body reaches the
@@ -69,6 +70,7 @@ def headers_gone(obs):
     # add, get, pairs, (pairs' size) empty, replace, remove from the request body callback
     assert header(obs, "x-statuses") == "220e22", obs
     assert header(obs, "x-response-phase") == "2", obs      # the request's :path, gone
+    assert header(obs, "x-path-property") == "1", obs       # request.path: NOT_FOUND
     assert upstream_header(obs, "x-body-add") is None, obs
     assert obs["late_add_status"] == 2, obs                 # the response head, gone
 
@@ -88,6 +90,7 @@ def test_allow_on_headers_stop_iteration_lets_the_body_reach_the_paused_plugin(p
         assert header(obs, "x-statuses") == "000n00", obs
         assert upstream_header(obs, "x-body-add") == "2", obs
         assert header(obs, "x-response-phase") == "0", obs  # never continued: still there
+        assert header(obs, "x-path-property") == "0", obs
         assert obs["late_add_status"] == 2, obs
     differential(pair, post("stop_allowed", "/pause"), expect)
 

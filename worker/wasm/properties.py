@@ -56,7 +56,10 @@ def _info(attribute):
 
 
 def _request(read):
-    return lambda ctx, info: read(ctx.request) if ctx.request is not None else None
+    # None once the request headers have gone on (maps[0] kept as None, worker/proxy/http/
+    # wasm.py _gone): Envoy's attributes read them from the Context, which forgot them.
+    return lambda ctx, info: read(ctx.request) if ctx.request is not None and \
+        ctx.maps.get(0, ctx) is not None else None
 
 
 def _request_headers(request):
