@@ -446,7 +446,8 @@ def _too_large(stream) -> None:
 def _answer(stream, reply: LocalReply) -> None:
     if reply.flags:
         stream.info.response_flags.append(reply.flags)
-    stream.local_reply(reply.status, reply.body, reply.details, extra=reply.headers)
+    stream.local_reply(reply.status, reply.body, reply.details, extra=reply.headers,
+                       grpc_status=reply.grpc_status)
 
 
 def replaced_by(stream, answer, stream_filter, response, end_stream: bool) -> bool:

@@ -176,7 +176,8 @@ class WasmStreamFilter(StreamFilter):
             if phase == "response_head":
                 reply_instead(stream, reply)
             elif phase == "response":
-                stream.local_reply(reply.status, reply.body, reply.details, extra=reply.headers)
+                stream.local_reply(reply.status, reply.body, reply.details, extra=reply.headers,
+                                   grpc_status=reply.grpc_status)
             else:
                 stream.resume_filters(reply)
         elif phase == "response_head":
