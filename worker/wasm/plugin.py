@@ -334,6 +334,7 @@ class PluginRoot:
                 vm.call("proxy_on_delete", ctx.id)
         finally:
             host.contexts.pop(ctx.id, None)
+            host.declared.pop(ctx.id, None)     # declare_property's, from this stream
             host.current = None
 
 
