@@ -4,6 +4,7 @@ and with the AssemblyScript plugin (demo.wasm: @solo-io/proxy-runtime, which log
 level on every callback, 14 hostcalls a request).
 
     .venv/bin/python bench/wasm_bench.py [--duration S] [--repeats N] [--no-write]
+                                         [--proxies baton,envoy] [--baton EXECUTABLE]
 
 As bench/http_bench.py measures `h1`: one worker pinned to CPU 1, the upstream nginx and wrk
 (-c50 --latency) on CPU 0, repeats interleaved, medians reported, req/s also per proxy core
@@ -55,7 +56,8 @@ def wasm_filter(filename: Path, root_id: str) -> str:
                   code: {{local: {{filename: {filename}}}}}"""
 
 
-def launch(proxy: str, plugin, workdir: Path, upstream: int, concurrency: int = 1):
+def launch(proxy: str, plugin, workdir: Path, upstream: int, concurrency: int = 1,
+           baton: Path = proxies.BATON):
     ports = http_proxies.allocate(proxy, free_ports(3), upstream)
     text = http_proxies.envoy_bootstrap(ports)
     if plugin is not None:
@@ -63,7 +65,7 @@ def launch(proxy: str, plugin, workdir: Path, upstream: int, concurrency: int = 
         text = text.replace("          http_filters:", "          http_filters:" + added, 1)
     config = workdir / "bootstrap.yaml"
     config.write_text(text)
-    argv = http_proxies.argv(proxy, config, workdir, proxies.BATON)
+    argv = http_proxies.argv(proxy, config, workdir, baton)
     argv[argv.index("--concurrency") + 1] = str(concurrency)
     if proxy == "baton":            # its own control socket: another Baton may be running
         argv += ["--runtime-dir", str(workdir / "run")]
@@ -76,8 +78,9 @@ def launch(proxy: str, plugin, workdir: Path, upstream: int, concurrency: int = 
     return proc, ports
 
 
-def measure(proxy: str, plugin, workdir: Path, upstream: int, duration: int) -> dict:
-    proc, ports = launch(proxy, plugin, workdir, upstream)
+def measure(proxy: str, plugin, workdir: Path, upstream: int, duration: int,
+            baton: Path = proxies.BATON) -> dict:
+    proc, ports = launch(proxy, plugin, workdir, upstream, baton=baton)
     try:
         wrk_keepalive(ports.h1, 2, 50)                              # warm-up
         with CpuMeter(proc, (PROXY_CPU, LOAD_CPU)) as meter:
@@ -148,6 +151,8 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--proxies", default="baton,envoy")
     ap.add_argument("--no-write", action="store_true")
+    ap.add_argument("--baton", type=Path, default=proxies.BATON,
+                    help="the baton executable measured (another tree's, to compare)")
     ap.add_argument("--startup", type=int, metavar="WORKERS", default=0,
                     help="instead: start-up time and RSS with WORKERS workers, the module "
                          "cache off and on")
@@ -169,7 +174,8 @@ def main(argv: list[str]) -> int:
                     workdir.chmod(0o755)
                     (workdir / "deny.wasm").write_bytes(wasmtime.wat2wasm((FIXTURES / "deny.wat").read_text()))
                     shutil.copy(FIXTURES / "demo.wasm", workdir / "demo.wasm")
-                    r = measure(proxy, plugin, workdir, upstream_port, args.duration)
+                    r = measure(proxy, plugin, workdir, upstream_port, args.duration,
+                                args.baton)
                     samples.setdefault((proxy, label), []).append(r)
                     print(f"{proxy:6} {label:20} {r['rps']:9.0f} req/s  {r['per_core']:9.0f} per core  "
                           f"p99 {r['p99_ms']:.2f} ms  {r['errors']}", flush=True)

@@ -7,13 +7,12 @@ cluster that does not exist leaves the plugin uncreated (the empty 503 of a fail
 from __future__ import annotations
 
 import hashlib
-import http.server
 import ssl
-import threading
 
 import pytest
 
 from ..tls_certs import leaf, make_ca
+from ..wasm_module_server import ModuleServer
 from .differential.bootstraps import bootstrap, cluster, http_listener
 from .differential.compare import differential, header
 from .differential.proxies import PROXIES, ProxyPair, Recorder
@@ -24,39 +23,6 @@ from .test_wasm_remote_ecds import module
 AUTHORITY = "modules.invalid:9"
 MODULES = {name: module() for name in ("plain", "tls", "nowhere")}   # a fetch each
 UPSTREAM_TLS = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
-
-
-class ModuleServer:
-    """Serves MODULES at /<name>.wasm, over TLS with `context`; keeps each GET's Host."""
-
-    def __init__(self, context=None):
-        hosts = self.hosts = []
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self):
-                hosts.append(self.headers["host"])
-                code = MODULES.get(self.path.strip("/").removesuffix(".wasm"))
-                if code is None:
-                    self.send_error(404)
-                    return
-                self.send_response(200)
-                self.send_header("content-length", str(len(code)))
-                self.end_headers()
-                self.wfile.write(code)
-
-            def log_message(self, *args):
-                pass
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        if context is not None:
-            self.httpd.socket = context.wrap_socket(self.httpd.socket, server_side=True)
-        self.port = self.httpd.server_address[1]
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join(5)
 
 
 def via(name: str, cluster_name: str) -> dict:
@@ -72,7 +38,8 @@ def servers(tmp_path_factory):
     cert, key = leaf(ca, dns=["modules.test"]).write(tmp_path_factory.mktemp("certs"), "m")
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(cert, key)
-    plain, tls = ModuleServer(), ModuleServer(context)
+    served = {f"/{name}.wasm": code for name, code in MODULES.items()}
+    plain, tls = ModuleServer(served), ModuleServer(served, context)
     yield plain, tls, ca.cert_pem.decode()
     plain.close()
     tls.close()

@@ -7,13 +7,13 @@ once the module is served the listener is ACKed and its plugin runs (tests/fixtu
 from __future__ import annotations
 
 import hashlib
-import http.server
 import threading
 import urllib.request
 
 import pytest
 
 from ..waiting import wait_until
+from ..wasm_module_server import ModuleServer
 from ..xds_support.control_plane import CLUSTER, LISTENER
 from ..xds_support.resources import cluster, get, listener
 from .conftest import free_port
@@ -24,39 +24,6 @@ from .test_wasm_remote_ecds import modules_cluster, module
 from .test_xds import named, plane, serve_basics  # noqa: F401
 
 T = "type.googleapis.com/"
-
-
-class HeldModuleServer:
-    """Serves one module, each GET held until release() (or 20 s)."""
-
-    def __init__(self, code: bytes):
-        self.asked = threading.Event()
-        self.gate = threading.Event()
-        self.hosts = []
-        owner = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self):
-                owner.hosts.append(self.headers["host"])
-                owner.asked.set()
-                owner.gate.wait(20)
-                self.send_response(200)
-                self.send_header("content-length", str(len(code)))
-                self.end_headers()
-                self.wfile.write(code)
-
-            def log_message(self, *args):
-                pass
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.port = self.server.server_address[1]
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def stop(self):
-        self.gate.set()
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(5)
 
 
 def wasm_listener(port: int, sha256: str) -> dict:
@@ -83,7 +50,8 @@ def test_a_listeners_module_is_fetched_through_its_cluster_without_blocking(  # 
         tmp_path, plane, named, proxy, monkeypatch):
     monkeypatch.setenv("BATON_WASM_CACHE", "off")
     code = module()
-    server = HeldModuleServer(code)
+    gate = threading.Event()
+    server = ModuleServer({"/m.wasm": code}, hold=gate)
     up = named("up")
     main_port, port = free_port(), free_port()
     serve_basics(plane, main_port, up)
@@ -98,11 +66,12 @@ def test_a_listeners_module_is_fetched_through_its_cluster_without_blocking(  # 
         # The fetch is held: the admin (Baton: the agent's dump) answers all the same.
         assert '"modules"' in config_dump(process.admin_port)
         assert fetch(port, "/x") is None       # not served while its module is not there
-        server.gate.set()
+        gate.set()
         wait_until(lambda: plane.acked(LISTENER, "2"), 10, "the listener ACKed")
         wait_until(lambda: fetch(port, "/x") == (200, "hello"), 10, "the plugin, running")
         assert fetch(port, "/deny/me") == (403, "hello")
         assert set(server.hosts) == {"modules.invalid:9"}, server.hosts
     finally:
         process.stop()
-        server.stop()
+        gate.set()
+        server.close()

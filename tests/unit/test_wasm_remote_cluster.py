@@ -7,11 +7,9 @@ translation that would fetch records the module and fails, and succeeds once it 
 from __future__ import annotations
 
 import hashlib
-import http.server
 import os
 import socket
 import ssl
-import threading
 
 import pytest
 import wasmtime
@@ -22,6 +20,7 @@ from baton.xds.http_filters_wasm import translate_wasm
 from baton.xds.translate import translate_cluster
 
 from ..tls_certs import leaf, make_ca
+from ..wasm_module_server import ModuleServer
 from .test_wasm_remote import code, wasm_pb
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "..", "fixtures", "wasm")
@@ -38,38 +37,13 @@ def fresh(tmp_path, monkeypatch):
     monkeypatch.setattr(remote, "_clusters", None)
 
 
-class Server:
-    """Serves DENY to every GET and keeps (Host, target) of each; TLS with `context`."""
-
-    def __init__(self, context: ssl.SSLContext | None = None):
-        seen = self.seen = []
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self):
-                seen.append((self.headers["host"], self.path))
-                self.send_response(200)
-                self.send_header("content-length", str(len(DENY)))
-                self.end_headers()
-                self.wfile.write(DENY)
-
-            def log_message(self, *args):
-                pass
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        if context is not None:
-            self.httpd.socket = context.wrap_socket(self.httpd.socket, server_side=True)
-        self.port = self.httpd.server_address[1]
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join(5)
+def module_server(context=None):
+    return ModuleServer({"/m/deny.wasm": DENY, "/deny.wasm": DENY}, context)
 
 
 @pytest.fixture
 def server():
-    s = Server()
+    s = module_server()
     yield s
     s.close()
 
@@ -142,7 +116,7 @@ def test_a_tls_cluster_is_fetched_over_its_tls_with_its_sni_and_verification(tmp
     context.load_cert_chain(cert, key)
     names = []
     context.sni_callback = lambda obj, name, ctx: names.append(name)
-    server = Server(context)
+    server = module_server(context)
     try:
         remote.use_clusters({"modules": tls_cluster(server.port, ca.cert_pem.decode(),
                                                      "modules.test")})
