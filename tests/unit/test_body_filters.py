@@ -98,7 +98,7 @@ class Stream:
     def resume_filters(self, reply=None):
         self._continue_filters(reply)
 
-    def local_reply(self, status, body, details, extra=()):
+    def local_reply(self, status, body, details, extra=(), grpc_status=None):
         self.replies.append((status, details))
         self.done = True
 
