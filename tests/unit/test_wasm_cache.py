@@ -32,6 +32,39 @@ def test_a_stored_module_loads_back_and_another_engines_file_is_passed_over(tmp_
     assert store.load(engine(), "k") is None
 
 
+def code_section(data: bytes) -> tuple[int, int]:
+    """(offset, size) of .text in a serialized module (an ELF file)."""
+    import struct
+    shoff, = struct.unpack_from("<Q", data, 0x28)
+    entry_size, count, names = struct.unpack_from("<HHH", data, 0x3A)
+
+    def section(i):
+        return struct.unpack_from("<IIQQQQ", data, shoff + i * entry_size)
+    strings = section(names)[4]
+    for i in range(count):
+        name, _, _, _, offset, size = section(i)
+        start = strings + name
+        if data[start:data.index(b"\0", start)] == b".text":
+            return offset, size
+    raise AssertionError("no .text")
+
+
+def test_a_file_whose_machine_code_is_damaged_is_not_run(tmp_path):
+    """wasmtime checks the header, not the code: a torn write or a bad block in .text was
+    mapped and run (SIGSEGV in every worker). The stored sha256 no longer matches."""
+    store = cache.ModuleCache(str(tmp_path), "fp")
+    code = """(module (func (export "f") (param i32) (result i32)
+      (i32.mul (i32.add (local.get 0) (i32.const 7)) (local.get 0))))"""
+    module = wasmtime.Module(engine(), wasmtime.wat2wasm(code))
+    assert store.store("k", module) and store.load(engine(), "k") is not None
+    with open(store.path("k"), "r+b") as f:
+        offset, size = code_section(f.read())
+        assert size > 16
+        f.seek(offset + size // 2)
+        f.write(b"\xff" * 8)                               # headers intact
+    assert store.load(engine(), "k") is None
+
+
 def test_a_file_others_may_write_is_not_trusted(tmp_path):
     store = cache.ModuleCache(str(tmp_path), "fp")
     store.store("k", wasmtime.Module(engine(), wasmtime.wat2wasm(WAT)))
@@ -52,6 +85,17 @@ def test_the_default_directory_is_made_checked_and_handed_to_children(tmp_path, 
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
     assert cache.default("fp").directory == str(tmp_path / f"baton-wasm-{os.geteuid()}")
     assert os.environ[cache.ENV] == str(tmp_path / f"baton-wasm-{os.geteuid()}")
+
+
+def test_the_default_directory_is_0755_whatever_the_umask(tmp_path, monkeypatch):
+    """Workers that became `baton` read the root master's modules (umask 077 made it 0700)."""
+    monkeypatch.setenv(cache.ENV, str(tmp_path / "c"))
+    old = os.umask(0o077)
+    try:
+        assert cache.default("fp") is not None
+    finally:
+        os.umask(old)
+    assert (tmp_path / "c").stat().st_mode & 0o777 == 0o755
 
 
 def test_old_files_are_trimmed(tmp_path, monkeypatch):
@@ -78,10 +122,11 @@ def test_the_runtime_compiles_once_per_user(tmp_path, monkeypatch):
 
 
 class _Refuse:
-    """wasmtime.Module that records a compile (deserialize_file stays the real one)."""
+    """wasmtime.Module that records a compile (deserialize stays the real one)."""
 
     def __init__(self, calls, real):
         self.calls, self.real = calls, real
+        self.deserialize = real.deserialize
         self.deserialize_file = real.deserialize_file
 
     def __call__(self, *args):
