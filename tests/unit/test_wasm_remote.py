@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 
 import pytest
 import wasmtime
@@ -135,11 +136,22 @@ def test_nack_on_code_cache_miss_nacks_and_fills_the_cache(monkeypatch):
 
 
 def test_the_background_fill_fetches_once_per_hash(monkeypatch):
-    tried = answers(monkeypatch, (DENY, ""))
+    """Fills asked for while one of the same hash is in flight start no fetch of their own."""
+    release, tried = threading.Event(), []
+
+    def try_once(self):
+        tried.append(self.uri)
+        release.wait(5)                     # in flight until the other fills were asked for
+        return DENY, ""
+    monkeypatch.setattr(remote.Remote, "try_once", try_once)
     r = remote.Remote("http://m/x", SHA, 1.0)
     remote.fetch_in_background(r)
-    wait_until(lambda: remote.cached(SHA) is not None, 5, "the background fetch")
-    assert tried == ["http://m/x"]
+    wait_until(lambda: tried, 5, "the background fetch's try")
+    remote.fetch_in_background(r)
+    remote.fetch_in_background(remote.Remote("http://m/y", SHA, 1.0))
+    release.set()
+    wait_until(lambda: SHA not in remote._in_flight, 5, "the background fetch's end")
+    assert tried == ["http://m/x"] and remote.cached(SHA) == DENY
 
 
 @pytest.mark.parametrize("fields, error", [
