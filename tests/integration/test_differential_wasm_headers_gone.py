@@ -106,3 +106,24 @@ def test_a_body_lets_headers_go_on_past_a_plugin_without_body_callbacks(pair):
         assert obs["status"] == 200, obs
         assert obs["upstream"]["body_length"] == 5, obs
     differential(pair, post("headers_only", "/any"), expect)
+
+
+def test_a_pause_on_the_response_head_holds_its_body_too_by_default(pair):
+    # StopAllIterationAndWatermark until the tick's proxy_continue_stream(Response), which
+    # forgets the request's maps but not the response headers: the late add is OK, and
+    # goes nowhere.
+    def expect(obs):
+        assert obs["status"] == 200 and obs["upstream"]["path"] == "/resp-pause", obs
+        assert header(obs, "x-late") is None, obs
+        assert obs["late_add_status"] == 0, obs
+    differential(pair, post("stop_default", "/resp-pause"), expect)
+
+
+def test_allow_on_headers_stop_iteration_lets_the_response_body_reach_the_paused_plugin(pair):
+    # StopIteration: the body reaches the plugin while the head waits, and an add to the
+    # response headers then goes out with them.
+    def expect(obs):
+        assert obs["status"] == 200 and obs["upstream"]["path"] == "/resp-pause", obs
+        assert header(obs, "x-late") == "1", obs
+        assert obs["late_add_status"] == 0, obs
+    differential(pair, post("stop_allowed", "/resp-pause"), expect)

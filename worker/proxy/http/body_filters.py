@@ -327,7 +327,7 @@ class BodyChain:
         """Upstream response body (stream.upstream_response_body), through the filters that
         saw the response head, last to first."""
         if start is None and self.held_head is not None:
-            self._behind_head(bytes(data), end_stream)
+            self._held_head_data(data, end_stream)
             return
         filters = self.stream.filters
         i = self.stream.filter_index - 1 if start is None else start
@@ -377,6 +377,24 @@ class BodyChain:
                         return
             i -= 1
         stream.upstream_response_trailers(trailers, True)
+
+    def _held_head_data(self, data, end_stream: bool) -> None:
+        """Body while a filter holds the response head: it waits behind the head (Envoy's
+        StopAllIterationAndWatermark), unless the filter's PAUSE is StopIteration
+        (pause_holds_body false: a Wasm plugin with allow_on_headers_stop_iteration): then
+        the body reaches that filter, and its CONTINUE lets the head go on first, as Envoy's
+        commonContinue."""
+        i = self.held_head[0]
+        holder = self.stream.filters[i]
+        if holder.pause_holds_body or not holder.response_body_hooks:
+            self._behind_head(bytes(data), end_stream)
+            return
+        data = self._step(self.response, i, holder.on_response_body, data, end_stream)
+        if data is None:
+            return
+        self.continue_response_head(holder)
+        if not self.stream.done:
+            self.response_data(data, end_stream, i - 1)
 
     def _behind_head(self, item, end_stream) -> None:
         """Body (or trailers: end_stream None) that came while a filter holds the head:
@@ -428,6 +446,11 @@ class BodyChain:
         if self.stream.done:
             return
         i = self.stream.filters.index(stream_filter)
+        held = self.held_head
+        if held is not None and held[0] == i:       # (StopIteration: the head goes first)
+            self.continue_response_head(stream_filter)
+            if self.stream.done:
+                return
         side = self.response
         waiting = self.waiting_trailers
         if side.stop == i:

@@ -8,7 +8,7 @@ and vm configuration (worker/wasm/plugin.py); each request gets a stream context
   details, as Envoy's sendLocalReply: text/plain when there is a body); Pause holds the
   request, its body too, until the plugin calls proxy_continue_stream; with the plugin
   config's allow_on_headers_stop_iteration the body still reaches the plugin, whose body
-  callback's Continue lets the headers go on (headers_action).
+  callback's Continue lets the headers go on (headers_action); the same for the response.
 - Once a callback's headers (or trailers) have gone on, the plugin can no longer read or
   change them: BAD_ARGUMENT, as Envoy's Context that forgot them (_gone); proxy_on_log
   reads them again.
@@ -89,10 +89,11 @@ class WasmFilterFactory(FilterFactory):
         if root is None or root.failed:
             if self.reload_after is None or not self._reload():
                 return None if self.fail_open else FailedWasmFilter(stream)
-        # With allow_on_headers_stop_iteration the request body reaches the plugin even
-        # without a body callback: its Continue lets headers paused there go on (Envoy).
-        return _FILTERS[any(root.request_body_hooks) or self.allow_stop_iteration,
-                        any(root.response_body_hooks)](stream, self)
+        # With allow_on_headers_stop_iteration the body reaches the plugin even without a
+        # body callback: its Continue lets headers paused there go on (Envoy).
+        allow = self.allow_stop_iteration
+        return _FILTERS[any(root.request_body_hooks) or allow,
+                        any(root.response_body_hooks) or allow](stream, self)
 
     def _reload(self) -> bool:
         """FAIL_RELOAD: a new VM for the plugin (plugin_root starts one in place of a failed
@@ -238,9 +239,11 @@ class WasmStreamFilter(StreamFilter):
         reply = ctx.local_reply
         if reply is not None and reply is not before:
             return _local_reply(reply)
-        if headers_action(action, False) is None or ctx.continued:
+        action = headers_action(action, self.factory.allow_stop_iteration)
+        if action is None or ctx.continued:
             _gone(ctx, abi.RESPONSE_HEADERS)
             return None
+        self.pause_holds_body = action is STOP_ALL      # (the body's hook, body_filters)
         self._pause(ctx, "response_head")
         return PAUSE
 
