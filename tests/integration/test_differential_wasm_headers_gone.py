@@ -127,3 +127,14 @@ def test_allow_on_headers_stop_iteration_lets_the_response_body_reach_the_paused
         assert header(obs, "x-late") == "1", obs
         assert obs["late_add_status"] == 0, obs
     differential(pair, post("stop_allowed", "/resp-pause"), expect)
+
+
+def test_a_pause_on_the_response_head_after_the_request_was_continued_holds_it(pair):
+    # The request paused and continued by a tick, then the response head paused and
+    # continued by another: the continue of the request does not let the head through.
+    def expect(obs):
+        assert obs["status"] == 200 and obs["upstream"]["path"] == "/pause-resp", obs
+        assert header(obs, "x-statuses") == "220e22", obs
+        assert header(obs, "x-late") is None, obs
+        assert obs["late_add_status"] == 0, obs
+    differential(pair, post("stop_default", "/pause-resp"), expect)

@@ -196,6 +196,7 @@ class WasmStreamFilter(StreamFilter):
         ctx = self.ctx
         if ctx is None:
             return None
+        ctx.continued = False       # (set again if the plugin continues during this call)
         try:
             status, added = self.root.body(ctx, kind, data, end_stream)
         except Trapped as exc:
@@ -213,6 +214,7 @@ class WasmStreamFilter(StreamFilter):
         ctx = self.ctx
         if ctx is None:
             return None
+        ctx.continued = False
         try:
             status = self.root.trailers(ctx, kind, trailers)
         except Trapped as exc:
@@ -231,6 +233,7 @@ class WasmStreamFilter(StreamFilter):
         if ctx is None:
             return None
         before = ctx.local_reply            # (the plugin's own reply passes here too)
+        ctx.continued = False               # (a continue of the request is no answer here)
         try:
             action = self.root.response_headers(ctx, response, end_stream)
         except Trapped as exc:
