@@ -155,18 +155,15 @@ class Remote:
     def held(self) -> bytes | None:
         """nack_on_code_cache_miss's question: the code held now, the lookup counted."""
         code = cached(self.sha256)
-        failed = _failed.get(self.sha256)
-        negative = failed is not None and time.monotonic() - failed[0] < NEGATIVE_SECONDS
         _count(True, "remote_load_cache_hits" if code is not None else
-               "remote_load_cache_negative_hits" if negative else "remote_load_cache_misses")
+               "remote_load_cache_negative_hits" if _negative(self.sha256) is not None else
+               "remote_load_cache_misses")
         return code
 
     def defer(self) -> bool:
         """Inside deferring(): True, and recorded, when get() would have to fetch."""
-        if _deferred is None or cached(self.sha256) is not None:
-            return False
-        failed = _failed.get(self.sha256)
-        if failed is not None and time.monotonic() - failed[0] < NEGATIVE_SECONDS:
+        if _deferred is None or cached(self.sha256) is not None or \
+                _negative(self.sha256) is not None:
             return False
         if self.sha256 not in _deferred:
             _deferred[self.sha256] = self
@@ -183,10 +180,10 @@ class Remote:
         if code is not None:
             _count(count and not fresh, "remote_load_cache_hits")
             return code, ""
-        failed = _failed.get(self.sha256)
-        if failed is not None and time.monotonic() - failed[0] < NEGATIVE_SECONDS:
+        why = _negative(self.sha256)
+        if why is not None:                 # Envoy's negative cache: no new fetch yet
             _count(count and not fresh, "remote_load_cache_negative_hits")
-            return None, failed[1]          # Envoy's negative cache: no new fetch yet
+            return None, why
         _count(count, "remote_load_cache_misses")
         return self.fetch(sleep)
 
@@ -269,6 +266,14 @@ class _ClusterConnection(http.client.HTTPConnection):
             client.close()
         if failed is not None:
             raise OSError(f"TLS: {failed}")
+
+
+def _negative(sha256: str) -> str | None:
+    """Why every try of a fetch of `sha256` failed, less than NEGATIVE_SECONDS ago; else None."""
+    failed = _failed.get(sha256)
+    if failed is not None and time.monotonic() - failed[0] < NEGATIVE_SECONDS:
+        return failed[1]
+    return None
 
 
 def cached(sha256: str) -> bytes | None:
