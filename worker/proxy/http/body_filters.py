@@ -84,7 +84,7 @@ class BodyChain:
 
     __slots__ = ("stream", "decodes", "encodes", "request", "response", "held_at",
                  "trailers_at", "headers_paused_at", "holding_at", "waiting_trailers",
-                 "added_trailers", "held_head", "behind_head")
+                 "added_trailers", "held_head", "behind_head", "held_over")
 
     def __init__(self, stream, decodes: bool, encodes: bool):
         self.stream = stream
@@ -100,6 +100,7 @@ class BodyChain:
         self.held_head = None               # (filter index, response, end_stream) PAUSEd
         self.behind_head = []               # what came from upstream meanwhile
         self.waiting_trailers = None        # (filter index, trailers) a filter PAUSEd
+        self.held_over = False              # stream.held_body past the limit paused reading
 
     @property
     def request_buffer(self) -> bytearray:
@@ -208,11 +209,26 @@ class BodyChain:
         if data:
             stream.held_body.append(bytes(data))
             stream.held_bytes += len(data)
-        if stream.held_bytes > stream.buffer_limit and not stream.response_started and \
-                not self.request.streaming:
-            _too_large(stream)
-        elif stream.body_watcher is not None:
+        if stream.held_bytes > stream.buffer_limit:
+            if not self.request.streaming and not stream.response_started:
+                _too_large(stream)
+                return
+            # Envoy's watermark on a StopAllIteration or a streaming filter's buffer: over
+            # the limit the client is not read until the held body goes on (filter_manager.cc
+            # commonHandleBufferData: streaming -> requestDataTooLarge raises the watermark).
+            if not self.held_over:
+                self.held_over = True
+                stream.pause_downstream(True)
+        if stream.body_watcher is not None:
             stream.body_watcher()
+
+    def _unwatermark(self) -> None:
+        """The held body went on (or goes to the router with the headers): read again."""
+        stream = self.stream
+        if self.held_over and (stream.held_bytes <= stream.buffer_limit or
+                               self._reached() >= len(stream.filters)):
+            self.held_over = False
+            stream.pause_downstream(False)
 
     def headers_paused(self) -> None:
         """The filter before stream.filter_index PAUSEd on its headers: body still reaches it
@@ -226,12 +242,14 @@ class BodyChain:
             self.holding_at = _NOWHERE
             self.headers_paused_at = i
         self._push_held()
+        self._unwatermark()
 
     def headers_advanced(self) -> None:
         """The headers reached more filters (stream._continue_filters): what was held for
         them goes through their body hooks before the router takes it."""
         self.holding_at = _NOWHERE          # the headers went on past any holding filter
         self._push_held()
+        self._unwatermark()
 
     def _push_held(self) -> None:
         stream = self.stream

@@ -1,0 +1,146 @@
+"""Differential: what a client sends through a proxy-wasm plugin with body callbacks stays
+within the listener's buffer limit (Envoy 1.40's watermarks, filter_manager.cc
+requestDataTooLarge), and a local reply while a plugin holds the response head reaches the
+client. Found by review R2 (issue 14).
+
+- /x on "pause": the plugin (pause_headers_body.wat) pauses the request headers for ever and
+  has a body callback: the body waits behind the headers (StopAllIterationAndWatermark).
+  Over the limit Envoy stops reading the client (measured: 357,376 bytes of a 256 MiB
+  upload taken in 4 s); Baton took 100 MB and went on.
+- /upper on "early": body.wat buffers the request body to its end, and the upstream answers
+  its head at once: over the limit Envoy counts downstream_rq_too_large and resets the
+  stream (the response began); Baton buffered without bound.
+- /holddead on "hold": hold_response.wat holds the response head until its next tick; the
+  head is the proxy's own 503 (a cluster nobody listens on): it must go out after the tick.
+"""
+
+from __future__ import annotations
+
+import base64
+import select
+import socket
+import threading
+import time
+
+import wasmtime
+
+from .conftest import free_port
+from .differential.bootstraps import bootstrap, cluster, http_listener
+from .differential.proxies import module_pair
+from .test_differential_wasm import FIXTURES, wasm_filter
+
+LIMIT = 65536
+UPLOAD = 32 * 1024 * 1024
+BOUND = 4 * 1024 * 1024         # Envoy takes ~0.35 MB: the limit, socket buffers, a window
+DEAD = free_port()              # nobody listens
+
+
+def _plugin(name: str) -> dict:
+    code = wasmtime.wat2wasm((FIXTURES / name).read_text())
+    return wasm_filter({"inline_bytes": base64.b64encode(code).decode()}, "", "")
+
+
+def _early_upstream() -> int:
+    """An upstream that answers every request's head at once (a chunked 200 that never
+    ends) and then reads the body away. Daemon threads: they end with the test process."""
+    server = socket.socket()
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    server.bind(("127.0.0.1", 0))
+    server.listen(16)
+
+    def serve(conn):
+        with conn:
+            got = b""
+            while b"\r\n\r\n" not in got:
+                data = conn.recv(65536)
+                if not data:
+                    return
+                got += data
+            conn.sendall(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nearly\r\n")
+            while conn.recv(1 << 20):
+                pass
+
+    def accept():
+        while True:
+            conn, _ = server.accept()
+            threading.Thread(target=serve, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    return server.getsockname()[1]
+
+
+EARLY = _early_upstream()
+
+
+def limits_bootstrap(upstreams: dict[str, int]):
+    routes = {"name": "r", "virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [
+        {"match": {"prefix": "/holddead"}, "route": {"cluster": "dead"}},
+        {"match": {"prefix": "/upper"}, "route": {"cluster": "early", "timeout": "0s"}},
+        {"match": {"prefix": "/"}, "route": {"cluster": "a"}}]}]}
+
+    def template(ports: dict[str, int], admin: int) -> dict:
+        pause = http_listener("pause", ports["pause"], routes,
+                              http_filters=[_plugin("pause_headers_body.wat")])
+        early = http_listener("early", ports["early"], routes,
+                              http_filters=[_plugin("body.wat")])
+        for listener in (pause, early):
+            listener["per_connection_buffer_limit_bytes"] = LIMIT
+        hold = http_listener("hold", ports["hold"], routes,
+                             http_filters=[_plugin("hold_response.wat")])
+        return bootstrap(admin, [pause, early, hold],
+                         [cluster("a", [upstreams["a"]]), cluster("dead", [DEAD]),
+                          cluster("early", [EARLY])])
+    return template
+
+
+recorder, pair = module_pair("diff-wasm-body-limits", limits_bootstrap,
+                             ["pause", "early", "hold"])
+
+
+def pump(sock: socket.socket, total: int, seconds: float, stall: float = 0.5) -> int:
+    """Send up to `total` bytes within `seconds`; stop early once the proxy has taken nothing
+    for `stall` seconds (it stopped reading) or closed. -> the bytes it took."""
+    sock.setblocking(False)
+    sent, block = 0, b"x" * 65536
+    end = time.monotonic() + seconds
+    while sent < total:
+        left = end - time.monotonic()
+        if left <= 0:
+            break
+        _, writable, _ = select.select([], [sock], [], min(stall, left))
+        if not writable:
+            if left > stall:
+                break                   # stalled: the proxy stopped reading
+            continue
+        try:
+            sent += sock.send(block[:total - sent])
+        except BlockingIOError:
+            continue
+        except (BrokenPipeError, ConnectionResetError):
+            break
+    return sent
+
+
+def upload(port: int, path: str, seconds: float = 3.0) -> tuple[bytes, int]:
+    """POST a 32 MiB body as fast as the proxy takes it: (the first bytes of the answer
+    received meanwhile, the bytes the proxy took)."""
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 65536)
+        sock.sendall(b"POST %s HTTP/1.1\r\nhost: diff.test\r\ncontent-length: %d\r\n\r\n"
+                     % (path.encode(), UPLOAD))
+        took = pump(sock, UPLOAD, seconds)
+        sock.setblocking(True)
+        sock.settimeout(0.5)
+        try:
+            answer = sock.recv(4096)
+        except (socket.timeout, ConnectionResetError):
+            answer = b""
+        return answer, took
+
+
+def test_body_behind_a_plugin_paused_on_its_headers_is_bounded(pair):
+    for name in ("envoy", "baton"):
+        answer, took = upload(pair.target(name).ports["pause"], "/x")
+        assert took < BOUND, (name, took)
+        assert answer == b"", (name, answer)        # no 413: the body is not buffered
+
