@@ -144,3 +144,39 @@ def test_body_behind_a_plugin_paused_on_its_headers_is_bounded(pair):
         assert took < BOUND, (name, took)
         assert answer == b"", (name, answer)        # no 413: the body is not buffered
 
+
+def ended(sock: socket.socket, seconds: float = 3.0) -> bool:
+    """Whether the proxy ends the connection within `seconds` (what it sent is read away)."""
+    sock.setblocking(True)
+    sock.settimeout(seconds)
+    try:
+        while sock.recv(65536):
+            pass
+    except socket.timeout:
+        return False
+    except ConnectionResetError:
+        pass
+    return True
+
+
+def test_request_body_buffered_after_the_response_began(pair):
+    """Over the limit with the response begun: downstream_rq_too_large and a reset, which on
+    HTTP/1.1 ends the connection. (The bytes taken differ: Envoy's reset stops reading,
+    ~0.65 MB; Baton's HTTP/1.1 reset closes as a delayed close, reading and dropping what the
+    client sends for delayed_close_timeout, so not buffered either.)"""
+    for name in ("envoy", "baton"):
+        target = pair.target(name)
+        before = target.stats("http.early.")
+        with socket.create_connection(("127.0.0.1", target.ports["early"])) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 65536)
+            sock.sendall(b"POST /upper HTTP/1.1\r\nhost: diff.test\r\n"
+                         b"content-length: %d\r\n\r\n" % UPLOAD)
+            sock.settimeout(5)
+            head = sock.recv(4096)
+            pump(sock, UPLOAD, 3.0)
+            assert ended(sock), name
+        after = target.stats("http.early.")
+        assert head.startswith(b"HTTP/1.1 200 OK\r\n"), (name, head)
+        for stat in ("downstream_rq_too_large", "downstream_rq_tx_reset"):
+            stat = "http.early." + stat
+            assert after.get(stat, 0) - before.get(stat, 0) == 1, (name, stat, before, after)

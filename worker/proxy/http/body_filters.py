@@ -188,8 +188,9 @@ class BodyChain:
         stream.router.request_body(data, end_stream)
 
     def _request_too_large(self) -> None:
-        if not self.stream.response_started:
-            _too_large(self.stream)
+        # Once the response began too: Envoy's requestDataTooLarge counts and sends its local
+        # reply, which is then a reset (Stream.local_reply).
+        _too_large(self.stream)
 
     def _resume_headers(self, i: int, data, end_stream: bool) -> None:
         """Envoy's commonContinue: the filter paused on its headers and its body goes on:
@@ -210,8 +211,8 @@ class BodyChain:
             stream.held_body.append(bytes(data))
             stream.held_bytes += len(data)
         if stream.held_bytes > stream.buffer_limit:
-            if not self.request.streaming and not stream.response_started:
-                _too_large(stream)
+            if not self.request.streaming:
+                _too_large(stream)      # (a reset once the response began)
                 return
             # Envoy's watermark on a StopAllIteration or a streaming filter's buffer: over
             # the limit the client is not read until the held body goes on (filter_manager.cc
