@@ -92,3 +92,49 @@ def test_a_streams_declared_properties_go_with_the_stream():
         assert root.host.declared[ctx.id] == {b"ro": True}
         root.end_stream(ctx)
         assert ctx.id not in root.host.declared
+
+
+def test_uncompress_gives_at_most_16_mib():
+    h, _, _ = host_and_stream()
+    assert foreign.MAX_RESULT == 16 << 20
+    assert h.call_foreign_function(b"uncompress", zlib.compress(b"\0" * (17 << 20))) == \
+        (abi.SERIALIZATION_FAILURE, b"")
+
+
+def test_a_guest_looping_on_uncompress_meets_its_deadline(monkeypatch):
+    """The time a foreign function takes is the guest's: vm.py gave it back (a hostcall's
+    time is the host's), so a loop over a zlib bomb ran past the deadline without end."""
+    import time
+    import pytest
+    pytest.importorskip("wasmtime")
+    from baton.worker.wasm import plugin, vm
+    from baton.worker.wasm.vm import Trapped
+    from .test_wasm_vm import config, module
+    monkeypatch.setattr(vm, "DEADLINE_TICKS", 2)             # 0.5 s
+    bomb = zlib.compress(b"\0" * (16 << 20), 9)              # 16 KiB, 16 MiB inflated
+    escaped = "".join(f"\\{b:02x}" for b in bomb)
+    code = module("""
+      (local $i i32)
+      (loop $again                                           ;; 100 calls: 30 s unstopped
+        (drop (call $foreign (i32.const 16) (i32.const 10) (i32.const 4096)
+                             (i32.const %d) (i32.const 32) (i32.const 36)))
+        (local.set $i (i32.add (local.get $i) (i32.const 1)))
+        (br_if $again (i32.lt_u (local.get $i) (i32.const 100))))
+      (i32.const 0)""" % len(bomb), imports="""
+      (import "env" "proxy_call_foreign_function"
+        (func $foreign (param i32 i32 i32 i32 i32 i32) (result i32)))
+      (data (i32.const 16) "uncompress")
+      (data (i32.const 4096) "%s")""" % escaped,
+                  alloc="proxy_on_memory_allocate_unused", extra="""
+      (func (export "proxy_on_memory_allocate") (param $n i32) (result i32) (local $need i32)
+        (local.set $need (i32.sub (i32.shr_u (i32.add (local.get $n) (i32.const 0x10FFFF))
+                                             (i32.const 16)) (memory.size)))
+        (if (i32.gt_s (local.get $need) (i32.const 0))
+          (then (drop (memory.grow (local.get $need)))))
+        (i32.const 0x100000))""")
+    cfg = config(code)
+    machine = plugin._new_vm(cfg, Stats(), {})
+    start = time.monotonic()
+    with pytest.raises(Trapped):
+        machine.call("proxy_on_request_headers", 1, 0, 1)
+    assert time.monotonic() - start < 3, time.monotonic() - start

@@ -9,8 +9,10 @@ Here:
 
 - compress / uncompress: zlib's compress() and uncompress() (the zlib format, default level);
   data that does not inflate to one whole stream is SERIALIZATION_FAILURE. Envoy grows its
-  output buffer without a bound; here the result is bounded by what a VM's memory can hold
-  (vm.py's cap), past it SERIALIZATION_FAILURE.
+  output buffer without a bound; here the result is at most MAX_RESULT (16 MiB), past it
+  SERIALIZATION_FAILURE: a 508 KiB bomb inflated to vm.py's 512 MiB memory cap took 2.3 s of
+  CPU and 1 GiB of the worker. The time a foreign function takes is the guest's (charged():
+  other hostcalls give theirs back), so a guest looping on them meets its deadline.
 - declare_property (DeclarePropertyArguments: name, readonly, type, schema, span): declares
   a property of the calling context (Envoy keeps them per context and proxy_set_property
   consults the root's); declaring a name twice is BAD_ARGUMENT; a readonly property takes
@@ -30,7 +32,28 @@ import zlib
 
 OK, NOT_FOUND, BAD_ARGUMENT, SERIALIZATION_FAILURE, UNIMPLEMENTED = 0, 1, 2, 3, 12
 
-MAX_RESULT = 512 << 20          # vm.py's memory cap: a result the guest could not hold
+MAX_RESULT = 16 << 20           # inflated bytes a call may give (Baton's bound; Envoy: none)
+
+
+class PastDeadline(Exception):
+    """A foreign function ended past the VM call's deadline: a trap in the guest."""
+
+
+def charged(vm, function, *args):
+    """function(*args), its time counted as the guest's. vm.py gives the epoch ticks a
+    hostcall took back to the guest when it returns (the host's work, not the guest's): the
+    deadline moved earlier by as many makes that give back nothing, and a call that ends
+    past the deadline traps (wasmtime only checks the epoch in guest code, and a guest whose
+    time goes into these calls would rarely be there when a tick comes)."""
+    ticks = vm._ticks
+    entered, deadline = ticks[0], vm._deadline
+    result = function(*args)
+    now = ticks[0]
+    if now != entered:
+        if now >= deadline:
+            raise PastDeadline("the VM call's deadline passed in a foreign function")
+        vm._deadline = deadline - (now - entered)
+    return result
 
 
 def _compress(host, arguments: bytes):

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import struct
 
-from . import abi
+from . import abi, foreign
 
 WASI_MODULES = ("wasi_snapshot_preview1", "wasi_unstable")
 # WASI errnos (wasi_snapshot_preview1's errno enum; proxy-wasm's statuses are not these:
@@ -166,8 +166,9 @@ def function(vm, module: str, name: str):
         "proxy_grpc_close": lambda c, token: host.grpc_close(token & 0xFFFFFFFF),
         "proxy_grpc_cancel": lambda c, token: host.grpc_cancel(token & 0xFFFFFFFF),
         "proxy_get_status": get_status,
-        "proxy_call_foreign_function": lambda c, np, ns, ap, az, pp, sp: returning(
-            c, host.call_foreign_function(read(c, np, ns), read(c, ap, az)), pp, sp),
+        "proxy_call_foreign_function": lambda c, np, ns, ap, az, pp, sp: foreign.charged(
+            vm, lambda: returning(c, host.call_foreign_function(read(c, np, ns),
+                                                                read(c, ap, az)), pp, sp)),
         "proxy_register_shared_queue": lambda c, np, ns, tp: token_out(
             c, host.register_shared_queue(read(c, np, ns)), tp),
         "proxy_resolve_shared_queue": lambda c, vp, vs, np, ns, tp: token_out(
