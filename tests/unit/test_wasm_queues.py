@@ -48,3 +48,18 @@ def test_the_host_registers_for_the_root_and_tells_its_handler():
     assert h.dequeue_shared_queue(token) == (abi.EMPTY, b"")
     h.current = None
     assert h.register_shared_queue(b"q") == (abi.BAD_ARGUMENT, 0)
+
+
+def test_a_queue_holds_at_most_max_queue_bytes(monkeypatch):
+    """Envoy takes data without a bound; a queue nobody drains grew the worker without one."""
+    from baton.worker.wasm import queues as q
+    monkeypatch.setattr(q, "MAX_QUEUE_BYTES", 10)
+    told = []
+    queues = SharedQueues()
+    token = queues.register("vm", b"q", 1, lambda ctx, tok: told.append(tok))
+    assert queues.enqueue(token, b"123456") == OK and queues.enqueue(token, b"1234") == OK
+    assert queues.enqueue(token, b"x") == q.INTERNAL_FAILURE and len(told) == 2
+    assert queues.dequeue(token) == (OK, b"123456")
+    assert queues.enqueue(token, b"abcdef") == OK                 # room again
+    assert queues.enqueue(token, b"y") == q.INTERNAL_FAILURE
+    assert abi.INTERNAL_FAILURE == q.INTERNAL_FAILURE

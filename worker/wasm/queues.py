@@ -16,21 +16,26 @@ owner is the last thread whose VM registered; Baton's are per worker process (ea
 has its own VMs, as its shared data is per worker too): an enqueue reaches the queue of the
 worker it runs in, and its owner is that worker's root. Envoy drops a vm_id's queues when
 its last VM goes; here they live as long as the worker (a reloaded plugin registers again
-and finds its data).
+and finds its data). Envoy's queues take data without a bound; here a queue holds at most
+MAX_QUEUE_BYTES, and an enqueue past it is INTERNAL_FAILURE, nothing queued or told (a guest
+of 1.25 MiB pushing into a queue nobody drains grew the worker to 1187 MiB).
 """
 
 from __future__ import annotations
 
 from collections import deque
 
-OK, NOT_FOUND, EMPTY = 0, 1, 7      # proxy_status_t (abi.py)
+OK, NOT_FOUND, EMPTY, INTERNAL_FAILURE = 0, 1, 7, 10      # proxy_status_t (abi.py)
+
+MAX_QUEUE_BYTES = 64 << 20      # the data one queue may hold (Baton's bound; Envoy: none)
 
 
 class Queue:
-    __slots__ = ("items", "context_id", "notify")
+    __slots__ = ("items", "size", "context_id", "notify")
 
     def __init__(self):
         self.items: deque = deque()
+        self.size = 0               # the bytes in items
         self.context_id = 0
         self.notify = None          # f(context_id, token), or None (a check's VM: no I/O)
 
@@ -61,7 +66,10 @@ class SharedQueues:
         queue = self.queues.get(token)
         if queue is None:
             return NOT_FOUND
+        if queue.size + len(data) > MAX_QUEUE_BYTES:
+            return INTERNAL_FAILURE
         queue.items.append(bytes(data))
+        queue.size += len(data)
         if queue.notify is not None:
             queue.notify(queue.context_id, token)
         return OK
@@ -72,7 +80,9 @@ class SharedQueues:
             return NOT_FOUND, b""
         if not queue.items:
             return EMPTY, b""
-        return OK, queue.items.popleft()
+        data = queue.items.popleft()
+        queue.size -= len(data)
+        return OK, data
 
 
 WORKER = SharedQueues()         # this worker process's queues
