@@ -72,3 +72,18 @@ def test_the_grpc_timeout_of_a_long_timeout_moves_to_seconds(pair):
     def expect(obs):
         assert marks(obs) == {"x-msg": ["200000S"]}, obs
     differential(pair, exchange("/g-tmo", "hostile-timeout"), expect)
+
+
+@pytest.mark.parametrize("path, text", [
+    ("/m-meta", "invalid header value for: x-meta"),        # CR LF in the value
+    ("/z-meta", "invalid header value for: x-meta"),        # NUL
+    ("/k-meta", "invalid header name: x meta"),             # a space in the name
+])
+def test_metadata_that_is_not_valid_http_fails_the_call(pair, path, text):
+    """Envoy's router refuses the call's headers: proxy_grpc_call INTERNAL_FAILURE, then a
+    close 14 with its text; nothing reaches the server (Baton sent it as it was)."""
+    def expect(obs):
+        detail = "filter_removed_required_request_headers{" + text.replace(" ", "_") + "}"
+        assert marks(obs) == {"x-call-status": ["10"], "x-close": ["14"],
+                              "x-close-message": [f"{text}{{{detail}}}"]}, obs
+    differential(pair, exchange(path, "hostile" + path), expect)

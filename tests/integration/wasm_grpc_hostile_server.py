@@ -2,7 +2,9 @@
 test_differential_wasm_grpc_hostile.py). What it answers depends on the unary request's message
 (grpc.wat sends the downstream path): 'b2' -> grpc-status b'\\xb2' (not a number, though latin-1
 "²" passes str.isdigit); 'many' -> three messages then grpc-status 0; 'tmo' -> the grpc-timeout
-it got, as the message; otherwise "plain". Prints "ready PORT" once listening."""
+it got, as the message; 'meta' -> the metadata whose name has "meta" in it, as it came
+("meta=x-meta=a\r\nb": headers are not checked); otherwise "plain". Prints "ready PORT" once
+listening."""
 import socket
 import sys
 import threading
@@ -17,8 +19,8 @@ def frame(message: bytes) -> bytes:
 
 
 def serve(sock):
-    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False,
-                                                                 header_encoding=None))
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(
+        client_side=False, header_encoding=None, validate_inbound_headers=False))
     conn.initiate_connection()
     sock.sendall(conn.data_to_send())
     bodies, heads = {}, {}
@@ -49,6 +51,9 @@ def answer(conn, sid, body, head):
         messages, status = [head.get(b"grpc-timeout", b"none")], b"0"
     elif b"b2" in body:
         messages, status = [b"hi"], b"\xb2"
+    elif b"meta" in body:
+        messages, status = [b"meta=" + b";".join(
+            name + b"=" + value for name, value in head.items() if b"meta" in name)], b"0"
     elif b"many" in body:
         messages, status = [b"m1", b"m2", b"m3"], b"0"
     else:

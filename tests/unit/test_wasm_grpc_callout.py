@@ -158,3 +158,11 @@ def test_grpc_timeout_is_written_as_envoys_to_grpc_timeout():
     assert grpc_timeout(0.2) == "200m" and grpc_timeout(99999.999) == "99999999m"
     assert grpc_timeout(200000) == "200000S"                 # 200,000,000 ms: 9 digits
     assert grpc_timeout(10 ** 12) == "99999999H"             # no larger unit: clipped
+
+
+def test_headers_the_router_would_refuse():
+    from baton.worker.wasm.header_check import invalid_header
+    assert invalid_header([(":path", "/a"), ("x-a", "b c\t")]) is None
+    assert invalid_header([("x-a", "ok"), ("x-b", "a\rb")]) == "invalid header value for: x-b"
+    assert invalid_header([("", "v")]) == "invalid header name: "
+    assert invalid_header([("x\x00", "v")]) == "invalid header name: x\x00"

@@ -39,6 +39,7 @@ from ..codecs.message import Headers, Request
 from ..proxy.http.grpc_call import frame, grpc_status, grpc_timeout
 from ..proxy.http.upstream_call import UpstreamCall
 from .foreign import wire_fields
+from .header_check import details, invalid_header
 
 OK, NOT_FOUND, BAD_ARGUMENT, PARSE_FAILURE, INTERNAL_FAILURE = 0, 1, 2, 4, 10
 GRPC_OK, GRPC_UNKNOWN, GRPC_INTERNAL, GRPC_UNAVAILABLE = 0, 2, 13, 14
@@ -259,13 +260,14 @@ class GrpcCallouts:
             return status, None
         call = Callout(self.worker, clusters.get(cluster_name),
                        lambda kind, *args: self._event(token, kind, args), unary)
-        if call.cluster is None:
-            # A GrpcService naming no cluster: Envoy's client fails the call as it starts
-            # (its close, UNAVAILABLE "Cluster not available", comes when the VM call
-            # returns) and the hostcall answers INTERNAL_FAILURE, the token used.
+        refused = "Cluster not available" if call.cluster is None else invalid_header(metadata)
+        if refused is not None:
+            # A GrpcService naming no cluster, or metadata the router refuses (header_check):
+            # Envoy's client fails the call as it starts (its close, UNAVAILABLE, comes when
+            # the VM call returns) and the hostcall answers INTERNAL_FAILURE, the token used.
+            text = refused if call.cluster is None else close_text(refused, details(refused))
             call.finished = True
-            self.after_call.append(lambda: self.deliver(token, "close", GRPC_UNAVAILABLE,
-                                                        "Cluster not available"))
+            self.after_call.append(lambda: self.deliver(token, "close", GRPC_UNAVAILABLE, text))
             return INTERNAL_FAILURE, call
         self.calls[token] = call
         call.start(f"/{service_name}/{method}", authority or cluster_name, metadata, timeout)
