@@ -40,7 +40,7 @@ def answers(monkeypatch, *results):
     """Remote.try_once answers these in turn; -> the URIs tried."""
     tried, results = [], list(results)
 
-    def try_once(self):
+    def try_once(self, end=None):
         tried.append(self.uri)
         return results.pop(0)
     monkeypatch.setattr(remote.Remote, "try_once", try_once)
@@ -139,7 +139,7 @@ def test_the_background_fill_fetches_once_per_hash(monkeypatch):
     """Fills asked for while one of the same hash is in flight start no fetch of their own."""
     release, tried = threading.Event(), []
 
-    def try_once(self):
+    def try_once(self, end=None):
         tried.append(self.uri)
         release.wait(5)                     # in flight until the other fills were asked for
         return DENY, ""

@@ -7,7 +7,7 @@ when its config is translated, checked against its sha256.
 
 Envoy 1.40 (source/extensions/common/wasm/wasm.cc createWasm, remote_async_datasource.cc):
 the main thread fetches the code through `http_uri.cluster` while the listener warms (its
-init target), GET `http_uri.uri` with `timeout` per try, a 200 whose body's sha256 is
+init target), GET `http_uri.uri`, each try whole within `timeout`, a 200 whose body's sha256 is
 `sha256` or the try failed; `retry_policy.num_retries` more tries (1 by default) after a
 jittered exponential back-off (a random wait below `base_interval`, 1 s, doubling up to
 `max_interval`, 10 s). When every try failed the plugin is not created, and the filter then
@@ -50,13 +50,21 @@ import hashlib
 import http.client
 import os
 import random
+import socket
 import threading
 import time
 import urllib.parse
 
 from . import cache
 
-MAX_CODE = 64 << 20             # a module larger than this is refused (Envoy: no limit)
+# A module larger than this is refused, before its body is read when the head says its length,
+# else once the body passes it: Baton's bound (Envoy's fetcher keeps a body of any size), so a
+# huge or endless body costs at most this much memory; the same as the cache's reads below.
+MAX_CODE = 64 << 20
+# The whole fetch, every try and back-off included, ends by this many seconds: Baton's bound
+# (Envoy's tries go on as long as num_retries says, with a warming listener or init waiting),
+# so a dead server and a large num_retries cannot hold the master's bootstrap check for ever.
+FETCH_BUDGET = 60.0
 NEGATIVE_SECONDS = 10           # Envoy's CODE_CACHE_SECONDS_NEGATIVE_CACHING
 _fetched: dict[str, bytes] = {}                 # sha256 -> code, this process's
 _failed: dict[str, tuple[float, str]] = {}      # sha256 -> (when every try failed, why)
@@ -187,15 +195,21 @@ class Remote:
         _count(count, "remote_load_cache_misses")
         return self.fetch(sleep)
 
-    def fetch(self, sleep=time.sleep) -> tuple[bytes | None, str]:
-        """The tries; the code kept, or the failure negatively cached."""
+    def fetch(self, sleep=time.sleep, budget: float = FETCH_BUDGET) -> tuple[bytes | None, str]:
+        """The tries, all of them within `budget` seconds (no try or wait past it); the code
+        kept, or the failure negatively cached."""
         why = ""
         ceiling = self.base
+        end = time.monotonic() + budget
         for attempt in range(self.retries + 1):
             if attempt:
-                sleep(random.random() * ceiling)
+                left = end - time.monotonic()
+                sleep(min(random.random() * ceiling, max(left, 0)))
                 ceiling = min(ceiling * 2, self.ceiling)
-            code, why = self.try_once()
+            if end - time.monotonic() <= 0:
+                why = f"{why}; no time left for another try within {budget:g} s".lstrip("; ")
+                break
+            code, why = self.try_once(end)
             if code is not None:
                 keep(self.sha256, code)
                 _failed.pop(self.sha256, None)
@@ -210,8 +224,10 @@ class Remote:
         self.fetch()
         _fresh.add(self.sha256)
 
-    def try_once(self) -> tuple[bytes | None, str]:
-        """One GET through the cluster: its next endpoint, its TLS; a 200 only."""
+    def try_once(self, end: float | None = None) -> tuple[bytes | None, str]:
+        """One GET through the cluster: its next endpoint, its TLS; a 200 only. The whole try
+        (connect, TLS, head, body) ends by `timeout` (Envoy's http_uri.timeout is the request's
+        deadline, not a socket read's) or by `end` (time.monotonic()), the sooner."""
         upstream = self.upstream
         if upstream is None:
             return None, "no such cluster"
@@ -223,35 +239,91 @@ class Remote:
         target = parts.path or "/"
         if parts.query:
             target += "?" + parts.query
-        connection = _ClusterConnection(host, port, self.timeout or None, upstream.tls)
+        if self.timeout:
+            now = time.monotonic()
+            end = now + self.timeout if end is None else min(end, now + self.timeout)
+        connection = _ClusterConnection(host, port, end, upstream.tls)
         try:
             connection.request("GET", target, headers={"Host": parts.netloc})
             response = connection.getresponse()
             status = response.status
-            body = response.read(MAX_CODE + 1)
+            body = _body(response) if status == 200 else b""
         except (OSError, http.client.HTTPException, ValueError) as exc:
+            if connection.expired:
+                return None, "timed out (http_uri.timeout)"
             return None, str(exc) or type(exc).__name__     # refused, timed out, TLS, bad reply
         finally:
             connection.close()
+            connection.release()
+        if connection.expired:          # a body read until the close: cut short, not whole
+            return None, "timed out (http_uri.timeout)"
         if status != 200:               # Envoy's fetcher: a 200 only, a redirect not followed
             return None, f"HTTP {status}"
-        if len(body) > MAX_CODE:
+        if body is None or len(body) > MAX_CODE:
             return None, f"larger than {MAX_CODE} bytes"
         if hashlib.sha256(body).hexdigest() != self.sha256:
             return None, "sha256 mismatch"
         return body, ""
 
 
+def _body(response) -> bytes | None:
+    """The body, or None past MAX_CODE (said by its length before any of it is read)."""
+    if response.length is not None and response.length > MAX_CODE:
+        return None
+    chunks, size = [], 0
+    while size <= MAX_CODE:
+        chunk = response.read(min(1 << 16, MAX_CODE + 1 - size))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks) if size <= MAX_CODE else None
+
+
 class _ClusterConnection(http.client.HTTPConnection):
     """HTTP/1.1 to one endpoint of the cluster, over its transport socket when it has one
-    (the worker's TLS client context: Envoy's verification, SNI and SAN matching)."""
+    (the worker's TLS client context: Envoy's verification, SNI and SAN matching).
 
-    def __init__(self, host, port, timeout, tls: dict | None):
+    Ends by `end` (time.monotonic(), or None): each socket operation waits at most the time
+    left, and a timer shuts the connection down when it runs out, which ends a read that a
+    trickling server keeps alive one byte at a time (a socket timeout would not)."""
+
+    def __init__(self, host, port, end: float | None, tls: dict | None):
+        timeout = None if end is None else max(end - time.monotonic(), 0.001)
         super().__init__(host, port, timeout=timeout)
         self.tls = tls
+        self.expired = False
+        self._lock = threading.Lock()
+        self._watched = None        # a dup of the socket: its shutdown ends the TLS one's too
+        self._timer = None
+        if end is not None:
+            self._timer = threading.Timer(timeout, self._expire)
+            self._timer.daemon = True
+            self._timer.start()
+
+    def _expire(self):
+        with self._lock:
+            self.expired = True
+            if self._watched is not None:
+                with contextlib.suppress(OSError):
+                    self._watched.shutdown(socket.SHUT_RDWR)
+
+    def release(self):
+        """After close(), which http.client also calls when a response is read to its close
+        (the watch must outlive that)."""
+        if self._timer is not None:
+            self._timer.cancel()
+        with self._lock:
+            if self._watched is not None:
+                self._watched.close()
+                self._watched = None
 
     def connect(self):
         super().connect()
+        with self._lock:
+            self._watched = self.sock.dup()
+            if self.expired:
+                raise TimeoutError("timed out")
         if self.tls is None:
             return
         if self.tls.get("missing_secrets"):
