@@ -26,6 +26,7 @@ import wasmtime
 
 from .conftest import free_port
 from .differential.bootstraps import bootstrap, cluster, http_listener
+from .differential.client import curl, one
 from .differential.proxies import module_pair
 from .test_differential_wasm import FIXTURES, wasm_filter
 
@@ -70,11 +71,16 @@ def _early_upstream() -> int:
 
 
 EARLY = _early_upstream()
+_silent = socket.socket()       # accepts (the kernel's backlog), never answers
+_silent.bind(("127.0.0.1", 0))
+_silent.listen(64)
+SILENT = _silent.getsockname()[1]
 
 
 def limits_bootstrap(upstreams: dict[str, int]):
     routes = {"name": "r", "virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [
         {"match": {"prefix": "/holddead"}, "route": {"cluster": "dead"}},
+        {"match": {"prefix": "/silent"}, "route": {"cluster": "silent", "timeout": "0s"}},
         {"match": {"prefix": "/upper"}, "route": {"cluster": "early", "timeout": "0s"}},
         {"match": {"prefix": "/"}, "route": {"cluster": "a"}}]}]}
 
@@ -87,14 +93,17 @@ def limits_bootstrap(upstreams: dict[str, int]):
             listener["per_connection_buffer_limit_bytes"] = LIMIT
         hold = http_listener("hold", ports["hold"], routes,
                              http_filters=[_plugin("hold_response.wat")])
-        return bootstrap(admin, [pause, early, hold],
+        forever = http_listener("forever", ports["forever"], routes,
+                                http_filters=[_plugin("hold_response_forever.wat")],
+                                stream_idle_timeout="0.5s")
+        return bootstrap(admin, [pause, early, hold, forever],
                          [cluster("a", [upstreams["a"]]), cluster("dead", [DEAD]),
-                          cluster("early", [EARLY])])
+                          cluster("early", [EARLY]), cluster("silent", [SILENT])])
     return template
 
 
 recorder, pair = module_pair("diff-wasm-body-limits", limits_bootstrap,
-                             ["pause", "early", "hold"])
+                             ["pause", "early", "hold", "forever"])
 
 
 def pump(sock: socket.socket, total: int, seconds: float, stall: float = 0.5) -> int:
@@ -180,3 +189,63 @@ def test_request_body_buffered_after_the_response_began(pair):
         for stat in ("downstream_rq_too_large", "downstream_rq_tx_reset"):
             stat = "http.early." + stat
             assert after.get(stat, 0) - before.get(stat, 0) == 1, (name, stat, before, after)
+
+
+def test_local_reply_while_the_plugin_holds_its_head(pair):
+    """/holddead: the router's own 503 (nobody listens) passes the plugin, which holds its
+    head until its tick: the head goes out then, and the reply's body after it."""
+    out = {}
+    for name in ("envoy", "baton"):
+        port = pair.target(name).ports["hold"]
+        h1 = one(port, "GET", "/holddead", [("host", "diff.test")])
+        h2 = curl(port, "/holddead", http2=True)
+        out[name] = [(r.status, r.header("x-held"), r.header("content-length"), r.body)
+                     for r in (h1, h2)]
+    assert out["baton"] == out["envoy"], out
+    assert out["envoy"][0][:2] == (503, "yes"), out
+
+
+def timed_out(port: int, request: bytes) -> tuple[bytes, bytes]:
+    """The answer to `request` (head and body; the date and server headers left out), and
+    whether the connection stayed open after it (after a connection: close, Envoy sends its
+    FIN when delayed_close_timeout passes, Baton at once: not compared)."""
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.sendall(request)
+        sock.settimeout(5)
+        got = b""
+        while not got.endswith(b"stream timeout"):
+            data = sock.recv(4096)
+            if not data:
+                break
+            got += data
+        if b"\r\nconnection: close\r\n" in got.lower():
+            return strip_date_server(got), b"closing"
+        sock.settimeout(0.2)
+        try:
+            state = b"closed" if not sock.recv(1) else b"more"
+        except socket.timeout:
+            state = b"open"
+    return strip_date_server(got), state
+
+
+def strip_date_server(got: bytes) -> bytes:
+    lines = [line for line in got.split(b"\r\n")
+             if not line.lower().startswith((b"date:", b"server:"))]
+    return b"\r\n".join(lines)
+
+
+def test_idle_timeout_while_the_plugin_holds_the_response_head(pair):
+    """The head waits for ever, stream_idle_timeout 0.5 s: Envoy's 504 "stream timeout"
+    replaces the held head (sendDirectLocalReply: no x-held), and the connection stays;
+    to a POST short of its body, 408 and the connection closes. The same without a plugin
+    (/silent: an upstream that never answers)."""
+    get = b"GET %s HTTP/1.1\r\nhost: diff.test\r\n\r\n"
+    post = b"POST %s HTTP/1.1\r\nhost: diff.test\r\ncontent-length: 10\r\n\r\nabc"
+    out = {}
+    for name in ("envoy", "baton"):
+        port = pair.target(name).ports["forever"]
+        out[name] = [timed_out(port, request % path) for request in (get, post)
+                     for path in (b"/x", b"/silent")]
+    for case, (envoy, baton) in enumerate(zip(out["envoy"], out["baton"])):
+        assert baton == envoy, (case, envoy, baton)
+    assert out["envoy"][0][0].startswith(b"HTTP/1.1 504 "), out

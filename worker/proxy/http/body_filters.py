@@ -424,6 +424,18 @@ class BodyChain:
         if sum(len(b) for b, end in self.behind_head if end is not None) > stream.buffer_limit:
             stream.downstream_paused(True)
 
+    def reply_body_behind_head(self, body: bytes) -> None:
+        """A local reply's body while a filter holds its head: it goes out after the head
+        (Envoy's local reply passes the encoder filters: encodeHeaders, then encodeData)."""
+        self.behind_head.append((body, True))
+
+    def drop_held_head(self) -> None:
+        """A local reply replaces the head a filter holds, and what waited behind it."""
+        self.held_head = None
+        if self.behind_head:
+            self.behind_head = []
+            self.stream.downstream_paused(False)
+
     def continue_response_head(self, stream_filter) -> None:
         """The filter that PAUSEd on the response head goes on (Envoy's continueEncoding):
         the filters after it see the head, it goes out, then what waited behind it."""

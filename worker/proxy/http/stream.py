@@ -638,6 +638,10 @@ class Stream:
         if self.response_started:
             self.reset(details)
             return
+        chain = self.body_chain
+        if chain is not None and chain.held_head is not None:
+            chain.drop_held_head()      # Envoy's sendDirectLocalReply: it replaces the held
+            self.filter_index = 0       # head and passes no filter
         if self.router is not None and not self.router.finished:
             self.router.cancel()
         if self.delay_timer is not None:
@@ -666,6 +670,10 @@ class Stream:
         head_request = self.request is not None and self.request.method == "HEAD"
         if body and not head_request:
             self._send_head(Response(status, headers), False)
+            chain = self.body_chain
+            if chain is not None and chain.held_head is not None:
+                chain.reply_body_behind_head(body)     # a filter holds the reply's head
+                return
             self.info.bytes_sent += len(body)
             self.conn.codec.send_body(self.id, body, True)
             self._response_done()
@@ -734,12 +742,17 @@ class Stream:
 
     def timed_out(self, status: int, body: str, details: str, stat: str) -> None:
         """request_timeout / stream_idle_timeout: Envoy's 408 before the response began, a
-        reset after."""
+        reset after; an idle timeout once the whole request came is 504 (Envoy 1.40's
+        onIdleTimeout, measured: 504 "stream timeout" to a GET, 408 to a POST short of its
+        body)."""
         self.stats[stat] += 1
         if self.response_started:
             self.reset(details)
         else:
-            self.close_connection = not self.conn.codec.multiplexed
+            if self.request_complete and stat == self.hcm.stat_rq_idle_timeout:
+                status = 504                # (the connection stays, as Envoy's)
+            else:
+                self.close_connection = not self.conn.codec.multiplexed
             self.local_reply(status, body, details)
 
     def reset_downstream(self, reason: str) -> None:
