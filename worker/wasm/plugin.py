@@ -26,6 +26,7 @@ from ..codecs.message import Headers
 from ..stats import Stats
 from . import abi, buffers, maps
 from .grpc_callout import GrpcCallouts
+from .header_check import refused_call
 from .queues import SharedQueues
 from .vm import VM, Trapped, WasmError, runtime
 
@@ -222,6 +223,8 @@ class PluginRoot:
         cluster = self.worker.clusters.get(cluster_name)
         if cluster is None:
             return abi.BAD_ARGUMENT, 0
+        if refused_call(request):      # headers not valid HTTP: nothing goes upstream
+            return abi.INTERNAL_FAILURE, 0
         token = self.host.next_id
         self.host.next_id += 1
 
