@@ -116,6 +116,8 @@ class Agent:
         self.saved = saved
         self.stats = Stats()
         self.started_scopes: set[str] = set()   # subscriptions counted as started
+        self.waiting: dict[str, asyncio.Task] = {}  # type_url -> its update waiting for code
+        self.restoring: dict[str, asyncio.Task] = {}    # saved state's: kept past a stream
         self.dirty = asyncio.Event()
         self.done = self.loop.create_future()
         from ..supervisor.handoff.channel import Channel
@@ -238,7 +240,6 @@ class Agent:
         if saved.get("version") != STATE_VERSION or saved.get("delta") != self.delta:
             return
         from google.protobuf import any_pb2
-        now = self.loop.time()
         for key, secrets in (saved.get("source_secrets") or {}).items():
             self.config.source_secrets[key] = secrets
         for type_url in TYPE_ORDER:
@@ -246,18 +247,37 @@ class Agent:
             resources = {name: (version, any_pb2.Any(type_url=type_url, value=raw))
                          for name, version, raw, _ in entry.get("resources", ())}
             if resources:
-                errors = self.config.apply(Update(type_url, entry["version"], "", resources, [],
-                                                  complete=True), now)
-                if errors:
-                    log.warning("xds agent: saved %s no longer loads: %s", SHORT[type_url],
-                                error_detail(errors))
+                update = Update(type_url, entry["version"], "", resources, [], complete=True)
+                errors, fetches = self._translate(update)
+                if fetches:         # applied once its remote Wasm code is fetched, off the loop
+                    self._wait(type_url, self._restore_later(update, entry, fetches))
+                    self.restoring[type_url] = self.waiting[type_url]
+                elif not self._restored(update, entry, errors):
                     continue
-                for name, _, _, updated in entry["resources"]:
-                    self.config.accepted[type_url][name].updated = updated
             self.protocol.restore(type_url, entry.get("version", ""), entry.get("held") or {})
         # What was served before is served again at once: its warming already happened.
         self.config.promote(float("inf"))
         self.dirty.set()
+
+    def _restored(self, update, entry, errors) -> bool:
+        """Saved resources applied (errors: not): their times of update as saved."""
+        if errors:
+            log.warning("xds agent: saved %s no longer loads: %s", SHORT[update.type_url],
+                        error_detail(errors))
+            return False
+        for name, _, _, updated in entry["resources"]:
+            self.config.accepted[update.type_url][name].updated = updated
+        return True
+
+    async def _restore_later(self, update, entry, fetches) -> None:
+        """Saved resources whose remote Wasm code was not held at start: translated again
+        once fetched (their versions were asked for already: they loaded before). They then
+        warm as any update, not served at once as the rest of the saved state."""
+        try:
+            self._restored(update, entry, await self._fetched(update, fetches))
+            self.dirty.set()
+        finally:
+            del self.restoring[update.type_url]
 
     # -- the stream --------------------------------------------------------------------
 
@@ -319,16 +339,60 @@ class Agent:
         def connected():
             self.stats.connected = 1
             log.info("xds agent: connected to %s", self.target)
-        return await discovery_stream(call, self.protocol.stream_started(), self._handle,
-                                      connected)
+        try:
+            return await discovery_stream(call, self.protocol.stream_started(), self._handle,
+                                          connected)
+        finally:        # the next stream's server sends them again (the fetches go on)
+            for task in self.waiting.values():
+                if task not in self.restoring.values():
+                    task.cancel()
+            self.waiting = dict(self.restoring)     # the next stream's updates wait for these
 
     async def _handle(self, call, response) -> None:
+        """An update is applied and answered at once, unless it waits for remote Wasm code, or
+        behind an update of its type that does: that one is applied and answered once its
+        code is fetched, in a task, and the stream reads on (other types go on being applied,
+        as Envoy's ADS goes on while a listener warms on its fetch)."""
         update = self.protocol.on_response(response)
         type_url = update.type_url
         names = set(update.resources) | set(update.removed)
         scopes = stat_scopes(self.config, type_url, names)
         self.stats.count(scopes, "update_attempt")
-        errors = await self._apply(update)
+        before = self.waiting.get(type_url)
+        if before is None:
+            errors, fetches = self._translate(update)
+            if not fetches:
+                await self._answer(call, update, scopes, errors)
+                return
+        else:
+            fetches = None
+        self._wait(type_url, self._apply_later(call, update, scopes, before, fetches))
+
+    def _wait(self, type_url, work) -> None:
+        """Run `work` as the task that updates of `type_url` now wait behind."""
+        task = self.loop.create_task(work)
+        self.waiting[type_url] = task
+
+        def done(task):
+            if self.waiting.get(type_url) is task:
+                del self.waiting[type_url]
+            if not task.cancelled() and task.exception() is not None:
+                log.error("xds agent: applying a %s update failed: %r", SHORT[type_url],
+                          task.exception())
+        task.add_done_callback(done)
+
+    async def _apply_later(self, call, update, scopes, before, fetches) -> None:
+        errors = []
+        if before is not None:          # the type's earlier update first, in order (delta)
+            await asyncio.wait({before})
+            errors, fetches = self._translate(update)
+        if fetches:
+            errors = await self._fetched(update, fetches)
+        await self._answer(call, update, scopes, errors)
+
+    async def _answer(self, call, update, scopes, errors) -> None:
+        type_url = update.type_url
+        names = set(update.resources) | set(update.removed)
         if errors:
             message = error_detail(errors)
             log.warning("xds agent: rejected %s version %r: %s", SHORT[type_url],
@@ -352,20 +416,27 @@ class Agent:
         self.dirty.set()
 
 
-    async def _apply(self, update) -> list[str]:
-        """config.apply, with a Wasm filter's remote code fetched off the loop: a translation
-        that needs a fetch fails and is made again once the fetches are done (worker/wasm/
-        remote.py), so SDS, timers and the master are served meanwhile."""
+    def _translate(self, update, outcomes=None) -> tuple[list[str], dict]:
+        """config.apply, never fetching remote Wasm code here on the loop: -> (errors, the
+        modules to fetch first, by sha256: then the update was not applied). `outcomes`:
+        what fetches gave (worker/wasm/remote.py's deferring())."""
         from ..worker.wasm import remote
-        with remote.deferring() as fetches:
+        with remote.deferring(outcomes) as fetches:
             errors = self.config.apply(update, self.loop.time())
-        if not fetches:
-            return errors
-        log.info("xds agent: fetching %d remote Wasm module(s) for %s version %r", len(fetches),
-                 SHORT[update.type_url], update.version)
-        await asyncio.gather(*(self.loop.run_in_executor(None, module.fetch_deferred)
-                               for module in fetches.values()))
-        return self.config.apply(update, self.loop.time())
+        return errors, dict(fetches)
+
+    async def _fetched(self, update, fetches: dict) -> list[str]:
+        """The modules fetched off the loop (a thread each), the update then translated again
+        with their outcomes (more rounds if it names modules it did not reach before)."""
+        outcomes = {}
+        while fetches:
+            log.info("xds agent: fetching %d remote Wasm module(s) for %s version %r",
+                     len(fetches), SHORT[update.type_url], update.version)
+            got = await asyncio.gather(*(self.loop.run_in_executor(None, module.fetch_deferred)
+                                         for module in fetches.values()))
+            outcomes.update(zip(fetches, got))
+            errors, fetches = self._translate(update, outcomes)
+        return errors
 
 
 def read_state(path: str) -> bytes | None:

@@ -155,6 +155,24 @@ def test_a_negatively_cached_module_is_not_deferred_again(monkeypatch):
     assert errors == [] and fetches == {} and config["failed"].endswith(": refused")
 
 
+def test_the_translation_again_takes_the_fetchs_outcome_even_once_its_negative_entry_expired(
+        monkeypatch):
+    """The agent translates again with what its fetches gave: never a fetch there (on its
+    loop), even when a failure's 10 s negative entry expired while slower fetches ran."""
+    with remote.deferring() as fetches:
+        translate_wasm(wasm_pb(**code()), "f", [], [])
+    outcome = fetches[SHA].fetch_deferred()         # no cluster "c": every try failed
+    assert outcome == (None, "no such cluster")
+    remote._failed[SHA] = (remote.time.monotonic() - remote.NEGATIVE_SECONDS - 1, "old")
+    tries = []
+    monkeypatch.setattr(remote.Remote, "try_once", lambda self, end=None: tries.append(1))
+    with remote.deferring({SHA: outcome}) as fetches:
+        errors = []
+        name, config = translate_wasm(wasm_pb(**code()), "f", errors, [])
+    assert errors == [] and fetches == {} and tries == []
+    assert config["failed"].endswith(": no such cluster")
+
+
 def counts() -> dict:
     counters, gauges = remote.stats()
     return {k.removeprefix("wasm.remote_load_"): v for k, v in {**counters, **gauges}.items()}
@@ -176,8 +194,8 @@ def test_the_stats_count_as_envoys_code_cache(monkeypatch, server):
     good["code"]["remote"]["http_uri"]["cluster"] = "modules"
     with remote.deferring() as fetches:     # the agent: a miss, then the fetch off the loop
         translate_wasm(wasm_pb(**good), "f", errors, [])
-    fetches[SHA].fetch_deferred()
-    with remote.deferring():                # translated again: nothing more counted
+    outcome = fetches[SHA].fetch_deferred()
+    with remote.deferring({SHA: outcome}):  # translated again: nothing more counted
         name, config = translate_wasm(wasm_pb(**good), "f", errors, [])
     assert config["code"] == DENY
     assert counts() == {"cache_hits": 0, "cache_misses": 2, "cache_negative_hits": 1,

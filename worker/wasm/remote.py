@@ -31,10 +31,11 @@ does not have (static, or active from CDS, with EDS endpoints) fails the try, as
 The xDS agent does not wait for a fetch on its event loop: its translation runs in
 deferring(), which records a module neither held nor negatively cached and fails the
 update's translation; the agent fetches those off the loop (a thread each) and translates the
-update again, with the code then held (or the failure negatively cached). Meanwhile the
-agent's SDS streams, warming timers, dumps and publishing go on; the ADS stream's next
-response waits, as it waits for any update being applied. The master's bootstrap waits for
-its fetches (Envoy's init waits for them too).
+update again with the fetches' outcomes (never fetching then). Meanwhile the agent's SDS
+streams, warming timers, dumps and publishing go on, and so does the ADS stream: updates of
+other types are applied and answered, those of the waiting one's type wait behind it
+(xds/agent.py). The master's bootstrap waits for its fetches (Envoy's init waits for them
+too), at most FETCH_BUDGET.
 
 Differences: the fetch speaks HTTP/1.1 only (a cluster with http2_protocol_options is still
 asked in HTTP/1.1); the cluster's `transport_socket` is used, not its
@@ -72,7 +73,7 @@ _in_flight: set[str] = set()
 _clusters = None            # name -> translated cluster, what the translation may fetch through
 _eds = None                 # EDS service name -> endpoints, or None
 _deferred: dict | None = None   # sha256 -> Remote: the agent's fetches to make off its loop
-_fresh: set[str] = set()        # fetched for a deferral: the translation again counts nothing
+_outcomes: dict = {}            # sha256 -> (code or None, why): fetched for this translation
 
 # Envoy 1.40's remote code stats (measured on its /stats, named in wasm.cc's createWasm and
 # stats_handler.cc): wasm.remote_load_cache_{hits,misses,negative_hits},
@@ -135,15 +136,17 @@ def upstream_of(name: str) -> Upstream | None:
 
 
 @contextlib.contextmanager
-def deferring():
+def deferring(outcomes: dict | None = None):
     """Within: a Remote whose code is neither held nor negatively cached is recorded (yielded
-    dict, by sha256) instead of fetched; its translation fails (defer() says so)."""
-    global _deferred
-    _deferred = {}
+    dict, by sha256) instead of fetched; its translation fails (defer() says so). `outcomes`:
+    sha256 -> what fetch_deferred() gave, the answer of get() for those (already counted), so
+    that the translation again never fetches, even once a failure's negative entry expired."""
+    global _deferred, _outcomes
+    _deferred, _outcomes = {}, outcomes or {}
     try:
         yield _deferred
     finally:
-        _deferred = None
+        _deferred, _outcomes = None, {}
 
 
 class Remote:
@@ -170,8 +173,8 @@ class Remote:
 
     def defer(self) -> bool:
         """Inside deferring(): True, and recorded, when get() would have to fetch."""
-        if _deferred is None or cached(self.sha256) is not None or \
-                _negative(self.sha256) is not None:
+        if _deferred is None or self.sha256 in _outcomes or \
+                cached(self.sha256) is not None or _negative(self.sha256) is not None:
             return False
         if self.sha256 not in _deferred:
             _deferred[self.sha256] = self
@@ -182,15 +185,16 @@ class Remote:
         """The code (from what this process or the cache holds, else fetched, with the
         retries), or None and why the last try failed. `count`: the lookup counts a cache
         hit, negative hit or miss (a fetch counts its success or failure in any case)."""
-        fresh = self.sha256 in _fresh       # fetched for the agent's deferral: counted then
-        _fresh.discard(self.sha256)
+        outcome = _outcomes.get(self.sha256)
+        if outcome is not None:             # fetched for the agent's deferral: counted then
+            return outcome
         code = cached(self.sha256)
         if code is not None:
-            _count(count and not fresh, "remote_load_cache_hits")
+            _count(count, "remote_load_cache_hits")
             return code, ""
         why = _negative(self.sha256)
         if why is not None:                 # Envoy's negative cache: no new fetch yet
-            _count(count and not fresh, "remote_load_cache_negative_hits")
+            _count(count, "remote_load_cache_negative_hits")
             return None, why
         _count(count, "remote_load_cache_misses")
         return self.fetch(sleep)
@@ -219,10 +223,10 @@ class Remote:
         _count(True, "remote_load_fetch_failures")
         return None, why
 
-    def fetch_deferred(self) -> None:
-        """The agent's fetch of a deferred module (its miss counted by defer())."""
-        self.fetch()
-        _fresh.add(self.sha256)
+    def fetch_deferred(self) -> tuple[bytes | None, str]:
+        """The agent's fetch of a deferred module (its miss counted by defer()), off its loop;
+        what it gives is the outcome for deferring() when the update is translated again."""
+        return self.fetch()
 
     def try_once(self, end: float | None = None) -> tuple[bytes | None, str]:
         """One GET through the cluster: its next endpoint, its TLS; a 200 only. The whole try
