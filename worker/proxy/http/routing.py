@@ -74,7 +74,8 @@ class Route:
                  "_rewrites_path", "express_cluster", "per_filter", "grpc_timeout",
                  "max_stream_duration", "attempt_count_to_upstream",
                  "attempt_count_in_response", "upgrades", "connect_terminate",
-                 "plain_request", "single_cluster", "request_steps", "response_steps")
+                 "plain_request", "single_cluster", "request_steps", "response_steps",
+                 "_plain_prefix")
 
     # The express lane (express.py) and each field: safe (the lane honours it, or it does not
     # change a request) or blocking (name -> whether a value keeps the lane off this route).
@@ -84,6 +85,7 @@ class Route:
         "timeout", "idle_timeout", "idle_timeout_set",  # the lane runs both timers
         "cluster_not_found_status",     # a missing cluster is never taken (express.take)
         "_path_test", "_headers", "_query", "_grpc", "_match",  # matching comes first
+        "_plain_prefix",
         "express_cluster",              # the verdict itself
         "plain_request",                # derived from fields declared below
         "single_cluster",               # _cluster, as pick_cluster gives it
@@ -124,6 +126,11 @@ class Route:
         self._headers = [_HeaderMatcher(h) for h in match["headers"]]
         self._query = [_QueryMatcher(q) for q in match["query_parameters"]]
         self._grpc = match["grpc"]
+        # A case-sensitive prefix and nothing else to match (the usual route, "/"): the
+        # virtual host tests it in place, without matches() and the path test's calls.
+        self._plain_prefix = match["path_value"] if (
+            match["path_kind"] == "prefix" and match["case_sensitive"] and not self._headers
+            and not self._query and not self._grpc) else None
         action = spec["action"]
 
         self.timeout = self.idle_timeout = None
@@ -399,6 +406,11 @@ class _VirtualHost:
             path_only = path if q < 0 else path[:q]
         params = [None]
         for route in self.routes:
+            prefix = route._plain_prefix
+            if prefix is not None:          # what matches() decides for it, inline
+                if path is not None and path.startswith(prefix):
+                    return route
+                continue
             if route.matches(request, path, path_only, params):
                 return route
         return None
@@ -484,5 +496,5 @@ class RouteTable:
 
     def route(self, request):
         """The first matching route of the request's virtual host, or None (404)."""
-        vhost = self.virtual_host(request)
+        vhost = self._default if self._only_default else self.virtual_host(request)
         return vhost.route(request) if vhost is not None else None
