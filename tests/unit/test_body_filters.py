@@ -383,3 +383,56 @@ def test_a_local_reply_from_the_response_head_hook_bypasses_the_filters():
     reply = LocalReply(418, "no", details="nope")
     assert replaced_by(stream, reply, stream.filters[0], Response(200, Headers([])), True)
     assert stream.replies == [(418, "nope")] and stream.filter_index == 0
+
+
+class PauseHeaders(StreamFilter):
+    """PAUSEs its request headers (no body hook): the body waits on the stream."""
+    __slots__ = ()
+
+    def on_request_headers(self, request, end_stream):
+        return PAUSE
+
+
+def test_a_body_held_behind_paused_headers_stops_reading_past_the_limit():
+    # A body-hook filter first, so the chain holds the body (review R2, item 1): over the
+    # limit the client is not read (Envoy's watermark), and read again once it goes on.
+    stream = Stream([Log, PauseHeaders], limit=3)
+    stream.start()
+    stream.body_chain.request_data(b"12", False)
+    assert not stream.paused_reading
+    stream.body_chain.request_data(b"34", False)
+    assert stream.paused_reading and not stream.replies
+    stream.resume_filters()
+    assert not stream.paused_reading and stream.router.body == b"1234"
+
+
+def test_a_buffer_over_the_limit_after_the_response_began_answers():
+    # Envoy's requestDataTooLarge: counted, and its local reply (a reset by then).
+    stream = Stream([BufferAll], limit=3)
+    stream.start()
+    stream.response_started = True
+    stream.body_chain.request_data(b"1234", False)
+    assert stream.replies == [(413, "request_payload_too_large")]
+    assert stream.stats["http.x.downstream_rq_too_large"] == 1
+
+
+def test_a_local_reply_from_a_trailer_hook_answers():
+    # What the Wasm filter returns for a plugin's reply or trap (fail closed) there.
+    class DenyTrailers(StreamFilter):
+        __slots__ = ()
+
+        def on_request_trailers(self, trailers):
+            return LocalReply(503, b"", details="wasm_fail_stream")
+
+        def on_response_trailers(self, trailers):
+            return LocalReply(500, b"", details="late")
+    stream = Stream([DenyTrailers])
+    stream.start()
+    stream.body_chain.request_data(b"abc", False)
+    stream.body_chain.request_trailers(Headers([("x-t", "1")]))
+    assert stream.replies == [(503, "wasm_fail_stream")] and stream.router.trailers is None
+    stream = Stream([DenyTrailers])
+    stream.start()
+    stream.filter_index = 1
+    stream.body_chain.response_trailers(Headers([("x-t", "1")]))
+    assert stream.replies == [(500, "late")] and stream.sent_trailers is None

@@ -292,6 +292,9 @@ class BodyChain:
                 result = stream_filter.on_request_trailers(trailers)
                 if stream.done:
                     return
+                if isinstance(result, LocalReply):
+                    _answer(stream, result)
+                    return
                 if result is PAUSE:
                     self.trailers_at = i
                     stream.trailers = trailers
@@ -386,6 +389,9 @@ class BodyChain:
             if stream_filter.response_body_hooks:
                 result = stream_filter.on_response_trailers(trailers)
                 if stream.done:
+                    return
+                if isinstance(result, LocalReply):
+                    _answer(stream, result)         # (a reset: the head went out)
                     return
                 if result is PAUSE:
                     self.waiting_trailers = (i, trailers)

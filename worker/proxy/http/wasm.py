@@ -201,7 +201,7 @@ class WasmStreamFilter(StreamFilter):
             status, added = self.root.body(ctx, kind, data, end_stream)
         except Trapped as exc:
             return self._failed(exc)
-        if ctx.local_reply is not None and phase == "request":
+        if ctx.local_reply is not None:     # (response: a reset, the head went out)
             return _local_reply(ctx.local_reply)
         if added is not None:
             self.stream.body_chain.added_trailers = added
@@ -219,6 +219,8 @@ class WasmStreamFilter(StreamFilter):
             status = self.root.trailers(ctx, kind, trailers)
         except Trapped as exc:
             return self._failed(exc)
+        if ctx.local_reply is not None:
+            return _local_reply(ctx.local_reply)
         if status == 0 or ctx.continued:
             _gone(ctx, kind)
             return None
