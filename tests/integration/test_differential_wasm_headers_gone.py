@@ -108,33 +108,35 @@ def test_a_body_lets_headers_go_on_past_a_plugin_without_body_callbacks(pair):
     differential(pair, post("headers_only", "/any"), expect)
 
 
+def response_head(path: str, x_late: str | None):
+    """The response's head went out with x-late as the plugin's late add left it, and that
+    add answered OK."""
+    def expect(obs):
+        assert obs["status"] == 200 and obs["upstream"]["path"] == path, obs
+        assert header(obs, "x-late") == x_late, obs
+        assert obs["late_add_status"] == 0, obs
+    return expect
+
+
 def test_a_pause_on_the_response_head_holds_its_body_too_by_default(pair):
     # StopAllIterationAndWatermark until the tick's proxy_continue_stream(Response), which
     # forgets the request's maps but not the response headers: the late add is OK, and
     # goes nowhere.
-    def expect(obs):
-        assert obs["status"] == 200 and obs["upstream"]["path"] == "/resp-pause", obs
-        assert header(obs, "x-late") is None, obs
-        assert obs["late_add_status"] == 0, obs
-    differential(pair, post("stop_default", "/resp-pause"), expect)
+    differential(pair, post("stop_default", "/resp-pause"), response_head("/resp-pause", None))
 
 
 def test_allow_on_headers_stop_iteration_lets_the_response_body_reach_the_paused_plugin(pair):
     # StopIteration: the body reaches the plugin while the head waits, and an add to the
     # response headers then goes out with them.
-    def expect(obs):
-        assert obs["status"] == 200 and obs["upstream"]["path"] == "/resp-pause", obs
-        assert header(obs, "x-late") == "1", obs
-        assert obs["late_add_status"] == 0, obs
-    differential(pair, post("stop_allowed", "/resp-pause"), expect)
+    differential(pair, post("stop_allowed", "/resp-pause"), response_head("/resp-pause", "1"))
 
 
 def test_a_pause_on_the_response_head_after_the_request_was_continued_holds_it(pair):
     # The request paused and continued by a tick, then the response head paused and
     # continued by another: the continue of the request does not let the head through.
+    held = response_head("/pause-resp", None)
+
     def expect(obs):
-        assert obs["status"] == 200 and obs["upstream"]["path"] == "/pause-resp", obs
+        held(obs)
         assert header(obs, "x-statuses") == "220e22", obs
-        assert header(obs, "x-late") is None, obs
-        assert obs["late_add_status"] == 0, obs
     differential(pair, post("stop_default", "/pause-resp"), expect)
