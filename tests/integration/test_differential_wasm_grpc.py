@@ -13,6 +13,7 @@ import os
 import socket
 import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -53,19 +54,26 @@ def grpc_bootstrap(upstreams, grpc_port, mute_port):
     return template
 
 
-@pytest.fixture(scope="module")
-def grpc_server():
+@contextmanager
+def server_process(script: Path):
+    """A server script that prints "ready PORT" once it listens: its port; killed after."""
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    proc = subprocess.Popen([sys.executable, str(SERVER)], stdout=subprocess.PIPE, text=True,
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True,
                             env=env, cwd="/")
     try:
         line = proc.stdout.readline()           # blocks until "ready PORT" or exit
         if not line.startswith("ready "):
-            raise RuntimeError(f"gRPC server did not start: {line!r}")
+            raise RuntimeError(f"{script.name} did not start: {line!r}")
         yield int(line.split()[1])
     finally:
         proc.kill()
         proc.wait(10)
+
+
+@pytest.fixture(scope="module")
+def grpc_server():
+    with server_process(SERVER) as port:
+        yield port
 
 
 @pytest.fixture(scope="module")

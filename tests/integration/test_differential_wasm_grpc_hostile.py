@@ -5,37 +5,22 @@ header of a timeout past 8 digits of milliseconds."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from .differential.compare import differential
-from .differential.proxies import ProxyPair, Recorder
-from .test_differential_wasm_grpc import exchange, grpc_bootstrap, marks, mute  # noqa: F401
+from .differential.proxies import ProxyPair
+from .test_differential_wasm_grpc import (exchange, grpc_bootstrap, marks, mute,  # noqa: F401
+                                          recorder, server_process)
 
 SERVER = Path(__file__).with_name("wasm_grpc_hostile_server.py")
 
 
 @pytest.fixture(scope="module")
 def hostile():
-    proc = subprocess.Popen([sys.executable, str(SERVER)], stdout=subprocess.PIPE, text=True)
-    try:
-        line = proc.stdout.readline()           # blocks until "ready PORT" or exit
-        if not line.startswith("ready "):
-            raise RuntimeError(f"hostile gRPC server did not start: {line!r}")
-        yield int(line.split()[1])
-    finally:
-        proc.kill()
-        proc.wait(10)
-
-
-@pytest.fixture(scope="module")
-def recorder():
-    rec = Recorder("a")
-    yield rec
-    rec.stop()
+    with server_process(SERVER) as port:
+        yield port
 
 
 @pytest.fixture(scope="module")

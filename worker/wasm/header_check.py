@@ -1,10 +1,11 @@
-"""Whether headers a plugin gives for a callout (proxy_grpc_call's metadata) may go on the
-wire, as Envoy's router checks a request it sends (HeaderUtility::checkValidRequestHeaders,
-reached by Wasm callouts through the AsyncClient):
+"""Whether headers a plugin gives for a callout (proxy_grpc_call's metadata, proxy_http_call's
+headers) may go on the wire, as Envoy's router checks a request it sends
+(HeaderUtility::checkValidRequestHeaders, reached by Wasm callouts through the AsyncClient):
 
     invalid_header(pairs) -> None, or Envoy's text for the first bad one:
         "invalid header name: <name>"       not an RFC 9110 token (after a leading ":")
         "invalid header value for: <name>"  a NUL, CR or LF in the value
+    refused_call(request) -> bool           proxy_http_call's check (INTERNAL_FAILURE)
 
 Measured with Envoy 1.40 and tests/fixtures/wasm/grpc.wat: metadata x-meta "a\\r\\nb" or
 "a\\0b", or a name "x meta", fails the call as it starts (proxy_grpc_call INTERNAL_FAILURE,
