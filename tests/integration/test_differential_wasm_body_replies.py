@@ -109,3 +109,9 @@ def test_a_local_reply_from_the_request_trailers_callback(pair, recorder):
         out[name] = (h2_post_with_trailers(target.ports["tr"], key), recorder.count(key))
     assert out["baton"] == out["envoy"], out
     assert out["envoy"][0] == b"403", out
+
+
+def test_rs_too_large_is_listed_from_the_start(pair):
+    listed = {name: pair.target(name).stats("http.tr.").get("http.tr.rs_too_large")
+              for name in ("envoy", "baton")}
+    assert listed == {"envoy": 0, "baton": 0}, listed

@@ -42,6 +42,7 @@ class Conn:
 
 class HCM:
     stat_rq_too_large = "http.x.downstream_rq_too_large"
+    stat_rs_too_large = "http.x.rs_too_large"
     via = ""
 
 

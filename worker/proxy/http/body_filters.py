@@ -370,9 +370,7 @@ class BodyChain:
 
     def _response_too_large(self) -> None:
         stream = self.stream
-        # http.<prefix>.rs_too_large, beside downstream_rq_too_large
-        stat = stream.hcm.stat_rq_too_large
-        stream.stats[stat[:-len("downstream_rq_too_large")] + "rs_too_large"] += 1
+        stream.stats[stream.hcm.stat_rs_too_large] += 1
         # A reset when the head went out already (Stream.local_reply does that).
         stream.local_reply(500, "Internal Server Error", "response_payload_too_large")
 

@@ -142,6 +142,7 @@ class HttpConfig:
         self.stat_rq_rx_reset = http + "downstream_rq_rx_reset"
         self.stat_rq_tx_reset = http + "downstream_rq_tx_reset"
         self.stat_rq_too_large = http + "downstream_rq_too_large"
+        self.stat_rs_too_large = http + "rs_too_large"
         self.stat_rq_header_timeout = http + "downstream_rq_header_timeout"
         self.stat_rq_timeout = http + "downstream_rq_timeout"
         self.stat_rq_max_duration_reached = http + "downstream_rq_max_duration_reached"
@@ -166,7 +167,7 @@ class HttpConfig:
                 self.stat_rq_max_duration_reached,
                 *self.stat_rq_class.values(), self.stat_no_route, self.stat_no_cluster,
                 self.stat_rq_redirect, self.stat_rq_direct_response,
-                self.stat_rq_premature_resets, *H2_CODEC_STATS]
+                self.stat_rq_premature_resets, self.stat_rs_too_large, *H2_CODEC_STATS]
 
     def gauges(self) -> list[str]:
         return [self.stat_cx_active, self.stat_rq_active]
