@@ -4,6 +4,12 @@ and trailer callbacks, through Envoy 1.40 and Baton (review R2, issue 14).
 - "late" (reply_in_response_body.wat): the reply comes from proxy_on_response_body, after the
   head went out: Envoy resets the stream (no body, the HTTP/1.1 connection closes,
   downstream_rq_tx_reset); Baton ignored the reply and sent the whole body.
+- "waf" (reply_at_body_end.wat): a 403 from proxy_on_request_body at the body's end, two
+  POSTs pipelined: the request was read whole, so Envoy keeps the connection and answers
+  both; Baton said connection: close (its "request complete" meant "past the filters").
+- "rt" / "msd" (hold_body_forever.wat): the body arrived whole and the plugin holds it:
+  Envoy's request_timeout is disarmed by the codec's end (no answer), max_stream_duration
+  answers 504 (a request received whole); Baton answered 408 to both.
 - "tr" (reply_in_trailers.wat): a 403 from proxy_on_request_trailers (an HTTP/2 POST with
   trailers): Envoy answers it and nothing reaches the upstream; Baton forwarded the request.
 """
@@ -19,6 +25,7 @@ import h2.events
 import wasmtime
 
 from .differential.bootstraps import bootstrap, cluster, http_listener
+from .differential.client import Closed, Connection
 from .differential.proxies import module_pair
 from .test_differential_wasm import FIXTURES, wasm_filter
 
@@ -37,12 +44,20 @@ def replies_bootstrap(upstreams: dict[str, int]):
             http_listener("late", ports["late"], routes,
                           http_filters=[_plugin("reply_in_response_body.wat")]),
             http_listener("tr", ports["tr"], routes,
-                          http_filters=[_plugin("reply_in_trailers.wat")])],
+                          http_filters=[_plugin("reply_in_trailers.wat")]),
+            http_listener("waf", ports["waf"], routes,
+                          http_filters=[_plugin("reply_at_body_end.wat")]),
+            http_listener("rt", ports["rt"], routes, request_timeout="0.5s",
+                          http_filters=[_plugin("hold_body_forever.wat")]),
+            http_listener("msd", ports["msd"], routes,
+                          common_http_protocol_options={"max_stream_duration": "0.5s"},
+                          http_filters=[_plugin("hold_body_forever.wat")])],
             [cluster("a", [upstreams["a"]])])
     return template
 
 
-recorder, pair = module_pair("diff-wasm-body-replies", replies_bootstrap, ["late", "tr"])
+recorder, pair = module_pair("diff-wasm-body-replies", replies_bootstrap,
+                             ["late", "tr", "waf", "rt", "msd"])
 
 
 def read_to_end(sock: socket.socket, seconds: float = 3.0) -> tuple[bytes, str]:
@@ -115,3 +130,44 @@ def test_rs_too_large_is_listed_from_the_start(pair):
     listed = {name: pair.target(name).stats("http.tr.").get("http.tr.rs_too_large")
               for name in ("envoy", "baton")}
     assert listed == {"envoy": 0, "baton": 0}, listed
+
+
+def test_a_local_reply_at_the_bodys_end_keeps_the_connection(pair):
+    out = {}
+    for name in ("envoy", "baton"):
+        port = pair.target(name).ports["waf"]
+        seen = []
+        for framing in (b"content-length: 10\r\n\r\n0123456789",
+                        b"transfer-encoding: chunked\r\n\r\na\r\n0123456789\r\n0\r\n\r\n"):
+            request = b"POST /x HTTP/1.1\r\nhost: diff.test\r\n" + framing
+            with Connection(port) as conn:
+                conn.send(request + request)
+                for _ in range(2):
+                    try:
+                        response = conn.read_response()
+                    except Closed:
+                        seen.append("closed")
+                        break
+                    seen.append((response.status, response.header("connection")))
+        out[name] = seen
+    assert out["baton"] == out["envoy"], out
+    assert out["envoy"] == [(403, None)] * 4, out
+
+
+def test_timeouts_once_the_request_arrived_whole_but_a_plugin_holds_it(pair):
+    out = {}
+    for name in ("envoy", "baton"):
+        target = pair.target(name)
+        seen = []
+        for listener in ("rt", "msd"):
+            with socket.create_connection(("127.0.0.1", target.ports[listener])) as sock:
+                sock.sendall(b"POST /x HTTP/1.1\r\nhost: diff.test\r\n"
+                             b"content-length: 10\r\n\r\n0123456789")
+                try:
+                    sock.settimeout(1.5)    # 3 times the timeouts
+                    seen.append(sock.recv(4096).split(b"\r\n")[0])
+                except socket.timeout:
+                    seen.append(b"no answer")
+        out[name] = seen
+    assert out["baton"] == out["envoy"], out
+    assert out["envoy"] == [b"no answer", b"HTTP/1.1 504 Gateway Timeout"], out

@@ -84,7 +84,8 @@ class BodyChain:
 
     __slots__ = ("stream", "decodes", "encodes", "request", "response", "held_at",
                  "trailers_at", "headers_paused_at", "holding_at", "waiting_trailers",
-                 "added_trailers", "held_head", "behind_head", "held_over")
+                 "added_trailers", "held_head", "behind_head", "held_over",
+                 "remote_end")
 
     def __init__(self, stream, decodes: bool, encodes: bool):
         self.stream = stream
@@ -101,6 +102,7 @@ class BodyChain:
         self.behind_head = []               # what came from upstream meanwhile
         self.waiting_trailers = None        # (filter index, trailers) a filter PAUSEd
         self.held_over = False              # stream.held_body past the limit paused reading
+        self.remote_end = False             # the codec delivered the request's end
 
     @property
     def request_buffer(self) -> bytearray:
@@ -152,6 +154,8 @@ class BodyChain:
             if self.stream.done:
                 return
             data = b""
+        if end_stream:
+            self.remote_end = True          # (Envoy: after the HTTP/1.1 body, at its end)
         self._decode(0, data, end_stream)
 
     def _reached(self) -> int:
@@ -276,6 +280,7 @@ class BodyChain:
 
     def request_trailers(self, trailers) -> None:
         """The request's trailers from the codec (stream.on_request_trailers)."""
+        self.remote_end = True
         self._trailers(0, trailers)
 
     def _trailers(self, start: int, trailers) -> None:

@@ -597,6 +597,7 @@ class HttpConnection(asyncio.Protocol, HttpConnectionMoves, Connection):
             if stream.done:
                 continue
             if hcm.request_timeout and not stream.request_complete and \
+                    not stream.remote_complete and \
                     now - stream.info.start_monotonic >= hcm.request_timeout:
                 stream.timed_out(408, "request timeout", "request_overall_timeout",
                                  self.hcm.stat_rq_timeout)

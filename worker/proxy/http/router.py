@@ -727,7 +727,7 @@ class Router:
             return
         self.finished = True
         self._cancel_timers()
-        status = 504 if stream.request_complete else 408
+        status = 504 if stream.remote_complete else 408
         stream.local_reply(status, "downstream duration timeout", "max_duration_timeout",
                            grpc_status=DEADLINE_EXCEEDED)
 

@@ -663,7 +663,7 @@ class Stream:
             headers.add(name, value)
         if self.route is not None and self.request is not None and details != "route_not_found":
             self._apply_mutations(headers, self.route.response_plan(self.cluster_name))
-        if not self.request_complete and self.request is not None and \
+        if not self.remote_complete and self.request is not None and \
                 not self.conn.codec.multiplexed:
             # The rest of the request body would be read as the next request: close after.
             self.conn.codec.goaway()
@@ -682,6 +682,15 @@ class Stream:
         if not self.conn.codec.multiplexed:
             self.conn.flush()
         # HTTP/2: the stream's end wrote it, or left it to the turn's one write (flush_soon).
+
+    @property
+    def remote_complete(self) -> bool:
+        """The codec delivered the request's end (Envoy's remoteDecodeComplete), whether or
+        not it has passed the filters' body hooks (request_complete: it has)."""
+        chain = self.body_chain
+        if chain is None or not chain.decodes:
+            return self.request_complete
+        return chain.remote_end or self.end_at_head
 
     def _response_done(self) -> None:
         self.response_complete = True
@@ -749,7 +758,7 @@ class Stream:
         if self.response_started:
             self.reset(details)
         else:
-            if self.request_complete and stat == self.hcm.stat_rq_idle_timeout:
+            if self.remote_complete and stat == self.hcm.stat_rq_idle_timeout:
                 status = 504                # (the connection stays, as Envoy's)
             else:
                 self.close_connection = not self.conn.codec.multiplexed
