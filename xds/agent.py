@@ -118,6 +118,7 @@ class Agent:
         self.started_scopes: set[str] = set()   # subscriptions counted as started
         self.waiting: dict[str, asyncio.Task] = {}  # type_url -> its update waiting for code
         self.restoring: dict[str, asyncio.Task] = {}    # saved state's: kept past a stream
+        self.waits = 0      # of the last translation's errors, how many wait for remote code
         self.dirty = asyncio.Event()
         self.done = self.loop.create_future()
         from ..supervisor.handoff.channel import Channel
@@ -250,6 +251,7 @@ class Agent:
                 update = Update(type_url, entry["version"], "", resources, [], complete=True)
                 errors, fetches = self._translate(update)
                 if fetches:         # applied once its remote Wasm code is fetched, off the loop
+                    self._apply_ready(update, errors, fetches)
                     self._wait(type_url, self._restore_later(update, entry, fetches))
                     self.restoring[type_url] = self.waiting[type_url]
                 elif not self._restored(update, entry, errors):
@@ -364,6 +366,7 @@ class Agent:
             if not fetches:
                 await self._answer(call, update, scopes, errors)
                 return
+            self._apply_ready(update, errors, fetches)
         else:
             fetches = None
         self._wait(type_url, self._apply_later(call, update, scopes, before, fetches))
@@ -423,7 +426,24 @@ class Agent:
         from ..worker.wasm import remote
         with remote.deferring(outcomes) as fetches:
             errors = self.config.apply(update, self.loop.time())
+            self.waits = remote.waits()
         return errors, dict(fetches)
+
+    def _apply_ready(self, update, errors, fetches) -> None:
+        """While `update` waits for remote Wasm code: when that is all it waits for (no other
+        error), each of its resources that needs none is applied now, on its own, as Envoy's
+        LDS adds each listener on its own and only the one whose module is fetched warms
+        (listener_manager_impl.cc; the fetch is that listener's init target). The whole
+        update, applied once fetched, still decides (and removes what it leaves out)."""
+        if len(errors) != self.waits:
+            return
+        from ..worker.wasm import remote
+        for name, resource in update.resources.items():
+            alone = Update(update.type_url, update.version, "", {name: resource}, [],
+                           complete=False)
+            with remote.deferring(recorded=dict(fetches)):   # its miss is counted already
+                self.config.apply(alone, self.loop.time())      # unless it waits, or fails
+        self.dirty.set()
 
     async def _fetched(self, update, fetches: dict) -> list[str]:
         """The modules fetched off the loop (a thread each), the update then translated again

@@ -74,6 +74,7 @@ _clusters = None            # name -> translated cluster, what the translation m
 _eds = None                 # EDS service name -> endpoints, or None
 _deferred: dict | None = None   # sha256 -> Remote: the agent's fetches to make off its loop
 _outcomes: dict = {}            # sha256 -> (code or None, why): fetched for this translation
+_waits = 0                      # translations failed by defer() in this deferring()
 
 # Envoy 1.40's remote code stats (measured on its /stats, named in wasm.cc's createWasm and
 # stats_handler.cc): wasm.remote_load_cache_{hits,misses,negative_hits},
@@ -136,17 +137,23 @@ def upstream_of(name: str) -> Upstream | None:
 
 
 @contextlib.contextmanager
-def deferring(outcomes: dict | None = None):
+def deferring(outcomes: dict | None = None, recorded: dict | None = None):
     """Within: a Remote whose code is neither held nor negatively cached is recorded (yielded
     dict, by sha256) instead of fetched; its translation fails (defer() says so). `outcomes`:
     sha256 -> what fetch_deferred() gave, the answer of get() for those (already counted), so
-    that the translation again never fetches, even once a failure's negative entry expired."""
-    global _deferred, _outcomes
-    _deferred, _outcomes = {}, outcomes or {}
+    that the translation again never fetches, even once a failure's negative entry expired.
+    `recorded`: modules recorded (and counted) by an earlier deferring(), recorded into."""
+    global _deferred, _outcomes, _waits
+    _deferred, _outcomes, _waits = ({} if recorded is None else recorded), outcomes or {}, 0
     try:
         yield _deferred
     finally:
         _deferred, _outcomes = None, {}
+
+
+def waits() -> int:
+    """Inside deferring(): how many translations defer() failed (each one error)."""
+    return _waits
 
 
 class Remote:
@@ -176,6 +183,8 @@ class Remote:
         if _deferred is None or self.sha256 in _outcomes or \
                 cached(self.sha256) is not None or _negative(self.sha256) is not None:
             return False
+        global _waits
+        _waits += 1
         if self.sha256 not in _deferred:
             _deferred[self.sha256] = self
             _count(True, "remote_load_cache_misses")
