@@ -117,3 +117,13 @@ def test_a_body_past_the_cap_is_refused(monkeypatch):
         assert (code, why) == (None, "larger than 1000 bytes")
         assert seconds < 2
     assert sent == [True]
+
+
+def test_an_empty_200_is_a_failed_try():
+    """As Envoy's RemoteDataFetcher ("body is empty"), even for the sha256 of nothing."""
+    def empty(conn, stop):
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+    with server(empty) as upstream:
+        module = remote.Remote("http://modules/m.wasm", hashlib.sha256(b"").hexdigest(), 5,
+                               upstream=upstream)
+        assert module.try_once() == (None, "empty body")

@@ -41,7 +41,10 @@ Differences: the fetch speaks HTTP/1.1 only (a cluster with http2_protocol_optio
 asked in HTTP/1.1); the cluster's `transport_socket` is used, not its
 `transport_socket_matches`; its balancer is a round robin from a random start. The fetched
 code is kept in this process and in the module cache's directory (`<sha256>.wasm`), so a
-reload or an update finds it.
+reload or an update finds it. Envoy ACKs an LDS update at once and warms the listener whose
+module is fetched; Baton's agent applies the update's other resources at once and ACKs (or
+NACKs) the update once the module is fetched and it is translated whole. Envoy's tries are
+bounded by num_retries only; Baton's whole fetch by FETCH_BUDGET too, its body by MAX_CODE.
 """
 
 from __future__ import annotations
@@ -274,6 +277,8 @@ class Remote:
             return None, f"HTTP {status}"
         if body is None or len(body) > MAX_CODE:
             return None, f"larger than {MAX_CODE} bytes"
+        if not body:                    # Envoy's fetcher: "body is empty", a failed try
+            return None, "empty body"
         if hashlib.sha256(body).hexdigest() != self.sha256:
             return None, "sha256 mismatch"
         return body, ""
