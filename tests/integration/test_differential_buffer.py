@@ -5,7 +5,7 @@ content-length and chunked, HTTP/1.1 and HTTP/2; the 413 and downstream_rq_too_l
 from __future__ import annotations
 
 from .differential.bootstraps import bootstrap, cluster, http_listener
-from .differential.client import curl, one
+from .differential.client import Closed, Connection, curl, one
 from .differential.compare import differential, observe, upstream_header
 from .differential.proxies import module_pair
 
@@ -132,4 +132,29 @@ def test_http2_one_data_frame_passes_over_the_limit(pair, tmp_path):
         assert obs["under"]["upstream"]["body_length"] == 1000, obs
         # One DATA frame with END_STREAM: Envoy buffers it past the filter (streaming), no 413.
         assert obs["over"]["status"] == 200, obs
+    differential(pair, run, expect)
+
+
+def test_no_request_served_behind_a_413_that_said_close(pair):
+    """Four POSTs pipelined, the third over the limit: its 413 says connection: close, and
+    the fourth, read in the same batch, is not served (RFC 9112 9.6; Envoy 1.40 [200, 200,
+    413]; Baton served it too)."""
+    small = b"POST /a HTTP/1.1\r\nhost: diff.test\r\ncontent-length: 5\r\n\r\nhello"
+    chunked = (b"POST /b HTTP/1.1\r\nhost: diff.test\r\ntransfer-encoding: chunked\r\n\r\n"
+               b"3\r\nabc\r\n0\r\n\r\n")
+    big = b"POST /c HTTP/1.1\r\nhost: diff.test\r\ncontent-length: %d\r\n\r\n" % (LIMIT + 1000)
+    requests = small + chunked + big + b"z" * (LIMIT + 1000) + small
+
+    def run(target):
+        with Connection(target.ports["buffer"]) as conn:
+            conn.send(requests)
+            seen = []
+            while True:
+                try:
+                    seen.append(conn.read_response().status)
+                except Closed:
+                    return {"statuses": seen}
+
+    def expect(obs):
+        assert obs == {"statuses": [200, 200, 413]}, obs
     differential(pair, run, expect)
