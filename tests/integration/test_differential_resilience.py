@@ -237,6 +237,24 @@ def refused_upstream(obs):
     assert obs["stats delta"] == {"cluster.a.upstream_cx_protocol_error": 1, "cluster.a.upstream_rq_502": 1}, obs
 
 
+def test_connect_failure_details_name_the_transport_reason(pair):
+    """Envoy 1.40 writes why the connect failed into the details (and into
+    %UPSTREAM_TRANSPORT_FAILURE_REASON%), in words with underscores; the client's body names
+    the reset reason only. Baton wrote the errno's number and left the details without it."""
+    def run(target):
+        key = target.key("connect-fail-details")
+        obs = observe(one(target.port, "GET", "/connect-fail", [("host", "diff.test"),
+                                                                ("x-test-key", key)]), target)
+        obs["access log"] = logged(target, key)[1:]
+        return obs
+
+    def expect(obs):
+        assert (obs["status"], obs["body"]) == (503, RESET_BEFORE_HEADERS + "remote connection failure"), obs
+        assert obs["access log"] == ["503", "UF", "upstream_reset_before_response_started"
+                                     "{remote_connection_failure|delayed_connect_error:_Connection_refused}"], obs
+    differential(pair, run, expect)
+
+
 def served_by_upstream(obs):
     assert obs["status"] == 200 and obs["body"] == "ok", obs
     assert obs["access log"] == ["200", "-", "via_upstream"], obs

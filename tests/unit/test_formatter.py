@@ -100,6 +100,14 @@ def test_operator(fmt, expected):
     assert render(fmt, completed_info()) == expected
 
 
+def test_upstream_transport_failure_reason_has_underscores_for_spaces():
+    # Envoy 1.40 logs a refused connect as delayed_connect_error:_Connection_refused.
+    info = completed_info()
+    info.upstream_failure = "delayed connect error: Connection refused"
+    assert render("%UPSTREAM_TRANSPORT_FAILURE_REASON%", info) == \
+        "delayed_connect_error:_Connection_refused"
+
+
 def test_hostname():
     assert render("%HOSTNAME%", make_info()) == socket.gethostname()
 

@@ -24,7 +24,7 @@ import logging
 
 from ...codecs.events import Body, ResponseHead
 from ...codecs.message import Headers, Response
-from .pool import CONNECT_FAILURE, CONNECT_TIMEOUT, CONNECTION_TERMINATION
+from .pool import CONNECT_FAILURE, CONNECT_TIMEOUT, CONNECTION_TERMINATION, connect_error_text
 
 log = logging.getLogger("baton.connect_tunnel")
 
@@ -86,7 +86,7 @@ class TcpUpstream:
             failure = (CONNECT_TIMEOUT, "upstream_cx_connect_timeout")
         except OSError as exc:
             failure = (f"{CONNECT_FAILURE}, transport failure reason: delayed connect error: "
-                       f"{exc.errno}", "upstream_cx_connect_fail")
+                       f"{connect_error_text(exc)}", "upstream_cx_connect_fail")
         except asyncio.CancelledError:
             if sock is not None:
                 sock.close()

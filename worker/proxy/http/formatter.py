@@ -329,7 +329,9 @@ OPERATORS = {
     "UPSTREAM_REMOTE_ADDRESS": _simple(lambda info: info.upstream_host, "info.upstream_host"),
     "UPSTREAM_CLUSTER": _simple(lambda info: info.upstream_cluster, "info.upstream_cluster"),
     "UPSTREAM_LOCAL_ADDRESS": _simple(lambda info: _address(info.upstream_local)),
-    "UPSTREAM_TRANSPORT_FAILURE_REASON": _simple(lambda info: _or_none(info.upstream_failure)),
+    # Envoy writes the reason with its spaces as underscores.
+    "UPSTREAM_TRANSPORT_FAILURE_REASON": _simple(
+        lambda info: _or_none(info.upstream_failure.replace(" ", "_"))),
     "UPSTREAM_REQUEST_ATTEMPT_COUNT": _simple(lambda info: info.attempts),
     "DOWNSTREAM_REMOTE_ADDRESS": _simple(lambda info: _address(info.downstream_remote)),
     "DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT": _simple(

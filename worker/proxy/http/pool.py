@@ -55,6 +55,12 @@ CONNECTION_TERMINATION = "connection termination"
 MAX_POOLS = 4096            # pools kept without a connection before unused ones are dropped
 
 
+def connect_error_text(exc: OSError) -> str:
+    """A failed connect's reason as Envoy 1.40 words it ("Connection refused", its
+    strerror), not the errno's number."""
+    return os.strerror(exc.errno) if exc.errno else (exc.strerror or str(exc))
+
+
 class UpstreamConnection(asyncio.Protocol):
     """One connection to an upstream host; streams are UpstreamRequests by stream id."""
 
@@ -460,7 +466,7 @@ class HostPool:
                 failure = (CONNECT_FAILURE, "upstream_cx_connect_fail")
             except OSError as exc:
                 failure = (f"{CONNECT_FAILURE}, transport failure reason: delayed connect "
-                           f"error: {exc.errno}", "upstream_cx_connect_fail")
+                           f"error: {connect_error_text(exc)}", "upstream_cx_connect_fail")
             if failure is None and layer is not None:
                 from ...tls.transport import Session, TlsTransport
                 TlsTransport(loop, sock, layer, bytearray(), Session(layer)).start(conn)

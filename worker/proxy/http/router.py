@@ -600,8 +600,11 @@ class Router:
         reason, _, transport = reason.partition(", transport failure reason: ")
         info.upstream_failure = transport
         prefix = RESET_BEFORE_HEADERS if not self.tried[1:] else RETRIED_BEFORE_HEADERS
+        # Envoy 1.40's details carry the transport reason too:
+        # upstream_reset_before_response_started{remote_connection_failure|delayed_connect_error:_Connection_refused}
+        details = reason + "|" + transport if transport else reason
         self.finish_local(status, prefix + reason,
-                          "upstream_reset_before_response_started{" + reason.replace(" ", "_") + "}")
+                          "upstream_reset_before_response_started{" + details.replace(" ", "_") + "}")
 
     def _may_retry(self) -> bool:
         retry = self.retry
