@@ -6,7 +6,8 @@ once the server sends the rest, the listener is ACKed and its plugin runs. Baton
 waited for the fetch before reading the next ADS response (worker/wasm/remote.py, xds/agent.py).
 And Baton's agent restarted with the listener in its saved state (the module cache off, so it
 fetches again): it starts its ADS stream and keeps applying updates while the module trickles
-(it fetched in place, before its stream started)."""
+(it fetched in place, before its stream started). And a bootstrap's module that trickles costs
+Baton's start its http_uri.timeout, no more (the master's check waited for ever)."""
 
 from __future__ import annotations
 
@@ -22,7 +23,8 @@ import pytest
 from ..waiting import wait_until
 from ..xds_support.control_plane import CLUSTER, ENDPOINT, LISTENER
 from ..xds_support.resources import cluster, endpoints, get, listener
-from .conftest import free_port, pid_alive
+from .conftest import Baton, free_port, pid_alive
+from .differential.bootstraps import bootstrap, cluster as static_cluster, http_listener
 from .differential.proxies import PROXIES
 from .test_ecds_xds import start_proxy
 from .test_wasm_ecds import fetch
@@ -149,6 +151,35 @@ def test_a_restarted_agent_restores_a_listener_whose_module_trickles(  # noqa: F
         server.flowing.set()
         wait_until(lambda: fetch(port, "/x") == (200, "hello"), 10, "the plugin, restored")
         assert get(main_port) == "up2"
+    finally:
+        baton.stop()
+        server.close()
+
+
+def test_a_bootstraps_module_that_trickles_costs_the_start_its_timeout_only(  # noqa: F811
+        tmp_path, named):
+    """The master's bootstrap check fetches in place: a trickling server held it for ever
+    (each socket read had the timeout); now the try ends at http_uri.timeout (0.5 s here, no
+    retry) and the plugin fails closed, as Envoy's."""
+    code = module()
+    server = TrickleServer(code)
+    up = named("up")
+    port = free_port()
+    routes = {"name": "r", "virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [
+        {"match": {"prefix": "/"}, "route": {"cluster": "up"}}]}]}
+    wasm = wasm_listener(port, hashlib.sha256(code).hexdigest())
+    remote = wasm["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"][0]
+    code_spec = remote["typed_config"]["config"]["vm_config"]["code"]["remote"]
+    code_spec["http_uri"]["timeout"] = "0.5s"
+    code_spec["retry_policy"] = {"num_retries": 0}
+    boot = bootstrap(free_port(), [http_listener("wasm", port, routes, http_filters=[remote])],
+                     [static_cluster("up", [up.port]), static_cluster("modules", [server.port])])
+    baton = Baton(tmp_path / "baton", boot)
+    try:
+        baton.start(15)
+        assert server.asked.is_set()
+        assert fetch(port, "/x") == (503, None)     # the plugin failed: closed
+        assert "timed out (http_uri.timeout)" in baton.log
     finally:
         baton.stop()
         server.close()
