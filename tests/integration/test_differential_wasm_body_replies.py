@@ -10,6 +10,9 @@ and trailer callbacks, through Envoy 1.40 and Baton (review R2, issue 14).
 - "rt" / "msd" (hold_body_forever.wat): the body arrived whole and the plugin holds it:
   Envoy's request_timeout is disarmed by the codec's end (no answer), max_stream_duration
   answers 504 (a request received whole); Baton answered 408 to both.
+- "addtr" (add_trailer_and_pause.wat): request trailers added at the body's end before a
+  Pause, continued at the next tick: Envoy 200 without response trailers; Baton sent them
+  to the client as the response's trailers (x-added: secret).
 - "tr" (reply_in_trailers.wat): a 403 from proxy_on_request_trailers (an HTTP/2 POST with
   trailers): Envoy answers it and nothing reaches the upstream; Baton forwarded the request.
 """
@@ -49,6 +52,8 @@ def replies_bootstrap(upstreams: dict[str, int]):
                           http_filters=[_plugin("reply_at_body_end.wat")]),
             http_listener("rt", ports["rt"], routes, request_timeout="0.5s",
                           http_filters=[_plugin("hold_body_forever.wat")]),
+            http_listener("addtr", ports["addtr"], routes,
+                          http_filters=[_plugin("add_trailer_and_pause.wat")]),
             http_listener("msd", ports["msd"], routes,
                           common_http_protocol_options={"max_stream_duration": "0.5s"},
                           http_filters=[_plugin("hold_body_forever.wat")])],
@@ -57,7 +62,7 @@ def replies_bootstrap(upstreams: dict[str, int]):
 
 
 recorder, pair = module_pair("diff-wasm-body-replies", replies_bootstrap,
-                             ["late", "tr", "waf", "rt", "msd"])
+                             ["late", "tr", "waf", "rt", "msd", "addtr"])
 
 
 def read_to_end(sock: socket.socket, seconds: float = 3.0) -> tuple[bytes, str]:
@@ -171,3 +176,33 @@ def test_timeouts_once_the_request_arrived_whole_but_a_plugin_holds_it(pair):
         out[name] = seen
     assert out["baton"] == out["envoy"], out
     assert out["envoy"] == [b"no answer", b"HTTP/1.1 504 Gateway Timeout"], out
+
+
+def test_request_trailers_added_before_a_pause_do_not_reach_the_client(pair):
+    out = {}
+    for name in ("envoy", "baton"):
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+        conn.initiate_connection()
+        conn.send_headers(1, [(":method", "POST"), (":path", "/x"), (":scheme", "http"),
+                              (":authority", "diff.test")])
+        conn.send_data(1, b"hello", end_stream=True)
+        status = trailers = None
+        with socket.create_connection(("127.0.0.1", pair.target(name).ports["addtr"])) as sock:
+            sock.settimeout(3)
+            sock.sendall(conn.data_to_send())
+            ended = False
+            while not ended:
+                data = sock.recv(65536)
+                if not data:
+                    break
+                for event in conn.receive_data(data):
+                    if isinstance(event, h2.events.ResponseReceived):
+                        status = dict(event.headers)[b":status"]
+                    elif isinstance(event, h2.events.TrailersReceived):
+                        trailers = event.headers
+                    elif isinstance(event, (h2.events.StreamEnded, h2.events.StreamReset)):
+                        ended = True
+                sock.sendall(conn.data_to_send())
+        out[name] = (status, trailers)
+    assert out["baton"] == out["envoy"], out
+    assert out["envoy"] == (b"200", None), out

@@ -437,3 +437,40 @@ def test_a_local_reply_from_a_trailer_hook_answers():
     stream.filter_index = 1
     stream.body_chain.response_trailers(Headers([("x-t", "1")]))
     assert stream.replies == [(500, "late")] and stream.sent_trailers is None
+
+
+class AddAndPause(StreamFilter):
+    """As WasmStreamFilter._body: trailers added at the body's end, then BUFFER (Pause)."""
+    __slots__ = ()
+
+    def on_request_body(self, data, end_stream):
+        if end_stream:
+            self.stream.body_chain.added_trailers = Headers([("x-added", "1")])
+        return BUFFER
+
+    def on_response_body(self, data, end_stream):
+        return CONTINUE
+
+
+def test_trailers_added_before_a_pause_go_on_with_the_request_only():
+    # Review R2 item 5: they were lost upstream and went out as the response's trailers.
+    stream = Stream([AddAndPause, Log])
+    stream.start()
+    chain = stream.body_chain
+    chain.request_data(b"abc", True)
+    chain.continue_request(stream.filters[0])          # proxy_continue_stream, later
+    assert stream.filters[1].seen[-1] == ("trailers", {"x-added": "1"})
+    assert stream.router.body == b"abc" and stream.router.trailers is not None
+    chain.response_data(b"response", True)
+    assert stream.sent == [(b"response", True)] and stream.sent_trailers is None
+
+
+def test_trailers_added_before_a_pause_reach_the_router():
+    stream = Stream([AddAndPause])
+    stream.start()
+    chain = stream.body_chain
+    chain.request_data(b"abc", True)
+    chain.continue_request(stream.filters[0])
+    assert stream.router.body == b"abc" and stream.router.trailers.get("x-added") == "1"
+    chain.response_data(b"response", True)
+    assert stream.sent_trailers is None

@@ -34,7 +34,8 @@ class _Side:
     """One direction's buffer: what the filter at `stop` keeps (Envoy's one decodingBuffer
     / encodingBuffer per stream), and whether that stop holds the stream's end."""
 
-    __slots__ = ("buffer", "stop", "end", "watermark", "streaming", "pause", "too_large")
+    __slots__ = ("buffer", "stop", "end", "watermark", "streaming", "pause", "too_large",
+                 "added")
 
     def __init__(self, pause, too_large):
         self.buffer = bytearray()
@@ -48,6 +49,7 @@ class _Side:
         self.streaming = True
         self.pause = pause              # stop / resume reading what fills the buffer
         self.too_large = too_large      # the answer to a BUFFER over the limit
+        self.added = {}                 # {filter index: trailers it added at the end}
 
     def gather(self, data) -> bytearray:
         """The filter that buffered gets all of it, the new chunk included, as one bytearray
@@ -97,7 +99,8 @@ class BodyChain:
         self.trailers_at = _NOWHERE         # request trailers wait at this filter
         self.headers_paused_at = _NOWHERE   # the filter whose on_request_headers PAUSEd
         self.holding_at = _NOWHERE          # ... and holds the body before it (StopAll)
-        self.added_trailers = None          # trailers a filter added at the body's end
+        self.added_trailers = None          # set by a body hook: trailers it added at the
+                                            # body's end (_step files them by side and filter)
         self.held_head = None               # (filter index, response, end_stream) PAUSEd
         self.behind_head = []               # what came from upstream meanwhile
         self.waiting_trailers = None        # (filter index, trailers) a filter PAUSEd
@@ -120,6 +123,12 @@ class BodyChain:
         elif type(data) is not bytearray:
             data = bytearray(data)          # the filter may change it in place
         result = hook(data, end_stream)
+        added = self.added_trailers
+        if added is not None:
+            # Kept for this filter and direction, to follow its data when that goes on
+            # (now, or at its continue): never to another filter or the other direction.
+            self.added_trailers = None
+            side.added[i] = added
         stream = self.stream
         if stream.done:
             return None
@@ -134,13 +143,19 @@ class BodyChain:
             _answer(stream, result)
         return None
 
-    def _with_added_trailers(self, send_data, send_trailers, data) -> None:
-        """The filter added trailers at the body's end (Envoy's addDecodedTrailers /
-        addEncodedTrailers): the data goes on without the end, then the trailers."""
-        trailers, self.added_trailers = self.added_trailers, None
-        send_data(data)
-        if not self.stream.done:
-            send_trailers(trailers)
+    def _go_on(self, side: _Side, i: int, data, end_stream: bool) -> None:
+        """Filter i's data goes on to the filters after it (the request's up, the
+        response's down). With trailers it added at the body's end (Envoy's
+        addDecodedTrailers / addEncodedTrailers): the data without the end, then they."""
+        added = side.added.pop(i, None) if end_stream and side.added else None
+        if side is self.request:
+            self._decode(i + 1, data, end_stream and added is None)
+            if added is not None and not self.stream.done:
+                self._trailers(i + 1, added)
+        else:
+            self.response_data(data, end_stream and added is None, i - 1)
+            if added is not None and not self.stream.done:
+                self.response_trailers(added, i - 1)
 
     # -- request ----------------------------------------------------------------------------
 
@@ -175,13 +190,11 @@ class BodyChain:
                                   end_stream)
                 if data is None:
                     return
-                if end_stream and self.added_trailers is not None:
-                    after = i + 1
-                    self._with_added_trailers(lambda d: self._decode(after, d, False),
-                                              lambda t: self._trailers(after, t), data)
-                    return
                 if self.headers_paused_at == i:
                     self._resume_headers(i, data, end_stream)
+                    return
+                if end_stream and self.request.added:
+                    self._go_on(self.request, i, data, True)
                     return
             i += 1
         if reached < len(filters) or stream.router is None:
@@ -198,8 +211,14 @@ class BodyChain:
 
     def _resume_headers(self, i: int, data, end_stream: bool) -> None:
         """Envoy's commonContinue: the filter paused on its headers and its body goes on:
-        the headers go on first, then this data after them."""
-        self._hold(data, end_stream, i + 1)
+        the headers go on first, then this data after them (and trailers it added)."""
+        added = self.request.added.pop(i, None) if end_stream and self.request.added else None
+        if added is not None:
+            self.stream.trailers = added
+            self._hold(data, False, i + 1)
+            self.stream.request_complete = True
+        else:
+            self._hold(data, end_stream, i + 1)
         self.headers_paused_at = _NOWHERE
         self.stream.resume_filters()
 
@@ -342,7 +361,7 @@ class BodyChain:
             if self.headers_paused_at == i:
                 self._resume_headers(i, data, end)
             else:
-                self._decode(i + 1, data, end)
+                self._go_on(side, i, data, end)
         if self.trailers_at == i and not stream.done:
             self.trailers_at = _NOWHERE
             trailers, stream.trailers = stream.trailers, None
@@ -365,10 +384,8 @@ class BodyChain:
                                   end_stream)
                 if data is None:
                     return
-                if end_stream and self.added_trailers is not None:
-                    after = i - 1
-                    self._with_added_trailers(lambda d: self.response_data(d, False, after),
-                                              lambda t: self.response_trailers(t, after), data)
+                if end_stream and self.response.added:
+                    self._go_on(self.response, i, data, True)
                     return
             i -= 1
         self.stream.upstream_response_body(data, end_stream, True)
@@ -422,7 +439,7 @@ class BodyChain:
             return
         self.continue_response_head(holder)
         if not self.stream.done:
-            self.response_data(data, end_stream, i - 1)
+            self._go_on(self.response, i, data, end_stream)
 
     def _behind_head(self, item, end_stream) -> None:
         """Body (or trailers: end_stream None) that came while a filter holds the head:
@@ -494,7 +511,7 @@ class BodyChain:
         side = self.response
         waiting = self.waiting_trailers
         if side.stop == i:
-            self.response_data(side.release(b""), waiting is None and side.end, i - 1)
+            self._go_on(side, i, side.release(b""), waiting is None and side.end)
         if waiting is not None and waiting[0] == i and not self.stream.done:
             self.waiting_trailers = None
             self.response_trailers(waiting[1], i - 1)
