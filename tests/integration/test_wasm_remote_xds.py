@@ -45,6 +45,25 @@ def config_dump(admin_port: int) -> str:
         return r.read().decode()
 
 
+def serve_a_wasm_listener(tmp_path, plane, up, proxy: str, module_port: int, code: bytes):
+    """The basics from the control plane and the proxy serving them, then (version 2) a
+    listener whose module is fetched from `module_port` through the CDS cluster "modules".
+    -> (the proxy, the main listener's port, the Wasm listener's)."""
+    main_port, port = free_port(), free_port()
+    serve_basics(plane, main_port, up)
+    plane.set_resources(CLUSTER, [cluster(), modules_cluster(module_port)], "1")
+    process = start_proxy(proxy, tmp_path, plane.port)
+    try:
+        wait_until(lambda: get(main_port) == "up", 10, "the main listener")
+        plane.set_resources(LISTENER, [listener(main_port),
+                                       wasm_listener(port, hashlib.sha256(code).hexdigest())],
+                            "2")
+    except BaseException:
+        process.stop()
+        raise
+    return process, main_port, port
+
+
 @pytest.mark.parametrize("proxy", PROXIES)
 def test_a_listeners_module_is_fetched_through_its_cluster_without_blocking(  # noqa: F811
         tmp_path, plane, named, proxy, monkeypatch):
@@ -52,16 +71,9 @@ def test_a_listeners_module_is_fetched_through_its_cluster_without_blocking(  # 
     code = module()
     gate = threading.Event()
     server = ModuleServer({"/m.wasm": code}, hold=gate)
-    up = named("up")
-    main_port, port = free_port(), free_port()
-    serve_basics(plane, main_port, up)
-    plane.set_resources(CLUSTER, [cluster(), modules_cluster(server.port)], "1")
-    process = start_proxy(proxy, tmp_path, plane.port)
+    process, _, port = serve_a_wasm_listener(tmp_path, plane, named("up"), proxy, server.port,
+                                             code)
     try:
-        wait_until(lambda: get(main_port) == "up", 10, "the main listener")
-        plane.set_resources(LISTENER, [listener(main_port),
-                                       wasm_listener(port, hashlib.sha256(code).hexdigest())],
-                            "2")
         assert server.asked.wait(10), "the module was not asked for"
         # The fetch is held: the admin (Baton: the agent's dump) answers all the same.
         assert '"modules"' in config_dump(process.admin_port)

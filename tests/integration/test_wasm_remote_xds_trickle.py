@@ -26,10 +26,9 @@ from ..xds_support.resources import cluster, endpoints, get, listener
 from .conftest import Baton, free_port, pid_alive
 from .differential.bootstraps import bootstrap, cluster as static_cluster, http_listener
 from .differential.proxies import PROXIES
-from .test_ecds_xds import start_proxy
 from .test_wasm_ecds import fetch
 from .test_wasm_remote_ecds import module, modules_cluster
-from .test_wasm_remote_xds import wasm_listener
+from .test_wasm_remote_xds import serve_a_wasm_listener, wasm_listener
 from .test_xds import named, plane, serve_basics, start_baton  # noqa: F401
 
 TRICKLE_SECONDS = 0.2
@@ -90,16 +89,10 @@ def test_a_trickling_module_server_holds_up_only_its_listener(  # noqa: F811
     monkeypatch.setenv("BATON_WASM_CACHE", "off")
     code = module()
     server = TrickleServer(code)
-    up, up2 = named("up"), named("up2")
-    main_port, port = free_port(), free_port()
-    serve_basics(plane, main_port, up)
-    plane.set_resources(CLUSTER, [cluster(), modules_cluster(server.port)], "1")
-    process = start_proxy(proxy, tmp_path, plane.port)
+    up2 = named("up2")
+    process, main_port, port = serve_a_wasm_listener(tmp_path, plane, named("up"), proxy,
+                                                     server.port, code)
     try:
-        wait_until(lambda: get(main_port) == "up", 10, "the main listener")
-        plane.set_resources(LISTENER, [listener(main_port),
-                                       wasm_listener(port, hashlib.sha256(code).hexdigest())],
-                            "2")
         assert server.asked.wait(10), "the module was not asked for"
         plane.set_resources(ENDPOINT, [endpoints(up2.port)], "2")
         wait_until(lambda: get(main_port) == "up2", 10, "the EDS update while the module trickles")
