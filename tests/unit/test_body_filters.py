@@ -474,3 +474,28 @@ def test_trailers_added_before_a_pause_reach_the_router():
     assert stream.router.body == b"abc" and stream.router.trailers.get("x-added") == "1"
     chain.response_data(b"response", True)
     assert stream.sent_trailers is None
+
+
+def test_a_buffering_filter_keeps_one_copy_and_its_view_empties_on_continue():
+    # A Wasm plugin's body after its pause stays readable (buffers.Bodies.kept: the
+    # bytearray it was given); the chain buffers that same bytearray (no second copy),
+    # and once passed on it is empty, not a stale body held for the stream's life.
+    class Keep(StreamFilter):
+        __slots__ = ("views",)
+
+        def __init__(self, stream):
+            super().__init__(stream)
+            self.views = []
+
+        def on_request_body(self, data, end_stream):
+            self.views.append(data)
+            return BUFFER
+    stream = Stream([Keep, Log])
+    stream.start()
+    chain = stream.body_chain
+    chain.request_data(b"abc", False)
+    chain.request_data(b"def", False)
+    views = stream.filters[0].views
+    assert views[0] is views[1] is chain.request_buffer and views[1] == b"abcdef"
+    chain.continue_request(stream.filters[0])
+    assert stream.router.body == b"abcdef" and views[1] == b""

@@ -63,6 +63,8 @@ class _Side:
         self.stop = i
         self.end = end_stream
         self.streaming = watermark
+        if not self.buffer and type(data) is bytearray:
+            self.buffer = data      # the filter's own bytearray (_step's): kept, not copied
         if len(self.gather(data)) > limit:
             if watermark:
                 self.watermark = True
@@ -71,14 +73,18 @@ class _Side:
                 self.too_large()
 
     def release(self, data) -> bytes:
-        """The stopped filter goes on: its buffer and `data`, as one chunk."""
+        """The stopped filter goes on: its buffer and `data`, as one chunk. The buffer is
+        emptied: a view a filter kept of it (a Wasm plugin's body after its pause,
+        worker/wasm/buffers.py) is gone too, as Envoy drains the buffer it passes on."""
         buffer = self.gather(data)
+        out = bytes(buffer)
+        buffer.clear()
         self.buffer = bytearray()
         self.stop = _NOWHERE
         if self.watermark:
             self.watermark = False
             self.pause(False)
-        return bytes(buffer)
+        return out
 
 
 class BodyChain:
