@@ -38,6 +38,7 @@ class Codec:
 class Conn:
     def __init__(self, multiplexed):
         self.codec = Codec(multiplexed)
+        self.write_paused = False
 
 
 class HCM:
@@ -74,6 +75,7 @@ class Stream:
         self.sent = []              # response body chunks that reached the codec
         self.sent_trailers = None
         self.paused_reading = False
+        self.window_held = False
         self.heads = []
         self.request = None
         self.body_chain = chain_for(self, self.filters)
@@ -499,3 +501,19 @@ def test_a_buffering_filter_keeps_one_copy_and_its_view_empties_on_continue():
     assert views[0] is views[1] is chain.request_buffer and views[1] == b"abcdef"
     chain.continue_request(stream.filters[0])
     assert stream.router.body == b"abcdef" and views[1] == b""
+
+
+def test_a_response_watermark_released_keeps_the_hold_of_a_full_client_window():
+    class Mark(StreamFilter):
+        __slots__ = ()
+
+        def on_response_body(self, data, end_stream):
+            return CONTINUE if end_stream else WATERMARK
+    stream = Stream([Mark], limit=3)
+    stream.start()
+    stream.filter_index = 1
+    stream.body_chain.response_data(b"1234", False)
+    assert stream.paused_reading
+    stream.window_held = True           # meanwhile the HTTP/2 client's window filled
+    stream.body_chain.response_data(b"5", True)
+    assert stream.sent == [(b"12345", True)] and stream.paused_reading

@@ -100,7 +100,7 @@ class BodyChain:
         self.decodes = decodes              # some filter has a request body/trailer hook
         self.encodes = encodes              # ... a response one
         self.request = _Side(stream.pause_downstream, self._request_too_large)
-        self.response = _Side(stream.downstream_paused, self._response_too_large)
+        self.response = _Side(self._hold_upstream, self._response_too_large)
         self.held_at = 0                    # stream.held_body has passed filters < held_at
         self.trailers_at = _NOWHERE         # request trailers wait at this filter
         self.headers_paused_at = _NOWHERE   # the filter whose on_request_headers PAUSEd
@@ -112,6 +112,15 @@ class BodyChain:
         self.waiting_trailers = None        # (filter index, trailers) a filter PAUSEd
         self.held_over = False              # stream.held_body past the limit paused reading
         self.remote_end = False             # the codec delivered the request's end
+
+    def _hold_upstream(self, on: bool) -> None:
+        """Stop (or resume) reading the upstream for the response side's buffer or held
+        head; not resumed while the client still cannot take more (its HTTP/2 window, its
+        socket) or a filter's WATERMARK still holds."""
+        stream = self.stream
+        if on or not (stream.window_held or stream.conn.write_paused or
+                      self.response.watermark):
+            stream.downstream_paused(on)
 
     @property
     def request_buffer(self) -> bytearray:
@@ -454,7 +463,7 @@ class BodyChain:
         stream = self.stream
         self.behind_head.append((item, end_stream))
         if sum(len(b) for b, end in self.behind_head if end is not None) > stream.buffer_limit:
-            stream.downstream_paused(True)
+            self._hold_upstream(True)
 
     def reply_body_behind_head(self, body: bytes) -> None:
         """A local reply's body while a filter holds its head: it goes out after the head
@@ -466,7 +475,7 @@ class BodyChain:
         self.held_head = None
         if self.behind_head:
             self.behind_head = []
-            self.stream.downstream_paused(False)
+            self._hold_upstream(False)
 
     def continue_response_head(self, stream_filter) -> None:
         """The filter that PAUSEd on the response head goes on (Envoy's continueEncoding):
@@ -495,7 +504,7 @@ class BodyChain:
         if self.held_head is not None or stream.done:
             return
         behind, self.behind_head = self.behind_head, []
-        stream.downstream_paused(False)
+        self._hold_upstream(False)
         for item, end in behind:
             if stream.done:
                 return
