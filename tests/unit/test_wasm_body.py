@@ -88,3 +88,22 @@ def test_a_trailer_added_at_the_end_of_the_body(plugin):
     stream.body_chain.request_data(b"abc", True)
     assert stream.filters[1].seen == [(b"abc", False),
                                       ("trailers", {"x-wasm-trailer": "added"})]
+
+
+def test_a_body_status_past_the_abis_is_stop_iteration_no_buffer():
+    # proxy-wasm cpp-host's convertVmCallResultToFilterDataStatus: a result past 3
+    # (StopIterationNoBuffer) is StopIterationNoBuffer: the chunk is not buffered (Baton
+    # took it for StopIterationAndBuffer: a 413 past the limit).
+    wat = """(module
+      (memory (export "memory") 1)
+      (func (export "proxy_abi_version_0_2_1"))
+      (func (export "proxy_on_memory_allocate") (param i32) (result i32) (i32.const 1024))
+      (func (export "proxy_on_context_create") (param i32 i32))
+      (func (export "proxy_on_vm_start") (param i32 i32) (result i32) (i32.const 1))
+      (func (export "proxy_on_configure") (param i32 i32) (result i32) (i32.const 1))
+      (func (export "proxy_on_request_body") (param i32 i32 i32) (result i32) (i32.const 7)))"""
+    stream = body_stream(factory(wasmtime.wat2wasm(wat)), "/x", Log)
+    stream.buffer_limit = 4
+    stream.body_chain.request_data(b"123456", False)
+    assert not stream.replies and stream.filters[1].seen == []
+    assert stream.body_chain.request_buffer == b""

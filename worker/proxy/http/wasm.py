@@ -208,7 +208,7 @@ class WasmStreamFilter(StreamFilter):
         if status == 0 or ctx.continued:
             return None
         self._pause(ctx, phase)
-        return _DATA_STATUS.get(status, BUFFER)
+        return _DATA_STATUS.get(status, STOP)     # (cpp-host: past 3 StopIterationNoBuffer)
 
     def _trailers(self, kind: int, trailers, phase: str):
         ctx = self.ctx
