@@ -152,6 +152,22 @@ class LocalRateLimitFactory(FilterFactory):
     def create(self, stream) -> StreamFilter | None:
         if self.never_enabled:
             return None
+        if self.always_enabled and getattr(stream, "filters", ()) == []:
+            # No filter before this one was made for the stream (the stream fills its list
+            # as it calls the factories), so nothing can answer or hold the request before
+            # this filter's turn, which comes at once: the token is taken here, as Envoy's
+            # decodeHeaders takes it, and a request let through with no x-ratelimit headers
+            # to add needs no filter at all (no object, no response hook).
+            counters = self.counters
+            counters[self.stat_enabled] += 1
+            if self.bucket.consume():
+                counters[self.stat_ok] += 1
+                if not self.x_headers:
+                    return None
+                made = LocalRateLimitFilter(stream, self, True)
+                made.x_headers = self.x_ratelimit_headers()
+                return made
+            return LocalRateLimitFilter(stream, self, False)
         return LocalRateLimitFilter(stream, self)
 
     def x_ratelimit_headers(self):
@@ -162,24 +178,35 @@ class LocalRateLimitFactory(FilterFactory):
 
 
 class LocalRateLimitFilter(StreamFilter):
-    __slots__ = ("factory", "x_headers")
+    __slots__ = ("factory", "x_headers", "allowed")
 
-    def __init__(self, stream, factory: LocalRateLimitFactory):
+    def __init__(self, stream, factory: LocalRateLimitFactory, allowed: bool | None = None):
         self.stream = stream            # StreamFilter's, set here: one call less per request
         self.factory = factory
         self.x_headers = None       # computed at request time, sent with the response
+        self.allowed = allowed      # the token taken by the factory (True, False), or not yet
 
     def on_request_headers(self, request, end_stream: bool):
         factory = self.factory
-        if not factory.always_enabled and not factory._roll(factory.enabled):
+        allowed = self.allowed
+        if allowed is None:
+            if not factory.always_enabled and not factory._roll(factory.enabled):
+                return None
+            counters = factory.counters
+            counters[factory.stat_enabled] += 1
+            if factory.bucket.consume():
+                if factory.x_headers:
+                    self.x_headers = factory.x_ratelimit_headers()
+                counters[factory.stat_ok] += 1
+                return None
+        elif allowed:
             return None
+        return self._limited(request)
+
+    def _limited(self, request):
+        """The bucket was empty: "rate_limited", and the 429 if enforced."""
+        factory = self.factory
         counters = factory.counters
-        counters[factory.stat_enabled] += 1
-        if factory.bucket.consume():
-            if factory.x_headers:
-                self.x_headers = factory.x_ratelimit_headers()
-            counters[factory.stat_ok] += 1
-            return None
         if factory.x_headers:
             self.x_headers = factory.x_ratelimit_headers()
         counters[factory.stat_limited] += 1
