@@ -133,6 +133,16 @@ def _environment(env_pb) -> dict:
     return found
 
 
+def _identity(plugin) -> bytes:
+    """The PluginConfig fields past name, root_id and configuration that Envoy 1.40's
+    plugin key still tells apart (plugin.py plugin_key), as deterministic bytes."""
+    rest = type(plugin)()
+    rest.CopyFrom(plugin)
+    for name in ("name", "root_id", "configuration", "vm_config"):
+        rest.ClearField(name)
+    return rest.SerializeToString(deterministic=True)
+
+
 def translate_wasm(pb, path, errors, warnings):
     """Wasm (its PluginConfig) -> (NAME, config), or (None, None) with an error."""
     here = join(path, "config")
@@ -192,7 +202,8 @@ def translate_wasm(pb, path, errors, warnings):
                                                      plugin.fail_open),
               "reload_seconds": reload_seconds,
               # worker/proxy/http/wasm.py headers_action (a BoolValue: unset is false)
-              "allow_on_headers_stop_iteration": plugin.allow_on_headers_stop_iteration.value}
+              "allow_on_headers_stop_iteration": plugin.allow_on_headers_stop_iteration.value,
+              "identity": _identity(plugin)}        # plugin.py plugin_key
     if failed:              # no code: the plugin fails in the workers (503, or fail_open)
         warnings.append(f"{path}: {failed}")
         return NAME, config

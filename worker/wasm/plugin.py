@@ -56,7 +56,12 @@ def vm_key(config: dict) -> tuple:
 
 
 def plugin_key(config: dict) -> tuple:
-    return (config["name"], config["root_id"], config["configuration"])
+    """Envoy 1.40's plugin identity is the whole PluginConfig but its vm_config (plugin.h's
+    key; plugin_test.cc ConfigDifferencesProduceDistinctKeys): filters of one VM differing
+    only in failure_policy, allow_on_headers_stop_iteration or reload_config get a root
+    each. "identity" (xds/http_filters_wasm.py) is those other fields' bytes."""
+    return (config["name"], config["root_id"], config["configuration"],
+            config.get("identity", b""))
 
 
 def _plugin(config: dict) -> abi.Plugin:
