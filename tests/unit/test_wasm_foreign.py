@@ -138,3 +138,31 @@ def test_a_guest_looping_on_uncompress_meets_its_deadline(monkeypatch):
     with pytest.raises(Trapped):
         machine.call("proxy_on_request_headers", 1, 0, 1)
     assert time.monotonic() - start < 3, time.monotonic() - start
+
+
+class _Clock:
+    """What charged needs of a VM, its public methods only (no _ticks, no _deadline)."""
+
+    def __init__(self, deadline: int):
+        self.now, self.deadline = 0, deadline
+
+    def tick(self) -> int:
+        return self.now
+
+    def charge_since(self, entered: int) -> bool:
+        if self.now >= self.deadline:
+            return False
+        self.deadline -= self.now - entered
+        return True
+
+
+def test_charged_uses_the_vms_public_clock():
+    import pytest
+    clock = _Clock(deadline=4)
+
+    def takes(ticks):
+        clock.now += ticks
+        return ticks
+    assert foreign.charged(clock, takes, 1) == 1 and clock.deadline == 3
+    with pytest.raises(foreign.PastDeadline):
+        foreign.charged(clock, takes, 2)

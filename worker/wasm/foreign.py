@@ -45,14 +45,10 @@ def charged(vm, function, *args):
     deadline moved earlier by as many makes that give back nothing, and a call that ends
     past the deadline traps (wasmtime only checks the epoch in guest code, and a guest whose
     time goes into these calls would rarely be there when a tick comes)."""
-    ticks = vm._ticks
-    entered, deadline = ticks[0], vm._deadline
+    entered = vm.tick()
     result = function(*args)
-    now = ticks[0]
-    if now != entered:
-        if now >= deadline:
-            raise PastDeadline("the VM call's deadline passed in a foreign function")
-        vm._deadline = deadline - (now - entered)
+    if not vm.charge_since(entered):
+        raise PastDeadline("the VM call's deadline passed in a foreign function")
     return result
 
 

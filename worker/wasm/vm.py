@@ -445,6 +445,22 @@ class VM:
         self._deadline = self._ticks[0] + left
         self._set_deadline(ctx, left)
 
+    def tick(self) -> int:
+        """The epoch tick now (a tick is 0.25 s): where a span charge_since counts from."""
+        return self._ticks[0]
+
+    def charge_since(self, entered: int) -> bool:
+        """The ticks since `entered` were the guest's, though spent in a hostcall (a foreign
+        function: foreign.py charged): its deadline comes as many ticks earlier, which
+        _give_back then returns none of. False when the deadline has passed."""
+        now = self._ticks[0]
+        if now == entered:
+            return True
+        if now >= self._deadline:
+            return False
+        self._deadline -= now - entered
+        return True
+
     # -- guest memory ---------------------------------------------------------------------------
     def _refresh(self, ctx) -> None:
         """View the memory as it is now. It never moves (Runtime) and only grows, so a view
