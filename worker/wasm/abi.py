@@ -10,7 +10,9 @@ Spec: proxy-wasm/spec abi-versions/v0.2.1; where the spec is silent, Envoy's hos
 - Header maps *view* Baton's Request / Response, pseudo-headers included (maps.py);
   properties are Envoy's attribute names (properties.py).
 - A missing header is NOT_FOUND (Envoy's Context::getHeaderMapValue); a map the stream
-  has not reached yet (response headers during the request) is an empty map.
+  has not reached yet (response headers during the request) is an empty map; trailers not
+  there yet are no map (get and add BAD_ARGUMENT, no pairs). In proxy_on_log the maps are
+  read-only (a change is BAD_ARGUMENT) and one the stream lacks is NOT_FOUND.
 - An empty buffer read writes nothing (the AssemblyScript SDK relies on it): the adapter's
   job, see vm.py.
 - Metrics are Envoy's "wasmcustom.<name>": counters and gauges in the worker's Stats;
@@ -71,7 +73,7 @@ class Context:
     """A root context (stream is None) or one HTTP stream's context."""
 
     __slots__ = ("id", "plugin", "root", "stream", "request", "response", "maps",
-                 "local_reply", "continued", "resume", "properties", "bodies")
+                 "local_reply", "continued", "resume", "properties", "bodies", "logging")
 
     def __init__(self, context_id: int, plugin: Plugin, root: "Context | None" = None,
                  stream=None, request=None):
@@ -89,6 +91,7 @@ class Context:
         self.resume = None              # set by a paused filter: resumes its stream
         self.properties: dict = {}      # set by the guest (proxy_set_property)
         self.bodies = None              # buffers.Bodies, once a body callback ran
+        self.logging = False            # in proxy_on_log: the maps are read-only
 
     def set_response(self, response) -> None:
         self.response = response
@@ -217,28 +220,48 @@ class AbiHost:
         if ctx is None or kind < 0 or kind > RESPONSE_TRAILERS:
             return None
         found = ctx.maps.get(kind)
-        if found is None and ctx.request is not None and kind not in ctx.maps:
+        if found is None and ctx.request is not None and kind not in ctx.maps and \
+                kind == RESPONSE_HEADERS:
             found = ctx.maps[kind] = PairsMap()       # not there yet: an empty map
-        return found                # (None kept in maps: gone on, worker/proxy/http/wasm.py)
+        # (None kept in maps: gone on, worker/proxy/http/wasm.py.) Trailers not there yet
+        # are no map: get and add BAD_ARGUMENT, the pairs empty (Envoy 1.40, measured:
+        # tests/integration/test_differential_wasm_log_phase.py).
+        return found
+
+    def _stream_map(self, kind: int) -> bool:
+        """`kind` is one of the current stream's four maps (there or not)."""
+        ctx = self.current
+        return ctx is not None and ctx.request is not None and \
+            REQUEST_HEADERS <= kind <= RESPONSE_TRAILERS and kind not in self.grpc_metadata
 
     def get_header(self, kind: int, key: bytes) -> tuple[int, bytes]:
         m = self._map(kind)
         if m is None:
-            return BAD_ARGUMENT, b""
+            # In the log phase a map the stream does not have is NOT_FOUND (Envoy's
+            # Context::getHeaderMapValue, access_log_phase_), else BAD_ARGUMENT.
+            logging = self._stream_map(kind) and self.current.logging
+            return (NOT_FOUND if logging else BAD_ARGUMENT), b""
         value = m.get(key)
         return (NOT_FOUND, b"") if value is None else (OK, value)
 
     def get_pairs(self, kind: int) -> tuple[int, bytes]:
         m = self._map(kind)
         if m is None:
-            # A map that has gone on is no pairs (Envoy's getHeaderMapPairs of a null map).
-            ctx = self.current
-            gone = ctx is not None and kind in ctx.maps
-            return (OK, b"") if gone else (BAD_ARGUMENT, b"")
+            # A stream's map that has gone on, or is not there yet, is no pairs (Envoy's
+            # getHeaderMapPairs of a null map).
+            return (OK, b"") if self._stream_map(kind) else (BAD_ARGUMENT, b"")
         return OK, serialize_pairs(m.pairs())
 
+    def _writable(self, kind: int):
+        """The map `kind` if the plugin may change it now: in the log phase none (Envoy's
+        getMap has no access-log maps: BAD_ARGUMENT, measured)."""
+        ctx = self.current
+        if ctx is not None and ctx.logging and self._stream_map(kind):
+            return None
+        return self._map(kind)
+
     def set_pairs(self, kind: int, data: bytes) -> int:
-        m = self._map(kind)
+        m = self._writable(kind)
         if m is None:
             return BAD_ARGUMENT
         try:
@@ -248,7 +271,7 @@ class AbiHost:
         return OK
 
     def _edit(self, kind: int, edit: str, *args) -> int:
-        m = self._map(kind)
+        m = self._writable(kind)
         if m is None:
             return BAD_ARGUMENT
         getattr(m, edit)(*args)

@@ -333,11 +333,16 @@ class PluginRoot:
             host.current = ctx
             if vm.call("proxy_on_done", ctx.id) in (None, 1):
                 if self.has_log:
-                    # The headers that went on are there again (Envoy's access log phase).
+                    # The headers that went on are there again, read-only (Envoy's access
+                    # log phase: the access logger's maps); the request trailers are not.
+                    ctx.logging = True
+                    ctx.maps.pop(abi.REQUEST_TRAILERS, None)
                     if ctx.request is not None:
                         ctx.maps[abi.REQUEST_HEADERS] = maps.RequestMap(ctx.request)
                     if ctx.response is not None:
                         ctx.maps[abi.RESPONSE_HEADERS] = maps.ResponseMap(ctx.response)
+                    else:
+                        ctx.maps.pop(abi.RESPONSE_HEADERS, None)
                     vm.call("proxy_on_log", ctx.id)
                 vm.call("proxy_on_delete", ctx.id)
         finally:

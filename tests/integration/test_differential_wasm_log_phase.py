@@ -1,0 +1,52 @@
+"""Differential, Envoy 1.40 vs Baton: a plugin's header maps in proxy_on_log, and the request
+trailers map before trailers came (tests/fixtures/wasm/log_phase.wat).
+
+Envoy's Context (source/extensions/common/wasm/context.cc) reads the maps of the access log
+phase through getConstMap, the access logger's own: the request and response headers can be
+read, not changed (getMap has none then: BAD_ARGUMENT); a map the stream never had answers
+NOT_FOUND in that phase, where at other times it answers BAD_ARGUMENT."""
+
+from __future__ import annotations
+
+from ..waiting import wait_until
+
+from .differential.bootstraps import bootstrap, cluster, http_listener
+from .differential.compare import differential, upstream_header
+from .differential.proxies import module_pair
+from .test_differential_wasm import exchange
+from .test_differential_wasm_host import wat_filter
+
+GAUGE = "wasmcustom.log_probe"
+
+
+def log_bootstrap(upstreams):
+    routes = {"name": "r", "virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [
+        {"match": {"prefix": "/"}, "route": {"cluster": "a"}}]}]}
+
+    def template(ports, admin):
+        return bootstrap(admin, [http_listener("log", ports["log"], routes,
+                                               http_filters=[wat_filter("log_phase.wat")])],
+                         [cluster("a", [upstreams["a"]])])
+    return template
+
+
+recorder, pair = module_pair("diff-wasm-log-phase", log_bootstrap, ["log"])
+
+
+def with_log_probe(run):
+    def probed(target):
+        obs = run(target)
+        wait_until(lambda: target.stats(GAUGE).get(GAUGE), 5, "proxy_on_log's gauge")
+        obs["log_probe"] = str(target.stats(GAUGE)[GAUGE])[1:]
+        return obs
+    return probed
+
+
+def test_the_maps_in_the_log_phase_and_the_request_trailers_before_they_came(pair, recorder):
+    def expect(obs):
+        assert obs["status"] == 200, obs
+        # request trailers in proxy_on_request_headers: get, add, pairs
+        assert upstream_header(obs, "x-early") == "220", obs
+        # request headers, request trailers, response headers, response trailers
+        assert obs["log_probe"] == "020120020120", obs
+    differential(pair, with_log_probe(exchange("log", "/logged", "log-phase")), expect)
