@@ -18,6 +18,11 @@ FORMATS = [
     DEFAULT_FORMAT,
     " ".join(f"%{name}%" for name in INLINED) + " %RESP(X-A?X-B)% %RESP(:STATUS)% %REQ(X-MULTI)%\n",
     "%RESPONSE_CODE%|%RESP(X-A)%|%DURATION%|%RESPONSE_FLAGS%",
+    # REQ() read in one pass (repeated, empty, missing, alternatives, pseudo-headers, one a
+    # request does not have) and RESP() with :status either side of an alternative.
+    "%REQ(:SCHEME)% %REQ(:FOO?X-MULTI)% %REQ(X-NONE?:AUTHORITY)% %REQ(X-EMPTY?:PATH)% "
+    "%REQ(X-MULTI):1% %REQ(USER-AGENT)% %REQ(:METHOD?X-NONE)% %REQ(X-NONE)% "
+    "%RESP(:STATUS?X-A)% %RESP(X-NONE?:STATUS)% %RESP(X-A?X-B)% %RESP(X-NONE)%\n",
 ]
 
 
@@ -32,6 +37,7 @@ def infos():
     info.route_name = "r"
     info.last_downstream_byte = 100.0125
     yield info
+    yield make_info(request=None)           # (a stream with no request: REQ() missing)
 
 
 def by_getters(fmt: str, info, missing: str = "-") -> str:

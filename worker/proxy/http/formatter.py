@@ -142,7 +142,7 @@ def _headers_getter(source):
         if source is _request_header:
             get.request_names = (first, second)     # for _generate's one pass (see there)
         elif source is _response_header:
-            get.response_names = (first, second)    # _generate calls _response_header itself
+            get.response_names = (first, second)    # _generate writes its lookup in place
         return get
     return make
 
@@ -153,18 +153,6 @@ def _joined(headers, name):
     for key, value in headers.items:
         if key == name:
             found = value if found is None else f"{found},{value}"
-    return found
-
-
-def _wanted_headers(request, wanted) -> dict:
-    """The request's headers named in `wanted`, each joined as _joined joins it, in one pass
-    over the headers (a format's REQ() fields, read together)."""
-    found = {}
-    if request is not None:
-        for key, value in request.headers.items:
-            if key in wanted:
-                old = found.get(key)
-                found[key] = value if old is None else f"{old},{value}"
     return found
 
 
@@ -395,21 +383,70 @@ def _compile_text(fmt: str, missing: str, operators=None):
     return _generate(pieces, missing)
 
 
-def _generate(pieces, missing):
-    """One function per format, written out: each getter is called once into a local, and
-    one f-string joins them. A loop over the pieces costs about twice as much per line, and
-    this runs for every request. Only names (never config text) go into the source; the
-    literals, getters and header names are bound as default arguments.
+# A pseudo-header a generated render reads as the request's attribute (Request.get's names).
+_PSEUDO_ATTRIBUTES = {":method": "method", ":path": "path", ":authority": "authority",
+                      ":scheme": "scheme"}
 
-    With two or more REQ() fields (Envoy's default format has five), the request's headers
-    are read in one pass for all of them (_wanted_headers) instead of one scan and three
-    calls per field; pseudo-headers are the request's attributes (Request.get)."""
+
+def _joined_lines(target, items, name, indent):
+    """Source lines that join into `target` (None before them) the values of header `name`
+    (a parameter) in the pairs `items` with ',', as _joined joins them."""
+    pad = " " * indent
+    return [f"{pad}for _k, _v in {items}:",
+            f"{pad}    if _k == {name}:",
+            f"{pad}        {target} = _v if {target} is None else f\"{{{target}}},{{_v}}\""]
+
+
+def _response_lines(i, names, params):
+    """RESP(name?alternative) written in place (what _response_header gives): :status is
+    the response's status, any other name its header's values joined."""
+    lines = []
+    for j, name in enumerate(names):
+        if name is None:
+            break
+        params.append(f"_n{i}_{j}=_rnames[{i}][{j}]")
+        pad = 4 if j == 0 else 8
+        if name == ":status":
+            step = [f"{' ' * pad}v{i} = None if _s is None else str(_s.status)"]
+        else:
+            step = [f"{' ' * pad}v{i} = None", f"{' ' * pad}if _s is not None:"] + \
+                _joined_lines(f"v{i}", "_s.headers.items", f"_n{i}_{j}", pad + 4)
+        lines += step if j == 0 else [f"    if v{i} is None:"] + step
+    return lines
+
+
+def _generate(pieces, missing):
+    """One function per format, written out: each field is read once into a local, and one
+    f-string joins them. A loop over the pieces costs about twice as much per line, and this
+    runs for every request. Only names (never config text) go into the source; the literals,
+    getters and header names are bound as default arguments.
+
+    What a field reads is written in place where it is an attribute or a header: the
+    operators with an `inline` expression, RESP() (_response_header's lookup), and, with two
+    or more REQ() fields (Envoy's default format has five), the request's headers, read in
+    one pass for all of them into one local per name (each joined as _joined joins), the
+    pseudo-headers as the request's attributes (as Request.get reads them). Envoy's default
+    format is then rendered with two calls (START_TIME and the f-string's) instead of
+    fourteen; tests/unit/test_formatter_inline.py holds it to what the getters give."""
     params, lines, fields = [], [], []
     by_name = [getattr(piece, "request_names", None) for piece in pieces]
     one_pass = sum(names is not None for names in by_name) >= 2
-    wanted = {n for names in by_name if names for n in names if n and n[0] != ":"}
+    wanted = sorted({n for names in by_name if names for n in names if n and n[0] != ":"})
     if one_pass:
-        lines += ["    _r = info.request", "    _h = _wanted(_r, _wanted_names)"]
+        lines.append("    _r = info.request")
+        if wanted:
+            params.append("_wanted_names=_wanted_names")
+            lines.append(f"    {' = '.join(f'_w{k}' for k in range(len(wanted)))} = None")
+            lines += ["    if _r is not None:",
+                      "        for _k, _v in _r.headers.items:",
+                      "            if _k in _wanted_names:"]
+            for k, name in enumerate(wanted):
+                params.append(f"_k{k}=_wanted_list[{k}]")
+                lines += [f"                {'if' if k == 0 else 'elif'} _k == _k{k}:",
+                          f"                    _w{k} = _v if _w{k} is None "
+                          f"else f\"{{_w{k}}},{{_v}}\""]
+    if any(getattr(piece, "response_names", None) for piece in pieces):
+        lines.append("    _s = info.response")
     for i, piece in enumerate(pieces):
         if piece.__class__ is str:
             params.append(f"_l{i}=_pieces[{i}]")
@@ -421,15 +458,8 @@ def _generate(pieces, missing):
             lines.append(f"    v{i} = {inline}")
             continue
         response_names = getattr(piece, "response_names", None)
-        if response_names is not None:      # RESP(): one call, not get() then its source
-            first, second = response_names
-            if "_rh=_rh" not in params:
-                params.append("_rh=_rh")
-            params.append(f"_n{i}_0=_rnames[{i}][0]")
-            lines.append(f"    v{i} = _rh(info, _n{i}_0)")
-            if second is not None:
-                params.append(f"_n{i}_1=_rnames[{i}][1]")
-                lines.append(f"    if v{i} is None:\n        v{i} = _rh(info, _n{i}_1)")
+        if response_names is not None:
+            lines += _response_lines(i, response_names, params)
             continue
         names = by_name[i]
         if not one_pass or names is None:
@@ -439,17 +469,19 @@ def _generate(pieces, missing):
         for j, name in enumerate(names):
             if name is None:
                 break
-            params.append(f"_n{i}_{j}=_names[{i}][{j}]")
-            lookup = f"_h.get(_n{i}_{j})" if name[0] != ":" else \
-                f"(None if _r is None else _r.get(_n{i}_{j}))"
+            if name[0] != ":":
+                lookup = f"_w{wanted.index(name)}"
+            elif name in _PSEUDO_ATTRIBUTES:
+                lookup = f"(None if _r is None else _r.{_PSEUDO_ATTRIBUTES[name]})"
+            else:
+                lookup = "None"             # a pseudo-header a request does not have
             lines.append(f"    v{i} = {lookup}" if j == 0 else
                          f"    if v{i} is None:\n        v{i} = {lookup}")
     source = (f"def render(info, _m=_missing, {', '.join(params)}):\n" + "\n".join(lines)
               + f"\n    return f\"{''.join(fields)}\"\n")
-    namespace = {"_pieces": pieces, "_missing": missing, "_names": by_name,
+    namespace = {"_pieces": pieces, "_missing": missing,
                  "_rnames": [getattr(piece, "response_names", None) for piece in pieces],
-                 "_rh": _response_header,
-                 "_wanted": _wanted_headers, "_wanted_names": frozenset(wanted)}
+                 "_wanted_list": wanted, "_wanted_names": frozenset(wanted)}
     exec(compile(source, "<access log format>", "exec"), namespace)  # noqa: S102
     return namespace["render"]
 
