@@ -84,10 +84,12 @@ class Headers:
     def remove(self, name: str) -> bool:
         """Remove every `name`; whether there was one."""
         items = self.items
-        kept = [kv for kv in items if kv[0] != name]
-        if len(kept) == len(items):
-            return False
-        self.items = kept
+        for key, _ in items:
+            if key == name:
+                break
+        else:
+            return False        # the usual case (a route's request_headers_to_remove): no copy
+        self.items = [kv for kv in items if kv[0] != name]
         return True
 
     def copy(self) -> "Headers":
