@@ -5,8 +5,7 @@
   plugin asked (Baton lost it there and answered 14, the one of HTTP 503);
 - "call" (tests/fixtures/wasm/http_call_headers.wat): proxy_http_call headers that are not
   valid HTTP (a CR LF or NUL in a value, a space in a name). A call with good headers,
-  "/o-good", differs already: Envoy adds x-envoy-internal and x-envoy-expected-rq-timeout-ms
-  to the call's request; Baton does not."""
+  "/o-good": test_differential_wasm_http_call_request.py."""
 
 from __future__ import annotations
 
