@@ -475,6 +475,10 @@ def cmd_run(args) -> int:
                                           worker_user[0] if worker_user else None)
         except runtime.RuntimeDirError as exc:
             raise StartError(str(exc)) from None
+        if worker_user and os.geteuid() == 0:
+            # Compiled Wasm modules: a directory the workers and the xDS agent share.
+            from ..worker.wasm.cache import share_with
+            share_with(*worker_user)
         static_snapshot, xds_applied = snapshot, None
         if snapshot.get("xds"):
             snapshot, xds_applied = _with_dynamic(snapshot, runtime_dir, takeover is not None)

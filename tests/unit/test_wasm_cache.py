@@ -142,3 +142,56 @@ def _own_env():
     os.environ.pop(cache.ENV, None)
     if before is not None:
         os.environ[cache.ENV] = before
+
+
+def _as_user(uid: int, gid: int, run) -> str:
+    """run() in a child that became uid:gid (as a worker or the xDS agent does), its answer."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:            # the child: never back into pytest
+        try:
+            os.close(read)
+            os.setgroups([])
+            os.setgid(gid)
+            os.setuid(uid)
+            answer = str(run())
+        except BaseException as exc:  # noqa: BLE001 - reported to the parent
+            answer = f"error: {exc!r}"
+        os.write(write, answer.encode())
+        os._exit(0)
+    os.close(write)
+    with os.fdopen(read, "rb") as f:
+        answer = f.read().decode()
+    os.waitpid(pid, 0)
+    return answer
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a root master and its worker user")
+def test_a_root_masters_workers_and_agent_share_a_directory_of_their_user(monkeypatch):
+    """A root master with --worker-user: the xDS agent (that user) wrote its compiled modules
+    where the workers, reading the master's directory, never looked, and could not write the
+    master's. share_with gives the user baton-wasm-<uid>: written and read there first, then
+    the master's; the master (root) never reads it."""
+    import tempfile
+    base = tempfile.mkdtemp(prefix="w3-cache-")
+    try:
+        os.chmod(base, 0o755)
+        monkeypatch.setenv(cache.ENV, os.path.join(base, "baton-wasm-0"))
+        monkeypatch.delenv(cache.SHARED_ENV, raising=False)
+        master = cache.default("fp")
+        assert master.store_bytes("from-master.wasm", b"m")
+        shared = cache.share_with(65534, 65534)
+        assert shared == os.path.join(base, "baton-wasm-65534")
+        assert os.stat(shared).st_uid == 65534
+        assert cache.default("fp").directory == master.directory      # the master: its own
+
+        def in_the_worker():
+            disk = cache.default("fp")
+            return (disk.directory, disk.fallback.directory,
+                    disk.store_bytes("from-agent.wasm", b"a"))
+        assert _as_user(65534, 65534, in_the_worker) == \
+            str((shared, master.directory, True))
+        assert os.stat(os.path.join(shared, "from-agent.wasm")).st_uid == 65534
+    finally:
+        import shutil
+        shutil.rmtree(base)

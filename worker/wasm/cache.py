@@ -27,6 +27,15 @@ over, and the process compiles. Files are written whole under a temporary name a
 into place after an fsync; the directory keeps the MAX_FILES most recent modules.
 BATON_WASM_CACHE=off: no cache.
 
+Shared with the worker user: a root master with --worker-user keeps its own directory (the
+bootstrap's modules, which its workers read), and share_with(uid, gid) gives that user a
+directory of its own, baton-wasm-<uid> beside it, named in BATON_WASM_CACHE_SHARED: the
+workers and the xDS agent, which run as that user, write there and read there first, then
+the master's (the agent checks and compiles the modules xDS sends: without it the workers
+could neither read nor write what it compiled, and each compiled every such module again).
+The master never reads the shared directory (its user may write it); the trust check is the
+same for both directories.
+
 Damage: wasmtime checks a file's header, not its machine code, and runs what it maps: a torn
 write or a bad block in the code killed every worker that loaded it (SIGSEGV, each respawn
 too). So a compiled module is stored with the sha256 of its bytes after them, and loaded only
@@ -46,18 +55,26 @@ MAX_FILES = 64
 SUFFIX = ".cwasm"
 DIGEST = 32                     # sha256 of the serialized module, after it in the file
 ENV = "BATON_WASM_CACHE"
+SHARED_ENV = "BATON_WASM_CACHE_SHARED"
 
 
 class ModuleCache:
-    def __init__(self, directory: str, fingerprint: str = ""):
+    def __init__(self, directory: str, fingerprint: str = "", fallback=None):
         self.directory = directory
         self.fingerprint = fingerprint
+        self.fallback = fallback        # a ModuleCache read after this one (the master's)
 
     def path(self, key: str) -> str:
         return os.path.join(self.directory, f"{key}-{self.fingerprint}{SUFFIX}")
 
     def load(self, engine, key: str):
         """The module stored for `key`, or None (none, not trusted, or not loadable)."""
+        found = self._load(engine, key)
+        if found is None and self.fallback is not None:
+            found = self.fallback.load(engine, key)
+        return found
+
+    def _load(self, engine, key: str):
         path = self.path(key)
         try:
             info = os.lstat(path)
@@ -143,12 +160,60 @@ def directory() -> str:
     return os.path.join(base, f"baton-wasm-{os.geteuid()}")
 
 
-def default(fingerprint: str) -> ModuleCache | None:
-    """The cache this process uses (made if missing); None when BATON_WASM_CACHE is "off"
-    or the directory cannot be trusted (then every process compiles for itself)."""
+def share_with(uid: int, gid: int) -> str | None:
+    """In a root master whose workers become `uid`: make baton-wasm-<uid> theirs (0755) and
+    name it for them (SHARED_ENV; the environment the workers and the xDS agent inherit).
+    None when there is no such directory to give (then each uses the master's, read-only)."""
     path = directory()
     if path == "off":
         return None
+    shared = os.path.join(os.path.dirname(path), f"baton-wasm-{uid}")
+    try:
+        os.mkdir(shared, 0o755)
+        os.chown(shared, uid, gid)
+    except FileExistsError:
+        pass
+    except OSError:
+        return None
+    try:
+        info = os.lstat(shared)
+    except OSError:
+        return None
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != uid or info.st_mode & 0o022:
+        return None             # not the user's own, or others may write it: not used
+    os.environ[SHARED_ENV] = shared
+    return shared
+
+
+def _shared(fingerprint: str, master: "ModuleCache | None") -> "ModuleCache | None":
+    """The worker user's directory (share_with), in a process that is that user."""
+    path = os.environ.get(SHARED_ENV)
+    if not path or os.geteuid() == 0:
+        return None
+    try:
+        info = os.lstat(path)
+    except OSError:
+        return None
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid() or not trusted(info):
+        return None
+    return ModuleCache(path, fingerprint, master)
+
+
+def default(fingerprint: str) -> ModuleCache | None:
+    """The cache this process uses (made if missing); None when BATON_WASM_CACHE is "off"
+    or the directory cannot be trusted (then every process compiles for itself). A worker
+    or xDS agent of a root master's worker user gets the directory share_with gave it,
+    then the master's."""
+    path = directory()
+    if path == "off":
+        return None
+    master = _master(path, fingerprint)
+    if master is not None and master.directory == os.environ.get(SHARED_ENV):
+        return master           # a master that was not root: one directory
+    return _shared(fingerprint, master) or master
+
+
+def _master(path: str, fingerprint: str) -> ModuleCache | None:
     try:
         os.mkdir(path, 0o755)
         os.chmod(path, 0o755)       # whatever the umask: workers that became `baton` read it
