@@ -202,3 +202,17 @@ def test_the_stats_count_as_envoys_code_cache(monkeypatch, server):
                         "fetch_successes": 1, "fetch_failures": 1, "cache_entries": 1}
     translate_wasm(wasm_pb(**good), "f", errors, [])        # a later config: a hit
     assert counts()["cache_hits"] == 1
+
+
+def test_an_eds_cluster_in_the_bootstraps_check_fails_at_once_saying_why():
+    """The master checks the bootstrap before the xDS agent runs: an EDS cluster has no
+    endpoints there (Envoy's listener waits for its first EDS answer). It said 'cluster m has
+    no endpoints' after every retry's back-off; now the reason, at once, with no try."""
+    eds = {"name": "m", "type": "EDS", "eds": {"service_name": "svc"}, "endpoints": []}
+    remote.use_clusters({"m": eds})                     # no EDS: the bootstrap's check
+    slept = []
+    r = remote.Remote(URI, SHA, 1, retries=3, upstream=remote.upstream_of("m"))
+    code, why = r.fetch(sleep=slept.append)
+    assert code is None and slept == [], (why, slept)
+    assert why == remote.EDS_IN_BOOTSTRAP % "m"
+    assert "takes its endpoints from EDS" in why and "static endpoints" in why

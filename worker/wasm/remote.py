@@ -45,6 +45,9 @@ reload or an update finds it. Envoy ACKs an LDS update at once and warms the lis
 module is fetched; Baton's agent applies the update's other resources at once and ACKs (or
 NACKs) the update once the module is fetched and it is translated whole. Envoy's tries are
 bounded by num_retries only; Baton's whole fetch by FETCH_BUDGET too, its body by MAX_CODE.
+Through an EDS cluster, a bootstrap's module: Envoy's listener init waits for the cluster's
+first EDS answer; the master has no EDS when it checks the bootstrap, so the fetch fails at
+once, no try made, saying so (EDS_IN_BOOTSTRAP).
 """
 
 from __future__ import annotations
@@ -112,12 +115,18 @@ def stats() -> tuple[dict, dict]:
 
 class Upstream:
     """What a fetch goes through: a cluster's endpoints (host, port) and its TLS spec."""
-    __slots__ = ("cluster", "endpoints", "tls")
+    __slots__ = ("cluster", "endpoints", "tls", "unavailable")
 
-    def __init__(self, cluster: str, endpoints: list, tls: dict | None):
+    def __init__(self, cluster: str, endpoints: list, tls: dict | None, unavailable: str = ""):
         self.cluster = cluster
         self.endpoints = endpoints
         self.tls = tls
+        self.unavailable = unavailable      # why no try can reach it (no try is made)
+
+
+EDS_IN_BOOTSTRAP = ("cluster %s takes its endpoints from EDS, which Baton does not have when "
+                    "it checks the bootstrap (Envoy waits for them): fetch bootstrap Wasm code "
+                    "through a cluster with static endpoints, or send the listener over LDS")
 
 
 def use_clusters(clusters, eds=None) -> None:
@@ -133,7 +142,12 @@ def upstream_of(name: str) -> Upstream | None:
     if spec is None:
         return None
     endpoints = spec.get("endpoints") or []
-    if spec.get("type") == "EDS" and _eds is not None:
+    if spec.get("type") == "EDS":
+        if _eds is None:
+            # The bootstrap's check in the master, before the xDS agent runs: Envoy's
+            # listener would wait for the cluster's first EDS answer (its init), Baton's
+            # master cannot, so it says why at once rather than try an empty cluster.
+            return Upstream(name, [], spec.get("transport_socket"), EDS_IN_BOOTSTRAP % name)
         endpoints = _eds(spec["eds"]["service_name"]) or []
     return Upstream(name, [(e["address"], e["port"]) for e in endpoints],
                     spec.get("transport_socket"))
@@ -217,7 +231,8 @@ class Remote:
         why = ""
         ceiling = self.base
         end = time.monotonic() + budget
-        for attempt in range(self.retries + 1):
+        unavailable = self.upstream is not None and self.upstream.unavailable
+        for attempt in range(0 if unavailable else self.retries + 1):
             if attempt:
                 left = end - time.monotonic()
                 sleep(min(random.random() * ceiling, max(left, 0)))
@@ -231,6 +246,7 @@ class Remote:
                 _failed.pop(self.sha256, None)
                 _count(True, "remote_load_fetch_successes")
                 return code, ""
+        why = unavailable or why
         _failed[self.sha256] = (time.monotonic(), why)
         _count(True, "remote_load_fetch_failures")
         return None, why
@@ -247,6 +263,8 @@ class Remote:
         upstream = self.upstream
         if upstream is None:
             return None, "no such cluster"
+        if upstream.unavailable:
+            return None, upstream.unavailable
         if not upstream.endpoints:
             return None, f"cluster {upstream.cluster} has no endpoints"
         host, port = upstream.endpoints[self._next % len(upstream.endpoints)]
