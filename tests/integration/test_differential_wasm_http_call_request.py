@@ -7,25 +7,16 @@ from __future__ import annotations
 
 import json
 
-from .differential.bootstraps import bootstrap, cluster, http_listener
 from .differential.compare import differential, upstream_header
 from .differential.proxies import module_pair
 from .test_differential_wasm import exchange
 from .test_differential_wasm_host import wat_filter
+from .test_differential_wasm_plugin_identity import listeners_to_a
 
 
-def call_bootstrap(upstreams):
-    routes = {"name": "r", "virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [
-        {"match": {"prefix": "/"}, "route": {"cluster": "a"}}]}]}
-
-    def template(ports, admin):
-        return bootstrap(admin, [http_listener("call", ports["call"], routes,
-                                               http_filters=[wat_filter("http_call_headers.wat")])],
-                         [cluster("a", [upstreams["a"]])])
-    return template
-
-
-recorder, pair = module_pair("diff-wasm-call-request", call_bootstrap, ["call"])
+recorder, pair = module_pair("diff-wasm-call-request",
+                            listeners_to_a({"call": [wat_filter("http_call_headers.wat")]}),
+                            ["call"])
 
 
 def the_call(run):

@@ -10,27 +10,17 @@ from __future__ import annotations
 
 from ..waiting import wait_until
 
-from .differential.bootstraps import bootstrap, cluster, http_listener
 from .differential.compare import differential, upstream_header
 from .differential.proxies import module_pair
 from .test_differential_wasm import exchange
 from .test_differential_wasm_host import wat_filter
+from .test_differential_wasm_plugin_identity import listeners_to_a
 
 GAUGE = "wasmcustom.log_probe"
 
 
-def log_bootstrap(upstreams):
-    routes = {"name": "r", "virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [
-        {"match": {"prefix": "/"}, "route": {"cluster": "a"}}]}]}
-
-    def template(ports, admin):
-        return bootstrap(admin, [http_listener("log", ports["log"], routes,
-                                               http_filters=[wat_filter("log_phase.wat")])],
-                         [cluster("a", [upstreams["a"]])])
-    return template
-
-
-recorder, pair = module_pair("diff-wasm-log-phase", log_bootstrap, ["log"])
+recorder, pair = module_pair("diff-wasm-log-phase",
+                            listeners_to_a({"log": [wat_filter("log_phase.wat")]}), ["log"])
 
 
 def with_log_probe(run):

@@ -37,18 +37,23 @@ LISTENERS = {
 }
 
 
-def identity_bootstrap(upstreams):
+def listeners_to_a(listeners: dict):
+    """A module_pair bootstrap: one HTTP listener per name with its filters, every request
+    routed to the recording upstream "a"."""
     routes = {"name": "r", "virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [
         {"match": {"prefix": "/"}, "route": {"cluster": "a"}}]}]}
 
-    def template(ports, admin):
-        return bootstrap(admin, [http_listener(name, ports[name], routes, http_filters=filters)
-                                 for name, filters in LISTENERS.items()],
-                         [cluster("a", [upstreams["a"]])])
-    return template
+    def of(upstreams):
+        def template(ports, admin):
+            return bootstrap(admin, [http_listener(name, ports[name], routes,
+                                                   http_filters=filters)
+                                     for name, filters in listeners.items()],
+                             [cluster("a", [upstreams["a"]])])
+        return template
+    return of
 
 
-recorder, pair = module_pair("diff-wasm-identity", identity_bootstrap, list(LISTENERS))
+recorder, pair = module_pair("diff-wasm-identity", listeners_to_a(LISTENERS), list(LISTENERS))
 
 
 @pytest.mark.parametrize("listener, roots", [("same", 1), ("stop", 2), ("policy", 2),
