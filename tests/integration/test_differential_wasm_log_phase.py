@@ -4,7 +4,10 @@ trailers map before trailers came (tests/fixtures/wasm/log_phase.wat).
 Envoy's Context (source/extensions/common/wasm/context.cc) reads the maps of the access log
 phase through getConstMap, the access logger's own: the request and response headers can be
 read, not changed (getMap has none then: BAD_ARGUMENT); a map the stream never had answers
-NOT_FOUND in that phase, where at other times it answers BAD_ARGUMENT."""
+NOT_FOUND in that phase, where at other times it answers BAD_ARGUMENT. The attribute
+response.headers does not go with the response head's map: read OK at the response body's
+end, as response.code, where request.path is NOT_FOUND (response_gone.wat; Baton already
+answered the same)."""
 
 from __future__ import annotations
 
@@ -19,15 +22,15 @@ from .test_differential_wasm_plugin_identity import listeners_to_a
 GAUGE = "wasmcustom.log_probe"
 
 
-recorder, pair = module_pair("diff-wasm-log-phase",
-                            listeners_to_a({"log": [wat_filter("log_phase.wat")]}), ["log"])
+LISTENERS = {"log": [wat_filter("log_phase.wat")], "gone": [wat_filter("response_gone.wat")]}
+recorder, pair = module_pair("diff-wasm-log-phase", listeners_to_a(LISTENERS), list(LISTENERS))
 
 
-def with_log_probe(run):
+def with_log_probe(run, gauge=GAUGE):
     def probed(target):
         obs = run(target)
-        wait_until(lambda: target.stats(GAUGE).get(GAUGE), 5, "proxy_on_log's gauge")
-        obs["log_probe"] = str(target.stats(GAUGE)[GAUGE])[1:]
+        wait_until(lambda: target.stats(gauge).get(gauge), 5, "proxy_on_log's gauge")
+        obs["log_probe"] = str(target.stats(gauge)[gauge])[1:]
         return obs
     return probed
 
@@ -40,3 +43,13 @@ def test_the_maps_in_the_log_phase_and_the_request_trailers_before_they_came(pai
         # request headers, request trailers, response headers, response trailers
         assert obs["log_probe"] == "020120020120", obs
     differential(pair, with_log_probe(exchange("log", "/logged", "log-phase")), expect)
+
+
+def test_the_response_attributes_once_the_response_head_went_on(pair, recorder):
+    """response_gone.wat: at the response body's end (its head went on) response.headers,
+    response.code and request.path; in proxy_on_log response.headers and request.headers."""
+    def expect(obs):
+        assert obs["status"] == 200, obs
+        assert obs["log_probe"] == "00100", obs
+    differential(pair, with_log_probe(exchange("gone", "/gone", "response-gone"),
+                                      "wasmcustom.gone_probe"), expect)
