@@ -98,3 +98,44 @@ def _compose_uri(request, redirect) -> str:
         if q >= 0:
             path = path[:q]
     return f"{scheme}://{host}{port}{path}"
+
+
+def compiled_steps(steps):
+    """A plan's steps (mutation_steps) as one function apply(headers, info, render) that does
+    what stream.py's _apply_mutations does with them, written out step by step as the access
+    log's render is (formatter._generate): a constant value's pair is built once, an empty
+    constant value without keep_empty is left out, and only a template with %-operators
+    calls `render(template, info)` (the connection manager's render_header_value). Only
+    names go into the source; header names, values and templates are default arguments."""
+    params, lines = [], []
+    for i, (kind, name, template, dynamic, keep_empty) in enumerate(steps):
+        params.append(f"_n{i}=_steps[{i}][1]")
+        if kind == REMOVE:
+            lines.append(f"    headers.remove(_n{i})")
+            continue
+        if dynamic:
+            params.append(f"_t{i}=_steps[{i}][2]")
+            lines.append(f"    _v = render(_t{i}, info)")
+            pad = "    "
+            if not keep_empty:
+                lines.append("    if _v:")
+                pad = "        "
+            pair = f"(_n{i}, _v)"
+        elif template == "" and not keep_empty:
+            continue                # Envoy adds no empty header unless keep_empty_value
+        else:
+            params.append(f"_p{i}=(_steps[{i}][1], _steps[{i}][2])")
+            pad, pair = "    ", f"_p{i}"
+        if kind == APPEND:
+            lines.append(f"{pad}headers.items.append({pair})")
+        elif kind == ADD_IF_ABSENT:
+            lines += [f"{pad}if _n{i} not in headers:", f"{pad}    headers.items.append({pair})"]
+        elif kind == OVERWRITE:
+            lines += [f"{pad}headers.remove(_n{i})", f"{pad}headers.items.append({pair})"]
+        else:                       # OVERWRITE_IF_EXISTS
+            lines += [f"{pad}if headers.remove(_n{i}):", f"{pad}    headers.items.append({pair})"]
+    source = (f"def apply(headers, info, render, {', '.join(params)}):\n"
+              + "\n".join(lines or ["    pass"]) + "\n")
+    namespace = {"_steps": steps}
+    exec(compile(source, "<header mutations>", "exec"), namespace)  # noqa: S102
+    return namespace["apply"]

@@ -1,0 +1,43 @@
+"""route_rewrite.compiled_steps: a plan's header mutations written out as one function do
+what stream.py's _apply_mutations does with the same steps, for every kind of step, constant
+and %-operator values, empty values with and without keep_empty_value, headers absent, present
+and repeated."""
+
+from __future__ import annotations
+
+import itertools
+from types import SimpleNamespace
+
+from baton.worker.codecs.message import Headers
+from baton.worker.proxy.http.route_rewrite import compiled_steps, mutation_steps
+from baton.worker.proxy.http.stream import Stream
+
+ACTIONS = ["APPEND_IF_EXISTS_OR_ADD", "ADD_IF_ABSENT", "OVERWRITE_IF_EXISTS_OR_ADD",
+           "OVERWRITE_IF_EXISTS"]
+VALUES = ["v", "", "%REQ(x-a)%", "%REQ(x-none)%"]     # constant, empty, rendered, rendered empty
+HEADERS = [[], [("x-h", "0")], [("x-h", "0"), ("x-b", "1"), ("x-h", "2")]]
+
+
+def _render(template, info):
+    """A stand-in for render_header_value: x-a is "A", any other header empty."""
+    return {"%REQ(x-a)%": "A", "%REQ(x-none)%": ""}.get(template, template)
+
+
+def _by_the_loop(headers, steps):
+    stream = SimpleNamespace(hcm=SimpleNamespace(render_header_value=_render), info=None)
+    Stream._apply_mutations(stream, headers, steps)
+
+
+def test_compiled_steps_do_what_the_loop_does():
+    specs = [{"remove": [], "add": [("x-h", value, action, keep)]}
+             for action, value, keep in itertools.product(ACTIONS, VALUES, (False, True))]
+    specs += [{"remove": ["x-h"], "add": [("x-h", "n", "APPEND_IF_EXISTS_OR_ADD", False),
+                                         ("x-b", "%REQ(x-a)%", "OVERWRITE_IF_EXISTS", False),
+                                         ("x-c", "c", "ADD_IF_ABSENT", False)]},
+              {"remove": ["x-none", "x-b"], "add": []}, {"remove": [], "add": []}]
+    for spec, items in itertools.product(specs, HEADERS):
+        steps = mutation_steps(spec) if spec["remove"] or spec["add"] else ()
+        expected, got = Headers(list(items)), Headers(list(items))
+        _by_the_loop(expected, steps)
+        compiled_steps(steps)(got, None, _render)
+        assert got.items == expected.items, (spec, items)
