@@ -244,7 +244,8 @@ class HttpConnection(asyncio.Protocol, HttpConnectionMoves, Connection):
             if stream is not None:
                 stream.on_request_body(event.data, event.end_stream)
         elif kind is RequestHead:
-            if self.codec.closed and not self.codec.multiplexed:
+            codec = self.codec      # (HTTP/2's `closed` is a property: not asked)
+            if not codec.multiplexed and codec.closed:
                 return      # read behind a response that said connection: close (RFC 9112 9.6)
             self._on_request_head(event)
         elif kind is Trailers:

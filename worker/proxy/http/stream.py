@@ -663,8 +663,8 @@ class Stream:
             headers.add(name, value)
         if self.route is not None and self.request is not None and details != "route_not_found":
             self._apply_mutations(headers, self.route.response_plan(self.cluster_name))
-        if not self.remote_complete and self.request is not None and \
-                not self.conn.codec.multiplexed:
+        if not self.request_complete and not self.remote_complete and \
+                self.request is not None and not self.conn.codec.multiplexed:
             # The rest of the request body would be read as the next request: close after.
             self.conn.codec.goaway()
         head_request = self.request is not None and self.request.method == "HEAD"
