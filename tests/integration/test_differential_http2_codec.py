@@ -157,6 +157,35 @@ def test_a_malformed_request_ends_the_connection_without_a_goaway(pair, fields):
 POST = [(":method", "POST"), (":scheme", "http"), (":authority", "diff.test"), (":path", "/up")]
 
 
+DATA = 0
+
+
+@pytest.mark.parametrize("body", [b"x" * 10, b"xyz"], ids=["over", "short"])
+def test_a_body_against_its_content_length_resets_only_its_stream(pair, body):
+    """Stream 1: a GET the upstream answers after 300 ms; stream 3: a POST with content-length
+    5 whose DATA (END_STREAM) carries 10 or 3 bytes. Envoy's codec (nghttp2's DATA check)
+    resets stream 3 alone (RST_STREAM PROTOCOL_ERROR, http2.tx_reset, no
+    rx_messaging_error) and answers stream 1 on the connection it keeps."""
+    def run(target):
+        enc = Encoder()
+        slow = GET[:3] + [(":path", "/slow"), ("x-test-key", target.key("cl")),
+                          ("x-test-delay-ms", "300")]
+        frames = request(enc, 1, fields=slow) + \
+            request(enc, 3, END_HEADERS, POST + [("content-length", "5")]) + \
+            frame(DATA, END_STREAM, 3, body)
+        before = target.stats("http2.")
+        seen = exchange(target.port, frames, quiet=2, report_close=True)
+        after = target.stats("http2.")
+        counted = {name: after.get(name, 0) - before.get(name, 0)
+                   for name in ("http2.tx_reset", "http2.rx_messaging_error")}
+        # How the answer's body is cut into DATA frames differs by design: its last one counts.
+        return [s for s in seen if s != ("DATA", 1, 0)] + \
+            [{name: n for name, n in counted.items() if n}]
+    expected = [("RST_STREAM", 3, 1), ("HEADERS", 1, END_HEADERS), ("DATA", 1, END_STREAM),
+                {"http2.tx_reset": 1}]
+    differential(pair, run, lambda obs: _check(obs == expected, obs))
+
+
 @pytest.mark.parametrize("acked, expected", [
     (False, [("RST_STREAM", 5, 7), {"http2.stream_refused_errors": 1, "http2.tx_reset": 1}]),
     (True, ["closed", {}]),
