@@ -21,6 +21,7 @@ import select
 import socket
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import wasmtime
 
@@ -241,11 +242,12 @@ def test_idle_timeout_while_the_plugin_holds_the_response_head(pair):
     (/silent: an upstream that never answers)."""
     get = b"GET %s HTTP/1.1\r\nhost: diff.test\r\n\r\n"
     post = b"POST %s HTTP/1.1\r\nhost: diff.test\r\ncontent-length: 10\r\n\r\nabc"
-    out = {}
-    for name in ("envoy", "baton"):
-        port = pair.target(name).ports["forever"]
-        out[name] = [timed_out(port, request % path) for request in (get, post)
-                     for path in (b"/x", b"/silent")]
+    cases = [(name, request % path) for name in ("envoy", "baton") for request in (get, post)
+             for path in (b"/x", b"/silent")]
+    ports = {name: pair.target(name).ports["forever"] for name in ("envoy", "baton")}
+    with ThreadPoolExecutor(len(cases)) as pool:     # the 8 timeouts at once, not in turn
+        answers = list(pool.map(lambda case: timed_out(ports[case[0]], case[1]), cases))
+    out = {"envoy": answers[:4], "baton": answers[4:]}
     for case, (envoy, baton) in enumerate(zip(out["envoy"], out["baton"])):
         assert baton == envoy, (case, envoy, baton)
     assert out["envoy"][0][0].startswith(b"HTTP/1.1 504 "), out

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import base64
 import socket
+from concurrent.futures import ThreadPoolExecutor
 
 import h2.config
 import h2.connection
@@ -160,20 +161,20 @@ def test_a_local_reply_at_the_bodys_end_keeps_the_connection(pair):
 
 
 def test_timeouts_once_the_request_arrived_whole_but_a_plugin_holds_it(pair):
-    out = {}
-    for name in ("envoy", "baton"):
-        target = pair.target(name)
-        seen = []
-        for listener in ("rt", "msd"):
-            with socket.create_connection(("127.0.0.1", target.ports[listener])) as sock:
-                sock.sendall(b"POST /x HTTP/1.1\r\nhost: diff.test\r\n"
-                             b"content-length: 10\r\n\r\n0123456789")
-                try:
-                    sock.settimeout(1.5)    # 3 times the timeouts
-                    seen.append(sock.recv(4096).split(b"\r\n")[0])
-                except socket.timeout:
-                    seen.append(b"no answer")
-        out[name] = seen
+    def answer(port: int) -> bytes:
+        with socket.create_connection(("127.0.0.1", port)) as sock:
+            sock.sendall(b"POST /x HTTP/1.1\r\nhost: diff.test\r\n"
+                         b"content-length: 10\r\n\r\n0123456789")
+            try:
+                sock.settimeout(1.5)    # 3 times the timeouts
+                return sock.recv(4096).split(b"\r\n")[0]
+            except socket.timeout:
+                return b"no answer"
+    ports = [pair.target(name).ports[listener] for name in ("envoy", "baton")
+             for listener in ("rt", "msd")]
+    with ThreadPoolExecutor(len(ports)) as pool:    # at once, not in turn
+        answers = list(pool.map(answer, ports))
+    out = {"envoy": answers[:2], "baton": answers[2:]}
     assert out["baton"] == out["envoy"], out
     assert out["envoy"] == [b"no answer", b"HTTP/1.1 504 Gateway Timeout"], out
 
