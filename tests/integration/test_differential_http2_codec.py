@@ -186,6 +186,49 @@ def test_a_body_against_its_content_length_resets_only_its_stream(pair, body):
     differential(pair, run, lambda obs: _check(obs == expected, obs))
 
 
+PRIORITY, PRIORITY_FLAG = 2, 0x20
+
+
+def _self_dependent(stream_id: int) -> bytes:
+    """A priority (exclusive off, weight 17) on `stream_id` itself."""
+    return struct.pack(">LB", stream_id, 16)
+
+
+@pytest.mark.parametrize("frames, expected", [
+    # HEADERS again on a stream the client ended, its response not out yet.
+    (lambda enc: request(enc, 1, fields=POST) + request(enc, 1, fields=[("x-t", "1")]),
+     ["closed", {}]),
+    # A new stream whose HEADERS depends on itself.
+    (lambda enc: frame(HEADERS, END_STREAM | END_HEADERS | PRIORITY_FLAG, 1,
+                       _self_dependent(1) + enc.encode(GET)), ["closed", {}]),
+    # Trailers on an open stream depending on itself.
+    (lambda enc: request(enc, 1, END_HEADERS, POST) + frame(
+        HEADERS, END_STREAM | END_HEADERS | PRIORITY_FLAG, 1,
+        _self_dependent(1) + enc.encode([("x-t", "1")])),
+     [("DATA", 1, END_STREAM), ("DATA", 3, END_STREAM), ("HEADERS", 1, END_HEADERS),
+      ("HEADERS", 3, END_HEADERS), {"http2.trailers": 1}]),
+    # A PRIORITY frame depending on itself, on an open stream: ignored.
+    (lambda enc: request(enc, 1, END_HEADERS, POST) + frame(PRIORITY, 0, 1, _self_dependent(1)),
+     [("DATA", 3, END_STREAM), ("HEADERS", 3, END_HEADERS), {}]),
+], ids=["headers-on-half-closed", "headers-self-dependent", "trailers-self-dependent",
+        "priority-self-dependent"])
+def test_headers_where_nghttp2_ends_the_connection(pair, frames, expected):
+    """Envoy's codec (nghttp2) ends the connection, with no GOAWAY and nothing counted in
+    http2.*, on HEADERS on a half-closed (remote) stream and on HEADERS that depend on their own
+    stream, but not on trailers that do; a PRIORITY frame depending on its own stream it
+    ignores. A GET on stream 3 behind. The frames back in order of their names: which stream
+    is answered first is the upstream's doing."""
+    def run(target):
+        enc = Encoder()
+        before = target.stats("http2.")
+        seen = exchange(target.port, frames(enc) + request(enc, 3), quiet=2, report_close=True)
+        after = target.stats("http2.")
+        counted = {name: after.get(name, 0) - before.get(name, 0) for name in COUNTED}
+        return sorted((s for s in seen if s[0] != "DATA" or s[2]), key=repr) + \
+            [{name: n for name, n in counted.items() if n}]
+    differential(pair, run, lambda obs: _check(obs == expected, obs))
+
+
 @pytest.mark.parametrize("acked, expected", [
     (False, [("RST_STREAM", 5, 7), {"http2.stream_refused_errors": 1, "http2.tx_reset": 1}]),
     (True, ["closed", {}]),

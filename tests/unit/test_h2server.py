@@ -227,26 +227,41 @@ def test_trailers_end_the_request():
     assert summary(events) == [("Trailers", 1)] and events[0].headers.get("x-t") == "1"
 
 
-def test_self_dependency_is_a_stream_error():
+def test_a_new_stream_depending_on_itself_ends_the_connection_without_a_goaway():
+    """As Envoy 1.40 (tests/integration/test_differential_http2_codec.py)."""
     peer = Peer()
     block = peer.encoder.encode(GOOD)
     events = peer.send(frame(HEADERS, 0x5 | 0x20, 1, struct.pack(">LB", 1, 16) + block))
-    assert [(type(e), e.stream_id, e.code) for e in events] == [(StreamReset, 1, 0x1)]
-    assert summary(peer.headers(3)) == [("RequestHead", 3)]
+    assert summary(events) == [("ProtocolError", 0)] and peer.codec.closed
+    assert no_goaway_or_reset(peer.out())
 
 
-def test_headers_on_a_half_closed_stream_are_stream_closed_even_when_self_dependent():
-    """RFC 9113 5.1: HEADERS on a half-closed (remote) stream is STREAM_CLOSED; the state is
-    judged before what the frame says (here a priority on itself, PROTOCOL_ERROR on an open
-    stream), as nghttp2 in Envoy does. The RST_STREAM on the wire carries the same code."""
+def test_headers_on_a_half_closed_stream_end_the_connection_without_a_goaway():
+    """As Envoy 1.40, whatever the frame says (here a priority on itself too)."""
     peer = Peer()
     peer.headers(1, end_stream=True)
     peer.out()
     block = peer.encoder.encode([(b"x-t", b"1")])
     events = peer.send(frame(HEADERS, 0x5 | 0x20, 1, struct.pack(">LB", 1, 16) + block))
-    assert [(type(e), e.stream_id, e.code) for e in events] == [(StreamReset, 1, 0x5)]
-    assert [(f.stream_id, f.error_code) for f in parse(peer.out())] == [(1, 0x5)]
-    assert summary(peer.headers(3)) == [("RequestHead", 3)]
+    assert summary(events) == [("ProtocolError", 0)] and peer.codec.closed
+    assert no_goaway_or_reset(peer.out())
+
+
+def test_trailers_and_a_priority_frame_depending_on_their_own_stream_are_taken():
+    """Envoy 1.40 ignores the priority: trailers are trailers, a PRIORITY frame is nothing."""
+    peer = Peer()
+    peer.headers(1, end_stream=False)
+    peer.out()
+    assert peer.send(frame(PRIORITY, 0, 1, struct.pack(">LB", 1, 16))) == []
+    block = peer.encoder.encode([(b"x-t", b"1")])
+    events = peer.send(frame(HEADERS, 0x5 | 0x20, 1, struct.pack(">LB", 1, 16) + block))
+    assert summary(events) == [("Trailers", 1)] and not peer.codec.closed
+    assert no_goaway_or_reset(peer.out())
+
+
+def no_goaway_or_reset(data: bytes) -> bool:
+    """Nothing but the SETTINGS ACK in `data`."""
+    return [type(f).__name__ for f in parse(data) if type(f).__name__ != "SettingsFrame"] == []
 
 
 def test_headers_on_a_closed_stream_are_decoded_and_refused():
