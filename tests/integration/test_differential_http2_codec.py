@@ -157,6 +157,26 @@ def test_a_malformed_request_ends_the_connection_without_a_goaway(pair, fields):
 POST = [(":method", "POST"), (":scheme", "http"), (":authority", "diff.test"), (":path", "/up")]
 
 
+@pytest.mark.parametrize("fields", [GET + [("X-Up", "1")], GET[:3],
+                                    GET + [("content-length", "5")]],
+                         ids=["upper-case-name", "no-path", "content-length-no-body"])
+def test_a_malformed_request_counts_as_a_request_reset(pair, fields):
+    """Envoy's connection manager makes a request's stream at its HEADERS, before the codec
+    finds it malformed: downstream_rq_total, _http2_total and _rx_reset count it, with
+    http2.rx_messaging_error."""
+    names = ("http.proto.downstream_rq_total", "http.proto.downstream_rq_http2_total",
+             "http.proto.downstream_rq_rx_reset", "http2.rx_messaging_error")
+
+    def run(target):
+        before = target.stats("")
+        seen = exchange(target.port, request(Encoder(), 1, fields=fields), quiet=3,
+                        report_close=True)
+        after = target.stats("")
+        return seen + [{name: after.get(name, 0) - before.get(name, 0) for name in names}]
+    expected = ["closed", {name: 1 for name in names}]
+    differential(pair, run, lambda obs: _check(obs == expected, obs))
+
+
 DATA = 0
 
 

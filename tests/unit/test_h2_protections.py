@@ -10,8 +10,9 @@ import struct
 import pytest
 from hpack import Encoder
 
-from baton.worker.codecs.events import ProtocolError, RequestHead, StreamReset, WindowOpen
-from baton.worker.codecs.h2limits import ENVOY_DEFAULTS
+from baton.worker.codecs.events import (HeadersRefused, ProtocolError, RequestHead, StreamReset,
+                                        WindowOpen)
+from baton.worker.codecs.h2limits import ENVOY_DEFAULTS, RX_MESSAGING_ERROR
 from baton.worker.codecs.h2server import HEADERS_COST, LeanHttp2ServerCodec
 from baton.worker.codecs.http2 import H2_PREFACE
 from baton.worker.codecs.message import Headers, Response
@@ -433,10 +434,12 @@ BAD = GOOD + [(b"connection", b"close")]
 def test_a_malformed_request_ends_the_connection_by_default_without_a_goaway():
     # As Envoy 1.40 (tests/integration/test_differential_http2_codec.py): what was queued
     # before the request still goes out (a PING's ack here), then the connection closes.
+    # The request counts as one reset (the manager counts what HeadersRefused names).
     peer = Peer()
     events = peer.send(frame(PING, 0, 0, b"12345678") +
                        frame(HEADERS, 0x5, 1, peer.encoder.encode(BAD)))
-    assert [type(e) for e in events] == [ProtocolError] and peer.codec.closed
+    assert [type(e) for e in events] == [HeadersRefused, ProtocolError] and peer.codec.closed
+    assert (events[0].stream_id, events[0].stat) == (1, RX_MESSAGING_ERROR)
     assert [kind for kind, _, _ in frames_of(peer.codec.data_to_send())] == [PING]
 
 

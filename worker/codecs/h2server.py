@@ -366,7 +366,7 @@ class LeanHttp2ServerCodec(H2FrameReader, H2Sender, H2FlowControl, H2MoveState):
         if request is None:
             request = entry[2] = self._analyze(entry[1])
         if request.__class__ is str or (end and request[8]):    # malformed; or content-length
-            self._invalid_message(stream_id)                     # but no body
+            self._invalid_message(stream_id, True)               # but no body
             return
         too_large, method, path, authority, scheme, items, expect_continue, connect, length = \
             request
@@ -417,13 +417,20 @@ class LeanHttp2ServerCodec(H2FrameReader, H2Sender, H2FlowControl, H2MoveState):
         self._events.append(Trailers(stream_id, headers))
         self._remote_end(stream_id, state)
 
-    def _invalid_message(self, stream_id: int) -> None:
+    def _invalid_message(self, stream_id: int, new: bool = False) -> None:
         """A malformed request (RFC 9113 8.1.1): Envoy ends the whole connection unless
         override_stream_error_on_invalid_http_message says to reset only the stream. It
         sends no GOAWAY then (its codec's dispatch fails; the connection closes once what was
         written is flushed): measured against Envoy 1.40 with an upper-case field name, no
         :path, `te: gzip`, `connection`, a content-length without a body
-        (tests/integration/test_differential_http2_codec.py)."""
+        (tests/integration/test_differential_http2_codec.py). A `new` stream's request, which
+        Envoy's connection manager had made at its HEADERS, counts then as a request reset
+        (downstream_rq_total, _rx_reset; HeadersRefused has the manager count those and
+        rx_messaging_error), as measured there. (With the override, not measured: a reset
+        stream the manager never saw, as before.)"""
+        if new and not self._stream_error_on_invalid:
+            self._events.append(HeadersRefused(stream_id, RX_MESSAGING_ERROR))
+            raise _ConnError(PROTOCOL_ERROR, "invalid HTTP message", goaway=False)
         self._counters[RX_MESSAGING_ERROR] += 1
         if not self._stream_error_on_invalid:
             raise _ConnError(PROTOCOL_ERROR, "invalid HTTP message", goaway=False)
