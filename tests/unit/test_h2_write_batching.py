@@ -129,3 +129,33 @@ def test_a_move_waiting_for_the_connection_goes_on_once_the_turn_wrote_its_bytes
     assert not fired
     end_of_turn(rig.loop)
     assert rig.down.written and fired == [rig.conn]
+
+
+def test_a_move_waiting_for_bytes_the_kernel_has_not_taken_goes_on_once_it_took_them(rig):
+    """The last stream's bytes were written but sit in the transport's buffer (the client
+    reads slowly), under the high-water mark: asyncio calls no resume_writing when the kernel
+    takes them later, so nothing told the waiting move; it waited h2move.HOLD_LIMIT (2 s) and
+    drained the connection instead of moving it (found looking for a flaky reload test)."""
+    import time
+
+    from baton.worker.proxy.http import h2move
+    encoder = Encoder()
+    rig.conn.data_received(frame(1, 5, 1, encoder.encode(GET)))
+    busy = [up for up in rig.ups if up.streams]
+    busy[0].data_received(RESPONSE)
+    end_of_turn(rig.loop)
+    assert rig.down.written and not rig.conn.streams
+    unsent = [100]
+    rig.down.get_write_buffer_size = lambda: unsent[0]
+    rig.worker.handoff_accepts = {h2move.RECORD}
+    rig.conn.listener.spec = {}
+    fired = []
+    rig.conn.hold_when_idle(fired.append)
+    end_of_turn(rig.loop)
+    assert not fired                    # bytes unsent: not movable yet
+    unsent[0] = 0                       # the kernel took them; no event says so
+    deadline = time.monotonic() + 1.0   # well inside HOLD_LIMIT
+    while not fired and time.monotonic() < deadline:
+        rig.loop.run_until_complete(asyncio.sleep(0.005))
+    assert fired == [rig.conn]
+    assert rig.conn.hold_timer is None and rig.conn.unsent_poll is None

@@ -64,6 +64,7 @@ class HttpConnection(asyncio.Protocol, HttpConnectionMoves, Connection):
     moving_upstream = None                    # a tunnel moving with both sockets (tunnel_move.py)
     hold_timer = None                         # HTTP/2: how long new streams wait unread
     hold_paused = False                       # and reading paused while they wait
+    unsent_poll = None                        # a move waits for the kernel to take our bytes
     forwarded_response = None
 
     def __init__(self, worker, listener, chain, peer, original, conn_id: int, initial=None):
@@ -312,8 +313,8 @@ class HttpConnection(asyncio.Protocol, HttpConnectionMoves, Connection):
             stream.downstream_paused(False)
         if self.codec is not None and self.codec.closed and not self.streams:
             self.close()
-        elif self.on_idle is not None and self._ready_to_move():
-            self._held()
+        elif self.on_idle is not None:
+            self.move_if_ready()
 
     # -- streams ----------------------------------------------------------------------------
 
@@ -375,8 +376,7 @@ class HttpConnection(asyncio.Protocol, HttpConnectionMoves, Connection):
                 if self.codec.closed:
                     self.close()
                     return
-            if self.on_idle is not None and self._ready_to_move():
-                self._held()
+            if self.on_idle is not None and self.move_if_ready():
                 return
             self._arm_idle()
 
@@ -440,10 +440,10 @@ class HttpConnection(asyncio.Protocol, HttpConnectionMoves, Connection):
     def _flush_turn(self) -> None:
         self.flush_handle = None
         self.flush()
-        if self.on_idle is not None and not self.closed and self._ready_to_move():
+        if self.on_idle is not None and not self.closed:
             # A move waits for this connection (hold_when_idle): what kept it from moving
             # may have been these very bytes, unsent while the last stream ended.
-            self._held()
+            self.move_if_ready()
 
     def mark_dirty(self) -> None:
         """Bytes are queued in the codec: written when the current batch of upstream events
@@ -513,11 +513,11 @@ class HttpConnection(asyncio.Protocol, HttpConnectionMoves, Connection):
 
     def _cancel_timers(self) -> None:
         for timer in (self.idle_timer, self.header_timer, self.duration_timer, self.stream_timer,
-                      self.deadline_timer, self.drain_timer, self.hold_timer):
+                      self.deadline_timer, self.drain_timer, self.hold_timer, self.unsent_poll):
             if timer is not None:
                 timer.cancel()
         self.idle_timer = self.header_timer = self.duration_timer = self.stream_timer = None
-        self.deadline_timer = self.drain_timer = self.hold_timer = None
+        self.deadline_timer = self.drain_timer = self.hold_timer = self.unsent_poll = None
 
     def drain(self) -> None:
         """Stop taking requests: HTTP/1.1 says `connection: close` on the response in flight

@@ -25,6 +25,7 @@ from ...connection import Export, Move
 from . import h2move, inflight, tunnel_move
 
 TUNNEL_RECORD = "tcp-split"     # an upgraded connection moves as an L4 one (forwarding.py)
+UNSENT_POLL = 0.01              # s: how often a waiting move looks at unsent bytes again
 
 
 class HttpConnectionMoves:
@@ -99,12 +100,37 @@ class HttpConnectionMoves:
         if self.codec is not None and self.codec.multiplexed:
             self.codec.hold_new_streams()
             self.hold_timer = self.loop.call_later(h2move.HOLD_LIMIT, self._hold_expired)
+        self.move_if_ready()
+
+    def move_if_ready(self) -> bool:
+        """Hand the connection to the waiting move if it can go now. If only bytes still in
+        the transport's buffer keep it, look again every UNSENT_POLL: asyncio tells a
+        protocol that its buffer drained only after it paused writing (resume_writing), so
+        bytes under the high-water mark that the kernel takes later raise no event, and the
+        move would wait for HOLD_LIMIT and drain the connection instead."""
         if self._ready_to_move():
             self._held()
+            return True
+        transport = self.transport
+        if self.unsent_poll is None and transport is not None and not self.closed and \
+                transport.get_write_buffer_size():
+            self.unsent_poll = self.loop.call_later(UNSENT_POLL, self._unsent_polled)
+        return False
+
+    def _unsent_polled(self) -> None:
+        self.unsent_poll = None
+        if self.on_idle is not None and not self.closed:
+            self.move_if_ready()
 
     def cancel_hold(self) -> None:
         self.on_idle = None
+        self._cancel_unsent_poll()
         self._release_held_streams()
+
+    def _cancel_unsent_poll(self) -> None:
+        if self.unsent_poll is not None:
+            self.unsent_poll.cancel()
+            self.unsent_poll = None
 
     def _hold_expired(self) -> None:
         """HTTP/2 that a long stream kept from becoming movable: the held streams are read
@@ -132,6 +158,7 @@ class HttpConnectionMoves:
                 self.backlog = self.loop.call_soon(self._receive_backlog)
 
     def _held(self) -> None:
+        self._cancel_unsent_poll()
         if self.hold_timer is not None:
             self.hold_timer.cancel()
             self.hold_timer = None
