@@ -9,7 +9,8 @@ import itertools
 from types import SimpleNamespace
 
 from baton.worker.codecs.message import Headers
-from baton.worker.proxy.http.route_rewrite import compiled_steps, mutation_steps
+from baton.worker.proxy.http.route_rewrite import (ADD_IF_ABSENT, APPEND, OVERWRITE, REMOVE,
+                                                  compiled_steps, mutation_plan, mutation_steps)
 from baton.worker.proxy.http.stream import Stream
 
 ACTIONS = ["APPEND_IF_EXISTS_OR_ADD", "ADD_IF_ABSENT", "OVERWRITE_IF_EXISTS_OR_ADD",
@@ -24,8 +25,38 @@ def _render(template, info):
 
 
 def _by_the_loop(headers, steps):
+    """Envoy's semantics, one step at a time (what stream.py ran before the plans were
+    compiled): every old value of an OVERWRITE goes and the new one comes last; no empty
+    value is added unless keep_empty_value."""
+    for kind, name, template, dynamic, keep_empty in steps:
+        if kind == REMOVE:
+            headers.remove(name)
+            continue
+        value = _render(template, None) if dynamic else template
+        if value == "" and not keep_empty:
+            continue
+        if kind == APPEND:
+            headers.add(name, value)
+        elif kind == ADD_IF_ABSENT:
+            if name not in headers:
+                headers.add(name, value)
+        elif kind == OVERWRITE:
+            headers.remove(name)
+            headers.add(name, value)
+        elif headers.remove(name):          # OVERWRITE_IF_EXISTS
+            headers.add(name, value)
+
+
+def test_a_route_runs_its_compiled_plan():
+    """A route's plans are MutationPlans (their steps, and the function made of them), and the
+    stream runs that function."""
+    spec = {"remove": ["x-h"], "add": [("x-c", "c", "ADD_IF_ABSENT", False)]}
+    plan = mutation_plan(mutation_steps(spec))
+    headers = Headers([("x-h", "0")])
     stream = SimpleNamespace(hcm=SimpleNamespace(render_header_value=_render), info=None)
-    Stream._apply_mutations(stream, headers, steps)
+    Stream._apply_mutations(stream, headers, plan)
+    assert headers.items == [("x-c", "c")]
+    assert plan == mutation_steps(spec)
 
 
 def test_compiled_steps_do_what_the_loop_does():

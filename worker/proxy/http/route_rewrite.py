@@ -100,13 +100,27 @@ def _compose_uri(request, redirect) -> str:
     return f"{scheme}://{host}{port}{path}"
 
 
+class MutationPlan(tuple):
+    """A plan's steps (mutation_steps), with `apply(headers, info, render)`: the same steps
+    written out as one function (compiled_steps), made once per route."""
+
+    apply = None
+
+
+def mutation_plan(steps) -> MutationPlan:
+    plan = MutationPlan(steps)
+    plan.apply = compiled_steps(plan)
+    return plan
+
+
 def compiled_steps(steps):
-    """A plan's steps (mutation_steps) as one function apply(headers, info, render) that does
-    what stream.py's _apply_mutations does with them, written out step by step as the access
-    log's render is (formatter._generate): a constant value's pair is built once, an empty
-    constant value without keep_empty is left out, and only a template with %-operators
-    calls `render(template, info)` (the connection manager's render_header_value). Only
-    names go into the source; header names, values and templates are default arguments."""
+    """A plan's steps (mutation_steps) as one function apply(headers, info, render) that runs
+    them in order (Envoy's semantics: tests/unit/test_compiled_mutations.py), written out step
+    by step as the access log's render is (formatter._generate): a constant value's pair is
+    built once, an empty constant value without keep_empty is left out, and only a template
+    with %-operators calls `render(template, info)` (the connection manager's
+    render_header_value). Only names go into the source; header names, values and templates
+    are default arguments."""
     params, lines = [], []
     for i, (kind, name, template, dynamic, keep_empty) in enumerate(steps):
         params.append(f"_n{i}=_steps[{i}][1]")

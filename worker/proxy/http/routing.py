@@ -30,7 +30,7 @@ from .express import admit_routes
 from .route_hash import hash_key
 from .route_match import _HeaderMatcher, _lower, _path_test, _QueryMatcher, parse_query
 from .route_regex import compile_re2, compile_substitution, replace_all
-from .route_rewrite import _compose_uri, _overwrite, _port_start, mutation_steps
+from .route_rewrite import _compose_uri, _overwrite, _port_start, mutation_plan, mutation_steps
 
 
 # --- routes ------------------------------------------------------------------------------------
@@ -206,16 +206,16 @@ class Route:
         if config["most_specific_header_mutations_wins"]:
             levels.reverse()
             response_levels.reverse()
-        chain = sum(levels, ())
-        response_chain = sum(response_levels, ())
+        chain = mutation_plan(sum(levels, ()))
+        response_chain = mutation_plan(sum(response_levels, ()))
         self._request_plans = {None: chain}
         self._response_plans = {None: response_chain}
         if self.kind == "cluster" and action["weighted_clusters"]:
             for w in action["weighted_clusters"]:
                 self._request_plans.setdefault(
-                    w["name"], mutation_steps(w["request_headers"]) + chain)
-                self._response_plans.setdefault(
-                    w["name"], mutation_steps(w["response_headers"]) + response_chain)
+                    w["name"], mutation_plan(mutation_steps(w["request_headers"]) + chain))
+                self._response_plans.setdefault(w["name"], mutation_plan(
+                    mutation_steps(w["response_headers"]) + response_chain))
 
         # The plans when every cluster of the route has the same (no weighted split with
         # mutations of its own), else None: read without calling request_plan/response_plan.

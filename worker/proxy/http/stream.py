@@ -22,7 +22,6 @@ from . import xfcc
 from .body_filters import chain_for, replaced_by
 from .filter import PAUSE, Delay, LocalReply
 from .route_again import refilter
-from .route_rewrite import ADD_IF_ABSENT, APPEND, OVERWRITE, REMOVE
 from .router import (GRPC_RETRY_ON, Router, expected_timeout_header, route_timeout,
                      set_grpc_timeout)
 from .stream_info import StreamInfo
@@ -465,29 +464,11 @@ class Stream:
         router.start()
 
     def _apply_mutations(self, headers: Headers, plan) -> None:
-        """A route's header mutations: the steps of its plan (route_rewrite.mutation_steps), in
-        order; only a template with %-operators is rendered per request."""
-        if not plan:
-            return
-        render = self.hcm.render_header_value
-        info = self.info
-        for kind, name, template, dynamic, keep_empty in plan:
-            if kind == REMOVE:
-                headers.remove(name)
-                continue
-            value = render(template, info) if dynamic else template
-            if value == "" and not keep_empty:
-                continue                # Envoy adds no empty header unless keep_empty_value
-            if kind == APPEND:
-                headers.add(name, value)
-            elif kind == ADD_IF_ABSENT:
-                if name not in headers:
-                    headers.add(name, value)
-            elif kind == OVERWRITE:
-                headers.remove(name)            # Envoy: every old value goes, the new one
-                headers.add(name, value)        # comes last
-            elif headers.remove(name):          # OVERWRITE_IF_EXISTS
-                headers.add(name, value)
+        """A route's header mutations: its plan (route_rewrite.MutationPlan), whose steps run
+        as one function made with the route; only a template with %-operators is rendered
+        per request."""
+        if plan:
+            plan.apply(headers, self.info, self.hcm.render_header_value)
 
     def on_request_body(self, data: bytes, end_stream: bool) -> None:
         if self.done:
