@@ -83,12 +83,17 @@ def counted(proxy: Proxy, stat: str, before: dict) -> int:
     return proxy.baton.stats()[stat] - before.get(stat, 0)
 
 
-def test_envoys_stats_exist_from_the_start(proxy):
-    stats = proxy.baton.stats()
+def test_envoys_stats_exist_from_the_start_and_the_first_http2_connection(proxy):
+    """The manager's stat from the start; the codec's (http2.*) from the first HTTP/2
+    connection on, as Envoy creates them (test_differential_http2_stats.py)."""
+    assert "http.ingress_http.downstream_rq_too_many_premature_resets" in proxy.baton.stats()
+    with h2_abuse._connect(proxy.http_port) as sock:
+        sock.sendall(h2_abuse.PREFACE + h2_abuse.frame(4, 0, 0))
+        assert sock.recv(9)[3] == 4         # the proxy's SETTINGS: its codec exists
+        stats = proxy.baton.stats()
     for name in ("http2.outbound_flood", "http2.outbound_control_flood",
                  "http2.inbound_empty_frames_flood", "http2.inbound_priority_frames_flood",
-                 "http2.inbound_window_update_frames_flood",
-                 "http.ingress_http.downstream_rq_too_many_premature_resets"):
+                 "http2.inbound_window_update_frames_flood"):
         assert name in stats
 
 

@@ -53,8 +53,9 @@ from .h2frames import (CANCEL, CONTINUATION, DATA, F_ACK, F_END_STREAM,
                        S_MAX_FRAME_SIZE, S_MAX_HEADER_LIST_SIZE, SETTINGS, STREAM_CLOSED,
                        WINDOW_UPDATE, _DEFAULT_FRAME_SIZE, _DEFAULT_WINDOW, _GOAWAY,
                        _MAX_STREAM_ID, _MAX_WINDOW, _SETTING, _U32, _frame)
-from .h2limits import (HEADER_LIST_SIZE_TOO_LARGE, HEADER_OVERFLOW, RX_MESSAGING_ERROR, RX_RESET,
-                       STREAM_REFUSED_ERRORS, TRAILERS, Flood, FloodGuard)
+from .h2limits import (CODEC_STATS, HEADER_LIST_SIZE_TOO_LARGE, HEADER_OVERFLOW,
+                       RX_MESSAGING_ERROR, RX_RESET, STREAM_REFUSED_ERRORS, TRAILERS, Flood,
+                       FloodGuard)
 from .h2movestate import H2MoveState
 from .h2reader import _UNBOUNDED, _WHOLE_BLOCK_BYTES, HEADERS_COST, H2FrameReader, _ConnError
 from .h2send import _DRAIN_PING, H2Sender
@@ -139,7 +140,12 @@ class LeanHttp2ServerCodec(H2FrameReader, H2Sender, H2FlowControl, H2MoveState):
         self._header_cache: dict = {}
         self._events: list = []
         self._guard = FloodGuard(**limits)
-        self._counters = defaultdict(int) if counters is None else counters
+        self._counters = counters = defaultdict(int) if counters is None else counters
+        if STREAM_REFUSED_ERRORS not in counters:
+            # Listed (at 0) from the first HTTP/2 codec on, as Envoy creates its codec stats
+            # (tests/integration/test_differential_http2_stats.py): one test a connection.
+            for name in CODEC_STATS:
+                counters[name] += 0
         self._settings_acked = False             # the peer acknowledged our SETTINGS
         self.flood: str | None = None            # the stat of the limit that ended us
         self._counted = 0                        # bytes of _out whose frames the guard counted

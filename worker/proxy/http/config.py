@@ -11,7 +11,6 @@ import ipaddress
 import logging
 import socket
 
-from ...codecs.h2limits import CODEC_STATS as H2_CODEC_STATS
 from ...codecs.h2limits import ENVOY_DEFAULTS as H2_LIMIT_DEFAULTS
 from ...codecs.h2limits import TOO_MANY_PREMATURE_RESETS
 from . import ecds
@@ -167,7 +166,7 @@ class HttpConfig:
                 self.stat_rq_max_duration_reached,
                 *self.stat_rq_class.values(), self.stat_no_route, self.stat_no_cluster,
                 self.stat_rq_redirect, self.stat_rq_direct_response,
-                self.stat_rq_premature_resets, self.stat_rs_too_large, *H2_CODEC_STATS]
+                self.stat_rq_premature_resets, self.stat_rs_too_large]
 
     def gauges(self) -> list[str]:
         return [self.stat_cx_active, self.stat_rq_active]
