@@ -8,12 +8,12 @@ import urllib.request
 
 from hpack import Encoder
 
+from baton.worker.codecs.h2limits import CODEC_STATS
+
 from .differential.bootstraps import bootstrap, cluster, http_listener
 from .differential.compare import differential
 from .differential.proxies import module_pair
 from .test_differential_http2_codec import exchange, request
-
-from baton.worker.codecs.h2limits import CODEC_STATS
 
 
 def h2stats_bootstrap(upstreams: dict[str, int]):

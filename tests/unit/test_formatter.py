@@ -85,7 +85,7 @@ def render(fmt, info):
     ("%REQ(USER-AGENT)%", "curl/8.0"),
     ("%REQ(User-Agent):4%", "curl"),
     ("%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%", "/p?q=1"),
-    ("%REQ(X-MULTI)%", "a,b"),
+    ("%REQ(X-MULTI)%", "a"),               # the first value, as Envoy
     ("%REQ(X-EMPTY)%", ""),                # present but empty: "", not "-"
     ("%REQ(X-NONE)%", "-"),
     ("%RESP(CONTENT-TYPE)%", "text/plain"),
