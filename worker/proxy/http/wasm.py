@@ -24,11 +24,13 @@ backoff's base interval ago (1 s unless reload_config says; Envoy jitters it up 
 then it fails closed. Envoy 1.40 counts these as wasm.<plugin>.vm_reload_backoff,
 vm_reload_success, vm_reload_failure (its PluginConfigTest.FailReloadPolicy, and checked
 against it: tests/integration/test_differential_wasm_safety.py); the default policy never
-reloads. A plugin's ticks (proxy_on_tick) and callouts
-(proxy_http_call) run on the worker's loop and pools (worker/wasm/plugin.py); a stream the
-plugin paused goes on, or gets its local reply, when the plugin says so from a callout's
-answer. Not here yet: body and trailer callbacks, gRPC calls, shared queues; the reload
-backoff does not grow after reloads that fail (Envoy's is exponential).
+reloads. A plugin's ticks (proxy_on_tick), callouts (proxy_http_call; gRPC:
+worker/wasm/grpc_callout.py) and shared queues (worker/wasm/queues.py) run on the worker's
+loop and pools (worker/wasm/plugin.py); a stream the plugin paused goes on, or gets its local
+reply, when the plugin says so from a callout's answer. Body and trailer callbacks run on the
+filter API's body hooks (body_filters.py; the buffers: worker/wasm/buffers.py), only for a
+module that exports them. Not here yet: the reload backoff does not grow after reloads that
+fail (Envoy's is exponential).
 """
 
 from __future__ import annotations
