@@ -7,9 +7,7 @@ failed plugin, or, with fail_open, pass."""
 from __future__ import annotations
 
 import hashlib
-import http.server
 import socket
-import threading
 
 import pytest
 import wasmtime
@@ -17,6 +15,7 @@ import wasmtime
 from .differential.bootstraps import bootstrap, cluster, http_listener
 from .differential.compare import differential, header, upstream_header
 from .differential.proxies import ProxyPair, Recorder
+from ..wasm_module_server import ModuleServer
 
 from .test_differential_wasm import exchange
 from .test_differential_wasm_host import FIXTURES, WASM_TYPE
@@ -56,28 +55,11 @@ def remote_bootstrap(upstreams, module_port, dead_port):
     return template
 
 
-class _Modules(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):
-        if self.path != "/deny.wasm":
-            self.send_error(404)
-            return
-        self.send_response(200)
-        self.send_header("content-length", str(len(DENY)))
-        self.end_headers()
-        self.wfile.write(DENY)
-
-    def log_message(self, *args):
-        pass
-
-
 @pytest.fixture(scope="module")
 def module_server():
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Modules)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server.server_address[1]
-    server.shutdown()
-    server.server_close()
+    server = ModuleServer({"/deny.wasm": DENY})
+    yield server.port
+    server.close()
 
 
 @pytest.fixture(scope="module")
