@@ -315,7 +315,11 @@ OPERATORS = {
                                                      info.last_downstream_byte)),
     "PROTOCOL": _simple(lambda info: _or_none(info.protocol), "(info.protocol or None)"),
     "UPSTREAM_HOST": _simple(lambda info: info.upstream_host, "info.upstream_host"),
-    "UPSTREAM_REMOTE_ADDRESS": _simple(lambda info: info.upstream_host, "info.upstream_host"),
+    # The address of the connection the request went out on: none when the connect failed
+    # (UF), though UPSTREAM_HOST names the host tried (Envoy 1.40 sets it on pool ready).
+    "UPSTREAM_REMOTE_ADDRESS": _simple(
+        lambda info: info.upstream_host if info.upstream_local is not None else None,
+        "(info.upstream_host if info.upstream_local is not None else None)"),
     "UPSTREAM_CLUSTER": _simple(lambda info: info.upstream_cluster, "info.upstream_cluster"),
     "UPSTREAM_LOCAL_ADDRESS": _simple(lambda info: _address(info.upstream_local)),
     # Envoy writes the reason with its spaces as underscores.
