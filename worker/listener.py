@@ -21,6 +21,35 @@ ACCEPT_BATCH = 64            # accepts per wakeup, so one busy listener cannot s
 EMFILE_BACKOFF = 0.1         # out of descriptors: stop accepting briefly rather than spin
 
 
+class AcceptedSocket:
+    """An accepted descriptor as uvloop's connect_accepted_socket needs it (family, type,
+    fileno, close), for a listener whose connections all go straight to an HTTP transport.
+    CPython's socket() asks getsockname of every descriptor it wraps (to check it), and the
+    setblocking and TCP_NODELAY a socket would get here repeat what uvloop's TCP transport
+    does itself (uv_tcp_open makes the descriptor non-blocking, TCPTransport.new sets
+    TCP_NODELAY): three system calls per connection that Envoy does not make.
+
+    Once uvloop's transport holds the descriptor (`attached`, set by the worker when the
+    transport is made), libuv closes it; close() then only forgets it (uvloop calls it on its
+    file object after libuv closed the descriptor). Before that, close() closes it."""
+
+    __slots__ = ("family", "fd", "attached")
+    type = socket.SOCK_STREAM
+
+    def __init__(self, family: int, fd: int):
+        self.family = family
+        self.fd = fd
+        self.attached = False
+
+    def fileno(self) -> int:
+        return self.fd
+
+    def close(self) -> None:
+        fd, self.fd = self.fd, -1
+        if fd >= 0 and not self.attached:
+            os.close(fd)
+
+
 class Chain:
     """One filter chain: its match (worker/proxy/chains.py) and its network filter: a
     tcp_proxy config with the tcp.<stat_prefix>.* names its connections count into, or an
@@ -102,7 +131,7 @@ class Listener:
                  "chains", "default_chain", "inspectors", "sniff_timeout", "sniff_continue",
                  "address", "port", "transparent", "original_dst", "use_original_dst",
                  "default_filter_chain", "access_logs", "inspectors_disabled", "selects_chains",
-                 "local_address", "chain_matcher")
+                 "local_address", "chain_matcher", "uvloop", "plain_http")
 
     def __init__(self, worker, spec: dict, fd: int | None):
         """`fd` None: a listener with bind_to_port false, which has no socket of its own and
@@ -126,6 +155,8 @@ class Listener:
             if not ipaddress.ip_address(bound[0].partition("%")[0]).is_unspecified \
                     and not spec.get("transparent", False):
                 self.local_address = bound
+        # Whether the loop is uvloop's, whose transports take an AcceptedSocket.
+        self.uvloop = type(self.loop).__module__.startswith("uvloop")
         self.accepting = False
         # The overload manager's stop_accepting_connections: while held, the accept queue is
         # not read even though the listener is started (worker/overload_manager.py).
@@ -185,6 +216,12 @@ class Listener:
             from .proxy.filter_chain_matcher import ChainMatcher
             self.chain_matcher = ChainMatcher(spec["chain_matcher"])
             self.selects_chains = True
+        # Every connection goes straight to a clear-text HTTP transport (no inspection, no
+        # chain to choose, no original destination to read from the socket): accepted as an
+        # AcceptedSocket, not a socket object (read per accepted connection).
+        default = self.default_chain
+        self.plain_http = self.uvloop and not self.selects_chains and not self.original_dst \
+            and default is not None and default.http_config is not None and default.tls is None
         self.pipe_capacity = pipe_capacity_for(spec.get("buffer_limit", 1 << 20))
         scope = f"listener.{spec['stat_name']}."
         self.stat_cx_total = scope + "downstream_cx_total"
@@ -271,6 +308,9 @@ class Listener:
                 raise
             if screen is not None and not screen(self):
                 os.close(fd)                # as Envoy: accepted and closed at once
+                continue
+            if self.plain_http:
+                self.worker.new_connection(self, AcceptedSocket(family, fd), addr)
                 continue
             client = socket.socket(family, socket.SOCK_STREAM, 0, fd)
             client.setblocking(False)

@@ -34,7 +34,7 @@ from . import migration
 from ..tproxy.original_dst import original_destination
 from .connection import Connection
 from .inspection import Inspection
-from .listener import Listener
+from .listener import AcceptedSocket, Listener
 from .overload_manager import OverloadManager
 from .proxy.cluster import ClusterManager
 from .proxy.http.connection_manager import HttpConnection
@@ -263,6 +263,8 @@ class Worker:
             log.exception("worker %d: http connection %d could not start", self.id, conn.id)
             self._http_not_started(conn, client)
             return
+        if type(client) is AcceptedSocket:
+            client.attached = True      # uvloop's transport holds the descriptor (listener.py)
         waiter.add_done_callback(lambda done: self._accepting_http(coroutine, conn, client))
 
     def _http_not_started(self, conn, client) -> None:

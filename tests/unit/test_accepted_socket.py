@@ -1,0 +1,113 @@
+"""A clear-text HTTP listener's accepted descriptors go to uvloop as AcceptedSockets
+(worker/listener.py), not socket objects: no getsockname, setblocking or TCP_NODELAY of ours
+per connection. What uvloop's transport then does must still hold: the descriptor is
+non-blocking with TCP_NODELAY, the transport serves it, and it is closed exactly once, by
+libuv once the transport holds it, by close() before that."""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import os
+import socket
+import types
+
+import pytest
+import uvloop
+
+from baton.worker.listener import AcceptedSocket, Listener
+from baton.worker.main import Worker
+
+
+def _accepted(server: socket.socket) -> tuple[socket.socket, int]:
+    client = socket.create_connection(server.getsockname())
+    fd, _ = server._accept()
+    return client, fd
+
+
+def _open(fd: int) -> bool:
+    try:
+        os.fstat(fd)
+        return True
+    except OSError:
+        return False
+
+
+class Echo(asyncio.Protocol):
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def data_received(self, data):
+        self.transport.write(data)
+        self.transport.close()
+
+
+def test_uvloop_serves_an_accepted_socket_and_closes_its_descriptor_once():
+    loop = uvloop.new_event_loop()
+    server = socket.create_server(("127.0.0.1", 0))
+    client, fd = _accepted(server)
+    accepted = AcceptedSocket(socket.AF_INET, fd)
+    worker = types.SimpleNamespace(id=0, connections={}, loop=loop)
+    conn = types.SimpleNamespace(id=1, transport=None)
+    protocol = Echo()
+    try:
+        Worker._accepting_http(worker, loop.connect_accepted_socket(lambda: protocol, accepted),
+                               conn, accepted)
+        assert accepted.attached
+        loop.run_until_complete(asyncio.sleep(0))
+        # What our own setblocking and setsockopt did before, uvloop's transport does.
+        assert fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_NONBLOCK
+        probe = socket.socket(fileno=os.dup(fd))
+        try:
+            assert probe.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+        finally:
+            probe.close()
+        client.sendall(b"ping")
+        loop.run_until_complete(asyncio.sleep(0.05))
+        client.settimeout(5)
+        assert client.recv(16) == b"ping"
+        loop.run_until_complete(asyncio.sleep(0))
+        assert not _open(fd) and accepted.fd == -1
+        accepted.close()            # what _http_not_started does: nothing more to close
+    finally:
+        client.close()
+        server.close()
+        loop.close()
+
+
+def test_closing_an_accepted_socket_no_transport_took_closes_its_descriptor():
+    server = socket.create_server(("127.0.0.1", 0))
+    client, fd = _accepted(server)
+    try:
+        accepted = AcceptedSocket(socket.AF_INET, fd)
+        accepted.close()
+        assert not _open(fd)
+        accepted.close()            # twice: the descriptor number is not closed again
+    finally:
+        client.close()
+        server.close()
+
+
+def _listener(loop, **spec_extra) -> Listener:
+    sock = socket.create_server(("127.0.0.1", 0))
+    worker = types.SimpleNamespace(loop=loop, overload=types.SimpleNamespace(holding=False),
+                                   stats=None)
+    spec = {"name": "l", "address": "127.0.0.1", "port": sock.getsockname()[1],
+            "stat_name": "l", "tcp_proxy": {"stat_prefix": "t", "cluster": "c"}, **spec_extra}
+    return Listener(worker, spec, sock.detach())
+
+
+@pytest.mark.parametrize("loop_factory, spec_extra", [
+    (uvloop.new_event_loop, {}),                                    # tcp_proxy
+    (uvloop.new_event_loop, {"original_dst": True}),
+    (asyncio.new_event_loop, {}),
+], ids=["tcp-proxy", "original-dst", "asyncio-loop"])
+def test_only_plain_http_on_uvloop_takes_accepted_sockets(loop_factory, spec_extra):
+    loop = loop_factory()
+    listener = _listener(loop, **spec_extra)
+    try:
+        assert listener.uvloop == (loop_factory is uvloop.new_event_loop)
+        assert not listener.plain_http
+    finally:
+        listener.close()
+        loop.close()
