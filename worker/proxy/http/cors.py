@@ -78,6 +78,8 @@ _POLICIES_KEPT = 4096    # routes whose merged policy a factory keeps (RDS repla
 
 @register(NAME)
 class CorsFactory(FilterFactory):
+    clears_route_cache = False
+
     def __init__(self, config: dict, context):
         super().__init__(config, context)
         self.policies: dict = {}       # route -> its effective_policy (None: no policy)

@@ -108,6 +108,8 @@ def _header_percentage(request, header, percentage):
 
 @register("envoy.filters.http.fault")
 class FaultFilterFactory(FilterFactory):
+    clears_route_cache = False
+
     def __init__(self, config: dict, context):
         super().__init__(config, context)
         self.rng = random.Random()            # tests replace it with a seeded one
@@ -115,6 +117,7 @@ class FaultFilterFactory(FilterFactory):
         self.prefix = f"http.{context.stat_prefix}.fault."
         self.delay = config.get("delay")
         self.abort = config.get("abort")
+        self.idle = self.delay is None and self.abort is None     # create() makes nothing
         self.matches = compile_header_matchers(config.get("headers") or [])
         self.has_headers = bool(config.get("headers"))
         self.upstream_cluster = config.get("upstream_cluster")

@@ -163,6 +163,14 @@ class FilterFactory:
     """Built once per config from the filter's translated config (a plain dict)."""
 
     name = ""
+    # Whether this factory's filters may call stream.clear_route_cache (Envoy's
+    # clearRouteCache; the Wasm filter does): only a chain with one keeps, per request, the
+    # record of the factories that made nothing which a re-route needs (route_again.py).
+    # True unless the class says otherwise: a user's filter may.
+    clears_route_cache = True
+    # True when create() can only answer None, whatever the request and route (its config
+    # gave it nothing to do): the stream does not call it (stream.filter_chain).
+    idle = False
 
     def __init__(self, config: dict, context):
         """`context`: the worker (its loop, stats and the listener's stat prefix) the

@@ -120,6 +120,8 @@ def _rendered(compiled, info):
 
 @register("envoy.filters.http.local_ratelimit")
 class LocalRateLimitFactory(FilterFactory):
+    clears_route_cache = False
+
     def __init__(self, config: dict, context, clock=time.monotonic):
         super().__init__(config, context)
         self.rng = random.Random()                # tests replace it with a seeded one

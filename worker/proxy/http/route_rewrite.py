@@ -102,14 +102,17 @@ def _compose_uri(request, redirect) -> str:
 
 class MutationPlan(tuple):
     """A plan's steps (mutation_steps), with `apply(headers, info, render)`: the same steps
-    written out as one function (compiled_steps), made once per route."""
+    written out as one function (compiled_steps), made once per route, and `names`: the
+    header names it touches (the stream asks whether one is among them)."""
 
     apply = None
+    names = frozenset()
 
 
 def mutation_plan(steps) -> MutationPlan:
     plan = MutationPlan(steps)
     plan.apply = compiled_steps(plan)
+    plan.names = frozenset(step[1] for step in steps)
     return plan
 
 

@@ -164,6 +164,25 @@ def own_response_headers(hcm, headers, service_time) -> None:
     items.append(("date", DATE.get()))
 
 
+_CHAINS: dict = {}      # id(a connection manager's filter_factories) -> filter_chain's answer
+
+
+def filter_chain(factories) -> tuple:
+    """What a chain of filter factories asks of every request, decided once per chain:
+    (factories, their count, the factories to call, whether one may re-route). A factory
+    whose config gave it nothing to do (`idle`) is not called; unless a factory's filters
+    may clear the route cache (then every factory is called and those that made nothing
+    are recorded, as refilter needs: route_again.py). A memo: bounded, and a list replaced
+    or grown is looked at again."""
+    reroutes = any(getattr(f, "clears_route_cache", True) for f in factories)
+    chain = (factories, len(factories), tuple(factories) if reroutes else
+             tuple(f for f in factories if not getattr(f, "idle", False)), reroutes)
+    if len(_CHAINS) >= 1024:
+        _CHAINS.clear()
+    _CHAINS[id(factories)] = chain
+    return chain
+
+
 class Stream:
     """One request/response exchange (Envoy's ActiveStream)."""
 
@@ -311,16 +330,25 @@ class Stream:
                     route.single_cluster or route.pick_cluster(request, random.random)
         factories = hcm.filter_factories
         if factories:
+            chain = _CHAINS.get(id(factories))
+            if chain is None or chain[0] is not factories or chain[1] != len(factories):
+                chain = filter_chain(factories)
             # A plain loop: a generator inside a comprehension resumed once per factory.
             filters = self.filters = []
-            for factory in factories:
-                made = factory.create(self)
-                if made is not None:
-                    filters.append(made)
-                elif self.skipped_factories is None:    # (for refilter: route_again.py)
-                    self.skipped_factories = [factory]
-                else:
-                    self.skipped_factories.append(factory)
+            if chain[3]:
+                for factory in factories:
+                    made = factory.create(self)
+                    if made is not None:
+                        filters.append(made)
+                    elif self.skipped_factories is None:    # (for refilter: route_again.py)
+                        self.skipped_factories = [factory]
+                    else:
+                        self.skipped_factories.append(factory)
+            else:               # no re-route can come: no record of what made nothing
+                for factory in chain[2]:
+                    made = factory.create(self)
+                    if made is not None:
+                        filters.append(made)
             if filters:
                 self._continue_filters()
                 return
@@ -445,11 +473,12 @@ class Stream:
         if not hcm.suppress_envoy_headers and timeout:
             per_try = retry.per_try_timeout if retry is not None else None
             header = expected_timeout_header(per_try if per_try else timeout)
-            if self.controls or plan or self.filters:
+            if self.controls or self.filters or (plan and header[0] in plan.names):
                 request.headers.set(*header)
             else:
                 # An external request came without it (mutate_request_headers strips it)
-                # and nothing since could add it: no scan for an old one.
+                # and nothing since could add it (no filter ran; a route plan that does not
+                # name it): no scan for an old one.
                 request.headers.items.append(header)
         if not plain:
             set_grpc_timeout(route, request, timeout, retry)

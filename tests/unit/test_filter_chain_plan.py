@@ -1,0 +1,134 @@
+"""What a filter chain asks of every request, decided once per chain (stream.filter_chain):
+a factory whose config gave it nothing to do is not called, and a chain none of whose
+filters can clear the route cache keeps no per-request record of the factories that made
+nothing. The request and response are what the chain that calls everything gives."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from types import SimpleNamespace
+
+import pytest
+
+import tests.unit.test_http_express as express_tests
+from baton.worker.proxy.http import stream as stream_module
+from baton.worker.proxy.http.cors import CorsFactory
+from baton.worker.proxy.http.fault import FaultFilterFactory
+from baton.worker.proxy.http.filter import FilterFactory
+from tests.unit.test_http_express import Rig, _normalised
+
+CHAIN = """
+          - name: envoy.filters.http.cors
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors
+          - name: envoy.filters.http.fault
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault
+          - name: envoy.filters.http.local_ratelimit
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit
+              stat_prefix: rl
+              token_bucket: {max_tokens: 1000, tokens_per_fill: 1000, fill_interval: 1s}
+              filter_enabled:
+                runtime_key: rl_enabled
+                default_value: {numerator: 100, denominator: HUNDRED}
+              filter_enforced:
+                runtime_key: rl_enforced
+                default_value: {numerator: 100, denominator: HUNDRED}"""
+ROUTE = """
+                request_headers_to_add:
+                - header: {key: x-route, value: a}
+                request_headers_to_remove: [x-internal]
+                response_headers_to_add:
+                - header: {key: x-served-by, value: b}"""
+VHOST = """
+              typed_per_filter_config:
+                envoy.filters.http.cors:
+                  "@type": type.googleapis.com/envoy.extensions.filters.http.cors.v3.CorsPolicy
+                  allow_origin_string_match: [{exact: "https://a.test"}]"""
+
+
+@pytest.fixture
+def loop():
+    loop = asyncio.new_event_loop()
+    yield loop
+    loop.close()
+
+
+MESH_BOOTSTRAP = express_tests.BOOTSTRAP.replace(
+    "route: {cluster: upstream%s}", "route: {cluster: upstream%s}" + ROUTE).replace(
+    'domains: ["*"]', 'domains: ["*"]' + VHOST).replace(
+    "          http_filters:", "          http_filters:" + CHAIN)
+
+
+def _mesh_rig(tmp_path, loop, monkeypatch) -> Rig:
+    monkeypatch.setattr(express_tests, "BOOTSTRAP", MESH_BOOTSTRAP)
+    return Rig(tmp_path, loop)
+
+
+class _Rerouting(FilterFactory):
+    """A factory whose filters may clear the route cache (as a user's may): it makes none."""
+
+    def create(self, stream):
+        return None
+
+
+def _factories(fault_config):
+    context = SimpleNamespace(stats=SimpleNamespace(counters=Counter(), gauges=Counter()),
+                              stat_prefix="p")
+    return [CorsFactory({}, context), FaultFilterFactory(fault_config, context)]
+
+
+def test_a_chain_that_cannot_reroute_leaves_out_an_idle_factory():
+    cors, fault = factories = _factories({})
+    chain = stream_module.filter_chain(factories)
+    assert chain[2] == (cors,) and chain[3] is False
+    # A fault with something to do is called; a factory that may re-route turns the record on
+    # and every factory is called.
+    cors, fault = factories = _factories({"abort": {"http_status": 503, "percentage": None}})
+    assert stream_module.filter_chain(factories)[2] == (cors, fault)
+    factories.append(_Rerouting({}, None))
+    chain = stream_module.filter_chain(factories)
+    assert chain[2] == tuple(factories) and chain[3] is True
+
+
+def test_the_memo_looks_again_at_a_grown_list():
+    factories = _factories({})
+    first = stream_module.filter_chain(factories)
+    factories.append(_Rerouting({}, None))
+    chain = stream_module._CHAINS.get(id(factories))
+    assert chain is first and chain[1] != len(factories)    # what Stream.start checks
+
+
+def _exchange(rig, origin=False):
+    request = b"GET /a HTTP/1.1\r\nHost: example.com\r\nX-Internal: 1\r\n" + \
+        (b"Origin: https://a.test\r\n" if origin else b"") + b"\r\n"
+    rig.conn.data_received(request)
+    stream = rig.conn.active
+    upstream = rig.busy_upstream()
+    sent = upstream.transport.take()
+    upstream.data_received(express_tests.RESPONSE)
+    return stream, sent, rig.down.take()
+
+
+@pytest.mark.parametrize("origin", [False, True])
+def test_the_mesh_chain_writes_what_the_recording_chain_writes(tmp_path, loop, monkeypatch,
+                                                               origin):
+    rig = _mesh_rig(tmp_path, loop, monkeypatch)
+    stream, sent, answer = _exchange(rig, origin)
+    assert stream.skipped_factories is None
+    assert [type(f).__name__ for f in stream.filters] == \
+        (["CorsFilter", "LocalRateLimitFilter"] if origin else [])
+    assert sent.count(b"x-envoy-expected-rq-timeout-ms: 15000\r\n") == 1
+    assert b"x-route: a\r\n" in sent and b"x-internal" not in sent.lower()
+    assert b"x-served-by: b\r\n" in answer
+    # The same chain with a factory that may re-route: every factory called and recorded.
+    (tmp_path / "r").mkdir()
+    recording = _mesh_rig(tmp_path / "r", loop, monkeypatch)
+    recording.conn.hcm.filter_factories.append(_Rerouting({}, None))
+    stream2, sent2, answer2 = _exchange(recording, origin)
+    assert stream2.skipped_factories is not None and \
+        stream2.skipped_factories[-1] is recording.conn.hcm.filter_factories[-1]
+    assert _normalised(sent2) == _normalised(sent)
+    assert _normalised(answer2) == _normalised(answer)
