@@ -198,7 +198,12 @@ class HttpConnection(asyncio.Protocol, HttpConnectionMoves, Connection):
             pools.begin_batch()
             try:
                 for event in events:
-                    self._dispatch(event)
+                    # A new stream, the usual event, without _dispatch's tests (HTTP/1.1's
+                    # queue and close, which a multiplexed connection never has).
+                    if event.__class__ is RequestHead:
+                        self._on_request_head(event)
+                    else:
+                        self._dispatch(event)
             finally:
                 pools.end_batch()
         else:
@@ -359,7 +364,7 @@ class HttpConnection(asyncio.Protocol, HttpConnectionMoves, Connection):
             self.flush_soon()
         else:
             self.flush()
-        if self.codec.closed and not self.streams:
+        if not self.streams and self.codec.closed:    # (HTTP/2's closed is a property)
             self.close()
         elif not self.streams:
             if self.moved_to is not None:
@@ -449,8 +454,11 @@ class HttpConnection(asyncio.Protocol, HttpConnectionMoves, Connection):
         """Bytes are queued in the codec: written when the current batch of upstream events
         is done (one write for a response's head and body), see pool.PoolManager.flush_dirty;
         HTTP/2: at the end of the turn (flush_soon)."""
-        if self.codec.multiplexed:
-            self.flush_soon()
+        codec = self.codec
+        if codec.multiplexed:
+            # flush_soon's tests inline: a head and a body mark a stream's response twice.
+            if self.flush_handle is None or codec.queued_bytes >= self.hcm.buffer_limit:
+                self.flush_soon()
             return
         if not self.dirty:
             self.dirty = True
