@@ -124,6 +124,17 @@ CASES = {
         "upstream_reset_before_response_started{remote_connection_failure|"
         "delayed_connect_error:_Connection_refused}", "dead", "127.0.0.1:<dead>", "-", "-",
         "delayed_connect_error:_Connection_refused", "98", "0", "98", "<ms>", "-", "-", "1", "r-uf")),
+    # NC: no cluster info, so no cluster name; an empty local reply has no content-length in
+    # its headers (Envoy's HTTP/1.1 codec writes "content-length: 0" on the wire).
+    "no-cluster": (_curl_case("/nc", "-H", "x-cluster: missing"), (
+        "no-cluster", "GET", "/nc", "HTTP/1.1", "503", "NC", "cluster_not_found", "-", "-", "-",
+        "-", "-", "-", "0", "0", "<ms>", "-", "-", "0", "r-nc")),
+    "no-cluster-http2": (_curl_case("/nc", "--http2-prior-knowledge", "-H", "x-cluster: missing"), (
+        "no-cluster-http2", "GET", "/nc", "HTTP/2", "503", "NC", "cluster_not_found", "-", "-", "-",
+        "-", "-", "-", "0", "0", "<ms>", "-", "-", "0", "r-nc")),
+    "no-route": (_curl_case("/nothing"), (
+        "no-route", "GET", "/nothing", "HTTP/1.1", "404", "NR", "route_not_found", "-", "-", "-",
+        "-", "-", "-", "0", "0", "<ms>", "-", "-", "0", "-")),
     "direct-response": (_curl_case("/dr"), (
         "direct-response", "GET", "/dr", "HTTP/1.1", "418", "-", "direct_response", "-", "-", "-",
         "-", "-", "6", "0", "6", "<ms>", "-", "-", "0", "r-dr")),

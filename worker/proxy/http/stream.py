@@ -451,6 +451,7 @@ class Stream:
         if cluster is None:
             self.stats[hcm.stat_no_cluster] += 1
             info.response_flags.append("NC")
+            info.upstream_cluster = None    # no cluster: %UPSTREAM_CLUSTER% "-", as Envoy
             self.local_reply(route.cluster_not_found_status, "", "cluster_not_found")
             return
         # Envoy's order: header mutations first, then host and path rewrites (a
@@ -661,8 +662,9 @@ class Stream:
             body = body.encode()
         info = self.info
         info.response_code_details = details
-        # Envoy writes no content-length on a 1xx/204 (RFC 9110 8.6).
-        headers = Headers([] if status < 200 or status == 204 else
+        # Envoy writes no content-length on a 1xx/204 (RFC 9110 8.6), nor on an empty body
+        # (its HTTP/1.1 codec adds "content-length: 0" on the wire; %RESP()% logs "-").
+        headers = Headers([] if status < 200 or status == 204 or not body else
                           [("content-length", str(len(body)))])
         if body and content_type:
             headers.add(*_TEXT_PLAIN)
