@@ -93,7 +93,7 @@ def take(conn, event):
     host = cluster.pick((), None)
     if host is None:
         return None, (None,)
-    pool = conn.worker.http_pools.get(cluster, host, False, request)   # auto_sni: its Host
+    pool = conn.worker.http_pools.http1_pool(cluster, host, request)   # auto_sni: its Host
     upstream = pool.take_idle()
     if upstream is None:
         return None, (host,)

@@ -222,6 +222,13 @@ class UpstreamConnection(asyncio.Protocol):
             return False        # common_http_protocol_options.max_requests_per_connection
         return not pool.http2 or len(self.streams) < pool.max_streams
 
+    def reusable_http1(self, max_requests: int) -> bool:
+        """`reusable` for an HTTP/1.1 pool (`max_requests`: its max_requests_per_connection),
+        as a plain method: the property is a call from C on CPython 3.11, and the pool asks
+        twice a request (take_idle, release)."""
+        return not self.closed and self.codec.available_streams() > 0 and \
+            (not max_requests or self.requests < max_requests)
+
 
 def _codec(http2: bool, http2_options: dict):
     if http2:
@@ -237,7 +244,8 @@ class HostPool:
 
     __slots__ = ("manager", "cluster", "host", "loop", "idle", "busy", "connecting", "waiters",
                  "http2", "http2_options", "mark", "stat", "max_requests", "max_streams",
-                 "tls", "sni", "expected_san", "auto", "deferred", "alpn", "destination")
+                 "idle_timeout", "tls", "sni", "expected_san", "auto", "deferred", "alpn",
+                 "destination")
 
     def __init__(self, manager, cluster, host, http2=None, tls=None, sni=None, expected_san=None,
                  alpn=None):
@@ -255,6 +263,7 @@ class HostPool:
         options = cluster.http2_options or {}
         self.max_streams = options.get("max_concurrent_streams") or 2147483647
         self.max_requests = cluster.common_http.get("max_requests_per_connection") or 0
+        self.idle_timeout = cluster.common_http.get("idle_timeout", 3600.0)
         # Cluster option names (Envoy's) -> the client codec's arguments.
         self.http2_options = {arg: options[key] for key, arg in (
             ("initial_stream_window_size", "initial_stream_window"),
@@ -297,13 +306,18 @@ class HostPool:
         """The newest idle connection that can carry a request now, marked busy (HTTP/1.1),
         or None. Idle connections that cannot are dropped from the list on the way."""
         idle = self.idle
+        if not self.http2:
+            max_requests = self.max_requests
+            while idle:
+                conn = idle.pop()
+                if conn.reusable_http1(max_requests):
+                    self.busy.add(conn)
+                    return conn
+            return None
         while idle:
             conn = idle.pop()
             if conn.reusable:
-                if not self.http2:
-                    self.busy.add(conn)
-                else:
-                    idle.append(conn)
+                idle.append(conn)
                 return conn
         return None
 
@@ -335,7 +349,7 @@ class HostPool:
                     self.idle.append(conn)
                 self._arm_idle(conn)
             return
-        if not conn.reusable:
+        if not conn.reusable_http1(self.max_requests):
             conn.abort(None)
             return
         if self.waiters:
@@ -348,7 +362,7 @@ class HostPool:
 
     def _arm_idle(self, conn) -> None:
         """Lazy, as the client side's: releasing moves the deadline, the timer re-arms."""
-        timeout = self.cluster.common_http.get("idle_timeout", 3600.0)
+        timeout = self.idle_timeout
         if timeout:
             conn.idle_deadline = self.loop.time() + timeout
             if conn.idle_handle is None:
@@ -571,7 +585,7 @@ class PoolManager:
     """Every HostPool of a worker, created on first use, and the circuit breakers' counts."""
 
     __slots__ = ("loop", "stats", "mark", "pools", "original_hosts", "dirty", "batching",
-                 "unsent", "deferred")
+                 "unsent", "deferred", "plain")
 
     def __init__(self, loop, stats, mark: int = 0):
         self.loop = loop
@@ -583,6 +597,7 @@ class PoolManager:
         self.batching = 0           # depth of batch(): writes and connects wait for its end
         self.unsent: list = []      # upstream connections whose new request waits (batch)
         self.deferred: list = []    # pools with connects counted in the batch, not started
+        self.plain: dict = {}       # Host -> its plain HTTP/1.1 pool (http1_pool), a shortcut
 
     def begin_batch(self) -> None:
         """An HTTP/2 client connection dispatches one read's events (see the module's
@@ -655,7 +670,26 @@ class PoolManager:
                 pool.destination = shared[0]
         return pool
 
+    def http1_pool(self, cluster, host, request) -> HostPool:
+        """get(cluster, host, False, request), for the express lane (an HTTP/1.1 cluster).
+        A plain one's pool (no TLS, no internal hosts) is found by the Host alone, not by
+        get()'s key of eight built per request. Each answer is checked against what get()
+        would see now (the cluster object, its transports, which an update may set in place),
+        so a shortcut never outlives its pool."""
+        pool = self.plain.get(host)
+        if pool is not None and pool.cluster is cluster and cluster.transports is None and \
+                not cluster.tls_matches and not cluster.internal_hosts:
+            return pool
+        pool = self.get(cluster, host, False, request)
+        if pool.tls is None and not cluster.tls_matches and not cluster.internal_hosts \
+                and pool.http2 is False and not pool.auto:
+            if len(self.plain) >= MAX_POOLS:
+                self.plain.clear()
+            self.plain[host] = pool
+        return pool
+
     def _forget_unused_pools(self) -> None:
+        self.plain.clear()          # (its pools may go)
         for key, pool in list(self.pools.items()):
             if not (pool.idle or pool.busy or pool.connecting or pool.waiters):
                 del self.pools[key]
