@@ -137,7 +137,7 @@ def test_goaway_of_a_broken_header_block_names_its_stream(pair, frames, goaway):
     the last processed (nghttp2 counts it from its HEADERS frame on)."""
     def run(target):
         return exchange(target.port, frames(Encoder()))
-    differential(pair, run, lambda obs: _check(obs[-1:] == [goaway], obs))
+    differential(pair, run, lambda obs: _check(obs[-1:] == [goaway], obs), at_once=True)
 
 
 @pytest.mark.parametrize("fields", [GET + [("X-Up", "1")], GET[:3], GET + [("te", "gzip")],
@@ -151,7 +151,7 @@ def test_a_malformed_request_ends_the_connection_without_a_goaway(pair, fields):
         enc = Encoder()
         return exchange(target.port, request(enc, 1, fields=fields) + request(enc, 3), quiet=3,
                         report_close=True)
-    differential(pair, run, lambda obs: _check(obs == ["closed"], obs))
+    differential(pair, run, lambda obs: _check(obs == ["closed"], obs), at_once=True)
 
 
 POST = [(":method", "POST"), (":scheme", "http"), (":authority", "diff.test"), (":path", "/up")]
@@ -174,7 +174,7 @@ def test_a_malformed_request_counts_as_a_request_reset(pair, fields):
         after = target.stats("")
         return seen + [{name: after.get(name, 0) - before.get(name, 0) for name in names}]
     expected = ["closed", {name: 1 for name in names}]
-    differential(pair, run, lambda obs: _check(obs == expected, obs))
+    differential(pair, run, lambda obs: _check(obs == expected, obs), at_once=True)
 
 
 DATA = 0
@@ -203,7 +203,7 @@ def test_a_body_against_its_content_length_resets_only_its_stream(pair, body):
             [{name: n for name, n in counted.items() if n}]
     expected = [("RST_STREAM", 3, 1), ("HEADERS", 1, END_HEADERS), ("DATA", 1, END_STREAM),
                 {"http2.tx_reset": 1}]
-    differential(pair, run, lambda obs: _check(obs == expected, obs))
+    differential(pair, run, lambda obs: _check(obs == expected, obs), at_once=True)
 
 
 PRIORITY, PRIORITY_FLAG = 2, 0x20
@@ -246,7 +246,7 @@ def test_headers_where_nghttp2_ends_the_connection(pair, frames, expected):
         counted = {name: after.get(name, 0) - before.get(name, 0) for name in COUNTED}
         return sorted((s for s in seen if s[0] != "DATA" or s[2]), key=repr) + \
             [{name: n for name, n in counted.items() if n}]
-    differential(pair, run, lambda obs: _check(obs == expected, obs))
+    differential(pair, run, lambda obs: _check(obs == expected, obs), at_once=True)
 
 
 @pytest.mark.parametrize("acked, expected", [
@@ -270,7 +270,7 @@ def test_a_stream_past_max_concurrent_streams(pair, acked, expected):
         counted = {name: after.get(name, 0) - before.get(name, 0)
                    for name in ("http2.stream_refused_errors", "http2.tx_reset")}
         return seen + [{name: n for name, n in counted.items() if n}]
-    differential(pair, run, lambda obs: _check(obs == expected, obs))
+    differential(pair, run, lambda obs: _check(obs == expected, obs), at_once=True)
 
 
 def _check(condition: bool, obs) -> None:
@@ -329,4 +329,4 @@ def test_envoys_http2_codec_counters(pair, frames, counted):
     def run(target):
         return _counted(target, lambda: exchange(target.port, frames(Encoder()), quiet=0.5))
     expected = {name: [counted.get(name, 0), True] for name in COUNTED}
-    differential(pair, run, lambda obs: _check(obs == expected, obs))
+    differential(pair, run, lambda obs: _check(obs == expected, obs), at_once=True)

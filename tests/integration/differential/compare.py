@@ -16,6 +16,7 @@ import hashlib
 import json
 import math
 import re
+from concurrent.futures import ThreadPoolExecutor
 
 from .client import Response
 from .proxies import ONLY, PROXIES, ProxyPair, Target
@@ -129,19 +130,34 @@ def diff(a, b, path: str = "") -> list[str]:
     return [] if a == b else [f"{path or '.'}: envoy={a!r} baton={b!r}"]
 
 
-def differential(pair: ProxyPair, run, expect=None):
+def _observe(pair: ProxyPair, name: str, run):
+    target = pair.target(name)
+    try:
+        return run(target)
+    except AssertionError:
+        raise
+    except Exception as exc:    # a timeout, a closed connection: say which proxy it was
+        raise AssertionError(f"{name}: the exchange failed: {type(exc).__name__}: {exc}") from exc
+
+
+def differential(pair: ProxyPair, run, expect=None, *, at_once: bool = False):
     """Run `run(target) -> observation` on Envoy, check Envoy against `expect(observation)`
     (the suite's record of Envoy's behaviour), then run it on Baton and require the same
-    observation. With BATON_DIFF_ONLY set, only that proxy runs and `expect` is checked on it."""
+    observation. With BATON_DIFF_ONLY set, only that proxy runs and `expect` is checked on it.
+
+    `at_once`: both proxies run together, a thread each, for a case that waits out a quiet
+    period or a timeout on each (half the wall time); only where `run` shares nothing between
+    the two calls but the pair. Results are checked in the same order and with the same
+    messages as in turn (Envoy's expectation first)."""
     seen = {}
+    if at_once:
+        with ThreadPoolExecutor(len(PROXIES)) as pool:
+            running = {name: pool.submit(_observe, pair, name, run) for name in PROXIES}
+            observed = {name: running[name].result for name in PROXIES}
+    else:
+        observed = {name: (lambda name=name: _observe(pair, name, run)) for name in PROXIES}
     for name in PROXIES:
-        target = pair.target(name)
-        try:
-            seen[name] = run(target)
-        except AssertionError:
-            raise
-        except Exception as exc:    # a timeout, a closed connection: say which proxy it was
-            raise AssertionError(f"{name}: the exchange failed: {type(exc).__name__}: {exc}") from exc
+        seen[name] = observed[name]()
         if expect is not None and (name == "envoy" or ONLY == "baton"):
             expect(seen[name])
     if len(seen) == 2:
