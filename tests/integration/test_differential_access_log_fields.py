@@ -7,13 +7,16 @@ from __future__ import annotations
 
 import re
 import socket
+import struct
 import subprocess
+import urllib.request
 
 import pytest
+from hpack import Encoder
 
 from .differential.addresses import closed_port
 from .differential.bootstraps import bootstrap, cluster, http_listener
-from .differential.compare import diff
+from .differential.compare import diff, differential
 from .differential.proxies import ONLY, PROXIES, module_pair
 from ..waiting import wait_until
 
@@ -62,19 +65,19 @@ def _normalised(line: str, upstream_port: int) -> dict:
     return values
 
 
-def _line(target, offset: int, starts: str) -> str:
+def _line(target, offset: int, wanted) -> str:
     """The first access log line after byte `offset` of the proxy's process log (its stdout)
-    that starts with `starts` (flushed within about a second: waited for)."""
+    that `wanted(line)` accepts (flushed within about a second: waited for)."""
     path = target.process.log_path
 
     def find():
         with open(path, "rb") as f:
             f.seek(offset)
             for text in f.read().decode(errors="replace").splitlines():
-                if text.startswith(starts) and text.count("\t") == len(FIELDS) - 1:
+                if text.count("\t") == len(FIELDS) - 1 and wanted(text):
                     return text
         return None
-    return wait_until(find, 10, f"{target.name}'s access log line {starts!r}")
+    return wait_until(find, 10, f"{target.name}'s access log line ({wanted.__doc__})")
 
 
 def _curl(target, path: str, *args: str) -> None:
@@ -82,26 +85,59 @@ def _curl(target, path: str, *args: str) -> None:
                     f"http://127.0.0.1:{target.port}{path}"], timeout=10)
 
 
-def _raw(target, data: bytes) -> None:
-    """Send `data` on a connection of its own and read the answer to the proxy's close."""
-    with socket.create_connection(("127.0.0.1", target.port), timeout=5) as sock:
-        sock.sendall(data)
-        while sock.recv(65536):
-            pass
+def _answered(port: int, data: bytes, ending: bytes) -> socket.socket:
+    """A connection of its own that sent `data` and read an answer ending in `ending`; the
+    caller closes it (at once: a client that waited for the proxy's close would meet Envoy's
+    delayed close, a second)."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+    sock.sendall(data)
+    seen = b""
+    while not seen.endswith(ending):
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        seen += chunk
+    return sock
 
 
 def _curl_case(path: str, *args: str):
-    def send(target, key):
+    def send(target, key, recorder):
         _curl(target, path, "-H", f"x-test-key: {key}", *args)
-        return key + "\t"
+        return _keyed(key)
     return send
 
 
-def _raw_case(data: bytes):
-    def send(target, key):
-        _raw(target, data)
-        return "-\t"             # a request the codec refused logs no request header
+def _keyed(key: str):
+    def wanted(line: str) -> bool:
+        return line.startswith(key + "\t")
+    wanted.__doc__ = key
+    return wanted
+
+
+def _refused_case(data: bytes, ending: bytes, code: int):
+    def send(target, key, recorder):
+        _answered(target.port, data, ending).close()
+
+        def wanted(line: str) -> bool:      # a refused request has no request headers
+            return line.startswith(f"-\t-\t-\tHTTP/1.1\t{code}\t")
+        wanted.__doc__ = f"a refused request's {code}"
+        return wanted
     return send
+
+
+def _in_flight(port: int, key: str, recorder, data: bytes) -> socket.socket:
+    """A connection that sent `data` (a request with x-test-key `key` that the upstream holds)
+    once the upstream has it."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+    sock.sendall(data)
+    wait_until(lambda: recorder.count(key) >= 1, 10, f"{key} at the upstream")
+    return sock
+
+
+def _client_gone_case(target, key, recorder):
+    _in_flight(target.port, key, recorder, b"GET /u HTTP/1.1\r\nhost: x\r\nx-test-key: " +
+               key.encode() + b"\r\nx-test-delay-ms: 1000\r\n\r\n").close()
+    return _keyed(key)
 
 
 ROW = ("key", "method", "path", "protocol", "code", "flags", "details", "cluster", "host", "remote",
@@ -135,6 +171,19 @@ CASES = {
     "no-route": (_curl_case("/nothing"), (
         "no-route", "GET", "/nothing", "HTTP/1.1", "404", "NR", "route_not_found", "-", "-", "-",
         "-", "-", "-", "0", "0", "<ms>", "-", "-", "0", "-")),
+    # The client goes with the request at the upstream: DC, no response (code 0).
+    "client-gone": (_client_gone_case, (
+        "client-gone", "GET", "/u", "HTTP/1.1", "0", "DC", "downstream_remote_disconnect", "a",
+        "127.0.0.1:<a>", "127.0.0.1:<a>", "127.0.0.1:<port>", "-", "-", "0", "0", "<ms>", "-", "-",
+        "1", "r-u")),
+    # A request the HTTP/1.1 codec refuses is a codec error (DPE) whose stream has no request:
+    # Envoy's default format writes '"- - HTTP/1.1" 426 DPE' for HTTP/1.0.
+    "http10-refused": (_refused_case(b"GET /u HTTP/1.0\r\nhost: x\r\n\r\n", b"Upgrade Required", 426), (
+        "-", "-", "-", "HTTP/1.1", "426", "DPE", "low_version", "-", "-", "-", "-", "-", "16", "0",
+        "16", "<ms>", "-", "-", "0", "-")),
+    "bad-request": (_refused_case(b"GET /u HTTP/1.1\r\nhost x\r\n\r\n", b"Bad Request", 400), (
+        "-", "-", "-", "HTTP/1.1", "400", "DPE", "http1.codec_error", "-", "-", "-", "-", "-", "11",
+        "0", "11", "<ms>", "-", "-", "0", "-")),
     "direct-response": (_curl_case("/dr"), (
         "direct-response", "GET", "/dr", "HTTP/1.1", "418", "-", "direct_response", "-", "-", "-",
         "-", "-", "6", "0", "6", "<ms>", "-", "-", "0", "r-dr")),
@@ -151,12 +200,21 @@ def observed(pair, recorder) -> dict:
         try:
             target = pair.target(name)
             offset = target.process.log_path.stat().st_size
-            starts = {case: send(target, target.key(case)) for case, (send, _) in CASES.items()}
-            seen[name] = {case: _row(_line(target, offset, start), recorder.ports["a"])
-                          for case, start in starts.items()}
+            starts = {case: send(target, target.key(case), recorder)
+                      for case, (send, _) in CASES.items()}
+            seen[name] = {case: _read(target, offset, wanted, recorder.ports["a"])
+                          for case, wanted in starts.items()}
         except Exception as exc:        # a proxy that did not start, a line not written
             seen[name] = exc
     return seen
+
+
+def _read(target, offset: int, wanted, upstream_port: int):
+    """A case's row, or the AssertionError that says its line never came."""
+    try:
+        return _row(_line(target, offset, wanted), upstream_port)
+    except AssertionError as exc:
+        return exc
 
 
 def _row(line: str, upstream_port: int) -> dict:
@@ -173,6 +231,8 @@ def test_access_log_fields(observed, case):
         if isinstance(seen, Exception):
             raise AssertionError(f"{name}: {type(seen).__name__}: {seen}")
         rows[name] = seen[case]
+        if isinstance(rows[name], Exception):
+            raise AssertionError(f"{name}: {rows[name]}")
         if name == "envoy" or ONLY == "baton":
             _check(rows[name] == expected, rows[name])
     if len(rows) == 2:
@@ -183,3 +243,92 @@ def test_access_log_fields(observed, case):
 def _check(condition: bool, obs) -> None:
     if not condition:
         pytest.fail(f"unexpected observation: {obs}")
+
+
+# ---- how a connection's end is counted -----------------------------------------------------
+
+ENDS = ["downstream_cx_destroy", "downstream_cx_destroy_local", "downstream_cx_destroy_remote",
+        "downstream_cx_destroy_active_rq", "downstream_cx_destroy_local_active_rq",
+        "downstream_cx_destroy_remote_active_rq", "downstream_cx_delayed_close_timeout",
+        "downstream_rq_rx_reset", "downstream_cx_protocol_error"]
+H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes.fromhex("000000040000000000")  # + SETTINGS
+
+
+def _h2_get(key: str) -> bytes:
+    """HEADERS (END_STREAM, END_HEADERS) of a GET on stream 1 the upstream holds a second."""
+    block = Encoder().encode([(":method", "GET"), (":scheme", "http"), (":authority", "x"),
+                              (":path", "/u"), ("x-test-key", key), ("x-test-delay-ms", "1000")])
+    return struct.pack(">L", len(block))[1:] + bytes([1, 5]) + struct.pack(">L", 1) + block
+
+
+def _keep_alive_then_close(port, key, recorder):
+    _answered(port, b"GET /u HTTP/1.1\r\nhost: x\r\nx-test-body-size: 2\r\n\r\n", b"\x00\x01").close()
+
+
+def _connection_close(port, key, recorder):
+    _answered(port, b"GET /u HTTP/1.1\r\nhost: x\r\nconnection: close\r\nx-test-body-size: 2\r\n\r\n",
+              b"\x00\x01").close()
+
+
+def _gone_in_flight(port, key, recorder):
+    _in_flight(port, key, recorder, b"GET /u HTTP/1.1\r\nhost: x\r\nx-test-key: " + key.encode() +
+               b"\r\nx-test-delay-ms: 1000\r\n\r\n").close()
+
+
+def _h2_gone_in_flight(port, key, recorder):
+    _in_flight(port, key, recorder, H2_PREFACE + _h2_get(key)).close()
+
+
+def _h2_connection_error_in_flight(port, key, recorder):
+    """A DATA frame on stream 0 (PROTOCOL_ERROR) while stream 1 waits for the upstream; the
+    client goes once it has the GOAWAY."""
+    sock = _in_flight(port, key, recorder, H2_PREFACE + _h2_get(key))
+    sock.sendall(bytes.fromhex("000001000000000000") + b"x")
+    seen = b""
+    while b"\x07\x00\x00\x00\x00\x00" not in seen:          # GOAWAY on stream 0
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        seen += chunk
+    sock.close()
+
+
+def _http10_refused(port, key, recorder):
+    _answered(port, b"GET /u HTTP/1.0\r\nhost: x\r\n\r\n", b"Upgrade Required").close()
+
+
+@pytest.mark.parametrize("scenario, counted", [
+    (_keep_alive_then_close, {"destroy": 1, "destroy_remote": 1}),
+    # The request was read whole: Envoy closes at once, no delayed close (a local close).
+    (_connection_close, {"destroy": 1, "destroy_local": 1}),
+    (_gone_in_flight, {"destroy": 1, "destroy_remote": 1, "destroy_active_rq": 1,
+                       "destroy_remote_active_rq": 1, "rq_rx_reset": 1}),
+    (_h2_gone_in_flight, {"destroy": 1, "destroy_remote": 1, "destroy_active_rq": 1,
+                          "destroy_remote_active_rq": 1, "rq_rx_reset": 1}),
+    # Envoy decides to close (local, a request in flight); the client closes first (remote).
+    (_h2_connection_error_in_flight, {"destroy": 1, "destroy_remote": 1, "destroy_active_rq": 1,
+                                      "destroy_local_active_rq": 1, "rq_rx_reset": 1,
+                                      "protocol_error": 1}),
+    # A codec error: its stream, never a whole request, ends in a reset.
+    (_http10_refused, {"destroy": 1, "destroy_remote": 1, "rq_rx_reset": 1, "protocol_error": 1}),
+], ids=["keep-alive-client-closes", "connection-close", "client-gone-in-flight",
+        "http2-client-gone-in-flight", "http2-connection-error-in-flight", "http10-refused"])
+def test_a_connections_end_is_counted_as_envoy_counts_it(pair, recorder, scenario, counted):
+    """http.<prefix>.downstream_cx_destroy* and downstream_rq_rx_reset after one connection's
+    end, as Envoy 1.40 counts them; listed (at 0 too) on /stats and /stats/prometheus."""
+    def run(target):
+        prefix = "http.fields."
+        before = target.stats(prefix)
+        scenario(target.port, target.key(scenario.__name__), recorder)
+        after = wait_until(lambda: (lambda now: now if now.get(prefix + "downstream_cx_destroy", 0) >
+                                    before.get(prefix + "downstream_cx_destroy", 0) else None)(
+            target.stats(prefix)), 10, f"{target.name}: the connection's end counted")
+        with urllib.request.urlopen(f"http://127.0.0.1:{target.admin_port}/stats/prometheus",
+                                    timeout=5) as reply:
+            prometheus = reply.read().decode()
+        delta = {name.removeprefix("downstream_").removeprefix("cx_"):
+                 after.get(prefix + name, 0) - before.get(prefix + name, 0) for name in ENDS}
+        listed = all(prefix + name in after and f"envoy_http_{name}{{envoy_http_conn_manager_prefix="
+                     f"\"fields\"}}" in prometheus for name in ENDS)
+        return {"counted": {k: v for k, v in delta.items() if v}, "listed": listed}
+    differential(pair, run, lambda obs: _check(obs == {"counted": counted, "listed": True}, obs))

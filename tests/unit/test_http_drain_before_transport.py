@@ -54,7 +54,9 @@ def _connection(loop) -> HttpConnection:
     worker = types.SimpleNamespace(loop=loop, stats=stats, connection_closed=lambda conn: None)
     hcm = types.SimpleNamespace(buffer_limit=1 << 20, stat_cx_total="cx_total",
                                 stat_cx_active="cx_active", codec_type="AUTO", idle_timeout=0,
-                                max_connection_duration=0, delayed_close_timeout=0)
+                                max_connection_duration=0, delayed_close_timeout=0,
+                                stat_cx_destroy="cx_destroy", stat_cx_destroy_local="cx_local",
+                                stat_cx_destroy_remote="cx_remote")
     chain = types.SimpleNamespace(http_config=hcm, index=0)
     listener = types.SimpleNamespace(name="l", spec={}, local_address=None,
                                      stat_cx_active="listener_cx_active")

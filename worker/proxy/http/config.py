@@ -134,6 +134,14 @@ class HttpConfig:
         self.stat_cx_http2_total = http + "downstream_cx_http2_total"
         self.stat_cx_protocol_error = http + "downstream_cx_protocol_error"
         self.stat_cx_idle_timeout = http + "downstream_cx_idle_timeout"
+        # A connection's end (downstream_end.py).
+        self.stat_cx_destroy = http + "downstream_cx_destroy"
+        self.stat_cx_destroy_local = http + "downstream_cx_destroy_local"
+        self.stat_cx_destroy_remote = http + "downstream_cx_destroy_remote"
+        self.stat_cx_destroy_active_rq = http + "downstream_cx_destroy_active_rq"
+        self.stat_cx_destroy_local_active_rq = http + "downstream_cx_destroy_local_active_rq"
+        self.stat_cx_destroy_remote_active_rq = http + "downstream_cx_destroy_remote_active_rq"
+        self.stat_cx_delayed_close_timeout = http + "downstream_cx_delayed_close_timeout"
         self.stat_rq_total = http + "downstream_rq_total"
         self.stat_rq_active = http + "downstream_rq_active"
         self.stat_rq_http1_total = http + "downstream_rq_http1_total"
@@ -160,6 +168,9 @@ class HttpConfig:
     def counters(self) -> list[str]:
         return [self.stat_cx_total, self.stat_cx_http1_total, self.stat_cx_http2_total,
                 self.stat_cx_protocol_error, self.stat_cx_idle_timeout, self.stat_rq_total,
+                self.stat_cx_destroy, self.stat_cx_destroy_local, self.stat_cx_destroy_remote,
+                self.stat_cx_destroy_active_rq, self.stat_cx_destroy_local_active_rq,
+                self.stat_cx_destroy_remote_active_rq, self.stat_cx_delayed_close_timeout,
                 self.stat_rq_http1_total, self.stat_rq_http2_total, self.stat_rq_rx_reset,
                 self.stat_rq_tx_reset, self.stat_rq_too_large, self.stat_rq_header_timeout,
                 self.stat_rq_timeout, self.stat_rq_idle_timeout,

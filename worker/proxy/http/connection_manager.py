@@ -26,7 +26,7 @@ from ...codecs.events import (Body, HeadersRefused, ProtocolError, RequestHead, 
 from ...codecs.h2limits import TOO_MANY_PREMATURE_RESETS
 from ...codecs.http1 import Http1ServerCodec
 from ...connection import Connection, Lifecycle, register
-from . import express
+from . import downstream_end, express
 from .connection_move import HttpConnectionMoves, no_http_chain
 from .stream import Stream
 
@@ -47,6 +47,7 @@ class HttpConnection(asyncio.Protocol, HttpConnectionMoves, Connection):
     # it does): a connection per request pays for the attributes it uses, not for all of them.
     header_timer = None
     lingering = None                          # delayed close: the final close() timer
+    destroy_counted = False                   # downstream_end.connection_ends ran
     duration_timer = None                     # max_connection_duration
     stream_timer = None                       # stream_idle_timeout / request_timeout sweep
     deadline_timer = None                     # route timeouts of the streams (watch_deadline)
@@ -288,6 +289,7 @@ class HttpConnection(asyncio.Protocol, HttpConnectionMoves, Connection):
     def eof_received(self):
         if self.closed:
             if self.lingering is not None:
+                downstream_end.connection_ends(self, True)      # the client closed first
                 self.lingering.cancel()
                 self.lingering = None
             self.transport.close()
@@ -296,11 +298,13 @@ class HttpConnection(asyncio.Protocol, HttpConnectionMoves, Connection):
             for event in self.codec.receive(b""):
                 self._dispatch(event)
         # Envoy does not half-close HTTP connections: the client closing ends them.
+        downstream_end.client_closed(self)
         self._abort_streams("downstream remote disconnect")
         self.close()
         return False
 
     def connection_lost(self, exc) -> None:
+        downstream_end.transport_lost(self, exc)
         if self.lingering is not None:
             self.lingering.cancel()
             self.lingering = None
@@ -365,6 +369,7 @@ class HttpConnection(asyncio.Protocol, HttpConnectionMoves, Connection):
         else:
             self.flush()
         if not self.streams and self.codec.closed:    # (HTTP/2's closed is a property)
+            downstream_end.last_stream_done(self, stream)
             self.close()
         elif not self.streams:
             if self.moved_to is not None:
@@ -396,6 +401,7 @@ class HttpConnection(asyncio.Protocol, HttpConnectionMoves, Connection):
                 if not self.codec.multiplexed:
                     self.active = stream
             stream.close_connection = not self.codec.multiplexed
+            downstream_end.codec_error(stream)
             stream.local_reply(event.status, _ERROR_BODIES.get(event.status, ""),
                                _ERROR_DETAILS.get(event.status, "codec_error"))
             return
@@ -410,6 +416,7 @@ class HttpConnection(asyncio.Protocol, HttpConnectionMoves, Connection):
         self.queued.clear()
         self.active = None
         for stream in list(self.streams.values()):
+            downstream_end.stream_cut(stream)
             stream.reset(reason, notify=False)
         self.streams.clear()
 
@@ -487,15 +494,18 @@ class HttpConnection(asyncio.Protocol, HttpConnectionMoves, Connection):
             self.draining = True    # accepted, its transport not made yet: connection_made
             return                  # drains it (closes it, idle as it is then)
         self.flush()
+        downstream_end.closing(self, False)
         self._closed()
         transport = self.transport
         timeout = self.hcm.delayed_close_timeout
         if not timeout or not transport.can_write_eof() or transport.is_closing():
+            downstream_end.connection_ends(self, False)
             transport.close()
             return
         try:
             transport.write_eof()
         except OSError:
+            downstream_end.connection_ends(self, False)
             transport.close()
             return
         self.lingering = self.loop.call_later(timeout, transport.close)
@@ -505,6 +515,7 @@ class HttpConnection(asyncio.Protocol, HttpConnectionMoves, Connection):
             self.draining = True    # as close(): nothing to abort before connection_made
             return
         if not self.closed:
+            downstream_end.closed_here(self)
             self._closed()
             self.transport.abort()
 

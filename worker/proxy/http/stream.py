@@ -17,7 +17,7 @@ import time
 
 from ...codecs.h2server import CANCEL, INTERNAL_ERROR
 from ...codecs.message import Headers, Response
-from . import grpc_reply, path_normalize
+from . import downstream_end, grpc_reply, path_normalize
 from . import xfcc
 from .body_filters import chain_for, replaced_by
 from .filter import PAUSE, Delay, LocalReply
@@ -269,6 +269,8 @@ class Stream:
         stream.id = stream_id
         hcm = conn.hcm
         stream.stats[hcm.stat_rq_total] += 1
+        stream.stats[hcm.stat_rq_http2_total if conn.codec.multiplexed else
+                     hcm.stat_rq_http1_total] += 1             # as Envoy counts a stream
         conn.worker.stats.gauges[hcm.stat_rq_active] += 1     # _end() counts it down
         return stream
 
@@ -285,6 +287,7 @@ class Stream:
             return
         request = self.request
         if request.version == "1.0" and not hcm.accept_http_10:
+            downstream_end.http10_refused(self)
             self.close_connection = True
             self.local_reply(426, "Upgrade Required", "low_version")
             return
