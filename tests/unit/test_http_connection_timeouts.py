@@ -1,0 +1,112 @@
+"""An HTTP connection's own timeouts, on a uvloop loop as in a worker (the connection-per-
+request case arms them on every connection): the connection's idle timeout drains an idle
+connection (downstream_cx_idle_timeout), the delayed close ends a client that does not close
+after `Connection: close`, a route timeout answers 504 (upstream_rq_timeout); each never
+early; and a connection that ends leaves none of its timers armed."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+import uvloop
+
+from baton.worker.proxy.http.connection_manager import HttpConnection
+
+from .test_http_express import REQUEST, RESPONSE, FakeTransport, Rig
+
+CLOSE_REQUEST = REQUEST.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n")
+TIMEOUT = 0.2
+SLACK = 0.15            # the loop's own lateness on a busy machine
+TIMERS = ("idle_timer", "header_timer", "duration_timer", "stream_timer", "deadline_timer",
+          "drain_timer", "hold_timer", "unsent_poll", "lingering")
+
+
+class HalfClosing(FakeTransport):
+    eof_written = False
+
+    def can_write_eof(self):
+        return True
+
+    def write_eof(self):
+        self.eof_written = True
+
+
+@pytest.fixture
+def loop():
+    loop = uvloop.new_event_loop()
+    yield loop
+    loop.close()
+
+
+def _run_until(loop, done, limit: float) -> float:
+    """Run the loop until done() or `limit` seconds; the seconds it took."""
+    start = loop.time()
+
+    async def wait():
+        while not done() and loop.time() - start < limit:
+            await asyncio.sleep(0.005)
+    loop.run_until_complete(wait())
+    return loop.time() - start
+
+
+def _connection(rig, transport) -> HttpConnection:
+    conn = HttpConnection(rig.worker, rig.conn.listener, rig.conn.chain, ("127.0.0.1", 40001),
+                          None, 2)
+    conn.connection_made(transport)
+    return conn
+
+
+def _answer(rig, conn) -> None:
+    """The request `conn` sent upstream gets the upstream's response."""
+    up = rig.busy_upstream()
+    up.transport.take()
+    up.data_received(RESPONSE)
+
+
+def test_the_idle_timeout_drains_an_idle_connection(tmp_path: Path, loop):
+    rig = Rig(tmp_path, loop)
+    rig.conn.hcm.idle_timeout = TIMEOUT
+    down = FakeTransport()
+    conn = _connection(rig, down)
+    took = _run_until(loop, lambda: down.aborted, 3)
+    assert down.aborted and conn.closed
+    assert TIMEOUT <= took <= TIMEOUT + SLACK
+    assert rig.worker.stats.counters["http.ingress_http.downstream_cx_idle_timeout"] == 1
+
+
+def test_the_delayed_close_ends_a_client_that_does_not_close(tmp_path: Path, loop):
+    rig = Rig(tmp_path, loop)
+    rig.conn.hcm.delayed_close_timeout = TIMEOUT
+    down = HalfClosing()
+    conn = _connection(rig, down)
+    conn.data_received(CLOSE_REQUEST)
+    _answer(rig, conn)
+    assert conn.closed and down.eof_written and not down.aborted
+    took = _run_until(loop, lambda: down.aborted, 3)
+    assert down.aborted
+    assert TIMEOUT <= took <= TIMEOUT + SLACK
+
+
+def test_a_route_timeout_answers_504(tmp_path: Path, loop):
+    rig = Rig(tmp_path, loop, route_extra=", timeout: 0.2s")
+    rig.conn.data_received(REQUEST)
+    took = _run_until(loop, lambda: b"504" in b"".join(rig.down.written), 3)
+    reply = rig.down.take()
+    assert reply.startswith(b"HTTP/1.1 504 ") and reply.endswith(b"upstream request timeout")
+    assert TIMEOUT <= took <= TIMEOUT + SLACK
+    assert rig.worker.stats.counters["cluster.upstream.upstream_rq_timeout"] == 1
+
+
+def test_a_connection_that_ends_leaves_no_timer_armed(tmp_path: Path, loop):
+    rig = Rig(tmp_path, loop)
+    down = HalfClosing()
+    conn = _connection(rig, down)
+    conn.data_received(CLOSE_REQUEST)
+    assert conn.idle_timer is not None and conn.stream_timer is not None
+    _answer(rig, conn)
+    assert conn.lingering is not None           # the delayed close waits for the client
+    conn.eof_received()                         # which closes after the response
+    conn.connection_lost(None)
+    assert [name for name in TIMERS if getattr(conn, name) is not None] == []
