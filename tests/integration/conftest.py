@@ -170,6 +170,7 @@ class Baton:
         self.hook = workdir / "hook.py"
         # `python`: the interpreter (and so the installed Baton) that runs it; the upgrade
         # tests pass a venv holding another release (tests/releases.py).
+        self.python = python
         self.entry.write_text(ENTRY_SCRIPT.format(python=python, hook=str(self.hook)))
         self.entry.chmod(0o755)
         self.args = [str(self.entry), "run", "-c", str(self.config), "--concurrency", str(concurrency),
@@ -224,9 +225,21 @@ class Baton:
                               capture_output=True, text=True, timeout=timeout)
 
     def status(self) -> dict:
-        result = self.cli("status", "--json")
-        assert result.returncode == 0, result.stderr
-        return json.loads(result.stdout)
+        """What `baton status --json` prints. For a Baton of this tree, the command's own
+        control request and checks made in this process: reload loops ask it every reload and
+        wait_until polls it, and a Python start per call cost 0.2-0.8 s each. A Baton run by
+        another interpreter (a release's venv) is asked through its `cli`, as before."""
+        if self.python != sys.executable:
+            result = self.cli("status", "--json")
+            assert result.returncode == 0, result.stderr
+            return json.loads(result.stdout)
+        from baton.supervisor.cli import _status_problem, _trusted_request
+        from baton.supervisor.runtime import control_path, resolve
+        reply = _trusted_request(control_path(resolve(str(self.runtime_dir))), {"type": "status"}, 10.0)
+        assert reply.get("type") == "status", reply
+        problem = _status_problem(reply.get("status"))
+        assert problem is None, f"the master sent a malformed status ({problem})"
+        return reply["status"]
 
     def reload(self, timeout: float = 120.0) -> subprocess.CompletedProcess:
         return self.cli("reload", timeout=timeout)
