@@ -17,6 +17,7 @@ import sys
 import urllib.error
 import urllib.parse
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -160,9 +161,11 @@ Template = Callable[[dict[str, int], int], dict]    # (listener ports, admin por
 
 
 class ProxyPair:
-    """Envoy and Baton on the same bootstrap template. Envoy starts at once; Baton starts on
-    first use, and if it cannot start (its config refused, say), every case that needs it fails
-    with the reason instead of the whole module erroring out."""
+    """Envoy and Baton on the same bootstrap template. Baton's process is launched first and
+    Envoy started beside it (their start-ups overlap: a pair is ready in the time of the slower,
+    not of both); Baton is waited for on first use, and if it cannot start (its config refused,
+    say), every case that needs it fails with the reason instead of the whole module erroring
+    out."""
 
     def __init__(self, workdir: Path, template: Template, listeners: list[str]):
         self.workdir = workdir
@@ -170,22 +173,48 @@ class ProxyPair:
         self.listeners = listeners
         self.targets_by_name: dict[str, Target] = {}
         self.baton_error: str | None = None
+        self._launched: tuple[Baton, dict[str, int], int] | None = None
+        if "baton" in PROXIES:
+            self._launch_baton()
         if "envoy" in PROXIES:
-            self._start("envoy")
+            try:
+                self._start("envoy")
+            except BaseException:
+                self.stop()
+                raise
 
     def _bootstrap(self) -> tuple[dict, dict[str, int], int]:
         ports = {name: free_port() for name in self.listeners}
         admin = free_port()
         return self.template(ports, admin), ports, admin
 
+    def _launch_baton(self) -> None:
+        """Baton's process, not waited for (target() waits for its /ready)."""
+        try:
+            bootstrap, ports, admin = self._bootstrap()
+            proc = Baton(self.workdir / "baton", bootstrap, concurrency=1)
+        except Exception as exc:     # reported by every case that needs Baton
+            self.baton_error = str(exc)[-4000:]
+            return
+        self._launched = (proc, ports, admin)
+        try:
+            proc.launch()
+        except Exception as exc:
+            self.baton_error = str(exc)[-4000:]
+
     def _start(self, name: str) -> None:
-        bootstrap, ports, admin = self._bootstrap()
         if name == "envoy":
+            bootstrap, ports, admin = self._bootstrap()
             proc = Envoy(self.workdir / "envoy", bootstrap).start()
         else:
-            proc = Baton(self.workdir / "baton", bootstrap, concurrency=1)
+            if self._launched is None:
+                self._launch_baton()
+                if self.baton_error is not None:
+                    raise RuntimeError(self.baton_error)
+            proc, ports, admin = self._launched
+            self._launched = None
             try:
-                proc.start(ready_timeout=60)
+                proc.wait_ready(timeout=60)
             except BaseException:
                 proc.stop()
                 raise
@@ -206,8 +235,13 @@ class ProxyPair:
         return self.targets_by_name[name]
 
     def stop(self) -> None:
-        for target in self.targets_by_name.values():
-            target.process.stop()
+        """Both at once: each stop waits for its own process's exit."""
+        processes = [target.process for target in self.targets_by_name.values()]
+        if self._launched is not None:              # launched, never waited for
+            processes.append(self._launched[0])
+            self._launched = None
+        with ThreadPoolExecutor(max(1, len(processes))) as pool:
+            list(pool.map(lambda process: process.stop(), processes))
 
 
 def module_pair(name: str, make_bootstrap, listeners: list[str], upstreams=("a",)):
