@@ -40,6 +40,8 @@ def fields_bootstrap(upstreams: dict[str, int]):
         route("r-nc", "/nc", {"route": {"cluster_header": "x-cluster"}}),
         route("r-uf", "/uf", {"route": {"cluster": "dead"}}),
         route("r-ut", "/ut", {"route": {"cluster": "a", "timeout": "0.3s"}}),
+        route("r-urx", "/urx", {"route": {"cluster": "a", "retry_policy": {
+            "retry_on": "5xx", "num_retries": 1}}}),
         route("r-dr", "/dr", {"direct_response": {"status": 418, "body": {"inline_string": "teapot"}}}),
         route("r-u", "/u", {"route": {"cluster": "a"}})]}]}
 
@@ -171,6 +173,14 @@ CASES = {
     "no-route": (_curl_case("/nothing"), (
         "no-route", "GET", "/nothing", "HTTP/1.1", "404", "NR", "route_not_found", "-", "-", "-",
         "-", "-", "-", "0", "0", "<ms>", "-", "-", "0", "-")),
+    "timeout": (_curl_case("/ut", "-H", "x-test-delay-ms: 1000"), (
+        "timeout", "GET", "/ut", "HTTP/1.1", "504", "UT", "response_timeout", "a", "127.0.0.1:<a>",
+        "127.0.0.1:<a>", "127.0.0.1:<port>", "-", "24", "0", "24", "<ms>", "-", "-", "1", "r-ut")),
+    # The last try's 503 goes to the client, with URX: its retries ran out.
+    "retries-exhausted": (_curl_case("/urx", "-H", "x-test-status: 503", *BODY_10), (
+        "retries-exhausted", "GET", "/urx", "HTTP/1.1", "503", "URX", "via_upstream", "a",
+        "127.0.0.1:<a>", "127.0.0.1:<a>", "127.0.0.1:<port>", "-", "10", "0", "10", "<ms>", "<ms>",
+        "<ms>", "2", "r-urx")),
     # The client goes with the request at the upstream: DC, no response (code 0).
     "client-gone": (_client_gone_case, (
         "client-gone", "GET", "/u", "HTTP/1.1", "0", "DC", "downstream_remote_disconnect", "a",

@@ -636,12 +636,15 @@ class Router:
         outlier = cluster.outlier
         if outlier is not None:
             outlier.report(upstream.host, status)
-        if self.retry is not None and self.retry.retriable_response(response) and \
-                self._may_retry():
-            upstream.abandon()
-            self.upstream = None
-            self._schedule_retry()
-            return
+        retry = self.retry
+        if retry is not None and retry.retriable_response(response):
+            if self._may_retry():
+                upstream.abandon()
+                self.upstream = None
+                self._schedule_retry()
+                return
+            if retry.remaining <= 0:    # Envoy's NoRetryLimitExceeded: the flag URX
+                self.stream.info.response_flags.append("URX")
         if self.retry is not None and self.retry.attempt:
             self.stats[cluster.stat["upstream_rq_retry_success"]] += 1
         self.response_started = True
@@ -711,7 +714,7 @@ class Router:
             self.finish_quiet()
             return
         self.stream.info.response_flags.append("UT")
-        self.finish_local(504, "upstream request timeout", "upstream_response_timeout")
+        self.finish_local(504, "upstream request timeout", "response_timeout")
 
     def _duration_reached(self) -> None:
         """max_stream_duration: Envoy's connection manager ends the stream with a local reply,
