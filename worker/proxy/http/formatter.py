@@ -102,6 +102,23 @@ def _ms(start, end):
     return int((end - start) * 1000)
 
 
+def _request_end(info):
+    """When the request was complete (loop time), or None: `last_request_byte`, set when a
+    body ends; a request that ended with its head (no body announced, none read) ended when
+    it began (Envoy 1.40 logs %REQUEST_DURATION% 0 for a GET; "-" for a request its codec
+    refused, which has none here). Read only by formats that name it: no store per request."""
+    end = info.last_request_byte
+    if end is not None:
+        return end
+    request = info.request
+    if request is None or info.bytes_received:
+        return None
+    headers = request.headers
+    if "content-length" in headers or "transfer-encoding" in headers:
+        return None
+    return info.start_monotonic
+
+
 def _or_none(value):
     return value if value else None
 
@@ -305,10 +322,7 @@ OPERATORS = {
                         "(None if info.start_monotonic is None or info.last_downstream_byte is "
                         "None else int((info.last_downstream_byte - info.start_monotonic) "
                         "* 1000))"),
-    # The moment the request was complete is not a StreamInfo slot yet: a connection
-    # manager that records it sets `last_request_byte` (loop time).
-    "REQUEST_DURATION": _simple(lambda info: _ms(
-        info.start_monotonic, getattr(info, "last_request_byte", None))),
+    "REQUEST_DURATION": _simple(lambda info: _ms(info.start_monotonic, _request_end(info))),
     "RESPONSE_DURATION": _simple(lambda info: _ms(info.start_monotonic,
                                                   info.first_upstream_byte)),
     "RESPONSE_TX_DURATION": _simple(lambda info: _ms(info.first_upstream_byte,
