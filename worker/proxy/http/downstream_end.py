@@ -13,8 +13,9 @@ statistics" and ConnectionManagerImpl::onEvent / doConnectionClose.
 - A delayed close (Baton shut its side and waits for the client's) that the client does not
   answer within delayed_close_timeout: downstream_cx_delayed_close_timeout, and it is a local
   close.
-- Each stream a connection's end cuts counts in downstream_rq_rx_reset (Envoy resets them
-  with ConnectionTermination and counts any reset it takes that way) and logs DC.
+- Each stream in flight when a connection's end is decided counts in downstream_rq_rx_reset
+  (Envoy resets them with ConnectionTermination and counts any reset it takes that way) and
+  logs DC.
 - A request the codec refuses (HTTP/1.1's 400, HTTP/1.0 without accept_http_10: 426) is a
   codec error: its line has DPE, and its stream, never a complete request, ends in a reset
   (downstream_rq_rx_reset).
@@ -29,12 +30,16 @@ def closing(conn, remote: bool) -> None:
     (Envoy's doConnectionClose counts them when it decides, before any delayed close)."""
     if conn.closed:
         return
-    if any(not stream.done for stream in conn.streams.values()):
+    live = sum(not stream.done for stream in conn.streams.values())
+    if live:
         hcm = conn.hcm
         counters = conn.worker.stats.counters
         counters[hcm.stat_cx_destroy_active_rq] += 1
         counters[hcm.stat_cx_destroy_remote_active_rq if remote else
                  hcm.stat_cx_destroy_local_active_rq] += 1
+        # Envoy resets them there and then (resetAllStreams); Baton ends them when the
+        # transport is gone (stream_cut), which may be a turn later.
+        counters[hcm.stat_rq_rx_reset] += live
 
 
 def connection_ends(conn, remote: bool) -> None:
@@ -84,8 +89,7 @@ def stream_cut(stream) -> None:
             return
         stream = stream._hand_back()
     if not stream.done:
-        stream.stats[stream.hcm.stat_rq_rx_reset] += 1
-        stream.info.response_flags.append("DC")
+        stream.info.response_flags.append("DC")     # (counted by closing())
 
 
 def last_stream_done(conn, stream) -> None:
