@@ -24,7 +24,8 @@ FIELDS = ["REQ(X-TEST-KEY)", "REQ(:METHOD)", "REQ(:PATH)", "PROTOCOL", "RESPONSE
           "RESPONSE_FLAGS", "RESPONSE_CODE_DETAILS", "UPSTREAM_CLUSTER", "UPSTREAM_HOST",
           "UPSTREAM_REMOTE_ADDRESS", "UPSTREAM_LOCAL_ADDRESS", "UPSTREAM_TRANSPORT_FAILURE_REASON",
           "RESP(CONTENT-LENGTH)", "BYTES_RECEIVED", "BYTES_SENT", "DURATION", "REQUEST_DURATION",
-          "RESPONSE_DURATION", "RESPONSE_TX_DURATION", "UPSTREAM_REQUEST_ATTEMPT_COUNT", "ROUTE_NAME"]
+          "RESPONSE_DURATION", "RESPONSE_TX_DURATION", "UPSTREAM_REQUEST_ATTEMPT_COUNT", "ROUTE_NAME",
+          "RESPONSE_FLAGS_LONG"]
 TIMINGS = {"DURATION", "REQUEST_DURATION", "RESPONSE_DURATION", "RESPONSE_TX_DURATION"}
 FORMAT = "\t".join(f"%{name}%" for name in FIELDS) + "\n"
 ACCESS_LOG = [{"name": "envoy.access_loggers.stdout", "typed_config": {
@@ -144,66 +145,66 @@ def _client_gone_case(target, key, recorder):
 
 ROW = ("key", "method", "path", "protocol", "code", "flags", "details", "cluster", "host", "remote",
        "local", "failure", "content-length", "received", "sent", "duration", "request duration",
-       "response duration", "response tx duration", "attempts", "route")
+       "response duration", "response tx duration", "attempts", "route", "long flags")
 BODY_10 = ("-H", "x-test-body-size: 10")
 CASES = {
     "through": (_curl_case("/u", *BODY_10), (
         "through", "GET", "/u", "HTTP/1.1", "200", "-", "via_upstream", "a", "127.0.0.1:<a>",
         "127.0.0.1:<a>", "127.0.0.1:<port>", "-", "10", "0", "10",
-        "<ms>", "<ms>", "<ms>", "<ms>", "1", "r-u")),
+        "<ms>", "<ms>", "<ms>", "<ms>", "1", "r-u", "-")),
     "post": (_curl_case("/u", "-d", "hello", *BODY_10), (
         "post", "POST", "/u", "HTTP/1.1", "200", "-", "via_upstream", "a", "127.0.0.1:<a>",
         "127.0.0.1:<a>", "127.0.0.1:<port>", "-", "10", "5", "10",
-        "<ms>", "<ms>", "<ms>", "<ms>", "1", "r-u")),
+        "<ms>", "<ms>", "<ms>", "<ms>", "1", "r-u", "-")),
     "http2": (_curl_case("/u", "--http2-prior-knowledge", *BODY_10), (
         "http2", "GET", "/u", "HTTP/2", "200", "-", "via_upstream", "a", "127.0.0.1:<a>",
         "127.0.0.1:<a>", "127.0.0.1:<port>", "-", "10", "0", "10",
-        "<ms>", "<ms>", "<ms>", "<ms>", "1", "r-u")),
+        "<ms>", "<ms>", "<ms>", "<ms>", "1", "r-u", "-")),
     # UF: the host tried is UPSTREAM_HOST; no connection, so no remote or local address.
     "connect-failure": (_curl_case("/uf"), (
         "connect-failure", "GET", "/uf", "HTTP/1.1", "503", "UF",
         "upstream_reset_before_response_started{remote_connection_failure|"
         "delayed_connect_error:_Connection_refused}", "dead", "127.0.0.1:<dead>", "-", "-",
         "delayed_connect_error:_Connection_refused", "98", "0", "98",
-        "<ms>", "<ms>", "-", "-", "1", "r-uf")),
+        "<ms>", "<ms>", "-", "-", "1", "r-uf", "UpstreamConnectionFailure")),
     # NC: no cluster info, so no cluster name; an empty local reply has no content-length in
     # its headers (Envoy's HTTP/1.1 codec writes "content-length: 0" on the wire).
     "no-cluster": (_curl_case("/nc", "-H", "x-cluster: missing"), (
         "no-cluster", "GET", "/nc", "HTTP/1.1", "503", "NC", "cluster_not_found", "-", "-", "-",
-        "-", "-", "-", "0", "0", "<ms>", "<ms>", "-", "-", "0", "r-nc")),
+        "-", "-", "-", "0", "0", "<ms>", "<ms>", "-", "-", "0", "r-nc", "NoClusterFound")),
     "no-cluster-http2": (_curl_case("/nc", "--http2-prior-knowledge", "-H", "x-cluster: missing"), (
         "no-cluster-http2", "GET", "/nc", "HTTP/2", "503", "NC", "cluster_not_found", "-", "-", "-",
-        "-", "-", "-", "0", "0", "<ms>", "<ms>", "-", "-", "0", "r-nc")),
+        "-", "-", "-", "0", "0", "<ms>", "<ms>", "-", "-", "0", "r-nc", "NoClusterFound")),
     "no-route": (_curl_case("/nothing"), (
         "no-route", "GET", "/nothing", "HTTP/1.1", "404", "NR", "route_not_found", "-", "-", "-",
-        "-", "-", "-", "0", "0", "<ms>", "<ms>", "-", "-", "0", "-")),
+        "-", "-", "-", "0", "0", "<ms>", "<ms>", "-", "-", "0", "-", "NoRouteFound")),
     "timeout": (_curl_case("/ut", "-H", "x-test-delay-ms: 1000"), (
         "timeout", "GET", "/ut", "HTTP/1.1", "504", "UT", "response_timeout", "a", "127.0.0.1:<a>",
         "127.0.0.1:<a>", "127.0.0.1:<port>", "-", "24", "0", "24",
-        "<ms>", "<ms>", "-", "-", "1", "r-ut")),
+        "<ms>", "<ms>", "-", "-", "1", "r-ut", "UpstreamRequestTimeout")),
     # The last try's 503 goes to the client, with URX: its retries ran out.
     "retries-exhausted": (_curl_case("/urx", "-H", "x-test-status: 503", *BODY_10), (
         "retries-exhausted", "GET", "/urx", "HTTP/1.1", "503", "URX", "via_upstream", "a",
         "127.0.0.1:<a>", "127.0.0.1:<a>", "127.0.0.1:<port>", "-", "10", "0", "10",
         "<ms>", "<ms>", "<ms>",
-        "<ms>", "2", "r-urx")),
+        "<ms>", "2", "r-urx", "UpstreamRetryLimitExceeded")),
     # The client goes with the request at the upstream: DC, no response (code 0).
     "client-gone": (_client_gone_case, (
         "client-gone", "GET", "/u", "HTTP/1.1", "0", "DC", "downstream_remote_disconnect", "a",
         "127.0.0.1:<a>", "127.0.0.1:<a>", "127.0.0.1:<port>", "-", "-", "0", "0",
         "<ms>", "<ms>", "-", "-",
-        "1", "r-u")),
+        "1", "r-u", "DownstreamConnectionTermination")),
     # A request the HTTP/1.1 codec refuses is a codec error (DPE) whose stream has no request:
     # Envoy's default format writes '"- - HTTP/1.1" 426 DPE' for HTTP/1.0.
     "http10-refused": (_refused_case(b"GET /u HTTP/1.0\r\nhost: x\r\n\r\n", b"Upgrade Required", 426), (
         "-", "-", "-", "HTTP/1.1", "426", "DPE", "low_version", "-", "-", "-", "-", "-", "16", "0",
-        "16", "<ms>", "-", "-", "-", "0", "-")),
+        "16", "<ms>", "-", "-", "-", "0", "-", "DownstreamProtocolError")),
     "bad-request": (_refused_case(b"GET /u HTTP/1.1\r\nhost x\r\n\r\n", b"Bad Request", 400), (
         "-", "-", "-", "HTTP/1.1", "400", "DPE", "http1.codec_error", "-", "-", "-", "-", "-", "11",
-        "0", "11", "<ms>", "-", "-", "-", "0", "-")),
+        "0", "11", "<ms>", "-", "-", "-", "0", "-", "DownstreamProtocolError")),
     "direct-response": (_curl_case("/dr"), (
         "direct-response", "GET", "/dr", "HTTP/1.1", "418", "-", "direct_response", "-", "-", "-",
-        "-", "-", "6", "0", "6", "<ms>", "<ms>", "-", "-", "0", "r-dr")),
+        "-", "-", "6", "0", "6", "<ms>", "<ms>", "-", "-", "0", "r-dr", "-")),
 }
 
 

@@ -112,17 +112,24 @@ def test_hostname():
     assert render("%HOSTNAME%", make_info()) == socket.gethostname()
 
 
-def test_request_duration_when_the_connection_manager_records_it():
-    info = make_info()
-    assert render("%REQUEST_DURATION%", info) == "-"
-    info = completed_info()
-    # StreamInfo has no slot for it yet; a subclass (or a future slot) provides it.
+def test_request_duration():
+    # A GET (no body announced, none read) was complete with its head: 0, as Envoy logs it.
+    assert render("%REQUEST_DURATION%", make_info()) == "0"
+    # A body announced and not ended, or read in part: not complete, "-".
+    posted = make_info()
+    posted.request.headers.add("content-length", "5")
+    assert render("%REQUEST_DURATION%", posted) == "-"
+    assert render("%REQUEST_DURATION%", make_info(bytes_received=3)) == "-"
+    # A codec-refused request (no request): "-".
+    assert render("%REQUEST_DURATION%", make_info(request=None)) == "-"
+    # The body's end, when the stream recorded it.
+    assert render("%REQUEST_DURATION%", make_info(bytes_received=5, last_request_byte=100.0021)) == "2"
 
-    class Info(StreamInfo):
-        __slots__ = ("last_request_byte",)
-    richer = Info(info.request, 100.0, "HTTP/1.1", ("127.0.0.1", 1), ("127.0.0.1", 2))
-    richer.last_request_byte = 100.0021
-    assert render("%REQUEST_DURATION%", richer) == "2"
+
+def test_response_flags_long():
+    assert render("%RESPONSE_FLAGS_LONG%", make_info()) == "-"
+    assert render("%RESPONSE_FLAGS_LONG%", make_info(response_flags=["UF", "URX"])) == \
+        "UpstreamConnectionFailure,UpstreamRetryLimitExceeded"
 
 
 def test_missing_values_are_dashes_in_a_log_line():

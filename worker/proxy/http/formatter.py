@@ -119,6 +119,24 @@ def _request_end(info):
     return info.start_monotonic
 
 
+# %RESPONSE_FLAGS_LONG%: each short flag's long name, as Envoy 1.40 names them
+# (StreamInfo's ResponseFlagUtils).
+_LONG_FLAGS = {
+    "LH": "FailedLocalHealthCheck", "UH": "NoHealthyUpstream", "UT": "UpstreamRequestTimeout",
+    "LR": "LocalReset", "UR": "UpstreamRemoteReset", "UF": "UpstreamConnectionFailure",
+    "UC": "UpstreamConnectionTermination", "UO": "UpstreamOverflow", "NR": "NoRouteFound",
+    "DI": "DelayInjected", "FI": "FaultInjected", "RL": "RateLimited",
+    "UAEX": "UnauthorizedExternalService", "RLSE": "RateLimitServiceError",
+    "DC": "DownstreamConnectionTermination", "URX": "UpstreamRetryLimitExceeded",
+    "SI": "StreamIdleTimeout", "IH": "InvalidEnvoyRequestHeaders",
+    "DPE": "DownstreamProtocolError", "UMSDR": "UpstreamMaxStreamDurationReached",
+    "RFCF": "ResponseFromCacheFilter", "NFCF": "NoFilterConfigFound", "DT": "DurationTimeout",
+    "UPE": "UpstreamProtocolError", "NC": "NoClusterFound", "OM": "OverloadManagerTerminated",
+    "DF": "DnsResolutionFailed", "DO": "DropOverload", "DR": "DownstreamRemoteReset",
+    "UDO": "UnconditionalDropOverload",
+}
+
+
 def _or_none(value):
     return value if value else None
 
@@ -316,6 +334,8 @@ OPERATORS = {
     # Envoy writes "-" for no flags even where a missing value would be null (JSON).
     "RESPONSE_FLAGS": _simple(lambda info: ",".join(info.response_flags) or "-",
                               '(",".join(info.response_flags) or "-")'),
+    "RESPONSE_FLAGS_LONG": _simple(lambda info: ",".join(
+        [_LONG_FLAGS.get(flag, flag) for flag in info.response_flags]) or "-"),
     "BYTES_RECEIVED": _simple(lambda info: info.bytes_received, "info.bytes_received"),
     "BYTES_SENT": _simple(lambda info: info.bytes_sent, "info.bytes_sent"),
     "DURATION": _simple(lambda info: _ms(info.start_monotonic, info.last_downstream_byte),
