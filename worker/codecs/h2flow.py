@@ -89,7 +89,7 @@ class H2FlowControl:
         """Send held bytes as far as the windows allow; whether anything went out."""
         held = state.held
         frame_size = self._peer_frame_size
-        out = self._out
+        out = self.out
         progressed = False
         while held:
             window = min(state.send_window, self._send_window)
@@ -155,7 +155,7 @@ class H2FlowControl:
         once half of it has come back."""
         returned = self._returned + n
         if returned >= self._local_conn_window >> 1:
-            self._out += _frame(WINDOW_UPDATE, 0, 0, _U32.pack(returned))
+            self.out += _frame(WINDOW_UPDATE, 0, 0, _U32.pack(returned))
             self._recv_window += returned
             returned = 0
         self._returned = returned
@@ -164,7 +164,7 @@ class H2FlowControl:
             return          # the peer sends no more on it: its window does not matter
         returned = state.returned + n
         if returned >= self._local_stream_window >> 1:
-            self._out += _frame(WINDOW_UPDATE, 0, stream_id, _U32.pack(returned))
+            self.out += _frame(WINDOW_UPDATE, 0, stream_id, _U32.pack(returned))
             state.recv_window += returned
             returned = 0
         state.returned = returned

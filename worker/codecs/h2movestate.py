@@ -27,7 +27,7 @@ class H2MoveState:
     def movable(self) -> bool:
         """No stream open, nothing to send or half-read, no GOAWAY either way: the state is
         the settings, windows, stream counter, HPACK table and unread bytes of export_state."""
-        return not (self._streams or self._held or self._unacked or self._out or self._dead
+        return not (self._streams or self._held or self._unacked or self.out or self._dead
                     or self._block is not None or self._slicing is not None
                     or self._preface < 24 or self._peer_goaway
                     or self._goaway_sent)

@@ -47,7 +47,7 @@ class H2Sender:
             self._send_block(stream_id, block, end_stream)
         else:
             # The usual head, one HEADERS frame: _send_block's first case, without the call.
-            out = self._out
+            out = self.out
             counted = self._counted == len(out)
             out += _head_pack(size << 8 | HEADERS, F_END_HEADERS | end_stream, stream_id)
             out += block
@@ -72,7 +72,7 @@ class H2Sender:
                 (size == 0 or (size <= state.send_window and size <= self._send_window)):
             state.send_window -= size
             self._send_window -= size
-            out = self._out
+            out = self.out
             counted = self._counted == len(out)
             out += _head_pack(size << 8 | DATA, end_stream, stream_id)
             out += data
@@ -84,7 +84,15 @@ class H2Sender:
                 guard.queued += 1
                 guard.data_frames += 1
             if end_stream:
-                self._local_end(stream_id, state)
+                if state.answered and state.remote_closed:
+                    # _local_end's usual case, without the call: an answered request that
+                    # came whole leaves, counted as never premature.
+                    state.local_closed = True
+                    del self._streams[stream_id]
+                    if self._track_resets:
+                        self._guard.closed_streams += 1
+                else:
+                    self._local_end(stream_id, state)
             return
         state.held = bytearray(data)
         state.end_held = end_stream
@@ -138,7 +146,7 @@ class H2Sender:
                 return
             self._drain_pinged = True
             self._send_goaway(_MAX_STREAM_ID)
-            self._out += _frame(PING, 0, 0, _DRAIN_PING)
+            self.out += _frame(PING, 0, 0, _DRAIN_PING)
             return
         if last_stream_id is None:
             last_stream_id = self._highest
@@ -146,7 +154,7 @@ class H2Sender:
 
     def data_to_send(self) -> bytes:
         """Every byte queued so far; the queue is then empty."""
-        out = self._out
+        out = self.out
         if not out:
             return b""
         if self._dead:
@@ -158,20 +166,21 @@ class H2Sender:
             except Flood as exc:
                 self._flooded(exc)
                 return b""
-        self._out = bytearray()
+        self.out = bytearray()
         self._counted = 0
         return bytes(out)
 
     @property
     def queued_bytes(self) -> int:
-        """What data_to_send() would return now, in bytes (the manager writes once a turn)."""
-        return len(self._out)
+        """What data_to_send() would return now, in bytes: len(out), which the manager reads
+        directly (it writes once a turn)."""
+        return len(self.out)
 
     def _send_block(self, stream_id: int, block: bytes, end_stream: bool) -> None:
         """HEADERS, and CONTINUATION frames when the block is larger than a frame."""
         size = self._peer_frame_size
         flags = F_END_STREAM if end_stream else 0
-        out = self._out
+        out = self.out
         if len(block) <= size:
             counted = self._counted == len(out)
             out += _head_pack(len(block) << 8 | HEADERS, flags | F_END_HEADERS, stream_id)
@@ -203,11 +212,11 @@ class H2Sender:
 
     def _send_reset(self, stream_id: int, code: int) -> None:
         """RST_STREAM(code): Envoy's codec counts every one it sends (http2.tx_reset)."""
-        self._out += _frame(RST_STREAM, 0, stream_id, _U32.pack(code))
+        self.out += _frame(RST_STREAM, 0, stream_id, _U32.pack(code))
         self._counters[TX_RESET] += 1
 
     def _send_goaway(self, last_stream_id: int, code: int = NO_ERROR) -> None:
-        self._out += _frame(GOAWAY, 0, 0, _GOAWAY.pack(last_stream_id, code))
+        self.out += _frame(GOAWAY, 0, 0, _GOAWAY.pack(last_stream_id, code))
 
     def _final_goaway(self, last_stream_id: int) -> None:
         self._send_goaway(last_stream_id)

@@ -71,7 +71,7 @@ class LeanHttp2ServerCodec(H2FrameReader, H2Sender, H2FlowControl, H2MoveState):
     """A client's HTTP/2 connection to us (prior knowledge / h2c preface): requests in,
     responses out."""
 
-    __slots__ = ("_streams", "_held", "_unacked", "_out", "_dead", "_peer_goaway",
+    __slots__ = ("_streams", "_held", "_unacked", "out", "_dead", "_peer_goaway",
                  "_goaway_sent", "_drain_pinged", "_accept_upto", "internal_error",
                  "_max_header_bytes", "_max_headers", "_max_concurrent", "_local_stream_window",
                  "_local_conn_window", "_recv_window", "_returned", "_send_window",
@@ -119,7 +119,9 @@ class LeanHttp2ServerCodec(H2FrameReader, H2Sender, H2FlowControl, H2MoveState):
         # holes left at its start.)
         self._conn_blocked: OrderedDict[int, _Stream] = OrderedDict()
         self._unacked: dict[int, int] = {}       # body bytes reported but not consumed
-        self._out = bytearray()
+        # The frames queued to send (data_to_send()); public so that the manager reads its
+        # length once per response without queued_bytes' property call.
+        self.out = bytearray()
         self._dead = False
         self._peer_goaway = False
         self._goaway_sent = False
@@ -148,7 +150,7 @@ class LeanHttp2ServerCodec(H2FrameReader, H2Sender, H2FlowControl, H2MoveState):
                 counters[name] += 0
         self._settings_acked = False             # the peer acknowledged our SETTINGS
         self.flood: str | None = None            # the stat of the limit that ended us
-        self._counted = 0                        # bytes of _out whose frames the guard counted
+        self._counted = 0                        # bytes of out whose frames the guard counted
         self._frames_per_turn = frames_per_turn
         self._backlog = False
         self._stream_error_on_invalid = stream_error_on_invalid_http_message
@@ -175,10 +177,10 @@ class LeanHttp2ServerCodec(H2FrameReader, H2Sender, H2FlowControl, H2MoveState):
             (S_MAX_CONCURRENT_STREAMS, self._max_concurrent),
             (S_INITIAL_WINDOW_SIZE, self._local_stream_window),
             (S_MAX_HEADER_LIST_SIZE, self._hard_cap)))
-        self._out += _frame(SETTINGS, 0, 0, settings)
+        self.out += _frame(SETTINGS, 0, 0, settings)
         extra = self._local_conn_window - _DEFAULT_WINDOW
         if extra > 0:
-            self._out += _frame(WINDOW_UPDATE, 0, 0, _U32.pack(extra))
+            self.out += _frame(WINDOW_UPDATE, 0, 0, _U32.pack(extra))
             self._recv_window += extra
 
     def receive(self, data: bytes) -> list:
@@ -227,7 +229,7 @@ class LeanHttp2ServerCodec(H2FrameReader, H2Sender, H2FlowControl, H2MoveState):
                 self._receive(data, budget)
             if self._flush_later:
                 self._backlog = True        # the rest of what the windows opened: next turn
-            out = self._out
+            out = self.out
             self._guard.settle(out, self._counted)
             self._counted = len(out)
         except _ConnError as exc:
@@ -551,7 +553,7 @@ class LeanHttp2ServerCodec(H2FrameReader, H2Sender, H2FlowControl, H2MoveState):
         if delta:
             for state in self._streams.values():
                 state.send_window += delta
-        self._out += _frame(SETTINGS, F_ACK, 0)
+        self.out += _frame(SETTINGS, F_ACK, 0)
         if reopen and self._held:
             self._flush_all(list(self._held))
 
@@ -564,7 +566,7 @@ class LeanHttp2ServerCodec(H2FrameReader, H2Sender, H2FlowControl, H2MoveState):
         if len(payload) != 8:
             raise _ConnError(FRAME_SIZE_ERROR, "PING of the wrong length")
         if not flags & F_ACK:
-            self._out += _frame(PING, F_ACK, 0, payload)
+            self.out += _frame(PING, F_ACK, 0, payload)
         elif self._drain_pinged and not self._goaway_sent and payload == _DRAIN_PING:
             self._final_goaway(self._highest)
 
@@ -653,7 +655,7 @@ class LeanHttp2ServerCodec(H2FrameReader, H2Sender, H2FlowControl, H2MoveState):
         (Envoy closes without a GOAWAY); `flood` names the stat for the manager."""
         self.flood = flood.stat
         self._dead = True
-        self._out = bytearray()
+        self.out = bytearray()
         self._streams.clear()
         self._held.clear()
         self._conn_blocked.clear()

@@ -441,12 +441,14 @@ class HttpConnection(asyncio.Protocol, HttpConnectionMoves, Connection):
         each in its own callback, and a write(2) apiece took ~27% of the worker's busy time.
         Past the write buffer's limit, the bytes go at once: the transport's pause_writing
         then holds the streams as before, and no more than that waits in the codec."""
+        # (len(codec.out): the codec's queued_bytes without a property call, ~0.5k
+        # instructions less on Python 3.11, three times a response.)
         if self.flush_handle is None:
-            if self.codec.queued_bytes >= self.hcm.buffer_limit:
+            if len(self.codec.out) >= self.hcm.buffer_limit:
                 self.flush()
                 return
             self.flush_handle = self.loop.call_soon(self._flush_turn)
-        elif self.codec.queued_bytes >= self.hcm.buffer_limit:
+        elif len(self.codec.out) >= self.hcm.buffer_limit:
             self.flush()
 
     def _flush_turn(self) -> None:
@@ -464,7 +466,7 @@ class HttpConnection(asyncio.Protocol, HttpConnectionMoves, Connection):
         codec = self.codec
         if codec.multiplexed:
             # flush_soon's tests inline: a head and a body mark a stream's response twice.
-            if self.flush_handle is None or codec.queued_bytes >= self.hcm.buffer_limit:
+            if self.flush_handle is None or len(codec.out) >= self.hcm.buffer_limit:
                 self.flush_soon()
             return
         if not self.dirty:
