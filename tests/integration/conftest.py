@@ -300,6 +300,22 @@ def gate_after_commit(b: Baton) -> Path:
     return fifo
 
 
+@pytest.fixture(scope="session")
+def release_wheel(tmp_path_factory):
+    """`release_wheel(commit)`: a wheel of Baton at `commit` (None: the working tree), built
+    once for the run (tests/releases.py): the upgrade and keeper release modules both need
+    each release's, and a build is a copy of the tree and a `pip wheel`."""
+    from .. import releases
+    workdir = tmp_path_factory.mktemp("wheels")
+    built = {}
+
+    def wheel(commit: str | None):
+        if commit not in built:
+            built[commit] = releases.build_wheel(commit, workdir)
+        return built[commit]
+    return wheel
+
+
 @pytest.fixture
 def upstreams():
     started: list[Upstream] = []

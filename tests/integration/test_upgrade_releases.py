@@ -101,11 +101,11 @@ def _bootstrap(admin: int, tcp_port: int, echo: int, http_port: int, recorder: i
 
 
 @pytest.fixture(scope="module")
-def wheels(tmp_path_factory):
-    """One wheel per release, and one of the working tree: built once for the module."""
-    workdir = tmp_path_factory.mktemp("wheels")
-    built = {release: releases.build_wheel(release.commit, workdir) for release in RELEASES}
-    built["current"] = releases.build_wheel(None, workdir)
+def wheels(release_wheel):
+    """One wheel per release, and one of the working tree: built once for the whole run
+    (conftest's release_wheel), so test_keeper_releases, which takes this fixture, builds none."""
+    built = {release: release_wheel(release.commit) for release in RELEASES}
+    built["current"] = release_wheel(None)
     return built
 
 
