@@ -254,6 +254,9 @@ class Worker:
         try:
             waiter = coroutine.send(None)
         except StopIteration:
+            # Done (its transport made): uvloop's, should it ever finish without a wait.
+            if type(client) is AcceptedSocket:
+                client.attached = True
             return
         except (OSError, asyncio.CancelledError) as exc:    # the socket went away; shutdown
             log.debug("worker %d: http connection %d: %s", self.id, conn.id, exc)

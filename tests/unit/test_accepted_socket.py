@@ -111,3 +111,25 @@ def test_only_plain_http_on_uvloop_takes_accepted_sockets(loop_factory, spec_ext
     finally:
         listener.close()
         loop.close()
+
+
+def test_a_transport_made_without_a_wait_holds_the_descriptor():
+    """Should uvloop's coroutine finish at its first step, the transport it made holds the
+    descriptor: close() must not close it under libuv."""
+    server = socket.create_server(("127.0.0.1", 0))
+    client, fd = _accepted(server)
+    accepted = AcceptedSocket(socket.AF_INET, fd)
+
+    async def made_at_once():
+        return None
+
+    try:
+        Worker._accepting_http(types.SimpleNamespace(id=0), made_at_once(),
+                               types.SimpleNamespace(id=1), accepted)
+        assert accepted.attached
+        accepted.close()
+        assert _open(fd)
+    finally:
+        os.close(fd)
+        client.close()
+        server.close()
