@@ -808,6 +808,9 @@ class Stream:
         for stream_filter in self.filters:
             stream_filter.on_log()
         self.conn.stream_done(self)
+        # The Router points back at the stream: dropped here, the request's objects go by
+        # reference counting, not by the collector (~10% of an HTTP/2 request's CPU).
+        self.router = None
 
 
 class HeaderRetryPolicy:
