@@ -39,6 +39,8 @@ def fields_bootstrap(upstreams: dict[str, int]):
         return {"name": name, "match": {"prefix": prefix}, **action}
     routes = {"name": "fields", "virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [
         route("r-nc", "/nc", {"route": {"cluster_header": "x-cluster"}}),
+        route("r-ufr", "/ufr", {"route": {"cluster": "dead", "retry_policy": {
+            "retry_on": "connect-failure", "num_retries": 1}}}),
         route("r-uf", "/uf", {"route": {"cluster": "dead"}}),
         route("r-ut", "/ut", {"route": {"cluster": "a", "timeout": "0.3s"}}),
         route("r-urx", "/urx", {"route": {"cluster": "a", "retry_policy": {
@@ -167,6 +169,13 @@ CASES = {
         "delayed_connect_error:_Connection_refused}", "dead", "127.0.0.1:<dead>", "-", "-",
         "delayed_connect_error:_Connection_refused", "98", "0", "98",
         "<ms>", "<ms>", "-", "-", "1", "r-uf", "UpstreamConnectionFailure")),
+    # The retries ran out on connect failures: URX set first, then UF.
+    "connect-failure-retried": (_curl_case("/ufr"), (
+        "connect-failure-retried", "GET", "/ufr", "HTTP/1.1", "503", "URX,UF",
+        "upstream_reset_before_response_started{remote_connection_failure|"
+        "delayed_connect_error:_Connection_refused}", "dead", "127.0.0.1:<dead>", "-", "-",
+        "delayed_connect_error:_Connection_refused", "121", "0", "121", "<ms>", "<ms>", "-", "-",
+        "2", "r-ufr", "UpstreamRetryLimitExceeded,UpstreamConnectionFailure")),
     # NC: no cluster info, so no cluster name; an empty local reply has no content-length in
     # its headers (Envoy's HTTP/1.1 codec writes "content-length: 0" on the wire).
     "no-cluster": (_curl_case("/nc", "-H", "x-cluster: missing"), (

@@ -588,6 +588,10 @@ class Router:
             self._schedule_retry()
             return
         info = self.stream.info
+        retry = self.retry
+        if retry is not None and retry.remaining <= 0 and flag != "UO" and retry.retriable_failure(
+                reset, connect_failure, timeout, refused, started=upstream.conn is not None):
+            info.response_flags.append("URX")       # before the failure's, as Envoy 1.40
         info.response_flags.append(flag)
         if timeout:
             self.finish_local(504, "upstream request timeout", "upstream_per_try_timeout")
