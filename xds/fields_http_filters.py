@@ -35,7 +35,7 @@ ALLOWED_HTTP_FILTERS: dict = {
         "fixed_delay": WALK, "header_delay": WALK, "percentage": WALK},
     "envoy.extensions.filters.common.fault.v3.FaultDelay.HeaderDelay": {},
     "envoy.extensions.filters.http.fault.v3.FaultAbort": {
-        "http_status": WALK, "header_abort": WALK, "percentage": WALK},
+        "http_status": WALK, "grpc_status": WALK, "header_abort": WALK, "percentage": WALK},
     "envoy.extensions.filters.http.fault.v3.FaultAbort.HeaderAbort": {},
     "envoy.type.v3.FractionalPercent": {
         "numerator": WALK, "denominator": WALK},

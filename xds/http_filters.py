@@ -127,6 +127,14 @@ def translate_filter_config(typed_config, filter_name, path, errors, warnings=No
     if type_name in translators:
         name, config = translators[type_name](
             _unpack(typed_config, type_name), path, errors, warnings)
+    elif type_name in _TYPED_STRUCTS and _typed_struct_type(typed_config) in _PER_ROUTE_TYPES:
+        # Fault or local rate limit as Istio's EnvoyFilters give them (a TypedStruct whose
+        # value is the message in JSON), checked as the message itself.
+        message = typed_struct_message(typed_config, path, errors)
+        if message is None:
+            return None
+        name, config = translators[protos.type_name(message.DESCRIPTOR.full_name)](
+            message, path, errors, warnings)
     elif type_name in _TYPED_STRUCTS:
         struct = _unpack(typed_config, type_name)
         istio = _istio_typed_struct(struct)
@@ -147,7 +155,8 @@ def translate_filter_config(typed_config, filter_name, path, errors, warnings=No
         return None
     if name is None:
         return None
-    if name in (RBAC, "envoy.filters.http.ext_authz", "envoy.filters.http.buffer"):
+    if name in (RBAC, "envoy.filters.http.ext_authz", "envoy.filters.http.buffer", FAULT,
+                LOCAL_RATELIMIT):
         # per-route config found by this name
         config["filter_name"] = filter_name
     return {"name": name, "config": config}
@@ -220,12 +229,15 @@ def _fault(pb, path, errors, warnings):
         elif which == "header_abort":
             status = "header_controlled"
         elif which == "grpc_status":
-            status = None   # check_fields has said "not supported"
+            status = None   # answered with HTTP 200 and this grpc-status (Envoy's abortStatus)
         else:
-            errors.append(f"{abort_path}: one of http_status or header_abort is required")
+            errors.append(f"{abort_path}: one of http_status, grpc_status or header_abort is "
+                          "required")
             status = None
         abort = {"http_status": status,
                  "percentage": _fraction(pb.abort, "percentage", abort_path, errors)}
+        if which == "grpc_status":
+            abort["grpc_status"] = pb.abort.grpc_status
     headers = [translate_header_matcher(m, f"{join(path, 'headers')}[{i}]", errors)
                for i, m in enumerate(pb.headers)]
     return FAULT, {
@@ -235,6 +247,50 @@ def _fault(pb, path, errors, warnings):
         "max_active_faults": pb.max_active_faults.value if pb.HasField("max_active_faults")
         else None,
         "disable_downstream_cluster_stats": pb.disable_downstream_cluster_stats}
+
+
+def translate_fault_per_route(pb, path, errors, warnings=None):
+    """An HTTPFault in a route's or virtual host's typed_per_filter_config -> the same dict
+    as the filter's (_fault): Envoy's fault filter takes the most specific one instead of its
+    own settings (worker/proxy/http/fault.py FaultSettings)."""
+    return _fault(pb, path, errors, warnings)[1]
+
+
+def translate_local_ratelimit_per_route(pb, path, errors, warnings=None):
+    """A LocalRateLimit in a route's or virtual host's typed_per_filter_config -> the same
+    dict as the filter's (_local_ratelimit); the route gets a token bucket of its own, as
+    Envoy's per-route FilterConfig (worker/proxy/http/local_ratelimit.py)."""
+    start = len(errors)
+    config = _local_ratelimit(pb, path, errors, warnings)[1]
+    if not pb.HasField("token_bucket") and len(errors) == start:
+        errors.append(f"{join(path, 'token_bucket')}: required (a per-route local rate limit "
+                      "is its token bucket)")
+    return config
+
+
+_PER_ROUTE_TYPES = (_FAULT_TYPE, _LOCAL_RATELIMIT_TYPE)
+
+
+def _typed_struct_type(any_pb):
+    """The type_url's message name a TypedStruct (an Any) carries."""
+    struct = _unpack(any_pb, protos.type_name(any_pb.type_url))
+    return protos.type_name(struct.type_url)
+
+
+def typed_struct_message(any_pb, path, errors):
+    """The message a TypedStruct (an Any) carries in JSON, parsed as its type_url's message;
+    None (and an error) when the value is not that message."""
+    struct = _unpack(any_pb, protos.type_name(any_pb.type_url))
+    type_name = protos.type_name(struct.type_url)
+    protos.import_type(type_name)
+    message = protos.message_class(type_name)()
+    value = protos.json_format.MessageToDict(struct.value) if struct.HasField("value") else {}
+    try:
+        protos.json_format.ParseDict(value, message)
+    except protos.ParseError as exc:
+        errors.append(f"{join(path, 'value')}: {exc}")
+        return None
+    return message
 
 
 def _rbac(pb, path, errors, warnings):
@@ -305,7 +361,11 @@ def _local_ratelimit(pb, path, errors, warnings):
     bucket_path = join(path, "token_bucket")
     max_tokens, per_fill, interval = 1, 1, 1.0
     if not pb.HasField("token_bucket"):
-        errors.append(f"{bucket_path}: required (Baton's local rate limit is its token bucket)")
+        # Istio's EnvoyFilter shape: the filter with a stat_prefix alone, the buckets on the
+        # routes (typed_per_filter_config); never enabled, it needs no bucket of its own.
+        if pb.filter_enabled.default_value.numerator > 0:
+            errors.append(f"{bucket_path}: required (Baton's local rate limit is its token "
+                          "bucket)")
     else:
         bucket = pb.token_bucket
         max_tokens = bucket.max_tokens

@@ -256,16 +256,22 @@ TYPED_STRUCT_TRANSLATORS.update(connect_filters.TYPED_STRUCT_FILTERS)     # conn
 
 def translate_per_filter_config(config_map, path, errors, warnings=None):
     """typed_per_filter_config (filter name -> Any) -> {filter name: config}; CORS (under
-    its canonical name), RBAC (under the name given, xds/rbac.py) and ext_authz (likewise,
-    xds/ext_authz.py) have per-route settings in Baton, given directly or inside a
-    TypedStruct (whose value is that message in JSON)."""
+    its canonical name), RBAC (under the name given, xds/rbac.py), ext_authz (likewise,
+    xds/ext_authz.py), buffer, fault and local rate limit (likewise, xds/http_filters.py) have
+    per-route settings in Baton, given directly or inside a TypedStruct (whose value is that
+    message in JSON)."""
     from .http_filters_buffer import PER_ROUTE_TYPE as BUFFER_PER_ROUTE_TYPE
     from .http_filters_buffer import translate_buffer_per_route
+    from .http_filters import (_FAULT_TYPE, _LOCAL_RATELIMIT_TYPE,
+                               translate_fault_per_route, translate_local_ratelimit_per_route)
     from .rbac import translate_rbac_per_route
     by_name = {CORS_POLICY_TYPE: translate_cors_policy,
                RBAC_PER_ROUTE_TYPE: translate_rbac_per_route,
                ext_authz.PER_ROUTE_TYPE: ext_authz.translate_ext_authz_per_route,
-               BUFFER_PER_ROUTE_TYPE: translate_buffer_per_route}
+               BUFFER_PER_ROUTE_TYPE: translate_buffer_per_route,
+               # Istio's VirtualService fault; a local rate limit by EnvoyFilter (HTTP_ROUTE)
+               _FAULT_TYPE: translate_fault_per_route,
+               _LOCAL_RATELIMIT_TYPE: translate_local_ratelimit_per_route}
     result = {}
     for name in sorted(config_map):
         here = f"{path}[{name}]"

@@ -200,7 +200,7 @@ def test_fault_translation():
                     {"name": "x-user", "kind": "prefix", "value": "te", "ignore_case": True,
                      "invert": True, "treat_missing_as_empty": False}],
         "upstream_cluster": "backend", "downstream_nodes": ["node-a"], "max_active_faults": 3,
-        "disable_downstream_cluster_stats": False}
+        "disable_downstream_cluster_stats": False, "filter_name": "envoy.filters.http.fault"}
 
 
 def test_fault_percentage_unset_is_zero():
@@ -214,14 +214,14 @@ def test_fault_percentage_unset_is_zero():
 
 def test_fault_refusals_and_warnings():
     result, errors, warnings = filters(fault(
-        abort={"grpc_status": 14, "percentage": {"numerator": 1}},
+        abort={"percentage": {"numerator": 1}},
         delay={"fixed_delay": "0s"},
         response_rate_limit={"fixed_limit": {"limit_kbps": 1}},
         abort_percent_runtime="fault.x"), ROUTER)
     assert result is None
     base = f"{P}[0].typed_config"
     assert sorted(errors) == sorted([
-        f"{base}.abort.grpc_status: not supported",
+        f"{base}.abort: one of http_status, grpc_status or header_abort is required",
         f"{base}.response_rate_limit: not supported",
         f"{base}.delay.fixed_delay: must be greater than 0s"])
     assert warnings == [f"{base}.abort_percent_runtime: accepted but ignored (Baton has no "
@@ -241,7 +241,7 @@ def test_local_ratelimit_defaults():
         "filter_enabled": {"numerator": 0, "denominator": 100, "fraction": 0.0},
         "filter_enforced": {"numerator": 0, "denominator": 100, "fraction": 0.0},
         "response_headers_to_add": [], "request_headers_to_add_when_not_enforced": [],
-        "x_ratelimit_headers": False}
+        "x_ratelimit_headers": False, "filter_name": "envoy.filters.http.local_ratelimit"}
 
 
 def test_local_ratelimit_full():

@@ -115,14 +115,16 @@ def test_cors_policy_per_route_over_the_virtual_hosts_field_by_field():
 
 
 def test_other_per_route_configs_are_refused_with_their_path():
-    _, errors = routes(extra={"typed_per_filter_config": {"envoy.filters.http.fault": {
-        "@type": T + "envoy.extensions.filters.http.fault.v3.HTTPFault"}}})
-    assert errors == ["rc.virtual_hosts[0].routes[1].typed_per_filter_config[envoy.filters.http.fault]: "
-                      "envoy.extensions.filters.http.fault.v3.HTTPFault not supported (per-route "
+    _, errors = routes(extra={"typed_per_filter_config": {"envoy.filters.http.lua": {
+        "@type": T + "envoy.extensions.filters.http.lua.v3.LuaPerRoute"}}})
+    assert errors == ["rc.virtual_hosts[0].routes[1].typed_per_filter_config[envoy.filters.http.lua]: "
+                      "envoy.extensions.filters.http.lua.v3.LuaPerRoute not supported (per-route "
                       "config: envoy.extensions.filters.http.cors.v3.CorsPolicy, "
                       "envoy.extensions.filters.http.rbac.v3.RBACPerRoute, "
                       "envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute, "
-                      "envoy.extensions.filters.http.buffer.v3.BufferPerRoute)"]
+                      "envoy.extensions.filters.http.buffer.v3.BufferPerRoute, "
+                      "envoy.extensions.filters.http.fault.v3.HTTPFault, "
+                      "envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit)"]
 
 
 def stream_on(route, method, headers):
@@ -293,4 +295,6 @@ def test_a_per_route_config_inside_a_typed_struct():
                       "envoy.extensions.filters.http.cors.v3.CorsPolicy, "
                       "envoy.extensions.filters.http.rbac.v3.RBACPerRoute, "
                       "envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute, "
-                      "envoy.extensions.filters.http.buffer.v3.BufferPerRoute)"]
+                      "envoy.extensions.filters.http.buffer.v3.BufferPerRoute, "
+                      "envoy.extensions.filters.http.fault.v3.HTTPFault, "
+                      "envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit)"]

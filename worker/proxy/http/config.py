@@ -119,6 +119,7 @@ class HttpConfig:
                 factory_class = _entry_point(name)
             self.filter_factories.append(factory_class(entry.get("config") or {},
                                                        _FilterContext(worker, prefix)))
+        self._tell_factories_routes()
         self.suppress_envoy_headers = bool(router_config.get("suppress_envoy_headers"))
         if not self.suppress_envoy_headers:
             # The router's own header replaces whatever the upstream sent.
@@ -213,9 +214,23 @@ class HttpConfig:
         self.shortest_idle = min([t for t in [self.stream_idle_timeout, *route_idles] if t],
                                  default=None)
         self.routes = routes
+        if hasattr(self, "filter_factories"):     # (at start: once the factories are made)
+            self._tell_factories_routes()
         if hasattr(self, "express"):
             # An RDS update (at start the verdict comes last): the table is one of its inputs.
             self.express = config_allows(self)
+
+    def _tell_factories_routes(self) -> None:
+        """Factories whose work may come from a route's typed_per_filter_config (fault, local
+        rate limit) look at the new table; when one's `idle` changed, a new list makes
+        stream.filter_chain decide the chain again (its memo is by the list)."""
+        changed = False
+        for factory in self.filter_factories:
+            routes_changed = getattr(factory, "routes_changed", None)
+            if routes_changed is not None and routes_changed(self.routes):
+                changed = True
+        if changed:
+            self.filter_factories = list(self.filter_factories)
 
     def close(self) -> None:
         """The config is replaced: nothing to release (log files belong to the worker)."""

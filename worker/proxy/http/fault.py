@@ -18,6 +18,10 @@ Envoy's rules, checked against Envoy 1.40:
   [200, 600)); x-envoy-fault-*-request-percentage sets the numerator, capped by the
   configured numerator, over the configured denominator. A bad header value means no fault.
 - Active faults count from injection until the stream is done (StreamFilter.on_log).
+- A route's or virtual host's typed_per_filter_config under this filter's name (an HTTPFault,
+  FaultSettings) replaces the filter's own settings for that route; counters, active faults
+  and the comparison with max_active_faults stay the filter's. A gRPC abort answers HTTP 200
+  with that grpc-status (trailers-only to a gRPC request).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import random
 import re
 
 from .filter import Delay, FilterFactory, LocalReply, StreamFilter, register
+from .per_route import per_route_config, routes_carry
 
 ABORT_BODY = "fault filter abort"
 ABORT_DETAILS = "fault_filter_abort"
@@ -34,6 +39,7 @@ DELAY_HEADER = "x-envoy-fault-delay-request"
 DELAY_PERCENT_HEADER = "x-envoy-fault-delay-request-percentage"
 ABORT_HEADER = "x-envoy-fault-abort-request"
 ABORT_PERCENT_HEADER = "x-envoy-fault-abort-request-percentage"
+ABORT_GRPC_HEADER = "x-envoy-fault-abort-grpc-request"
 NODE_HEADER = "x-envoy-downstream-service-node"
 CLUSTER_HEADER = "x-envoy-downstream-service-cluster"
 
@@ -106,36 +112,26 @@ def _header_percentage(request, header, percentage):
     return numerator, percentage["denominator"]
 
 
-@register("envoy.filters.http.fault")
-class FaultFilterFactory(FilterFactory):
-    clears_route_cache = False
+class FaultSettings:
+    """One HTTPFault's decisions: the filter's own config, or a route's or virtual host's
+    (typed_per_filter_config), which replaces it for that route whole, as Envoy's
+    FaultFilter::decodeHeaders takes resolveMostSpecificPerFilterConfig<FaultSettings> over the
+    filter's settings (source/extensions/filters/http/fault/fault_filter.cc). The counters,
+    the active faults and max_active_faults' comparison stay the filter's."""
 
-    def __init__(self, config: dict, context):
-        super().__init__(config, context)
-        self.rng = random.Random()            # tests replace it with a seeded one
-        self.stats = context.stats
-        self.prefix = f"http.{context.stat_prefix}.fault."
+    __slots__ = ("delay", "abort", "idle", "matches", "has_headers", "upstream_cluster",
+                 "downstream_nodes", "max_active", "cluster_stats")
+
+    def __init__(self, config: dict):
         self.delay = config.get("delay")
         self.abort = config.get("abort")
-        self.idle = self.delay is None and self.abort is None     # create() makes nothing
+        self.idle = self.delay is None and self.abort is None     # no fault to inject
         self.matches = compile_header_matchers(config.get("headers") or [])
         self.has_headers = bool(config.get("headers"))
         self.upstream_cluster = config.get("upstream_cluster")
         self.downstream_nodes = frozenset(config.get("downstream_nodes") or ())
         self.max_active = config.get("max_active_faults")
         self.cluster_stats = not config.get("disable_downstream_cluster_stats", False)
-        self.active = 0
-        counters = self.stats.counters
-        for name in ("delays_injected", "aborts_injected", "faults_overflow"):
-            counters[self.prefix + name] += 0     # visible at 0, as in Envoy
-        self.stats.gauges[self.prefix + "active_faults"] += 0
-
-    def create(self, stream) -> StreamFilter | None:
-        if self.delay is None and self.abort is None:
-            return None
-        return FaultFilter(stream, self)
-
-    # Decisions, kept here (not in the filter) so they are testable on a plain request.
 
     def eligible(self, request, info) -> bool:
         if self.has_headers and not self.matches(request):
@@ -149,10 +145,7 @@ class FaultFilterFactory(FilterFactory):
             return False
         return True
 
-    def _roll(self, numerator, denominator) -> bool:
-        return numerator > 0 and self.rng.randrange(denominator) < numerator
-
-    def delay_seconds(self, request) -> float | None:
+    def delay_seconds(self, request, rng) -> float | None:
         delay = self.delay
         if delay is None:
             return None
@@ -174,40 +167,127 @@ class FaultFilterFactory(FilterFactory):
             seconds = fixed
             numerator = delay["percentage"]["numerator"]
             denominator = delay["percentage"]["denominator"]
-        return seconds if self._roll(numerator, denominator) else None
+        return seconds if _roll(rng, numerator, denominator) else None
 
-    def abort_status(self, request) -> int | None:
+    def abort_status(self, request, rng) -> tuple[int, int | None] | None:
+        """(HTTP status, gRPC status or None), or None: no abort. A gRPC status is answered
+        with HTTP 200, as Envoy's abortStatus does (gRPC errors travel in a 200's trailers)."""
         abort = self.abort
         if abort is None:
             return None
-        status = abort["http_status"]
+        status, grpc_status = abort["http_status"], abort.get("grpc_status")
         if status == "header_controlled":
-            text = request.headers.get(ABORT_HEADER)
-            if text is None:
-                return None
-            try:
-                status = int(text)
-            except ValueError:
-                return None
-            if not 200 <= status < 600:
+            status = _header_status(request)
+            if status is None:
                 return None
             numerator, denominator = _header_percentage(request, ABORT_PERCENT_HEADER,
                                                         abort["percentage"])
         else:
             numerator = abort["percentage"]["numerator"]
             denominator = abort["percentage"]["denominator"]
-        return status if self._roll(numerator, denominator) else None
+            if status is None:          # grpc_status
+                status = (200, grpc_status)
+            else:
+                status = (status, None)
+        return status if _roll(rng, numerator, denominator) else None
 
-    def overflowing(self) -> bool:
-        if self.max_active is not None and self.active >= self.max_active:
+
+def _roll(rng, numerator, denominator) -> bool:
+    return numerator > 0 and rng.randrange(denominator) < numerator
+
+
+def _header_status(request) -> tuple[int, int | None] | None:
+    """header_abort: x-envoy-fault-abort-request (an HTTP status in [200, 600)), else
+    x-envoy-fault-abort-grpc-request (a gRPC status, answered with 200), as Envoy's
+    HeaderAbortProvider reads them; a bad value is no abort."""
+    text = request.headers.get(ABORT_HEADER)
+    if text is not None:
+        try:
+            status = int(text)
+        except ValueError:
+            return None
+        return (status, None) if 200 <= status < 600 else None
+    text = request.headers.get(ABORT_GRPC_HEADER)
+    if text is None or not text.isdigit():
+        return None
+    return 200, int(text)
+
+
+@register("envoy.filters.http.fault")
+class FaultFilterFactory(FilterFactory):
+    clears_route_cache = False
+
+    def __init__(self, config: dict, context):
+        super().__init__(config, context)
+        self.rng = random.Random()            # tests replace it with a seeded one
+        self.stats = context.stats
+        self.prefix = f"http.{context.stat_prefix}.fault."
+        self.settings = FaultSettings(config)
+        # The name a route's typed_per_filter_config gives this filter's settings by: the
+        # HCM entry's (Envoy's filter config name).
+        self.filter_name = config.get("filter_name") or self.name
+        # A route's settings, looked up once per route (None: no route of the table has
+        # any, and no route is looked at): see routes_changed.
+        self.by_route = None
+        self.idle = self.settings.idle      # create() makes nothing (until a route has some)
+        self.active = 0
+        counters = self.stats.counters
+        for name in ("delays_injected", "aborts_injected", "faults_overflow"):
+            counters[self.prefix + name] += 0     # visible at 0, as in Envoy
+        self.stats.gauges[self.prefix + "active_faults"] += 0
+
+    def routes_changed(self, table) -> bool:
+        """A route table is installed (HttpConfig.set_routes): routes with settings of their
+        own make this factory work even when its own config has no fault. Answers whether
+        `idle` changed (the connection manager then decides its chain again)."""
+        self.by_route = {} if routes_carry(table, self.filter_name) else None
+        idle = self.settings.idle and self.by_route is None
+        changed, self.idle = idle != self.idle, idle
+        return changed
+
+    def create(self, stream) -> StreamFilter | None:
+        settings = self.settings
+        if self.by_route is not None:
+            route = getattr(stream, "route", None)
+            if route is not None and route.per_filter is not None:
+                settings = self._route_settings(route)
+        if settings.idle:
+            return None
+        return FaultFilter(stream, self, settings)
+
+    def _route_settings(self, route) -> FaultSettings:
+        by_route = self.by_route
+        found = by_route.get(route)
+        if found is None:
+            config = per_route_config(route, self.filter_name)
+            found = FaultSettings(config) if config is not None else self.settings
+            if len(by_route) >= 4096:       # routes of tables replaced since: forget them
+                by_route.clear()
+            by_route[route] = found
+        return found
+
+    # Decisions on the filter's own settings (a route's: FaultSettings), testable on a plain
+    # request.
+
+    def eligible(self, request, info) -> bool:
+        return self.settings.eligible(request, info)
+
+    def delay_seconds(self, request) -> float | None:
+        return self.settings.delay_seconds(request, self.rng)
+
+    def abort_status(self, request) -> tuple[int, int | None] | None:
+        return self.settings.abort_status(request, self.rng)
+
+    def overflowing(self, settings: FaultSettings) -> bool:
+        if settings.max_active is not None and self.active >= settings.max_active:
             self.stats.counters[self.prefix + "faults_overflow"] += 1
             return True
         return False
 
-    def count(self, request, what: str) -> None:
+    def count(self, request, what: str, settings: FaultSettings) -> None:
         counters = self.stats.counters
         counters[self.prefix + what] += 1
-        if self.cluster_stats:
+        if settings.cluster_stats:
             cluster = request.headers.get(CLUSTER_HEADER)
             if cluster:
                 counters[f"{self.prefix}{cluster}.{what}"] += 1
@@ -222,32 +302,34 @@ class FaultFilterFactory(FilterFactory):
 
 
 class FaultFilter(StreamFilter):
-    __slots__ = ("factory", "active")
+    __slots__ = ("factory", "settings", "active")
 
-    def __init__(self, stream, factory: FaultFilterFactory):
+    def __init__(self, stream, factory: FaultFilterFactory, settings: FaultSettings):
         super().__init__(stream)
         self.factory = factory
+        self.settings = settings
         self.active = False
 
     def on_request_headers(self, request, end_stream: bool):
-        factory = self.factory
-        if not factory.eligible(request, getattr(self.stream, "info", None)):
+        factory, settings = self.factory, self.settings
+        if not settings.eligible(request, getattr(self.stream, "info", None)):
             return None
-        if factory.overflowing():
+        if factory.overflowing(settings):
             return None
-        seconds = factory.delay_seconds(request)
-        status = factory.abort_status(request)
-        if seconds is None and status is None:
+        seconds = settings.delay_seconds(request, factory.rng)
+        abort = settings.abort_status(request, factory.rng)
+        if seconds is None and abort is None:
             return None
         factory.activate()
         self.active = True
         reply = None
-        if status is not None:
-            factory.count(request, "aborts_injected")
-            reply = LocalReply(status, ABORT_BODY, details=ABORT_DETAILS, flags="FI")
+        if abort is not None:
+            factory.count(request, "aborts_injected", settings)
+            reply = LocalReply(abort[0], ABORT_BODY, details=ABORT_DETAILS, flags="FI",
+                               grpc_status=abort[1])
         if seconds is None:
             return reply
-        factory.count(request, "delays_injected")
+        factory.count(request, "delays_injected", settings)
         if reply is None:
             return Delay(seconds, flags="DI")
         return DelayThenReply(seconds, reply, flags="DI")

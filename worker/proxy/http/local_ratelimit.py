@@ -19,6 +19,9 @@ Envoy's behaviour, checked against Envoy 1.40:
   x-ratelimit-remaining (whole tokens left), x-ratelimit-reset (0 while a token is left,
   else the seconds until the next one, rounded up), on the 429 and on the upstream's
   response.
+- A route's or virtual host's typed_per_filter_config under this filter's name (a whole
+  LocalRateLimit) is used instead of the filter's own: its own bucket, status, headers and
+  stats (its stat_prefix), one per config, shared by the routes it is given to.
 
 Difference from Envoy: Envoy's bucket is shared by all worker threads of the process; Baton's
 lives in the factory, i.e. one bucket per worker process (and per listener config). With N
@@ -35,6 +38,7 @@ import time
 
 from .filter import FilterFactory, LocalReply, StreamFilter, register
 from .formatter import compile_header_value
+from .per_route import per_route_config, routes_carry
 
 BODY = "local_rate_limited"
 DETAILS = "local_rate_limited"
@@ -125,6 +129,14 @@ class LocalRateLimitFactory(FilterFactory):
     def __init__(self, config: dict, context, clock=time.monotonic):
         super().__init__(config, context)
         self.rng = random.Random()                # tests replace it with a seeded one
+        self.clock = clock
+        # The name a route's typed_per_filter_config gives its own limit by: the HCM entry's
+        # (Envoy's filter config name). by_route: a route's limit (a factory of its own, with
+        # its bucket and stats) looked up once per route; None while no route of the table
+        # has one (routes_changed), and then no route is looked at.
+        self.filter_name = config.get("filter_name") or self.name
+        self.by_route = None
+        self.by_config = None
         self.bucket = TokenBucket(config["max_tokens"], config["tokens_per_fill"],
                                   config["fill_interval"], clock)
         self.status = config["status"]
@@ -138,6 +150,7 @@ class LocalRateLimitFactory(FilterFactory):
         self.request_headers = compile_header_options(
             config["request_headers_to_add_when_not_enforced"])
         self.x_headers = config["x_ratelimit_headers"]
+        self.idle = self.never_enabled       # create() makes nothing (until a route has some)
         self.counters = context.stats.counters
         prefix = f"{config['stat_prefix']}.http_local_rate_limit."
         self.stat_enabled = prefix + "enabled"
@@ -151,7 +164,45 @@ class LocalRateLimitFactory(FilterFactory):
         numerator = percentage["numerator"]
         return numerator > 0 and self.rng.randrange(percentage["denominator"]) < numerator
 
+    def routes_changed(self, table) -> bool:
+        """A route table is installed (HttpConfig.set_routes). Envoy's filter takes a route's
+        (or its virtual host's) LocalRateLimit instead of its own (getConfig: the most
+        specific per-filter config), each with its own token bucket, shared by the requests
+        of the routes it is given to; a new table brings new buckets. Answers whether `idle`
+        changed."""
+        if routes_carry(table, self.filter_name):
+            self.by_route, self.by_config = {}, {}
+        else:
+            self.by_route = self.by_config = None
+        idle = self.never_enabled and self.by_route is None
+        changed, self.idle = idle != self.idle, idle
+        return changed
+
+    def _route_limit(self, route) -> "LocalRateLimitFactory":
+        by_route = self.by_route
+        found = by_route.get(route)
+        if found is None:
+            config = per_route_config(route, self.filter_name)
+            if config is None:
+                found = self
+            else:
+                kept = self.by_config.get(id(config))
+                if kept is None:
+                    kept = self.by_config[id(config)] = (
+                        config, LocalRateLimitFactory(config, self.context, self.clock))
+                found = kept[1]
+            if len(by_route) >= 4096:       # routes of tables replaced since: forget them
+                by_route.clear()
+            by_route[route] = found
+        return found
+
     def create(self, stream) -> StreamFilter | None:
+        if self.by_route is not None:
+            route = getattr(stream, "route", None)
+            if route is not None and route.per_filter is not None:
+                limit = self._route_limit(route)
+                if limit is not self:
+                    return limit.create(stream)
         if self.never_enabled:
             return None
         if self.always_enabled and getattr(stream, "filters", ()) == []:
