@@ -359,3 +359,36 @@ def test_a_connections_end_is_counted_as_envoy_counts_it(pair, recorder, scenari
                      f"\"fields\"}}" in prometheus for name in ENDS)
         return {"counted": {k: v for k, v in delta.items() if v}, "listed": listed}
     differential(pair, run, lambda obs: _check(obs == {"counted": counted, "listed": True}, obs))
+
+
+def _undecodable(enc: Encoder, continued: bool) -> bytes:
+    """Stream 1's request headers that HPACK cannot decode (index 0), in its HEADERS frame or
+    in a CONTINUATION behind it."""
+    if not continued:
+        return struct.pack(">L", 1)[1:] + bytes([1, 5]) + struct.pack(">L", 1) + b"\x80"
+    block = enc.encode([(":method", "GET"), (":scheme", "http"), (":authority", "x"),
+                        (":path", "/u")])
+    return (struct.pack(">L", len(block))[1:] + bytes([1, 1]) + struct.pack(">L", 1) + block +
+            struct.pack(">L", 1)[1:] + bytes([9, 4]) + struct.pack(">L", 1) + b"\x80")
+
+
+@pytest.mark.parametrize("continued", [False, True], ids=["in-headers", "in-continuation"])
+def test_an_undecodable_request_head_counts_as_a_request_reset(pair, continued):
+    """HTTP/2 request headers that do not decode end the connection (COMPRESSION_ERROR); Envoy
+    1.40's connection manager had made the stream at its HEADERS: downstream_rq_total,
+    _http2_total and _rx_reset count it. (Envoy also counts the close as one with a request in
+    flight, destroy_local_active_rq; Baton, whose codec makes no stream of it, does not.)"""
+    names = ("downstream_rq_total", "downstream_rq_http2_total", "downstream_rq_rx_reset")
+
+    def run(target):
+        prefix = "http.fields."
+        before = target.stats(prefix)
+        with socket.create_connection(("127.0.0.1", target.port), timeout=5) as sock:
+            sock.sendall(H2_PREFACE + _undecodable(Encoder(), continued))
+            while b"\x07\x00\x00\x00\x00\x00" not in sock.recv(65536):     # the GOAWAY
+                pass
+        after = wait_until(lambda: (lambda now: now if now.get(prefix + "downstream_cx_destroy", 0) >
+                                    before.get(prefix + "downstream_cx_destroy", 0) else None)(
+            target.stats(prefix)), 10, f"{target.name}: the connection's end counted")
+        return {name: after.get(prefix + name, 0) - before.get(prefix + name, 0) for name in names}
+    differential(pair, run, lambda obs: _check(obs == dict.fromkeys(names, 1), obs))

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 from hpack.exceptions import HPACKError, OversizedHeaderListError
 
+from .events import HeadersRefused
 from .h2fields import RequestAnalysis
 from .h2frames import (COMPRESSION_ERROR, CONTINUATION, ENHANCE_YOUR_CALM, F_END_HEADERS,
                        F_END_STREAM, F_PADDED, F_PRIORITY, FRAME_SIZE_ERROR, H2_PREFACE, HEADERS,
@@ -228,6 +229,8 @@ class H2FrameReader:
         except OversizedHeaderListError as exc:
             raise _ConnError(ENHANCE_YOUR_CALM, str(exc), stream_id) from None
         except HPACKError as exc:
+            if stream_id not in self._streams:  # a request Envoy made at HEADERS: counted (AL)
+                self._events.append(HeadersRefused(stream_id, None))
             raise _ConnError(COMPRESSION_ERROR, str(exc) or type(exc).__name__,
                              stream_id) from None
         if len(fields) > _DECODE_FREE_FIELDS:

@@ -271,7 +271,8 @@ class HttpConnection(asyncio.Protocol, HttpConnectionMoves, Connection):
             # counts it (downstream_rq_total and _http2_total, a reset, the codec's stat).
             counters = self.worker.stats.counters
             hcm = self.hcm
-            counters[event.stat] += 1
+            if event.stat is not None:      # (an undecodable block: no codec stat)
+                counters[event.stat] += 1
             counters[hcm.stat_rq_total] += 1
             counters[hcm.stat_rq_http2_total] += 1
             counters[hcm.stat_rq_rx_reset] += 1
