@@ -645,7 +645,8 @@ def test_rate_limited_reply_and_stats():
     counters = factory.counters
     assert {k: v for k, v in counters.items() if "http_local_rate_limit" in k} == {
         "lrl.http_local_rate_limit.enabled": 3, "lrl.http_local_rate_limit.ok": 2,
-        "lrl.http_local_rate_limit.rate_limited": 1, "lrl.http_local_rate_limit.enforced": 1}
+        "lrl.http_local_rate_limit.rate_limited": 1, "lrl.http_local_rate_limit.enforced": 1,
+        "lrl.http_local_rate_limit.shadow_mode": 0}
     clock.now += 60
     assert run_request(factory, request())[1] is None
 

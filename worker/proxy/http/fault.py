@@ -4,7 +4,7 @@ Config: the dict xds/http_filters.py builds (_fault). What this reads from `cont
     context.stats         worker/stats.py Stats
     context.stat_prefix   the connection manager's stat_prefix
 Stats, as Envoy names them (http.<stat_prefix>.fault.*): counters delays_injected,
-aborts_injected, faults_overflow, and <downstream cluster>.delays_injected /
+aborts_injected, faults_overflow, response_rl_injected (0), and <downstream cluster>.delays_injected /
 .aborts_injected when the request has x-envoy-downstream-service-cluster; gauge active_faults.
 
 Envoy's rules, checked against Envoy 1.40:
@@ -232,8 +232,11 @@ class FaultFilterFactory(FilterFactory):
         self.idle = self.settings.idle      # create() makes nothing (until a route has some)
         self.active = 0
         counters = self.stats.counters
-        for name in ("delays_injected", "aborts_injected", "faults_overflow"):
-            counters[self.prefix + name] += 0     # visible at 0, as in Envoy
+        # Visible at 0, as in Envoy (response_rl_injected stays 0: response_rate_limit is
+        # refused).
+        for name in ("delays_injected", "aborts_injected", "faults_overflow",
+                     "response_rl_injected"):
+            counters[self.prefix + name] += 0
         self.stats.gauges[self.prefix + "active_faults"] += 0
 
     def routes_changed(self, table) -> bool:

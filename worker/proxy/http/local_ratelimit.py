@@ -2,8 +2,8 @@
 
 Config: the dict xds/http_filters.py builds (_local_ratelimit). From `context` this reads
 only `context.stats` (worker/stats.py Stats). Stats, as Envoy names them:
-<stat_prefix>.http_local_rate_limit.{enabled, ok, rate_limited, enforced} (stat_prefix is
-the filter's own, not the connection manager's).
+<stat_prefix>.http_local_rate_limit.{enabled, ok, rate_limited, enforced, shadow_mode (0)}
+(stat_prefix is the filter's own, not the connection manager's).
 
 Envoy's behaviour, checked against Envoy 1.40:
 - filter_enabled / filter_enforced decide per request (unset = 0%: the filter does nothing
@@ -157,7 +157,9 @@ class LocalRateLimitFactory(FilterFactory):
         self.stat_ok = prefix + "ok"
         self.stat_limited = prefix + "rate_limited"
         self.stat_enforced = prefix + "enforced"
-        for name in (self.stat_enabled, self.stat_ok, self.stat_limited, self.stat_enforced):
+        # Listed at 0, as in Envoy (shadow_mode stays 0: Baton refuses shadow mode).
+        for name in (self.stat_enabled, self.stat_ok, self.stat_limited, self.stat_enforced,
+                     prefix + "shadow_mode"):
             self.counters[name] += 0
 
     def _roll(self, percentage) -> bool:
