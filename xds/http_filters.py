@@ -127,7 +127,7 @@ def translate_filter_config(typed_config, filter_name, path, errors, warnings=No
     if type_name in translators:
         name, config = translators[type_name](
             _unpack(typed_config, type_name), path, errors, warnings)
-    elif type_name in _TYPED_STRUCTS and _typed_struct_type(typed_config) in _PER_ROUTE_TYPES:
+    elif type_name in _TYPED_STRUCTS and typed_struct_type(typed_config) in _PER_ROUTE_TYPES:
         # Fault or local rate limit as Istio's EnvoyFilters give them (a TypedStruct whose
         # value is the message in JSON), checked as the message itself.
         message = typed_struct_message(typed_config, path, errors)
@@ -271,7 +271,7 @@ def translate_local_ratelimit_per_route(pb, path, errors, warnings=None):
 _PER_ROUTE_TYPES = (_FAULT_TYPE, _LOCAL_RATELIMIT_TYPE)
 
 
-def _typed_struct_type(any_pb):
+def typed_struct_type(any_pb):
     """The type_url's message name a TypedStruct (an Any) carries."""
     struct = _unpack(any_pb, protos.type_name(any_pb.type_url))
     return protos.type_name(struct.type_url)

@@ -293,29 +293,20 @@ def translate_per_filter_config(config_map, path, errors, warnings=None):
 def _per_route_message(any_pb, path, errors, known):
     """The per-route message an Any carries, directly or in a TypedStruct; None (and an
     error naming the type) when it is not one of `known`."""
-    from .http_filters import _TYPED_STRUCTS
+    from .http_filters import _TYPED_STRUCTS, typed_struct_message, typed_struct_type
     type_name = protos.type_name(any_pb.type_url)
-    value = None
-    if type_name in _TYPED_STRUCTS:
-        struct = protos.message_class(type_name)()
-        any_pb.Unpack(struct)
-        type_name = protos.type_name(struct.type_url)
-        value = protos.json_format.MessageToDict(struct.value) if struct.HasField("value") \
-            else {}
+    in_struct = type_name in _TYPED_STRUCTS
+    if in_struct:
+        type_name = typed_struct_type(any_pb)
     if type_name not in known:
         errors.append(f"{path}: {type_name or 'an empty config'} not supported (per-route "
                       f"config: {', '.join(known)})")
         return None
+    if in_struct:
+        return typed_struct_message(any_pb, path, errors)
     protos.import_type(type_name)
     message = protos.message_class(type_name)()
-    if value is None:
-        any_pb.Unpack(message)
-        return message
-    try:
-        protos.json_format.ParseDict(value, message)
-    except protos.ParseError as exc:
-        errors.append(f"{join(path, 'value')}: {exc}")
-        return None
+    any_pb.Unpack(message)
     return message
 
 
