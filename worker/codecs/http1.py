@@ -35,8 +35,8 @@ import httptools
 from .events import Body, ProtocolError, RequestHead, ResponseHead
 from .http1_head import (HOP_BY_HOP, KNOWN_BYTES, KNOWN_REQUESTS, KNOWN_RESPONSES,
                          REQUESTS_GATE, RESPONSES_GATE, KnownRequest, KnownResponse,
-                         connection_keeps_alive, lookup_head, read_request, read_response,
-                         remember)
+                         connection_keeps_alive, learn_status_line, lookup_head, plain_request,
+                         plain_response, read_request, read_response, remember)
 from .message import Headers, Request, Response
 
 __all__ = ["Http1ServerCodec", "Http1ClientCodec", "HOP_BY_HOP", "REASONS"]
@@ -294,6 +294,15 @@ class Http1ServerCodec(_Http1Output):
                     if known.size <= self._max_header_bytes and \
                             known.count <= self._max_headers:
                         return self._known_request(known)
+            # Not known by its bytes: by its lines (names llhttp read, a plain target).
+            read = plain_request(data)
+            if read is not None and len(data) <= self._max_header_bytes and \
+                    read[4] <= self._max_headers:
+                method, target, authority, kept, count = read
+                if not gate.resting:
+                    remember(KNOWN_REQUESTS, gate, data, KnownRequest(
+                        method, target, authority, tuple(kept), "1.1", True, len(data), count))
+                return self._plain_request(method, target, authority, kept, "1.1", True)
         events = self._feed(data, 400)
         if self._in_head and not self._failed:
             events += self._open_head(data)
@@ -314,17 +323,23 @@ class Http1ServerCodec(_Http1Output):
     def _known_request(self, known: KnownRequest) -> list:
         """What on_message_begin, on_headers_complete and on_message_complete would do for a
         request read before from these same bytes (http1_head.py)."""
+        return self._plain_request(known.method, known.target, known.authority,
+                                   list(known.kept), known.version, known.keep_alive)
+
+    def _plain_request(self, method: str, target: str, authority: str, kept: list,
+                       version: str, keep_alive: bool) -> list:
+        """A bodiless request read without the parser (known, or by its lines): what
+        on_message_begin, on_headers_complete and on_message_complete would do."""
         stream = self._next_id
         self._next_id = stream + 2
-        self._responses.append([stream, known.method, known.keep_alive, known.version])
+        self._responses.append([stream, method, keep_alive, version])
         self._expect_continue = self._body_seen = False
         if self._line_tail:
             self._line_tail = b""
         if self._goaway:
             self._failed = True
-        request = Request(known.method, known.target, known.authority, Headers(list(known.kept)),
-                          "http", known.version)
-        return [RequestHead(stream, request, True)]
+        return [RequestHead(stream, Request(method, target, authority, Headers(kept), "http",
+                                            version), True)]
 
     def _open_head(self, data: bytes) -> list:
         """A receive ended inside a request head: what llhttp cannot tell yet.
@@ -808,19 +823,34 @@ class Http1ClientCodec(_Http1Output):
         boundary = self._between and self._stream and not self._tunnel and \
             self._method != "HEAD"
         if boundary:
-            gate = RESPONSES_GATE
-            if gate.resting:
-                gate.resting -= 1
-            else:
-                end = data.find(b"\r\n\r\n") + 4
-                known = KNOWN_RESPONSES.get(data[:end]) if 3 < end <= KNOWN_BYTES else None
-                if known is not None:
-                    gate.hits += 1
-                    if len(data) - end == known.length and \
-                            known.size <= self._max_header_bytes and \
-                            known.count <= self._max_headers:
-                        return self._known_response(known, data[end:])
+            end = data.find(b"\r\n\r\n") + 4
+            if 3 < end <= KNOWN_BYTES:
+                gate = RESPONSES_GATE
+                if gate.resting:
+                    gate.resting -= 1
+                else:
+                    known = KNOWN_RESPONSES.get(data[:end])
+                    if known is not None:
+                        gate.hits += 1
+                        if len(data) - end == known.length and \
+                                known.size <= self._max_header_bytes and \
+                                known.count <= self._max_headers:
+                            return self._known_response(known, data[end:])
+                # Not known by its bytes: by its lines (a status line and names llhttp read).
+                read = plain_response(data, end)
+                if read is not None:
+                    status, kept, length, count = read
+                    if len(data) - end == length and end <= self._max_header_bytes and \
+                            count <= self._max_headers:
+                        if not gate.resting:
+                            remember(KNOWN_RESPONSES, gate, data[:end], KnownResponse(
+                                status, tuple(kept), length, True, end, count))
+                        return self._whole_response(status, kept, True, data[end:])
+            elif RESPONSES_GATE.resting:
+                RESPONSES_GATE.resting -= 1
         events = self._feed(data, 502)
+        if boundary and events and not self._failed and events[0].__class__ is ResponseHead:
+            learn_status_line(data, events[0].response.status)
         learned = self._learned
         if learned is not None:
             self._learned = None
@@ -835,14 +865,19 @@ class Http1ClientCodec(_Http1Output):
     def _known_response(self, known: KnownResponse, body: bytes) -> list:
         """What the parser's callbacks would do for a response whose head was read before from
         these same bytes, its whole body following (http1_head.py)."""
+        return self._whole_response(known.status, list(known.kept), known.keep_alive, body)
+
+    def _whole_response(self, status: int, kept: list, keep_alive: bool, body: bytes) -> list:
+        """A response read without the parser, framed by its Content-Length, its whole body
+        in the same read: what the parser's callbacks would do."""
         stream = self._stream
         self._stream = 0
-        if not known.keep_alive:
+        if not keep_alive:
             self.reusable = False
-        self._status = known.status
+        self._status = status
         self._framed = True
         self._body_expected = self._in_trailers = False
-        return [ResponseHead(stream, Response(known.status, Headers(list(known.kept))), False),
+        return [ResponseHead(stream, Response(status, Headers(kept)), False),
                 Body(stream, body, True)]
 
     def _upgraded(self, rest: bytes) -> None:

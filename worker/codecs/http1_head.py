@@ -276,3 +276,129 @@ def remember(memo: dict, gate: MemoGate, key: bytes, known) -> None:
             if gate.resting:
                 return
         memo[key] = known
+
+
+# --- responses read by their lines ----------------------------------------------------------
+# An upstream whose responses differ (a path or an id echoed in a header: bench/RESULTS.md's
+# h1v) never repeats a head, so the memos above rest; yet its status line and its header names
+# are the same on every response, and what llhttp checks in the rest (a value's bytes) is a
+# table lookup. A response head read by its lines: a status line that llhttp read before
+# (STATUS_LINES), then lines of a name llhttp read before (_NAMES: tokens) and a value in the
+# canonical layout (": " then visible ASCII, obs-text, inner spaces and tabs; nothing llhttp
+# would trim or refuse), exactly one Content-Length > 0, no other framing or hop-by-hop name
+# but a `Connection: keep-alive`. It then reads as a known response (KnownResponse): the same
+# events, and the head is remembered in KNOWN_RESPONSES when that memo does not rest. Anything
+# else, and a body that is not exactly the rest of the read, goes to llhttp as before.
+
+STATUS_LINES: dict = {}     # b"HTTP/1.1 200 OK" -> 200: status lines llhttp read, bounded
+_STATUS_LINES_MAX = 64
+_REASON_BYTES = bytes(range(0x21, 0x7f)) + b" \t" + bytes(range(0x80, 0x100))
+# The control bytes llhttp refuses in a value (all but HTAB), and CR and LF: one pass over a
+# head's lines finds them all, CR LF only allowed as the breaks between the lines.
+_CONTROL = bytes(range(0x00, 0x09)) + bytes(range(0x0a, 0x20)) + b"\x7f"
+_OWS = (0x20, 0x09)
+_FRAMING = HOP_BY_HOP | {"content-length"}
+
+
+def learn_status_line(data: bytes, status: int) -> None:
+    """llhttp read a response with `status` from the first byte of `data`: its status line is
+    known from now on, if it is HTTP/1.1 with a reason, and a status whose response has a body
+    (not 1xx, 204, 304)."""
+    line = data[:data.find(b"\r\n")]
+    if line in STATUS_LINES or not 200 <= status < 600 or status in (204, 304):
+        return
+    if line[:9] != b"HTTP/1.1 " or line[9:12] != b"%d" % status or line[12:13] != b" " or \
+            len(line) < 14 or line[13:].translate(None, _REASON_BYTES):
+        return
+    if len(STATUS_LINES) >= _STATUS_LINES_MAX:
+        STATUS_LINES.clear()
+    STATUS_LINES[line] = status
+
+
+def plain_response(data: bytes, end: int):
+    """The head data[:end] (its empty line included) read by its lines: (status, the pairs that
+    pass on as a new list, its Content-Length, its header lines), or None: llhttp must read
+    it. Its size in the limit's count is `end` (the canonical layout)."""
+    block = data[:end - 4]
+    lines = block.split(b"\r\n")
+    status = STATUS_LINES.get(lines[0])
+    if status is None:
+        return None
+    count = len(lines) - 1
+    if len(block) - len(block.translate(None, _CONTROL)) != 2 * count:
+        return None             # a control byte in a value, or a CR or LF of its own
+    names = _NAMES
+    kept = []
+    length = 0
+    for line in lines[1:]:
+        name, _, value = line.partition(b": ")
+        text = names.get(name)
+        if text is None or not value or value[0] in _OWS or value[-1] in _OWS:
+            return None
+        if text in _FRAMING:
+            if text == "content-length":
+                if length or not value.isdigit():
+                    return None
+                length = int(value)
+                if not length:
+                    return None
+            elif text == "connection" and value == b"keep-alive":
+                continue        # hop-by-hop, and it lists nothing more (read_response)
+            else:
+                return None
+        kept.append((text, value.decode("latin-1")))
+    if not length:
+        return None
+    return status, kept, length, count
+
+
+# A request read by its lines, the same way: a bodiless HTTP/1.1 request whose whole read is its
+# head, a method llhttp knows, an origin-form target of RFC 3986's path and query characters
+# (what llhttp takes as it is), one Host, lines of names llhttp read and values in the
+# canonical layout, no framing, Expect or hop-by-hop name but a `Connection: keep-alive`.
+# Its loop over the lines is plain_response's, written out again on purpose: as one shared
+# function (the special lines marked, then handled) an h1v exchange cost 8.8k instructions
+# more (bench/h1v_cost.py rig under callgrind, 220.8k against 229.6k).
+_REQUEST_METHODS = {m: m.decode() for m in (b"GET", b"HEAD", b"POST", b"PUT", b"DELETE",
+                                             b"OPTIONS", b"PATCH", b"TRACE")}
+_TARGET_BYTES = (b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
+                 b"-._~!$&'()*+,;=:@/?%")
+
+
+def plain_request(data: bytes):
+    """The request `data` (its whole head, nothing after) read by its lines: (method, target,
+    Host's value, the pairs that pass on as a new list, its header lines), or None: llhttp
+    must read it. Its size in the limit's count is len(data) (the canonical layout)."""
+    if data[-4:] != b"\r\n\r\n":
+        return None
+    block = data[:-4]
+    lines = block.split(b"\r\n")
+    count = len(lines) - 1
+    if len(block) - len(block.translate(None, _CONTROL)) != 2 * count:
+        return None             # a control byte, or a CR or LF of its own
+    parts = lines[0].split(b" ")
+    if len(parts) != 3 or parts[2] != b"HTTP/1.1":
+        return None
+    method = _REQUEST_METHODS.get(parts[0])
+    target = parts[1]
+    if method is None or target[:1] != b"/" or target.translate(None, _TARGET_BYTES):
+        return None
+    names = _NAMES
+    kept = []
+    authority = None
+    for line in lines[1:]:
+        name, _, value = line.partition(b": ")
+        text = names.get(name)
+        if text is None or not value or value[0] in _OWS or value[-1] in _OWS:
+            return None
+        if text in _SPECIAL_REQUEST_HEADERS:
+            if text == "host" and authority is None:
+                authority = value.decode("latin-1")
+                continue
+            if text == "connection" and value == b"keep-alive":
+                continue        # hop-by-hop, and it lists nothing more (read_request)
+            return None
+        kept.append((text, value.decode("latin-1")))
+    if authority is None:
+        return None
+    return method, target.decode("latin-1"), authority, kept, count
