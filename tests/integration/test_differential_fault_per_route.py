@@ -1,7 +1,7 @@
 """Differential: fault injection and local rate limits per route (typed_per_filter_config), as
 Istio sends them: the HCM's fault filter with no fault of its own and a local rate limit with a
 stat_prefix alone (a TypedStruct, Istio's EnvoyFilter shape); a route's HTTPFault (an abort by
-HTTP status, one by gRPC status, a delay), a virtual host's, a route's own over its virtual
+HTTP status, one by gRPC status, one by request header, a delay), a virtual host's, a route's own over its virtual
 host's, a route's LocalRateLimit, and a route without any on the same listener. Status, body,
 headers, the access log's flags and details, and the stats, on one Envoy+Baton pair."""
 
@@ -55,6 +55,7 @@ def per_route_bootstrap(upstreams: dict[str, int]):
             route("/abort", fault(abort={"http_status": 503, "percentage": ALL})),
             route("/grpc", fault(abort={"grpc_status": 14, "percentage": ALL})),
             route("/delay", fault(delay={"fixed_delay": f"{DELAY}s", "percentage": ALL})),
+            route("/hdr", fault(abort={"header_abort": {}, "percentage": ALL})),
             route("/rl", {RL: limit}),
             route("/")]}]}
     filters = [{"name": FAULT, "typed_config": {"@type": FAULT_TYPE}},
@@ -79,6 +80,12 @@ CASES = {     # case -> (path, host, request headers, timed)
     "route-grpc": ("/grpc", "diff.test", (("content-type", "application/grpc"),), False),
     "route-grpc-plain": ("/grpc", "diff.test", (), False),
     "route-delay": ("/delay", "diff.test", (), True),
+    "route-header-grpc": ("/hdr", "diff.test", (("content-type", "application/grpc"),
+                                                ("x-envoy-fault-abort-grpc-request", "8")), False),
+    # An HTTP status out of range leaves the word to the gRPC header.
+    "route-header-bad-http": ("/hdr", "diff.test", (("x-envoy-fault-abort-request", "700"),
+                                                    ("x-envoy-fault-abort-grpc-request", "8")), False),
+    "route-header-none": ("/hdr", "diff.test", (), False),
     "vhost-abort": ("/x", "vh.test", (), False),
     "vhost-route-own": ("/own", "vh.test", (), False),
     **{f"route-rl-{i}": ("/rl", "diff.test", (), False) for i in range(TOKENS + 1)},
@@ -189,6 +196,16 @@ def test_a_routes_delay(pair, sent):
     differential(pair, case(sent, "route-delay"), expect)
 
 
+def test_a_routes_header_controlled_abort(pair, sent):
+    def expect(obs):
+        assert obs["status"] == 200 and obs["upstream requests"] == 0, obs
+        assert header(obs, "grpc-status") == "8", obs
+        assert obs["log"] == ["200", "FI", "fault_filter_abort"], obs
+    differential(pair, case(sent, "route-header-grpc"), expect)
+    differential(pair, case(sent, "route-header-bad-http"), aborted(200))
+    differential(pair, case(sent, "route-header-none"), passed)
+
+
 def test_a_virtual_hosts_fault_and_a_routes_own_over_it(pair, sent):
     differential(pair, case(sent, "vhost-abort"), aborted(418))
     differential(pair, case(sent, "vhost-route-own"), passed)
@@ -210,7 +227,7 @@ def test_the_stats(pair, sent):
     """A route's faults count in the filter's counters; a route's rate limit under its own
     stat_prefix; the filter's own limit, never enabled, counts nothing."""
     def expect(stats):
-        assert stats["http.per_route.fault.aborts_injected"] == 4, stats
+        assert stats["http.per_route.fault.aborts_injected"] == 6, stats
         assert stats["http.per_route.fault.delays_injected"] == 1, stats
         assert stats["http.per_route.fault.active_faults"] == 0, stats
         assert stats["route_rl.http_local_rate_limit.enabled"] == TOKENS + 1, stats

@@ -233,7 +233,12 @@ def test_a_header_controlled_grpc_abort():
     _, reply = answer(factory, stream_on(table, "/h", x_envoy_fault_abort_request="429",
                                          x_envoy_fault_abort_grpc_request="8"))
     assert (reply.status, reply.grpc_status) == (429, None)
+    # An HTTP status that is no status leaves the word to the gRPC header (Envoy's abortStatus).
+    _, reply = answer(factory, stream_on(table, "/h", x_envoy_fault_abort_request="700",
+                                         x_envoy_fault_abort_grpc_request=" +8 "))
+    assert (reply.status, reply.grpc_status) == (200, 8)
     assert answer(factory, stream_on(table, "/h", x_envoy_fault_abort_grpc_request="x"))[1] is None
+    assert answer(factory, stream_on(table, "/h", x_envoy_fault_abort_request="4_29"))[1] is None
 
 
 def rl_factory(config=None):

@@ -199,18 +199,23 @@ def _roll(rng, numerator, denominator) -> bool:
 def _header_status(request) -> tuple[int, int | None] | None:
     """header_abort: x-envoy-fault-abort-request (an HTTP status in [200, 600)), else
     x-envoy-fault-abort-grpc-request (a gRPC status, answered with 200), as Envoy's
-    HeaderAbortProvider reads them; a bad value is no abort."""
-    text = request.headers.get(ABORT_HEADER)
-    if text is not None:
-        try:
-            status = int(text)
-        except ValueError:
-            return None
-        return (status, None) if 200 <= status < 600 else None
-    text = request.headers.get(ABORT_GRPC_HEADER)
-    if text is None or not text.isdigit():
+    HeaderAbortProvider reads them and abortStatus takes them: an HTTP status that is absent,
+    not a number or out of range leaves the word to the gRPC header; neither: no abort."""
+    status = _unsigned(request.headers.get(ABORT_HEADER))
+    if status is not None and 200 <= status < 600:
+        return status, None
+    grpc_status = _unsigned(request.headers.get(ABORT_GRPC_HEADER))
+    return (200, grpc_status) if grpc_status is not None else None
+
+
+def _unsigned(text: str | None) -> int | None:
+    """A header's unsigned number as absl::SimpleAtoi reads it (spaces around, a + sign)."""
+    if text is None:
         return None
-    return 200, int(text)
+    text = text.strip()
+    if text.startswith("+"):
+        text = text[1:]
+    return int(text) if text.isascii() and text.isdigit() else None
 
 
 @register("envoy.filters.http.fault")
