@@ -288,6 +288,16 @@ def _h2_get(key: str) -> bytes:
     return struct.pack(">L", len(block))[1:] + bytes([1, 5]) + struct.pack(">L", 1) + block
 
 
+def _once_destroyed(target, prefix: str, before: dict) -> dict:
+    """`target`'s stats under `prefix` once downstream_cx_destroy went past `before`'s."""
+    destroyed = prefix + "downstream_cx_destroy"
+
+    def counted():
+        now = target.stats(prefix)
+        return now if now.get(destroyed, 0) > before.get(destroyed, 0) else None
+    return wait_until(counted, 10, f"{target.name}: the connection's end counted")
+
+
 def _keep_alive_then_close(port, key, recorder):
     _answered(port, b"GET /u HTTP/1.1\r\nhost: x\r\nx-test-body-size: 2\r\n\r\n", b"\x00\x01").close()
 
@@ -347,9 +357,7 @@ def test_a_connections_end_is_counted_as_envoy_counts_it(pair, recorder, scenari
         prefix = "http.fields."
         before = target.stats(prefix)
         scenario(target.port, target.key(scenario.__name__), recorder)
-        after = wait_until(lambda: (lambda now: now if now.get(prefix + "downstream_cx_destroy", 0) >
-                                    before.get(prefix + "downstream_cx_destroy", 0) else None)(
-            target.stats(prefix)), 10, f"{target.name}: the connection's end counted")
+        after = _once_destroyed(target, prefix, before)
         with urllib.request.urlopen(f"http://127.0.0.1:{target.admin_port}/stats/prometheus",
                                     timeout=5) as reply:
             prometheus = reply.read().decode()
@@ -387,8 +395,6 @@ def test_an_undecodable_request_head_counts_as_a_request_reset(pair, continued):
             sock.sendall(H2_PREFACE + _undecodable(Encoder(), continued))
             while b"\x07\x00\x00\x00\x00\x00" not in sock.recv(65536):     # the GOAWAY
                 pass
-        after = wait_until(lambda: (lambda now: now if now.get(prefix + "downstream_cx_destroy", 0) >
-                                    before.get(prefix + "downstream_cx_destroy", 0) else None)(
-            target.stats(prefix)), 10, f"{target.name}: the connection's end counted")
+        after = _once_destroyed(target, prefix, before)
         return {name: after.get(prefix + name, 0) - before.get(prefix + name, 0) for name in names}
     differential(pair, run, lambda obs: _check(obs == dict.fromkeys(names, 1), obs))
