@@ -245,7 +245,7 @@ class HostPool:
     __slots__ = ("manager", "cluster", "host", "loop", "idle", "busy", "connecting", "waiters",
                  "http2", "http2_options", "mark", "stat", "max_requests", "max_streams",
                  "idle_timeout", "tls", "sni", "expected_san", "auto", "deferred", "alpn",
-                 "destination")
+                 "destination", "common")
 
     def __init__(self, manager, cluster, host, http2=None, tls=None, sni=None, expected_san=None,
                  alpn=None):
@@ -262,8 +262,7 @@ class HostPool:
         self.http2 = False if self.auto else cluster.http2 is True if http2 is None else http2
         options = cluster.http2_options or {}
         self.max_streams = options.get("max_concurrent_streams") or 2147483647
-        self.max_requests = cluster.common_http.get("max_requests_per_connection") or 0
-        self.idle_timeout = cluster.common_http.get("idle_timeout", 3600.0)
+        self._read_common(cluster.common_http)
         # Cluster option names (Envoy's) -> the client codec's arguments.
         self.http2_options = {arg: options[key] for key, arg in (
             ("initial_stream_window_size", "initial_stream_window"),
@@ -360,8 +359,17 @@ class HostPool:
         self.idle.append(conn)
         self._arm_idle(conn)
 
+    def _read_common(self, common: dict) -> None:
+        """The cluster's common HTTP options this pool applies, kept here (read per request);
+        `common` is the dict they came from: a CDS update replaces the cluster's in place."""
+        self.common = common
+        self.max_requests = common.get("max_requests_per_connection") or 0
+        self.idle_timeout = common.get("idle_timeout", 3600.0)
+
     def _arm_idle(self, conn) -> None:
         """Lazy, as the client side's: releasing moves the deadline, the timer re-arms."""
+        if self.common is not self.cluster.common_http:     # CDS updated the cluster
+            self._read_common(self.cluster.common_http)
         timeout = self.idle_timeout
         if timeout:
             conn.idle_deadline = self.loop.time() + timeout
