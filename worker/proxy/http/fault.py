@@ -255,23 +255,23 @@ class FaultFilterFactory(FilterFactory):
 
     def create(self, stream) -> StreamFilter | None:
         settings = self.settings
-        if self.by_route is not None:
-            route = getattr(stream, "route", None)
+        by_route = self.by_route
+        if by_route is not None:
+            route = stream.route
             if route is not None and route.per_filter is not None:
-                settings = self._route_settings(route)
+                settings = by_route.get(route) or self._route_settings(route)
         if settings.idle:
             return None
         return FaultFilter(stream, self, settings)
 
     def _route_settings(self, route) -> FaultSettings:
+        """A route's settings, the first time it is seen (create() reads by_route after)."""
         by_route = self.by_route
-        found = by_route.get(route)
-        if found is None:
-            config = per_route_config(route, self.filter_name)
-            found = FaultSettings(config) if config is not None else self.settings
-            if len(by_route) >= 4096:       # routes of tables replaced since: forget them
-                by_route.clear()
-            by_route[route] = found
+        config = per_route_config(route, self.filter_name)
+        found = FaultSettings(config) if config is not None else self.settings
+        if len(by_route) >= 4096:       # routes of tables replaced since: forget them
+            by_route.clear()
+        by_route[route] = found
         return found
 
     # Decisions on the filter's own settings (a route's: FaultSettings), testable on a plain

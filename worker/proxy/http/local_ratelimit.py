@@ -181,28 +181,28 @@ class LocalRateLimitFactory(FilterFactory):
         return changed
 
     def _route_limit(self, route) -> "LocalRateLimitFactory":
+        """A route's limit, the first time it is seen (create() reads by_route after)."""
         by_route = self.by_route
-        found = by_route.get(route)
-        if found is None:
-            config = per_route_config(route, self.filter_name)
-            if config is None:
-                found = self
-            else:
-                kept = self.by_config.get(id(config))
-                if kept is None:
-                    kept = self.by_config[id(config)] = (
-                        config, LocalRateLimitFactory(config, self.context, self.clock))
-                found = kept[1]
-            if len(by_route) >= 4096:       # routes of tables replaced since: forget them
-                by_route.clear()
-            by_route[route] = found
+        config = per_route_config(route, self.filter_name)
+        if config is None:
+            found = self
+        else:
+            kept = self.by_config.get(id(config))
+            if kept is None:
+                kept = self.by_config[id(config)] = (
+                    config, LocalRateLimitFactory(config, self.context, self.clock))
+            found = kept[1]
+        if len(by_route) >= 4096:       # routes of tables replaced since: forget them
+            by_route.clear()
+        by_route[route] = found
         return found
 
     def create(self, stream) -> StreamFilter | None:
-        if self.by_route is not None:
-            route = getattr(stream, "route", None)
+        by_route = self.by_route
+        if by_route is not None:
+            route = stream.route
             if route is not None and route.per_filter is not None:
-                limit = self._route_limit(route)
+                limit = by_route.get(route) or self._route_limit(route)
                 if limit is not self:
                     return limit.create(stream)
         if self.never_enabled:
