@@ -133,3 +133,52 @@ def test_a_transport_made_without_a_wait_holds_the_descriptor():
         os.close(fd)
         client.close()
         server.close()
+
+
+def _http_listener(tmp_path, loop, tls=False, **spec_extra) -> Listener:
+    """A real listener of the express test's bootstrap (one HTTP chain: clear text, or HTTPS
+    with `tls`)."""
+    from baton.worker.overload_manager import OverloadManager
+    from baton.worker.proxy.cluster import ClusterManager
+    from baton.worker.proxy.http.pool import PoolManager
+    from baton.worker.stats import Stats
+    from baton.xds.bootstrap import load_bootstrap
+    from tests.unit.test_http_express import BOOTSTRAP
+
+    path = tmp_path / "bootstrap.yaml"
+    path.write_text(BOOTSTRAP % "")
+    snap = load_bootstrap(str(path))
+    worker = types.SimpleNamespace(loop=loop, stats=Stats(), is_own_listener=lambda a: False)
+    worker.clusters = ClusterManager(loop=loop, stats=worker.stats)
+    worker.clusters.apply(snap["clusters"])
+    worker.http_pools = PoolManager(loop, worker.stats)
+    worker.overload = OverloadManager(worker, None)
+    sock = socket.create_server(("127.0.0.1", 0))
+    spec = {**snap["listeners"][0], "port": sock.getsockname()[1], **spec_extra}
+    if tls:
+        from tests.tls_certs import leaf, make_ca
+        from tests.unit.test_tls_server import spec as tls_spec
+        spec["filter_chains"] = [{**spec["filter_chains"][0], "tls": tls_spec(leaf(make_ca()))}]
+    return Listener(worker, spec, sock.detach())
+
+
+@pytest.mark.parametrize("loop_factory, spec_extra, plain", [
+    (uvloop.new_event_loop, {}, True),
+    (uvloop.new_event_loop, {"inspectors": ["tls"]}, False),
+    (uvloop.new_event_loop, {"original_dst": True}, False),
+    (uvloop.new_event_loop, {"tls": True}, False),
+    (asyncio.new_event_loop, {}, False),
+], ids=["plain-http", "inspected", "original-dst", "https", "asyncio-loop"])
+def test_a_clear_text_http_listener_on_uvloop_takes_accepted_sockets(tmp_path, loop_factory,
+                                                                     spec_extra, plain):
+    """The case the fast path is for takes it (review R1, finding 8: only the cases that must
+    not take it were tested), and an HTTP listener that inspects, reads the original
+    destination, terminates TLS or runs on asyncio's loop does not."""
+    loop = loop_factory()
+    listener = _http_listener(tmp_path, loop, **spec_extra)
+    try:
+        assert listener.default_chain.http_config is not None
+        assert listener.plain_http is plain
+    finally:
+        listener.close()
+        loop.close()
