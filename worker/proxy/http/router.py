@@ -138,7 +138,7 @@ class UpstreamRequest:
         self.request_complete = stream.request_complete
         conn.flush()
         if router.body and not router.retains_body:
-            router.body = []
+            router.body = ()
         per_try = router.per_try_timeout
         if per_try and router.stream.request_complete:
             self.try_timer = router.loop.call_later(per_try, self.on_per_try_timeout)
@@ -365,7 +365,8 @@ class Router:
         self.cluster = cluster
         self.hash_key = hash_key
         self.upstream: UpstreamRequest | None = None
-        self.body: list = []            # request body held for (re)sending
+        self.body = ()                  # request body held for (re)sending (a list once
+                                        # some is)
         self.body_bytes = 0
         self.buffer_limit = stream.buffer_limit
         self.timeout = timeout
@@ -457,7 +458,10 @@ class Router:
     def request_body(self, data: bytes, end_stream: bool) -> None:
         upstream = self.upstream
         if self.retains_body or upstream is None or upstream.conn is None:
-            self.body.append(data)
+            if self.body:
+                self.body.append(data)
+            else:
+                self.body = [data]
             self.body_bytes += len(data)
             if self.body_bytes > self.buffer_limit:
                 if upstream is None or upstream.conn is None:
@@ -469,7 +473,7 @@ class Router:
                 self.retry = None
         if upstream is not None and upstream.conn is not None and not upstream.done:
             if not self.retains_body:
-                self.body = []
+                self.body = ()
             upstream.send_body(data, end_stream)
         if end_stream:
             self.request_complete()
@@ -654,7 +658,7 @@ class Router:
         self.response_started = True
         self.retains_body = False
         if self.body:
-            self.body = []
+            self.body = ()
         count_status(self.stats, cluster, status)
         info = self.stream.info
         info.first_upstream_byte = self.loop.time()

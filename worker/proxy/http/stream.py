@@ -227,7 +227,8 @@ class Stream:
         self.response_started = False
         self.response_complete = False
         self.trailers = None
-        self.held_body: list = []       # body that arrived before the router took over
+        self.held_body = ()             # body that arrived before the router took over
+                                        # (a list once some did)
         self.held_bytes = 0
         self.close_connection = False
         self.done = False
@@ -490,10 +491,9 @@ class Stream:
             if route.hash_policies else None
         router = self.router = Router(self, route, cluster, hash_key, timeout, retry, self.picked)
         if self.held_body:
-            held, self.held_body = self.held_body, []
-            for chunk in held:
-                router.body.append(chunk)
-                router.body_bytes += len(chunk)
+            held, self.held_body = self.held_body, ()
+            router.body = held              # (the new router holds none)
+            router.body_bytes += sum(map(len, held))
         router.start()
 
     def _apply_mutations(self, headers: Headers, plan) -> None:
@@ -524,7 +524,10 @@ class Stream:
             self.conn.codec.consumed(self.id, len(data))
             return
         # Held while the filters decide (a fault delay): bounded by the buffer limit.
-        self.held_body.append(data)
+        if self.held_body:
+            self.held_body.append(data)
+        else:
+            self.held_body = [data]
         self.held_bytes += len(data)
         self.conn.codec.consumed(self.id, len(data))
         if self.held_bytes > self.buffer_limit and not self.response_started:
@@ -580,7 +583,8 @@ class Stream:
             self.window_held = True
             self.downstream_paused(True)
         if end_stream:
-            self._response_done()
+            self.response_complete = True       # _response_done, inline: every response
+            self._end()
 
     def upstream_response_trailers(self, trailers, filtered=False) -> None:
         if self.done:
@@ -604,11 +608,12 @@ class Stream:
         if hcm.always_set_request_id_in_response and self.info.request_id:
             headers.set("x-request-id", self.info.request_id)
 
-        for stream_filter in reversed(self.filters[:self.filter_index]):
-            answer = stream_filter.on_response_headers(response, end_stream)
-            if answer is not None and replaced_by(self, answer, stream_filter, response,
-                                                  end_stream):
-                return                  # a local reply went out instead, or the head waits
+        if self.filter_index:           # (no filter passed: no slice to reverse)
+            for stream_filter in reversed(self.filters[:self.filter_index]):
+                answer = stream_filter.on_response_headers(response, end_stream)
+                if answer is not None and replaced_by(self, answer, stream_filter, response,
+                                                      end_stream):
+                    return              # a local reply went out instead, or the head waits
         self.response_started = True
         info = self.info
         info.response = response
