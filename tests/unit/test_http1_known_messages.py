@@ -31,14 +31,31 @@ class Untouchable:
         raise AssertionError(f"the parser was asked: {name}")
 
 
-def _forget() -> None:
+_LINES_GATES = (http1_head.REQUEST_LINES_GATE, http1_head.RESPONSE_LINES_GATE)
+
+
+def _forget(lines_gates: bool = True) -> None:
     """The known-message memos empty, and every memo's gate open (MemoGate: earlier tests'
-    messages, all different, may have left one resting)."""
+    messages, all different, may have left one resting); the lines' gates too, unless
+    `lines_gates` is False."""
     http1_head.KNOWN_REQUESTS.clear()
     http1_head.KNOWN_RESPONSES.clear()
     http1_head.STATUS_LINES.clear()
     for gate in (http1_head.REQUESTS_GATE, http1_head.RESPONSES_GATE, http1_head._HEADS_GATE):
         gate.__init__()
+    if lines_gates:
+        for gate in _LINES_GATES:
+            gate.__init__()
+
+
+def _unjudged(read):
+    """read(), the lines' gates left as they were (a codec reading as llhttp only)."""
+    saved = [(g.hits, g.resting, g.misses) for g in _LINES_GATES]
+    try:
+        return read()
+    finally:
+        for gate, (hits, resting, misses) in zip(_LINES_GATES, saved):
+            gate.hits, gate.resting, gate.misses = hits, resting, misses
 
 
 def described(events) -> list:
@@ -395,6 +412,8 @@ def test_the_response_and_head_memos_rest_too():
     for n in range(http1_head._KNOWN_MAX + 1):
         fetch(NGINX.replace(b"\r\n\r\n", b"\r\nKeep-Alive: timeout=%d\r\n\r\n" % n))
     assert http1_head._HEADS_GATE.resting > http1_head.MemoGate.REST - 10
+    assert http1_head.RESPONSE_LINES_GATE.resting       # (those heads are off the lines too)
+    http1_head.RESPONSE_LINES_GATE.__init__()
     client._parser = Untouchable()
     for _ in range(3):          # resting: each read by its lines, nothing remembered
         head, body = fetch(NGINX)
@@ -419,8 +438,8 @@ def _read_by_lines_and_parsed(wire: bytes, method: str = "GET", by_lines=None) -
         codec.send_head(Request(method, "/", "h", Headers([]), "http", "1.1"), True)
         codec.data_to_send()
     before = dict(http1_head.STATUS_LINES)
-    _forget()
-    expected = described(cold.receive(wire))
+    _forget(lines_gates=False)
+    expected = described(_unjudged(lambda: cold.receive(wire)))
     learned = dict(http1_head.STATUS_LINES)
     http1_head.KNOWN_RESPONSES.clear()
     http1_head.STATUS_LINES.clear()
@@ -574,11 +593,11 @@ def _request_by_lines_and_parsed(wire: bytes, by_lines=None) -> list:
     first must have read it by its lines (None: either)."""
     from baton.worker.codecs import http1
     warm, cold = Http1ServerCodec(), Http1ServerCodec()
-    _forget()
+    _forget(lines_gates=False)
     by_lines_read = http1.plain_request
     http1.plain_request = lambda data: None
     try:
-        expected = described(cold.receive(wire))
+        expected = described(_unjudged(lambda: cold.receive(wire)))
     finally:
         http1.plain_request = by_lines_read
     http1_head.KNOWN_REQUESTS.clear()
@@ -686,3 +705,26 @@ def test_requests_in_the_lines_layout_are_read_by_them_and_report_as_parsed(
         lines.append(b"Connection: keep-alive")
     head = b"\r\n".join([method + b" " + target + b" HTTP/1.1"] + lines)
     _request_by_lines_and_parsed(head + b"\r\n\r\n", by_lines=True)
+
+
+def test_heads_seldom_read_by_their_lines_rest_the_lines_and_come_back():
+    """LinesGate: a chunked upstream (every head off the lines) makes the response lines rest
+    after JUDGED misses (llhttp reads each, reporting the same), then they are tried again;
+    heads the lines read are never judged."""
+    _forget()
+    gate = http1_head.RESPONSE_LINES_GATE
+    chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nbody\r\n0\r\n\r\n"
+    _read_by_lines_and_parsed(_varied(0))       # (a miss: its status line not known yet)
+    gate.__init__()
+    for n in range(http1_head.LinesGate.JUDGED - 1):
+        _read_by_lines_and_parsed(chunked, by_lines=False)
+    assert not gate.resting
+    _read_by_lines_and_parsed(chunked, by_lines=False)
+    assert gate.resting == http1_head.MemoGate.REST
+    _read_by_lines_and_parsed(_varied(1), by_lines=False)      # resting: llhttp reads it
+    assert gate.resting == http1_head.MemoGate.REST - 1
+    gate.resting = 0
+    for n in range(3 * http1_head.LinesGate.JUDGED):
+        _read_by_lines_and_parsed(_varied(n), by_lines=True)
+    assert gate.hits == 3 * http1_head.LinesGate.JUDGED and not gate.misses
+

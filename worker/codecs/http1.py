@@ -34,7 +34,8 @@ import httptools
 
 from .events import Body, ProtocolError, RequestHead, ResponseHead
 from .http1_head import (HOP_BY_HOP, KNOWN_BYTES, KNOWN_REQUESTS, KNOWN_RESPONSES,
-                         REQUESTS_GATE, RESPONSES_GATE, KnownRequest, KnownResponse,
+                         REQUEST_LINES_GATE, REQUESTS_GATE, RESPONSE_LINES_GATE, RESPONSES_GATE,
+                         KnownRequest, KnownResponse,
                          connection_keeps_alive, learn_status_line, lookup_head, plain_request,
                          plain_response, read_request, read_response, remember)
 from .message import Headers, Request, Response
@@ -295,14 +296,21 @@ class Http1ServerCodec(_Http1Output):
                             known.count <= self._max_headers:
                         return self._known_request(known)
             # Not known by its bytes: by its lines (names llhttp read, a plain target).
-            read = plain_request(data)
-            if read is not None and len(data) <= self._max_header_bytes and \
-                    read[4] <= self._max_headers:
-                method, target, authority, kept, count = read
-                if not gate.resting:
-                    remember(KNOWN_REQUESTS, gate, data, KnownRequest(
-                        method, target, authority, tuple(kept), "1.1", True, len(data), count))
-                return self._plain_request(method, target, authority, kept, "1.1", True)
+            lines = REQUEST_LINES_GATE
+            if lines.resting:
+                lines.resting -= 1
+            else:
+                read = plain_request(data)
+                if read is None:
+                    lines.missed()
+                elif len(data) <= self._max_header_bytes and read[4] <= self._max_headers:
+                    lines.hits += 1
+                    method, target, authority, kept, count = read
+                    if not gate.resting:
+                        remember(KNOWN_REQUESTS, gate, data, KnownRequest(
+                            method, target, authority, tuple(kept), "1.1", True, len(data),
+                            count))
+                    return self._plain_request(method, target, authority, kept, "1.1", True)
         events = self._feed(data, 400)
         if self._in_head and not self._failed:
             events += self._open_head(data)
@@ -837,11 +845,16 @@ class Http1ClientCodec(_Http1Output):
                                 known.count <= self._max_headers:
                             return self._known_response(known, data[end:])
                 # Not known by its bytes: by its lines (a status line and names llhttp read).
-                read = plain_response(data, end)
-                if read is not None:
-                    status, kept, length, count = read
-                    if len(data) - end == length and end <= self._max_header_bytes and \
-                            count <= self._max_headers:
+                lines = RESPONSE_LINES_GATE
+                if lines.resting:
+                    lines.resting -= 1
+                else:
+                    read = plain_response(data, end)
+                    if read is None or len(data) - end != read[2]:
+                        lines.missed()
+                    elif end <= self._max_header_bytes and read[3] <= self._max_headers:
+                        lines.hits += 1
+                        status, kept, length, count = read
                         if not gate.resting:
                             remember(KNOWN_RESPONSES, gate, data[:end], KnownResponse(
                                 status, tuple(kept), length, True, end, count))

@@ -70,6 +70,27 @@ class MemoGate:
 _HEADS_GATE = MemoGate()
 
 
+class LinesGate(MemoGate):
+    """Whether reading heads by their lines (plain_request, plain_response) pays now: a head
+    off the lines (a chunked upstream, a client whose requests say Connection: close) costs a
+    split and a translate before llhttp reads it anyway. Judged every JUDGED misses: fewer
+    hits than misses since the last judgement, and the lines rest for REST messages (llhttp
+    reads them, as before). Traffic the lines read (h1v: no miss) is never judged."""
+
+    __slots__ = ("misses",)
+    JUDGED = 64
+
+    def __init__(self):
+        super().__init__()
+        self.misses = 0
+
+    def missed(self) -> None:
+        self.misses += 1
+        if self.misses >= self.JUDGED:
+            self.judge(4 * self.misses)     # rests when hits * 4 < 4 * misses
+            self.misses = 0
+
+
 class _Head:
     """A head as decoded, and what each side's codec read from it. An upstream sends the same
     head again and again (only its Date moves, once a second), a client its same few headers:
@@ -291,6 +312,8 @@ def remember(memo: dict, gate: MemoGate, key: bytes, known) -> None:
 # else, and a body that is not exactly the rest of the read, goes to llhttp as before.
 
 STATUS_LINES: dict = {}     # b"HTTP/1.1 200 OK" -> 200: status lines llhttp read, bounded
+REQUEST_LINES_GATE = LinesGate()
+RESPONSE_LINES_GATE = LinesGate()
 _STATUS_LINES_MAX = 64
 _REASON_BYTES = bytes(range(0x21, 0x7f)) + b" \t" + bytes(range(0x80, 0x100))
 # The control bytes llhttp refuses in a value (all but HTAB), and CR and LF: one pass over a
