@@ -727,4 +727,3 @@ def test_heads_seldom_read_by_their_lines_rest_the_lines_and_come_back():
     for n in range(3 * http1_head.LinesGate.JUDGED):
         _read_by_lines_and_parsed(_varied(n), by_lines=True)
     assert gate.hits == 3 * http1_head.LinesGate.JUDGED and not gate.misses
-
