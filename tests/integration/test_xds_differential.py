@@ -139,12 +139,13 @@ class Pair:
         self.proxies: dict[str, object] = {}
 
     def start(self) -> "Pair":
-        for who in WHO:
-            b = bootstrap(free_port(), self.planes[who].start(), self.api_type)
-            if who == "envoy":
-                self.proxies[who] = Envoy(self.tmp_path / who, b).start(timeout=15)
-            else:
-                self.proxies[who] = Baton(self.tmp_path / who, b).start()
+        """Baton launched first and Envoy started beside it (their start-ups overlap), then
+        Baton waited for; stop() ends whichever started."""
+        boots = {who: bootstrap(free_port(), self.planes[who].start(), self.api_type) for who in WHO}
+        baton = Baton(self.tmp_path / "baton", boots["baton"]).launch()
+        self.proxies["baton"] = baton
+        self.proxies["envoy"] = Envoy(self.tmp_path / "envoy", boots["envoy"]).start(timeout=15)
+        baton.wait_ready()
         return self
 
     def stop(self) -> None:
