@@ -88,8 +88,11 @@ def stream_cut(stream) -> None:
         if stream.done and stream.handed_to is None:
             return
         stream = stream._hand_back()
-    if not stream.done:
-        stream.info.response_flags.append("DC")     # (counted by closing())
+    # A response forwarded from the previous generation (inflight.py's ForwardedResponse)
+    # has no StreamInfo here: its exchange is logged where it runs, told by its reset.
+    info = getattr(stream, "info", None)
+    if info is not None and not stream.done:
+        info.response_flags.append("DC")            # (counted by closing())
 
 
 def last_stream_done(conn, stream) -> None:
