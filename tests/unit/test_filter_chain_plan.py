@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -18,35 +19,7 @@ from baton.worker.proxy.http.fault import FaultFilterFactory
 from baton.worker.proxy.http.filter import FilterFactory
 from tests.unit.test_http_express import Rig, _normalised
 
-CHAIN = """
-          - name: envoy.filters.http.cors
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors
-          - name: envoy.filters.http.fault
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault
-          - name: envoy.filters.http.local_ratelimit
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit
-              stat_prefix: rl
-              token_bucket: {max_tokens: 1000, tokens_per_fill: 1000, fill_interval: 1s}
-              filter_enabled:
-                runtime_key: rl_enabled
-                default_value: {numerator: 100, denominator: HUNDRED}
-              filter_enforced:
-                runtime_key: rl_enforced
-                default_value: {numerator: 100, denominator: HUNDRED}"""
-ROUTE = """
-                request_headers_to_add:
-                - header: {key: x-route, value: a}
-                request_headers_to_remove: [x-internal]
-                response_headers_to_add:
-                - header: {key: x-served-by, value: b}"""
-VHOST = """
-              typed_per_filter_config:
-                envoy.filters.http.cors:
-                  "@type": type.googleapis.com/envoy.extensions.filters.http.cors.v3.CorsPolicy
-                  allow_origin_string_match: [{exact: "https://a.test"}]"""
+BENCH = Path(__file__).resolve().parents[2] / "bench"
 
 
 @pytest.fixture
@@ -56,14 +29,16 @@ def loop():
     loop.close()
 
 
-MESH_BOOTSTRAP = express_tests.BOOTSTRAP.replace(
-    "route: {cluster: upstream%s}", "route: {cluster: upstream%s}" + ROUTE).replace(
-    'domains: ["*"]', 'domains: ["*"]' + VHOST).replace(
-    "          http_filters:", "          http_filters:" + CHAIN)
-
-
 def _mesh_rig(tmp_path, loop, monkeypatch) -> Rig:
-    monkeypatch.setattr(express_tests, "BOOTSTRAP", MESH_BOOTSTRAP)
+    """bench/http_proxies.py's mesh-shaped chain, as bench/h2_cost.py's rig reads it: CORS
+    first, a fault with nothing to do, a local rate limit, a route that adds and removes
+    headers, an access log (bench/ is not a package: its modules import each other)."""
+    monkeypatch.syspath_prepend(str(BENCH))
+    import http_proxies
+    tmp_path.mkdir(exist_ok=True)
+    text = http_proxies.envoy_bootstrap(http_proxies.Ports(10001, 10000, 10000, 10002), "mesh",
+                                        tmp_path)
+    monkeypatch.setattr(express_tests, "BOOTSTRAP", text.replace("%", "%%") + "%s")
     return Rig(tmp_path, loop)
 
 
@@ -102,8 +77,8 @@ def test_the_memo_looks_again_at_a_grown_list():
 
 
 def _exchange(rig, origin=False):
-    request = b"GET /a HTTP/1.1\r\nHost: example.com\r\nX-Internal: 1\r\n" + \
-        (b"Origin: https://a.test\r\n" if origin else b"") + b"\r\n"
+    request = b"GET /a HTTP/1.1\r\nHost: example.com\r\nX-Mesh-Internal: 1\r\n" + \
+        (b"Origin: https://mesh.test\r\n" if origin else b"") + b"\r\n"
     rig.conn.data_received(request)
     stream = rig.conn.active
     upstream = rig.busy_upstream()
@@ -121,10 +96,9 @@ def test_the_mesh_chain_writes_what_the_recording_chain_writes(tmp_path, loop, m
     assert [type(f).__name__ for f in stream.filters] == \
         (["CorsFilter", "LocalRateLimitFilter"] if origin else [])
     assert sent.count(b"x-envoy-expected-rq-timeout-ms: 15000\r\n") == 1
-    assert b"x-route: a\r\n" in sent and b"x-internal" not in sent.lower()
-    assert b"x-served-by: b\r\n" in answer
+    assert b"x-mesh-route: bench\r\n" in sent and b"x-mesh-internal" not in sent.lower()
+    assert b"x-mesh-served-by: baton-bench\r\n" in answer
     # The same chain with a factory that may re-route: every factory called and recorded.
-    (tmp_path / "r").mkdir()
     recording = _mesh_rig(tmp_path / "r", loop, monkeypatch)
     recording.conn.hcm.filter_factories.append(_Rerouting({}, None))
     stream2, sent2, answer2 = _exchange(recording, origin)
