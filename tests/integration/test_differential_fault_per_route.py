@@ -1,9 +1,10 @@
 """Differential: fault injection and local rate limits per route (typed_per_filter_config), as
 Istio sends them: the HCM's fault filter with no fault of its own and a local rate limit with a
 stat_prefix alone (a TypedStruct, Istio's EnvoyFilter shape); a route's HTTPFault (an abort by
-HTTP status, one by gRPC status, one by request header, a delay), a virtual host's, a route's own over its virtual
-host's, a route's LocalRateLimit, and a route without any on the same listener. Status, body,
-headers, the access log's flags and details, and the stats, on one Envoy+Baton pair."""
+HTTP status, one by gRPC status, one by request header, a delay), a virtual host's, a route's
+own over its virtual host's, a route's LocalRateLimit, and a route without any on the same
+listener. Status, body, headers, the access log's flags and details, and the stats, on one
+Envoy+Baton pair."""
 
 from __future__ import annotations
 

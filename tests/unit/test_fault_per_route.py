@@ -289,3 +289,25 @@ def test_a_new_table_tells_the_chain_again():
     hcm = HttpConfig({"stat_prefix": "in", "http_filters": [fault], "route_config": with_fault},
                      worker, 1 << 20)
     assert not hcm.filter_factories[0].idle
+
+
+def test_max_active_faults_is_asked_only_of_a_fault_to_inject():
+    # Envoy 1.40's tryIncActiveFaults: a request that rolls no fault counts no overflow; a
+    # delay and an abort that both overflow count two.
+    every = {"numerator": 100}
+    miss = {"@type": FAULT_TYPE, "max_active_faults": 1, "abort": {"http_status": 503}}
+    both = {"@type": FAULT_TYPE, "max_active_faults": 1,
+            "abort": {"http_status": 503, "percentage": every},
+            "delay": {"fixed_delay": "1s", "percentage": every}}
+    config, _ = route_config(None, ("/miss", {FAULT: miss}), ("/both", {FAULT: both}))
+    table = RouteTable(config)
+    factory = fault_filter()
+    factory.routes_changed(table)
+    first, result = answer(factory, stream_on(table, "/both"))
+    assert isinstance(result, Delay) and isinstance(result.then, LocalReply)
+    assert answer(factory, stream_on(table, "/miss"))[1] is None
+    assert factory.stats.counters["http.in.fault.faults_overflow"] == 0
+    assert answer(factory, stream_on(table, "/both"))[1] is None
+    assert factory.stats.counters["http.in.fault.faults_overflow"] == 2
+    first.on_log()
+    assert factory.stats.gauges["http.in.fault.active_faults"] == 0

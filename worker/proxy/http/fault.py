@@ -4,13 +4,15 @@ Config: the dict xds/http_filters.py builds (_fault). What this reads from `cont
     context.stats         worker/stats.py Stats
     context.stat_prefix   the connection manager's stat_prefix
 Stats, as Envoy names them (http.<stat_prefix>.fault.*): counters delays_injected,
-aborts_injected, faults_overflow, response_rl_injected (0), and <downstream cluster>.delays_injected /
-.aborts_injected when the request has x-envoy-downstream-service-cluster; gauge active_faults.
+aborts_injected, faults_overflow, response_rl_injected (0), and <downstream
+cluster>.delays_injected / .aborts_injected when the request has
+x-envoy-downstream-service-cluster; gauge active_faults.
 
 Envoy's rules, checked against Envoy 1.40:
 - A request is eligible only if it matches `headers` (all of them), `upstream_cluster` (the
-  routed cluster) and `downstream_nodes` (x-envoy-downstream-service-node); then, if
-  max_active_faults is reached, faults_overflow counts it and it passes untouched.
+  routed cluster) and `downstream_nodes` (x-envoy-downstream-service-node); then, if a fault
+  is to be injected and max_active_faults is reached, faults_overflow counts it and it is
+  not injected (a delay and an abort that both overflow count two).
 - Delay first, then abort: a request can get both (flags "DI,FI").
 - A percentage that is unset is 0%: the fault never fires.
 - Header-controlled faults (header_delay / header_abort) fire only when the request carries
@@ -322,10 +324,15 @@ class FaultFilter(StreamFilter):
         factory, settings = self.factory, self.settings
         if not settings.eligible(request, getattr(self.stream, "info", None)):
             return None
-        if factory.overflowing(settings):
-            return None
         seconds = settings.delay_seconds(request, factory.rng)
         abort = settings.abort_status(request, factory.rng)
+        # max_active_faults is asked only of a fault about to be injected, the delay's and
+        # then (the delay not injected) the abort's, each counting faults_overflow, as
+        # Envoy 1.40's tryIncActiveFaults (maybeSetupDelay, maybeDoAbort).
+        if seconds is not None and factory.overflowing(settings):
+            seconds = None
+        if abort is not None and seconds is None and factory.overflowing(settings):
+            abort = None
         if seconds is None and abort is None:
             return None
         factory.activate()
