@@ -68,12 +68,27 @@ def test_a_chain_that_cannot_reroute_leaves_out_an_idle_factory():
     assert chain[2] == tuple(factories) and chain[3] is True
 
 
-def test_the_memo_looks_again_at_a_grown_list():
-    factories = _factories({})
-    first = stream_module.filter_chain(factories)
-    factories.append(_Rerouting({}, None))
-    chain = stream_module._CHAINS.get(id(factories))
-    assert chain is first and chain[1] != len(factories)    # what Stream.start checks
+def test_the_kept_plan_is_looked_at_again_for_a_grown_or_replaced_list(tmp_path, loop,
+                                                                      monkeypatch):
+    """The plan lives on the config (HttpConfig.filter_plan): a grown list or a replaced one
+    is decided again, and a replaced config's factories are not kept by a memo (review R1,
+    finding 7: a memo by the list's id kept up to 1,024 old chains alive)."""
+    rig = _mesh_rig(tmp_path, loop, monkeypatch)
+    hcm = rig.conn.hcm
+    assert hcm.filter_plan is None
+    _exchange(rig)
+    first = hcm.filter_plan
+    assert first is not None and first[0] is hcm.filter_factories
+    _exchange(rig)
+    assert hcm.filter_plan is first                       # kept while nothing changed
+    hcm.filter_factories.append(_Rerouting({}, None))
+    _exchange(rig)
+    assert hcm.filter_plan is not first and hcm.filter_plan[3] is True
+    grown = hcm.filter_plan
+    hcm.filter_factories = list(hcm.filter_factories)     # replaced (a route update)
+    _exchange(rig)
+    assert hcm.filter_plan is not grown and hcm.filter_plan[0] is hcm.filter_factories
+    assert not hasattr(stream_module, "_CHAINS")
 
 
 def _exchange(rig, origin=False):

@@ -49,6 +49,7 @@ class HttpConfig:
         "suppress_envoy_headers",
         # Never on the lane, which takes HTTP/1.1 requests without an upgrade only:
         "accept_http_10", "default_host_for_http_10", "http2_options", "upgrade_types",
+        "filter_plan",
     })
     EXPRESS_SAFE_PREFIX = "stat_"       # stat names: counted alike on both paths
     EXPRESS_BLOCKING = {
@@ -107,6 +108,9 @@ class HttpConfig:
         self.http2_options = _h2_options(spec.get("http2") or {})
         router_config = {}
         self.filter_factories = []
+        # What that chain asks of each request (stream.filter_chain), decided by the first
+        # stream after the list is made or replaced: the full path's own.
+        self.filter_plan = None
         for entry in spec.get("http_filters") or ():
             if entry["name"] == ecds.ECDS:          # given by config_discovery (xds/ecds.py)
                 entry = ecds.effective(entry)
@@ -223,7 +227,7 @@ class HttpConfig:
     def _tell_factories_routes(self) -> None:
         """Factories whose work may come from a route's typed_per_filter_config (fault, local
         rate limit) look at the new table; when one's `idle` changed, a new list makes
-        stream.filter_chain decide the chain again (its memo is by the list)."""
+        stream.filter_chain decide the chain again (filter_plan is kept for one list)."""
         changed = False
         for factory in self.filter_factories:
             routes_changed = getattr(factory, "routes_changed", None)

@@ -164,23 +164,17 @@ def own_response_headers(hcm, headers, service_time) -> None:
     items.append(("date", DATE.get()))
 
 
-_CHAINS: dict = {}      # id(a connection manager's filter_factories) -> filter_chain's answer
-
-
 def filter_chain(factories) -> tuple:
     """What a chain of filter factories asks of every request, decided once per chain:
     (factories, their count, the factories to call, whether one may re-route). A factory
     whose config gave it nothing to do (`idle`) is not called; unless a factory's filters
     may clear the route cache (then every factory is called and those that made nothing
-    are recorded, as refilter needs: route_again.py). A memo: bounded, and a list replaced
-    or grown is looked at again."""
+    are recorded, as refilter needs: route_again.py). Kept on the connection manager's
+    config (HttpConfig.filter_plan) and decided again for a list replaced or grown: a
+    replaced config's factories go with it (a memo by the list's id kept them alive)."""
     reroutes = any(getattr(f, "clears_route_cache", True) for f in factories)
-    chain = (factories, len(factories), tuple(factories) if reroutes else
-             tuple(f for f in factories if not getattr(f, "idle", False)), reroutes)
-    if len(_CHAINS) >= 1024:
-        _CHAINS.clear()
-    _CHAINS[id(factories)] = chain
-    return chain
+    return (factories, len(factories), tuple(factories) if reroutes else
+            tuple(f for f in factories if not getattr(f, "idle", False)), reroutes)
 
 
 class Stream:
@@ -334,9 +328,9 @@ class Stream:
                     route.single_cluster or route.pick_cluster(request, random.random)
         factories = hcm.filter_factories
         if factories:
-            chain = _CHAINS.get(id(factories))
+            chain = hcm.filter_plan
             if chain is None or chain[0] is not factories or chain[1] != len(factories):
-                chain = filter_chain(factories)
+                chain = hcm.filter_plan = filter_chain(factories)
             # A plain loop: a generator inside a comprehension resumed once per factory.
             filters = self.filters = []
             if chain[3]:
