@@ -48,6 +48,7 @@ class HttpConnection(asyncio.Protocol, HttpConnectionMoves, Connection):
     header_timer = None
     lingering = None                          # delayed close: the final close() timer
     destroy_counted = False                   # downstream_end.connection_ends ran
+    timed_out = False                         # closed by an idle or request-headers timeout
     duration_timer = None                     # max_connection_duration
     stream_timer = None                       # stream_idle_timeout / request_timeout sweep
     deadline_timer = None                     # route timeouts of the streams (watch_deadline)
@@ -290,15 +291,13 @@ class HttpConnection(asyncio.Protocol, HttpConnectionMoves, Connection):
     def eof_received(self):
         if self.closed:
             if self.lingering is not None:
-                downstream_end.connection_ends(self, True)      # the client closed first
+                downstream_end.linger_ended_by_client(self)
                 self.lingering.cancel()
                 self.lingering = None
             self.transport.close()
             return False
-        if self.codec is not None:
-            for event in self.codec.receive(b""):
-                self._dispatch(event)
-        # Envoy does not half-close HTTP connections: the client closing ends them.
+        # Envoy does not half-close HTTP connections: the client closing ends them, and cuts
+        # what is in flight (no codec error: the codec is not told of the end of input).
         downstream_end.client_closed(self)
         self._abort_streams("downstream remote disconnect")
         self.close()
@@ -392,8 +391,7 @@ class HttpConnection(asyncio.Protocol, HttpConnectionMoves, Connection):
             self._arm_idle()
 
     def _on_protocol_error(self, event: ProtocolError) -> None:
-        counters = self.worker.stats.counters
-        counters[self.hcm.stat_cx_protocol_error] += 1
+        downstream_end.protocol_error(self, event)
         stream = self.streams.get(event.stream_id)
         if event.status and event.stream_id and (stream is None or not stream.response_started):
             if stream is None:
@@ -402,7 +400,7 @@ class HttpConnection(asyncio.Protocol, HttpConnectionMoves, Connection):
                 if not self.codec.multiplexed:
                     self.active = stream
             stream.close_connection = not self.codec.multiplexed
-            downstream_end.codec_error(stream)
+            downstream_end.codec_error(stream, event)
             stream.local_reply(event.status, _ERROR_BODIES.get(event.status, ""),
                                _ERROR_DETAILS.get(event.status, "codec_error"))
             return
@@ -654,6 +652,7 @@ class HttpConnection(asyncio.Protocol, HttpConnectionMoves, Connection):
             return
         if not self.streams and not self.closed:
             self.worker.stats.counters[self.hcm.stat_cx_idle_timeout] += 1
+            self.timed_out = True
             self.drain()
 
     def _header_deadline(self, codec) -> None:
@@ -673,7 +672,8 @@ class HttpConnection(asyncio.Protocol, HttpConnectionMoves, Connection):
         if self.closed or self.streams:
             return
         self.worker.stats.counters[self.hcm.stat_rq_header_timeout] += 1
-        self._on_protocol_error(ProtocolError("request header timeout", 408,
+        self.timed_out = True
+        self._on_protocol_error(ProtocolError(downstream_end.HEADER_TIMEOUT, 408,
                                               self.codec.abandon_head()))
 
     # -- the Connection interface (worker/connection.py); moving is connection_move.py --------

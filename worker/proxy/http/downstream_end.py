@@ -12,25 +12,43 @@ statistics" and ConnectionManagerImpl::onEvent / doConnectionClose.
   destroyed (it goes on there) and counts nothing.
 - A delayed close (Baton shut its side and waits for the client's) that the client does not
   answer within delayed_close_timeout: downstream_cx_delayed_close_timeout, and it is a local
-  close.
+  close. Envoy holds its FIN for that delay; Baton sends its FIN at once (a behaviour
+  difference left for now), so the client's close that ends Baton's delayed close is
+  counted as the same client would be counted by Envoy: after an idle or request-headers
+  timeout the client was silent and waits for the server's close, which in Envoy is its
+  delayed-close timer (destroy_local; Envoy also counts delayed_close_timeout, which Baton,
+  whose timer did not fire, does not); after an answer (a codec error's reply, HTTP/2's
+  GOAWAY) the client closes on the answer, before Envoy's timer (destroy_remote).
+- A client's close (its FIN or RST) cuts what is in flight: DC, downstream_remote_disconnect,
+  destroy_remote_active_rq and downstream_rq_rx_reset, not a codec error (Envoy's codec
+  never reads an end of input: the connection's close resets the streams).
 - Each stream in flight when a connection's end is decided counts in downstream_rq_rx_reset
   (Envoy resets them with ConnectionTermination and counts any reset it takes that way) and
   logs DC.
 - A request the codec refuses (HTTP/1.1's 400, HTTP/1.0 without accept_http_10: 426) is a
   codec error: its line has DPE, and its stream, never a complete request, ends in a reset
-  (downstream_rq_rx_reset).
+  (downstream_rq_rx_reset). The request-headers timeout (Baton's codec gives up the head
+  with a 408) is not: Envoy's ActiveStream::onRequestHeaderTimeout sends a local reply, no
+  DPE, no downstream_cx_protocol_error; the stream is still reset (downstream_rq_rx_reset).
 """
 
 from __future__ import annotations
+
+# The reason of the ProtocolError connection_manager's _on_header_timeout makes.
+HEADER_TIMEOUT = "request header timeout"
 
 
 def closing(conn, remote: bool) -> None:
     """`conn` (an HttpConnection, still open) is about to end: closed by the client
     (`remote`) or by Baton. With a request in flight, destroy_active_rq and its twin
     (Envoy's doConnectionClose counts them when it decides, before any delayed close)."""
-    if conn.closed:
+    streams = conn.streams
+    if conn.closed or not streams:      # (the usual close: its last stream done)
         return
-    live = sum(not stream.done for stream in conn.streams.values())
+    live = 0
+    for stream in streams.values():
+        if not stream.done:
+            live += 1
     if live:
         hcm = conn.hcm
         counters = conn.worker.stats.counters
@@ -70,15 +88,24 @@ def closed_here(conn) -> None:
 
 def transport_lost(conn, exc) -> None:
     """`conn`'s transport is gone (asyncio's connection_lost): the end of a delayed close
-    that timed out (Baton's transport.close(): no `exc`), or a client's reset or error
-    before Baton closed. Nothing for a connection closed before (counted then) or moved."""
+    (timed out: Baton's transport.close(), no `exc`; or the client's reset), or a client's
+    reset or error before Baton closed. Nothing for a connection closed before (counted
+    then) or moved."""
     if conn.destroy_counted:
         return
     if conn.lingering is not None and exc is None:
         conn.worker.stats.counters[conn.hcm.stat_cx_delayed_close_timeout] += 1
         connection_ends(conn, False)
-    elif not conn.closed or conn.lingering is not None:
+    elif conn.lingering is not None:
+        linger_ended_by_client(conn)
+    elif not conn.closed:
         client_closed(conn)
+
+
+def linger_ended_by_client(conn) -> None:
+    """The client's FIN or RST ended `conn`'s delayed close: local after a timeout (the
+    client waited for the close), else remote (see the module's docstring)."""
+    connection_ends(conn, not conn.timed_out)
 
 
 def stream_cut(stream) -> None:
@@ -100,16 +127,27 @@ def last_stream_done(conn, stream) -> None:
     close) when that request was read whole, for nothing is left unread to race the close
     (checkForDeferredClose's skip_delay_close); else its delayed close waits for the client
     (transport_lost and eof_received count what ends it). Baton lingers either way."""
-    if conn.codec.multiplexed or not getattr(stream, "remote_complete", True):
+    if conn.codec.multiplexed or not stream.request_complete:
         return
-    info = getattr(stream, "info", None)            # (an express exchange has none)
-    if info is None or "DPE" not in info.response_flags:
+    # An express exchange (express.py) has no StreamInfo and is never a codec error: told
+    # apart by its class's name, as a getattr with a default would raise and catch inside
+    # on every Connection: close request (~5k instructions a connection, callgrind).
+    if stream.__class__.__name__ != "Stream" or "DPE" not in stream.info.response_flags:
         connection_ends(conn, False)
 
 
-def codec_error(stream) -> None:
-    """`stream` answers a request its codec refused."""
-    stream.info.response_flags.append("DPE")
+def protocol_error(conn, event) -> None:
+    """`conn`'s codec reported `event` (a ProtocolError): downstream_cx_protocol_error, but
+    for the request-headers timeout."""
+    if event.reason != HEADER_TIMEOUT:
+        conn.worker.stats.counters[conn.hcm.stat_cx_protocol_error] += 1
+
+
+def codec_error(stream, event=None) -> None:
+    """`stream` answers a request its codec refused (`event`, the ProtocolError, when there
+    is one), or whose head did not come in time (no DPE then)."""
+    if event is None or event.reason != HEADER_TIMEOUT:
+        stream.info.response_flags.append("DPE")
     stream.stats[stream.hcm.stat_rq_rx_reset] += 1
 
 
