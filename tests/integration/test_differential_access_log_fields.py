@@ -46,6 +46,14 @@ def fields_bootstrap(upstreams: dict[str, int]):
         route("r-urx", "/urx", {"route": {"cluster": "a", "retry_policy": {
             "retry_on": "5xx", "num_retries": 1}}}),
         route("r-dr", "/dr", {"direct_response": {"status": 418, "body": {"inline_string": "teapot"}}}),
+        # A retry to the other host of "mix" (one of them dead): test_..._after_a_retry.
+        route("r-rt", "/rt", {"route": {"cluster": "mix", "retry_policy": {
+            "retry_on": "5xx,connect-failure", "num_retries": 1, "retry_host_predicate": [{
+                "name": "envoy.retry_host_predicates.previous_hosts", "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3."
+                             "PreviousHostsPredicate"}}],
+            "host_selection_retry_max_attempts": 5}}}),
+        route("r-one", "/one", {"route": {"cluster": "mix"}}),
         route("r-u", "/u", {"route": {"cluster": "a"}})]}]}
 
     def template(ports: dict[str, int], admin: int) -> dict:
@@ -55,7 +63,8 @@ def fields_bootstrap(upstreams: dict[str, int]):
             http_listener("timeouts", ports["timeouts"], routes, access_log=ACCESS_LOG,
                           common_http_protocol_options={"idle_timeout": "1s"},
                           request_headers_timeout="0.5s", drain_timeout="0.2s")],
-            [cluster("a", [upstreams["a"]]), cluster("dead", [DEAD])])
+            [cluster("a", [upstreams["a"]]), cluster("dead", [DEAD]),
+             cluster("mix", [upstreams["a"], DEAD])])
     return template
 
 
@@ -496,3 +505,26 @@ def test_the_log_lines_of_a_client_gone_mid_body_and_a_header_timeout(pair, reco
     differential(pair, run, lambda obs: _check(obs == {
         "gone-mid-body": ["0", "DC", "downstream_remote_disconnect"],
         "header-timeout": ["408", "-", "request_header_timeout"]}, obs), at_once=True)
+
+
+def test_upstream_addresses_after_a_retry_that_failed_to_connect(pair, recorder):
+    """The first try reaches host a (a 503, retried), the second the dead host (UF): the line
+    names the dead host, with no remote or local address, as Envoy 1.40's new UpstreamInfo per
+    try (Baton kept the first try's local address, so it logged the dead host as reached).
+    /one between rounds moves the round robin, so that some rounds start on a."""
+    def run(target):
+        rows = set()
+        for i in range(6):
+            if i % 2:
+                _curl(target, "/one")
+            offset = target.process.log_path.stat().st_size
+            key = target.key(f"retried-{i}")
+            _curl(target, "/rt", "-H", f"x-test-key: {key}", "-H", "x-test-status: 503")
+            values = _normalised(_line(target, offset, _keyed(key)), recorder.ports["a"])
+            if values["UPSTREAM_HOST"].endswith(":<dead>"):
+                rows.add(tuple(values[name] for name in (
+                    "UPSTREAM_REQUEST_ATTEMPT_COUNT", "RESPONSE_FLAGS", "UPSTREAM_HOST",
+                    "UPSTREAM_REMOTE_ADDRESS", "UPSTREAM_LOCAL_ADDRESS")))
+        return sorted(rows)
+    differential(pair, run, lambda obs: _check(
+        ("2", "URX,UF", "127.0.0.1:<dead>", "-", "-") in obs, obs))

@@ -525,6 +525,7 @@ class Router:
             return
         self.tried.append(host)
         stream.info.upstream_host = host.stat_id
+        stream.info.upstream_local = None       # each attempt's own (Envoy: a new UpstreamInfo)
         stream.info.attempts += 1
         if self.route.connect_terminate and stream.request.method == "CONNECT":
             from .connect_tunnel import TcpUpstream, connect_destination, connect_peer
