@@ -131,7 +131,7 @@ def last_stream_done(conn, stream) -> None:
         return
     # An express exchange (express.py) has no StreamInfo and is never a codec error: told
     # apart by its class's name, as a getattr with a default would raise and catch inside
-    # on every Connection: close request (~5k instructions a connection, callgrind).
+    # on every Connection: close request (callgrind: bench/RESULTS.md, a connection's end).
     if stream.__class__.__name__ != "Stream" or "DPE" not in stream.info.response_flags:
         connection_ends(conn, False)
 
