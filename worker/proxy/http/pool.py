@@ -689,8 +689,10 @@ class PoolManager:
                 not cluster.tls_matches and not cluster.internal_hosts:
             return pool
         pool = self.get(cluster, host, False, request)
-        if pool.tls is None and not cluster.tls_matches and not cluster.internal_hosts \
-                and pool.http2 is False and not pool.auto:
+        # Only a HostPool of its own: an internal host's is a SharedStatePool
+        # (internal_listener.py), which picks its pool per downstream connection.
+        if type(pool) is HostPool and pool.tls is None and not cluster.tls_matches \
+                and not cluster.internal_hosts and pool.http2 is False and not pool.auto:
             if len(self.plain) >= MAX_POOLS:
                 self.plain.clear()
             self.plain[host] = pool
