@@ -528,3 +528,27 @@ def test_upstream_addresses_after_a_retry_that_failed_to_connect(pair, recorder)
         return sorted(rows)
     differential(pair, run, lambda obs: _check(
         ("2", "URX,UF", "127.0.0.1:<dead>", "-", "-") in obs, obs))
+
+
+def test_request_duration_of_an_http2_request_its_headers_left_open(pair):
+    """HTTP/2 HEADERS without END_STREAM (no content-length, no DATA) answered at once by a
+    direct response: the request never completed, Envoy 1.40 logs %REQUEST_DURATION% "-"
+    (Baton logged 0, taking the missing content-length for a request that ended with its head)."""
+    def run(target):
+        key = target.key("http2-open-post")
+        block = Encoder().encode([(":method", "POST"), (":scheme", "http"), (":authority", "x"),
+                                  (":path", "/dr"), ("x-test-key", key)])
+        headers = struct.pack(">L", len(block))[1:] + bytes([1, 4]) + struct.pack(">L", 1) + block
+        offset = target.process.log_path.stat().st_size
+        with socket.create_connection(("127.0.0.1", target.port), timeout=5) as sock:
+            sock.sendall(H2_PREFACE + headers)         # END_HEADERS, no END_STREAM
+            seen = b""
+            while b"teapot" not in seen:               # the direct response's body
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                seen += chunk
+        values = dict(zip(FIELDS, _line(target, offset, _keyed(key)).split("\t")))
+        return {name: values[name] for name in ("RESPONSE_CODE", "REQUEST_DURATION")}
+    differential(pair, run, lambda obs: _check(obs == {"RESPONSE_CODE": "418",
+                                                       "REQUEST_DURATION": "-"}, obs))

@@ -113,14 +113,13 @@ def test_hostname():
 
 
 def test_request_duration():
-    # A GET (no body announced, none read) was complete with its head: 0, as Envoy logs it.
-    assert render("%REQUEST_DURATION%", make_info()) == "0"
-    # A body announced and not ended, or read in part: not complete, "-".
-    posted = make_info()
-    posted.request.headers.add("content-length", "5")
-    assert render("%REQUEST_DURATION%", posted) == "-"
+    # A request whose head ended its stream (Stream records its start as its end): 0, as
+    # Envoy logs a GET.
+    assert render("%REQUEST_DURATION%", make_info(last_request_byte=100.0)) == "0"
+    # Not ended (a body announced or not, read in part or not; an HTTP/2 request's HEADERS
+    # without END_STREAM has no content-length to tell), or refused (no request): "-".
+    assert render("%REQUEST_DURATION%", make_info()) == "-"
     assert render("%REQUEST_DURATION%", make_info(bytes_received=3)) == "-"
-    # A codec-refused request (no request): "-".
     assert render("%REQUEST_DURATION%", make_info(request=None)) == "-"
     # The body's end, when the stream recorded it.
     assert render("%REQUEST_DURATION%", make_info(bytes_received=5, last_request_byte=100.0021)) == "2"

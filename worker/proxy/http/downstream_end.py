@@ -156,7 +156,7 @@ def http10_refused(stream) -> None:
     stream has no request ('"- - HTTP/1.1" 426 DPE' in the default format), counted in
     downstream_cx_protocol_error."""
     info = stream.info
-    info.request = None
+    info.request = info.last_request_byte = None      # (no request: REQUEST_DURATION -)
     info.protocol = "HTTP/1.1"
     stream.stats[stream.hcm.stat_cx_protocol_error] += 1
     codec_error(stream)

@@ -102,23 +102,6 @@ def _ms(start, end):
     return int((end - start) * 1000)
 
 
-def _request_end(info):
-    """When the request was complete (loop time), or None: `last_request_byte`, set when a
-    body ends; a request that ended with its head (no body announced, none read) ended when
-    it began (Envoy 1.40 logs %REQUEST_DURATION% 0 for a GET; "-" for a request its codec
-    refused, which has none here). Read only by formats that name it: no store per request."""
-    end = info.last_request_byte
-    if end is not None:
-        return end
-    request = info.request
-    if request is None or info.bytes_received:
-        return None
-    headers = request.headers
-    if "content-length" in headers or "transfer-encoding" in headers:
-        return None
-    return info.start_monotonic
-
-
 # %RESPONSE_FLAGS_LONG%: each short flag's long name, as Envoy 1.40 names them
 # (StreamInfo's ResponseFlagUtils).
 _LONG_FLAGS = {
@@ -342,7 +325,10 @@ OPERATORS = {
                         "(None if info.start_monotonic is None or info.last_downstream_byte is "
                         "None else int((info.last_downstream_byte - info.start_monotonic) "
                         "* 1000))"),
-    "REQUEST_DURATION": _simple(lambda info: _ms(info.start_monotonic, _request_end(info))),
+    # last_request_byte: the body's end, or the start for a request whose head ended its
+    # stream (Stream sets it: Envoy 1.40 logs 0 for a GET, "-" for an HTTP/2 request whose
+    # HEADERS left the stream open, even with no content-length, and for a refused one).
+    "REQUEST_DURATION": _simple(lambda info: _ms(info.start_monotonic, info.last_request_byte)),
     "RESPONSE_DURATION": _simple(lambda info: _ms(info.start_monotonic,
                                                   info.first_upstream_byte)),
     "RESPONSE_TX_DURATION": _simple(lambda info: _ms(info.first_upstream_byte,

@@ -214,6 +214,8 @@ class Stream:
                 _PROTOCOLS.get(request.version) or f"HTTP/{request.version}")
             info = StreamInfo(request, loop.time(), protocol, conn.peer, conn.local, conn.id)
         self.info = info
+        if self.end_at_head and request is not None:    # complete as it began: REQUEST_DURATION 0
+            info.last_request_byte = info.start_monotonic
         self.route = None
         self.filters = ()
         self.filter_index = 0
