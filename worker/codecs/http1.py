@@ -462,6 +462,11 @@ class Http1ServerCodec(_Http1Output):
                 keep_alive = False      # close-delimited body
         elif length is None and end_stream and not no_body:
             out.append("content-length: 0\r\n")
+        elif length is None and method == "HEAD" and version == "1.1" and status >= 200 and \
+                status not in _NO_BODY_STATUS:
+            # Envoy 1.40's codec names chunked framing on a HEAD response without a length
+            # (encodeHeadersBase; no body follows, as for any HEAD).
+            out.append("transfer-encoding: chunked\r\n")
         if self._goaway:
             keep_alive = False
         if chunked:

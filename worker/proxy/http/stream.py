@@ -157,11 +157,11 @@ def own_response_headers(hcm, headers, service_time) -> None:
         if transformation != "OVERWRITE" and headers.remove("x-envoy-upstream-service-time"):
             items = headers.items
         items.append(service_time)
+    items.append(("date", DATE.get()))     # before server, as Envoy's encodeHeaders sets them
     if transformation == "OVERWRITE":
         items.append(("server", hcm.server_name))
     elif transformation == "APPEND_IF_ABSENT" and "server" not in headers:
         items.append(("server", hcm.server_name))
-    items.append(("date", DATE.get()))
 
 
 def filter_chain(factories) -> tuple:
