@@ -60,7 +60,7 @@ class Stream:
         self.filter_index = 0
         self.router = None
         self.done = False
-        self.held_body, self.held_bytes = [], 0
+        self.held_body, self.held_bytes = (), 0      # as Stream: () until a chunk is held
         self.buffer_limit = limit
         self.response_started = False
         self.stats = Counter()

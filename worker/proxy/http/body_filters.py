@@ -246,7 +246,10 @@ class BodyChain:
         if end_stream:
             stream.request_complete = True
         if data:
-            stream.held_body.append(bytes(data))
+            if stream.held_body:
+                stream.held_body.append(bytes(data))
+            else:                       # () until a first chunk is held (stream.py)
+                stream.held_body = [bytes(data)]
             stream.held_bytes += len(data)
         if stream.held_bytes > stream.buffer_limit:
             if not self.request.streaming:
