@@ -305,6 +305,8 @@ class HostPool:
         """The newest idle connection that can carry a request now, marked busy (HTTP/1.1),
         or None. Idle connections that cannot are dropped from the list on the way."""
         idle = self.idle
+        if self.common is not self.cluster.common_http:     # CDS updated the cluster
+            self._read_common(self.cluster.common_http)
         if not self.http2:
             max_requests = self.max_requests
             while idle:
@@ -335,6 +337,8 @@ class HostPool:
     def release(self, conn: UpstreamConnection) -> None:
         if conn.closed:
             return
+        if self.common is not self.cluster.common_http:     # CDS updated the cluster
+            self._read_common(self.cluster.common_http)
         if self.http2:
             while self.waiters and conn.reusable:
                 self._unpend()
@@ -367,9 +371,8 @@ class HostPool:
         self.idle_timeout = common.get("idle_timeout", 3600.0)
 
     def _arm_idle(self, conn) -> None:
-        """Lazy, as the client side's: releasing moves the deadline, the timer re-arms."""
-        if self.common is not self.cluster.common_http:     # CDS updated the cluster
-            self._read_common(self.cluster.common_http)
+        """Lazy, as the client side's: releasing moves the deadline, the timer re-arms
+        (release() has read the cluster's options again if CDS replaced them)."""
         timeout = self.idle_timeout
         if timeout:
             conn.idle_deadline = self.loop.time() + timeout
