@@ -514,12 +514,13 @@ def test_upstream_addresses_after_a_retry_that_failed_to_connect(pair, recorder)
     /one between rounds moves the round robin, so that some rounds start on a."""
     def run(target):
         rows = set()
-        for i in range(6):
+        offset = target.process.log_path.stat().st_size
+        keys = [target.key(f"retried-{i}") for i in range(6)]
+        for i, key in enumerate(keys):
             if i % 2:
                 _curl(target, "/one")
-            offset = target.process.log_path.stat().st_size
-            key = target.key(f"retried-{i}")
             _curl(target, "/rt", "-H", f"x-test-key: {key}", "-H", "x-test-status: 503")
+        for key in keys:        # (the lines read once all are sent: one wait for the flush)
             values = _normalised(_line(target, offset, _keyed(key)), recorder.ports["a"])
             if values["UPSTREAM_HOST"].endswith(":<dead>"):
                 rows.add(tuple(values[name] for name in (
