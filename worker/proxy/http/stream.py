@@ -533,6 +533,8 @@ class Stream:
             self.body_watcher()
 
     def on_request_trailers(self, headers) -> None:
+        # Trailers end the request: %REQUEST_DURATION% reads when (review R2, finding 3).
+        self.info.last_request_byte = self.loop.time()
         if self.body_chain is not None and self.body_chain.decodes:
             self.body_chain.request_trailers(headers)
             return
