@@ -183,6 +183,12 @@ def _tunnel_through_reloads(tmp_path, mode: str, opening: bytes, seen: bytes,
                 if not split:
                     # The old generation keeps nothing of the tunnel: it exits while it is open.
                     b.wait_previous_gone(old, timeout=10)
+                else:
+                    # `baton reload` returns once the new generation took over and the old one
+                    # moves its connections right after: wait for the move, or the bytes below
+                    # and the tunnel's end could all come first, leaving nothing to move.
+                    wait_until(lambda: b.log.count("moved 1 of 1 connection(s)") >= 1, 10,
+                               "the tunnel moved client-only")
                 for message in (f"after reload {i}".encode(), b"z" * 300_000):
                     sock.sendall(message)
                     assert reader.exact(len(message)) == message.upper()
