@@ -6,6 +6,8 @@ Nothing here sleeps to synchronise: every wait polls a readiness signal (a line 
 
 from __future__ import annotations
 
+import contextlib
+import io
 import itertools
 import json
 import os
@@ -14,6 +16,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -242,11 +245,27 @@ class Baton:
         return reply["status"]
 
     def reload(self, timeout: float = 120.0) -> subprocess.CompletedProcess:
-        """`baton reload` as a process. (Running its main() in the test process, 0220946,
-        made the reload request come ~1 s sooner after a test's last step and a CONNECT tunnel
-        test under --l4-move client-only then saw its tunnel not moved, 2 of 6 runs under
-        load: a race that timing exposes, recorded for a fix; until then, the command.)"""
-        return self.cli("reload", timeout=timeout)
+        """`baton reload`: its exit code, stdout and stderr. From the test's own thread, for a
+        Baton of this tree, the command's main() runs in this process with its output captured
+        (a Python start and the CLI's imports less per reload; 20-reload tests make 20); from
+        another thread (the capture is process-wide) or for another interpreter's Baton, the
+        command runs as a process, as before. `timeout` bounds the wait either way."""
+        if self.python != sys.executable or threading.current_thread() is not threading.main_thread():
+            return self.cli("reload", timeout=timeout)
+        return self._command_here("reload", "--timeout", str(timeout))
+
+    def _command_here(self, *args: str) -> subprocess.CompletedProcess:
+        from baton.supervisor.cli import main
+        argv = [*args, "--runtime-dir", str(self.runtime_dir)]
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = main(argv)
+            except SystemExit as exc:       # as the interpreter turns it into an exit code
+                code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+                if isinstance(exc.code, str):
+                    print(exc.code, file=sys.stderr)
+        return subprocess.CompletedProcess([BATON, *argv], code, out.getvalue(), err.getvalue())
 
     def master_pid(self) -> int:
         return self.status()["master"]["pid"]
