@@ -420,8 +420,11 @@ def test_an_undecodable_request_head_counts_as_a_request_reset(pair, continued):
         before = target.stats(prefix)
         with socket.create_connection(("127.0.0.1", target.port), timeout=5) as sock:
             sock.sendall(H2_PREFACE + _undecodable(Encoder(), continued))
-            while b"\x07\x00\x00\x00\x00\x00" not in sock.recv(65536):     # the GOAWAY
-                pass
+            seen = b""
+            while b"\x07\x00\x00\x00\x00\x00" not in seen:      # the GOAWAY
+                data = sock.recv(65536)
+                assert data, f"closed before a GOAWAY: {seen[:80]!r}"
+                seen += data
         after = _once_destroyed(target, prefix, before)
         return {name: after.get(prefix + name, 0) - before.get(prefix + name, 0) for name in names}
     differential(pair, run, lambda obs: _check(obs == dict.fromkeys(names, 1), obs))
