@@ -116,7 +116,8 @@ def stream_cut(stream) -> None:
             return
         stream = stream._hand_back()
     # A response forwarded from the previous generation (inflight.py's ForwardedResponse)
-    # has no StreamInfo here: its exchange is logged where it runs, told by its reset.
+    # has no StreamInfo here (info None): its exchange is logged where it runs, told by its
+    # reset. (getattr: whatever else a connection's stream table may hold.)
     info = getattr(stream, "info", None)
     if info is not None and not stream.done:
         info.response_flags.append("DC")            # (counted by closing())
@@ -129,10 +130,9 @@ def last_stream_done(conn, stream) -> None:
     (transport_lost and eof_received count what ends it). Baton lingers either way."""
     if conn.codec.multiplexed or not stream.request_complete:
         return
-    # An express exchange (express.py) has no StreamInfo and is never a codec error: told
-    # apart by its class's name, as a getattr with a default would raise and catch inside
-    # on every Connection: close request (callgrind: bench/RESULTS.md, a connection's end).
-    if stream.__class__.__name__ != "Stream" or "DPE" not in stream.info.response_flags:
+    # An express exchange (express.py: info None) is never a codec error.
+    info = stream.info
+    if info is None or "DPE" not in info.response_flags:
         connection_ends(conn, False)
 
 

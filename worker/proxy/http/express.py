@@ -108,6 +108,7 @@ class Exchange:
                  "started_at", "deadline", "request_id", "response", "first_byte",
                  "bytes_sent", "response_started", "response_complete", "done", "paused",
                  "holding", "idle_timeout", "last_activity", "handed_to")
+    info = None             # no StreamInfo on the lane (downstream_end reads it as a Stream's)
 
     # Read by the connection manager as on a Stream.
     request_complete = True

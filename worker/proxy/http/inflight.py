@@ -155,6 +155,7 @@ class ForwardedResponse:
     id = FORWARDED_STREAM_ID
     router = None               # no route deadline here: the old worker keeps the exchange's
     request_complete = True     # the request had fully arrived before the move
+    info = None                 # its StreamInfo is the previous generation's (downstream_end)
     response_started = True     # as far as local replies go: the old worker answers it
     upgrade = None
     idle_timeout = 0
