@@ -1,4 +1,4 @@
-"""Fuzz the HTTP/1.1 codec (worker/codecs/http1.py), both sides, with generated inputs.
+"""Fuzz the HTTP/1.1 codec (worker/codecs/http1_*.py), both sides, with generated inputs.
 
     .venv/bin/python tests/fuzz/fuzz_http1.py --count 1000000 [--seed N] [--seconds 600]
 
@@ -26,7 +26,8 @@ sys.path.insert(0, str(ROOT.parent))
 
 from baton.tests.fuzz import mutation  # noqa: E402
 from baton.worker.codecs.events import Body, ProtocolError, RequestHead, ResponseHead  # noqa: E402
-from baton.worker.codecs.http1 import Http1ClientCodec, Http1ServerCodec  # noqa: E402
+from baton.worker.codecs.http1_client import Http1ClientCodec  # noqa: E402
+from baton.worker.codecs.http1_server import Http1ServerCodec  # noqa: E402
 from baton.worker.codecs.message import Headers, Request  # noqa: E402
 
 CORPUS = Path(__file__).resolve().parent / "corpus" / "http1"

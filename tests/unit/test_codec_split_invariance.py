@@ -1,7 +1,7 @@
 """Split invariance of the codecs: the same bytes fed in any split give the same events and the
 same bytes out. A socket may hand a codec a message in one read or byte by byte; nothing it
 decides may depend on where the reads fell. Checked for the HTTP/1.1 server and client codecs
-(worker/codecs/http1.py) and the lean HTTP/2 server (worker/codecs/h2server.py), on generated
+(worker/codecs/http1_*.py) and the lean HTTP/2 server (worker/codecs/h2server.py), on generated
 valid traffic and on the HTTP/2 fuzzer's conversations (valid, broken and mutated).
 
 How events compare: Body events of one stream that follow each other are joined (a body may
@@ -21,7 +21,8 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from baton.worker.codecs.events import (Body, GoAway, ProtocolError, RequestHead, ResponseHead,
                                         StreamReset, Trailers, WindowOpen)
 from baton.worker.codecs.h2server import LeanHttp2ServerCodec
-from baton.worker.codecs.http1 import Http1ClientCodec, Http1ServerCodec
+from baton.worker.codecs.http1_client import Http1ClientCodec
+from baton.worker.codecs.http1_server import Http1ServerCodec
 from baton.worker.codecs.message import Headers, Request, Response
 
 from .http1_strategies import requests, responses, serialize_request, serialize_response

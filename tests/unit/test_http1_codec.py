@@ -5,7 +5,8 @@ from __future__ import annotations
 from hypothesis import given, settings, strategies as st
 
 from baton.worker.codecs.events import Body, ProtocolError, RequestHead, ResponseHead
-from baton.worker.codecs.http1 import Http1ClientCodec, Http1ServerCodec
+from baton.worker.codecs.http1_client import Http1ClientCodec
+from baton.worker.codecs.http1_server import Http1ServerCodec
 from baton.worker.codecs.message import Headers, Request, Response
 
 

@@ -1,4 +1,4 @@
-"""The HTTP/1.1 hot path's shortcuts (codecs/http1.py, stream.new_request_id): a remembered
+"""The HTTP/1.1 hot path's shortcuts (codecs/http1_*.py, stream.new_request_id): a remembered
 head decodes to the same pairs as a fresh one, never to a shared list; the one-pass header
 scans keep what the Connection header lists out; request ids stay random version-4 UUIDs.
 """
@@ -9,7 +9,8 @@ import uuid
 
 from baton.worker.codecs import http1_head
 from baton.worker.codecs.events import Body, ResponseHead
-from baton.worker.codecs.http1 import Http1ClientCodec, Http1ServerCodec
+from baton.worker.codecs.http1_client import Http1ClientCodec
+from baton.worker.codecs.http1_server import Http1ServerCodec
 from baton.worker.codecs.message import Headers, Request, Response
 from baton.worker.proxy.http.stream import new_request_id
 

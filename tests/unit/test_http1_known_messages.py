@@ -12,7 +12,8 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from baton.worker.codecs import http1_head
 from baton.worker.codecs.events import Body, ProtocolError, RequestHead, ResponseHead
-from baton.worker.codecs.http1 import Http1ClientCodec, Http1ServerCodec
+from baton.worker.codecs.http1_client import Http1ClientCodec
+from baton.worker.codecs.http1_server import Http1ServerCodec
 from baton.worker.codecs.message import Headers, Request, Response
 
 from .http1_strategies import requests, responses, serialize_request, serialize_response
@@ -295,7 +296,7 @@ def test_generated_responses_read_again_report_as_parsed(m, method):
 
 def test_a_large_read_is_not_looked_up(monkeypatch):
     """Only reads the memos could hold are hashed: a large upload's first read is not."""
-    from baton.worker.codecs import http1
+    from baton.worker.codecs import http1_client, http1_server
 
     asked = []
 
@@ -304,8 +305,8 @@ def test_a_large_read_is_not_looked_up(monkeypatch):
             asked.append(len(key))
             return super().get(key, default)
 
-    monkeypatch.setattr(http1, "KNOWN_REQUESTS", Spy())
-    monkeypatch.setattr(http1, "KNOWN_RESPONSES", Spy())
+    monkeypatch.setattr(http1_server, "KNOWN_REQUESTS", Spy())
+    monkeypatch.setattr(http1_client, "KNOWN_RESPONSES", Spy())
     body = b"x" * (2 * http1_head.KNOWN_BYTES)
     Http1ServerCodec().receive(b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: %d\r\n\r\n"
                                % len(body) + body)
@@ -591,15 +592,15 @@ def _request_by_lines_and_parsed(wire: bytes, by_lines=None) -> list:
     """`wire` read by a server codec and by one that never reads by lines (llhttp reads it):
     the same events, state, answer written and next request read. `by_lines`: whether the
     first must have read it by its lines (None: either)."""
-    from baton.worker.codecs import http1
+    from baton.worker.codecs import http1_server
     warm, cold = Http1ServerCodec(), Http1ServerCodec()
     _forget(lines_gates=False)
-    by_lines_read = http1.plain_request
-    http1.plain_request = lambda data: None
+    by_lines_read = http1_server.plain_request
+    http1_server.plain_request = lambda data: None
     try:
         expected = described(_unjudged(lambda: cold.receive(wire)))
     finally:
-        http1.plain_request = by_lines_read
+        http1_server.plain_request = by_lines_read
     http1_head.KNOWN_REQUESTS.clear()
     got = described(warm.receive(wire))
     assert got == expected

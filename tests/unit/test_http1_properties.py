@@ -1,4 +1,4 @@
-"""Properties of the HTTP/1.1 codec (worker/codecs/http1.py) that say what it reports, not only
+"""Properties of the HTTP/1.1 codec (worker/codecs/http1_*.py) that say what it reports, not only
 that it does not raise: a generated valid request comes out with its head fields and body bytes,
 chunked and Content-Length give the same message, pipelined requests come out in order, our
 client's requests and our server's responses read back as what was sent; and invalid input is a
@@ -14,7 +14,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from baton.worker.codecs.events import Body, ProtocolError, RequestHead, ResponseHead
-from baton.worker.codecs.http1 import Http1ClientCodec, Http1ServerCodec
+from baton.worker.codecs.http1_client import Http1ClientCodec
+from baton.worker.codecs.http1_server import Http1ServerCodec
 from baton.worker.codecs.message import Headers, Request, Response
 
 from .http1_strategies import Message, requests, responses, serialize_request, serialize_response

@@ -1,6 +1,7 @@
-"""What an HTTP/1.1 head says, read once (http1.py's two codecs share it): header names
-decoded and lower-cased, a small head's pairs decoded, and what each side reads from them
-(the pairs that pass on, Host, framing, hop-by-hop names), remembered per head.
+"""What an HTTP/1.1 head says, read once (the two codecs, http1_server.py and http1_client.py,
+share it): header names decoded and lower-cased, a small head's pairs decoded, and what each
+side reads from them (the pairs that pass on, Host, framing, hop-by-hop names), remembered per
+head.
 
 Why: an upstream sends the same head again and again (only its Date moves, once a second),
 a client its same few headers; reading them once and looking them up after is cheaper than

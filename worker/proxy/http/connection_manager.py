@@ -24,7 +24,7 @@ from collections import deque
 from ...codecs.events import (Body, HeadersRefused, ProtocolError, RequestHead, StreamReset,
                               Trailers, WindowOpen)
 from ...codecs.h2limits import TOO_MANY_PREMATURE_RESETS
-from ...codecs.http1 import Http1ServerCodec
+from ...codecs.http1_server import Http1ServerCodec
 from ...connection import Connection, Lifecycle, register
 from . import downstream_end, express
 from .connection_move import HttpConnectionMoves, no_http_chain

@@ -41,7 +41,7 @@ from collections import deque
 from .alpn_override import AlpnOverride
 
 from ...codecs.events import GoAway, ProtocolError
-from ...codecs.http1 import Http1ClientCodec
+from ...codecs.http1_client import Http1ClientCodec
 from ...tls.accept import HandshakeRefused
 from ..lb import Host
 

@@ -1,28 +1,13 @@
-"""HTTP/1.1, sans-IO, on httptools (llhttp): the server side (a client's connection to us) and
-the client side (our connection to an upstream). Interface and events: events.py.
+"""HTTP/1.1, sans-IO, on httptools (llhttp): the server side, a client's connection to us:
+requests in, responses out. The rules both sides keep: http1_common.py. Interface and events:
+events.py.
 
-Rules of this file:
-- Parsing is llhttp's (strict: Content-Length with Transfer-Encoding, bad chunk sizes, bare
-  LF and the like are errors, so a request cannot be smuggled past us); the codec adds the
-  proxy's limits (header bytes, header count) and turns every parser error into one
-  ProtocolError event, after which the codec ignores input.
-- Framing is recomputed on the way out, never copied: the message model carries no
-  Transfer-Encoding, and the serializer writes Content-Length when the sender gave one, else
-  chunked (HTTP/1.1 peers), else close-delimited (an HTTP/1.0 client's response).
-- Hop-by-hop headers (Connection and the names it lists, Keep-Alive, Proxy-Connection,
-  Transfer-Encoding, TE, Upgrade) never leave the codec that received them; an upgrade is
-  reported as RequestHead.upgrade instead, and after it the connection is a byte tunnel: each
-  receive() is one Body event.
-- Requests are numbered 1, 3, 5, ... (odd, like HTTP/2 client streams). Pipelined requests are
-  all parsed and reported; responses must be sent in the same order (the connection manager
-  serialises them).
-- Where Envoy 1.40 answers a request differently from llhttp, Envoy wins (each checked against
-  the real Envoy in tests/integration/test_differential_protocol.py): a Transfer-Encoding other
-  than exactly "chunked" is a 501; any one-digit version other than 1.1 (0.9, 1.2, 2.0, ...)
-  and a request line without a version are HTTP/1.0 requests (426 unless accept_http_10); an
-  absolute-form target loses its userinfo and must be a valid http(s) URL (else 400); a head
-  is limited by its bytes as sent (request or status line, header lines, the empty line), and
-  an upstream response head also to 100 headers and 80 KiB, where Envoy gives 502.
+Where Envoy 1.40 answers a request differently from llhttp, Envoy wins (each checked against the
+real Envoy in tests/integration/test_differential_protocol.py): a Transfer-Encoding other than
+exactly "chunked" is a 501; any one-digit version other than 1.1 (0.9, 1.2, 2.0, ...) and a
+request line without a version are HTTP/1.0 requests (426 unless accept_http_10); an
+absolute-form target loses its userinfo and must be a valid http(s) URL (else 400); a head is
+limited by its bytes as sent (request or status line, header lines, the empty line).
 """
 
 from __future__ import annotations
@@ -32,69 +17,22 @@ from collections import deque
 
 import httptools
 
-from .events import Body, ProtocolError, RequestHead, ResponseHead
-from .http1_head import (HOP_BY_HOP, KNOWN_BYTES, KNOWN_REQUESTS, KNOWN_RESPONSES,
-                         REQUEST_LINES_GATE, REQUESTS_GATE, RESPONSE_LINES_GATE, RESPONSES_GATE,
-                         KnownRequest, KnownResponse,
-                         connection_keeps_alive, learn_status_line, lookup_head, plain_request,
-                         plain_response, read_request, read_response, remember)
+from .events import Body, ProtocolError, RequestHead
+from .http1_common import (FRAMINGS, NO_BODY_STATUS, REASONS, Http1Output, LimitExceeded,
+                           Outgoing, end_body, frame_body, last_chunk)
+from .http1_head import (HOP_BY_HOP, KNOWN_BYTES, KNOWN_REQUESTS, REQUEST_LINES_GATE,
+                         REQUESTS_GATE, KnownRequest, connection_keeps_alive, lookup_head,
+                         plain_request, read_request, remember)
 from .message import Headers, Request, Response
 
-__all__ = ["Http1ServerCodec", "Http1ClientCodec", "HOP_BY_HOP", "REASONS"]
-
-REASONS = {
-    100: "Continue", 101: "Switching Protocols", 200: "OK", 201: "Created", 202: "Accepted",
-    203: "Non-Authoritative Information", 204: "No Content", 205: "Reset Content",
-    206: "Partial Content", 300: "Multiple Choices", 301: "Moved Permanently", 302: "Found",
-    303: "See Other", 304: "Not Modified", 307: "Temporary Redirect", 308: "Permanent Redirect",
-    400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
-    405: "Method Not Allowed", 408: "Request Timeout", 409: "Conflict", 411: "Length Required",
-    413: "Payload Too Large", 414: "URI Too Long", 415: "Unsupported Media Type",
-    417: "Expectation Failed", 421: "Misdirected Request", 426: "Upgrade Required",
-    429: "Too Many Requests", 431: "Request Header Fields Too Large", 500: "Internal Server Error",
-    501: "Not Implemented", 502: "Bad Gateway", 503: "Service Unavailable",
-    504: "Gateway Timeout", 505: "HTTP Version Not Supported",
-}
+__all__ = ["Http1ServerCodec"]
 
 _METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS",
                                     "PATCH", "CONNECT", "TRACE")}
 _STATUS_LINES = {code: f"HTTP/1.1 {code} {reason}\r\n" for code, reason in REASONS.items()}
-_NO_BODY_STATUS = frozenset({204, 304})
-_TE_TRAILERS = ("te", "trailers")
-_HOST_ONLY = frozenset({"host"})
-_NOT_FORWARDED = HOP_BY_HOP | {"host"}       # the request line's host is written separately
 # The bytes of a request head that the parser's callbacks do not hand over: the spaces around
 # the target, " HTTP/1.1" and its CRLF, and the empty line (the method is added once known).
 _REQUEST_LINE_FRAME = len("  HTTP/1.1\r\n") + len("\r\n")
-# A status line's bytes besides its reason phrase ("HTTP/1.1 200 " and CRLF), and the empty line.
-_STATUS_LINE_FRAME = len("HTTP/1.1 200 \r\n") + len("\r\n")
-UPSTREAM_MAX_HEADER_BYTES = 80 * 1024     # Envoy 1.40's limit on an upstream response head
-UPSTREAM_MAX_HEADERS = 100                # common_http_protocol_options.max_headers_count
-
-
-class _LimitExceeded(Exception):
-    """Raised inside a parser callback to stop llhttp; the codec reports `status`."""
-
-    def __init__(self, status: int, reason: str):
-        super().__init__(reason)
-        self.status = status
-        self.reason = reason
-
-
-
-def _serialize_headers(out: list, headers) -> None:
-    out.extend([f"{name}: {value}\r\n" for name, value in headers])
-
-
-def _end_body(events: list, stream_id: int) -> None:
-    """The message ended: mark its last body chunk of this batch as the end, or add an empty
-    one (a response read in one piece is then one Body event, not two)."""
-    if events:
-        last = events[-1]
-        if last.__class__ is Body and last.stream_id == stream_id and not last.end_stream:
-            last.end_stream = True
-            return
-    events.append(Body(stream_id, b"", True))
 
 
 def _request_parser(codec) -> httptools.HttpRequestParser:
@@ -140,90 +78,7 @@ def _split_target(method: str, target: str) -> tuple[str | None, str]:
     return host, path
 
 
-# --- framing of what we send ----------------------------------------------------------------
-
-class _Outgoing:
-    """How one outgoing message's body is framed: by length, chunked, or until close.
-    Immutable: the four are shared (_FRAMINGS)."""
-
-    __slots__ = ("chunked", "no_body")
-
-    def __init__(self, chunked: bool, no_body: bool):
-        self.chunked = chunked
-        self.no_body = no_body
-
-
-_FRAMINGS = {(chunked, no_body): _Outgoing(chunked, no_body)
-             for chunked in (False, True) for no_body in (False, True)}
-
-
-def _frame_body(out: bytearray, framing: _Outgoing, data: bytes, end_stream: bool) -> None:
-    if framing.no_body:
-        return
-    if framing.chunked:
-        if data:
-            out += b"%x\r\n" % len(data)
-            out += data
-            out += b"\r\n"
-        if end_stream:
-            out += b"0\r\n\r\n"
-    elif data:
-        out += data
-
-
-def _last_chunk(headers) -> bytes:
-    """The terminating chunk, with trailers."""
-    out = ["0\r\n"]
-    _serialize_headers(out, headers)
-    out.append("\r\n")
-    return "".join(out).encode("latin-1")
-
-
-class _Http1Output:
-    """What both sides share: bytes queued for the socket, and no per-stream flow control
-    (HTTP/1.1's backpressure is the socket's own)."""
-
-    __slots__ = ()
-
-    def data_to_send(self) -> bytes:
-        out = self._out
-        if not out:
-            return b""
-        self._out = bytearray()
-        return bytes(out)
-
-    def pending(self, stream_id: int) -> int:
-        return 0
-
-    def consumed(self, stream_id: int, n: int) -> None:
-        """Nothing to give back: there are no HTTP/2 windows here."""
-
-    def _feed(self, data: bytes, error_status: int) -> list:
-        """Parse `data` (both sides): an upgrade goes to `_upgraded`, a parser error or an
-        exceeded limit becomes one `_fail`; the events gathered are returned."""
-        parser = self._parser
-        if parser is None:
-            # Made on the first read that needs it: a connection whose messages are all
-            # known (http1_head.py), a connection: close request from wrk say, never does.
-            parser = self._parser = self._new_parser()
-        try:
-            parser.feed_data(data)
-        except httptools.HttpParserUpgrade as exc:
-            self._upgraded(data[exc.args[0]:])
-        except httptools.HttpParserCallbackError as exc:
-            limit = exc.__context__
-            if not isinstance(limit, _LimitExceeded):
-                raise
-            self._fail(limit.reason, limit.status)
-        except httptools.HttpParserError as exc:
-            self._fail(str(exc) or type(exc).__name__, error_status)
-        events, self._events = self._events, []
-        return events
-
-
-# --- server side ----------------------------------------------------------------------------
-
-class Http1ServerCodec(_Http1Output):
+class Http1ServerCodec(Http1Output):
     """A client's HTTP/1.x connection: requests in, responses out."""
 
     __slots__ = ("_parser", "_events", "_out", "_next_id", "_stream", "_url", "_headers",
@@ -250,7 +105,7 @@ class Http1ServerCodec(_Http1Output):
         # keep_alive, version]
         self._responses: deque = deque()
         self._tunnel = 0                 # stream id once upgraded/CONNECTed: bytes pass through
-        self._framing: dict[int, _Outgoing] = {}
+        self._framing: dict[int, Outgoing] = {}
         self.closed = False              # the connection must close once data_to_send is flushed
         self.close_after = False         # close after the response in progress (no keep-alive)
         self._goaway = False
@@ -443,7 +298,7 @@ class Http1ServerCodec(_Http1Output):
             if length is None and name == "content-length":
                 length = value
             out.append(f"{name}: {value}\r\n")
-        no_body = method == "HEAD" or status in _NO_BODY_STATUS
+        no_body = method == "HEAD" or status in NO_BODY_STATUS
         chunked = False
         if self._tunnel == stream_id and not (
                 status == 101 or (method == "CONNECT" and 200 <= status < 300)):
@@ -463,7 +318,7 @@ class Http1ServerCodec(_Http1Output):
         elif length is None and end_stream and not no_body:
             out.append("content-length: 0\r\n")
         elif length is None and method == "HEAD" and version == "1.1" and status >= 200 and \
-                status not in _NO_BODY_STATUS:
+                status not in NO_BODY_STATUS:
             # Envoy 1.40's codec names chunked framing on a HEAD response without a length
             # (encodeHeadersBase; no body follows, as for any HEAD).
             out.append("transfer-encoding: chunked\r\n")
@@ -484,7 +339,7 @@ class Http1ServerCodec(_Http1Output):
         out.append("\r\n")
         self._out += "".join(out).encode("latin-1")
         pending[2] = keep_alive
-        framing = self._framing[stream_id] = _FRAMINGS[chunked, no_body]
+        framing = self._framing[stream_id] = FRAMINGS[chunked, no_body]
         if end_stream:
             self._finish_response(stream_id, framing)
 
@@ -498,7 +353,7 @@ class Http1ServerCodec(_Http1Output):
         framing = self._framing.get(stream_id)
         if framing is None:
             return
-        _frame_body(self._out, framing, data, end_stream)
+        frame_body(self._out, framing, data, end_stream)
         if end_stream:
             self._finish_response(stream_id, framing)
 
@@ -507,7 +362,7 @@ class Http1ServerCodec(_Http1Output):
         if framing is None:
             return
         if framing.chunked:
-            self._out += _last_chunk(headers)     # the terminating chunk, with the trailers
+            self._out += last_chunk(headers)     # the terminating chunk, with the trailers
         self._finish_response(stream_id, framing)
 
     def reset(self, stream_id: int, code: int = 0) -> None:
@@ -570,7 +425,7 @@ class Http1ServerCodec(_Http1Output):
                 return pending
         raise KeyError(f"no request {stream_id} awaits a response")
 
-    def _finish_response(self, stream_id: int, framing: _Outgoing) -> None:
+    def _finish_response(self, stream_id: int, framing: Outgoing) -> None:
         self._framing.pop(stream_id, None)
         if self._tunnel == stream_id:
             return
@@ -624,16 +479,16 @@ class Http1ServerCodec(_Http1Output):
         self._url += url
         self._header_bytes += len(url)
         if self._header_bytes > self._max_header_bytes:
-            raise _LimitExceeded(431, "request headers too large")
+            raise LimitExceeded(431, "request headers too large")
 
     def on_header(self, name: bytes, value: bytes) -> None:
         # Only the limits here; names and values are decoded together at the end of the head.
         self._header_bytes += len(name) + len(value) + 4
         if self._header_bytes > self._max_header_bytes:
-            raise _LimitExceeded(431, "request headers too large")
+            raise LimitExceeded(431, "request headers too large")
         headers = self._headers
         if len(headers) >= self._max_headers:
-            raise _LimitExceeded(431, "too many request headers")
+            raise LimitExceeded(431, "too many request headers")
         headers.append((name, value))
 
     def on_headers_complete(self) -> None:
@@ -641,7 +496,7 @@ class Http1ServerCodec(_Http1Output):
         parser = self._parser
         method = parser.get_method()
         if self._header_bytes + len(method) > self._max_header_bytes:
-            raise _LimitExceeded(431, "request headers too large")
+            raise LimitExceeded(431, "request headers too large")
         method = _METHODS.get(method) or method.decode("latin-1")
         version = parser.get_http_version()
         keep_alive = parser.should_keep_alive()
@@ -659,11 +514,11 @@ class Http1ServerCodec(_Http1Output):
         kept, authority, hosts, te, has_body, expect_continue, upgrade_seen = reading
         if hosts > 1:
             # RFC 9112 3.2: one Host, or 400; two could route two ways.
-            raise _LimitExceeded(400, "more than one Host header")
+            raise LimitExceeded(400, "more than one Host header")
         if te is not None and te.strip().lower() != "chunked":
             # Envoy implements chunked alone: "identity, chunked" is a 501 there, where llhttp
             # would read the body as chunked (the last coding).
-            raise _LimitExceeded(501, "transfer-encoding other than chunked")
+            raise LimitExceeded(501, "transfer-encoding other than chunked")
         headers = list(kept)
         upgrade = None
         if method == "CONNECT":
@@ -680,7 +535,7 @@ class Http1ServerCodec(_Http1Output):
                 if has_body:
                     # llhttp ends an upgrade request at its head: a body would be read as the
                     # next request (smuggling). Refused rather than risked.
-                    raise _LimitExceeded(400, "h2c upgrade request with a body")
+                    raise LimitExceeded(400, "h2c upgrade request with a body")
                 upgrade = None
                 self._declined_upgrade = True
             else:
@@ -691,7 +546,7 @@ class Http1ServerCodec(_Http1Output):
             try:
                 target_authority, target = _split_target(method, target)
             except _InvalidUrl:
-                raise _LimitExceeded(400, "invalid url") from None
+                raise LimitExceeded(400, "invalid url") from None
             if target_authority is not None:
                 authority = target_authority
         request = Request(method, target, authority, Headers(headers), "http", version)
@@ -715,307 +570,7 @@ class Http1ServerCodec(_Http1Output):
 
     def on_message_complete(self) -> None:
         if self._body_seen:
-            _end_body(self._events, self._stream)
+            end_body(self._events, self._stream)
         self._stream = 0
         if self._goaway:
             self._failed = True
-
-
-# --- client side ----------------------------------------------------------------------------
-
-
-
-class Http1ClientCodec(_Http1Output):
-    """Our HTTP/1.1 connection to an upstream: one request at a time (no pipelining)."""
-
-    __slots__ = ("_parser", "_events", "_out", "_next_id", "_stream", "_method", "_headers",
-                 "_failed", "_framing", "_head_sent", "_body_expected", "_header_bytes",
-                 "_max_header_bytes", "_max_headers", "_status", "reusable", "closed", "_tunnel",
-                 "_trailers", "_in_trailers", "_framed", "_between", "_learned")
-
-    def __init__(self, *, max_header_bytes: int = UPSTREAM_MAX_HEADER_BYTES,
-                 max_headers: int = UPSTREAM_MAX_HEADERS):
-        self._parser = None             # made by _feed when first needed
-        self._events: list = []
-        self._out = bytearray()
-        self._next_id = 1
-        self._stream = 0            # the request in flight, 0 when idle
-        self._method = ""
-        self._headers: list = []
-        self._failed = False
-        self._framing: _Outgoing | None = None
-        self._head_sent = False
-        self._body_expected = False  # the response head came and a body follows
-        self._header_bytes = 0
-        self._max_header_bytes = max_header_bytes
-        self._max_headers = max_headers
-        self._status = 0
-        self.reusable = True        # may carry another request after this one
-        self.closed = False
-        self._tunnel = 0
-        self._trailers = None
-        self._in_trailers = False
-        self._framed = False
-        self._between = True        # the parser is between responses (none begun)
-        self._learned = None        # the response just read, if it may become known
-
-    def initiate(self) -> None:
-        """Nothing to say first in HTTP/1.1."""
-
-    def _new_parser(self) -> httptools.HttpResponseParser:
-        return httptools.HttpResponseParser(self)
-
-    def available_streams(self) -> int:
-        return 0 if (self._stream or not self.reusable or self._failed) else 1
-
-    def send_head(self, request: Request, end_stream: bool) -> int:
-        stream_id = self._next_id
-        self._next_id += 2
-        self._stream = stream_id
-        self._method = request.method
-        self._status = 0
-        method = request.method
-        out = [f"{method} {request.path} HTTP/1.1\r\nhost: {request.authority}\r\n"]
-        # One pass: the header lines, the first Content-Length and Upgrade. The codec that
-        # parsed this request removed what its Connection header listed; a hop-by-hop name
-        # added since (by a header mutation) still must not go out.
-        length = upgrade = None
-        for name, value in request.headers.items:
-            if name in _NOT_FORWARDED:
-                if name == "te" and value == "trailers":
-                    out.append("te: trailers\r\n")
-                elif upgrade is None and name == "upgrade" and method != "CONNECT":
-                    upgrade = value
-                continue
-            if length is None and name == "content-length":
-                length = value
-            out.append(f"{name}: {value}\r\n")
-        chunked = False
-        if upgrade:
-            out.append(f"connection: upgrade\r\nupgrade: {upgrade}\r\n")
-        elif length is None and not end_stream and request.method != "CONNECT":
-            # (A CONNECT has no body framing: after its 2xx the connection is a tunnel.)
-            chunked = True
-            out.append("transfer-encoding: chunked\r\n")
-        out.append("\r\n")
-        self._out += "".join(out).encode("latin-1")
-        self._framing = _FRAMINGS[chunked, False]
-        if upgrade or request.method == "CONNECT":
-            self._tunnel = -stream_id   # becomes a tunnel when the 101 / 2xx arrives
-        return stream_id
-
-    def send_body(self, stream_id: int, data: bytes, end_stream: bool) -> None:
-        if self._tunnel == stream_id:
-            if data:
-                self._out += data
-            if end_stream:
-                self.closed = True
-            return
-        if self._framing is not None:
-            _frame_body(self._out, self._framing, data, end_stream)
-            if end_stream:
-                self._framing = None
-
-    def send_trailers(self, stream_id: int, headers: Headers) -> None:
-        if self._framing is not None and self._framing.chunked:
-            self._out += _last_chunk(headers)
-        self._framing = None
-
-    def reset(self, stream_id: int, code: int = 0) -> None:
-        self.closed = True
-        self.reusable = False
-        self._failed = True
-
-    def receive(self, data: bytes) -> list:
-        if self._tunnel > 0:
-            return [Body(self._tunnel, data, not data)]
-        if self._failed:
-            return []
-        if not data:
-            return self._eof()
-        boundary = self._between and self._stream and not self._tunnel and \
-            self._method != "HEAD"
-        if boundary:
-            end = data.find(b"\r\n\r\n") + 4
-            if 3 < end <= KNOWN_BYTES:
-                gate = RESPONSES_GATE
-                if gate.resting:
-                    gate.resting -= 1
-                else:
-                    known = KNOWN_RESPONSES.get(data[:end])
-                    if known is not None:
-                        gate.hits += 1
-                        if len(data) - end == known.length and \
-                                known.size <= self._max_header_bytes and \
-                                known.count <= self._max_headers:
-                            return self._known_response(known, data[end:])
-                # Not known by its bytes: by its lines (a status line and names llhttp read).
-                lines = RESPONSE_LINES_GATE
-                if lines.resting:
-                    lines.resting -= 1
-                else:
-                    read = plain_response(data, end)
-                    if read is None or len(data) - end != read[2]:
-                        lines.missed()
-                    elif end <= self._max_header_bytes and read[3] <= self._max_headers:
-                        lines.hits += 1
-                        status, kept, length, count = read
-                        if not gate.resting:
-                            remember(KNOWN_RESPONSES, gate, data[:end], KnownResponse(
-                                status, tuple(kept), length, True, end, count))
-                        return self._whole_response(status, kept, True, data[end:])
-            elif RESPONSES_GATE.resting:
-                RESPONSES_GATE.resting -= 1
-        events = self._feed(data, 502)
-        if boundary and events and not self._failed and events[0].__class__ is ResponseHead:
-            learn_status_line(data, events[0].response.status)
-        learned = self._learned
-        if learned is not None:
-            self._learned = None
-            # The read was this one response, whole: its head is known from now on.
-            if boundary and len(events) == 2 and not self._stream and not self._failed and \
-                    events[1].__class__ is Body and events[1].end_stream:
-                end = data.find(b"\r\n\r\n") + 4
-                if end == learned.size and len(data) - end == learned.length:
-                    remember(KNOWN_RESPONSES, RESPONSES_GATE, data[:end], learned)
-        return events
-
-    def _known_response(self, known: KnownResponse, body: bytes) -> list:
-        """What the parser's callbacks would do for a response whose head was read before from
-        these same bytes, its whole body following (http1_head.py)."""
-        return self._whole_response(known.status, list(known.kept), known.keep_alive, body)
-
-    def _whole_response(self, status: int, kept: list, keep_alive: bool, body: bytes) -> list:
-        """A response read without the parser, framed by its Content-Length, its whole body
-        in the same read: what the parser's callbacks would do."""
-        stream = self._stream
-        self._stream = 0
-        if not keep_alive:
-            self.reusable = False
-        self._status = status
-        self._framed = True
-        self._body_expected = self._in_trailers = False
-        return [ResponseHead(stream, Response(status, Headers(kept)), False),
-                Body(stream, body, True)]
-
-    def _upgraded(self, rest: bytes) -> None:
-        if self._tunnel > 0 and rest:
-            self._events.append(Body(self._tunnel, rest, False))
-
-    def _fail(self, reason: str, status: int) -> None:
-        self._protocol_error(reason, status)
-
-    def _eof(self) -> list:
-        self.reusable = False
-        self.closed = True
-        stream = self._stream
-        if not stream:
-            return []
-        if self._body_expected and not self._in_trailers and self._close_delimited():
-            self._stream = 0
-            return [Body(stream, b"", True)]
-        self._failed = True
-        return [ProtocolError("upstream closed the connection", 502, stream)]
-
-    def _close_delimited(self) -> bool:
-        return not self._framed
-
-    def _protocol_error(self, reason: str, status: int) -> None:
-        self._failed = True
-        self.reusable = False
-        self.closed = True
-        self._events.append(ProtocolError(reason, status, self._stream))
-
-    # -- parser callbacks -----------------------------------------------------------------
-
-    def on_message_begin(self) -> None:
-        self._between = False
-        self._learned = None
-        self._headers = []
-        self._header_bytes = _STATUS_LINE_FRAME
-        self._framed = False        # the response head has Content-Length or Transfer-Encoding
-        self._body_expected = False
-        self._in_trailers = False
-
-    def on_status(self, reason: bytes) -> None:
-        self._header_bytes += len(reason)
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._header_bytes += len(name) + len(value) + 4
-        if self._header_bytes > self._max_header_bytes:
-            raise _LimitExceeded(502, "upstream response headers too large")
-        headers = self._headers
-        if len(headers) >= self._max_headers:
-            raise _LimitExceeded(502, "too many upstream response headers")
-        headers.append((name, value))           # decoded together at the end of the head
-
-    def on_headers_complete(self) -> None:
-        parser = self._parser
-        status = parser.get_status_code()
-        head = lookup_head(self._headers, self._header_bytes)
-        raw = head.pairs
-        self._headers = []
-        if not self._stream:
-            self._protocol_error("response without a request", 502)
-            return
-        if 100 <= status < 200 and status != 101:
-            self._events.append(ResponseHead(self._stream, Response(status, Headers([])), False))
-            return
-        keep_alive = parser.should_keep_alive()
-        if not keep_alive and not (
-                self._method == "HEAD" and
-                connection_keeps_alive(raw, parser.get_http_version() == "1.1")):
-            self.reusable = False
-        reading = head.response
-        if reading is None:
-            reading = head.response = read_response(raw)
-        kept, length, self._framed = reading
-        headers = Headers(list(kept))
-        method = self._method
-        no_body = method == "HEAD" or status in _NO_BODY_STATUS
-        tunnel = self._tunnel < 0 and (status == 101 or
-                                       (method == "CONNECT" and 200 <= status < 300))
-        if tunnel:
-            self._tunnel = self._stream
-            self.reusable = False
-            if status == 101:
-                upgrade = None
-                for name, value in raw:
-                    if name == "upgrade":
-                        upgrade = value
-                if upgrade:
-                    headers.add("upgrade", upgrade)
-        end = no_body or tunnel is False and length is not None and length.strip() == "0"
-        self._status = status
-        self._events.append(ResponseHead(self._stream, Response(status, headers), end and not tunnel))
-        if end and not tunnel:
-            self._stream = 0
-            if method == "HEAD":
-                # llhttp cannot be told a HEAD response has no body (framed, it expects one;
-                # unframed, it reads to the close): a new parser takes the next response, the
-                # old one's callbacks are ignored.
-                self._parser = httptools.HttpResponseParser(self)
-                self._between = True
-        else:
-            self._body_expected = True
-            if not tunnel and method != "CONNECT" and status >= 200 and \
-                    length is not None and length.isdigit() and int(length) and \
-                    not RESPONSES_GATE.resting:     # (resting: it would not be remembered)
-                self._learned = KnownResponse(status, kept, int(length), keep_alive,
-                                              self._header_bytes, len(raw))
-
-    def on_body(self, body: bytes) -> None:
-        if self._stream:
-            self._events.append(Body(self._stream, body, False))
-
-    def on_message_complete(self) -> None:
-        self._between = True
-        status = self._parser.get_status_code()
-        if 100 <= status < 200 and status != 101:
-            return
-        if self._tunnel > 0:
-            return          # a 101 or a CONNECT's 2xx: what follows is the tunnel, not the end
-        if self._stream and self._body_expected:
-            _end_body(self._events, self._stream)
-            self._stream = 0
-        self._body_expected = False
