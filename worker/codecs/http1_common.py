@@ -151,4 +151,3 @@ class Http1Output:
             self._fail(str(exc) or type(exc).__name__, error_status)
         events, self._events = self._events, []
         return events
-
