@@ -88,13 +88,33 @@ def test_the_delayed_close_ends_a_client_that_does_not_close(tmp_path: Path, loo
     rig.conn.hcm.delayed_close_timeout = TIMEOUT
     down = HalfClosing()
     conn = _connection(rig, down)
-    conn.data_received(CLOSE_REQUEST)
     armed = loop.time()
-    _answer(rig, conn)                  # its close arms the delayed close
+    conn.data_received(b"BAD\r\n\r\n")      # a codec error's 400 arms the delayed close
+    assert down.take().startswith(b"HTTP/1.1 400 ")
     assert conn.closed and down.eof_written and not down.aborted
     took = _run_until(loop, lambda: down.aborted, 3, armed)
     assert down.aborted
     assert TIMEOUT - EARLY <= took <= TIMEOUT + SLACK
+    conn.connection_lost(None)                  # (what the transport's close() calls)
+    assert rig.worker.stats.counters[
+        "http.ingress_http.downstream_cx_delayed_close_timeout"] == 1
+
+
+def test_a_close_after_a_request_read_whole_does_not_linger(tmp_path: Path, loop):
+    """`Connection: close` on a request read whole: the socket closes once the response is
+    written, with no half close and no delayed close (Envoy 1.40's FlushWrite), a local
+    close."""
+    rig = Rig(tmp_path, loop)
+    down = HalfClosing()
+    conn = _connection(rig, down)
+    conn.data_received(CLOSE_REQUEST)
+    _answer(rig, conn)
+    assert down.take().endswith(RESPONSE.partition(b"\r\n\r\n")[2])
+    assert conn.closed and down.aborted and not down.eof_written
+    assert conn.lingering is None
+    counters = rig.worker.stats.counters
+    assert (counters["http.ingress_http.downstream_cx_destroy"],
+            counters["http.ingress_http.downstream_cx_destroy_local"]) == (1, 1)
 
 
 def test_a_route_timeout_answers_504(tmp_path: Path, loop):
@@ -115,7 +135,6 @@ def test_a_connection_that_ends_leaves_no_timer_armed(tmp_path: Path, loop):
     conn.data_received(CLOSE_REQUEST)
     assert conn.idle_timer is not None and conn.stream_timer is not None
     _answer(rig, conn)
-    assert conn.lingering is not None           # the delayed close waits for the client
-    conn.eof_received()                         # which closes after the response
+    conn.eof_received()                         # the client closes after the response
     conn.connection_lost(None)
     assert [name for name in TIMERS if getattr(conn, name) is not None] == []

@@ -369,8 +369,7 @@ class HttpConnection(asyncio.Protocol, HttpConnectionMoves, Connection):
         else:
             self.flush()
         if not self.streams and self.codec.closed:    # (HTTP/2's closed is a property)
-            downstream_end.last_stream_done(self, stream)
-            self.close()
+            self.close(flush_only=downstream_end.last_stream_done(self, stream))
         elif not self.streams:
             if self.moved_to is not None:
                 # The exchange that stayed here ended with the connection open: the new
@@ -483,12 +482,19 @@ class HttpConnection(asyncio.Protocol, HttpConnectionMoves, Connection):
         elif was == 1 and self.read_pauses == 0:
             self.transport.resume_reading()
 
-    def close(self) -> None:
+    def close(self, flush_only: bool = False) -> None:
         """Close after the queued bytes, Envoy's delayed close: our side is shut for writing
         and what the peer still sends is read and dropped until it closes too (or
         delayed_close_timeout passes). Closing with unread bytes would make the kernel send
         a RST, and a RST can destroy our last bytes (a final GOAWAY, an error reply) before
-        the peer reads them."""
+        the peer reads them.
+
+        `flush_only`: the last request was read whole and its response ends the connection
+        (downstream_end.last_stream_done): nothing of the client's is left unread to race
+        the close, so the socket closes once the queued bytes are written, with no half
+        close and no linger (Envoy 1.40's ConnectionCloseType::FlushWrite, chosen by its
+        checkForDeferredClose in that case): a shutdown, a timer and the client's FIN's read
+        fewer a connection per request."""
         if self.closed:
             return
         if self.transport is None:
@@ -499,7 +505,7 @@ class HttpConnection(asyncio.Protocol, HttpConnectionMoves, Connection):
         self._closed()
         transport = self.transport
         timeout = self.hcm.delayed_close_timeout
-        if not timeout or not transport.can_write_eof() or transport.is_closing():
+        if flush_only or not timeout or not transport.can_write_eof() or transport.is_closing():
             downstream_end.connection_ends(self, False)
             transport.close()
             return

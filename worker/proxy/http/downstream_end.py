@@ -123,17 +123,20 @@ def stream_cut(stream) -> None:
         info.response_flags.append("DC")            # (counted by closing())
 
 
-def last_stream_done(conn, stream) -> None:
+def last_stream_done(conn, stream) -> bool:
     """HTTP/1.1: `conn` closes after its last response. Envoy 1.40 closes at once (a local
-    close) when that request was read whole, for nothing is left unread to race the close
-    (checkForDeferredClose's skip_delay_close); else its delayed close waits for the client
-    (transport_lost and eof_received count what ends it). Baton lingers either way."""
+    close, ConnectionCloseType::FlushWrite) when that request was read whole, for nothing is
+    left unread to race the close (checkForDeferredClose's skip_delay_close); else its delayed
+    close waits for the client (transport_lost and eof_received count what ends it). True
+    when the close is that one (HttpConnection.close's flush_only); Baton lingers otherwise."""
     if conn.codec.multiplexed or not stream.request_complete:
-        return
+        return False
     # An express exchange (express.py: info None) is never a codec error.
     info = stream.info
     if info is None or "DPE" not in info.response_flags:
         connection_ends(conn, False)
+        return True
+    return False
 
 
 def protocol_error(conn, event) -> None:
