@@ -62,13 +62,18 @@ def fields_bootstrap(upstreams: dict[str, int]):
             # Closes Baton decides on a timer (short: each case waits them out).
             http_listener("timeouts", ports["timeouts"], routes, access_log=ACCESS_LOG,
                           common_http_protocol_options={"idle_timeout": "1s"},
-                          request_headers_timeout="0.5s", drain_timeout="0.2s")],
+                          request_headers_timeout="0.5s", drain_timeout="0.2s"),
+            # The idle timeout shorter than the request-headers timeout.
+            http_listener("idle_first", ports["idle_first"], routes,
+                          common_http_protocol_options={"idle_timeout": "0.3s"},
+                          request_headers_timeout="0.5s")],
             [cluster("a", [upstreams["a"]]), cluster("dead", [DEAD]),
              cluster("mix", [upstreams["a"], DEAD])])
     return template
 
 
-recorder, pair = module_pair("diff-al-fields", fields_bootstrap, ["fields", "timeouts"])
+recorder, pair = module_pair("diff-al-fields", fields_bootstrap,
+                              ["fields", "timeouts", "idle_first"])
 
 
 def _normalised(line: str, upstream_port: int) -> dict:
@@ -487,6 +492,35 @@ def test_a_close_on_a_timeout_is_counted_as_envoy_counts_it(pair, scenario, coun
         assert timer == (1 if target.name == "envoy" else 0), f"{target.name}: {timer}"
         return {k: v for k, v in delta.items() if v}
     differential(pair, run, lambda obs: _check(obs == counted, obs), at_once=True)
+
+
+def test_a_head_arriving_when_the_idle_timeout_passes_gets_the_header_timeouts_408(pair):
+    """idle_timeout (0.3 s) below request_headers_timeout (0.5 s), a request's head begun and
+    never finished: Envoy 1.40 made the request's stream at its first byte, so its idle timer
+    is off and the request-headers timeout answers (408, downstream_rq_header_timeout, no
+    idle timeout). Baton's idle timer closed the connection with no answer at 0.3 s."""
+    names = ["downstream_cx_idle_timeout", "downstream_rq_header_timeout",
+             "downstream_rq_rx_reset", "downstream_cx_destroy_local"]
+
+    def run(target):
+        prefix = "http.idle_first."
+        before = target.stats(prefix)
+        sock = socket.create_connection(("127.0.0.1", target.ports["idle_first"]), timeout=5)
+        sock.sendall(b"GET /u HTTP/1.1\r\nhost: x\r\n")
+        seen = b""
+        while not seen.endswith(b"request header timeout"):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            seen += chunk
+        _wait_for_close(sock)
+        after = _once_destroyed(target, prefix, before)
+        return {"status": seen.split(b"\r\n", 1)[0].decode(), "body": seen.rpartition(b"\r\n\r\n")[2].decode(),
+                **{name: after.get(prefix + name, 0) - before.get(prefix + name, 0) for name in names}}
+    differential(pair, run, lambda obs: _check(obs == {
+        "status": "HTTP/1.1 408 Request Timeout", "body": "request header timeout",
+        "downstream_cx_idle_timeout": 0, "downstream_rq_header_timeout": 1,
+        "downstream_rq_rx_reset": 1, "downstream_cx_destroy_local": 1}, obs), at_once=True)
 
 
 def test_the_log_lines_of_a_client_gone_mid_body_and_a_header_timeout(pair, recorder):

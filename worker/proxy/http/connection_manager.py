@@ -652,6 +652,11 @@ class HttpConnection(asyncio.Protocol, HttpConnectionMoves, Connection):
             return
         if self.streams:
             return          # stream_done re-arms
+        if self.header_timer is not None:
+            # A request's head is arriving: Envoy 1.40 made its stream at the first byte, which
+            # disarms the idle timer; its request_headers_timeout answers the 408 (measured
+            # with idle_timeout below, equal to and above it). stream_done re-arms.
+            return
         now = self.loop.time()
         if now < self.idle_deadline:
             self.idle_timer = self.loop.call_at(self.idle_deadline, self._on_idle_timeout)
