@@ -508,11 +508,31 @@ def cmd_run(args) -> int:
     master.admin_sock = admin_sock
     pid_file = runtime.write_pid_file(runtime_dir, os.getpid())
     try:
-        return uvloop.run(_run_then_mute(master))
+        code = uvloop.run(_run_then_mute(master))
     finally:
         master.remove_intercept()
         if pid_file is not None:
             _remove_own_pid_file(pid_file)
+    _exit_without_teardown(code)
+
+
+def _exit_without_teardown(code: int) -> None:
+    """End the master now that everything it owns is closed, handed over or removed: run the
+    atexit handlers (logging's flush among them), flush stdio and leave, skipping the
+    interpreter's teardown. That teardown frees, module by module, a heap holding every worker
+    module (preimported before the first fork: protobuf descriptors, cryptography, h2...):
+    0.1-0.28 s of CPU after "master exiting" on a quiet machine, 0.75-1.2 s in the test suite,
+    while a supervisor sees two masters and a rollback waits. It does nothing the kernel does
+    not do at exit: sockets and fds close, memory goes. Workers leave the same way
+    (OsSeam.fork)."""
+    import atexit
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
 
 
 async def _run_then_mute(master) -> int:
