@@ -104,6 +104,8 @@ class Pair:
         cold = self.cold.receive(data)
         warm = self.warm.receive(data)
         assert described(warm) == described(cold)
+        assert [e.reason for e in warm if isinstance(e, ProtocolError)] == \
+            [e.reason for e in cold if isinstance(e, ProtocolError)]
         assert self.state(self.warm) == self.state(self.cold)
         assert self.warm.data_to_send() == self.cold.data_to_send()
         return warm

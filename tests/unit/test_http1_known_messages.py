@@ -209,15 +209,68 @@ def test_a_large_read_is_not_looked_up(monkeypatch):
 ], ids=["connection-close", "http/1.0"])
 def test_a_request_after_one_that_ends_the_connection_is_refused_as_parsed(wire):
     """llhttp refuses bytes after a request that ends the connection (400, "Data after
-    Connection: close"); a request known by its bytes never reaches llhttp, so such a request
-    is never remembered: the same bytes again, before the answer, must not go upstream."""
+    `Connection: close`"). Such a request is served from memory too (KNOWN_REQUESTS), and what
+    follows it still meets llhttp: the same bytes again, before the answer, must not go
+    upstream."""
     forget()
     pair = Pair(Http1ServerCodec, server_state)
     first = pair.receive(wire)
     assert [type(e) for e in first] == [RequestHead]
+    assert wire in http1_head.KNOWN_REQUESTS and pair.warm._parser is None   # from memory
     again = pair.receive(wire)
     assert [type(e) for e in again] == [ProtocolError] and again[0].status == 400
-    assert wire not in http1_head.KNOWN_REQUESTS
+
+
+def test_a_request_only_the_codec_ends_stays_with_llhttp():
+    """HTTP/1.2 is read as HTTP/1.0 (no keep-alive asked: the codec closes after it) while
+    llhttp reads on after it: served from memory, the parser for what follows could not be
+    made as llhttp's, so it is not remembered; what follows is read as llhttp reads it."""
+    forget()
+    wire = b"GET /x HTTP/1.2\r\nHost: a\r\n\r\n"
+    pair = Pair(Http1ServerCodec, server_state)
+    (head,) = pair.receive(wire)
+    assert head.request.version == "1.0" and wire not in http1_head.KNOWN_REQUESTS
+    assert [type(e) for e in pair.receive(wire)] == [RequestHead]
+
+
+_ENDING = [b"GET / HTTP/1.1\r\nHost: 127.0.0.1:10000\r\nConnection: close\r\n\r\n",
+           b"HEAD /x HTTP/1.0\r\nHost: a\r\nx-n: 1\r\n\r\n"]
+_AFTER_ENDING = [b"\r\n", b"\n\r\n\r\n", b"x", b" \r\n", WRK, b"\r\n" + WRK, _ENDING[1],
+                 b"POST /p HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\nok",
+                 b"GET /p HTTP/1.0\r\nHost: a\r\nConnection: keep-alive\r\n\r\n"]
+
+
+def _answer(pair: Pair, streams: list) -> None:
+    """Each of `streams` that still awaits its response answered, in order, on both codecs."""
+    for stream in streams:
+        if any(pending[0] == stream for pending in pair.warm._responses):
+            pair.send("send_head", stream, Response(200, Headers([("content-length", "2")])),
+                      False)
+            pair.send("send_body", stream, b"ok", True)
+
+
+@pytest.mark.parametrize("after", _AFTER_ENDING)
+@pytest.mark.parametrize("ending", _ENDING, ids=["connection-close", "http/1.0"])
+def test_what_follows_a_known_request_that_ends_the_connection_reports_as_parsed(ending, after):
+    """A request that ends the connection, served from memory, then any bytes in two reads
+    (split at every offset), answered before or after them, then the client's EOF: the same
+    events (errors with their reasons), codec state and bytes written as when llhttp read it
+    all (Pair)."""
+    for cut in range(len(after) + 1):
+        for answered_first in (False, True):
+            forget()
+            pair = Pair(Http1ServerCodec, server_state)
+            (head,) = pair.receive(ending)
+            assert pair.warm._parser is None            # served from memory
+            streams = [head.stream_id]
+            if answered_first:
+                _answer(pair, streams)
+            for read in (after[:cut], after[cut:]):
+                if read:
+                    streams += [e.stream_id for e in pair.receive(read)
+                                if isinstance(e, (RequestHead, ProtocolError))]
+            _answer(pair, streams)
+            pair.receive(b"")
 
 
 @pytest.mark.parametrize("wire", [

@@ -85,7 +85,7 @@ class Http1ServerCodec(Http1Output):
                  "_header_bytes", "_max_header_bytes", "_max_headers", "_failed", "_body_seen",
                  "_responses", "_tunnel", "_framing", "closed", "close_after", "_goaway",
                  "_expect_continue", "_in_head", "_declined_upgrade", "_stalled", "_stall_mark",
-                 "_line_tail", "_learned", "_ended")
+                 "_line_tail", "_learned", "_ended", "_ended_unparsed")
     multiplexed = False     # one exchange at a time: a fault or an unread body ends the connection
 
     def __init__(self, *, max_header_bytes: int = 60 * 1024, max_headers: int = 100):
@@ -118,9 +118,12 @@ class Http1ServerCodec(Http1Output):
         self._stall_mark = 0
         self._line_tail = b""
         self._learned = None            # the request just read, if it may become known
-        # llhttp read a request that ends the connection: it refuses whatever follows (400),
-        # so nothing after it may be served past llhttp (from KNOWN_REQUESTS).
+        # A request that ends the connection was read: llhttp refuses whatever follows it
+        # (400), so nothing after it may be served past llhttp (from KNOWN_REQUESTS).
         self._ended = False
+        # Such a request served from KNOWN_REQUESTS: its bytes, for the parser that reads
+        # what follows (_new_parser).
+        self._ended_unparsed = b""
 
     # -- interface ------------------------------------------------------------------------
 
@@ -128,6 +131,17 @@ class Http1ServerCodec(Http1Output):
         """Nothing to say first in HTTP/1.1."""
 
     def _new_parser(self) -> httptools.HttpRequestParser:
+        ended_unparsed = self._ended_unparsed
+        if ended_unparsed:
+            # What follows a known request that ended the connection meets llhttp as it would
+            # after reading that request itself (CR and LF skipped, anything else a 400 "Data
+            # after `Connection: close`" in the request's version): a parser made without
+            # callbacks (the request was reported already) reads it first. No callback can
+            # come after it: llhttp reads no message on a connection it closed.
+            self._ended_unparsed = b""
+            parser = _request_parser(None)
+            parser.feed_data(ended_unparsed)
+            return parser
         return _request_parser(self)
 
     def receive(self, data: bytes) -> list:
@@ -149,7 +163,7 @@ class Http1ServerCodec(Http1Output):
                     gate.hits += 1
                     if known.size <= self._max_header_bytes and \
                             known.count <= self._max_headers:
-                        return self._known_request(known)
+                        return self._known_request(known, data)
             # Not known by its bytes: by its lines (names llhttp read, a plain target).
             lines = REQUEST_LINES_GATE
             if lines.resting:
@@ -174,18 +188,26 @@ class Http1ServerCodec(Http1Output):
         learned = self._learned
         if learned is not None:
             self._learned = None
-            # The read was this one request, whole: known by its bytes from now on. Not a
-            # request that ends the connection (Connection: close, HTTP/1.0 without
-            # keep-alive): llhttp refuses what follows it (400), and a known request never
-            # reaches llhttp, so a second request after it would go upstream.
+            # The read was this one request, whole: known by its bytes from now on. A request
+            # that ends the connection (Connection: close, HTTP/1.0 without keep-alive) too,
+            # when llhttp and the codec agree on that (_known_request primes a parser for what
+            # follows it); one that only the codec ends (HTTP/1.2 read as HTTP/1.0, llhttp
+            # reading on) stays with llhttp.
             if boundary and len(events) == 1 and learned.size == len(data) and \
-                    not self._stream and not self._failed and learned.keep_alive:
+                    not self._stream and not self._failed and \
+                    learned.keep_alive != self._ended:
                 remember(KNOWN_REQUESTS, REQUESTS_GATE, data, learned)
         return events
 
-    def _known_request(self, known: KnownRequest) -> list:
+    def _known_request(self, known: KnownRequest, data: bytes) -> list:
         """What on_message_begin, on_headers_complete and on_message_complete would do for a
         request read before from these same bytes (http1_head.py)."""
+        if not known.keep_alive:
+            # It ends the connection (llhttp said so when it read these bytes): what follows
+            # goes to a parser that has read them (_new_parser), not to one that reads on.
+            self._ended = True
+            self._ended_unparsed = data
+            self._parser = None
         return self._plain_request(known.method, known.target, known.authority,
                                    list(known.kept), known.version, known.keep_alive)
 
