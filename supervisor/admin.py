@@ -7,7 +7,8 @@
     /config_dump        the loaded bootstrap and the static resources, as JSON
     /server_info        version, state, uptime, command line options
     /quitquitquit       (POST) graceful stop, as SIGTERM
-    /reopen_logs        (POST) every worker reopens its access logs (after logrotate moved them)
+    /reopen_logs        (POST) every worker reopens its access logs (after logrotate moved them);
+                        answered once they are open (the master writes no log file: stderr)
 
 Counters and gauges are summed over all workers at request time. Served by the master, so the
 admin port answers even while every worker is busy.

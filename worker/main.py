@@ -359,11 +359,21 @@ class Worker:
 
     def handle_reopen_logs(self, msg) -> None:
         """Admin POST /reopen_logs: the access logs are opened again by path (logrotate moved
-        the files); lines go to the old files until the new ones are open."""
+        the files); lines go to the old files until the new ones are open, and the answer
+        waits until they are (a file the master opens for us comes back a round trip later),
+        so that the admin's 200 means a request sent after it is logged to the new file."""
         files = getattr(self, "access_log_files", None)
-        if files is not None:
-            files.reopen()
-        self.channel.reply(msg, {"type": "ok"})
+        pending = files.reopen() if files is not None else []
+        if not pending:
+            self.channel.reply(msg, {"type": "ok"})
+            return
+
+        async def reply_once_open():
+            # A failed reopen was logged by the file, which writes the old one still: the
+            # answer is the same, as Envoy's 200 with reopen_failed counted.
+            await asyncio.gather(*pending, return_exceptions=True)
+            self.channel.reply(msg, {"type": "ok"})
+        self.loop.create_task(reply_once_open())
 
     def handle_status(self, msg) -> None:
         self.channel.reply(msg, {"type": "status", "connections": len(self.connections),

@@ -275,15 +275,31 @@ def _with_access_log(path) -> dict:
     return boot
 
 
+# The master answers a worker's request to open a log file 0.3 s late: a worker reopening
+# after logrotate then takes that long to have the new file (the window where a request right
+# after the admin's answer was logged to the rotated file: it was a round trip).
+SLOW_LOG_OPEN = """
+import baton.supervisor.handoff.broker as broker
+_open = broker.BrokerServer._open
+def _open_late(self, channel, ref, path):
+    channel.loop.call_later(0.3, _open, self, channel, ref, path)
+broker.BrokerServer._open = _open_late
+"""
+
+
 def test_an_access_log_only_root_may_write_is_opened_by_the_master(tmp_path):
     """Operators keep logs where only root writes (/var/log); the unprivileged worker gets
-    the file from its master (supervisor/handoff/broker.py) and logs there."""
+    the file from its master (supervisor/handoff/broker.py) and logs there. POST
+    /reopen_logs answers once the worker has the new file, however late the master opens it:
+    the request sent right after the answer is in the new file, none in the rotated one."""
     private = tmp_path / "private"            # root's, 0700: the baton user may not enter
     private.mkdir(mode=0o700)
     log_file = private / "access.log"
     boot = _with_access_log(log_file)
     port = boot["static_resources"]["listeners"][0]["address"]["socket_address"]["port_value"]
-    b = Baton(tmp_path / "baton", boot, concurrency=1).start(30)
+    b = Baton(tmp_path / "baton", boot, concurrency=1)
+    b.hook.write_text(SLOW_LOG_OPEN)
+    b.start(30)
     try:
         worker = b.status()["workers"][0]["pid"]
         uid, _ = _baton_uid()

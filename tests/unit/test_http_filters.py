@@ -766,6 +766,43 @@ def test_access_log_reopen_after_rotation(tmp_path):
     files.close()
 
 
+def test_access_log_reopen_through_the_master_gives_what_to_wait_for(tmp_path):
+    """A file the master opens for the worker comes back later: reopen() returns the tasks
+    (the worker answers /reopen_logs once they are done), and a line logged after them goes
+    to the new file, one logged while they ran to the old one."""
+    import asyncio
+    path = tmp_path / "a.log"
+
+    async def opener(p):
+        await asyncio.sleep(0)          # the master's answer, a turn of the loop later
+        return os.open(p, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+
+    def line(status):
+        info = info_for_log()
+        info.response_code = status
+        return info
+
+    async def rotate_and_log():
+        files = AccessLogFiles(asyncio.get_running_loop(), opener=opener)
+        log = AccessLog({"path": str(path), "format": "%RESPONSE_CODE%\n"}, files)
+        for _ in range(10):             # the first open goes through the opener too
+            if log.file.fd >= 0:
+                break
+            await asyncio.sleep(0)
+        log.log(line(200))
+        files.flush()
+        os.rename(path, tmp_path / "a.log.1")
+        pending = files.reopen()
+        assert len(pending) == 1 and not pending[0].done()
+        log.log(line(503))              # before the new file is there
+        await asyncio.gather(*pending)
+        log.log(line(404))
+        files.close()
+    asyncio.run(rotate_and_log())
+    assert (tmp_path / "a.log.1").read_text() == "200\n503\n"
+    assert path.read_text() == "404\n"
+
+
 def test_access_log_to_stdout(capfd):
     files = AccessLogFiles()
     log = AccessLog({"path": "/dev/stdout", "format": "%RESPONSE_CODE% to stdout\n"}, files)

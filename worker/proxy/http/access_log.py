@@ -3,7 +3,7 @@
     files = AccessLogFiles(loop)                 # one per worker
     logs = [AccessLog(config, files) for config in http_config["access_log"]]
     for log in logs: log.log(stream.info)        # when a stream completes
-    files.reopen()                               # after logrotate (SIGUSR1-style)
+    await asyncio.gather(*files.reopen())        # after logrotate: the new files are open
     files.close()                                # flush and close at worker exit
 
 `config` is one entry of xds/http_filters.py translate_access_logs(). Several access logs
@@ -137,14 +137,15 @@ class AccessLogFile:
                             errno.errorcode.get(exc.errno, exc))
                 return
 
-    def reopen(self) -> None:
+    def reopen(self):
         """Flush to the old file, then open the path again (after logrotate moved it);
-        through the opener (the master) when there is one, in the background."""
+        through the opener (the master) when there is one, in the background: the task that
+        does it, which /reopen_logs waits for (None when the file is open again already)."""
         self.flush()
         if self.opener is not None and self.loop is not None and self.path not in _STD_FDS:
-            self.loop.create_task(self._reopen_through(self.opener))
-            return
+            return self.loop.create_task(self._reopen_through(self.opener))
         self._swap(self._open())
+        return None
 
     async def _reopen_through(self, opener) -> None:
         try:
@@ -193,13 +194,21 @@ class AccessLogFiles:
         for f in self.files.values():
             f.flush()
 
-    def reopen(self) -> None:
+    def reopen(self) -> list:
+        """Reopen every file; the tasks still opening one through the master. Answering
+        /reopen_logs once they are done means a request sent after the answer is logged to
+        the new file, as in Envoy 1.40 (its flush thread reopens before it writes again)."""
+        pending = []
         for f in self.files.values():
             try:
-                f.reopen()
+                task = f.reopen()
             except OSError as exc:
                 log.warning("access log %s: reopen failed, still writing the old file: %s",
                             f.path, exc)
+                continue
+            if task is not None:
+                pending.append(task)
+        return pending
 
     def close(self) -> None:
         for f in self.files.values():
