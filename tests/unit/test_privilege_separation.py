@@ -99,15 +99,33 @@ def test_parent_pid_from_proc():
     assert unix.parent_pid(2 ** 22 + 7) is None            # above pid_max: never a process
 
 
-@pytest.mark.parametrize("pid,uid,trusted", [
-    (os.getpid(), 0, True),                   # root: could ptrace the worker anyway
-    (1000, 999, True),                        # our master itself (it connects for workers)
-    (os.getpid(), 999, True),                 # a child of a master (an older release's worker)
-    (1, 999, False),                          # a process of that uid that is not ours
+# A master that is no process: above pid_max, so no real pid or parent pid is ever it.
+OTHER_MASTER = 2 ** 22 + 11
+
+
+@pytest.mark.parametrize("peer,uid,trusted", [
+    ("this process", 0, True),                # root: could ptrace the worker anyway
+    ("the other master", 999, True),          # our master itself (it connects for workers)
+    ("this process", 999, True),              # a child of a master (an older release's worker)
+    ("a child of this process", 999, False),  # a process of that uid that is not ours
 ])
-def test_handoff_trusts_masters_and_their_children(pid, uid, trusted):
-    server = types.SimpleNamespace(masters={1000: None, os.getppid(): None})
-    assert MigrationServer._trusted(server, pid, uid) is trusted
+def test_handoff_trusts_masters_and_their_children(peer, uid, trusted):
+    """The masters are this process's parent (whatever it is: PID 1 too, under a CI
+    container's make) and one pid that no process has; a stranger is a child of this
+    process, which is neither a master nor a master's child, whoever our parent is."""
+    import subprocess
+    server = types.SimpleNamespace(masters={OTHER_MASTER: None, os.getppid(): None})
+    if peer != "a child of this process":
+        pid = os.getpid() if peer == "this process" else OTHER_MASTER
+        assert MigrationServer._trusted(server, pid, uid) is trusted
+        return
+    stranger = subprocess.Popen(["cat"], stdin=subprocess.PIPE)
+    try:
+        assert unix.parent_pid(stranger.pid) == os.getpid()
+        assert MigrationServer._trusted(server, stranger.pid, uid) is trusted
+    finally:
+        stranger.stdin.close()
+        stranger.wait(10)
 
 
 def test_a_previous_master_that_exited_is_trusted_no_more():
