@@ -133,8 +133,33 @@ def test_a_connection_that_ends_leaves_no_timer_armed(tmp_path: Path, loop):
     down = HalfClosing()
     conn = _connection(rig, down)
     conn.data_received(CLOSE_REQUEST)
-    assert conn.idle_timer is not None and conn.stream_timer is not None
+    # The stream sweep rides the route deadline's timer (due first): no timer of its own.
+    assert conn.idle_timer is not None and conn.deadline_timer is not None and conn.sweep_due
     _answer(rig, conn)
     conn.eof_received()                         # the client closes after the response
     conn.connection_lost(None)
     assert [name for name in TIMERS if getattr(conn, name) is not None] == []
+
+
+def test_the_stream_sweep_rides_the_route_deadlines_timer_and_keeps_its_time(tmp_path: Path,
+                                                                              loop):
+    """A route timeout due before the stream sweep's first look: no sweep timer yet, the
+    deadline's timer arms it when it fires, for the same time (one loop timer a connection
+    per request, not two). A stream that outlives that timer (here its deadline cleared, as
+    a response's end clears it) still gets its stream_idle_timeout never early, at most a
+    sweep interval late."""
+    rig = Rig(tmp_path, loop, route_extra=", timeout: 0.05s, idle_timeout: 0.4s")
+    rig.conn.hcm.shortest_idle = 0.4                    # a sweep every 0.1 s
+    conn = rig.conn
+    armed = loop.time()
+    conn.data_received(REQUEST)
+    (stream,) = conn.streams.values()
+    assert conn.deadline_timer is not None and conn.stream_timer is None and conn.sweep_due
+    stream.deadline = 0.0
+    _run_until(loop, lambda: conn.stream_timer is not None, 3, armed)
+    assert conn.stream_timer is not None and not conn.sweep_due
+    took = _run_until(loop, lambda: b"stream timeout" in b"".join(rig.down.written), 3, armed)
+    reply = rig.down.take()         # (the request was whole: Envoy's 504)
+    assert reply.startswith(b"HTTP/1.1 504 ") and reply.endswith(b"\r\n\r\nstream timeout")
+    assert 0.4 - EARLY <= took <= 0.4 + 0.1 + SLACK
+    assert rig.worker.stats.counters["http.ingress_http.downstream_rq_idle_timeout"] == 1

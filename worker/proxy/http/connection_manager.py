@@ -51,6 +51,7 @@ class HttpConnection(asyncio.Protocol, HttpConnectionMoves, Connection):
     timed_out = False                         # closed by an idle or request-headers timeout
     duration_timer = None                     # max_connection_duration
     stream_timer = None                       # stream_idle_timeout / request_timeout sweep
+    sweep_due = 0.0                           # the sweep, while the deadline timer arms it
     deadline_timer = None                     # route timeouts of the streams (watch_deadline)
     drain_timer = None                        # HTTP/2: the final GOAWAY's deadline
     deadline_at = 0.0
@@ -340,11 +341,12 @@ class HttpConnection(asyncio.Protocol, HttpConnectionMoves, Connection):
             stream.picked = picked
         self.streams[event.stream_id] = stream
         self.requests += 1
-        if self.stream_timer is None and (self.hcm.shortest_idle or self.hcm.request_timeout):
-            self.stream_timer = self.loop.call_later(self._sweep_interval(), self._sweep_streams)
         if not self.codec.multiplexed:
             self.active = stream
         stream.start()
+        if self.stream_timer is None and not self.sweep_due and self.streams and \
+                (self.hcm.shortest_idle or self.hcm.request_timeout):
+            self._arm_sweep()        # (after start: a stream answered at once needs none)
 
     def stream_done(self, stream) -> None:
         self.streams.pop(stream.id, None)
@@ -608,6 +610,22 @@ class HttpConnection(asyncio.Protocol, HttpConnectionMoves, Connection):
             # than answer a 504 a hair early.
             self.deadline_at = upcoming
             self.deadline_timer = self.loop.call_later(max(upcoming - now, 0.0005), self._on_deadline)
+        if self.sweep_due:
+            due, self.sweep_due = self.sweep_due, 0.0
+            if self.streams and not self.closed and self.stream_timer is None:
+                self.stream_timer = self.loop.call_later(max(due - self.loop.time(), 0),
+                                                         self._sweep_streams)
+
+    def _arm_sweep(self) -> None:
+        """The stream sweep's first look, a quarter of the shorter timeout from now. When the
+        route deadline's timer (watch_deadline) is due before it, no timer of its own yet: that
+        timer arms the sweep for the same time when it fires (_on_deadline). So a connection
+        per request, whose stream ends long before either, arms one loop timer for both."""
+        interval = self._sweep_interval()
+        if self.deadline_timer is not None and self.deadline_at - time.monotonic() <= interval:
+            self.sweep_due = self.loop.time() + interval
+        else:
+            self.stream_timer = self.loop.call_later(interval, self._sweep_streams)
 
     def _sweep_interval(self) -> float:
         idle, request = self.hcm.shortest_idle, self.hcm.request_timeout
