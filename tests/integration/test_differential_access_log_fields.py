@@ -326,6 +326,13 @@ def _connection_close(port, key, recorder):
               b"\x00\x01").close()
 
 
+def _connection_close_then_a_request(port, key, recorder):
+    """A request after the `Connection: close` one, in the same write: never served (Baton
+    answered it with a 400 and counted a protocol error)."""
+    _answered(port, b"GET /u HTTP/1.1\r\nhost: x\r\nconnection: close\r\nx-test-body-size: 2\r\n\r\n"
+              b"GET /u HTTP/1.1\r\nhost: x\r\n\r\n", b"\x00\x01").close()
+
+
 def _gone_in_flight(port, key, recorder):
     _in_flight(port, key, recorder, b"GET /u HTTP/1.1\r\nhost: x\r\nx-test-key: " + key.encode() +
                b"\r\nx-test-delay-ms: 1000\r\n\r\n").close()
@@ -365,6 +372,7 @@ def _gone_mid_body(port, key, recorder):
     (_keep_alive_then_close, {"destroy": 1, "destroy_remote": 1}),
     # The request was read whole: Envoy closes at once, no delayed close (a local close).
     (_connection_close, {"destroy": 1, "destroy_local": 1}),
+    (_connection_close_then_a_request, {"destroy": 1, "destroy_local": 1}),
     (_gone_in_flight, {"destroy": 1, "destroy_remote": 1, "destroy_active_rq": 1,
                        "destroy_remote_active_rq": 1, "rq_rx_reset": 1}),
     (_h2_gone_in_flight, {"destroy": 1, "destroy_remote": 1, "destroy_active_rq": 1,
@@ -379,7 +387,8 @@ def _gone_mid_body(port, key, recorder):
     # protocol_error and rq_tx_reset, as the codec's end of input).
     (_gone_mid_body, {"destroy": 1, "destroy_remote": 1, "destroy_active_rq": 1,
                       "destroy_remote_active_rq": 1, "rq_rx_reset": 1}),
-], ids=["keep-alive-client-closes", "connection-close", "client-gone-in-flight",
+], ids=["keep-alive-client-closes", "connection-close", "connection-close-then-a-request",
+        "client-gone-in-flight",
         "http2-client-gone-in-flight", "http2-connection-error-in-flight", "http10-refused",
         "client-gone-mid-body"])
 def test_a_connections_end_is_counted_as_envoy_counts_it(pair, recorder, scenario, counted):

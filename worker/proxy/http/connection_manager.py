@@ -353,6 +353,12 @@ class HttpConnection(asyncio.Protocol, HttpConnectionMoves, Connection):
         if self.active is stream:
             self.active = None
             queue = self.queued
+            if queue and self.codec.closed:
+                # The response just sent ends the connection (Connection: close, HTTP/1.0, a
+                # drain): what the client sent after that request is never served, as in
+                # Envoy 1.40, whose codec stops at such a request (no 400 for the bytes after
+                # it, no downstream_cx_protocol_error; measured with the real Envoy).
+                queue.clear()
             while queue and not self.closed:
                 event = queue[0]
                 if self.active is not None and event.stream_id != self.active.id:
