@@ -325,3 +325,31 @@ def test_heads_seldom_read_by_their_lines_rest_the_lines_and_come_back():
     for n in range(3 * http1_head.LinesGate.JUDGED):
         _read_by_lines_and_parsed(_varied(n), by_lines=True)
     assert gate.hits == 3 * http1_head.LinesGate.JUDGED and not gate.misses
+
+
+def test_a_line_read_before_reads_the_same_on_each_side():
+    """The lines' memos (_RESPONSE_LINE_READS, _REQUEST_LINE_READS): a head read again from the
+    memo reads as it did, into lists of its own; a line reads as its side reads it (Host and
+    Expect pass on in a response, not in a request; Content-Length the other way)."""
+    forget()
+    response = NGINX.replace(b"\r\n\r\n", b"\r\nHost: h\r\nExpect: e\r\nx-n: 1\r\n\r\n")
+    _request_by_lines_and_parsed(_PRIMER)
+    _read_by_lines_and_parsed(response)         # llhttp reads its names (and status line)
+    http1_head._RESPONSE_LINE_READS.clear()
+    http1_head._REQUEST_LINE_READS.clear()
+    end = response.index(b"\r\n\r\n") + 4
+    first, again = (http1_head.plain_response(response, end) for _ in range(2))
+    assert first == again and first[1] is not again[1]
+    assert ("host", "h") in first[1] and ("expect", "e") in first[1]
+    assert http1_head.plain_request(b"GET / HTTP/1.1\r\nHost: h\r\nExpect: e\r\n\r\n") is None
+    request = b"GET / HTTP/1.1\r\nHost: h\r\nx-n: 1\r\n\r\n"
+    first, again = (http1_head.plain_request(request) for _ in range(2))
+    assert first == again == ("GET", "/", "h", [("x-n", "1")], 2) and first[3] is not again[3]
+    assert http1_head.plain_request(b"GET / HTTP/1.1\r\nHost: h\r\nContent-Length: 4\r\n\r\n") \
+        is None
+    assert http1_head.plain_request(b"GET / HTTP/1.1\r\nHost: h\r\nHost: h\r\n\r\n") is None
+    for wire in (_varied(1), request):          # and the codecs report as llhttp reads
+        if wire is request:
+            _request_by_lines_and_parsed(wire, by_lines=True)
+        else:
+            _read_by_lines_and_parsed(wire, by_lines=True)

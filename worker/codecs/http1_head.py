@@ -322,6 +322,24 @@ _REASON_BYTES = bytes(range(0x21, 0x7f)) + b" \t" + bytes(range(0x80, 0x100))
 _CONTROL = bytes(range(0x00, 0x09)) + bytes(range(0x0a, 0x20)) + b"\x7f"
 _OWS = (0x20, 0x09)
 _FRAMING = HOP_BY_HOP | {"content-length"}
+# Header lines read by the lines before, one memo per side (a line reads differently in a
+# request and a response: Host, Expect), each line as what it reads to (its bytes decide it
+# alone: the names in _NAMES stay): the (name, value) pair that passes on; for a response's
+# Content-Length, [pair, length]; for a request's Host, [value]; _KEEP_ALIVE for `Connection:
+# keep-alive`. A head's usual lines (Server, Content-Type, Host, a client's User-Agent) repeat
+# where the head does not; one dict lookup replaces a partition, a name lookup, the value's
+# checks and its decoding. Lines that never repeat (an echoed path) fill a memo: cleared when
+# full, as the memos above.
+_RESPONSE_LINE_READS: dict = {}
+_REQUEST_LINE_READS: dict = {}
+_LINE_READS_MAX = 256
+_KEEP_ALIVE = object()
+
+
+def _remember_line(reads: dict, line: bytes, read) -> None:
+    if len(reads) >= _LINE_READS_MAX:
+        reads.clear()
+    reads[line] = read
 
 
 def learn_status_line(data: bytes, status: int) -> None:
@@ -351,26 +369,36 @@ def plain_response(data: bytes, end: int):
     count = len(lines) - 1
     if len(block) - len(block.translate(None, _CONTROL)) != 2 * count:
         return None             # a control byte in a value, or a CR or LF of its own
-    names = _NAMES
+    reads = _RESPONSE_LINE_READS
     kept = []
     length = 0
     for line in lines[1:]:
-        name, _, value = line.partition(b": ")
-        text = names.get(name)
-        if text is None or not value or value[0] in _OWS or value[-1] in _OWS:
-            return None
-        if text in _FRAMING:
-            if text == "content-length":
-                if length or not value.isdigit():
-                    return None
-                length = int(value)
-                if not length:
-                    return None
-            elif text == "connection" and value == b"keep-alive":
-                continue        # hop-by-hop, and it lists nothing more (read_response)
-            else:
+        read = reads.get(line)
+        if read is None:
+            name, _, value = line.partition(b": ")
+            text = _NAMES.get(name)
+            if text is None or not value or value[0] in _OWS or value[-1] in _OWS:
                 return None
-        kept.append((text, value.decode("latin-1")))
+            if text in _FRAMING:
+                if text == "content-length":
+                    if not value.isdigit() or not int(value):
+                        return None
+                    read = [(text, value.decode("latin-1")), int(value)]
+                elif text == "connection" and value == b"keep-alive":
+                    # hop-by-hop, and it lists nothing more (read_response)
+                    read = _KEEP_ALIVE
+                else:
+                    return None
+            else:
+                read = (text, value.decode("latin-1"))
+            _remember_line(reads, line, read)
+        if read.__class__ is tuple:
+            kept.append(read)
+        elif read is not _KEEP_ALIVE:
+            if length:
+                return None     # a second Content-Length
+            pair, length = read
+            kept.append(pair)
     if not length:
         return None
     return status, kept, length, count
@@ -407,22 +435,33 @@ def plain_request(data: bytes):
     target = parts[1]
     if method is None or target[:1] != b"/" or target.translate(None, _TARGET_BYTES):
         return None
-    names = _NAMES
+    reads = _REQUEST_LINE_READS
     kept = []
     authority = None
     for line in lines[1:]:
-        name, _, value = line.partition(b": ")
-        text = names.get(name)
-        if text is None or not value or value[0] in _OWS or value[-1] in _OWS:
-            return None
-        if text in _SPECIAL_REQUEST_HEADERS:
-            if text == "host" and authority is None:
-                authority = value.decode("latin-1")
-                continue
-            if text == "connection" and value == b"keep-alive":
-                continue        # hop-by-hop, and it lists nothing more (read_request)
-            return None
-        kept.append((text, value.decode("latin-1")))
+        read = reads.get(line)
+        if read is None:
+            name, _, value = line.partition(b": ")
+            text = _NAMES.get(name)
+            if text is None or not value or value[0] in _OWS or value[-1] in _OWS:
+                return None
+            if text in _SPECIAL_REQUEST_HEADERS:
+                if text == "host":
+                    read = [value.decode("latin-1")]
+                elif text == "connection" and value == b"keep-alive":
+                    # hop-by-hop, and it lists nothing more (read_request)
+                    read = _KEEP_ALIVE
+                else:
+                    return None
+            else:
+                read = (text, value.decode("latin-1"))
+            _remember_line(reads, line, read)
+        if read.__class__ is tuple:
+            kept.append(read)
+        elif read is not _KEEP_ALIVE:
+            if authority is not None:
+                return None     # a second Host
+            authority = read[0]
     if authority is None:
         return None
     return method, target.decode("latin-1"), authority, kept, count
