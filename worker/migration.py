@@ -268,14 +268,15 @@ async def migrate_connections(worker, targets: list[str], keep_upstreams: bool =
     before = list(worker.connections.values())
     now = [c for c in before if c.readiness() is Move.NOW]
     try:
-        moved, kept = await _move(worker, now, peers, keep_upstreams)
+        moved, kept, live = await _move_past_dead_receivers(worker, now, peers, keep_upstreams)
     finally:
         # UDP sessions are with their new readers (or stay here, if this failed): let the
         # new reader read in any case, or the listener would go deaf until we exit.
         udp_proxy.handed_over(worker)
-    moved_later, kept_later = await _move_when_idle(worker, peers, idle_wait, kept)
-    moved += moved_later
-    kept |= kept_later
+    if live:
+        moved_later, kept_later = await _move_when_idle(worker, live, idle_wait, kept)
+        moved += moved_later
+        kept |= kept_later
     for peer in peers:
         # A channel that carries forwarded connections lives as long as they do.
         if not any(c.uses_channel(peer.channel) for c in worker.connections.values()):
@@ -286,6 +287,30 @@ async def migrate_connections(worker, targets: list[str], keep_upstreams: bool =
     stayed = sum(1 for c in before if id(c) in here and c not in kept
                  and not any(c.uses_channel(peer.channel) for peer in peers))
     return moved, len(kept) + stayed, len(before)
+
+
+async def _move_past_dead_receivers(worker, conns, peers, client_only: bool) -> tuple[int, set, list]:
+    """_move, then once more for the connections whose receiver died before it answered (a
+    new worker killed mid-move): to the receivers still there, instead of draining here
+    until the drain deadline cuts them. What the dead one had adopted died with it. Those
+    bound to one receiver (a UDP session and its listener's reader) stay. Returns (moved,
+    kept, the receivers still there)."""
+    moved, kept = 0, set()
+    while conns:
+        orphaned: set = set()
+        m, k = await _move(worker, conns, peers, client_only, orphaned)
+        moved += m
+        kept |= k
+        live = [peer for peer in peers if not peer.channel.closed]
+        conns = [c for c in orphaned if c.state is not Lifecycle.CLOSED
+                 and c.readiness() is Move.NOW and c.handoff_target(len(peers)) is None]
+        peers = live
+        if not conns or not live:
+            break
+        log.warning("worker %d: a receiver died mid-move; %d connection(s) go to the %d left",
+                    worker.id, len(conns), len(live))
+        kept.difference_update(conns)
+    return moved, kept, [peer for peer in peers if not peer.channel.closed]
 
 
 async def _move_when_idle(worker, peers, wait: float, refused: set) -> tuple[int, set]:
@@ -325,10 +350,14 @@ async def _move_when_idle(worker, peers, wait: float, refused: set) -> tuple[int
         waiting.difference_update(fired)
         waiting = {c for c in waiting if c.state is not Lifecycle.CLOSED}
         batch = [c for c in fired if c.readiness() is Move.NOW]
-        if batch:
-            m, k = await _move(worker, batch, peers, False)
+        if batch and peers:
+            m, k, peers = await _move_past_dead_receivers(worker, batch, peers, False)
             moved += m
             kept |= k
+        else:                   # every receiver died: these serve on and drain here
+            for conn in batch:
+                conn.cancel_hold()
+            kept.update(batch)
     for conn in waiting:
         conn.cancel_hold()
     return moved, kept
@@ -354,9 +383,10 @@ def _keep(conn) -> None:
 MAX_BATCHES_IN_FLIGHT = 8
 
 
-async def _move(worker, conns, peers, client_only: bool) -> tuple[int, set]:
+async def _move(worker, conns, peers, client_only: bool, orphaned: set | None = None) -> tuple[int, set]:
     """Send `conns` in batches to `peers`, at most MAX_BATCHES_IN_FLIGHT unanswered at a
-    time; (moved, the connections kept here) once every receiver answered."""
+    time; (moved, the connections kept here) once every receiver answered. Kept connections
+    whose receiver died before it answered are added to `orphaned` too."""
     pending: collections.deque = collections.deque()
     kept: set = set()
     moved = 0
@@ -401,20 +431,23 @@ async def _move(worker, conns, peers, client_only: bool) -> tuple[int, set]:
             future = None
         pending.append((sent, future, peer))
         if len(pending) >= MAX_BATCHES_IN_FLIGHT:
-            moved += await _settle(worker, *pending.popleft(), kept)
+            moved += await _settle(worker, *pending.popleft(), kept, orphaned)
     while pending:
-        moved += await _settle(worker, *pending.popleft(), kept)
+        moved += await _settle(worker, *pending.popleft(), kept, orphaned)
     return moved, kept
 
 
-async def _settle(worker, sent, future, peer, kept: set) -> int:
+async def _settle(worker, sent, future, peer, kept: set, orphaned: set | None = None) -> int:
     """The receiver's answer to one batch: adopted connections let go here, the others
-    resume (into `kept`). Returns how many moved."""
+    resume (into `kept`; into `orphaned` too if the receiver died unanswering: its channel
+    closed, so it adopts none of them later). Returns how many moved."""
     try:
         reply = await future if future is not None else {}
     except Exception as exc:  # noqa: BLE001 - timeout or receiver gone: resume all
         log.error("worker %d: %d connection(s) not adopted: %s", worker.id, len(sent), exc)
         reply = {}
+    if not reply and orphaned is not None and peer.channel.closed:
+        orphaned.update(sent)          # unsent (the channel had died) or never answered
     if reply.get("type") not in ("adopted", None):
         log.error("worker %d: %d connection(s) not adopted: %s", worker.id, len(sent),
                   reply.get("error", reply.get("type")))

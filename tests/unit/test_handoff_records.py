@@ -308,6 +308,9 @@ class _CountingChannel:
         self.closed = False
         self.unanswered = self.most_unanswered = 0
 
+    def close(self, reason="closed"):
+        self.closed = True
+
     def request(self, msg, fds, timeout=None, dup=True):
         loop = asyncio.get_running_loop()
         future = loop.create_future()
@@ -350,3 +353,66 @@ def test_a_move_holds_a_bounded_number_of_batches_and_survives_emfile(datagram_k
     assert moved == 2000 and kept == {stuck} and stuck.resumed
     assert all(c.moved_to == c.id for c in conns)
     assert 1 < channel.most_unanswered <= migration.MAX_BATCHES_IN_FLIGHT
+
+
+class _DyingChannel:
+    """A receiver killed with batches unanswered: each request fails as its channel closes,
+    as Channel does when the peer goes away."""
+
+    def __init__(self):
+        self.closed = False
+        self.batches = 0
+
+    def request(self, msg, fds, timeout=None, dup=True):
+        from baton.supervisor.handoff.channel import ChannelClosed
+        if self.closed:
+            raise ChannelClosed("handoff to the dead worker: closed")
+        self.batches += 1
+        future = asyncio.get_running_loop().create_future()
+
+        def die():
+            self.closed = True
+            future.set_exception(ChannelClosed("handoff to the dead worker: peer closed"))
+        asyncio.get_running_loop().call_soon(die)
+        return future
+
+    def close(self, reason="closed"):
+        self.closed = True
+
+
+class _Leaving(_Moving):
+    """Leaves its worker's table once adopted, as a real connection does."""
+
+    worker = None
+    resumed = 0
+
+    def migrated(self, channel, new_id):
+        super().migrated(channel, new_id)
+        del self.worker.connections[self.id]
+
+    def resume(self):
+        self.resumed += 1
+
+
+def test_a_receiver_killed_mid_move_leaves_its_batches_to_the_others(datagram_kind, monkeypatch):
+    """A new worker killed while connections are being moved to it: the batches it never
+    answered resume here, then go to the receivers still there, instead of draining here
+    until the drain deadline cuts them (1200 connections, 2 receivers: 466 stayed to drain)."""
+    worker = _Worker()
+    worker.generation = 1
+    for i in range(600):
+        conn = worker.connections[i] = _Leaving(i, _Listener(), {}, [1000 + i])
+        conn.worker = worker
+    dying, alive = _DyingChannel(), _CountingChannel()
+    peers = [migration.Peer(dying, 2, {**ALL_V2, "datagram": [1]}),
+             migration.Peer(alive, 2, {**ALL_V2, "datagram": [1]})]
+
+    async def open_handoff(path, generation, worker=None):
+        return peers[int(path)]
+    monkeypatch.setattr(migration, "open_handoff", open_handoff)
+    conns = list(worker.connections.values())
+    moved, kept, count = asyncio.run(migration.migrate_connections(worker, ["0", "1"], idle_wait=1.0))
+    assert (moved, kept, count) == (600, 0, 600) and worker.connections == {}
+    assert all(c.moved_to == c.id for c in conns)
+    # Sent to the dead receiver first (round-robin), resumed when it died, then moved.
+    assert dying.batches >= 1 and sum(1 for c in conns if c.resumed) == dying.batches * 120
