@@ -40,7 +40,7 @@ class Http1ClientCodec(Http1Output):
                  max_headers: int = UPSTREAM_MAX_HEADERS):
         self._parser = None             # made by _feed when first needed
         self._events: list = []
-        self._out = bytearray()
+        self._out: list = []             # bytes for the socket, joined by data_to_send
         self._next_id = 1
         self._stream = 0            # the request in flight, 0 when idle
         self._method = ""
@@ -101,7 +101,7 @@ class Http1ClientCodec(Http1Output):
             chunked = True
             out.append("transfer-encoding: chunked\r\n")
         out.append("\r\n")
-        self._out += "".join(out).encode("latin-1")
+        self._out.append("".join(out).encode("latin-1"))
         self._framing = FRAMINGS[chunked, False]
         if upgrade or request.method == "CONNECT":
             self._tunnel = -stream_id   # becomes a tunnel when the 101 / 2xx arrives
@@ -110,7 +110,7 @@ class Http1ClientCodec(Http1Output):
     def send_body(self, stream_id: int, data: bytes, end_stream: bool) -> None:
         if self._tunnel == stream_id:
             if data:
-                self._out += data
+                self._out.append(bytes(data))
             if end_stream:
                 self.closed = True
             return
@@ -121,7 +121,7 @@ class Http1ClientCodec(Http1Output):
 
     def send_trailers(self, stream_id: int, headers: Headers) -> None:
         if self._framing is not None and self._framing.chunked:
-            self._out += last_chunk(headers)
+            self._out.append(last_chunk(headers))
         self._framing = None
 
     def reset(self, stream_id: int, code: int = 0) -> None:

@@ -89,18 +89,20 @@ FRAMINGS = {(chunked, no_body): Outgoing(chunked, no_body)
             for chunked in (False, True) for no_body in (False, True)}
 
 
-def frame_body(out: bytearray, framing: Outgoing, data: bytes, end_stream: bool) -> None:
+def frame_body(out: list, framing: Outgoing, data: bytes, end_stream: bool) -> None:
     if framing.no_body:
         return
+    if data.__class__ is not bytes:
+        data = bytes(data)      # queued until data_to_send: not a buffer its owner reuses
     if framing.chunked:
         if data:
-            out += b"%x\r\n" % len(data)
-            out += data
-            out += b"\r\n"
+            out.append(b"%x\r\n" % len(data))
+            out.append(data)
+            out.append(b"\r\n")
         if end_stream:
-            out += b"0\r\n\r\n"
+            out.append(b"0\r\n\r\n")
     elif data:
-        out += data
+        out.append(data)
 
 
 def last_chunk(headers) -> bytes:
@@ -118,11 +120,18 @@ class Http1Output:
     __slots__ = ()
 
     def data_to_send(self) -> bytes:
+        """The bytes queued since the last call. Queued as the pieces they were made in (a
+        head, a body chunk): one piece, the usual request or bodiless write, goes as it is;
+        more are joined once (no bytearray growing and copied again)."""
         out = self._out
         if not out:
             return b""
-        self._out = bytearray()
-        return bytes(out)
+        self._out = []
+        if len(out) == 1:
+            data = out[0]
+            if data.__class__ is bytes:     # (not a caller's buffer that may change)
+                return data
+        return b"".join(out)
 
     def pending(self, stream_id: int) -> int:
         return 0

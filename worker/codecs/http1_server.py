@@ -91,7 +91,7 @@ class Http1ServerCodec(Http1Output):
     def __init__(self, *, max_header_bytes: int = 60 * 1024, max_headers: int = 100):
         self._parser = None             # made by _feed when first needed
         self._events: list = []
-        self._out = bytearray()
+        self._out: list = []             # bytes for the socket, joined by data_to_send
         self._next_id = 1
         self._stream = 0                 # id of the request being parsed
         self._url = b""
@@ -295,8 +295,8 @@ class Http1ServerCodec(Http1Output):
         1xx heads (other than 101) are sent as they are and keep the request unanswered."""
         status = response.status
         if 100 <= status < 200 and status != 101:
-            self._out += (_STATUS_LINES.get(status) or f"HTTP/1.1 {status} Unknown\r\n").encode()
-            self._out += b"\r\n"
+            self._out.append(
+                (_STATUS_LINES.get(status) or f"HTTP/1.1 {status} Unknown\r\n").encode() + b"\r\n")
             return
         responses = self._responses
         if responses and responses[0][0] == stream_id:
@@ -359,7 +359,7 @@ class Http1ServerCodec(Http1Output):
         elif version == "1.0":
             out.append("connection: keep-alive\r\n")
         out.append("\r\n")
-        self._out += "".join(out).encode("latin-1")
+        self._out.append("".join(out).encode("latin-1"))
         pending[2] = keep_alive
         framing = self._framing[stream_id] = FRAMINGS[chunked, no_body]
         if end_stream:
@@ -368,7 +368,7 @@ class Http1ServerCodec(Http1Output):
     def send_body(self, stream_id: int, data: bytes, end_stream: bool) -> None:
         if self._tunnel == stream_id:
             if data:
-                self._out += data
+                self._out.append(bytes(data))
             if end_stream:
                 self.closed = True
             return
@@ -384,7 +384,7 @@ class Http1ServerCodec(Http1Output):
         if framing is None:
             return
         if framing.chunked:
-            self._out += last_chunk(headers)     # the terminating chunk, with the trailers
+            self._out.append(last_chunk(headers))   # the terminating chunk, with the trailers
         self._finish_response(stream_id, framing)
 
     def reset(self, stream_id: int, code: int = 0) -> None:
@@ -419,7 +419,7 @@ class Http1ServerCodec(Http1Output):
     def send_raw(self, data: bytes) -> None:
         """Bytes another process framed for this connection (a response that was in flight
         when the connection moved, worker/proxy/http/inflight.py): written as they are."""
-        self._out += data
+        self._out.append(bytes(data))
 
     @property
     def awaiting_head(self) -> bool:
