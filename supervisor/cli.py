@@ -517,16 +517,18 @@ def cmd_run(args) -> int:
 
 
 def _exit_without_teardown(code: int) -> None:
-    """End the master now that everything it owns is closed, handed over or removed: run the
-    atexit handlers (logging's flush among them), flush stdio and leave, skipping the
-    interpreter's teardown. That teardown frees, module by module, a heap holding every worker
-    module (preimported before the first fork: protobuf descriptors, cryptography, h2...):
-    0.1-0.28 s of CPU after "master exiting" on a quiet machine, 0.75-1.2 s in the test suite,
-    while a supervisor sees two masters and a rollback waits. It does nothing the kernel does
-    not do at exit: sockets and fds close, memory goes. Workers leave the same way
-    (OsSeam.fork)."""
-    import atexit
-    atexit._run_exitfuncs()
+    """End the master now that everything it owns is closed, handed over or removed: flush
+    the log and stdio and leave, skipping the interpreter's teardown. That teardown frees,
+    module by module, a heap holding every worker module (preimported before the first fork:
+    protobuf descriptors, cryptography, h2...): 0.1-0.28 s of CPU after "master exiting" on a
+    quiet machine, 0.75-1.2 s in the test suite, while a supervisor sees two masters and a
+    rollback waits. It does nothing the kernel does not do at exit: sockets and fds close,
+    memory goes. Workers leave the same way (OsSeam.fork). The other atexit handlers a master
+    has serve that teardown only: the Wasm engine's early free (worker/wasm/vm.py; a full
+    gc.collect(), ~80 ms here, in a master whose bootstrap has a Wasm filter) and the default
+    executor's join, which uvloop.run has done."""
+    import logging
+    logging.shutdown()
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()

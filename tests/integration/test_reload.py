@@ -487,8 +487,8 @@ _slow_teardown = _SlowTeardown()
 
 
 def test_the_old_master_exits_without_the_interpreters_teardown(tmp_path, upstreams):
-    """Once it handed over and its workers are gone, the old master leaves at once (after its
-    atexit handlers: its last log line is there), not after the interpreter frees its heap
+    """Once it handed over and its workers are gone, the old master leaves at once (its log
+    flushed first: its last line is there), not after the interpreter frees its heap
     object by object: the kernel frees it at exit. The bound is a safety bound, far above the
     ~0.02 s the exit takes and far below the stand-in teardown; the moved connection is served."""
     echo = upstreams("echo")
