@@ -216,7 +216,7 @@ class Exchange:
     # -- response -------------------------------------------------------------------------
 
     def _head(self, response, end_stream: bool) -> None:
-        """Router.on_response_head, Stream.upstream_response_head and _send_head."""
+        """Router.on_response_head and Stream._send_head."""
         conn = self.conn
         hcm = conn.hcm
         cluster = self.cluster
@@ -245,7 +245,7 @@ class Exchange:
             conn.mark_dirty()
 
     def _body(self, data: bytes, end_stream: bool) -> None:
-        """Router.on_response_body and Stream.upstream_response_body."""
+        """UpstreamRequest.on_upstream_event's body step and Stream.upstream_response_body."""
         conn = self.conn
         if end_stream:
             self.deadline = 0.0

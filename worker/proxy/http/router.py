@@ -178,11 +178,23 @@ class UpstreamRequest:
         router = self.router
         kind = type(event)
         if kind is Body:
-            if event.end_stream:
+            data, end_stream = event.data, event.end_stream
+            if end_stream:
                 self.response_complete = True
-            router.on_response_body(self, event.data, event.end_stream)
-            if event.data:
-                self.conn.codec.consumed(self.stream_id, len(event.data))
+            if router.response_started:
+                # The router's response body step, inline: every response passes here.
+                if end_stream:
+                    # _cancel_timers, inline
+                    router.deadline = router.route_deadline = router.duration_deadline = 0.0
+                    if router.backoff_timer is not None:
+                        router._cancel_timers()
+                router.stream.upstream_response_body(data, end_stream)
+                if end_stream:
+                    router.finished = True      # _complete, inline: every response ends here
+                    router.upstream = None
+                    self.finish()
+            if data:
+                self.conn.codec.consumed(self.stream_id, len(data))
         elif kind is ResponseHead:
             status = event.response.status
             if status < 200 and status != 101:
@@ -532,6 +544,21 @@ class Router:
             pool = TcpUpstream(stream.worker, cluster, host, stream.conn.peer,      # bytes over TCP
                                connect_destination(self.route, stream.request.authority),
                                connect_peer(stream))
+        elif cluster.http2 is False and not cluster.internal_hosts and \
+                not stream.info.dynamic_metadata:
+            # An HTTP/1.1 cluster's own pool, found as the express lane finds it (get()'s
+            # answer for it, without its key of eight), and an idle connection taken at once
+            # (the pool's request() would take it the same way, one call further in).
+            pool = stream.worker.http_pools.http1_pool(cluster, host, stream.request)
+            upstream = self.upstream = UpstreamRequest(self, pool, host)
+            self.stats[cluster.stat["upstream_rq_total"]] += 1
+            cluster.rq_active += 1
+            conn = pool.take_idle()
+            if conn is not None:
+                upstream.on_pool_ready(conn)
+            else:
+                pool.request(upstream)
+            return
         else:
             info = stream.info
             pool = stream.worker.http_pools.get(cluster, host, stream.request.version == "2",
@@ -666,25 +693,22 @@ class Router:
         if end_stream:
             self._cancel_timers()
         service_ms = int((info.first_upstream_byte - upstream.sent_at) * 1000)
-        if self.route.attempt_count_in_response:
+        route = self.route
+        if route.attempt_count_in_response:
             response.headers.set(ATTEMPT_COUNT, str(len(self.tried)))
-        self.stream.upstream_response_head(response, end_stream, service_ms)
+        # The route's response header mutations, then the stream's head (what a
+        # Stream.upstream_response_head step did, one call fewer on every response).
+        stream = self.stream
+        route = stream.route                # (the stream's, as its own step read it)
+        plan = route.response_steps
+        if plan is None:                    # a weighted split's clusters differ
+            plan = route.response_plan(stream.cluster_name)
+        if plan:
+            stream._apply_mutations(response.headers, plan)
+        stream._send_head(response, end_stream, None if stream.hcm.suppress_envoy_headers else
+                          ("x-envoy-upstream-service-time", str(service_ms)))
         if end_stream:
             self._complete(upstream)
-
-    def on_response_body(self, upstream, data: bytes, end_stream: bool) -> None:
-        if not self.response_started:
-            return
-        if end_stream:
-            # _cancel_timers, inline: this runs for every response
-            self.deadline = self.route_deadline = self.duration_deadline = 0.0
-            if self.backoff_timer is not None:
-                self._cancel_timers()
-        self.stream.upstream_response_body(data, end_stream)
-        if end_stream:
-            self.finished = True        # _complete, inline: every response ends here
-            self.upstream = None
-            upstream.finish()
 
     def on_response_trailers(self, upstream, trailers) -> None:
         if not self.response_started:

@@ -547,19 +547,8 @@ class Stream:
 
     # -- response path ----------------------------------------------------------------------
 
-    def upstream_response_head(self, response, end_stream: bool, service_ms: int) -> None:
-        hcm = self.hcm
-        route = self.route
-        if route is not None:
-            plan = route.response_steps
-            if plan is None:
-                plan = route.response_plan(self.cluster_name)
-            if plan:
-                self._apply_mutations(response.headers, plan)
-        if not hcm.suppress_envoy_headers:
-            self._send_head(response, end_stream, ("x-envoy-upstream-service-time", str(service_ms)))
-        else:
-            self._send_head(response, end_stream)
+    # (An upstream response's head comes from Router.on_response_head: the route's response
+    # mutations, then _send_head.)
 
     def upstream_response_body(self, data: bytes, end_stream: bool, filtered=False) -> None:
         """`filtered`: the filters' body hooks passed it (body_filters.py)."""
@@ -574,15 +563,18 @@ class Stream:
         self.info.bytes_sent += len(data)
         codec = conn.codec
         codec.send_body(self.id, data, end_stream)
+        if end_stream:
+            # _response_done, inline: every response. No mark_dirty: the stream's end writes
+            # (HttpConnection.stream_done), as the express lane's does.
+            self.response_complete = True
+            self._end()
+            return
         conn.mark_dirty()
-        if not end_stream and not self.window_held and codec.pending(self.id) > self.buffer_limit:
+        if not self.window_held and codec.pending(self.id) > self.buffer_limit:
             # HTTP/2: the client's window holds bytes in the codec; stop reading the upstream
             # until WINDOW_UPDATE lets them out (no unbounded buffer).
             self.window_held = True
             self.downstream_paused(True)
-        if end_stream:
-            self.response_complete = True       # _response_done, inline: every response
-            self._end()
 
     def upstream_response_trailers(self, trailers, filtered=False) -> None:
         if self.done:
