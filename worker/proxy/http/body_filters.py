@@ -26,6 +26,7 @@ Response data goes through the filters whose on_response_headers was called, in 
 from __future__ import annotations
 
 from .filter import BUFFER, PAUSE, STOP, WATERMARK, LocalReply
+from .held_chunks import with_chunk
 
 _NOWHERE = -1
 
@@ -246,10 +247,7 @@ class BodyChain:
         if end_stream:
             stream.request_complete = True
         if data:
-            if stream.held_body:
-                stream.held_body.append(bytes(data))
-            else:                       # () until a first chunk is held (stream.py)
-                stream.held_body = [bytes(data)]
+            stream.held_body = with_chunk(stream.held_body, bytes(data))
             stream.held_bytes += len(data)
         if stream.held_bytes > stream.buffer_limit:
             if not self.request.streaming:

@@ -31,6 +31,7 @@ import time
 from ...codecs.events import Body, ProtocolError, ResponseHead, StreamReset, Trailers
 from .grpc_reply import DEADLINE_EXCEEDED, is_grpc
 from .alpn_override import alpn_override
+from .held_chunks import with_chunk
 from .pool import CONNECTION_TERMINATION
 
 GATEWAY_ERRORS = frozenset({502, 503, 504})
@@ -470,10 +471,7 @@ class Router:
     def request_body(self, data: bytes, end_stream: bool) -> None:
         upstream = self.upstream
         if self.retains_body or upstream is None or upstream.conn is None:
-            if self.body:
-                self.body.append(data)
-            else:
-                self.body = [data]
+            self.body = with_chunk(self.body, data)
             self.body_bytes += len(data)
             if self.body_bytes > self.buffer_limit:
                 if upstream is None or upstream.conn is None:

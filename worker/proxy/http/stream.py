@@ -21,6 +21,7 @@ from . import downstream_end, grpc_reply, path_normalize
 from . import xfcc
 from .body_filters import chain_for, replaced_by
 from .filter import PAUSE, Delay, LocalReply
+from .held_chunks import with_chunk
 from .route_again import refilter
 from .router import (GRPC_RETRY_ON, Router, expected_timeout_header, route_timeout,
                      set_grpc_timeout)
@@ -520,10 +521,7 @@ class Stream:
             self.conn.codec.consumed(self.id, len(data))
             return
         # Held while the filters decide (a fault delay): bounded by the buffer limit.
-        if self.held_body:
-            self.held_body.append(data)
-        else:
-            self.held_body = [data]
+        self.held_body = with_chunk(self.held_body, data)
         self.held_bytes += len(data)
         self.conn.codec.consumed(self.id, len(data))
         if self.held_bytes > self.buffer_limit and not self.response_started:
