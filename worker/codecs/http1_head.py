@@ -342,6 +342,18 @@ def _remember_line(reads: dict, line: bytes, read) -> None:
     reads[line] = read
 
 
+def _value_text(value: bytes) -> str | None:
+    """A header value decoded, or None if it holds a byte llhttp refuses in one (a control
+    byte other than HTAB), or a CR or LF of its own (the head's lines were split at CR LF).
+    Only values are looked at: the name before one is a name llhttp read (_NAMES), and a line
+    read before comes from a memo, so a head needs no pass over all its bytes. A plain value
+    is printable; one with HTAB or obs-text is not, and is looked at byte by byte."""
+    text = value.decode("latin-1")
+    if text.isprintable() or len(value.translate(None, _CONTROL)) == len(value):
+        return text
+    return None
+
+
 def learn_status_line(data: bytes, status: int) -> None:
     """llhttp read a response with `status` from the first byte of `data`: its status line is
     known from now on, if it is HTTP/1.1 with a reason, and a status whose response has a body
@@ -367,8 +379,6 @@ def plain_response(data: bytes, end: int):
     if status is None:
         return None
     count = len(lines) - 1
-    if len(block) - len(block.translate(None, _CONTROL)) != 2 * count:
-        return None             # a control byte in a value, or a CR or LF of its own
     reads = _RESPONSE_LINE_READS
     kept = []
     length = 0
@@ -379,18 +389,21 @@ def plain_response(data: bytes, end: int):
             text = _NAMES.get(name)
             if text is None or not value or value[0] in _OWS or value[-1] in _OWS:
                 return None
+            value_text = _value_text(value)
+            if value_text is None:
+                return None
             if text in _FRAMING:
                 if text == "content-length":
                     if not value.isdigit() or not int(value):
                         return None
-                    read = [(text, value.decode("latin-1")), int(value)]
+                    read = [(text, value_text), int(value)]
                 elif text == "connection" and value == b"keep-alive":
                     # hop-by-hop, and it lists nothing more (read_response)
                     read = _KEEP_ALIVE
                 else:
                     return None
             else:
-                read = (text, value.decode("latin-1"))
+                read = (text, value_text)
             _remember_line(reads, line, read)
         if read.__class__ is tuple:
             kept.append(read)
@@ -426,8 +439,6 @@ def plain_request(data: bytes):
     block = data[:-4]
     lines = block.split(b"\r\n")
     count = len(lines) - 1
-    if len(block) - len(block.translate(None, _CONTROL)) != 2 * count:
-        return None             # a control byte, or a CR or LF of its own
     parts = lines[0].split(b" ")
     if len(parts) != 3 or parts[2] != b"HTTP/1.1":
         return None
@@ -445,16 +456,19 @@ def plain_request(data: bytes):
             text = _NAMES.get(name)
             if text is None or not value or value[0] in _OWS or value[-1] in _OWS:
                 return None
+            value_text = _value_text(value)
+            if value_text is None:
+                return None
             if text in _SPECIAL_REQUEST_HEADERS:
                 if text == "host":
-                    read = [value.decode("latin-1")]
+                    read = [value_text]
                 elif text == "connection" and value == b"keep-alive":
                     # hop-by-hop, and it lists nothing more (read_request)
                     read = _KEEP_ALIVE
                 else:
                     return None
             else:
-                read = (text, value.decode("latin-1"))
+                read = (text, value_text)
             _remember_line(reads, line, read)
         if read.__class__ is tuple:
             kept.append(read)
