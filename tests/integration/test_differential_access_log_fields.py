@@ -9,6 +9,7 @@ import re
 import socket
 import struct
 import subprocess
+import time
 import urllib.request
 
 import pytest
@@ -66,14 +67,16 @@ def fields_bootstrap(upstreams: dict[str, int]):
             # The idle timeout shorter than the request-headers timeout.
             http_listener("idle_first", ports["idle_first"], routes,
                           common_http_protocol_options={"idle_timeout": "0.3s"},
-                          request_headers_timeout="0.5s")],
+                          request_headers_timeout="0.5s"),
+            http_listener("http10", ports["http10"], routes,
+                          http_protocol_options={"accept_http_10": True})],
             [cluster("a", [upstreams["a"]]), cluster("dead", [DEAD]),
              cluster("mix", [upstreams["a"], DEAD])])
     return template
 
 
 recorder, pair = module_pair("diff-al-fields", fields_bootstrap,
-                              ["fields", "timeouts", "idle_first"])
+                              ["fields", "timeouts", "idle_first", "http10"])
 
 
 def _normalised(line: str, upstream_port: int) -> dict:
@@ -487,7 +490,7 @@ def test_a_close_on_a_timeout_is_counted_as_envoy_counts_it(pair, scenario, coun
     Not compared: downstream_cx_delayed_close_timeout. Envoy holds its FIN for
     delayed_close_timeout, so this client meets that timer and Envoy counts it (1); Baton sends
     its FIN at once and the client's close ends its delayed close before its timer (0). That is
-    the FIN's timing, a behaviour difference left for now (downstream_end.py)."""
+    the FIN's timing, a behaviour difference left (HttpConnection.close)."""
     names = ENDS + ["downstream_cx_idle_timeout", "downstream_rq_header_timeout"]
 
     def run(target):
@@ -501,6 +504,71 @@ def test_a_close_on_a_timeout_is_counted_as_envoy_counts_it(pair, scenario, coun
         assert timer == (1 if target.name == "envoy" else 0), f"{target.name}: {timer}"
         return {k: v for k, v in delta.items() if v}
     differential(pair, run, lambda obs: _check(obs == counted, obs), at_once=True)
+
+
+def _fin(port: int, data: bytes, ending: bytes) -> float:
+    """Seconds from the answer (ending in `ending`) to the proxy's FIN, the client holding its
+    socket open and reading."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(data)
+        seen = b""
+        while not seen.endswith(ending):
+            chunk = sock.recv(65536)
+            assert chunk, f"closed before the answer: {seen[-80:]!r}"
+            seen += chunk
+        answered = time.monotonic()
+        while sock.recv(65536):
+            pass
+        return time.monotonic() - answered
+
+
+@pytest.mark.parametrize("listener, data, ending", [
+    # A response to a whole request from the upstream.
+    ("fields", b"GET /u HTTP/1.1\r\nhost: x\r\nconnection: close\r\nx-test-body-size: 2\r\n\r\n",
+     b"\x00\x01"),
+    # HTTP/1.0, a body without a length: the FIN is its end.
+    ("http10", b"GET /u HTTP/1.0\r\nhost: x\r\nx-test-events: 2,10\r\n\r\n", b"data: 1\n\n"),
+], ids=["upstream-response", "http10-close-delimited"])
+def test_the_fin_comes_at_once_after_a_response_that_ends_the_connection(pair, listener, data,
+                                                                          ending):
+    """A response that ends the connection and leaves nothing unread: the proxy's FIN comes
+    at once though the client holds its socket open (Envoy 1.40's FlushWrite: no delayed
+    close, a local close)."""
+    def run(target):
+        prefix = f"http.{listener}."
+        before = target.stats(prefix)
+        took = _fin(target.ports[listener], data, ending)
+        after = _once_destroyed(target, prefix, before)
+        delta = {name.removeprefix("downstream_").removeprefix("cx_"):
+                 after.get(prefix + name, 0) - before.get(prefix + name, 0) for name in ENDS}
+        return {"fin": "at once" if took < 0.5 else took,
+                "counted": {k: v for k, v in delta.items() if v}}
+    differential(pair, run, lambda obs: _check(obs == {
+        "fin": "at once", "counted": {"destroy": 1, "destroy_local": 1}}, obs))
+
+
+@pytest.mark.parametrize("data, counted", [
+    # A direct response, made while the request's head is read: Envoy's request is not yet
+    # complete when the response ends, so it waits for the client's close (delayed close).
+    (b"GET /dr HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+     {"destroy": 1, "destroy_remote": 1}),
+    # Answered before the request's body came: a delayed close, and the request is reset.
+    (b"POST /dr HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\n0123456789",
+     {"destroy": 1, "destroy_remote": 1, "rq_rx_reset": 1}),
+], ids=["direct-response", "before-the-body"])
+def test_a_delayed_close_the_client_ends_after_the_answer(pair, data, counted):
+    """The client reads the answer and closes (what an HTTP client does with a delimited
+    response) while the proxy's delayed close waits for it: a remote close, as Envoy 1.40
+    counts it (Baton had closed these at once, a local close, and counted no reset)."""
+    def run(target):
+        prefix = "http.fields."
+        before = target.stats(prefix)
+        _answered(target.port, data, b"teapot").close()
+        after = _once_destroyed(target, prefix, before)
+        delta = {name.removeprefix("downstream_").removeprefix("cx_"):
+                 after.get(prefix + name, 0) - before.get(prefix + name, 0) for name in ENDS}
+        return {k: v for k, v in delta.items() if v}
+    differential(pair, run, lambda obs: _check(obs == counted, obs))
 
 
 def test_a_head_arriving_when_the_idle_timeout_passes_gets_the_header_timeouts_408(pair):

@@ -1,7 +1,7 @@
 """An HTTP connection's own timeouts, on a uvloop loop as in a worker (the connection-per-
 request case arms them on every connection): the connection's idle timeout drains an idle
 connection (downstream_cx_idle_timeout), the delayed close ends a client that does not close
-after `Connection: close`, a route timeout answers 504 (upstream_rq_timeout); each never
+after a codec error's reply, a route timeout answers 504 (upstream_rq_timeout); each never
 early; and a connection that ends leaves none of its timers armed."""
 
 from __future__ import annotations

@@ -52,6 +52,7 @@ class HttpConnection(asyncio.Protocol, HttpConnectionMoves, Connection):
     duration_timer = None                     # max_connection_duration
     stream_timer = None                       # stream_idle_timeout / request_timeout sweep
     sweep_due = 0.0                           # the sweep, while the deadline timer arms it
+    starting = False                          # in a stream's start(): its request's head
     deadline_timer = None                     # route timeouts of the streams (watch_deadline)
     drain_timer = None                        # HTTP/2: the final GOAWAY's deadline
     deadline_at = 0.0
@@ -301,7 +302,7 @@ class HttpConnection(asyncio.Protocol, HttpConnectionMoves, Connection):
         # what is in flight (no codec error: the codec is not told of the end of input).
         downstream_end.client_closed(self)
         self._abort_streams("downstream remote disconnect")
-        self.close()
+        self.close(flush_only=True)     # (the client is gone: nothing to wait for)
         return False
 
     def connection_lost(self, exc) -> None:
@@ -343,7 +344,9 @@ class HttpConnection(asyncio.Protocol, HttpConnectionMoves, Connection):
         self.requests += 1
         if not self.codec.multiplexed:
             self.active = stream
+        self.starting = True        # (a response ended in it: downstream_end.last_stream_done)
         stream.start()
+        self.starting = False
         if self.stream_timer is None and not self.sweep_due and self.streams and \
                 (self.hcm.shortest_idle or self.hcm.request_timeout):
             self._arm_sweep()        # (after start: a stream answered at once needs none)
@@ -491,18 +494,21 @@ class HttpConnection(asyncio.Protocol, HttpConnectionMoves, Connection):
             self.transport.resume_reading()
 
     def close(self, flush_only: bool = False) -> None:
-        """Close after the queued bytes, Envoy's delayed close: our side is shut for writing
-        and what the peer still sends is read and dropped until it closes too (or
-        delayed_close_timeout passes). Closing with unread bytes would make the kernel send
-        a RST, and a RST can destroy our last bytes (a final GOAWAY, an error reply) before
-        the peer reads them.
+        """Close after the queued bytes, Envoy 1.40's delayed close (FlushWriteAndDelay):
+        what the client still sends is read and dropped until it closes too, or until
+        delayed_close_timeout passes (then counted in downstream_cx_delayed_close_timeout).
+        Closing with unread bytes would make the kernel send a RST, and a RST can destroy our
+        last bytes (a final GOAWAY, an error reply) before the client reads them. Envoy holds
+        its FIN for that time; Baton half-closes at once (shutdown): a client that waits for
+        the close gets it a second sooner than from Envoy, and closes before the timer (the
+        FIN held too was built and measured: a second more in each test that reads an error
+        reply to its end, 1.6-4 s a test; bench/RESULTS.md).
 
-        `flush_only`: the last request was read whole and its response ends the connection
-        (downstream_end.last_stream_done): nothing of the client's is left unread to race
-        the close, so the socket closes once the queued bytes are written, with no half
-        close and no linger (Envoy 1.40's ConnectionCloseType::FlushWrite, chosen by its
-        checkForDeferredClose in that case): a shutdown, a timer and the client's FIN's read
-        fewer a connection per request."""
+        `flush_only`: the response that ends the connection answered a request read whole,
+        or is an HTTP/1.0 body delimited by the close (downstream_end.last_stream_done), or
+        the client is gone, or nothing was ever read: the socket closes once the queued bytes
+        are written (Envoy's FlushWrite, which it chooses in those cases): no half close, no
+        timer and no read of the client's FIN a connection per request."""
         if self.closed:
             return
         if self.transport is None:
@@ -688,6 +694,11 @@ class HttpConnection(asyncio.Protocol, HttpConnectionMoves, Connection):
         if not self.streams and not self.closed:
             self.worker.stats.counters[self.hcm.stat_cx_idle_timeout] += 1
             self.timed_out = True
+            if not self.requests and (self.codec is None or not self.codec.multiplexed):
+                # No request read: Envoy 1.40, which makes its codec at the first bytes, has
+                # none and closes at once (onIdleTimeout's FlushWrite), no delayed close.
+                self.close(flush_only=True)
+                return
             self.drain()
 
     def _header_deadline(self, codec) -> None:

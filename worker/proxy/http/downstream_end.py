@@ -12,12 +12,12 @@ statistics" and ConnectionManagerImpl::onEvent / doConnectionClose.
   destroyed (it goes on there) and counts nothing.
 - A delayed close (Baton shut its side and waits for the client's) that the client does not
   answer within delayed_close_timeout: downstream_cx_delayed_close_timeout, and it is a local
-  close. Envoy holds its FIN for that delay; Baton sends its FIN at once (a behaviour
-  difference left for now), so the client's close that ends Baton's delayed close is
-  counted as the same client would be counted by Envoy: after an idle or request-headers
-  timeout the client was silent and waits for the server's close, which in Envoy is its
-  delayed-close timer (destroy_local; Envoy also counts delayed_close_timeout, which Baton,
-  whose timer did not fire, does not); after an answer (a codec error's reply, HTTP/2's
+  close. Envoy holds its FIN for that delay; Baton sends its FIN at once (HttpConnection.close
+  says why), so the client's close that ends Baton's delayed close is counted as the same
+  client would be counted by Envoy: after an idle or request-headers timeout the client was
+  silent and waits for the server's close, which in Envoy is its delayed-close timer
+  (destroy_local; Envoy also counts delayed_close_timeout, which Baton, whose timer did not
+  fire, does not); after an answer (a codec error's reply, a direct response, HTTP/2's
   GOAWAY) the client closes on the answer, before Envoy's timer (destroy_remote).
 - A client's close (its FIN or RST) cuts what is in flight: DC, downstream_remote_disconnect,
   destroy_remote_active_rq and downstream_rq_rx_reset, not a codec error (Envoy's codec
@@ -125,15 +125,30 @@ def stream_cut(stream) -> None:
 
 def last_stream_done(conn, stream) -> bool:
     """HTTP/1.1: `conn` closes after its last response. Envoy 1.40 closes at once (a local
-    close, ConnectionCloseType::FlushWrite) when that request was read whole, for nothing is
-    left unread to race the close (checkForDeferredClose's skip_delay_close); else its delayed
-    close waits for the client (transport_lost and eof_received count what ends it). True
-    when the close is that one (HttpConnection.close's flush_only); Baton lingers otherwise."""
-    if conn.codec.multiplexed or not stream.request_complete:
+    close, ConnectionCloseType::FlushWrite) when that request was read whole before the
+    response ended, for nothing is left unread to race the close, or when the response is an
+    HTTP/1.0 body the close delimits, whose end is the FIN (doEndStream's skip_delay_close
+    and http_10_sans_cl); else its delayed close waits for the client (transport_lost and
+    eof_received count what ends it). True when the close is that one (HttpConnection.close's
+    flush_only). Measured with the real Envoy: a direct response or local reply to a whole GET
+    (answered while its head is read: `conn.starting`) and a codec error's reply wait; an
+    upstream's response to a whole request and an HTTP/1.0 response without a length do not."""
+    if conn.codec.multiplexed:
         return False
-    # An express exchange (express.py: info None) is never a codec error.
+    # An express exchange (express.py: info None) is never a codec error, nor HTTP/1.0.
     info = stream.info
-    if info is None or "DPE" not in info.response_flags:
+    if info is not None:
+        if "DPE" in info.response_flags or stream.request is None:
+            return False        # a codec error's reply, a request-headers timeout's 408
+        if not stream.request_complete:
+            # Its response ended before its request (answered before the body came): Envoy's
+            # doEndStream resets the stream, counted as a request reset.
+            conn.worker.stats.counters[conn.hcm.stat_rq_rx_reset] += 1
+        if info.protocol == "HTTP/1.0" and (info.response is None or
+                                            "content-length" not in info.response.headers):
+            connection_ends(conn, False)
+            return True
+    if stream.request_complete and not conn.starting:
         connection_ends(conn, False)
         return True
     return False
