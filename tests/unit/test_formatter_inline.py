@@ -62,3 +62,21 @@ def test_a_generated_render_writes_what_the_getters_give(fmt, omit):
     render = compile_format(fmt, omit)
     for info in infos():
         assert render(info) == by_getters(fmt, info, "" if omit else "-")
+
+
+def test_the_default_start_time_read_in_place_is_the_getters_at_every_millisecond_edge():
+    """The generated render takes START_TIME's kept text while the start time is inside the
+    kept millisecond's range, and calls the getter outside it: the same text either way, for
+    start times around millisecond and second edges, in order, back and forth and repeated."""
+    import random
+    render = compile_format("%START_TIME% %RESPONSE_CODE%\n")
+    second = 1_796_000_000
+    times = [second + ms / 1000 + micros / 1e6 for ms in (0, 1, 499, 998, 999)
+             for micros in (-1.5, -1, -0.5, 0, 0.4, 0.5, 0.6, 1, 1.5, 2, 2.5, 500, 997.5, 998,
+                            998.5, 999, 999.4, 999.5, 999.6)]
+    rng = random.Random(7)
+    times += [second + rng.random() for _ in range(200)]
+    for order in (times, times[::-1], random.Random(3).sample(times * 2, 2 * len(times))):
+        for t in order:
+            info = make_info(start_time=t)
+            assert render(info) == f"{formatter._DefaultTime()(info)} 0\n", t

@@ -737,6 +737,43 @@ def test_access_log_flushes_when_the_buffer_is_full(tmp_path):
     f.close()
 
 
+def test_access_log_keeps_what_a_full_pipe_did_not_take(tmp_path):
+    """Lines are kept as text and encoded per batch: a batch a non-blocking pipe takes only
+    part of keeps its rest, written before the next lines, none lost or split (non-ASCII
+    lines too: the buffer counts characters, the pipe takes bytes)."""
+    read_fd, write_fd = os.pipe()
+    os.set_blocking(write_fd, False)
+    f = AccessLogFile(str(tmp_path / "unused"), loop=None, flush_bytes=1 << 30)
+    os.close(f.fd)
+    f.fd = write_fd
+    lines = [f"{i:06d} caf\u00e9 \udcff\n" for i in range(20000)]   # ~300 KB > a pipe
+    for line in lines[:10000]:
+        f.write(line)
+    f.flush()                                   # the pipe fills: the rest is kept
+    assert f.unwritten and f.pending_size == len(f.unwritten)
+    got = bytearray()
+    while True:
+        try:
+            got += os.read(read_fd, 1 << 20)
+        except BlockingIOError:
+            break
+        if len(got) >= 65536:
+            break
+    for line in lines[10000:]:
+        f.write(line)
+    expected = "".join(lines).encode("utf-8", "surrogateescape")
+    os.set_blocking(read_fd, False)
+    while len(got) < len(expected):
+        f.flush()
+        try:
+            got += os.read(read_fd, 1 << 20)
+        except BlockingIOError:
+            pass
+    assert bytes(got) == expected and f.dropped == 0
+    f.close()
+    os.close(read_fd)
+
+
 def test_access_logs_share_a_file_and_append(tmp_path):
     path = tmp_path / "a.log"
     path.write_text("before\n")

@@ -11,7 +11,9 @@ naming the same path share one AccessLogFile, so the file is opened once per wor
 
 Lines are kept in memory and written when the buffer reaches FLUSH_BYTES or FLUSH_INTERVAL
 after the first unwritten line, whichever comes first: one write() per batch, not per
-request (Envoy: 64 KiB or file_flush_interval_msec, 1 s). Files are opened O_APPEND, so
+request (Envoy: 64 KiB or file_flush_interval_msec, 1 s). Lines are kept as text and
+encoded once per batch, and the buffer is measured in characters (a line's UTF-8 is at least
+as long), so a line costs an append and an addition. Files are opened O_APPEND, so
 several workers appending to one file do not overwrite each other; each batch ends on a line
 boundary, and a write of a regular file is not split by another process's write.
 /dev/stdout and /dev/stderr use the process's own fds 1 and 2 (opening /dev/stdout fails
@@ -46,8 +48,8 @@ class AccessLogFile:
     """A buffered, append-only output. `loop` schedules the interval flush; without a loop
     (tests, tools) lines are written when the buffer fills or on flush()."""
 
-    __slots__ = ("path", "loop", "fd", "pending", "pending_bytes", "timer", "dropped",
-                 "flush_bytes", "flush_interval", "failed", "closed", "opener")
+    __slots__ = ("path", "loop", "fd", "pending", "pending_size", "unwritten", "timer",
+                 "dropped", "flush_bytes", "flush_interval", "failed", "closed", "opener")
 
     def __init__(self, path: str, loop=None, flush_bytes: int = FLUSH_BYTES,
                  flush_interval: float = FLUSH_INTERVAL, opener=None):
@@ -55,8 +57,9 @@ class AccessLogFile:
         self.loop = loop
         self.flush_bytes = flush_bytes
         self.flush_interval = flush_interval
-        self.pending: list[bytes] = []
-        self.pending_bytes = 0
+        self.pending: list[str] = []      # lines not yet encoded
+        self.pending_size = 0               # their characters, and the unwritten bytes
+        self.unwritten = b""                # what a full pipe did not take, written first
         self.timer = None
         self.dropped = 0
         self.failed = False          # the file could not be opened: lines are dropped
@@ -83,7 +86,7 @@ class AccessLogFile:
             self.failed = True
             self.dropped += len(self.pending)
             self.pending.clear()
-            self.pending_bytes = 0
+            self.pending_size = 0
             return
         if self.closed:
             os.close(fd)
@@ -93,13 +96,13 @@ class AccessLogFile:
             self.flush()
 
     def write(self, line: str) -> None:
-        data = line.encode("utf-8", "surrogateescape")
-        if self.failed or self.pending_bytes + len(data) > MAX_PENDING_BYTES:
+        size = self.pending_size + len(line)
+        if size > MAX_PENDING_BYTES or self.failed:
             self.dropped += 1
             return
-        self.pending.append(data)
-        self.pending_bytes += len(data)
-        if self.pending_bytes >= self.flush_bytes:
+        self.pending.append(line)
+        self.pending_size = size
+        if size >= self.flush_bytes:
             self.flush()
         elif self.timer is None and self.loop is not None:
             self.timer = self.loop.call_later(self.flush_interval, self._on_timer)
@@ -112,11 +115,13 @@ class AccessLogFile:
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
-        if not self.pending or self.fd < 0:
+        if not (self.pending or self.unwritten) or self.fd < 0:
             return
-        data = b"".join(self.pending)
+        data = "".join(self.pending).encode("utf-8", "surrogateescape")
+        if self.unwritten:
+            data, self.unwritten = self.unwritten + data, b""
         self.pending.clear()
-        self.pending_bytes = 0
+        self.pending_size = 0
         view, offset = memoryview(data), 0
         while offset < len(data):
             try:
@@ -125,9 +130,8 @@ class AccessLogFile:
                 continue
             except BlockingIOError:
                 # A non-blocking pipe that is full: keep the rest for the next flush.
-                rest = bytes(view[offset:])
-                self.pending.append(rest)
-                self.pending_bytes = len(rest)
+                rest = self.unwritten = bytes(view[offset:])
+                self.pending_size = len(rest)
                 if self.loop is not None:
                     self.timer = self.loop.call_later(self.flush_interval, self._on_timer)
                 return

@@ -268,15 +268,18 @@ class _TimeFormat:
 class _DefaultTime:
     """Envoy's default START_TIME: ISO 8601, UTC, milliseconds (2024-01-02T03:04:05.678Z).
     The text is kept per millisecond too: under load, requests that start in the same
-    millisecond share it."""
+    millisecond share it. [lo, hi) holds start times certain to give cache_line (the kept
+    millisecond less 2 us at either end, where rounding to microseconds could tip it): a
+    generated render (_generate) tests that range in place and calls only outside it."""
 
-    __slots__ = ("cache_second", "cache_text", "cache_ms", "cache_line")
+    __slots__ = ("cache_second", "cache_text", "cache_ms", "cache_line", "lo", "hi")
 
     def __init__(self):
         self.cache_second = None
         self.cache_text = ""
         self.cache_ms = -1
         self.cache_line = ""
+        self.lo = self.hi = 0.0            # empty: no start time is in it
 
     def __call__(self, info):
         t = info.start_time
@@ -290,6 +293,8 @@ class _DefaultTime:
             return self.cache_line
         self.cache_ms = ms
         line = self.cache_line = f"{self.cache_text}.{ms:03d}Z"
+        self.lo = second + (ms * 1000 + 2) / 1e6
+        self.hi = second + (ms * 1000 + 998) / 1e6
         return line
 
 
@@ -452,8 +457,9 @@ def _generate(pieces, missing):
     or more REQ() fields (Envoy's default format has five), the request's headers, read in
     one pass for all of them into one local per name (each its first value), the
     pseudo-headers as the request's attributes (as Request.get reads them). Envoy's default
-    format is then rendered with two calls (START_TIME and the f-string's) instead of
-    fourteen; tests/unit/test_formatter_inline.py holds it to what the getters give."""
+    format is then rendered with one call (the f-string's) instead of fourteen: START_TIME
+    is its kept text while the start time stays inside the kept millisecond (_DefaultTime),
+    else a call; tests/unit/test_formatter_inline.py holds it to what the getters give."""
     params, lines, fields = [], [], []
     by_name = [getattr(piece, "request_names", None) for piece in pieces]
     one_pass = sum(names is not None for names in by_name) >= 2
@@ -479,6 +485,12 @@ def _generate(pieces, missing):
             fields.append(f"{{_l{i}}}")
             continue
         fields.append(f"{{_m if v{i} is None else v{i}}}")
+        if piece.__class__ is _DefaultTime:  # the kept text, unless outside its range
+            params.append(f"_t{i}=_pieces[{i}]")
+            lines += ["    _t = info.start_time",
+                      f"    v{i} = _t{i}.cache_line if _t{i}.lo <= _t < _t{i}.hi "
+                      f"else _t{i}(info)"]
+            continue
         inline = getattr(piece, "inline", None)
         if inline is not None:              # an attribute read: no call
             lines.append(f"    v{i} = {inline}")
