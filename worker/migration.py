@@ -20,7 +20,7 @@ import logging
 import os
 import socket
 
-from ..supervisor.handoff import protocol, unix
+from ..supervisor.handoff import claim, protocol, unix
 from ..supervisor.handoff.channel import Channel
 from ..supervisor.handoff.framing import close_fds
 from . import connection, forwarding
@@ -116,8 +116,15 @@ def adopt_connections(worker, version: int, msg: dict, fds: list[int], channel=N
 
     Returns (adopted old ids, refused old id -> why, old id -> new id, the adopted
     connections, to be told `after_adoption()` once the answer is sent). A record this worker
-    cannot take is refused with its reason and its descriptors closed; the sender keeps it."""
+    cannot take is refused with its reason and its descriptors closed; the sender keeps it.
+    From protocol version 3 the batch is ours only once we take its claim token: a batch the
+    sender took back at its deadline is refused whole (supervisor/handoff/claim.py)."""
     adopted, refused, new_ids, conns = [], {}, {}, []
+    fds, taken_back = _claim_batch(version, msg, fds)
+    if taken_back:
+        close_fds(fds)
+        ids = [raw.get("id") for raw in msg.get("conns") or () if isinstance(raw, dict)]
+        return [], {i: taken_back for i in ids if isinstance(i, int)}, {}, []
     records, leftover = protocol.decode_records(version, msg, fds)
     close_fds(leftover)
     for record in records:
@@ -137,6 +144,21 @@ def adopt_connections(worker, version: int, msg: dict, fds: list[int], channel=N
         adopted.append(record.old_id)
         new_ids[record.old_id] = new_id
     return adopted, refused, new_ids, conns
+
+
+def _claim_batch(version: int, msg: dict, fds: list[int]) -> tuple[list[int], str | None]:
+    """The batch's descriptors without its claim token, and why it is not ours (None: it is,
+    adopt it). Before version 3 there is no token: a batch is ours when it arrives."""
+    if version < protocol.CLAIM_VERSION:
+        return fds, None
+    index = msg.get("claim")
+    if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < len(fds):
+        return fds, "the batch has no claim token"
+    fds = list(fds)
+    token = fds.pop(index)
+    if claim.claim(token):
+        return fds, None
+    return fds, "the sender took this batch back at its deadline"
 
 
 def _refusal(worker, record) -> str | None:
@@ -422,14 +444,20 @@ async def _move(worker, conns, peers, client_only: bool, orphaned: set | None = 
             sent.append(conn)
         if not sent:
             continue
+        msg = {"type": "connections", "conns": records}
+        token, timeout = None, protocol.MIGRATE_TIMEOUT
+        deadline = asyncio.get_running_loop().time() + protocol.MIGRATE_TIMEOUT
         try:
+            if peer.version >= protocol.CLAIM_VERSION:
+                token, timeout = claim.BatchToken(), protocol.CLAIMED_ANSWER_TIMEOUT
+                msg["claim"] = len(fds)
+                fds.append(token.fd)
             # No duplicates needed: our descriptors stay open until the receiver answers.
-            future = peer.channel.request({"type": "connections", "conns": records}, fds,
-                                          timeout=protocol.MIGRATE_TIMEOUT, dup=False)
-        except Exception as exc:  # noqa: BLE001 - the channel died: this batch stays here
+            future = peer.channel.request(msg, fds, timeout=timeout, dup=False)
+        except Exception as exc:  # noqa: BLE001 - the channel died (or no pipe): this batch stays here
             log.error("worker %d: sending %d connection(s) failed: %s", worker.id, len(sent), exc)
             future = None
-        pending.append((sent, future, peer))
+        pending.append((sent, future, peer, token, deadline))
         if len(pending) >= MAX_BATCHES_IN_FLIGHT:
             moved += await _settle(worker, *pending.popleft(), kept, orphaned)
     while pending:
@@ -437,15 +465,62 @@ async def _move(worker, conns, peers, client_only: bool, orphaned: set | None = 
     return moved, kept
 
 
-async def _settle(worker, sent, future, peer, kept: set, orphaned: set | None = None) -> int:
+async def _answer_within(future, deadline: float) -> bool:
+    """Whether the answer came by `deadline` (loop time); the request runs on either way."""
+    remaining = deadline - asyncio.get_running_loop().time()
+    if remaining > 0 and not future.done():
+        await asyncio.wait((future,), timeout=remaining)
+    return future.done()
+
+
+def _retire(token, future) -> None:
+    """A batch taken back: its token is kept until the receiver's refusal (or the channel's
+    end), since the frame that carries it may still be queued in the channel."""
+    token.close()
+    if not future.cancelled():
+        future.exception()
+
+
+async def _answer(worker, count: int, future, token, deadline: float) -> tuple[dict, bool]:
+    """The receiver's answer to one batch ({} if none), and whether the batch is the
+    receiver's all the same: it claimed the batch (supervisor/handoff/claim.py) and did not
+    answer even in CLAIMED_ANSWER_TIMEOUT. Without a token (a receiver of protocol version
+    2 or 1) the deadline alone decides, as those releases did."""
+    if future is None:
+        if token is not None:
+            token.close()
+        return {}, False
+    if token is not None and not await _answer_within(future, deadline):
+        if token.revoke():          # the receiver will refuse it when it reads it
+            log.error("worker %d: %d connection(s) taken back: no answer in %.1fs", worker.id,
+                      count, protocol.MIGRATE_TIMEOUT)
+            future.add_done_callback(lambda done: _retire(token, done))
+            return {}, False
+        log.warning("worker %d: %d connection(s) claimed by the receiver, not answered in "
+                    "%.1fs: waiting for its answer", worker.id, count, protocol.MIGRATE_TIMEOUT)
+    try:
+        return await future, False
+    except Exception as exc:  # noqa: BLE001 - timeout or receiver gone
+        log.error("worker %d: %d connection(s) not adopted: %s", worker.id, count, exc)
+        return {}, token is not None and isinstance(exc, asyncio.TimeoutError)
+    finally:
+        if token is not None:
+            token.close()
+
+
+async def _settle(worker, sent, future, peer, token, deadline: float, kept: set,
+                  orphaned: set | None = None) -> int:
     """The receiver's answer to one batch: adopted connections let go here, the others
     resume (into `kept`; into `orphaned` too if the receiver died unanswering: its channel
-    closed, so it adopts none of them later). Returns how many moved."""
-    try:
-        reply = await future if future is not None else {}
-    except Exception as exc:  # noqa: BLE001 - timeout or receiver gone: resume all
-        log.error("worker %d: %d connection(s) not adopted: %s", worker.id, len(sent), exc)
-        reply = {}
+    closed, so it adopts none of them later). A batch the receiver claimed is let go even
+    unanswered: resuming it would serve it twice. Returns how many moved."""
+    reply, claimed = await _answer(worker, len(sent), future, token, deadline)
+    if claimed:
+        log.error("worker %d: %d connection(s) let go unanswered: the receiver claimed them",
+                  worker.id, len(sent))
+        for conn in sent:
+            conn.migrated(peer.channel, 0)
+        return len(sent)
     if not reply and orphaned is not None and peer.channel.closed:
         orphaned.update(sent)          # unsent (the channel had died) or never answered
     if reply.get("type") not in ("adopted", None):

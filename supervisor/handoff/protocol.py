@@ -31,7 +31,9 @@ Worker to worker, on the receiving worker's own handoff socket:
 
     old -> new   hello        {versions, pid, generation}
     new -> old   hello        {version, pid, generation, records}   records: kind -> [versions]
-    old -> new   connections  {conns: [record...]} + each record's descriptors, in order
+    old -> new   connections  {conns: [record...], claim?} + each record's descriptors, in
+                              order; from version 3 also the batch's claim token (claim: its
+                              index among the descriptors, the last one)
     new -> old   adopted      {ids, refused: {id: reason}, new_ids: {old id: new id}}
     either       data/eof/close/pause/resume {id, data?}            write migration (forwarding.py)
     either       done/reset {id}                                    HTTP/1.1 response forwarded
@@ -59,6 +61,14 @@ Version rules (the contract between generations N and N+1, both ways):
   know). The receiving worker's hello lists the record versions it adopts, and the sender
   encodes each record in the newest version the receiver adopts; a connection the receiver
   cannot adopt in any version stays where it is and drains.
+- Version 3 (Baton 0.3.0) adds the claim token to `connections` (supervisor/handoff/claim.py):
+  a version-3 receiver takes the token before it adopts a batch and refuses a batch whose
+  sender took it back at its deadline; a version-3 sender takes a batch back at the deadline
+  only if it gets the token, and otherwise waits for the answer (CLAIMED_ANSWER_TIMEOUT). A
+  version-3 receiver refuses a version-3 batch without a token. With a version-2 or -1 peer
+  (0.1.x, 0.2.x) nothing changes: no token is sent or expected, and a batch that misses its
+  deadline is taken back as before, so a peer of those releases stopped or slow past the
+  deadline can still adopt it after (the hazard version 3 removes).
 - Never remove a record version a still-supported release sends (bench/../README "Releases").
 
 Rules of this file: a peer is checked with SO_PEERCRED before it is heard (root or our uid);
@@ -71,12 +81,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-VERSIONS = (1, 2)
+VERSIONS = (1, 2, 3)
+CLAIM_VERSION = 3              # batches of connections carry a claim token (claim.py)
 HANDOFF_SOCKET = "handoff.sock"
 
 HELLO_TIMEOUT = 10.0          # new master: from exec to hello
 COMMIT_TIMEOUT = 60.0         # new master: from hello to ready (default of --reload-timeout)
 MIGRATE_TIMEOUT = 10.0        # one batch of connections, sent until adopted
+CLAIMED_ANSWER_TIMEOUT = 60.0  # a batch the receiver claimed: until its answer (then let go)
 
 # Descriptors per frame stay under SCM_MAX_FD (253); at most two per connection today.
 CONNS_PER_FRAME = 120
@@ -164,7 +176,7 @@ MESSAGES: dict[str, dict] = {
     "committed": {},
     "main": {"pid": int},
     "error": {"error": str},
-    "connections": {"conns": ListOf(dict)},
+    "connections": {"conns": ListOf(dict), "claim": Maybe(int)},
     "adopted": {"ids": ListOf(int), "refused": Maybe(dict), "new_ids": Maybe(dict)},
     "data": {"id": int, "data": bytes},
     "eof": {"id": int},
