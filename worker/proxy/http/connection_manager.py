@@ -306,6 +306,8 @@ class HttpConnection(asyncio.Protocol, HttpConnectionMoves, Connection):
         return False
 
     def connection_lost(self, exc) -> None:
+        if self.closed and self.destroy_counted and self.lingering is None and not self.streams:
+            return      # the usual end: closed here, counted, nothing in flight or waiting
         downstream_end.transport_lost(self, exc)
         if self.lingering is not None:
             self.lingering.cancel()
@@ -625,8 +627,7 @@ class HttpConnection(asyncio.Protocol, HttpConnectionMoves, Connection):
         if self.sweep_due:
             due, self.sweep_due = self.sweep_due, 0.0
             if self.streams and not self.closed and self.stream_timer is None:
-                self.stream_timer = self.loop.call_later(max(due - self.loop.time(), 0),
-                                                         self._sweep_streams)
+                self.stream_timer = self.loop.call_later(max(due - now, 0), self._sweep_streams)
 
     def _arm_sweep(self) -> None:
         """The stream sweep's first look, a quarter of the shorter timeout from now. When the
@@ -634,10 +635,12 @@ class HttpConnection(asyncio.Protocol, HttpConnectionMoves, Connection):
         timer arms the sweep for the same time when it fires (_on_deadline). So a connection
         per request, whose stream ends long before either, arms one loop timer for both."""
         interval = self._sweep_interval()
-        if self.deadline_timer is not None and self.deadline_at - time.monotonic() <= interval:
-            self.sweep_due = self.loop.time() + interval
-        else:
-            self.stream_timer = self.loop.call_later(interval, self._sweep_streams)
+        if self.deadline_timer is not None:
+            now = time.monotonic()          # (sweep_due on the deadlines' clock)
+            if self.deadline_at - now <= interval:
+                self.sweep_due = now + interval
+                return
+        self.stream_timer = self.loop.call_later(interval, self._sweep_streams)
 
     def _sweep_interval(self) -> float:
         idle, request = self.hcm.shortest_idle, self.hcm.request_timeout
