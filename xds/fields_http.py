@@ -55,7 +55,8 @@ ALLOWED_HTTP: dict = {
         "request_headers_to_remove": WALK, "response_headers_to_add": WALK,
         "response_headers_to_remove": WALK, "most_specific_header_mutations_wins": WALK,
         "validate_clusters": WALK, "max_direct_response_body_size_bytes": WALK,
-        "ignore_port_in_host_matching": WALK, "metadata": SKIP},
+        "ignore_port_in_host_matching": WALK, "metadata": SKIP,
+        "typed_per_filter_config": SKIP},       # each virtual host's, where it has none
     "envoy.config.route.v3.VirtualHost": {
         "name": WALK, "domains": WALK, "routes": WALK, "request_headers_to_add": WALK,
         "request_headers_to_remove": WALK, "response_headers_to_add": WALK,

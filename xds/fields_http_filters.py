@@ -13,10 +13,14 @@ _NO_RUNTIME = "accepted but ignored (Baton has no runtime; the configured value 
 
 ALLOWED_HTTP_FILTERS: dict = {
     "envoy.extensions.filters.network.http_connection_manager.v3.HttpFilter": {
-        # disabled: the translator drops the filter (Baton has no per-route filter config
-        # that could enable it again); is_optional: an unknown type is skipped.
+        # disabled: made only for the routes that enable it (xds/http_filters.py);
+        # is_optional: an unknown type is skipped.
         "name": WALK, "typed_config": SKIP, "is_optional": WALK, "disabled": WALK,
         "config_discovery": SKIP},                  # xds/ecds.py
+    # A route's typed_per_filter_config entry turning a filter on or off
+    # (xds/http_filters_istio.py _filter_config; config is translated there).
+    "envoy.config.route.v3.FilterConfig": {
+        "disabled": WALK, "is_optional": WALK, "config": SKIP},
     "envoy.extensions.filters.http.router.v3.Router": {
         "suppress_envoy_headers": WALK,
         "dynamic_stats": WALK,       # stats only

@@ -268,9 +268,12 @@ def translate_route_config(pb, path, errors, warnings=None, clusters=None):
     max_body = _uint32(pb, "max_direct_response_body_size_bytes", DEFAULT_MAX_DIRECT_BODY)
     context = _Context(errors, warnings, clusters, max_body)
     vhosts, domains, wildcard = [], {}, None
+    top = _per_filter(pb, path, context)
     for i, vhost_pb in enumerate(pb.virtual_hosts):
         here = f"{join(path, 'virtual_hosts')}[{i}]"
         vhost = _virtual_host(vhost_pb, here, context)
+        if vhost is not None and top:
+            _inherit_per_filter(vhost, top)
         for j, domain in enumerate(vhost_pb.domains):
             where = f"{here}.domains[{j}]"
             low = domain.lower()
@@ -340,14 +343,32 @@ def _attempt_counts(pb):
 
 
 def _per_filter(pb, path, ctx):
-    """typed_per_filter_config -> {"per_filter": {filter name: config}}, or {} when unset
-    (so that a route without it keeps its shape)."""
+    """typed_per_filter_config -> {"per_filter": {filter name: config}}, with
+    "filter_enabled": {filter name: bool} when a FilterConfig turns a filter on or off
+    (xds/http_filters_istio.py), or {} when unset (so that a route without it keeps its
+    shape)."""
     if not pb.typed_per_filter_config:
         return {}
     from .http_filters_istio import translate_per_filter_config
-    return {"per_filter": translate_per_filter_config(
+    enabled: dict = {}
+    per_filter = {"per_filter": translate_per_filter_config(
         pb.typed_per_filter_config, join(path, "typed_per_filter_config"), ctx.errors,
-        ctx.warnings)}
+        ctx.warnings, enabled)}
+    if enabled:
+        per_filter["filter_enabled"] = enabled
+    return per_filter
+
+
+def _inherit_per_filter(vhost, top) -> None:
+    """The RouteConfiguration's typed_per_filter_config entries under the names a virtual
+    host does not set, taken into the virtual host's: Envoy 1.40 looks up a filter's
+    per-route config (and whether a FilterConfig turns it on or off) in the route, then its
+    virtual host, then the route configuration, the most specific first."""
+    own = set(vhost.get("per_filter") or ()) | set(vhost.get("filter_enabled") or ())
+    for key in ("per_filter", "filter_enabled"):
+        taken = {name: value for name, value in (top.get(key) or {}).items() if name not in own}
+        if taken:
+            vhost[key] = {**taken, **(vhost.get(key) or {})}
 
 
 def _route(pb, path, ctx):

@@ -254,12 +254,21 @@ TYPED_STRUCT_TRANSLATORS.update(connect_filters.TYPED_STRUCT_FILTERS)     # conn
 
 # --- per-route config ------------------------------------------------------------------------
 
-def translate_per_filter_config(config_map, path, errors, warnings=None):
+FILTER_CONFIG_TYPE = "envoy.config.route.v3.FilterConfig"
+
+
+def translate_per_filter_config(config_map, path, errors, warnings=None, enabled=None):
     """typed_per_filter_config (filter name -> Any) -> {filter name: config}; CORS (under
     its canonical name), RBAC (under the name given, xds/rbac.py), ext_authz (likewise,
     xds/ext_authz.py), buffer, fault and local rate limit (likewise, xds/http_filters.py) have
     per-route settings in Baton, given directly or inside a TypedStruct (whose value is that
-    message in JSON)."""
+    message in JSON), or as a FilterConfig's `config`.
+
+    A FilterConfig turns the filter on or off for the route (Envoy's route based filter
+    chain; its PerFilterConfigs): `enabled` (a dict, when given) gets {name: False} for
+    `disabled: true`, {name: True} for a FilterConfig with a config (an empty Any: the
+    filter's own config), and {name: True} for a CORS policy named otherwise than its
+    canonical name; any other entry under a name turns that filter on by being there."""
     from .http_filters_buffer import PER_ROUTE_TYPE as BUFFER_PER_ROUTE_TYPE
     from .http_filters_buffer import translate_buffer_per_route
     from .http_filters import (_FAULT_TYPE, _LOCAL_RATELIMIT_TYPE,
@@ -279,15 +288,55 @@ def translate_per_filter_config(config_map, path, errors, warnings=None):
         if authority is not None:                   # Istio's, in a TypedStruct
             result[name] = authority
             continue
-        per_route = _per_route_message(config_map[name], here, errors, by_name)
+        any_pb = config_map[name]
+        if protos.type_name(any_pb.type_url) == FILTER_CONFIG_TYPE:
+            any_pb = _filter_config(any_pb, name, here, errors, warnings, enabled, by_name)
+            if any_pb is None:
+                continue
+            here = join(here, "config")
+        per_route = _per_route_message(any_pb, here, errors, by_name)
         if per_route is None:
             continue
         config = by_name[per_route.DESCRIPTOR.full_name](per_route, here, errors, warnings)
         if per_route.DESCRIPTOR.full_name == CORS_POLICY_TYPE:
             result[CORS] = config
+            if name != CORS and enabled is not None:
+                enabled[name] = True
         elif config is not None:
             result[name] = config
     return result
+
+
+def _filter_config(any_pb, name, path, errors, warnings, enabled, known):
+    """A FilterConfig under `name`: its state into `enabled`, and the filter's per-route
+    config it carries (an Any to translate), or None when it carries none (Envoy 1.40's
+    PerFilterConfigs: `disabled` ignores the config; no config is an error; an empty one
+    turns the filter on with its own config; an unknown type with is_optional is ignored)."""
+    protos.import_type(FILTER_CONFIG_TYPE)
+    pb = protos.message_class(FILTER_CONFIG_TYPE)()
+    any_pb.Unpack(pb)
+    check_fields(pb, path, errors, warnings)
+    state = {} if enabled is None else enabled
+    if pb.disabled:
+        state[name] = False
+        return None
+    if not pb.HasField("config"):
+        errors.append(f"{path}: Empty route/virtual host per filter configuration for {name} "
+                      "filter")
+        return None
+    state[name] = True
+    if not pb.config.type_url:
+        return None
+    if pb.is_optional:
+        from .http_filters import _TYPED_STRUCTS, typed_struct_type
+        type_name = protos.type_name(pb.config.type_url)
+        if type_name in _TYPED_STRUCTS:
+            type_name = typed_struct_type(pb.config)
+        if type_name not in known:
+            _warn(warnings, join(path, "config"), f"{type_name} not supported; ignored "
+                  "(is_optional)")
+            return None
+    return pb.config
 
 
 def _per_route_message(any_pb, path, errors, known):

@@ -160,12 +160,20 @@ def test_optional_unsupported_filter_is_skipped():
     assert "skipped (is_optional)" in warnings[0]
 
 
-def test_disabled_filter_is_dropped_with_a_warning():
-    item = fault(abort={"http_status": 503, "percentage": {"numerator": 100}})
-    item["disabled"] = True
+def test_a_disabled_filter_is_kept_off_by_default_under_its_config_name():
+    """Envoy 1.40 makes it for the routes whose typed_per_filter_config turns it on
+    (tests/unit/test_filter_per_route.py); the router cannot be disabled (Envoy's words)."""
+    item = {**fault(abort={"http_status": 503, "percentage": {"numerator": 100}}),
+            "name": "f1", "disabled": True}
     result, errors, warnings = filters(item, ROUTER)
-    assert errors == [] and len(result) == 1
-    assert warnings[0].startswith(f"{P}[0].disabled: the filter never runs")
+    assert errors == [] and warnings == []
+    assert [(f["name"], f.get("filter_name") or f["config"].get("filter_name"),
+             f.get("disabled")) for f in result] == [
+        ("envoy.filters.http.fault", "f1", True), ("envoy.filters.http.router", None, None)]
+    result, errors, _ = filters(item, {**ROUTER, "disabled": True})
+    assert result is None and errors == [
+        f"{P}[1].disabled: the last (terminal) filter (envoy.filters.http.router) in the chain "
+        "cannot be disabled by default"]
 
 
 def test_router_fields_that_change_behaviour_are_refused():
@@ -323,11 +331,12 @@ def test_user_filter(installed):
                                             {"response_headers": {"x-example": "hello"}}),
                                 ROUTER)
     assert errors == []
-    assert result[0] == {"name": "add_header",
+    assert result[0] == {"name": "add_header", "filter_name": "mine",
                          "config": {"response_headers": {"x-example": "hello"}}}
     result, errors, _ = filters(user_filter("type.googleapis.com/add_header",
                                             typed_struct="udpa.type.v1.TypedStruct"), ROUTER)
-    assert errors == [] and result[0] == {"name": "add_header", "config": {}}
+    assert errors == [] and result[0] == {"name": "add_header", "filter_name": "mine",
+                                          "config": {}}
 
 
 def test_user_filter_unknown_names_the_installed_ones(installed):

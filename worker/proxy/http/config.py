@@ -112,6 +112,7 @@ class HttpConfig:
         # stream after the list is made or replaced: the full path's own.
         self.filter_plan = None
         for entry in spec.get("http_filters") or ():
+            given = entry
             if entry["name"] == ecds.ECDS:          # given by config_discovery (xds/ecds.py)
                 entry = ecds.effective(entry)
             name = entry["name"]
@@ -121,8 +122,12 @@ class HttpConfig:
             factory_class = filters.registry.get(name)
             if factory_class is None:
                 factory_class = _entry_point(name)
-            self.filter_factories.append(factory_class(entry.get("config") or {},
-                                                       _FilterContext(worker, prefix)))
+            factory = factory_class(entry.get("config") or {}, _FilterContext(worker, prefix))
+            # (MX: HttpFilter.disabled, on for the routes that say so: filter.enabled_for)
+            factory.config_name = given.get("filter_name") or entry.get("filter_name") or (
+                entry.get("config") or {}).get("filter_name") or name
+            factory.disabled_by_default = bool(given.get("disabled"))
+            self.filter_factories.append(factory)
         self._tell_factories_routes()
         self.suppress_envoy_headers = bool(router_config.get("suppress_envoy_headers"))
         if not self.suppress_envoy_headers:

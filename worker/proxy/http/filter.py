@@ -171,6 +171,10 @@ class FilterFactory:
     # True when create() can only answer None, whatever the request and route (its config
     # gave it nothing to do): the stream does not call it (stream.filter_chain).
     idle = False
+    # The HCM entry's name (a route's typed_per_filter_config names the filter by it) when
+    # it is not the class's `name`, and its `disabled` (HttpConfig sets both per entry).
+    config_name = ""
+    disabled_by_default = False
 
     def __init__(self, config: dict, context):
         """`context`: the worker (its loop, stats and the listener's stat prefix) the
@@ -181,6 +185,42 @@ class FilterFactory:
     def create(self, stream) -> StreamFilter | None:
         """A filter for one request, or None when this filter has nothing to do for it."""
         raise NotImplementedError
+
+
+def enabled_for(factory: FilterFactory, route) -> bool:
+    """Whether `factory` makes filters for requests of `route` (Envoy 1.40's route based
+    filter chain): the most specific level (the route's, then its virtual host's, which holds
+    the route configuration's too: xds/http.py) whose typed_per_filter_config names the
+    filter decides, on by a FilterConfig that is not disabled or by the filter's own
+    per-route config there, off by a disabled FilterConfig; where none names it, the HCM
+    entry's `disabled` does."""
+    states = getattr(route, "filter_states", None)
+    per_filter = getattr(route, "per_filter", None)
+    if states is not None or per_filter is not None:
+        name = getattr(factory, "config_name", "") or factory.name
+        for level in range(2):
+            state = states[level].get(name) if states is not None else None
+            if state is not None:
+                return state
+            if per_filter is not None and name in per_filter[level]:
+                return True
+    return not getattr(factory, "disabled_by_default", False)
+
+
+_PLANS_KEPT = 4096      # routes whose plan a chain keeps (RDS replaces routes)
+
+
+def plan_for_route(chain: tuple, route) -> tuple:
+    """The factories a request of `route` calls, of a chain stream.filter_chain made
+    (chain[2]; with route-dependent factories, chain[4] keeps one tuple per route, decided
+    at its first request, not per request)."""
+    plans = chain[4]
+    plan = plans.get(route)
+    if plan is None:
+        if len(plans) >= _PLANS_KEPT:
+            plans.clear()
+        plan = plans[route] = tuple(f for f in chain[2] if enabled_for(f, route))
+    return plan
 
 
 registry: dict[str, type[FilterFactory]] = {}

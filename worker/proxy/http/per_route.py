@@ -3,7 +3,8 @@ that take it instead of their own read it (fault.py, local_ratelimit.py).
 
 Route.per_filter (routing.py) is (the route's, its virtual host's) {filter name: config}, or
 None; the name is the HCM entry's, as Envoy finds a per-filter config by the filter's config
-name. RouteConfiguration-level typed_per_filter_config is not taken by Baton (refused).
+name. The RouteConfiguration's typed_per_filter_config comes in its virtual hosts' entries
+for the names they do not set (xds/http.py _inherit_per_filter).
 """
 
 from __future__ import annotations

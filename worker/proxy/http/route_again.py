@@ -21,6 +21,7 @@ from __future__ import annotations
 import random
 
 from .body_filters import chain_for
+from .filter import enabled_for
 
 
 def route_again(stream) -> None:
@@ -52,7 +53,8 @@ def refilter(stream) -> None:
     skipped = stream.skipped_factories = [f for f in factories[:first] if f in skipped]
     fresh = []
     for factory in factories[first:]:
-        made = factory.create(stream)
+        # (MX: a filter the new route turns off, HttpFilter.disabled / FilterConfig, is not made)
+        made = factory.create(stream) if enabled_for(factory, stream.route) else None
         if made is not None:
             fresh.append(made)
         else:

@@ -71,7 +71,7 @@ class Route:
                  "_cluster", "_cluster_header", "_weights", "_total_weight",
                  "_prefix_rewrite", "_regex", "_substitution", "_host_literal",
                  "_host_header", "_cluster_host", "_request_plans", "_response_plans", "_redirect", "_direct_status", "_direct_body",
-                 "_rewrites_path", "express_cluster", "per_filter", "grpc_timeout",
+                 "_rewrites_path", "express_cluster", "per_filter", "filter_states", "grpc_timeout",
                  "max_stream_duration", "attempt_count_to_upstream",
                  "attempt_count_in_response", "upgrades", "connect_terminate",
                  "plain_request", "single_cluster", "request_steps", "response_steps",
@@ -109,6 +109,7 @@ class Route:
         "_redirect": bool, "_direct_status": bool, "_direct_body": bool,
         # typed_per_filter_config (the CORS policy): filters run on the full path only.
         "per_filter": bool,
+        "filter_states": bool,      # FilterConfig: a filter turned on or off (filter.py)
         # The router reads grpc-timeout and runs the stream's duration; it counts attempts.
         "grpc_timeout": lambda spec: spec is not None,
         "max_stream_duration": lambda spec: spec is not None,
@@ -233,6 +234,9 @@ class Route:
         # or None; a filter reads its own (worker/proxy/http/cors.py).
         route_pf, vhost_pf = spec.get("per_filter"), vhost_spec.get("per_filter")
         self.per_filter = (route_pf or {}, vhost_pf or {}) if route_pf or vhost_pf else None
+        # A FilterConfig's on or off per filter name, likewise (MX: filter.plan_for_route).
+        route_fe, vhost_fe = spec.get("filter_enabled"), vhost_spec.get("filter_enabled")
+        self.filter_states = (route_fe or {}, vhost_fe or {}) if route_fe or vhost_fe else None
 
     def __repr__(self):
         return f"Route({self.name!r}, {self.kind}, vhost={self.virtual_host!r})"

@@ -20,7 +20,7 @@ from ...codecs.message import Headers, Response
 from . import downstream_end, grpc_reply, path_normalize
 from . import xfcc
 from .body_filters import chain_for, replaced_by
-from .filter import PAUSE, Delay, LocalReply
+from .filter import PAUSE, Delay, LocalReply, plan_for_route
 from .held_chunks import with_chunk
 from .route_again import refilter
 from .router import (GRPC_RETRY_ON, Router, expected_timeout_header, route_timeout,
@@ -172,10 +172,14 @@ def filter_chain(factories) -> tuple:
     may clear the route cache (then every factory is called and those that made nothing
     are recorded, as refilter needs: route_again.py). Kept on the connection manager's
     config (HttpConfig.filter_plan) and decided again for a list replaced or grown: a
-    replaced config's factories go with it (a memo by the list's id kept them alive)."""
+    replaced config's factories go with it (a memo by the list's id kept them alive).
+    Then {route: the factories its requests call} (filter.plan_for_route, filled at each
+    route's first request) and whether some factory is off by default (HttpFilter.disabled:
+    every route has its plan; else only a route whose FilterConfig turns a filter off)."""
     reroutes = any(getattr(f, "clears_route_cache", True) for f in factories)
     return (factories, len(factories), tuple(factories) if reroutes else
-            tuple(f for f in factories if not getattr(f, "idle", False)), reroutes)
+            tuple(f for f in factories if not getattr(f, "idle", False)), reroutes, {},
+            any(getattr(f, "disabled_by_default", False) for f in factories))
 
 
 class Stream:
@@ -334,11 +338,15 @@ class Stream:
             chain = hcm.filter_plan
             if chain is None or chain[0] is not factories or chain[1] != len(factories):
                 chain = hcm.filter_plan = filter_chain(factories)
+            calls = chain[2]
+            if chain[5] or route is not None and route.filter_states is not None:
+                calls = plan_for_route(chain, route)    # filters on or off for this route
             # A plain loop: a generator inside a comprehension resumed once per factory.
             filters = self.filters = []
             if chain[3]:
                 for factory in factories:
-                    made = factory.create(self)
+                    made = factory.create(self) if calls is chain[2] or factory in calls \
+                        else None
                     if made is not None:
                         filters.append(made)
                     elif self.skipped_factories is None:    # (for refilter: route_again.py)
@@ -346,7 +354,7 @@ class Stream:
                     else:
                         self.skipped_factories.append(factory)
             else:               # no re-route can come: no record of what made nothing
-                for factory in chain[2]:
+                for factory in calls:
                     made = factory.create(self)
                     if made is not None:
                         filters.append(made)
