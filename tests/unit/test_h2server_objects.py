@@ -1,5 +1,5 @@
 """The objects the HTTP/2 server codec fills in without their constructors (h2server._on_block,
-h2flow._new_stream: a class call costs a frame of its own on Python 3.11) are what the
+its _Stream: a class call costs a frame of its own on Python 3.11) are what the
 constructors make, every slot of them: a slot added to RequestHead, Request, Headers or _Stream
 and not set there fails here, not as an AttributeError in a request."""
 
@@ -10,7 +10,7 @@ import struct
 from hpack import Encoder
 
 from baton.worker.codecs.events import RequestHead
-from baton.worker.codecs.h2flow import _new_stream, _Stream
+from baton.worker.codecs.h2flow import _Stream
 from baton.worker.codecs.h2server import LeanHttp2ServerCodec
 from baton.worker.codecs.http2 import H2_PREFACE
 from baton.worker.codecs.message import Headers, Request
@@ -49,6 +49,19 @@ def test_request_head_has_every_slot_the_constructors_set():
     assert again.request.headers.items is not request.headers.items
 
 
-def test_new_stream_matches_the_constructor():
-    for args in ((65535, 268435456, 0.0), (0, 1, 12.5)):
-        assert _slots(_new_stream(*args)) == _slots(_Stream(*args))
+def test_stream_state_matches_the_constructor():
+    fields = [(":method", "GET"), (":scheme", "http"), (":authority", "a.example"),
+              (":path", "/")]
+    plain = LeanHttp2ServerCodec(initial_stream_window=1 << 20)
+    plain.initiate()
+    plain.receive(H2_PREFACE + _headers_frame(1, fields, flags=0x4))
+    # With the premature-reset check the stream's opening time is the clock's.
+    timed = LeanHttp2ServerCodec(clock=lambda: 12.5, premature_reset_total_stream_count=500,
+                                 premature_reset_min_stream_lifetime=1)
+    timed.initiate()
+    timed.receive(H2_PREFACE + _headers_frame(1, fields))
+    for codec, args, remote_closed in ((plain, (65535, 1 << 20, 0.0), False),
+                                       (timed, (65535, 268435456, 12.5), True)):
+        made = _Stream(*args)
+        made.remote_closed = remote_closed
+        assert _slots(codec._streams[1]) == _slots(made)

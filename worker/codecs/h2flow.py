@@ -41,20 +41,6 @@ class _Stream:
 _new = object.__new__
 
 
-def _new_stream(send_window: int, recv_window: int, opened_at: float) -> _Stream:
-    """_Stream(send_window, recv_window, opened_at), filled in without the __init__ call (a
-    frame of its own per stream on Python 3.11; test_h2server_objects checks every slot)."""
-    state = _new(_Stream)
-    state.local_closed = state.remote_closed = state.end_held = state.answered = False
-    state.held = state.trailers_held = None
-    state.send_window = send_window
-    state.recv_window = recv_window
-    state.returned = state.received = 0
-    state.expected = -1
-    state.opened_at = opened_at
-    return state
-
-
 class H2FlowControl:
     """The flow-control part of LeanHttp2ServerCodec."""
 

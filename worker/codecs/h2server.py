@@ -45,7 +45,7 @@ from hpack import Decoder
 from .events import (Body, GoAway, HeadersRefused, ProtocolError, RequestHead, StreamReset,
                      Trailers)
 from .h2fields import RequestAnalysis, TrailersAnalysis, _trailers, analyze_request
-from .h2flow import H2FlowControl, _new, _new_stream, _Stream
+from .h2flow import H2FlowControl, _new, _Stream
 from .h2frames import (CANCEL, CONTINUATION, DATA, F_ACK, F_END_STREAM,
                        FLOW_CONTROL_ERROR, FRAME_SIZE_ERROR, GOAWAY, HEADERS, INTERNAL_ERROR,
                        NO_ERROR, PING, PRIORITY, PROTOCOL_ERROR, PUSH_PROMISE, REFUSED_STREAM,
@@ -384,8 +384,18 @@ class LeanHttp2ServerCodec(H2FrameReader, H2Sender, H2FlowControl, H2MoveState):
             opened_at = self._turn_time
             if opened_at is None:
                 opened_at = self._turn_time = self._clock()
-        state = _new_stream(self._peer_stream_window, self._local_stream_window, opened_at)
+        # _Stream(self._peer_stream_window, self._local_stream_window, opened_at), filled in
+        # here without the constructor's frame and _new_stream's (two calls less a request;
+        # test_h2server_objects checks every slot against the constructor).
+        state = _new(_Stream)
+        state.local_closed = state.end_held = state.answered = False
         state.remote_closed = end
+        state.held = state.trailers_held = None
+        state.send_window = self._peer_stream_window
+        state.recv_window = self._local_stream_window
+        state.returned = state.received = 0
+        state.expected = -1
+        state.opened_at = opened_at
         if too_large is not None:
             # Over max_headers_count or max_request_headers_kb: Envoy 1.40's HTTP/2 codec
             # resets the stream (INTERNAL_ERROR; http2.header_overflow or
