@@ -163,3 +163,20 @@ def test_the_stream_sweep_rides_the_route_deadlines_timer_and_keeps_its_time(tmp
     assert reply.startswith(b"HTTP/1.1 504 ") and reply.endswith(b"\r\n\r\nstream timeout")
     assert 0.4 - EARLY <= took <= 0.4 + 0.1 + SLACK
     assert rig.worker.stats.counters["http.ingress_http.downstream_rq_idle_timeout"] == 1
+
+
+def test_an_idle_timeout_before_any_request_closes_at_once(tmp_path: Path, loop):
+    """No request read: Envoy 1.40 has no codec yet and closes at once (FlushWrite), no
+    delayed close; after a request, the idle timeout's close is a delayed one."""
+    rig = Rig(tmp_path, loop)
+    rig.conn.hcm.idle_timeout = TIMEOUT
+    silent, served = HalfClosing(), HalfClosing()
+    quiet = _connection(rig, silent)
+    used = _connection(rig, served)
+    used.data_received(REQUEST)
+    _answer(rig, used)
+    _run_until(loop, lambda: quiet.closed and used.closed, 3)
+    assert quiet.closed and silent.aborted and not silent.eof_written and quiet.lingering is None
+    assert used.closed and served.eof_written and not served.aborted and used.lingering is not None
+    used.eof_received()                         # the client's close ends the delayed close
+    assert served.aborted
