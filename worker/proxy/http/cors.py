@@ -99,8 +99,13 @@ class CorsFactory(FilterFactory):
         if first is None:
             hcm = getattr(stream, "hcm", None)
             first = self.first = hcm is not None and hcm.filter_factories[0] is self
-        if first and "origin" not in stream.request.headers:
-            return None
+        if first:
+            # Headers.__contains__ written in place (one call fewer for every request).
+            for key, _ in stream.request.headers.items:
+                if key == "origin":
+                    break
+            else:
+                return None
         return CorsFilter(stream, policy)
 
 
