@@ -21,6 +21,7 @@ from baton.worker.overload_manager import OverloadManager
 from baton.worker.proxy.http.pool import PoolManager, UpstreamConnection
 from baton.worker.proxy.http.routing import Route, RouteTable, _VirtualHost
 from baton.worker.proxy.http.stream import Stream
+from baton.worker.proxy.http.stream_info import StreamInfo
 from baton.worker.stats import Stats
 from baton.xds.bootstrap import load_bootstrap
 from tests.unit.test_http_config import ok_rc, rc, route
@@ -433,15 +434,17 @@ def _plain(value):
 
 
 def _state(stream) -> dict:
-    """Every field of the Stream, its StreamInfo, Router and UpstreamRequest."""
+    """Every field of the Stream, its StreamInfo, Router and UpstreamRequest (a Stream is its
+    own StreamInfo: the info fields are its inherited slots)."""
     router = stream.router
     state = {}
-    for name, obj, links in (("stream", stream, {"info", "router"}),
-                             ("info", stream.info, set()),
-                             ("router", router, {"upstream"}),
-                             ("upstream", router and router.upstream, set())):
+    for name, obj, slots, links in (("stream", stream, Stream.__slots__, {"router"}),
+                                    ("info", stream.info, StreamInfo.__slots__, set()),
+                                    ("router", router, None, {"upstream"}),
+                                    ("upstream", router and router.upstream, None, set())):
         state[name] = None if obj is None else {
-            f: _plain(getattr(obj, f, "unset")) for f in type(obj).__slots__ if f not in links}
+            f: _plain(getattr(obj, f, "unset")) for f in slots or type(obj).__slots__
+            if f not in links}
     state["info"]["request_id"] = bool(state["info"]["request_id"])    # random
     return state
 

@@ -120,7 +120,7 @@ class UpstreamRequest:
         router = self.router
         stream = router.stream
         self.conn = conn
-        info = stream.info
+        info = stream
         info.upstream_local = conn.local
         self.sent_at = router.loop.time()
         if len(router.tried) > 1:
@@ -428,7 +428,7 @@ class Router:
                 request.headers.set("grpc-timeout", grpc_timeout_value(duration))
         if duration:
             # Counted from the request's arrival, as Envoy's max_stream_duration is.
-            started = self.stream.info.start_monotonic
+            started = self.stream.start_monotonic
             self._watch(route=self.route_deadline, duration=started + duration)
         self._attempt()
         if self.stream.request_complete:
@@ -523,27 +523,27 @@ class Router:
                 host = cluster.pick((), self.hash_key)
         if host is None:
             self.stats[cluster.stat["upstream_cx_none_healthy"]] += 1
-            stream.info.response_flags.append("UH")
+            stream.response_flags.append("UH")
             self.finish_local(503, "no healthy upstream", "no_healthy_upstream")
             return
         if cluster.rq_active >= cluster.max_requests:
             # The max_requests circuit breaker: Envoy counts it as a pending overflow.
             self.stats[cluster.stat["upstream_rq_pending_overflow"]] += 1
-            stream.info.response_flags.append("UO")
+            stream.response_flags.append("UO")
             self.finish_local(503, RESET_BEFORE_HEADERS + "overflow",
                               "upstream_reset_before_response_started{overflow}")
             return
         self.tried.append(host)
-        stream.info.upstream_host = host.stat_id
-        stream.info.upstream_local = None       # each attempt's own (Envoy: a new UpstreamInfo)
-        stream.info.attempts += 1
+        stream.upstream_host = host.stat_id
+        stream.upstream_local = None       # each attempt's own (Envoy: a new UpstreamInfo)
+        stream.attempts += 1
         if self.route.connect_terminate and stream.request.method == "CONNECT":
             from .connect_tunnel import TcpUpstream, connect_destination, connect_peer
             pool = TcpUpstream(stream.worker, cluster, host, stream.conn.peer,      # bytes over TCP
                                connect_destination(self.route, stream.request.authority),
                                connect_peer(stream))
         elif cluster.http2 is False and not cluster.internal_hosts and \
-                not stream.info.dynamic_metadata:
+                not stream.dynamic_metadata:
             # An HTTP/1.1 cluster's own pool, found as the express lane finds it (get()'s
             # answer for it, without its key of eight), and an idle connection taken at once
             # (the pool's request() would take it the same way, one call further in).
@@ -558,7 +558,7 @@ class Router:
                 pool.request(upstream)
             return
         else:
-            info = stream.info
+            info = stream
             pool = stream.worker.http_pools.get(cluster, host, stream.request.version == "2",
                                                 stream.request,     # auto_sni: its Host
                                                 alpn_override(info) if info.dynamic_metadata
@@ -617,7 +617,7 @@ class Router:
                 reset, connect_failure, timeout, refused, started=upstream.conn is not None):
             self._schedule_retry()
             return
-        info = self.stream.info
+        info = self.stream          # (a Stream is its own StreamInfo)
         retry = self.retry
         if retry is not None and retry.remaining <= 0 and flag != "UO" and retry.retriable_failure(
                 reset, connect_failure, timeout, refused, started=upstream.conn is not None):
@@ -678,7 +678,7 @@ class Router:
                 self._schedule_retry()
                 return
             if retry.remaining <= 0:    # Envoy's NoRetryLimitExceeded: the flag URX
-                self.stream.info.response_flags.append("URX")
+                self.stream.response_flags.append("URX")
         if self.retry is not None and self.retry.attempt:
             self.stats[cluster.stat["upstream_rq_retry_success"]] += 1
         self.response_started = True
@@ -686,7 +686,7 @@ class Router:
         if self.body:
             self.body = ()
         count_status(self.stats, cluster, status)
-        info = self.stream.info
+        info = self.stream
         info.first_upstream_byte = self.loop.time()
         if end_stream:
             self._cancel_timers()
@@ -744,7 +744,7 @@ class Router:
             self.stream.reset_downstream("upstream request timeout")
             self.finish_quiet()
             return
-        self.stream.info.response_flags.append("UT")
+        self.stream.response_flags.append("UT")
         self.finish_local(504, "upstream request timeout", "response_timeout")
 
     def _duration_reached(self) -> None:
@@ -757,7 +757,7 @@ class Router:
         upstream, self.upstream = self.upstream, None
         if upstream is not None and not upstream.done:
             upstream.abandon()
-        stream.info.response_flags.append("DT")
+        stream.response_flags.append("DT")
         if self.response_started:
             stream.reset_downstream("max_duration_timeout")
             self.finish_quiet()

@@ -182,10 +182,13 @@ def filter_chain(factories) -> tuple:
             any(getattr(f, "disabled_by_default", False) for f in factories))
 
 
-class Stream:
-    """One request/response exchange (Envoy's ActiveStream)."""
+class Stream(StreamInfo):
+    """One request/response exchange (Envoy's ActiveStream), and what is known of it: a
+    Stream is its own StreamInfo (`info` is the stream itself, a property, not a reference:
+    a stored one would make every Stream a cycle for the collector). One object a request
+    fewer; the stream's own code writes the fields on itself."""
 
-    __slots__ = ("conn", "id", "loop", "worker", "stats", "hcm", "request", "info", "route",
+    __slots__ = ("conn", "id", "loop", "worker", "stats", "hcm", "route",
                  "filters", "filter_index", "router", "request_complete", "response_started",
                  "response_complete", "trailers", "held_body", "held_bytes", "close_connection",
                  "done", "cluster_name", "delay_timer", "buffer_limit", "paused_downstream",
@@ -193,34 +196,31 @@ class Stream:
                  "idle_timeout", "window_held", "picked", "body_watcher", "body_chain",
                  "route_stale", "skipped_factories")
 
-    def __init__(self, conn, event, info: StreamInfo | None = None):
+    def __init__(self, conn, event):
         """`conn`: the HttpConnection (connection_manager.py); `event`: the RequestHead, or
-        None for a request the codec could not parse (for_error); `info`: what is known of
-        it already (from_express), else a fresh StreamInfo."""
+        None for a request the codec could not parse (for_error)."""
         self.conn = conn
         loop = self.loop = conn.loop
         worker = self.worker = conn.worker
         self.stats = worker.stats.counters
         hcm = self.hcm = conn.hcm
         if event is not None:
-            request = self.request = event.request
+            request = event.request
             self.id = event.stream_id
             self.end_at_head = self.request_complete = event.end_stream
             self.upgrade = event.upgrade
             self.expect_continue = event.expect_continue
         else:
-            request = self.request = None
+            request = None
             self.id = 0
             self.end_at_head = self.request_complete = True
             self.upgrade = None
             self.expect_continue = False
-        if info is None:
-            protocol = "HTTP/1.1" if request is None else (
-                _PROTOCOLS.get(request.version) or f"HTTP/{request.version}")
-            info = StreamInfo(request, loop.time(), protocol, conn.peer, conn.local, conn.id)
-        self.info = info
+        protocol = "HTTP/1.1" if request is None else (
+            _PROTOCOLS.get(request.version) or f"HTTP/{request.version}")
+        StreamInfo.__init__(self, request, loop.time(), protocol, conn.peer, conn.local, conn.id)
         if self.end_at_head and request is not None:    # complete as it began: REQUEST_DURATION 0
-            info.last_request_byte = info.start_monotonic
+            self.last_request_byte = self.start_monotonic
         self.route = None
         self.filters = ()
         self.filter_index = 0
@@ -238,7 +238,7 @@ class Stream:
         self.buffer_limit = hcm.buffer_limit
         self.paused_downstream = False
         self.controls = False
-        self.last_activity = info.start_monotonic
+        self.last_activity = self.start_monotonic
         self.idle_timeout = hcm.stream_idle_timeout
         self.window_held = False
         self.picked = None              # (host,): the express lane asked the balancer already
@@ -247,13 +247,22 @@ class Stream:
         self.route_stale = False        # a filter cleared the route cache (route_again.py)
         self.skipped_factories = None   # [factory] whose create() made no filter here
 
+    @property
+    def info(self) -> "Stream":
+        """The stream's StreamInfo: the stream itself (for the filters, the access log, the
+        formatter, which read `stream.info`)."""
+        return self
+
     @classmethod
     def from_express(cls, exchange) -> "Stream":
         """The Stream the full path would have built for an express exchange (express.py), in
         the state it would have reached by now, with its StreamInfo, Router and
         UpstreamRequest: routed (no filters: the lane runs only without them), the request
         sent whole, the response begun or not."""
-        stream = cls(exchange.conn, exchange.event, StreamInfo.from_express(exchange))
+        stream = cls(exchange.conn, exchange.event)
+        # (the lane's requests end at their head: REQUEST_DURATION 0, as the full path's)
+        stream.start_monotonic = stream.last_request_byte = exchange.start_monotonic
+        stream.express_facts(exchange)
         stream.route = exchange.route
         stream.cluster_name = exchange.cluster.name
         stream.idle_timeout = exchange.idle_timeout
@@ -303,7 +312,7 @@ class Stream:
         if self.expect_continue and request.version != "2":
             self.conn.codec.send_head(self.id, Response(100, Headers()), False)
         conn = self.conn
-        self.info.request_id, self.controls = mutate_request_headers(hcm, request, conn.peer,
+        self.request_id, self.controls = mutate_request_headers(hcm, request, conn.peer,
                                                                      conn.tls)
         if hcm.normalize_path or hcm.escaped_slashes != "KEEP_UNCHANGED" or (
                 hcm.merge_slashes and "//" in request.path):
@@ -325,13 +334,13 @@ class Stream:
             return
         self.route = route
         if route is not None:
-            self.info.route_name = route.name
+            self.route_name = route.name
             if route.idle_timeout_set:
                 self.idle_timeout = route.idle_timeout      # 0s: none for this route
             if route.kind == "cluster":
                 # Chosen with the route, before the filters: the fault filter's
                 # upstream_cluster condition reads it.
-                self.cluster_name = self.info.upstream_cluster = \
+                self.cluster_name = self.upstream_cluster = \
                     route.single_cluster or route.pick_cluster(request, random.random)
         factories = hcm.filter_factories
         if factories:
@@ -392,13 +401,13 @@ class Stream:
                 return                  # the filter calls resume_filters
             if isinstance(result, LocalReply):
                 if result.flags:
-                    self.info.response_flags.append(result.flags)
+                    self.response_flags.append(result.flags)
                 self.local_reply(result.status, result.body, result.details,
                                  extra=result.headers, grpc_status=result.grpc_status)
                 return
             if isinstance(result, Delay):
                 if result.flags:
-                    self.info.response_flags.append(result.flags)
+                    self.response_flags.append(result.flags)
                 then = result.then
                 self.delay_timer = self.loop.call_later(
                     result.seconds, self._continue_filters if then is None else
@@ -434,7 +443,7 @@ class Stream:
             return
         hcm = self.hcm
         route = self.route
-        info = self.info
+        info = self
         if route is None:
             self.stats[hcm.stat_no_route] += 1
             info.response_flags.append("NR")
@@ -506,23 +515,23 @@ class Stream:
         as one function made with the route; only a template with %-operators is rendered
         per request."""
         if plan:
-            plan.apply(headers, self.info, self.hcm.render_header_value)
+            plan.apply(headers, self, self.hcm.render_header_value)
 
     def on_request_body(self, data: bytes, end_stream: bool) -> None:
         if self.done:
             return
         self.last_activity = self.loop.time()
-        self.info.bytes_received += len(data)
+        self.bytes_received += len(data)
         if self.body_chain is not None and self.body_chain.decodes:
             # Through the filters' body hooks; the chain says when the request is complete.
             if end_stream:
-                self.info.last_request_byte = self.loop.time()
+                self.last_request_byte = self.loop.time()
             self.conn.codec.consumed(self.id, len(data))
             self.body_chain.request_data(data, end_stream)
             return
         if end_stream:
             self.request_complete = True
-            self.info.last_request_byte = self.loop.time()
+            self.last_request_byte = self.loop.time()
         router = self.router
         if router is not None:
             router.request_body(data, end_stream)
@@ -540,7 +549,7 @@ class Stream:
 
     def on_request_trailers(self, headers) -> None:
         # Trailers end the request: %REQUEST_DURATION% reads when (review R2, finding 3).
-        self.info.last_request_byte = self.loop.time()
+        self.last_request_byte = self.loop.time()
         if self.body_chain is not None and self.body_chain.decodes:
             self.body_chain.request_trailers(headers)
             return
@@ -566,7 +575,7 @@ class Stream:
             return
         self.last_activity = self.loop.time()
         conn = self.conn
-        self.info.bytes_sent += len(data)
+        self.bytes_sent += len(data)
         codec = conn.codec
         codec.send_body(self.id, data, end_stream)
         if end_stream:
@@ -589,7 +598,7 @@ class Stream:
         if chain is not None and chain.encodes and not filtered:
             chain.response_trailers(trailers)
             return
-        self.info.response_trailers = trailers
+        self.response_trailers = trailers
         self.conn.codec.send_trailers(self.id, trailers)
         self.conn.mark_dirty()
         self._response_done()
@@ -601,8 +610,8 @@ class Stream:
         if hcm.via and self.request is not None:
             via = headers.get("via")
             headers.set("via", f"{via}, {hcm.via}" if via else hcm.via)
-        if hcm.always_set_request_id_in_response and self.info.request_id:
-            headers.set("x-request-id", self.info.request_id)
+        if hcm.always_set_request_id_in_response and self.request_id:
+            headers.set("x-request-id", self.request_id)
 
         if self.filter_index:           # (no filter passed: no slice to reverse)
             for stream_filter in reversed(self.filters[:self.filter_index]):
@@ -611,7 +620,7 @@ class Stream:
                                                       end_stream):
                     return              # a local reply went out instead, or the head waits
         self.response_started = True
-        info = self.info
+        info = self
         info.response = response
         info.response_code = response.status
         if not info.response_code_details:
@@ -664,7 +673,7 @@ class Stream:
             self.delay_timer = None
         if isinstance(body, str):
             body = body.encode()
-        info = self.info
+        info = self
         info.response_code_details = details
         # Envoy writes no content-length on a 1xx/204 (RFC 9110 8.6), nor on an empty body
         # (its HTTP/1.1 codec adds "content-length: 0" on the wire; %RESP()% logs "-").
@@ -690,7 +699,7 @@ class Stream:
             if chain is not None and chain.held_head is not None:
                 chain.reply_body_behind_head(body)     # a filter holds the reply's head
                 return
-            self.info.bytes_sent += len(body)
+            self.bytes_sent += len(body)
             self.conn.codec.send_body(self.id, body, True)
             self._response_done()
         else:
@@ -739,8 +748,8 @@ class Stream:
         if self.delay_timer is not None:
             self.delay_timer.cancel()
             self.delay_timer = None
-        if not self.info.response_code_details:
-            self.info.response_code_details = reason.replace(" ", "_")
+        if not self.response_code_details:
+            self.response_code_details = reason.replace(" ", "_")
         if notify:
             self.stats[stat or self.hcm.stat_rq_tx_reset] += 1
             codec = self.conn.codec
@@ -761,8 +770,8 @@ class Stream:
         manager takes that as any reset: downstream_rq_rx_reset, flag OM, details overload."""
         if self.done:
             return
-        self.info.response_flags.append("OM")
-        self.info.response_code_details = "overload"
+        self.response_flags.append("OM")
+        self.response_code_details = "overload"
         self.reset("overload", code=INTERNAL_ERROR, stat=self.hcm.stat_rq_rx_reset)
 
     def timed_out(self, status: int, body: str, details: str, stat: str) -> None:
@@ -782,7 +791,7 @@ class Stream:
 
     def reset_downstream(self, reason: str) -> None:
         """The upstream failed after the response began: the client must see it broken."""
-        self.info.response_flags.append("UPE" if "protocol" in reason else "UR")
+        self.response_flags.append("UPE" if "protocol" in reason else "UR")
         self.reset(reason)
 
     def _end(self) -> None:
@@ -793,7 +802,7 @@ class Stream:
             self.paused_downstream = False
             self.conn.pause_reading(False)
         hcm = self.hcm
-        info = self.info
+        info = self
         info.last_downstream_byte = self.loop.time()
         code = info.response_code
         if code:

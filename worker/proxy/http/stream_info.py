@@ -68,13 +68,11 @@ class StreamInfo:
         self.response_trailers = None
         self.dynamic_metadata = None
 
-    @classmethod
-    def from_express(cls, exchange) -> "StreamInfo":
-        """What the full path would know by now of an express exchange (express.py): an
-        HTTP/1.1 request routed to one host, sent once, its response begun or not."""
-        conn = exchange.conn
-        request = exchange.event.request
-        info = cls(request, exchange.start_monotonic, "HTTP/1.1", conn.peer, conn.local, conn.id)
+    def express_facts(self, exchange) -> None:
+        """What the full path would know by now of an express exchange (express.py), written
+        over a fresh StreamInfo's fields: an HTTP/1.1 request routed to one host, sent once,
+        its response begun or not. (A Stream is its own StreamInfo: stream.py.)"""
+        info = self
         info.start_time = exchange.start_time
         info.route_name = exchange.route.name
         info.upstream_cluster = exchange.cluster.name
@@ -89,4 +87,3 @@ class StreamInfo:
             info.response = response
             info.response_code = response.status
             info.response_code_details = "via_upstream"
-        return info
