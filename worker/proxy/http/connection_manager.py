@@ -378,7 +378,10 @@ class HttpConnection(asyncio.Protocol, HttpConnectionMoves, Connection):
             # One write for the responses that end in this turn (and the local replies of one
             # read, each of which is the last stream when it ends). A connection that a move
             # waits for, or that moved, writes at once: it must hold nothing queued.
-            self.flush_soon()
+            # (flush_soon's tests inline, as in mark_dirty: the turn's write is usually
+            # already due, and this runs once a response.)
+            if self.flush_handle is None or len(self.codec.out) >= self.hcm.buffer_limit:
+                self.flush_soon()
         else:
             self.flush()
         if not self.streams and self.codec.closed:    # (HTTP/2's closed is a property)
