@@ -336,11 +336,6 @@ _LINE_READS_MAX = 256
 _KEEP_ALIVE = object()
 
 
-def _remember_line(reads: dict, line: bytes, read) -> None:
-    if len(reads) >= _LINE_READS_MAX:
-        reads.clear()
-    reads[line] = read
-
 
 def _value_text(value: bytes) -> str | None:
     """A header value decoded, or None if it holds a byte llhttp refuses in one (a control
@@ -404,7 +399,9 @@ def plain_response(data: bytes, end: int):
                     return None
             else:
                 read = (text, value_text)
-            _remember_line(reads, line, read)
+            if len(reads) >= _LINE_READS_MAX:      # (inline: a call a message less)
+                reads.clear()
+            reads[line] = read
         if read.__class__ is tuple:
             kept.append(read)
         elif read is not _KEEP_ALIVE:
@@ -471,7 +468,9 @@ def plain_request(data: bytes):
                     return None
             else:
                 read = (text, value_text)
-            _remember_line(reads, line, read)
+            if len(reads) >= _LINE_READS_MAX:      # (inline: a call a message less)
+                reads.clear()
+            reads[line] = read
         if read.__class__ is tuple:
             kept.append(read)
         elif read is not _KEEP_ALIVE:
