@@ -310,7 +310,7 @@ class Listener:
                 os.close(fd)                # as Envoy: accepted and closed at once
                 continue
             if self.plain_http:
-                self.worker.new_connection(self, AcceptedSocket(family, fd), addr)
+                self.worker.accept_plain_http(self, AcceptedSocket(family, fd), addr)
                 continue
             client = socket.socket(family, socket.SOCK_STREAM, 0, fd)
             client.setblocking(False)

@@ -209,6 +209,18 @@ class Worker:
             return
         self.start_connection(listener, listener.default_chain, client, peer, original)
 
+    def accept_plain_http(self, listener: Listener, client, peer) -> None:
+        """A plain_http listener's connection (listener.py: clear text, no inspectors, no
+        chain to choose, no original destination): what new_connection, start_connection
+        and accept_http do for it, without their tests of what such a listener never has."""
+        stats = self.stats
+        stats.counters[listener.stat_cx_total] += 1
+        stats.gauges[listener.stat_cx_active] += 1
+        conn = HttpConnection(self, listener, listener.default_chain, peer, None, next(self._ids))
+        self.connections[conn.id] = conn
+        self._accepting_http(self.loop.connect_accepted_socket(lambda: conn, client), conn,
+                             client)
+
     def start_connection(self, listener, chain, client, peer, original, initial=None,
                          conn_id: int | None = None) -> None:
         if chain is not None and chain.http_config is not None:
