@@ -10,7 +10,9 @@ rig SNAPSHOT BATCHES [REPEATS [CHAIN [PROTOCOL]]]
     bench/http_proxies.py's bootstrap with the mesh-shaped filter chain instead of its own
     (`plain`: that bootstrap with the router alone; `codec`: the HTTP/2 server codec alone,
     the same 10 HEADERS per receive(), each answered with a head and a 64-byte body); PROTOCOL `h1`: 10 HTTP/1.1 keep-alive
-    requests per batch, one at a time, as wrk sends them (default `h2`). For a figure that the shared
+    requests per batch, one at a time, as wrk sends them (default `h2`); `h1full`: the same
+    with the express lane closed (the config's verdict, HttpConfig.express), every request on
+    the full path (Stream, Router): the two paths compared on one tree. For a figure that the shared
     machine's noise does not move, count instructions instead: run it twice under
     `setarch -R valgrind --tool=callgrind` (PYTHONHASHSEED=0, H2COST_NOGC=1) with 30 and
     1030 batches; (Ir(1030) - Ir(30)) / 10,000 is the instructions per request.
@@ -128,7 +130,9 @@ def rig_run(batches: int, chain: str | None = None, protocol: str = "h2") -> flo
     """CPU seconds for batches x 10 requests through the in-process rig."""
     loop = asyncio.new_event_loop()
     rig = make_rig(loop, chain)
-    if protocol == "h1":
+    if protocol in ("h1", "h1full"):
+        if protocol == "h1full":
+            rig.conn.hcm.express = False    # the config's verdict, read as the codec is chosen
         return _h1_run(loop, rig, batches)
     ups = list(rig.upstreams.values()) + idle_upstreams(rig)
     client = H2loadClient()
