@@ -118,13 +118,19 @@ def _answered(port: int, data: bytes, ending: bytes) -> socket.socket:
     delayed close, a second)."""
     sock = socket.create_connection(("127.0.0.1", port), timeout=5)
     sock.sendall(data)
+    _read_until(sock, ending)
+    return sock
+
+
+def _read_until(sock: socket.socket, ending: bytes) -> bytes:
+    """What `sock` reads until it ends in `ending` or the proxy closes it."""
     seen = b""
     while not seen.endswith(ending):
         chunk = sock.recv(65536)
         if not chunk:
             break
         seen += chunk
-    return sock
+    return seen
 
 
 def _curl_case(path: str, *args: str):
@@ -511,11 +517,8 @@ def _fin(port: int, data: bytes, ending: bytes) -> float:
     socket open and reading."""
     with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
         sock.sendall(data)
-        seen = b""
-        while not seen.endswith(ending):
-            chunk = sock.recv(65536)
-            assert chunk, f"closed before the answer: {seen[-80:]!r}"
-            seen += chunk
+        seen = _read_until(sock, ending)
+        assert seen.endswith(ending), f"closed before the answer: {seen[-80:]!r}"
         answered = time.monotonic()
         while sock.recv(65536):
             pass
@@ -584,12 +587,7 @@ def test_a_head_arriving_when_the_idle_timeout_passes_gets_the_header_timeouts_4
         before = target.stats(prefix)
         sock = socket.create_connection(("127.0.0.1", target.ports["idle_first"]), timeout=5)
         sock.sendall(b"GET /u HTTP/1.1\r\nhost: x\r\n")
-        seen = b""
-        while not seen.endswith(b"request header timeout"):
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            seen += chunk
+        seen = _read_until(sock, b"request header timeout")
         _wait_for_close(sock)
         after = _once_destroyed(target, prefix, before)
         return {"status": seen.split(b"\r\n", 1)[0].decode(), "body": seen.rpartition(b"\r\n\r\n")[2].decode(),
