@@ -452,12 +452,13 @@ async def _move(worker, conns, peers, client_only: bool, orphaned: set | None = 
                 token, timeout = claim.BatchToken(), protocol.CLAIMED_ANSWER_TIMEOUT
                 msg["claim"] = len(fds)
                 fds.append(token.fd)
-            # No duplicates needed: our descriptors stay open until the receiver answers.
-            future = peer.channel.request(msg, fds, timeout=timeout, dup=False)
+            # No duplicates needed: our descriptors stay open until the receiver answers,
+            # and a batch given up while its frame is still queued is withdrawn (_answer).
+            future, frame = peer.channel.request_frame(msg, fds, timeout=timeout, dup=False)
         except Exception as exc:  # noqa: BLE001 - the channel died (or no pipe): this batch stays here
             log.error("worker %d: sending %d connection(s) failed: %s", worker.id, len(sent), exc)
-            future = None
-        pending.append((sent, future, peer, token, deadline))
+            future = frame = None
+        pending.append((sent, (future, frame), peer, token, deadline))
         if len(pending) >= MAX_BATCHES_IN_FLIGHT:
             moved += await _settle(worker, *pending.popleft(), kept, orphaned)
     while pending:
@@ -481,11 +482,17 @@ def _retire(token, future) -> None:
         future.exception()
 
 
-async def _answer(worker, count: int, future, token, deadline: float) -> tuple[dict, bool]:
+async def _answer(worker, count: int, request, channel, token,
+                  deadline: float) -> tuple[dict, bool]:
     """The receiver's answer to one batch ({} if none), and whether the batch is the
     receiver's all the same: it claimed the batch (supervisor/handoff/claim.py) and did not
     answer even in CLAIMED_ANSWER_TIMEOUT. Without a token (a receiver of protocol version
-    2 or 1) the deadline alone decides, as those releases did."""
+    2 or 1) the deadline alone decides, as those releases did. `request`: (the answer's
+    future, the frame as queued). A batch given up unanswered is withdrawn from the channel
+    if its frame is still queued there: it carries our own descriptor numbers (no copies),
+    and once its connections resume here one may close and its number go to a new socket,
+    which the frame would then send (Channel.withdraw)."""
+    future, frame = request
     if future is None:
         if token is not None:
             token.close()
@@ -494,7 +501,11 @@ async def _answer(worker, count: int, future, token, deadline: float) -> tuple[d
         if token.revoke():          # the receiver will refuse it when it reads it
             log.error("worker %d: %d connection(s) taken back: no answer in %.1fs", worker.id,
                       count, protocol.MIGRATE_TIMEOUT)
-            future.add_done_callback(lambda done: _retire(token, done))
+            if channel.withdraw(frame):     # never sent: nothing to wait for
+                future.cancel()
+                token.close()
+            else:
+                future.add_done_callback(lambda done: _retire(token, done))
             return {}, False
         log.warning("worker %d: %d connection(s) claimed by the receiver, not answered in "
                     "%.1fs: waiting for its answer", worker.id, count, protocol.MIGRATE_TIMEOUT)
@@ -502,19 +513,20 @@ async def _answer(worker, count: int, future, token, deadline: float) -> tuple[d
         return await future, False
     except Exception as exc:  # noqa: BLE001 - timeout or receiver gone
         log.error("worker %d: %d connection(s) not adopted: %s", worker.id, count, exc)
+        channel.withdraw(frame)     # a version-2 receiver that never read it: it never will
         return {}, token is not None and isinstance(exc, asyncio.TimeoutError)
     finally:
         if token is not None:
             token.close()
 
 
-async def _settle(worker, sent, future, peer, token, deadline: float, kept: set,
+async def _settle(worker, sent, request, peer, token, deadline: float, kept: set,
                   orphaned: set | None = None) -> int:
     """The receiver's answer to one batch: adopted connections let go here, the others
     resume (into `kept`; into `orphaned` too if the receiver died unanswering: its channel
     closed, so it adopts none of them later). A batch the receiver claimed is let go even
     unanswered: resuming it would serve it twice. Returns how many moved."""
-    reply, claimed = await _answer(worker, len(sent), future, token, deadline)
+    reply, claimed = await _answer(worker, len(sent), request, peer.channel, token, deadline)
     if claimed:
         log.error("worker %d: %d connection(s) let go unanswered: the receiver claimed them",
                   worker.id, len(sent))

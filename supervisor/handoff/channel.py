@@ -89,11 +89,36 @@ class Channel:
 
     def request(self, msg: dict, fds=(), timeout: float = 5.0, dup: bool = True) -> asyncio.Future:
         """Send `msg` with a fresh id; the result is the peer's reply message."""
+        return self.request_frame(msg, fds, timeout, dup)[0]
+
+    def request_frame(self, msg: dict, fds=(), timeout: float = 5.0, dup: bool = False):
+        """`request`, and the frame as queued: what `withdraw` takes back. For a caller that
+        sends its own descriptors (dup=False) and may give up waiting while the frame is
+        still queued (a peer that does not read)."""
         msg_id = next(self._ids)
         self.send({**msg, "id": msg_id}, fds, dup)  # first: if it raises, nothing is pending
+        frame = self._out[-1] if self._out else None    # None: already sent whole
         fut = self.loop.create_future()             # the reply cannot arrive before we return
         self._pending[msg_id] = fut
-        return asyncio.ensure_future(self._await_reply(msg_id, fut, timeout))
+        return asyncio.ensure_future(self._await_reply(msg_id, fut, timeout)), frame
+
+    def withdraw(self, frame) -> bool:
+        """Take `frame` (from request_frame, with descriptors) off the queue if none of it
+        has left: True, and the peer never sees it nor its descriptors. False: it left (its
+        descriptors are the peer's, in the kernel, whatever we close or reuse here), or its
+        first bytes did, with the descriptors, and the rest must follow. A caller that let the peer keep uncopied descriptors (dup=False)
+        withdraws before it reuses or closes them: a queued frame reads the descriptor
+        numbers only when it is sent, and a number closed and reused meanwhile would send
+        another socket (another client's connection) to the peer."""
+        if frame is None or not frame[1]:       # sent, or started: descriptors go first
+            return False
+        for i, queued in enumerate(self._out):
+            if queued is frame:
+                del self._out[i]
+                if frame[2]:
+                    close_fds(frame[1])
+                return True
+        return False
 
     async def _await_reply(self, msg_id, fut, timeout):
         try:

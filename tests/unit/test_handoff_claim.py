@@ -23,7 +23,8 @@ from baton.supervisor.handoff import claim, protocol
 from baton.supervisor.handoff.channel import recv_with_fds
 from baton.worker import connection, migration
 
-from .test_handoff_records import ALL_V2, Datagram, _Listener, _Worker, datagram_kind  # noqa: F401
+from .test_handoff_records import (ALL_V2, Datagram, SentAtOnce, _Listener, _Worker,  # noqa: F401
+                                   datagram_kind)
 
 
 def open_fds() -> int:
@@ -139,7 +140,7 @@ class _Moving(Datagram):
         self.moved_to = new_id
 
 
-class _LateChannel:
+class _LateChannel(SentAtOnce):
     """A receiver that reads each batch when the test says: `claim_now` takes the token as a
     receiver does before adopting; `answer` sends the answer (or refusal) it would send."""
 

@@ -317,7 +317,18 @@ def test_a_record_for_a_listener_this_worker_lacks_is_refused(datagram_kind):
     assert refused == {5: "no listener 'gone' here"}
 
 
-class _CountingChannel:
+class SentAtOnce:
+    """A fake channel's frames leave as soon as they are requested: none is ever queued,
+    so none can be withdrawn (Channel.request_frame, Channel.withdraw)."""
+
+    def request_frame(self, msg, fds, timeout=None, dup=False):
+        return self.request(msg, fds, timeout, dup), None
+
+    def withdraw(self, frame):
+        return False
+
+
+class _CountingChannel(SentAtOnce):
     """A receiver that adopts everything on the next loop turn, counting the batches it
     holds unanswered."""
 
@@ -372,7 +383,7 @@ def test_a_move_holds_a_bounded_number_of_batches_and_survives_emfile(datagram_k
     assert 1 < channel.most_unanswered <= migration.MAX_BATCHES_IN_FLIGHT
 
 
-class _DyingChannel:
+class _DyingChannel(SentAtOnce):
     """A receiver killed with batches unanswered: each request fails as its channel closes,
     as Channel does when the peer goes away."""
 
