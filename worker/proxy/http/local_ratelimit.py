@@ -45,42 +45,48 @@ DETAILS = "local_rate_limited"
 
 
 class TokenBucket:
-    """Continuous refill, computed when asked. `clock` is a monotonic seconds function."""
+    """Continuous refill, computed when asked, in the form of Envoy 1.40's bucket
+    (AtomicTokenBucketImpl in source/common/common/token_bucket_impl.cc, after folly's
+    TokenBucket; the local rate limit's only bucket since the timer-based fill was removed):
+    no token count is kept, only the moment the bucket was (or would have been) empty. Here
+    that moment is kept in tokens (`empty_at`: seconds times the rate), so a token taken adds
+    exactly 1 and a request with tokens to spare costs one clock read, a multiply, two
+    compares and a store. `clock` is a monotonic seconds function."""
 
-    __slots__ = ("max_tokens", "rate", "tokens", "last", "clock")
+    __slots__ = ("max_tokens", "rate", "empty_at", "clock")
 
     def __init__(self, max_tokens: int, tokens_per_fill: int, fill_interval: float,
                  clock=time.monotonic):
         self.max_tokens = max_tokens
         self.rate = tokens_per_fill / fill_interval     # tokens per second
-        self.tokens = float(max_tokens)
         self.clock = clock
-        self.last = clock()
+        self.empty_at = clock() * self.rate - max_tokens    # starts full
 
     def consume(self) -> bool:
-        """Take a token if there is one (after the refill since the last call)."""
-        now = self.clock()
-        tokens = self.tokens
-        elapsed = now - self.last
-        if elapsed > 0:
-            tokens += elapsed * self.rate
-            if tokens > self.max_tokens:
-                tokens = self.max_tokens
-            self.last = now
-        if tokens >= 1:
-            self.tokens = tokens - 1
+        """Take a token if there is one (tokens = now - empty_at, at most max_tokens)."""
+        now = self.clock() * self.rate
+        empty_at = self.empty_at
+        if now - empty_at > self.max_tokens:    # full: what it holds is max_tokens
+            empty_at = now - self.max_tokens
+        empty_at += 1
+        if empty_at <= now:
+            self.empty_at = empty_at
             return True
-        self.tokens = tokens
         return False
 
+    def tokens(self) -> float:
+        """What the bucket holds now (Envoy's remainingTokens: a clock read of its own)."""
+        return min(self.max_tokens, self.clock() * self.rate - self.empty_at)
+
     def remaining(self) -> int:
-        return int(self.tokens)
+        return int(self.tokens())
 
     def reset_seconds(self) -> int:
         """0 while a whole token is left, else seconds until the next one (rounded up)."""
-        if self.tokens >= 1:
+        tokens = self.tokens()
+        if tokens >= 1:
             return 0
-        return math.ceil((1 - self.tokens) / self.rate)
+        return math.ceil((1 - tokens) / self.rate)
 
 
 def _always(percentage) -> bool:
