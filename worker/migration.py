@@ -176,15 +176,50 @@ def _channel_lost(worker, channel) -> None:
 
 
 class Peer:
-    """A receiving worker's handoff channel, with what it said in hello: the protocol version
-    and the connection records (kind -> versions) it adopts."""
+    """A receiving worker's handoff channel, with what it said in hello: the protocol version,
+    the connection records (kind -> versions) it adopts, and its pid, held as a pidfd opened
+    while the channel is up (so the number cannot be another process's yet): whether the
+    receiver still runs decides a claimed batch whose channel closed unanswered (_answer)."""
 
-    __slots__ = ("channel", "version", "accepts")
+    __slots__ = ("channel", "version", "accepts", "pidfd")
 
-    def __init__(self, channel: Channel, version: int, accepts: dict):
+    def __init__(self, channel: Channel, version: int, accepts: dict, pid: int | None = None):
         self.channel = channel
         self.version = version
         self.accepts = accepts
+        self.pidfd = _pidfd(pid)
+
+    def forget_process(self) -> None:
+        if self.pidfd is not None:
+            os.close(self.pidfd)
+            self.pidfd = None
+
+
+def _pidfd(pid) -> int | None:
+    """A pidfd of `pid`, or None: no pid, or it has exited already (ESRCH), or the kernel
+    has no pidfd_open (then a claimed batch whose channel closes is taken for dead)."""
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
+        return None
+    try:
+        return os.pidfd_open(pid)
+    except (OSError, AttributeError):
+        return None
+
+
+async def _exits_within(pidfd: int | None, timeout: float) -> bool:
+    """Whether the process of `pidfd` has exited, or does within `timeout`. Its channel
+    closes before it is seen exited (a dying process closes its files first), so a receiver
+    whose channel just closed is given a moment to be seen dead."""
+    if pidfd is None or unix.exited(pidfd):
+        return True
+    loop = asyncio.get_running_loop()
+    gone = loop.create_future()
+    loop.add_reader(pidfd, lambda: gone.done() or gone.set_result(True))
+    try:
+        await asyncio.wait((gone,), timeout=timeout)
+    finally:
+        loop.remove_reader(pidfd)
+    return unix.exited(pidfd)
 
 
 async def open_handoff(path: str, generation: int, worker=None) -> "Peer":
@@ -228,7 +263,7 @@ async def open_handoff(path: str, generation: int, worker=None) -> "Peer":
     except protocol.ProtocolError:
         channel.close("handshake refused")
         raise
-    return Peer(channel, version, protocol.accepted_records(version, reply))
+    return Peer(channel, version, protocol.accepted_records(version, reply), reply.get("pid"))
 
 
 def _adopted_by_all(peers) -> dict:
@@ -303,6 +338,7 @@ async def migrate_connections(worker, targets: list[str], keep_upstreams: bool =
         # A channel that carries forwarded connections lives as long as they do.
         if not any(c.uses_channel(peer.channel) for c in worker.connections.values()):
             peer.channel.close("done")
+        peer.forget_process()
     here = set(map(id, worker.connections.values()))
     # A connection that moved but still serves its exchange here for the new worker (write
     # migration: inflight.py) moved; it does not stay to drain.
@@ -482,17 +518,21 @@ def _retire(token, future) -> None:
         future.exception()
 
 
-async def _answer(worker, count: int, request, channel, token,
+async def _answer(worker, count: int, request, peer, token,
                   deadline: float) -> tuple[dict, bool]:
     """The receiver's answer to one batch ({} if none), and whether the batch is the
     receiver's all the same: it claimed the batch (supervisor/handoff/claim.py) and did not
-    answer even in CLAIMED_ANSWER_TIMEOUT. Without a token (a receiver of protocol version
-    2 or 1) the deadline alone decides, as those releases did. `request`: (the answer's
+    answer even in CLAIMED_ANSWER_TIMEOUT, or its channel closed unanswered while it runs on
+    (it adopted and closed the channel before its answer left: a worker that exits right
+    after). A receiver whose channel closed because it died holds nothing now: its batch is
+    ours to send elsewhere. Without a token (a receiver of protocol version 2 or 1) the
+    deadline alone decides, as those releases did. `request`: (the answer's
     future, the frame as queued). A batch given up unanswered is withdrawn from the channel
     if its frame is still queued there: it carries our own descriptor numbers (no copies),
     and once its connections resume here one may close and its number go to a new socket,
     which the frame would then send (Channel.withdraw)."""
     future, frame = request
+    channel = peer.channel
     if future is None:
         if token is not None:
             token.close()
@@ -514,10 +554,26 @@ async def _answer(worker, count: int, request, channel, token,
     except Exception as exc:  # noqa: BLE001 - timeout or receiver gone
         log.error("worker %d: %d connection(s) not adopted: %s", worker.id, count, exc)
         channel.withdraw(frame)     # a version-2 receiver that never read it: it never will
-        return {}, token is not None and isinstance(exc, asyncio.TimeoutError)
+        if token is None:
+            return {}, False
+        if isinstance(exc, asyncio.TimeoutError):
+            return {}, True
+        return {}, await _claimed_by_a_live_receiver(worker, count, peer, token)
     finally:
         if token is not None:
             token.close()
+
+
+async def _claimed_by_a_live_receiver(worker, count: int, peer, token) -> bool:
+    """A batch whose channel closed unanswered: the receiver's if it claimed it and runs
+    on, ours (to resume, or send to another receiver) if it never claimed it or died."""
+    if token.revoke():
+        return False                # never claimed: nobody adopted it
+    if await _exits_within(peer.pidfd, protocol.CLAIMED_EXIT_WAIT):
+        return False                # died: what it had adopted died with it
+    log.error("worker %d: %d connection(s) claimed by a receiver that closed its channel "
+              "unanswered and runs on: they are its", worker.id, count)
+    return True
 
 
 async def _settle(worker, sent, request, peer, token, deadline: float, kept: set,
@@ -526,7 +582,7 @@ async def _settle(worker, sent, request, peer, token, deadline: float, kept: set
     resume (into `kept`; into `orphaned` too if the receiver died unanswering: its channel
     closed, so it adopts none of them later). A batch the receiver claimed is let go even
     unanswered: resuming it would serve it twice. Returns how many moved."""
-    reply, claimed = await _answer(worker, len(sent), request, peer.channel, token, deadline)
+    reply, claimed = await _answer(worker, len(sent), request, peer, token, deadline)
     if claimed:
         log.error("worker %d: %d connection(s) let go unanswered: the receiver claimed them",
                   worker.id, len(sent))

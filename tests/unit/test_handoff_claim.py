@@ -8,6 +8,9 @@ sender revokes it, whichever comes first wins, and each side acts on what it got
     revoked at the deadline       reads it later: not claimed refused; the sender serves on
     revoke fails (claimed)        answers later               the answer decides
     revoke fails (claimed)        never answers               let go (the receiver's)
+    claimed, channel closes       runs on (pid alive)         let go (the receiver's)
+    claimed, channel closes       died (pid exited)           resumed: sent to another
+    revoked as the channel closes never claimed               resumed: sent to another
     no token (peer of v1/v2)      adopts when it reads it     the deadline alone (as before)
 """
 
@@ -16,11 +19,12 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import subprocess
 
 import pytest
 
 from baton.supervisor.handoff import claim, protocol
-from baton.supervisor.handoff.channel import recv_with_fds
+from baton.supervisor.handoff.channel import ChannelClosed, recv_with_fds
 from baton.worker import connection, migration
 
 from .test_handoff_records import (ALL_V2, Datagram, SentAtOnce, _Listener, _Worker,  # noqa: F401
@@ -168,7 +172,8 @@ class _LateChannel(SentAtOnce):
         self.closed = True
 
 
-def move(channel, version: int, receiver, monkeypatch, claimed_timeout: float = 60.0):
+def move(channel, version: int, receiver, monkeypatch, claimed_timeout: float = 60.0,
+         pid: int | None = None):
     """Moves one connection to `channel`; the deadline passes when `receiver` (a coroutine
     function of the channel) returns, not in real time."""
     conn = _Moving(5, _Listener(), {}, [os.open("/dev/null", os.O_RDONLY)])
@@ -178,10 +183,11 @@ def move(channel, version: int, receiver, monkeypatch, claimed_timeout: float = 
         return future.done()
     monkeypatch.setattr(migration, "_answer_within", the_deadline_passes_now)
     monkeypatch.setattr(protocol, "CLAIMED_ANSWER_TIMEOUT", claimed_timeout)
-    peer = migration.Peer(channel, version, {**ALL_V2, "datagram": [1]})
+    peer = migration.Peer(channel, version, {**ALL_V2, "datagram": [1]}, pid)
 
     async def run():
         result = await migration._move(_Worker(), [conn], [peer], False)
+        peer.forget_process()
         await asyncio.sleep(0)          # callbacks of answers that came after the deadline
         return result
     moved, kept = asyncio.run(run())
@@ -262,4 +268,77 @@ def test_a_version_2_peer_gets_no_token_and_the_deadline_alone_decides(datagram_
     conn, moved, kept = move(channel, 2, silent, monkeypatch)
     msg, fds, _, timeout = channel.sent[0]
     assert "claim" not in msg and len(fds) == 1 and timeout == protocol.MIGRATE_TIMEOUT
+    assert (moved, kept, conn.resumed) == (0, {conn}, True)
+
+
+# -- a channel that closes unanswered -------------------------------------------------------
+
+def _closes_unanswered(claims: bool):
+    """The receiver claims the batch (or not), then its channel closes before any answer
+    left: a worker exiting right after it adopted, or one that died."""
+    async def receiver(channel):
+        if claims:
+            assert channel.claim_now()
+        channel.closed = True
+        _, _, future, _ = channel.sent[-1]
+        future.set_exception(ChannelClosed("handoff to the receiver: peer closed"))
+    return receiver
+
+
+@pytest.fixture
+def ended_process():
+    """A process of ours, and a function that ends it and reaps it (deterministic)."""
+    child = subprocess.Popen(["cat"], stdin=subprocess.PIPE)
+
+    def end():
+        child.stdin.close()
+        child.wait(timeout=10)
+    yield child.pid, end
+    if child.poll() is None:
+        end()
+
+
+def test_a_claimed_batch_whose_channel_closes_while_its_receiver_runs_is_let_go(
+        datagram_kind, monkeypatch):
+    monkeypatch.setattr(protocol, "CLAIMED_EXIT_WAIT", 0.05)
+    before = open_fds()
+    conn, moved, kept = move(_LateChannel(), 3, _closes_unanswered(claims=True), monkeypatch,
+                             pid=os.getpid())               # a receiver that runs on
+    assert (moved, kept, conn.moved_to, conn.resumed) == (1, set(), 0, False)
+    assert open_fds() == before             # token and pidfd closed
+
+
+def test_a_claimed_batch_whose_receiver_died_is_ours_again(datagram_kind, monkeypatch,
+                                                           ended_process):
+    pid, end = ended_process
+    dead_by_then = _closes_unanswered(claims=True)
+
+    async def receiver(channel):
+        await dead_by_then(channel)
+        end()                               # the pidfd was opened while it ran
+    conn, moved, kept = move(_LateChannel(), 3, receiver, monkeypatch, pid=pid)
+    assert (moved, kept, conn.moved_to, conn.resumed) == (0, {conn}, None, True)
+
+
+def test_an_unclaimed_batch_whose_channel_closes_is_ours_again(datagram_kind, monkeypatch):
+    """Taken back whatever the receiver's state: it never claimed, so it never adopts."""
+    conn, moved, kept = move(_LateChannel(), 3, _closes_unanswered(claims=False), monkeypatch,
+                             pid=os.getpid())
+    assert (moved, kept, conn.moved_to, conn.resumed) == (0, {conn}, None, True)
+
+
+def test_a_version_2_batch_whose_channel_closes_is_ours_again(datagram_kind, monkeypatch):
+    """No token to tell: as 0.2.x did, the batch is resumed (and sent to another receiver)."""
+    channel = _LateChannel()
+
+    def request(msg, fds, timeout=None, dup=True):
+        future = _LateChannel.request(channel, msg, fds, timeout, dup)
+        channel.closed = True
+        future.set_exception(ChannelClosed("handoff to the receiver: peer closed"))
+        return future
+    channel.request = request
+
+    async def silent(channel):
+        pass
+    conn, moved, kept = move(channel, 2, silent, monkeypatch, pid=os.getpid())
     assert (moved, kept, conn.resumed) == (0, {conn}, True)
