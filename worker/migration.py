@@ -588,6 +588,8 @@ async def _settle(worker, sent, request, peer, token, deadline: float, kept: set
                   worker.id, len(sent))
         for conn in sent:
             conn.migrated(peer.channel, 0)
+            if peer.channel.closed:     # as if it closed just after: what it carried ends
+                conn.channel_lost(peer.channel)
         return len(sent)
     if not reply and orphaned is not None and peer.channel.closed:
         orphaned.update(sent)          # unsent (the channel had died) or never answered

@@ -130,6 +130,7 @@ def test_a_version_2_batch_is_adopted_without_a_token(datagram_kind):
 class _Moving(Datagram):
     moved_to = None
     resumed = False
+    lost = False                # told its channel closed (a split one's forwarding ends)
 
     def buffered(self):
         return 0, 0
@@ -142,6 +143,9 @@ class _Moving(Datagram):
 
     def migrated(self, channel, new_id):
         self.moved_to = new_id
+
+    def channel_lost(self, channel):
+        self.lost = channel.closed
 
 
 class _LateChannel(SentAtOnce):
@@ -304,7 +308,7 @@ def test_a_claimed_batch_whose_channel_closes_while_its_receiver_runs_is_let_go(
     before = open_fds()
     conn, moved, kept = move(_LateChannel(), 3, _closes_unanswered(claims=True), monkeypatch,
                              pid=os.getpid())               # a receiver that runs on
-    assert (moved, kept, conn.moved_to, conn.resumed) == (1, set(), 0, False)
+    assert (moved, kept, conn.moved_to, conn.resumed, conn.lost) == (1, set(), 0, False, True)
     assert open_fds() == before             # token and pidfd closed
 
 
