@@ -91,7 +91,7 @@ class Channel:
         """Send `msg` with a fresh id; the result is the peer's reply message."""
         return self.request_frame(msg, fds, timeout, dup)[0]
 
-    def request_frame(self, msg: dict, fds=(), timeout: float = 5.0, dup: bool = False):
+    def request_frame(self, msg: dict, fds=(), timeout: float = 5.0, dup: bool = True):
         """`request`, and the frame as queued: what `withdraw` takes back. For a caller that
         sends its own descriptors (dup=False) and may give up waiting while the frame is
         still queued (a peer that does not read)."""
@@ -106,10 +106,11 @@ class Channel:
         """Take `frame` (from request_frame, with descriptors) off the queue if none of it
         has left: True, and the peer never sees it nor its descriptors. False: it left (its
         descriptors are the peer's, in the kernel, whatever we close or reuse here), or its
-        first bytes did, with the descriptors, and the rest must follow. A caller that let the peer keep uncopied descriptors (dup=False)
-        withdraws before it reuses or closes them: a queued frame reads the descriptor
-        numbers only when it is sent, and a number closed and reused meanwhile would send
-        another socket (another client's connection) to the peer."""
+        first bytes did, with the descriptors, and the rest must follow. A caller that sent
+        its own descriptors (dup=False) withdraws before it reuses or closes them: a queued
+        frame reads the descriptor numbers only when it is sent, and a number closed and
+        reused meanwhile would send another socket (another client's connection) to the
+        peer."""
         if frame is None or not frame[1]:       # sent, or started: descriptors go first
             return False
         for i, queued in enumerate(self._out):
