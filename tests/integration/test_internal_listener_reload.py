@@ -39,11 +39,16 @@ def _front_through_internal(port: int, inner_filters: list, clusters: list) -> d
             "static_resources": {"listeners": [front, inner], "clusters": [to_inner, *clusters]}}
 
 
-def _reload_keeps(b: Baton) -> int:
-    """Reload; the old generation's master pid."""
+def _reload_keeps(b: Baton, connections: int) -> int:
+    """Reload; the old generation's master pid, once its worker has kept its `connections`.
+    `baton reload` returns once the new generation took over and the old worker moves (here:
+    keeps) its connections right after: without the wait, the bytes a test sends next and the
+    connections' end could all come first, leaving nothing to keep ("moved 0 of 0")."""
     old = b.master_pid()
     result = b.reload()
     assert result.returncode == 0, result.stdout + result.stderr
+    wait_until(lambda: f"moved 0 of {connections} connection(s)" in b.log, 10,
+               f"the old worker keeping its {connections} connection(s)")
     return old
 
 
@@ -86,7 +91,7 @@ def test_a_tcp_connection_through_an_internal_listener_drains_across_a_reload(tm
     b = _echo_through_internal(tmp_path, port, echo)
     try:
         with _echoed_connection(port) as s:
-            old = _reload_keeps(b)
+            old = _reload_keeps(b, 2)
             for message in (b"after the reload", b"z" * 200_000):
                 s.sendall(message)
                 assert recv_exact(s, len(message)) == message
@@ -114,7 +119,7 @@ def test_http_exchanges_through_an_internal_listener_go_on_across_a_reload(tmp_p
             body = b"q" * 100_000
             posting.sendall(b"POST /up HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(body)
                             + body[:50_000])
-            old = _reload_keeps(b)
+            old = _reload_keeps(b, 4)
             posting.sendall(body[50_000:])
             status, _, answer = Http1Reader(posting).response()
             assert status == 200 and json.loads(answer)["body_length"] == len(body)
@@ -138,7 +143,7 @@ def test_stopping_the_new_generation_ends_the_draining_old_one_instead_of_revivi
     b = _echo_through_internal(tmp_path, port, echo)
     try:
         with _echoed_connection(port) as s:
-            old = _reload_keeps(b)
+            old = _reload_keeps(b, 2)
             new = b.master_pid()
             os.kill(new, signal.SIGTERM if how == "drain" else signal.SIGINT)
             wait_until(lambda: not pid_alive(new), 20, "the new master to stop")
