@@ -28,18 +28,13 @@ from __future__ import annotations
 import gc
 import random
 import statistics
-import struct
 import sys
 import time
 
+from h2_cost import BODY, H2loadClient, _frame     # (bench/ is the script's own folder)
+
 FIELDS = [(":method", "GET"), (":scheme", "http"), (":authority", "127.0.0.1:10000"),
           (":path", "/"), ("user-agent", "h2load nghttp2/1.52.0")]
-BODY = b"x" * 64
-
-
-def _frame(kind: int, flags: int, stream_id: int, payload: bytes = b"") -> bytes:
-    return struct.pack(">L", len(payload))[1:] + bytes([kind, flags]) + \
-        struct.pack(">L", stream_id) + payload
 
 
 def batches_of(mode: str, count: int) -> list:
@@ -70,10 +65,8 @@ def run(mode: str, count: int) -> float:
         return 0.0
     codec = LeanHttp2ServerCodec(**_h2_options({}))     # as the worker makes it
     codec.initiate()
-    codec.receive(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-                  + _frame(4, 0, 0, struct.pack(">HLHL", 2, 0, 4, 2**30 - 1))
-                  + _frame(8, 0, 0, struct.pack(">L", 2**30 - 1 - 65535)) + _frame(4, 1, 0))
-    codec.data_to_send()        # (h2load's preface: its windows 2^30 - 1, SETTINGS acked)
+    codec.receive(H2loadClient.PREFACE + H2loadClient.SETTINGS_ACK)
+    codec.data_to_send()
     response = Response(200, Headers([("content-type", "text/plain"),
                                       ("content-length", "64")]))
     answered = 0
