@@ -2,12 +2,14 @@
 (worker/migration.py) in a process of its own, adopting connections of a test kind, "probe"
 (one socket, no state), so that a batch's deadline can be raced with SIGSTOP / SIGCONT.
 
-    handoff_receiver.py ADDRESS [--stop-after-claim]
+    handoff_receiver.py ADDRESS [--stop-after-claim | --close-after-claim | --exit-after-claim]
 
 Prints "ready" once its handoff socket listens, then one line per batch it decides:
 "adopted <ids>" or "refused <reasons>". An adopted probe writes "new <pid>\\n" to its socket
 at once, so a client sees who serves it. With --stop-after-claim it prints "claimed" and stops
 itself (SIGSTOP) when it adopts its first probe: it owns the batch then, and has not answered.
+With --close-after-claim it closes its handoff channels there instead (its answer is never
+sent) and runs on, holding the probe; with --exit-after-claim it exits there, holding nothing.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ def register_probe() -> None:
 class Probe(Connection):
     kind = "probe"
     stop_after_claim = False
+    after_claim = None          # "close" or "exit": what it does on its first probe
 
     def __init__(self, conn_id, fd):
         self.id, self.listener, self.chain, self.fd = conn_id, None, None, fd
@@ -47,6 +50,12 @@ class Probe(Connection):
             cls.stop_after_claim = False
             print("claimed", flush=True)
             os.kill(os.getpid(), signal.SIGSTOP)
+        if cls.after_claim == "exit":
+            os._exit(0)
+        if cls.after_claim == "close":
+            cls.after_claim = None
+            for channel in list(worker.handoff_channels):
+                channel.close("closed after the claim")
         os.write(fds[0], f"new {os.getpid()}\n".encode())
         return cls(conn_id, fds[0])
 
@@ -90,5 +99,7 @@ async def main(address: str) -> None:
 
 if __name__ == "__main__":
     Probe.stop_after_claim = "--stop-after-claim" in sys.argv[2:]
+    Probe.after_claim = ("close" if "--close-after-claim" in sys.argv[2:]
+                         else "exit" if "--exit-after-claim" in sys.argv[2:] else None)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     asyncio.run(main(sys.argv[1]))

@@ -8,7 +8,9 @@ tests/handoff_receiver.py receives with the real MigrationServer. The receiver i
   serves it on; the receiver, continued, must refuse it (before the claim token it adopted it,
   and two processes read and wrote one socket);
 - stopped after it claimed the batch: the sender must not take it back at the deadline but
-  wait for the answer, and let go.
+  wait for the answer, and let go;
+- its channel closed after it claimed the batch, no answer sent: the sender lets go if the
+  receiver runs on (it holds the socket), and serves on if it exited (it holds nothing).
 """
 
 from __future__ import annotations
@@ -61,9 +63,10 @@ def receiver(request, tmp_path):
         assert read_line(proc, 10) == "ready"
         yield proc, address
     finally:
-        os.kill(proc.pid, signal.SIGCONT)
-        proc.terminate()
-        proc.wait(5)
+        if proc.poll() is None:         # one test lets it exit (and reaps it)
+            os.kill(proc.pid, signal.SIGCONT)
+            proc.terminate()
+            proc.wait(5)
         proc.stdout.close()
 
 
@@ -156,4 +159,36 @@ def test_a_batch_claimed_before_its_deadline_is_let_go_once_answered(probe_kind,
     assert line == "adopted [7]"
     client.settimeout(5)
     assert client.recv(100) == f"new {proc.pid}\n".encode()
+    client.close()
+
+
+@pytest.mark.parametrize("receiver", [["--close-after-claim"], ["--exit-after-claim"]],
+                         indirect=True, ids=["runs-on", "exited"])
+def test_a_claimed_batch_whose_channel_closes_unanswered_goes_by_the_receivers_life(
+        probe_kind, receiver, monkeypatch):
+    proc, address = receiver
+    runs_on = proc.args[-1] == "--close-after-claim"
+    client, ours = socket.socketpair()
+    conn = Outgoing(7, ours)
+    monkeypatch.setattr(protocol, "CLAIMED_EXIT_WAIT", 0.3)    # a live receiver costs this
+
+    async def move():
+        peer = await migration.open_handoff(address, 1)
+        moved, kept = await migration._move(Sender(), [conn], [peer], False)
+        peer.forget_process()
+        return moved, kept
+
+    moved, kept = asyncio.run(move())
+    client.settimeout(5)
+    if runs_on:
+        assert (moved, kept, conn.resumed, conn.moved_to) == (1, set(), False, 0)
+        assert client.recv(100) == f"new {proc.pid}\n".encode()   # the receiver serves it
+        assert proc.poll() is None
+    else:
+        assert (moved, kept, conn.resumed, conn.moved_to) == (0, {conn}, True, None)
+        assert proc.wait(5) == 0
+        client.setblocking(False)
+        with pytest.raises(BlockingIOError):    # ours alone now: nobody else wrote to it
+            client.recv(100)
+        ours.close()
     client.close()
