@@ -72,3 +72,23 @@ def test_compiled_steps_do_what_the_loop_does():
         _by_the_loop(expected, steps)
         compiled_steps(steps)(got, None, _render)
         assert got.items == expected.items, (spec, items)
+
+
+def test_a_plan_of_fixed_appends_gives_its_pairs():
+    """A plan whose every step appends a fixed value carries the pairs its function appends
+    (the router extends the response's list with them, no call); any other plan has none."""
+    for spec, items in itertools.product(
+            [{"remove": [], "add": [("x-a", "1", "APPEND_IF_EXISTS_OR_ADD", False),
+                                    ("x-e", "", "APPEND_IF_EXISTS_OR_ADD", False),
+                                    ("x-k", "", "APPEND_IF_EXISTS_OR_ADD", True),
+                                    ("x-a", "2", "APPEND_IF_EXISTS_OR_ADD", False)]},
+             {"remove": [], "add": [("x-e", "", "APPEND_IF_EXISTS_OR_ADD", False)]}], HEADERS):
+        plan = mutation_plan(mutation_steps(spec))
+        expected, got = Headers(list(items)), Headers(list(items))
+        plan.apply(expected, None, _render)
+        got.items.extend(plan.pairs)
+        assert got.items == expected.items, (spec, items)
+    for spec in [{"remove": ["x-h"], "add": [("x-a", "1", "APPEND_IF_EXISTS_OR_ADD", False)]},
+                 {"remove": [], "add": [("x-a", "%REQ(x-a)%", "APPEND_IF_EXISTS_OR_ADD", False)]},
+                 {"remove": [], "add": [("x-a", "1", "ADD_IF_ABSENT", False)]}]:
+        assert mutation_plan(mutation_steps(spec)).pairs is None, spec

@@ -103,16 +103,25 @@ def _compose_uri(request, redirect) -> str:
 class MutationPlan(tuple):
     """A plan's steps (mutation_steps), with `apply(headers, info, render)`: the same steps
     written out as one function (compiled_steps), made once per route, and `names`: the
-    header names it touches (the stream asks whether one is among them)."""
+    header names it touches (the stream asks whether one is among them), and `pairs`: when
+    every step appends a fixed value (a mesh route's response headers, typically), the pairs
+    they append, in order, decided here: the caller extends the header list with them, no
+    call made (else None: call apply)."""
 
     apply = None
     names = frozenset()
+    pairs = None
 
 
 def mutation_plan(steps) -> MutationPlan:
     plan = MutationPlan(steps)
     plan.apply = compiled_steps(plan)
     plan.names = frozenset(step[1] for step in steps)
+    if all(kind == APPEND and not dynamic for kind, _, _, dynamic, _ in steps):
+        # What compiled_steps writes for these steps: each pair appended, an empty value
+        # left out unless keep_empty_value.
+        plan.pairs = tuple((name, template) for _, name, template, _, keep_empty in steps
+                           if template or keep_empty)
     return plan
 
 

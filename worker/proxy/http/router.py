@@ -702,7 +702,10 @@ class Router:
         if plan is None:                    # a weighted split's clusters differ
             plan = route.response_plan(stream.cluster_name)
         if plan:
-            stream._apply_mutations(response.headers, plan)
+            if plan.pairs is not None:      # fixed pairs appended: the plan's, no call
+                response.headers.items.extend(plan.pairs)
+            else:
+                stream._apply_mutations(response.headers, plan)
         stream._send_head(response, end_stream, None if stream.hcm.suppress_envoy_headers else
                           ("x-envoy-upstream-service-time", str(service_ms)))
         if end_stream:

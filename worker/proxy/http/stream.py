@@ -478,7 +478,7 @@ class Stream(StreamInfo):
         if plan is None:                    # a weighted split's clusters differ
             plan = route.request_plan(name)
         if plan:
-            self._apply_mutations(request.headers, plan)
+            plan.apply(request.headers, self, hcm.render_header_value)   # (_apply_mutations')
         plain = route.plain_request         # no rewrite, no grpc-timeout: nothing to call
         if plain:
             base = route.timeout
