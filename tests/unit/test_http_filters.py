@@ -746,6 +746,23 @@ def test_access_log_flushes_when_the_buffer_is_full(tmp_path):
     f.close()
 
 
+def test_access_log_writes_a_line_with_surrogates_as_its_bytes_and_loses_no_other(tmp_path):
+    """A batch is encoded once: a line UTF-8 cannot encode (a lone surrogate a Dubbo peer's
+    CESU-8 left in a method name, hessian2.py) made every flush raise, so that batch and every
+    later line of the worker's file were lost (review R1). Such a line is written as the bytes
+    the peer sent, a header's raw byte (surrogateescape) as that byte, and the rest goes on."""
+    path = tmp_path / "a.log"
+    f = AccessLogFile(str(path), loop=None)
+    f.write("before\n")
+    f.write("dubbo method \ud800 header \udcff\n")
+    f.write("after\n")
+    f.flush()
+    f.write("later\n")
+    f.flush()
+    assert path.read_bytes() == b"before\ndubbo method \xed\xa0\x80 header \xff\nafter\nlater\n"
+    f.close()
+
+
 def test_access_log_keeps_what_a_full_pipe_did_not_take(tmp_path):
     """Lines are kept as text and encoded per batch: a batch a non-blocking pipe takes only
     part of keeps its rest, written before the next lines, none lost or split (non-ASCII

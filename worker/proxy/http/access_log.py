@@ -28,6 +28,7 @@ says so once and counts the lines as dropped, as for any output that fails.
 
 from __future__ import annotations
 
+import codecs
 import errno
 import logging
 import os
@@ -42,6 +43,24 @@ FLUSH_INTERVAL = 1.0
 # growing the worker's memory without bound; the count is in `dropped`.
 MAX_PENDING_BYTES = 16 * FLUSH_BYTES
 _STD_FDS = {"/dev/stdout": 1, "/dev/stderr": 2}
+
+
+def _surrogates_as_bytes(error: UnicodeEncodeError) -> tuple[bytes, int]:
+    """UTF-8's only unencodable characters are surrogates. A line carries two kinds: U+DC80-
+    U+DCFF for a raw byte a header held (surrogateescape: the byte again) and a lone surrogate
+    an RPC codec kept from its peer's CESU-8 (hessian2.py: the three bytes the peer sent). Both
+    go to the file as bytes, so one such line never stops a batch (and the file) from being
+    written."""
+    out = bytearray()
+    for char in error.object[error.start:error.end]:
+        code = ord(char)
+        out += bytes((code - 0xDC00,)) if 0xDC80 <= code <= 0xDCFF else \
+            char.encode("utf-8", "surrogatepass")
+    return bytes(out), error.end
+
+
+_LINE_BYTES = "baton-access-log"
+codecs.register_error(_LINE_BYTES, _surrogates_as_bytes)
 
 
 class AccessLogFile:
@@ -117,7 +136,7 @@ class AccessLogFile:
             self.timer = None
         if not (self.pending or self.unwritten) or self.fd < 0:
             return
-        data = "".join(self.pending).encode("utf-8", "surrogateescape")
+        data = "".join(self.pending).encode("utf-8", _LINE_BYTES)
         if self.unwritten:
             data, self.unwritten = self.unwritten + data, b""
         self.pending.clear()
