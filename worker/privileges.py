@@ -70,6 +70,7 @@ def caps_for(upstream_mark: int) -> tuple[str, ...]:
 # by the modules it uses, outside the baton.worker package.
 _LAZY = ("asyncio.base_events", "asyncio.selector_events", "asyncio.sslproto",
          "encodings.ascii", "encodings.idna", "encodings.latin_1", "encodings.utf_8",
+         "encodings.utf_16_le", "encodings.utf_16_be",     # hessian2: strings beyond ASCII
          "encodings.unicode_escape", "encodings.raw_unicode_escape", "h2", "h2.connection",
          "h2.config", "h2.events", "h2.exceptions", "h2.settings", "hpack", "hpack.hpack",
          "json", "zlib", "hashlib", "uuid", "ipaddress", "email.utils", "http",

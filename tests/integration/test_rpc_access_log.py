@@ -89,6 +89,25 @@ def test_one_line_per_request_answered_locally_timed_out_oneway_or_abandoned(
     assert records[0]["start"].endswith("Z")
 
 
+
+def test_method_names_beyond_ascii_are_answered_and_logged_as_their_bytes(baton, tmp_path):
+    """An unprivileged worker (the default under root) could not look up the UTF-16 codecs
+    hessian2.py needs for any non-ASCII string (LookupError, the connection dropped with a
+    traceback); and one name holding a lone surrogate (kept from the peer's CESU-8) stopped the
+    worker's access log file, its batch and every later line (review R1). Each gets its local
+    reply and its line, the surrogate as the three bytes the peer sent."""
+    port, text = free_port(), tmp_path / "rpc.log"
+    baton(with_logs(generic_bootstrap(free_port(), {"dubbo": port}, {"a": free_port(), "dead": free_port()},
+                                      ROUTES), (text, "%METHOD%\n")), concurrency=1)
+    client = RawClient("dubbo", port)
+    for n, method in enumerate(("before", "café", "bad\ud800", "after")):
+        client.send(dubbo_request(n + 1, "org.Nowhere", method, ["x"]))
+        assert client.receive(1)[0].status == dubbo.SERVER_ERROR, method
+    client.close()
+    wait_until(lambda: text.exists() and text.read_bytes().count(b"\n") >= 4, 10, "four lines")
+    assert text.read_bytes() == b"before\ncaf\xc3\xa9\nbad\xed\xa0\x80\nafter\n"
+
+
 @needs_node
 def test_real_sofa_peers_each_call_one_line(baton, processes, tmp_path):
     """sofa-rpc-node's Dubbo and Bolt clients and servers: 20 calls, 20 lines each."""
