@@ -286,3 +286,25 @@ def test_a_failed_fork_pauses_the_slot_and_tries_again(monkeypatch):
         assert slot.retry_at - loop.time() > first
         slot.respawn_handle.cancel()
     asyncio.run(scenario())
+
+
+# -- what a worker imports before it drops privileges -----------------------------------------
+
+def test_every_codec_the_data_path_names_is_preimported():
+    """A worker that dropped to another uid cannot import from the interpreter's 0700
+    directory, and Python imports a text codec's module at its first lookup: every codec the
+    worker's code names in an encode/decode call must be in privileges._LAZY (a Dubbo string
+    beyond ASCII once dropped its connection on utf-16-le)."""
+    import codecs
+    import pathlib
+    import re
+
+    from baton.worker import privileges
+    package = pathlib.Path(privileges.__file__).parent
+    names = set()
+    for path in package.rglob("*.py"):
+        names.update(re.findall(r"\.(?:en|de)code\(\s*\"([A-Za-z0-9_-]+)\"", path.read_text()))
+    assert "utf-16-le" in names                       # the scan sees hessian2's
+    modules = {f"encodings.{codecs.lookup(name).name.replace('-', '_')}" for name in names}
+    modules = {m.replace("encodings.iso8859_1", "encodings.latin_1") for m in modules}
+    assert modules <= set(privileges._LAZY), sorted(modules - set(privileges._LAZY))
