@@ -45,38 +45,44 @@ DETAILS = "local_rate_limited"
 
 
 class TokenBucket:
-    """Continuous refill, computed when asked, in the form of Envoy 1.40's bucket
+    """Continuous refill, computed when asked, as Envoy 1.40's bucket does it
     (AtomicTokenBucketImpl in source/common/common/token_bucket_impl.cc, after folly's
     TokenBucket; the local rate limit's only bucket since the timer-based fill was removed):
-    no token count is kept, only the moment the bucket was (or would have been) empty. Here
-    that moment is kept in tokens (`empty_at`: seconds times the rate), so a token taken adds
-    exactly 1 and a request with tokens to spare costs one clock read, a multiply, two
-    compares and a store. `clock` is a monotonic seconds function."""
+    no token count is kept, only a moment, in seconds of `clock` (monotonic). Envoy keeps the
+    moment the bucket was empty; Baton keeps the moment it is full again (`full_at`: that
+    one plus max_tokens / rate), so the common case, a full bucket, is one clock read, a
+    compare, an add and a store: the token taken is back one token's time from now. The
+    tokens held at `now` are max_tokens - (full_at - now) * rate, at most max_tokens (the
+    same state as Envoy's, shifted by a constant): a token is taken when that is >= 1."""
 
-    __slots__ = ("max_tokens", "rate", "empty_at", "clock")
+    __slots__ = ("max_tokens", "rate", "per_token", "spare", "full_at", "clock")
 
     def __init__(self, max_tokens: int, tokens_per_fill: int, fill_interval: float,
                  clock=time.monotonic):
         self.max_tokens = max_tokens
         self.rate = tokens_per_fill / fill_interval     # tokens per second
+        self.per_token = 1 / self.rate                  # seconds a token takes to come back
+        # How far ahead full_at may be with a whole token still held: (max_tokens - 1) tokens'
+        # time.
+        self.spare = (max_tokens - 1) / self.rate
         self.clock = clock
-        self.empty_at = clock() * self.rate - max_tokens    # starts full
+        self.full_at = clock()                          # starts full
 
     def consume(self) -> bool:
-        """Take a token if there is one (tokens = now - empty_at, at most max_tokens)."""
-        now = self.clock() * self.rate
-        empty_at = self.empty_at
-        if now - empty_at > self.max_tokens:    # full: what it holds is max_tokens
-            empty_at = now - self.max_tokens
-        empty_at += 1
-        if empty_at <= now:
-            self.empty_at = empty_at
+        """Take a token if there is one."""
+        now = self.clock()
+        full_at = self.full_at
+        if now >= full_at:                  # full: one taken, full again a token's time on
+            self.full_at = now + self.per_token
+            return True
+        if full_at - now <= self.spare:     # a whole token held
+            self.full_at = full_at + self.per_token
             return True
         return False
 
     def tokens(self) -> float:
         """What the bucket holds now (Envoy's remainingTokens: a clock read of its own)."""
-        return min(self.max_tokens, self.clock() * self.rate - self.empty_at)
+        return self.max_tokens - max(0.0, self.full_at - self.clock()) * self.rate
 
     def remaining(self) -> int:
         return int(self.tokens())
