@@ -419,6 +419,38 @@ def test_a_connections_end_is_counted_as_envoy_counts_it(pair, recorder, scenari
     differential(pair, run, lambda obs: _check(obs == {"counted": counted, "listed": True}, obs))
 
 
+def test_a_close_whose_response_is_not_read_ends_after_delayed_close_timeout(pair):
+    """`Connection: close`, a 4 MB response, a client that does not read (4 KiB receive
+    buffer): the close that follows the response waits for its bytes to be written only
+    delayed_close_timeout long (1 s, the default), then closes the socket with the rest
+    unsent, counting downstream_cx_delayed_close_timeout (Envoy's FlushWrite). Baton's close
+    waited for the client to read, for ever, outside downstream_cx_active."""
+    size = 4_000_000
+
+    def run(target):
+        prefix = "http.fields."
+        overdue = prefix + "downstream_cx_delayed_close_timeout"
+        before = target.stats(prefix)
+        with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.settimeout(5)
+            sock.connect(("127.0.0.1", target.port))
+            sock.sendall(b"GET /u HTTP/1.1\r\nhost: x\r\nconnection: close\r\n"
+                         b"x-test-body-size: %d\r\n\r\n" % size)
+            after = wait_until(lambda: (lambda now: now if now.get(overdue, 0) > before.get(
+                overdue, 0) else None)(target.stats(prefix)), 5, "the close given up")
+            data = b""
+            while chunk := sock.recv(1 << 20):
+                data += chunk
+        delta = {name.removeprefix("downstream_").removeprefix("cx_"):
+                 after.get(prefix + name, 0) - before.get(prefix + name, 0) for name in ENDS}
+        return {"counted": {k: v for k, v in delta.items() if v},
+                "whole_body": len(data.partition(b"\r\n\r\n")[2]) == size}
+    differential(pair, run, lambda obs: _check(obs == {
+        "counted": {"destroy": 1, "destroy_local": 1, "delayed_close_timeout": 1},
+        "whole_body": False}, obs))
+
+
 def _undecodable(enc: Encoder, continued: bool) -> bytes:
     """Stream 1's request headers that HPACK cannot decode (index 0), in its HEADERS frame or
     in a CONTINUATION behind it."""

@@ -180,3 +180,47 @@ def test_an_idle_timeout_before_any_request_closes_at_once(tmp_path: Path, loop)
     assert used.closed and served.eof_written and not served.aborted and used.lingering is not None
     used.eof_received()                         # the client's close ends the delayed close
     assert served.aborted
+
+
+class Unread(HalfClosing):
+    """A client that does not read: `unsent` bytes stay in the transport's buffer, so its
+    close() waits for them; abort() drops them."""
+    unsent = 65536
+    dropped = False
+
+    def get_write_buffer_size(self):
+        return self.unsent
+
+    def abort(self):
+        self.dropped = self.aborted = True
+
+
+@pytest.mark.parametrize("progress", [False, True], ids=["stuck", "writing-slowly"])
+def test_a_close_whose_bytes_are_not_written_ends_after_delayed_close_timeout(
+        tmp_path: Path, loop, progress):
+    """A response that ends its connection (FlushWrite, no delayed close) but stays unwritten
+    (the client does not read): delayed_close_timeout after the close, the socket is dropped
+    with the rest unsent and downstream_cx_delayed_close_timeout counted, once (Envoy bounds
+    FlushWrite's flush by that timer). Writes going on restart the wait, as in Envoy. A close
+    with everything written arms nothing (test_a_close_after_a_request_read_whole_...)."""
+    rig = Rig(tmp_path, loop)
+    rig.conn.hcm.delayed_close_timeout = TIMEOUT
+    down = Unread()
+    conn = _connection(rig, down)
+    conn.data_received(CLOSE_REQUEST)
+    _answer(rig, conn)
+    armed = loop.time()
+    assert conn.closed and down.aborted and not down.eof_written and not down.dropped
+    assert conn.lingering is not None
+    if progress:
+        _run_until(loop, lambda: False, TIMEOUT / 2)
+        down.unsent -= 1000
+    took = _run_until(loop, lambda: down.dropped, 3, armed)
+    wait = 2 * TIMEOUT if progress else TIMEOUT
+    assert down.dropped and wait - EARLY <= took <= wait + SLACK
+    conn.connection_lost(None)                  # (what the transport's abort() calls)
+    counters = rig.worker.stats.counters
+    assert [counters["http.ingress_http." + name] for name in (
+        "downstream_cx_destroy", "downstream_cx_destroy_local",
+        "downstream_cx_delayed_close_timeout")] == [1, 1, 1]
+    assert [name for name in TIMERS if getattr(conn, name) is not None] == []

@@ -38,6 +38,9 @@ class Transport:
     def close(self):
         self.closed = True
 
+    def get_write_buffer_size(self):
+        return 0
+
     def write(self, data):
         pass
 

@@ -296,7 +296,12 @@ class HttpConnection(asyncio.Protocol, HttpConnectionMoves, Connection):
                 downstream_end.linger_ended_by_client(self)
                 self.lingering.cancel()
                 self.lingering = None
-            self.transport.close()
+            if self.transport.get_write_buffer_size():
+                # The client is gone: Envoy closes at once on its FIN (RemoteClose), what is
+                # unwritten dropped; a plain close would wait for a reader that left.
+                self.transport.abort()
+            else:
+                self.transport.close()
             return False
         # Envoy does not half-close HTTP connections: the client closing ends them, and cuts
         # what is in flight (no codec error: the codec is not told of the end of input).
@@ -526,7 +531,15 @@ class HttpConnection(asyncio.Protocol, HttpConnectionMoves, Connection):
         timeout = self.hcm.delayed_close_timeout
         if flush_only or not timeout or not transport.can_write_eof() or transport.is_closing():
             downstream_end.connection_ends(self, False)
+            unsent = transport.get_write_buffer_size()
             transport.close()
+            if unsent and timeout:
+                # The close waits for the bytes to be written: a client that does not read
+                # would hold the socket for ever. Envoy bounds FlushWrite's flush as it does
+                # FlushWriteAndDelay's wait (its delayed_close_timeout docs: "enforced even
+                # when the socket ... is pending a flush of the write buffer"). The usual
+                # close, everything written, arms nothing.
+                self.lingering = self.loop.call_later(timeout, self._close_overdue, unsent)
             return
         try:
             transport.write_eof()
@@ -534,7 +547,25 @@ class HttpConnection(asyncio.Protocol, HttpConnectionMoves, Connection):
             downstream_end.connection_ends(self, False)
             transport.close()
             return
-        self.lingering = self.loop.call_later(timeout, transport.close)
+        self.lingering = self.loop.call_later(timeout, self._close_overdue,
+                                              transport.get_write_buffer_size())
+
+    def _close_overdue(self, unsent: int) -> None:
+        """delayed_close_timeout passed since close() (or since the last look): the socket
+        closes now, with what is still unwritten dropped (abort: a plain close would wait for
+        it). Writes that went on since the last look restart the wait, as Envoy restarts its
+        timer on write progress. Counted in downstream_cx_delayed_close_timeout: here for a
+        close counted when it was decided (flush_only), else by transport_lost (a local
+        close, the client having not closed in time)."""
+        transport = self.transport
+        left = transport.get_write_buffer_size()
+        if left and left < unsent:
+            self.lingering = self.loop.call_later(self.hcm.delayed_close_timeout,
+                                                  self._close_overdue, left)
+            return
+        if self.destroy_counted:
+            self.worker.stats.counters[self.hcm.stat_cx_delayed_close_timeout] += 1
+        transport.abort()
 
     def abort(self) -> None:
         if self.transport is None:
