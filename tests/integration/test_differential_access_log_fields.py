@@ -69,14 +69,19 @@ def fields_bootstrap(upstreams: dict[str, int]):
                           common_http_protocol_options={"idle_timeout": "0.3s"},
                           request_headers_timeout="0.5s"),
             http_listener("http10", ports["http10"], routes,
-                          http_protocol_options={"accept_http_10": True})],
+                          http_protocol_options={"accept_http_10": True}),
+            # No request_headers_timeout (Envoy's default): the stream idle timeout times a
+            # request head, and the idle timeout (shorter) does not.
+            http_listener("slow_head", ports["slow_head"], routes,
+                          common_http_protocol_options={"idle_timeout": "0.3s"},
+                          stream_idle_timeout="1s")],
             [cluster("a", [upstreams["a"]]), cluster("dead", [DEAD]),
              cluster("mix", [upstreams["a"], DEAD])])
     return template
 
 
 recorder, pair = module_pair("diff-al-fields", fields_bootstrap,
-                              ["fields", "timeouts", "idle_first", "http10"])
+                              ["fields", "timeouts", "idle_first", "http10", "slow_head"])
 
 
 def _normalised(line: str, upstream_port: int) -> dict:
@@ -628,6 +633,57 @@ def test_a_head_arriving_when_the_idle_timeout_passes_gets_the_header_timeouts_4
         "status": "HTTP/1.1 408 Request Timeout", "body": "request header timeout",
         "downstream_cx_idle_timeout": 0, "downstream_rq_header_timeout": 1,
         "downstream_rq_rx_reset": 1, "downstream_cx_destroy_local": 1}, obs), at_once=True)
+
+
+def test_a_head_that_stops_arriving_gets_the_stream_idle_timeouts_408(pair):
+    """No request_headers_timeout, a request's head begun and never finished: Envoy 1.40's
+    stream exists from the first byte, so its stream_idle_timeout (1 s here; 5 min by
+    default) answers 408 "stream timeout" (downstream_rq_idle_timeout) and the connection's
+    idle timeout (0.3 s) does not apply. Baton closed silently at its idle timeout (1 h by
+    default), counting downstream_cx_idle_timeout. Not compared: delayed_close_timeout (the
+    FIN's timing, as in test_a_close_on_a_timeout_is_counted_as_envoy_counts_it)."""
+    names = ENDS + ["downstream_cx_idle_timeout", "downstream_rq_idle_timeout",
+                    "downstream_rq_header_timeout"]
+
+    def run(target):
+        prefix = "http.slow_head."
+        before = target.stats(prefix)
+        sock = socket.create_connection(("127.0.0.1", target.ports["slow_head"]), timeout=5)
+        sock.sendall(b"GET /u HTTP/1.1\r\nhost: x\r\n")
+        start = time.monotonic()
+        seen = _read_until(sock, b"stream timeout")
+        took = time.monotonic() - start
+        _wait_for_close(sock)
+        after = _once_destroyed(target, prefix, before)
+        delta = {name.removeprefix("downstream_").removeprefix("cx_"):
+                 after.get(prefix + name, 0) - before.get(prefix + name, 0) for name in names}
+        delta.pop("delayed_close_timeout")
+        return {"status": seen.split(b"\r\n", 1)[0].decode(),
+                "body": seen.rpartition(b"\r\n\r\n")[2].decode(),
+                "after_the_idle_timeout": took > 0.6, "counted": {k: v for k, v in delta.items() if v}}
+    differential(pair, run, lambda obs: _check(obs == {
+        "status": "HTTP/1.1 408 Request Timeout", "body": "stream timeout",
+        "after_the_idle_timeout": True, "counted": {
+            "destroy": 1, "destroy_local": 1, "rq_rx_reset": 1, "rq_idle_timeout": 1}}, obs),
+        at_once=True)
+
+
+def test_a_slow_head_is_not_cut_by_the_idle_timeout(pair):
+    """A head that takes longer than the idle timeout (0.3 s) to arrive, but less than the
+    stream idle timeout (1 s): served by Envoy 1.40 (its stream, made at the first byte, turned
+    the idle timer off); Baton closed at the idle timeout, no answer."""
+    def run(target):
+        with socket.create_connection(("127.0.0.1", target.ports["slow_head"]), timeout=5) as sock:
+            sock.sendall(b"GET /u HTTP/1.1\r\nhost: x\r\n")
+            time.sleep(0.6)             # (the idle timeout passes: what the test is about)
+            try:
+                sock.sendall(b"connection: close\r\nx-test-body-size: 2\r\n\r\n")
+            except OSError:
+                pass
+            seen = _read_until(sock, b"\x00\x01")
+        return {"status": seen.split(b"\r\n", 1)[0].decode()}
+    differential(pair, run, lambda obs: _check(obs == {"status": "HTTP/1.1 200 OK"}, obs),
+                 at_once=True)
 
 
 def test_the_log_lines_of_a_client_gone_mid_body_and_a_header_timeout(pair, recorder):

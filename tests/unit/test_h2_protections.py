@@ -562,7 +562,7 @@ def test_the_manager_reads_64_frames_per_turn_and_pauses_reading_meanwhile():
 
     conn = HttpConnection.__new__(HttpConnection)      # only what reading frames touches
     conn.transport, conn.loop = FakeTransport(), FakeLoop()
-    conn.hcm = SimpleNamespace(request_headers_timeout=None)
+    conn.hcm = SimpleNamespace(request_headers_timeout=None, stream_idle_timeout=0)
     conn.codec = LeanHttp2ServerCodec(**_h2_options({}))
     conn.codec.initiate()
     conn.closed, conn.initial, conn.active, conn.streams = False, None, None, {}

@@ -193,7 +193,10 @@ class HttpConnection(asyncio.Protocol, HttpConnectionMoves, Connection):
                 # rest waits for a later turn, and reading pauses until it is done.
                 self.pause_reading(True)
                 self.backlog = self.loop.call_soon(self._receive_backlog)
-        if self.active is None and not self.streams and self.hcm.request_headers_timeout:
+        if not events and self.active is None and not self.streams and \
+                (self.hcm.request_headers_timeout or self.hcm.stream_idle_timeout):
+            # A read that made no event may have begun a head (a head completed cancels the
+            # timer: _on_request_head), so a request read whole in one read pays nothing.
             self._header_deadline(codec)
         if codec.multiplexed and events:
             # One batch (pool.py): a stream reset within this read gives its upstream
@@ -421,6 +424,10 @@ class HttpConnection(asyncio.Protocol, HttpConnectionMoves, Connection):
                     self.active = stream
             stream.close_connection = not self.codec.multiplexed
             downstream_end.codec_error(stream, event)
+            if event.reason == downstream_end.HEAD_IDLE_TIMEOUT:
+                # (as stream.py's timed_out answers a stream idle timeout)
+                stream.local_reply(408, "stream timeout", "stream_idle_timeout")
+                return
             stream.local_reply(event.status, _ERROR_BODIES.get(event.status, ""),
                                _ERROR_DETAILS.get(event.status, "codec_error"))
             return
@@ -719,10 +726,11 @@ class HttpConnection(asyncio.Protocol, HttpConnectionMoves, Connection):
             return
         if self.streams:
             return          # stream_done re-arms
-        if self.header_timer is not None:
+        if getattr(self.codec, "awaiting_head", False):
             # A request's head is arriving: Envoy 1.40 made its stream at the first byte, which
-            # disarms the idle timer; its request_headers_timeout answers the 408 (measured
-            # with idle_timeout below, equal to and above it). stream_done re-arms.
+            # disarms the idle timer; its request_headers_timeout or stream_idle_timeout
+            # answers the 408 (_on_header_timeout; measured with idle_timeout below, equal to
+            # and above them). stream_done re-arms.
             return
         now = self.loop.time()
         if now < self.idle_deadline:
@@ -739,10 +747,10 @@ class HttpConnection(asyncio.Protocol, HttpConnectionMoves, Connection):
             self.drain()
 
     def _header_deadline(self, codec) -> None:
-        """request_headers_timeout: a request begun must finish its headers in time."""
-        timeout = self.hcm.request_headers_timeout
-        if not timeout:
-            return
+        """A request begun must finish its headers in time: request_headers_timeout, and
+        stream_idle_timeout, for Envoy's stream exists from the head's first byte (no byte of
+        a head restarts its idle timer: Envoy's stream sees none until the head is whole)."""
+        timeout = _head_timeout(self.hcm)[0]
         if getattr(codec, "awaiting_head", False):
             if self.header_timer is None:
                 self.header_timer = self.loop.call_later(timeout, self._on_header_timeout)
@@ -754,10 +762,10 @@ class HttpConnection(asyncio.Protocol, HttpConnectionMoves, Connection):
         self.header_timer = None
         if self.closed or self.streams:
             return
-        self.worker.stats.counters[self.hcm.stat_rq_header_timeout] += 1
+        reason, stat = _head_timeout(self.hcm)[1:]
+        self.worker.stats.counters[stat] += 1
         self.timed_out = True
-        self._on_protocol_error(ProtocolError(downstream_end.HEADER_TIMEOUT, 408,
-                                              self.codec.abandon_head()))
+        self._on_protocol_error(ProtocolError(reason, 408, self.codec.abandon_head()))
 
     # -- the Connection interface (worker/connection.py); moving is connection_move.py --------
 
@@ -765,6 +773,15 @@ class HttpConnection(asyncio.Protocol, HttpConnectionMoves, Connection):
         """Worker stopping: close at once."""
         self._abort_streams("worker stopping")
         self.abort()
+
+
+def _head_timeout(hcm) -> tuple:
+    """The timer of a request head (request_headers_timeout or stream_idle_timeout, the
+    shorter set one): (seconds, the ProtocolError's reason, its counter)."""
+    headers, idle = hcm.request_headers_timeout, hcm.stream_idle_timeout
+    if headers and (not idle or headers <= idle):
+        return headers, downstream_end.HEADER_TIMEOUT, hcm.stat_rq_header_timeout
+    return idle, downstream_end.HEAD_IDLE_TIMEOUT, hcm.stat_rq_idle_timeout
 
 
 # Envoy's local reply bodies for codec errors (the reason phrase) and their details.

@@ -34,8 +34,12 @@ statistics" and ConnectionManagerImpl::onEvent / doConnectionClose.
 
 from __future__ import annotations
 
-# The reason of the ProtocolError connection_manager's _on_header_timeout makes.
+# The reasons of the ProtocolErrors connection_manager's _on_header_timeout makes: a request
+# head late for request_headers_timeout, or for stream_idle_timeout (Envoy's stream exists from
+# the head's first byte, so its idle timer times the head). Local replies, no codec errors.
 HEADER_TIMEOUT = "request header timeout"
+HEAD_IDLE_TIMEOUT = "stream timeout"
+HEAD_TIMEOUTS = (HEADER_TIMEOUT, HEAD_IDLE_TIMEOUT)
 
 
 def closing(conn, remote: bool) -> None:
@@ -156,15 +160,15 @@ def last_stream_done(conn, stream) -> bool:
 
 def protocol_error(conn, event) -> None:
     """`conn`'s codec reported `event` (a ProtocolError): downstream_cx_protocol_error, but
-    for the request-headers timeout."""
-    if event.reason != HEADER_TIMEOUT:
+    for a head's timeout."""
+    if event.reason not in HEAD_TIMEOUTS:
         conn.worker.stats.counters[conn.hcm.stat_cx_protocol_error] += 1
 
 
 def codec_error(stream, event=None) -> None:
     """`stream` answers a request its codec refused (`event`, the ProtocolError, when there
     is one), or whose head did not come in time (no DPE then)."""
-    if event is None or event.reason != HEADER_TIMEOUT:
+    if event is None or event.reason not in HEAD_TIMEOUTS:
         stream.info.response_flags.append("DPE")
     stream.stats[stream.hcm.stat_rq_rx_reset] += 1
 
