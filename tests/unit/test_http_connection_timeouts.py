@@ -224,3 +224,31 @@ def test_a_close_whose_bytes_are_not_written_ends_after_delayed_close_timeout(
         "downstream_cx_destroy", "downstream_cx_destroy_local",
         "downstream_cx_delayed_close_timeout")] == [1, 1, 1]
     assert [name for name in TIMERS if getattr(conn, name) is not None] == []
+
+
+@pytest.mark.parametrize("headers, idle, answer", [
+    (None, TIMEOUT, (b"stream timeout", "downstream_rq_idle_timeout")),
+    (TIMEOUT, 300.0, (b"request header timeout", "downstream_rq_header_timeout")),
+    (1.0, TIMEOUT, (b"stream timeout", "downstream_rq_idle_timeout")),
+], ids=["stream-idle-only", "headers-first", "stream-idle-first"])
+def test_a_head_that_stops_arriving_gets_the_408_of_the_shorter_head_timeout(
+        tmp_path: Path, loop, headers, idle, answer):
+    """A request head begun and never finished: Envoy's stream exists from its first byte,
+    so request_headers_timeout and stream_idle_timeout both time it; the shorter answers,
+    never early, and the connection's idle timeout (shorter still) does not close it."""
+    rig = Rig(tmp_path, loop)
+    hcm = rig.conn.hcm
+    hcm.request_headers_timeout, hcm.stream_idle_timeout = headers, idle
+    hcm.idle_timeout = TIMEOUT / 2
+    down = HalfClosing()
+    conn = _connection(rig, down)
+    armed = loop.time()
+    conn.data_received(REQUEST[:20])
+    took = _run_until(loop, lambda: conn.closed, 3, armed)
+    reply = down.take()
+    body, stat = answer
+    assert reply.startswith(b"HTTP/1.1 408 ") and reply.endswith(b"\r\n\r\n" + body)
+    assert TIMEOUT - EARLY <= took <= TIMEOUT + SLACK
+    counters = rig.worker.stats.counters
+    assert counters["http.ingress_http." + stat] == 1
+    assert counters["http.ingress_http.downstream_cx_idle_timeout"] == 0
