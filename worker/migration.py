@@ -63,7 +63,7 @@ class MigrationServer:
         pid is trusted only while its pidfd says it runs."""
         if uid == 0:
             return True
-        live = {m for m, pidfd in self.masters.items() if pidfd is None or not unix.exited(pidfd)}
+        live = {m for m, pidfd in self.masters.items() if pidfd is None or _runs(pidfd)}
         return pid in live or unix.parent_pid(pid) in live
 
     def _on_acceptable(self) -> None:
@@ -195,23 +195,39 @@ class Peer:
             self.pidfd = None
 
 
+def _runs(pidfd: int) -> bool:
+    """Whether a master's pidfd says it runs; a pidfd that cannot be read trusts nobody."""
+    try:
+        return not unix.exited(pidfd)
+    except OSError:
+        return False
+
+
 def _pidfd(pid) -> int | None:
-    """A pidfd of `pid`, or None: no pid, or it has exited already (ESRCH), or the kernel
-    has no pidfd_open (then a claimed batch whose channel closes is taken for dead)."""
+    """A pidfd of `pid`, or None: no pid, or one out of range (a peer's hello says what it
+    likes), or it has exited already (ESRCH), or the kernel has no pidfd_open (then a
+    claimed batch whose channel closes is taken for dead)."""
     if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
         return None
     try:
         return os.pidfd_open(pid)
-    except (OSError, AttributeError):
+    except (OSError, AttributeError, OverflowError, ValueError):
         return None
 
 
 async def _exits_within(pidfd: int | None, timeout: float) -> bool:
     """Whether the process of `pidfd` has exited, or does within `timeout`. Its channel
     closes before it is seen exited (a dying process closes its files first), so a receiver
-    whose channel just closed is given a moment to be seen dead."""
-    if pidfd is None or unix.exited(pidfd):
+    whose channel just closed is given a moment to be seen dead. A pidfd that cannot be read
+    says nothing: the receiver is taken to run on (its batch let go rather than served twice)."""
+    if pidfd is None:
         return True
+    try:
+        if unix.exited(pidfd):
+            return True
+    except OSError:
+        log.exception("receiver's pidfd %d unreadable: taken to run on", pidfd)
+        return False
     loop = asyncio.get_running_loop()
     gone = loop.create_future()
     loop.add_reader(pidfd, lambda: gone.done() or gone.set_result(True))
@@ -219,7 +235,7 @@ async def _exits_within(pidfd: int | None, timeout: float) -> bool:
         await asyncio.wait((gone,), timeout=timeout)
     finally:
         loop.remove_reader(pidfd)
-    return unix.exited(pidfd)
+    return gone.done()
 
 
 async def open_handoff(path: str, generation: int, worker=None) -> "Peer":

@@ -11,6 +11,7 @@ peer is checked with SO_PEERCRED before it is heard.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import secrets
@@ -99,11 +100,16 @@ def trusted_masters(runtime: dict | None) -> dict[int, int | None]:
 
 
 def exited(pidfd: int) -> bool:
-    """A pidfd polls readable once its process has exited."""
-    try:
-        return bool(select.select([pidfd], [], [], 0)[0])
-    except (OSError, ValueError):
-        return True
+    """A pidfd polls readable once its process has exited. poll, not select: select refuses
+    a descriptor >= 1024 (FD_SETSIZE), and an old worker moving 1,000+ connections holds
+    more. An error (a descriptor that is no pidfd) raises OSError: it says nothing of the
+    process, and each caller decides what not knowing means for it."""
+    poller = select.poll()
+    poller.register(pidfd, select.POLLIN)
+    events = poller.poll(0)
+    if events and events[0][1] & select.POLLNVAL:
+        raise OSError(errno.EBADF, f"descriptor {pidfd} is not open")
+    return bool(events)
 
 
 def parent_pid(pid: int) -> int | None:
