@@ -525,7 +525,10 @@ class HttpConnection(asyncio.Protocol, HttpConnectionMoves, Connection):
         or is an HTTP/1.0 body delimited by the close (downstream_end.last_stream_done), or
         the client is gone, or nothing was ever read: the socket closes once the queued bytes
         are written (Envoy's FlushWrite, which it chooses in those cases): no half close, no
-        timer and no read of the client's FIN a connection per request."""
+        timer and no read of the client's FIN a connection per request.
+
+        Either close waits for its bytes to be written at most delayed_close_timeout without
+        write progress (_close_overdue); a close with nothing left to write arms no timer."""
         if self.closed:
             return
         if self.transport is None:

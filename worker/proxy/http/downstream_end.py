@@ -92,7 +92,7 @@ def closed_here(conn) -> None:
 
 def transport_lost(conn, exc) -> None:
     """`conn`'s transport is gone (asyncio's connection_lost): the end of a delayed close
-    (timed out: Baton's transport.close(), no `exc`; or the client's reset), or a client's
+    (timed out: Baton's transport.abort(), no `exc`; or the client's reset), or a client's
     reset or error before Baton closed. Nothing for a connection closed before (counted
     then) or moved."""
     if conn.destroy_counted:
