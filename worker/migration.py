@@ -592,6 +592,17 @@ async def _claimed_by_a_live_receiver(worker, count: int, peer, token) -> bool:
     return True
 
 
+def _end_forwarding(worker, conn, channel) -> None:
+    """A connection let go unanswered: its new id there is unknown, so a half it keeps here
+    (a split connection's upstream, forwarded: tcp_proxy's ForwardedSide, which takes its
+    place under its id; an in-flight response) could only address connection 0, which the
+    receiver drops. It ends, as if the channel closed just after (it may have already)."""
+    conn.channel_lost(channel)
+    kept_half = getattr(worker, "connections", {}).get(conn.id)
+    if kept_half is not None and kept_half is not conn:
+        kept_half.channel_lost(channel)
+
+
 async def _settle(worker, sent, request, peer, token, deadline: float, kept: set,
                   orphaned: set | None = None) -> int:
     """The receiver's answer to one batch: adopted connections let go here, the others
@@ -604,8 +615,7 @@ async def _settle(worker, sent, request, peer, token, deadline: float, kept: set
                   worker.id, len(sent))
         for conn in sent:
             conn.migrated(peer.channel, 0)
-            if peer.channel.closed:     # as if it closed just after: what it carried ends
-                conn.channel_lost(peer.channel)
+            _end_forwarding(worker, conn, peer.channel)
         return len(sent)
     if not reply and orphaned is not None and peer.channel.closed:
         orphaned.update(sent)          # unsent (the channel had died) or never answered

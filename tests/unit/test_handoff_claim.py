@@ -130,7 +130,7 @@ def test_a_version_2_batch_is_adopted_without_a_token(datagram_kind):
 class _Moving(Datagram):
     moved_to = None
     resumed = False
-    lost = False                # told its channel closed (a split one's forwarding ends)
+    lost = False                # told its channel is lost (a split one's forwarding ends)
 
     def buffered(self):
         return 0, 0
@@ -145,7 +145,26 @@ class _Moving(Datagram):
         self.moved_to = new_id
 
     def channel_lost(self, channel):
-        self.lost = channel.closed
+        self.lost = True
+
+
+class _ForwardedHalf:
+    """What a split connection leaves here under its id once migrated (tcp_proxy's
+    ForwardedSide): it forwards to the receiver's connection `peer_id` over the channel."""
+
+    def __init__(self, peer_id):
+        self.peer_id, self.lost = peer_id, False
+
+    def channel_lost(self, channel):
+        self.lost = True
+
+
+class _Split(_Moving):
+    """A tcp-split connection: its upstream half stays here, forwarded."""
+
+    def migrated(self, channel, new_id):
+        super().migrated(channel, new_id)
+        self.half = self.worker.connections[self.id] = _ForwardedHalf(new_id)
 
 
 class _LateChannel(SentAtOnce):
@@ -177,10 +196,11 @@ class _LateChannel(SentAtOnce):
 
 
 def move(channel, version: int, receiver, monkeypatch, claimed_timeout: float = 60.0,
-         pid: int | None = None):
+         pid: int | None = None, kind=_Moving):
     """Moves one connection to `channel`; the deadline passes when `receiver` (a coroutine
     function of the channel) returns, not in real time."""
-    conn = _Moving(5, _Listener(), {}, [os.open("/dev/null", os.O_RDONLY)])
+    conn = kind(5, _Listener(), {}, [os.open("/dev/null", os.O_RDONLY)])
+    conn.worker = worker = _Worker()
 
     async def the_deadline_passes_now(future, deadline):
         await receiver(channel)
@@ -190,7 +210,7 @@ def move(channel, version: int, receiver, monkeypatch, claimed_timeout: float = 
     peer = migration.Peer(channel, version, {**ALL_V2, "datagram": [1]}, pid)
 
     async def run():
-        result = await migration._move(_Worker(), [conn], [peer], False)
+        result = await migration._move(worker, [conn], [peer], False)
         peer.forget_process()
         await asyncio.sleep(0)          # callbacks of answers that came after the deadline
         return result
@@ -256,6 +276,22 @@ def test_a_claimed_batch_never_answered_is_let_go_not_resumed(datagram_kind, mon
     conn, moved, kept = move(channel, 3, _claims_and_never_answers, monkeypatch,
                              claimed_timeout=0.05)
     assert (moved, kept, conn.moved_to, conn.resumed) == (1, set(), 0, False)
+
+
+def test_a_split_connection_let_go_unanswered_keeps_no_half_forwarding_to_id_0(
+        datagram_kind, monkeypatch):
+    """Its new id there is unknown: a half kept here forwarding to connection 0 would send
+    the upstream's bytes to nobody (the receiver drops them) while the client waits."""
+    channel = _LateChannel()
+
+    def request(msg, fds, timeout=None, dup=True):
+        future = _LateChannel.request(channel, msg, fds, timeout, dup)
+        return asyncio.ensure_future(asyncio.wait_for(future, timeout))
+    channel.request = request
+    conn, moved, kept = move(channel, 3, _claims_and_never_answers, monkeypatch,
+                             claimed_timeout=0.05, kind=_Split)
+    assert (moved, conn.half.peer_id, channel.closed) == (1, 0, False)
+    assert conn.half.lost, "the upstream half forwards on, to connection 0"
 
 
 def test_a_version_2_peer_gets_no_token_and_the_deadline_alone_decides(datagram_kind, monkeypatch):
