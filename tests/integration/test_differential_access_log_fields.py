@@ -453,7 +453,7 @@ def test_a_close_whose_response_is_not_read_ends_after_delayed_close_timeout(pai
                 "whole_body": len(data.partition(b"\r\n\r\n")[2]) == size}
     differential(pair, run, lambda obs: _check(obs == {
         "counted": {"destroy": 1, "destroy_local": 1, "delayed_close_timeout": 1},
-        "whole_body": False}, obs))
+        "whole_body": False}, obs), at_once=True)
 
 
 def _undecodable(enc: Encoder, continued: bool) -> bytes:
