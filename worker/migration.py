@@ -99,11 +99,7 @@ class MigrationServer:
             close_fds(fds)
             channel.reply(msg, protocol.error("hello first"))
         elif kind == "connections":
-            adopted, refused, new_ids, conns = adopt_connections(
-                self.worker, self.versions[channel], msg, fds, channel)
-            channel.reply(msg, {"type": "adopted", "ids": adopted, "refused": refused, "new_ids": new_ids})
-            for conn in conns:           # after the answer: the sender must know the new ids first
-                conn.after_adoption()
+            self._adopt(channel, msg, fds)
         elif forwarding.dispatch(self.worker, msg):
             close_fds(fds)
         else:
@@ -111,13 +107,45 @@ class MigrationServer:
             channel.reply(msg, protocol.error(f"unexpected message type {kind!r}"))
 
 
+    def _adopt(self, channel: Channel, msg: dict, fds) -> None:
+        """Adopt a batch and answer. The adopted connections start their I/O only once the
+        answer has left (or the channel closed first, this worker running on: the sender
+        finds it alive and lets go): a sender that finds this worker dead with its answer
+        unsent sends the batch elsewhere, safe only if nothing here read or wrote it yet. No
+        exception reaches the channel, whose handler-failure path would close the frame's
+        descriptors: after the claim they are ours (adopted) or closed (refused) already."""
+        try:
+            adopted, refused, new_ids, conns = adopt_connections(
+                self.worker, self.versions[channel], msg, fds, channel)
+        except Exception:
+            log.exception("%s: adopting a batch failed", channel.name)
+            channel.reply(msg, protocol.error("internal error adopting the batch"))
+            return
+        channel.reply(msg, {"type": "adopted", "ids": adopted, "refused": refused, "new_ids": new_ids})
+        if conns:
+            channel.when_sent(lambda: _start(conns))
+
+
+def _start(conns) -> None:
+    for conn in conns:
+        try:
+            conn.after_adoption()
+        except Exception:
+            log.exception("connection %d: could not start after its adoption; closing it", conn.id)
+            try:
+                conn.close()
+            except Exception:
+                log.exception("connection %d: close failed", conn.id)
+
+
 def adopt_connections(worker, version: int, msg: dict, fds: list[int], channel=None):
     """Take over the connections of one `connections` frame (protocol `version`).
 
     Returns (adopted old ids, refused old id -> why, old id -> new id, the adopted
     connections, to be told `after_adoption()` once the answer is sent). A record this worker
-    cannot take is refused with its reason and its descriptors closed; the sender keeps it.
-    From protocol version 3 the batch is ours only once we take its claim token: a batch the
+    cannot take is refused with its reason and its descriptors closed; the sender keeps it;
+    so is one whose adopter raised (a bug in one kind must not cost the others: the answer
+    says exactly which are held here). From protocol version 3 the batch is ours only once we take its claim token: a batch the
     sender took back at its deadline is refused whole (supervisor/handoff/claim.py)."""
     adopted, refused, new_ids, conns = [], {}, {}, []
     fds, taken_back = _claim_batch(version, msg, fds)
@@ -129,15 +157,20 @@ def adopt_connections(worker, version: int, msg: dict, fds: list[int], channel=N
     close_fds(leftover)
     for record in records:
         reason = record.error or _refusal(worker, record)
+        new_id = None if reason else worker.next_connection_id()
+        if not reason:
+            try:
+                conn = connection.adopter(record.kind)(
+                    worker, worker.listeners[record.fields["listener"]], record.fields,
+                    record.fds, new_id, channel)
+            except Exception:
+                log.exception("connection %s: its %s adopter failed", record.old_id, record.kind)
+                reason = f"its {record.kind} adopter failed"
         if reason:
             close_fds(record.fds)
             if isinstance(record.old_id, int):     # the sender's id; garbage has none
                 refused[record.old_id] = reason
             continue
-        listener = worker.listeners[record.fields["listener"]]
-        new_id = worker.next_connection_id()
-        conn = connection.adopter(record.kind)(worker, listener, record.fields, record.fds,
-                                               new_id, channel)
         if conn is not None and conn.state is not Lifecycle.CLOSED:   # it may fail at once
             worker.connections[new_id] = conn
             conns.append(conn)

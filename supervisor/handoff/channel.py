@@ -52,7 +52,7 @@ def recv_with_fds(sock: socket.socket) -> tuple[bytes, list[int]]:
 
 class Channel:
     __slots__ = ("sock", "loop", "name", "_on_message", "_on_close", "_decoder", "_out",
-                 "_writing", "_pending", "_ids", "closed", "__weakref__")
+                 "_writing", "_pending", "_ids", "_when_sent", "closed", "__weakref__")
 
     def __init__(self, sock: socket.socket, on_message, on_close=None, name: str = "channel"):
         sock.setblocking(False)
@@ -66,6 +66,7 @@ class Channel:
         self._writing = False
         self._pending: dict[int, asyncio.Future] = {}
         self._ids = itertools.count(1)
+        self._when_sent: list = []          # callbacks for when nothing is queued
         self.closed = False
         self.loop.add_reader(sock.fileno(), self._on_readable)
 
@@ -133,6 +134,22 @@ class Channel:
         while self._out and not self.closed and self.loop.time() < deadline:
             await asyncio.sleep(0.005)
 
+    def when_sent(self, callback) -> None:
+        """Call `callback()` once everything queued now has left for the peer (at once if
+        nothing is queued), or the channel closed first."""
+        if not self._out or self.closed:
+            callback()
+        else:
+            self._when_sent.append(callback)
+
+    def _sent(self) -> None:
+        callbacks, self._when_sent = self._when_sent, []
+        for callback in callbacks:
+            try:
+                callback()
+            except Exception:
+                log.exception("%s: a callback on sent frames failed", self.name)
+
     def reply(self, request: dict, msg: dict, fds=()) -> None:
         if "id" in request and not self.closed:
             self.send({**msg, "reply_to": request["id"]}, fds)
@@ -165,6 +182,8 @@ class Channel:
                 self.loop.add_writer(self.sock.fileno(), self._flush)
             else:
                 self.loop.remove_writer(self.sock.fileno())
+        if not want_write and self._when_sent:
+            self._sent()                # last: a callback may send (and flush) again
 
     # -- receiving -----------------------------------------------------------------------
 
@@ -223,6 +242,7 @@ class Channel:
                 fut.set_exception(ChannelClosed(f"{self.name}: {reason}"))
         self._pending.clear()
         self.sock.close()
+        self._sent()
         if self._on_close is not None:
             self._on_close(self, reason)
 
