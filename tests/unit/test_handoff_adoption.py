@@ -111,4 +111,3 @@ def test_adopted_connections_start_only_once_the_answer_left(datagram_kind):
         os.close(adopted.fds[0])
         return queued
     assert asyncio.run(asyncio.wait_for(run(), 10)), "started while its answer was still queued"
-
