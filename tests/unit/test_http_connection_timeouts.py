@@ -252,3 +252,23 @@ def test_a_head_that_stops_arriving_gets_the_408_of_the_shorter_head_timeout(
     counters = rig.worker.stats.counters
     assert counters["http.ingress_http." + stat] == 1
     assert counters["http.ingress_http.downstream_cx_idle_timeout"] == 0
+
+
+def test_a_head_begun_behind_a_request_in_one_read_is_timed_too(tmp_path: Path, loop):
+    """A whole request and the start of the next one's head in one read, then nothing: the
+    first is served, and the stalled head behind it is answered by the stream idle timeout
+    (from the idle timeout's look at the latest), never held for ever."""
+    rig = Rig(tmp_path, loop)
+    hcm = rig.conn.hcm
+    hcm.request_headers_timeout, hcm.stream_idle_timeout = None, TIMEOUT
+    hcm.idle_timeout = TIMEOUT / 2
+    down = HalfClosing()
+    conn = _connection(rig, down)
+    conn.data_received(REQUEST + REQUEST[:20])
+    _answer(rig, conn)
+    assert down.take().endswith(RESPONSE.partition(b"\r\n\r\n")[2])
+    armed = loop.time()
+    took = _run_until(loop, lambda: conn.closed, 3, armed)
+    assert conn.closed and down.take().endswith(b"\r\n\r\nstream timeout")
+    assert took <= TIMEOUT / 2 + TIMEOUT + SLACK
+    assert rig.worker.stats.counters["http.ingress_http.downstream_rq_idle_timeout"] == 1

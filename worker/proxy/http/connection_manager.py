@@ -729,11 +729,15 @@ class HttpConnection(asyncio.Protocol, HttpConnectionMoves, Connection):
             return
         if self.streams:
             return          # stream_done re-arms
-        if getattr(self.codec, "awaiting_head", False):
+        if getattr(self.codec, "awaiting_head", False) and _head_timeout(self.hcm)[0]:
             # A request's head is arriving: Envoy 1.40 made its stream at the first byte, which
             # disarms the idle timer; its request_headers_timeout or stream_idle_timeout
             # answers the 408 (_on_header_timeout; measured with idle_timeout below, equal to
-            # and above them). stream_done re-arms.
+            # and above them). stream_done re-arms. A head begun in the read that brought the
+            # request before it (pipelined) has no head timer yet (that request's head
+            # cancelled it): timed from now.
+            if self.header_timer is None:
+                self._header_deadline(self.codec)
             return
         now = self.loop.time()
         if now < self.idle_deadline:
