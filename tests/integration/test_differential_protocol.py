@@ -28,7 +28,8 @@ def protocol_bootstrap(upstreams: dict[str, int]):
 
     def template(ports: dict[str, int], admin: int) -> dict:
         return bootstrap(admin, [
-            http_listener("proto", ports["proto"], route_config, max_request_headers_kb=8),
+            # `via` on: Envoy appends it to every response, local replies and codec errors too.
+            http_listener("proto", ports["proto"], route_config, max_request_headers_kb=8, via="diffproxy"),
             http_listener("http10", ports["http10"], route_config,
                           http_protocol_options={"accept_http_10": True, "default_host_for_http_10": "legacy.test"}),
         ], [cluster("a", [upstreams["a"]])])

@@ -490,7 +490,7 @@ class BodyChain:
         reached = stream.filter_index
         headers = response.headers
         via = stream.hcm.via
-        if via and stream.request is not None:      # _send_head adds it again
+        if via:                                     # _send_head adds it again
             value = headers.get("via") or ""
             if value == via:
                 headers.remove("via")

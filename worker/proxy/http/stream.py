@@ -607,7 +607,7 @@ class Stream(StreamInfo):
         hcm = self.hcm
         headers = response.headers
         own_response_headers(hcm, headers, service_time)
-        if hcm.via and self.request is not None:
+        if hcm.via:                     # every response, local replies and codec errors too
             via = headers.get("via")
             headers.set("via", f"{via}, {hcm.via}" if via else hcm.via)
         if hcm.always_set_request_id_in_response and self.request_id:
