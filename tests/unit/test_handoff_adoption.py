@@ -60,7 +60,7 @@ def test_a_record_whose_adopter_raises_is_refused_alone(datagram_kind, monkeypat
     async def run():
         loop = asyncio.get_running_loop()
         ours, theirs = socket.socketpair()
-        server, _ = _receiver(loop, theirs)
+        server, receiving = _receiver(loop, theirs)
         sender = Channel(ours, lambda *a: None, name="handoff to test")
         token = claim.BatchToken()
         conn_fds = [os.open("/dev/null", os.O_RDONLY) for _ in range(2)]
@@ -69,9 +69,11 @@ def test_a_record_whose_adopter_raises_is_refused_alone(datagram_kind, monkeypat
         held = list(server.worker.connections.values())
         token.close()
         sender.close()
+        receiving.close()
         for fd in conn_fds:
             os.close(fd)
         return reply, held
+    before = len(os.listdir("/proc/self/fd"))
     reply, held = asyncio.run(run())
     assert reply["type"] == "adopted", reply
     assert (reply["ids"], reply["new_ids"]) == ([5], {5: 100})
@@ -79,6 +81,7 @@ def test_a_record_whose_adopter_raises_is_refused_alone(datagram_kind, monkeypat
     assert [c.id for c in held] == [100] and held[0].started
     assert _open(held[0].fds[0]), "the adopted connection's descriptor was closed"
     os.close(held[0].fds[0])
+    assert len(os.listdir("/proc/self/fd")) == before     # the refused record's closed once
 
 
 def test_adopted_connections_start_only_once_the_answer_left(datagram_kind):
