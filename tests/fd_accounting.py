@@ -15,6 +15,14 @@ def open_fd_count() -> int:
     return len(os.listdir("/proc/self/fd"))
 
 
+def fd_is_open(fd: int) -> bool:
+    try:
+        os.fstat(fd)
+        return True
+    except OSError:
+        return False
+
+
 @contextlib.contextmanager
 def collector_paused():
     """Collect now, then keep the collector from running inside the block."""

@@ -17,20 +17,13 @@ import uvloop
 
 from baton.worker.listener import AcceptedSocket, Listener
 from baton.worker.main import Worker
+from tests.fd_accounting import fd_is_open
 
 
 def _accepted(server: socket.socket) -> tuple[socket.socket, int]:
     client = socket.create_connection(server.getsockname())
     fd, _ = server._accept()
     return client, fd
-
-
-def _open(fd: int) -> bool:
-    try:
-        os.fstat(fd)
-        return True
-    except OSError:
-        return False
 
 
 class Echo(asyncio.Protocol):
@@ -67,7 +60,7 @@ def test_uvloop_serves_an_accepted_socket_and_closes_its_descriptor_once():
         client.settimeout(5)
         assert client.recv(16) == b"ping"
         loop.run_until_complete(asyncio.sleep(0))
-        assert not _open(fd) and accepted.fd == -1
+        assert not fd_is_open(fd) and accepted.fd == -1
         accepted.close()            # what _http_not_started does: nothing more to close
     finally:
         client.close()
@@ -81,7 +74,7 @@ def test_closing_an_accepted_socket_no_transport_took_closes_its_descriptor():
     try:
         accepted = AcceptedSocket(socket.AF_INET, fd)
         accepted.close()
-        assert not _open(fd)
+        assert not fd_is_open(fd)
         accepted.close()            # twice: the descriptor number is not closed again
     finally:
         client.close()
@@ -128,7 +121,7 @@ def test_a_transport_made_without_a_wait_holds_the_descriptor():
                                types.SimpleNamespace(id=1), accepted)
         assert accepted.attached
         accepted.close()
-        assert _open(fd)
+        assert fd_is_open(fd)
     finally:
         os.close(fd)
         client.close()

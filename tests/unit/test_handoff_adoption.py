@@ -10,12 +10,11 @@ import asyncio
 import os
 import socket
 
-import pytest
-
 from baton.supervisor.handoff import claim, protocol
 from baton.supervisor.handoff.channel import Channel
 from baton.supervisor.handoff.framing import encode
 from baton.worker import connection, migration
+from tests.fd_accounting import fd_is_open
 
 from .test_handoff_records import ALL_V2, Datagram, _Worker, datagram_kind  # noqa: F401
 
@@ -40,14 +39,6 @@ def _receiver(loop, sock):
     channel = Channel(sock, server._on_message, server._on_closed, name="handoff from test")
     server.versions = {channel: 3}
     return server, channel
-
-
-def _open(fd: int) -> bool:
-    try:
-        os.fstat(fd)
-        return True
-    except OSError:
-        return False
 
 
 def test_a_record_whose_adopter_raises_is_refused_alone(datagram_kind, monkeypatch):
@@ -79,7 +70,7 @@ def test_a_record_whose_adopter_raises_is_refused_alone(datagram_kind, monkeypat
     assert (reply["ids"], reply["new_ids"]) == ([5], {5: 100})
     assert reply["refused"] == {6: "its datagram adopter failed"}
     assert [c.id for c in held] == [100] and held[0].started
-    assert _open(held[0].fds[0]), "the adopted connection's descriptor was closed"
+    assert fd_is_open(held[0].fds[0]), "the adopted connection's descriptor was closed"
     os.close(held[0].fds[0])
     assert len(os.listdir("/proc/self/fd")) == before     # the refused record's closed once
 
