@@ -424,12 +424,9 @@ class HttpConnection(asyncio.Protocol, HttpConnectionMoves, Connection):
                     self.active = stream
             stream.close_connection = not self.codec.multiplexed
             downstream_end.codec_error(stream, event)
-            if event.reason == downstream_end.HEAD_IDLE_TIMEOUT:
-                # (as stream.py's timed_out answers a stream idle timeout)
-                stream.local_reply(408, "stream timeout", "stream_idle_timeout")
-                return
-            stream.local_reply(event.status, _ERROR_BODIES.get(event.status, ""),
-                               _ERROR_DETAILS.get(event.status, "codec_error"))
+            body, details = _HEAD_TIMEOUT_REPLIES.get(event.reason) or (
+                _ERROR_BODIES.get(event.status, ""), _ERROR_DETAILS.get(event.status, "codec_error"))
+            stream.local_reply(event.status, body, details)
             return
         if stream is not None:
             stream.reset(event.reason)
@@ -792,12 +789,16 @@ def _head_timeout(hcm) -> tuple:
 
 
 # Envoy's local reply bodies for codec errors (the reason phrase) and their details.
-_ERROR_BODIES = {400: "Bad Request", 408: "request header timeout", 413: "Payload Too Large",
-                 426: "Upgrade Required", 431: "Request Header Fields Too Large",
-                 501: "Not Implemented"}
-_ERROR_DETAILS = {400: "http1.codec_error", 408: "request_header_timeout",
-                  413: "request_payload_too_large", 426: "upgrade_required",
-                  431: "http1.headers_too_large", 501: "http1.codec_error"}
+_ERROR_BODIES = {400: "Bad Request", 413: "Payload Too Large", 426: "Upgrade Required",
+                 431: "Request Header Fields Too Large", 501: "Not Implemented"}
+_ERROR_DETAILS = {400: "http1.codec_error", 413: "request_payload_too_large",
+                  426: "upgrade_required", 431: "http1.headers_too_large",
+                  501: "http1.codec_error"}
+# A head late for its timer (_on_header_timeout, a 408): the body and details of the timer that
+# fired, as stream.py's timed_out answers a stream idle timeout.
+_HEAD_TIMEOUT_REPLIES = {
+    downstream_end.HEADER_TIMEOUT: ("request header timeout", "request_header_timeout"),
+    downstream_end.HEAD_IDLE_TIMEOUT: ("stream timeout", "stream_idle_timeout")}
 
 
 register("http1-idle", HttpConnection.adopt, no_http_chain)
