@@ -281,11 +281,11 @@ def test_a_new_table_tells_the_chain_again():
     hcm = HttpConfig({"stat_prefix": "in", "http_filters": [fault], "route_config": plain},
                      worker, 1 << 20)
     factory = hcm.filter_factories[0]
-    assert stream_module.filter_chain(hcm.filter_factories)[2] == ()
+    assert stream_module.FilterPlan(hcm.filter_factories).calls == ()
     before = hcm.filter_factories
     hcm.set_routes(with_fault)
     assert hcm.filter_factories is not before and hcm.filter_factories == [factory]
-    assert stream_module.filter_chain(hcm.filter_factories)[2] == (factory,)
+    assert stream_module.FilterPlan(hcm.filter_factories).calls == (factory,)
     hcm = HttpConfig({"stat_prefix": "in", "http_filters": [fault], "route_config": with_fault},
                      worker, 1 << 20)
     assert not hcm.filter_factories[0].idle

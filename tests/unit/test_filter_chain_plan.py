@@ -57,15 +57,15 @@ def _factories(fault_config):
 
 def test_a_chain_that_cannot_reroute_leaves_out_an_idle_factory():
     cors, fault = factories = _factories({})
-    chain = stream_module.filter_chain(factories)
-    assert chain[2] == (cors,) and chain[3] is False
+    chain = stream_module.FilterPlan(factories)
+    assert chain.calls == (cors,) and chain.reroutes is False
     # A fault with something to do is called; a factory that may re-route turns the record on
     # and every factory is called.
     cors, fault = factories = _factories({"abort": {"http_status": 503, "percentage": None}})
-    assert stream_module.filter_chain(factories)[2] == (cors, fault)
+    assert stream_module.FilterPlan(factories).calls == (cors, fault)
     factories.append(_Rerouting({}, None))
-    chain = stream_module.filter_chain(factories)
-    assert chain[2] == tuple(factories) and chain[3] is True
+    chain = stream_module.FilterPlan(factories)
+    assert chain.calls == tuple(factories) and chain.reroutes is True
 
 
 def test_the_kept_plan_is_looked_at_again_for_a_grown_or_replaced_list(tmp_path, loop,
@@ -78,16 +78,16 @@ def test_the_kept_plan_is_looked_at_again_for_a_grown_or_replaced_list(tmp_path,
     assert hcm.filter_plan is None
     _exchange(rig)
     first = hcm.filter_plan
-    assert first is not None and first[0] is hcm.filter_factories
+    assert first is not None and first.factories is hcm.filter_factories
     _exchange(rig)
     assert hcm.filter_plan is first                       # kept while nothing changed
     hcm.filter_factories.append(_Rerouting({}, None))
     _exchange(rig)
-    assert hcm.filter_plan is not first and hcm.filter_plan[3] is True
+    assert hcm.filter_plan is not first and hcm.filter_plan.reroutes is True
     grown = hcm.filter_plan
     hcm.filter_factories = list(hcm.filter_factories)     # replaced (a route update)
     _exchange(rig)
-    assert hcm.filter_plan is not grown and hcm.filter_plan[0] is hcm.filter_factories
+    assert hcm.filter_plan is not grown and hcm.filter_plan.factories is hcm.filter_factories
     assert not hasattr(stream_module, "_CHAINS")
 
 

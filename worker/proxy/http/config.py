@@ -108,7 +108,7 @@ class HttpConfig:
         self.http2_options = _h2_options(spec.get("http2") or {})
         router_config = {}
         self.filter_factories = []
-        # What that chain asks of each request (stream.filter_chain), decided by the first
+        # What that chain asks of each request (stream.FilterPlan), decided by the first
         # stream after the list is made or replaced: the full path's own.
         self.filter_plan = None
         for entry in spec.get("http_filters") or ():
@@ -232,7 +232,7 @@ class HttpConfig:
     def _tell_factories_routes(self) -> None:
         """Factories whose work may come from a route's typed_per_filter_config (fault, local
         rate limit) look at the new table; when one's `idle` changed, a new list makes
-        stream.filter_chain decide the chain again (filter_plan is kept for one list)."""
+        stream.FilterPlan decide the chain again (filter_plan is kept for one list)."""
         changed = False
         for factory in self.filter_factories:
             routes_changed = getattr(factory, "routes_changed", None)

@@ -169,7 +169,7 @@ class FilterFactory:
     # True unless the class says otherwise: a user's filter may.
     clears_route_cache = True
     # True when create() can only answer None, whatever the request and route (its config
-    # gave it nothing to do): the stream does not call it (stream.filter_chain).
+    # gave it nothing to do): the stream does not call it (stream.FilterPlan).
     idle = False
     # The HCM entry's name (a route's typed_per_filter_config names the filter by it) when
     # it is not the class's `name`, and its `disabled` (HttpConfig sets both per entry).
@@ -210,16 +210,16 @@ def enabled_for(factory: FilterFactory, route) -> bool:
 _PLANS_KEPT = 4096      # routes whose plan a chain keeps (RDS replaces routes)
 
 
-def plan_for_route(chain: tuple, route) -> tuple:
-    """The factories a request of `route` calls, of a chain stream.filter_chain made
-    (chain[2]; with route-dependent factories, chain[4] keeps one tuple per route, decided
-    at its first request, not per request)."""
-    plans = chain[4]
+def plan_for_route(chain, route) -> tuple:
+    """The factories a request of `route` calls, of a chain's stream.FilterPlan (its `calls`
+    those on for this route; one tuple per route in its `per_route`, decided at the route's
+    first request, not per request)."""
+    plans = chain.per_route
     plan = plans.get(route)
     if plan is None:
         if len(plans) >= _PLANS_KEPT:
             plans.clear()
-        plan = plans[route] = tuple(f for f in chain[2] if enabled_for(f, route))
+        plan = plans[route] = tuple(f for f in chain.calls if enabled_for(f, route))
     return plan
 
 

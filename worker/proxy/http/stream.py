@@ -165,21 +165,30 @@ def own_response_headers(hcm, headers, service_time) -> None:
         items.append(("server", hcm.server_name))
 
 
-def filter_chain(factories) -> tuple:
-    """What a chain of filter factories asks of every request, decided once per chain:
-    (factories, their count, the factories to call, whether one may re-route). A factory
-    whose config gave it nothing to do (`idle`) is not called; unless a factory's filters
-    may clear the route cache (then every factory is called and those that made nothing
-    are recorded, as refilter needs: route_again.py). Kept on the connection manager's
-    config (HttpConfig.filter_plan) and decided again for a list replaced or grown: a
-    replaced config's factories go with it (a memo by the list's id kept them alive).
-    Then {route: the factories its requests call} (filter.plan_for_route, filled at each
-    route's first request) and whether some factory is off by default (HttpFilter.disabled:
-    every route has its plan; else only a route whose FilterConfig turns a filter off)."""
-    reroutes = any(getattr(f, "clears_route_cache", True) for f in factories)
-    return (factories, len(factories), tuple(factories) if reroutes else
-            tuple(f for f in factories if not getattr(f, "idle", False)), reroutes, {},
-            any(getattr(f, "disabled_by_default", False) for f in factories))
+class FilterPlan:
+    """What a chain of filter factories asks of every request, decided once per chain and
+    kept on the connection manager's config (HttpConfig.filter_plan); decided again for a
+    list replaced or grown (a replaced config's factories go with it: a memo by the list's id
+    kept them alive).
+
+    `calls`: the factories a request calls. A factory whose config gave it nothing to do
+    (`idle`) is left out, unless some factory's filters may clear the route cache
+    (`reroutes`: then every factory is called and those that made nothing are recorded, as
+    refilter needs: route_again.py). `per_route`: {route: the factories its requests call}
+    (filter.plan_for_route, filled at each route's first request); `by_route`: some factory
+    is off by default (HttpFilter.disabled), so every route has its own plan (else only a
+    route whose FilterConfig turns a filter off)."""
+
+    __slots__ = ("factories", "count", "calls", "reroutes", "per_route", "by_route")
+
+    def __init__(self, factories):
+        self.factories = factories
+        self.count = len(factories)
+        self.reroutes = any(getattr(f, "clears_route_cache", True) for f in factories)
+        self.calls = tuple(factories) if self.reroutes else \
+            tuple(f for f in factories if not getattr(f, "idle", False))
+        self.per_route = {}
+        self.by_route = any(getattr(f, "disabled_by_default", False) for f in factories)
 
 
 class Stream(StreamInfo):
@@ -344,17 +353,17 @@ class Stream(StreamInfo):
                     route.single_cluster or route.pick_cluster(request, random.random)
         factories = hcm.filter_factories
         if factories:
-            chain = hcm.filter_plan
-            if chain is None or chain[0] is not factories or chain[1] != len(factories):
-                chain = hcm.filter_plan = filter_chain(factories)
-            calls = chain[2]
-            if chain[5] or route is not None and route.filter_states is not None:
-                calls = plan_for_route(chain, route)    # filters on or off for this route
+            plan = hcm.filter_plan
+            if plan is None or plan.factories is not factories or plan.count != len(factories):
+                plan = hcm.filter_plan = FilterPlan(factories)
+            calls = everyone = plan.calls
+            if plan.by_route or route is not None and route.filter_states is not None:
+                calls = plan_for_route(plan, route)     # filters on or off for this route
             # A plain loop: a generator inside a comprehension resumed once per factory.
             filters = self.filters = []
-            if chain[3]:
+            if plan.reroutes:
                 for factory in factories:
-                    made = factory.create(self) if calls is chain[2] or factory in calls \
+                    made = factory.create(self) if calls is everyone or factory in calls \
                         else None
                     if made is not None:
                         filters.append(made)
