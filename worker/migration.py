@@ -23,7 +23,7 @@ import socket
 from ..supervisor.handoff import claim, protocol, unix
 from ..supervisor.handoff.channel import Channel
 from ..supervisor.handoff.framing import close_fds
-from . import connection, forwarding
+from . import batch_ownership, connection, forwarding
 from .proxy import udp_proxy
 from .connection import Lifecycle, Move
 
@@ -212,7 +212,7 @@ class Peer:
     """A receiving worker's handoff channel, with what it said in hello: the protocol version,
     the connection records (kind -> versions) it adopts, and its pid, held as a pidfd opened
     while the channel is up (so the number cannot be another process's yet): whether the
-    receiver still runs decides a claimed batch whose channel closed unanswered (_answer)."""
+    receiver still runs decides a claimed batch whose channel closed unanswered (batch_ownership.py)."""
 
     __slots__ = ("channel", "version", "accepts", "pidfd")
 
@@ -246,29 +246,6 @@ def _pidfd(pid) -> int | None:
         return os.pidfd_open(pid)
     except (OSError, AttributeError, OverflowError, ValueError):
         return None
-
-
-async def _exits_within(pidfd: int | None, timeout: float) -> bool:
-    """Whether the process of `pidfd` has exited, or does within `timeout`. Its channel
-    closes before it is seen exited (a dying process closes its files first), so a receiver
-    whose channel just closed is given a moment to be seen dead. A pidfd that cannot be read
-    says nothing: the receiver is taken to run on (its batch let go rather than served twice)."""
-    if pidfd is None:
-        return True
-    try:
-        if unix.exited(pidfd):
-            return True
-    except OSError:
-        log.exception("receiver's pidfd %d unreadable: taken to run on", pidfd)
-        return False
-    loop = asyncio.get_running_loop()
-    gone = loop.create_future()
-    loop.add_reader(pidfd, lambda: gone.done() or gone.set_result(True))
-    try:
-        await asyncio.wait((gone,), timeout=timeout)
-    finally:
-        loop.remove_reader(pidfd)
-    return gone.done()
 
 
 async def open_handoff(path: str, generation: int, worker=None) -> "Peer":
@@ -529,143 +506,10 @@ async def _move(worker, conns, peers, client_only: bool, orphaned: set | None = 
             sent.append(conn)
         if not sent:
             continue
-        msg = {"type": "connections", "conns": records}
-        token, timeout = None, protocol.MIGRATE_TIMEOUT
-        deadline = asyncio.get_running_loop().time() + protocol.MIGRATE_TIMEOUT
-        try:
-            if peer.version >= protocol.CLAIM_VERSION:
-                token, timeout = claim.BatchToken(), protocol.CLAIMED_ANSWER_TIMEOUT
-                msg["claim"] = len(fds)
-                fds.append(token.fd)
-            # No duplicates needed: our descriptors stay open until the receiver answers,
-            # and a batch given up while its frame is still queued is withdrawn (_answer).
-            future, frame = peer.channel.request_frame(msg, fds, timeout=timeout, dup=False)
-        except Exception as exc:  # noqa: BLE001 - the channel died (or no pipe): this batch stays here
-            log.error("worker %d: sending %d connection(s) failed: %s", worker.id, len(sent), exc)
-            future = frame = None
-        pending.append((sent, (future, frame), peer, token, deadline))
+        request, token, deadline = batch_ownership.send(worker, peer, records, fds, len(sent))
+        pending.append((sent, request, peer, token, deadline))
         if len(pending) >= MAX_BATCHES_IN_FLIGHT:
-            moved += await _settle(worker, *pending.popleft(), kept, orphaned)
+            moved += await batch_ownership.settle(worker, *pending.popleft(), kept, orphaned)
     while pending:
-        moved += await _settle(worker, *pending.popleft(), kept, orphaned)
+        moved += await batch_ownership.settle(worker, *pending.popleft(), kept, orphaned)
     return moved, kept
-
-
-async def _answer_within(future, deadline: float) -> bool:
-    """Whether the answer came by `deadline` (loop time); the request runs on either way."""
-    remaining = deadline - asyncio.get_running_loop().time()
-    if remaining > 0 and not future.done():
-        await asyncio.wait((future,), timeout=remaining)
-    return future.done()
-
-
-def _retire(token, future) -> None:
-    """A batch taken back: its token is kept until the receiver's refusal (or the channel's
-    end), since the frame that carries it may still be queued in the channel."""
-    token.close()
-    if not future.cancelled():
-        future.exception()
-
-
-async def _answer(worker, count: int, request, peer, token,
-                  deadline: float) -> tuple[dict, bool]:
-    """The receiver's answer to one batch ({} if none), and whether the batch is the
-    receiver's all the same: it claimed the batch (supervisor/handoff/claim.py) and did not
-    answer even in CLAIMED_ANSWER_TIMEOUT, or its channel closed unanswered while it runs on
-    (it adopted and closed the channel before its answer left: a worker that exits right
-    after). A receiver whose channel closed because it died holds nothing now: its batch is
-    ours to send elsewhere. Without a token (a receiver of protocol version 2 or 1) the
-    deadline alone decides, as those releases did. `request`: (the answer's
-    future, the frame as queued). A batch given up unanswered is withdrawn from the channel
-    if its frame is still queued there: it carries our own descriptor numbers (no copies),
-    and once its connections resume here one may close and its number go to a new socket,
-    which the frame would then send (Channel.withdraw)."""
-    future, frame = request
-    channel = peer.channel
-    if future is None:
-        if token is not None:
-            token.close()
-        return {}, False
-    if token is not None and not await _answer_within(future, deadline):
-        if token.revoke():          # the receiver will refuse it when it reads it
-            log.error("worker %d: %d connection(s) taken back: no answer in %.1fs", worker.id,
-                      count, protocol.MIGRATE_TIMEOUT)
-            if channel.withdraw(frame):     # never sent: nothing to wait for
-                future.cancel()
-                token.close()
-            else:
-                future.add_done_callback(lambda done: _retire(token, done))
-            return {}, False
-        log.warning("worker %d: %d connection(s) claimed by the receiver, not answered in "
-                    "%.1fs: waiting for its answer", worker.id, count, protocol.MIGRATE_TIMEOUT)
-    try:
-        return await future, False
-    except Exception as exc:  # noqa: BLE001 - timeout or receiver gone
-        log.error("worker %d: %d connection(s) not adopted: %s", worker.id, count, exc)
-        channel.withdraw(frame)     # a version-2 receiver that never read it: it never will
-        if token is None:
-            return {}, False
-        if isinstance(exc, asyncio.TimeoutError):
-            return {}, True
-        return {}, await _claimed_by_a_live_receiver(worker, count, peer, token)
-    finally:
-        if token is not None:
-            token.close()
-
-
-async def _claimed_by_a_live_receiver(worker, count: int, peer, token) -> bool:
-    """A batch whose channel closed unanswered: the receiver's if it claimed it and runs
-    on, ours (to resume, or send to another receiver) if it never claimed it or died."""
-    if token.revoke():
-        return False                # never claimed: nobody adopted it
-    if await _exits_within(peer.pidfd, protocol.CLAIMED_EXIT_WAIT):
-        return False                # died: what it had adopted died with it
-    log.error("worker %d: %d connection(s) claimed by a receiver that closed its channel "
-              "unanswered and runs on: they are its", worker.id, count)
-    return True
-
-
-def _end_forwarding(worker, conn, channel) -> None:
-    """A connection let go unanswered: its new id there is unknown, so a half it keeps here
-    (a split connection's upstream, forwarded: tcp_proxy's ForwardedSide, which takes its
-    place under its id; an in-flight response) could only address connection 0, which the
-    receiver drops. It ends, as if the channel closed just after (it may have already)."""
-    conn.channel_lost(channel)
-    kept_half = getattr(worker, "connections", {}).get(conn.id)
-    if kept_half is not None and kept_half is not conn:
-        kept_half.channel_lost(channel)
-
-
-async def _settle(worker, sent, request, peer, token, deadline: float, kept: set,
-                  orphaned: set | None = None) -> int:
-    """The receiver's answer to one batch: adopted connections let go here, the others
-    resume (into `kept`; into `orphaned` too if the receiver died unanswering: its channel
-    closed, so it adopts none of them later). A batch the receiver claimed is let go even
-    unanswered: resuming it would serve it twice. Returns how many moved."""
-    reply, claimed = await _answer(worker, len(sent), request, peer, token, deadline)
-    if claimed:
-        log.error("worker %d: %d connection(s) let go unanswered: the receiver claimed them",
-                  worker.id, len(sent))
-        for conn in sent:
-            conn.migrated(peer.channel, 0)
-            _end_forwarding(worker, conn, peer.channel)
-        return len(sent)
-    if not reply and orphaned is not None and peer.channel.closed:
-        orphaned.update(sent)          # unsent (the channel had died) or never answered
-    if reply.get("type") not in ("adopted", None):
-        log.error("worker %d: %d connection(s) not adopted: %s", worker.id, len(sent),
-                  reply.get("error", reply.get("type")))
-        reply = {}
-    adopted = set(reply.get("ids") or ())
-    new_ids = reply.get("new_ids") or {}
-    moved = 0
-    for conn in sent:
-        if conn.id in adopted:
-            conn.migrated(peer.channel, new_ids.get(conn.id, 0))
-            moved += 1
-        else:
-            conn.resume()
-            kept.add(conn)
-    for conn_id, why in (reply.get("refused") or {}).items():
-        log.warning("worker %d: connection %s stays here: %s", worker.id, conn_id, why)
-    return moved

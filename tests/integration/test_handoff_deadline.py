@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 
 from baton.supervisor.handoff import protocol
-from baton.worker import connection, migration
+from baton.worker import batch_ownership, connection, migration
 from baton.worker.connection import Connection, Export, Lifecycle, Move
 
 from ..handoff_receiver import PROBE, Probe
@@ -145,7 +145,7 @@ def test_a_batch_claimed_before_its_deadline_is_let_go_once_answered(probe_kind,
         wait_until(lambda: stopped(proc.pid), 5, "the receiver to stop")
         os.kill(proc.pid, signal.SIGCONT)
         return future.done()
-    monkeypatch.setattr(migration, "_answer_within", deadline_passes_while_the_receiver_is_stopped)
+    monkeypatch.setattr(batch_ownership, "_answer_within", deadline_passes_while_the_receiver_is_stopped)
 
     async def move():
         peer = await migration.open_handoff(address, 1)

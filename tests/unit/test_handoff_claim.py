@@ -25,7 +25,7 @@ import pytest
 
 from baton.supervisor.handoff import claim, protocol
 from baton.supervisor.handoff.channel import ChannelClosed, recv_with_fds
-from baton.worker import connection, migration
+from baton.worker import batch_ownership, connection, migration
 
 from .test_handoff_records import (ALL_V2, Datagram, SentAtOnce, _Listener, _Worker,  # noqa: F401
                                    datagram_kind)
@@ -205,7 +205,7 @@ def move(channel, version: int, receiver, monkeypatch, claimed_timeout: float = 
     async def the_deadline_passes_now(future, deadline):
         await receiver(channel)
         return future.done()
-    monkeypatch.setattr(migration, "_answer_within", the_deadline_passes_now)
+    monkeypatch.setattr(batch_ownership, "_answer_within", the_deadline_passes_now)
     monkeypatch.setattr(protocol, "CLAIMED_ANSWER_TIMEOUT", claimed_timeout)
     peer = migration.Peer(channel, version, {**ALL_V2, "datagram": [1]}, pid)
 

@@ -11,7 +11,7 @@ import subprocess
 import pytest
 
 from baton.supervisor.handoff import unix
-from baton.worker import migration
+from baton.worker import batch_ownership, migration
 
 
 @pytest.fixture
@@ -54,10 +54,10 @@ def test_a_claimed_batch_with_a_high_pidfd_of_a_live_receiver_is_its(sleeper):
     high = high_copy(low)
     os.close(low)
     try:
-        assert asyncio.run(migration._exits_within(high, 0.05)) is False
+        assert asyncio.run(batch_ownership._exits_within(high, 0.05)) is False
         sleeper.kill()
         sleeper.wait()
-        assert asyncio.run(migration._exits_within(high, 0.05)) is True
+        assert asyncio.run(batch_ownership._exits_within(high, 0.05)) is True
     finally:
         os.close(high)
 
@@ -67,7 +67,7 @@ def test_an_unreadable_pidfd_leaves_the_batch_with_the_receiver(sleeper):
     fd = high_copy(low)
     os.close(low)
     os.close(fd)            # a number nothing reuses here (the loop's own take the lowest)
-    assert asyncio.run(migration._exits_within(fd, 0.05)) is False
+    assert asyncio.run(batch_ownership._exits_within(fd, 0.05)) is False
 
 
 def test_a_previous_master_on_a_high_pidfd_is_trusted_while_it_runs(sleeper):

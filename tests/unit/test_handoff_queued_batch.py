@@ -21,7 +21,7 @@ import pytest
 from baton.supervisor.handoff import protocol
 from baton.supervisor.handoff.channel import Channel, recv_with_fds
 from baton.supervisor.handoff.framing import FrameDecoder, close_fds
-from baton.worker import migration
+from baton.worker import batch_ownership, migration
 
 from .test_handoff_claim import _Moving
 from .test_handoff_records import ALL_V2, _Listener, _Worker, datagram_kind  # noqa: F401
@@ -65,7 +65,7 @@ def test_a_queued_batch_taken_back_never_sends_a_reused_descriptor(datagram_kind
                                                                    version):
     async def the_deadline_passes_now(future, deadline):
         return future.done()
-    monkeypatch.setattr(migration, "_answer_within", the_deadline_passes_now)
+    monkeypatch.setattr(batch_ownership, "_answer_within", the_deadline_passes_now)
     monkeypatch.setattr(protocol, "MIGRATE_TIMEOUT", 0.05)   # version 2: the answer's timeout
 
     async def run():
