@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import socket
 
+from ..supervisor.handoff import ownership
 from .connection import Connection, Lifecycle, register
 
 log = logging.getLogger("baton.forwarding")
@@ -147,7 +148,7 @@ class ForwardedSide(Connection):
 
         def client_done(side):
             worker.stats.gauges[listener.stat_cx_active] -= 1
-        sock = socket.socket(listener.family, socket.SOCK_STREAM, 0, fds[0])
+        sock = ownership.socket_from(fds, 0, listener.family)
         return cls(worker, sock, channel, conn_id, fields["id"],
                    int(fields.get("limit") or listener.spec.get("buffer_limit", 1 << 20)),
                    initial=down["data"], read_eof=up["eof"], peer_eof=down["eof"],

@@ -51,7 +51,11 @@ def encode(msg: dict, nfds: int = 0) -> bytes:
 
 
 def close_fds(fds) -> None:
+    """Close each descriptor of `fds`; a negative entry is a place whose descriptor another
+    owner took (ownership.TAKEN) and is skipped."""
     for fd in fds:
+        if fd < 0:
+            continue
         try:
             os.close(fd)
         except OSError:

@@ -16,8 +16,8 @@ idle moment. HTTP/2 over TLS drains by GOAWAY, as plain HTTP/2 does.
 from __future__ import annotations
 
 import logging
-import socket
 
+from ...supervisor.handoff import ownership
 from ..connection import Connection, Lifecycle, Move, register
 from ..tls.state import StateError, import_state
 from ..tls.transport import TlsAcceptor, TlsTransport
@@ -152,7 +152,7 @@ def adopt_idle(worker, listener, fields: dict, fds: list[int], conn_id: int, cha
     records that are more than a socket: h2move.py, inflight.py)."""
     from .http.connection_manager import HttpConnection
     chain = listener.chains[fields.get("chain") or 0]
-    client = socket.socket(listener.family, socket.SOCK_STREAM, 0, fds[0])
+    client = ownership.socket_from(fds, 0, listener.family)
     transport = TlsTransport.adopted(worker.loop, client, fields["tls"], chain.tls)
     peer = tuple(fields["peer"]) if fields.get("peer") else None
     original = tuple(fields["original"]) if fields.get("original") else None

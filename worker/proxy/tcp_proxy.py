@@ -27,6 +27,7 @@ import socket
 import struct
 import time
 
+from ...supervisor.handoff import ownership
 from ..connection import Connection, Export, Lifecycle, Move, register
 from . import rbac_network
 from .internal_listener import original_dst_upstream
@@ -652,7 +653,7 @@ class TcpProxyConnection(Connection):
     def adopt_sockets(cls, worker, listener, fields: dict, fds: list[int], conn_id: int, **how):
         """The connection `fields` and `fds` describe, made as `cls(..., **how)`."""
         # The family is known (the listener's): passing it saves socket() three getsockopt calls.
-        client = socket.socket(listener.family, socket.SOCK_STREAM, 0, fds[0])
+        client = ownership.socket_from(fds, 0, listener.family)
         peer = tuple(fields["peer"]) if fields.get("peer") else None
         conn = cls(worker, listener, client, peer, conn_id, **how)
         conn.original = tuple(fields["original"]) if fields.get("original") else None
@@ -672,8 +673,8 @@ class TcpProxyConnection(Connection):
         if host is None:       # the endpoint left the config: the connection still lives
             host = Host(address, port)
         conn.cluster, conn.host = cluster, host
-        conn.upstream = socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET,
-                                      socket.SOCK_STREAM, 0, fds[1])
+        conn.upstream = ownership.socket_from(
+            fds, 1, socket.AF_INET6 if ":" in address else socket.AF_INET)
         cluster.active += 1
         host.active += 1
         worker.stats.gauges[cluster.stat["upstream_cx_active"]] += 1

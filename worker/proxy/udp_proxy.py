@@ -41,6 +41,7 @@ import socket
 import time
 import zlib
 
+from ...supervisor.handoff import ownership
 from ..connection import Connection, Export, Lifecycle, Move, register
 from .lb import Host, xxhash64
 
@@ -513,7 +514,7 @@ class UdpSession(Connection):
                         None) or Host(address, port)     # gone from the config: still ours
         family = socket.AF_INET6 if ":" in (host.address if host else fields["peer"][0]) \
             else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_DGRAM, 0, fds[0])
+        sock = ownership.socket_from(fds, 0, family, socket.SOCK_DGRAM)
         sock.setblocking(False)
         if host is not None and not listener.config["per_packet"]:
             # Connected as this config wants it (the sender's may have balanced per packet).

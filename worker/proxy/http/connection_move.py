@@ -19,8 +19,8 @@ here is state of its own.
 from __future__ import annotations
 
 import os
-import socket
 
+from ....supervisor.handoff import ownership
 from ...connection import Export, Move
 from . import h2move, inflight, tunnel_move
 
@@ -316,7 +316,7 @@ class HttpConnectionMoves:
         plain-TCP part of inflight.py's and h2move.py's records, which `prepare(conn)` before
         its transport exists)."""
         chain = listener.chains[fields.get("chain") or 0]
-        client = socket.socket(listener.family, socket.SOCK_STREAM, 0, fds[0])
+        client = ownership.socket_from(fds, 0, listener.family)
         worker.stats.gauges[listener.stat_cx_active] += 1
         peer = tuple(fields["peer"]) if fields.get("peer") else None
         original = tuple(fields["original"]) if fields.get("original") else None

@@ -26,8 +26,8 @@ the records the receiver lists, so the connection stays and drains where it is.
 from __future__ import annotations
 
 import logging
-import socket
 
+from ....supervisor.handoff import ownership
 from ...connection import register
 
 log = logging.getLogger("baton.rpc")
@@ -90,7 +90,7 @@ def adopt(worker, listener, fields: dict, fds: list[int], conn_id: int, channel=
     """Record "rpc": a Dubbo or Bolt client another worker exported."""
     from .connection import RpcConnection, run
     chain = listener.chains[fields.get("chain") or 0]
-    client = socket.socket(listener.family, socket.SOCK_STREAM, 0, fds[0])
+    client = ownership.socket_from(fds, 0, listener.family)
     worker.stats.gauges[listener.stat_cx_active] += 1
     peer = tuple(fields["peer"]) if fields.get("peer") else None
     conn = RpcConnection(worker, listener, chain, peer, conn_id, fields["input"] or None)
