@@ -277,8 +277,9 @@ async def open_handoff(path: str, generation: int, worker=None) -> "Peer":
     channel = Channel(sock, on_message, on_closed, name=f"handoff to {os.path.basename(path)}")
     if worker is not None:
         worker.handoff_channels.add(channel)
-    reply = await channel.request(protocol.hello(os.getpid(), generation), timeout=protocol.MIGRATE_TIMEOUT)
     try:
+        reply = await channel.request(protocol.hello(os.getpid(), generation),
+                                      timeout=protocol.MIGRATE_TIMEOUT)
         protocol.check(reply)
         if reply["type"] != "hello":
             raise protocol.ProtocolError(reply.get("error", "handshake refused"))
@@ -286,8 +287,8 @@ async def open_handoff(path: str, generation: int, worker=None) -> "Peer":
         if version not in protocol.VERSIONS:
             raise protocol.ProtocolError(f"the receiver chose protocol version {version!r}, "
                                          f"which we do not speak")
-    except protocol.ProtocolError:
-        channel.close("handshake refused")
+    except BaseException as exc:       # refused, timed out, or the move was cancelled
+        channel.close(f"handshake failed: {exc!r}")
         raise
     return Peer(channel, version, protocol.accepted_records(version, reply), reply.get("pid"))
 
@@ -338,7 +339,21 @@ async def migrate_connections(worker, targets: list[str], keep_upstreams: bool =
     ends, waiting at most `idle_wait` seconds; the rest (Move.NEVER: HTTP/2, inspections,
     forwarded halves) stay to drain. Returns (moved, kept here, connections there were when
     the move began; those that ended meanwhile are in neither count)."""
-    peers = []
+    peers: list[Peer] = []
+    try:
+        return await _migrate(worker, targets, peers, keep_upstreams, idle_wait)
+    finally:
+        # Even if the move raised part-way (a bug in one kind, or cancelled): each receiver's
+        # pidfd is ours to close, and a channel nothing forwards over is done.
+        for peer in peers:
+            # A channel that carries forwarded connections lives as long as they do.
+            if not any(c.uses_channel(peer.channel) for c in worker.connections.values()):
+                peer.channel.close("done")
+            peer.forget_process()
+
+
+async def _migrate(worker, targets, peers: list, keep_upstreams: bool, idle_wait: float):
+    """migrate_connections, opening its receivers into `peers`."""
     for path in targets:
         try:
             peers.append(await open_handoff(path, worker.generation, worker))
@@ -360,11 +375,6 @@ async def migrate_connections(worker, targets: list[str], keep_upstreams: bool =
         moved_later, kept_later = await _move_when_idle(worker, live, idle_wait, kept)
         moved += moved_later
         kept |= kept_later
-    for peer in peers:
-        # A channel that carries forwarded connections lives as long as they do.
-        if not any(c.uses_channel(peer.channel) for c in worker.connections.values()):
-            peer.channel.close("done")
-        peer.forget_process()
     here = set(map(id, worker.connections.values()))
     # A connection that moved but still serves its exchange here for the new worker (write
     # migration: inflight.py) moved; it does not stay to drain.
@@ -474,42 +484,46 @@ async def _move(worker, conns, peers, client_only: bool, orphaned: set | None = 
     pending: collections.deque = collections.deque()
     kept: set = set()
     moved = 0
-    for i, (batch, target) in enumerate(_targeted_batches(conns, len(peers))):
-        peer = peers[target if target is not None else i % len(peers)]
-        records, fds, sent = [], [], []
-        for conn in batch:
-            try:
-                export = conn.export(client_only=client_only)
-            except OSError as exc:      # EMFILE and the like: it stays, and drains here
-                log.warning("worker %d: connection %d stays here: %s", worker.id, conn.id, exc)
-                _keep(conn)
-                kept.add(conn)
+    try:
+        for i, (batch, target) in enumerate(_targeted_batches(conns, len(peers))):
+            peer = peers[target if target is not None else i % len(peers)]
+            records, fds, sent = [], [], []
+            for conn in batch:
+                try:
+                    export = conn.export(client_only=client_only)
+                    record = protocol.encode_record(peer.version, peer.accepts, export.kind,
+                                                    export.fields, export.fds)
+                except OSError as exc:      # EMFILE and the like: it stays, and drains here
+                    log.warning("worker %d: connection %d stays here: %s", worker.id, conn.id, exc)
+                    _keep(conn)
+                    kept.add(conn)
+                    continue
+                except Exception:
+                    # A bug in one kind's export must not stop the move of every other
+                    # connection: this one stays (or, if it cannot be given back, closes).
+                    log.exception("worker %d: connection %d stays here: its export failed",
+                                  worker.id, conn.id)
+                    _keep(conn)
+                    kept.add(conn)
+                    continue
+                if record is None:       # the receiver is a version that cannot adopt this kind
+                    log.warning("worker %d: connection %d stays here: the receiver does not "
+                                "adopt %s connections", worker.id, conn.id, export.kind)
+                    _keep(conn)
+                    kept.add(conn)
+                    continue
+                records.append(record)
+                fds.extend(export.fds)
+                sent.append(conn)
+            if not sent:
                 continue
-            except Exception:
-                # A bug in one kind's export must not stop the move of every other
-                # connection: this one stays (or, if it cannot be given back, closes).
-                log.exception("worker %d: connection %d stays here: its export failed",
-                              worker.id, conn.id)
-                _keep(conn)
-                kept.add(conn)
-                continue
-            record = protocol.encode_record(peer.version, peer.accepts, export.kind,
-                                            export.fields, export.fds)
-            if record is None:       # the receiver is a version that cannot adopt this kind
-                log.warning("worker %d: connection %d stays here: the receiver does not adopt %s "
-                            "connections", worker.id, conn.id, export.kind)
-                conn.resume()
-                kept.add(conn)
-                continue
-            records.append(record)
-            fds.extend(export.fds)
-            sent.append(conn)
-        if not sent:
-            continue
-        request, token, deadline = batch_ownership.send(worker, peer, records, fds, len(sent))
-        pending.append((sent, request, peer, token, deadline))
-        if len(pending) >= MAX_BATCHES_IN_FLIGHT:
+            request, token, deadline = batch_ownership.send(worker, peer, records, fds, len(sent))
+            pending.append((sent, request, peer, token, deadline))
+            if len(pending) >= MAX_BATCHES_IN_FLIGHT:
+                moved += await batch_ownership.settle(worker, *pending.popleft(), kept, orphaned)
+    finally:
+        # Also when the loop raised part-way: a batch sent is settled, or its connections
+        # would stay paused for ever and its token open.
+        while pending:
             moved += await batch_ownership.settle(worker, *pending.popleft(), kept, orphaned)
-    while pending:
-        moved += await batch_ownership.settle(worker, *pending.popleft(), kept, orphaned)
     return moved, kept
