@@ -38,19 +38,27 @@ def send(worker, peer, records: list, fds: list, count: int):
     return (future, frame), token, deadline
 
 
-async def _exits_within(pidfd: int | None, timeout: float) -> bool:
-    """Whether the process of `pidfd` has exited, or does within `timeout`. Its channel
-    closes before it is seen exited (a dying process closes its files first), so a receiver
-    whose channel just closed is given a moment to be seen dead. A pidfd that cannot be read
-    says nothing: the receiver is taken to run on (its batch let go rather than served twice)."""
+async def _exits_within(pidfd: int | None, timeout: float, pid: int | None = None) -> bool:
+    """Whether the receiver (`pidfd`, of process `pid`) has died: exited, or doomed to
+    (unix.doomed: each of its threads exiting or killed). Its channel closes before its pidfd
+    polls readable (a dying process closes its files first), so /proc is read at once; only
+    if /proc cannot say (no pid, hidden) is the pidfd given `timeout` to poll readable. A
+    pidfd that cannot be read says nothing: the receiver is taken to run on (its batch let go
+    rather than served twice)."""
     if pidfd is None:
         return True
     try:
         if unix.exited(pidfd):
             return True
+        verdict = unix.doomed(pid) if pid is not None else None
+        # Read again: had it exited meanwhile, `pid` could have been another process's.
+        if unix.exited(pidfd):
+            return True
     except OSError:
         log.exception("receiver's pidfd %d unreadable: taken to run on", pidfd)
         return False
+    if verdict is not None:
+        return verdict
     loop = asyncio.get_running_loop()
     gone = loop.create_future()
     loop.add_reader(pidfd, lambda: gone.done() or gone.set_result(True))
@@ -128,7 +136,7 @@ async def _claimed_by_a_live_receiver(worker, count: int, peer, token) -> bool:
     on, ours (to resume, or send to another receiver) if it never claimed it or died."""
     if token.revoke():
         return False                # never claimed: nobody adopted it
-    if await _exits_within(peer.pidfd, protocol.CLAIMED_EXIT_WAIT):
+    if await _exits_within(peer.pidfd, protocol.CLAIMED_EXIT_WAIT, peer.pid):
         return False                # died: what it had adopted died with it
     log.error("worker %d: %d connection(s) claimed by a receiver that closed its channel "
               "unanswered and runs on: they are its", worker.id, count)

@@ -214,18 +214,19 @@ class Peer:
     while the channel is up (so the number cannot be another process's yet): whether the
     receiver still runs decides a claimed batch whose channel closed unanswered (batch_ownership.py)."""
 
-    __slots__ = ("channel", "version", "accepts", "pidfd")
+    __slots__ = ("channel", "version", "accepts", "pidfd", "pid")
 
     def __init__(self, channel: Channel, version: int, accepts: dict, pid: int | None = None):
         self.channel = channel
         self.version = version
         self.accepts = accepts
         self.pidfd = _pidfd(pid)
+        self.pid = pid if self.pidfd is not None else None     # /proc/<pid>, while pidfd runs
 
     def forget_process(self) -> None:
         if self.pidfd is not None:
             os.close(self.pidfd)
-            self.pidfd = None
+            self.pidfd = self.pid = None
 
 
 def _runs(pidfd: int) -> bool:

@@ -70,9 +70,10 @@ Version rules (the contract between generations N and N+1, both ways):
   deadline is taken back as before, so a peer of those releases stopped or slow past the
   deadline can still adopt it after (the hazard version 3 removes).
   A version-3 batch whose channel closes before its answer is the receiver's if the receiver
-  claimed it and its process (the pid of its hello, held as a pidfd) still runs after
-  CLAIMED_EXIT_WAIT; otherwise (not claimed, or the receiver died) it is the sender's again
-  and goes to another receiver. Nothing on the wire changed for this.
+  claimed it and its process (the pid of its hello, held as a pidfd) still runs: neither
+  exited nor dying by /proc (unix.doomed), or, where /proc cannot say, not seen exited
+  within CLAIMED_EXIT_WAIT; otherwise (not claimed, or the receiver died) it is the sender's
+  again and goes to another receiver. Nothing on the wire changed for this.
 - Never remove a record version a still-supported release sends (bench/../README "Releases").
 
 Rules of this file: a peer is checked with SO_PEERCRED before it is heard (root or our uid);
@@ -93,7 +94,7 @@ HELLO_TIMEOUT = 10.0          # new master: from exec to hello
 COMMIT_TIMEOUT = 60.0         # new master: from hello to ready (default of --reload-timeout)
 MIGRATE_TIMEOUT = 10.0        # one batch of connections, sent until adopted
 CLAIMED_ANSWER_TIMEOUT = 60.0  # a batch the receiver claimed: until its answer (then let go)
-CLAIMED_EXIT_WAIT = 1.0        # a claimed batch whose channel closed: until its receiver is seen exited
+CLAIMED_EXIT_WAIT = 1.0        # a claimed batch whose channel closed, /proc silent: until seen exited
 
 # Descriptors per frame stay under SCM_MAX_FD (253); at most two per connection today.
 CONNS_PER_FRAME = 120

@@ -112,6 +112,48 @@ def exited(pidfd: int) -> bool:
     return bool(events)
 
 
+PF_EXITING = 0x4                                # include/linux/sched.h: in do_exit()
+_SIGKILL = 1 << (9 - 1)                         # SIGKILL's bit in /proc's pending masks
+
+
+def doomed(pid: int) -> bool | None:
+    """Whether the process `pid` can no longer run any code of its own: each of its threads
+    is exiting (the kernel sets PF_EXITING as it enters do_exit, before it closes the
+    process's files), a zombie, or has SIGKILL pending. None when /proc does not say (gone,
+    or hidden from us). A dying process's sockets close before its pidfd polls readable
+    (do_exit closes the files, then notifies), sometimes long before on a loaded machine, and
+    what a pidfd cannot tell yet /proc does: it is read at once, never waited for."""
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return None
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat", "rb") as f:
+                stat = f.read()
+            with open(f"/proc/{pid}/task/{tid}/status", "rb") as f:
+                status = f.read()
+        except FileNotFoundError:
+            continue                    # a thread that has gone: it runs nothing
+        except OSError:
+            return None
+        if not thread_doomed(stat, status):
+            return False
+    return True if tids else None
+
+
+def thread_doomed(stat: bytes, status: bytes) -> bool:
+    """From a thread's /proc stat and status: exiting, a zombie, or SIGKILL pending for it
+    or its process."""
+    fields = stat[stat.rfind(b")") + 2:].split()      # comm may hold spaces and parentheses
+    if fields[0] in (b"Z", b"X") or int(fields[6]) & PF_EXITING:
+        return True
+    for line in status.splitlines():
+        if line.startswith((b"SigPnd:", b"ShdPnd:")) and int(line.split()[1], 16) & _SIGKILL:
+            return True
+    return False
+
+
 def parent_pid(pid: int) -> int | None:
     """The parent of `pid` (from /proc), or None when it is gone or hidden from us."""
     try:
