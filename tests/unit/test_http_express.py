@@ -1,7 +1,10 @@
 """The HTTP/1.1 express lane (worker/proxy/http/express.py): when it is taken (and that every
 config field is declared safe or blocking for it), that it writes the very bytes the full path
 (stream.py, router.py) writes, and that anything but the happy ending is handed to the full
-path's objects in the state the full path would have them, with the same outcome.
+path's objects in the state the full path would have them, with the same outcome. The same
+for the Stream's straight step (worker/proxy/http/straight.py), which the full path takes
+for such a request without the Router: it writes what the Router writes, and hands over to
+a Router in the state the Router's own path would have reached.
 
 A connection manager and one upstream connection run in process on fake transports: bytes
 in, bytes out, no sockets.
@@ -9,18 +12,21 @@ in, bytes out, no sockets.
 
 import asyncio
 import textwrap
+import weakref
 from types import SimpleNamespace
 
 import pytest
 
 from baton.worker.proxy.cluster import ClusterManager
 from baton.worker.proxy.http import express
+from baton.worker.proxy.http import stream as stream_module
 from baton.worker.proxy.http.config import HttpConfig
 from baton.worker.proxy.http.connection_manager import HttpConnection
 from baton.worker.overload_manager import OverloadManager
 from baton.worker.proxy.http.pool import PoolManager, UpstreamConnection
 from baton.worker.proxy.http.routing import Route, RouteTable, _VirtualHost
 from baton.worker.proxy.http.stream import Stream
+from baton.worker.proxy.http.straight import FIELDS as STRAIGHT_FIELDS
 from baton.worker.proxy.http.stream_info import StreamInfo
 from baton.worker.stats import Stats
 from baton.xds.bootstrap import load_bootstrap
@@ -105,11 +111,27 @@ class FakeTransport:
         return 0
 
 
+# Connections whose streams never take the straight step (a Rig with straight=False): the
+# Router's own path, which the lane and the straight step are compared with.
+ROUTER_ONLY = weakref.WeakSet()
+
+
+@pytest.fixture(autouse=True)
+def _router_only(monkeypatch):
+    real = stream_module.needs_router
+
+    def needs_router(stream, *args):
+        return stream.conn in ROUTER_ONLY or real(stream, *args)
+
+    monkeypatch.setattr(stream_module, "needs_router", needs_router)
+
+
 class Rig:
     """One client connection and an idle upstream connection to each host; with `express`
-    False every request takes the full path."""
+    False every request takes the full path (the Stream), with `straight` False too every
+    request takes the Router (no straight step)."""
 
-    def __init__(self, tmp_path, loop, route_extra="", express=True):
+    def __init__(self, tmp_path, loop, route_extra="", express=True, straight=True):
         path = tmp_path / "bootstrap.yaml"
         path.write_text(BOOTSTRAP % route_extra)
         snap = load_bootstrap(str(path))
@@ -129,6 +151,8 @@ class Rig:
         listener = SimpleNamespace(name="http", port=10000, stat_cx_active="l.active",
                                    local_address=None)
         self.conn = HttpConnection(worker, listener, chain, ("127.0.0.1", 40000), None, 1)
+        if not straight:
+            ROUTER_ONLY.add(self.conn)
         self.down = FakeTransport()
         self.conn.connection_made(self.down)
         self.cluster = worker.clusters.get("upstream")
@@ -149,6 +173,7 @@ class Rig:
         """(bytes sent upstream, bytes sent to the client, upstream port)."""
         self.conn.data_received(request)
         upstream = self.busy_upstream()
+        self.taken_by = type(next(iter(upstream.streams.values()))).__name__
         sent = upstream.transport.take()
         upstream.data_received(response)
         return sent, self.down.take(), upstream.pool.host.port
@@ -198,10 +223,18 @@ def test_options_that_edit_requests_close_the_lane():
         assert not express.config_allows(SimpleNamespace(**{**plain, "routes": routes})), name
 
 
-def test_express_writes_what_the_full_path_writes(tmp_path, loop):
-    fast, full = Rig(tmp_path, loop), Rig(tmp_path, loop, express=False)
+# The two ways around the Router for a plain request: the express lane's Exchange, the
+# Stream's straight step (the lane closed).
+FAST_PATHS = {"express": "Exchange", "straight": "Stream"}
+
+
+@pytest.mark.parametrize("path", FAST_PATHS)
+def test_express_writes_what_the_full_path_writes(tmp_path, loop, path):
+    fast = Rig(tmp_path, loop, express=path == "express")
+    full = Rig(tmp_path, loop, express=False, straight=False)
     for _ in range(3):      # round robin over both hosts, each way
         a, b = fast.exchange(), full.exchange()
+        assert (fast.taken_by, full.taken_by) == (FAST_PATHS[path], "UpstreamRequest")
         assert _normalised(a[0]) == _normalised(b[0])
         assert _normalised(a[1]) == _normalised(b[1])
         assert a[2] == b[2]
@@ -438,7 +471,9 @@ def _state(stream) -> dict:
     own StreamInfo: the info fields are its inherited slots)."""
     router = stream.router
     state = {}
-    for name, obj, slots, links in (("stream", stream, Stream.__slots__, {"router"}),
+    # (the straight step's own fields are what its Router is made of: compared there)
+    for name, obj, slots, links in (("stream", stream, Stream.__slots__,
+                                     {"router", *STRAIGHT_FIELDS}),
                                     ("info", stream.info, StreamInfo.__slots__, set()),
                                     ("router", router, None, {"upstream"}),
                                     ("upstream", router and router.upstream, None, set())):
@@ -495,22 +530,41 @@ HAND_BACKS = [(point, event) for point in (_before_head, _mid_body, _client_full
     (_before_head, _upstream_garbage)]     # mid-body, garbage would be read as the body
 
 
+def _handed_state(exchange) -> dict:
+    """_state of the objects an express exchange or a straight stream would hand over to
+    now, made without handing over."""
+    if isinstance(exchange, express.Exchange):
+        return _state(Stream.from_express(exchange))
+    assert type(exchange) is Stream and exchange.router is exchange
+    exchange.router = exchange.router_now()
+    try:
+        return _state(exchange)
+    finally:
+        exchange.router = exchange
+
+
+@pytest.mark.parametrize("path", FAST_PATHS)
 @pytest.mark.parametrize("point, event", HAND_BACKS,
                          ids=[f"{p.__name__[1:]}-{e.__name__[1:]}" for p, e in HAND_BACKS])
-def test_handing_back_is_the_full_path(tmp_path, loop, point, event):
-    """At each point where the lane hands back: the objects each class rebuilds
-    (from_express) hold what the full path's own objects hold at that point, and the event
-    then has the same outcome: bytes to the client and upstream, connections closed, stats."""
-    fast, full = Rig(tmp_path, loop), Rig(tmp_path, loop, express=False)
+def test_handing_back_is_the_full_path(tmp_path, loop, point, event, path):
+    """At each point where the lane or the straight step hands back: the objects each class
+    rebuilds (from_express) hold what the Router's own path holds at that point, and the
+    event then has the same outcome: bytes to the client and upstream, connections closed,
+    stats."""
+    fast = Rig(tmp_path, loop, express=path == "express")
+    full = Rig(tmp_path, loop, express=False, straight=False)
     fast_upstream, full_upstream = point(fast), point(full)
     exchange, stream = fast.conn.active, full.conn.active
-    assert isinstance(exchange, express.Exchange) and type(stream) is Stream
-    assert _state(Stream.from_express(exchange)) == _state(stream)
+    assert type(exchange).__name__ == FAST_PATHS[path] and type(stream) is Stream
+    assert _handed_state(exchange) == _state(stream)
     assert _normalised(fast.down.take()) == _normalised(full.down.take())
 
     event(fast, fast_upstream, loop)
     event(full, full_upstream, loop)
-    assert exchange.handed_to is not None
+    if path == "express":
+        assert exchange.handed_to is not None
+    else:
+        assert exchange.router is not exchange and exchange.upstream is None
     assert _normalised(fast.down.take()) == _normalised(full.down.take())
     assert fast.down.aborted == full.down.aborted
     assert fast_upstream.transport.take() == full_upstream.transport.take()

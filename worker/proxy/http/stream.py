@@ -25,6 +25,7 @@ from .held_chunks import with_chunk
 from .route_again import refilter
 from .router import (GRPC_RETRY_ON, Router, expected_timeout_header, route_timeout,
                      set_grpc_timeout)
+from .straight import FIELDS as STRAIGHT_FIELDS, StraightSteps, needs_router
 from .stream_info import StreamInfo
 
 log = logging.getLogger("baton.http")
@@ -191,11 +192,13 @@ class FilterPlan:
         self.by_route = any(getattr(f, "disabled_by_default", False) for f in factories)
 
 
-class Stream(StreamInfo):
+class Stream(StraightSteps, StreamInfo):
     """One request/response exchange (Envoy's ActiveStream), and what is known of it: a
     Stream is its own StreamInfo (`info` is the stream itself, a property, not a reference:
     a stored one would make every Stream a cycle for the collector). One object a request
-    fewer; the stream's own code writes the fields on itself."""
+    fewer; the stream's own code writes the fields on itself. A request that needs nothing
+    of the router but a host and an idle connection is sent and answered by the stream
+    itself (straight.py: StraightSteps), its router the stream until a failure makes one."""
 
     __slots__ = ("conn", "id", "loop", "worker", "stats", "hcm", "route",
                  "filters", "filter_index", "router", "request_complete", "response_started",
@@ -203,7 +206,7 @@ class Stream(StreamInfo):
                  "done", "cluster_name", "delay_timer", "buffer_limit", "paused_downstream",
                  "upgrade", "expect_continue", "end_at_head", "controls", "last_activity",
                  "idle_timeout", "window_held", "picked", "body_watcher", "body_chain",
-                 "route_stale", "skipped_factories")
+                 "route_stale", "skipped_factories") + STRAIGHT_FIELDS
 
     def __init__(self, conn, event):
         """`conn`: the HttpConnection (connection_manager.py); `event`: the RequestHead, or
@@ -512,6 +515,9 @@ class Stream(StreamInfo):
             set_grpc_timeout(route, request, timeout, retry)
         hash_key = route.hash_key(request, self.conn.peer[0] if self.conn.peer else "") \
             if route.hash_policies else None
+        if not needs_router(self, route, cluster, retry, hash_key) and \
+                self.send_straight(cluster, timeout):
+            return                          # sent by the stream itself (straight.py)
         router = self.router = Router(self, route, cluster, hash_key, timeout, retry, self.picked)
         if self.held_body:
             held, self.held_body = self.held_body, ()
@@ -543,6 +549,8 @@ class Stream(StreamInfo):
             self.last_request_byte = self.loop.time()
         router = self.router
         if router is not None:
+            if router is self:              # (straight: the request came whole; a late
+                router = self.hand_to_router()  # body is the router's to refuse)
             router.request_body(data, end_stream)
             self.conn.codec.consumed(self.id, len(data))
             return
@@ -564,8 +572,11 @@ class Stream(StreamInfo):
             return
         self.request_complete = True
         self.trailers = headers
-        if self.router is not None:
-            self.router.request_trailers(headers)
+        router = self.router
+        if router is not None:
+            if router is self:
+                router = self.hand_to_router()
+            router.request_trailers(headers)
         elif self.body_watcher is not None:
             self.body_watcher()
 
@@ -675,8 +686,11 @@ class Stream(StreamInfo):
         if chain is not None and chain.held_head is not None:
             chain.drop_held_head()      # Envoy's sendDirectLocalReply: it replaces the held
             self.filter_index = 0       # head and passes no filter
-        if self.router is not None and not self.router.finished:
-            self.router.cancel()
+        router = self.router
+        if router is self:                  # straight (straight.py): the Router cancels
+            router = self.hand_to_router()
+        if router is not None and not router.finished:
+            router.cancel()
         if self.delay_timer is not None:
             self.delay_timer.cancel()
             self.delay_timer = None
@@ -740,7 +754,11 @@ class Stream(StreamInfo):
     def downstream_paused(self, on: bool) -> None:
         """The client cannot take more (its socket, or its HTTP/2 window): hold the upstream."""
         router = self.router
-        if router is not None and router.upstream is not None:
+        if router is self:                  # straight (straight.py): its own connection
+            if on != self.holding:
+                self.holding = on
+                self.upstream.pause_reading(on)
+        elif router is not None and router.upstream is not None:
             router.upstream.hold_upstream(on)
 
     # -- ending -----------------------------------------------------------------------------
@@ -752,8 +770,11 @@ class Stream(StreamInfo):
         downstream_rq_tx_reset)."""
         if self.done:
             return
-        if self.router is not None:
-            self.router.cancel()
+        router = self.router
+        if router is self:                  # straight (straight.py): the Router cancels
+            router = self.hand_to_router()
+        if router is not None:
+            router.cancel()
         if self.delay_timer is not None:
             self.delay_timer.cancel()
             self.delay_timer = None
