@@ -26,11 +26,14 @@ def protocol_bootstrap(upstreams: dict[str, int]):
         {"match": {"prefix": "/direct"}, "direct_response": {"status": 200, "body": {"inline_string": "direct\n"}}},
         {"match": {"prefix": "/"}, "route": {"cluster": "a"}}]}]}
 
+    # The cases that wait for the close after an error reply meet the FIN held for
+    # delayed_close_timeout (Envoy's default: a second): short here, on both proxies.
     def template(ports: dict[str, int], admin: int) -> dict:
         return bootstrap(admin, [
             # `via` on: Envoy appends it to every response, local replies and codec errors too.
-            http_listener("proto", ports["proto"], route_config, max_request_headers_kb=8, via="diffproxy"),
-            http_listener("http10", ports["http10"], route_config,
+            http_listener("proto", ports["proto"], route_config, max_request_headers_kb=8, via="diffproxy",
+                          delayed_close_timeout="0.1s"),
+            http_listener("http10", ports["http10"], route_config, delayed_close_timeout="0.1s",
                           http_protocol_options={"accept_http_10": True, "default_host_for_http_10": "legacy.test"}),
         ], [cluster("a", [upstreams["a"]])])
     return template

@@ -48,7 +48,6 @@ class HttpConnection(asyncio.Protocol, HttpConnectionMoves, Connection):
     header_timer = None
     lingering = None                          # delayed close: the final close() timer
     destroy_counted = False                   # downstream_end.connection_ends ran
-    timed_out = False                         # closed by an idle or request-headers timeout
     duration_timer = None                     # max_connection_duration
     stream_timer = None                       # stream_idle_timeout / request_timeout sweep
     sweep_due = 0.0                           # the sweep, while the deadline timer arms it
@@ -512,11 +511,10 @@ class HttpConnection(asyncio.Protocol, HttpConnectionMoves, Connection):
         what the client still sends is read and dropped until it closes too, or until
         delayed_close_timeout passes (then counted in downstream_cx_delayed_close_timeout).
         Closing with unread bytes would make the kernel send a RST, and a RST can destroy our
-        last bytes (a final GOAWAY, an error reply) before the client reads them. Envoy holds
-        its FIN for that time; Baton half-closes at once (shutdown): a client that waits for
-        the close gets it a second sooner than from Envoy, and closes before the timer (the
-        FIN held too was built and measured: a second more in each test that reads an error
-        reply to its end, 1.6-4 s a test; bench/RESULTS.md).
+        last bytes (a final GOAWAY, an error reply) before the client reads them. The FIN is
+        held for that time too, as Envoy holds it (no shutdown: the socket closes when the
+        client's FIN comes, or when the timer fires): a client that waits for the close after
+        an error reply meets the timer, as it does in Envoy, and is counted so.
 
         `flush_only`: the response that ends the connection answered a request read whole,
         or is an HTTP/1.0 body delimited by the close (downstream_end.last_stream_done), or
@@ -548,12 +546,8 @@ class HttpConnection(asyncio.Protocol, HttpConnectionMoves, Connection):
                 # close, everything written, arms nothing.
                 self.lingering = self.loop.call_later(timeout, self._close_overdue, unsent)
             return
-        try:
-            transport.write_eof()
-        except OSError:
-            downstream_end.connection_ends(self, False)
-            transport.close()
-            return
+        if self.read_pauses:
+            transport.resume_reading()      # (the client's FIN must be seen: eof_received)
         self.lingering = self.loop.call_later(timeout, self._close_overdue,
                                               transport.get_write_buffer_size())
 
@@ -742,7 +736,6 @@ class HttpConnection(asyncio.Protocol, HttpConnectionMoves, Connection):
             return
         if not self.streams and not self.closed:
             self.worker.stats.counters[self.hcm.stat_cx_idle_timeout] += 1
-            self.timed_out = True
             if not self.requests and (self.codec is None or not self.codec.multiplexed):
                 # No request read: Envoy 1.40, which makes its codec at the first bytes, has
                 # none and closes at once (onIdleTimeout's FlushWrite), no delayed close.
@@ -768,7 +761,6 @@ class HttpConnection(asyncio.Protocol, HttpConnectionMoves, Connection):
             return
         reason, stat = _head_timeout(self.hcm)[1:]
         self.worker.stats.counters[stat] += 1
-        self.timed_out = True
         self._on_protocol_error(ProtocolError(reason, 408, self.codec.abandon_head()))
 
     # -- the Connection interface (worker/connection.py); moving is connection_move.py --------

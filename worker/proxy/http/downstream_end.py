@@ -10,15 +10,9 @@ statistics" and ConnectionManagerImpl::onEvent / doConnectionClose.
   destroy_local (Baton closed it); with a request in flight also destroy_active_rq and its
   _remote/_local twin. A connection that moves to another worker at a reload is not
   destroyed (it goes on there) and counts nothing.
-- A delayed close (Baton shut its side and waits for the client's) that the client does not
-  answer within delayed_close_timeout: downstream_cx_delayed_close_timeout, and it is a local
-  close. Envoy holds its FIN for that delay; Baton sends its FIN at once (HttpConnection.close
-  says why), so the client's close that ends Baton's delayed close is counted as the same
-  client would be counted by Envoy: after an idle or request-headers timeout the client was
-  silent and waits for the server's close, which in Envoy is its delayed-close timer
-  (destroy_local; Envoy also counts delayed_close_timeout, which Baton, whose timer did not
-  fire, does not); after an answer (a codec error's reply, a direct response, HTTP/2's
-  GOAWAY) the client closes on the answer, before Envoy's timer (destroy_remote).
+- A delayed close (Baton holds its FIN and waits for the client's close, as Envoy does) that
+  the client does not end within delayed_close_timeout: downstream_cx_delayed_close_timeout,
+  and it is a local close; a client that closes first (on the answer) is a remote close.
 - A client's close (its FIN or RST) cuts what is in flight: DC, downstream_remote_disconnect,
   destroy_remote_active_rq and downstream_rq_rx_reset, not a codec error (Envoy's codec
   never reads an end of input: the connection's close resets the streams).
@@ -107,9 +101,9 @@ def transport_lost(conn, exc) -> None:
 
 
 def linger_ended_by_client(conn) -> None:
-    """The client's FIN or RST ended `conn`'s delayed close: local after a timeout (the
-    client waited for the close), else remote (see the module's docstring)."""
-    connection_ends(conn, not conn.timed_out)
+    """The client's FIN or RST ended `conn`'s delayed close before its timer: a remote close,
+    as Envoy counts a client's close while it holds its FIN."""
+    connection_ends(conn, True)
 
 
 def stream_cut(stream) -> None:
