@@ -19,7 +19,7 @@ import pytest
 
 from baton.worker.proxy.cluster import ClusterManager
 from baton.worker.proxy.http import express
-from baton.worker.proxy.http import stream as stream_module
+from baton.worker.proxy.http import route_step
 from baton.worker.proxy.http.config import HttpConfig
 from baton.worker.proxy.http.connection_manager import HttpConnection
 from baton.worker.overload_manager import OverloadManager
@@ -118,12 +118,12 @@ ROUTER_ONLY = weakref.WeakSet()
 
 @pytest.fixture(autouse=True)
 def _router_only(monkeypatch):
-    real = stream_module.needs_router
+    real = route_step.needs_router
 
     def needs_router(stream, *args):
         return stream.conn in ROUTER_ONLY or real(stream, *args)
 
-    monkeypatch.setattr(stream_module, "needs_router", needs_router)
+    monkeypatch.setattr(route_step, "needs_router", needs_router)
 
 
 class Rig:

@@ -23,9 +23,9 @@ from .body_filters import chain_for, replaced_by
 from .filter import PAUSE, Delay, LocalReply, plan_for_route
 from .held_chunks import with_chunk
 from .route_again import refilter
-from .router import (GRPC_RETRY_ON, Router, expected_timeout_header, route_timeout,
-                     set_grpc_timeout)
-from .straight import FIELDS as STRAIGHT_FIELDS, StraightSteps, needs_router
+from .route_step import RouteStep
+from .router import Router
+from .straight import FIELDS as STRAIGHT_FIELDS, StraightSteps
 from .stream_info import StreamInfo
 
 log = logging.getLogger("baton.http")
@@ -192,13 +192,14 @@ class FilterPlan:
         self.by_route = any(getattr(f, "disabled_by_default", False) for f in factories)
 
 
-class Stream(StraightSteps, StreamInfo):
+class Stream(RouteStep, StraightSteps, StreamInfo):
     """One request/response exchange (Envoy's ActiveStream), and what is known of it: a
     Stream is its own StreamInfo (`info` is the stream itself, a property, not a reference:
     a stored one would make every Stream a cycle for the collector). One object a request
-    fewer; the stream's own code writes the fields on itself. A request that needs nothing
-    of the router but a host and an idle connection is sent and answered by the stream
-    itself (straight.py: StraightSteps), its router the stream until a failure makes one."""
+    fewer; the stream's own code writes the fields on itself. Its routing step, once the
+    filters are through, is route_step.py's (RouteStep); a request that needs nothing of the
+    router but a host and an idle connection is sent and answered by the stream itself
+    (straight.py: StraightSteps), its router the stream until a failure makes one."""
 
     __slots__ = ("conn", "id", "loop", "worker", "stats", "hcm", "route",
                  "filters", "filter_index", "router", "request_complete", "response_started",
@@ -449,81 +450,6 @@ class Stream(StraightSteps, StreamInfo):
         """A filter changed what routing reads (Envoy's clearRouteCache): the route is
         chosen again on the request as it is once the filters are through."""
         self.route_stale = True
-
-    def _route(self) -> None:
-        if self.done:
-            return
-        hcm = self.hcm
-        route = self.route
-        info = self
-        if route is None:
-            self.stats[hcm.stat_no_route] += 1
-            info.response_flags.append("NR")
-            self.local_reply(404, "", "route_not_found")
-            return
-        kind = route.kind
-        if kind == "direct_response":
-            self.stats[hcm.stat_rq_direct_response] += 1
-            status, body = route.direct()
-            _, location = route.redirect_location(self.request)
-            self.local_reply(status, body, "direct_response", content_type=bool(body),
-                             extra=[("location", location)] if location else ())
-            return
-        if kind == "redirect":
-            self.stats[hcm.stat_rq_redirect] += 1
-            status, location = route.redirect_location(self.request)
-            self.local_reply(status, "", "via_redirect", extra=[("location", location)],
-                             content_type=False)
-            return
-        request = self.request
-        name = self.cluster_name
-        cluster = self.worker.clusters.get(name) if name else None
-        if cluster is None:
-            self.stats[hcm.stat_no_cluster] += 1
-            info.response_flags.append("NC")
-            info.upstream_cluster = None    # no cluster: %UPSTREAM_CLUSTER% "-", as Envoy
-            self.local_reply(route.cluster_not_found_status, "", "cluster_not_found")
-            return
-        # Envoy's order: header mutations first, then host and path rewrites (a
-        # host_rewrite_header reads the mutated headers).
-        plan = route.request_steps
-        if plan is None:                    # a weighted split's clusters differ
-            plan = route.request_plan(name)
-        if plan:
-            plan.apply(request.headers, self, hcm.render_header_value)   # (_apply_mutations')
-        plain = route.plain_request         # no rewrite, no grpc-timeout: nothing to call
-        if plain:
-            base = route.timeout
-        else:
-            route.rewrite(request, name, envoy_headers=not hcm.suppress_envoy_headers)
-            base = route_timeout(route, request)            # grpc-timeout on gRPC routes
-        if self.controls:
-            timeout, retry = route_controls(route, request.headers, base)
-        else:
-            timeout, retry = base, route.retry
-        if not hcm.suppress_envoy_headers and timeout:
-            per_try = retry.per_try_timeout if retry is not None else None
-            header = expected_timeout_header(per_try if per_try else timeout)
-            if self.controls or self.filters or (plan and header[0] in plan.names):
-                request.headers.set(*header)
-            else:
-                # An external request came without it (mutate_request_headers strips it)
-                # and nothing since could add it (no filter ran; a route plan that does not
-                # name it): no scan for an old one.
-                request.headers.items.append(header)
-        if not plain:
-            set_grpc_timeout(route, request, timeout, retry)
-        hash_key = route.hash_key(request, self.conn.peer[0] if self.conn.peer else "") \
-            if route.hash_policies else None
-        if not needs_router(self, route, cluster, retry, hash_key) and \
-                self.send_straight(cluster, timeout):
-            return                          # sent by the stream itself (straight.py)
-        router = self.router = Router(self, route, cluster, hash_key, timeout, retry, self.picked)
-        if self.held_body:
-            held, self.held_body = self.held_body, ()
-            router.body = held              # (the new router holds none)
-            router.body_bytes += sum(map(len, held))
-        router.start()
 
     def _apply_mutations(self, headers: Headers, plan) -> None:
         """A route's header mutations: its plan (route_rewrite.MutationPlan), whose steps run
@@ -851,64 +777,3 @@ class Stream(StraightSteps, StreamInfo):
         # The Router points back at the stream: dropped here, the request's objects go by
         # reference counting, not by the collector (~10% of an HTTP/2 request's CPU).
         self.router = None
-
-
-class HeaderRetryPolicy:
-    """A route's retry policy as the request's x-envoy-retry-on / x-envoy-max-retries /
-    x-envoy-upstream-rq-per-try-timeout-ms headers amend it (same attributes as
-    routing.RetryPolicy)."""
-
-    __slots__ = ("retry_on", "num_retries", "per_try_timeout", "retriable_status_codes",
-                 "base", "max", "retriable_headers", "previous_hosts", "host_selection_attempts")
-
-    def __init__(self, base_policy, retry_on, num_retries, per_try_timeout):
-        self.retriable_headers = base_policy.retriable_headers if base_policy else ()
-        self.previous_hosts = base_policy.previous_hosts if base_policy else False
-        self.host_selection_attempts = base_policy.host_selection_attempts if base_policy else 1
-        self.retry_on = set(base_policy.retry_on if base_policy else ()) | retry_on
-        self.num_retries = num_retries if num_retries is not None else \
-            (base_policy.num_retries if base_policy else 1)
-        self.per_try_timeout = per_try_timeout if per_try_timeout is not None else \
-            (base_policy.per_try_timeout if base_policy else None)
-        self.retriable_status_codes = base_policy.retriable_status_codes if base_policy else frozenset()
-        self.base = base_policy.base if base_policy else 0.025
-        self.max = base_policy.max if base_policy else 0.25
-
-
-_CONTROL_HEADERS = ("x-envoy-retry-on", "x-envoy-max-retries", "x-envoy-upstream-rq-timeout-ms",
-                    "x-envoy-upstream-rq-per-try-timeout-ms", "x-envoy-retry-grpc-on")
-_CONTROL_SET = frozenset(_CONTROL_HEADERS)
-
-
-def route_controls(route, headers, timeout):
-    """(timeout, retry policy) for this request: `timeout` (the route's) and the route's
-    policy, amended by the x-envoy-* control headers that survived edge sanitizing; the
-    router consumes those headers, so they are removed here."""
-    retry = route.retry
-    if _CONTROL_SET.isdisjoint([name for name, _ in headers.items]):
-        return timeout, retry
-    values = {name: headers.get(name) for name in _CONTROL_HEADERS}
-    for name in _CONTROL_HEADERS:
-        headers.remove(name)
-    ms = _int(values["x-envoy-upstream-rq-timeout-ms"])
-    if ms is not None:
-        timeout = ms / 1000 or None
-    # Envoy reads the HTTP conditions from x-envoy-retry-on and the gRPC ones from
-    # x-envoy-retry-grpc-on, each ignoring the other's names.
-    retry_on = {v.strip() for v in (values["x-envoy-retry-on"] or "").split(",")
-                if v.strip() and v.strip() not in GRPC_RETRY_ON}
-    retry_on |= {v.strip() for v in (values["x-envoy-retry-grpc-on"] or "").split(",")
-                 if v.strip() in GRPC_RETRY_ON}
-    max_retries = _int(values["x-envoy-max-retries"])
-    per_try_ms = _int(values["x-envoy-upstream-rq-per-try-timeout-ms"])
-    if retry_on or (retry is not None and (max_retries is not None or per_try_ms is not None)):
-        retry = HeaderRetryPolicy(retry, retry_on, max_retries,
-                                  per_try_ms / 1000 if per_try_ms else None)
-    return timeout, retry
-
-
-def _int(text):
-    try:
-        return int(text) if text is not None else None
-    except ValueError:
-        return None
