@@ -124,12 +124,18 @@ def _or_none(value):
     return value if value else None
 
 
-def _simple(getter, inline=None):
+def _simple(getter, inline=None, slot=None):
     """An operator without parameter or length. `inline`: the getter's body as an expression
     of `info` (fixed text of this file, never config), which a generated render (_generate)
-    writes in place of a call to the getter."""
+    writes in place of a call to the getter. `slot`: the field's text itself as such an
+    expression, `_m` standing for the missing value's text (for a value never missing, the
+    value): _generate writes it in the line's f-string, with no None test. Single quotes
+    only (it goes inside an f-string's double quotes)."""
     if inline is not None:
         getter.inline = inline
+    if slot is not None:
+        assert '"' not in slot and "\\" not in slot, slot
+        getter.slot = slot
     def make(name, param, length):
         if param is not None or length is not None:
             raise FormatError(f"{name} does not take any parameters or length")
@@ -316,16 +322,22 @@ OPERATORS = {
     "REQ": _headers_getter(_request_header),
     "RESP": _headers_getter(_response_header),
     "TRAILER": _headers_getter(_response_trailer),
-    "RESPONSE_CODE": _simple(lambda info: info.response_code, "info.response_code"),
+    # A StreamInfo's response code and byte counts are ints from the start (0 until known):
+    # never missing.
+    "RESPONSE_CODE": _simple(lambda info: info.response_code, "info.response_code",
+                             "info.response_code"),
     "RESPONSE_CODE_DETAILS": _simple(lambda info: _or_none(info.response_code_details),
-                                     "(info.response_code_details or None)"),
+                                     "(info.response_code_details or None)",
+                                     "(info.response_code_details or _m)"),
     # Envoy writes "-" for no flags even where a missing value would be null (JSON).
     "RESPONSE_FLAGS": _simple(lambda info: ",".join(info.response_flags) or "-",
-                              '(",".join(info.response_flags) or "-")'),
+                              '(",".join(info.response_flags) or "-")',
+                              "(','.join(info.response_flags) if info.response_flags else '-')"),
     "RESPONSE_FLAGS_LONG": _simple(lambda info: ",".join(
         [_LONG_FLAGS.get(flag, flag) for flag in info.response_flags]) or "-"),
-    "BYTES_RECEIVED": _simple(lambda info: info.bytes_received, "info.bytes_received"),
-    "BYTES_SENT": _simple(lambda info: info.bytes_sent, "info.bytes_sent"),
+    "BYTES_RECEIVED": _simple(lambda info: info.bytes_received, "info.bytes_received",
+                              "info.bytes_received"),
+    "BYTES_SENT": _simple(lambda info: info.bytes_sent, "info.bytes_sent", "info.bytes_sent"),
     "DURATION": _simple(lambda info: _ms(info.start_monotonic, info.last_downstream_byte),
                         "(None if info.start_monotonic is None or info.last_downstream_byte is "
                         "None else int((info.last_downstream_byte - info.start_monotonic) "
@@ -338,7 +350,8 @@ OPERATORS = {
                                                   info.first_upstream_byte)),
     "RESPONSE_TX_DURATION": _simple(lambda info: _ms(info.first_upstream_byte,
                                                      info.last_downstream_byte)),
-    "PROTOCOL": _simple(lambda info: _or_none(info.protocol), "(info.protocol or None)"),
+    "PROTOCOL": _simple(lambda info: _or_none(info.protocol), "(info.protocol or None)",
+                        "(info.protocol or _m)"),
     "UPSTREAM_HOST": _simple(lambda info: info.upstream_host, "info.upstream_host"),
     # The address of the connection the request went out on: none when the connect failed
     # (UF), though UPSTREAM_HOST names the host tried (Envoy 1.40 sets it on pool ready).
@@ -413,6 +426,10 @@ def _compile_text(fmt: str, missing: str, operators=None):
     return _generate(pieces, missing)
 
 
+# The most pieces one f-string of a generated render holds: CPython's compiler builds a
+# longer one through a list and str.join (STACK_USE_GUIDELINE in Python/compile.c).
+_FSTRING_VALUES = 30
+
 # A pseudo-header a generated render reads as the request's attribute (Request.get's names).
 _PSEUDO_ATTRIBUTES = {":method": "method", ":path": "path", ":authority": "authority",
                       ":scheme": "scheme"}
@@ -449,8 +466,12 @@ def _response_lines(i, names, params):
 def _generate(pieces, missing):
     """One function per format, written out: each field is read once into a local, and one
     f-string joins them. A loop over the pieces costs about twice as much per line, and this
-    runs for every request. Only names (never config text) go into the source; the literals,
-    getters and header names are bound as default arguments.
+    runs for every request. Config text goes into the source only as repr() literals (the
+    format's literal text, which the f-string holds as constants: no load, no format step
+    a piece); the getters and header names are bound as default arguments. The f-string is
+    cut into groups of at most _FSTRING_VALUES pieces joined by `+`: CPython 3.11 compiles a
+    longer one to a list, an append a piece and a str.join call (Envoy's default format has
+    31 pieces).
 
     What a field reads is written in place where it is an attribute or a header: the
     operators with an `inline` expression, RESP() (_response_header's lookup), and, with two
@@ -481,42 +502,48 @@ def _generate(pieces, missing):
         lines.append("    _s = info.response")
     for i, piece in enumerate(pieces):
         if piece.__class__ is str:
-            params.append(f"_l{i}=_pieces[{i}]")
-            fields.append(f"{{_l{i}}}")
+            fields.append(repr(piece))
             continue
-        fields.append(f"{{_m if v{i} is None else v{i}}}")
         if piece.__class__ is _DefaultTime:  # the kept text, unless outside its range
             params.append(f"_t{i}=_pieces[{i}]")
-            lines += ["    _t = info.start_time",
-                      f"    v{i} = _t{i}.cache_line if _t{i}.lo <= _t < _t{i}.hi "
-                      f"else _t{i}(info)"]
+            lines.append("    _t = info.start_time")
+            fields.append(f'f"{{_t{i}.cache_line if _t{i}.lo <= _t < _t{i}.hi else _t{i}(info)}}"')
             continue
+        slot = getattr(piece, "slot", None)
+        if slot is not None:                # the text itself: no local, no None test
+            fields.append(f'f"{{{slot}}}"')
+            continue
+        value = f"v{i}"
         inline = getattr(piece, "inline", None)
+        response_names = getattr(piece, "response_names", None)
+        names = by_name[i]
         if inline is not None:              # an attribute read: no call
             lines.append(f"    v{i} = {inline}")
-            continue
-        response_names = getattr(piece, "response_names", None)
-        if response_names is not None:
+        elif response_names is not None:
             lines += _response_lines(i, response_names, params)
-            continue
-        names = by_name[i]
-        if not one_pass or names is None:
+        elif not one_pass or names is None:
             params.append(f"_g{i}=_pieces[{i}]")
             lines.append(f"    v{i} = _g{i}(info)")
-            continue
-        for j, name in enumerate(names):
-            if name is None:
-                break
-            if name[0] != ":":
-                lookup = f"_w{wanted.index(name)}"
-            elif name in _PSEUDO_ATTRIBUTES:
-                lookup = f"(None if _r is None else _r.{_PSEUDO_ATTRIBUTES[name]})"
-            else:
-                lookup = "None"             # a pseudo-header a request does not have
-            lines.append(f"    v{i} = {lookup}" if j == 0 else
-                         f"    if v{i} is None:\n        v{i} = {lookup}")
+        else:
+            for j, name in enumerate(names):
+                if name is None:
+                    break
+                if name[0] != ":":
+                    lookup = f"_w{wanted.index(name)}"
+                elif name in _PSEUDO_ATTRIBUTES:
+                    lookup = f"(None if _r is None else _r.{_PSEUDO_ATTRIBUTES[name]})"
+                else:
+                    lookup = "None"             # a pseudo-header a request does not have
+                if j == 0 and names[1] is None and lookup.startswith("_w"):
+                    value = lookup              # the pass's own local, as it is
+                    break
+                lines.append(f"    v{i} = {lookup}" if j == 0 else
+                             f"    if v{i} is None:\n        v{i} = {lookup}")
+        fields.append(f'f"{{_m if {value} is None else {value}}}"')
+    groups = [" ".join(fields[k:k + _FSTRING_VALUES])
+              for k in range(0, len(fields), _FSTRING_VALUES)]
     source = (f"def render(info, _m=_missing, {', '.join(params)}):\n" + "\n".join(lines)
-              + f"\n    return f\"{''.join(fields)}\"\n")
+              + f"\n    return {' + '.join(groups)}\n")
     namespace = {"_pieces": pieces, "_missing": missing,
                  "_rnames": [getattr(piece, "response_names", None) for piece in pieces],
                  "_wanted_list": wanted, "_wanted_names": frozenset(wanted)}
