@@ -78,14 +78,23 @@ def fields_bootstrap(upstreams: dict[str, int]):
             # request head, and the idle timeout (shorter) does not.
             http_listener("slow_head", ports["slow_head"], routes,
                           common_http_protocol_options={"idle_timeout": "0.3s"},
-                          stream_idle_timeout="1s", delayed_close_timeout=DELAYED_CLOSE)],
+                          stream_idle_timeout="1s", delayed_close_timeout=DELAYED_CLOSE),
+            # Neither request_headers_timeout nor stream_idle_timeout: nothing times a head.
+            http_listener("no_head_timer", ports["no_head_timer"], routes,
+                          common_http_protocol_options={"idle_timeout": "0.3s"},
+                          stream_idle_timeout="0s"),
+            # The idle timeout's drain: idle 0.3 s, then drain_timeout, then the delayed close.
+            http_listener("idle_drain", ports["idle_drain"], routes,
+                          common_http_protocol_options={"idle_timeout": "0.3s"},
+                          drain_timeout="0.6s", delayed_close_timeout="0.2s")],
             [cluster("a", [upstreams["a"]]), cluster("dead", [DEAD]),
              cluster("mix", [upstreams["a"], DEAD])])
     return template
 
 
 recorder, pair = module_pair("diff-al-fields", fields_bootstrap,
-                              ["fields", "timeouts", "idle_first", "http10", "slow_head"])
+                              ["fields", "timeouts", "idle_first", "http10", "slow_head",
+                               "no_head_timer", "idle_drain"])
 
 
 def _normalised(line: str, upstream_port: int) -> dict:
@@ -703,12 +712,14 @@ def test_a_head_that_stops_arriving_gets_the_stream_idle_timeouts_408(pair):
         at_once=True)
 
 
-def test_a_slow_head_is_not_cut_by_the_idle_timeout(pair):
+@pytest.mark.parametrize("listener", ["slow_head", "no_head_timer"])
+def test_a_slow_head_is_not_cut_by_the_idle_timeout(pair, listener):
     """A head that takes longer than the idle timeout (0.3 s) to arrive, but less than the
-    stream idle timeout (1 s): served by Envoy 1.40 (its stream, made at the first byte, turned
+    stream idle timeout (1 s), or with no timer on heads at all (no request_headers_timeout,
+    stream_idle_timeout 0): served by Envoy 1.40 (its stream, made at the first byte, turned
     the idle timer off); Baton closed at the idle timeout, no answer."""
     def run(target):
-        with socket.create_connection(("127.0.0.1", target.ports["slow_head"]), timeout=5) as sock:
+        with socket.create_connection(("127.0.0.1", target.ports[listener]), timeout=5) as sock:
             sock.sendall(b"GET /u HTTP/1.1\r\nhost: x\r\n")
             time.sleep(0.6)             # (the idle timeout passes: what the test is about)
             try:
@@ -719,6 +730,47 @@ def test_a_slow_head_is_not_cut_by_the_idle_timeout(pair):
         return {"status": seen.split(b"\r\n", 1)[0].decode()}
     differential(pair, run, lambda obs: _check(obs == {"status": "HTTP/1.1 200 OK"}, obs),
                  at_once=True)
+
+
+@pytest.mark.parametrize("asks_again", [False, True], ids=["silent", "a-request-in-the-drain"])
+def test_an_idle_keep_alive_connection_is_drained_before_it_closes(pair, asks_again):
+    """An HTTP/1.1 connection idle after a request (idle_timeout 0.3 s, drain_timeout 0.6 s,
+    delayed_close_timeout 0.2 s): Envoy 1.40 drains it, sending nothing; a request within
+    drain_timeout is served, with `connection: close`, and its idle timer, armed again, counts
+    a second idle timeout before the drain's end; at drain_timeout the connection closes with
+    its FIN held for the delayed close, 1.1 s after the first answer either way. Baton closed
+    at the idle timeout."""
+    names = ENDS + ["downstream_cx_idle_timeout"]
+    request = b"GET /u HTTP/1.1\r\nhost: x\r\nx-test-body-size: 2\r\n\r\n"
+
+    def run(target):
+        prefix = "http.idle_drain."
+        before = target.stats(prefix)
+        second = None
+        with socket.create_connection(("127.0.0.1", target.ports["idle_drain"]), timeout=5) as sock:
+            sock.sendall(request)
+            _read_until(sock, b"\x00\x01")
+            answered = time.monotonic()
+            if asks_again:
+                idle = prefix + "downstream_cx_idle_timeout"
+                wait_until(lambda: target.stats(prefix).get(idle, 0) > before.get(idle, 0), 5,
+                           "the idle timeout")
+                sock.sendall(request)
+                head = _read_until(sock, b"\x00\x01").partition(b"\r\n\r\n")[0].split(b"\r\n")
+                second = [head[0].decode()] + [line.decode() for line in head[1:]
+                                               if line.lower().startswith(b"connection:")]
+            while sock.recv(65536):
+                pass
+            took = time.monotonic() - answered
+        after = _once_destroyed(target, prefix, before)
+        delta = {name.removeprefix("downstream_").removeprefix("cx_"):
+                 after.get(prefix + name, 0) - before.get(prefix + name, 0) for name in names}
+        return {"fin": "after the drain and the delayed close" if 0.95 <= took < 1.6 else took,
+                "second": second, "counted": {k: v for k, v in delta.items() if v}}
+    differential(pair, run, lambda obs: _check(obs == {
+        "fin": "after the drain and the delayed close",
+        "second": ["HTTP/1.1 200 OK", "connection: close"] if asks_again else None,
+        "counted": {**HELD, "idle_timeout": 2 if asks_again else 1}}, obs), at_once=True)
 
 
 def test_the_log_lines_of_a_client_gone_mid_body_and_a_header_timeout(pair, recorder):

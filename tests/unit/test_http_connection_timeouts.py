@@ -168,9 +168,11 @@ def test_the_stream_sweep_rides_the_route_deadlines_timer_and_keeps_its_time(tmp
 
 def test_an_idle_timeout_before_any_request_closes_at_once(tmp_path: Path, loop):
     """No request read: Envoy 1.40 has no codec yet and closes at once (FlushWrite), no
-    delayed close; after a request, the idle timeout's close is a delayed one."""
+    delayed close; after a request, the idle timeout drains the connection and its close,
+    drain_timeout later, is a delayed one."""
     rig = Rig(tmp_path, loop)
     rig.conn.hcm.idle_timeout = TIMEOUT
+    rig.conn.hcm.drain_timeout = TIMEOUT
     silent, served = HalfClosing(), HalfClosing()
     quiet = _connection(rig, silent)
     used = _connection(rig, served)
@@ -182,6 +184,33 @@ def test_an_idle_timeout_before_any_request_closes_at_once(tmp_path: Path, loop)
         used.lingering is not None              # (the FIN held: the delayed close)
     used.eof_received()                         # the client's close ends the delayed close
     assert served.aborted
+
+
+def test_the_idle_timeout_drains_before_it_closes(tmp_path: Path, loop):
+    """After a request, the idle timeout starts Envoy 1.40's drain sequence: nothing is sent,
+    a request within drain_timeout is answered with `connection: close` and the connection
+    stays, and drain_timeout after the idle timeout it closes with its FIN held (the delayed
+    close), not at that response's end."""
+    rig = Rig(tmp_path, loop)
+    rig.conn.hcm.idle_timeout = TIMEOUT
+    rig.conn.hcm.drain_timeout = 2 * TIMEOUT
+    down = HalfClosing()
+    conn = _connection(rig, down)
+    conn.data_received(REQUEST)
+    _answer(rig, conn)
+    assert b"connection: close" not in down.take().lower()
+    armed = loop.time()
+    _run_until(loop, lambda: conn.idle_draining, 3, armed)
+    assert not conn.closed and down.take() == b""
+    assert rig.worker.stats.counters["http.ingress_http.downstream_cx_idle_timeout"] == 1
+    conn.data_received(REQUEST)
+    _answer(rig, conn)
+    reply = down.take()
+    assert reply.startswith(b"HTTP/1.1 200 ") and b"\r\nconnection: close\r\n" in reply.lower()
+    assert not conn.closed
+    took = _run_until(loop, lambda: conn.closed, 3, armed)
+    assert 3 * TIMEOUT - EARLY <= took <= 3 * TIMEOUT + SLACK
+    assert conn.lingering is not None and not down.eof_written and not down.aborted
 
 
 class Unread(HalfClosing):
