@@ -320,7 +320,9 @@ class Http1ServerCodec(Http1Output):
             if length is None and name == "content-length":
                 length = value
             out.append(f"{name}: {value}\r\n")
-        no_body = method == "HEAD" or status in NO_BODY_STATUS
+        # Envoy's refusal of HTTP/1.0 carries its body on a HEAD too (measured with 1.40).
+        no_body = (method == "HEAD" and (status != 426 or version != "1.0")) or \
+            status in NO_BODY_STATUS
         chunked = False
         if self._tunnel == stream_id and not (
                 status == 101 or (method == "CONNECT" and 200 <= status < 300)):
