@@ -3,8 +3,9 @@ per-request cost, bench/RESULTS.md). Two measures:
 
 rig SNAPSHOT BATCHES [REPEATS [CHAIN [PROTOCOL]]]
     In process, no sockets: the Rig of SNAPSHOT/tests/unit/test_http_express.py (that
-    tree's connection manager, lean HTTP/2 server codec, Stream/Router and HTTP/1.1 upstream
-    pool, on fake transports) and a client like `h2load -m10`: 10 HEADERS per read
+    tree's connection manager, lean HTTP/2 server codec, Stream (its straight step, or the
+    Router) and HTTP/1.1 upstream pool, on fake transports) and a client like `h2load -m10`:
+    10 HEADERS per read
     (HPACK-indexed after the first), each answered by an upstream keep-alive connection
     with a 64-byte body. Prints CPU microseconds per request. CHAIN `mesh`: the Rig reads
     bench/http_proxies.py's bootstrap with the mesh-shaped filter chain instead of its own
@@ -12,8 +13,9 @@ rig SNAPSHOT BATCHES [REPEATS [CHAIN [PROTOCOL]]]
     the same 10 HEADERS per receive(), each answered with a head and a 64-byte body); PROTOCOL `h1`: 10 HTTP/1.1 keep-alive
     requests per batch, one at a time, as wrk sends them (default `h2`); `h1full`: the same
     with the express lane closed (the config's verdict, HttpConfig.express), every request on
-    the full path (Stream, Router): the two paths compared on one tree. For a figure that the shared
-    machine's noise does not move, count instructions instead: run it twice under
+    the full path (the Stream; since fbfef85 its straight step, without a Router, for these
+    requests: worker/proxy/http/straight.py): the two paths compared on one tree. For a
+    figure that the shared machine's noise does not move, count instructions instead: run it twice under
     `setarch -R valgrind --tool=callgrind` (PYTHONHASHSEED=0, H2COST_NOGC=1) with 30 and
     1030 batches; (Ir(1030) - Ir(30)) / 10,000 is the instructions per request.
 
