@@ -4,6 +4,18 @@ The sending loop (worker/migration.py `_move`) exports connections and hands eac
 `send`; `settle` then decides, from the receiver's answer, its claim token
 (supervisor/handoff/claim.py) and, if its channel closed unanswered, whether the receiver
 still runs, which connections moved (let go here) and which stay (resumed here).
+
+A batch the receiver claimed and did not answer in CLAIMED_ANSWER_TIMEOUT, its channel open
+(the receiver stopped or wedged), no longer holds the move: its connections with nothing
+running here are let go, and one that serves an exchange here for the receiver (an HTTP/1.1
+response in flight, a tunnel's upstream) goes on, its output held, until the late answer says
+where it is (`_let_go_late`). One whose channel closes unanswered cannot be served on: the
+channel was the exchange's only way to its client, whose socket the receiver may hold, and
+without the answer nobody here can tell whether the receiver adopted it (then it alone may
+write to the socket, and it ended its side as the channel went:
+inflight.ForwardedResponse.channel_lost) or refused it; writing to the socket from here would
+make a second writer in the first case. So it ends (`_end_forwarding`), unless the receiver
+died (then nothing else holds it and it serves on here).
 """
 
 from __future__ import annotations
@@ -26,7 +38,9 @@ def send(worker, peer, records: list, fds: list, count: int):
     deadline = asyncio.get_running_loop().time() + protocol.MIGRATE_TIMEOUT
     try:
         if peer.version >= protocol.CLAIM_VERSION:
-            token, timeout = claim.BatchToken(), protocol.CLAIMED_ANSWER_TIMEOUT
+            # The request waits for the answer or the channel's end: one that comes after
+            # CLAIMED_ANSWER_TIMEOUT still decides what stays undecided here (_let_go_late).
+            token, timeout = claim.BatchToken(), None
             msg["claim"] = len(fds)
             fds.append(token.fd)
         # No duplicates needed: our descriptors stay open until the receiver answers,
@@ -85,11 +99,15 @@ def _retire(token, future) -> None:
         future.exception()
 
 
+LATE = "late"       # claimed, unanswered in CLAIMED_ANSWER_TIMEOUT, its channel open
+
+
 async def _answer(worker, count: int, request, peer, token,
-                  deadline: float) -> tuple[dict, bool]:
+                  deadline: float) -> tuple[dict, bool | str]:
     """The receiver's answer to one batch ({} if none), and whether the batch is the
     receiver's all the same: it claimed the batch (supervisor/handoff/claim.py) and did not
-    answer even in CLAIMED_ANSWER_TIMEOUT, or its channel closed unanswered while it runs on
+    answer even in CLAIMED_ANSWER_TIMEOUT (LATE: the answer may still come), or its channel
+    closed unanswered while it runs on
     (it adopted and closed the channel before its answer left: a worker that exits right
     after). A receiver whose channel closed because it died holds nothing now: its batch is
     ours to send elsewhere. Without a token (a receiver of protocol version 2 or 1) the
@@ -116,6 +134,13 @@ async def _answer(worker, count: int, request, peer, token,
             return {}, False
         log.warning("worker %d: %d connection(s) claimed by the receiver, not answered in "
                     "%.1fs: waiting for its answer", worker.id, count, protocol.MIGRATE_TIMEOUT)
+        claimed_deadline = deadline - protocol.MIGRATE_TIMEOUT + protocol.CLAIMED_ANSWER_TIMEOUT
+        remaining = claimed_deadline - asyncio.get_running_loop().time()
+        if remaining > 0 and not future.done():
+            await asyncio.wait((future,), timeout=remaining)
+        if not future.done():
+            token.close()
+            return {}, LATE
     try:
         return await future, False
     except Exception as exc:  # noqa: BLE001 - timeout or receiver gone
@@ -154,6 +179,66 @@ def _end_forwarding(worker, conn, channel) -> None:
         kept_half.channel_lost(channel)
 
 
+def _let_go(worker, conns, peer) -> None:
+    """Connections of a batch the receiver claimed and did not answer: its, not ours."""
+    if conns:
+        log.error("worker %d: %d connection(s) let go unanswered: the receiver claimed them",
+                  worker.id, len(conns))
+    for conn in conns:
+        conn.migrated(peer.channel, 0)
+        _end_forwarding(worker, conn, peer.channel)
+
+
+def _let_go_late(worker, sent, future, peer) -> None:
+    """A claimed batch unanswered in CLAIMED_ANSWER_TIMEOUT, its channel open (the receiver
+    stopped or wedged): the move stops waiting for it. A connection serving an exchange here
+    for the receiver (an HTTP/1.1 response in flight, a tunnel's upstream) stays undecided,
+    the exchange going on with its output held, until the answer comes (then it moves, or
+    serves on here) or the channel closes (then the receiver's life decides); the others,
+    nothing of which runs here, are let go."""
+    waiting = [conn for conn in sent if conn.keeps_exchange_here()]
+    _let_go(worker, [conn for conn in sent if conn not in waiting], peer)
+    if waiting:
+        log.warning("worker %d: %d exchange(s) go on here until the receiver's late answer",
+                    worker.id, len(waiting))
+        peer.late.update(waiting)
+        asyncio.ensure_future(_late_answer(worker, waiting, future, peer))
+
+
+async def _late_answer(worker, conns, future, peer) -> None:
+    try:
+        try:
+            reply = await future
+        except Exception:  # noqa: BLE001 - the channel closed unanswered
+            if not await _exits_within(peer.pidfd, protocol.CLAIMED_EXIT_WAIT, peer.pid):
+                _let_go(worker, conns, peer)        # it runs on, holding them
+                return
+            reply = {}                  # it died: what it had adopted died with it
+        adopted = set(reply.get("ids") or ()) if reply.get("type") == "adopted" else set()
+        new_ids = reply.get("new_ids") or {}
+        for conn in conns:
+            if conn.id in adopted:
+                conn.migrated(peer.channel, new_ids.get(conn.id, 0))
+            else:
+                log.warning("worker %d: connection %d stays here: refused late", worker.id,
+                            conn.id)
+                conn.resume()
+                if getattr(worker, "draining", False):
+                    conn.drain()
+    finally:
+        peer.late.difference_update(conns)
+        if not peer.late and not peer.moving:
+            release(worker, peer)
+
+
+def release(worker, peer) -> None:
+    """The move is done with `peer`: its pidfd is closed, and its channel unless something
+    still forwards over it (it lives as long as they do)."""
+    if not any(c.uses_channel(peer.channel) for c in worker.connections.values()):
+        peer.channel.close("done")
+    peer.forget_process()
+
+
 async def settle(worker, sent, request, peer, token, deadline: float, kept: set,
                   orphaned: set | None = None) -> int:
     """The receiver's answer to one batch: adopted connections let go here, the others
@@ -161,12 +246,11 @@ async def settle(worker, sent, request, peer, token, deadline: float, kept: set,
     closed, so it adopts none of them later). A batch the receiver claimed is let go even
     unanswered: resuming it would serve it twice. Returns how many moved."""
     reply, claimed = await _answer(worker, len(sent), request, peer, token, deadline)
+    if claimed is LATE:
+        _let_go_late(worker, sent, request[0], peer)
+        return len(sent)
     if claimed:
-        log.error("worker %d: %d connection(s) let go unanswered: the receiver claimed them",
-                  worker.id, len(sent))
-        for conn in sent:
-            conn.migrated(peer.channel, 0)
-            _end_forwarding(worker, conn, peer.channel)
+        _let_go(worker, sent, peer)
         return len(sent)
     if not reply and orphaned is not None and peer.channel.closed:
         orphaned.update(sent)          # unsent (the channel had died) or never answered

@@ -83,6 +83,11 @@ class Connection:
         """The move failed: carry on exactly where export() paused."""
         raise NotImplementedError
 
+    def keeps_exchange_here(self) -> bool:
+        """Exported, with an exchange that goes on here for the receiver (write migration):
+        it can wait for a late answer (worker/batch_ownership.py) instead of ending."""
+        return False
+
     def hold_when_idle(self, on_idle: Callable) -> None:
         """Finish the exchange in flight, then pause and call on_idle(self). A kind that is
         never WHEN_IDLE is ready at once or never."""

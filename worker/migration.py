@@ -214,12 +214,14 @@ class Peer:
     while the channel is up (so the number cannot be another process's yet): whether the
     receiver still runs decides a claimed batch whose channel closed unanswered (batch_ownership.py)."""
 
-    __slots__ = ("channel", "version", "accepts", "pidfd", "pid")
+    __slots__ = ("channel", "version", "accepts", "pidfd", "pid", "late", "moving")
 
     def __init__(self, channel: Channel, version: int, accepts: dict, pid: int | None = None):
         self.channel = channel
         self.version = version
         self.accepts = accepts
+        self.late: set = set()          # connections waiting for a late answer (batch_ownership)
+        self.moving = True              # until migrate_connections is done with it
         self.pidfd = _pidfd(pid)
         self.pid = pid if self.pidfd is not None else None     # /proc/<pid>, while pidfd runs
 
@@ -345,12 +347,12 @@ async def migrate_connections(worker, targets: list[str], keep_upstreams: bool =
         return await _migrate(worker, targets, peers, keep_upstreams, idle_wait)
     finally:
         # Even if the move raised part-way (a bug in one kind, or cancelled): each receiver's
-        # pidfd is ours to close, and a channel nothing forwards over is done.
+        # pidfd is ours to close, and a channel nothing forwards over is done; once its late
+        # answers came, for one that has batches waiting for them.
         for peer in peers:
-            # A channel that carries forwarded connections lives as long as they do.
-            if not any(c.uses_channel(peer.channel) for c in worker.connections.values()):
-                peer.channel.close("done")
-            peer.forget_process()
+            peer.moving = False
+            if not peer.late:
+                batch_ownership.release(worker, peer)
 
 
 async def _migrate(worker, targets, peers: list, keep_upstreams: bool, idle_wait: float):
@@ -380,7 +382,7 @@ async def _migrate(worker, targets, peers: list, keep_upstreams: bool, idle_wait
     # A connection that moved but still serves its exchange here for the new worker (write
     # migration: inflight.py) moved; it does not stay to drain.
     stayed = sum(1 for c in before if id(c) in here and c not in kept
-                 and not any(c.uses_channel(peer.channel) for peer in peers))
+                 and not any(c in peer.late or c.uses_channel(peer.channel) for peer in peers))
     return moved, len(kept) + stayed, len(before)
 
 

@@ -93,7 +93,7 @@ HANDOFF_SOCKET = "handoff.sock"
 HELLO_TIMEOUT = 10.0          # new master: from exec to hello
 COMMIT_TIMEOUT = 60.0         # new master: from hello to ready (default of --reload-timeout)
 MIGRATE_TIMEOUT = 10.0        # one batch of connections, sent until adopted
-CLAIMED_ANSWER_TIMEOUT = 60.0  # a batch the receiver claimed: until its answer (then let go)
+CLAIMED_ANSWER_TIMEOUT = 60.0  # a claimed batch: the move's wait for its answer (then let go)
 CLAIMED_EXIT_WAIT = 1.0        # a claimed batch whose channel closed, /proc silent: until seen exited
 
 # Descriptors per frame stay under SCM_MAX_FD (253); at most two per connection today.

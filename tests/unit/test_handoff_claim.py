@@ -249,7 +249,9 @@ def test_a_batch_answered_by_its_deadline_moves(datagram_kind, monkeypatch):
     conn, moved, kept = move(channel, 3, _answers_in_time, monkeypatch)
     assert (moved, kept, conn.moved_to, conn.resumed) == (1, set(), 1005, False)
     msg, fds, _, timeout = channel.sent[0]
-    assert msg["claim"] == 1 and len(fds) == 2 and timeout == 60.0
+    # No channel timeout: the request waits for the answer or the channel's end, however
+    # late (batch_ownership._let_go_late); CLAIMED_ANSWER_TIMEOUT bounds only the move's wait.
+    assert msg["claim"] == 1 and len(fds) == 2 and timeout is None
     assert open_fds() == before             # the token is closed once answered
 
 

@@ -237,6 +237,11 @@ class HttpConnectionMoves:
         self._closed()
         self.transport.abort()
 
+    def keeps_exchange_here(self) -> bool:
+        """A response in flight, or a tunnel's upstream, exported and not yet attached to the
+        new worker: its output is held (inflight.ForwardedTransport) until the answer."""
+        return self.moved_to is not None and self.moved_to.channel is None and not self.closed
+
     def resume(self) -> None:
         fd, self.moving_fd = self.moving_fd, -1
         if fd >= 0:
