@@ -219,12 +219,20 @@ class LocalRateLimitFactory(FilterFactory):
                     return limit.create(stream)
         if self.never_enabled:
             return None
-        if self.always_enabled and getattr(stream, "filters", ()) == []:
+        if self.always_enabled:
+            try:
+                made_before = stream.filters
+            except AttributeError:      # (a stream that keeps no list: the filter decides)
+                made_before = None
+        else:
+            made_before = None
+        if not made_before and made_before.__class__ is list:
             # No filter before this one was made for the stream (the stream fills its list
             # as it calls the factories), so nothing can answer or hold the request before
             # this filter's turn, which comes at once: the token is taken here, as Envoy's
             # decodeHeaders takes it, and a request let through with no x-ratelimit headers
-            # to add needs no filter at all (no object, no response hook).
+            # to add needs no filter at all (no object, no response hook). (Tested without
+            # getattr's call and a new empty list to compare with.)
             counters = self.counters
             counters[self.stat_enabled] += 1
             if self.bucket.consume():
