@@ -417,10 +417,19 @@ class Worker:
         self.migrating = True
 
         async def move():
-            started = self.loop.time()
+            started, count = self.loop.time(), len(self.connections)
             try:
                 moved, kept, count = await migration.migrate_connections(
                     self, msg["targets"], bool(msg.get("keep_upstreams")))
+            except Exception as exc:    # noqa: BLE001 - a bug in one kind's move
+                # migrate_connections has settled what it sent; what is still here is served
+                # and drained like a refused connection, and the master hears how it ended
+                # instead of waiting out its drain timeout for a reply that never comes.
+                kept = len(self.connections)
+                moved = max(count - kept, 0)
+                log.error("worker %d: moving connections stopped part-way (%s: %s); %d of %d "
+                          "moved, %d stay to drain", self.id, type(exc).__name__, exc,
+                          moved, count, kept, exc_info=log.isEnabledFor(logging.DEBUG))
             finally:
                 self.migrating = False
             log.info("worker %d: moved %d of %d connection(s) in %.3fs; %d stay to drain",
