@@ -11,7 +11,8 @@ Backpressure is counted (STYLE.md pattern 4): reading from the client pauses whi
 upstream it feeds cannot take more, and an upstream's reading pauses while the client's
 socket is full. The connection also owns the timers of its streams (route deadlines, the
 idle and request timeout sweep), so that a request costs no timer of its own. Its moves to
-another worker at a reload are connection_move.py's.
+another worker at a reload are connection_move.py's; its close, its idle timeout and the
+timers of a request head still arriving, close_policy.py's.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ from ...codecs.events import (Body, HeadersRefused, ProtocolError, RequestHead, 
 from ...codecs.h2limits import TOO_MANY_PREMATURE_RESETS
 from ...codecs.http1_server import Http1ServerCodec
 from ...connection import Connection, Lifecycle, register
-from . import downstream_end, express
+from . import close_policy, downstream_end, express
+from .close_policy import ClosePolicy
 from .connection_move import HttpConnectionMoves, no_http_chain
 from .stream import Stream
 
@@ -37,7 +39,7 @@ MAX_QUEUED_EVENTS = 64          # pipelined events waiting before reading pauses
 HOLD_BUFFER_LIMIT = 256 * 1024  # HTTP/2 bytes left unread while a move waits (h2move.py)
 
 
-class HttpConnection(asyncio.Protocol, HttpConnectionMoves, Connection):
+class HttpConnection(asyncio.Protocol, ClosePolicy, HttpConnectionMoves, Connection):
     """One downstream connection."""
 
     kind = "http"
@@ -431,8 +433,9 @@ class HttpConnection(asyncio.Protocol, HttpConnectionMoves, Connection):
                     self.active = stream
             stream.close_connection = not self.codec.multiplexed
             downstream_end.codec_error(stream, event)
-            body, details = _HEAD_TIMEOUT_REPLIES.get(event.reason) or (
-                _ERROR_BODIES.get(event.status, ""), _ERROR_DETAILS.get(event.status, "codec_error"))
+            body, details = close_policy.HEAD_TIMEOUT_REPLIES.get(event.reason) or (
+                close_policy.ERROR_BODIES.get(event.status, ""),
+                close_policy.ERROR_DETAILS.get(event.status, "codec_error"))
             stream.local_reply(event.status, body, details)
             return
         if stream is not None:
@@ -513,68 +516,6 @@ class HttpConnection(asyncio.Protocol, HttpConnectionMoves, Connection):
             self.transport.pause_reading()
         elif was == 1 and self.read_pauses == 0:
             self.transport.resume_reading()
-
-    def close(self, flush_only: bool = False) -> None:
-        """Close after the queued bytes, Envoy 1.40's delayed close (FlushWriteAndDelay):
-        what the client still sends is read and dropped until it closes too, or until
-        delayed_close_timeout passes (then counted in downstream_cx_delayed_close_timeout).
-        Closing with unread bytes would make the kernel send a RST, and a RST can destroy our
-        last bytes (a final GOAWAY, an error reply) before the client reads them. The FIN is
-        held for that time too, as Envoy holds it (no shutdown: the socket closes when the
-        client's FIN comes, or when the timer fires): a client that waits for the close after
-        an error reply meets the timer, as it does in Envoy, and is counted so.
-
-        `flush_only`: the response that ends the connection answered a request read whole,
-        or is an HTTP/1.0 body delimited by the close (downstream_end.last_stream_done), or
-        the client is gone, or nothing was ever read: the socket closes once the queued bytes
-        are written (Envoy's FlushWrite, which it chooses in those cases): no half close, no
-        timer and no read of the client's FIN a connection per request.
-
-        Either close waits for its bytes to be written at most delayed_close_timeout without
-        write progress (_close_overdue); a close with nothing left to write arms no timer."""
-        if self.closed:
-            return
-        if self.transport is None:
-            self.draining = True    # accepted, its transport not made yet: connection_made
-            return                  # drains it (closes it, idle as it is then)
-        self.flush()
-        downstream_end.closing(self, False)
-        self._closed()
-        transport = self.transport
-        timeout = self.hcm.delayed_close_timeout
-        if flush_only or not timeout or not transport.can_write_eof() or transport.is_closing():
-            downstream_end.connection_ends(self, False)
-            unsent = transport.get_write_buffer_size()
-            transport.close()
-            if unsent and timeout:
-                # The close waits for the bytes to be written: a client that does not read
-                # would hold the socket for ever. Envoy bounds FlushWrite's flush as it does
-                # FlushWriteAndDelay's wait (its delayed_close_timeout docs: "enforced even
-                # when the socket ... is pending a flush of the write buffer"). The usual
-                # close, everything written, arms nothing.
-                self.lingering = self.loop.call_later(timeout, self._close_overdue, unsent)
-            return
-        if self.read_pauses:
-            transport.resume_reading()      # (the client's FIN must be seen: eof_received)
-        self.lingering = self.loop.call_later(timeout, self._close_overdue,
-                                              transport.get_write_buffer_size())
-
-    def _close_overdue(self, unsent: int) -> None:
-        """delayed_close_timeout passed since close() (or since the last look): the socket
-        closes now, with what is still unwritten dropped (abort: a plain close would wait for
-        it). Writes that went on since the last look restart the wait, as Envoy restarts its
-        timer on write progress. Counted in downstream_cx_delayed_close_timeout: here for a
-        close counted when it was decided (flush_only), else by transport_lost (a local
-        close, the client having not closed in time)."""
-        transport = self.transport
-        left = transport.get_write_buffer_size()
-        if left and left < unsent:
-            self.lingering = self.loop.call_later(self.hcm.delayed_close_timeout,
-                                                  self._close_overdue, left)
-            return
-        if self.destroy_counted:
-            self.worker.stats.counters[self.hcm.stat_cx_delayed_close_timeout] += 1
-        transport.abort()
 
     def abort(self) -> None:
         if self.transport is None:
@@ -713,120 +654,12 @@ class HttpConnection(asyncio.Protocol, HttpConnectionMoves, Connection):
         if self.streams and not self.closed:
             self.stream_timer = self.loop.call_later(self._sweep_interval(), self._sweep_streams)
 
-    def _arm_idle(self) -> None:
-        """One lazy timer (STYLE.md pattern 5): going idle moves the deadline; the timer,
-        armed once, re-arms itself when it fires early or finds requests in flight."""
-        timeout = self.hcm.idle_timeout
-        if timeout and not self.closed:
-            self.idle_deadline = self.loop.time() + timeout
-            if self.idle_timer is None:
-                self.idle_timer = self.loop.call_at(self.idle_deadline, self._on_idle_timeout)
-
-    def _on_idle_timeout(self) -> None:
-        self.idle_timer = None
-        if self.closed:
-            return
-        if self.streams:
-            return          # stream_done re-arms
-        if getattr(self.codec, "awaiting_head", False):
-            # A request's head is arriving: Envoy 1.40 made its stream at the first byte, which
-            # disarms the idle timer; its request_headers_timeout or stream_idle_timeout
-            # answers the 408 (_on_header_timeout; measured with idle_timeout below, equal to
-            # and above them), and with both off nothing times the head: the client has it
-            # for as long as it takes (measured: open 4 s past a 0.5 s idle timeout).
-            # stream_done re-arms. A head begun in the read that brought the request before
-            # it (pipelined) has no head timer yet (that request's head cancelled it): timed
-            # from now.
-            if self.header_timer is None and _head_timeout(self.hcm)[0]:
-                self._header_deadline(self.codec)
-            return
-        now = self.loop.time()
-        if now < self.idle_deadline:
-            self.idle_timer = self.loop.call_at(self.idle_deadline, self._on_idle_timeout)
-            return
-        if not self.streams and not self.closed:
-            self.worker.stats.counters[self.hcm.stat_cx_idle_timeout] += 1
-            if not self.requests and (self.codec is None or not self.codec.multiplexed):
-                # No request read: Envoy 1.40, which makes its codec at the first bytes, has
-                # none and closes at once (onIdleTimeout's FlushWrite), no delayed close.
-                self.close(flush_only=True)
-                return
-            if self.codec.multiplexed:
-                self.drain()
-            elif not self.idle_draining:
-                self._drain_when_idle()
-
-    def _drain_when_idle(self) -> None:
-        """HTTP/1.1 idle after a request: Envoy 1.40's drain sequence (onIdleTimeout's
-        startDrainSequence). Nothing is sent (HTTP/1.1 has no GOAWAY); a request that comes
-        within drain_timeout is served with `connection: close` and the connection stays;
-        at drain_timeout it closes with its delayed close (the FIN held). Measured with the
-        real Envoy (idle 0.5 s, drain 0.7 s): the FIN 2.2 s after the response with the
-        default delayed close, 1.5 s with 0.3 s, counting downstream_cx_idle_timeout,
-        destroy_local and delayed_close_timeout (destroy_remote for a client that closes
-        first); a request at 0.8 s was answered 200 with `connection: close`, the FIN still
-        at drain_timeout and the delayed close."""
-        self.idle_draining = True
-        self.drain_timer = self.loop.call_later(self.hcm.drain_timeout, self._idle_drained)
-
-    def _idle_drained(self) -> None:
-        self.drain_timer = None
-        self.idle_draining = False
-        if self.closed:
-            return
-        self.codec.goaway()
-        if not self.streams:
-            self.close()
-        # (else the response in flight says connection: close, and its end closes)
-
-    def _header_deadline(self, codec) -> None:
-        """A request begun must finish its headers in time: request_headers_timeout, and
-        stream_idle_timeout, for Envoy's stream exists from the head's first byte (no byte of
-        a head restarts its idle timer: Envoy's stream sees none until the head is whole)."""
-        timeout = _head_timeout(self.hcm)[0]
-        if getattr(codec, "awaiting_head", False):
-            if self.header_timer is None:
-                self.header_timer = self.loop.call_later(timeout, self._on_header_timeout)
-        elif self.header_timer is not None:
-            self.header_timer.cancel()
-            self.header_timer = None
-
-    def _on_header_timeout(self) -> None:
-        self.header_timer = None
-        if self.closed or self.streams:
-            return
-        reason, stat = _head_timeout(self.hcm)[1:]
-        self.worker.stats.counters[stat] += 1
-        self._on_protocol_error(ProtocolError(reason, 408, self.codec.abandon_head()))
-
     # -- the Connection interface (worker/connection.py); moving is connection_move.py --------
 
     def shutdown_now(self) -> None:
         """Worker stopping: close at once."""
         self._abort_streams("worker stopping")
         self.abort()
-
-
-def _head_timeout(hcm) -> tuple:
-    """The timer of a request head (request_headers_timeout or stream_idle_timeout, the
-    shorter set one): (seconds, the ProtocolError's reason, its counter)."""
-    headers, idle = hcm.request_headers_timeout, hcm.stream_idle_timeout
-    if headers and (not idle or headers <= idle):
-        return headers, downstream_end.HEADER_TIMEOUT, hcm.stat_rq_header_timeout
-    return idle, downstream_end.HEAD_IDLE_TIMEOUT, hcm.stat_rq_idle_timeout
-
-
-# Envoy's local reply bodies for codec errors (the reason phrase) and their details.
-_ERROR_BODIES = {400: "Bad Request", 413: "Payload Too Large", 426: "Upgrade Required",
-                 431: "Request Header Fields Too Large", 501: "Not Implemented"}
-_ERROR_DETAILS = {400: "http1.codec_error", 413: "request_payload_too_large",
-                  426: "upgrade_required", 431: "http1.headers_too_large",
-                  501: "http1.codec_error"}
-# A head late for its timer (_on_header_timeout, a 408): the body and details of the timer that
-# fired, as stream.py's timed_out answers a stream idle timeout.
-_HEAD_TIMEOUT_REPLIES = {
-    downstream_end.HEADER_TIMEOUT: ("request header timeout", "request_header_timeout"),
-    downstream_end.HEAD_IDLE_TIMEOUT: ("stream timeout", "stream_idle_timeout")}
 
 
 register("http1-idle", HttpConnection.adopt, no_http_chain)
