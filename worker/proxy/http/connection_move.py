@@ -264,7 +264,9 @@ class HttpConnectionMoves:
                 if duration is not None and self.duration_timer is None:
                     self.duration_timer = self.loop.call_at(duration, self.drain)
                 if final_goaway is not None and self.drain_timer is None:
-                    self.drain_timer = self.loop.call_at(final_goaway, self._final_goaway)
+                    # The one drain timer is HTTP/2's final GOAWAY or HTTP/1.1's idle drain.
+                    ends = self._idle_drained if self.idle_draining else self._final_goaway
+                    self.drain_timer = self.loop.call_at(final_goaway, ends)
 
     def adopt_codec(self, codec) -> None:
         """Adopted with its codec's state (h2move.py), before the transport exists."""
