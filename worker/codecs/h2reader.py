@@ -223,9 +223,10 @@ class H2FrameReader:
         hit = cache.get(block)
         if hit is not None and hit[0] == self._table_gen:
             return hit
-        snapshot = self._table_snapshot()
+        decoder = self._decoder
+        snapshot = decoder.header_table.changes     # _table_snapshot(), without the call
         try:
-            fields = self._decoder.decode(block, raw=True)
+            fields = decoder.decode(block, raw=True)
         except OversizedHeaderListError as exc:
             raise _ConnError(ENHANCE_YOUR_CALM, str(exc), stream_id) from None
         except HPACKError as exc:
@@ -239,21 +240,17 @@ class H2FrameReader:
             self._decode_cost = (len(fields) - _DECODE_FREE_FIELDS) >> 2
         return self._decoded(block, fields, snapshot)
 
-    def _table_snapshot(self) -> tuple:
-        """What tells whether decoding a block changed the HPACK table (the cache's rule)."""
-        table = self._decoder.header_table
-        entries = table.dynamic_entries
-        return len(entries), entries[0] if entries else None, table.maxsize
+    def _table_snapshot(self) -> int:
+        """What tells whether decoding a block changed the HPACK table (the cache's rule): the
+        count of its insertions and size changes (hpack_decoder.py)."""
+        return self._decoder.header_table.changes
 
-    def _decoded(self, block: bytes, fields: list, snapshot: tuple) -> list:
+    def _decoded(self, block: bytes, fields: list, snapshot: int) -> list:
         """The cache entry of a block decoded from the table of `snapshot`: kept when the
         table did not change, and the table's generation moved on when it did."""
         entry = [self._table_gen, fields, None]
-        count, first, maxsize = snapshot
-        now_count, now_first, now_maxsize = self._table_snapshot()
-        # The first entry by identity: an equal pair inserted anew (evicting another) is a
-        # change.
-        if count == now_count and first is now_first and maxsize == now_maxsize:
+        # Any insertion counts, even of a pair equal to one it evicted.
+        if snapshot == self._decoder.header_table.changes:
             if len(block) <= _HEADER_CACHE_BLOCK and \
                     sum(len(n) + len(v) for n, v in fields) <= _HEADER_CACHE_DECODED:
                 cache = self._header_cache

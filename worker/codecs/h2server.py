@@ -1,5 +1,5 @@
 """HTTP/2 server codec, sans-IO, without h2: frames read and written with struct, HPACK
-decoding through the `hpack` library, responses encoded without the dynamic table. It speaks
+decoding by hpack_decoder.py, responses encoded without the dynamic table. It speaks
 exactly the interface of the h2-based server codec (http2.py, `H2LibServerCodec`), which
 stays as the reference and the fallback; http2.py chooses which one is `Http2ServerCodec`.
 
@@ -40,8 +40,6 @@ from __future__ import annotations
 import time
 from collections import OrderedDict, defaultdict
 
-from hpack import Decoder
-
 from .events import (Body, GoAway, HeadersRefused, ProtocolError, RequestHead, StreamReset,
                      Trailers)
 from .h2fields import RequestAnalysis, TrailersAnalysis, _trailers, analyze_request
@@ -60,6 +58,7 @@ from .h2movestate import H2MoveState
 from .h2reader import _UNBOUNDED, _WHOLE_BLOCK_BYTES, HEADERS_COST, H2FrameReader, _ConnError
 from .h2send import _DRAIN_PING, H2Sender
 from .h2slice import SlicedBlock
+from .hpack_decoder import Decoder
 from .message import Headers, Request
 
 __all__ = ["LeanHttp2ServerCodec", "HEADERS_COST", "CANCEL", "INTERNAL_ERROR"]
