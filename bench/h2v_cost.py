@@ -5,7 +5,8 @@ per-connection cache of decoded blocks (h2reader.py) answers every request of `h
 rigs and of bench/http_bench.py's `h2` figure: their best case. Real clients send a value
 that changes per request (x-request-id, traceparent, a path, a cookie), inserted into the
 HPACK table ("literal with incremental indexing", Huffman-coded, as nghttp2 and Envoy send
-it), so every block is decoded by the `hpack` library.
+it), so every block is decoded (by worker/codecs/hpack_decoder.py since issue 17's decoder,
+by the `hpack` library before: run both trees the same way to compare).
 
     PYTHONPATH=P .venv/bin/python bench/h2v_cost.py TREE MODE BATCHES [REPEATS]
 

@@ -21,7 +21,7 @@ Rules of this file:
   one tuple, the field and the table's entry. Both tables are one list, kept with each
   entry's size, so that an indexed field costs a lookup of its first byte and an addition
   (by callgrind, ~1.7k instructions against hpack's ~25k; a block of h2load's five fields
-  and a new Huffman-coded x-request-id: ~34k against ~205k, of which ~14k the Huffman
+  and a new Huffman-coded x-request-id: ~35k against ~205k, of which ~14k the Huffman
   decoding of its 23 bytes against hpack's ~61k).
 - Huffman: hpack's own decoding state machine (nghttp2's, huffman_table.py: a state and a
   nibble give the next state, at most one symbol, a failure on EOS, and whether the bits so
@@ -53,10 +53,13 @@ _STATIC_SIZES = [0] * (_AT + 1) + [_ENTRY_OVERHEAD + len(name) + len(value)
 _DYNAMIC_AT = len(_STATIC)          # the position of the newest dynamic entry (index 62)
 
 
-def _huffman_rows() -> list:
-    """The byte-wise Huffman decoder: one row per state of hpack's nibble machine (and a last
-    one for a failed string), each a list of 256 (next row, decoded bytes) and, at [256],
-    whether a string may end in this state: True, False (incomplete), or None (failed)."""
+def _huffman_machine() -> tuple:
+    """(the root row, `fill`) of the byte-wise Huffman decoder: one row per state of hpack's
+    nibble machine (and a last one for a failed string), each a list of 256 (next row,
+    decoded bytes) and, at [256], whether a string may end in this state: True, False
+    (incomplete), or None (failed). A row is filled the first time a string reaches it
+    (`fill(row)`, 256 steps): all of them at import cost ~150M instructions (~40 ms) a
+    process, and the strings of real requests reach a few dozen."""
     states = len(HUFFMAN_TABLE) // 16
     rows: list = [[] for _ in range(states + 1)]
     failed = rows[states]
@@ -81,8 +84,9 @@ def _huffman_rows() -> list:
                 raise RuntimeError("hpack's Huffman table: an end flag not its state's")
         nibble_steps.append(steps)
     row_index = {id(row): index for index, row in enumerate(rows)}
-    for state in range(states):
-        row = rows[state]
+
+    def fill(row: list) -> list:
+        state = row_index[id(row)]
         for high_row, high_bytes in nibble_steps[state]:
             if high_row is failed:
                 row += [failed_step] * 16
@@ -93,22 +97,29 @@ def _huffman_rows() -> list:
             else:
                 row += nibble_steps[row_index[id(high_row)]]
         row.append(ends[state])
-    return rows
+        return row
+
+    return rows[0], fill
 
 
-_HUFFMAN_ROOT = _huffman_rows()[0]
+_HUFFMAN_ROOT, _fill_row = _huffman_machine()
 
 
 def decode_huffman(data: bytes) -> bytes:
     """A Huffman-coded string literal (RFC 7541 5.2), decoded; HPACKDecodingError as hpack's
     decode_huffman raises it."""
-    row = _HUFFMAN_ROOT
-    parts: list = []
-    append = parts.append
-    for byte in data:
-        row, decoded = row[byte]
-        append(decoded)
-    end = row[256]
+    while True:
+        row = _HUFFMAN_ROOT
+        parts: list = []
+        append = parts.append
+        try:
+            for byte in data:
+                row, decoded = row[byte]
+                append(decoded)
+            end = row[256]
+            break
+        except IndexError:          # a row not filled yet: filled, and the string decoded again
+            _fill_row(row)
     if not end and data:
         raise HPACKDecodingError("Invalid Huffman string" if end is None
                                  else "Incomplete Huffman string")
