@@ -82,7 +82,14 @@ def stream_balance(stream) -> int:
         held += conn.transport.get_write_buffer_size()
     held += getattr(stream, "held_bytes", 0)        # body that came before the router
     router = stream.router
-    if router is None or router is stream:          # an exchange is its own router
+    if router is None:
+        return held
+    if router is stream:
+        # The lane's exchange or a Stream's straight step is its own router: its upstream is
+        # an HTTP/1.1 connection of its own, whose unsent bytes are this stream's request.
+        up = stream.upstream if hasattr(stream, "upstream") else None
+        if up is not None and up.transport is not None:
+            held += up.codec.pending(stream.upstream_id) + up.transport.get_write_buffer_size()
         return held
     if router.body:
         held += sum(map(len, router.body))
