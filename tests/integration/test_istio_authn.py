@@ -10,6 +10,7 @@ import socket
 import ssl
 
 from ..tls_certs import make_ca, spiffe_leaf
+from .answers import read_answer
 from .conftest import free_port
 
 T = "type.googleapis.com/"
@@ -47,9 +48,7 @@ def get(port: int, context: ssl.SSLContext | None = None) -> tuple[int, bytes]:
     with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
         sock = context.wrap_socket(raw) if context is not None else raw
         sock.sendall(b"GET / HTTP/1.1\r\nhost: reviews\r\nconnection: close\r\n\r\n")
-        data = b""
-        while chunk := sock.recv(65536):
-            data += chunk
+        data = read_answer(sock)    # (not to the close: the direct response's delayed close)
     head, _, body = data.partition(b"\r\n\r\n")
     return int(head.split()[1]), body
 
