@@ -38,6 +38,9 @@ def http_listener(name: str, port: int, routes: str = "local", prefix: str = "in
     hcm = spec["filter_chains"][0]["filters"][0]["typed_config"]
     hcm["stat_prefix"] = prefix
     hcm["rds"]["route_config_name"] = routes
+    # A drained connection's close holds its FIN this long (a second by default), which the
+    # changed listener's idle client waits out.
+    hcm["delayed_close_timeout"] = "0.1s"
     return spec
 
 
