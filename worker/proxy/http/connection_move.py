@@ -294,10 +294,8 @@ class HttpConnectionMoves:
             self.data_received(msg["data"])
         elif kind == "eof":
             self.eof_received()
-        elif kind == "pause":
-            self.pause_writing()
-        elif kind == "resume":
-            self.resume_writing()
+        elif kind in ("pause", "resume"):       # with the hold's own pause (inflight.py)
+            self.moved_to.receiver_paused(kind == "pause")
         elif kind in ("reset", "close"):        # the client went away
             self._abort_streams("downstream remote disconnect")
             self._closed()

@@ -47,9 +47,16 @@ class ForwardedTransport:
     It takes over at export, before the new worker has answered: until `attach` (the move
     succeeded) what is written is kept, in order, and a failed move gives it back to the
     client's own transport (`give_back`), so the exchange never writes to a socket whose
-    ownership is being decided."""
+    ownership is being decided.
 
-    __slots__ = ("conn", "channel", "peer_id", "closing", "ended", "held", "tunnel")
+    What is held is bounded as a client socket's buffer is: past the connection's buffer
+    limit (per_connection_buffer_limit_bytes) the upstream is paused (`conn.pause_writing`,
+    as asyncio does for a full transport) until the held bytes are forwarded or given back.
+    The new worker's pause/resume may arrive before the answer that ends the hold, so each
+    has its own flag, and the upstream is read again only once both are released."""
+
+    __slots__ = ("conn", "channel", "peer_id", "closing", "ended", "held", "tunnel",
+                 "limit", "held_bytes", "held_full", "receiver_full")
 
     def __init__(self, conn, tunnel: bool = False):
         self.conn = conn
@@ -58,6 +65,10 @@ class ForwardedTransport:
         self.closing = False
         self.ended = False              # done, eof, close or reset was said
         self.held: list = []            # messages written before the move was answered
+        self.limit = conn.hcm.buffer_limit
+        self.held_bytes = 0             # of the data messages in `held`
+        self.held_full = False          # held_bytes went past limit: the upstream is paused
+        self.receiver_full = False      # the new worker said pause (its client's buffer)
         # An upgraded connection or CONNECT tunnel (record tcp-split): the new worker runs a
         # forwarding.ForwardedSide on the client, which also sends the client's bytes here
         # and knows only data/eof/close/pause/resume.
@@ -68,6 +79,8 @@ class ForwardedTransport:
         held, self.held = self.held, []
         for msg in held:
             self._send(*msg)
+        self.held_bytes = 0
+        self._full("held_full", False)      # forwarded: the new worker's pause rules now
 
     def give_back(self, client) -> None:
         """The move failed: what was written goes to the client's own transport, in order."""
@@ -79,10 +92,41 @@ class ForwardedTransport:
                 client.close()              # after the bytes written above
             elif kind == "reset":
                 client.abort()
+        self.held_bytes = 0
+        if self.held_full or self.receiver_full:
+            self.held_full = self.receiver_full = False
+            # Past the client transport's high-water mark, it paused the connection as it took
+            # the bytes (conn.pause_writing) and resumes it once drained: leave that to it.
+            if client.get_write_buffer_size() <= self.limit:
+                self._resume_conn()
+
+    def receiver_paused(self, on: bool) -> None:
+        """The new worker's pause/resume (its client's buffer crossed its limit / drained)."""
+        self._full("receiver_full", on)
+
+    def _full(self, flag: str, on: bool) -> None:
+        was = self.held_full or self.receiver_full
+        setattr(self, flag, on)
+        if on and not was:
+            self.conn.pause_writing()
+        elif was and not (self.held_full or self.receiver_full):
+            self._resume_conn()
+
+    def _resume_conn(self) -> None:
+        if self.ended:
+            # No exchange left to resume (nor to close the connection for): only the flag the
+            # next request, served here after a refused move, starts its upstream by.
+            self.conn.write_paused = False
+        else:
+            self.conn.resume_writing()
 
     def _send(self, kind: str, fields=None) -> None:
         if self.channel is None:
             self.held.append((kind, fields or {}))
+            if kind == "data":
+                self.held_bytes += len(fields["data"])
+                if self.held_bytes > self.limit and not self.held_full:
+                    self._full("held_full", True)
         elif not self.channel.closed:
             self.channel.send({"type": kind, "id": self.peer_id, **(fields or {})})
 
