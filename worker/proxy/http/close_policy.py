@@ -81,6 +81,15 @@ class ClosePolicy:
             return
         if self.destroy_counted:
             self.worker.stats.counters[self.hcm.stat_cx_delayed_close_timeout] += 1
+        if not left:
+            # Everything written: a plain close, which over TLS sends close_notify before the
+            # FIN, as Envoy's SslSocket shuts TLS down when its timer closes the socket (an
+            # abort drops the session unannounced: the client reads an unexpected EOF). If
+            # the close_notify cannot go at once either (the client reads nothing), it is
+            # dropped as Envoy's non-blocking shutdown drops it: the close waits no longer.
+            transport.close()
+            if not transport.get_write_buffer_size():
+                return
         transport.abort()
 
     def _arm_idle(self) -> None:
