@@ -9,7 +9,8 @@ Rules of this file:
   (one more only for an RST_STREAM right behind the HEADERS of its stream: reset in the same
   turn, the stream costs no upstream request; see _receive). A SETTINGS frame counts one
   more per 2 open streams (a window change walks them all, ~0.35 us each, half a PING), a
-  header block one more per 4 fields past 32 (HPACK decodes ~2-3 us a field). A block over
+  header block one more per 4 fields past 32 (the `hpack` library decoded ~2-3 us a field;
+  hpack_decoder.py is several times cheaper, the budget kept as it was). A block over
   _WHOLE_BLOCK_BYTES is decoded and analyzed in slices (h2slice.py), each turn as many fields
   as its budget pays for, over as many turns as it takes: every frame behind it waits in the
   buffer, in order (a block of 5,000 fields held the loop 17 ms in one turn). What window
@@ -45,7 +46,8 @@ _UNBOUNDED = 1 << 62    # the turn budget without frames_per_turn
 # as the turn's budget pays for (_SLICE_FIELDS_PER_UNIT, 16 at least): a block of
 # this size decodes in ~0.7 ms at worst (1-byte indexed fields, ~2.7 us each).
 _WHOLE_BLOCK_BYTES = 256
-# A sliced field is decoded (~2-2.7 us), analyzed (~1 us) and scanned (~0.4 us), ~4 us: at 2
+# A sliced field was decoded by `hpack` (~2-2.7 us; hpack_decoder.py's several times less,
+# the budget kept), analyzed (~1 us) and scanned (~0.4 us), ~4 us: at 2
 # a unit, a fresh turn of 64 units decodes ~128 fields, ~0.5 ms, about what a turn of other
 # frames costs in the worker (1.2 ms p99 under the other attacks; at 4 fields a unit, the
 # big-block attack's turns were 2.2 ms p99).

@@ -1,12 +1,14 @@
 """A big HPACK header block decoded a slice at a time, over several turns of the event loop
-(issue 13: the `hpack` library takes ~2 us a field and ~0.12 us a Huffman-coded byte, so a
-block of 5,000 fields held the loop 15-23 ms in one `decode()` call).
+(issue 13: the `hpack` library took ~2 us a field and ~0.12 us a Huffman-coded byte, so a
+block of 5,000 fields held the loop 15-23 ms in one `decode()` call; hpack_decoder.py, which
+replaced it, is several times cheaper, and the slices are kept as they were).
 
 Rules of this file:
 - A slice always ends on a field boundary. The boundaries are found by reading only each
   representation's first byte, its integers and its string lengths (RFC 7541 6); nothing is
   decoded here, so the scan costs a fraction of the decoding.
-- Each slice goes to the connection's own `hpack.Decoder`, in order, so its dynamic table is
+- Each slice goes to the connection's own decoder (hpack_decoder.py's, or an
+  `hpack.Decoder`: the same decode()), in order, so its dynamic table is
   exactly what one `decode()` of the whole block would leave, field by field.
 - What one `decode()` call checks for its whole input holds across the slices too:
   - a dynamic table size update is accepted only before the block's first field (RFC 7541
