@@ -217,23 +217,53 @@ class Stream(RouteStep, StraightSteps, StreamInfo):
         worker = self.worker = conn.worker
         self.stats = worker.stats.counters
         hcm = self.hcm = conn.hcm
+        # The StreamInfo fields, written here rather than by StreamInfo.__init__: a call a
+        # request fewer, and the request's facts written once (test_stream_info_fields.py
+        # holds them to StreamInfo.__init__'s).
+        self.start_time = time.time()
+        now = self.start_monotonic = self.last_activity = loop.time()
         if event is not None:
-            request = event.request
+            request = self.request = event.request
             self.id = event.stream_id
-            self.end_at_head = self.request_complete = event.end_stream
             self.upgrade = event.upgrade
             self.expect_continue = event.expect_continue
+            self.original_path = request.path
+            self.protocol = _PROTOCOLS.get(request.version) or f"HTTP/{request.version}"
+            if event.end_stream:        # complete as it began: REQUEST_DURATION 0
+                self.end_at_head = self.request_complete = True
+                self.last_request_byte = now
+            else:
+                self.end_at_head = self.request_complete = False
+                self.last_request_byte = None
         else:
-            request = None
+            self.request = None
             self.id = 0
             self.end_at_head = self.request_complete = True
             self.upgrade = None
             self.expect_continue = False
-        protocol = "HTTP/1.1" if request is None else (
-            _PROTOCOLS.get(request.version) or f"HTTP/{request.version}")
-        StreamInfo.__init__(self, request, loop.time(), protocol, conn.peer, conn.local, conn.id)
-        if self.end_at_head and request is not None:    # complete as it began: REQUEST_DURATION 0
-            self.last_request_byte = self.start_monotonic
+            self.original_path = ""
+            self.protocol = "HTTP/1.1"
+            self.last_request_byte = None
+        self.response = None
+        self.response_code = 0
+        self.response_code_details = ""
+        self.response_flags = []
+        self.bytes_received = 0
+        self.bytes_sent = 0
+        self.downstream_remote = conn.peer
+        self.downstream_local = conn.local
+        self.upstream_host = None
+        self.upstream_local = None
+        self.upstream_cluster = None
+        self.route_name = ""
+        self.request_id = None
+        self.attempts = 0
+        self.first_upstream_byte = None
+        self.last_downstream_byte = None
+        self.upstream_failure = ""
+        self.connection_id = conn.id
+        self.response_trailers = None
+        self.dynamic_metadata = None
         self.route = None
         self.filters = ()
         self.filter_index = 0
@@ -251,7 +281,6 @@ class Stream(RouteStep, StraightSteps, StreamInfo):
         self.buffer_limit = hcm.buffer_limit
         self.paused_downstream = False
         self.controls = False
-        self.last_activity = self.start_monotonic
         self.idle_timeout = hcm.stream_idle_timeout
         self.window_held = False
         self.picked = None              # (host,): the express lane asked the balancer already
