@@ -548,16 +548,17 @@ class Stream(RouteStep, StraightSteps, StreamInfo):
         if chain is not None and chain.encodes and not filtered:
             chain.response_data(data, end_stream)
             return
-        self.last_activity = self.loop.time()
+        now = self.last_activity = self.loop.time()
         conn = self.conn
         self.bytes_sent += len(data)
         codec = conn.codec
         codec.send_body(self.id, data, end_stream)
         if end_stream:
             # _response_done, inline: every response. No mark_dirty: the stream's end writes
-            # (HttpConnection.stream_done), as the express lane's does.
+            # (HttpConnection.stream_done), as the express lane's does. The last byte's time
+            # is the one just read (a clock read a response fewer).
             self.response_complete = True
-            self._end()
+            self._end(now)
             return
         conn.mark_dirty()
         if not self.window_held and codec.pending(self.id) > self.buffer_limit:
@@ -595,19 +596,18 @@ class Stream(RouteStep, StraightSteps, StreamInfo):
                                                       end_stream):
                     return              # a local reply went out instead, or the head waits
         self.response_started = True
-        info = self
-        info.response = response
-        info.response_code = response.status
-        if not info.response_code_details:
-            info.response_code_details = "via_upstream"
-        codec = self.conn.codec
+        self.response = response
+        self.response_code = response.status
+        if not self.response_code_details:
+            self.response_code_details = "via_upstream"
         conn = self.conn
+        codec = conn.codec
         limit = hcm.max_requests_per_connection
         if self.close_connection or (limit and conn.requests >= limit) or conn.draining or (
                 self.worker.overload.disable_keepalive and self.worker.overload.closes_connection(self)):
             codec.goaway()      # HTTP/1.1: this response says connection: close; HTTP/2: GOAWAY
         codec.send_head(self.id, response, end_stream)
-        self.conn.mark_dirty()
+        conn.mark_dirty()
         if end_stream:
             self._response_done()
 
@@ -779,7 +779,8 @@ class Stream(RouteStep, StraightSteps, StreamInfo):
         self.response_flags.append("UPE" if "protocol" in reason else "UR")
         self.reset(reason)
 
-    def _end(self) -> None:
+    def _end(self, now: float | None = None) -> None:
+        """`now`: the loop's time, when the caller just read it (the last byte sent)."""
         if self.done:
             return
         self.done = True
@@ -788,7 +789,7 @@ class Stream(RouteStep, StraightSteps, StreamInfo):
             self.conn.pause_reading(False)
         hcm = self.hcm
         info = self
-        info.last_downstream_byte = self.loop.time()
+        info.last_downstream_byte = self.loop.time() if now is None else now
         code = info.response_code
         if code:
             name = hcm.stat_rq_class.get(code // 100)
