@@ -9,13 +9,17 @@ A batch the receiver claimed and did not answer in CLAIMED_ANSWER_TIMEOUT, its c
 (the receiver stopped or wedged), no longer holds the move: its connections with nothing
 running here are let go, and one that serves an exchange here for the receiver (an HTTP/1.1
 response in flight, a tunnel's upstream) goes on, its output held, until the late answer says
-where it is (`_let_go_late`). One whose channel closes unanswered cannot be served on: the
-channel was the exchange's only way to its client, whose socket the receiver may hold, and
-without the answer nobody here can tell whether the receiver adopted it (then it alone may
-write to the socket, and it ended its side as the channel went:
-inflight.ForwardedResponse.channel_lost) or refused it; writing to the socket from here would
-make a second writer in the first case. So it ends (`_end_forwarding`), unless the receiver
-died (then nothing else holds it and it serves on here).
+where it is (`_let_go_late`); so does an L4 connection moved client-only (tcp-split), whose
+upstream half waits here paused, as export left it, to learn the id it forwards to (it
+never touches the client's socket, so waiting makes no second writer either). One whose
+channel closes unanswered cannot be served on: the channel was the exchange's only way to
+its client, whose socket the receiver may hold, and without the answer nobody here can tell
+whether the receiver adopted it (then it alone may write to the socket, and it ended its side
+as the channel went: inflight.ForwardedResponse.channel_lost, forwarding.ForwardedSide's
+peer_lost) or refused it; writing to the socket from here would make a second writer in the
+first case (a tcp-split resumed here would run its pumps on that socket). So it ends
+(`_end_forwarding`), unless the receiver died (then nothing else holds it and it serves on
+here).
 """
 
 from __future__ import annotations
@@ -192,10 +196,10 @@ def _let_go(worker, conns, peer) -> None:
 def _let_go_late(worker, sent, future, peer) -> None:
     """A claimed batch unanswered in CLAIMED_ANSWER_TIMEOUT, its channel open (the receiver
     stopped or wedged): the move stops waiting for it. A connection serving an exchange here
-    for the receiver (an HTTP/1.1 response in flight, a tunnel's upstream) stays undecided,
-    the exchange going on with its output held, until the answer comes (then it moves, or
-    serves on here) or the channel closes (then the receiver's life decides); the others,
-    nothing of which runs here, are let go."""
+    for the receiver (an HTTP/1.1 response in flight, a tunnel's upstream: its output held;
+    an L4 tcp-split's upstream half, paused) stays undecided (Connection.keeps_exchange_here)
+    until the answer comes (then it moves, or serves on here) or the channel closes (then the
+    receiver's life decides); the others, nothing of which runs here, are let go."""
     waiting = [conn for conn in sent if conn.keeps_exchange_here()]
     _let_go(worker, [conn for conn in sent if conn not in waiting], peer)
     if waiting:

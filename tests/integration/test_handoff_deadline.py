@@ -47,6 +47,17 @@ def stopped(pid: int) -> bool:
         return f.read().rsplit(")", 1)[1].split()[0] == "T"
 
 
+def stops_after_its_claim(proc, monkeypatch) -> None:
+    """The move's wait for the answer (batch_ownership._answer_within) ends, its deadline
+    passed, once the receiver (--stop-after-claim) claimed the batch and stopped."""
+    async def the_receiver_stops_after_its_claim(future, deadline):
+        line = await asyncio.get_running_loop().run_in_executor(None, read_line, proc, 10)
+        assert line == "claimed"
+        wait_until(lambda: stopped(proc.pid), 5, "the receiver to stop")
+        return future.done()
+    monkeypatch.setattr(batch_ownership, "_answer_within", the_receiver_stops_after_its_claim)
+
+
 @pytest.fixture
 def probe_kind(monkeypatch):
     monkeypatch.setitem(protocol.RECORDS, "probe", PROBE)

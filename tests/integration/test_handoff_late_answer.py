@@ -14,10 +14,10 @@ import socket
 import pytest
 
 from baton.supervisor.handoff import protocol
-from baton.worker import batch_ownership, migration
+from baton.worker import migration
 
-from .test_handoff_deadline import Outgoing, Sender, probe_kind, read_line, receiver, stopped  # noqa: F401
-from ..waiting import wait_until
+from .test_handoff_deadline import (  # noqa: F401 - fixtures
+    Outgoing, Sender, probe_kind, read_line, receiver, stops_after_its_claim)
 
 
 class ExchangeHere(Outgoing):
@@ -34,13 +34,7 @@ def test_an_exchange_answered_after_the_claimed_deadline_moves_under_its_new_id(
     client, ours = socket.socketpair()
     conn = ExchangeHere(7, ours)
     monkeypatch.setattr(protocol, "CLAIMED_ANSWER_TIMEOUT", 0.3)
-
-    async def the_receiver_stops_after_its_claim(future, deadline):
-        line = await asyncio.get_running_loop().run_in_executor(None, read_line, proc, 10)
-        assert line == "claimed"
-        wait_until(lambda: stopped(proc.pid), 5, "the receiver to stop")
-        return future.done()
-    monkeypatch.setattr(batch_ownership, "_answer_within", the_receiver_stops_after_its_claim)
+    stops_after_its_claim(proc, monkeypatch)
 
     async def move():
         peer = await migration.open_handoff(address, 1)

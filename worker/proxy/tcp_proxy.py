@@ -617,6 +617,11 @@ class TcpProxyConnection(Connection):
         self.stats.gauges[self.listener.stat_cx_active] -= 1
         self.worker.connection_closed(self)
 
+    def keeps_exchange_here(self) -> bool:
+        """Exported client-only (tcp-split): its upstream half stays here, paused as export
+        left it, and can wait for a late answer to learn the new id it forwards to."""
+        return self.early is not None and self.state is OPEN
+
     def _forward_upstream(self, channel, peer_id: int):
         """The adopter took our client (write migration): keep serving the upstream half here,
         forwarding over `channel`. The ForwardedSide replaces this connection."""
