@@ -773,6 +773,41 @@ def test_an_idle_keep_alive_connection_is_drained_before_it_closes(pair, asks_ag
         "counted": {**HELD, "idle_timeout": 2 if asks_again else 1}}, obs), at_once=True)
 
 
+def test_a_response_in_flight_when_the_idle_drain_ends_is_followed_by_the_delayed_close(pair):
+    """The idle timeout's drain (idle 0.3 s, drain 0.6 s, delayed close 0.2 s) with a request
+    whose response (0.9 s late upstream) is still in flight at drain_timeout: the answer says
+    `connection: close`, and Envoy 1.40, Closing since its drain timeout, holds the FIN for
+    delayed_close_timeout after it (downstream_cx_delayed_close_timeout), though the request
+    was read whole. Baton sent its FIN at once (destroy_local alone)."""
+    request = b"GET /u HTTP/1.1\r\nhost: x\r\nx-test-body-size: 2\r\n\r\n"
+
+    def run(target):
+        prefix = "http.idle_drain."
+        before = target.stats(prefix)
+        with socket.create_connection(("127.0.0.1", target.ports["idle_drain"]), timeout=5) as sock:
+            sock.sendall(request)
+            _read_until(sock, b"\x00\x01")
+            idle = prefix + "downstream_cx_idle_timeout"
+            wait_until(lambda: target.stats(prefix).get(idle, 0) > before.get(idle, 0), 5,
+                       "the idle timeout")
+            sock.sendall(request.replace(b"\r\n\r\n", b"\r\nx-test-delay-ms: 900\r\n\r\n"))
+            head = _read_until(sock, b"\x00\x01").partition(b"\r\n\r\n")[0].split(b"\r\n")
+            answered = time.monotonic()
+            while sock.recv(65536):
+                pass
+            took = time.monotonic() - answered
+        after = _once_destroyed(target, prefix, before)
+        delta = {name.removeprefix("downstream_").removeprefix("cx_"):
+                 after.get(prefix + name, 0) - before.get(prefix + name, 0) for name in ENDS}
+        return {"answer": [head[0].decode()] + [line.decode() for line in head[1:]
+                                                if line.lower().startswith(b"connection:")],
+                "fin": "after delayed_close_timeout" if 0.15 <= took < 0.7 else round(took, 2),
+                "counted": {k: v for k, v in delta.items() if v}}
+    differential(pair, run, lambda obs: _check(obs == {
+        "answer": ["HTTP/1.1 200 OK", "connection: close"], "fin": "after delayed_close_timeout",
+        "counted": HELD}, obs), at_once=True)
+
+
 def test_the_log_lines_of_a_client_gone_mid_body_and_a_header_timeout(pair, recorder):
     """A client's close in the middle of a request body: code 0, DC, downstream_remote_disconnect
     (Baton: -, downstream_closed_mid-request, the codec's end of input). A request-headers

@@ -156,7 +156,13 @@ class ClosePolicy:
         self.codec.goaway()
         if not self.streams:
             self.close()
-        # (else the response in flight says connection: close, and its end closes)
+            return
+        # The response in flight says connection: close, and its end closes: Envoy's
+        # onDrainTimeout made the connection Closing, whose close after the last stream is
+        # the delayed one however whole the request was (measured: the FIN 0.2 s after the
+        # answer with delayed_close_timeout 0.2 s, counted in delayed_close_timeout), not
+        # the FlushWrite of a request that asked to close (downstream_end.last_stream_done).
+        self.idle_drain_closing = True
 
     def _header_deadline(self, codec) -> None:
         """A request begun must finish its headers in time: request_headers_timeout, and

@@ -57,6 +57,7 @@ class HttpConnection(asyncio.Protocol, ClosePolicy, HttpConnectionMoves, Connect
     deadline_timer = None                     # route timeouts of the streams (watch_deadline)
     drain_timer = None                        # HTTP/2's final GOAWAY, HTTP/1.1's idle drain
     idle_draining = False                     # HTTP/1.1 after its idle timeout (_drain_when_idle)
+    idle_drain_closing = False                # and its drain_timeout passed, a response in flight
     deadline_at = 0.0
     draining = False
     on_idle = None                            # migration waits for this connection

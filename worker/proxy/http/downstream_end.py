@@ -130,7 +130,9 @@ def last_stream_done(conn, stream) -> bool:
     eof_received count what ends it). True when the close is that one (HttpConnection.close's
     flush_only). Measured with the real Envoy: a direct response or local reply to a whole GET
     (answered while its head is read: `conn.starting`) and a codec error's reply wait; an
-    upstream's response to a whole request and an HTTP/1.0 response without a length do not."""
+    upstream's response to a whole request and an HTTP/1.0 response without a length do not;
+    nor does a response the idle timeout's drain_timeout found in flight (`idle_drain_closing`:
+    Envoy's onDrainTimeout made the connection Closing, whose close is the delayed one)."""
     if conn.codec.multiplexed:
         return False
     # An express exchange (express.py: info None) is never a codec error, nor HTTP/1.0.
@@ -146,7 +148,7 @@ def last_stream_done(conn, stream) -> bool:
                                             "content-length" not in info.response.headers):
             connection_ends(conn, False)
             return True
-    if stream.request_complete and not conn.starting:
+    if stream.request_complete and not conn.starting and not conn.idle_drain_closing:
         connection_ends(conn, False)
         return True
     return False
