@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import socket
-from types import SimpleNamespace
 
 import pytest
 
@@ -23,11 +22,10 @@ LIMIT = 1000
 
 
 class _Conn:
-    """What ForwardedTransport uses of HttpConnection: its limit and its pause (the
-    connection's pause_writing / resume_writing hold and release every stream's upstream)."""
+    """What ForwardedTransport uses of HttpConnection: its pause (the connection's
+    pause_writing / resume_writing hold and release every stream's upstream)."""
 
     def __init__(self):
-        self.hcm = SimpleNamespace(buffer_limit=LIMIT)
         self.write_paused = False
         self.calls: list = []
 
@@ -79,7 +77,7 @@ def _chunks(n: int) -> list[bytes]:
 
 def test_held_bytes_past_the_limit_pause_the_upstream_until_forwarded():
     conn = _Conn()
-    forwarded = ForwardedTransport(conn)
+    forwarded = ForwardedTransport(conn, limit=LIMIT)
     chunks = _chunks(5)
     for chunk in chunks[:3]:
         forwarded.write(chunk)
@@ -95,11 +93,22 @@ def test_held_bytes_past_the_limit_pause_the_upstream_until_forwarded():
     assert conn.calls == ["pause", "resume"] and not conn.write_paused
 
 
+def test_without_a_limit_nothing_pauses():
+    """An RPC connection's (rpc/connection.py): it holds the answers to the requests in
+    flight at its move, and its pause_writing would stop reading the client instead."""
+    conn = _Conn()
+    forwarded = ForwardedTransport(conn)
+    for chunk in _chunks(10):
+        forwarded.write(chunk)
+    forwarded.attach(_Channel(), 42)
+    assert conn.calls == []
+
+
 def test_the_receivers_early_pause_outlasts_the_answer():
     """Its pause arrives before the answer (its messages follow the answer on the channel,
     and the answer is acted on a turn later): the answer releases only the hold's pause."""
     conn = _Conn()
-    forwarded = ForwardedTransport(conn)
+    forwarded = ForwardedTransport(conn, limit=LIMIT)
     for chunk in _chunks(4):
         forwarded.write(chunk)
     forwarded.receiver_paused(True)
@@ -111,7 +120,7 @@ def test_the_receivers_early_pause_outlasts_the_answer():
 
 def test_the_receivers_resume_does_not_release_the_holds_pause():
     conn = _Conn()
-    forwarded = ForwardedTransport(conn)
+    forwarded = ForwardedTransport(conn, limit=LIMIT)
     forwarded.receiver_paused(True)
     for chunk in _chunks(4):
         forwarded.write(chunk)
@@ -123,7 +132,7 @@ def test_the_receivers_resume_does_not_release_the_holds_pause():
 
 def test_a_failed_move_gives_back_everything_and_the_client_transport_rules_then():
     conn = _Conn()
-    forwarded = ForwardedTransport(conn)
+    forwarded = ForwardedTransport(conn, limit=LIMIT)
     chunks = _chunks(4)
     for chunk in chunks:
         forwarded.write(chunk)
@@ -137,7 +146,7 @@ def test_a_failed_move_gives_back_everything_and_the_client_transport_rules_then
 
 def test_a_failed_move_under_the_clients_mark_resumes_the_upstream():
     conn = _Conn()
-    forwarded = ForwardedTransport(conn)
+    forwarded = ForwardedTransport(conn, limit=LIMIT)
     for chunk in _chunks(4):
         forwarded.write(chunk)
     client = _Client(conn, sent_at_once=True)
@@ -150,7 +159,7 @@ def test_an_exchange_that_ended_while_held_leaves_the_next_request_unpaused():
     nothing to resume, but the next request must not start its upstream paused."""
     conn = _Conn()
     conn.resume_writing = lambda: (_ for _ in ()).throw(AssertionError("resumed an ended one"))
-    forwarded = ForwardedTransport(conn)
+    forwarded = ForwardedTransport(conn, limit=LIMIT)
     for chunk in _chunks(4):
         forwarded.write(chunk)
     forwarded.response_done()

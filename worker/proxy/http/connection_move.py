@@ -200,7 +200,8 @@ class HttpConnectionMoves:
             if ureq is not None:
                 return tunnel_move.export(self, ureq, fields)
             self.moving_client = self.transport
-            self.transport = self.moved_to = inflight.ForwardedTransport(self, tunnel=True)
+            self.transport = self.moved_to = inflight.ForwardedTransport(
+                self, tunnel=True, limit=self.hcm.buffer_limit)
             return Export(TUNNEL_RECORD, {**fields, "up": {"eof": False},
                                           "down": {"data": b"", "eof": False, "done": False},
                                           "limit": self.hcm.buffer_limit}, [self.moving_fd])
@@ -208,7 +209,8 @@ class HttpConnectionMoves:
             tls = self.transport.export_state() if self.tls is not None else None
             # From here the exchange writes to the new worker (held until it answers).
             self.moving_client = self.transport
-            self.transport = self.moved_to = inflight.ForwardedTransport(self)
+            self.transport = self.moved_to = inflight.ForwardedTransport(
+                self, limit=self.hcm.buffer_limit)
             return Export(inflight.RECORD, {**fields, "tls": tls}, [self.moving_fd])
         if self.tls is not None:
             # HTTPS: the record layer's state goes with the socket (worker/proxy/https.py).

@@ -49,23 +49,26 @@ class ForwardedTransport:
     client's own transport (`give_back`), so the exchange never writes to a socket whose
     ownership is being decided.
 
-    What is held is bounded as a client socket's buffer is: past the connection's buffer
-    limit (per_connection_buffer_limit_bytes) the upstream is paused (`conn.pause_writing`,
-    as asyncio does for a full transport) until the held bytes are forwarded or given back.
+    What is held is bounded as a client socket's buffer is: past `limit` (an HTTP
+    connection's per_connection_buffer_limit_bytes) the upstream is paused
+    (`conn.pause_writing`, as asyncio does for a full transport) until the held bytes are
+    forwarded or given back. Without one (an RPC connection, rpc/connection.py: what it holds
+    is the answers to the requests in flight at its move, and its pause_writing stops reading
+    the client, not an upstream) nothing pauses.
     The new worker's pause/resume may arrive before the answer that ends the hold, so each
     has its own flag, and the upstream is read again only once both are released."""
 
     __slots__ = ("conn", "channel", "peer_id", "closing", "ended", "held", "tunnel",
                  "limit", "held_bytes", "held_full", "receiver_full")
 
-    def __init__(self, conn, tunnel: bool = False):
+    def __init__(self, conn, tunnel: bool = False, limit: int | None = None):
         self.conn = conn
         self.channel = None
         self.peer_id = 0                # the connection's id in the new worker
         self.closing = False
         self.ended = False              # done, eof, close or reset was said
         self.held: list = []            # messages written before the move was answered
-        self.limit = conn.hcm.buffer_limit
+        self.limit = limit
         self.held_bytes = 0             # of the data messages in `held`
         self.held_full = False          # held_bytes went past limit: the upstream is paused
         self.receiver_full = False      # the new worker said pause (its client's buffer)
@@ -97,7 +100,7 @@ class ForwardedTransport:
             self.held_full = self.receiver_full = False
             # Past the client transport's high-water mark, it paused the connection as it took
             # the bytes (conn.pause_writing) and resumes it once drained: leave that to it.
-            if client.get_write_buffer_size() <= self.limit:
+            if self.limit is None or client.get_write_buffer_size() <= self.limit:
                 self._resume_conn()
 
     def receiver_paused(self, on: bool) -> None:
@@ -125,7 +128,8 @@ class ForwardedTransport:
             self.held.append((kind, fields or {}))
             if kind == "data":
                 self.held_bytes += len(fields["data"])
-                if self.held_bytes > self.limit and not self.held_full:
+                if self.limit is not None and self.held_bytes > self.limit and \
+                        not self.held_full:
                     self._full("held_full", True)
         elif not self.channel.closed:
             self.channel.send({"type": kind, "id": self.peer_id, **(fields or {})})
