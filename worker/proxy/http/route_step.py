@@ -22,33 +22,33 @@ class RouteStep:
             return
         hcm = self.hcm
         route = self.route
-        info = self
         if route is None:
             self.stats[hcm.stat_no_route] += 1
-            info.response_flags.append("NR")
+            self.response_flags.append("NR")
             self.local_reply(404, "", "route_not_found")
             return
         kind = route.kind
-        if kind == "direct_response":
-            self.stats[hcm.stat_rq_direct_response] += 1
-            status, body = route.direct()
-            _, location = route.redirect_location(self.request)
-            self.local_reply(status, body, "direct_response", content_type=bool(body),
-                             extra=[("location", location)] if location else ())
-            return
-        if kind == "redirect":
-            self.stats[hcm.stat_rq_redirect] += 1
-            status, location = route.redirect_location(self.request)
-            self.local_reply(status, "", "via_redirect", extra=[("location", location)],
-                             content_type=False)
-            return
+        if kind != "cluster":               # (one test for the common kind)
+            if kind == "direct_response":
+                self.stats[hcm.stat_rq_direct_response] += 1
+                status, body = route.direct()
+                _, location = route.redirect_location(self.request)
+                self.local_reply(status, body, "direct_response", content_type=bool(body),
+                                 extra=[("location", location)] if location else ())
+                return
+            if kind == "redirect":
+                self.stats[hcm.stat_rq_redirect] += 1
+                status, location = route.redirect_location(self.request)
+                self.local_reply(status, "", "via_redirect", extra=[("location", location)],
+                                 content_type=False)
+                return
         request = self.request
         name = self.cluster_name
         cluster = self.worker.clusters.get(name) if name else None
         if cluster is None:
             self.stats[hcm.stat_no_cluster] += 1
-            info.response_flags.append("NC")
-            info.upstream_cluster = None    # no cluster: %UPSTREAM_CLUSTER% "-", as Envoy
+            self.response_flags.append("NC")
+            self.upstream_cluster = None    # no cluster: %UPSTREAM_CLUSTER% "-", as Envoy
             self.local_reply(route.cluster_not_found_status, "", "cluster_not_found")
             return
         # Envoy's order: header mutations first, then host and path rewrites (a
@@ -67,10 +67,11 @@ class RouteStep:
         if self.controls:
             timeout, retry = route_controls(route, request.headers, base)
         else:
-            timeout, retry = base, route.retry
+            timeout = base
+            retry = route.retry
         if not hcm.suppress_envoy_headers and timeout:
-            per_try = retry.per_try_timeout if retry is not None else None
-            header = expected_timeout_header(per_try if per_try else timeout)
+            header = expected_timeout_header(
+                timeout if retry is None else retry.per_try_timeout or timeout)
             if self.controls or self.filters or (plan and header[0] in plan.names):
                 request.headers.set(*header)
             else:

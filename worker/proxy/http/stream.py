@@ -331,14 +331,15 @@ class Stream(RouteStep, StraightSteps, StreamInfo):
 
     def start(self) -> None:
         hcm = self.hcm
+        request = self.request
+        worker = self.worker
         counters = self.stats
         counters[hcm.stat_rq_total] += 1
-        counters[hcm.stat_rq_http2_total if self.request.version == "2" else
+        counters[hcm.stat_rq_http2_total if request.version == "2" else
                  hcm.stat_rq_http1_total] += 1
-        self.worker.stats.gauges[hcm.stat_rq_active] += 1
-        if self.worker.overload.shedding and self.worker.overload.rejects_request(self):
+        worker.stats.gauges[hcm.stat_rq_active] += 1
+        if worker.overload.shedding and worker.overload.rejects_request(self):
             return
-        request = self.request
         if request.version == "1.0" and not hcm.accept_http_10:
             downstream_end.http10_refused(self)
             self.close_connection = True
