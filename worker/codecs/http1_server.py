@@ -83,7 +83,7 @@ class Http1ServerCodec(Http1Output):
 
     __slots__ = ("_parser", "_events", "_out", "_next_id", "_stream", "_url", "_headers",
                  "_header_bytes", "_max_header_bytes", "_max_headers", "_failed", "_body_seen",
-                 "_responses", "_tunnel", "_framing", "closed", "close_after", "_goaway",
+                 "_responses", "_tunnel", "_framing", "closed", "close_after", "_goaway", "_announce_close",
                  "_expect_continue", "_in_head", "_declined_upgrade", "_stalled", "_stall_mark",
                  "_line_tail", "_learned", "_ended", "_ended_unparsed")
     multiplexed = False     # one exchange at a time: a fault or an unread body ends the connection
@@ -109,6 +109,7 @@ class Http1ServerCodec(Http1Output):
         self.closed = False              # the connection must close once data_to_send is flushed
         self.close_after = False         # close after the response in progress (no keep-alive)
         self._goaway = False
+        self._announce_close = False     # announce_close(): say close, read on
         self._expect_continue = False
         self._in_head = False           # a request has begun and its head is not complete
         self._declined_upgrade = False  # an h2c upgrade request: served as HTTP/1.1
@@ -356,7 +357,7 @@ class Http1ServerCodec(Http1Output):
                 upgrade = response.headers.get("upgrade")
                 if upgrade:
                     out.append(f"upgrade: {upgrade}\r\n")
-        elif not keep_alive:
+        elif not keep_alive or self._announce_close:
             out.append("connection: close\r\n")
         elif version == "1.0":
             out.append("connection: keep-alive\r\n")
@@ -399,6 +400,12 @@ class Http1ServerCodec(Http1Output):
         self._goaway = True
         if not self._responses:
             self.closed = True
+
+    def announce_close(self) -> None:
+        """The responses from now on say `connection: close`, and the connection reads on:
+        Envoy 1.40's drain window (its idle timeout's drain sequence) serves what comes until
+        drain_timeout, when the connection manager closes."""
+        self._announce_close = True
 
     @property
     def open_streams(self) -> int:

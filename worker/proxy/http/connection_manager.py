@@ -264,7 +264,10 @@ class HttpConnection(asyncio.Protocol, ClosePolicy, HttpConnectionMoves, Connect
             if not codec.multiplexed and codec.closed:
                 return      # read behind a response that said connection: close (RFC 9112 9.6)
             if self.idle_draining:
-                codec.goaway()      # its response says connection: close (_drain_when_idle)
+                # Its response says connection: close, and what follows it is served too:
+                # Envoy's drain window (_drain_when_idle) keeps the connection Draining, not
+                # Closing, until drain_timeout.
+                codec.announce_close()
             self._on_request_head(event)
         elif kind is Trailers:
             stream = self.streams.get(event.stream_id)
@@ -398,11 +401,8 @@ class HttpConnection(asyncio.Protocol, ClosePolicy, HttpConnectionMoves, Connect
         else:
             self.flush()
         if not self.streams and self.codec.closed:    # (HTTP/2's closed is a property)
-            if self.idle_draining:
-                # Served while the idle timeout drains: its drain_timeout closes. Envoy's
-                # idle timer runs again meanwhile (counted again if it fires first).
-                self._arm_idle()
-                return
+            # (Served while the idle timeout drains, the codec is closed only by a request
+            # that asked to close: the drain window's own answers leave it open.)
             self.close(flush_only=downstream_end.last_stream_done(self, stream))
         elif not self.streams:
             if self.moved_to is not None:
