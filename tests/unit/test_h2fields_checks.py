@@ -7,7 +7,8 @@ import re
 
 from hypothesis import given, settings, strategies as st
 
-from baton.worker.codecs.h2fields import _regular_field
+from baton.worker.codecs import h2fields
+from baton.worker.codecs.h2fields import _regular_field, analyze_request
 
 # RFC 9113 8.2.1 as one regex: no NUL, CR or LF; no whitespace at either end.
 _SPEC_BAD_VALUE = re.compile(rb"[\x00\r\n]|\A[ \t]|[ \t]\Z").search
@@ -29,3 +30,22 @@ def test_value_edges():
         assert _regular_field(b"x", value) == "invalid value for header b'x'", value
     for value in (b"", b"a", b"a b", b"a\tb", b"\x0ba\x0b", b"\xff"):
         assert _regular_field(b"x", value) is None, value
+
+
+_NAMES = st.sampled_from([b"user-agent", b"x-request-id", b"te", b"expect", b"cookie", b"host",
+                          b"content-length", b"connection", b"X-Upper", b"", b"a b", b":path"])
+_VALUES = st.sampled_from([b"", b"a", b" a", b"a\n", b"trailers", b"100-continue", b"12", b"x"])
+_PSEUDO = [(b":method", b"GET"), (b":scheme", b"http"), (b":path", b"/")]
+blocks = st.lists(st.tuples(_NAMES, _VALUES), max_size=6).map(lambda fields: _PSEUDO + fields)
+
+
+@settings(max_examples=300, deadline=None)
+@given(blocks, blocks)
+def test_names_learned_before_change_no_verdict(earlier, block):
+    """A request's analysis is the same whether or not its names were seen before (h2fields'
+    _plain_names): the earlier block teaches names, each with any value."""
+    h2fields._plain_names.clear()
+    fresh = analyze_request(block, 65536, 100)
+    analyze_request(earlier, 65536, 100)
+    analyze_request(block, 65536, 100)
+    assert analyze_request(block, 65536, 100) == fresh

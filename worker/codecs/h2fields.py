@@ -114,6 +114,16 @@ def _pseudo_error(method, path, scheme, authority, host) -> str | None:
 
 _digits = frozenset(b"0123456789")
 
+# Regular field names a request carried that passed _regular_field's name checks and mean
+# nothing to the analysis but a name: their next field needs only its value checked (most
+# names repeat from request to request, even when values change). Whether a name is good is
+# the name's alone, so the verdicts are the process's, a bounded number of short names.
+_plain_names: dict = {}
+_PLAIN_NAMES = 512
+_PLAIN_NAME_BYTES = 64
+# Names whose value the analysis reads, or that a value may make malformed (te).
+_NOT_PLAIN = frozenset({b"cookie", b"host", b"expect", b"content-length", b"te"})
+
 
 def analyze_request(raw, max_header_bytes: int, max_headers: int) -> tuple | str:
     """What a request's fields say, independent of the stream (the lean codec caches it with
@@ -177,6 +187,14 @@ class RequestAnalysis:
                         return
                     continue
                 regular = True
+                decoded_name = _plain_names.get(name)
+                if decoded_name is not None:
+                    # A name found good and plain before: only its value is left to check.
+                    if _bad_value_byte(value) or value.strip(b" \t") != value:
+                        error = f"invalid value for header {name!r}"
+                        return
+                    items.append((decoded_name, value.decode("latin-1")))
+                    continue
                 error = _regular_field(name, value)
                 if error:
                     return
@@ -202,7 +220,12 @@ class RequestAnalysis:
                         error = "invalid or conflicting content-length"
                         return
                     self.length = int(value)
-                items.append((name.decode("latin-1"), value.decode("latin-1")))
+                decoded_name = name.decode("latin-1")
+                if name not in _NOT_PLAIN and len(name) <= _PLAIN_NAME_BYTES:
+                    if len(_plain_names) >= _PLAIN_NAMES:
+                        _plain_names.clear()
+                    _plain_names[name] = decoded_name
+                items.append((decoded_name, value.decode("latin-1")))
         finally:
             self.method, self.path, self.scheme, self.authority = method, path, scheme, authority
             self.size = size
