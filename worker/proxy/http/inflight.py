@@ -54,9 +54,9 @@ class ForwardedTransport:
     (`conn.pause_writing`, as asyncio does for a full transport) until the held bytes are
     forwarded or given back. Without one (an RPC connection, rpc/connection.py: what it holds
     is the answers to the requests in flight at its move, and its pause_writing stops reading
-    the client, not an upstream) nothing pauses.
-    The new worker's pause/resume may arrive before the answer that ends the hold, so each
-    has its own flag, and the upstream is read again only once both are released."""
+    the client, not an upstream) nothing pauses. The new worker's pause/resume may arrive
+    before the answer that ends the hold, so each has its own flag, and the upstream is read
+    again only once both are released."""
 
     __slots__ = ("conn", "channel", "peer_id", "closing", "ended", "held", "tunnel",
                  "limit", "held_bytes", "held_full", "receiver_full")
