@@ -80,8 +80,9 @@ class Envoy:
     """The real Envoy on one bootstrap: one worker, no hot-restart shared memory (so any number
     can run side by side without a --base-id clash), ready when its admin /ready answers 200."""
 
-    def __init__(self, workdir: Path, bootstrap: dict):
+    def __init__(self, workdir: Path, bootstrap: dict, args=()):
         workdir.mkdir(parents=True, exist_ok=True)
+        self.args = tuple(args)         # more command-line options (--drain-time-s ...)
         self.config = workdir / "envoy.yaml"
         self.config.write_text(yaml.safe_dump(bootstrap, sort_keys=False))
         self.admin_port = bootstrap["admin"]["address"]["socket_address"]["port_value"]
@@ -98,7 +99,7 @@ class Envoy:
         # Access logs flushed every 100 ms (Envoy's default is 10 s), so a case reads its line soon.
         self.proc = subprocess.Popen([str(envoy_binary()), "-c", str(self.config), "--concurrency", "1",
                                       "--disable-hot-restart", "--log-level", "warning",
-                                      "--file-flush-interval-msec", "100"],
+                                      "--file-flush-interval-msec", "100", *self.args],
                                      stdout=self._log, stderr=subprocess.STDOUT)
 
         def ready():

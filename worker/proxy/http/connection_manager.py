@@ -417,7 +417,8 @@ class HttpConnection(asyncio.Protocol, ClosePolicy, HttpConnectionMoves, Connect
                 self.codec.goaway()
                 self.flush()
                 if self.codec.closed:
-                    self.close()
+                    # Idle now in a drain: closed as drain() closes an idle one.
+                    self.close(flush_only=not self.codec.multiplexed)
                     return
             if self.on_idle is not None and self.move_if_ready():
                 return
@@ -555,7 +556,7 @@ class HttpConnection(asyncio.Protocol, ClosePolicy, HttpConnectionMoves, Connect
         if self.closed or self.transport is None:
             return      # (no transport yet: connection_made drains it)
         if self.codec is None:
-            self.close()
+            self.close(flush_only=True)
             return
         self.codec.goaway()
         self.flush()
@@ -563,11 +564,15 @@ class HttpConnection(asyncio.Protocol, ClosePolicy, HttpConnectionMoves, Connect
             # A client that never answers our PING still gets its final GOAWAY (Envoy's
             # drain_timeout between the two phases).
             self.drain_timer = self.loop.call_later(self.hcm.drain_timeout, self._final_goaway)
-        # HTTP/1.1 idle: close now. HTTP/2: only once the final GOAWAY is out (the codec sends
-        # it when our PING comes back): streams the client opened before it saw the first
-        # GOAWAY are still on their way and must be served, not dropped.
+        # HTTP/1.1 idle: close now, the FIN not held: Envoy 1.40 closes a drained listener's
+        # idle HTTP/1.1 connections without the delayed close when its drain time ends (an
+        # LDS change or removal: the FIN at --drain-time-s, at once with 0, whatever
+        # delayed_close_timeout; Baton does not wait the drain time for an idle one).
+        # HTTP/2: only once the final GOAWAY is out (the codec sends it when our PING comes
+        # back): streams the client opened before it saw the first GOAWAY are still on their
+        # way and must be served, not dropped.
         if not self.streams and (not self.codec.multiplexed or self.codec.closed):
-            self.close()
+            self.close(flush_only=not self.codec.multiplexed)
 
     def _final_goaway(self) -> None:
         self.drain_timer = None
