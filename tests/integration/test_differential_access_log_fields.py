@@ -824,6 +824,39 @@ def test_every_request_in_the_idle_drain_window_is_answered(pair):
         "fin": "after the drain and the delayed close", "counted": HELD}, obs), at_once=True)
 
 
+def test_a_request_asking_to_close_in_the_idle_drain_window_waits_for_the_drain(pair):
+    """The idle timeout's drain (idle 0.3 s, drain 0.6 s, delayed close 0.2 s): a request with
+    `connection: close` in the window is answered, and Envoy 1.40, Draining already, does not
+    close after it: the close comes at drain_timeout, its FIN held for the delayed close, 1.1 s
+    after the first answer (as with no request)."""
+    request = b"GET /u HTTP/1.1\r\nhost: x\r\nx-test-body-size: 2\r\n\r\n"
+
+    def run(target):
+        prefix = "http.idle_drain."
+        before = target.stats(prefix)
+        with socket.create_connection(("127.0.0.1", target.ports["idle_drain"]), timeout=5) as sock:
+            sock.sendall(request)
+            _read_until(sock, b"\x00\x01")
+            answered = time.monotonic()
+            idle = prefix + "downstream_cx_idle_timeout"
+            wait_until(lambda: target.stats(prefix).get(idle, 0) > before.get(idle, 0), 5,
+                       "the idle timeout")
+            sock.sendall(request.replace(b"\r\n\r\n", b"\r\nconnection: close\r\n\r\n"))
+            status = _read_until(sock, b"\x00\x01").split(b"\r\n", 1)[0].decode()
+            while sock.recv(65536):
+                pass
+            took = time.monotonic() - answered
+        after = _once_destroyed(target, prefix, before)
+        delta = {name.removeprefix("downstream_").removeprefix("cx_"):
+                 after.get(prefix + name, 0) - before.get(prefix + name, 0) for name in ENDS}
+        return {"status": status,
+                "fin": "after the drain and the delayed close" if 0.95 <= took < 1.6 else took,
+                "counted": {k: v for k, v in delta.items() if v}}
+    differential(pair, run, lambda obs: _check(obs == {
+        "status": "HTTP/1.1 200 OK", "fin": "after the drain and the delayed close",
+        "counted": HELD}, obs), at_once=True)
+
+
 def test_a_response_in_flight_when_the_idle_drain_ends_is_followed_by_the_delayed_close(pair):
     """The idle timeout's drain (idle 0.3 s, drain 0.6 s, delayed close 0.2 s) with a request
     whose response (0.9 s late upstream) is still in flight at drain_timeout: the answer says
