@@ -255,9 +255,12 @@ class WorkerTable:
         old.role = "recycled"
         self.slots[worker_id] = fresh
         self.extra.append(old)
+        # Read before the move: a worker left with nothing exits as it answers, and its slot's
+        # pid is cleared when it is reaped, which can be before the reply is read here.
+        old_pid, new_pid = old.pid, fresh.pid
         reply = await old.channel.request({"type": "migrate", "targets": [fresh.handoff],
                                            "keep_upstreams": keep_upstreams}, timeout=timeout)
-        return {"worker": worker_id, "old_pid": old.pid, "new_pid": fresh.pid,
+        return {"worker": worker_id, "old_pid": old_pid, "new_pid": new_pid,
                 "moved": reply.get("moved", 0), "kept": reply.get("kept", 0)}
 
     def _respawn(self, slot: WorkerSlot) -> None:

@@ -21,8 +21,11 @@ def test_recycle_moves_streaming_connections(baton, upstreams):
         wait_until(lambda: not pid_alive(old), 20, "the recycled worker to exit")
         new = b.status()["workers"][0]["pid"]
         assert new != old
+        # The old pid as it was, though the worker, left with nothing, exits as it answers.
+        assert f"recycled: pid {old} -> {new}," in result.stdout, result.stdout
         pids.add(new)
     assert len(pids) == 3
+    assert "Logging error" not in b.log and "Traceback" not in b.log, b.log
     streams.join(60)
     streams.verify()
     assert b.status()["workers"][0]["restarts"] == 0
