@@ -248,8 +248,13 @@ async def settle(worker, sent, request, peer, token, deadline: float, kept: set,
     """The receiver's answer to one batch: adopted connections let go here, the others
     resume (into `kept`; into `orphaned` too if the receiver died unanswering: its channel
     closed, so it adopts none of them later). A batch the receiver claimed is let go even
-    unanswered: resuming it would serve it twice. Returns how many moved."""
-    reply, claimed = await _answer(worker, len(sent), request, peer, token, deadline)
+    unanswered: resuming it would serve it twice. Returns how many moved. Cancelled while it
+    waits, it decides at once (`give_up`) and raises."""
+    try:
+        reply, claimed = await _answer(worker, len(sent), request, peer, token, deadline)
+    except asyncio.CancelledError:
+        give_up(worker, sent, request, peer, token, kept)
+        raise
     if claimed is LATE:
         _let_go_late(worker, sent, request[0], peer)
         return len(sent)
@@ -258,6 +263,44 @@ async def settle(worker, sent, request, peer, token, deadline: float, kept: set,
         return len(sent)
     if not reply and orphaned is not None and peer.channel.closed:
         orphaned.update(sent)          # unsent (the channel had died) or never answered
+    return _decide(worker, sent, reply, peer, kept)
+
+
+def give_up(worker, sent, request, peer, token, kept: set) -> None:
+    """A batch whose move was cancelled (the loop's teardown) before its answer was read:
+    decided now, without waiting, which would hold the teardown up or be cancelled in turn.
+    An answer already here decides as in `settle`. Otherwise a batch the receiver has not
+    claimed is taken back (it refuses it when it reads it): withdrawn if still queued, and
+    resumed, as is one without a token (a version-2 receiver: as its deadline does); one it
+    claimed is let go (`_let_go`). The token is closed and the request's future cancelled or
+    read: nothing waits for it any more."""
+    future, frame = request
+    if future is not None and future.done() and not future.cancelled() \
+            and future.exception() is None:
+        if token is not None:
+            token.close()
+        _decide(worker, sent, future.result(), peer, kept)
+        return
+    claimed = token is not None and not token.revoke()
+    if future is not None:
+        if not claimed:
+            peer.channel.withdraw(frame)    # before a resumed connection may close its fd
+        if not future.done():
+            future.cancel()
+        elif not future.cancelled():
+            future.exception()
+    if token is not None:
+        token.close()
+    if claimed:
+        _let_go(worker, sent, peer)
+        return
+    for conn in sent:
+        conn.resume()
+        kept.add(conn)
+
+
+def _decide(worker, sent, reply: dict, peer, kept: set) -> int:
+    """The receiver's answer applied: adopted connections let go, the others resumed."""
     if reply.get("type") not in ("adopted", None):
         log.error("worker %d: %d connection(s) not adopted: %s", worker.id, len(sent),
                   reply.get("error", reply.get("type")))

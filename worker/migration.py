@@ -522,11 +522,26 @@ async def _move(worker, conns, peers, client_only: bool, orphaned: set | None = 
                 continue
             request, token, deadline = batch_ownership.send(worker, peer, records, fds, len(sent))
             pending.append((sent, request, peer, token, deadline))
-            if len(pending) >= MAX_BATCHES_IN_FLIGHT:
-                moved += await batch_ownership.settle(worker, *pending.popleft(), kept, orphaned)
+            moved += await _settle(worker, pending, kept, orphaned, MAX_BATCHES_IN_FLIGHT - 1)
     finally:
         # Also when the loop raised part-way: a batch sent is settled, or its connections
         # would stay paused for ever and its token open.
-        while pending:
-            moved += await batch_ownership.settle(worker, *pending.popleft(), kept, orphaned)
+        moved += await _settle(worker, pending, kept, orphaned)
     return moved, kept
+
+
+async def _settle(worker, pending: collections.deque, kept: set, orphaned: set | None,
+                  leave: int = 0) -> int:
+    """Settle the oldest batches of `pending` until `leave` are left; how many moved. If
+    cancelled, it waits for no answer: the batch being settled and every other pending one
+    are decided at once (batch_ownership.give_up), none left paused nor its token open."""
+    moved = 0
+    try:
+        while len(pending) > leave:
+            moved += await batch_ownership.settle(worker, *pending.popleft(), kept, orphaned)
+    except asyncio.CancelledError:
+        while pending:
+            sent, request, peer, token, _ = pending.popleft()
+            batch_ownership.give_up(worker, sent, request, peer, token, kept)
+        raise
+    return moved

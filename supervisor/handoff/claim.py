@@ -33,9 +33,10 @@ class BatchToken:
     """The sender's side of one batch's token: `fd` goes with the batch (and stays open here
     until the batch is answered: the channel sends it without a copy)."""
 
-    __slots__ = ("fd",)
+    __slots__ = ("fd", "_revoked")
 
     def __init__(self):
+        self._revoked = None
         read, write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         try:
             os.write(write, _TOKEN)
@@ -49,8 +50,12 @@ class BatchToken:
     def revoke(self) -> bool:
         """Take the batch back. True: the receiver had not claimed it, and now never will
         (it refuses it): resume it here. False: the receiver claimed it: it adopts or refuses
-        it and answers; wait for that answer."""
-        return _take(self.fd)
+        it and answers; wait for that answer. The outcome is final, so a second call returns
+        it again, even once the token is closed (a batch given up after its settle revoked
+        it: batch_ownership.give_up); a token closed unrevoked is taken to be claimed."""
+        if self._revoked is None:
+            self._revoked = self.fd >= 0 and _take(self.fd)
+        return self._revoked
 
     def close(self) -> None:
         if self.fd >= 0:

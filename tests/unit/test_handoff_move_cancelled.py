@@ -1,0 +1,78 @@
+"""A move cancelled while it waits for a batch's answer (worker/migration.py _settle, the loop's
+teardown cancelling handle_migrate's task) decides that batch at once: taken back and resumed
+if the receiver has not claimed it, let go if it has; its claim token's pipe closed, its
+request's future not left with an exception nobody reads (found by review R1, F2).
+
+The receiver is the real MigrationServer on an abstract address, in this process's loop,
+its adoption replaced by one that keeps the batch and does not answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import os
+
+import pytest
+
+from baton.supervisor.handoff import claim, unix
+from baton.worker import migration
+
+from .test_handoff_claim import _Moving
+from .test_handoff_move_raises import _link, _Receiving, _Sending, pidfds
+from .test_handoff_records import _Listener, datagram_kind  # noqa: F401
+
+
+def _cancelled_while_unanswered(monkeypatch, claims: bool):
+    """Move one connection, cancel the move once the receiver holds its batch unanswered
+    (having claimed it if `claims`): (the connection, pidfds left, descriptors left open,
+    the loop's unhandled exceptions)."""
+    async def run():
+        loop = asyncio.get_running_loop()
+        unhandled = []
+        loop.set_exception_handler(lambda _, context: unhandled.append(context["message"]))
+        got = loop.create_future()
+        held = []
+
+        def unanswering_adopt(self, channel, msg, fds):
+            if claims:
+                claim.claim(fds.pop(msg["claim"]))
+            held.extend(fds)
+            got.done() or got.set_result(None)
+        monkeypatch.setattr(migration.MigrationServer, "_adopt", unanswering_adopt)
+        address = unix.abstract_name(f"test-move-cancelled-{claims}")
+        receiver = migration.MigrationServer(_Receiving(loop), address, {os.getpid(): None})
+        moving = _Moving(5, _Listener(), {}, [os.open("/dev/null", os.O_RDONLY)])
+        sender = _Sending(loop, [moving])
+        pidfds_before, fds_before = pidfds(), set(os.listdir("/proc/self/fd"))
+        move = asyncio.ensure_future(migration.migrate_connections(sender, [address]))
+        await asyncio.wait_for(got, 5)
+        move.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await move
+        receiver.close()
+        for fd in held:
+            os.close(fd)
+        for _ in range(3):          # the cancelled request's task runs to its end
+            await asyncio.sleep(0)
+        gc.collect()                # an unread exception is reported as its task is freed
+        left = [_link(fd) for fd in set(os.listdir("/proc/self/fd")) - fds_before]
+        os.close(moving.fds[0])
+        return moving, pidfds() - pidfds_before, [link for link in left if link], unhandled
+    return asyncio.run(asyncio.wait_for(run(), 10))
+
+
+def test_an_unclaimed_batch_is_taken_back_and_resumed(datagram_kind, monkeypatch):
+    moving, pidfds_left, left, unhandled = _cancelled_while_unanswered(monkeypatch, claims=False)
+    assert moving.resumed and moving.moved_to is None, "the batch it waited for was left paused"
+    assert pidfds_left == 0
+    assert left == [], "the claim token's pipe (or another descriptor) was left open"
+    assert unhandled == []
+
+
+def test_a_claimed_batch_is_let_go(datagram_kind, monkeypatch):
+    moving, pidfds_left, left, unhandled = _cancelled_while_unanswered(monkeypatch, claims=True)
+    assert moving.moved_to == 0 and not moving.resumed, "the receiver's batch was served here"
+    assert pidfds_left == 0
+    assert left == [], "the claim token's pipe (or another descriptor) was left open"
+    assert unhandled == []
