@@ -781,6 +781,50 @@ def test_an_idle_keep_alive_connection_is_drained_before_it_closes(pair, asks_ag
         "counted": {**HELD, "idle_timeout": 2 if asks_again else 1}}, obs), at_once=True)
 
 
+IDLE_DRAIN_REQUEST = b"GET /u HTTP/1.1\r\nhost: x\r\nx-test-body-size: 2\r\n\r\n"
+
+
+def _past_the_idle_timeout(target, before: dict) -> tuple[socket.socket, float]:
+    """A connection to the idle_drain listener answered once and left idle until its idle
+    timeout was counted (the drain window open): the socket, and when the answer came."""
+    sock = socket.create_connection(("127.0.0.1", target.ports["idle_drain"]), timeout=5)
+    sock.sendall(IDLE_DRAIN_REQUEST)
+    _read_until(sock, b"\x00\x01")
+    answered = time.monotonic()
+    idle = "http.idle_drain.downstream_cx_idle_timeout"
+    wait_until(lambda: target.stats("http.idle_drain.").get(idle, 0) > before.get(idle, 0), 5,
+               "the idle timeout")
+    return sock, answered
+
+
+def _answer_head(sock: socket.socket) -> list[str]:
+    """The status line and any connection: header of the next answer (its 2-byte body read)."""
+    head = _read_until(sock, b"\x00\x01").partition(b"\r\n\r\n")[0].split(b"\r\n")
+    return [head[0].decode()] + [line.decode() for line in head[1:]
+                                 if line.lower().startswith(b"connection:")]
+
+
+def _ends_counted(target, before: dict) -> dict:
+    """The idle_drain listener's ENDS counters that moved since `before`, once the connection's
+    end was counted."""
+    prefix = "http.idle_drain."
+    after = _once_destroyed(target, prefix, before)
+    delta = {name.removeprefix("downstream_").removeprefix("cx_"):
+             after.get(prefix + name, 0) - before.get(prefix + name, 0) for name in ENDS}
+    return {k: v for k, v in delta.items() if v}
+
+
+def _closed_after(sock: socket.socket, since: float) -> float:
+    """Seconds from `since` until the proxy's FIN, what comes before it read and dropped."""
+    while sock.recv(65536):
+        pass
+    return time.monotonic() - since
+
+
+def _held_after_the_drain(took: float):
+    return "after the drain and the delayed close" if 0.95 <= took < 1.6 else took
+
+
 def test_every_request_in_the_idle_drain_window_is_answered(pair):
     """The idle timeout's drain (idle 0.3 s, drain 0.6 s, delayed close 0.2 s): two more
     requests in the window, the second sent once the first is answered. Envoy 1.40 answers
@@ -789,36 +833,17 @@ def test_every_request_in_the_idle_drain_window_is_answered(pair):
     Baton answered the first and dropped the second (its codec stopped reading after the first
     `connection: close`): EOF with no answer. (The two pipelined in one write: Envoy answered
     the second in 3 runs of 4, so no case here; Baton answers both.)"""
-    request = b"GET /u HTTP/1.1\r\nhost: x\r\nx-test-body-size: 2\r\n\r\n"
-
-    def answer(sock):
-        head = _read_until(sock, b"\x00\x01").partition(b"\r\n\r\n")[0].split(b"\r\n")
-        return [head[0].decode()] + [line.decode() for line in head[1:]
-                                     if line.lower().startswith(b"connection:")]
-
     def run(target):
-        prefix = "http.idle_drain."
-        before = target.stats(prefix)
-        with socket.create_connection(("127.0.0.1", target.ports["idle_drain"]), timeout=5) as sock:
-            sock.sendall(request)
-            _read_until(sock, b"\x00\x01")
-            answered = time.monotonic()
-            idle = prefix + "downstream_cx_idle_timeout"
-            wait_until(lambda: target.stats(prefix).get(idle, 0) > before.get(idle, 0), 5,
-                       "the idle timeout")
-            sock.sendall(request)
-            answers = [answer(sock)]
-            sock.sendall(request)
-            answers.append(answer(sock))
-            while sock.recv(65536):
-                pass
-            took = time.monotonic() - answered
-        after = _once_destroyed(target, prefix, before)
-        delta = {name.removeprefix("downstream_").removeprefix("cx_"):
-                 after.get(prefix + name, 0) - before.get(prefix + name, 0) for name in ENDS}
-        return {"answers": answers,
-                "fin": "after the drain and the delayed close" if 0.95 <= took < 1.6 else took,
-                "counted": {k: v for k, v in delta.items() if v}}
+        before = target.stats("http.idle_drain.")
+        sock, answered = _past_the_idle_timeout(target, before)
+        with sock:
+            answers = []
+            for _ in range(2):
+                sock.sendall(IDLE_DRAIN_REQUEST)
+                answers.append(_answer_head(sock))
+            took = _closed_after(sock, answered)
+        return {"answers": answers, "fin": _held_after_the_drain(took),
+                "counted": _ends_counted(target, before)}
     differential(pair, run, lambda obs: _check(obs == {
         "answers": [["HTTP/1.1 200 OK", "connection: close"]] * 2,
         "fin": "after the drain and the delayed close", "counted": HELD}, obs), at_once=True)
@@ -829,29 +854,15 @@ def test_a_request_asking_to_close_in_the_idle_drain_window_waits_for_the_drain(
     `connection: close` in the window is answered, and Envoy 1.40, Draining already, does not
     close after it: the close comes at drain_timeout, its FIN held for the delayed close, 1.1 s
     after the first answer (as with no request)."""
-    request = b"GET /u HTTP/1.1\r\nhost: x\r\nx-test-body-size: 2\r\n\r\n"
-
     def run(target):
-        prefix = "http.idle_drain."
-        before = target.stats(prefix)
-        with socket.create_connection(("127.0.0.1", target.ports["idle_drain"]), timeout=5) as sock:
-            sock.sendall(request)
-            _read_until(sock, b"\x00\x01")
-            answered = time.monotonic()
-            idle = prefix + "downstream_cx_idle_timeout"
-            wait_until(lambda: target.stats(prefix).get(idle, 0) > before.get(idle, 0), 5,
-                       "the idle timeout")
-            sock.sendall(request.replace(b"\r\n\r\n", b"\r\nconnection: close\r\n\r\n"))
-            status = _read_until(sock, b"\x00\x01").split(b"\r\n", 1)[0].decode()
-            while sock.recv(65536):
-                pass
-            took = time.monotonic() - answered
-        after = _once_destroyed(target, prefix, before)
-        delta = {name.removeprefix("downstream_").removeprefix("cx_"):
-                 after.get(prefix + name, 0) - before.get(prefix + name, 0) for name in ENDS}
-        return {"status": status,
-                "fin": "after the drain and the delayed close" if 0.95 <= took < 1.6 else took,
-                "counted": {k: v for k, v in delta.items() if v}}
+        before = target.stats("http.idle_drain.")
+        sock, answered = _past_the_idle_timeout(target, before)
+        with sock:
+            sock.sendall(IDLE_DRAIN_REQUEST.replace(b"\r\n\r\n", b"\r\nconnection: close\r\n\r\n"))
+            status = _answer_head(sock)[0]
+            took = _closed_after(sock, answered)
+        return {"status": status, "fin": _held_after_the_drain(took),
+                "counted": _ends_counted(target, before)}
     differential(pair, run, lambda obs: _check(obs == {
         "status": "HTTP/1.1 200 OK", "fin": "after the drain and the delayed close",
         "counted": HELD}, obs), at_once=True)
@@ -863,30 +874,18 @@ def test_a_response_in_flight_when_the_idle_drain_ends_is_followed_by_the_delaye
     `connection: close`, and Envoy 1.40, Closing since its drain timeout, holds the FIN for
     delayed_close_timeout after it (downstream_cx_delayed_close_timeout), though the request
     was read whole. Baton sent its FIN at once (destroy_local alone)."""
-    request = b"GET /u HTTP/1.1\r\nhost: x\r\nx-test-body-size: 2\r\n\r\n"
-
     def run(target):
-        prefix = "http.idle_drain."
-        before = target.stats(prefix)
-        with socket.create_connection(("127.0.0.1", target.ports["idle_drain"]), timeout=5) as sock:
-            sock.sendall(request)
-            _read_until(sock, b"\x00\x01")
-            idle = prefix + "downstream_cx_idle_timeout"
-            wait_until(lambda: target.stats(prefix).get(idle, 0) > before.get(idle, 0), 5,
-                       "the idle timeout")
-            sock.sendall(request.replace(b"\r\n\r\n", b"\r\nx-test-delay-ms: 900\r\n\r\n"))
-            head = _read_until(sock, b"\x00\x01").partition(b"\r\n\r\n")[0].split(b"\r\n")
+        before = target.stats("http.idle_drain.")
+        sock, _ = _past_the_idle_timeout(target, before)
+        with sock:
+            sock.sendall(IDLE_DRAIN_REQUEST.replace(b"\r\n\r\n",
+                                                    b"\r\nx-test-delay-ms: 900\r\n\r\n"))
+            answer = _answer_head(sock)
             answered = time.monotonic()
-            while sock.recv(65536):
-                pass
-            took = time.monotonic() - answered
-        after = _once_destroyed(target, prefix, before)
-        delta = {name.removeprefix("downstream_").removeprefix("cx_"):
-                 after.get(prefix + name, 0) - before.get(prefix + name, 0) for name in ENDS}
-        return {"answer": [head[0].decode()] + [line.decode() for line in head[1:]
-                                                if line.lower().startswith(b"connection:")],
+            took = _closed_after(sock, answered)
+        return {"answer": answer,
                 "fin": "after delayed_close_timeout" if 0.15 <= took < 0.7 else round(took, 2),
-                "counted": {k: v for k, v in delta.items() if v}}
+                "counted": _ends_counted(target, before)}
     differential(pair, run, lambda obs: _check(obs == {
         "answer": ["HTTP/1.1 200 OK", "connection: close"], "fin": "after delayed_close_timeout",
         "counted": HELD}, obs), at_once=True)
