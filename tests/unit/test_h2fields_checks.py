@@ -25,6 +25,38 @@ def test_value_verdict_is_the_spec_regex(value):
     assert (error == "invalid value for header b'x-field'") == bool(_SPEC_BAD_VALUE(value))
 
 
+# The other byte classes, as regexes (RFC 9110 5.1's token, RFC 9113 8.2.1 and 8.3.1).
+_SPEC = {"name": re.compile(rb"[^!#$%&'*+\-.^_`|~0-9a-z]").search,
+         "method": re.compile(rb"[^!#$%&'*+\-.^_`|~0-9A-Za-z]").search,
+         "target": re.compile(rb"[\x00-\x20\x7f]").search}
+_CHECKS = {"name": h2fields._bad_name, "method": h2fields._bad_method,
+           "target": h2fields._bad_target}
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=12), st.lists(st.integers(0, 255), max_size=6).map(bytes))
+def test_byte_classes_are_the_spec_regexes(any_bytes, few_bytes):
+    for value in (any_bytes, few_bytes, b"GET" + few_bytes, b"x-" + few_bytes):
+        for kind, spec in _SPEC.items():
+            assert _CHECKS[kind](value) == bool(spec(value)), (kind, value)
+
+
+def test_every_byte_in_every_class():
+    for byte in range(256):
+        value = b"a" + bytes((byte,)) + b"a"
+        for kind, spec in _SPEC.items():
+            assert _CHECKS[kind](value) == bool(spec(value)), (kind, byte)
+        assert (_regular_field(b"x", value) is None) == (byte not in b"\x00\r\n"), byte
+
+
+def test_schemes():
+    for scheme in (b"http", b"https", b"h2c+x.y-z", b"A"):
+        assert h2fields._pseudo_error(b"GET", b"/", scheme, b"a", None) is None, scheme
+    for scheme in (b"", b"1http", b"ht tp", b"http:", b"+"):
+        assert h2fields._pseudo_error(b"GET", b"/", scheme, b"a", None) == \
+            "missing or invalid :scheme", scheme
+
+
 def test_value_edges():
     for value in (b" a", b"a ", b"\ta", b"a\t", b" ", b"\t", b"a\x00b", b"a\rb", b"a\nb", b"\n"):
         assert _regular_field(b"x", value) == "invalid value for header b'x'", value

@@ -19,13 +19,40 @@ _SENSITIVE = frozenset({"authorization", "proxy-authorization"})
 # A field name is a lower-case token (RFC 9110 5.1, RFC 9113 8.2.1); a value has no NUL, CR or
 # LF and no surrounding whitespace (RFC 9113 8.2.1). These also stop header injection into an
 # HTTP/1.1 upstream, which would otherwise see a CR LF inside a value as a new line.
-_bad_name = re.compile(rb"[^!#$%&'*+\-.^_`|~0-9a-z]").search
-# A value's ends are checked apart (_regular_field): one regex with anchored alternatives
-# (`[\x00\r\n]|\A[ \t]|[ \t]\Z`) tries them at every byte, ~10x slower on a 20-byte value.
-_bad_value_byte = re.compile(rb"[\x00\r\n]").search
-_bad_method = re.compile(rb"[^!#$%&'*+\-.^_`|~0-9A-Za-z]").search
+# A byte class is checked by bytes.translate into a table that maps every byte outside it to
+# NUL, then a search for NUL: a regex search costs ~1.5k instructions a call before its first
+# byte, more than a whole request's checks of this kind. A value's ends are checked apart
+# (strip): one regex with anchored alternatives tries them at every byte.
+
+
+def _byte_class(allowed: bytes) -> bytes:
+    """The translate table of a byte class: 1 for the bytes `allowed`, 0 (NUL) for the rest."""
+    return bytes(1 if byte in allowed else 0 for byte in range(256))
+
+
+_TOKEN = b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyz"
+_NAME_BYTES = _byte_class(_TOKEN)
+_METHOD_BYTES = _byte_class(_TOKEN + b"ABCDEFGHIJKLMNOPQRSTUVWXYZ")
+_VALUE_BYTES = _byte_class(bytes(set(range(256)) - set(b"\x00\r\n")))
+_TARGET_BYTES = _byte_class(bytes(range(0x21, 0x7F)) + bytes(range(0x80, 0x100)))  # :path, :authority
 _bad_scheme = re.compile(rb"\A[A-Za-z][A-Za-z0-9+.\-]*\Z").match      # a match means *good*
-_bad_target = re.compile(rb"[\x00-\x20\x7f]").search                # :path and :authority
+_USUAL_SCHEMES = frozenset({b"http", b"https"})     # good without the regex
+
+
+def _bad_name(name: bytes) -> bool:
+    return 0 in name.translate(_NAME_BYTES)
+
+
+def _bad_method(method: bytes) -> bool:
+    return 0 in method.translate(_METHOD_BYTES)
+
+
+def _bad_value(value: bytes) -> bool:
+    return 0 in value.translate(_VALUE_BYTES) or value.strip(b" \t") != value
+
+
+def _bad_target(target: bytes) -> bool:
+    return 0 in target.translate(_TARGET_BYTES)
 
 _STATUS_BYTES = {code: str(code).encode() for code in range(100, 1000)}
 
@@ -46,7 +73,7 @@ def _regular_field(name: bytes, value: bytes) -> str | None:
     """Why a received regular (non-pseudo) field is malformed, or None."""
     if not name or _bad_name(name):
         return f"invalid header name {name!r}"
-    if _bad_value_byte(value) or value.strip(b" \t") != value:
+    if _bad_value(value):
         return f"invalid value for header {name!r}"
     if name in _CONNECTION_SPECIFIC_B:
         return f"connection-specific header {name!r}"
@@ -103,7 +130,7 @@ def _pseudo_error(method, path, scheme, authority, host) -> str | None:
         if not authority:
             return "CONNECT without :authority"
         return None
-    if scheme is None or not _bad_scheme(scheme):
+    if scheme is None or scheme not in _USUAL_SCHEMES and not _bad_scheme(scheme):
         return "missing or invalid :scheme"
     if not path or _bad_target(path):
         return "missing or invalid :path"
@@ -190,7 +217,7 @@ class RequestAnalysis:
                 decoded_name = _plain_names.get(name)
                 if decoded_name is not None:
                     # A name found good and plain before: only its value is left to check.
-                    if _bad_value_byte(value) or value.strip(b" \t") != value:
+                    if _bad_value(value):
                         error = f"invalid value for header {name!r}"
                         return
                     items.append((decoded_name, value.decode("latin-1")))
