@@ -219,12 +219,9 @@ class H2FrameReader:
                            self._block_self_dependent)
 
     def _decode(self, block: bytes, stream_id: int) -> list:
-        """[table generation, fields, request analysis or None] for a header block (see the
-        file's rules for the cache; the analysis is filled in and kept by _on_block)."""
-        cache = self._header_cache
-        hit = cache.get(block)
-        if hit is not None and hit[0] == self._table_gen:
-            return hit
+        """[table generation, fields, request analysis or None] for a header block that the
+        cache did not hold (_on_block looked; see the file's rules for the cache; the analysis
+        is filled in and kept by _on_block)."""
         decoder = self._decoder
         snapshot = decoder.header_table.changes     # _table_snapshot(), without the call
         try:

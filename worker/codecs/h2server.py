@@ -319,7 +319,7 @@ class LeanHttp2ServerCodec(H2FrameReader, H2Sender, H2FlowControl, H2MoveState):
         decoding, when it was decoded in slices (and `trailers`, the fields checked as
         trailers then, when the stream was open)."""
         if entry is None:
-            entry = self._header_cache.get(block)     # _decode's cache hit, without the call
+            entry = self._header_cache.get(block)     # the only lookup (_decode has none)
             if entry is None or entry[0] != self._table_gen:
                 # Always decoded: the HPACK table must stay in step. A big block in slices,
                 # over turns (h2slice.py): the frames behind it wait in the buffer.
