@@ -153,18 +153,24 @@ def adopt_idle(worker, listener, fields: dict, fds: list[int], conn_id: int, cha
     from .http.connection_manager import HttpConnection
     chain = listener.chains[fields.get("chain") or 0]
     client = ownership.socket_from(fds, 0, listener.family)
-    transport = TlsTransport.adopted(worker.loop, client, fields["tls"], chain.tls)
-    peer = tuple(fields["peer"]) if fields.get("peer") else None
-    original = tuple(fields["original"]) if fields.get("original") else None
-    conn = HttpConnection(worker, listener, chain, peer, original, conn_id)
+    try:
+        transport = TlsTransport.adopted(worker.loop, client, fields["tls"], chain.tls)
+        peer = tuple(fields["peer"]) if fields.get("peer") else None
+        original = tuple(fields["original"]) if fields.get("original") else None
+        conn = HttpConnection(worker, listener, chain, peer, original, conn_id)
+        if prepare is not None:
+            prepare(conn)
+    except BaseException:
+        client.close()          # struck from the record: the refusal no longer closes it
+        raise
+    # Counted and listed only once nothing before the transport's start can fail: a refused
+    # record leaves no gauge raised and no half-made connection in worker.connections.
     gauges = worker.stats.gauges
     gauges[listener.stat_cx_active] += 1
     ssl_active = ssl_stats(chain.http_config)[1]
     gauges[ssl_active] += 1
     transport.on_lost = lambda: gauges.__setitem__(ssl_active, gauges[ssl_active] - 1)
     worker.connections[conn_id] = conn
-    if prepare is not None:
-        prepare(conn)
     transport.start(conn)
     return conn
 

@@ -324,12 +324,18 @@ class HttpConnectionMoves:
         its transport exists)."""
         chain = listener.chains[fields.get("chain") or 0]
         client = ownership.socket_from(fds, 0, listener.family)
+        try:
+            peer = tuple(fields["peer"]) if fields.get("peer") else None
+            original = tuple(fields["original"]) if fields.get("original") else None
+            conn = cls(worker, listener, chain, peer, original, conn_id)
+            if prepare is not None:
+                prepare(conn)
+        except BaseException:
+            client.close()      # struck from the record: the refusal no longer closes it
+            raise
+        # Counted only once nothing here can fail: a refused record leaves no gauge raised
+        # (accept_http counts it out if its transport cannot be made).
         worker.stats.gauges[listener.stat_cx_active] += 1
-        peer = tuple(fields["peer"]) if fields.get("peer") else None
-        original = tuple(fields["original"]) if fields.get("original") else None
-        conn = cls(worker, listener, chain, peer, original, conn_id)
-        if prepare is not None:
-            prepare(conn)
         worker.accept_http(conn, client)
         return conn
 
