@@ -81,3 +81,16 @@ def test_names_learned_before_change_no_verdict(earlier, block):
     analyze_request(earlier, 65536, 100)
     analyze_request(block, 65536, 100)
     assert analyze_request(block, 65536, 100) == fresh
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.sampled_from([b"a", b"a b", b"", b"h:1", b"\x7f", b"GET", b"get", b"G T"]),
+                min_size=1, max_size=4))
+def test_remembered_pseudo_values_change_no_verdict(values):
+    """_pseudo_error's verdicts are the same whether the :authority was seen before or not."""
+    h2fields._good_authorities.clear()
+    fresh = [h2fields._pseudo_error(value, b"/", b"http", value, None) for value in values]
+    again = [h2fields._pseudo_error(value, b"/", b"http", value, None) for value in values]
+    assert again == fresh
+    assert [h2fields._pseudo_error(value, b"/", b"http", value, None)
+            for value in reversed(values)] == fresh[::-1]

@@ -37,6 +37,8 @@ _VALUE_BYTES = _byte_class(bytes(set(range(256)) - set(b"\x00\r\n")))
 _TARGET_BYTES = _byte_class(bytes(range(0x21, 0x7F)) + bytes(range(0x80, 0x100)))  # :path, :authority
 _bad_scheme = re.compile(rb"\A[A-Za-z][A-Za-z0-9+.\-]*\Z").match      # a match means *good*
 _USUAL_SCHEMES = frozenset({b"http", b"https"})     # good without the regex
+_USUAL_METHODS = frozenset({b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"CONNECT", b"OPTIONS",
+                            b"TRACE", b"PATCH"})    # tokens, good without the translate
 
 
 def _bad_name(name: bytes) -> bool:
@@ -117,11 +119,23 @@ class TrailersAnalysis:
         return self.error if self.error is not None else Headers(self.items)
 
 
+# :authority values found good (most requests of a process name a few): the same one next time
+# is good without its check. The process's, at most 256 of up to 255 bytes.
+_good_authorities: set = set()
+_GOOD_AUTHORITIES = 256
+_GOOD_AUTHORITY_BYTES = 255
+
+
 def _pseudo_error(method, path, scheme, authority, host) -> str | None:
-    if method is None or not method or _bad_method(method):
+    if method is None or method not in _USUAL_METHODS and (not method or _bad_method(method)):
         return "missing or invalid :method"
-    if authority is not None and _bad_target(authority):
-        return "invalid :authority"
+    if authority is not None and authority not in _good_authorities:
+        if _bad_target(authority):
+            return "invalid :authority"
+        if len(authority) <= _GOOD_AUTHORITY_BYTES:
+            if len(_good_authorities) >= _GOOD_AUTHORITIES:
+                _good_authorities.clear()
+            _good_authorities.add(authority)
     if host is not None and _bad_target(host):
         return "invalid host"
     if method == b"CONNECT":
