@@ -20,9 +20,10 @@ _SENSITIVE = frozenset({"authorization", "proxy-authorization"})
 # LF and no surrounding whitespace (RFC 9113 8.2.1). These also stop header injection into an
 # HTTP/1.1 upstream, which would otherwise see a CR LF inside a value as a new line.
 # A byte class is checked by bytes.translate into a table that maps every byte outside it to
-# NUL, then a search for NUL: a regex search costs ~1.5k instructions a call before its first
-# byte, more than a whole request's checks of this kind. A value's ends are checked apart
-# (strip): one regex with anchored alternatives tries them at every byte.
+# NUL, then a search for the int 0 (~0.8k instructions): a regex search costs ~1.75k a call,
+# most of it before its first byte; `b"\0" in` would first try its needle as an int and clear
+# the TypeError (~2.2k). A value's ends are checked apart (strip): one regex with anchored
+# alternatives tries them at every byte.
 
 
 def _byte_class(allowed: bytes) -> bytes:
@@ -34,7 +35,8 @@ _TOKEN = b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyz"
 _NAME_BYTES = _byte_class(_TOKEN)
 _METHOD_BYTES = _byte_class(_TOKEN + b"ABCDEFGHIJKLMNOPQRSTUVWXYZ")
 _VALUE_BYTES = _byte_class(bytes(set(range(256)) - set(b"\x00\r\n")))
-_TARGET_BYTES = _byte_class(bytes(range(0x21, 0x7F)) + bytes(range(0x80, 0x100)))  # :path, :authority
+# :path and :authority: no control byte, space or DEL.
+_TARGET_BYTES = _byte_class(bytes(range(0x21, 0x7F)) + bytes(range(0x80, 0x100)))
 _bad_scheme = re.compile(rb"\A[A-Za-z][A-Za-z0-9+.\-]*\Z").match      # a match means *good*
 _USUAL_SCHEMES = frozenset({b"http", b"https"})     # good without the regex
 _USUAL_METHODS = frozenset({b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"CONNECT", b"OPTIONS",
@@ -55,6 +57,7 @@ def _bad_value(value: bytes) -> bool:
 
 def _bad_target(target: bytes) -> bool:
     return 0 in target.translate(_TARGET_BYTES)
+
 
 _STATUS_BYTES = {code: str(code).encode() for code in range(100, 1000)}
 
