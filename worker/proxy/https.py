@@ -151,15 +151,13 @@ def adopt_idle(worker, listener, fields: dict, fds: list[int], conn_id: int, cha
     runs before the transport starts (the HTTP/2 codec state or the forwarded response of the
     records that are more than a socket: h2move.py, inflight.py)."""
     from .http.connection_manager import HttpConnection
+    from .http.connection_move import made_for_adoption
     chain = listener.chains[fields.get("chain") or 0]
     client = ownership.socket_from(fds, 0, listener.family)
+    conn = made_for_adoption(HttpConnection, worker, listener, chain, fields, conn_id, client,
+                             prepare)
     try:
         transport = TlsTransport.adopted(worker.loop, client, fields["tls"], chain.tls)
-        peer = tuple(fields["peer"]) if fields.get("peer") else None
-        original = tuple(fields["original"]) if fields.get("original") else None
-        conn = HttpConnection(worker, listener, chain, peer, original, conn_id)
-        if prepare is not None:
-            prepare(conn)
     except BaseException:
         client.close()          # struck from the record: the refusal no longer closes it
         raise

@@ -324,20 +324,28 @@ class HttpConnectionMoves:
         its transport exists)."""
         chain = listener.chains[fields.get("chain") or 0]
         client = ownership.socket_from(fds, 0, listener.family)
-        try:
-            peer = tuple(fields["peer"]) if fields.get("peer") else None
-            original = tuple(fields["original"]) if fields.get("original") else None
-            conn = cls(worker, listener, chain, peer, original, conn_id)
-            if prepare is not None:
-                prepare(conn)
-        except BaseException:
-            client.close()      # struck from the record: the refusal no longer closes it
-            raise
+        conn = made_for_adoption(cls, worker, listener, chain, fields, conn_id, client, prepare)
         # Counted only once nothing here can fail: a refused record leaves no gauge raised
         # (accept_http counts it out if its transport cannot be made).
         worker.stats.gauges[listener.stat_cx_active] += 1
         worker.accept_http(conn, client)
         return conn
+
+
+def made_for_adoption(cls, worker, listener, chain, fields: dict, conn_id: int, client, prepare):
+    """The `cls` connection of an adopted record, `prepare(conn)` run on it. If either
+    raises, `client` (the socket made of the record's descriptor, struck from the record:
+    the refusal no longer closes it) is closed here rather than left to the collector."""
+    try:
+        peer = tuple(fields["peer"]) if fields.get("peer") else None
+        original = tuple(fields["original"]) if fields.get("original") else None
+        conn = cls(worker, listener, chain, peer, original, conn_id)
+        if prepare is not None:
+            prepare(conn)
+        return conn
+    except BaseException:
+        client.close()
+        raise
 
 
 def no_http_chain(worker, listener, fields: dict) -> str | None:
