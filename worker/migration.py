@@ -437,26 +437,30 @@ async def _move_when_idle(worker, peers, wait: float, refused: set) -> tuple[int
     deadline = loop.time() + wait
     moved, kept = 0, set()
     waiting = set(busy)
-    while waiting and loop.time() < deadline:
-        try:
-            await asyncio.wait_for(wake.wait(), deadline - loop.time())
-        except asyncio.TimeoutError:
-            break
-        wake.clear()
-        fired, ready[:] = list(ready), []
-        waiting.difference_update(fired)
-        waiting = {c for c in waiting if c.state is not Lifecycle.CLOSED}
-        batch = [c for c in fired if c.readiness() is Move.NOW]
-        if batch and peers:
-            m, k, peers = await _move_past_dead_receivers(worker, batch, peers, False)
-            moved += m
-            kept |= k
-        else:                   # every receiver died: these serve on and drain here
-            for conn in batch:
-                conn.cancel_hold()
-            kept.update(batch)
-    for conn in waiting:
-        conn.cancel_hold()
+    try:
+        while waiting and loop.time() < deadline:
+            try:
+                await asyncio.wait_for(wake.wait(), deadline - loop.time())
+            except asyncio.TimeoutError:
+                break
+            wake.clear()
+            fired, ready[:] = list(ready), []
+            waiting.difference_update(fired)
+            waiting = {c for c in waiting if c.state is not Lifecycle.CLOSED}
+            batch = [c for c in fired if c.readiness() is Move.NOW]
+            if batch and peers:
+                m, k, peers = await _move_past_dead_receivers(worker, batch, peers, False)
+                moved += m
+                kept |= k
+            else:                   # every receiver died: these serve on and drain here
+                for conn in batch:
+                    conn.cancel_hold()
+                kept.update(batch)
+    finally:
+        # Also when cancelled: none is left waiting to pause for a move that is gone (nor
+        # paused for one that never came: idle since the last wake-up, not yet sent).
+        for conn in waiting.union(ready):
+            conn.cancel_hold()
     return moved, kept
 
 

@@ -1,7 +1,8 @@
 """A move cancelled while it waits for a batch's answer (worker/migration.py _settle, the loop's
 teardown cancelling handle_migrate's task) decides that batch at once: taken back and resumed
 if the receiver has not claimed it, let go if it has; its claim token's pipe closed, its
-request's future not left with an exception nobody reads (found by review R1, F2).
+request's future not left with an exception nobody reads (found by review R1, F2). One
+cancelled while it waits for busy connections to become idle cancels their holds.
 
 The receiver is the real MigrationServer on an abstract address, in this process's loop,
 its adoption replaced by one that keeps the batch and does not answer.
@@ -17,6 +18,7 @@ import pytest
 
 from baton.supervisor.handoff import claim, unix
 from baton.worker import migration
+from baton.worker.connection import Move
 
 from .test_handoff_claim import _Moving
 from .test_handoff_move_raises import _link, _Receiving, _Sending, pidfds
@@ -76,3 +78,39 @@ def test_a_claimed_batch_is_let_go(datagram_kind, monkeypatch):
     assert pidfds_left == 0
     assert left == [], "the claim token's pipe (or another descriptor) was left open"
     assert unhandled == []
+
+
+class _Busy(_Moving):
+    """A connection busy with an exchange: the move waits for it to become idle."""
+    held = cancelled = False
+
+    def readiness(self):
+        return Move.WHEN_IDLE
+
+    def hold_when_idle(self, on_idle):
+        self.held = True
+        self.worker.holding.set_result(None)
+
+    def cancel_hold(self):
+        self.cancelled = True
+
+
+def test_a_move_cancelled_while_it_waits_for_idle_connections_cancels_their_holds(
+        datagram_kind):
+    async def run():
+        loop = asyncio.get_running_loop()
+        address = unix.abstract_name("test-move-cancelled-idle")
+        receiver = migration.MigrationServer(_Receiving(loop), address, {os.getpid(): None})
+        busy = _Busy(5, _Listener(), {}, [os.open("/dev/null", os.O_RDONLY)])
+        sender = _Sending(loop, [busy])
+        sender.holding = loop.create_future()
+        move = asyncio.ensure_future(migration.migrate_connections(sender, [address]))
+        await asyncio.wait_for(sender.holding, 5)
+        move.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await move
+        receiver.close()
+        os.close(busy.fds[0])
+        return busy
+    busy = asyncio.run(asyncio.wait_for(run(), 10))
+    assert busy.held and busy.cancelled, "left to pause after its exchange for a move that is gone"
