@@ -233,8 +233,9 @@ class RequestAnalysis:
                 regular = True
                 decoded_name = _plain_names.get(name)
                 if decoded_name is not None:
-                    # A name found good and plain before: only its value is left to check.
-                    if _bad_value(value):
+                    # A name found good and plain before: only its value is left to check
+                    # (_bad_value, without the call: the field most requests have most of).
+                    if 0 in value.translate(_VALUE_BYTES) or value.strip(b" \t") != value:
                         error = f"invalid value for header {name!r}"
                         return
                     items.append((decoded_name, value.decode("latin-1")))
