@@ -19,7 +19,9 @@ from baton.xds import protos
 from ..istio_dumps import DUMPS
 from ..waiting import wait_until
 from ..xds_support.control_plane import CLUSTER, ENDPOINT, LISTENER, ROUTE
-from .test_xds import HCM, ROUTER, plane, start_baton  # noqa: F401 - plane: a fixture
+from ..xds_support.resources import bootstrap
+from .conftest import Baton, free_port
+from .test_xds import HCM, ROUTER, plane  # noqa: F401 - plane: a fixture
 
 REPO = Path(__file__).resolve().parents[2]
 FIRST_PORT = 21000          # virtual listeners bind nothing: these ports stay free
@@ -58,6 +60,21 @@ def rds_listener(i: int, route_name: str) -> dict:
                                          "config_source": {"ads": {}, "resource_api_version": "V3"}}}}]}]}
 
 
+def launch_baton(tmp_path, cp_port: int) -> Baton:
+    """Baton on ADS, not waited on for /ready: what these tests wait for is the ACKs. Until its
+    first listeners (or every cluster's endpoints) arrive a Baton is not live, and the replays
+    give it none at the start (the route test) or a cluster warming for endpoints the dump
+    never sends (the waypoint), so /ready comes only at initial_fetch_timeout, 15 s later."""
+    return Baton(tmp_path / "baton", bootstrap(free_port(), cp_port, "GRPC")).launch()
+
+
+def answered(baton: Baton, answer):
+    """`answer()` (an ACK or a NACK seen), or AssertionError with the log if Baton exited."""
+    if baton.proc.poll() is not None:
+        raise AssertionError(f"baton exited with {baton.proc.returncode}:\n{baton.log}")
+    return answer()
+
+
 def all_acked(plane, version: str, names) -> bool:
     """A response of RDS `version` that carried every one of `names` was ACKed."""
     full = {(r["stream"], r["nonce"]) for r in plane.responses(ROUTE)
@@ -71,19 +88,19 @@ def test_every_route_configuration_istiod_sent_is_acked(tmp_path, plane):  # noq
     assert sum(map(len, dumps.values())) == 146, {k: len(v) for k, v in dumps.items()}
     plane.set_resources(CLUSTER, [], "0")
     plane.set_resources(ENDPOINT, [], "0")
-    baton = start_baton(tmp_path, plane.port)
+    baton = launch_baton(tmp_path, plane.port)
     try:
         for version, (label, configs) in enumerate(sorted(dumps.items()), start=1):
             names = sorted({c.name for c in configs})
             v = str(version)
             plane.set_resources(ROUTE, configs, v)
             plane.set_resources(LISTENER, [rds_listener(i, n) for i, n in enumerate(names)], v)
-            wait_until(lambda: plane.acked(LISTENER, v) or plane.nacked(LISTENER, v), 30,
-                       f"{label}: LDS v{v} answered")
+            wait_until(lambda: answered(baton, lambda: plane.acked(LISTENER, v) or plane.nacked(LISTENER, v)),
+                       30, f"{label}: LDS v{v} answered")
             assert plane.nacked(LISTENER, v) is None, plane.nacked(LISTENER, v)
 
-            wait_until(lambda: all_acked(plane, v, names) or plane.nacked(ROUTE, v), 30,
-                       f"{label}: RDS v{v} answered for its {len(names)} names")
+            wait_until(lambda: answered(baton, lambda: all_acked(plane, v, names) or plane.nacked(ROUTE, v)),
+                       30, f"{label}: RDS v{v} answered for its {len(names)} names")
             assert plane.nacked(ROUTE, v) is None, (label, plane.nacked(ROUTE, v)["error_detail"])
             assert all_acked(plane, v, names), label
         assert "Traceback" not in baton.log
@@ -99,7 +116,6 @@ def test_the_waypoints_resources_are_acked(tmp_path, plane):  # noqa: F811
     endpoints, their endpoint set and its listeners (main_internal: internal_listener,
     filter_chain_matcher, set_filter_state, set_internal_dst_address) are ACKed. Its one
     bound listener (:15021) gets a free port."""
-    from .conftest import free_port
     if not DUMPS.is_dir():
         pytest.skip(f"no Istio dumps at {DUMPS}")
     acceptance = _acceptance()
@@ -120,11 +136,11 @@ def test_the_waypoints_resources_are_acked(tmp_path, plane):  # noqa: F811
     for type_url in (CLUSTER, ENDPOINT, LISTENER):
         plane.set_resources(type_url, by_type[type_url], "1")
     plane.set_resources(ROUTE, [], "1")
-    baton = start_baton(tmp_path, plane.port)
+    baton = launch_baton(tmp_path, plane.port)
     try:
         for type_url in (CLUSTER, ENDPOINT, LISTENER):
-            wait_until(lambda: plane.acked(type_url, "1") or plane.nacked(type_url, "1"), 30,
-                       f"{type_url} v1 answered")
+            wait_until(lambda: answered(baton, lambda: plane.acked(type_url, "1")
+                                        or plane.nacked(type_url, "1")), 30, f"{type_url} v1 answered")
             nack = plane.nacked(type_url, "1")
             assert nack is None, nack["error_detail"]
         assert "Traceback" not in baton.log
