@@ -13,6 +13,10 @@ they already share:
     either       close {id}          our socket failed or closed: close yours
     either       pause {id}/resume   my buffer toward my socket is over the limit / drained
 
+Each side also bounds what it forwarded and the channel has not yet sent (the peer reads the
+channel, or has stopped: stopped, wedged, and then says no pause): past the limit it stops
+reading its socket, until half of it has left (Channel.send_counted).
+
 `id` is always the *recipient's* connection id: messages from the old worker are tagged with
 the new connection id that the adopter returned, and the other way round.
 """
@@ -37,7 +41,8 @@ class ForwardedSide(Connection):
     kind = "forwarded"
     __slots__ = ("worker", "loop", "sock", "fd", "channel", "peer_id", "id", "limit", "out",
                  "reading", "writing", "read_eof", "peer_eof", "shut", "paused_peer", "closed",
-                 "on_close", "peer", "state", "listener", "chain", "__weakref__")
+                 "on_close", "peer", "state", "listener", "chain", "peer_full", "unsent",
+                 "channel_full", "__weakref__")
 
     def __init__(self, worker, sock: socket.socket, channel, local_id: int, peer_id: int,
                  limit: int, initial: bytes = b"", read_eof: bool = False, peer_eof: bool = False,
@@ -56,6 +61,9 @@ class ForwardedSide(Connection):
         self.peer_eof = peer_eof          # the peer's socket sent FIN: shut ours once `out` is written
         self.shut = shut                  # that shutdown is done
         self.paused_peer = False
+        self.peer_full = False            # the peer said pause: its socket's buffer is full
+        self.unsent = 0                   # bytes read here still in the channel's queue
+        self.channel_full = False         # unsent went past the limit
         self.closed = False
         self.on_close = on_close
         self.peer = None
@@ -64,9 +72,12 @@ class ForwardedSide(Connection):
         self.chain = None
 
     def start(self) -> None:
-        if not self.read_eof:
-            self._set_reading(True)
+        self._read_if_free()
         self.flush()
+
+    def _read_if_free(self) -> None:
+        if not (self.read_eof or self.peer_full or self.channel_full):
+            self._set_reading(True)
 
     # -- our socket ----------------------------------------------------------------------
 
@@ -94,7 +105,21 @@ class ForwardedSide(Connection):
             self._send({"type": "eof", "id": self.peer_id})
             self._maybe_done()
             return
-        self._send({"type": "data", "id": self.peer_id, "data": data})
+        if self.channel.closed:
+            self.close(notify=False)
+            return
+        self.unsent += len(data)
+        self.channel.send_counted({"type": "data", "id": self.peer_id, "data": data}, len(data),
+                                  self._left_channel)
+        if self.unsent > self.limit and not self.channel_full:
+            self.channel_full = True
+            self._set_reading(False)
+
+    def _left_channel(self, size: int) -> None:
+        self.unsent -= size
+        if self.channel_full and self.unsent <= self.limit // 2:
+            self.channel_full = False
+            self._read_if_free()
 
     def flush(self) -> None:
         if self.closed:
@@ -170,10 +195,11 @@ class ForwardedSide(Connection):
         elif kind == "close":
             self.close(notify=False)
         elif kind == "pause":
+            self.peer_full = True
             self._set_reading(False)
         elif kind == "resume":
-            if not self.read_eof:
-                self._set_reading(True)
+            self.peer_full = False
+            self._read_if_free()
 
     def peer_lost(self) -> None:
         """The handoff channel died: the other half of this connection is gone."""

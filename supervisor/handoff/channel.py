@@ -62,7 +62,8 @@ class Channel:
         self._on_message = on_message
         self._on_close = on_close
         self._decoder = FrameDecoder()
-        self._out: list[list] = []            # [bytes, fds, fds are our copies] not yet sent
+        # [bytes, fds, fds are our copies, on_sent(size) or None, size] not yet sent
+        self._out: list[list] = []
         self._writing = False
         self._pending: dict[int, asyncio.Future] = {}
         self._ids = itertools.count(1)
@@ -79,12 +80,26 @@ class Channel:
         per descriptor, which counts when thousands of connections move)."""
         self.send_frame(encode(msg, len(fds)), fds, dup)
 
+    def send_counted(self, msg: dict, size: int, on_sent) -> None:
+        """Queue `msg` (no descriptors) and call `on_sent(size)` once all of it has left for
+        the peer (at once if the socket takes it now); never if the channel closes first.
+        What many connections forward over one channel (write migration,
+        worker/forwarding.py) shares one queue, which a peer that stops reading would grow
+        without bound: each sender counts its own bytes (`size`) until they leave, and stops
+        reading its source past its limit, as it would for a full socket."""
+        data = encode(msg, 0)
+        if self.closed:
+            raise ChannelClosed(f"{self.name}: closed")
+        self._out.append([data, [], False, on_sent, size])
+        if not self._writing:
+            self._flush()
+
     def send_frame(self, data: bytes, fds=(), dup: bool = True) -> None:
         """Send a frame already encoded (framing.encode(msg, len(fds))): one message fanned
         out to every worker is encoded once."""
         if self.closed:
             raise ChannelClosed(f"{self.name}: closed")
-        self._out.append([data, [os.dup(fd) for fd in fds] if dup else list(fds), dup])
+        self._out.append([data, [os.dup(fd) for fd in fds] if dup else list(fds), dup, None, 0])
         if not self._writing:
             self._flush()
 
@@ -155,8 +170,9 @@ class Channel:
             self.send({**msg, "reply_to": request["id"]}, fds)
 
     def _flush(self) -> None:
+        counted = []                    # (on_sent, size) of the frames that left whole
         while self._out:
-            data, fds, owned = self._out[0]
+            data, fds, owned, on_sent, size = self._out[0]
             try:
                 if fds:
                     sent = self.sock.sendmsg(
@@ -175,6 +191,8 @@ class Channel:
                 self._out[0][0] = data[sent:]
                 break
             self._out.pop(0)
+            if on_sent is not None:
+                counted.append((on_sent, size))
         want_write = bool(self._out)
         if want_write != self._writing:
             self._writing = want_write
@@ -182,7 +200,9 @@ class Channel:
                 self.loop.add_writer(self.sock.fileno(), self._flush)
             else:
                 self.loop.remove_writer(self.sock.fileno())
-        if not want_write and self._when_sent:
+        for on_sent, size in counted:   # after: each may send (and flush) again
+            on_sent(size)
+        if not self._out and self._when_sent:
             self._sent()                # last: a callback may send (and flush) again
 
     # -- receiving -----------------------------------------------------------------------
@@ -232,7 +252,7 @@ class Channel:
             self.loop.remove_reader(fd)
             if self._writing:
                 self.loop.remove_writer(fd)
-        for _, fds, owned in self._out:
+        for _, fds, owned, _, _ in self._out:
             if owned:
                 close_fds(fds)
         self._out.clear()

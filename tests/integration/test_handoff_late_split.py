@@ -27,13 +27,13 @@ from .test_handoff_deadline import read_line, receiver, stops_after_its_claim  #
 
 
 async def _recv(sock: socket.socket, size: int) -> bytes:
-    loop, data = asyncio.get_running_loop(), b""
+    loop, data = asyncio.get_running_loop(), bytearray()
     while len(data) < size:
         chunk = await asyncio.wait_for(loop.sock_recv(sock, size - len(data)), 10)
         if not chunk:
             break
         data += chunk
-    return data
+    return bytes(data)
 
 
 @pytest.mark.parametrize("receiver", [["--stop-after-claim"]], indirect=True)

@@ -39,13 +39,30 @@ class _Conn:
 
 
 class _Channel:
+    """A handoff channel whose socket takes every frame at once, or (`stalled`) none: those
+    wait with their on_sent callbacks in `queued` until `take_all`."""
+
     closed = False
 
-    def __init__(self):
+    def __init__(self, stalled: bool = False):
         self.sent: list = []
+        self.stalled = stalled
+        self.queued: list = []
 
     def send(self, msg):
         self.sent.append(msg)
+
+    def send_counted(self, msg, size, on_sent):
+        self.sent.append(msg)
+        if self.stalled:
+            self.queued.append((size, on_sent))
+        else:
+            on_sent(size)
+
+    def take_all(self):
+        queued, self.queued = self.queued, []
+        for size, on_sent in queued:
+            on_sent(size)
 
 
 class _Client:
@@ -241,3 +258,40 @@ def test_a_refused_move_gives_the_held_bytes_to_the_client_and_reads_on(moving):
     assert rig.conn.transport is rig.down and upstream.transport.reading
     assert _feed(upstream, sent, BODY) == BODY
     assert rig.down.take() == b"b" * (BODY - CHUNK), "bytes lost, added or reordered"
+
+
+def test_once_attached_the_bytes_the_channel_has_not_sent_are_bounded_too(moving):
+    """A receiver that stops reading its handoff channel (stopped, wedged) says no pause: what
+    is forwarded waits in the channel's queue. Past the limit of this connection's bytes
+    queued there the upstream pauses, and reads on once they left (down to half the limit).
+    Before, the queue took the whole body."""
+    rig, upstream = moving
+    channel = _Channel(stalled=True)
+    rig.conn.migrated(channel, 1001)
+    sent = _feed(upstream, CHUNK, BODY)
+    assert sent < BODY, f"the whole {BODY}-byte body was queued for a receiver that reads nothing"
+    limit = rig.conn.hcm.buffer_limit
+    queued = sum(size for size, _ in channel.queued)
+    assert limit < queued <= limit + CHUNK and not upstream.transport.reading
+    channel.take_all()
+    assert upstream.transport.reading, "still paused once the channel sent its bytes"
+    channel.stalled = False
+    assert _feed(upstream, sent, BODY) == BODY
+    forwarded = b"".join(m["data"] for m in channel.sent if m["type"] == "data")
+    assert forwarded == b"b" * (BODY - CHUNK), "bytes lost, added or reordered"
+    assert channel.sent[-1] == {"type": "done", "id": 1001}
+
+
+def test_the_channels_release_does_not_read_past_the_receivers_pause():
+    conn = _Conn()
+    forwarded = ForwardedTransport(conn, limit=LIMIT)
+    channel = _Channel(stalled=True)
+    forwarded.attach(channel, 42)
+    for chunk in _chunks(4):
+        forwarded.write(chunk)
+    assert conn.calls == ["pause"]
+    forwarded.receiver_paused(True)
+    channel.take_all()
+    assert conn.write_paused, "the channel's release read on while the receiver is full"
+    forwarded.receiver_paused(False)
+    assert conn.calls == ["pause", "resume"] and not conn.write_paused

@@ -56,10 +56,16 @@ class ForwardedTransport:
     is the answers to the requests in flight at its move, and its pause_writing stops reading
     the client, not an upstream) nothing pauses. The new worker's pause/resume may arrive
     before the answer that ends the hold, so each has its own flag, and the upstream is read
-    again only once both are released."""
+    again only once both are released.
+
+    Once attached, what is forwarded waits in the handoff channel's queue until the new worker
+    reads it; one that stops reading (stopped, wedged) says no pause, so the bytes of this
+    connection still queued there (`unsent`) are bounded by the same limit: past it the
+    upstream pauses (a third flag, `channel_full`), and reads again once they are down to
+    half of it, as Envoy's watermarks do."""
 
     __slots__ = ("conn", "channel", "peer_id", "closing", "ended", "held", "tunnel",
-                 "limit", "held_bytes", "held_full", "receiver_full")
+                 "limit", "held_bytes", "held_full", "receiver_full", "unsent", "channel_full")
 
     def __init__(self, conn, tunnel: bool = False, limit: int | None = None):
         self.conn = conn
@@ -72,6 +78,8 @@ class ForwardedTransport:
         self.held_bytes = 0             # of the data messages in `held`
         self.held_full = False          # held_bytes went past limit: the upstream is paused
         self.receiver_full = False      # the new worker said pause (its client's buffer)
+        self.unsent = 0                 # data forwarded, still in the channel's queue
+        self.channel_full = False       # unsent went past limit: the upstream is paused
         # An upgraded connection or CONNECT tunnel (record tcp-split): the new worker runs a
         # forwarding.ForwardedSide on the client, which also sends the client's bytes here
         # and knows only data/eof/close/pause/resume.
@@ -108,12 +116,17 @@ class ForwardedTransport:
         self._full("receiver_full", on)
 
     def _full(self, flag: str, on: bool) -> None:
-        was = self.held_full or self.receiver_full
+        was = self.held_full or self.receiver_full or self.channel_full
         setattr(self, flag, on)
         if on and not was:
             self.conn.pause_writing()
-        elif was and not (self.held_full or self.receiver_full):
+        elif was and not (self.held_full or self.receiver_full or self.channel_full):
             self._resume_conn()
+
+    def _left_channel(self, size: int) -> None:
+        self.unsent -= size
+        if self.channel_full and self.unsent <= self.limit // 2:
+            self._full("channel_full", False)
 
     def _resume_conn(self) -> None:
         if self.ended:
@@ -131,7 +144,16 @@ class ForwardedTransport:
                 if self.limit is not None and self.held_bytes > self.limit and \
                         not self.held_full:
                     self._full("held_full", True)
-        elif not self.channel.closed:
+        elif self.channel.closed:
+            return
+        elif kind == "data" and self.limit is not None:
+            size = len(fields["data"])
+            self.unsent += size
+            self.channel.send_counted({"type": kind, "id": self.peer_id, **fields}, size,
+                                      self._left_channel)
+            if self.unsent > self.limit and not self.channel_full:
+                self._full("channel_full", True)
+        else:
             self.channel.send({"type": kind, "id": self.peer_id, **(fields or {})})
 
     def _end(self, kind: str) -> None:
