@@ -303,10 +303,11 @@ RECORDS: dict[str, Record] = {r.kind: r for r in (
            doc="an HTTPS (HTTP/1.1 over TLS) connection between requests: the socket and the "
                "record layer's state (worker/tls/state.py); nothing is buffered either way"),
     Record("http1-inflight", (1,), 1, ("client",),
-           {**_COMMON, "tls": Maybe(dict)},
+           {**_COMMON, "tls": Maybe(dict), "idle_drain": Maybe(float)},
            doc="an HTTP/1.1 (or HTTPS, with `tls` as in https1-idle) connection whose request "
                "has arrived and whose response is still coming: the sender keeps the exchange "
-               "and forwards the response (worker/proxy/http/inflight.py)"),
+               "and forwards the response (worker/proxy/http/inflight.py); `idle_drain` "
+               "(optional, from 0.3.0): the seconds left of the idle timeout's drain window"),
     Record("http2-idle", (1,), 1, ("client",),
            {**_COMMON, "h2": {"local": ListOf(int), "windows": ListOf(int), "peer": ListOf(int),
                               "highest": int, "input": bytes, "guard": Maybe(ListOf(int)),

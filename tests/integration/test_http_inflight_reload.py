@@ -122,6 +122,89 @@ def test_the_client_leaving_mid_response_ends_the_exchange_in_the_old_worker(bat
     assert "Traceback" not in baton_http.log
 
 
+class _GatedUpstream:
+    """An HTTP/1.1 upstream answering {"path": ...} on keep-alive connections; a request for
+    /gated is answered only once `release` is set (a response in flight for as long as the
+    test needs, instead of a delay to guess)."""
+
+    def __init__(self):
+        import threading
+        self.release = threading.Event()
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.listener.settimeout(30)
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        import threading
+        try:
+            while True:
+                sock, _ = self.listener.accept()
+                threading.Thread(target=self._exchanges, args=(sock,), daemon=True).start()
+        except OSError:
+            return              # closed
+
+    def _exchanges(self, sock) -> None:
+        with sock:
+            buf = b""
+            while True:
+                while b"\r\n\r\n" not in buf:
+                    data = sock.recv(4096)
+                    if not data:
+                        return
+                    buf += data
+                head, _, buf = buf.partition(b"\r\n\r\n")
+                path = head.split(b" ")[1].decode()
+                if path == "/gated":
+                    self.release.wait(30)
+                body = json.dumps({"path": path}).encode()
+                sock.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+                             b"content-length: %d\r\n\r\n%s" % (len(body), body))
+
+    def close(self) -> None:
+        self.release.set()
+        self.listener.close()
+
+
+def test_the_idle_timeouts_drain_window_goes_on_in_the_new_worker(baton):
+    """A request in the idle timeout's drain window (every answer says connection: close, the
+    connection reads on until drain_timeout: close_policy.py `_drain_when_idle`) moves with its
+    response in flight; the new worker keeps the window: the next request is answered with
+    connection: close too, and the connection ends at the window's end. Before, the new worker
+    took it for a fresh keep-alive connection."""
+    upstream = _GatedUpstream()
+    port = free_port()
+    b = baton(http_bootstrap(free_port(), port, upstream.port,
+                             common_http_protocol_options={"idle_timeout": "0.5s"},
+                             drain_timeout="6s", delayed_close_timeout="0.3s"), concurrency=1)
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+            reader = Http1Reader(sock)
+            _request(sock, "/first")
+            assert reader.response()[0] == 200
+            wait_until(lambda: b.stats().get("http.ingress_http.downstream_cx_idle_timeout", 0)
+                       >= 1, 10, "the idle timeout's drain to begin")
+            window_began = time.monotonic()
+            _request(sock, "/gated")
+            wait_until(lambda: _in_flight(b), 10, "the request in flight")
+            _reload(b)
+            _moved_in_flight(b, 1)
+            upstream.release.set()
+            status, headers, _ = reader.response()
+            assert status == 200 and headers.get("connection") == "close"
+            _request(sock, "/after")
+            status, headers, body = reader.response()
+            assert status == 200 and json.loads(body)["path"] == "/after"
+            assert time.monotonic() - window_began < 6, "too slow to test the window"
+            assert headers.get("connection") == "close", "served as a fresh keep-alive connection"
+            sock.settimeout(15)
+            assert sock.recv(1) == b"", "open past the drain window"
+            assert time.monotonic() - window_began > 5, "closed before the window's end"
+    finally:
+        upstream.close()
+    assert "Traceback" not in b.log
+
+
 def test_an_https_long_poll_is_answered_across_a_reload_on_the_same_session(baton, recorder):
     """Over TLS the record layer's state moves with the socket: the old worker forwards the
     plaintext, the new one protects it (one process ever advances the sequence numbers)."""

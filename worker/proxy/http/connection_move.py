@@ -211,7 +211,11 @@ class HttpConnectionMoves:
             self.moving_client = self.transport
             self.transport = self.moved_to = inflight.ForwardedTransport(
                 self, limit=self.hcm.buffer_limit)
-            return Export(inflight.RECORD, {**fields, "tls": tls}, [self.moving_fd])
+            fields["tls"] = tls
+            if self.idle_draining and self.exported_deadlines[1] is not None:
+                # In the idle timeout's drain window: the new worker goes on with it.
+                fields["idle_drain"] = max(0.0, self.exported_deadlines[1] - self.loop.time())
+            return Export(inflight.RECORD, fields, [self.moving_fd])
         if self.tls is not None:
             # HTTPS: the record layer's state goes with the socket (worker/proxy/https.py).
             return Export("https1-idle", {**fields, "tls": self.transport.export_state()},

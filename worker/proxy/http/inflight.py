@@ -18,6 +18,11 @@ connection over the handoff channel, with the messages of forwarding.py plus two
     new -> old   pause/resume {id}   the client's socket buffer crossed its limit / drained
                  reset {id}          the client went away: abort the exchange
 
+A connection in the idle timeout's drain window (HTTP/1.1 after its idle timeout: each request
+answered with connection: close until drain_timeout, close_policy.py `_drain_when_idle`)
+carries what is left of the window (`idle_drain`, seconds; absent when not draining, and
+ignored by a release that does not know it), and the new worker keeps the window's rules.
+
 Only the new worker writes to the client and reads from it. What the client sends meanwhile
 (a pipelined request) waits in the new worker's connection behind the forwarded response, as
 pipelined requests always wait for the one being served. Over HTTPS the record layer's state
@@ -220,7 +225,7 @@ class ForwardedResponse:
     connection's place in line (`HttpConnection.active`), so requests the client pipelines
     wait behind it, and writes what the old worker sends."""
 
-    __slots__ = ("conn", "channel", "peer_id", "done", "paused", "early")
+    __slots__ = ("conn", "channel", "peer_id", "done", "paused", "early", "idle_drain")
 
     id = FORWARDED_STREAM_ID
     router = None               # no route deadline here: the old worker keeps the exchange's
@@ -231,15 +236,21 @@ class ForwardedResponse:
     idle_timeout = 0
     window_held = False
 
-    def __init__(self, conn, channel, peer_id: int):
+    def __init__(self, conn, channel, peer_id: int, idle_drain: float | None = None):
         self.conn = conn
         self.channel = channel
         self.peer_id = peer_id          # the connection's id in the old worker
         self.done = False
         self.paused = False
         self.early: list | None = []    # messages that came before the client's transport
+        self.idle_drain = idle_drain    # s left of the idle timeout's drain window, or None
 
     def transport_ready(self) -> None:
+        if self.idle_drain is not None:
+            # Armed only once the connection runs (an adoption that fails leaves no timer).
+            conn = self.conn
+            conn.idle_draining = True
+            conn.drain_timer = conn.loop.call_later(self.idle_drain, conn._idle_drained)
         early, self.early = self.early, None
         for msg in early or ():
             self.on_message(msg)
@@ -302,7 +313,8 @@ def adopt(worker, listener, fields: dict, fds: list[int], conn_id: int, channel=
     from .connection_manager import HttpConnection
 
     def prepare(conn):
-        conn.adopt_forwarded_response(ForwardedResponse(conn, channel, fields["id"]))
+        conn.adopt_forwarded_response(ForwardedResponse(conn, channel, fields["id"],
+                                                        fields.get("idle_drain")))
     if fields.get("tls") is not None:
         from ..https import adopt_idle
         return adopt_idle(worker, listener, fields, fds, conn_id, channel, prepare=prepare)
