@@ -138,8 +138,10 @@ class Streams:
     """Many connections streaming through an echo upstream at once, driven by one selector
     thread: each sends a deterministic stream at a paced rate and reads its echo back. Any
     early EOF or error is recorded as a disconnect; at the end every stream's sent and received
-    sha256 must match. With `hold_tail` each stream keeps its last chunk until `release()`, so
-    the streams are still open however long what the test does meanwhile takes."""
+    sha256 must match. `end()` ends them once the test has watched them through what it does,
+    not at the paced rate's end: each sends one chunk more at once and half-closes, and every
+    byte it sent must come back. With `hold_tail` each stream keeps its last chunk back, so the
+    streams are still open at `end()` however long what the test did meanwhile took."""
 
     def __init__(self, port: int, count: int, total: int, rate: float, chunk: int = 16384,
                  hold_tail: bool = False):
@@ -155,10 +157,12 @@ class Streams:
             sock = socket.create_connection(("127.0.0.1", port), timeout=10)
             sock.setblocking(False)
             data = b"".join(bytes(c) for c in stream_chunks(total, seed=i))
-            stream = {"sock": sock, "data": data, "sent": 0, "recv": hashlib.sha256(), "got": 0, "done": False}
+            stream = {"sock": sock, "data": data, "sent": 0, "recv": hashlib.sha256(), "got": 0, "done": False,
+                      "end": total}
             self.streams.append(stream)
             self.selector.register(sock, selectors.EVENT_READ, stream)
         self.stop = threading.Event()
+        self.ending = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
 
     def start(self) -> "Streams":
@@ -168,17 +172,25 @@ class Streams:
     def _run(self) -> None:
         import time
         started = time.monotonic()
+        ended = False
         while not self.stop.is_set() and not all(s["done"] for s in self.streams):
-            end = self.total - self.chunk if self.held.is_set() else self.total
-            allowed = min(end, int((time.monotonic() - started) * self.rate) + self.chunk)
+            if self.ending.is_set() and not ended:
+                ended = True
+                for s in self.streams:
+                    s["end"] = min(s["end"], s["sent"] + self.chunk)
+            if ended:
+                allowed = self.total
+            else:
+                end = self.total - self.chunk if self.held.is_set() else self.total
+                allowed = min(end, int((time.monotonic() - started) * self.rate) + self.chunk)
             for s in self.streams:
-                if s["done"] or s["sent"] >= allowed:
+                if s["done"] or s["sent"] >= min(allowed, s["end"]):
                     continue
                 try:
-                    n = s["sock"].send(s["data"][s["sent"]:allowed])
+                    n = s["sock"].send(s["data"][s["sent"]:min(allowed, s["end"])])
                     s["sent"] += n
-                    if s["sent"] == self.total:
-                        s["sock"].shutdown(socket.SHUT_WR)
+                    if s["sent"] == s["end"]:
+                        self._half_close(s)
                 except BlockingIOError:
                     pass
                 except OSError as exc:
@@ -193,13 +205,19 @@ class Streams:
                     self._lost(s, f"recv: {exc}")
                     continue
                 if not data:
-                    if s["got"] != self.total:
-                        self._lost(s, f"EOF after {s['got']} of {self.total} bytes")
+                    if s["got"] != s["end"]:
+                        self._lost(s, f"EOF after {s['got']} of {s['end']} bytes")
                     else:
                         self._finish(s)
                     continue
                 s["recv"].update(data)
                 s["got"] += len(data)
+
+    def _half_close(self, s) -> None:
+        try:
+            s["sock"].shutdown(socket.SHUT_WR)
+        except OSError as exc:
+            self._lost(s, f"shutdown: {exc}")
 
     def _lost(self, s, why: str) -> None:
         self.disconnects.append(why)
@@ -210,9 +228,10 @@ class Streams:
         self.selector.unregister(s["sock"])
         s["sock"].close()
 
-    def release(self) -> None:
-        """Let the held last chunks go (`hold_tail`)."""
-        self.held.clear()
+    def end(self) -> None:
+        """Each stream sends one chunk more (so bytes flow after whatever the test did), held
+        back or paced or not, and half-closes; `verify()` wants every byte sent back."""
+        self.ending.set()
 
     def progress(self) -> int:
         return min(s["got"] for s in self.streams)
@@ -224,5 +243,7 @@ class Streams:
     def verify(self) -> None:
         assert not self.disconnects, self.disconnects[:5]
         for i, s in enumerate(self.streams):
-            assert s["done"], f"stream {i} did not finish ({s['got']} of {self.total})"
-            assert s["recv"].hexdigest() == hashlib.sha256(s["data"]).hexdigest(), f"stream {i} corrupted"
+            assert s["done"], f"stream {i} did not finish ({s['got']} of {s['end']})"
+            assert s["got"] == s["end"] > 0, f"stream {i}: {s['got']} of {s['end']} bytes"
+            assert s["recv"].hexdigest() == hashlib.sha256(s["data"][:s["end"]]).hexdigest(), \
+                f"stream {i} corrupted"

@@ -26,6 +26,7 @@ def test_recycle_moves_streaming_connections(baton, upstreams):
         pids.add(new)
     assert len(pids) == 3
     assert "Logging error" not in b.log and "Traceback" not in b.log, b.log
+    streams.end()                       # a chunk more each after the recycles, then the end
     streams.join(60)
     streams.verify()
     assert b.status()["workers"][0]["restarts"] == 0
@@ -49,6 +50,7 @@ def test_rss_limit_recycles_without_dropping_connections(baton, upstreams):
     first = b.status()["workers"][0]["pid"]
     wait_until(lambda: b.status()["workers"][0]["pid"] not in (first, None), 20, "an RSS recycle")
     assert "exceeds --worker-rss-limit" in b.log
+    streams.end()                       # a chunk more each after the recycle, then the end
     streams.join(60)
     streams.verify()
 

@@ -150,8 +150,8 @@ def test_tls_origination_streams_move_through_reloads(baton, tls_upstreams):
     terminating["filter_chains"][0]["transport_socket"] = tls_transport_socket(leaf(CA))
     data["static_resources"]["listeners"].append(terminating)
     b = baton(data, concurrency=2)
-    # The plain client's stream ends by itself (half-close, then the echo's end) after the
-    # reloads; the TLS client's runs until finish().
+    # The plain client's stream ends after the recycle (a chunk more, a half-close, then the
+    # echo's end); the TLS client's runs until finish().
     plain = Streams(plain_port, count=1, total=24 << 20, rate=2 << 20).start()
     both = TlsEchoStream(tls_port, client_context(CA), rate=2 << 20).start()
     wait_until(lambda: cluster_stats(b)["ssl.handshake"] == 2, 10, "both upstream handshakes")
@@ -167,6 +167,7 @@ def test_tls_origination_streams_move_through_reloads(baton, tls_upstreams):
     before = both.got
     wait_until(lambda: both.got > before + 65536 or both.error, 20, "the stream after the recycle")
     both.finish()
+    plain.end()
     plain.join(60)
     plain.verify()
     assert not re.search(r"[1-9][0-9]* stay to drain", b.log)
