@@ -108,8 +108,11 @@ class PeerRecorder:
             conn.close()
 
     def close(self):
+        # close() alone does not wake a thread blocked in accept(): the join waited its 5 s.
+        self.sock.shutdown(socket.SHUT_RDWR)
         self.sock.close()
         self.thread.join(5)
+        assert not self.thread.is_alive()
 
 
 def test_upstream_connections_come_from_the_bind_config_source_address(baton):
