@@ -56,13 +56,12 @@ def send(worker, peer, records: list, fds: list, count: int):
     return (future, frame), token, deadline
 
 
-async def _exits_within(pidfd: int | None, timeout: float, pid: int | None = None) -> bool:
-    """Whether the receiver (`pidfd`, of process `pid`) has died: exited, or doomed to
-    (unix.doomed: each of its threads exiting or killed). Its channel closes before its pidfd
-    polls readable (a dying process closes its files first), so /proc is read at once; only
-    if /proc cannot say (no pid, hidden) is the pidfd given `timeout` to poll readable. A
-    pidfd that cannot be read says nothing: the receiver is taken to run on (its batch let go
-    rather than served twice)."""
+def _died(pidfd: int | None, pid: int | None) -> bool | None:
+    """Whether the receiver (`pidfd`, of process `pid`) has died, from what can be read at
+    once: exited, or doomed to (unix.doomed: each of its threads exiting or killed); None if
+    /proc cannot say (no pid, hidden) and its pidfd does not poll readable yet. A pidfd that
+    cannot be read says nothing: the receiver is taken to run on (its batch let go rather
+    than served twice)."""
     if pidfd is None:
         return True
     try:
@@ -75,6 +74,14 @@ async def _exits_within(pidfd: int | None, timeout: float, pid: int | None = Non
     except OSError:
         log.exception("receiver's pidfd %d unreadable: taken to run on", pidfd)
         return False
+    return verdict
+
+
+async def _exits_within(pidfd: int | None, timeout: float, pid: int | None = None) -> bool:
+    """Whether the receiver has died (`_died`). Its channel closes before its pidfd polls
+    readable (a dying process closes its files first), so /proc is read at once; only if
+    /proc cannot say is the pidfd given `timeout` to poll readable."""
+    verdict = _died(pidfd, pid)
     if verdict is not None:
         return verdict
     loop = asyncio.get_running_loop()
@@ -272,8 +279,10 @@ def give_up(worker, sent, request, peer, token, kept: set) -> None:
     An answer already here decides as in `settle`. Otherwise a batch the receiver has not
     claimed is taken back (it refuses it when it reads it): withdrawn if still queued, and
     resumed, as is one without a token (a version-2 receiver: as its deadline does); one it
-    claimed is let go (`_let_go`). The token is closed and the request's future cancelled or
-    read: nothing waits for it any more."""
+    claimed is let go (`_let_go`) unless the receiver has died (`_died`, read at once: what
+    it had adopted died with it, and the batch serves on here, as `settle` decides a channel
+    closed by a death). The token is closed and the request's future cancelled or read:
+    nothing waits for it any more."""
     future, frame = request
     if future is not None and future.done() and not future.cancelled() \
             and future.exception() is None:
@@ -291,7 +300,7 @@ def give_up(worker, sent, request, peer, token, kept: set) -> None:
             future.exception()
     if token is not None:
         token.close()
-    if claimed:
+    if claimed and not _died(peer.pidfd, peer.pid):
         _let_go(worker, sent, peer)
         return
     for conn in sent:

@@ -437,6 +437,7 @@ async def _move_when_idle(worker, peers, wait: float, refused: set) -> tuple[int
     deadline = loop.time() + wait
     moved, kept = 0, set()
     waiting = set(busy)
+    fired: list = []
     try:
         while waiting and loop.time() < deadline:
             try:
@@ -456,10 +457,13 @@ async def _move_when_idle(worker, peers, wait: float, refused: set) -> tuple[int
                 for conn in batch:
                     conn.cancel_hold()
                 kept.update(batch)
+            fired = []
     finally:
-        # Also when cancelled: none is left waiting to pause for a move that is gone (nor
-        # paused for one that never came: idle since the last wake-up, not yet sent).
-        for conn in waiting.union(ready):
+        # Also when cancelled: none is left waiting to pause for a move that is gone, nor
+        # paused for one that never came: idle since the last wake-up, or idle and not yet
+        # sent when the move was cancelled (cancel_hold reads again; one sent was decided by
+        # batch_ownership.give_up, and its hold is export's: cancel_hold leaves it).
+        for conn in waiting.union(ready, fired):
             conn.cancel_hold()
     return moved, kept
 

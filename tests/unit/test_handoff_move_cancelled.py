@@ -2,7 +2,8 @@
 teardown cancelling handle_migrate's task) decides that batch at once: taken back and resumed
 if the receiver has not claimed it, let go if it has; its claim token's pipe closed, its
 request's future not left with an exception nobody reads (found by review R1, F2). One
-cancelled while it waits for busy connections to become idle cancels their holds.
+cancelled while it waits for busy connections to become idle cancels their holds, and a
+connection whose hold fired (reading paused for the move) and was not sent reads again.
 
 The receiver is the real MigrationServer on an abstract address, in this process's loop,
 its adoption replaced by one that keeps the batch and does not answer.
@@ -13,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import os
+import socket
 
 import pytest
 
@@ -23,6 +25,7 @@ from baton.worker.connection import Move
 from .test_handoff_claim import _Moving
 from .test_handoff_move_raises import _link, _Receiving, _Sending, pidfds
 from .test_handoff_records import _Listener, datagram_kind  # noqa: F401
+from .test_http_express import Rig, loop  # noqa: F401 - a fixture
 
 
 def _cancelled_while_unanswered(monkeypatch, claims: bool):
@@ -114,3 +117,57 @@ def test_a_move_cancelled_while_it_waits_for_idle_connections_cancels_their_hold
         return busy
     busy = asyncio.run(asyncio.wait_for(run(), 10))
     assert busy.held and busy.cancelled, "left to pause after its exchange for a move that is gone"
+
+
+# -- a real HTTP connection (test_http_express's Rig) whose hold fired ---------------------
+
+def _held_http_connection(tmp_path, loop):
+    rig = Rig(tmp_path, loop)
+    rig.conn.listener.spec = {}
+    rig.worker.handoff_accepts = {}
+    fired = []
+    rig.conn.hold_when_idle(fired.append)     # idle: it pauses reading and says so at once
+    assert fired == [rig.conn] and not rig.down.reading
+    return rig
+
+
+def test_a_cancelled_hold_that_fired_reads_again(tmp_path, loop):
+    """Its hold fired (idle: reading paused for the move) and the move was cancelled before
+    it sent this connection: it serves on, reading. Before, it stayed paused until the drain
+    closed it."""
+    rig = _held_http_connection(tmp_path, loop)
+    rig.conn.cancel_hold()
+    assert rig.down.reading, "left paused by a move that is gone"
+
+
+def test_a_hold_taken_over_by_export_is_not_released_by_its_cancel(tmp_path, loop):
+    rig = _held_http_connection(tmp_path, loop)
+    ours, theirs = socket.socketpair()
+    extra = rig.down.get_extra_info
+    rig.down.get_extra_info = lambda key, default=None: ours if key == "socket" else \
+        extra(key, default)
+    try:
+        rig.conn.export()
+        rig.conn.cancel_hold()
+        assert not rig.down.reading, "read on while its move is being answered"
+        rig.conn.resume()                   # refused: it reads again
+        assert rig.down.reading
+    finally:
+        ours.close()
+        theirs.close()
+
+
+def test_a_cancelled_rpc_hold_that_fired_reads_again(loop):
+    """The same for an RPC connection (rpc/connection.py: reading paused for the move)."""
+    from .test_rpc_move import old_half
+    worker, conn, socks = old_half(loop)
+    try:
+        conn.exchanges.clear()                  # nothing in flight: movable at once
+        fired = []
+        conn.hold_when_idle(fired.append)
+        assert fired == [conn] and not conn.transport.reading
+        conn.cancel_hold()
+        assert conn.transport.reading, "left paused by a move that is gone"
+    finally:
+        for sock in socks:
+            sock.close()

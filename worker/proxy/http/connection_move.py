@@ -35,6 +35,9 @@ class HttpConnectionMoves:
     # The connection-wide deadlines export cancels ((max_connection_duration, the final
     # GOAWAY), loop times or None), armed again by resume() if the connection stays after all.
     exported_deadlines = None
+    # Reading paused by the hold that fired (_held) and not yet taken over by export: a hold
+    # cancelled then (the move cancelled before it sent this one) reads again.
+    held_reading = False
 
     def readiness(self) -> Move:
         """HTTP/1.1 connections move at once when idle, and when their request has arrived
@@ -126,6 +129,10 @@ class HttpConnectionMoves:
         self.on_idle = None
         self._cancel_unsent_poll()
         self._release_held_streams()
+        if self.held_reading:
+            self.held_reading = False
+            if self.transport is not None and not self.closed and not self.read_pauses:
+                self.transport.resume_reading()
 
     def _cancel_unsent_poll(self) -> None:
         if self.unsent_poll is not None:
@@ -165,11 +172,13 @@ class HttpConnectionMoves:
         on_idle, self.on_idle = self.on_idle, None
         if self.transport is not None and not self.closed:
             self.transport.pause_reading()
+            self.held_reading = True
         if on_idle is not None:
             on_idle(self)
 
     def export(self, client_only: bool = False) -> Export:
         self.transport.pause_reading()
+        self.held_reading = False       # resume() reads again if the move fails
         in_flight = bool(self.streams)
         self.exported_deadlines = tuple(None if timer is None else timer.when()
                                         for timer in (self.duration_timer, self.drain_timer))

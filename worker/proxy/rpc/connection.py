@@ -149,6 +149,8 @@ class RpcConnection(Connection, asyncio.Protocol):
         if self.hold_timer is not None:
             self.hold_timer.cancel()
             self.hold_timer = None
+        if self.moving_fd < 0 and self.moved_to is None:
+            self._resume_reading("move")    # the hold fired, then the move was cancelled
 
     def export(self, client_only: bool = False) -> Export:
         self._pause_reading("move")
