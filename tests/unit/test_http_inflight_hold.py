@@ -195,7 +195,10 @@ CHUNK = 1 << 16
 def moving(tmp_path, loop):
     """A response of BODY bytes started, its connection exported with it in flight (record
     http1-inflight): (the rig, its upstream connection, the client's socket pair)."""
-    rig = Rig(tmp_path, loop)
+    yield from _moving(Rig(tmp_path, loop))
+
+
+def _moving(rig):
     rig.conn.listener.spec = {}
     rig.worker.handoff_accepts = {inflight.RECORD: [1]}
     ours, theirs = socket.socketpair()
@@ -295,3 +298,28 @@ def test_the_channels_release_does_not_read_past_the_receivers_pause():
     assert conn.write_paused, "the channel's release read on while the receiver is full"
     forwarded.receiver_paused(False)
     assert conn.calls == ["pause", "resume"] and not conn.write_paused
+
+
+@pytest.fixture
+def moving_again(tmp_path, loop):
+    """`moving` for a connection that was itself adopted with a response in flight (its
+    ForwardedResponse done): the old side of its second move."""
+    rig = Rig(tmp_path, loop)
+    rig.conn.adopt_forwarded_response(inflight.ForwardedResponse(rig.conn, _Channel(), 3))
+    rig.conn.on_forwarded({"type": "done", "id": rig.conn.id})
+    assert rig.conn.active is None and not rig.conn.streams
+    yield from _moving(rig)
+
+
+def test_a_connection_that_moved_in_flight_before_hears_its_new_receiver(moving_again):
+    """Its first move's stand-in (ForwardedResponse, done) took the second receiver's pause,
+    resume and reset, and dropped them: the upstream read on past a full client, and an
+    exchange whose client left went on."""
+    rig, upstream = moving_again
+    rig.conn.migrated(_Channel(), 1001)
+    rig.conn.on_forwarded({"type": "pause", "id": rig.conn.id})
+    assert not upstream.transport.reading, "read on while the new worker's client is full"
+    rig.conn.on_forwarded({"type": "resume", "id": rig.conn.id})
+    assert upstream.transport.reading
+    rig.conn.on_forwarded({"type": "reset", "id": rig.conn.id})
+    assert rig.conn.closed and not rig.conn.streams, "the exchange outlived its client"

@@ -299,7 +299,9 @@ class HttpConnectionMoves:
             response.transport_ready()
 
     def on_forwarded(self, msg: dict) -> bool:
-        if self.forwarded_response is not None:             # new side
+        # The old side first: a connection adopted in flight that moved on in flight keeps
+        # its first stand-in (done), but its new receiver is the one that talks to it now.
+        if self.moved_to is None and self.forwarded_response is not None:     # new side
             self.forwarded_response.on_message(msg)
             return True
         if self.moved_to is None or self.closed:            # old side
