@@ -337,16 +337,14 @@ _KEEP_ALIVE = object()
 
 
 
-def _value_text(value: bytes) -> str | None:
-    """A header value decoded, or None if it holds a byte llhttp refuses in one (a control
-    byte other than HTAB), or a CR or LF of its own (the head's lines were split at CR LF).
-    Only values are looked at: the name before one is a name llhttp read (_NAMES), and a line
-    read before comes from a memo, so a head needs no pass over all its bytes. A plain value
-    is printable; one with HTAB or obs-text is not, and is looked at byte by byte."""
-    text = value.decode("latin-1")
-    if text.isprintable() or len(value.translate(None, _CONTROL)) == len(value):
-        return text
-    return None
+# A line's value, checked where the lines are read (plain_response, plain_request; inline, not a
+# call: a head that is not known has a line not seen before on nearly every message, an echoed
+# path or an id): refused if it holds a byte llhttp refuses in one (a control byte other than
+# HTAB), a CR or LF of its own (the head's lines were split at CR LF), or whitespace at either
+# end. Only values are looked at: the name before one is a name llhttp read (_NAMES), and a
+# line read before comes from a memo, so a head needs no pass over all its bytes. A plain
+# value is printable (no HTAB, so only a space can end it); one with HTAB or obs-text is not,
+# and is looked at byte by byte.
 
 
 def learn_status_line(data: bytes, status: int) -> None:
@@ -382,10 +380,14 @@ def plain_response(data: bytes, end: int):
         if read is None:
             name, _, value = line.partition(b": ")
             text = _NAMES.get(name)
-            if text is None or not value or value[0] in _OWS or value[-1] in _OWS:
+            if text is None or not value:
                 return None
-            value_text = _value_text(value)
-            if value_text is None:
+            value_text = value.decode("latin-1")
+            if value_text.isprintable():
+                if value_text[0] == " " or value_text[-1] == " ":
+                    return None
+            elif value[0] in _OWS or value[-1] in _OWS or \
+                    len(value.translate(None, _CONTROL)) != len(value):
                 return None
             if text in _FRAMING:
                 if text == "content-length":
@@ -453,10 +455,14 @@ def plain_request(data: bytes):
         if read is None:
             name, _, value = line.partition(b": ")
             text = _NAMES.get(name)
-            if text is None or not value or value[0] in _OWS or value[-1] in _OWS:
+            if text is None or not value:
                 return None
-            value_text = _value_text(value)
-            if value_text is None:
+            value_text = value.decode("latin-1")
+            if value_text.isprintable():
+                if value_text[0] == " " or value_text[-1] == " ":
+                    return None
+            elif value[0] in _OWS or value[-1] in _OWS or \
+                    len(value.translate(None, _CONTROL)) != len(value):
                 return None
             if text in _SPECIAL_REQUEST_HEADERS:
                 if text == "host":
