@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from ...codecs.events import ProtocolError
 from . import downstream_end
+from .timer_queue import queue_for
 
 
 class ClosePolicy:
@@ -94,12 +95,18 @@ class ClosePolicy:
 
     def _arm_idle(self) -> None:
         """One lazy timer (STYLE.md pattern 5): going idle moves the deadline; the timer,
-        armed once, re-arms itself when it fires early or finds requests in flight."""
+        armed once, re-arms itself when it fires early or finds requests in flight. Armed, it
+        is a place in the loop's queue of this idle timeout (timer_queue.py: every
+        connection's idle timer of one duration under one loop timer; a connection per
+        request arms no loop timer of its own for it)."""
         timeout = self.hcm.idle_timeout
         if timeout and not self.closed:
-            self.idle_deadline = self.loop.time() + timeout
+            loop = self.loop
+            self.idle_deadline = due = loop.time() + timeout
             if self.idle_timer is None:
-                self.idle_timer = self.loop.call_at(self.idle_deadline, self._on_idle_timeout)
+                queue = queue_for(loop, timeout, "idle_timer", ClosePolicy._on_idle_timeout)
+                queue.add(self, due)
+                self.idle_timer = queue
 
     def _on_idle_timeout(self) -> None:
         self.idle_timer = None

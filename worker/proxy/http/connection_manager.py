@@ -31,6 +31,7 @@ from . import close_policy, downstream_end, express
 from .close_policy import ClosePolicy
 from .connection_move import HttpConnectionMoves, no_http_chain
 from .stream import Stream
+from .timer_queue import TimerQueue, queue_for
 
 log = logging.getLogger("baton.http")
 
@@ -547,8 +548,15 @@ class HttpConnection(asyncio.Protocol, ClosePolicy, HttpConnectionMoves, Connect
         self.worker.connection_closed(self)
 
     def _cancel_timers(self) -> None:
-        for timer in (self.idle_timer, self.header_timer, self.duration_timer, self.stream_timer,
-                      self.deadline_timer, self.drain_timer, self.hold_timer, self.unsent_poll):
+        # The idle timer and the route deadline are usually places in a loop's TimerQueue.
+        for timer in (self.idle_timer, self.deadline_timer):
+            if timer is not None:
+                if timer.__class__ is TimerQueue:
+                    timer.discard(self)
+                else:
+                    timer.cancel()
+        for timer in (self.header_timer, self.duration_timer, self.stream_timer,
+                      self.drain_timer, self.hold_timer, self.unsent_poll):
             if timer is not None:
                 timer.cancel()
         self.idle_timer = self.header_timer = self.duration_timer = self.stream_timer = None
@@ -594,12 +602,21 @@ class HttpConnection(asyncio.Protocol, ClosePolicy, HttpConnectionMoves, Connect
         """A stream's route timeout (monotonic time). One timer per connection, armed for
         the earliest deadline; it finds the streams that are due when it fires and re-arms
         for the next, so a request costs no timer of its own."""
-        if self.deadline_timer is None or deadline < self.deadline_at:
-            if self.deadline_timer is not None:
-                self.deadline_timer.cancel()
+        timer = self.deadline_timer
+        if timer is None or deadline < self.deadline_at:
+            if timer is not None:
+                if timer.__class__ is TimerQueue:
+                    timer.discard(self)
+                else:
+                    timer.cancel()
             self.deadline_at = deadline
-            self.deadline_timer = self.loop.call_later(max(deadline - time.monotonic(), 0),
-                                                       self._on_deadline)
+            # A place in the loop's queue of deadlines this far off (to the millisecond,
+            # timer_queue.py): the requests of one route timeout share one loop timer.
+            delay = deadline - time.monotonic()
+            queue = queue_for(self.loop, int(delay * 1000) if delay > 0 else 0,
+                              "deadline_timer", HttpConnection._on_deadline, time.monotonic)
+            queue.add(self, deadline)
+            self.deadline_timer = queue
 
     def _on_deadline(self) -> None:
         self.deadline_timer = None
