@@ -14,7 +14,10 @@ rig SNAPSHOT BATCHES [REPEATS [CHAIN [PROTOCOL]]]
     requests per batch, one at a time, as wrk sends them (default `h2`); `h1full`: the same
     with the express lane closed (the config's verdict, HttpConfig.express), every request on
     the full path (the Stream; since fbfef85 its straight step, without a Router, for these
-    requests: worker/proxy/http/straight.py): the two paths compared on one tree. For a
+    requests: worker/proxy/http/straight.py): the two paths compared on one tree; `h1v` and
+    `h1vfull`: as `h1` and `h1full` with bench/h1v_cost.py's varied exchanges (every request
+    and response its own), which bench/h1v_cost.py's own rig serves on the lane only. The
+    rig runs on a clock that stands still and a fixed date (_fixed_clock). For a
     figure that the shared machine's noise does not move, count instructions instead: run it twice under
     `setarch -R valgrind --tool=callgrind` (PYTHONHASHSEED=0, H2COST_NOGC=1) with 30 and
     1030 batches; (Ir(1030) - Ir(30)) / 10,000 is the instructions per request.
@@ -132,9 +135,12 @@ def rig_run(batches: int, chain: str | None = None, protocol: str = "h2") -> flo
     """CPU seconds for batches x 10 requests through the in-process rig."""
     loop = asyncio.new_event_loop()
     rig = make_rig(loop, chain)
-    if protocol in ("h1", "h1full"):
-        if protocol == "h1full":
+    _fixed_clock(loop)
+    if protocol in ("h1", "h1full", "h1v", "h1vfull"):
+        if protocol.endswith("full"):
             rig.conn.hcm.express = False    # the config's verdict, read as the codec is chosen
+        if protocol.startswith("h1v"):
+            return _h1v_run(loop, rig, _varied(batches * 10))
         return _h1_run(loop, rig, batches)
     ups = list(rig.upstreams.values()) + idle_upstreams(rig)
     client = H2loadClient()
@@ -162,6 +168,34 @@ def rig_run(batches: int, chain: str | None = None, protocol: str = "h2") -> flo
     return cpu
 
 
+class _FixedDate:
+    """stream.DATE with one value: the date header the same for every response."""
+
+    @staticmethod
+    def get() -> str:
+        return "Tue, 08 Dec 2026 00:00:00 GMT"
+
+
+def _fixed_clock(loop) -> None:
+    """Every run of one tree the same work: the loop's clock stands still (service time 0)
+    and the date is fixed. Without, the date was made again each second of the run (a run
+    under valgrind on a loaded machine lasts minutes: the longer run of the two counted
+    more of them, ~1-2k instructions a request), and on HTTP/2 a changing
+    x-envoy-upstream-service-time or date value is HPACK-encoded afresh where a repeated one
+    is one indexed byte (the rig's figure moved by up to 8k between runs of one tree)."""
+    from baton.worker.proxy.http import stream
+
+    loop.time = lambda: 1000.0
+    stream.DATE = _FixedDate()
+
+
+def _varied(count: int) -> list:
+    """bench/h1v_cost.py's exchanges (each request its own path and x-n header, each
+    response its own x-path header), made before the clock starts."""
+    import h1v_cost
+    return [(h1v_cost.request(n), h1v_cost.response(n)) for n in range(1, count + 1)]
+
+
 def _h1_run(loop, rig, batches: int) -> float:
     conn, down = rig.conn, rig.down
     ups = list(rig.upstreams.values())
@@ -177,6 +211,25 @@ def _h1_run(loop, rig, batches: int) -> float:
             answered += down.take().endswith(BODY)
     cpu = time.process_time() - t0
     assert answered == batches * 10, answered
+    loop.close()
+    return cpu
+
+
+def _h1v_run(loop, rig, exchanges) -> float:
+    """_h1_run with [(request, response)] one an exchange (PROTOCOL h1v/h1vfull)."""
+    conn, down = rig.conn, rig.down
+    ups = list(rig.upstreams.values())
+    answered = 0
+    t0 = time.process_time()
+    for request, response in exchanges:
+        conn.data_received(request)
+        for up in ups:
+            if up.streams:
+                up.transport.take()
+                up.data_received(response)
+        answered += down.take().endswith(b"x\n")     # (h1v_cost.response's body ends so)
+    cpu = time.process_time() - t0
+    assert answered == len(exchanges), answered
     loop.close()
     return cpu
 
