@@ -103,10 +103,13 @@ def _bootstrap(admin: int, tcp_port: int, echo: int, http_port: int, recorder: i
 @pytest.fixture(scope="module")
 def wheels(release_wheel):
     """One wheel per release, and one of the working tree: built once for the whole run
-    (conftest's release_wheel), so test_keeper_releases, which takes this fixture, builds none."""
-    built = {release: release_wheel(release.commit) for release in RELEASES}
-    built["current"] = release_wheel(None)
-    return built
+    (conftest's release_wheel), so test_keeper_releases, which takes this fixture, builds none.
+    The builds run side by side: each is mostly pip setting up its isolated build environment."""
+    from concurrent.futures import ThreadPoolExecutor
+    keys = [*RELEASES, "current"]
+    with ThreadPoolExecutor(len(keys)) as pool:
+        paths = list(pool.map(release_wheel, [None if key == "current" else key.commit for key in keys]))
+    return dict(zip(keys, paths))
 
 
 def _reload_to(b: ReleaseBaton, wheel, version: str) -> None:
