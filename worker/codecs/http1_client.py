@@ -15,8 +15,8 @@ from .events import Body, ProtocolError, ResponseHead
 from .http1_common import (FRAMINGS, NO_BODY_STATUS, Http1Output, LimitExceeded, Outgoing,
                            end_body, frame_body, last_chunk)
 from .http1_head import (HOP_BY_HOP, KNOWN_BYTES, KNOWN_RESPONSES, RESPONSE_LINES_GATE,
-                         RESPONSES_GATE, KnownResponse, connection_keeps_alive,
-                         learn_status_line, lookup_head, plain_response, read_response, remember)
+                         NO_LEADING, RESPONSES_GATE, KnownResponse, connection_keeps_alive,
+                         learn_status_line, lookup_head, read_response, remember, response_by_lines)
 from .message import Headers, Request, Response
 
 __all__ = ["Http1ClientCodec", "UPSTREAM_MAX_HEADER_BYTES", "UPSTREAM_MAX_HEADERS"]
@@ -34,7 +34,7 @@ class Http1ClientCodec(Http1Output):
     __slots__ = ("_parser", "_events", "_out", "_next_id", "_stream", "_method", "_headers",
                  "_failed", "_framing", "_head_sent", "_body_expected", "_header_bytes",
                  "_max_header_bytes", "_max_headers", "_status", "reusable", "closed", "_tunnel",
-                 "_trailers", "_in_trailers", "_framed", "_between", "_learned")
+                 "_trailers", "_in_trailers", "_framed", "_between", "_learned", "_leading")
 
     def __init__(self, *, max_header_bytes: int = UPSTREAM_MAX_HEADER_BYTES,
                  max_headers: int = UPSTREAM_MAX_HEADERS):
@@ -61,6 +61,7 @@ class Http1ClientCodec(Http1Output):
         self._framed = False
         self._between = True        # the parser is between responses (none begun)
         self._learned = None        # the response just read, if it may become known
+        self._leading = NO_LEADING  # what the last head read by its lines began with
 
     def initiate(self) -> None:
         """Nothing to say first in HTTP/1.1."""
@@ -157,12 +158,12 @@ class Http1ClientCodec(Http1Output):
                 if lines.resting:
                     lines.resting -= 1
                 else:
-                    read = plain_response(data, end)
+                    read = response_by_lines(data, end, self._leading)
                     if read is None or len(data) - end != read[2]:
                         lines.missed()
                     elif end <= self._max_header_bytes and read[3] <= self._max_headers:
                         lines.hits += 1
-                        status, kept, length, count = read
+                        status, kept, length, count, self._leading = read
                         if not gate.resting:
                             remember(KNOWN_RESPONSES, gate, data[:end], KnownResponse(
                                 status, tuple(kept), length, True, end, count))

@@ -362,22 +362,54 @@ def learn_status_line(data: bytes, status: int) -> None:
     STATUS_LINES[line] = status
 
 
+# What a connection's last response head began with (plain_response's `leading`): its status
+# line and the header lines before the first one the lines' memo did not know, as bytes, and
+# what they read to: (those bytes, status, the pairs that pass on, Content-Length or 0, header
+# lines). An upstream's heads begin alike (its status line, Server, Date for a second,
+# Content-Type) and differ further on (an echoed path, an id, a length): a head that begins
+# with those bytes is read from where they end. Its lines read as they did (a line's reading
+# depends on its bytes alone: _NAMES keeps what it learned), so nothing is decided that the
+# lines' memo would decide otherwise.
+NO_LEADING = (b"", 0, (), 0, 0)
+
+
 def plain_response(data: bytes, end: int):
     """The head data[:end] (its empty line included) read by its lines: (status, the pairs that
     pass on as a new list, its Content-Length, its header lines), or None: llhttp must read
     it. Its size in the limit's count is `end` (the canonical layout)."""
-    block = data[:end - 4]
-    lines = block.split(b"\r\n")
-    status = STATUS_LINES.get(lines[0])
-    if status is None:
-        return None
-    count = len(lines) - 1
+    read = response_by_lines(data, end, NO_LEADING)
+    return None if read is None else read[:4]
+
+
+def response_by_lines(data: bytes, end: int, leading: tuple):
+    """plain_response's reading, and its leading lines for the next head (the fifth item),
+    from what the connection's last head began with (`leading`, or NO_LEADING)."""
+    known = leading[0]
+    if known and data.startswith(known):
+        _, status, pairs, length, count = leading
+        kept = list(pairs)
+        start = len(known)
+        rest = data[start:end - 4].split(b"\r\n") if start < end - 2 else []
+    else:
+        lines = data[:end - 4].split(b"\r\n")
+        status = STATUS_LINES.get(lines[0])
+        if status is None:
+            return None
+        start = len(lines[0]) + 2
+        leading = None
+        kept = []
+        length = count = 0
+        rest = lines[1:]
     reads = _RESPONSE_LINE_READS
-    kept = []
-    length = 0
-    for line in lines[1:]:
+    first = -1          # where in `rest` the first line the memo did not know is
+    for line in rest:
         read = reads.get(line)
         if read is None:
+            if first < 0:
+                # (Exact: an equal line before it would have missed first.)
+                first = rest.index(line)
+                first_kept = len(kept)
+                first_length = length
             name, _, value = line.partition(b": ")
             text = _NAMES.get(name)
             if text is None or not value:
@@ -413,7 +445,13 @@ def plain_response(data: bytes, end: int):
             kept.append(pair)
     if not length:
         return None
-    return status, kept, length, count
+    if first < 0:                       # every line known: all of it leads
+        first, first_kept, first_length = len(rest), len(kept), length
+    if first or leading is None:
+        lead = rest[:first]
+        leading = (data[:start + sum(map(len, lead)) + 2 * first], status,
+                   tuple(kept[:first_kept]), first_length, count + first)
+    return status, kept, length, count + len(rest), leading
 
 
 # A request read by its lines, the same way: a bodiless HTTP/1.1 request whose whole read is its
