@@ -124,12 +124,12 @@ def test_the_client_leaving_mid_response_ends_the_exchange_in_the_old_worker(bat
 
 class _GatedUpstream:
     """An HTTP/1.1 upstream answering {"path": ...} on keep-alive connections; a request for
-    /gated is answered only once `release` is set (a response in flight for as long as the
-    test needs, instead of a delay to guess)."""
+    a path that starts with /gated is answered only once `answer()` lets it (one each): a
+    response in flight for as long as the test needs, instead of a delay to guess."""
 
     def __init__(self):
         import threading
-        self.release = threading.Event()
+        self.held = threading.Semaphore(0)
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
         self.listener.settimeout(30)
@@ -155,14 +155,17 @@ class _GatedUpstream:
                     buf += data
                 head, _, buf = buf.partition(b"\r\n\r\n")
                 path = head.split(b" ")[1].decode()
-                if path == "/gated":
-                    self.release.wait(30)
+                if path.startswith("/gated"):
+                    self.held.acquire(timeout=30)
                 body = json.dumps({"path": path}).encode()
                 sock.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
                              b"content-length: %d\r\n\r\n%s" % (len(body), body))
 
+    def answer(self) -> None:
+        self.held.release()
+
     def close(self) -> None:
-        self.release.set()
+        self.held.release(100)
         self.listener.close()
 
 
@@ -170,13 +173,14 @@ def test_the_idle_timeouts_drain_window_goes_on_in_the_new_worker(baton):
     """A request in the idle timeout's drain window (every answer says connection: close, the
     connection reads on until drain_timeout: close_policy.py `_drain_when_idle`) moves with its
     response in flight; the new worker keeps the window: the next request is answered with
-    connection: close too, and the connection ends at the window's end. Before, the new worker
-    took it for a fresh keep-alive connection."""
+    connection: close too. Before, the new worker took it for a fresh keep-alive connection.
+    (The window is long, for a reload may take seconds on a busy machine: that its end is
+    carried too is tests/unit/test_http_inflight_hold.py's.)"""
     upstream = _GatedUpstream()
     port = free_port()
     b = baton(http_bootstrap(free_port(), port, upstream.port,
                              common_http_protocol_options={"idle_timeout": "0.5s"},
-                             drain_timeout="6s", delayed_close_timeout="0.3s"), concurrency=1)
+                             drain_timeout="60s"), concurrency=1)
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
             reader = Http1Reader(sock)
@@ -184,22 +188,17 @@ def test_the_idle_timeouts_drain_window_goes_on_in_the_new_worker(baton):
             assert reader.response()[0] == 200
             wait_until(lambda: b.stats().get("http.ingress_http.downstream_cx_idle_timeout", 0)
                        >= 1, 10, "the idle timeout's drain to begin")
-            window_began = time.monotonic()
             _request(sock, "/gated")
             wait_until(lambda: _in_flight(b), 10, "the request in flight")
             _reload(b)
             _moved_in_flight(b, 1)
-            upstream.release.set()
+            upstream.answer()
             status, headers, _ = reader.response()
             assert status == 200 and headers.get("connection") == "close"
             _request(sock, "/after")
             status, headers, body = reader.response()
             assert status == 200 and json.loads(body)["path"] == "/after"
-            assert time.monotonic() - window_began < 6, "too slow to test the window"
             assert headers.get("connection") == "close", "served as a fresh keep-alive connection"
-            sock.settimeout(15)
-            assert sock.recv(1) == b"", "open past the drain window"
-            assert time.monotonic() - window_began > 5, "closed before the window's end"
     finally:
         upstream.close()
     assert "Traceback" not in b.log
@@ -311,20 +310,30 @@ def test_a_websocket_moves_with_both_sockets_and_the_old_generation_exits(tmp_pa
         b"Sec-WebSocket-Version: 13\r\n\r\n", b"")
 
 
-def test_an_https_request_in_flight_at_each_of_20_reloads_keeps_its_session(baton, recorder):
+def test_an_https_request_in_flight_at_each_of_20_reloads_keeps_its_session(baton):
     """Issue 12's "a connection with a request in flight through 20 consecutive reloads": at
-    every reload a request is waiting for its answer on the same TLS session; each is answered
-    and the session is never renegotiated."""
+    every reload a request waits for its answer on the same TLS session (held by the upstream
+    until the connection moved: in flight at each move however long the reload takes, where a
+    fixed delay left it to the reload's speed); each is answered on the connection, kept
+    alive, and the session is never renegotiated."""
     from .tls_clients import ssl_stats
-    b, port, sock = _https_session(baton, recorder)
-    with sock:
-        reader = Http1Reader(sock)
-        for i in range(20):
-            old = b.master_pid()
-            _request(sock, f"/r{i}", "x-test-delay-ms: 1500")   # longer than a reload
-            _reload(b)
-            status, _, body = reader.response()
-            assert status == 200 and json.loads(body)["path"] == f"/r{i}"
-            b.wait_previous_gone(old, timeout=15)
+    upstream = _GatedUpstream()
+    b, port, sock = _https_session(baton, upstream.port)
+    try:
+        with sock:
+            reader = Http1Reader(sock)
+            for i in range(20):
+                old = b.master_pid()
+                _request(sock, f"/gated{i}")
+                wait_until(lambda: _in_flight(b), 10, "the request in flight")
+                _reload(b)
+                _moved_in_flight(b, i + 1)
+                upstream.answer()
+                status, headers, body = reader.response()
+                assert status == 200 and json.loads(body)["path"] == f"/gated{i}"
+                assert "connection" not in headers, f"reload {i}: the connection is closing"
+                b.wait_previous_gone(old, timeout=15)
+    finally:
+        upstream.close()
     assert ssl_stats(b, port)["handshake"] == 1
     assert "Traceback" not in b.log

@@ -323,3 +323,18 @@ def test_a_connection_that_moved_in_flight_before_hears_its_new_receiver(moving_
     assert upstream.transport.reading
     rig.conn.on_forwarded({"type": "reset", "id": rig.conn.id})
     assert rig.conn.closed and not rig.conn.streams, "the exchange outlived its client"
+
+
+def test_an_adopted_response_in_the_idle_drain_window_carries_its_end(tmp_path, loop):
+    """Record http1-inflight's idle_drain (the seconds left of the idle timeout's drain window):
+    the adopted connection drains as the old one did, its window ending when the old one's
+    would have (close_policy.py `_idle_drained`), and answers with connection: close
+    meanwhile."""
+    rig = Rig(tmp_path, loop)
+    response = inflight.ForwardedResponse(rig.conn, _Channel(), 3, idle_drain=4.5)
+    rig.conn.adopt_forwarded_response(response)
+    assert rig.conn.idle_draining and rig.conn.drain_timer is not None
+    assert abs(rig.conn.drain_timer.when() - loop.time() - 4.5) < 0.5
+    assert rig.conn.drain_timer._callback == rig.conn._idle_drained
+    rig.conn.on_forwarded({"type": "done", "id": rig.conn.id})
+    assert b"connection: close" in rig.exchange()[1].lower()
