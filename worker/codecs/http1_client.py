@@ -22,6 +22,9 @@ from .message import Headers, Request, Response
 __all__ = ["Http1ClientCodec", "UPSTREAM_MAX_HEADER_BYTES", "UPSTREAM_MAX_HEADERS"]
 
 _NOT_FORWARDED = HOP_BY_HOP | {"host"}       # the request line's host is written separately
+# The names send_head looks at in a request's pairs (the rest are written as they are): one set
+# test a pair, not two.
+_NOT_PLAIN = _NOT_FORWARDED | {"content-length"}
 # A status line's bytes besides its reason phrase ("HTTP/1.1 200 " and CRLF), and the empty line.
 _STATUS_LINE_FRAME = len("HTTP/1.1 200 \r\n") + len("\r\n")
 UPSTREAM_MAX_HEADER_BYTES = 80 * 1024     # Envoy 1.40's limit on an upstream response head
@@ -85,14 +88,16 @@ class Http1ClientCodec(Http1Output):
         # added since (by a header mutation) still must not go out.
         length = upgrade = None
         for name, value in request.headers.items:
-            if name in _NOT_FORWARDED:
-                if name == "te" and value == "trailers":
-                    out.append("te: trailers\r\n")
-                elif upgrade is None and name == "upgrade" and method != "CONNECT":
-                    upgrade = value
-                continue
-            if length is None and name == "content-length":
-                length = value
+            if name in _NOT_PLAIN:
+                if name == "content-length":
+                    if length is None:
+                        length = value
+                else:
+                    if name == "te" and value == "trailers":
+                        out.append("te: trailers\r\n")
+                    elif upgrade is None and name == "upgrade" and method != "CONNECT":
+                        upgrade = value
+                    continue
             out.append(f"{name}: {value}\r\n")
         chunked = False
         if upgrade:

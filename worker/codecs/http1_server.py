@@ -30,6 +30,9 @@ __all__ = ["Http1ServerCodec"]
 _METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS",
                                     "PATCH", "CONNECT", "TRACE")}
 _STATUS_LINES = {code: f"HTTP/1.1 {code} {reason}\r\n" for code, reason in REASONS.items()}
+# The names send_head looks at in a response's pairs (the rest are written as they are): one
+# set test a pair, not two.
+_NOT_PLAIN = HOP_BY_HOP | {"content-length"}
 # The bytes of a request head that the parser's callbacks do not hand over: the spaces around
 # the target, " HTTP/1.1" and its CRLF, and the empty line (the method is added once known).
 _REQUEST_LINE_FRAME = len("  HTTP/1.1\r\n") + len("\r\n")
@@ -304,7 +307,7 @@ class Http1ServerCodec(Http1Output):
             pending = responses[0]      # the oldest: the usual case
         else:
             pending = self._find(stream_id)
-        method, keep_alive, version = pending[1], pending[2], pending[3]
+        _, method, keep_alive, version = pending
         # One pass: the header lines (hop-by-hop names left out) and the first Content-Length.
         line = _STATUS_LINES.get(status)
         if line is None or (response.reason and response.reason != REASONS.get(status)):
@@ -316,10 +319,11 @@ class Http1ServerCodec(Http1Output):
         out = [line]
         length = None
         for name, value in response.headers.items:
-            if name in HOP_BY_HOP:
-                continue
-            if length is None and name == "content-length":
-                length = value
+            if name in _NOT_PLAIN:
+                if name != "content-length":
+                    continue
+                if length is None:
+                    length = value
             out.append(f"{name}: {value}\r\n")
         # Envoy's refusal of HTTP/1.0 carries its body on a HEAD too (measured with 1.40).
         no_body = (method == "HEAD" and (status != 426 or version != "1.0")) or \
