@@ -27,9 +27,10 @@ def rpc_baton(baton, processes):
 
 def test_pipelined_dubbo_and_bolt_streams_go_through_reloads_and_a_recycle(baton, processes):
     b, ports = rpc_baton(baton, processes)
-    # Slow calls of 0.3-1 s: with up to 16 in flight per stream, every reload finds some, and
-    # each old generation is gone within a second of its move.
-    streams = [RpcStream(kind, ports[kind], seed=i, slow_seconds=(0.3, 1.0)).start()
+    # Slow calls of 0.15-0.5 s: with up to 16 in flight per stream, every reload finds some, and
+    # each old generation is gone within half a second of its move (with calls of 0.3-1 s, each
+    # of the 21 rounds waited about 0.9 s for it).
+    streams = [RpcStream(kind, ports[kind], seed=i, slow_seconds=(0.15, 0.5)).start()
                for i, kind in enumerate(("dubbo", "dubbo", "bolt", "bolt"))]
     try:
         for round_ in range(RELOADS + 1):

@@ -232,7 +232,7 @@ def test_tls_tunnel_and_rpc_connections_cross_versions(release, wheels, tmp_path
         assert reader.head()[0] == 200
         seen = b"CONNECT example.test:443 HTTP/1.1\n"          # the upstream says what it saw
         assert reader.exact(len(seen)) == seen
-        # Slow calls of 0.3-1 s, as test_rpc_reload.py's: every reload finds some in flight,
+        # Slow calls of 0.3-1 s (one in ten): every reload finds some in flight,
         # and each old generation, which answers them, is gone within a second of its move
         # (the default 1-3 s kept each of the three waits on it near 3 s).
         rpc = RpcStream("dubbo", ports["dubbo"], slow_every=10, slow_seconds=(0.3, 1.0)).start()
