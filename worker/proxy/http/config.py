@@ -35,7 +35,7 @@ class HttpConfig:
     # change a request on the lane) or blocking (name -> whether a value keeps the lane closed
     # for this config). tests/unit/test_http_express.py fails on a field declared neither way.
     EXPRESS_SAFE = frozenset({
-        "spec", "_templates", "express", "node_address",
+        "spec", "_templates", "express", "plain_streams", "node_address",
         # Timers and limits of the connection, the codec and the stream sweep, which the
         # lane's connection keeps (a stream timeout hands the exchange back):
         "buffer_limit", "max_header_bytes", "max_headers", "request_headers_timeout",
@@ -63,6 +63,10 @@ class HttpConfig:
         "always_set_request_id_in_response": bool,
         "max_stream_duration": bool,        # the router runs it (router.py)
     }
+    # The Stream's plain step (stream.py, Stream.start): the lane's verdict without the codec
+    # (an HTTP/2 request has none of the edits either), kept on HttpConfig.plain_streams.
+    STREAM_BLOCKING = {name: blocks for name, blocks in EXPRESS_BLOCKING.items()
+                       if name != "codec_type"}
 
     def __init__(self, spec: dict, worker, listener_buffer_limit: int):
         _load_builtin_filters()
@@ -136,6 +140,7 @@ class HttpConfig:
         self.access_logs = _access_logs(spec.get("access_log") or (), worker)
         self._templates: dict = {}
         self.express = config_allows(self)     # HTTP/1.1 requests may take the express lane
+        self.plain_streams = not blockers(self, HttpConfig.STREAM_BLOCKING)
 
         http = f"http.{prefix}."
         self.stat_cx_total = http + "downstream_cx_total"
@@ -228,6 +233,7 @@ class HttpConfig:
         if hasattr(self, "express"):
             # An RDS update (at start the verdict comes last): the table is one of its inputs.
             self.express = config_allows(self)
+            self.plain_streams = not blockers(self, HttpConfig.STREAM_BLOCKING)
 
     def _tell_factories_routes(self) -> None:
         """Factories whose work may come from a route's typed_per_filter_config (fault, local

@@ -86,6 +86,10 @@ class RouteStep:
         if not needs_router(self, route, cluster, retry, hash_key) and \
                 self.send_straight(cluster, timeout):
             return                          # sent by the stream itself (straight.py)
+        self.to_router(route, cluster, hash_key, timeout, retry)
+
+    def to_router(self, route, cluster, hash_key, timeout, retry) -> None:
+        """The Router takes the request (not straight), with the body held so far."""
         router = self.router = Router(self, route, cluster, hash_key, timeout, retry, self.picked)
         if self.held_body:
             held, self.held_body = self.held_body, ()

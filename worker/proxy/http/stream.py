@@ -23,8 +23,9 @@ from .body_filters import chain_for, replaced_by
 from .filter import PAUSE, Delay, LocalReply, plan_for_route
 from .held_chunks import with_chunk
 from .route_again import refilter
+from . import route_step         # (its needs_router looked up there: the express tests patch it)
 from .route_step import RouteStep
-from .router import Router
+from .router import Router, expected_timeout_header
 from .straight import FIELDS as STRAIGHT_FIELDS, StraightSteps
 from .stream_info import StreamInfo
 
@@ -334,13 +335,46 @@ class Stream(RouteStep, StraightSteps, StreamInfo):
         request = self.request
         worker = self.worker
         counters = self.stats
+        version = request.version
         counters[hcm.stat_rq_total] += 1
-        counters[hcm.stat_rq_http2_total if request.version == "2" else
-                 hcm.stat_rq_http1_total] += 1
+        counters[hcm.stat_rq_http2_total if version == "2" else hcm.stat_rq_http1_total] += 1
         worker.stats.gauges[hcm.stat_rq_active] += 1
         if worker.overload.shedding and worker.overload.rejects_request(self):
             return
-        if request.version == "1.0" and not hcm.accept_http_10:
+        if hcm.plain_streams and version != "1.0" and request.authority and not self.upgrade \
+                and not self.expect_continue:
+            # The config's verdict (HttpConfig.plain_streams, the lane's without its codec):
+            # no edit below but the request headers', no filter, a route table that routes
+            # the edited request as the lane routes the unedited one.
+            conn = self.conn
+            self.request_id, self.controls = mutate_request_headers(hcm, request, conn.peer,
+                                                                    conn.tls)
+            route = self.route = hcm.routes.route(request)
+            if route is not None:
+                self.route_name = route.name
+                if route.idle_timeout_set:
+                    self.idle_timeout = route.idle_timeout
+                name = route.express_cluster
+                cluster = worker.clusters.get(name) if name is not None else None
+                if cluster is not None:
+                    # The route's verdict (Route.express_cluster): one cluster, no mutation,
+                    # rewrite, grpc-timeout, retry or hash policy; and no x-envoy-* control
+                    # read (the config's verdict: never internal, no table that adds one).
+                    # _route's steps come down to these.
+                    self.cluster_name = self.upstream_cluster = name
+                    timeout = route.timeout
+                    if timeout and not hcm.suppress_envoy_headers:
+                        request.headers.items.append(expected_timeout_header(timeout))
+                    if route_step.needs_router(self, route, cluster, None, None) or \
+                            not self.send_straight(cluster, timeout):
+                        self.to_router(route, cluster, None, timeout, None)
+                    return
+                if route.kind == "cluster":
+                    self.cluster_name = self.upstream_cluster = \
+                        route.single_cluster or route.pick_cluster(request, random.random)
+            self._route()
+            return
+        if version == "1.0" and not hcm.accept_http_10:
             downstream_end.http10_refused(self)
             self.close_connection = True
             self.local_reply(426, "Upgrade Required", "low_version")
