@@ -138,10 +138,11 @@ class Streams:
     """Many connections streaming through an echo upstream at once, driven by one selector
     thread: each sends a deterministic stream at a paced rate and reads its echo back. Any
     early EOF or error is recorded as a disconnect; at the end every stream's sent and received
-    sha256 must match. `end()` ends them once the test has watched them through what it does,
-    not at the paced rate's end: each sends one chunk more at once and half-closes, and every
-    byte it sent must come back. With `hold_tail` each stream keeps its last chunk back, so the
-    streams are still open at `end()` however long what the test did meanwhile took."""
+    sha256 must match. `end()` lets them finish once the test has watched them through what it
+    does, without waiting for the paced rate: each sends the rest of its `total` at once (the
+    final generation carries those bytes) and half-closes, and every byte must come back. With
+    `hold_tail` each stream keeps its last chunk back until `end()`, so the streams are still
+    open however long what the test did meanwhile took."""
 
     def __init__(self, port: int, count: int, total: int, rate: float, chunk: int = 16384,
                  hold_tail: bool = False):
@@ -157,8 +158,7 @@ class Streams:
             sock = socket.create_connection(("127.0.0.1", port), timeout=10)
             sock.setblocking(False)
             data = b"".join(bytes(c) for c in stream_chunks(total, seed=i))
-            stream = {"sock": sock, "data": data, "sent": 0, "recv": hashlib.sha256(), "got": 0, "done": False,
-                      "end": total}
+            stream = {"sock": sock, "data": data, "sent": 0, "recv": hashlib.sha256(), "got": 0, "done": False}
             self.streams.append(stream)
             self.selector.register(sock, selectors.EVENT_READ, stream)
         self.stop = threading.Event()
@@ -172,24 +172,19 @@ class Streams:
     def _run(self) -> None:
         import time
         started = time.monotonic()
-        ended = False
         while not self.stop.is_set() and not all(s["done"] for s in self.streams):
-            if self.ending.is_set() and not ended:
-                ended = True
-                for s in self.streams:
-                    s["end"] = min(s["end"], s["sent"] + self.chunk)
-            if ended:
+            if self.ending.is_set():
                 allowed = self.total
             else:
                 end = self.total - self.chunk if self.held.is_set() else self.total
                 allowed = min(end, int((time.monotonic() - started) * self.rate) + self.chunk)
             for s in self.streams:
-                if s["done"] or s["sent"] >= min(allowed, s["end"]):
+                if s["done"] or s["sent"] >= allowed:
                     continue
                 try:
-                    n = s["sock"].send(s["data"][s["sent"]:min(allowed, s["end"])])
+                    n = s["sock"].send(s["data"][s["sent"]:allowed])
                     s["sent"] += n
-                    if s["sent"] == s["end"]:
+                    if s["sent"] == self.total:
                         self._half_close(s)
                 except BlockingIOError:
                     pass
@@ -205,8 +200,8 @@ class Streams:
                     self._lost(s, f"recv: {exc}")
                     continue
                 if not data:
-                    if s["got"] != s["end"]:
-                        self._lost(s, f"EOF after {s['got']} of {s['end']} bytes")
+                    if s["got"] != self.total:
+                        self._lost(s, f"EOF after {s['got']} of {self.total} bytes")
                     else:
                         self._finish(s)
                     continue
@@ -229,8 +224,8 @@ class Streams:
         s["sock"].close()
 
     def end(self) -> None:
-        """Each stream sends one chunk more (so bytes flow after whatever the test did), held
-        back or paced or not, and half-closes; `verify()` wants every byte sent back."""
+        """Each stream sends the rest of its `total` unpaced and half-closes; `verify()` wants
+        every byte sent back."""
         self.ending.set()
 
     def progress(self) -> int:
@@ -243,7 +238,7 @@ class Streams:
     def verify(self) -> None:
         assert not self.disconnects, self.disconnects[:5]
         for i, s in enumerate(self.streams):
-            assert s["done"], f"stream {i} did not finish ({s['got']} of {s['end']})"
-            assert s["got"] == s["end"] > 0, f"stream {i}: {s['got']} of {s['end']} bytes"
-            assert s["recv"].hexdigest() == hashlib.sha256(s["data"][:s["end"]]).hexdigest(), \
+            assert s["done"], f"stream {i} did not finish ({s['got']} of {self.total})"
+            assert s["got"] == self.total, f"stream {i}: {s['got']} of {self.total} bytes"
+            assert s["recv"].hexdigest() == hashlib.sha256(s["data"]).hexdigest(), \
                 f"stream {i} corrupted"
