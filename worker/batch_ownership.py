@@ -281,7 +281,9 @@ def give_up(worker, sent, request, peer, token, kept: set) -> None:
     resumed, as is one without a token (a version-2 receiver: as its deadline does); one it
     claimed is let go (`_let_go`) unless the receiver has died (`_died`, read at once: what
     it had adopted died with it, and the batch serves on here, as `settle` decides a channel
-    closed by a death). The token is closed and the request's future cancelled or read:
+    closed by a death). Without a pidfd (no pidfd_open here) nothing says it died while its
+    channel is open: let go rather than served twice; once its channel closed, taken for dead
+    as `settle` takes it. The token is closed and the request's future cancelled or read:
     nothing waits for it any more."""
     future, frame = request
     if future is not None and future.done() and not future.cancelled() \
@@ -300,7 +302,8 @@ def give_up(worker, sent, request, peer, token, kept: set) -> None:
             future.exception()
     if token is not None:
         token.close()
-    if claimed and not _died(peer.pidfd, peer.pid):
+    died = peer.channel.closed if peer.pidfd is None else _died(peer.pidfd, peer.pid)
+    if claimed and not died:
         _let_go(worker, sent, peer)
         return
     for conn in sent:

@@ -12,6 +12,7 @@ its adoption replaced by one that keeps the batch and does not answer.
 from __future__ import annotations
 
 import asyncio
+import errno
 import gc
 import os
 import socket
@@ -79,6 +80,19 @@ def test_a_claimed_batch_is_let_go(datagram_kind, monkeypatch):
     moving, pidfds_left, left, unhandled = _cancelled_while_unanswered(monkeypatch, claims=True)
     assert moving.moved_to == 0 and not moving.resumed, "the receiver's batch was served here"
     assert pidfds_left == 0
+    assert left == [], "the claim token's pipe (or another descriptor) was left open"
+    assert unhandled == []
+
+
+def test_a_claimed_batch_is_let_go_without_a_pidfd(datagram_kind, monkeypatch):
+    """No pidfd_open (an old kernel, seccomp: migration._pidfd gives None): nothing says the
+    receiver died while its channel is open, so what it claimed is its (review R1, F1).
+    Before, no pidfd read as dead, and the live receiver's batch was resumed here too."""
+    def no_pidfd_open(pid):
+        raise OSError(errno.ENOSYS, os.strerror(errno.ENOSYS))
+    monkeypatch.setattr(os, "pidfd_open", no_pidfd_open)
+    moving, pidfds_left, left, unhandled = _cancelled_while_unanswered(monkeypatch, claims=True)
+    assert moving.moved_to == 0 and not moving.resumed, "the receiver's batch was served here"
     assert left == [], "the claim token's pipe (or another descriptor) was left open"
     assert unhandled == []
 
