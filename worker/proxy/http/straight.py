@@ -35,6 +35,7 @@ from __future__ import annotations
 import time
 
 from ...codecs.events import Body, ResponseHead
+from . import stream as _stream     # (stream.py imports this module: read at call time)
 from .router import Router, count_status
 
 _monotonic = time.monotonic     # the real clock, as the Router's route timeout uses
@@ -47,14 +48,22 @@ FIELDS = ("cluster", "host", "pool", "upstream", "upstream_id", "sent_at", "time
 
 def needs_router(stream, route, cluster, retry, hash_key) -> bool:
     """Whether this request needs the Router (see the rules above); per request, after
-    routing, with what decides it in hand."""
-    return (retry is not None or hash_key is not None or not stream.end_at_head
-            or stream.picked is not None or stream.body_chain is not None or stream.upgrade
-            or cluster.http2 is not False or cluster.internal_hosts
-            or cluster.type == "ORIGINAL_DST" or stream.dynamic_metadata
-            or route.max_stream_duration is not None or stream.hcm.max_stream_duration
-            or route.connect_terminate or route.attempt_count_to_upstream
-            or route.attempt_count_in_response)
+    routing, with what decides it in hand. `route` None: Stream.start's plain step, whose
+    config and route verdicts settled all but the request's end, the host and the cluster
+    (no retry or hash policy, upgrade, filter, stream duration)."""
+    if (not stream.end_at_head or stream.picked is not None or cluster.http2 is not False
+            or cluster.internal_hosts or cluster.type == "ORIGINAL_DST"):
+        return True
+    if route is None:
+        return False
+    return (retry is not None or stream.body_chain is not None or stream.upgrade
+            or stream.dynamic_metadata or stream.hcm.max_stream_duration
+            # The route's own conditions, none of which a route the lane may serve has
+            # (Route.express_cluster: no hash policy, stream duration, CONNECT or counts).
+            or route.express_cluster is None and (
+                hash_key is not None or route.max_stream_duration is not None
+                or route.connect_terminate or route.attempt_count_to_upstream
+                or route.attempt_count_in_response))
 
 
 class StraightSteps:
@@ -171,10 +180,33 @@ class StraightSteps:
                 response.headers.items.extend(plan.pairs)
             else:
                 self._apply_mutations(response.headers, plan)
-        self._send_head(response, end_stream, None if self.hcm.suppress_envoy_headers else
-                        ("x-envoy-upstream-service-time",
-                         str(int((first_byte - self.sent_at) * 1000))))
+        hcm = self.hcm
+        service_time = None if hcm.suppress_envoy_headers else (
+            "x-envoy-upstream-service-time", str(int((first_byte - self.sent_at) * 1000)))
+        if not hcm.plain_streams:
+            self._send_head(response, end_stream, service_time)
+            if end_stream:
+                self._release()
+            return
+        # Stream._send_head for the config's verdict (HttpConfig.plain_streams: no via, no
+        # request id to echo, no filter to pass), inline: the head as the lane writes it.
+        _stream.own_response_headers(hcm, response.headers, service_time)
+        self.response_started = True
+        self.response = response
+        self.response_code = status
+        if not self.response_code_details:
+            self.response_code_details = "via_upstream"
+        conn = self.conn
+        codec = conn.codec
+        limit = hcm.max_requests_per_connection
+        if self.close_connection or (limit and conn.requests >= limit) or conn.draining or (
+                self.worker.overload.disable_keepalive and self.worker.overload.closes_connection(self)):
+            codec.goaway()      # HTTP/1.1: this response says connection: close; HTTP/2: GOAWAY
+        codec.send_head(self.id, response, end_stream)
+        conn.mark_dirty()
         if end_stream:
+            self.response_complete = True
+            self._end()
             self._release()
 
     def _release(self) -> None:

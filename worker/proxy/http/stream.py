@@ -365,7 +365,7 @@ class Stream(RouteStep, StraightSteps, StreamInfo):
                     timeout = route.timeout
                     if timeout and not hcm.suppress_envoy_headers:
                         request.headers.items.append(expected_timeout_header(timeout))
-                    if route_step.needs_router(self, route, cluster, None, None) or \
+                    if route_step.needs_router(self, None, cluster, None, None) or \
                             not self.send_straight(cluster, timeout):
                         self.to_router(route, cluster, None, timeout, None)
                     return
