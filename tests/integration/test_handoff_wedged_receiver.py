@@ -16,35 +16,64 @@ tests/handoff_receiver.py adopts the client with the real ForwardedSide and is s
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import os
 import select
 import signal
 import socket
+import struct
+import termios
 import threading
 
 from baton.worker import migration
 from baton.worker.forwarding import RECV_SIZE, ForwardedSide
 
 from ..unit.test_handoff_late_split import CONN_ID, _split_connection
-from .clients import Http1Reader
+from .clients import Http1Reader, stream_chunks
 from .conftest import free_port, http_bootstrap, wait_until
 from .test_handoff_deadline import read_line, receiver, stopped  # noqa: F401 - a fixture
 from .test_handoff_late_split import _recv
 
 BODY = 64 << 20
 STALL = 1.0         # s without the proxy reading: the upstream's sends are blocked
+LIMIT = 1 << 20     # per_connection_buffer_limit_bytes: Envoy's default, not configured
+READ = 256 << 10    # the most one read of the upstream takes (uvloop's buffer)
+NEXT = b"next"      # the body of the answer to the request after the big one
+
+
+def _tcp_receive_queue(local: tuple, remote: tuple) -> int:
+    """Bytes waiting unread in the receive queue of the TCP socket `local` -> `remote`
+    (IPv4, another process's: /proc/net/tcp's rx_queue)."""
+    def address(host_port):
+        host, port = host_port
+        return "%08X:%04X" % (struct.unpack("<I", socket.inet_aton(host))[0], port)
+    want = (address(local), address(remote))
+    with open("/proc/net/tcp") as f:
+        for line in f.readlines()[1:]:
+            fields = line.split()
+            if (fields[1], fields[2]) == want:
+                return int(fields[4].split(":")[1], 16)
+    raise AssertionError(f"no socket {local} -> {remote} in /proc/net/tcp")
+
+
+def _unsent(sock: socket.socket) -> int:
+    """Bytes in `sock`'s send queue: not yet acknowledged by the other end (SIOCOUTQ)."""
+    return struct.unpack("i", fcntl.ioctl(sock, termios.TIOCOUTQ, b"\0" * 4))[0]
 
 
 class Upstream:
-    """One HTTP/1.1 exchange: the head once `go` is set, then the body of BODY bytes sent as
-    fast as the proxy reads it; `stalled` says how much had gone when it stopped reading (or
-    all of it), and the rest goes once `go_on` is set."""
+    """One HTTP/1.1 exchange: the head once `go` is set, then the body (BODY patterned bytes)
+    sent as fast as the proxy reads it; `stalled` says how much had gone when it stopped
+    reading (or all of it) and `read_by_proxy` how much of that the old worker had read (not
+    in our send queue nor in its socket's receive queue); the rest goes once `go_on` is set.
+    Then one more exchange, on the next connection (the new worker's), answered NEXT."""
 
     def __init__(self):
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
         self.asked, self.go, self.stalled, self.go_on = (threading.Event() for _ in range(4))
-        self.sent = 0
+        self.body = b"".join(stream_chunks(BODY, seed=7))
+        self.sent = self.read_by_proxy = 0
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._serve, daemon=True)
         self.thread.start()
@@ -63,23 +92,37 @@ class Upstream:
                 self.asked.set()
                 assert self.go.wait(30), "never told to answer"
                 sock.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % BODY)
-                chunk = b"x" * (256 << 10)
+                body = memoryview(self.body)
                 sock.setblocking(False)
                 while self.sent < BODY:
                     if not select.select([], [sock], [], STALL)[1]:
                         break               # the proxy stopped reading us
                     try:
-                        self.sent += sock.send(chunk[:BODY - self.sent])
+                        self.sent += sock.send(body[self.sent:self.sent + READ])
                     except BlockingIOError:
                         pass
+                if self.sent < BODY:
+                    self.read_by_proxy = self.sent - _unsent(sock) - _tcp_receive_queue(
+                        sock.getpeername(), sock.getsockname())
                 self.stalled.set()
                 assert self.go_on.wait(30), "never told to go on"
                 sock.settimeout(30)
-                while self.sent < BODY:
-                    self.sent += sock.send(chunk[:BODY - self.sent])
+                sock.sendall(body[self.sent:])
+                self.sent = BODY
+                self._answer_next()
         except BaseException as exc:  # noqa: BLE001 - reported by the test
             self.error = exc
             self.stalled.set()
+
+    def _answer_next(self) -> None:
+        sock, _ = self.listener.accept()
+        with sock:
+            sock.settimeout(30)
+            head = b""
+            while b"\r\n\r\n" not in head:
+                head += sock.recv(4096)
+            assert head.startswith(b"GET /next "), head
+            sock.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n%s" % (len(NEXT), NEXT))
 
     def close(self) -> None:
         self.go.set()
@@ -106,10 +149,19 @@ def test_a_receiver_that_stops_reading_its_channel_pauses_the_upstream_at_the_li
             os.kill(stopped, signal.SIGSTOP)
             upstream.go.set()
             assert upstream.stalled.wait(60) and upstream.error is None, upstream.error
-            # The limit (1 MiB) in the channel's queue, plus what the kernel's socket buffers
-            # hold between the upstream and the old worker, and the old and new worker.
-            assert upstream.sent < BODY // 4, \
-                f"the old worker read {upstream.sent} bytes for a receiver that reads nothing"
+            assert upstream.sent < BODY, "the old worker read the whole body"
+            # What the old worker read: the limit in the channel's queue and the read that
+            # passed it, plus what the channel's unix socket holds (up to its send buffer,
+            # net.core.wmem_default, and one more message: twice it), plus 64 KiB of frame
+            # headers and slack. Before 2ef617c: the whole body.
+            with open("/proc/sys/net/core/wmem_default") as f:
+                channel_buffer = 2 * int(f.read())
+            bound = LIMIT + READ + channel_buffer + (64 << 10)
+            print(f"upstream sent {upstream.sent}, the old worker read {upstream.read_by_proxy}"
+                  f" (bound {bound})")
+            assert upstream.read_by_proxy <= bound, \
+                f"the old worker read {upstream.read_by_proxy} bytes for a receiver that " \
+                f"reads nothing"
             os.kill(stopped, signal.SIGCONT)
             stopped = None
             upstream.go_on.set()
@@ -119,8 +171,13 @@ def test_a_receiver_that_stops_reading_its_channel_pauses_the_upstream_at_the_li
             received = 0
             while received < BODY:
                 data = reader.exact(min(1 << 20, BODY - received))
-                assert data == b"x" * len(data), "bytes lost, added or reordered"
+                assert data == upstream.body[received:received + len(data)], \
+                    f"bytes lost, added or reordered after byte {received}"
                 received += len(data)
+            # Nothing after the body: the next answer follows it at once.
+            sock.sendall(b"GET /next HTTP/1.1\r\nHost: wedged.test\r\n\r\n")
+            status, headers = reader.head()
+            assert status == 200 and reader.exact(int(headers["content-length"])) == NEXT
     finally:
         if stopped is not None:
             os.kill(stopped, signal.SIGCONT)
