@@ -49,7 +49,7 @@ def test_owners_fire_in_order_never_early_under_one_loop_timer(loop):
     fired, dues = [], {}
     owners = [Owner(n) for n in "abcd"]
     for owner in owners:
-        dues[owner.name] = _arm(loop, owner, fired)
+        dues[owner.name] = _arm(loop, owner, fired, delay=0.5)
         loop.run_until_complete(asyncio.sleep(0.005))       # armed at different times
     queue = owners[0].timer
     assert all(o.timer is queue for o in owners) and queue.handle is not None

@@ -46,12 +46,14 @@ class ClosePolicy:
             self.draining = True    # accepted, its transport not made yet: connection_made
             return                  # drains it (closes it, idle as it is then)
         self.flush()
-        downstream_end.closing(self, False)
+        if self.streams:        # (the usual close, its last stream done, has none)
+            downstream_end.closing(self, False)
         self._closed()
         transport = self.transport
         timeout = self.hcm.delayed_close_timeout
         if flush_only or not timeout or not transport.can_write_eof() or transport.is_closing():
-            downstream_end.connection_ends(self, False)
+            if not self.destroy_counted:        # (counted as the last stream ended, usually)
+                downstream_end.connection_ends(self, False)
             unsent = transport.get_write_buffer_size()
             transport.close()
             if unsent and timeout:

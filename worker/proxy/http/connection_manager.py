@@ -36,6 +36,9 @@ from .timer_queue import TimerQueue, queue_for
 log = logging.getLogger("baton.http")
 
 H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+# The timers of HttpConnection that a connection per request never arms (_cancel_timers).
+_OTHER_TIMERS = ("header_timer", "duration_timer", "stream_timer", "drain_timer", "hold_timer",
+                 "unsent_poll")
 MAX_QUEUED_EVENTS = 64          # pipelined events waiting before reading pauses
 HOLD_BUFFER_LIMIT = 256 * 1024  # HTTP/2 bytes left unread while a move waits (h2move.py)
 
@@ -74,6 +77,23 @@ class HttpConnection(asyncio.Protocol, ClosePolicy, HttpConnectionMoves, Connect
     hold_paused = False                       # and reading paused while they wait
     unsent_poll = None                        # a move waits for the kernel to take our bytes
     forwarded_response = None
+    # And what every connection starts with (set on the instance once it changes). CPython
+    # 3.11 keeps an instance's attributes in a compact array shared with its class while it
+    # has at most 30 of them; past that, the instance gets a dict of its own, and every
+    # attribute access on it takes the slower path: a connection per request ended with 36
+    # set when these were set in __init__ (27 now; bench/RESULTS.md, 2026-12-08).
+    initial = None                            # what the listener's inspectors read first
+    transport = None
+    codec = None
+    active = None                             # HTTP/1.1: the stream being served
+    read_pauses = 0
+    idle_timer = None                         # a loop timer, or its place in a TimerQueue
+    idle_deadline = 0.0
+    state = Lifecycle.OPEN
+    local = None
+    requests = 0
+    dirty = False                             # queued bytes wait for flush_dirty()
+    express = False                           # HTTP/1.1 and the config allows express.py
 
     def __init__(self, worker, listener, chain, peer, original, conn_id: int, initial=None):
         self.worker = worker
@@ -84,22 +104,14 @@ class HttpConnection(asyncio.Protocol, ClosePolicy, HttpConnectionMoves, Connect
         self.peer = peer
         self.original = original
         self.id = conn_id
-        self.initial = initial
-        self.transport = None
-        self.codec = None
+        if initial is not None:
+            self.initial = initial
         self.streams: dict = {}
-        self.active = None                        # HTTP/1.1: the stream being served
         self.queued: deque = deque()              # HTTP/1.1: events of pipelined requests
-        self.read_pauses = 0
-        self.write_paused = False
+        # Read on every request: an instance's own attribute is read for less than a class
+        # default (CPython 3.11 specializes only the former).
         self.closed = False
-        self.idle_timer = None
-        self.idle_deadline = 0.0
-        self.state = Lifecycle.OPEN
-        self.local = None
-        self.requests = 0
-        self.dirty = False                        # queued bytes wait for flush_dirty()
-        self.express = False                      # HTTP/1.1 and the config allows express.py
+        self.write_paused = False
 
     # -- asyncio.Protocol -------------------------------------------------------------------
 
@@ -109,7 +121,9 @@ class HttpConnection(asyncio.Protocol, ClosePolicy, HttpConnectionMoves, Connect
         transport.set_write_buffer_limits(high=hcm.buffer_limit)
         self.local = self.original or self.listener.local_address or \
             transport.get_extra_info("sockname")[:2]
-        self.tls = transport.get_extra_info("ssl_object")
+        tls = transport.get_extra_info("ssl_object")
+        if tls is not None:
+            self.tls = tls
         stats = self.worker.stats
         stats.counters[hcm.stat_cx_total] += 1
         stats.gauges[hcm.stat_cx_active] += 1
@@ -548,19 +562,27 @@ class HttpConnection(asyncio.Protocol, ClosePolicy, HttpConnectionMoves, Connect
         self.worker.connection_closed(self)
 
     def _cancel_timers(self) -> None:
-        # The idle timer and the route deadline are usually places in a loop's TimerQueue.
-        for timer in (self.idle_timer, self.deadline_timer):
-            if timer is not None:
-                if timer.__class__ is TimerQueue:
-                    timer.discard(self)
-                else:
-                    timer.cancel()
-        for timer in (self.header_timer, self.duration_timer, self.stream_timer,
-                      self.drain_timer, self.hold_timer, self.unsent_poll):
+        # The idle timer and the route deadline, the two a connection per request has, are
+        # usually places in a loop's TimerQueue; the others are loop timers when set.
+        timer = self.idle_timer
+        if timer is not None:
+            self.idle_timer = None
+            if timer.__class__ is TimerQueue:
+                timer.entries.pop(self, None)
+            else:
+                timer.cancel()
+        timer = self.deadline_timer
+        if timer is not None:
+            self.deadline_timer = None
+            if timer.__class__ is TimerQueue:
+                timer.entries.pop(self, None)
+            else:
+                timer.cancel()
+        for name in _OTHER_TIMERS:
+            timer = getattr(self, name)
             if timer is not None:
                 timer.cancel()
-        self.idle_timer = self.header_timer = self.duration_timer = self.stream_timer = None
-        self.deadline_timer = self.drain_timer = self.hold_timer = self.unsent_poll = None
+                setattr(self, name, None)
 
     def drain(self) -> None:
         """Stop taking requests: HTTP/1.1 says `connection: close` on the response in flight
