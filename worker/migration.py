@@ -449,6 +449,7 @@ async def _move_when_idle(worker, peers, wait: float, refused: set) -> tuple[int
             waiting.difference_update(fired)
             waiting = {c for c in waiting if c.state is not Lifecycle.CLOSED}
             batch = [c for c in fired if c.readiness() is Move.NOW]
+            _hold_again([c for c in fired if c not in batch], waiting, on_idle, bool(peers))
             if batch and peers:
                 m, k, peers = await _move_past_dead_receivers(worker, batch, peers, False)
                 moved += m
@@ -466,6 +467,23 @@ async def _move_when_idle(worker, peers, wait: float, refused: set) -> tuple[int
         for conn in waiting.union(ready, fired):
             conn.cancel_hold()
     return moved, kept
+
+
+def _hold_again(busy_again, waiting: set, on_idle, peers_left: bool) -> None:
+    """Connections whose hold fired (reading paused for the move) but that are no longer
+    movable when the move looks at them: an in-flight response's next bytes reached a slow
+    client's buffer before the loop woke, say. Each reads again (cancel_hold) and, while a
+    receiver is left, waits for its next idle moment like the others; before, it was neither
+    sent nor waited for, and stayed paused until the drain closed it. One that fired to say
+    it stays (an HTTP/2 hold that expired: it drains, GOAWAY sent) is not held again."""
+    for conn in busy_again:
+        if conn.state is Lifecycle.CLOSED:
+            continue
+        conn.cancel_hold()
+        if peers_left and conn.readiness() is Move.WHEN_IDLE and \
+                not getattr(conn, "draining", False):
+            waiting.add(conn)
+            conn.hold_when_idle(on_idle)
 
 
 def _keep(conn) -> None:
