@@ -170,6 +170,10 @@ def adopt_idle(worker, listener, fields: dict, fds: list[int], conn_id: int, cha
     transport.on_lost = lambda: gauges.__setitem__(ssl_active, gauges[ssl_active] - 1)
     worker.connections[conn_id] = conn
     transport.start(conn)
+    if channel is not None:
+        # Not a byte read before our answer has left (HttpConnection.after_adoption).
+        conn.awaiting_answer = True
+        conn.pause_reading(True)
     return conn
 
 

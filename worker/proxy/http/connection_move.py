@@ -38,6 +38,17 @@ class HttpConnectionMoves:
     # Reading paused by the hold that fired (_held) and not yet taken over by export: a hold
     # cancelled then (the move cancelled before it sent this one) reads again.
     held_reading = False
+    # Adopted over TLS with its reading paused until our answer has left (https.adopt_idle):
+    # a sender that finds us dead with the answer unsent resumes the connection, safe only
+    # if nothing here read a record (its record layer's sequence numbers would be stale).
+    awaiting_answer = False
+
+    def after_adoption(self) -> None:
+        """The sender has our answer (or the channel closed, this worker running on): the
+        connection is ours, and reading begins."""
+        if self.awaiting_answer:
+            self.awaiting_answer = False
+            self.pause_reading(False)
 
     def readiness(self) -> Move:
         """HTTP/1.1 connections move at once when idle, and when their request has arrived
