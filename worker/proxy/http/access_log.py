@@ -68,7 +68,7 @@ class AccessLogFile:
     (tests, tools) lines are written when the buffer fills or on flush()."""
 
     __slots__ = ("path", "loop", "fd", "pending", "pending_size", "unwritten", "timer",
-                 "dropped", "flush_bytes", "flush_interval", "failed", "closed", "opener")
+                 "dropped", "flush_bytes", "flush_interval", "failed", "closed", "opener", "room")
 
     def __init__(self, path: str, loop=None, flush_bytes: int = FLUSH_BYTES,
                  flush_interval: float = FLUSH_INTERVAL, opener=None):
@@ -80,6 +80,10 @@ class AccessLogFile:
         self.pending_size = 0               # their characters, and the unwritten bytes
         self.unwritten = b""                # what a full pipe did not take, written first
         self.timer = None
+        # While the interval timer is armed and lines are kept: a line that leaves
+        # pending_size below this needs only appending (AccessLog.log does it in place, the
+        # rest of write() has nothing to do); 0 otherwise.
+        self.room = 0
         self.dropped = 0
         self.failed = False          # the file could not be opened: lines are dropped
         self.closed = False
@@ -103,6 +107,7 @@ class AccessLogFile:
         except OSError as exc:
             log.error("access log %s: cannot be opened, its lines are dropped: %s", self.path, exc)
             self.failed = True
+            self.room = 0
             self.dropped += len(self.pending)
             self.pending.clear()
             self.pending_size = 0
@@ -124,16 +129,23 @@ class AccessLogFile:
         if size >= self.flush_bytes:
             self.flush()
         elif self.timer is None and self.loop is not None:
-            self.timer = self.loop.call_later(self.flush_interval, self._on_timer)
+            self._arm()
+
+    def _arm(self) -> None:
+        self.timer = self.loop.call_later(self.flush_interval, self._on_timer)
+        if not self.failed:
+            self.room = min(self.flush_bytes, MAX_PENDING_BYTES + 1)
 
     def _on_timer(self) -> None:
         self.timer = None
+        self.room = 0
         self.flush()
 
     def flush(self) -> None:
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
+            self.room = 0
         if not (self.pending or self.unwritten) or self.fd < 0:
             return
         data = "".join(self.pending).encode("utf-8", _LINE_BYTES)
@@ -152,7 +164,7 @@ class AccessLogFile:
                 rest = self.unwritten = bytes(view[offset:])
                 self.pending_size = len(rest)
                 if self.loop is not None:
-                    self.timer = self.loop.call_later(self.flush_interval, self._on_timer)
+                    self._arm()
                 return
             except OSError as exc:
                 # A full disk or a closed reader must not take the worker down.
@@ -260,7 +272,14 @@ class AccessLog:
         if self.flags is not None and not (
                 self.flags.intersection(info.response_flags) if self.flags else info.response_flags):
             return
-        self.file.write(self.format(info))
+        line = self.format(info)
+        file = self.file
+        size = file.pending_size + len(line)
+        if size < file.room:        # AccessLogFile.write's common case, without its call
+            file.pending.append(line)
+            file.pending_size = size
+        else:
+            file.write(line)
 
     def reopen(self) -> None:
         self.file.reopen()
