@@ -578,11 +578,14 @@ class HttpConnection(asyncio.Protocol, ClosePolicy, HttpConnectionMoves, Connect
                 timer.entries.pop(self, None)
             else:
                 timer.cancel()
-        for name in _OTHER_TIMERS:
-            timer = getattr(self, name)
-            if timer is not None:
-                timer.cancel()
-                setattr(self, name, None)
+        if self.header_timer is not None or self.duration_timer is not None or \
+                self.stream_timer is not None or self.drain_timer is not None or \
+                self.hold_timer is not None or self.unsent_poll is not None:
+            for name in _OTHER_TIMERS:
+                timer = getattr(self, name)
+                if timer is not None:
+                    timer.cancel()
+                    setattr(self, name, None)
 
     def drain(self) -> None:
         """Stop taking requests: HTTP/1.1 says `connection: close` on the response in flight
