@@ -84,15 +84,22 @@ class CorsFactory(FilterFactory):
         super().__init__(config, context)
         self.policies: dict = {}       # route -> its effective_policy (None: no policy)
         self.first = None              # first filter of its chain (known at the first request)
+        # The last request's route and its policy: a request on the same route (most, on a
+        # table of few routes) reads them with an identity test, not the dict's get call.
+        self.last_route = self.last_policy = self
 
     def create(self, stream):
         route = stream.route
-        policies = self.policies
-        policy = policies.get(route, policies)
-        if policy is policies:
-            if len(policies) >= _POLICIES_KEPT:
-                policies.clear()
-            policy = policies[route] = effective_policy(route)
+        if route is self.last_route:
+            policy = self.last_policy
+        else:
+            policies = self.policies
+            policy = policies.get(route, policies)
+            if policy is policies:
+                if len(policies) >= _POLICIES_KEPT:
+                    policies.clear()
+                policy = policies[route] = effective_policy(route)
+            self.last_route, self.last_policy = route, policy
         if policy is None:
             return None
         first = self.first
