@@ -382,7 +382,12 @@ class Http1ServerCodec(Http1Output):
         framing = self._framing.get(stream_id)
         if framing is None:
             return
-        frame_body(self._out, framing, data, end_stream)
+        if framing.chunked or framing.no_body or data.__class__ is not bytes:
+            frame_body(self._out, framing, data, end_stream)
+        elif data:
+            # A body framed by its length, as bytes: queued as it is (frame_body's own case,
+            # inline: a call a response less).
+            self._out.append(data)
         if end_stream:
             self._finish_response(stream_id, framing)
 
